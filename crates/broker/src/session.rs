@@ -1,0 +1,459 @@
+//! The state one MQTT session keeps between and during connections: subscriptions, the
+//! outbound QoS 1/2 in-flight window with packet ids, the bounded offline queue and the inbound
+//! QoS 2 ids awaiting PUBREL.
+//!
+//! Sans-IO: every method takes the event and returns what the connection must send; the socket
+//! owner does the sending and reports acknowledgements back.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU16;
+
+use crate::{QoS, SubOptions};
+
+/// What a queued message must tell the session about itself.
+pub trait Deliverable: Clone {
+    /// True once the message's expiry (v5 message-expiry-interval) has passed at `now_ms`.
+    fn expired(&self, now_ms: u64) -> bool;
+}
+
+/// One PUBLISH as it will go to this session's client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing<M> {
+    pub msg: M,
+    /// Effective QoS: the lower of the published and the subscribed QoS.
+    pub qos: QoS,
+    /// Assigned when the message enters the in-flight window (QoS 1/2 only).
+    pub packet_id: Option<NonZeroU16>,
+    /// Set on redelivery after a reconnect.
+    pub dup: bool,
+    pub retain: bool,
+    /// v5 subscription identifiers of every matching subscription.
+    pub subscription_ids: Vec<u32>,
+}
+
+impl<M> Outgoing<M> {
+    pub fn new(msg: M, qos: QoS, retain: bool, subscription_ids: Vec<u32>) -> Self {
+        Outgoing {
+            msg,
+            qos,
+            packet_id: None,
+            dup: false,
+            retain,
+            subscription_ids,
+        }
+    }
+}
+
+/// Which message gives way when the offline queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DropPolicy {
+    /// Keep the newest messages (a notification feed wants the latest).
+    #[default]
+    DropOldest,
+    /// Refuse new messages once full (keeps the earliest, never reorders).
+    DropNewest,
+}
+
+/// Bounds of one session, from the edge config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Largest in-flight window the server uses (further capped by the client's receive maximum).
+    pub max_inflight: u16,
+    /// Messages kept beyond the in-flight window, online or offline.
+    pub max_queued: usize,
+    pub drop_policy: DropPolicy,
+    /// Also queue QoS 0 messages while the client is offline.
+    pub queue_qos0: bool,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_inflight: 32,
+            max_queued: 1000,
+            drop_policy: DropPolicy::DropOldest,
+            queue_qos0: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InflightState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREC received and PUBREL sent, waiting for PUBCOMP.
+    Released,
+}
+
+/// What became of a message handed to [`Session::enqueue`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Enqueued<M> {
+    /// Send this now.
+    Send(Outgoing<M>),
+    /// Kept until the window opens or the client comes back.
+    Queued,
+    /// Dropped: the queue was full (the message dropped may be an older one) or the message
+    /// was QoS 0 for an offline client.
+    Dropped(Outgoing<M>),
+}
+
+/// The session of one client id.
+#[derive(Debug)]
+pub struct Session<M> {
+    subscriptions: HashMap<String, SubOptions>,
+    inflight: VecDeque<(Outgoing<M>, InflightState)>,
+    queue: VecDeque<Outgoing<M>>,
+    incoming_qos2: HashSet<u16>,
+    last_packet_id: u16,
+    /// Effective window of the current connection; 0 while offline.
+    window: u16,
+    limits: SessionLimits,
+}
+
+impl<M: Deliverable> Session<M> {
+    pub fn new(limits: SessionLimits) -> Self {
+        Session {
+            subscriptions: HashMap::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            incoming_qos2: HashSet::new(),
+            last_packet_id: 0,
+            window: 0,
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> &SessionLimits {
+        &self.limits
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.window > 0
+    }
+
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&str, &SubOptions)> {
+        self.subscriptions.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Records a subscription; returns the options it replaced, if any.
+    pub fn subscribe(&mut self, filter: &str, options: SubOptions) -> Option<SubOptions> {
+        self.subscriptions.insert(filter.to_owned(), options)
+    }
+
+    pub fn unsubscribe(&mut self, filter: &str) -> Option<SubOptions> {
+        self.subscriptions.remove(filter)
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscriptions.len()
+    }
+
+    /// Messages waiting for the window or for the client to return.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// A connection took this session: returns everything to (re)send, in order: the unacked
+    /// in-flight messages with DUP set and their original packet ids, then queued messages
+    /// up to the window. `receive_maximum` is the client's (v5) or 65 535 (v3).
+    pub fn resume(&mut self, receive_maximum: u16, now_ms: u64) -> Vec<Outgoing<M>> {
+        self.window = receive_maximum.min(self.limits.max_inflight).max(1);
+        let mut out: Vec<Outgoing<M>> = self
+            .inflight
+            .iter_mut()
+            .map(|(o, _)| {
+                o.dup = true;
+                o.clone()
+            })
+            .collect();
+        out.extend(self.fill_window(now_ms));
+        out
+    }
+
+    /// The connection went away; the session keeps its state for the next one.
+    pub fn go_offline(&mut self) {
+        self.window = 0;
+    }
+
+    /// Hands a routed message to the session.
+    pub fn enqueue(&mut self, mut out: Outgoing<M>) -> Enqueued<M> {
+        if out.qos == QoS::AtMostOnce {
+            if self.is_online() {
+                return Enqueued::Send(out);
+            }
+            if !self.limits.queue_qos0 {
+                return Enqueued::Dropped(out);
+            }
+        }
+        if self.is_online()
+            && out.qos != QoS::AtMostOnce
+            && self.queue.is_empty()
+            && self.inflight.len() < usize::from(self.window)
+        {
+            out.packet_id = Some(self.next_packet_id());
+            self.inflight
+                .push_back((out.clone(), InflightState::Published));
+            return Enqueued::Send(out);
+        }
+        if self.queue.len() >= self.limits.max_queued {
+            return match self.limits.drop_policy {
+                DropPolicy::DropNewest => Enqueued::Dropped(out),
+                DropPolicy::DropOldest => {
+                    let oldest = self.queue.pop_front();
+                    self.queue.push_back(out);
+                    match oldest {
+                        Some(o) => Enqueued::Dropped(o),
+                        None => Enqueued::Queued,
+                    }
+                }
+            };
+        }
+        self.queue.push_back(out);
+        Enqueued::Queued
+    }
+
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) arrived: the message is done. Returns what the opened
+    /// window lets through. Unknown ids are ignored (a late ack after a resend).
+    pub fn complete(&mut self, packet_id: NonZeroU16, now_ms: u64) -> Vec<Outgoing<M>> {
+        if let Some(pos) = self.position(packet_id) {
+            self.inflight.remove(pos);
+        }
+        self.fill_window(now_ms)
+    }
+
+    /// PUBREC arrived for an outbound QoS 2 message: from now on only PUBREL/PUBCOMP remain.
+    pub fn received(&mut self, packet_id: NonZeroU16) {
+        if let Some(pos) = self.position(packet_id) {
+            self.inflight[pos].1 = InflightState::Released;
+        }
+    }
+
+    /// Is this outbound QoS 2 message past PUBREC (so a resend must be a PUBREL)?
+    pub fn is_released(&self, packet_id: NonZeroU16) -> bool {
+        self.position(packet_id)
+            .is_some_and(|pos| self.inflight[pos].1 == InflightState::Released)
+    }
+
+    /// Inbound QoS 2 PUBLISH: returns false if this packet id was already received and not yet
+    /// released, i.e. the PUBLISH is a duplicate that must not be routed again.
+    pub fn incoming_qos2(&mut self, packet_id: u16) -> bool {
+        self.incoming_qos2.insert(packet_id)
+    }
+
+    /// Inbound PUBREL: the exactly-once handshake for `packet_id` is over.
+    pub fn incoming_released(&mut self, packet_id: u16) {
+        self.incoming_qos2.remove(&packet_id);
+    }
+
+    fn position(&self, packet_id: NonZeroU16) -> Option<usize> {
+        self.inflight
+            .iter()
+            .position(|(o, _)| o.packet_id == Some(packet_id))
+    }
+
+    fn fill_window(&mut self, now_ms: u64) -> Vec<Outgoing<M>> {
+        let mut out = Vec::new();
+        while self.is_online() {
+            let qos0_ready = self.queue.front().is_some_and(|o| o.qos == QoS::AtMostOnce);
+            if !qos0_ready && self.inflight.len() >= usize::from(self.window) {
+                break;
+            }
+            let Some(mut next) = self.queue.pop_front() else {
+                break;
+            };
+            if next.msg.expired(now_ms) {
+                continue;
+            }
+            if next.qos != QoS::AtMostOnce {
+                next.packet_id = Some(self.next_packet_id());
+                self.inflight
+                    .push_back((next.clone(), InflightState::Published));
+            }
+            out.push(next);
+        }
+        out
+    }
+
+    fn next_packet_id(&mut self) -> NonZeroU16 {
+        loop {
+            self.last_packet_id = self.last_packet_id.wrapping_add(1);
+            if let Some(id) = NonZeroU16::new(self.last_packet_id)
+                && self.position(id).is_none()
+            {
+                return id;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Msg(&'static str, u64);
+
+    impl Deliverable for Msg {
+        fn expired(&self, now_ms: u64) -> bool {
+            self.1 != 0 && now_ms >= self.1
+        }
+    }
+
+    fn out(name: &'static str, qos: QoS) -> Outgoing<Msg> {
+        Outgoing::new(Msg(name, 0), qos, false, vec![])
+    }
+
+    fn names(v: &[Outgoing<Msg>]) -> Vec<&'static str> {
+        v.iter().map(|o| o.msg.0).collect()
+    }
+
+    fn limits(max_inflight: u16, max_queued: usize, drop_policy: DropPolicy) -> SessionLimits {
+        SessionLimits {
+            max_inflight,
+            max_queued,
+            drop_policy,
+            queue_qos0: false,
+        }
+    }
+
+    fn id(n: u16) -> NonZeroU16 {
+        NonZeroU16::new(n).expect("non-zero")
+    }
+
+    #[test]
+    fn online_qos1_uses_window_then_queues() {
+        let mut s = Session::new(limits(2, 10, DropPolicy::DropOldest));
+        assert!(s.resume(65535, 0).is_empty());
+        let Enqueued::Send(a) = s.enqueue(out("a", QoS::AtLeastOnce)) else {
+            panic!()
+        };
+        assert_eq!(a.packet_id, Some(id(1)));
+        assert!(matches!(
+            s.enqueue(out("b", QoS::AtLeastOnce)),
+            Enqueued::Send(_)
+        ));
+        assert_eq!(s.enqueue(out("c", QoS::AtLeastOnce)), Enqueued::Queued);
+        assert_eq!(s.inflight(), 2);
+        let next = s.complete(id(1), 0);
+        assert_eq!(names(&next), vec!["c"]);
+        assert_eq!(next[0].packet_id, Some(id(3)));
+    }
+
+    #[test]
+    fn qos0_offline_is_dropped_unless_configured() {
+        let mut s = Session::new(limits(2, 10, DropPolicy::DropOldest));
+        assert!(matches!(
+            s.enqueue(out("a", QoS::AtMostOnce)),
+            Enqueued::Dropped(_)
+        ));
+        let mut s = Session::new(SessionLimits {
+            queue_qos0: true,
+            ..limits(2, 10, DropPolicy::DropOldest)
+        });
+        assert_eq!(s.enqueue(out("a", QoS::AtMostOnce)), Enqueued::Queued);
+        let sent = s.resume(10, 0);
+        assert_eq!(names(&sent), vec!["a"]);
+        assert_eq!(sent[0].packet_id, None);
+        assert_eq!(s.inflight(), 0);
+    }
+
+    #[test]
+    fn offline_queue_bound_and_drop_policies() {
+        let mut s = Session::new(limits(5, 2, DropPolicy::DropOldest));
+        for n in ["a", "b"] {
+            assert_eq!(s.enqueue(out(n, QoS::AtLeastOnce)), Enqueued::Queued);
+        }
+        let Enqueued::Dropped(d) = s.enqueue(out("c", QoS::AtLeastOnce)) else {
+            panic!()
+        };
+        assert_eq!(d.msg.0, "a");
+        assert_eq!(names(&s.resume(10, 0)), vec!["b", "c"]);
+
+        let mut s = Session::new(limits(5, 2, DropPolicy::DropNewest));
+        s.enqueue(out("a", QoS::AtLeastOnce));
+        s.enqueue(out("b", QoS::AtLeastOnce));
+        let Enqueued::Dropped(d) = s.enqueue(out("c", QoS::AtLeastOnce)) else {
+            panic!()
+        };
+        assert_eq!(d.msg.0, "c");
+    }
+
+    #[test]
+    fn reconnect_redelivers_inflight_with_dup_and_same_ids() {
+        let mut s = Session::new(limits(10, 10, DropPolicy::DropOldest));
+        s.resume(10, 0);
+        s.enqueue(out("a", QoS::AtLeastOnce));
+        s.enqueue(out("b", QoS::ExactlyOnce));
+        s.received(id(2));
+        assert!(s.is_released(id(2)));
+        s.go_offline();
+        assert_eq!(s.enqueue(out("c", QoS::AtLeastOnce)), Enqueued::Queued);
+        let again = s.resume(10, 0);
+        assert_eq!(names(&again), vec!["a", "b", "c"]);
+        assert_eq!(
+            again
+                .iter()
+                .map(|o| (o.packet_id, o.dup))
+                .collect::<Vec<_>>(),
+            vec![
+                (Some(id(1)), true),
+                (Some(id(2)), true),
+                (Some(id(3)), false),
+            ]
+        );
+        s.complete(id(2), 0);
+        assert!(!s.is_released(id(2)));
+        assert_eq!(s.inflight(), 2);
+    }
+
+    #[test]
+    fn window_is_capped_by_client_receive_maximum() {
+        let mut s = Session::new(limits(10, 10, DropPolicy::DropOldest));
+        s.resume(1, 0);
+        assert!(matches!(
+            s.enqueue(out("a", QoS::AtLeastOnce)),
+            Enqueued::Send(_)
+        ));
+        assert_eq!(s.enqueue(out("b", QoS::AtLeastOnce)), Enqueued::Queued);
+    }
+
+    #[test]
+    fn expired_messages_are_not_sent_from_the_queue() {
+        let mut s = Session::new(limits(10, 10, DropPolicy::DropOldest));
+        s.enqueue(Outgoing::new(
+            Msg("old", 100),
+            QoS::AtLeastOnce,
+            false,
+            vec![],
+        ));
+        s.enqueue(out("new", QoS::AtLeastOnce));
+        assert_eq!(names(&s.resume(10, 200)), vec!["new"]);
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_use() {
+        let mut s = Session::new(limits(3, 10, DropPolicy::DropOldest));
+        s.resume(3, 0);
+        s.last_packet_id = u16::MAX - 1;
+        let ids: Vec<_> = (0..3)
+            .map(|_| match s.enqueue(out("x", QoS::AtLeastOnce)) {
+                Enqueued::Send(o) => o.packet_id.map(NonZeroU16::get),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, vec![Some(u16::MAX), Some(1), Some(2)]);
+    }
+
+    #[test]
+    fn inbound_qos2_duplicates_are_detected() {
+        let mut s: Session<Msg> = Session::new(SessionLimits::default());
+        assert!(s.incoming_qos2(7));
+        assert!(!s.incoming_qos2(7));
+        s.incoming_released(7);
+        assert!(s.incoming_qos2(7));
+    }
+}

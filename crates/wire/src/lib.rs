@@ -1,0 +1,10 @@
+//! Everything that crosses a process boundary: the protobuf contracts in `proto/`, envelope
+//! helpers, and (as the cluster arrives) NATS subject and Redis key builders.
+
+/// Generated protobuf types of package `hermes.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/hermes.v1.rs"));
+}
+
+pub mod envelope;
