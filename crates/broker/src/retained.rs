@@ -19,7 +19,7 @@ impl<M> Default for RetainedStore<M> {
     }
 }
 
-impl<M: Deliverable> RetainedStore<M> {
+impl<M: Deliverable + Clone> RetainedStore<M> {
     pub fn new() -> Self {
         Self::default()
     }

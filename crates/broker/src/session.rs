@@ -11,9 +11,15 @@ use std::num::NonZeroU16;
 use crate::{QoS, SubOptions};
 
 /// What a queued message must tell the session about itself.
-pub trait Deliverable: Clone {
+pub trait Deliverable {
     /// True once the message's expiry (v5 message-expiry-interval) has passed at `now_ms`.
     fn expired(&self, now_ms: u64) -> bool;
+}
+
+impl<T: Deliverable + ?Sized> Deliverable for std::sync::Arc<T> {
+    fn expired(&self, now_ms: u64) -> bool {
+        (**self).expired(now_ms)
+    }
 }
 
 /// One PUBLISH as it will go to this session's client.
@@ -110,7 +116,7 @@ pub struct Session<M> {
     limits: SessionLimits,
 }
 
-impl<M: Deliverable> Session<M> {
+impl<M: Deliverable + Clone> Session<M> {
     pub fn new(limits: SessionLimits) -> Self {
         Session {
             subscriptions: HashMap::new(),

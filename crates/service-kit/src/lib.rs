@@ -1,1 +1,8 @@
-//! placeholder
+//! What every Hermes binary does at start: load one typed config tree (defaults → file → env →
+//! flags), set up logs, traces and metrics, serve health and metrics over HTTP, and wait for
+//! the signal to stop.
+
+pub mod config;
+pub mod http;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,1 +1,88 @@
-//! placeholder
+//! Hermes MQTT edge: a stateless-by-design MQTT 3.1.1 and 5.0 node over TCP, TLS and WebSocket.
+//!
+//! ntex-mqtt parses and writes packets; [`hub`] holds sessions, subscriptions and retained
+//! messages and decides with the sans-IO `broker` crate; [`connection`] writes deliveries on
+//! each connection's own worker. [`Edge::start`] wires it together.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod hub;
+pub mod ingress;
+pub mod message;
+pub mod metrics;
+pub mod server;
+pub mod sys;
+pub mod v3;
+pub mod v5;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::EdgeConfig;
+pub use server::BoundAddrs;
+
+/// A running edge.
+#[derive(Debug)]
+pub struct Edge {
+    pub hub: Arc<hub::Hub>,
+    listeners: server::Listeners,
+    housekeeping: tokio::task::JoinHandle<()>,
+}
+
+impl Edge {
+    /// Validates the config, binds the listeners and starts serving. Call inside a tokio runtime.
+    pub fn start(cfg: EdgeConfig) -> Result<Edge, String> {
+        cfg.validate()?;
+        metrics::describe();
+        let auth = auth::Authenticator::from_config(&cfg.auth)?;
+        let hub = Arc::new(hub::Hub::new(cfg.hub_config()));
+        let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
+        let shared = Arc::new(server::EdgeShared {
+            hub: hub.clone(),
+            auth,
+            cfg,
+        });
+        let listeners =
+            server::start(shared).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
+        let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);
+        Ok(Edge {
+            hub,
+            listeners,
+            housekeeping,
+        })
+    }
+
+    pub fn addrs(&self) -> &BoundAddrs {
+        &self.listeners.addrs
+    }
+
+    /// Tells clients the server is shutting down, then stops.
+    pub async fn stop(self) {
+        self.housekeeping.abort();
+        self.listeners.stop().await;
+    }
+}
+
+/// Runs an edge with telemetry and the ops endpoint until Ctrl-C or SIGTERM.
+pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
+    let telemetry =
+        service_kit::telemetry::init("mqtt-edge", &cfg.telemetry).map_err(|e| e.to_string())?;
+    let ops_addr = cfg.ops.addr.clone();
+    let edge = Edge::start(cfg)?;
+    if !ops_addr.is_empty() {
+        let router = service_kit::http::ops_router(telemetry.prometheus.clone());
+        let addr = service_kit::http::serve(&ops_addr, router, service_kit::shutdown::signal())
+            .await
+            .map_err(|e| format!("ops.addr {ops_addr}: {e}"))?;
+        tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
+    }
+    let a = edge.addrs();
+    tracing::info!(mqtt = ?a.mqtt, mqtt_tls = ?a.mqtt_tls, mqtt_ws = ?a.mqtt_ws, "mqtt-edge serving");
+    service_kit::shutdown::signal().await;
+    tracing::info!("stopping: telling clients to reconnect elsewhere");
+    edge.stop().await;
+    drop(telemetry);
+    Ok(())
+}

@@ -1,0 +1,201 @@
+//! The edge's configuration tree (`[mqtt]`, `[limits]`, `[auth]`), with production defaults.
+
+use serde::{Deserialize, Serialize};
+
+use broker::session::{DropPolicy, SessionLimits};
+use broker::topic::TopicLimits;
+use service_kit::telemetry::TelemetryConfig;
+
+use crate::hub::HubConfig;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+#[derive(Default)]
+pub struct EdgeConfig {
+    pub mqtt: MqttConfig,
+    pub limits: LimitsConfig,
+    pub auth: AuthConfig,
+    pub ops: OpsConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// The operations HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpsConfig {
+    /// Empty disables the endpoint.
+    pub addr: String,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            addr: "127.0.0.1:9100".into(),
+        }
+    }
+}
+
+/// Listeners. An empty address disables that listener; port 0 picks a free port.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// MQTT over TCP.
+    pub addr: String,
+    /// MQTT over TLS; needs `tls_cert` and `tls_key`.
+    pub tls_addr: String,
+    /// MQTT over WebSocket (subprotocol `mqtt`, any path).
+    pub ws_addr: String,
+    /// PEM certificate chain for the TLS listener.
+    pub tls_cert: String,
+    /// PEM private key for the TLS listener.
+    pub tls_key: String,
+    /// ntex worker threads; 0 = one per CPU.
+    pub workers: usize,
+    /// Listen backlog: a reconnect storm queues here instead of losing SYNs.
+    pub backlog: i32,
+    /// Interval of the `$SYS/broker/...` statistics, in seconds; 0 disables them.
+    pub sys_interval_secs: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            addr: "127.0.0.1:1883".into(),
+            tls_addr: String::new(),
+            ws_addr: "127.0.0.1:8083".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            workers: 0,
+            backlog: 4096,
+            sys_interval_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest packet accepted or sent, in bytes.
+    pub max_packet_size: u32,
+    pub max_topic_length: usize,
+    pub max_topic_levels: usize,
+    pub max_subscriptions_per_client: usize,
+    /// QoS 1/2 messages in flight to one client (further capped by its receive maximum).
+    pub max_inflight: u16,
+    /// QoS 1/2 messages in flight from one client (our receive maximum).
+    pub max_inbound_inflight: u16,
+    /// Messages a session queues beyond the in-flight window (online or offline).
+    pub max_queued_messages: usize,
+    /// `drop_oldest` or `drop_newest` when the queue is full.
+    pub queue_drop_policy: String,
+    /// Queue QoS 0 messages for offline persistent sessions too.
+    pub queue_qos0: bool,
+    /// Deliveries waiting for one connection's socket before it is closed as too slow.
+    pub max_pending_deliveries: usize,
+    /// Seconds a client has to send CONNECT after the TCP/TLS/WS handshake.
+    pub connect_timeout_secs: u16,
+    /// Highest keep-alive the server accepts; larger requests get this value (v5 server keep-alive).
+    pub max_keepalive_secs: u16,
+    /// Connections per listener per worker (ntex maxconn).
+    pub max_connections: usize,
+    /// Highest v5 session expiry honoured, in seconds.
+    pub max_session_expiry_secs: u32,
+    /// v5 topic aliases a client may use towards the server.
+    pub max_topic_alias: u16,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_packet_size: 1024 * 1024,
+            max_topic_length: 1024,
+            max_topic_levels: 32,
+            max_subscriptions_per_client: 100,
+            max_inflight: 32,
+            max_inbound_inflight: 32,
+            max_queued_messages: 1000,
+            queue_drop_policy: "drop_oldest".into(),
+            queue_qos0: false,
+            max_pending_deliveries: 1000,
+            connect_timeout_secs: 10,
+            max_keepalive_secs: 1200,
+            max_connections: 100_000,
+            max_session_expiry_secs: 7 * 24 * 3600,
+            max_topic_alias: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accept clients without credentials. Off by default.
+    pub allow_anonymous: bool,
+    /// File of `username:argon2id-PHC-hash` lines (`hermes passwd` writes them).
+    pub users_file: String,
+}
+
+impl EdgeConfig {
+    /// Checks what serde cannot: values that parse but make no sense. Names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let l = &self.limits;
+        if !matches!(l.queue_drop_policy.as_str(), "drop_oldest" | "drop_newest") {
+            return Err(format!(
+                "limits.queue_drop_policy must be drop_oldest or drop_newest, not `{}`",
+                l.queue_drop_policy
+            ));
+        }
+        for (key, v) in [
+            ("limits.max_inflight", usize::from(l.max_inflight)),
+            (
+                "limits.max_inbound_inflight",
+                usize::from(l.max_inbound_inflight),
+            ),
+            ("limits.max_topic_length", l.max_topic_length),
+            ("limits.max_topic_levels", l.max_topic_levels),
+            ("limits.max_packet_size", l.max_packet_size as usize),
+            (
+                "limits.connect_timeout_secs",
+                usize::from(l.connect_timeout_secs),
+            ),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        if !self.mqtt.tls_addr.is_empty()
+            && (self.mqtt.tls_cert.is_empty() || self.mqtt.tls_key.is_empty())
+        {
+            return Err("mqtt.tls_addr needs mqtt.tls_cert and mqtt.tls_key".into());
+        }
+        if self.mqtt.addr.is_empty()
+            && self.mqtt.tls_addr.is_empty()
+            && self.mqtt.ws_addr.is_empty()
+        {
+            return Err("no listener: set mqtt.addr, mqtt.tls_addr or mqtt.ws_addr".into());
+        }
+        Ok(())
+    }
+
+    pub fn hub_config(&self) -> HubConfig {
+        let l = &self.limits;
+        HubConfig {
+            session: SessionLimits {
+                max_inflight: l.max_inflight,
+                max_queued: l.max_queued_messages,
+                drop_policy: if l.queue_drop_policy == "drop_newest" {
+                    DropPolicy::DropNewest
+                } else {
+                    DropPolicy::DropOldest
+                },
+                queue_qos0: l.queue_qos0,
+            },
+            topic: TopicLimits {
+                max_len: l.max_topic_length,
+                max_levels: l.max_topic_levels,
+            },
+            max_subscriptions: l.max_subscriptions_per_client,
+            max_pending_deliveries: l.max_pending_deliveries,
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! One live connection on its ntex worker: the state its handlers share, the task that writes
+//! the hub's deliveries to the socket, and the clean-up when the connection ends.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::num::NonZeroU16;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use ntex_bytes::ByteString;
+use ntex_mqtt::{v3, v5};
+
+use broker::QoS;
+
+use crate::hub::{CloseReason, ConnInbox, Delivery, Hub};
+use crate::message::now_ms;
+use crate::metrics as m;
+
+/// State of one connection, shared by its publish and protocol handlers.
+///
+/// Dropping it (ntex drops the session when the connection ends, however it ends) tells the
+/// hub, which then publishes or schedules the will and keeps or ends the session.
+#[derive(Debug)]
+pub struct ConnState {
+    pub client_id: Arc<str>,
+    pub link_id: u64,
+    pub hub: Arc<Hub>,
+    /// A DISCONNECT without "send will" was received.
+    graceful: Cell<bool>,
+    /// Session expiry sent in a v5 DISCONNECT.
+    expiry_override: Cell<Option<u32>>,
+}
+
+impl ConnState {
+    pub fn new(client_id: Arc<str>, link_id: u64, hub: Arc<Hub>) -> Self {
+        ConnState {
+            client_id,
+            link_id,
+            hub,
+            graceful: Cell::new(false),
+            expiry_override: Cell::new(None),
+        }
+    }
+
+    pub fn disconnected_gracefully(&self, expiry_secs: Option<u32>) {
+        self.graceful.set(true);
+        self.expiry_override.set(expiry_secs);
+    }
+
+    /// A v5 DISCONNECT 0x04: close normally but publish the will.
+    pub fn disconnected_with_will(&self, expiry_secs: Option<u32>) {
+        self.expiry_override.set(expiry_secs);
+    }
+}
+
+impl Drop for ConnState {
+    fn drop(&mut self) {
+        self.hub.disconnect(
+            &self.client_id,
+            self.link_id,
+            self.graceful.get(),
+            self.expiry_override.get(),
+            now_ms(),
+        );
+    }
+}
+
+/// The write side of a connection, either protocol version.
+#[derive(Clone)]
+pub enum Sink {
+    V3(v3::MqttSink),
+    V5(v5::MqttSink),
+}
+
+impl Sink {
+    fn close(&self, reason: CloseReason) {
+        match self {
+            // v3 has no DISCONNECT from the server: the connection is simply closed.
+            Sink::V3(s) => s.close(),
+            Sink::V5(s) => {
+                let (code, text) = match reason {
+                    CloseReason::SessionTakenOver => (
+                        v5::codec::DisconnectReasonCode::SessionTakenOver,
+                        "another connection took over this client id",
+                    ),
+                    CloseReason::ServerShuttingDown => (
+                        v5::codec::DisconnectReasonCode::ServerShuttingDown,
+                        "server shutting down",
+                    ),
+                    CloseReason::SlowConsumer => (
+                        v5::codec::DisconnectReasonCode::QuotaExceeded,
+                        "too many undelivered messages: the client reads too slowly",
+                    ),
+                };
+                let mut pkt = v5::codec::Disconnect::new(code);
+                pkt.reason_string = Some(ByteString::from_static(text));
+                s.close_with_reason(pkt);
+            }
+        }
+    }
+}
+
+/// Runs on the connection's worker until the connection ends: writes each delivery the hub
+/// sends, and closes the connection when the hub asks to.
+pub fn spawn_delivery_task(
+    sink: Sink,
+    mut inbox: ConnInbox,
+    hub: Arc<Hub>,
+    client_id: Arc<str>,
+    link_id: u64,
+) {
+    ntex::rt::spawn(async move {
+        loop {
+            tokio::select! {
+                biased;
+                reason = inbox.close.closed() => {
+                    sink.close(reason);
+                    break;
+                }
+                d = inbox.deliveries.recv() => match d {
+                    Some(d) => deliver(&sink, d, &hub, &client_id, link_id).await,
+                    None => {
+                        // The hub dropped our link: taken over or shutting down.
+                        if let Some(reason) = inbox.close.reason() {
+                            sink.close(reason);
+                        }
+                        break;
+                    }
+                },
+            }
+        }
+    });
+}
+
+/// Writes one delivery. QoS 1/2 packets are written at once (so order is kept) and their
+/// acknowledgement is awaited on a task of its own, so the in-flight window stays full.
+async fn deliver(sink: &Sink, d: Delivery, hub: &Arc<Hub>, client_id: &Arc<str>, link_id: u64) {
+    let now = now_ms();
+    let qos = d.qos;
+    metrics::counter!(m::DELIVERIES, "qos" => qos_label(qos)).increment(1);
+    if qos == QoS::AtMostOnce {
+        let res = match sink {
+            Sink::V3(s) => v3_builder(s, &d)
+                .send_at_most_once(d.msg.payload.clone())
+                .map_err(|e| e.to_string()),
+            Sink::V5(s) => v5_builder(s, &d, now)
+                .send_at_most_once(d.msg.payload.clone())
+                .map_err(|e| e.to_string()),
+        };
+        match res {
+            Ok(()) => hub.sent_qos0(),
+            Err(e) => {
+                metrics::counter!(m::DELIVERY_FAILURES).increment(1);
+                tracing::debug!(client_id = %client_id, error = %e, "QoS 0 delivery failed");
+            }
+        }
+        return;
+    }
+    let Some(packet_id) = d.packet_id else {
+        return;
+    };
+    let flow = AckFlow {
+        hub: hub.clone(),
+        client_id: client_id.clone(),
+        link_id,
+        packet_id,
+        started: std::time::Instant::now(),
+    };
+    let payload = d.msg.payload.clone();
+    match (sink, qos) {
+        (Sink::V3(s), QoS::AtLeastOnce) => {
+            start(flow.qos1(v3_builder(s, &d).send_at_least_once(payload))).await
+        }
+        (Sink::V5(s), QoS::AtLeastOnce) => {
+            let b = v5_builder(s, &d, now);
+            start(flow.qos1(async move { b.send_at_least_once(payload).await.map(|_| ()) })).await
+        }
+        (Sink::V3(s), _) => {
+            let b = v3_builder(s, &d);
+            start(flow.qos2(async move {
+                let rec = b
+                    .send_exactly_once(payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(async move { rec.release().await.map_err(|e| e.to_string()) })
+            }))
+            .await
+        }
+        (Sink::V5(s), _) => {
+            let b = v5_builder(s, &d, now);
+            start(flow.qos2(async move {
+                let rec = b
+                    .send_exactly_once(payload)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(async move { rec.release().await.map_err(|e| e.to_string()) })
+            }))
+            .await
+        }
+    }
+}
+
+/// Polls `fut` once here (which writes the packet, keeping delivery order), then lets a task
+/// of its own wait for the acknowledgement.
+async fn start(fut: impl Future<Output = ()> + 'static) {
+    let mut fut = Box::pin(fut);
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    if first.is_pending() {
+        ntex::rt::spawn(fut);
+    }
+}
+
+/// Reports the acknowledgement of one QoS 1/2 delivery back to the hub.
+struct AckFlow {
+    hub: Arc<Hub>,
+    client_id: Arc<str>,
+    link_id: u64,
+    packet_id: NonZeroU16,
+    started: std::time::Instant,
+}
+
+impl AckFlow {
+    async fn qos1<E: std::fmt::Display>(self, send: impl Future<Output = Result<(), E>>) {
+        let res = send.await.map_err(|e| e.to_string());
+        self.finish(res);
+    }
+
+    async fn qos2<R>(self, send: impl Future<Output = Result<R, String>>)
+    where
+        R: Future<Output = Result<(), String>>,
+    {
+        // A message already past PUBREC before a reconnect is resent as a PUBLISH with DUP set
+        // (ntex-mqtt cannot send a bare PUBREL); a conforming receiver answers PUBREC again
+        // without redelivering it to the application.
+        match pin!(send).await {
+            Ok(release) => {
+                self.hub.received(&self.client_id, self.packet_id);
+                let res = release.await;
+                self.finish(res);
+            }
+            Err(e) => self.finish(Err(e)),
+        }
+    }
+
+    fn finish(self, res: Result<(), String>) {
+        match res {
+            Ok(()) => {
+                metrics::histogram!(m::ACK_SECONDS).record(self.started.elapsed().as_secs_f64());
+                self.hub
+                    .complete(&self.client_id, self.link_id, self.packet_id, now_ms());
+            }
+            Err(e) if e.contains("Encode") => {
+                // The packet can never be sent (e.g. larger than the client's maximum packet
+                // size, v5 §3.1.2.11.4): discard it instead of retrying forever.
+                metrics::counter!(m::DELIVERY_FAILURES).increment(1);
+                tracing::warn!(client_id = %self.client_id, error = %e, "delivery discarded");
+                self.hub
+                    .complete(&self.client_id, self.link_id, self.packet_id, now_ms());
+            }
+            // Connection gone: the message stays in flight and is resent on reconnect.
+            Err(_) => {}
+        }
+    }
+}
+
+fn qos_label(q: QoS) -> &'static str {
+    match q {
+        QoS::AtMostOnce => "0",
+        QoS::AtLeastOnce => "1",
+        QoS::ExactlyOnce => "2",
+    }
+}
+
+pub fn to_ntex_qos(q: QoS) -> ntex_mqtt::QoS {
+    match q {
+        QoS::AtMostOnce => ntex_mqtt::QoS::AtMostOnce,
+        QoS::AtLeastOnce => ntex_mqtt::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => ntex_mqtt::QoS::ExactlyOnce,
+    }
+}
+
+pub fn from_ntex_qos(q: ntex_mqtt::QoS) -> QoS {
+    match q {
+        ntex_mqtt::QoS::AtMostOnce => QoS::AtMostOnce,
+        ntex_mqtt::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        ntex_mqtt::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+fn v3_builder(s: &v3::MqttSink, d: &Delivery) -> v3::PublishBuilder {
+    let mut b = s.publish(d.msg.topic.clone()).dup(d.dup);
+    if d.retain {
+        b = b.retain();
+    }
+    if let Some(id) = d.packet_id {
+        b = b.packet_id(id.get());
+    }
+    b
+}
+
+fn v5_builder(s: &v5::MqttSink, d: &Delivery, now: u64) -> v5::PublishBuilder {
+    let mut b = s.publish(d.msg.topic.clone()).dup(d.dup).retain(d.retain);
+    if let Some(id) = d.packet_id {
+        b = b.packet_id(id.get());
+    }
+    let expiry = d.msg.remaining_secs(now);
+    let has_props =
+        d.msg.properties.is_some() || expiry.is_some() || !d.subscription_ids.is_empty();
+    if has_props {
+        b = b.properties(|p| {
+            if let Some(props) = &d.msg.properties {
+                *p = (**props).clone();
+            }
+            p.message_expiry_interval = expiry.and_then(std::num::NonZeroU32::new);
+            p.subscription_ids = d
+                .subscription_ids
+                .iter()
+                .filter_map(|i| std::num::NonZeroU32::new(*i))
+                .collect();
+        });
+    }
+    b
+}

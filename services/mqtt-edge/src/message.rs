@@ -1,0 +1,58 @@
+//! An application message as the edge routes it: one allocation per PUBLISH, shared by every
+//! subscriber it goes to (payload bytes are reference-counted, never copied per delivery).
+
+use std::sync::Arc;
+
+use ntex_bytes::{ByteString, Bytes};
+use ntex_mqtt::v5::codec::PublishProperties;
+
+use broker::QoS;
+use broker::session::Deliverable;
+
+/// A routed message; `Arc<Message>` is what sessions queue.
+#[derive(Debug)]
+pub struct Message {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// v5 properties passed through to v5 subscribers (topic alias and subscription ids removed).
+    pub properties: Option<Box<PublishProperties>>,
+    /// Absolute expiry (v5 message-expiry-interval), milliseconds since the Unix epoch.
+    pub expires_at_ms: Option<u64>,
+}
+
+pub type SharedMessage = Arc<Message>;
+
+impl Message {
+    pub fn new(topic: ByteString, payload: Bytes, qos: QoS, retain: bool) -> Self {
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            properties: None,
+            expires_at_ms: None,
+        }
+    }
+
+    /// Seconds left before expiry, for the message-expiry-interval sent to v5 subscribers.
+    pub fn remaining_secs(&self, now_ms: u64) -> Option<u32> {
+        self.expires_at_ms
+            .map(|at| (at.saturating_sub(now_ms).div_ceil(1000)).max(1) as u32)
+    }
+}
+
+impl Deliverable for Message {
+    fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| now_ms >= at)
+    }
+}
+
+/// Milliseconds since the Unix epoch: the clock every expiry in the edge is measured on.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

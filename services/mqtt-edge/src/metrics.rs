@@ -1,0 +1,64 @@
+//! Names of the edge's Prometheus metrics, in one place so dashboards and code agree.
+
+pub const CONNECTIONS: &str = "hermes_edge_connections";
+pub const CONNECTS: &str = "hermes_edge_connects_total";
+pub const CONNECT_REFUSED: &str = "hermes_edge_connect_refused_total";
+pub const TAKEOVERS: &str = "hermes_edge_session_takeovers_total";
+pub const SESSIONS_EXPIRED: &str = "hermes_edge_sessions_expired_total";
+pub const PACKETS_IN: &str = "hermes_edge_packets_received_total";
+pub const PUBLISH_BYTES_IN: &str = "hermes_edge_publish_bytes_received_total";
+pub const DELIVERIES: &str = "hermes_edge_deliveries_total";
+pub const DELIVERY_FAILURES: &str = "hermes_edge_delivery_failures_total";
+pub const QUEUE_DROPS: &str = "hermes_edge_queue_drops_total";
+pub const SLOW_CONSUMER_DISCONNECTS: &str = "hermes_edge_slow_consumer_disconnects_total";
+pub const PUBLISH_REFUSED: &str = "hermes_edge_publish_refused_total";
+pub const CONNECTION_STOPS: &str = "hermes_edge_connection_stops_total";
+pub const ROUTE_SECONDS: &str = "hermes_edge_route_seconds";
+pub const ACK_SECONDS: &str = "hermes_edge_delivery_ack_seconds";
+
+/// Registers help texts (Prometheus tooling flags metrics without them).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(CONNECTIONS, "Open MQTT connections");
+    describe_counter!(CONNECTS, "Accepted CONNECT packets, by protocol version");
+    describe_counter!(CONNECT_REFUSED, "Refused CONNECT packets, by reason");
+    describe_counter!(
+        TAKEOVERS,
+        "Connections closed because the client id connected again"
+    );
+    describe_counter!(
+        SESSIONS_EXPIRED,
+        "Persistent sessions removed after their expiry"
+    );
+    describe_counter!(PACKETS_IN, "Control packets received, by type");
+    describe_counter!(
+        PUBLISH_BYTES_IN,
+        "Payload bytes received in PUBLISH packets"
+    );
+    describe_counter!(DELIVERIES, "PUBLISH packets written to subscribers, by QoS");
+    describe_counter!(
+        DELIVERY_FAILURES,
+        "Deliveries that failed (connection gone, packet too large)"
+    );
+    describe_counter!(
+        QUEUE_DROPS,
+        "Messages dropped because a session queue was full"
+    );
+    describe_counter!(
+        SLOW_CONSUMER_DISCONNECTS,
+        "Connections closed for not keeping up with deliveries"
+    );
+    describe_counter!(PUBLISH_REFUSED, "Inbound PUBLISH refused, by reason");
+    describe_counter!(
+        CONNECTION_STOPS,
+        "Connections ended, by reason (peer gone, protocol error, handler error)"
+    );
+    describe_histogram!(
+        ROUTE_SECONDS,
+        "Time to route one inbound PUBLISH to its sessions"
+    );
+    describe_histogram!(
+        ACK_SECONDS,
+        "Time from writing a QoS 1/2 delivery to its final ack"
+    );
+}

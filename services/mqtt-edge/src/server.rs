@@ -1,0 +1,280 @@
+//! The IO shell: binds the TCP, TLS and WebSocket listeners, runs the ntex workers on a thread
+//! of their own, and stops them on request.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ntex::http::{self, HttpService, Request, Response, h1};
+use ntex::io::{Filter, Io, Layer};
+use ntex::{Pipeline, Service, SharedCfg, ws};
+use ntex_mqtt::{MqttError, MqttServer, QoS};
+
+use crate::auth::Authenticator;
+use crate::config::EdgeConfig;
+use crate::connection::ConnState;
+use crate::hub::{CloseReason, Hub};
+use crate::ingress::EdgeError;
+use crate::{v3, v5};
+
+/// What every connection handler needs: the hub, the authenticator and the config.
+#[derive(Debug)]
+pub struct EdgeShared {
+    pub hub: Arc<Hub>,
+    pub auth: Authenticator,
+    pub cfg: EdgeConfig,
+}
+
+/// Addresses the listeners are bound to (port 0 in the config resolved to the real port).
+#[derive(Debug, Clone, Default)]
+pub struct BoundAddrs {
+    pub mqtt: Option<SocketAddr>,
+    pub mqtt_tls: Option<SocketAddr>,
+    pub mqtt_ws: Option<SocketAddr>,
+}
+
+/// A running set of listeners; stop it with [`Listeners::stop`].
+#[derive(Debug)]
+pub struct Listeners {
+    pub addrs: BoundAddrs,
+    server: ntex::server::Server,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+    hub: Arc<Hub>,
+}
+
+impl Listeners {
+    /// Tells every client the server is going away (v5 DISCONNECT 0x8B), then stops the workers.
+    pub async fn stop(mut self) {
+        self.hub.close_all(CloseReason::ServerShuttingDown);
+        // Give the delivery tasks a moment to write their DISCONNECT packets.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        self.server.stop(true).await;
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+fn listener(addr: &str, backlog: i32) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("`{addr}`: {e}")))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    // Several edge processes may share one port (each gets a share of the connections).
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+fn tls_config(cfg: &EdgeConfig) -> io::Result<Arc<rustls::ServerConfig>> {
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
+    };
+    let certs = rustls_pemfile::certs(&mut read(&cfg.mqtt.tls_cert)?.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| io::Error::other(format!("mqtt.tls_cert: {e}")))?;
+    let key = rustls_pemfile::private_key(&mut read(&cfg.mqtt.tls_key)?.as_slice())
+        .map_err(|e| io::Error::other(format!("mqtt.tls_key: {e}")))?
+        .ok_or_else(|| io::Error::other("mqtt.tls_key: no private key in the file"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| io::Error::other(format!("mqtt.tls_cert/tls_key: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+fn service_config(cfg: &EdgeConfig) -> SharedCfg {
+    let l = &cfg.limits;
+    SharedCfg::new("MQTT")
+        .add(
+            ntex_mqtt::MqttServiceConfig::new()
+                .set_max_qos(QoS::ExactlyOnce)
+                .set_max_size(l.max_packet_size)
+                .set_max_receive(l.max_inbound_inflight)
+                .set_max_send(l.max_inflight)
+                .set_max_topic_alias(l.max_topic_alias)
+                .set_connect_timeout(ntex::time::Seconds(l.connect_timeout_secs))
+                .set_handshake_timeout(ntex::time::Seconds(l.connect_timeout_secs)),
+        )
+        .into()
+}
+
+/// The MQTT service for one accepted (and, for TLS/WS, unwrapped) connection.
+fn mqtt_service(
+    edge: Arc<EdgeShared>,
+) -> impl Service<(), ntex::io::IoBoxed, Res = (), Error = io::Error> {
+    let e3 = edge.clone();
+    let e5 = edge;
+    MqttServer::new()
+        .v3(
+            ntex_mqtt::v3::MqttServer::new(async |ses: &v3::Session, p| v3::publish(ses, p).await)
+                .protocol(async |ses: &v3::Session, m| v3::protocol(ses, m).await)
+                .control(async |ses: &v3::Session, c| {
+                    observe_stop(ses, &c);
+                    Ok::<Option<ntex_mqtt::v3::codec::Encoded>, EdgeError>(None)
+                })
+                .build(move |msg| v3::connect(e3.clone(), msg)),
+        )
+        .v5(
+            ntex_mqtt::v5::MqttServer::new(async |ses: &v5::Session, p| v5::publish(ses, p).await)
+                .protocol(async |ses: &v5::Session, m| v5::protocol(ses, m).await)
+                .control(async |ses: &v5::Session, c| {
+                    observe_stop(ses, &c);
+                    Ok::<Option<ntex_mqtt::v5::codec::Encoded>, EdgeError>(None)
+                })
+                .build(move |msg| v5::connect(e5.clone(), msg)),
+        )
+        .map_err(|e: MqttError<EdgeError>| io::Error::other(format!("{e:?}")))
+}
+
+/// Counts and logs why a connection stops; ntex-mqtt itself sends the v5 DISCONNECT reason
+/// for protocol errors, and [`ConnState`]'s drop does the session clean-up.
+fn observe_stop(ses: &ConnState, c: &ntex_mqtt::Control<EdgeError>) {
+    use ntex_mqtt::Reason;
+    let reason = match c {
+        ntex_mqtt::Control::Stop(Reason::Protocol(e)) => {
+            tracing::debug!(client_id = %ses.client_id, error = %e.get_ref(), "protocol error");
+            "protocol_error"
+        }
+        ntex_mqtt::Control::Stop(Reason::Error(e)) => {
+            tracing::debug!(client_id = %ses.client_id, error = %e.get_ref(), "handler error");
+            "handler_error"
+        }
+        ntex_mqtt::Control::Stop(Reason::PeerGone(_)) => "peer_gone",
+        ntex_mqtt::Control::WrBackpressure(_) => return,
+    };
+    metrics::counter!(crate::metrics::CONNECTION_STOPS, "reason" => reason).increment(1);
+}
+
+/// HTTP/1 upgrade → WebSocket → the same MQTT service as raw TCP.
+fn ws_service<F: Filter>(
+    edge: Arc<EdgeShared>,
+) -> impl Service<(), Io<F>, Res = (), Error = http::error::DispatchError> {
+    let mqtt = Pipeline::new((), mqtt_service(edge)).bind();
+    HttpService::new(async |_| {
+        Ok::<_, io::Error>(
+            Response::BadRequest().body("this endpoint speaks MQTT over WebSocket only"),
+        )
+    })
+    .h1_control(async move |msg: h1::Control<_, _>| {
+        let ack = match msg {
+            h1::Control::Upgrade(ctl) => {
+                let (ack, io, req, codec) = ctl.handle();
+                let io = ws_handshake(io, req, codec).await?;
+                mqtt.call(io.boxed()).await?;
+                ack
+            }
+            _ => msg.ack(),
+        };
+        Ok::<_, io::Error>(ack)
+    })
+}
+
+async fn ws_handshake<F: Filter>(
+    io: Io<F>,
+    req: Request,
+    codec: h1::Codec,
+) -> Result<Io<Layer<ws::WsTransport, F>>, io::Error> {
+    let mut res = ws::handshake(req.head()).map_err(io::Error::other)?;
+    // Browsers require the server to echo the subprotocol they offered ("mqtt").
+    if let Some(offered) = req.headers().get("sec-websocket-protocol") {
+        let first = offered
+            .to_str()
+            .unwrap_or("")
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        if !first.is_empty() {
+            res.header("sec-websocket-protocol", first);
+        }
+    }
+    io.send(
+        h1::Message::Item((res.build().drop_body(), http::body::BodySize::Empty)),
+        &codec,
+    )
+    .await?;
+    Ok(ws::WsTransport::create(io, ws::Codec::new()))
+}
+
+/// Binds every configured listener and starts the workers. Returns once the listeners are bound.
+pub fn start(edge: Arc<EdgeShared>) -> io::Result<Listeners> {
+    let cfg = edge.cfg.clone();
+    let backlog = cfg.mqtt.backlog;
+    let bind = |a: &str| (!a.is_empty()).then(|| listener(a, backlog)).transpose();
+    let tcp = bind(&cfg.mqtt.addr)?;
+    let tls = bind(&cfg.mqtt.tls_addr)?;
+    let ws = bind(&cfg.mqtt.ws_addr)?;
+    let addrs = BoundAddrs {
+        mqtt: tcp.as_ref().map(|l| l.local_addr()).transpose()?,
+        mqtt_tls: tls.as_ref().map(|l| l.local_addr()).transpose()?,
+        mqtt_ws: ws.as_ref().map(|l| l.local_addr()).transpose()?,
+    };
+    let tls_cfg = tls.as_ref().map(|_| tls_config(&cfg)).transpose()?;
+    let workers = if cfg.mqtt.workers == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        cfg.mqtt.workers
+    };
+    let max_conn = cfg.limits.max_connections;
+    let hub = edge.hub.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("mqtt-edge".into())
+        .spawn(move || {
+            ntex::rt::System::build()
+                .name("mqtt-edge")
+                .build(ntex::rt::DefaultRuntime)
+                .block_on(async move {
+                    let mut b = ntex::server::build()
+                        .workers(workers)
+                        .backlog(backlog)
+                        .maxconn(max_conn)
+                        .disable_signals();
+                    if let Some(l) = tcp {
+                        let e = edge.clone();
+                        b = b.listen("mqtt", l, service_config(&cfg), async move |_| {
+                            let mqtt = Pipeline::new((), mqtt_service(e.clone()));
+                            ntex::service::fn_service(async move |io: Io| {
+                                mqtt.call(io.boxed()).await
+                            })
+                        })?;
+                    }
+                    if let (Some(l), Some(tls_cfg)) = (tls, tls_cfg) {
+                        let e = edge.clone();
+                        b = b.listen("mqtt-tls", l, service_config(&cfg), async move |_| {
+                            let mqtt = Pipeline::new((), mqtt_service(e.clone()));
+                            ntex_tls::rustls::TlsAcceptor::new(tls_cfg.clone())
+                                .map_err(io::Error::other)
+                                .and_then(async move |io: Io<_>| mqtt.call(io.boxed()).await)
+                        })?;
+                    }
+                    if let Some(l) = ws {
+                        let e = edge.clone();
+                        b = b.listen("mqtt-ws", l, service_config(&cfg), async move |_| {
+                            ws_service(e.clone())
+                        })?;
+                    }
+                    let srv = b.run();
+                    let _ = tx.send(srv.clone());
+                    srv.await.map_err(|e| io::Error::other(format!("{e:?}")))?;
+                    Ok(())
+                })
+        })?;
+    let server = rx
+        .recv()
+        .map_err(|_| io::Error::other("the MQTT worker thread failed to start"))?;
+    Ok(Listeners {
+        addrs,
+        server,
+        thread: Some(thread),
+        hub,
+    })
+}
