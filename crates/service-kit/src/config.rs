@@ -58,8 +58,9 @@ pub fn load<T: DeserializeOwned + Serialize + Default>(
     for (key, value) in overrides {
         set(&mut tree, key, value.clone())?;
     }
-    tree.try_into()
-        .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))
+    // Going through text makes serde's errors point at the offending `key = value` line.
+    let text = toml::to_string(&tree).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    toml::from_str(&text).map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
 }
 
 /// Renders a configuration as TOML, for `print-config`.
