@@ -1,1 +1,178 @@
-//! placeholder
+//! Test harness: starts the real edge in-process on port 0 with isolated state, plus an MQTT
+//! test vocabulary (`expect_connack`, `expect_publish`, `expect_nothing`) over the SDK's raw client.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mqtt_edge::{Edge, EdgeConfig};
+use sdk::mqtt::{Client, Connect, Packet, Publish, RecvError, Version};
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a test waits to be sure something does not happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// An edge running in this process on ephemeral loopback ports, with TLS and WebSocket.
+#[derive(Debug)]
+pub struct TestEdge {
+    edge: Option<Edge>,
+    pub tcp: SocketAddr,
+    pub ws: SocketAddr,
+    pub tls: SocketAddr,
+    /// PEM of the self-signed certificate (for `localhost` and 127.0.0.1) the TLS listener uses.
+    pub ca_file: PathBuf,
+    pub dir: PathBuf,
+}
+
+fn unique_dir() -> PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("hermes-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    dir
+}
+
+impl TestEdge {
+    /// Anonymous access on, `$SYS` every second, everything else at its default.
+    pub async fn start() -> TestEdge {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut EdgeConfig)) -> TestEdge {
+        let dir = unique_dir();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("self-signed certificate");
+        let ca_file = dir.join("cert.pem");
+        let key_file = dir.join("key.pem");
+        std::fs::write(&ca_file, cert.cert.pem()).expect("write cert");
+        std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("write key");
+        let mut cfg = EdgeConfig::default();
+        cfg.mqtt.addr = "127.0.0.1:0".into();
+        cfg.mqtt.ws_addr = "127.0.0.1:0".into();
+        cfg.mqtt.tls_addr = "127.0.0.1:0".into();
+        cfg.mqtt.tls_cert = ca_file.display().to_string();
+        cfg.mqtt.tls_key = key_file.display().to_string();
+        cfg.mqtt.workers = 2;
+        cfg.mqtt.sys_interval_secs = 1;
+        cfg.auth.allow_anonymous = true;
+        cfg.ops.addr = String::new();
+        adjust(&mut cfg);
+        let edge = Edge::start(cfg).expect("edge starts");
+        let a = edge.addrs().clone();
+        TestEdge {
+            tcp: a.mqtt.expect("tcp listener"),
+            ws: a.mqtt_ws.expect("ws listener"),
+            tls: a.mqtt_tls.expect("tls listener"),
+            edge: Some(edge),
+            ca_file,
+            dir,
+        }
+    }
+
+    pub fn edge(&self) -> &Edge {
+        self.edge.as_ref().expect("edge running")
+    }
+
+    /// A TCP connection with no CONNECT sent yet.
+    pub async fn raw(&self, version: Version) -> Client {
+        Client::connect_tcp(self.tcp, version).await.expect("tcp connect")
+    }
+
+    /// A connected client; panics unless the CONNACK accepts it.
+    pub async fn connect(&self, version: Version, connect: Connect) -> (Client, bool) {
+        let mut c = self.raw(version).await;
+        let ack = c.handshake(connect, WAIT).await.expect("CONNACK");
+        match ack {
+            Packet::ConnAck { session_present, code: 0, .. } => (c, session_present),
+            other => panic!("connect refused: {other:?}"),
+        }
+    }
+
+    /// A clean-session client with the given id.
+    pub async fn client(&self, version: Version, id: &str) -> Client {
+        self.connect(version, connect(id, true)).await.0
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(e) = self.edge.take() {
+            e.stop().await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A CONNECT with keep-alive 60 and no credentials.
+pub fn connect(id: &str, clean: bool) -> Connect {
+    Connect { client_id: id.into(), clean_start: clean, keep_alive: 60, ..Connect::default() }
+}
+
+/// Waits for the next packet and requires a PUBLISH.
+pub async fn expect_publish(c: &mut Client) -> Publish {
+    match c.recv(WAIT).await {
+        Ok(Packet::Publish(p)) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+/// Requires that nothing arrives for [`QUIET`].
+pub async fn expect_nothing(c: &mut Client) {
+    match c.recv(QUIET).await {
+        Err(RecvError::Timeout) => {}
+        other => panic!("expected nothing, got {other:?}"),
+    }
+}
+
+/// Waits for a DISCONNECT (v5) and returns its reason code.
+pub async fn expect_disconnect(c: &mut Client) -> u8 {
+    loop {
+        match c.recv(WAIT).await {
+            Ok(Packet::Disconnect { code, .. }) => return code,
+            Ok(Packet::Publish(_)) => continue,
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+    }
+}
+
+/// Acknowledges a received QoS 1/2 PUBLISH the way a client must.
+pub async fn ack(c: &mut Client, p: &Publish) {
+    let Some(id) = p.packet_id else { return };
+    match p.qos {
+        1 => c.send(&Packet::PubAck { packet_id: id, code: 0 }).await.expect("send PUBACK"),
+        2 => {
+            c.send(&Packet::PubRec { packet_id: id, code: 0 }).await.expect("send PUBREC");
+            match c.recv(WAIT).await {
+                Ok(Packet::PubRel { packet_id, .. }) if packet_id == id => {}
+                other => panic!("expected PUBREL {id}, got {other:?}"),
+            }
+            c.send(&Packet::PubComp { packet_id: id, code: 0 }).await.expect("send PUBCOMP");
+        }
+        _ => {}
+    }
+}
+
+/// Finds an external tool the interoperability tests need, or fails with how to get it.
+pub fn require_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(name);
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("`{name}` is not installed: run scripts/test.sh, which installs the test dependencies");
+}
+
+/// Runs a command with a deadline; returns (exit success, stdout, stderr).
+pub async fn run_tool(cmd: &mut tokio::process::Command, deadline: Duration) -> (bool, String, String) {
+    cmd.kill_on_drop(true);
+    let out = tokio::time::timeout(deadline, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{cmd:?} did not finish within {deadline:?}"))
+        .expect("spawn tool");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -13,9 +13,7 @@ pub struct RetainedStore<M> {
 
 impl<M> Default for RetainedStore<M> {
     fn default() -> Self {
-        RetainedStore {
-            by_topic: HashMap::new(),
-        }
+        RetainedStore { by_topic: HashMap::new() }
     }
 }
 
@@ -47,11 +45,7 @@ impl<M: Deliverable + Clone> RetainedStore<M> {
     /// Live retained messages whose topic matches `filter`; expired ones are dropped on the way.
     pub fn matching(&mut self, filter: &str, now_ms: u64) -> Vec<M> {
         self.by_topic.retain(|_, m| !m.expired(now_ms));
-        self.by_topic
-            .iter()
-            .filter(|(t, _)| matches(filter, t))
-            .map(|(_, m)| m.clone())
-            .collect()
+        self.by_topic.iter().filter(|(t, _)| matches(filter, t)).map(|(_, m)| m.clone()).collect()
     }
 }
 
@@ -77,16 +71,8 @@ mod tests {
         let mut got = r.matching("a/+", 10);
         got.sort_by_key(|m| m.0);
         assert_eq!(got, vec![M("2", 0), M("3", 50)]);
-        assert_eq!(
-            r.matching("a/+", 60),
-            vec![M("2", 0)],
-            "expired message dropped"
-        );
-        assert_eq!(
-            r.matching("#", 60),
-            vec![M("2", 0)],
-            "$SYS not matched by #"
-        );
+        assert_eq!(r.matching("a/+", 60), vec![M("2", 0)], "expired message dropped");
+        assert_eq!(r.matching("#", 60), vec![M("2", 0)], "$SYS not matched by #");
         r.set("a/b", None);
         assert!(r.matching("a/#", 60).is_empty());
         assert_eq!(r.len(), 1);

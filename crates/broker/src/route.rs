@@ -31,13 +31,7 @@ pub struct RoutePlan<S> {
 impl<S: Hash + Eq + Clone + Ord> RoutePlan<S> {
     /// `publisher` is the session that sent the message (for no-local), `None` for the system.
     pub fn new(publisher: Option<S>, msg_qos: QoS, msg_retain: bool) -> Self {
-        RoutePlan {
-            publisher,
-            msg_qos,
-            msg_retain,
-            deliveries: HashMap::new(),
-            groups: HashMap::new(),
-        }
+        RoutePlan { publisher, msg_qos, msg_retain, deliveries: HashMap::new(), groups: HashMap::new() }
     }
 
     /// A plain subscription of `session` matched.
@@ -47,11 +41,8 @@ impl<S: Hash + Eq + Clone + Ord> RoutePlan<S> {
         }
         let qos = options.qos.min(self.msg_qos);
         let retain = self.msg_retain && options.retain_as_published;
-        let d = self.deliveries.entry(session.clone()).or_insert(Delivery {
-            qos,
-            retain,
-            subscription_ids: Vec::new(),
-        });
+        let d =
+            self.deliveries.entry(session.clone()).or_insert(Delivery { qos, retain, subscription_ids: Vec::new() });
         d.qos = d.qos.max(qos);
         d.retain |= retain;
         if let Some(id) = options.subscription_id {
@@ -61,10 +52,7 @@ impl<S: Hash + Eq + Clone + Ord> RoutePlan<S> {
 
     /// A shared subscription `$share/{group}/...` of `session` matched.
     pub fn add_shared(&mut self, group: &str, session: &S, options: &SubOptions) {
-        self.groups
-            .entry(group.to_owned())
-            .or_default()
-            .push((session.clone(), options.clone()));
+        self.groups.entry(group.to_owned()).or_default().push((session.clone(), options.clone()));
     }
 
     /// Finishes the plan. `pick(n)` chooses a member index below `n` for each shared group
@@ -86,11 +74,7 @@ mod tests {
     use super::*;
 
     fn opts(qos: QoS, id: Option<u32>) -> SubOptions {
-        SubOptions {
-            qos,
-            subscription_id: id,
-            ..SubOptions::default()
-        }
+        SubOptions { qos, subscription_id: id, ..SubOptions::default() }
     }
 
     #[test]
@@ -100,14 +84,7 @@ mod tests {
         p.add(&1, &opts(QoS::AtLeastOnce, Some(4)));
         p.add(&2, &opts(QoS::ExactlyOnce, None));
         let d = p.finish(|_| 0);
-        assert_eq!(
-            d[&1],
-            Delivery {
-                qos: QoS::AtLeastOnce,
-                retain: false,
-                subscription_ids: vec![3, 4]
-            }
-        );
+        assert_eq!(d[&1], Delivery { qos: QoS::AtLeastOnce, retain: false, subscription_ids: vec![3, 4] });
         assert_eq!(d[&2].qos, QoS::ExactlyOnce);
     }
 
@@ -121,20 +98,8 @@ mod tests {
     #[test]
     fn no_local_and_retain_as_published() {
         let mut p = RoutePlan::new(Some(1), QoS::AtLeastOnce, true);
-        p.add(
-            &1,
-            &SubOptions {
-                no_local: true,
-                ..opts(QoS::AtLeastOnce, None)
-            },
-        );
-        p.add(
-            &2,
-            &SubOptions {
-                retain_as_published: true,
-                ..opts(QoS::AtLeastOnce, None)
-            },
-        );
+        p.add(&1, &SubOptions { no_local: true, ..opts(QoS::AtLeastOnce, None) });
+        p.add(&2, &SubOptions { retain_as_published: true, ..opts(QoS::AtLeastOnce, None) });
         p.add(&3, &opts(QoS::AtLeastOnce, None));
         let d = p.finish(|_| 0);
         assert!(!d.contains_key(&1));

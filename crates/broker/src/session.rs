@@ -39,14 +39,7 @@ pub struct Outgoing<M> {
 
 impl<M> Outgoing<M> {
     pub fn new(msg: M, qos: QoS, retain: bool, subscription_ids: Vec<u32>) -> Self {
-        Outgoing {
-            msg,
-            qos,
-            packet_id: None,
-            dup: false,
-            retain,
-            subscription_ids,
-        }
+        Outgoing { msg, qos, packet_id: None, dup: false, retain, subscription_ids }
     }
 }
 
@@ -74,12 +67,7 @@ pub struct SessionLimits {
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        SessionLimits {
-            max_inflight: 32,
-            max_queued: 1000,
-            drop_policy: DropPolicy::DropOldest,
-            queue_qos0: false,
-        }
+        SessionLimits { max_inflight: 32, max_queued: 1000, drop_policy: DropPolicy::DropOldest, queue_qos0: false }
     }
 }
 
@@ -201,8 +189,7 @@ impl<M: Deliverable + Clone> Session<M> {
             && self.inflight.len() < usize::from(self.window)
         {
             out.packet_id = Some(self.next_packet_id());
-            self.inflight
-                .push_back((out.clone(), InflightState::Published));
+            self.inflight.push_back((out.clone(), InflightState::Published));
             return Enqueued::Send(out);
         }
         if self.queue.len() >= self.limits.max_queued {
@@ -240,8 +227,7 @@ impl<M: Deliverable + Clone> Session<M> {
 
     /// Is this outbound QoS 2 message past PUBREC (so a resend must be a PUBREL)?
     pub fn is_released(&self, packet_id: NonZeroU16) -> bool {
-        self.position(packet_id)
-            .is_some_and(|pos| self.inflight[pos].1 == InflightState::Released)
+        self.position(packet_id).is_some_and(|pos| self.inflight[pos].1 == InflightState::Released)
     }
 
     /// Inbound QoS 2 PUBLISH: returns false if this packet id was already received and not yet
@@ -256,9 +242,7 @@ impl<M: Deliverable + Clone> Session<M> {
     }
 
     fn position(&self, packet_id: NonZeroU16) -> Option<usize> {
-        self.inflight
-            .iter()
-            .position(|(o, _)| o.packet_id == Some(packet_id))
+        self.inflight.iter().position(|(o, _)| o.packet_id == Some(packet_id))
     }
 
     fn fill_window(&mut self, now_ms: u64) -> Vec<Outgoing<M>> {
@@ -276,8 +260,7 @@ impl<M: Deliverable + Clone> Session<M> {
             }
             if next.qos != QoS::AtMostOnce {
                 next.packet_id = Some(self.next_packet_id());
-                self.inflight
-                    .push_back((next.clone(), InflightState::Published));
+                self.inflight.push_back((next.clone(), InflightState::Published));
             }
             out.push(next);
         }
@@ -318,12 +301,7 @@ mod tests {
     }
 
     fn limits(max_inflight: u16, max_queued: usize, drop_policy: DropPolicy) -> SessionLimits {
-        SessionLimits {
-            max_inflight,
-            max_queued,
-            drop_policy,
-            queue_qos0: false,
-        }
+        SessionLimits { max_inflight, max_queued, drop_policy, queue_qos0: false }
     }
 
     fn id(n: u16) -> NonZeroU16 {
@@ -334,14 +312,9 @@ mod tests {
     fn online_qos1_uses_window_then_queues() {
         let mut s = Session::new(limits(2, 10, DropPolicy::DropOldest));
         assert!(s.resume(65535, 0).is_empty());
-        let Enqueued::Send(a) = s.enqueue(out("a", QoS::AtLeastOnce)) else {
-            panic!()
-        };
+        let Enqueued::Send(a) = s.enqueue(out("a", QoS::AtLeastOnce)) else { panic!() };
         assert_eq!(a.packet_id, Some(id(1)));
-        assert!(matches!(
-            s.enqueue(out("b", QoS::AtLeastOnce)),
-            Enqueued::Send(_)
-        ));
+        assert!(matches!(s.enqueue(out("b", QoS::AtLeastOnce)), Enqueued::Send(_)));
         assert_eq!(s.enqueue(out("c", QoS::AtLeastOnce)), Enqueued::Queued);
         assert_eq!(s.inflight(), 2);
         let next = s.complete(id(1), 0);
@@ -352,14 +325,8 @@ mod tests {
     #[test]
     fn qos0_offline_is_dropped_unless_configured() {
         let mut s = Session::new(limits(2, 10, DropPolicy::DropOldest));
-        assert!(matches!(
-            s.enqueue(out("a", QoS::AtMostOnce)),
-            Enqueued::Dropped(_)
-        ));
-        let mut s = Session::new(SessionLimits {
-            queue_qos0: true,
-            ..limits(2, 10, DropPolicy::DropOldest)
-        });
+        assert!(matches!(s.enqueue(out("a", QoS::AtMostOnce)), Enqueued::Dropped(_)));
+        let mut s = Session::new(SessionLimits { queue_qos0: true, ..limits(2, 10, DropPolicy::DropOldest) });
         assert_eq!(s.enqueue(out("a", QoS::AtMostOnce)), Enqueued::Queued);
         let sent = s.resume(10, 0);
         assert_eq!(names(&sent), vec!["a"]);
@@ -373,18 +340,14 @@ mod tests {
         for n in ["a", "b"] {
             assert_eq!(s.enqueue(out(n, QoS::AtLeastOnce)), Enqueued::Queued);
         }
-        let Enqueued::Dropped(d) = s.enqueue(out("c", QoS::AtLeastOnce)) else {
-            panic!()
-        };
+        let Enqueued::Dropped(d) = s.enqueue(out("c", QoS::AtLeastOnce)) else { panic!() };
         assert_eq!(d.msg.0, "a");
         assert_eq!(names(&s.resume(10, 0)), vec!["b", "c"]);
 
         let mut s = Session::new(limits(5, 2, DropPolicy::DropNewest));
         s.enqueue(out("a", QoS::AtLeastOnce));
         s.enqueue(out("b", QoS::AtLeastOnce));
-        let Enqueued::Dropped(d) = s.enqueue(out("c", QoS::AtLeastOnce)) else {
-            panic!()
-        };
+        let Enqueued::Dropped(d) = s.enqueue(out("c", QoS::AtLeastOnce)) else { panic!() };
         assert_eq!(d.msg.0, "c");
     }
 
@@ -401,15 +364,8 @@ mod tests {
         let again = s.resume(10, 0);
         assert_eq!(names(&again), vec!["a", "b", "c"]);
         assert_eq!(
-            again
-                .iter()
-                .map(|o| (o.packet_id, o.dup))
-                .collect::<Vec<_>>(),
-            vec![
-                (Some(id(1)), true),
-                (Some(id(2)), true),
-                (Some(id(3)), false),
-            ]
+            again.iter().map(|o| (o.packet_id, o.dup)).collect::<Vec<_>>(),
+            vec![(Some(id(1)), true), (Some(id(2)), true), (Some(id(3)), false),]
         );
         s.complete(id(2), 0);
         assert!(!s.is_released(id(2)));
@@ -420,22 +376,14 @@ mod tests {
     fn window_is_capped_by_client_receive_maximum() {
         let mut s = Session::new(limits(10, 10, DropPolicy::DropOldest));
         s.resume(1, 0);
-        assert!(matches!(
-            s.enqueue(out("a", QoS::AtLeastOnce)),
-            Enqueued::Send(_)
-        ));
+        assert!(matches!(s.enqueue(out("a", QoS::AtLeastOnce)), Enqueued::Send(_)));
         assert_eq!(s.enqueue(out("b", QoS::AtLeastOnce)), Enqueued::Queued);
     }
 
     #[test]
     fn expired_messages_are_not_sent_from_the_queue() {
         let mut s = Session::new(limits(10, 10, DropPolicy::DropOldest));
-        s.enqueue(Outgoing::new(
-            Msg("old", 100),
-            QoS::AtLeastOnce,
-            false,
-            vec![],
-        ));
+        s.enqueue(Outgoing::new(Msg("old", 100), QoS::AtLeastOnce, false, vec![]));
         s.enqueue(out("new", QoS::AtLeastOnce));
         assert_eq!(names(&s.resume(10, 200)), vec!["new"]);
     }

@@ -16,10 +16,7 @@ pub struct TopicLimits {
 
 impl Default for TopicLimits {
     fn default() -> Self {
-        TopicLimits {
-            max_len: 65_535,
-            max_levels: 128,
-        }
+        TopicLimits { max_len: 65_535, max_levels: 128 }
     }
 }
 
@@ -108,26 +105,17 @@ pub struct ParsedFilter<'a> {
 }
 
 /// Parses and validates what a client sent in SUBSCRIBE, shared subscriptions included.
-pub fn parse_subscription<'a>(
-    raw: &'a str,
-    limits: &TopicLimits,
-) -> Result<ParsedFilter<'a>, TopicError> {
+pub fn parse_subscription<'a>(raw: &'a str, limits: &TopicLimits) -> Result<ParsedFilter<'a>, TopicError> {
     if let Some(rest) = raw.strip_prefix("$share/") {
         let (group, filter) = rest.split_once('/').ok_or(TopicError::InvalidShare)?;
         if group.is_empty() || group.contains(['+', '#', '\0']) || filter.is_empty() {
             return Err(TopicError::InvalidShare);
         }
         validate_filter(filter, limits)?;
-        return Ok(ParsedFilter {
-            share_group: Some(group),
-            filter,
-        });
+        return Ok(ParsedFilter { share_group: Some(group), filter });
     }
     validate_filter(raw, limits)?;
-    Ok(ParsedFilter {
-        share_group: None,
-        filter: raw,
-    })
+    Ok(ParsedFilter { share_group: None, filter: raw })
 }
 
 /// Does `filter` match `topic`? The straightforward reference matcher: the trie must agree with it.
@@ -155,19 +143,11 @@ mod tests {
     use super::*;
 
     fn check_name(name: &str, expected: Result<(), TopicError>) {
-        assert_eq!(
-            validate_name(name, &TopicLimits::default()),
-            expected,
-            "{name:?}"
-        );
+        assert_eq!(validate_name(name, &TopicLimits::default()), expected, "{name:?}");
     }
 
     fn check_filter(filter: &str, expected: Result<(), TopicError>) {
-        assert_eq!(
-            validate_filter(filter, &TopicLimits::default()),
-            expected,
-            "{filter:?}"
-        );
+        assert_eq!(validate_filter(filter, &TopicLimits::default()), expected, "{filter:?}");
     }
 
     #[test]
@@ -179,15 +159,9 @@ mod tests {
         check_name("a/+", Err(TopicError::WildcardInName));
         check_name("a/#", Err(TopicError::WildcardInName));
         check_name("a\0b", Err(TopicError::NullCharacter));
-        let limits = TopicLimits {
-            max_len: 6,
-            max_levels: 2,
-        };
+        let limits = TopicLimits { max_len: 6, max_levels: 2 };
         assert_eq!(validate_name("abcdefg", &limits), Err(TopicError::TooLong));
-        assert_eq!(
-            validate_name("a/b/c", &limits),
-            Err(TopicError::TooManyLevels)
-        );
+        assert_eq!(validate_name("a/b/c", &limits), Err(TopicError::TooManyLevels));
     }
 
     #[test]
@@ -208,20 +182,10 @@ mod tests {
         assert_eq!(p.share_group, Some("g1"));
         assert_eq!(p.filter, "a/+");
         for bad in ["$share/g1", "$share//a", "$share/g+/a", "$share/g/"] {
-            assert_eq!(
-                parse_subscription(bad, &l),
-                Err(TopicError::InvalidShare),
-                "{bad}"
-            );
+            assert_eq!(parse_subscription(bad, &l), Err(TopicError::InvalidShare), "{bad}");
         }
-        assert_eq!(
-            parse_subscription("$share/g/a#", &l),
-            Err(TopicError::MisplacedWildcard)
-        );
-        assert_eq!(
-            parse_subscription("a/b", &l).expect("plain").share_group,
-            None
-        );
+        assert_eq!(parse_subscription("$share/g/a#", &l), Err(TopicError::MisplacedWildcard));
+        assert_eq!(parse_subscription("a/b", &l).expect("plain").share_group, None);
     }
 
     #[test]

@@ -16,10 +16,7 @@ struct Node<K, V> {
 
 impl<K, V> Default for Node<K, V> {
     fn default() -> Self {
-        Node {
-            children: HashMap::new(),
-            subscribers: HashMap::new(),
-        }
+        Node { children: HashMap::new(), subscribers: HashMap::new() }
     }
 }
 
@@ -38,10 +35,7 @@ pub struct SubscriptionTrie<K, V> {
 
 impl<K, V> Default for SubscriptionTrie<K, V> {
     fn default() -> Self {
-        SubscriptionTrie {
-            root: Node::default(),
-            len: 0,
-        }
+        SubscriptionTrie { root: Node::default(), len: 0 }
     }
 }
 
@@ -128,10 +122,7 @@ mod tests {
     use crate::topic::matches;
     use proptest::prelude::*;
 
-    fn matched(
-        trie: &SubscriptionTrie<u32, &'static str>,
-        topic: &str,
-    ) -> Vec<(u32, &'static str)> {
+    fn matched(trie: &SubscriptionTrie<u32, &'static str>, topic: &str) -> Vec<(u32, &'static str)> {
         let mut out = Vec::new();
         trie.for_each_match(topic, |k, v| out.push((*k, *v)));
         out.sort();
@@ -146,10 +137,7 @@ mod tests {
         t.insert("#", 3, "#");
         t.insert("a/b", 1, "a/b");
         assert_eq!(t.len(), 4);
-        assert_eq!(
-            matched(&t, "a/b"),
-            vec![(1, "a/+"), (1, "a/b"), (2, "a/#"), (3, "#")]
-        );
+        assert_eq!(matched(&t, "a/b"), vec![(1, "a/+"), (1, "a/b"), (2, "a/#"), (3, "#")]);
         assert_eq!(matched(&t, "a"), vec![(2, "a/#"), (3, "#")]);
         assert_eq!(matched(&t, "$SYS/a"), vec![]);
         assert_eq!(t.remove("a/+", &1), Some("a/+"));
@@ -172,12 +160,7 @@ mod tests {
     }
 
     fn level() -> impl Strategy<Value = String> {
-        prop_oneof![
-            Just("a".to_string()),
-            Just("b".to_string()),
-            Just("".to_string()),
-            Just("$s".to_string())
-        ]
+        prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("".to_string()), Just("$s".to_string())]
     }
 
     fn topic() -> impl Strategy<Value = String> {

@@ -16,15 +16,9 @@ pub const ENV_PREFIX: &str = "HERMES_";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("config file {path} is not valid TOML: {source}")]
-    Parse {
-        path: String,
-        source: Box<toml::de::Error>,
-    },
+    Parse { path: String, source: Box<toml::de::Error> },
     #[error("invalid configuration: {0}")]
     Invalid(String),
 }
@@ -35,17 +29,12 @@ pub fn load<T: DeserializeOwned + Serialize + Default>(
     env: impl IntoIterator<Item = (String, String)>,
     overrides: &[(&str, Value)],
 ) -> Result<T, ConfigError> {
-    let mut tree =
-        Value::try_from(T::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let mut tree = Value::try_from(T::default()).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let file_tree: Value = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.display().to_string(),
-            source: Box::new(source),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let file_tree: Value = toml::from_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.display().to_string(), source: Box::new(source) })?;
         merge(&mut tree, file_tree);
     }
     for (key, raw) in env {
@@ -72,9 +61,7 @@ pub fn render<T: Serialize>(cfg: &T) -> String {
 fn scalar(raw: &str) -> Value {
     match toml::from_str::<Map<String, Value>>(&format!("v = {raw}")) {
         Ok(mut m) => match m.remove("v") {
-            Some(
-                v @ (Value::Integer(_) | Value::Boolean(_) | Value::Float(_) | Value::Array(_)),
-            ) => v,
+            Some(v @ (Value::Integer(_) | Value::Boolean(_) | Value::Float(_) | Value::Array(_))) => v,
             _ => Value::String(raw.to_owned()),
         },
         Err(_) => Value::String(raw.to_owned()),
@@ -102,17 +89,13 @@ fn set(tree: &mut Value, dotted: &str, value: Value) -> Result<(), ConfigError> 
     let parts: Vec<&str> = dotted.split('.').collect();
     for (i, part) in parts.iter().enumerate() {
         let Value::Table(t) = node else {
-            return Err(ConfigError::Invalid(format!(
-                "`{dotted}` is not a configuration key"
-            )));
+            return Err(ConfigError::Invalid(format!("`{dotted}` is not a configuration key")));
         };
         if i == parts.len() - 1 {
             t.insert((*part).to_owned(), value);
             return Ok(());
         }
-        node = t
-            .entry((*part).to_owned())
-            .or_insert_with(|| Value::Table(Map::new()));
+        node = t.entry((*part).to_owned()).or_insert_with(|| Value::Table(Map::new()));
     }
     Ok(())
 }
@@ -137,27 +120,17 @@ mod tests {
     }
     impl Default for Cfg {
         fn default() -> Self {
-            Cfg {
-                name: "x".into(),
-                mqtt: Mqtt::default(),
-            }
+            Cfg { name: "x".into(), mqtt: Mqtt::default() }
         }
     }
     impl Default for Mqtt {
         fn default() -> Self {
-            Mqtt {
-                addr: "127.0.0.1:1883".into(),
-                workers: 1,
-                anonymous: false,
-            }
+            Mqtt { addr: "127.0.0.1:1883".into(), workers: 1, anonymous: false }
         }
     }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -168,35 +141,19 @@ mod tests {
         std::fs::write(&file, "[mqtt]\nworkers = 3\naddr = \"file\"\n").expect("write");
         let cfg: Cfg = load(
             Some(&file),
-            env(&[
-                ("HERMES_MQTT__ADDR", "env"),
-                ("HERMES_MQTT__ANONYMOUS", "true"),
-                ("OTHER", "x"),
-            ]),
+            env(&[("HERMES_MQTT__ADDR", "env"), ("HERMES_MQTT__ANONYMOUS", "true"), ("OTHER", "x")]),
             &[("mqtt.workers", Value::Integer(4))],
         )
         .expect("valid");
-        assert_eq!(
-            cfg.mqtt,
-            Mqtt {
-                addr: "env".into(),
-                workers: 4,
-                anonymous: true
-            }
-        );
+        assert_eq!(cfg.mqtt, Mqtt { addr: "env".into(), workers: 4, anonymous: true });
         assert_eq!(cfg.name, "x");
     }
 
     #[test]
     fn unknown_keys_and_bad_types_are_named() {
-        let err =
-            load::<Cfg>(None, env(&[("HERMES_MQTT__ADRR", "x")]), &[]).expect_err("unknown key");
+        let err = load::<Cfg>(None, env(&[("HERMES_MQTT__ADRR", "x")]), &[]).expect_err("unknown key");
         assert!(err.to_string().contains("adrr"), "{err}");
-        let err =
-            load::<Cfg>(None, env(&[("HERMES_MQTT__WORKERS", "many")]), &[]).expect_err("bad type");
-        assert!(
-            err.to_string().contains("workers") || err.to_string().contains("integer"),
-            "{err}"
-        );
+        let err = load::<Cfg>(None, env(&[("HERMES_MQTT__WORKERS", "many")]), &[]).expect_err("bad type");
+        assert!(err.to_string().contains("workers") || err.to_string().contains("integer"), "{err}");
     }
 }

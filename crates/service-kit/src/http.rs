@@ -9,10 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 /// Routes for metrics and health; services merge their own routes into it.
 pub fn ops_router(prometheus: PrometheusHandle) -> Router {
     Router::new()
-        .route(
-            "/metrics",
-            get(move || std::future::ready(prometheus.render())),
-        )
+        .route("/metrics", get(move || std::future::ready(prometheus.render())))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
 }
@@ -26,9 +23,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(stop)
-            .await;
+        let _ = axum::serve(listener, router).with_graceful_shutdown(stop).await;
     });
     Ok(local)
 }

@@ -19,11 +19,7 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig {
-            log_format: "text".into(),
-            log_level: "info".into(),
-            otlp_endpoint: String::new(),
-        }
+        TelemetryConfig { log_format: "text".into(), log_level: "info".into(), otlp_endpoint: String::new() }
     }
 }
 
@@ -59,8 +55,7 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig) -> Result<Telemetry, T
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_otlp::WithExportConfig as _;
 
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log_level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.log_level));
     let fmt = match cfg.log_format.as_str() {
         "text" => tracing_subscriber::fmt::layer().boxed(),
         "json" => tracing_subscriber::fmt::layer().json().boxed(),
@@ -77,35 +72,20 @@ pub fn init(service: &'static str, cfg: &TelemetryConfig) -> Result<Telemetry, T
         Some(
             opentelemetry_sdk::trace::SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
-                .with_resource(
-                    opentelemetry_sdk::Resource::builder()
-                        .with_service_name(service)
-                        .build(),
-                )
+                .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
                 .build(),
         )
     };
-    let otel = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
+    let otel = provider.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
     // A second init in one process (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .try_init();
+    let _ = tracing_subscriber::registry().with(filter).with(fmt).with(otel).try_init();
     let prometheus = prometheus_handle()?;
-    Ok(Telemetry {
-        provider,
-        prometheus,
-    })
+    Ok(Telemetry { provider, prometheus })
 }
 
 /// The process-wide Prometheus recorder, installed on first use.
-pub fn prometheus_handle() -> Result<metrics_exporter_prometheus::PrometheusHandle, TelemetryError>
-{
-    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
-        std::sync::OnceLock::new();
+pub fn prometheus_handle() -> Result<metrics_exporter_prometheus::PrometheusHandle, TelemetryError> {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
     if let Some(h) = HANDLE.get() {
         return Ok(h.clone());
     }

@@ -21,13 +21,7 @@ pub fn split_kind(kind: u32) -> (Direction, ContentType) {
 }
 
 /// A text envelope from `source`.
-pub fn text(
-    msg_id: String,
-    source: String,
-    direction: Direction,
-    text: &str,
-    timestamp_ms: i64,
-) -> pb::Envelope {
+pub fn text(msg_id: String, source: String, direction: Direction, text: &str, timestamp_ms: i64) -> pb::Envelope {
     pb::Envelope {
         version: VERSION,
         msg_id,

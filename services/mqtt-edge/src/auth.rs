@@ -35,18 +35,14 @@ impl Authenticator {
                 if line.is_empty() || line.starts_with('#') {
                     continue;
                 }
-                let (user, hash) = line.split_once(':').ok_or_else(|| {
-                    format!("auth.users_file line {}: expected `username:hash`", n + 1)
-                })?;
-                PasswordHash::new(hash)
-                    .map_err(|e| format!("auth.users_file line {}: not a PHC hash: {e}", n + 1))?;
+                let (user, hash) = line
+                    .split_once(':')
+                    .ok_or_else(|| format!("auth.users_file line {}: expected `username:hash`", n + 1))?;
+                PasswordHash::new(hash).map_err(|e| format!("auth.users_file line {}: not a PHC hash: {e}", n + 1))?;
                 users.insert(user.to_owned(), hash.to_owned());
             }
         }
-        Ok(Authenticator {
-            allow_anonymous: cfg.allow_anonymous,
-            users,
-        })
+        Ok(Authenticator { allow_anonymous: cfg.allow_anonymous, users })
     }
 
     pub fn allows_anonymous(&self) -> bool {
@@ -62,29 +58,20 @@ impl Authenticator {
                 _ => AuthDecision::BadCredentials,
             },
             // A username without a password may still be anonymous, as Mosquitto allows.
-            (Some(u), None) if self.allow_anonymous && !self.users.contains_key(u) => {
-                AuthDecision::Allow
-            }
+            (Some(u), None) if self.allow_anonymous && !self.users.contains_key(u) => AuthDecision::Allow,
             _ => AuthDecision::BadCredentials,
         }
     }
 }
 
 fn verify(hash: &str, password: &[u8]) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| {
-        argon2::Argon2::default()
-            .verify_password(password, &h)
-            .is_ok()
-    })
+    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password, &h).is_ok())
 }
 
 /// An argon2id PHC hash of `password` with a random salt, for the users file.
 pub fn hash_password(password: &str) -> Result<String, String> {
     use argon2::password_hash::PasswordHasher;
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+    argon2::Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -98,30 +85,17 @@ mod tests {
         let file = dir.join("users");
         let hash = hash_password("s3cret").expect("hash");
         std::fs::write(&file, format!("# users\nalice:{hash}\n")).expect("write");
-        let auth = Authenticator::from_config(&AuthConfig {
-            allow_anonymous: false,
-            users_file: file.display().to_string(),
-        })
-        .expect("loads");
-        assert_eq!(
-            auth.check(Some("alice"), Some(b"s3cret")),
-            AuthDecision::Allow
-        );
-        assert_eq!(
-            auth.check(Some("alice"), Some(b"wrong")),
-            AuthDecision::BadCredentials
-        );
-        assert_eq!(
-            auth.check(Some("bob"), Some(b"s3cret")),
-            AuthDecision::BadCredentials
-        );
+        let auth =
+            Authenticator::from_config(&AuthConfig { allow_anonymous: false, users_file: file.display().to_string() })
+                .expect("loads");
+        assert_eq!(auth.check(Some("alice"), Some(b"s3cret")), AuthDecision::Allow);
+        assert_eq!(auth.check(Some("alice"), Some(b"wrong")), AuthDecision::BadCredentials);
+        assert_eq!(auth.check(Some("bob"), Some(b"s3cret")), AuthDecision::BadCredentials);
         assert_eq!(auth.check(None, None), AuthDecision::NotAuthorized);
         std::fs::write(&file, "alice-no-hash\n").expect("write");
-        let err = Authenticator::from_config(&AuthConfig {
-            allow_anonymous: false,
-            users_file: file.display().to_string(),
-        })
-        .expect_err("bad line");
+        let err =
+            Authenticator::from_config(&AuthConfig { allow_anonymous: false, users_file: file.display().to_string() })
+                .expect_err("bad line");
         assert!(err.contains("line 1"), "{err}");
     }
 }

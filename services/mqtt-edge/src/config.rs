@@ -29,9 +29,7 @@ pub struct OpsConfig {
 
 impl Default for OpsConfig {
     fn default() -> Self {
-        OpsConfig {
-            addr: "127.0.0.1:9100".into(),
-        }
+        OpsConfig { addr: "127.0.0.1:9100".into() }
     }
 }
 
@@ -147,31 +145,20 @@ impl EdgeConfig {
         }
         for (key, v) in [
             ("limits.max_inflight", usize::from(l.max_inflight)),
-            (
-                "limits.max_inbound_inflight",
-                usize::from(l.max_inbound_inflight),
-            ),
+            ("limits.max_inbound_inflight", usize::from(l.max_inbound_inflight)),
             ("limits.max_topic_length", l.max_topic_length),
             ("limits.max_topic_levels", l.max_topic_levels),
             ("limits.max_packet_size", l.max_packet_size as usize),
-            (
-                "limits.connect_timeout_secs",
-                usize::from(l.connect_timeout_secs),
-            ),
+            ("limits.connect_timeout_secs", usize::from(l.connect_timeout_secs)),
         ] {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));
             }
         }
-        if !self.mqtt.tls_addr.is_empty()
-            && (self.mqtt.tls_cert.is_empty() || self.mqtt.tls_key.is_empty())
-        {
+        if !self.mqtt.tls_addr.is_empty() && (self.mqtt.tls_cert.is_empty() || self.mqtt.tls_key.is_empty()) {
             return Err("mqtt.tls_addr needs mqtt.tls_cert and mqtt.tls_key".into());
         }
-        if self.mqtt.addr.is_empty()
-            && self.mqtt.tls_addr.is_empty()
-            && self.mqtt.ws_addr.is_empty()
-        {
+        if self.mqtt.addr.is_empty() && self.mqtt.tls_addr.is_empty() && self.mqtt.ws_addr.is_empty() {
             return Err("no listener: set mqtt.addr, mqtt.tls_addr or mqtt.ws_addr".into());
         }
         Ok(())
@@ -190,10 +177,7 @@ impl EdgeConfig {
                 },
                 queue_qos0: l.queue_qos0,
             },
-            topic: TopicLimits {
-                max_len: l.max_topic_length,
-                max_levels: l.max_topic_levels,
-            },
+            topic: TopicLimits { max_len: l.max_topic_length, max_levels: l.max_topic_levels },
             max_subscriptions: l.max_subscriptions_per_client,
             max_pending_deliveries: l.max_pending_deliveries,
         }

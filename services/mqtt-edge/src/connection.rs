@@ -34,13 +34,7 @@ pub struct ConnState {
 
 impl ConnState {
     pub fn new(client_id: Arc<str>, link_id: u64, hub: Arc<Hub>) -> Self {
-        ConnState {
-            client_id,
-            link_id,
-            hub,
-            graceful: Cell::new(false),
-            expiry_override: Cell::new(None),
-        }
+        ConnState { client_id, link_id, hub, graceful: Cell::new(false), expiry_override: Cell::new(None) }
     }
 
     pub fn disconnected_gracefully(&self, expiry_secs: Option<u32>) {
@@ -56,13 +50,7 @@ impl ConnState {
 
 impl Drop for ConnState {
     fn drop(&mut self) {
-        self.hub.disconnect(
-            &self.client_id,
-            self.link_id,
-            self.graceful.get(),
-            self.expiry_override.get(),
-            now_ms(),
-        );
+        self.hub.disconnect(&self.client_id, self.link_id, self.graceful.get(), self.expiry_override.get(), now_ms());
     }
 }
 
@@ -84,10 +72,9 @@ impl Sink {
                         v5::codec::DisconnectReasonCode::SessionTakenOver,
                         "another connection took over this client id",
                     ),
-                    CloseReason::ServerShuttingDown => (
-                        v5::codec::DisconnectReasonCode::ServerShuttingDown,
-                        "server shutting down",
-                    ),
+                    CloseReason::ServerShuttingDown => {
+                        (v5::codec::DisconnectReasonCode::ServerShuttingDown, "server shutting down")
+                    }
                     CloseReason::SlowConsumer => (
                         v5::codec::DisconnectReasonCode::QuotaExceeded,
                         "too many undelivered messages: the client reads too slowly",
@@ -103,13 +90,7 @@ impl Sink {
 
 /// Runs on the connection's worker until the connection ends: writes each delivery the hub
 /// sends, and closes the connection when the hub asks to.
-pub fn spawn_delivery_task(
-    sink: Sink,
-    mut inbox: ConnInbox,
-    hub: Arc<Hub>,
-    client_id: Arc<str>,
-    link_id: u64,
-) {
+pub fn spawn_delivery_task(sink: Sink, mut inbox: ConnInbox, hub: Arc<Hub>, client_id: Arc<str>, link_id: u64) {
     ntex::rt::spawn(async move {
         loop {
             tokio::select! {
@@ -141,12 +122,8 @@ async fn deliver(sink: &Sink, d: Delivery, hub: &Arc<Hub>, client_id: &Arc<str>,
     metrics::counter!(m::DELIVERIES, "qos" => qos_label(qos)).increment(1);
     if qos == QoS::AtMostOnce {
         let res = match sink {
-            Sink::V3(s) => v3_builder(s, &d)
-                .send_at_most_once(d.msg.payload.clone())
-                .map_err(|e| e.to_string()),
-            Sink::V5(s) => v5_builder(s, &d, now)
-                .send_at_most_once(d.msg.payload.clone())
-                .map_err(|e| e.to_string()),
+            Sink::V3(s) => v3_builder(s, &d).send_at_most_once(d.msg.payload.clone()).map_err(|e| e.to_string()),
+            Sink::V5(s) => v5_builder(s, &d, now).send_at_most_once(d.msg.payload.clone()).map_err(|e| e.to_string()),
         };
         match res {
             Ok(()) => hub.sent_qos0(),
@@ -169,9 +146,7 @@ async fn deliver(sink: &Sink, d: Delivery, hub: &Arc<Hub>, client_id: &Arc<str>,
     };
     let payload = d.msg.payload.clone();
     match (sink, qos) {
-        (Sink::V3(s), QoS::AtLeastOnce) => {
-            start(flow.qos1(v3_builder(s, &d).send_at_least_once(payload))).await
-        }
+        (Sink::V3(s), QoS::AtLeastOnce) => start(flow.qos1(v3_builder(s, &d).send_at_least_once(payload))).await,
         (Sink::V5(s), QoS::AtLeastOnce) => {
             let b = v5_builder(s, &d, now);
             start(flow.qos1(async move { b.send_at_least_once(payload).await.map(|_| ()) })).await
@@ -179,10 +154,7 @@ async fn deliver(sink: &Sink, d: Delivery, hub: &Arc<Hub>, client_id: &Arc<str>,
         (Sink::V3(s), _) => {
             let b = v3_builder(s, &d);
             start(flow.qos2(async move {
-                let rec = b
-                    .send_exactly_once(payload)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let rec = b.send_exactly_once(payload).await.map_err(|e| e.to_string())?;
                 Ok(async move { rec.release().await.map_err(|e| e.to_string()) })
             }))
             .await
@@ -190,10 +162,7 @@ async fn deliver(sink: &Sink, d: Delivery, hub: &Arc<Hub>, client_id: &Arc<str>,
         (Sink::V5(s), _) => {
             let b = v5_builder(s, &d, now);
             start(flow.qos2(async move {
-                let rec = b
-                    .send_exactly_once(payload)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let rec = b.send_exactly_once(payload).await.map_err(|e| e.to_string())?;
                 Ok(async move { rec.release().await.map_err(|e| e.to_string()) })
             }))
             .await
@@ -247,16 +216,14 @@ impl AckFlow {
         match res {
             Ok(()) => {
                 metrics::histogram!(m::ACK_SECONDS).record(self.started.elapsed().as_secs_f64());
-                self.hub
-                    .complete(&self.client_id, self.link_id, self.packet_id, now_ms());
+                self.hub.complete(&self.client_id, self.link_id, self.packet_id, now_ms());
             }
             Err(e) if e.contains("Encode") => {
                 // The packet can never be sent (e.g. larger than the client's maximum packet
                 // size, v5 §3.1.2.11.4): discard it instead of retrying forever.
                 metrics::counter!(m::DELIVERY_FAILURES).increment(1);
                 tracing::warn!(client_id = %self.client_id, error = %e, "delivery discarded");
-                self.hub
-                    .complete(&self.client_id, self.link_id, self.packet_id, now_ms());
+                self.hub.complete(&self.client_id, self.link_id, self.packet_id, now_ms());
             }
             // Connection gone: the message stays in flight and is resent on reconnect.
             Err(_) => {}
@@ -305,19 +272,14 @@ fn v5_builder(s: &v5::MqttSink, d: &Delivery, now: u64) -> v5::PublishBuilder {
         b = b.packet_id(id.get());
     }
     let expiry = d.msg.remaining_secs(now);
-    let has_props =
-        d.msg.properties.is_some() || expiry.is_some() || !d.subscription_ids.is_empty();
+    let has_props = d.msg.properties.is_some() || expiry.is_some() || !d.subscription_ids.is_empty();
     if has_props {
         b = b.properties(|p| {
             if let Some(props) = &d.msg.properties {
                 *p = (**props).clone();
             }
             p.message_expiry_interval = expiry.and_then(std::num::NonZeroU32::new);
-            p.subscription_ids = d
-                .subscription_ids
-                .iter()
-                .filter_map(|i| std::num::NonZeroU32::new(*i))
-                .collect();
+            p.subscription_ids = d.subscription_ids.iter().filter_map(|i| std::num::NonZeroU32::new(*i)).collect();
         });
     }
     b

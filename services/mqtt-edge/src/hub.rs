@@ -169,11 +169,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(cfg: HubConfig) -> Self {
-        Hub {
-            state: Mutex::new(State::default()),
-            cfg,
-            counters: Counters::default(),
-        }
+        Hub { state: Mutex::new(State::default()), cfg, counters: Counters::default() }
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -191,15 +187,9 @@ impl Hub {
         let mut st = self.lock();
         st.next_id += 1;
         let link_id = st.next_id;
-        let (tx, rx) = mpsc::channel(
-            usize::from(self.cfg.session.max_inflight) + self.cfg.max_pending_deliveries,
-        );
+        let (tx, rx) = mpsc::channel(usize::from(self.cfg.session.max_inflight) + self.cfg.max_pending_deliveries);
         let close = Arc::new(CloseSignal::default());
-        let link = ConnLink {
-            id: link_id,
-            tx,
-            close: close.clone(),
-        };
+        let link = ConnLink { id: link_id, tx, close: close.clone() };
 
         let mut session_present = false;
         let mut takeover_will = None;
@@ -249,10 +239,7 @@ impl Hub {
                 },
             );
         }
-        let slot = st
-            .sessions
-            .get_mut(&req.client_id)
-            .expect("session inserted above");
+        let slot = st.sessions.get_mut(&req.client_id).expect("session inserted above");
         slot.expiry_secs = req.session_expiry_secs;
         slot.will = req.will;
         let resend = slot.session.resume(req.receive_maximum, now_ms);
@@ -261,27 +248,13 @@ impl Hub {
         }
         slot.link = Some(link);
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
-        Connected {
-            session_present,
-            link_id,
-            inbox: ConnInbox {
-                deliveries: rx,
-                close,
-            },
-        }
+        Connected { session_present, link_id, inbox: ConnInbox { deliveries: rx, close } }
     }
 
     /// The connection `link_id` of `client_id` is gone. `graceful` means a DISCONNECT packet
     /// without "send will" arrived, so the will is discarded. `expiry_secs` is the session
     /// expiry the v5 DISCONNECT may have changed.
-    pub fn disconnect(
-        &self,
-        client_id: &str,
-        link_id: u64,
-        graceful: bool,
-        expiry_secs: Option<u32>,
-        now_ms: u64,
-    ) {
+    pub fn disconnect(&self, client_id: &str, link_id: u64, graceful: bool, expiry_secs: Option<u32>, now_ms: u64) {
         let mut st = self.lock();
         let Some(slot) = st.sessions.get_mut(client_id) else {
             return;
@@ -332,9 +305,7 @@ impl Hub {
                 due_wills.push(msg);
             }
             let expiry_ms = u64::from(slot.expiry_secs) * 1000;
-            if slot.expiry_secs != u32::MAX
-                && now_ms >= slot.offline_since_ms.saturating_add(expiry_ms)
-            {
+            if slot.expiry_secs != u32::MAX && now_ms >= slot.offline_since_ms.saturating_add(expiry_ms) {
                 expired.push(cid.clone());
             }
         }
@@ -358,30 +329,19 @@ impl Hub {
         let mut st = self.lock();
         let publisher = from.and_then(|c| st.sessions.get(c)).map(|s| s.id);
         if from.is_some() {
-            self.counters
-                .messages_received
-                .fetch_add(1, Ordering::Relaxed);
+            self.counters.messages_received.fetch_add(1, Ordering::Relaxed);
         }
         self.route(&mut st, msg, publisher, now_ms)
     }
 
-    fn route(
-        &self,
-        st: &mut State,
-        msg: SharedMessage,
-        publisher: Option<u64>,
-        now_ms: u64,
-    ) -> usize {
+    fn route(&self, st: &mut State, msg: SharedMessage, publisher: Option<u64>, now_ms: u64) -> usize {
         if msg.retain {
             let keep = (!msg.payload.is_empty()).then(|| msg.clone());
             st.retained.set(&msg.topic, keep);
         }
         let mut plan = RoutePlan::new(publisher, msg.qos, msg.retain);
-        st.subs
-            .for_each_match(&msg.topic, |sid, opts| plan.add(sid, opts));
-        st.shared.for_each_match(&msg.topic, |(sid, group), opts| {
-            plan.add_shared(group, sid, opts)
-        });
+        st.subs.for_each_match(&msg.topic, |sid, opts| plan.add(sid, opts));
+        st.shared.for_each_match(&msg.topic, |(sid, group), opts| plan.add_shared(group, sid, opts));
         let mut rr = st.round_robin;
         let deliveries = plan.finish(|n| {
             rr = rr.wrapping_add(1);
@@ -414,9 +374,7 @@ impl Hub {
             }
             Enqueued::Queued => {}
             Enqueued::Dropped(_) => {
-                self.counters
-                    .messages_dropped
-                    .fetch_add(1, Ordering::Relaxed);
+                self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(m::QUEUE_DROPS).increment(1);
             }
         }
@@ -448,13 +406,9 @@ impl Hub {
         now_ms: u64,
     ) -> Result<(), SubscribeError> {
         let mut st = self.lock();
-        let parsed =
-            parse_subscription(raw_filter, &self.cfg.topic).map_err(SubscribeError::Topic)?;
+        let parsed = parse_subscription(raw_filter, &self.cfg.topic).map_err(SubscribeError::Topic)?;
         let st = &mut *st;
-        let slot = st
-            .sessions
-            .get_mut(client_id)
-            .ok_or(SubscribeError::NoSession)?;
+        let slot = st.sessions.get_mut(client_id).ok_or(SubscribeError::NoSession)?;
         let existed = slot.session.subscriptions().any(|(f, _)| f == raw_filter);
         if !existed && slot.session.subscription_count() >= self.cfg.max_subscriptions {
             return Err(SubscribeError::QuotaExceeded);
@@ -462,8 +416,7 @@ impl Hub {
         slot.session.subscribe(raw_filter, options.clone());
         match parsed.share_group {
             Some(group) => {
-                st.shared
-                    .insert(parsed.filter, (slot.id, group.into()), options);
+                st.shared.insert(parsed.filter, (slot.id, group.into()), options);
                 // Shared subscriptions never get retained messages (v5 §4.8.2).
                 return Ok(());
             }
@@ -496,13 +449,7 @@ impl Hub {
         if slot.session.unsubscribe(raw_filter).is_none() {
             return false;
         }
-        Self::remove_from_tries(
-            &mut st.subs,
-            &mut st.shared,
-            slot.id,
-            raw_filter,
-            &self.cfg.topic,
-        );
+        Self::remove_from_tries(&mut st.subs, &mut st.shared, slot.id, raw_filter, &self.cfg.topic);
         true
     }
 
@@ -527,13 +474,7 @@ impl Hub {
 
     fn drop_subscriptions(st: &mut State, slot: &Slot) {
         for (f, _) in slot.session.subscriptions() {
-            Self::remove_from_tries(
-                &mut st.subs,
-                &mut st.shared,
-                slot.id,
-                f,
-                &TopicLimits::default(),
-            );
+            Self::remove_from_tries(&mut st.subs, &mut st.shared, slot.id, f, &TopicLimits::default());
         }
         st.client_of.remove(&slot.id);
     }
@@ -562,10 +503,7 @@ impl Hub {
 
     /// Inbound QoS 2: false if `packet_id` is a duplicate of an unreleased PUBLISH.
     pub fn incoming_qos2(&self, client_id: &str, packet_id: u16) -> bool {
-        self.lock()
-            .sessions
-            .get_mut(client_id)
-            .is_none_or(|s| s.session.incoming_qos2(packet_id))
+        self.lock().sessions.get_mut(client_id).is_none_or(|s| s.session.incoming_qos2(packet_id))
     }
 
     pub fn incoming_released(&self, client_id: &str, packet_id: u16) {

@@ -33,11 +33,7 @@ impl std::fmt::Display for EdgeError {
 /// Server-assigned client ids for clients that sent an empty one.
 pub fn assign_client_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "hermes-{:x}-{}",
-        now_ms(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("hermes-{:x}-{}", now_ms(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Why an inbound PUBLISH was not routed.
@@ -58,11 +54,7 @@ pub struct Inbound {
 }
 
 /// Validates and routes an inbound PUBLISH; `build` adds version-specific fields.
-pub fn publish(
-    st: &ConnState,
-    inbound: Inbound,
-    build: impl FnOnce(&mut Message),
-) -> Result<usize, PublishRefusal> {
+pub fn publish(st: &ConnState, inbound: Inbound, build: impl FnOnce(&mut Message)) -> Result<usize, PublishRefusal> {
     metrics::counter!(m::PACKETS_IN, "type" => "publish").increment(1);
     metrics::counter!(m::PUBLISH_BYTES_IN).increment(inbound.payload.len() as u64);
     if let Err(e) = validate_name(&inbound.topic, &st.hub.config().topic) {

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod guard;
 pub mod hub;
 pub mod ingress;
 pub mod message;
@@ -39,19 +40,10 @@ impl Edge {
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
         let hub = Arc::new(hub::Hub::new(cfg.hub_config()));
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
-        let shared = Arc::new(server::EdgeShared {
-            hub: hub.clone(),
-            auth,
-            cfg,
-        });
-        let listeners =
-            server::start(shared).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
+        let shared = Arc::new(server::EdgeShared { hub: hub.clone(), auth, cfg });
+        let listeners = server::start(shared).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
         let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);
-        Ok(Edge {
-            hub,
-            listeners,
-            housekeeping,
-        })
+        Ok(Edge { hub, listeners, housekeeping })
     }
 
     pub fn addrs(&self) -> &BoundAddrs {
@@ -67,8 +59,7 @@ impl Edge {
 
 /// Runs an edge with telemetry and the ops endpoint until Ctrl-C or SIGTERM.
 pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
-    let telemetry =
-        service_kit::telemetry::init("mqtt-edge", &cfg.telemetry).map_err(|e| e.to_string())?;
+    let telemetry = service_kit::telemetry::init("mqtt-edge", &cfg.telemetry).map_err(|e| e.to_string())?;
     let ops_addr = cfg.ops.addr.clone();
     let edge = Edge::start(cfg)?;
     if !ops_addr.is_empty() {

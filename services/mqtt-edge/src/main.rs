@@ -22,17 +22,14 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let cfg: EdgeConfig = match service_kit::config::load(
-        cli.flags.config.as_deref(),
-        std::env::vars(),
-        &cli.flags.overrides(),
-    ) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("mqtt-edge: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
+    let cfg: EdgeConfig =
+        match service_kit::config::load(cli.flags.config.as_deref(), std::env::vars(), &cli.flags.overrides()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("mqtt-edge: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
     if let Some(Command::PrintConfig) = cli.command {
         print!("{}", service_kit::config::render(&cfg));
         return std::process::ExitCode::SUCCESS;
@@ -41,10 +38,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("mqtt-edge: invalid configuration: {e}");
         return std::process::ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mqtt-edge: cannot start runtime: {e}");

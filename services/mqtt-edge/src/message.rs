@@ -26,20 +26,12 @@ pub type SharedMessage = Arc<Message>;
 
 impl Message {
     pub fn new(topic: ByteString, payload: Bytes, qos: QoS, retain: bool) -> Self {
-        Message {
-            topic,
-            payload,
-            qos,
-            retain,
-            properties: None,
-            expires_at_ms: None,
-        }
+        Message { topic, payload, qos, retain, properties: None, expires_at_ms: None }
     }
 
     /// Seconds left before expiry, for the message-expiry-interval sent to v5 subscribers.
     pub fn remaining_secs(&self, now_ms: u64) -> Option<u32> {
-        self.expires_at_ms
-            .map(|at| (at.saturating_sub(now_ms).div_ceil(1000)).max(1) as u32)
+        self.expires_at_ms.map(|at| (at.saturating_sub(now_ms).div_ceil(1000)).max(1) as u32)
     }
 }
 
@@ -51,8 +43,5 @@ impl Deliverable for Message {
 
 /// Milliseconds since the Unix epoch: the clock every expiry in the edge is measured on.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

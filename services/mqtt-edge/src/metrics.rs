@@ -22,43 +22,16 @@ pub fn describe() {
     describe_gauge!(CONNECTIONS, "Open MQTT connections");
     describe_counter!(CONNECTS, "Accepted CONNECT packets, by protocol version");
     describe_counter!(CONNECT_REFUSED, "Refused CONNECT packets, by reason");
-    describe_counter!(
-        TAKEOVERS,
-        "Connections closed because the client id connected again"
-    );
-    describe_counter!(
-        SESSIONS_EXPIRED,
-        "Persistent sessions removed after their expiry"
-    );
+    describe_counter!(TAKEOVERS, "Connections closed because the client id connected again");
+    describe_counter!(SESSIONS_EXPIRED, "Persistent sessions removed after their expiry");
     describe_counter!(PACKETS_IN, "Control packets received, by type");
-    describe_counter!(
-        PUBLISH_BYTES_IN,
-        "Payload bytes received in PUBLISH packets"
-    );
+    describe_counter!(PUBLISH_BYTES_IN, "Payload bytes received in PUBLISH packets");
     describe_counter!(DELIVERIES, "PUBLISH packets written to subscribers, by QoS");
-    describe_counter!(
-        DELIVERY_FAILURES,
-        "Deliveries that failed (connection gone, packet too large)"
-    );
-    describe_counter!(
-        QUEUE_DROPS,
-        "Messages dropped because a session queue was full"
-    );
-    describe_counter!(
-        SLOW_CONSUMER_DISCONNECTS,
-        "Connections closed for not keeping up with deliveries"
-    );
+    describe_counter!(DELIVERY_FAILURES, "Deliveries that failed (connection gone, packet too large)");
+    describe_counter!(QUEUE_DROPS, "Messages dropped because a session queue was full");
+    describe_counter!(SLOW_CONSUMER_DISCONNECTS, "Connections closed for not keeping up with deliveries");
     describe_counter!(PUBLISH_REFUSED, "Inbound PUBLISH refused, by reason");
-    describe_counter!(
-        CONNECTION_STOPS,
-        "Connections ended, by reason (peer gone, protocol error, handler error)"
-    );
-    describe_histogram!(
-        ROUTE_SECONDS,
-        "Time to route one inbound PUBLISH to its sessions"
-    );
-    describe_histogram!(
-        ACK_SECONDS,
-        "Time from writing a QoS 1/2 delivery to its final ack"
-    );
+    describe_counter!(CONNECTION_STOPS, "Connections ended, by reason (peer gone, protocol error, handler error)");
+    describe_histogram!(ROUTE_SECONDS, "Time to route one inbound PUBLISH to its sessions");
+    describe_histogram!(ACK_SECONDS, "Time from writing a QoS 1/2 delivery to its final ack");
 }

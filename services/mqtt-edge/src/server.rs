@@ -13,6 +13,7 @@ use ntex_mqtt::{MqttError, MqttServer, QoS};
 use crate::auth::Authenticator;
 use crate::config::EdgeConfig;
 use crate::connection::ConnState;
+use crate::guard::ProtocolGuard;
 use crate::hub::{CloseReason, Hub};
 use crate::ingress::EdgeError;
 use crate::{v3, v5};
@@ -57,9 +58,8 @@ impl Listeners {
 
 fn listener(addr: &str, backlog: i32) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
-    let addr: SocketAddr = addr
-        .parse()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("`{addr}`: {e}")))?;
+    let addr: SocketAddr =
+        addr.parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("`{addr}`: {e}")))?;
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     // Several edge processes may share one port (each gets a share of the connections).
@@ -70,9 +70,7 @@ fn listener(addr: &str, backlog: i32) -> io::Result<std::net::TcpListener> {
 }
 
 fn tls_config(cfg: &EdgeConfig) -> io::Result<Arc<rustls::ServerConfig>> {
-    let read = |path: &str| {
-        std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
-    };
+    let read = |path: &str| std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")));
     let certs = rustls_pemfile::certs(&mut read(&cfg.mqtt.tls_cert)?.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| io::Error::other(format!("mqtt.tls_cert: {e}")))?;
@@ -99,6 +97,10 @@ fn service_config(cfg: &EdgeConfig) -> SharedCfg {
                 .set_max_receive(l.max_inbound_inflight)
                 .set_max_send(l.max_inflight)
                 .set_max_topic_alias(l.max_topic_alias)
+                // A PUBLISH that arrived before the client hung up is still routed (mosquitto_pub
+                // sends PUBLISH and DISCONNECT back to back).
+                .set_handle_qos_after_disconnect(Some(QoS::ExactlyOnce))
+                .protocol_version_timeout(ntex::time::Seconds(l.connect_timeout_secs))
                 .set_connect_timeout(ntex::time::Seconds(l.connect_timeout_secs))
                 .set_handshake_timeout(ntex::time::Seconds(l.connect_timeout_secs)),
         )
@@ -106,30 +108,26 @@ fn service_config(cfg: &EdgeConfig) -> SharedCfg {
 }
 
 /// The MQTT service for one accepted (and, for TLS/WS, unwrapped) connection.
-fn mqtt_service(
-    edge: Arc<EdgeShared>,
-) -> impl Service<(), ntex::io::IoBoxed, Res = (), Error = io::Error> {
+fn mqtt_service(edge: Arc<EdgeShared>) -> impl Service<(), ntex::io::IoBoxed, Res = (), Error = io::Error> {
     let e3 = edge.clone();
     let e5 = edge;
     MqttServer::new()
-        .v3(
-            ntex_mqtt::v3::MqttServer::new(async |ses: &v3::Session, p| v3::publish(ses, p).await)
-                .protocol(async |ses: &v3::Session, m| v3::protocol(ses, m).await)
-                .control(async |ses: &v3::Session, c| {
-                    observe_stop(ses, &c);
-                    Ok::<Option<ntex_mqtt::v3::codec::Encoded>, EdgeError>(None)
-                })
-                .build(move |msg| v3::connect(e3.clone(), msg)),
-        )
-        .v5(
-            ntex_mqtt::v5::MqttServer::new(async |ses: &v5::Session, p| v5::publish(ses, p).await)
-                .protocol(async |ses: &v5::Session, m| v5::protocol(ses, m).await)
-                .control(async |ses: &v5::Session, c| {
-                    observe_stop(ses, &c);
-                    Ok::<Option<ntex_mqtt::v5::codec::Encoded>, EdgeError>(None)
-                })
-                .build(move |msg| v5::connect(e5.clone(), msg)),
-        )
+        .v3(ntex_mqtt::v3::MqttServer::new(async |ses: &v3::Session, p| v3::publish(ses, p).await)
+            .middleware(ProtocolGuard)
+            .protocol(async |ses: &v3::Session, m| v3::protocol(ses, m).await)
+            .control(async |ses: &v3::Session, c| {
+                observe_stop(ses, &c);
+                Ok::<Option<ntex_mqtt::v3::codec::Encoded>, EdgeError>(None)
+            })
+            .build(move |msg| v3::connect(e3.clone(), msg)))
+        .v5(ntex_mqtt::v5::MqttServer::new(async |ses: &v5::Session, p| v5::publish(ses, p).await)
+            .middleware(ProtocolGuard)
+            .protocol(async |ses: &v5::Session, m| v5::protocol(ses, m).await)
+            .control(async |ses: &v5::Session, c| {
+                observe_stop(ses, &c);
+                Ok::<Option<ntex_mqtt::v5::codec::Encoded>, EdgeError>(None)
+            })
+            .build(move |msg| v5::connect(e5.clone(), msg)))
         .map_err(|e: MqttError<EdgeError>| io::Error::other(format!("{e:?}")))
 }
 
@@ -158,9 +156,7 @@ fn ws_service<F: Filter>(
 ) -> impl Service<(), Io<F>, Res = (), Error = http::error::DispatchError> {
     let mqtt = Pipeline::new((), mqtt_service(edge)).bind();
     HttpService::new(async |_| {
-        Ok::<_, io::Error>(
-            Response::BadRequest().body("this endpoint speaks MQTT over WebSocket only"),
-        )
+        Ok::<_, io::Error>(Response::BadRequest().body("this endpoint speaks MQTT over WebSocket only"))
     })
     .h1_control(async move |msg: h1::Control<_, _>| {
         let ack = match msg {
@@ -184,23 +180,12 @@ async fn ws_handshake<F: Filter>(
     let mut res = ws::handshake(req.head()).map_err(io::Error::other)?;
     // Browsers require the server to echo the subprotocol they offered ("mqtt").
     if let Some(offered) = req.headers().get("sec-websocket-protocol") {
-        let first = offered
-            .to_str()
-            .unwrap_or("")
-            .split(',')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let first = offered.to_str().unwrap_or("").split(',').next().unwrap_or("").trim().to_string();
         if !first.is_empty() {
             res.header("sec-websocket-protocol", first);
         }
     }
-    io.send(
-        h1::Message::Item((res.build().drop_body(), http::body::BodySize::Empty)),
-        &codec,
-    )
-    .await?;
+    io.send(h1::Message::Item((res.build().drop_body(), http::body::BodySize::Empty)), &codec).await?;
     Ok(ws::WsTransport::create(io, ws::Codec::new()))
 }
 
@@ -226,55 +211,35 @@ pub fn start(edge: Arc<EdgeShared>) -> io::Result<Listeners> {
     let max_conn = cfg.limits.max_connections;
     let hub = edge.hub.clone();
     let (tx, rx) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new()
-        .name("mqtt-edge".into())
-        .spawn(move || {
-            ntex::rt::System::build()
-                .name("mqtt-edge")
-                .build(ntex::rt::DefaultRuntime)
-                .block_on(async move {
-                    let mut b = ntex::server::build()
-                        .workers(workers)
-                        .backlog(backlog)
-                        .maxconn(max_conn)
-                        .disable_signals();
-                    if let Some(l) = tcp {
-                        let e = edge.clone();
-                        b = b.listen("mqtt", l, service_config(&cfg), async move |_| {
-                            let mqtt = Pipeline::new((), mqtt_service(e.clone()));
-                            ntex::service::fn_service(async move |io: Io| {
-                                mqtt.call(io.boxed()).await
-                            })
-                        })?;
-                    }
-                    if let (Some(l), Some(tls_cfg)) = (tls, tls_cfg) {
-                        let e = edge.clone();
-                        b = b.listen("mqtt-tls", l, service_config(&cfg), async move |_| {
-                            let mqtt = Pipeline::new((), mqtt_service(e.clone()));
-                            ntex_tls::rustls::TlsAcceptor::new(tls_cfg.clone())
-                                .map_err(io::Error::other)
-                                .and_then(async move |io: Io<_>| mqtt.call(io.boxed()).await)
-                        })?;
-                    }
-                    if let Some(l) = ws {
-                        let e = edge.clone();
-                        b = b.listen("mqtt-ws", l, service_config(&cfg), async move |_| {
-                            ws_service(e.clone())
-                        })?;
-                    }
-                    let srv = b.run();
-                    let _ = tx.send(srv.clone());
-                    srv.await.map_err(|e| io::Error::other(format!("{e:?}")))?;
-                    Ok(())
-                })
-        })?;
-    let server = rx
-        .recv()
-        .map_err(|_| io::Error::other("the MQTT worker thread failed to start"))?;
-    Ok(Listeners {
-        addrs,
-        server,
-        thread: Some(thread),
-        hub,
-    })
+    let thread = std::thread::Builder::new().name("mqtt-edge".into()).spawn(move || {
+        ntex::rt::System::build().name("mqtt-edge").build(ntex::rt::DefaultRuntime).block_on(async move {
+            let mut b = ntex::server::build().workers(workers).backlog(backlog).maxconn(max_conn).disable_signals();
+            if let Some(l) = tcp {
+                let e = edge.clone();
+                b = b.listen("mqtt", l, service_config(&cfg), async move |_| {
+                    let mqtt = Pipeline::new((), mqtt_service(e.clone()));
+                    ntex::service::fn_service(async move |io: Io| mqtt.call(io.boxed()).await)
+                })?;
+            }
+            if let (Some(l), Some(tls_cfg)) = (tls, tls_cfg) {
+                let e = edge.clone();
+                b = b.listen("mqtt-tls", l, service_config(&cfg), async move |_| {
+                    let mqtt = Pipeline::new((), mqtt_service(e.clone()));
+                    ntex_tls::rustls::TlsAcceptor::new(tls_cfg.clone())
+                        .map_err(io::Error::other)
+                        .and_then(async move |io: Io<_>| mqtt.call(io.boxed()).await)
+                })?;
+            }
+            if let Some(l) = ws {
+                let e = edge.clone();
+                b = b.listen("mqtt-ws", l, service_config(&cfg), async move |_| ws_service(e.clone()))?;
+            }
+            let srv = b.run();
+            let _ = tx.send(srv.clone());
+            srv.await.map_err(|e| io::Error::other(format!("{e:?}")))?;
+            Ok(())
+        })
+    })?;
+    let server = rx.recv().map_err(|_| io::Error::other("the MQTT worker thread failed to start"))?;
+    Ok(Listeners { addrs, server, thread: Some(thread), hub })
 }

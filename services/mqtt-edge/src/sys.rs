@@ -14,36 +14,15 @@ use crate::message::{Message, now_ms};
 /// The `$SYS` topics and values for one snapshot.
 pub fn sys_topics(s: &Snapshot, uptime: Duration) -> Vec<(&'static str, String)> {
     vec![
-        (
-            "$SYS/broker/version",
-            format!("hermes {}", env!("CARGO_PKG_VERSION")),
-        ),
-        (
-            "$SYS/broker/uptime",
-            format!("{} seconds", uptime.as_secs()),
-        ),
-        (
-            "$SYS/broker/clients/connected",
-            s.clients_connected.to_string(),
-        ),
+        ("$SYS/broker/version", format!("hermes {}", env!("CARGO_PKG_VERSION"))),
+        ("$SYS/broker/uptime", format!("{} seconds", uptime.as_secs())),
+        ("$SYS/broker/clients/connected", s.clients_connected.to_string()),
         ("$SYS/broker/clients/total", s.sessions.to_string()),
-        (
-            "$SYS/broker/messages/received",
-            s.messages_received.to_string(),
-        ),
+        ("$SYS/broker/messages/received", s.messages_received.to_string()),
         ("$SYS/broker/messages/sent", s.messages_sent.to_string()),
-        (
-            "$SYS/broker/messages/dropped",
-            s.messages_dropped.to_string(),
-        ),
-        (
-            "$SYS/broker/subscriptions/count",
-            s.subscriptions.to_string(),
-        ),
-        (
-            "$SYS/broker/retained messages/count",
-            s.retained.to_string(),
-        ),
+        ("$SYS/broker/messages/dropped", s.messages_dropped.to_string()),
+        ("$SYS/broker/subscriptions/count", s.subscriptions.to_string()),
+        ("$SYS/broker/retained messages/count", s.retained.to_string()),
     ]
 }
 
@@ -62,12 +41,7 @@ pub fn spawn_housekeeping(hub: Arc<Hub>, sys_interval: Duration) -> tokio::task:
             }
             last_sys = Some(Instant::now());
             for (topic, value) in sys_topics(&hub.snapshot(), started.elapsed()) {
-                let msg = Message::new(
-                    ByteString::from_static(topic),
-                    Bytes::from(value),
-                    QoS::AtMostOnce,
-                    true,
-                );
+                let msg = Message::new(ByteString::from_static(topic), Bytes::from(value), QoS::AtMostOnce, true);
                 hub.publish(Arc::new(msg), None, now);
             }
         }

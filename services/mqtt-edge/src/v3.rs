@@ -17,15 +17,9 @@ use crate::server::EdgeShared;
 
 pub type Session = v3::Session<ConnState>;
 
-pub async fn connect(
-    edge: Arc<EdgeShared>,
-    msg: v3::Connect,
-) -> Result<v3::ConnectAck<ConnState>, EdgeError> {
+pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::ConnectAck<ConnState>, EdgeError> {
     let pkt = msg.packet();
-    match edge
-        .auth
-        .check(pkt.username.as_deref(), pkt.password.as_deref())
-    {
+    match edge.auth.check(pkt.username.as_deref(), pkt.password.as_deref()) {
         AuthDecision::Allow => {}
         AuthDecision::BadCredentials => {
             metrics::counter!(m::CONNECT_REFUSED, "reason" => "bad_credentials").increment(1);
@@ -36,29 +30,14 @@ pub async fn connect(
             return Ok(msg.not_authorized());
         }
     }
-    let client_id: Arc<str> = if pkt.client_id.is_empty() {
-        // [MQTT-3.1.3-8]: an empty id needs a clean session.
-        if !pkt.clean_session {
-            metrics::counter!(m::CONNECT_REFUSED, "reason" => "identifier").increment(1);
-            return Ok(msg.identifier_rejected());
-        }
-        ingress::assign_client_id().into()
-    } else {
-        pkt.client_id.as_str().into()
-    };
+    // ntex-mqtt's decoder already closes the connection for an empty id without clean session
+    // (it sends no CONNACK 0x02, a known deviation from [MQTT-3.1.3-9]).
+    let client_id: Arc<str> =
+        if pkt.client_id.is_empty() { ingress::assign_client_id().into() } else { pkt.client_id.as_str().into() };
     let will = match &pkt.last_will {
         None => None,
-        Some(w) => match ingress::will_message(
-            &edge.hub,
-            &w.topic,
-            &w.message,
-            from_ntex_qos(w.qos),
-            w.retain,
-        ) {
-            Ok(message) => Some(Will {
-                message: Arc::new(message),
-                delay_secs: 0,
-            }),
+        Some(w) => match ingress::will_message(&edge.hub, &w.topic, &w.message, from_ntex_qos(w.qos), w.retain) {
+            Ok(message) => Some(Will { message: Arc::new(message), delay_secs: 0 }),
             Err(e) => {
                 tracing::info!(client_id = %client_id, error = %e, "refusing CONNECT: invalid will topic");
                 metrics::counter!(m::CONNECT_REFUSED, "reason" => "will_topic").increment(1);
@@ -72,11 +51,7 @@ pub async fn connect(
             client_id: client_id.clone(),
             clean_start: pkt.clean_session,
             // v3 persistent sessions have no expiry of their own: the operator's cap applies.
-            session_expiry_secs: if pkt.clean_session {
-                0
-            } else {
-                limits.max_session_expiry_secs
-            },
+            session_expiry_secs: if pkt.clean_session { 0 } else { limits.max_session_expiry_secs },
             receive_maximum: u16::MAX,
             will,
         },
@@ -84,13 +59,7 @@ pub async fn connect(
     );
     metrics::counter!(m::CONNECTS, "protocol" => "3.1.1").increment(1);
     let keep_alive = pkt.keep_alive;
-    spawn_delivery_task(
-        Sink::V3(msg.sink()),
-        connected.inbox,
-        edge.hub.clone(),
-        client_id.clone(),
-        connected.link_id,
-    );
+    spawn_delivery_task(Sink::V3(msg.sink()), connected.inbox, edge.hub.clone(), client_id.clone(), connected.link_id);
     let state = ConnState::new(client_id, connected.link_id, edge.hub.clone());
     Ok(msg
         .ack(state, connected.session_present)
@@ -99,10 +68,7 @@ pub async fn connect(
 }
 
 pub async fn publish(ses: &Session, p: v3::Publish) -> Result<(), EdgeError> {
-    let payload = p
-        .read_all()
-        .await
-        .map_err(|e| EdgeError(format!("{e:?}")))?;
+    let payload = p.read_all().await.map_err(|e| EdgeError(format!("{e:?}")))?;
     let inbound = Inbound {
         topic: p.packet().topic.clone(),
         payload,
@@ -117,20 +83,14 @@ pub async fn publish(ses: &Session, p: v3::Publish) -> Result<(), EdgeError> {
     }
 }
 
-pub async fn protocol(
-    ses: &Session,
-    msg: v3::ProtocolMessage,
-) -> Result<v3::ProtocolMessageAck, EdgeError> {
+pub async fn protocol(ses: &Session, msg: v3::ProtocolMessage) -> Result<v3::ProtocolMessageAck, EdgeError> {
     let now = now_ms();
     Ok(match msg {
         v3::ProtocolMessage::Subscribe(mut s) => {
             metrics::counter!(m::PACKETS_IN, "type" => "subscribe").increment(1);
             for mut sub in s.iter_mut() {
                 let qos = sub.qos();
-                let options = SubOptions {
-                    qos: from_ntex_qos(qos),
-                    ..SubOptions::default()
-                };
+                let options = SubOptions { qos: from_ntex_qos(qos), ..SubOptions::default() };
                 match ses.hub.subscribe(&ses.client_id, sub.topic(), options, now) {
                     Ok(()) => sub.confirm(qos),
                     Err(e) => {

@@ -26,11 +26,7 @@ impl TryFrom<EdgeError> for v5::PublishAck {
     }
 }
 
-fn refuse(
-    msg: v5::Connect,
-    code: ConnectAckReason,
-    why: &'static str,
-) -> v5::ConnectAck<ConnState> {
+fn refuse(msg: v5::Connect, code: ConnectAckReason, why: &'static str) -> v5::ConnectAck<ConnState> {
     metrics::counter!(m::CONNECT_REFUSED, "reason" => why).increment(1);
     msg.fail_with(v5::codec::ConnectAck {
         reason_code: code,
@@ -39,46 +35,24 @@ fn refuse(
     })
 }
 
-pub async fn connect(
-    edge: Arc<EdgeShared>,
-    msg: v5::Connect,
-) -> Result<v5::ConnectAck<ConnState>, EdgeError> {
+pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::ConnectAck<ConnState>, EdgeError> {
     let pkt = msg.packet();
-    match edge
-        .auth
-        .check(pkt.username.as_deref(), pkt.password.as_deref())
-    {
+    match edge.auth.check(pkt.username.as_deref(), pkt.password.as_deref()) {
         AuthDecision::Allow => {}
         AuthDecision::BadCredentials => {
-            return Ok(refuse(
-                msg,
-                ConnectAckReason::BadUserNameOrPassword,
-                "bad user name or password",
-            ));
+            return Ok(refuse(msg, ConnectAckReason::BadUserNameOrPassword, "bad user name or password"));
         }
         AuthDecision::NotAuthorized => {
-            return Ok(refuse(
-                msg,
-                ConnectAckReason::NotAuthorized,
-                "anonymous access is disabled",
-            ));
+            return Ok(refuse(msg, ConnectAckReason::NotAuthorized, "anonymous access is disabled"));
         }
     }
     let assigned = pkt.client_id.is_empty().then(ingress::assign_client_id);
     let client_id: Arc<str> = assigned.as_deref().unwrap_or(pkt.client_id.as_str()).into();
     let will = match &pkt.last_will {
         None => None,
-        Some(w) => match ingress::will_message(
-            &edge.hub,
-            &w.topic,
-            &w.message,
-            from_ntex_qos(w.qos),
-            w.retain,
-        ) {
+        Some(w) => match ingress::will_message(&edge.hub, &w.topic, &w.message, from_ntex_qos(w.qos), w.retain) {
             Ok(mut message) => {
-                message.expires_at_ms = w
-                    .message_expiry_interval
-                    .map(|s| now_ms() + u64::from(s.get()) * 1000);
+                message.expires_at_ms = w.message_expiry_interval.map(|s| now_ms() + u64::from(s.get()) * 1000);
                 message.properties = Some(Box::new(v5::codec::PublishProperties {
                     correlation_data: w.correlation_data.clone(),
                     content_type: w.content_type.clone(),
@@ -87,24 +61,15 @@ pub async fn connect(
                     response_topic: w.response_topic.clone(),
                     ..Default::default()
                 }));
-                Some(Will {
-                    message: Arc::new(message),
-                    delay_secs: w.will_delay_interval_sec.unwrap_or(0),
-                })
+                Some(Will { message: Arc::new(message), delay_secs: w.will_delay_interval_sec.unwrap_or(0) })
             }
             Err(_) => {
-                return Ok(refuse(
-                    msg,
-                    ConnectAckReason::TopicNameInvalid,
-                    "invalid will topic",
-                ));
+                return Ok(refuse(msg, ConnectAckReason::TopicNameInvalid, "invalid will topic"));
             }
         },
     };
     let limits = &edge.cfg.limits;
-    let expiry = pkt
-        .session_expiry_interval_secs
-        .min(limits.max_session_expiry_secs);
+    let expiry = pkt.session_expiry_interval_secs.min(limits.max_session_expiry_secs);
     let connected = edge.hub.connect(
         ConnectRequest {
             client_id: client_id.clone(),
@@ -118,26 +83,13 @@ pub async fn connect(
     metrics::counter!(m::CONNECTS, "protocol" => "5.0").increment(1);
     let client_keep_alive = pkt.keep_alive;
     let requested_expiry = pkt.session_expiry_interval_secs;
-    spawn_delivery_task(
-        Sink::V5(msg.sink()),
-        connected.inbox,
-        edge.hub.clone(),
-        client_id.clone(),
-        connected.link_id,
-    );
+    spawn_delivery_task(Sink::V5(msg.sink()), connected.inbox, edge.hub.clone(), client_id.clone(), connected.link_id);
     let state = ConnState::new(client_id, connected.link_id, edge.hub.clone());
     let cap = limits.max_keepalive_secs;
-    let keep_alive = if client_keep_alive > cap {
-        cap
-    } else {
-        client_keep_alive
-    };
+    let keep_alive = if client_keep_alive > cap { cap } else { client_keep_alive };
     let session_present = connected.session_present;
-    Ok(msg
-        .ack(state)
-        .keep_alive(keep_alive.saturating_add(keep_alive / 2))
-        .max_send(Some(limits.max_inflight))
-        .with(|ack| {
+    Ok(msg.ack(state).keep_alive(keep_alive.saturating_add(keep_alive / 2)).max_send(Some(limits.max_inflight)).with(
+        |ack| {
             ack.session_present = session_present;
             ack.assigned_client_id = assigned.map(ByteString::from);
             ack.shared_subscription_available = true;
@@ -150,14 +102,12 @@ pub async fn connect(
             if requested_expiry != expiry {
                 ack.session_expiry_interval_secs = Some(expiry);
             }
-        }))
+        },
+    ))
 }
 
 pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, EdgeError> {
-    let payload = p
-        .read_all()
-        .await
-        .map_err(|e| EdgeError(format!("{e:?}")))?;
+    let payload = p.read_all().await.map_err(|e| EdgeError(format!("{e:?}")))?;
     let pkt = p.packet();
     let inbound = Inbound {
         topic: pkt.topic.clone(),
@@ -168,9 +118,7 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
     };
     let props = &pkt.properties;
     let fill = |msg: &mut Message| {
-        msg.expires_at_ms = props
-            .message_expiry_interval
-            .map(|s| now_ms() + u64::from(s.get()) * 1000);
+        msg.expires_at_ms = props.message_expiry_interval.map(|s| now_ms() + u64::from(s.get()) * 1000);
         let pass_through = props.correlation_data.is_some()
             || props.content_type.is_some()
             || !props.user_properties.is_empty()
@@ -190,17 +138,13 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
     Ok(match ingress::publish(ses, inbound, fill) {
         Ok(0) => p.ack().reason_code(PublishAckReason::NoMatchingSubscribers),
         Ok(_) | Err(PublishRefusal::Duplicate) => p.ack(),
-        Err(PublishRefusal::Topic(e)) => p
-            .ack()
-            .reason_code(PublishAckReason::TopicNameInvalid)
-            .reason(ByteString::from(e.to_string())),
+        Err(PublishRefusal::Topic(e)) => {
+            p.ack().reason_code(PublishAckReason::TopicNameInvalid).reason(ByteString::from(e.to_string()))
+        }
     })
 }
 
-pub async fn protocol(
-    ses: &Session,
-    msg: v5::ProtocolMessage,
-) -> Result<v5::ProtocolMessageAck, EdgeError> {
+pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::ProtocolMessageAck, EdgeError> {
     let now = now_ms();
     Ok(match msg {
         v5::ProtocolMessage::Subscribe(mut s) => {
@@ -215,9 +159,7 @@ pub async fn protocol(
                     retain_as_published: o.retain_as_published,
                     retain_handling: match o.retain_handling {
                         v5::codec::RetainHandling::AtSubscribe => RetainHandling::AtSubscribe,
-                        v5::codec::RetainHandling::AtSubscribeNew => {
-                            RetainHandling::AtSubscribeIfNew
-                        }
+                        v5::codec::RetainHandling::AtSubscribeNew => RetainHandling::AtSubscribeIfNew,
                         v5::codec::RetainHandling::NoAtSubscribe => RetainHandling::Never,
                     },
                     subscription_id: sub_id,
@@ -248,8 +190,7 @@ pub async fn protocol(
         }
         v5::ProtocolMessage::PublishRelease(r) => {
             metrics::counter!(m::PACKETS_IN, "type" => "pubrel").increment(1);
-            ses.hub
-                .incoming_released(&ses.client_id, r.packet().packet_id.get());
+            ses.hub.incoming_released(&ses.client_id, r.packet().packet_id.get());
             r.ack()
         }
         v5::ProtocolMessage::Disconnect(d) => {

@@ -1,0 +1,274 @@
+//! Routing and delivery semantics: QoS both ways, retained, overlapping and shared
+//! subscriptions, v5 options, flow control, `$SYS`.
+
+use bytes::Bytes;
+use hermes_tests::*;
+use sdk::mqtt::{Packet, Publish, PublishProperties, SubscribeTopic, Version};
+
+const VERSIONS: [Version; 2] = [Version::V311, Version::V5];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qos_0_1_2_in_both_directions() {
+    let edge = TestEdge::start().await;
+    for v in VERSIONS {
+        let mut sub = edge.client(v, &format!("sub-{v:?}")).await;
+        let codes = sub.subscribe(vec![SubscribeTopic::new("q/#", 2)], WAIT).await.expect("suback");
+        assert_eq!(codes, vec![2]);
+        let mut publisher = edge.client(v, &format!("pub-{v:?}")).await;
+        for qos in 0..=2u8 {
+            let code = publisher
+                .publish(&format!("q/{qos}"), format!("m{qos}").as_bytes(), qos, false, WAIT)
+                .await
+                .expect("publish");
+            assert_eq!(code.unwrap_or(0), 0, "{v:?} QoS {qos} acknowledged");
+            let p = expect_publish(&mut sub).await;
+            assert_eq!(
+                (p.topic.as_str(), &p.payload[..], p.qos, p.retain),
+                (format!("q/{qos}").as_str(), format!("m{qos}").as_bytes(), qos, false)
+            );
+            assert_eq!(p.packet_id.is_some(), qos > 0);
+            ack(&mut sub, &p).await;
+        }
+        expect_nothing(&mut sub).await;
+    }
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qos_is_the_lower_of_published_and_granted() {
+    let edge = TestEdge::start().await;
+    let mut sub = edge.client(Version::V311, "low").await;
+    sub.subscribe(vec![SubscribeTopic::new("low/#", 1)], WAIT).await.expect("suback");
+    let mut p = edge.client(Version::V311, "low-pub").await;
+    p.publish("low/a", b"x", 2, false, WAIT).await.expect("publish");
+    assert_eq!(expect_publish(&mut sub).await.qos, 1);
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retained_set_replace_clear_and_flags() {
+    let edge = TestEdge::start().await;
+    let mut p = edge.client(Version::V5, "ret-pub").await;
+    p.publish("ret/a", b"one", 1, true, WAIT).await.expect("publish");
+    p.publish("ret/a", b"two", 1, true, WAIT).await.expect("publish");
+    p.publish("ret/b", b"bee", 0, true, WAIT).await.expect("publish");
+    let mut s = edge.client(Version::V5, "ret-sub").await;
+    s.subscribe(vec![SubscribeTopic::new("ret/+", 1)], WAIT).await.expect("suback");
+    let mut got = [expect_publish(&mut s).await, expect_publish(&mut s).await];
+    got.sort_by(|a, b| a.topic.cmp(&b.topic));
+    assert_eq!((&got[0].payload[..], got[0].retain, got[0].qos), (&b"two"[..], true, 1));
+    assert_eq!((&got[1].payload[..], got[1].retain, got[1].qos), (&b"bee"[..], true, 0));
+    ack(&mut s, &got[0]).await;
+    // A live message on a subscribed topic arrives with retain cleared (no retain-as-published).
+    p.publish("ret/a", b"three", 0, true, WAIT).await.expect("publish");
+    assert!(!expect_publish(&mut s).await.retain);
+    // An empty retained payload clears the topic.
+    p.publish("ret/a", b"", 0, true, WAIT).await.expect("publish");
+    let cleared = expect_publish(&mut s).await;
+    assert!(cleared.payload.is_empty());
+    let mut late = edge.client(Version::V5, "ret-late").await;
+    late.subscribe(vec![SubscribeTopic::new("ret/a", 1)], WAIT).await.expect("suback");
+    expect_nothing(&mut late).await;
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v5_retain_handling_and_retain_as_published() {
+    let edge = TestEdge::start().await;
+    let mut p = edge.client(Version::V5, "rh-pub").await;
+    p.publish("rh/x", b"kept", 0, true, WAIT).await.expect("publish");
+    let mut s = edge.client(Version::V5, "rh-sub").await;
+    let never = SubscribeTopic { retain_handling: 2, ..SubscribeTopic::new("rh/#", 0) };
+    s.subscribe(vec![never], WAIT).await.expect("suback");
+    expect_nothing(&mut s).await;
+    let if_new = SubscribeTopic { retain_handling: 1, ..SubscribeTopic::new("rh/x", 0) };
+    s.subscribe(vec![if_new.clone()], WAIT).await.expect("suback");
+    assert_eq!(&expect_publish(&mut s).await.payload[..], b"kept");
+    s.subscribe(vec![if_new], WAIT).await.expect("suback");
+    expect_nothing(&mut s).await;
+    let mut rap = edge.client(Version::V5, "rh-rap").await;
+    rap.subscribe(
+        vec![SubscribeTopic { retain_as_published: true, retain_handling: 2, ..SubscribeTopic::new("rh/x", 0) }],
+        WAIT,
+    )
+    .await
+    .expect("suback");
+    p.publish("rh/x", b"live", 0, true, WAIT).await.expect("publish");
+    assert!(expect_publish(&mut rap).await.retain, "retain-as-published keeps the flag");
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_subscriptions_deliver_one_copy() {
+    let edge = TestEdge::start().await;
+    let mut s3 = edge.client(Version::V311, "ov3").await;
+    s3.subscribe(vec![SubscribeTopic::new("ov/#", 0), SubscribeTopic::new("ov/x", 1)], WAIT).await.expect("suback");
+    let mut s5 = edge.client(Version::V5, "ov5").await;
+    s5.send(&Packet::Subscribe {
+        packet_id: 1,
+        topics: vec![SubscribeTopic::new("ov/#", 2)],
+        subscription_id: Some(7),
+    })
+    .await
+    .expect("send");
+    assert!(matches!(s5.recv(WAIT).await, Ok(Packet::SubAck { .. })));
+    s5.send(&Packet::Subscribe {
+        packet_id: 2,
+        topics: vec![SubscribeTopic::new("ov/+", 1)],
+        subscription_id: Some(9),
+    })
+    .await
+    .expect("send");
+    assert!(matches!(s5.recv(WAIT).await, Ok(Packet::SubAck { .. })));
+    let mut p = edge.client(Version::V311, "ov-pub").await;
+    p.publish("ov/x", b"once", 2, false, WAIT).await.expect("publish");
+    let got3 = expect_publish(&mut s3).await;
+    assert_eq!(got3.qos, 1, "v3: one copy at the highest granted QoS");
+    ack(&mut s3, &got3).await;
+    expect_nothing(&mut s3).await;
+    let got5 = expect_publish(&mut s5).await;
+    assert_eq!(got5.qos, 2);
+    let mut ids = got5.properties.subscription_ids.clone();
+    ids.sort();
+    assert_eq!(ids, vec![7, 9], "v5: one copy carrying every subscription identifier");
+    ack(&mut s5, &got5).await;
+    expect_nothing(&mut s5).await;
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shared_subscription_spreads_messages_over_members() {
+    let edge = TestEdge::start().await;
+    let mut a = edge.client(Version::V5, "sh-a").await;
+    let mut b = edge.client(Version::V311, "sh-b").await;
+    for c in [&mut a, &mut b] {
+        c.subscribe(vec![SubscribeTopic::new("$share/workers/jobs/#", 0)], WAIT).await.expect("suback");
+    }
+    let mut p = edge.client(Version::V311, "sh-pub").await;
+    for i in 0..6 {
+        p.publish(&format!("jobs/{i}"), b"j", 0, false, WAIT).await.expect("publish");
+    }
+    let mut counts = [0, 0];
+    for (i, c) in [&mut a, &mut b].into_iter().enumerate() {
+        while let Ok(Packet::Publish(_)) = c.recv(QUIET).await {
+            counts[i] += 1;
+        }
+    }
+    assert_eq!(counts[0] + counts[1], 6, "each message goes to exactly one member: {counts:?}");
+    assert!(counts[0] > 0 && counts[1] > 0, "both members get work: {counts:?}");
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v5_no_local_and_properties_pass_through() {
+    let edge = TestEdge::start().await;
+    let mut c = edge.client(Version::V5, "nl").await;
+    c.subscribe(
+        vec![SubscribeTopic { no_local: true, ..SubscribeTopic::new("nl/#", 1) }, SubscribeTopic::new("props/#", 1)],
+        WAIT,
+    )
+    .await
+    .expect("suback");
+    c.publish("nl/x", b"mine", 0, false, WAIT).await.expect("publish");
+    expect_nothing(&mut c).await;
+    let props = PublishProperties {
+        user_properties: vec![("k".into(), "v".into())],
+        content_type: Some("text/plain".into()),
+        response_topic: Some("reply/here".into()),
+        correlation_data: Some(b"corr".to_vec()),
+        message_expiry: Some(60),
+        ..PublishProperties::default()
+    };
+    let mut p = edge.client(Version::V5, "props-pub").await;
+    p.send(&Packet::Publish(Publish {
+        topic: "props/x".into(),
+        payload: Bytes::from_static(b"p"),
+        qos: 0,
+        properties: props,
+        ..Publish::default()
+    }))
+    .await
+    .expect("send");
+    let got = expect_publish(&mut c).await;
+    assert_eq!(got.properties.user_properties, vec![("k".to_string(), "v".to_string())]);
+    assert_eq!(got.properties.content_type.as_deref(), Some("text/plain"));
+    assert_eq!(got.properties.response_topic.as_deref(), Some("reply/here"));
+    assert_eq!(got.properties.correlation_data.as_deref(), Some(&b"corr"[..]));
+    assert!(got.properties.message_expiry.is_some_and(|e| (58..=60).contains(&e)));
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v5_topic_alias_from_client() {
+    let edge = TestEdge::start().await;
+    let mut s = edge.client(Version::V5, "alias-sub").await;
+    s.subscribe(vec![SubscribeTopic::new("alias/t", 0)], WAIT).await.expect("suback");
+    let mut p = edge.client(Version::V5, "alias-pub").await;
+    for (topic, payload) in [("alias/t", "first"), ("", "second")] {
+        p.send(&Packet::Publish(Publish {
+            topic: topic.into(),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            properties: PublishProperties { topic_alias: Some(1), ..PublishProperties::default() },
+            ..Publish::default()
+        }))
+        .await
+        .expect("send");
+        let got = expect_publish(&mut s).await;
+        assert_eq!((got.topic.as_str(), &got.payload[..]), ("alias/t", payload.as_bytes()));
+    }
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v5_receive_maximum_limits_unacked_deliveries() {
+    let edge = TestEdge::start().await;
+    let mut c =
+        edge.connect(Version::V5, sdk::mqtt::Connect { receive_maximum: Some(2), ..connect("rm", true) }).await.0;
+    c.subscribe(vec![SubscribeTopic::new("rm/#", 1)], WAIT).await.expect("suback");
+    let mut p = edge.client(Version::V311, "rm-pub").await;
+    for i in 0..5 {
+        p.publish(&format!("rm/{i}"), b"x", 1, false, WAIT).await.expect("publish");
+    }
+    let first = expect_publish(&mut c).await;
+    let second = expect_publish(&mut c).await;
+    expect_nothing(&mut c).await;
+    ack(&mut c, &first).await;
+    let third = expect_publish(&mut c).await;
+    assert_eq!(third.topic, "rm/2", "order is kept");
+    ack(&mut c, &second).await;
+    ack(&mut c, &third).await;
+    for i in 3..5 {
+        let p = expect_publish(&mut c).await;
+        assert_eq!(p.topic, format!("rm/{i}"));
+        ack(&mut c, &p).await;
+    }
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sys_topics_are_published_and_hidden_from_wildcards() {
+    let edge = TestEdge::start().await;
+    let mut all = edge.client(Version::V311, "sys-all").await;
+    all.subscribe(vec![SubscribeTopic::new("#", 0)], WAIT).await.expect("suback");
+    let mut sys = edge.client(Version::V311, "sys").await;
+    sys.subscribe(vec![SubscribeTopic::new("$SYS/broker/clients/connected", 0)], WAIT).await.expect("suback");
+    // The first value may be a retained one from before we connected; a fresh one follows
+    // within the one-second interval the harness configures.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(4);
+    let mut seen = Vec::new();
+    loop {
+        match sys.recv(std::time::Duration::from_secs(2)).await {
+            Ok(Packet::Publish(p)) => {
+                let n: usize = std::str::from_utf8(&p.payload).expect("utf8").parse().expect("a number");
+                seen.push(n);
+                if n >= 2 {
+                    break;
+                }
+            }
+            other => panic!("no $SYS message: {other:?}"),
+        }
+        assert!(std::time::Instant::now() < deadline, "connected count never reached 2: {seen:?}");
+    }
+    expect_nothing(&mut all).await;
+    edge.stop().await;
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests of the MQTT edge: the real server in-process, real sockets, a raw client
+//! for exact packet-level expectations, and external clients (mosquitto, paho) for interop.
+
+mod auth;
+mod delivery;
+mod interop;
+mod layering;
+mod limits;
+mod malformed;
+mod sessions;

@@ -1,0 +1,85 @@
+//! Bad bytes on the wire close that one connection with the right reason, never the server:
+//! after each case a well-behaved client still gets its messages.
+
+use std::time::Duration;
+
+use hermes_tests::*;
+use sdk::mqtt::{Packet, SubscribeTopic, Version};
+
+/// CONNECT for "bad" with protocol level 4 (3.1.1), clean session, keep-alive 60.
+const CONNECT_V311: &[u8] = &[0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 3, b'b', b'a', b'd'];
+/// The same with keep-alive 1 s: a packet cut short is only noticed when the client falls silent.
+const CONNECT_V311_KA1: &[u8] = &[0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 1, 0, 3, b'b', b'a', b'd'];
+
+async fn still_serving(edge: &TestEdge, case: &str) {
+    let mut s = edge.client(Version::V311, &format!("ok-sub-{case}")).await;
+    s.subscribe(vec![SubscribeTopic::new("alive/#", 0)], WAIT).await.expect("suback");
+    let mut p = edge.client(Version::V5, &format!("ok-pub-{case}")).await;
+    p.publish("alive/x", case.as_bytes(), 0, false, WAIT).await.expect("publish");
+    assert_eq!(&expect_publish(&mut s).await.payload[..], case.as_bytes(), "after {case}");
+}
+
+async fn check(edge: &TestEdge, case: &str, connect: Option<&[u8]>, bytes: &[u8]) {
+    let mut c = edge.raw(Version::V311).await;
+    if let Some(connect) = connect {
+        c.send_raw(connect).await.expect("send CONNECT");
+        assert!(matches!(c.recv(WAIT).await, Ok(Packet::ConnAck { code: 0, .. })), "{case}: CONNACK");
+    }
+    c.send_raw(bytes).await.expect("send");
+    assert!(c.is_closed(WAIT).await, "{case}: connection must be closed");
+    still_serving(edge, case).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_packets_close_only_their_connection() {
+    let edge = TestEdge::start_with(|c| c.limits.max_packet_size = 1024).await;
+    check(&edge, "reserved packet type 0", None, &[0x00, 0x00]).await;
+    check(&edge, "packet before CONNECT", None, &[0xC0, 0x00]).await;
+    check(&edge, "bad remaining length", None, &[0x10, 0xff, 0xff, 0xff, 0xff, 0x01]).await;
+    check(
+        &edge,
+        "unknown protocol name",
+        None,
+        &[0x10, 15, 0, 4, b'M', b'Q', b'X', b'X', 4, 2, 0, 60, 0, 3, b'b', b'a', b'd'],
+    )
+    .await;
+    check(&edge, "second CONNECT", Some(CONNECT_V311), CONNECT_V311).await;
+    check(&edge, "QoS 3 publish", Some(CONNECT_V311), &[0x36, 5, 0, 1, b'a', 0, 1]).await;
+    check(&edge, "invalid UTF-8 topic", Some(CONNECT_V311), &[0x30, 5, 0, 3, 0xff, 0xfe, 0xfd]).await;
+    check(&edge, "wildcard in topic name", Some(CONNECT_V311), &[0x30, 5, 0, 3, b'a', b'/', b'#']).await;
+    check(&edge, "reserved SUBSCRIBE flags", Some(CONNECT_V311), &[0x80, 8, 0, 1, 0, 3, b'a', b'/', b'b', 0]).await;
+    check(&edge, "SUBSCRIBE with QoS 3", Some(CONNECT_V311), &[0x82, 8, 0, 1, 0, 3, b'a', b'/', b'b', 3]).await;
+    check(&edge, "topic longer than the packet", Some(CONNECT_V311_KA1), &[0x30, 2, 0, 9]).await;
+    check(&edge, "PUBLISH cut short", Some(CONNECT_V311_KA1), &[0x30, 10, 0, 3, b'a']).await;
+    let mut big = vec![0x30, 0x80, 0x10, 0, 1, b'a'];
+    big.resize(6 + 2048, b'x');
+    check(&edge, "oversize packet", Some(CONNECT_V311), &big).await;
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v5_oversize_packet_gets_disconnect_reason() {
+    let edge = TestEdge::start_with(|c| c.limits.max_packet_size = 1024).await;
+    let mut c = edge.client(Version::V5, "big5").await;
+    let payload = vec![b'x'; 4096];
+    let _ = c.publish("big/x", &payload, 0, false, WAIT).await;
+    match c.recv(WAIT).await {
+        Ok(Packet::Disconnect { code, .. }) => assert_eq!(code, 0x95, "packet too large"),
+        Err(sdk::mqtt::RecvError::Closed | sdk::mqtt::RecvError::Io(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(c.is_closed(WAIT).await);
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_is_cut_off_by_the_connect_timeout() {
+    let edge = TestEdge::start_with(|c| c.limits.connect_timeout_secs = 1).await;
+    let mut c = edge.raw(Version::V311).await;
+    c.send_raw(&CONNECT_V311[..5]).await.expect("send half a CONNECT");
+    let started = std::time::Instant::now();
+    assert!(c.is_closed(Duration::from_secs(4)).await, "half-open handshake is closed");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    still_serving(&edge, "slowloris").await;
+    edge.stop().await;
+}
