@@ -236,9 +236,10 @@ impl<M: Deliverable + Clone> Session<M> {
         self.incoming_qos2.insert(packet_id)
     }
 
-    /// Inbound PUBREL: the exactly-once handshake for `packet_id` is over.
-    pub fn incoming_released(&mut self, packet_id: u16) {
-        self.incoming_qos2.remove(&packet_id);
+    /// Inbound PUBREL: the exactly-once handshake for `packet_id` is over. Returns whether the
+    /// id was awaiting release.
+    pub fn incoming_released(&mut self, packet_id: u16) -> bool {
+        self.incoming_qos2.remove(&packet_id)
     }
 
     fn position(&self, packet_id: NonZeroU16) -> Option<usize> {
@@ -407,7 +408,8 @@ mod tests {
         let mut s: Session<Msg> = Session::new(SessionLimits::default());
         assert!(s.incoming_qos2(7));
         assert!(!s.incoming_qos2(7));
-        s.incoming_released(7);
+        assert!(s.incoming_released(7));
+        assert!(!s.incoming_released(7));
         assert!(s.incoming_qos2(7));
     }
 }

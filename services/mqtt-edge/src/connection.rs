@@ -62,6 +62,15 @@ pub enum Sink {
 }
 
 impl Sink {
+    /// Waits until the connection can take another packet: the CONNACK has been written, the
+    /// in-flight cap has room, and write back-pressure is off. False when the connection is gone.
+    async fn ready(&self) -> bool {
+        match self {
+            Sink::V3(s) => s.ready().await,
+            Sink::V5(s) => s.ready().await,
+        }
+    }
+
     fn close(&self, reason: CloseReason) {
         match self {
             // v3 has no DISCONNECT from the server: the connection is simply closed.
@@ -117,6 +126,11 @@ pub fn spawn_delivery_task(sink: Sink, mut inbox: ConnInbox, hub: Arc<Hub>, clie
 /// Writes one delivery. QoS 1/2 packets are written at once (so order is kept) and their
 /// acknowledgement is awaited on a task of its own, so the in-flight window stays full.
 async fn deliver(sink: &Sink, d: Delivery, hub: &Arc<Hub>, client_id: &Arc<str>, link_id: u64) {
+    // Waiting here (not writing into an ever-growing buffer) is what lets a slow reader's
+    // channel fill up, so the hub can close it instead of holding up everyone else.
+    if !sink.ready().await {
+        return;
+    }
     let now = now_ms();
     let qos = d.qos;
     metrics::counter!(m::DELIVERIES, "qos" => qos_label(qos)).increment(1);

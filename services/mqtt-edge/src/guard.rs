@@ -1,47 +1,114 @@
-//! A dispatcher middleware that enforces what ntex-mqtt lets through after the handshake:
-//! a second CONNECT is a protocol violation ([MQTT-3.1.0-2]) and closes the connection.
+//! A dispatcher middleware for what ntex-mqtt gets wrong or lets through after the handshake:
+//! - a second CONNECT is a protocol violation ([MQTT-3.1.0-2]) and closes the connection;
+//! - a PUBREL for a QoS 2 PUBLISH received on an *earlier* connection of a persistent session
+//!   must be answered with PUBCOMP ([MQTT-4.4.0-1]); ntex-mqtt only knows this connection's
+//!   packet ids and would close the connection instead, so the client could never finish.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::num::NonZeroU16;
+use std::ops::Deref;
+use std::sync::Arc;
 
 use ntex::service::{Ctx, Middleware, Service};
-use ntex_mqtt::MqttProtocolError;
 use ntex_mqtt::error::DispatcherError;
+use ntex_mqtt::{MqttProtocolError, QoS, v3, v5};
 
-/// Packets the guard inspects, for either protocol version.
-pub trait InboundPacket {
-    fn is_connect(&self) -> bool;
+use crate::connection::ConnState;
+use crate::hub::Hub;
+use crate::metrics as m;
+
+/// What the guard needs to know about an inbound packet.
+pub enum Inbound {
+    Connect,
+    Qos2Publish(NonZeroU16),
+    PubRel(NonZeroU16),
+    Other,
 }
 
-impl InboundPacket for ntex_mqtt::v3::codec::Decoded {
-    fn is_connect(&self) -> bool {
-        matches!(self, ntex_mqtt::v3::codec::Decoded::Packet(ntex_mqtt::v3::codec::Packet::Connect(_), _))
+/// One protocol version's packet types, as the guard sees them.
+pub trait GuardedPacket {
+    type Reply;
+    fn classify(&self) -> Inbound;
+    /// The PUBCOMP answering a PUBREL the dispatcher does not know.
+    fn pubcomp(packet_id: NonZeroU16, found: bool) -> Self::Reply;
+}
+
+impl GuardedPacket for v3::codec::Decoded {
+    type Reply = Option<v3::codec::Encoded>;
+
+    fn classify(&self) -> Inbound {
+        use v3::codec::{Decoded, Packet};
+        match self {
+            Decoded::Packet(Packet::Connect(_), _) => Inbound::Connect,
+            Decoded::Packet(Packet::PublishRelease { packet_id }, _) => Inbound::PubRel(*packet_id),
+            Decoded::Publish(p, _, _) if p.qos == QoS::ExactlyOnce => {
+                p.packet_id.map_or(Inbound::Other, Inbound::Qos2Publish)
+            }
+            _ => Inbound::Other,
+        }
+    }
+
+    fn pubcomp(packet_id: NonZeroU16, _found: bool) -> Self::Reply {
+        Some(v3::codec::Encoded::Packet(v3::codec::Packet::PublishComplete { packet_id }))
     }
 }
 
-impl InboundPacket for ntex_mqtt::v5::codec::Decoded {
-    fn is_connect(&self) -> bool {
-        matches!(self, ntex_mqtt::v5::codec::Decoded::Packet(ntex_mqtt::v5::codec::Packet::Connect(_), _))
+impl GuardedPacket for v5::codec::Decoded {
+    type Reply = Option<v5::codec::Encoded>;
+
+    fn classify(&self) -> Inbound {
+        use v5::codec::{Decoded, Packet};
+        match self {
+            Decoded::Packet(Packet::Connect(_), _) => Inbound::Connect,
+            Decoded::Packet(Packet::PublishRelease(ack), _) => Inbound::PubRel(ack.packet_id),
+            Decoded::Publish(p, _, _) if p.qos == QoS::ExactlyOnce => {
+                p.packet_id.map_or(Inbound::Other, Inbound::Qos2Publish)
+            }
+            _ => Inbound::Other,
+        }
+    }
+
+    fn pubcomp(packet_id: NonZeroU16, found: bool) -> Self::Reply {
+        let reason_code =
+            if found { v5::codec::PublishAck2Reason::Success } else { v5::codec::PublishAck2Reason::PacketIdNotFound };
+        Some(v5::codec::Encoded::Packet(v5::codec::Packet::PublishComplete(v5::codec::PublishAck2 {
+            packet_id,
+            reason_code,
+            properties: Vec::new(),
+            reason_string: None,
+        })))
     }
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct ProtocolGuard;
 
-impl<S, St> Middleware<S, St> for ProtocolGuard {
+impl<S, St: Deref<Target = ConnState>> Middleware<S, St> for ProtocolGuard {
     type Service = ProtocolGuardService<S>;
 
-    fn create(&self, _: &St, service: S) -> Self::Service {
-        ProtocolGuardService { service }
+    fn create(&self, st: &St, service: S) -> Self::Service {
+        ProtocolGuardService {
+            service,
+            hub: st.hub.clone(),
+            client_id: st.client_id.clone(),
+            qos2_here: RefCell::new(HashSet::new()),
+        }
     }
 }
 
-#[derive(Debug)]
 pub struct ProtocolGuardService<S> {
     service: S,
+    hub: Arc<Hub>,
+    client_id: Arc<str>,
+    /// QoS 2 packet ids whose PUBLISH arrived on this connection (ntex-mqtt tracks these).
+    qos2_here: RefCell<HashSet<NonZeroU16>>,
 }
 
 impl<S, St, Req, E> Service<St, Req> for ProtocolGuardService<S>
 where
-    S: Service<St, Req, Error = DispatcherError<E>>,
-    Req: InboundPacket,
+    S: Service<St, Req, Res = Req::Reply, Error = DispatcherError<E>>,
+    Req: GuardedPacket,
 {
     type Res = S::Res;
     type Error = S::Error;
@@ -50,11 +117,23 @@ where
     ntex::forward_shutdown!(St, service);
 
     async fn call(&self, req: Req, ctx: Ctx<'_, Self, St>) -> Result<Self::Res, Self::Error> {
-        if req.is_connect() {
-            metrics::counter!(crate::metrics::CONNECT_REFUSED, "reason" => "second_connect").increment(1);
-            return Err(DispatcherError::Protocol(MqttProtocolError::generic_violation(
-                "second CONNECT on an established connection",
-            )));
+        match req.classify() {
+            Inbound::Connect => {
+                metrics::counter!(m::CONNECT_REFUSED, "reason" => "second_connect").increment(1);
+                return Err(DispatcherError::Protocol(MqttProtocolError::generic_violation(
+                    "second CONNECT on an established connection",
+                )));
+            }
+            Inbound::Qos2Publish(id) => {
+                self.qos2_here.borrow_mut().insert(id);
+            }
+            Inbound::PubRel(id) => {
+                if !self.qos2_here.borrow_mut().remove(&id) {
+                    let found = self.hub.incoming_released(&self.client_id, id.get());
+                    return Ok(Req::pubcomp(id, found));
+                }
+            }
+            Inbound::Other => {}
         }
         ctx.call(&self.service, req).await
     }

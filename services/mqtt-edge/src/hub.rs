@@ -506,10 +506,9 @@ impl Hub {
         self.lock().sessions.get_mut(client_id).is_none_or(|s| s.session.incoming_qos2(packet_id))
     }
 
-    pub fn incoming_released(&self, client_id: &str, packet_id: u16) {
-        if let Some(s) = self.lock().sessions.get_mut(client_id) {
-            s.session.incoming_released(packet_id);
-        }
+    /// Inbound PUBREL; returns whether `packet_id` was awaiting release in the session.
+    pub fn incoming_released(&self, client_id: &str, packet_id: u16) -> bool {
+        self.lock().sessions.get_mut(client_id).is_some_and(|s| s.session.incoming_released(packet_id))
     }
 
     /// Counts a QoS 0 delivery written to a socket.

@@ -100,6 +100,9 @@ fn service_config(cfg: &EdgeConfig) -> SharedCfg {
                 // A PUBLISH that arrived before the client hung up is still routed (mosquitto_pub
                 // sends PUBLISH and DISCONNECT back to back).
                 .set_handle_qos_after_disconnect(Some(QoS::ExactlyOnce))
+                // Whole payloads only: we route complete messages, and ntex-mqtt's streaming path
+                // panics when a DISCONNECT arrives while a large payload is still streaming.
+                .set_min_chunk_size(l.max_packet_size)
                 .protocol_version_timeout(ntex::time::Seconds(l.connect_timeout_secs))
                 .set_connect_timeout(ntex::time::Seconds(l.connect_timeout_secs))
                 .set_handshake_timeout(ntex::time::Seconds(l.connect_timeout_secs)),

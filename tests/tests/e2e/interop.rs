@@ -60,6 +60,34 @@ async fn mosquitto_clients_publish_and_subscribe() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn mosquitto_pub_large_payloads_then_disconnect_arrive_intact() {
+    // mosquitto_pub writes CONNECT, PUBLISH, DISCONNECT back to back: the PUBLISH must still be
+    // routed, whatever its size.
+    let sub_bin = require_tool("mosquitto_sub");
+    let pub_bin = require_tool("mosquitto_pub");
+    let edge = TestEdge::start().await;
+    let port = edge.tcp.port().to_string();
+    for size in [10usize, 16 * 1024, 100 * 1000, 500 * 1000] {
+        let file = edge.dir.join(format!("payload-{size}"));
+        let payload: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(&file, &payload).expect("write payload");
+        let topic = format!("big/{size}");
+        let mut sub = Command::new(&sub_bin);
+        sub.args(["-p", &port, "-t", &topic, "-C", "1", "-W", "10", "-N"]);
+        let sub = tokio::spawn(async move { run_tool(&mut sub, Duration::from_secs(15)).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut publish = Command::new(&pub_bin);
+        publish.args(["-p", &port, "-t", &topic, "-f"]).arg(&file);
+        let (ok, _, err) = run_tool(&mut publish, Duration::from_secs(10)).await;
+        assert!(ok, "mosquitto_pub {size} bytes: {err}");
+        let (ok, out, err) = sub.await.expect("join");
+        assert!(ok, "mosquitto_sub {size} bytes: {err}");
+        assert!(out.as_bytes() == payload.as_slice(), "{size} bytes arrive intact (got {})", out.len());
+    }
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn paho_python_over_tcp_websocket_and_tls() {
     let python = require_tool("python3");
     let edge = TestEdge::start().await;

@@ -227,3 +227,78 @@ async fn empty_client_id_is_assigned_or_refused() {
     }
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qos2_release_completes_after_a_reconnect() {
+    let edge = TestEdge::start().await;
+    for v in [Version::V311, Version::V5] {
+        let mut sub = edge.client(Version::V311, &format!("q2r-sub-{v:?}")).await;
+        sub.subscribe(vec![SubscribeTopic::new("q2r/#", 2)], WAIT).await.expect("suback");
+        let id = format!("q2r-{v:?}");
+        let persistent = Connect { session_expiry: (v == Version::V5).then_some(60), ..connect(&id, false) };
+        let (mut p, _) = edge.connect(v, persistent.clone()).await;
+        p.send(&Packet::Publish(sdk::mqtt::Publish {
+            topic: "q2r/x".into(),
+            payload: bytes::Bytes::from_static(b"exactly once"),
+            qos: 2,
+            packet_id: Some(7),
+            ..Default::default()
+        }))
+        .await
+        .expect("send");
+        assert!(matches!(p.recv(WAIT).await, Ok(Packet::PubRec { packet_id: 7, .. })));
+        let got = expect_publish(&mut sub).await;
+        ack(&mut sub, &got).await;
+        drop(p); // gone before sending PUBREL
+        let (mut p, present) = edge.connect(v, persistent).await;
+        assert!(present);
+        p.send(&Packet::PubRel { packet_id: 7, code: 0 }).await.expect("send");
+        match p.recv(WAIT).await {
+            Ok(Packet::PubComp { packet_id: 7, code: 0 }) => {}
+            other => panic!("{v:?}: expected PUBCOMP 7, got {other:?}"),
+        }
+        // An id nobody knows still gets its PUBCOMP (v5 says "packet identifier not found").
+        p.send(&Packet::PubRel { packet_id: 99, code: 0 }).await.expect("send");
+        match p.recv(WAIT).await {
+            Ok(Packet::PubComp { packet_id: 99, code }) => {
+                assert_eq!(code, if v == Version::V5 { 0x92 } else { 0 })
+            }
+            other => panic!("{v:?}: expected PUBCOMP 99, got {other:?}"),
+        }
+        p.send(&Packet::PingReq).await.expect("send");
+        assert!(matches!(p.recv(WAIT).await, Ok(Packet::PingResp)), "{v:?}: connection still healthy");
+        expect_nothing(&mut sub).await;
+    }
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_subscriber_is_cut_off_without_holding_up_others() {
+    let edge = TestEdge::start_with(|c| c.limits.max_pending_deliveries = 8).await;
+    let mut slow = edge.client(Version::V5, "slow").await;
+    slow.subscribe(vec![SubscribeTopic::new("flood/#", 0)], WAIT).await.expect("suback");
+    let mut fast = edge.client(Version::V311, "fast").await;
+    fast.subscribe(vec![SubscribeTopic::new("flood/#", 0)], WAIT).await.expect("suback");
+    let mut p = edge.client(Version::V311, "flooder").await;
+    let payload = vec![b'x'; 16 * 1024];
+    let (batches, per_batch) = (100, 20);
+    for _ in 0..batches {
+        for _ in 0..per_batch {
+            p.publish("flood/x", &payload, 0, false, WAIT).await.expect("publish");
+        }
+        for _ in 0..per_batch {
+            expect_publish(&mut fast).await;
+        }
+    }
+    // The slow one never read: what it gets now is what fit in buffers, then the reason.
+    let mut received = 0;
+    let end = loop {
+        match slow.recv(WAIT).await {
+            Ok(Packet::Publish(_)) => received += 1,
+            other => break other,
+        }
+    };
+    assert!(matches!(end, Ok(Packet::Disconnect { code: 0x97, .. })), "{end:?} after {received}");
+    assert!(received < batches * per_batch, "it was cut off: {received}");
+    edge.stop().await;
+}

@@ -1,0 +1,179 @@
+//! The `hermes` binary as a user runs it: `up` prints its endpoints and serves MQTT, SIGTERM
+//! tells clients why and exits 0; configuration layering and errors; `bench` reports JSON.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use sdk::mqtt::{Client, Connect, Packet, Version};
+
+const HERMES: &str = env!("CARGO_BIN_EXE_hermes");
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("hermes-cli-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Starts `hermes up` on ephemeral ports; returns the child and its MQTT address.
+fn up(extra: &[&str]) -> (Child, SocketAddr) {
+    let data = temp_dir("up");
+    let mut child = Command::new(HERMES)
+        .args(["up", "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn hermes up");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let mut addr = None;
+    let mut seen = Vec::new();
+    while let Some(Ok(line)) = lines.next() {
+        seen.push(line.clone());
+        if let Some(rest) = line.trim().strip_prefix("MQTT            mqtt://") {
+            addr = rest.parse().ok();
+        }
+        if line.starts_with("Stop with Ctrl-C") {
+            break;
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let addr = addr.unwrap_or_else(|| panic!("no MQTT endpoint printed: {seen:#?}"));
+    (child, addr)
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill").success();
+    assert!(ok, "kill -TERM");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_serves_mqtt_and_stops_on_sigterm_with_0x8b() {
+    let (mut child, addr) = up(&["--allow-anonymous"]);
+    let mut c = Client::connect_tcp(addr, Version::V5).await.expect("tcp");
+    let ack = c
+        .handshake(
+            Connect { client_id: "cli".into(), clean_start: true, keep_alive: 30, ..Default::default() },
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(matches!(ack, Ok(Packet::ConnAck { code: 0, .. })), "{ack:?}");
+    sigterm(&child);
+    match c.recv(Duration::from_secs(5)).await {
+        Ok(Packet::Disconnect { code, .. }) => assert_eq!(code, 0x8B),
+        other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.expect("join").expect("wait");
+    assert!(status.success(), "hermes up exits 0 after SIGTERM: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_without_anonymous_refuses_clients_without_credentials() {
+    let (mut child, addr) = up(&[]);
+    let mut c = Client::connect_tcp(addr, Version::V311).await.expect("tcp");
+    let ack = c
+        .handshake(
+            Connect { client_id: "anon".into(), clean_start: true, ..Default::default() },
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(matches!(ack, Ok(Packet::ConnAck { code: 5, .. })), "not authorized: {ack:?}");
+    sigterm(&child);
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
+
+#[test]
+fn print_config_layers_file_env_and_flags() {
+    let dir = temp_dir("cfg");
+    let file = dir.join("hermes.toml");
+    std::fs::write(
+        &file,
+        "[mqtt]\naddr = \"127.0.0.1:1111\"\nws_addr = \"127.0.0.1:2222\"\n[limits]\nmax_inflight = 7\n",
+    )
+    .expect("write");
+    let out = Command::new(HERMES)
+        .args(["print-config", "--config"])
+        .arg(&file)
+        .args(["--mqtt-ws-addr", "127.0.0.1:3333"])
+        .env("HERMES_LIMITS__MAX_INFLIGHT", "9")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("addr = \"127.0.0.1:1111\""), "file value: {text}");
+    assert!(text.contains("ws_addr = \"127.0.0.1:3333\""), "flag beats file: {text}");
+    assert!(text.contains("max_inflight = 9"), "env beats file: {text}");
+}
+
+#[test]
+fn bad_configuration_is_refused_naming_the_key() {
+    let out = Command::new(HERMES).args(["up"]).env("HERMES_LIMITS__MAX_INFLGHT", "3").output().expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_inflght"), "names the unknown key: {err}");
+    let out = Command::new(HERMES).args(["up", "--mqtt-tls-addr", "127.0.0.1:0"]).output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt.tls_cert"), "TLS needs a certificate");
+}
+
+#[test]
+fn passwd_writes_a_users_file_that_up_accepts() {
+    let dir = temp_dir("passwd");
+    let users = dir.join("users");
+    for pw in ["first", "second"] {
+        let ok = Command::new(HERMES)
+            .args(["passwd", "--users-file"])
+            .arg(&users)
+            .args(["alice", "--password", pw])
+            .status()
+            .expect("run")
+            .success();
+        assert!(ok);
+    }
+    let text = std::fs::read_to_string(&users).expect("users file");
+    assert_eq!(text.lines().count(), 1, "one line per user: {text}");
+    assert!(text.starts_with("alice:$argon2id$"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_reports_json_against_a_running_broker() {
+    let (mut child, addr) = up(&["--allow-anonymous"]);
+    let port = addr.port().to_string();
+    let pid = child.id().to_string();
+    for scenario in [
+        vec!["connections", "-n", "50", "--hold-secs", "0"],
+        vec!["fanout", "-n", "20", "--rounds", "2"],
+        vec!["throughput", "--publishers", "2", "--subscribers", "2", "--qos", "1", "--seconds", "1"],
+    ] {
+        let out = Command::new(HERMES)
+            .args(["bench", "--port", &port, "--pid", &pid, "--json"])
+            .args(&scenario)
+            .output()
+            .expect("run bench");
+        assert!(out.status.success(), "{scenario:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        assert_eq!(v["scenario"], scenario[0]);
+        match scenario[0] {
+            "connections" => {
+                assert_eq!(v["connected"], 50);
+                assert!(v["broker_rss_kib_per_connection"].is_number());
+            }
+            "fanout" => {
+                let rounds = v["rounds"].as_array().expect("rounds");
+                assert!(rounds.iter().all(|r| r["delivered"] == 20), "{v}");
+            }
+            _ => {
+                assert!(v["delivered"].as_u64().is_some_and(|d| d > 0), "{v}");
+                assert_eq!(v["delivered"], v["expected_deliveries"], "QoS 1 loses nothing: {v}");
+            }
+        }
+    }
+    sigterm(&child);
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
