@@ -13,7 +13,8 @@ use ntex_mqtt::{v3, v5};
 
 use broker::QoS;
 
-use crate::hub::{CloseReason, ConnInbox, Delivery, Hub};
+use crate::hub::{CloseReason, Delivery, Hub};
+use crate::link::{ConnInbox, Next};
 use crate::message::now_ms;
 use crate::metrics as m;
 
@@ -99,25 +100,17 @@ impl Sink {
 
 /// Runs on the connection's worker until the connection ends: writes each delivery the hub
 /// sends, and closes the connection when the hub asks to.
-pub fn spawn_delivery_task(sink: Sink, mut inbox: ConnInbox, hub: Arc<Hub>, client_id: Arc<str>, link_id: u64) {
+pub fn spawn_delivery_task(sink: Sink, inbox: ConnInbox, hub: Arc<Hub>, client_id: Arc<str>, link_id: u64) {
     ntex::rt::spawn(async move {
         loop {
-            tokio::select! {
-                biased;
-                reason = inbox.close.closed() => {
+            match inbox.next().await {
+                // Boxed so the idle task stays small: only a delivery in progress needs the space.
+                Next::Deliver(d) => Box::pin(deliver(&sink, d, &hub, &client_id, link_id)).await,
+                Next::Close(reason) => {
                     sink.close(reason);
                     break;
                 }
-                d = inbox.deliveries.recv() => match d {
-                    Some(d) => deliver(&sink, d, &hub, &client_id, link_id).await,
-                    None => {
-                        // The hub dropped our link: taken over or shutting down.
-                        if let Some(reason) = inbox.close.reason() {
-                            sink.close(reason);
-                        }
-                        break;
-                    }
-                },
+                Next::Stop => break,
             }
         }
     });

@@ -16,8 +16,8 @@ use broker::session::{Enqueued, Outgoing, Session, SessionLimits};
 use broker::topic::{TopicError, TopicLimits, parse_subscription};
 use broker::trie::SubscriptionTrie;
 use broker::{RetainHandling, SubOptions};
-use tokio::sync::{Notify, mpsc};
 
+use crate::link::{self, ConnInbox, ConnLink, Refused};
 use crate::message::SharedMessage;
 use crate::metrics as m;
 
@@ -32,53 +32,6 @@ pub enum CloseReason {
     ServerShuttingDown,
     /// The connection did not keep up with its deliveries (v5 0x97 quota exceeded).
     SlowConsumer,
-}
-
-/// The edge's side of one live connection: where its deliveries go.
-#[derive(Debug, Clone)]
-pub struct ConnLink {
-    pub id: u64,
-    tx: mpsc::Sender<Delivery>,
-    close: Arc<CloseSignal>,
-}
-
-/// A one-shot "close with this reason" flag the connection's delivery task waits on.
-#[derive(Debug, Default)]
-pub struct CloseSignal {
-    reason: Mutex<Option<CloseReason>>,
-    notify: Notify,
-}
-
-impl CloseSignal {
-    pub fn close(&self, reason: CloseReason) {
-        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
-        if r.is_none() {
-            *r = Some(reason);
-            self.notify.notify_one();
-        }
-    }
-
-    pub fn reason(&self) -> Option<CloseReason> {
-        *self.reason.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Waits until [`CloseSignal::close`] was called and returns its reason.
-    pub async fn closed(&self) -> CloseReason {
-        loop {
-            let notified = self.notify.notified();
-            if let Some(r) = self.reason() {
-                return r;
-            }
-            notified.await;
-        }
-    }
-}
-
-/// The receiving half a connection's delivery task drains.
-#[derive(Debug)]
-pub struct ConnInbox {
-    pub deliveries: mpsc::Receiver<Delivery>,
-    pub close: Arc<CloseSignal>,
 }
 
 /// A will message and its delay (v5; 0 for v3).
@@ -187,16 +140,15 @@ impl Hub {
         let mut st = self.lock();
         st.next_id += 1;
         let link_id = st.next_id;
-        let (tx, rx) = mpsc::channel(usize::from(self.cfg.session.max_inflight) + self.cfg.max_pending_deliveries);
-        let close = Arc::new(CloseSignal::default());
-        let link = ConnLink { id: link_id, tx, close: close.clone() };
+        let (link, inbox) =
+            link::link(link_id, usize::from(self.cfg.session.max_inflight) + self.cfg.max_pending_deliveries);
 
         let mut session_present = false;
         let mut takeover_will = None;
         if let Some(slot) = st.sessions.get_mut(&req.client_id)
             && let Some(old) = slot.link.take()
         {
-            old.close.close(CloseReason::SessionTakenOver);
+            old.close(CloseReason::SessionTakenOver);
             metrics::counter!(m::TAKEOVERS).increment(1);
             metrics::gauge!(m::CONNECTIONS).decrement(1.0);
             // The old connection ended abnormally: its will goes out unless delayed, in which
@@ -248,7 +200,7 @@ impl Hub {
         }
         slot.link = Some(link);
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
-        Connected { session_present, link_id, inbox: ConnInbox { deliveries: rx, close } }
+        Connected { session_present, link_id, inbox }
     }
 
     /// The connection `link_id` of `client_id` is gone. `graceful` means a DISCONNECT packet
@@ -381,18 +333,17 @@ impl Hub {
     }
 
     fn send(link: &ConnLink, d: Delivery, counters: &Counters) {
-        match link.tx.try_send(d) {
+        match link.send(d) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(d)) => {
+            Err(Refused::Full(d)) => {
                 // QoS 1/2 deliveries stay in the session's in-flight window and are resent on
                 // reconnect; only QoS 0 is lost, as the protocol allows.
                 if d.packet_id.is_none() {
                     counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
-                link.close.close(CloseReason::SlowConsumer);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(Refused::Closed(_)) => {}
         }
     }
 
@@ -520,7 +471,7 @@ impl Hub {
     pub fn close_all(&self, reason: CloseReason) {
         for slot in self.lock().sessions.values() {
             if let Some(l) = &slot.link {
-                l.close.close(reason);
+                l.close(reason);
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod connection;
 pub mod guard;
 pub mod hub;
 pub mod ingress;
+pub mod link;
 pub mod message;
 pub mod metrics;
 pub mod server;

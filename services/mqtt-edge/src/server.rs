@@ -90,6 +90,7 @@ fn tls_config(cfg: &EdgeConfig) -> io::Result<Arc<rustls::ServerConfig>> {
 fn service_config(cfg: &EdgeConfig) -> SharedCfg {
     let l = &cfg.limits;
     SharedCfg::new("MQTT")
+        .add(ntex::io::IoConfig::new())
         .add(
             ntex_mqtt::MqttServiceConfig::new()
                 .set_max_qos(QoS::ExactlyOnce)

@@ -70,7 +70,8 @@ pub async fn open_many(common: &Common, dial: &Dial, n: usize, prefix: &str) -> 
         let dial = dial.clone();
         let source = common.source(i);
         let progress = progress.clone();
-        let id = format!("{prefix}-{i}");
+        // Unique across load-generator processes: a repeated client id would take over a session.
+        let id = format!("{prefix}-{}-{i}", std::process::id());
         tasks.push(tokio::spawn(async move {
             let started = Instant::now();
             let r = dial.open(source, id).await.map(|c| (c, started.elapsed()));
