@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use ntex_bytes::ByteString;
+use ntex_mqtt::error::SendPacketError;
 use ntex_mqtt::{v3, v5};
 
 use broker::QoS;
@@ -129,8 +130,8 @@ async fn deliver(sink: &Sink, d: Delivery, hub: &Arc<Hub>, client_id: &Arc<str>,
     metrics::counter!(m::DELIVERIES, "qos" => qos_label(qos)).increment(1);
     if qos == QoS::AtMostOnce {
         let res = match sink {
-            Sink::V3(s) => v3_builder(s, &d).send_at_most_once(d.msg.payload.clone()).map_err(|e| e.to_string()),
-            Sink::V5(s) => v5_builder(s, &d, now).send_at_most_once(d.msg.payload.clone()).map_err(|e| e.to_string()),
+            Sink::V3(s) => v3_builder(s, &d).send_at_most_once(d.msg.payload.clone()),
+            Sink::V5(s) => v5_builder(s, &d, now).send_at_most_once(d.msg.payload.clone()),
         };
         match res {
             Ok(()) => hub.sent_qos0(),
@@ -161,16 +162,16 @@ async fn deliver(sink: &Sink, d: Delivery, hub: &Arc<Hub>, client_id: &Arc<str>,
         (Sink::V3(s), _) => {
             let b = v3_builder(s, &d);
             start(flow.qos2(async move {
-                let rec = b.send_exactly_once(payload).await.map_err(|e| e.to_string())?;
-                Ok(async move { rec.release().await.map_err(|e| e.to_string()) })
+                let rec = b.send_exactly_once(payload).await?;
+                Ok(async move { rec.release().await })
             }))
             .await
         }
         (Sink::V5(s), _) => {
             let b = v5_builder(s, &d, now);
             start(flow.qos2(async move {
-                let rec = b.send_exactly_once(payload).await.map_err(|e| e.to_string())?;
-                Ok(async move { rec.release().await.map_err(|e| e.to_string()) })
+                let rec = b.send_exactly_once(payload).await?;
+                Ok(async move { rec.release().await })
             }))
             .await
         }
@@ -197,14 +198,14 @@ struct AckFlow {
 }
 
 impl AckFlow {
-    async fn qos1<E: std::fmt::Display>(self, send: impl Future<Output = Result<(), E>>) {
-        let res = send.await.map_err(|e| e.to_string());
+    async fn qos1(self, send: impl Future<Output = Result<(), SendPacketError>>) {
+        let res = send.await;
         self.finish(res);
     }
 
-    async fn qos2<R>(self, send: impl Future<Output = Result<R, String>>)
+    async fn qos2<R>(self, send: impl Future<Output = Result<R, SendPacketError>>)
     where
-        R: Future<Output = Result<(), String>>,
+        R: Future<Output = Result<(), SendPacketError>>,
     {
         // A message already past PUBREC before a reconnect is resent as a PUBLISH with DUP set
         // (ntex-mqtt cannot send a bare PUBREL); a conforming receiver answers PUBREC again
@@ -219,13 +220,13 @@ impl AckFlow {
         }
     }
 
-    fn finish(self, res: Result<(), String>) {
+    fn finish(self, res: Result<(), SendPacketError>) {
         match res {
             Ok(()) => {
                 metrics::histogram!(m::ACK_SECONDS).record(self.started.elapsed().as_secs_f64());
                 self.hub.complete(&self.client_id, self.link_id, self.packet_id, now_ms());
             }
-            Err(e) if e.contains("Encode") => {
+            Err(e @ SendPacketError::Encode(_)) => {
                 // The packet can never be sent (e.g. larger than the client's maximum packet
                 // size, v5 §3.1.2.11.4): discard it instead of retrying forever.
                 metrics::counter!(m::DELIVERY_FAILURES).increment(1);

@@ -10,7 +10,7 @@ use broker::QoS;
 use broker::topic::{TopicError, validate_name};
 
 use crate::connection::ConnState;
-use crate::hub::Hub;
+use crate::hub::{Hub, SubscribeError};
 use crate::message::{Message, now_ms};
 use crate::metrics as m;
 
@@ -85,4 +85,9 @@ pub fn will_message(
 ) -> Result<Message, TopicError> {
     validate_name(topic, &hub.config().topic)?;
     Ok(Message::new(topic.clone(), payload.clone(), qos, retain))
+}
+
+/// Logs a refused SUBSCRIBE entry (the SUBACK carries the code to the client).
+pub fn log_refused(st: &ConnState, filter: &str, e: SubscribeError) {
+    tracing::debug!(client_id = %st.client_id, topic = %filter, error = ?e, "subscription refused");
 }

@@ -9,7 +9,7 @@ use broker::SubOptions;
 
 use crate::auth::AuthDecision;
 use crate::connection::{ConnState, Sink, from_ntex_qos, spawn_delivery_task};
-use crate::hub::{ConnectRequest, SubscribeError, Will};
+use crate::hub::{ConnectRequest, Will};
 use crate::ingress::{self, EdgeError, Inbound, PublishRefusal};
 use crate::message::now_ms;
 use crate::metrics as m;
@@ -94,7 +94,7 @@ pub async fn protocol(ses: &Session, msg: v3::ProtocolMessage) -> Result<v3::Pro
                 match ses.hub.subscribe(&ses.client_id, sub.topic(), options, now) {
                     Ok(()) => sub.confirm(qos),
                     Err(e) => {
-                        log_refused(ses, sub.topic(), e);
+                        ingress::log_refused(ses, sub.topic(), e);
                         sub.fail();
                     }
                 }
@@ -123,8 +123,4 @@ pub async fn protocol(ses: &Session, msg: v3::ProtocolMessage) -> Result<v3::Pro
             other.ack()
         }
     })
-}
-
-pub fn log_refused(ses: &ConnState, filter: &str, e: SubscribeError) {
-    tracing::debug!(client_id = %ses.client_id, topic = %filter, error = ?e, "subscription refused");
 }

@@ -168,7 +168,7 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
                 match ses.hub.subscribe(&ses.client_id, &topic, options, now) {
                     Ok(()) => sub.confirm(qos),
                     Err(e) => {
-                        crate::v3::log_refused(ses, &topic, e);
+                        ingress::log_refused(ses, &topic, e);
                         sub.fail(match e {
                             SubscribeError::Topic(_) => SubscribeAckReason::TopicFilterInvalid,
                             SubscribeError::QuotaExceeded => SubscribeAckReason::QuotaExceeded,

@@ -2,7 +2,7 @@
 //! that are not valid MQTT at all are malformed packets and close the connection.
 
 use hermes_tests::*;
-use sdk::mqtt::{Packet, SubscribeTopic, Version};
+use sdk::mqtt::{Connect, Packet, SubscribeTopic, Version};
 
 fn limited(c: &mut mqtt_edge::EdgeConfig) {
     c.limits.max_subscriptions_per_client = 2;
@@ -69,5 +69,24 @@ async fn v5_publish_to_a_topic_beyond_limits_is_refused_with_a_reason() {
     assert_eq!(code, Some(0x90), "topic name invalid");
     let code = p.publish("a/b/c", b"x", 1, false, WAIT).await.expect("puback");
     assert_eq!(code, Some(0x10), "accepted, no matching subscribers");
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v5_client_maximum_packet_size_is_respected() {
+    let edge = TestEdge::start().await;
+    let small = Connect { max_packet_size: Some(128), ..connect("small", true) };
+    let (mut c, _) = edge.connect(Version::V5, small).await;
+    c.subscribe(vec![SubscribeTopic::new("mps/#", 1)], WAIT).await.expect("suback");
+    let mut p = edge.client(Version::V311, "mps-pub").await;
+    // More oversize messages than the in-flight window: none may block the ones that fit.
+    for _ in 0..40 {
+        p.publish("mps/big", &[b'x'; 500], 1, false, WAIT).await.expect("publish");
+    }
+    p.publish("mps/small", b"fits", 1, false, WAIT).await.expect("publish");
+    let got = expect_publish(&mut c).await;
+    assert_eq!(got.topic, "mps/small", "oversize messages are dropped for this client, not sent");
+    ack(&mut c, &got).await;
+    expect_nothing(&mut c).await;
     edge.stop().await;
 }
