@@ -8,6 +8,7 @@
 pub mod retained;
 pub mod route;
 pub mod session;
+pub mod store;
 pub mod topic;
 pub mod trie;
 

@@ -1,5 +1,5 @@
-//! The edge's shared routing state: sessions by client id, the subscription tries, retained
-//! messages, and a link to each live connection.
+//! The edge's shared routing state: live sessions by client id, the session store for the
+//! parked ones, the subscription tries, retained messages, and a link to each live connection.
 //!
 //! All ntex workers share one `Hub`. Its methods are synchronous and short; they decide with the
 //! broker core and hand deliveries to connections through bounded channels, so a connection's
@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use broker::retained::RetainedStore;
 use broker::route::RoutePlan;
 use broker::session::{Enqueued, Outgoing, Session, SessionLimits};
+use broker::store::{MemorySessionStore, Parked, SessionStore};
 use broker::topic::{TopicError, TopicLimits, parse_subscription};
 use broker::trie::SubscriptionTrie;
 use broker::{RetainHandling, SubOptions};
@@ -70,27 +71,61 @@ pub struct HubConfig {
     pub max_pending_deliveries: usize,
 }
 
-#[derive(Debug)]
-struct Slot {
-    id: u64,
+/// A session with a connection.
+struct Live {
+    /// The session's key in the routing tries.
+    key: u64,
     session: Session<SharedMessage>,
-    link: Option<ConnLink>,
+    link: ConnLink,
     expiry_secs: u32,
-    offline_since_ms: u64,
     will: Option<Will>,
-    /// A will waiting for its delay to pass (v5 will-delay).
-    pending_will: Option<(u64, SharedMessage)>,
 }
 
-#[derive(Debug, Default)]
 struct State {
-    sessions: HashMap<Arc<str>, Slot>,
+    live: HashMap<Arc<str>, Live>,
+    store: Box<dyn SessionStore<SharedMessage>>,
+    /// Wills waiting for their v5 will-delay, by client id.
+    pending_wills: HashMap<Arc<str>, (u64, SharedMessage)>,
     client_of: HashMap<u64, Arc<str>>,
     subs: SubscriptionTrie<u64, SubOptions>,
     shared: SubscriptionTrie<(u64, Arc<str>), SubOptions>,
     retained: RetainedStore<SharedMessage>,
     next_id: u64,
     round_robin: usize,
+}
+
+impl State {
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Forgets a session that ends: its subscriptions leave the tries.
+    fn drop_session(&mut self, key: u64, session: &Session<SharedMessage>, limits: &TopicLimits) {
+        for (f, _) in session.subscriptions() {
+            remove_from_tries(&mut self.subs, &mut self.shared, key, f, limits);
+        }
+        self.client_of.remove(&key);
+    }
+}
+
+fn remove_from_tries(
+    subs: &mut SubscriptionTrie<u64, SubOptions>,
+    shared: &mut SubscriptionTrie<(u64, Arc<str>), SubOptions>,
+    key: u64,
+    raw_filter: &str,
+    limits: &TopicLimits,
+) {
+    if let Ok(p) = parse_subscription(raw_filter, limits) {
+        match p.share_group {
+            Some(g) => {
+                shared.remove(p.filter, &(key, g.into()));
+            }
+            None => {
+                subs.remove(p.filter, &key);
+            }
+        }
+    }
 }
 
 /// Counters for `$SYS` and logs (Prometheus gets the same events through `metrics`).
@@ -113,16 +148,37 @@ pub struct Snapshot {
     pub messages_dropped: u64,
 }
 
-#[derive(Debug)]
 pub struct Hub {
     state: Mutex<State>,
     cfg: HubConfig,
     pub counters: Counters,
 }
 
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("cfg", &self.cfg).field("snapshot", &self.snapshot()).finish()
+    }
+}
+
 impl Hub {
+    /// A hub whose parked sessions live in this process's memory.
     pub fn new(cfg: HubConfig) -> Self {
-        Hub { state: Mutex::new(State::default()), cfg, counters: Counters::default() }
+        Self::with_store(cfg, Box::new(MemorySessionStore::default()))
+    }
+
+    pub fn with_store(cfg: HubConfig, store: Box<dyn SessionStore<SharedMessage>>) -> Self {
+        let state = State {
+            live: HashMap::new(),
+            store,
+            pending_wills: HashMap::new(),
+            client_of: HashMap::new(),
+            subs: SubscriptionTrie::new(),
+            shared: SubscriptionTrie::new(),
+            retained: RetainedStore::new(),
+            next_id: 0,
+            round_robin: 0,
+        };
+        Hub { state: Mutex::new(state), cfg, counters: Counters::default() }
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -135,142 +191,108 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A CONNECT was accepted: take over or create the session, link the connection.
+    /// A CONNECT was accepted: take over a live session or resume a parked one (unless clean
+    /// start), link the connection, and resend what is in flight.
     pub fn connect(&self, req: ConnectRequest, now_ms: u64) -> Connected {
         let mut st = self.lock();
-        st.next_id += 1;
-        let link_id = st.next_id;
+        let link_id = st.next_id();
         let (link, inbox) =
             link::link(link_id, usize::from(self.cfg.session.max_inflight) + self.cfg.max_pending_deliveries);
 
-        let mut session_present = false;
         let mut takeover_will = None;
-        if let Some(slot) = st.sessions.get_mut(&req.client_id)
-            && let Some(old) = slot.link.take()
-        {
-            old.close(CloseReason::SessionTakenOver);
-            metrics::counter!(m::TAKEOVERS).increment(1);
-            metrics::gauge!(m::CONNECTIONS).decrement(1.0);
-            // The old connection ended abnormally: its will goes out unless delayed, in which
-            // case the new connection cancels it (v5 §3.1.3.2.2).
-            takeover_will = slot.will.take().filter(|w| w.delay_secs == 0);
-        }
-        if let Some(will) = takeover_will {
-            self.route(&mut st, will.message, None, now_ms);
-        }
-        let slot = st.sessions.get_mut(&req.client_id);
-        let resume = match slot {
-            Some(slot) if !req.clean_start => {
-                slot.pending_will = None;
-                session_present = true;
-                true
-            }
-            Some(_) => false,
-            None => false,
-        };
-        if !resume {
-            if let Some(old) = st.sessions.remove(&req.client_id) {
-                Self::drop_subscriptions(&mut st, &old);
-                if let Some((_, msg)) = old.pending_will {
-                    self.route(&mut st, msg, None, now_ms);
-                }
-            }
-            st.next_id += 1;
-            let id = st.next_id;
-            st.client_of.insert(id, req.client_id.clone());
-            st.sessions.insert(
-                req.client_id.clone(),
-                Slot {
-                    id,
-                    session: Session::new(self.cfg.session),
-                    link: None,
-                    expiry_secs: 0,
+        let previous = match st.live.remove(&req.client_id) {
+            Some(old) => {
+                old.link.close(CloseReason::SessionTakenOver);
+                metrics::counter!(m::TAKEOVERS).increment(1);
+                metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+                // The old connection ended abnormally: its will goes out unless delayed, in
+                // which case the new connection cancels it (v5 §3.1.3.2.2).
+                takeover_will = old.will.filter(|w| w.delay_secs == 0).map(|w| w.message);
+                Some(Parked {
+                    session: old.session,
+                    key: old.key,
+                    expiry_secs: old.expiry_secs,
                     offline_since_ms: now_ms,
-                    will: None,
-                    pending_will: None,
-                },
-            );
+                })
+            }
+            None => st.store.take(&req.client_id),
+        };
+        // A delayed will is cancelled by a reconnect to the session, and due at once if the
+        // session ends now (clean start).
+        let delayed_will = st.pending_wills.remove(&req.client_id).filter(|_| req.clean_start).map(|(_, m)| m);
+        for msg in takeover_will.into_iter().chain(delayed_will) {
+            self.route(&mut st, msg, None, now_ms);
         }
-        let slot = st.sessions.get_mut(&req.client_id).expect("session inserted above");
-        slot.expiry_secs = req.session_expiry_secs;
-        slot.will = req.will;
-        let resend = slot.session.resume(req.receive_maximum, now_ms);
-        for d in resend {
+        let (key, mut session, session_present) = match previous {
+            Some(p) if !req.clean_start => (p.key, p.session, true),
+            other => {
+                if let Some(p) = other {
+                    st.drop_session(p.key, &p.session, &self.cfg.topic);
+                }
+                let key = st.next_id();
+                st.client_of.insert(key, req.client_id.clone());
+                (key, Session::new(self.cfg.session), false)
+            }
+        };
+        for d in session.resume(req.receive_maximum, now_ms) {
             Self::send(&link, d, &self.counters);
         }
-        slot.link = Some(link);
+        st.live.insert(
+            req.client_id.clone(),
+            Live { key, session, link, expiry_secs: req.session_expiry_secs, will: req.will },
+        );
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         Connected { session_present, link_id, inbox }
     }
 
     /// The connection `link_id` of `client_id` is gone. `graceful` means a DISCONNECT packet
     /// without "send will" arrived, so the will is discarded. `expiry_secs` is the session
-    /// expiry the v5 DISCONNECT may have changed.
+    /// expiry the v5 DISCONNECT may have changed. The session is parked or ends.
     pub fn disconnect(&self, client_id: &str, link_id: u64, graceful: bool, expiry_secs: Option<u32>, now_ms: u64) {
         let mut st = self.lock();
-        let Some(slot) = st.sessions.get_mut(client_id) else {
-            return;
-        };
-        if slot.link.as_ref().map(|l| l.id) != Some(link_id) {
+        if st.live.get(client_id).is_none_or(|l| l.link.id != link_id) {
             // Taken over: the new connection owns the session now.
             return;
         }
+        let Some((cid, mut live)) = st.live.remove_entry(client_id) else {
+            return;
+        };
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
-        slot.link = None;
-        slot.session.go_offline();
-        slot.offline_since_ms = now_ms;
-        if let Some(e) = expiry_secs {
-            slot.expiry_secs = e;
+        live.session.go_offline();
+        let expiry = expiry_secs.unwrap_or(live.expiry_secs);
+        let will = live.will.take().filter(|_| !graceful);
+        let ends_now = expiry == 0;
+        if ends_now {
+            st.drop_session(live.key, &live.session, &self.cfg.topic);
+        } else {
+            let parked = Parked { session: live.session, key: live.key, expiry_secs: expiry, offline_since_ms: now_ms };
+            st.store.park(client_id, parked);
         }
-        let will = slot.will.take().filter(|_| !graceful);
-        let ends_now = slot.expiry_secs == 0;
-        let mut publish_now = None;
         if let Some(will) = will {
             if will.delay_secs == 0 || ends_now {
-                publish_now = Some(will.message);
+                self.route(&mut st, will.message, None, now_ms);
             } else {
-                let delay = will.delay_secs.min(slot.expiry_secs);
-                slot.pending_will = Some((now_ms + u64::from(delay) * 1000, will.message));
+                let delay = u64::from(will.delay_secs.min(expiry));
+                st.pending_wills.insert(cid, (now_ms + delay * 1000, will.message));
             }
-        }
-        if ends_now && let Some(old) = st.sessions.remove(client_id) {
-            Self::drop_subscriptions(&mut st, &old);
-        }
-        if let Some(msg) = publish_now {
-            self.route(&mut st, msg, None, now_ms);
         }
     }
 
-    /// Expires sessions and sends delayed wills whose time has come.
+    /// Expires parked sessions and sends delayed wills whose time has come.
     pub fn tick(&self, now_ms: u64) {
         let mut st = self.lock();
-        let mut due_wills = Vec::new();
-        let mut expired = Vec::new();
-        for (cid, slot) in st.sessions.iter_mut() {
-            if slot.link.is_some() {
-                continue;
-            }
-            if let Some((at, _)) = &slot.pending_will
-                && *at <= now_ms
-                && let Some((_, msg)) = slot.pending_will.take()
-            {
-                due_wills.push(msg);
-            }
-            let expiry_ms = u64::from(slot.expiry_secs) * 1000;
-            if slot.expiry_secs != u32::MAX && now_ms >= slot.offline_since_ms.saturating_add(expiry_ms) {
-                expired.push(cid.clone());
-            }
+        let mut due = Vec::new();
+        for (cid, parked) in st.store.expire(now_ms) {
+            st.drop_session(parked.key, &parked.session, &self.cfg.topic);
+            due.extend(st.pending_wills.remove(cid.as_str()).map(|(_, m)| m));
+            metrics::counter!(m::SESSIONS_EXPIRED).increment(1);
         }
-        for cid in expired {
-            if let Some(old) = st.sessions.remove(&cid) {
-                Self::drop_subscriptions(&mut st, &old);
-                if let Some((_, msg)) = old.pending_will {
-                    due_wills.push(msg);
-                }
-                metrics::counter!(m::SESSIONS_EXPIRED).increment(1);
-            }
+        let ripe: Vec<Arc<str>> =
+            st.pending_wills.iter().filter(|(_, (at, _))| *at <= now_ms).map(|(c, _)| c.clone()).collect();
+        for cid in ripe {
+            due.extend(st.pending_wills.remove(&cid).map(|(_, m)| m));
         }
-        for msg in due_wills {
+        for msg in due {
             self.route(&mut st, msg, None, now_ms);
         }
     }
@@ -279,7 +301,7 @@ impl Hub {
     /// Returns the number of sessions it was handed to.
     pub fn publish(&self, msg: SharedMessage, from: Option<&str>, now_ms: u64) -> usize {
         let mut st = self.lock();
-        let publisher = from.and_then(|c| st.sessions.get(c)).map(|s| s.id);
+        let publisher = from.and_then(|c| st.live.get(c)).map(|l| l.key);
         if from.is_some() {
             self.counters.messages_received.fetch_add(1, Ordering::Relaxed);
         }
@@ -291,9 +313,12 @@ impl Hub {
             let keep = (!msg.payload.is_empty()).then(|| msg.clone());
             st.retained.set(&msg.topic, keep);
         }
+        if msg.expires_at_ms.is_some_and(|at| now_ms >= at) {
+            return 0;
+        }
         let mut plan = RoutePlan::new(publisher, msg.qos, msg.retain);
-        st.subs.for_each_match(&msg.topic, |sid, opts| plan.add(sid, opts));
-        st.shared.for_each_match(&msg.topic, |(sid, group), opts| plan.add_shared(group, sid, opts));
+        st.subs.for_each_match(&msg.topic, |key, opts| plan.add(key, opts));
+        st.shared.for_each_match(&msg.topic, |(key, group), opts| plan.add_shared(group, key, opts));
         let mut rr = st.round_robin;
         let deliveries = plan.finish(|n| {
             rr = rr.wrapping_add(1);
@@ -301,34 +326,30 @@ impl Hub {
         });
         st.round_robin = rr;
         let count = deliveries.len();
-        for (sid, d) in deliveries {
-            let Some(cid) = st.client_of.get(&sid).cloned() else {
-                continue;
-            };
-            let Some(slot) = st.sessions.get_mut(&cid) else {
+        for (key, d) in deliveries {
+            let Some(cid) = st.client_of.get(&key) else {
                 continue;
             };
             let out = Outgoing::new(msg.clone(), d.qos, d.retain, d.subscription_ids);
-            self.hand_over(slot, out, now_ms);
+            let outcome = match st.live.get_mut(cid) {
+                Some(live) => match live.session.enqueue(out) {
+                    Enqueued::Send(d) => {
+                        Self::send(&live.link, d, &self.counters);
+                        continue;
+                    }
+                    other => Some(other),
+                },
+                None => st.store.enqueue(cid, out),
+            };
+            self.count_drop(outcome);
         }
         count
     }
 
-    fn hand_over(&self, slot: &mut Slot, out: Delivery, now_ms: u64) {
-        if out.msg.expires_at_ms.is_some_and(|at| now_ms >= at) {
-            return;
-        }
-        match slot.session.enqueue(out) {
-            Enqueued::Send(d) => {
-                if let Some(link) = &slot.link {
-                    Self::send(link, d, &self.counters);
-                }
-            }
-            Enqueued::Queued => {}
-            Enqueued::Dropped(_) => {
-                self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(m::QUEUE_DROPS).increment(1);
-            }
+    fn count_drop(&self, outcome: Option<Enqueued<SharedMessage>>) {
+        if let Some(Enqueued::Dropped(_)) = outcome {
+            self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(m::QUEUE_DROPS).increment(1);
         }
     }
 
@@ -347,8 +368,8 @@ impl Hub {
         }
     }
 
-    /// A SUBSCRIBE entry. Returns the granted options or why it was refused; retained messages
-    /// that match are handed to the connection.
+    /// A SUBSCRIBE entry. Returns why it was refused, if it was; retained messages that match
+    /// are handed to the connection.
     pub fn subscribe(
         &self,
         client_id: &str,
@@ -356,35 +377,34 @@ impl Hub {
         options: SubOptions,
         now_ms: u64,
     ) -> Result<(), SubscribeError> {
-        let mut st = self.lock();
         let parsed = parse_subscription(raw_filter, &self.cfg.topic).map_err(SubscribeError::Topic)?;
-        let st = &mut *st;
-        let slot = st.sessions.get_mut(client_id).ok_or(SubscribeError::NoSession)?;
-        let existed = slot.session.subscriptions().any(|(f, _)| f == raw_filter);
-        if !existed && slot.session.subscription_count() >= self.cfg.max_subscriptions {
+        let mut st = self.lock();
+        let State { live, subs, shared, retained, .. } = &mut *st;
+        let live = live.get_mut(client_id).ok_or(SubscribeError::NoSession)?;
+        let existed = live.session.subscriptions().any(|(f, _)| f == raw_filter);
+        if !existed && live.session.subscription_count() >= self.cfg.max_subscriptions {
             return Err(SubscribeError::QuotaExceeded);
         }
-        slot.session.subscribe(raw_filter, options.clone());
-        match parsed.share_group {
-            Some(group) => {
-                st.shared.insert(parsed.filter, (slot.id, group.into()), options);
-                // Shared subscriptions never get retained messages (v5 §4.8.2).
-                return Ok(());
-            }
-            None => {
-                st.subs.insert(parsed.filter, slot.id, options.clone());
-            }
+        live.session.subscribe(raw_filter, options.clone());
+        if let Some(group) = parsed.share_group {
+            shared.insert(parsed.filter, (live.key, group.into()), options);
+            // Shared subscriptions never get retained messages (v5 §4.8.2).
+            return Ok(());
         }
+        subs.insert(parsed.filter, live.key, options.clone());
         let send_retained = match options.retain_handling {
             RetainHandling::AtSubscribe => true,
             RetainHandling::AtSubscribeIfNew => !existed,
             RetainHandling::Never => false,
         };
         if send_retained {
-            for msg in st.retained.matching(parsed.filter, now_ms) {
+            for msg in retained.matching(parsed.filter, now_ms) {
                 let qos = msg.qos.min(options.qos);
                 let ids = options.subscription_id.into_iter().collect();
-                self.hand_over(slot, Outgoing::new(msg, qos, true, ids), now_ms);
+                match live.session.enqueue(Outgoing::new(msg, qos, true, ids)) {
+                    Enqueued::Send(d) => Self::send(&live.link, d, &self.counters),
+                    other => self.count_drop(Some(other)),
+                }
             }
         }
         Ok(())
@@ -393,73 +413,44 @@ impl Hub {
     /// An UNSUBSCRIBE entry; returns whether the subscription existed.
     pub fn unsubscribe(&self, client_id: &str, raw_filter: &str) -> bool {
         let mut st = self.lock();
-        let st = &mut *st;
-        let Some(slot) = st.sessions.get_mut(client_id) else {
+        let State { live, subs, shared, .. } = &mut *st;
+        let Some(live) = live.get_mut(client_id) else {
             return false;
         };
-        if slot.session.unsubscribe(raw_filter).is_none() {
+        if live.session.unsubscribe(raw_filter).is_none() {
             return false;
         }
-        Self::remove_from_tries(&mut st.subs, &mut st.shared, slot.id, raw_filter, &self.cfg.topic);
+        remove_from_tries(subs, shared, live.key, raw_filter, &self.cfg.topic);
         true
-    }
-
-    fn remove_from_tries(
-        subs: &mut SubscriptionTrie<u64, SubOptions>,
-        shared: &mut SubscriptionTrie<(u64, Arc<str>), SubOptions>,
-        id: u64,
-        raw_filter: &str,
-        limits: &TopicLimits,
-    ) {
-        if let Ok(p) = parse_subscription(raw_filter, limits) {
-            match p.share_group {
-                Some(g) => {
-                    shared.remove(p.filter, &(id, g.into()));
-                }
-                None => {
-                    subs.remove(p.filter, &id);
-                }
-            }
-        }
-    }
-
-    fn drop_subscriptions(st: &mut State, slot: &Slot) {
-        for (f, _) in slot.session.subscriptions() {
-            Self::remove_from_tries(&mut st.subs, &mut st.shared, slot.id, f, &TopicLimits::default());
-        }
-        st.client_of.remove(&slot.id);
     }
 
     /// PUBACK or PUBCOMP for an outbound message: frees window space.
     pub fn complete(&self, client_id: &str, link_id: u64, packet_id: NonZeroU16, now_ms: u64) {
         let mut st = self.lock();
-        let Some(slot) = st.sessions.get_mut(client_id) else {
+        let Some(live) = st.live.get_mut(client_id).filter(|l| l.link.id == link_id) else {
             return;
         };
-        let next = slot.session.complete(packet_id, now_ms);
         self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
-        if let Some(link) = slot.link.as_ref().filter(|l| l.id == link_id) {
-            for d in next {
-                Self::send(link, d, &self.counters);
-            }
+        for d in live.session.complete(packet_id, now_ms) {
+            Self::send(&live.link, d, &self.counters);
         }
     }
 
     /// PUBREC for an outbound QoS 2 message.
     pub fn received(&self, client_id: &str, packet_id: NonZeroU16) {
-        if let Some(slot) = self.lock().sessions.get_mut(client_id) {
-            slot.session.received(packet_id);
+        if let Some(live) = self.lock().live.get_mut(client_id) {
+            live.session.received(packet_id);
         }
     }
 
     /// Inbound QoS 2: false if `packet_id` is a duplicate of an unreleased PUBLISH.
     pub fn incoming_qos2(&self, client_id: &str, packet_id: u16) -> bool {
-        self.lock().sessions.get_mut(client_id).is_none_or(|s| s.session.incoming_qos2(packet_id))
+        self.lock().live.get_mut(client_id).is_none_or(|l| l.session.incoming_qos2(packet_id))
     }
 
     /// Inbound PUBREL; returns whether `packet_id` was awaiting release in the session.
     pub fn incoming_released(&self, client_id: &str, packet_id: u16) -> bool {
-        self.lock().sessions.get_mut(client_id).is_some_and(|s| s.session.incoming_released(packet_id))
+        self.lock().live.get_mut(client_id).is_some_and(|l| l.session.incoming_released(packet_id))
     }
 
     /// Counts a QoS 0 delivery written to a socket.
@@ -469,18 +460,16 @@ impl Hub {
 
     /// Asks every live connection to close (server shutdown).
     pub fn close_all(&self, reason: CloseReason) {
-        for slot in self.lock().sessions.values() {
-            if let Some(l) = &slot.link {
-                l.close(reason);
-            }
+        for live in self.lock().live.values() {
+            live.link.close(reason);
         }
     }
 
     pub fn snapshot(&self) -> Snapshot {
         let st = self.lock();
         Snapshot {
-            clients_connected: st.sessions.values().filter(|s| s.link.is_some()).count(),
-            sessions: st.sessions.len(),
+            clients_connected: st.live.len(),
+            sessions: st.live.len() + st.store.len(),
             subscriptions: st.subs.len() + st.shared.len(),
             retained: st.retained.len(),
             messages_received: self.counters.messages_received.load(Ordering::Relaxed),
