@@ -17,6 +17,7 @@ use crate::server::EdgeShared;
 
 pub type Session = v3::Session<ConnState>;
 
+#[tracing::instrument(name = "mqtt.connect", skip_all, fields(client_id = %msg.packet().client_id, protocol = "3.1.1"))]
 pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::ConnectAck<ConnState>, EdgeError> {
     let pkt = msg.packet();
     match edge.auth.check(pkt.username.as_deref(), pkt.password.as_deref()) {
@@ -67,6 +68,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::Conn
         .max_send(Some(limits.max_inflight)))
 }
 
+#[tracing::instrument(name = "mqtt.publish", level = "debug", skip_all, fields(client_id = %ses.client_id, topic = %p.publish_topic()))]
 pub async fn publish(ses: &Session, p: v3::Publish) -> Result<(), EdgeError> {
     let payload = p.read_all().await.map_err(|e| EdgeError(format!("{e:?}")))?;
     let inbound = Inbound {

@@ -35,6 +35,7 @@ fn refuse(msg: v5::Connect, code: ConnectAckReason, why: &'static str) -> v5::Co
     })
 }
 
+#[tracing::instrument(name = "mqtt.connect", skip_all, fields(client_id = %msg.packet().client_id, protocol = "5.0"))]
 pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::ConnectAck<ConnState>, EdgeError> {
     let pkt = msg.packet();
     match edge.auth.check(pkt.username.as_deref(), pkt.password.as_deref()) {
@@ -106,6 +107,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::Conn
     ))
 }
 
+#[tracing::instrument(name = "mqtt.publish", level = "debug", skip_all, fields(client_id = %ses.client_id, topic = %p.publish_topic()))]
 pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, EdgeError> {
     let payload = p.read_all().await.map_err(|e| EdgeError(format!("{e:?}")))?;
     let pkt = p.packet();
