@@ -1,0 +1,419 @@
+//! Access control and auto-subscribe tables with placeholders (seed 004 §3.4–3.5, design §3).
+//!
+//! Rule text, one per line, `#` comments:
+//! ```text
+//! # `pattern` rules apply to everyone; %F gives one filter per mutual friend
+//! pattern readwrite %e/im/msg/%u
+//! pattern read %e/im/pres/%F
+//! # `topic` lines after `user NAME` apply to that user only
+//! user admin
+//! topic readwrite #
+//! ```
+//! Placeholders: `%u` username, `%c` client id, `%e` enterprise, `%f` each user followed,
+//! `%F` each mutual friend. A value that contains `/`, `+`, `#` or U+0000, starts with `$`, or is
+//! empty makes the rule (or that set member) not apply: a crafted name can never widen a rule.
+//! Deny by default.
+
+use std::fmt;
+
+use crate::QoS;
+use crate::topic::matches;
+
+/// What a rule grants: `read` = subscribe, `write` = publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    ReadWrite,
+}
+
+impl Access {
+    fn allows(self, want: Access) -> bool {
+        self == Access::ReadWrite || self == want
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub access: Access,
+    /// A topic filter that may hold placeholders.
+    pub filter: String,
+}
+
+/// The rules of one enterprise: `pattern` rules for everyone, `topic` rules per user.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AclTable {
+    pub patterns: Vec<Rule>,
+    pub users: Vec<(String, Vec<Rule>)>,
+}
+
+/// Who is asking, with the relation sets the placeholders expand to.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub username: &'a str,
+    pub client_id: &'a str,
+    pub enterprise: &'a str,
+    /// Users this user follows (`%f`).
+    pub follows: &'a [String],
+    /// Mutual friends (`%F`).
+    pub friends: &'a [String],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+fn parse_access(word: &str, line: usize) -> Result<Access, ParseError> {
+    match word {
+        "read" => Ok(Access::Read),
+        "write" => Ok(Access::Write),
+        "readwrite" => Ok(Access::ReadWrite),
+        other => Err(ParseError { line, message: format!("expected read, write or readwrite, found `{other}`") }),
+    }
+}
+
+/// A line without its comment: `#` starts a comment only as the first character, since it is
+/// also the multi-level wildcard.
+fn content(raw: &str) -> &str {
+    raw.split_once('#').filter(|(before, _)| before.trim().is_empty()).map_or(raw, |_| "").trim()
+}
+
+impl AclTable {
+    /// Parses rule text. A `#` starts a comment only at the start of a line, since `#` is also
+    /// the multi-level wildcard.
+    pub fn parse(text: &str) -> Result<AclTable, ParseError> {
+        let mut table = AclTable::default();
+        let mut current_user: Option<usize> = None;
+        for (i, raw) in text.lines().enumerate() {
+            let line = i + 1;
+            let l = content(raw);
+            if l.is_empty() {
+                continue;
+            }
+            let mut words = l.split_whitespace();
+            let keyword = words.next().unwrap_or_default();
+            let rest: Vec<&str> = words.collect();
+            match (keyword, rest.as_slice()) {
+                ("user", [name]) => {
+                    table.users.push(((*name).to_owned(), Vec::new()));
+                    current_user = Some(table.users.len() - 1);
+                }
+                ("pattern", [access, filter]) => {
+                    let rule = Rule { access: parse_access(access, line)?, filter: check_template(filter, line)? };
+                    table.patterns.push(rule);
+                }
+                ("topic", [access, filter]) => {
+                    let idx = current_user
+                        .ok_or_else(|| ParseError { line, message: "`topic` before any `user` line".into() })?;
+                    let rule = Rule { access: parse_access(access, line)?, filter: check_template(filter, line)? };
+                    table.users[idx].1.push(rule);
+                }
+                _ => {
+                    return Err(ParseError {
+                        line,
+                        message: format!(
+                            "expected `user NAME`, `topic ACCESS FILTER` or `pattern ACCESS FILTER`, found `{l}`"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    fn rules_for<'a>(&'a self, username: &'a str) -> impl Iterator<Item = &'a Rule> {
+        self.patterns.iter().chain(self.users.iter().filter(move |(u, _)| u == username).flat_map(|(_, r)| r.iter()))
+    }
+
+    /// May `who` publish to `topic`?
+    pub fn can_publish(&self, who: &Subject<'_>, topic: &str) -> bool {
+        self.rules_for(who.username)
+            .filter(|r| r.access.allows(Access::Write))
+            .any(|r| expand(&r.filter, who).iter().any(|f| matches(f, topic)))
+    }
+
+    /// May `who` subscribe to `filter`? Only if every topic it can match is readable.
+    pub fn can_subscribe(&self, who: &Subject<'_>, filter: &str) -> bool {
+        self.rules_for(who.username)
+            .filter(|r| r.access.allows(Access::Read))
+            .any(|r| expand(&r.filter, who).iter().any(|granted| covers(granted, filter)))
+    }
+}
+
+fn check_template(filter: &str, line: usize) -> Result<String, ParseError> {
+    let mut chars = filter.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '%' && !matches!(chars.next(), Some('u' | 'c' | 'e' | 'f' | 'F')) {
+            return Err(ParseError {
+                line,
+                message: format!("unknown placeholder in `{filter}` (use %u %c %e %f %F)"),
+            });
+        }
+    }
+    Ok(filter.to_owned())
+}
+
+/// Can a placeholder value be substituted without changing the filter's shape?
+fn safe_value(v: &str) -> bool {
+    !v.is_empty() && !v.starts_with('$') && !v.contains(['/', '+', '#', '\0'])
+}
+
+/// Expands placeholders: one filter per combination of set members. Unsafe values drop out.
+pub fn expand(template: &str, who: &Subject<'_>) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.iter_mut().for_each(|s| s.push(c));
+            continue;
+        }
+        let values: Vec<&str> = match chars.next() {
+            Some('u') => vec![who.username],
+            Some('c') => vec![who.client_id],
+            Some('e') => vec![who.enterprise],
+            Some('f') => who.follows.iter().map(String::as_str).collect(),
+            Some('F') => who.friends.iter().map(String::as_str).collect(),
+            _ => return Vec::new(),
+        };
+        let values: Vec<&str> = values.into_iter().filter(|v| safe_value(v)).collect();
+        out = out.iter().flat_map(|prefix| values.iter().map(move |v| format!("{prefix}{v}"))).collect();
+        if out.is_empty() {
+            return out;
+        }
+    }
+    out
+}
+
+/// Does the granted filter cover every topic the requested filter can match?
+pub fn covers(granted: &str, requested: &str) -> bool {
+    // A filter that starts with a wildcard matches no `$` topic (§4.7.2).
+    if requested.starts_with('$') && granted.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut g = granted.split('/');
+    let mut r = requested.split('/');
+    loop {
+        match (g.next(), r.next()) {
+            (Some("#"), _) => return true,
+            (Some(_), Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b && b != "+" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// One auto-subscription: a filter template and its QoS (`%e/im/msg/%u 1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoSubscribe {
+    pub filter: String,
+    pub qos: QoS,
+}
+
+/// Parses an auto-subscribe table: `<filter with placeholders> <qos>` per line.
+pub fn parse_auto_subscribe(text: &str) -> Result<Vec<AutoSubscribe>, ParseError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let l = content(raw);
+        if l.is_empty() {
+            continue;
+        }
+        let (filter, qos) = match l.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [filter, qos] => (*filter, *qos),
+            _ => return Err(ParseError { line, message: format!("expected `FILTER QOS`, found `{l}`") }),
+        };
+        let qos = qos
+            .parse::<u8>()
+            .ok()
+            .and_then(QoS::from_u8)
+            .ok_or_else(|| ParseError { line, message: format!("QoS must be 0, 1 or 2, not `{qos}`") })?;
+        out.push(AutoSubscribe { filter: check_template(filter, line)?, qos });
+    }
+    Ok(out)
+}
+
+/// The design's defaults (§3): own inbox, friends' presence and signatures, enterprise notices.
+pub const DEFAULT_AUTO_SUBSCRIBE: &str = "\
+%e/im/msg/%u 1
+%e/im/pres/%F 0
+%e/im/sig/%F 0
+%e/notice/# 1
+";
+
+/// The design's default rules (§3): a user reads and writes what is theirs, writes to anyone's
+/// inbox in the enterprise, reads friends' presence and signatures and enterprise notices.
+pub const DEFAULT_ACL: &str = "\
+pattern read %e/im/msg/%u
+pattern write %e/im/msg/+
+pattern readwrite %e/im/pres/%u
+pattern readwrite %e/im/sig/%u
+pattern read %e/im/pres/%F
+pattern read %e/im/sig/%F
+pattern read %e/im/pres/%f
+pattern read %e/im/group/+
+pattern write %e/im/group/+
+pattern read %e/notice/#
+";
+
+/// The concrete filters an auto-subscribe table gives `who`.
+pub fn auto_subscriptions(table: &[AutoSubscribe], who: &Subject<'_>) -> Vec<(String, QoS)> {
+    table.iter().flat_map(|a| expand(&a.filter, who).into_iter().map(move |f| (f, a.qos))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject<'a>(user: &'a str, friends: &'a [String], follows: &'a [String]) -> Subject<'a> {
+        Subject { username: user, client_id: "c1", enterprise: "acme", follows, friends }
+    }
+
+    /// One data-driven table: (who, publish or subscribe, topic, expected).
+    fn check(table: &AclTable, cases: &[(&str, &str, &str, bool)]) {
+        let friends = vec!["bob".to_string()];
+        let follows = vec!["bob".to_string(), "carol".to_string()];
+        for (user, op, topic, want) in cases {
+            let who = subject(user, &friends, &follows);
+            let got = match *op {
+                "pub" => table.can_publish(&who, topic),
+                "sub" => table.can_subscribe(&who, topic),
+                other => panic!("bad op {other}"),
+            };
+            assert_eq!(got, *want, "{user} {op} {topic}");
+        }
+    }
+
+    #[test]
+    fn default_rules() {
+        let table = AclTable::parse(DEFAULT_ACL).expect("valid");
+        check(
+            &table,
+            &[
+                ("alice", "sub", "acme/im/msg/alice", true),
+                ("alice", "sub", "acme/im/msg/bob", false),
+                ("alice", "sub", "acme/im/msg/+", false),
+                ("alice", "sub", "acme/im/msg/#", false),
+                ("alice", "pub", "acme/im/msg/bob", true),
+                ("alice", "pub", "acme/im/msg/bob/x", false),
+                ("alice", "pub", "other/im/msg/bob", false),
+                ("alice", "sub", "acme/im/pres/bob", true),
+                ("alice", "sub", "acme/im/sig/bob", true),
+                ("alice", "sub", "acme/im/sig/carol", false),
+                ("alice", "sub", "acme/im/pres/carol", true),
+                ("alice", "pub", "acme/im/pres/alice", true),
+                ("alice", "pub", "acme/im/pres/bob", false),
+                ("alice", "sub", "acme/notice/#", true),
+                ("alice", "sub", "acme/notice/hr/today", true),
+                ("alice", "sub", "acme/#", false),
+                ("alice", "sub", "#", false),
+                ("alice", "pub", "acme/notice/x", false),
+            ],
+        );
+    }
+
+    #[test]
+    fn per_user_rules_and_deny_by_default() {
+        let table = AclTable::parse("user admin\ntopic readwrite #\n\npattern read public/%u\n").expect("valid");
+        check(
+            &table,
+            &[
+                ("admin", "sub", "anything/at/all", true),
+                ("admin", "pub", "x", true),
+                ("alice", "sub", "public/alice", true),
+                ("alice", "pub", "public/alice", false),
+                ("alice", "sub", "anything", false),
+            ],
+        );
+    }
+
+    #[test]
+    fn crafted_names_never_widen_a_rule() {
+        let table = AclTable::parse("pattern readwrite acme/im/msg/%u\npattern read acme/im/pres/%F\n").expect("valid");
+        for evil in ["#", "+", "a/b", "$SYS", "", "x\0y"] {
+            let friends = vec![evil.to_string()];
+            let who = subject(evil, &friends, &[]);
+            for topic in ["acme/im/msg/#", "acme/im/msg/+", "acme/im/msg/a/b", "acme/im/msg/anyone"] {
+                assert!(!table.can_subscribe(&who, topic), "user {evil:?} subscribing {topic}");
+                assert!(!table.can_publish(&who, topic), "user {evil:?} publishing {topic}");
+            }
+            assert!(!table.can_subscribe(&who, "acme/im/pres/#"), "friend {evil:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the name, `%u` grants exactly the one topic spelled with it, or nothing.
+        #[test]
+        fn a_name_grants_only_its_own_topic(name in "[a-z/+#$]{0,4}", topic in "acme/im/msg/[a-z/+#$]{0,4}") {
+            let table = AclTable::parse("pattern readwrite acme/im/msg/%u").expect("valid");
+            let who = subject(&name, &[], &[]);
+            let own = format!("acme/im/msg/{name}");
+            if table.can_publish(&who, &topic) {
+                proptest::prop_assert_eq!(&topic, &own);
+            }
+            if table.can_subscribe(&who, &topic) {
+                proptest::prop_assert_eq!(&topic, &own);
+            }
+        }
+    }
+
+    #[test]
+    fn coverage_of_wildcard_requests() {
+        for (granted, requested, want) in [
+            ("a/#", "a/b/c", true),
+            ("a/#", "a/+/c", true),
+            ("a/#", "a/#", true),
+            ("a/#", "a", true),
+            ("a/+", "a/b", true),
+            ("a/+", "a/+", true),
+            ("a/+", "a/#", false),
+            ("a/b", "a/+", false),
+            ("+/b", "a/b", true),
+            ("#", "$SYS/x", false),
+            ("$SYS/#", "$SYS/broker/x", true),
+            ("a/b", "a/b/c", false),
+        ] {
+            assert_eq!(covers(granted, requested), want, "{granted} covers {requested}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_name_the_line() {
+        let err = AclTable::parse("pattern read a\npattern maybe b\n").expect_err("bad access");
+        assert_eq!(err.line, 2);
+        assert!(AclTable::parse("topic read a\n").expect_err("no user").message.contains("before any `user`"));
+        assert!(AclTable::parse("pattern read a/%x\n").expect_err("placeholder").message.contains("placeholder"));
+        let err = parse_auto_subscribe("a/b 1\na/c 3\n").expect_err("bad qos");
+        assert_eq!((err.line, err.message.contains("QoS")), (2, true));
+    }
+
+    #[test]
+    fn auto_subscribe_expands_per_friend() {
+        let table = parse_auto_subscribe(DEFAULT_AUTO_SUBSCRIBE).expect("valid");
+        let friends = vec!["bob".to_string(), "b/ad".to_string(), "dave".to_string()];
+        let who = subject("alice", &friends, &[]);
+        let subs = auto_subscriptions(&table, &who);
+        assert_eq!(
+            subs,
+            vec![
+                ("acme/im/msg/alice".to_string(), QoS::AtLeastOnce),
+                ("acme/im/pres/bob".to_string(), QoS::AtMostOnce),
+                ("acme/im/pres/dave".to_string(), QoS::AtMostOnce),
+                ("acme/im/sig/bob".to_string(), QoS::AtMostOnce),
+                ("acme/im/sig/dave".to_string(), QoS::AtMostOnce),
+                ("acme/notice/#".to_string(), QoS::AtLeastOnce),
+            ]
+        );
+    }
+}
