@@ -8,3 +8,4 @@ pub mod pb {
 }
 
 pub mod envelope;
+pub mod token;
