@@ -1,28 +1,46 @@
-//! Who may connect: a users file of argon2id password hashes, or anonymous access when the
-//! operator turned it on. Token authentication replaces this for enterprise users later.
+//! Who may connect: enterprise users with an access token (PASETO v4.public, verified with the
+//! accounts tier's public key), users of a users file of argon2id password hashes, or anyone
+//! when the operator turned anonymous access on.
 
 use std::collections::HashMap;
 
 use argon2::password_hash::PasswordVerifier;
 use argon2::password_hash::phc::PasswordHash;
+use wire::token::{TokenError, Verifier};
 
 use crate::config::AuthConfig;
 
-/// The outcome of checking CONNECT credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who a connection authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// Empty for anonymous clients.
+    pub username: String,
+    /// The enterprise (`%e`) of a token user; empty otherwise.
+    pub enterprise: String,
+    pub user_id: String,
+    /// Authenticated with an access token: enterprise ACL and auto-subscribe apply.
+    pub via_token: bool,
+}
+
+/// The outcome of checking CONNECT credentials; refusals carry the reason string for v5.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthDecision {
-    Allow,
+    Allow(Identity),
     /// Credentials missing or wrong (v3 return code 4, v5 0x86).
-    BadCredentials,
-    /// No credentials and anonymous access is off (v3 5, v5 0x87).
-    NotAuthorized,
+    BadCredentials(&'static str),
+    /// Not allowed in now: anonymous access off, token expired (v3 5, v5 0x87).
+    NotAuthorized(&'static str),
 }
 
 #[derive(Debug, Default)]
 pub struct Authenticator {
     allow_anonymous: bool,
     users: HashMap<String, String>,
+    tokens: Option<Verifier>,
 }
+
+/// Access tokens are PASETO v4.public: anything else in the password field is a password.
+const TOKEN_PREFIX: &[u8] = b"v4.public.";
 
 impl Authenticator {
     pub fn from_config(cfg: &AuthConfig) -> Result<Self, String> {
@@ -42,7 +60,11 @@ impl Authenticator {
                 users.insert(user.to_owned(), hash.to_owned());
             }
         }
-        Ok(Authenticator { allow_anonymous: cfg.allow_anonymous, users })
+        let tokens = (!cfg.token_public_key.is_empty())
+            .then(|| Verifier::from_paserk(&cfg.token_public_key))
+            .transpose()
+            .map_err(|e| format!("auth.token_public_key: {e}"))?;
+        Ok(Authenticator { allow_anonymous: cfg.allow_anonymous, users, tokens })
     }
 
     pub fn allows_anonymous(&self) -> bool {
@@ -50,16 +72,34 @@ impl Authenticator {
     }
 
     pub fn check(&self, username: Option<&str>, password: Option<&[u8]>) -> AuthDecision {
+        let user = |name: &str| Identity { username: name.to_owned(), ..Identity::default() };
+        if let (Some(verifier), Some(p)) = (&self.tokens, password)
+            && p.starts_with(TOKEN_PREFIX)
+        {
+            return match std::str::from_utf8(p).map_err(|_| TokenError::Malformed).and_then(|t| verifier.verify(t)) {
+                Ok(c) if username.is_some_and(|u| u != c.username) => {
+                    AuthDecision::BadCredentials("the token belongs to another user")
+                }
+                Ok(c) => AuthDecision::Allow(Identity {
+                    username: c.username,
+                    enterprise: c.enterprise_id,
+                    user_id: c.user_id,
+                    via_token: true,
+                }),
+                Err(TokenError::Expired) => AuthDecision::NotAuthorized("the access token has expired"),
+                Err(_) => AuthDecision::BadCredentials("the access token is not valid"),
+            };
+        }
         match (username, password) {
-            (None, None) if self.allow_anonymous => AuthDecision::Allow,
-            (None, None) => AuthDecision::NotAuthorized,
+            (None, None) if self.allow_anonymous => AuthDecision::Allow(Identity::default()),
+            (None, None) => AuthDecision::NotAuthorized("anonymous access is disabled"),
             (Some(u), Some(p)) => match self.users.get(u) {
-                Some(hash) if verify(hash, p) => AuthDecision::Allow,
-                _ => AuthDecision::BadCredentials,
+                Some(hash) if verify(hash, p) => AuthDecision::Allow(user(u)),
+                _ => AuthDecision::BadCredentials("bad user name or password"),
             },
             // A username without a password may still be anonymous, as Mosquitto allows.
-            (Some(u), None) if self.allow_anonymous && !self.users.contains_key(u) => AuthDecision::Allow,
-            _ => AuthDecision::BadCredentials,
+            (Some(u), None) if self.allow_anonymous && !self.users.contains_key(u) => AuthDecision::Allow(user(u)),
+            _ => AuthDecision::BadCredentials("bad user name or password"),
         }
     }
 }
@@ -86,15 +126,15 @@ mod tests {
         let hash = hash_password("s3cret").expect("hash");
         std::fs::write(&file, format!("# users\nalice:{hash}\n")).expect("write");
         let auth =
-            Authenticator::from_config(&AuthConfig { allow_anonymous: false, users_file: file.display().to_string() })
+            Authenticator::from_config(&AuthConfig { users_file: file.display().to_string(), ..AuthConfig::default() })
                 .expect("loads");
-        assert_eq!(auth.check(Some("alice"), Some(b"s3cret")), AuthDecision::Allow);
-        assert_eq!(auth.check(Some("alice"), Some(b"wrong")), AuthDecision::BadCredentials);
-        assert_eq!(auth.check(Some("bob"), Some(b"s3cret")), AuthDecision::BadCredentials);
-        assert_eq!(auth.check(None, None), AuthDecision::NotAuthorized);
+        assert!(matches!(auth.check(Some("alice"), Some(b"s3cret")), AuthDecision::Allow(i) if i.username == "alice"));
+        assert!(matches!(auth.check(Some("alice"), Some(b"wrong")), AuthDecision::BadCredentials(_)));
+        assert!(matches!(auth.check(Some("bob"), Some(b"s3cret")), AuthDecision::BadCredentials(_)));
+        assert!(matches!(auth.check(None, None), AuthDecision::NotAuthorized(_)));
         std::fs::write(&file, "alice-no-hash\n").expect("write");
         let err =
-            Authenticator::from_config(&AuthConfig { allow_anonymous: false, users_file: file.display().to_string() })
+            Authenticator::from_config(&AuthConfig { users_file: file.display().to_string(), ..AuthConfig::default() })
                 .expect_err("bad line");
         assert!(err.contains("line 1"), "{err}");
     }

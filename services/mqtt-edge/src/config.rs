@@ -132,6 +132,13 @@ pub struct AuthConfig {
     pub allow_anonymous: bool,
     /// File of `username:argon2id-PHC-hash` lines (`hermes passwd` writes them).
     pub users_file: String,
+    /// The accounts tier's token public key (`k4.public.…`); enables token CONNECTs.
+    pub token_public_key: String,
+    /// ACL rules (`user`/`topic`/`pattern` lines). Token users get the built-in enterprise rules
+    /// when empty; other users are then unrestricted, as with Mosquitto without an ACL file.
+    pub acl_file: String,
+    /// Auto-subscribe table (`FILTER QOS` lines) for token users; empty = the built-in one.
+    pub auto_subscribe_file: String,
 }
 
 impl EdgeConfig {

@@ -14,10 +14,13 @@ use ntex_mqtt::{v3, v5};
 
 use broker::QoS;
 
+use crate::auth::Identity;
+use crate::authz::Authorizer;
 use crate::hub::{CloseReason, Delivery, Hub};
 use crate::link::{ConnInbox, Next};
 use crate::message::now_ms;
 use crate::metrics as m;
+use crate::server::EdgeShared;
 
 /// State of one connection, shared by its publish and protocol handlers.
 ///
@@ -28,6 +31,8 @@ pub struct ConnState {
     pub client_id: Arc<str>,
     pub link_id: u64,
     pub hub: Arc<Hub>,
+    pub identity: Identity,
+    pub authz: Arc<Authorizer>,
     /// A DISCONNECT without "send will" was received.
     graceful: Cell<bool>,
     /// Session expiry sent in a v5 DISCONNECT.
@@ -35,8 +40,16 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub fn new(client_id: Arc<str>, link_id: u64, hub: Arc<Hub>) -> Self {
-        ConnState { client_id, link_id, hub, graceful: Cell::new(false), expiry_override: Cell::new(None) }
+    pub fn new(client_id: Arc<str>, link_id: u64, edge: &EdgeShared, identity: Identity) -> Self {
+        ConnState {
+            client_id,
+            link_id,
+            hub: edge.hub.clone(),
+            identity,
+            authz: edge.authz.clone(),
+            graceful: Cell::new(false),
+            expiry_override: Cell::new(None),
+        }
     }
 
     pub fn disconnected_gracefully(&self, expiry_secs: Option<u32>) {

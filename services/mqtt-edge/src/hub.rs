@@ -483,6 +483,8 @@ impl Hub {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscribeError {
     Topic(TopicError),
+    /// The ACL does not let this client read the filter.
+    NotAuthorized,
     QuotaExceeded,
     NoSession,
 }

@@ -42,6 +42,8 @@ pub enum PublishRefusal {
     Topic(TopicError),
     /// A resent QoS 2 PUBLISH whose first copy was already routed: ack, don't route again.
     Duplicate,
+    /// The ACL does not let this client write to the topic.
+    NotAuthorized,
 }
 
 /// An inbound PUBLISH, already read, as both versions describe it.
@@ -60,6 +62,11 @@ pub fn publish(st: &ConnState, inbound: Inbound, build: impl FnOnce(&mut Message
     if let Err(e) = validate_name(&inbound.topic, &st.hub.config().topic) {
         metrics::counter!(m::PUBLISH_REFUSED, "reason" => "topic").increment(1);
         return Err(PublishRefusal::Topic(e));
+    }
+    if !st.authz.can_publish(&st.identity, &st.client_id, &inbound.topic) {
+        metrics::counter!(m::PUBLISH_REFUSED, "reason" => "acl").increment(1);
+        tracing::info!(client_id = %st.client_id, topic = %inbound.topic, "publish refused by the ACL");
+        return Err(PublishRefusal::NotAuthorized);
     }
     if inbound.qos == QoS::ExactlyOnce
         && let Some(id) = inbound.packet_id
@@ -85,6 +92,27 @@ pub fn will_message(
 ) -> Result<Message, TopicError> {
     validate_name(topic, &hub.config().topic)?;
     Ok(Message::new(topic.clone(), payload.clone(), qos, retain))
+}
+
+/// A SUBSCRIBE entry: the ACL first (for `$share/{group}/...` the filter after the group), then
+/// the hub. A filter that does not parse is left to the hub, which refuses it with its code.
+pub fn subscribe(st: &ConnState, raw: &str, options: broker::SubOptions) -> Result<(), SubscribeError> {
+    metrics::counter!(m::PACKETS_IN, "type" => "subscribe_entry").increment(1);
+    let filter = broker::topic::parse_subscription(raw, &st.hub.config().topic).map_or(raw, |p| p.filter);
+    if !st.authz.can_subscribe(&st.identity, &st.client_id, filter) {
+        return Err(SubscribeError::NotAuthorized);
+    }
+    st.hub.subscribe(&st.client_id, raw, options, now_ms())
+}
+
+/// Subscribes a token user to what its auto-subscribe table says (at CONNECT).
+pub fn auto_subscribe(hub: &Hub, authz: &crate::authz::Authorizer, who: &crate::auth::Identity, client_id: &str) {
+    for (filter, qos) in authz.auto_subscriptions(who, client_id) {
+        let options = broker::SubOptions { qos, ..broker::SubOptions::default() };
+        if let Err(e) = hub.subscribe(client_id, &filter, options, now_ms()) {
+            tracing::warn!(client_id = %client_id, topic = %filter, error = ?e, "auto-subscription refused");
+        }
+    }
 }
 
 /// Logs a refused SUBSCRIBE entry (the SUBACK carries the code to the client).

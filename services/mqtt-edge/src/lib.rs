@@ -5,6 +5,7 @@
 //! each connection's own worker. [`Edge::start`] wires it together.
 
 pub mod auth;
+pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -39,9 +40,10 @@ impl Edge {
         cfg.validate()?;
         metrics::describe();
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
+        let authz = Arc::new(authz::Authorizer::from_config(&cfg.auth)?);
         let hub = Arc::new(hub::Hub::new(cfg.hub_config()));
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
-        let shared = Arc::new(server::EdgeShared { hub: hub.clone(), auth, cfg });
+        let shared = Arc::new(server::EdgeShared { hub: hub.clone(), auth, authz, cfg });
         let listeners = server::start(shared).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
         let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);
         Ok(Edge { hub, listeners, housekeeping })

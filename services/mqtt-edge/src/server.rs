@@ -11,6 +11,7 @@ use ntex::{Pipeline, Service, SharedCfg, ws};
 use ntex_mqtt::{MqttError, MqttServer, QoS};
 
 use crate::auth::Authenticator;
+use crate::authz::Authorizer;
 use crate::config::EdgeConfig;
 use crate::connection::ConnState;
 use crate::guard::ProtocolGuard;
@@ -18,11 +19,12 @@ use crate::hub::{CloseReason, Hub};
 use crate::ingress::EdgeError;
 use crate::{v3, v5};
 
-/// What every connection handler needs: the hub, the authenticator and the config.
+/// What every connection handler needs: the hub, authentication, authorization and the config.
 #[derive(Debug)]
 pub struct EdgeShared {
     pub hub: Arc<Hub>,
     pub auth: Authenticator,
+    pub authz: Arc<Authorizer>,
     pub cfg: EdgeConfig,
 }
 

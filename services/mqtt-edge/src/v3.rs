@@ -20,17 +20,19 @@ pub type Session = v3::Session<ConnState>;
 #[tracing::instrument(name = "mqtt.connect", skip_all, fields(client_id = %msg.packet().client_id, protocol = "3.1.1"))]
 pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::ConnectAck<ConnState>, EdgeError> {
     let pkt = msg.packet();
-    match edge.auth.check(pkt.username.as_deref(), pkt.password.as_deref()) {
-        AuthDecision::Allow => {}
-        AuthDecision::BadCredentials => {
+    let identity = match edge.auth.check(pkt.username.as_deref(), pkt.password.as_deref()) {
+        AuthDecision::Allow(identity) => identity,
+        AuthDecision::BadCredentials(why) => {
+            tracing::info!(reason = why, "CONNECT refused");
             metrics::counter!(m::CONNECT_REFUSED, "reason" => "bad_credentials").increment(1);
             return Ok(msg.bad_username_or_pwd());
         }
-        AuthDecision::NotAuthorized => {
+        AuthDecision::NotAuthorized(why) => {
+            tracing::info!(reason = why, "CONNECT refused");
             metrics::counter!(m::CONNECT_REFUSED, "reason" => "not_authorized").increment(1);
             return Ok(msg.not_authorized());
         }
-    }
+    };
     // ntex-mqtt's decoder already closes the connection for an empty id without clean session
     // (it sends no CONNACK 0x02, a known deviation from [MQTT-3.1.3-9]).
     let client_id: Arc<str> =
@@ -61,7 +63,8 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::Conn
     metrics::counter!(m::CONNECTS, "protocol" => "3.1.1").increment(1);
     let keep_alive = pkt.keep_alive;
     spawn_delivery_task(Sink::V3(msg.sink()), connected.inbox, edge.hub.clone(), client_id.clone(), connected.link_id);
-    let state = ConnState::new(client_id, connected.link_id, edge.hub.clone());
+    ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &client_id);
+    let state = ConnState::new(client_id, connected.link_id, &edge, identity);
     Ok(msg
         .ack(state, connected.session_present)
         .idle_timeout(Seconds(keep_alive.saturating_add(keep_alive / 2)))
@@ -79,21 +82,21 @@ pub async fn publish(ses: &Session, p: v3::Publish) -> Result<(), EdgeError> {
         packet_id: p.id().map(|id| id.get()),
     };
     match ingress::publish(ses, inbound, |_| {}) {
-        Ok(_) | Err(PublishRefusal::Duplicate) => Ok(()),
+        // v3 has no negative PUBACK: a publish the ACL refuses is dropped (counted and logged).
+        Ok(_) | Err(PublishRefusal::Duplicate | PublishRefusal::NotAuthorized) => Ok(()),
         // v3 has no negative PUBACK: an invalid topic name is a protocol violation.
         Err(PublishRefusal::Topic(e)) => Err(EdgeError(format!("invalid topic name: {e}"))),
     }
 }
 
 pub async fn protocol(ses: &Session, msg: v3::ProtocolMessage) -> Result<v3::ProtocolMessageAck, EdgeError> {
-    let now = now_ms();
     Ok(match msg {
         v3::ProtocolMessage::Subscribe(mut s) => {
             metrics::counter!(m::PACKETS_IN, "type" => "subscribe").increment(1);
             for mut sub in s.iter_mut() {
                 let qos = sub.qos();
                 let options = SubOptions { qos: from_ntex_qos(qos), ..SubOptions::default() };
-                match ses.hub.subscribe(&ses.client_id, sub.topic(), options, now) {
+                match ingress::subscribe(ses, sub.topic(), options) {
                     Ok(()) => sub.confirm(qos),
                     Err(e) => {
                         ingress::log_refused(ses, sub.topic(), e);

@@ -38,15 +38,11 @@ fn refuse(msg: v5::Connect, code: ConnectAckReason, why: &'static str) -> v5::Co
 #[tracing::instrument(name = "mqtt.connect", skip_all, fields(client_id = %msg.packet().client_id, protocol = "5.0"))]
 pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::ConnectAck<ConnState>, EdgeError> {
     let pkt = msg.packet();
-    match edge.auth.check(pkt.username.as_deref(), pkt.password.as_deref()) {
-        AuthDecision::Allow => {}
-        AuthDecision::BadCredentials => {
-            return Ok(refuse(msg, ConnectAckReason::BadUserNameOrPassword, "bad user name or password"));
-        }
-        AuthDecision::NotAuthorized => {
-            return Ok(refuse(msg, ConnectAckReason::NotAuthorized, "anonymous access is disabled"));
-        }
-    }
+    let identity = match edge.auth.check(pkt.username.as_deref(), pkt.password.as_deref()) {
+        AuthDecision::Allow(identity) => identity,
+        AuthDecision::BadCredentials(why) => return Ok(refuse(msg, ConnectAckReason::BadUserNameOrPassword, why)),
+        AuthDecision::NotAuthorized(why) => return Ok(refuse(msg, ConnectAckReason::NotAuthorized, why)),
+    };
     let assigned = pkt.client_id.is_empty().then(ingress::assign_client_id);
     let client_id: Arc<str> = assigned.as_deref().unwrap_or(pkt.client_id.as_str()).into();
     let will = match &pkt.last_will {
@@ -85,7 +81,8 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::Conn
     let client_keep_alive = pkt.keep_alive;
     let requested_expiry = pkt.session_expiry_interval_secs;
     spawn_delivery_task(Sink::V5(msg.sink()), connected.inbox, edge.hub.clone(), client_id.clone(), connected.link_id);
-    let state = ConnState::new(client_id, connected.link_id, edge.hub.clone());
+    ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &client_id);
+    let state = ConnState::new(client_id, connected.link_id, &edge, identity);
     let cap = limits.max_keepalive_secs;
     let keep_alive = if client_keep_alive > cap { cap } else { client_keep_alive };
     let session_present = connected.session_present;
@@ -140,6 +137,10 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
     Ok(match ingress::publish(ses, inbound, fill) {
         Ok(0) => p.ack().reason_code(PublishAckReason::NoMatchingSubscribers),
         Ok(_) | Err(PublishRefusal::Duplicate) => p.ack(),
+        Err(PublishRefusal::NotAuthorized) => p
+            .ack()
+            .reason_code(PublishAckReason::NotAuthorized)
+            .reason(ByteString::from_static("the ACL does not allow publishing to this topic")),
         Err(PublishRefusal::Topic(e)) => {
             p.ack().reason_code(PublishAckReason::TopicNameInvalid).reason(ByteString::from(e.to_string()))
         }
@@ -147,7 +148,6 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
 }
 
 pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::ProtocolMessageAck, EdgeError> {
-    let now = now_ms();
     Ok(match msg {
         v5::ProtocolMessage::Subscribe(mut s) => {
             metrics::counter!(m::PACKETS_IN, "type" => "subscribe").increment(1);
@@ -167,13 +167,14 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
                     subscription_id: sub_id,
                 };
                 let topic = sub.topic().clone();
-                match ses.hub.subscribe(&ses.client_id, &topic, options, now) {
+                match ingress::subscribe(ses, &topic, options) {
                     Ok(()) => sub.confirm(qos),
                     Err(e) => {
                         ingress::log_refused(ses, &topic, e);
                         sub.fail(match e {
                             SubscribeError::Topic(_) => SubscribeAckReason::TopicFilterInvalid,
                             SubscribeError::QuotaExceeded => SubscribeAckReason::QuotaExceeded,
+                            SubscribeError::NotAuthorized => SubscribeAckReason::NotAuthorized,
                             SubscribeError::NoSession => SubscribeAckReason::UnspecifiedError,
                         });
                     }

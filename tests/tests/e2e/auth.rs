@@ -37,3 +37,118 @@ async fn users_file_decides_who_connects() {
     edge.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+mod tokens {
+    use std::time::Duration;
+
+    use hermes_tests::*;
+    use sdk::mqtt::{Connect, Packet, SubscribeTopic, Version};
+    use wire::token::{AccessClaims, Signer};
+
+    fn token(signer: &Signer, user: &str, ttl: Duration) -> Vec<u8> {
+        let claims = AccessClaims {
+            user_id: format!("id-{user}"),
+            enterprise_id: "acme".into(),
+            username: user.into(),
+            token_id: format!("t-{user}"),
+        };
+        signer.sign(&claims, ttl).expect("sign").into_bytes()
+    }
+
+    fn with_token(id: &str, user: Option<&str>, token: Vec<u8>) -> Connect {
+        Connect { username: user.map(Into::into), password: Some(token), ..connect(id, true) }
+    }
+
+    async fn code(edge: &TestEdge, v: Version, c: Connect) -> (u8, Option<String>) {
+        let mut client = edge.raw(v).await;
+        match client.handshake(c, WAIT).await {
+            Ok(Packet::ConnAck { code, properties, .. }) => (code, properties.reason_string),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn token_connects_are_verified_with_the_public_key_only() {
+        let signer = Signer::generate().expect("keys");
+        let forger = Signer::generate().expect("keys");
+        let public = signer.verifier().to_paserk();
+        let edge = TestEdge::start_with(|c| {
+            c.auth.allow_anonymous = false;
+            c.auth.token_public_key = public;
+        })
+        .await;
+        let good = || token(&signer, "alice", Duration::from_secs(60));
+        for v in [Version::V311, Version::V5] {
+            assert_eq!(code(&edge, v, with_token("a", None, good())).await.0, 0, "{v:?} token alone");
+            assert_eq!(code(&edge, v, with_token("a", Some("alice"), good())).await.0, 0, "{v:?} with its username");
+        }
+        let expired = token(&signer, "alice", Duration::from_secs(0));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let forged = token(&forger, "alice", Duration::from_secs(60));
+        let mut tampered = good();
+        let i = tampered.len() - 10;
+        tampered[i] ^= 1;
+        let cases = [
+            ("expired", with_token("x", None, expired), 5, 0x87, "expired"),
+            ("forged", with_token("x", None, forged), 4, 0x86, "not valid"),
+            ("tampered", with_token("x", None, tampered), 4, 0x86, "not valid"),
+            ("someone else's", with_token("x", Some("mallory"), good()), 4, 0x86, "another user"),
+            ("jwt alg none", with_token("x", None, b"v4.public.eyJhbGciOiJub25lIn0".to_vec()), 4, 0x86, "not valid"),
+        ];
+        for (what, c, v3_code, v5_code, reason) in cases {
+            assert_eq!(code(&edge, Version::V311, c.clone()).await.0, v3_code, "v3 {what}");
+            let (got, why) = code(&edge, Version::V5, c).await;
+            assert_eq!(got, v5_code, "v5 {what}");
+            assert!(why.as_deref().is_some_and(|w| w.contains(reason)), "v5 {what} reason: {why:?}");
+        }
+        edge.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn enterprise_acl_and_auto_subscribe_apply_to_token_users() {
+        let signer = Signer::generate().expect("keys");
+        let public = signer.verifier().to_paserk();
+        let edge = TestEdge::start_with(|c| {
+            c.auth.allow_anonymous = false;
+            c.auth.token_public_key = public;
+        })
+        .await;
+        let alice_token = token(&signer, "alice", Duration::from_secs(60));
+        let (mut alice, _) = edge.connect(Version::V5, with_token("alice-phone", None, alice_token)).await;
+        let (mut bob, _) = edge
+            .connect(Version::V311, with_token("bob-pc", None, token(&signer, "bob", Duration::from_secs(60))))
+            .await;
+        // Auto-subscribed to her inbox at CONNECT: bob writes to it, alice gets it unasked.
+        bob.publish("acme/im/msg/alice", b"hi alice", 1, false, WAIT).await.expect("puback");
+        let got = expect_publish(&mut alice).await;
+        assert_eq!((got.topic.as_str(), &got.payload[..]), ("acme/im/msg/alice", &b"hi alice"[..]));
+        ack(&mut alice, &got).await;
+        // Reading someone else's inbox, or everything, is refused per filter.
+        let codes = alice
+            .subscribe(
+                vec![
+                    SubscribeTopic::new("acme/im/msg/bob", 1),
+                    SubscribeTopic::new("acme/#", 0),
+                    SubscribeTopic::new("$share/g/acme/im/msg/bob", 0),
+                    SubscribeTopic::new("acme/notice/hr", 1),
+                ],
+                WAIT,
+            )
+            .await
+            .expect("suback");
+        assert_eq!(codes, vec![0x87, 0x87, 0x87, 1]);
+        let codes = bob.subscribe(vec![SubscribeTopic::new("acme/im/msg/alice", 1)], WAIT).await.expect("suback");
+        assert_eq!(codes, vec![0x80], "v3 refusal code");
+        // Writing another user's presence is refused: v5 with PUBACK 0x87, v3 silently dropped.
+        assert_eq!(alice.publish("acme/im/pres/bob", b"fake", 1, false, WAIT).await.expect("puback"), Some(0x87));
+        // v3 has no negative PUBACK: bob's forged presence is acknowledged but never routed.
+        let codes = alice.subscribe(vec![SubscribeTopic::new("acme/im/pres/alice", 0)], WAIT).await.expect("suback");
+        assert_eq!(codes, vec![0]);
+        bob.publish("acme/im/pres/alice", b"fake", 1, false, WAIT).await.expect("v3 still gets its PUBACK");
+        expect_nothing(&mut alice).await;
+        alice.publish("acme/im/pres/alice", b"online", 0, true, WAIT).await.expect("own presence");
+        assert_eq!(&expect_publish(&mut alice).await.payload[..], b"online");
+        expect_nothing(&mut bob).await;
+        edge.stop().await;
+    }
+}
