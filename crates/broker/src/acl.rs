@@ -163,8 +163,8 @@ fn check_template(filter: &str, line: usize) -> Result<String, ParseError> {
     Ok(filter.to_owned())
 }
 
-/// Can a placeholder value be substituted without changing the filter's shape?
-fn safe_value(v: &str) -> bool {
+/// Can a value be put into one topic level without changing the topic's shape?
+pub fn safe_value(v: &str) -> bool {
     !v.is_empty() && !v.starts_with('$') && !v.contains(['/', '+', '#', '\0'])
 }
 

@@ -19,8 +19,10 @@ use broker::trie::SubscriptionTrie;
 use broker::{RetainHandling, SubOptions};
 
 use crate::link::{self, ConnInbox, ConnLink, Refused};
-use crate::message::SharedMessage;
+use crate::message::{Message, SharedMessage};
 use crate::metrics as m;
+use broker::QoS;
+use ntex_bytes::{ByteString, Bytes};
 
 pub type Delivery = Outgoing<SharedMessage>;
 
@@ -52,6 +54,9 @@ pub struct ConnectRequest {
     /// The client's receive maximum (v5) or 65 535 (v3).
     pub receive_maximum: u16,
     pub will: Option<Will>,
+    /// The user's presence topic (`{eid}/im/pres/{user}`) for token users: online while any
+    /// of their devices is connected.
+    pub presence: Option<Arc<str>>,
 }
 
 #[derive(Debug)]
@@ -79,11 +84,14 @@ struct Live {
     link: ConnLink,
     expiry_secs: u32,
     will: Option<Will>,
+    presence: Option<Arc<str>>,
 }
 
 struct State {
     live: HashMap<Arc<str>, Live>,
     store: Box<dyn SessionStore<SharedMessage>>,
+    /// Connected devices per presence topic.
+    devices: HashMap<Arc<str>, u32>,
     /// Wills waiting for their v5 will-delay, by client id.
     pending_wills: HashMap<Arc<str>, (u64, SharedMessage)>,
     client_of: HashMap<u64, Arc<str>>,
@@ -171,6 +179,7 @@ impl Hub {
             live: HashMap::new(),
             store,
             pending_wills: HashMap::new(),
+            devices: HashMap::new(),
             client_of: HashMap::new(),
             subs: SubscriptionTrie::new(),
             shared: SubscriptionTrie::new(),
@@ -200,8 +209,11 @@ impl Hub {
             link::link(link_id, usize::from(self.cfg.session.max_inflight) + self.cfg.max_pending_deliveries);
 
         let mut takeover_will = None;
+        let mut replaced_presence = None;
         let previous = match st.live.remove(&req.client_id) {
             Some(old) => {
+                // A takeover is not a device leaving: no offline presence in between.
+                replaced_presence = old.presence.clone();
                 old.link.close(CloseReason::SessionTakenOver);
                 metrics::counter!(m::TAKEOVERS).increment(1);
                 metrics::gauge!(m::CONNECTIONS).decrement(1.0);
@@ -237,9 +249,21 @@ impl Hub {
         for d in session.resume(req.receive_maximum, now_ms) {
             Self::send(&link, d, &self.counters);
         }
+        // Count the new device before letting the replaced one go, so a takeover never shows
+        // the user offline in between.
+        if let Some(topic) = &req.presence {
+            let n = st.devices.entry(topic.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                self.route(&mut st, presence_message(topic, "online"), None, now_ms);
+            }
+        }
+        if let Some(topic) = replaced_presence {
+            self.device_left(&mut st, topic, now_ms);
+        }
         st.live.insert(
             req.client_id.clone(),
-            Live { key, session, link, expiry_secs: req.session_expiry_secs, will: req.will },
+            Live { key, session, link, expiry_secs: req.session_expiry_secs, will: req.will, presence: req.presence },
         );
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         Connected { session_present, link_id, inbox }
@@ -275,6 +299,21 @@ impl Hub {
                 let delay = u64::from(will.delay_secs.min(expiry));
                 st.pending_wills.insert(cid, (now_ms + delay * 1000, will.message));
             }
+        }
+        if let Some(topic) = live.presence.take() {
+            self.device_left(&mut st, topic, now_ms);
+        }
+    }
+
+    /// One device of a user went away; the last one publishes the user offline.
+    fn device_left(&self, st: &mut State, topic: Arc<str>, now_ms: u64) {
+        let Some(n) = st.devices.get_mut(&topic) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            st.devices.remove(&topic);
+            self.route(st, presence_message(&topic, "offline"), None, now_ms);
         }
     }
 
@@ -477,6 +516,12 @@ impl Hub {
             messages_dropped: self.counters.messages_dropped.load(Ordering::Relaxed),
         }
     }
+}
+
+/// A retained presence update.
+fn presence_message(topic: &str, status: &'static str) -> SharedMessage {
+    let msg = Message::new(ByteString::from(topic), Bytes::from_static(status.as_bytes()), QoS::AtLeastOnce, true);
+    Arc::new(msg)
 }
 
 /// Why a SUBSCRIBE entry was refused.

@@ -105,6 +105,13 @@ pub fn subscribe(st: &ConnState, raw: &str, options: broker::SubOptions) -> Resu
     st.hub.subscribe(&st.client_id, raw, options, now_ms())
 }
 
+/// A token user's presence topic, `{eid}/im/pres/{user}` (design §3).
+pub fn presence_topic(who: &crate::auth::Identity) -> Option<Arc<str>> {
+    let safe = broker::acl::safe_value;
+    (who.via_token && safe(&who.enterprise) && safe(&who.username))
+        .then(|| format!("{}/im/pres/{}", who.enterprise, who.username).into())
+}
+
 /// Subscribes a token user to what its auto-subscribe table says (at CONNECT).
 pub fn auto_subscribe(hub: &Hub, authz: &crate::authz::Authorizer, who: &crate::auth::Identity, client_id: &str) {
     for (filter, qos) in authz.auto_subscriptions(who, client_id) {

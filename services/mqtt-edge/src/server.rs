@@ -219,7 +219,13 @@ pub fn start(edge: Arc<EdgeShared>) -> io::Result<Listeners> {
     let (tx, rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new().name("mqtt-edge".into()).spawn(move || {
         ntex::rt::System::build().name("mqtt-edge").build(ntex::rt::DefaultRuntime).block_on(async move {
-            let mut b = ntex::server::build().workers(workers).backlog(backlog).maxconn(max_conn).disable_signals();
+            // Clients are told to go (DISCONNECT 0x8B) before the stop: do not wait long for stragglers.
+            let mut b = ntex::server::build()
+                .workers(workers)
+                .backlog(backlog)
+                .maxconn(max_conn)
+                .disable_signals()
+                .shutdown_timeout(ntex::time::Seconds(5));
             if let Some(l) = tcp {
                 let e = edge.clone();
                 b = b.listen("mqtt", l, service_config(&cfg), async move |_| {

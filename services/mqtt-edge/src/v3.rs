@@ -57,6 +57,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::Conn
             session_expiry_secs: if pkt.clean_session { 0 } else { limits.max_session_expiry_secs },
             receive_maximum: u16::MAX,
             will,
+            presence: ingress::presence_topic(&identity),
         },
         now_ms(),
     );

@@ -74,6 +74,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::Conn
             session_expiry_secs: expiry,
             receive_maximum: pkt.receive_max.map_or(u16::MAX, |r| r.get()),
             will,
+            presence: ingress::presence_topic(&identity),
         },
         now_ms(),
     );

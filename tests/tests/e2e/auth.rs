@@ -144,11 +144,43 @@ mod tokens {
         // v3 has no negative PUBACK: bob's forged presence is acknowledged but never routed.
         let codes = alice.subscribe(vec![SubscribeTopic::new("acme/im/pres/alice", 0)], WAIT).await.expect("suback");
         assert_eq!(codes, vec![0]);
+        assert_eq!(&expect_publish(&mut alice).await.payload[..], b"online", "her retained presence");
         bob.publish("acme/im/pres/alice", b"fake", 1, false, WAIT).await.expect("v3 still gets its PUBACK");
         expect_nothing(&mut alice).await;
         alice.publish("acme/im/pres/alice", b"online", 0, true, WAIT).await.expect("own presence");
         assert_eq!(&expect_publish(&mut alice).await.payload[..], b"online");
         expect_nothing(&mut bob).await;
+        edge.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn presence_follows_the_last_device() {
+        let signer = Signer::generate().expect("keys");
+        let public = signer.verifier().to_paserk();
+        let edge = TestEdge::start_with(|c| c.auth.token_public_key = public).await;
+        let mut watcher = edge.client(Version::V311, "watcher").await;
+        watcher.subscribe(vec![SubscribeTopic::new("acme/im/pres/alice", 1)], WAIT).await.expect("suback");
+        let alice = || token(&signer, "alice", Duration::from_secs(60));
+        let mut status = async || {
+            let p = expect_publish(&mut watcher).await;
+            ack(&mut watcher, &p).await;
+            String::from_utf8(p.payload.to_vec()).expect("utf8")
+        };
+        let (phone, _) = edge.connect(Version::V5, with_token("alice-phone", None, alice())).await;
+        assert_eq!(status().await, "online");
+        let (pc, _) = edge.connect(Version::V311, with_token("alice-pc", None, alice())).await;
+        drop(phone);
+        // Same client id again: a takeover, not a device leaving.
+        let (pc_again, _) = edge.connect(Version::V311, with_token("alice-pc", None, alice())).await;
+        drop(pc);
+        tokio::time::sleep(QUIET).await;
+        drop(pc_again);
+        assert_eq!(status().await, "offline", "only the last device leaving counts");
+        expect_nothing(&mut watcher).await;
+        let mut late = edge.client(Version::V5, "late").await;
+        late.subscribe(vec![SubscribeTopic::new("acme/im/pres/alice", 0)], WAIT).await.expect("suback");
+        let kept = expect_publish(&mut late).await;
+        assert_eq!((&kept.payload[..], kept.retain), (&b"offline"[..], true));
         edge.stop().await;
     }
 }
