@@ -6,6 +6,7 @@
 //! the workspace layering suite).
 
 pub mod acl;
+pub mod relations;
 pub mod retained;
 pub mod route;
 pub mod session;

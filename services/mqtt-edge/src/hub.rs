@@ -18,6 +18,8 @@ use broker::topic::{TopicError, TopicLimits, parse_subscription};
 use broker::trie::SubscriptionTrie;
 use broker::{RetainHandling, SubOptions};
 
+use crate::auth::Identity;
+use crate::authz::Authorizer;
 use crate::link::{self, ConnInbox, ConnLink, Refused};
 use crate::message::{Message, SharedMessage};
 use crate::metrics as m;
@@ -57,6 +59,8 @@ pub struct ConnectRequest {
     /// The user's presence topic (`{eid}/im/pres/{user}`) for token users: online while any
     /// of their devices is connected.
     pub presence: Option<Arc<str>>,
+    /// Who authenticated, for re-checking subscriptions when relations change.
+    pub identity: Arc<Identity>,
 }
 
 #[derive(Debug)]
@@ -85,6 +89,7 @@ struct Live {
     expiry_secs: u32,
     will: Option<Will>,
     presence: Option<Arc<str>>,
+    identity: Arc<Identity>,
 }
 
 struct State {
@@ -263,7 +268,15 @@ impl Hub {
         }
         st.live.insert(
             req.client_id.clone(),
-            Live { key, session, link, expiry_secs: req.session_expiry_secs, will: req.will, presence: req.presence },
+            Live {
+                key,
+                session,
+                link,
+                expiry_secs: req.session_expiry_secs,
+                will: req.will,
+                presence: req.presence,
+                identity: req.identity,
+            },
         );
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         Connected { session_present, link_id, inbox }
@@ -416,9 +429,19 @@ impl Hub {
         options: SubOptions,
         now_ms: u64,
     ) -> Result<(), SubscribeError> {
+        self.subscribe_in(&mut self.lock(), client_id, raw_filter, options, now_ms)
+    }
+
+    fn subscribe_in(
+        &self,
+        st: &mut State,
+        client_id: &str,
+        raw_filter: &str,
+        options: SubOptions,
+        now_ms: u64,
+    ) -> Result<(), SubscribeError> {
         let parsed = parse_subscription(raw_filter, &self.cfg.topic).map_err(SubscribeError::Topic)?;
-        let mut st = self.lock();
-        let State { live, subs, shared, retained, .. } = &mut *st;
+        let State { live, subs, shared, retained, .. } = st;
         let live = live.get_mut(client_id).ok_or(SubscribeError::NoSession)?;
         let existed = live.session.subscriptions().any(|(f, _)| f == raw_filter);
         if !existed && live.session.subscription_count() >= self.cfg.max_subscriptions {
@@ -449,10 +472,54 @@ impl Hub {
         Ok(())
     }
 
+    /// Relations of `users` in `enterprise` changed: re-check their live sessions' subscriptions
+    /// against the ACL (dropping what it no longer allows) and add the auto-subscriptions it now
+    /// gives. Parked sessions are re-checked when they reconnect.
+    pub fn reauthorize(&self, authz: &Authorizer, enterprise: &str, users: &[&str], now_ms: u64) {
+        let mut st = self.lock();
+        let affected: Vec<(Arc<str>, Arc<Identity>)> = st
+            .live
+            .iter()
+            .filter(|(_, l)| {
+                l.identity.via_token
+                    && l.identity.enterprise == enterprise
+                    && users.contains(&l.identity.username.as_str())
+            })
+            .map(|(cid, l)| (cid.clone(), l.identity.clone()))
+            .collect();
+        for (cid, who) in affected {
+            let revoked: Vec<String> = st.live.get(&cid).map_or_else(Vec::new, |l| {
+                l.session
+                    .subscriptions()
+                    .map(|(f, _)| f)
+                    .filter(|f| {
+                        let filter = parse_subscription(f, &self.cfg.topic).map_or(*f, |p| p.filter);
+                        !authz.can_subscribe(&who, &cid, filter)
+                    })
+                    .map(str::to_owned)
+                    .collect()
+            });
+            for f in revoked {
+                self.unsubscribe_in(&mut st, &cid, &f);
+                metrics::counter!(m::SUBSCRIPTIONS_REVOKED).increment(1);
+            }
+            for (filter, qos) in authz.auto_subscriptions(&who, &cid) {
+                let known = st.live.get(&cid).is_some_and(|l| l.session.subscriptions().any(|(f, _)| f == filter));
+                if !known {
+                    let options = SubOptions { qos, ..SubOptions::default() };
+                    let _ = self.subscribe_in(&mut st, &cid, &filter, options, now_ms);
+                }
+            }
+        }
+    }
+
     /// An UNSUBSCRIBE entry; returns whether the subscription existed.
     pub fn unsubscribe(&self, client_id: &str, raw_filter: &str) -> bool {
-        let mut st = self.lock();
-        let State { live, subs, shared, .. } = &mut *st;
+        self.unsubscribe_in(&mut self.lock(), client_id, raw_filter)
+    }
+
+    fn unsubscribe_in(&self, st: &mut State, client_id: &str, raw_filter: &str) -> bool {
+        let State { live, subs, shared, .. } = st;
         let Some(live) = live.get_mut(client_id) else {
             return false;
         };

@@ -21,6 +21,8 @@ pub mod v3;
 pub mod v5;
 
 use std::sync::Arc;
+
+use broker::relations::{MemoryRelations, RelationStore};
 use std::time::Duration;
 
 pub use config::EdgeConfig;
@@ -30,6 +32,8 @@ pub use server::BoundAddrs;
 #[derive(Debug)]
 pub struct Edge {
     pub hub: Arc<hub::Hub>,
+    shared: Arc<server::EdgeShared>,
+    relations: Arc<dyn RelationStore>,
     listeners: server::Listeners,
     housekeeping: tokio::task::JoinHandle<()>,
 }
@@ -40,13 +44,25 @@ impl Edge {
         cfg.validate()?;
         metrics::describe();
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
-        let authz = Arc::new(authz::Authorizer::from_config(&cfg.auth)?);
+        let relations: Arc<dyn RelationStore> = Arc::new(MemoryRelations::default());
+        let authz = Arc::new(authz::Authorizer::from_config(&cfg.auth, relations.clone())?);
         let hub = Arc::new(hub::Hub::new(cfg.hub_config()));
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
         let shared = Arc::new(server::EdgeShared { hub: hub.clone(), auth, authz, cfg });
-        let listeners = server::start(shared).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
+        let listeners = server::start(shared.clone()).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
         let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);
-        Ok(Edge { hub, listeners, housekeeping })
+        Ok(Edge { hub, shared, relations, listeners, housekeeping })
+    }
+
+    /// The relation store the ACL's `%f`/`%F` read (the accounts tier writes it).
+    pub fn relations(&self) -> &Arc<dyn RelationStore> {
+        &self.relations
+    }
+
+    /// Relations of `users` in `enterprise` changed: their connected sessions lose the
+    /// subscriptions the ACL no longer allows and gain the auto-subscriptions it now gives.
+    pub fn relations_changed(&self, enterprise: &str, users: &[&str]) {
+        self.hub.reauthorize(&self.shared.authz, enterprise, users, message::now_ms());
     }
 
     pub fn addrs(&self) -> &BoundAddrs {

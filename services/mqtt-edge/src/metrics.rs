@@ -11,6 +11,7 @@ pub const DELIVERIES: &str = "hermes_edge_deliveries_total";
 pub const DELIVERY_FAILURES: &str = "hermes_edge_delivery_failures_total";
 pub const QUEUE_DROPS: &str = "hermes_edge_queue_drops_total";
 pub const SLOW_CONSUMER_DISCONNECTS: &str = "hermes_edge_slow_consumer_disconnects_total";
+pub const SUBSCRIPTIONS_REVOKED: &str = "hermes_edge_subscriptions_revoked_total";
 pub const PUBLISH_REFUSED: &str = "hermes_edge_publish_refused_total";
 pub const CONNECTION_STOPS: &str = "hermes_edge_connection_stops_total";
 pub const ROUTE_SECONDS: &str = "hermes_edge_route_seconds";
@@ -30,6 +31,7 @@ pub fn describe() {
     describe_counter!(DELIVERY_FAILURES, "Deliveries that failed (connection gone, packet too large)");
     describe_counter!(QUEUE_DROPS, "Messages dropped because a session queue was full");
     describe_counter!(SLOW_CONSUMER_DISCONNECTS, "Connections closed for not keeping up with deliveries");
+    describe_counter!(SUBSCRIPTIONS_REVOKED, "Subscriptions dropped because a relation change took the right away");
     describe_counter!(PUBLISH_REFUSED, "Inbound PUBLISH refused, by reason");
     describe_counter!(CONNECTION_STOPS, "Connections ended, by reason (peer gone, protocol error, handler error)");
     describe_histogram!(ROUTE_SECONDS, "Time to route one inbound PUBLISH to its sessions");

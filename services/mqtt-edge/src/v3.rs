@@ -58,6 +58,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::Conn
             receive_maximum: u16::MAX,
             will,
             presence: ingress::presence_topic(&identity),
+            identity: Arc::new(identity.clone()),
         },
         now_ms(),
     );

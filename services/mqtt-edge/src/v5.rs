@@ -75,6 +75,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::Conn
             receive_maximum: pkt.receive_max.map_or(u16::MAX, |r| r.get()),
             will,
             presence: ingress::presence_topic(&identity),
+            identity: Arc::new(identity.clone()),
         },
         now_ms(),
     );
