@@ -18,9 +18,17 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 /// Starts `hermes up` on ephemeral ports; returns the child and its MQTT address.
 fn up(extra: &[&str]) -> (Child, SocketAddr) {
-    let data = temp_dir("up");
+    let (child, mqtt, _) = up_with_http(extra);
+    (child, mqtt)
+}
+
+/// Like [`up`], also returning the accounts API address.
+fn up_with_http(extra: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+    static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let data = temp_dir(&format!("up-{}", RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     let mut child = Command::new(HERMES)
         .args(["up", "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(&data)
         .args(extra)
@@ -32,11 +40,15 @@ fn up(extra: &[&str]) -> (Child, SocketAddr) {
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut addr = None;
+    let mut http = None;
     let mut seen = Vec::new();
     while let Some(Ok(line)) = lines.next() {
         seen.push(line.clone());
         if let Some(rest) = line.trim().strip_prefix("MQTT            mqtt://") {
             addr = rest.parse().ok();
+        }
+        if let Some(rest) = line.trim().strip_prefix("accounts API    http://") {
+            http = rest.split('/').next().and_then(|a| a.parse().ok());
         }
         if line.starts_with("Stop with Ctrl-C") {
             break;
@@ -45,7 +57,8 @@ fn up(extra: &[&str]) -> (Child, SocketAddr) {
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     let addr = addr.unwrap_or_else(|| panic!("no MQTT endpoint printed: {seen:#?}"));
-    (child, addr)
+    let http = http.unwrap_or_else(|| panic!("no accounts endpoint printed: {seen:#?}"));
+    (child, addr, http)
 }
 
 fn sigterm(child: &Child) {
@@ -174,6 +187,64 @@ async fn bench_reports_json_against_a_running_broker() {
             }
         }
     }
+    sigterm(&child);
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_login_then_mqtt_with_the_token() {
+    use sdk::http::request;
+    let (mut child, mqtt, http) = up_with_http(&["--demo", "--demo-password", "demo secret"]);
+    let login = async |user: &str| {
+        let body = serde_json::json!({"enterprise": "acme", "username": user, "password": "demo secret"});
+        let r = request(http, "POST", "/v1/login", &[], Some(&body), Duration::from_secs(10)).await.expect("login");
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body
+    };
+    let alice = login("alice").await;
+    let friends: Vec<&str> = alice["contacts"]["contacts"]
+        .as_array()
+        .expect("contacts")
+        .iter()
+        .filter(|c| c["friend"] == true)
+        .filter_map(|c| c["username"].as_str())
+        .collect();
+    assert_eq!(friends, vec!["bob"], "the demo's friends");
+    let bob = login("bob").await;
+    let token = |v: &serde_json::Value| v["access_token"].as_str().expect("token").as_bytes().to_vec();
+    let connect = |id: &str, v: &serde_json::Value| Connect {
+        client_id: id.into(),
+        clean_start: true,
+        keep_alive: 30,
+        password: Some(token(v)),
+        ..Default::default()
+    };
+    let mut a = Client::connect_tcp(mqtt, Version::V5).await.expect("tcp");
+    assert!(matches!(
+        a.handshake(connect("alice-1", &alice), Duration::from_secs(5)).await,
+        Ok(Packet::ConnAck { code: 0, .. })
+    ));
+    let mut b = Client::connect_tcp(mqtt, Version::V311).await.expect("tcp");
+    assert!(matches!(
+        b.handshake(connect("bob-1", &bob), Duration::from_secs(5)).await,
+        Ok(Packet::ConnAck { code: 0, .. })
+    ));
+    assert_eq!(
+        b.publish("acme/im/msg/alice", b"hello", 1, false, Duration::from_secs(5)).await.expect("puback"),
+        Some(0)
+    );
+    // Alice is auto-subscribed to her inbox and her friend's presence: bob coming online and
+    // his message both reach her, in some order.
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match a.recv(Duration::from_secs(5)).await {
+            Ok(Packet::Publish(p)) => got.push((p.topic.clone(), String::from_utf8_lossy(&p.payload).into_owned())),
+            Ok(_) => {}
+            other => panic!("{other:?} after {got:?}"),
+        }
+    }
+    got.sort();
+    assert_eq!(got, vec![("acme/im/msg/alice".into(), "hello".into()), ("acme/im/pres/bob".into(), "online".into())]);
     sigterm(&child);
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }

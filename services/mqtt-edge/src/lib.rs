@@ -59,6 +59,11 @@ impl Edge {
         &self.relations
     }
 
+    /// A handle the accounts tier (in the same process) tells about follow changes.
+    pub fn relation_updater(&self) -> RelationUpdater {
+        RelationUpdater { relations: self.relations.clone(), hub: self.hub.clone(), authz: self.shared.authz.clone() }
+    }
+
     /// Relations of `users` in `enterprise` changed: their connected sessions lose the
     /// subscriptions the ACL no longer allows and gain the auto-subscriptions it now gives.
     pub fn relations_changed(&self, enterprise: &str, users: &[&str]) {
@@ -95,4 +100,19 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     edge.stop().await;
     drop(telemetry);
     Ok(())
+}
+
+/// Applies follow changes to the edge: the relation store and the live sessions of both users.
+#[derive(Debug, Clone)]
+pub struct RelationUpdater {
+    relations: Arc<dyn RelationStore>,
+    hub: Arc<hub::Hub>,
+    authz: Arc<authz::Authorizer>,
+}
+
+impl RelationUpdater {
+    pub fn follow_changed(&self, enterprise: &str, follower: &str, followee: &str, following: bool) {
+        self.relations.set_follow(enterprise, follower, followee, following);
+        self.hub.reauthorize(&self.authz, enterprise, &[follower, followee], message::now_ms());
+    }
 }
