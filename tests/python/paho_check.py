@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
-TIMEOUT = 10
+TIMEOUT = 20
 
 
 def fail(msg):
@@ -89,12 +89,25 @@ def run(label, host, port, transport, proto, cafile=None):
     if cafile:
         late.tls_set(ca_certs=cafile)
     retained = threading.Event()
-    late.on_message = lambda cl, ud, msg: (msg.retain and msg.payload == b"kept") and retained.set()
-    late.on_connect = lambda cl, ud, fl, rc, pr=None: cl.subscribe(f"{base}/retained", qos=1)
+    late_got = []
+    late_events = []
+
+    def late_message(cl, ud, msg):
+        late_got.append((msg.topic, msg.payload, msg.retain))
+        if msg.retain and msg.payload == b"kept":
+            retained.set()
+
+    def late_connect(cl, ud, fl, rc, pr=None):
+        late_events.append(f"connack {rc}")
+        cl.subscribe(f"{base}/retained", qos=1)
+
+    late.on_message = late_message
+    late.on_connect = late_connect
+    late.on_subscribe = lambda cl, ud, mid, rcs, pr=None: late_events.append(f"suback {[str(r) for r in rcs]}")
     late.connect(host, port, keepalive=30)
     late.loop_start()
     if not retained.wait(TIMEOUT):
-        fail(f"{label}: retained message not delivered on subscribe")
+        fail(f"{label}: retained message not delivered on subscribe: got {late_got}, events {late_events}")
     for x in (c, pub, late):
         x.disconnect()
         x.loop_stop()

@@ -30,7 +30,7 @@ pub fn run(args: PasswdArgs) -> Result<(), String> {
     if password.is_empty() {
         return Err("password must not be empty".into());
     }
-    let hash = mqtt_edge::auth::hash_password(&password)?;
+    let hash = service_kit::password::hash(&password)?;
     let existing = std::fs::read_to_string(&args.users_file).unwrap_or_default();
     let prefix = format!("{}:", args.username);
     let mut lines: Vec<String> = existing.lines().filter(|l| !l.starts_with(&prefix)).map(str::to_owned).collect();

@@ -187,7 +187,7 @@ async fn seed_demo(store: &accounts::sqlite::SqliteStore, password: &str) -> Res
         Err(StoreError::Conflict) => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
-    let hash = mqtt_edge::auth::hash_password(password)?;
+    let hash = service_kit::password::hash(password)?;
     let mut ids = std::collections::HashMap::new();
     for (name, display) in [("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")] {
         let u = store.create_user(&e.id, name, display, &hash).await.map_err(|e| e.to_string())?;

@@ -24,6 +24,10 @@ fn up(extra: &[&str]) -> (Child, SocketAddr) {
 
 /// Like [`up`], also returning the accounts API address.
 fn up_with_http(extra: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+    up_with_env(extra, &[])
+}
+
+fn up_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr, SocketAddr) {
     static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let data = temp_dir(&format!("up-{}", RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     let mut child = Command::new(HERMES)
@@ -33,6 +37,7 @@ fn up_with_http(extra: &[&str]) -> (Child, SocketAddr, SocketAddr) {
         .arg(&data)
         .args(extra)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -245,6 +250,29 @@ async fn demo_login_then_mqtt_with_the_token() {
     }
     got.sort();
     assert_eq!(got, vec![("acme/im/msg/alice".into(), "hello".into()), ("acme/im/pres/bob".into(), "online".into())]);
+    sigterm(&child);
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
+
+/// The connection limit is process-wide in ntex (a global per worker), so it is tested on a
+/// process of its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_beyond_the_limit_wait_in_the_backlog() {
+    let env = [("HERMES_LIMITS__MAX_CONNECTIONS", "1"), ("HERMES_MQTT__WORKERS", "1")];
+    let (mut child, addr, _) = up_with_env(&["--allow-anonymous"], &env);
+    let hello = |id: &str| Connect { client_id: id.into(), clean_start: true, keep_alive: 30, ..Default::default() };
+    let mut first = Client::connect_tcp(addr, Version::V311).await.expect("tcp");
+    assert!(matches!(first.handshake(hello("one"), Duration::from_secs(5)).await, Ok(Packet::ConnAck { code: 0, .. })));
+    let mut second = Client::connect_tcp(addr, Version::V311).await.expect("tcp: the kernel completes the handshake");
+    match second.handshake(hello("two"), Duration::from_millis(500)).await {
+        Err(sdk::mqtt::RecvError::Timeout) => {}
+        other => panic!("a connection over the limit must wait, got {other:?}"),
+    }
+    drop(first);
+    match second.recv(Duration::from_secs(5)).await {
+        Ok(Packet::ConnAck { code: 0, .. }) => {}
+        other => panic!("served once a slot frees up, got {other:?}"),
+    }
     sigterm(&child);
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }

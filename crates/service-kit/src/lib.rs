@@ -4,5 +4,6 @@
 
 pub mod config;
 pub mod http;
+pub mod password;
 pub mod shutdown;
 pub mod telemetry;

@@ -131,24 +131,17 @@ async fn create_user<S: AccountStore>(
 }
 
 async fn hash_password(password: String) -> Result<String, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::PasswordHasher;
-        argon2::Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string())
-    })
-    .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e);
+    tokio::task::spawn_blocking(move || service_kit::password::hash(&password))
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(internal)
 }
 
 async fn verify_password(hash: String, password: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        use argon2::password_hash::PasswordVerifier;
-        use argon2::password_hash::phc::PasswordHash;
-        PasswordHash::new(&hash)
-            .is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
-    })
-    .await
-    .unwrap_or(false)
+    tokio::task::spawn_blocking(move || service_kit::password::verify(&hash, password.as_bytes()))
+        .await
+        .unwrap_or(false)
 }
 
 #[derive(Deserialize)]

@@ -4,8 +4,7 @@
 
 use std::collections::HashMap;
 
-use argon2::password_hash::PasswordVerifier;
-use argon2::password_hash::phc::PasswordHash;
+use service_kit::password;
 use wire::token::{TokenError, Verifier};
 
 use crate::config::AuthConfig;
@@ -56,7 +55,9 @@ impl Authenticator {
                 let (user, hash) = line
                     .split_once(':')
                     .ok_or_else(|| format!("auth.users_file line {}: expected `username:hash`", n + 1))?;
-                PasswordHash::new(hash).map_err(|e| format!("auth.users_file line {}: not a PHC hash: {e}", n + 1))?;
+                if !password::is_phc(hash) {
+                    return Err(format!("auth.users_file line {}: not an argon2 PHC hash", n + 1));
+                }
                 users.insert(user.to_owned(), hash.to_owned());
             }
         }
@@ -94,7 +95,7 @@ impl Authenticator {
             (None, None) if self.allow_anonymous => AuthDecision::Allow(Identity::default()),
             (None, None) => AuthDecision::NotAuthorized("anonymous access is disabled"),
             (Some(u), Some(p)) => match self.users.get(u) {
-                Some(hash) if verify(hash, p) => AuthDecision::Allow(user(u)),
+                Some(hash) if password::verify(hash, p) => AuthDecision::Allow(user(u)),
                 _ => AuthDecision::BadCredentials("bad user name or password"),
             },
             // A username without a password may still be anonymous, as Mosquitto allows.
@@ -102,16 +103,6 @@ impl Authenticator {
             _ => AuthDecision::BadCredentials("bad user name or password"),
         }
     }
-}
-
-fn verify(hash: &str, password: &[u8]) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| argon2::Argon2::default().verify_password(password, &h).is_ok())
-}
-
-/// An argon2id PHC hash of `password` with a random salt, for the users file.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    use argon2::password_hash::PasswordHasher;
-    argon2::Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -123,7 +114,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hermes-auth-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("users");
-        let hash = hash_password("s3cret").expect("hash");
+        let hash = password::hash("s3cret").expect("hash");
         std::fs::write(&file, format!("# users\nalice:{hash}\n")).expect("write");
         let auth =
             Authenticator::from_config(&AuthConfig { users_file: file.display().to_string(), ..AuthConfig::default() })

@@ -94,8 +94,9 @@ pub struct LimitsConfig {
     pub connect_timeout_secs: u16,
     /// Highest keep-alive the server accepts; larger requests get this value (v5 server keep-alive).
     pub max_keepalive_secs: u16,
-    /// Connections per listener per worker; beyond it new connections wait in the listen
-    /// backlog (they are not refused) until one closes.
+    /// Connections per worker thread, all listeners together; beyond it new connections wait in
+    /// the listen backlog (they are not refused) until one closes. ntex keeps this limit per
+    /// process: edges started in one process share the last value set.
     pub max_connections: usize,
     /// Highest v5 session expiry honoured, in seconds.
     pub max_session_expiry_secs: u32,

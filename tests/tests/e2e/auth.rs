@@ -21,7 +21,7 @@ async fn users_file_decides_who_connects() {
     let dir = std::env::temp_dir().join(format!("hermes-auth-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let users = dir.join("users");
-    let hash = mqtt_edge::auth::hash_password("open sesame").expect("hash");
+    let hash = service_kit::password::hash("open sesame").expect("hash");
     std::fs::write(&users, format!("alice:{hash}\n")).expect("write");
     let edge = TestEdge::start_with(|c| {
         c.auth.allow_anonymous = false;

@@ -90,25 +90,3 @@ async fn v5_client_maximum_packet_size_is_respected() {
     expect_nothing(&mut c).await;
     edge.stop().await;
 }
-
-#[tokio::test(flavor = "multi_thread")]
-async fn connections_beyond_the_limit_wait_in_the_backlog() {
-    let edge = TestEdge::start_with(|c| {
-        c.mqtt.workers = 1;
-        c.limits.max_connections = 1;
-    })
-    .await;
-    let first = edge.client(Version::V311, "only-one").await;
-    let mut second = edge.raw(Version::V311).await;
-    // The TCP handshake completes in the kernel, but the edge does not take the connection.
-    match second.handshake(connect("waiting", true), QUIET).await {
-        Err(sdk::mqtt::RecvError::Timeout) => {}
-        other => panic!("a connection over the limit must wait, got {other:?}"),
-    }
-    drop(first);
-    match second.recv(WAIT).await {
-        Ok(Packet::ConnAck { code: 0, .. }) => {}
-        other => panic!("served once a slot frees up, got {other:?}"),
-    }
-    edge.stop().await;
-}
