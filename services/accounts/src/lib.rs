@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod error;
+pub mod postgres;
 pub mod sqlite;
 pub mod store;
 
