@@ -1,6 +1,7 @@
 //! `hermes`: the all-in-one server (`hermes up`), admin and client verbs, and the benchmark tool.
 
 mod bench;
+mod client;
 mod passwd;
 mod up;
 
@@ -23,6 +24,16 @@ enum Command {
     Passwd(passwd::PasswdArgs),
     /// Measure an MQTT broker (ours or any other): connections, fan-out, throughput.
     Bench(bench::BenchArgs),
+    /// Log in to the accounts API and keep the session (token) in a file.
+    Login(client::LoginArgs),
+    /// Show contacts (all, or the changes since a version).
+    Contacts(client::ContactsArgs),
+    /// Follow (or --unfollow) a user of your enterprise.
+    Follow(client::FollowArgs),
+    /// Send a text message to a user's inbox.
+    Send(client::SendArgs),
+    /// Print what arrives: your inbox, friends' presence, notices.
+    Listen(client::ListenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +43,11 @@ fn main() -> std::process::ExitCode {
         Command::PrintConfig(args) => up::print_config(args),
         Command::Passwd(args) => passwd::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Login(args) => client::login(args),
+        Command::Contacts(args) => client::contacts(args),
+        Command::Follow(args) => client::follow(args),
+        Command::Send(args) => client::send(args),
+        Command::Listen(args) => client::listen(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -276,3 +276,57 @@ async fn connections_beyond_the_limit_wait_in_the_backlog() {
     sigterm(&child);
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_verbs_from_two_terminals() {
+    let (mut child, mqtt, http) = up_with_http(&["--demo", "--demo-password", "demo secret"]);
+    let dir = temp_dir("verbs");
+    let session = |user: &str| dir.join(format!("{user}.json")).display().to_string();
+    let hermes = |args: &[&str]| {
+        let out = Command::new(HERMES).args(args).output().expect("run hermes");
+        assert!(out.status.success(), "hermes {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (h, m) = (http.to_string(), mqtt.to_string());
+    for user in ["alice", "bob"] {
+        let s = session(user);
+        let out = hermes(&[
+            "login",
+            "--http",
+            &h,
+            "--mqtt",
+            &m,
+            "--enterprise",
+            "acme",
+            "--username",
+            user,
+            "--password",
+            "demo secret",
+            "--session",
+            &s,
+        ]);
+        assert!(out.contains(&format!("logged in as {user}@acme")), "{out}");
+    }
+    let contacts = hermes(&["contacts", "--session", &session("alice")]);
+    assert!(contacts.contains("bob") && contacts.contains("friend"), "{contacts}");
+    // Terminal 1 listens; terminal 2 sends once the listener says it is connected. Alice sees
+    // bob come online (his send connection), then his message.
+    let mut listener = Command::new(HERMES)
+        .args(["listen", "--count", "2", "--idle-secs", "20", "--session", &session("alice")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("listen");
+    let mut lines = BufReader::new(listener.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(first.starts_with("listening as alice@acme"), "{first}");
+    let sent = hermes(&["send", "--to", "alice", "hello from bob", "--session", &session("bob")]);
+    assert!(sent.contains("sent to alice"), "{sent}");
+    let printed: Vec<String> =
+        tokio::task::spawn_blocking(move || lines.map_while(Result::ok).collect()).await.expect("join");
+    assert!(printed.iter().any(|l| l == "acme/im/msg/alice [bob] hello from bob"), "{printed:?}");
+    assert!(listener.wait().expect("wait").success());
+    let followed = hermes(&["follow", "carol", "--session", &session("alice")]);
+    assert!(followed.contains("following carol"), "{followed}");
+    sigterm(&child);
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
