@@ -592,11 +592,15 @@ fn presence_message(topic: &str, status: &'static str) -> SharedMessage {
 }
 
 /// Why a SUBSCRIBE entry was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
+    #[error("{0}")]
     Topic(TopicError),
     /// The ACL does not let this client read the filter.
+    #[error("the ACL does not allow subscribing to it")]
     NotAuthorized,
+    #[error("too many subscriptions for this client")]
     QuotaExceeded,
+    #[error("no session")]
     NoSession,
 }

@@ -154,6 +154,7 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
         v5::ProtocolMessage::Subscribe(mut s) => {
             metrics::counter!(m::PACKETS_IN, "type" => "subscribe").increment(1);
             let sub_id = s.packet().id.map(|i| i.get());
+            let mut refusals = Vec::new();
             for mut sub in s.iter_mut() {
                 let o = sub.options();
                 let qos = o.qos;
@@ -173,6 +174,7 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
                     Ok(()) => sub.confirm(qos),
                     Err(e) => {
                         ingress::log_refused(ses, &topic, e);
+                        refusals.push(format!("{topic}: {e}"));
                         sub.fail(match e {
                             SubscribeError::Topic(_) => SubscribeAckReason::TopicFilterInvalid,
                             SubscribeError::QuotaExceeded => SubscribeAckReason::QuotaExceeded,
@@ -182,7 +184,8 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
                     }
                 }
             }
-            s.ack()
+            // One reason string for the SUBACK, naming each refused filter.
+            if refusals.is_empty() { s.ack() } else { s.ack_reason(ByteString::from(refusals.join("; "))).ack() }
         }
         v5::ProtocolMessage::Unsubscribe(mut s) => {
             metrics::counter!(m::PACKETS_IN, "type" => "unsubscribe").increment(1);
