@@ -3,18 +3,11 @@
 use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
-use crate::store::{AccountStore, Contact, Enterprise, StoreError, User, new_id, now_ms};
+use crate::store::{AccountStore, Contact, Enterprise, StoreError, User, db, new_id, now_ms};
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
-}
-
-fn db(e: sqlx::Error) -> StoreError {
-    match &e {
-        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
-        _ => StoreError::Database(e.to_string()),
-    }
 }
 
 impl SqliteStore {

@@ -44,6 +44,14 @@ pub enum StoreError {
     Database(String),
 }
 
+/// Maps a database error: unique violations are conflicts, the rest is an internal error.
+pub(crate) fn db(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict,
+        _ => StoreError::Database(e.to_string()),
+    }
+}
+
 /// What the accounts API needs from a database.
 pub trait AccountStore: Send + Sync + 'static {
     fn create_enterprise(&self, name: &str) -> impl Future<Output = Result<Enterprise, StoreError>> + Send;
