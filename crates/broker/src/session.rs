@@ -117,10 +117,6 @@ impl<M: Deliverable + Clone> Session<M> {
         }
     }
 
-    pub fn limits(&self) -> &SessionLimits {
-        &self.limits
-    }
-
     pub fn is_online(&self) -> bool {
         self.window > 0
     }
@@ -140,11 +136,6 @@ impl<M: Deliverable + Clone> Session<M> {
 
     pub fn subscription_count(&self) -> usize {
         self.subscriptions.len()
-    }
-
-    /// Messages waiting for the window or for the client to return.
-    pub fn queued(&self) -> usize {
-        self.queue.len()
     }
 
     pub fn inflight(&self) -> usize {

@@ -260,14 +260,6 @@ fn qos_label(q: QoS) -> &'static str {
     }
 }
 
-pub fn to_ntex_qos(q: QoS) -> ntex_mqtt::QoS {
-    match q {
-        QoS::AtMostOnce => ntex_mqtt::QoS::AtMostOnce,
-        QoS::AtLeastOnce => ntex_mqtt::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => ntex_mqtt::QoS::ExactlyOnce,
-    }
-}
-
 pub fn from_ntex_qos(q: ntex_mqtt::QoS) -> QoS {
     match q {
         ntex_mqtt::QoS::AtMostOnce => QoS::AtMostOnce,
