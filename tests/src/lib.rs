@@ -1,6 +1,8 @@
 //! Test harness: starts the real edge in-process on port 0 with isolated state, plus an MQTT
 //! test vocabulary (`expect_connack`, `expect_publish`, `expect_nothing`) over the SDK's raw client.
 
+pub mod servers;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -175,4 +177,16 @@ pub async fn run_tool(cmd: &mut tokio::process::Command, deadline: Duration) -> 
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// An access token for `user` of enterprise `acme` (user id `id-<user>`), issued now.
+pub fn access_token(signer: &wire::token::Signer, user: &str, ttl: Duration) -> Vec<u8> {
+    let claims = wire::token::AccessClaims {
+        user_id: format!("id-{user}"),
+        enterprise_id: "acme".into(),
+        username: user.into(),
+        token_id: format!("t-{user}"),
+        issued_at_ms: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64),
+    };
+    signer.sign(&claims, ttl).expect("sign").into_bytes()
 }

@@ -1,12 +1,14 @@
 //! `hermes up`: every service in one process on embedded defaults. Today that is the MQTT edge
-//! and the accounts tier (SQLite in the data directory); the control unit and publish API join
-//! them as they land.
+//! and the accounts tier (SQLite in the data directory, or Postgres with `http.database_url`)
+//! joined by the in-process bus (or NATS with `bus.nats_url`); the control unit and publish API
+//! join them as they land.
 
 use std::path::PathBuf;
 
+use accounts::config::AccountsConfig;
 use mqtt_edge::EdgeConfig;
 use mqtt_edge::cli::EdgeFlags;
-use mqtt_edge::config::{AuthConfig, LimitsConfig, MqttConfig, OpsConfig};
+use mqtt_edge::config::{AuthConfig, BusConfig, LimitsConfig, MqttConfig, OpsConfig};
 use serde::{Deserialize, Serialize};
 use service_kit::telemetry::TelemetryConfig;
 
@@ -34,27 +36,14 @@ pub struct UpArgs {
 #[serde(deny_unknown_fields, default)]
 pub struct UpConfig {
     pub data_dir: String,
-    pub http: HttpConfig,
+    /// The accounts REST API.
+    pub http: AccountsConfig,
     pub mqtt: MqttConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub ops: OpsConfig,
+    pub bus: BusConfig,
     pub telemetry: TelemetryConfig,
-}
-
-/// The accounts REST API.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    pub addr: String,
-    /// Lifetime of MQTT access tokens, in seconds.
-    pub token_ttl_secs: u64,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig { addr: "127.0.0.1:8080".into(), token_ttl_secs: 3600 }
-    }
 }
 
 impl Default for UpConfig {
@@ -62,11 +51,12 @@ impl Default for UpConfig {
         let edge = EdgeConfig::default();
         UpConfig {
             data_dir: "hermes-data".into(),
-            http: HttpConfig::default(),
+            http: AccountsConfig::default(),
             mqtt: edge.mqtt,
             limits: edge.limits,
             auth: edge.auth,
             ops: edge.ops,
+            bus: edge.bus,
             telemetry: edge.telemetry,
         }
     }
@@ -84,6 +74,7 @@ impl UpConfig {
             limits: self.limits.clone(),
             auth,
             ops: self.ops.clone(),
+            bus: self.bus.clone(),
             telemetry: self.telemetry.clone(),
         }
     }
@@ -115,6 +106,7 @@ pub fn run(args: UpArgs) -> Result<(), String> {
         edge_cfg.auth.token_public_key = signer.verifier().to_paserk();
     }
     edge_cfg.validate().map_err(|e| format!("invalid configuration: {e}"))?;
+    cfg.http.validate().map_err(|e| format!("invalid configuration: {e}"))?;
     let demo =
         args.demo.then(|| args.demo_password.clone().unwrap_or_else(|| accounts::store::new_id()[..12].to_owned()));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -124,18 +116,9 @@ pub fn run(args: UpArgs) -> Result<(), String> {
     rt.block_on(serve(cfg, edge_cfg, signer, demo))
 }
 
-/// Tells the in-process edge about follow changes made through the accounts API.
-struct EdgeRelations(mqtt_edge::RelationUpdater);
-
-impl accounts::api::RelationHook for EdgeRelations {
-    fn follow_changed(&self, enterprise: &str, follower: &str, followee: &str, following: bool) {
-        self.0.follow_changed(enterprise, follower, followee, following);
-    }
-}
-
-/// The admin key of this data directory, created on first use.
-fn admin_key(data: &std::path::Path) -> Result<String, String> {
-    let path = data.join("admin.key");
+/// A secret of this data directory (`admin.key`, `link.key`), created on first use.
+fn data_secret(data: &std::path::Path, name: &str) -> Result<String, String> {
+    let path = data.join(name);
     match std::fs::read_to_string(&path) {
         Ok(k) => Ok(k.trim().to_owned()),
         Err(_) => {
@@ -146,32 +129,46 @@ fn admin_key(data: &std::path::Path) -> Result<String, String> {
     }
 }
 
+/// Opens the accounts database: Postgres when `http.database_url` is set, else SQLite in the
+/// data directory.
 async fn start_accounts(
     cfg: &UpConfig,
     edge: &mqtt_edge::Edge,
+    bus: std::sync::Arc<dyn bus::Bus>,
     signer: wire::token::Signer,
     demo: Option<&str>,
 ) -> Result<(std::net::SocketAddr, String), String> {
-    use accounts::store::AccountStore;
     let data = std::path::Path::new(&cfg.data_dir);
-    let store = accounts::sqlite::SqliteStore::open(&data.join("accounts.db"))
-        .await
-        .map_err(|e| format!("accounts database: {e}"))?;
+    if cfg.http.database_url.is_empty() {
+        let store = accounts::sqlite::SqliteStore::open(&data.join("accounts.db"))
+            .await
+            .map_err(|e| format!("accounts database: {e}"))?;
+        serve_accounts(cfg, edge, bus, signer, demo, store).await
+    } else {
+        let store = accounts::postgres::PgStore::connect(&cfg.http.database_url, 16)
+            .await
+            .map_err(|e| format!("http.database_url: {e}"))?;
+        serve_accounts(cfg, edge, bus, signer, demo, store).await
+    }
+}
+
+async fn serve_accounts<S: accounts::store::AccountStore>(
+    cfg: &UpConfig,
+    edge: &mqtt_edge::Edge,
+    bus: std::sync::Arc<dyn bus::Bus>,
+    signer: wire::token::Signer,
+    demo: Option<&str>,
+    store: S,
+) -> Result<(std::net::SocketAddr, String), String> {
+    let data = std::path::Path::new(&cfg.data_dir);
     if let Some(password) = demo {
         seed_demo(&store, password).await?;
     }
-    // The edge's relation store starts from what the database knows.
-    for (e, a, b) in store.all_follows().await.map_err(|e| e.to_string())? {
-        edge.relations().set_follow(&e, &a, &b, true);
-    }
-    let admin = admin_key(data)?;
-    let state = accounts::api::AccountsState {
-        store,
-        signer,
-        token_ttl: std::time::Duration::from_secs(cfg.http.token_ttl_secs),
-        admin_key: admin.clone(),
-        hook: std::sync::Arc::new(EdgeRelations(edge.relation_updater())),
-    };
+    prime_edge(&store, edge).await.map_err(|e| format!("accounts database: {e}"))?;
+    let admin = data_secret(data, "admin.key")?;
+    let links = accounts::files::LinkSigner::new(data_secret(data, "link.key")?);
+    let files = std::sync::Arc::new(accounts::files::DiskFiles::new(data.join("files")));
+    let state = accounts::api::AccountsState::new(store, signer, cfg.http.clone(), admin.clone(), bus, files, links);
     let router = accounts::api::router(std::sync::Arc::new(state));
     let addr = service_kit::http::serve(&cfg.http.addr, router, service_kit::shutdown::signal())
         .await
@@ -179,9 +176,36 @@ async fn start_accounts(
     Ok((addr, admin))
 }
 
+/// The edge starts from what the database knows: relations, enterprises' ACL tables and recent
+/// token revocations, applied as the account events that made them.
+async fn prime_edge<S: accounts::store::AccountStore>(
+    store: &S,
+    edge: &mqtt_edge::Edge,
+) -> Result<(), accounts::store::StoreError> {
+    use wire::pb::{self, account_event::Event};
+    let events = edge.account_events();
+    let apply = |enterprise: String, event: Event| {
+        events.apply(&pb::AccountEvent { enterprise_id: enterprise, event: Some(event), ..Default::default() });
+    };
+    for (e, follower, followee) in store.all_follows().await? {
+        apply(e, Event::RelationChanged(pb::RelationChanged { follower, followee, following: true }));
+    }
+    for (e, p) in store.all_policies().await? {
+        let tables =
+            pb::AclChanged { version: p.version as u64, acl_rules: p.acl_rules, auto_subscribe: p.auto_subscribe };
+        apply(e, Event::AclChanged(tables));
+    }
+    let horizon = accounts::store::now_ms() - mqtt_edge::auth::REVOCATION_MEMORY_MS;
+    for (e, user_id, before) in store.revocations_since(horizon).await? {
+        let revoked = pb::TokenRevoked { user_id, issued_before_ms: before, ..Default::default() };
+        apply(e, Event::TokenRevoked(revoked));
+    }
+    Ok(())
+}
+
 /// Enterprise `acme`: alice and bob follow each other (friends), carol follows alice.
-async fn seed_demo(store: &accounts::sqlite::SqliteStore, password: &str) -> Result<(), String> {
-    use accounts::store::{AccountStore, StoreError};
+async fn seed_demo<S: accounts::store::AccountStore>(store: &S, password: &str) -> Result<(), String> {
+    use accounts::store::StoreError;
     let e = match store.create_enterprise("acme").await {
         Ok(e) => e,
         Err(StoreError::Conflict) => return Ok(()),
@@ -208,8 +232,15 @@ async fn serve(
     let telemetry = service_kit::telemetry::init("hermes", &edge_cfg.telemetry).map_err(|e| e.to_string())?;
     let anonymous = edge_cfg.auth.allow_anonymous;
     let users_file = edge_cfg.auth.users_file.clone();
+    let nats_url = edge_cfg.bus.nats_url.clone();
     let edge = mqtt_edge::Edge::start(edge_cfg)?;
-    let (http, admin) = start_accounts(&cfg, &edge, signer, demo.as_deref()).await?;
+    let bus: std::sync::Arc<dyn bus::Bus> = if nats_url.is_empty() {
+        std::sync::Arc::new(bus::memory::MemoryBus::default())
+    } else {
+        std::sync::Arc::new(bus::nats::NatsBus::connect(&nats_url).await.map_err(|e| format!("bus.nats_url: {e}"))?)
+    };
+    let _events = edge.account_events().follow(bus.as_ref()).await.map_err(|e| format!("bus: {e}"))?;
+    let (http, admin) = start_accounts(&cfg, &edge, bus, signer, demo.as_deref()).await?;
     let ops = if cfg.ops.addr.is_empty() {
         None
     } else {

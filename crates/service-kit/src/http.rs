@@ -14,7 +14,8 @@ pub fn ops_router(prometheus: PrometheusHandle) -> Router {
         .route("/readyz", get(|| async { "ready\n" }))
 }
 
-/// Binds `addr` and serves `router` until `stop` resolves. Returns the bound address.
+/// Binds `addr` and serves `router` until `stop` resolves. Returns the bound address. Handlers
+/// can read the peer address (`ConnectInfo<SocketAddr>`).
 pub async fn serve(
     addr: &str,
     router: Router,
@@ -23,7 +24,8 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tokio::spawn(async move {
-        let _ = axum::serve(listener, router).with_graceful_shutdown(stop).await;
+        let service = router.into_make_service_with_connect_info::<SocketAddr>();
+        let _ = axum::serve(listener, service).with_graceful_shutdown(stop).await;
     });
     Ok(local)
 }

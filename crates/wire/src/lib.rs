@@ -1,5 +1,5 @@
 //! Everything that crosses a process boundary: the protobuf contracts in `proto/`, envelope
-//! helpers, and (as the cluster arrives) NATS subject and Redis key builders.
+//! helpers, access tokens, NATS subjects (and, as the cluster arrives, Redis key builders).
 
 /// Generated protobuf types of package `hermes.v1`.
 #[allow(clippy::all, missing_docs)]
@@ -8,4 +8,5 @@ pub mod pb {
 }
 
 pub mod envelope;
+pub mod subjects;
 pub mod token;

@@ -20,8 +20,10 @@ pub struct AccessClaims {
     pub user_id: String,
     pub enterprise_id: String,
     pub username: String,
-    /// Unique per token, for revocation.
+    /// Unique per token.
     pub token_id: String,
+    /// When it was issued (Unix ms): revoking a user's tokens refuses those issued before an instant.
+    pub issued_at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -40,6 +42,7 @@ pub enum TokenError {
 
 const ENTERPRISE: &str = "eid";
 const USERNAME: &str = "usr";
+const ISSUED_MS: &str = "iat_ms";
 
 /// Signs tokens (the accounts tier holds this).
 #[derive(Debug)]
@@ -91,6 +94,7 @@ impl Signer {
         c.token_identifier(&claims.token_id).map_err(key_err)?;
         c.add_additional(ENTERPRISE, claims.enterprise_id.as_str()).map_err(key_err)?;
         c.add_additional(USERNAME, claims.username.as_str()).map_err(key_err)?;
+        c.add_additional(ISSUED_MS, claims.issued_at_ms).map_err(key_err)?;
         public::sign(&self.secret, &c, None, None).map_err(key_err)
     }
 }
@@ -127,6 +131,10 @@ impl Verifier {
             enterprise_id: text(ENTERPRISE)?,
             username: text(USERNAME)?,
             token_id: text("jti")?,
+            issued_at_ms: claims
+                .get_claim(ISSUED_MS)
+                .and_then(|v| v.as_i64())
+                .ok_or(TokenError::MissingClaim(ISSUED_MS))?,
         })
     }
 }
@@ -141,6 +149,7 @@ mod tests {
             enterprise_id: "acme".into(),
             username: "alice".into(),
             token_id: "t1".into(),
+            issued_at_ms: 1_700_000_000_000,
         }
     }
 

@@ -1,11 +1,21 @@
-//! Hermes accounts: the static tier. Enterprises and users with argon2id passwords, login to a
-//! signed MQTT access token, follow relations with incremental contact sync (design §2).
+//! Hermes accounts: the static tier (design §2). Enterprises and users with argon2id passwords,
+//! login to a signed MQTT access token and a rotating refresh token, follow relations with
+//! incremental contact sync, profiles and signatures, per-enterprise ACL tables, API keys, file
+//! uploads with signed links. Every change other services need goes out as an account event on
+//! the bus ([`events`]).
 //!
-//! `api::router` is generic over the [`store::AccountStore`] backend; [`sqlite::SqliteStore`] is
-//! the embedded one `hermes up` uses.
+//! `api::router` is generic over the [`store::AccountStore`] backend: [`sqlite::SqliteStore`]
+//! (embedded, `hermes up`) or [`postgres::PgStore`] (production).
+
+#[macro_use]
+mod sql;
 
 pub mod api;
+pub mod config;
 pub mod error;
+pub mod events;
+pub mod files;
+pub mod limiter;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;

@@ -19,17 +19,7 @@ impl PgStore {
     }
 }
 
-fn user(row: &sqlx::postgres::PgRow) -> User {
-    User {
-        id: row.get("id"),
-        enterprise_id: row.get("enterprise_id"),
-        username: row.get("username"),
-        display_name: row.get("display_name"),
-        signature: row.get("signature"),
-        disabled: row.get("disabled"),
-        password_hash: row.get("password_hash"),
-    }
-}
+shared_row_mappers!(sqlx::postgres::PgRow);
 
 impl AccountStore for PgStore {
     async fn create_enterprise(&self, name: &str) -> Result<Enterprise, StoreError> {
@@ -145,4 +135,6 @@ impl AccountStore for PgStore {
         .map_err(db)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
+
+    shared_store_methods!();
 }

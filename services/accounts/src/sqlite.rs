@@ -24,17 +24,7 @@ impl SqliteStore {
     }
 }
 
-fn user(row: &sqlx::sqlite::SqliteRow) -> User {
-    User {
-        id: row.get("id"),
-        enterprise_id: row.get("enterprise_id"),
-        username: row.get("username"),
-        display_name: row.get("display_name"),
-        signature: row.get("signature"),
-        disabled: row.get::<i64, _>("disabled") != 0,
-        password_hash: row.get("password_hash"),
-    }
-}
+shared_row_mappers!(sqlx::sqlite::SqliteRow);
 
 impl AccountStore for SqliteStore {
     async fn create_enterprise(&self, name: &str) -> Result<Enterprise, StoreError> {
@@ -66,29 +56,20 @@ impl AccountStore for SqliteStore {
         display_name: &str,
         password_hash: &str,
     ) -> Result<User, StoreError> {
-        let id = new_id();
-        sqlx::query(
+        let row = sqlx::query(
             "INSERT INTO users (id, enterprise_id, username, display_name, password_hash, created_ms) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
         )
-        .bind(&id)
+        .bind(new_id())
         .bind(enterprise_id)
         .bind(username)
         .bind(display_name)
         .bind(password_hash)
         .bind(now_ms())
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await
         .map_err(db)?;
-        Ok(User {
-            id,
-            enterprise_id: enterprise_id.to_owned(),
-            username: username.to_owned(),
-            display_name: display_name.to_owned(),
-            signature: String::new(),
-            disabled: false,
-            password_hash: password_hash.to_owned(),
-        })
+        Ok(user(&row))
     }
 
     async fn user_by_name(&self, enterprise_id: &str, username: &str) -> Result<Option<User>, StoreError> {
@@ -168,4 +149,6 @@ impl AccountStore for SqliteStore {
         .map_err(db)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
+
+    shared_store_methods!();
 }

@@ -17,9 +17,60 @@ pub struct User {
     pub username: String,
     pub display_name: String,
     pub signature: String,
+    pub avatar_url: String,
+    /// Where the user sits in the organisation: `/`-separated units, e.g. `sales/emea`.
+    pub org_unit: String,
+    /// An enterprise admin: may use the admin endpoints of their own enterprise.
+    pub admin: bool,
     pub disabled: bool,
+    /// Access tokens issued before this instant (Unix ms) are refused.
+    #[serde(skip)]
+    pub tokens_revoked_ms: i64,
     #[serde(skip)]
     pub password_hash: String,
+}
+
+/// Profile fields to change; `None` leaves one as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileUpdate {
+    pub display_name: Option<String>,
+    pub signature: Option<String>,
+    pub avatar_url: Option<String>,
+    pub org_unit: Option<String>,
+}
+
+/// What presenting a refresh token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshUse {
+    /// Valid and now used up: issue the next one in `family`.
+    Valid {
+        user_id: String,
+        family: String,
+    },
+    /// Already used once: someone replays it, so the family must be revoked.
+    Reused {
+        family: String,
+    },
+    Revoked,
+    Expired,
+    Unknown,
+}
+
+/// An enterprise's own ACL rules and auto-subscribe table (empty text: the default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Policy {
+    pub acl_rules: String,
+    pub auto_subscribe: String,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub enterprise_id: String,
+    pub name: String,
+    pub created_ms: i64,
 }
 
 /// One entry of a contacts sync: a user I follow, or stopped following (`following = false`).
@@ -85,6 +136,76 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Every current follow as (enterprise id, follower username, followee username): how an
     /// edge's relation store is primed at start.
     fn all_follows(&self) -> impl Future<Output = Result<Vec<(String, String, String)>, StoreError>> + Send;
+
+    fn user_by_id(&self, user_id: &str) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
+    /// Users of an enterprise in username order, after `after`, at most `limit`, optionally
+    /// only those in `org_unit` or below it.
+    fn list_users(
+        &self,
+        enterprise_id: &str,
+        after: &str,
+        limit: i64,
+        org_unit: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<User>, StoreError>> + Send;
+    /// Applies `update`; returns the user as it now is.
+    fn update_profile(
+        &self,
+        user_id: &str,
+        update: &ProfileUpdate,
+    ) -> impl Future<Output = Result<User, StoreError>> + Send;
+    fn set_flags(
+        &self,
+        user_id: &str,
+        disabled: bool,
+        admin: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn set_password(&self, user_id: &str, password_hash: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Refuses the user's access tokens issued before `before_ms` and revokes every refresh token.
+    fn revoke_tokens(&self, user_id: &str, before_ms: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn insert_refresh(
+        &self,
+        hash: &str,
+        user_id: &str,
+        family: &str,
+        expires_ms: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Uses up the refresh token with this hash, atomically: of two concurrent uses one wins.
+    fn use_refresh(&self, hash: &str, now_ms: i64) -> impl Future<Output = Result<RefreshUse, StoreError>> + Send;
+    fn revoke_refresh_family(&self, family: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// The family of the refresh token with this hash, if there is one.
+    fn refresh_family(&self, hash: &str) -> impl Future<Output = Result<Option<(String, String)>, StoreError>> + Send;
+
+    fn policy(&self, enterprise_id: &str) -> impl Future<Output = Result<Policy, StoreError>> + Send;
+    /// Replaces the enterprise's tables; returns the new version.
+    fn set_policy(
+        &self,
+        enterprise_id: &str,
+        acl_rules: &str,
+        auto_subscribe: &str,
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// Every enterprise's own tables: how edges are primed at start.
+    fn all_policies(&self) -> impl Future<Output = Result<Vec<(String, Policy)>, StoreError>> + Send;
+
+    /// Org units in use and how many users each has, in name order.
+    fn org_units(&self, enterprise_id: &str) -> impl Future<Output = Result<Vec<(String, i64)>, StoreError>> + Send;
+    /// (enterprise id, user id, tokens revoked before) for revocations after `since_ms`: how
+    /// edges are primed at start.
+    fn revocations_since(
+        &self,
+        since_ms: i64,
+    ) -> impl Future<Output = Result<Vec<(String, String, i64)>, StoreError>> + Send;
+
+    fn create_api_key(
+        &self,
+        enterprise_id: &str,
+        name: &str,
+        key_hash: &str,
+    ) -> impl Future<Output = Result<ApiKey, StoreError>> + Send;
+    fn list_api_keys(&self, enterprise_id: &str) -> impl Future<Output = Result<Vec<ApiKey>, StoreError>> + Send;
+    /// True if it existed.
+    fn delete_api_key(&self, enterprise_id: &str, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    fn api_key_by_hash(&self, key_hash: &str) -> impl Future<Output = Result<Option<ApiKey>, StoreError>> + Send;
 }
 
 /// A new random identifier (128 bits, hex).

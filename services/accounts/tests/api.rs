@@ -1,58 +1,80 @@
-//! The accounts REST API against its embedded SQLite backend, over real HTTP.
+//! The accounts REST API over real HTTP, against SQLite and against Postgres (a fresh database
+//! on the server `POSTGRES_TEST_URL` names), with the account events it puts on the bus.
 
+mod common;
+
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use accounts::api::{AccountsState, RelationHook, router};
-use accounts::sqlite::SqliteStore;
-use sdk::http::{Response, request};
+use accounts::api::{AccountsState, router};
+use accounts::config::AccountsConfig;
+use accounts::files::{DiskFiles, LinkSigner};
+use accounts::store::AccountStore;
+use bus::Bus;
+use bus::memory::MemoryBus;
+use prost::Message as _;
+use sdk::http::{RawResponse, Response, request, request_raw};
 use serde_json::{Value, json};
+use wire::pb::{AccountEvent, account_event::Event};
 use wire::token::Signer;
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<(String, String, String, bool)>>);
-
-impl RelationHook for Recorder {
-    fn follow_changed(&self, e: &str, a: &str, b: &str, following: bool) {
-        self.0.lock().expect("lock").push((e.into(), a.into(), b.into(), following));
-    }
-}
 
 struct Api {
     addr: SocketAddr,
-    hook: Arc<Recorder>,
     verifier: wire::token::Verifier,
+    events: tokio::sync::Mutex<bus::Subscription>,
 }
 
 const ADMIN: &str = "test-admin-key";
 
-async fn start() -> Api {
-    let dir = std::env::temp_dir().join(format!("hermes-accounts-{}-{}", std::process::id(), rand_suffix()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let store = SqliteStore::open(&dir.join("accounts.db")).await.expect("sqlite");
-    let signer = Signer::generate().expect("keys");
-    let verifier = signer.verifier().clone();
-    let hook = Arc::new(Recorder::default());
-    let state = AccountsState {
-        store,
-        signer,
-        token_ttl: Duration::from_secs(300),
-        admin_key: ADMIN.into(),
-        hook: hook.clone(),
-    };
-    let addr = serve(router(Arc::new(state))).await;
-    Api { addr, hook, verifier }
+/// Limits loose enough for tests that log in often from 127.0.0.1.
+fn test_config() -> AccountsConfig {
+    AccountsConfig { token_ttl_secs: 300, login_attempts_per_ip_per_minute: 0, ..AccountsConfig::default() }
 }
 
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+async fn start_on<S: AccountStore>(store: S, cfg: AccountsConfig) -> Api {
+    let signer = Signer::generate().expect("keys");
+    let verifier = signer.verifier().clone();
+    let bus = Arc::new(MemoryBus::default());
+    let events = bus.subscribe(wire::subjects::ALL_ACCOUNT_EVENTS).await.expect("subscribe");
+    let files = Arc::new(DiskFiles::new(std::env::temp_dir().join(common::unique("hermes-files"))));
+    let links = LinkSigner::new(b"test link key".to_vec());
+    let state = AccountsState::new(store, signer, cfg, ADMIN.into(), bus, files, links);
+    let addr = serve(router(Arc::new(state))).await;
+    Api { addr, verifier, events: tokio::sync::Mutex::new(events) }
+}
+
+async fn sqlite(cfg: AccountsConfig) -> Api {
+    let dir = std::env::temp_dir().join(common::unique("hermes-accounts"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let store = accounts::sqlite::SqliteStore::open(&dir.join("accounts.db")).await.expect("sqlite");
+    start_on(store, cfg).await
+}
+
+async fn postgres(cfg: AccountsConfig) -> Option<Api> {
+    let url = common::fresh_postgres_database().await?;
+    let store = accounts::postgres::PgStore::connect(&url, 4).await.expect("postgres");
+    Some(start_on(store, cfg).await)
+}
+
+/// Runs `test` against the API on SQLite, then on Postgres.
+async fn both<F, Fut>(cfg: AccountsConfig, test: F)
+where
+    F: Fn(Api) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    test(sqlite(cfg.clone()).await).await;
+    if let Some(api) = postgres(cfg).await {
+        test(api).await;
+    }
 }
 
 async fn serve(r: axum::Router) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move { axum::serve(listener, r).await });
+    let service = r.into_make_service_with_connect_info::<SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).await });
     addr
 }
 
@@ -61,21 +83,28 @@ impl Api {
         request(self.addr, method, path, headers, body.as_ref(), Duration::from_secs(10)).await.expect("http")
     }
 
+    async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> RawResponse {
+        request_raw(self.addr, method, path, headers, body, Duration::from_secs(10)).await.expect("http")
+    }
+
     async fn admin(&self, path: &str, body: Value) -> Response {
         self.call("POST", path, &[("X-Admin-Key", ADMIN)], Some(body)).await
     }
 
+    async fn try_login(&self, user: &str, password: &str) -> Response {
+        let body = json!({"enterprise": "acme", "username": user, "password": password});
+        self.call("POST", "/v1/login", &[], Some(body)).await
+    }
+
     async fn login(&self, user: &str) -> Value {
-        let r = self
-            .call(
-                "POST",
-                "/v1/login",
-                &[],
-                Some(json!({"enterprise": "acme", "username": user, "password": "correct horse"})),
-            )
-            .await;
+        let r = self.try_login(user, "correct horse").await;
         assert_eq!(r.status, 200, "{:?}", r.body);
         r.body
+    }
+
+    /// The access token of a fresh login, as an `Authorization` value.
+    async fn bearer(&self, user: &str) -> String {
+        bearer(self.login(user).await["access_token"].as_str().expect("token"))
     }
 
     async fn seed(&self) {
@@ -84,6 +113,20 @@ impl Api {
             let r = self.admin("/v1/enterprises/acme/users", json!({"username": u, "password": "correct horse"})).await;
             assert_eq!(r.status, 201, "{:?}", r.body);
         }
+        self.drain_events().await;
+    }
+
+    async fn next_event(&self) -> Event {
+        let mut events = self.events.lock().await;
+        let m = tokio::time::timeout(Duration::from_secs(5), events.next()).await.expect("an event").expect("bus open");
+        let e = AccountEvent::decode(m.payload).expect("protobuf");
+        assert_eq!(m.subject, wire::subjects::account_events(&e.enterprise_id));
+        e.event.expect("event set")
+    }
+
+    async fn drain_events(&self) {
+        let mut events = self.events.lock().await;
+        while tokio::time::timeout(Duration::from_millis(50), events.next()).await.is_ok() {}
     }
 }
 
@@ -92,52 +135,376 @@ fn bearer(token: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn login_returns_a_token_the_edge_can_verify() {
-    let api = start().await;
-    api.seed().await;
-    let body = api.login("alice").await;
-    let token = body["access_token"].as_str().expect("token");
-    let claims = api.verifier.verify(token).expect("verifies with the public key alone");
-    assert_eq!((claims.username.as_str(), claims.enterprise_id.as_str()), ("alice", "acme"));
-    assert_eq!(body["user_id"], claims.user_id);
-    assert_eq!(body["contacts"]["full"], true);
-    let pk = api.call("GET", "/v1/token/public-key", &[], None).await;
-    assert_eq!(pk.body["public_key"], api.verifier.to_paserk());
+async fn login_returns_tokens_the_edge_can_verify() {
+    both(test_config(), |api| async move {
+        api.seed().await;
+        let body = api.login("alice").await;
+        let token = body["access_token"].as_str().expect("token");
+        let claims = api.verifier.verify(token).expect("verifies with the public key alone");
+        assert_eq!((claims.username.as_str(), claims.enterprise_id.as_str()), ("alice", "acme"));
+        assert_eq!(body["user_id"], claims.user_id);
+        assert_eq!(body["contacts"]["full"], true);
+        assert!(body["refresh_token"].as_str().is_some_and(|t| t.len() > 40), "{body}");
+        let pk = api.call("GET", "/v1/token/public-key", &[], None).await;
+        assert_eq!(pk.body["public_key"], api.verifier.to_paserk());
+        let me = api.call("GET", "/v1/me", &[("Authorization", &bearer(token))], None).await;
+        assert_eq!((me.status, me.body["username"].as_str()), (200, Some("alice")));
+        assert!(me.body.get("password_hash").is_none(), "hashes never leave the service");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn follows_and_incremental_contact_sync() {
-    let api = start().await;
-    api.seed().await;
-    let alice = api.login("alice").await["access_token"].as_str().expect("token").to_owned();
-    let bob = api.login("bob").await["access_token"].as_str().expect("token").to_owned();
-    let a = bearer(&alice);
-    let b = bearer(&bob);
-    assert_eq!(api.call("PUT", "/v1/follows/bob", &[("Authorization", &a)], None).await.status, 200);
-    assert_eq!(api.call("PUT", "/v1/follows/carol", &[("Authorization", &a)], None).await.status, 200);
-    assert_eq!(api.call("PUT", "/v1/follows/alice", &[("Authorization", &b)], None).await.status, 200);
-    let full = api.call("GET", "/v1/contacts", &[("Authorization", &a)], None).await.body;
-    let names: Vec<(&str, bool)> = full["contacts"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|c| (c["username"].as_str().unwrap_or(""), c["friend"] == true))
-        .collect();
-    assert_eq!(names, vec![("bob", true), ("carol", false)]);
-    let version = full["version"].as_i64().expect("version");
-    // Only what changed since then, removals included.
-    assert_eq!(api.call("DELETE", "/v1/follows/carol", &[("Authorization", &a)], None).await.status, 200);
-    let delta = api.call("GET", &format!("/v1/contacts?since={version}"), &[("Authorization", &a)], None).await.body;
-    assert_eq!(delta["full"], false);
-    let changes = delta["contacts"].as_array().expect("list");
-    assert_eq!(changes.len(), 1, "{delta}");
-    assert_eq!((changes[0]["username"].as_str(), changes[0]["following"].as_bool()), (Some("carol"), Some(false)));
-    let unchanged =
-        api.call("GET", &format!("/v1/contacts?since={}", delta["version"]), &[("Authorization", &a)], None).await;
-    assert!(unchanged.body["contacts"].as_array().expect("list").is_empty());
-    let seen = api.hook.0.lock().expect("lock").clone();
-    assert_eq!(seen.len(), 4, "every change reaches the hook: {seen:?}");
-    assert_eq!(seen[3], ("acme".into(), "alice".into(), "carol".into(), false));
+    both(test_config(), |api| async move {
+        api.seed().await;
+        let (a, b) = (api.bearer("alice").await, api.bearer("bob").await);
+        assert_eq!(api.call("PUT", "/v1/follows/bob", &[("Authorization", &a)], None).await.status, 200);
+        assert_eq!(api.call("PUT", "/v1/follows/carol", &[("Authorization", &a)], None).await.status, 200);
+        assert_eq!(api.call("PUT", "/v1/follows/alice", &[("Authorization", &b)], None).await.status, 200);
+        let full = api.call("GET", "/v1/contacts", &[("Authorization", &a)], None).await.body;
+        let names: Vec<(&str, bool)> = full["contacts"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|c| (c["username"].as_str().unwrap_or(""), c["friend"] == true))
+            .collect();
+        assert_eq!(names, vec![("bob", true), ("carol", false)]);
+        let version = full["version"].as_i64().expect("version");
+        // Only what changed since then, removals included.
+        assert_eq!(api.call("DELETE", "/v1/follows/carol", &[("Authorization", &a)], None).await.status, 200);
+        let delta =
+            api.call("GET", &format!("/v1/contacts?since={version}"), &[("Authorization", &a)], None).await.body;
+        assert_eq!(delta["full"], false);
+        let changes = delta["contacts"].as_array().expect("list");
+        assert_eq!(changes.len(), 1, "{delta}");
+        assert_eq!((changes[0]["username"].as_str(), changes[0]["following"].as_bool()), (Some("carol"), Some(false)));
+        let path = format!("/v1/contacts?since={}", delta["version"]);
+        let unchanged = api.call("GET", &path, &[("Authorization", &a)], None).await;
+        assert!(unchanged.body["contacts"].as_array().expect("list").is_empty());
+        // Every change went out on the bus, by username.
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            match api.next_event().await {
+                Event::RelationChanged(r) => seen.push((r.follower, r.followee, r.following)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen[3], ("alice".into(), "carol".into(), false), "{seen:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refresh_tokens_rotate_and_a_reused_one_ends_the_session() {
+    both(test_config(), |api| async move {
+        api.seed().await;
+        let first = api.login("alice").await["refresh_token"].as_str().expect("refresh").to_owned();
+        let refresh = |t: &str| api.call("POST", "/v1/token/refresh", &[], Some(json!({"refresh_token": t})));
+        let r = refresh(&first).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let second = r.body["refresh_token"].as_str().expect("rotated").to_owned();
+        assert_ne!(second, first);
+        api.verifier.verify(r.body["access_token"].as_str().expect("access")).expect("a new access token");
+        // The first one again: someone copied it. Both holders lose the session.
+        let replay = refresh(&first).await;
+        assert_eq!(replay.status, 401);
+        assert!(replay.body["message"].as_str().is_some_and(|m| m.contains("already used")), "{:?}", replay.body);
+        assert_eq!(refresh(&second).await.status, 401, "the whole family is revoked");
+        assert_eq!(refresh("hr_made_up").await.status, 401);
+
+        // Logout ends one session; others go on.
+        let phone = api.login("alice").await["refresh_token"].as_str().expect("refresh").to_owned();
+        let pc = api.login("alice").await["refresh_token"].as_str().expect("refresh").to_owned();
+        let out = api.call("POST", "/v1/logout", &[], Some(json!({"refresh_token": phone}))).await;
+        assert_eq!(out.status, 204);
+        assert_eq!(refresh(&phone).await.status, 401);
+        let pc = refresh(&pc).await;
+        assert_eq!(pc.status, 200);
+
+        // Logout everywhere: every refresh token and access token, and the edges are told.
+        let access = bearer(pc.body["access_token"].as_str().expect("access"));
+        let pc_refresh = pc.body["refresh_token"].as_str().expect("refresh").to_owned();
+        let out =
+            api.call("POST", "/v1/logout", &[("Authorization", &access)], Some(json!({"everywhere": true}))).await;
+        assert_eq!(out.status, 204, "{:?}", out.body);
+        assert_eq!(refresh(&pc_refresh).await.status, 401);
+        let me = api.call("GET", "/v1/me", &[("Authorization", &access)], None).await;
+        assert_eq!(me.status, 401, "the access token is revoked");
+        match api.next_event().await {
+            Event::TokenRevoked(t) => assert_eq!(t.username, "alice"),
+            other => panic!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        api.login("alice").await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_are_rate_limited_per_address_and_accounts_lock_after_failures() {
+    let cfg = AccountsConfig {
+        login_attempts_per_ip_per_minute: 8,
+        login_failures_before_lockout: 3,
+        lockout_secs: 60,
+        ..test_config()
+    };
+    both(cfg, |api| async move {
+        api.seed().await;
+        for _ in 0..3 {
+            assert_eq!(api.try_login("bob", "wrong password").await.status, 401);
+        }
+        let locked = api.try_login("bob", "correct horse").await;
+        assert_eq!(
+            (locked.status, locked.body["error"].as_str()),
+            (429, Some("too_many_requests")),
+            "{:?}",
+            locked.body
+        );
+        assert!(locked.body["message"].as_str().is_some_and(|m| m.contains("locked")));
+        assert_eq!(api.try_login("alice", "correct horse").await.status, 200, "other accounts are not locked");
+        // Four attempts counted so far from 127.0.0.1 (a locked account's refusal is not one);
+        // four more are allowed this minute.
+        for user in ["carol", "carol", "alice", "alice"] {
+            assert_eq!(api.try_login(user, "wrong password").await.status, 401);
+        }
+        let body = br#"{"enterprise":"acme","username":"alice","password":"correct horse"}"#;
+        let r = api.raw("POST", "/v1/login", &[("Content-Type", "application/json")], body).await;
+        assert_eq!(r.status, 429);
+        let retry: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After");
+        assert!((1..=60).contains(&retry), "{retry}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disabling_a_user_refuses_their_tokens_and_tells_the_edges() {
+    both(test_config(), |api| async move {
+        api.seed().await;
+        let session = api.login("carol").await;
+        let token = bearer(session["access_token"].as_str().expect("access"));
+        let admin = [("X-Admin-Key", ADMIN)];
+        let r = api.call("PATCH", "/v1/enterprises/acme/users/carol", &admin, Some(json!({"disabled": true}))).await;
+        assert_eq!((r.status, r.body["disabled"].as_bool()), (200, Some(true)), "{:?}", r.body);
+        match api.next_event().await {
+            Event::UserDisabled(u) => assert_eq!(
+                (u.username.as_str(), u.user_id.as_str()),
+                ("carol", session["user_id"].as_str().unwrap_or(""))
+            ),
+            other => panic!("{other:?}"),
+        }
+        let r = api.try_login("carol", "correct horse").await;
+        assert_eq!((r.status, r.body["error"].as_str()), (403, Some("disabled")));
+        assert_eq!(api.call("GET", "/v1/me", &[("Authorization", &token)], None).await.status, 403);
+        let refresh = json!({"refresh_token": session["refresh_token"]});
+        assert_eq!(api.call("POST", "/v1/token/refresh", &[], Some(refresh)).await.status, 401);
+        // Enabled again, carol logs in; an admin can also just end her sessions.
+        let r = api.call("PATCH", "/v1/enterprises/acme/users/carol", &admin, Some(json!({"disabled": false}))).await;
+        assert_eq!(r.status, 200);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        api.login("carol").await;
+        let r = api.call("POST", "/v1/enterprises/acme/users/carol/revoke-tokens", &admin, None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        match api.next_event().await {
+            Event::TokenRevoked(t) => assert_eq!(t.issued_before_ms, r.body["revoked_before_ms"].as_i64().unwrap_or(0)),
+            other => panic!("{other:?}"),
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn profiles_signatures_org_units_and_paged_user_lists() {
+    both(test_config(), |api| async move {
+        api.seed().await;
+        let bob = api.bearer("bob").await;
+        let auth = [("Authorization", bob.as_str())];
+        let r = api.call("PATCH", "/v1/me", &auth, Some(json!({"signature": "on holiday", "display_name": "Bob B."}))).await;
+        assert_eq!((r.status, r.body["signature"].as_str()), (200, Some("on holiday")), "{:?}", r.body);
+        match api.next_event().await {
+            Event::ProfileChanged(p) => assert!(p.signature_changed && p.signature == "on holiday" && p.display_name == "Bob B."),
+            other => panic!("{other:?}"),
+        }
+        let r = api.call("PATCH", "/v1/me", &auth, Some(json!({"display_name": "Bobby"}))).await;
+        assert_eq!(r.status, 200);
+        match api.next_event().await {
+            Event::ProfileChanged(p) => assert!(!p.signature_changed, "only the name changed"),
+            other => panic!("{other:?}"),
+        }
+        let r = api.call("PATCH", "/v1/me", &auth, Some(json!({"org_unit": "board"}))).await;
+        assert_eq!(r.status, 403, "users do not move themselves in the organisation");
+
+        let admin = [("X-Admin-Key", ADMIN)];
+        for (u, unit) in [("alice", "sales/emea"), ("bob", "sales"), ("carol", "it")] {
+            let path = format!("/v1/enterprises/acme/users/{u}");
+            assert_eq!(api.call("PATCH", &path, &admin, Some(json!({"org_unit": unit}))).await.status, 200);
+        }
+        let page1 = api.call("GET", "/v1/enterprises/acme/users?limit=2", &admin, None).await.body;
+        let names = |v: &Value| v["users"].as_array().expect("users").iter().map(|u| u["username"].as_str().unwrap_or("").to_owned()).collect::<Vec<_>>();
+        assert_eq!((names(&page1), page1["next"].as_str()), (vec!["alice".to_owned(), "bob".to_owned()], Some("bob")));
+        let page2 = api.call("GET", "/v1/enterprises/acme/users?limit=2&after=bob", &admin, None).await.body;
+        assert_eq!((names(&page2), page2["next"].clone()), (vec!["carol".to_owned()], Value::Null));
+        let sales = api.call("GET", "/v1/enterprises/acme/users?org_unit=sales", &admin, None).await.body;
+        assert_eq!(names(&sales), vec!["alice", "bob"]);
+        let units = api.call("GET", "/v1/enterprises/acme/org-units", &admin, None).await.body;
+        assert_eq!(units["org_units"], json!([{"org_unit": "it", "users": 1}, {"org_unit": "sales", "users": 1}, {"org_unit": "sales/emea", "users": 1}]));
+
+        // A password change ends every session.
+        let r = api.call("PUT", "/v1/me/password", &auth, Some(json!({"current_password": "wrong one", "new_password": "new horse battery"}))).await;
+        assert_eq!(r.status, 403);
+        let r = api.call("PUT", "/v1/me/password", &auth, Some(json!({"current_password": "correct horse", "new_password": "new horse battery"}))).await;
+        assert_eq!(r.status, 204, "{:?}", r.body);
+        assert_eq!(api.call("GET", "/v1/me", &auth, None).await.status, 401);
+        assert_eq!(api.try_login("bob", "correct horse").await.status, 401);
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(api.try_login("bob", "new horse battery").await.status, 200);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enterprise_admins_administer_their_own_enterprise_only() {
+    both(test_config(), |api| async move {
+        api.seed().await;
+        assert_eq!(api.admin("/v1/enterprises", json!({"name": "globex"})).await.status, 201);
+        let r = api
+            .admin(
+                "/v1/enterprises/acme/users",
+                json!({"username": "root", "password": "correct horse", "admin": true}),
+            )
+            .await;
+        assert_eq!((r.status, r.body["admin"].as_bool()), (201, Some(true)));
+        let root = api.bearer("root").await;
+        let alice = api.bearer("alice").await;
+        let new_user = json!({"username": "dave", "password": "correct horse", "org_unit": "it"});
+        let r =
+            api.call("POST", "/v1/enterprises/acme/users", &[("Authorization", &root)], Some(new_user.clone())).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let r =
+            api.call("POST", "/v1/enterprises/globex/users", &[("Authorization", &root)], Some(new_user.clone())).await;
+        assert_eq!((r.status, r.body["error"].as_str()), (403, Some("forbidden")));
+        let r = api.call("POST", "/v1/enterprises/acme/users", &[("Authorization", &alice)], Some(new_user)).await;
+        assert_eq!(r.status, 403, "not an admin");
+        let r =
+            api.call("POST", "/v1/enterprises", &[("Authorization", &root)], Some(json!({"name": "initech"}))).await;
+        assert_eq!(r.status, 403, "only the operator creates enterprises");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acl_tables_are_validated_stored_and_published() {
+    both(test_config(), |api| async move {
+        api.seed().await;
+        let admin = [("X-Admin-Key", ADMIN)];
+        let shown = api.call("GET", "/v1/enterprises/acme/acl", &admin, None).await.body;
+        assert_eq!((shown["version"].as_i64(), shown["acl_rules"].as_str()), (Some(0), Some("")));
+        assert!(shown["defaults"]["acl_rules"].as_str().is_some_and(|t| t.contains("%e/im/msg/%u")));
+        let bad = json!({"acl_rules": "pattern fly %e/#", "auto_subscribe": ""});
+        let r = api.call("PUT", "/v1/enterprises/acme/acl", &admin, Some(bad)).await;
+        assert_eq!(r.status, 400);
+        assert!(r.body["message"].as_str().is_some_and(|m| m.contains("acl_rules")), "{:?}", r.body);
+        let bad = json!({"acl_rules": "", "auto_subscribe": "%e/x nine"});
+        let r = api.call("PUT", "/v1/enterprises/acme/acl", &admin, Some(bad)).await;
+        assert!(r.body["message"].as_str().is_some_and(|m| m.contains("auto_subscribe")), "{:?}", r.body);
+        let good = json!({"acl_rules": "pattern readwrite %e/team/#", "auto_subscribe": "%e/team/general 1"});
+        let r = api.call("PUT", "/v1/enterprises/acme/acl", &admin, Some(good)).await;
+        assert_eq!((r.status, r.body["version"].as_i64()), (200, Some(1)), "{:?}", r.body);
+        match api.next_event().await {
+            Event::AclChanged(a) => assert_eq!((a.version, a.auto_subscribe.as_str()), (1, "%e/team/general 1")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(api.call("GET", "/v1/enterprises/acme/acl", &admin, None).await.body["version"], 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_keys_show_their_secret_once() {
+    both(test_config(), |api| async move {
+        api.seed().await;
+        let admin = [("X-Admin-Key", ADMIN)];
+        let r = api.call("POST", "/v1/enterprises/acme/api-keys", &admin, Some(json!({"name": "billing"}))).await;
+        assert_eq!(r.status, 201);
+        assert!(r.body["key"].as_str().is_some_and(|k| k.starts_with("hk_")));
+        let id = r.body["id"].as_str().expect("id").to_owned();
+        let again = api.call("POST", "/v1/enterprises/acme/api-keys", &admin, Some(json!({"name": "billing"}))).await;
+        assert_eq!(again.status, 409);
+        let list = api.call("GET", "/v1/enterprises/acme/api-keys", &admin, None).await.body;
+        assert_eq!(list["api_keys"].as_array().map(Vec::len), Some(1));
+        assert!(list["api_keys"][0].get("key").is_none(), "secrets are not listed");
+        let path = format!("/v1/enterprises/acme/api-keys/{id}");
+        assert_eq!(api.call("DELETE", &path, &admin, None).await.status, 204);
+        assert_eq!(api.call("DELETE", &path, &admin, None).await.status, 404);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_give_an_expiring_signed_link() {
+    let cfg = AccountsConfig { max_upload_bytes: 64 * 1024, ..test_config() };
+    both(cfg, |api| async move {
+        api.seed().await;
+        let alice = api.bearer("alice").await;
+        let data: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        let headers = [("Authorization", alice.as_str()), ("Content-Type", "application/pdf")];
+        let r = api.raw("POST", "/v1/files?name=Q3%20report.pdf", &headers, &data).await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+        let link: Value = serde_json::from_slice(&r.body).expect("json");
+        assert_eq!(
+            (link["size"].as_u64(), link["content_type"].as_str(), link["file_name"].as_str()),
+            (Some(50_000), Some("application/pdf"), Some("Q3 report.pdf"))
+        );
+        let url = link["url"].as_str().expect("url");
+        let path =
+            url.split_once(&api.addr.to_string()).map(|(_, p)| p.to_owned()).expect("the link points at this server");
+        let got = api.raw("GET", &path, &[], b"").await;
+        assert_eq!((got.status, got.header("content-type")), (200, Some("application/pdf")));
+        assert_eq!(got.body, data, "the same bytes come back");
+        assert!(got.header("content-disposition").is_some_and(|d| d.contains("Q3 report.pdf")));
+        let tampered = path.replace("ct=application%2Fpdf", "ct=text%2Fhtml");
+        assert_eq!(api.raw("GET", &tampered, &[], b"").await.status, 403, "the type is signed");
+        let expired = path.replace("exp=", "exp=1");
+        assert_eq!(api.raw("GET", &expired, &[], b"").await.status, 403);
+
+        let big = vec![0u8; 64 * 1024 + 1];
+        let r = api.raw("POST", "/v1/files?name=big.bin", &headers, &big).await;
+        assert_eq!(r.status, 413);
+        let r = api.raw("POST", "/v1/files?name=a.bin", &[("Authorization", alice.as_str())], b"x").await;
+        assert_eq!(r.status, 415, "no content type");
+        let r = api.raw("POST", "/v1/files?name=a%2Fb", &headers, b"x").await;
+        assert_eq!(r.status, 400, "no slashes in names");
+        let r = api.raw("POST", "/v1/files?name=a.bin", &[("Content-Type", "text/plain")], b"x").await;
+        assert_eq!(r.status, 401);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openapi_document_names_every_route_there_is() {
+    let api = sqlite(test_config()).await;
+    let doc = api.call("GET", "/openapi.json", &[], None).await.body;
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.len() >= 18, "{}", paths.len());
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{enterprise}", "acme")
+            .replace("{username}", "bob")
+            .replace("{id}", "x")
+            .replace("{sha256}", "ab");
+        for method in ops.as_object().expect("operations").keys() {
+            let r = api.call(&method.to_uppercase(), &concrete, &[], None).await;
+            let missing = r.status == 405
+                || (r.status == 404 && r.body["message"].as_str().is_some_and(|m| m.starts_with("no such endpoint")));
+            assert!(!missing, "{method} {path} is documented but not served: {} {:?}", r.status, r.body);
+            assert!(r.body["error"].is_string() || r.status < 400, "{method} {path}: JSON errors");
+        }
+    }
+    let r = api.call("GET", "/v1/nothing-here", &[], None).await;
+    assert_eq!((r.status, r.body["error"].as_str()), (404, Some("not_found")));
+    let r = api.call("DELETE", "/v1/login", &[], None).await;
+    assert_eq!((r.status, r.body["error"].as_str()), (405, Some("method_not_allowed")));
 }
 
 /// method, path, headers, body, expected status, expected error code
@@ -145,7 +512,7 @@ type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Option<Value>, u16, 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_get_json_errors_naming_the_problem() {
-    let api = start().await;
+    let api = sqlite(test_config()).await;
     api.seed().await;
     let cases: Vec<Case> = vec![
         (
@@ -195,6 +562,38 @@ async fn bad_requests_get_json_errors_naming_the_problem() {
         ("GET", "/v1/contacts", vec![], None, 401, "unauthorized"),
         ("GET", "/v1/contacts", vec![("Authorization", "Bearer v4.public.forged")], None, 401, "unauthorized"),
         ("PUT", "/v1/follows/alice", vec![("Authorization", "Bearer nope")], None, 401, "unauthorized"),
+        ("GET", "/v1/contacts?since=abc", vec![], None, 400, "invalid_request"),
+        ("GET", "/v1/enterprises/acme/users?limit=0", vec![("X-Admin-Key", ADMIN)], None, 400, "invalid_request"),
+        ("GET", "/v1/enterprises/acme/users?color=red", vec![("X-Admin-Key", ADMIN)], None, 400, "invalid_request"),
+        ("GET", "/v1/enterprises/acme/users", vec![("X-Admin-Key", "wrong")], None, 403, "forbidden"),
+        ("GET", "/v1/enterprises/none/users", vec![("X-Admin-Key", ADMIN)], None, 404, "not_found"),
+        (
+            "PATCH",
+            "/v1/enterprises/acme/users/alice",
+            vec![("X-Admin-Key", ADMIN)],
+            Some(json!({"avatar_url": "javascript:x"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "PATCH",
+            "/v1/enterprises/acme/users/alice",
+            vec![("X-Admin-Key", ADMIN)],
+            Some(json!({"org_unit": "a//b"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "PATCH",
+            "/v1/enterprises/acme/users/alice",
+            vec![("X-Admin-Key", ADMIN)],
+            Some(json!({"nickname": "x"})),
+            400,
+            "invalid_request",
+        ),
+        ("POST", "/v1/token/refresh", vec![], Some(json!({})), 400, "invalid_request"),
+        ("POST", "/v1/logout", vec![], Some(json!({})), 400, "invalid_request"),
+        ("POST", "/v1/logout", vec![], Some(json!({"everywhere": true})), 401, "unauthorized"),
     ];
     for (method, path, headers, body, status, code) in cases {
         let r = api.call(method, path, &headers, body.clone()).await;
@@ -212,9 +611,11 @@ async fn bad_requests_get_json_errors_naming_the_problem() {
             .await
             .expect("http");
     assert_eq!(raw.status, 400);
-    let alice = api.login("alice").await["access_token"].as_str().expect("token").to_owned();
-    let r = api.call("PUT", "/v1/follows/nobody", &[("Authorization", &bearer(&alice))], None).await;
+    let alice = api.bearer("alice").await;
+    let r = api.call("PUT", "/v1/follows/nobody", &[("Authorization", &alice)], None).await;
     assert_eq!((r.status, r.body["error"].as_str()), (404, Some("not_found")));
-    let r = api.call("PUT", "/v1/follows/alice", &[("Authorization", &bearer(&alice))], None).await;
+    let r = api.call("PATCH", "/v1/me", &[("Authorization", &alice)], Some(json!({"signature": "a\u{0007}b"}))).await;
+    assert!(r.body["message"].as_str().is_some_and(|m| m.contains("signature")), "{:?}", r.body);
+    let r = api.call("PUT", "/v1/follows/alice", &[("Authorization", &alice)], None).await;
     assert_eq!(r.status, 400, "cannot follow yourself");
 }

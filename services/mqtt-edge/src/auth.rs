@@ -3,6 +3,7 @@
 //! when the operator turned anonymous access on.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 use service_kit::password;
 use wire::token::{TokenError, Verifier};
@@ -19,6 +20,8 @@ pub struct Identity {
     pub user_id: String,
     /// Authenticated with an access token: enterprise ACL and auto-subscribe apply.
     pub via_token: bool,
+    /// When the access token was issued (Unix ms); 0 for other users.
+    pub issued_at_ms: i64,
 }
 
 /// The outcome of checking CONNECT credentials; refusals carry the reason string for v5.
@@ -36,7 +39,13 @@ pub struct Authenticator {
     allow_anonymous: bool,
     users: HashMap<String, String>,
     tokens: Option<Verifier>,
+    /// Per (enterprise, user id): tokens issued before this instant (Unix ms) are refused.
+    revoked: Mutex<HashMap<(String, String), i64>>,
 }
+
+/// How long an edge remembers a revocation: longer than any access token lives (accounts caps
+/// `token_ttl_secs` at a day).
+pub const REVOCATION_MEMORY_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// Access tokens are PASETO v4.public: anything else in the password field is a password.
 const TOKEN_PREFIX: &[u8] = b"v4.public.";
@@ -65,7 +74,21 @@ impl Authenticator {
             .then(|| Verifier::from_paserk(&cfg.token_public_key))
             .transpose()
             .map_err(|e| format!("auth.token_public_key: {e}"))?;
-        Ok(Authenticator { allow_anonymous: cfg.allow_anonymous, users, tokens })
+        Ok(Authenticator { allow_anonymous: cfg.allow_anonymous, users, tokens, revoked: Mutex::default() })
+    }
+
+    /// Refuses the user's tokens issued before `before_ms` from now on (revocation, disabling).
+    /// Revocations older than [`REVOCATION_MEMORY_MS`] are forgotten: such tokens have expired.
+    pub fn revoke(&self, enterprise: &str, user_id: &str, before_ms: i64) {
+        let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        revoked.retain(|_, before| *before >= before_ms.saturating_sub(REVOCATION_MEMORY_MS));
+        let entry = revoked.entry((enterprise.to_owned(), user_id.to_owned())).or_default();
+        *entry = (*entry).max(before_ms);
+    }
+
+    fn is_revoked(&self, enterprise: &str, user_id: &str, issued_at_ms: i64) -> bool {
+        let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        revoked.get(&(enterprise.to_owned(), user_id.to_owned())).is_some_and(|before| issued_at_ms < *before)
     }
 
     pub fn allows_anonymous(&self) -> bool {
@@ -81,11 +104,15 @@ impl Authenticator {
                 Ok(c) if username.is_some_and(|u| u != c.username) => {
                     AuthDecision::BadCredentials("the token belongs to another user")
                 }
+                Ok(c) if self.is_revoked(&c.enterprise_id, &c.user_id, c.issued_at_ms) => {
+                    AuthDecision::NotAuthorized("the access token has been revoked")
+                }
                 Ok(c) => AuthDecision::Allow(Identity {
                     username: c.username,
                     enterprise: c.enterprise_id,
                     user_id: c.user_id,
                     via_token: true,
+                    issued_at_ms: c.issued_at_ms,
                 }),
                 Err(TokenError::Expired) => AuthDecision::NotAuthorized("the access token has expired"),
                 Err(_) => AuthDecision::BadCredentials("the access token is not valid"),

@@ -1,13 +1,15 @@
 //! What an authenticated connection may do: the ACL checked at SUBSCRIBE and PUBLISH, and the
 //! auto-subscriptions made at CONNECT (design §3).
 //!
-//! Token (enterprise) users always have an ACL: the configured one or the built-in enterprise
-//! rules. Other users are checked against the configured ACL if there is one, and are
+//! Token (enterprise) users always have an ACL: their enterprise's own tables when the accounts
+//! tier has sent them (`AclChanged` events), else the configured one, else the built-in
+//! enterprise rules. Other users are checked against the configured ACL if there is one, and are
 //! otherwise unrestricted. Relation placeholders (`%f`, `%F`) expand from the relation store
 //! at every check, so a relation change applies to the next SUBSCRIBE or PUBLISH at once; the
 //! hub's `reauthorize` applies it to subscriptions already made.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use broker::QoS;
 use broker::acl::{self, AclTable, AutoSubscribe, Subject};
@@ -16,11 +18,20 @@ use broker::relations::RelationStore;
 use crate::auth::Identity;
 use crate::config::AuthConfig;
 
+/// The rules one enterprise's token users live by.
+#[derive(Debug)]
+pub struct Policy {
+    acl: AclTable,
+    auto_subscribe: Vec<AutoSubscribe>,
+}
+
 #[derive(Debug)]
 pub struct Authorizer {
     configured: Option<AclTable>,
-    enterprise: AclTable,
-    auto_subscribe: Vec<AutoSubscribe>,
+    /// For enterprises without their own tables.
+    default_policy: Arc<Policy>,
+    /// Enterprises' own tables, by enterprise id.
+    enterprises: RwLock<HashMap<String, Arc<Policy>>>,
     relations: Arc<dyn RelationStore>,
 }
 
@@ -36,14 +47,40 @@ impl Authorizer {
         let configured = read("auth.acl_file", &cfg.acl_file)?
             .map(|t| AclTable::parse(&t).map_err(|e| format!("auth.acl_file {}: {e}", cfg.acl_file)))
             .transpose()?;
-        let enterprise = match &configured {
+        let acl = match &configured {
             Some(t) => t.clone(),
             None => AclTable::parse(acl::DEFAULT_ACL).map_err(|e| format!("built-in ACL: {e}"))?,
         };
         let auto_text = read("auth.auto_subscribe_file", &cfg.auto_subscribe_file)?;
         let auto_subscribe = acl::parse_auto_subscribe(auto_text.as_deref().unwrap_or(acl::DEFAULT_AUTO_SUBSCRIBE))
             .map_err(|e| format!("auth.auto_subscribe_file {}: {e}", cfg.auto_subscribe_file))?;
-        Ok(Authorizer { configured, enterprise, auto_subscribe, relations })
+        Ok(Authorizer {
+            configured,
+            default_policy: Arc::new(Policy { acl, auto_subscribe }),
+            enterprises: RwLock::default(),
+            relations,
+        })
+    }
+
+    /// Gives `enterprise` its own ACL and auto-subscribe tables (replacing what it had); an
+    /// empty text keeps the edge's default for that table.
+    pub fn set_policy(&self, enterprise: &str, acl_text: &str, auto_text: &str) -> Result<(), String> {
+        let acl = match acl_text.trim() {
+            "" => self.default_policy.acl.clone(),
+            t => AclTable::parse(t).map_err(|e| format!("ACL: {e}"))?,
+        };
+        let auto_subscribe = match auto_text.trim() {
+            "" => self.default_policy.auto_subscribe.clone(),
+            t => acl::parse_auto_subscribe(t).map_err(|e| format!("auto-subscribe: {e}"))?,
+        };
+        let policy = Arc::new(Policy { acl, auto_subscribe });
+        self.enterprises.write().unwrap_or_else(|e| e.into_inner()).insert(enterprise.to_owned(), policy);
+        Ok(())
+    }
+
+    fn policy(&self, enterprise: &str) -> Arc<Policy> {
+        let own = self.enterprises.read().unwrap_or_else(|e| e.into_inner()).get(enterprise).cloned();
+        own.unwrap_or_else(|| self.default_policy.clone())
     }
 
     /// Runs `f` with `who` as an ACL subject, relation sets looked up now.
@@ -65,16 +102,22 @@ impl Authorizer {
         })
     }
 
-    fn table(&self, who: &Identity) -> Option<&AclTable> {
-        if who.via_token { Some(&self.enterprise) } else { self.configured.as_ref() }
+    /// Whether `who` may, by the table that applies to them; no table means unrestricted.
+    fn allowed(&self, who: &Identity, client_id: &str, check: impl FnOnce(&AclTable, &Subject<'_>) -> bool) -> bool {
+        if who.via_token {
+            let policy = self.policy(&who.enterprise);
+            self.with_subject(who, client_id, |s| check(&policy.acl, s))
+        } else {
+            self.configured.as_ref().is_none_or(|t| self.with_subject(who, client_id, |s| check(t, s)))
+        }
     }
 
     pub fn can_publish(&self, who: &Identity, client_id: &str, topic: &str) -> bool {
-        self.table(who).is_none_or(|t| self.with_subject(who, client_id, |s| t.can_publish(s, topic)))
+        self.allowed(who, client_id, |t, s| t.can_publish(s, topic))
     }
 
     pub fn can_subscribe(&self, who: &Identity, client_id: &str, filter: &str) -> bool {
-        self.table(who).is_none_or(|t| self.with_subject(who, client_id, |s| t.can_subscribe(s, filter)))
+        self.allowed(who, client_id, |t, s| t.can_subscribe(s, filter))
     }
 
     /// The subscriptions a token user gets at CONNECT without asking.
@@ -82,6 +125,7 @@ impl Authorizer {
         if !who.via_token {
             return Vec::new();
         }
-        self.with_subject(who, client_id, |s| acl::auto_subscriptions(&self.auto_subscribe, s))
+        let policy = self.policy(&who.enterprise);
+        self.with_subject(who, client_id, |s| acl::auto_subscriptions(&policy.auto_subscribe, s))
     }
 }

@@ -16,7 +16,17 @@ pub struct EdgeConfig {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub ops: OpsConfig,
+    pub bus: BusConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// The bus between services.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BusConfig {
+    /// NATS server URL (`nats://host:4222`); empty: no bus (standalone edge, or the in-process
+    /// bus of `hermes up`).
+    pub nats_url: String,
 }
 
 /// The operations HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.

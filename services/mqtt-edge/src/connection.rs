@@ -103,6 +103,10 @@ impl Sink {
                         v5::codec::DisconnectReasonCode::QuotaExceeded,
                         "too many undelivered messages: the client reads too slowly",
                     ),
+                    CloseReason::Revoked => (
+                        v5::codec::DisconnectReasonCode::AdministrativeAction,
+                        "the user was disabled or their access token revoked",
+                    ),
                 };
                 let mut pkt = v5::codec::Disconnect::new(code);
                 pkt.reason_string = Some(ByteString::from_static(text));

@@ -37,6 +37,8 @@ pub enum CloseReason {
     ServerShuttingDown,
     /// The connection did not keep up with its deliveries (v5 0x97 quota exceeded).
     SlowConsumer,
+    /// The user was disabled or their token revoked (v5 0x98 administrative action).
+    Revoked,
 }
 
 /// A will message and its delay (v5; 0 for v3).
@@ -475,7 +477,8 @@ impl Hub {
     /// Relations of `users` in `enterprise` changed: re-check their live sessions' subscriptions
     /// against the ACL (dropping what it no longer allows) and add the auto-subscriptions it now
     /// gives. Parked sessions are re-checked when they reconnect.
-    pub fn reauthorize(&self, authz: &Authorizer, enterprise: &str, users: &[&str], now_ms: u64) {
+    /// `users` `None` means every user of the enterprise (its ACL tables changed).
+    pub fn reauthorize(&self, authz: &Authorizer, enterprise: &str, users: Option<&[&str]>, now_ms: u64) {
         let mut st = self.lock();
         let affected: Vec<(Arc<str>, Arc<Identity>)> = st
             .live
@@ -483,7 +486,7 @@ impl Hub {
             .filter(|(_, l)| {
                 l.identity.via_token
                     && l.identity.enterprise == enterprise
-                    && users.contains(&l.identity.username.as_str())
+                    && users.is_none_or(|u| u.contains(&l.identity.username.as_str()))
             })
             .map(|(cid, l)| (cid.clone(), l.identity.clone()))
             .collect();
@@ -562,6 +565,21 @@ impl Hub {
     /// Counts a QoS 0 delivery written to a socket.
     pub fn sent_qos0(&self) {
         self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Closes the live connections of a token user whose token was issued before `before_ms`
+    /// (v5 0x98); returns how many.
+    pub fn close_user(&self, enterprise: &str, user_id: &str, before_ms: i64) -> usize {
+        let st = self.lock();
+        let mut closed = 0;
+        for live in st.live.values() {
+            let who = &live.identity;
+            if who.via_token && who.enterprise == enterprise && who.user_id == user_id && who.issued_at_ms < before_ms {
+                live.link.close(CloseReason::Revoked);
+                closed += 1;
+            }
+        }
+        closed
     }
 
     /// Asks every live connection to close (server shutdown).

@@ -9,6 +9,7 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod events;
 pub mod guard;
 pub mod hub;
 pub mod ingress;
@@ -59,15 +60,10 @@ impl Edge {
         &self.relations
     }
 
-    /// A handle the accounts tier (in the same process) tells about follow changes.
-    pub fn relation_updater(&self) -> RelationUpdater {
-        RelationUpdater { relations: self.relations.clone(), hub: self.hub.clone(), authz: self.shared.authz.clone() }
-    }
-
-    /// Relations of `users` in `enterprise` changed: their connected sessions lose the
-    /// subscriptions the ACL no longer allows and gain the auto-subscriptions it now gives.
-    pub fn relations_changed(&self, enterprise: &str, users: &[&str]) {
-        self.hub.reauthorize(&self.shared.authz, enterprise, users, message::now_ms());
+    /// Applies account events (relations, revocations, signatures, ACL tables) to this edge;
+    /// `AccountEvents::follow` takes them from a bus.
+    pub fn account_events(&self) -> events::AccountEvents {
+        events::AccountEvents { shared: self.shared.clone(), relations: self.relations.clone() }
     }
 
     pub fn addrs(&self) -> &BoundAddrs {
@@ -85,7 +81,15 @@ impl Edge {
 pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     let telemetry = service_kit::telemetry::init("mqtt-edge", &cfg.telemetry).map_err(|e| e.to_string())?;
     let ops_addr = cfg.ops.addr.clone();
+    let nats_url = cfg.bus.nats_url.clone();
     let edge = Edge::start(cfg)?;
+    let _events = if nats_url.is_empty() {
+        tracing::warn!("bus.nats_url is empty: account events (revocations, relation changes) do not reach this edge");
+        None
+    } else {
+        let bus = bus::nats::NatsBus::connect(&nats_url).await.map_err(|e| format!("bus.nats_url: {e}"))?;
+        Some(edge.account_events().follow(&bus).await.map_err(|e| format!("bus: {e}"))?)
+    };
     if !ops_addr.is_empty() {
         let router = service_kit::http::ops_router(telemetry.prometheus.clone());
         let addr = service_kit::http::serve(&ops_addr, router, service_kit::shutdown::signal())
@@ -100,19 +104,4 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     edge.stop().await;
     drop(telemetry);
     Ok(())
-}
-
-/// Applies follow changes to the edge: the relation store and the live sessions of both users.
-#[derive(Debug, Clone)]
-pub struct RelationUpdater {
-    relations: Arc<dyn RelationStore>,
-    hub: Arc<hub::Hub>,
-    authz: Arc<authz::Authorizer>,
-}
-
-impl RelationUpdater {
-    pub fn follow_changed(&self, enterprise: &str, follower: &str, followee: &str, following: bool) {
-        self.relations.set_follow(enterprise, follower, followee, following);
-        self.hub.reauthorize(&self.authz, enterprise, &[follower, followee], message::now_ms());
-    }
 }

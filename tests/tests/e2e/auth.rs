@@ -43,16 +43,10 @@ mod tokens {
 
     use hermes_tests::*;
     use sdk::mqtt::{Connect, Packet, SubscribeTopic, Version};
-    use wire::token::{AccessClaims, Signer};
+    use wire::token::Signer;
 
     fn token(signer: &Signer, user: &str, ttl: Duration) -> Vec<u8> {
-        let claims = AccessClaims {
-            user_id: format!("id-{user}"),
-            enterprise_id: "acme".into(),
-            username: user.into(),
-            token_id: format!("t-{user}"),
-        };
-        signer.sign(&claims, ttl).expect("sign").into_bytes()
+        access_token(signer, user, ttl)
     }
 
     fn with_token(id: &str, user: Option<&str>, token: Vec<u8>) -> Connect {
@@ -181,38 +175,6 @@ mod tokens {
         late.subscribe(vec![SubscribeTopic::new("acme/im/pres/alice", 0)], WAIT).await.expect("suback");
         let kept = expect_publish(&mut late).await;
         assert_eq!((&kept.payload[..], kept.retain), (&b"offline"[..], true));
-        edge.stop().await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn relation_changes_apply_to_connected_sessions() {
-        let signer = Signer::generate().expect("keys");
-        let public = signer.verifier().to_paserk();
-        let edge = TestEdge::start_with(|c| c.auth.token_public_key = public).await;
-        let t = |user: &str| token(&signer, user, Duration::from_secs(60));
-        let (mut alice, _) = edge.connect(Version::V5, with_token("alice", None, t("alice"))).await;
-        let (mut bob, _) = edge.connect(Version::V311, with_token("bob", None, t("bob"))).await;
-        let codes = alice.subscribe(vec![SubscribeTopic::new("acme/im/sig/bob", 0)], WAIT).await.expect("suback");
-        assert_eq!(codes, vec![0x87], "not friends yet");
-
-        edge.edge().relations().set_follow("acme", "alice", "bob", true);
-        edge.edge().relations().set_follow("acme", "bob", "alice", true);
-        edge.edge().relations_changed("acme", &["alice", "bob"]);
-        // Friends now: auto-subscribed to each other's presence (retained "online" arrives)
-        // and signatures.
-        let pres = expect_publish(&mut alice).await;
-        assert_eq!((pres.topic.as_str(), &pres.payload[..]), ("acme/im/pres/bob", &b"online"[..]));
-        let pres = expect_publish(&mut bob).await;
-        assert_eq!(pres.topic, "acme/im/pres/alice");
-        bob.publish("acme/im/sig/bob", b"in a meeting", 0, true, WAIT).await.expect("publish");
-        assert_eq!(&expect_publish(&mut alice).await.payload[..], b"in a meeting");
-
-        edge.edge().relations().set_follow("acme", "bob", "alice", false);
-        edge.edge().relations_changed("acme", &["alice", "bob"]);
-        bob.publish("acme/im/sig/bob", b"free again", 0, true, WAIT).await.expect("publish");
-        expect_nothing(&mut alice).await;
-        let codes = alice.subscribe(vec![SubscribeTopic::new("acme/im/sig/bob", 0)], WAIT).await.expect("suback");
-        assert_eq!(codes, vec![0x87], "no longer friends");
         edge.stop().await;
     }
 }

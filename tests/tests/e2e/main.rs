@@ -1,7 +1,9 @@
 //! End-to-end tests of the MQTT edge: the real server in-process, real sockets, a raw client
 //! for exact packet-level expectations, and external clients (mosquitto, paho) for interop.
 
+mod account_events;
 mod auth;
+mod backends;
 mod delivery;
 mod interop;
 mod layering;

@@ -1,0 +1,60 @@
+//! What every [`Bus`] must do; run against each implementation.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::{Bus, BusError, Subscription};
+
+async fn next(sub: &mut Subscription) -> (String, Bytes) {
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("a message within 5 s")
+        .expect("subscription open");
+    (m.subject, m.payload)
+}
+
+async fn nothing(sub: &mut Subscription) {
+    if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+        panic!("unexpected message {m:?}");
+    }
+}
+
+/// Panics with what is wrong. Uses subjects under `contract.<random>` so runs don't interfere.
+pub async fn check(bus: &dyn Bus) {
+    let root =
+        format!("contract.r{}", std::process::id() ^ (std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos())));
+    let s = |tail: &str| format!("{root}.{tail}");
+    let mut exact = bus.subscribe(&s("a.b")).await.expect("subscribe exact");
+    let mut star = bus.subscribe(&s("*.b")).await.expect("subscribe *");
+    let mut tail = bus.subscribe(&s(">")).await.expect("subscribe >");
+
+    for i in 0..3u8 {
+        bus.publish(&s("a.b"), Bytes::from(vec![i])).await.expect("publish");
+    }
+    for sub in [&mut exact, &mut star, &mut tail] {
+        for i in 0..3u8 {
+            assert_eq!(next(sub).await, (s("a.b"), Bytes::from(vec![i])), "in publish order");
+        }
+    }
+
+    bus.publish(&s("a.b.c"), Bytes::from_static(b"deep")).await.expect("publish");
+    assert_eq!(next(&mut tail).await, (s("a.b.c"), Bytes::from_static(b"deep")), "`>` matches many tokens");
+    nothing(&mut exact).await;
+    nothing(&mut star).await;
+
+    // A dropped subscription is gone; the others keep receiving.
+    drop(exact);
+    bus.publish(&s("x.b"), Bytes::from_static(b"x")).await.expect("publish after a drop");
+    assert_eq!(next(&mut star).await.1, Bytes::from_static(b"x"));
+    assert_eq!(next(&mut tail).await.1, Bytes::from_static(b"x"));
+
+    // Empty payloads travel; bad subjects are refused, not sent.
+    bus.publish(&s("a.b"), Bytes::new()).await.expect("empty payload");
+    assert_eq!(next(&mut star).await.1, Bytes::new());
+    assert_eq!(next(&mut tail).await.1, Bytes::new());
+    assert!(matches!(bus.publish(&s("a.*"), Bytes::new()).await, Err(BusError::InvalidSubject(_))));
+    assert!(matches!(bus.publish("a..b", Bytes::new()).await, Err(BusError::InvalidSubject(_))));
+    assert!(matches!(bus.subscribe("a.>.b").await, Err(BusError::InvalidSubject(_))));
+    nothing(&mut tail).await;
+}

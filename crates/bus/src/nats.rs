@@ -1,0 +1,45 @@
+//! The production bus: NATS core publish/subscribe through async-nats.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::{BoxFuture, Bus, BusError, BusMessage, Subscription, valid_subject};
+
+#[derive(Debug, Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+}
+
+impl NatsBus {
+    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`); async-nats reconnects by itself.
+    pub async fn connect(url: &str) -> Result<NatsBus, BusError> {
+        let client = async_nats::connect(url).await.map_err(|e| BusError::Transport(format!("{url}: {e}")))?;
+        Ok(NatsBus { client })
+    }
+}
+
+impl Bus for NatsBus {
+    fn publish<'a>(&'a self, subject: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            if !valid_subject(subject, false) {
+                return Err(BusError::InvalidSubject(subject.to_owned()));
+            }
+            self.client.publish(subject.to_owned(), payload).await.map_err(|e| BusError::Transport(e.to_string()))?;
+            // Out of the client's buffer before we report success.
+            self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))
+        })
+    }
+
+    fn subscribe<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, Result<Subscription, BusError>> {
+        Box::pin(async move {
+            if !valid_subject(subject, true) {
+                return Err(BusError::InvalidSubject(subject.to_owned()));
+            }
+            let sub =
+                self.client.subscribe(subject.to_owned()).await.map_err(|e| BusError::Transport(e.to_string()))?;
+            // The server knows about the subscription before we hand it out.
+            self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))?;
+            Ok(Subscription::new(sub.map(|m| BusMessage { subject: m.subject.to_string(), payload: m.payload })))
+        })
+    }
+}

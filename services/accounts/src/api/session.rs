@@ -1,0 +1,177 @@
+//! Sessions: password login (rate limited, with lockout) to an MQTT access token and a refresh
+//! token; refresh (rotating, with reuse detection); logout.
+
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use wire::token::AccessClaims;
+
+use super::{Body, ClientIp, Shared, caller, disabled, verify_password};
+use crate::error::ApiError;
+use crate::files::sha256_hex;
+use crate::limiter::Throttled;
+use crate::store::{AccountStore, Contact, RefreshUse, User, new_id, now_ms};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Login {
+    enterprise: String,
+    username: String,
+    password: String,
+}
+
+pub(crate) fn contacts_json(contacts: &[Contact], since: i64) -> Value {
+    let version = contacts.iter().map(|c| c.version).max().unwrap_or(since);
+    json!({ "version": version, "full": since == 0, "contacts": contacts })
+}
+
+fn throttled(t: Throttled) -> ApiError {
+    let (scope, what) = match t {
+        Throttled::Address { .. } => ("address", "too many login attempts from this address"),
+        Throttled::Account { .. } => ("account", "this account is locked after failed logins"),
+    };
+    metrics::counter!("hermes_accounts_logins_throttled_total", "scope" => scope).increment(1);
+    let secs = t.retry_after().as_secs().max(1);
+    let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", format!("{what}: retry in {secs} s"));
+    e.retry_after = Some(secs);
+    e
+}
+
+pub(crate) async fn login<S: AccountStore>(
+    State(st): State<Shared<S>>,
+    ClientIp(ip): ClientIp,
+    Body(req): Body<Login>,
+) -> Result<Json<Value>, ApiError> {
+    let account = format!("{}/{}", req.enterprise, req.username);
+    st.limiter.lock().unwrap_or_else(|e| e.into_inner()).attempt(ip, &account, Instant::now()).map_err(throttled)?;
+    let found = match st.store.enterprise_by_name(&req.enterprise).await? {
+        Some(e) => st.store.user_by_name(&e.id, &req.username).await?,
+        None => None,
+    };
+    // Unknown users cost an argon2 verification too: timing does not tell who exists.
+    let hash = found.as_ref().map_or_else(dummy_hash, |u| u.password_hash.clone());
+    let verified = verify_password(hash, req.password).await && found.is_some();
+    let user = match found {
+        Some(u) if verified => u,
+        _ => {
+            metrics::counter!("hermes_accounts_login_failures_total").increment(1);
+            if st.limiter.lock().unwrap_or_else(|e| e.into_inner()).failed(&account, Instant::now()) {
+                metrics::counter!("hermes_accounts_lockouts_total").increment(1);
+                tracing::warn!(%account, %ip, "account locked after failed logins");
+            }
+            return Err(ApiError::unauthorized("unknown enterprise, user or password"));
+        }
+    };
+    st.limiter.lock().unwrap_or_else(|e| e.into_inner()).succeeded(&account);
+    if user.disabled {
+        return Err(disabled());
+    }
+    let mut body = issue(&st, &user, &new_id()).await?;
+    let contacts = st.store.contacts_since(&user.id, 0).await?;
+    body["contacts"] = contacts_json(&contacts, 0);
+    metrics::counter!("hermes_accounts_logins_total").increment(1);
+    Ok(Json(body))
+}
+
+fn dummy_hash() -> String {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| service_kit::password::hash("no such user").unwrap_or_default()).clone()
+}
+
+/// A new access token and the next refresh token of `family`.
+async fn issue<S: AccountStore>(st: &Shared<S>, user: &User, family: &str) -> Result<Value, ApiError> {
+    let claims = AccessClaims {
+        user_id: user.id.clone(),
+        enterprise_id: user.enterprise_id.clone(),
+        username: user.username.clone(),
+        token_id: new_id(),
+        issued_at_ms: now_ms(),
+    };
+    let ttl = Duration::from_secs(st.cfg.token_ttl_secs);
+    let access = st.signer.sign(&claims, ttl).map_err(ApiError::internal)?;
+    let refresh = format!("hr_{}{}", new_id(), new_id());
+    let refresh_ttl = st.cfg.refresh_ttl_secs;
+    let expires = now_ms().saturating_add((refresh_ttl as i64).saturating_mul(1000));
+    st.store.insert_refresh(&sha256_hex(refresh.as_bytes()), &user.id, family, expires).await?;
+    Ok(json!({
+        "user_id": user.id,
+        "enterprise_id": user.enterprise_id,
+        "username": user.username,
+        "access_token": access,
+        "token_type": "PASETO-v4-public",
+        "expires_in": ttl.as_secs(),
+        "refresh_token": refresh,
+        "refresh_expires_in": refresh_ttl,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Refresh {
+    refresh_token: String,
+}
+
+pub(crate) async fn refresh<S: AccountStore>(
+    State(st): State<Shared<S>>,
+    Body(req): Body<Refresh>,
+) -> Result<Json<Value>, ApiError> {
+    let invalid = |why: &str| ApiError::unauthorized(format!("the refresh token {why}: log in again"));
+    let (user_id, family) = match st.store.use_refresh(&sha256_hex(req.refresh_token.as_bytes()), now_ms()).await? {
+        RefreshUse::Valid { user_id, family } => (user_id, family),
+        RefreshUse::Reused { family } => {
+            // A used token shown again: it was copied. End the whole session, for both holders.
+            st.store.revoke_refresh_family(&family).await?;
+            metrics::counter!("hermes_accounts_refresh_reuse_total").increment(1);
+            tracing::warn!(%family, "refresh token reused: session revoked");
+            return Err(invalid("was already used, so this session is now revoked"));
+        }
+        RefreshUse::Revoked => return Err(invalid("has been revoked")),
+        RefreshUse::Expired => return Err(invalid("has expired")),
+        RefreshUse::Unknown => return Err(invalid("is not valid")),
+    };
+    let user = st.store.user_by_id(&user_id).await?.ok_or_else(|| invalid("is not valid"))?;
+    if user.disabled {
+        return Err(disabled());
+    }
+    metrics::counter!("hermes_accounts_refreshes_total").increment(1);
+    Ok(Json(issue(&st, &user, &family).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Logout {
+    refresh_token: Option<String>,
+    /// Also end every other session and revoke every access token (needs the access token).
+    #[serde(default)]
+    everywhere: bool,
+}
+
+pub(crate) async fn logout<S: AccountStore>(
+    State(st): State<Shared<S>>,
+    headers: HeaderMap,
+    Body(req): Body<Logout>,
+) -> Result<StatusCode, ApiError> {
+    if req.everywhere {
+        let (_, user) = caller(&st, &headers).await?;
+        let before = now_ms();
+        st.store.revoke_tokens(&user.id, before).await?;
+        st.events.tokens_revoked(&user, before).await;
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    let token =
+        req.refresh_token.ok_or_else(|| ApiError::bad_request("send `refresh_token`, or `everywhere: true`"))?;
+    // Unknown tokens get the same answer: logout tells nobody which tokens exist.
+    if let Some((_, family)) = st.store.refresh_family(&sha256_hex(token.as_bytes())).await? {
+        st.store.revoke_refresh_family(&family).await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn public_key<S: AccountStore>(State(st): State<Shared<S>>) -> Json<Value> {
+    Json(json!({ "public_key": st.signer.verifier().to_paserk() }))
+}

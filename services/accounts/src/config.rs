@@ -1,0 +1,65 @@
+//! The accounts tier's configuration (`[http]` in `hermes up`), with production defaults.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountsConfig {
+    /// REST API listen address.
+    pub addr: String,
+    /// Postgres URL (`postgres://user@host/db`); empty: SQLite in the data directory.
+    pub database_url: String,
+    /// Lifetime of MQTT access tokens, in seconds (at most a day: edges remember revocations a week).
+    pub token_ttl_secs: u64,
+    /// Lifetime of refresh tokens, in seconds.
+    pub refresh_ttl_secs: u64,
+    /// Password login attempts one client address may make per minute; 0 = unlimited.
+    pub login_attempts_per_ip_per_minute: u32,
+    /// Consecutive wrong passwords that lock an account; 0 = never.
+    pub login_failures_before_lockout: u32,
+    /// How long a locked account stays locked, in seconds.
+    pub lockout_secs: u64,
+    /// Largest upload, in bytes.
+    pub max_upload_bytes: u64,
+    /// How long a download link works, in seconds.
+    pub file_link_ttl_secs: u64,
+    /// The base URL clients reach this API at, for download links; empty: `http://<addr>`.
+    pub public_url: String,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        AccountsConfig {
+            addr: "127.0.0.1:8080".into(),
+            database_url: String::new(),
+            token_ttl_secs: 3600,
+            refresh_ttl_secs: 30 * 24 * 3600,
+            login_attempts_per_ip_per_minute: 60,
+            login_failures_before_lockout: 5,
+            lockout_secs: 300,
+            max_upload_bytes: 100 * 1024 * 1024,
+            file_link_ttl_secs: 7 * 24 * 3600,
+            public_url: String::new(),
+        }
+    }
+}
+
+impl AccountsConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(1..=86_400).contains(&self.token_ttl_secs) {
+            return Err("http.token_ttl_secs must be between 1 and 86400".into());
+        }
+        if self.refresh_ttl_secs == 0 {
+            return Err("http.refresh_ttl_secs must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn login_limits(&self) -> crate::limiter::LoginLimits {
+        crate::limiter::LoginLimits {
+            attempts_per_ip_per_minute: self.login_attempts_per_ip_per_minute,
+            failures_before_lockout: self.login_failures_before_lockout,
+            lockout: std::time::Duration::from_secs(self.lockout_secs),
+        }
+    }
+}

