@@ -1,6 +1,7 @@
 //! Client verbs, enough to use Hermes from two terminals: `login` (keeps a session file),
-//! `contacts`, `follow`, `send` (a text envelope to a user's inbox) and `listen` (prints what
-//! arrives, decoding envelopes).
+//! `contacts`, `follow`, `send` (a text envelope to a user's inbox), `listen` (prints what
+//! arrives, decoding envelopes), `signature`, `presence` (watch friends come and go) and
+//! `logout`. An expired access token is renewed with the session's refresh token.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +24,8 @@ struct Session {
     enterprise_id: String,
     username: String,
     access_token: String,
+    #[serde(default)]
+    refresh_token: String,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -37,6 +40,72 @@ impl SessionArg {
         let text = std::fs::read_to_string(&self.session)
             .map_err(|e| format!("{}: {e} (run `hermes login` first)", self.session.display()))?;
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", self.session.display()))
+    }
+
+    fn save(&self, s: &Session) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(s).map_err(|e| e.to_string())?;
+        std::fs::write(&self.session, text).map_err(|e| format!("{}: {e}", self.session.display()))
+    }
+}
+
+/// A loaded session that renews its access token when the server says it expired.
+struct Live {
+    s: Session,
+    file: SessionArg,
+}
+
+impl Live {
+    fn load(file: &SessionArg) -> Result<Live, String> {
+        Ok(Live { s: file.load()?, file: file.clone() })
+    }
+
+    /// Trades the refresh token for new tokens and saves them.
+    async fn renew(&mut self) -> Result<(), String> {
+        if self.s.refresh_token.is_empty() {
+            return Err("the access token expired: run `hermes login` again".into());
+        }
+        let body = json!({"refresh_token": self.s.refresh_token});
+        let r = sdk::http::request(self.s.http, "POST", "/v1/token/refresh", &[], Some(&body), TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status != 200 {
+            return Err(format!("{} (run `hermes login` again)", api_error(&r)));
+        }
+        self.s.access_token = r.body["access_token"].as_str().unwrap_or_default().to_owned();
+        self.s.refresh_token = r.body["refresh_token"].as_str().unwrap_or_default().to_owned();
+        self.file.save(&self.s)
+    }
+
+    /// An API call with the access token, renewed once if it was refused as expired.
+    async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, String> {
+        for attempt in 0..2 {
+            let auth = format!("Bearer {}", self.s.access_token);
+            let r = sdk::http::request(self.s.http, method, path, &[("Authorization", &auth)], body.as_ref(), TIMEOUT)
+                .await
+                .map_err(|e| e.to_string())?;
+            match r.status {
+                200 | 204 => return Ok(r.body),
+                401 if attempt == 0 => self.renew().await?,
+                _ => return Err(api_error(&r)),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// An MQTT v5 connection with the access token, renewed once if the edge refused it.
+    async fn connect(&mut self, suffix: &str) -> Result<Client, String> {
+        match connect(&self.s, suffix).await {
+            Err(Refused::Token(_)) => {
+                self.renew().await?;
+                connect(&self.s, suffix).await.map_err(|e| e.to_string())
+            }
+            other => other.map_err(|e| e.to_string()),
+        }
     }
 }
 
@@ -89,6 +158,23 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Clone, clap::Args)]
+pub struct SignatureArgs {
+    /// The new signature (empty clears it); friends see it at once.
+    text: String,
+    #[command(flatten)]
+    session: SessionArg,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogoutArgs {
+    /// End every session of this user, on every device, and close their connections.
+    #[arg(long)]
+    everywhere: bool,
+    #[command(flatten)]
+    session: SessionArg,
+}
+
+#[derive(Debug, Clone, clap::Args)]
 pub struct ListenArgs {
     /// Stop after this many messages (0 = until Ctrl-C).
     #[arg(long, default_value_t = 0)]
@@ -136,9 +222,9 @@ pub fn login(args: LoginArgs) -> Result<(), String> {
             enterprise_id: r.body["enterprise_id"].as_str().unwrap_or_default().to_owned(),
             username: r.body["username"].as_str().unwrap_or_default().to_owned(),
             access_token: r.body["access_token"].as_str().unwrap_or_default().to_owned(),
+            refresh_token: r.body["refresh_token"].as_str().unwrap_or_default().to_owned(),
         };
-        let text = serde_json::to_string_pretty(&session).map_err(|e| e.to_string())?;
-        std::fs::write(&args.session.session, text).map_err(|e| format!("{}: {e}", args.session.session.display()))?;
+        args.session.save(&session)?;
         println!(
             "logged in as {}@{}; session in {}",
             session.username,
@@ -169,30 +255,19 @@ fn print_contacts(c: &serde_json::Value) {
     println!("contacts version {}", c["version"]);
 }
 
-async fn authed(s: &Session, method: &str, path: &str) -> Result<serde_json::Value, String> {
-    let auth = format!("Bearer {}", s.access_token);
-    let r = sdk::http::request(s.http, method, path, &[("Authorization", &auth)], None, TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
-    if r.status != 200 {
-        return Err(api_error(&r));
-    }
-    Ok(r.body)
-}
-
 pub fn contacts(args: ContactsArgs) -> Result<(), String> {
-    let s = args.session.load()?;
+    let mut live = Live::load(&args.session)?;
     runtime()?.block_on(async {
-        print_contacts(&authed(&s, "GET", &format!("/v1/contacts?since={}", args.since)).await?);
+        print_contacts(&live.call("GET", &format!("/v1/contacts?since={}", args.since), None).await?);
         Ok(())
     })
 }
 
 pub fn follow(args: FollowArgs) -> Result<(), String> {
-    let s = args.session.load()?;
+    let mut live = Live::load(&args.session)?;
     let method = if args.unfollow { "DELETE" } else { "PUT" };
     runtime()?.block_on(async {
-        let r = authed(&s, method, &format!("/v1/follows/{}", args.username)).await?;
+        let r = live.call(method, &format!("/v1/follows/{}", args.username), None).await?;
         println!(
             "{} {} (version {})",
             if args.unfollow { "unfollowed" } else { "following" },
@@ -203,8 +278,45 @@ pub fn follow(args: FollowArgs) -> Result<(), String> {
     })
 }
 
-async fn connect(s: &Session, suffix: &str) -> Result<Client, String> {
-    let mut c = Client::connect_tcp(s.mqtt, Version::V5).await.map_err(|e| format!("{}: {e}", s.mqtt))?;
+pub fn signature(args: SignatureArgs) -> Result<(), String> {
+    let mut live = Live::load(&args.session)?;
+    runtime()?.block_on(async {
+        let me = live.call("PATCH", "/v1/me", Some(json!({"signature": args.text}))).await?;
+        println!("signature of {}: {}", live.s.username, me["signature"].as_str().unwrap_or(""));
+        Ok(())
+    })
+}
+
+pub fn logout(args: LogoutArgs) -> Result<(), String> {
+    let mut live = Live::load(&args.session)?;
+    runtime()?.block_on(async {
+        let body =
+            if args.everywhere { json!({"everywhere": true}) } else { json!({"refresh_token": live.s.refresh_token}) };
+        live.call("POST", "/v1/logout", Some(body)).await?;
+        let _ = std::fs::remove_file(&args.session.session);
+        println!("logged out{}", if args.everywhere { " everywhere" } else { "" });
+        Ok(())
+    })
+}
+
+/// Why a CONNECT failed: the token (renewable) or anything else.
+#[derive(Debug)]
+enum Refused {
+    Token(String),
+    Other(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Token(m) | Refused::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+async fn connect(s: &Session, suffix: &str) -> Result<Client, Refused> {
+    let mut c =
+        Client::connect_tcp(s.mqtt, Version::V5).await.map_err(|e| Refused::Other(format!("{}: {e}", s.mqtt)))?;
     let hello = Connect {
         client_id: format!("{}-{suffix}", s.username),
         clean_start: true,
@@ -215,16 +327,19 @@ async fn connect(s: &Session, suffix: &str) -> Result<Client, String> {
     match c.handshake(hello, TIMEOUT).await {
         Ok(Packet::ConnAck { code: 0, .. }) => Ok(c),
         Ok(Packet::ConnAck { code, properties, .. }) => {
-            Err(format!("refused ({code:#x}): {}", properties.reason_string.unwrap_or_default()))
+            let why = format!("refused ({code:#x}): {}", properties.reason_string.unwrap_or_default());
+            // 0x87: expired or revoked token; a refresh may fix the first.
+            Err(if code == 0x87 { Refused::Token(why) } else { Refused::Other(why) })
         }
-        other => Err(format!("no CONNACK: {other:?}")),
+        other => Err(Refused::Other(format!("no CONNACK: {other:?}"))),
     }
 }
 
 pub fn send(args: SendArgs) -> Result<(), String> {
-    let s = args.session.load()?;
+    let mut live = Live::load(&args.session)?;
     runtime()?.block_on(async {
-        let mut c = connect(&s, &format!("send-{}", std::process::id())).await?;
+        let mut c = live.connect(&format!("send-{}", std::process::id())).await?;
+        let s = &live.s;
         let msg_id = format!("{:x}-{}", sdk_now_ms(), std::process::id());
         let env = envelope::text(msg_id, s.username.clone(), Direction::P2p, &args.text, sdk_now_ms() as i64);
         let topic = format!("{}/im/msg/{}", s.enterprise_id, args.to);
@@ -240,10 +355,36 @@ pub fn send(args: SendArgs) -> Result<(), String> {
 }
 
 pub fn listen(args: ListenArgs) -> Result<(), String> {
-    let s = args.session.load()?;
+    watch(args, "listening", |topic, payload| {
+        match envelope::decode(payload).ok().filter(|e| e.version == envelope::VERSION) {
+            Some(e) => Some(format!("{topic} [{}] {}", e.source, String::from_utf8_lossy(&e.data))),
+            None => Some(format!("{topic} {}", String::from_utf8_lossy(payload))),
+        }
+    })
+}
+
+/// Prints friends' presence and signatures as they change (retained states first).
+pub fn presence(args: ListenArgs) -> Result<(), String> {
+    watch(args, "watching presence", |topic, payload| {
+        let text = String::from_utf8_lossy(payload);
+        let mut levels = topic.split('/');
+        match (levels.next(), levels.next(), levels.next(), levels.next()) {
+            (Some(_), Some("im"), Some("pres"), Some(user)) => Some(format!("{user} is {text}")),
+            (Some(_), Some("im"), Some("sig"), Some(user)) => Some(format!("{user} signature: {text}")),
+            _ => None,
+        }
+    })
+}
+
+/// Connects and prints each PUBLISH `show` formats; counts only those.
+fn watch(args: ListenArgs, what: &str, show: impl Fn(&str, &[u8]) -> Option<String>) -> Result<(), String> {
+    let mut live = Live::load(&args.session)?;
     runtime()?.block_on(async {
-        let mut c = connect(&s, "listen").await?;
-        println!("listening as {}@{} (inbox, friends' presence, notices)", s.username, s.enterprise_id);
+        let mut c = live.connect(what.split(' ').next().unwrap_or("watch")).await?;
+        println!(
+            "{what} as {}@{} (inbox, friends' presence and signatures, notices)",
+            live.s.username, live.s.enterprise_id
+        );
         use std::io::Write;
         let _ = std::io::stdout().flush();
         let idle = if args.idle_secs == 0 { Duration::from_secs(3600) } else { Duration::from_secs(args.idle_secs) };
@@ -251,6 +392,9 @@ pub fn listen(args: ListenArgs) -> Result<(), String> {
         while args.count == 0 || seen < args.count {
             let p = match c.recv(idle).await {
                 Ok(Packet::Publish(p)) => p,
+                Ok(Packet::Disconnect { code, reason_string, .. }) => {
+                    return Err(format!("disconnected ({code:#x}): {}", reason_string.unwrap_or_default()));
+                }
                 Ok(_) => continue,
                 Err(sdk::mqtt::RecvError::Timeout) if args.idle_secs == 0 => continue,
                 Err(sdk::mqtt::RecvError::Timeout) => return Err(format!("nothing arrived for {} s", args.idle_secs)),
@@ -259,11 +403,11 @@ pub fn listen(args: ListenArgs) -> Result<(), String> {
             if let Some(id) = p.packet_id.filter(|_| p.qos == 1) {
                 let _ = c.send(&Packet::PubAck { packet_id: id, code: 0 }).await;
             }
-            match envelope::decode(&p.payload).ok().filter(|e| e.version == envelope::VERSION) {
-                Some(e) => println!("{} [{}] {}", p.topic, e.source, String::from_utf8_lossy(&e.data)),
-                None => println!("{} {}", p.topic, String::from_utf8_lossy(&p.payload)),
+            if let Some(line) = show(&p.topic, &p.payload) {
+                println!("{line}");
+                let _ = std::io::stdout().flush();
+                seen += 1;
             }
-            seen += 1;
         }
         Ok(())
     })

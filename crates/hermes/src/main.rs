@@ -34,6 +34,12 @@ enum Command {
     Send(client::SendArgs),
     /// Print what arrives: your inbox, friends' presence, notices.
     Listen(client::ListenArgs),
+    /// Set your signature (friends see it at once, retained).
+    Signature(client::SignatureArgs),
+    /// Watch friends' presence and signatures.
+    Presence(client::ListenArgs),
+    /// End this session (or --everywhere: every session, every device).
+    Logout(client::LogoutArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +54,9 @@ fn main() -> std::process::ExitCode {
         Command::Follow(args) => client::follow(args),
         Command::Send(args) => client::send(args),
         Command::Listen(args) => client::listen(args),
+        Command::Signature(args) => client::signature(args),
+        Command::Presence(args) => client::presence(args),
+        Command::Logout(args) => client::logout(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -262,7 +262,7 @@ async fn serve(
     if let Some(x) = a.mqtt_ws {
         println!("  MQTT over WS    ws://{x}/mqtt");
     }
-    println!("  accounts API    http://{http}/v1   (admin key for /v1/enterprises: {admin})");
+    println!("  accounts API    http://{http}/v1   (admin key: {admin})");
     if let Some(x) = ops {
         println!("  metrics         http://{x}/metrics   (health: /healthz, /readyz)");
     }

@@ -28,6 +28,12 @@ fn up_with_http(extra: &[&str]) -> (Child, SocketAddr, SocketAddr) {
 }
 
 fn up_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr, SocketAddr) {
+    let (child, mqtt, http, _) = up_with_admin(extra, env);
+    (child, mqtt, http)
+}
+
+/// Like [`up_with_http`], also returning the admin key it printed.
+fn up_with_admin(extra: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr, SocketAddr, String) {
     static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let data = temp_dir(&format!("up-{}", RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
     let mut child = Command::new(HERMES)
@@ -46,6 +52,7 @@ fn up_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr, Sock
     let mut lines = BufReader::new(stdout).lines();
     let mut addr = None;
     let mut http = None;
+    let mut admin = String::new();
     let mut seen = Vec::new();
     while let Some(Ok(line)) = lines.next() {
         seen.push(line.clone());
@@ -54,6 +61,7 @@ fn up_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr, Sock
         }
         if let Some(rest) = line.trim().strip_prefix("accounts API    http://") {
             http = rest.split('/').next().and_then(|a| a.parse().ok());
+            admin = rest.split("admin key: ").nth(1).unwrap_or_default().trim_end_matches(')').to_owned();
         }
         if line.starts_with("Stop with Ctrl-C") {
             break;
@@ -63,7 +71,7 @@ fn up_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr, Sock
     std::thread::spawn(move || for _ in lines {});
     let addr = addr.unwrap_or_else(|| panic!("no MQTT endpoint printed: {seen:#?}"));
     let http = http.unwrap_or_else(|| panic!("no accounts endpoint printed: {seen:#?}"));
-    (child, addr, http)
+    (child, addr, http, admin)
 }
 
 fn sigterm(child: &Child) {
@@ -327,6 +335,72 @@ async fn client_verbs_from_two_terminals() {
     assert!(listener.wait().expect("wait").success());
     let followed = hermes(&["follow", "carol", "--session", &session("alice")]);
     assert!(followed.contains("following carol"), "{followed}");
+    sigterm(&child);
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signatures_presence_and_disabling_from_two_terminals() {
+    let (mut child, mqtt, http, admin) = up_with_admin(&["--demo", "--demo-password", "demo secret"], &[]);
+    assert!(!admin.is_empty(), "up prints the admin key");
+    let dir = temp_dir("presence");
+    let session = |user: &str| dir.join(format!("{user}.json")).display().to_string();
+    let hermes = |args: &[&str]| {
+        let out = Command::new(HERMES).args(args).output().expect("run hermes");
+        assert!(out.status.success(), "hermes {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let (h, m) = (http.to_string(), mqtt.to_string());
+    for user in ["alice", "bob"] {
+        let s = session(user);
+        let args = ["login", "--http", &h, "--mqtt", &m, "--enterprise", "acme", "--username", user];
+        hermes(&[&args[..], &["--password", "demo secret", "--session", &s]].concat());
+    }
+    // Alice watches; bob comes online (his listener) and sets a signature.
+    let mut watcher = Command::new(HERMES)
+        .args(["presence", "--count", "2", "--idle-secs", "20", "--session", &session("alice")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("presence");
+    let mut watched = BufReader::new(watcher.stdout.take().expect("stdout")).lines();
+    let first = watched.next().and_then(Result::ok).unwrap_or_default();
+    assert!(first.starts_with("watching presence as alice@acme"), "{first}");
+    let mut bob = Command::new(HERMES)
+        .args(["listen", "--idle-secs", "30", "--session", &session("bob")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("listen");
+    let mut bob_out = BufReader::new(bob.stdout.take().expect("stdout")).lines();
+    assert!(bob_out.next().and_then(Result::ok).unwrap_or_default().starts_with("listening as bob@acme"));
+    let set = hermes(&["signature", "in a meeting", "--session", &session("bob")]);
+    assert!(set.contains("signature of bob: in a meeting"), "{set}");
+    let seen: Vec<String> =
+        tokio::task::spawn_blocking(move || watched.map_while(Result::ok).collect()).await.expect("join");
+    assert_eq!(seen, vec!["bob is online".to_owned(), "bob signature: in a meeting".to_owned()]);
+    assert!(watcher.wait().expect("wait").success());
+
+    // The admin disables bob: his live connection is closed with 0x98 at once.
+    let body = serde_json::json!({"disabled": true});
+    let r = sdk::http::request(
+        http,
+        "PATCH",
+        "/v1/enterprises/acme/users/bob",
+        &[("X-Admin-Key", &admin)],
+        Some(&body),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("http");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let started = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || bob.wait_with_output()).await.expect("join").expect("wait");
+    assert!(started.elapsed() < Duration::from_secs(5), "closed promptly");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("disconnected (0x98)"), "{err}");
+    let refused = Command::new(HERMES).args(["contacts", "--session", &session("bob")]).output().expect("run");
+    assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("disabled"));
     sigterm(&child);
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
