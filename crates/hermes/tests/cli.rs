@@ -16,38 +16,64 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     d
 }
 
+/// A `hermes up` child that is killed when the test ends, passed or failed: a leftover would
+/// hold the test harness's output open.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `hermes up` on ephemeral ports; returns the child and its MQTT address.
-fn up(extra: &[&str]) -> (Child, SocketAddr) {
+fn up(extra: &[&str]) -> (Running, SocketAddr) {
     let (child, mqtt, _) = up_with_http(extra);
     (child, mqtt)
 }
 
 /// Like [`up`], also returning the accounts API address.
-fn up_with_http(extra: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+fn up_with_http(extra: &[&str]) -> (Running, SocketAddr, SocketAddr) {
     up_with_env(extra, &[])
 }
 
-fn up_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr, SocketAddr) {
+fn up_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Running, SocketAddr, SocketAddr) {
     let (child, mqtt, http, _) = up_with_admin(extra, env);
     (child, mqtt, http)
 }
 
 /// Like [`up_with_http`], also returning the admin key it printed.
-fn up_with_admin(extra: &[&str], env: &[(&str, &str)]) -> (Child, SocketAddr, SocketAddr, String) {
+fn up_with_admin(extra: &[&str], env: &[(&str, &str)]) -> (Running, SocketAddr, SocketAddr, String) {
     static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let data = temp_dir(&format!("up-{}", RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
-    let mut child = Command::new(HERMES)
-        .args(["up", "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
-        .args(["--http-addr", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(&data)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn hermes up");
+    let mut child = Running(
+        Command::new(HERMES)
+            .args(["up", "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
+            .args(["--http-addr", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn hermes up"),
+    );
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut addr = None;
@@ -401,6 +427,86 @@ async fn signatures_presence_and_disabling_from_two_terminals() {
     assert!(err.contains("disconnected (0x98)"), "{err}");
     let refused = Command::new(HERMES).args(["contacts", "--session", &session("bob")]).output().expect("run");
     assert!(!refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("disabled"));
+    sigterm(&child);
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
+
+/// A tool scripts/test.sh installs; missing is a failure, not a skip.
+fn tool(name: &str) -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("`{name}` is not installed: run scripts/test.sh, which installs the test dependencies")
+    })
+}
+
+async fn login_token(http: SocketAddr, user: &str) -> String {
+    let body = serde_json::json!({"enterprise": "acme", "username": user, "password": "demo secret"});
+    let r =
+        sdk::http::request(http, "POST", "/v1/login", &[], Some(&body), Duration::from_secs(10)).await.expect("http");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body["access_token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_then_mosquitto_and_paho_with_the_token() {
+    let (mut child, mqtt, http) = up_with_http(&["--demo", "--demo-password", "demo secret"]);
+    let (alice, bob) = (login_token(http, "alice").await, login_token(http, "bob").await);
+    let carol = login_token(http, "carol").await;
+    let port = mqtt.port().to_string();
+    for version in ["mqttv311", "mqttv5"] {
+        let mut sub = Command::new(tool("mosquitto_sub"))
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "1", "-W", "20", "-v"])
+            .args(["-i", &format!("alice-sub-{version}"), "-u", "alice", "-P", &alice, "-t", "acme/im/msg/alice"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub");
+        // Alice's connection also carries her auto-subscriptions (friends' presence), so look
+        // for the inbox line. mosquitto_sub has no "subscribed" signal: publish until it shows.
+        let lines = BufReader::new(sub.stdout.take().expect("stdout")).lines();
+        let (found_tx, found_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if line == "acme/im/msg/alice hi from mosquitto" {
+                    let _ = found_tx.send(());
+                }
+            }
+        });
+        let mut found = false;
+        for _ in 0..50 {
+            let ok = Command::new(tool("mosquitto_pub"))
+                .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "1", "-u", "bob", "-P", &bob])
+                .args(["-t", "acme/im/msg/alice", "-m", "hi from mosquitto"])
+                .status()
+                .expect("mosquitto_pub")
+                .success();
+            assert!(ok, "bob may write to alice's inbox ({version})");
+            if found_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+                found = true;
+                break;
+            }
+        }
+        let _ = sub.kill();
+        let _ = sub.wait();
+        assert!(found, "mosquitto_sub {version} never got bob's message");
+        // Carol (no friends, so no retained presence arrives) may not read alice's inbox.
+        let denied = Command::new(tool("mosquitto_sub"))
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-C", "1", "-W", "3", "-u", "carol", "-P", &carol])
+            .args(["-t", "acme/im/msg/alice"])
+            .output()
+            .expect("mosquitto_sub");
+        let text = String::from_utf8_lossy(&denied.stderr).to_lowercase()
+            + &String::from_utf8_lossy(&denied.stdout).to_lowercase();
+        assert!(text.contains("all subscription requests were denied"), "{version}: {text}");
+    }
+    let (ok, out) = {
+        let o = Command::new(tool("python3"))
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/paho_token.py"))
+            .args(["127.0.0.1", &port, &alice, &bob])
+            .output()
+            .expect("python3");
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+    };
+    assert!(ok && out.contains("paho token flow: all checks passed"), "{out}");
     sigterm(&child);
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
