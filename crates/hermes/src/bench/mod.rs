@@ -1,10 +1,12 @@
 //! `hermes bench`: measures an MQTT broker (ours or any other) from outside, over loopback.
 //!
 //! Scenarios: `connections` (idle clients and the broker's RSS per connection), `fanout` (one
-//! publish to N subscribers), `throughput` (P publishers → S subscribers with latency). Clients
+//! publish to N subscribers), `throughput` (P publishers → S subscribers with latency), and
+//! `accounts` (logins, token refreshes, contact syncs against the accounts API). Clients
 //! are spread over several 127.0.0.x source addresses because one source address runs out of
 //! ephemeral ports near 28 000. Reports go to stdout (text or `--json`), progress to stderr.
 
+mod accounts;
 mod clients;
 mod connections;
 mod fanout;
@@ -58,6 +60,8 @@ enum Scenario {
     Fanout(fanout::Args),
     /// P publishers → S subscribers at QoS 0 or 1: delivered msgs/s and latency percentiles.
     Throughput(throughput::Args),
+    /// The accounts API: password logins, token refreshes or contact syncs per second.
+    Accounts(accounts::Args),
 }
 
 impl Common {
@@ -93,6 +97,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             Scenario::Connections(a) => connections::run(&args.common, a).await?,
             Scenario::Fanout(a) => fanout::run(&args.common, a).await?,
             Scenario::Throughput(a) => throughput::run(&args.common, a).await?,
+            Scenario::Accounts(a) => accounts::run(&args.common, a).await?,
         };
         if args.common.json {
             println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
