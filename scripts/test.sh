@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of the project. Installs what the tests need when it is missing (MQTT
-# reference clients, paho-mqtt, PostgreSQL, nats-server), starts a throwaway Postgres on a free
-# loopback port (the tests start their own nats-server the same way),
+# reference clients, paho-mqtt, PostgreSQL, Redis, nats-server), starts a throwaway Postgres on a free
+# loopback port (the tests start their own nats-server and redis-server the same way),
 # then: format check, clippy, and the whole test suite.
 # Usage: scripts/test.sh            (from anywhere in the checkout)
 set -euo pipefail
@@ -12,6 +12,7 @@ say() { printf '\n==> %s\n' "$*"; }
 need_apt=()
 command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 command -v mosquitto >/dev/null || need_apt+=(mosquitto)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 [ -n "$(pg_bin)" ] || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then

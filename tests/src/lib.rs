@@ -60,7 +60,8 @@ impl TestEdge {
         cfg.auth.allow_anonymous = true;
         cfg.ops.addr = String::new();
         adjust(&mut cfg);
-        let edge = Edge::start(cfg).expect("edge starts");
+        let directory = mqtt_edge::relation_directory(&cfg.state.redis_url).await.expect("relation directory");
+        let edge = Edge::start_with_directory(cfg, directory).expect("edge starts");
         let a = edge.addrs().clone();
         TestEdge {
             tcp: a.mqtt.expect("tcp listener"),

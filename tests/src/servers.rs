@@ -69,8 +69,21 @@ pub fn nats() -> ServerProcess {
     })
 }
 
+/// `redis-server` without persistence.
+pub fn redis() -> ServerProcess {
+    start("redis-server", |port| {
+        ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            .map(str::to_owned)
+            .to_vec()
+    })
+}
+
 impl ServerProcess {
     pub fn nats_url(&self) -> String {
         format!("nats://{}", self.addr)
+    }
+
+    pub fn redis_url(&self) -> String {
+        format!("redis://{}/0", self.addr)
     }
 }

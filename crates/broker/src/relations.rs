@@ -3,6 +3,8 @@
 //! without the accounts database (design §2): Redis in a cluster, memory when embedded.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::RwLock;
 
 /// Relation sets by enterprise and user. Implementations must pass [`contract::check`].
@@ -13,6 +15,32 @@ pub trait RelationStore: Send + Sync + std::fmt::Debug {
     fn friends(&self, enterprise: &str, user: &str) -> Vec<String>;
     /// Records that `follower` follows `followee` (or stopped, with `following = false`).
     fn set_follow(&self, enterprise: &str, follower: &str, followee: &str, following: bool);
+}
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One user's relations as a directory returns them, both sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserRelations {
+    /// Users `user` follows.
+    pub follows: Vec<String>,
+    /// Users who follow `user`.
+    pub followers: Vec<String>,
+}
+
+/// Where relations are kept for the edges, outside the accounts database (design §2): the
+/// accounts tier writes every follow change here; an edge loads a user's relations at CONNECT
+/// into its [`RelationStore`] and account events keep them current. Redis in a cluster,
+/// [`MemoryRelations`] when embedded. Implementations must pass [`contract::check_directory`].
+pub trait RelationDirectory: Send + Sync + std::fmt::Debug {
+    fn load<'a>(&'a self, enterprise: &'a str, user: &'a str) -> BoxFuture<'a, Result<UserRelations, String>>;
+    fn set_follow<'a>(
+        &'a self,
+        enterprise: &'a str,
+        follower: &'a str,
+        followee: &'a str,
+        following: bool,
+    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// Relations held in this process (the embedded default).
@@ -29,6 +57,62 @@ impl MemoryRelations {
 
 fn key(enterprise: &str, user: &str) -> (String, String) {
     (enterprise.to_owned(), user.to_owned())
+}
+
+impl MemoryRelations {
+    /// Who follows `user`, sorted.
+    pub fn followers(&self, enterprise: &str, user: &str) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .read()
+            .iter()
+            .filter(|((e, _), set)| e == enterprise && set.contains(user))
+            .map(|((_, u), _)| u.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Makes what this store knows about `user` match `r` (from a directory): their follows,
+    /// and who follows them.
+    pub fn replace(&self, enterprise: &str, user: &str, r: &UserRelations) {
+        let mut all = self.follows.write().unwrap_or_else(|e| e.into_inner());
+        let mine: BTreeSet<String> = r.follows.iter().cloned().collect();
+        if mine.is_empty() {
+            all.remove(&key(enterprise, user));
+        } else {
+            all.insert(key(enterprise, user), mine);
+        }
+        for ((e, other), set) in all.iter_mut() {
+            if e == enterprise && other != user && !r.followers.contains(other) {
+                set.remove(user);
+            }
+        }
+        for f in &r.followers {
+            all.entry(key(enterprise, f)).or_default().insert(user.to_owned());
+        }
+        all.retain(|_, set| !set.is_empty());
+    }
+}
+
+impl RelationDirectory for MemoryRelations {
+    fn load<'a>(&'a self, enterprise: &'a str, user: &'a str) -> BoxFuture<'a, Result<UserRelations, String>> {
+        let r = UserRelations {
+            follows: RelationStore::follows(self, enterprise, user),
+            followers: self.followers(enterprise, user),
+        };
+        Box::pin(std::future::ready(Ok(r)))
+    }
+
+    fn set_follow<'a>(
+        &'a self,
+        enterprise: &'a str,
+        follower: &'a str,
+        followee: &'a str,
+        following: bool,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        RelationStore::set_follow(self, enterprise, follower, followee, following);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 impl RelationStore for MemoryRelations {
@@ -61,9 +145,41 @@ impl RelationStore for MemoryRelations {
     }
 }
 
-/// The behaviour every [`RelationStore`] must have. `store` must start empty.
+/// The behaviour every [`RelationStore`] and [`RelationDirectory`] must have.
 pub mod contract {
-    use super::RelationStore;
+    use super::{MemoryRelations, RelationDirectory, RelationStore, UserRelations};
+
+    /// `dir` must hold nothing for enterprises `<prefix>acme` and `<prefix>globex`.
+    pub async fn check_directory(dir: &dyn RelationDirectory, prefix: &str) {
+        let (acme, globex) = (format!("{prefix}acme"), format!("{prefix}globex"));
+        let load = |e: &str, u: &str| {
+            let (e, u) = (e.to_owned(), u.to_owned());
+            async move { dir.load(&e, &u).await.expect("load") }
+        };
+        assert_eq!(load(&acme, "alice").await, UserRelations::default());
+        for (e, a, b) in
+            [(&acme, "alice", "bob"), (&acme, "carol", "alice"), (&acme, "bob", "alice"), (&globex, "dave", "alice")]
+        {
+            dir.set_follow(e, a, b, true).await.expect("follow");
+        }
+        dir.set_follow(&acme, "alice", "bob", true).await.expect("idempotent");
+        let alice = load(&acme, "alice").await;
+        assert_eq!(alice.follows, vec!["bob"]);
+        assert_eq!(alice.followers, vec!["bob", "carol"], "sorted, and only this enterprise");
+        dir.set_follow(&acme, "carol", "alice", false).await.expect("unfollow");
+        dir.set_follow(&acme, "nobody", "alice", false).await.expect("unfollow what never was");
+        assert_eq!(load(&acme, "alice").await.followers, vec!["bob"]);
+        assert_eq!(load(&acme, "carol").await, UserRelations::default());
+
+        // What an edge does at CONNECT: its store then answers like the directory.
+        let cache = MemoryRelations::default();
+        RelationStore::set_follow(&cache, &acme, "carol", "alice", true);
+        RelationStore::set_follow(&cache, &acme, "alice", "zed", true);
+        cache.replace(&acme, "alice", &load(&acme, "alice").await);
+        assert_eq!(cache.follows(&acme, "alice"), vec!["bob"]);
+        assert_eq!(cache.friends(&acme, "alice"), vec!["bob"]);
+        assert!(cache.follows(&acme, "carol").is_empty(), "a follow the directory no longer has is gone");
+    }
 
     pub fn check(store: &dyn RelationStore) {
         assert!(store.follows("acme", "alice").is_empty());
@@ -93,5 +209,16 @@ mod tests {
     #[test]
     fn memory_relations_meet_the_contract() {
         contract::check(&MemoryRelations::default());
+    }
+
+    #[test]
+    fn memory_relations_meet_the_directory_contract() {
+        // No runtime needed: the memory directory's futures are ready at once.
+        let dir = MemoryRelations::default();
+        let fut = contract::check_directory(&dir, "t-");
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut fut = std::pin::pin!(fut);
+        assert!(fut.as_mut().poll(&mut cx).is_ready());
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use accounts::config::AccountsConfig;
 use mqtt_edge::EdgeConfig;
 use mqtt_edge::cli::EdgeFlags;
-use mqtt_edge::config::{AuthConfig, BusConfig, LimitsConfig, MqttConfig, OpsConfig};
+use mqtt_edge::config::{AuthConfig, BusConfig, LimitsConfig, MqttConfig, OpsConfig, StateConfig};
 use serde::{Deserialize, Serialize};
 use service_kit::telemetry::TelemetryConfig;
 
@@ -43,6 +43,7 @@ pub struct UpConfig {
     pub auth: AuthConfig,
     pub ops: OpsConfig,
     pub bus: BusConfig,
+    pub state: StateConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -57,6 +58,7 @@ impl Default for UpConfig {
             auth: edge.auth,
             ops: edge.ops,
             bus: edge.bus,
+            state: edge.state,
             telemetry: edge.telemetry,
         }
     }
@@ -75,6 +77,7 @@ impl UpConfig {
             auth,
             ops: self.ops.clone(),
             bus: self.bus.clone(),
+            state: self.state.clone(),
             telemetry: self.telemetry.clone(),
         }
     }
@@ -131,10 +134,13 @@ fn data_secret(data: &std::path::Path, name: &str) -> Result<String, String> {
 
 /// Opens the accounts database: Postgres when `http.database_url` is set, else SQLite in the
 /// data directory.
+type Directory = Option<std::sync::Arc<dyn broker::relations::RelationDirectory>>;
+
 async fn start_accounts(
     cfg: &UpConfig,
     edge: &mqtt_edge::Edge,
     bus: std::sync::Arc<dyn bus::Bus>,
+    directory: Directory,
     signer: wire::token::Signer,
     demo: Option<&str>,
 ) -> Result<(std::net::SocketAddr, String), String> {
@@ -143,12 +149,12 @@ async fn start_accounts(
         let store = accounts::sqlite::SqliteStore::open(&data.join("accounts.db"))
             .await
             .map_err(|e| format!("accounts database: {e}"))?;
-        serve_accounts(cfg, edge, bus, signer, demo, store).await
+        serve_accounts(cfg, edge, bus, directory, signer, demo, store).await
     } else {
         let store = accounts::postgres::PgStore::connect(&cfg.http.database_url, 16)
             .await
             .map_err(|e| format!("http.database_url: {e}"))?;
-        serve_accounts(cfg, edge, bus, signer, demo, store).await
+        serve_accounts(cfg, edge, bus, directory, signer, demo, store).await
     }
 }
 
@@ -156,6 +162,7 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
     cfg: &UpConfig,
     edge: &mqtt_edge::Edge,
     bus: std::sync::Arc<dyn bus::Bus>,
+    directory: Directory,
     signer: wire::token::Signer,
     demo: Option<&str>,
     store: S,
@@ -164,11 +171,13 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
     if let Some(password) = demo {
         seed_demo(&store, password).await?;
     }
-    prime_edge(&store, edge).await.map_err(|e| format!("accounts database: {e}"))?;
+    prime_edge(&store, edge, directory.as_deref()).await?;
     let admin = data_secret(data, "admin.key")?;
     let links = accounts::files::LinkSigner::new(data_secret(data, "link.key")?);
     let files = std::sync::Arc::new(accounts::files::DiskFiles::new(data.join("files")));
-    let state = accounts::api::AccountsState::new(store, signer, cfg.http.clone(), admin.clone(), bus, files, links);
+    let mut state =
+        accounts::api::AccountsState::new(store, signer, cfg.http.clone(), admin.clone(), bus, files, links);
+    state.directory = directory;
     let router = accounts::api::router(std::sync::Arc::new(state));
     let addr = service_kit::http::serve(&cfg.http.addr, router, service_kit::shutdown::signal())
         .await
@@ -177,26 +186,32 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
 }
 
 /// The edge starts from what the database knows: relations, enterprises' ACL tables and recent
-/// token revocations, applied as the account events that made them.
+/// token revocations, applied as the account events that made them. The relation directory, if
+/// any, is refilled with every current follow (idempotent).
 async fn prime_edge<S: accounts::store::AccountStore>(
     store: &S,
     edge: &mqtt_edge::Edge,
-) -> Result<(), accounts::store::StoreError> {
+    directory: Option<&dyn broker::relations::RelationDirectory>,
+) -> Result<(), String> {
     use wire::pb::{self, account_event::Event};
+    let db = |e: accounts::store::StoreError| format!("accounts database: {e}");
     let events = edge.account_events();
     let apply = |enterprise: String, event: Event| {
         events.apply(&pb::AccountEvent { enterprise_id: enterprise, event: Some(event), ..Default::default() });
     };
-    for (e, follower, followee) in store.all_follows().await? {
+    for (e, follower, followee) in store.all_follows().await.map_err(db)? {
+        if let Some(dir) = directory {
+            dir.set_follow(&e, &follower, &followee, true).await.map_err(|err| format!("state.redis_url: {err}"))?;
+        }
         apply(e, Event::RelationChanged(pb::RelationChanged { follower, followee, following: true }));
     }
-    for (e, p) in store.all_policies().await? {
+    for (e, p) in store.all_policies().await.map_err(db)? {
         let tables =
             pb::AclChanged { version: p.version as u64, acl_rules: p.acl_rules, auto_subscribe: p.auto_subscribe };
         apply(e, Event::AclChanged(tables));
     }
     let horizon = accounts::store::now_ms() - mqtt_edge::auth::REVOCATION_MEMORY_MS;
-    for (e, user_id, before) in store.revocations_since(horizon).await? {
+    for (e, user_id, before) in store.revocations_since(horizon).await.map_err(db)? {
         let revoked = pb::TokenRevoked { user_id, issued_before_ms: before, ..Default::default() };
         apply(e, Event::TokenRevoked(revoked));
     }
@@ -233,14 +248,15 @@ async fn serve(
     let anonymous = edge_cfg.auth.allow_anonymous;
     let users_file = edge_cfg.auth.users_file.clone();
     let nats_url = edge_cfg.bus.nats_url.clone();
-    let edge = mqtt_edge::Edge::start(edge_cfg)?;
+    let directory = mqtt_edge::relation_directory(&edge_cfg.state.redis_url).await?;
+    let edge = mqtt_edge::Edge::start_with_directory(edge_cfg, directory.clone())?;
     let bus: std::sync::Arc<dyn bus::Bus> = if nats_url.is_empty() {
         std::sync::Arc::new(bus::memory::MemoryBus::default())
     } else {
         std::sync::Arc::new(bus::nats::NatsBus::connect(&nats_url).await.map_err(|e| format!("bus.nats_url: {e}"))?)
     };
     let _events = edge.account_events().follow(bus.as_ref()).await.map_err(|e| format!("bus: {e}"))?;
-    let (http, admin) = start_accounts(&cfg, &edge, bus, signer, demo.as_deref()).await?;
+    let (http, admin) = start_accounts(&cfg, &edge, bus, directory, signer, demo.as_deref()).await?;
     let ops = if cfg.ops.addr.is_empty() {
         None
     } else {

@@ -8,5 +8,6 @@ pub mod pb {
 }
 
 pub mod envelope;
+pub mod keys;
 pub mod subjects;
 pub mod token;

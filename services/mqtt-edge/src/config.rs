@@ -17,7 +17,17 @@ pub struct EdgeConfig {
     pub auth: AuthConfig,
     pub ops: OpsConfig,
     pub bus: BusConfig,
+    pub state: StateConfig,
     pub telemetry: TelemetryConfig,
+}
+
+/// Shared state outside the process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Redis URL (`redis://host:6379/0`) of the relation directory; empty: relations come from
+    /// the database at start and from account events only.
+    pub redis_url: String,
 }
 
 /// The bus between services.

@@ -20,7 +20,6 @@ use crate::server::EdgeShared;
 #[derive(Debug, Clone)]
 pub struct AccountEvents {
     pub(crate) shared: Arc<EdgeShared>,
-    pub(crate) relations: Arc<dyn RelationStore>,
 }
 
 impl AccountEvents {
@@ -47,7 +46,7 @@ impl AccountEvents {
         let kind = match e {
             Event::UserCreated(_) => "user_created",
             Event::RelationChanged(r) => {
-                self.relations.set_follow(eid, &r.follower, &r.followee, r.following);
+                self.shared.relations.set_follow(eid, &r.follower, &r.followee, r.following);
                 self.reauthorize(eid, Some(&[&r.follower, &r.followee]));
                 "relation_changed"
             }

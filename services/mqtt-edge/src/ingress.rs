@@ -112,6 +112,19 @@ pub fn presence_topic(who: &crate::auth::Identity) -> Option<Arc<str>> {
         .then(|| format!("{}/im/pres/{}", who.enterprise, who.username).into())
 }
 
+/// Refreshes a token user's relations from the directory before CONNECT completes, so the ACL
+/// and auto-subscriptions see the current ones. A directory outage keeps what the edge knows.
+pub async fn load_relations(edge: &crate::server::EdgeShared, who: &crate::auth::Identity) {
+    let Some(dir) = edge.directory.as_ref().filter(|_| who.via_token) else { return };
+    match dir.load(&who.enterprise, &who.username).await {
+        Ok(r) => edge.relations.replace(&who.enterprise, &who.username, &r),
+        Err(e) => {
+            metrics::counter!(crate::metrics::RELATION_LOAD_FAILURES).increment(1);
+            tracing::warn!(user = %who.username, error = %e, "relation directory unavailable: using known relations");
+        }
+    }
+}
+
 /// Subscribes a token user to what its auto-subscribe table says (at CONNECT).
 pub fn auto_subscribe(hub: &Hub, authz: &crate::authz::Authorizer, who: &crate::auth::Identity, client_id: &str) {
     for (filter, qos) in authz.auto_subscriptions(who, client_id) {

@@ -23,7 +23,7 @@ pub mod v5;
 
 use std::sync::Arc;
 
-use broker::relations::{MemoryRelations, RelationStore};
+use broker::relations::{MemoryRelations, RelationDirectory};
 use std::time::Duration;
 
 pub use config::EdgeConfig;
@@ -34,7 +34,6 @@ pub use server::BoundAddrs;
 pub struct Edge {
     pub hub: Arc<hub::Hub>,
     shared: Arc<server::EdgeShared>,
-    relations: Arc<dyn RelationStore>,
     listeners: server::Listeners,
     housekeeping: tokio::task::JoinHandle<()>,
 }
@@ -42,28 +41,31 @@ pub struct Edge {
 impl Edge {
     /// Validates the config, binds the listeners and starts serving. Call inside a tokio runtime.
     pub fn start(cfg: EdgeConfig) -> Result<Edge, String> {
+        Self::start_with_directory(cfg, None)
+    }
+
+    /// Like [`Edge::start`]; token users' relations are loaded from `directory` at CONNECT.
+    pub fn start_with_directory(
+        cfg: EdgeConfig,
+        directory: Option<Arc<dyn RelationDirectory>>,
+    ) -> Result<Edge, String> {
         cfg.validate()?;
         metrics::describe();
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
-        let relations: Arc<dyn RelationStore> = Arc::new(MemoryRelations::default());
+        let relations = Arc::new(MemoryRelations::default());
         let authz = Arc::new(authz::Authorizer::from_config(&cfg.auth, relations.clone())?);
         let hub = Arc::new(hub::Hub::new(cfg.hub_config()));
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
-        let shared = Arc::new(server::EdgeShared { hub: hub.clone(), auth, authz, cfg });
+        let shared = Arc::new(server::EdgeShared { hub: hub.clone(), auth, authz, relations, directory, cfg });
         let listeners = server::start(shared.clone()).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
         let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);
-        Ok(Edge { hub, shared, relations, listeners, housekeeping })
-    }
-
-    /// The relation store the ACL's `%f`/`%F` read (the accounts tier writes it).
-    pub fn relations(&self) -> &Arc<dyn RelationStore> {
-        &self.relations
+        Ok(Edge { hub, shared, listeners, housekeeping })
     }
 
     /// Applies account events (relations, revocations, signatures, ACL tables) to this edge;
     /// `AccountEvents::follow` takes them from a bus.
     pub fn account_events(&self) -> events::AccountEvents {
-        events::AccountEvents { shared: self.shared.clone(), relations: self.relations.clone() }
+        events::AccountEvents { shared: self.shared.clone() }
     }
 
     pub fn addrs(&self) -> &BoundAddrs {
@@ -82,7 +84,8 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     let telemetry = service_kit::telemetry::init("mqtt-edge", &cfg.telemetry).map_err(|e| e.to_string())?;
     let ops_addr = cfg.ops.addr.clone();
     let nats_url = cfg.bus.nats_url.clone();
-    let edge = Edge::start(cfg)?;
+    let directory = relation_directory(&cfg.state.redis_url).await?;
+    let edge = Edge::start_with_directory(cfg, directory)?;
     let _events = if nats_url.is_empty() {
         tracing::warn!("bus.nats_url is empty: account events (revocations, relation changes) do not reach this edge");
         None
@@ -104,4 +107,13 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     edge.stop().await;
     drop(telemetry);
     Ok(())
+}
+
+/// The Redis relation directory when `state.redis_url` is set.
+pub async fn relation_directory(redis_url: &str) -> Result<Option<Arc<dyn RelationDirectory>>, String> {
+    if redis_url.is_empty() {
+        return Ok(None);
+    }
+    let dir = redis_state::RedisRelations::connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
+    Ok(Some(Arc::new(dir)))
 }

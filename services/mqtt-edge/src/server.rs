@@ -10,6 +10,8 @@ use ntex::io::{Filter, Io, Layer};
 use ntex::{Pipeline, Service, SharedCfg, ws};
 use ntex_mqtt::{MqttError, MqttServer, QoS};
 
+use broker::relations::{MemoryRelations, RelationDirectory};
+
 use crate::auth::Authenticator;
 use crate::authz::Authorizer;
 use crate::config::EdgeConfig;
@@ -19,12 +21,15 @@ use crate::hub::{CloseReason, Hub};
 use crate::ingress::EdgeError;
 use crate::{v3, v5};
 
-/// What every connection handler needs: the hub, authentication, authorization and the config.
+/// What every connection handler needs: the hub, authentication, authorization, the relations
+/// the ACL reads (and the directory they are loaded from at CONNECT, if any) and the config.
 #[derive(Debug)]
 pub struct EdgeShared {
     pub hub: Arc<Hub>,
     pub auth: Authenticator,
     pub authz: Arc<Authorizer>,
+    pub relations: Arc<MemoryRelations>,
+    pub directory: Option<Arc<dyn RelationDirectory>>,
     pub cfg: EdgeConfig,
 }
 

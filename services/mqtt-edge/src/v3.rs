@@ -33,6 +33,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::Conn
             return Ok(msg.not_authorized());
         }
     };
+    ingress::load_relations(&edge, &identity).await;
     // ntex-mqtt's decoder already closes the connection for an empty id without clean session
     // (it sends no CONNACK 0x02, a known deviation from [MQTT-3.1.3-9]).
     let client_id: Arc<str> =

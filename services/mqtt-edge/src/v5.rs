@@ -43,6 +43,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::Conn
         AuthDecision::BadCredentials(why) => return Ok(refuse(msg, ConnectAckReason::BadUserNameOrPassword, why)),
         AuthDecision::NotAuthorized(why) => return Ok(refuse(msg, ConnectAckReason::NotAuthorized, why)),
     };
+    ingress::load_relations(&edge, &identity).await;
     let assigned = pkt.client_id.is_empty().then(ingress::assign_client_id);
     let client_id: Arc<str> = assigned.as_deref().unwrap_or(pkt.client_id.as_str()).into();
     let will = match &pkt.last_will {

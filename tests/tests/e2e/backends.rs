@@ -1,10 +1,50 @@
 //! The real backends against the same contracts their embedded counterparts meet.
 
-use hermes_tests::servers;
+use std::time::Duration;
+
+use broker::relations::RelationDirectory;
+use hermes_tests::*;
+use sdk::mqtt::{Connect, Version};
+use wire::token::Signer;
 
 #[tokio::test]
 async fn nats_bus_meets_the_contract() {
     let server = servers::nats();
     let bus = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect to nats-server");
     bus::contract::check(&bus).await;
+}
+
+#[tokio::test]
+async fn redis_relation_directory_meets_the_contract() {
+    let server = servers::redis();
+    let dir = redis_state::RedisRelations::connect(&server.redis_url()).await.expect("connect to redis-server");
+    broker::relations::contract::check_directory(&dir, "contract-").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edges_load_relations_from_redis_at_connect() {
+    let server = servers::redis();
+    let url = server.redis_url();
+    // What the accounts tier wrote: alice and bob are friends.
+    let dir = redis_state::RedisRelations::connect(&url).await.expect("connect");
+    dir.set_follow("acme", "alice", "bob", true).await.expect("write");
+    dir.set_follow("acme", "bob", "alice", true).await.expect("write");
+    let signer = Signer::generate().expect("keys");
+    let public = signer.verifier().to_paserk();
+    let edge = TestEdge::start_with(|c| {
+        c.auth.token_public_key = public;
+        c.state.redis_url = url;
+    })
+    .await;
+    let token = |user: &str| access_token(&signer, user, Duration::from_secs(60));
+    let (mut bob, _) =
+        edge.connect(Version::V311, Connect { password: Some(token("bob")), ..connect("bob", true) }).await;
+    let (mut alice, _) =
+        edge.connect(Version::V5, Connect { password: Some(token("alice")), ..connect("alice", true) }).await;
+    // The edge never saw an event: the friendship came from Redis at CONNECT.
+    let pres = expect_publish(&mut alice).await;
+    assert_eq!((pres.topic.as_str(), &pres.payload[..]), ("acme/im/pres/bob", &b"online"[..]));
+    bob.publish("acme/im/sig/bob", b"from redis", 0, true, WAIT).await.expect("publish");
+    assert_eq!(&expect_publish(&mut alice).await.payload[..], b"from redis");
+    edge.stop().await;
 }

@@ -98,6 +98,14 @@ async fn set_follow<S: AccountStore>(
         return Err(ApiError::bad_request("you cannot follow yourself"));
     }
     let version = st.store.set_follow(&me.enterprise_id, &me.id, &other.id, following).await?;
+    if let Some(dir) = &st.directory
+        && let Err(e) = dir.set_follow(&me.enterprise_id, &me.username, &other.username, following).await
+    {
+        // Stored and announced all the same: edges also apply the event, and a restart refills
+        // the directory from the database.
+        metrics::counter!("hermes_accounts_directory_failures_total").increment(1);
+        tracing::error!(error = %e, "relation directory not updated");
+    }
     let change = pb::RelationChanged { follower: me.username.clone(), followee: other.username.clone(), following };
     st.events.emit(&me.enterprise_id, Event::RelationChanged(change)).await;
     Ok(Json(json!({ "username": other.username, "following": following, "version": version })))

@@ -43,6 +43,8 @@ pub struct AccountsState<S> {
     pub limiter: Mutex<LoginLimiter>,
     pub files: Arc<dyn FileStore>,
     pub links: LinkSigner,
+    /// Where edges read relations (Redis in a cluster); every follow change is written there.
+    pub directory: Option<Arc<dyn broker::relations::RelationDirectory>>,
 }
 
 impl<S: AccountStore> AccountsState<S> {
@@ -56,7 +58,17 @@ impl<S: AccountStore> AccountsState<S> {
         links: LinkSigner,
     ) -> Self {
         let limiter = Mutex::new(LoginLimiter::new(cfg.login_limits()));
-        AccountsState { store, signer, cfg, admin_key, events: Events::new(bus), limiter, files, links }
+        AccountsState {
+            store,
+            signer,
+            cfg,
+            admin_key,
+            events: Events::new(bus),
+            limiter,
+            files,
+            links,
+            directory: None,
+        }
     }
 }
 
