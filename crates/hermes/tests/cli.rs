@@ -510,3 +510,64 @@ async fn login_then_mosquitto_and_paho_with_the_token() {
     sigterm(&child);
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_on_postgres_nats_and_redis() {
+    use broker::relations::RelationDirectory;
+    let Some(db) = hermes_tests::servers::fresh_postgres_database().await else { return };
+    let (nats, redis) = (hermes_tests::servers::nats(), hermes_tests::servers::redis());
+    let env = [
+        ("HERMES_HTTP__DATABASE_URL", db.as_str()),
+        ("HERMES_BUS__NATS_URL", &nats.nats_url()),
+        ("HERMES_STATE__REDIS_URL", &redis.redis_url()),
+    ];
+    let (mut child, mqtt, http, admin) = up_with_admin(&["--demo", "--demo-password", "demo secret"], &env);
+    // The demo's relations went to Postgres and, from there, to Redis.
+    let dir = redis_state::RedisRelations::connect(&redis.redis_url()).await.expect("redis");
+    let alice_rel = dir.load("acme", "alice").await.expect("load");
+    assert_eq!(
+        (alice_rel.follows, alice_rel.followers),
+        (vec!["bob".to_owned()], vec!["bob".to_owned(), "carol".to_owned()])
+    );
+    let token = login_token(http, "alice").await;
+    let mut alice = Client::connect_tcp(mqtt, Version::V5).await.expect("tcp");
+    let hello = Connect {
+        client_id: "alice".into(),
+        clean_start: true,
+        keep_alive: 60,
+        password: Some(token.into_bytes()),
+        ..Connect::default()
+    };
+    assert!(matches!(alice.handshake(hello, Duration::from_secs(10)).await, Ok(Packet::ConnAck { code: 0, .. })));
+    // A new follow lands in Redis; revoking alice's tokens reaches the edge over NATS.
+    let carol = login_token(http, "carol").await;
+    let r = sdk::http::request(
+        http,
+        "PUT",
+        "/v1/follows/bob",
+        &[("Authorization", &format!("Bearer {carol}"))],
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("http");
+    assert_eq!(r.status, 200);
+    assert_eq!(dir.load("acme", "carol").await.expect("load").follows, vec!["alice".to_owned(), "bob".to_owned()]);
+    let r = sdk::http::request(
+        http,
+        "POST",
+        "/v1/enterprises/acme/users/alice/revoke-tokens",
+        &[("X-Admin-Key", &admin)],
+        None,
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("http");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    match alice.recv(Duration::from_secs(5)).await {
+        Ok(Packet::Disconnect { code, .. }) => assert_eq!(code, 0x98),
+        other => panic!("expected DISCONNECT 0x98, got {other:?}"),
+    }
+    sigterm(&child);
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}

@@ -48,3 +48,35 @@ async fn edges_load_relations_from_redis_at_connect() {
     assert_eq!(&expect_publish(&mut alice).await.payload[..], b"from redis");
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn account_events_reach_the_edge_over_nats() {
+    use bus::Bus;
+    use prost::Message as _;
+    let server = servers::nats();
+    let signer = Signer::generate().expect("keys");
+    let public = signer.verifier().to_paserk();
+    let edge = TestEdge::start_with(|c| c.auth.token_public_key = public).await;
+    let edge_side = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect");
+    edge.edge().account_events().follow(&edge_side).await.expect("subscribe");
+    let token = access_token(&signer, "alice", Duration::from_secs(60));
+    let (mut alice, _) = edge.connect(Version::V5, Connect { password: Some(token), ..connect("alice", true) }).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Another process (the accounts tier) on its own connection.
+    let accounts_side = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect");
+    let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
+    let revoked =
+        wire::pb::TokenRevoked { user_id: "id-alice".into(), username: "alice".into(), issued_before_ms: now };
+    let event = wire::pb::AccountEvent {
+        enterprise_id: "acme".into(),
+        timestamp_ms: now,
+        event: Some(wire::pb::account_event::Event::TokenRevoked(revoked)),
+        ..Default::default()
+    };
+    accounts_side
+        .publish(&wire::subjects::account_events("acme"), event.encode_to_vec().into())
+        .await
+        .expect("publish");
+    assert_eq!(expect_disconnect(&mut alice).await, 0x98);
+    edge.stop().await;
+}
