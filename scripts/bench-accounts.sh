@@ -17,7 +17,7 @@ HERMES=target/release/hermes
 MQTT_PORT=${BENCH_PORT:-21883}
 HTTP_PORT=${BENCH_HTTP_PORT:-21880}
 rm -rf "$OUT/accounts-data"
-HERMES_HTTP__LOGIN_ATTEMPTS_PER_IP_PER_MINUTE=0 RUST_LOG=warn $HERMES up --demo --demo-password 'demo secret' \
+HERMES_HTTP__LOGIN_ATTEMPTS_PER_IP_PER_MINUTE=0 HERMES_HTTP__LOGIN_ATTEMPTS_PER_ACCOUNT_PER_MINUTE=0 RUST_LOG=warn $HERMES up --demo --demo-password 'demo secret' \
     --data-dir "$OUT/accounts-data" --mqtt-addr 127.0.0.1:$MQTT_PORT --mqtt-ws-addr '' \
     --http-addr 127.0.0.1:$HTTP_PORT --ops-addr '' > "$OUT/accounts-hermes.log" 2>&1 &
 PID=$!

@@ -15,6 +15,8 @@ pub struct AccountsConfig {
     pub refresh_ttl_secs: u64,
     /// Password login attempts one client address may make per minute; 0 = unlimited.
     pub login_attempts_per_ip_per_minute: u32,
+    /// Password login attempts on one account per minute, from any address; 0 = unlimited.
+    pub login_attempts_per_account_per_minute: u32,
     /// Consecutive wrong passwords that lock an account; 0 = never.
     pub login_failures_before_lockout: u32,
     /// How long a locked account stays locked, in seconds.
@@ -35,6 +37,7 @@ impl Default for AccountsConfig {
             token_ttl_secs: 3600,
             refresh_ttl_secs: 30 * 24 * 3600,
             login_attempts_per_ip_per_minute: 60,
+            login_attempts_per_account_per_minute: 20,
             login_failures_before_lockout: 5,
             lockout_secs: 300,
             max_upload_bytes: 100 * 1024 * 1024,
@@ -58,6 +61,7 @@ impl AccountsConfig {
     pub fn login_limits(&self) -> crate::limiter::LoginLimits {
         crate::limiter::LoginLimits {
             attempts_per_ip_per_minute: self.login_attempts_per_ip_per_minute,
+            attempts_per_account_per_minute: self.login_attempts_per_account_per_minute,
             failures_before_lockout: self.login_failures_before_lockout,
             lockout: std::time::Duration::from_secs(self.lockout_secs),
         }

@@ -1,6 +1,6 @@
 //! Brute-force protection for password logins, sans IO (the caller passes the time): attempts
-//! per client address in a fixed one-minute window, and a temporary lockout of an account after
-//! consecutive failures. A success clears the account's failures.
+//! per client address and per account in fixed one-minute windows, and a temporary lockout of an
+//! account after consecutive failures. A success clears the account's failures.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct LoginLimits {
     /// Login attempts one address may make per minute; 0 = unlimited.
     pub attempts_per_ip_per_minute: u32,
+    /// Login attempts on one account per minute, from anywhere; 0 = unlimited.
+    pub attempts_per_account_per_minute: u32,
     /// Consecutive failed passwords that lock an account; 0 = never.
     pub failures_before_lockout: u32,
     pub lockout: Duration,
@@ -17,7 +19,12 @@ pub struct LoginLimits {
 
 impl Default for LoginLimits {
     fn default() -> Self {
-        LoginLimits { attempts_per_ip_per_minute: 60, failures_before_lockout: 5, lockout: Duration::from_secs(300) }
+        LoginLimits {
+            attempts_per_ip_per_minute: 60,
+            attempts_per_account_per_minute: 20,
+            failures_before_lockout: 5,
+            lockout: Duration::from_secs(300),
+        }
     }
 }
 
@@ -26,6 +33,8 @@ impl Default for LoginLimits {
 pub enum Throttled {
     /// Too many attempts from this address.
     Address { retry_after: Duration },
+    /// Too many attempts on this account.
+    AccountRate { retry_after: Duration },
     /// The account is locked after failed passwords.
     Account { retry_after: Duration },
 }
@@ -33,12 +42,23 @@ pub enum Throttled {
 impl Throttled {
     pub fn retry_after(&self) -> Duration {
         match self {
-            Throttled::Address { retry_after } | Throttled::Account { retry_after } => *retry_after,
+            Throttled::Address { retry_after }
+            | Throttled::AccountRate { retry_after }
+            | Throttled::Account { retry_after } => *retry_after,
         }
     }
 }
 
 const WINDOW: Duration = Duration::from_secs(60);
+
+/// Starts a new window if the current one is over; how long until it ends if `limit` is reached.
+fn full(window: &mut (Instant, u32), limit: u32, now: Instant) -> Option<Duration> {
+    let (start, count) = window;
+    if now.duration_since(*start) >= WINDOW {
+        (*start, *count) = (now, 0);
+    }
+    (limit > 0 && *count >= limit).then(|| WINDOW - now.duration_since(*start))
+}
 /// Past this many tracked entries, stale ones are swept on the next attempt.
 const SWEEP_ABOVE: usize = 10_000;
 
@@ -47,6 +67,8 @@ pub struct LoginLimiter {
     limits: LoginLimits,
     /// Per address: window start and attempts in it.
     addresses: HashMap<IpAddr, (Instant, u32)>,
+    /// Per account: window start and attempts in it.
+    account_windows: HashMap<String, (Instant, u32)>,
     /// Per account: consecutive failures and the lockout end, if locked.
     accounts: HashMap<String, (u32, Option<Instant>)>,
 }
@@ -64,16 +86,23 @@ impl LoginLimiter {
         {
             return Err(Throttled::Account { retry_after: *until - now });
         }
-        let per_minute = self.limits.attempts_per_ip_per_minute;
-        if per_minute > 0 {
-            let (start, count) = self.addresses.entry(ip).or_insert((now, 0));
-            if now.duration_since(*start) >= WINDOW {
-                (*start, *count) = (now, 0);
+        let (per_ip, per_account) =
+            (self.limits.attempts_per_ip_per_minute, self.limits.attempts_per_account_per_minute);
+        let ip_window = self.addresses.entry(ip).or_insert((now, 0));
+        let retry_after = full(ip_window, per_ip, now).map(|r| Throttled::Address { retry_after: r });
+        if let Some(t) = retry_after {
+            return Err(t);
+        }
+        let account_window = self.account_windows.entry(account.to_owned()).or_insert((now, 0));
+        if let Some(r) = full(account_window, per_account, now) {
+            return Err(Throttled::AccountRate { retry_after: r });
+        }
+        for (window, limit) in
+            [(self.addresses.get_mut(&ip), per_ip), (self.account_windows.get_mut(account), per_account)]
+        {
+            if let Some((_, count)) = window.filter(|_| limit > 0) {
+                *count += 1;
             }
-            if *count >= per_minute {
-                return Err(Throttled::Address { retry_after: WINDOW - now.duration_since(*start) });
-            }
-            *count += 1;
         }
         Ok(())
     }
@@ -102,6 +131,9 @@ impl LoginLimiter {
         if self.addresses.len() > SWEEP_ABOVE {
             self.addresses.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
         }
+        if self.account_windows.len() > SWEEP_ABOVE {
+            self.account_windows.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+        }
         if self.accounts.len() > SWEEP_ABOVE {
             self.accounts.retain(|_, (failures, until)| *failures > 0 || until.is_some_and(|u| u > now));
         }
@@ -118,6 +150,7 @@ mod tests {
     fn limiter() -> LoginLimiter {
         LoginLimiter::new(LoginLimits {
             attempts_per_ip_per_minute: 3,
+            attempts_per_account_per_minute: 2,
             failures_before_lockout: 2,
             lockout: Duration::from_secs(30),
         })
@@ -134,6 +167,18 @@ mod tests {
         assert_eq!(refused, Err(Throttled::Address { retry_after: Duration::from_secs(40) }));
         assert_eq!(l.attempt(OTHER, "u9", t0), Ok(()), "other addresses are not affected");
         assert_eq!(l.attempt(IP, "u9", t0 + WINDOW), Ok(()), "a new window");
+    }
+
+    #[test]
+    fn an_account_gets_so_many_attempts_a_minute_from_anywhere() {
+        let mut l = limiter();
+        let t0 = Instant::now();
+        assert_eq!(l.attempt(IP, "acme/alice", t0), Ok(()));
+        assert_eq!(l.attempt(OTHER, "acme/alice", t0), Ok(()));
+        let third = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 3));
+        let refused = l.attempt(third, "acme/alice", t0 + Duration::from_secs(45));
+        assert_eq!(refused, Err(Throttled::AccountRate { retry_after: Duration::from_secs(15) }));
+        assert_eq!(l.attempt(third, "acme/bob", t0), Ok(()), "a refused attempt does not count against the address");
     }
 
     #[test]
@@ -158,6 +203,7 @@ mod tests {
     fn zero_limits_mean_unlimited() {
         let mut l = LoginLimiter::new(LoginLimits {
             attempts_per_ip_per_minute: 0,
+            attempts_per_account_per_minute: 0,
             failures_before_lockout: 0,
             lockout: Duration::ZERO,
         });

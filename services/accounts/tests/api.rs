@@ -30,7 +30,12 @@ const ADMIN: &str = "test-admin-key";
 
 /// Limits loose enough for tests that log in often from 127.0.0.1.
 fn test_config() -> AccountsConfig {
-    AccountsConfig { token_ttl_secs: 300, login_attempts_per_ip_per_minute: 0, ..AccountsConfig::default() }
+    AccountsConfig {
+        token_ttl_secs: 300,
+        login_attempts_per_ip_per_minute: 0,
+        login_attempts_per_account_per_minute: 0,
+        ..AccountsConfig::default()
+    }
 }
 
 async fn start_on<S: AccountStore>(store: S, cfg: AccountsConfig) -> Api {

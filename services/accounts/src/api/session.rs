@@ -33,6 +33,7 @@ pub(crate) fn contacts_json(contacts: &[Contact], since: i64) -> Value {
 fn throttled(t: Throttled) -> ApiError {
     let (scope, what) = match t {
         Throttled::Address { .. } => ("address", "too many login attempts from this address"),
+        Throttled::AccountRate { .. } => ("account_rate", "too many login attempts on this account"),
         Throttled::Account { .. } => ("account", "this account is locked after failed logins"),
     };
     metrics::counter!("hermes_accounts_logins_throttled_total", "scope" => scope).increment(1);
