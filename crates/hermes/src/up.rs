@@ -179,7 +179,8 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
         accounts::api::AccountsState::new(store, signer, cfg.http.clone(), admin.clone(), bus, files, links);
     state.directory = directory;
     let router = accounts::api::router(std::sync::Arc::new(state));
-    let addr = service_kit::http::serve(&cfg.http.addr, router, service_kit::shutdown::signal())
+    let tls = cfg.http.tls()?;
+    let addr = service_kit::http::serve_with_tls(&cfg.http.addr, tls, router, service_kit::shutdown::signal())
         .await
         .map_err(|e| format!("http.addr {}: {e}", cfg.http.addr))?;
     Ok((addr, admin))
@@ -278,7 +279,8 @@ async fn serve(
     if let Some(x) = a.mqtt_ws {
         println!("  MQTT over WS    ws://{x}/mqtt");
     }
-    println!("  accounts API    http://{http}/v1   (admin key: {admin})");
+    let scheme = if cfg.http.tls_cert.is_empty() { "http" } else { "https" };
+    println!("  accounts API    {scheme}://{http}/v1   (admin key: {admin})");
     if let Some(x) = ops {
         println!("  metrics         http://{x}/metrics   (health: /healthz, /readyz)");
     }

@@ -85,7 +85,9 @@ fn up_with_admin(extra: &[&str], env: &[(&str, &str)]) -> (Running, SocketAddr, 
         if let Some(rest) = line.trim().strip_prefix("MQTT            mqtt://") {
             addr = rest.parse().ok();
         }
-        if let Some(rest) = line.trim().strip_prefix("accounts API    http://") {
+        if let Some(rest) =
+            line.trim().strip_prefix("accounts API    http://").or(line.trim().strip_prefix("accounts API    https://"))
+        {
             http = rest.split('/').next().and_then(|a| a.parse().ok());
             admin = rest.split("admin key: ").nth(1).unwrap_or_default().trim_end_matches(')').to_owned();
         }
@@ -568,6 +570,35 @@ async fn up_on_postgres_nats_and_redis() {
         Ok(Packet::Disconnect { code, .. }) => assert_eq!(code, 0x98),
         other => panic!("expected DISCONNECT 0x98, got {other:?}"),
     }
+    sigterm(&child);
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_accounts_api_serves_https_when_given_a_certificate() {
+    let dir = temp_dir("https");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).expect("certificate");
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).expect("write");
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).expect("write");
+    let (c, k) = (cert_file.display().to_string(), key_file.display().to_string());
+    let env = [("HERMES_HTTP__TLS_CERT", c.as_str()), ("HERMES_HTTP__TLS_KEY", k.as_str())];
+    let (mut child, _, http, _) = up_with_admin(&["--demo", "--demo-password", "demo secret"], &env);
+    // Python's urllib verifies the certificate against the file: a real HTTPS client.
+    let script = r#"
+import json, ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+req = urllib.request.Request(f"https://{sys.argv[1]}/v1/login", method="POST",
+    data=json.dumps({"enterprise": "acme", "username": "alice", "password": "demo secret"}).encode(),
+    headers={"content-type": "application/json"})
+print(json.load(urllib.request.urlopen(req, context=ctx))["access_token"][:10])
+"#;
+    let out = Command::new(tool("python3")).args(["-c", script, &http.to_string(), &c]).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v4.public.");
+    // Plain HTTP to the HTTPS port gets no answer it could mistake for one.
+    let plain = sdk::http::request(http, "GET", "/openapi.json", &[], None, Duration::from_secs(5)).await;
+    assert!(plain.is_err() || plain.as_ref().is_ok_and(|r| r.status != 200), "{plain:?}");
     sigterm(&child);
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }

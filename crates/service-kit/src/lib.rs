@@ -7,3 +7,4 @@ pub mod http;
 pub mod password;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;

@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 pub struct AccountsConfig {
     /// REST API listen address.
     pub addr: String,
+    /// PEM certificate chain: serve HTTPS (with `tls_key`); empty serves plain HTTP (behind a
+    /// TLS-terminating load balancer, or on a laptop).
+    pub tls_cert: String,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: String,
     /// Postgres URL (`postgres://user@host/db`); empty: SQLite in the data directory.
     pub database_url: String,
     /// Lifetime of MQTT access tokens, in seconds (at most a day: edges remember revocations a week).
@@ -33,6 +38,8 @@ impl Default for AccountsConfig {
     fn default() -> Self {
         AccountsConfig {
             addr: "127.0.0.1:8080".into(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
             database_url: String::new(),
             token_ttl_secs: 3600,
             refresh_ttl_secs: 30 * 24 * 3600,
@@ -55,7 +62,20 @@ impl AccountsConfig {
         if self.refresh_ttl_secs == 0 {
             return Err("http.refresh_ttl_secs must be positive".into());
         }
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            return Err("http.tls_cert and http.tls_key go together".into());
+        }
         Ok(())
+    }
+
+    /// The TLS config when `tls_cert` and `tls_key` are set.
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<rustls::ServerConfig>>, String> {
+        if self.tls_cert.is_empty() {
+            return Ok(None);
+        }
+        service_kit::tls::server_config(&self.tls_cert, &self.tls_key, ("http.tls_cert", "http.tls_key"))
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 
     pub fn login_limits(&self) -> crate::limiter::LoginLimits {

@@ -77,21 +77,7 @@ fn listener(addr: &str, backlog: i32) -> io::Result<std::net::TcpListener> {
 }
 
 fn tls_config(cfg: &EdgeConfig) -> io::Result<Arc<rustls::ServerConfig>> {
-    let read = |path: &str| std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")));
-    let certs = rustls_pemfile::certs(&mut read(&cfg.mqtt.tls_cert)?.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| io::Error::other(format!("mqtt.tls_cert: {e}")))?;
-    let key = rustls_pemfile::private_key(&mut read(&cfg.mqtt.tls_key)?.as_slice())
-        .map_err(|e| io::Error::other(format!("mqtt.tls_key: {e}")))?
-        .ok_or_else(|| io::Error::other("mqtt.tls_key: no private key in the file"))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(io::Error::other)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| io::Error::other(format!("mqtt.tls_cert/tls_key: {e}")))?;
-    Ok(Arc::new(config))
+    service_kit::tls::server_config(&cfg.mqtt.tls_cert, &cfg.mqtt.tls_key, ("mqtt.tls_cert", "mqtt.tls_key"))
 }
 
 fn service_config(cfg: &EdgeConfig) -> SharedCfg {
