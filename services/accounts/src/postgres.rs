@@ -98,6 +98,16 @@ impl AccountStore for PgStore {
         Ok(row.get(0))
     }
 
+    async fn touch_contact(&self, user_id: &str) -> Result<(), StoreError> {
+        // The uncorrelated subquery runs once: every row gets the same new version.
+        sqlx::query("UPDATE follows SET version = (SELECT nextval('follows_version')) WHERE followee_id = $1")
+            .bind(user_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(())
+    }
+
     async fn contacts_since(&self, user_id: &str, since: i64) -> Result<Vec<Contact>, StoreError> {
         let rows = sqlx::query(
             "SELECT u.id, u.username, u.display_name, f.following, f.version, \

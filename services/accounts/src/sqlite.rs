@@ -113,6 +113,22 @@ impl AccountStore for SqliteStore {
         Ok(version)
     }
 
+    async fn touch_contact(&self, user_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let version: i64 = sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'follows' RETURNING value")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?
+            .get(0);
+        sqlx::query("UPDATE follows SET version = ? WHERE followee_id = ?")
+            .bind(version)
+            .bind(user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
+    }
+
     async fn contacts_since(&self, user_id: &str, since: i64) -> Result<Vec<Contact>, StoreError> {
         let rows = sqlx::query(
             "SELECT u.id, u.username, u.display_name, f.following, f.version, \

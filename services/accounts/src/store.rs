@@ -137,6 +137,10 @@ pub trait AccountStore: Send + Sync + 'static {
     /// edge's relation store is primed at start.
     fn all_follows(&self) -> impl Future<Output = Result<Vec<(String, String, String)>, StoreError>> + Send;
 
+    /// The user's display name changed: their followers' next contact sync reports them again
+    /// (their follow rows move to a new version).
+    fn touch_contact(&self, user_id: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     fn user_by_id(&self, user_id: &str) -> impl Future<Output = Result<Option<User>, StoreError>> + Send;
     /// Users of an enterprise in username order, after `after`, at most `limit`, optionally
     /// only those in `org_unit` or below it.

@@ -40,6 +40,18 @@ async fn contract<S: AccountStore>(s: &S) {
     assert_eq!((delta[0].username.as_str(), delta[0].following, delta[0].version), ("carol", false, v4));
     let full = s.contacts_since(&alice.id, 0).await.expect("contacts");
     assert_eq!(full.iter().map(|c| c.username.as_str()).collect::<Vec<_>>(), vec!["bob"], "full lists omit removals");
+    // Bob renames himself: alice's next sync has him again, and only him.
+    s.update_profile(&bob.id, &ProfileUpdate { display_name: Some("Robert".into()), ..ProfileUpdate::default() })
+        .await
+        .expect("rename");
+    s.touch_contact(&bob.id).await.expect("touch");
+    let delta = s.contacts_since(&alice.id, v4).await.expect("delta");
+    assert_eq!(delta.len(), 1);
+    assert_eq!(
+        (delta[0].username.as_str(), delta[0].display_name.as_str(), delta[0].following),
+        ("bob", "Robert", true)
+    );
+    assert!(delta[0].version > v4);
     let mut follows = s.all_follows().await.expect("all");
     follows.sort();
     assert_eq!(

@@ -138,6 +138,9 @@ pub(crate) async fn update_user<S: AccountStore>(
         check_password("password", p)?;
     }
     let mut user = st.store.update_profile(&before.id, &profile).await?;
+    if user.display_name != before.display_name {
+        st.store.touch_contact(&user.id).await?;
+    }
     if profile != ProfileUpdate::default() {
         st.events.profile_changed(&user, user.signature != before.signature).await;
     }

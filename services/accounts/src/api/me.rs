@@ -34,6 +34,9 @@ pub(crate) async fn update<S: AccountStore>(
     }
     check_profile(&req)?;
     let updated = st.store.update_profile(&me.id, &req).await?;
+    if updated.display_name != me.display_name {
+        st.store.touch_contact(&me.id).await?;
+    }
     st.events.profile_changed(&updated, updated.signature != me.signature).await;
     Ok(Json(json!(updated)))
 }
