@@ -214,6 +214,17 @@ pub fn covers(granted: &str, requested: &str) -> bool {
     }
 }
 
+/// Whether every filter of an enterprise's own tables stays inside the enterprise: starts with
+/// `%e/`. An enterprise admin writes these tables; they must never reach another enterprise's
+/// topics or `$SYS`.
+pub fn enterprise_scoped(table: &AclTable, auto: &[AutoSubscribe]) -> Result<(), String> {
+    let rules = table.patterns.iter().chain(table.users.iter().flat_map(|(_, r)| r.iter())).map(|r| &r.filter);
+    match rules.chain(auto.iter().map(|a| &a.filter)).find(|f| !f.starts_with("%e/")) {
+        Some(f) => Err(format!("`{f}` is outside the enterprise: every filter must start with %e/")),
+        None => Ok(()),
+    }
+}
+
 /// One auto-subscription: a filter template and its QoS (`%e/im/msg/%u 1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AutoSubscribe {
@@ -401,6 +412,11 @@ mod tests {
     #[test]
     fn auto_subscribe_expands_per_friend() {
         let table = parse_auto_subscribe(DEFAULT_AUTO_SUBSCRIBE).expect("valid");
+        assert_eq!(enterprise_scoped(&AclTable::parse(DEFAULT_ACL).expect("valid"), &table), Ok(()));
+        let escape = AclTable::parse("pattern readwrite #").expect("valid");
+        assert!(enterprise_scoped(&escape, &[]).is_err());
+        let other = parse_auto_subscribe("globex/im/msg/ceo 1").expect("valid");
+        assert!(enterprise_scoped(&AclTable::default(), &other).is_err());
         let friends = vec!["bob".to_string(), "b/ad".to_string(), "dave".to_string()];
         let who = subject("alice", &friends, &[]);
         let subs = auto_subscriptions(&table, &who);

@@ -59,6 +59,8 @@ pub async fn serve_with_tls(
 
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in progress at once; more connections wait in the listen backlog.
+const MAX_HANDSHAKES: usize = 256;
 
 /// Accepts TCP connections and completes TLS handshakes in tasks of their own (a slow client
 /// never holds up the others); `accept` yields finished ones.
@@ -71,8 +73,10 @@ impl TlsListener {
     fn start(tcp: TcpListener, config: Arc<rustls::ServerConfig>, local: SocketAddr) -> TlsListener {
         let (tx, ready) = tokio::sync::mpsc::channel(64);
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
                 let (stream, peer) = match tcp.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -86,6 +90,7 @@ impl TlsListener {
                 }
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _slot = slot;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;

@@ -30,7 +30,8 @@ pub struct AccountsConfig {
     pub max_upload_bytes: u64,
     /// How long a download link works, in seconds.
     pub file_link_ttl_secs: u64,
-    /// The base URL clients reach this API at, for download links; empty: `http://<addr>`.
+    /// The base URL clients reach this API at, for download links; empty: the scheme we serve
+    /// and the `Host` the uploading client used.
     pub public_url: String,
 }
 

@@ -69,8 +69,16 @@ pub struct LoginLimiter {
     addresses: HashMap<IpAddr, (Instant, u32)>,
     /// Per account: window start and attempts in it.
     account_windows: HashMap<String, (Instant, u32)>,
-    /// Per account: consecutive failures and the lockout end, if locked.
-    accounts: HashMap<String, (u32, Option<Instant>)>,
+    /// Per account: consecutive failures, the last one, and the lockout end if locked.
+    accounts: HashMap<String, Failures>,
+    last_sweep: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+    locked_until: Option<Instant>,
 }
 
 impl LoginLimiter {
@@ -81,7 +89,7 @@ impl LoginLimiter {
     /// Counts an attempt from `ip` on `account`; refuses it when a limit is reached.
     pub fn attempt(&mut self, ip: IpAddr, account: &str, now: Instant) -> Result<(), Throttled> {
         self.sweep(now);
-        if let Some((_, Some(until))) = self.accounts.get(account)
+        if let Some(Failures { locked_until: Some(until), .. }) = self.accounts.get(account)
             && *until > now
         {
             return Err(Throttled::Account { retry_after: *until - now });
@@ -110,14 +118,16 @@ impl LoginLimiter {
     /// A wrong password for `account`; returns true if that locked it.
     pub fn failed(&mut self, account: &str, now: Instant) -> bool {
         let max = self.limits.failures_before_lockout;
-        let (failures, until) = self.accounts.entry(account.to_owned()).or_insert((0, None));
-        if until.is_some_and(|u| u <= now) {
-            (*failures, *until) = (0, None);
+        let f = self.accounts.entry(account.to_owned()).or_insert(Failures { count: 0, last: now, locked_until: None });
+        let stale = now.duration_since(f.last) >= self.limits.lockout.max(WINDOW);
+        if f.locked_until.is_some_and(|u| u <= now) || (f.locked_until.is_none() && stale) {
+            (f.count, f.locked_until) = (0, None);
         }
-        *failures += 1;
-        if max > 0 && *failures >= max {
-            *until = Some(now + self.limits.lockout);
-            *failures = 0;
+        f.count += 1;
+        f.last = now;
+        if max > 0 && f.count >= max {
+            f.locked_until = Some(now + self.limits.lockout);
+            f.count = 0;
             return true;
         }
         false
@@ -127,7 +137,16 @@ impl LoginLimiter {
         self.accounts.remove(account);
     }
 
+    /// Forgets what no longer limits anyone, at most once a window, once the maps are large.
+    /// Failures older than the lockout (or a window) no longer count towards one.
     fn sweep(&mut self, now: Instant) {
+        let large = [self.addresses.len(), self.account_windows.len(), self.accounts.len()].into_iter().max()
+            > Some(SWEEP_ABOVE);
+        if !large || self.last_sweep.is_some_and(|t| now.duration_since(t) < WINDOW) {
+            return;
+        }
+        self.last_sweep = Some(now);
+        let memory = self.limits.lockout.max(WINDOW);
         if self.addresses.len() > SWEEP_ABOVE {
             self.addresses.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
         }
@@ -135,7 +154,7 @@ impl LoginLimiter {
             self.account_windows.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
         }
         if self.accounts.len() > SWEEP_ABOVE {
-            self.accounts.retain(|_, (failures, until)| *failures > 0 || until.is_some_and(|u| u > now));
+            self.accounts.retain(|_, f| f.locked_until.is_some_and(|u| u > now) || now.duration_since(f.last) < memory);
         }
     }
 }

@@ -412,6 +412,15 @@ async fn acl_tables_are_validated_stored_and_published() {
         let bad = json!({"acl_rules": "", "auto_subscribe": "%e/x nine"});
         let r = api.call("PUT", "/v1/enterprises/acme/acl", &admin, Some(bad)).await;
         assert!(r.body["message"].as_str().is_some_and(|m| m.contains("auto_subscribe")), "{:?}", r.body);
+        // An enterprise's tables stay inside it: no other enterprise's topics, no `#`, no $SYS.
+        for (rules, auto) in
+            [("pattern readwrite #", ""), ("user alice\ntopic read globex/im/msg/ceo", ""), ("", "$SYS/# 0")]
+        {
+            let escape = json!({"acl_rules": rules, "auto_subscribe": auto});
+            let r = api.call("PUT", "/v1/enterprises/acme/acl", &admin, Some(escape)).await;
+            assert_eq!(r.status, 400, "{rules} {auto}");
+            assert!(r.body["message"].as_str().is_some_and(|m| m.contains("outside the enterprise")), "{:?}", r.body);
+        }
         let good = json!({"acl_rules": "pattern readwrite %e/team/#", "auto_subscribe": "%e/team/general 1"});
         let r = api.call("PUT", "/v1/enterprises/acme/acl", &admin, Some(good)).await;
         assert_eq!((r.status, r.body["version"].as_i64()), (200, Some(1)), "{:?}", r.body);

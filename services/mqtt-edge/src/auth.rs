@@ -86,7 +86,7 @@ impl Authenticator {
         *entry = (*entry).max(before_ms);
     }
 
-    fn is_revoked(&self, enterprise: &str, user_id: &str, issued_at_ms: i64) -> bool {
+    pub fn is_revoked(&self, enterprise: &str, user_id: &str, issued_at_ms: i64) -> bool {
         let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
         revoked.get(&(enterprise.to_owned(), user_id.to_owned())).is_some_and(|before| issued_at_ms < *before)
     }

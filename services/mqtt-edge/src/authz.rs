@@ -67,11 +67,19 @@ impl Authorizer {
     pub fn set_policy(&self, enterprise: &str, acl_text: &str, auto_text: &str) -> Result<(), String> {
         let acl = match acl_text.trim() {
             "" => self.default_policy.acl.clone(),
-            t => AclTable::parse(t).map_err(|e| format!("ACL: {e}"))?,
+            t => {
+                let table = AclTable::parse(t).map_err(|e| format!("ACL: {e}"))?;
+                acl::enterprise_scoped(&table, &[]).map_err(|e| format!("ACL: {e}"))?;
+                table
+            }
         };
         let auto_subscribe = match auto_text.trim() {
             "" => self.default_policy.auto_subscribe.clone(),
-            t => acl::parse_auto_subscribe(t).map_err(|e| format!("auto-subscribe: {e}"))?,
+            t => {
+                let auto = acl::parse_auto_subscribe(t).map_err(|e| format!("auto-subscribe: {e}"))?;
+                acl::enterprise_scoped(&AclTable::default(), &auto).map_err(|e| format!("auto-subscribe: {e}"))?;
+                auto
+            }
         };
         let policy = Arc::new(Policy { acl, auto_subscribe });
         self.enterprises.write().unwrap_or_else(|e| e.into_inner()).insert(enterprise.to_owned(), policy);
@@ -125,7 +133,12 @@ impl Authorizer {
         if !who.via_token {
             return Vec::new();
         }
+        // Only what the ACL lets them read: a table may list more than its rules grant.
         let policy = self.policy(&who.enterprise);
-        self.with_subject(who, client_id, |s| acl::auto_subscriptions(&policy.auto_subscribe, s))
+        self.with_subject(who, client_id, |s| {
+            let mut subs = acl::auto_subscriptions(&policy.auto_subscribe, s);
+            subs.retain(|(filter, _)| policy.acl.can_subscribe(s, filter));
+            subs
+        })
     }
 }

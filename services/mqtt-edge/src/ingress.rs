@@ -112,11 +112,23 @@ pub fn presence_topic(who: &crate::auth::Identity) -> Option<Arc<str>> {
         .then(|| format!("{}/im/pres/{}", who.enterprise, who.username).into())
 }
 
+/// How long a CONNECT waits for the relation directory.
+const DIRECTORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Closes the connection just registered if its token was revoked while the CONNECT was being
+/// handled (the revocation found no live session to close then).
+pub fn close_if_revoked(edge: &crate::server::EdgeShared, who: &crate::auth::Identity) {
+    if who.via_token && edge.auth.is_revoked(&who.enterprise, &who.user_id, who.issued_at_ms) {
+        edge.hub.close_user(&who.enterprise, &who.user_id, who.issued_at_ms.saturating_add(1));
+    }
+}
+
 /// Refreshes a token user's relations from the directory before CONNECT completes, so the ACL
 /// and auto-subscriptions see the current ones. A directory outage keeps what the edge knows.
 pub async fn load_relations(edge: &crate::server::EdgeShared, who: &crate::auth::Identity) {
     let Some(dir) = edge.directory.as_ref().filter(|_| who.via_token) else { return };
-    match dir.load(&who.enterprise, &who.username).await {
+    let load = tokio::time::timeout(DIRECTORY_TIMEOUT, dir.load(&who.enterprise, &who.username)).await;
+    match load.unwrap_or_else(|_| Err(format!("no answer within {DIRECTORY_TIMEOUT:?}"))) {
         Ok(r) => edge.relations.replace(&who.enterprise, &who.username, &r),
         Err(e) => {
             metrics::counter!(crate::metrics::RELATION_LOAD_FAILURES).increment(1);

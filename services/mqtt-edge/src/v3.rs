@@ -67,6 +67,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::Conn
     let keep_alive = pkt.keep_alive;
     spawn_delivery_task(Sink::V3(msg.sink()), connected.inbox, edge.hub.clone(), client_id.clone(), connected.link_id);
     ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &client_id);
+    ingress::close_if_revoked(&edge, &identity);
     let state = ConnState::new(client_id, connected.link_id, &edge, identity);
     Ok(msg
         .ack(state, connected.session_present)

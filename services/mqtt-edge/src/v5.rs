@@ -85,6 +85,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::Conn
     let requested_expiry = pkt.session_expiry_interval_secs;
     spawn_delivery_task(Sink::V5(msg.sink()), connected.inbox, edge.hub.clone(), client_id.clone(), connected.link_id);
     ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &client_id);
+    ingress::close_if_revoked(&edge, &identity);
     let state = ConnState::new(client_id, connected.link_id, &edge, identity);
     let cap = limits.max_keepalive_secs;
     let keep_alive = if client_keep_alive > cap { cap } else { client_keep_alive };

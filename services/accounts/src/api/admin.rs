@@ -145,7 +145,11 @@ pub(crate) async fn update_user<S: AccountStore>(
         st.events.profile_changed(&user, user.signature != before.signature).await;
     }
     if let Some(p) = req.password {
+        // A reset password ends every session, as the user's own change does.
         st.store.set_password(&user.id, &hash_password(p).await?).await?;
+        let before = now_ms();
+        st.store.revoke_tokens(&user.id, before).await?;
+        st.events.tokens_revoked(&user, before).await;
     }
     let (disabled, admin) = (req.disabled.unwrap_or(user.disabled), req.admin.unwrap_or(user.admin));
     if (disabled, admin) != (user.disabled, user.admin) {
@@ -205,14 +209,14 @@ pub(crate) async fn set_acl<S: AccountStore>(
     Body(req): Body<Tables>,
 ) -> Result<Json<Value>, ApiError> {
     let e = admin_of(&st, &headers, &enterprise).await?;
-    if !req.acl_rules.trim().is_empty() {
-        broker::acl::AclTable::parse(&req.acl_rules)
-            .map_err(|err| ApiError::bad_request(format!("`acl_rules`: {err}")))?;
-    }
-    if !req.auto_subscribe.trim().is_empty() {
-        broker::acl::parse_auto_subscribe(&req.auto_subscribe)
-            .map_err(|err| ApiError::bad_request(format!("`auto_subscribe`: {err}")))?;
-    }
+    let table = broker::acl::AclTable::parse(&req.acl_rules)
+        .map_err(|err| ApiError::bad_request(format!("`acl_rules`: {err}")))?;
+    let auto = broker::acl::parse_auto_subscribe(&req.auto_subscribe)
+        .map_err(|err| ApiError::bad_request(format!("`auto_subscribe`: {err}")))?;
+    // An enterprise admin writes these: they must stay inside the enterprise.
+    broker::acl::enterprise_scoped(&table, &[]).map_err(|err| ApiError::bad_request(format!("`acl_rules`: {err}")))?;
+    broker::acl::enterprise_scoped(&broker::acl::AclTable::default(), &auto)
+        .map_err(|err| ApiError::bad_request(format!("`auto_subscribe`: {err}")))?;
     let version = st.store.set_policy(&e.id, &req.acl_rules, &req.auto_subscribe).await?;
     let changed = pb::AclChanged {
         version: version as u64,

@@ -80,8 +80,10 @@ pub(crate) async fn upload<S: AccountStore>(
     let exp = now_ms().saturating_add((st.cfg.file_link_ttl_secs as i64).saturating_mul(1000));
     let sig = st.links.sign(&sha256, ct, &q.name, exp);
     let base = if st.cfg.public_url.is_empty() {
+        // The address the client reached us at, with our scheme.
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("localhost");
-        format!("http://{host}")
+        let scheme = if st.cfg.tls_cert.is_empty() { "http" } else { "https" };
+        format!("{scheme}://{host}")
     } else {
         st.cfg.public_url.trim_end_matches('/').to_owned()
     };

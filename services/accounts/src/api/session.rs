@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use wire::token::AccessClaims;
 
-use super::{Body, ClientIp, Shared, caller, disabled, verify_password};
+use super::{Body, ClientIp, Shared, caller, check_name, disabled, verify_password};
 use crate::error::ApiError;
 use crate::files::sha256_hex;
 use crate::limiter::Throttled;
@@ -48,6 +48,9 @@ pub(crate) async fn login<S: AccountStore>(
     ClientIp(ip): ClientIp,
     Body(req): Body<Login>,
 ) -> Result<Json<Value>, ApiError> {
+    // Names are checked first: the limiter keys on them, so they must stay small.
+    check_name("enterprise", &req.enterprise)?;
+    check_name("username", &req.username)?;
     let account = format!("{}/{}", req.enterprise, req.username);
     st.limiter.lock().unwrap_or_else(|e| e.into_inner()).attempt(ip, &account, Instant::now()).map_err(throttled)?;
     let found = match st.store.enterprise_by_name(&req.enterprise).await? {
@@ -72,7 +75,7 @@ pub(crate) async fn login<S: AccountStore>(
     if user.disabled {
         return Err(disabled());
     }
-    let mut body = issue(&st, &user, &new_id()).await?;
+    let mut body = issue(&st, &user, &new_id(), now_ms()).await?;
     let contacts = st.store.contacts_since(&user.id, 0).await?;
     body["contacts"] = contacts_json(&contacts, 0);
     metrics::counter!("hermes_accounts_logins_total").increment(1);
@@ -84,14 +87,19 @@ fn dummy_hash() -> String {
     DUMMY.get_or_init(|| service_kit::password::hash("no such user").unwrap_or_default()).clone()
 }
 
-/// A new access token and the next refresh token of `family`.
-async fn issue<S: AccountStore>(st: &Shared<S>, user: &User, family: &str) -> Result<Value, ApiError> {
+/// A new access token (issued at `issued_at_ms`) and the next refresh token of `family`.
+async fn issue<S: AccountStore>(
+    st: &Shared<S>,
+    user: &User,
+    family: &str,
+    issued_at_ms: i64,
+) -> Result<Value, ApiError> {
     let claims = AccessClaims {
         user_id: user.id.clone(),
         enterprise_id: user.enterprise_id.clone(),
         username: user.username.clone(),
         token_id: new_id(),
-        issued_at_ms: now_ms(),
+        issued_at_ms,
     };
     let ttl = Duration::from_secs(st.cfg.token_ttl_secs);
     let access = st.signer.sign(&claims, ttl).map_err(ApiError::internal)?;
@@ -122,11 +130,20 @@ pub(crate) async fn refresh<S: AccountStore>(
     Body(req): Body<Refresh>,
 ) -> Result<Json<Value>, ApiError> {
     let invalid = |why: &str| ApiError::unauthorized(format!("the refresh token {why}: log in again"));
-    let (user_id, family) = match st.store.use_refresh(&sha256_hex(req.refresh_token.as_bytes()), now_ms()).await? {
+    let started = now_ms();
+    let (user_id, family) = match st.store.use_refresh(&sha256_hex(req.refresh_token.as_bytes()), started).await? {
         RefreshUse::Valid { user_id, family } => (user_id, family),
         RefreshUse::Reused { family } => {
-            // A used token shown again: it was copied. End the whole session, for both holders.
+            // A used token shown again: it was copied, and either holder may be the thief. End
+            // this session and every access token of the user (their connections close).
             st.store.revoke_refresh_family(&family).await?;
+            if let Some((user_id, _)) = st.store.refresh_family(&sha256_hex(req.refresh_token.as_bytes())).await?
+                && let Some(user) = st.store.user_by_id(&user_id).await?
+            {
+                let before = now_ms();
+                st.store.revoke_tokens(&user.id, before).await?;
+                st.events.tokens_revoked(&user, before).await;
+            }
             metrics::counter!("hermes_accounts_refresh_reuse_total").increment(1);
             tracing::warn!(%family, "refresh token reused: session revoked");
             return Err(invalid("was already used, so this session is now revoked"));
@@ -139,8 +156,16 @@ pub(crate) async fn refresh<S: AccountStore>(
     if user.disabled {
         return Err(disabled());
     }
+    let body = issue(&st, &user, &family, started).await?;
+    // A revocation that committed while we were issuing (logout everywhere, password change,
+    // admin): what we just issued must not outlive it.
+    let now = st.store.user_by_id(&user.id).await?.ok_or_else(|| invalid("is not valid"))?;
+    if now.disabled || now.tokens_revoked_ms > started {
+        st.store.revoke_refresh_family(&family).await?;
+        return Err(invalid("has been revoked"));
+    }
     metrics::counter!("hermes_accounts_refreshes_total").increment(1);
-    Ok(Json(issue(&st, &user, &family).await?))
+    Ok(Json(body))
 }
 
 #[derive(Deserialize)]
