@@ -23,6 +23,8 @@ use crate::config::AuthConfig;
 pub struct Policy {
     acl: AclTable,
     auto_subscribe: Vec<AutoSubscribe>,
+    /// The accounts tier's version of these tables (0 for the edge's default).
+    version: u64,
 }
 
 #[derive(Debug)]
@@ -56,15 +58,19 @@ impl Authorizer {
             .map_err(|e| format!("auth.auto_subscribe_file {}: {e}", cfg.auto_subscribe_file))?;
         Ok(Authorizer {
             configured,
-            default_policy: Arc::new(Policy { acl, auto_subscribe }),
+            default_policy: Arc::new(Policy { acl, auto_subscribe, version: 0 }),
             enterprises: RwLock::default(),
             relations,
         })
     }
 
     /// Gives `enterprise` its own ACL and auto-subscribe tables (replacing what it had); an
-    /// empty text keeps the edge's default for that table.
-    pub fn set_policy(&self, enterprise: &str, acl_text: &str, auto_text: &str) -> Result<(), String> {
+    /// empty text keeps the edge's default for that table. Tables older than (or as old as) what
+    /// the edge has are ignored: returns whether these were applied.
+    pub fn set_policy(&self, enterprise: &str, version: u64, acl_text: &str, auto_text: &str) -> Result<bool, String> {
+        if self.policy(enterprise).version >= version {
+            return Ok(false);
+        }
         let acl = match acl_text.trim() {
             "" => self.default_policy.acl.clone(),
             t => {
@@ -81,9 +87,12 @@ impl Authorizer {
                 auto
             }
         };
-        let policy = Arc::new(Policy { acl, auto_subscribe });
-        self.enterprises.write().unwrap_or_else(|e| e.into_inner()).insert(enterprise.to_owned(), policy);
-        Ok(())
+        let mut all = self.enterprises.write().unwrap_or_else(|e| e.into_inner());
+        if all.get(enterprise).is_some_and(|p| p.version >= version) {
+            return Ok(false);
+        }
+        all.insert(enterprise.to_owned(), Arc::new(Policy { acl, auto_subscribe, version }));
+        Ok(true)
     }
 
     fn policy(&self, enterprise: &str) -> Arc<Policy> {

@@ -66,8 +66,9 @@ impl AccountEvents {
                 "profile_changed"
             }
             Event::AclChanged(a) => {
-                match self.shared.authz.set_policy(eid, &a.acl_rules, &a.auto_subscribe) {
-                    Ok(()) => self.reauthorize(eid, None),
+                match self.shared.authz.set_policy(eid, a.version, &a.acl_rules, &a.auto_subscribe) {
+                    Ok(true) => self.reauthorize(eid, None),
+                    Ok(false) => tracing::debug!(enterprise = %eid, version = a.version, "older ACL tables ignored"),
                     Err(e) => tracing::error!(enterprise = %eid, error = %e, "account event carries invalid tables"),
                 }
                 "acl_changed"

@@ -167,5 +167,15 @@ async fn enterprise_acl_tables_apply_to_connected_users() {
     ack(&mut alice, &p).await;
     let codes = alice.subscribe(vec![SubscribeTopic::new("acme/notice/#", 1)], WAIT).await.expect("suback");
     assert_eq!(codes, vec![0x87]);
+    // Tables from before (a late event, or priming racing one) do not roll the rules back.
+    let stale = pb::AclChanged { version: 1, acl_rules: "pattern read %e/#".into(), auto_subscribe: String::new() };
+    emit(&bus, Event::AclChanged(stale)).await;
+    let codes = alice.subscribe(vec![SubscribeTopic::new("acme/notice/#", 1)], WAIT).await.expect("suback");
+    assert_eq!(codes, vec![0x87], "version 1 again is ignored");
+    // Tables reaching outside the enterprise are refused by the edge too.
+    let escape = pb::AclChanged { version: 2, acl_rules: "pattern read #".into(), auto_subscribe: String::new() };
+    emit(&bus, Event::AclChanged(escape)).await;
+    let codes = alice.subscribe(vec![SubscribeTopic::new("globex/im/msg/ceo", 0)], WAIT).await.expect("suback");
+    assert_eq!(codes, vec![0x87]);
     edge.stop().await;
 }
