@@ -61,7 +61,11 @@ impl TestEdge {
         cfg.ops.addr = String::new();
         adjust(&mut cfg);
         let directory = mqtt_edge::relation_directory(&cfg.state.redis_url).await.expect("relation directory");
+        let access = mqtt_edge::access_directory(&cfg.state.redis_url).await.expect("access directory");
         let edge = Edge::start_with_directory(cfg, directory).expect("edge starts");
+        if let Some(access) = access {
+            edge.prime_access(access.as_ref()).await.expect("prime from the access directory");
+        }
         let a = edge.addrs().clone();
         TestEdge {
             tcp: a.mqtt.expect("tcp listener"),

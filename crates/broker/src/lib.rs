@@ -5,6 +5,7 @@
 //! sockets and calls into this crate; nothing here depends on an IO crate (checked by a test in
 //! the workspace layering suite).
 
+pub mod access;
 pub mod acl;
 pub mod relations;
 pub mod retained;

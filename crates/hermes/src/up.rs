@@ -134,13 +134,18 @@ fn data_secret(data: &std::path::Path, name: &str) -> Result<String, String> {
 
 /// Opens the accounts database: Postgres when `http.database_url` is set, else SQLite in the
 /// data directory.
-type Directory = Option<std::sync::Arc<dyn broker::relations::RelationDirectory>>;
+/// Where edges read state the accounts tier writes (Redis with `state.redis_url`).
+#[derive(Clone)]
+struct Directories {
+    relations: Option<std::sync::Arc<dyn broker::relations::RelationDirectory>>,
+    access: Option<std::sync::Arc<dyn broker::access::AccessDirectory>>,
+}
 
 async fn start_accounts(
     cfg: &UpConfig,
     edge: &mqtt_edge::Edge,
     bus: std::sync::Arc<dyn bus::Bus>,
-    directory: Directory,
+    dirs: Directories,
     signer: wire::token::Signer,
     demo: Option<&str>,
 ) -> Result<(std::net::SocketAddr, String), String> {
@@ -149,12 +154,12 @@ async fn start_accounts(
         let store = accounts::sqlite::SqliteStore::open(&data.join("accounts.db"))
             .await
             .map_err(|e| format!("accounts database: {e}"))?;
-        serve_accounts(cfg, edge, bus, directory, signer, demo, store).await
+        serve_accounts(cfg, edge, bus, dirs, signer, demo, store).await
     } else {
         let store = accounts::postgres::PgStore::connect(&cfg.http.database_url, 16)
             .await
             .map_err(|e| format!("http.database_url: {e}"))?;
-        serve_accounts(cfg, edge, bus, directory, signer, demo, store).await
+        serve_accounts(cfg, edge, bus, dirs, signer, demo, store).await
     }
 }
 
@@ -162,7 +167,7 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
     cfg: &UpConfig,
     edge: &mqtt_edge::Edge,
     bus: std::sync::Arc<dyn bus::Bus>,
-    directory: Directory,
+    dirs: Directories,
     signer: wire::token::Signer,
     demo: Option<&str>,
     store: S,
@@ -171,13 +176,14 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
     if let Some(password) = demo {
         seed_demo(&store, password).await?;
     }
-    prime_edge(&store, edge, directory.as_deref()).await?;
+    prime_edge(&store, edge, &dirs).await?;
     let admin = data_secret(data, "admin.key")?;
     let links = accounts::files::LinkSigner::new(data_secret(data, "link.key")?);
     let files = std::sync::Arc::new(accounts::files::DiskFiles::new(data.join("files")));
     let mut state =
         accounts::api::AccountsState::new(store, signer, cfg.http.clone(), admin.clone(), bus, files, links);
-    state.directory = directory;
+    state.directory = dirs.relations;
+    state.access = dirs.access;
     let router = accounts::api::router(std::sync::Arc::new(state));
     let tls = cfg.http.tls()?;
     let addr = service_kit::http::serve_with_tls(&cfg.http.addr, tls, router, service_kit::shutdown::signal())
@@ -187,13 +193,14 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
 }
 
 /// The edge starts from what the database knows: relations, enterprises' ACL tables and recent
-/// token revocations, applied as the account events that made them. The relation directory, if
-/// any, is refilled with every current follow (idempotent).
+/// token revocations, applied as the account events that made them. The directories, if any,
+/// are refilled with the same (idempotent: newer entries win).
 async fn prime_edge<S: accounts::store::AccountStore>(
     store: &S,
     edge: &mqtt_edge::Edge,
-    directory: Option<&dyn broker::relations::RelationDirectory>,
+    dirs: &Directories,
 ) -> Result<(), String> {
+    let redis = |err: String| format!("state.redis_url: {err}");
     use wire::pb::{self, account_event::Event};
     let db = |e: accounts::store::StoreError| format!("accounts database: {e}");
     let events = edge.account_events();
@@ -201,18 +208,30 @@ async fn prime_edge<S: accounts::store::AccountStore>(
         events.apply(&pb::AccountEvent { enterprise_id: enterprise, event: Some(event), ..Default::default() });
     };
     for (e, follower, followee) in store.all_follows().await.map_err(db)? {
-        if let Some(dir) = directory {
-            dir.set_follow(&e, &follower, &followee, true).await.map_err(|err| format!("state.redis_url: {err}"))?;
+        if let Some(dir) = &dirs.relations {
+            dir.set_follow(&e, &follower, &followee, true).await.map_err(redis)?;
         }
         apply(e, Event::RelationChanged(pb::RelationChanged { follower, followee, following: true }));
     }
     for (e, p) in store.all_policies().await.map_err(db)? {
+        if let Some(dir) = &dirs.access {
+            let t = broker::access::Tables {
+                version: p.version as u64,
+                acl_rules: p.acl_rules.clone(),
+                auto_subscribe: p.auto_subscribe.clone(),
+            };
+            dir.save_tables(&e, &t).await.map_err(redis)?;
+        }
         let tables =
             pb::AclChanged { version: p.version as u64, acl_rules: p.acl_rules, auto_subscribe: p.auto_subscribe };
         apply(e, Event::AclChanged(tables));
     }
     let horizon = accounts::store::now_ms() - mqtt_edge::auth::REVOCATION_MEMORY_MS;
     for (e, user_id, before) in store.revocations_since(horizon).await.map_err(db)? {
+        if let Some(dir) = &dirs.access {
+            let r = broker::access::Revocation { enterprise: e.clone(), user_id: user_id.clone(), before_ms: before };
+            dir.save_revocation(&r).await.map_err(redis)?;
+        }
         let revoked = pb::TokenRevoked { user_id, issued_before_ms: before, ..Default::default() };
         apply(e, Event::TokenRevoked(revoked));
     }
@@ -250,6 +269,7 @@ async fn serve(
     let users_file = edge_cfg.auth.users_file.clone();
     let nats_url = edge_cfg.bus.nats_url.clone();
     let directory = mqtt_edge::relation_directory(&edge_cfg.state.redis_url).await?;
+    let access = mqtt_edge::access_directory(&edge_cfg.state.redis_url).await?;
     let edge = mqtt_edge::Edge::start_with_directory(edge_cfg, directory.clone())?;
     let bus: std::sync::Arc<dyn bus::Bus> = if nats_url.is_empty() {
         std::sync::Arc::new(bus::memory::MemoryBus::default())
@@ -257,7 +277,8 @@ async fn serve(
         std::sync::Arc::new(bus::nats::NatsBus::connect(&nats_url).await.map_err(|e| format!("bus.nats_url: {e}"))?)
     };
     let _events = edge.account_events().follow(bus.as_ref()).await.map_err(|e| format!("bus: {e}"))?;
-    let (http, admin) = start_accounts(&cfg, &edge, bus, directory, signer, demo.as_deref()).await?;
+    let dirs = Directories { relations: directory, access };
+    let (http, admin) = start_accounts(&cfg, &edge, bus, dirs, signer, demo.as_deref()).await?;
     let ops = if cfg.ops.addr.is_empty() {
         None
     } else {

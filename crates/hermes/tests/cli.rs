@@ -441,6 +441,14 @@ fn tool(name: &str) -> std::path::PathBuf {
     })
 }
 
+async fn api_user_id(http: SocketAddr, token: &str) -> String {
+    let auth = format!("Bearer {token}");
+    let r = sdk::http::request(http, "GET", "/v1/me", &[("Authorization", &auth)], None, Duration::from_secs(10))
+        .await
+        .expect("http");
+    r.body["id"].as_str().expect("id").to_owned()
+}
+
 async fn login_token(http: SocketAddr, user: &str) -> String {
     let body = serde_json::json!({"enterprise": "acme", "username": user, "password": "demo secret"});
     let r =
@@ -532,6 +540,7 @@ async fn up_on_postgres_nats_and_redis() {
         (vec!["bob".to_owned()], vec!["bob".to_owned(), "carol".to_owned()])
     );
     let token = login_token(http, "alice").await;
+    let alice_id = api_user_id(http, &token).await;
     let mut alice = Client::connect_tcp(mqtt, Version::V5).await.expect("tcp");
     let hello = Connect {
         client_id: "alice".into(),
@@ -570,6 +579,11 @@ async fn up_on_postgres_nats_and_redis() {
         Ok(Packet::Disconnect { code, .. }) => assert_eq!(code, 0x98),
         other => panic!("expected DISCONNECT 0x98, got {other:?}"),
     }
+    // ... and is kept in Redis for edges that start later.
+    use broker::access::AccessDirectory;
+    let access = redis_state::RedisAccess::connect(&redis.redis_url()).await.expect("redis");
+    let revocations = access.revocations(0).await.expect("load");
+    assert!(revocations.iter().any(|r| r.enterprise == "acme" && r.user_id == alice_id), "{revocations:?}");
     sigterm(&child);
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }

@@ -1,8 +1,11 @@
-//! Hermes state on Redis. [`RedisRelations`] is the relation directory edges read without the
-//! accounts database: per user, a set of whom they follow and a set of who follows them
-//! (keys from `wire::keys`), changed together in one MULTI.
+//! Hermes state on Redis, what edges read without the accounts database. [`RedisRelations`]:
+//! per user, a set of whom they follow and a set of who follows them (keys from `wire::keys`),
+//! changed together in one MULTI. [`RedisAccess`]: enterprises' ACL tables and token
+//! revocations.
 
+use broker::access::{AccessDirectory, Revocation, Tables};
 use broker::relations::{BoxFuture, RelationDirectory, UserRelations};
+use prost::Message as _;
 use redis::aio::ConnectionManager;
 
 #[derive(Clone)]
@@ -59,6 +62,119 @@ impl RelationDirectory for RedisRelations {
                 pipe.srem(&f, followee).ignore().srem(&r, follower).ignore();
             }
             pipe.query_async::<()>(&mut conn).await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The access directory on Redis: enterprises' tables and revocations in three hashes (keys
+/// from `wire::keys`); "newer wins" is decided inside Redis by a script, so concurrent writers
+/// cannot roll anything back.
+#[derive(Clone)]
+pub struct RedisAccess {
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisAccess")
+    }
+}
+
+/// KEYS: versions, tables. ARGV: enterprise, version, encoded tables.
+const SAVE_TABLES: &str = r"
+local v = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if v < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+end
+return 1";
+
+/// KEYS: revocations. ARGV: field, before.
+const SAVE_REVOCATION: &str = r"
+local v = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-9007199254740991')
+if v < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+return 1";
+
+impl RedisAccess {
+    pub async fn connect(url: &str) -> Result<RedisAccess, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
+        let conn = client.get_connection_manager().await.map_err(|e| format!("{url}: {e}"))?;
+        Ok(RedisAccess { conn })
+    }
+}
+
+impl AccessDirectory for RedisAccess {
+    fn save_tables<'a>(&'a self, enterprise: &'a str, t: &'a Tables) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let encoded = wire::pb::AclChanged {
+                version: t.version,
+                acl_rules: t.acl_rules.clone(),
+                auto_subscribe: t.auto_subscribe.clone(),
+            }
+            .encode_to_vec();
+            redis::Script::new(SAVE_TABLES)
+                .key(wire::keys::TABLE_VERSIONS)
+                .key(wire::keys::TABLES)
+                .arg(enterprise)
+                .arg(t.version)
+                .arg(encoded)
+                .invoke_async::<i64>(&mut self.conn.clone())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn tables(&self) -> BoxFuture<'_, Result<Vec<(String, Tables)>, String>> {
+        Box::pin(async move {
+            let all: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+                .arg(wire::keys::TABLES)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut out = Vec::with_capacity(all.len());
+            for (enterprise, bytes) in all {
+                let t = wire::pb::AclChanged::decode(bytes.as_slice()).map_err(|e| format!("{enterprise}: {e}"))?;
+                out.push((
+                    enterprise,
+                    Tables { version: t.version, acl_rules: t.acl_rules, auto_subscribe: t.auto_subscribe },
+                ));
+            }
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(out)
+        })
+    }
+
+    fn save_revocation<'a>(&'a self, r: &'a Revocation) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            redis::Script::new(SAVE_REVOCATION)
+                .key(wire::keys::REVOCATIONS)
+                .arg(format!("{}\t{}", r.enterprise, r.user_id))
+                .arg(r.before_ms)
+                .invoke_async::<i64>(&mut self.conn.clone())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn revocations(&self, since_ms: i64) -> BoxFuture<'_, Result<Vec<Revocation>, String>> {
+        Box::pin(async move {
+            let all: Vec<(String, i64)> = redis::cmd("HGETALL")
+                .arg(wire::keys::REVOCATIONS)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut out: Vec<Revocation> = all
+                .into_iter()
+                .filter(|(_, before)| *before >= since_ms)
+                .filter_map(|(field, before_ms)| {
+                    let (e, u) = field.split_once('\t')?;
+                    Some(Revocation { enterprise: e.to_owned(), user_id: u.to_owned(), before_ms })
+                })
+                .collect();
+            out.sort();
+            Ok(out)
         })
     }
 }

@@ -10,3 +10,10 @@ pub fn follows(enterprise: &str, user: &str) -> String {
 pub fn followers(enterprise: &str, user: &str) -> String {
     format!("hermes:rel:{enterprise}:followers:{user}")
 }
+
+/// Hash: enterprise id → its own ACL tables (a protobuf `AclChanged`).
+pub const TABLES: &str = "hermes:tables";
+/// Hash: enterprise id → the version of its tables in [`TABLES`].
+pub const TABLE_VERSIONS: &str = "hermes:tables:version";
+/// Hash: `<enterprise id>\t<user id>` → tokens issued before this instant (Unix ms) are refused.
+pub const REVOCATIONS: &str = "hermes:revocations";

@@ -68,6 +68,27 @@ impl Edge {
         events::AccountEvents { shared: self.shared.clone() }
     }
 
+    /// Applies what `dir` holds (enterprises' ACL tables, recent revocations) as the account
+    /// events that made it: how an edge that starts, or missed events, catches up.
+    pub async fn prime_access(&self, dir: &dyn broker::access::AccessDirectory) -> Result<(), String> {
+        use wire::pb::{self, account_event::Event};
+        let events = self.account_events();
+        let apply = |enterprise: String, event: Event| {
+            events.apply(&pb::AccountEvent { enterprise_id: enterprise, event: Some(event), ..Default::default() });
+        };
+        for (e, t) in dir.tables().await? {
+            let tables =
+                pb::AclChanged { version: t.version, acl_rules: t.acl_rules, auto_subscribe: t.auto_subscribe };
+            apply(e, Event::AclChanged(tables));
+        }
+        let horizon = message::now_ms() as i64 - auth::REVOCATION_MEMORY_MS;
+        for r in dir.revocations(horizon).await? {
+            let revoked = pb::TokenRevoked { user_id: r.user_id, issued_before_ms: r.before_ms, ..Default::default() };
+            apply(r.enterprise, Event::TokenRevoked(revoked));
+        }
+        Ok(())
+    }
+
     pub fn addrs(&self) -> &BoundAddrs {
         &self.listeners.addrs
     }
@@ -84,8 +105,13 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     let telemetry = service_kit::telemetry::init("mqtt-edge", &cfg.telemetry).map_err(|e| e.to_string())?;
     let ops_addr = cfg.ops.addr.clone();
     let nats_url = cfg.bus.nats_url.clone();
-    let directory = relation_directory(&cfg.state.redis_url).await?;
+    let redis_url = cfg.state.redis_url.clone();
+    let directory = relation_directory(&redis_url).await?;
+    let access = access_directory(&redis_url).await?;
     let edge = Edge::start_with_directory(cfg, directory)?;
+    if let Some(access) = &access {
+        edge.prime_access(access.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
+    }
     let _events = if nats_url.is_empty() {
         tracing::warn!("bus.nats_url is empty: account events (revocations, relation changes) do not reach this edge");
         None
@@ -115,5 +141,14 @@ pub async fn relation_directory(redis_url: &str) -> Result<Option<Arc<dyn Relati
         return Ok(None);
     }
     let dir = redis_state::RedisRelations::connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
+    Ok(Some(Arc::new(dir)))
+}
+
+/// The Redis access directory (ACL tables, revocations) when `state.redis_url` is set.
+pub async fn access_directory(redis_url: &str) -> Result<Option<Arc<dyn broker::access::AccessDirectory>>, String> {
+    if redis_url.is_empty() {
+        return Ok(None);
+    }
+    let dir = redis_state::RedisAccess::connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
     Ok(Some(Arc::new(dir)))
 }

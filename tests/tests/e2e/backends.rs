@@ -80,3 +80,48 @@ async fn account_events_reach_the_edge_over_nats() {
     assert_eq!(expect_disconnect(&mut alice).await, 0x98);
     edge.stop().await;
 }
+
+#[tokio::test]
+async fn redis_access_directory_meets_the_contract() {
+    let server = servers::redis();
+    let dir = redis_state::RedisAccess::connect(&server.redis_url()).await.expect("connect to redis-server");
+    broker::access::contract::check(&dir, "contract-").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_that_starts_later_knows_revocations_and_tables_from_redis() {
+    use broker::access::{AccessDirectory, Revocation, Tables};
+    let server = servers::redis();
+    let url = server.redis_url();
+    let signer = Signer::generate().expect("keys");
+    let old_token = access_token(&signer, "alice", Duration::from_secs(60));
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // What the accounts tier wrote while this edge was down.
+    let access = redis_state::RedisAccess::connect(&url).await.expect("connect");
+    let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
+    let revoked = Revocation { enterprise: "acme".into(), user_id: "id-alice".into(), before_ms: now };
+    access.save_revocation(&revoked).await.expect("write");
+    let tables = Tables { version: 4, acl_rules: "pattern readwrite %e/team/#".into(), auto_subscribe: String::new() };
+    access.save_tables("acme", &tables).await.expect("write");
+
+    let public = signer.verifier().to_paserk();
+    let edge = TestEdge::start_with(|c| {
+        c.auth.token_public_key = public;
+        c.state.redis_url = url;
+    })
+    .await;
+    let mut c = edge.raw(Version::V5).await;
+    let refused = c.handshake(Connect { password: Some(old_token), ..connect("alice", true) }, WAIT).await;
+    assert!(matches!(refused, Ok(sdk::mqtt::Packet::ConnAck { code: 0x87, .. })), "{refused:?}");
+    let token = access_token(&signer, "bob", Duration::from_secs(60));
+    let (mut bob, _) = edge.connect(Version::V5, Connect { password: Some(token), ..connect("bob", true) }).await;
+    let codes = bob
+        .subscribe(
+            vec![sdk::mqtt::SubscribeTopic::new("acme/team/x", 0), sdk::mqtt::SubscribeTopic::new("acme/notice/#", 0)],
+            WAIT,
+        )
+        .await
+        .expect("suback");
+    assert_eq!(codes, vec![0, 0x87], "acme's own tables apply");
+    edge.stop().await;
+}

@@ -12,7 +12,7 @@ use wire::pb::{self, account_event::Event};
 
 use super::{
     Body, Page, Params, Shared, admin_of, check_name, check_password, check_profile, hash_password, is_operator,
-    page_json,
+    page_json, revoke_all,
 };
 use crate::error::ApiError;
 use crate::files::sha256_hex;
@@ -148,8 +148,7 @@ pub(crate) async fn update_user<S: AccountStore>(
         // A reset password ends every session, as the user's own change does.
         st.store.set_password(&user.id, &hash_password(p).await?).await?;
         let before = now_ms();
-        st.store.revoke_tokens(&user.id, before).await?;
-        st.events.tokens_revoked(&user, before).await;
+        revoke_all(&st, &user, before, false).await?;
     }
     let (disabled, admin) = (req.disabled.unwrap_or(user.disabled), req.admin.unwrap_or(user.admin));
     if (disabled, admin) != (user.disabled, user.admin) {
@@ -157,9 +156,7 @@ pub(crate) async fn update_user<S: AccountStore>(
         (user.disabled, user.admin) = (disabled, admin);
     }
     if disabled && !before.disabled {
-        st.store.revoke_tokens(&user.id, now_ms()).await?;
-        let event = pb::UserDisabled { user_id: user.id.clone(), username: user.username.clone() };
-        st.events.emit(&e.id, Event::UserDisabled(event)).await;
+        revoke_all(&st, &user, now_ms(), true).await?;
     }
     Ok(Json(json!(user)))
 }
@@ -173,8 +170,7 @@ pub(crate) async fn revoke_tokens<S: AccountStore>(
     let e = admin_of(&st, &headers, &enterprise).await?;
     let user = find_user(&st, &e.id, &username).await?;
     let before = now_ms();
-    st.store.revoke_tokens(&user.id, before).await?;
-    st.events.tokens_revoked(&user, before).await;
+    revoke_all(&st, &user, before, false).await?;
     Ok(Json(json!({ "username": user.username, "revoked_before_ms": before })))
 }
 
@@ -218,6 +214,17 @@ pub(crate) async fn set_acl<S: AccountStore>(
     broker::acl::enterprise_scoped(&broker::acl::AclTable::default(), &auto)
         .map_err(|err| ApiError::bad_request(format!("`auto_subscribe`: {err}")))?;
     let version = st.store.set_policy(&e.id, &req.acl_rules, &req.auto_subscribe).await?;
+    if let Some(access) = &st.access {
+        let tables = broker::access::Tables {
+            version: version as u64,
+            acl_rules: req.acl_rules.clone(),
+            auto_subscribe: req.auto_subscribe.clone(),
+        };
+        if let Err(err) = access.save_tables(&e.id, &tables).await {
+            metrics::counter!("hermes_accounts_directory_failures_total").increment(1);
+            tracing::error!(error = %err, "ACL tables not written to the access directory");
+        }
+    }
     let changed = pb::AclChanged {
         version: version as u64,
         acl_rules: req.acl_rules.clone(),

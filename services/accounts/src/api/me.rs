@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use wire::pb::{self, account_event::Event};
 
 use super::session::contacts_json;
-use super::{Body, Params, Shared, caller, check_password, check_profile, hash_password, verify_password};
+use super::{Body, Params, Shared, caller, check_password, check_profile, hash_password, revoke_all, verify_password};
 use crate::error::ApiError;
 use crate::store::{AccountStore, ProfileUpdate, now_ms};
 
@@ -61,8 +61,7 @@ pub(crate) async fn change_password<S: AccountStore>(
     }
     st.store.set_password(&me.id, &hash_password(req.new_password).await?).await?;
     let before = now_ms();
-    st.store.revoke_tokens(&me.id, before).await?;
-    st.events.tokens_revoked(&me, before).await;
+    revoke_all(&st, &me, before, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -45,6 +45,8 @@ pub struct AccountsState<S> {
     pub links: LinkSigner,
     /// Where edges read relations (Redis in a cluster); every follow change is written there.
     pub directory: Option<Arc<dyn broker::relations::RelationDirectory>>,
+    /// Where edges read enterprises' ACL tables and revocations at start (Redis in a cluster).
+    pub access: Option<Arc<dyn broker::access::AccessDirectory>>,
 }
 
 impl<S: AccountStore> AccountsState<S> {
@@ -68,6 +70,7 @@ impl<S: AccountStore> AccountsState<S> {
             files,
             links,
             directory: None,
+            access: None,
         }
     }
 }
@@ -316,4 +319,33 @@ impl Page {
 /// A page of `items` and the cursor of the next one (absent on the last page).
 pub(crate) fn page_json(key: &str, items: Value, next: Option<String>) -> Json<Value> {
     Json(json!({ key: items, "next": next }))
+}
+
+/// Ends every session of `user`: refresh tokens revoked and access tokens issued before
+/// `before_ms` refused, here, in the access directory and, through the bus, at every edge
+/// (live connections close). `disabled` announces it as the user being disabled.
+pub(crate) async fn revoke_all<S: AccountStore>(
+    st: &AccountsState<S>,
+    user: &User,
+    before_ms: i64,
+    disabled: bool,
+) -> Result<(), ApiError> {
+    use wire::pb::{self, account_event::Event};
+    st.store.revoke_tokens(&user.id, before_ms).await?;
+    if let Some(access) = &st.access {
+        let r =
+            broker::access::Revocation { enterprise: user.enterprise_id.clone(), user_id: user.id.clone(), before_ms };
+        if let Err(e) = access.save_revocation(&r).await {
+            // Stored and announced all the same; `hermes up` refills the directory at start.
+            metrics::counter!("hermes_accounts_directory_failures_total").increment(1);
+            tracing::error!(error = %e, "revocation not written to the access directory");
+        }
+    }
+    if disabled {
+        let event = pb::UserDisabled { user_id: user.id.clone(), username: user.username.clone() };
+        st.events.emit(&user.enterprise_id, Event::UserDisabled(event)).await;
+    } else {
+        st.events.tokens_revoked(user, before_ms).await;
+    }
+    Ok(())
 }

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use wire::token::AccessClaims;
 
-use super::{Body, ClientIp, Shared, caller, check_name, disabled, verify_password};
+use super::{Body, ClientIp, Shared, caller, check_name, disabled, revoke_all, verify_password};
 use crate::error::ApiError;
 use crate::files::sha256_hex;
 use crate::limiter::Throttled;
@@ -141,8 +141,7 @@ pub(crate) async fn refresh<S: AccountStore>(
                 && let Some(user) = st.store.user_by_id(&user_id).await?
             {
                 let before = now_ms();
-                st.store.revoke_tokens(&user.id, before).await?;
-                st.events.tokens_revoked(&user, before).await;
+                revoke_all(&st, &user, before, false).await?;
             }
             metrics::counter!("hermes_accounts_refresh_reuse_total").increment(1);
             tracing::warn!(%family, "refresh token reused: session revoked");
@@ -185,8 +184,7 @@ pub(crate) async fn logout<S: AccountStore>(
     if req.everywhere {
         let (_, user) = caller(&st, &headers).await?;
         let before = now_ms();
-        st.store.revoke_tokens(&user.id, before).await?;
-        st.events.tokens_revoked(&user, before).await;
+        revoke_all(&st, &user, before, false).await?;
         return Ok(StatusCode::NO_CONTENT);
     }
     let token =
