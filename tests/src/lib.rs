@@ -60,12 +60,8 @@ impl TestEdge {
         cfg.auth.allow_anonymous = true;
         cfg.ops.addr = String::new();
         adjust(&mut cfg);
-        let directory = mqtt_edge::relation_directory(&cfg.state.redis_url).await.expect("relation directory");
-        let access = mqtt_edge::access_directory(&cfg.state.redis_url).await.expect("access directory");
-        let edge = Edge::start_with_directory(cfg, directory).expect("edge starts");
-        if let Some(access) = access {
-            edge.prime_access(access.as_ref()).await.expect("prime from the access directory");
-        }
+        let state = mqtt_edge::StateDirectories::connect(&cfg.state.redis_url).await.expect("state directories");
+        let edge = Edge::start_with_state(cfg, state.as_ref()).await.expect("edge starts");
         let a = edge.addrs().clone();
         TestEdge {
             tcp: a.mqtt.expect("tcp listener"),

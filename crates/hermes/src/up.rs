@@ -134,18 +134,11 @@ fn data_secret(data: &std::path::Path, name: &str) -> Result<String, String> {
 
 /// Opens the accounts database: Postgres when `http.database_url` is set, else SQLite in the
 /// data directory.
-/// Where edges read state the accounts tier writes (Redis with `state.redis_url`).
-#[derive(Clone)]
-struct Directories {
-    relations: Option<std::sync::Arc<dyn broker::relations::RelationDirectory>>,
-    access: Option<std::sync::Arc<dyn broker::access::AccessDirectory>>,
-}
-
 async fn start_accounts(
     cfg: &UpConfig,
     edge: &mqtt_edge::Edge,
     bus: std::sync::Arc<dyn bus::Bus>,
-    dirs: Directories,
+    dirs: Option<mqtt_edge::StateDirectories>,
     signer: wire::token::Signer,
     demo: Option<&str>,
 ) -> Result<(std::net::SocketAddr, String), String> {
@@ -167,7 +160,7 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
     cfg: &UpConfig,
     edge: &mqtt_edge::Edge,
     bus: std::sync::Arc<dyn bus::Bus>,
-    dirs: Directories,
+    dirs: Option<mqtt_edge::StateDirectories>,
     signer: wire::token::Signer,
     demo: Option<&str>,
     store: S,
@@ -176,14 +169,14 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
     if let Some(password) = demo {
         seed_demo(&store, password).await?;
     }
-    prime_edge(&store, edge, &dirs).await?;
+    prime_edge(&store, edge, dirs.as_ref()).await?;
     let admin = data_secret(data, "admin.key")?;
     let links = accounts::files::LinkSigner::new(data_secret(data, "link.key")?);
     let files = std::sync::Arc::new(accounts::files::DiskFiles::new(data.join("files")));
     let mut state =
         accounts::api::AccountsState::new(store, signer, cfg.http.clone(), admin.clone(), bus, files, links);
-    state.directory = dirs.relations;
-    state.access = dirs.access;
+    state.directory = dirs.as_ref().map(|d| d.relations.clone());
+    state.access = dirs.map(|d| d.access);
     let router = accounts::api::router(std::sync::Arc::new(state));
     let tls = cfg.http.tls()?;
     let addr = service_kit::http::serve_with_tls(&cfg.http.addr, tls, router, service_kit::shutdown::signal())
@@ -192,50 +185,40 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
     Ok((addr, admin))
 }
 
-/// The edge starts from what the database knows: relations, enterprises' ACL tables and recent
-/// token revocations, applied as the account events that made them. The directories, if any,
-/// are refilled with the same (idempotent: newer entries win).
+/// The edge starts from what the database knows: relations, applied as the account events
+/// that made them, and enterprises' ACL tables and recent revocations, through the access
+/// directory (Redis, refilled here: newer entries win; or one in memory).
 async fn prime_edge<S: accounts::store::AccountStore>(
     store: &S,
     edge: &mqtt_edge::Edge,
-    dirs: &Directories,
+    dirs: Option<&mqtt_edge::StateDirectories>,
 ) -> Result<(), String> {
-    let redis = |err: String| format!("state.redis_url: {err}");
+    use broker::access::{AccessDirectory, MemoryAccess, Revocation, Tables};
     use wire::pb::{self, account_event::Event};
+    let redis = |err: String| format!("state.redis_url: {err}");
     let db = |e: accounts::store::StoreError| format!("accounts database: {e}");
     let events = edge.account_events();
-    let apply = |enterprise: String, event: Event| {
-        events.apply(&pb::AccountEvent { enterprise_id: enterprise, event: Some(event), ..Default::default() });
-    };
     for (e, follower, followee) in store.all_follows().await.map_err(db)? {
-        if let Some(dir) = &dirs.relations {
-            dir.set_follow(&e, &follower, &followee, true).await.map_err(redis)?;
+        if let Some(d) = dirs {
+            d.relations.set_follow(&e, &follower, &followee, true).await.map_err(redis)?;
         }
-        apply(e, Event::RelationChanged(pb::RelationChanged { follower, followee, following: true }));
+        let change = pb::RelationChanged { follower, followee, following: true };
+        let event = Event::RelationChanged(change);
+        events.apply(&pb::AccountEvent { enterprise_id: e, event: Some(event), ..Default::default() });
     }
+    let access: std::sync::Arc<dyn AccessDirectory> = match dirs {
+        Some(d) => d.access.clone(),
+        None => std::sync::Arc::new(MemoryAccess::default()),
+    };
     for (e, p) in store.all_policies().await.map_err(db)? {
-        if let Some(dir) = &dirs.access {
-            let t = broker::access::Tables {
-                version: p.version as u64,
-                acl_rules: p.acl_rules.clone(),
-                auto_subscribe: p.auto_subscribe.clone(),
-            };
-            dir.save_tables(&e, &t).await.map_err(redis)?;
-        }
-        let tables =
-            pb::AclChanged { version: p.version as u64, acl_rules: p.acl_rules, auto_subscribe: p.auto_subscribe };
-        apply(e, Event::AclChanged(tables));
+        let t = Tables { version: p.version as u64, acl_rules: p.acl_rules, auto_subscribe: p.auto_subscribe };
+        access.save_tables(&e, &t).await.map_err(redis)?;
     }
     let horizon = accounts::store::now_ms() - mqtt_edge::auth::REVOCATION_MEMORY_MS;
-    for (e, user_id, before) in store.revocations_since(horizon).await.map_err(db)? {
-        if let Some(dir) = &dirs.access {
-            let r = broker::access::Revocation { enterprise: e.clone(), user_id: user_id.clone(), before_ms: before };
-            dir.save_revocation(&r).await.map_err(redis)?;
-        }
-        let revoked = pb::TokenRevoked { user_id, issued_before_ms: before, ..Default::default() };
-        apply(e, Event::TokenRevoked(revoked));
+    for (enterprise, user_id, before_ms) in store.revocations_since(horizon).await.map_err(db)? {
+        access.save_revocation(&Revocation { enterprise, user_id, before_ms }).await.map_err(redis)?;
     }
-    Ok(())
+    edge.prime_access(access.as_ref()).await.map_err(redis)
 }
 
 /// Enterprise `acme`: alice and bob follow each other (friends), carol follows alice.
@@ -268,16 +251,15 @@ async fn serve(
     let anonymous = edge_cfg.auth.allow_anonymous;
     let users_file = edge_cfg.auth.users_file.clone();
     let nats_url = edge_cfg.bus.nats_url.clone();
-    let directory = mqtt_edge::relation_directory(&edge_cfg.state.redis_url).await?;
-    let access = mqtt_edge::access_directory(&edge_cfg.state.redis_url).await?;
-    let edge = mqtt_edge::Edge::start_with_directory(edge_cfg, directory.clone())?;
+    let dirs = mqtt_edge::StateDirectories::connect(&edge_cfg.state.redis_url).await?;
+    // Primed from the database below, which also refills the directories.
+    let edge = mqtt_edge::Edge::start_with_directory(edge_cfg, dirs.as_ref().map(|d| d.relations.clone()))?;
     let bus: std::sync::Arc<dyn bus::Bus> = if nats_url.is_empty() {
         std::sync::Arc::new(bus::memory::MemoryBus::default())
     } else {
         std::sync::Arc::new(bus::nats::NatsBus::connect(&nats_url).await.map_err(|e| format!("bus.nats_url: {e}"))?)
     };
     let _events = edge.account_events().follow(bus.as_ref()).await.map_err(|e| format!("bus: {e}"))?;
-    let dirs = Directories { relations: directory, access };
     let (http, admin) = start_accounts(&cfg, &edge, bus, dirs, signer, demo.as_deref()).await?;
     let ops = if cfg.ops.addr.is_empty() {
         None

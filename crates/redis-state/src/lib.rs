@@ -19,12 +19,19 @@ impl std::fmt::Debug for RedisRelations {
     }
 }
 
+/// A connection to `url` (`redis://host:6379/0`) that reconnects by itself; clones share it.
+pub async fn connect(url: &str) -> Result<ConnectionManager, String> {
+    let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
+    client.get_connection_manager().await.map_err(|e| format!("{url}: {e}"))
+}
+
 impl RedisRelations {
-    /// Connects to `url` (`redis://host:6379/0`); the connection manager reconnects by itself.
+    pub fn new(conn: ConnectionManager) -> Self {
+        RedisRelations { conn }
+    }
+
     pub async fn connect(url: &str) -> Result<RedisRelations, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
-        let conn = client.get_connection_manager().await.map_err(|e| format!("{url}: {e}"))?;
-        Ok(RedisRelations { conn })
+        connect(url).await.map(Self::new)
     }
 }
 
@@ -96,10 +103,12 @@ if v < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 return 1";
 
 impl RedisAccess {
+    pub fn new(conn: ConnectionManager) -> Self {
+        RedisAccess { conn }
+    }
+
     pub async fn connect(url: &str) -> Result<RedisAccess, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
-        let conn = client.get_connection_manager().await.map_err(|e| format!("{url}: {e}"))?;
-        Ok(RedisAccess { conn })
+        connect(url).await.map(Self::new)
     }
 }
 

@@ -68,6 +68,16 @@ impl Edge {
         events::AccountEvents { shared: self.shared.clone() }
     }
 
+    /// Like [`Edge::start`], with `state`'s directories: relations loaded at CONNECT, and the
+    /// access directory applied before this returns.
+    pub async fn start_with_state(cfg: EdgeConfig, state: Option<&StateDirectories>) -> Result<Edge, String> {
+        let edge = Self::start_with_directory(cfg, state.map(|s| s.relations.clone()))?;
+        if let Some(s) = state {
+            edge.prime_access(s.access.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
+        }
+        Ok(edge)
+    }
+
     /// Applies what `dir` holds (enterprises' ACL tables, recent revocations) as the account
     /// events that made it: how an edge that starts, or missed events, catches up.
     pub async fn prime_access(&self, dir: &dyn broker::access::AccessDirectory) -> Result<(), String> {
@@ -105,13 +115,8 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     let telemetry = service_kit::telemetry::init("mqtt-edge", &cfg.telemetry).map_err(|e| e.to_string())?;
     let ops_addr = cfg.ops.addr.clone();
     let nats_url = cfg.bus.nats_url.clone();
-    let redis_url = cfg.state.redis_url.clone();
-    let directory = relation_directory(&redis_url).await?;
-    let access = access_directory(&redis_url).await?;
-    let edge = Edge::start_with_directory(cfg, directory)?;
-    if let Some(access) = &access {
-        edge.prime_access(access.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
-    }
+    let state = StateDirectories::connect(&cfg.state.redis_url).await?;
+    let edge = Edge::start_with_state(cfg, state.as_ref()).await?;
     let _events = if nats_url.is_empty() {
         tracing::warn!("bus.nats_url is empty: account events (revocations, relation changes) do not reach this edge");
         None
@@ -135,20 +140,25 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// The Redis relation directory when `state.redis_url` is set.
-pub async fn relation_directory(redis_url: &str) -> Result<Option<Arc<dyn RelationDirectory>>, String> {
-    if redis_url.is_empty() {
-        return Ok(None);
-    }
-    let dir = redis_state::RedisRelations::connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
-    Ok(Some(Arc::new(dir)))
+/// What an edge reads from outside the accounts database (design §2): relations at CONNECT,
+/// enterprises' ACL tables and revocations at start. Redis with `state.redis_url`, over one
+/// connection.
+#[derive(Debug, Clone)]
+pub struct StateDirectories {
+    pub relations: Arc<dyn RelationDirectory>,
+    pub access: Arc<dyn broker::access::AccessDirectory>,
 }
 
-/// The Redis access directory (ACL tables, revocations) when `state.redis_url` is set.
-pub async fn access_directory(redis_url: &str) -> Result<Option<Arc<dyn broker::access::AccessDirectory>>, String> {
-    if redis_url.is_empty() {
-        return Ok(None);
+impl StateDirectories {
+    /// `None` when `redis_url` is empty.
+    pub async fn connect(redis_url: &str) -> Result<Option<StateDirectories>, String> {
+        if redis_url.is_empty() {
+            return Ok(None);
+        }
+        let conn = redis_state::connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
+        Ok(Some(StateDirectories {
+            relations: Arc::new(redis_state::RedisRelations::new(conn.clone())),
+            access: Arc::new(redis_state::RedisAccess::new(conn)),
+        }))
     }
-    let dir = redis_state::RedisAccess::connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
-    Ok(Some(Arc::new(dir)))
 }
