@@ -313,34 +313,32 @@ async fn connections_beyond_the_limit_wait_in_the_backlog() {
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
 
+/// Runs `hermes args`, requires it to succeed, returns what it printed.
+fn hermes(args: &[&str]) -> String {
+    let out = Command::new(HERMES).args(args).output().expect("run hermes");
+    assert!(out.status.success(), "hermes {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Where [`demo_login`] keeps `user`'s session.
+fn session_file(dir: &std::path::Path, user: &str) -> String {
+    dir.join(format!("{user}.json")).display().to_string()
+}
+
+/// `hermes login` as a `--demo` user (password "demo secret"); returns what it printed.
+fn demo_login(dir: &std::path::Path, http: SocketAddr, mqtt: SocketAddr, user: &str) -> String {
+    let (h, m, s) = (http.to_string(), mqtt.to_string(), session_file(dir, user));
+    let args = ["login", "--http", &h, "--mqtt", &m, "--enterprise", "acme", "--username", user];
+    hermes(&[&args[..], &["--password", "demo secret", "--session", &s]].concat())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn client_verbs_from_two_terminals() {
     let (mut child, mqtt, http) = up_with_http(&["--demo", "--demo-password", "demo secret"]);
     let dir = temp_dir("verbs");
-    let session = |user: &str| dir.join(format!("{user}.json")).display().to_string();
-    let hermes = |args: &[&str]| {
-        let out = Command::new(HERMES).args(args).output().expect("run hermes");
-        assert!(out.status.success(), "hermes {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let (h, m) = (http.to_string(), mqtt.to_string());
+    let session = |user: &str| session_file(&dir, user);
     for user in ["alice", "bob"] {
-        let s = session(user);
-        let out = hermes(&[
-            "login",
-            "--http",
-            &h,
-            "--mqtt",
-            &m,
-            "--enterprise",
-            "acme",
-            "--username",
-            user,
-            "--password",
-            "demo secret",
-            "--session",
-            &s,
-        ]);
+        let out = demo_login(&dir, http, mqtt, user);
         assert!(out.contains(&format!("logged in as {user}@acme")), "{out}");
     }
     let contacts = hermes(&["contacts", "--session", &session("alice")]);
@@ -372,17 +370,9 @@ async fn signatures_presence_and_disabling_from_two_terminals() {
     let (mut child, mqtt, http, admin) = up_with_admin(&["--demo", "--demo-password", "demo secret"], &[]);
     assert!(!admin.is_empty(), "up prints the admin key");
     let dir = temp_dir("presence");
-    let session = |user: &str| dir.join(format!("{user}.json")).display().to_string();
-    let hermes = |args: &[&str]| {
-        let out = Command::new(HERMES).args(args).output().expect("run hermes");
-        assert!(out.status.success(), "hermes {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let (h, m) = (http.to_string(), mqtt.to_string());
+    let session = |user: &str| session_file(&dir, user);
     for user in ["alice", "bob"] {
-        let s = session(user);
-        let args = ["login", "--http", &h, "--mqtt", &m, "--enterprise", "acme", "--username", user];
-        hermes(&[&args[..], &["--password", "demo secret", "--session", &s]].concat());
+        demo_login(&dir, http, mqtt, user);
     }
     // Alice watches; bob comes online (his listener) and sets a signature.
     let mut watcher = Command::new(HERMES)
