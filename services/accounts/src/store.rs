@@ -217,7 +217,7 @@ pub fn new_id() -> String {
     use rand::RngCore;
     let mut b = [0u8; 16];
     rand::rng().fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::files::hex(&b)
 }
 
 pub fn now_ms() -> i64 {

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use wire::pb::{self, account_event::Event};
 
 use super::{
-    Body, Page, Params, Shared, admin_of, check_name, check_password, check_profile, hash_password, is_operator,
-    page_json, revoke_all,
+    Body, Page, Params, Shared, admin_of, check_name, check_password, check_profile, directory_failed, hash_password,
+    is_operator, page_json, revoke_all,
 };
 use crate::error::ApiError;
 use crate::files::sha256_hex;
@@ -221,8 +221,7 @@ pub(crate) async fn set_acl<S: AccountStore>(
             auto_subscribe: req.auto_subscribe.clone(),
         };
         if let Err(err) = access.save_tables(&e.id, &tables).await {
-            metrics::counter!("hermes_accounts_directory_failures_total").increment(1);
-            tracing::error!(error = %err, "ACL tables not written to the access directory");
+            directory_failed("ACL tables", &err);
         }
     }
     let changed = pb::AclChanged {

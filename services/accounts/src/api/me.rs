@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 use wire::pb::{self, account_event::Event};
 
 use super::session::contacts_json;
-use super::{Body, Params, Shared, caller, check_password, check_profile, hash_password, revoke_all, verify_password};
+use super::{
+    Body, Params, Shared, caller, check_password, check_profile, directory_failed, hash_password, revoke_all,
+    verify_password,
+};
 use crate::error::ApiError;
 use crate::store::{AccountStore, ProfileUpdate, now_ms};
 
@@ -103,10 +106,7 @@ async fn set_follow<S: AccountStore>(
     if let Some(dir) = &st.directory
         && let Err(e) = dir.set_follow(&me.enterprise_id, &me.username, &other.username, following).await
     {
-        // Stored and announced all the same: edges also apply the event, and a restart refills
-        // the directory from the database.
-        metrics::counter!("hermes_accounts_directory_failures_total").increment(1);
-        tracing::error!(error = %e, "relation directory not updated");
+        directory_failed("relation change", &e);
     }
     let change = pb::RelationChanged { follower: me.username.clone(), followee: other.username.clone(), following };
     st.events.emit(&me.enterprise_id, Event::RelationChanged(change)).await;

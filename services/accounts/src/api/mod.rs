@@ -336,9 +336,7 @@ pub(crate) async fn revoke_all<S: AccountStore>(
         let r =
             broker::access::Revocation { enterprise: user.enterprise_id.clone(), user_id: user.id.clone(), before_ms };
         if let Err(e) = access.save_revocation(&r).await {
-            // Stored and announced all the same; `hermes up` refills the directory at start.
-            metrics::counter!("hermes_accounts_directory_failures_total").increment(1);
-            tracing::error!(error = %e, "revocation not written to the access directory");
+            directory_failed("revocation", &e);
         }
     }
     if disabled {
@@ -348,4 +346,12 @@ pub(crate) async fn revoke_all<S: AccountStore>(
         st.events.tokens_revoked(user, before_ms).await;
     }
     Ok(())
+}
+
+/// A directory write failed after the change was stored. The change is still announced on the
+/// bus (running edges apply it), and `hermes up` refills the directories from the database at
+/// start; counted and logged here.
+pub(crate) fn directory_failed(what: &str, error: &str) {
+    metrics::counter!("hermes_accounts_directory_failures_total").increment(1);
+    tracing::error!(error, "{what} not written to the edges' directory");
 }
