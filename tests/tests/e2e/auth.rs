@@ -45,10 +45,6 @@ mod tokens {
     use sdk::mqtt::{Connect, Packet, SubscribeTopic, Version};
     use wire::token::Signer;
 
-    fn token(signer: &Signer, user: &str, ttl: Duration) -> Vec<u8> {
-        access_token(signer, user, ttl)
-    }
-
     fn with_token(id: &str, user: Option<&str>, token: Vec<u8>) -> Connect {
         Connect { username: user.map(Into::into), password: Some(token), ..connect(id, true) }
     }
@@ -71,14 +67,14 @@ mod tokens {
             c.auth.token_public_key = public;
         })
         .await;
-        let good = || token(&signer, "alice", Duration::from_secs(60));
+        let good = || access_token(&signer, "alice", Duration::from_secs(60));
         for v in [Version::V311, Version::V5] {
             assert_eq!(code(&edge, v, with_token("a", None, good())).await.0, 0, "{v:?} token alone");
             assert_eq!(code(&edge, v, with_token("a", Some("alice"), good())).await.0, 0, "{v:?} with its username");
         }
-        let expired = token(&signer, "alice", Duration::from_secs(0));
+        let expired = access_token(&signer, "alice", Duration::from_secs(0));
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let forged = token(&forger, "alice", Duration::from_secs(60));
+        let forged = access_token(&forger, "alice", Duration::from_secs(60));
         let mut tampered = good();
         let i = tampered.len() - 10;
         tampered[i] ^= 1;
@@ -107,10 +103,10 @@ mod tokens {
             c.auth.token_public_key = public;
         })
         .await;
-        let alice_token = token(&signer, "alice", Duration::from_secs(60));
+        let alice_token = access_token(&signer, "alice", Duration::from_secs(60));
         let (mut alice, _) = edge.connect(Version::V5, with_token("alice-phone", None, alice_token)).await;
         let (mut bob, _) = edge
-            .connect(Version::V311, with_token("bob-pc", None, token(&signer, "bob", Duration::from_secs(60))))
+            .connect(Version::V311, with_token("bob-pc", None, access_token(&signer, "bob", Duration::from_secs(60))))
             .await;
         // Auto-subscribed to her inbox at CONNECT: bob writes to it, alice gets it unasked.
         bob.publish("acme/im/msg/alice", b"hi alice", 1, false, WAIT).await.expect("puback");
@@ -154,7 +150,7 @@ mod tokens {
         let edge = TestEdge::start_with(|c| c.auth.token_public_key = public).await;
         let mut watcher = edge.client(Version::V311, "watcher").await;
         watcher.subscribe(vec![SubscribeTopic::new("acme/im/pres/alice", 1)], WAIT).await.expect("suback");
-        let alice = || token(&signer, "alice", Duration::from_secs(60));
+        let alice = || access_token(&signer, "alice", Duration::from_secs(60));
         let mut status = async || {
             let p = expect_publish(&mut watcher).await;
             ack(&mut watcher, &p).await;
