@@ -182,9 +182,14 @@ pub async fn run_tool(cmd: &mut tokio::process::Command, deadline: Duration) -> 
 
 /// An access token for `user` of enterprise `acme` (user id `id-<user>`), issued now.
 pub fn access_token(signer: &wire::token::Signer, user: &str, ttl: Duration) -> Vec<u8> {
+    access_token_in(signer, "acme", user, ttl)
+}
+
+/// An access token for `user` of `enterprise` (user id `id-<user>`), issued now.
+pub fn access_token_in(signer: &wire::token::Signer, enterprise: &str, user: &str, ttl: Duration) -> Vec<u8> {
     let claims = wire::token::AccessClaims {
         user_id: format!("id-{user}"),
-        enterprise_id: "acme".into(),
+        enterprise_id: enterprise.into(),
         username: user.into(),
         token_id: format!("t-{user}"),
         issued_at_ms: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64),

@@ -10,6 +10,17 @@ use std::collections::HashMap;
 
 use crate::session::{Deliverable, Enqueued, Outgoing, Session};
 
+/// The key a session is kept under: who owns it and the client id they chose.
+///
+/// Sessions belong to an identity: the same client id under another owner is another session,
+/// so nobody can take over, resume or read someone else's session by knowing its client id;
+/// only the same owner takes a session over [MQTT-3.1.4-3]. The owner's length comes first so
+/// no owner/client-id pair can spell another. Stores (and the cluster's Redis keys) are keyed
+/// by this string.
+pub fn session_key(owner: &str, client_id: &str) -> String {
+    format!("{}:{owner}/{client_id}", owner.len())
+}
+
 /// A session while nobody is connected to it.
 #[derive(Debug)]
 pub struct Parked<M> {
@@ -30,15 +41,16 @@ impl<M> Parked<M> {
 
 /// The operations the edge needs from a session store.
 pub trait SessionStore<M>: Send {
-    /// Keeps `parked` for its client's return, replacing any session parked under that id.
-    fn park(&mut self, client_id: &str, parked: Parked<M>);
-    /// Removes and returns the parked session of `client_id`: on reconnect, or to discard it.
-    fn take(&mut self, client_id: &str) -> Option<Parked<M>>;
+    /// Keeps `parked` for its owner's return under `session` (a [`session_key`]), replacing
+    /// any session parked under that key.
+    fn park(&mut self, session: &str, parked: Parked<M>);
+    /// Removes and returns the parked session `session`: on reconnect, or to discard it.
+    fn take(&mut self, session: &str) -> Option<Parked<M>>;
     /// Queues a routed message for a parked session; `None` if no session is parked there.
-    fn enqueue(&mut self, client_id: &str, out: Outgoing<M>) -> Option<Enqueued<M>>;
-    /// Removes and returns the sessions whose expiry has passed at `now_ms`.
+    fn enqueue(&mut self, session: &str, out: Outgoing<M>) -> Option<Enqueued<M>>;
+    /// Removes and returns the sessions (with their keys) whose expiry has passed at `now_ms`.
     fn expire(&mut self, now_ms: u64) -> Vec<(String, Parked<M>)>;
-    fn contains(&self, client_id: &str) -> bool;
+    fn contains(&self, session: &str) -> bool;
     /// Number of parked sessions.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -59,16 +71,16 @@ impl<M> Default for MemorySessionStore<M> {
 }
 
 impl<M: Deliverable + Clone + Send> SessionStore<M> for MemorySessionStore<M> {
-    fn park(&mut self, client_id: &str, parked: Parked<M>) {
-        self.parked.insert(client_id.to_owned(), parked);
+    fn park(&mut self, session: &str, parked: Parked<M>) {
+        self.parked.insert(session.to_owned(), parked);
     }
 
-    fn take(&mut self, client_id: &str) -> Option<Parked<M>> {
-        self.parked.remove(client_id)
+    fn take(&mut self, session: &str) -> Option<Parked<M>> {
+        self.parked.remove(session)
     }
 
-    fn enqueue(&mut self, client_id: &str, out: Outgoing<M>) -> Option<Enqueued<M>> {
-        self.parked.get_mut(client_id).map(|p| p.session.enqueue(out))
+    fn enqueue(&mut self, session: &str, out: Outgoing<M>) -> Option<Enqueued<M>> {
+        self.parked.get_mut(session).map(|p| p.session.enqueue(out))
     }
 
     fn expire(&mut self, now_ms: u64) -> Vec<(String, Parked<M>)> {
@@ -81,8 +93,8 @@ impl<M: Deliverable + Clone + Send> SessionStore<M> for MemorySessionStore<M> {
         due.into_iter().filter_map(|id| self.parked.remove(&id).map(|p| (id, p))).collect()
     }
 
-    fn contains(&self, client_id: &str) -> bool {
-        self.parked.contains_key(client_id)
+    fn contains(&self, session: &str) -> bool {
+        self.parked.contains_key(session)
     }
 
     fn len(&self) -> usize {
@@ -159,6 +171,14 @@ mod tests {
         fn expired(&self, _: u64) -> bool {
             false
         }
+    }
+
+    #[test]
+    fn session_keys_never_collide_across_owners() {
+        // The owner "a/b" with client "c" and the owner "a" with client "b/c" are two sessions.
+        assert_ne!(session_key("a/b", "c"), session_key("a", "b/c"));
+        assert_ne!(session_key("", "1:x/y"), session_key("x", "y"));
+        assert_eq!(session_key("acme/u1", "phone"), session_key("acme/u1", "phone"));
     }
 
     #[test]

@@ -22,6 +22,36 @@ pub struct Identity {
     pub via_token: bool,
     /// When the access token was issued (Unix ms); 0 for other users.
     pub issued_at_ms: i64,
+    /// Let in without credentials (`auth.allow_anonymous`); `username` is only a claim.
+    pub anonymous: bool,
+}
+
+impl Identity {
+    /// Who owns the sessions this identity creates (see `broker::store::session_key`): a token
+    /// user by enterprise and user id, a users-file user by name; anonymous clients share one
+    /// owner per claimed name, as on any broker that lets them in.
+    pub fn owner(&self) -> String {
+        if self.via_token {
+            format!("t:{}/{}", self.enterprise, self.user_id)
+        } else if self.anonymous {
+            format!("a:{}", self.username)
+        } else {
+            format!("u:{}", self.username)
+        }
+    }
+
+    /// The sender the edge stamps on what this identity publishes: `{enterprise}/{user}` for
+    /// token users, the user name for users-file users, empty for anonymous clients (whose
+    /// claimed name proves nothing).
+    pub fn sender(&self) -> String {
+        if self.via_token {
+            format!("{}/{}", self.enterprise, self.username)
+        } else if self.anonymous {
+            String::new()
+        } else {
+            self.username.clone()
+        }
+    }
 }
 
 /// The outcome of checking CONNECT credentials; refusals carry the reason string for v5.
@@ -97,6 +127,7 @@ impl Authenticator {
 
     pub fn check(&self, username: Option<&str>, password: Option<&[u8]>) -> AuthDecision {
         let user = |name: &str| Identity { username: name.to_owned(), ..Identity::default() };
+        let anonymous = |name: &str| Identity { anonymous: true, ..user(name) };
         if let (Some(verifier), Some(p)) = (&self.tokens, password)
             && p.starts_with(TOKEN_PREFIX)
         {
@@ -113,20 +144,21 @@ impl Authenticator {
                     user_id: c.user_id,
                     via_token: true,
                     issued_at_ms: c.issued_at_ms,
+                    anonymous: false,
                 }),
                 Err(TokenError::Expired) => AuthDecision::NotAuthorized("the access token has expired"),
                 Err(_) => AuthDecision::BadCredentials("the access token is not valid"),
             };
         }
         match (username, password) {
-            (None, None) if self.allow_anonymous => AuthDecision::Allow(Identity::default()),
+            (None, None) if self.allow_anonymous => AuthDecision::Allow(anonymous("")),
             (None, None) => AuthDecision::NotAuthorized("anonymous access is disabled"),
             (Some(u), Some(p)) => match self.users.get(u) {
                 Some(hash) if password::verify(hash, p) => AuthDecision::Allow(user(u)),
                 _ => AuthDecision::BadCredentials("bad user name or password"),
             },
             // A username without a password may still be anonymous, as Mosquitto allows.
-            (Some(u), None) if self.allow_anonymous && !self.users.contains_key(u) => AuthDecision::Allow(user(u)),
+            (Some(u), None) if self.allow_anonymous && !self.users.contains_key(u) => AuthDecision::Allow(anonymous(u)),
             _ => AuthDecision::BadCredentials("bad user name or password"),
         }
     }

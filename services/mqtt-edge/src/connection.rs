@@ -28,10 +28,12 @@ use crate::server::EdgeShared;
 /// hub, which then publishes or schedules the will and keeps or ends the session.
 #[derive(Debug)]
 pub struct ConnState {
+    /// The session's key in the hub (owner and client id).
+    pub session: Arc<str>,
     pub client_id: Arc<str>,
     pub link_id: u64,
     pub hub: Arc<Hub>,
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
     pub authz: Arc<Authorizer>,
     /// A DISCONNECT without "send will" was received.
     graceful: Cell<bool>,
@@ -40,8 +42,15 @@ pub struct ConnState {
 }
 
 impl ConnState {
-    pub fn new(client_id: Arc<str>, link_id: u64, edge: &EdgeShared, identity: Identity) -> Self {
+    pub fn new(
+        session: Arc<str>,
+        client_id: Arc<str>,
+        link_id: u64,
+        edge: &EdgeShared,
+        identity: Arc<Identity>,
+    ) -> Self {
         ConnState {
+            session,
             client_id,
             link_id,
             hub: edge.hub.clone(),
@@ -65,7 +74,7 @@ impl ConnState {
 
 impl Drop for ConnState {
     fn drop(&mut self) {
-        self.hub.disconnect(&self.client_id, self.link_id, self.graceful.get(), self.expiry_override.get(), now_ms());
+        self.hub.disconnect(&self.session, self.link_id, self.graceful.get(), self.expiry_override.get(), now_ms());
     }
 }
 
@@ -118,12 +127,12 @@ impl Sink {
 
 /// Runs on the connection's worker until the connection ends: writes each delivery the hub
 /// sends, and closes the connection when the hub asks to.
-pub fn spawn_delivery_task(sink: Sink, inbox: ConnInbox, hub: Arc<Hub>, client_id: Arc<str>, link_id: u64) {
+pub fn spawn_delivery_task(sink: Sink, inbox: ConnInbox, hub: Arc<Hub>, session: Arc<str>, link_id: u64) {
     ntex::rt::spawn(async move {
         loop {
             match inbox.next().await {
                 // Boxed so the idle task stays small: only a delivery in progress needs the space.
-                Next::Deliver(d) => Box::pin(deliver(&sink, d, &hub, &client_id, link_id)).await,
+                Next::Deliver(d) => Box::pin(deliver(&sink, d, &hub, &session, link_id)).await,
                 Next::Close(reason) => {
                     sink.close(reason);
                     break;

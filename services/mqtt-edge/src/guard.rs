@@ -91,7 +91,7 @@ impl<S, St: Deref<Target = ConnState>> Middleware<S, St> for ProtocolGuard {
         ProtocolGuardService {
             service,
             hub: st.hub.clone(),
-            client_id: st.client_id.clone(),
+            session: st.session.clone(),
             qos2_here: RefCell::new(HashSet::new()),
         }
     }
@@ -100,7 +100,7 @@ impl<S, St: Deref<Target = ConnState>> Middleware<S, St> for ProtocolGuard {
 pub struct ProtocolGuardService<S> {
     service: S,
     hub: Arc<Hub>,
-    client_id: Arc<str>,
+    session: Arc<str>,
     /// QoS 2 packet ids whose PUBLISH arrived on this connection (ntex-mqtt tracks these).
     qos2_here: RefCell<HashSet<NonZeroU16>>,
 }
@@ -129,7 +129,7 @@ where
             }
             Inbound::PubRel(id) => {
                 if !self.qos2_here.borrow_mut().remove(&id) {
-                    let found = self.hub.incoming_released(&self.client_id, id.get());
+                    let found = self.hub.incoming_released(&self.session, id.get());
                     return Ok(Req::pubcomp(id, found));
                 }
             }

@@ -1,5 +1,6 @@
-//! The edge's shared routing state: live sessions by client id, the session store for the
-//! parked ones, the subscription tries, retained messages, and a link to each live connection.
+//! The edge's shared routing state: live sessions by session key (owner and client id, see
+//! `broker::store::session_key`), the session store for the parked ones, the subscription
+//! tries, retained messages, and a link to each live connection.
 //!
 //! All ntex workers share one `Hub`. Its methods are synchronous and short; they decide with the
 //! broker core and hand deliveries to connections through bounded channels, so a connection's
@@ -51,6 +52,9 @@ pub struct Will {
 /// What a CONNECT asks of the hub.
 #[derive(Debug)]
 pub struct ConnectRequest {
+    /// The session's key: its owner and client id. Only a CONNECT with the same key takes the
+    /// session over or resumes it.
+    pub session: Arc<str>,
     pub client_id: Arc<str>,
     pub clean_start: bool,
     /// Seconds the session outlives the connection: 0 = ends with it, `u32::MAX` = never expires.
@@ -92,6 +96,15 @@ struct Live {
     will: Option<Will>,
     presence: Option<Arc<str>>,
     identity: Arc<Identity>,
+    client_id: Arc<str>,
+}
+
+/// A will waiting for its v5 will-delay, with who it is sent for (checked again when due).
+struct PendingWill {
+    due_ms: u64,
+    message: SharedMessage,
+    identity: Arc<Identity>,
+    client_id: Arc<str>,
 }
 
 struct State {
@@ -99,8 +112,8 @@ struct State {
     store: Box<dyn SessionStore<SharedMessage>>,
     /// Connected devices per presence topic.
     devices: HashMap<Arc<str>, u32>,
-    /// Wills waiting for their v5 will-delay, by client id.
-    pending_wills: HashMap<Arc<str>, (u64, SharedMessage)>,
+    /// Wills waiting for their v5 will-delay, by session key.
+    pending_wills: HashMap<Arc<str>, PendingWill>,
     client_of: HashMap<u64, Arc<str>>,
     subs: SubscriptionTrie<u64, SubOptions>,
     shared: SubscriptionTrie<(u64, Arc<str>), SubOptions>,
@@ -166,6 +179,8 @@ pub struct Snapshot {
 pub struct Hub {
     state: Mutex<State>,
     cfg: HubConfig,
+    /// Wills are authorized again when they are sent: relations may have changed meanwhile.
+    authz: Arc<Authorizer>,
     pub counters: Counters,
 }
 
@@ -177,11 +192,11 @@ impl std::fmt::Debug for Hub {
 
 impl Hub {
     /// A hub whose parked sessions live in this process's memory.
-    pub fn new(cfg: HubConfig) -> Self {
-        Self::with_store(cfg, Box::new(MemorySessionStore::default()))
+    pub fn new(cfg: HubConfig, authz: Arc<Authorizer>) -> Self {
+        Self::with_store(cfg, authz, Box::new(MemorySessionStore::default()))
     }
 
-    pub fn with_store(cfg: HubConfig, store: Box<dyn SessionStore<SharedMessage>>) -> Self {
+    pub fn with_store(cfg: HubConfig, authz: Arc<Authorizer>, store: Box<dyn SessionStore<SharedMessage>>) -> Self {
         let state = State {
             live: HashMap::new(),
             store,
@@ -194,7 +209,7 @@ impl Hub {
             next_id: 0,
             round_robin: 0,
         };
-        Hub { state: Mutex::new(state), cfg, counters: Counters::default() }
+        Hub { state: Mutex::new(state), cfg, authz, counters: Counters::default() }
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -217,8 +232,18 @@ impl Hub {
 
         let mut takeover_will = None;
         let mut replaced_presence = None;
-        let previous = match st.live.remove(&req.client_id) {
+        let previous = match st.live.remove(&req.session) {
             Some(old) => {
+                // Same session key, so the same owner: nobody else can get here.
+                tracing::info!(
+                    client_id = %req.client_id,
+                    tenant = %req.identity.enterprise,
+                    user = %req.identity.username,
+                    old_user = %old.identity.username,
+                    old_token_issued_ms = old.identity.issued_at_ms,
+                    new_token_issued_ms = req.identity.issued_at_ms,
+                    "session taken over by a new connection of its owner"
+                );
                 // A takeover is not a device leaving: no offline presence in between.
                 replaced_presence = old.presence.clone();
                 old.link.close(CloseReason::SessionTakenOver);
@@ -226,7 +251,12 @@ impl Hub {
                 metrics::gauge!(m::CONNECTIONS).decrement(1.0);
                 // The old connection ended abnormally: its will goes out unless delayed, in
                 // which case the new connection cancels it (v5 §3.1.3.2.2).
-                takeover_will = old.will.filter(|w| w.delay_secs == 0).map(|w| w.message);
+                takeover_will = old.will.filter(|w| w.delay_secs == 0).map(|w| PendingWill {
+                    due_ms: now_ms,
+                    message: w.message,
+                    identity: old.identity,
+                    client_id: old.client_id,
+                });
                 Some(Parked {
                     session: old.session,
                     key: old.key,
@@ -234,13 +264,13 @@ impl Hub {
                     offline_since_ms: now_ms,
                 })
             }
-            None => st.store.take(&req.client_id),
+            None => st.store.take(&req.session),
         };
         // A delayed will is cancelled by a reconnect to the session, and due at once if the
         // session ends now (clean start).
-        let delayed_will = st.pending_wills.remove(&req.client_id).filter(|_| req.clean_start).map(|(_, m)| m);
-        for msg in takeover_will.into_iter().chain(delayed_will) {
-            self.route(&mut st, msg, None, now_ms);
+        let delayed_will = st.pending_wills.remove(&req.session).filter(|_| req.clean_start);
+        for will in takeover_will.into_iter().chain(delayed_will) {
+            self.send_will(&mut st, will, now_ms);
         }
         let (key, mut session, session_present) = match previous {
             Some(p) if !req.clean_start => (p.key, p.session, true),
@@ -249,7 +279,7 @@ impl Hub {
                     st.drop_session(p.key, &p.session, &self.cfg.topic);
                 }
                 let key = st.next_id();
-                st.client_of.insert(key, req.client_id.clone());
+                st.client_of.insert(key, req.session.clone());
                 (key, Session::new(self.cfg.session), false)
             }
         };
@@ -269,7 +299,7 @@ impl Hub {
             self.device_left(&mut st, topic, now_ms);
         }
         st.live.insert(
-            req.client_id.clone(),
+            req.session.clone(),
             Live {
                 key,
                 session,
@@ -278,22 +308,23 @@ impl Hub {
                 will: req.will,
                 presence: req.presence,
                 identity: req.identity,
+                client_id: req.client_id,
             },
         );
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         Connected { session_present, link_id, inbox }
     }
 
-    /// The connection `link_id` of `client_id` is gone. `graceful` means a DISCONNECT packet
+    /// The connection `link_id` of `session` is gone. `graceful` means a DISCONNECT packet
     /// without "send will" arrived, so the will is discarded. `expiry_secs` is the session
     /// expiry the v5 DISCONNECT may have changed. The session is parked or ends.
-    pub fn disconnect(&self, client_id: &str, link_id: u64, graceful: bool, expiry_secs: Option<u32>, now_ms: u64) {
+    pub fn disconnect(&self, session: &str, link_id: u64, graceful: bool, expiry_secs: Option<u32>, now_ms: u64) {
         let mut st = self.lock();
-        if st.live.get(client_id).is_none_or(|l| l.link.id != link_id) {
+        if st.live.get(session).is_none_or(|l| l.link.id != link_id) {
             // Taken over: the new connection owns the session now.
             return;
         }
-        let Some((cid, mut live)) = st.live.remove_entry(client_id) else {
+        let Some((key, mut live)) = st.live.remove_entry(session) else {
             return;
         };
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
@@ -305,14 +336,20 @@ impl Hub {
             st.drop_session(live.key, &live.session, &self.cfg.topic);
         } else {
             let parked = Parked { session: live.session, key: live.key, expiry_secs: expiry, offline_since_ms: now_ms };
-            st.store.park(client_id, parked);
+            st.store.park(session, parked);
         }
         if let Some(will) = will {
-            if will.delay_secs == 0 || ends_now {
-                self.route(&mut st, will.message, None, now_ms);
+            let delay = if ends_now { 0 } else { u64::from(will.delay_secs.min(expiry)) };
+            let pending = PendingWill {
+                due_ms: now_ms + delay * 1000,
+                message: will.message,
+                identity: live.identity.clone(),
+                client_id: live.client_id.clone(),
+            };
+            if delay == 0 {
+                self.send_will(&mut st, pending, now_ms);
             } else {
-                let delay = u64::from(will.delay_secs.min(expiry));
-                st.pending_wills.insert(cid, (now_ms + delay * 1000, will.message));
+                st.pending_wills.insert(key, pending);
             }
         }
         if let Some(topic) = live.presence.take() {
@@ -336,22 +373,38 @@ impl Hub {
     pub fn tick(&self, now_ms: u64) {
         let mut st = self.lock();
         let mut due = Vec::new();
-        for (cid, parked) in st.store.expire(now_ms) {
+        for (session, parked) in st.store.expire(now_ms) {
             st.drop_session(parked.key, &parked.session, &self.cfg.topic);
-            due.extend(st.pending_wills.remove(cid.as_str()).map(|(_, m)| m));
+            due.extend(st.pending_wills.remove(session.as_str()));
             metrics::counter!(m::SESSIONS_EXPIRED).increment(1);
         }
         let ripe: Vec<Arc<str>> =
-            st.pending_wills.iter().filter(|(_, (at, _))| *at <= now_ms).map(|(c, _)| c.clone()).collect();
-        for cid in ripe {
-            due.extend(st.pending_wills.remove(&cid).map(|(_, m)| m));
+            st.pending_wills.iter().filter(|(_, w)| w.due_ms <= now_ms).map(|(s, _)| s.clone()).collect();
+        for session in ripe {
+            due.extend(st.pending_wills.remove(&session));
         }
-        for msg in due {
-            self.route(&mut st, msg, None, now_ms);
+        for will in due {
+            self.send_will(&mut st, will, now_ms);
         }
     }
 
-    /// Routes a message published by `from` (a client id) or by the system (`None`).
+    /// Publishes a will if its owner may still publish to its topic: relations or tables may
+    /// have changed since the CONNECT that set it.
+    fn send_will(&self, st: &mut State, will: PendingWill, now_ms: u64) {
+        if !self.authz.can_publish(&will.identity, &will.client_id, &will.message.topic) {
+            metrics::counter!(m::WILLS_REFUSED).increment(1);
+            tracing::info!(
+                client_id = %will.client_id,
+                tenant = %will.identity.enterprise,
+                topic = %will.message.topic,
+                "will not sent: the ACL no longer allows its topic"
+            );
+            return;
+        }
+        self.route(st, will.message, None, now_ms);
+    }
+
+    /// Routes a message published by `from` (a session key) or by the system (`None`).
     /// Returns the number of sessions it was handed to.
     pub fn publish(&self, msg: SharedMessage, from: Option<&str>, now_ms: u64) -> usize {
         let mut st = self.lock();
@@ -426,25 +479,25 @@ impl Hub {
     /// are handed to the connection.
     pub fn subscribe(
         &self,
-        client_id: &str,
+        session: &str,
         raw_filter: &str,
         options: SubOptions,
         now_ms: u64,
     ) -> Result<(), SubscribeError> {
-        self.subscribe_in(&mut self.lock(), client_id, raw_filter, options, now_ms)
+        self.subscribe_in(&mut self.lock(), session, raw_filter, options, now_ms)
     }
 
     fn subscribe_in(
         &self,
         st: &mut State,
-        client_id: &str,
+        session: &str,
         raw_filter: &str,
         options: SubOptions,
         now_ms: u64,
     ) -> Result<(), SubscribeError> {
         let parsed = parse_subscription(raw_filter, &self.cfg.topic).map_err(SubscribeError::Topic)?;
         let State { live, subs, shared, retained, .. } = st;
-        let live = live.get_mut(client_id).ok_or(SubscribeError::NoSession)?;
+        let live = live.get_mut(session).ok_or(SubscribeError::NoSession)?;
         let existed = live.session.subscriptions().any(|(f, _)| f == raw_filter);
         if !existed && live.session.subscription_count() >= self.cfg.max_subscriptions {
             return Err(SubscribeError::QuotaExceeded);
@@ -480,7 +533,7 @@ impl Hub {
     /// `users` `None` means every user of the enterprise (its ACL tables changed).
     pub fn reauthorize(&self, authz: &Authorizer, enterprise: &str, users: Option<&[&str]>, now_ms: u64) {
         let mut st = self.lock();
-        let affected: Vec<(Arc<str>, Arc<Identity>)> = st
+        let affected: Vec<(Arc<str>, Arc<Identity>, Arc<str>)> = st
             .live
             .iter()
             .filter(|(_, l)| {
@@ -488,10 +541,10 @@ impl Hub {
                     && l.identity.enterprise == enterprise
                     && users.is_none_or(|u| u.contains(&l.identity.username.as_str()))
             })
-            .map(|(cid, l)| (cid.clone(), l.identity.clone()))
+            .map(|(session, l)| (session.clone(), l.identity.clone(), l.client_id.clone()))
             .collect();
-        for (cid, who) in affected {
-            let revoked: Vec<String> = st.live.get(&cid).map_or_else(Vec::new, |l| {
+        for (session, who, cid) in affected {
+            let revoked: Vec<String> = st.live.get(&session).map_or_else(Vec::new, |l| {
                 l.session
                     .subscriptions()
                     .map(|(f, _)| f)
@@ -503,27 +556,27 @@ impl Hub {
                     .collect()
             });
             for f in revoked {
-                self.unsubscribe_in(&mut st, &cid, &f);
+                self.unsubscribe_in(&mut st, &session, &f);
                 metrics::counter!(m::SUBSCRIPTIONS_REVOKED).increment(1);
             }
             for (filter, qos) in authz.auto_subscriptions(&who, &cid) {
-                let known = st.live.get(&cid).is_some_and(|l| l.session.subscriptions().any(|(f, _)| f == filter));
+                let known = st.live.get(&session).is_some_and(|l| l.session.subscriptions().any(|(f, _)| f == filter));
                 if !known {
                     let options = SubOptions { qos, ..SubOptions::default() };
-                    let _ = self.subscribe_in(&mut st, &cid, &filter, options, now_ms);
+                    let _ = self.subscribe_in(&mut st, &session, &filter, options, now_ms);
                 }
             }
         }
     }
 
     /// An UNSUBSCRIBE entry; returns whether the subscription existed.
-    pub fn unsubscribe(&self, client_id: &str, raw_filter: &str) -> bool {
-        self.unsubscribe_in(&mut self.lock(), client_id, raw_filter)
+    pub fn unsubscribe(&self, session: &str, raw_filter: &str) -> bool {
+        self.unsubscribe_in(&mut self.lock(), session, raw_filter)
     }
 
-    fn unsubscribe_in(&self, st: &mut State, client_id: &str, raw_filter: &str) -> bool {
+    fn unsubscribe_in(&self, st: &mut State, session: &str, raw_filter: &str) -> bool {
         let State { live, subs, shared, .. } = st;
-        let Some(live) = live.get_mut(client_id) else {
+        let Some(live) = live.get_mut(session) else {
             return false;
         };
         if live.session.unsubscribe(raw_filter).is_none() {
@@ -534,9 +587,9 @@ impl Hub {
     }
 
     /// PUBACK or PUBCOMP for an outbound message: frees window space.
-    pub fn complete(&self, client_id: &str, link_id: u64, packet_id: NonZeroU16, now_ms: u64) {
+    pub fn complete(&self, session: &str, link_id: u64, packet_id: NonZeroU16, now_ms: u64) {
         let mut st = self.lock();
-        let Some(live) = st.live.get_mut(client_id).filter(|l| l.link.id == link_id) else {
+        let Some(live) = st.live.get_mut(session).filter(|l| l.link.id == link_id) else {
             return;
         };
         self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
@@ -546,20 +599,20 @@ impl Hub {
     }
 
     /// PUBREC for an outbound QoS 2 message.
-    pub fn received(&self, client_id: &str, packet_id: NonZeroU16) {
-        if let Some(live) = self.lock().live.get_mut(client_id) {
+    pub fn received(&self, session: &str, packet_id: NonZeroU16) {
+        if let Some(live) = self.lock().live.get_mut(session) {
             live.session.received(packet_id);
         }
     }
 
     /// Inbound QoS 2: false if `packet_id` is a duplicate of an unreleased PUBLISH.
-    pub fn incoming_qos2(&self, client_id: &str, packet_id: u16) -> bool {
-        self.lock().live.get_mut(client_id).is_none_or(|l| l.session.incoming_qos2(packet_id))
+    pub fn incoming_qos2(&self, session: &str, packet_id: u16) -> bool {
+        self.lock().live.get_mut(session).is_none_or(|l| l.session.incoming_qos2(packet_id))
     }
 
     /// Inbound PUBREL; returns whether `packet_id` was awaiting release in the session.
-    pub fn incoming_released(&self, client_id: &str, packet_id: u16) -> bool {
-        self.lock().live.get_mut(client_id).is_some_and(|l| l.session.incoming_released(packet_id))
+    pub fn incoming_released(&self, session: &str, packet_id: u16) -> bool {
+        self.lock().live.get_mut(session).is_some_and(|l| l.session.incoming_released(packet_id))
     }
 
     /// Counts a QoS 0 delivery written to a socket.

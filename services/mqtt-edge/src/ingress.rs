@@ -30,6 +30,11 @@ impl std::fmt::Display for EdgeError {
     }
 }
 
+/// The client's IP address, as the socket (under any TLS or WebSocket layer) reports it.
+pub fn peer_ip(io: &ntex::io::IoBoxed) -> Option<std::net::IpAddr> {
+    io.query::<ntex::io::types::PeerAddr>().get().map(|p| p.0.ip())
+}
+
 /// Server-assigned client ids for clients that sent an empty one.
 pub fn assign_client_id() -> String {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -70,28 +75,17 @@ pub fn publish(st: &ConnState, inbound: Inbound, build: impl FnOnce(&mut Message
     }
     if inbound.qos == QoS::ExactlyOnce
         && let Some(id) = inbound.packet_id
-        && !st.hub.incoming_qos2(&st.client_id, id)
+        && !st.hub.incoming_qos2(&st.session, id)
     {
         return Err(PublishRefusal::Duplicate);
     }
     let mut msg = Message::new(inbound.topic, inbound.payload, inbound.qos, inbound.retain);
     build(&mut msg);
+    crate::sender::stamp(&mut msg, &st.identity);
     let started = std::time::Instant::now();
-    let n = st.hub.publish(Arc::new(msg), Some(&st.client_id), now_ms());
+    let n = st.hub.publish(Arc::new(msg), Some(&st.session), now_ms());
     metrics::histogram!(m::ROUTE_SECONDS).record(started.elapsed().as_secs_f64());
     Ok(n)
-}
-
-/// Validates a will before the session exists; returns the message to keep.
-pub fn will_message(
-    hub: &Hub,
-    topic: &ByteString,
-    payload: &Bytes,
-    qos: QoS,
-    retain: bool,
-) -> Result<Message, TopicError> {
-    validate_name(topic, &hub.config().topic)?;
-    Ok(Message::new(topic.clone(), payload.clone(), qos, retain))
 }
 
 /// A SUBSCRIBE entry: the ACL first (for `$share/{group}/...` the filter after the group), then
@@ -102,7 +96,7 @@ pub fn subscribe(st: &ConnState, raw: &str, options: broker::SubOptions) -> Resu
     if !st.authz.can_subscribe(&st.identity, &st.client_id, filter) {
         return Err(SubscribeError::NotAuthorized);
     }
-    st.hub.subscribe(&st.client_id, raw, options, now_ms())
+    st.hub.subscribe(&st.session, raw, options, now_ms())
 }
 
 /// A token user's presence topic, `{eid}/im/pres/{user}` (design §3).
@@ -138,10 +132,16 @@ pub async fn load_relations(edge: &crate::server::EdgeShared, who: &crate::auth:
 }
 
 /// Subscribes a token user to what its auto-subscribe table says (at CONNECT).
-pub fn auto_subscribe(hub: &Hub, authz: &crate::authz::Authorizer, who: &crate::auth::Identity, client_id: &str) {
+pub fn auto_subscribe(
+    hub: &Hub,
+    authz: &crate::authz::Authorizer,
+    who: &crate::auth::Identity,
+    session: &str,
+    client_id: &str,
+) {
     for (filter, qos) in authz.auto_subscriptions(who, client_id) {
         let options = broker::SubOptions { qos, ..broker::SubOptions::default() };
-        if let Err(e) = hub.subscribe(client_id, &filter, options, now_ms()) {
+        if let Err(e) = hub.subscribe(session, &filter, options, now_ms()) {
             tracing::warn!(client_id = %client_id, topic = %filter, error = ?e, "auto-subscription refused");
         }
     }

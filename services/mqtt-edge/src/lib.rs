@@ -8,6 +8,7 @@ pub mod auth;
 pub mod authz;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod connection;
 pub mod events;
 pub mod guard;
@@ -16,8 +17,10 @@ pub mod ingress;
 pub mod link;
 pub mod message;
 pub mod metrics;
+pub mod sender;
 pub mod server;
 pub mod sys;
+pub mod throttle;
 pub mod v3;
 pub mod v5;
 
@@ -54,9 +57,11 @@ impl Edge {
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
         let relations = Arc::new(MemoryRelations::default());
         let authz = Arc::new(authz::Authorizer::from_config(&cfg.auth, relations.clone())?);
-        let hub = Arc::new(hub::Hub::new(cfg.hub_config()));
+        let hub = Arc::new(hub::Hub::new(cfg.hub_config(), authz.clone()));
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
-        let shared = Arc::new(server::EdgeShared { hub: hub.clone(), auth, authz, relations, directory, cfg });
+        let throttle = throttle::AuthThrottle::default();
+        let shared =
+            Arc::new(server::EdgeShared { hub: hub.clone(), auth, authz, relations, directory, throttle, cfg });
         let listeners = server::start(shared.clone()).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
         let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);
         Ok(Edge { hub, shared, listeners, housekeeping })

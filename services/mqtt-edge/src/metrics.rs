@@ -3,7 +3,9 @@
 pub const CONNECTIONS: &str = "hermes_edge_connections";
 pub const CONNECTS: &str = "hermes_edge_connects_total";
 pub const CONNECT_REFUSED: &str = "hermes_edge_connect_refused_total";
+pub const CONNECT_DELAYED: &str = "hermes_edge_connect_delayed_total";
 pub const TAKEOVERS: &str = "hermes_edge_session_takeovers_total";
+pub const WILLS_REFUSED: &str = "hermes_edge_wills_refused_total";
 pub const SESSIONS_EXPIRED: &str = "hermes_edge_sessions_expired_total";
 pub const PACKETS_IN: &str = "hermes_edge_packets_received_total";
 pub const PUBLISH_BYTES_IN: &str = "hermes_edge_publish_bytes_received_total";
@@ -25,7 +27,9 @@ pub fn describe() {
     describe_gauge!(CONNECTIONS, "Open MQTT connections");
     describe_counter!(CONNECTS, "Accepted CONNECT packets, by protocol version");
     describe_counter!(CONNECT_REFUSED, "Refused CONNECT packets, by reason");
-    describe_counter!(TAKEOVERS, "Connections closed because the client id connected again");
+    describe_counter!(CONNECT_DELAYED, "CONNECTs made to wait for failed authentication from their address");
+    describe_counter!(TAKEOVERS, "Connections closed because their session's owner connected again with its client id");
+    describe_counter!(WILLS_REFUSED, "Wills not sent because the ACL no longer allowed their topic when due");
     describe_counter!(SESSIONS_EXPIRED, "Persistent sessions removed after their expiry");
     describe_counter!(PACKETS_IN, "Control packets received, by type");
     describe_counter!(PUBLISH_BYTES_IN, "Payload bytes received in PUBLISH packets");

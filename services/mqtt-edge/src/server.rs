@@ -30,6 +30,8 @@ pub struct EdgeShared {
     pub authz: Arc<Authorizer>,
     pub relations: Arc<MemoryRelations>,
     pub directory: Option<Arc<dyn RelationDirectory>>,
+    /// Slows down addresses whose CONNECTs fail authentication.
+    pub throttle: crate::throttle::AuthThrottle,
     pub cfg: EdgeConfig,
 }
 

@@ -9,10 +9,10 @@ use ntex_mqtt::v5::codec::{ConnectAckReason, PublishAckReason, SubscribeAckReaso
 
 use broker::{RetainHandling, SubOptions};
 
-use crate::auth::AuthDecision;
-use crate::connection::{ConnState, Sink, from_ntex_qos, spawn_delivery_task};
-use crate::hub::{ConnectRequest, SubscribeError, Will};
-use crate::ingress::{self, EdgeError, Inbound, PublishRefusal};
+use crate::connect::{self, ConnectInput, Refusal, WillInput};
+use crate::connection::{ConnState, Sink, from_ntex_qos};
+use crate::hub::SubscribeError;
+use crate::ingress::{self, EdgeError, Inbound, PublishRefusal, peer_ip};
 use crate::message::{Message, now_ms};
 use crate::metrics as m;
 use crate::server::EdgeShared;
@@ -26,72 +26,70 @@ impl TryFrom<EdgeError> for v5::PublishAck {
     }
 }
 
-fn refuse(msg: v5::Connect, code: ConnectAckReason, why: &'static str) -> v5::ConnectAck<ConnState> {
-    metrics::counter!(m::CONNECT_REFUSED, "reason" => why).increment(1);
+fn refuse(msg: v5::Connect, refusal: Refusal) -> v5::ConnectAck<ConnState> {
+    let reason_code = match refusal {
+        Refusal::BadCredentials(_) => ConnectAckReason::BadUserNameOrPassword,
+        Refusal::NotAuthorized(_) | Refusal::WillNotAuthorized => ConnectAckReason::NotAuthorized,
+        Refusal::Throttled => ConnectAckReason::ConnectionRateExceeded,
+        Refusal::WillTopicInvalid => ConnectAckReason::TopicNameInvalid,
+    };
     msg.fail_with(v5::codec::ConnectAck {
-        reason_code: code,
-        reason_string: Some(ByteString::from_static(why)),
+        reason_code,
+        reason_string: Some(ByteString::from_static(refusal.reason())),
         ..Default::default()
     })
+}
+
+fn will_input(w: &v5::codec::LastWill) -> WillInput {
+    WillInput {
+        topic: w.topic.clone(),
+        payload: w.message.clone(),
+        qos: from_ntex_qos(w.qos),
+        retain: w.retain,
+        delay_secs: w.will_delay_interval_sec.unwrap_or(0),
+        expiry_secs: w.message_expiry_interval.map(|s| s.get()),
+        properties: Some(Box::new(v5::codec::PublishProperties {
+            correlation_data: w.correlation_data.clone(),
+            content_type: w.content_type.clone(),
+            user_properties: w.user_properties.clone(),
+            is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
+            response_topic: w.response_topic.clone(),
+            ..Default::default()
+        })),
+    }
 }
 
 #[tracing::instrument(name = "mqtt.connect", skip_all, fields(client_id = %msg.packet().client_id, protocol = "5.0"))]
 pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::ConnectAck<ConnState>, EdgeError> {
     let pkt = msg.packet();
-    let identity = match edge.auth.check(pkt.username.as_deref(), pkt.password.as_deref()) {
-        AuthDecision::Allow(identity) => identity,
-        AuthDecision::BadCredentials(why) => return Ok(refuse(msg, ConnectAckReason::BadUserNameOrPassword, why)),
-        AuthDecision::NotAuthorized(why) => return Ok(refuse(msg, ConnectAckReason::NotAuthorized, why)),
-    };
-    ingress::load_relations(&edge, &identity).await;
-    let assigned = pkt.client_id.is_empty().then(ingress::assign_client_id);
-    let client_id: Arc<str> = assigned.as_deref().unwrap_or(pkt.client_id.as_str()).into();
-    let will = match &pkt.last_will {
-        None => None,
-        Some(w) => match ingress::will_message(&edge.hub, &w.topic, &w.message, from_ntex_qos(w.qos), w.retain) {
-            Ok(mut message) => {
-                message.expires_at_ms = w.message_expiry_interval.map(|s| now_ms() + u64::from(s.get()) * 1000);
-                message.properties = Some(Box::new(v5::codec::PublishProperties {
-                    correlation_data: w.correlation_data.clone(),
-                    content_type: w.content_type.clone(),
-                    user_properties: w.user_properties.clone(),
-                    is_utf8_payload: w.is_utf8_payload.unwrap_or(false),
-                    response_topic: w.response_topic.clone(),
-                    ..Default::default()
-                }));
-                Some(Will { message: Arc::new(message), delay_secs: w.will_delay_interval_sec.unwrap_or(0) })
-            }
-            Err(_) => {
-                return Ok(refuse(msg, ConnectAckReason::TopicNameInvalid, "invalid will topic"));
-            }
-        },
-    };
     let limits = &edge.cfg.limits;
     let expiry = pkt.session_expiry_interval_secs.min(limits.max_session_expiry_secs);
-    let connected = edge.hub.connect(
-        ConnectRequest {
-            client_id: client_id.clone(),
-            clean_start: pkt.clean_start,
-            session_expiry_secs: expiry,
-            receive_maximum: pkt.receive_max.map_or(u16::MAX, |r| r.get()),
-            will,
-            presence: ingress::presence_topic(&identity),
-            identity: Arc::new(identity.clone()),
-        },
-        now_ms(),
-    );
-    metrics::counter!(m::CONNECTS, "protocol" => "5.0").increment(1);
+    let input = ConnectInput {
+        username: pkt.username.clone(),
+        password: pkt.password.clone(),
+        client_id: pkt.client_id.clone(),
+        clean_start: pkt.clean_start,
+        session_expiry_secs: expiry,
+        receive_maximum: pkt.receive_max.map_or(u16::MAX, |r| r.get()),
+        will: pkt.last_will.as_ref().map(will_input),
+        peer: peer_ip(msg.io()),
+        protocol: "5.0",
+    };
     let client_keep_alive = pkt.keep_alive;
     let requested_expiry = pkt.session_expiry_interval_secs;
-    spawn_delivery_task(Sink::V5(msg.sink()), connected.inbox, edge.hub.clone(), client_id.clone(), connected.link_id);
-    ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &client_id);
-    ingress::close_if_revoked(&edge, &identity);
-    let state = ConnState::new(client_id, connected.link_id, &edge, identity);
+    let accepted = match connect::accept(&edge, input, Sink::V5(msg.sink())).await {
+        Ok(a) => a,
+        Err(refusal) => return Ok(refuse(msg, refusal)),
+    };
     let cap = limits.max_keepalive_secs;
     let keep_alive = if client_keep_alive > cap { cap } else { client_keep_alive };
-    let session_present = connected.session_present;
-    Ok(msg.ack(state).keep_alive(keep_alive.saturating_add(keep_alive / 2)).max_send(Some(limits.max_inflight)).with(
-        |ack| {
+    let session_present = accepted.session_present;
+    let assigned = accepted.assigned_client_id;
+    Ok(msg
+        .ack(accepted.state)
+        .keep_alive(keep_alive.saturating_add(keep_alive / 2))
+        .max_send(Some(limits.max_inflight))
+        .with(|ack| {
             ack.session_present = session_present;
             ack.assigned_client_id = assigned.map(ByteString::from);
             ack.shared_subscription_available = true;
@@ -104,8 +102,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::Conn
             if requested_expiry != expiry {
                 ack.session_expiry_interval_secs = Some(expiry);
             }
-        },
-    ))
+        }))
 }
 
 #[tracing::instrument(name = "mqtt.publish", level = "debug", skip_all, fields(client_id = %ses.client_id, topic = %p.publish_topic()))]
@@ -192,7 +189,7 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
         v5::ProtocolMessage::Unsubscribe(mut s) => {
             metrics::counter!(m::PACKETS_IN, "type" => "unsubscribe").increment(1);
             for mut u in s.iter_mut() {
-                if !ses.hub.unsubscribe(&ses.client_id, u.topic()) {
+                if !ses.hub.unsubscribe(&ses.session, u.topic()) {
                     u.fail(v5::codec::UnsubscribeAckReason::NoSubscriptionExisted);
                 }
             }
@@ -200,7 +197,7 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
         }
         v5::ProtocolMessage::PublishRelease(r) => {
             metrics::counter!(m::PACKETS_IN, "type" => "pubrel").increment(1);
-            ses.hub.incoming_released(&ses.client_id, r.packet().packet_id.get());
+            ses.hub.incoming_released(&ses.session, r.packet().packet_id.get());
             r.ack()
         }
         v5::ProtocolMessage::Disconnect(d) => {

@@ -5,6 +5,7 @@ mod account_events;
 mod auth;
 mod backends;
 mod delivery;
+mod identity;
 mod interop;
 mod layering;
 mod limits;

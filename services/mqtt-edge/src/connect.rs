@@ -1,0 +1,177 @@
+//! One CONNECT pipeline for both protocol versions: throttle failed authentication per client
+//! address, authenticate, load relations, authorize the will, register the session under its
+//! owner's key, start delivery, auto-subscribe, re-check revocation. `v3.rs` and `v5.rs` only
+//! read their packet into a [`ConnectInput`] and map the answer to their CONNACK.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ntex_bytes::{ByteString, Bytes};
+use ntex_mqtt::v5::codec::PublishProperties;
+
+use broker::QoS;
+use broker::topic::validate_name;
+
+use crate::auth::{AuthDecision, Identity};
+use crate::connection::{ConnState, Sink, spawn_delivery_task};
+use crate::hub::{ConnectRequest, Will};
+use crate::ingress;
+use crate::message::{Message, now_ms};
+use crate::metrics as m;
+use crate::server::EdgeShared;
+use crate::throttle::Admission;
+
+/// A CONNECT as both versions describe it.
+#[derive(Debug)]
+pub struct ConnectInput {
+    pub username: Option<ByteString>,
+    pub password: Option<Bytes>,
+    /// As sent: empty asks the server to assign one.
+    pub client_id: ByteString,
+    pub clean_start: bool,
+    /// Already capped by `limits.max_session_expiry_secs`.
+    pub session_expiry_secs: u32,
+    pub receive_maximum: u16,
+    pub will: Option<WillInput>,
+    /// The client's address, for throttling failed authentication.
+    pub peer: Option<IpAddr>,
+    pub protocol: &'static str,
+}
+
+/// The will of a CONNECT.
+#[derive(Debug)]
+pub struct WillInput {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// v5 will delay interval; 0 for v3.
+    pub delay_secs: u32,
+    /// v5 message expiry interval of the will.
+    pub expiry_secs: Option<u32>,
+    /// v5 properties passed on with the will.
+    pub properties: Option<Box<PublishProperties>>,
+}
+
+/// Why a CONNECT is refused; each version maps it to its return or reason code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Credentials missing or wrong (v3 4, v5 0x86).
+    BadCredentials(&'static str),
+    /// Not allowed in now (v3 5, v5 0x87).
+    NotAuthorized(&'static str),
+    /// Too many failed attempts from this address are waiting (v3 3, v5 0x9F).
+    Throttled,
+    /// The will topic is not a valid topic name (v3 5, v5 0x90).
+    WillTopicInvalid,
+    /// The ACL does not let this client publish its will (v3 5, v5 0x87).
+    WillNotAuthorized,
+}
+
+impl Refusal {
+    /// The reason string sent to v5 clients and logged.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::BadCredentials(why) | Refusal::NotAuthorized(why) => why,
+            Refusal::Throttled => "too many failed authentication attempts from this address: retry later",
+            Refusal::WillTopicInvalid => "the will topic is not a valid topic name",
+            Refusal::WillNotAuthorized => "the ACL does not allow publishing the will to its topic",
+        }
+    }
+
+    /// The metric label: one fixed set for both versions.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::BadCredentials(_) => "bad_credentials",
+            Refusal::NotAuthorized(_) => "not_authorized",
+            Refusal::Throttled => "throttled",
+            Refusal::WillTopicInvalid => "will_topic",
+            Refusal::WillNotAuthorized => "will_not_authorized",
+        }
+    }
+}
+
+/// An accepted CONNECT: the connection's state and what the CONNACK says.
+#[derive(Debug)]
+pub struct Accepted {
+    pub state: ConnState,
+    pub session_present: bool,
+    /// The client id the server chose for a client that sent an empty one.
+    pub assigned_client_id: Option<String>,
+}
+
+/// Runs the pipeline. `sink` is the connection's write side, used once the session exists.
+pub async fn accept(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<Accepted, Refusal> {
+    let result = run(edge, input, sink).await;
+    if let Err(r) = &result {
+        metrics::counter!(m::CONNECT_REFUSED, "reason" => r.label()).increment(1);
+        tracing::info!(reason = r.reason(), "CONNECT refused");
+    }
+    result
+}
+
+async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<Accepted, Refusal> {
+    let identity = authenticate(edge, &input).await?;
+    ingress::load_relations(edge, &identity).await;
+    let assigned = input.client_id.is_empty().then(ingress::assign_client_id);
+    let client_id: Arc<str> = assigned.as_deref().unwrap_or(input.client_id.as_str()).into();
+    let will = input.will.map(|w| authorize_will(edge, &identity, &client_id, w)).transpose()?;
+    let session: Arc<str> = broker::store::session_key(&identity.owner(), &client_id).into();
+    let identity = Arc::new(identity);
+    let connected = edge.hub.connect(
+        ConnectRequest {
+            session: session.clone(),
+            client_id: client_id.clone(),
+            clean_start: input.clean_start,
+            session_expiry_secs: input.session_expiry_secs,
+            receive_maximum: input.receive_maximum,
+            will,
+            presence: ingress::presence_topic(&identity),
+            identity: identity.clone(),
+        },
+        now_ms(),
+    );
+    metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);
+    spawn_delivery_task(sink, connected.inbox, edge.hub.clone(), session.clone(), connected.link_id);
+    ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &session, &client_id);
+    ingress::close_if_revoked(edge, &identity);
+    let state = ConnState::new(session, client_id, connected.link_id, edge, identity);
+    Ok(Accepted { state, session_present: connected.session_present, assigned_client_id: assigned })
+}
+
+/// Checks the credentials, after the wait failed attempts from the client's address earned.
+async fn authenticate(edge: &EdgeShared, input: &ConnectInput) -> Result<Identity, Refusal> {
+    if let Some(ip) = input.peer {
+        match edge.throttle.admit(ip, now_ms()) {
+            Admission::After(0) => {}
+            Admission::After(ms) => {
+                metrics::counter!(m::CONNECT_DELAYED).increment(1);
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            Admission::Busy => return Err(Refusal::Throttled),
+        }
+    }
+    let refusal = match edge.auth.check(input.username.as_deref(), input.password.as_deref()) {
+        AuthDecision::Allow(identity) => return Ok(identity),
+        AuthDecision::BadCredentials(why) => Refusal::BadCredentials(why),
+        AuthDecision::NotAuthorized(why) => Refusal::NotAuthorized(why),
+    };
+    if let Some(ip) = input.peer {
+        edge.throttle.failed(ip, now_ms());
+    }
+    Err(refusal)
+}
+
+/// A will is published on its owner's behalf: its topic must be one the owner may publish to
+/// now (and is checked again when it is sent), and it carries the owner as its sender.
+fn authorize_will(edge: &EdgeShared, who: &Identity, client_id: &str, w: WillInput) -> Result<Will, Refusal> {
+    validate_name(&w.topic, &edge.hub.config().topic).map_err(|_| Refusal::WillTopicInvalid)?;
+    if !edge.authz.can_publish(who, client_id, &w.topic) {
+        return Err(Refusal::WillNotAuthorized);
+    }
+    let mut message = Message::new(w.topic, w.payload, w.qos, w.retain);
+    message.expires_at_ms = w.expiry_secs.map(|s| now_ms() + u64::from(s) * 1000);
+    message.properties = w.properties;
+    crate::sender::stamp(&mut message, who);
+    Ok(Will { message: Arc::new(message), delay_secs: w.delay_secs })
+}
