@@ -247,3 +247,49 @@ async fn the_sender_is_who_the_edge_authenticated() {
     }
     w.edge.stop().await;
 }
+
+/// A client whose socket comes from `source` (a loopback address of its own).
+async fn client_from(source: [u8; 4], edge: &TestEdge, v: Version) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind(std::net::SocketAddr::from((source, 0))).expect("bind");
+    Client::from_stream(socket.connect(edge.tcp).await.expect("connect"), v)
+}
+
+/// A CONNECT from 127.0.0.7 with a token of the wrong key; returns the CONNACK code.
+async fn forged_connect(edge: &TestEdge, forger: &Signer, v: Version) -> u8 {
+    let mut c = client_from([127, 0, 0, 7], edge, v).await;
+    let forged = Connect { password: Some(access_token_in(forger, "acme", "bob", TTL)), ..connect("x", true) };
+    match c.handshake(forged, Duration::from_secs(20)).await {
+        Ok(Packet::ConnAck { code, .. }) => code,
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_authentication_slows_its_address_down() {
+    let w = World::start().await;
+    let forger = Signer::generate().expect("keys");
+    let bad = |v: Version| forged_connect(&w.edge, &forger, v);
+    // The first failures are answered at once.
+    for _ in 0..5 {
+        assert_eq!(bad(Version::V5).await, 0x86);
+    }
+    // After that, attempts from the address wait for slots that grow apart, however many
+    // connections it opens at once.
+    let started = std::time::Instant::now();
+    let codes = futures_util::future::join_all((0..5).map(|_| bad(Version::V5))).await;
+    assert_eq!(codes, [0x86; 5]);
+    assert!(started.elapsed() >= Duration::from_millis(350), "five parallel attempts took {:?}", started.elapsed());
+    // Past the longest wait, attempts are turned away at once: v5 0x9F, v3 return code 3.
+    let burst =
+        futures_util::future::join_all((0..30).map(|i| bad(if i % 2 == 0 { Version::V5 } else { Version::V311 })))
+            .await;
+    assert!(burst.contains(&0x9F) && burst.contains(&3), "{burst:?}");
+    // Another address is not slowed, and the right credentials still work there.
+    let mut good = client_from([127, 0, 0, 8], &w.edge, Version::V5).await;
+    match good.handshake(w.login("acme", "bob", "bob", false), WAIT).await {
+        Ok(Packet::ConnAck { code: 0, .. }) => {}
+        other => panic!("expected CONNACK 0, got {other:?}"),
+    }
+    w.edge.stop().await;
+}
