@@ -12,12 +12,13 @@
 //! Placeholders: `%u` username, `%c` client id, `%e` enterprise, `%f` each user followed,
 //! `%F` each mutual friend. A value that contains `/`, `+`, `#` or U+0000, starts with `$`, or is
 //! empty makes the rule (or that set member) not apply: a crafted name can never widen a rule.
+//! A `+` in a rule never stands for an empty level (`acme/im/msg/` is nobody's inbox).
 //! Deny by default.
 
 use std::fmt;
 
 use crate::QoS;
-use crate::topic::matches;
+use crate::topic::{TopicLimits, matches, validate_filter};
 
 /// What a rule grants: `read` = subscribe, `write` = publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +140,7 @@ impl AclTable {
     pub fn can_publish(&self, who: &Subject<'_>, topic: &str) -> bool {
         self.rules_for(who.username)
             .filter(|r| r.access.allows(Access::Write))
-            .any(|r| expand(&r.filter, who).iter().any(|f| matches(f, topic)))
+            .any(|r| expand(&r.filter, who).iter().any(|f| grants(f, topic)))
     }
 
     /// May `who` subscribe to `filter`? Only if every topic it can match is readable.
@@ -194,7 +195,14 @@ pub fn expand(template: &str, who: &Subject<'_>) -> Vec<String> {
     out
 }
 
-/// Does the granted filter cover every topic the requested filter can match?
+/// Does a granted filter name `topic`? MQTT matching [MQTT-4.7.1], except that a `+` never
+/// stands for an empty level.
+fn grants(granted: &str, topic: &str) -> bool {
+    matches(granted, topic) && granted.split('/').zip(topic.split('/')).all(|(g, t)| g != "+" || !t.is_empty())
+}
+
+/// Does the granted filter cover every topic the requested filter can match? A `+` granted
+/// covers no empty level, as in [`AclTable::can_publish`].
 pub fn covers(granted: &str, requested: &str) -> bool {
     // A filter that starts with a wildcard matches no `$` topic (§4.7.2).
     if requested.starts_with('$') && granted.starts_with(['+', '#']) {
@@ -206,7 +214,7 @@ pub fn covers(granted: &str, requested: &str) -> bool {
         match (g.next(), r.next()) {
             (Some("#"), _) => return true,
             (Some(_), Some("#")) => return false,
-            (Some("+"), Some(_)) => {}
+            (Some("+"), Some(level)) if !level.is_empty() => {}
             (Some(a), Some(b)) if a == b && b != "+" => {}
             (None, None) => return true,
             _ => return false,
@@ -214,15 +222,20 @@ pub fn covers(granted: &str, requested: &str) -> bool {
     }
 }
 
-/// Whether every filter of an enterprise's own tables stays inside the enterprise: starts with
-/// `%e/`. An enterprise admin writes these tables; they must never reach another enterprise's
-/// topics or `$SYS`.
+/// Whether every filter of an enterprise's own tables (ACL rules and auto-subscriptions alike)
+/// is a valid topic filter once its placeholders are filled in, and stays inside the enterprise:
+/// starts with `%e/`. An enterprise admin writes these tables; they must never reach another
+/// enterprise's topics or `$SYS`.
 pub fn enterprise_scoped(table: &AclTable, auto: &[AutoSubscribe]) -> Result<(), String> {
     let rules = table.patterns.iter().chain(table.users.iter().flat_map(|(_, r)| r.iter())).map(|r| &r.filter);
-    match rules.chain(auto.iter().map(|a| &a.filter)).find(|f| !f.starts_with("%e/")) {
-        Some(f) => Err(format!("`{f}` is outside the enterprise: every filter must start with %e/")),
-        None => Ok(()),
+    for f in rules.chain(auto.iter().map(|a| &a.filter)) {
+        if !f.starts_with("%e/") {
+            return Err(format!("`{f}` is outside the enterprise: every filter must start with %e/"));
+        }
+        let sample = f.replace("%u", "u").replace("%c", "c").replace("%e", "e").replace("%f", "f").replace("%F", "F");
+        validate_filter(&sample, &TopicLimits::default()).map_err(|e| format!("`{f}` is not a valid filter: {e}"))?;
     }
+    Ok(())
 }
 
 /// One auto-subscription: a filter template and its QoS (`%e/im/msg/%u 1`).
@@ -232,12 +245,20 @@ pub struct AutoSubscribe {
     pub qos: QoS,
 }
 
-/// Parses an auto-subscribe table: `<filter with placeholders> <qos>` per line.
+/// Whether an auto-subscribe line is an entry: `FILTER QOS`, two words, a QoS last. A filter
+/// may be `#` itself, so `# 1` is an entry (the wildcard at QoS 1), not a comment.
+fn is_auto_entry(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    matches!(words.as_slice(), [_, "0" | "1" | "2"])
+}
+
+/// Parses an auto-subscribe table: `<filter with placeholders> <qos>` per line. A line that
+/// starts with `#` is a comment unless it is an entry ([`is_auto_entry`]).
 pub fn parse_auto_subscribe(text: &str) -> Result<Vec<AutoSubscribe>, ParseError> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
-        let l = content(raw);
+        let l = if is_auto_entry(raw) { raw.trim() } else { content(raw) };
         if l.is_empty() {
             continue;
         }
@@ -377,6 +398,42 @@ mod tests {
                 proptest::prop_assert_eq!(&topic, &own);
             }
         }
+    }
+
+    #[test]
+    fn a_rule_wildcard_never_stands_for_an_empty_level() {
+        let table = AclTable::parse(DEFAULT_ACL).expect("valid");
+        check(
+            &table,
+            &[
+                ("alice", "pub", "acme/im/msg/", false),
+                ("alice", "pub", "acme/im/msg/bob", true),
+                ("alice", "pub", "acme/im/group/", false),
+                ("alice", "sub", "acme/im/pres/", false),
+            ],
+        );
+        assert!(!covers("a/+", "a/"));
+        assert!(!covers("a/+/c", "a//c"));
+        assert!(covers("a/#", "a/"), "`#` still covers everything below");
+    }
+
+    #[test]
+    fn every_filter_of_an_enterprise_table_follows_one_rule() {
+        let refused = |acl: &str, auto: &str| {
+            let table = AclTable::parse(acl).expect("parses");
+            let auto = parse_auto_subscribe(auto).expect("parses");
+            enterprise_scoped(&table, &auto).expect_err("refused")
+        };
+        // `# 1` is the wildcard at QoS 1, not a comment: refused like any filter outside %e/.
+        assert!(refused("", "# 1").contains("`#`"));
+        assert!(refused("", "+/im/msg/+ 1").contains("outside"));
+        assert!(refused("pattern read #", "").contains("outside"));
+        assert!(refused("", "%e/#/x 1").contains("not a valid filter"));
+        assert!(refused("pattern read %e/a#", "").contains("not a valid filter"));
+        let fine = AclTable::parse("pattern read %e/team/+\n").expect("parses");
+        let auto = parse_auto_subscribe("# a comment\n%e/team/%u 1\n#\n").expect("parses");
+        assert_eq!(auto.len(), 1, "comments are still comments");
+        assert!(enterprise_scoped(&fine, &auto).is_ok());
     }
 
     #[test]

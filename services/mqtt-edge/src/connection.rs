@@ -35,6 +35,8 @@ pub struct ConnState {
     pub hub: Arc<Hub>,
     pub identity: Arc<Identity>,
     pub authz: Arc<Authorizer>,
+    /// `limits.max_packet_size`: the whole packet, header included.
+    pub max_packet_size: u32,
     /// A DISCONNECT without "send will" was received.
     graceful: Cell<bool>,
     /// Session expiry sent in a v5 DISCONNECT.
@@ -56,6 +58,7 @@ impl ConnState {
             hub: edge.hub.clone(),
             identity,
             authz: edge.authz.clone(),
+            max_packet_size: edge.cfg.limits.max_packet_size,
             graceful: Cell::new(false),
             expiry_override: Cell::new(None),
         }

@@ -30,6 +30,43 @@ impl std::fmt::Display for EdgeError {
     }
 }
 
+/// Whether a packet whose fixed header declares `remaining` bytes is larger in total than
+/// `limit` (`limits.max_packet_size`, which counts the whole packet as MQTT 5's Maximum Packet
+/// Size does [MQTT-3.2.2-15]). ntex-mqtt's decoder compares the remaining length alone, so the
+/// few header bytes are checked here.
+pub fn exceeds_packet_limit(remaining: u32, limit: u32) -> bool {
+    let header = match remaining {
+        0..=127 => 2,
+        128..=16_383 => 3,
+        16_384..=2_097_151 => 4,
+        _ => 5,
+    };
+    limit != 0 && u64::from(remaining) + header > u64::from(limit)
+}
+
+/// The longest reason string the edge sends: one line a person reads, never a packet of its own.
+pub const MAX_REASON_BYTES: usize = 256;
+
+/// Joins per-item refusals into one reason string of at most [`MAX_REASON_BYTES`], naming as
+/// many as fit and counting the rest.
+pub fn bounded_reason(refusals: &[String]) -> String {
+    let mut out = String::new();
+    for (i, r) in refusals.iter().enumerate() {
+        let sep = if out.is_empty() { "" } else { "; " };
+        let more = format!("; and {} more", refusals.len() - i);
+        if out.len() + sep.len() + r.len() + more.len() > MAX_REASON_BYTES {
+            if out.is_empty() {
+                return format!("{} refused", refusals.len());
+            }
+            out.push_str(&more);
+            return out;
+        }
+        out.push_str(sep);
+        out.push_str(r);
+    }
+    out
+}
+
 /// The client's IP address, as the socket (under any TLS or WebSocket layer) reports it.
 pub fn peer_ip(io: &ntex::io::IoBoxed) -> Option<std::net::IpAddr> {
     io.query::<ntex::io::types::PeerAddr>().get().map(|p| p.0.ip())
@@ -150,4 +187,35 @@ pub fn auto_subscribe(
 /// Logs a refused SUBSCRIBE entry (the SUBACK carries the code to the client).
 pub fn log_refused(st: &ConnState, filter: &str, e: SubscribeError) {
     tracing::debug!(client_id = %st.client_id, topic = %filter, error = ?e, "subscription refused");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_packet_limit_counts_the_fixed_header() {
+        // 1 MiB in total: a remaining length of 1 048 572 plus a 4-byte fixed header.
+        assert!(!exceeds_packet_limit(1_048_572, 1_048_576));
+        assert!(exceeds_packet_limit(1_048_573, 1_048_576));
+        assert!(!exceeds_packet_limit(125, 127));
+        assert!(exceeds_packet_limit(126, 127));
+        assert!(exceeds_packet_limit(0, 1), "even an empty packet has two header bytes");
+        assert!(!exceeds_packet_limit(u32::MAX, 0), "0 is no limit");
+        assert!(exceeds_packet_limit(268_435_455, u32::MAX - 1) == (268_435_455u64 + 5 > u64::from(u32::MAX - 1)));
+    }
+
+    #[test]
+    fn reasons_are_bounded_and_count_what_they_leave_out() {
+        let many: Vec<String> =
+            (0..2000).map(|i| format!("topic/{i}: too many subscriptions for this client")).collect();
+        let r = bounded_reason(&many);
+        assert!(r.len() <= MAX_REASON_BYTES, "{} bytes", r.len());
+        assert!(r.starts_with("topic/0: ") && r.ends_with(" more"), "{r}");
+        let n: usize = r.rsplit("and ").next().and_then(|t| t.trim_end_matches(" more").parse().ok()).expect("count");
+        assert_eq!(n + r.matches("topic/").count(), 2000, "named plus counted is all of them");
+        assert_eq!(bounded_reason(&["a: b".into()]), "a: b");
+        assert_eq!(bounded_reason(&["x".repeat(300)]), "1 refused");
+        assert_eq!(bounded_reason(&[]), "");
+    }
 }

@@ -57,6 +57,9 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::Conn
 
 #[tracing::instrument(name = "mqtt.publish", level = "debug", skip_all, fields(client_id = %ses.client_id, topic = %p.publish_topic()))]
 pub async fn publish(ses: &Session, p: v3::Publish) -> Result<(), EdgeError> {
+    if ingress::exceeds_packet_limit(p.packet_size(), ses.max_packet_size) {
+        return Err(EdgeError("packet too large".into()));
+    }
     let payload = p.read_all().await.map_err(|e| EdgeError(format!("{e:?}")))?;
     let inbound = Inbound {
         topic: p.packet().topic.clone(),

@@ -107,6 +107,12 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::Conn
 
 #[tracing::instrument(name = "mqtt.publish", level = "debug", skip_all, fields(client_id = %ses.client_id, topic = %p.publish_topic()))]
 pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, EdgeError> {
+    if ingress::exceeds_packet_limit(p.packet_size(), ses.max_packet_size) {
+        let mut pkt = v5::codec::Disconnect::new(v5::codec::DisconnectReasonCode::PacketTooLarge);
+        pkt.reason_string = Some(ByteString::from_static("the packet exceeds the maximum packet size"));
+        ses.sink().close_with_reason(pkt);
+        return Err(EdgeError("packet too large".into()));
+    }
     let payload = p.read_all().await.map_err(|e| EdgeError(format!("{e:?}")))?;
     let pkt = p.packet();
     let inbound = Inbound {
@@ -183,8 +189,12 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
                     }
                 }
             }
-            // One reason string for the SUBACK, naming each refused filter.
-            if refusals.is_empty() { s.ack() } else { s.ack_reason(ByteString::from(refusals.join("; "))).ack() }
+            // One bounded reason string for the SUBACK, naming the refused filters that fit.
+            if refusals.is_empty() {
+                s.ack()
+            } else {
+                s.ack_reason(ByteString::from(ingress::bounded_reason(&refusals))).ack()
+            }
         }
         v5::ProtocolMessage::Unsubscribe(mut s) => {
             metrics::counter!(m::PACKETS_IN, "type" => "unsubscribe").increment(1);

@@ -293,3 +293,14 @@ async fn failed_authentication_slows_its_address_down() {
     }
     w.edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_empty_level_is_nobodys_inbox() {
+    let w = World::start().await;
+    let (mut alice, _) = w.connect(Version::V5, w.login("acme", "alice", "alice", false)).await;
+    for topic in ["acme/im/msg/", "acme/im/group/"] {
+        assert_eq!(alice.publish(topic, b"x", 1, false, WAIT).await.expect("puback"), Some(0x87), "{topic}");
+    }
+    assert_eq!(alice.publish("acme/im/msg/bob", b"x", 1, false, WAIT).await.expect("puback"), Some(0x10));
+    w.edge.stop().await;
+}

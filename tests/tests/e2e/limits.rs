@@ -1,6 +1,8 @@
 //! Configured limits refuse with the protocol's codes: SUBACK failures, topic limits; filters
 //! that are not valid MQTT at all are malformed packets and close the connection.
 
+use std::time::Duration;
+
 use hermes_tests::*;
 use sdk::mqtt::{Connect, Packet, SubscribeTopic, Version};
 
@@ -88,5 +90,57 @@ async fn v5_client_maximum_packet_size_is_respected() {
     assert_eq!(got.topic, "mps/small", "oversize messages are dropped for this client, not sent");
     ack(&mut c, &got).await;
     expect_nothing(&mut c).await;
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscribe_far_past_the_quota_gets_a_well_formed_suback() {
+    let edge = TestEdge::start_with(|c| c.limits.max_subscriptions_per_client = 10).await;
+    for v in [Version::V311, Version::V5] {
+        let mut c = edge.client(v, &format!("many-{v:?}")).await;
+        let topics: Vec<SubscribeTopic> =
+            (0..2000).map(|i| SubscribeTopic::new(&format!("a/rather/long/topic/name/{i:04}"), 1)).collect();
+        let codes = c.subscribe(topics, WAIT).await.expect("a SUBACK the client can decode");
+        let refused = if v == Version::V5 { 0x97 } else { 0x80 };
+        assert_eq!(codes.len(), 2000);
+        assert!(codes[..10].iter().all(|&c| c == 1), "{v:?}: the first ten are granted");
+        assert!(codes[10..].iter().all(|&c| c == refused), "{v:?}: the rest refused");
+        // The connection is still usable.
+        assert_eq!(c.publish("a/rather/long/topic/name/0003", b"x", 1, false, WAIT).await.expect("puback"), Some(0));
+        assert_eq!(&expect_publish(&mut c).await.payload[..], b"x");
+    }
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_maximum_packet_size_counts_the_whole_packet() {
+    let edge = TestEdge::start().await;
+    let limit = mqtt_edge::EdgeConfig::default().limits.max_packet_size as usize;
+    let mut c = edge.raw(Version::V5).await;
+    match c.handshake(connect("mps", true), WAIT).await {
+        Ok(Packet::ConnAck { code: 0, properties, .. }) => {
+            assert_eq!(properties.max_packet_size, Some(limit as u32), "advertised")
+        }
+        other => panic!("{other:?}"),
+    }
+    // PUBLISH QoS 1 to "t": fixed header 1 + 3 bytes, topic 3, packet id 2, properties 1.
+    let payload = vec![b'x'; limit - 10];
+    assert_eq!(c.publish("t", &payload, 1, false, WAIT).await.expect("puback"), Some(0x10), "exactly the limit");
+    let over = vec![b'x'; limit - 9];
+    let _ = c.publish("t", &over, 1, false, Duration::from_millis(200)).await;
+    assert_eq!(expect_disconnect(&mut c).await, 0x95, "one byte over the limit");
+    let mut v3 = edge.client(Version::V311, "mps3").await;
+    // v3 has no properties byte: fixed header 4, topic 3, packet id 2.
+    let _ = v3.publish("t", &vec![b'x'; limit - 8], 1, false, Duration::from_millis(200)).await;
+    assert!(v3.is_closed(WAIT).await, "v3: one byte over the limit closes the connection");
+    // A fixed header that declares 200 MB is refused before a byte of it is read.
+    let mut big = edge.client(Version::V5, "declares-200mb").await;
+    big.send_raw(&[0x30, 0x80, 0x84, 0xaf, 0x5f]).await.expect("send");
+    assert_eq!(expect_disconnect(&mut big).await, 0x95);
+    // More than four length bytes is not a length MQTT can spell: malformed [MQTT-1.5.5].
+    let mut huge = edge.client(Version::V5, "declares-300mb").await;
+    huge.send_raw(&[0x30, 0x80, 0x80, 0x80, 0x80, 0x01]).await.expect("send");
+    let code = expect_disconnect(&mut huge).await;
+    assert_eq!(code, 0x81, "malformed packet");
     edge.stop().await;
 }
