@@ -54,6 +54,14 @@ if [ -z "${POSTGRES_TEST_URL:-}" ]; then
     export POSTGRES_TEST_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
 fi
 
+say "no key material or data directory is tracked"
+tracked=$(git ls-files 2>/dev/null | grep -E '(^|/)hermes-data/|\.(key|pem)$' || true)
+if [ -n "$tracked" ]; then
+    echo "key material or a data directory is tracked by git; remove it (git rm --cached) and rotate the key:" >&2
+    echo "$tracked" >&2
+    exit 1
+fi
+
 say "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -192,6 +192,7 @@ pub fn access_token_in(signer: &wire::token::Signer, enterprise: &str, user: &st
         enterprise_id: enterprise.into(),
         username: user.into(),
         token_id: format!("t-{user}"),
+        session_id: format!("s-{user}"),
         issued_at_ms: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64),
     };
     signer.sign(&claims, ttl).expect("sign").into_bytes()

@@ -17,12 +17,14 @@ pub struct Tables {
     pub auto_subscribe: String,
 }
 
-/// A user's tokens issued before `before_ms` are refused.
+/// A user's tokens issued before `before_ms` are refused: every one of them, or (`session`
+/// not empty) those of one login session, after that device logged out.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Revocation {
     pub enterprise: String,
     pub user_id: String,
     pub before_ms: i64,
+    pub session: String,
 }
 
 pub trait AccessDirectory: Send + Sync + std::fmt::Debug {
@@ -40,7 +42,7 @@ pub trait AccessDirectory: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Default)]
 pub struct MemoryAccess {
     tables: Mutex<HashMap<String, Tables>>,
-    revocations: Mutex<HashMap<(String, String), i64>>,
+    revocations: Mutex<HashMap<(String, String, String), i64>>,
 }
 
 impl AccessDirectory for MemoryAccess {
@@ -61,7 +63,7 @@ impl AccessDirectory for MemoryAccess {
 
     fn save_revocation<'a>(&'a self, r: &'a Revocation) -> BoxFuture<'a, Result<(), String>> {
         let mut all = self.revocations.lock().unwrap_or_else(|e| e.into_inner());
-        let before = all.entry((r.enterprise.clone(), r.user_id.clone())).or_default();
+        let before = all.entry((r.enterprise.clone(), r.user_id.clone(), r.session.clone())).or_default();
         *before = (*before).max(r.before_ms);
         Box::pin(std::future::ready(Ok(())))
     }
@@ -71,7 +73,12 @@ impl AccessDirectory for MemoryAccess {
         let mut out: Vec<Revocation> = all
             .iter()
             .filter(|(_, before)| **before >= since_ms)
-            .map(|((e, u), before)| Revocation { enterprise: e.clone(), user_id: u.clone(), before_ms: *before })
+            .map(|((e, u, s), before)| Revocation {
+                enterprise: e.clone(),
+                user_id: u.clone(),
+                before_ms: *before,
+                session: s.clone(),
+            })
             .collect();
         out.sort();
         Box::pin(std::future::ready(Ok(out)))
@@ -97,14 +104,26 @@ pub mod contract {
         dir.save_tables(&acme, &v3).await.expect("save");
         assert_eq!(mine(dir.tables().await.expect("tables")), vec![(acme.clone(), v3)], "empty tables are kept too");
 
-        let r = |user: &str, before_ms: i64| Revocation { enterprise: acme.clone(), user_id: user.into(), before_ms };
+        let r = |user: &str, before_ms: i64| Revocation {
+            enterprise: acme.clone(),
+            user_id: user.into(),
+            before_ms,
+            session: String::new(),
+        };
+        let device = |session: &str, before_ms: i64| Revocation { session: session.into(), ..r("u1", before_ms) };
         dir.save_revocation(&r("u1", 5_000)).await.expect("save");
         dir.save_revocation(&r("u1", 4_000)).await.expect("an earlier instant does not move it back");
         dir.save_revocation(&r("u2", 1_000)).await.expect("save");
+        // A session's revocation is its own entry, beside the user's.
+        dir.save_revocation(&device("phone", 3_000)).await.expect("save");
+        dir.save_revocation(&device("phone", 2_500)).await.expect("an earlier instant does not move it back");
         let mine =
             |all: Vec<Revocation>| all.into_iter().filter(|r| r.enterprise.starts_with(prefix)).collect::<Vec<_>>();
-        assert_eq!(mine(dir.revocations(0).await.expect("all")), vec![r("u1", 5_000), r("u2", 1_000)]);
-        assert_eq!(mine(dir.revocations(2_000).await.expect("recent")), vec![r("u1", 5_000)]);
+        assert_eq!(
+            mine(dir.revocations(0).await.expect("all")),
+            vec![device("phone", 3_000), r("u1", 5_000), r("u2", 1_000)]
+        );
+        assert_eq!(mine(dir.revocations(2_000).await.expect("recent")), vec![device("phone", 3_000), r("u1", 5_000)]);
     }
 }
 

@@ -286,6 +286,8 @@ pub const DEFAULT_AUTO_SUBSCRIBE: &str = "\
 
 /// The design's default rules (§3): a user reads and writes what is theirs, writes to anyone's
 /// inbox in the enterprise, reads friends' presence and signatures and enterprise notices.
+/// Group topics (`%e/im/group/...`) are granted to nobody until group membership exists: an
+/// open grant would let every user read every group.
 pub const DEFAULT_ACL: &str = "\
 pattern read %e/im/msg/%u
 pattern write %e/im/msg/+
@@ -294,8 +296,6 @@ pattern readwrite %e/im/sig/%u
 pattern read %e/im/pres/%F
 pattern read %e/im/sig/%F
 pattern read %e/im/pres/%f
-pattern read %e/im/group/+
-pattern write %e/im/group/+
 pattern read %e/notice/#
 ";
 
@@ -351,6 +351,8 @@ mod tests {
                 ("alice", "sub", "acme/#", false),
                 ("alice", "sub", "#", false),
                 ("alice", "pub", "acme/notice/x", false),
+                ("alice", "sub", "acme/im/group/g1", false),
+                ("alice", "pub", "acme/im/group/g1", false),
             ],
         );
     }

@@ -42,9 +42,12 @@ impl SessionArg {
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", self.session.display()))
     }
 
+    /// The session holds a refresh token good for weeks: the file is readable by its owner
+    /// only, and replaced in one step, so a crash never leaves half a session behind.
     fn save(&self, s: &Session) -> Result<(), String> {
         let text = serde_json::to_string_pretty(s).map_err(|e| e.to_string())?;
-        std::fs::write(&self.session, text).map_err(|e| format!("{}: {e}", self.session.display()))
+        accounts::owner_only::replace(&self.session, text.as_bytes())
+            .map_err(|e| format!("{}: {e}", self.session.display()))
     }
 }
 

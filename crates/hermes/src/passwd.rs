@@ -31,14 +31,20 @@ pub fn run(args: PasswdArgs) -> Result<(), String> {
         return Err("password must not be empty".into());
     }
     let hash = service_kit::password::hash(&password)?;
-    let existing = std::fs::read_to_string(&args.users_file).unwrap_or_default();
+    // Only a missing file starts empty: one that cannot be read must not lose its users.
+    let existing = match std::fs::read_to_string(&args.users_file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{}: {e}", args.users_file.display())),
+    };
     let prefix = format!("{}:", args.username);
     let mut lines: Vec<String> = existing.lines().filter(|l| !l.starts_with(&prefix)).map(str::to_owned).collect();
     lines.push(format!("{}{hash}", prefix));
     if let Some(dir) = args.users_file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    std::fs::write(&args.users_file, lines.join("\n") + "\n")
+    // Password hashes: readable by their owner only.
+    accounts::owner_only::replace(&args.users_file, (lines.join("\n") + "\n").as_bytes())
         .map_err(|e| format!("{}: {e}", args.users_file.display()))?;
     println!("user {} saved in {}", args.username, args.users_file.display());
     Ok(())

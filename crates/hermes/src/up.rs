@@ -101,35 +101,77 @@ pub fn print_config(args: UpArgs) -> Result<(), String> {
 
 pub fn run(args: UpArgs) -> Result<(), String> {
     let cfg = load(&args)?;
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| format!("data_dir {}: {e}", cfg.data_dir))?;
-    let data = std::path::Path::new(&cfg.data_dir);
-    let signer = accounts::load_or_create_signer(&data.join("token.key"))?;
     let mut edge_cfg = cfg.edge();
-    if edge_cfg.auth.token_public_key.is_empty() {
-        edge_cfg.auth.token_public_key = signer.verifier().to_paserk();
-    }
+    // Before the data directory is touched: an invalid configuration leaves nothing behind.
     edge_cfg.validate().map_err(|e| format!("invalid configuration: {e}"))?;
     cfg.http.validate().map_err(|e| format!("invalid configuration: {e}"))?;
+    let data = std::path::Path::new(&cfg.data_dir);
+    let tightened = own_data_dir(data)?;
+    // Every key is read (or made) before anything starts: one that cannot be used stops `up`
+    // before a port is bound.
+    let keys = Keys {
+        signer: accounts::load_or_create_signer(&data.join("token.key"))?,
+        admin: data_secret(data, "admin.key")?,
+        links: data_secret(data, "link.key")?,
+    };
+    if edge_cfg.auth.token_public_key.is_empty() {
+        edge_cfg.auth.token_public_key = keys.signer.verifier().to_paserk();
+    }
     let demo =
         args.demo.then(|| args.demo_password.clone().unwrap_or_else(|| accounts::store::new_id()[..12].to_owned()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start runtime: {e}"))?;
-    rt.block_on(serve(cfg, edge_cfg, signer, demo))
+    rt.block_on(serve(cfg, edge_cfg, keys, demo, tightened))
 }
 
-/// A secret of this data directory (`admin.key`, `link.key`), created on first use.
-fn data_secret(data: &std::path::Path, name: &str) -> Result<String, String> {
-    let path = data.join(name);
-    match std::fs::read_to_string(&path) {
-        Ok(k) => Ok(k.trim().to_owned()),
-        Err(_) => {
-            let key = accounts::store::new_id();
-            std::fs::write(&path, &key).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(key)
+/// What the data directory holds that others must not read: its keys, the SQLite database with
+/// its -wal and -shm files (password and token hashes) and the edge's users file (password
+/// hashes).
+const PRIVATE_FILES: [&str; 7] =
+    ["token.key", "admin.key", "link.key", "accounts.db", "accounts.db-wal", "accounts.db-shm", "users"];
+
+/// The data directory is its owner's alone: it is created 0700, and it and the files of
+/// [`PRIVATE_FILES`] lose any group or other permission they have (older versions made them
+/// 0755 and 0644). Returns each path changed, with the mode it had, to be logged once logging
+/// is up.
+fn own_data_dir(data: &std::path::Path) -> Result<Vec<(std::path::PathBuf, u32)>, String> {
+    use accounts::owner_only;
+    owner_only::create_dir_all(data).map_err(|e| format!("data_dir {}: {e}", data.display()))?;
+    let mut tightened = Vec::new();
+    for path in std::iter::once(data.to_path_buf()).chain(PRIVATE_FILES.map(|f| data.join(f))) {
+        if let Some(mode) = owner_only::tighten(&path).map_err(|e| format!("{}: {e}", path.display()))? {
+            tightened.push((path, mode));
         }
     }
+    Ok(tightened)
+}
+
+/// The keys of the data directory.
+struct Keys {
+    /// Signs access tokens (`token.key`).
+    signer: wire::token::Signer,
+    /// The operator's `X-Admin-Key` (`admin.key`).
+    admin: String,
+    /// Signs download links (`link.key`).
+    links: String,
+}
+
+/// A secret of this data directory (`admin.key`, `link.key`), created on first use. One that
+/// exists must be a key: at least 16 printable ASCII characters without spaces (the admin key
+/// travels in an HTTP header).
+fn data_secret(data: &std::path::Path, name: &str) -> Result<String, String> {
+    let path = data.join(name);
+    let text = accounts::owner_only::read_or_create(&path, || Ok(accounts::store::new_id()))?;
+    let key = text.trim();
+    if key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{}: not a key (16 or more printable ASCII characters without spaces): fix it, or remove it to have a new one made",
+            path.display()
+        ));
+    }
+    Ok(key.to_owned())
 }
 
 /// Opens the accounts database: Postgres when `http.database_url` is set, else SQLite in the
@@ -139,7 +181,7 @@ async fn start_accounts(
     edge: &mqtt_edge::Edge,
     bus: std::sync::Arc<dyn bus::Bus>,
     dirs: Option<mqtt_edge::StateDirectories>,
-    signer: wire::token::Signer,
+    keys: Keys,
     demo: Option<&str>,
 ) -> Result<(std::net::SocketAddr, String), String> {
     let data = std::path::Path::new(&cfg.data_dir);
@@ -147,12 +189,12 @@ async fn start_accounts(
         let store = accounts::sqlite::SqliteStore::open(&data.join("accounts.db"))
             .await
             .map_err(|e| format!("accounts database: {e}"))?;
-        serve_accounts(cfg, edge, bus, dirs, signer, demo, store).await
+        serve_accounts(cfg, edge, bus, dirs, keys, demo, store).await
     } else {
         let store = accounts::postgres::PgStore::connect(&cfg.http.database_url, 16)
             .await
             .map_err(|e| format!("http.database_url: {e}"))?;
-        serve_accounts(cfg, edge, bus, dirs, signer, demo, store).await
+        serve_accounts(cfg, edge, bus, dirs, keys, demo, store).await
     }
 }
 
@@ -161,7 +203,7 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
     edge: &mqtt_edge::Edge,
     bus: std::sync::Arc<dyn bus::Bus>,
     dirs: Option<mqtt_edge::StateDirectories>,
-    signer: wire::token::Signer,
+    keys: Keys,
     demo: Option<&str>,
     store: S,
 ) -> Result<(std::net::SocketAddr, String), String> {
@@ -170,8 +212,8 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
         seed_demo(&store, password).await?;
     }
     prime_edge(&store, edge, dirs.as_ref()).await?;
-    let admin = data_secret(data, "admin.key")?;
-    let links = accounts::files::LinkSigner::new(data_secret(data, "link.key")?);
+    let Keys { signer, admin, links } = keys;
+    let links = accounts::files::LinkSigner::new(links);
     let files = std::sync::Arc::new(accounts::files::DiskFiles::new(data.join("files")));
     let mut state =
         accounts::api::AccountsState::new(store, signer, cfg.http.clone(), admin.clone(), bus, files, links);
@@ -216,7 +258,10 @@ async fn prime_edge<S: accounts::store::AccountStore>(
     }
     let horizon = accounts::store::now_ms() - mqtt_edge::auth::REVOCATION_MEMORY_MS;
     for (enterprise, user_id, before_ms) in store.revocations_since(horizon).await.map_err(db)? {
-        access.save_revocation(&Revocation { enterprise, user_id, before_ms }).await.map_err(redis)?;
+        access
+            .save_revocation(&Revocation { enterprise, user_id, before_ms, session: String::new() })
+            .await
+            .map_err(redis)?;
     }
     edge.prime_access(access.as_ref()).await.map_err(redis)
 }
@@ -229,9 +274,11 @@ async fn seed_demo<S: accounts::store::AccountStore>(store: &S, password: &str) 
         Err(StoreError::Conflict) => return Ok(()),
         Err(e) => return Err(e.to_string()),
     };
-    let hash = service_kit::password::hash(password)?;
     let mut ids = std::collections::HashMap::new();
     for (name, display) in [("alice", "Alice"), ("bob", "Bob"), ("carol", "Carol")] {
+        // A hash each, so a salt each: one hash shared by all would show anyone who reads the
+        // database that they have the same password, and one cracking effort would serve all.
+        let hash = service_kit::password::hash(password)?;
         let u = store.create_user(&e.id, name, display, &hash).await.map_err(|e| e.to_string())?;
         ids.insert(name, u.id);
     }
@@ -244,10 +291,15 @@ async fn seed_demo<S: accounts::store::AccountStore>(store: &S, password: &str) 
 async fn serve(
     cfg: UpConfig,
     edge_cfg: EdgeConfig,
-    signer: wire::token::Signer,
+    keys: Keys,
     demo: Option<String>,
+    tightened: Vec<(std::path::PathBuf, u32)>,
 ) -> Result<(), String> {
     let telemetry = service_kit::telemetry::init("hermes", &edge_cfg.telemetry).map_err(|e| e.to_string())?;
+    for (path, mode) in tightened {
+        let (path, was) = (path.display().to_string(), format!("{mode:o}"));
+        tracing::warn!(path, was, "other local users could read this: made it readable by its owner only");
+    }
     let anonymous = edge_cfg.auth.allow_anonymous;
     let users_file = edge_cfg.auth.users_file.clone();
     let nats_url = edge_cfg.bus.nats_url.clone();
@@ -260,7 +312,7 @@ async fn serve(
         std::sync::Arc::new(bus::nats::NatsBus::connect(&nats_url).await.map_err(|e| format!("bus.nats_url: {e}"))?)
     };
     let _events = edge.account_events().follow(bus.as_ref()).await.map_err(|e| format!("bus: {e}"))?;
-    let (http, admin) = start_accounts(&cfg, &edge, bus, dirs, signer, demo.as_deref()).await?;
+    let (http, admin) = start_accounts(&cfg, &edge, bus, dirs, keys, demo.as_deref()).await?;
     let ops = if cfg.ops.addr.is_empty() {
         None
     } else {

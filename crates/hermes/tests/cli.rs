@@ -60,12 +60,27 @@ fn up_with_env(extra: &[&str], env: &[(&str, &str)]) -> (Running, SocketAddr, So
 fn up_with_admin(extra: &[&str], env: &[(&str, &str)]) -> (Running, SocketAddr, SocketAddr, String) {
     static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let data = temp_dir(&format!("up-{}", RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    let up = up_in(&data, extra, env);
+    (up.child, up.mqtt, up.http, up.admin)
+}
+
+/// A running `hermes up` and what it printed until it was ready (logs go to standard output).
+struct Up {
+    child: Running,
+    mqtt: SocketAddr,
+    http: SocketAddr,
+    admin: String,
+    printed: Vec<String>,
+}
+
+/// Starts `hermes up` on ephemeral ports with its data in `data`.
+fn up_in(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Up {
     let mut child = Running(
         Command::new(HERMES)
             .args(["up", "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
             .args(["--http-addr", "127.0.0.1:0"])
             .arg("--data-dir")
-            .arg(&data)
+            .arg(data)
             .args(extra)
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
@@ -97,9 +112,9 @@ fn up_with_admin(extra: &[&str], env: &[(&str, &str)]) -> (Running, SocketAddr, 
     }
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    let addr = addr.unwrap_or_else(|| panic!("no MQTT endpoint printed: {seen:#?}"));
+    let mqtt = addr.unwrap_or_else(|| panic!("no MQTT endpoint printed: {seen:#?}"));
     let http = http.unwrap_or_else(|| panic!("no accounts endpoint printed: {seen:#?}"));
-    (child, addr, http, admin)
+    Up { child, mqtt, http, admin, printed: seen }
 }
 
 fn sigterm(child: &Child) {
@@ -167,13 +182,164 @@ fn print_config_layers_file_env_and_flags() {
 
 #[test]
 fn bad_configuration_is_refused_naming_the_key() {
-    let out = Command::new(HERMES).args(["up"]).env("HERMES_LIMITS__MAX_INFLGHT", "3").output().expect("run");
+    // In a directory of its own: `hermes up` defaults to `./hermes-data`.
+    let cwd = temp_dir("bad-config");
+    let out = Command::new(HERMES)
+        .args(["up"])
+        .current_dir(&cwd)
+        .env("HERMES_LIMITS__MAX_INFLGHT", "3")
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("max_inflght"), "names the unknown key: {err}");
-    let out = Command::new(HERMES).args(["up", "--mqtt-tls-addr", "127.0.0.1:0"]).output().expect("run");
+    let out =
+        Command::new(HERMES).args(["up", "--mqtt-tls-addr", "127.0.0.1:0"]).current_dir(&cwd).output().expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("mqtt.tls_cert"), "TLS needs a certificate");
+    assert!(!cwd.join("hermes-data").exists(), "an invalid configuration creates no keys");
+}
+
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_keeps_its_keys_database_and_sessions_to_their_owner() {
+    let dir = temp_dir("private");
+    let data = dir.join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let mut up = up_in(&data, &["--demo", "--demo-password", "demo secret"], &[]);
+    assert_eq!(mode(&data), 0o700, "the data directory");
+    // The database is open in WAL mode, so its -wal and -shm files exist now.
+    for file in ["token.key", "admin.key", "link.key", "accounts.db", "accounts.db-wal", "accounts.db-shm"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    // A session holds a refresh token: owner-only, also when it replaces a readable one.
+    let old = session_file(&dir, "bob");
+    std::fs::write(&old, "{}").expect("write");
+    set_mode(std::path::Path::new(&old), 0o644);
+    for user in ["alice", "bob"] {
+        demo_login(&dir, up.http, up.mqtt, user);
+        assert_eq!(mode(std::path::Path::new(&session_file(&dir, user))), 0o600, "{user}'s session");
+    }
+    sigterm(&up.child);
+    let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn up_tightens_a_data_directory_others_can_read_and_keeps_its_keys() {
+    let data = temp_dir("loose").join("data");
+    std::fs::create_dir_all(&data).expect("dir");
+    set_mode(&data, 0o755);
+    let key = "an-admin-key-the-operator-chose";
+    std::fs::write(data.join("admin.key"), key).expect("write");
+    set_mode(&data.join("admin.key"), 0o644);
+    let mut up = up_in(&data, &[], &[]);
+    assert_eq!(up.admin, key, "the existing key is kept");
+    assert_eq!((mode(&data), mode(&data.join("admin.key"))), (0o700, 0o600));
+    for path in [data.clone(), data.join("admin.key")] {
+        // Quoted, as the log shows a path: the directory's own warning, not the key's.
+        let path = format!("{:?}", path.display().to_string());
+        let warned = up.printed.iter().any(|l| l.contains("WARN") && l.contains(&path));
+        assert!(warned, "a warning names {path}: {:#?}", up.printed);
+    }
+    sigterm(&up.child);
+    let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
+}
+
+/// Runs `hermes up` with its data in `data`, which must make it fail at start; returns what it
+/// wrote to standard error.
+fn up_fails(data: &std::path::Path) -> String {
+    let mut child = Running(
+        Command::new(HERMES)
+            .args(["up", "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "127.0.0.1:0"])
+            .args(["--ops-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hermes up"),
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "hermes up kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).expect("stderr");
+    assert!(!status.success(), "hermes up exits with an error: {err}");
+    err
+}
+
+#[test]
+fn a_key_file_that_cannot_be_used_stops_up_naming_it() {
+    // (file, its bytes; None: a directory where the file should be)
+    let cases: [(&str, Option<&[u8]>); 5] = [
+        ("token.key", Some(b"not a key")),
+        ("admin.key", Some(&[0xff, 0xfe, 0x00, 0x41])),
+        ("admin.key", None),
+        ("link.key", Some(b"")),
+        ("link.key", Some(b"two words")),
+    ];
+    for (i, (file, bytes)) in cases.into_iter().enumerate() {
+        let data = temp_dir(&format!("bad-key-{i}")).join("data");
+        let path = data.join(file);
+        let _ = std::fs::remove_dir_all(&data);
+        match bytes {
+            Some(b) => {
+                std::fs::create_dir_all(&data).expect("dir");
+                std::fs::write(&path, b).expect("write");
+            }
+            None => std::fs::create_dir_all(&path).expect("dir"),
+        }
+        let err = up_fails(&data);
+        assert!(err.contains(&path.display().to_string()), "{file} ({bytes:?}): the error names it: {err}");
+        if let Some(b) = bytes {
+            assert_eq!(std::fs::read(&path).expect("read"), b, "{file} is left as it was");
+        }
+    }
+}
+
+#[test]
+fn up_refuses_a_data_directory_every_user_may_write_to() {
+    let data = temp_dir("shared").join("data");
+    std::fs::create_dir_all(&data).expect("dir");
+    set_mode(&data, 0o1777);
+    let err = up_fails(&data);
+    assert!(err.contains(&data.display().to_string()) && err.contains("every user may write"), "{err}");
+    assert_eq!(mode(&data), 0o777, "a shared directory is left as it was");
+    assert!(!data.join("token.key").exists(), "and no key is put in it");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_users_each_get_a_hash_with_its_own_salt() {
+    use accounts::store::AccountStore;
+    let data = temp_dir("salts").join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let mut up = up_in(&data, &["--demo", "--demo-password", "demo secret"], &[]);
+    let store = accounts::sqlite::SqliteStore::open(&data.join("accounts.db")).await.expect("open");
+    let mut hashes = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        let u = store.user_by_name("acme", user).await.expect("read").expect("a demo user");
+        assert!(service_kit::password::verify(&u.password_hash, b"demo secret"), "{user}");
+        hashes.push(u.password_hash);
+    }
+    hashes.sort();
+    hashes.dedup();
+    assert_eq!(hashes.len(), 3, "one hash (and salt) per user: {hashes:?}");
+    sigterm(&up.child);
+    let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
 }
 
 #[test]
@@ -192,6 +358,7 @@ fn passwd_writes_a_users_file_that_up_accepts() {
     }
     let text = std::fs::read_to_string(&users).expect("users file");
     assert_eq!(text.lines().count(), 1, "one line per user: {text}");
+    assert_eq!(mode(&users), 0o600, "password hashes are for the owner only");
     assert!(text.starts_with("alice:$argon2id$"), "{text}");
 }
 

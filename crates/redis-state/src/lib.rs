@@ -102,6 +102,15 @@ local v = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-9007199254740991')
 if v < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 return 1";
 
+/// The revocations hash's field: `enterprise\tuser`, plus `\tsession` for one session's tokens.
+fn revocation_field(r: &Revocation) -> String {
+    if r.session.is_empty() {
+        format!("{}\t{}", r.enterprise, r.user_id)
+    } else {
+        format!("{}\t{}\t{}", r.enterprise, r.user_id, r.session)
+    }
+}
+
 impl RedisAccess {
     pub fn new(conn: ConnectionManager) -> Self {
         RedisAccess { conn }
@@ -158,7 +167,7 @@ impl AccessDirectory for RedisAccess {
         Box::pin(async move {
             redis::Script::new(SAVE_REVOCATION)
                 .key(wire::keys::REVOCATIONS)
-                .arg(format!("{}\t{}", r.enterprise, r.user_id))
+                .arg(revocation_field(r))
                 .arg(r.before_ms)
                 .invoke_async::<i64>(&mut self.conn.clone())
                 .await
@@ -178,8 +187,10 @@ impl AccessDirectory for RedisAccess {
                 .into_iter()
                 .filter(|(_, before)| *before >= since_ms)
                 .filter_map(|(field, before_ms)| {
-                    let (e, u) = field.split_once('\t')?;
-                    Some(Revocation { enterprise: e.to_owned(), user_id: u.to_owned(), before_ms })
+                    let mut parts = field.splitn(3, '\t');
+                    let (e, u) = (parts.next()?, parts.next()?);
+                    let session = parts.next().unwrap_or_default().to_owned();
+                    Some(Revocation { enterprise: e.to_owned(), user_id: u.to_owned(), before_ms, session })
                 })
                 .collect();
             out.sort();

@@ -24,6 +24,9 @@ pub struct AccessClaims {
     pub token_id: String,
     /// When it was issued (Unix ms): revoking a user's tokens refuses those issued before an instant.
     pub issued_at_ms: i64,
+    /// The login session (device) it belongs to: logging out revokes that session's tokens.
+    /// Empty in tokens that name none.
+    pub session_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +46,7 @@ pub enum TokenError {
 const ENTERPRISE: &str = "eid";
 const USERNAME: &str = "usr";
 const ISSUED_MS: &str = "iat_ms";
+const SESSION: &str = "sid";
 
 /// Signs tokens (the accounts tier holds this).
 #[derive(Debug)]
@@ -95,6 +99,7 @@ impl Signer {
         c.add_additional(ENTERPRISE, claims.enterprise_id.as_str()).map_err(key_err)?;
         c.add_additional(USERNAME, claims.username.as_str()).map_err(key_err)?;
         c.add_additional(ISSUED_MS, claims.issued_at_ms).map_err(key_err)?;
+        c.add_additional(SESSION, claims.session_id.as_str()).map_err(key_err)?;
         public::sign(&self.secret, &c, None, None).map_err(key_err)
     }
 }
@@ -135,6 +140,7 @@ impl Verifier {
                 .get_claim(ISSUED_MS)
                 .and_then(|v| v.as_i64())
                 .ok_or(TokenError::MissingClaim(ISSUED_MS))?,
+            session_id: claims.get_claim(SESSION).and_then(|v| v.as_str()).unwrap_or_default().to_owned(),
         })
     }
 }
@@ -150,6 +156,7 @@ mod tests {
             username: "alice".into(),
             token_id: "t1".into(),
             issued_at_ms: 1_700_000_000_000,
+            session_id: "s1".into(),
         }
     }
 

@@ -52,8 +52,14 @@ impl Events {
         self.emit(&u.enterprise_id, Event::ProfileChanged(p)).await;
     }
 
-    pub async fn tokens_revoked(&self, u: &User, before_ms: i64) {
-        let t = pb::TokenRevoked { user_id: u.id.clone(), username: u.username.clone(), issued_before_ms: before_ms };
+    /// Tokens of `u` issued before `before_ms` are revoked: one login `session`'s, or all (empty).
+    pub async fn tokens_revoked(&self, u: &User, session: &str, before_ms: i64) {
+        let t = pb::TokenRevoked {
+            user_id: u.id.clone(),
+            username: u.username.clone(),
+            issued_before_ms: before_ms,
+            session_id: session.to_owned(),
+        };
         self.emit(&u.enterprise_id, Event::TokenRevoked(t)).await;
     }
 }

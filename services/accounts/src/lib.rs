@@ -16,6 +16,7 @@ pub mod error;
 pub mod events;
 pub mod files;
 pub mod limiter;
+pub mod owner_only;
 pub mod postgres;
 pub mod sqlite;
 pub mod store;
@@ -25,25 +26,9 @@ use std::path::Path;
 use wire::token::Signer;
 
 /// Loads the token signing key from `path`, or creates one there (readable by the owner only).
+/// A file that exists but cannot be read or is not a key is an error naming it, never replaced.
 pub fn load_or_create_signer(path: &Path) -> Result<Signer, String> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => Signer::from_paserk(&text).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let signer = Signer::generate().map_err(|e| e.to_string())?;
-            write_private(path, &signer.to_paserk()).map_err(|e| format!("{}: {e}", path.display()))?;
-            Ok(signer)
-        }
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    options.mode(0o600);
-    options.open(path)?.write_all(text.as_bytes())
+    let text =
+        owner_only::read_or_create(path, || Signer::generate().map(|s| s.to_paserk()).map_err(|e| e.to_string()))?;
+    Signer::from_paserk(&text).map_err(|e| format!("{}: not a token signing key: {e}", path.display()))
 }

@@ -17,7 +17,9 @@ macro_rules! shared_store_methods {
         }
 
         async fn enterprise_by_name(&self, name: &str) -> Result<Option<Enterprise>, StoreError> {
-            let row = sqlx::query("SELECT id, name FROM enterprises WHERE name = $1")
+            // Names are unique regardless of case (migration 0003); the API keeps new ones in
+            // lowercase, and this finds older ones that have capitals too.
+            let row = sqlx::query("SELECT id, name FROM enterprises WHERE lower(name) = lower($1)")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await
@@ -49,7 +51,7 @@ macro_rules! shared_store_methods {
         }
 
         async fn user_by_name(&self, enterprise_id: &str, username: &str) -> Result<Option<User>, StoreError> {
-            let row = sqlx::query("SELECT * FROM users WHERE enterprise_id = $1 AND username = $2")
+            let row = sqlx::query("SELECT * FROM users WHERE enterprise_id = $1 AND lower(username) = lower($2)")
                 .bind(enterprise_id)
                 .bind(username)
                 .fetch_optional(&self.pool)
@@ -233,6 +235,16 @@ macro_rules! shared_store_methods {
                 .await
                 .map_err(db)?;
             Ok(())
+        }
+
+        async fn session_revoked(&self, family: &str) -> Result<bool, StoreError> {
+            let row = sqlx::query("SELECT 1 FROM refresh_tokens WHERE family = $1 AND revoked = $2 LIMIT 1")
+                .bind(family)
+                .bind(true)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(row.is_some())
         }
 
         async fn refresh_family(&self, hash: &str) -> Result<Option<(String, String)>, StoreError> {

@@ -13,6 +13,15 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies the migrations.
     pub async fn open(path: &std::path::Path) -> Result<SqliteStore, StoreError> {
+        // It holds password and token hashes: created (empty, which SQLite takes for a new
+        // database) readable by its owner only before SQLite opens it. SQLite gives the -wal and
+        // -shm files it makes the permissions of the database file.
+        match crate::owner_only::create(path, b"") {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Database(format!("{}: {e}", path.display())));
+            }
+            _ => {}
+        }
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)

@@ -179,6 +179,9 @@ pub trait AccountStore: Send + Sync + 'static {
     fn revoke_refresh_family(&self, family: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// The family of the refresh token with this hash, if there is one.
     fn refresh_family(&self, hash: &str) -> impl Future<Output = Result<Option<(String, String)>, StoreError>> + Send;
+    /// Whether the login session (refresh family) `family` has been revoked: logged out, or
+    /// ended for a reused refresh token. Its access tokens are refused too.
+    fn session_revoked(&self, family: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     fn policy(&self, enterprise_id: &str) -> impl Future<Output = Result<Policy, StoreError>> + Send;
     /// Replaces the enterprise's tables; returns the new version.

@@ -218,12 +218,27 @@ async fn refresh_tokens_rotate_and_a_reused_one_ends_the_session() {
         assert_eq!(refresh(&second).await.status, 401, "the whole family is revoked");
         assert_eq!(refresh("hr_made_up").await.status, 401);
 
-        // Logout ends one session; others go on.
-        let phone = api.login("alice").await["refresh_token"].as_str().expect("refresh").to_owned();
-        let pc = api.login("alice").await["refresh_token"].as_str().expect("refresh").to_owned();
+        // Logout ends one session, with its access tokens; others go on.
+        let phone_login = api.login("alice").await;
+        let phone = phone_login["refresh_token"].as_str().expect("refresh").to_owned();
+        let phone_access = phone_login["access_token"].as_str().expect("access").to_owned();
+        let phone_session = api.verifier.verify(&phone_access).expect("valid").session_id;
+        let pc_login = api.login("alice").await;
+        let pc = pc_login["refresh_token"].as_str().expect("refresh").to_owned();
+        let pc_access = pc_login["access_token"].as_str().expect("access").to_owned();
+        assert_ne!(phone_session, api.verifier.verify(&pc_access).expect("valid").session_id, "a session per login");
+        api.drain_events().await;
         let out = api.call("POST", "/v1/logout", &[], Some(json!({"refresh_token": phone}))).await;
         assert_eq!(out.status, 204);
         assert_eq!(refresh(&phone).await.status, 401);
+        let me = api.call("GET", "/v1/me", &[("Authorization", &bearer(&phone_access))], None).await;
+        assert_eq!(me.status, 401, "the logged-out device's access token is revoked");
+        let me = api.call("GET", "/v1/me", &[("Authorization", &bearer(&pc_access))], None).await;
+        assert_eq!(me.status, 200, "the other device's is not");
+        match api.next_event().await {
+            Event::TokenRevoked(t) => assert_eq!((t.username.as_str(), t.session_id), ("alice", phone_session)),
+            other => panic!("{other:?}"),
+        }
         let pc = refresh(&pc).await;
         assert_eq!(pc.status, 200);
 
@@ -450,6 +465,64 @@ async fn api_keys_show_their_secret_once() {
         let path = format!("/v1/enterprises/acme/api-keys/{id}");
         assert_eq!(api.call("DELETE", &path, &admin, None).await.status, 204);
         assert_eq!(api.call("DELETE", &path, &admin, None).await.status, 404);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_have_one_spelling_whatever_the_case() {
+    both(test_config(), |api| async move {
+        api.seed().await;
+        let conflict = |r: &Response, what: &str| {
+            assert_eq!((r.status, r.body["error"].as_str()), (409, Some("conflict")), "{what}: {:?}", r.body);
+            assert!(r.body["message"].as_str().is_some_and(|m| m.contains("already exists")), "{:?}", r.body);
+        };
+        conflict(&api.admin("/v1/enterprises", json!({"name": "ACME"})).await, "ACME after acme");
+        let alice = json!({"username": "Alice", "password": "correct horse"});
+        conflict(&api.admin("/v1/enterprises/acme/users", alice).await, "Alice after alice");
+        // Created in any case, kept (and answered) in lowercase.
+        let r = api.admin("/v1/enterprises", json!({"name": "Globex"})).await;
+        assert_eq!((r.status, r.body["id"].as_str(), r.body["name"].as_str()), (201, Some("globex"), Some("globex")));
+        let r =
+            api.admin("/v1/enterprises/GLOBEX/users", json!({"username": "Dave", "password": "correct horse"})).await;
+        assert_eq!((r.status, r.body["username"].as_str()), (201, Some("dave")), "{:?}", r.body);
+        assert_eq!(r.body["enterprise_id"], "globex");
+        // Logging in as ALICE@AcMe is logging in as alice@acme: the token names the one spelling.
+        let login = json!({"enterprise": "AcMe", "username": "ALICE", "password": "correct horse"});
+        let r = api.call("POST", "/v1/login", &[], Some(login)).await;
+        assert_eq!((r.status, r.body["username"].as_str()), (200, Some("alice")), "{:?}", r.body);
+        let claims = api.verifier.verify(r.body["access_token"].as_str().expect("token")).expect("verifies");
+        assert_eq!((claims.username.as_str(), claims.enterprise_id.as_str()), ("alice", "acme"));
+        assert_eq!(claims.user_id, api.login("alice").await["user_id"].as_str().expect("id"));
+        // Names in paths too.
+        let r = api.call("GET", "/v1/enterprises/Acme/users/ALICE", &[("X-Admin-Key", ADMIN)], None).await;
+        assert_eq!((r.status, r.body["id"].as_str()), (200, Some(claims.user_id.as_str())), "{:?}", r.body);
+        let alice = api.bearer("alice").await;
+        let r = api.call("PUT", "/v1/follows/Bob", &[("Authorization", &alice)], None).await;
+        assert_eq!((r.status, r.body["username"].as_str()), (200, Some("bob")), "{:?}", r.body);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_start_with_a_letter_or_a_digit() {
+    both(test_config(), |api| async move {
+        api.seed().await;
+        for bad in ["", ".", "..", "-", "_x", ".hidden", "-rf", "a/b", "\u{e9}t\u{e9}"] {
+            let r = api.admin("/v1/enterprises", json!({"name": bad})).await;
+            let user = json!({"username": bad, "password": "correct horse"});
+            let u = api.admin("/v1/enterprises/acme/users", user).await;
+            for (what, r) in [("enterprise", r), ("user", u)] {
+                assert_eq!((r.status, r.body["error"].as_str()), (400, Some("invalid_request")), "{what} {bad:?}");
+                let message = r.body["message"].as_str().unwrap_or_default();
+                assert!(message.contains("starting with a letter or digit"), "{what} {bad:?}: {message}");
+            }
+        }
+        for good in ["7eleven", "a.b_c-d"] {
+            assert_eq!(api.admin("/v1/enterprises", json!({"name": good})).await.status, 201, "{good}");
+            let user = json!({"username": good, "password": "correct horse"});
+            assert_eq!(api.admin("/v1/enterprises/acme/users", user).await.status, 201, "{good}");
+        }
     })
     .await;
 }

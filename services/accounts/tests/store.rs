@@ -14,6 +14,9 @@ async fn contract<S: AccountStore>(s: &S) {
     let acme = s.create_enterprise("acme").await.expect("create");
     assert_eq!(acme.id, "acme");
     assert!(matches!(s.create_enterprise("acme").await, Err(StoreError::Conflict)));
+    // Names are unique, and found, regardless of case: one spelling per topic level.
+    assert!(matches!(s.create_enterprise("ACME").await, Err(StoreError::Conflict)));
+    assert_eq!(s.enterprise_by_name("Acme").await.expect("read"), Some(acme.clone()));
     assert_eq!(s.enterprise_by_name("acme").await.expect("read"), Some(acme.clone()));
     assert_eq!(s.enterprise_by_name("globex").await.expect("read"), None);
     s.create_enterprise("globex").await.expect("create");
@@ -22,6 +25,8 @@ async fn contract<S: AccountStore>(s: &S) {
     let bob = s.create_user("acme", "bob", "Bob", "hash-b").await.expect("user");
     let carol = s.create_user("acme", "carol", "Carol", "hash-c").await.expect("user");
     assert!(matches!(s.create_user("acme", "alice", "Again", "x").await, Err(StoreError::Conflict)));
+    assert!(matches!(s.create_user("acme", "ALICE", "Again", "x").await, Err(StoreError::Conflict)));
+    assert_eq!(s.user_by_name("acme", "Alice").await.expect("read").map(|u| u.id), Some(alice.id.clone()));
     s.create_user("globex", "alice", "Other Alice", "hash-g").await.expect("same name, other enterprise");
     let found = s.user_by_name("acme", "alice").await.expect("read").expect("alice");
     assert_eq!((found.id.as_str(), found.password_hash.as_str(), found.disabled), (alice.id.as_str(), "hash-a", false));

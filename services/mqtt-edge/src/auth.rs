@@ -24,6 +24,8 @@ pub struct Identity {
     pub issued_at_ms: i64,
     /// Let in without credentials (`auth.allow_anonymous`); `username` is only a claim.
     pub anonymous: bool,
+    /// The token's login session (device); logging it out revokes its tokens.
+    pub session_id: String,
 }
 
 impl Identity {
@@ -69,8 +71,9 @@ pub struct Authenticator {
     allow_anonymous: bool,
     users: HashMap<String, String>,
     tokens: Option<Verifier>,
-    /// Per (enterprise, user id): tokens issued before this instant (Unix ms) are refused.
-    revoked: Mutex<HashMap<(String, String), i64>>,
+    /// Per (enterprise, user id, session): tokens issued before this instant (Unix ms) are
+    /// refused; an empty session stands for every session of the user.
+    revoked: Mutex<HashMap<(String, String, String), i64>>,
 }
 
 /// How long an edge remembers a revocation: longer than any access token lives (accounts caps
@@ -107,18 +110,23 @@ impl Authenticator {
         Ok(Authenticator { allow_anonymous: cfg.allow_anonymous, users, tokens, revoked: Mutex::default() })
     }
 
-    /// Refuses the user's tokens issued before `before_ms` from now on (revocation, disabling).
+    /// Refuses the user's tokens issued before `before_ms` from now on (revocation, disabling),
+    /// or only those of one login `session` (logout) when it is not empty.
     /// Revocations older than [`REVOCATION_MEMORY_MS`] are forgotten: such tokens have expired.
-    pub fn revoke(&self, enterprise: &str, user_id: &str, before_ms: i64) {
+    pub fn revoke(&self, enterprise: &str, user_id: &str, session: &str, before_ms: i64) {
         let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
         revoked.retain(|_, before| *before >= before_ms.saturating_sub(REVOCATION_MEMORY_MS));
-        let entry = revoked.entry((enterprise.to_owned(), user_id.to_owned())).or_default();
+        let entry = revoked.entry((enterprise.to_owned(), user_id.to_owned(), session.to_owned())).or_default();
         *entry = (*entry).max(before_ms);
     }
 
-    pub fn is_revoked(&self, enterprise: &str, user_id: &str, issued_at_ms: i64) -> bool {
+    /// Whether a token of the user's `session`, issued at `issued_at_ms`, has been revoked.
+    pub fn is_revoked(&self, enterprise: &str, user_id: &str, session: &str, issued_at_ms: i64) -> bool {
         let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-        revoked.get(&(enterprise.to_owned(), user_id.to_owned())).is_some_and(|before| issued_at_ms < *before)
+        let before = |s: &str| revoked.get(&(enterprise.to_owned(), user_id.to_owned(), s.to_owned())).copied();
+        let all = before("");
+        let this = if session.is_empty() { None } else { before(session) };
+        all.into_iter().chain(this).any(|before| issued_at_ms < before)
     }
 
     pub fn allows_anonymous(&self) -> bool {
@@ -135,7 +143,7 @@ impl Authenticator {
                 Ok(c) if username.is_some_and(|u| u != c.username) => {
                     AuthDecision::BadCredentials("the token belongs to another user")
                 }
-                Ok(c) if self.is_revoked(&c.enterprise_id, &c.user_id, c.issued_at_ms) => {
+                Ok(c) if self.is_revoked(&c.enterprise_id, &c.user_id, &c.session_id, c.issued_at_ms) => {
                     AuthDecision::NotAuthorized("the access token has been revoked")
                 }
                 Ok(c) => AuthDecision::Allow(Identity {
@@ -145,6 +153,7 @@ impl Authenticator {
                     via_token: true,
                     issued_at_ms: c.issued_at_ms,
                     anonymous: false,
+                    session_id: c.session_id,
                 }),
                 Err(TokenError::Expired) => AuthDecision::NotAuthorized("the access token has expired"),
                 Err(_) => AuthDecision::BadCredentials("the access token is not valid"),

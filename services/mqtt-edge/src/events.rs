@@ -52,11 +52,11 @@ impl AccountEvents {
             }
             // Disabling refuses every token issued up to that instant.
             Event::UserDisabled(u) => {
-                self.revoke(eid, &u.user_id, event.timestamp_ms.saturating_add(1));
+                self.revoke(eid, &u.user_id, "", event.timestamp_ms.saturating_add(1));
                 "user_disabled"
             }
             Event::TokenRevoked(t) => {
-                self.revoke(eid, &t.user_id, t.issued_before_ms);
+                self.revoke(eid, &t.user_id, &t.session_id, t.issued_before_ms);
                 "token_revoked"
             }
             Event::ProfileChanged(p) => {
@@ -81,10 +81,11 @@ impl AccountEvents {
         self.shared.hub.reauthorize(&self.shared.authz, enterprise, users, now_ms());
     }
 
-    fn revoke(&self, enterprise: &str, user_id: &str, before_ms: i64) {
-        self.shared.auth.revoke(enterprise, user_id, before_ms);
-        let closed = self.shared.hub.close_user(enterprise, user_id, before_ms);
-        tracing::info!(enterprise, user_id, closed, "tokens revoked");
+    /// Revokes the user's tokens issued before `before_ms`: all of them, or one `session`'s.
+    fn revoke(&self, enterprise: &str, user_id: &str, session: &str, before_ms: i64) {
+        self.shared.auth.revoke(enterprise, user_id, session, before_ms);
+        let closed = self.shared.hub.close_user(enterprise, user_id, session, before_ms);
+        tracing::info!(enterprise, user_id, session, closed, "tokens revoked");
     }
 
     /// The signature, retained on `{eid}/im/sig/{username}` (empty clears it).

@@ -622,12 +622,19 @@ impl Hub {
 
     /// Closes the live connections of a token user whose token was issued before `before_ms`
     /// (v5 0x98); returns how many.
-    pub fn close_user(&self, enterprise: &str, user_id: &str, before_ms: i64) -> usize {
+    /// Only connections of the login `session` when it is not empty.
+    pub fn close_user(&self, enterprise: &str, user_id: &str, session: &str, before_ms: i64) -> usize {
         let st = self.lock();
         let mut closed = 0;
         for live in st.live.values() {
             let who = &live.identity;
-            if who.via_token && who.enterprise == enterprise && who.user_id == user_id && who.issued_at_ms < before_ms {
+            let in_session = session.is_empty() || who.session_id == session;
+            if who.via_token
+                && who.enterprise == enterprise
+                && who.user_id == user_id
+                && in_session
+                && who.issued_at_ms < before_ms
+            {
                 live.link.close(CloseReason::Revoked);
                 closed += 1;
             }

@@ -98,7 +98,12 @@ impl Edge {
         }
         let horizon = message::now_ms() as i64 - auth::REVOCATION_MEMORY_MS;
         for r in dir.revocations(horizon).await? {
-            let revoked = pb::TokenRevoked { user_id: r.user_id, issued_before_ms: r.before_ms, ..Default::default() };
+            let revoked = pb::TokenRevoked {
+                user_id: r.user_id,
+                issued_before_ms: r.before_ms,
+                session_id: r.session,
+                ..Default::default()
+            };
             apply(r.enterprise, Event::TokenRevoked(revoked));
         }
         Ok(())

@@ -91,6 +91,7 @@ async fn revoked_tokens_close_every_device_and_no_longer_connect() {
         user_id: "id-alice".into(),
         username: "alice".into(),
         issued_before_ms: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64),
+        ..Default::default()
     };
     emit(&bus, Event::TokenRevoked(revoked)).await;
     assert_eq!(expect_disconnect(&mut phone).await, 0x98, "v5: administrative action");
@@ -177,5 +178,38 @@ async fn enterprise_acl_tables_apply_to_connected_users() {
     emit(&bus, Event::AclChanged(escape)).await;
     let codes = alice.subscribe(vec![SubscribeTopic::new("globex/im/msg/ceo", 0)], WAIT).await.expect("suback");
     assert_eq!(codes, vec![0x87]);
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn logging_out_one_device_revokes_only_its_tokens() {
+    let (edge, bus, signer) = edge_on_bus().await;
+    let token = |session: &str| {
+        let claims = wire::token::AccessClaims {
+            user_id: "id-alice".into(),
+            enterprise_id: "acme".into(),
+            username: "alice".into(),
+            token_id: format!("t-{session}"),
+            issued_at_ms: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64),
+            session_id: session.into(),
+        };
+        signer.sign(&claims, Duration::from_secs(60)).expect("sign").into_bytes()
+    };
+    let with = |id: &str, t: Vec<u8>| Connect { password: Some(t), ..connect(id, true) };
+    let phone_token = token("phone-session");
+    let (mut phone, _) = edge.connect(Version::V5, with("phone", phone_token.clone())).await;
+    let (mut pc, _) = edge.connect(Version::V311, with("pc", token("pc-session"))).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let revoked = pb::TokenRevoked {
+        user_id: "id-alice".into(),
+        username: "alice".into(),
+        issued_before_ms: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64),
+        session_id: "phone-session".into(),
+    };
+    emit(&bus, Event::TokenRevoked(revoked)).await;
+    assert_eq!(expect_disconnect(&mut phone).await, 0x98, "the logged-out device is closed");
+    expect_nothing(&mut pc).await;
+    assert_eq!(refused_code(&edge, Version::V5, phone_token).await, 0x87, "its token is refused");
+    assert_eq!(refused_code(&edge, Version::V311, token("pc-session")).await, 0, "the other device's is not");
     edge.stop().await;
 }

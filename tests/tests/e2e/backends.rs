@@ -65,8 +65,12 @@ async fn account_events_reach_the_edge_over_nats() {
     // Another process (the accounts tier) on its own connection.
     let accounts_side = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect");
     let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
-    let revoked =
-        wire::pb::TokenRevoked { user_id: "id-alice".into(), username: "alice".into(), issued_before_ms: now };
+    let revoked = wire::pb::TokenRevoked {
+        user_id: "id-alice".into(),
+        username: "alice".into(),
+        issued_before_ms: now,
+        ..Default::default()
+    };
     let event = wire::pb::AccountEvent {
         enterprise_id: "acme".into(),
         timestamp_ms: now,
@@ -99,7 +103,8 @@ async fn an_edge_that_starts_later_knows_revocations_and_tables_from_redis() {
     // What the accounts tier wrote while this edge was down.
     let access = redis_state::RedisAccess::connect(&url).await.expect("connect");
     let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
-    let revoked = Revocation { enterprise: "acme".into(), user_id: "id-alice".into(), before_ms: now };
+    let revoked =
+        Revocation { enterprise: "acme".into(), user_id: "id-alice".into(), before_ms: now, session: String::new() };
     access.save_revocation(&revoked).await.expect("write");
     let tables = Tables { version: 4, acl_rules: "pattern readwrite %e/team/#".into(), auto_subscribe: String::new() };
     access.save_tables("acme", &tables).await.expect("write");

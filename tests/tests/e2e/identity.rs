@@ -304,3 +304,15 @@ async fn an_empty_level_is_nobodys_inbox() {
     assert_eq!(alice.publish("acme/im/msg/bob", b"x", 1, false, WAIT).await.expect("puback"), Some(0x10));
     w.edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nobody_reads_or_writes_group_topics_without_membership() {
+    let w = World::start().await;
+    let (mut alice, _) = w.connect(Version::V5, w.login("acme", "alice", "alice", false)).await;
+    let (mut carol, _) = w.connect(Version::V311, w.login("acme", "carol", "carol", false)).await;
+    assert_eq!(carol.subscribe(vec![SubscribeTopic::new("acme/im/group/g1", 1)], WAIT).await.expect("suback"), [0x80]);
+    assert_eq!(alice.subscribe(vec![SubscribeTopic::new("acme/im/group/+", 1)], WAIT).await.expect("suback"), [0x87]);
+    assert_eq!(alice.publish("acme/im/group/g1", b"secret", 1, false, WAIT).await.expect("puback"), Some(0x87));
+    expect_nothing(&mut carol).await;
+    w.edge.stop().await;
+}

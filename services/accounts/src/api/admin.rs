@@ -11,12 +11,12 @@ use serde_json::{Value, json};
 use wire::pb::{self, account_event::Event};
 
 use super::{
-    Body, Page, Params, Shared, admin_of, check_name, check_password, check_profile, directory_failed, hash_password,
-    is_operator, page_json, revoke_all,
+    Body, Page, Params, Shared, account_name, admin_of, check_name, check_password, check_profile, directory_failed,
+    hash_password, is_operator, page_json, revoke_all,
 };
 use crate::error::ApiError;
 use crate::files::sha256_hex;
-use crate::store::{AccountStore, ProfileUpdate, User, new_id, now_ms};
+use crate::store::{AccountStore, ProfileUpdate, StoreError, User, new_id, now_ms};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,9 +32,19 @@ pub(crate) async fn create_enterprise<S: AccountStore>(
     if !is_operator(&st, &headers) {
         return Err(ApiError::forbidden("creating enterprises needs a valid X-Admin-Key"));
     }
-    check_name("name", &req.name)?;
-    let e = st.store.create_enterprise(&req.name).await?;
+    let name = account_name("name", &req.name)?;
+    let e = st.store.create_enterprise(&name).await.map_err(|e| taken(e, format!("an enterprise `{name}`")))?;
     Ok((StatusCode::CREATED, Json(json!(e))))
+}
+
+/// A name already in use is a conflict that says which, and that case does not tell names apart.
+fn taken(e: StoreError, what: String) -> ApiError {
+    match e {
+        StoreError::Conflict => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", format!("{what} already exists (names ignore case)"))
+        }
+        other => other.into(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -57,14 +67,19 @@ pub(crate) async fn create_user<S: AccountStore>(
     Body(req): Body<NewUser>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let e = admin_of(&st, &headers, &enterprise).await?;
-    check_name("username", &req.username)?;
+    let username = account_name("username", &req.username)?;
     check_password("password", &req.password)?;
+    // Shown as typed: the display name keeps the capitals the name has lost.
     let display = if req.display_name.is_empty() { req.username.clone() } else { req.display_name };
     let profile =
         ProfileUpdate { display_name: Some(display.clone()), org_unit: Some(req.org_unit), ..ProfileUpdate::default() };
     check_profile(&profile)?;
     let hash = hash_password(req.password).await?;
-    let mut user = st.store.create_user(&e.id, &req.username, &display, &hash).await?;
+    let mut user = st
+        .store
+        .create_user(&e.id, &username, &display, &hash)
+        .await
+        .map_err(|err| taken(err, format!("a user `{username}` in `{}`", e.id)))?;
     if profile.org_unit.as_deref().is_some_and(|o| !o.is_empty()) {
         user = st.store.update_profile(&user.id, &profile).await?;
     }
@@ -91,8 +106,9 @@ pub(crate) async fn list_users<S: AccountStore>(
 }
 
 async fn find_user<S: AccountStore>(st: &Shared<S>, enterprise_id: &str, username: &str) -> Result<User, ApiError> {
+    let username = account_name("username", username)?;
     st.store
-        .user_by_name(enterprise_id, username)
+        .user_by_name(enterprise_id, &username)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no user `{username}` in `{enterprise_id}`")))
 }

@@ -10,8 +10,8 @@ use wire::pb::{self, account_event::Event};
 
 use super::session::contacts_json;
 use super::{
-    Body, Params, Shared, caller, check_password, check_profile, directory_failed, hash_password, revoke_all,
-    verify_password,
+    Body, Params, Shared, account_name, caller, check_password, check_profile, directory_failed, hash_password,
+    revoke_all, verify_password,
 };
 use crate::error::ApiError;
 use crate::store::{AccountStore, ProfileUpdate, now_ms};
@@ -94,6 +94,7 @@ async fn set_follow<S: AccountStore>(
     following: bool,
 ) -> Result<Json<Value>, ApiError> {
     let (_, me) = caller(&st, &headers).await?;
+    let username = account_name("username", &username)?;
     let other = st
         .store
         .user_by_name(&me.enterprise_id, &username)

@@ -162,13 +162,33 @@ impl<St: Send + Sync> FromRequestParts<St> for ClientIp {
 }
 
 /// Names may only hold what is safe as one topic level: never `/ + # $`.
+fn is_name(v: &str) -> bool {
+    (1..=64).contains(&v.len()) && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// A name of something inside an enterprise that is not an account: an org unit level, an API
+/// key's name.
 pub(crate) fn check_name(field: &str, v: &str) -> Result<(), ApiError> {
-    let ok =
-        (1..=64).contains(&v.len()) && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if ok {
+    if is_name(v) {
         Ok(())
     } else {
         Err(ApiError::bad_request(format!("`{field}` must be 1-64 characters of A-Z a-z 0-9 . _ -")))
+    }
+}
+
+/// An enterprise name or a username, as the API is given it (new, at login, in a path); returns
+/// the name as it is stored. Names are topic levels (`{enterprise}/im/msg/{user}`) and path
+/// segments of the admin URLs, so each has one spelling: any case is accepted and folded to
+/// lowercase (`ACME` and `acme` are one enterprise), and a name starts with a letter or a digit
+/// (`.`, `..` and `-` are no names).
+pub(crate) fn account_name(field: &str, v: &str) -> Result<String, ApiError> {
+    if is_name(v) && v.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        Ok(v.to_ascii_lowercase())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "`{field}` must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit \
+             (any case is accepted and kept in lowercase)"
+        )))
     }
 }
 
@@ -258,7 +278,8 @@ pub(crate) async fn caller<S: AccountStore>(
     if user.disabled {
         return Err(disabled());
     }
-    if claims.issued_at_ms < user.tokens_revoked_ms {
+    let session_ended = !claims.session_id.is_empty() && st.store.session_revoked(&claims.session_id).await?;
+    if claims.issued_at_ms < user.tokens_revoked_ms || session_ended {
         return Err(ApiError::unauthorized("the access token has been revoked: log in again"));
     }
     Ok((claims, user))
@@ -274,17 +295,19 @@ pub(crate) async fn admin_of<S: AccountStore>(
     headers: &HeaderMap,
     enterprise: &str,
 ) -> Result<Enterprise, ApiError> {
+    let enterprise = account_name("enterprise", enterprise)?;
     if !is_operator(st, headers) {
         if bearer(headers).is_none() {
             return Err(ApiError::forbidden("admin endpoint: send a valid X-Admin-Key or an enterprise admin's token"));
         }
         let (_, user) = caller(st, headers).await?;
-        if !(user.admin && user.enterprise_id == enterprise) {
+        // The id is the name; one made before names were kept in lowercase may have capitals.
+        if !(user.admin && user.enterprise_id.eq_ignore_ascii_case(&enterprise)) {
             return Err(ApiError::forbidden(format!("only admins of `{enterprise}` may do this")));
         }
     }
     st.store
-        .enterprise_by_name(enterprise)
+        .enterprise_by_name(&enterprise)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no enterprise `{enterprise}`")))
 }
@@ -333,8 +356,12 @@ pub(crate) async fn revoke_all<S: AccountStore>(
     use wire::pb::{self, account_event::Event};
     st.store.revoke_tokens(&user.id, before_ms).await?;
     if let Some(access) = &st.access {
-        let r =
-            broker::access::Revocation { enterprise: user.enterprise_id.clone(), user_id: user.id.clone(), before_ms };
+        let r = broker::access::Revocation {
+            enterprise: user.enterprise_id.clone(),
+            user_id: user.id.clone(),
+            before_ms,
+            session: String::new(),
+        };
         if let Err(e) = access.save_revocation(&r).await {
             directory_failed("revocation", &e);
         }
@@ -343,9 +370,26 @@ pub(crate) async fn revoke_all<S: AccountStore>(
         let event = pb::UserDisabled { user_id: user.id.clone(), username: user.username.clone() };
         st.events.emit(&user.enterprise_id, Event::UserDisabled(event)).await;
     } else {
-        st.events.tokens_revoked(user, before_ms).await;
+        st.events.tokens_revoked(user, "", before_ms).await;
     }
     Ok(())
+}
+
+/// Revokes the access tokens of one login session (a device that logged out), issued before
+/// `before_ms`: edges refuse them and close that device's connections.
+pub(crate) async fn revoke_session<S: AccountStore>(st: &AccountsState<S>, user: &User, session: &str, before_ms: i64) {
+    if let Some(access) = &st.access {
+        let r = broker::access::Revocation {
+            enterprise: user.enterprise_id.clone(),
+            user_id: user.id.clone(),
+            before_ms,
+            session: session.to_owned(),
+        };
+        if let Err(e) = access.save_revocation(&r).await {
+            directory_failed("revocation", &e);
+        }
+    }
+    st.events.tokens_revoked(user, session, before_ms).await;
 }
 
 /// A directory write failed after the change was stored. The change is still announced on the

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use wire::token::AccessClaims;
 
-use super::{Body, ClientIp, Shared, caller, check_name, disabled, revoke_all, verify_password};
+use super::{Body, ClientIp, Shared, account_name, caller, disabled, revoke_all, revoke_session, verify_password};
 use crate::error::ApiError;
 use crate::files::sha256_hex;
 use crate::limiter::Throttled;
@@ -48,13 +48,14 @@ pub(crate) async fn login<S: AccountStore>(
     ClientIp(ip): ClientIp,
     Body(req): Body<Login>,
 ) -> Result<Json<Value>, ApiError> {
-    // Names are checked first: the limiter keys on them, so they must stay small.
-    check_name("enterprise", &req.enterprise)?;
-    check_name("username", &req.username)?;
-    let account = format!("{}/{}", req.enterprise, req.username);
+    // Names are checked first: the limiter keys on them, so they must stay small, and on one
+    // spelling, so that `ALICE` counts against the same account as `alice`.
+    let enterprise = account_name("enterprise", &req.enterprise)?;
+    let username = account_name("username", &req.username)?;
+    let account = format!("{enterprise}/{username}");
     st.limiter.lock().unwrap_or_else(|e| e.into_inner()).attempt(ip, &account, Instant::now()).map_err(throttled)?;
-    let found = match st.store.enterprise_by_name(&req.enterprise).await? {
-        Some(e) => st.store.user_by_name(&e.id, &req.username).await?,
+    let found = match st.store.enterprise_by_name(&enterprise).await? {
+        Some(e) => st.store.user_by_name(&e.id, &username).await?,
         None => None,
     };
     // Unknown users cost an argon2 verification too: timing does not tell who exists.
@@ -100,6 +101,7 @@ async fn issue<S: AccountStore>(
         username: user.username.clone(),
         token_id: new_id(),
         issued_at_ms,
+        session_id: family.to_owned(),
     };
     let ttl = Duration::from_secs(st.cfg.token_ttl_secs);
     let access = st.signer.sign(&claims, ttl).map_err(ApiError::internal)?;
@@ -190,8 +192,12 @@ pub(crate) async fn logout<S: AccountStore>(
     let token =
         req.refresh_token.ok_or_else(|| ApiError::bad_request("send `refresh_token`, or `everywhere: true`"))?;
     // Unknown tokens get the same answer: logout tells nobody which tokens exist.
-    if let Some((_, family)) = st.store.refresh_family(&sha256_hex(token.as_bytes())).await? {
+    if let Some((user_id, family)) = st.store.refresh_family(&sha256_hex(token.as_bytes())).await? {
         st.store.revoke_refresh_family(&family).await?;
+        // This device's access tokens end with its session: its connections close.
+        if let Some(user) = st.store.user_by_id(&user_id).await? {
+            revoke_session(&st, &user, &family, now_ms()).await;
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }
