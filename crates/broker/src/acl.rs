@@ -10,7 +10,7 @@
 //! topic readwrite #
 //! ```
 //! Placeholders: `%u` username, `%c` client id, `%e` enterprise, `%f` each user followed,
-//! `%F` each mutual friend. A value that contains `/`, `+`, `#` or U+0000, starts with `$`, or is
+//! `%F` each mutual friend, `%g` each group the user is a member of. A value that contains `/`, `+`, `#` or U+0000, starts with `$`, or is
 //! empty makes the rule (or that set member) not apply: a crafted name can never widen a rule.
 //! A `+` in a rule never stands for an empty level (`acme/im/msg/` is nobody's inbox).
 //! Deny by default.
@@ -58,6 +58,8 @@ pub struct Subject<'a> {
     pub follows: &'a [String],
     /// Mutual friends (`%F`).
     pub friends: &'a [String],
+    /// Groups this user is a member of (`%g`).
+    pub groups: &'a [String],
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,10 +156,10 @@ impl AclTable {
 fn check_template(filter: &str, line: usize) -> Result<String, ParseError> {
     let mut chars = filter.chars().peekable();
     while let Some(c) = chars.next() {
-        if c == '%' && !matches!(chars.next(), Some('u' | 'c' | 'e' | 'f' | 'F')) {
+        if c == '%' && !matches!(chars.next(), Some('u' | 'c' | 'e' | 'f' | 'F' | 'g')) {
             return Err(ParseError {
                 line,
-                message: format!("unknown placeholder in `{filter}` (use %u %c %e %f %F)"),
+                message: format!("unknown placeholder in `{filter}` (use %u %c %e %f %F %g)"),
             });
         }
     }
@@ -184,6 +186,7 @@ pub fn expand(template: &str, who: &Subject<'_>) -> Vec<String> {
             Some('e') => vec![who.enterprise],
             Some('f') => who.follows.iter().map(String::as_str).collect(),
             Some('F') => who.friends.iter().map(String::as_str).collect(),
+            Some('g') => who.groups.iter().map(String::as_str).collect(),
             _ => return Vec::new(),
         };
         let values: Vec<&str> = values.into_iter().filter(|v| safe_value(v)).collect();
@@ -232,7 +235,7 @@ pub fn enterprise_scoped(table: &AclTable, auto: &[AutoSubscribe]) -> Result<(),
         if !f.starts_with("%e/") {
             return Err(format!("`{f}` is outside the enterprise: every filter must start with %e/"));
         }
-        let sample = f.replace("%u", "u").replace("%c", "c").replace("%e", "e").replace("%f", "f").replace("%F", "F");
+        let sample = ["%u", "%c", "%e", "%f", "%F", "%g"].iter().fold(f.clone(), |s, p| s.replace(p, "x"));
         validate_filter(&sample, &TopicLimits::default()).map_err(|e| format!("`{f}` is not a valid filter: {e}"))?;
     }
     Ok(())
@@ -281,13 +284,13 @@ pub const DEFAULT_AUTO_SUBSCRIBE: &str = "\
 %e/im/msg/%u 1
 %e/im/pres/%F 0
 %e/im/sig/%F 0
+%e/im/group/%g 1
 %e/notice/# 1
 ";
 
 /// The design's default rules (§3): a user reads and writes what is theirs, writes to anyone's
 /// inbox in the enterprise, reads friends' presence and signatures and enterprise notices.
-/// Group topics (`%e/im/group/...`) are granted to nobody until group membership exists: an
-/// open grant would let every user read every group.
+/// Group topics are their members': `%g` expands to the groups the user belongs to.
 pub const DEFAULT_ACL: &str = "\
 pattern read %e/im/msg/%u
 pattern write %e/im/msg/+
@@ -296,6 +299,7 @@ pattern readwrite %e/im/sig/%u
 pattern read %e/im/pres/%F
 pattern read %e/im/sig/%F
 pattern read %e/im/pres/%f
+pattern readwrite %e/im/group/%g
 pattern read %e/notice/#
 ";
 
@@ -309,8 +313,11 @@ mod tests {
     use super::*;
 
     fn subject<'a>(user: &'a str, friends: &'a [String], follows: &'a [String]) -> Subject<'a> {
-        Subject { username: user, client_id: "c1", enterprise: "acme", follows, friends }
+        Subject { username: user, client_id: "c1", enterprise: "acme", follows, friends, groups: GROUPS }
     }
+
+    /// Every test subject is a member of these.
+    const GROUPS: &[String] = &[];
 
     /// One data-driven table: (who, publish or subscribe, topic, expected).
     fn check(table: &AclTable, cases: &[(&str, &str, &str, bool)]) {
@@ -399,6 +406,35 @@ mod tests {
             if table.can_subscribe(&who, &topic) {
                 proptest::prop_assert_eq!(&topic, &own);
             }
+        }
+    }
+
+    #[test]
+    fn group_topics_belong_to_their_members() {
+        let table = AclTable::parse(DEFAULT_ACL).expect("valid");
+        let groups = vec!["ops".to_string(), "dev".to_string()];
+        let alice = Subject { groups: &groups, ..subject("alice", &[], &[]) };
+        for (op, topic, want) in [
+            ("sub", "acme/im/group/ops", true),
+            ("pub", "acme/im/group/dev", true),
+            ("sub", "acme/im/group/sales", false),
+            ("pub", "acme/im/group/sales", false),
+            ("sub", "acme/im/group/+", false),
+            ("sub", "acme/im/group/#", false),
+            ("pub", "other/im/group/ops", false),
+        ] {
+            let got = if op == "pub" { table.can_publish(&alice, topic) } else { table.can_subscribe(&alice, topic) };
+            assert_eq!(got, want, "{op} {topic}");
+        }
+        let auto = parse_auto_subscribe(DEFAULT_AUTO_SUBSCRIBE).expect("valid");
+        let subs: Vec<String> = auto_subscriptions(&auto, &alice).into_iter().map(|(f, _)| f).collect();
+        assert!(subs.contains(&"acme/im/group/ops".to_string()) && subs.contains(&"acme/im/group/dev".to_string()));
+        // A crafted group name never widens the rule.
+        let evil = vec!["+".to_string(), "#".to_string(), "a/b".to_string(), String::new()];
+        let mallory = Subject { groups: &evil, ..subject("mallory", &[], &[]) };
+        for topic in ["acme/im/group/+", "acme/im/group/#", "acme/im/group/a/b", "acme/im/group/x"] {
+            assert!(!table.can_subscribe(&mallory, topic), "{topic}");
+            assert!(!table.can_publish(&mallory, topic), "{topic}");
         }
     }
 

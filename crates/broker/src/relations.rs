@@ -1,6 +1,7 @@
-//! Who follows whom: the relation sets the ACL's `%f` (users I follow) and `%F` (mutual friends)
-//! expand to. The accounts tier owns relations; edges read them from a store they can reach
-//! without the accounts database (design §2): Redis in a cluster, memory when embedded.
+//! Who follows whom, and who belongs to which group: the relation sets the ACL's `%f` (users I
+//! follow), `%F` (mutual friends) and `%g` (my groups) expand to. The accounts tier owns
+//! relations and groups; edges read them from a store they can reach without the accounts
+//! database (design §2): Redis in a cluster, memory when embedded.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -15,6 +16,10 @@ pub trait RelationStore: Send + Sync + std::fmt::Debug {
     fn friends(&self, enterprise: &str, user: &str) -> Vec<String>;
     /// Records that `follower` follows `followee` (or stopped, with `following = false`).
     fn set_follow(&self, enterprise: &str, follower: &str, followee: &str, following: bool);
+    /// Groups `user` is a member of, sorted.
+    fn groups(&self, enterprise: &str, user: &str) -> Vec<String>;
+    /// Records that `user` joined `group` (or left it, with `member = false`).
+    fn set_member(&self, enterprise: &str, group: &str, user: &str, member: bool);
 }
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -26,6 +31,8 @@ pub struct UserRelations {
     pub follows: Vec<String>,
     /// Users who follow `user`.
     pub followers: Vec<String>,
+    /// Groups `user` is a member of.
+    pub groups: Vec<String>,
 }
 
 /// Where relations are kept for the edges, outside the accounts database (design §2): the
@@ -41,12 +48,22 @@ pub trait RelationDirectory: Send + Sync + std::fmt::Debug {
         followee: &'a str,
         following: bool,
     ) -> BoxFuture<'a, Result<(), String>>;
+    /// Records that `user` joined `group` (or left it, with `member = false`).
+    fn set_member<'a>(
+        &'a self,
+        enterprise: &'a str,
+        group: &'a str,
+        user: &'a str,
+        member: bool,
+    ) -> BoxFuture<'a, Result<(), String>>;
 }
 
 /// Relations held in this process (the embedded default).
 #[derive(Debug, Default)]
 pub struct MemoryRelations {
     follows: RwLock<HashMap<(String, String), BTreeSet<String>>>,
+    /// Groups by (enterprise, user).
+    groups: RwLock<HashMap<(String, String), BTreeSet<String>>>,
 }
 
 impl MemoryRelations {
@@ -73,8 +90,16 @@ impl MemoryRelations {
     }
 
     /// Makes what this store knows about `user` match `r` (from a directory): their follows,
-    /// and who follows them.
+    /// who follows them, and their groups.
     pub fn replace(&self, enterprise: &str, user: &str, r: &UserRelations) {
+        {
+            let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
+            if r.groups.is_empty() {
+                groups.remove(&key(enterprise, user));
+            } else {
+                groups.insert(key(enterprise, user), r.groups.iter().cloned().collect());
+            }
+        }
         let mut all = self.follows.write().unwrap_or_else(|e| e.into_inner());
         let mine: BTreeSet<String> = r.follows.iter().cloned().collect();
         if mine.is_empty() {
@@ -99,8 +124,20 @@ impl RelationDirectory for MemoryRelations {
         let r = UserRelations {
             follows: RelationStore::follows(self, enterprise, user),
             followers: self.followers(enterprise, user),
+            groups: RelationStore::groups(self, enterprise, user),
         };
         Box::pin(std::future::ready(Ok(r)))
+    }
+
+    fn set_member<'a>(
+        &'a self,
+        enterprise: &'a str,
+        group: &'a str,
+        user: &'a str,
+        member: bool,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        RelationStore::set_member(self, enterprise, group, user, member);
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn set_follow<'a>(
@@ -143,6 +180,24 @@ impl RelationStore for MemoryRelations {
             }
         }
     }
+
+    fn groups(&self, enterprise: &str, user: &str) -> Vec<String> {
+        let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        groups.get(&key(enterprise, user)).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn set_member(&self, enterprise: &str, group: &str, user: &str, member: bool) {
+        let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
+        let k = key(enterprise, user);
+        if member {
+            groups.entry(k).or_default().insert(group.to_owned());
+        } else if let Some(set) = groups.get_mut(&k) {
+            set.remove(group);
+            if set.is_empty() {
+                groups.remove(&k);
+            }
+        }
+    }
 }
 
 /// The behaviour every [`RelationStore`] and [`RelationDirectory`] must have.
@@ -171,11 +226,23 @@ pub mod contract {
         assert_eq!(load(&acme, "alice").await.followers, vec!["bob"]);
         assert_eq!(load(&acme, "carol").await, UserRelations::default());
 
+        // Group membership, per enterprise.
+        dir.set_member(&acme, "ops", "alice", true).await.expect("join");
+        dir.set_member(&acme, "dev", "alice", true).await.expect("join");
+        dir.set_member(&acme, "dev", "alice", true).await.expect("idempotent");
+        dir.set_member(&globex, "sales", "alice", true).await.expect("join");
+        assert_eq!(load(&acme, "alice").await.groups, vec!["dev", "ops"], "sorted, and only this enterprise");
+        dir.set_member(&acme, "ops", "alice", false).await.expect("leave");
+        dir.set_member(&acme, "ops", "nobody", false).await.expect("leave what never was");
+        assert_eq!(load(&acme, "alice").await.groups, vec!["dev"]);
+
         // What an edge does at CONNECT: its store then answers like the directory.
         let cache = MemoryRelations::default();
         RelationStore::set_follow(&cache, &acme, "carol", "alice", true);
         RelationStore::set_follow(&cache, &acme, "alice", "zed", true);
+        RelationStore::set_member(&cache, &acme, "ops", "alice", true);
         cache.replace(&acme, "alice", &load(&acme, "alice").await);
+        assert_eq!(cache.groups(&acme, "alice"), vec!["dev"], "a membership the directory no longer has is gone");
         assert_eq!(cache.follows(&acme, "alice"), vec!["bob"]);
         assert_eq!(cache.friends(&acme, "alice"), vec!["bob"]);
         assert!(cache.follows(&acme, "carol").is_empty(), "a follow the directory no longer has is gone");
@@ -199,6 +266,16 @@ pub mod contract {
         assert_eq!(store.follows("acme", "alice"), vec!["dave"]);
         store.set_follow("acme", "nobody", "x", false);
         assert!(store.follows("acme", "nobody").is_empty());
+
+        assert!(store.groups("acme", "alice").is_empty());
+        store.set_member("acme", "ops", "alice", true);
+        store.set_member("acme", "dev", "alice", true);
+        store.set_member("globex", "ops", "bob", true);
+        assert_eq!(store.groups("acme", "alice"), vec!["dev", "ops"]);
+        assert!(store.groups("acme", "bob").is_empty(), "bob's group is in another enterprise");
+        store.set_member("acme", "ops", "alice", false);
+        store.set_member("acme", "ops", "nobody", false);
+        assert_eq!(store.groups("acme", "alice"), vec!["dev"]);
     }
 }
 

@@ -39,15 +39,17 @@ impl RelationDirectory for RedisRelations {
     fn load<'a>(&'a self, enterprise: &'a str, user: &'a str) -> BoxFuture<'a, Result<UserRelations, String>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let (mut follows, mut followers): (Vec<String>, Vec<String>) = redis::pipe()
+            let (mut follows, mut followers, mut groups): (Vec<String>, Vec<String>, Vec<String>) = redis::pipe()
                 .smembers(wire::keys::follows(enterprise, user))
                 .smembers(wire::keys::followers(enterprise, user))
+                .smembers(wire::keys::groups(enterprise, user))
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;
             follows.sort();
             followers.sort();
-            Ok(UserRelations { follows, followers })
+            groups.sort();
+            Ok(UserRelations { follows, followers, groups })
         })
     }
 
@@ -69,6 +71,22 @@ impl RelationDirectory for RedisRelations {
                 pipe.srem(&f, followee).ignore().srem(&r, follower).ignore();
             }
             pipe.query_async::<()>(&mut conn).await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn set_member<'a>(
+        &'a self,
+        enterprise: &'a str,
+        group: &'a str,
+        user: &'a str,
+        member: bool,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let k = wire::keys::groups(enterprise, user);
+            let mut cmd = redis::cmd(if member { "SADD" } else { "SREM" });
+            cmd.arg(k).arg(group);
+            cmd.query_async::<()>(&mut conn).await.map_err(|e| e.to_string())
         })
     }
 }

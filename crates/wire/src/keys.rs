@@ -11,6 +11,11 @@ pub fn followers(enterprise: &str, user: &str) -> String {
     format!("hermes:rel:{enterprise}:followers:{user}")
 }
 
+/// The set of groups `user` is a member of.
+pub fn groups(enterprise: &str, user: &str) -> String {
+    format!("hermes:rel:{enterprise}:groups:{user}")
+}
+
 /// Hash: enterprise id → its own ACL tables (a protobuf `AclChanged`).
 pub const TABLES: &str = "hermes:tables";
 /// Hash: enterprise id → the version of its tables in [`TABLES`].

@@ -72,5 +72,6 @@ fn kind(e: &Event) -> &'static str {
         Event::TokenRevoked(_) => "token_revoked",
         Event::ProfileChanged(_) => "profile_changed",
         Event::AclChanged(_) => "acl_changed",
+        Event::GroupMembershipChanged(_) => "group_membership_changed",
     }
 }

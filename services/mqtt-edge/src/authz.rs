@@ -102,13 +102,14 @@ impl Authorizer {
 
     /// Runs `f` with `who` as an ACL subject, relation sets looked up now.
     fn with_subject<R>(&self, who: &Identity, client_id: &str, f: impl FnOnce(&Subject<'_>) -> R) -> R {
-        let (follows, friends) = if who.via_token {
+        let (follows, friends, groups) = if who.via_token {
             (
                 self.relations.follows(&who.enterprise, &who.username),
                 self.relations.friends(&who.enterprise, &who.username),
+                self.relations.groups(&who.enterprise, &who.username),
             )
         } else {
-            (Vec::new(), Vec::new())
+            (Vec::new(), Vec::new(), Vec::new())
         };
         f(&Subject {
             username: &who.username,
@@ -116,6 +117,7 @@ impl Authorizer {
             enterprise: &who.enterprise,
             follows: &follows,
             friends: &friends,
+            groups: &groups,
         })
     }
 

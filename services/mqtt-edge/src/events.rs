@@ -65,6 +65,11 @@ impl AccountEvents {
                 }
                 "profile_changed"
             }
+            Event::GroupMembershipChanged(g) => {
+                self.shared.relations.set_member(eid, &g.group, &g.username, g.member);
+                self.reauthorize(eid, Some(&[&g.username]));
+                "group_membership_changed"
+            }
             Event::AclChanged(a) => {
                 match self.shared.authz.set_policy(eid, a.version, &a.acl_rules, &a.auto_subscribe) {
                     Ok(true) => self.reauthorize(eid, None),

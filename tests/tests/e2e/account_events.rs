@@ -213,3 +213,35 @@ async fn logging_out_one_device_revokes_only_its_tokens() {
     assert_eq!(refused_code(&edge, Version::V311, token("pc-session")).await, 0, "the other device's is not");
     edge.stop().await;
 }
+
+fn membership(group: &str, user: &str, member: bool) -> Event {
+    Event::GroupMembershipChanged(pb::GroupMembershipChanged { group: group.into(), username: user.into(), member })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn group_topics_follow_membership_live() {
+    let (edge, bus, signer) = edge_on_bus().await;
+    let mut alice = login(&edge, &signer, Version::V5, "alice", "alice").await;
+    let mut carol = login(&edge, &signer, Version::V311, "carol", "carol").await;
+    let mut bob = login(&edge, &signer, Version::V5, "bob", "bob").await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // Joining auto-subscribes the connected members and lets them write; others stay out.
+    emit(&bus, membership("ops", "alice", true)).await;
+    emit(&bus, membership("ops", "carol", true)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    carol.publish("acme/im/group/ops", b"standup", 1, false, WAIT).await.expect("puback");
+    let got = expect_publish(&mut alice).await;
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("acme/im/group/ops", &b"standup"[..]));
+    ack(&mut alice, &got).await;
+    assert_eq!(bob.publish("acme/im/group/ops", b"let me in", 1, false, WAIT).await.expect("puback"), Some(0x87));
+    let codes = bob.subscribe(vec![SubscribeTopic::new("acme/im/group/ops", 1)], WAIT).await.expect("suback");
+    assert_eq!(codes, [0x87], "not a member");
+    // Leaving takes the subscription and the right away at once.
+    emit(&bus, membership("ops", "alice", false)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    carol.publish("acme/im/group/ops", b"after alice left", 1, false, WAIT).await.expect("puback");
+    expect_nothing(&mut alice).await;
+    assert_eq!(alice.publish("acme/im/group/ops", b"x", 1, false, WAIT).await.expect("puback"), Some(0x87));
+    expect_nothing(&mut bob).await;
+    edge.stop().await;
+}
