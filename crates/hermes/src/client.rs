@@ -358,18 +358,30 @@ pub fn send(args: SendArgs) -> Result<(), String> {
 }
 
 pub fn listen(args: ListenArgs) -> Result<(), String> {
-    watch(args, "listening", |topic, payload| {
+    watch(args, "listening", |p| {
+        let (topic, payload) = (&p.topic, &p.payload);
         match envelope::decode(payload).ok().filter(|e| e.version == envelope::VERSION) {
-            Some(e) => Some(format!("{topic} [{}] {}", e.source, String::from_utf8_lossy(&e.data))),
+            Some(e) => {
+                let from = sender(p).unwrap_or_else(|| e.source.clone());
+                Some(format!("{topic} [{from}] {}", String::from_utf8_lossy(&e.data)))
+            }
             None => Some(format!("{topic} {}", String::from_utf8_lossy(payload))),
         }
     })
 }
 
+/// Who sent `p`, as the edge authenticated them: its `hermes-sender` property (`{enterprise}/
+/// {user}`), shown as the user name. Clients cannot set it; messages without one were published
+/// by the system, whose envelope names it.
+fn sender(p: &sdk::mqtt::Publish) -> Option<String> {
+    let (_, v) = p.properties.user_properties.iter().find(|(k, _)| k == "hermes-sender")?;
+    Some(v.rsplit('/').next().unwrap_or(v).to_owned())
+}
+
 /// Prints friends' presence and signatures as they change (retained states first).
 pub fn presence(args: ListenArgs) -> Result<(), String> {
-    watch(args, "watching presence", |topic, payload| {
-        let text = String::from_utf8_lossy(payload);
+    watch(args, "watching presence", |p| {
+        let (topic, text) = (&p.topic, String::from_utf8_lossy(&p.payload));
         let mut levels = topic.split('/');
         match (levels.next(), levels.next(), levels.next(), levels.next()) {
             (Some(_), Some("im"), Some("pres"), Some(user)) => Some(format!("{user} is {text}")),
@@ -380,7 +392,7 @@ pub fn presence(args: ListenArgs) -> Result<(), String> {
 }
 
 /// Connects and prints each PUBLISH `show` formats; counts only those.
-fn watch(args: ListenArgs, what: &str, show: impl Fn(&str, &[u8]) -> Option<String>) -> Result<(), String> {
+fn watch(args: ListenArgs, what: &str, show: impl Fn(&sdk::mqtt::Publish) -> Option<String>) -> Result<(), String> {
     let mut live = Live::load(&args.session)?;
     runtime()?.block_on(async {
         let mut c = live.connect(what.split(' ').next().unwrap_or("watch")).await?;
@@ -406,7 +418,7 @@ fn watch(args: ListenArgs, what: &str, show: impl Fn(&str, &[u8]) -> Option<Stri
             if let Some(id) = p.packet_id.filter(|_| p.qos == 1) {
                 let _ = c.send(&Packet::PubAck { packet_id: id, code: 0 }).await;
             }
-            if let Some(line) = show(&p.topic, &p.payload) {
+            if let Some(line) = show(&p) {
                 println!("{line}");
                 let _ = std::io::stdout().flush();
                 seen += 1;

@@ -526,6 +526,54 @@ async fn client_verbs_from_two_terminals() {
         tokio::task::spawn_blocking(move || lines.map_while(Result::ok).collect()).await.expect("join");
     assert!(printed.iter().any(|l| l == "acme/im/msg/alice [bob] hello from bob"), "{printed:?}");
     assert!(listener.wait().expect("wait").success());
+    // Bob forges an envelope from carol, with a sender property of his own making: alice's
+    // listener shows who the edge authenticated.
+    let mut listener = Command::new(HERMES)
+        .args(["listen", "--idle-secs", "3", "--session", &session("alice")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("listen");
+    let mut lines = BufReader::new(listener.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(first.starts_with("listening as alice@acme"), "{first}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(session("bob")).expect("session")).expect("json");
+    let token = saved["access_token"].as_str().expect("access token").as_bytes().to_vec();
+    let mut bob = Client::connect_tcp(mqtt, Version::V5).await.expect("connect");
+    let hello = Connect {
+        client_id: "forger".into(),
+        clean_start: true,
+        keep_alive: 30,
+        password: Some(token),
+        ..Connect::default()
+    };
+    assert!(matches!(bob.handshake(hello, Duration::from_secs(5)).await, Ok(Packet::ConnAck { code: 0, .. })));
+    let forged = wire::envelope::text("m".into(), "carol".into(), wire::pb::Direction::P2p, "forged", 1);
+    let publish = sdk::mqtt::Publish {
+        topic: "acme/im/msg/alice".into(),
+        payload: wire::envelope::encode(&forged).into(),
+        qos: 1,
+        packet_id: Some(1),
+        properties: sdk::mqtt::PublishProperties {
+            user_properties: vec![("hermes-sender".into(), "acme/carol".into())],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    bob.send(&Packet::Publish(publish)).await.expect("publish");
+    // Bob's own auto-subscriptions may deliver retained states first.
+    loop {
+        match bob.recv(Duration::from_secs(5)).await {
+            Ok(Packet::PubAck { packet_id: 1, code }) => break assert_eq!(code, 0),
+            Ok(Packet::Publish(_)) => {}
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    let printed: Vec<String> =
+        tokio::task::spawn_blocking(move || lines.map_while(Result::ok).collect()).await.expect("join");
+    assert!(printed.iter().any(|l| l == "acme/im/msg/alice [bob] forged"), "{printed:?}");
+    assert!(!printed.iter().any(|l| l.contains("carol")), "{printed:?}");
+    let _ = listener.wait();
     let followed = hermes(&["follow", "carol", "--session", &session("alice")]);
     assert!(followed.contains("following carol"), "{followed}");
     sigterm(&child);
