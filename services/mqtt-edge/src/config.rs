@@ -179,6 +179,7 @@ impl EdgeConfig {
             ("limits.max_topic_levels", l.max_topic_levels),
             ("limits.max_packet_size", l.max_packet_size as usize),
             ("limits.connect_timeout_secs", usize::from(l.connect_timeout_secs)),
+            ("limits.max_keepalive_secs", usize::from(l.max_keepalive_secs)),
         ] {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));

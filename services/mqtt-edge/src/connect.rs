@@ -91,6 +91,35 @@ impl Refusal {
     }
 }
 
+/// The keep-alive a v5 connection lives by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Seconds; never 0.
+    pub secs: u16,
+    /// Server Keep Alive for the CONNACK when the edge chose another value than the client
+    /// [MQTT-3.2.2-21].
+    pub announce: Option<u16>,
+}
+
+impl KeepAlive {
+    /// How long a silent connection is kept: one and a half keep-alives [MQTT-3.1.2-24].
+    pub fn idle_timeout_secs(self) -> u16 {
+        self.secs.saturating_add(self.secs / 2)
+    }
+}
+
+/// The keep-alive for a v5 client that asked for `requested` seconds (0: none), under the
+/// operator's `max` (`limits.max_keepalive_secs`, at least 1): a larger request, or none at all,
+/// gets `max`, and the CONNACK says so, as Mosquitto's `max_keepalive` does.
+pub fn keep_alive(requested: u16, max: u16) -> KeepAlive {
+    let max = max.max(1);
+    if requested == 0 || requested > max {
+        KeepAlive { secs: max, announce: Some(max) }
+    } else {
+        KeepAlive { secs: requested, announce: None }
+    }
+}
+
 /// An accepted CONNECT: the connection's state and what the CONNACK says.
 #[derive(Debug)]
 pub struct Accepted {
@@ -174,4 +203,23 @@ fn authorize_will(edge: &EdgeShared, who: &Identity, client_id: &str, w: WillInp
     message.properties = w.properties;
     crate::sender::stamp(&mut message, who);
     Ok(Will { message: Arc::new(message), delay_secs: w.delay_secs })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_boundaries() {
+        let ka = |r, m| keep_alive(r, m);
+        assert_eq!(ka(0, 1200), KeepAlive { secs: 1200, announce: Some(1200) }, "none asked: the maximum, said");
+        assert_eq!(ka(1, 1200), KeepAlive { secs: 1, announce: None });
+        assert_eq!(ka(1200, 1200), KeepAlive { secs: 1200, announce: None });
+        assert_eq!(ka(1201, 1200), KeepAlive { secs: 1200, announce: Some(1200) });
+        assert_eq!(ka(u16::MAX, u16::MAX), KeepAlive { secs: u16::MAX, announce: None });
+        assert_eq!(ka(0, 0), KeepAlive { secs: 1, announce: Some(1) }, "a zero maximum is never used");
+        assert_eq!(ka(u16::MAX, u16::MAX).idle_timeout_secs(), u16::MAX, "saturates");
+        assert_eq!(ka(1, 10).idle_timeout_secs(), 1);
+        assert_eq!(ka(60, 1200).idle_timeout_secs(), 90);
+    }
 }

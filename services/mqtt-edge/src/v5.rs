@@ -81,28 +81,23 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::Conn
         Ok(a) => a,
         Err(refusal) => return Ok(refuse(msg, refusal)),
     };
-    let cap = limits.max_keepalive_secs;
-    let keep_alive = if client_keep_alive > cap { cap } else { client_keep_alive };
+    let keep_alive = connect::keep_alive(client_keep_alive, limits.max_keepalive_secs);
     let session_present = accepted.session_present;
     let assigned = accepted.assigned_client_id;
-    Ok(msg
-        .ack(accepted.state)
-        .keep_alive(keep_alive.saturating_add(keep_alive / 2))
-        .max_send(Some(limits.max_inflight))
-        .with(|ack| {
+    Ok(msg.ack(accepted.state).keep_alive(keep_alive.idle_timeout_secs()).max_send(Some(limits.max_inflight)).with(
+        |ack| {
             ack.session_present = session_present;
             ack.assigned_client_id = assigned.map(ByteString::from);
             ack.shared_subscription_available = true;
             ack.subscription_identifiers_available = true;
             ack.wildcard_subscription_available = true;
             ack.retain_available = true;
-            if client_keep_alive > cap {
-                ack.server_keepalive_sec = Some(cap);
-            }
+            ack.server_keepalive_sec = keep_alive.announce;
             if requested_expiry != expiry {
                 ack.session_expiry_interval_secs = Some(expiry);
             }
-        }))
+        },
+    ))
 }
 
 #[tracing::instrument(name = "mqtt.publish", level = "debug", skip_all, fields(client_id = %ses.client_id, topic = %p.publish_topic()))]

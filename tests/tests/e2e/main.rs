@@ -4,6 +4,7 @@
 mod account_events;
 mod auth;
 mod backends;
+mod boundaries;
 mod delivery;
 mod identity;
 mod interop;
