@@ -2,6 +2,10 @@
 //! variables, then command-line flags. Every layer uses the same key names: the key
 //! `mqtt.addr` is `[mqtt] addr` in the file, `HERMES_MQTT__ADDR` in the environment and
 //! `--mqtt-addr` on the command line. Unknown keys are errors that name the key.
+//!
+//! Only `HERMES_<SECTION>__<KEY>` (or `HERMES_<KEY>` for a top-level key) names a setting:
+//! other variables that merely start with `HERMES_` (a script's `HERMES_BIN`, the `--config`
+//! flag's `HERMES_CONFIG`) are not settings and are left alone.
 
 use std::path::Path;
 
@@ -42,6 +46,9 @@ pub fn load<T: DeserializeOwned + Serialize + Default>(
             continue;
         };
         let dotted = rest.to_ascii_lowercase().replace("__", ".");
+        if !dotted.contains('.') && !is_top_level_setting(&tree, &dotted) {
+            continue;
+        }
         set(&mut tree, &dotted, scalar(&raw))?;
     }
     for (key, value) in overrides {
@@ -50,6 +57,11 @@ pub fn load<T: DeserializeOwned + Serialize + Default>(
     // Going through text makes serde's errors point at the offending `key = value` line.
     let text = toml::to_string(&tree).map_err(|e| ConfigError::Invalid(e.to_string()))?;
     toml::from_str(&text).map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))
+}
+
+/// Whether `key` is a setting of the configuration's top level (not a section).
+fn is_top_level_setting(tree: &Value, key: &str) -> bool {
+    matches!(tree, Value::Table(t) if t.get(key).is_some_and(|v| !v.is_table()))
 }
 
 /// Renders a configuration as TOML, for `print-config`.
@@ -147,6 +159,24 @@ mod tests {
         .expect("valid");
         assert_eq!(cfg.mqtt, Mqtt { addr: "env".into(), workers: 4, anonymous: true });
         assert_eq!(cfg.name, "x");
+    }
+
+    #[test]
+    fn variables_that_only_start_with_the_prefix_are_not_settings() {
+        let cfg: Cfg = load(
+            None,
+            env(&[
+                ("HERMES_CONFIG", "hermes.toml"),
+                ("HERMES_BIN", "/usr/bin/hermes"),
+                ("HERMES_HOME", "/home/x"),
+                ("HERMES_MQTT", "a section, not a value"),
+                ("HERMES_NAME", "top-level key"),
+            ]),
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(cfg.name, "top-level key");
+        assert_eq!(cfg.mqtt, Mqtt::default());
     }
 
     #[test]
