@@ -1,10 +1,12 @@
 //! Access control and auto-subscribe tables with placeholders (seed 004 §3.4–3.5, design §3).
 //!
-//! Rule text, one per line, `#` comments:
+//! Rule text, one per line, `#` comments; `deny` rules (Mosquitto's syntax) are checked before
+//! any grant, so an operator can fence topics inside a wildcard grant:
 //! ```text
 //! # `pattern` rules apply to everyone; %F gives one filter per mutual friend
 //! pattern readwrite %e/im/msg/%u
 //! pattern read %e/im/pres/%F
+//! pattern deny %e/im/pres/ceo
 //! # `topic` lines after `user NAME` apply to that user only
 //! user admin
 //! topic readwrite #
@@ -20,12 +22,15 @@ use std::fmt;
 use crate::QoS;
 use crate::topic::{TopicLimits, matches, validate_filter};
 
-/// What a rule grants: `read` = subscribe, `write` = publish.
+/// What a rule grants: `read` = subscribe, `write` = publish; `deny` takes both away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     Read,
     Write,
     ReadWrite,
+    /// Refuses publishing to the topics the filter matches and subscribing to any filter that
+    /// could match one of them, whatever the grants say.
+    Deny,
 }
 
 impl Access {
@@ -81,7 +86,8 @@ fn parse_access(word: &str, line: usize) -> Result<Access, ParseError> {
         "read" => Ok(Access::Read),
         "write" => Ok(Access::Write),
         "readwrite" => Ok(Access::ReadWrite),
-        other => Err(ParseError { line, message: format!("expected read, write or readwrite, found `{other}`") }),
+        "deny" => Ok(Access::Deny),
+        other => Err(ParseError { line, message: format!("expected read, write, readwrite or deny, found `{other}`") }),
     }
 }
 
@@ -138,18 +144,33 @@ impl AclTable {
         self.patterns.iter().chain(self.users.iter().filter(move |(u, _)| u == username).flat_map(|(_, r)| r.iter()))
     }
 
-    /// May `who` publish to `topic`?
-    pub fn can_publish(&self, who: &Subject<'_>, topic: &str) -> bool {
-        self.rules_for(who.username)
-            .filter(|r| r.access.allows(Access::Write))
-            .any(|r| expand(&r.filter, who).iter().any(|f| grants(f, topic)))
+    /// Whether a deny rule for `who` reaches what `hits` asks about. A deny rule whose
+    /// placeholder value is unsafe for this subject (`/`, `+`, `#`...) denies everything: a
+    /// crafted name must not lift a fence.
+    fn denied(&self, who: &Subject<'_>, hits: impl Fn(&str) -> bool) -> bool {
+        self.rules_for(who.username).filter(|r| r.access == Access::Deny).any(|r| {
+            let (filters, unsafe_value) = expand_checked(&r.filter, who);
+            unsafe_value || filters.iter().any(|f| hits(f))
+        })
     }
 
-    /// May `who` subscribe to `filter`? Only if every topic it can match is readable.
+    /// May `who` publish to `topic`? Deny rules first, then grants.
+    pub fn can_publish(&self, who: &Subject<'_>, topic: &str) -> bool {
+        !self.denied(who, |denied| matches(denied, topic))
+            && self
+                .rules_for(who.username)
+                .filter(|r| r.access.allows(Access::Write))
+                .any(|r| expand(&r.filter, who).iter().any(|f| grants(f, topic)))
+    }
+
+    /// May `who` subscribe to `filter`? Only if no topic it can match is denied and every topic
+    /// it can match is readable.
     pub fn can_subscribe(&self, who: &Subject<'_>, filter: &str) -> bool {
-        self.rules_for(who.username)
-            .filter(|r| r.access.allows(Access::Read))
-            .any(|r| expand(&r.filter, who).iter().any(|granted| covers(granted, filter)))
+        !self.denied(who, |denied| overlaps(denied, filter))
+            && self
+                .rules_for(who.username)
+                .filter(|r| r.access.allows(Access::Read))
+                .any(|r| expand(&r.filter, who).iter().any(|granted| covers(granted, filter)))
     }
 }
 
@@ -173,6 +194,12 @@ pub fn safe_value(v: &str) -> bool {
 
 /// Expands placeholders: one filter per combination of set members. Unsafe values drop out.
 pub fn expand(template: &str, who: &Subject<'_>) -> Vec<String> {
+    expand_checked(template, who).0
+}
+
+/// Like [`expand`], and whether an unsafe value dropped out.
+fn expand_checked(template: &str, who: &Subject<'_>) -> (Vec<String>, bool) {
+    let mut unsafe_value = false;
     let mut out = vec![String::new()];
     let mut chars = template.chars();
     while let Some(c) = chars.next() {
@@ -187,15 +214,37 @@ pub fn expand(template: &str, who: &Subject<'_>) -> Vec<String> {
             Some('f') => who.follows.iter().map(String::as_str).collect(),
             Some('F') => who.friends.iter().map(String::as_str).collect(),
             Some('g') => who.groups.iter().map(String::as_str).collect(),
-            _ => return Vec::new(),
+            _ => return (Vec::new(), unsafe_value),
         };
+        let before = values.len();
         let values: Vec<&str> = values.into_iter().filter(|v| safe_value(v)).collect();
+        unsafe_value |= values.len() != before;
         out = out.iter().flat_map(|prefix| values.iter().map(move |v| format!("{prefix}{v}"))).collect();
         if out.is_empty() {
-            return out;
+            return (out, unsafe_value);
         }
     }
-    out
+    (out, unsafe_value)
+}
+
+/// Could two filters match a common topic?
+pub fn overlaps(a: &str, b: &str) -> bool {
+    // A filter that starts with a wildcard matches no `$` topic (§4.7.2).
+    let system = |f: &str| f.starts_with('$');
+    let wild = |f: &str| f.starts_with(['+', '#']);
+    if (system(a) && wild(b)) || (system(b) && wild(a)) {
+        return false;
+    }
+    let (mut x, mut y) = (a.split('/'), b.split('/'));
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (None, None) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(p), Some(q)) if p == q => {}
+            _ => return false,
+        }
+    }
 }
 
 /// Does a granted filter name `topic`? MQTT matching [MQTT-4.7.1], except that a `+` never
@@ -406,6 +455,56 @@ mod tests {
             if table.can_subscribe(&who, &topic) {
                 proptest::prop_assert_eq!(&topic, &own);
             }
+        }
+    }
+
+    #[test]
+    fn deny_rules_fence_topics_inside_a_grant() {
+        let table = AclTable::parse(
+            "pattern readwrite %e/team/#\npattern deny %e/team/secret/#\nuser alice\ntopic deny %e/team/alice-off\n",
+        )
+        .expect("valid");
+        check(
+            &table,
+            &[
+                ("bob", "pub", "acme/team/general", true),
+                ("bob", "pub", "acme/team/secret/plans", false),
+                ("bob", "pub", "acme/team/secret", false),
+                ("bob", "sub", "acme/team/general", true),
+                ("bob", "sub", "acme/team/secret/plans", false),
+                ("bob", "sub", "acme/team/#", false),
+                ("bob", "sub", "acme/team/+/plans", false),
+                ("bob", "sub", "acme/team/+", false),
+                ("bob", "sub", "acme/team/general/+", true),
+                ("alice", "pub", "acme/team/alice-off", false),
+                ("alice", "sub", "acme/team/+", false),
+                ("bob", "pub", "acme/team/alice-off", true),
+            ],
+        );
+        // A name that cannot be put into a deny rule safely is denied everything the rule guards.
+        let fenced = AclTable::parse("pattern readwrite public/#\npattern deny public/%u/#\n").expect("valid");
+        let evil = subject("+", &[], &[]);
+        assert!(!fenced.can_publish(&evil, "public/x"));
+        assert!(fenced.can_publish(&subject("bob", &[], &[]), "public/x"));
+        assert!(!fenced.can_publish(&subject("bob", &[], &[]), "public/bob/x"));
+        assert!(AclTable::parse("pattern denyall x").is_err());
+    }
+
+    #[test]
+    fn overlapping_filters() {
+        for (a, b, want) in [
+            ("a/#", "a/b", true),
+            ("a/b", "a/b", true),
+            ("a/+", "a/b/c", false),
+            ("a/+/c", "a/b/+", true),
+            ("a/b", "a/c", false),
+            ("#", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("a", "a/#", true),
+            ("a/b", "a", false),
+        ] {
+            assert_eq!(overlaps(a, b), want, "{a} ~ {b}");
+            assert_eq!(overlaps(b, a), want, "{b} ~ {a}");
         }
     }
 

@@ -245,3 +245,25 @@ async fn group_topics_follow_membership_live() {
     expect_nothing(&mut bob).await;
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deny_rules_in_enterprise_tables_fence_a_wildcard_grant() {
+    let (edge, bus, signer) = edge_on_bus().await;
+    let tables = pb::AclChanged {
+        version: 1,
+        acl_rules: "pattern readwrite %e/team/#\npattern deny %e/team/board/#\n".into(),
+        auto_subscribe: String::new(),
+    };
+    emit(&bus, Event::AclChanged(tables)).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut alice = login(&edge, &signer, Version::V5, "alice", "alice").await;
+    let mut bob = login(&edge, &signer, Version::V311, "bob", "bob").await;
+    let topics = |f: &[&str]| f.iter().map(|t| SubscribeTopic::new(t, 1)).collect::<Vec<_>>();
+    let wanted = ["acme/team/general", "acme/team/board/minutes", "acme/team/#"];
+    assert_eq!(alice.subscribe(topics(&wanted), WAIT).await.expect("suback"), [1, 0x87, 0x87], "v5");
+    assert_eq!(bob.subscribe(topics(&wanted), WAIT).await.expect("suback"), [1, 0x80, 0x80], "v3");
+    assert_eq!(alice.publish("acme/team/board/minutes", b"x", 1, false, WAIT).await.expect("puback"), Some(0x87));
+    assert_eq!(alice.publish("acme/team/general", b"hi", 1, false, WAIT).await.expect("puback"), Some(0));
+    assert_eq!(&expect_publish(&mut bob).await.payload[..], b"hi");
+    edge.stop().await;
+}
