@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod acl;
+pub mod alias;
 pub mod relations;
 pub mod retained;
 pub mod route;

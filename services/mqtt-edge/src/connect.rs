@@ -35,6 +35,8 @@ pub struct ConnectInput {
     pub will: Option<WillInput>,
     /// The client's address, for throttling failed authentication.
     pub peer: Option<IpAddr>,
+    /// The v5 client's Topic Alias Maximum (0 for v3): how many outbound aliases it takes.
+    pub topic_alias_max: u16,
     pub protocol: &'static str,
 }
 
@@ -161,7 +163,8 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
         now_ms(),
     );
     metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);
-    spawn_delivery_task(sink, connected.inbox, edge.hub.clone(), session.clone(), connected.link_id);
+    let link_id = connected.link_id;
+    spawn_delivery_task(sink, connected.inbox, edge.hub.clone(), session.clone(), link_id, input.topic_alias_max);
     ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &session, &client_id);
     ingress::close_if_revoked(edge, &identity);
     let state = ConnState::new(session, client_id, connected.link_id, edge, identity);

@@ -13,6 +13,7 @@ use ntex_mqtt::error::SendPacketError;
 use ntex_mqtt::{v3, v5};
 
 use broker::QoS;
+use broker::alias::{Alias, TopicAliases};
 
 use crate::auth::Identity;
 use crate::authz::Authorizer;
@@ -130,12 +131,23 @@ impl Sink {
 
 /// Runs on the connection's worker until the connection ends: writes each delivery the hub
 /// sends, and closes the connection when the hub asks to.
-pub fn spawn_delivery_task(sink: Sink, inbox: ConnInbox, hub: Arc<Hub>, session: Arc<str>, link_id: u64) {
+///
+/// `topic_alias_max` is the v5 client's Topic Alias Maximum: topics it has seen on this
+/// connection are then sent as aliases.
+pub fn spawn_delivery_task(
+    sink: Sink,
+    inbox: ConnInbox,
+    hub: Arc<Hub>,
+    session: Arc<str>,
+    link_id: u64,
+    topic_alias_max: u16,
+) {
     ntex::rt::spawn(async move {
+        let mut aliases = TopicAliases::new(topic_alias_max);
         loop {
             match inbox.next().await {
                 // Boxed so the idle task stays small: only a delivery in progress needs the space.
-                Next::Deliver(d) => Box::pin(deliver(&sink, d, &hub, &session, link_id)).await,
+                Next::Deliver(d) => Box::pin(deliver(&sink, d, &hub, &session, link_id, &mut aliases)).await,
                 Next::Close(reason) => {
                     sink.close(reason);
                     break;
@@ -148,7 +160,14 @@ pub fn spawn_delivery_task(sink: Sink, inbox: ConnInbox, hub: Arc<Hub>, session:
 
 /// Writes one delivery. QoS 1/2 packets are written at once (so order is kept) and their
 /// acknowledgement is awaited on a task of its own, so the in-flight window stays full.
-async fn deliver(sink: &Sink, d: Delivery, hub: &Arc<Hub>, client_id: &Arc<str>, link_id: u64) {
+async fn deliver(
+    sink: &Sink,
+    d: Delivery,
+    hub: &Arc<Hub>,
+    client_id: &Arc<str>,
+    link_id: u64,
+    aliases: &mut TopicAliases,
+) {
     // Waiting here (not writing into an ever-growing buffer) is what lets a slow reader's
     // channel fill up, so the hub can close it instead of holding up everyone else.
     if !sink.ready().await {
@@ -160,7 +179,7 @@ async fn deliver(sink: &Sink, d: Delivery, hub: &Arc<Hub>, client_id: &Arc<str>,
     if qos == QoS::AtMostOnce {
         let res = match sink {
             Sink::V3(s) => v3_builder(s, &d).send_at_most_once(d.msg.payload.clone()),
-            Sink::V5(s) => v5_builder(s, &d, now).send_at_most_once(d.msg.payload.clone()),
+            Sink::V5(s) => v5_builder(s, &d, now, aliases).send_at_most_once(d.msg.payload.clone()),
         };
         match res {
             Ok(()) => hub.sent_qos0(),
@@ -185,7 +204,7 @@ async fn deliver(sink: &Sink, d: Delivery, hub: &Arc<Hub>, client_id: &Arc<str>,
     match (sink, qos) {
         (Sink::V3(s), QoS::AtLeastOnce) => start(flow.qos1(v3_builder(s, &d).send_at_least_once(payload))).await,
         (Sink::V5(s), QoS::AtLeastOnce) => {
-            let b = v5_builder(s, &d, now);
+            let b = v5_builder(s, &d, now, aliases);
             start(flow.qos1(async move { b.send_at_least_once(payload).await.map(|_| ()) })).await
         }
         (Sink::V3(s), _) => {
@@ -197,7 +216,7 @@ async fn deliver(sink: &Sink, d: Delivery, hub: &Arc<Hub>, client_id: &Arc<str>,
             .await
         }
         (Sink::V5(s), _) => {
-            let b = v5_builder(s, &d, now);
+            let b = v5_builder(s, &d, now, aliases);
             start(flow.qos2(async move {
                 let rec = b.send_exactly_once(payload).await?;
                 Ok(async move { rec.release().await })
@@ -295,13 +314,22 @@ fn v3_builder(s: &v3::MqttSink, d: &Delivery) -> v3::PublishBuilder {
     b
 }
 
-fn v5_builder(s: &v5::MqttSink, d: &Delivery, now: u64) -> v5::PublishBuilder {
-    let mut b = s.publish(d.msg.topic.clone()).dup(d.dup).retain(d.retain);
+fn v5_builder(s: &v5::MqttSink, d: &Delivery, now: u64, aliases: &mut TopicAliases) -> v5::PublishBuilder {
+    let alias = aliases.alias(&d.msg.topic);
+    let topic = match alias {
+        Alias::Use(_) => {
+            metrics::counter!(m::TOPIC_ALIAS_BYTES_SAVED).increment(d.msg.topic.len() as u64);
+            ByteString::new()
+        }
+        Alias::None | Alias::Bind(_) => d.msg.topic.clone(),
+    };
+    let mut b = s.publish(topic).dup(d.dup).retain(d.retain);
     if let Some(id) = d.packet_id {
         b = b.packet_id(id.get());
     }
     let expiry = d.msg.remaining_secs(now);
-    let has_props = d.msg.properties.is_some() || expiry.is_some() || !d.subscription_ids.is_empty();
+    let has_props =
+        d.msg.properties.is_some() || expiry.is_some() || !d.subscription_ids.is_empty() || alias != Alias::None;
     if has_props {
         b = b.properties(|p| {
             if let Some(props) = &d.msg.properties {
@@ -309,6 +337,10 @@ fn v5_builder(s: &v5::MqttSink, d: &Delivery, now: u64) -> v5::PublishBuilder {
             }
             p.message_expiry_interval = expiry.and_then(std::num::NonZeroU32::new);
             p.subscription_ids = d.subscription_ids.iter().filter_map(|i| std::num::NonZeroU32::new(*i)).collect();
+            p.topic_alias = match alias {
+                Alias::Bind(a) | Alias::Use(a) => std::num::NonZeroU16::new(a),
+                Alias::None => None,
+            };
         });
     }
     b

@@ -18,6 +18,7 @@ pub const PUBLISH_REFUSED: &str = "hermes_edge_publish_refused_total";
 pub const CONNECTION_STOPS: &str = "hermes_edge_connection_stops_total";
 pub const ACCOUNT_EVENTS: &str = "hermes_edge_account_events_total";
 pub const RELATION_LOAD_FAILURES: &str = "hermes_edge_relation_load_failures_total";
+pub const TOPIC_ALIAS_BYTES_SAVED: &str = "hermes_edge_topic_alias_bytes_saved_total";
 pub const ROUTE_SECONDS: &str = "hermes_edge_route_seconds";
 pub const ACK_SECONDS: &str = "hermes_edge_delivery_ack_seconds";
 
@@ -42,6 +43,7 @@ pub fn describe() {
     describe_counter!(CONNECTION_STOPS, "Connections ended, by reason (peer gone, protocol error, handler error)");
     describe_counter!(ACCOUNT_EVENTS, "Account events from the bus applied, by kind (`invalid` for undecodable ones)");
     describe_counter!(RELATION_LOAD_FAILURES, "CONNECTs that could not load the user's relations from the directory");
+    describe_counter!(TOPIC_ALIAS_BYTES_SAVED, "Topic bytes not sent to v5 clients thanks to outbound topic aliases");
     describe_histogram!(ROUTE_SECONDS, "Time to route one inbound PUBLISH to its sessions");
     describe_histogram!(ACK_SECONDS, "Time from writing a QoS 1/2 delivery to its final ack");
 }

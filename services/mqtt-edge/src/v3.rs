@@ -39,6 +39,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::Conn
             properties: None,
         }),
         peer: peer_ip(msg.io()),
+        topic_alias_max: 0,
         protocol: "3.1.1",
     };
     let keep_alive = pkt.keep_alive;

@@ -73,6 +73,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::Conn
         receive_maximum: pkt.receive_max.map_or(u16::MAX, |r| r.get()),
         will: pkt.last_will.as_ref().map(will_input),
         peer: peer_ip(msg.io()),
+        topic_alias_max: pkt.topic_alias_max,
         protocol: "5.0",
     };
     let client_keep_alive = pkt.keep_alive;

@@ -272,3 +272,50 @@ async fn sys_topics_are_published_and_hidden_from_wildcards() {
     expect_nothing(&mut all).await;
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn v5_clients_that_take_topic_aliases_get_them() {
+    let edge = TestEdge::start().await;
+    let (mut sub, _) = edge
+        .connect(Version::V5, sdk::mqtt::Connect { topic_alias_maximum: Some(2), ..connect("aliased", true) })
+        .await;
+    let mut plain = edge.client(Version::V5, "plain").await;
+    let long = |n: &str| format!("acme/im/msg/{n}");
+    for c in [&mut sub, &mut plain] {
+        c.subscribe(vec![SubscribeTopic::new("acme/im/msg/+", 0)], WAIT).await.expect("suback");
+    }
+    let mut publisher = edge.client(Version::V311, "publisher").await;
+    let order = ["alice", "alice", "bob", "carol", "alice", "carol"];
+    for n in order {
+        publisher.publish(&long(n), n.as_bytes(), 0, false, WAIT).await.expect("publish");
+    }
+    // The client's view: (topic on the wire, alias) resolved as a client must [MQTT-3.3.2-12].
+    let mut bound: std::collections::HashMap<u16, String> = std::collections::HashMap::new();
+    let mut wire = Vec::new();
+    for n in order {
+        let p = expect_publish(&mut sub).await;
+        let alias = p.properties.topic_alias;
+        let topic = match (p.topic.is_empty(), alias) {
+            (false, Some(a)) => {
+                bound.insert(a, p.topic.clone());
+                p.topic.clone()
+            }
+            (true, Some(a)) => bound.get(&a).cloned().expect("a bound alias"),
+            (false, None) => p.topic.clone(),
+            (true, None) => panic!("empty topic without an alias"),
+        };
+        assert_eq!((topic.as_str(), &p.payload[..]), (long(n).as_str(), n.as_bytes()));
+        assert!(alias.is_some_and(|a| (1..=2).contains(&a)), "within the client's maximum: {alias:?}");
+        wire.push((p.topic.is_empty(), alias));
+    }
+    // alice bound 1, used 1; bob bound 2; carol rebinds the least recently used (1, alice);
+    // alice rebinds 2 (bob); carol uses 1.
+    let expected =
+        [(false, Some(1)), (true, Some(1)), (false, Some(2)), (false, Some(1)), (false, Some(2)), (true, Some(1))];
+    assert_eq!(wire, expected);
+    for n in order {
+        let p = expect_publish(&mut plain).await;
+        assert_eq!((p.topic.as_str(), p.properties.topic_alias), (long(n).as_str(), None), "no aliases unasked");
+    }
+    edge.stop().await;
+}

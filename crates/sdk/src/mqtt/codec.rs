@@ -50,6 +50,8 @@ pub struct Connect {
     pub receive_maximum: Option<u16>,
     /// v5 Maximum Packet Size property.
     pub max_packet_size: Option<u32>,
+    /// v5 Topic Alias Maximum property: how many topic aliases the server may send.
+    pub topic_alias_maximum: Option<u16>,
 }
 
 /// The will message inside CONNECT.

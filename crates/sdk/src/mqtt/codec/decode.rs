@@ -146,6 +146,7 @@ fn connect(r: &mut Reader, v5: bool) -> Result<Connect, DecodeError> {
                 (SESSION_EXPIRY, Value::Four(x)) => c.session_expiry = Some(x),
                 (RECEIVE_MAXIMUM, Value::Two(x)) => c.receive_maximum = Some(x),
                 (MAX_PACKET_SIZE, Value::Four(x)) => c.max_packet_size = Some(x),
+                (TOPIC_ALIAS_MAXIMUM, Value::Two(x)) => c.topic_alias_maximum = Some(x),
                 _ => {}
             }
             Ok(())

@@ -104,6 +104,7 @@ fn connect(c: &Connect, version: Version, o: &mut BytesMut) {
             props::put_u32(o, SESSION_EXPIRY, c.session_expiry);
             props::put_u16(o, RECEIVE_MAXIMUM, c.receive_maximum);
             props::put_u32(o, MAX_PACKET_SIZE, c.max_packet_size);
+            props::put_u16(o, TOPIC_ALIAS_MAXIMUM, c.topic_alias_maximum);
         });
     }
     put_str(o, &c.client_id);

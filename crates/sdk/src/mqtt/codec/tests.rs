@@ -34,6 +34,7 @@ fn connect_full(v5: bool) -> Connect {
         session_expiry: v5.then_some(3600),
         receive_maximum: v5.then_some(20),
         max_packet_size: v5.then_some(65_536),
+        topic_alias_maximum: v5.then_some(8),
     }
 }
 
