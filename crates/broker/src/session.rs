@@ -58,7 +58,9 @@ pub enum DropPolicy {
 pub struct SessionLimits {
     /// Largest in-flight window the server uses (further capped by the client's receive maximum).
     pub max_inflight: u16,
-    /// Messages kept beyond the in-flight window, online or offline.
+    /// Messages kept beyond the in-flight window while the client is away (the drop policy
+    /// applies past it). While it is connected and reading, QoS 1/2 messages are never dropped:
+    /// past this many the edge slows the publishers down instead (see [`Session::backlog`]).
     pub max_queued: usize,
     pub drop_policy: DropPolicy,
     /// Also queue QoS 0 messages while the client is offline.
@@ -159,9 +161,20 @@ impl<M: Deliverable + Clone> Session<M> {
         out
     }
 
-    /// The connection went away; the session keeps its state for the next one.
-    pub fn go_offline(&mut self) {
+    /// The connection went away; the session keeps its state for the next one. Its queue is
+    /// cut back to the offline bound by the drop policy; returns what was dropped.
+    pub fn go_offline(&mut self) -> Vec<Outgoing<M>> {
         self.window = 0;
+        let excess = self.queue.len().saturating_sub(self.limits.max_queued);
+        match self.limits.drop_policy {
+            DropPolicy::DropOldest => self.queue.drain(..excess).collect(),
+            DropPolicy::DropNewest => self.queue.split_off(self.queue.len() - excess).into(),
+        }
+    }
+
+    /// Messages waiting behind the in-flight window: what a connected client has yet to take.
+    pub fn backlog(&self) -> usize {
+        self.queue.len()
     }
 
     /// Hands a routed message to the session.
@@ -183,7 +196,8 @@ impl<M: Deliverable + Clone> Session<M> {
             self.inflight.push_back((out.clone(), InflightState::Published));
             return Enqueued::Send(out);
         }
-        if self.queue.len() >= self.limits.max_queued {
+        // A connected client's messages are never dropped: its publishers wait instead.
+        if !self.is_online() && self.queue.len() >= self.limits.max_queued {
             return match self.limits.drop_policy {
                 DropPolicy::DropNewest => Enqueued::Dropped(out),
                 DropPolicy::DropOldest => {
@@ -324,6 +338,29 @@ mod tests {
         assert_eq!(names(&sent), vec!["a"]);
         assert_eq!(sent[0].packet_id, None);
         assert_eq!(s.inflight(), 0);
+    }
+
+    #[test]
+    fn a_connected_client_loses_nothing_and_the_offline_bound_applies_when_it_leaves() {
+        for (policy, kept) in [(DropPolicy::DropOldest, ["q3", "q4"]), (DropPolicy::DropNewest, ["q1", "q2"])] {
+            let mut s = Session::new(limits(1, 2, policy));
+            s.resume(10, 0);
+            assert!(matches!(s.enqueue(out("w", QoS::AtLeastOnce)), Enqueued::Send(_)));
+            for n in ["q1", "q2", "q3", "q4"] {
+                assert_eq!(s.enqueue(out(n, QoS::AtLeastOnce)), Enqueued::Queued, "online: never dropped");
+            }
+            assert_eq!(s.backlog(), 4);
+            let dropped = s.go_offline();
+            assert_eq!(dropped.len(), 2, "{policy:?}");
+            assert_eq!(s.backlog(), 2);
+            let mut sent = names(&s.resume(10, 0));
+            // The window is one message wide: each ack lets the next queued one out.
+            for _ in 0..2 {
+                let id = s.inflight.front().and_then(|(o, _)| o.packet_id).expect("in flight");
+                sent.extend(names(&s.complete(id, 0)));
+            }
+            assert_eq!(sent, [&["w"][..], &kept[..]].concat(), "{policy:?}");
+        }
     }
 
     #[test]

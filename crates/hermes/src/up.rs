@@ -227,9 +227,9 @@ async fn serve_accounts<S: accounts::store::AccountStore>(
     Ok((addr, admin))
 }
 
-/// The edge starts from what the database knows: relations, applied as the account events
-/// that made them, and enterprises' ACL tables and recent revocations, through the access
-/// directory (Redis, refilled here: newer entries win; or one in memory).
+/// The edge starts from what the database knows: relations and group memberships, applied as
+/// the account events that made them, and enterprises' ACL tables and recent revocations,
+/// through the access directory (Redis, refilled here: newer entries win; or one in memory).
 async fn prime_edge<S: accounts::store::AccountStore>(
     store: &S,
     edge: &mqtt_edge::Edge,
@@ -246,6 +246,15 @@ async fn prime_edge<S: accounts::store::AccountStore>(
         }
         let change = pb::RelationChanged { follower, followee, following: true };
         let event = Event::RelationChanged(change);
+        events.apply(&pb::AccountEvent { enterprise_id: e, event: Some(event), ..Default::default() });
+    }
+    // Group memberships the same way: `%g` grants group topics to members only.
+    for (e, group, username) in store.all_memberships().await.map_err(db)? {
+        if let Some(d) = dirs {
+            d.relations.set_member(&e, &group, &username, true).await.map_err(redis)?;
+        }
+        let change = pb::GroupMembershipChanged { group, username, member: true };
+        let event = Event::GroupMembershipChanged(change);
         events.apply(&pb::AccountEvent { enterprise_id: e, event: Some(event), ..Default::default() });
     }
     let access: std::sync::Arc<dyn AccessDirectory> = match dirs {

@@ -662,6 +662,52 @@ async fn login_token(http: SocketAddr, user: &str) -> String {
     r.body["access_token"].as_str().expect("token").to_owned()
 }
 
+/// What the edge answers `user` subscribing to group `ops`'s topic (SUBACK codes, MQTT 5).
+async fn group_suback(up: &Up, user: &str) -> Vec<u8> {
+    let token = login_token(up.http, user).await;
+    let mut c = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+    let hello = Connect {
+        client_id: format!("{user}-groups"),
+        clean_start: true,
+        keep_alive: 30,
+        password: Some(token.into_bytes()),
+        ..Connect::default()
+    };
+    assert!(matches!(c.handshake(hello, Duration::from_secs(5)).await, Ok(Packet::ConnAck { code: 0, .. })));
+    let topic = sdk::mqtt::SubscribeTopic::new("acme/im/group/ops", 1);
+    c.subscribe(vec![topic], Duration::from_secs(5)).await.expect("suback")
+}
+
+/// Group topics are their members': a membership made through the API reaches the running
+/// edge, and a restarted `hermes up` primes its edge with it from the database.
+#[tokio::test(flavor = "multi_thread")]
+async fn group_topics_are_their_members_also_after_a_restart() {
+    let data = temp_dir("groups").join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let demo = ["--demo", "--demo-password", "demo secret"];
+    let mut up = up_in(&data, &demo, &[]);
+    let alice = format!("Bearer {}", login_token(up.http, "alice").await);
+    let call = async |method: &str, path: &str, body: Option<serde_json::Value>| {
+        let auth = [("Authorization", alice.as_str())];
+        sdk::http::request(up.http, method, path, &auth, body.as_ref(), Duration::from_secs(10)).await.expect("http")
+    };
+    let r = call("POST", "/v1/groups", Some(serde_json::json!({"name": "ops"}))).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = call("PUT", "/v1/groups/ops/members/bob", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(group_suback(&up, "bob").await, vec![1], "a member");
+    assert_eq!(group_suback(&up, "carol").await, vec![0x87], "no member");
+    sigterm(&up.child);
+    let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
+
+    let mut up = up_in(&data, &demo, &[]);
+    assert_eq!(group_suback(&up, "bob").await, vec![1], "primed from the database");
+    assert_eq!(group_suback(&up, "alice").await, vec![1]);
+    assert_eq!(group_suback(&up, "carol").await, vec![0x87]);
+    sigterm(&up.child);
+    let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn login_then_mosquitto_and_paho_with_the_token() {
     let (mut child, mqtt, http) = up_with_http(&["--demo", "--demo-password", "demo secret"]);
@@ -769,6 +815,28 @@ async fn up_on_postgres_nats_and_redis() {
     .expect("http");
     assert_eq!(r.status, 200);
     assert_eq!(dir.load("acme", "carol").await.expect("load").follows, vec!["alice".to_owned(), "bob".to_owned()]);
+    // So does a group membership, and its end.
+    let group = serde_json::json!({"name": "ops", "owner": "carol"});
+    let admin_key = [("X-Admin-Key", admin.as_str())];
+    let r = sdk::http::request(
+        http,
+        "POST",
+        "/v1/enterprises/acme/groups",
+        &admin_key,
+        Some(&group),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("http");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let path = "/v1/enterprises/acme/groups/ops/members/bob";
+    let r = sdk::http::request(http, "PUT", path, &admin_key, None, Duration::from_secs(10)).await.expect("http");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(dir.load("acme", "bob").await.expect("load").groups, vec!["ops".to_owned()]);
+    let r = sdk::http::request(http, "DELETE", path, &admin_key, None, Duration::from_secs(10)).await.expect("http");
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert!(dir.load("acme", "bob").await.expect("load").groups.is_empty());
+    assert_eq!(dir.load("acme", "carol").await.expect("load").groups, vec!["ops".to_owned()]);
     let r = sdk::http::request(
         http,
         "POST",

@@ -47,6 +47,11 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict => Self::new(StatusCode::CONFLICT, "conflict", "it already exists"),
             StoreError::NotFound => Self::not_found("not found"),
+            StoreError::LastOwner => Self::new(
+                StatusCode::CONFLICT,
+                "last_owner",
+                "a group keeps at least one owner: make another member an owner first",
+            ),
             StoreError::Database(m) => Self::internal(format!("database: {m}")),
         }
     }

@@ -1,6 +1,6 @@
 //! Hermes accounts: the static tier (design §2). Enterprises and users with argon2id passwords,
 //! login to a signed MQTT access token and a rotating refresh token, follow relations with
-//! incremental contact sync, profiles and signatures, per-enterprise ACL tables, API keys, file
+//! incremental contact sync, groups with owners and members, profiles and signatures, per-enterprise ACL tables, API keys, file
 //! uploads with signed links. Every change other services need goes out as an account event on
 //! the bus ([`events`]).
 //!

@@ -21,6 +21,13 @@ impl PgStore {
 
 shared_row_mappers!(sqlx::postgres::PgRow);
 
+/// The next membership version (used by `shared_group_methods!`). A sequence does not roll
+/// back: an aborted change leaves a gap, which incremental sync does not mind.
+async fn next_membership_version(tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<i64, StoreError> {
+    let row = sqlx::query("SELECT nextval('memberships_version')").fetch_one(&mut **tx).await.map_err(db)?;
+    Ok(row.get(0))
+}
+
 impl AccountStore for PgStore {
     async fn set_follow(
         &self,
@@ -56,4 +63,5 @@ impl AccountStore for PgStore {
     }
 
     shared_store_methods!();
+    shared_group_methods!();
 }

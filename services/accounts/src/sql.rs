@@ -1,7 +1,8 @@
 //! Store methods whose SQL is the same on SQLite and Postgres (`$n` parameters, `RETURNING`,
 //! `ON CONFLICT`, booleans bound as `bool`), written once and expanded into both backends'
-//! `AccountStore` impls: everything but how follow versions are drawn (a counter row in SQLite,
-//! a sequence in Postgres). Each backend module provides `self.pool` and the row mappers.
+//! `AccountStore` impls: everything but how versions are drawn (counter rows in SQLite,
+//! sequences in Postgres). Each backend module provides `self.pool`, the row mappers and
+//! `next_membership_version(&mut tx)`.
 
 macro_rules! shared_store_methods {
     () => {
@@ -362,6 +363,218 @@ macro_rules! shared_store_methods {
     };
 }
 
+/// Groups and their memberships. Versions of memberships work like follow versions: one
+/// counter for all, so a user's changes since `since` are the rows with a higher version.
+macro_rules! shared_group_methods {
+    () => {
+        async fn create_group(
+            &self,
+            enterprise_id: &str,
+            name: &str,
+            display_name: &str,
+            owner_id: &str,
+        ) -> Result<crate::store::Group, StoreError> {
+            let group = crate::store::Group {
+                id: new_id(),
+                enterprise_id: enterprise_id.to_owned(),
+                name: name.to_owned(),
+                display_name: display_name.to_owned(),
+                created_ms: now_ms(),
+            };
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            sqlx::query(
+                "INSERT INTO groups (id, enterprise_id, name, display_name, created_ms, version) \
+                 VALUES ($1, $2, $3, $4, $5, 1)",
+            )
+            .bind(&group.id)
+            .bind(enterprise_id)
+            .bind(name)
+            .bind(display_name)
+            .bind(group.created_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            let version = next_membership_version(&mut tx).await?;
+            sqlx::query(
+                "INSERT INTO memberships (group_id, user_id, role, member, version) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&group.id)
+            .bind(owner_id)
+            .bind(crate::store::Role::Owner.as_str())
+            .bind(true)
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            Ok(group)
+        }
+
+        async fn group_by_name(
+            &self,
+            enterprise_id: &str,
+            name: &str,
+        ) -> Result<Option<crate::store::Group>, StoreError> {
+            let row = sqlx::query("SELECT * FROM groups WHERE enterprise_id = $1 AND lower(name) = lower($2)")
+                .bind(enterprise_id)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(row.as_ref().map(group))
+        }
+
+        async fn list_groups(
+            &self,
+            enterprise_id: &str,
+            after: &str,
+            limit: i64,
+        ) -> Result<Vec<crate::store::Group>, StoreError> {
+            let rows =
+                sqlx::query("SELECT * FROM groups WHERE enterprise_id = $1 AND name > $2 ORDER BY name LIMIT $3")
+                    .bind(enterprise_id)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db)?;
+            Ok(rows.iter().map(group).collect())
+        }
+
+        async fn group_members(&self, group_id: &str) -> Result<Vec<crate::store::Member>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT u.id, u.username, u.display_name, m.role FROM memberships m JOIN users u ON u.id = m.user_id \
+                 WHERE m.group_id = $1 AND m.member = $2 ORDER BY u.username",
+            )
+            .bind(group_id)
+            .bind(true)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| crate::store::Member {
+                    user_id: r.get("id"),
+                    username: r.get("username"),
+                    display_name: r.get("display_name"),
+                    role: crate::store::Role::from_stored(r.get("role")),
+                })
+                .collect())
+        }
+
+        async fn group_role(&self, group_id: &str, user_id: &str) -> Result<Option<crate::store::Role>, StoreError> {
+            let row = sqlx::query("SELECT role FROM memberships WHERE group_id = $1 AND user_id = $2 AND member = $3")
+                .bind(group_id)
+                .bind(user_id)
+                .bind(true)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db)?;
+            Ok(row.map(|r| crate::store::Role::from_stored(r.get("role"))))
+        }
+
+        async fn set_membership(
+            &self,
+            group_id: &str,
+            user_id: &str,
+            role: Option<crate::store::Role>,
+        ) -> Result<Option<i64>, StoreError> {
+            use crate::store::Role;
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            // The group's row first, held until commit: it orders concurrent changes to this
+            // group (Postgres locks the row, SQLite has one writer at a time), so the owner count
+            // below cannot change before this change is written.
+            let locked = sqlx::query("UPDATE groups SET version = version + 1 WHERE id = $1")
+                .bind(group_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            if locked.rows_affected() == 0 {
+                return Err(StoreError::NotFound);
+            }
+            let row = sqlx::query("SELECT role, member FROM memberships WHERE group_id = $1 AND user_id = $2")
+                .bind(group_id)
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+            let now = row.filter(|r| r.get::<bool, _>("member")).map(|r| Role::from_stored(r.get("role")));
+            if now == role {
+                // Dropping the transaction rolls the group's version back too.
+                return Ok(None);
+            }
+            if now == Some(Role::Owner) && role != Some(Role::Owner) {
+                let owners: i64 =
+                    sqlx::query("SELECT COUNT(*) FROM memberships WHERE group_id = $1 AND member = $2 AND role = $3")
+                        .bind(group_id)
+                        .bind(true)
+                        .bind(Role::Owner.as_str())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db)?
+                        .get(0);
+                if owners <= 1 {
+                    return Err(StoreError::LastOwner);
+                }
+            }
+            let version = next_membership_version(&mut tx).await?;
+            // A removal keeps the role it ended, for the record: `member` says it is over.
+            let stored = role.or(now).unwrap_or(Role::Member);
+            sqlx::query(
+                "INSERT INTO memberships (group_id, user_id, role, member, version) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (group_id, user_id) DO UPDATE \
+                 SET role = excluded.role, member = excluded.member, version = excluded.version",
+            )
+            .bind(group_id)
+            .bind(user_id)
+            .bind(stored.as_str())
+            .bind(role.is_some())
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            Ok(Some(version))
+        }
+
+        async fn groups_since(&self, user_id: &str, since: i64) -> Result<Vec<crate::store::Membership>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT g.name, g.display_name, m.role, m.member, m.version \
+                 FROM memberships m JOIN groups g ON g.id = m.group_id \
+                 WHERE m.user_id = $1 AND m.version > $2 AND ($2 > 0 OR m.member = $3) ORDER BY m.version",
+            )
+            .bind(user_id)
+            .bind(since)
+            .bind(true)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| crate::store::Membership {
+                    name: r.get("name"),
+                    display_name: r.get("display_name"),
+                    role: crate::store::Role::from_stored(r.get("role")),
+                    member: r.get("member"),
+                    version: r.get("version"),
+                })
+                .collect())
+        }
+
+        async fn all_memberships(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT g.enterprise_id, g.name, u.username FROM memberships m \
+                 JOIN groups g ON g.id = m.group_id JOIN users u ON u.id = m.user_id WHERE m.member = $1",
+            )
+            .bind(true)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+        }
+    };
+}
+
 /// Row mappers both backends share (the same column names and Rust types).
 macro_rules! shared_row_mappers {
     ($row:ty) => {
@@ -386,6 +599,16 @@ macro_rules! shared_row_mappers {
                 acl_rules: row.get("acl_rules"),
                 auto_subscribe: row.get("auto_subscribe"),
                 version: row.get("version"),
+            }
+        }
+
+        fn group(row: &$row) -> crate::store::Group {
+            crate::store::Group {
+                id: row.get("id"),
+                enterprise_id: row.get("enterprise_id"),
+                name: row.get("name"),
+                display_name: row.get("display_name"),
+                created_ms: row.get("created_ms"),
             }
         }
 

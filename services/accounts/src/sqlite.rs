@@ -37,13 +37,24 @@ impl SqliteStore {
 
 shared_row_mappers!(sqlx::sqlite::SqliteRow);
 
-/// The next follow version, from the counter row (what a sequence is in Postgres).
-async fn next_follow_version(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<i64, StoreError> {
-    let row = sqlx::query("UPDATE counters SET value = value + 1 WHERE name = 'follows' RETURNING value")
+/// The next value of counter `name` (what a sequence is in Postgres); it moves only if the
+/// transaction commits.
+async fn next_version(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, name: &str) -> Result<i64, StoreError> {
+    let row = sqlx::query("UPDATE counters SET value = value + 1 WHERE name = ? RETURNING value")
+        .bind(name)
         .fetch_one(&mut **tx)
         .await
         .map_err(db)?;
     Ok(row.get(0))
+}
+
+async fn next_follow_version(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<i64, StoreError> {
+    next_version(tx, "follows").await
+}
+
+/// Used by `shared_group_methods!`.
+async fn next_membership_version(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<i64, StoreError> {
+    next_version(tx, "memberships").await
 }
 
 impl AccountStore for SqliteStore {
@@ -85,4 +96,5 @@ impl AccountStore for SqliteStore {
     }
 
     shared_store_methods!();
+    shared_group_methods!();
 }

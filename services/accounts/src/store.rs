@@ -85,12 +85,73 @@ pub struct Contact {
     pub version: i64,
 }
 
+/// What a member may do in a group: owners manage its members, members read and write its topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Member,
+}
+
+impl Role {
+    /// How the role is stored (`memberships.role`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Member => "member",
+        }
+    }
+
+    /// A stored role. The migrations allow only `owner` and `member`; anything else would get
+    /// the lesser right, never the greater.
+    pub fn from_stored(v: &str) -> Role {
+        if v == "owner" { Role::Owner } else { Role::Member }
+    }
+}
+
+/// A group of an enterprise: its members read and write `{eid}/im/group/{name}`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Group {
+    #[serde(skip)]
+    pub id: String,
+    pub enterprise_id: String,
+    /// One spelling, like a username: it is a topic level.
+    pub name: String,
+    pub display_name: String,
+    pub created_ms: i64,
+}
+
+/// A current member of a group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Member {
+    #[serde(skip)]
+    pub user_id: String,
+    pub username: String,
+    pub display_name: String,
+    pub role: Role,
+}
+
+/// One entry of a group sync: a group I belong to, or left (`member = false`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Membership {
+    /// The group's name.
+    pub name: String,
+    pub display_name: String,
+    /// The role held, or last held when `member` is false.
+    pub role: Role,
+    pub member: bool,
+    pub version: i64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("already exists")]
     Conflict,
     #[error("not found")]
     NotFound,
+    /// The change would leave a group without an owner, and nobody could manage it any more.
+    #[error("a group keeps at least one owner")]
+    LastOwner,
     #[error("database: {0}")]
     Database(String),
 }
@@ -213,6 +274,55 @@ pub trait AccountStore: Send + Sync + 'static {
     /// True if it existed.
     fn delete_api_key(&self, enterprise_id: &str, id: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
     fn api_key_by_hash(&self, key_hash: &str) -> impl Future<Output = Result<Option<ApiKey>, StoreError>> + Send;
+
+    /// Creates group `name` with `owner_id` as its owner, in one transaction. A name taken in
+    /// the enterprise, in any case, is a conflict.
+    fn create_group(
+        &self,
+        enterprise_id: &str,
+        name: &str,
+        display_name: &str,
+        owner_id: &str,
+    ) -> impl Future<Output = Result<Group, StoreError>> + Send;
+    fn group_by_name(
+        &self,
+        enterprise_id: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<Group>, StoreError>> + Send;
+    /// Groups of an enterprise in name order, after `after`, at most `limit`.
+    fn list_groups(
+        &self,
+        enterprise_id: &str,
+        after: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<Group>, StoreError>> + Send;
+    /// The group's current members in username order.
+    fn group_members(&self, group_id: &str) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send;
+    /// The user's role in the group; `None` if they are not a member.
+    fn group_role(
+        &self,
+        group_id: &str,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<Role>, StoreError>> + Send;
+    /// Makes the user a member with `role`, or (`None`) no member. Returns the new version of
+    /// the user's memberships, or `None` when nothing changed. A change that would leave the
+    /// group without an owner is refused with [`StoreError::LastOwner`]; an unknown group is
+    /// [`StoreError::NotFound`].
+    fn set_membership(
+        &self,
+        group_id: &str,
+        user_id: &str,
+        role: Option<Role>,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+    /// The user's memberships changed after `since` (all current ones, no removals, when 0).
+    fn groups_since(
+        &self,
+        user_id: &str,
+        since: i64,
+    ) -> impl Future<Output = Result<Vec<Membership>, StoreError>> + Send;
+    /// Every current membership as (enterprise id, group name, username): how an edge's
+    /// relation store is primed at start.
+    fn all_memberships(&self) -> impl Future<Output = Result<Vec<(String, String, String)>, StoreError>> + Send;
 }
 
 /// A new random identifier (128 bits, hex).

@@ -12,6 +12,7 @@ use accounts::api::{AccountsState, router};
 use accounts::config::AccountsConfig;
 use accounts::files::{DiskFiles, LinkSigner};
 use accounts::store::AccountStore;
+use broker::relations::{MemoryRelations, RelationStore};
 use bus::Bus;
 use bus::memory::MemoryBus;
 use prost::Message as _;
@@ -24,6 +25,8 @@ struct Api {
     addr: SocketAddr,
     verifier: wire::token::Verifier,
     events: tokio::sync::Mutex<bus::Subscription>,
+    /// Where the API writes relations and memberships for edges to load at CONNECT.
+    directory: Arc<MemoryRelations>,
 }
 
 const ADMIN: &str = "test-admin-key";
@@ -45,9 +48,11 @@ async fn start_on<S: AccountStore>(store: S, cfg: AccountsConfig) -> Api {
     let events = bus.subscribe(wire::subjects::ALL_ACCOUNT_EVENTS).await.expect("subscribe");
     let files = Arc::new(DiskFiles::new(std::env::temp_dir().join(common::unique("hermes-files"))));
     let links = LinkSigner::new(b"test link key".to_vec());
-    let state = AccountsState::new(store, signer, cfg, ADMIN.into(), bus, files, links);
+    let mut state = AccountsState::new(store, signer, cfg, ADMIN.into(), bus, files, links);
+    let directory = Arc::new(MemoryRelations::default());
+    state.directory = Some(directory.clone());
     let addr = serve(router(Arc::new(state))).await;
-    Api { addr, verifier, events: tokio::sync::Mutex::new(events) }
+    Api { addr, verifier, events: tokio::sync::Mutex::new(events), directory }
 }
 
 async fn sqlite(cfg: AccountsConfig) -> Api {
@@ -112,6 +117,24 @@ impl Api {
         bearer(self.login(user).await["access_token"].as_str().expect("token"))
     }
 
+    /// Like [`Api::bearer`], for a user of another enterprise.
+    async fn bearer_in(&self, enterprise: &str, user: &str) -> String {
+        let body = json!({"enterprise": enterprise, "username": user, "password": "correct horse"});
+        let r = self.call("POST", "/v1/login", &[], Some(body)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        bearer(r.body["access_token"].as_str().expect("token"))
+    }
+
+    /// `method path` with `token` as the `Authorization` value.
+    async fn as_user(&self, token: &str, method: &str, path: &str, body: Option<Value>) -> Response {
+        self.call(method, path, &[("Authorization", token)], body).await
+    }
+
+    /// `method path` as the operator.
+    async fn as_operator(&self, method: &str, path: &str, body: Option<Value>) -> Response {
+        self.call(method, path, &[("X-Admin-Key", ADMIN)], body).await
+    }
+
     async fn seed(&self) {
         assert_eq!(self.admin("/v1/enterprises", json!({"name": "acme"})).await.status, 201);
         for u in ["alice", "bob", "carol"] {
@@ -121,12 +144,34 @@ impl Api {
         self.drain_events().await;
     }
 
-    async fn next_event(&self) -> Event {
+    async fn next_account_event(&self) -> AccountEvent {
         let mut events = self.events.lock().await;
         let m = tokio::time::timeout(Duration::from_secs(5), events.next()).await.expect("an event").expect("bus open");
         let e = AccountEvent::decode(m.payload).expect("protobuf");
         assert_eq!(m.subject, wire::subjects::account_events(&e.enterprise_id));
-        e.event.expect("event set")
+        e
+    }
+
+    async fn next_event(&self) -> Event {
+        self.next_account_event().await.event.expect("event set")
+    }
+
+    /// The next event, which must be a group membership change:
+    /// (enterprise, group, username, member).
+    async fn next_membership(&self) -> (String, String, String, bool) {
+        let e = self.next_account_event().await;
+        match e.event {
+            Some(Event::GroupMembershipChanged(g)) => (e.enterprise_id, g.group, g.username, g.member),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// No event arrives for a while: nothing changed.
+    async fn no_event(&self) {
+        let mut events = self.events.lock().await;
+        if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(200), events.next()).await {
+            panic!("unexpected event: {:?}", AccountEvent::decode(m.payload));
+        }
     }
 
     async fn drain_events(&self) {
@@ -579,7 +624,8 @@ async fn the_openapi_document_names_every_route_there_is() {
             .replace("{enterprise}", "acme")
             .replace("{username}", "bob")
             .replace("{id}", "x")
-            .replace("{sha256}", "ab");
+            .replace("{sha256}", "ab")
+            .replace("{group}", "ops");
         for method in ops.as_object().expect("operations").keys() {
             let r = api.call(&method.to_uppercase(), &concrete, &[], None).await;
             let missing = r.status == 405
@@ -678,6 +724,43 @@ async fn bad_requests_get_json_errors_naming_the_problem() {
             400,
             "invalid_request",
         ),
+        ("GET", "/v1/groups", vec![], None, 401, "unauthorized"),
+        ("GET", "/v1/groups?since=abc", vec![], None, 400, "invalid_request"),
+        (
+            "POST",
+            "/v1/groups",
+            vec![("Authorization", "Bearer nope")],
+            Some(json!({"name": "ops"})),
+            401,
+            "unauthorized",
+        ),
+        ("PUT", "/v1/groups/ops/members/bob", vec![], None, 401, "unauthorized"),
+        ("GET", "/v1/enterprises/acme/groups", vec![], None, 403, "forbidden"),
+        ("GET", "/v1/enterprises/acme/groups/ops", vec![("X-Admin-Key", ADMIN)], None, 404, "not_found"),
+        (
+            "POST",
+            "/v1/enterprises/acme/groups",
+            vec![("X-Admin-Key", ADMIN)],
+            Some(json!({"name": "ops"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            "/v1/enterprises/acme/groups",
+            vec![("X-Admin-Key", ADMIN)],
+            Some(json!({"name": "ops", "owner": "nobody"})),
+            404,
+            "not_found",
+        ),
+        (
+            "GET",
+            "/v1/enterprises/acme/groups?org_unit=sales",
+            vec![("X-Admin-Key", ADMIN)],
+            None,
+            400,
+            "invalid_request",
+        ),
         ("POST", "/v1/token/refresh", vec![], Some(json!({})), 400, "invalid_request"),
         ("POST", "/v1/logout", vec![], Some(json!({})), 400, "invalid_request"),
         ("POST", "/v1/logout", vec![], Some(json!({"everywhere": true})), 401, "unauthorized"),
@@ -705,4 +788,231 @@ async fn bad_requests_get_json_errors_naming_the_problem() {
     assert!(r.body["message"].as_str().is_some_and(|m| m.contains("signature")), "{:?}", r.body);
     let r = api.call("PUT", "/v1/follows/alice", &[("Authorization", &alice)], None).await;
     assert_eq!(r.status, 400, "cannot follow yourself");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_belong_to_their_members() {
+    both(test_config(), |api| async move {
+        api.seed().await;
+        let (alice, bob, carol) = (api.bearer("alice").await, api.bearer("bob").await, api.bearer("carol").await);
+        let changed =
+            |group: &str, user: &str, member: bool| ("acme".to_owned(), group.to_owned(), user.to_owned(), member);
+
+        // Created in any case, kept in lowercase; the creator is its owner.
+        let r = api.as_user(&alice, "POST", "/v1/groups", Some(json!({"name": "ACME-Ops"}))).await;
+        assert_eq!((r.status, r.body["name"].as_str()), (201, Some("acme-ops")), "{:?}", r.body);
+        assert_eq!(r.body["display_name"], "ACME-Ops", "shown as typed");
+        assert_eq!(r.body["members"], json!([{"username": "alice", "display_name": "alice", "role": "owner"}]));
+        assert!(r.body.get("id").is_none(), "the internal id stays inside");
+        assert_eq!(api.next_membership().await, changed("acme-ops", "alice", true));
+        for (name, status, code) in
+            [("acme-ops", 409, "conflict"), ("Acme-OPS", 409, "conflict"), ("..", 400, "invalid_request")]
+        {
+            let r = api.as_user(&bob, "POST", "/v1/groups", Some(json!({"name": name}))).await;
+            assert_eq!((r.status, r.body["error"].as_str()), (status, Some(code)), "{name}: {:?}", r.body);
+        }
+
+        // The owner adds bob (no body needed), idempotently: the second time changes nothing.
+        for _ in 0..2 {
+            let r = api.as_user(&alice, "PUT", "/v1/groups/acme-ops/members/Bob", None).await;
+            assert_eq!((r.status, r.body["role"].as_str()), (200, Some("member")), "{:?}", r.body);
+        }
+        assert_eq!(api.next_membership().await, changed("acme-ops", "bob", true));
+        api.no_event().await;
+        let groups_of = |user: &str| api.directory.groups("acme", user);
+        assert_eq!((groups_of("alice"), groups_of("bob")), (vec!["acme-ops".into()], vec!["acme-ops".into()]));
+        let r = api.as_user(&bob, "GET", "/v1/groups?since=0", None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let groups = r.body["groups"].as_array().expect("list");
+        assert_eq!(groups.len(), 1, "{:?}", r.body);
+        assert_eq!(
+            (groups[0]["name"].as_str(), groups[0]["role"].as_str(), groups[0]["member"].as_bool()),
+            (Some("acme-ops"), Some("member"), Some(true))
+        );
+        let bob_version = r.body["version"].as_i64().expect("version");
+        let r = api.as_user(&bob, "GET", "/v1/groups/acme-ops", None).await;
+        let members: Vec<(&str, &str)> = r.body["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| (m["username"].as_str().unwrap_or(""), m["role"].as_str().unwrap_or("")))
+            .collect();
+        assert_eq!(members, vec![("alice", "owner"), ("bob", "member")]);
+
+        // Carol is no member: for her the group does not exist, as one nobody made.
+        let nothing = api.as_user(&carol, "GET", "/v1/groups/no-such-group", None).await;
+        assert_eq!((nothing.status, nothing.body["error"].as_str()), (404, Some("not_found")));
+        for (method, path) in [
+            ("GET", "/v1/groups/acme-ops"),
+            ("PUT", "/v1/groups/acme-ops/members/carol"),
+            ("DELETE", "/v1/groups/acme-ops/members/bob"),
+        ] {
+            let r = api.as_user(&carol, method, path, None).await;
+            assert_eq!((r.status, r.body["error"].as_str()), (404, Some("not_found")), "{method} {path}: {:?}", r.body);
+        }
+        assert!(
+            api.as_user(&carol, "GET", "/v1/groups?since=0", None).await.body["groups"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+        );
+
+        // A plain member may not add, promote (not even themself) or remove others.
+        for (method, path, body) in [
+            ("PUT", "/v1/groups/acme-ops/members/carol", None),
+            ("PUT", "/v1/groups/acme-ops/members/bob", Some(json!({"owner": true}))),
+            ("DELETE", "/v1/groups/acme-ops/members/alice", None),
+        ] {
+            let r = api.as_user(&bob, method, path, body).await;
+            assert_eq!((r.status, r.body["error"].as_str()), (403, Some("forbidden")), "{method} {path}: {:?}", r.body);
+        }
+        let r = api.as_user(&alice, "PUT", "/v1/groups/acme-ops/members/nobody", None).await;
+        assert_eq!(r.status, 404, "only users of the enterprise join");
+        let r = api.as_user(&alice, "PUT", "/v1/groups/acme-ops/members/bob", Some(json!({"owner": "yes"}))).await;
+        assert_eq!((r.status, r.body["error"].as_str()), (400, Some("invalid_request")));
+        api.no_event().await;
+
+        // Bob leaves: his next sync says so.
+        assert_eq!(api.as_user(&bob, "DELETE", "/v1/groups/acme-ops/members/bob", None).await.status, 204);
+        assert_eq!(api.next_membership().await, changed("acme-ops", "bob", false));
+        assert!(groups_of("bob").is_empty(), "the directory forgets it too");
+        let r = api.as_user(&bob, "GET", &format!("/v1/groups?since={bob_version}"), None).await;
+        assert_eq!(r.body["full"], false);
+        let groups = r.body["groups"].as_array().expect("list");
+        assert_eq!(groups.len(), 1, "{:?}", r.body);
+        assert_eq!((groups[0]["name"].as_str(), groups[0]["member"].as_bool()), (Some("acme-ops"), Some(false)));
+        assert!(r.body["version"].as_i64() > Some(bob_version));
+        assert_eq!(api.as_user(&bob, "GET", "/v1/groups/acme-ops", None).await.status, 404, "no member any more");
+        assert_eq!(api.as_user(&bob, "DELETE", "/v1/groups/acme-ops/members/bob", None).await.status, 404);
+
+        // The last owner can neither leave nor step down; after promoting carol, alice may leave.
+        for (method, body) in [("DELETE", None), ("PUT", Some(json!({"owner": false})))] {
+            let r = api.as_user(&alice, method, "/v1/groups/acme-ops/members/alice", body).await;
+            assert_eq!((r.status, r.body["error"].as_str()), (409, Some("last_owner")), "{method}: {:?}", r.body);
+            assert!(r.body["message"].as_str().is_some_and(|m| m.contains("owner")), "{:?}", r.body);
+        }
+        let r = api.as_user(&alice, "PUT", "/v1/groups/acme-ops/members/carol", Some(json!({"owner": true}))).await;
+        assert_eq!((r.status, r.body["role"].as_str()), (200, Some("owner")), "{:?}", r.body);
+        assert_eq!(api.next_membership().await, changed("acme-ops", "carol", true));
+        assert_eq!(api.as_user(&alice, "DELETE", "/v1/groups/acme-ops/members/alice", None).await.status, 204);
+        assert_eq!(api.next_membership().await, changed("acme-ops", "alice", false));
+        let r = api.as_user(&carol, "GET", "/v1/groups/acme-ops", None).await;
+        assert_eq!(r.body["members"], json!([{"username": "carol", "display_name": "carol", "role": "owner"}]));
+        assert_eq!((groups_of("alice"), groups_of("carol")), (vec![], vec!["acme-ops".into()]));
+        api.no_event().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_enterprise_cannot_see_join_or_manage_groups() {
+    both(test_config(), |api| async move {
+        api.seed().await;
+        assert_eq!(api.admin("/v1/enterprises", json!({"name": "evil"})).await.status, 201);
+        let mallory = json!({"username": "mallory", "password": "correct horse", "admin": true});
+        assert_eq!(api.admin("/v1/enterprises/evil/users", mallory).await.status, 201);
+        api.drain_events().await;
+        let (alice, mallory) = (api.bearer("alice").await, api.bearer_in("evil", "mallory").await);
+        assert_eq!(api.as_user(&alice, "POST", "/v1/groups", Some(json!({"name": "ops"}))).await.status, 201);
+        assert_eq!(api.as_user(&alice, "PUT", "/v1/groups/ops/members/bob", None).await.status, 200);
+        api.drain_events().await;
+
+        // Mallory, an admin of her own enterprise, knows the name: no answer tells her it exists.
+        for (method, path) in [
+            ("GET", "/v1/groups/ops"),
+            ("PUT", "/v1/groups/ops/members/mallory"),
+            ("PUT", "/v1/groups/ops/members/bob"),
+            ("DELETE", "/v1/groups/ops/members/bob"),
+        ] {
+            let r = api.as_user(&mallory, method, path, None).await;
+            assert_eq!((r.status, r.body["error"].as_str()), (404, Some("not_found")), "{method} {path}: {:?}", r.body);
+        }
+        for (method, path) in [
+            ("GET", "/v1/enterprises/acme/groups"),
+            ("GET", "/v1/enterprises/acme/groups/ops"),
+            ("PUT", "/v1/enterprises/acme/groups/ops/members/mallory"),
+            ("PUT", "/v1/enterprises/acme/groups/ops/members/bob"),
+            ("DELETE", "/v1/enterprises/acme/groups/ops/members/bob"),
+        ] {
+            let r = api.as_user(&mallory, method, path, None).await;
+            assert_eq!((r.status, r.body["error"].as_str()), (403, Some("forbidden")), "{method} {path}: {:?}", r.body);
+        }
+        let steal = json!({"name": "heist", "owner": "mallory"});
+        let r = api.as_user(&mallory, "POST", "/v1/enterprises/acme/groups", Some(steal)).await;
+        assert_eq!(r.status, 403);
+        api.no_event().await;
+
+        // Her own `ops` is another group: another enterprise, another topic (`evil/im/group/ops`).
+        let r = api.as_user(&mallory, "POST", "/v1/groups", Some(json!({"name": "ops"}))).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        assert_eq!(
+            (r.body["enterprise_id"].as_str(), r.body["members"].as_array().map(Vec::len)),
+            (Some("evil"), Some(1))
+        );
+        assert_eq!(api.next_membership().await, ("evil".into(), "ops".into(), "mallory".into(), true));
+        let r = api.as_user(&mallory, "PUT", "/v1/groups/ops/members/alice", None).await;
+        assert_eq!(r.status, 404, "alice is no user of evil: {:?}", r.body);
+        let synced = api.as_user(&mallory, "GET", "/v1/groups?since=0", None).await.body;
+        assert_eq!(synced["groups"].as_array().map(Vec::len), Some(1), "{synced}");
+        let r = api.as_user(&alice, "GET", "/v1/groups/ops", None).await;
+        let names: Vec<&str> =
+            r.body["members"].as_array().expect("members").iter().filter_map(|m| m["username"].as_str()).collect();
+        assert_eq!(names, vec!["alice", "bob"], "acme's group is untouched");
+        assert_eq!(api.directory.groups("evil", "mallory"), vec!["ops".to_owned()]);
+        assert!(api.directory.groups("acme", "mallory").is_empty());
+        api.no_event().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operator_and_the_enterprise_admins_manage_any_group() {
+    both(test_config(), |api| async move {
+        api.seed().await;
+        let (alice, bob) = (api.bearer("alice").await, api.bearer("bob").await);
+        let r = api.as_operator("PATCH", "/v1/enterprises/acme/users/carol", Some(json!({"admin": true}))).await;
+        assert_eq!(r.status, 200);
+        let carol = api.bearer("carol").await;
+        assert_eq!(api.as_user(&alice, "POST", "/v1/groups", Some(json!({"name": "ops"}))).await.status, 201);
+        api.drain_events().await;
+
+        // The operator: any group, and groups for someone.
+        let r = api.as_operator("GET", "/v1/enterprises/ACME/groups/Ops", None).await;
+        assert_eq!((r.status, r.body["name"].as_str()), (200, Some("ops")), "{:?}", r.body);
+        let dev = json!({"name": "dev", "display_name": "Developers", "owner": "bob"});
+        let r = api.as_operator("POST", "/v1/enterprises/acme/groups", Some(dev)).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        assert_eq!(r.body["members"], json!([{"username": "bob", "display_name": "bob", "role": "owner"}]));
+        assert_eq!(api.next_membership().await, ("acme".into(), "dev".into(), "bob".into(), true));
+        let r =
+            api.as_operator("PUT", "/v1/enterprises/acme/groups/ops/members/bob", Some(json!({"owner": true}))).await;
+        assert_eq!((r.status, r.body["role"].as_str()), (200, Some("owner")), "{:?}", r.body);
+        assert_eq!(api.next_membership().await, ("acme".into(), "ops".into(), "bob".into(), true));
+        assert_eq!(api.as_operator("DELETE", "/v1/enterprises/acme/groups/ops/members/alice", None).await.status, 204);
+        assert_eq!(api.next_membership().await, ("acme".into(), "ops".into(), "alice".into(), false));
+        let r = api.as_operator("DELETE", "/v1/enterprises/acme/groups/ops/members/bob", None).await;
+        assert_eq!((r.status, r.body["error"].as_str()), (409, Some("last_owner")), "not even the operator");
+        let page = api.as_operator("GET", "/v1/enterprises/acme/groups?limit=1", None).await.body;
+        assert_eq!((page["groups"][0]["name"].as_str(), page["next"].as_str()), (Some("dev"), Some("dev")), "{page}");
+        let page = api.as_operator("GET", "/v1/enterprises/acme/groups?after=dev", None).await.body;
+        assert_eq!(page["groups"][0]["name"], "ops", "{page}");
+
+        // Carol, an admin of acme, in no group: she sees and manages them all, as a user too.
+        assert_eq!(api.as_user(&carol, "GET", "/v1/groups/ops", None).await.status, 200);
+        let r = api.as_user(&carol, "PUT", "/v1/groups/dev/members/alice", None).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(api.next_membership().await, ("acme".into(), "dev".into(), "alice".into(), true));
+        let r = api.as_user(&carol, "DELETE", "/v1/enterprises/acme/groups/dev/members/alice", None).await;
+        assert_eq!(r.status, 204);
+        assert_eq!(api.next_membership().await, ("acme".into(), "dev".into(), "alice".into(), false));
+
+        // Nobody else reaches the admin routes.
+        for who in [alice.as_str(), bob.as_str()] {
+            let r = api.as_user(who, "GET", "/v1/enterprises/acme/groups/dev", None).await;
+            assert_eq!((r.status, r.body["error"].as_str()), (403, Some("forbidden")));
+        }
+        let r = api.call("GET", "/v1/enterprises/acme/groups", &[("X-Admin-Key", "wrong")], None).await;
+        assert_eq!(r.status, 403);
+        api.no_event().await;
+    })
+    .await;
 }

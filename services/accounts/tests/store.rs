@@ -6,7 +6,7 @@ mod common;
 
 use accounts::postgres::PgStore;
 use accounts::sqlite::SqliteStore;
-use accounts::store::{AccountStore, ProfileUpdate, RefreshUse, StoreError};
+use accounts::store::{AccountStore, Membership, ProfileUpdate, RefreshUse, Role, StoreError};
 
 use common::unique;
 
@@ -63,9 +63,90 @@ async fn contract<S: AccountStore>(s: &S) {
         follows,
         vec![("acme".into(), "alice".into(), "bob".into()), ("acme".into(), "bob".into(), "alice".into())]
     );
+    groups_and_memberships(s, &alice.id, &bob.id, &carol.id).await;
     users_and_profiles(s, &alice.id, &bob.id).await;
     refresh_tokens(s, &alice.id).await;
     policies_and_keys(s).await;
+}
+
+async fn groups_and_memberships<S: AccountStore>(s: &S, alice: &str, bob: &str, carol: &str) {
+    let ops = s.create_group("acme", "ops", "Ops", alice).await.expect("create");
+    assert_eq!((ops.enterprise_id.as_str(), ops.name.as_str(), ops.display_name.as_str()), ("acme", "ops", "Ops"));
+    assert!(
+        matches!(s.create_group("acme", "OPS", "Again", bob).await, Err(StoreError::Conflict)),
+        "names ignore case"
+    );
+    let globex_alice = s.user_by_name("globex", "alice").await.expect("read").expect("globex's alice");
+    s.create_group("globex", "ops", "Other Ops", &globex_alice.id).await.expect("same name, other enterprise");
+    assert_eq!(s.group_by_name("acme", "Ops").await.expect("read"), Some(ops.clone()));
+    assert_eq!(s.group_by_name("acme", "nope").await.expect("read"), None);
+    assert_eq!(s.group_role(&ops.id, alice).await.expect("read"), Some(Role::Owner), "the creator owns it");
+    let full = s.groups_since(alice, 0).await.expect("sync");
+    let owned = Membership {
+        name: "ops".into(),
+        display_name: "Ops".into(),
+        role: Role::Owner,
+        member: true,
+        version: full.first().map_or(0, |m| m.version),
+    };
+    assert_eq!(full, vec![owned.clone()]);
+
+    // Joining is idempotent: a second time changes nothing, not even the version.
+    let joined = s.set_membership(&ops.id, bob, Some(Role::Member)).await.expect("join").expect("a change");
+    assert!(joined > owned.version);
+    assert_eq!(s.set_membership(&ops.id, bob, Some(Role::Member)).await.expect("again"), None);
+    assert_eq!(s.group_role(&ops.id, bob).await.expect("read"), Some(Role::Member));
+    assert_eq!(s.group_role(&ops.id, carol).await.expect("read"), None);
+    let bobs = s.groups_since(bob, 0).await.expect("sync");
+    assert_eq!(
+        bobs.iter().map(|m| (m.name.as_str(), m.role, m.version)).collect::<Vec<_>>(),
+        vec![("ops", Role::Member, joined)]
+    );
+
+    // A group keeps an owner: its last one can neither leave nor step down.
+    assert!(matches!(s.set_membership(&ops.id, alice, None).await, Err(StoreError::LastOwner)));
+    assert!(matches!(s.set_membership(&ops.id, alice, Some(Role::Member)).await, Err(StoreError::LastOwner)));
+    assert_eq!(s.group_role(&ops.id, alice).await.expect("read"), Some(Role::Owner), "refused changes change nothing");
+    let promoted = s.set_membership(&ops.id, bob, Some(Role::Owner)).await.expect("promote").expect("a change");
+    let left = s.set_membership(&ops.id, alice, None).await.expect("leave").expect("a change");
+    assert!(joined < promoted && promoted < left, "versions increase: {joined} {promoted} {left}");
+    let delta = s.groups_since(alice, owned.version).await.expect("delta");
+    assert_eq!(delta, vec![Membership { member: false, version: left, ..owned.clone() }], "removals are in deltas");
+    assert!(s.groups_since(alice, 0).await.expect("sync").is_empty(), "full syncs omit removals");
+    assert!(s.groups_since(alice, left).await.expect("sync").is_empty());
+    let members = s.group_members(&ops.id).await.expect("members");
+    assert_eq!(members.iter().map(|m| (m.username.as_str(), m.role)).collect::<Vec<_>>(), vec![("bob", Role::Owner)]);
+    assert!(matches!(s.set_membership(&ops.id, bob, None).await, Err(StoreError::LastOwner)));
+    assert_eq!(s.set_membership(&ops.id, carol, None).await.expect("never was"), None);
+    assert!(matches!(s.set_membership("no-such-group", carol, Some(Role::Member)).await, Err(StoreError::NotFound)));
+    let rejoined = s.set_membership(&ops.id, alice, Some(Role::Member)).await.expect("rejoin").expect("a change");
+    assert_eq!(s.groups_since(alice, left).await.expect("delta")[0].role, Role::Member);
+    assert!(rejoined > left);
+
+    let dev = s.create_group("acme", "dev", "Dev", carol).await.expect("create");
+    let names = |groups: Vec<accounts::store::Group>| groups.into_iter().map(|g| g.name).collect::<Vec<_>>();
+    assert_eq!(names(s.list_groups("acme", "", 10).await.expect("list")), vec!["dev", "ops"]);
+    assert_eq!(names(s.list_groups("acme", "", 1).await.expect("page")), vec!["dev"]);
+    assert_eq!(names(s.list_groups("acme", &dev.name, 10).await.expect("page")), vec!["ops"]);
+    let mut all = s.all_memberships().await.expect("all");
+    all.sort();
+    let expected: Vec<(String, String, String)> =
+        [("acme", "dev", "carol"), ("acme", "ops", "alice"), ("acme", "ops", "bob"), ("globex", "ops", "alice")]
+            .iter()
+            .map(|(e, g, u)| (e.to_string(), g.to_string(), u.to_string()))
+            .collect();
+    assert_eq!(all, expected);
+
+    // Two owners leave at once: one of them stays, whatever the interleaving.
+    for round in 0..5 {
+        let g = s.create_group("acme", &format!("race-{round}"), "Race", alice).await.expect("create");
+        s.set_membership(&g.id, bob, Some(Role::Owner)).await.expect("promote");
+        let (a, b) = tokio::join!(s.set_membership(&g.id, alice, None), s.set_membership(&g.id, bob, None));
+        let refused = [&a, &b].iter().filter(|r| matches!(r, Err(StoreError::LastOwner))).count();
+        assert_eq!(refused, 1, "round {round}: {a:?} {b:?}");
+        let owners = s.group_members(&g.id).await.expect("members");
+        assert_eq!(owners.iter().map(|m| m.role).collect::<Vec<_>>(), vec![Role::Owner], "round {round}");
+    }
 }
 
 async fn users_and_profiles<S: AccountStore>(s: &S, alice: &str, bob: &str) {

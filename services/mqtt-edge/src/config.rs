@@ -114,6 +114,9 @@ pub struct LimitsConfig {
     pub connect_timeout_secs: u16,
     /// Highest keep-alive the server accepts; larger requests get this value (v5 server keep-alive).
     pub max_keepalive_secs: u16,
+    /// A subscriber that takes nothing for this long while publishers wait for it is
+    /// disconnected (v5 0x97); its QoS 1/2 messages stay in its session.
+    pub max_stall_secs: u16,
     /// Connections per worker thread, all listeners together; beyond it new connections wait in
     /// the listen backlog (they are not refused) until one closes. ntex keeps this limit per
     /// process: edges started in one process share the last value set.
@@ -139,6 +142,7 @@ impl Default for LimitsConfig {
             max_pending_deliveries: 1000,
             connect_timeout_secs: 10,
             max_keepalive_secs: 1200,
+            max_stall_secs: 10,
             max_connections: 100_000,
             max_session_expiry_secs: 7 * 24 * 3600,
             max_topic_alias: 32,
@@ -180,6 +184,7 @@ impl EdgeConfig {
             ("limits.max_packet_size", l.max_packet_size as usize),
             ("limits.connect_timeout_secs", usize::from(l.connect_timeout_secs)),
             ("limits.max_keepalive_secs", usize::from(l.max_keepalive_secs)),
+            ("limits.max_stall_secs", usize::from(l.max_stall_secs)),
         ] {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));

@@ -38,6 +38,12 @@ pub struct ConnState {
     pub authz: Arc<Authorizer>,
     /// `limits.max_packet_size`: the whole packet, header included.
     pub max_packet_size: u32,
+    /// `limits.max_stall_secs`.
+    pub max_stall: std::time::Duration,
+    /// Keeps this connection's PUBLISHes routed in arrival order.
+    pub turns: crate::flow::Turns,
+    /// Closed while a publish waits for a subscriber to catch up.
+    pub gate: std::rc::Rc<crate::flow::Gate>,
     /// A DISCONNECT without "send will" was received.
     graceful: Cell<bool>,
     /// Session expiry sent in a v5 DISCONNECT.
@@ -60,6 +66,9 @@ impl ConnState {
             identity,
             authz: edge.authz.clone(),
             max_packet_size: edge.cfg.limits.max_packet_size,
+            max_stall: std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs)),
+            turns: crate::flow::Turns::default(),
+            gate: std::rc::Rc::default(),
             graceful: Cell::new(false),
             expiry_override: Cell::new(None),
         }

@@ -2,7 +2,9 @@
 //! - a second CONNECT is a protocol violation ([MQTT-3.1.0-2]) and closes the connection;
 //! - a PUBREL for a QoS 2 PUBLISH received on an *earlier* connection of a persistent session
 //!   must be answered with PUBCOMP ([MQTT-4.4.0-1]); ntex-mqtt only knows this connection's
-//!   packet ids and would close the connection instead, so the client could never finish.
+//!   packet ids and would close the connection instead, so the client could never finish;
+//! - PUBLISHes pass the connection's flow-control gate (`flow`) one at a time, in the order
+//!   they arrived.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -14,13 +16,22 @@ use ntex::service::{Ctx, Middleware, Service};
 use ntex_mqtt::error::DispatcherError;
 use ntex_mqtt::{MqttProtocolError, QoS, v3, v5};
 
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
+
 use crate::connection::ConnState;
+use crate::flow::Turns;
 use crate::hub::Hub;
 use crate::metrics as m;
 
 /// What the guard needs to know about an inbound packet.
 pub enum Inbound {
     Connect,
+    /// A QoS 0 or 1 PUBLISH.
+    Publish,
+    /// More of a PUBLISH's payload: it must follow its PUBLISH into the dispatcher.
+    PayloadChunk,
     Qos2Publish(NonZeroU16),
     PubRel(NonZeroU16),
     Other,
@@ -43,8 +54,10 @@ impl GuardedPacket for v3::codec::Decoded {
             Decoded::Packet(Packet::Connect(_), _) => Inbound::Connect,
             Decoded::Packet(Packet::PublishRelease { packet_id }, _) => Inbound::PubRel(*packet_id),
             Decoded::Publish(p, _, _) if p.qos == QoS::ExactlyOnce => {
-                p.packet_id.map_or(Inbound::Other, Inbound::Qos2Publish)
+                p.packet_id.map_or(Inbound::Publish, Inbound::Qos2Publish)
             }
+            Decoded::Publish(..) => Inbound::Publish,
+            Decoded::PayloadChunk(..) => Inbound::PayloadChunk,
             _ => Inbound::Other,
         }
     }
@@ -63,8 +76,10 @@ impl GuardedPacket for v5::codec::Decoded {
             Decoded::Packet(Packet::Connect(_), _) => Inbound::Connect,
             Decoded::Packet(Packet::PublishRelease(ack), _) => Inbound::PubRel(ack.packet_id),
             Decoded::Publish(p, _, _) if p.qos == QoS::ExactlyOnce => {
-                p.packet_id.map_or(Inbound::Other, Inbound::Qos2Publish)
+                p.packet_id.map_or(Inbound::Publish, Inbound::Qos2Publish)
             }
+            Decoded::Publish(..) => Inbound::Publish,
+            Decoded::PayloadChunk(..) => Inbound::PayloadChunk,
             _ => Inbound::Other,
         }
     }
@@ -92,6 +107,8 @@ impl<S, St: Deref<Target = ConnState>> Middleware<S, St> for ProtocolGuard {
             service,
             hub: st.hub.clone(),
             session: st.session.clone(),
+            gate: st.gate.clone(),
+            arrivals: Turns::default(),
             qos2_here: RefCell::new(HashSet::new()),
         }
     }
@@ -101,6 +118,11 @@ pub struct ProtocolGuardService<S> {
     service: S,
     hub: Arc<Hub>,
     session: Arc<str>,
+    /// Closed while one of the connection's publishes waits for a subscriber (see `flow`):
+    /// no further packet is taken, so the socket is not read.
+    gate: std::rc::Rc<crate::flow::Gate>,
+    /// PUBLISHes pass the gate in the order they arrived.
+    arrivals: Turns,
     /// QoS 2 packet ids whose PUBLISH arrived on this connection (ntex-mqtt tracks these).
     qos2_here: RefCell<HashSet<NonZeroU16>>,
 }
@@ -113,7 +135,10 @@ where
     type Res = S::Res;
     type Error = S::Error;
 
-    ntex::forward_ready!(St, service);
+    async fn ready(&self, ctx: Ctx<'_, Self, St>) -> Result<(), Self::Error> {
+        self.gate.readable().await;
+        ctx.ready(&self.service).await
+    }
     ntex::forward_shutdown!(St, service);
 
     async fn call(&self, req: Req, ctx: Ctx<'_, Self, St>) -> Result<Self::Res, Self::Error> {
@@ -124,8 +149,11 @@ where
                     "second CONNECT on an established connection",
                 )));
             }
+            Inbound::Publish => return self.in_order(req, ctx, true).await,
+            Inbound::PayloadChunk => return self.in_order(req, ctx, false).await,
             Inbound::Qos2Publish(id) => {
                 self.qos2_here.borrow_mut().insert(id);
+                return self.in_order(req, ctx, true).await;
             }
             Inbound::PubRel(id) => {
                 if !self.qos2_here.borrow_mut().remove(&id) {
@@ -136,5 +164,34 @@ where
             Inbound::Other => {}
         }
         ctx.call(&self.service, req).await
+    }
+}
+
+impl<S> ProtocolGuardService<S> {
+    /// Forwards a PUBLISH (through the gate: `gated`) or a payload chunk in arrival order, and
+    /// lets go of its place in line only once the dispatcher has taken it (and a PUBLISH's
+    /// handler has taken its own place in the routing order).
+    async fn in_order<St, Req, E>(
+        &self,
+        req: Req,
+        ctx: Ctx<'_, Self, St>,
+        gated: bool,
+    ) -> Result<Req::Reply, DispatcherError<E>>
+    where
+        S: Service<St, Req, Res = Req::Reply, Error = DispatcherError<E>>,
+        Req: GuardedPacket,
+    {
+        let arrival = self.arrivals.take();
+        arrival.ready().await;
+        if gated {
+            self.gate.pass().await;
+        }
+        ctx.ready(&self.service).await?;
+        let mut call = pin!(ctx.call_nowait(&self.service, req));
+        if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+            return done;
+        }
+        drop(arrival);
+        call.await
     }
 }

@@ -21,13 +21,23 @@ use broker::{RetainHandling, SubOptions};
 
 use crate::auth::Identity;
 use crate::authz::Authorizer;
-use crate::link::{self, ConnInbox, ConnLink, Refused};
+use crate::link::{self, ConnInbox, ConnLink, Refused, Room};
 use crate::message::{Message, SharedMessage};
 use crate::metrics as m;
 use broker::QoS;
 use ntex_bytes::{ByteString, Bytes};
 
 pub type Delivery = Outgoing<SharedMessage>;
+
+/// What became of a published message.
+#[derive(Debug)]
+pub struct Routed {
+    /// Sessions it was handed to.
+    pub sessions: usize,
+    /// Connections with too much waiting for them: the publisher waits for room in each
+    /// before acknowledging (see `flow`).
+    pub pressure: Vec<Room>,
+}
 
 /// Why the edge closes a connection on its own initiative.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +296,7 @@ impl Hub {
         for d in session.resume(req.receive_maximum, now_ms) {
             Self::send(&link, d, &self.counters);
         }
+        link.set_session_backlog(session.backlog());
         // Count the new device before letting the replaced one go, so a takeover never shows
         // the user offline in between.
         if let Some(topic) = &req.presence {
@@ -328,7 +339,8 @@ impl Hub {
             return;
         };
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
-        live.session.go_offline();
+        // What a reading client would have got but now exceeds the offline bound.
+        self.count_dropped(live.session.go_offline().len());
         let expiry = expiry_secs.unwrap_or(live.expiry_secs);
         let will = live.will.take().filter(|_| !graceful);
         let ends_now = expiry == 0;
@@ -405,17 +417,31 @@ impl Hub {
     }
 
     /// Routes a message published by `from` (a session key) or by the system (`None`).
-    /// Returns the number of sessions it was handed to.
-    pub fn publish(&self, msg: SharedMessage, from: Option<&str>, now_ms: u64) -> usize {
+    pub fn publish(&self, msg: SharedMessage, from: Option<&str>, now_ms: u64) -> Routed {
         let mut st = self.lock();
         let publisher = from.and_then(|c| st.live.get(c)).map(|l| l.key);
         if from.is_some() {
             self.counters.messages_received.fetch_add(1, Ordering::Relaxed);
         }
-        self.route(&mut st, msg, publisher, now_ms)
+        let mut pressure = Vec::new();
+        let sessions = self.route_into(&mut st, msg, publisher, now_ms, &mut pressure);
+        Routed { sessions, pressure }
     }
 
+    /// Routes a message of the edge's own (presence, wills): nobody to slow down.
     fn route(&self, st: &mut State, msg: SharedMessage, publisher: Option<u64>, now_ms: u64) -> usize {
+        self.route_into(st, msg, publisher, now_ms, &mut Vec::new())
+    }
+
+    /// Routes `msg`; connections whose backlog reached the high-water mark go into `pressure`.
+    fn route_into(
+        &self,
+        st: &mut State,
+        msg: SharedMessage,
+        publisher: Option<u64>,
+        now_ms: u64,
+        pressure: &mut Vec<Room>,
+    ) -> usize {
         if msg.retain {
             let keep = (!msg.payload.is_empty()).then(|| msg.clone());
             st.retained.set(&msg.topic, keep);
@@ -439,13 +465,18 @@ impl Hub {
             };
             let out = Outgoing::new(msg.clone(), d.qos, d.retain, d.subscription_ids);
             let outcome = match st.live.get_mut(cid) {
-                Some(live) => match live.session.enqueue(out) {
-                    Enqueued::Send(d) => {
-                        Self::send(&live.link, d, &self.counters);
-                        continue;
+                Some(live) => {
+                    let outcome = live.session.enqueue(out);
+                    match outcome {
+                        Enqueued::Send(d) => Self::send(&live.link, d, &self.counters),
+                        other => self.count_drop(Some(other)),
                     }
-                    other => Some(other),
-                },
+                    live.link.set_session_backlog(live.session.backlog());
+                    if live.link.backlog() >= self.high_water() {
+                        pressure.push(live.link.room());
+                    }
+                    continue;
+                }
                 None => st.store.enqueue(cid, out),
             };
             self.count_drop(outcome);
@@ -453,24 +484,52 @@ impl Hub {
         count
     }
 
+    /// Closes the connection behind `room`: it stopped reading while publishers waited for it
+    /// (v5 0x97). Its QoS 1/2 messages stay in its session.
+    pub fn close_stalled(&self, room: &Room) {
+        let st = self.lock();
+        if let Some(live) = st.live.values().find(|l| l.link.id == room.link_id) {
+            tracing::info!(client_id = %live.client_id, "closing a subscriber that stopped reading");
+            live.link.close(CloseReason::SlowConsumer);
+            metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
+        }
+    }
+
+    /// The backlog at which publishers wait: `limits.max_queued_messages`, or half what a
+    /// connection's queue holds if that is less (so QoS 0 floods are slowed before they drop).
+    fn high_water(&self) -> usize {
+        let capacity = usize::from(self.cfg.session.max_inflight) + self.cfg.max_pending_deliveries;
+        self.cfg.session.max_queued.min(capacity / 2).max(1)
+    }
+
+    /// The backlog below which waiting publishers go on: half the high-water mark.
+    pub fn low_water(&self) -> usize {
+        (self.high_water() / 2).max(1)
+    }
+
     fn count_drop(&self, outcome: Option<Enqueued<SharedMessage>>) {
         if let Some(Enqueued::Dropped(_)) = outcome {
-            self.counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(m::QUEUE_DROPS).increment(1);
+            self.count_dropped(1);
+        }
+    }
+
+    fn count_dropped(&self, n: usize) {
+        if n > 0 {
+            self.counters.messages_dropped.fetch_add(n as u64, Ordering::Relaxed);
+            metrics::counter!(m::QUEUE_DROPS).increment(n as u64);
         }
     }
 
     fn send(link: &ConnLink, d: Delivery, counters: &Counters) {
         match link.send(d) {
             Ok(()) => {}
-            Err(Refused::Full(d)) => {
-                // QoS 1/2 deliveries stay in the session's in-flight window and are resent on
-                // reconnect; only QoS 0 is lost, as the protocol allows.
-                if d.packet_id.is_none() {
-                    counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-                metrics::counter!(m::SLOW_CONSUMER_DISCONNECTS).increment(1);
+            // Only QoS 0 is ever refused for room, and the protocol lets it be dropped.
+            Err(Refused::Full(_)) => {
+                counters.messages_dropped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(m::QOS0_DROPS).increment(1);
             }
+            // QoS 1/2 deliveries stay in the session's in-flight window and are resent on
+            // reconnect.
             Err(Refused::Closed(_)) => {}
         }
     }
@@ -523,6 +582,7 @@ impl Hub {
                     other => self.count_drop(Some(other)),
                 }
             }
+            live.link.set_session_backlog(live.session.backlog());
         }
         Ok(())
     }
@@ -596,6 +656,7 @@ impl Hub {
         for d in live.session.complete(packet_id, now_ms) {
             Self::send(&live.link, d, &self.counters);
         }
+        live.link.set_session_backlog(live.session.backlog());
     }
 
     /// PUBREC for an outbound QoS 2 message.

@@ -97,8 +97,40 @@ pub struct Inbound {
     pub packet_id: Option<u16>,
 }
 
+/// Routes an inbound PUBLISH in the order it arrived on its connection and returns once it
+/// may be acknowledged: after every subscriber it left with too much waiting has room again
+/// (see `flow`). `read` is the version's payload read; `build` adds version-specific fields.
+pub async fn publish_in_order<E>(
+    st: &ConnState,
+    read: impl Future<Output = Result<Bytes, E>>,
+    inbound: impl FnOnce(Bytes) -> Inbound,
+    build: impl FnOnce(&mut Message),
+) -> Result<Result<usize, PublishRefusal>, E> {
+    // The place in line is taken before the first await: handlers start in arrival order.
+    let turn = st.turns.take();
+    let payload = read.await?;
+    turn.ready().await;
+    let routed = publish(st, inbound(payload), build);
+    drop(turn);
+    Ok(match routed {
+        Ok(r) => {
+            let sessions = r.sessions;
+            if !r.pressure.is_empty() {
+                let _hold = st.gate.hold();
+                crate::flow::wait_for_room(&st.hub, r.pressure, st.max_stall).await;
+            }
+            Ok(sessions)
+        }
+        Err(e) => Err(e),
+    })
+}
+
 /// Validates and routes an inbound PUBLISH; `build` adds version-specific fields.
-pub fn publish(st: &ConnState, inbound: Inbound, build: impl FnOnce(&mut Message)) -> Result<usize, PublishRefusal> {
+pub fn publish(
+    st: &ConnState,
+    inbound: Inbound,
+    build: impl FnOnce(&mut Message),
+) -> Result<crate::hub::Routed, PublishRefusal> {
     metrics::counter!(m::PACKETS_IN, "type" => "publish").increment(1);
     metrics::counter!(m::PUBLISH_BYTES_IN).increment(inbound.payload.len() as u64);
     if let Err(e) = validate_name(&inbound.topic, &st.hub.config().topic) {
@@ -120,9 +152,9 @@ pub fn publish(st: &ConnState, inbound: Inbound, build: impl FnOnce(&mut Message
     build(&mut msg);
     crate::sender::stamp(&mut msg, &st.identity);
     let started = std::time::Instant::now();
-    let n = st.hub.publish(Arc::new(msg), Some(&st.session), now_ms());
+    let routed = st.hub.publish(Arc::new(msg), Some(&st.session), now_ms());
     metrics::histogram!(m::ROUTE_SECONDS).record(started.elapsed().as_secs_f64());
-    Ok(n)
+    Ok(routed)
 }
 
 /// A SUBSCRIBE entry: the ACL first (for `$share/{group}/...` the filter after the group), then

@@ -11,6 +11,7 @@ pub mod config;
 pub mod connect;
 pub mod connection;
 pub mod events;
+pub mod flow;
 pub mod guard;
 pub mod hub;
 pub mod ingress;

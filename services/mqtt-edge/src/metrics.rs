@@ -12,6 +12,8 @@ pub const PUBLISH_BYTES_IN: &str = "hermes_edge_publish_bytes_received_total";
 pub const DELIVERIES: &str = "hermes_edge_deliveries_total";
 pub const DELIVERY_FAILURES: &str = "hermes_edge_delivery_failures_total";
 pub const QUEUE_DROPS: &str = "hermes_edge_queue_drops_total";
+pub const QOS0_DROPS: &str = "hermes_edge_qos0_drops_total";
+pub const PUBLISHERS_WAITED: &str = "hermes_edge_publishers_waited_total";
 pub const SLOW_CONSUMER_DISCONNECTS: &str = "hermes_edge_slow_consumer_disconnects_total";
 pub const SUBSCRIPTIONS_REVOKED: &str = "hermes_edge_subscriptions_revoked_total";
 pub const PUBLISH_REFUSED: &str = "hermes_edge_publish_refused_total";
@@ -36,8 +38,13 @@ pub fn describe() {
     describe_counter!(PUBLISH_BYTES_IN, "Payload bytes received in PUBLISH packets");
     describe_counter!(DELIVERIES, "PUBLISH packets written to subscribers, by QoS");
     describe_counter!(DELIVERY_FAILURES, "Deliveries that failed (connection gone, packet too large)");
-    describe_counter!(QUEUE_DROPS, "Messages dropped because a session queue was full");
-    describe_counter!(SLOW_CONSUMER_DISCONNECTS, "Connections closed for not keeping up with deliveries");
+    describe_counter!(QUEUE_DROPS, "Messages dropped from the queue of a session whose client is away, past its bound");
+    describe_counter!(QOS0_DROPS, "QoS 0 deliveries dropped because the connection had too much waiting");
+    describe_counter!(PUBLISHERS_WAITED, "Publishes held (no PUBACK, socket not read) until a subscriber caught up");
+    describe_counter!(
+        SLOW_CONSUMER_DISCONNECTS,
+        "Connections closed for reading nothing while publishers waited for them"
+    );
     describe_counter!(SUBSCRIPTIONS_REVOKED, "Subscriptions dropped because a relation change took the right away");
     describe_counter!(PUBLISH_REFUSED, "Inbound PUBLISH refused, by reason");
     describe_counter!(CONNECTION_STOPS, "Connections ended, by reason (peer gone, protocol error, handler error)");

@@ -61,15 +61,16 @@ pub async fn publish(ses: &Session, p: v3::Publish) -> Result<(), EdgeError> {
     if ingress::exceeds_packet_limit(p.packet_size(), ses.max_packet_size) {
         return Err(EdgeError("packet too large".into()));
     }
-    let payload = p.read_all().await.map_err(|e| EdgeError(format!("{e:?}")))?;
-    let inbound = Inbound {
+    let inbound = |payload| Inbound {
         topic: p.packet().topic.clone(),
         payload,
         qos: from_ntex_qos(p.qos()),
         retain: p.retain(),
         packet_id: p.id().map(|id| id.get()),
     };
-    match ingress::publish(ses, inbound, |_| {}) {
+    let routed =
+        ingress::publish_in_order(ses, p.read_all(), inbound, |_| {}).await.map_err(|e| EdgeError(format!("{e:?}")))?;
+    match routed {
         // v3 has no negative PUBACK: a publish the ACL refuses is dropped (counted and logged).
         Ok(_) | Err(PublishRefusal::Duplicate | PublishRefusal::NotAuthorized) => Ok(()),
         // v3 has no negative PUBACK: an invalid topic name is a protocol violation.

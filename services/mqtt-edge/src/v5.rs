@@ -109,9 +109,8 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
         ses.sink().close_with_reason(pkt);
         return Err(EdgeError("packet too large".into()));
     }
-    let payload = p.read_all().await.map_err(|e| EdgeError(format!("{e:?}")))?;
     let pkt = p.packet();
-    let inbound = Inbound {
+    let inbound = |payload| Inbound {
         topic: pkt.topic.clone(),
         payload,
         qos: from_ntex_qos(pkt.qos),
@@ -137,7 +136,9 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
             }));
         }
     };
-    Ok(match ingress::publish(ses, inbound, fill) {
+    let routed =
+        ingress::publish_in_order(ses, p.read_all(), inbound, fill).await.map_err(|e| EdgeError(format!("{e:?}")))?;
+    Ok(match routed {
         Ok(0) => p.ack().reason_code(PublishAckReason::NoMatchingSubscribers),
         Ok(_) | Err(PublishRefusal::Duplicate) => p.ack(),
         Err(PublishRefusal::NotAuthorized) => p

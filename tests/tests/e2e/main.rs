@@ -6,6 +6,7 @@ mod auth;
 mod backends;
 mod boundaries;
 mod delivery;
+mod flow;
 mod identity;
 mod interop;
 mod layering;

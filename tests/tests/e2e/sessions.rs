@@ -274,7 +274,12 @@ async fn qos2_release_completes_after_a_reconnect() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_subscriber_is_cut_off_without_holding_up_others() {
-    let edge = TestEdge::start_with(|c| c.limits.max_pending_deliveries = 8).await;
+    // The flooder is held while the slow one's backlog is high, for at most the stall time.
+    let edge = TestEdge::start_with(|c| {
+        c.limits.max_pending_deliveries = 8;
+        c.limits.max_stall_secs = 1;
+    })
+    .await;
     let mut slow = edge.client(Version::V5, "slow").await;
     slow.subscribe(vec![SubscribeTopic::new("flood/#", 0)], WAIT).await.expect("suback");
     let mut fast = edge.client(Version::V311, "fast").await;

@@ -1,5 +1,6 @@
 //! `bench throughput`: P publishers → S subscribers (subscriber j listens to publisher j mod P)
-//! at QoS 0 or 1, optionally rate-limited; delivered msgs/s and end-to-end latency.
+//! at QoS 0 or 1, optionally rate-limited; delivered msgs/s, end-to-end latency, and what
+//! arrived lost, reordered or twice, by a sequence number each publisher stamps in its payloads.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,7 +29,7 @@ pub struct Args {
     rate: u64,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Payload bytes (at least 8: the send time travels in it).
+    /// Payload bytes (at least 16: the send time and a sequence number travel in it).
     #[arg(long, default_value_t = 64)]
     payload: usize,
     /// QoS 1 messages a publisher keeps unacknowledged.
@@ -54,6 +55,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     let received = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut sub_tasks = Vec::new();
+    let publishers = args.publishers;
     for (j, mut c) in subs.into_iter().enumerate() {
         let topic = format!("{prefix}/{}", j % args.publishers);
         c.subscribe(vec![SubscribeTopic::new(&topic, args.qos)], Duration::from_secs(30))
@@ -63,6 +65,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
         let stop = stop.clone();
         sub_tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
+            let mut order = Order::default();
             loop {
                 match c.recv(Duration::from_millis(500)).await {
                     Ok(Packet::Publish(p)) => {
@@ -71,11 +74,9 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
                         {
                             break;
                         }
-                        if p.payload.len() >= 8 {
-                            let mut ts = [0u8; 8];
-                            ts.copy_from_slice(&p.payload[..8]);
-                            let sent = Duration::from_nanos(u64::from_be_bytes(ts));
+                        if let Some((sent, seq)) = stamp(&p.payload) {
                             latencies.push(base.elapsed().saturating_sub(sent));
+                            order.saw(seq);
                         }
                         received.fetch_add(1, Ordering::Relaxed);
                     }
@@ -84,7 +85,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
                     Err(_) => break,
                 }
             }
-            latencies
+            (j % publishers, latencies, order)
         }));
     }
     let sent = Arc::new(AtomicUsize::new(0));
@@ -99,17 +100,19 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
         let sent = sent.clone();
         let qos = args.qos;
         let window = args.window.max(1);
-        let size = args.payload.max(8);
+        let size = args.payload.max(16);
         pub_tasks.push(tokio::spawn(async move {
             let mut ticker = (per_publisher_rate > 0.0)
                 .then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / per_publisher_rate)));
             let mut inflight = 0usize;
+            let mut seq = 0u64;
             while Instant::now() < deadline {
                 if let Some(t) = ticker.as_mut() {
                     t.tick().await;
                 }
                 let mut payload = vec![0u8; size];
                 payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_be_bytes());
+                payload[8..16].copy_from_slice(&seq.to_be_bytes());
                 let packet_id = (qos > 0).then(|| c.next_packet_id());
                 let p = Publish {
                     topic: topic.clone(),
@@ -119,8 +122,9 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
                     ..Publish::default()
                 };
                 if c.send(&Packet::Publish(p)).await.is_err() {
-                    return;
+                    return Published { sent: seq, acked: 0 };
                 }
+                seq += 1;
                 sent.fetch_add(1, Ordering::Relaxed);
                 if qos > 0 {
                     inflight += 1;
@@ -128,7 +132,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
                         match c.recv(Duration::from_secs(10)).await {
                             Ok(Packet::PubAck { .. }) => inflight -= 1,
                             Ok(_) => {}
-                            Err(_) => return,
+                            Err(_) => return Published { sent: seq, acked: seq - inflight as u64 },
                         }
                     }
                 }
@@ -137,13 +141,15 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
                 match c.recv(Duration::from_secs(10)).await {
                     Ok(Packet::PubAck { .. }) => inflight -= 1,
                     Ok(_) => {}
-                    Err(_) => return,
+                    Err(_) => break,
                 }
             }
+            Published { sent: seq, acked: seq - inflight as u64 }
         }));
     }
+    let mut published = Vec::new();
     for t in pub_tasks {
-        let _ = t.await;
+        published.push(t.await.unwrap_or(Published { sent: 0, acked: 0 }));
     }
     let publish_time = started.elapsed();
     // Let in-flight deliveries land before counting.
@@ -157,9 +163,16 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     stop.store(true, Ordering::Relaxed);
     progress.abort();
     let mut latencies = Vec::new();
+    let (mut lost, mut reordered, mut duplicated) = (0u64, 0u64, 0u64);
     for t in sub_tasks {
-        if let Ok(l) = t.await {
+        if let Ok((publisher, l, order)) = t.await {
             latencies.extend(l);
+            // QoS 1 promises what was acknowledged; QoS 0 only what was sent and not dropped.
+            let p = published[publisher];
+            let promised = if args.qos > 0 { p.acked } else { p.sent };
+            lost += order.lost(promised);
+            reordered += order.reordered;
+            duplicated += order.duplicated;
         }
     }
     let delivered = received.load(Ordering::Relaxed);
@@ -172,6 +185,11 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     report.insert("published".into(), sent.load(Ordering::Relaxed).into());
     report.insert("expected_deliveries".into(), target.into());
     report.insert("delivered".into(), delivered.into());
+    // QoS 1: acknowledged but never delivered (must be 0). QoS 0: sent and never delivered (the
+    // protocol allows dropping under overload).
+    report.insert("lost".into(), lost.into());
+    report.insert("reordered".into(), reordered.into());
+    report.insert("duplicated".into(), duplicated.into());
     report.insert(
         "publish_msgs_per_sec".into(),
         ((sent.load(Ordering::Relaxed) as f64 / publish_time.as_secs_f64()).round()).into(),
@@ -180,4 +198,70 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     report.insert("latency".into(), latency_summary(latencies));
     cpu_report(&mut report, common.pid, cpu_before, delivered as u64);
     Ok(Value::Object(report))
+}
+
+/// What one publisher sent, and of it what the broker acknowledged (QoS 1).
+#[derive(Debug, Clone, Copy)]
+struct Published {
+    sent: u64,
+    acked: u64,
+}
+
+/// The send time and sequence number a publisher stamped in a payload.
+fn stamp(payload: &[u8]) -> Option<(Duration, u64)> {
+    let ts = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+    let seq = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((Duration::from_nanos(ts), seq))
+}
+
+/// One subscriber's view of its publisher's sequence: what arrived out of order or twice, and
+/// which numbers never came.
+#[derive(Debug, Default)]
+struct Order {
+    /// The next number expected.
+    next: u64,
+    /// Numbers skipped over that may still arrive late.
+    missing: std::collections::BTreeSet<u64>,
+    reordered: u64,
+    duplicated: u64,
+}
+
+impl Order {
+    fn saw(&mut self, seq: u64) {
+        if seq == self.next {
+            self.next += 1;
+        } else if seq > self.next {
+            self.missing.extend(self.next..seq);
+            self.next = seq + 1;
+        } else if self.missing.remove(&seq) {
+            self.reordered += 1;
+        } else {
+            self.duplicated += 1;
+        }
+    }
+
+    /// Numbers below `promised` that never arrived.
+    fn lost(&self, promised: u64) -> u64 {
+        let skipped = self.missing.range(..promised).count() as u64;
+        skipped + promised.saturating_sub(self.next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_counts_gaps_late_arrivals_and_repeats() {
+        let mut o = Order::default();
+        for s in [0, 1, 3, 2, 2, 5, 6] {
+            o.saw(s);
+        }
+        assert_eq!((o.reordered, o.duplicated), (1, 1));
+        assert_eq!(o.lost(7), 1, "4 never came");
+        assert_eq!(o.lost(9), 3, "nor 7 and 8, which were promised");
+        assert_eq!(Order::default().lost(0), 0);
+        assert_eq!(stamp(&[0; 16]), Some((Duration::ZERO, 0)));
+        assert_eq!(stamp(&[0; 15]), None);
+    }
 }

@@ -12,11 +12,11 @@ use wire::pb::{self, account_event::Event};
 
 use super::{
     Body, Page, Params, Shared, account_name, admin_of, check_name, check_password, check_profile, directory_failed,
-    hash_password, is_operator, page_json, revoke_all,
+    hash_password, is_operator, page_json, revoke_all, taken,
 };
 use crate::error::ApiError;
 use crate::files::sha256_hex;
-use crate::store::{AccountStore, ProfileUpdate, StoreError, User, new_id, now_ms};
+use crate::store::{AccountStore, ProfileUpdate, User, new_id, now_ms};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,16 +35,6 @@ pub(crate) async fn create_enterprise<S: AccountStore>(
     let name = account_name("name", &req.name)?;
     let e = st.store.create_enterprise(&name).await.map_err(|e| taken(e, format!("an enterprise `{name}`")))?;
     Ok((StatusCode::CREATED, Json(json!(e))))
-}
-
-/// A name already in use is a conflict that says which, and that case does not tell names apart.
-fn taken(e: StoreError, what: String) -> ApiError {
-    match e {
-        StoreError::Conflict => {
-            ApiError::new(StatusCode::CONFLICT, "conflict", format!("{what} already exists (names ignore case)"))
-        }
-        other => other.into(),
-    }
 }
 
 #[derive(Deserialize)]

@@ -10,7 +10,7 @@ use wire::pb::{self, account_event::Event};
 
 use super::session::contacts_json;
 use super::{
-    Body, Params, Shared, account_name, caller, check_password, check_profile, directory_failed, hash_password,
+    Body, Params, Shared, Since, account_name, caller, check_password, check_profile, directory_failed, hash_password,
     revoke_all, verify_password,
 };
 use crate::error::ApiError;
@@ -66,13 +66,6 @@ pub(crate) async fn change_password<S: AccountStore>(
     let before = now_ms();
     revoke_all(&st, &me, before, false).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct Since {
-    #[serde(default)]
-    since: i64,
 }
 
 pub(crate) async fn contacts<S: AccountStore>(

@@ -3,12 +3,14 @@
 //! - [`me`]: the caller's profile, password, contacts and follows;
 //! - [`admin`]: enterprises, users, ACL tables, API keys, org units (X-Admin-Key, or the
 //!   access token of an enterprise admin for their own enterprise);
+//! - [`groups`]: groups and their members, for members and owners, and for admins;
 //! - [`files`]: uploads and signed downloads.
 //!
 //! Errors are JSON `{error, message}`; `/openapi.json` documents every route.
 
 mod admin;
 mod files;
+mod groups;
 mod me;
 mod session;
 
@@ -31,7 +33,7 @@ use crate::error::ApiError;
 use crate::events::Events;
 use crate::files::{FileStore, LinkSigner};
 use crate::limiter::LoginLimiter;
-use crate::store::{AccountStore, Enterprise, User};
+use crate::store::{AccountStore, Enterprise, StoreError, User};
 
 pub struct AccountsState<S> {
     pub store: S,
@@ -98,6 +100,15 @@ pub fn router<S: AccountStore>(state: Shared<S>) -> Router {
         .route("/v1/enterprises/{enterprise}/api-keys", get(admin::list_api_keys::<S>).post(admin::create_api_key::<S>))
         .route("/v1/enterprises/{enterprise}/api-keys/{id}", axum::routing::delete(admin::delete_api_key::<S>))
         .route("/v1/enterprises/{enterprise}/org-units", get(admin::org_units::<S>))
+        .route("/v1/groups", get(groups::mine::<S>).post(groups::create::<S>))
+        .route("/v1/groups/{group}", get(groups::show::<S>))
+        .route("/v1/groups/{group}/members/{username}", put(groups::put_member::<S>).delete(groups::remove_member::<S>))
+        .route("/v1/enterprises/{enterprise}/groups", get(groups::admin_list::<S>).post(groups::admin_create::<S>))
+        .route("/v1/enterprises/{enterprise}/groups/{group}", get(groups::admin_show::<S>))
+        .route(
+            "/v1/enterprises/{enterprise}/groups/{group}/members/{username}",
+            put(groups::admin_put_member::<S>).delete(groups::admin_remove_member::<S>),
+        )
         .route("/v1/files", post(files::upload::<S>).layer(DefaultBodyLimit::disable()))
         .route("/v1/files/{sha256}", get(files::download::<S>))
         .route("/openapi.json", get(openapi))
@@ -132,6 +143,22 @@ impl<T: serde::de::DeserializeOwned, St: Send + Sync> FromRequest<St> for Body<T
             )),
             Err(e) => Err(ApiError::bad_request(e.body_text())),
         }
+    }
+}
+
+/// A JSON body that may be left out: a request without one reads as `T::default()` (a `PUT`
+/// whose defaults say it all needs no `{}`).
+pub struct OptionalBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Default, St: Send + Sync> FromRequest<St> for OptionalBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &St) -> Result<Self, Self::Rejection> {
+        use axum::body::HttpBody as _;
+        if req.body().is_end_stream() {
+            return Ok(OptionalBody(T::default()));
+        }
+        Body::<T>::from_request(req, state).await.map(|Body(v)| OptionalBody(v))
     }
 }
 
@@ -189,6 +216,16 @@ pub(crate) fn account_name(field: &str, v: &str) -> Result<String, ApiError> {
             "`{field}` must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit \
              (any case is accepted and kept in lowercase)"
         )))
+    }
+}
+
+/// A name already in use is a conflict that says which, and that case does not tell names apart.
+pub(crate) fn taken(e: StoreError, what: String) -> ApiError {
+    match e {
+        StoreError::Conflict => {
+            ApiError::new(StatusCode::CONFLICT, "conflict", format!("{what} already exists (names ignore case)"))
+        }
+        other => other.into(),
     }
 }
 
@@ -316,6 +353,15 @@ pub(crate) fn is_operator<S>(st: &AccountsState<S>, headers: &HeaderMap) -> bool
     let given = headers.get("x-admin-key").and_then(|v| v.to_str().ok()).unwrap_or_default();
     !st.admin_key.is_empty()
         && crate::files::sha256_hex(given.as_bytes()) == crate::files::sha256_hex(st.admin_key.as_bytes())
+}
+
+/// Incremental sync (`GET /v1/contacts`, `GET /v1/groups`): what changed after `?since=` (a
+/// version an earlier answer gave); 0 or none for everything current.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Since {
+    #[serde(default)]
+    pub(crate) since: i64,
 }
 
 /// `GET` lists: `?limit=` (1-500, default 100) and `?after=` the last key of the previous page.
