@@ -59,6 +59,8 @@ impl TestEdge {
         cfg.mqtt.sys_interval_secs = 1;
         cfg.auth.allow_anonymous = true;
         cfg.ops.addr = String::new();
+        // Presence at once, so tests see each change without waiting out a grace.
+        cfg.limits.presence_grace_secs = 0;
         adjust(&mut cfg);
         let state = mqtt_edge::StateDirectories::connect(&cfg.state.redis_url).await.expect("state directories");
         let edge = Edge::start_with_state(cfg, state.as_ref()).await.expect("edge starts");

@@ -100,12 +100,18 @@ impl Live {
         unreachable!("the loop returns")
     }
 
-    /// An MQTT v5 connection with the access token, renewed once if the edge refused it.
+    /// A one-shot MQTT v5 connection with the access token, renewed once if the edge refused it.
     async fn connect(&mut self, suffix: &str) -> Result<Client, String> {
-        match connect(&self.s, suffix).await {
+        self.connect_with(suffix, Lasting::OneShot).await.map(|(c, _)| c)
+    }
+
+    /// Like [`Live::connect`], for a connection that lasts; returns whether the edge still had
+    /// the session (and so what arrived while away).
+    async fn connect_with(&mut self, suffix: &str, lasting: Lasting) -> Result<(Client, bool), String> {
+        match connect(&self.s, suffix, lasting).await {
             Err(Refused::Token(_)) => {
                 self.renew().await?;
-                connect(&self.s, suffix).await.map_err(|e| e.to_string())
+                connect(&self.s, suffix, lasting).await.map_err(|e| e.to_string())
             }
             other => other.map_err(|e| e.to_string()),
         }
@@ -185,6 +191,9 @@ pub struct ListenArgs {
     /// Give up (exit with an error) after this many seconds without a message (0 = never).
     #[arg(long, default_value_t = 0)]
     idle_secs: u64,
+    /// MQTT keep-alive: a PINGREQ goes out after half of it without traffic.
+    #[arg(long, default_value_t = 60)]
+    keep_alive_secs: u16,
     #[command(flatten)]
     session: SessionArg,
 }
@@ -317,18 +326,36 @@ impl std::fmt::Display for Refused {
     }
 }
 
-async fn connect(s: &Session, suffix: &str) -> Result<Client, Refused> {
+/// How long a connection is meant to last.
+#[derive(Debug, Clone, Copy)]
+enum Lasting {
+    /// Connect, do one thing, leave (`send`).
+    OneShot,
+    /// Stay connected with this keep-alive, in a session that outlives the connection by a day,
+    /// so what arrives during a reconnect is delivered afterwards (`listen`, `presence`).
+    Watching { keep_alive: u16 },
+}
+
+/// How long a watching client's session waits for it to come back.
+const WATCH_SESSION_SECS: u32 = 24 * 3600;
+
+async fn connect(s: &Session, suffix: &str, lasting: Lasting) -> Result<(Client, bool), Refused> {
     let mut c =
         Client::connect_tcp(s.mqtt, Version::V5).await.map_err(|e| Refused::Other(format!("{}: {e}", s.mqtt)))?;
+    let (clean_start, keep_alive, session_expiry) = match lasting {
+        Lasting::OneShot => (true, 60, None),
+        Lasting::Watching { keep_alive } => (false, keep_alive, Some(WATCH_SESSION_SECS)),
+    };
     let hello = Connect {
         client_id: format!("{}-{suffix}", s.username),
-        clean_start: true,
-        keep_alive: 60,
+        clean_start,
+        keep_alive,
+        session_expiry,
         password: Some(s.access_token.clone().into_bytes()),
         ..Connect::default()
     };
     match c.handshake(hello, TIMEOUT).await {
-        Ok(Packet::ConnAck { code: 0, .. }) => Ok(c),
+        Ok(Packet::ConnAck { code: 0, session_present, .. }) => Ok((c, session_present)),
         Ok(Packet::ConnAck { code, properties, .. }) => {
             let why = format!("refused ({code:#x}): {}", properties.reason_string.unwrap_or_default());
             // 0x87: expired or revoked token; a refresh may fix the first.
@@ -391,41 +418,100 @@ pub fn presence(args: ListenArgs) -> Result<(), String> {
     })
 }
 
-/// Connects and prints each PUBLISH `show` formats; counts only those.
+/// Connects and prints each PUBLISH `show` formats; counts only those. Keeps the connection
+/// alive (PINGREQ after half the keep-alive without traffic) and comes back after it breaks,
+/// with jittered exponential backoff, in a session that kept what arrived meanwhile.
 fn watch(args: ListenArgs, what: &str, show: impl Fn(&sdk::mqtt::Publish) -> Option<String>) -> Result<(), String> {
     let mut live = Live::load(&args.session)?;
+    let suffix = what.split(' ').next().unwrap_or("watch").to_owned();
+    let lasting = Lasting::Watching { keep_alive: args.keep_alive_secs.max(1) };
     runtime()?.block_on(async {
-        let mut c = live.connect(what.split(' ').next().unwrap_or("watch")).await?;
-        println!(
-            "{what} as {}@{} (inbox, friends' presence and signatures, notices)",
-            live.s.username, live.s.enterprise_id
-        );
         use std::io::Write;
-        let _ = std::io::stdout().flush();
-        let idle = if args.idle_secs == 0 { Duration::from_secs(3600) } else { Duration::from_secs(args.idle_secs) };
+        let idle_limit = (args.idle_secs > 0).then(|| Duration::from_secs(args.idle_secs));
+        let ping_every = Duration::from_secs(u64::from(args.keep_alive_secs.max(2)) / 2);
         let mut seen = 0;
+        let mut last_message = std::time::Instant::now();
+        let mut failures = 0u32;
+        let mut first = true;
         while args.count == 0 || seen < args.count {
-            let p = match c.recv(idle).await {
-                Ok(Packet::Publish(p)) => p,
-                Ok(Packet::Disconnect { code, reason_string, .. }) => {
-                    return Err(format!("disconnected ({code:#x}): {}", reason_string.unwrap_or_default()));
+            let (mut c, resumed) = match live.connect_with(&suffix, lasting).await {
+                Ok(c) => c,
+                // Nothing a retry can fix: the tokens are gone.
+                Err(e) if first || e.contains("hermes login") || e.contains("disabled") => return Err(e),
+                Err(e) => {
+                    failures += 1;
+                    let wait = backoff(failures);
+                    eprintln!("cannot reconnect ({e}); trying again in {:.1} s", wait.as_secs_f64());
+                    tokio::time::sleep(wait).await;
+                    continue;
                 }
-                Ok(_) => continue,
-                Err(sdk::mqtt::RecvError::Timeout) if args.idle_secs == 0 => continue,
-                Err(sdk::mqtt::RecvError::Timeout) => return Err(format!("nothing arrived for {} s", args.idle_secs)),
-                Err(e) => return Err(format!("connection ended: {e:?}")),
             };
-            if let Some(id) = p.packet_id.filter(|_| p.qos == 1) {
-                let _ = c.send(&Packet::PubAck { packet_id: id, code: 0 }).await;
+            if first {
+                println!(
+                    "{what} as {}@{} (inbox, friends' presence and signatures, notices)",
+                    live.s.username, live.s.enterprise_id
+                );
+                first = false;
+            } else {
+                eprintln!("reconnected{}", if resumed { ", session resumed" } else { "" });
             }
-            if let Some(line) = show(&p) {
-                println!("{line}");
-                let _ = std::io::stdout().flush();
-                seen += 1;
-            }
+            failures = 0;
+            let _ = std::io::stdout().flush();
+            let ended = loop {
+                if args.count != 0 && seen >= args.count {
+                    return Ok(());
+                }
+                if idle_limit.is_some_and(|l| last_message.elapsed() >= l) {
+                    return Err(format!("nothing arrived for {} s", args.idle_secs));
+                }
+                let p = match c.recv(ping_every).await {
+                    Ok(Packet::Publish(p)) => p,
+                    Ok(Packet::Disconnect { code: 0x8E, .. }) => {
+                        return Err("another connection took over this session (0x8e)".into());
+                    }
+                    // Disabled, revoked or logged out: coming back would be refused.
+                    Ok(Packet::Disconnect { code: 0x98, reason_string, .. }) => {
+                        return Err(format!("disconnected (0x98): {}", reason_string.unwrap_or_default()));
+                    }
+                    Ok(Packet::Disconnect { code, reason_string, .. }) => {
+                        break format!("disconnected ({code:#x}): {}", reason_string.unwrap_or_default());
+                    }
+                    Ok(_) => continue,
+                    Err(sdk::mqtt::RecvError::Timeout) => {
+                        // Quiet: tell the edge we are still here.
+                        if c.send(&Packet::PingReq).await.is_err() {
+                            break "connection lost".into();
+                        }
+                        continue;
+                    }
+                    Err(e) => break format!("connection ended: {e:?}"),
+                };
+                if let Some(id) = p.packet_id.filter(|_| p.qos == 1) {
+                    let _ = c.send(&Packet::PubAck { packet_id: id, code: 0 }).await;
+                }
+                if let Some(line) = show(&p) {
+                    println!("{line}");
+                    let _ = std::io::stdout().flush();
+                    seen += 1;
+                    last_message = std::time::Instant::now();
+                }
+            };
+            failures += 1;
+            let wait = backoff(failures);
+            eprintln!("{ended}; reconnecting in {:.1} s", wait.as_secs_f64());
+            tokio::time::sleep(wait).await;
         }
         Ok(())
     })
+}
+
+/// Full-jitter exponential backoff: a random wait up to 0.5 s doubled per failure, at most 30 s.
+fn backoff(failures: u32) -> Duration {
+    let cap = (500u64 << failures.min(6).saturating_sub(1)).min(30_000);
+    // The clock's nanoseconds are random enough to spread clients that failed together.
+    let noise =
+        u64::from(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()));
+    Duration::from_millis(100 + noise % cap)
 }
 
 fn sdk_now_ms() -> u64 {

@@ -117,6 +117,9 @@ pub struct LimitsConfig {
     /// A subscriber that takes nothing for this long while publishers wait for it is
     /// disconnected (v5 0x97); its QoS 1/2 messages stay in its session.
     pub max_stall_secs: u16,
+    /// Presence changes are announced once they have lasted this long: reconnects and one-shot
+    /// connections (`hermes send`) make no online/offline flicker. 0 announces at once.
+    pub presence_grace_secs: u16,
     /// Connections per worker thread, all listeners together; beyond it new connections wait in
     /// the listen backlog (they are not refused) until one closes. ntex keeps this limit per
     /// process: edges started in one process share the last value set.
@@ -143,6 +146,7 @@ impl Default for LimitsConfig {
             connect_timeout_secs: 10,
             max_keepalive_secs: 1200,
             max_stall_secs: 10,
+            presence_grace_secs: 3,
             max_connections: 100_000,
             max_session_expiry_secs: 7 * 24 * 3600,
             max_topic_alias: 32,
@@ -215,6 +219,7 @@ impl EdgeConfig {
             topic: TopicLimits { max_len: l.max_topic_length, max_levels: l.max_topic_levels },
             max_subscriptions: l.max_subscriptions_per_client,
             max_pending_deliveries: l.max_pending_deliveries,
+            presence_grace_ms: u64::from(l.presence_grace_secs) * 1000,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use broker::presence::{Announce, Presence};
 use broker::retained::RetainedStore;
 use broker::route::RoutePlan;
 use broker::session::{Enqueued, Outgoing, Session, SessionLimits};
@@ -94,6 +95,8 @@ pub struct HubConfig {
     pub max_subscriptions: usize,
     /// Deliveries a connection may have waiting for its socket before it counts as slow.
     pub max_pending_deliveries: usize,
+    /// How long presence changes wait before they are announced (`limits.presence_grace_secs`).
+    pub presence_grace_ms: u64,
 }
 
 /// A session with a connection.
@@ -120,8 +123,8 @@ struct PendingWill {
 struct State {
     live: HashMap<Arc<str>, Live>,
     store: Box<dyn SessionStore<SharedMessage>>,
-    /// Connected devices per presence topic.
-    devices: HashMap<Arc<str>, u32>,
+    /// Users' presence by presence topic: devices connected, what was announced.
+    presence: Presence<Arc<str>>,
     /// Wills waiting for their v5 will-delay, by session key.
     pending_wills: HashMap<Arc<str>, PendingWill>,
     client_of: HashMap<u64, Arc<str>>,
@@ -211,7 +214,7 @@ impl Hub {
             live: HashMap::new(),
             store,
             pending_wills: HashMap::new(),
-            devices: HashMap::new(),
+            presence: Presence::new(cfg.presence_grace_ms),
             client_of: HashMap::new(),
             subs: SubscriptionTrie::new(),
             shared: SubscriptionTrie::new(),
@@ -299,12 +302,10 @@ impl Hub {
         link.set_session_backlog(session.backlog());
         // Count the new device before letting the replaced one go, so a takeover never shows
         // the user offline in between.
-        if let Some(topic) = &req.presence {
-            let n = st.devices.entry(topic.clone()).or_insert(0);
-            *n += 1;
-            if *n == 1 {
-                self.route(&mut st, presence_message(topic, "online"), None, now_ms);
-            }
+        if let Some(topic) = &req.presence
+            && let Some(news) = st.presence.connected(topic, now_ms)
+        {
+            self.route(&mut st, presence_message(topic, news), None, now_ms);
         }
         if let Some(topic) = replaced_presence {
             self.device_left(&mut st, topic, now_ms);
@@ -369,15 +370,10 @@ impl Hub {
         }
     }
 
-    /// One device of a user went away; the last one publishes the user offline.
+    /// One device of a user went away; the last one makes the user offline (after the grace).
     fn device_left(&self, st: &mut State, topic: Arc<str>, now_ms: u64) {
-        let Some(n) = st.devices.get_mut(&topic) else {
-            return;
-        };
-        *n -= 1;
-        if *n == 0 {
-            st.devices.remove(&topic);
-            self.route(st, presence_message(&topic, "offline"), None, now_ms);
+        if let Some(news) = st.presence.left(&topic, now_ms) {
+            self.route(st, presence_message(&topic, news), None, now_ms);
         }
     }
 
@@ -397,6 +393,9 @@ impl Hub {
         }
         for will in due {
             self.send_will(&mut st, will, now_ms);
+        }
+        for (topic, news) in st.presence.tick(now_ms) {
+            self.route(&mut st, presence_message(&topic, news), None, now_ms);
         }
     }
 
@@ -725,7 +724,11 @@ impl Hub {
 }
 
 /// A retained presence update.
-fn presence_message(topic: &str, status: &'static str) -> SharedMessage {
+fn presence_message(topic: &str, news: Announce) -> SharedMessage {
+    let status: &'static str = match news {
+        Announce::Online => "online",
+        Announce::Offline => "offline",
+    };
     let msg = Message::new(ByteString::from(topic), Bytes::from_static(status.as_bytes()), QoS::AtLeastOnce, true);
     Arc::new(msg)
 }

@@ -31,6 +31,8 @@ async fn emit(bus: &MemoryBus, event: Event) {
         event: Some(event),
     };
     bus.publish(&wire::subjects::account_events("acme"), e.encode_to_vec().into()).await.expect("publish");
+    // The edge applies bus events on a task of its own: give it a moment.
+    tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
 fn follow(a: &str, b: &str, following: bool) -> Event {

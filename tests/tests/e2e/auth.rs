@@ -173,4 +173,42 @@ mod tokens {
         assert_eq!((&kept.payload[..], kept.retain), (&b"offline"[..], true));
         edge.stop().await;
     }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn presence_waits_out_one_shot_connections_and_reconnects() {
+        let signer = Signer::generate().expect("keys");
+        let public = signer.verifier().to_paserk();
+        let edge = TestEdge::start_with(|c| {
+            c.auth.token_public_key = public;
+            c.limits.presence_grace_secs = 1;
+        })
+        .await;
+        let mut watcher = edge.client(Version::V311, "watcher").await;
+        watcher.subscribe(vec![SubscribeTopic::new("acme/im/pres/bob", 1)], WAIT).await.expect("suback");
+        let bob = || with_token("bob-phone", None, access_token(&signer, "bob", Duration::from_secs(60)));
+        // `hermes send`: connect, publish, leave. Nobody hears of it.
+        let (mut once, _) = edge.connect(Version::V5, bob()).await;
+        once.publish("acme/im/msg/alice", b"hi", 1, false, WAIT).await.expect("puback");
+        drop(once);
+        match watcher.recv(Duration::from_millis(2500)).await {
+            Err(sdk::mqtt::RecvError::Timeout) => {}
+            other => panic!("a one-shot connection announced presence: {other:?}"),
+        }
+        // A device that stays is online after the grace; a quick reconnect shows no offline.
+        let (stays, _) = edge.connect(Version::V5, bob()).await;
+        let p = expect_publish(&mut watcher).await;
+        assert_eq!(&p.payload[..], b"online");
+        ack(&mut watcher, &p).await;
+        drop(stays);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (back, _) = edge.connect(Version::V5, bob()).await;
+        match watcher.recv(Duration::from_millis(2500)).await {
+            Err(sdk::mqtt::RecvError::Timeout) => {}
+            other => panic!("a reconnect within the grace flickered: {other:?}"),
+        }
+        drop(back);
+        let p = expect_publish(&mut watcher).await;
+        assert_eq!(&p.payload[..], b"offline", "gone for good");
+        edge.stop().await;
+    }
 }
