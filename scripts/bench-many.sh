@@ -14,7 +14,7 @@ cargo build --release -q -p hermes
 HERMES=target/release/hermes
 pids=()
 for i in $(seq "$EDGES"); do
-    RUST_LOG=warn $HERMES up --allow-anonymous --mqtt-addr 127.0.0.1:$PORT --mqtt-ws-addr '' --ops-addr '' \
+    HERMES_MQTT__REUSE_PORT=true RUST_LOG=warn $HERMES up --allow-anonymous --mqtt-addr 127.0.0.1:$PORT --mqtt-ws-addr '' --ops-addr '' \
         --data-dir "$OUT/data-$i" > "$OUT/edge-$i.log" 2>&1 &
     pids+=($!)
 done

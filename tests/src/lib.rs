@@ -199,3 +199,28 @@ pub fn access_token_in(signer: &wire::token::Signer, enterprise: &str, user: &st
     };
     signer.sign(&claims, ttl).expect("sign").into_bytes()
 }
+
+/// Panics on threads other than the tests' own (the edge's workers), counted by a panic hook.
+static EDGE_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Installs (once) a panic hook that counts panics on the edge's threads: a connection handler
+/// that panics is a defect even when ntex-mqtt survives it.
+pub fn count_edge_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // Test threads are named after their test (`module::name`).
+            let on_test_thread = std::thread::current().name().is_some_and(|n| n.contains("::") || n == "main");
+            if !on_test_thread {
+                EDGE_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            default(info);
+        }));
+    });
+}
+
+/// Panics counted on the edge's threads since [`count_edge_panics`] was first called.
+pub fn edge_panics() -> usize {
+    EDGE_PANICS.load(std::sync::atomic::Ordering::SeqCst)
+}

@@ -71,6 +71,10 @@ pub struct MqttConfig {
     pub workers: usize,
     /// Listen backlog: a reconnect storm queues here instead of losing SYNs.
     pub backlog: i32,
+    /// Let several edge processes listen on the same port (SO_REUSEPORT; the kernel spreads
+    /// the connections). Off by default, so a second server on a taken port fails to start
+    /// instead of silently taking half the clients.
+    pub reuse_port: bool,
     /// Interval of the `$SYS/broker/...` statistics, in seconds; 0 disables them.
     pub sys_interval_secs: u64,
 }
@@ -85,6 +89,7 @@ impl Default for MqttConfig {
             tls_key: String::new(),
             workers: 0,
             backlog: 4096,
+            reuse_port: false,
             sys_interval_secs: 10,
         }
     }

@@ -3,10 +3,9 @@
 //!
 //! When a publish leaves a subscriber's connection with more waiting for it than the high-water
 //! mark (`limits.max_queued_messages`), the publisher's handler holds its acknowledgement until
-//! that backlog is below half the mark, and the connection's [`Gate`] holds its further
-//! PUBLISHes meanwhile (acknowledgements and pings still pass, so a client that also
-//! subscribes keeps reading). Past a few held PUBLISHes the dispatcher takes nothing more from
-//! the connection: ntex-mqtt stops reading the socket and TCP slows the client down. A
+//! that backlog is below half the mark; a QoS 1/2 client stops at its receive maximum, and past
+//! a few held PUBLISHes the connection's [`Gate`] makes the dispatcher take nothing more from
+//! it: ntex-mqtt stops reading the socket and TCP slows the client down (QoS 0 floods). A
 //! subscriber that takes nothing at all for `limits.max_stall_secs` while publishers wait is
 //! closed (v5 0x97) and its QoS 1/2 messages stay in its session.
 //!
@@ -104,31 +103,22 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// Closed while one of the connection's publishes waits for room: further PUBLISHes wait at
-/// it, and past [`MAX_HELD_PUBLISHES`] of them the dispatcher takes no packet at all.
+/// Counts the connection's PUBLISHes waiting for room; past [`MAX_HELD_PUBLISHES`] of them the
+/// dispatcher takes no further packet from the connection, so its socket is not read.
 #[derive(Debug, Default)]
 pub struct Gate {
-    held: Cell<u32>,
-    /// PUBLISHes waiting at the gate.
-    queued: Cell<usize>,
+    held: Cell<usize>,
+    /// The connection is shutting down: nothing waits any more.
+    closed: Cell<bool>,
     waiting: RefCell<Vec<Waker>>,
 }
 
-/// PUBLISHes of one connection that may wait at a closed gate before its socket is not read.
+/// PUBLISHes of one connection that may wait for room before its socket is not read. Below
+/// it, acknowledgements and pings keep flowing, so a client that subscribes to what it
+/// publishes still reads its own deliveries.
 pub const MAX_HELD_PUBLISHES: usize = 16;
 
-/// A PUBLISH waiting at the gate; counted while it lives.
-#[derive(Debug)]
-struct Queued<'a>(&'a Gate);
-
-impl Drop for Queued<'_> {
-    fn drop(&mut self) {
-        self.0.queued.set(self.0.queued.get().saturating_sub(1));
-        self.0.wake();
-    }
-}
-
-/// Keeps a [`Gate`] closed while it lives.
+/// A PUBLISH waiting for room; counted while it lives.
 #[derive(Debug)]
 pub struct Hold<'a>(&'a Gate);
 
@@ -138,28 +128,28 @@ impl Gate {
         Hold(self)
     }
 
-    /// Resolves when no publish of the connection is waiting for room: a PUBLISH passes.
-    pub async fn pass(&self) {
-        self.queued.set(self.queued.get() + 1);
-        let _queued = Queued(self);
-        self.until(|g| g.held.get() == 0).await;
-    }
-
-    /// Resolves when the dispatcher may take another packet: not too many PUBLISHes wait.
-    pub async fn readable(&self) {
-        self.until(|g| g.queued.get() < MAX_HELD_PUBLISHES).await;
-    }
-
-    async fn until(&self, ok: impl Fn(&Gate) -> bool) {
+    /// Resolves when the dispatcher may take another packet (true), or when the connection
+    /// is shutting down (false): then the dispatcher's services must not be asked any more.
+    pub async fn readable(&self) -> bool {
         poll_fn(|cx| {
-            if ok(self) {
-                Poll::Ready(())
+            if self.closed.get() || self.held.get() < MAX_HELD_PUBLISHES {
+                Poll::Ready(!self.closed.get())
             } else {
                 self.waiting.borrow_mut().push(cx.waker().clone());
                 Poll::Pending
             }
         })
-        .await;
+        .await
+    }
+
+    /// The connection is shutting down: every wait ends.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.wake();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
     }
 
     fn wake(&self) {
@@ -172,11 +162,8 @@ impl Gate {
 
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
-        let held = self.0.held.get().saturating_sub(1);
-        self.0.held.set(held);
-        if held == 0 {
-            self.0.wake();
-        }
+        self.0.held.set(self.0.held.get().saturating_sub(1));
+        self.0.wake();
     }
 }
 
@@ -208,29 +195,25 @@ mod tests {
     }
 
     #[test]
-    fn the_gate_opens_when_the_last_hold_ends() {
+    fn too_many_held_publishes_stop_reading_until_one_is_let_go() {
         let gate = Gate::default();
-        assert!(poll_once(gate.pass()));
-        let a = gate.hold();
-        let b = gate.hold();
-        assert!(!poll_once(gate.pass()));
-        drop(a);
-        assert!(!poll_once(gate.pass()));
-        drop(b);
-        assert!(poll_once(gate.pass()));
+        let readable = |g: &Gate| poll_once(async { assert!(g.readable().await) });
+        let mut held: Vec<Hold<'_>> = (0..MAX_HELD_PUBLISHES - 1).map(|_| gate.hold()).collect();
+        assert!(readable(&gate), "below the limit the dispatcher goes on");
+        held.push(gate.hold());
+        assert!(!readable(&gate), "the dispatcher waits");
+        held.pop();
+        assert!(readable(&gate), "one fewer waiting: reading resumes");
     }
 
     #[test]
-    fn too_many_held_publishes_stop_reading() {
+    fn closing_ends_every_wait() {
         let gate = Gate::default();
-        let _hold = gate.hold();
-        let mut held: Vec<_> = (0..MAX_HELD_PUBLISHES).map(|_| Box::pin(gate.pass())).collect();
+        let _held: Vec<Hold<'_>> = (0..MAX_HELD_PUBLISHES).map(|_| gate.hold()).collect();
+        let mut ready = Box::pin(gate.readable());
         let mut cx = Context::from_waker(Waker::noop());
-        for p in &mut held {
-            assert!(p.as_mut().poll(&mut cx).is_pending());
-        }
-        assert!(!poll_once(gate.readable()), "the dispatcher waits");
-        held.pop();
-        assert!(poll_once(gate.readable()), "one fewer waiting: reading resumes");
+        assert!(ready.as_mut().poll(&mut cx).is_pending());
+        gate.close();
+        assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(false));
     }
 }

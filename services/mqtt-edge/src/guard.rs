@@ -3,8 +3,8 @@
 //! - a PUBREL for a QoS 2 PUBLISH received on an *earlier* connection of a persistent session
 //!   must be answered with PUBCOMP ([MQTT-4.4.0-1]); ntex-mqtt only knows this connection's
 //!   packet ids and would close the connection instead, so the client could never finish;
-//! - PUBLISHes pass the connection's flow-control gate (`flow`) one at a time, in the order
-//!   they arrived.
+//! - no further packet is taken while too many of the connection's PUBLISHes wait for room
+//!   (`flow::Gate`).
 
 use std::cell::RefCell;
 use std::collections::HashSet;
@@ -16,22 +16,13 @@ use ntex::service::{Ctx, Middleware, Service};
 use ntex_mqtt::error::DispatcherError;
 use ntex_mqtt::{MqttProtocolError, QoS, v3, v5};
 
-use std::future::{Future, poll_fn};
-use std::pin::pin;
-use std::task::Poll;
-
 use crate::connection::ConnState;
-use crate::flow::Turns;
 use crate::hub::Hub;
 use crate::metrics as m;
 
 /// What the guard needs to know about an inbound packet.
 pub enum Inbound {
     Connect,
-    /// A QoS 0 or 1 PUBLISH.
-    Publish,
-    /// More of a PUBLISH's payload: it must follow its PUBLISH into the dispatcher.
-    PayloadChunk,
     Qos2Publish(NonZeroU16),
     PubRel(NonZeroU16),
     Other,
@@ -43,6 +34,8 @@ pub trait GuardedPacket {
     fn classify(&self) -> Inbound;
     /// The PUBCOMP answering a PUBREL the dispatcher does not know.
     fn pubcomp(packet_id: NonZeroU16, found: bool) -> Self::Reply;
+    /// No answer: a packet taken while the connection shuts down is dropped.
+    fn nothing() -> Self::Reply;
 }
 
 impl GuardedPacket for v3::codec::Decoded {
@@ -54,12 +47,14 @@ impl GuardedPacket for v3::codec::Decoded {
             Decoded::Packet(Packet::Connect(_), _) => Inbound::Connect,
             Decoded::Packet(Packet::PublishRelease { packet_id }, _) => Inbound::PubRel(*packet_id),
             Decoded::Publish(p, _, _) if p.qos == QoS::ExactlyOnce => {
-                p.packet_id.map_or(Inbound::Publish, Inbound::Qos2Publish)
+                p.packet_id.map_or(Inbound::Other, Inbound::Qos2Publish)
             }
-            Decoded::Publish(..) => Inbound::Publish,
-            Decoded::PayloadChunk(..) => Inbound::PayloadChunk,
             _ => Inbound::Other,
         }
+    }
+
+    fn nothing() -> Self::Reply {
+        None
     }
 
     fn pubcomp(packet_id: NonZeroU16, _found: bool) -> Self::Reply {
@@ -76,12 +71,14 @@ impl GuardedPacket for v5::codec::Decoded {
             Decoded::Packet(Packet::Connect(_), _) => Inbound::Connect,
             Decoded::Packet(Packet::PublishRelease(ack), _) => Inbound::PubRel(ack.packet_id),
             Decoded::Publish(p, _, _) if p.qos == QoS::ExactlyOnce => {
-                p.packet_id.map_or(Inbound::Publish, Inbound::Qos2Publish)
+                p.packet_id.map_or(Inbound::Other, Inbound::Qos2Publish)
             }
-            Decoded::Publish(..) => Inbound::Publish,
-            Decoded::PayloadChunk(..) => Inbound::PayloadChunk,
             _ => Inbound::Other,
         }
+    }
+
+    fn nothing() -> Self::Reply {
+        None
     }
 
     fn pubcomp(packet_id: NonZeroU16, found: bool) -> Self::Reply {
@@ -108,7 +105,6 @@ impl<S, St: Deref<Target = ConnState>> Middleware<S, St> for ProtocolGuard {
             hub: st.hub.clone(),
             session: st.session.clone(),
             gate: st.gate.clone(),
-            arrivals: Turns::default(),
             qos2_here: RefCell::new(HashSet::new()),
         }
     }
@@ -118,11 +114,9 @@ pub struct ProtocolGuardService<S> {
     service: S,
     hub: Arc<Hub>,
     session: Arc<str>,
-    /// Closed while one of the connection's publishes waits for a subscriber (see `flow`):
-    /// no further packet is taken, so the socket is not read.
+    /// Counts the connection's publishes waiting for a subscriber (see `flow`): past a few, no
+    /// further packet is taken, so the socket is not read.
     gate: std::rc::Rc<crate::flow::Gate>,
-    /// PUBLISHes pass the gate in the order they arrived.
-    arrivals: Turns,
     /// QoS 2 packet ids whose PUBLISH arrived on this connection (ntex-mqtt tracks these).
     qos2_here: RefCell<HashSet<NonZeroU16>>,
 }
@@ -136,12 +130,24 @@ where
     type Error = S::Error;
 
     async fn ready(&self, ctx: Ctx<'_, Self, St>) -> Result<(), Self::Error> {
-        self.gate.readable().await;
+        if !self.gate.readable().await {
+            // Shutting down: the inner services must not be asked any more.
+            return Ok(());
+        }
         ctx.ready(&self.service).await
     }
-    ntex::forward_shutdown!(St, service);
+
+    async fn shutdown(&self, ctx: Ctx<'_, Self, St>) {
+        // First end every wait of ours, so nothing polls the inner services after this.
+        self.gate.close();
+        ctx.shutdown(&self.service).await
+    }
 
     async fn call(&self, req: Req, ctx: Ctx<'_, Self, St>) -> Result<Self::Res, Self::Error> {
+        if self.gate.is_closed() {
+            // Shutting down (see `ready`): the inner services must not be asked any more.
+            return Ok(Req::nothing());
+        }
         match req.classify() {
             Inbound::Connect => {
                 metrics::counter!(m::CONNECT_REFUSED, "reason" => "second_connect").increment(1);
@@ -149,11 +155,8 @@ where
                     "second CONNECT on an established connection",
                 )));
             }
-            Inbound::Publish => return self.in_order(req, ctx, true).await,
-            Inbound::PayloadChunk => return self.in_order(req, ctx, false).await,
             Inbound::Qos2Publish(id) => {
                 self.qos2_here.borrow_mut().insert(id);
-                return self.in_order(req, ctx, true).await;
             }
             Inbound::PubRel(id) => {
                 if !self.qos2_here.borrow_mut().remove(&id) {
@@ -164,34 +167,5 @@ where
             Inbound::Other => {}
         }
         ctx.call(&self.service, req).await
-    }
-}
-
-impl<S> ProtocolGuardService<S> {
-    /// Forwards a PUBLISH (through the gate: `gated`) or a payload chunk in arrival order, and
-    /// lets go of its place in line only once the dispatcher has taken it (and a PUBLISH's
-    /// handler has taken its own place in the routing order).
-    async fn in_order<St, Req, E>(
-        &self,
-        req: Req,
-        ctx: Ctx<'_, Self, St>,
-        gated: bool,
-    ) -> Result<Req::Reply, DispatcherError<E>>
-    where
-        S: Service<St, Req, Res = Req::Reply, Error = DispatcherError<E>>,
-        Req: GuardedPacket,
-    {
-        let arrival = self.arrivals.take();
-        arrival.ready().await;
-        if gated {
-            self.gate.pass().await;
-        }
-        ctx.ready(&self.service).await?;
-        let mut call = pin!(ctx.call_nowait(&self.service, req));
-        if let Poll::Ready(done) = poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
-            return done;
-        }
-        drop(arrival);
-        call.await
     }
 }

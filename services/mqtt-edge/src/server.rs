@@ -65,14 +65,15 @@ impl Listeners {
     }
 }
 
-fn listener(addr: &str, backlog: i32) -> io::Result<std::net::TcpListener> {
+fn listener(addr: &str, backlog: i32, reuse_port: bool) -> io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let addr: SocketAddr =
         addr.parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("`{addr}`: {e}")))?;
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
-    // Several edge processes may share one port (each gets a share of the connections).
-    socket.set_reuse_port(true)?;
+    // Several edge processes may share one port (each gets a share of the connections), when
+    // the operator asks for it.
+    socket.set_reuse_port(reuse_port)?;
     socket.bind(&addr.into())?;
     socket.listen(backlog)?;
     Ok(socket.into())
@@ -192,7 +193,8 @@ async fn ws_handshake<F: Filter>(
 pub fn start(edge: Arc<EdgeShared>) -> io::Result<Listeners> {
     let cfg = edge.cfg.clone();
     let backlog = cfg.mqtt.backlog;
-    let bind = |a: &str| (!a.is_empty()).then(|| listener(a, backlog)).transpose();
+    let reuse = cfg.mqtt.reuse_port;
+    let bind = |a: &str| (!a.is_empty()).then(|| listener(a, backlog, reuse)).transpose();
     let tcp = bind(&cfg.mqtt.addr)?;
     let tls = bind(&cfg.mqtt.tls_addr)?;
     let ws = bind(&cfg.mqtt.ws_addr)?;

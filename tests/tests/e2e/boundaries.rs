@@ -1,28 +1,8 @@
 //! Boundary values of the numeric CONNECT fields and properties (0, 1, max) through a real
 //! edge: each gets a well-formed answer, and no connection handler panics.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use hermes_tests::*;
 use sdk::mqtt::{Connect, Packet, Version};
-
-/// Panics on threads other than the tests' own (the edge's workers), counted by a panic hook.
-static EDGE_PANICS: AtomicUsize = AtomicUsize::new(0);
-
-fn count_edge_panics() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let default = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            // Test threads are named after their test (`module::name`).
-            let on_test_thread = std::thread::current().name().is_some_and(|n| n.contains("::") || n == "main");
-            if !on_test_thread {
-                EDGE_PANICS.fetch_add(1, Ordering::SeqCst);
-            }
-            default(info);
-        }));
-    });
-}
 
 /// The CONNACK for `c`: (code, server keep-alive).
 async fn connack(edge: &TestEdge, v: Version, c: Connect) -> (u8, Option<u16>) {
@@ -76,7 +56,7 @@ async fn connect_fields_at_their_boundaries_get_well_formed_answers() {
     let (mut quiet, _) = edge.connect(Version::V5, with(&|c| c.keep_alive = 0)).await;
     expect_nothing(&mut quiet).await;
     assert_eq!(quiet.publish("ka/zero", b"still here", 1, false, WAIT).await.expect("puback"), Some(0x10));
-    assert_eq!(EDGE_PANICS.load(Ordering::SeqCst), 0, "a connection handler panicked");
+    assert_eq!(edge_panics(), 0, "a connection handler panicked");
     edge.stop().await;
 }
 
@@ -107,6 +87,6 @@ async fn more_unacknowledged_publishes_than_the_receive_maximum_is_0x93() {
             other => panic!("expected DISCONNECT 0x93, got {other:?}"),
         }
     }
-    assert_eq!(EDGE_PANICS.load(Ordering::SeqCst), 0, "a connection handler panicked");
+    assert_eq!(edge_panics(), 0, "a connection handler panicked");
     edge.stop().await;
 }

@@ -146,3 +146,38 @@ async fn qos0_under_overload_drops_but_never_reorders() {
     assert_eq!(seqs.last(), Some(&(n - 1)), "the publisher was slowed, not cut off");
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publishers_that_vanish_while_held_do_not_upset_the_edge() {
+    count_edge_panics();
+    let edge = TestEdge::start_with(limited).await;
+    let (mut stuck, _) = edge.connect(Version::V5, connect("never-reads", true)).await;
+    stuck.subscribe(vec![SubscribeTopic::new("flow/held/#", 0)], WAIT).await.expect("suback");
+    // Several publishers flood the subscriber that never reads, then vanish mid-flood with
+    // PUBLISHes held at their gates.
+    let mut floods = Vec::new();
+    for i in 0..8 {
+        let mut c = edge.client(Version::V311, &format!("vanishing-{i}")).await;
+        floods.push(tokio::spawn(async move {
+            let topic = format!("flow/held/{i}");
+            for seq in 0..2_000u32 {
+                let p = Publish { topic: topic.clone(), payload: numbered(seq, 2048), ..Publish::default() };
+                if c.send(&Packet::Publish(p)).await.is_err() {
+                    break;
+                }
+            }
+            // Dropped here: the socket closes with whatever was still held.
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for f in floods {
+        f.abort();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The edge still serves, and nothing panicked on its threads.
+    let mut fresh = edge.client(Version::V5, "after-the-flood").await;
+    assert_eq!(fresh.publish("flow/other", b"x", 1, false, WAIT).await.expect("puback"), Some(0x10));
+    drop(stuck);
+    assert_eq!(edge_panics(), 0, "a connection handler panicked");
+    edge.stop().await;
+}
