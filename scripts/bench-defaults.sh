@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Throughput at every broker's default settings, side by side: Hermes (`hermes up`, release
+# build, anonymous access on, nothing else changed) and Mosquitto 2 (a listener and
+# allow_anonymous, nothing else). Each row counts what was lost, reordered and duplicated by
+# the sequence number every publisher stamps (`hermes bench throughput`).
+# Usage: scripts/bench-defaults.sh [SECONDS]      Results: target/bench-defaults/*.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-20}
+OUT=target/bench-defaults
+mkdir -p "$OUT"
+command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto)" >&2; exit 1; }
+cargo build --release -q -p hermes
+HERMES=target/release/hermes
+PORT=${BENCH_PORT:-21993}
+
+start() { # $1 = hermes|mosquitto; prints the pid
+    case $1 in
+        hermes)
+            rm -rf "$OUT/data"
+            RUST_LOG=warn $HERMES up --allow-anonymous --mqtt-addr 127.0.0.1:$PORT --mqtt-ws-addr '' \
+                --ops-addr '' --http-addr 127.0.0.1:0 --data-dir "$OUT/data" > "$OUT/hermes.log" 2>&1 &
+            ;;
+        mosquitto)
+            printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$PORT" > "$OUT/mosquitto.conf"
+            mosquitto -c "$OUT/mosquitto.conf" > "$OUT/mosquitto.log" 2>&1 &
+            ;;
+    esac
+    local pid=$!
+    for _ in $(seq 50); do
+        (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
+        sleep 0.1
+    done
+    echo $pid
+}
+
+run() { # $1 broker, $2 name, rest: bench args
+    local broker=$1 name=$2; shift 2
+    local pid
+    pid=$(start "$broker")
+    sleep 1
+    echo "== $broker $name: hermes bench $*" >&2
+    $HERMES bench --port "$PORT" --pid "$pid" --json "$@" > "$OUT/$broker-$name.json"
+    kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; sleep 1
+}
+
+for b in hermes mosquitto; do
+    run $b qos1-100to100 throughput --publishers 100 --subscribers 100 --qos 1 --seconds "$SECS"
+    run $b qos0-100to100 throughput --publishers 100 --subscribers 100 --qos 0 --seconds "$SECS"
+    run $b qos1-1to1 throughput --publishers 1 --subscribers 1 --qos 1 --seconds "$SECS"
+    run $b qos1-half-load throughput --publishers 100 --subscribers 100 --qos 1 --rate 10000 --seconds 10
+done
+if grep -q panicked "$OUT/hermes.log"; then echo "hermes panicked: see $OUT/hermes.log" >&2; exit 1; fi
+for f in "$OUT"/*.json; do
+    python3 - "$f" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+cpu = (d.get("broker_cpu") or {}).get("cpu_us_per_msg")
+print(f'{sys.argv[1]}: {d["delivered_msgs_per_sec"]}/s delivered, lost {d["lost"]}, reordered {d["reordered"]}, '
+      f'duplicated {d["duplicated"]}, p50 {d["latency"]["p50_ms"]} ms, p99 {d["latency"]["p99_ms"]} ms, broker {cpu} µs/msg')
+PY
+done
