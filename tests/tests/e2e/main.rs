@@ -7,6 +7,7 @@ mod backends;
 mod boundaries;
 mod delivery;
 mod flow;
+mod fuzz;
 mod identity;
 mod interop;
 mod layering;
