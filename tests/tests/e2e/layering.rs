@@ -1,5 +1,7 @@
-//! The architecture's layering rules, checked from the manifests: the broker core depends on no
-//! IO crate, and services never depend on other services.
+//! The architecture's layering rules, checked from the manifests (normal, dev and build
+//! dependencies alike): the broker core depends on no IO crate, services never depend on other
+//! services, and shared crates never depend on services (only the `hermes` command, which runs
+//! them all in one process, and the end-to-end tests may).
 
 use std::path::Path;
 
@@ -14,7 +16,7 @@ fn dependency_names(toml_text: &str) -> Vec<String> {
     for line in toml_text.lines() {
         let line = line.trim();
         if line.starts_with('[') {
-            in_deps = line == "[dependencies]";
+            in_deps = matches!(line, "[dependencies]" | "[dev-dependencies]" | "[build-dependencies]");
             continue;
         }
         if in_deps && let Some((name, _)) = line.split_once('=') {
@@ -44,4 +46,33 @@ fn services_do_not_depend_on_services() {
             assert!(other == s || !deps.contains(other), "service {s} depends on service {other}");
         }
     }
+}
+
+#[test]
+fn shared_crates_do_not_depend_on_services() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let services: Vec<String> = std::fs::read_dir(root.join("services"))
+        .expect("services dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let crates: Vec<String> = std::fs::read_dir(root.join("crates"))
+        .expect("crates dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|c| c != "hermes")
+        .collect();
+    assert!(crates.iter().any(|c| c == "broker"), "{crates:?}");
+    for c in &crates {
+        let deps = dependency_names(&manifest(&format!("crates/{c}/Cargo.toml")));
+        for s in &services {
+            assert!(!deps.contains(s), "crates/{c} depends on service {s}");
+        }
+    }
+}
+
+#[test]
+fn dependency_sections_are_all_read() {
+    let text = "[dependencies]\na.workspace = true\n[dev-dependencies]\nb = \"1\"\n[features]\nc = []\n";
+    assert_eq!(dependency_names(text), ["a", "b"]);
 }
