@@ -14,35 +14,11 @@ cargo build --release -q -p hermes
 HERMES=target/release/hermes
 PORT=${BENCH_PORT:-21993}
 
-start() { # $1 = hermes|mosquitto; prints the pid
-    case $1 in
-        hermes)
-            rm -rf "$OUT/data"
-            RUST_LOG=warn $HERMES up --allow-anonymous --mqtt-addr 127.0.0.1:$PORT --mqtt-ws-addr '' \
-                --ops-addr '' --http-addr 127.0.0.1:0 --data-dir "$OUT/data" > "$OUT/hermes.log" 2>&1 &
-            ;;
-        mosquitto)
-            printf 'listener %s 127.0.0.1\nallow_anonymous true\n' "$PORT" > "$OUT/mosquitto.conf"
-            mosquitto -c "$OUT/mosquitto.conf" > "$OUT/mosquitto.log" 2>&1 &
-            ;;
-    esac
-    local pid=$!
-    for _ in $(seq 50); do
-        (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
-        sleep 0.1
-    done
-    echo $pid
-}
-
-run() { # $1 broker, $2 name, rest: bench args
-    local broker=$1 name=$2; shift 2
-    local pid
-    pid=$(start "$broker")
-    sleep 1
-    echo "== $broker $name: hermes bench $*" >&2
-    $HERMES bench --port "$PORT" --pid "$pid" --json "$@" > "$OUT/$broker-$name.json"
-    kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; sleep 1
-}
+# Nothing changed from either broker's defaults.
+HERMES_ENV=""
+MOSQUITTO_EXTRA=""
+# shellcheck source=scripts/brokers.sh
+source scripts/brokers.sh
 
 for b in hermes mosquitto; do
     run $b qos1-100to100 throughput --publishers 100 --subscribers 100 --qos 1 --seconds "$SECS"

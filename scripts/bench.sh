@@ -15,39 +15,11 @@ cargo build --release -q -p hermes
 HERMES=target/release/hermes
 PORT=${BENCH_PORT:-21883}
 
-start_broker() { # $1 = hermes|mosquitto; prints the pid
-    case $1 in
-        hermes)
-            # Same queue bound as the Mosquitto config below, so both drop (or not) alike.
-            HERMES_LIMITS__MAX_QUEUED_MESSAGES=100000 HERMES_LIMITS__MAX_PENDING_DELIVERIES=100000 \
-            RUST_LOG=warn $HERMES up --allow-anonymous --mqtt-addr 127.0.0.1:$PORT --mqtt-ws-addr '' \
-                --ops-addr '' --data-dir "$OUT/data" > "$OUT/hermes.log" 2>&1 &
-            ;;
-        mosquitto)
-            printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_connections -1\npersistence false\nmax_queued_messages 100000\n' \
-                "$PORT" > "$OUT/mosquitto.conf"
-            mosquitto -c "$OUT/mosquitto.conf" > "$OUT/mosquitto.log" 2>&1 &
-            ;;
-    esac
-    local pid=$!
-    for _ in $(seq 50); do
-        (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
-        sleep 0.1
-    done
-    echo $pid
-}
-
-stop_broker() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; sleep 1; }
-
-run() { # $1 broker, $2 name, rest: bench args
-    local broker=$1 name=$2; shift 2
-    local pid
-    pid=$(start_broker "$broker")
-    sleep 1
-    echo "== $broker $name: hermes bench $*" >&2
-    $HERMES bench --port "$PORT" --pid "$pid" --json "$@" > "$OUT/$broker-$name.json"
-    stop_broker "$pid"
-}
+# Same queue bound for both, so both drop (or not) alike.
+HERMES_ENV="HERMES_LIMITS__MAX_QUEUED_MESSAGES=100000 HERMES_LIMITS__MAX_PENDING_DELIVERIES=100000"
+MOSQUITTO_EXTRA='max_connections -1\npersistence false\nmax_queued_messages 100000\n'
+# shellcheck source=scripts/brokers.sh
+source scripts/brokers.sh
 
 for b in hermes mosquitto; do
     run $b connections connections -n "$N_CONN" --hold-secs 3

@@ -169,16 +169,7 @@ impl RelationStore for MemoryRelations {
     }
 
     fn set_follow(&self, enterprise: &str, follower: &str, followee: &str, following: bool) {
-        let mut all = self.follows.write().unwrap_or_else(|e| e.into_inner());
-        let k = key(enterprise, follower);
-        if following {
-            all.entry(k).or_default().insert(followee.to_owned());
-        } else if let Some(set) = all.get_mut(&k) {
-            set.remove(followee);
-            if set.is_empty() {
-                all.remove(&k);
-            }
-        }
+        toggle(&self.follows, key(enterprise, follower), followee, following);
     }
 
     fn groups(&self, enterprise: &str, user: &str) -> Vec<String> {
@@ -187,15 +178,19 @@ impl RelationStore for MemoryRelations {
     }
 
     fn set_member(&self, enterprise: &str, group: &str, user: &str, member: bool) {
-        let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
-        let k = key(enterprise, user);
-        if member {
-            groups.entry(k).or_default().insert(group.to_owned());
-        } else if let Some(set) = groups.get_mut(&k) {
-            set.remove(group);
-            if set.is_empty() {
-                groups.remove(&k);
-            }
+        toggle(&self.groups, key(enterprise, user), group, member);
+    }
+}
+
+/// Puts `value` into (or takes it out of) the set under `k`; empty sets are not kept.
+fn toggle(sets: &RwLock<HashMap<(String, String), BTreeSet<String>>>, k: (String, String), value: &str, on: bool) {
+    let mut sets = sets.write().unwrap_or_else(|e| e.into_inner());
+    if on {
+        sets.entry(k).or_default().insert(value.to_owned());
+    } else if let Some(set) = sets.get_mut(&k) {
+        set.remove(value);
+        if set.is_empty() {
+            sets.remove(&k);
         }
     }
 }

@@ -1,0 +1,37 @@
+# Sourced by the benchmark scripts: starts a broker on 127.0.0.1:$PORT with its files in $OUT,
+# and stops it. Hermes is `$HERMES up` with `HERMES_ENV` (words of NAME=VALUE) added to its
+# environment; Mosquitto gets a listener, anonymous access and `MOSQUITTO_EXTRA` (config lines).
+
+start_broker() { # $1 = hermes|mosquitto; prints the pid once the port answers
+    case $1 in
+        hermes)
+            rm -rf "$OUT/data"
+            # shellcheck disable=SC2086
+            env ${HERMES_ENV:-} RUST_LOG=warn "$HERMES" up --allow-anonymous --mqtt-addr "127.0.0.1:$PORT" \
+                --mqtt-ws-addr '' --ops-addr '' --http-addr 127.0.0.1:0 --data-dir "$OUT/data" \
+                > "$OUT/hermes.log" 2>&1 &
+            ;;
+        mosquitto)
+            printf 'listener %s 127.0.0.1\nallow_anonymous true\n%b' "$PORT" "${MOSQUITTO_EXTRA:-}" > "$OUT/mosquitto.conf"
+            mosquitto -c "$OUT/mosquitto.conf" > "$OUT/mosquitto.log" 2>&1 &
+            ;;
+    esac
+    local pid=$!
+    for _ in $(seq 50); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break
+        sleep 0.1
+    done
+    echo $pid
+}
+
+stop_broker() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; sleep 1; }
+
+run() { # $1 broker, $2 name, rest: bench args; the JSON goes to $OUT/<broker>-<name>.json
+    local broker=$1 name=$2; shift 2
+    local pid
+    pid=$(start_broker "$broker")
+    sleep 1
+    echo "== $broker $name: hermes bench $*" >&2
+    "$HERMES" bench --port "$PORT" --pid "$pid" --json "$@" > "$OUT/$broker-$name.json"
+    stop_broker "$pid"
+}
