@@ -113,7 +113,7 @@ pub async fn protocol(ses: &Session, msg: v3::ProtocolMessage) -> Result<v3::Pro
             d.ack()
         }
         other => {
-            metrics::counter!(m::PACKETS_IN, "type" => "pingreq").increment(1);
+            metrics::counter!(m::PACKETS_IN, "type" => "other").increment(1);
             other.ack()
         }
     })
