@@ -88,8 +88,11 @@ pub async fn fresh_postgres_database() -> Option<String> {
         return None;
     };
     let admin = sqlx::PgPool::connect(&url).await.expect("connect to the test server");
-    let name = format!("hermes_test_{}_{}", std::process::id(), free_port());
-    // `name` is made of a fixed prefix, the pid and a port number: nothing to inject.
+    // A counter, not only a free port number: ports are reused, and two tests once drew the same.
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("hermes_test_{}_{n}_{}", std::process::id(), free_port());
+    // `name` is made of a fixed prefix, the pid and numbers: nothing to inject.
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create database");
     admin.close().await;
     let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);

@@ -53,18 +53,67 @@ pub struct AclTable {
     pub users: Vec<(String, Vec<Rule>)>,
 }
 
-/// Who is asking, with the relation sets the placeholders expand to.
-#[derive(Debug, Clone, Copy)]
+/// Who is asking, and the relation sets the placeholders stand for.
+#[derive(Clone, Copy)]
 pub struct Subject<'a> {
     pub username: &'a str,
     pub client_id: &'a str,
     pub enterprise: &'a str,
-    /// Users this user follows (`%f`).
-    pub follows: &'a [String],
-    /// Mutual friends (`%F`).
-    pub friends: &'a [String],
-    /// Groups this user is a member of (`%g`).
-    pub groups: &'a [String],
+    /// Users this user follows (`%f`), mutual friends (`%F`), groups (`%g`).
+    pub sets: &'a dyn Sets,
+}
+
+impl std::fmt::Debug for Subject<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subject").field("username", &self.username).field("enterprise", &self.enterprise).finish()
+    }
+}
+
+/// A set placeholder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Set {
+    /// `%f`: users this user follows.
+    Follows,
+    /// `%F`: mutual friends.
+    Friends,
+    /// `%g`: groups this user is a member of.
+    Groups,
+}
+
+/// The relation sets of one subject. A rule check asks about one member at a time (a user with
+/// 500 friends costs one look-up per rule level, not 500 filters); only auto-subscriptions list
+/// a set whole.
+pub trait Sets {
+    fn contains(&self, set: Set, value: &str) -> bool;
+    fn list(&self, set: Set) -> Vec<String>;
+}
+
+/// Sets given as sorted lists (tests, and subjects without relations).
+#[derive(Debug, Clone, Default)]
+pub struct Lists {
+    pub follows: Vec<String>,
+    pub friends: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+impl Lists {
+    fn of(&self, set: Set) -> &[String] {
+        match set {
+            Set::Follows => &self.follows,
+            Set::Friends => &self.friends,
+            Set::Groups => &self.groups,
+        }
+    }
+}
+
+impl Sets for Lists {
+    fn contains(&self, set: Set, value: &str) -> bool {
+        self.of(set).iter().any(|v| v == value)
+    }
+
+    fn list(&self, set: Set) -> Vec<String> {
+        self.of(set).to_vec()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,23 +203,23 @@ impl AclTable {
         })
     }
 
-    /// May `who` publish to `topic`? Deny rules first, then grants.
+    /// May `who` publish to `topic`? Deny rules first, then grants, matched level by level.
     pub fn can_publish(&self, who: &Subject<'_>, topic: &str) -> bool {
         !self.denied(who, |denied| matches(denied, topic))
-            && self
-                .rules_for(who.username)
-                .filter(|r| r.access.allows(Access::Write))
-                .any(|r| expand(&r.filter, who).iter().any(|f| grants(f, topic)))
+            && self.rules_for(who.username).filter(|r| r.access.allows(Access::Write)).any(|r| {
+                template_grants(&r.filter, who, topic)
+                    .unwrap_or_else(|| expand(&r.filter, who).iter().any(|f| grants(f, topic)))
+            })
     }
 
     /// May `who` subscribe to `filter`? Only if no topic it can match is denied and every topic
     /// it can match is readable.
     pub fn can_subscribe(&self, who: &Subject<'_>, filter: &str) -> bool {
         !self.denied(who, |denied| overlaps(denied, filter))
-            && self
-                .rules_for(who.username)
-                .filter(|r| r.access.allows(Access::Read))
-                .any(|r| expand(&r.filter, who).iter().any(|granted| covers(granted, filter)))
+            && self.rules_for(who.username).filter(|r| r.access.allows(Access::Read)).any(|r| {
+                template_covers(&r.filter, who, filter)
+                    .unwrap_or_else(|| expand(&r.filter, who).iter().any(|granted| covers(granted, filter)))
+            })
     }
 }
 
@@ -185,6 +234,100 @@ fn check_template(filter: &str, line: usize) -> Result<String, ParseError> {
         }
     }
     Ok(filter.to_owned())
+}
+
+/// What one level of a rule template stands for.
+enum Slot<'a> {
+    Literal(&'a str),
+    Plus,
+    Hash,
+    /// `%u`, `%c` or `%e`: one value.
+    Value(&'a str),
+    Set(Set),
+    /// A placeholder with other text in the same level: matched by expanding the rule.
+    Mixed,
+}
+
+fn slot<'a>(level: &'a str, who: &Subject<'a>) -> Slot<'a> {
+    match level {
+        "+" => Slot::Plus,
+        "#" => Slot::Hash,
+        "%u" => Slot::Value(who.username),
+        "%c" => Slot::Value(who.client_id),
+        "%e" => Slot::Value(who.enterprise),
+        "%f" => Slot::Set(Set::Follows),
+        "%F" => Slot::Set(Set::Friends),
+        "%g" => Slot::Set(Set::Groups),
+        l if l.contains('%') => Slot::Mixed,
+        l => Slot::Literal(l),
+    }
+}
+
+/// Whether `#` is only ever the last level: every level before a match is then looked at, as
+/// expanding would. Other templates (which no enterprise table holds) are expanded.
+fn well_formed(template: &str) -> bool {
+    !template.split('/').rev().skip(1).any(|l| l == "#")
+}
+
+/// Does the rule `template` grant publishing to `topic`, matched level by level without
+/// expanding it? `None` when a level mixes a placeholder with text (expand instead). Same
+/// answer as expanding the template and asking [`grants`] of each filter.
+fn template_grants(template: &str, who: &Subject<'_>, topic: &str) -> Option<bool> {
+    if !well_formed(template) {
+        return None;
+    }
+    if topic.starts_with('$') && template.starts_with(['+', '#']) {
+        return Some(false);
+    }
+    let (mut t, mut p) = (template.split('/'), topic.split('/'));
+    loop {
+        let ok = match (t.next(), p.next()) {
+            (Some("#"), _) | (None, None) => return Some(true),
+            (Some(level), Some(got)) => match slot(level, who) {
+                Slot::Plus => !got.is_empty(),
+                Slot::Literal(l) => l == got,
+                Slot::Value(v) => safe_value(v) && v == got,
+                Slot::Set(s) => safe_value(got) && who.sets.contains(s, got),
+                Slot::Mixed => return None,
+                Slot::Hash => true,
+            },
+            _ => false,
+        };
+        if !ok {
+            // A later mixed level would have needed expanding, but no filter can match now.
+            return Some(false);
+        }
+    }
+}
+
+/// Does the rule `template` cover every topic `requested` can match? Like
+/// [`template_grants`], for SUBSCRIBE; the same answer as [`covers`] over the expansion.
+fn template_covers(template: &str, who: &Subject<'_>, requested: &str) -> Option<bool> {
+    if !well_formed(template) {
+        return None;
+    }
+    if requested.starts_with('$') && template.starts_with(['+', '#']) {
+        return Some(false);
+    }
+    let (mut t, mut r) = (template.split('/'), requested.split('/'));
+    loop {
+        let ok = match (t.next(), r.next()) {
+            (Some("#"), _) | (None, None) => return Some(true),
+            (Some(_), Some("#")) => false,
+            (Some(level), Some(asked)) => match slot(level, who) {
+                Slot::Plus => !asked.is_empty(),
+                Slot::Literal(l) => l == asked && asked != "+",
+                Slot::Value(v) => safe_value(v) && v == asked && asked != "+",
+                Slot::Set(s) => asked != "+" && safe_value(asked) && who.sets.contains(s, asked),
+                Slot::Mixed => return None,
+                Slot::Hash => true,
+            },
+            _ => false,
+        };
+        if !ok {
+            return Some(false);
+        }
+    }
 }
 
 /// Can a value be put into one topic level without changing the topic's shape?
@@ -207,17 +350,17 @@ fn expand_checked(template: &str, who: &Subject<'_>) -> (Vec<String>, bool) {
             out.iter_mut().for_each(|s| s.push(c));
             continue;
         }
-        let values: Vec<&str> = match chars.next() {
-            Some('u') => vec![who.username],
-            Some('c') => vec![who.client_id],
-            Some('e') => vec![who.enterprise],
-            Some('f') => who.follows.iter().map(String::as_str).collect(),
-            Some('F') => who.friends.iter().map(String::as_str).collect(),
-            Some('g') => who.groups.iter().map(String::as_str).collect(),
+        let values: Vec<String> = match chars.next() {
+            Some('u') => vec![who.username.to_owned()],
+            Some('c') => vec![who.client_id.to_owned()],
+            Some('e') => vec![who.enterprise.to_owned()],
+            Some('f') => who.sets.list(Set::Follows),
+            Some('F') => who.sets.list(Set::Friends),
+            Some('g') => who.sets.list(Set::Groups),
             _ => return (Vec::new(), unsafe_value),
         };
         let before = values.len();
-        let values: Vec<&str> = values.into_iter().filter(|v| safe_value(v)).collect();
+        let values: Vec<String> = values.into_iter().filter(|v| safe_value(v)).collect();
         unsafe_value |= values.len() != before;
         out = out.iter().flat_map(|prefix| values.iter().map(move |v| format!("{prefix}{v}"))).collect();
         if out.is_empty() {
@@ -361,12 +504,15 @@ pub fn auto_subscriptions(table: &[AutoSubscribe], who: &Subject<'_>) -> Vec<(St
 mod tests {
     use super::*;
 
-    fn subject<'a>(user: &'a str, friends: &'a [String], follows: &'a [String]) -> Subject<'a> {
-        Subject { username: user, client_id: "c1", enterprise: "acme", follows, friends, groups: GROUPS }
+    /// A subject with these relations (leaked: tests only, small).
+    fn with_sets<'a>(user: &'a str, friends: &[String], follows: &[String], groups: &[String]) -> Subject<'a> {
+        let lists = Lists { follows: follows.to_vec(), friends: friends.to_vec(), groups: groups.to_vec() };
+        Subject { username: user, client_id: "c1", enterprise: "acme", sets: Box::leak(Box::new(lists)) }
     }
 
-    /// Every test subject is a member of these.
-    const GROUPS: &[String] = &[];
+    fn subject<'a>(user: &'a str, friends: &[String], follows: &[String]) -> Subject<'a> {
+        with_sets(user, friends, follows, &[])
+    }
 
     /// One data-driven table: (who, publish or subscribe, topic, expected).
     fn check(table: &AclTable, cases: &[(&str, &str, &str, bool)]) {
@@ -512,7 +658,7 @@ mod tests {
     fn group_topics_belong_to_their_members() {
         let table = AclTable::parse(DEFAULT_ACL).expect("valid");
         let groups = vec!["ops".to_string(), "dev".to_string()];
-        let alice = Subject { groups: &groups, ..subject("alice", &[], &[]) };
+        let alice = with_sets("alice", &[], &[], &groups);
         for (op, topic, want) in [
             ("sub", "acme/im/group/ops", true),
             ("pub", "acme/im/group/dev", true),
@@ -530,7 +676,7 @@ mod tests {
         assert!(subs.contains(&"acme/im/group/ops".to_string()) && subs.contains(&"acme/im/group/dev".to_string()));
         // A crafted group name never widens the rule.
         let evil = vec!["+".to_string(), "#".to_string(), "a/b".to_string(), String::new()];
-        let mallory = Subject { groups: &evil, ..subject("mallory", &[], &[]) };
+        let mallory = with_sets("mallory", &[], &[], &evil);
         for topic in ["acme/im/group/+", "acme/im/group/#", "acme/im/group/a/b", "acme/im/group/x"] {
             assert!(!table.can_subscribe(&mallory, topic), "{topic}");
             assert!(!table.can_publish(&mallory, topic), "{topic}");
@@ -625,5 +771,50 @@ mod tests {
                 ("acme/notice/#".to_string(), QoS::AtLeastOnce),
             ]
         );
+    }
+}
+
+/// The level-by-level matcher answers exactly as expanding the rules would.
+#[cfg(test)]
+mod matcher {
+    use super::*;
+
+    /// The reference: expand the template into filters, as before the matcher existed.
+    fn by_expansion(template: &str, who: &Subject<'_>, topic: &str, subscribe: bool) -> bool {
+        let filters = expand(template, who);
+        if subscribe { filters.iter().any(|f| covers(f, topic)) } else { filters.iter().any(|f| grants(f, topic)) }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        #[test]
+        fn the_matcher_agrees_with_expansion(
+            template in proptest::collection::vec(
+                proptest::sample::select(vec!["acme", "im", "x", "", "+", "#", "%u", "%c", "%e", "%f", "%F", "%g", "a%ub"]),
+                1..5,
+            ),
+            topic in proptest::collection::vec(
+                proptest::sample::select(vec!["acme", "im", "x", "", "+", "#", "bob", "alice", "ops", "$SYS", "c1", "a/b"]),
+                1..5,
+            ),
+            friends in proptest::collection::vec(proptest::sample::select(vec!["bob", "carol", "+", ""]), 0..3),
+            groups in proptest::collection::vec(proptest::sample::select(vec!["ops", "x", "#"]), 0..2),
+            user in proptest::sample::select(vec!["alice", "bob", "+", ""]),
+        ) {
+            let template = template.join("/");
+            let topic = topic.join("/");
+            let lists = Lists {
+                follows: friends.iter().map(|s| s.to_string()).collect(),
+                friends: friends.iter().map(|s| s.to_string()).collect(),
+                groups: groups.iter().map(|s| s.to_string()).collect(),
+            };
+            let who = Subject { username: user, client_id: "c1", enterprise: "acme", sets: &lists };
+            if let Some(got) = template_grants(&template, &who, &topic) {
+                proptest::prop_assert_eq!(got, by_expansion(&template, &who, &topic, false), "publish {} to {}", template, topic);
+            }
+            if let Some(got) = template_covers(&template, &who, &topic) {
+                proptest::prop_assert_eq!(got, by_expansion(&template, &who, &topic, true), "subscribe {} to {}", template, topic);
+            }
+        }
     }
 }

@@ -18,6 +18,10 @@ pub trait RelationStore: Send + Sync + std::fmt::Debug {
     fn set_follow(&self, enterprise: &str, follower: &str, followee: &str, following: bool);
     /// Groups `user` is a member of, sorted.
     fn groups(&self, enterprise: &str, user: &str) -> Vec<String>;
+    /// Whether `follower` follows `followee`: one look-up, for ACL checks.
+    fn is_following(&self, enterprise: &str, follower: &str, followee: &str) -> bool;
+    /// Whether `user` is a member of `group`.
+    fn is_member(&self, enterprise: &str, user: &str, group: &str) -> bool;
     /// Records that `user` joined `group` (or left it, with `member = false`).
     fn set_member(&self, enterprise: &str, group: &str, user: &str, member: bool);
 }
@@ -58,17 +62,39 @@ pub trait RelationDirectory: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<(), String>>;
 }
 
+type Sets = HashMap<(String, String), BTreeSet<String>>;
+
+/// Follows both ways, so neither direction needs a scan over every user.
+#[derive(Debug, Default)]
+struct FollowGraph {
+    /// (enterprise, user) → whom they follow.
+    follows: Sets,
+    /// (enterprise, user) → who follows them.
+    followers: Sets,
+}
+
+impl FollowGraph {
+    fn set(&mut self, enterprise: &str, follower: &str, followee: &str, following: bool) {
+        toggle(&mut self.follows, key(enterprise, follower), followee, following);
+        toggle(&mut self.followers, key(enterprise, followee), follower, following);
+    }
+
+    fn of<'a>(sets: &'a Sets, enterprise: &str, user: &str) -> impl Iterator<Item = &'a String> {
+        sets.get(&key(enterprise, user)).into_iter().flatten()
+    }
+}
+
 /// Relations held in this process (the embedded default).
 #[derive(Debug, Default)]
 pub struct MemoryRelations {
-    follows: RwLock<HashMap<(String, String), BTreeSet<String>>>,
+    graph: RwLock<FollowGraph>,
     /// Groups by (enterprise, user).
-    groups: RwLock<HashMap<(String, String), BTreeSet<String>>>,
+    groups: RwLock<Sets>,
 }
 
 impl MemoryRelations {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(String, String), BTreeSet<String>>> {
-        self.follows.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, FollowGraph> {
+        self.graph.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -76,46 +102,49 @@ fn key(enterprise: &str, user: &str) -> (String, String) {
     (enterprise.to_owned(), user.to_owned())
 }
 
+/// Puts `value` into (or takes it out of) the set under `k`; empty sets are not kept.
+fn toggle(sets: &mut Sets, k: (String, String), value: &str, on: bool) {
+    if on {
+        sets.entry(k).or_default().insert(value.to_owned());
+    } else if let Some(set) = sets.get_mut(&k) {
+        set.remove(value);
+        if set.is_empty() {
+            sets.remove(&k);
+        }
+    }
+}
+
 impl MemoryRelations {
     /// Who follows `user`, sorted.
     pub fn followers(&self, enterprise: &str, user: &str) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .read()
-            .iter()
-            .filter(|((e, _), set)| e == enterprise && set.contains(user))
-            .map(|((_, u), _)| u.clone())
-            .collect();
-        out.sort();
-        out
+        FollowGraph::of(&self.read().followers, enterprise, user).cloned().collect()
     }
 
     /// Makes what this store knows about `user` match `r` (from a directory): their follows,
-    /// who follows them, and their groups.
+    /// who follows them, and their groups. Touches only `user`'s own relations.
     pub fn replace(&self, enterprise: &str, user: &str, r: &UserRelations) {
         {
             let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
-            if r.groups.is_empty() {
-                groups.remove(&key(enterprise, user));
-            } else {
-                groups.insert(key(enterprise, user), r.groups.iter().cloned().collect());
+            groups.remove(&key(enterprise, user));
+            for g in &r.groups {
+                toggle(&mut groups, key(enterprise, user), g, true);
             }
         }
-        let mut all = self.follows.write().unwrap_or_else(|e| e.into_inner());
-        let mine: BTreeSet<String> = r.follows.iter().cloned().collect();
-        if mine.is_empty() {
-            all.remove(&key(enterprise, user));
-        } else {
-            all.insert(key(enterprise, user), mine);
+        let mut graph = self.graph.write().unwrap_or_else(|e| e.into_inner());
+        let follows: Vec<String> = FollowGraph::of(&graph.follows, enterprise, user).cloned().collect();
+        for gone in follows.iter().filter(|f| !r.follows.contains(f)) {
+            graph.set(enterprise, user, gone, false);
         }
-        for ((e, other), set) in all.iter_mut() {
-            if e == enterprise && other != user && !r.followers.contains(other) {
-                set.remove(user);
-            }
+        for f in &r.follows {
+            graph.set(enterprise, user, f, true);
+        }
+        let followers: Vec<String> = FollowGraph::of(&graph.followers, enterprise, user).cloned().collect();
+        for gone in followers.iter().filter(|f| !r.followers.contains(f)) {
+            graph.set(enterprise, gone, user, false);
         }
         for f in &r.followers {
-            all.entry(key(enterprise, f)).or_default().insert(user.to_owned());
+            graph.set(enterprise, f, user, true);
         }
-        all.retain(|_, set| !set.is_empty());
     }
 }
 
@@ -154,44 +183,38 @@ impl RelationDirectory for MemoryRelations {
 
 impl RelationStore for MemoryRelations {
     fn follows(&self, enterprise: &str, user: &str) -> Vec<String> {
-        self.read().get(&key(enterprise, user)).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        FollowGraph::of(&self.read().follows, enterprise, user).cloned().collect()
     }
 
     fn friends(&self, enterprise: &str, user: &str) -> Vec<String> {
-        let all = self.read();
-        let Some(mine) = all.get(&key(enterprise, user)) else {
-            return Vec::new();
-        };
-        mine.iter()
-            .filter(|other| all.get(&key(enterprise, other)).is_some_and(|theirs| theirs.contains(user)))
+        let graph = self.read();
+        let followers = graph.followers.get(&key(enterprise, user));
+        FollowGraph::of(&graph.follows, enterprise, user)
+            .filter(|other| followers.is_some_and(|f| f.contains(*other)))
             .cloned()
             .collect()
     }
 
     fn set_follow(&self, enterprise: &str, follower: &str, followee: &str, following: bool) {
-        toggle(&self.follows, key(enterprise, follower), followee, following);
+        self.graph.write().unwrap_or_else(|e| e.into_inner()).set(enterprise, follower, followee, following);
     }
 
     fn groups(&self, enterprise: &str, user: &str) -> Vec<String> {
         let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
-        groups.get(&key(enterprise, user)).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        FollowGraph::of(&groups, enterprise, user).cloned().collect()
     }
 
     fn set_member(&self, enterprise: &str, group: &str, user: &str, member: bool) {
-        toggle(&self.groups, key(enterprise, user), group, member);
+        toggle(&mut self.groups.write().unwrap_or_else(|e| e.into_inner()), key(enterprise, user), group, member);
     }
-}
 
-/// Puts `value` into (or takes it out of) the set under `k`; empty sets are not kept.
-fn toggle(sets: &RwLock<HashMap<(String, String), BTreeSet<String>>>, k: (String, String), value: &str, on: bool) {
-    let mut sets = sets.write().unwrap_or_else(|e| e.into_inner());
-    if on {
-        sets.entry(k).or_default().insert(value.to_owned());
-    } else if let Some(set) = sets.get_mut(&k) {
-        set.remove(value);
-        if set.is_empty() {
-            sets.remove(&k);
-        }
+    fn is_following(&self, enterprise: &str, follower: &str, followee: &str) -> bool {
+        self.read().follows.get(&key(enterprise, follower)).is_some_and(|s| s.contains(followee))
+    }
+
+    fn is_member(&self, enterprise: &str, user: &str, group: &str) -> bool {
+        let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        groups.get(&key(enterprise, user)).is_some_and(|s| s.contains(group))
     }
 }
 
@@ -255,6 +278,8 @@ pub mod contract {
         store.set_follow("acme", "bob", "alice", true);
         assert_eq!(store.friends("acme", "alice"), vec!["bob"]);
         assert_eq!(store.friends("acme", "bob"), vec!["alice"]);
+        assert!(store.is_following("acme", "alice", "bob") && !store.is_following("globex", "alice", "bob"));
+        assert!(!store.is_following("acme", "alice", "carol"), "carol follows alice, not the other way");
         assert!(store.friends("acme", "carol").is_empty(), "carol follows alice, not mutual");
         store.set_follow("acme", "alice", "bob", false);
         assert!(store.friends("acme", "bob").is_empty(), "unfollowing ends the friendship");
@@ -267,6 +292,7 @@ pub mod contract {
         store.set_member("acme", "dev", "alice", true);
         store.set_member("globex", "ops", "bob", true);
         assert_eq!(store.groups("acme", "alice"), vec!["dev", "ops"]);
+        assert!(store.is_member("acme", "alice", "ops") && !store.is_member("globex", "alice", "ops"));
         assert!(store.groups("acme", "bob").is_empty(), "bob's group is in another enterprise");
         store.set_member("acme", "ops", "alice", false);
         store.set_member("acme", "ops", "nobody", false);

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use broker::QoS;
-use broker::acl::{self, AclTable, AutoSubscribe, Subject};
+use broker::acl::{self, AclTable, AutoSubscribe, Set, Sets, Subject};
 use broker::relations::RelationStore;
 
 use crate::auth::Identity;
@@ -100,25 +100,13 @@ impl Authorizer {
         own.unwrap_or_else(|| self.default_policy.clone())
     }
 
-    /// Runs `f` with `who` as an ACL subject, relation sets looked up now.
+    /// Runs `f` with `who` as an ACL subject whose relation sets are looked up in the relation
+    /// store as the rules ask (one member at a time), so a check never goes stale.
     fn with_subject<R>(&self, who: &Identity, client_id: &str, f: impl FnOnce(&Subject<'_>) -> R) -> R {
-        let (follows, friends, groups) = if who.via_token {
-            (
-                self.relations.follows(&who.enterprise, &who.username),
-                self.relations.friends(&who.enterprise, &who.username),
-                self.relations.groups(&who.enterprise, &who.username),
-            )
-        } else {
-            (Vec::new(), Vec::new(), Vec::new())
-        };
-        f(&Subject {
-            username: &who.username,
-            client_id,
-            enterprise: &who.enterprise,
-            follows: &follows,
-            friends: &friends,
-            groups: &groups,
-        })
+        let none = acl::Lists::default();
+        let theirs = UserSets { store: self.relations.as_ref(), enterprise: &who.enterprise, user: &who.username };
+        let sets: &dyn Sets = if who.via_token { &theirs } else { &none };
+        f(&Subject { username: &who.username, client_id, enterprise: &who.enterprise, sets })
     }
 
     /// Whether `who` may, by the table that applies to them; no table means unrestricted.
@@ -151,5 +139,31 @@ impl Authorizer {
             subs.retain(|(filter, _)| policy.acl.can_subscribe(s, filter));
             subs
         })
+    }
+}
+
+/// One token user's relation sets, answered by the relation store.
+struct UserSets<'a> {
+    store: &'a dyn RelationStore,
+    enterprise: &'a str,
+    user: &'a str,
+}
+
+impl Sets for UserSets<'_> {
+    fn contains(&self, set: Set, value: &str) -> bool {
+        let (store, e, u) = (self.store, self.enterprise, self.user);
+        match set {
+            Set::Follows => store.is_following(e, u, value),
+            Set::Friends => store.is_following(e, u, value) && store.is_following(e, value, u),
+            Set::Groups => store.is_member(e, u, value),
+        }
+    }
+
+    fn list(&self, set: Set) -> Vec<String> {
+        match set {
+            Set::Follows => self.store.follows(self.enterprise, self.user),
+            Set::Friends => self.store.friends(self.enterprise, self.user),
+            Set::Groups => self.store.groups(self.enterprise, self.user),
+        }
     }
 }
