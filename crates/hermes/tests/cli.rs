@@ -980,3 +980,15 @@ async fn listen_keeps_its_connection_alive_and_comes_back_after_a_restart() {
     let _ = listener.kill();
     let _ = listener.wait();
 }
+
+#[test]
+fn bench_acl_reports_decisions_for_a_user_with_many_friends() {
+    let out = hermes(&["bench", "--json", "acl", "--friends", "20", "--checks", "200"]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["friends"], 20);
+    // Every friend's inbox may be written and every friend's presence read.
+    assert_eq!(report["publish_to_a_friends_inbox"]["allowed"], 200);
+    assert_eq!(report["subscribe_to_a_friends_presence"]["allowed"], 200);
+    assert_eq!(report["expanding_the_friends_rule_once"]["filters"], 20);
+    assert!(report["connect_auto_subscriptions"]["subscriptions"].as_u64().is_some_and(|n| n >= 40), "{report}");
+}

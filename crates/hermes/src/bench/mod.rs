@@ -2,11 +2,13 @@
 //!
 //! Scenarios: `connections` (idle clients and the broker's RSS per connection), `fanout` (one
 //! publish to N subscribers), `throughput` (P publishers → S subscribers with latency), and
-//! `accounts` (logins, token refreshes, contact syncs against the accounts API). Clients
+//! `accounts` (logins, token refreshes, contact syncs against the accounts API), and `acl` (the
+//! edge's ACL decisions for a token user with many friends, in this process). Clients
 //! are spread over several 127.0.0.x source addresses because one source address runs out of
 //! ephemeral ports near 28 000. Reports go to stdout (text or `--json`), progress to stderr.
 
 mod accounts;
+mod acl;
 mod clients;
 mod connections;
 mod fanout;
@@ -62,6 +64,8 @@ enum Scenario {
     Throughput(throughput::Args),
     /// The accounts API: password logins, token refreshes or contact syncs per second.
     Accounts(accounts::Args),
+    /// The edge's ACL decisions for a token user with many mutual friends (in this process).
+    Acl(acl::Args),
 }
 
 impl Common {
@@ -98,6 +102,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             Scenario::Fanout(a) => fanout::run(&args.common, a).await?,
             Scenario::Throughput(a) => throughput::run(&args.common, a).await?,
             Scenario::Accounts(a) => accounts::run(&args.common, a).await?,
+            Scenario::Acl(a) => acl::run(a)?,
         };
         if args.common.json {
             println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
