@@ -63,7 +63,7 @@ impl TestEdge {
         cfg.limits.presence_grace_secs = 0;
         adjust(&mut cfg);
         let state = mqtt_edge::StateDirectories::connect(&cfg.state.redis_url).await.expect("state directories");
-        let edge = Edge::start_with_state(cfg, state.as_ref()).await.expect("edge starts");
+        let edge = Edge::builder(cfg).state(state.as_ref()).start().await.expect("edge starts");
         let a = edge.addrs().clone();
         TestEdge {
             tcp: a.mqtt.expect("tcp listener"),

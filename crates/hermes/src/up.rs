@@ -314,7 +314,11 @@ async fn serve(
     let nats_url = edge_cfg.bus.nats_url.clone();
     let dirs = mqtt_edge::StateDirectories::connect(&edge_cfg.state.redis_url).await?;
     // Primed from the database below, which also refills the directories.
-    let edge = mqtt_edge::Edge::start_with_directory(edge_cfg, dirs.as_ref().map(|d| d.relations.clone()))?;
+    let mut edge = mqtt_edge::Edge::builder(edge_cfg);
+    if let Some(d) = &dirs {
+        edge = edge.relations(d.relations.clone());
+    }
+    let edge = edge.start().await?;
     let bus: std::sync::Arc<dyn bus::Bus> = if nats_url.is_empty() {
         std::sync::Arc::new(bus::memory::MemoryBus::default())
     } else {

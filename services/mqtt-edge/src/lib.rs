@@ -2,7 +2,7 @@
 //!
 //! ntex-mqtt parses and writes packets; [`hub`] holds sessions, subscriptions and retained
 //! messages and decides with the sans-IO `broker` crate; [`connection`] writes deliveries on
-//! each connection's own worker. [`Edge::start`] wires it together.
+//! each connection's own worker. [`Edge::builder`] wires it together.
 
 pub mod auth;
 pub mod authz;
@@ -42,17 +42,44 @@ pub struct Edge {
     housekeeping: tokio::task::JoinHandle<()>,
 }
 
-impl Edge {
-    /// Validates the config, binds the listeners and starts serving. Call inside a tokio runtime.
-    pub fn start(cfg: EdgeConfig) -> Result<Edge, String> {
-        Self::start_with_directory(cfg, None)
+/// How an edge is put together before it starts: the config, and optionally where it reads
+/// relations (at CONNECT) and access state (tables and revocations, before serving).
+#[derive(Debug)]
+pub struct EdgeBuilder {
+    cfg: EdgeConfig,
+    directory: Option<Arc<dyn RelationDirectory>>,
+    access: Option<Arc<dyn broker::access::AccessDirectory>>,
+}
+
+impl EdgeBuilder {
+    /// Token users' relations are loaded from `directory` at CONNECT.
+    pub fn relations(mut self, directory: Arc<dyn RelationDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
     }
 
-    /// Like [`Edge::start`]; token users' relations are loaded from `directory` at CONNECT.
-    pub fn start_with_directory(
-        cfg: EdgeConfig,
-        directory: Option<Arc<dyn RelationDirectory>>,
-    ) -> Result<Edge, String> {
+    /// Both of `state`'s directories: relations at CONNECT, access state applied at start.
+    pub fn state(mut self, state: Option<&StateDirectories>) -> Self {
+        if let Some(s) = state {
+            self.directory = Some(s.relations.clone());
+            self.access = Some(s.access.clone());
+        }
+        self
+    }
+
+    /// Validates the config, binds the listeners, applies the access directory (if any) and
+    /// starts serving. Call inside a tokio runtime.
+    pub async fn start(self) -> Result<Edge, String> {
+        let access = self.access.clone();
+        let edge = self.bind()?;
+        if let Some(dir) = access {
+            edge.prime_access(dir.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
+        }
+        Ok(edge)
+    }
+
+    fn bind(self) -> Result<Edge, String> {
+        let EdgeBuilder { cfg, directory, .. } = self;
         cfg.validate()?;
         metrics::describe();
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
@@ -67,21 +94,18 @@ impl Edge {
         let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);
         Ok(Edge { hub, shared, listeners, housekeeping })
     }
+}
+
+impl Edge {
+    /// An edge for `cfg`; [`EdgeBuilder::start`] starts it.
+    pub fn builder(cfg: EdgeConfig) -> EdgeBuilder {
+        EdgeBuilder { cfg, directory: None, access: None }
+    }
 
     /// Applies account events (relations, revocations, signatures, ACL tables) to this edge;
     /// `AccountEvents::follow` takes them from a bus.
     pub fn account_events(&self) -> events::AccountEvents {
         events::AccountEvents { shared: self.shared.clone() }
-    }
-
-    /// Like [`Edge::start`], with `state`'s directories: relations loaded at CONNECT, and the
-    /// access directory applied before this returns.
-    pub async fn start_with_state(cfg: EdgeConfig, state: Option<&StateDirectories>) -> Result<Edge, String> {
-        let edge = Self::start_with_directory(cfg, state.map(|s| s.relations.clone()))?;
-        if let Some(s) = state {
-            edge.prime_access(s.access.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
-        }
-        Ok(edge)
     }
 
     /// Applies what `dir` holds (enterprises' ACL tables, recent revocations) as the account
@@ -127,7 +151,7 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     let ops_addr = cfg.ops.addr.clone();
     let nats_url = cfg.bus.nats_url.clone();
     let state = StateDirectories::connect(&cfg.state.redis_url).await?;
-    let edge = Edge::start_with_state(cfg, state.as_ref()).await?;
+    let edge = Edge::builder(cfg).state(state.as_ref()).start().await?;
     let _events = if nats_url.is_empty() {
         tracing::warn!("bus.nats_url is empty: account events (revocations, relation changes) do not reach this edge");
         None

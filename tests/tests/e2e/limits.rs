@@ -146,25 +146,25 @@ async fn the_maximum_packet_size_counts_the_whole_packet() {
 }
 
 /// A plain TCP edge on `port` (0: any).
-fn edge_on(port: u16, reuse_port: bool) -> Result<mqtt_edge::Edge, String> {
+async fn edge_on(port: u16, reuse_port: bool) -> Result<mqtt_edge::Edge, String> {
     let mut cfg = mqtt_edge::EdgeConfig::default();
     cfg.mqtt.addr = format!("127.0.0.1:{port}");
     cfg.mqtt.ws_addr = String::new();
     cfg.mqtt.reuse_port = reuse_port;
     cfg.ops.addr = String::new();
-    mqtt_edge::Edge::start(cfg)
+    mqtt_edge::Edge::builder(cfg).start().await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_taken_port_is_shared_only_when_asked() {
     let first = TestEdge::start().await;
-    let err = edge_on(first.tcp.port(), false).expect_err("the port is taken");
+    let err = edge_on(first.tcp.port(), false).await.expect_err("the port is taken");
     assert!(err.contains("in use"), "{err}");
     first.stop().await;
     // Both asking for it: two edges on one port.
-    let a = edge_on(0, true).expect("starts");
+    let a = edge_on(0, true).await.expect("starts");
     let port = a.addrs().mqtt.expect("tcp").port();
-    let b = edge_on(port, true).expect("shares the port");
+    let b = edge_on(port, true).await.expect("shares the port");
     assert_eq!(b.addrs().mqtt.expect("tcp").port(), port);
     b.stop().await;
     a.stop().await;
