@@ -8,11 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-20}
 OUT=target/bench-defaults
-mkdir -p "$OUT"
-command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto)" >&2; exit 1; }
-cargo build --release -q -p hermes
-HERMES=target/release/hermes
-PORT=${BENCH_PORT:-21993}
 
 # Nothing changed from either broker's defaults.
 HERMES_ENV=""

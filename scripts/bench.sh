@@ -9,11 +9,6 @@ cd "$(dirname "$0")/.."
 N_CONN=${1:-19000}
 N_FAN=${2:-19000}
 OUT=target/bench
-mkdir -p "$OUT"
-command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto)" >&2; exit 1; }
-cargo build --release -q -p hermes
-HERMES=target/release/hermes
-PORT=${BENCH_PORT:-21883}
 
 # Same queue bound for both, so both drop (or not) alike.
 HERMES_ENV="HERMES_LIMITS__MAX_QUEUED_MESSAGES=100000 HERMES_LIMITS__MAX_PENDING_DELIVERIES=100000"

@@ -1,6 +1,13 @@
-# Sourced by the benchmark scripts: starts a broker on 127.0.0.1:$PORT with its files in $OUT,
-# and stops it. Hermes is `$HERMES up` with `HERMES_ENV` (words of NAME=VALUE) added to its
+# Sourced by the benchmark scripts (after setting OUT, and optionally BENCH_PORT, HERMES_ENV and
+# MOSQUITTO_EXTRA): checks Mosquitto is there, builds the release `hermes`, and starts a broker
+# on 127.0.0.1:$PORT with its files in $OUT, and stops it. Hermes is `$HERMES up` with `HERMES_ENV` (words of NAME=VALUE) added to its
 # environment; Mosquitto gets a listener, anonymous access and `MOSQUITTO_EXTRA` (config lines).
+
+mkdir -p "$OUT"
+command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto)" >&2; exit 1; }
+cargo build --release -q -p hermes
+HERMES=target/release/hermes
+PORT=${BENCH_PORT:-21883}
 
 start_broker() { # $1 = hermes|mosquitto; prints the pid once the port answers
     case $1 in
