@@ -84,6 +84,14 @@ impl TestEdge {
         Client::connect_tcp(self.tcp, version).await.expect("tcp connect")
     }
 
+    /// A TCP connection from `source` (a loopback address of its own: failed authentication
+    /// slows down the address it came from), with no CONNECT sent yet.
+    pub async fn raw_from(&self, source: [u8; 4], version: Version) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::from((source, 0))).expect("bind");
+        Client::from_stream(socket.connect(self.tcp).await.expect("connect"), version)
+    }
+
     /// A connected client; panics unless the CONNACK accepts it.
     pub async fn connect(&self, version: Version, connect: Connect) -> (Client, bool) {
         let mut c = self.raw(version).await;

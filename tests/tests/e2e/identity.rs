@@ -248,16 +248,9 @@ async fn the_sender_is_who_the_edge_authenticated() {
     w.edge.stop().await;
 }
 
-/// A client whose socket comes from `source` (a loopback address of its own).
-async fn client_from(source: [u8; 4], edge: &TestEdge, v: Version) -> Client {
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.bind(std::net::SocketAddr::from((source, 0))).expect("bind");
-    Client::from_stream(socket.connect(edge.tcp).await.expect("connect"), v)
-}
-
 /// A CONNECT from 127.0.0.7 with a token of the wrong key; returns the CONNACK code.
 async fn forged_connect(edge: &TestEdge, forger: &Signer, v: Version) -> u8 {
-    let mut c = client_from([127, 0, 0, 7], edge, v).await;
+    let mut c = edge.raw_from([127, 0, 0, 7], v).await;
     let forged = Connect { password: Some(access_token_in(forger, "acme", "bob", TTL)), ..connect("x", true) };
     match c.handshake(forged, Duration::from_secs(20)).await {
         Ok(Packet::ConnAck { code, .. }) => code,
@@ -286,7 +279,7 @@ async fn failed_authentication_slows_its_address_down() {
             .await;
     assert!(burst.contains(&0x9F) && burst.contains(&3), "{burst:?}");
     // Another address is not slowed, and the right credentials still work there.
-    let mut good = client_from([127, 0, 0, 8], &w.edge, Version::V5).await;
+    let mut good = w.edge.raw_from([127, 0, 0, 8], Version::V5).await;
     match good.handshake(w.login("acme", "bob", "bob", false), WAIT).await {
         Ok(Packet::ConnAck { code: 0, .. }) => {}
         other => panic!("expected CONNACK 0, got {other:?}"),
