@@ -499,6 +499,16 @@ fn demo_login(dir: &std::path::Path, http: SocketAddr, mqtt: SocketAddr, user: &
     hermes(&[&args[..], &["--password", "demo secret", "--session", &s]].concat())
 }
 
+/// `hermes listen` with `args`, once it has said it listens as `user` of acme; its output
+/// after that line.
+fn listening(user: &str, args: &[&str]) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut listener = Command::new(HERMES).arg("listen").args(args).stdout(Stdio::piped()).spawn().expect("listen");
+    let mut lines = BufReader::new(listener.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(first.starts_with(&format!("listening as {user}@acme")), "{first}");
+    (listener, lines)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn client_verbs_from_two_terminals() {
     let (mut child, mqtt, http) = up_with_http(&["--demo", "--demo-password", "demo secret"]);
@@ -512,14 +522,8 @@ async fn client_verbs_from_two_terminals() {
     assert!(contacts.contains("bob") && contacts.contains("friend"), "{contacts}");
     // Terminal 1 listens; terminal 2 sends once the listener says it is connected. Alice sees
     // his message, and no online/offline flicker: a one-shot `send` is no presence.
-    let mut listener = Command::new(HERMES)
-        .args(["listen", "--count", "1", "--idle-secs", "20", "--session", &session("alice")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("listen");
-    let mut lines = BufReader::new(listener.stdout.take().expect("stdout")).lines();
-    let first = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert!(first.starts_with("listening as alice@acme"), "{first}");
+    let (mut listener, lines) =
+        listening("alice", &["--count", "1", "--idle-secs", "20", "--session", &session("alice")]);
     let sent = hermes(&["send", "--to", "alice", "hello from bob", "--session", &session("bob")]);
     assert!(sent.contains("sent to alice"), "{sent}");
     let printed: Vec<String> =
@@ -528,14 +532,7 @@ async fn client_verbs_from_two_terminals() {
     assert!(listener.wait().expect("wait").success());
     // Bob forges an envelope from carol, with a sender property of his own making: alice's
     // listener shows who the edge authenticated.
-    let mut listener = Command::new(HERMES)
-        .args(["listen", "--idle-secs", "3", "--session", &session("alice")])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("listen");
-    let mut lines = BufReader::new(listener.stdout.take().expect("stdout")).lines();
-    let first = lines.next().and_then(Result::ok).unwrap_or_default();
-    assert!(first.starts_with("listening as alice@acme"), "{first}");
+    let (mut listener, lines) = listening("alice", &["--idle-secs", "3", "--session", &session("alice")]);
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(session("bob")).expect("session")).expect("json");
     let token = saved["access_token"].as_str().expect("access token").as_bytes().to_vec();

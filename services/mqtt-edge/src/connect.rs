@@ -204,7 +204,7 @@ fn authorize_will(edge: &EdgeShared, who: &Identity, client_id: &str, w: WillInp
     let mut message = Message::new(w.topic, w.payload, w.qos, w.retain);
     message.expires_at_ms = w.expiry_secs.map(|s| now_ms() + u64::from(s) * 1000);
     message.properties = w.properties;
-    crate::sender::stamp(&mut message, who);
+    crate::sender::Sender::of(who).stamp(&mut message);
     Ok(Will { message: Arc::new(message), delay_secs: w.delay_secs })
 }
 

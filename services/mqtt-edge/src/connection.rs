@@ -40,6 +40,8 @@ pub struct ConnState {
     pub max_packet_size: u32,
     /// `limits.max_stall_secs`.
     pub max_stall: std::time::Duration,
+    /// Who this connection's publishes are stamped with.
+    pub sender: crate::sender::Sender,
     /// Keeps this connection's PUBLISHes routed in arrival order.
     pub turns: crate::flow::Turns,
     /// Closed while a publish waits for a subscriber to catch up.
@@ -58,6 +60,7 @@ impl ConnState {
         edge: &EdgeShared,
         identity: Arc<Identity>,
     ) -> Self {
+        let sender = crate::sender::Sender::of(&identity);
         ConnState {
             session,
             client_id,
@@ -67,6 +70,7 @@ impl ConnState {
             authz: edge.authz.clone(),
             max_packet_size: edge.cfg.limits.max_packet_size,
             max_stall: std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs)),
+            sender,
             turns: crate::flow::Turns::default(),
             gate: std::rc::Rc::default(),
             graceful: Cell::new(false),

@@ -150,7 +150,7 @@ pub fn publish(
     }
     let mut msg = Message::new(inbound.topic, inbound.payload, inbound.qos, inbound.retain);
     build(&mut msg);
-    crate::sender::stamp(&mut msg, &st.identity);
+    st.sender.stamp(&mut msg);
     let started = std::time::Instant::now();
     let routed = st.hub.publish(Arc::new(msg), Some(&st.session), now_ms());
     metrics::histogram!(m::ROUTE_SECONDS).record(started.elapsed().as_secs_f64());

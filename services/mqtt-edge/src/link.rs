@@ -39,6 +39,15 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Messages waiting for the connection; 0 once it is closing or gone.
+    fn backlog(&self) -> usize {
+        let st = self.lock();
+        if st.close.is_some() || st.detached {
+            return 0;
+        }
+        st.queue.len() + self.session_backlog.load(Ordering::Relaxed)
+    }
 }
 
 /// Why a delivery could not be queued.
@@ -117,7 +126,7 @@ impl ConnLink {
 
     /// Messages waiting for this connection: in its queue and behind its session's window.
     pub fn backlog(&self) -> usize {
-        self.room().backlog()
+        self.shared.backlog()
     }
 }
 
@@ -139,11 +148,7 @@ pub struct Room {
 impl Room {
     /// Messages waiting for the connection; 0 once it is closing or gone (nothing to wait for).
     pub fn backlog(&self) -> usize {
-        let st = self.shared.lock();
-        if st.close.is_some() || st.detached {
-            return 0;
-        }
-        st.queue.len() + self.shared.session_backlog.load(Ordering::Relaxed)
+        self.shared.backlog()
     }
 
     /// Grows whenever the connection takes a delivery or its window opens.

@@ -20,24 +20,43 @@ pub const SENDER_PROPERTY: &str = "hermes-sender";
 /// The envelope's `source` field (proto/hermes/v1/envelope.proto), length-delimited.
 const SOURCE_TAG: u8 = (7 << 3) | 2;
 
-/// Stamps `msg`, published by `who`, with its authenticated sender.
-pub fn stamp(msg: &mut Message, who: &Identity) {
-    stamp_property(&mut msg.properties, &who.sender());
-    if who.via_token
-        && is_im_topic(&msg.topic, &who.enterprise)
-        && let Some(fixed) = envelope_from(&msg.payload, &who.username)
-    {
-        msg.payload = fixed;
-    }
+/// What a connection's publishes are stamped with, worked out once when it connects (every
+/// PUBLISH is stamped: nothing is formatted per message).
+#[derive(Debug, Clone)]
+pub struct Sender {
+    /// The [`SENDER_PROPERTY`] value; empty for anonymous clients, who get none.
+    property: ByteString,
+    /// Token users: their enterprise (whose `im` topics carry envelopes) and user name.
+    envelope: Option<(String, String)>,
 }
 
-fn stamp_property(properties: &mut Option<Box<PublishProperties>>, sender: &str) {
-    if let Some(p) = properties.as_mut() {
-        p.user_properties.retain(|(k, _)| !k.eq_ignore_ascii_case(SENDER_PROPERTY));
+impl Sender {
+    pub fn of(who: &Identity) -> Sender {
+        Sender {
+            property: ByteString::from(who.sender()),
+            envelope: who.via_token.then(|| (who.enterprise.clone(), who.username.clone())),
+        }
     }
-    if !sender.is_empty() {
-        let p = properties.get_or_insert_with(Box::default);
-        p.user_properties.push((ByteString::from_static(SENDER_PROPERTY), ByteString::from(sender)));
+
+    /// Stamps `msg` with the authenticated sender.
+    pub fn stamp(&self, msg: &mut Message) {
+        self.stamp_property(&mut msg.properties);
+        if let Some((enterprise, user)) = &self.envelope
+            && is_im_topic(&msg.topic, enterprise)
+            && let Some(fixed) = envelope_from(&msg.payload, user)
+        {
+            msg.payload = fixed;
+        }
+    }
+
+    fn stamp_property(&self, properties: &mut Option<Box<PublishProperties>>) {
+        if let Some(p) = properties.as_mut() {
+            p.user_properties.retain(|(k, _)| !k.eq_ignore_ascii_case(SENDER_PROPERTY));
+        }
+        if !self.property.is_empty() {
+            let p = properties.get_or_insert_with(Box::default);
+            p.user_properties.push((ByteString::from_static(SENDER_PROPERTY), self.property.clone()));
+        }
     }
 }
 
@@ -98,7 +117,7 @@ mod tests {
         let mut bytes = wire::envelope::encode(&forged);
         bytes.extend_from_slice(&[0xf8, 0x07, 0x01]); // field 127, varint 1: unknown to us
         let mut msg = message("acme/im/msg/bob", bytes.clone());
-        stamp(&mut msg, &alice());
+        Sender::of(&alice()).stamp(&mut msg);
         let seen = wire::envelope::decode(&msg.payload).expect("still an envelope");
         assert_eq!(seen.source, "alice");
         assert_eq!(seen.data, b"hi bob");
@@ -112,13 +131,13 @@ mod tests {
             wire::envelope::encode(&wire::envelope::text("m1".into(), "alice".into(), Direction::P2p, "hi", 7));
         for payload in [honest, b"online".to_vec(), b"in a meeting".to_vec(), Vec::new()] {
             let mut msg = message("acme/im/msg/bob", payload.clone());
-            stamp(&mut msg, &alice());
+            Sender::of(&alice()).stamp(&mut msg);
             assert_eq!(msg.payload.as_ref(), payload.as_slice());
         }
         // Outside the enterprise's im tree an envelope is the publisher's business.
         let other = wire::envelope::encode(&wire::envelope::text("m".into(), "x".into(), Direction::P2p, "", 0));
         let mut msg = message("acme/team/general", other.clone());
-        stamp(&mut msg, &alice());
+        Sender::of(&alice()).stamp(&mut msg);
         assert_eq!(msg.payload.as_ref(), other.as_slice());
         assert_eq!(sender_of(&msg), ["acme/alice"]);
     }
@@ -131,7 +150,7 @@ mod tests {
             (ByteString::from("from"), ByteString::from("carol")),
         ];
         msg.properties = Some(Box::new(PublishProperties { user_properties: claimed, ..Default::default() }));
-        stamp(&mut msg, &alice());
+        Sender::of(&alice()).stamp(&mut msg);
         assert_eq!(sender_of(&msg), ["acme/alice"]);
         let names: Vec<String> = msg
             .properties
@@ -145,7 +164,7 @@ mod tests {
             user_properties: vec![(ByteString::from(SENDER_PROPERTY), ByteString::from("acme/alice"))],
             ..Default::default()
         }));
-        stamp(&mut msg, &anonymous);
+        Sender::of(&anonymous).stamp(&mut msg);
         assert!(sender_of(&msg).is_empty());
     }
 
