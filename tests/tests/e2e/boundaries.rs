@@ -27,6 +27,10 @@ async fn connect_fields_at_their_boundaries_get_well_formed_answers() {
         assert_eq!(connack(&edge, Version::V5, with(&|c| c.keep_alive = asked)).await, (0, announced), "v5 {asked}");
         assert_eq!(connack(&edge, Version::V311, with(&|c| c.keep_alive = asked)).await.0, 0, "v3 {asked}");
     }
+    for aliases in [0, 1, u16::MAX] {
+        let c = with(&|c| c.topic_alias_maximum = Some(aliases));
+        assert_eq!(connack(&edge, Version::V5, c).await.0, 0, "topic alias maximum {aliases}");
+    }
     for expiry in [0, 1, u32::MAX] {
         let c = with(&|c| c.session_expiry = Some(expiry));
         assert_eq!(connack(&edge, Version::V5, c).await.0, 0, "session expiry {expiry}");
