@@ -68,6 +68,8 @@ pub enum Refusal {
     WillTopicInvalid,
     /// The ACL does not let this client publish its will (v3 5, v5 0x87).
     WillNotAuthorized,
+    /// The server is stopping (v3 3, v5 0x88 server unavailable): try another node.
+    ShuttingDown,
 }
 
 impl Refusal {
@@ -78,6 +80,7 @@ impl Refusal {
             Refusal::Throttled => "too many failed authentication attempts from this address: retry later",
             Refusal::WillTopicInvalid => "the will topic is not a valid topic name",
             Refusal::WillNotAuthorized => "the ACL does not allow publishing the will to its topic",
+            Refusal::ShuttingDown => "the server is shutting down: connect again to another node",
         }
     }
 
@@ -89,6 +92,7 @@ impl Refusal {
             Refusal::Throttled => "throttled",
             Refusal::WillTopicInvalid => "will_topic",
             Refusal::WillNotAuthorized => "will_not_authorized",
+            Refusal::ShuttingDown => "shutting_down",
         }
     }
 }
@@ -142,6 +146,9 @@ pub async fn accept(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> 
 }
 
 async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<Accepted, Refusal> {
+    if edge.hub.is_closing() {
+        return Err(Refusal::ShuttingDown);
+    }
     let identity = authenticate(edge, &input).await?;
     ingress::load_relations(edge, &identity).await;
     let assigned = input.client_id.is_empty().then(ingress::assign_client_id);

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU16;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use broker::presence::{Announce, Presence};
@@ -195,6 +195,8 @@ pub struct Hub {
     /// Wills are authorized again when they are sent: relations may have changed meanwhile.
     authz: Arc<Authorizer>,
     pub counters: Counters,
+    /// Set by [`Hub::close_all`]: connections that arrive afterwards are closed at once.
+    closing: AtomicBool,
 }
 
 impl std::fmt::Debug for Hub {
@@ -222,7 +224,7 @@ impl Hub {
             next_id: 0,
             round_robin: 0,
         };
-        Hub { state: Mutex::new(state), cfg, authz, counters: Counters::default() }
+        Hub { state: Mutex::new(state), cfg, authz, counters: Counters::default(), closing: AtomicBool::new(false) }
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -324,6 +326,12 @@ impl Hub {
             },
         );
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        if self.is_closing() {
+            // Got past the CONNECT checks while `close_all` ran: the server is going all the same.
+            if let Some(live) = st.live.get(&req.session) {
+                live.link.close(CloseReason::ServerShuttingDown);
+            }
+        }
         Connected { session_present, link_id, inbox }
     }
 
@@ -702,8 +710,14 @@ impl Hub {
         closed
     }
 
-    /// Asks every live connection to close (server shutdown).
+    /// Whether the server is stopping: new connections are refused.
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
+    }
+
+    /// Asks every live connection to close (server shutdown), and every one still to come.
     pub fn close_all(&self, reason: CloseReason) {
+        self.closing.store(true, Ordering::SeqCst);
         for live in self.lock().live.values() {
             live.link.close(reason);
         }

@@ -53,8 +53,11 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Tells every client the server is going away (v5 DISCONNECT 0x8B), then stops the workers.
+    /// Stops accepting, tells every client the server is going away (v5 DISCONNECT 0x8B), then
+    /// stops the workers.
     pub async fn stop(mut self) {
+        // No new connections first: a client told to go must not come back to this node.
+        self.server.pause().await;
         self.hub.close_all(CloseReason::ServerShuttingDown);
         // Give the delivery tasks a moment to write their DISCONNECT packets.
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;

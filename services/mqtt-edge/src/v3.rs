@@ -49,7 +49,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::Conn
             .idle_timeout(Seconds(keep_alive.saturating_add(keep_alive / 2)))
             .max_send(Some(limits.max_inflight))),
         Err(Refusal::BadCredentials(_)) => Ok(msg.bad_username_or_pwd()),
-        Err(Refusal::Throttled) => Ok(msg.service_unavailable()),
+        Err(Refusal::Throttled | Refusal::ShuttingDown) => Ok(msg.service_unavailable()),
         Err(Refusal::NotAuthorized(_) | Refusal::WillTopicInvalid | Refusal::WillNotAuthorized) => {
             Ok(msg.not_authorized())
         }

@@ -32,6 +32,7 @@ fn refuse(msg: v5::Connect, refusal: Refusal) -> v5::ConnectAck<ConnState> {
         Refusal::NotAuthorized(_) | Refusal::WillNotAuthorized => ConnectAckReason::NotAuthorized,
         Refusal::Throttled => ConnectAckReason::ConnectionRateExceeded,
         Refusal::WillTopicInvalid => ConnectAckReason::TopicNameInvalid,
+        Refusal::ShuttingDown => ConnectAckReason::ServerUnavailable,
     };
     msg.fail_with(v5::codec::ConnectAck {
         reason_code,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use hermes_tests::*;
-use sdk::mqtt::{Connect, Packet, SubscribeTopic, Version, Will};
+use sdk::mqtt::{Client, Connect, Packet, SubscribeTopic, Version, Will};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn persistent_session_gets_what_was_published_while_away() {
@@ -202,8 +202,19 @@ async fn keep_alive_is_enforced_and_capped() {
 async fn shutdown_tells_v5_clients_why() {
     let edge = TestEdge::start().await;
     let mut c = edge.client(Version::V5, "bye").await;
+    let addr = edge.tcp;
     let stopping = tokio::spawn(edge.stop());
     assert_eq!(expect_disconnect(&mut c).await, 0x8B);
+    // Told to go, it comes straight back: a stopping node no longer takes it in (it would lose
+    // what is sent to it meanwhile), so it goes to another node.
+    for _ in 0..5 {
+        let Ok(mut again) = Client::connect_tcp(addr, Version::V5).await else { break };
+        match again.handshake(connect("bye", true), WAIT).await {
+            Ok(Packet::ConnAck { code, .. }) => assert_eq!(code, 0x88, "a stopping node refuses as unavailable"),
+            other => assert!(other.is_err(), "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stopping.await.expect("stopped");
 }
 
