@@ -12,6 +12,7 @@ pub mod presence;
 pub mod relations;
 pub mod retained;
 pub mod route;
+pub mod router;
 pub mod session;
 pub mod store;
 pub mod topic;

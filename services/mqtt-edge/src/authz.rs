@@ -167,3 +167,18 @@ impl Sets for UserSets<'_> {
         }
     }
 }
+
+/// The router asks the ACL about the identities it keeps sessions for.
+impl broker::router::Authorize<std::sync::Arc<Identity>> for Authorizer {
+    fn can_publish(&self, who: &std::sync::Arc<Identity>, client_id: &str, topic: &str) -> bool {
+        Authorizer::can_publish(self, who, client_id, topic)
+    }
+
+    fn can_subscribe(&self, who: &std::sync::Arc<Identity>, client_id: &str, filter: &str) -> bool {
+        Authorizer::can_subscribe(self, who, client_id, filter)
+    }
+
+    fn auto_subscriptions(&self, who: &std::sync::Arc<Identity>, client_id: &str) -> Vec<(String, QoS)> {
+        Authorizer::auto_subscriptions(self, who, client_id)
+    }
+}

@@ -165,7 +165,7 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
             receive_maximum: input.receive_maximum,
             will,
             presence: ingress::presence_topic(&identity),
-            identity: identity.clone(),
+            owner: identity.clone(),
         },
         now_ms(),
     );

@@ -7,6 +7,8 @@ use ntex_bytes::{ByteString, Bytes};
 use ntex_mqtt::v5::codec::PublishProperties;
 
 use broker::QoS;
+use broker::presence::Announce;
+use broker::router::Routable;
 use broker::session::Deliverable;
 
 /// A routed message; `Arc<Message>` is what sessions queue.
@@ -38,6 +40,29 @@ impl Message {
 impl Deliverable for Message {
     fn expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|at| now_ms >= at)
+    }
+}
+
+impl Routable for Message {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+    fn qos(&self) -> QoS {
+        self.qos
+    }
+    fn retain(&self) -> bool {
+        self.retain
+    }
+    fn clears_retained(&self) -> bool {
+        self.payload.is_empty()
+    }
+    /// A retained QoS 1 `online` or `offline`.
+    fn presence(topic: &str, news: Announce) -> Self {
+        let status: &'static str = match news {
+            Announce::Online => "online",
+            Announce::Offline => "offline",
+        };
+        Message::new(ByteString::from(topic), Bytes::from_static(status.as_bytes()), QoS::AtLeastOnce, true)
     }
 }
 

@@ -1,0 +1,203 @@
+//! A session's life: CONNECT (take over, resume or start), disconnect (park or end), expiry,
+//! wills and presence.
+
+use std::sync::Arc;
+
+use super::{
+    Authorize, CloseReason, ConnectRequest, Connected, Disconnect, Effect, Effects, Live, PendingWill, Routable, Router,
+};
+use crate::session::Session;
+use crate::store::Parked;
+
+impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
+    /// A CONNECT was accepted: take over a live session of the same key or resume a parked one
+    /// (unless clean start), and resend what is in flight. The new connection's id is in the
+    /// answer; the edge links it before applying the effects.
+    pub fn connect(
+        &mut self,
+        req: ConnectRequest<M, O>,
+        auth: &dyn Authorize<O>,
+        now_ms: u64,
+        fx: &mut Effects<M, O>,
+    ) -> Connected {
+        let link = self.next_id();
+        let mut takeover_will = None;
+        let mut replaced_presence = None;
+        let previous = match self.live.remove(&req.session) {
+            Some(old) => {
+                // Same session key, so the same owner: nobody else can get here.
+                fx.push(Effect::TakenOver {
+                    link: old.link,
+                    client_id: req.client_id.clone(),
+                    old: old.owner.clone(),
+                    new: req.owner.clone(),
+                });
+                // A takeover is not a device leaving: no offline presence in between.
+                replaced_presence = old.presence;
+                // The old connection ended abnormally: its will goes out unless delayed, in
+                // which case the new connection cancels it (v5 §3.1.3.2.2).
+                takeover_will = old.will.filter(|w| w.delay_secs == 0).map(|w| PendingWill {
+                    due_ms: now_ms,
+                    message: w.message,
+                    owner: old.owner,
+                    client_id: old.client_id,
+                });
+                Some(Parked {
+                    session: old.session,
+                    key: old.key,
+                    expiry_secs: old.expiry_secs,
+                    offline_since_ms: now_ms,
+                })
+            }
+            None => self.store.take(&req.session),
+        };
+        // A delayed will is cancelled by a reconnect to the session, and due at once if the
+        // session ends now (clean start).
+        let delayed_will = self.pending_wills.remove(&req.session).filter(|_| req.clean_start);
+        for will in takeover_will.into_iter().chain(delayed_will) {
+            self.send_will(will, auth, now_ms, fx);
+        }
+        let (key, mut session, session_present) = match previous {
+            Some(p) if !req.clean_start => (p.key, p.session, true),
+            other => {
+                if let Some(p) = other {
+                    self.drop_session(p.key, &p.session);
+                }
+                let key = self.next_id();
+                self.client_of.insert(key, req.session.clone());
+                (key, Session::new(self.cfg.session), false)
+            }
+        };
+        for d in session.resume(req.receive_maximum, now_ms) {
+            fx.push(Effect::Deliver(link, d));
+        }
+        fx.push(Effect::Backlog(link, session.backlog()));
+        // Count the new device before letting the replaced one go, so a takeover never shows
+        // the user offline in between.
+        if let Some(topic) = &req.presence
+            && let Some(news) = self.presence.connected(topic, now_ms)
+        {
+            self.route(M::presence(topic, news), None, now_ms, fx);
+        }
+        if let Some(topic) = replaced_presence {
+            self.device_left(topic, now_ms, fx);
+        }
+        let live = Live {
+            key,
+            session,
+            link,
+            expiry_secs: req.session_expiry_secs,
+            will: req.will,
+            presence: req.presence,
+            owner: req.owner,
+            client_id: req.client_id,
+        };
+        self.live.insert(req.session, live);
+        Connected { link, session_present }
+    }
+
+    /// A connection is gone (see [`Disconnect`]). The session is parked or ends. False if the
+    /// connection no longer held the session (it was taken over).
+    pub fn disconnect(
+        &mut self,
+        gone: Disconnect<'_>,
+        auth: &dyn Authorize<O>,
+        now_ms: u64,
+        fx: &mut Effects<M, O>,
+    ) -> bool {
+        let Disconnect { session, link, graceful, expiry_secs } = gone;
+        if self.live.get(session).is_none_or(|l| l.link != link) {
+            return false;
+        }
+        let Some((key, mut live)) = self.live.remove_entry(session) else {
+            return false;
+        };
+        // What a reading client would have got but now exceeds the offline bound.
+        let dropped = live.session.go_offline().len();
+        if dropped > 0 {
+            fx.push(Effect::Dropped(dropped));
+        }
+        let expiry = expiry_secs.unwrap_or(live.expiry_secs);
+        let will = live.will.take().filter(|_| !graceful);
+        let ends_now = expiry == 0;
+        if ends_now {
+            self.drop_session(live.key, &live.session);
+        } else {
+            let parked = Parked { session: live.session, key: live.key, expiry_secs: expiry, offline_since_ms: now_ms };
+            self.store.park(session, parked);
+        }
+        if let Some(will) = will {
+            let delay = if ends_now { 0 } else { u64::from(will.delay_secs.min(expiry)) };
+            let pending = PendingWill {
+                due_ms: now_ms + delay * 1000,
+                message: will.message,
+                owner: live.owner,
+                client_id: live.client_id,
+            };
+            if delay == 0 {
+                self.send_will(pending, auth, now_ms, fx);
+            } else {
+                self.pending_wills.insert(key, pending);
+            }
+        }
+        if let Some(topic) = live.presence.take() {
+            self.device_left(topic, now_ms, fx);
+        }
+        true
+    }
+
+    /// Expires parked sessions, sends delayed wills whose time has come and announces presence
+    /// changes whose grace is over.
+    pub fn tick(&mut self, auth: &dyn Authorize<O>, now_ms: u64, fx: &mut Effects<M, O>) {
+        let mut due = Vec::new();
+        for (session, parked) in self.store.expire(now_ms) {
+            self.drop_session(parked.key, &parked.session);
+            due.extend(self.pending_wills.remove(session.as_str()));
+            fx.push(Effect::SessionExpired);
+        }
+        let ripe: Vec<Arc<str>> =
+            self.pending_wills.iter().filter(|(_, w)| w.due_ms <= now_ms).map(|(s, _)| s.clone()).collect();
+        for session in ripe {
+            due.extend(self.pending_wills.remove(&session));
+        }
+        for will in due {
+            self.send_will(will, auth, now_ms, fx);
+        }
+        for (topic, news) in self.presence.tick(now_ms) {
+            self.route(M::presence(&topic, news), None, now_ms, fx);
+        }
+    }
+
+    /// Closes the live connections whose owner `select` picks; returns how many.
+    pub fn close_where(&self, select: impl Fn(&O) -> bool, reason: CloseReason, fx: &mut Effects<M, O>) -> usize {
+        let before = fx.len();
+        fx.extend(self.live.values().filter(|l| select(&l.owner)).map(|l| Effect::Close(l.link, reason)));
+        fx.len() - before
+    }
+
+    /// One device of a user went away; the last one makes the user offline (after the grace).
+    fn device_left(&mut self, topic: Arc<str>, now_ms: u64, fx: &mut Effects<M, O>) {
+        if let Some(news) = self.presence.left(&topic, now_ms) {
+            self.route(M::presence(&topic, news), None, now_ms, fx);
+        }
+    }
+
+    /// Publishes a will if its owner may still publish to its topic: relations or tables may
+    /// have changed since the CONNECT that set it.
+    fn send_will(&mut self, will: PendingWill<M, O>, auth: &dyn Authorize<O>, now_ms: u64, fx: &mut Effects<M, O>) {
+        if !auth.can_publish(&will.owner, &will.client_id, will.message.topic()) {
+            let topic = will.message.topic().to_owned();
+            fx.push(Effect::WillRefused { owner: will.owner, client_id: will.client_id, topic });
+            return;
+        }
+        self.route(will.message, None, now_ms, fx);
+    }
+
+    /// Forgets a session that ends: its subscriptions leave the tries.
+    fn drop_session(&mut self, key: u64, session: &Session<M>) {
+        for (f, _) in session.subscriptions() {
+            self.remove_from_tries(key, f);
+        }
+        self.client_of.remove(&key);
+    }
+}

@@ -1,0 +1,380 @@
+//! The broker's decisions as a sans-IO router: who owns a session, what a takeover, a
+//! disconnect or an expiry does to it, where a publish goes, when a will or a presence change is
+//! sent, which subscriptions survive a change of relations.
+//!
+//! The router takes events (`connect`, `publish`, `disconnect`, `tick`, ...) with the time
+//! `now_ms` and pushes [`Effect`]s: deliveries to hand to a connection, connections to close,
+//! and what happened (for metrics and logs). It never touches a socket, a clock or a lock; the
+//! edge keeps those, one router per edge behind its mutex, and applies the effects in order.
+//! Authorization is passed in ([`Authorize`]): the router asks, the edge's ACL answers.
+//!
+//! Sessions are keyed by [`crate::store::session_key`] (owner and client id). A session with a
+//! connection is *live* here; without one it is *parked* in the [`SessionStore`], with its
+//! subscriptions still routable so messages queue for it.
+
+mod lifecycle;
+mod subscriptions;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::QoS;
+use crate::SubOptions;
+use crate::presence::{Announce, Presence};
+use crate::retained::RetainedStore;
+use crate::route::RoutePlan;
+use crate::session::{Deliverable, Enqueued, Outgoing, Session, SessionLimits};
+use crate::store::{MemorySessionStore, SessionStore};
+use crate::topic::{TopicError, TopicLimits};
+use crate::trie::SubscriptionTrie;
+
+/// Names one connection of the edge: the router allocates it at CONNECT, the edge links it to
+/// the connection's delivery channel.
+pub type LinkId = u64;
+
+/// What the router needs to know about a message. The router clones messages once per
+/// session they go to: make cloning cheap (`Arc<T>` is `Routable` when `T` is).
+pub trait Routable: Deliverable {
+    fn topic(&self) -> &str;
+    fn qos(&self) -> QoS;
+    fn retain(&self) -> bool;
+    /// A retained message with an empty payload clears its topic's retained message.
+    fn clears_retained(&self) -> bool;
+    /// The retained QoS 1 message the router publishes when a user's presence changes.
+    fn presence(topic: &str, news: Announce) -> Self;
+}
+
+impl<T: Routable> Routable for Arc<T> {
+    fn topic(&self) -> &str {
+        (**self).topic()
+    }
+    fn qos(&self) -> QoS {
+        (**self).qos()
+    }
+    fn retain(&self) -> bool {
+        (**self).retain()
+    }
+    fn clears_retained(&self) -> bool {
+        (**self).clears_retained()
+    }
+    fn presence(topic: &str, news: Announce) -> Self {
+        Arc::new(T::presence(topic, news))
+    }
+}
+
+/// The ACL, as the router asks it about an owner `O` (the edge's authenticated identity).
+pub trait Authorize<O> {
+    fn can_publish(&self, owner: &O, client_id: &str, topic: &str) -> bool;
+    fn can_subscribe(&self, owner: &O, client_id: &str, filter: &str) -> bool;
+    /// Filters the owner is subscribed to at CONNECT, with their QoS.
+    fn auto_subscriptions(&self, owner: &O, client_id: &str) -> Vec<(String, QoS)>;
+}
+
+/// Why the edge closes a connection on its own initiative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Another connection took over the session (v5 0x8E).
+    SessionTakenOver,
+    /// The server is stopping (v5 0x8B).
+    ServerShuttingDown,
+    /// The connection did not keep up with its deliveries (v5 0x97 quota exceeded).
+    SlowConsumer,
+    /// The user was disabled or their token revoked (v5 0x98 administrative action).
+    Revoked,
+}
+
+/// What the edge must do, or know, after an event. Applied in the order pushed.
+#[derive(Debug, PartialEq)]
+pub enum Effect<M, O> {
+    /// Hand this delivery to the connection.
+    Deliver(LinkId, Outgoing<M>),
+    /// The session behind the connection now holds this many messages not yet written.
+    Backlog(LinkId, usize),
+    /// Close the connection.
+    Close(LinkId, CloseReason),
+    /// A new connection of the same owner took the session over: close `link` (v5 0x8E).
+    TakenOver { link: LinkId, client_id: Arc<str>, old: O, new: O },
+    /// A will was not sent: its owner may no longer publish to its topic.
+    WillRefused { owner: O, client_id: Arc<str>, topic: String },
+    /// Messages a session's bound or drop policy discarded.
+    Dropped(usize),
+    /// A parked session outlived its expiry and ended.
+    SessionExpired,
+    /// A live subscription the ACL no longer allows was removed.
+    SubscriptionRevoked,
+}
+
+/// A will message and its delay (v5; 0 for v3).
+#[derive(Debug, Clone)]
+pub struct Will<M> {
+    pub message: M,
+    pub delay_secs: u32,
+}
+
+/// What a CONNECT asks of the router.
+#[derive(Debug)]
+pub struct ConnectRequest<M, O> {
+    /// The session's key: its owner and client id. Only a CONNECT with the same key takes the
+    /// session over or resumes it.
+    pub session: Arc<str>,
+    pub client_id: Arc<str>,
+    pub clean_start: bool,
+    /// Seconds the session outlives the connection: 0 = ends with it, `u32::MAX` = never expires.
+    pub session_expiry_secs: u32,
+    /// The client's receive maximum (v5) or 65 535 (v3).
+    pub receive_maximum: u16,
+    pub will: Option<Will<M>>,
+    /// The user's presence topic for token users: online while any of their devices is.
+    pub presence: Option<Arc<str>>,
+    /// Who authenticated: wills and re-authorization are checked for them.
+    pub owner: O,
+}
+
+/// A connection that went away.
+#[derive(Debug, Clone, Copy)]
+pub struct Disconnect<'a> {
+    /// The session key the connection held.
+    pub session: &'a str,
+    pub link: LinkId,
+    /// A DISCONNECT packet without "send will" arrived: the will is discarded.
+    pub graceful: bool,
+    /// The session expiry a v5 DISCONNECT set, if it did.
+    pub expiry_secs: Option<u32>,
+}
+
+/// The router's answer to a CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connected {
+    pub link: LinkId,
+    pub session_present: bool,
+}
+
+/// Bounds the router applies, from the edge config.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub session: SessionLimits,
+    pub topic: TopicLimits,
+    pub max_subscriptions: usize,
+    /// How long presence changes wait before they are announced.
+    pub presence_grace_ms: u64,
+}
+
+/// Why a SUBSCRIBE entry was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeError {
+    Topic(TopicError),
+    /// The ACL does not let this client read the filter.
+    NotAuthorized,
+    /// The session holds `max_subscriptions` already.
+    QuotaExceeded,
+    NoSession,
+}
+
+impl std::fmt::Display for SubscribeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SubscribeError::Topic(e) => write!(f, "{e}"),
+            SubscribeError::NotAuthorized => f.write_str("the ACL does not allow subscribing to it"),
+            SubscribeError::QuotaExceeded => f.write_str("too many subscriptions for this client"),
+            SubscribeError::NoSession => f.write_str("no session"),
+        }
+    }
+}
+
+impl std::error::Error for SubscribeError {}
+
+/// Sizes for `$SYS` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts {
+    pub live: usize,
+    pub parked: usize,
+    pub subscriptions: usize,
+    pub retained: usize,
+}
+
+/// A session with a connection.
+struct Live<M, O> {
+    /// The session's key in the routing tries.
+    key: u64,
+    session: Session<M>,
+    link: LinkId,
+    expiry_secs: u32,
+    will: Option<Will<M>>,
+    presence: Option<Arc<str>>,
+    owner: O,
+    client_id: Arc<str>,
+}
+
+/// A will waiting for its v5 will-delay, with who it is sent for (checked again when due).
+struct PendingWill<M, O> {
+    due_ms: u64,
+    message: M,
+    owner: O,
+    client_id: Arc<str>,
+}
+
+/// One edge's routing state. See the module documentation.
+pub struct Router<M, O> {
+    cfg: RouterConfig,
+    live: HashMap<Arc<str>, Live<M, O>>,
+    store: Box<dyn SessionStore<M>>,
+    /// Users' presence by presence topic: devices connected, what was announced.
+    presence: Presence<Arc<str>>,
+    /// Wills waiting for their v5 will-delay, by session key.
+    pending_wills: HashMap<Arc<str>, PendingWill<M, O>>,
+    /// Session key of each trie key, live or parked.
+    client_of: HashMap<u64, Arc<str>>,
+    subs: SubscriptionTrie<u64, SubOptions>,
+    shared: SubscriptionTrie<(u64, Arc<str>), SubOptions>,
+    retained: RetainedStore<M>,
+    next_id: u64,
+    round_robin: usize,
+}
+
+impl<M, O> std::fmt::Debug for Router<M, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").field("cfg", &self.cfg).field("live", &self.live.len()).finish_non_exhaustive()
+    }
+}
+
+type Effects<M, O> = Vec<Effect<M, O>>;
+
+impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
+    /// A router whose parked sessions live in this process's memory.
+    pub fn new(cfg: RouterConfig) -> Self {
+        Self::with_store(cfg, Box::new(MemorySessionStore::default()))
+    }
+
+    pub fn with_store(cfg: RouterConfig, store: Box<dyn SessionStore<M>>) -> Self {
+        Router {
+            presence: Presence::new(cfg.presence_grace_ms),
+            cfg,
+            live: HashMap::new(),
+            store,
+            pending_wills: HashMap::new(),
+            client_of: HashMap::new(),
+            subs: SubscriptionTrie::new(),
+            shared: SubscriptionTrie::new(),
+            retained: RetainedStore::new(),
+            next_id: 0,
+            round_robin: 0,
+        }
+    }
+
+    pub fn config(&self) -> &RouterConfig {
+        &self.cfg
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            live: self.live.len(),
+            parked: self.store.len(),
+            subscriptions: self.subs.len() + self.shared.len(),
+            retained: self.retained.len(),
+        }
+    }
+
+    /// The client id of the live connection `link`, if it is still live.
+    pub fn client_id_of(&self, link: LinkId) -> Option<Arc<str>> {
+        self.live.values().find(|l| l.link == link).map(|l| l.client_id.clone())
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Routes a message published by the live session `from`, or by the system (`None`).
+    /// Returns how many sessions it was handed to.
+    pub fn publish(&mut self, msg: M, from: Option<&str>, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
+        let publisher = from.and_then(|s| self.live.get(s)).map(|l| l.key);
+        self.route(msg, publisher, now_ms, fx)
+    }
+
+    /// Keeps or clears the retained message, then hands `msg` to every matching session:
+    /// live ones through their connection, parked ones into their queue.
+    fn route(&mut self, msg: M, publisher: Option<u64>, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
+        if msg.retain() {
+            let keep = (!msg.clears_retained()).then(|| msg.clone());
+            self.retained.set(msg.topic(), keep);
+        }
+        if msg.expired(now_ms) {
+            return 0;
+        }
+        let mut plan = RoutePlan::new(publisher, msg.qos(), msg.retain());
+        self.subs.for_each_match(msg.topic(), |key, opts| plan.add(key, opts));
+        self.shared.for_each_match(msg.topic(), |(key, group), opts| plan.add_shared(group, key, opts));
+        let mut rr = self.round_robin;
+        let deliveries = plan.finish(|n| {
+            rr = rr.wrapping_add(1);
+            rr % n
+        });
+        self.round_robin = rr;
+        let count = deliveries.len();
+        for (key, d) in deliveries {
+            let Some(session) = self.client_of.get(&key) else {
+                continue;
+            };
+            let out = Outgoing::new(msg.clone(), d.qos, d.retain, d.subscription_ids);
+            let outcome = match self.live.get_mut(session) {
+                Some(live) => {
+                    let outcome = live.session.enqueue(out);
+                    push_enqueued(fx, live.link, outcome);
+                    fx.push(Effect::Backlog(live.link, live.session.backlog()));
+                    continue;
+                }
+                None => self.store.enqueue(session, out),
+            };
+            if let Some(Enqueued::Dropped(_)) = outcome {
+                fx.push(Effect::Dropped(1));
+            }
+        }
+        count
+    }
+
+    /// PUBACK or PUBCOMP for an outbound message of `link`: frees window space.
+    pub fn complete(
+        &mut self,
+        session: &str,
+        link: LinkId,
+        packet_id: std::num::NonZeroU16,
+        now_ms: u64,
+        fx: &mut Effects<M, O>,
+    ) {
+        let Some(live) = self.live.get_mut(session).filter(|l| l.link == link) else {
+            return;
+        };
+        for d in live.session.complete(packet_id, now_ms) {
+            fx.push(Effect::Deliver(link, d));
+        }
+        fx.push(Effect::Backlog(link, live.session.backlog()));
+    }
+
+    /// PUBREC for an outbound QoS 2 message.
+    pub fn received(&mut self, session: &str, packet_id: std::num::NonZeroU16) {
+        if let Some(live) = self.live.get_mut(session) {
+            live.session.received(packet_id);
+        }
+    }
+
+    /// Inbound QoS 2: false if `packet_id` is a duplicate of an unreleased PUBLISH.
+    pub fn incoming_qos2(&mut self, session: &str, packet_id: u16) -> bool {
+        self.live.get_mut(session).is_none_or(|l| l.session.incoming_qos2(packet_id))
+    }
+
+    /// Inbound PUBREL; returns whether `packet_id` was awaiting release in the session.
+    pub fn incoming_released(&mut self, session: &str, packet_id: u16) -> bool {
+        self.live.get_mut(session).is_some_and(|l| l.session.incoming_released(packet_id))
+    }
+}
+
+/// A delivery to send now, or a message the session dropped.
+fn push_enqueued<M, O>(fx: &mut Effects<M, O>, link: LinkId, outcome: Enqueued<M>) {
+    match outcome {
+        Enqueued::Send(d) => fx.push(Effect::Deliver(link, d)),
+        Enqueued::Dropped(_) => fx.push(Effect::Dropped(1)),
+        Enqueued::Queued => {}
+    }
+}

@@ -1,0 +1,119 @@
+//! Subscriptions: SUBSCRIBE with retained messages, UNSUBSCRIBE, and re-authorization when an
+//! owner's relations or their enterprise's ACL tables change.
+
+use std::sync::Arc;
+
+use super::{Authorize, Effect, Effects, Routable, Router, SubscribeError, push_enqueued};
+use crate::session::Outgoing;
+use crate::topic::parse_subscription;
+use crate::{RetainHandling, SubOptions};
+
+impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
+    /// A SUBSCRIBE entry of the live session `session`; retained messages that match go to its
+    /// connection.
+    pub fn subscribe(
+        &mut self,
+        session: &str,
+        raw_filter: &str,
+        options: SubOptions,
+        now_ms: u64,
+        fx: &mut Effects<M, O>,
+    ) -> Result<(), SubscribeError> {
+        let parsed = parse_subscription(raw_filter, &self.cfg.topic).map_err(SubscribeError::Topic)?;
+        let live = self.live.get_mut(session).ok_or(SubscribeError::NoSession)?;
+        let existed = live.session.subscriptions().any(|(f, _)| f == raw_filter);
+        if !existed && live.session.subscription_count() >= self.cfg.max_subscriptions {
+            return Err(SubscribeError::QuotaExceeded);
+        }
+        live.session.subscribe(raw_filter, options.clone());
+        if let Some(group) = parsed.share_group {
+            self.shared.insert(parsed.filter, (live.key, group.into()), options);
+            // Shared subscriptions never get retained messages (v5 §4.8.2).
+            return Ok(());
+        }
+        self.subs.insert(parsed.filter, live.key, options.clone());
+        let send_retained = match options.retain_handling {
+            RetainHandling::AtSubscribe => true,
+            RetainHandling::AtSubscribeIfNew => !existed,
+            RetainHandling::Never => false,
+        };
+        if send_retained {
+            for msg in self.retained.matching(parsed.filter, now_ms) {
+                let qos = msg.qos().min(options.qos);
+                let ids = options.subscription_id.into_iter().collect();
+                push_enqueued(fx, live.link, live.session.enqueue(Outgoing::new(msg, qos, true, ids)));
+            }
+            fx.push(Effect::Backlog(live.link, live.session.backlog()));
+        }
+        Ok(())
+    }
+
+    /// An UNSUBSCRIBE entry; returns whether the subscription existed.
+    pub fn unsubscribe(&mut self, session: &str, raw_filter: &str) -> bool {
+        let Some(live) = self.live.get_mut(session) else {
+            return false;
+        };
+        if live.session.unsubscribe(raw_filter).is_none() {
+            return false;
+        }
+        let key = live.key;
+        self.remove_from_tries(key, raw_filter);
+        true
+    }
+
+    /// The relations or ACL tables of the owners `select` picks changed: re-check their live
+    /// sessions' subscriptions (dropping what the ACL no longer allows) and add the
+    /// auto-subscriptions it now gives. Parked sessions are re-checked when they reconnect.
+    pub fn reauthorize(
+        &mut self,
+        auth: &dyn Authorize<O>,
+        select: impl Fn(&O) -> bool,
+        now_ms: u64,
+        fx: &mut Effects<M, O>,
+    ) {
+        let affected: Vec<(Arc<str>, O, Arc<str>)> = self
+            .live
+            .iter()
+            .filter(|(_, l)| select(&l.owner))
+            .map(|(session, l)| (session.clone(), l.owner.clone(), l.client_id.clone()))
+            .collect();
+        for (session, who, cid) in affected {
+            let revoked: Vec<String> = self.live.get(&session).map_or_else(Vec::new, |l| {
+                l.session
+                    .subscriptions()
+                    .map(|(f, _)| f)
+                    .filter(|f| {
+                        let filter = parse_subscription(f, &self.cfg.topic).map_or(*f, |p| p.filter);
+                        !auth.can_subscribe(&who, &cid, filter)
+                    })
+                    .map(str::to_owned)
+                    .collect()
+            });
+            for f in revoked {
+                self.unsubscribe(&session, &f);
+                fx.push(Effect::SubscriptionRevoked);
+            }
+            for (filter, qos) in auth.auto_subscriptions(&who, &cid) {
+                let known =
+                    self.live.get(&session).is_some_and(|l| l.session.subscriptions().any(|(f, _)| f == filter));
+                if !known {
+                    let options = SubOptions { qos, ..SubOptions::default() };
+                    let _ = self.subscribe(&session, &filter, options, now_ms, fx);
+                }
+            }
+        }
+    }
+
+    pub(super) fn remove_from_tries(&mut self, key: u64, raw_filter: &str) {
+        if let Ok(p) = parse_subscription(raw_filter, &self.cfg.topic) {
+            match p.share_group {
+                Some(g) => {
+                    self.shared.remove(p.filter, &(key, g.into()));
+                }
+                None => {
+                    self.subs.remove(p.filter, &key);
+                }
+            }
+        }
+    }
+}

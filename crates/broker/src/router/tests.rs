@@ -1,0 +1,454 @@
+//! Each decision of the router, at the core's speed: events in, effects out, time passed in.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::RetainHandling;
+use crate::session::DropPolicy;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Msg {
+    topic: String,
+    body: String,
+    qos: QoS,
+    retain: bool,
+    expires_at_ms: Option<u64>,
+}
+
+fn msg(topic: &str, body: &str, qos: u8) -> Msg {
+    Msg {
+        topic: topic.into(),
+        body: body.into(),
+        qos: QoS::from_u8(qos).expect("qos"),
+        retain: false,
+        expires_at_ms: None,
+    }
+}
+
+impl Deliverable for Msg {
+    fn expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| now_ms >= at)
+    }
+}
+
+impl Routable for Msg {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+    fn qos(&self) -> QoS {
+        self.qos
+    }
+    fn retain(&self) -> bool {
+        self.retain
+    }
+    fn clears_retained(&self) -> bool {
+        self.body.is_empty()
+    }
+    fn presence(topic: &str, news: Announce) -> Self {
+        let body = if news == Announce::Online { "online" } else { "offline" };
+        Msg { retain: true, ..msg(topic, body, 1) }
+    }
+}
+
+/// The owner is a user name; the ACL refuses what starts with `secret/` and auto-subscribes
+/// each user to `inbox/{user}`, plus `extra` when it is set.
+#[derive(Default)]
+struct Acl {
+    extra: Option<String>,
+    deny: Vec<String>,
+}
+
+impl Authorize<&'static str> for Acl {
+    fn can_publish(&self, _: &&'static str, _: &str, topic: &str) -> bool {
+        !topic.starts_with("secret/") && !self.deny.iter().any(|d| topic.starts_with(d.as_str()))
+    }
+    fn can_subscribe(&self, who: &&'static str, cid: &str, filter: &str) -> bool {
+        self.can_publish(who, cid, filter)
+    }
+    fn auto_subscriptions(&self, who: &&'static str, _: &str) -> Vec<(String, QoS)> {
+        let mut out = vec![(format!("inbox/{who}"), QoS::AtLeastOnce)];
+        out.extend(self.extra.clone().map(|f| (f, QoS::AtMostOnce)));
+        out
+    }
+}
+
+type Fx = Vec<Effect<Msg, &'static str>>;
+
+fn router(grace_ms: u64) -> Router<Msg, &'static str> {
+    let session =
+        SessionLimits { max_inflight: 2, max_queued: 3, drop_policy: DropPolicy::DropOldest, queue_qos0: false };
+    Router::new(RouterConfig {
+        session,
+        topic: TopicLimits::default(),
+        max_subscriptions: 4,
+        presence_grace_ms: grace_ms,
+    })
+}
+
+fn request(user: &'static str, client: &str, clean: bool, expiry: u32) -> ConnectRequest<Msg, &'static str> {
+    ConnectRequest {
+        session: crate::store::session_key(user, client).into(),
+        client_id: client.into(),
+        clean_start: clean,
+        session_expiry_secs: expiry,
+        receive_maximum: 10,
+        will: None,
+        presence: None,
+        owner: user,
+    }
+}
+
+/// Connects and returns the link and whether a session was resumed; effects go to `fx`.
+fn connect(r: &mut Router<Msg, &'static str>, req: ConnectRequest<Msg, &'static str>, fx: &mut Fx) -> (LinkId, bool) {
+    let c = r.connect(req, &Acl::default(), 0, fx);
+    (c.link, c.session_present)
+}
+
+fn gone(session: &str, link: LinkId, graceful: bool, expiry_secs: Option<u32>) -> Disconnect<'_> {
+    Disconnect { session, link, graceful, expiry_secs }
+}
+
+fn key(user: &str, client: &str) -> String {
+    crate::store::session_key(user, client)
+}
+
+fn sub(r: &mut Router<Msg, &'static str>, user: &str, client: &str, filter: &str, qos: u8) {
+    let options = SubOptions { qos: QoS::from_u8(qos).expect("qos"), ..SubOptions::default() };
+    r.subscribe(&key(user, client), filter, options, 0, &mut Fx::new()).expect("subscribed");
+}
+
+/// The bodies delivered to `link`, in order.
+fn delivered(fx: &Fx, link: LinkId) -> Vec<String> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Deliver(l, d) if *l == link => Some(d.msg.body.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_takeover_closes_the_old_connection_and_resumes_its_window_on_the_new_one() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (old, _) = connect(&mut r, request("bob", "phone", false, 60), &mut fx);
+    sub(&mut r, "bob", "phone", "t", 1);
+    r.publish(msg("t", "m1", 1), None, 0, &mut fx);
+    assert_eq!(delivered(&fx, old), ["m1"]);
+    fx.clear();
+    let (new, present) = connect(&mut r, request("bob", "phone", false, 60), &mut fx);
+    assert!(present, "the session continues");
+    assert!(matches!(&fx[0], Effect::TakenOver { link, old: "bob", new: "bob", .. } if *link == old));
+    let resent: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Deliver(l, d) if *l == new => Some((d.msg.body.as_str(), d.dup)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resent, [("m1", true)], "unacknowledged QoS 1 is resent with DUP");
+    // The old connection's late disconnect changes nothing.
+    fx.clear();
+    assert!(!r.disconnect(gone(&key("bob", "phone"), old, false, None), &Acl::default(), 0, &mut fx));
+    assert!(fx.is_empty());
+    assert_eq!(r.counts().live, 1);
+}
+
+#[test]
+fn the_same_client_id_of_another_owner_is_another_session() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (bob, _) = connect(&mut r, request("bob", "phone", false, 60), &mut fx);
+    let (_, present) = connect(&mut r, request("mallory", "phone", false, 60), &mut fx);
+    assert!(!present);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::TakenOver { .. } | Effect::Close(..))), "{fx:?}");
+    assert_eq!(r.counts().live, 2);
+    assert_eq!(r.client_id_of(bob).as_deref(), Some("phone"));
+}
+
+#[test]
+fn a_parked_session_queues_in_order_within_its_bound_and_delivers_on_return() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (link, _) = connect(&mut r, request("bob", "phone", false, 60), &mut fx);
+    sub(&mut r, "bob", "phone", "t", 1);
+    assert!(r.disconnect(gone(&key("bob", "phone"), link, true, None), &Acl::default(), 1_000, &mut fx));
+    assert_eq!(r.counts(), Counts { live: 0, parked: 1, subscriptions: 1, retained: 0 });
+    fx.clear();
+    for n in 1..=4 {
+        assert_eq!(r.publish(msg("t", &format!("m{n}"), 1), None, 2_000, &mut fx), 1);
+    }
+    assert_eq!(fx, [Effect::Dropped(1)], "a bound of 3 drops the oldest while away");
+    fx.clear();
+    let (back, present) = connect(&mut r, request("bob", "phone", false, 60), &mut fx);
+    assert!(present);
+    assert_eq!(delivered(&fx, back), ["m2", "m3"], "the window of 2 first");
+    fx.clear();
+    r.complete(&key("bob", "phone"), back, std::num::NonZeroU16::MIN, 3_000, &mut fx);
+    assert_eq!(delivered(&fx, back), ["m4"], "an acknowledgement opens the window");
+    assert!(matches!(fx.last(), Some(Effect::Backlog(l, 0)) if *l == back), "{fx:?}");
+}
+
+#[test]
+fn clean_start_discards_the_parked_session_and_its_subscriptions() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (link, _) = connect(&mut r, request("bob", "phone", false, 60), &mut fx);
+    sub(&mut r, "bob", "phone", "t", 1);
+    r.disconnect(gone(&key("bob", "phone"), link, true, None), &Acl::default(), 0, &mut fx);
+    let (_, present) = connect(&mut r, request("bob", "phone", true, 0), &mut fx);
+    assert!(!present);
+    assert_eq!(r.counts().subscriptions, 0);
+    assert_eq!(r.publish(msg("t", "m", 1), None, 0, &mut fx), 0);
+}
+
+#[test]
+fn expiry_zero_ends_the_session_with_the_connection_and_a_v5_disconnect_may_extend_it() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (link, _) = connect(&mut r, request("bob", "a", false, 0), &mut fx);
+    sub(&mut r, "bob", "a", "t", 1);
+    r.disconnect(gone(&key("bob", "a"), link, true, None), &Acl::default(), 0, &mut fx);
+    assert_eq!(r.counts(), Counts::default());
+    let (link, _) = connect(&mut r, request("bob", "b", false, 0), &mut fx);
+    r.disconnect(gone(&key("bob", "b"), link, true, Some(5)), &Acl::default(), 0, &mut fx);
+    assert_eq!(r.counts().parked, 1, "DISCONNECT's session expiry wins");
+    fx.clear();
+    r.tick(&Acl::default(), 4_999, &mut fx);
+    assert!(fx.is_empty());
+    r.tick(&Acl::default(), 5_000, &mut fx);
+    assert_eq!(fx, [Effect::SessionExpired]);
+    assert_eq!(r.counts().parked, 0);
+}
+
+#[test]
+fn a_will_goes_out_on_an_abnormal_end_only_and_is_checked_again_when_sent() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (watcher, _) = connect(&mut r, request("carol", "w", true, 0), &mut fx);
+    sub(&mut r, "carol", "w", "#", 0);
+    let with_will = |user, client, topic: &str, delay_secs| ConnectRequest {
+        will: Some(Will { message: msg(topic, "gone", 0), delay_secs }),
+        ..request(user, client, true, 60)
+    };
+    // Graceful: no will.
+    let (l, _) = connect(&mut r, with_will("bob", "a", "wills/bob", 0), &mut fx);
+    r.disconnect(gone(&key("bob", "a"), l, true, None), &Acl::default(), 0, &mut fx);
+    assert!(delivered(&fx, watcher).is_empty());
+    // Abnormal: the will.
+    let (l, _) = connect(&mut r, with_will("bob", "b", "wills/bob", 0), &mut fx);
+    r.disconnect(gone(&key("bob", "b"), l, false, None), &Acl::default(), 0, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["gone"]);
+    // The ACL changed since the CONNECT: refused, and said so.
+    fx.clear();
+    let (l, _) = connect(&mut r, with_will("bob", "c", "wills/bob", 0), &mut fx);
+    let now_denied = Acl { deny: vec!["wills/".into()], ..Acl::default() };
+    r.disconnect(gone(&key("bob", "c"), l, false, None), &now_denied, 0, &mut fx);
+    assert!(delivered(&fx, watcher).is_empty());
+    assert!(fx.iter().any(|e| matches!(e, Effect::WillRefused { owner: "bob", topic, .. } if topic == "wills/bob")));
+}
+
+#[test]
+fn a_delayed_will_waits_is_cancelled_by_a_return_and_is_due_when_the_session_ends() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (watcher, _) = connect(&mut r, request("carol", "w", true, 0), &mut fx);
+    sub(&mut r, "carol", "w", "wills/#", 0);
+    let req = || ConnectRequest {
+        will: Some(Will { message: msg("wills/bob", "gone", 0), delay_secs: 10 }),
+        ..request("bob", "a", false, 60)
+    };
+    // Comes back within the delay: never sent.
+    let (l, _) = connect(&mut r, req(), &mut fx);
+    r.disconnect(gone(&key("bob", "a"), l, false, None), &Acl::default(), 0, &mut fx);
+    let (l, _) = connect(&mut r, req(), &mut fx);
+    r.tick(&Acl::default(), 20_000, &mut fx);
+    assert!(delivered(&fx, watcher).is_empty());
+    // Stays away: sent after the delay, not before.
+    r.disconnect(gone(&key("bob", "a"), l, false, None), &Acl::default(), 20_000, &mut fx);
+    r.tick(&Acl::default(), 29_999, &mut fx);
+    assert!(delivered(&fx, watcher).is_empty());
+    r.tick(&Acl::default(), 30_000, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["gone"]);
+    // The delay is capped by the session's expiry: the session ending sends it.
+    fx.clear();
+    let short = ConnectRequest {
+        will: Some(Will { message: msg("wills/bob", "bye", 0), delay_secs: 100 }),
+        ..request("bob", "b", false, 2)
+    };
+    let (l, _) = connect(&mut r, short, &mut fx);
+    r.disconnect(gone(&key("bob", "b"), l, false, None), &Acl::default(), 0, &mut fx);
+    r.tick(&Acl::default(), 2_000, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["bye"]);
+}
+
+#[test]
+fn presence_counts_devices_and_a_takeover_never_shows_offline() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (watcher, _) = connect(&mut r, request("carol", "w", true, 0), &mut fx);
+    sub(&mut r, "carol", "w", "pres/bob", 0);
+    let with_presence =
+        |client| ConnectRequest { presence: Some(Arc::from("pres/bob")), ..request("bob", client, true, 0) };
+    let (phone, _) = connect(&mut r, with_presence("phone"), &mut fx);
+    let (_laptop, _) = connect(&mut r, with_presence("laptop"), &mut fx);
+    let (phone2, _) = connect(&mut r, with_presence("phone"), &mut fx);
+    r.disconnect(gone(&key("bob", "phone"), phone, false, None), &Acl::default(), 0, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["online"], "a second device and a takeover change nothing");
+    r.disconnect(gone(&key("bob", "phone"), phone2, false, None), &Acl::default(), 0, &mut fx);
+    r.disconnect(gone(&key("bob", "laptop"), _laptop, false, None), &Acl::default(), 0, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["online", "offline"]);
+}
+
+#[test]
+fn presence_grace_hides_one_shot_connections() {
+    let mut r = router(3_000);
+    let mut fx = Fx::new();
+    let (watcher, _) = connect(&mut r, request("carol", "w", true, 0), &mut fx);
+    sub(&mut r, "carol", "w", "pres/bob", 0);
+    let req = ConnectRequest { presence: Some(Arc::from("pres/bob")), ..request("bob", "send", true, 0) };
+    let c = r.connect(req, &Acl::default(), 1_000, &mut fx);
+    r.disconnect(gone(&key("bob", "send"), c.link, true, None), &Acl::default(), 1_500, &mut fx);
+    r.tick(&Acl::default(), 10_000, &mut fx);
+    assert!(delivered(&fx, watcher).is_empty(), "{fx:?}");
+}
+
+#[test]
+fn routing_honours_no_local_shared_groups_qos_and_expiry() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (a, _) = connect(&mut r, request("u", "a", true, 0), &mut fx);
+    let (b, _) = connect(&mut r, request("u", "b", true, 0), &mut fx);
+    let no_local = SubOptions { qos: QoS::AtLeastOnce, no_local: true, ..SubOptions::default() };
+    r.subscribe(&key("u", "a"), "t", no_local, 0, &mut fx).expect("sub");
+    sub(&mut r, "u", "b", "t", 0);
+    sub(&mut r, "u", "a", "$share/g/jobs", 1);
+    sub(&mut r, "u", "b", "$share/g/jobs", 1);
+    fx.clear();
+    assert_eq!(r.publish(msg("t", "own", 1), Some(&key("u", "a")), 0, &mut fx), 1, "not back to its publisher");
+    let to_b: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Deliver(l, d) if *l == b => Some(d.qos),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(to_b, [QoS::AtMostOnce], "the subscription's QoS caps the message's");
+    fx.clear();
+    for n in 0..4 {
+        assert_eq!(r.publish(msg("jobs", &n.to_string(), 1), None, 0, &mut fx), 1, "one member of the group");
+    }
+    assert_eq!(delivered(&fx, a).len() + delivered(&fx, b).len(), 4);
+    assert_eq!(delivered(&fx, a).len(), 2, "round robin");
+    let stale = Msg { expires_at_ms: Some(10), ..msg("t", "late", 0) };
+    assert_eq!(r.publish(stale, None, 10, &mut fx), 0, "an expired message goes nowhere");
+}
+
+#[test]
+fn retained_messages_are_kept_cleared_and_sent_by_retain_handling() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    r.publish(Msg { retain: true, ..msg("r/1", "one", 1) }, None, 0, &mut fx);
+    r.publish(Msg { retain: true, ..msg("r/2", "two", 1) }, None, 0, &mut fx);
+    r.publish(Msg { retain: true, ..msg("r/2", "", 1) }, None, 0, &mut fx);
+    assert_eq!(r.counts().retained, 1, "an empty payload clears");
+    let (l, _) = connect(&mut r, request("u", "c", true, 0), &mut fx);
+    fx.clear();
+    let at_subscribe = SubOptions { qos: QoS::AtLeastOnce, ..SubOptions::default() };
+    r.subscribe(&key("u", "c"), "r/#", at_subscribe, 0, &mut fx).expect("sub");
+    assert_eq!(delivered(&fx, l), ["one"]);
+    fx.clear();
+    let if_new = SubOptions { retain_handling: RetainHandling::AtSubscribeIfNew, ..SubOptions::default() };
+    r.subscribe(&key("u", "c"), "r/#", if_new, 0, &mut fx).expect("sub");
+    assert!(delivered(&fx, l).is_empty(), "not again for an existing subscription");
+    r.subscribe(&key("u", "c"), "$share/g/r/#", SubOptions::default(), 0, &mut fx).expect("sub");
+    assert!(delivered(&fx, l).is_empty(), "never for a shared subscription");
+}
+
+#[test]
+fn subscribe_refuses_bad_filters_past_the_quota_and_without_a_session() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    connect(&mut r, request("u", "c", true, 0), &mut fx);
+    let k = key("u", "c");
+    assert!(matches!(r.subscribe(&k, "a/#/b", SubOptions::default(), 0, &mut fx), Err(SubscribeError::Topic(_))));
+    for n in 0..4 {
+        r.subscribe(&k, &format!("f/{n}"), SubOptions::default(), 0, &mut fx).expect("within quota");
+    }
+    assert_eq!(r.subscribe(&k, "f/4", SubOptions::default(), 0, &mut fx), Err(SubscribeError::QuotaExceeded));
+    assert_eq!(r.subscribe(&k, "f/0", SubOptions::default(), 0, &mut fx), Ok(()), "an existing one is replaced");
+    assert_eq!(r.subscribe("nobody", "x", SubOptions::default(), 0, &mut fx), Err(SubscribeError::NoSession));
+    assert!(r.unsubscribe(&k, "f/0"));
+    assert!(!r.unsubscribe(&k, "f/0"));
+    assert_eq!(r.publish(msg("f/0", "m", 0), None, 0, &mut fx), 0);
+}
+
+#[test]
+fn reauthorization_removes_what_the_acl_no_longer_allows_and_adds_new_auto_subscriptions() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    connect(&mut r, request("bob", "c", true, 0), &mut fx);
+    connect(&mut r, request("alice", "c", true, 0), &mut fx);
+    sub(&mut r, "bob", "c", "friends/carol", 0);
+    sub(&mut r, "alice", "c", "friends/carol", 0);
+    fx.clear();
+    let acl = Acl { deny: vec!["friends/carol".into()], extra: Some("groups/g1".into()) };
+    r.reauthorize(&acl, |who| *who == "bob", 0, &mut fx);
+    assert_eq!(fx.iter().filter(|e| matches!(e, Effect::SubscriptionRevoked)).count(), 1);
+    let (mut to_bob, mut to_alice) = (Fx::new(), Fx::new());
+    assert_eq!(r.publish(msg("friends/carol", "x", 0), None, 0, &mut to_alice), 1, "alice was not re-checked");
+    assert_eq!(r.publish(msg("groups/g1", "hi", 0), None, 0, &mut to_bob), 1, "bob's new auto-subscription");
+    assert_eq!(r.publish(msg("inbox/bob", "dm", 0), None, 0, &mut to_bob), 1);
+}
+
+#[test]
+fn close_where_picks_connections_by_owner() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (b1, _) = connect(&mut r, request("bob", "1", true, 0), &mut fx);
+    let (b2, _) = connect(&mut r, request("bob", "2", true, 0), &mut fx);
+    connect(&mut r, request("alice", "1", true, 0), &mut fx);
+    fx.clear();
+    assert_eq!(r.close_where(|o| *o == "bob", CloseReason::Revoked, &mut fx), 2);
+    let mut closed: Vec<LinkId> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Close(l, CloseReason::Revoked) => Some(*l),
+            _ => None,
+        })
+        .collect();
+    closed.sort_unstable();
+    assert_eq!(closed, [b1, b2]);
+}
+
+#[test]
+fn a_connected_reading_session_never_drops_qos1_and_its_backlog_is_reported() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (l, _) = connect(&mut r, request("u", "c", true, 0), &mut fx);
+    sub(&mut r, "u", "c", "t", 1);
+    fx.clear();
+    for n in 0..10 {
+        r.publish(msg("t", &n.to_string(), 1), None, 0, &mut fx);
+    }
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Dropped(_))), "online: the bound slows publishers, it never drops");
+    assert_eq!(delivered(&fx, l), ["0", "1"], "the window");
+    assert!(matches!(fx.last(), Some(Effect::Backlog(_, 8))), "{:?}", fx.last());
+    // Gone away: what exceeds the offline bound of 3 is dropped, and counted.
+    fx.clear();
+    r.disconnect(gone(&key("u", "c"), l, true, Some(60)), &Acl::default(), 0, &mut fx);
+    assert_eq!(fx, [Effect::Dropped(5)]);
+}
+
+#[test]
+fn inbound_qos2_ids_are_remembered_until_released() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    connect(&mut r, request("u", "c", true, 0), &mut fx);
+    let k = key("u", "c");
+    assert!(r.incoming_qos2(&k, 7));
+    assert!(!r.incoming_qos2(&k, 7), "a duplicate before PUBREL");
+    assert!(r.incoming_released(&k, 7));
+    assert!(!r.incoming_released(&k, 7));
+    assert!(r.incoming_qos2(&k, 7));
+}
