@@ -2,11 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use broker::session::{DropPolicy, SessionLimits};
-use broker::topic::TopicLimits;
 use service_kit::telemetry::TelemetryConfig;
-
-use crate::hub::HubConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -206,25 +202,5 @@ impl EdgeConfig {
             return Err("no listener: set mqtt.addr, mqtt.tls_addr or mqtt.ws_addr".into());
         }
         Ok(())
-    }
-
-    pub fn hub_config(&self) -> HubConfig {
-        let l = &self.limits;
-        HubConfig {
-            session: SessionLimits {
-                max_inflight: l.max_inflight,
-                max_queued: l.max_queued_messages,
-                drop_policy: if l.queue_drop_policy == "drop_newest" {
-                    DropPolicy::DropNewest
-                } else {
-                    DropPolicy::DropOldest
-                },
-                queue_qos0: l.queue_qos0,
-            },
-            topic: TopicLimits { max_len: l.max_topic_length, max_levels: l.max_topic_levels },
-            max_subscriptions: l.max_subscriptions_per_client,
-            max_pending_deliveries: l.max_pending_deliveries,
-            presence_grace_ms: u64::from(l.presence_grace_secs) * 1000,
-        }
     }
 }

@@ -13,19 +13,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use broker::SubOptions;
 use broker::router::{Disconnect, Effect, LinkId, Router, RouterConfig};
-use broker::session::{Outgoing, SessionLimits};
+use broker::session::{DropPolicy, SessionLimits};
 use broker::store::SessionStore;
 use broker::topic::TopicLimits;
 
 use crate::auth::Identity;
 use crate::authz::Authorizer;
+use crate::config::LimitsConfig;
+pub use crate::link::Delivery;
 use crate::link::{self, ConnInbox, ConnLink, Refused, Room};
 use crate::message::SharedMessage;
 use crate::metrics as m;
 
 pub use broker::router::{CloseReason, SubscribeError};
-
-pub type Delivery = Outgoing<SharedMessage>;
 
 /// A will message and its delay (v5; 0 for v3).
 pub type Will = broker::router::Will<SharedMessage>;
@@ -65,6 +65,26 @@ pub struct HubConfig {
 }
 
 impl HubConfig {
+    /// The hub's share of the `[limits]` section.
+    pub fn from_limits(l: &LimitsConfig) -> Self {
+        HubConfig {
+            session: SessionLimits {
+                max_inflight: l.max_inflight,
+                max_queued: l.max_queued_messages,
+                drop_policy: if l.queue_drop_policy == "drop_newest" {
+                    DropPolicy::DropNewest
+                } else {
+                    DropPolicy::DropOldest
+                },
+                queue_qos0: l.queue_qos0,
+            },
+            topic: TopicLimits { max_len: l.max_topic_length, max_levels: l.max_topic_levels },
+            max_subscriptions: l.max_subscriptions_per_client,
+            max_pending_deliveries: l.max_pending_deliveries,
+            presence_grace_ms: u64::from(l.presence_grace_secs) * 1000,
+        }
+    }
+
     fn router(&self) -> RouterConfig {
         RouterConfig {
             session: self.session,

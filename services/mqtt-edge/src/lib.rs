@@ -85,7 +85,7 @@ impl EdgeBuilder {
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
         let relations = Arc::new(MemoryRelations::default());
         let authz = Arc::new(authz::Authorizer::from_config(&cfg.auth, relations.clone())?);
-        let hub = Arc::new(hub::Hub::new(cfg.hub_config(), authz.clone()));
+        let hub = Arc::new(hub::Hub::new(hub::HubConfig::from_limits(&cfg.limits), authz.clone()));
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
         let throttle = throttle::AuthThrottle::default();
         let shared =

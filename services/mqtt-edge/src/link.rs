@@ -13,7 +13,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-use crate::hub::{CloseReason, Delivery};
+use broker::router::CloseReason;
+use broker::session::Outgoing;
+
+use crate::message::SharedMessage;
+
+/// One message on its way to a connection.
+pub type Delivery = Outgoing<SharedMessage>;
 
 #[derive(Debug, Default)]
 struct State {
