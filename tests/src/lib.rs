@@ -1,6 +1,7 @@
 //! Test harness: starts the real edge in-process on port 0 with isolated state, plus an MQTT
 //! test vocabulary (`expect_connack`, `expect_publish`, `expect_nothing`) over the SDK's raw client.
 
+pub mod process;
 pub mod servers;
 
 use std::net::SocketAddr;

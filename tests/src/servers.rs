@@ -21,7 +21,8 @@ impl Drop for ServerProcess {
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port nobody listens on (bound, then let go).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use hermes_tests::process::{Running, exit_status, sigterm};
+use hermes_tests::servers::free_port;
 use sdk::mqtt::{Client, Connect, Packet, Version};
 
 const HERMES: &str = env!("CARGO_BIN_EXE_hermes");
@@ -14,30 +16,6 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("hermes-cli-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
-}
-
-/// A `hermes up` child that is killed when the test ends, passed or failed: a leftover would
-/// hold the test harness's output open.
-struct Running(Child);
-
-impl std::ops::Deref for Running {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Running {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Starts `hermes up` on ephemeral ports; returns the child and its MQTT address.
@@ -115,11 +93,6 @@ fn up_in(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Up {
     let mqtt = addr.unwrap_or_else(|| panic!("no MQTT endpoint printed: {seen:#?}"));
     let http = http.unwrap_or_else(|| panic!("no accounts endpoint printed: {seen:#?}"));
     Up { child, mqtt, http, admin, printed: seen }
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill").success();
-    assert!(ok, "kill -TERM");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -268,14 +241,7 @@ fn up_fails(data: &std::path::Path) -> String {
             .spawn()
             .expect("spawn hermes up"),
     );
-    let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "hermes up kept running");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_status(&mut child, Duration::from_secs(30));
     let mut err = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err).expect("stderr");
     assert!(!status.success(), "hermes up exits with an error: {err}");
@@ -888,11 +854,6 @@ print(json.load(urllib.request.urlopen(req, context=ctx))["access_token"][:10])
     assert!(plain.is_err() || plain.as_ref().is_ok_and(|r| r.status != 200), "{plain:?}");
     sigterm(&child);
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
-}
-
-/// A free loopback port (bound, then let go).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
 /// `hermes up` on fixed addresses, so a restarted one is found where the first one was.

@@ -1,12 +1,37 @@
 //! Hermes state on Redis, what edges read without the accounts database. [`RedisRelations`]:
 //! per user, a set of whom they follow and a set of who follows them (keys from `wire::keys`),
 //! changed together in one MULTI. [`RedisAccess`]: enterprises' ACL tables and token
-//! revocations.
+//! revocations. [`StateDirectories`]: both, over one connection.
+
+use std::sync::Arc;
 
 use broker::access::{AccessDirectory, Revocation, Tables};
 use broker::relations::{BoxFuture, RelationDirectory, UserRelations};
 use prost::Message as _;
 use redis::aio::ConnectionManager;
+
+/// What edges read from outside the accounts database: relations at CONNECT, enterprises' ACL
+/// tables and revocations at start. The accounts tier writes both.
+#[derive(Debug, Clone)]
+pub struct StateDirectories {
+    pub relations: Arc<dyn RelationDirectory>,
+    pub access: Arc<dyn AccessDirectory>,
+}
+
+impl StateDirectories {
+    /// Both directories on the Redis at `redis_url` (`state.redis_url`), over one connection;
+    /// `None` when it is empty.
+    pub async fn connect(redis_url: &str) -> Result<Option<StateDirectories>, String> {
+        if redis_url.is_empty() {
+            return Ok(None);
+        }
+        let conn = connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
+        Ok(Some(StateDirectories {
+            relations: Arc::new(RedisRelations::new(conn.clone())),
+            access: Arc::new(RedisAccess::new(conn)),
+        }))
+    }
+}
 
 #[derive(Clone)]
 pub struct RedisRelations {

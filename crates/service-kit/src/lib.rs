@@ -5,6 +5,7 @@
 pub mod config;
 pub mod http;
 pub mod password;
+pub mod sections;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -43,6 +43,10 @@ pub enum TokenError {
     Key(String),
 }
 
+/// How long a revocation matters: longer than any access token lives (the accounts tier caps
+/// `http.token_ttl_secs` at a day). Older ones concern expired tokens only.
+pub const REVOCATION_MEMORY_MS: i64 = 7 * 24 * 3600 * 1000;
+
 const ENTERPRISE: &str = "eid";
 const USERNAME: &str = "usr";
 const ISSUED_MS: &str = "iat_ms";

@@ -1,6 +1,50 @@
-//! The accounts tier's configuration (`[http]` in `hermes up`), with production defaults.
+//! The accounts tier's configuration: [`AccountsConfig`] is `[http]` (in `hermes up` too) and
+//! [`NodeConfig`] the `accounts` binary's whole tree, with production defaults.
 
 use serde::{Deserialize, Serialize};
+use service_kit::sections::{BusConfig, OpsConfig, StateConfig};
+use service_kit::telemetry::TelemetryConfig;
+
+/// The `accounts` binary's configuration. Keys are spelled as in `hermes up`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Keys (`token.key`, `admin.key`, `link.key`), uploads and, without `http.database_url`, the
+    /// SQLite database. Nodes behind one load balancer need the same keys.
+    pub data_dir: String,
+    /// The REST API.
+    pub http: AccountsConfig,
+    /// Where account events go (NATS).
+    pub bus: BusConfig,
+    /// Where relations, ACL tables and revocations are written for edges (Redis).
+    pub state: StateConfig,
+    pub ops: OpsConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: "hermes-data".into(),
+            http: AccountsConfig::default(),
+            bus: BusConfig::default(),
+            state: StateConfig::default(),
+            // Not the edge's 9100: an edge and an accounts node on one host both start.
+            ops: OpsConfig { addr: "127.0.0.1:9101".into() },
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Checks what serde cannot. Names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.data_dir.is_empty() {
+            return Err("data_dir must not be empty".into());
+        }
+        self.http.validate()
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]

@@ -1,9 +1,14 @@
 //! The production backend: Postgres through sqlx, a connection pool per process.
 
-use sqlx::Row;
+use std::time::Duration;
+
 use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Connection as _, Row};
 
 use crate::store::{AccountStore, Contact, Enterprise, StoreError, User, db, new_id, now_ms};
+
+/// How long the server may take to accept a connection before it counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -13,6 +18,13 @@ pub struct PgStore {
 impl PgStore {
     /// Connects to `url` and applies the migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore, StoreError> {
+        // One connection first: a pool retries a server it cannot reach until its acquire
+        // timeout, then reports the timeout and not why (refused, unknown host, bad password).
+        let probe = tokio::time::timeout(CONNECT_TIMEOUT, sqlx::PgConnection::connect(url))
+            .await
+            .map_err(|_| StoreError::Database(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())))?
+            .map_err(db)?;
+        probe.close().await.map_err(db)?;
         let pool = PgPoolOptions::new().max_connections(max_connections).connect(url).await.map_err(db)?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await.map_err(|e| StoreError::Database(e.to_string()))?;
         Ok(PgStore { pool })
