@@ -1,7 +1,8 @@
 //! Compiles proto/ with protox (pure Rust, no protoc) into prost types.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["hermes/v1/envelope.proto", "hermes/v1/publish.proto", "hermes/v1/events.proto"];
+    let files =
+        ["hermes/v1/envelope.proto", "hermes/v1/publish.proto", "hermes/v1/events.proto", "hermes/v1/cluster.proto"];
     let fds = protox::compile(files, [&root])?;
     println!("cargo:rerun-if-changed={}", root.display());
     prost_build::Config::new().compile_fds(fds)?;

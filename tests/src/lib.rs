@@ -43,6 +43,15 @@ impl TestEdge {
     }
 
     pub async fn start_with(adjust: impl FnOnce(&mut EdgeConfig)) -> TestEdge {
+        Self::start_on(None, adjust).await
+    }
+
+    /// An edge that routes to and from the other edges on `bus`.
+    pub async fn start_clustered(bus: std::sync::Arc<dyn bus::Bus>, adjust: impl FnOnce(&mut EdgeConfig)) -> TestEdge {
+        Self::start_on(Some(bus), adjust).await
+    }
+
+    async fn start_on(bus: Option<std::sync::Arc<dyn bus::Bus>>, adjust: impl FnOnce(&mut EdgeConfig)) -> TestEdge {
         let dir = unique_dir();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .expect("self-signed certificate");
@@ -64,7 +73,11 @@ impl TestEdge {
         cfg.limits.presence_grace_secs = 0;
         adjust(&mut cfg);
         let state = mqtt_edge::StateDirectories::connect(&cfg.state.redis_url).await.expect("state directories");
-        let edge = Edge::builder(cfg).state(state.as_ref()).start().await.expect("edge starts");
+        let mut builder = Edge::builder(cfg).state(state.as_ref());
+        if let Some(bus) = bus {
+            builder = builder.cluster(bus);
+        }
+        let edge = builder.start().await.expect("edge starts");
         let a = edge.addrs().clone();
         TestEdge {
             tcp: a.mqtt.expect("tcp listener"),

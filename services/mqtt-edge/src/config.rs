@@ -31,8 +31,10 @@ pub struct StateConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
     /// NATS server URL (`nats://host:4222`); empty: no bus (standalone edge, or the in-process
-    /// bus of `hermes up`).
+    /// bus of `hermes up`). With one, edges route messages to each other over it.
     pub nats_url: String,
+    /// This node's name among the edges on the bus; empty: a random one at each start.
+    pub node_id: String,
 }
 
 /// The operations HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU16;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use broker::SubOptions;
 use broker::router::{Disconnect, Effect, LinkId, Router, RouterConfig};
@@ -19,6 +19,7 @@ use broker::topic::TopicLimits;
 
 use crate::auth::Identity;
 use crate::authz::Authorizer;
+use crate::cluster::ClusterLink;
 use crate::config::LimitsConfig;
 pub use crate::link::Delivery;
 use crate::link::{self, ConnInbox, ConnLink, Refused, Room};
@@ -129,6 +130,8 @@ pub struct Hub {
     pub counters: Counters,
     /// Set by [`Hub::close_all`]: connections that arrive afterwards are closed at once.
     closing: AtomicBool,
+    /// Routing to and from other edges, when there are any (see `cluster`).
+    cluster: OnceLock<ClusterLink>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -149,7 +152,14 @@ impl Hub {
 
     fn with_router(cfg: HubConfig, authz: Arc<Authorizer>, router: Router<SharedMessage, Arc<Identity>>) -> Self {
         let state = State { router, links: HashMap::new() };
-        Hub { state: Mutex::new(state), cfg, authz, counters: Counters::default(), closing: AtomicBool::new(false) }
+        Hub {
+            state: Mutex::new(state),
+            cfg,
+            authz,
+            counters: Counters::default(),
+            closing: AtomicBool::new(false),
+            cluster: OnceLock::new(),
+        }
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -202,17 +212,37 @@ impl Hub {
         self.apply(&mut st, fx, None);
     }
 
-    /// Routes a message published by `from` (a session key) or by the system (`None`).
+    /// Routes a message published by `from` (a session key) or by the system (`None`). A
+    /// client's message is the caller's to pass on to other edges ([`Hub::cluster`]).
     pub fn publish(&self, msg: SharedMessage, from: Option<&str>, now_ms: u64) -> Routed {
-        let mut st = self.lock();
         if from.is_some() {
             self.counters.messages_received.fetch_add(1, Ordering::Relaxed);
         }
+        self.route(msg, from, now_ms)
+    }
+
+    /// Routes a message another edge sent.
+    pub fn publish_remote(&self, msg: SharedMessage, now_ms: u64) -> Routed {
+        self.route(msg, None, now_ms)
+    }
+
+    fn route(&self, msg: SharedMessage, from: Option<&str>, now_ms: u64) -> Routed {
+        let mut st = self.lock();
         let mut fx = Effects::new();
         let sessions = st.router.publish(msg, from, now_ms, &mut fx);
         let mut pressure = Vec::new();
         self.apply(&mut st, fx, Some(&mut pressure));
         Routed { sessions, pressure }
+    }
+
+    /// Routing to other edges, once attached.
+    pub fn cluster(&self) -> Option<&ClusterLink> {
+        self.cluster.get()
+    }
+
+    /// Starts telling `link` this hub's interest and messages; before the first client comes.
+    pub fn attach_cluster(&self, link: ClusterLink) {
+        let _ = self.cluster.set(link);
     }
 
     /// Does what the router decided, in order. With `pressure`, connections whose backlog
@@ -268,6 +298,16 @@ impl Hub {
                 Effect::Dropped(n) => self.count_dropped(n),
                 Effect::SessionExpired => metrics::counter!(m::SESSIONS_EXPIRED).increment(1),
                 Effect::SubscriptionRevoked => metrics::counter!(m::SUBSCRIPTIONS_REVOKED).increment(1),
+                Effect::Interest { filter, held } => {
+                    if let Some(c) = self.cluster.get() {
+                        c.interest(filter, held);
+                    }
+                }
+                Effect::Originated(msg) => {
+                    if let Some(c) = self.cluster.get() {
+                        c.originated(msg);
+                    }
+                }
             }
         }
     }
@@ -349,7 +389,11 @@ impl Hub {
 
     /// An UNSUBSCRIBE entry; returns whether the subscription existed.
     pub fn unsubscribe(&self, session: &str, raw_filter: &str) -> bool {
-        self.lock().router.unsubscribe(session, raw_filter)
+        let mut st = self.lock();
+        let mut fx = Effects::new();
+        let existed = st.router.unsubscribe(session, raw_filter, &mut fx);
+        self.apply(&mut st, fx, None);
+        existed
     }
 
     /// PUBACK or PUBCOMP for an outbound message: frees window space.

@@ -11,7 +11,7 @@ use broker::topic::{TopicError, validate_name};
 
 use crate::connection::ConnState;
 use crate::hub::{Hub, SubscribeError};
-use crate::message::{Message, now_ms};
+use crate::message::{Message, SharedMessage, now_ms};
 use crate::metrics as m;
 
 /// Error type of the ntex-mqtt services: the connection is closed when a handler returns it.
@@ -111,9 +111,13 @@ pub async fn publish_in_order<E>(
     let payload = read.await?;
     turn.ready().await;
     let routed = publish(st, inbound(payload), build);
+    if let (Ok(r), Some(cluster)) = (&routed, st.hub.cluster()) {
+        // Other edges get the connection's messages in its order too.
+        cluster.forward(r.message.clone()).await;
+    }
     drop(turn);
     Ok(match routed {
-        Ok(r) => {
+        Ok(Published { routed: r, .. }) => {
             let sessions = r.sessions;
             if !r.pressure.is_empty() {
                 let _hold = st.gate.hold();
@@ -125,12 +129,19 @@ pub async fn publish_in_order<E>(
     })
 }
 
+/// A PUBLISH routed here, with what it became.
+#[derive(Debug)]
+pub struct Published {
+    pub message: SharedMessage,
+    pub routed: crate::hub::Routed,
+}
+
 /// Validates and routes an inbound PUBLISH; `build` adds version-specific fields.
 pub fn publish(
     st: &ConnState,
     inbound: Inbound,
     build: impl FnOnce(&mut Message),
-) -> Result<crate::hub::Routed, PublishRefusal> {
+) -> Result<Published, PublishRefusal> {
     metrics::counter!(m::PACKETS_IN, "type" => "publish").increment(1);
     metrics::counter!(m::PUBLISH_BYTES_IN).increment(inbound.payload.len() as u64);
     if let Err(e) = validate_name(&inbound.topic, &st.hub.config().topic) {
@@ -152,9 +163,10 @@ pub fn publish(
     build(&mut msg);
     st.sender.stamp(&mut msg);
     let started = std::time::Instant::now();
-    let routed = st.hub.publish(Arc::new(msg), Some(&st.session), now_ms());
+    let msg = Arc::new(msg);
+    let routed = st.hub.publish(msg.clone(), Some(&st.session), now_ms());
     metrics::histogram!(m::ROUTE_SECONDS).record(started.elapsed().as_secs_f64());
-    Ok(routed)
+    Ok(Published { message: msg, routed })
 }
 
 /// A SUBSCRIBE entry: the ACL first (for `$share/{group}/...` the filter after the group), then

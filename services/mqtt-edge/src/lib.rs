@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod authz;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connect;
 pub mod connection;
@@ -49,6 +50,7 @@ pub struct EdgeBuilder {
     cfg: EdgeConfig,
     directory: Option<Arc<dyn RelationDirectory>>,
     access: Option<Arc<dyn broker::access::AccessDirectory>>,
+    bus: Option<Arc<dyn bus::Bus>>,
 }
 
 impl EdgeBuilder {
@@ -67,39 +69,47 @@ impl EdgeBuilder {
         self
     }
 
-    /// Validates the config, binds the listeners, applies the access directory (if any) and
-    /// starts serving. Call inside a tokio runtime.
-    pub async fn start(self) -> Result<Edge, String> {
-        let access = self.access.clone();
-        let edge = self.bind()?;
-        if let Some(dir) = access {
-            edge.prime_access(dir.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
-        }
-        Ok(edge)
+    /// Routes messages to and from the other edges on `bus` (see [`cluster`]).
+    pub fn cluster(mut self, bus: Arc<dyn bus::Bus>) -> Self {
+        self.bus = Some(bus);
+        self
     }
 
-    fn bind(self) -> Result<Edge, String> {
-        let EdgeBuilder { cfg, directory, .. } = self;
+    /// Validates the config, joins the other edges (with a bus), binds the listeners, applies
+    /// the access directory (if any) and starts serving. Call inside a tokio runtime.
+    pub async fn start(self) -> Result<Edge, String> {
+        let EdgeBuilder { cfg, directory, access, bus } = self;
         cfg.validate()?;
         metrics::describe();
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
         let relations = Arc::new(MemoryRelations::default());
         let authz = Arc::new(authz::Authorizer::from_config(&cfg.auth, relations.clone())?);
         let hub = Arc::new(hub::Hub::new(hub::HubConfig::from_limits(&cfg.limits), authz.clone()));
+        if let Some(bus) = bus {
+            // Before the first client: every subscription's interest reaches the bus.
+            let node = cluster::NodeName::new(&cfg.bus.node_id);
+            let stall = Duration::from_secs(u64::from(cfg.limits.max_stall_secs));
+            hub.attach_cluster(cluster::start(hub.clone(), bus, node.clone(), stall).await?);
+            tracing::info!(node = %node.id, "routing to and from other edges on the bus");
+        }
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
         let throttle = throttle::AuthThrottle::default();
         let shared =
             Arc::new(server::EdgeShared { hub: hub.clone(), auth, authz, relations, directory, throttle, cfg });
         let listeners = server::start(shared.clone()).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
         let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);
-        Ok(Edge { hub, shared, listeners, housekeeping })
+        let edge = Edge { hub, shared, listeners, housekeeping };
+        if let Some(dir) = access {
+            edge.prime_access(dir.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
+        }
+        Ok(edge)
     }
 }
 
 impl Edge {
     /// An edge for `cfg`; [`EdgeBuilder::start`] starts it.
     pub fn builder(cfg: EdgeConfig) -> EdgeBuilder {
-        EdgeBuilder { cfg, directory: None, access: None }
+        EdgeBuilder { cfg, directory: None, access: None, bus: None }
     }
 
     /// Applies account events (relations, revocations, signatures, ACL tables) to this edge;
@@ -151,13 +161,22 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     let ops_addr = cfg.ops.addr.clone();
     let nats_url = cfg.bus.nats_url.clone();
     let state = StateDirectories::connect(&cfg.state.redis_url).await?;
-    let edge = Edge::builder(cfg).state(state.as_ref()).start().await?;
-    let _events = if nats_url.is_empty() {
-        tracing::warn!("bus.nats_url is empty: account events (revocations, relation changes) do not reach this edge");
+    let bus = if nats_url.is_empty() {
+        tracing::warn!(
+            "bus.nats_url is empty: this edge routes to no other edge, and account events (revocations, relation changes) do not reach it"
+        );
         None
     } else {
-        let bus = bus::nats::NatsBus::connect(&nats_url).await.map_err(|e| format!("bus.nats_url: {e}"))?;
-        Some(edge.account_events().follow(&bus).await.map_err(|e| format!("bus: {e}"))?)
+        Some(Arc::new(bus::nats::NatsBus::connect(&nats_url).await.map_err(|e| format!("bus.nats_url: {e}"))?))
+    };
+    let mut builder = Edge::builder(cfg).state(state.as_ref());
+    if let Some(bus) = &bus {
+        builder = builder.cluster(bus.clone());
+    }
+    let edge = builder.start().await?;
+    let _events = match &bus {
+        Some(bus) => Some(edge.account_events().follow(bus.as_ref()).await.map_err(|e| format!("bus: {e}"))?),
+        None => None,
     };
     if !ops_addr.is_empty() {
         let router = service_kit::http::ops_router(telemetry.prometheus.clone());

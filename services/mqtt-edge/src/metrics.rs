@@ -21,6 +21,12 @@ pub const CONNECTION_STOPS: &str = "hermes_edge_connection_stops_total";
 pub const ACCOUNT_EVENTS: &str = "hermes_edge_account_events_total";
 pub const RELATION_LOAD_FAILURES: &str = "hermes_edge_relation_load_failures_total";
 pub const TOPIC_ALIAS_BYTES_SAVED: &str = "hermes_edge_topic_alias_bytes_saved_total";
+pub const CLUSTER_OUT: &str = "hermes_edge_cluster_routed_out_total";
+pub const CLUSTER_IN: &str = "hermes_edge_cluster_routed_in_total";
+pub const CLUSTER_DUPLICATES: &str = "hermes_edge_cluster_duplicates_total";
+pub const CLUSTER_DROPPED: &str = "hermes_edge_cluster_dropped_total";
+pub const CLUSTER_ERRORS: &str = "hermes_edge_cluster_errors_total";
+pub const CLUSTER_SUBJECTS: &str = "hermes_edge_cluster_subjects";
 pub const ROUTE_SECONDS: &str = "hermes_edge_route_seconds";
 pub const ACK_SECONDS: &str = "hermes_edge_delivery_ack_seconds";
 
@@ -51,6 +57,18 @@ pub fn describe() {
     describe_counter!(ACCOUNT_EVENTS, "Account events from the bus applied, by kind (`invalid` for undecodable ones)");
     describe_counter!(RELATION_LOAD_FAILURES, "CONNECTs that could not load the user's relations from the directory");
     describe_counter!(TOPIC_ALIAS_BYTES_SAVED, "Topic bytes not sent to v5 clients thanks to outbound topic aliases");
+    describe_counter!(CLUSTER_OUT, "Messages this edge routed to the other edges over the bus");
+    describe_counter!(CLUSTER_IN, "Messages from other edges routed here");
+    describe_counter!(
+        CLUSTER_DUPLICATES,
+        "Copies of messages from other edges dropped (one per extra matching subject)"
+    );
+    describe_counter!(
+        CLUSTER_DROPPED,
+        "Wills and presence changes not passed to other edges: the bus was too far behind"
+    );
+    describe_counter!(CLUSTER_ERRORS, "Bus operations of the cluster routing that failed, by operation");
+    describe_gauge!(CLUSTER_SUBJECTS, "Bus subjects this edge subscribes to for its clients' interest");
     describe_histogram!(ROUTE_SECONDS, "Time to route one inbound PUBLISH to its sessions");
     describe_histogram!(ACK_SECONDS, "Time from writing a QoS 1/2 delivery to its final ack");
 }

@@ -5,6 +5,7 @@ mod account_events;
 mod auth;
 mod backends;
 mod boundaries;
+mod cluster;
 mod delivery;
 mod flow;
 mod fuzz;

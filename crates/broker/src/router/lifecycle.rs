@@ -61,7 +61,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             Some(p) if !req.clean_start => (p.key, p.session, true),
             other => {
                 if let Some(p) = other {
-                    self.drop_session(p.key, &p.session);
+                    self.drop_session(p.key, &p.session, fx);
                 }
                 let key = self.next_id();
                 self.client_of.insert(key, req.session.clone());
@@ -77,7 +77,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         if let Some(topic) = &req.presence
             && let Some(news) = self.presence.connected(topic, now_ms)
         {
-            self.route(M::presence(topic, news), None, now_ms, fx);
+            self.originate(M::presence(topic, news), now_ms, fx);
         }
         if let Some(topic) = replaced_presence {
             self.device_left(topic, now_ms, fx);
@@ -121,7 +121,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         let will = live.will.take().filter(|_| !graceful);
         let ends_now = expiry == 0;
         if ends_now {
-            self.drop_session(live.key, &live.session);
+            self.drop_session(live.key, &live.session, fx);
         } else {
             let parked = Parked { session: live.session, key: live.key, expiry_secs: expiry, offline_since_ms: now_ms };
             self.store.park(session, parked);
@@ -151,7 +151,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     pub fn tick(&mut self, auth: &dyn Authorize<O>, now_ms: u64, fx: &mut Effects<M, O>) {
         let mut due = Vec::new();
         for (session, parked) in self.store.expire(now_ms) {
-            self.drop_session(parked.key, &parked.session);
+            self.drop_session(parked.key, &parked.session, fx);
             due.extend(self.pending_wills.remove(session.as_str()));
             fx.push(Effect::SessionExpired);
         }
@@ -164,7 +164,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             self.send_will(will, auth, now_ms, fx);
         }
         for (topic, news) in self.presence.tick(now_ms) {
-            self.route(M::presence(&topic, news), None, now_ms, fx);
+            self.originate(M::presence(&topic, news), now_ms, fx);
         }
     }
 
@@ -178,7 +178,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// One device of a user went away; the last one makes the user offline (after the grace).
     fn device_left(&mut self, topic: Arc<str>, now_ms: u64, fx: &mut Effects<M, O>) {
         if let Some(news) = self.presence.left(&topic, now_ms) {
-            self.route(M::presence(&topic, news), None, now_ms, fx);
+            self.originate(M::presence(&topic, news), now_ms, fx);
         }
     }
 
@@ -190,13 +190,19 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             fx.push(Effect::WillRefused { owner: will.owner, client_id: will.client_id, topic });
             return;
         }
-        self.route(will.message, None, now_ms, fx);
+        self.originate(will.message, now_ms, fx);
+    }
+
+    /// Routes a message of the router's own here, and says so for other edges.
+    fn originate(&mut self, msg: M, now_ms: u64, fx: &mut Effects<M, O>) {
+        fx.push(Effect::Originated(msg.clone()));
+        self.route(msg, None, now_ms, fx);
     }
 
     /// Forgets a session that ends: its subscriptions leave the tries.
-    fn drop_session(&mut self, key: u64, session: &Session<M>) {
+    fn drop_session(&mut self, key: u64, session: &Session<M>, fx: &mut Effects<M, O>) {
         for (f, _) in session.subscriptions() {
-            self.remove_from_tries(key, f);
+            self.remove_from_tries(key, f, fx);
         }
         self.client_of.remove(&key);
     }

@@ -104,6 +104,12 @@ pub enum Effect<M, O> {
     SessionExpired,
     /// A live subscription the ACL no longer allows was removed.
     SubscriptionRevoked,
+    /// The first subscription to `filter` (share group removed) on this router appeared
+    /// (`held`), or the last one went: other edges route matching messages here while held.
+    Interest { filter: String, held: bool },
+    /// A message the router itself published (a will, a presence change): other edges route
+    /// it too. Client publishes are the caller's to pass on.
+    Originated(M),
 }
 
 /// A will message and its delay (v5; 0 for v3).
@@ -229,6 +235,9 @@ pub struct Router<M, O> {
     subs: SubscriptionTrie<u64, SubOptions>,
     shared: SubscriptionTrie<(u64, Arc<str>), SubOptions>,
     retained: RetainedStore<M>,
+    /// Subscriptions per filter (share group removed), live and parked: what [`Effect::Interest`]
+    /// reports.
+    interest: HashMap<String, usize>,
     next_id: u64,
     round_robin: usize,
 }
@@ -258,6 +267,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             subs: SubscriptionTrie::new(),
             shared: SubscriptionTrie::new(),
             retained: RetainedStore::new(),
+            interest: HashMap::new(),
             next_id: 0,
             round_robin: 0,
         }

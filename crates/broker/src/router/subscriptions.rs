@@ -1,6 +1,7 @@
 //! Subscriptions: SUBSCRIBE with retained messages, UNSUBSCRIBE, and re-authorization when an
 //! owner's relations or their enterprise's ACL tables change.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Authorize, Effect, Effects, Routable, Router, SubscribeError, push_enqueued};
@@ -27,11 +28,15 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
         live.session.subscribe(raw_filter, options.clone());
         if let Some(group) = parsed.share_group {
-            self.shared.insert(parsed.filter, (live.key, group.into()), options);
+            if self.shared.insert(parsed.filter, (live.key, group.into()), options).is_none() {
+                count_interest(&mut self.interest, parsed.filter, true, fx);
+            }
             // Shared subscriptions never get retained messages (v5 §4.8.2).
             return Ok(());
         }
-        self.subs.insert(parsed.filter, live.key, options.clone());
+        if self.subs.insert(parsed.filter, live.key, options.clone()).is_none() {
+            count_interest(&mut self.interest, parsed.filter, true, fx);
+        }
         let send_retained = match options.retain_handling {
             RetainHandling::AtSubscribe => true,
             RetainHandling::AtSubscribeIfNew => !existed,
@@ -49,7 +54,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     }
 
     /// An UNSUBSCRIBE entry; returns whether the subscription existed.
-    pub fn unsubscribe(&mut self, session: &str, raw_filter: &str) -> bool {
+    pub fn unsubscribe(&mut self, session: &str, raw_filter: &str, fx: &mut Effects<M, O>) -> bool {
         let Some(live) = self.live.get_mut(session) else {
             return false;
         };
@@ -57,7 +62,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             return false;
         }
         let key = live.key;
-        self.remove_from_tries(key, raw_filter);
+        self.remove_from_tries(key, raw_filter, fx);
         true
     }
 
@@ -90,7 +95,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                     .collect()
             });
             for f in revoked {
-                self.unsubscribe(&session, &f);
+                self.unsubscribe(&session, &f, fx);
                 fx.push(Effect::SubscriptionRevoked);
             }
             for (filter, qos) in auth.auto_subscriptions(&who, &cid) {
@@ -104,16 +109,33 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
     }
 
-    pub(super) fn remove_from_tries(&mut self, key: u64, raw_filter: &str) {
-        if let Ok(p) = parse_subscription(raw_filter, &self.cfg.topic) {
-            match p.share_group {
-                Some(g) => {
-                    self.shared.remove(p.filter, &(key, g.into()));
-                }
-                None => {
-                    self.subs.remove(p.filter, &key);
-                }
-            }
+    pub(super) fn remove_from_tries(&mut self, key: u64, raw_filter: &str, fx: &mut Effects<M, O>) {
+        let Ok(p) = parse_subscription(raw_filter, &self.cfg.topic) else {
+            return;
+        };
+        let removed = match p.share_group {
+            Some(g) => self.shared.remove(p.filter, &(key, g.into())).is_some(),
+            None => self.subs.remove(p.filter, &key).is_some(),
+        };
+        if removed {
+            count_interest(&mut self.interest, p.filter, false, fx);
+        }
+    }
+}
+
+/// One subscription more (`added`) or less to `filter`; the first and the last are reported.
+fn count_interest<M, O>(counts: &mut HashMap<String, usize>, filter: &str, added: bool, fx: &mut Effects<M, O>) {
+    if added {
+        let n = counts.entry(filter.to_owned()).or_default();
+        *n += 1;
+        if *n == 1 {
+            fx.push(Effect::Interest { filter: filter.to_owned(), held: true });
+        }
+    } else if let Some(n) = counts.get_mut(filter) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(filter);
+            fx.push(Effect::Interest { filter: filter.to_owned(), held: false });
         }
     }
 }

@@ -378,8 +378,8 @@ fn subscribe_refuses_bad_filters_past_the_quota_and_without_a_session() {
     assert_eq!(r.subscribe(&k, "f/4", SubOptions::default(), 0, &mut fx), Err(SubscribeError::QuotaExceeded));
     assert_eq!(r.subscribe(&k, "f/0", SubOptions::default(), 0, &mut fx), Ok(()), "an existing one is replaced");
     assert_eq!(r.subscribe("nobody", "x", SubOptions::default(), 0, &mut fx), Err(SubscribeError::NoSession));
-    assert!(r.unsubscribe(&k, "f/0"));
-    assert!(!r.unsubscribe(&k, "f/0"));
+    assert!(r.unsubscribe(&k, "f/0", &mut fx));
+    assert!(!r.unsubscribe(&k, "f/0", &mut fx));
     assert_eq!(r.publish(msg("f/0", "m", 0), None, 0, &mut fx), 0);
 }
 
@@ -451,4 +451,59 @@ fn inbound_qos2_ids_are_remembered_until_released() {
     assert!(r.incoming_released(&k, 7));
     assert!(!r.incoming_released(&k, 7));
     assert!(r.incoming_qos2(&k, 7));
+}
+
+/// The filters whose interest changed, in order: `+f` held, `-f` released.
+fn interest(fx: &Fx) -> Vec<String> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Interest { filter, held } => Some(format!("{}{filter}", if *held { '+' } else { '-' })),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn interest_is_reported_for_the_first_and_the_last_subscription_of_a_filter() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (a, _) = connect(&mut r, request("u", "a", false, 60), &mut fx);
+    connect(&mut r, request("u", "b", true, 0), &mut fx);
+    for (client, filter) in [("a", "x/#"), ("b", "x/#"), ("a", "$share/g/x/#"), ("b", "y")] {
+        r.subscribe(&key("u", client), filter, SubOptions::default(), 0, &mut fx).expect("sub");
+    }
+    assert_eq!(interest(&fx), ["+x/#", "+y"], "a share group counts under its filter");
+    fx.clear();
+    assert!(r.unsubscribe(&key("u", "b"), "x/#", &mut fx));
+    assert!(interest(&fx).is_empty(), "a still holds x/#");
+    // Parked sessions keep their interest; ended ones give it up.
+    r.disconnect(gone(&key("u", "a"), a, true, None), &Acl::default(), 0, &mut fx);
+    assert!(interest(&fx).is_empty());
+    r.tick(&Acl::default(), 60_000, &mut fx);
+    assert_eq!(interest(&fx), ["-x/#"]);
+    fx.clear();
+    connect(&mut r, request("u", "b", true, 0), &mut fx);
+    assert_eq!(interest(&fx), ["-y"], "a clean start ends the old session");
+}
+
+#[test]
+fn wills_and_presence_are_said_to_other_edges_client_publishes_are_not() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let req = ConnectRequest {
+        will: Some(Will { message: msg("wills/bob", "gone", 0), delay_secs: 0 }),
+        presence: Some(Arc::from("pres/bob")),
+        ..request("bob", "a", true, 0)
+    };
+    let (l, _) = connect(&mut r, req, &mut fx);
+    r.publish(msg("t", "client", 0), Some(&key("bob", "a")), 0, &mut fx);
+    r.disconnect(gone(&key("bob", "a"), l, false, None), &Acl::default(), 0, &mut fx);
+    let said: Vec<_> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Originated(m) => Some(format!("{} {}", m.topic, m.body)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(said, ["pres/bob online", "wills/bob gone", "pres/bob offline"]);
 }

@@ -1,0 +1,310 @@
+//! Routing between edges over the bus (design §2, flow 3): several edges behind one address act
+//! as one broker for live traffic.
+//!
+//! - **Interest.** The router reports the first and the last subscription to each filter
+//!   ([`broker::router::Effect::Interest`]); this edge subscribes on the bus to the filter's
+//!   subjects (`wire::subjects::interest`, reference counted per subject) and unsubscribes when
+//!   the last one goes. Every edge also takes every retained message (so its later subscribers
+//!   get them) and the rare topics too long for a subject.
+//! - **Out.** A client's PUBLISH is routed here first (local subscribers get it without a bus
+//!   round trip), then handed to the bus in the connection's order before its PUBACK; wills and
+//!   presence changes ([`broker::router::Effect::Originated`]) follow the same path. Messages are
+//!   numbered per edge incarnation.
+//! - **In.** Messages from other edges are routed here as the system's (never passed on again);
+//!   a message that matched several of this edge's subscriptions arrives once per subscription,
+//!   and only the first copy is kept (`broker::dedupe`). An edge ignores its own messages.
+//!
+//! Not yet (issue 13): offline queues, in-flight messages and retained messages in Redis,
+//! JetStream for what must survive an edge, shared subscriptions balanced across edges (each
+//! edge picks a member of its own), presence counted across edges.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use ntex_bytes::ByteString;
+use prost::Message as _;
+use tokio::sync::mpsc;
+
+use broker::QoS;
+use broker::dedupe::Dedupe;
+use bus::{Bus, BusMessage};
+use wire::pb;
+use wire::subjects;
+
+use crate::hub::Hub;
+use crate::message::{Message, SharedMessage, now_ms};
+use crate::metrics as m;
+
+/// Messages waiting for the bus before publishers are made to wait.
+const OUTBOUND_CAPACITY: usize = 8192;
+/// Messages from other edges waiting to be routed here.
+const INBOUND_CAPACITY: usize = 8192;
+/// An origin not heard from for this long is forgotten by the duplicate filter.
+const ORIGIN_IDLE_MS: u64 = 10 * 60 * 1000;
+
+/// This edge's name on the bus: its node id and when it started.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeName {
+    pub id: String,
+    pub incarnation: u64,
+}
+
+impl NodeName {
+    /// `id`, or a random one when empty, started now.
+    pub fn new(id: &str) -> Self {
+        let id = if id.is_empty() { format!("edge-{:016x}", rand::random::<u64>()) } else { id.to_owned() };
+        NodeName { id, incarnation: now_ms() }
+    }
+}
+
+/// The hub's side of the cluster: synchronous hand-offs to the tasks that talk to the bus.
+#[derive(Debug)]
+pub struct ClusterLink {
+    interest: mpsc::UnboundedSender<(String, bool)>,
+    outbound: mpsc::Sender<SharedMessage>,
+}
+
+impl ClusterLink {
+    /// The router's interest in `filter` began (`held`) or ended.
+    pub fn interest(&self, filter: String, held: bool) {
+        let _ = self.interest.send((filter, held));
+    }
+
+    /// A will or presence change this edge published: other edges route it too. Dropped and
+    /// counted if the bus is that far behind (they are never acknowledged to anyone).
+    pub fn originated(&self, msg: SharedMessage) {
+        if self.outbound.try_send(msg).is_err() {
+            metrics::counter!(m::CLUSTER_DROPPED).increment(1);
+        }
+    }
+
+    /// A client's PUBLISH, routed here: on to the other edges. Waits while the bus is behind,
+    /// so the publisher's PUBACK waits too.
+    pub async fn forward(&self, msg: SharedMessage) {
+        let _ = self.outbound.send(msg).await;
+    }
+}
+
+/// Starts routing between this edge and the others on `bus`; the hub hands its interest and
+/// messages to the returned link.
+pub async fn start(
+    hub: Arc<Hub>,
+    bus: Arc<dyn Bus>,
+    node: NodeName,
+    stall: std::time::Duration,
+) -> Result<ClusterLink, String> {
+    let (interest_tx, interest_rx) = mpsc::unbounded_channel();
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
+    let mut subscriptions = Subscriptions { bus: bus.clone(), inbound: in_tx, held: HashMap::new() };
+    for always in [subjects::ALL_RETAINED, subjects::LONG_TOPICS] {
+        subscriptions.hold(always).await.map_err(|e| format!("bus: {e}"))?;
+    }
+    tokio::spawn(subscriptions.run(interest_rx));
+    tokio::spawn(send_out(bus, node.clone(), out_rx));
+    tokio::spawn(take_in(hub, node, in_rx, stall));
+    Ok(ClusterLink { interest: interest_tx, outbound: out_tx })
+}
+
+/// The bus subscriptions of this edge's interest, by subject, with how many filters need each.
+struct Subscriptions {
+    bus: Arc<dyn Bus>,
+    inbound: mpsc::Sender<BusMessage>,
+    held: HashMap<String, (usize, tokio::task::JoinHandle<()>)>,
+}
+
+impl Subscriptions {
+    async fn run(mut self, mut changes: mpsc::UnboundedReceiver<(String, bool)>) {
+        while let Some((filter, held)) = changes.recv().await {
+            // Too long for a subject: its messages come on `LONG_TOPICS`, always held.
+            let Some(subjects) = subjects::interest(&filter) else {
+                continue;
+            };
+            for subject in subjects {
+                if held {
+                    if let Err(e) = self.hold(&subject).await {
+                        metrics::counter!(m::CLUSTER_ERRORS, "op" => "subscribe").increment(1);
+                        tracing::warn!(%subject, error = %e, "cannot subscribe on the bus");
+                    }
+                } else {
+                    self.release(&subject);
+                }
+            }
+        }
+    }
+
+    async fn hold(&mut self, subject: &str) -> Result<(), bus::BusError> {
+        if let Some((n, _)) = self.held.get_mut(subject) {
+            *n += 1;
+            return Ok(());
+        }
+        let mut sub = self.bus.subscribe(subject).await?;
+        let inbound = self.inbound.clone();
+        let task = tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                if inbound.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.held.insert(subject.to_owned(), (1, task));
+        metrics::gauge!(m::CLUSTER_SUBJECTS).set(self.held.len() as f64);
+        Ok(())
+    }
+
+    fn release(&mut self, subject: &str) {
+        let Some((n, _)) = self.held.get_mut(subject) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0
+            && let Some((_, task)) = self.held.remove(subject)
+        {
+            // Dropping the subscription with its task unsubscribes.
+            task.abort();
+        }
+        metrics::gauge!(m::CLUSTER_SUBJECTS).set(self.held.len() as f64);
+    }
+}
+
+/// Numbers this edge's messages and publishes them, in the order they were handed over.
+async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<SharedMessage>) {
+    let seq = AtomicU64::new(0);
+    while let Some(msg) = rx.recv().await {
+        let subject = subjects::routed(&msg.topic, msg.retain).unwrap_or_else(|| subjects::LONG_TOPICS.to_owned());
+        let routed = encode(&node, seq.fetch_add(1, Ordering::Relaxed) + 1, &msg);
+        match bus.publish(&subject, Bytes::from(routed.encode_to_vec())).await {
+            Ok(()) => metrics::counter!(m::CLUSTER_OUT).increment(1),
+            Err(e) => {
+                metrics::counter!(m::CLUSTER_ERRORS, "op" => "publish").increment(1);
+                tracing::warn!(%subject, error = %e, "cannot route to other edges");
+            }
+        }
+    }
+}
+
+/// Routes what other edges sent, once per message.
+async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<BusMessage>, stall: std::time::Duration) {
+    let mut seen: Dedupe<(String, u64)> = Dedupe::default();
+    let mut last_sweep = now_ms();
+    while let Some(bm) = rx.recv().await {
+        let Ok(routed) = pb::RoutedMessage::decode(bm.payload) else {
+            metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
+            continue;
+        };
+        if routed.origin == node.id && routed.incarnation == node.incarnation {
+            continue;
+        }
+        let now = now_ms();
+        if !seen.accept((routed.origin.clone(), routed.incarnation), routed.seq, now) {
+            metrics::counter!(m::CLUSTER_DUPLICATES).increment(1);
+            continue;
+        }
+        if now.saturating_sub(last_sweep) > ORIGIN_IDLE_MS {
+            seen.forget_idle(now, ORIGIN_IDLE_MS);
+            last_sweep = now;
+        }
+        metrics::counter!(m::CLUSTER_IN).increment(1);
+        let Some(msg) = decode(routed) else {
+            metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
+            continue;
+        };
+        let routed = hub.publish_remote(Arc::new(msg), now);
+        // A subscriber here with too much waiting slows what comes from other edges, like a
+        // local publisher.
+        crate::flow::wait_for_room(&hub, routed.pressure, stall).await;
+    }
+}
+
+fn encode(node: &NodeName, seq: u64, msg: &Message) -> pb::RoutedMessage {
+    let props = msg.properties.as_deref();
+    pb::RoutedMessage {
+        origin: node.id.clone(),
+        incarnation: node.incarnation,
+        seq,
+        topic: msg.topic.to_string(),
+        payload: msg.payload.to_vec(),
+        qos: msg.qos as u32,
+        retain: msg.retain,
+        expires_at_ms: msg.expires_at_ms.unwrap_or(0),
+        user_properties: props
+            .map(|p| {
+                p.user_properties
+                    .iter()
+                    .map(|(k, v)| pb::UserProperty { key: k.to_string(), value: v.to_string() })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        content_type: props.and_then(|p| p.content_type.as_ref()).map(|c| c.to_string()).unwrap_or_default(),
+        response_topic: props.and_then(|p| p.response_topic.as_ref()).map(|t| t.to_string()).unwrap_or_default(),
+        correlation_data: props.and_then(|p| p.correlation_data.as_ref()).map(|c| c.to_vec()).unwrap_or_default(),
+        payload_is_utf8: props.is_some_and(|p| p.is_utf8_payload),
+    }
+}
+
+fn decode(r: pb::RoutedMessage) -> Option<Message> {
+    let qos = QoS::from_u8(u8::try_from(r.qos).ok()?)?;
+    let mut msg = Message::new(ByteString::from(r.topic), ntex_bytes::Bytes::from(r.payload), qos, r.retain);
+    msg.expires_at_ms = (r.expires_at_ms != 0).then_some(r.expires_at_ms);
+    let has_props = !r.user_properties.is_empty()
+        || !r.content_type.is_empty()
+        || !r.response_topic.is_empty()
+        || !r.correlation_data.is_empty()
+        || r.payload_is_utf8;
+    if has_props {
+        let mut p =
+            ntex_mqtt::v5::codec::PublishProperties { is_utf8_payload: r.payload_is_utf8, ..Default::default() };
+        p.user_properties =
+            r.user_properties.into_iter().map(|u| (ByteString::from(u.key), ByteString::from(u.value))).collect();
+        p.content_type = (!r.content_type.is_empty()).then(|| ByteString::from(r.content_type));
+        p.response_topic = (!r.response_topic.is_empty()).then(|| ByteString::from(r.response_topic));
+        p.correlation_data = (!r.correlation_data.is_empty()).then(|| ntex_bytes::Bytes::from(r.correlation_data));
+        msg.properties = Some(Box::new(p));
+    }
+    Some(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_and_its_properties_survive_the_trip() {
+        let mut msg =
+            Message::new(ByteString::from("a/b"), ntex_bytes::Bytes::from_static(b"hi"), QoS::ExactlyOnce, true);
+        msg.expires_at_ms = Some(123);
+        msg.properties = Some(Box::new(ntex_mqtt::v5::codec::PublishProperties {
+            user_properties: vec![(ByteString::from("hermes-sender"), ByteString::from("acme/bob"))],
+            content_type: Some(ByteString::from("text/plain")),
+            response_topic: Some(ByteString::from("r/t")),
+            correlation_data: Some(ntex_bytes::Bytes::from_static(b"c")),
+            is_utf8_payload: true,
+            ..Default::default()
+        }));
+        let node = NodeName { id: "n".into(), incarnation: 7 };
+        let wire = encode(&node, 9, &msg).encode_to_vec();
+        let r = pb::RoutedMessage::decode(Bytes::from(wire)).expect("decodes");
+        assert_eq!((r.origin.as_str(), r.incarnation, r.seq), ("n", 7, 9));
+        let back = decode(r).expect("valid");
+        assert_eq!(
+            (back.topic.as_str(), &back.payload[..], back.qos, back.retain),
+            ("a/b", &b"hi"[..], QoS::ExactlyOnce, true)
+        );
+        assert_eq!(back.expires_at_ms, Some(123));
+        let p = back.properties.expect("properties");
+        assert_eq!(p.user_properties, msg.properties.as_ref().expect("p").user_properties);
+        assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(p.response_topic.as_deref(), Some("r/t"));
+        assert!(p.is_utf8_payload);
+    }
+
+    #[test]
+    fn a_plain_message_has_no_properties_and_a_bad_qos_is_refused() {
+        let msg = Message::new(ByteString::from("t"), ntex_bytes::Bytes::new(), QoS::AtMostOnce, false);
+        let r = encode(&NodeName { id: "n".into(), incarnation: 1 }, 1, &msg);
+        assert!(decode(r.clone()).expect("valid").properties.is_none());
+        assert!(decode(pb::RoutedMessage { qos: 3, ..r }).is_none());
+    }
+}

@@ -1,0 +1,193 @@
+//! Several edges on one bus act as one broker for live traffic: a publish on any edge reaches
+//! the matching subscribers of every edge, once each and in the publisher's order. Each
+//! scenario runs on a real `nats-server` (one connection per edge) and on the in-process bus.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::Bus;
+use hermes_tests::*;
+use sdk::mqtt::{Client, Connect, Packet, SubscribeTopic, Version, Will};
+
+/// Two edges on a fresh bus of each kind; the NATS server (if any) lives as long as the value.
+struct Pair {
+    a: TestEdge,
+    b: TestEdge,
+    _nats: Option<servers::ServerProcess>,
+}
+
+async fn pairs() -> Vec<(&'static str, Pair)> {
+    let nats = servers::nats();
+    let url = nats.nats_url();
+    let connect = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn Bus> };
+    let on_nats = Pair {
+        a: TestEdge::start_clustered(connect().await, |c| c.bus.node_id = "a".into()).await,
+        b: TestEdge::start_clustered(connect().await, |c| c.bus.node_id = "b".into()).await,
+        _nats: Some(nats),
+    };
+    let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+    let in_process = Pair {
+        a: TestEdge::start_clustered(memory.clone(), |_| {}).await,
+        b: TestEdge::start_clustered(memory, |_| {}).await,
+        _nats: None,
+    };
+    vec![("nats", on_nats), ("memory", in_process)]
+}
+
+async fn subscribed(edge: &TestEdge, id: &str, filters: &[&str]) -> Client {
+    let mut c = edge.client(Version::V5, id).await;
+    let topics = filters.iter().map(|f| SubscribeTopic::new(f, 1)).collect();
+    let codes = c.subscribe(topics, WAIT).await.expect("suback");
+    assert!(codes.iter().all(|c| *c <= 2), "{codes:?}");
+    c
+}
+
+/// Interest reaches the bus shortly after the SUBACK.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+async fn received(c: &mut Client) -> (String, String) {
+    let p = expect_publish(c).await;
+    ack(c, &p).await;
+    (p.topic, String::from_utf8_lossy(&p.payload).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_reaches_every_edge_once_whatever_overlaps() {
+    for (bus, pair) in pairs().await {
+        let mut on_a = subscribed(&pair.a, "sub-a", &["room/#"]).await;
+        let mut overlapping = subscribed(&pair.b, "sub-b", &["room/#", "room/+", "room/1"]).await;
+        let mut exact = subscribed(&pair.b, "sub-b2", &["room/1"]).await;
+        settle().await;
+        let mut publisher = pair.a.client(Version::V5, "pub").await;
+        assert_eq!(publisher.publish("room/1", b"hello", 1, false, WAIT).await.expect("puback"), Some(0));
+        for c in [&mut on_a, &mut overlapping, &mut exact] {
+            assert_eq!(received(c).await, ("room/1".into(), "hello".into()), "{bus}");
+            expect_nothing(c).await;
+        }
+        // `#` also matches its parent level, on the other edge too.
+        publisher.publish("room", b"parent", 1, false, WAIT).await.expect("puback");
+        assert_eq!(received(&mut overlapping).await.1, "parent", "{bus}");
+        assert_eq!(received(&mut on_a).await.1, "parent", "{bus}");
+        expect_nothing(&mut exact).await;
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn topic_levels_that_look_like_subject_syntax_stay_topic_levels() {
+    for (bus, pair) in pairs().await {
+        let mut dotted = subscribed(&pair.b, "dotted", &["a.b/c"]).await;
+        let mut levels = subscribed(&pair.b, "levels", &["a/b/c"]).await;
+        let mut plus = subscribed(&pair.b, "plus", &["x/+"]).await;
+        let mut empty = subscribed(&pair.b, "empty", &["e//f"]).await;
+        settle().await;
+        let mut publisher = pair.a.client(Version::V5, "pub").await;
+        for topic in ["a/b/c", "a.b/c", "x/*", "x/>", "x/y/z", "e//f", "e/f"] {
+            publisher.publish(topic, topic.as_bytes(), 1, false, WAIT).await.expect("puback");
+        }
+        assert_eq!(received(&mut levels).await.0, "a/b/c", "{bus}");
+        assert_eq!(received(&mut dotted).await.0, "a.b/c", "{bus}");
+        assert_eq!(received(&mut plus).await.0, "x/*", "{bus}");
+        assert_eq!(received(&mut plus).await.0, "x/>", "{bus}");
+        assert_eq!(received(&mut empty).await.0, "e//f", "{bus}");
+        for c in [&mut dotted, &mut levels, &mut plus, &mut empty] {
+            expect_nothing(c).await;
+        }
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publishers_messages_arrive_on_another_edge_all_and_in_order() {
+    const N: usize = 2000;
+    for (bus, pair) in pairs().await {
+        let mut sub = subscribed(&pair.b, "reader", &["seq/#"]).await;
+        settle().await;
+        let mut publisher = pair.a.client(Version::V311, "writer").await;
+        let writer = tokio::spawn(async move {
+            for n in 0..N {
+                let qos = if n % 2 == 0 { 1 } else { 0 };
+                publisher.publish("seq/1", n.to_string().as_bytes(), qos, false, WAIT).await.expect("publish");
+            }
+            publisher
+        });
+        for n in 0..N {
+            let (_, body) = received(&mut sub).await;
+            assert_eq!(body, n.to_string(), "{bus}: message {n} out of order or lost");
+        }
+        expect_nothing(&mut sub).await;
+        drop(writer.await.expect("writer"));
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retained_messages_wills_and_properties_cross_edges() {
+    for (bus, pair) in pairs().await {
+        // Retained on A before anyone on B is interested: B keeps it for its later subscribers.
+        let mut publisher = pair.a.client(Version::V5, "pub").await;
+        publisher.publish("cfg/1", b"v1", 1, true, WAIT).await.expect("puback");
+        settle().await;
+        let mut late = pair.b.client(Version::V5, "late").await;
+        late.subscribe(vec![SubscribeTopic::new("cfg/#", 1)], WAIT).await.expect("suback");
+        let p = expect_publish(&mut late).await;
+        assert_eq!((p.topic.as_str(), &p.payload[..], p.retain), ("cfg/1", &b"v1"[..], true), "{bus}");
+        ack(&mut late, &p).await;
+
+        // A will set on A goes to B's subscriber when its client vanishes.
+        let mut watcher = subscribed(&pair.b, "watcher", &["wills/#"]).await;
+        settle().await;
+        let will =
+            Will { topic: "wills/dev".into(), payload: b"gone".to_vec(), qos: 1, retain: false, delay_interval: None };
+        let (dying, _) = pair.a.connect(Version::V5, Connect { will: Some(will), ..connect("dev", true) }).await;
+        drop(dying);
+        assert_eq!(received(&mut watcher).await, ("wills/dev".into(), "gone".into()), "{bus}");
+
+        // MQTT 5 properties travel with the message.
+        let mut props = subscribed(&pair.b, "props", &["p/#"]).await;
+        settle().await;
+        let sent = sdk::mqtt::Publish {
+            topic: "p/1".into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos: 0,
+            properties: sdk::mqtt::PublishProperties {
+                user_properties: vec![("k".into(), "v".into())],
+                content_type: Some("text/plain".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        publisher.send(&Packet::Publish(sent)).await.expect("send");
+        let got = expect_publish(&mut props).await;
+        assert!(got.properties.user_properties.contains(&("k".into(), "v".into())), "{bus}: {got:?}");
+        assert_eq!(got.properties.content_type.as_deref(), Some("text/plain"), "{bus}");
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn interest_ends_with_the_last_subscription() {
+    for (bus, pair) in pairs().await {
+        let mut sub = subscribed(&pair.b, "s", &["gone/#"]).await;
+        settle().await;
+        let mut publisher = pair.a.client(Version::V5, "pub").await;
+        publisher.publish("gone/1", b"1", 1, false, WAIT).await.expect("puback");
+        assert_eq!(received(&mut sub).await.1, "1", "{bus}");
+        sub.send(&Packet::Unsubscribe { packet_id: 7, filters: vec!["gone/#".into()] }).await.expect("send");
+        match sub.recv(WAIT).await {
+            Ok(Packet::UnsubAck { packet_id: 7, .. }) => {}
+            other => panic!("{bus}: expected UNSUBACK, got {other:?}"),
+        }
+        settle().await;
+        publisher.publish("gone/1", b"2", 1, false, WAIT).await.expect("puback");
+        expect_nothing(&mut sub).await;
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
