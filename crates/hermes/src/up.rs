@@ -14,9 +14,6 @@ use redis_state::StateDirectories;
 use serde::{Deserialize, Serialize};
 use service_kit::telemetry::TelemetryConfig;
 
-// What the accounts node loads for the edge (`EdgeState`) covers every revocation it remembers.
-const _: () = assert!(wire::token::REVOCATION_MEMORY_MS == mqtt_edge::auth::REVOCATION_MEMORY_MS);
-
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
     #[command(flatten)]
@@ -186,17 +183,21 @@ async fn serve(
     let users_file = edge_cfg.auth.users_file.clone();
     let nats_url = edge_cfg.bus.nats_url.clone();
     let dirs = StateDirectories::connect(&edge_cfg.state.redis_url).await?;
-    // Primed from the database below, which also refills the directories.
-    let mut edge = mqtt_edge::Edge::builder(edge_cfg);
-    if let Some(d) = &dirs {
-        edge = edge.relations(d.relations.clone());
-    }
-    let edge = edge.start().await?;
     let bus: std::sync::Arc<dyn bus::Bus> = if nats_url.is_empty() {
         std::sync::Arc::new(bus::memory::MemoryBus::default())
     } else {
         std::sync::Arc::new(bus::nats::NatsBus::connect(&nats_url).await.map_err(|e| format!("bus.nats_url: {e}"))?)
     };
+    // Primed from the database below, which also refills the directories.
+    let mut edge = mqtt_edge::Edge::builder(edge_cfg);
+    if let Some(d) = &dirs {
+        edge = edge.relations(d.relations.clone());
+    }
+    if !nats_url.is_empty() {
+        // Other edges on the same NATS route to and from this one.
+        edge = edge.cluster(bus.clone());
+    }
+    let edge = edge.start().await?;
     let _events = edge.account_events().follow(bus.as_ref()).await.map_err(|e| format!("bus: {e}"))?;
     let admin = keys.admin.clone();
     let http = start_accounts(&cfg, &data, &edge, ApiParts { keys, bus, directories: dirs }, demo.as_deref()).await?;

@@ -8,8 +8,11 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
-    /// NATS server URL (`nats://host:4222`); empty: no bus between processes.
+    /// NATS server URL (`nats://host:4222`); empty: no bus between processes. Edges route
+    /// messages to each other over it.
     pub nats_url: String,
+    /// This node's name among its service's nodes on the bus; empty: a random one at each start.
+    pub node_id: String,
 }
 
 /// State shared between processes.

@@ -76,9 +76,7 @@ pub struct Authenticator {
     revoked: Mutex<HashMap<(String, String, String), i64>>,
 }
 
-/// How long an edge remembers a revocation: longer than any access token lives (accounts caps
-/// `token_ttl_secs` at a day).
-pub const REVOCATION_MEMORY_MS: i64 = 7 * 24 * 3600 * 1000;
+pub use wire::token::REVOCATION_MEMORY_MS;
 
 /// Access tokens are PASETO v4.public: anything else in the password field is a password.
 const TOKEN_PREFIX: &[u8] = b"v4.public.";

@@ -31,6 +31,15 @@ pub struct EdgeFlags {
     /// File of `username:argon2id-hash` lines (`auth.users_file`).
     #[arg(long)]
     pub users_file: Option<String>,
+    /// NATS URL (`bus.nats_url`): account events, and routing to and from the other edges.
+    #[arg(long)]
+    pub bus_nats_url: Option<String>,
+    /// This edge's name on the bus (`bus.node_id`); random when not given.
+    #[arg(long)]
+    pub bus_node_id: Option<String>,
+    /// Redis URL of the relation and access directories (`state.redis_url`).
+    #[arg(long)]
+    pub state_redis_url: Option<String>,
     /// Metrics and health endpoint address (`ops.addr`); empty disables.
     #[arg(long)]
     pub ops_addr: Option<String>,
@@ -50,6 +59,9 @@ impl EdgeFlags {
             ("mqtt.tls_cert", &self.mqtt_tls_cert),
             ("mqtt.tls_key", &self.mqtt_tls_key),
             ("auth.users_file", &self.users_file),
+            ("bus.nats_url", &self.bus_nats_url),
+            ("bus.node_id", &self.bus_node_id),
+            ("state.redis_url", &self.state_redis_url),
             ("ops.addr", &self.ops_addr),
             ("telemetry.log_format", &self.log_format),
         ];

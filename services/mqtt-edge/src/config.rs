@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use service_kit::sections::{BusConfig, OpsConfig, StateConfig};
 use service_kit::telemetry::TelemetryConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -15,40 +16,6 @@ pub struct EdgeConfig {
     pub bus: BusConfig,
     pub state: StateConfig,
     pub telemetry: TelemetryConfig,
-}
-
-/// Shared state outside the process.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct StateConfig {
-    /// Redis URL (`redis://host:6379/0`) of the relation directory; empty: relations come from
-    /// the database at start and from account events only.
-    pub redis_url: String,
-}
-
-/// The bus between services.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct BusConfig {
-    /// NATS server URL (`nats://host:4222`); empty: no bus (standalone edge, or the in-process
-    /// bus of `hermes up`). With one, edges route messages to each other over it.
-    pub nats_url: String,
-    /// This node's name among the edges on the bus; empty: a random one at each start.
-    pub node_id: String,
-}
-
-/// The operations HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct OpsConfig {
-    /// Empty disables the endpoint.
-    pub addr: String,
-}
-
-impl Default for OpsConfig {
-    fn default() -> Self {
-        OpsConfig { addr: "127.0.0.1:9100".into() }
-    }
 }
 
 /// Listeners. An empty address disables that listener; port 0 picks a free port.

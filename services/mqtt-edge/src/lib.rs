@@ -32,6 +32,7 @@ use broker::relations::{MemoryRelations, RelationDirectory};
 use std::time::Duration;
 
 pub use config::EdgeConfig;
+pub use redis_state::StateDirectories;
 pub use server::BoundAddrs;
 
 /// A running edge.
@@ -131,7 +132,7 @@ impl Edge {
                 pb::AclChanged { version: t.version, acl_rules: t.acl_rules, auto_subscribe: t.auto_subscribe };
             apply(e, Event::AclChanged(tables));
         }
-        let horizon = message::now_ms() as i64 - auth::REVOCATION_MEMORY_MS;
+        let horizon = message::now_ms() as i64 - wire::token::REVOCATION_MEMORY_MS;
         for r in dir.revocations(horizon).await? {
             let revoked = pb::TokenRevoked {
                 user_id: r.user_id,
@@ -192,27 +193,4 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     edge.stop().await;
     drop(telemetry);
     Ok(())
-}
-
-/// What an edge reads from outside the accounts database (design §2): relations at CONNECT,
-/// enterprises' ACL tables and revocations at start. Redis with `state.redis_url`, over one
-/// connection.
-#[derive(Debug, Clone)]
-pub struct StateDirectories {
-    pub relations: Arc<dyn RelationDirectory>,
-    pub access: Arc<dyn broker::access::AccessDirectory>,
-}
-
-impl StateDirectories {
-    /// `None` when `redis_url` is empty.
-    pub async fn connect(redis_url: &str) -> Result<Option<StateDirectories>, String> {
-        if redis_url.is_empty() {
-            return Ok(None);
-        }
-        let conn = redis_state::connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
-        Ok(Some(StateDirectories {
-            relations: Arc::new(redis_state::RedisRelations::new(conn.clone())),
-            access: Arc::new(redis_state::RedisAccess::new(conn)),
-        }))
-    }
 }
