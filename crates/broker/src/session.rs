@@ -93,6 +93,19 @@ pub enum Enqueued<M> {
     Dropped(Outgoing<M>),
 }
 
+/// Everything a session holds, to move it to another node: its subscriptions, the in-flight
+/// window (with packet ids, and whether PUBREC already came), the queue behind it, and the
+/// inbound QoS 2 ids awaiting PUBREL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSnapshot<M> {
+    pub subscriptions: Vec<(String, SubOptions)>,
+    /// In order; `true` once PUBREC arrived (QoS 2).
+    pub inflight: Vec<(Outgoing<M>, bool)>,
+    pub queue: Vec<Outgoing<M>>,
+    pub incoming_qos2: Vec<u16>,
+    pub last_packet_id: u16,
+}
+
 /// The session of one client id.
 #[derive(Debug)]
 pub struct Session<M> {
@@ -121,6 +134,41 @@ impl<M: Deliverable + Clone> Session<M> {
 
     pub fn is_online(&self) -> bool {
         self.window > 0
+    }
+
+    /// What another node needs to continue this session.
+    pub fn snapshot(&self) -> SessionSnapshot<M> {
+        let mut subscriptions: Vec<(String, SubOptions)> =
+            self.subscriptions.iter().map(|(f, o)| (f.clone(), o.clone())).collect();
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut incoming_qos2: Vec<u16> = self.incoming_qos2.iter().copied().collect();
+        incoming_qos2.sort_unstable();
+        SessionSnapshot {
+            subscriptions,
+            inflight: self.inflight.iter().map(|(o, st)| (o.clone(), *st == InflightState::Released)).collect(),
+            queue: self.queue.iter().cloned().collect(),
+            incoming_qos2,
+            last_packet_id: self.last_packet_id,
+        }
+    }
+
+    /// The session a [`Session::snapshot`] describes, offline, under this node's `limits`.
+    /// In-flight entries without a packet id (which a snapshot never has) go to the queue.
+    pub fn restore(limits: SessionLimits, snap: SessionSnapshot<M>) -> Self {
+        let mut session = Session::new(limits);
+        session.subscriptions = snap.subscriptions.into_iter().collect();
+        for (out, released) in snap.inflight {
+            if out.packet_id.is_some() {
+                let state = if released { InflightState::Released } else { InflightState::Published };
+                session.inflight.push_back((out, state));
+            } else {
+                session.queue.push_back(out);
+            }
+        }
+        session.queue.extend(snap.queue);
+        session.incoming_qos2 = snap.incoming_qos2.into_iter().collect();
+        session.last_packet_id = snap.last_packet_id;
+        session
     }
 
     pub fn subscriptions(&self) -> impl Iterator<Item = (&str, &SubOptions)> {
@@ -288,6 +336,38 @@ impl<M: Deliverable + Clone> Session<M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restored_session_continues_where_the_snapshot_left_it() {
+        let limits = SessionLimits { max_inflight: 2, ..SessionLimits::default() };
+        let mut s = Session::new(limits);
+        s.subscribe("a/#", SubOptions { qos: QoS::ExactlyOnce, no_local: true, ..SubOptions::default() });
+        let _ = s.resume(2, 0);
+        for n in ["one", "two", "three"] {
+            let _ = s.enqueue(Outgoing::new(Msg(n, 0), QoS::ExactlyOnce, false, vec![7]));
+        }
+        let first = NonZeroU16::MIN;
+        s.received(first);
+        assert!(s.incoming_qos2(9));
+        let _ = s.go_offline();
+        let snap = s.snapshot();
+        assert_eq!(
+            snap.inflight.iter().map(|(o, r)| (o.msg.0, *r)).collect::<Vec<_>>(),
+            [("one", true), ("two", false)]
+        );
+        assert_eq!(snap.queue.len(), 1);
+        let mut moved = Session::restore(limits, snap.clone());
+        assert_eq!(moved.snapshot(), snap, "nothing lost or changed on the way");
+        assert!(moved.is_released(first), "PUBREC already came: a PUBREL is what remains");
+        assert!(!moved.incoming_qos2(9), "the inbound QoS 2 id still awaits its PUBREL");
+        let resent: Vec<_> = moved.resume(2, 0).into_iter().map(|o| (o.msg.0, o.dup, o.packet_id)).collect();
+        assert_eq!(resent[0], ("one", true, Some(first)));
+        assert_eq!(resent[1].0, "two");
+        assert!(resent[1].1);
+        let next = moved.complete(first, 0);
+        assert_eq!(next.iter().map(|o| o.msg.0).collect::<Vec<_>>(), ["three"]);
+        assert_ne!(next[0].packet_id, resent[1].2, "packet ids continue without reuse");
+    }
 
     #[derive(Debug, Clone, PartialEq, Eq)]
     struct Msg(&'static str, u64);

@@ -166,6 +166,7 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
             will,
             presence: ingress::presence_topic(&identity),
             owner: identity.clone(),
+            resumed: None,
         },
         now_ms(),
     );

@@ -286,6 +286,14 @@ impl Hub {
                     metrics::counter!(m::TAKEOVERS).increment(1);
                     metrics::gauge!(m::CONNECTIONS).decrement(1.0);
                 }
+                Effect::MovedAway { link, client_id } => {
+                    tracing::info!(client_id = %client_id, "session taken over by a connection on another edge");
+                    if let Some(l) = st.links.remove(&link) {
+                        l.close(CloseReason::SessionTakenOver);
+                    }
+                    metrics::counter!(m::TAKEOVERS).increment(1);
+                    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+                }
                 Effect::WillRefused { owner, client_id, topic } => {
                     metrics::counter!(m::WILLS_REFUSED).increment(1);
                     tracing::info!(

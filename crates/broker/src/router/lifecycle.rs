@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{
     Authorize, CloseReason, ConnectRequest, Connected, Disconnect, Effect, Effects, Live, PendingWill, Routable, Router,
 };
-use crate::session::Session;
+use crate::session::{Session, SessionSnapshot};
 use crate::store::Parked;
 
 impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
@@ -15,7 +15,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// answer; the edge links it before applying the effects.
     pub fn connect(
         &mut self,
-        req: ConnectRequest<M, O>,
+        mut req: ConnectRequest<M, O>,
         auth: &dyn Authorize<O>,
         now_ms: u64,
         fx: &mut Effects<M, O>,
@@ -50,6 +50,10 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 })
             }
             None => self.store.take(&req.session),
+        };
+        let previous = match (previous, req.resumed.take()) {
+            (None, Some(snapshot)) if !req.clean_start => Some(self.adopt(&req.session, snapshot, now_ms, fx)),
+            (previous, _) => previous,
         };
         // A delayed will is cancelled by a reconnect to the session, and due at once if the
         // session ends now (clean start).
@@ -166,6 +170,55 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         for (topic, news) in self.presence.tick(now_ms) {
             self.originate(M::presence(&topic, news), now_ms, fx);
         }
+    }
+
+    /// Another node's connection claimed `session`: it leaves this router, live (its connection
+    /// is closed, v5 0x8E) or parked, and its state goes with it, with its expiry. A will due
+    /// now goes out here, a delayed one is dropped (the session continues).
+    pub fn hand_over(
+        &mut self,
+        session: &str,
+        auth: &dyn Authorize<O>,
+        now_ms: u64,
+        fx: &mut Effects<M, O>,
+    ) -> Option<(SessionSnapshot<M>, u32)> {
+        self.pending_wills.remove(session);
+        if let Some(live) = self.live.remove(session) {
+            fx.push(Effect::MovedAway { link: live.link, client_id: live.client_id.clone() });
+            if let Some(will) = live.will.filter(|w| w.delay_secs == 0) {
+                let pending =
+                    PendingWill { due_ms: now_ms, message: will.message, owner: live.owner, client_id: live.client_id };
+                self.send_will(pending, auth, now_ms, fx);
+            }
+            if let Some(topic) = live.presence {
+                self.device_left(topic, now_ms, fx);
+            }
+            self.drop_session(live.key, &live.session, fx);
+            return Some((live.session.snapshot(), live.expiry_secs));
+        }
+        let parked = self.store.take(session)?;
+        self.drop_session(parked.key, &parked.session, fx);
+        Some((parked.session.snapshot(), parked.expiry_secs))
+    }
+
+    /// A session another node handed over, parked here under a new key with its subscriptions
+    /// routable, about to be resumed.
+    fn adopt(
+        &mut self,
+        session: &Arc<str>,
+        snapshot: SessionSnapshot<M>,
+        now_ms: u64,
+        fx: &mut Effects<M, O>,
+    ) -> Parked<M> {
+        let key = self.next_id();
+        self.client_of.insert(key, session.clone());
+        let restored = Session::restore(self.cfg.session, snapshot);
+        let filters: Vec<(String, crate::SubOptions)> =
+            restored.subscriptions().map(|(f, o)| (f.to_owned(), o.clone())).collect();
+        for (filter, options) in filters {
+            self.add_to_tries(key, &filter, options, fx);
+        }
+        Parked { session: restored, key, expiry_secs: 0, offline_since_ms: now_ms }
     }
 
     /// Closes the live connections whose owner `select` picks; returns how many.

@@ -25,7 +25,7 @@ use crate::SubOptions;
 use crate::presence::{Announce, Presence};
 use crate::retained::RetainedStore;
 use crate::route::RoutePlan;
-use crate::session::{Deliverable, Enqueued, Outgoing, Session, SessionLimits};
+use crate::session::{Deliverable, Enqueued, Outgoing, Session, SessionLimits, SessionSnapshot};
 use crate::store::{MemorySessionStore, SessionStore};
 use crate::topic::{TopicError, TopicLimits};
 use crate::trie::SubscriptionTrie;
@@ -96,6 +96,9 @@ pub enum Effect<M, O> {
     Close(LinkId, CloseReason),
     /// A new connection of the same owner took the session over: close `link` (v5 0x8E).
     TakenOver { link: LinkId, client_id: Arc<str>, old: O, new: O },
+    /// The session was handed to another node, where its owner connected: close `link` (v5
+    /// 0x8E).
+    MovedAway { link: LinkId, client_id: Arc<str> },
     /// A will was not sent: its owner may no longer publish to its topic.
     WillRefused { owner: O, client_id: Arc<str>, topic: String },
     /// Messages a session's bound or drop policy discarded.
@@ -136,6 +139,9 @@ pub struct ConnectRequest<M, O> {
     pub presence: Option<Arc<str>>,
     /// Who authenticated: wills and re-authorization are checked for them.
     pub owner: O,
+    /// The session as another node handed it over ([`Router::hand_over`] there), when this
+    /// node has none under the key.
+    pub resumed: Option<SessionSnapshot<M>>,
 }
 
 /// A connection that went away.

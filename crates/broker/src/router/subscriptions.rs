@@ -27,16 +27,13 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             return Err(SubscribeError::QuotaExceeded);
         }
         live.session.subscribe(raw_filter, options.clone());
-        if let Some(group) = parsed.share_group {
-            if self.shared.insert(parsed.filter, (live.key, group.into()), options).is_none() {
-                count_interest(&mut self.interest, parsed.filter, true, fx);
-            }
+        let (key, link) = (live.key, live.link);
+        self.add_to_tries(key, raw_filter, options.clone(), fx);
+        if parsed.share_group.is_some() {
             // Shared subscriptions never get retained messages (v5 §4.8.2).
             return Ok(());
         }
-        if self.subs.insert(parsed.filter, live.key, options.clone()).is_none() {
-            count_interest(&mut self.interest, parsed.filter, true, fx);
-        }
+        let live = self.live.get_mut(session).ok_or(SubscribeError::NoSession)?;
         let send_retained = match options.retain_handling {
             RetainHandling::AtSubscribe => true,
             RetainHandling::AtSubscribeIfNew => !existed,
@@ -46,9 +43,9 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             for msg in self.retained.matching(parsed.filter, now_ms) {
                 let qos = msg.qos().min(options.qos);
                 let ids = options.subscription_id.into_iter().collect();
-                push_enqueued(fx, live.link, live.session.enqueue(Outgoing::new(msg, qos, true, ids)));
+                push_enqueued(fx, link, live.session.enqueue(Outgoing::new(msg, qos, true, ids)));
             }
-            fx.push(Effect::Backlog(live.link, live.session.backlog()));
+            fx.push(Effect::Backlog(link, live.session.backlog()));
         }
         Ok(())
     }
@@ -106,6 +103,20 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                     let _ = self.subscribe(&session, &filter, options, now_ms, fx);
                 }
             }
+        }
+    }
+
+    /// Makes the session `key`'s subscription to `raw_filter` routable.
+    pub(super) fn add_to_tries(&mut self, key: u64, raw_filter: &str, options: SubOptions, fx: &mut Effects<M, O>) {
+        let Ok(p) = parse_subscription(raw_filter, &self.cfg.topic) else {
+            return;
+        };
+        let added = match p.share_group {
+            Some(g) => self.shared.insert(p.filter, (key, g.into()), options).is_none(),
+            None => self.subs.insert(p.filter, key, options).is_none(),
+        };
+        if added {
+            count_interest(&mut self.interest, p.filter, true, fx);
         }
     }
 

@@ -95,6 +95,7 @@ fn request(user: &'static str, client: &str, clean: bool, expiry: u32) -> Connec
         will: None,
         presence: None,
         owner: user,
+        resumed: None,
     }
 }
 
@@ -506,4 +507,59 @@ fn wills_and_presence_are_said_to_other_edges_client_publishes_are_not() {
         })
         .collect();
     assert_eq!(said, ["pres/bob online", "wills/bob gone", "pres/bob offline"]);
+}
+
+#[test]
+fn a_session_handed_to_another_node_continues_there_with_its_queue_and_subscriptions() {
+    let (mut a, mut b) = (router(0), router(0));
+    let mut fx = Fx::new();
+    let (on_a, _) = connect(&mut a, request("bob", "phone", false, 60), &mut fx);
+    sub(&mut a, "bob", "phone", "t/#", 1);
+    for n in 1..=3 {
+        a.publish(msg("t/1", &format!("m{n}"), 1), None, 0, &mut fx);
+    }
+    assert_eq!(delivered(&fx, on_a), ["m1", "m2"], "a window of 2 in flight, one queued");
+    fx.clear();
+    // Bob connects to node b; node a hands the session over.
+    let (snapshot, expiry) = a.hand_over(&key("bob", "phone"), &Acl::default(), 0, &mut fx).expect("held on a");
+    assert_eq!(expiry, 60);
+    assert!(fx.contains(&Effect::MovedAway { link: on_a, client_id: "phone".into() }), "{fx:?}");
+    assert_eq!(interest(&fx), ["-t/#"], "a no longer wants t/#");
+    assert_eq!(a.counts(), Counts::default());
+    assert!(a.hand_over(&key("bob", "phone"), &Acl::default(), 0, &mut fx).is_none(), "only once");
+    fx.clear();
+    let req = ConnectRequest { resumed: Some(snapshot), ..request("bob", "phone", false, 60) };
+    let (on_b, present) = connect(&mut b, req, &mut fx);
+    assert!(present, "the session continues on b");
+    assert_eq!(interest(&fx), ["+t/#"]);
+    assert_eq!(delivered(&fx, on_b), ["m1", "m2"], "in-flight messages resent first");
+    b.complete(&key("bob", "phone"), on_b, std::num::NonZeroU16::MIN, 0, &mut fx);
+    assert_eq!(delivered(&fx, on_b), ["m1", "m2", "m3"]);
+    fx.clear();
+    b.publish(msg("t/2", "later", 0), None, 0, &mut fx);
+    assert_eq!(delivered(&fx, on_b), ["later"], "its subscriptions route on b");
+}
+
+#[test]
+fn a_parked_session_is_handed_over_and_a_clean_start_ignores_what_came() {
+    let (mut a, mut b) = (router(0), router(0));
+    let mut fx = Fx::new();
+    let req = ConnectRequest {
+        will: Some(Will { message: msg("wills/bob", "gone", 0), delay_secs: 30 }),
+        ..request("bob", "phone", false, 60)
+    };
+    let (l, _) = connect(&mut a, req, &mut fx);
+    sub(&mut a, "bob", "phone", "t", 1);
+    a.disconnect(gone(&key("bob", "phone"), l, false, None), &Acl::default(), 0, &mut fx);
+    a.publish(msg("t", "while away", 1), None, 0, &mut fx);
+    fx.clear();
+    let (snapshot, _) = a.hand_over(&key("bob", "phone"), &Acl::default(), 0, &mut fx).expect("parked on a");
+    a.tick(&Acl::default(), 60_000, &mut fx);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Originated(_))), "the delayed will went with the session: {fx:?}");
+    assert_eq!(snapshot.queue.len(), 1);
+    let fresh = ConnectRequest { resumed: Some(snapshot), ..request("bob", "phone", true, 0) };
+    let (l, present) = connect(&mut b, fresh, &mut fx);
+    assert!(!present);
+    assert!(delivered(&fx, l).is_empty());
+    assert_eq!(b.counts().subscriptions, 0);
 }
