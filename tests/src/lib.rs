@@ -6,6 +6,7 @@ pub mod servers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mqtt_edge::{Edge, EdgeConfig};
@@ -15,6 +16,9 @@ use sdk::mqtt::{Client, Connect, Packet, Publish, RecvError, Version};
 pub const WAIT: Duration = Duration::from_secs(5);
 /// How long a test waits to be sure something does not happen.
 pub const QUIET: Duration = Duration::from_millis(300);
+
+/// Where clustered edges record which of them holds each session.
+pub type Owners = Arc<dyn broker::owners::SessionOwners>;
 
 /// An edge running in this process on ephemeral loopback ports, with TLS and WebSocket.
 #[derive(Debug)]
@@ -46,12 +50,20 @@ impl TestEdge {
         Self::start_on(None, adjust).await
     }
 
-    /// An edge that routes to and from the other edges on `bus`.
-    pub async fn start_clustered(bus: std::sync::Arc<dyn bus::Bus>, adjust: impl FnOnce(&mut EdgeConfig)) -> TestEdge {
-        Self::start_on(Some(bus), adjust).await
+    /// An edge that routes to and from the other edges on `bus`; sessions move between the
+    /// edges sharing `owners` (or the Redis of `state.redis_url`).
+    pub async fn start_clustered(
+        bus: Arc<dyn bus::Bus>,
+        owners: Option<Owners>,
+        adjust: impl FnOnce(&mut EdgeConfig),
+    ) -> TestEdge {
+        Self::start_on(Some((bus, owners)), adjust).await
     }
 
-    async fn start_on(bus: Option<std::sync::Arc<dyn bus::Bus>>, adjust: impl FnOnce(&mut EdgeConfig)) -> TestEdge {
+    async fn start_on(
+        cluster: Option<(Arc<dyn bus::Bus>, Option<Owners>)>,
+        adjust: impl FnOnce(&mut EdgeConfig),
+    ) -> TestEdge {
         let dir = unique_dir();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .expect("self-signed certificate");
@@ -74,8 +86,11 @@ impl TestEdge {
         adjust(&mut cfg);
         let state = mqtt_edge::StateDirectories::connect(&cfg.state.redis_url).await.expect("state directories");
         let mut builder = Edge::builder(cfg).state(state.as_ref());
-        if let Some(bus) = bus {
+        if let Some((bus, owners)) = cluster {
             builder = builder.cluster(bus);
+            if let Some(o) = owners {
+                builder = builder.session_owners(o);
+            }
         }
         let edge = builder.start().await.expect("edge starts");
         let a = edge.addrs().clone();

@@ -191,7 +191,7 @@ async fn serve(
     // Primed from the database below, which also refills the directories.
     let mut edge = mqtt_edge::Edge::builder(edge_cfg);
     if let Some(d) = &dirs {
-        edge = edge.relations(d.relations.clone());
+        edge = edge.relations(d.relations.clone()).session_owners(d.owners.clone());
     }
     if !nats_url.is_empty() {
         // Other edges on the same NATS route to and from this one.

@@ -1,7 +1,8 @@
 //! Hermes state on Redis, what edges read without the accounts database. [`RedisRelations`]:
 //! per user, a set of whom they follow and a set of who follows them (keys from `wire::keys`),
 //! changed together in one MULTI. [`RedisAccess`]: enterprises' ACL tables and token
-//! revocations. [`StateDirectories`]: both, over one connection.
+//! revocations. [`RedisOwners`]: which edge holds each session. [`StateDirectories`]: all of
+//! them, over one connection.
 
 use std::sync::Arc;
 
@@ -16,6 +17,8 @@ use redis::aio::ConnectionManager;
 pub struct StateDirectories {
     pub relations: Arc<dyn RelationDirectory>,
     pub access: Arc<dyn AccessDirectory>,
+    /// Which edge holds each session.
+    pub owners: Arc<dyn broker::owners::SessionOwners>,
 }
 
 impl StateDirectories {
@@ -28,7 +31,8 @@ impl StateDirectories {
         let conn = connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
         Ok(Some(StateDirectories {
             relations: Arc::new(RedisRelations::new(conn.clone())),
-            access: Arc::new(RedisAccess::new(conn)),
+            access: Arc::new(RedisAccess::new(conn.clone())),
+            owners: Arc::new(RedisOwners::new(conn)),
         }))
     }
 }
@@ -238,6 +242,77 @@ impl AccessDirectory for RedisAccess {
                 .collect();
             out.sort();
             Ok(out)
+        })
+    }
+}
+
+/// Which edge holds each session (`broker::owners`), one string per session with a week's
+/// expiry renewed at every claim (longer than any session waits for its client by default).
+#[derive(Clone)]
+pub struct RedisOwners {
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisOwners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisOwners")
+    }
+}
+
+/// How long an owner record outlives its last claim.
+const OWNER_TTL_SECS: u64 = 7 * 24 * 3600;
+
+impl RedisOwners {
+    pub fn new(conn: ConnectionManager) -> Self {
+        RedisOwners { conn }
+    }
+}
+
+impl broker::owners::SessionOwners for RedisOwners {
+    fn claim<'a>(&'a self, session: &'a str, node: &'a str) -> BoxFuture<'a, Result<broker::owners::Claimed, String>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            // `version|node`, swapped in one step: concurrent claims each learn their
+            // predecessor and their order.
+            let script = redis::Script::new(
+                r"local old = redis.call('GET', KEYS[1])
+                local version, previous = 1, false
+                if old then
+                    local bar = string.find(old, '|', 1, true)
+                    version = tonumber(string.sub(old, 1, bar - 1)) + 1
+                    previous = string.sub(old, bar + 1)
+                end
+                redis.call('SET', KEYS[1], version .. '|' .. ARGV[1], 'EX', ARGV[2])
+                return {version, previous}",
+            );
+            let (version, previous): (u64, Option<String>) = script
+                .key(wire::keys::session_owner(session))
+                .arg(node)
+                .arg(OWNER_TTL_SECS)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(broker::owners::Claimed { version, previous })
+        })
+    }
+
+    fn release<'a>(&'a self, session: &'a str, node: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let script = redis::Script::new(
+                r"local old = redis.call('GET', KEYS[1])
+                if old and string.sub(old, string.find(old, '|', 1, true) + 1) == ARGV[1] then
+                    return redis.call('DEL', KEYS[1])
+                end
+                return 0",
+            );
+            let _: i64 = script
+                .key(wire::keys::session_owner(session))
+                .arg(node)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(())
         })
     }
 }

@@ -22,3 +22,11 @@ pub const TABLES: &str = "hermes:tables";
 pub const TABLE_VERSIONS: &str = "hermes:tables:version";
 /// Hash: `<enterprise id>\t<user id>` → tokens issued before this instant (Unix ms) are refused.
 pub const REVOCATIONS: &str = "hermes:revocations";
+
+/// String `version|node`: the edge holding session `session` (a `broker::store::session_key`)
+/// and how many times the session was claimed.
+/// The session's part is a hash tag, so every key of one session lands in one Redis Cluster
+/// slot.
+pub fn session_owner(session: &str) -> String {
+    format!("hermes:session:{{{session}}}:owner")
+}

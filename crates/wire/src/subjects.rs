@@ -76,6 +76,13 @@ pub fn interest(filter: &str) -> Option<Vec<String>> {
     Some(subjects)
 }
 
+/// `name` as one subject token, escaped like a topic level (node ids, enterprise-chosen names).
+pub fn token(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    escape_level(name, &mut out);
+    out
+}
+
 fn escape_level(level: &str, out: &mut String) {
     if level.is_empty() {
         out.push('_');

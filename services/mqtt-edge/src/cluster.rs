@@ -14,6 +14,9 @@
 //!   a message that matched several of this edge's subscriptions arrives once per subscription,
 //!   and only the first copy is kept (`broker::dedupe`). An edge ignores its own messages.
 //!
+//! - **Sessions** move between edges with their clients (`handover`), when the edges share an
+//!   owners registry.
+//!
 //! Not yet (issue 13): offline queues, in-flight messages and retained messages in Redis,
 //! JetStream for what must survive an edge, shared subscriptions balanced across edges (each
 //! edge picks a member of its own), presence counted across edges.
@@ -29,10 +32,12 @@ use tokio::sync::mpsc;
 
 use broker::QoS;
 use broker::dedupe::Dedupe;
+use broker::owners::SessionOwners;
 use bus::{Bus, BusMessage};
 use wire::pb;
 use wire::subjects;
 
+use crate::handover::{Claim, Handover};
 use crate::hub::Hub;
 use crate::message::{Message, SharedMessage, now_ms};
 use crate::metrics as m;
@@ -64,6 +69,8 @@ impl NodeName {
 pub struct ClusterLink {
     interest: mpsc::UnboundedSender<(String, bool)>,
     outbound: mpsc::Sender<SharedMessage>,
+    /// Sessions moving between edges, with an owners registry.
+    handover: Option<Arc<Handover>>,
 }
 
 impl ClusterLink {
@@ -80,6 +87,20 @@ impl ClusterLink {
         }
     }
 
+    /// Before a CONNECT registers `session` here: takes it from the edge that held it (see
+    /// `handover`). Without an owners registry, sessions do not move between edges.
+    pub async fn claim(&self, session: &str, want_state: bool) -> Option<Claim> {
+        Some(self.handover.as_ref()?.claim(session, want_state).await)
+    }
+
+    /// The session ended here.
+    pub fn ended(&self, session: Arc<str>) {
+        if let Some(h) = &self.handover {
+            let h = h.clone();
+            tokio::spawn(async move { h.release(&session).await });
+        }
+    }
+
     /// A client's PUBLISH, routed here: on to the other edges. Waits while the bus is behind,
     /// so the publisher's PUBACK waits too.
     pub async fn forward(&self, msg: SharedMessage) {
@@ -92,9 +113,14 @@ impl ClusterLink {
 pub async fn start(
     hub: Arc<Hub>,
     bus: Arc<dyn Bus>,
+    owners: Option<Arc<dyn SessionOwners>>,
     node: NodeName,
     stall: std::time::Duration,
 ) -> Result<ClusterLink, String> {
+    let handover = match owners {
+        Some(o) => Some(Handover::start(hub.clone(), bus.clone(), o, node.clone()).await?),
+        None => None,
+    };
     let (interest_tx, interest_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
@@ -105,7 +131,7 @@ pub async fn start(
     tokio::spawn(subscriptions.run(interest_rx));
     tokio::spawn(send_out(bus, node.clone(), out_rx));
     tokio::spawn(take_in(hub, node, in_rx, stall));
-    Ok(ClusterLink { interest: interest_tx, outbound: out_tx })
+    Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover })
 }
 
 /// The bus subscriptions of this edge's interest, by subject, with how many filters need each.
@@ -174,7 +200,12 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Shar
     let seq = AtomicU64::new(0);
     while let Some(msg) = rx.recv().await {
         let subject = subjects::routed(&msg.topic, msg.retain).unwrap_or_else(|| subjects::LONG_TOPICS.to_owned());
-        let routed = encode(&node, seq.fetch_add(1, Ordering::Relaxed) + 1, &msg);
+        let routed = pb::RoutedMessage {
+            origin: node.id.clone(),
+            incarnation: node.incarnation,
+            seq: seq.fetch_add(1, Ordering::Relaxed) + 1,
+            ..encode_message(&msg)
+        };
         match bus.publish(&subject, Bytes::from(routed.encode_to_vec())).await {
             Ok(()) => metrics::counter!(m::CLUSTER_OUT).increment(1),
             Err(e) => {
@@ -207,7 +238,7 @@ async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<BusMessag
             last_sweep = now;
         }
         metrics::counter!(m::CLUSTER_IN).increment(1);
-        let Some(msg) = decode(routed) else {
+        let Some(msg) = decode_message(routed) else {
             metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
             continue;
         };
@@ -218,12 +249,13 @@ async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<BusMessag
     }
 }
 
-fn encode(node: &NodeName, seq: u64, msg: &Message) -> pb::RoutedMessage {
+/// `msg` as it travels between edges; the sender fills in the origin and number.
+pub fn encode_message(msg: &Message) -> pb::RoutedMessage {
     let props = msg.properties.as_deref();
     pb::RoutedMessage {
-        origin: node.id.clone(),
-        incarnation: node.incarnation,
-        seq,
+        origin: String::new(),
+        incarnation: 0,
+        seq: 0,
         topic: msg.topic.to_string(),
         payload: msg.payload.to_vec(),
         qos: msg.qos as u32,
@@ -244,7 +276,8 @@ fn encode(node: &NodeName, seq: u64, msg: &Message) -> pb::RoutedMessage {
     }
 }
 
-fn decode(r: pb::RoutedMessage) -> Option<Message> {
+/// The message a [`pb::RoutedMessage`] carries; `None` if it is invalid.
+pub fn decode_message(r: pb::RoutedMessage) -> Option<Message> {
     let qos = QoS::from_u8(u8::try_from(r.qos).ok()?)?;
     let mut msg = Message::new(ByteString::from(r.topic), ntex_bytes::Bytes::from(r.payload), qos, r.retain);
     msg.expires_at_ms = (r.expires_at_ms != 0).then_some(r.expires_at_ms);
@@ -283,11 +316,9 @@ mod tests {
             is_utf8_payload: true,
             ..Default::default()
         }));
-        let node = NodeName { id: "n".into(), incarnation: 7 };
-        let wire = encode(&node, 9, &msg).encode_to_vec();
+        let wire = encode_message(&msg).encode_to_vec();
         let r = pb::RoutedMessage::decode(Bytes::from(wire)).expect("decodes");
-        assert_eq!((r.origin.as_str(), r.incarnation, r.seq), ("n", 7, 9));
-        let back = decode(r).expect("valid");
+        let back = decode_message(r).expect("valid");
         assert_eq!(
             (back.topic.as_str(), &back.payload[..], back.qos, back.retain),
             ("a/b", &b"hi"[..], QoS::ExactlyOnce, true)
@@ -303,8 +334,8 @@ mod tests {
     #[test]
     fn a_plain_message_has_no_properties_and_a_bad_qos_is_refused() {
         let msg = Message::new(ByteString::from("t"), ntex_bytes::Bytes::new(), QoS::AtMostOnce, false);
-        let r = encode(&NodeName { id: "n".into(), incarnation: 1 }, 1, &msg);
-        assert!(decode(r.clone()).expect("valid").properties.is_none());
-        assert!(decode(pb::RoutedMessage { qos: 3, ..r }).is_none());
+        let r = encode_message(&msg);
+        assert!(decode_message(r.clone()).expect("valid").properties.is_none());
+        assert!(decode_message(pb::RoutedMessage { qos: 3, ..r }).is_none());
     }
 }

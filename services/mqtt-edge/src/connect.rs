@@ -156,6 +156,12 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     let will = input.will.map(|w| authorize_will(edge, &identity, &client_id, w)).transpose()?;
     let session: Arc<str> = broker::store::session_key(&identity.owner(), &client_id).into();
     let identity = Arc::new(identity);
+    // Another edge may hold the session: it comes here first (and its connection there goes).
+    let mut claim = match edge.hub.cluster() {
+        Some(c) => c.claim(&session, !input.clean_start).await,
+        None => None,
+    };
+    let resumed = claim.as_mut().and_then(|c| c.resumed.take());
     let connected = edge.hub.connect(
         ConnectRequest {
             session: session.clone(),
@@ -166,10 +172,11 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
             will,
             presence: ingress::presence_topic(&identity),
             owner: identity.clone(),
-            resumed: None,
+            resumed,
         },
         now_ms(),
     );
+    drop(claim);
     metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);
     let link_id = connected.link_id;
     spawn_delivery_task(sink, connected.inbox, edge.hub.clone(), session.clone(), link_id, input.topic_alias_max);

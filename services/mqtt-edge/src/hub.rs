@@ -235,6 +235,20 @@ impl Hub {
         Routed { sessions, pressure }
     }
 
+    /// Hands `session` to another edge where its client connected: its connection here is
+    /// closed (v5 0x8E); returns its state and expiry, if it was here.
+    pub fn hand_over(
+        &self,
+        session: &str,
+        now_ms: u64,
+    ) -> Option<(broker::session::SessionSnapshot<SharedMessage>, u32)> {
+        let mut st = self.lock();
+        let mut fx = Effects::new();
+        let handed = st.router.hand_over(session, &*self.authz, now_ms, &mut fx);
+        self.apply(&mut st, fx, None);
+        handed
+    }
+
     /// Routing to other edges, once attached.
     pub fn cluster(&self) -> Option<&ClusterLink> {
         self.cluster.get()
@@ -304,7 +318,14 @@ impl Hub {
                     );
                 }
                 Effect::Dropped(n) => self.count_dropped(n),
-                Effect::SessionExpired => metrics::counter!(m::SESSIONS_EXPIRED).increment(1),
+                Effect::SessionEnded { session, expired } => {
+                    if expired {
+                        metrics::counter!(m::SESSIONS_EXPIRED).increment(1);
+                    }
+                    if let Some(c) = self.cluster.get() {
+                        c.ended(session);
+                    }
+                }
                 Effect::SubscriptionRevoked => metrics::counter!(m::SUBSCRIPTIONS_REVOKED).increment(1),
                 Effect::Interest { filter, held } => {
                     if let Some(c) = self.cluster.get() {

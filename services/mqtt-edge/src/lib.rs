@@ -14,6 +14,7 @@ pub mod connection;
 pub mod events;
 pub mod flow;
 pub mod guard;
+pub mod handover;
 pub mod hub;
 pub mod ingress;
 pub mod link;
@@ -52,6 +53,7 @@ pub struct EdgeBuilder {
     directory: Option<Arc<dyn RelationDirectory>>,
     access: Option<Arc<dyn broker::access::AccessDirectory>>,
     bus: Option<Arc<dyn bus::Bus>>,
+    owners: Option<Arc<dyn broker::owners::SessionOwners>>,
 }
 
 impl EdgeBuilder {
@@ -66,7 +68,15 @@ impl EdgeBuilder {
         if let Some(s) = state {
             self.directory = Some(s.relations.clone());
             self.access = Some(s.access.clone());
+            self.owners = Some(s.owners.clone());
         }
+        self
+    }
+
+    /// Where the edges on the bus record which of them holds each session, so sessions move
+    /// with their clients (set by [`EdgeBuilder::state`] from Redis).
+    pub fn session_owners(mut self, owners: Arc<dyn broker::owners::SessionOwners>) -> Self {
+        self.owners = Some(owners);
         self
     }
 
@@ -76,10 +86,10 @@ impl EdgeBuilder {
         self
     }
 
-    /// Validates the config, joins the other edges (with a bus), binds the listeners, applies
-    /// the access directory (if any) and starts serving. Call inside a tokio runtime.
+    /// Validates the config, joins the other edges (with a bus), applies the access directory
+    /// (if any), then binds the listeners and starts serving. Call inside a tokio runtime.
     pub async fn start(self) -> Result<Edge, String> {
-        let EdgeBuilder { cfg, directory, access, bus } = self;
+        let EdgeBuilder { cfg, directory, access, bus, owners } = self;
         cfg.validate()?;
         metrics::describe();
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
@@ -90,27 +100,28 @@ impl EdgeBuilder {
             // Before the first client: every subscription's interest reaches the bus.
             let node = cluster::NodeName::new(&cfg.bus.node_id);
             let stall = Duration::from_secs(u64::from(cfg.limits.max_stall_secs));
-            hub.attach_cluster(cluster::start(hub.clone(), bus, node.clone(), stall).await?);
+            hub.attach_cluster(cluster::start(hub.clone(), bus, owners, node.clone(), stall).await?);
             tracing::info!(node = %node.id, "routing to and from other edges on the bus");
         }
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
         let throttle = throttle::AuthThrottle::default();
         let shared =
             Arc::new(server::EdgeShared { hub: hub.clone(), auth, authz, relations, directory, throttle, cfg });
+        if let Some(dir) = access {
+            // Tables and revocations apply before the first client is let in.
+            let events = events::AccountEvents { shared: shared.clone() };
+            prime(&events, dir.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
+        }
         let listeners = server::start(shared.clone()).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
         let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);
-        let edge = Edge { hub, shared, listeners, housekeeping };
-        if let Some(dir) = access {
-            edge.prime_access(dir.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
-        }
-        Ok(edge)
+        Ok(Edge { hub, shared, listeners, housekeeping })
     }
 }
 
 impl Edge {
     /// An edge for `cfg`; [`EdgeBuilder::start`] starts it.
     pub fn builder(cfg: EdgeConfig) -> EdgeBuilder {
-        EdgeBuilder { cfg, directory: None, access: None, bus: None }
+        EdgeBuilder { cfg, directory: None, access: None, bus: None, owners: None }
     }
 
     /// Applies account events (relations, revocations, signatures, ACL tables) to this edge;
@@ -122,27 +133,7 @@ impl Edge {
     /// Applies what `dir` holds (enterprises' ACL tables, recent revocations) as the account
     /// events that made it: how an edge that starts, or missed events, catches up.
     pub async fn prime_access(&self, dir: &dyn broker::access::AccessDirectory) -> Result<(), String> {
-        use wire::pb::{self, account_event::Event};
-        let events = self.account_events();
-        let apply = |enterprise: String, event: Event| {
-            events.apply(&pb::AccountEvent { enterprise_id: enterprise, event: Some(event), ..Default::default() });
-        };
-        for (e, t) in dir.tables().await? {
-            let tables =
-                pb::AclChanged { version: t.version, acl_rules: t.acl_rules, auto_subscribe: t.auto_subscribe };
-            apply(e, Event::AclChanged(tables));
-        }
-        let horizon = message::now_ms() as i64 - wire::token::REVOCATION_MEMORY_MS;
-        for r in dir.revocations(horizon).await? {
-            let revoked = pb::TokenRevoked {
-                user_id: r.user_id,
-                issued_before_ms: r.before_ms,
-                session_id: r.session,
-                ..Default::default()
-            };
-            apply(r.enterprise, Event::TokenRevoked(revoked));
-        }
-        Ok(())
+        prime(&self.account_events(), dir).await
     }
 
     pub fn addrs(&self) -> &BoundAddrs {
@@ -154,6 +145,29 @@ impl Edge {
         self.housekeeping.abort();
         self.listeners.stop().await;
     }
+}
+
+/// Applies what `dir` holds (tables, revocations) through `events`.
+async fn prime(events: &events::AccountEvents, dir: &dyn broker::access::AccessDirectory) -> Result<(), String> {
+    use wire::pb::{self, account_event::Event};
+    let apply = |enterprise: String, event: Event| {
+        events.apply(&pb::AccountEvent { enterprise_id: enterprise, event: Some(event), ..Default::default() });
+    };
+    for (e, t) in dir.tables().await? {
+        let tables = pb::AclChanged { version: t.version, acl_rules: t.acl_rules, auto_subscribe: t.auto_subscribe };
+        apply(e, Event::AclChanged(tables));
+    }
+    let horizon = message::now_ms() as i64 - wire::token::REVOCATION_MEMORY_MS;
+    for r in dir.revocations(horizon).await? {
+        let revoked = pb::TokenRevoked {
+            user_id: r.user_id,
+            issued_before_ms: r.before_ms,
+            session_id: r.session,
+            ..Default::default()
+        };
+        apply(r.enterprise, Event::TokenRevoked(revoked));
+    }
+    Ok(())
 }
 
 /// Runs an edge with telemetry and the ops endpoint until Ctrl-C or SIGTERM.

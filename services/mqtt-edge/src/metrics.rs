@@ -26,6 +26,7 @@ pub const CLUSTER_IN: &str = "hermes_edge_cluster_routed_in_total";
 pub const CLUSTER_DUPLICATES: &str = "hermes_edge_cluster_duplicates_total";
 pub const CLUSTER_DROPPED: &str = "hermes_edge_cluster_dropped_total";
 pub const CLUSTER_ERRORS: &str = "hermes_edge_cluster_errors_total";
+pub const SESSIONS_MOVED: &str = "hermes_edge_sessions_moved_total";
 pub const CLUSTER_SUBJECTS: &str = "hermes_edge_cluster_subjects";
 pub const ROUTE_SECONDS: &str = "hermes_edge_route_seconds";
 pub const ACK_SECONDS: &str = "hermes_edge_delivery_ack_seconds";
@@ -68,6 +69,7 @@ pub fn describe() {
         "Wills and presence changes not passed to other edges: the bus was too far behind"
     );
     describe_counter!(CLUSTER_ERRORS, "Bus operations of the cluster routing that failed, by operation");
+    describe_counter!(SESSIONS_MOVED, "Sessions handed to (`out`) or taken from (`in`) another edge with their client");
     describe_gauge!(CLUSTER_SUBJECTS, "Bus subjects this edge subscribes to for its clients' interest");
     describe_histogram!(ROUTE_SECONDS, "Time to route one inbound PUBLISH to its sessions");
     describe_histogram!(ACK_SECONDS, "Time from writing a QoS 1/2 delivery to its final ack");

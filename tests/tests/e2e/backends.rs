@@ -22,6 +22,13 @@ async fn redis_relation_directory_meets_the_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn redis_session_owners_meet_the_contract() {
+    let server = servers::redis();
+    let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
+    broker::owners::contract::check(&redis_state::RedisOwners::new(conn), "contract").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn edges_load_relations_from_redis_at_connect() {
     let server = servers::redis();
     let url = server.redis_url();

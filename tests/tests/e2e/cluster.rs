@@ -9,27 +9,36 @@ use bus::Bus;
 use hermes_tests::*;
 use sdk::mqtt::{Client, Connect, Packet, SubscribeTopic, Version, Will};
 
-/// Two edges on a fresh bus of each kind; the NATS server (if any) lives as long as the value.
+/// Two edges on a fresh bus of each kind, sharing an owners registry (Redis with NATS, memory
+/// in process); the servers live as long as the value.
 struct Pair {
     a: TestEdge,
     b: TestEdge,
-    _nats: Option<servers::ServerProcess>,
+    _servers: Vec<servers::ServerProcess>,
 }
 
 async fn pairs() -> Vec<(&'static str, Pair)> {
-    let nats = servers::nats();
-    let url = nats.nats_url();
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let (url, redis_url) = (nats.nats_url(), redis.redis_url());
     let connect = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn Bus> };
+    let node = |id: &'static str| {
+        let redis_url = redis_url.clone();
+        move |c: &mut mqtt_edge::EdgeConfig| {
+            c.bus.node_id = id.into();
+            c.state.redis_url = redis_url;
+        }
+    };
     let on_nats = Pair {
-        a: TestEdge::start_clustered(connect().await, |c| c.bus.node_id = "a".into()).await,
-        b: TestEdge::start_clustered(connect().await, |c| c.bus.node_id = "b".into()).await,
-        _nats: Some(nats),
+        a: TestEdge::start_clustered(connect().await, None, node("a")).await,
+        b: TestEdge::start_clustered(connect().await, None, node("b")).await,
+        _servers: vec![nats, redis],
     };
     let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+    let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
     let in_process = Pair {
-        a: TestEdge::start_clustered(memory.clone(), |_| {}).await,
-        b: TestEdge::start_clustered(memory, |_| {}).await,
-        _nats: None,
+        a: TestEdge::start_clustered(memory.clone(), Some(owners.clone()), |c| c.bus.node_id = "a".into()).await,
+        b: TestEdge::start_clustered(memory, Some(owners), |c| c.bus.node_id = "b".into()).await,
+        _servers: Vec::new(),
     };
     vec![("nats", on_nats), ("memory", in_process)]
 }
@@ -187,6 +196,88 @@ async fn interest_ends_with_the_last_subscription() {
         settle().await;
         publisher.publish("gone/1", b"2", 1, false, WAIT).await.expect("puback");
         expect_nothing(&mut sub).await;
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
+
+fn lasting(id: &str, clean: bool) -> Connect {
+    Connect { session_expiry: Some(300), ..connect(id, clean) }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_moves_to_another_edge_takes_its_session_along() {
+    for (bus, pair) in pairs().await {
+        let (mut on_a, present) = pair.a.connect(Version::V5, lasting("mover", false)).await;
+        assert!(!present);
+        on_a.subscribe(vec![SubscribeTopic::new("inbox/#", 1)], WAIT).await.expect("suback");
+        let mut publisher = pair.a.client(Version::V5, "pub").await;
+        publisher.publish("inbox/1", b"m1", 1, false, WAIT).await.expect("puback");
+        let first = expect_publish(&mut on_a).await;
+        assert_eq!(&first.payload[..], b"m1", "{bus}");
+        // Not acknowledged: m1 is in flight when the client shows up on edge B.
+        let (mut on_b, present) = pair.b.connect(Version::V5, lasting("mover", false)).await;
+        assert!(present, "{bus}: the session came along");
+        assert_eq!(expect_disconnect(&mut on_a).await, 0x8E, "{bus}: the old connection is told why");
+        let again = expect_publish(&mut on_b).await;
+        assert_eq!((&again.payload[..], again.dup, again.packet_id), (&b"m1"[..], true, first.packet_id), "{bus}");
+        ack(&mut on_b, &again).await;
+        // Its subscription moved too: what is published on A now reaches it on B, once.
+        settle().await;
+        publisher.publish("inbox/1", b"m2", 1, false, WAIT).await.expect("puback");
+        assert_eq!(received(&mut on_b).await.1, "m2", "{bus}");
+        expect_nothing(&mut on_b).await;
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_queued_for_a_parked_session_on_one_edge_is_delivered_on_another() {
+    for (bus, pair) in pairs().await {
+        let (mut c, _) = pair.a.connect(Version::V5, lasting("away", false)).await;
+        c.subscribe(vec![SubscribeTopic::new("news/#", 1)], WAIT).await.expect("suback");
+        c.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None }).await.expect("disconnect");
+        assert!(c.is_closed(WAIT).await);
+        settle().await;
+        // Published on B while the client is away: routed to A, where the session waits.
+        let mut publisher = pair.b.client(Version::V5, "pub").await;
+        for n in 1..=3 {
+            publisher.publish("news/1", format!("n{n}").as_bytes(), 1, false, WAIT).await.expect("puback");
+        }
+        settle().await;
+        let (mut back, present) = pair.b.connect(Version::V5, lasting("away", false)).await;
+        assert!(present, "{bus}");
+        for n in 1..=3 {
+            assert_eq!(received(&mut back).await.1, format!("n{n}"), "{bus}");
+        }
+        expect_nothing(&mut back).await;
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_start_elsewhere_ends_the_old_session_and_concurrent_takeovers_leave_one_winner() {
+    for (bus, pair) in pairs().await {
+        let (mut old, _) = pair.a.connect(Version::V5, lasting("dup", false)).await;
+        old.subscribe(vec![SubscribeTopic::new("x/#", 1)], WAIT).await.expect("suback");
+        let (mut fresh, present) = pair.b.connect(Version::V5, lasting("dup", true)).await;
+        assert!(!present, "{bus}: a clean start gets a new session");
+        assert_eq!(expect_disconnect(&mut old).await, 0x8E, "{bus}");
+        // Two more connections of the same client id at once, one per edge.
+        let (mut x, mut y) = (pair.a.raw(Version::V5).await, pair.b.raw(Version::V5).await);
+        let (rx, ry) = tokio::join!(x.handshake(lasting("dup", false), WAIT), y.handshake(lasting("dup", false), WAIT));
+        assert!(matches!(rx, Ok(Packet::ConnAck { code: 0, .. })), "{bus}: {rx:?}");
+        assert!(matches!(ry, Ok(Packet::ConnAck { code: 0, .. })), "{bus}: {ry:?}");
+        assert_eq!(expect_disconnect(&mut fresh).await, 0x8E, "{bus}");
+        settle().await;
+        let closed = [x.is_closed(QUIET).await, y.is_closed(QUIET).await];
+        assert_eq!(
+            closed.iter().filter(|c| !**c).count(),
+            1,
+            "{bus}: exactly one connection holds the session: {closed:?}"
+        );
         pair.a.stop().await;
         pair.b.stop().await;
     }

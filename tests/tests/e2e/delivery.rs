@@ -49,9 +49,11 @@ async fn qos_is_the_lower_of_published_and_granted() {
 async fn retained_set_replace_clear_and_flags() {
     let edge = TestEdge::start().await;
     let mut p = edge.client(Version::V5, "ret-pub").await;
+    // QoS 0 first: the PUBACKs that follow mean it was routed (a connection's publishes are
+    // routed in order) before anyone subscribes.
+    p.publish("ret/b", b"bee", 0, true, WAIT).await.expect("publish");
     p.publish("ret/a", b"one", 1, true, WAIT).await.expect("publish");
     p.publish("ret/a", b"two", 1, true, WAIT).await.expect("publish");
-    p.publish("ret/b", b"bee", 0, true, WAIT).await.expect("publish");
     let mut s = edge.client(Version::V5, "ret-sub").await;
     s.subscribe(vec![SubscribeTopic::new("ret/+", 1)], WAIT).await.expect("suback");
     let mut got = [expect_publish(&mut s).await, expect_publish(&mut s).await];
@@ -76,7 +78,7 @@ async fn retained_set_replace_clear_and_flags() {
 async fn v5_retain_handling_and_retain_as_published() {
     let edge = TestEdge::start().await;
     let mut p = edge.client(Version::V5, "rh-pub").await;
-    p.publish("rh/x", b"kept", 0, true, WAIT).await.expect("publish");
+    p.publish("rh/x", b"kept", 1, true, WAIT).await.expect("publish");
     let mut s = edge.client(Version::V5, "rh-sub").await;
     let never = SubscribeTopic { retain_handling: 2, ..SubscribeTopic::new("rh/#", 0) };
     s.subscribe(vec![never], WAIT).await.expect("suback");

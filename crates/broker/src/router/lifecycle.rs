@@ -126,6 +126,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         let ends_now = expiry == 0;
         if ends_now {
             self.drop_session(live.key, &live.session, fx);
+            fx.push(Effect::SessionEnded { session: key.clone(), expired: false });
         } else {
             let parked = Parked { session: live.session, key: live.key, expiry_secs: expiry, offline_since_ms: now_ms };
             self.store.park(session, parked);
@@ -157,7 +158,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         for (session, parked) in self.store.expire(now_ms) {
             self.drop_session(parked.key, &parked.session, fx);
             due.extend(self.pending_wills.remove(session.as_str()));
-            fx.push(Effect::SessionExpired);
+            fx.push(Effect::SessionEnded { session: session.into(), expired: true });
         }
         let ripe: Vec<Arc<str>> =
             self.pending_wills.iter().filter(|(_, w)| w.due_ms <= now_ms).map(|(s, _)| s.clone()).collect();

@@ -103,8 +103,8 @@ pub enum Effect<M, O> {
     WillRefused { owner: O, client_id: Arc<str>, topic: String },
     /// Messages a session's bound or drop policy discarded.
     Dropped(usize),
-    /// A parked session outlived its expiry and ended.
-    SessionExpired,
+    /// The session ended here: with its connection (expiry 0) or after its expiry (`expired`).
+    SessionEnded { session: Arc<str>, expired: bool },
     /// A live subscription the ACL no longer allows was removed.
     SubscriptionRevoked,
     /// The first subscription to `filter` (share group removed) on this router appeared

@@ -218,7 +218,7 @@ fn expiry_zero_ends_the_session_with_the_connection_and_a_v5_disconnect_may_exte
     r.tick(&Acl::default(), 4_999, &mut fx);
     assert!(fx.is_empty());
     r.tick(&Acl::default(), 5_000, &mut fx);
-    assert_eq!(fx, [Effect::SessionExpired]);
+    assert_eq!(fx, [Effect::SessionEnded { session: key("bob", "b").into(), expired: true }]);
     assert_eq!(r.counts().parked, 0);
 }
 

@@ -35,6 +35,10 @@ pub struct Args {
     /// QoS 1 messages a publisher keeps unacknowledged.
     #[arg(long, default_value_t = 16)]
     window: usize,
+    /// Subscribers connect to this port (another edge of the same cluster) instead of
+    /// `--port`: every message crosses between edges.
+    #[arg(long)]
+    subscriber_port: Option<u16>,
 }
 
 pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
@@ -45,9 +49,13 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
         return Err("--publishers and --subscribers must be at least 1".into());
     }
     let dial = Dial::from(common)?;
+    let mut sub_dial = dial.clone();
+    if let Some(port) = args.subscriber_port {
+        sub_dial.broker.set_port(port);
+    }
     let base = Instant::now();
     let prefix = format!("bench/tp/{}", std::process::id());
-    let (subs, _, f1) = open_many(common, &dial, args.subscribers, "tp-sub").await;
+    let (subs, _, f1) = open_many(common, &sub_dial, args.subscribers, "tp-sub").await;
     let (pubs, _, f2) = open_many(common, &dial, args.publishers, "tp-pub").await;
     if f1 + f2 > 0 {
         return Err(format!("{} clients could not connect", f1 + f2));
@@ -87,6 +95,10 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
             }
             (j % publishers, latencies, order)
         }));
+    }
+    if args.subscriber_port.is_some() {
+        // The subscribers' edge tells the others of its interest shortly after the SUBACKs.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let sent = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
@@ -182,6 +194,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     report.insert("subscribers".into(), args.subscribers.into());
     report.insert("qos".into(), args.qos.into());
     report.insert("offered_rate".into(), args.rate.into());
+    report.insert("cross_edge".into(), args.subscriber_port.is_some().into());
     report.insert("published".into(), sent.load(Ordering::Relaxed).into());
     report.insert("expected_deliveries".into(), target.into());
     report.insert("delivered".into(), delivered.into());

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Throughput across two edges: a nats-server and two `mqtt-edge` processes (release build,
+# anonymous access, otherwise defaults) on loopback; publishers connect to edge A, subscribers
+# to edge B, so every message crosses the bus. Each row counts what was lost, reordered and
+# duplicated (`hermes bench throughput --subscriber-port`), next to the same run on one edge.
+# Usage: scripts/bench-cluster.sh [SECONDS]      Results: target/bench-cluster/*.json
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-20}
+OUT=target/bench-cluster
+mkdir -p "$OUT"
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
+command -v nats-server >/dev/null || install_deps
+cargo build --release -q -p hermes -p mqtt-edge
+HERMES=target/release/hermes
+EDGE=target/release/mqtt-edge
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+NATS_PORT=$(free_port)
+nats-server -a 127.0.0.1 -p "$NATS_PORT" > "$OUT/nats.log" 2>&1 &
+pids+=($!)
+
+start_edge() { # $1 name, $2 port; prints the pid once the port answers
+    HERMES_MQTT__TLS_ADDR='' RUST_LOG=warn "$EDGE" --mqtt-addr "127.0.0.1:$2" --mqtt-ws-addr '' --ops-addr '' \
+        --allow-anonymous --bus-nats-url "nats://127.0.0.1:$NATS_PORT" --bus-node-id "$1" > "$OUT/$1.log" 2>&1 &
+    local pid=$!
+    for _ in $(seq 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$2") 2>/dev/null && break
+        sleep 0.1
+    done
+    echo $pid
+}
+
+A_PORT=$(free_port)
+B_PORT=$(free_port)
+sleep 0.5
+A=$(start_edge edge-a "$A_PORT"); pids+=("$A")
+B=$(start_edge edge-b "$B_PORT"); pids+=("$B")
+
+run() { # $1 name, rest: bench args
+    local name=$1; shift
+    echo "== $name: hermes bench $*" >&2
+    "$HERMES" bench --port "$A_PORT" --pid "$A" --json "$@" > "$OUT/$name.json"
+}
+
+run cross-qos1-1to1 throughput --subscriber-port "$B_PORT" --publishers 1 --subscribers 1 --qos 1 --seconds "$SECS"
+run cross-qos1-100to100 throughput --subscriber-port "$B_PORT" --publishers 100 --subscribers 100 --qos 1 --seconds "$SECS"
+run cross-qos0-100to100 throughput --subscriber-port "$B_PORT" --publishers 100 --subscribers 100 --qos 0 --seconds "$SECS"
+run local-qos1-1to1 throughput --publishers 1 --subscribers 1 --qos 1 --seconds "$SECS"
+if grep -q panicked "$OUT"/edge-*.log; then echo "an edge panicked: see $OUT/edge-*.log" >&2; exit 1; fi
+for f in "$OUT"/*.json; do
+    python3 - "$f" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+cpu = (d.get("broker_cpu") or {}).get("cpu_us_per_msg")
+print(f'{sys.argv[1]}: {d["delivered_msgs_per_sec"]}/s delivered of {d["published"]} published, lost {d["lost"]}, '
+      f'reordered {d["reordered"]}, duplicated {d["duplicated"]}, p50 {d["latency"]["p50_ms"]} ms, '
+      f'p99 {d["latency"]["p99_ms"]} ms, edge A {cpu} µs/msg')
+PY
+done

@@ -1,0 +1,373 @@
+//! Sessions moving between edges: a client that connects to edge B with a session edge A holds
+//! takes it over (MQTT: the newest connection of a client id wins, here across edges).
+//!
+//! Before B's router registers the connection, B *claims* the session in the owners registry
+//! (`broker::owners`, Redis), which answers with the previous owner. If that is another edge,
+//! B asks it on the bus (`hermes.node.<A>.handover`); A's router hands the session over (its
+//! connection is closed with v5 0x8E) and A answers with the session's state, which B's router
+//! continues. Claims of one session on one edge are taken one at a time; a handover request
+//! waits for a claim of the same session in progress here only if that claim came first
+//! (claims are numbered by the registry), so concurrent takeovers settle on the last claimer
+//! and never wait on each other.
+//!
+//! Not yet (issue 13): a session whose edge died is not recovered (its state was only in that
+//! edge's memory: the claim times out after [`HANDOVER_TIMEOUT`] and the client starts afresh);
+//! messages routed to the old edge while the session moves are lost.
+
+use std::collections::HashMap;
+use std::num::NonZeroU16;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message as _;
+use tokio::sync::oneshot;
+
+use broker::owners::SessionOwners;
+use broker::session::{Outgoing, SessionSnapshot};
+use broker::{QoS, RetainHandling, SubOptions};
+use bus::Bus;
+use wire::pb;
+
+use crate::cluster::{NodeName, decode_message, encode_message};
+use crate::hub::Hub;
+use crate::message::{SharedMessage, now_ms};
+use crate::metrics as m;
+
+/// How long a claim waits for the previous edge to hand the session over.
+pub const HANDOVER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The subject edge `node` takes handover requests on.
+fn handover_subject(node: &str) -> String {
+    format!("hermes.node.{}.handover", wire::subjects::token(node))
+}
+
+/// The subject edge `node` takes answers to its own requests on.
+fn reply_subject(node: &NodeName) -> String {
+    format!("hermes.node.{}.{}.reply", wire::subjects::token(&node.id), node.incarnation)
+}
+
+/// One edge's side of moving sessions.
+#[derive(Debug)]
+pub struct Handover {
+    node: NodeName,
+    bus: Arc<dyn Bus>,
+    owners: Arc<dyn SessionOwners>,
+    next_request: AtomicU64,
+    waiting: Mutex<HashMap<u64, oneshot::Sender<pb::HandoverReply>>>,
+    /// Sessions being claimed here, one claim at a time each.
+    busy: Mutex<HashMap<String, Arc<Slot>>>,
+}
+
+/// One session's claims on this edge.
+#[derive(Debug)]
+struct Slot {
+    turn: Arc<tokio::sync::Mutex<()>>,
+    /// The number of the claim holding the turn; `u64::MAX` while unknown or free (a claim
+    /// that has not reached the registry yet will get a number above any already given).
+    version: AtomicU64,
+}
+
+/// A claimed session, with what the previous edge handed over; dropping it lets a handover
+/// request for the session go on (drop it once the router has the connection).
+#[derive(Debug)]
+pub struct Claim {
+    pub resumed: Option<SessionSnapshot<SharedMessage>>,
+    _turn: Option<Turn>,
+}
+
+#[derive(Debug)]
+struct Turn {
+    slot: Arc<Slot>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.slot.version.store(u64::MAX, Ordering::SeqCst);
+    }
+}
+
+impl Handover {
+    /// Takes handover requests and answers for this edge from `bus`.
+    pub async fn start(
+        hub: Arc<Hub>,
+        bus: Arc<dyn Bus>,
+        owners: Arc<dyn SessionOwners>,
+        node: NodeName,
+    ) -> Result<Arc<Handover>, String> {
+        let me = Arc::new(Handover {
+            node,
+            bus,
+            owners,
+            next_request: AtomicU64::new(1),
+            waiting: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashMap::new()),
+        });
+        let mut requests = me.bus.subscribe(&handover_subject(&me.node.id)).await.map_err(|e| format!("bus: {e}"))?;
+        let mut replies = me.bus.subscribe(&reply_subject(&me.node)).await.map_err(|e| format!("bus: {e}"))?;
+        let answering = me.clone();
+        tokio::spawn(async move {
+            while let Some(m) = requests.next().await {
+                let Ok(req) = pb::HandoverRequest::decode(m.payload) else {
+                    metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
+                    continue;
+                };
+                let (me, hub) = (answering.clone(), hub.clone());
+                tokio::spawn(async move { me.answer(&hub, req).await });
+            }
+        });
+        let collecting = Arc::downgrade(&me);
+        tokio::spawn(async move {
+            while let Some(m) = replies.next().await {
+                let Some(me) = collecting.upgrade() else { return };
+                if let Ok(reply) = pb::HandoverReply::decode(m.payload)
+                    && let Some(tx) = me.lock_waiting().remove(&reply.request_id)
+                {
+                    let _ = tx.send(reply);
+                }
+            }
+        });
+        Ok(me)
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<pb::HandoverReply>>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn slot(&self, session: &str) -> Arc<Slot> {
+        let mut busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget the slots nobody holds or waits for.
+        busy.retain(|_, s| Arc::strong_count(s) > 1);
+        busy.entry(session.to_owned())
+            .or_insert_with(|| Arc::new(Slot { turn: Arc::default(), version: AtomicU64::new(u64::MAX) }))
+            .clone()
+    }
+
+    /// Makes this edge the owner of `session` and, if another edge held it, takes it from
+    /// there (its state only if `want_state`: a clean start discards it).
+    pub async fn claim(&self, session: &str, want_state: bool) -> Claim {
+        let slot = self.slot(session);
+        let guard = slot.turn.clone().lock_owned().await;
+        let turn = Turn { slot: slot.clone(), _guard: guard };
+        let claimed = match self.owners.claim(session, &self.node.id).await {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!(m::CLUSTER_ERRORS, "op" => "claim").increment(1);
+                tracing::warn!(error = %e, "cannot record the session's owner");
+                return Claim { resumed: None, _turn: Some(turn) };
+            }
+        };
+        slot.version.store(claimed.version, Ordering::SeqCst);
+        let resumed = match claimed.previous.filter(|p| *p != self.node.id) {
+            Some(from) => self.ask(&from, session, claimed.version).await.filter(|_| want_state),
+            None => None,
+        };
+        Claim { resumed, _turn: Some(turn) }
+    }
+
+    /// Asks edge `from` for `session`.
+    async fn ask(&self, from: &str, session: &str, version: u64) -> Option<SessionSnapshot<SharedMessage>> {
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.lock_waiting().insert(request_id, tx);
+        let req = pb::HandoverRequest {
+            session: session.to_owned(),
+            request_id,
+            reply_to: reply_subject(&self.node),
+            version,
+        };
+        if let Err(e) = self.bus.publish(&handover_subject(from), Bytes::from(req.encode_to_vec())).await {
+            tracing::warn!(error = %e, from, "cannot ask for a session");
+        }
+        let reply = tokio::time::timeout(HANDOVER_TIMEOUT, rx).await;
+        self.lock_waiting().remove(&request_id);
+        match reply {
+            Ok(Ok(r)) if r.found => {
+                metrics::counter!(m::SESSIONS_MOVED, "way" => "in").increment(1);
+                r.state.and_then(snapshot_from)
+            }
+            Ok(_) => None,
+            Err(_) => {
+                metrics::counter!(m::CLUSTER_ERRORS, "op" => "handover_timeout").increment(1);
+                tracing::warn!(from, "the edge that held the session did not answer: starting afresh");
+                None
+            }
+        }
+    }
+
+    /// Hands `req.session` over: after this edge's own claim of it, if that came first.
+    async fn answer(&self, hub: &Hub, req: pb::HandoverRequest) {
+        let slot = self.slot(&req.session);
+        let earlier_claim_here = slot.version.load(Ordering::SeqCst) < req.version;
+        let turn = if earlier_claim_here { Some(slot.turn.lock().await) } else { None };
+        let state = hub.hand_over(&req.session, now_ms()).map(|(snap, expiry)| state_of(snap, expiry));
+        drop(turn);
+        if state.is_some() {
+            metrics::counter!(m::SESSIONS_MOVED, "way" => "out").increment(1);
+        }
+        let reply = pb::HandoverReply { request_id: req.request_id, found: state.is_some(), state };
+        if let Err(e) = self.bus.publish(&req.reply_to, Bytes::from(reply.encode_to_vec())).await {
+            tracing::warn!(error = %e, "cannot answer a handover request");
+        }
+    }
+
+    /// The session ended here: nobody needs to ask this edge for it any more.
+    pub async fn release(&self, session: &str) {
+        if let Err(e) = self.owners.release(session, &self.node.id).await {
+            tracing::debug!(error = %e, "cannot release a session's owner record");
+        }
+    }
+}
+
+fn state_of(snap: SessionSnapshot<SharedMessage>, expiry_secs: u32) -> pb::SessionState {
+    let stored = |(o, released): (Outgoing<SharedMessage>, bool)| pb::StoredMessage {
+        message: Some(encode_message(&o.msg)),
+        qos: o.qos as u32,
+        packet_id: o.packet_id.map_or(0, |p| u32::from(p.get())),
+        dup: o.dup,
+        retain: o.retain,
+        subscription_ids: o.subscription_ids,
+        released,
+    };
+    pb::SessionState {
+        subscriptions: snap
+            .subscriptions
+            .into_iter()
+            .map(|(filter, o)| pb::StoredSubscription {
+                filter,
+                qos: o.qos as u32,
+                no_local: o.no_local,
+                retain_as_published: o.retain_as_published,
+                retain_handling: match o.retain_handling {
+                    RetainHandling::AtSubscribe => 0,
+                    RetainHandling::AtSubscribeIfNew => 1,
+                    RetainHandling::Never => 2,
+                },
+                subscription_id: o.subscription_id.unwrap_or(0),
+            })
+            .collect(),
+        inflight: snap.inflight.into_iter().map(stored).collect(),
+        queue: snap.queue.into_iter().map(|o| stored((o, false))).collect(),
+        incoming_qos2: snap.incoming_qos2.into_iter().map(u32::from).collect(),
+        last_packet_id: u32::from(snap.last_packet_id),
+        expiry_secs,
+    }
+}
+
+/// The snapshot a [`pb::SessionState`] describes; `None` if any part of it is invalid.
+fn snapshot_from(s: pb::SessionState) -> Option<SessionSnapshot<SharedMessage>> {
+    let qos = |q: u32| QoS::from_u8(u8::try_from(q).ok()?);
+    let out = |m: pb::StoredMessage| -> Option<(Outgoing<SharedMessage>, bool)> {
+        let msg = Arc::new(decode_message(m.message?)?);
+        let packet_id = match m.packet_id {
+            0 => None,
+            p => Some(NonZeroU16::new(u16::try_from(p).ok()?)?),
+        };
+        let o = Outgoing {
+            msg,
+            qos: qos(m.qos)?,
+            packet_id,
+            dup: m.dup,
+            retain: m.retain,
+            subscription_ids: m.subscription_ids,
+        };
+        Some((o, m.released))
+    };
+    let subscriptions = s
+        .subscriptions
+        .into_iter()
+        .map(|sub| {
+            let retain_handling = match sub.retain_handling {
+                0 => RetainHandling::AtSubscribe,
+                1 => RetainHandling::AtSubscribeIfNew,
+                2 => RetainHandling::Never,
+                _ => return None,
+            };
+            let options = SubOptions {
+                qos: qos(sub.qos)?,
+                no_local: sub.no_local,
+                retain_as_published: sub.retain_as_published,
+                retain_handling,
+                subscription_id: (sub.subscription_id != 0).then_some(sub.subscription_id),
+            };
+            Some((sub.filter, options))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(SessionSnapshot {
+        subscriptions,
+        inflight: s.inflight.into_iter().map(out).collect::<Option<Vec<_>>>()?,
+        queue: s.queue.into_iter().map(|m| out(m).map(|(o, _)| o)).collect::<Option<Vec<_>>>()?,
+        incoming_qos2: s.incoming_qos2.into_iter().map(u16::try_from).collect::<Result<Vec<_>, _>>().ok()?,
+        last_packet_id: u16::try_from(s.last_packet_id).ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use ntex_bytes::ByteString;
+
+    fn message(body: &'static str) -> SharedMessage {
+        Arc::new(Message::new(
+            ByteString::from("t/1"),
+            ntex_bytes::Bytes::from_static(body.as_bytes()),
+            QoS::ExactlyOnce,
+            false,
+        ))
+    }
+
+    #[test]
+    fn a_session_state_survives_the_trip_between_edges() {
+        let mut first = Outgoing::new(message("one"), QoS::ExactlyOnce, false, vec![3]);
+        first.packet_id = NonZeroU16::new(41);
+        first.dup = true;
+        let snap = SessionSnapshot {
+            subscriptions: vec![(
+                "t/#".to_owned(),
+                SubOptions {
+                    qos: QoS::ExactlyOnce,
+                    no_local: true,
+                    retain_as_published: true,
+                    retain_handling: RetainHandling::Never,
+                    subscription_id: Some(3),
+                },
+            )],
+            inflight: vec![(first, true)],
+            queue: vec![Outgoing::new(message("two"), QoS::AtLeastOnce, true, vec![])],
+            incoming_qos2: vec![1, 65_535],
+            last_packet_id: 41,
+        };
+        let wire = state_of(snap.clone(), 300).encode_to_vec();
+        let state = pb::SessionState::decode(Bytes::from(wire)).expect("decodes");
+        assert_eq!(state.expiry_secs, 300);
+        let back = snapshot_from(state).expect("valid");
+        assert_eq!(back.subscriptions, snap.subscriptions);
+        assert_eq!(back.incoming_qos2, snap.incoming_qos2);
+        assert_eq!(back.last_packet_id, 41);
+        let (o, released) = &back.inflight[0];
+        assert!(released);
+        assert_eq!(
+            (o.packet_id, o.dup, o.qos, &o.subscription_ids[..]),
+            (NonZeroU16::new(41), true, QoS::ExactlyOnce, &[3][..])
+        );
+        assert_eq!(&o.msg.payload[..], b"one");
+        assert_eq!((back.queue[0].retain, &back.queue[0].msg.payload[..]), (true, &b"two"[..]));
+    }
+
+    #[test]
+    fn an_invalid_state_is_refused_whole() {
+        let bad_qos = pb::SessionState {
+            subscriptions: vec![pb::StoredSubscription { filter: "t".into(), qos: 3, ..Default::default() }],
+            ..Default::default()
+        };
+        assert!(snapshot_from(bad_qos).is_none());
+        let bad_id = pb::SessionState { incoming_qos2: vec![70_000], ..Default::default() };
+        assert!(snapshot_from(bad_id).is_none());
+        let no_message = pb::SessionState { queue: vec![pb::StoredMessage::default()], ..Default::default() };
+        assert!(snapshot_from(no_message).is_none());
+        assert_eq!(snapshot_from(pb::SessionState::default()).map(|s| s.subscriptions.len()), Some(0));
+    }
+}
