@@ -43,7 +43,7 @@ pub struct ConnState {
     /// Who this connection's publishes are stamped with.
     pub sender: crate::sender::Sender,
     /// Keeps this connection's PUBLISHes routed in arrival order.
-    pub turns: crate::flow::Turns,
+    pub turns: std::rc::Rc<crate::flow::Turns>,
     /// Closed while a publish waits for a subscriber to catch up.
     pub gate: std::rc::Rc<crate::flow::Gate>,
     /// A DISCONNECT without "send will" was received.
@@ -71,7 +71,7 @@ impl ConnState {
             max_packet_size: edge.cfg.limits.max_packet_size,
             max_stall: std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs)),
             sender,
-            turns: crate::flow::Turns::default(),
+            turns: std::rc::Rc::default(),
             gate: std::rc::Rc::default(),
             graceful: Cell::new(false),
             expiry_override: Cell::new(None),

@@ -15,6 +15,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::future::poll_fn;
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
@@ -47,19 +48,21 @@ pub struct Turns {
     waiting: RefCell<Vec<Waker>>,
 }
 
-/// One handler's place in line; its turn ends when it is dropped.
+/// One handler's place in line; its turn ends when it is dropped. It keeps the line alive
+/// itself: ntex may drop a connection's state before the handler futures still waiting on it,
+/// and a turn given up then must not write to freed memory.
 #[derive(Debug)]
-pub struct Turn<'a> {
-    turns: &'a Turns,
+pub struct Turn {
+    turns: Rc<Turns>,
     ticket: u64,
 }
 
 impl Turns {
     /// Takes the next place in line. Call before the handler's first await.
-    pub fn take(&self) -> Turn<'_> {
+    pub fn take(self: &Rc<Self>) -> Turn {
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket + 1);
-        Turn { turns: self, ticket }
+        Turn { turns: self.clone(), ticket }
     }
 
     fn advance(&self) {
@@ -78,7 +81,7 @@ impl Turns {
     }
 }
 
-impl Turn<'_> {
+impl Turn {
     /// Resolves when every earlier handler of the connection has routed.
     pub async fn ready(&self) {
         poll_fn(|cx| {
@@ -93,7 +96,7 @@ impl Turn<'_> {
     }
 }
 
-impl Drop for Turn<'_> {
+impl Drop for Turn {
     fn drop(&mut self) {
         if self.turns.serving.get() == self.ticket {
             self.turns.advance();
@@ -118,14 +121,14 @@ pub struct Gate {
 /// publishes still reads its own deliveries.
 pub const MAX_HELD_PUBLISHES: usize = 16;
 
-/// A PUBLISH waiting for room; counted while it lives.
+/// A PUBLISH waiting for room; counted while it lives. Like [`Turn`], it keeps the gate alive.
 #[derive(Debug)]
-pub struct Hold<'a>(&'a Gate);
+pub struct Hold(Rc<Gate>);
 
 impl Gate {
-    pub fn hold(&self) -> Hold<'_> {
+    pub fn hold(self: &Rc<Self>) -> Hold {
         self.held.set(self.held.get() + 1);
-        Hold(self)
+        Hold(self.clone())
     }
 
     /// Resolves when the dispatcher may take another packet (true), or when the connection
@@ -160,7 +163,7 @@ impl Gate {
     }
 }
 
-impl Drop for Hold<'_> {
+impl Drop for Hold {
     fn drop(&mut self) {
         self.0.held.set(self.0.held.get().saturating_sub(1));
         self.0.wake();
@@ -180,7 +183,7 @@ mod tests {
 
     #[test]
     fn turns_go_in_ticket_order_and_skip_the_abandoned() {
-        let turns = Turns::default();
+        let turns = Rc::new(Turns::default());
         let first = turns.take();
         let second = turns.take();
         let third = turns.take();
@@ -196,9 +199,9 @@ mod tests {
 
     #[test]
     fn too_many_held_publishes_stop_reading_until_one_is_let_go() {
-        let gate = Gate::default();
+        let gate = Rc::new(Gate::default());
         let readable = |g: &Gate| poll_once(async { assert!(g.readable().await) });
-        let mut held: Vec<Hold<'_>> = (0..MAX_HELD_PUBLISHES - 1).map(|_| gate.hold()).collect();
+        let mut held: Vec<Hold> = (0..MAX_HELD_PUBLISHES - 1).map(|_| gate.hold()).collect();
         assert!(readable(&gate), "below the limit the dispatcher goes on");
         held.push(gate.hold());
         assert!(!readable(&gate), "the dispatcher waits");
@@ -208,12 +211,35 @@ mod tests {
 
     #[test]
     fn closing_ends_every_wait() {
-        let gate = Gate::default();
-        let _held: Vec<Hold<'_>> = (0..MAX_HELD_PUBLISHES).map(|_| gate.hold()).collect();
+        let gate = Rc::new(Gate::default());
+        let _held: Vec<Hold> = (0..MAX_HELD_PUBLISHES).map(|_| gate.hold()).collect();
         let mut ready = Box::pin(gate.readable());
         let mut cx = Context::from_waker(Waker::noop());
         assert!(ready.as_mut().poll(&mut cx).is_pending());
         gate.close();
         assert_eq!(ready.as_mut().poll(&mut cx), Poll::Ready(false));
+    }
+}
+
+#[cfg(test)]
+mod outliving {
+    use super::*;
+
+    /// What ntex may do when a connection goes away: drop its state, then the handlers still
+    /// waiting in line. Giving up a turn or a hold then stays within memory they keep alive.
+    #[test]
+    fn turns_and_holds_outlive_the_connection_state() {
+        struct State {
+            turns: Rc<Turns>,
+            gate: Rc<Gate>,
+        }
+        let st = State { turns: Rc::default(), gate: Rc::default() };
+        let first = st.turns.take();
+        let waiting = st.turns.take();
+        let hold = st.gate.hold();
+        drop(st);
+        drop(waiting);
+        drop(first);
+        drop(hold);
     }
 }
