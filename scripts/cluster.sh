@@ -219,7 +219,8 @@ done
 
 # -- the demo enterprise -----------------------------------------------------------------------
 
-PASSWORD=$(python3 -c 'import secrets; print(secrets.token_urlsafe(12))')
+# Letters and digits only: a password starting with '-' would read as a flag.
+PASSWORD=$(python3 -c 'import secrets, string; print("".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(16)))')
 api POST /v1/enterprises "{\"name\": \"$ENTERPRISE\"}" >/dev/null || die "cannot create enterprise $ENTERPRISE" "$DIR/accounts/accounts.log"
 for user in alice bob; do
     display=${user^}

@@ -57,4 +57,14 @@ pub async fn check(bus: &dyn Bus) {
     assert!(matches!(bus.publish("a..b", Bytes::new()).await, Err(BusError::InvalidSubject(_))));
     assert!(matches!(bus.subscribe("a.>.b").await, Err(BusError::InvalidSubject(_))));
     nothing(&mut tail).await;
+
+    // A batch arrives in order; one bad subject refuses all of it.
+    let batch: Vec<(String, Bytes)> = (0..3u8).map(|i| (s(&format!("n{i}")), Bytes::from(vec![i]))).collect();
+    bus.publish_batch(&batch).await.expect("batch");
+    for (subject, payload) in &batch {
+        assert_eq!(&next(&mut tail).await, &(subject.clone(), payload.clone()), "a batch in order");
+    }
+    let spoiled = vec![(s("ok"), Bytes::new()), ("a..b".to_owned(), Bytes::new())];
+    assert!(matches!(bus.publish_batch(&spoiled).await, Err(BusError::InvalidSubject(_))));
+    nothing(&mut tail).await;
 }

@@ -57,6 +57,20 @@ impl Subscription {
 pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     fn publish<'a>(&'a self, subject: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), BusError>>;
     fn subscribe<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, Result<Subscription, BusError>>;
+
+    /// Publishes `batch` in order, out of the client's buffer once at the end (one flush for
+    /// the lot). A bad subject refuses the whole batch before anything is sent.
+    fn publish_batch<'a>(&'a self, batch: &'a [(String, Bytes)]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            if let Some((bad, _)) = batch.iter().find(|(s, _)| !valid_subject(s, false)) {
+                return Err(BusError::InvalidSubject(bad.clone()));
+            }
+            for (subject, payload) in batch {
+                self.publish(subject, payload.clone()).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Whether `subject` is a concrete subject (`wildcards` false) or a subscription pattern.

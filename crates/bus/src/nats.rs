@@ -30,6 +30,21 @@ impl Bus for NatsBus {
         })
     }
 
+    fn publish_batch<'a>(&'a self, batch: &'a [(String, Bytes)]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            if let Some((bad, _)) = batch.iter().find(|(s, _)| !valid_subject(s, false)) {
+                return Err(BusError::InvalidSubject(bad.clone()));
+            }
+            for (subject, payload) in batch {
+                self.client
+                    .publish(subject.clone(), payload.clone())
+                    .await
+                    .map_err(|e| BusError::Transport(e.to_string()))?;
+            }
+            self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))
+        })
+    }
+
     fn subscribe<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, Result<Subscription, BusError>> {
         Box::pin(async move {
             if !valid_subject(subject, true) {

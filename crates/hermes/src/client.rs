@@ -130,8 +130,8 @@ pub struct LoginArgs {
     enterprise: String,
     #[arg(long)]
     username: String,
-    /// Read from the first line of standard input when absent.
-    #[arg(long)]
+    /// Read from the first line of standard input when absent. May start with `-`.
+    #[arg(long, allow_hyphen_values = true)]
     password: Option<String>,
     #[command(flatten)]
     session: SessionArg,

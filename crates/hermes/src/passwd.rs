@@ -10,8 +10,8 @@ pub struct PasswdArgs {
     users_file: PathBuf,
     /// User name (no `:` and no whitespace).
     username: String,
-    /// The password; read from the first line of standard input when absent.
-    #[arg(long)]
+    /// The password; read from the first line of standard input when absent. May start with `-`.
+    #[arg(long, allow_hyphen_values = true)]
     password: Option<String>,
 }
 

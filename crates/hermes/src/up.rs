@@ -28,7 +28,7 @@ pub struct UpArgs {
     #[arg(long)]
     demo: bool,
     /// Password for the demo users; generated and printed when absent.
-    #[arg(long, requires = "demo")]
+    #[arg(long, requires = "demo", allow_hyphen_values = true)]
     demo_password: Option<String>,
 }
 

@@ -312,7 +312,7 @@ async fn demo_users_each_get_a_hash_with_its_own_salt() {
 fn passwd_writes_a_users_file_that_up_accepts() {
     let dir = temp_dir("passwd");
     let users = dir.join("users");
-    for pw in ["first", "second"] {
+    for pw in ["first", "-second, starting with a hyphen"] {
         let ok = Command::new(HERMES)
             .args(["passwd", "--users-file"])
             .arg(&users)

@@ -23,7 +23,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use ntex_bytes::ByteString;
@@ -195,22 +194,35 @@ impl Subscriptions {
     }
 }
 
-/// Numbers this edge's messages and publishes them, in the order they were handed over.
+/// Most messages handed to the bus in one batch (one flush).
+const BATCH: usize = 256;
+
+/// Numbers this edge's messages and publishes them, in the order they were handed over: what
+/// waits is taken in batches, flushed once each.
 async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<SharedMessage>) {
-    let seq = AtomicU64::new(0);
-    while let Some(msg) = rx.recv().await {
-        let subject = subjects::routed(&msg.topic, msg.retain).unwrap_or_else(|| subjects::LONG_TOPICS.to_owned());
-        let routed = pb::RoutedMessage {
-            origin: node.id.clone(),
-            incarnation: node.incarnation,
-            seq: seq.fetch_add(1, Ordering::Relaxed) + 1,
-            ..encode_message(&msg)
-        };
-        match bus.publish(&subject, Bytes::from(routed.encode_to_vec())).await {
-            Ok(()) => metrics::counter!(m::CLUSTER_OUT).increment(1),
+    let mut seq = 0u64;
+    let mut waiting = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut waiting, BATCH).await > 0 {
+        let batch: Vec<(String, Bytes)> = waiting
+            .drain(..)
+            .map(|msg| {
+                seq += 1;
+                let subject =
+                    subjects::routed(&msg.topic, msg.retain).unwrap_or_else(|| subjects::LONG_TOPICS.to_owned());
+                let routed = pb::RoutedMessage {
+                    origin: node.id.clone(),
+                    incarnation: node.incarnation,
+                    seq,
+                    ..encode_message(&msg)
+                };
+                (subject, Bytes::from(routed.encode_to_vec()))
+            })
+            .collect();
+        match bus.publish_batch(&batch).await {
+            Ok(()) => metrics::counter!(m::CLUSTER_OUT).increment(batch.len() as u64),
             Err(e) => {
                 metrics::counter!(m::CLUSTER_ERRORS, "op" => "publish").increment(1);
-                tracing::warn!(%subject, error = %e, "cannot route to other edges");
+                tracing::warn!(error = %e, messages = batch.len(), "cannot route to other edges");
             }
         }
     }
