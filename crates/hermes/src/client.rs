@@ -20,12 +20,27 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Serialize, Deserialize)]
 struct Session {
     http: SocketAddr,
-    mqtt: SocketAddr,
+    /// The edges to connect to, in order of preference (one address in older files).
+    #[serde(deserialize_with = "one_or_many")]
+    mqtt: Vec<SocketAddr>,
     enterprise_id: String,
     username: String,
     access_token: String,
     #[serde(default)]
     refresh_token: String,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Addrs {
+        One(SocketAddr),
+        Many(Vec<SocketAddr>),
+    }
+    Ok(match Addrs::deserialize(d)? {
+        Addrs::One(a) => vec![a],
+        Addrs::Many(v) => v,
+    })
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -123,9 +138,10 @@ pub struct LoginArgs {
     /// Accounts API address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: SocketAddr,
-    /// MQTT address the other verbs connect to.
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    mqtt: SocketAddr,
+    /// MQTT address the other verbs connect to; several, comma-separated, for the edges of a
+    /// cluster: the next one is tried when one cannot be reached.
+    #[arg(long, default_value = "127.0.0.1:1883", value_delimiter = ',', required = true)]
+    mqtt: Vec<SocketAddr>,
     #[arg(long)]
     enterprise: String,
     #[arg(long)]
@@ -230,7 +246,7 @@ pub fn login(args: LoginArgs) -> Result<(), String> {
         }
         let session = Session {
             http: args.http,
-            mqtt: args.mqtt,
+            mqtt: args.mqtt.clone(),
             enterprise_id: r.body["enterprise_id"].as_str().unwrap_or_default().to_owned(),
             username: r.body["username"].as_str().unwrap_or_default().to_owned(),
             access_token: r.body["access_token"].as_str().unwrap_or_default().to_owned(),
@@ -339,9 +355,27 @@ enum Lasting {
 /// How long a watching client's session waits for it to come back.
 const WATCH_SESSION_SECS: u32 = 24 * 3600;
 
+/// A TCP connection to the first of `addrs` that answers, starting with the one that answered
+/// last (so a client whose edge went away moves to another and stays there).
+async fn dial(addrs: &[SocketAddr]) -> Result<Client, String> {
+    static LAST_GOOD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let start = LAST_GOOD.load(std::sync::atomic::Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for i in 0..addrs.len() {
+        let k = (start + i) % addrs.len();
+        match Client::connect_tcp(addrs[k], Version::V5).await {
+            Ok(c) => {
+                LAST_GOOD.store(k, std::sync::atomic::Ordering::Relaxed);
+                return Ok(c);
+            }
+            Err(e) => failures.push(format!("{}: {e}", addrs[k])),
+        }
+    }
+    Err(if failures.is_empty() { "no MQTT address in the session file".into() } else { failures.join("; ") })
+}
+
 async fn connect(s: &Session, suffix: &str, lasting: Lasting) -> Result<(Client, bool), Refused> {
-    let mut c =
-        Client::connect_tcp(s.mqtt, Version::V5).await.map_err(|e| Refused::Other(format!("{}: {e}", s.mqtt)))?;
+    let mut c = dial(&s.mqtt).await.map_err(Refused::Other)?;
     let (clean_start, keep_alive, session_expiry) = match lasting {
         Lasting::OneShot => (true, 60, None),
         Lasting::Watching { keep_alive } => (false, keep_alive, Some(WATCH_SESSION_SECS)),

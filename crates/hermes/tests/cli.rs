@@ -856,8 +856,9 @@ print(json.load(urllib.request.urlopen(req, context=ctx))["access_token"][:10])
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
 }
 
-/// `hermes up` on fixed addresses, so a restarted one is found where the first one was.
-fn up_at(data: &std::path::Path, mqtt: u16, http: u16, extra: &[&str]) -> Running {
+/// `hermes up` on fixed addresses, so a restarted one is found where the first one was; `None`
+/// if it stopped before serving (another process took one of the ports meanwhile).
+fn up_at(data: &std::path::Path, mqtt: u16, http: u16, extra: &[&str]) -> Option<Running> {
     let mut child = Running(
         Command::new(HERMES)
             .args(["up", "--mqtt-addr", &format!("127.0.0.1:{mqtt}"), "--mqtt-ws-addr", "127.0.0.1:0"])
@@ -871,20 +872,26 @@ fn up_at(data: &std::path::Path, mqtt: u16, http: u16, extra: &[&str]) -> Runnin
             .expect("spawn hermes up"),
     );
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    for line in lines.by_ref() {
-        if line.expect("line").starts_with("Stop with Ctrl-C") {
-            break;
+    let serving = lines.by_ref().map_while(Result::ok).any(|line| line.starts_with("Stop with Ctrl-C"));
+    std::thread::spawn(move || for _ in lines {});
+    serving.then_some(child)
+}
+
+/// [`up_at`] on free ports, trying others when one was taken before `up` could bind it.
+fn up_on_free_ports(data: &std::path::Path, extra: &[&str]) -> (Running, u16, u16) {
+    for _ in 0..5 {
+        let (mqtt, http) = (free_port(), free_port());
+        if let Some(child) = up_at(data, mqtt, http, extra) {
+            return (child, mqtt, http);
         }
     }
-    std::thread::spawn(move || for _ in lines {});
-    child
+    panic!("hermes up found no free ports in five tries");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_keeps_its_connection_alive_and_comes_back_after_a_restart() {
     let data = temp_dir("listen-restart");
-    let (mqtt, http) = (free_port(), free_port());
-    let mut first = up_at(&data, mqtt, http, &["--demo", "--demo-password", "demo secret"]);
+    let (mut first, mqtt, http) = up_on_free_ports(&data, &["--demo", "--demo-password", "demo secret"]);
     let dir = temp_dir("listen-sessions");
     let (mqtt_addr, http_addr) = (SocketAddr::from(([127, 0, 0, 1], mqtt)), SocketAddr::from(([127, 0, 0, 1], http)));
     for user in ["alice", "bob"] {
@@ -931,7 +938,15 @@ async fn listen_keeps_its_connection_alive_and_comes_back_after_a_restart() {
     // The server goes away and comes back: the listener reconnects by itself.
     sigterm(&first);
     let _ = first.wait();
-    let _second = up_at(&data, mqtt, http, &[]);
+    // The same ports again (a few tries: another process may hold one for a moment).
+    let _second = (0..20)
+        .find_map(|_| {
+            up_at(&data, mqtt, http, &[]).or_else(|| {
+                std::thread::sleep(Duration::from_millis(250));
+                None
+            })
+        })
+        .expect("hermes up restarts on its ports");
     wait_for("reconnected");
     assert!(hermes(&["send", "--to", "alice", "after the restart", "--session", &bob]).contains("sent to alice"));
     wait_for("[bob] after the restart");
@@ -949,4 +964,26 @@ fn bench_acl_reports_decisions_for_a_user_with_many_friends() {
     assert_eq!(report["subscribe_to_a_friends_presence"]["allowed"], 200);
     assert_eq!(report["expanding_the_friends_rule_once"]["filters"], 20);
     assert!(report["connect_auto_subscriptions"]["subscriptions"].as_u64().is_some_and(|n| n >= 40), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_takes_several_edges_and_the_client_verbs_use_one_that_answers() {
+    let (mut child, mqtt, http) = up_with_http(&["--demo", "--demo-password", "demo secret"]);
+    let dir = temp_dir("several-edges");
+    // The first edge is gone (nothing listens there); the second is up.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr");
+    let both = format!("{gone},{mqtt}");
+    let bob = session_file(&dir, "bob");
+    let args = ["login", "--http", &http.to_string(), "--mqtt", &both, "--enterprise", "acme", "--username", "bob"];
+    assert!(hermes(&[&args[..], &["--password", "demo secret", "--session", &bob]].concat()).contains("logged in"));
+    assert!(hermes(&["send", "--to", "alice", "through the edge that answers", "--session", &bob]).contains("sent"));
+    // A session file from before (one address as a string) still works.
+    let text = std::fs::read_to_string(&bob).expect("session file");
+    let mut json: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(json["mqtt"], serde_json::json!([gone.to_string(), mqtt.to_string()]), "both kept, in order");
+    json["mqtt"] = serde_json::Value::String(mqtt.to_string());
+    std::fs::write(&bob, json.to_string()).expect("write");
+    assert!(hermes(&["send", "--to", "alice", "from an older session file", "--session", &bob]).contains("sent"));
+    sigterm(&child);
+    let _ = child.wait();
 }
