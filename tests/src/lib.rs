@@ -2,6 +2,7 @@
 //! test vocabulary (`expect_connack`, `expect_publish`, `expect_nothing`) over the SDK's raw client.
 
 pub mod process;
+pub mod proxy;
 pub mod servers;
 
 use std::net::SocketAddr;

@@ -67,4 +67,15 @@ pub async fn check(bus: &dyn Bus) {
     let spoiled = vec![(s("ok"), Bytes::new()), ("a..b".to_owned(), Bytes::new())];
     assert!(matches!(bus.publish_batch(&spoiled).await, Err(BusError::InvalidSubject(_))));
     nothing(&mut tail).await;
+
+    // A durable subscription gets what is published from now on, in order, like any other.
+    let stream = format!("CONTRACT_{}", root.replace('.', "_"));
+    let mut durable = bus.subscribe_durable(&stream, &s("d.>")).await.expect("durable");
+    for i in 0..3u8 {
+        bus.publish(&s(&format!("d.{i}")), Bytes::from(vec![i])).await.expect("publish");
+    }
+    for i in 0..3u8 {
+        assert_eq!(next(&mut durable).await, (s(&format!("d.{i}")), Bytes::from(vec![i])), "durable, in order");
+    }
+    assert!(matches!(bus.subscribe_durable(&stream, "a.>.b").await, Err(BusError::InvalidSubject(_))));
 }

@@ -58,6 +58,19 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     fn publish<'a>(&'a self, subject: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), BusError>>;
     fn subscribe<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, Result<Subscription, BusError>>;
 
+    /// Messages on `subject` (a pattern) that the bus keeps for subscribers that were away:
+    /// from now on, and after a lost connection, from where this subscription left off (NATS:
+    /// a JetStream stream named `stream` capturing `subject`, kept a week, read by an ordered
+    /// consumer). The in-process bus is never away: a plain subscription.
+    fn subscribe_durable<'a>(
+        &'a self,
+        stream: &'a str,
+        subject: &'a str,
+    ) -> BoxFuture<'a, Result<Subscription, BusError>> {
+        let _ = stream;
+        self.subscribe(subject)
+    }
+
     /// Publishes `batch` in order, out of the client's buffer once at the end (one flush for
     /// the lot). A bad subject refuses the whole batch before anything is sent.
     fn publish_batch<'a>(&'a self, batch: &'a [(String, Bytes)]) -> BoxFuture<'a, Result<(), BusError>> {

@@ -5,6 +5,9 @@ use futures_util::StreamExt;
 
 use crate::{BoxFuture, Bus, BusError, BusMessage, Subscription, valid_subject};
 
+/// How long a durable stream keeps its messages.
+const DURABLE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 #[derive(Debug, Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
@@ -42,6 +45,47 @@ impl Bus for NatsBus {
                     .map_err(|e| BusError::Transport(e.to_string()))?;
             }
             self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))
+        })
+    }
+
+    fn subscribe_durable<'a>(
+        &'a self,
+        stream: &'a str,
+        subject: &'a str,
+    ) -> BoxFuture<'a, Result<Subscription, BusError>> {
+        use async_nats::jetstream::{self, consumer, stream as js_stream};
+        Box::pin(async move {
+            if !valid_subject(subject, true) {
+                return Err(BusError::InvalidSubject(subject.to_owned()));
+            }
+            let err = |what: &str, e: &dyn std::fmt::Display| BusError::Transport(format!("jetstream {what}: {e}"));
+            let js = jetstream::new(self.client.clone());
+            let config = js_stream::Config {
+                name: stream.to_owned(),
+                subjects: vec![subject.to_owned()],
+                max_age: DURABLE_MAX_AGE,
+                storage: js_stream::StorageType::File,
+                ..Default::default()
+            };
+            let stream = js.get_or_create_stream(config).await.map_err(|e| err("stream", &e))?;
+            let ordered = consumer::pull::OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::New,
+                ..Default::default()
+            };
+            let consumer = stream.create_consumer(ordered).await.map_err(|e| err("consumer", &e))?;
+            let messages = consumer.messages().await.map_err(|e| err("messages", &e))?;
+            // Gaps and lost connections are the ordered consumer's to mend (it starts again
+            // after the last message it gave); what it reports meanwhile is only logged.
+            Ok(Subscription::new(messages.filter_map(|m| {
+                std::future::ready(match m {
+                    Ok(m) => Some(BusMessage { subject: m.subject.to_string(), payload: m.payload.clone() }),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "jetstream ordered consumer");
+                        None
+                    }
+                })
+            })))
         })
     }
 

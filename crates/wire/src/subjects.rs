@@ -9,6 +9,9 @@ pub fn account_events(enterprise_id: &str) -> String {
 /// Every enterprise's account events.
 pub const ALL_ACCOUNT_EVENTS: &str = "hermes.account.>";
 
+/// The JetStream stream that keeps account events for edges cut off from NATS for a while.
+pub const ACCOUNT_EVENTS_STREAM: &str = "HERMES_ACCOUNT_EVENTS";
+
 /// Edges route MQTT messages to each other on subjects made from the topic (design §2, flow 3):
 /// `hermes.m.` and the topic's levels, one NATS token per level. A level is escaped so every
 /// topic has exactly one subject and no level can act as a NATS wildcard or separator: `_` is

@@ -24,9 +24,11 @@ pub struct AccountEvents {
 
 impl AccountEvents {
     /// Subscribes to every enterprise's account events on `bus` and applies them until the bus
-    /// goes away. Subscribed when this returns: no event published afterwards is missed.
+    /// goes away. Subscribed when this returns: no event published afterwards is missed, also
+    /// while the edge is cut off from NATS (JetStream keeps them; it catches up on reconnect).
     pub async fn follow(self, bus: &dyn Bus) -> Result<tokio::task::JoinHandle<()>, BusError> {
-        let mut sub: Subscription = bus.subscribe(wire::subjects::ALL_ACCOUNT_EVENTS).await?;
+        let mut sub: Subscription =
+            bus.subscribe_durable(wire::subjects::ACCOUNT_EVENTS_STREAM, wire::subjects::ALL_ACCOUNT_EVENTS).await?;
         Ok(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 match AccountEvent::decode(msg.payload) {

@@ -92,6 +92,52 @@ async fn account_events_reach_the_edge_over_nats() {
     edge.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_cut_off_from_nats_catches_up_on_account_events_when_it_is_back() {
+    use bus::Bus;
+    use prost::Message as _;
+    let server = servers::nats();
+    let proxy = hermes_tests::proxy::Proxy::start(server.addr).await;
+    let signer = Signer::generate().expect("keys");
+    let public = signer.verifier().to_paserk();
+    let edge = TestEdge::start_with(|c| c.auth.token_public_key = public).await;
+    // The edge reaches NATS through a proxy the test can cut; the accounts tier directly.
+    let edge_side = bus::nats::NatsBus::connect(&format!("nats://{}", proxy.addr)).await.expect("connect");
+    edge.edge().account_events().follow(&edge_side).await.expect("subscribe");
+    let accounts_side = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect");
+    let token = access_token(&signer, "alice", Duration::from_secs(600));
+    let (mut alice, _) = edge.connect(Version::V5, Connect { password: Some(token), ..connect("alice", true) }).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
+    let revoked = wire::pb::TokenRevoked {
+        user_id: "id-alice".into(),
+        username: "alice".into(),
+        issued_before_ms: now,
+        ..Default::default()
+    };
+    let event = wire::pb::AccountEvent {
+        enterprise_id: "acme".into(),
+        timestamp_ms: now,
+        event: Some(wire::pb::account_event::Event::TokenRevoked(revoked)),
+        ..Default::default()
+    };
+    accounts_side
+        .publish(&wire::subjects::account_events("acme"), event.encode_to_vec().into())
+        .await
+        .expect("publish while the edge is away");
+    // Cut off, the edge cannot know yet.
+    expect_nothing(&mut alice).await;
+    proxy.restore();
+    let started = std::time::Instant::now();
+    match alice.recv(Duration::from_secs(60)).await {
+        Ok(sdk::mqtt::Packet::Disconnect { code, .. }) => assert_eq!(code, 0x98),
+        other => panic!("the revocation never reached the edge after it came back: {other:?}"),
+    }
+    eprintln!("caught up {:?} after the bus came back", started.elapsed());
+    edge.stop().await;
+}
+
 #[tokio::test]
 async fn redis_access_directory_meets_the_contract() {
     let server = servers::redis();
