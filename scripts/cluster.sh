@@ -177,7 +177,7 @@ REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
 
 run_nats() {
     NATS_PORT=$(free_port)
-    launch nats "$DIR/nats/nats.log" nats-server -a 127.0.0.1 -p "$NATS_PORT"
+    launch nats "$DIR/nats/nats.log" nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$DIR/nats/jetstream"
 }
 start nats "$DIR/nats/nats.log" NATS_PORT run_nats
 NATS_PID=$LAST_PID

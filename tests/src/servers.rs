@@ -71,6 +71,11 @@ pub fn nats() -> ServerProcess {
     })
 }
 
+/// `nats-server` without JetStream: core publish/subscribe only.
+pub fn nats_core_only() -> ServerProcess {
+    start("nats-server", |port| vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()])
+}
+
 /// `redis-server` without persistence.
 pub fn redis() -> ServerProcess {
     start("redis-server", |port| {

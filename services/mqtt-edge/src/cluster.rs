@@ -92,6 +92,11 @@ impl ClusterLink {
         Some(self.handover.as_ref()?.claim(session, want_state).await)
     }
 
+    /// Whether sessions move between the edges (an owners registry is shared).
+    pub fn moves_sessions(&self) -> bool {
+        self.handover.is_some()
+    }
+
     /// The session ended here.
     pub fn ended(&self, session: Arc<str>) {
         if let Some(h) = &self.handover {

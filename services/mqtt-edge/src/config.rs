@@ -42,6 +42,9 @@ pub struct MqttConfig {
     pub reuse_port: bool,
     /// Interval of the `$SYS/broker/...` statistics, in seconds; 0 disables them.
     pub sys_interval_secs: u64,
+    /// How long a stopping edge of a cluster keeps the sessions its clients left behind, to
+    /// hand each over to the edge its client reconnects to; 0 lets them go at once.
+    pub drain_secs: u16,
 }
 
 impl Default for MqttConfig {
@@ -56,6 +59,7 @@ impl Default for MqttConfig {
             backlog: 4096,
             reuse_port: false,
             sys_interval_secs: 10,
+            drain_secs: 5,
         }
     }
 }

@@ -27,8 +27,18 @@ impl AccountEvents {
     /// goes away. Subscribed when this returns: no event published afterwards is missed, also
     /// while the edge is cut off from NATS (JetStream keeps them; it catches up on reconnect).
     pub async fn follow(self, bus: &dyn Bus) -> Result<tokio::task::JoinHandle<()>, BusError> {
-        let mut sub: Subscription =
-            bus.subscribe_durable(wire::subjects::ACCOUNT_EVENTS_STREAM, wire::subjects::ALL_ACCOUNT_EVENTS).await?;
+        let durable =
+            bus.subscribe_durable(wire::subjects::ACCOUNT_EVENTS_STREAM, wire::subjects::ALL_ACCOUNT_EVENTS).await;
+        let mut sub: Subscription = match durable {
+            Ok(sub) => sub,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "no JetStream on the bus: account events published while this edge is cut off from NATS will be missed"
+                );
+                bus.subscribe(wire::subjects::ALL_ACCOUNT_EVENTS).await?
+            }
+        };
         Ok(tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 match AccountEvent::decode(msg.payload) {

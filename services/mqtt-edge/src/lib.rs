@@ -140,10 +140,22 @@ impl Edge {
         &self.listeners.addrs
     }
 
-    /// Tells clients the server is shutting down, then stops.
+    /// Tells clients the server is shutting down (v5 0x8B) and stops serving them. In a
+    /// cluster, it then keeps the sessions they left until each was handed to the edge its
+    /// client reconnected to, for at most `mqtt.drain_secs`.
     pub async fn stop(self) {
         self.housekeeping.abort();
         self.listeners.stop().await;
+        if self.hub.cluster().is_some_and(|c| c.moves_sessions()) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(u64::from(self.shared.cfg.mqtt.drain_secs));
+            while self.hub.snapshot().sessions > 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let left = self.hub.snapshot().sessions;
+            if left > 0 {
+                tracing::info!(sessions = left, "stopped with sessions no client came back for");
+            }
+        }
     }
 }
 

@@ -58,9 +58,18 @@ async fn edges_load_relations_from_redis_at_connect() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn account_events_reach_the_edge_over_nats() {
+    account_events_reach_the_edge_on(servers::nats()).await;
+}
+
+/// Without JetStream the edge still follows events as they come (and says what it cannot do).
+#[tokio::test(flavor = "multi_thread")]
+async fn account_events_reach_the_edge_over_nats_without_jetstream() {
+    account_events_reach_the_edge_on(servers::nats_core_only()).await;
+}
+
+async fn account_events_reach_the_edge_on(server: servers::ServerProcess) {
     use bus::Bus;
     use prost::Message as _;
-    let server = servers::nats();
     let signer = Signer::generate().expect("keys");
     let public = signer.verifier().to_paserk();
     let edge = TestEdge::start_with(|c| c.auth.token_public_key = public).await;
@@ -71,19 +80,7 @@ async fn account_events_reach_the_edge_over_nats() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     // Another process (the accounts tier) on its own connection.
     let accounts_side = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect");
-    let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
-    let revoked = wire::pb::TokenRevoked {
-        user_id: "id-alice".into(),
-        username: "alice".into(),
-        issued_before_ms: now,
-        ..Default::default()
-    };
-    let event = wire::pb::AccountEvent {
-        enterprise_id: "acme".into(),
-        timestamp_ms: now,
-        event: Some(wire::pb::account_event::Event::TokenRevoked(revoked)),
-        ..Default::default()
-    };
+    let event = alice_revoked_now();
     accounts_side
         .publish(&wire::subjects::account_events("acme"), event.encode_to_vec().into())
         .await
@@ -109,19 +106,7 @@ async fn an_edge_cut_off_from_nats_catches_up_on_account_events_when_it_is_back(
     let (mut alice, _) = edge.connect(Version::V5, Connect { password: Some(token), ..connect("alice", true) }).await;
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
-    let revoked = wire::pb::TokenRevoked {
-        user_id: "id-alice".into(),
-        username: "alice".into(),
-        issued_before_ms: now,
-        ..Default::default()
-    };
-    let event = wire::pb::AccountEvent {
-        enterprise_id: "acme".into(),
-        timestamp_ms: now,
-        event: Some(wire::pb::account_event::Event::TokenRevoked(revoked)),
-        ..Default::default()
-    };
+    let event = alice_revoked_now();
     accounts_side
         .publish(&wire::subjects::account_events("acme"), event.encode_to_vec().into())
         .await
@@ -182,4 +167,21 @@ async fn an_edge_that_starts_later_knows_revocations_and_tables_from_redis() {
         .expect("suback");
     assert_eq!(codes, vec![0, 0x87], "acme's own tables apply");
     edge.stop().await;
+}
+
+/// What the accounts tier publishes when alice's tokens are revoked, now.
+fn alice_revoked_now() -> wire::pb::AccountEvent {
+    let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
+    let revoked = wire::pb::TokenRevoked {
+        user_id: "id-alice".into(),
+        username: "alice".into(),
+        issued_before_ms: now,
+        ..Default::default()
+    };
+    wire::pb::AccountEvent {
+        enterprise_id: "acme".into(),
+        timestamp_ms: now,
+        event: Some(wire::pb::account_event::Event::TokenRevoked(revoked)),
+        ..Default::default()
+    }
 }

@@ -282,3 +282,70 @@ async fn a_clean_start_elsewhere_ends_the_old_session_and_concurrent_takeovers_l
         pair.b.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_edge_hands_its_sessions_to_the_edge_its_clients_move_to() {
+    for (bus, pair) in pairs().await {
+        let Pair { a, b, _servers } = pair;
+        let (mut on_a, _) = a.connect(Version::V5, lasting("leaving", false)).await;
+        on_a.subscribe(vec![SubscribeTopic::new("jobs/#", 1)], WAIT).await.expect("suback");
+        settle().await;
+        let mut publisher = b.client(Version::V5, "pub").await;
+        publisher.publish("jobs/1", b"j1", 1, false, WAIT).await.expect("puback");
+        let first = expect_publish(&mut on_a).await;
+        assert_eq!(&first.payload[..], b"j1", "{bus}");
+        // Not acknowledged when edge A is told to stop: the client is told to go elsewhere.
+        let stopping = tokio::spawn(a.stop());
+        assert_eq!(expect_disconnect(&mut on_a).await, 0x8B, "{bus}");
+        publisher.publish("jobs/1", b"j2", 1, false, WAIT).await.expect("puback");
+        let (mut on_b, present) = b.connect(Version::V5, lasting("leaving", false)).await;
+        assert!(present, "{bus}: the stopping edge handed the session over");
+        let again = expect_publish(&mut on_b).await;
+        assert_eq!((&again.payload[..], again.dup), (&b"j1"[..], true), "{bus}");
+        ack(&mut on_b, &again).await;
+        assert_eq!(received(&mut on_b).await.1, "j2", "{bus}: queued on A while it stopped");
+        tokio::time::timeout(Duration::from_secs(10), stopping)
+            .await
+            .expect("A stops once it handed over")
+            .expect("join");
+        b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_routes_again_when_it_is_back() {
+    let nats = servers::nats();
+    let proxy = hermes_tests::proxy::Proxy::start(nats.addr).await;
+    let direct = Arc::new(bus::nats::NatsBus::connect(&nats.nats_url()).await.expect("nats")) as Arc<dyn Bus>;
+    let through_proxy =
+        Arc::new(bus::nats::NatsBus::connect(&format!("nats://{}", proxy.addr)).await.expect("nats")) as Arc<dyn Bus>;
+    let a = TestEdge::start_clustered(direct, None, |c| c.bus.node_id = "a".into()).await;
+    let b = TestEdge::start_clustered(through_proxy, None, |c| c.bus.node_id = "b".into()).await;
+    let mut sub = subscribed(&b, "sub", &["t/#"]).await;
+    settle().await;
+    proxy.cut();
+    // Edge B alone: its own clients still reach each other.
+    let mut local = b.client(Version::V5, "local-pub").await;
+    assert_eq!(local.publish("t/local", b"local", 1, false, WAIT).await.expect("puback"), Some(0));
+    assert_eq!(received(&mut sub).await.1, "local");
+    // A subscription made while cut off is registered once the bus is back.
+    sub.subscribe(vec![SubscribeTopic::new("u/#", 1)], WAIT).await.expect("suback");
+    proxy.restore();
+    let mut remote = a.client(Version::V5, "remote-pub").await;
+    for topic in ["t/1", "u/1"] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            remote.publish(topic, topic.as_bytes(), 1, false, WAIT).await.expect("puback");
+            match sub.recv(Duration::from_millis(250)).await {
+                Ok(Packet::Publish(p)) => {
+                    ack(&mut sub, &p).await;
+                    assert_eq!(p.topic, topic);
+                    break;
+                }
+                other => assert!(std::time::Instant::now() < deadline, "{topic} never crossed again: {other:?}"),
+            }
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}
