@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod http;
+pub mod node;
 pub mod password;
 pub mod sections;
 pub mod shutdown;

@@ -24,34 +24,11 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let cfg: NodeConfig =
-        match service_kit::config::load(cli.flags.config.as_deref(), std::env::vars(), &cli.flags.overrides()) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("accounts: {e}");
-                return std::process::ExitCode::from(2);
-            }
-        };
-    if let Some(Command::PrintConfig) = cli.command {
-        print!("{}", service_kit::config::render(&cfg));
-        return std::process::ExitCode::SUCCESS;
-    }
-    if let Err(e) = cfg.validate() {
-        eprintln!("accounts: invalid configuration: {e}");
-        return std::process::ExitCode::from(2);
-    }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("accounts: cannot start runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let invocation = service_kit::node::Invocation {
+        name: "accounts",
+        config_file: cli.flags.config.as_deref(),
+        overrides: &cli.flags.overrides(),
+        print_config: matches!(cli.command, Some(Command::PrintConfig)),
     };
-    match rt.block_on(accounts::node::run_until_signal(cfg)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("accounts: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    service_kit::node::main(invocation, NodeConfig::validate, accounts::node::run_until_signal)
 }

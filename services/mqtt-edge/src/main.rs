@@ -22,34 +22,11 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let cfg: EdgeConfig =
-        match service_kit::config::load(cli.flags.config.as_deref(), std::env::vars(), &cli.flags.overrides()) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("mqtt-edge: {e}");
-                return std::process::ExitCode::from(2);
-            }
-        };
-    if let Some(Command::PrintConfig) = cli.command {
-        print!("{}", service_kit::config::render(&cfg));
-        return std::process::ExitCode::SUCCESS;
-    }
-    if let Err(e) = cfg.validate() {
-        eprintln!("mqtt-edge: invalid configuration: {e}");
-        return std::process::ExitCode::from(2);
-    }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mqtt-edge: cannot start runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let invocation = service_kit::node::Invocation {
+        name: "mqtt-edge",
+        config_file: cli.flags.config.as_deref(),
+        overrides: &cli.flags.overrides(),
+        print_config: matches!(cli.command, Some(Command::PrintConfig)),
     };
-    match rt.block_on(mqtt_edge::run_until_signal(cfg)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mqtt-edge: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    service_kit::node::main(invocation, EdgeConfig::validate, mqtt_edge::run_until_signal)
 }
