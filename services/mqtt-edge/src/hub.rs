@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use broker::SubOptions;
 use broker::router::{Disconnect, Effect, LinkId, Router, RouterConfig};
 use broker::session::{DropPolicy, SessionLimits};
-use broker::store::SessionStore;
 use broker::topic::TopicLimits;
 
 use crate::auth::Identity;
@@ -143,14 +142,7 @@ impl std::fmt::Debug for Hub {
 impl Hub {
     /// A hub whose parked sessions live in this process's memory.
     pub fn new(cfg: HubConfig, authz: Arc<Authorizer>) -> Self {
-        Self::with_router(cfg.clone(), authz, Router::new(cfg.router()))
-    }
-
-    pub fn with_store(cfg: HubConfig, authz: Arc<Authorizer>, store: Box<dyn SessionStore<SharedMessage>>) -> Self {
-        Self::with_router(cfg.clone(), authz, Router::with_store(cfg.router(), store))
-    }
-
-    fn with_router(cfg: HubConfig, authz: Arc<Authorizer>, router: Router<SharedMessage, Arc<Identity>>) -> Self {
+        let router = Router::new(cfg.router());
         let state = State { router, links: HashMap::new() };
         Hub {
             state: Mutex::new(state),
@@ -178,8 +170,7 @@ impl Hub {
         let mut st = self.lock();
         let mut fx = Effects::new();
         let connected = st.router.connect(req, &*self.authz, now_ms, &mut fx);
-        let capacity = usize::from(self.cfg.session.max_inflight) + self.cfg.max_pending_deliveries;
-        let (link, inbox) = link::link(connected.link, capacity);
+        let (link, inbox) = link::link(connected.link, self.link_capacity());
         if self.is_closing() {
             // Got past the CONNECT checks while `close_all` ran: the server is going all the same.
             link.close(CloseReason::ServerShuttingDown);
@@ -356,8 +347,13 @@ impl Hub {
     /// The backlog at which publishers wait: `limits.max_queued_messages`, or half what a
     /// connection's queue holds if that is less (so QoS 0 floods are slowed before they drop).
     fn high_water(&self) -> usize {
-        let capacity = usize::from(self.cfg.session.max_inflight) + self.cfg.max_pending_deliveries;
-        self.cfg.session.max_queued.min(capacity / 2).max(1)
+        self.cfg.session.max_queued.min(self.link_capacity() / 2).max(1)
+    }
+
+    /// Deliveries a connection's channel holds: its in-flight window and what may wait for its
+    /// socket beyond it.
+    fn link_capacity(&self) -> usize {
+        usize::from(self.cfg.session.max_inflight) + self.cfg.max_pending_deliveries
     }
 
     /// The backlog below which waiting publishers go on: half the high-water mark.
