@@ -93,7 +93,8 @@ fn load(args: &UpArgs) -> Result<UpConfig, String> {
     if let Some(a) = &args.http_addr {
         overrides.push(("http.addr", toml::Value::String(a.clone())));
     }
-    service_kit::config::load(args.edge.config.as_deref(), std::env::vars(), &overrides).map_err(|e| e.to_string())
+    service_kit::config::load(args.edge.shared.config.as_deref(), std::env::vars(), &overrides)
+        .map_err(|e| e.to_string())
 }
 
 pub fn print_config(args: UpArgs) -> Result<(), String> {

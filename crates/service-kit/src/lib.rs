@@ -3,6 +3,7 @@
 //! the signal to stop.
 
 pub mod config;
+pub mod flags;
 pub mod http;
 pub mod node;
 pub mod password;

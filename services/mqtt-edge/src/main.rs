@@ -24,7 +24,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let invocation = service_kit::node::Invocation {
         name: "mqtt-edge",
-        config_file: cli.flags.config.as_deref(),
+        config_file: cli.flags.shared.config.as_deref(),
         overrides: &cli.flags.overrides(),
         print_config: matches!(cli.command, Some(Command::PrintConfig)),
     };
