@@ -7,6 +7,8 @@
 # Results: one JSON file per run in target/bench/, and a summary on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
 
 DURATION=${1:-10}
 CONCURRENCY=${2:-16}
@@ -22,7 +24,7 @@ HERMES_HTTP__LOGIN_ATTEMPTS_PER_IP_PER_MINUTE=0 HERMES_HTTP__LOGIN_ATTEMPTS_PER_
     --http-addr 127.0.0.1:$HTTP_PORT --ops-addr '' > "$OUT/accounts-hermes.log" 2>&1 &
 PID=$!
 trap 'kill -TERM $PID 2>/dev/null || true; wait $PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$HTTP_PORT) 2>/dev/null && break; sleep 0.1; done
+wait_for_port "$HTTP_PORT" || true
 
 summary() { python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], {k: r.get(k) for k in ("ops_per_sec","connects_per_sec","failed","latency","setup","broker_cpu") if k in r})' "$@"; }
 

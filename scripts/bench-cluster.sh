@@ -28,10 +28,7 @@ start_edge() { # $1 name, $2 port; prints the pid once the port answers
     HERMES_MQTT__TLS_ADDR='' RUST_LOG=warn "$EDGE" --mqtt-addr "127.0.0.1:$2" --mqtt-ws-addr '' --ops-addr '' \
         --allow-anonymous --bus-nats-url "nats://127.0.0.1:$NATS_PORT" --bus-node-id "$1" > "$OUT/$1.log" 2>&1 &
     local pid=$!
-    for _ in $(seq 100); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$2") 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_for_port "$2" || true
     echo $pid
 }
 

