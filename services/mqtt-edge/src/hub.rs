@@ -285,19 +285,11 @@ impl Hub {
                         new_token_issued_ms = new.issued_at_ms,
                         "session taken over by a new connection of its owner"
                     );
-                    if let Some(l) = st.links.remove(&link) {
-                        l.close(CloseReason::SessionTakenOver);
-                    }
-                    metrics::counter!(m::TAKEOVERS).increment(1);
-                    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+                    Self::taken_over(st, link);
                 }
                 Effect::MovedAway { link, client_id } => {
                     tracing::info!(client_id = %client_id, "session taken over by a connection on another edge");
-                    if let Some(l) = st.links.remove(&link) {
-                        l.close(CloseReason::SessionTakenOver);
-                    }
-                    metrics::counter!(m::TAKEOVERS).increment(1);
-                    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+                    Self::taken_over(st, link);
                 }
                 Effect::WillRefused { owner, client_id, topic } => {
                     metrics::counter!(m::WILLS_REFUSED).increment(1);
@@ -330,6 +322,15 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// A newer connection of the session, here or on another edge, took over from `link`.
+    fn taken_over(st: &mut State, link: LinkId) {
+        if let Some(l) = st.links.remove(&link) {
+            l.close(CloseReason::SessionTakenOver);
+        }
+        metrics::counter!(m::TAKEOVERS).increment(1);
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
     }
 
     /// Closes the connection behind `room`: it stopped reading while publishers waited for it
