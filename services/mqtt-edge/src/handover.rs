@@ -64,8 +64,9 @@ pub struct Handover {
 #[derive(Debug)]
 struct Slot {
     turn: Arc<tokio::sync::Mutex<()>>,
-    /// The number of the claim holding the turn; `u64::MAX` while unknown or free (a claim
-    /// that has not reached the registry yet will get a number above any already given).
+    /// The number of the claim holding the turn; `u64::MAX` while the turn is free or the
+    /// registry has not answered yet (the claim may have been numbered already: a request
+    /// waits until this edge knows).
     version: AtomicU64,
 }
 
@@ -200,8 +201,20 @@ impl Handover {
     /// Hands `req.session` over: after this edge's own claim of it, if that came first.
     async fn answer(&self, hub: &Hub, req: pb::HandoverRequest) {
         let slot = self.slot(&req.session);
-        let earlier_claim_here = slot.version.load(Ordering::SeqCst) < req.version;
-        let turn = if earlier_claim_here { Some(slot.turn.lock().await) } else { None };
+        let turn = loop {
+            // No claim here: hand over what is here, keeping claims out meanwhile.
+            if let Ok(free) = slot.turn.try_lock() {
+                break Some(free);
+            }
+            match slot.version.load(Ordering::SeqCst) {
+                // Claimed here, its number not known yet: it may come before or after this one.
+                u64::MAX => tokio::time::sleep(Duration::from_millis(1)).await,
+                // This edge's claim came first: it finishes, then hands over.
+                mine if mine < req.version => break Some(slot.turn.lock().await),
+                // The asker's claim came first: it gets what is here now.
+                _ => break None,
+            }
+        };
         let state = hub.hand_over(&req.session, now_ms()).map(|(snap, expiry)| state_of(snap, expiry));
         drop(turn);
         if state.is_some() {
