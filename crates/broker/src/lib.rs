@@ -9,6 +9,7 @@ pub mod access;
 pub mod acl;
 pub mod alias;
 pub mod dedupe;
+pub mod journal;
 pub mod owners;
 pub mod presence;
 pub mod relations;

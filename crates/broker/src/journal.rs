@@ -1,0 +1,248 @@
+//! Where persistent sessions are written so they outlive the edge holding them: the session
+//! journal (design §5). Redis in a cluster (`redis_state::RedisJournal`), an embedded database
+//! in the data directory for `hermes up` (`embedded_state::SqliteJournal`), memory in tests;
+//! all pass [`contract::check`].
+//!
+//! The router says what changed ([`crate::router::Effect::Persist`]); the edge encodes it and
+//! writes it here, in order, before it acknowledges the PUBLISH that caused it. A session is a
+//! record (subscriptions, expiry: bytes the edge encodes) and its messages, each under the
+//! number the session gave it when it arrived (`Outgoing::entry`). A node that finds no live
+//! edge holding a session loads it from here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use crate::relations::BoxFuture;
+
+/// One change to the journal. Writes of one batch are applied in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// The session's record, replacing the one written before. With `ttl_secs`, the session
+    /// and its messages are forgotten that long after this write unless written again (a
+    /// parked session's expiry); without, they are kept (a live session).
+    Record { session: Arc<str>, record: Vec<u8>, ttl_secs: Option<u32> },
+    /// Keeps `body` as the session's message `entry`, replacing one kept under that number.
+    Message { session: Arc<str>, entry: u64, body: Vec<u8> },
+    /// Message `entry` is done (acknowledged, dropped or expired): forget it.
+    Done { session: Arc<str>, entry: u64 },
+    /// The session ended: forget its record and its messages.
+    Ended { session: Arc<str> },
+}
+
+impl Write {
+    /// The session the write is about.
+    pub fn session(&self) -> &Arc<str> {
+        match self {
+            Write::Record { session, .. }
+            | Write::Message { session, .. }
+            | Write::Done { session, .. }
+            | Write::Ended { session } => session,
+        }
+    }
+}
+
+/// A session as the journal holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stored {
+    pub record: Vec<u8>,
+    /// By ascending entry.
+    pub messages: Vec<(u64, Vec<u8>)>,
+}
+
+/// Persistent sessions by session key ([`crate::store::session_key`]).
+pub trait SessionJournal: Send + Sync + std::fmt::Debug {
+    /// Applies `writes` in order; `Ok` once all of them are durable.
+    fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>>;
+    /// The session as written, `None` if it has no record (never written, ended or expired).
+    fn load<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Stored>, String>>;
+}
+
+/// Sessions kept in this process: for tests, and nodes sharing one process.
+#[derive(Debug, Default)]
+pub struct MemoryJournal {
+    sessions: Mutex<HashMap<Arc<str>, Kept>>,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    record: Option<Vec<u8>>,
+    expires_at: Option<std::time::Instant>,
+    messages: BTreeMap<u64, Vec<u8>>,
+}
+
+impl MemoryJournal {
+    fn apply(&self, writes: &[Write]) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        sessions.retain(|_, k| k.expires_at.is_none_or(|at| at > now));
+        for w in writes {
+            match w {
+                Write::Record { session, record, ttl_secs } => {
+                    let kept = sessions.entry(session.clone()).or_default();
+                    kept.record = Some(record.clone());
+                    kept.expires_at = ttl_secs.map(|t| now + std::time::Duration::from_secs(u64::from(t)));
+                }
+                Write::Message { session, entry, body } => {
+                    sessions.entry(session.clone()).or_default().messages.insert(*entry, body.clone());
+                }
+                Write::Done { session, entry } => {
+                    if let Some(k) = sessions.get_mut(session) {
+                        k.messages.remove(entry);
+                    }
+                }
+                Write::Ended { session } => {
+                    sessions.remove(session);
+                }
+            }
+        }
+    }
+}
+
+impl SessionJournal for MemoryJournal {
+    fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>> {
+        self.apply(writes);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn load<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Stored>, String>> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let stored = sessions.get(session).filter(|k| k.expires_at.is_none_or(|at| at > now)).and_then(|k| {
+            let record = k.record.clone()?;
+            Some(Stored { record, messages: k.messages.iter().map(|(e, b)| (*e, b.clone())).collect() })
+        });
+        Box::pin(std::future::ready(Ok(stored)))
+    }
+}
+
+/// The behaviour every [`SessionJournal`] must have. Session keys are unique to each call
+/// (`prefix`), so a shared Redis can run it concurrently. Takes about 1.5 s (a TTL runs out).
+pub mod contract {
+    use std::sync::Arc;
+
+    use super::{SessionJournal, Stored, Write};
+
+    fn record(session: &Arc<str>, bytes: &[u8], ttl_secs: Option<u32>) -> Write {
+        Write::Record { session: session.clone(), record: bytes.to_vec(), ttl_secs }
+    }
+
+    fn message(session: &Arc<str>, entry: u64, body: &[u8]) -> Write {
+        Write::Message { session: session.clone(), entry, body: body.to_vec() }
+    }
+
+    fn stored(record: &[u8], messages: &[(u64, &[u8])]) -> Option<Stored> {
+        Some(Stored { record: record.to_vec(), messages: messages.iter().map(|(e, b)| (*e, b.to_vec())).collect() })
+    }
+
+    async fn load(j: &dyn SessionJournal, session: &str) -> Option<Stored> {
+        j.load(session).await.expect("load")
+    }
+
+    pub async fn check(j: &dyn SessionJournal, prefix: &str) {
+        let s: Arc<str> = format!("{prefix}:5:alice/phone").into();
+        let other: Arc<str> = format!("{prefix}:5:alice/phone2").into();
+        assert_eq!(load(j, &s).await, None, "never written");
+        j.write(&[]).await.expect("an empty batch");
+
+        // Messages come back by entry, whatever order they were written in.
+        let batch = [record(&s, b"r1", None), message(&s, 3, b"three"), message(&s, 1, b"one"), message(&s, 2, b"two")];
+        j.write(&batch).await.expect("write");
+        j.write(&[record(&other, b"o", None), message(&other, 1, b"other")]).await.expect("write");
+        assert_eq!(load(j, &s).await, stored(b"r1", &[(1, b"one"), (2, b"two"), (3, b"three")]));
+
+        // Replace a message (a packet id assigned), finish one, rewrite the record: in order.
+        let batch = [
+            message(&s, 2, b"two, sent"),
+            Write::Done { session: s.clone(), entry: 1 },
+            Write::Done { session: s.clone(), entry: 99 },
+            record(&s, b"r2", None),
+            message(&s, 4, b"four"),
+            Write::Done { session: s.clone(), entry: 4 },
+        ];
+        j.write(&batch).await.expect("write");
+        assert_eq!(load(j, &s).await, stored(b"r2", &[(2, b"two, sent"), (3, b"three")]));
+        assert_eq!(load(j, &other).await, stored(b"o", &[(1, b"other")]), "sessions are apart");
+
+        // An ended session is gone with its messages; a new one under the key starts empty.
+        j.write(&[Write::Ended { session: s.clone() }]).await.expect("end");
+        assert_eq!(load(j, &s).await, None);
+        j.write(&[Write::Ended { session: s.clone() }, record(&s, b"r3", None)]).await.expect("restart");
+        assert_eq!(load(j, &s).await, stored(b"r3", &[]));
+
+        // Entries at the bounds, empty and large bodies, keys of any bytes a client id may hold.
+        let odd: Arc<str> = format!("{prefix}:3:u:x/{{}} *>.|\n\u{2028}").into();
+        let big = vec![0xA5_u8; 1 << 20];
+        let batch = [record(&odd, b"", None), message(&odd, u64::MAX, &big), message(&odd, 0, b"")];
+        j.write(&batch).await.expect("write");
+        assert_eq!(load(j, &odd).await, stored(b"", &[(0, b""), (u64::MAX, &big)]));
+
+        // A parked session is forgotten when its expiry runs out, unless its client came back.
+        let parked: Arc<str> = format!("{prefix}:1:p/parked").into();
+        let back: Arc<str> = format!("{prefix}:1:p/back").into();
+        let long: Arc<str> = format!("{prefix}:1:p/long").into();
+        let batch = [
+            record(&parked, b"p", Some(1)),
+            message(&parked, 1, b"queued"),
+            record(&back, b"b", Some(1)),
+            message(&back, 1, b"queued"),
+            record(&back, b"b, live", None),
+            record(&long, b"l", Some(3600)),
+        ];
+        j.write(&batch).await.expect("write");
+        sleep(std::time::Duration::from_millis(1500)).await;
+        assert_eq!(load(j, &parked).await, None, "expired");
+        assert_eq!(load(j, &back).await, stored(b"b, live", &[(1, b"queued")]), "live again: kept");
+        assert_eq!(load(j, &long).await, stored(b"l", &[]));
+        j.write(&[message(&parked, 2, b"late")]).await.expect("a message for a session that is gone");
+        assert_eq!(load(j, &parked).await, None, "messages without a record are no session");
+    }
+
+    /// Sleeps without depending on a runtime (the broker crate has none): a thread wakes the
+    /// task.
+    async fn sleep(d: std::time::Duration) {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        let waker = std::sync::Arc::new(std::sync::Mutex::new(None::<std::task::Waker>));
+        let w = waker.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(d);
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(w) = w.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                w.wake();
+            }
+        });
+        std::future::poll_fn(|cx| {
+            *waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            if done.load(std::sync::atomic::Ordering::SeqCst) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn memory_journal_meets_the_contract() {
+        let journal = super::MemoryJournal::default();
+        let run = super::contract::check(&journal, "t");
+        // Block on it with a waker that unparks this thread.
+        let thread = std::thread::current();
+        let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(thread)));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut run = std::pin::pin!(run);
+        while run.as_mut().poll(&mut cx).is_pending() {
+            std::thread::park();
+        }
+    }
+
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+}
