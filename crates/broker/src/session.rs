@@ -35,12 +35,25 @@ pub struct Outgoing<M> {
     pub retain: bool,
     /// v5 subscription identifiers of every matching subscription.
     pub subscription_ids: Vec<u32>,
+    /// The message's number in its session, given when it arrives: its key in the journal.
+    pub entry: u64,
 }
 
 impl<M> Outgoing<M> {
     pub fn new(msg: M, qos: QoS, retain: bool, subscription_ids: Vec<u32>) -> Self {
-        Outgoing { msg, qos, packet_id: None, dup: false, retain, subscription_ids }
+        Outgoing { msg, qos, packet_id: None, dup: false, retain, subscription_ids, entry: 0 }
     }
+}
+
+/// What changed in the messages of a durable session (see [`Session::set_durable`]), for the
+/// journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change<M> {
+    /// Keep this message under its entry: it arrived (`first`), got its packet id, or its
+    /// PUBREC came (`released`).
+    Kept { out: Outgoing<M>, released: bool, first: bool },
+    /// The message under this entry is done: acknowledged, dropped or expired.
+    Done(u64),
 }
 
 /// Which message gives way when the offline queue is full.
@@ -117,6 +130,11 @@ pub struct Session<M> {
     /// Effective window of the current connection; 0 while offline.
     window: u16,
     limits: SessionLimits,
+    /// The entry the next message gets.
+    next_entry: u64,
+    /// Whether message changes are recorded for the journal.
+    durable: bool,
+    changes: Vec<Change<M>>,
 }
 
 impl<M: Deliverable + Clone> Session<M> {
@@ -129,6 +147,39 @@ impl<M: Deliverable + Clone> Session<M> {
             last_packet_id: 0,
             window: 0,
             limits,
+            next_entry: 1,
+            durable: false,
+            changes: Vec::new(),
+        }
+    }
+
+    /// Records from now on what happens to the session's messages, for [`Session::take_changes`]
+    /// (the session outlives its connection, so the journal keeps it).
+    pub fn set_durable(&mut self, durable: bool) {
+        self.durable = durable;
+        if !durable {
+            self.changes.clear();
+        }
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.durable
+    }
+
+    /// What happened to the messages since the last call, in order (empty unless durable).
+    pub fn take_changes(&mut self) -> Vec<Change<M>> {
+        std::mem::take(&mut self.changes)
+    }
+
+    fn kept(&mut self, out: &Outgoing<M>, released: bool, first: bool) {
+        if self.durable {
+            self.changes.push(Change::Kept { out: out.clone(), released, first });
+        }
+    }
+
+    fn done(&mut self, entry: u64) {
+        if self.durable {
+            self.changes.push(Change::Done(entry));
         }
     }
 
@@ -138,9 +189,7 @@ impl<M: Deliverable + Clone> Session<M> {
 
     /// What another node needs to continue this session.
     pub fn snapshot(&self) -> SessionSnapshot<M> {
-        let mut subscriptions: Vec<(String, SubOptions)> =
-            self.subscriptions.iter().map(|(f, o)| (f.clone(), o.clone())).collect();
-        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        let subscriptions = self.snapshot_subscriptions();
         let mut incoming_qos2: Vec<u16> = self.incoming_qos2.iter().copied().collect();
         incoming_qos2.sort_unstable();
         SessionSnapshot {
@@ -150,6 +199,14 @@ impl<M: Deliverable + Clone> Session<M> {
             incoming_qos2,
             last_packet_id: self.last_packet_id,
         }
+    }
+
+    /// The subscriptions, sorted by filter.
+    pub fn snapshot_subscriptions(&self) -> Vec<(String, SubOptions)> {
+        let mut subscriptions: Vec<(String, SubOptions)> =
+            self.subscriptions.iter().map(|(f, o)| (f.clone(), o.clone())).collect();
+        subscriptions.sort_by(|a, b| a.0.cmp(&b.0));
+        subscriptions
     }
 
     /// The session a [`Session::snapshot`] describes, offline, under this node's `limits`.
@@ -168,6 +225,8 @@ impl<M: Deliverable + Clone> Session<M> {
         session.queue.extend(snap.queue);
         session.incoming_qos2 = snap.incoming_qos2.into_iter().collect();
         session.last_packet_id = snap.last_packet_id;
+        let newest = session.inflight.iter().map(|(o, _)| o.entry).chain(session.queue.iter().map(|o| o.entry)).max();
+        session.next_entry = newest.map_or(1, |e| e.saturating_add(1));
         session
     }
 
@@ -214,10 +273,14 @@ impl<M: Deliverable + Clone> Session<M> {
     pub fn go_offline(&mut self) -> Vec<Outgoing<M>> {
         self.window = 0;
         let excess = self.queue.len().saturating_sub(self.limits.max_queued);
-        match self.limits.drop_policy {
+        let dropped: Vec<Outgoing<M>> = match self.limits.drop_policy {
             DropPolicy::DropOldest => self.queue.drain(..excess).collect(),
             DropPolicy::DropNewest => self.queue.split_off(self.queue.len() - excess).into(),
+        };
+        for o in &dropped {
+            self.done(o.entry);
         }
+        dropped
     }
 
     /// Messages waiting behind the in-flight window: what a connected client has yet to take.
@@ -227,6 +290,8 @@ impl<M: Deliverable + Clone> Session<M> {
 
     /// Hands a routed message to the session.
     pub fn enqueue(&mut self, mut out: Outgoing<M>) -> Enqueued<M> {
+        out.entry = self.next_entry;
+        self.next_entry += 1;
         if out.qos == QoS::AtMostOnce {
             if self.is_online() {
                 return Enqueued::Send(out);
@@ -241,6 +306,7 @@ impl<M: Deliverable + Clone> Session<M> {
             && self.inflight.len() < usize::from(self.window)
         {
             out.packet_id = Some(self.next_packet_id());
+            self.kept(&out, false, true);
             self.inflight.push_back((out.clone(), InflightState::Published));
             return Enqueued::Send(out);
         }
@@ -250,14 +316,19 @@ impl<M: Deliverable + Clone> Session<M> {
                 DropPolicy::DropNewest => Enqueued::Dropped(out),
                 DropPolicy::DropOldest => {
                     let oldest = self.queue.pop_front();
+                    self.kept(&out, false, true);
                     self.queue.push_back(out);
                     match oldest {
-                        Some(o) => Enqueued::Dropped(o),
+                        Some(o) => {
+                            self.done(o.entry);
+                            Enqueued::Dropped(o)
+                        }
                         None => Enqueued::Queued,
                     }
                 }
             };
         }
+        self.kept(&out, false, true);
         self.queue.push_back(out);
         Enqueued::Queued
     }
@@ -265,8 +336,8 @@ impl<M: Deliverable + Clone> Session<M> {
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) arrived: the message is done. Returns what the opened
     /// window lets through. Unknown ids are ignored (a late ack after a resend).
     pub fn complete(&mut self, packet_id: NonZeroU16, now_ms: u64) -> Vec<Outgoing<M>> {
-        if let Some(pos) = self.position(packet_id) {
-            self.inflight.remove(pos);
+        if let Some((o, _)) = self.position(packet_id).and_then(|pos| self.inflight.remove(pos)) {
+            self.done(o.entry);
         }
         self.fill_window(now_ms)
     }
@@ -275,6 +346,8 @@ impl<M: Deliverable + Clone> Session<M> {
     pub fn received(&mut self, packet_id: NonZeroU16) {
         if let Some(pos) = self.position(packet_id) {
             self.inflight[pos].1 = InflightState::Released;
+            let out = self.inflight[pos].0.clone();
+            self.kept(&out, true, false);
         }
     }
 
@@ -310,10 +383,14 @@ impl<M: Deliverable + Clone> Session<M> {
                 break;
             };
             if next.msg.expired(now_ms) {
+                self.done(next.entry);
                 continue;
             }
-            if next.qos != QoS::AtMostOnce {
+            if next.qos == QoS::AtMostOnce {
+                self.done(next.entry);
+            } else {
                 next.packet_id = Some(self.next_packet_id());
+                self.kept(&next, false, false);
                 self.inflight.push_back((next.clone(), InflightState::Published));
             }
             out.push(next);

@@ -46,8 +46,8 @@ pub trait SessionStore<M>: Send {
     fn park(&mut self, session: &str, parked: Parked<M>);
     /// Removes and returns the parked session `session`: on reconnect, or to discard it.
     fn take(&mut self, session: &str) -> Option<Parked<M>>;
-    /// Queues a routed message for a parked session; `None` if no session is parked there.
-    fn enqueue(&mut self, session: &str, out: Outgoing<M>) -> Option<Enqueued<M>>;
+    /// The session parked under `session`, to queue a routed message for it.
+    fn get_mut(&mut self, session: &str) -> Option<&mut Parked<M>>;
     /// Removes and returns the sessions (with their keys) whose expiry has passed at `now_ms`.
     fn expire(&mut self, now_ms: u64) -> Vec<(String, Parked<M>)>;
     fn contains(&self, session: &str) -> bool;
@@ -79,8 +79,8 @@ impl<M: Deliverable + Clone + Send> SessionStore<M> for MemorySessionStore<M> {
         self.parked.remove(session)
     }
 
-    fn enqueue(&mut self, session: &str, out: Outgoing<M>) -> Option<Enqueued<M>> {
-        self.parked.get_mut(session).map(|p| p.session.enqueue(out))
+    fn get_mut(&mut self, session: &str) -> Option<&mut Parked<M>> {
+        self.parked.get_mut(session)
     }
 
     fn expire(&mut self, now_ms: u64) -> Vec<(String, Parked<M>)> {
@@ -124,18 +124,21 @@ pub mod contract {
     {
         assert!(store.is_empty());
         assert!(store.take("nobody").is_none());
-        assert!(store.enqueue("nobody", Outgoing::new(msg(0), QoS::AtLeastOnce, false, vec![])).is_none());
+        assert!(store.get_mut("nobody").is_none());
+        let enqueue = |store: &mut S, n| {
+            let out = Outgoing::new(msg(n), QoS::AtLeastOnce, false, vec![]);
+            store.get_mut("alice").map(|p| p.session.enqueue(out))
+        };
 
         // Park, queue while away, take back with subscriptions and queue intact, in order.
         store.park("alice", parked(1, 60, 1_000, 2));
         assert!(store.contains("alice"));
         assert_eq!(store.len(), 1);
         for n in 1..=2 {
-            let r = store.enqueue("alice", Outgoing::new(msg(n), QoS::AtLeastOnce, false, vec![]));
-            assert_eq!(r, Some(Enqueued::Queued));
+            assert_eq!(enqueue(store, n), Some(Enqueued::Queued));
         }
         // The session's own bound and drop policy (drop oldest) apply while parked.
-        match store.enqueue("alice", Outgoing::new(msg(3), QoS::AtLeastOnce, false, vec![])) {
+        match enqueue(store, 3) {
             Some(Enqueued::Dropped(d)) => assert_eq!(d.msg, msg(1)),
             other => panic!("expected the oldest to be dropped, got {other:?}"),
         }

@@ -70,6 +70,8 @@ pub enum Refusal {
     WillNotAuthorized,
     /// The server is stopping (v3 3, v5 0x88 server unavailable): try another node.
     ShuttingDown,
+    /// The session journal cannot be read, so the session cannot be resumed (v3 3, v5 0x88).
+    JournalUnavailable,
 }
 
 impl Refusal {
@@ -81,6 +83,7 @@ impl Refusal {
             Refusal::WillTopicInvalid => "the will topic is not a valid topic name",
             Refusal::WillNotAuthorized => "the ACL does not allow publishing the will to its topic",
             Refusal::ShuttingDown => "the server is shutting down: connect again to another node",
+            Refusal::JournalUnavailable => "the session store is unavailable: connect again later",
         }
     }
 
@@ -93,6 +96,7 @@ impl Refusal {
             Refusal::WillTopicInvalid => "will_topic",
             Refusal::WillNotAuthorized => "will_not_authorized",
             Refusal::ShuttingDown => "shutting_down",
+            Refusal::JournalUnavailable => "journal_unavailable",
         }
     }
 }
@@ -161,7 +165,22 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
         Some(c) => c.claim(&session, !input.clean_start).await,
         None => None,
     };
-    let resumed = claim.as_mut().and_then(|c| c.resumed.take());
+    let mut resumed = claim.as_mut().and_then(|c| c.resumed.take());
+    // Nobody handed it over and it is not here: the journal may hold it (its edge died, or
+    // this node restarted).
+    if let Some(journal) = edge.hub.journal()
+        && resumed.is_none()
+        && !input.clean_start
+        && !edge.hub.holds(&session)
+    {
+        match journal.load(&session).await {
+            Ok(loaded) => resumed = loaded.map(|(snapshot, _)| snapshot),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the session journal");
+                return Err(Refusal::JournalUnavailable);
+            }
+        }
+    }
     let connected = edge.hub.connect(
         ConnectRequest {
             session: session.clone(),

@@ -20,6 +20,7 @@ use crate::auth::Identity;
 use crate::authz::Authorizer;
 use crate::cluster::ClusterLink;
 use crate::config::LimitsConfig;
+use crate::journal::{Durable, JournalWriter};
 pub use crate::link::Delivery;
 use crate::link::{self, ConnInbox, ConnLink, Refused, Room};
 use crate::message::SharedMessage;
@@ -43,6 +44,9 @@ pub struct Routed {
     /// Connections with too much waiting for them: the publisher waits for room in each
     /// before acknowledging (see `flow`).
     pub pressure: Vec<Room>,
+    /// Resolves once what the message changed in persistent sessions is in the journal: the
+    /// publisher is acknowledged after that.
+    pub durable: Option<Durable>,
 }
 
 #[derive(Debug)]
@@ -131,6 +135,8 @@ pub struct Hub {
     closing: AtomicBool,
     /// Routing to and from other edges, when there are any (see `cluster`).
     cluster: OnceLock<ClusterLink>,
+    /// Where persistent sessions are written, when they are (see `journal`).
+    journal: OnceLock<JournalWriter>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -151,6 +157,7 @@ impl Hub {
             counters: Counters::default(),
             closing: AtomicBool::new(false),
             cluster: OnceLock::new(),
+            journal: OnceLock::new(),
         }
     }
 
@@ -222,8 +229,8 @@ impl Hub {
         let mut fx = Effects::new();
         let sessions = st.router.publish(msg, from, now_ms, &mut fx);
         let mut pressure = Vec::new();
-        self.apply(&mut st, fx, Some(&mut pressure));
-        Routed { sessions, pressure }
+        let durable = self.apply(&mut st, fx, Some(&mut pressure));
+        Routed { sessions, pressure, durable }
     }
 
     /// Hands `session` to another edge where its client connected: its connection here is
@@ -250,11 +257,34 @@ impl Hub {
         let _ = self.cluster.set(link);
     }
 
+    /// The session journal, once attached.
+    pub fn journal(&self) -> Option<&JournalWriter> {
+        self.journal.get()
+    }
+
+    /// Starts writing persistent sessions to `writer`; before the first client comes.
+    pub fn attach_journal(&self, writer: JournalWriter) {
+        let _ = self.journal.set(writer);
+    }
+
+    /// Whether `session` is here, live or parked (if not, it may be in the journal).
+    pub fn holds(&self, session: &str) -> bool {
+        self.lock().router.holds(session)
+    }
+
     /// Does what the router decided, in order. With `pressure`, connections whose backlog
-    /// reached the high-water mark are collected there (the publisher waits for them).
-    fn apply(&self, st: &mut State, fx: Effects, mut pressure: Option<&mut Vec<Room>>) {
+    /// reached the high-water mark are collected there (the publisher waits for them). What
+    /// goes to the journal is submitted last, in one batch; the answer resolves once it is
+    /// written.
+    fn apply(&self, st: &mut State, fx: Effects, mut pressure: Option<&mut Vec<Room>>) -> Option<Durable> {
+        let mut journal = Vec::new();
         for effect in fx {
             match effect {
+                Effect::Persist { session, persist } => {
+                    if self.journal.get().is_some() {
+                        journal.push((session, persist));
+                    }
+                }
                 Effect::Deliver(link, d) => {
                     if let Some(l) = st.links.get(&link) {
                         self.send(l, d);
@@ -322,6 +352,8 @@ impl Hub {
                 }
             }
         }
+        let writer = self.journal.get().filter(|_| !journal.is_empty())?;
+        Some(writer.submit(journal))
     }
 
     /// A newer connection of the session, here or on another edge, took over from `link`.
@@ -433,7 +465,10 @@ impl Hub {
 
     /// PUBREC for an outbound QoS 2 message.
     pub fn received(&self, session: &str, packet_id: NonZeroU16) {
-        self.lock().router.received(session, packet_id);
+        let mut st = self.lock();
+        let mut fx = Effects::new();
+        st.router.received(session, packet_id, &mut fx);
+        self.apply(&mut st, fx, None);
     }
 
     /// Inbound QoS 2: false if `packet_id` is a duplicate of an unreleased PUBLISH.

@@ -86,6 +86,10 @@ pub enum PublishRefusal {
     Duplicate,
     /// The ACL does not let this client write to the topic.
     NotAuthorized,
+    /// Routed, but what it changed in persistent sessions could not be written to the session
+    /// journal: not acknowledged as stored (v5 PUBACK 0x80; v3 closes the connection so the
+    /// client publishes it again).
+    NotStored,
 }
 
 /// An inbound PUBLISH, already read, as both versions describe it.
@@ -110,7 +114,9 @@ pub async fn publish_in_order<E>(
     let turn = st.turns.take();
     let payload = read.await?;
     turn.ready().await;
-    let routed = publish(st, inbound(payload), build);
+    let inbound = inbound(payload);
+    let acknowledged = inbound.qos != QoS::AtMostOnce;
+    let routed = publish(st, inbound, build);
     if let (Ok(r), Some(cluster)) = (&routed, st.hub.cluster()) {
         // Other edges get the connection's messages in its order too.
         cluster.forward(r.message.clone()).await;
@@ -123,7 +129,11 @@ pub async fn publish_in_order<E>(
                 let _hold = st.gate.hold();
                 crate::flow::wait_for_room(&st.hub, r.pressure, st.max_stall).await;
             }
-            Ok(sessions)
+            let stored = match r.durable {
+                Some(d) if acknowledged => d.wait().await,
+                _ => true,
+            };
+            if stored { Ok(sessions) } else { Err(PublishRefusal::NotStored) }
         }
         Err(e) => Err(e),
     })

@@ -28,6 +28,9 @@ pub const CLUSTER_DROPPED: &str = "hermes_edge_cluster_dropped_total";
 pub const CLUSTER_ERRORS: &str = "hermes_edge_cluster_errors_total";
 pub const SESSIONS_MOVED: &str = "hermes_edge_sessions_moved_total";
 pub const CLUSTER_SUBJECTS: &str = "hermes_edge_cluster_subjects";
+pub const JOURNAL_WRITES: &str = "hermes_edge_journal_writes_total";
+pub const JOURNAL_ERRORS: &str = "hermes_edge_journal_errors_total";
+pub const JOURNAL_WRITE_SECONDS: &str = "hermes_edge_journal_write_seconds";
 pub const ROUTE_SECONDS: &str = "hermes_edge_route_seconds";
 pub const ACK_SECONDS: &str = "hermes_edge_delivery_ack_seconds";
 
@@ -70,6 +73,12 @@ pub fn describe() {
     );
     describe_counter!(CLUSTER_ERRORS, "Bus operations of the cluster routing that failed, by operation");
     describe_counter!(SESSIONS_MOVED, "Sessions handed to (`out`) or taken from (`in`) another edge with their client");
+    describe_counter!(JOURNAL_WRITES, "Changes to persistent sessions written to the session journal");
+    describe_counter!(
+        JOURNAL_ERRORS,
+        "Session journal writes that failed after their retries (their PUBLISHes were not acknowledged)"
+    );
+    describe_histogram!(JOURNAL_WRITE_SECONDS, "Time to write one batch to the session journal");
     describe_gauge!(CLUSTER_SUBJECTS, "Bus subjects this edge subscribes to for its clients' interest");
     describe_histogram!(ROUTE_SECONDS, "Time to route one inbound PUBLISH to its sessions");
     describe_histogram!(ACK_SECONDS, "Time from writing a QoS 1/2 delivery to its final ack");

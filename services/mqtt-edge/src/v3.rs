@@ -49,7 +49,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::Conn
             .idle_timeout(Seconds(keep_alive.saturating_add(keep_alive / 2)))
             .max_send(Some(limits.max_inflight))),
         Err(Refusal::BadCredentials(_)) => Ok(msg.bad_username_or_pwd()),
-        Err(Refusal::Throttled | Refusal::ShuttingDown) => Ok(msg.service_unavailable()),
+        Err(Refusal::Throttled | Refusal::ShuttingDown | Refusal::JournalUnavailable) => Ok(msg.service_unavailable()),
         Err(Refusal::NotAuthorized(_) | Refusal::WillTopicInvalid | Refusal::WillNotAuthorized) => {
             Ok(msg.not_authorized())
         }
@@ -75,6 +75,8 @@ pub async fn publish(ses: &Session, p: v3::Publish) -> Result<(), EdgeError> {
         Ok(_) | Err(PublishRefusal::Duplicate | PublishRefusal::NotAuthorized) => Ok(()),
         // v3 has no negative PUBACK: an invalid topic name is a protocol violation.
         Err(PublishRefusal::Topic(e)) => Err(EdgeError(format!("invalid topic name: {e}"))),
+        // No PUBACK: the client publishes it again when it reconnects.
+        Err(PublishRefusal::NotStored) => Err(EdgeError("the session journal is unavailable".into())),
     }
 }
 

@@ -32,7 +32,7 @@ fn refuse(msg: v5::Connect, refusal: Refusal) -> v5::ConnectAck<ConnState> {
         Refusal::NotAuthorized(_) | Refusal::WillNotAuthorized => ConnectAckReason::NotAuthorized,
         Refusal::Throttled => ConnectAckReason::ConnectionRateExceeded,
         Refusal::WillTopicInvalid => ConnectAckReason::TopicNameInvalid,
-        Refusal::ShuttingDown => ConnectAckReason::ServerUnavailable,
+        Refusal::ShuttingDown | Refusal::JournalUnavailable => ConnectAckReason::ServerUnavailable,
     };
     msg.fail_with(v5::codec::ConnectAck {
         reason_code,
@@ -149,6 +149,10 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
         Err(PublishRefusal::Topic(e)) => {
             p.ack().reason_code(PublishAckReason::TopicNameInvalid).reason(ByteString::from(e.to_string()))
         }
+        Err(PublishRefusal::NotStored) => p
+            .ack()
+            .reason_code(PublishAckReason::UnspecifiedError)
+            .reason(ByteString::from_static("not stored: the session journal is unavailable, publish again")),
     })
 }
 

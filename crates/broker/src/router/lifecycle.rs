@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use super::{
-    Authorize, CloseReason, ConnectRequest, Connected, Disconnect, Effect, Effects, Live, PendingWill, Routable, Router,
+    Authorize, CloseReason, ConnectRequest, Connected, Disconnect, Effect, Effects, Live, PendingWill, Persist,
+    Routable, Router, journal,
 };
-use crate::session::{Session, SessionSnapshot};
+use crate::session::{Change, Session, SessionSnapshot};
 use crate::store::Parked;
 
 impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
@@ -76,6 +77,14 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             fx.push(Effect::Deliver(link, d));
         }
         fx.push(Effect::Backlog(link, session.backlog()));
+        // The journal holds the session as it is now, or nothing under its key if it ends with
+        // its connection.
+        fx.push(Effect::Persist { session: req.session.clone(), persist: Persist::Ended });
+        session.set_durable(req.session_expiry_secs > 0);
+        if session.is_durable() {
+            let _ = session.take_changes();
+            journal_whole(fx, &req.session, &session, req.session_expiry_secs, false);
+        }
         // Count the new device before letting the replaced one go, so a takeover never shows
         // the user offline in between.
         if let Some(topic) = &req.presence
@@ -127,7 +136,15 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         if ends_now {
             self.drop_session(live.key, &live.session, fx);
             fx.push(Effect::SessionEnded { session: key.clone(), expired: false });
+            fx.push(Effect::Persist { session: key.clone(), persist: Persist::Ended });
         } else {
+            if live.session.is_durable() {
+                journal(fx, &key, &mut live.session, Some((expiry, true)));
+            } else {
+                // A v5 DISCONNECT gave the session an expiry its CONNECT did not: keep it whole.
+                live.session.set_durable(true);
+                journal_whole(fx, &key, &live.session, expiry, true);
+            }
             let parked = Parked { session: live.session, key: live.key, expiry_secs: expiry, offline_since_ms: now_ms };
             self.store.park(session, parked);
         }
@@ -158,7 +175,9 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         for (session, parked) in self.store.expire(now_ms) {
             self.drop_session(parked.key, &parked.session, fx);
             due.extend(self.pending_wills.remove(session.as_str()));
-            fx.push(Effect::SessionEnded { session: session.into(), expired: true });
+            let session: Arc<str> = session.into();
+            fx.push(Effect::SessionEnded { session: session.clone(), expired: true });
+            fx.push(Effect::Persist { session, persist: Persist::Ended });
         }
         let ripe: Vec<Arc<str>> =
             self.pending_wills.iter().filter(|(_, w)| w.due_ms <= now_ms).map(|(s, _)| s.clone()).collect();
@@ -259,5 +278,23 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             self.remove_from_tries(key, f, fx);
         }
         self.client_of.remove(&key);
+    }
+}
+
+/// The whole of a durable session for the journal: its record, then every message it holds.
+fn journal_whole<M: Routable + Clone, O>(
+    fx: &mut Effects<M, O>,
+    key: &Arc<str>,
+    session: &Session<M>,
+    expiry_secs: u32,
+    parked: bool,
+) {
+    let snap = session.snapshot();
+    let record = Persist::Record { subscriptions: snap.subscriptions, expiry_secs, parked };
+    fx.push(Effect::Persist { session: key.clone(), persist: record });
+    let messages = snap.inflight.into_iter().chain(snap.queue.into_iter().map(|o| (o, false)));
+    for (out, released) in messages {
+        let change = Change::Kept { out, released, first: true };
+        fx.push(Effect::Persist { session: key.clone(), persist: Persist::Change(change) });
     }
 }

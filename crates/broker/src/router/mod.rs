@@ -25,7 +25,7 @@ use crate::SubOptions;
 use crate::presence::{Announce, Presence};
 use crate::retained::RetainedStore;
 use crate::route::RoutePlan;
-use crate::session::{Deliverable, Enqueued, Outgoing, Session, SessionLimits, SessionSnapshot};
+use crate::session::{Change, Deliverable, Enqueued, Outgoing, Session, SessionLimits, SessionSnapshot};
 use crate::store::{MemorySessionStore, SessionStore};
 use crate::topic::{TopicError, TopicLimits};
 use crate::trie::SubscriptionTrie;
@@ -113,6 +113,21 @@ pub enum Effect<M, O> {
     /// A message the router itself published (a will, a presence change): other edges route
     /// it too. Client publishes are the caller's to pass on.
     Originated(M),
+    /// What the journal must keep of a session that outlives its connection (expiry > 0), in
+    /// order; written before the PUBLISH that caused it is acknowledged.
+    Persist { session: Arc<str>, persist: Persist<M> },
+}
+
+/// A change to a session in the journal (`crate::journal`).
+#[derive(Debug, PartialEq)]
+pub enum Persist<M> {
+    /// The session's subscriptions and expiry, `parked` while its client is away (its expiry
+    /// runs).
+    Record { subscriptions: Vec<(String, SubOptions)>, expiry_secs: u32, parked: bool },
+    /// A message of the session arrived, changed or is done.
+    Change(Change<M>),
+    /// Forget the session and its messages.
+    Ended,
 }
 
 /// A will message and its delay (v5; 0 for v3).
@@ -339,9 +354,14 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                     let outcome = live.session.enqueue(out);
                     push_enqueued(fx, live.link, outcome);
                     fx.push(Effect::Backlog(live.link, live.session.backlog()));
+                    journal(fx, session, &mut live.session, None);
                     continue;
                 }
-                None => self.store.enqueue(session, out),
+                None => self.store.get_mut(session).map(|p| {
+                    let outcome = p.session.enqueue(out);
+                    journal(fx, session, &mut p.session, None);
+                    outcome
+                }),
             };
             if let Some(Enqueued::Dropped(_)) = outcome {
                 fx.push(Effect::Dropped(1));
@@ -366,12 +386,30 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             fx.push(Effect::Deliver(link, d));
         }
         fx.push(Effect::Backlog(link, live.session.backlog()));
+        self.journal_live(session, false, fx);
     }
 
     /// PUBREC for an outbound QoS 2 message.
-    pub fn received(&mut self, session: &str, packet_id: std::num::NonZeroU16) {
+    pub fn received(&mut self, session: &str, packet_id: std::num::NonZeroU16, fx: &mut Effects<M, O>) {
         if let Some(live) = self.live.get_mut(session) {
             live.session.received(packet_id);
+            self.journal_live(session, false, fx);
+        }
+    }
+
+    /// Whether `session` is here, live or parked: if not, a node may load it from the journal.
+    pub fn holds(&self, session: &str) -> bool {
+        self.live.contains_key(session) || self.store.contains(session)
+    }
+
+    /// Tells the journal what changed in the live session `session`, if it outlives its
+    /// connection: its messages, and its record when `record`.
+    fn journal_live(&mut self, session: &str, record: bool, fx: &mut Effects<M, O>) {
+        let Some(live) = self.live.get_mut(session) else {
+            return;
+        };
+        if let Some(key) = self.client_of.get(&live.key) {
+            journal(fx, key, &mut live.session, record.then_some((live.expiry_secs, false)));
         }
     }
 
@@ -383,6 +421,26 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// Inbound PUBREL; returns whether `packet_id` was awaiting release in the session.
     pub fn incoming_released(&mut self, session: &str, packet_id: u16) -> bool {
         self.live.get_mut(session).is_some_and(|l| l.session.incoming_released(packet_id))
+    }
+}
+
+/// The journal's share of what happened to a durable `session` (key `key`): its message
+/// changes, then its record with `(expiry_secs, parked)` if given.
+fn journal<M: Deliverable + Clone, O>(
+    fx: &mut Effects<M, O>,
+    key: &Arc<str>,
+    session: &mut Session<M>,
+    record: Option<(u32, bool)>,
+) {
+    if !session.is_durable() {
+        return;
+    }
+    for c in session.take_changes() {
+        fx.push(Effect::Persist { session: key.clone(), persist: Persist::Change(c) });
+    }
+    if let Some((expiry_secs, parked)) = record {
+        let persist = Persist::Record { subscriptions: session.snapshot_subscriptions(), expiry_secs, parked };
+        fx.push(Effect::Persist { session: key.clone(), persist });
     }
 }
 

@@ -31,6 +31,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         self.add_to_tries(key, raw_filter, options.clone(), fx);
         if parsed.share_group.is_some() {
             // Shared subscriptions never get retained messages (v5 §4.8.2).
+            self.journal_live(session, true, fx);
             return Ok(());
         }
         let live = self.live.get_mut(session).ok_or(SubscribeError::NoSession)?;
@@ -47,6 +48,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             }
             fx.push(Effect::Backlog(link, live.session.backlog()));
         }
+        self.journal_live(session, true, fx);
         Ok(())
     }
 
@@ -60,6 +62,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
         let key = live.key;
         self.remove_from_tries(key, raw_filter, fx);
+        self.journal_live(session, true, fx);
         true
     }
 

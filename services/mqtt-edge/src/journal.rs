@@ -1,0 +1,276 @@
+//! The edge's side of the session journal (`broker::journal`): one task writes what the router
+//! decided about persistent sessions ([`Persist`]), in the order it was decided, batching
+//! whatever piled up meanwhile into one write (one Redis round trip, one SQLite transaction).
+//! A PUBLISH is acknowledged once the batch holding its changes is durable ([`Durable`]).
+//!
+//! A message that arrives and is acknowledged by its subscriber before its batch is written is
+//! never written at all: the pair cancels out. A failed write is tried again a few times, then
+//! reported to whoever waits (the PUBLISH is not acknowledged) and the journal counts as
+//! unhealthy (readiness) until a write succeeds.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot};
+
+use broker::journal::{SessionJournal, Write};
+use broker::router::Persist;
+use broker::session::{Change, SessionSnapshot};
+
+use crate::message::SharedMessage;
+use crate::metrics as m;
+use crate::stored;
+
+/// Batches taken into one write at most.
+const MAX_BATCHES: usize = 1024;
+/// Tries of one write before its waiters are told it failed.
+const TRIES: u32 = 3;
+
+/// What the router decided about one session, for the journal.
+pub type Item = (Arc<str>, Persist<SharedMessage>);
+
+struct Batch {
+    items: Vec<Item>,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+/// Writes to the journal in order, from any thread.
+#[derive(Clone)]
+pub struct JournalWriter {
+    tx: mpsc::UnboundedSender<Batch>,
+    journal: Arc<dyn SessionJournal>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for JournalWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalWriter").field("journal", &self.journal).finish_non_exhaustive()
+    }
+}
+
+/// Resolves once a batch is durable: `true`, or `false` if it could not be written.
+#[derive(Debug)]
+pub struct Durable(oneshot::Receiver<bool>);
+
+impl Durable {
+    pub async fn wait(self) -> bool {
+        self.0.await.unwrap_or(false)
+    }
+}
+
+impl JournalWriter {
+    /// Starts the writing task (on the current Tokio runtime).
+    pub fn start(journal: Arc<dyn SessionJournal>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let healthy = Arc::new(AtomicBool::new(true));
+        tokio::spawn(run(journal.clone(), rx, healthy.clone()));
+        JournalWriter { tx, journal, healthy }
+    }
+
+    /// Queues `items` for writing after everything submitted before.
+    pub fn submit(&self, items: Vec<Item>) -> Durable {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Batch { items, done: Some(done) }).is_err() {
+            tracing::warn!("the journal writer is gone: session changes are not kept");
+        }
+        Durable(rx)
+    }
+
+    /// Queues `items` with nobody waiting for them.
+    pub fn submit_detached(&self, items: Vec<Item>) {
+        let _ = self.tx.send(Batch { items, done: None });
+    }
+
+    /// Waits until everything submitted so far is written (or failed).
+    pub async fn flush(&self) -> bool {
+        self.submit(Vec::new()).wait().await
+    }
+
+    /// The last write succeeded.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The session the journal holds under `session`, with its expiry.
+    pub async fn load(&self, session: &str) -> Result<Option<(SessionSnapshot<SharedMessage>, u32)>, String> {
+        let Some(stored) = self.journal.load(session).await? else {
+            return Ok(None);
+        };
+        match stored::from_journal(stored) {
+            Some(s) => Ok(Some(s)),
+            None => {
+                tracing::warn!(session, "the journal holds a session this edge cannot read: starting afresh");
+                Ok(None)
+            }
+        }
+    }
+}
+
+async fn run(journal: Arc<dyn SessionJournal>, mut rx: mpsc::UnboundedReceiver<Batch>, healthy: Arc<AtomicBool>) {
+    while let Some(first) = rx.recv().await {
+        let mut batches = vec![first];
+        while batches.len() < MAX_BATCHES {
+            match rx.try_recv() {
+                Ok(b) => batches.push(b),
+                Err(_) => break,
+            }
+        }
+        let items = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.items));
+        let writes = encode(coalesce(items));
+        let ok = writes.is_empty() || write(&*journal, &writes).await;
+        healthy.store(ok, Ordering::Relaxed);
+        for b in batches {
+            if let Some(done) = b.done {
+                let _ = done.send(ok);
+            }
+        }
+    }
+}
+
+async fn write(journal: &dyn SessionJournal, writes: &[Write]) -> bool {
+    let started = std::time::Instant::now();
+    for attempt in 1..=TRIES {
+        match journal.write(writes).await {
+            Ok(()) => {
+                metrics::histogram!(m::JOURNAL_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::counter!(m::JOURNAL_WRITES).increment(writes.len() as u64);
+                return true;
+            }
+            Err(e) if attempt == TRIES => {
+                metrics::counter!(m::JOURNAL_ERRORS).increment(1);
+                tracing::warn!(error = %e, writes = writes.len(), "cannot write to the session journal");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await,
+        }
+    }
+    false
+}
+
+/// Drops the messages that arrived and were done within these items: they never need writing.
+fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
+    let mut out: Vec<Option<Item>> = Vec::new();
+    // (session, entry) → the positions of a message that arrived within these items.
+    let mut fresh: HashMap<(Arc<str>, u64), Vec<usize>> = HashMap::new();
+    for (session, persist) in items {
+        match &persist {
+            Persist::Change(Change::Kept { out: o, first, .. }) => {
+                let key = (session.clone(), o.entry);
+                if *first {
+                    fresh.insert(key, vec![out.len()]);
+                } else if let Some(at) = fresh.get_mut(&key) {
+                    at.push(out.len());
+                }
+            }
+            Persist::Change(Change::Done(entry)) => {
+                if let Some(at) = fresh.remove(&(session.clone(), *entry)) {
+                    for i in at {
+                        out[i] = None;
+                    }
+                    continue;
+                }
+            }
+            Persist::Ended => fresh.retain(|(s, _), _| *s != session),
+            Persist::Record { .. } => {}
+        }
+        out.push(Some((session, persist)));
+    }
+    out.into_iter().flatten().collect()
+}
+
+fn encode(items: Vec<Item>) -> Vec<Write> {
+    items
+        .into_iter()
+        .map(|(session, persist)| match persist {
+            Persist::Record { subscriptions, expiry_secs, parked } => Write::Record {
+                session,
+                record: stored::journal_record(subscriptions, expiry_secs),
+                ttl_secs: (parked && expiry_secs != u32::MAX).then_some(expiry_secs),
+            },
+            Persist::Change(Change::Kept { out, released, .. }) => {
+                let body = stored::stored_message(&out, released).encode_to_vec();
+                Write::Message { session, entry: out.entry, body }
+            }
+            Persist::Change(Change::Done(entry)) => Write::Done { session, entry },
+            Persist::Ended => Write::Ended { session },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use broker::QoS;
+    use broker::session::Outgoing;
+
+    fn kept(session: &Arc<str>, entry: u64, first: bool) -> Item {
+        let msg = Arc::new(Message::new("t".into(), ntex_bytes::Bytes::from_static(b"x"), QoS::AtLeastOnce, false));
+        let mut out = Outgoing::new(msg, QoS::AtLeastOnce, false, vec![]);
+        out.entry = entry;
+        (session.clone(), Persist::Change(Change::Kept { out, released: false, first }))
+    }
+
+    fn done(session: &Arc<str>, entry: u64) -> Item {
+        (session.clone(), Persist::Change(Change::Done(entry)))
+    }
+
+    fn shape(items: &[Item]) -> Vec<(String, u64, &'static str)> {
+        items
+            .iter()
+            .map(|(s, p)| match p {
+                Persist::Change(Change::Kept { out, .. }) => (s.to_string(), out.entry, "kept"),
+                Persist::Change(Change::Done(e)) => (s.to_string(), *e, "done"),
+                Persist::Ended => (s.to_string(), 0, "ended"),
+                Persist::Record { .. } => (s.to_string(), 0, "record"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_message_that_came_and_went_within_a_batch_is_never_written() {
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let items = vec![
+            kept(&a, 1, true),
+            kept(&b, 1, true),
+            kept(&a, 1, false),
+            kept(&a, 2, false),
+            done(&a, 1),
+            done(&a, 2),
+            (b.clone(), Persist::Ended),
+            done(&b, 1),
+        ];
+        let left = coalesce(items.into_iter());
+        // a/1 arrived and was acknowledged: gone. a/2 arrived in an earlier batch: its update
+        // and its end are written. b/1's arrival is written before b ended: the end clears it,
+        // and the Done after it is kept (harmless).
+        assert_eq!(
+            shape(&left),
+            [
+                ("b".into(), 1, "kept"),
+                ("a".into(), 2, "kept"),
+                ("a".into(), 2, "done"),
+                ("b".into(), 0, "ended"),
+                ("b".into(), 1, "done")
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn writes_reach_the_journal_in_order_and_waiters_learn_when() {
+        let journal = Arc::new(broker::journal::MemoryJournal::default());
+        let writer = JournalWriter::start(journal.clone());
+        let s: Arc<str> = "s".into();
+        let record = Persist::Record { subscriptions: vec![], expiry_secs: 60, parked: false };
+        let first = writer.submit(vec![(s.clone(), record), kept(&s, 1, true), kept(&s, 2, true)]);
+        let second = writer.submit(vec![done(&s, 1)]);
+        assert!(first.wait().await && second.wait().await);
+        let (snap, expiry) = writer.load("s").await.expect("loads").expect("a session");
+        assert_eq!(expiry, 60);
+        assert_eq!(snap.queue.iter().map(|o| o.entry).collect::<Vec<_>>(), [2]);
+        assert!(writer.flush().await);
+        assert!(writer.is_healthy());
+    }
+}
