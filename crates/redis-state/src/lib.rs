@@ -1,8 +1,8 @@
 //! Hermes state on Redis, what edges read without the accounts database. [`RedisRelations`]:
 //! per user, a set of whom they follow and a set of who follows them (keys from `wire::keys`),
 //! changed together in one MULTI. [`RedisAccess`]: enterprises' ACL tables and token
-//! revocations. [`RedisOwners`]: which edge holds each session. [`StateDirectories`]: all of
-//! them, over one connection.
+//! revocations. [`RedisOwners`]: which edge holds each session. [`RedisJournal`]: persistent
+//! sessions. [`StateDirectories`]: all of them, over one connection.
 
 use std::sync::Arc;
 
@@ -10,6 +10,9 @@ use broker::access::{AccessDirectory, Revocation, Tables};
 use broker::relations::{BoxFuture, RelationDirectory, UserRelations};
 use prost::Message as _;
 use redis::aio::ConnectionManager;
+
+pub mod journal;
+pub use journal::RedisJournal;
 
 /// What edges read from outside the accounts database: relations at CONNECT, enterprises' ACL
 /// tables and revocations at start. The accounts tier writes both.

@@ -30,3 +30,11 @@ pub const REVOCATIONS: &str = "hermes:revocations";
 pub fn session_owner(session: &str) -> String {
     format!("hermes:session:{{{session}}}:owner")
 }
+
+/// Hash: the journal of session `session` (`broker::journal`, written by
+/// `redis_state::RedisJournal`). Field `r` is the session's record; each kept message is under
+/// its entry as 8 bytes big-endian (so no message field is ever `r`). Same hash tag as
+/// [`session_owner`]: a session's keys share one Redis Cluster slot.
+pub fn session_journal(session: &str) -> String {
+    format!("hermes:session:{{{session}}}:journal")
+}

@@ -29,6 +29,23 @@ async fn redis_session_owners_meet_the_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn redis_session_journal_meets_the_contract() {
+    let server = servers::redis();
+    let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
+    broker::journal::contract::check(&redis_state::RedisJournal::new(conn.clone()), "journal").await;
+    // What the contract cannot see: a message for an expired session left no hash behind, and
+    // each session's expiry is its hash's.
+    let ttl = |session: &str| {
+        let mut conn = conn.clone();
+        let key = wire::keys::session_journal(session);
+        async move { redis::cmd("TTL").arg(key).query_async::<i64>(&mut conn).await.expect("TTL") }
+    };
+    assert_eq!(ttl("journal:1:p/parked").await, -2, "no hash for the expired session");
+    assert_eq!(ttl("journal:1:p/back").await, -1, "live again: no expiry");
+    assert!(ttl("journal:1:p/long").await > 3000, "parked for an hour");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn edges_load_relations_from_redis_at_connect() {
     let server = servers::redis();
     let url = server.redis_url();

@@ -1,0 +1,225 @@
+//! Hermes state kept in the data directory, for a node without Redis (`hermes up`):
+//! [`SqliteJournal`], the session journal (`broker::journal`) in one SQLite file.
+//!
+//! Two tables: `sessions` (a session's record and when it expires, Unix ms, `NULL` for never)
+//! and `session_messages` (its kept messages by entry). The database runs in WAL mode with
+//! `synchronous = NORMAL`: a committed batch survives the process being killed (a power cut
+//! may lose the last ones, never corrupt the file). It is created readable by its owner only.
+//!
+//! Expired sessions are deleted with their messages when the journal opens, at the start of
+//! every batch (so a record written again after its expiry starts without the old messages),
+//! and by [`SqliteJournal::sweep_expired`]; until then `load` does not see them. A message is
+//! kept only if its session has a record: one routed to a session that has expired or ended is
+//! dropped, not left behind where nothing would delete it.
+
+use std::path::Path;
+
+use broker::journal::{SessionJournal, Stored, Write};
+use broker::relations::BoxFuture;
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+
+/// The session journal in a SQLite file (see the crate's documentation). Clones share the
+/// pool.
+#[derive(Debug, Clone)]
+pub struct SqliteJournal {
+    pool: SqlitePool,
+}
+
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at_ms INTEGER)",
+    "CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at_ms)",
+    // `entry` is the u64 bit-cast to i64 (SQLite integers are signed): `load` orders them.
+    "CREATE TABLE IF NOT EXISTS session_messages (session TEXT NOT NULL, entry INTEGER NOT NULL, body BLOB NOT NULL, \
+     PRIMARY KEY (session, entry)) WITHOUT ROWID",
+];
+
+impl SqliteJournal {
+    /// Opens the journal at `path`, creating the file (owner-only) and its tables if needed,
+    /// and deletes the sessions that expired while it was closed.
+    pub async fn open(path: &Path) -> Result<SqliteJournal, String> {
+        let named = |e: &dyn std::fmt::Display| format!("session journal {}: {e}", path.display());
+        create_owner_only(path).map_err(|e| named(&e))?;
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            // With WAL, NORMAL never corrupts the database and loses nothing when the process
+            // dies; a power cut may lose the last commits.
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(|e| named(&e))?;
+        for statement in SCHEMA {
+            sqlx::query(statement).execute(&pool).await.map_err(|e| named(&e))?;
+        }
+        let journal = SqliteJournal { pool };
+        journal.sweep_expired().await.map_err(|e| named(&e))?;
+        Ok(journal)
+    }
+
+    /// Deletes the sessions whose expiry has passed, with their messages; returns how many.
+    pub async fn sweep_expired(&self) -> Result<u64, String> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let swept = sweep(&mut tx, now_ms()).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(swept)
+    }
+
+    async fn apply(&self, writes: &[Write]) -> Result<(), String> {
+        let now = now_ms();
+        // IMMEDIATE: the write lock is taken (or waited for) now, not on a later statement where
+        // SQLite could only answer "busy".
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        sweep(&mut tx, now).await?;
+        for w in writes {
+            let session: &str = w.session();
+            let query = match w {
+                Write::Record { record, ttl_secs, .. } => sqlx::query(
+                    "INSERT INTO sessions (session, record, expires_at_ms) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (session) DO UPDATE SET record = excluded.record, expires_at_ms = excluded.expires_at_ms",
+                )
+                .bind(session)
+                .bind(record.as_slice())
+                .bind(ttl_secs.map(|t| now + i64::from(t) * 1000)),
+                Write::Message { entry, body, .. } => sqlx::query(
+                    "INSERT INTO session_messages (session, entry, body) \
+                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM sessions WHERE session = ?1) \
+                     ON CONFLICT (session, entry) DO UPDATE SET body = excluded.body",
+                )
+                .bind(session)
+                .bind(*entry as i64)
+                .bind(body.as_slice()),
+                Write::Done { entry, .. } => {
+                    sqlx::query("DELETE FROM session_messages WHERE session = ?1 AND entry = ?2")
+                        .bind(session)
+                        .bind(*entry as i64)
+                }
+                Write::Ended { .. } => {
+                    sqlx::query("DELETE FROM session_messages WHERE session = ?1").bind(session).execute(&mut *tx).await.map_err(db)?;
+                    sqlx::query("DELETE FROM sessions WHERE session = ?1").bind(session)
+                }
+            };
+            query.execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
+
+    async fn read(&self, session: &str) -> Result<Option<Stored>, String> {
+        // One read transaction: the record and the messages of one moment.
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let record: Option<Vec<u8>> = sqlx::query(
+            "SELECT record FROM sessions WHERE session = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?2)",
+        )
+        .bind(session)
+        .bind(now_ms())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .map(|row| row.get(0));
+        let Some(record) = record else { return Ok(None) };
+        let rows = sqlx::query("SELECT entry, body FROM session_messages WHERE session = ?1")
+            .bind(session)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        let mut messages: Vec<(u64, Vec<u8>)> =
+            rows.into_iter().map(|row| (row.get::<i64, _>(0) as u64, row.get(1))).collect();
+        messages.sort_unstable_by_key(|(entry, _)| *entry);
+        Ok(Some(Stored { record, messages }))
+    }
+}
+
+impl SessionJournal for SqliteJournal {
+    fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            if writes.is_empty() {
+                return Ok(());
+            }
+            self.apply(writes)
+                .await
+                .map_err(|e| format!("writing {} change(s) to the session journal: {e}", writes.len()))
+        })
+    }
+
+    fn load<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Stored>, String>> {
+        Box::pin(async move { self.read(session).await.map_err(|e| format!("loading session {session:?}: {e}")) })
+    }
+}
+
+/// Deletes the sessions expired at `now` and their messages.
+async fn sweep(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, now: i64) -> Result<u64, String> {
+    sqlx::query(
+        "DELETE FROM session_messages WHERE session IN (SELECT session FROM sessions WHERE expires_at_ms <= ?1)",
+    )
+    .bind(now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    let done =
+        sqlx::query("DELETE FROM sessions WHERE expires_at_ms <= ?1").bind(now).execute(&mut **tx).await.map_err(db)?;
+    Ok(done.rows_affected())
+}
+
+fn db(e: sqlx::Error) -> String {
+    e.to_string()
+}
+
+/// Unix time in milliseconds.
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Creates `path` empty (which SQLite takes for a new database) and readable by its owner only
+/// before SQLite opens it; an existing file loses any group or other permission. SQLite gives
+/// the `-wal` and `-shm` files it makes the permissions of the database file.
+fn create_owner_only(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(file) => file.sync_all(),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+                if mode & 0o077 != 0 {
+                    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & !0o077))?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn messages_for_a_session_without_a_record_are_not_kept() {
+        let dir = std::env::temp_dir().join(format!("hermes-journal-orphans-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let journal = SqliteJournal::open(&dir.join("journal.db")).await.expect("open");
+        let (gone, parked): (std::sync::Arc<str>, std::sync::Arc<str>) = ("1:a/gone".into(), "1:a/parked".into());
+        let batch = [
+            Write::Message { session: gone.clone(), entry: 1, body: b"never".to_vec() },
+            Write::Record { session: parked.clone(), record: b"p".to_vec(), ttl_secs: Some(0) },
+            Write::Message { session: parked.clone(), entry: 1, body: b"late".to_vec() },
+        ];
+        journal.write(&batch).await.expect("write");
+        let kept: i64 =
+            sqlx::query("SELECT COUNT(*) FROM session_messages").fetch_one(&journal.pool).await.expect("count").get(0);
+        // Its expiry (now) has passed, but it is swept only at the next batch.
+        assert_eq!(kept, 1, "only the parked session's message");
+        journal.write(&[Write::Done { session: gone.clone(), entry: 1 }]).await.expect("write");
+        let kept: i64 =
+            sqlx::query("SELECT COUNT(*) FROM session_messages").fetch_one(&journal.pool).await.expect("count").get(0);
+        assert_eq!(kept, 0, "swept with its session");
+        assert_eq!(journal.load(&parked).await.expect("load"), None);
+        journal.pool.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

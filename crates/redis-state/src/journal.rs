@@ -1,0 +1,116 @@
+//! The session journal (`broker::journal`) on Redis: one hash per session
+//! (`wire::keys::session_journal`), field `r` its record and each kept message under its entry
+//! as 8 bytes big-endian. HGETALL reads a session in one step; a batch of writes is one
+//! MULTI/EXEC pipeline, one round trip, applied in order and all at once.
+//!
+//! A parked session's expiry is the hash's TTL (EXPIRE at each record with one, PERSIST at each
+//! record without), so Redis forgets the record and its messages together. A message is kept
+//! only while the hash holds a record, checked inside Redis by a small script: a message routed
+//! to a session that has just expired or ended would otherwise recreate the hash without a TTL
+//! and without a record, never to be read or deleted. So a hash always holds `r`, and
+//! `load` answers `None` for one that does not (something else wrote it).
+
+use broker::journal::{SessionJournal, Stored, Write};
+use broker::relations::BoxFuture;
+use redis::aio::ConnectionManager;
+
+/// The hash field holding the session's record.
+const RECORD: &[u8] = b"r";
+
+/// KEYS: the session's hash. ARGV: the message's field, its body. Keeps the message only if the
+/// session has a record.
+const KEEP_MESSAGE: &str = r"
+if redis.call('HEXISTS', KEYS[1], 'r') == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0";
+
+/// Persistent sessions on Redis (see the module's documentation). Every key of a batch is
+/// written in one MULTI, so on Redis Cluster a batch must name sessions of one slot only.
+#[derive(Clone)]
+pub struct RedisJournal {
+    conn: ConnectionManager,
+}
+
+impl std::fmt::Debug for RedisJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisJournal")
+    }
+}
+
+impl RedisJournal {
+    pub fn new(conn: ConnectionManager) -> Self {
+        RedisJournal { conn }
+    }
+}
+
+/// The hash field of message `entry`.
+fn entry_field(entry: u64) -> [u8; 8] {
+    entry.to_be_bytes()
+}
+
+impl SessionJournal for RedisJournal {
+    fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            if writes.is_empty() {
+                return Ok(());
+            }
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for w in writes {
+                let key = wire::keys::session_journal(w.session());
+                match w {
+                    Write::Record { record, ttl_secs, .. } => {
+                        pipe.cmd("HSET").arg(&key).arg(RECORD).arg(record.as_slice()).ignore();
+                        match ttl_secs {
+                            Some(t) => pipe.cmd("EXPIRE").arg(&key).arg(*t).ignore(),
+                            None => pipe.cmd("PERSIST").arg(&key).ignore(),
+                        };
+                    }
+                    Write::Message { entry, body, .. } => {
+                        pipe.cmd("EVAL")
+                            .arg(KEEP_MESSAGE)
+                            .arg(1)
+                            .arg(&key)
+                            .arg(&entry_field(*entry)[..])
+                            .arg(body.as_slice())
+                            .ignore();
+                    }
+                    Write::Done { entry, .. } => {
+                        pipe.cmd("HDEL").arg(&key).arg(&entry_field(*entry)[..]).ignore();
+                    }
+                    Write::Ended { .. } => {
+                        pipe.cmd("DEL").arg(&key).ignore();
+                    }
+                }
+            }
+            pipe.query_async::<()>(&mut self.conn.clone())
+                .await
+                .map_err(|e| format!("writing {} change(s) to the session journal: {e}", writes.len()))
+        })
+    }
+
+    fn load<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Stored>, String>> {
+        Box::pin(async move {
+            let key = wire::keys::session_journal(session);
+            let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| format!("loading {key}: {e}"))?;
+            let mut record = None;
+            let mut messages = Vec::with_capacity(fields.len().saturating_sub(1));
+            for (field, value) in fields {
+                if field == RECORD {
+                    record = Some(value);
+                } else {
+                    let entry = <[u8; 8]>::try_from(field.as_slice())
+                        .map_err(|_| format!("{key}: field {:?} is neither `r` nor an entry", field.escape_ascii()))?;
+                    messages.push((u64::from_be_bytes(entry), value));
+                }
+            }
+            messages.sort_unstable_by_key(|(entry, _)| *entry);
+            Ok(record.map(|record| Stored { record, messages }))
+        })
+    }
+}
