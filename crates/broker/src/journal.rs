@@ -21,7 +21,9 @@ pub enum Write {
     /// and its messages are forgotten that long after this write unless written again (a
     /// parked session's expiry); without, they are kept (a live session).
     Record { session: Arc<str>, record: Vec<u8>, ttl_secs: Option<u32> },
-    /// Keeps `body` as the session's message `entry`, replacing one kept under that number.
+    /// Keeps `body` as the session's message `entry`, replacing one kept under that number;
+    /// ignored if the session has no record (it ended or expired: nothing would ever remove
+    /// the message).
     Message { session: Arc<str>, entry: u64, body: Vec<u8> },
     /// Message `entry` is done (acknowledged, dropped or expired): forget it.
     Done { session: Arc<str>, entry: u64 },
@@ -83,7 +85,9 @@ impl MemoryJournal {
                     kept.expires_at = ttl_secs.map(|t| now + std::time::Duration::from_secs(u64::from(t)));
                 }
                 Write::Message { session, entry, body } => {
-                    sessions.entry(session.clone()).or_default().messages.insert(*entry, body.clone());
+                    if let Some(k) = sessions.get_mut(session).filter(|k| k.record.is_some()) {
+                        k.messages.insert(*entry, body.clone());
+                    }
                 }
                 Write::Done { session, entry } => {
                     if let Some(k) = sessions.get_mut(session) {
@@ -195,6 +199,8 @@ pub mod contract {
         assert_eq!(load(j, &long).await, stored(b"l", &[]));
         j.write(&[message(&parked, 2, b"late")]).await.expect("a message for a session that is gone");
         assert_eq!(load(j, &parked).await, None, "messages without a record are no session");
+        j.write(&[record(&parked, b"p2", None)]).await.expect("write");
+        assert_eq!(load(j, &parked).await, stored(b"p2", &[]), "and were never kept");
     }
 
     /// Sleeps without depending on a runtime (the broker crate has none): a thread wakes the

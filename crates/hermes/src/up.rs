@@ -97,6 +97,9 @@ fn load(args: &UpArgs) -> Result<UpConfig, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Where `hermes up` keeps persistent sessions when there is no Redis: in its data directory.
+const SESSIONS_DB: &str = "sessions.db";
+
 pub fn print_config(args: UpArgs) -> Result<(), String> {
     print!("{}", service_kit::config::render(&load(&args)?));
     Ok(())
@@ -190,7 +193,11 @@ async fn serve(
         std::sync::Arc::new(bus::nats::NatsBus::connect(&nats_url).await.map_err(|e| format!("bus.nats_url: {e}"))?)
     };
     // Primed from the database below, which also refills the directories.
-    let mut edge = mqtt_edge::Edge::builder(edge_cfg);
+    let journal: std::sync::Arc<dyn broker::journal::SessionJournal> = match &dirs {
+        Some(d) => d.journal.clone(),
+        None => std::sync::Arc::new(embedded_state::SqliteJournal::open(&data.path().join(SESSIONS_DB)).await?),
+    };
+    let mut edge = mqtt_edge::Edge::builder(edge_cfg).journal(journal);
     if let Some(d) = &dirs {
         edge = edge.relations(d.relations.clone()).session_owners(d.owners.clone());
     }
@@ -205,7 +212,7 @@ async fn serve(
     let ops = if cfg.ops.addr.is_empty() {
         None
     } else {
-        let router = service_kit::http::ops_router(telemetry.prometheus.clone());
+        let router = service_kit::http::ops_router_with_readiness(telemetry.prometheus.clone(), edge.readiness());
         Some(
             service_kit::http::serve(&cfg.ops.addr, router, service_kit::shutdown::signal())
                 .await

@@ -987,3 +987,63 @@ async fn login_takes_several_edges_and_the_client_verbs_use_one_that_answers() {
     sigterm(&child);
     let _ = child.wait();
 }
+
+/// `hermes up` keeps persistent sessions in its data directory: killed with -9 and started
+/// again, it delivers every message it acknowledged to a publisher, in order, to a subscriber
+/// that was connected with messages in flight and more queued behind them.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_loses_no_acknowledged_message_to_a_kill_minus_9() {
+    let data = temp_dir("journal").join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let wait = Duration::from_secs(10);
+    let subscriber = || Connect {
+        client_id: "keeper".into(),
+        clean_start: false,
+        keep_alive: 60,
+        session_expiry: Some(3600),
+        ..Connect::default()
+    };
+    let mut up = up_in(&data, &["--allow-anonymous"], &[]);
+    let mut sub = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+    assert!(matches!(sub.handshake(subscriber(), wait).await, Ok(Packet::ConnAck { code: 0, .. })));
+    let codes = sub.subscribe(vec![sdk::mqtt::SubscribeTopic::new("kept/#", 1)], wait).await.expect("suback");
+    assert_eq!(codes, [1]);
+    let mut publisher = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+    let hello = Connect { client_id: "writer".into(), clean_start: true, keep_alive: 60, ..Connect::default() };
+    assert!(matches!(publisher.handshake(hello, wait).await, Ok(Packet::ConnAck { code: 0, .. })));
+    for n in 1..=100 {
+        let code = publisher.publish("kept/a", format!("m{n}").as_bytes(), 1, false, wait).await.expect("puback");
+        assert_eq!(code, Some(0), "m{n} acknowledged");
+        if n <= 10 {
+            // The first ten are received and acknowledged; the rest stay in flight or queued.
+            let Packet::Publish(p) = sub.recv(wait).await.expect("delivery") else { panic!("a PUBLISH") };
+            assert_eq!(&p.payload[..], format!("m{n}").as_bytes());
+            sub.send(&Packet::PubAck { packet_id: p.packet_id.expect("QoS 1"), code: 0 }).await.expect("puback");
+        }
+    }
+    // Let the PUBACK of m10 reach the edge before it dies.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    up.child.kill().expect("kill -9");
+    let _ = up.child.wait();
+
+    let mut up = up_in(&data, &["--allow-anonymous"], &[]);
+    let mut sub = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+    match sub.handshake(subscriber(), wait).await {
+        Ok(Packet::ConnAck { code: 0, session_present, .. }) => assert!(session_present, "the session survived"),
+        other => panic!("{other:?}"),
+    }
+    let mut got = Vec::new();
+    while got.len() < 90 {
+        match sub.recv(wait).await {
+            Ok(Packet::Publish(p)) => {
+                got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                sub.send(&Packet::PubAck { packet_id: p.packet_id.expect("QoS 1"), code: 0 }).await.expect("puback");
+            }
+            other => panic!("after {} messages: {other:?}", got.len()),
+        }
+    }
+    let want: Vec<String> = (11..=100).map(|n| format!("m{n}")).collect();
+    assert_eq!(got, want, "every acknowledged message, in order, none twice");
+    sigterm(&up.child);
+    let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
+}

@@ -22,6 +22,9 @@ pub struct StateDirectories {
     pub access: Arc<dyn AccessDirectory>,
     /// Which edge holds each session.
     pub owners: Arc<dyn broker::owners::SessionOwners>,
+    /// Where persistent sessions are written (on a connection of its own, so session writes
+    /// never wait behind the others).
+    pub journal: Arc<dyn broker::journal::SessionJournal>,
 }
 
 impl StateDirectories {
@@ -32,10 +35,12 @@ impl StateDirectories {
             return Ok(None);
         }
         let conn = connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
+        let journal = connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
         Ok(Some(StateDirectories {
             relations: Arc::new(RedisRelations::new(conn.clone())),
             access: Arc::new(RedisAccess::new(conn.clone())),
             owners: Arc::new(RedisOwners::new(conn)),
+            journal: Arc::new(RedisJournal::new(journal)),
         }))
     }
 }

@@ -22,10 +22,26 @@ pub const CONNECTIONS_REFUSED: &str = "hermes_http_connections_refused_total";
 
 /// Routes for metrics and health; services merge their own routes into it.
 pub fn ops_router(prometheus: PrometheusHandle) -> Router {
+    ops_router_with_readiness(prometheus, || Ok(()))
+}
+
+/// Like [`ops_router`], with `/readyz` answering 503 and the reason while `ready` says why the
+/// node should not get traffic (a backend it needs is unreachable).
+pub fn ops_router_with_readiness(
+    prometheus: PrometheusHandle,
+    ready: impl Fn() -> Result<(), String> + Clone + Send + Sync + 'static,
+) -> Router {
+    let readyz = move || {
+        let answer = match ready() {
+            Ok(()) => (axum::http::StatusCode::OK, "ready\n".to_owned()),
+            Err(why) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+        };
+        std::future::ready(answer)
+    };
     Router::new()
         .route("/metrics", get(move || std::future::ready(prometheus.render())))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(readyz))
 }
 
 /// Binds `addr` and serves `router` until `stop` resolves, with the default [`HttpLimits`].

@@ -20,8 +20,17 @@ use crate::store::{AccountStore, StoreError};
 
 /// What a data directory holds that others must not read: its keys and the SQLite database
 /// with its -wal and -shm files (password and token hashes).
-const PRIVATE_FILES: [&str; 6] =
-    ["token.key", "admin.key", "link.key", "accounts.db", "accounts.db-wal", "accounts.db-shm"];
+const PRIVATE_FILES: [&str; 9] = [
+    "token.key",
+    "admin.key",
+    "link.key",
+    "accounts.db",
+    "accounts.db-wal",
+    "accounts.db-shm",
+    "sessions.db",
+    "sessions.db-wal",
+    "sessions.db-shm",
+];
 
 /// A data directory that is its owner's alone.
 #[derive(Debug)]
@@ -43,6 +52,10 @@ impl DataDir {
             dir.keep_private(name)?;
         }
         Ok(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Makes the file `name` in it owner-only too, when it exists (`hermes up`: the edge's

@@ -28,6 +28,8 @@ use crate::stored;
 const MAX_BATCHES: usize = 1024;
 /// Tries of one write before its waiters are told it failed.
 const TRIES: u32 = 3;
+/// How often an unhealthy journal is tried while nothing needs writing.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What the router decided about one session, for the journal.
 pub type Item = (Arc<str>, Persist<SharedMessage>);
@@ -110,7 +112,20 @@ impl JournalWriter {
 }
 
 async fn run(journal: Arc<dyn SessionJournal>, mut rx: mpsc::UnboundedReceiver<Batch>, healthy: Arc<AtomicBool>) {
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = if healthy.load(Ordering::Relaxed) {
+            rx.recv().await
+        } else {
+            // Unhealthy: find out when the journal is back even if nothing needs writing.
+            match tokio::time::timeout(PROBE_INTERVAL, rx.recv()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    healthy.store(journal.load("hermes:probe").await.is_ok(), Ordering::Relaxed);
+                    continue;
+                }
+            }
+        };
+        let Some(first) = first else { break };
         let mut batches = vec![first];
         while batches.len() < MAX_BATCHES {
             match rx.try_recv() {
@@ -187,7 +202,8 @@ fn encode(items: Vec<Item>) -> Vec<Write> {
             Persist::Record { subscriptions, expiry_secs, parked } => Write::Record {
                 session,
                 record: stored::journal_record(subscriptions, expiry_secs),
-                ttl_secs: (parked && expiry_secs != u32::MAX).then_some(expiry_secs),
+                // A minute more than the router's own expiry: the router decides when it ends.
+                ttl_secs: (parked && expiry_secs != u32::MAX).then_some(expiry_secs.saturating_add(60)),
             },
             Persist::Change(Change::Kept { out, released, .. }) => {
                 let body = stored::stored_message(&out, released).encode_to_vec();

@@ -56,6 +56,7 @@ pub struct EdgeBuilder {
     access: Option<Arc<dyn broker::access::AccessDirectory>>,
     bus: Option<Arc<dyn bus::Bus>>,
     owners: Option<Arc<dyn broker::owners::SessionOwners>>,
+    journal: Option<Arc<dyn broker::journal::SessionJournal>>,
 }
 
 impl EdgeBuilder {
@@ -71,7 +72,15 @@ impl EdgeBuilder {
             self.directory = Some(s.relations.clone());
             self.access = Some(s.access.clone());
             self.owners = Some(s.owners.clone());
+            self.journal = Some(s.journal.clone());
         }
+        self
+    }
+
+    /// Writes persistent sessions to `journal`, so they outlive this edge: another edge (or
+    /// this one, restarted) resumes them from there (set by [`EdgeBuilder::state`] from Redis).
+    pub fn journal(mut self, journal: Arc<dyn broker::journal::SessionJournal>) -> Self {
+        self.journal = Some(journal);
         self
     }
 
@@ -91,13 +100,16 @@ impl EdgeBuilder {
     /// Validates the config, joins the other edges (with a bus), applies the access directory
     /// (if any), then binds the listeners and starts serving. Call inside a tokio runtime.
     pub async fn start(self) -> Result<Edge, String> {
-        let EdgeBuilder { cfg, directory, access, bus, owners } = self;
+        let EdgeBuilder { cfg, directory, access, bus, owners, journal } = self;
         cfg.validate()?;
         metrics::describe();
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
         let relations = Arc::new(MemoryRelations::default());
         let authz = Arc::new(authz::Authorizer::from_config(&cfg.auth, relations.clone())?);
         let hub = Arc::new(hub::Hub::new(hub::HubConfig::from_limits(&cfg.limits), authz.clone()));
+        if let Some(j) = journal {
+            hub.attach_journal(journal::JournalWriter::start(j));
+        }
         if let Some(bus) = bus {
             // Before the first client: every subscription's interest reaches the bus.
             let node = cluster::NodeName::new(&cfg.bus.node_id);
@@ -123,7 +135,7 @@ impl EdgeBuilder {
 impl Edge {
     /// An edge for `cfg`; [`EdgeBuilder::start`] starts it.
     pub fn builder(cfg: EdgeConfig) -> EdgeBuilder {
-        EdgeBuilder { cfg, directory: None, access: None, bus: None, owners: None }
+        EdgeBuilder { cfg, directory: None, access: None, bus: None, owners: None, journal: None }
     }
 
     /// Applies account events (relations, revocations, signatures, ACL tables) to this edge;
@@ -136,6 +148,16 @@ impl Edge {
     /// events that made it: how an edge that starts, or missed events, catches up.
     pub async fn prime_access(&self, dir: &dyn broker::access::AccessDirectory) -> Result<(), String> {
         prime(&self.account_events(), dir).await
+    }
+
+    /// Why this edge should not get new clients, if it should not: checked by `/readyz`.
+    pub fn readiness(&self) -> impl Fn() -> Result<(), String> + Clone + Send + Sync + 'static {
+        let hub = self.hub.clone();
+        move || match hub.journal() {
+            Some(j) if !j.is_healthy() => Err("the session journal cannot be written".into()),
+            _ if hub.is_closing() => Err("stopping".into()),
+            _ => Ok(()),
+        }
     }
 
     pub fn addrs(&self) -> &BoundAddrs {
@@ -157,6 +179,11 @@ impl Edge {
             if left > 0 {
                 tracing::info!(sessions = left, "stopped with sessions no client came back for");
             }
+        }
+        if let Some(journal) = self.hub.journal()
+            && !journal.flush().await
+        {
+            tracing::warn!("stopped without writing every session change to the journal");
         }
     }
 }
@@ -208,7 +235,7 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
         None => None,
     };
     if !ops_addr.is_empty() {
-        let router = service_kit::http::ops_router(telemetry.prometheus.clone());
+        let router = service_kit::http::ops_router_with_readiness(telemetry.prometheus.clone(), edge.readiness());
         let addr = service_kit::http::serve(&ops_addr, router, service_kit::shutdown::signal())
             .await
             .map_err(|e| format!("ops.addr {ops_addr}: {e}"))?;
