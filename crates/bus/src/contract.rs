@@ -68,6 +68,14 @@ pub async fn check(bus: &dyn Bus) {
     assert!(matches!(bus.publish_batch(&spoiled).await, Err(BusError::InvalidSubject(_))));
     nothing(&mut tail).await;
 
+    // A publish for a subscriber that must be there reaches it, or says nobody is there.
+    bus.publish_to_present(&s("here"), Bytes::from_static(b"p")).await.expect("a subscriber is there");
+    assert_eq!(next(&mut tail).await, (s("here"), Bytes::from_static(b"p")));
+    let nobody = format!("{root}x.nobody");
+    let started = std::time::Instant::now();
+    assert!(matches!(bus.publish_to_present(&nobody, Bytes::new()).await, Err(BusError::NoSubscriber(_))));
+    assert!(started.elapsed() < Duration::from_millis(500), "at once: {:?}", started.elapsed());
+
     // A durable subscription gets what is published from now on, in order, like any other.
     let stream = format!("CONTRACT_{}", root.replace('.', "_"));
     let mut durable = bus.subscribe_durable(&stream, &s("d.>")).await.expect("durable");

@@ -28,6 +28,9 @@ pub enum BusError {
     InvalidSubject(String),
     #[error("bus: {0}")]
     Transport(String),
+    /// Nobody subscribes to the subject ([`Bus::publish_to_present`]).
+    #[error("nobody subscribes to `{0}`")]
+    NoSubscriber(String),
 }
 
 /// Messages on the subjects a subscription matches, in publish order per publisher. Dropping
@@ -70,6 +73,12 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         let _ = stream;
         self.subscribe(subject)
     }
+
+    /// Publishes `payload` on `subject` for a subscriber that should be there, and fails with
+    /// [`BusError::NoSubscriber`] when nobody subscribes to it (how a node learns at once that
+    /// another is gone). NATS: a request the server answers "no responders" at once; any other
+    /// answer is not awaited, and after a second without one the subject counts as held.
+    fn publish_to_present<'a>(&'a self, subject: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), BusError>>;
 
     /// Publishes `batch` in order, out of the client's buffer once at the end (one flush for
     /// the lot). A bad subject refuses the whole batch before anything is sent.

@@ -38,6 +38,15 @@ impl Bus for MemoryBus {
         })
     }
 
+    fn publish_to_present<'a>(&'a self, subject: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            if valid_subject(subject, false) && self.matching(subject).is_empty() {
+                return Err(BusError::NoSubscriber(subject.to_owned()));
+            }
+            self.publish(subject, payload).await
+        })
+    }
+
     fn subscribe<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, Result<Subscription, BusError>> {
         Box::pin(async move {
             if !valid_subject(subject, true) {

@@ -33,6 +33,24 @@ impl Bus for NatsBus {
         })
     }
 
+    fn publish_to_present<'a>(&'a self, subject: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), BusError>> {
+        use async_nats::RequestErrorKind;
+        Box::pin(async move {
+            if !valid_subject(subject, false) {
+                return Err(BusError::InvalidSubject(subject.to_owned()));
+            }
+            let request = self.client.request(subject.to_owned(), payload);
+            match tokio::time::timeout(std::time::Duration::from_secs(1), request).await {
+                Ok(Err(e)) if e.kind() == RequestErrorKind::NoResponders => {
+                    Err(BusError::NoSubscriber(subject.to_owned()))
+                }
+                Ok(Err(e)) if e.kind() != RequestErrorKind::TimedOut => Err(BusError::Transport(e.to_string())),
+                // Answered, or held without an answer: someone is there.
+                _ => Ok(()),
+            }
+        })
+    }
+
     fn publish_batch<'a>(&'a self, batch: &'a [(String, Bytes)]) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             if let Some((bad, _)) = batch.iter().find(|(s, _)| !valid_subject(s, false)) {

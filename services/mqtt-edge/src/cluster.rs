@@ -27,7 +27,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ntex_bytes::ByteString;
 use prost::Message as _;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use broker::QoS;
 use broker::dedupe::Dedupe;
@@ -67,7 +67,7 @@ impl NodeName {
 #[derive(Debug)]
 pub struct ClusterLink {
     interest: mpsc::UnboundedSender<(String, bool)>,
-    outbound: mpsc::Sender<SharedMessage>,
+    outbound: mpsc::Sender<Outbound>,
     /// Sessions moving between edges, with an owners registry.
     handover: Option<Arc<Handover>>,
 }
@@ -81,7 +81,7 @@ impl ClusterLink {
     /// A will or presence change this edge published: other edges route it too. Dropped and
     /// counted if the bus is that far behind (they are never acknowledged to anyone).
     pub fn originated(&self, msg: SharedMessage) {
-        if self.outbound.try_send(msg).is_err() {
+        if self.outbound.try_send(Outbound { msg, sent: None }).is_err() {
             metrics::counter!(m::CLUSTER_DROPPED).increment(1);
         }
     }
@@ -106,9 +106,33 @@ impl ClusterLink {
     }
 
     /// A client's PUBLISH, routed here: on to the other edges. Waits while the bus is behind,
-    /// so the publisher's PUBACK waits too.
-    pub async fn forward(&self, msg: SharedMessage) {
-        let _ = self.outbound.send(msg).await;
+    /// so the publisher's PUBACK waits too; the answer resolves once the bus has it.
+    pub async fn forward(&self, msg: SharedMessage) -> Forwarded {
+        let (sent, rx) = oneshot::channel();
+        let _ = self.outbound.send(Outbound { msg, sent: Some(sent) }).await;
+        Forwarded(rx)
+    }
+}
+
+/// A message on its way to the other edges; `sent` hears when the bus has it.
+struct Outbound {
+    msg: SharedMessage,
+    sent: Option<oneshot::Sender<()>>,
+}
+
+/// How long an acknowledgement waits for the bus to take a forwarded message: past it (the bus
+/// is unreachable) the publisher is acknowledged for what this edge delivered, and the other
+/// edges miss the message (counted in `hermes_edge_cluster_errors_total`).
+const FORWARD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Resolves once a forwarded message reached the bus (the NATS server has it), or the bus
+/// failed, or [`FORWARD_WAIT`] passed.
+#[derive(Debug)]
+pub struct Forwarded(oneshot::Receiver<()>);
+
+impl Forwarded {
+    pub async fn wait(self) {
+        let _ = tokio::time::timeout(FORWARD_WAIT, self.0).await;
     }
 }
 
@@ -204,13 +228,15 @@ const BATCH: usize = 256;
 
 /// Numbers this edge's messages and publishes them, in the order they were handed over: what
 /// waits is taken in batches, flushed once each.
-async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<SharedMessage>) {
+async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outbound>) {
     let mut seq = 0u64;
     let mut waiting = Vec::with_capacity(BATCH);
+    let mut senders = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut waiting, BATCH).await > 0 {
         let batch: Vec<(String, Bytes)> = waiting
             .drain(..)
-            .map(|msg| {
+            .map(|Outbound { msg, sent }| {
+                senders.extend(sent);
                 seq += 1;
                 let subject =
                     subjects::routed(&msg.topic, msg.retain).unwrap_or_else(|| subjects::LONG_TOPICS.to_owned());
@@ -229,6 +255,9 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Shar
                 metrics::counter!(m::CLUSTER_ERRORS, "op" => "publish").increment(1);
                 tracing::warn!(error = %e, messages = batch.len(), "cannot route to other edges");
             }
+        }
+        for sent in senders.drain(..) {
+            let _ = sent.send(());
         }
     }
 }

@@ -10,9 +10,10 @@
 //! (claims are numbered by the registry), so concurrent takeovers settle on the last claimer
 //! and never wait on each other.
 //!
-//! Not yet (issue 13): a session whose edge died is not recovered (its state was only in that
-//! edge's memory: the claim times out after [`HANDOVER_TIMEOUT`] and the client starts afresh);
-//! messages routed to the old edge while the session moves are lost.
+//! An edge that is gone (nobody takes its handover subject: NATS says so at once) or does not
+//! answer within [`HANDOVER_TIMEOUT`] hands nothing over; the connecting edge then loads the
+//! session from the journal (see `journal`), where a persistent session's every change was
+//! written before anything it caused was acknowledged.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -178,15 +179,35 @@ impl Handover {
             reply_to: reply_subject(&self.node),
             version,
         };
-        if let Err(e) = self.bus.publish(&handover_subject(from), Bytes::from(req.encode_to_vec())).await {
-            tracing::warn!(error = %e, from, "cannot ask for a session");
-        }
-        let reply = tokio::time::timeout(HANDOVER_TIMEOUT, rx).await;
+        let subject = handover_subject(from);
+        let sent = self.bus.publish_to_present(&subject, Bytes::from(req.encode_to_vec()));
+        let reply = tokio::time::timeout(HANDOVER_TIMEOUT, async {
+            let mut rx = rx;
+            tokio::select! {
+                r = &mut rx => Some(r),
+                sent = sent => match sent {
+                    // The edge is gone (killed): what it held is in the journal, if anywhere.
+                    Err(bus::BusError::NoSubscriber(_)) => None,
+                    other => {
+                        if let Err(e) = other {
+                            tracing::warn!(error = %e, from, "cannot ask for a session");
+                        }
+                        Some(rx.await)
+                    }
+                },
+            }
+        })
+        .await;
         self.lock_waiting().remove(&request_id);
         match reply {
-            Ok(Ok(r)) if r.found => {
+            Ok(Some(Ok(r))) if r.found => {
                 metrics::counter!(m::SESSIONS_MOVED, "way" => "in").increment(1);
                 r.state.and_then(snapshot_from)
+            }
+            Ok(None) => {
+                metrics::counter!(m::CLUSTER_ERRORS, "op" => "handover_gone").increment(1);
+                tracing::info!(from, "the edge that held the session is gone");
+                None
             }
             Ok(_) => None,
             Err(_) => {

@@ -117,11 +117,16 @@ pub async fn publish_in_order<E>(
     let inbound = inbound(payload);
     let acknowledged = inbound.qos != QoS::AtMostOnce;
     let routed = publish(st, inbound, build);
+    let mut forwarded = None;
     if let (Ok(r), Some(cluster)) = (&routed, st.hub.cluster()) {
         // Other edges get the connection's messages in its order too.
-        cluster.forward(r.message.clone()).await;
+        forwarded = Some(cluster.forward(r.message.clone()).await);
     }
     drop(turn);
+    // Acknowledged once the other edges can get it: the bus has it.
+    if let Some(f) = forwarded.filter(|_| acknowledged) {
+        f.wait().await;
+    }
     Ok(match routed {
         Ok(Published { routed: r, .. }) => {
             let sessions = r.sessions;

@@ -1,0 +1,196 @@
+//! An edge killed with -9 while QoS 1 traffic flows through it loses nothing it acknowledged:
+//! real `mqtt-edge` processes on a real nats-server and Redis. Its clients reconnect to another
+//! edge; the persistent session there continues from the journal in Redis (the dead edge is
+//! known gone at once, no handover wait); every message a publisher got a PUBACK for reaches
+//! every subscriber, in the publisher's order. Counted by sequence: lost must be 0, duplicates
+//! (at-least-once redeliveries) are reported.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hermes_tests::process::Running;
+use hermes_tests::servers::{self, free_port};
+use sdk::mqtt::{Client, Connect, Packet, SubscribeTopic, Version};
+
+const EDGE: &str = env!("CARGO_BIN_EXE_mqtt-edge");
+const WAIT: Duration = Duration::from_secs(10);
+
+struct EdgeProcess {
+    child: Running,
+    addr: SocketAddr,
+}
+
+/// Starts an edge named `name` on a free loopback port, joined to the others through `nats`
+/// and `redis`.
+fn edge(name: &str, nats: &str, redis: &str) -> EdgeProcess {
+    for _ in 0..5 {
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut child = Running(
+            Command::new(EDGE)
+                .args(["--mqtt-addr", &addr.to_string(), "--mqtt-ws-addr", "", "--ops-addr", "127.0.0.1:0"])
+                .args(["--allow-anonymous", "--bus-nats-url", nats, "--bus-node-id", name, "--state-redis-url", redis])
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn mqtt-edge"),
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return EdgeProcess { child, addr };
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("mqtt-edge {name} did not start");
+}
+
+/// A v5 client; a persistent session (one hour) unless `clean`. Returns whether a session was
+/// resumed.
+async fn client(addr: SocketAddr, id: &str, clean: bool) -> (Client, bool) {
+    let mut c = Client::connect_tcp(addr, Version::V5).await.expect("tcp");
+    let hello = Connect {
+        client_id: id.into(),
+        clean_start: clean,
+        keep_alive: 60,
+        session_expiry: (!clean).then_some(3600),
+        ..Connect::default()
+    };
+    match c.handshake(hello, WAIT).await {
+        Ok(Packet::ConnAck { code: 0, session_present, .. }) => (c, session_present),
+        other => panic!("{id}: {other:?}"),
+    }
+}
+
+/// Reads and acknowledges deliveries into `got` until the connection ends or `stop` is set.
+async fn read(mut c: Client, got: Arc<Mutex<Vec<u32>>>, stop: Arc<std::sync::atomic::AtomicBool>) {
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        match c.recv(Duration::from_millis(200)).await {
+            Ok(Packet::Publish(p)) => {
+                let n = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()).expect("a number");
+                got.lock().expect("lock").push(n);
+                if c.send(&Packet::PubAck { packet_id: p.packet_id.expect("QoS 1"), code: 0 }).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) if format!("{e:?}").contains("Timeout") => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Publishes `from..to` at QoS 1 one by one; returns the first number not acknowledged.
+async fn publish(c: &mut Client, from: u32, to: u32, acked: &Mutex<Vec<u32>>) -> u32 {
+    for n in from..to {
+        match c.publish("kept/load", n.to_string().as_bytes(), 1, false, WAIT).await {
+            Ok(Some(0)) => acked.lock().expect("lock").push(n),
+            _ => return n,
+        }
+    }
+    to
+}
+
+/// Lost (acknowledged, never received), duplicated, and whether first arrivals kept the
+/// publisher's order.
+fn count(acked: &[u32], got: &[u32]) -> (Vec<u32>, usize, bool) {
+    let received: HashSet<u32> = got.iter().copied().collect();
+    let lost = acked.iter().copied().filter(|n| !received.contains(n)).collect();
+    let mut seen = HashSet::new();
+    let firsts: Vec<u32> = got.iter().copied().filter(|n| seen.insert(*n)).collect();
+    let in_order = firsts.windows(2).all(|w| w[0] < w[1]);
+    (lost, got.len() - firsts.len(), in_order)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_killed_mid_traffic_loses_no_acknowledged_message() {
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let (nats_url, redis_url) = (nats.nats_url(), redis.redis_url());
+    let mut a = edge("edge-a", &nats_url, &redis_url);
+    let b = edge("edge-b", &nats_url, &redis_url);
+
+    // A subscriber on the edge that dies and one on the edge that stays, both persistent.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (on_a, on_b) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let mut readers = Vec::new();
+    for (addr, id, got) in [(a.addr, "sub-a", &on_a), (b.addr, "sub-b", &on_b)] {
+        let (mut c, _) = client(addr, id, false).await;
+        assert_eq!(c.subscribe(vec![SubscribeTopic::new("kept/#", 1)], WAIT).await.expect("suback"), [1]);
+        readers.push(tokio::spawn(read(c, got.clone(), stop.clone())));
+    }
+    // Edge b's interest reaches edge a over NATS.
+    let (mut probe, _) = client(a.addr, "probe", true).await;
+    for _ in 0..100 {
+        probe.publish("kept/probe", b"0", 1, false, WAIT).await.expect("probe");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if on_b.lock().expect("lock").contains(&0) {
+            break;
+        }
+    }
+    assert!(on_b.lock().expect("lock").contains(&0), "edge b hears edge a");
+    drop(probe);
+    on_a.lock().expect("lock").clear();
+    on_b.lock().expect("lock").clear();
+
+    // The publisher on the edge that dies: after 300 acknowledged messages, kill -9.
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let (mut publisher, _) = client(a.addr, "pub", true).await;
+    let total = 600;
+    let killer = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            while acked.lock().expect("lock").len() < 300 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            a.child.kill().expect("kill -9");
+            let _ = a.child.wait();
+        })
+    };
+    let mut next = publish(&mut publisher, 1, total, &acked).await;
+    killer.await.expect("killed");
+    assert!(next < total, "the kill came while it published");
+
+    // Everyone moves to edge b; the publisher goes on from its first unacknowledged message.
+    readers.remove(0).await.expect("reader on a ends with its edge");
+    let (c, present) = client(b.addr, "sub-a", false).await;
+    assert!(present, "the session of the dead edge continues from the journal");
+    let reader = tokio::spawn(read(c, on_a.clone(), stop.clone()));
+    let (mut publisher, _) = client(b.addr, "pub", true).await;
+    while next < total {
+        next = publish(&mut publisher, next, total, &acked).await;
+    }
+
+    let acked = acked.lock().expect("lock").clone();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        let done = |got: &Mutex<Vec<u32>>| count(&acked, &got.lock().expect("lock")).0.is_empty();
+        if done(&on_a) && done(&on_b) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = reader.await;
+    let _ = readers.remove(0).await;
+    for (who, got) in [("sub-a (its edge killed)", &on_a), ("sub-b", &on_b)] {
+        let got = got.lock().expect("lock").clone();
+        let (lost, duplicated, in_order) = count(&acked, &got);
+        eprintln!(
+            "{who}: {} acknowledged, {} received, {} lost, {duplicated} duplicated",
+            acked.len(),
+            got.len(),
+            lost.len()
+        );
+        assert!(lost.is_empty(), "{who} lost {} acknowledged messages: {lost:?}", lost.len());
+        assert!(in_order, "{who}: first arrivals in the publisher's order");
+    }
+    drop(b);
+}
