@@ -59,7 +59,13 @@ impl std::fmt::Debug for RedisRelations {
 /// A connection to `url` (`redis://host:6379/0`) that reconnects by itself; clones share it.
 pub async fn connect(url: &str) -> Result<ConnectionManager, String> {
     let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
-    client.get_connection_manager().await.map_err(|e| format!("{url}: {e}"))
+    // A Redis that stops answering (a partition, not a closed socket) fails commands in two
+    // seconds instead of holding them forever; reconnects back off up to a second apart.
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(std::time::Duration::from_secs(2)))
+        .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+        .set_max_delay(std::time::Duration::from_secs(1));
+    client.get_connection_manager_with_config(config).await.map_err(|e| format!("{url}: {e}"))
 }
 
 impl RedisRelations {

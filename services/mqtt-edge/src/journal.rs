@@ -27,7 +27,10 @@ use crate::stored;
 /// Batches taken into one write at most.
 const MAX_BATCHES: usize = 1024;
 /// Tries of one write before its waiters are told it failed.
-const TRIES: u32 = 3;
+const TRIES: u32 = 2;
+/// How long one try may take: a write that has not succeeded by then counts as failed (it
+/// may still land; what it carried was not acknowledged, so at worst it is delivered twice).
+const TRY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an unhealthy journal is tried while nothing needs writing.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -120,7 +123,8 @@ async fn run(journal: Arc<dyn SessionJournal>, mut rx: mpsc::UnboundedReceiver<B
             match tokio::time::timeout(PROBE_INTERVAL, rx.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    healthy.store(journal.load("hermes:probe").await.is_ok(), Ordering::Relaxed);
+                    let probe = tokio::time::timeout(TRY_TIMEOUT, journal.load("hermes:probe")).await;
+                    healthy.store(matches!(probe, Ok(Ok(_))), Ordering::Relaxed);
                     continue;
                 }
             }
@@ -148,7 +152,10 @@ async fn run(journal: Arc<dyn SessionJournal>, mut rx: mpsc::UnboundedReceiver<B
 async fn write(journal: &dyn SessionJournal, writes: &[Write]) -> bool {
     let started = std::time::Instant::now();
     for attempt in 1..=TRIES {
-        match journal.write(writes).await {
+        let result = tokio::time::timeout(TRY_TIMEOUT, journal.write(writes))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {TRY_TIMEOUT:?}")));
+        match result {
             Ok(()) => {
                 metrics::histogram!(m::JOURNAL_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
                 metrics::counter!(m::JOURNAL_WRITES).increment(writes.len() as u64);

@@ -7,6 +7,7 @@ mod backends;
 mod boundaries;
 mod cluster;
 mod delivery;
+mod faults;
 mod flow;
 mod fuzz;
 mod identity;

@@ -1,0 +1,96 @@
+//! The session journal's backend going away (Redis cut off through a proxy): the edge never
+//! acknowledges a QoS 1 PUBLISH whose changes it could not write (v5 PUBACK 0x80, v3 no PUBACK),
+//! keeps QoS 0 and its connections going, says it is not ready, and comes back on its own.
+
+use std::time::Duration;
+
+use hermes_tests::*;
+use sdk::mqtt::{Client, Connect, Packet, SubscribeTopic, Version};
+
+fn persistent(id: &str) -> Connect {
+    Connect {
+        client_id: id.into(),
+        clean_start: false,
+        keep_alive: 60,
+        session_expiry: Some(3600),
+        ..Connect::default()
+    }
+}
+
+async fn publish_code(c: &mut Client, topic: &str, body: &str) -> Option<u8> {
+    c.publish(topic, body.as_bytes(), 1, false, Duration::from_secs(15)).await.expect("an answer")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_its_journal_an_edge_acknowledges_nothing_it_could_not_store_and_recovers() {
+    let redis = servers::redis();
+    let proxy = proxy::Proxy::start(redis.addr).await;
+    let url = format!("redis://{}/0", proxy.addr);
+    let edge = TestEdge::start_with(|c| c.state.redis_url = url).await;
+    let ready = edge.edge().readiness();
+
+    // A persistent session away from its client: what is published to it must be stored.
+    let (mut keeper, _) = edge.connect(Version::V5, persistent("keeper")).await;
+    let codes = keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback");
+    assert_eq!(codes, [1]);
+    keeper.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None }).await.expect("bye");
+    drop(keeper);
+    let mut live = edge.client(Version::V5, "live").await;
+    assert_eq!(live.subscribe(vec![SubscribeTopic::new("f/#", 0)], WAIT).await.expect("suback"), [0]);
+    let mut publisher = edge.client(Version::V5, "publisher").await;
+    assert_eq!(publish_code(&mut publisher, "f/1", "stored").await, Some(0));
+    assert!(ready().is_ok());
+
+    proxy.cut();
+    assert_eq!(publish_code(&mut publisher, "f/1", "not stored").await, Some(0x80), "no promise it cannot keep");
+    assert!(ready().is_err(), "not ready while the journal cannot be written");
+    // QoS 0 and the connections go on.
+    publisher.publish("f/1", b"qos0", 0, false, WAIT).await.expect("QoS 0");
+    let mut bodies = Vec::new();
+    while bodies.len() < 3 {
+        let p = expect_publish(&mut live).await;
+        bodies.push(String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    assert_eq!(bodies, ["stored", "not stored", "qos0"], "local delivery never stopped");
+    // A v3 publisher gets no PUBACK: its connection closes, so it publishes again later.
+    let mut v3 = edge.client(Version::V311, "v3-publisher").await;
+    v3.send(&Packet::Publish(sdk::mqtt::Publish {
+        topic: "f/1".into(),
+        payload: bytes::Bytes::from_static(b"v3"),
+        qos: 1,
+        packet_id: Some(1),
+        ..Default::default()
+    }))
+    .await
+    .expect("publish");
+    loop {
+        match v3.recv(Duration::from_secs(10)).await {
+            Ok(Packet::PubAck { .. }) => panic!("a PUBACK for a v3 publish that was not stored"),
+            Ok(_) => {}
+            Err(e) => {
+                assert!(!matches!(e, sdk::mqtt::RecvError::Timeout), "closed instead of acknowledged");
+                break;
+            }
+        }
+    }
+
+    proxy.restore();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ready().is_err() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready().is_ok(), "ready again once the journal is back, without a restart");
+    assert_eq!(publish_code(&mut publisher, "f/1", "stored again").await, Some(0));
+
+    let (mut keeper, present) = edge.connect(Version::V5, persistent("keeper")).await;
+    assert!(present);
+    let mut got = Vec::new();
+    while let Ok(Packet::Publish(p)) = keeper.recv(Duration::from_secs(2)).await {
+        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+        ack(&mut keeper, &p).await;
+    }
+    for must in ["stored", "stored again"] {
+        assert!(got.iter().any(|b| b == must), "{must} reached the session: {got:?}");
+    }
+    edge.stop().await;
+}
