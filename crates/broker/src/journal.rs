@@ -1,5 +1,5 @@
-//! Where persistent sessions are written so they outlive the edge holding them: the session
-//! journal (design §5). Redis in a cluster (`redis_state::RedisJournal`), an embedded database
+//! Where persistent sessions and retained messages are written so they outlive the edge
+//! holding them: the session journal (design §5). Redis in a cluster (`redis_state::RedisJournal`), an embedded database
 //! in the data directory for `hermes up` (`embedded_state::SqliteJournal`), memory in tests;
 //! all pass [`contract::check`].
 //!
@@ -29,18 +29,8 @@ pub enum Write {
     Done { session: Arc<str>, entry: u64 },
     /// The session ended: forget its record and its messages.
     Ended { session: Arc<str> },
-}
-
-impl Write {
-    /// The session the write is about.
-    pub fn session(&self) -> &Arc<str> {
-        match self {
-            Write::Record { session, .. }
-            | Write::Message { session, .. }
-            | Write::Done { session, .. }
-            | Write::Ended { session } => session,
-        }
-    }
+    /// The retained message of `topic` (encoded by the edge), or none (cleared).
+    Retained { topic: Arc<str>, body: Option<Vec<u8>> },
 }
 
 /// A session as the journal holds it.
@@ -51,18 +41,24 @@ pub struct Stored {
     pub messages: Vec<(u64, Vec<u8>)>,
 }
 
+/// Retained messages by topic, as the journal holds them.
+pub type Retained = Vec<(String, Vec<u8>)>;
+
 /// Persistent sessions by session key ([`crate::store::session_key`]).
 pub trait SessionJournal: Send + Sync + std::fmt::Debug {
     /// Applies `writes` in order; `Ok` once all of them are durable.
     fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>>;
     /// The session as written, `None` if it has no record (never written, ended or expired).
     fn load<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Stored>, String>>;
+    /// Every retained message, by topic (in no particular order).
+    fn load_retained(&self) -> BoxFuture<'_, Result<Retained, String>>;
 }
 
 /// Sessions kept in this process: for tests, and nodes sharing one process.
 #[derive(Debug, Default)]
 pub struct MemoryJournal {
     sessions: Mutex<HashMap<Arc<str>, Kept>>,
+    retained: Mutex<HashMap<Arc<str>, Vec<u8>>>,
 }
 
 #[derive(Debug, Default)]
@@ -97,6 +93,13 @@ impl MemoryJournal {
                 Write::Ended { session } => {
                     sessions.remove(session);
                 }
+                Write::Retained { topic, body } => {
+                    let mut retained = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+                    match body {
+                        Some(b) => retained.insert(topic.clone(), b.clone()),
+                        None => retained.remove(topic),
+                    };
+                }
             }
         }
     }
@@ -116,6 +119,12 @@ impl SessionJournal for MemoryJournal {
             Some(Stored { record, messages: k.messages.iter().map(|(e, b)| (*e, b.clone())).collect() })
         });
         Box::pin(std::future::ready(Ok(stored)))
+    }
+
+    fn load_retained(&self) -> BoxFuture<'_, Result<Retained, String>> {
+        let retained = self.retained.lock().unwrap_or_else(|e| e.into_inner());
+        let all = retained.iter().map(|(t, b)| (t.to_string(), b.clone())).collect();
+        Box::pin(std::future::ready(Ok(all)))
     }
 }
 
@@ -201,6 +210,33 @@ pub mod contract {
         assert_eq!(load(j, &parked).await, None, "messages without a record are no session");
         j.write(&[record(&parked, b"p2", None)]).await.expect("write");
         assert_eq!(load(j, &parked).await, stored(b"p2", &[]), "and were never kept");
+
+        // Retained messages: set, replaced, cleared, topics of any bytes; in the same batches
+        // as session writes. Other runs may share the journal: only this run's topics count.
+        let topic = |t: &str| -> Arc<str> { format!("{prefix}/{t}").into() };
+        let retain = |t: &str, body: Option<&[u8]>| Write::Retained { topic: topic(t), body: body.map(<[u8]>::to_vec) };
+        let batch = [
+            retain("a", Some(b"1")),
+            retain("a", Some(b"2")),
+            retain("b", Some(b"")),
+            retain("c", Some(b"gone")),
+            record(&s, b"r4", None),
+            retain("c", None),
+            retain("d/{x} *>.", Some(b"odd")),
+            retain("never", None),
+        ];
+        j.write(&batch).await.expect("write");
+        let mut mine: Vec<(String, Vec<u8>)> = j
+            .load_retained()
+            .await
+            .expect("load retained")
+            .into_iter()
+            .filter(|(t, _)| t.starts_with(&format!("{prefix}/")))
+            .collect();
+        mine.sort();
+        let want = [(topic("a"), &b"2"[..]), (topic("b"), b""), (topic("d/{x} *>."), b"odd")];
+        let want: Vec<(String, Vec<u8>)> = want.iter().map(|(t, b)| (t.to_string(), b.to_vec())).collect();
+        assert_eq!(mine, want);
     }
 
     /// Sleeps without depending on a runtime (the broker crate has none): a thread wakes the

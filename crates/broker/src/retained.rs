@@ -30,6 +30,10 @@ impl<M: Deliverable + Clone> RetainedStore<M> {
         self.by_topic.is_empty()
     }
 
+    pub fn contains(&self, topic: &str) -> bool {
+        self.by_topic.contains_key(topic)
+    }
+
     /// Sets the retained message of `topic`, or clears it with `None` (an empty payload).
     pub fn set(&mut self, topic: &str, msg: Option<M>) {
         match msg {

@@ -26,12 +26,13 @@ pub struct SqliteJournal {
     pool: SqlitePool,
 }
 
-const SCHEMA: [&str; 3] = [
+const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at_ms INTEGER)",
     "CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at_ms)",
     // `entry` is the u64 bit-cast to i64 (SQLite integers are signed): `load` orders them.
     "CREATE TABLE IF NOT EXISTS session_messages (session TEXT NOT NULL, entry INTEGER NOT NULL, body BLOB NOT NULL, \
      PRIMARY KEY (session, entry)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID",
 ];
 
 impl SqliteJournal {
@@ -70,7 +71,13 @@ impl SqliteJournal {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
         sweep(&mut tx, now).await?;
         for w in writes {
-            let session: &str = w.session();
+            let session: &str = match w {
+                Write::Record { session, .. }
+                | Write::Message { session, .. }
+                | Write::Done { session, .. }
+                | Write::Ended { session } => session,
+                Write::Retained { topic, .. } => topic,
+            };
             let query = match w {
                 Write::Record { record, ttl_secs, .. } => sqlx::query(
                     "INSERT INTO sessions (session, record, expires_at_ms) VALUES (?1, ?2, ?3) \
@@ -96,6 +103,12 @@ impl SqliteJournal {
                     sqlx::query("DELETE FROM session_messages WHERE session = ?1").bind(session).execute(&mut *tx).await.map_err(db)?;
                     sqlx::query("DELETE FROM sessions WHERE session = ?1").bind(session)
                 }
+                Write::Retained { body: Some(body), .. } => sqlx::query(
+                    "INSERT INTO retained (topic, body) VALUES (?1, ?2) ON CONFLICT (topic) DO UPDATE SET body = excluded.body",
+                )
+                .bind(session)
+                .bind(body.as_slice()),
+                Write::Retained { body: None, .. } => sqlx::query("DELETE FROM retained WHERE topic = ?1").bind(session),
             };
             query.execute(&mut *tx).await.map_err(db)?;
         }
@@ -142,6 +155,16 @@ impl SessionJournal for SqliteJournal {
 
     fn load<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Stored>, String>> {
         Box::pin(async move { self.read(session).await.map_err(|e| format!("loading session {session:?}: {e}")) })
+    }
+
+    fn load_retained(&self) -> BoxFuture<'_, Result<broker::journal::Retained, String>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT topic, body FROM retained")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| format!("loading retained messages: {e}"))?;
+            Ok(rows.into_iter().map(|row| (row.get(0), row.get(1))).collect())
+        })
     }
 }
 

@@ -988,9 +988,10 @@ async fn login_takes_several_edges_and_the_client_verbs_use_one_that_answers() {
     let _ = child.wait();
 }
 
-/// `hermes up` keeps persistent sessions in its data directory: killed with -9 and started
-/// again, it delivers every message it acknowledged to a publisher, in order, to a subscriber
-/// that was connected with messages in flight and more queued behind them.
+/// `hermes up` keeps persistent sessions and retained messages in its data directory: killed
+/// with -9 and started again, it delivers every message it acknowledged to a publisher, in
+/// order, to a subscriber that was connected with messages in flight and more queued behind
+/// them, and still has the retained message.
 #[tokio::test(flavor = "multi_thread")]
 async fn up_loses_no_acknowledged_message_to_a_kill_minus_9() {
     let data = temp_dir("journal").join("data");
@@ -1011,6 +1012,8 @@ async fn up_loses_no_acknowledged_message_to_a_kill_minus_9() {
     let mut publisher = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
     let hello = Connect { client_id: "writer".into(), clean_start: true, keep_alive: 60, ..Connect::default() };
     assert!(matches!(publisher.handshake(hello, wait).await, Ok(Packet::ConnAck { code: 0, .. })));
+    let code = publisher.publish("retained/news", b"still retained", 1, true, wait).await.expect("puback");
+    assert_eq!(code, Some(0x10), "kept, though nobody subscribes yet");
     for n in 1..=100 {
         let code = publisher.publish("kept/a", format!("m{n}").as_bytes(), 1, false, wait).await.expect("puback");
         assert_eq!(code, Some(0), "m{n} acknowledged");
@@ -1044,6 +1047,14 @@ async fn up_loses_no_acknowledged_message_to_a_kill_minus_9() {
     }
     let want: Vec<String> = (11..=100).map(|n| format!("m{n}")).collect();
     assert_eq!(got, want, "every acknowledged message, in order, none twice");
+    let mut reader = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+    let hello = Connect { client_id: "reader".into(), clean_start: true, keep_alive: 60, ..Connect::default() };
+    assert!(matches!(reader.handshake(hello, wait).await, Ok(Packet::ConnAck { code: 0, .. })));
+    reader.subscribe(vec![sdk::mqtt::SubscribeTopic::new("retained/#", 1)], wait).await.expect("suback");
+    match reader.recv(wait).await {
+        Ok(Packet::Publish(p)) => assert_eq!((&p.payload[..], p.retain), (&b"still retained"[..], true)),
+        other => panic!("the retained message survived the kill: {other:?}"),
+    }
     sigterm(&up.child);
     let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
 }

@@ -58,7 +58,13 @@ impl SessionJournal for RedisJournal {
             let mut pipe = redis::pipe();
             pipe.atomic();
             for w in writes {
-                let key = wire::keys::session_journal(w.session());
+                let key = match w {
+                    Write::Retained { .. } => wire::keys::RETAINED.to_owned(),
+                    Write::Record { session, .. }
+                    | Write::Message { session, .. }
+                    | Write::Done { session, .. }
+                    | Write::Ended { session } => wire::keys::session_journal(session),
+                };
                 match w {
                     Write::Record { record, ttl_secs, .. } => {
                         pipe.cmd("HSET").arg(&key).arg(RECORD).arg(record.as_slice()).ignore();
@@ -81,6 +87,12 @@ impl SessionJournal for RedisJournal {
                     }
                     Write::Ended { .. } => {
                         pipe.cmd("DEL").arg(&key).ignore();
+                    }
+                    Write::Retained { topic, body: Some(body) } => {
+                        pipe.cmd("HSET").arg(&key).arg(&**topic).arg(body.as_slice()).ignore();
+                    }
+                    Write::Retained { topic, body: None } => {
+                        pipe.cmd("HDEL").arg(&key).arg(&**topic).ignore();
                     }
                 }
             }
@@ -111,6 +123,17 @@ impl SessionJournal for RedisJournal {
             }
             messages.sort_unstable_by_key(|(entry, _)| *entry);
             Ok(record.map(|record| Stored { record, messages }))
+        })
+    }
+
+    fn load_retained(&self) -> BoxFuture<'_, Result<broker::journal::Retained, String>> {
+        Box::pin(async move {
+            let fields: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+                .arg(wire::keys::RETAINED)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| format!("loading {}: {e}", wire::keys::RETAINED))?;
+            Ok(fields)
         })
     }
 }

@@ -38,3 +38,34 @@ pub fn session_owner(session: &str) -> String {
 pub fn session_journal(session: &str) -> String {
     format!("hermes:session:{{{session}}}:journal")
 }
+
+/// The retained messages of every topic (`redis_state::RedisJournal`): one hash, field = the
+/// topic, value = the message as the edge encodes it (`RoutedMessage`).
+pub const RETAINED: &str = "hermes:retained";
+
+// Login limits (`redis_state::RedisLoginGuard`). Every login key has the hash tag `{login}`: one
+// script reads and changes an address's keys and an account's at once, so on Redis Cluster they
+// must share a slot (login traffic is small). The address or account is the key's last part, so
+// an IPv6 address's `:` (or any byte of an account) cannot make two keys meet.
+
+/// String: attempts from address `ip` in its current window; the key's TTL is what is left of
+/// the window.
+pub fn login_address(ip: std::net::IpAddr) -> String {
+    format!("hermes:{{login}}:ip:{ip}")
+}
+
+/// String: attempts on `account` (`enterprise/username`) in its current window; the key's TTL is
+/// what is left of the window.
+pub fn login_account(account: &str) -> String {
+    format!("hermes:{{login}}:account:{account}")
+}
+
+/// String: consecutive failed passwords of `account`, forgotten a while after the last one.
+pub fn login_failures(account: &str) -> String {
+    format!("hermes:{{login}}:failures:{account}")
+}
+
+/// String: present while `account` is locked; its TTL is what is left of the lockout.
+pub fn login_lockout(account: &str) -> String {
+    format!("hermes:{{login}}:locked:{account}")
+}

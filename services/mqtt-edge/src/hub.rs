@@ -20,7 +20,7 @@ use crate::auth::Identity;
 use crate::authz::Authorizer;
 use crate::cluster::ClusterLink;
 use crate::config::LimitsConfig;
-use crate::journal::{Durable, JournalWriter};
+use crate::journal::{self, Durable, JournalWriter};
 pub use crate::link::Delivery;
 use crate::link::{self, ConnInbox, ConnLink, Refused, Room};
 use crate::message::SharedMessage;
@@ -216,18 +216,27 @@ impl Hub {
         if from.is_some() {
             self.counters.messages_received.fetch_add(1, Ordering::Relaxed);
         }
-        self.route(msg, from, now_ms)
+        self.route(msg, from, true, now_ms)
     }
 
     /// Routes a message another edge sent.
     pub fn publish_remote(&self, msg: SharedMessage, now_ms: u64) -> Routed {
-        self.route(msg, None, now_ms)
+        self.route(msg, None, false, now_ms)
     }
 
-    fn route(&self, msg: SharedMessage, from: Option<&str>, now_ms: u64) -> Routed {
+    /// Retained messages from the journal, before the first client comes.
+    pub fn restore_retained(&self, messages: Vec<SharedMessage>) {
+        self.lock().router.restore_retained(messages);
+    }
+
+    fn route(&self, msg: SharedMessage, from: Option<&str>, local: bool, now_ms: u64) -> Routed {
         let mut st = self.lock();
         let mut fx = Effects::new();
-        let sessions = st.router.publish(msg, from, now_ms, &mut fx);
+        let sessions = if local {
+            st.router.publish(msg, from, now_ms, &mut fx)
+        } else {
+            st.router.publish_remote(msg, now_ms, &mut fx)
+        };
         let mut pressure = Vec::new();
         let durable = self.apply(&mut st, fx, Some(&mut pressure));
         Routed { sessions, pressure, durable }
@@ -282,7 +291,12 @@ impl Hub {
             match effect {
                 Effect::Persist { session, persist } => {
                     if self.journal.get().is_some() {
-                        journal.push((session, persist));
+                        journal.push(journal::Item::Session(session, persist));
+                    }
+                }
+                Effect::Retain { topic, message } => {
+                    if self.journal.get().is_some() {
+                        journal.push(journal::Item::Retained(topic, message));
                     }
                 }
                 Effect::Deliver(link, d) => {

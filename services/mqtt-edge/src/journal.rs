@@ -23,6 +23,7 @@ use broker::session::{Change, SessionSnapshot};
 use crate::message::SharedMessage;
 use crate::metrics as m;
 use crate::stored;
+use wire::pb;
 
 /// Batches taken into one write at most.
 const MAX_BATCHES: usize = 1024;
@@ -34,8 +35,12 @@ const TRY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an unhealthy journal is tried while nothing needs writing.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What the router decided about one session, for the journal.
-pub type Item = (Arc<str>, Persist<SharedMessage>);
+/// What the router decided for the journal: about one session, or a retained message.
+#[derive(Debug)]
+pub enum Item {
+    Session(Arc<str>, Persist<SharedMessage>),
+    Retained(Arc<str>, Option<SharedMessage>),
+}
 
 struct Batch {
     items: Vec<Item>,
@@ -97,6 +102,19 @@ impl JournalWriter {
     /// The last write succeeded.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// The retained messages the journal holds; unreadable ones are skipped (and logged).
+    pub async fn load_retained(&self) -> Result<Vec<SharedMessage>, String> {
+        let all = self.journal.load_retained().await?;
+        let mut messages = Vec::with_capacity(all.len());
+        for (topic, body) in all {
+            match pb::RoutedMessage::decode(&body[..]).ok().and_then(crate::cluster::decode_message) {
+                Some(m) => messages.push(Arc::new(m)),
+                None => tracing::warn!(topic, "the journal holds a retained message this edge cannot read"),
+            }
+        }
+        Ok(messages)
     }
 
     /// The session the journal holds under `session`, with its expiry.
@@ -176,7 +194,14 @@ fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
     let mut out: Vec<Option<Item>> = Vec::new();
     // (session, entry) → the positions of a message that arrived within these items.
     let mut fresh: HashMap<(Arc<str>, u64), Vec<usize>> = HashMap::new();
-    for (session, persist) in items {
+    for item in items {
+        let (session, persist) = match item {
+            Item::Session(session, persist) => (session, persist),
+            retained @ Item::Retained(..) => {
+                out.push(Some(retained));
+                continue;
+            }
+        };
         match &persist {
             Persist::Change(Change::Kept { out: o, first, .. }) => {
                 let key = (session.clone(), o.entry);
@@ -197,7 +222,7 @@ fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
             Persist::Ended => fresh.retain(|(s, _), _| *s != session),
             Persist::Record { .. } => {}
         }
-        out.push(Some((session, persist)));
+        out.push(Some(Item::Session(session, persist)));
     }
     out.into_iter().flatten().collect()
 }
@@ -205,19 +230,24 @@ fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
 fn encode(items: Vec<Item>) -> Vec<Write> {
     items
         .into_iter()
-        .map(|(session, persist)| match persist {
-            Persist::Record { subscriptions, expiry_secs, parked } => Write::Record {
-                session,
-                record: stored::journal_record(subscriptions, expiry_secs),
-                // A minute more than the router's own expiry: the router decides when it ends.
-                ttl_secs: (parked && expiry_secs != u32::MAX).then_some(expiry_secs.saturating_add(60)),
-            },
-            Persist::Change(Change::Kept { out, released, .. }) => {
-                let body = stored::stored_message(&out, released).encode_to_vec();
-                Write::Message { session, entry: out.entry, body }
+        .map(|item| match item {
+            Item::Retained(topic, message) => {
+                Write::Retained { topic, body: message.map(|m| crate::cluster::encode_message(&m).encode_to_vec()) }
             }
-            Persist::Change(Change::Done(entry)) => Write::Done { session, entry },
-            Persist::Ended => Write::Ended { session },
+            Item::Session(session, persist) => match persist {
+                Persist::Record { subscriptions, expiry_secs, parked } => Write::Record {
+                    session,
+                    record: stored::journal_record(subscriptions, expiry_secs),
+                    // A minute more than the router's own expiry: the router decides when it ends.
+                    ttl_secs: (parked && expiry_secs != u32::MAX).then_some(expiry_secs.saturating_add(60)),
+                },
+                Persist::Change(Change::Kept { out, released, .. }) => {
+                    let body = stored::stored_message(&out, released).encode_to_vec();
+                    Write::Message { session, entry: out.entry, body }
+                }
+                Persist::Change(Change::Done(entry)) => Write::Done { session, entry },
+                Persist::Ended => Write::Ended { session },
+            },
         })
         .collect()
 }
@@ -233,16 +263,20 @@ mod tests {
         let msg = Arc::new(Message::new("t".into(), ntex_bytes::Bytes::from_static(b"x"), QoS::AtLeastOnce, false));
         let mut out = Outgoing::new(msg, QoS::AtLeastOnce, false, vec![]);
         out.entry = entry;
-        (session.clone(), Persist::Change(Change::Kept { out, released: false, first }))
+        Item::Session(session.clone(), Persist::Change(Change::Kept { out, released: false, first }))
     }
 
     fn done(session: &Arc<str>, entry: u64) -> Item {
-        (session.clone(), Persist::Change(Change::Done(entry)))
+        Item::Session(session.clone(), Persist::Change(Change::Done(entry)))
     }
 
     fn shape(items: &[Item]) -> Vec<(String, u64, &'static str)> {
         items
             .iter()
+            .map(|item| match item {
+                Item::Session(s, p) => (s, p),
+                Item::Retained(..) => panic!("no retained messages here"),
+            })
             .map(|(s, p)| match p {
                 Persist::Change(Change::Kept { out, .. }) => (s.to_string(), out.entry, "kept"),
                 Persist::Change(Change::Done(e)) => (s.to_string(), *e, "done"),
@@ -262,7 +296,7 @@ mod tests {
             kept(&a, 2, false),
             done(&a, 1),
             done(&a, 2),
-            (b.clone(), Persist::Ended),
+            Item::Session(b.clone(), Persist::Ended),
             done(&b, 1),
         ];
         let left = coalesce(items.into_iter());
@@ -287,7 +321,7 @@ mod tests {
         let writer = JournalWriter::start(journal.clone());
         let s: Arc<str> = "s".into();
         let record = Persist::Record { subscriptions: vec![], expiry_secs: 60, parked: false };
-        let first = writer.submit(vec![(s.clone(), record), kept(&s, 1, true), kept(&s, 2, true)]);
+        let first = writer.submit(vec![Item::Session(s.clone(), record), kept(&s, 1, true), kept(&s, 2, true)]);
         let second = writer.submit(vec![done(&s, 1)]);
         assert!(first.wait().await && second.wait().await);
         let (snap, expiry) = writer.load("s").await.expect("loads").expect("a session");

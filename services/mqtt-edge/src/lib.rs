@@ -117,6 +117,12 @@ impl EdgeBuilder {
             hub.attach_cluster(cluster::start(hub.clone(), bus, owners, node.clone(), stall).await?);
             tracing::info!(node = %node.id, "routing to and from other edges on the bus");
         }
+        if let Some(writer) = hub.journal() {
+            // Retained messages published before this edge started (here or on another edge)
+            // are served from its start; newer ones already came over the bus.
+            let retained = writer.load_retained().await.map_err(|e| format!("session journal: {e}"))?;
+            hub.restore_retained(retained);
+        }
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
         let throttle = throttle::AuthThrottle::default();
         let shared =

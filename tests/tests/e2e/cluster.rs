@@ -349,3 +349,31 @@ async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_routes_again_when_i
     a.stop().await;
     b.stop().await;
 }
+
+/// Retained messages outlive the edge they were published on: an edge that starts later (or
+/// after every edge restarted) serves them from the journal in Redis, and a clear is kept too.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_that_starts_later_serves_the_retained_messages_published_before() {
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let (url, redis_url) = (nats.nats_url(), redis.redis_url());
+    let bus = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn Bus> };
+    let node = |id: &'static str| {
+        let redis_url = redis_url.clone();
+        move |c: &mut mqtt_edge::EdgeConfig| {
+            c.bus.node_id = id.into();
+            c.state.redis_url = redis_url;
+        }
+    };
+    let a = TestEdge::start_clustered(bus().await, None, node("a")).await;
+    let mut publisher = a.client(Version::V5, "publisher").await;
+    for (topic, body) in [("r/kept", "still here"), ("r/cleared", "soon gone"), ("r/cleared", "")] {
+        let code = publisher.publish(topic, body.as_bytes(), 1, true, WAIT).await.expect("puback");
+        assert_eq!(code, Some(0x10), "kept, though nobody subscribes yet");
+    }
+    a.stop().await;
+    let later = TestEdge::start_clustered(bus().await, None, node("later")).await;
+    let mut c = subscribed(&later, "reader", &["r/#"]).await;
+    assert_eq!(received(&mut c).await, ("r/kept".to_owned(), "still here".to_owned()));
+    expect_nothing(&mut c).await;
+    later.stop().await;
+}

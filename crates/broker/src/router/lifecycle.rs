@@ -269,7 +269,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// Routes a message of the router's own here, and says so for other edges.
     fn originate(&mut self, msg: M, now_ms: u64, fx: &mut Effects<M, O>) {
         fx.push(Effect::Originated(msg.clone()));
-        self.route(msg, None, now_ms, fx);
+        self.route(msg, None, true, now_ms, fx);
     }
 
     /// Forgets a session that ends: its subscriptions leave the tries.

@@ -116,6 +116,10 @@ pub enum Effect<M, O> {
     /// What the journal must keep of a session that outlives its connection (expiry > 0), in
     /// order; written before the PUBLISH that caused it is acknowledged.
     Persist { session: Arc<str>, persist: Persist<M> },
+    /// A message published here set (or, `None`, cleared) the retained message of `topic`: the
+    /// journal keeps it for nodes that start later. (Other edges' retained messages are theirs
+    /// to keep.)
+    Retain { topic: Arc<str>, message: Option<M> },
 }
 
 /// A change to a session in the journal (`crate::journal`).
@@ -321,14 +325,33 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// Returns how many sessions it was handed to.
     pub fn publish(&mut self, msg: M, from: Option<&str>, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
         let publisher = from.and_then(|s| self.live.get(s)).map(|l| l.key);
-        self.route(msg, publisher, now_ms, fx)
+        self.route(msg, publisher, true, now_ms, fx)
     }
 
-    /// Keeps or clears the retained message, then hands `msg` to every matching session:
-    /// live ones through their connection, parked ones into their queue.
-    fn route(&mut self, msg: M, publisher: Option<u64>, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
+    /// Routes a message another node published (and keeps in its journal, if retained).
+    pub fn publish_remote(&mut self, msg: M, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
+        self.route(msg, None, false, now_ms, fx)
+    }
+
+    /// Retained messages a node kept (its journal), as they were before this one started;
+    /// nothing is routed, and a topic that already has one here keeps it (it is newer).
+    pub fn restore_retained(&mut self, messages: impl IntoIterator<Item = M>) {
+        for msg in messages {
+            if !self.retained.contains(msg.topic()) {
+                self.retained.set(msg.topic(), Some(msg.clone()));
+            }
+        }
+    }
+
+    /// Keeps or clears the retained message (saying so for the journal if the message was
+    /// published here, `local`), then hands `msg` to every matching session: live ones through
+    /// their connection, parked ones into their queue.
+    fn route(&mut self, msg: M, publisher: Option<u64>, local: bool, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
         if msg.retain() {
             let keep = (!msg.clears_retained()).then(|| msg.clone());
+            if local {
+                fx.push(Effect::Retain { topic: msg.topic().into(), message: keep.clone() });
+            }
             self.retained.set(msg.topic(), keep);
         }
         if msg.expired(now_ms) {

@@ -633,3 +633,42 @@ fn a_session_that_outlives_its_connection_is_journaled_change_by_change() {
         .collect();
     assert_eq!(carol, ["carol", "carol"], "an end at connect and one at disconnect, nothing else: {fx:?}");
 }
+
+#[test]
+fn retained_messages_published_here_are_journaled_those_of_other_nodes_are_not() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let mut retained = msg("r/1", "kept", 1);
+    retained.retain = true;
+    r.publish(retained.clone(), None, 0, &mut fx);
+    let mut cleared = msg("r/2", "", 1);
+    cleared.retain = true;
+    r.publish(cleared, None, 0, &mut fx);
+    let journaled: Vec<(String, Option<String>)> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Retain { topic, message } => Some((topic.to_string(), message.as_ref().map(|m| m.body.clone()))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(journaled, [("r/1".to_owned(), Some("kept".to_owned())), ("r/2".to_owned(), None)]);
+    fx.clear();
+    let mut remote = msg("r/3", "theirs", 1);
+    remote.retain = true;
+    r.publish_remote(remote, 0, &mut fx);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Retain { .. })), "the publishing node keeps it");
+    r.restore_retained([msg("r/4", "from the journal", 1), msg("r/1", "older", 1)]);
+    assert_eq!(r.counts().retained, 3, "r/1, r/3, r/4");
+    let mut fx = Fx::new();
+    let (_, _) = connect(&mut r, request("u", "c", true, 0), &mut fx);
+    fx.clear();
+    r.subscribe(&key("u", "c"), "r/1", SubOptions::default(), 0, &mut fx).expect("sub");
+    let bodies: Vec<&str> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Deliver(_, d) => Some(d.msg.body.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies, ["kept"], "a newer message is not replaced by the journal's");
+}
