@@ -10,6 +10,7 @@ pub mod acl;
 pub mod alias;
 pub mod dedupe;
 pub mod journal;
+pub mod login;
 pub mod owners;
 pub mod presence;
 pub mod relations;

@@ -2,7 +2,8 @@
 //! per user, a set of whom they follow and a set of who follows them (keys from `wire::keys`),
 //! changed together in one MULTI. [`RedisAccess`]: enterprises' ACL tables and token
 //! revocations. [`RedisOwners`]: which edge holds each session. [`RedisJournal`]: persistent
-//! sessions. [`StateDirectories`]: all of them, over one connection.
+//! sessions. [`RedisLoginGuard`]: the accounts tier's login limits, shared by its instances.
+//! [`StateDirectories`]: all of them, over one connection.
 
 use std::sync::Arc;
 
@@ -12,7 +13,9 @@ use prost::Message as _;
 use redis::aio::ConnectionManager;
 
 pub mod journal;
+pub mod login;
 pub use journal::RedisJournal;
+pub use login::RedisLoginGuard;
 
 /// What edges read from outside the accounts database: relations at CONNECT, enterprises' ACL
 /// tables and revocations at start. The accounts tier writes both.
@@ -25,6 +28,8 @@ pub struct StateDirectories {
     /// Where persistent sessions are written (on a connection of its own, so session writes
     /// never wait behind the others).
     pub journal: Arc<dyn broker::journal::SessionJournal>,
+    /// The connection the directories share, for [`StateDirectories::login_guard`].
+    conn: ConnectionManager,
 }
 
 impl StateDirectories {
@@ -39,9 +44,15 @@ impl StateDirectories {
         Ok(Some(StateDirectories {
             relations: Arc::new(RedisRelations::new(conn.clone())),
             access: Arc::new(RedisAccess::new(conn.clone())),
-            owners: Arc::new(RedisOwners::new(conn)),
+            owners: Arc::new(RedisOwners::new(conn.clone())),
             journal: Arc::new(RedisJournal::new(journal)),
+            conn,
         }))
+    }
+
+    /// The accounts tier's login limits on the same Redis, over the same connection.
+    pub fn login_guard(&self, limits: broker::login::LoginLimits) -> RedisLoginGuard {
+        RedisLoginGuard::new(self.conn.clone(), limits)
     }
 }
 

@@ -125,8 +125,9 @@ impl AccountsConfig {
 
     pub fn login_limits(&self) -> crate::limiter::LoginLimits {
         crate::limiter::LoginLimits {
-            attempts_per_ip_per_minute: self.login_attempts_per_ip_per_minute,
-            attempts_per_account_per_minute: self.login_attempts_per_account_per_minute,
+            attempts_per_ip: self.login_attempts_per_ip_per_minute,
+            attempts_per_account: self.login_attempts_per_account_per_minute,
+            window: std::time::Duration::from_secs(60),
             failures_before_lockout: self.login_failures_before_lockout,
             lockout: std::time::Duration::from_secs(self.lockout_secs),
         }

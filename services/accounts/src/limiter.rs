@@ -1,63 +1,26 @@
-//! Brute-force protection for password logins, sans IO (the caller passes the time): attempts
-//! per client address and per account in fixed one-minute windows, and a temporary lockout of an
-//! account after consecutive failures. A success clears the account's failures.
+//! Brute-force protection for password logins ([`broker::login`]) in this process:
+//! [`LoginLimiter`], sans IO (the caller passes the time), counts attempts per client address
+//! and per account in fixed windows (a minute) and locks an account for a while after
+//! consecutive failures; a success clears the account's failures. [`MemoryLoginGuard`] is the
+//! [`LoginGuard`] around it, for an accounts tier that runs alone; with `state.redis_url`, the
+//! API uses `redis_state::RedisLoginGuard` instead, so that every instance enforces one limit.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoginLimits {
-    /// Login attempts one address may make per minute; 0 = unlimited.
-    pub attempts_per_ip_per_minute: u32,
-    /// Login attempts on one account per minute, from anywhere; 0 = unlimited.
-    pub attempts_per_account_per_minute: u32,
-    /// Consecutive failed passwords that lock an account; 0 = never.
-    pub failures_before_lockout: u32,
-    pub lockout: Duration,
-}
+pub use broker::login::{LoginGuard, LoginLimits, Throttled};
+use broker::relations::BoxFuture;
 
-impl Default for LoginLimits {
-    fn default() -> Self {
-        LoginLimits {
-            attempts_per_ip_per_minute: 60,
-            attempts_per_account_per_minute: 20,
-            failures_before_lockout: 5,
-            lockout: Duration::from_secs(300),
-        }
-    }
-}
-
-/// Why an attempt is refused before the password is even checked, and for how long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Throttled {
-    /// Too many attempts from this address.
-    Address { retry_after: Duration },
-    /// Too many attempts on this account.
-    AccountRate { retry_after: Duration },
-    /// The account is locked after failed passwords.
-    Account { retry_after: Duration },
-}
-
-impl Throttled {
-    pub fn retry_after(&self) -> Duration {
-        match self {
-            Throttled::Address { retry_after }
-            | Throttled::AccountRate { retry_after }
-            | Throttled::Account { retry_after } => *retry_after,
-        }
-    }
-}
-
-const WINDOW: Duration = Duration::from_secs(60);
-
-/// Starts a new window if the current one is over; how long until it ends if `limit` is reached.
-fn full(window: &mut (Instant, u32), limit: u32, now: Instant) -> Option<Duration> {
+/// Starts a new window (of `length`) if the current one is over; how long until it ends if
+/// `limit` is reached.
+fn full(window: &mut (Instant, u32), length: Duration, limit: u32, now: Instant) -> Option<Duration> {
     let (start, count) = window;
-    if now.duration_since(*start) >= WINDOW {
+    if now.duration_since(*start) >= length {
         (*start, *count) = (now, 0);
     }
-    (limit > 0 && *count >= limit).then(|| WINDOW - now.duration_since(*start))
+    (limit > 0 && *count >= limit).then(|| length - now.duration_since(*start))
 }
 /// Past this many tracked entries, stale ones are swept on the next attempt.
 const SWEEP_ABOVE: usize = 10_000;
@@ -94,15 +57,15 @@ impl LoginLimiter {
         {
             return Err(Throttled::Account { retry_after: *until - now });
         }
-        let (per_ip, per_account) =
-            (self.limits.attempts_per_ip_per_minute, self.limits.attempts_per_account_per_minute);
+        let (per_ip, per_account, length) =
+            (self.limits.attempts_per_ip, self.limits.attempts_per_account, self.limits.window);
         let ip_window = self.addresses.entry(ip).or_insert((now, 0));
-        let retry_after = full(ip_window, per_ip, now).map(|r| Throttled::Address { retry_after: r });
+        let retry_after = full(ip_window, length, per_ip, now).map(|r| Throttled::Address { retry_after: r });
         if let Some(t) = retry_after {
             return Err(t);
         }
         let account_window = self.account_windows.entry(account.to_owned()).or_insert((now, 0));
-        if let Some(r) = full(account_window, per_account, now) {
+        if let Some(r) = full(account_window, length, per_account, now) {
             return Err(Throttled::AccountRate { retry_after: r });
         }
         for (window, limit) in
@@ -119,7 +82,7 @@ impl LoginLimiter {
     pub fn failed(&mut self, account: &str, now: Instant) -> bool {
         let max = self.limits.failures_before_lockout;
         let f = self.accounts.entry(account.to_owned()).or_insert(Failures { count: 0, last: now, locked_until: None });
-        let stale = now.duration_since(f.last) >= self.limits.lockout.max(WINDOW);
+        let stale = now.duration_since(f.last) >= self.limits.lockout.max(self.limits.window);
         if f.locked_until.is_some_and(|u| u <= now) || (f.locked_until.is_none() && stale) {
             (f.count, f.locked_until) = (0, None);
         }
@@ -142,16 +105,17 @@ impl LoginLimiter {
     fn sweep(&mut self, now: Instant) {
         let large = [self.addresses.len(), self.account_windows.len(), self.accounts.len()].into_iter().max()
             > Some(SWEEP_ABOVE);
-        if !large || self.last_sweep.is_some_and(|t| now.duration_since(t) < WINDOW) {
+        let window = self.limits.window;
+        if !large || self.last_sweep.is_some_and(|t| now.duration_since(t) < window) {
             return;
         }
         self.last_sweep = Some(now);
-        let memory = self.limits.lockout.max(WINDOW);
+        let memory = self.limits.lockout.max(window);
         if self.addresses.len() > SWEEP_ABOVE {
-            self.addresses.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+            self.addresses.retain(|_, (start, _)| now.duration_since(*start) < window);
         }
         if self.account_windows.len() > SWEEP_ABOVE {
-            self.account_windows.retain(|_, (start, _)| now.duration_since(*start) < WINDOW);
+            self.account_windows.retain(|_, (start, _)| now.duration_since(*start) < window);
         }
         if self.accounts.len() > SWEEP_ABOVE {
             self.accounts.retain(|_, f| f.locked_until.is_some_and(|u| u > now) || now.duration_since(f.last) < memory);
@@ -159,17 +123,52 @@ impl LoginLimiter {
     }
 }
 
+/// The [`LoginGuard`] of an accounts tier that runs alone: a [`LoginLimiter`] on the clock.
+#[derive(Debug, Default)]
+pub struct MemoryLoginGuard {
+    limiter: Mutex<LoginLimiter>,
+}
+
+impl MemoryLoginGuard {
+    pub fn new(limits: LoginLimits) -> Self {
+        MemoryLoginGuard { limiter: Mutex::new(LoginLimiter::new(limits)) }
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, LoginLimiter> {
+        self.limiter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl LoginGuard for MemoryLoginGuard {
+    fn attempt<'a>(&'a self, ip: IpAddr, account: &'a str) -> BoxFuture<'a, Result<Result<(), Throttled>, String>> {
+        let decided = self.limiter().attempt(ip, account, Instant::now());
+        Box::pin(std::future::ready(Ok(decided)))
+    }
+
+    fn failed<'a>(&'a self, account: &'a str) -> BoxFuture<'a, Result<bool, String>> {
+        let locked = self.limiter().failed(account, Instant::now());
+        Box::pin(std::future::ready(Ok(locked)))
+    }
+
+    fn succeeded<'a>(&'a self, account: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        self.limiter().succeeded(account);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const WINDOW: Duration = Duration::from_secs(60);
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     const OTHER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
     fn limiter() -> LoginLimiter {
         LoginLimiter::new(LoginLimits {
-            attempts_per_ip_per_minute: 3,
-            attempts_per_account_per_minute: 2,
+            attempts_per_ip: 3,
+            attempts_per_account: 2,
+            window: WINDOW,
             failures_before_lockout: 2,
             lockout: Duration::from_secs(30),
         })
@@ -221,8 +220,9 @@ mod tests {
     #[test]
     fn zero_limits_mean_unlimited() {
         let mut l = LoginLimiter::new(LoginLimits {
-            attempts_per_ip_per_minute: 0,
-            attempts_per_account_per_minute: 0,
+            attempts_per_ip: 0,
+            attempts_per_account: 0,
+            window: WINDOW,
             failures_before_lockout: 0,
             lockout: Duration::ZERO,
         });
@@ -231,5 +231,24 @@ mod tests {
             assert_eq!(l.attempt(IP, "a", t0), Ok(()));
             assert!(!l.failed("a", t0));
         }
+    }
+
+    #[tokio::test]
+    async fn memory_guard_meets_the_contract() {
+        let limits = LoginLimits {
+            attempts_per_ip: 4,
+            attempts_per_account: 3,
+            window: Duration::from_millis(500),
+            failures_before_lockout: 3,
+            lockout: Duration::from_millis(400),
+        };
+        broker::login::contract::check(&MemoryLoginGuard::new(limits), "t-", limits).await;
+        let unlimited = LoginLimits {
+            attempts_per_ip: 0,
+            attempts_per_account: 0,
+            failures_before_lockout: 0,
+            ..LoginLimits::default()
+        };
+        broker::login::contract::check_unlimited(&MemoryLoginGuard::new(unlimited), "t-").await;
     }
 }

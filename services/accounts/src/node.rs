@@ -129,7 +129,8 @@ pub struct ApiParts {
     pub keys: Keys,
     /// Where account events go.
     pub bus: Arc<dyn Bus>,
-    /// Where edges read relations, ACL tables and revocations; the API writes each change there.
+    /// Where edges read relations, ACL tables and revocations; the API writes each change there
+    /// and keeps its login limits there too.
     pub directories: Option<StateDirectories>,
 }
 
@@ -199,6 +200,10 @@ fn router<S: AccountStore>(store: S, cfg: &AccountsConfig, parts: ApiParts, file
     let links = crate::files::LinkSigner::new(links);
     let files = Arc::new(crate::files::DiskFiles::new(files));
     let mut state = crate::api::AccountsState::new(store, signer, cfg.clone(), admin, bus, files, links);
+    if let Some(d) = &directories {
+        // Every instance on this Redis counts the same attempts and failures.
+        state.login_guard = Arc::new(d.login_guard(cfg.login_limits()));
+    }
     state.directory = directories.as_ref().map(|d| d.relations.clone());
     state.access = directories.map(|d| d.access);
     crate::api::router(Arc::new(state))

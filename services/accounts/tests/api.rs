@@ -42,6 +42,11 @@ fn test_config() -> AccountsConfig {
 }
 
 async fn start_on<S: AccountStore>(store: S, cfg: AccountsConfig) -> Api {
+    start_with(store, cfg, |_| {}).await
+}
+
+/// Like [`start_on`], with the state changed by `tweak` before the API serves it.
+async fn start_with<S: AccountStore>(store: S, cfg: AccountsConfig, tweak: impl FnOnce(&mut AccountsState<S>)) -> Api {
     let signer = Signer::generate().expect("keys");
     let verifier = signer.verifier().clone();
     let bus = Arc::new(MemoryBus::default());
@@ -51,6 +56,7 @@ async fn start_on<S: AccountStore>(store: S, cfg: AccountsConfig) -> Api {
     let mut state = AccountsState::new(store, signer, cfg, ADMIN.into(), bus, files, links);
     let directory = Arc::new(MemoryRelations::default());
     state.directory = Some(directory.clone());
+    tweak(&mut state);
     let addr = serve(router(Arc::new(state))).await;
     Api { addr, verifier, events: tokio::sync::Mutex::new(events), directory }
 }
@@ -340,6 +346,50 @@ async fn logins_are_rate_limited_per_address_and_accounts_lock_after_failures() 
         assert!((1..=60).contains(&retry), "{retry}");
     })
     .await;
+}
+
+/// Two instances of the API on one database and one Redis, as two accounts nodes with
+/// `state.redis_url`: one limit per address, one lockout per account. Without Redis, logins
+/// fail closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_on_one_redis_share_login_limits_and_refuse_logins_without_it() {
+    let redis = hermes_tests::servers::redis();
+    let cfg = AccountsConfig {
+        login_attempts_per_ip_per_minute: 5,
+        login_failures_before_lockout: 3,
+        lockout_secs: 60,
+        ..test_config()
+    };
+    let dir = std::env::temp_dir().join(common::unique("hermes-accounts"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let store = accounts::sqlite::SqliteStore::open(&dir.join("accounts.db")).await.expect("sqlite");
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let conn = redis_state::connect(&redis.redis_url()).await.expect("redis");
+        let guard = Arc::new(redis_state::RedisLoginGuard::new(conn, cfg.login_limits()));
+        instances.push(start_with(store.clone(), cfg.clone(), |st| st.login_guard = guard).await);
+    }
+    let (a, b) = (&instances[0], &instances[1]);
+    a.seed().await;
+    for api in [a, b, a] {
+        assert_eq!(api.try_login("bob", "wrong password").await.status, 401);
+    }
+    let locked = b.try_login("bob", "correct horse").await;
+    assert_eq!((locked.status, locked.body["error"].as_str()), (429, Some("too_many_requests")), "{:?}", locked.body);
+    assert!(locked.body["message"].as_str().is_some_and(|m| m.contains("locked")), "{:?}", locked.body);
+    // Three attempts from 127.0.0.1 so far (the refusal is none): two more on either instance.
+    assert_eq!(b.try_login("alice", "correct horse").await.status, 200);
+    assert_eq!(a.try_login("carol", "correct horse").await.status, 200);
+    let body = br#"{"enterprise":"acme","username":"alice","password":"correct horse"}"#;
+    let r = b.raw("POST", "/v1/login", &[("Content-Type", "application/json")], body).await;
+    assert_eq!(r.status, 429, "the sixth attempt this minute, whichever instance takes it");
+    let retry: u64 = r.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After");
+    assert!((1..=60).contains(&retry), "{retry}");
+
+    drop(redis);
+    let r = a.try_login("alice", "correct horse").await;
+    assert_eq!((r.status, r.body["error"].as_str()), (503, Some("unavailable")), "{:?}", r.body);
+    assert!(r.body["message"].as_str().is_some_and(|m| m.contains("retry later")), "{:?}", r.body);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -45,6 +45,83 @@ async fn redis_session_journal_meets_the_contract() {
     assert!(ttl("journal:1:p/long").await > 3000, "parked for an hour");
 }
 
+/// Short windows and lockouts, so the contract sees them end.
+fn short_login_limits() -> broker::login::LoginLimits {
+    broker::login::LoginLimits {
+        attempts_per_ip: 4,
+        attempts_per_account: 3,
+        window: Duration::from_millis(500),
+        failures_before_lockout: 3,
+        lockout: Duration::from_millis(400),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_login_guard_meets_the_contract() {
+    let server = servers::redis();
+    let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
+    let limits = short_login_limits();
+    broker::login::contract::check(&redis_state::RedisLoginGuard::new(conn.clone(), limits), "contract", limits).await;
+    let unlimited = broker::login::LoginLimits {
+        attempts_per_ip: 0,
+        attempts_per_account: 0,
+        failures_before_lockout: 0,
+        ..limits
+    };
+    broker::login::contract::check_unlimited(&redis_state::RedisLoginGuard::new(conn.clone(), unlimited), "free").await;
+    // What the contract cannot see: everything it wrote expires by itself.
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg("hermes:{login}:*").query_async(&mut conn.clone()).await.expect("KEYS");
+    assert!(!keys.is_empty());
+    for key in keys {
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn.clone()).await.expect("PTTL");
+        assert!(ttl > 0, "{key}: {ttl}");
+    }
+}
+
+/// Two accounts instances on one Redis (each its own connection) enforce one limit.
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_instances_on_one_redis_share_one_login_limit() {
+    use broker::login::{LoginGuard, Throttled};
+    let server = servers::redis();
+    let limits = broker::login::LoginLimits { window: Duration::from_secs(60), ..short_login_limits() };
+    let mut guards = Vec::new();
+    for _ in 0..2 {
+        let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
+        guards.push(redis_state::RedisLoginGuard::new(conn, limits));
+    }
+    let (a, b) = (&guards[0], &guards[1]);
+    let ip: std::net::IpAddr = "2001:db8::7".parse().expect("address");
+    // Four attempts per address, taken on both.
+    for (i, guard) in [a, b, a, b].into_iter().enumerate() {
+        assert_eq!(guard.attempt(ip, &format!("acme/u{i}")).await, Ok(Ok(())));
+    }
+    for guard in [a, b] {
+        match guard.attempt(ip, "acme/u9").await.expect("attempt") {
+            Err(Throttled::Address { retry_after }) => {
+                assert!(retry_after > Duration::from_secs(50) && retry_after <= Duration::from_secs(60))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Three attempts per account, concurrently on both: exactly three get through.
+    let attempts = (0..8u8).map(|i| {
+        let (guard, ip) = (guards[usize::from(i % 2)].clone(), std::net::IpAddr::from([192, 0, 2, i]));
+        async move { guard.attempt(ip, "acme/alice").await.expect("attempt") }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 3, "{results:?}");
+    // Failures on both lock the account on both; a success on one clears them for the other.
+    assert_eq!(a.failed("acme/bob").await, Ok(false));
+    assert_eq!(b.failed("acme/bob").await, Ok(false));
+    b.succeeded("acme/bob").await.expect("succeeded");
+    assert_eq!(a.failed("acme/bob").await, Ok(false), "cleared");
+    assert_eq!(b.failed("acme/bob").await, Ok(false));
+    assert_eq!(a.failed("acme/bob").await, Ok(true), "the third in a row, on either");
+    let other_ip = std::net::IpAddr::from([192, 0, 2, 100]);
+    assert!(matches!(b.attempt(other_ip, "acme/bob").await, Ok(Err(Throttled::Account { .. }))));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn edges_load_relations_from_redis_at_connect() {
     let server = servers::redis();

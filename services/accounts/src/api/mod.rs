@@ -15,7 +15,7 @@ mod me;
 mod session;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request};
@@ -32,7 +32,7 @@ use crate::config::AccountsConfig;
 use crate::error::ApiError;
 use crate::events::Events;
 use crate::files::{FileStore, LinkSigner};
-use crate::limiter::LoginLimiter;
+use crate::limiter::{LoginGuard, MemoryLoginGuard};
 use crate::store::{AccountStore, Enterprise, StoreError, User};
 
 pub struct AccountsState<S> {
@@ -42,7 +42,9 @@ pub struct AccountsState<S> {
     /// Required in `X-Admin-Key` by the operator endpoints; empty disables the key.
     pub admin_key: String,
     pub events: Events,
-    pub limiter: Mutex<LoginLimiter>,
+    /// Counts login attempts and failures: in this process by default; in Redis (where every
+    /// accounts instance shares one limit) when `state.redis_url` is set.
+    pub login_guard: Arc<dyn LoginGuard>,
     pub files: Arc<dyn FileStore>,
     pub links: LinkSigner,
     /// Where edges read relations (Redis in a cluster); every follow change is written there.
@@ -61,14 +63,14 @@ impl<S: AccountStore> AccountsState<S> {
         files: Arc<dyn FileStore>,
         links: LinkSigner,
     ) -> Self {
-        let limiter = Mutex::new(LoginLimiter::new(cfg.login_limits()));
+        let login_guard = Arc::new(MemoryLoginGuard::new(cfg.login_limits()));
         AccountsState {
             store,
             signer,
             cfg,
             admin_key,
             events: Events::new(bus),
-            limiter,
+            login_guard,
             files,
             links,
             directory: None,

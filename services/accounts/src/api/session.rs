@@ -1,7 +1,7 @@
 //! Sessions: password login (rate limited, with lockout) to an MQTT access token and a refresh
 //! token; refresh (rotating, with reuse detection); logout.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -37,10 +37,23 @@ fn throttled(t: Throttled) -> ApiError {
         Throttled::Account { .. } => ("account", "this account is locked after failed logins"),
     };
     metrics::counter!("hermes_accounts_logins_throttled_total", "scope" => scope).increment(1);
-    let secs = t.retry_after().as_secs().max(1);
+    // Rounded up: a client that waits this long finds the window or the lockout over.
+    let secs = u64::try_from(t.retry_after().as_millis().div_ceil(1000)).unwrap_or(u64::MAX).max(1);
     let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", format!("{what}: retry in {secs} s"));
     e.retry_after = Some(secs);
     e
+}
+
+/// The login guard's store (Redis) failed: the login is refused, whatever the password, so
+/// that an outage neither lifts the limits nor tells a right password from a wrong one.
+fn guard_unavailable(error: String) -> ApiError {
+    metrics::counter!("hermes_accounts_login_guard_failures_total").increment(1);
+    tracing::error!(%error, "login refused: the login limiter's store cannot be reached");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "logins are unavailable for a moment: the login limiter cannot be reached, retry later",
+    )
 }
 
 pub(crate) async fn login<S: AccountStore>(
@@ -53,7 +66,7 @@ pub(crate) async fn login<S: AccountStore>(
     let enterprise = account_name("enterprise", &req.enterprise)?;
     let username = account_name("username", &req.username)?;
     let account = format!("{enterprise}/{username}");
-    st.limiter.lock().unwrap_or_else(|e| e.into_inner()).attempt(ip, &account, Instant::now()).map_err(throttled)?;
+    st.login_guard.attempt(ip, &account).await.map_err(guard_unavailable)?.map_err(throttled)?;
     let found = match st.store.enterprise_by_name(&enterprise).await? {
         Some(e) => st.store.user_by_name(&e.id, &username).await?,
         None => None,
@@ -65,14 +78,14 @@ pub(crate) async fn login<S: AccountStore>(
         Some(u) if verified => u,
         _ => {
             metrics::counter!("hermes_accounts_login_failures_total").increment(1);
-            if st.limiter.lock().unwrap_or_else(|e| e.into_inner()).failed(&account, Instant::now()) {
+            if st.login_guard.failed(&account).await.map_err(guard_unavailable)? {
                 metrics::counter!("hermes_accounts_lockouts_total").increment(1);
                 tracing::warn!(%account, %ip, "account locked after failed logins");
             }
             return Err(ApiError::unauthorized("unknown enterprise, user or password"));
         }
     };
-    st.limiter.lock().unwrap_or_else(|e| e.into_inner()).succeeded(&account);
+    st.login_guard.succeeded(&account).await.map_err(guard_unavailable)?;
     if user.disabled {
         return Err(disabled());
     }
