@@ -6,24 +6,30 @@
 //! `synchronous = NORMAL`: a committed batch survives the process being killed (a power cut
 //! may lose the last ones, never corrupt the file). It is created readable by its owner only.
 //!
-//! Expired sessions are deleted with their messages when the journal opens, at the start of
-//! every batch (so a record written again after its expiry starts without the old messages),
-//! and by [`SqliteJournal::sweep_expired`]; until then `load` does not see them. A message is
-//! kept only if its session has a record: one routed to a session that has expired or ended is
-//! dropped, not left behind where nothing would delete it.
+//! Expired sessions are deleted with their messages when the journal opens, inside a write at
+//! most once a second, and by [`SqliteJournal::sweep_expired`]; until then `load` does not see
+//! them, and a record written again after its expiry starts without the old messages. A
+//! message is kept only if its session has a live record: one routed to a session that has
+//! expired or ended is dropped, not left behind where nothing would delete it.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 use broker::journal::{SessionJournal, Stored, Write};
 use broker::relations::BoxFuture;
-use sqlx::Row;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
+use sqlx::{ConnectOptions, Row};
 
 /// The session journal in a SQLite file (see the crate's documentation). Clones share the
 /// pool.
 #[derive(Debug, Clone)]
 pub struct SqliteJournal {
     pool: SqlitePool,
+    /// The connection batches are written on, held (a pool's hand-out per batch costs more
+    /// than the batch).
+    writer: std::sync::Arc<tokio::sync::Mutex<sqlx::pool::PoolConnection<sqlx::Sqlite>>>,
+    /// When expired sessions were last swept (Unix ms): at most once a second, inside a write.
+    swept_at: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 const SCHEMA: [&str; 4] = [
@@ -46,19 +52,27 @@ impl SqliteJournal {
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             // With WAL, NORMAL never corrupts the database and loses nothing when the process
             // dies; a power cut may lose the last commits.
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal);
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(|e| named(&e))?;
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .log_statements(log::LevelFilter::Off);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(|e| named(&e))?;
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await.map_err(|e| named(&e))?;
         }
-        let journal = SqliteJournal { pool };
+        let writer = std::sync::Arc::new(tokio::sync::Mutex::new(pool.acquire().await.map_err(|e| named(&e))?));
+        let journal = SqliteJournal { pool, writer, swept_at: Default::default() };
         journal.sweep_expired().await.map_err(|e| named(&e))?;
         Ok(journal)
     }
 
     /// Deletes the sessions whose expiry has passed, with their messages; returns how many.
     pub async fn sweep_expired(&self) -> Result<u64, String> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
+        let mut conn = self.writer.lock().await;
+        let mut tx = sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await.map_err(db)?;
         let swept = sweep(&mut tx, now_ms()).await?;
         tx.commit().await.map_err(db)?;
         Ok(swept)
@@ -66,51 +80,25 @@ impl SqliteJournal {
 
     async fn apply(&self, writes: &[Write]) -> Result<(), String> {
         let now = now_ms();
+        let mut conn = self.writer.lock().await;
         // IMMEDIATE: the write lock is taken (or waited for) now, not on a later statement where
         // SQLite could only answer "busy".
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)?;
-        sweep(&mut tx, now).await?;
-        for w in writes {
-            let session: &str = match w {
-                Write::Record { session, .. }
-                | Write::Message { session, .. }
-                | Write::Done { session, .. }
-                | Write::Ended { session } => session,
-                Write::Retained { topic, .. } => topic,
-            };
-            let query = match w {
-                Write::Record { record, ttl_secs, .. } => sqlx::query(
-                    "INSERT INTO sessions (session, record, expires_at_ms) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (session) DO UPDATE SET record = excluded.record, expires_at_ms = excluded.expires_at_ms",
-                )
-                .bind(session)
-                .bind(record.as_slice())
-                .bind(ttl_secs.map(|t| now + i64::from(t) * 1000)),
-                Write::Message { entry, body, .. } => sqlx::query(
-                    "INSERT INTO session_messages (session, entry, body) \
-                     SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM sessions WHERE session = ?1) \
-                     ON CONFLICT (session, entry) DO UPDATE SET body = excluded.body",
-                )
-                .bind(session)
-                .bind(*entry as i64)
-                .bind(body.as_slice()),
-                Write::Done { entry, .. } => {
-                    sqlx::query("DELETE FROM session_messages WHERE session = ?1 AND entry = ?2")
-                        .bind(session)
-                        .bind(*entry as i64)
-                }
-                Write::Ended { .. } => {
-                    sqlx::query("DELETE FROM session_messages WHERE session = ?1").bind(session).execute(&mut *tx).await.map_err(db)?;
-                    sqlx::query("DELETE FROM sessions WHERE session = ?1").bind(session)
-                }
-                Write::Retained { body: Some(body), .. } => sqlx::query(
-                    "INSERT INTO retained (topic, body) VALUES (?1, ?2) ON CONFLICT (topic) DO UPDATE SET body = excluded.body",
-                )
-                .bind(session)
-                .bind(body.as_slice()),
-                Write::Retained { body: None, .. } => sqlx::query("DELETE FROM retained WHERE topic = ?1").bind(session),
-            };
-            query.execute(&mut *tx).await.map_err(db)?;
+        let mut tx = sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await.map_err(db)?;
+        if now - self.swept_at.load(Ordering::Relaxed) >= 1000 {
+            sweep(&mut tx, now).await?;
+            self.swept_at.store(now, Ordering::Relaxed);
+        }
+        let mut i = 0;
+        while i < writes.len() {
+            // Runs of messages and of finished messages go in one statement each: SQLite is
+            // fast, a statement's trip through the driver is not.
+            let run = writes[i..].iter().take(RUN).take_while(|w| same_kind(w, &writes[i])).count().max(1);
+            match &writes[i] {
+                Write::Message { .. } => keep_messages(&mut tx, &writes[i..i + run], now).await?,
+                Write::Done { .. } => forget_messages(&mut tx, &writes[i..i + run]).await?,
+                w => apply_one(&mut tx, w, now).await?,
+            }
+            i += run;
         }
         tx.commit().await.map_err(db)
     }
@@ -139,6 +127,91 @@ impl SqliteJournal {
         messages.sort_unstable_by_key(|(entry, _)| *entry);
         Ok(Some(Stored { record, messages }))
     }
+}
+
+/// Most writes one statement carries (SQLite takes at least 999 parameters a statement).
+const RUN: usize = 300;
+
+fn same_kind(a: &Write, b: &Write) -> bool {
+    matches!((a, b), (Write::Message { .. }, Write::Message { .. }) | (Write::Done { .. }, Write::Done { .. }))
+}
+
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Sqlite>;
+
+/// Messages kept in one statement; those of sessions without a live record are left out.
+async fn keep_messages(tx: &mut Tx<'_>, run: &[Write], now: i64) -> Result<(), String> {
+    let mut q = sqlx::QueryBuilder::new(
+        "INSERT INTO session_messages (session, entry, body) SELECT v.column1, v.column2, v.column3 FROM (",
+    );
+    q.push_values(run, |mut row, w| {
+        if let Write::Message { session, entry, body } = w {
+            row.push_bind(&**session).push_bind(*entry as i64).push_bind(body.as_slice());
+        }
+    });
+    q.push(
+        ") AS v WHERE EXISTS (SELECT 1 FROM sessions s WHERE s.session = v.column1 \
+         AND (s.expires_at_ms IS NULL OR s.expires_at_ms > ",
+    );
+    q.push_bind(now);
+    q.push(")) ON CONFLICT (session, entry) DO UPDATE SET body = excluded.body");
+    q.build().execute(&mut **tx).await.map_err(db)?;
+    Ok(())
+}
+
+/// Finished messages forgotten in one statement.
+async fn forget_messages(tx: &mut Tx<'_>, run: &[Write]) -> Result<(), String> {
+    let mut q = sqlx::QueryBuilder::new("DELETE FROM session_messages WHERE (session, entry) IN (");
+    q.push_values(run, |mut row, w| {
+        if let Write::Done { session, entry } = w {
+            row.push_bind(&**session).push_bind(*entry as i64);
+        }
+    });
+    q.push(")");
+    q.build().execute(&mut **tx).await.map_err(db)?;
+    Ok(())
+}
+
+/// A write of another kind, in its own statement(s).
+async fn apply_one(tx: &mut Tx<'_>, w: &Write, now: i64) -> Result<(), String> {
+    let query = match w {
+        Write::Record { session, record, ttl_secs } => {
+            // An expired record not swept yet: its messages go before it lives again.
+            sqlx::query(
+                "DELETE FROM session_messages WHERE session = ?1 \
+                 AND EXISTS (SELECT 1 FROM sessions WHERE session = ?1 AND expires_at_ms <= ?2)",
+            )
+            .bind(&**session)
+            .bind(now)
+            .execute(&mut **tx)
+            .await
+            .map_err(db)?;
+            sqlx::query(
+                "INSERT INTO sessions (session, record, expires_at_ms) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (session) DO UPDATE SET record = excluded.record, expires_at_ms = excluded.expires_at_ms",
+            )
+            .bind(&**session)
+            .bind(record.as_slice())
+            .bind(ttl_secs.map(|t| now + i64::from(t) * 1000))
+        }
+        Write::Message { .. } => return keep_messages(tx, std::slice::from_ref(w), now).await,
+        Write::Done { .. } => return forget_messages(tx, std::slice::from_ref(w)).await,
+        Write::Ended { session } => {
+            sqlx::query("DELETE FROM session_messages WHERE session = ?1")
+                .bind(&**session)
+                .execute(&mut **tx)
+                .await
+                .map_err(db)?;
+            sqlx::query("DELETE FROM sessions WHERE session = ?1").bind(&**session)
+        }
+        Write::Retained { topic, body: Some(body) } => sqlx::query(
+            "INSERT INTO retained (topic, body) VALUES (?1, ?2) ON CONFLICT (topic) DO UPDATE SET body = excluded.body",
+        )
+        .bind(&**topic)
+        .bind(body.as_slice()),
+        Write::Retained { topic, body: None } => sqlx::query("DELETE FROM retained WHERE topic = ?1").bind(&**topic),
+    };
+    query.execute(&mut **tx).await.map_err(db)?;
+    Ok(())
 }
 
 impl SessionJournal for SqliteJournal {
@@ -235,14 +308,11 @@ mod tests {
         journal.write(&batch).await.expect("write");
         let kept: i64 =
             sqlx::query("SELECT COUNT(*) FROM session_messages").fetch_one(&journal.pool).await.expect("count").get(0);
-        // Its expiry (now) has passed, but it is swept only at the next batch.
-        assert_eq!(kept, 1, "only the parked session's message");
-        journal.write(&[Write::Done { session: gone.clone(), entry: 1 }]).await.expect("write");
-        let kept: i64 =
-            sqlx::query("SELECT COUNT(*) FROM session_messages").fetch_one(&journal.pool).await.expect("count").get(0);
-        assert_eq!(kept, 0, "swept with its session");
+        // The parked session's expiry (now) has passed, though it is not swept yet.
+        assert_eq!(kept, 0, "neither: one has no record, the other's has expired");
+        assert_eq!(journal.sweep_expired().await.expect("sweep"), 1);
         assert_eq!(journal.load(&parked).await.expect("load"), None);
-        journal.pool.close().await;
+        drop(journal);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -17,6 +17,9 @@ pub struct Dial {
     pub username: Option<String>,
     pub password: Option<String>,
     pub keep_alive: u16,
+    /// Persistent sessions (v3 clean session 0, v5 session expiry of an hour): what the broker
+    /// keeps for them is what it must store before acknowledging a publisher.
+    pub persistent: bool,
 }
 
 impl Dial {
@@ -27,6 +30,7 @@ impl Dial {
             username: common.username.clone(),
             password: common.password.clone(),
             keep_alive: 600,
+            persistent: false,
         })
     }
 
@@ -43,7 +47,8 @@ impl Dial {
         let mut client = Client::from_stream(stream, self.version);
         let connect = Connect {
             client_id,
-            clean_start: true,
+            clean_start: !self.persistent,
+            session_expiry: self.persistent.then_some(3600),
             keep_alive: self.keep_alive,
             username: self.username.clone(),
             password: self.password.clone().map(String::into_bytes),

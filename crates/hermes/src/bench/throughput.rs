@@ -39,6 +39,12 @@ pub struct Args {
     /// `--port`: every message crosses between edges.
     #[arg(long)]
     subscriber_port: Option<u16>,
+    /// Subscribers hold persistent sessions: the broker stores their in-flight messages (a
+    /// session journal) before acknowledging the publishers. With --mqtt-version 5 the sessions
+    /// end with the run (DISCONNECT with session expiry 0); v3 ones stay parked until they
+    /// expire, and later runs' messages do not reach them (each run has its own topics).
+    #[arg(long)]
+    persistent_subscribers: bool,
 }
 
 pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
@@ -50,6 +56,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     }
     let dial = Dial::from(common)?;
     let mut sub_dial = dial.clone();
+    sub_dial.persistent = args.persistent_subscribers;
     if let Some(port) = args.subscriber_port {
         sub_dial.broker.set_port(port);
     }
@@ -71,6 +78,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
             .map_err(|e| format!("subscribe: {e:?}"))?;
         let received = received.clone();
         let stop = stop.clone();
+        let persistent = args.persistent_subscribers;
         sub_tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut order = Order::default();
@@ -92,6 +100,9 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
                     Err(sdk::mqtt::RecvError::Timeout) if !stop.load(Ordering::Relaxed) => {}
                     Err(_) => break,
                 }
+            }
+            if persistent {
+                let _ = c.send(&Packet::Disconnect { code: 0, session_expiry: Some(0), reason_string: None }).await;
             }
             (j % publishers, latencies, order)
         }));

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The cost of persistent sessions: QoS 1 through `hermes up` (its session journal in SQLite in
+# the data directory, then in a local Redis) with clean subscribers and with persistent ones
+# (v5, session expiry an hour), next to Mosquitto with the same clients (it keeps sessions in
+# memory and saves them only at intervals). Usage: scripts/bench-durable.sh [SECS] — results
+# in target/bench-durable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-15}
+OUT=target/bench-durable
+
+HERMES_ENV=""
+MOSQUITTO_EXTRA=""
+source scripts/brokers.sh
+
+# Two scenarios, with clean and with persistent subscribers; `label` names the runs.
+scenarios() { # $1 broker, $2 label
+    for kind in plain persistent; do
+        flag=""
+        [ "$kind" = plain ] || flag=--persistent-subscribers
+        run "$1" "$2qos1-100to100-$kind" throughput --mqtt-version 5 --publishers 100 --subscribers 100 --qos 1 \
+            --seconds "$SECS" $flag
+        run "$1" "$2qos1-1to1-$kind" throughput --mqtt-version 5 --publishers 1 --subscribers 1 --qos 1 \
+            --seconds "$SECS" $flag
+    done
+}
+scenarios hermes ""
+scenarios mosquitto ""
+# hermes up with its journal in Redis instead of the data directory.
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec --dir "$OUT" --daemonize no > "$OUT/redis.log" 2>&1 &
+REDIS_PID=$!
+trap 'kill $REDIS_PID 2>/dev/null || true' EXIT
+wait_for_port "$REDIS_PORT"
+HERMES_ENV="HERMES_STATE__REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
+scenarios hermes "redis-"
+if grep -q panicked "$OUT/hermes.log"; then echo "hermes panicked: see $OUT/hermes.log" >&2; exit 1; fi
+for f in "$OUT"/*.json; do
+    python3 - "$f" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+cpu = (d.get("broker_cpu") or {}).get("cpu_us_per_msg")
+print(f'{sys.argv[1]}: {d["delivered_msgs_per_sec"]}/s delivered, lost {d["lost"]}, reordered {d["reordered"]}, '
+      f'duplicated {d["duplicated"]}, p50 {d["latency"]["p50_ms"]} ms, p99 {d["latency"]["p99_ms"]} ms, broker {cpu} µs/msg')
+PY
+done
