@@ -76,6 +76,30 @@ pub async fn check(bus: &dyn Bus) {
     assert!(matches!(bus.publish_to_present(&nobody, Bytes::new()).await, Err(BusError::NoSubscriber(_))));
     assert!(started.elapsed() < Duration::from_millis(500), "at once: {:?}", started.elapsed());
 
+    // Members of a queue group share its messages, one each; plain subscribers get them all.
+    let mut members = [
+        bus.subscribe_queue(&s("q.>"), "contract_q").await.expect("queue member"),
+        bus.subscribe_queue(&s("q.>"), "contract_q").await.expect("queue member"),
+    ];
+    for i in 0..20u8 {
+        bus.publish(&s(&format!("q.{i}")), Bytes::from(vec![i])).await.expect("publish");
+    }
+    let mut shares = Vec::new();
+    for member in &mut members {
+        let mut got = Vec::new();
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), member.next()).await {
+            got.push(m.payload[0]);
+        }
+        shares.push(got);
+    }
+    let mut all: Vec<u8> = shares.concat();
+    all.sort_unstable();
+    assert_eq!(all, (0..20).collect::<Vec<u8>>(), "each message to one member: {shares:?}");
+    for i in 0..20u8 {
+        assert_eq!(next(&mut tail).await.1, Bytes::from(vec![i]), "a plain subscriber gets every one");
+    }
+    assert!(matches!(bus.subscribe_queue("a.>.b", "q").await, Err(BusError::InvalidSubject(_))));
+
     // A durable subscription gets what is published from now on, in order, like any other.
     let stream = format!("CONTRACT_{}", root.replace('.', "_"));
     let mut durable = bus.subscribe_durable(&stream, &s("d.>")).await.expect("durable");

@@ -60,6 +60,10 @@ impl Subscription {
 pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     fn publish<'a>(&'a self, subject: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), BusError>>;
     fn subscribe<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, Result<Subscription, BusError>>;
+    /// Like [`Bus::subscribe`], as a member of queue group `queue` (a concrete subject-like
+    /// name): each message goes to one member of the group, wherever its members are.
+    fn subscribe_queue<'a>(&'a self, subject: &'a str, queue: &'a str)
+    -> BoxFuture<'a, Result<Subscription, BusError>>;
 
     /// Messages on `subject` (a pattern) that the bus keeps for subscribers that were away:
     /// from now on, and after a lost connection, from where this subscription left off (NATS:

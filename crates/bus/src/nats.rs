@@ -107,6 +107,25 @@ impl Bus for NatsBus {
         })
     }
 
+    fn subscribe_queue<'a>(
+        &'a self,
+        subject: &'a str,
+        queue: &'a str,
+    ) -> BoxFuture<'a, Result<Subscription, BusError>> {
+        Box::pin(async move {
+            if !valid_subject(subject, true) || !valid_subject(queue, false) {
+                return Err(BusError::InvalidSubject(format!("{subject} (queue {queue})")));
+            }
+            let sub = self
+                .client
+                .queue_subscribe(subject.to_owned(), queue.to_owned())
+                .await
+                .map_err(|e| BusError::Transport(e.to_string()))?;
+            self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))?;
+            Ok(Subscription::new(sub.map(|m| BusMessage { subject: m.subject.to_string(), payload: m.payload })))
+        })
+    }
+
     fn subscribe<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, Result<Subscription, BusError>> {
         Box::pin(async move {
             if !valid_subject(subject, true) {

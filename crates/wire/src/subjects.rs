@@ -79,6 +79,17 @@ pub fn interest(filter: &str) -> Option<Vec<String>> {
     Some(subjects)
 }
 
+/// The bus queue group of the shared subscription `share` (`$share/{group}/{filter}`): the same
+/// on every node and in every version (FNV-1a, not the std hasher), short whatever the filter.
+pub fn share_queue(share: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in share.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("hermes_share_{h:016x}")
+}
+
 /// `name` as one subject token, escaped like a topic level (node ids, enterprise-chosen names).
 pub fn token(name: &str) -> String {
     let mut out = String::with_capacity(name.len());

@@ -136,6 +136,15 @@ impl Forwarded {
     }
 }
 
+/// A message from the bus, with the shared subscription (`$share/{group}/{filter}`) it came
+/// for through a queue group, if it did.
+type Inbound = (BusMessage, Option<Arc<str>>);
+
+/// The filter of a shared subscription `$share/{group}/{filter}`; `None` for another filter.
+fn shared_filter(raw: &str) -> Option<&str> {
+    raw.strip_prefix("$share/")?.split_once('/').map(|(_, filter)| filter)
+}
+
 /// Starts routing between this edge and the others on `bus`; the hub hands its interest and
 /// messages to the returned link.
 pub async fn start(
@@ -154,7 +163,7 @@ pub async fn start(
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
     let mut subscriptions = Subscriptions { bus: bus.clone(), inbound: in_tx, held: HashMap::new() };
     for always in [subjects::ALL_RETAINED, subjects::LONG_TOPICS] {
-        subscriptions.hold(always).await.map_err(|e| format!("bus: {e}"))?;
+        subscriptions.hold(always, None).await.map_err(|e| format!("bus: {e}"))?;
     }
     tokio::spawn(subscriptions.run(interest_rx));
     tokio::spawn(send_out(bus, node.clone(), out_rx));
@@ -162,59 +171,83 @@ pub async fn start(
     Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover })
 }
 
-/// The bus subscriptions of this edge's interest, by subject, with how many filters need each.
+/// The bus subscriptions of this edge's interest, by subject (and shared subscription, whose
+/// subjects are held as a queue group), with how many filters need each.
 struct Subscriptions {
     bus: Arc<dyn Bus>,
-    inbound: mpsc::Sender<BusMessage>,
-    held: HashMap<String, (usize, tokio::task::JoinHandle<()>)>,
+    inbound: mpsc::Sender<Inbound>,
+    held: HashMap<Held, (usize, tokio::task::JoinHandle<()>)>,
 }
+
+/// A bus subscription: its subject, and the shared subscription it serves (as a queue group).
+type Held = (String, Option<Arc<str>>);
 
 impl Subscriptions {
     async fn run(mut self, mut changes: mpsc::UnboundedReceiver<(String, bool)>) {
         while let Some((filter, held)) = changes.recv().await {
             // Too long for a subject: its messages come on `LONG_TOPICS`, always held.
-            let Some(subjects) = subjects::interest(&filter) else {
+            // A shared subscription: the bus picks one node among those with members.
+            let share = shared_filter(&filter).map(|plain| (Arc::<str>::from(filter.as_str()), plain));
+            let plain = share.as_ref().map_or(filter.as_str(), |(_, plain)| plain);
+            let share = share.as_ref().map(|(whole, _)| whole.clone());
+            let Some(mut subjects) = subjects::interest(plain) else {
                 continue;
             };
+            if share.is_some() {
+                // Retained messages travel apart (to every edge, for their stores); a shared
+                // subscription takes its live copy of them through its queue group too.
+                let retained: Vec<String> = subjects
+                    .iter()
+                    .filter_map(|s| s.strip_prefix(subjects::ROUTED_PREFIX))
+                    .map(|rest| format!("{}{rest}", subjects::RETAINED_PREFIX))
+                    .collect();
+                subjects.extend(retained);
+            }
             for subject in subjects {
                 if held {
-                    if let Err(e) = self.hold(&subject).await {
+                    if let Err(e) = self.hold(&subject, share.clone()).await {
                         metrics::counter!(m::CLUSTER_ERRORS, "op" => "subscribe").increment(1);
                         tracing::warn!(%subject, error = %e, "cannot subscribe on the bus");
                     }
                 } else {
-                    self.release(&subject);
+                    self.release(&subject, share.clone());
                 }
             }
         }
     }
 
-    async fn hold(&mut self, subject: &str) -> Result<(), bus::BusError> {
-        if let Some((n, _)) = self.held.get_mut(subject) {
+    async fn hold(&mut self, subject: &str, share: Option<Arc<str>>) -> Result<(), bus::BusError> {
+        let key = (subject.to_owned(), share);
+        if let Some((n, _)) = self.held.get_mut(&key) {
             *n += 1;
             return Ok(());
         }
-        let mut sub = self.bus.subscribe(subject).await?;
+        let mut sub = match &key.1 {
+            Some(share) => self.bus.subscribe_queue(subject, &subjects::share_queue(share)).await?,
+            None => self.bus.subscribe(subject).await?,
+        };
         let inbound = self.inbound.clone();
+        let share = key.1.clone();
         let task = tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                if inbound.send(msg).await.is_err() {
+                if inbound.send((msg, share.clone())).await.is_err() {
                     return;
                 }
             }
         });
-        self.held.insert(subject.to_owned(), (1, task));
+        self.held.insert(key, (1, task));
         metrics::gauge!(m::CLUSTER_SUBJECTS).set(self.held.len() as f64);
         Ok(())
     }
 
-    fn release(&mut self, subject: &str) {
-        let Some((n, _)) = self.held.get_mut(subject) else {
+    fn release(&mut self, subject: &str, share: Option<Arc<str>>) {
+        let key = (subject.to_owned(), share);
+        let Some((n, _)) = self.held.get_mut(&key) else {
             return;
         };
         *n -= 1;
         if *n == 0
-            && let Some((_, task)) = self.held.remove(subject)
+            && let Some((_, task)) = self.held.remove(&key)
         {
             // Dropping the subscription with its task unsubscribes.
             task.abort();
@@ -263,24 +296,32 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
 }
 
 /// Routes what other edges sent, once per message.
-async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<BusMessage>, stall: std::time::Duration) {
+async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<Inbound>, stall: std::time::Duration) {
     let mut seen: Dedupe<(String, u64)> = Dedupe::default();
+    let mut seen_shared: Dedupe<(String, u64, Arc<str>)> = Dedupe::default();
     let mut last_sweep = now_ms();
-    while let Some(bm) = rx.recv().await {
+    while let Some((bm, share)) = rx.recv().await {
         let Ok(routed) = pb::RoutedMessage::decode(bm.payload) else {
             metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
             continue;
         };
-        if routed.origin == node.id && routed.incarnation == node.incarnation {
+        // This edge's own messages were delivered here already, except to shared
+        // subscriptions: the bus picks their node, which may be this one.
+        if share.is_none() && routed.origin == node.id && routed.incarnation == node.incarnation {
             continue;
         }
         let now = now_ms();
-        if !seen.accept((routed.origin.clone(), routed.incarnation), routed.seq, now) {
+        let fresh = match &share {
+            None => seen.accept((routed.origin.clone(), routed.incarnation), routed.seq, now),
+            Some(s) => seen_shared.accept((routed.origin.clone(), routed.incarnation, s.clone()), routed.seq, now),
+        };
+        if !fresh {
             metrics::counter!(m::CLUSTER_DUPLICATES).increment(1);
             continue;
         }
         if now.saturating_sub(last_sweep) > ORIGIN_IDLE_MS {
             seen.forget_idle(now, ORIGIN_IDLE_MS);
+            seen_shared.forget_idle(now, ORIGIN_IDLE_MS);
             last_sweep = now;
         }
         metrics::counter!(m::CLUSTER_IN).increment(1);
@@ -288,7 +329,10 @@ async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<BusMessag
             metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
             continue;
         };
-        let routed = hub.publish_remote(Arc::new(msg), now);
+        let routed = match &share {
+            Some(s) => hub.publish_shared(Arc::new(msg), s, now),
+            None => hub.publish_remote(Arc::new(msg), now),
+        };
         // A subscriber here with too much waiting slows what comes from other edges, like a
         // local publisher.
         crate::flow::wait_for_room(&hub, routed.pressure, stall).await;

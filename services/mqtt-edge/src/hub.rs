@@ -262,8 +262,22 @@ impl Hub {
     }
 
     /// Starts telling `link` this hub's interest and messages; before the first client comes.
+    /// Shared subscriptions are served through the bus from then on (one member among every
+    /// edge's).
     pub fn attach_cluster(&self, link: ClusterLink) {
+        self.lock().router.share_through_bus();
         let _ = self.cluster.set(link);
+    }
+
+    /// Hands a message to one member here of the shared subscription `share`, which the bus
+    /// picked this edge for.
+    pub fn publish_shared(&self, msg: SharedMessage, share: &str, now_ms: u64) -> Routed {
+        let mut st = self.lock();
+        let mut fx = Effects::new();
+        let sessions = st.router.publish_shared(msg, share, now_ms, &mut fx);
+        let mut pressure = Vec::new();
+        let durable = self.apply(&mut st, fx, Some(&mut pressure));
+        Routed { sessions, pressure, durable }
     }
 
     /// The session journal, once attached.

@@ -377,3 +377,43 @@ async fn an_edge_that_starts_later_serves_the_retained_messages_published_before
     expect_nothing(&mut c).await;
     later.stop().await;
 }
+
+/// A shared subscription spans the edges: each message (a retained one too) goes to one member
+/// of the group, whichever edge it is on, and members on every edge get some; plain
+/// subscribers and other groups still get every message.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shared_subscription_balances_across_edges_once_per_message() {
+    for (kind, pair) in pairs().await {
+        let mut on_a = subscribed(&pair.a, "share-a", &["$share/g/jobs/#"]).await;
+        let mut on_b = subscribed(&pair.b, "share-b", &["$share/g/jobs/#"]).await;
+        let mut other_group = subscribed(&pair.b, "share-h", &["$share/h/jobs/#"]).await;
+        let mut plain = subscribed(&pair.b, "plain", &["jobs/#"]).await;
+        settle().await;
+        let mut publisher = pair.a.client(Version::V5, "jobs-publisher").await;
+        let n = 40;
+        for i in 0..n {
+            // The last one retained: shared subscriptions get its live copy too, once.
+            let retain = i == n - 1;
+            publisher.publish(&format!("jobs/{i}"), b"work", 1, retain, WAIT).await.expect("puback");
+        }
+        let drain = async |c: &mut Client| {
+            let mut got = Vec::new();
+            while let Ok(Packet::Publish(p)) = c.recv(Duration::from_millis(700)).await {
+                ack(c, &p).await;
+                got.push(p.topic);
+            }
+            got
+        };
+        let (a, b) = (drain(&mut on_a).await, drain(&mut on_b).await);
+        let mut both: Vec<String> = a.iter().chain(&b).cloned().collect();
+        both.sort();
+        let mut want: Vec<String> = (0..n).map(|i| format!("jobs/{i}")).collect();
+        want.sort();
+        assert_eq!(both, want, "{kind}: each message to one member of the group");
+        assert!(!a.is_empty() && !b.is_empty(), "{kind}: members on both edges get work ({} / {})", a.len(), b.len());
+        assert_eq!(drain(&mut other_group).await.len(), n, "{kind}: another group gets every message");
+        assert_eq!(drain(&mut plain).await.len(), n, "{kind}: a plain subscriber gets every message");
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}

@@ -107,8 +107,9 @@ pub enum Effect<M, O> {
     SessionEnded { session: Arc<str>, expired: bool },
     /// A live subscription the ACL no longer allows was removed.
     SubscriptionRevoked,
-    /// The first subscription to `filter` (share group removed) on this router appeared
-    /// (`held`), or the last one went: other edges route matching messages here while held.
+    /// The first subscription to `filter` on this router appeared (`held`), or the last one
+    /// went: other edges route matching messages here while held. A shared subscription is
+    /// reported whole (`$share/{group}/{filter}`).
     Interest { filter: String, held: bool },
     /// A message the router itself published (a will, a presence change): other edges route
     /// it too. Client publishes are the caller's to pass on.
@@ -265,6 +266,9 @@ pub struct Router<M, O> {
     interest: HashMap<String, usize>,
     next_id: u64,
     round_robin: usize,
+    /// Shared subscriptions are served through the bus (one member among every node's), not
+    /// by [`Router::publish`]: see [`Router::share_through_bus`].
+    shared_on_bus: bool,
 }
 
 impl<M, O> std::fmt::Debug for Router<M, O> {
@@ -295,7 +299,30 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             interest: HashMap::new(),
             next_id: 0,
             round_robin: 0,
+            shared_on_bus: false,
         }
+    }
+
+    /// From now on a publish reaches the shared subscriptions here only through
+    /// [`Router::publish_shared`]: the nodes of a cluster pick one member per group among all
+    /// of theirs (a queue group on the bus), so no node delivers to its own members on its own.
+    pub fn share_through_bus(&mut self) {
+        self.shared_on_bus = true;
+    }
+
+    /// Hands `msg` to one member here of the shared subscription `share`
+    /// (`$share/{group}/{filter}`), which the bus picked this node for.
+    pub fn publish_shared(&mut self, msg: M, share: &str, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
+        if msg.expired(now_ms) {
+            return 0;
+        }
+        let mut plan = RoutePlan::new(None, msg.qos(), msg.retain());
+        self.shared.for_each_match(msg.topic(), |(key, group), opts| {
+            if **group == *share {
+                plan.add_shared(group, key, opts);
+            }
+        });
+        self.deliver(plan, msg, now_ms, fx)
     }
 
     pub fn config(&self) -> &RouterConfig {
@@ -359,7 +386,16 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
         let mut plan = RoutePlan::new(publisher, msg.qos(), msg.retain());
         self.subs.for_each_match(msg.topic(), |key, opts| plan.add(key, opts));
-        self.shared.for_each_match(msg.topic(), |(key, group), opts| plan.add_shared(group, key, opts));
+        if !self.shared_on_bus {
+            self.shared.for_each_match(msg.topic(), |(key, group), opts| plan.add_shared(group, key, opts));
+        }
+        self.deliver(plan, msg, now_ms, fx)
+    }
+
+    /// Hands `msg` to the sessions `plan` picked: live ones through their connection, parked
+    /// ones into their queue. Returns how many.
+    fn deliver(&mut self, plan: RoutePlan<u64>, msg: M, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
+        let _ = now_ms;
         let mut rr = self.round_robin;
         let deliveries = plan.finish(|n| {
             rr = rr.wrapping_add(1);

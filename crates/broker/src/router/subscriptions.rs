@@ -114,12 +114,14 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         let Ok(p) = parse_subscription(raw_filter, &self.cfg.topic) else {
             return;
         };
-        let added = match p.share_group {
-            Some(g) => self.shared.insert(p.filter, (key, g.into()), options).is_none(),
-            None => self.subs.insert(p.filter, key, options).is_none(),
+        // A shared subscription is its whole filter (`$share/{group}/{filter}`): one group per
+        // share name and filter, reported apart so other nodes can share it with this one.
+        let (added, interest) = match p.share_group {
+            Some(_) => (self.shared.insert(p.filter, (key, raw_filter.into()), options).is_none(), raw_filter),
+            None => (self.subs.insert(p.filter, key, options).is_none(), p.filter),
         };
         if added {
-            count_interest(&mut self.interest, p.filter, true, fx);
+            count_interest(&mut self.interest, interest, true, fx);
         }
     }
 
@@ -127,12 +129,12 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         let Ok(p) = parse_subscription(raw_filter, &self.cfg.topic) else {
             return;
         };
-        let removed = match p.share_group {
-            Some(g) => self.shared.remove(p.filter, &(key, g.into())).is_some(),
-            None => self.subs.remove(p.filter, &key).is_some(),
+        let (removed, interest) = match p.share_group {
+            Some(_) => (self.shared.remove(p.filter, &(key, raw_filter.into())).is_some(), raw_filter),
+            None => (self.subs.remove(p.filter, &key).is_some(), p.filter),
         };
         if removed {
-            count_interest(&mut self.interest, p.filter, false, fx);
+            count_interest(&mut self.interest, interest, false, fx);
         }
     }
 }
