@@ -22,12 +22,4 @@ for b in hermes mosquitto; do
     run $b qos1-half-load throughput --publishers 100 --subscribers 100 --qos 1 --rate 10000 --seconds 10
 done
 if grep -q panicked "$OUT/hermes.log"; then echo "hermes panicked: see $OUT/hermes.log" >&2; exit 1; fi
-for f in "$OUT"/*.json; do
-    python3 - "$f" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-cpu = (d.get("broker_cpu") or {}).get("cpu_us_per_msg")
-print(f'{sys.argv[1]}: {d["delivered_msgs_per_sec"]}/s delivered, lost {d["lost"]}, reordered {d["reordered"]}, '
-      f'duplicated {d["duplicated"]}, p50 {d["latency"]["p50_ms"]} ms, p99 {d["latency"]["p99_ms"]} ms, broker {cpu} µs/msg')
-PY
-done
+report

@@ -41,3 +41,15 @@ run() { # $1 broker, $2 name, rest: bench args; the JSON goes to $OUT/<broker>-<
     "$HERMES" bench --port "$PORT" --pid "$pid" --json "$@" > "$OUT/$broker-$name.json"
     stop_broker "$pid"
 }
+
+report() { # one line per run in $OUT: rate and what was lost, reordered and duplicated
+    for f in "$OUT"/*.json; do
+        python3 - "$f" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+cpu = (d.get("broker_cpu") or {}).get("cpu_us_per_msg")
+print(f'{sys.argv[1]}: {d["delivered_msgs_per_sec"]}/s delivered, lost {d["lost"]}, reordered {d["reordered"]}, '
+      f'duplicated {d["duplicated"]}, p50 {d["latency"]["p50_ms"]} ms, p99 {d["latency"]["p99_ms"]} ms, broker {cpu} µs/msg')
+PY
+    done
+}

@@ -14,6 +14,14 @@ pub struct ServerProcess {
     pub addr: SocketAddr,
 }
 
+impl ServerProcess {
+    /// Kills the process at once (SIGKILL, as `kill -9`) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -29,10 +37,15 @@ pub fn free_port() -> u16 {
 /// Starts `tool` with the arguments `args(port)` gives, until it accepts connections. A port
 /// taken between our probe and the server's bind makes it exit: then try another.
 fn start(tool: &str, args: impl Fn(u16) -> Vec<String>) -> ServerProcess {
-    let bin = require_tool(tool);
+    start_binary(&require_tool(tool), args)
+}
+
+/// Starts the program `bin` like [`start`] does a tool (a node of ours, as an operator would).
+pub fn start_binary(bin: &std::path::Path, args: impl Fn(u16) -> Vec<String>) -> ServerProcess {
+    let tool = bin.display();
     for _ in 0..5 {
         let port = free_port();
-        let mut child = std::process::Command::new(&bin)
+        let mut child = std::process::Command::new(bin)
             .args(args(port))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

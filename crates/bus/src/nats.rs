@@ -21,6 +21,14 @@ impl NatsBus {
     }
 }
 
+impl NatsBus {
+    /// `sub` as a [`Subscription`], once the server knows about it.
+    async fn held(&self, sub: async_nats::Subscriber) -> Result<Subscription, BusError> {
+        self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))?;
+        Ok(Subscription::new(sub.map(|m| BusMessage { subject: m.subject.to_string(), payload: m.payload })))
+    }
+}
+
 impl Bus for NatsBus {
     fn publish<'a>(&'a self, subject: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
@@ -116,13 +124,8 @@ impl Bus for NatsBus {
             if !valid_subject(subject, true) || !valid_subject(queue, false) {
                 return Err(BusError::InvalidSubject(format!("{subject} (queue {queue})")));
             }
-            let sub = self
-                .client
-                .queue_subscribe(subject.to_owned(), queue.to_owned())
-                .await
-                .map_err(|e| BusError::Transport(e.to_string()))?;
-            self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))?;
-            Ok(Subscription::new(sub.map(|m| BusMessage { subject: m.subject.to_string(), payload: m.payload })))
+            let sub = self.client.queue_subscribe(subject.to_owned(), queue.to_owned()).await;
+            self.held(sub.map_err(|e| BusError::Transport(e.to_string()))?).await
         })
     }
 
@@ -131,11 +134,8 @@ impl Bus for NatsBus {
             if !valid_subject(subject, true) {
                 return Err(BusError::InvalidSubject(subject.to_owned()));
             }
-            let sub =
-                self.client.subscribe(subject.to_owned()).await.map_err(|e| BusError::Transport(e.to_string()))?;
-            // The server knows about the subscription before we hand it out.
-            self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))?;
-            Ok(Subscription::new(sub.map(|m| BusMessage { subject: m.subject.to_string(), payload: m.payload })))
+            let sub = self.client.subscribe(subject.to_owned()).await;
+            self.held(sub.map_err(|e| BusError::Transport(e.to_string()))?).await
         })
     }
 }

@@ -7,50 +7,27 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hermes_tests::process::Running;
-use hermes_tests::servers::{self, free_port};
+use hermes_tests::servers::{self, ServerProcess};
 use sdk::mqtt::{Client, Connect, Packet, SubscribeTopic, Version};
 
 const EDGE: &str = env!("CARGO_BIN_EXE_mqtt-edge");
 const WAIT: Duration = Duration::from_secs(10);
 
-struct EdgeProcess {
-    child: Running,
-    addr: SocketAddr,
-}
-
 /// Starts an edge named `name` on a free loopback port, joined to the others through `nats`
 /// and `redis`.
-fn edge(name: &str, nats: &str, redis: &str) -> EdgeProcess {
-    for _ in 0..5 {
-        let port = free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut child = Running(
-            Command::new(EDGE)
-                .args(["--mqtt-addr", &addr.to_string(), "--mqtt-ws-addr", "", "--ops-addr", "127.0.0.1:0"])
-                .args(["--allow-anonymous", "--bus-nats-url", nats, "--bus-node-id", name, "--state-redis-url", redis])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn mqtt-edge"),
-        );
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return EdgeProcess { child, addr };
-            }
-            std::thread::sleep(Duration::from_millis(20));
+fn edge(name: &str, nats: &str, redis: &str) -> ServerProcess {
+    servers::start_binary(std::path::Path::new(EDGE), |port| {
+        let flags = ["--mqtt-ws-addr", "", "--ops-addr", "127.0.0.1:0", "--allow-anonymous"];
+        let mut args: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+        args.extend(["--mqtt-addr".to_owned(), format!("127.0.0.1:{port}")]);
+        for (flag, value) in [("--bus-nats-url", nats), ("--bus-node-id", name), ("--state-redis-url", redis)] {
+            args.extend([flag.to_owned(), value.to_owned()]);
         }
-    }
-    panic!("mqtt-edge {name} did not start");
+        args
+    })
 }
 
 /// A v5 client; a persistent session (one hour) unless `clean`. Returns whether a session was
@@ -150,8 +127,7 @@ async fn an_edge_killed_mid_traffic_loses_no_acknowledged_message() {
             while acked.lock().expect("lock").len() < 300 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            a.child.kill().expect("kill -9");
-            let _ = a.child.wait();
+            a.kill();
         })
     };
     let mut next = publish(&mut publisher, 1, total, &acked).await;

@@ -21,13 +21,7 @@ async fn pairs() -> Vec<(&'static str, Pair)> {
     let (nats, redis) = (servers::nats(), servers::redis());
     let (url, redis_url) = (nats.nats_url(), redis.redis_url());
     let connect = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn Bus> };
-    let node = |id: &'static str| {
-        let redis_url = redis_url.clone();
-        move |c: &mut mqtt_edge::EdgeConfig| {
-            c.bus.node_id = id.into();
-            c.state.redis_url = redis_url;
-        }
-    };
+    let node = |id| node_on(id, &redis_url);
     let on_nats = Pair {
         a: TestEdge::start_clustered(connect().await, None, node("a")).await,
         b: TestEdge::start_clustered(connect().await, None, node("b")).await,
@@ -41,6 +35,15 @@ async fn pairs() -> Vec<(&'static str, Pair)> {
         _servers: Vec::new(),
     };
     vec![("nats", on_nats), ("memory", in_process)]
+}
+
+/// An edge's settings: named `id`, its state in the Redis at `redis_url`.
+fn node_on(id: &'static str, redis_url: &str) -> impl FnOnce(&mut mqtt_edge::EdgeConfig) + use<> {
+    let redis_url = redis_url.to_owned();
+    move |c: &mut mqtt_edge::EdgeConfig| {
+        c.bus.node_id = id.into();
+        c.state.redis_url = redis_url;
+    }
 }
 
 async fn subscribed(edge: &TestEdge, id: &str, filters: &[&str]) -> Client {
@@ -357,13 +360,7 @@ async fn an_edge_that_starts_later_serves_the_retained_messages_published_before
     let (nats, redis) = (servers::nats(), servers::redis());
     let (url, redis_url) = (nats.nats_url(), redis.redis_url());
     let bus = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn Bus> };
-    let node = |id: &'static str| {
-        let redis_url = redis_url.clone();
-        move |c: &mut mqtt_edge::EdgeConfig| {
-            c.bus.node_id = id.into();
-            c.state.redis_url = redis_url;
-        }
-    };
+    let node = |id| node_on(id, &redis_url);
     let a = TestEdge::start_clustered(bus().await, None, node("a")).await;
     let mut publisher = a.client(Version::V5, "publisher").await;
     for (topic, body) in [("r/kept", "still here"), ("r/cleared", "soon gone"), ("r/cleared", "")] {
