@@ -29,6 +29,9 @@ pub enum Write {
     Done { session: Arc<str>, entry: u64 },
     /// The session ended: forget its record and its messages.
     Ended { session: Arc<str> },
+    /// Forget the session this long from now unless written or touched again (a live session
+    /// whose node keeps it; nothing if the session has no record).
+    Touch { session: Arc<str>, ttl_secs: u32 },
     /// The retained message of `topic` (encoded by the edge), or none (cleared).
     Retained { topic: Arc<str>, body: Option<Vec<u8>> },
 }
@@ -92,6 +95,11 @@ impl MemoryJournal {
                 }
                 Write::Ended { session } => {
                     sessions.remove(session);
+                }
+                Write::Touch { session, ttl_secs } => {
+                    if let Some(k) = sessions.get_mut(session) {
+                        k.expires_at = Some(now + std::time::Duration::from_secs(u64::from(*ttl_secs)));
+                    }
                 }
                 Write::Retained { topic, body } => {
                     let mut retained = self.retained.lock().unwrap_or_else(|e| e.into_inner());
@@ -193,6 +201,8 @@ pub mod contract {
         let parked: Arc<str> = format!("{prefix}:1:p/parked").into();
         let back: Arc<str> = format!("{prefix}:1:p/back").into();
         let long: Arc<str> = format!("{prefix}:1:p/long").into();
+        let touched: Arc<str> = format!("{prefix}:1:p/touched").into();
+        let nobody: Arc<str> = format!("{prefix}:1:p/nobody").into();
         let batch = [
             record(&parked, b"p", Some(1)),
             message(&parked, 1, b"queued"),
@@ -200,12 +210,19 @@ pub mod contract {
             message(&back, 1, b"queued"),
             record(&back, b"b, live", None),
             record(&long, b"l", Some(3600)),
+            // A live session's node keeps touching it; one it stopped touching runs out.
+            record(&touched, b"t", Some(1)),
+            Write::Touch { session: touched.clone(), ttl_secs: 3600 },
+            Write::Touch { session: long.clone(), ttl_secs: 1 },
+            Write::Touch { session: nobody.clone(), ttl_secs: 3600 },
         ];
         j.write(&batch).await.expect("write");
         sleep(std::time::Duration::from_millis(1500)).await;
         assert_eq!(load(j, &parked).await, None, "expired");
         assert_eq!(load(j, &back).await, stored(b"b, live", &[(1, b"queued")]), "live again: kept");
-        assert_eq!(load(j, &long).await, stored(b"l", &[]));
+        assert_eq!(load(j, &touched).await, stored(b"t", &[]), "touched: kept");
+        assert_eq!(load(j, &long).await, None, "touched shorter: gone");
+        assert_eq!(load(j, &nobody).await, None, "a touch makes no session");
         j.write(&[message(&parked, 2, b"late")]).await.expect("a message for a session that is gone");
         assert_eq!(load(j, &parked).await, None, "messages without a record are no session");
         j.write(&[record(&parked, b"p2", None)]).await.expect("write");

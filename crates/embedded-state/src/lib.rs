@@ -195,6 +195,9 @@ async fn apply_one(tx: &mut Tx<'_>, w: &Write, now: i64) -> Result<(), String> {
         }
         Write::Message { .. } => return keep_messages(tx, std::slice::from_ref(w), now).await,
         Write::Done { .. } => return forget_messages(tx, std::slice::from_ref(w)).await,
+        Write::Touch { session, ttl_secs } => sqlx::query("UPDATE sessions SET expires_at_ms = ?2 WHERE session = ?1")
+            .bind(&**session)
+            .bind(now + i64::from(*ttl_secs) * 1000),
         Write::Ended { session } => {
             sqlx::query("DELETE FROM session_messages WHERE session = ?1")
                 .bind(&**session)

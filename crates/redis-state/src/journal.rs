@@ -63,7 +63,8 @@ impl SessionJournal for RedisJournal {
                     Write::Record { session, .. }
                     | Write::Message { session, .. }
                     | Write::Done { session, .. }
-                    | Write::Ended { session } => wire::keys::session_journal(session),
+                    | Write::Ended { session }
+                    | Write::Touch { session, .. } => wire::keys::session_journal(session),
                 };
                 match w {
                     Write::Record { record, ttl_secs, .. } => {
@@ -87,6 +88,9 @@ impl SessionJournal for RedisJournal {
                     }
                     Write::Ended { .. } => {
                         pipe.cmd("DEL").arg(&key).ignore();
+                    }
+                    Write::Touch { ttl_secs, .. } => {
+                        pipe.cmd("EXPIRE").arg(&key).arg(*ttl_secs).ignore();
                     }
                     Write::Retained { topic, body: Some(body) } => {
                         pipe.cmd("HSET").arg(&key).arg(&**topic).arg(body.as_slice()).ignore();

@@ -290,6 +290,22 @@ impl Hub {
         let _ = self.journal.set(writer);
     }
 
+    /// Tells the journal that the live sessions that outlive their connection are still here
+    /// (their records expire otherwise: a killed edge's sessions do not stay forever).
+    pub fn touch_live(&self) {
+        let Some(writer) = self.journal.get() else {
+            return;
+        };
+        let live = self.lock().router.durable_live();
+        let touches: Vec<journal::Item> = live
+            .into_iter()
+            .filter_map(|(s, expiry)| Some(journal::Item::Touch(s, journal::live_ttl(expiry)?)))
+            .collect();
+        if !touches.is_empty() {
+            writer.submit_detached(touches);
+        }
+    }
+
     /// Whether `session` is here, live or parked (if not, it may be in the journal).
     pub fn holds(&self, session: &str) -> bool {
         self.lock().router.holds(session)

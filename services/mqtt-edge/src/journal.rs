@@ -40,6 +40,19 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 pub enum Item {
     Session(Arc<str>, Persist<SharedMessage>),
     Retained(Arc<str>, Option<SharedMessage>),
+    /// A live session is still here: keep its record this many seconds more (see [`live_ttl`]).
+    Touch(Arc<str>, u32),
+}
+
+/// How often the records of live sessions are touched.
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How long the journal keeps a live session's record after the last write or touch: its
+/// expiry plus three touches, so a session whose node died (and stopped touching it) ends in
+/// the journal about when it would have ended on that node. `None` for a session that never
+/// expires.
+pub fn live_ttl(expiry_secs: u32) -> Option<u32> {
+    (expiry_secs != u32::MAX).then(|| expiry_secs.saturating_add(3 * TOUCH_INTERVAL.as_secs() as u32))
 }
 
 struct Batch {
@@ -197,8 +210,8 @@ fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
     for item in items {
         let (session, persist) = match item {
             Item::Session(session, persist) => (session, persist),
-            retained @ Item::Retained(..) => {
-                out.push(Some(retained));
+            other @ (Item::Retained(..) | Item::Touch(..)) => {
+                out.push(Some(other));
                 continue;
             }
         };
@@ -234,12 +247,18 @@ fn encode(items: Vec<Item>) -> Vec<Write> {
             Item::Retained(topic, message) => {
                 Write::Retained { topic, body: message.map(|m| crate::cluster::encode_message(&m).encode_to_vec()) }
             }
+            Item::Touch(session, ttl_secs) => Write::Touch { session, ttl_secs },
             Item::Session(session, persist) => match persist {
                 Persist::Record { subscriptions, expiry_secs, parked } => Write::Record {
                     session,
                     record: stored::journal_record(subscriptions, expiry_secs),
-                    // A minute more than the router's own expiry: the router decides when it ends.
-                    ttl_secs: (parked && expiry_secs != u32::MAX).then_some(expiry_secs.saturating_add(60)),
+                    // Parked: a minute more than the router's own expiry (the router decides
+                    // when it ends). Live: as long as this edge keeps touching it.
+                    ttl_secs: if parked {
+                        (expiry_secs != u32::MAX).then_some(expiry_secs.saturating_add(60))
+                    } else {
+                        live_ttl(expiry_secs)
+                    },
                 },
                 Persist::Change(Change::Kept { out, released, .. }) => {
                     let body = stored::stored_message(&out, released).encode_to_vec();
@@ -275,7 +294,7 @@ mod tests {
             .iter()
             .map(|item| match item {
                 Item::Session(s, p) => (s, p),
-                Item::Retained(..) => panic!("no retained messages here"),
+                Item::Retained(..) | Item::Touch(..) => panic!("only session changes here"),
             })
             .map(|(s, p)| match p {
                 Persist::Change(Change::Kept { out, .. }) => (s.to_string(), out.entry, "kept"),

@@ -32,10 +32,15 @@ pub fn spawn_housekeeping(hub: Arc<Hub>, sys_interval: Duration) -> tokio::task:
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut last_sys: Option<Instant> = None;
+        let mut last_touch = Instant::now();
         loop {
             tick.tick().await;
             let now = now_ms();
             hub.tick(now);
+            if last_touch.elapsed() >= crate::journal::TOUCH_INTERVAL {
+                last_touch = Instant::now();
+                hub.touch_live();
+            }
             if sys_interval.is_zero() || last_sys.is_some_and(|t| t.elapsed() < sys_interval) {
                 continue;
             }

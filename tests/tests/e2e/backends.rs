@@ -42,7 +42,9 @@ async fn redis_session_journal_meets_the_contract() {
     };
     assert_eq!(ttl("journal:1:p/parked").await, -1, "written again, live: no expiry");
     assert_eq!(ttl("journal:1:p/back").await, -1, "live again: no expiry");
-    assert!(ttl("journal:1:p/long").await > 3000, "parked for an hour");
+    assert!(ttl("journal:1:p/touched").await > 3000, "touched for an hour");
+    assert_eq!(ttl("journal:1:p/long").await, -2, "touched for a second: gone");
+    assert_eq!(ttl("journal:1:p/nobody").await, -2, "a touch makes no hash");
 }
 
 /// Short windows and lockouts, so the contract sees them end.

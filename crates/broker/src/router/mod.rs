@@ -456,6 +456,12 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
     }
 
+    /// The live sessions that outlive their connection, with their expiry: the journal keeps
+    /// their records only while this node says they are still here.
+    pub fn durable_live(&self) -> Vec<(Arc<str>, u32)> {
+        self.live.iter().filter(|(_, l)| l.session.is_durable()).map(|(s, l)| (s.clone(), l.expiry_secs)).collect()
+    }
+
     /// Whether `session` is here, live or parked: if not, a node may load it from the journal.
     pub fn holds(&self, session: &str) -> bool {
         self.live.contains_key(session) || self.store.contains(session)

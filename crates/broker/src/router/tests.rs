@@ -620,6 +620,8 @@ fn a_session_that_outlives_its_connection_is_journaled_change_by_change() {
     let (_, present) = connect(&mut r, request("bob", "phone", false, 60), &mut fx);
     assert!(present);
     assert_eq!(journal(&fx), ["ended", "record 60 t/+", "+2#2!", "+3#3"], "written whole on return");
+    let durable: Vec<(String, u32)> = r.durable_live().into_iter().map(|(s, e)| (s.to_string(), e)).collect();
+    assert_eq!(durable, [(k.clone(), 60)], "the live sessions whose records this node keeps alive");
 
     // A session that ends with its connection is never written, only cleared.
     fx.clear();
