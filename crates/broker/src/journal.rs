@@ -27,6 +27,9 @@ pub enum Write {
     Message { session: Arc<str>, entry: u64, body: Vec<u8> },
     /// Message `entry` is done (acknowledged, dropped or expired): forget it.
     Done { session: Arc<str>, entry: u64 },
+    /// Inbound QoS 2 `packet_id` awaits its PUBREL (`held`), or no longer does; ignored, like
+    /// a message, if the session has no record.
+    Inbound { session: Arc<str>, packet_id: u16, held: bool },
     /// The session ended: forget its record and its messages.
     Ended { session: Arc<str> },
     /// Forget the session this long from now unless written or touched again (a live session
@@ -42,6 +45,8 @@ pub struct Stored {
     pub record: Vec<u8>,
     /// By ascending entry.
     pub messages: Vec<(u64, Vec<u8>)>,
+    /// Inbound QoS 2 packet ids awaiting their PUBREL, ascending.
+    pub inbound: Vec<u16>,
 }
 
 /// Retained messages by topic, as the journal holds them.
@@ -69,6 +74,7 @@ struct Kept {
     record: Option<Vec<u8>>,
     expires_at: Option<std::time::Instant>,
     messages: BTreeMap<u64, Vec<u8>>,
+    inbound: std::collections::BTreeSet<u16>,
 }
 
 impl MemoryJournal {
@@ -91,6 +97,15 @@ impl MemoryJournal {
                 Write::Done { session, entry } => {
                     if let Some(k) = sessions.get_mut(session) {
                         k.messages.remove(entry);
+                    }
+                }
+                Write::Inbound { session, packet_id, held } => {
+                    if let Some(k) = sessions.get_mut(session).filter(|k| k.record.is_some()) {
+                        if *held {
+                            k.inbound.insert(*packet_id);
+                        } else {
+                            k.inbound.remove(packet_id);
+                        }
                     }
                 }
                 Write::Ended { session } => {
@@ -124,7 +139,8 @@ impl SessionJournal for MemoryJournal {
         let now = std::time::Instant::now();
         let stored = sessions.get(session).filter(|k| k.expires_at.is_none_or(|at| at > now)).and_then(|k| {
             let record = k.record.clone()?;
-            Some(Stored { record, messages: k.messages.iter().map(|(e, b)| (*e, b.clone())).collect() })
+            let messages = k.messages.iter().map(|(e, b)| (*e, b.clone())).collect();
+            Some(Stored { record, messages, inbound: k.inbound.iter().copied().collect() })
         });
         Box::pin(std::future::ready(Ok(stored)))
     }
@@ -152,7 +168,12 @@ pub mod contract {
     }
 
     fn stored(record: &[u8], messages: &[(u64, &[u8])]) -> Option<Stored> {
-        Some(Stored { record: record.to_vec(), messages: messages.iter().map(|(e, b)| (*e, b.to_vec())).collect() })
+        let messages = messages.iter().map(|(e, b)| (*e, b.to_vec())).collect();
+        Some(Stored { record: record.to_vec(), messages, inbound: Vec::new() })
+    }
+
+    fn inbound(session: &Arc<str>, packet_id: u16, held: bool) -> Write {
+        Write::Inbound { session: session.clone(), packet_id, held }
     }
 
     async fn load(j: &dyn SessionJournal, session: &str) -> Option<Stored> {
@@ -183,6 +204,13 @@ pub mod contract {
         j.write(&batch).await.expect("write");
         assert_eq!(load(j, &s).await, stored(b"r2", &[(2, b"two, sent"), (3, b"three")]));
         assert_eq!(load(j, &other).await, stored(b"o", &[(1, b"other")]), "sessions are apart");
+
+        // Inbound QoS 2 ids: held, released, at the bounds; gone with the session.
+        let batch = [inbound(&s, 1, true), inbound(&s, 65_535, true), inbound(&s, 7, true), inbound(&s, 7, false)];
+        j.write(&batch).await.expect("write");
+        let held = load(j, &s).await.map(|st| st.inbound);
+        assert_eq!(held, Some(vec![1, 65_535]));
+        assert_eq!(load(j, &other).await.map(|st| st.inbound), Some(vec![]), "sessions are apart");
 
         // An ended session is gone with its messages; a new one under the key starts empty.
         j.write(&[Write::Ended { session: s.clone() }]).await.expect("end");
@@ -223,7 +251,7 @@ pub mod contract {
         assert_eq!(load(j, &touched).await, stored(b"t", &[]), "touched: kept");
         assert_eq!(load(j, &long).await, None, "touched shorter: gone");
         assert_eq!(load(j, &nobody).await, None, "a touch makes no session");
-        j.write(&[message(&parked, 2, b"late")]).await.expect("a message for a session that is gone");
+        j.write(&[message(&parked, 2, b"late"), inbound(&parked, 3, true)]).await.expect("for a session that is gone");
         assert_eq!(load(j, &parked).await, None, "messages without a record are no session");
         j.write(&[record(&parked, b"p2", None)]).await.expect("write");
         assert_eq!(load(j, &parked).await, stored(b"p2", &[]), "and were never kept");

@@ -54,6 +54,8 @@ pub enum Change<M> {
     Kept { out: Outgoing<M>, released: bool, first: bool },
     /// The message under this entry is done: acknowledged, dropped or expired.
     Done(u64),
+    /// An inbound QoS 2 packet id now awaits its PUBREL (`true`) or no longer does.
+    Inbound(u16, bool),
 }
 
 /// Which message gives way when the offline queue is full.
@@ -359,13 +361,21 @@ impl<M: Deliverable + Clone> Session<M> {
     /// Inbound QoS 2 PUBLISH: returns false if this packet id was already received and not yet
     /// released, i.e. the PUBLISH is a duplicate that must not be routed again.
     pub fn incoming_qos2(&mut self, packet_id: u16) -> bool {
-        self.incoming_qos2.insert(packet_id)
+        let new = self.incoming_qos2.insert(packet_id);
+        if new && self.durable {
+            self.changes.push(Change::Inbound(packet_id, true));
+        }
+        new
     }
 
     /// Inbound PUBREL: the exactly-once handshake for `packet_id` is over. Returns whether the
     /// id was awaiting release.
     pub fn incoming_released(&mut self, packet_id: u16) -> bool {
-        self.incoming_qos2.remove(&packet_id)
+        let was = self.incoming_qos2.remove(&packet_id);
+        if was && self.durable {
+            self.changes.push(Change::Inbound(packet_id, false));
+        }
+        was
     }
 
     fn position(&self, packet_id: NonZeroU16) -> Option<usize> {

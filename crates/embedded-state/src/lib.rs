@@ -32,13 +32,16 @@ pub struct SqliteJournal {
     swept_at: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
-const SCHEMA: [&str; 4] = [
+const SCHEMA: [&str; 5] = [
     "CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at_ms INTEGER)",
     "CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at_ms)",
     // `entry` is the u64 bit-cast to i64 (SQLite integers are signed): `load` orders them.
     "CREATE TABLE IF NOT EXISTS session_messages (session TEXT NOT NULL, entry INTEGER NOT NULL, body BLOB NOT NULL, \
      PRIMARY KEY (session, entry)) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS retained (topic TEXT PRIMARY KEY, body BLOB NOT NULL) WITHOUT ROWID",
+    // Inbound QoS 2 packet ids awaiting their PUBREL.
+    "CREATE TABLE IF NOT EXISTS session_inbound (session TEXT NOT NULL, packet_id INTEGER NOT NULL, \
+     PRIMARY KEY (session, packet_id)) WITHOUT ROWID",
 ];
 
 impl SqliteJournal {
@@ -121,11 +124,17 @@ impl SqliteJournal {
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?;
+        let inbound = sqlx::query("SELECT packet_id FROM session_inbound WHERE session = ?1 ORDER BY packet_id")
+            .bind(session)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
         let mut messages: Vec<(u64, Vec<u8>)> =
             rows.into_iter().map(|row| (row.get::<i64, _>(0) as u64, row.get(1))).collect();
         messages.sort_unstable_by_key(|(entry, _)| *entry);
-        Ok(Some(Stored { record, messages }))
+        let inbound = inbound.into_iter().filter_map(|row| u16::try_from(row.get::<i64, _>(0)).ok()).collect();
+        Ok(Some(Stored { record, messages, inbound }))
     }
 }
 
@@ -175,16 +184,19 @@ async fn forget_messages(tx: &mut Tx<'_>, run: &[Write]) -> Result<(), String> {
 async fn apply_one(tx: &mut Tx<'_>, w: &Write, now: i64) -> Result<(), String> {
     let query = match w {
         Write::Record { session, record, ttl_secs } => {
-            // An expired record not swept yet: its messages go before it lives again.
-            sqlx::query(
-                "DELETE FROM session_messages WHERE session = ?1 \
-                 AND EXISTS (SELECT 1 FROM sessions WHERE session = ?1 AND expires_at_ms <= ?2)",
-            )
-            .bind(&**session)
-            .bind(now)
-            .execute(&mut **tx)
-            .await
-            .map_err(db)?;
+            // An expired record not swept yet: its messages and ids go before it lives again.
+            for table in ["session_messages", "session_inbound"] {
+                let sql = format!(
+                    "DELETE FROM {table} WHERE session = ?1 \
+                     AND EXISTS (SELECT 1 FROM sessions WHERE session = ?1 AND expires_at_ms <= ?2)"
+                );
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(&**session)
+                    .bind(now)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+            }
             sqlx::query(
                 "INSERT INTO sessions (session, record, expires_at_ms) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (session) DO UPDATE SET record = excluded.record, expires_at_ms = excluded.expires_at_ms",
@@ -198,12 +210,26 @@ async fn apply_one(tx: &mut Tx<'_>, w: &Write, now: i64) -> Result<(), String> {
         Write::Touch { session, ttl_secs } => sqlx::query("UPDATE sessions SET expires_at_ms = ?2 WHERE session = ?1")
             .bind(&**session)
             .bind(now + i64::from(*ttl_secs) * 1000),
-        Write::Ended { session } => {
-            sqlx::query("DELETE FROM session_messages WHERE session = ?1")
+        Write::Inbound { session, packet_id, held: true } => sqlx::query(
+            "INSERT INTO session_inbound (session, packet_id) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM sessions \
+             WHERE session = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?3)) ON CONFLICT DO NOTHING",
+        )
+        .bind(&**session)
+        .bind(i64::from(*packet_id))
+        .bind(now),
+        Write::Inbound { session, packet_id, held: false } => {
+            sqlx::query("DELETE FROM session_inbound WHERE session = ?1 AND packet_id = ?2")
                 .bind(&**session)
-                .execute(&mut **tx)
-                .await
-                .map_err(db)?;
+                .bind(i64::from(*packet_id))
+        }
+        Write::Ended { session } => {
+            for table in ["session_messages", "session_inbound"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE session = ?1")))
+                    .bind(&**session)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db)?;
+            }
             sqlx::query("DELETE FROM sessions WHERE session = ?1").bind(&**session)
         }
         Write::Retained { topic, body: Some(body) } => sqlx::query(
@@ -246,13 +272,11 @@ impl SessionJournal for SqliteJournal {
 
 /// Deletes the sessions expired at `now` and their messages.
 async fn sweep(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, now: i64) -> Result<u64, String> {
-    sqlx::query(
-        "DELETE FROM session_messages WHERE session IN (SELECT session FROM sessions WHERE expires_at_ms <= ?1)",
-    )
-    .bind(now)
-    .execute(&mut **tx)
-    .await
-    .map_err(db)?;
+    for table in ["session_messages", "session_inbound"] {
+        let sql =
+            format!("DELETE FROM {table} WHERE session IN (SELECT session FROM sessions WHERE expires_at_ms <= ?1)");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).execute(&mut **tx).await.map_err(db)?;
+    }
     let done =
         sqlx::query("DELETE FROM sessions WHERE expires_at_ms <= ?1").bind(now).execute(&mut **tx).await.map_err(db)?;
     Ok(done.rows_affected())

@@ -89,12 +89,16 @@ async fn what_was_written_survives_a_kill_9() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let journal = SqliteJournal::open(&dir.file()).await.expect("reopen");
     let (s, parked): (Arc<str>, Arc<str>) = ("5:alice/phone".into(), "5:alice/tablet".into());
-    let want = Stored { record: b"r".to_vec(), messages: vec![(7, b"seven".to_vec()), (u64::MAX, b"last".to_vec())] };
+    let messages = vec![(7, b"seven".to_vec()), (u64::MAX, b"last".to_vec())];
+    let want = Stored { record: b"r".to_vec(), messages, inbound: vec![] };
     assert_eq!(journal.load(&s).await.expect("load"), Some(want));
     assert_eq!(journal.load(&parked).await.expect("load"), None, "expired while closed");
     // Swept at open: the parked session's messages are gone too, not only hidden.
     let again = [Write::Record { session: parked.clone(), record: b"p2".to_vec(), ttl_secs: None }];
     journal.write(&again).await.expect("write");
-    assert_eq!(journal.load(&parked).await.expect("load"), Some(Stored { record: b"p2".to_vec(), messages: vec![] }));
+    assert_eq!(
+        journal.load(&parked).await.expect("load"),
+        Some(Stored { record: b"p2".to_vec(), ..Stored::default() })
+    );
     assert_eq!(journal.sweep_expired().await.expect("sweep"), 0);
 }

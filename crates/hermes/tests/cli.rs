@@ -1058,3 +1058,61 @@ async fn up_loses_no_acknowledged_message_to_a_kill_minus_9() {
     sigterm(&up.child);
     let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
 }
+
+/// Exactly once across a kill -9: a QoS 2 PUBLISH that `hermes up` received (PUBREC sent, no
+/// PUBREL yet) is not routed again when its publisher, back after the restart, sends it again.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_routes_a_qos2_publish_once_across_a_kill_minus_9() {
+    let data = temp_dir("qos2-journal").join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let wait = Duration::from_secs(10);
+    let lasting = |id: &str| Connect {
+        client_id: id.into(),
+        clean_start: false,
+        keep_alive: 60,
+        session_expiry: Some(3600),
+        ..Connect::default()
+    };
+    let connect = async |up: &Up, id: &str| {
+        let mut c = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+        match c.handshake(lasting(id), wait).await {
+            Ok(Packet::ConnAck { code: 0, session_present, .. }) => (c, session_present),
+            other => panic!("{id}: {other:?}"),
+        }
+    };
+    let once = sdk::mqtt::Publish {
+        topic: "exactly/once".into(),
+        payload: bytes::Bytes::from_static(b"once"),
+        qos: 2,
+        packet_id: Some(7),
+        ..Default::default()
+    };
+    let mut up = up_in(&data, &["--allow-anonymous"], &[]);
+    let (mut sub, _) = connect(&up, "qos2-sub").await;
+    sub.subscribe(vec![sdk::mqtt::SubscribeTopic::new("exactly/#", 2)], wait).await.expect("suback");
+    let (mut publisher, _) = connect(&up, "qos2-pub").await;
+    publisher.send(&Packet::Publish(once.clone())).await.expect("publish");
+    assert!(matches!(publisher.recv(wait).await, Ok(Packet::PubRec { packet_id: 7, code: 0 })));
+    let Ok(Packet::Publish(p)) = sub.recv(wait).await else { panic!("delivered") };
+    hermes_tests::ack(&mut sub, &p).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    up.child.kill().expect("kill -9");
+    let _ = up.child.wait();
+
+    let mut up = up_in(&data, &["--allow-anonymous"], &[]);
+    let (mut sub, present) = connect(&up, "qos2-sub").await;
+    assert!(present);
+    let (mut publisher, present) = connect(&up, "qos2-pub").await;
+    assert!(present, "the publisher's session, with the id awaiting PUBREL, survived");
+    // As a publisher that never saw the PUBREC would: the same PUBLISH again, DUP set.
+    publisher.send(&Packet::Publish(sdk::mqtt::Publish { dup: true, ..once })).await.expect("publish again");
+    assert!(matches!(publisher.recv(wait).await, Ok(Packet::PubRec { packet_id: 7, code: 0 })));
+    publisher.send(&Packet::PubRel { packet_id: 7, code: 0 }).await.expect("pubrel");
+    assert!(matches!(publisher.recv(wait).await, Ok(Packet::PubComp { packet_id: 7, .. })));
+    match sub.recv(Duration::from_secs(1)).await {
+        Err(sdk::mqtt::RecvError::Timeout) => {}
+        other => panic!("routed a second time: {other:?}"),
+    }
+    sigterm(&up.child);
+    let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
+}

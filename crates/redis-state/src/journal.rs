@@ -45,6 +45,15 @@ impl RedisJournal {
 }
 
 /// The hash field of message `entry`.
+/// The field of an inbound QoS 2 id: `i` and the id, 3 bytes (never 1 like `r` nor 8 like an
+/// entry).
+fn inbound_field(packet_id: u16) -> [u8; 3] {
+    let [hi, lo] = packet_id.to_be_bytes();
+    [INBOUND, hi, lo]
+}
+
+const INBOUND: u8 = b'i';
+
 fn entry_field(entry: u64) -> [u8; 8] {
     entry.to_be_bytes()
 }
@@ -63,6 +72,7 @@ impl SessionJournal for RedisJournal {
                     Write::Record { session, .. }
                     | Write::Message { session, .. }
                     | Write::Done { session, .. }
+                    | Write::Inbound { session, .. }
                     | Write::Ended { session }
                     | Write::Touch { session, .. } => wire::keys::session_journal(session),
                 };
@@ -85,6 +95,13 @@ impl SessionJournal for RedisJournal {
                     }
                     Write::Done { entry, .. } => {
                         pipe.cmd("HDEL").arg(&key).arg(&entry_field(*entry)[..]).ignore();
+                    }
+                    Write::Inbound { packet_id, held: true, .. } => {
+                        let field = inbound_field(*packet_id);
+                        pipe.cmd("EVAL").arg(KEEP_MESSAGE).arg(1).arg(&key).arg(&field[..]).arg(&b"1"[..]).ignore();
+                    }
+                    Write::Inbound { packet_id, held: false, .. } => {
+                        pipe.cmd("HDEL").arg(&key).arg(&inbound_field(*packet_id)[..]).ignore();
                     }
                     Write::Ended { .. } => {
                         pipe.cmd("DEL").arg(&key).ignore();
@@ -116,17 +133,22 @@ impl SessionJournal for RedisJournal {
                 .map_err(|e| format!("loading {key}: {e}"))?;
             let mut record = None;
             let mut messages = Vec::with_capacity(fields.len().saturating_sub(1));
+            let mut inbound = Vec::new();
             for (field, value) in fields {
-                if field == RECORD {
-                    record = Some(value);
-                } else {
-                    let entry = <[u8; 8]>::try_from(field.as_slice())
-                        .map_err(|_| format!("{key}: field {:?} is neither `r` nor an entry", field.escape_ascii()))?;
-                    messages.push((u64::from_be_bytes(entry), value));
+                match field.as_slice() {
+                    RECORD => record = Some(value),
+                    [INBOUND, hi, lo] => inbound.push(u16::from_be_bytes([*hi, *lo])),
+                    f => {
+                        let entry = <[u8; 8]>::try_from(f).map_err(|_| {
+                            format!("{key}: field {:?} is neither `r`, an inbound id nor an entry", f.escape_ascii())
+                        })?;
+                        messages.push((u64::from_be_bytes(entry), value));
+                    }
                 }
             }
             messages.sort_unstable_by_key(|(entry, _)| *entry);
-            Ok(record.map(|record| Stored { record, messages }))
+            inbound.sort_unstable();
+            Ok(record.map(|record| Stored { record, messages, inbound }))
         })
     }
 

@@ -516,13 +516,22 @@ impl Hub {
     }
 
     /// Inbound QoS 2: false if `packet_id` is a duplicate of an unreleased PUBLISH.
-    pub fn incoming_qos2(&self, session: &str, packet_id: u16) -> bool {
-        self.lock().router.incoming_qos2(session, packet_id)
+    /// With a persistent session, the id is journaled: the answer's `Durable` resolves once
+    /// it is written (the PUBREC waits for it).
+    pub fn incoming_qos2(&self, session: &str, packet_id: u16) -> (bool, Option<Durable>) {
+        let mut st = self.lock();
+        let mut fx = Effects::new();
+        let fresh = st.router.incoming_qos2(session, packet_id, &mut fx);
+        (fresh, self.apply(&mut st, fx, None))
     }
 
     /// Inbound PUBREL; returns whether `packet_id` was awaiting release in the session.
     pub fn incoming_released(&self, session: &str, packet_id: u16) -> bool {
-        self.lock().router.incoming_released(session, packet_id)
+        let mut st = self.lock();
+        let mut fx = Effects::new();
+        let was = st.router.incoming_released(session, packet_id, &mut fx);
+        self.apply(&mut st, fx, None);
+        was
     }
 
     /// Counts a QoS 0 delivery written to a socket.

@@ -128,13 +128,15 @@ pub async fn publish_in_order<E>(
         f.wait().await;
     }
     Ok(match routed {
-        Ok(Published { routed: r, .. }) => {
+        Ok(Published { routed: r, recorded, .. }) => {
             let sessions = r.sessions;
             if !r.pressure.is_empty() {
                 let _hold = st.gate.hold();
                 crate::flow::wait_for_room(&st.hub, r.pressure, st.max_stall).await;
             }
-            let stored = match r.durable {
+            // The journal writes in order: the routing's batch, when there is one, comes after
+            // the inbound QoS 2 id's.
+            let stored = match r.durable.or(recorded) {
                 Some(d) if acknowledged => d.wait().await,
                 _ => true,
             };
@@ -149,6 +151,8 @@ pub async fn publish_in_order<E>(
 pub struct Published {
     pub message: SharedMessage,
     pub routed: crate::hub::Routed,
+    /// The journal's write of an inbound QoS 2 packet id (a persistent session's), if any.
+    pub recorded: Option<crate::journal::Durable>,
 }
 
 /// Validates and routes an inbound PUBLISH; `build` adds version-specific fields.
@@ -168,11 +172,15 @@ pub fn publish(
         tracing::info!(client_id = %st.client_id, topic = %inbound.topic, "publish refused by the ACL");
         return Err(PublishRefusal::NotAuthorized);
     }
+    let mut recorded = None;
     if inbound.qos == QoS::ExactlyOnce
         && let Some(id) = inbound.packet_id
-        && !st.hub.incoming_qos2(&st.session, id)
     {
-        return Err(PublishRefusal::Duplicate);
+        let (fresh, durable) = st.hub.incoming_qos2(&st.session, id);
+        if !fresh {
+            return Err(PublishRefusal::Duplicate);
+        }
+        recorded = durable;
     }
     let mut msg = Message::new(inbound.topic, inbound.payload, inbound.qos, inbound.retain);
     build(&mut msg);
@@ -181,7 +189,7 @@ pub fn publish(
     let msg = Arc::new(msg);
     let routed = st.hub.publish(msg.clone(), Some(&st.session), now_ms());
     metrics::histogram!(m::ROUTE_SECONDS).record(started.elapsed().as_secs_f64());
-    Ok(Published { message: msg, routed })
+    Ok(Published { message: msg, routed, recorded })
 }
 
 /// A SUBSCRIBE entry: the ACL first (for `$share/{group}/...` the filter after the group), then

@@ -233,7 +233,7 @@ fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
                 }
             }
             Persist::Ended => fresh.retain(|(s, _), _| *s != session),
-            Persist::Record { .. } => {}
+            Persist::Record { .. } | Persist::Change(Change::Inbound(..)) => {}
         }
         out.push(Some(Item::Session(session, persist)));
     }
@@ -265,6 +265,7 @@ fn encode(items: Vec<Item>) -> Vec<Write> {
                     Write::Message { session, entry: out.entry, body }
                 }
                 Persist::Change(Change::Done(entry)) => Write::Done { session, entry },
+                Persist::Change(Change::Inbound(packet_id, held)) => Write::Inbound { session, packet_id, held },
                 Persist::Ended => Write::Ended { session },
             },
         })
@@ -299,6 +300,7 @@ mod tests {
             .map(|(s, p)| match p {
                 Persist::Change(Change::Kept { out, .. }) => (s.to_string(), out.entry, "kept"),
                 Persist::Change(Change::Done(e)) => (s.to_string(), *e, "done"),
+                Persist::Change(Change::Inbound(id, _)) => (s.to_string(), u64::from(*id), "inbound"),
                 Persist::Ended => (s.to_string(), 0, "ended"),
                 Persist::Record { .. } => (s.to_string(), 0, "record"),
             })

@@ -57,6 +57,7 @@ pub fn journal_record(subscriptions: Vec<(String, SubOptions)>, expiry_secs: u32
 /// Messages with a packet id were in flight (in entry order), the others queued behind them.
 pub fn from_journal(stored: Stored) -> Option<(SessionSnapshot<SharedMessage>, u32)> {
     let mut state = pb::SessionState::decode(&stored.record[..]).ok()?;
+    state.incoming_qos2 = stored.inbound.into_iter().map(u32::from).collect();
     for (entry, body) in stored.messages {
         let mut m = pb::StoredMessage::decode(&body[..]).ok()?;
         m.entry = entry;

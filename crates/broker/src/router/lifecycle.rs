@@ -297,4 +297,8 @@ fn journal_whole<M: Routable + Clone, O>(
         let change = Change::Kept { out, released, first: true };
         fx.push(Effect::Persist { session: key.clone(), persist: Persist::Change(change) });
     }
+    for packet_id in snap.incoming_qos2 {
+        let change = Change::Inbound(packet_id, true);
+        fx.push(Effect::Persist { session: key.clone(), persist: Persist::Change(change) });
+    }
 }

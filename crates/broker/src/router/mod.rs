@@ -479,13 +479,17 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     }
 
     /// Inbound QoS 2: false if `packet_id` is a duplicate of an unreleased PUBLISH.
-    pub fn incoming_qos2(&mut self, session: &str, packet_id: u16) -> bool {
-        self.live.get_mut(session).is_none_or(|l| l.session.incoming_qos2(packet_id))
+    pub fn incoming_qos2(&mut self, session: &str, packet_id: u16, fx: &mut Effects<M, O>) -> bool {
+        let fresh = self.live.get_mut(session).is_none_or(|l| l.session.incoming_qos2(packet_id));
+        self.journal_live(session, false, fx);
+        fresh
     }
 
     /// Inbound PUBREL; returns whether `packet_id` was awaiting release in the session.
-    pub fn incoming_released(&mut self, session: &str, packet_id: u16) -> bool {
-        self.live.get_mut(session).is_some_and(|l| l.session.incoming_released(packet_id))
+    pub fn incoming_released(&mut self, session: &str, packet_id: u16, fx: &mut Effects<M, O>) -> bool {
+        let was = self.live.get_mut(session).is_some_and(|l| l.session.incoming_released(packet_id));
+        self.journal_live(session, false, fx);
+        was
     }
 }
 

@@ -140,6 +140,7 @@ fn journal(fx: &Fx) -> Vec<String> {
                     if *released { "!" } else { "" }
                 ),
                 Persist::Change(Change::Done(entry)) => format!("-{entry}"),
+                Persist::Change(Change::Inbound(id, held)) => format!("{}i{id}", if *held { "+" } else { "-" }),
                 Persist::Ended => "ended".to_owned(),
             }),
             _ => None,
@@ -479,11 +480,35 @@ fn inbound_qos2_ids_are_remembered_until_released() {
     let mut fx = Fx::new();
     connect(&mut r, request("u", "c", true, 0), &mut fx);
     let k = key("u", "c");
-    assert!(r.incoming_qos2(&k, 7));
-    assert!(!r.incoming_qos2(&k, 7), "a duplicate before PUBREL");
-    assert!(r.incoming_released(&k, 7));
-    assert!(!r.incoming_released(&k, 7));
-    assert!(r.incoming_qos2(&k, 7));
+    fx.clear();
+    assert!(r.incoming_qos2(&k, 7, &mut fx));
+    assert!(!r.incoming_qos2(&k, 7, &mut fx), "a duplicate before PUBREL");
+    assert!(r.incoming_released(&k, 7, &mut fx));
+    assert!(!r.incoming_released(&k, 7, &mut fx));
+    assert!(r.incoming_qos2(&k, 7, &mut fx));
+    assert!(journal(&fx).is_empty(), "a session that ends with its connection is not journaled");
+
+    // A persistent session's ids are journaled as they come and go, and written whole with it.
+    let k = key("u", "kept");
+    connect(&mut r, request("u", "kept", false, 60), &mut fx);
+    fx.clear();
+    r.incoming_qos2(&k, 9, &mut fx);
+    r.incoming_qos2(&k, 9, &mut fx);
+    r.incoming_qos2(&k, 10, &mut fx);
+    r.incoming_released(&k, 9, &mut fx);
+    let ids: Vec<(u16, bool)> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Persist { persist: Persist::Change(Change::Inbound(id, held)), .. } => Some((*id, *held)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, [(9, true), (10, true), (9, false)]);
+    fx.clear();
+    connect(&mut r, request("u", "kept", false, 60), &mut fx);
+    assert!(
+        fx.iter().any(|e| matches!(e, Effect::Persist { persist: Persist::Change(Change::Inbound(10, true)), .. }))
+    );
 }
 
 /// The filters whose interest changed, in order: `+f` held, `-f` released.
