@@ -3,6 +3,8 @@
 # anonymous access, otherwise defaults) on loopback; publishers connect to edge A, subscribers
 # to edge B, so every message crosses the bus. Each row counts what was lost, reordered and
 # duplicated (`hermes bench throughput --subscriber-port`), next to the same run on one edge.
+# Sessions live in a Redis too; the last run kills edge A with STORM_CLIENTS (5000) persistent
+# clients on it, which reconnect to edge B (`hermes bench storm`).
 # Usage: scripts/bench-cluster.sh [SECONDS]      Results: target/bench-cluster/*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +25,17 @@ trap cleanup EXIT
 NATS_PORT=$(free_port)
 nats-server -a 127.0.0.1 -p "$NATS_PORT" > "$OUT/nats.log" 2>&1 &
 pids+=($!)
+# Sessions are claimed and persistent ones journaled in Redis, as in production.
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec \
+    --dir "$OUT" > "$OUT/redis.log" 2>&1 &
+pids+=($!)
+wait_for_port "$REDIS_PORT"
 
 start_edge() { # $1 name, $2 port; prints the pid once the port answers
     HERMES_MQTT__TLS_ADDR='' RUST_LOG=warn "$EDGE" --mqtt-addr "127.0.0.1:$2" --mqtt-ws-addr '' --ops-addr '' \
-        --allow-anonymous --bus-nats-url "nats://127.0.0.1:$NATS_PORT" --bus-node-id "$1" > "$OUT/$1.log" 2>&1 &
+        --allow-anonymous --bus-nats-url "nats://127.0.0.1:$NATS_PORT" --bus-node-id "$1" \
+        --state-redis-url "redis://127.0.0.1:$REDIS_PORT/0" > "$OUT/$1.log" 2>&1 &
     local pid=$!
     wait_for_port "$2" || true
     echo $pid
@@ -48,6 +57,11 @@ run cross-qos1-1to1 throughput --subscriber-port "$B_PORT" --publishers 1 --subs
 run cross-qos1-100to100 throughput --subscriber-port "$B_PORT" --publishers 100 --subscribers 100 --qos 1 --seconds "$SECS"
 run cross-qos0-100to100 throughput --subscriber-port "$B_PORT" --publishers 100 --subscribers 100 --qos 0 --seconds "$SECS"
 run local-qos1-1to1 throughput --publishers 1 --subscribers 1 --qos 1 --seconds "$SECS"
+# Last, as it kills edge A: the reconnect storm of its clients to edge B.
+STORM=${STORM_CLIENTS:-5000}
+echo "== storm: hermes bench storm -n $STORM (edge A killed)" >&2
+"$HERMES" bench --port "$A_PORT" --mqtt-version 5 --json storm -n "$STORM" --fallback-port "$B_PORT" --kill-pid "$A" \
+    > "$OUT/storm.report"
 if grep -q panicked "$OUT"/edge-*.log; then echo "an edge panicked: see $OUT/edge-*.log" >&2; exit 1; fi
 for f in "$OUT"/*.json; do
     python3 - "$f" <<'PY'
@@ -59,3 +73,4 @@ print(f'{sys.argv[1]}: {d["delivered_msgs_per_sec"]}/s delivered of {d["publishe
       f'p99 {d["latency"]["p99_ms"]} ms, edge A {cpu} µs/msg')
 PY
 done
+echo "$OUT/storm.report:"; cat "$OUT/storm.report"

@@ -36,6 +36,11 @@ impl Dial {
 
     /// TCP connect from `source` (port chosen by the kernel), CONNECT, wait for CONNACK.
     pub async fn open(&self, source: Option<IpAddr>, client_id: String) -> Result<Client, String> {
+        self.open_session(source, client_id).await.map(|(c, _)| c)
+    }
+
+    /// Like [`Dial::open`], also saying whether the broker resumed a session.
+    pub async fn open_session(&self, source: Option<IpAddr>, client_id: String) -> Result<(Client, bool), String> {
         let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
         if let Some(src) = source {
             socket.bind(SocketAddr::new(src, 0)).map_err(|e| format!("bind {src}: {e}"))?;
@@ -55,7 +60,7 @@ impl Dial {
             ..Connect::default()
         };
         match client.handshake(connect, Duration::from_secs(30)).await {
-            Ok(Packet::ConnAck { code: 0, .. }) => Ok(client),
+            Ok(Packet::ConnAck { code: 0, session_present, .. }) => Ok((client, session_present)),
             Ok(other) => Err(format!("refused: {other:?}")),
             Err(e) => Err(format!("handshake: {e:?}")),
         }

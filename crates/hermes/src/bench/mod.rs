@@ -13,6 +13,7 @@ mod clients;
 mod connections;
 mod fanout;
 mod stats;
+mod storm;
 mod throughput;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -62,6 +63,9 @@ enum Scenario {
     Fanout(fanout::Args),
     /// P publishers → S subscribers at QoS 0 or 1: delivered msgs/s and latency percentiles.
     Throughput(throughput::Args),
+    /// Kill (-9) the edge on --port with N persistent clients on it; all reconnect to
+    /// --fallback-port: storm duration, reconnect latency, sessions resumed, messages lost.
+    Storm(storm::Args),
     /// The accounts API: password logins, token refreshes or contact syncs per second.
     Accounts(accounts::Args),
     /// The edge's ACL decisions for a token user with many mutual friends (in this process).
@@ -101,6 +105,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             Scenario::Connections(a) => connections::run(&args.common, a).await?,
             Scenario::Fanout(a) => fanout::run(&args.common, a).await?,
             Scenario::Throughput(a) => throughput::run(&args.common, a).await?,
+            Scenario::Storm(a) => storm::run(&args.common, a).await?,
             Scenario::Accounts(a) => accounts::run(&args.common, a).await?,
             Scenario::Acl(a) => acl::run(a)?,
         };
