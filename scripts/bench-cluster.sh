@@ -3,8 +3,9 @@
 # anonymous access, otherwise defaults) on loopback; publishers connect to edge A, subscribers
 # to edge B, so every message crosses the bus. Each row counts what was lost, reordered and
 # duplicated (`hermes bench throughput --subscriber-port`), next to the same run on one edge.
-# Sessions live in a Redis too; the last run kills edge A with STORM_CLIENTS (5000) persistent
-# clients on it, which reconnect to edge B (`hermes bench storm`).
+# Sessions live in a Redis too. Then one publish fans out to FANOUT_CLIENTS (16000) subscribers,
+# half on each edge; the last run kills edge A with STORM_CLIENTS (5000) persistent clients on
+# it, which reconnect to edge B (`hermes bench storm`).
 # Usage: scripts/bench-cluster.sh [SECONDS]      Results: target/bench-cluster/*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +58,11 @@ run cross-qos1-1to1 throughput --subscriber-port "$B_PORT" --publishers 1 --subs
 run cross-qos1-100to100 throughput --subscriber-port "$B_PORT" --publishers 100 --subscribers 100 --qos 1 --seconds "$SECS"
 run cross-qos0-100to100 throughput --subscriber-port "$B_PORT" --publishers 100 --subscribers 100 --qos 0 --seconds "$SECS"
 run local-qos1-1to1 throughput --publishers 1 --subscribers 1 --qos 1 --seconds "$SECS"
+# One QoS 0 publish on edge A to FANOUT_CLIENTS (16000: this process holds them all, under a
+# common 20000-descriptor limit) subscribers, half of them on edge B.
+FAN=${FANOUT_CLIENTS:-16000}
+echo "== fanout: hermes bench fanout -n $FAN --second-port $B_PORT" >&2
+"$HERMES" bench --port "$A_PORT" --pid "$A" --json fanout -n "$FAN" --second-port "$B_PORT" > "$OUT/fanout.report"
 # Last, as it kills edge A: the reconnect storm of its clients to edge B.
 STORM=${STORM_CLIENTS:-5000}
 echo "== storm: hermes bench storm -n $STORM (edge A killed)" >&2
@@ -73,4 +79,4 @@ print(f'{sys.argv[1]}: {d["delivered_msgs_per_sec"]}/s delivered of {d["publishe
       f'p99 {d["latency"]["p99_ms"]} ms, edge A {cpu} µs/msg')
 PY
 done
-echo "$OUT/storm.report:"; cat "$OUT/storm.report"
+for r in fanout storm; do echo "$OUT/$r.report:"; cat "$OUT/$r.report"; done

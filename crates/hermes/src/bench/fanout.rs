@@ -21,12 +21,24 @@ pub struct Args {
     /// Payload bytes.
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// Half the subscribers connect to this port (another edge of the same cluster): the
+    /// publish reaches them across the bus.
+    #[arg(long)]
+    second_port: Option<u16>,
 }
 
 pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     let dial = Dial::from(common)?;
     let topic = format!("bench/fanout/{}", std::process::id());
-    let (subs, _, failed) = open_many(common, &dial, args.n, "fan").await;
+    let elsewhere = if args.second_port.is_some() { args.n / 2 } else { 0 };
+    let (mut subs, _, mut failed) = open_many(common, &dial, args.n - elsewhere, "fan").await;
+    if let Some(port) = args.second_port {
+        let mut other = dial.clone();
+        other.broker.set_port(port);
+        let (more, _, f) = open_many(common, &other, elsewhere, "fan-b").await;
+        subs.extend(more);
+        failed += f;
+    }
     if failed > 0 {
         return Err(format!("{failed} subscribers could not connect"));
     }
@@ -61,6 +73,10 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     if subscribed != args.n {
         return Err(format!("only {subscribed} of {} subscriptions were acknowledged", args.n));
     }
+    if args.second_port.is_some() {
+        // The other edge tells this one of its interest shortly after its SUBACKs.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let mut publisher = dial.open(common.source(args.n), format!("fan-pub-{}", std::process::id())).await?;
     let payload = vec![b'x'; args.payload];
     let cpu_before = (cpu_secs(common.pid), cpu_secs(None));
@@ -88,6 +104,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     let mut report = serde_json::Map::new();
     report.insert("scenario".into(), "fanout".into());
     report.insert("subscribers".into(), args.n.into());
+    report.insert("on_second_edge".into(), elsewhere.into());
     report.insert("rounds".into(), Value::Array(results));
     cpu_report(&mut report, common.pid, cpu_before, (args.n * rounds) as u64);
     Ok(Value::Object(report))
