@@ -14,7 +14,7 @@ OUT=target/bench-cluster
 mkdir -p "$OUT"
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
-command -v nats-server >/dev/null || install_deps
+{ command -v nats-server && command -v redis-server; } >/dev/null || install_deps
 cargo build --release -q -p hermes -p mqtt-edge
 HERMES=target/release/hermes
 EDGE=target/release/mqtt-edge
