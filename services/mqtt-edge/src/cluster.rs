@@ -185,23 +185,23 @@ type Held = (String, Option<Arc<str>>);
 impl Subscriptions {
     async fn run(mut self, mut changes: mpsc::UnboundedReceiver<(String, bool)>) {
         while let Some((filter, held)) = changes.recv().await {
-            // Too long for a subject: its messages come on `LONG_TOPICS`, always held.
             // A shared subscription: the bus picks one node among those with members.
             let share = shared_filter(&filter).map(|plain| (Arc::<str>::from(filter.as_str()), plain));
             let plain = share.as_ref().map_or(filter.as_str(), |(_, plain)| plain);
             let share = share.as_ref().map(|(whole, _)| whole.clone());
-            let Some(mut subjects) = subjects::interest(plain) else {
-                continue;
-            };
+            // Too long for a subject: its messages come on `LONG_TOPICS`, always held.
+            let mut subjects = subjects::interest(plain).unwrap_or_default();
             if share.is_some() {
-                // Retained messages travel apart (to every edge, for their stores); a shared
-                // subscription takes its live copy of them through its queue group too.
+                // Retained messages travel apart (to every edge, for their stores), and so do
+                // messages on over-long topics: a shared subscription takes its copy of both
+                // through its queue group too (the node picked delivers if the topic matches).
                 let retained: Vec<String> = subjects
                     .iter()
                     .filter_map(|s| s.strip_prefix(subjects::ROUTED_PREFIX))
                     .map(|rest| format!("{}{rest}", subjects::RETAINED_PREFIX))
                     .collect();
                 subjects.extend(retained);
+                subjects.push(subjects::LONG_TOPICS.to_owned());
             }
             for subject in subjects {
                 if held {
