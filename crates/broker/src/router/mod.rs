@@ -322,7 +322,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 plan.add_shared(group, key, opts);
             }
         });
-        self.deliver(plan, msg, now_ms, fx)
+        self.deliver(plan, msg, fx)
     }
 
     pub fn config(&self) -> &RouterConfig {
@@ -389,13 +389,12 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         if !self.shared_on_bus {
             self.shared.for_each_match(msg.topic(), |(key, group), opts| plan.add_shared(group, key, opts));
         }
-        self.deliver(plan, msg, now_ms, fx)
+        self.deliver(plan, msg, fx)
     }
 
     /// Hands `msg` to the sessions `plan` picked: live ones through their connection, parked
     /// ones into their queue. Returns how many.
-    fn deliver(&mut self, plan: RoutePlan<u64>, msg: M, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
-        let _ = now_ms;
+    fn deliver(&mut self, plan: RoutePlan<u64>, msg: M, fx: &mut Effects<M, O>) -> usize {
         let mut rr = self.round_robin;
         let deliveries = plan.finish(|n| {
             rr = rr.wrapping_add(1);
