@@ -386,10 +386,17 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
         let mut plan = RoutePlan::new(publisher, msg.qos(), msg.retain());
         self.subs.for_each_match(msg.topic(), |key, opts| plan.add(key, opts));
-        if !self.shared_on_bus {
+        // Shared subscriptions served through the bus still count as taking the message (a v5
+        // publisher is not told "no matching subscribers" for them).
+        let mut shared_elsewhere = std::collections::HashSet::new();
+        if self.shared_on_bus {
+            self.shared.for_each_match(msg.topic(), |(_, group), _| {
+                shared_elsewhere.insert(group.clone());
+            });
+        } else {
             self.shared.for_each_match(msg.topic(), |(key, group), opts| plan.add_shared(group, key, opts));
         }
-        self.deliver(plan, msg, fx)
+        self.deliver(plan, msg, fx) + shared_elsewhere.len()
     }
 
     /// Hands `msg` to the sessions `plan` picked: live ones through their connection, parked

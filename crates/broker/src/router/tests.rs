@@ -701,3 +701,18 @@ fn retained_messages_published_here_are_journaled_those_of_other_nodes_are_not()
         .collect();
     assert_eq!(bodies, ["kept"], "a newer message is not replaced by the journal's");
 }
+
+#[test]
+fn shared_subscriptions_served_through_the_bus_count_but_are_not_delivered_here() {
+    let mut r = router(0);
+    r.share_through_bus();
+    let mut fx = Fx::new();
+    let (link, _) = connect(&mut r, request("u", "a", true, 0), &mut fx);
+    sub(&mut r, "u", "a", "$share/g/jobs/#", 1);
+    fx.clear();
+    assert_eq!(r.publish(msg("jobs/1", "w", 1), None, 0, &mut fx), 1, "the group takes it");
+    assert!(delivered(&fx, link).is_empty(), "the bus picks the member");
+    assert_eq!(r.publish_shared(msg("jobs/2", "w", 1), "$share/g/jobs/#", 0, &mut fx), 1);
+    assert_eq!(delivered(&fx, link), ["w"]);
+    assert_eq!(r.publish_shared(msg("jobs/3", "w", 1), "$share/other/jobs/#", 0, &mut fx), 0, "not this group");
+}
