@@ -216,12 +216,12 @@ impl Hub {
         if from.is_some() {
             self.counters.messages_received.fetch_add(1, Ordering::Relaxed);
         }
-        self.route(msg, from, true, now_ms)
+        self.route(|router, fx| router.publish(msg, from, now_ms, fx))
     }
 
     /// Routes a message another edge sent.
     pub fn publish_remote(&self, msg: SharedMessage, now_ms: u64) -> Routed {
-        self.route(msg, None, false, now_ms)
+        self.route(|router, fx| router.publish_remote(msg, now_ms, fx))
     }
 
     /// Retained messages from the journal, before the first client comes.
@@ -229,14 +229,12 @@ impl Hub {
         self.lock().router.restore_retained(messages);
     }
 
-    fn route(&self, msg: SharedMessage, from: Option<&str>, local: bool, now_ms: u64) -> Routed {
+    /// One routing decision (`decide` returns how many sessions took the message), applied
+    /// with the connections a publisher must wait for and the journal's answer.
+    fn route(&self, decide: impl FnOnce(&mut Router<SharedMessage, Arc<Identity>>, &mut Effects) -> usize) -> Routed {
         let mut st = self.lock();
         let mut fx = Effects::new();
-        let sessions = if local {
-            st.router.publish(msg, from, now_ms, &mut fx)
-        } else {
-            st.router.publish_remote(msg, now_ms, &mut fx)
-        };
+        let sessions = decide(&mut st.router, &mut fx);
         let mut pressure = Vec::new();
         let durable = self.apply(&mut st, fx, Some(&mut pressure));
         Routed { sessions, pressure, durable }
@@ -272,12 +270,7 @@ impl Hub {
     /// Hands a message to one member here of the shared subscription `share`, which the bus
     /// picked this edge for.
     pub fn publish_shared(&self, msg: SharedMessage, share: &str, now_ms: u64) -> Routed {
-        let mut st = self.lock();
-        let mut fx = Effects::new();
-        let sessions = st.router.publish_shared(msg, share, now_ms, &mut fx);
-        let mut pressure = Vec::new();
-        let durable = self.apply(&mut st, fx, Some(&mut pressure));
-        Routed { sessions, pressure, durable }
+        self.route(|router, fx| router.publish_shared(msg, share, now_ms, fx))
     }
 
     /// The session journal, once attached.
