@@ -286,7 +286,7 @@ pub mod contract {
 
     /// Sleeps without depending on a runtime (the broker crate has none): a thread wakes the
     /// task.
-    async fn sleep(d: std::time::Duration) {
+    pub(crate) async fn sleep(d: std::time::Duration) {
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = done.clone();
         let waker = std::sync::Arc::new(std::sync::Mutex::new(None::<std::task::Waker>));

@@ -19,6 +19,7 @@ pub mod route;
 pub mod router;
 pub mod session;
 pub mod store;
+pub mod streams;
 pub mod topic;
 pub mod trie;
 
