@@ -37,11 +37,13 @@ pub struct Outgoing<M> {
     pub subscription_ids: Vec<u32>,
     /// The message's number in its session, given when it arrives: its key in the journal.
     pub entry: u64,
+    /// Times it was sent again after a reconnect without being acknowledged.
+    pub resends: u16,
 }
 
 impl<M> Outgoing<M> {
     pub fn new(msg: M, qos: QoS, retain: bool, subscription_ids: Vec<u32>) -> Self {
-        Outgoing { msg, qos, packet_id: None, dup: false, retain, subscription_ids, entry: 0 }
+        Outgoing { msg, qos, packet_id: None, dup: false, retain, subscription_ids, entry: 0, resends: 0 }
     }
 }
 
@@ -80,11 +82,20 @@ pub struct SessionLimits {
     pub drop_policy: DropPolicy,
     /// Also queue QoS 0 messages while the client is offline.
     pub queue_qos0: bool,
+    /// Times a message is sent without being acknowledged before the session gives up on it
+    /// ([`Session::take_exhausted`]); 0 never gives up.
+    pub max_deliveries: u16,
 }
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        SessionLimits { max_inflight: 32, max_queued: 1000, drop_policy: DropPolicy::DropOldest, queue_qos0: false }
+        SessionLimits {
+            max_inflight: 32,
+            max_queued: 1000,
+            drop_policy: DropPolicy::DropOldest,
+            queue_qos0: false,
+            max_deliveries: 0,
+        }
     }
 }
 
@@ -137,6 +148,8 @@ pub struct Session<M> {
     /// Whether message changes are recorded for the journal.
     durable: bool,
     changes: Vec<Change<M>>,
+    /// What [`Session::resume`] gave up on, for [`Session::take_exhausted`].
+    exhausted: Vec<Outgoing<M>>,
 }
 
 impl<M: Deliverable + Clone> Session<M> {
@@ -152,6 +165,7 @@ impl<M: Deliverable + Clone> Session<M> {
             next_entry: 1,
             durable: false,
             changes: Vec::new(),
+            exhausted: Vec::new(),
         }
     }
 
@@ -258,16 +272,33 @@ impl<M: Deliverable + Clone> Session<M> {
     /// up to the window. `receive_maximum` is the client's (v5) or 65 535 (v3).
     pub fn resume(&mut self, receive_maximum: u16, now_ms: u64) -> Vec<Outgoing<M>> {
         self.window = receive_maximum.min(self.limits.max_inflight).max(1);
+        let max = self.limits.max_deliveries;
+        let (exhausted, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.inflight)
+            .into_iter()
+            .partition(|(o, st)| *st == InflightState::Published && max > 0 && o.resends.saturating_add(1) >= max);
+        self.inflight = kept.into();
+        for (o, _) in exhausted {
+            self.done(o.entry);
+            self.exhausted.push(o);
+        }
         let mut out: Vec<Outgoing<M>> = self
             .inflight
             .iter_mut()
             .map(|(o, _)| {
                 o.dup = true;
+                o.resends = o.resends.saturating_add(1);
                 o.clone()
             })
             .collect();
         out.extend(self.fill_window(now_ms));
         out
+    }
+
+    /// Messages [`Session::resume`] gave up on: sent `max_deliveries` times and never
+    /// acknowledged (a client that fails on them would get them forever). They are no longer
+    /// the session's.
+    pub fn take_exhausted(&mut self) -> Vec<Outgoing<M>> {
+        std::mem::take(&mut self.exhausted)
     }
 
     /// The connection went away; the session keeps its state for the next one. Its queue is
@@ -474,7 +505,7 @@ mod tests {
     }
 
     fn limits(max_inflight: u16, max_queued: usize, drop_policy: DropPolicy) -> SessionLimits {
-        SessionLimits { max_inflight, max_queued, drop_policy, queue_qos0: false }
+        SessionLimits { max_inflight, max_queued, drop_policy, queue_qos0: false, max_deliveries: 0 }
     }
 
     fn id(n: u16) -> NonZeroU16 {

@@ -9,7 +9,7 @@ use accounts::config::AccountsConfig;
 use accounts::node::{ApiParts, DataDir, Database, Keys};
 use mqtt_edge::EdgeConfig;
 use mqtt_edge::cli::EdgeFlags;
-use mqtt_edge::config::{AuthConfig, BusConfig, LimitsConfig, MqttConfig, OpsConfig, StateConfig};
+use mqtt_edge::config::{AuthConfig, BusConfig, LimitsConfig, MqttConfig, OpsConfig, StateConfig, StreamsConfig};
 use redis_state::StateDirectories;
 use serde::{Deserialize, Serialize};
 use service_kit::telemetry::TelemetryConfig;
@@ -46,6 +46,7 @@ pub struct UpConfig {
     pub ops: OpsConfig,
     pub bus: BusConfig,
     pub state: StateConfig,
+    pub streams: StreamsConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -61,6 +62,7 @@ impl Default for UpConfig {
             ops: edge.ops,
             bus: edge.bus,
             state: edge.state,
+            streams: edge.streams,
             telemetry: edge.telemetry,
         }
     }
@@ -80,6 +82,7 @@ impl UpConfig {
             ops: self.ops.clone(),
             bus: self.bus.clone(),
             state: self.state.clone(),
+            streams: self.streams.clone(),
             telemetry: self.telemetry.clone(),
         }
     }

@@ -15,6 +15,7 @@ pub struct EdgeConfig {
     pub ops: OpsConfig,
     pub bus: BusConfig,
     pub state: StateConfig,
+    pub streams: StreamsConfig,
     pub telemetry: TelemetryConfig,
 }
 
@@ -102,6 +103,10 @@ pub struct LimitsConfig {
     pub max_session_expiry_secs: u32,
     /// v5 topic aliases a client may use towards the server.
     pub max_topic_alias: u16,
+    /// Times a QoS 1/2 message is sent to a persistent session (once, then again at each
+    /// reconnect) without being acknowledged before it goes to the dead-letter stream instead:
+    /// a client that fails on a message does not get it forever. 0 never gives up.
+    pub max_deliveries: u16,
 }
 
 impl Default for LimitsConfig {
@@ -124,7 +129,42 @@ impl Default for LimitsConfig {
             max_connections: 100_000,
             max_session_expiry_secs: 7 * 24 * 3600,
             max_topic_alias: 32,
+            max_deliveries: 10,
         }
+    }
+}
+
+/// Durable streams (`broker::streams`): which topics keep their messages, for how long, and
+/// when the edge gives up on a message (the dead-letter stream).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamsConfig {
+    /// Topic filters whose topics are durable streams (each topic its own stream); empty turns
+    /// durable streams off.
+    pub rules: Vec<String>,
+    /// Messages a stream keeps at most (the newest).
+    pub max_len: u64,
+    /// Seconds a stream keeps a message.
+    pub max_age_secs: u64,
+    /// Messages one resume replays at most; the client resumes again from the last it got.
+    pub max_replay: usize,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        let retention = broker::streams::Retention::default();
+        StreamsConfig {
+            rules: broker::streams::DEFAULT_RULES.iter().map(|r| r.to_string()).collect(),
+            max_len: retention.max_len,
+            max_age_secs: retention.max_age_secs,
+            max_replay: 1000,
+        }
+    }
+}
+
+impl StreamsConfig {
+    pub fn retention(&self) -> broker::streams::Retention {
+        broker::streams::Retention { max_len: self.max_len, max_age_secs: self.max_age_secs }
     }
 }
 
@@ -163,6 +203,17 @@ impl EdgeConfig {
             ("limits.connect_timeout_secs", usize::from(l.connect_timeout_secs)),
             ("limits.max_keepalive_secs", usize::from(l.max_keepalive_secs)),
             ("limits.max_stall_secs", usize::from(l.max_stall_secs)),
+        ] {
+            if v == 0 {
+                return Err(format!("{key} must be greater than 0"));
+            }
+        }
+        broker::streams::StreamRules::new(self.streams.rules.iter().cloned())
+            .map_err(|e| format!("streams.rules: {e}"))?;
+        for (key, v) in [
+            ("streams.max_len", self.streams.max_len),
+            ("streams.max_age_secs", self.streams.max_age_secs),
+            ("streams.max_replay", self.streams.max_replay as u64),
         ] {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));

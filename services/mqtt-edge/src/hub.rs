@@ -25,6 +25,7 @@ pub use crate::link::Delivery;
 use crate::link::{self, ConnInbox, ConnLink, Refused, Room};
 use crate::message::SharedMessage;
 use crate::metrics as m;
+use crate::streams::Streams;
 
 pub use broker::router::{CloseReason, SubscribeError};
 
@@ -81,6 +82,7 @@ impl HubConfig {
                     DropPolicy::DropOldest
                 },
                 queue_qos0: l.queue_qos0,
+                max_deliveries: l.max_deliveries,
             },
             topic: TopicLimits { max_len: l.max_topic_length, max_levels: l.max_topic_levels },
             max_subscriptions: l.max_subscriptions_per_client,
@@ -137,6 +139,8 @@ pub struct Hub {
     cluster: OnceLock<ClusterLink>,
     /// Where persistent sessions are written, when they are (see `journal`).
     journal: OnceLock<JournalWriter>,
+    /// Where messages on durable topics are appended (see `streams`).
+    streams: OnceLock<Streams>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -158,6 +162,7 @@ impl Hub {
             closing: AtomicBool::new(false),
             cluster: OnceLock::new(),
             journal: OnceLock::new(),
+            streams: OnceLock::new(),
         }
     }
 
@@ -224,6 +229,11 @@ impl Hub {
         self.route(|router, fx| router.publish_remote(msg, now_ms, fx))
     }
 
+    /// Hands a message `session` missed (from a durable stream) to that session alone.
+    pub fn replay(&self, session: &str, msg: SharedMessage, now_ms: u64) -> Routed {
+        self.route(|router, fx| usize::from(router.replay(session, msg, now_ms, fx)))
+    }
+
     /// Retained messages from the journal, before the first client comes.
     pub fn restore_retained(&self, messages: Vec<SharedMessage>) {
         self.lock().router.restore_retained(messages);
@@ -271,6 +281,16 @@ impl Hub {
     /// picked this edge for.
     pub fn publish_shared(&self, msg: SharedMessage, share: &str, now_ms: u64) -> Routed {
         self.route(|router, fx| router.publish_shared(msg, share, now_ms, fx))
+    }
+
+    /// Durable streams, once attached.
+    pub fn streams(&self) -> Option<&Streams> {
+        self.streams.get()
+    }
+
+    /// Appends messages on durable topics to `streams`; before the first client comes.
+    pub fn attach_streams(&self, streams: Streams) {
+        let _ = self.streams.set(streams);
     }
 
     /// The session journal, once attached.
@@ -367,7 +387,7 @@ impl Hub {
                         "will not sent: the ACL no longer allows its topic"
                     );
                 }
-                Effect::Dropped(n) => self.count_dropped(n),
+                Effect::Dropped { session, messages, exhausted } => self.dropped(&session, messages, exhausted),
                 Effect::SessionEnded { session, expired } => {
                     if expired {
                         metrics::counter!(m::SESSIONS_EXPIRED).increment(1);
@@ -429,6 +449,19 @@ impl Hub {
     /// The backlog below which waiting publishers go on: half the high-water mark.
     pub fn low_water(&self) -> usize {
         (self.high_water() / 2).max(1)
+    }
+
+    /// Messages `session` gave up on: counted (overflow) and, at QoS 1/2, kept as dead letters.
+    fn dropped(&self, session: &str, messages: Vec<broker::session::Outgoing<SharedMessage>>, exhausted: bool) {
+        if !exhausted {
+            self.count_dropped(messages.len());
+        }
+        let Some(streams) = self.streams.get() else { return };
+        let reason = if exhausted { "retries" } else { "overflow" };
+        let now = crate::message::now_ms();
+        for out in messages.iter().filter(|o| o.qos != broker::QoS::AtMostOnce) {
+            streams.dead_letter(reason, session, &out.msg, now);
+        }
     }
 
     fn count_dropped(&self, n: usize) {

@@ -90,6 +90,8 @@ pub enum PublishRefusal {
     /// journal: not acknowledged as stored (v5 PUBACK 0x80; v3 closes the connection so the
     /// client publishes it again).
     NotStored,
+    /// A resume request (`$hermes/resume/<stream>`) that cannot be answered, and why.
+    BadResume(&'static str),
 }
 
 /// An inbound PUBLISH, already read, as both versions describe it.
@@ -116,7 +118,14 @@ pub async fn publish_in_order<E>(
     turn.ready().await;
     let inbound = inbound(payload);
     let acknowledged = inbound.qos != QoS::AtMostOnce;
-    let routed = publish(st, inbound, build);
+    if inbound.topic.starts_with(crate::streams::RESUME_TOPIC) {
+        drop(turn);
+        return Ok(resume_request(st, &inbound).await);
+    }
+    let routed = match prepare(st, inbound, build) {
+        Ok(prepared) => append_to_stream(st, prepared, acknowledged).await.map(|p| route(st, p)),
+        Err(e) => Err(e),
+    };
     let mut forwarded = None;
     if let (Ok(r), Some(cluster)) = (&routed, st.hub.cluster()) {
         // Other edges get the connection's messages in its order too.
@@ -146,6 +155,35 @@ pub async fn publish_in_order<E>(
     })
 }
 
+/// A PUBLISH that may be routed: checked, stamped with its sender.
+pub struct Prepared {
+    message: Message,
+    /// The journal's write of an inbound QoS 2 packet id (a persistent session's), if any.
+    recorded: Option<crate::journal::Durable>,
+    /// The inbound QoS 2 packet id now held, if any.
+    qos2_id: Option<u16>,
+}
+
+/// A message on a durable topic goes to its stream first and carries its place from then on.
+/// One that cannot be stored is still routed at QoS 0; at QoS 1/2 it is refused (and a QoS 2
+/// packet id is let go, so the publisher's next try is routed).
+async fn append_to_stream(st: &ConnState, mut p: Prepared, acknowledged: bool) -> Result<Prepared, PublishRefusal> {
+    let Some(streams) = st.hub.streams().filter(|s| s.is_durable(&p.message.topic)) else {
+        return Ok(p);
+    };
+    match streams.append(&p.message, now_ms()).await {
+        Some(at) => crate::streams::stamp(&mut p.message, at),
+        None if !acknowledged => {}
+        None => {
+            if let Some(id) = p.qos2_id {
+                st.hub.incoming_released(&st.session, id);
+            }
+            return Err(PublishRefusal::NotStored);
+        }
+    }
+    Ok(p)
+}
+
 /// A PUBLISH routed here, with what it became.
 #[derive(Debug)]
 pub struct Published {
@@ -155,24 +193,23 @@ pub struct Published {
     pub recorded: Option<crate::journal::Durable>,
 }
 
-/// Validates and routes an inbound PUBLISH; `build` adds version-specific fields.
-pub fn publish(
-    st: &ConnState,
-    inbound: Inbound,
-    build: impl FnOnce(&mut Message),
-) -> Result<Published, PublishRefusal> {
+/// Validates an inbound PUBLISH and builds its message; `build` adds version-specific fields.
+pub fn prepare(st: &ConnState, inbound: Inbound, build: impl FnOnce(&mut Message)) -> Result<Prepared, PublishRefusal> {
     metrics::counter!(m::PACKETS_IN, "type" => "publish").increment(1);
     metrics::counter!(m::PUBLISH_BYTES_IN).increment(inbound.payload.len() as u64);
     if let Err(e) = validate_name(&inbound.topic, &st.hub.config().topic) {
         metrics::counter!(m::PUBLISH_REFUSED, "reason" => "topic").increment(1);
         return Err(PublishRefusal::Topic(e));
     }
-    if !st.authz.can_publish(&st.identity, &st.client_id, &inbound.topic) {
+    // Only the edge writes under `$hermes/` (replay reports, ...).
+    let edge_only = inbound.topic.starts_with(EDGE_TOPICS);
+    if edge_only || !st.authz.can_publish(&st.identity, &st.client_id, &inbound.topic) {
         metrics::counter!(m::PUBLISH_REFUSED, "reason" => "acl").increment(1);
         tracing::info!(client_id = %st.client_id, topic = %inbound.topic, "publish refused by the ACL");
         return Err(PublishRefusal::NotAuthorized);
     }
     let mut recorded = None;
+    let mut qos2_id = None;
     if inbound.qos == QoS::ExactlyOnce
         && let Some(id) = inbound.packet_id
     {
@@ -181,15 +218,82 @@ pub fn publish(
             return Err(PublishRefusal::Duplicate);
         }
         recorded = durable;
+        qos2_id = Some(id);
     }
     let mut msg = Message::new(inbound.topic, inbound.payload, inbound.qos, inbound.retain);
     build(&mut msg);
     st.sender.stamp(&mut msg);
+    Ok(Prepared { message: msg, recorded, qos2_id })
+}
+
+/// Topics only the edge publishes to.
+pub const EDGE_TOPICS: &str = "$hermes/";
+
+/// Routes a prepared PUBLISH.
+fn route(st: &ConnState, p: Prepared) -> Published {
     let started = std::time::Instant::now();
-    let msg = Arc::new(msg);
+    let msg = Arc::new(p.message);
     let routed = st.hub.publish(msg.clone(), Some(&st.session), now_ms());
     metrics::histogram!(m::ROUTE_SECONDS).record(started.elapsed().as_secs_f64());
-    Ok(Published { message: msg, routed, recorded })
+    Published { message: msg, routed, recorded: p.recorded }
+}
+
+/// A client asks to resume the stream named after `$hermes/resume/` with `"<epoch>:<seq>"`: the
+/// replay goes to its session, and the report to `$hermes/replay/<stream>` if it subscribed
+/// there. Refused if the stream is not durable, the payload is not a position, or the client may
+/// not read the stream.
+async fn resume_request(st: &ConnState, inbound: &Inbound) -> Result<usize, PublishRefusal> {
+    metrics::counter!(m::PACKETS_IN, "type" => "publish").increment(1);
+    let stream = &inbound.topic[crate::streams::RESUME_TOPIC.len()..];
+    let position = std::str::from_utf8(&inbound.payload).ok().and_then(crate::streams::parse_resume);
+    let Some((epoch, after)) = position else {
+        return Err(PublishRefusal::BadResume("a resume request's payload is \"<epoch>:<seq>\""));
+    };
+    let report = match resume(st, stream, epoch, after).await {
+        Ok(r) => r.line(),
+        Err(ResumeRefusal::NotAuthorized) => return Err(PublishRefusal::NotAuthorized),
+        Err(ResumeRefusal::NotDurable) => return Err(PublishRefusal::BadResume("not a durable stream")),
+        Err(ResumeRefusal::Unavailable) => return Err(PublishRefusal::NotStored),
+    };
+    let topic = ByteString::from(format!("{}{stream}", crate::streams::REPLAY_TOPIC));
+    let msg = Message::new(topic, Bytes::from(report), QoS::AtMostOnce, false);
+    Ok(st.hub.replay(&st.session, Arc::new(msg), now_ms()).sessions)
+}
+
+/// Why a resume was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeRefusal {
+    /// The topic is not a durable stream (or names several: a filter).
+    NotDurable,
+    NotAuthorized,
+    /// The stream store did not answer.
+    Unavailable,
+}
+
+/// Replays what `stream` holds after `after` to this connection's session (as its subscriptions
+/// matching the stream ask), waiting for room as a publisher would.
+pub async fn resume(
+    st: &ConnState,
+    stream: &str,
+    epoch: u64,
+    after: u64,
+) -> Result<crate::streams::ReplayReport, ResumeRefusal> {
+    let streams = st.hub.streams().filter(|s| s.is_durable(stream) && !stream.contains(['+', '#']));
+    let Some(streams) = streams else {
+        return Err(ResumeRefusal::NotDurable);
+    };
+    if !st.authz.can_subscribe(&st.identity, &st.client_id, stream) {
+        return Err(ResumeRefusal::NotAuthorized);
+    }
+    let (messages, report) = streams.replay(stream, epoch, after).await.map_err(|e| {
+        tracing::warn!(stream, error = %e, "cannot read a durable stream to replay it");
+        ResumeRefusal::Unavailable
+    })?;
+    for msg in messages {
+        let routed = st.hub.replay(&st.session, msg, now_ms());
+        crate::flow::wait_for_room(&st.hub, routed.pressure, st.max_stall).await;
+    }
+    Ok(report)
 }
 
 /// A SUBSCRIBE entry: the ACL first (for `$share/{group}/...` the filter after the group), then
@@ -197,7 +301,9 @@ pub fn publish(
 pub fn subscribe(st: &ConnState, raw: &str, options: broker::SubOptions) -> Result<(), SubscribeError> {
     metrics::counter!(m::PACKETS_IN, "type" => "subscribe_entry").increment(1);
     let filter = broker::topic::parse_subscription(raw, &st.hub.config().topic).map_or(raw, |p| p.filter);
-    if !st.authz.can_subscribe(&st.identity, &st.client_id, filter) {
+    // Replay reports go to the session that asked alone: anyone may listen for their own.
+    let own_reports = filter.starts_with(crate::streams::REPLAY_TOPIC);
+    if !own_reports && !st.authz.can_subscribe(&st.identity, &st.client_id, filter) {
         return Err(SubscribeError::NotAuthorized);
     }
     st.hub.subscribe(&st.session, raw, options, now_ms())

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod sender;
 pub mod server;
 pub mod stored;
+pub mod streams;
 pub mod sys;
 pub mod throttle;
 pub mod v3;
@@ -57,6 +58,7 @@ pub struct EdgeBuilder {
     bus: Option<Arc<dyn bus::Bus>>,
     owners: Option<Arc<dyn broker::owners::SessionOwners>>,
     journal: Option<Arc<dyn broker::journal::SessionJournal>>,
+    streams: Option<Arc<dyn broker::streams::StreamStore>>,
 }
 
 impl EdgeBuilder {
@@ -84,6 +86,13 @@ impl EdgeBuilder {
         self
     }
 
+    /// Keeps durable streams in `store` (`streams.rules`); without one they are kept in this
+    /// process's memory.
+    pub fn streams(mut self, store: Arc<dyn broker::streams::StreamStore>) -> Self {
+        self.streams = Some(store);
+        self
+    }
+
     /// Where the edges on the bus record which of them holds each session, so sessions move
     /// with their clients (set by [`EdgeBuilder::state`] from Redis).
     pub fn session_owners(mut self, owners: Arc<dyn broker::owners::SessionOwners>) -> Self {
@@ -100,7 +109,7 @@ impl EdgeBuilder {
     /// Validates the config, joins the other edges (with a bus), applies the access directory
     /// (if any), then binds the listeners and starts serving. Call inside a tokio runtime.
     pub async fn start(self) -> Result<Edge, String> {
-        let EdgeBuilder { cfg, directory, access, bus, owners, journal } = self;
+        let EdgeBuilder { cfg, directory, access, bus, owners, journal, streams } = self;
         cfg.validate()?;
         metrics::describe();
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
@@ -109,6 +118,11 @@ impl EdgeBuilder {
         let hub = Arc::new(hub::Hub::new(hub::HubConfig::from_limits(&cfg.limits), authz.clone()));
         if let Some(j) = journal {
             hub.attach_journal(journal::JournalWriter::start(j));
+        }
+        if !cfg.streams.rules.is_empty() {
+            let store =
+                streams.unwrap_or_else(|| Arc::new(broker::streams::MemoryStreams::new(cfg.streams.retention())));
+            hub.attach_streams(streams::Streams::start(store, &cfg.streams)?);
         }
         if let Some(bus) = bus {
             // Before the first client: every subscription's interest reaches the bus.
@@ -141,7 +155,7 @@ impl EdgeBuilder {
 impl Edge {
     /// An edge for `cfg`; [`EdgeBuilder::start`] starts it.
     pub fn builder(cfg: EdgeConfig) -> EdgeBuilder {
-        EdgeBuilder { cfg, directory: None, access: None, bus: None, owners: None, journal: None }
+        EdgeBuilder { cfg, directory: None, access: None, bus: None, owners: None, journal: None, streams: None }
     }
 
     /// Applies account events (relations, revocations, signatures, ACL tables) to this edge;

@@ -31,6 +31,12 @@ pub const CLUSTER_SUBJECTS: &str = "hermes_edge_cluster_subjects";
 pub const JOURNAL_WRITES: &str = "hermes_edge_journal_writes_total";
 pub const JOURNAL_ERRORS: &str = "hermes_edge_journal_errors_total";
 pub const JOURNAL_WRITE_SECONDS: &str = "hermes_edge_journal_write_seconds";
+pub const STREAM_APPENDS: &str = "hermes_edge_stream_appends_total";
+pub const STREAM_APPEND_FAILURES: &str = "hermes_edge_stream_append_failures_total";
+pub const STREAM_APPEND_SECONDS: &str = "hermes_edge_stream_append_seconds";
+pub const STREAM_REPLAYED: &str = "hermes_edge_stream_replayed_total";
+pub const DEAD_LETTERS: &str = "hermes_edge_dead_letters_total";
+pub const DEAD_LETTER_FAILURES: &str = "hermes_edge_dead_letter_failures_total";
 pub const ROUTE_SECONDS: &str = "hermes_edge_route_seconds";
 pub const ACK_SECONDS: &str = "hermes_edge_delivery_ack_seconds";
 
@@ -80,6 +86,15 @@ pub fn describe() {
     );
     describe_histogram!(JOURNAL_WRITE_SECONDS, "Time to write one batch to the session journal");
     describe_gauge!(CLUSTER_SUBJECTS, "Bus subjects this edge subscribes to for its clients' interest");
+    describe_counter!(STREAM_APPENDS, "Messages appended to durable streams");
+    describe_counter!(
+        STREAM_APPEND_FAILURES,
+        "Messages that could not be appended to their durable stream (QoS 1/2 ones were not acknowledged)"
+    );
+    describe_histogram!(STREAM_APPEND_SECONDS, "Time to append one batch to the durable streams");
+    describe_counter!(STREAM_REPLAYED, "Messages replayed from durable streams to clients that resumed");
+    describe_counter!(DEAD_LETTERS, "Messages given up on and kept in the dead-letter stream, by reason");
+    describe_counter!(DEAD_LETTER_FAILURES, "Dead letters that could not be written (lost)");
     describe_histogram!(ROUTE_SECONDS, "Time to route one inbound PUBLISH to its sessions");
     describe_histogram!(ACK_SECONDS, "Time from writing a QoS 1/2 delivery to its final ack");
 }

@@ -8,7 +8,7 @@
 //! else gets the authenticated user name as its `source`, for v3 receivers and SDKs that read
 //! the envelope.
 
-use ntex_bytes::{ByteString, Bytes, BytesMut};
+use ntex_bytes::{ByteString, Bytes};
 use ntex_mqtt::v5::codec::PublishProperties;
 
 use crate::auth::Identity;
@@ -17,8 +17,9 @@ use crate::message::Message;
 /// The user property naming the authenticated sender.
 pub const SENDER_PROPERTY: &str = "hermes-sender";
 
-/// The envelope's `source` field (proto/hermes/v1/envelope.proto), length-delimited.
-const SOURCE_TAG: u8 = (7 << 3) | 2;
+/// User properties only the edge sets: a client's own of these names (in any case) are removed
+/// from what it publishes.
+const EDGE_PROPERTIES: [&str; 3] = [SENDER_PROPERTY, crate::streams::SEQ_PROPERTY, crate::streams::EPOCH_PROPERTY];
 
 /// What a connection's publishes are stamped with, worked out once when it connects (every
 /// PUBLISH is stamped: nothing is formatted per message).
@@ -51,7 +52,7 @@ impl Sender {
 
     fn stamp_property(&self, properties: &mut Option<Box<PublishProperties>>) {
         if let Some(p) = properties.as_mut() {
-            p.user_properties.retain(|(k, _)| !k.eq_ignore_ascii_case(SENDER_PROPERTY));
+            p.user_properties.retain(|(k, _)| !EDGE_PROPERTIES.iter().any(|e| k.eq_ignore_ascii_case(e)));
         }
         if !self.property.is_empty() {
             let p = properties.get_or_insert_with(Box::default);
@@ -73,17 +74,7 @@ fn envelope_from(payload: &Bytes, user: &str) -> Option<Bytes> {
     if env.source.is_empty() || env.source == user {
         return None;
     }
-    let mut out = BytesMut::with_capacity(payload.len() + user.len() + 6);
-    out.extend_from_slice(payload);
-    out.extend_from_slice(&[SOURCE_TAG]);
-    let mut len = user.len();
-    while len >= 0x80 {
-        out.extend_from_slice(&[(len as u8 & 0x7f) | 0x80]);
-        len >>= 7;
-    }
-    out.extend_from_slice(&[len as u8]);
-    out.extend_from_slice(user.as_bytes());
-    Some(out.freeze())
+    Some(Bytes::from(wire::envelope::with_source(payload, user)))
 }
 
 #[cfg(test)]

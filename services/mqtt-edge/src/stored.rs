@@ -26,6 +26,7 @@ pub fn stored_message(o: &Outgoing<SharedMessage>, released: bool) -> pb::Stored
         subscription_ids: o.subscription_ids.clone(),
         released,
         entry: o.entry,
+        resends: u32::from(o.resends),
     }
 }
 
@@ -96,6 +97,7 @@ pub fn snapshot_from(s: pb::SessionState) -> Option<SessionSnapshot<SharedMessag
             retain: m.retain,
             subscription_ids: m.subscription_ids,
             entry: m.entry,
+            resends: u16::try_from(m.resends).unwrap_or(u16::MAX),
         };
         Some((o, m.released))
     };

@@ -72,7 +72,8 @@ pub async fn publish(ses: &Session, p: v3::Publish) -> Result<(), EdgeError> {
         ingress::publish_in_order(ses, p.read_all(), inbound, |_| {}).await.map_err(|e| EdgeError(format!("{e:?}")))?;
     match routed {
         // v3 has no negative PUBACK: a publish the ACL refuses is dropped (counted and logged).
-        Ok(_) | Err(PublishRefusal::Duplicate | PublishRefusal::NotAuthorized) => Ok(()),
+        // A resume request it cannot answer is dropped the same way.
+        Ok(_) | Err(PublishRefusal::Duplicate | PublishRefusal::NotAuthorized | PublishRefusal::BadResume(_)) => Ok(()),
         // v3 has no negative PUBACK: an invalid topic name is a protocol violation.
         Err(PublishRefusal::Topic(e)) => Err(EdgeError(format!("invalid topic name: {e}"))),
         // No PUBACK: the client publishes it again when it reconnects.

@@ -16,6 +16,7 @@ use crate::ingress::{self, EdgeError, Inbound, PublishRefusal, peer_ip};
 use crate::message::{Message, now_ms};
 use crate::metrics as m;
 use crate::server::EdgeShared;
+use crate::streams;
 
 pub type Session = v5::Session<ConnState>;
 
@@ -149,11 +150,39 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
         Err(PublishRefusal::Topic(e)) => {
             p.ack().reason_code(PublishAckReason::TopicNameInvalid).reason(ByteString::from(e.to_string()))
         }
-        Err(PublishRefusal::NotStored) => p
-            .ack()
-            .reason_code(PublishAckReason::UnspecifiedError)
-            .reason(ByteString::from_static("not stored: the session journal is unavailable, publish again")),
+        Err(PublishRefusal::BadResume(why)) => {
+            p.ack().reason_code(PublishAckReason::ImplementationSpecificError).reason(ByteString::from_static(why))
+        }
+        Err(PublishRefusal::NotStored) => p.ack().reason_code(PublishAckReason::UnspecifiedError).reason(
+            ByteString::from_static("not stored: the session journal or durable stream is unavailable, publish again"),
+        ),
     })
+}
+
+/// A SUBSCRIBE with [`streams::RESUME_PROPERTY`] `"<epoch>:<seq>"` resumes every durable stream
+/// it subscribed to by name (no wildcards) from that `seq`: the missed messages go to the
+/// session before the SUBACK, which says how each replay went ([`streams::REPLAY_PROPERTY`]).
+async fn resume_streams(
+    ses: &Session,
+    properties: &v5::codec::UserProperties,
+    confirmed: &[ByteString],
+) -> Vec<(ByteString, ByteString)> {
+    let Some((_, value)) = properties.iter().find(|(k, _)| k.eq_ignore_ascii_case(streams::RESUME_PROPERTY)) else {
+        return Vec::new();
+    };
+    let report = |line: String| (ByteString::from_static(streams::REPLAY_PROPERTY), ByteString::from(line));
+    let Some((epoch, after)) = streams::parse_resume(value) else {
+        return vec![report(format!("refused: {} is \"<epoch>:<seq>\"", streams::RESUME_PROPERTY))];
+    };
+    let mut reports = Vec::new();
+    for filter in confirmed.iter().filter(|f| !f.contains(['+', '#']) && !f.starts_with("$share/")) {
+        match ingress::resume(ses, filter, epoch, after).await {
+            Ok(r) => reports.push(report(r.line())),
+            Err(ingress::ResumeRefusal::NotDurable) => {}
+            Err(e) => reports.push(report(format!("refused: {e:?} stream={filter}"))),
+        }
+    }
+    reports
 }
 
 pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::ProtocolMessageAck, EdgeError> {
@@ -162,6 +191,7 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
             metrics::counter!(m::PACKETS_IN, "type" => "subscribe").increment(1);
             let sub_id = s.packet().id.map(|i| i.get());
             let mut refusals = Vec::new();
+            let mut confirmed = Vec::new();
             for mut sub in s.iter_mut() {
                 let o = sub.options();
                 let qos = o.qos;
@@ -178,7 +208,10 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
                 };
                 let topic = sub.topic().clone();
                 match ingress::subscribe(ses, &topic, options) {
-                    Ok(()) => sub.confirm(qos),
+                    Ok(()) => {
+                        confirmed.push(topic);
+                        sub.confirm(qos);
+                    }
                     Err(e) => {
                         ingress::log_refused(ses, &topic, e);
                         refusals.push(format!("{topic}: {e}"));
@@ -191,6 +224,8 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
                     }
                 }
             }
+            let reports = resume_streams(ses, &s.packet().user_properties, &confirmed).await;
+            let s = s.ack_properties(|p| p.extend(reports));
             // One bounded reason string for the SUBACK, naming the refused filters that fit.
             if refusals.is_empty() {
                 s.ack()

@@ -76,6 +76,10 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         for d in session.resume(req.receive_maximum, now_ms) {
             fx.push(Effect::Deliver(link, d));
         }
+        let exhausted = session.take_exhausted();
+        if !exhausted.is_empty() {
+            fx.push(Effect::Dropped { session: req.session.clone(), messages: exhausted, exhausted: true });
+        }
         fx.push(Effect::Backlog(link, session.backlog()));
         // The journal holds the session as it is now, or nothing under its key if it ends with
         // its connection.
@@ -126,9 +130,9 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             return false;
         };
         // What a reading client would have got but now exceeds the offline bound.
-        let dropped = live.session.go_offline().len();
-        if dropped > 0 {
-            fx.push(Effect::Dropped(dropped));
+        let dropped = live.session.go_offline();
+        if !dropped.is_empty() {
+            fx.push(Effect::Dropped { session: session.into(), messages: dropped, exhausted: false });
         }
         let expiry = expiry_secs.unwrap_or(live.expiry_secs);
         let will = live.will.take().filter(|_| !graceful);

@@ -101,8 +101,10 @@ pub enum Effect<M, O> {
     MovedAway { link: LinkId, client_id: Arc<str> },
     /// A will was not sent: its owner may no longer publish to its topic.
     WillRefused { owner: O, client_id: Arc<str>, topic: String },
-    /// Messages a session's bound or drop policy discarded.
-    Dropped(usize),
+    /// Messages `session` gave up on: its bound or drop policy discarded them (`overflow`), or
+    /// they were sent `max_deliveries` times without an acknowledgement (`exhausted`). QoS 0
+    /// messages not queued for an offline client are among the overflow.
+    Dropped { session: Arc<str>, messages: Vec<Outgoing<M>>, exhausted: bool },
     /// The session ended here: with its connection (expiry 0) or after its expiry (`expired`).
     SessionEnded { session: Arc<str>, expired: bool },
     /// A live subscription the ACL no longer allows was removed.
@@ -360,6 +362,25 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         self.route(msg, None, false, now_ms, fx)
     }
 
+    /// Hands `msg`, which the live session `session` missed (a replay from a durable stream),
+    /// to that session alone, as its subscriptions matching the topic ask; never as retained.
+    /// Returns whether the session took it.
+    pub fn replay(&mut self, session: &str, msg: M, now_ms: u64, fx: &mut Effects<M, O>) -> bool {
+        let Some(key) = self.live.get(session).map(|l| l.key) else {
+            return false;
+        };
+        if msg.expired(now_ms) {
+            return false;
+        }
+        let mut plan = RoutePlan::new(None, msg.qos(), false);
+        self.subs.for_each_match(msg.topic(), |k, opts| {
+            if *k == key {
+                plan.add(k, opts);
+            }
+        });
+        self.deliver(plan, msg, fx) == 1
+    }
+
     /// Retained messages a node kept (its journal), as they were before this one started;
     /// nothing is routed, and a topic that already has one here keeps it (it is newer).
     pub fn restore_retained(&mut self, messages: impl IntoIterator<Item = M>) {
@@ -417,7 +438,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             let outcome = match self.live.get_mut(session) {
                 Some(live) => {
                     let outcome = live.session.enqueue(out);
-                    push_enqueued(fx, live.link, outcome);
+                    push_enqueued(fx, session, live.link, outcome);
                     fx.push(Effect::Backlog(live.link, live.session.backlog()));
                     journal(fx, session, &mut live.session, None);
                     continue;
@@ -428,8 +449,8 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                     outcome
                 }),
             };
-            if let Some(Enqueued::Dropped(_)) = outcome {
-                fx.push(Effect::Dropped(1));
+            if let Some(Enqueued::Dropped(out)) = outcome {
+                fx.push(Effect::Dropped { session: session.clone(), messages: vec![out], exhausted: false });
             }
         }
         count
@@ -520,10 +541,12 @@ fn journal<M: Deliverable + Clone, O>(
 }
 
 /// A delivery to send now, or a message the session dropped.
-fn push_enqueued<M, O>(fx: &mut Effects<M, O>, link: LinkId, outcome: Enqueued<M>) {
+fn push_enqueued<M, O>(fx: &mut Effects<M, O>, session: &str, link: LinkId, outcome: Enqueued<M>) {
     match outcome {
         Enqueued::Send(d) => fx.push(Effect::Deliver(link, d)),
-        Enqueued::Dropped(_) => fx.push(Effect::Dropped(1)),
+        Enqueued::Dropped(out) => {
+            fx.push(Effect::Dropped { session: session.into(), messages: vec![out], exhausted: false })
+        }
         Enqueued::Queued => {}
     }
 }

@@ -44,7 +44,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             for msg in self.retained.matching(parsed.filter, now_ms) {
                 let qos = msg.qos().min(options.qos);
                 let ids = options.subscription_id.into_iter().collect();
-                push_enqueued(fx, link, live.session.enqueue(Outgoing::new(msg, qos, true, ids)));
+                push_enqueued(fx, session, link, live.session.enqueue(Outgoing::new(msg, qos, true, ids)));
             }
             fx.push(Effect::Backlog(link, live.session.backlog()));
         }

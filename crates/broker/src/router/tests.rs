@@ -75,8 +75,17 @@ impl Authorize<&'static str> for Acl {
 type Fx = Vec<Effect<Msg, &'static str>>;
 
 fn router(grace_ms: u64) -> Router<Msg, &'static str> {
-    let session =
-        SessionLimits { max_inflight: 2, max_queued: 3, drop_policy: DropPolicy::DropOldest, queue_qos0: false };
+    router_with(0, grace_ms)
+}
+
+fn router_with(max_deliveries: u16, grace_ms: u64) -> Router<Msg, &'static str> {
+    let session = SessionLimits {
+        max_inflight: 2,
+        max_queued: 3,
+        drop_policy: DropPolicy::DropOldest,
+        queue_qos0: false,
+        max_deliveries,
+    };
     Router::new(RouterConfig {
         session,
         topic: TopicLimits::default(),
@@ -158,6 +167,22 @@ fn delivered(fx: &Fx, link: LinkId) -> Vec<String> {
         .collect()
 }
 
+/// The messages sessions gave up on, in order: `body` (overflow) or `!body` (exhausted).
+fn dropped(fx: &Fx) -> Vec<String> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Dropped { messages, exhausted, .. } => Some(
+                messages
+                    .iter()
+                    .map(|o| format!("{}{}", if *exhausted { "!" } else { "" }, o.msg.body))
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
 #[test]
 fn a_takeover_closes_the_old_connection_and_resumes_its_window_on_the_new_one() {
     let mut r = router(0);
@@ -209,7 +234,8 @@ fn a_parked_session_queues_in_order_within_its_bound_and_delivers_on_return() {
     for n in 1..=4 {
         assert_eq!(r.publish(msg("t", &format!("m{n}"), 1), None, 2_000, &mut fx), 1);
     }
-    assert_eq!(routing(&fx), [&Effect::Dropped(1)], "a bound of 3 drops the oldest while away");
+    assert_eq!(dropped(&fx), ["m1"], "a bound of 3 drops the oldest while away");
+    assert!(matches!(routing(&fx)[..], [Effect::Dropped { session, .. }] if **session == *key("bob", "phone")));
     assert_eq!(journal(&fx), ["+1", "+2", "+3", "+4", "-1"], "the journal drops it too");
     fx.clear();
     let (back, present) = connect(&mut r, request("bob", "phone", false, 60), &mut fx);
@@ -465,13 +491,41 @@ fn a_connected_reading_session_never_drops_qos1_and_its_backlog_is_reported() {
     for n in 0..10 {
         r.publish(msg("t", &n.to_string(), 1), None, 0, &mut fx);
     }
-    assert!(!fx.iter().any(|e| matches!(e, Effect::Dropped(_))), "online: the bound slows publishers, it never drops");
+    assert!(dropped(&fx).is_empty(), "online: the bound slows publishers, it never drops");
     assert_eq!(delivered(&fx, l), ["0", "1"], "the window");
     assert!(matches!(fx.last(), Some(Effect::Backlog(_, 8))), "{:?}", fx.last());
     // Gone away: what exceeds the offline bound of 3 is dropped, and counted.
     fx.clear();
     r.disconnect(gone(&key("u", "c"), l, true, Some(60)), &Acl::default(), 0, &mut fx);
-    assert_eq!(routing(&fx), [&Effect::Dropped(5)]);
+    assert_eq!(dropped(&fx), ["2", "3", "4", "5", "6"], "the oldest waiting ones");
+}
+
+#[test]
+fn a_message_sent_max_deliveries_times_without_an_ack_is_given_up() {
+    let mut r = router_with(3, 0);
+    let mut fx = Fx::new();
+    let (mut l, _) = connect(&mut r, request("u", "c", false, 60), &mut fx);
+    sub(&mut r, "u", "c", "t", 1);
+    r.publish(msg("t", "poison", 1), None, 0, &mut fx);
+    r.publish(msg("t", "fine", 1), None, 0, &mut fx);
+    assert_eq!(delivered(&fx, l), ["poison", "fine"]);
+    // "fine" is acknowledged, "poison" never is: the client fails on it and reconnects.
+    let fine = fx.iter().find_map(|e| match e {
+        Effect::Deliver(_, d) if d.msg.body == "fine" => d.packet_id,
+        _ => None,
+    });
+    r.complete(&key("u", "c"), l, fine.expect("a packet id"), 0, &mut fx);
+    for round in 2..=3 {
+        fx.clear();
+        l = connect(&mut r, request("u", "c", false, 60), &mut fx).0;
+        assert_eq!(delivered(&fx, l), ["poison"], "delivery {round}");
+        assert!(dropped(&fx).is_empty());
+    }
+    fx.clear();
+    l = connect(&mut r, request("u", "c", false, 60), &mut fx).0;
+    assert!(delivered(&fx, l).is_empty(), "sent 3 times: given up");
+    assert_eq!(dropped(&fx), ["!poison"]);
+    assert!(journal(&fx).iter().all(|j| !j.contains("+1")), "not in the session any more: {:?}", journal(&fx));
 }
 
 #[test]

@@ -1,0 +1,260 @@
+//! The edge's side of durable streams (`broker::streams`).
+//!
+//! A message published on a durable topic is appended to its stream before it is routed and
+//! acknowledged; one task batches the appends of every connection into one store call. The
+//! message then carries its place: v5 user properties [`SEQ_PROPERTY`] and [`EPOCH_PROPERTY`]
+//! (set by the edge only: a client's own are removed), and, when the payload is an envelope an
+//! SDK wrote, its `seq`, `epoch` and `stream` fields.
+//!
+//! A client resumes a stream it subscribes to from the last `seq` it has: a v5 SUBSCRIBE with
+//! the user property [`RESUME_PROPERTY`] `"<epoch>:<seq>"` (for each exact durable topic it
+//! names), or, on any version, a PUBLISH to `$hermes/resume/<stream>` with that payload. The
+//! edge hands the missed messages to that session alone and says how the replay went
+//! ([`ReplayReport`]): in the SUBACK's [`REPLAY_PROPERTY`], or as a message on
+//! `$hermes/replay/<stream>` (to a session subscribed to it).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot};
+
+use broker::streams::{Append, DeadLetter, Replay, Stamp, StreamRules, StreamStore};
+use ntex_bytes::{ByteString, Bytes};
+
+use crate::config::StreamsConfig;
+use crate::message::{Message, SharedMessage};
+use crate::metrics as m;
+use wire::pb;
+
+/// The v5 user property with a stream message's `seq`.
+pub const SEQ_PROPERTY: &str = "hermes-seq";
+/// The v5 user property with a stream message's `epoch`.
+pub const EPOCH_PROPERTY: &str = "hermes-epoch";
+/// The v5 SUBSCRIBE user property asking for a replay: `"<epoch>:<seq>"`.
+pub const RESUME_PROPERTY: &str = "hermes-resume";
+/// The v5 SUBACK user property saying how a replay went (one per resumed stream).
+pub const REPLAY_PROPERTY: &str = "hermes-replay";
+/// Topic prefix of resume requests (`$hermes/resume/<stream>`, payload `"<epoch>:<seq>"`).
+pub const RESUME_TOPIC: &str = "$hermes/resume/";
+/// Topic prefix of replay reports (`$hermes/replay/<stream>`).
+pub const REPLAY_TOPIC: &str = "$hermes/replay/";
+
+/// Appends taken into one store call at most.
+const MAX_BATCH: usize = 1024;
+/// How long one append batch may take before its publishers are told it failed.
+const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Pending {
+    append: Append,
+    done: oneshot::Sender<Option<Stamp>>,
+}
+
+/// Durable streams as the edge uses them, from any thread.
+#[derive(Clone)]
+pub struct Streams {
+    rules: StreamRules,
+    store: Arc<dyn StreamStore>,
+    tx: mpsc::UnboundedSender<Pending>,
+    letters: mpsc::UnboundedSender<DeadLetter>,
+    max_replay: usize,
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams").field("rules", &self.rules).field("store", &self.store).finish_non_exhaustive()
+    }
+}
+
+impl Streams {
+    /// Starts the appending tasks (on the current Tokio runtime).
+    pub fn start(store: Arc<dyn StreamStore>, cfg: &StreamsConfig) -> Result<Streams, String> {
+        let rules = StreamRules::new(cfg.rules.iter().cloned()).map_err(|e| format!("streams.rules: {e}"))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (letters, letters_rx) = mpsc::unbounded_channel();
+        tokio::spawn(append_batches(store.clone(), rx));
+        tokio::spawn(write_dead_letters(store.clone(), letters_rx));
+        Ok(Streams { rules, store, tx, letters, max_replay: cfg.max_replay })
+    }
+
+    /// Whether messages on `topic` go to its durable stream.
+    pub fn is_durable(&self, topic: &str) -> bool {
+        self.rules.is_durable(topic)
+    }
+
+    /// Appends `msg` to the stream named after its topic, after everything appended before;
+    /// `None` if it could not be stored.
+    pub async fn append(&self, msg: &Message, at_ms: u64) -> Option<Stamp> {
+        let append = Append { stream: Arc::from(&*msg.topic), at_ms, body: encode(msg) };
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Pending { append, done }).ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// What `stream` holds after `after` (at most `streams.max_replay` messages, stamped) and
+    /// how that answers a client that has everything up to `after` under `epoch`.
+    pub async fn replay(
+        &self,
+        stream: &str,
+        epoch: u64,
+        after: u64,
+    ) -> Result<(Vec<SharedMessage>, ReplayReport), String> {
+        let read = tokio::time::timeout(APPEND_TIMEOUT, self.store.read(stream, after, self.max_replay))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {APPEND_TIMEOUT:?}")))?;
+        let report = ReplayReport::of(&read, epoch, after, self.max_replay, stream);
+        let mut messages = Vec::with_capacity(read.entries.len());
+        for e in &read.entries {
+            match decode(&e.body) {
+                Some(mut msg) => {
+                    msg.retain = false;
+                    stamp(&mut msg, Stamp { seq: e.seq, epoch: read.epoch });
+                    messages.push(Arc::new(msg));
+                }
+                None => tracing::warn!(stream, seq = e.seq, "a stream holds a message this edge cannot read"),
+            }
+        }
+        metrics::counter!(m::STREAM_REPLAYED).increment(messages.len() as u64);
+        Ok((messages, report))
+    }
+
+    /// Keeps a message the edge gave up on in the dead-letter stream (written in the
+    /// background, in order).
+    pub fn dead_letter(&self, reason: &'static str, session: &str, msg: &Message, at_ms: u64) {
+        metrics::counter!(m::DEAD_LETTERS, "reason" => reason).increment(1);
+        let letter = DeadLetter {
+            reason: reason.into(),
+            session: session.into(),
+            topic: msg.topic.to_string(),
+            at_ms,
+            body: encode(msg),
+        };
+        let _ = self.letters.send(letter);
+    }
+}
+
+/// `msg` with its place in its stream: the edge's user properties, and the envelope's fields
+/// when the payload is an envelope an SDK wrote.
+pub fn stamp(msg: &mut Message, at: Stamp) {
+    let props = msg.properties.get_or_insert_with(Box::default);
+    props.user_properties.push((ByteString::from_static(SEQ_PROPERTY), ByteString::from(at.seq.to_string())));
+    props.user_properties.push((ByteString::from_static(EPOCH_PROPERTY), ByteString::from(at.epoch.to_string())));
+    if wire::envelope::written_envelope(&msg.payload).is_some() {
+        msg.payload = Bytes::from(wire::envelope::with_stream_position(&msg.payload, &msg.topic, at.seq, at.epoch));
+    }
+}
+
+/// A resume request's `"<epoch>:<seq>"`.
+pub fn parse_resume(value: &str) -> Option<(u64, u64)> {
+    let (epoch, seq) = value.trim().split_once(':')?;
+    Some((epoch.parse().ok()?, seq.parse().ok()?))
+}
+
+/// How a replay answered a client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub status: ReplayStatus,
+    pub epoch: u64,
+    /// The oldest and newest `seq` the stream holds (0 for none).
+    pub first: u64,
+    pub last: u64,
+    pub stream: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayStatus {
+    /// Everything after the client's `seq` was replayed.
+    Complete,
+    /// The replay stopped at `streams.max_replay` messages: resume again from the last one.
+    More,
+    /// Messages after the client's `seq` are no longer kept (the window moved on, or the
+    /// stream started again under a new epoch): what is kept was replayed.
+    Gap,
+}
+
+impl ReplayReport {
+    fn of(read: &Replay, epoch: u64, after: u64, limit: usize, stream: &str) -> ReplayReport {
+        // A client with nothing yet cannot be behind an epoch.
+        let epoch_known = if after == 0 { read.epoch } else { epoch };
+        let status = if !read.complete_after(epoch_known, after) {
+            ReplayStatus::Gap
+        } else if read.entries.len() >= limit && read.entries.last().is_some_and(|e| e.seq < read.last) {
+            ReplayStatus::More
+        } else {
+            ReplayStatus::Complete
+        };
+        ReplayReport { status, epoch: read.epoch, first: read.first, last: read.last, stream: stream.into() }
+    }
+
+    /// `complete|more|gap epoch=E first=F last=L stream=S`, the stream last (it may hold spaces).
+    pub fn line(&self) -> String {
+        let status = match self.status {
+            ReplayStatus::Complete => "complete",
+            ReplayStatus::More => "more",
+            ReplayStatus::Gap => "gap",
+        };
+        format!("{status} epoch={} first={} last={} stream={}", self.epoch, self.first, self.last, self.stream)
+    }
+}
+
+fn encode(msg: &Message) -> Vec<u8> {
+    crate::cluster::encode_message(msg).encode_to_vec()
+}
+
+fn decode(body: &[u8]) -> Option<Message> {
+    pb::RoutedMessage::decode(body).ok().and_then(crate::cluster::decode_message)
+}
+
+async fn append_batches(store: Arc<dyn StreamStore>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let (appends, dones): (Vec<Append>, Vec<_>) = batch.into_iter().map(|p| (p.append, p.done)).unzip();
+        let started = std::time::Instant::now();
+        // One try: a batch that timed out may still land, and trying again would store it twice.
+        let stamps = match tokio::time::timeout(APPEND_TIMEOUT, store.append(&appends)).await {
+            Ok(Ok(s)) if s.len() == appends.len() => {
+                metrics::histogram!(m::STREAM_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::counter!(m::STREAM_APPENDS).increment(s.len() as u64);
+                s.into_iter().map(Some).collect()
+            }
+            other => {
+                let error = match other {
+                    Ok(Ok(s)) => format!("{} stamps for {} appends", s.len(), appends.len()),
+                    Ok(Err(e)) => e,
+                    Err(_) => format!("no answer within {APPEND_TIMEOUT:?}"),
+                };
+                metrics::counter!(m::STREAM_APPEND_FAILURES).increment(appends.len() as u64);
+                tracing::warn!(error = %error, appends = appends.len(), "cannot append to the durable streams");
+                vec![None; appends.len()]
+            }
+        };
+        for (done, stamp) in dones.into_iter().zip(stamps) {
+            let _ = done.send(stamp);
+        }
+    }
+}
+
+async fn write_dead_letters(store: Arc<dyn StreamStore>, mut rx: mpsc::UnboundedReceiver<DeadLetter>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(l) => batch.push(l),
+                Err(_) => break,
+            }
+        }
+        let written = tokio::time::timeout(APPEND_TIMEOUT, store.dead_letter(&batch))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {APPEND_TIMEOUT:?}")));
+        if let Err(e) = written {
+            metrics::counter!(m::DEAD_LETTER_FAILURES).increment(batch.len() as u64);
+            tracing::warn!(error = %e, letters = batch.len(), "cannot write to the dead-letter stream: letters lost");
+        }
+    }
+}
