@@ -2,7 +2,7 @@
 //! per user, a set of whom they follow and a set of who follows them (keys from `wire::keys`),
 //! changed together in one MULTI. [`RedisAccess`]: enterprises' ACL tables and token
 //! revocations. [`RedisOwners`]: which edge holds each session. [`RedisJournal`]: persistent
-//! sessions. [`RedisLoginGuard`]: the accounts tier's login limits, shared by its instances.
+//! sessions. [`RedisStreams`]: durable streams and dead letters. [`RedisLoginGuard`]: the accounts tier's login limits, shared by its instances.
 //! [`StateDirectories`]: all of them, over one connection.
 
 use std::sync::Arc;
@@ -14,8 +14,10 @@ use redis::aio::ConnectionManager;
 
 pub mod journal;
 pub mod login;
+pub mod streams;
 pub use journal::RedisJournal;
 pub use login::RedisLoginGuard;
+pub use streams::RedisStreams;
 
 /// What edges read from outside the accounts database: relations at CONNECT, enterprises' ACL
 /// tables and revocations at start. The accounts tier writes both.

@@ -39,6 +39,26 @@ pub fn session_journal(session: &str) -> String {
     format!("hermes:session:{{{session}}}:journal")
 }
 
+/// Redis Stream: the kept messages of durable stream `stream` (`broker::streams`, written by
+/// `redis_state::RedisStreams`), each under the id `<seq>-0` with fields `t` (when it was
+/// published, Unix ms) and `b` (its body). The stream's name is the hash tag, so its keys share
+/// one Redis Cluster slot (a name holding `}` is cut there, the same way for both keys).
+pub fn stream_log(stream: &str) -> String {
+    format!("hermes:stream:{{{stream}}}:log")
+}
+
+/// Hash: durable stream `stream`'s `epoch` and `seq` (the last given out). Same hash tag as
+/// [`stream_log`].
+pub fn stream_meta(stream: &str) -> String {
+    format!("hermes:stream:{{{stream}}}:meta")
+}
+
+/// Redis Stream: the dead letters (`broker::streams::DeadLetter`), each under the id `<id>-0`
+/// with fields `reason`, `session`, `topic`, `at` (Unix ms) and `body`.
+pub const DEAD_LETTERS: &str = "hermes:{dead-letters}";
+/// String: the last dead letter's id. Same hash tag as [`DEAD_LETTERS`].
+pub const DEAD_LETTERS_SEQ: &str = "hermes:{dead-letters}:seq";
+
 /// The retained messages of every topic (`redis_state::RedisJournal`): one hash, field = the
 /// topic, value = the message as the edge encodes it (`RoutedMessage`).
 pub const RETAINED: &str = "hermes:retained";

@@ -47,6 +47,25 @@ async fn redis_session_journal_meets_the_contract() {
     assert_eq!(ttl("journal:1:p/nobody").await, -2, "a touch makes no hash");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_streams_meet_the_contract() {
+    let server = servers::redis();
+    let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
+    let streams = redis_state::RedisStreams::new(conn.clone(), broker::streams::contract::RETENTION);
+    // Two runs at once, as edges sharing a Redis would: streams apart, dead letters shared.
+    tokio::join!(broker::streams::contract::check(&streams, "one"), broker::streams::contract::check(&streams, "two"));
+    // What the contract cannot see: a stream's keys expire a second after its last append.
+    let mut conn = conn.clone();
+    for key in [wire::keys::stream_meta("one/len"), wire::keys::stream_log("one/len")] {
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.expect("PTTL");
+        assert_eq!(ttl, -2, "{key}: forgotten");
+    }
+    for key in [wire::keys::stream_meta("one/age/whole"), wire::keys::stream_log("one/age/whole")] {
+        let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.expect("PTTL");
+        assert!((0..=1000).contains(&ttl), "{key}: {ttl}");
+    }
+}
+
 /// Short windows and lockouts, so the contract sees them end.
 fn short_login_limits() -> broker::login::LoginLimits {
     broker::login::LoginLimits {
