@@ -61,8 +61,24 @@ impl TestEdge {
         Self::start_on(Some((bus, owners)), adjust).await
     }
 
+    /// An edge whose durable streams (and dead letters) are kept in `store`.
+    pub async fn start_with_streams(
+        store: Arc<dyn broker::streams::StreamStore>,
+        adjust: impl FnOnce(&mut EdgeConfig),
+    ) -> TestEdge {
+        Self::start_full(None, Some(store), adjust).await
+    }
+
     async fn start_on(
         cluster: Option<(Arc<dyn bus::Bus>, Option<Owners>)>,
+        adjust: impl FnOnce(&mut EdgeConfig),
+    ) -> TestEdge {
+        Self::start_full(cluster, None, adjust).await
+    }
+
+    async fn start_full(
+        cluster: Option<(Arc<dyn bus::Bus>, Option<Owners>)>,
+        streams: Option<Arc<dyn broker::streams::StreamStore>>,
         adjust: impl FnOnce(&mut EdgeConfig),
     ) -> TestEdge {
         let dir = unique_dir();
@@ -87,6 +103,9 @@ impl TestEdge {
         adjust(&mut cfg);
         let state = mqtt_edge::StateDirectories::connect(&cfg.state.redis_url).await.expect("state directories");
         let mut builder = Edge::builder(cfg).state(state.as_ref());
+        if let Some(store) = streams {
+            builder = builder.streams(store);
+        }
         if let Some((bus, owners)) = cluster {
             builder = builder.cluster(bus);
             if let Some(o) = owners {

@@ -118,6 +118,11 @@ impl Streams {
         Ok((messages, report))
     }
 
+    /// The dead letters with an id above `after`, oldest first, at most `limit`.
+    pub async fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<(u64, DeadLetter)>, String> {
+        self.store.dead_letters(after, limit).await
+    }
+
     /// Keeps a message the edge gave up on in the dead-letter stream (written in the
     /// background, in order).
     pub fn dead_letter(&self, reason: &'static str, session: &str, msg: &Message, at_ms: u64) {

@@ -160,8 +160,9 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
 }
 
 /// A SUBSCRIBE with [`streams::RESUME_PROPERTY`] `"<epoch>:<seq>"` resumes every durable stream
-/// it subscribed to by name (no wildcards) from that `seq`: the missed messages go to the
-/// session before the SUBACK, which says how each replay went ([`streams::REPLAY_PROPERTY`]).
+/// it subscribed to by name (no wildcards) from that `seq`: the missed messages are queued for
+/// the session (they may reach the client before or after the SUBACK), and the SUBACK says how
+/// each replay went ([`streams::REPLAY_PROPERTY`]).
 async fn resume_streams(
     ses: &Session,
     properties: &v5::codec::UserProperties,

@@ -110,6 +110,7 @@ async fn overlapping_subscriptions_deliver_one_copy() {
         packet_id: 1,
         topics: vec![SubscribeTopic::new("ov/#", 2)],
         subscription_id: Some(7),
+        user_properties: vec![],
     })
     .await
     .expect("send");
@@ -118,6 +119,7 @@ async fn overlapping_subscriptions_deliver_one_copy() {
         packet_id: 2,
         topics: vec![SubscribeTopic::new("ov/+", 1)],
         subscription_id: Some(9),
+        user_properties: vec![],
     })
     .await
     .expect("send");

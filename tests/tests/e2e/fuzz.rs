@@ -61,7 +61,12 @@ fn corpus(v: Version) -> Vec<Vec<u8>> {
         publish(0),
         publish(1),
         publish(2),
-        Packet::Subscribe { packet_id: 3, topics: vec![SubscribeTopic::new("fuzz/#", 2)], subscription_id: None },
+        Packet::Subscribe {
+            packet_id: 3,
+            topics: vec![SubscribeTopic::new("fuzz/#", 2)],
+            subscription_id: None,
+            user_properties: vec![],
+        },
         Packet::Unsubscribe { packet_id: 4, filters: vec!["fuzz/#".into()] },
         Packet::PubAck { packet_id: 7, code: 0 },
         Packet::PubRec { packet_id: 7, code: 0 },

@@ -55,9 +55,14 @@ async fn malformed_filters_close_the_connection() {
     let _ = v3.subscribe(vec![SubscribeTopic::new("a/#/b", 1)], WAIT).await;
     assert!(v3.is_closed(WAIT).await, "v3: a malformed SUBSCRIBE closes the connection");
     let mut v5 = edge.client(Version::V5, "malformed5").await;
-    v5.send(&Packet::Subscribe { packet_id: 1, topics: vec![SubscribeTopic::new("a/b#", 1)], subscription_id: None })
-        .await
-        .expect("send");
+    v5.send(&Packet::Subscribe {
+        packet_id: 1,
+        topics: vec![SubscribeTopic::new("a/b#", 1)],
+        subscription_id: None,
+        user_properties: vec![],
+    })
+    .await
+    .expect("send");
     let code = expect_disconnect(&mut v5).await;
     assert!(code >= 0x80, "v5: DISCONNECT with an error reason, got {code:#x}");
     edge.stop().await;

@@ -16,3 +16,4 @@ mod layering;
 mod limits;
 mod malformed;
 mod sessions;
+mod streams;

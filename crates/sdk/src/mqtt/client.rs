@@ -126,10 +126,14 @@ impl Client {
     pub async fn subscribe(&mut self, topics: Vec<SubscribeTopic>, timeout: Duration) -> Result<Vec<u8>, RecvError> {
         let deadline = Instant::now() + timeout;
         let id = self.next_packet_id();
-        self.send_by(&Packet::Subscribe { packet_id: id, topics, subscription_id: None }, deadline).await?;
+        self.send_by(
+            &Packet::Subscribe { packet_id: id, topics, subscription_id: None, user_properties: Vec::new() },
+            deadline,
+        )
+        .await?;
         loop {
             match self.read_packet(deadline).await? {
-                Packet::SubAck { packet_id, codes } if packet_id == id => return Ok(codes),
+                Packet::SubAck { packet_id, codes, .. } if packet_id == id => return Ok(codes),
                 other => self.queue.push_back(other),
             }
         }

@@ -154,15 +154,20 @@ pub enum Packet {
         packet_id: u16,
         code: u8,
     },
+    /// `user_properties` only in v5.
     Subscribe {
         packet_id: u16,
         topics: Vec<SubscribeTopic>,
         subscription_id: Option<u32>,
+        user_properties: Vec<(String, String)>,
     },
-    /// v3: return codes (0, 1, 2, 0x80); v5: reason codes.
+    /// v3: return codes (0, 1, 2, 0x80); v5: reason codes, and the reason string and user
+    /// properties (empty in v3).
     SubAck {
         packet_id: u16,
         codes: Vec<u8>,
+        reason_string: Option<String>,
+        user_properties: Vec<(String, String)>,
     },
     Unsubscribe {
         packet_id: u16,

@@ -37,7 +37,12 @@ async fn serve(mut s: TcpStream, v: Version) {
             }
             Packet::Subscribe { packet_id, topics, .. } => vec![
                 publish("early", b"before suback"),
-                Packet::SubAck { packet_id, codes: topics.iter().map(|t| t.qos).collect() },
+                Packet::SubAck {
+                    packet_id,
+                    codes: topics.iter().map(|t| t.qos).collect(),
+                    reason_string: None,
+                    user_properties: Vec::new(),
+                },
             ],
             Packet::Publish(p) if p.topic == "garbage" => {
                 let _ = s.write_all(&[0x00, 0x00]).await;

@@ -71,14 +71,22 @@ fn body(packet_type: u8, flags: u8, mut r: Reader, v5: bool) -> Result<Packet, D
         8 => subscribe(&mut r, v5)?,
         9 => {
             let packet_id = r.u16("packet id")?;
+            let (mut reason_string, mut user_properties) = (None, Vec::new());
             if v5 {
-                props::skip(&mut r)?;
+                props::read(&mut r, |id, v| {
+                    match (id, v) {
+                        (REASON_STRING, Value::Str(s)) => reason_string = Some(s),
+                        (USER_PROPERTY, Value::Pair(k, v)) => user_properties.push((k, v)),
+                        _ => {}
+                    }
+                    Ok(())
+                })?;
             }
             let codes = r.rest().to_vec();
             if codes.is_empty() {
                 return Err(DecodeError::Malformed("SUBACK without reason codes"));
             }
-            Packet::SubAck { packet_id, codes }
+            Packet::SubAck { packet_id, codes, reason_string, user_properties }
         }
         10 => unsubscribe(&mut r, v5)?,
         11 => {
@@ -250,13 +258,16 @@ fn ack(r: &mut Reader, v5: bool) -> Result<(u16, u8), DecodeError> {
 fn subscribe(r: &mut Reader, v5: bool) -> Result<Packet, DecodeError> {
     let packet_id = r.u16("packet id")?;
     let mut subscription_id = None;
+    let mut user_properties = Vec::new();
     if v5 {
         props::read(r, |id, v| {
-            // Repeatable in PUBLISH, so `props::read` lets repeats through; not here.
-            if let (SUBSCRIPTION_ID, Value::VarInt(x)) = (id, v)
-                && subscription_id.replace(x).is_some()
-            {
-                return Err(DecodeError::BadProperty { id: id.into(), reason: "property repeated" });
+            match (id, v) {
+                // Repeatable in PUBLISH, so `props::read` lets repeats through; not here.
+                (SUBSCRIPTION_ID, Value::VarInt(x)) if subscription_id.replace(x).is_some() => {
+                    return Err(DecodeError::BadProperty { id: id.into(), reason: "property repeated" });
+                }
+                (USER_PROPERTY, Value::Pair(k, v)) => user_properties.push((k, v)),
+                _ => {}
             }
             Ok(())
         })?;
@@ -280,7 +291,7 @@ fn subscribe(r: &mut Reader, v5: bool) -> Result<Packet, DecodeError> {
     if topics.is_empty() {
         return Err(DecodeError::Malformed("SUBSCRIBE without topic filters"));
     }
-    Ok(Packet::Subscribe { packet_id, topics, subscription_id })
+    Ok(Packet::Subscribe { packet_id, topics, subscription_id, user_properties })
 }
 
 fn unsubscribe(r: &mut Reader, v5: bool) -> Result<Packet, DecodeError> {

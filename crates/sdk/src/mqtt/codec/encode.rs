@@ -22,20 +22,30 @@ pub(super) fn packet(packet: &Packet, version: Version, out: &mut BytesMut) {
         Packet::PubRec { packet_id, code } => ack(out, 0x50, *packet_id, *code, v5),
         Packet::PubRel { packet_id, code } => ack(out, 0x62, *packet_id, *code, v5),
         Packet::PubComp { packet_id, code } => ack(out, 0x70, *packet_id, *code, v5),
-        Packet::Subscribe { packet_id, topics, subscription_id } => frame(out, 0x82, |o| {
+        Packet::Subscribe { packet_id, topics, subscription_id, user_properties } => frame(out, 0x82, |o| {
             o.put_u16(*packet_id);
             if v5 {
-                with_var_len(o, |o| props::put_var(o, SUBSCRIPTION_ID, *subscription_id));
+                with_var_len(o, |o| {
+                    props::put_var(o, SUBSCRIPTION_ID, *subscription_id);
+                    for (k, v) in user_properties {
+                        props::put_pair(o, k, v);
+                    }
+                });
             }
             for t in topics {
                 put_str(o, &t.filter);
                 o.put_u8(subscription_options(t, v5));
             }
         }),
-        Packet::SubAck { packet_id, codes } => frame(out, 0x90, |o| {
+        Packet::SubAck { packet_id, codes, reason_string, user_properties } => frame(out, 0x90, |o| {
             o.put_u16(*packet_id);
             if v5 {
-                o.put_u8(0);
+                with_var_len(o, |o| {
+                    props::put_string(o, REASON_STRING, reason_string.as_deref());
+                    for (k, v) in user_properties {
+                        props::put_pair(o, k, v);
+                    }
+                });
             }
             o.put_slice(codes);
         }),
