@@ -674,6 +674,60 @@ async fn group_topics_are_their_members_also_after_a_restart() {
     let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
 }
 
+/// What the edge at `mqtt` answers a CONNECT with `token` (the CONNACK's code).
+async fn connack_code(mqtt: SocketAddr, version: Version, client_id: &str, token: &str) -> u8 {
+    let mut c = Client::connect_tcp(mqtt, version).await.expect("tcp");
+    let hello = Connect {
+        client_id: client_id.into(),
+        clean_start: true,
+        keep_alive: 30,
+        password: Some(token.as_bytes().to_vec()),
+        ..Connect::default()
+    };
+    match c.handshake(hello, Duration::from_secs(5)).await {
+        Ok(Packet::ConnAck { code, .. }) => code,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Logging one device out revokes its access tokens, and that revocation is in the database:
+/// a restarted `hermes up` without Redis primes its edge with it, so the logged-out device's
+/// unexpired token stays refused over MQTT while the other device's still works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_logged_out_device_stays_logged_out_after_a_restart() {
+    let data = temp_dir("logout-restart").join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let demo = ["--demo", "--demo-password", "demo secret"];
+    let mut up = up_in(&data, &demo, &[]);
+    let login = async |http: SocketAddr| {
+        let body = serde_json::json!({"enterprise": "acme", "username": "alice", "password": "demo secret"});
+        let r = sdk::http::request(http, "POST", "/v1/login", &[], Some(&body), Duration::from_secs(10))
+            .await
+            .expect("login");
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let field = |name: &str| r.body[name].as_str().expect(name).to_owned();
+        (field("access_token"), field("refresh_token"))
+    };
+    let (phone, phone_refresh) = login(up.http).await;
+    let (laptop, _) = login(up.http).await;
+    assert_eq!(connack_code(up.mqtt, Version::V5, "phone", &phone).await, 0);
+    let body = serde_json::json!({"refresh_token": phone_refresh});
+    let r = sdk::http::request(up.http, "POST", "/v1/logout", &[], Some(&body), Duration::from_secs(10))
+        .await
+        .expect("logout");
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(connack_code(up.mqtt, Version::V5, "phone", &phone).await, 0x87, "refused by the running edge");
+    sigterm(&up.child);
+    let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
+
+    let mut up = up_in(&data, &demo, &[]);
+    assert_eq!(connack_code(up.mqtt, Version::V5, "phone", &phone).await, 0x87, "still refused after the restart");
+    assert_eq!(connack_code(up.mqtt, Version::V311, "phone", &phone).await, 5, "v3: not authorized");
+    assert_eq!(connack_code(up.mqtt, Version::V5, "laptop", &laptop).await, 0, "the other device is still logged in");
+    sigterm(&up.child);
+    let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn login_then_mosquitto_and_paho_with_the_token() {
     let (mut child, mqtt, http) = up_with_http(&["--demo", "--demo-password", "demo secret"]);

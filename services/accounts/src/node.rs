@@ -219,7 +219,8 @@ pub struct EdgeState {
     pub memberships: Vec<(String, String, String)>,
     /// Each enterprise's own tables.
     pub tables: Vec<(String, Tables)>,
-    /// Those of the last [`wire::token::REVOCATION_MEMORY_MS`].
+    /// Those of the last [`wire::token::REVOCATION_MEMORY_MS`]: of users, and of login sessions
+    /// (devices that logged out).
     pub revocations: Vec<Revocation>,
 }
 
@@ -234,11 +235,18 @@ impl EdgeState {
             store.revocations_since(horizon).await.map_err(db)?.into_iter().map(|(enterprise, user_id, before_ms)| {
                 Revocation { enterprise, user_id, before_ms, session: String::new() }
             });
+        // Devices that logged out: without these a restarted edge would take their tokens again.
+        let sessions = store.session_revocations_since(horizon).await.map_err(db)?.into_iter().map(|s| Revocation {
+            enterprise: s.enterprise_id,
+            user_id: s.user_id,
+            before_ms: s.before_ms,
+            session: s.session,
+        });
         Ok(EdgeState {
             follows: store.all_follows().await.map_err(db)?,
             memberships: store.all_memberships().await.map_err(db)?,
             tables: tables.collect(),
-            revocations: revocations.collect(),
+            revocations: revocations.chain(sessions).collect(),
         })
     }
 

@@ -248,6 +248,44 @@ macro_rules! shared_store_methods {
             Ok(row.is_some())
         }
 
+        async fn revoke_session_tokens(&self, user_id: &str, family: &str, before_ms: i64) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO session_revocations (family, user_id, revoked_ms) VALUES ($1, $2, $3) \
+                 ON CONFLICT (family) DO UPDATE SET revoked_ms = excluded.revoked_ms \
+                 WHERE session_revocations.revoked_ms < excluded.revoked_ms",
+            )
+            .bind(family)
+            .bind(user_id)
+            .bind(before_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(())
+        }
+
+        async fn session_revocations_since(
+            &self,
+            since_ms: i64,
+        ) -> Result<Vec<crate::store::SessionRevocation>, StoreError> {
+            let rows = sqlx::query(
+                "SELECT u.enterprise_id, s.user_id, s.family, s.revoked_ms FROM session_revocations s \
+                 JOIN users u ON u.id = s.user_id WHERE s.revoked_ms > $1",
+            )
+            .bind(since_ms)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| crate::store::SessionRevocation {
+                    enterprise_id: r.get(0),
+                    user_id: r.get(1),
+                    session: r.get(2),
+                    before_ms: r.get(3),
+                })
+                .collect())
+        }
+
         async fn refresh_family(&self, hash: &str) -> Result<Option<(String, String)>, StoreError> {
             let row = sqlx::query("SELECT user_id, family FROM refresh_tokens WHERE hash = $1")
                 .bind(hash)

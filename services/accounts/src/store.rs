@@ -30,6 +30,16 @@ pub struct User {
     pub password_hash: String,
 }
 
+/// A login session (refresh family) that logged out: its access tokens issued before
+/// `before_ms` are refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRevocation {
+    pub enterprise_id: String,
+    pub user_id: String,
+    pub session: String,
+    pub before_ms: i64,
+}
+
 /// Profile fields to change; `None` leaves one as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +253,20 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Whether the login session (refresh family) `family` has been revoked: logged out, or
     /// ended for a reused refresh token. Its access tokens are refused too.
     fn session_revoked(&self, family: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Refuses the access tokens of login session `family` (of `user_id`) issued before
+    /// `before_ms`: a device that logged out. Keeps the later of this and an earlier instant.
+    fn revoke_session_tokens(
+        &self,
+        user_id: &str,
+        family: &str,
+        before_ms: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Login sessions whose access tokens were revoked after `since_ms`: how edges are primed
+    /// at start, beside [`AccountStore::revocations_since`].
+    fn session_revocations_since(
+        &self,
+        since_ms: i64,
+    ) -> impl Future<Output = Result<Vec<SessionRevocation>, StoreError>> + Send;
 
     fn policy(&self, enterprise_id: &str) -> impl Future<Output = Result<Policy, StoreError>> + Send;
     /// Replaces the enterprise's tables; returns the new version.

@@ -6,7 +6,7 @@ mod common;
 
 use accounts::postgres::PgStore;
 use accounts::sqlite::SqliteStore;
-use accounts::store::{AccountStore, Membership, ProfileUpdate, RefreshUse, Role, StoreError};
+use accounts::store::{AccountStore, Membership, ProfileUpdate, RefreshUse, Role, SessionRevocation, StoreError};
 
 use common::unique;
 
@@ -200,6 +200,23 @@ async fn refresh_tokens<S: AccountStore>(s: &S, alice: &str) {
     s.insert_refresh("h3", alice, "fam3", now + 60_000).await.expect("insert");
     s.revoke_tokens(alice, now).await.expect("revoke all");
     assert_eq!(s.use_refresh("h3", now).await.expect("use"), RefreshUse::Revoked, "revoking a user ends every family");
+
+    // A device that logged out: its session's revocation is kept, the later instant winning,
+    // and listed with its enterprise for edges that start later.
+    let logged_out = |session: &str, before_ms: i64| SessionRevocation {
+        enterprise_id: "acme".into(),
+        user_id: alice.into(),
+        session: session.into(),
+        before_ms,
+    };
+    s.revoke_session_tokens(alice, "fam", 7_000).await.expect("revoke session");
+    s.revoke_session_tokens(alice, "fam", 6_000).await.expect("an earlier instant does not move it back");
+    s.revoke_session_tokens(alice, "fam2", 3_000).await.expect("revoke session");
+    let mut all = s.session_revocations_since(0).await.expect("all");
+    all.sort_by(|a, b| a.session.cmp(&b.session));
+    assert_eq!(all, vec![logged_out("fam", 7_000), logged_out("fam2", 3_000)]);
+    assert_eq!(s.session_revocations_since(3_000).await.expect("recent"), vec![logged_out("fam", 7_000)]);
+    assert!(s.session_revocations_since(7_000).await.expect("recent").is_empty());
 }
 
 async fn policies_and_keys<S: AccountStore>(s: &S) {

@@ -424,8 +424,15 @@ pub(crate) async fn revoke_all<S: AccountStore>(
 }
 
 /// Revokes the access tokens of one login session (a device that logged out), issued before
-/// `before_ms`: edges refuse them and close that device's connections.
-pub(crate) async fn revoke_session<S: AccountStore>(st: &AccountsState<S>, user: &User, session: &str, before_ms: i64) {
+/// `before_ms`: stored (edges are primed with it at start, also without Redis), in the access
+/// directory and, through the bus, at every edge (that device's connections close).
+pub(crate) async fn revoke_session<S: AccountStore>(
+    st: &AccountsState<S>,
+    user: &User,
+    session: &str,
+    before_ms: i64,
+) -> Result<(), ApiError> {
+    st.store.revoke_session_tokens(&user.id, session, before_ms).await?;
     if let Some(access) = &st.access {
         let r = broker::access::Revocation {
             enterprise: user.enterprise_id.clone(),
@@ -438,6 +445,7 @@ pub(crate) async fn revoke_session<S: AccountStore>(st: &AccountsState<S>, user:
         }
     }
     st.events.tokens_revoked(user, session, before_ms).await;
+    Ok(())
 }
 
 /// A directory write failed after the change was stored. The change is still announced on the

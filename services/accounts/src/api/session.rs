@@ -209,7 +209,7 @@ pub(crate) async fn logout<S: AccountStore>(
         st.store.revoke_refresh_family(&family).await?;
         // This device's access tokens end with its session: its connections close.
         if let Some(user) = st.store.user_by_id(&user_id).await? {
-            revoke_session(&st, &user, &family, now_ms()).await;
+            revoke_session(&st, &user, &family, now_ms()).await?;
         }
     }
     Ok(StatusCode::NO_CONTENT)
