@@ -103,6 +103,9 @@ fn load(args: &UpArgs) -> Result<UpConfig, String> {
 /// Where `hermes up` keeps persistent sessions when there is no Redis: in its data directory.
 const SESSIONS_DB: &str = "sessions.db";
 
+/// Where `hermes up` keeps durable streams and dead letters when there is no Redis.
+const STREAMS_DB: &str = "streams.db";
+
 pub fn print_config(args: UpArgs) -> Result<(), String> {
     print!("{}", service_kit::config::render(&load(&args)?));
     Ok(())
@@ -200,7 +203,14 @@ async fn serve(
         Some(d) => d.journal.clone(),
         None => std::sync::Arc::new(embedded_state::SqliteJournal::open(&data.path().join(SESSIONS_DB)).await?),
     };
-    let mut edge = mqtt_edge::Edge::builder(edge_cfg).journal(journal);
+    let retention = edge_cfg.streams.retention();
+    let streams: std::sync::Arc<dyn broker::streams::StreamStore> = match &dirs {
+        Some(d) => d.streams(retention),
+        None => {
+            std::sync::Arc::new(embedded_state::SqliteStreams::open(&data.path().join(STREAMS_DB), retention).await?)
+        }
+    };
+    let mut edge = mqtt_edge::Edge::builder(edge_cfg).journal(journal).streams(streams);
     if let Some(d) = &dirs {
         edge = edge.relations(d.relations.clone()).session_owners(d.owners.clone());
     }

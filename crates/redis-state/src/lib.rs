@@ -32,6 +32,9 @@ pub struct StateDirectories {
     pub journal: Arc<dyn broker::journal::SessionJournal>,
     /// The connection the directories share, for [`StateDirectories::login_guard`].
     conn: ConnectionManager,
+    /// The session journal's connection, which durable streams share (both are written before
+    /// a PUBLISH is acknowledged).
+    journal_conn: ConnectionManager,
 }
 
 impl StateDirectories {
@@ -47,9 +50,15 @@ impl StateDirectories {
             relations: Arc::new(RedisRelations::new(conn.clone())),
             access: Arc::new(RedisAccess::new(conn.clone())),
             owners: Arc::new(RedisOwners::new(conn.clone())),
-            journal: Arc::new(RedisJournal::new(journal)),
+            journal: Arc::new(RedisJournal::new(journal.clone())),
             conn,
+            journal_conn: journal,
         }))
+    }
+
+    /// Durable streams and dead letters on the same Redis, kept for `retention`.
+    pub fn streams(&self, retention: broker::streams::Retention) -> Arc<dyn broker::streams::StreamStore> {
+        Arc::new(RedisStreams::new(self.journal_conn.clone(), retention))
     }
 
     /// The accounts tier's login limits on the same Redis, over the same connection.

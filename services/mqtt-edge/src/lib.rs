@@ -75,6 +75,7 @@ impl EdgeBuilder {
             self.access = Some(s.access.clone());
             self.owners = Some(s.owners.clone());
             self.journal = Some(s.journal.clone());
+            self.streams = Some(s.streams(self.cfg.streams.retention()));
         }
         self
     }

@@ -383,3 +383,46 @@ async fn wait_for_letters(
     }
     panic!("fewer than {n} dead letters");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn edges_on_one_redis_share_each_stream() {
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let (url, redis_url) = (nats.nats_url(), redis.redis_url());
+    let node = |id: &'static str| {
+        let redis_url = redis_url.clone();
+        move |c: &mut mqtt_edge::EdgeConfig| {
+            c.bus.node_id = id.into();
+            c.state.redis_url = redis_url;
+        }
+    };
+    let bus = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn bus::Bus> };
+    let a = TestEdge::start_clustered(bus().await, None, node("a")).await;
+    let b = TestEdge::start_clustered(bus().await, None, node("b")).await;
+    let mut live = b.client(Version::V5, "live").await;
+    live.subscribe(vec![SubscribeTopic::new(INBOX, 1)], WAIT).await.expect("suback");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    publish_all(&a, INBOX, &["a1", "a2", "a3"]).await;
+    publish_all(&b, INBOX, &["b4", "b5"]).await;
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        let p = expect_publish(&mut live).await;
+        ack(&mut live, &p).await;
+        got.push(p);
+    }
+    let mut seen: Vec<(u64, String)> =
+        got.iter().map(|p| (seq(p), String::from_utf8_lossy(&p.payload).into_owned())).collect();
+    seen.sort();
+    let want: Vec<(u64, String)> =
+        ["a1", "a2", "a3", "b4", "b5"].iter().enumerate().map(|(i, b)| (i as u64 + 1, b.to_string())).collect();
+    assert_eq!(seen, want, "one counter for the stream, whichever edge appended");
+    let e = epoch(&got[0]);
+    assert!(got.iter().all(|p| epoch(p) == e));
+    // A client that had up to 2 resumes on the other edge.
+    let mut back = a.client(Version::V5, "back").await;
+    let (replayed, reports) = resume_v5(&mut back, INBOX, &format!("{e}:2")).await;
+    assert_eq!(bodies(&replayed), ["a3", "b4", "b5"]);
+    assert_eq!(reports, [format!("complete epoch={e} first=1 last=5 stream={INBOX}")]);
+    a.stop().await;
+    b.stop().await;
+    drop((nats, redis));
+}
