@@ -248,6 +248,40 @@ async fn the_sender_is_who_the_edge_authenticated() {
     w.edge.stop().await;
 }
 
+/// Mallory of `evil` writes to an inbox of her own enterprise, claiming to be alice of `acme`
+/// (the sender property and the envelope's source): the receiver sees `evil/mallory`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sender_of_another_enterprise_cannot_pass_for_one_of_acme() {
+    let w = World::start().await;
+    let (mut eve3, _) = w.connect(Version::V311, w.login("evil", "eve", "eve-3", false)).await;
+    let (mut eve5, _) = w.connect(Version::V5, w.login("evil", "eve", "eve-5", false)).await;
+    for v in [Version::V311, Version::V5] {
+        let (mut mallory, _) = w.connect(v, w.login("evil", "mallory", "mallory", false)).await;
+        let forged =
+            wire::envelope::encode(&wire::envelope::text("m1".into(), "alice".into(), Direction::P2p, "hi", 1));
+        let claims = match v {
+            Version::V5 => vec![("hermes-sender", "acme/alice"), ("HERMES-SENDER", "acme/alice")],
+            _ => vec![],
+        };
+        publish_with(&mut mallory, "evil/im/msg/eve", forged, claims).await;
+        for eve in [&mut eve3, &mut eve5] {
+            let got = expect_publish(eve).await;
+            assert_eq!(got.topic, "evil/im/msg/eve");
+            let env = wire::envelope::decode(&got.payload).expect("an envelope");
+            assert_eq!((env.source.as_str(), &env.data[..]), ("mallory", &b"hi"[..]), "{v:?} envelope source");
+            ack(eve, &got).await;
+            if eve.version() == Version::V5 {
+                assert_eq!(sender(&got), ["evil/mallory"], "{v:?}: only the edge's sender property");
+                let any_case =
+                    got.properties.user_properties.iter().filter(|(k, _)| k.eq_ignore_ascii_case("hermes-sender"));
+                assert_eq!(any_case.count(), 1, "{v:?}: no forged one in another case");
+            }
+        }
+        drop(mallory);
+    }
+    w.edge.stop().await;
+}
+
 /// A CONNECT from 127.0.0.7 with a token of the wrong key; returns the CONNACK code.
 async fn forged_connect(edge: &TestEdge, forger: &Signer, v: Version) -> u8 {
     let mut c = edge.raw_from([127, 0, 0, 7], v).await;
