@@ -37,6 +37,10 @@ pub enum Write {
     Touch { session: Arc<str>, ttl_secs: u32 },
     /// The retained message of `topic` (encoded by the edge), or none (cleared).
     Retained { topic: Arc<str>, body: Option<Vec<u8>> },
+    /// How far the session got in the durable stream `stream` (encoded by the edge), replacing
+    /// the one written before; ignored, like a message, if the session has no record. Gone
+    /// with the session.
+    Cursor { session: Arc<str>, stream: Arc<str>, cursor: Vec<u8> },
 }
 
 /// A session as the journal holds it.
@@ -47,6 +51,8 @@ pub struct Stored {
     pub messages: Vec<(u64, Vec<u8>)>,
     /// Inbound QoS 2 packet ids awaiting their PUBREL, ascending.
     pub inbound: Vec<u16>,
+    /// The session's cursors in durable streams, by stream name (ascending).
+    pub cursors: Vec<(String, Vec<u8>)>,
 }
 
 /// Retained messages by topic, as the journal holds them.
@@ -75,6 +81,7 @@ struct Kept {
     expires_at: Option<std::time::Instant>,
     messages: BTreeMap<u64, Vec<u8>>,
     inbound: std::collections::BTreeSet<u16>,
+    cursors: BTreeMap<Arc<str>, Vec<u8>>,
 }
 
 impl MemoryJournal {
@@ -106,6 +113,11 @@ impl MemoryJournal {
                         } else {
                             k.inbound.remove(packet_id);
                         }
+                    }
+                }
+                Write::Cursor { session, stream, cursor } => {
+                    if let Some(k) = sessions.get_mut(session).filter(|k| k.record.is_some()) {
+                        k.cursors.insert(stream.clone(), cursor.clone());
                     }
                 }
                 Write::Ended { session } => {
@@ -140,7 +152,9 @@ impl SessionJournal for MemoryJournal {
         let stored = sessions.get(session).filter(|k| k.expires_at.is_none_or(|at| at > now)).and_then(|k| {
             let record = k.record.clone()?;
             let messages = k.messages.iter().map(|(e, b)| (*e, b.clone())).collect();
-            Some(Stored { record, messages, inbound: k.inbound.iter().copied().collect() })
+            let inbound = k.inbound.iter().copied().collect();
+            let cursors = k.cursors.iter().map(|(s, c)| (s.to_string(), c.clone())).collect();
+            Some(Stored { record, messages, inbound, cursors })
         });
         Box::pin(std::future::ready(Ok(stored)))
     }
@@ -169,7 +183,15 @@ pub mod contract {
 
     fn stored(record: &[u8], messages: &[(u64, &[u8])]) -> Option<Stored> {
         let messages = messages.iter().map(|(e, b)| (*e, b.to_vec())).collect();
-        Some(Stored { record: record.to_vec(), messages, inbound: Vec::new() })
+        Some(Stored { record: record.to_vec(), messages, inbound: Vec::new(), cursors: Vec::new() })
+    }
+
+    fn cursor(session: &Arc<str>, stream: &str, cursor: &[u8]) -> Write {
+        Write::Cursor { session: session.clone(), stream: stream.into(), cursor: cursor.to_vec() }
+    }
+
+    fn cursors(want: &[(&str, &[u8])]) -> Option<Vec<(String, Vec<u8>)>> {
+        Some(want.iter().map(|(s, c)| (s.to_string(), c.to_vec())).collect())
     }
 
     fn inbound(session: &Arc<str>, packet_id: u16, held: bool) -> Write {
@@ -212,6 +234,55 @@ pub mod contract {
         assert_eq!(held, Some(vec![1, 65_535]));
         assert_eq!(load(j, &other).await.map(|st| st.inbound), Some(vec![]), "sessions are apart");
 
+        // Cursors in durable streams: written in a batch with the record, replaced by later
+        // writes, by ascending stream name, names of any bytes a topic may hold, empty and
+        // large cursors; gone with the session.
+        let c: Arc<str> = format!("{prefix}:5:c/cursors").into();
+        let odd_stream = "s/{x} *>.|\u{e9}\u{2028}\u{1F600}";
+        let large = vec![0x5A_u8; 64 << 10];
+        let batch = [
+            cursor(&c, "early", b"before the record: ignored"),
+            record(&c, b"c", None),
+            cursor(&c, "orders/eu", b"eu1"),
+            cursor(&c, "orders", b"o1"),
+            cursor(&c, odd_stream, b"odd"),
+            cursor(&c, "alerts", b""),
+            cursor(&c, "large", &large),
+            message(&c, 1, b"m"),
+        ];
+        j.write(&batch).await.expect("write");
+        let want =
+            [("alerts", &b""[..]), ("large", &large), ("orders", b"o1"), ("orders/eu", b"eu1"), (odd_stream, b"odd")];
+        assert_eq!(load(j, &c).await.map(|st| st.cursors), cursors(&want));
+        assert_eq!(load(j, &c).await.map(|st| st.messages), Some(vec![(1, b"m".to_vec())]), "beside messages");
+        let batch = [
+            cursor(&c, "orders", b"o2"),
+            cursor(&c, "alerts", b"a2"),
+            cursor(&c, "orders", b"o3"),
+            cursor(&c, "large", b""),
+        ];
+        j.write(&batch).await.expect("write");
+        let want =
+            [("alerts", &b"a2"[..]), ("large", b""), ("orders", b"o3"), ("orders/eu", b"eu1"), (odd_stream, b"odd")];
+        assert_eq!(load(j, &c).await.map(|st| st.cursors), cursors(&want), "replaced");
+        j.write(&[record(&c, b"c2", None), Write::Touch { session: c.clone(), ttl_secs: 3600 }]).await.expect("write");
+        assert_eq!(load(j, &c).await.map(|st| st.cursors), cursors(&want), "a new record keeps them");
+        assert_eq!(load(j, &other).await.map(|st| st.cursors), cursors(&[]), "sessions are apart");
+        j.write(&[cursor(&s, "orders", b"s1"), cursor(&s, "alerts", b"s2")]).await.expect("write");
+        assert_eq!(load(j, &s).await.map(|st| st.cursors), cursors(&[("alerts", b"s2"), ("orders", b"s1")]));
+        let none: Arc<str> = format!("{prefix}:5:c/none").into();
+        j.write(&[cursor(&none, "orders", b"n1"), Write::Done { session: none.clone(), entry: 1 }])
+            .await
+            .expect("write");
+        assert_eq!(load(j, &none).await, None, "a cursor makes no session");
+        j.write(&[record(&none, b"n", None)]).await.expect("write");
+        assert_eq!(load(j, &none).await, stored(b"n", &[]), "and was never kept");
+        let batch = [cursor(&c, "orders", b"o4"), Write::Ended { session: c.clone() }, cursor(&c, "orders", b"o5")];
+        j.write(&batch).await.expect("end");
+        assert_eq!(load(j, &c).await, None, "ended with its cursors");
+        j.write(&[record(&c, b"c3", None)]).await.expect("restart");
+        assert_eq!(load(j, &c).await, stored(b"c3", &[]), "restarted without cursors");
+
         // An ended session is gone with its messages; a new one under the key starts empty.
         j.write(&[Write::Ended { session: s.clone() }]).await.expect("end");
         assert_eq!(load(j, &s).await, None);
@@ -234,8 +305,10 @@ pub mod contract {
         let batch = [
             record(&parked, b"p", Some(1)),
             message(&parked, 1, b"queued"),
+            cursor(&parked, "orders", b"p1"),
             record(&back, b"b", Some(1)),
             message(&back, 1, b"queued"),
+            cursor(&back, "orders", b"b1"),
             record(&back, b"b, live", None),
             record(&long, b"l", Some(3600)),
             // A live session's node keeps touching it; one it stopped touching runs out.
@@ -247,14 +320,19 @@ pub mod contract {
         j.write(&batch).await.expect("write");
         sleep(std::time::Duration::from_millis(1500)).await;
         assert_eq!(load(j, &parked).await, None, "expired");
-        assert_eq!(load(j, &back).await, stored(b"b, live", &[(1, b"queued")]), "live again: kept");
+        let mut kept = stored(b"b, live", &[(1, b"queued")]);
+        if let Some(st) = kept.as_mut() {
+            st.cursors = vec![("orders".to_string(), b"b1".to_vec())];
+        }
+        assert_eq!(load(j, &back).await, kept, "live again: kept, with its cursors");
         assert_eq!(load(j, &touched).await, stored(b"t", &[]), "touched: kept");
         assert_eq!(load(j, &long).await, None, "touched shorter: gone");
         assert_eq!(load(j, &nobody).await, None, "a touch makes no session");
-        j.write(&[message(&parked, 2, b"late"), inbound(&parked, 3, true)]).await.expect("for a session that is gone");
+        let batch = [message(&parked, 2, b"late"), inbound(&parked, 3, true), cursor(&parked, "late", b"p2")];
+        j.write(&batch).await.expect("for a session that is gone");
         assert_eq!(load(j, &parked).await, None, "messages without a record are no session");
         j.write(&[record(&parked, b"p2", None)]).await.expect("write");
-        assert_eq!(load(j, &parked).await, stored(b"p2", &[]), "and were never kept");
+        assert_eq!(load(j, &parked).await, stored(b"p2", &[]), "and were never kept, nor its cursors");
 
         // Retained messages: set, replaced, cleared, topics of any bytes; in the same batches
         // as session writes. Other runs may share the journal: only this run's topics count.
