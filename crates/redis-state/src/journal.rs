@@ -1,14 +1,18 @@
 //! The session journal (`broker::journal`) on Redis: one hash per session
-//! (`wire::keys::session_journal`), field `r` its record and each kept message under its entry
-//! as 8 bytes big-endian. HGETALL reads a session in one step; a batch of writes is one
-//! MULTI/EXEC pipeline, one round trip, applied in order and all at once.
+//! (`wire::keys::session_journal`), field `r` its record, each kept message under its entry
+//! as 8 bytes big-endian, each inbound QoS 2 id awaiting its PUBREL as `i` and 2 bytes, and the
+//! session's cursor in each durable stream as `stream-cursor:` and the stream's name (never 1,
+//! 3 or 8 bytes long, so never taken for one of the others). HGETALL reads a session in one
+//! step; a batch of writes is one MULTI/EXEC pipeline, one round trip, applied in order and all
+//! at once.
 //!
 //! A parked session's expiry is the hash's TTL (EXPIRE at each record with one, PERSIST at each
-//! record without), so Redis forgets the record and its messages together. A message is kept
-//! only while the hash holds a record, checked inside Redis by a small script: a message routed
-//! to a session that has just expired or ended would otherwise recreate the hash without a TTL
-//! and without a record, never to be read or deleted. So a hash always holds `r`, and
-//! `load` answers `None` for one that does not (something else wrote it).
+//! record without), so Redis forgets the record, its messages and its cursors together. A
+//! message (an inbound id, a cursor) is kept only while the hash holds a record, checked inside
+//! Redis by a small script: a message routed to a session that has just expired or ended would
+//! otherwise recreate the hash without a TTL and without a record, never to be read or deleted.
+//! So a hash always holds `r`, and `load` answers `None` for one that does not (something else
+//! wrote it).
 
 use broker::journal::{SessionJournal, Stored, Write};
 use broker::relations::BoxFuture;
@@ -17,9 +21,9 @@ use redis::aio::ConnectionManager;
 /// The hash field holding the session's record.
 const RECORD: &[u8] = b"r";
 
-/// KEYS: the session's hash. ARGV: the message's field, its body. Keeps the message only if the
-/// session has a record.
-const KEEP_MESSAGE: &str = r"
+/// KEYS: the session's hash. ARGV: a field (a message's, an inbound id's, a cursor's), its value.
+/// Keeps it only if the session has a record.
+const KEEP_FIELD: &str = r"
 if redis.call('HEXISTS', KEYS[1], 'r') == 1 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
@@ -44,7 +48,6 @@ impl RedisJournal {
     }
 }
 
-/// The hash field of message `entry`.
 /// The field of an inbound QoS 2 id: `i` and the id, 3 bytes (never 1 like `r` nor 8 like an
 /// entry).
 fn inbound_field(packet_id: u16) -> [u8; 3] {
@@ -54,6 +57,15 @@ fn inbound_field(packet_id: u16) -> [u8; 3] {
 
 const INBOUND: u8 = b'i';
 
+/// The field of the session's cursor in durable stream `stream` starts with this: 14 bytes, so a
+/// cursor's field is never 1 byte long like `r`, 3 like an inbound id nor 8 like an entry.
+const CURSOR: &[u8] = b"stream-cursor:";
+
+fn cursor_field(stream: &str) -> Vec<u8> {
+    [CURSOR, stream.as_bytes()].concat()
+}
+
+/// The hash field of message `entry`.
 fn entry_field(entry: u64) -> [u8; 8] {
     entry.to_be_bytes()
 }
@@ -74,7 +86,8 @@ impl SessionJournal for RedisJournal {
                     | Write::Done { session, .. }
                     | Write::Inbound { session, .. }
                     | Write::Ended { session }
-                    | Write::Touch { session, .. } => wire::keys::session_journal(session),
+                    | Write::Touch { session, .. }
+                    | Write::Cursor { session, .. } => wire::keys::session_journal(session),
                 };
                 match w {
                     Write::Record { record, ttl_secs, .. } => {
@@ -86,7 +99,7 @@ impl SessionJournal for RedisJournal {
                     }
                     Write::Message { entry, body, .. } => {
                         pipe.cmd("EVAL")
-                            .arg(KEEP_MESSAGE)
+                            .arg(KEEP_FIELD)
                             .arg(1)
                             .arg(&key)
                             .arg(&entry_field(*entry)[..])
@@ -98,7 +111,7 @@ impl SessionJournal for RedisJournal {
                     }
                     Write::Inbound { packet_id, held: true, .. } => {
                         let field = inbound_field(*packet_id);
-                        pipe.cmd("EVAL").arg(KEEP_MESSAGE).arg(1).arg(&key).arg(&field[..]).arg(&b"1"[..]).ignore();
+                        pipe.cmd("EVAL").arg(KEEP_FIELD).arg(1).arg(&key).arg(&field[..]).arg(&b"1"[..]).ignore();
                     }
                     Write::Inbound { packet_id, held: false, .. } => {
                         pipe.cmd("HDEL").arg(&key).arg(&inbound_field(*packet_id)[..]).ignore();
@@ -108,6 +121,15 @@ impl SessionJournal for RedisJournal {
                     }
                     Write::Touch { ttl_secs, .. } => {
                         pipe.cmd("EXPIRE").arg(&key).arg(*ttl_secs).ignore();
+                    }
+                    Write::Cursor { stream, cursor, .. } => {
+                        pipe.cmd("EVAL")
+                            .arg(KEEP_FIELD)
+                            .arg(1)
+                            .arg(&key)
+                            .arg(cursor_field(stream))
+                            .arg(cursor.as_slice())
+                            .ignore();
                     }
                     Write::Retained { topic, body: Some(body) } => {
                         pipe.cmd("HSET").arg(&key).arg(&**topic).arg(body.as_slice()).ignore();
@@ -134,13 +156,22 @@ impl SessionJournal for RedisJournal {
             let mut record = None;
             let mut messages = Vec::with_capacity(fields.len().saturating_sub(1));
             let mut inbound = Vec::new();
+            let mut cursors = Vec::new();
             for (field, value) in fields {
                 match field.as_slice() {
                     RECORD => record = Some(value),
                     [INBOUND, hi, lo] => inbound.push(u16::from_be_bytes([*hi, *lo])),
+                    f if f.starts_with(CURSOR) => {
+                        let stream = String::from_utf8(f[CURSOR.len()..].to_vec())
+                            .map_err(|_| format!("{key}: field {:?} names no stream", f.escape_ascii()))?;
+                        cursors.push((stream, value));
+                    }
                     f => {
                         let entry = <[u8; 8]>::try_from(f).map_err(|_| {
-                            format!("{key}: field {:?} is neither `r`, an inbound id nor an entry", f.escape_ascii())
+                            format!(
+                                "{key}: field {:?} is neither `r`, an inbound id, a cursor nor an entry",
+                                f.escape_ascii()
+                            )
                         })?;
                         messages.push((u64::from_be_bytes(entry), value));
                     }
@@ -148,7 +179,8 @@ impl SessionJournal for RedisJournal {
             }
             messages.sort_unstable_by_key(|(entry, _)| *entry);
             inbound.sort_unstable();
-            Ok(record.map(|record| Stored { record, messages, inbound }))
+            cursors.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+            Ok(record.map(|record| Stored { record, messages, inbound, cursors }))
         })
     }
 
