@@ -1,14 +1,17 @@
 //! The session journal (`broker::journal`) in a SQLite file of its own: [`SqliteJournal`].
 //!
-//! Two tables: `sessions` (a session's record and when it expires, Unix ms, `NULL` for never)
-//! and `session_messages` (its kept messages by entry). The database runs in WAL mode with
-//! `synchronous = NORMAL` (see the crate's documentation).
+//! Tables: `sessions` (a session's record and when it expires, Unix ms, `NULL` for never),
+//! `session_messages` (its kept messages by entry), `session_inbound` (its inbound QoS 2 ids
+//! awaiting their PUBREL), `session_cursors` (how far it got in each durable stream) and
+//! `retained`. The database runs in WAL mode with `synchronous = NORMAL` (see the crate's
+//! documentation).
 //!
-//! Expired sessions are deleted with their messages when the journal opens, inside a write at
-//! most once a second, and by [`SqliteJournal::sweep_expired`]; until then `load` does not see
-//! them, and a record written again after its expiry starts without the old messages. A
-//! message is kept only if its session has a live record: one routed to a session that has
-//! expired or ended is dropped, not left behind where nothing would delete it.
+//! Expired sessions are deleted with their messages, ids and cursors when the journal opens,
+//! inside a write at most once a second, and by [`SqliteJournal::sweep_expired`]; until then
+//! `load` does not see them, and a record written again after its expiry starts without the old
+//! messages, ids and cursors. A message (an id, a cursor) is kept only if its session has a live
+//! record: one routed to a session that has expired or ended is dropped, not left behind where
+//! nothing would delete it.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -32,7 +35,7 @@ pub struct SqliteJournal {
     swept_at: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
-const SCHEMA: [&str; 5] = [
+const SCHEMA: [&str; 6] = [
     "CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at_ms INTEGER)",
     "CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at_ms)",
     // `entry` is the u64 bit-cast to i64 (SQLite integers are signed): `load` orders them.
@@ -42,7 +45,13 @@ const SCHEMA: [&str; 5] = [
     // Inbound QoS 2 packet ids awaiting their PUBREL.
     "CREATE TABLE IF NOT EXISTS session_inbound (session TEXT NOT NULL, packet_id INTEGER NOT NULL, \
      PRIMARY KEY (session, packet_id)) WITHOUT ROWID",
+    // The session's cursor in each durable stream (bytes the edge encodes).
+    "CREATE TABLE IF NOT EXISTS session_cursors (session TEXT NOT NULL, stream TEXT NOT NULL, cursor BLOB NOT NULL, \
+     PRIMARY KEY (session, stream)) WITHOUT ROWID",
 ];
+
+/// The tables holding a session's rows besides `sessions`, deleted with it.
+const SESSION_TABLES: [&str; 3] = ["session_messages", "session_inbound", "session_cursors"];
 
 impl SqliteJournal {
     /// Opens the journal at `path`, creating the file (owner-only) and its tables if needed,
@@ -55,7 +64,8 @@ impl SqliteJournal {
         Ok(journal)
     }
 
-    /// Deletes the sessions whose expiry has passed, with their messages; returns how many.
+    /// Deletes the sessions whose expiry has passed, with their messages, ids and cursors;
+    /// returns how many.
     pub async fn sweep_expired(&self) -> Result<u64, String> {
         let mut conn = self.writer.lock().await;
         let mut tx = sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await.map_err(db)?;
@@ -90,7 +100,7 @@ impl SqliteJournal {
     }
 
     async fn read(&self, session: &str) -> Result<Option<Stored>, String> {
-        // One read transaction: the record and the messages of one moment.
+        // One read transaction: the record, messages, ids and cursors of one moment.
         let mut tx = self.pool.begin().await.map_err(db)?;
         let record: Option<Vec<u8>> = sqlx::query(
             "SELECT record FROM sessions WHERE session = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?2)",
@@ -112,12 +122,18 @@ impl SqliteJournal {
             .fetch_all(&mut *tx)
             .await
             .map_err(db)?;
+        let cursors = sqlx::query("SELECT stream, cursor FROM session_cursors WHERE session = ?1 ORDER BY stream")
+            .bind(session)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?;
         tx.commit().await.map_err(db)?;
         let mut messages: Vec<(u64, Vec<u8>)> =
             rows.into_iter().map(|row| (row.get::<i64, _>(0) as u64, row.get(1))).collect();
         messages.sort_unstable_by_key(|(entry, _)| *entry);
         let inbound = inbound.into_iter().filter_map(|row| u16::try_from(row.get::<i64, _>(0)).ok()).collect();
-        Ok(Some(Stored { record, messages, inbound }))
+        let cursors = cursors.into_iter().map(|row| (row.get(0), row.get(1))).collect();
+        Ok(Some(Stored { record, messages, inbound, cursors }))
     }
 }
 
@@ -167,8 +183,9 @@ async fn forget_messages(tx: &mut Tx<'_>, run: &[Write]) -> Result<(), String> {
 async fn apply_one(tx: &mut Tx<'_>, w: &Write, now: i64) -> Result<(), String> {
     let query = match w {
         Write::Record { session, record, ttl_secs } => {
-            // An expired record not swept yet: its messages and ids go before it lives again.
-            for table in ["session_messages", "session_inbound"] {
+            // An expired record not swept yet: its messages, ids and cursors go before it lives
+            // again.
+            for table in SESSION_TABLES {
                 let sql = format!(
                     "DELETE FROM {table} WHERE session = ?1 \
                      AND EXISTS (SELECT 1 FROM sessions WHERE session = ?1 AND expires_at_ms <= ?2)"
@@ -205,8 +222,17 @@ async fn apply_one(tx: &mut Tx<'_>, w: &Write, now: i64) -> Result<(), String> {
                 .bind(&**session)
                 .bind(i64::from(*packet_id))
         }
+        Write::Cursor { session, stream, cursor } => sqlx::query(
+            "INSERT INTO session_cursors (session, stream, cursor) SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 \
+             FROM sessions WHERE session = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?4)) \
+             ON CONFLICT (session, stream) DO UPDATE SET cursor = excluded.cursor",
+        )
+        .bind(&**session)
+        .bind(&**stream)
+        .bind(cursor.as_slice())
+        .bind(now),
         Write::Ended { session } => {
-            for table in ["session_messages", "session_inbound"] {
+            for table in SESSION_TABLES {
                 sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE session = ?1")))
                     .bind(&**session)
                     .execute(&mut **tx)
@@ -253,9 +279,9 @@ impl SessionJournal for SqliteJournal {
     }
 }
 
-/// Deletes the sessions expired at `now` and their messages.
+/// Deletes the sessions expired at `now` and their messages, ids and cursors.
 async fn sweep(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, now: i64) -> Result<u64, String> {
-    for table in ["session_messages", "session_inbound"] {
+    for table in SESSION_TABLES {
         let sql =
             format!("DELETE FROM {table} WHERE session IN (SELECT session FROM sessions WHERE expires_at_ms <= ?1)");
         sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).execute(&mut **tx).await.map_err(db)?;
@@ -279,12 +305,18 @@ mod tests {
             Write::Message { session: gone.clone(), entry: 1, body: b"never".to_vec() },
             Write::Record { session: parked.clone(), record: b"p".to_vec(), ttl_secs: Some(0) },
             Write::Message { session: parked.clone(), entry: 1, body: b"late".to_vec() },
+            Write::Inbound { session: gone.clone(), packet_id: 1, held: true },
+            Write::Inbound { session: parked.clone(), packet_id: 1, held: true },
+            Write::Cursor { session: gone.clone(), stream: "s".into(), cursor: b"never".to_vec() },
+            Write::Cursor { session: parked.clone(), stream: "s".into(), cursor: b"late".to_vec() },
         ];
         journal.write(&batch).await.expect("write");
-        let kept: i64 =
-            sqlx::query("SELECT COUNT(*) FROM session_messages").fetch_one(&journal.pool).await.expect("count").get(0);
         // The parked session's expiry (now) has passed, though it is not swept yet.
-        assert_eq!(kept, 0, "neither: one has no record, the other's has expired");
+        for table in SESSION_TABLES {
+            let sql = format!("SELECT COUNT(*) FROM {table}");
+            let kept: i64 = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_one(&journal.pool).await.expect("count").get(0);
+            assert_eq!(kept, 0, "{table}: neither: one has no record, the other's has expired");
+        }
         assert_eq!(journal.sweep_expired().await.expect("sweep"), 1);
         assert_eq!(journal.load(&parked).await.expect("load"), None);
         drop(journal);

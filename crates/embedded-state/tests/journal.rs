@@ -41,13 +41,15 @@ const CHILD_FILE: &str = "HERMES_JOURNAL_TEST_CHILD_FILE";
 /// `test writer_child ... `, on the same line).
 const WRITTEN: &str = "journal written";
 
-fn batch(s: &Arc<str>, parked: &Arc<str>) -> [Write; 5] {
+fn batch(s: &Arc<str>, parked: &Arc<str>) -> [Write; 7] {
     [
         Write::Record { session: s.clone(), record: b"r".to_vec(), ttl_secs: Some(3600) },
         Write::Message { session: s.clone(), entry: u64::MAX, body: b"last".to_vec() },
         Write::Message { session: s.clone(), entry: 7, body: b"seven".to_vec() },
         Write::Record { session: parked.clone(), record: b"p".to_vec(), ttl_secs: Some(1) },
         Write::Message { session: parked.clone(), entry: 1, body: b"queued".to_vec() },
+        Write::Cursor { session: s.clone(), stream: "orders".into(), cursor: b"o7".to_vec() },
+        Write::Cursor { session: parked.clone(), stream: "orders".into(), cursor: b"p1".to_vec() },
     ]
 }
 
@@ -90,10 +92,11 @@ async fn what_was_written_survives_a_kill_9() {
     let journal = SqliteJournal::open(&dir.file()).await.expect("reopen");
     let (s, parked): (Arc<str>, Arc<str>) = ("5:alice/phone".into(), "5:alice/tablet".into());
     let messages = vec![(7, b"seven".to_vec()), (u64::MAX, b"last".to_vec())];
-    let want = Stored { record: b"r".to_vec(), messages, inbound: vec![] };
+    let cursors = vec![("orders".to_string(), b"o7".to_vec())];
+    let want = Stored { record: b"r".to_vec(), messages, inbound: vec![], cursors };
     assert_eq!(journal.load(&s).await.expect("load"), Some(want));
     assert_eq!(journal.load(&parked).await.expect("load"), None, "expired while closed");
-    // Swept at open: the parked session's messages are gone too, not only hidden.
+    // Swept at open: the parked session's messages and cursors are gone too, not only hidden.
     let again = [Write::Record { session: parked.clone(), record: b"p2".to_vec(), ttl_secs: None }];
     journal.write(&again).await.expect("write");
     assert_eq!(
