@@ -117,6 +117,7 @@ pub fn run(args: UpArgs) -> Result<(), String> {
     // Before the data directory is touched: an invalid configuration leaves nothing behind.
     edge_cfg.validate().map_err(|e| format!("invalid configuration: {e}"))?;
     cfg.http.validate().map_err(|e| format!("invalid configuration: {e}"))?;
+    cfg.ops.validate().map_err(|e| format!("invalid configuration: {e}"))?;
     let mut data = DataDir::open(std::path::Path::new(&cfg.data_dir))?;
     // The edge's users file holds password hashes too.
     data.keep_private("users")?;
@@ -226,11 +227,7 @@ async fn serve(
         None
     } else {
         let router = service_kit::http::ops_router_with_readiness(telemetry.prometheus.clone(), edge.readiness());
-        Some(
-            service_kit::http::serve(&cfg.ops.addr, router, service_kit::shutdown::signal())
-                .await
-                .map_err(|e| format!("ops.addr {}: {e}", cfg.ops.addr))?,
-        )
+        Some(service_kit::http::serve_ops(&cfg.ops, router, service_kit::shutdown::signal()).await?)
     };
     let a = edge.addrs();
     println!("hermes {} is up (data in {})", env!("CARGO_PKG_VERSION"), cfg.data_dir);

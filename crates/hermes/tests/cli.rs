@@ -728,6 +728,77 @@ async fn a_logged_out_device_stays_logged_out_after_a_restart() {
     let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
 }
 
+/// Reads `c` until the server closes it; how long that took, or `None` if it was still open
+/// after `limit`.
+async fn closed_within(c: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let read_to_end = async {
+        // A reset counts as closed too.
+        while matches!(c.read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    tokio::time::timeout(limit, read_to_end).await.ok().map(|()| started.elapsed())
+}
+
+/// The HTTP listeners of `hermes up` (the accounts API, the ops endpoint) enforce their limits,
+/// set here through `[http]` and `[ops]`: a connection that sends half a request header is
+/// closed at `header_timeout_secs`, and one connection past `max_connections_per_address` is
+/// closed as soon as it is accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_listeners_close_half_sent_headers_and_cap_connections_per_address() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let env = [
+        ("HERMES_HTTP__HEADER_TIMEOUT_SECS", "2"),
+        ("HERMES_OPS__HEADER_TIMEOUT_SECS", "2"),
+        ("HERMES_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "3"),
+        ("HERMES_OPS__MAX_CONNECTIONS_PER_ADDRESS", "3"),
+    ];
+    let data = temp_dir("http-limits").join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let mut up = up_in(&data, &[], &env);
+    let ops: SocketAddr = up
+        .printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("metrics         http://"))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics endpoint printed: {:#?}", up.printed));
+    for (name, addr) in [("accounts API", up.http), ("ops endpoint", ops)] {
+        // Half a header, then silence: closed at the header timeout (2 s), not at the default 10 s.
+        let mut half = TcpStream::connect(addr).await.expect("connect");
+        half.write_all(b"GET /healthz HTTP/1.1\r\nHost: hermes\r\n").await.expect("write");
+        let took = closed_within(&mut half, Duration::from_secs(6)).await;
+        assert!(
+            took.is_some_and(|t| t >= Duration::from_millis(1500)),
+            "{name}: half a header must be closed at the 2 s header timeout, after {took:?}"
+        );
+
+        // Three connections from one address are held; the fourth is closed at once.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        let mut fourth = TcpStream::connect(addr).await.expect("the kernel accepts it");
+        let took = closed_within(&mut fourth, Duration::from_millis(1000)).await;
+        assert!(
+            took.is_some(),
+            "{name}: a fourth connection from one address must be closed before its header timeout"
+        );
+        // One leaves: the next is served.
+        held.pop();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut next = TcpStream::connect(addr).await.expect("connect");
+        next.write_all(b"GET /healthz HTTP/1.1\r\nHost: hermes\r\nConnection: close\r\n\r\n").await.expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), next.read_to_end(&mut answer)).await;
+        assert!(answer.starts_with(b"HTTP/1.1 "), "{name}: {:?}", String::from_utf8_lossy(&answer));
+    }
+    sigterm(&up.child);
+    let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn login_then_mosquitto_and_paho_with_the_token() {
     let (mut child, mqtt, http) = up_with_http(&["--demo", "--demo-password", "demo secret"]);

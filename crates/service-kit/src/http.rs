@@ -44,6 +44,17 @@ pub fn ops_router_with_readiness(
         .route("/readyz", get(readyz))
 }
 
+/// Serves the operations endpoint `router` on `cfg.addr` with `cfg`'s limits until `stop`
+/// resolves. Returns the bound address; an error names the key.
+pub async fn serve_ops(
+    cfg: &crate::sections::OpsConfig,
+    router: Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<SocketAddr, String> {
+    let limits = cfg.limits()?;
+    serve_with_limits(&cfg.addr, None, router, stop, limits).await.map_err(|e| format!("ops.addr {}: {e}", cfg.addr))
+}
+
 /// Binds `addr` and serves `router` until `stop` resolves, with the default [`HttpLimits`].
 /// Returns the bound address. Handlers can read the peer address (`ConnectInfo<SocketAddr>`).
 pub async fn serve(

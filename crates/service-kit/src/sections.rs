@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::http::HttpLimits;
+
 /// The bus between services.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -30,10 +32,43 @@ pub struct StateConfig {
 pub struct OpsConfig {
     /// Empty disables the endpoint.
     pub addr: String,
+    /// Seconds a client may take to send a complete request header (and wait between requests).
+    pub header_timeout_secs: u64,
+    /// Seconds a client may take to send a request body (408 past it).
+    pub body_timeout_secs: u64,
+    /// Seconds a connection may stay silent between requests.
+    pub idle_timeout_secs: u64,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for OpsConfig {
     fn default() -> Self {
-        OpsConfig { addr: "127.0.0.1:9100".into() }
+        let limits = HttpLimits::default();
+        OpsConfig {
+            addr: "127.0.0.1:9100".into(),
+            header_timeout_secs: limits.header_timeout.as_secs(),
+            body_timeout_secs: limits.body_timeout.as_secs(),
+            idle_timeout_secs: limits.idle_timeout.as_secs(),
+            max_connections_per_address: limits.max_connections_per_address,
+        }
+    }
+}
+
+impl OpsConfig {
+    /// The endpoint's [`HttpLimits`]; an error names the key that is not positive.
+    pub fn limits(&self) -> Result<HttpLimits, String> {
+        HttpLimits::from_config(
+            "ops",
+            self.header_timeout_secs,
+            self.body_timeout_secs,
+            self.idle_timeout_secs,
+            self.max_connections_per_address,
+        )
+    }
+
+    /// Checks what serde cannot. Names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.limits().map(drop)
     }
 }

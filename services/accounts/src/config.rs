@@ -30,7 +30,7 @@ impl Default for NodeConfig {
             bus: BusConfig::default(),
             state: StateConfig::default(),
             // Not the edge's 9100: an edge and an accounts node on one host both start.
-            ops: OpsConfig { addr: "127.0.0.1:9101".into() },
+            ops: OpsConfig { addr: "127.0.0.1:9101".into(), ..OpsConfig::default() },
             telemetry: TelemetryConfig::default(),
         }
     }
@@ -42,7 +42,8 @@ impl NodeConfig {
         if self.data_dir.is_empty() {
             return Err("data_dir must not be empty".into());
         }
-        self.http.validate()
+        self.http.validate()?;
+        self.ops.validate()
     }
 }
 
@@ -77,10 +78,19 @@ pub struct AccountsConfig {
     /// The base URL clients reach this API at, for download links; empty: the scheme we serve
     /// and the `Host` the uploading client used.
     pub public_url: String,
+    /// Seconds a client may take to send a complete request header (and wait between requests).
+    pub header_timeout_secs: u64,
+    /// Seconds a client may take to send a request body (408 past it).
+    pub body_timeout_secs: u64,
+    /// Seconds a connection may stay silent between requests.
+    pub idle_timeout_secs: u64,
+    /// Connections one client address may hold at once.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for AccountsConfig {
     fn default() -> Self {
+        let limits = service_kit::http::HttpLimits::default();
         AccountsConfig {
             addr: "127.0.0.1:8080".into(),
             tls_cert: String::new(),
@@ -95,6 +105,10 @@ impl Default for AccountsConfig {
             max_upload_bytes: 100 * 1024 * 1024,
             file_link_ttl_secs: 7 * 24 * 3600,
             public_url: String::new(),
+            header_timeout_secs: limits.header_timeout.as_secs(),
+            body_timeout_secs: limits.body_timeout.as_secs(),
+            idle_timeout_secs: limits.idle_timeout.as_secs(),
+            max_connections_per_address: limits.max_connections_per_address,
         }
     }
 }
@@ -110,7 +124,18 @@ impl AccountsConfig {
         if self.tls_cert.is_empty() != self.tls_key.is_empty() {
             return Err("http.tls_cert and http.tls_key go together".into());
         }
-        Ok(())
+        self.http_limits().map(drop)
+    }
+
+    /// The API listener's timeouts and per-address cap; an error names the key.
+    pub fn http_limits(&self) -> Result<service_kit::http::HttpLimits, String> {
+        service_kit::http::HttpLimits::from_config(
+            "http",
+            self.header_timeout_secs,
+            self.body_timeout_secs,
+            self.idle_timeout_secs,
+            self.max_connections_per_address,
+        )
     }
 
     /// The TLS config when `tls_cert` and `tls_key` are set.

@@ -189,7 +189,7 @@ impl Database {
         let files = data.path.join("files");
         let router = with_store!(self, store => router(store, cfg, parts, files));
         let tls = cfg.tls()?;
-        service_kit::http::serve_with_tls(&cfg.addr, tls, router, stop)
+        service_kit::http::serve_with_limits(&cfg.addr, tls, router, stop, cfg.http_limits()?)
             .await
             .map_err(|e| format!("http.addr {}: {e}", cfg.addr))
     }
@@ -320,10 +320,7 @@ pub async fn run_until_signal(cfg: NodeConfig) -> Result<(), String> {
         None
     } else {
         let router = service_kit::http::ops_router(telemetry.prometheus.clone());
-        let addr = service_kit::http::serve(&cfg.ops.addr, router, service_kit::shutdown::signal())
-            .await
-            .map_err(|e| format!("ops.addr {}: {e}", cfg.ops.addr))?;
-        Some(addr)
+        Some(service_kit::http::serve_ops(&cfg.ops, router, service_kit::shutdown::signal()).await?)
     };
     // Listening for the signal before saying we serve: a SIGTERM sent as soon as the line
     // appears stops the node.

@@ -31,6 +31,33 @@ pub struct HttpLimits {
 const NEVER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 impl HttpLimits {
+    /// Limits from a configuration section's keys (`{section}.header_timeout_secs`,
+    /// `body_timeout_secs`, `idle_timeout_secs`, `max_connections_per_address`), each of which
+    /// must be positive; the error names the key that is not.
+    pub fn from_config(
+        section: &str,
+        header_timeout_secs: u64,
+        body_timeout_secs: u64,
+        idle_timeout_secs: u64,
+        max_connections_per_address: usize,
+    ) -> Result<HttpLimits, String> {
+        let keys = [
+            ("header_timeout_secs", header_timeout_secs),
+            ("body_timeout_secs", body_timeout_secs),
+            ("idle_timeout_secs", idle_timeout_secs),
+            ("max_connections_per_address", max_connections_per_address as u64),
+        ];
+        if let Some((key, _)) = keys.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{section}.{key} must be positive"));
+        }
+        Ok(HttpLimits {
+            header_timeout: Duration::from_secs(header_timeout_secs),
+            body_timeout: Duration::from_secs(body_timeout_secs),
+            idle_timeout: Duration::from_secs(idle_timeout_secs),
+            max_connections_per_address,
+        })
+    }
+
     /// These limits with every timeout at most [`NEVER`].
     pub(super) fn bounded(self) -> HttpLimits {
         HttpLimits {
@@ -131,6 +158,20 @@ mod tests {
         assert_eq!(never.idle_timeout, NEVER);
         assert_eq!(never.header_timeout, HttpLimits::default().header_timeout);
         let _ = tokio::time::Instant::now() + never.idle_timeout;
+    }
+
+    #[test]
+    fn limits_from_config_keys_must_be_positive() {
+        let limits = HttpLimits::from_config("ops", 10, 30, 60, 64).expect("the defaults");
+        assert_eq!(limits, HttpLimits::default());
+        assert_eq!(
+            HttpLimits::from_config("http", 0, 30, 60, 64),
+            Err("http.header_timeout_secs must be positive".into())
+        );
+        assert_eq!(
+            HttpLimits::from_config("ops", 1, 1, 1, 0),
+            Err("ops.max_connections_per_address must be positive".into())
+        );
     }
 
     #[test]
