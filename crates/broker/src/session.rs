@@ -7,18 +7,27 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
+use std::sync::Arc;
 
+use crate::streams::{Cursor, Stamp};
 use crate::{QoS, SubOptions};
 
 /// What a queued message must tell the session about itself.
 pub trait Deliverable {
     /// True once the message's expiry (v5 message-expiry-interval) has passed at `now_ms`.
     fn expired(&self, now_ms: u64) -> bool;
+    /// The durable stream the message belongs to and its place there, if it has one.
+    fn stream_position(&self) -> Option<(&str, Stamp)> {
+        None
+    }
 }
 
 impl<T: Deliverable + ?Sized> Deliverable for std::sync::Arc<T> {
     fn expired(&self, now_ms: u64) -> bool {
         (**self).expired(now_ms)
+    }
+    fn stream_position(&self) -> Option<(&str, Stamp)> {
+        (**self).stream_position()
     }
 }
 
@@ -58,6 +67,8 @@ pub enum Change<M> {
     Done(u64),
     /// An inbound QoS 2 packet id now awaits its PUBREL (`true`) or no longer does.
     Inbound(u16, bool),
+    /// The session's cursor in a durable stream moved.
+    Cursor(Arc<str>, Cursor),
 }
 
 /// Which message gives way when the offline queue is full.
@@ -130,6 +141,8 @@ pub struct SessionSnapshot<M> {
     pub queue: Vec<Outgoing<M>>,
     pub incoming_qos2: Vec<u16>,
     pub last_packet_id: u16,
+    /// How far the session got in each durable stream, by stream.
+    pub cursors: Vec<(Arc<str>, Cursor)>,
 }
 
 /// The session of one client id.
@@ -150,6 +163,8 @@ pub struct Session<M> {
     changes: Vec<Change<M>>,
     /// What [`Session::resume`] gave up on, for [`Session::take_exhausted`].
     exhausted: Vec<Outgoing<M>>,
+    /// How far the session got in each durable stream its messages came from.
+    cursors: HashMap<Arc<str>, Cursor>,
 }
 
 impl<M: Deliverable + Clone> Session<M> {
@@ -166,6 +181,7 @@ impl<M: Deliverable + Clone> Session<M> {
             durable: false,
             changes: Vec::new(),
             exhausted: Vec::new(),
+            cursors: HashMap::new(),
         }
     }
 
@@ -214,7 +230,15 @@ impl<M: Deliverable + Clone> Session<M> {
             queue: self.queue.iter().cloned().collect(),
             incoming_qos2,
             last_packet_id: self.last_packet_id,
+            cursors: self.snapshot_cursors(),
         }
+    }
+
+    /// The cursors, sorted by stream.
+    pub fn snapshot_cursors(&self) -> Vec<(Arc<str>, Cursor)> {
+        let mut cursors: Vec<(Arc<str>, Cursor)> = self.cursors.iter().map(|(s, c)| (s.clone(), c.clone())).collect();
+        cursors.sort_by(|a, b| a.0.cmp(&b.0));
+        cursors
     }
 
     /// The subscriptions, sorted by filter.
@@ -241,6 +265,7 @@ impl<M: Deliverable + Clone> Session<M> {
         session.queue.extend(snap.queue);
         session.incoming_qos2 = snap.incoming_qos2.into_iter().collect();
         session.last_packet_id = snap.last_packet_id;
+        session.cursors = snap.cursors.into_iter().collect();
         let newest = session.inflight.iter().map(|(o, _)| o.entry).chain(session.queue.iter().map(|o| o.entry)).max();
         session.next_entry = newest.map_or(1, |e| e.saturating_add(1));
         session
@@ -323,6 +348,7 @@ impl<M: Deliverable + Clone> Session<M> {
 
     /// Hands a routed message to the session.
     pub fn enqueue(&mut self, mut out: Outgoing<M>) -> Enqueued<M> {
+        self.advance_cursor(&out.msg);
         out.entry = self.next_entry;
         self.next_entry += 1;
         if out.qos == QoS::AtMostOnce {
@@ -364,6 +390,19 @@ impl<M: Deliverable + Clone> Session<M> {
         self.kept(&out, false, true);
         self.queue.push_back(out);
         Enqueued::Queued
+    }
+
+    /// The session got `msg`: its stream cursor moves (recorded for the journal).
+    fn advance_cursor(&mut self, msg: &M) {
+        let Some((stream, at)) = msg.stream_position() else { return };
+        let cursor = match self.cursors.get_mut(stream) {
+            Some(c) => c,
+            None => self.cursors.entry(Arc::from(stream)).or_default(),
+        };
+        if cursor.saw(at) && self.durable {
+            let change = Change::Cursor(Arc::from(stream), cursor.clone());
+            self.changes.push(change);
+        }
     }
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) arrived: the message is done. Returns what the opened

@@ -464,3 +464,109 @@ mod tests {
         assert_eq!(super::new_epoch(1_700_000_000_000) >> 12, 1_700_000_000_000);
     }
 }
+
+/// How far a session got in one durable stream: every `seq` up to `low`, and those in `above`
+/// (each higher than `low + 1`), under `epoch`. A session that resumes from the journal (its
+/// node died) is given what its streams hold beyond its cursors: what was routed to the dead
+/// node meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cursor {
+    pub epoch: u64,
+    pub low: u64,
+    /// Ascending, at most [`Cursor::MAX_ABOVE`].
+    pub above: Vec<u64>,
+}
+
+impl Cursor {
+    /// Seqs kept beyond a gap at most: past it, the oldest gap is given up as never coming (a
+    /// message the session was never meant to get, like a QoS 0 one while it was away).
+    pub const MAX_ABOVE: usize = 64;
+
+    /// The session got `at`; returns whether the cursor moved. The first seq of a stream (or of
+    /// a new epoch) starts it: what came before is none of the session's business.
+    pub fn saw(&mut self, at: Stamp) -> bool {
+        if at.epoch != self.epoch {
+            *self = Cursor { epoch: at.epoch, low: at.seq.saturating_sub(1), above: Vec::new() };
+        }
+        if self.has(at.seq) {
+            return false;
+        }
+        let i = self.above.partition_point(|s| *s < at.seq);
+        self.above.insert(i, at.seq);
+        if self.above.len() > Self::MAX_ABOVE {
+            self.low = self.above.remove(0);
+        }
+        while self.low.checked_add(1).is_some_and(|next| self.above.first() == Some(&next)) {
+            self.low = self.above.remove(0);
+        }
+        true
+    }
+
+    /// Whether the session got `seq` (under this cursor's epoch).
+    pub fn has(&self, seq: u64) -> bool {
+        seq <= self.low || self.above.binary_search(&seq).is_ok()
+    }
+
+    /// Bytes for the journal: epoch, low, then each of `above`, big-endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + 8 * self.above.len());
+        for v in [self.epoch, self.low].iter().chain(&self.above) {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        out
+    }
+
+    /// A cursor [`Cursor::encode`] wrote; `None` for other bytes.
+    pub fn decode(bytes: &[u8]) -> Option<Cursor> {
+        if bytes.len() < 16 || !bytes.len().is_multiple_of(8) || bytes.len() > 16 + 8 * Self::MAX_ABOVE {
+            return None;
+        }
+        let mut words = bytes.chunks_exact(8).map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])));
+        let (epoch, low) = (words.next()?, words.next()?);
+        let above: Vec<u64> = words.collect();
+        let ordered = above.windows(2).all(|w| w[0] < w[1]) && above.first().is_none_or(|s| *s > low.saturating_add(1));
+        ordered.then_some(Cursor { epoch, low, above })
+    }
+}
+
+#[cfg(test)]
+mod cursor_tests {
+    use super::{Cursor, Stamp};
+
+    fn at(seq: u64) -> Stamp {
+        Stamp { seq, epoch: 7 }
+    }
+
+    #[test]
+    fn a_cursor_follows_seqs_in_any_order_and_remembers_gaps() {
+        let mut c = Cursor::default();
+        assert!(c.saw(at(5)), "starts the stream");
+        assert_eq!((c.low, c.above.as_slice()), (5, &[][..]));
+        assert!(!c.saw(at(3)) && !c.saw(at(5)), "before the start, or again: nothing new");
+        assert!(c.saw(at(8)) && c.saw(at(7)));
+        assert_eq!((c.low, c.above.as_slice()), (5, &[7, 8][..]));
+        assert!(!c.has(6) && c.has(7) && c.has(4));
+        assert!(c.saw(at(6)));
+        assert_eq!((c.low, c.above.as_slice()), (8, &[][..]), "the gap closed");
+        assert_eq!(Cursor::decode(&c.encode()), Some(c.clone()));
+        // A new epoch starts over.
+        assert!(c.saw(Stamp { seq: 2, epoch: 9 }));
+        assert_eq!((c.epoch, c.low), (9, 2));
+    }
+
+    #[test]
+    fn a_cursor_stays_bounded_and_reads_only_what_it_wrote() {
+        let mut c = Cursor::default();
+        c.saw(at(1));
+        for s in (3..).step_by(2).take(Cursor::MAX_ABOVE + 10) {
+            c.saw(at(s));
+        }
+        assert!(c.above.len() <= Cursor::MAX_ABOVE);
+        assert_eq!(Cursor::decode(&c.encode()), Some(c.clone()));
+        let max = Cursor { epoch: u64::MAX, low: u64::MAX - 2, above: vec![u64::MAX] };
+        assert_eq!(Cursor::decode(&max.encode()), Some(max));
+        for junk in [&b""[..], &[0; 15], &[0; 17], &[1; 24]] {
+            assert_eq!(Cursor::decode(junk), None, "{junk:?}");
+        }
+    }
+}

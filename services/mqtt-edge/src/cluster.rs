@@ -385,6 +385,7 @@ pub fn decode_message(r: pb::RoutedMessage) -> Option<Message> {
         p.response_topic = (!r.response_topic.is_empty()).then(|| ByteString::from(r.response_topic));
         p.correlation_data = (!r.correlation_data.is_empty()).then(|| ntex_bytes::Bytes::from(r.correlation_data));
         msg.properties = Some(Box::new(p));
+        msg.stream_at = crate::streams::stamped_position(&msg);
     }
     Some(msg)
 }

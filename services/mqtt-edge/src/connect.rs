@@ -166,6 +166,8 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
         None => None,
     };
     let mut resumed = claim.as_mut().and_then(|c| c.resumed.take());
+    // Cursors of a session resumed from the journal: what its streams got meanwhile follows.
+    let mut missed = Vec::new();
     // Nobody handed it over and it is not here: the journal may hold it (its edge died, or
     // this node restarted).
     if let Some(journal) = edge.hub.journal()
@@ -174,7 +176,10 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
         && !edge.hub.holds(&session)
     {
         match journal.load(&session).await {
-            Ok(loaded) => resumed = loaded.map(|(snapshot, _)| snapshot),
+            Ok(loaded) => {
+                resumed = loaded.map(|(snapshot, _)| snapshot);
+                missed = resumed.as_ref().map(|s| s.cursors.clone()).unwrap_or_default();
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the session journal");
                 return Err(Refusal::JournalUnavailable);
@@ -201,6 +206,11 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     spawn_delivery_task(sink, connected.inbox, edge.hub.clone(), session.clone(), link_id, input.topic_alias_max);
     ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &session, &client_id);
     ingress::close_if_revoked(edge, &identity);
+    if let Some(streams) = edge.hub.streams().filter(|_| !missed.is_empty()).cloned() {
+        let (hub, session) = (edge.hub.clone(), session.clone());
+        let stall = std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs));
+        tokio::spawn(async move { streams.replay_missed(&hub, &session, missed, stall).await });
+    }
     let state = ConnState::new(session, client_id, connected.link_id, edge, identity);
     Ok(Accepted { state, session_present: connected.session_present, assigned_client_id: assigned })
 }

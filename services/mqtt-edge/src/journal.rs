@@ -207,6 +207,8 @@ fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
     let mut out: Vec<Option<Item>> = Vec::new();
     // (session, entry) → the positions of a message that arrived within these items.
     let mut fresh: HashMap<(Arc<str>, u64), Vec<usize>> = HashMap::new();
+    // (session, stream) → the position of the latest cursor.
+    let mut cursors: HashMap<(Arc<str>, Arc<str>), usize> = HashMap::new();
     for item in items {
         let (session, persist) = match item {
             Item::Session(session, persist) => (session, persist),
@@ -232,7 +234,16 @@ fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
                     continue;
                 }
             }
-            Persist::Ended => fresh.retain(|(s, _), _| *s != session),
+            Persist::Change(Change::Cursor(stream, _)) => {
+                // Only the last position of a stream in these items is written.
+                if let Some(before) = cursors.insert((session.clone(), stream.clone()), out.len()) {
+                    out[before] = None;
+                }
+            }
+            Persist::Ended => {
+                fresh.retain(|(s, _), _| *s != session);
+                cursors.retain(|(s, _), _| *s != session);
+            }
             Persist::Record { .. } | Persist::Change(Change::Inbound(..)) => {}
         }
         out.push(Some(Item::Session(session, persist)));
@@ -266,6 +277,9 @@ fn encode(items: Vec<Item>) -> Vec<Write> {
                 }
                 Persist::Change(Change::Done(entry)) => Write::Done { session, entry },
                 Persist::Change(Change::Inbound(packet_id, held)) => Write::Inbound { session, packet_id, held },
+                Persist::Change(Change::Cursor(stream, cursor)) => {
+                    Write::Cursor { session, stream, cursor: cursor.encode() }
+                }
                 Persist::Ended => Write::Ended { session },
             },
         })
@@ -301,6 +315,7 @@ mod tests {
                 Persist::Change(Change::Kept { out, .. }) => (s.to_string(), out.entry, "kept"),
                 Persist::Change(Change::Done(e)) => (s.to_string(), *e, "done"),
                 Persist::Change(Change::Inbound(id, _)) => (s.to_string(), u64::from(*id), "inbound"),
+                Persist::Change(Change::Cursor(_, c)) => (s.to_string(), c.low, "cursor"),
                 Persist::Ended => (s.to_string(), 0, "ended"),
                 Persist::Record { .. } => (s.to_string(), 0, "record"),
             })
@@ -333,6 +348,29 @@ mod tests {
                 ("b".into(), 0, "ended"),
                 ("b".into(), 1, "done")
             ]
+        );
+    }
+
+    fn cursor(session: &Arc<str>, stream: &str, low: u64) -> Item {
+        let c = broker::streams::Cursor { epoch: 1, low, above: vec![] };
+        Item::Session(session.clone(), Persist::Change(Change::Cursor(stream.into(), c)))
+    }
+
+    #[test]
+    fn only_the_last_cursor_of_a_stream_in_a_batch_is_written() {
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let items = vec![
+            cursor(&a, "s", 1),
+            cursor(&a, "t", 1),
+            cursor(&b, "s", 1),
+            cursor(&a, "s", 2),
+            cursor(&a, "s", 3),
+            Item::Session(b.clone(), Persist::Ended),
+        ];
+        let left = coalesce(items.into_iter());
+        assert_eq!(
+            shape(&left),
+            [("a".into(), 1, "cursor"), ("b".into(), 1, "cursor"), ("a".into(), 3, "cursor"), ("b".into(), 0, "ended")]
         );
     }
 

@@ -10,6 +10,7 @@ use broker::QoS;
 use broker::presence::Announce;
 use broker::router::Routable;
 use broker::session::Deliverable;
+use broker::streams::Stamp;
 
 /// A routed message; `Arc<Message>` is what sessions queue.
 #[derive(Debug)]
@@ -22,13 +23,15 @@ pub struct Message {
     pub properties: Option<Box<PublishProperties>>,
     /// Absolute expiry (v5 message-expiry-interval), milliseconds since the Unix epoch.
     pub expires_at_ms: Option<u64>,
+    /// Its place in the durable stream named after its topic, if it has one.
+    pub stream_at: Option<Stamp>,
 }
 
 pub type SharedMessage = Arc<Message>;
 
 impl Message {
     pub fn new(topic: ByteString, payload: Bytes, qos: QoS, retain: bool) -> Self {
-        Message { topic, payload, qos, retain, properties: None, expires_at_ms: None }
+        Message { topic, payload, qos, retain, properties: None, expires_at_ms: None, stream_at: None }
     }
 
     /// Seconds left before expiry, for the message-expiry-interval sent to v5 subscribers.
@@ -40,6 +43,9 @@ impl Message {
 impl Deliverable for Message {
     fn expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|at| now_ms >= at)
+    }
+    fn stream_position(&self) -> Option<(&str, Stamp)> {
+        self.stream_at.map(|at| (&*self.topic, at))
     }
 }
 

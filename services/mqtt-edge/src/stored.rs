@@ -59,6 +59,7 @@ pub fn journal_record(subscriptions: Vec<(String, SubOptions)>, expiry_secs: u32
 pub fn from_journal(stored: Stored) -> Option<(SessionSnapshot<SharedMessage>, u32)> {
     let mut state = pb::SessionState::decode(&stored.record[..]).ok()?;
     state.incoming_qos2 = stored.inbound.into_iter().map(u32::from).collect();
+    state.cursors = stored.cursors.into_iter().map(|(stream, cursor)| pb::StreamCursor { stream, cursor }).collect();
     for (entry, body) in stored.messages {
         let mut m = pb::StoredMessage::decode(&body[..]).ok()?;
         m.entry = entry;
@@ -77,6 +78,11 @@ pub fn state_of(snap: SessionSnapshot<SharedMessage>, expiry_secs: u32) -> pb::S
         incoming_qos2: snap.incoming_qos2.into_iter().map(u32::from).collect(),
         last_packet_id: u32::from(snap.last_packet_id),
         expiry_secs,
+        cursors: snap
+            .cursors
+            .into_iter()
+            .map(|(stream, c)| pb::StreamCursor { stream: stream.to_string(), cursor: c.encode() })
+            .collect(),
     }
 }
 
@@ -127,6 +133,11 @@ pub fn snapshot_from(s: pb::SessionState) -> Option<SessionSnapshot<SharedMessag
         queue: s.queue.into_iter().map(|m| out(m).map(|(o, _)| o)).collect::<Option<Vec<_>>>()?,
         incoming_qos2: s.incoming_qos2.into_iter().map(u16::try_from).collect::<Result<Vec<_>, _>>().ok()?,
         last_packet_id: u16::try_from(s.last_packet_id).ok()?,
+        cursors: s
+            .cursors
+            .into_iter()
+            .map(|c| Some((Arc::from(c.stream), broker::streams::Cursor::decode(&c.cursor)?)))
+            .collect::<Option<Vec<_>>>()?,
     })
 }
 
@@ -165,6 +176,7 @@ mod tests {
             queue: vec![Outgoing::new(message("two"), QoS::AtLeastOnce, true, vec![])],
             incoming_qos2: vec![1, 65_535],
             last_packet_id: 41,
+            cursors: vec![("acme/im/msg/bob".into(), broker::streams::Cursor { epoch: 9, low: 3, above: vec![5] })],
         };
         let wire = state_of(snap.clone(), 300).encode_to_vec();
         let state = pb::SessionState::decode(&wire[..]).expect("decodes");
@@ -172,6 +184,7 @@ mod tests {
         let back = snapshot_from(state).expect("valid");
         assert_eq!(back.subscriptions, snap.subscriptions);
         assert_eq!(back.incoming_qos2, snap.incoming_qos2);
+        assert_eq!(back.cursors, snap.cursors);
         assert_eq!(back.last_packet_id, 41);
         let (o, released) = &back.inflight[0];
         assert!(released);

@@ -118,6 +118,47 @@ impl Streams {
         Ok((messages, report))
     }
 
+    /// Hands `session`, just resumed from the journal (its edge died), what its streams got
+    /// beyond its cursors meanwhile: messages routed to the dead edge. Pages through each
+    /// stream `streams.max_replay` at a time, waiting for room as a publisher would.
+    pub async fn replay_missed(
+        &self,
+        hub: &crate::hub::Hub,
+        session: &str,
+        cursors: Vec<(Arc<str>, broker::streams::Cursor)>,
+        stall: Duration,
+    ) {
+        for (stream, cursor) in cursors {
+            let mut after = cursor.low;
+            loop {
+                let read = tokio::time::timeout(APPEND_TIMEOUT, self.store.read(&stream, after, self.max_replay)).await;
+                let replay = match read.unwrap_or_else(|_| Err(format!("no answer within {APPEND_TIMEOUT:?}"))) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::warn!(session, stream = %stream, error = %e, "cannot replay what a resumed session missed");
+                        break;
+                    }
+                };
+                let same_epoch = replay.epoch == cursor.epoch;
+                for e in &replay.entries {
+                    if same_epoch && cursor.has(e.seq) {
+                        continue;
+                    }
+                    let Some(mut msg) = decode(&e.body) else { continue };
+                    msg.retain = false;
+                    stamp(&mut msg, Stamp { seq: e.seq, epoch: replay.epoch });
+                    metrics::counter!(m::STREAM_REPLAYED).increment(1);
+                    let routed = hub.replay(session, Arc::new(msg), crate::message::now_ms());
+                    crate::flow::wait_for_room(hub, routed.pressure, stall).await;
+                }
+                match replay.entries.last() {
+                    Some(last) if replay.entries.len() >= self.max_replay && last.seq < replay.last => after = last.seq,
+                    _ => break,
+                }
+            }
+        }
+    }
+
     /// The dead letters with an id above `after`, oldest first, at most `limit`.
     pub async fn dead_letters(&self, after: u64, limit: usize) -> Result<Vec<(u64, DeadLetter)>, String> {
         self.store.dead_letters(after, limit).await
@@ -141,12 +182,21 @@ impl Streams {
 /// `msg` with its place in its stream: the edge's user properties, and the envelope's fields
 /// when the payload is an envelope an SDK wrote.
 pub fn stamp(msg: &mut Message, at: Stamp) {
+    msg.stream_at = Some(at);
     let props = msg.properties.get_or_insert_with(Box::default);
     props.user_properties.push((ByteString::from_static(SEQ_PROPERTY), ByteString::from(at.seq.to_string())));
     props.user_properties.push((ByteString::from_static(EPOCH_PROPERTY), ByteString::from(at.epoch.to_string())));
     if wire::envelope::written_envelope(&msg.payload).is_some() {
         msg.payload = Bytes::from(wire::envelope::with_stream_position(&msg.payload, &msg.topic, at.seq, at.epoch));
     }
+}
+
+/// The place in its stream the edge stamped on `msg` (a message from another edge or the
+/// journal): its [`SEQ_PROPERTY`] and [`EPOCH_PROPERTY`].
+pub fn stamped_position(msg: &Message) -> Option<Stamp> {
+    let props = msg.properties.as_deref()?;
+    let find = |name: &str| props.user_properties.iter().find(|(k, _)| k == name)?.1.parse().ok();
+    Some(Stamp { seq: find(SEQ_PROPERTY)?, epoch: find(EPOCH_PROPERTY)? })
 }
 
 /// A resume request's `"<epoch>:<seq>"`.

@@ -170,3 +170,65 @@ async fn an_edge_killed_mid_traffic_loses_no_acknowledged_message() {
     }
     drop(b);
 }
+
+/// Reads and acknowledges deliveries on `topic` until `want` distinct numbers arrived (or 20 s).
+async fn collect(c: &mut Client, want: usize, got: &mut Vec<u32>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while got.iter().collect::<HashSet<_>>().len() < want && std::time::Instant::now() < deadline {
+        if let Ok(Packet::Publish(p)) = c.recv(Duration::from_millis(200)).await {
+            got.push(std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()).expect("a number"));
+            c.send(&Packet::PubAck { packet_id: p.packet_id.expect("QoS 1"), code: 0 }).await.expect("puback");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_dead_edge_was_sent_reaches_its_sessions_from_their_streams() {
+    const INBOX: &str = "acme/im/msg/bob";
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let (nats_url, redis_url) = (nats.nats_url(), redis.redis_url());
+    let mut a = edge("edge-a", &nats_url, &redis_url);
+    let b = edge("edge-b", &nats_url, &redis_url);
+    // bob's persistent session lives on edge a; his messages are published on edge b.
+    let (mut bob, _) = client(a.addr, "bob", false).await;
+    assert_eq!(bob.subscribe(vec![SubscribeTopic::new(INBOX, 1)], WAIT).await.expect("suback"), [1]);
+    let (mut publisher, _) = client(b.addr, "pub", true).await;
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        publisher.publish(INBOX, b"0", 1, false, WAIT).await.expect("probe");
+        collect(&mut bob, 1, &mut got).await;
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert!(!got.is_empty(), "edge a hears edge b");
+    let mut acked = Vec::new();
+    for n in 1..=50 {
+        // 0x10: edge b has no subscriber of its own; edge a has.
+        let code = publisher.publish(INBOX, n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
+        assert!(matches!(code, Some(0 | 0x10)), "{code:?}");
+        acked.push(n);
+    }
+    collect(&mut bob, 51, &mut got).await;
+    // Edge a dies; what edge b acknowledges meanwhile went nowhere live.
+    a.kill();
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 51..=100 {
+        let code = publisher.publish(INBOX, n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
+        assert!(matches!(code, Some(0 | 0x10)), "{code:?}");
+        acked.push(n);
+    }
+    let (mut bob, present) = client(b.addr, "bob", false).await;
+    assert!(present, "bob's session continues from the journal");
+    collect(&mut bob, 101, &mut got).await;
+    let (lost, duplicated, _) = count(&acked, &got);
+    eprintln!(
+        "bob: {} acknowledged, {} received, {} lost, {duplicated} duplicated",
+        acked.len(),
+        got.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "lost {} acknowledged messages: {lost:?}", lost.len());
+    drop(b);
+}

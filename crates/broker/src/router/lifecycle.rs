@@ -305,4 +305,7 @@ fn journal_whole<M: Routable + Clone, O>(
         let change = Change::Inbound(packet_id, true);
         fx.push(Effect::Persist { session: key.clone(), persist: Persist::Change(change) });
     }
+    for (stream, cursor) in snap.cursors {
+        fx.push(Effect::Persist { session: key.clone(), persist: Persist::Change(Change::Cursor(stream, cursor)) });
+    }
 }

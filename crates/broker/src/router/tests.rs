@@ -13,6 +13,7 @@ struct Msg {
     qos: QoS,
     retain: bool,
     expires_at_ms: Option<u64>,
+    seq: Option<u64>,
 }
 
 fn msg(topic: &str, body: &str, qos: u8) -> Msg {
@@ -22,12 +23,21 @@ fn msg(topic: &str, body: &str, qos: u8) -> Msg {
         qos: QoS::from_u8(qos).expect("qos"),
         retain: false,
         expires_at_ms: None,
+        seq: None,
     }
+}
+
+/// A message at `seq` (epoch 1) of the stream named after its topic.
+fn streamed(topic: &str, seq: u64) -> Msg {
+    Msg { seq: Some(seq), ..msg(topic, &seq.to_string(), 1) }
 }
 
 impl Deliverable for Msg {
     fn expired(&self, now_ms: u64) -> bool {
         self.expires_at_ms.is_some_and(|at| now_ms >= at)
+    }
+    fn stream_position(&self) -> Option<(&str, crate::streams::Stamp)> {
+        self.seq.map(|seq| (self.topic.as_str(), crate::streams::Stamp { seq, epoch: 1 }))
     }
 }
 
@@ -150,6 +160,7 @@ fn journal(fx: &Fx) -> Vec<String> {
                 ),
                 Persist::Change(Change::Done(entry)) => format!("-{entry}"),
                 Persist::Change(Change::Inbound(id, held)) => format!("{}i{id}", if *held { "+" } else { "-" }),
+                Persist::Change(Change::Cursor(stream, c)) => format!("@{stream}:{}{:?}", c.low, c.above),
                 Persist::Ended => "ended".to_owned(),
             }),
             _ => None,
@@ -769,4 +780,27 @@ fn shared_subscriptions_served_through_the_bus_count_but_are_not_delivered_here(
     assert_eq!(r.publish_shared(msg("jobs/2", "w", 1), "$share/g/jobs/#", 0, &mut fx), 1);
     assert_eq!(delivered(&fx, link), ["w"]);
     assert_eq!(r.publish_shared(msg("jobs/3", "w", 1), "$share/other/jobs/#", 0, &mut fx), 0, "not this group");
+}
+
+#[test]
+fn a_durable_session_journals_how_far_it_got_in_each_stream() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (link, _) = connect(&mut r, request("bob", "phone", false, 60), &mut fx);
+    sub(&mut r, "bob", "phone", "inbox", 1);
+    fx.clear();
+    for seq in [4, 6, 5] {
+        r.publish(streamed("inbox", seq), None, 0, &mut fx);
+    }
+    r.publish(streamed("inbox", 5), None, 0, &mut fx);
+    let cursors: Vec<String> = journal(&fx).into_iter().filter(|j| j.starts_with('@')).collect();
+    assert_eq!(cursors, ["@inbox:4[]", "@inbox:4[6]", "@inbox:6[]"], "a copy it had moves nothing");
+    // The whole session, as a takeover writes it, has the cursor too; so does its snapshot.
+    fx.clear();
+    assert!(r.disconnect(gone(&key("bob", "phone"), link, true, None), &Acl::default(), 0, &mut fx));
+    connect(&mut r, request("bob", "phone", false, 60), &mut fx);
+    assert!(journal(&fx).contains(&"@inbox:6[]".to_string()), "{:?}", journal(&fx));
+    let (snap, _) = r.hand_over(&key("bob", "phone"), &Acl::default(), 0, &mut fx).expect("held");
+    assert_eq!(snap.cursors.len(), 1);
+    assert!(snap.cursors[0].1.has(6) && !snap.cursors[0].1.has(7));
 }

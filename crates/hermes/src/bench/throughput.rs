@@ -45,6 +45,11 @@ pub struct Args {
     /// expire, and later runs' messages do not reach them (each run has its own topics).
     #[arg(long)]
     persistent_subscribers: bool,
+    /// Publish on inbox-shaped topics (`bench<pid>/im/msg/<n>`), which Hermes keeps as durable
+    /// streams by default (`streams.rules`): every message is appended to its stream before it
+    /// is routed. To other brokers they are plain topics.
+    #[arg(long)]
+    stream_topics: bool,
 }
 
 pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
@@ -61,7 +66,11 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
         sub_dial.broker.set_port(port);
     }
     let base = Instant::now();
-    let prefix = format!("bench/tp/{}", std::process::id());
+    let prefix = if args.stream_topics {
+        format!("bench{}/im/msg", std::process::id())
+    } else {
+        format!("bench/tp/{}", std::process::id())
+    };
     let (subs, _, f1) = open_many(common, &sub_dial, args.subscribers, "tp-sub").await;
     let (pubs, _, f2) = open_many(common, &dial, args.publishers, "tp-pub").await;
     if f1 + f2 > 0 {
