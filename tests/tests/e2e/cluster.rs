@@ -18,10 +18,22 @@ struct Pair {
 }
 
 async fn pairs() -> Vec<(&'static str, Pair)> {
+    pairs_with(|_| {}).await
+}
+
+/// Like [`pairs`], with `adjust` applied to every edge's settings.
+async fn pairs_with(adjust: impl Fn(&mut mqtt_edge::EdgeConfig)) -> Vec<(&'static str, Pair)> {
     let (nats, redis) = (servers::nats(), servers::redis());
     let (url, redis_url) = (nats.nats_url(), redis.redis_url());
     let connect = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn Bus> };
-    let node = |id| node_on(id, &redis_url);
+    let node = |id| {
+        let on = node_on(id, &redis_url);
+        let adjust = &adjust;
+        move |c: &mut mqtt_edge::EdgeConfig| {
+            on(c);
+            adjust(c);
+        }
+    };
     let on_nats = Pair {
         a: TestEdge::start_clustered(connect().await, None, node("a")).await,
         b: TestEdge::start_clustered(connect().await, None, node("b")).await,
@@ -29,9 +41,16 @@ async fn pairs() -> Vec<(&'static str, Pair)> {
     };
     let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
     let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
+    let named = |id: &'static str| {
+        let adjust = &adjust;
+        move |c: &mut mqtt_edge::EdgeConfig| {
+            c.bus.node_id = id.into();
+            adjust(c);
+        }
+    };
     let in_process = Pair {
-        a: TestEdge::start_clustered(memory.clone(), Some(owners.clone()), |c| c.bus.node_id = "a".into()).await,
-        b: TestEdge::start_clustered(memory, Some(owners), |c| c.bus.node_id = "b".into()).await,
+        a: TestEdge::start_clustered(memory.clone(), Some(owners.clone()), named("a")).await,
+        b: TestEdge::start_clustered(memory, Some(owners), named("b")).await,
         _servers: Vec::new(),
     };
     vec![("nats", on_nats), ("memory", in_process)]
@@ -281,6 +300,82 @@ async fn a_clean_start_elsewhere_ends_the_old_session_and_concurrent_takeovers_l
             1,
             "{bus}: exactly one connection holds the session: {closed:?}"
         );
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
+
+/// A CONNECT as `user` of acme with `client_id`, its token signed by `signer`; `persistent`
+/// asks for a session that outlives the connection (and resumes one).
+fn as_user(signer: &wire::token::Signer, user: &str, client_id: &str, persistent: bool) -> Connect {
+    let token = access_token_in(signer, "acme", user, Duration::from_secs(600));
+    let c = if persistent { lasting(client_id, false) } else { connect(client_id, true) };
+    Connect { password: Some(token), ..c }
+}
+
+async fn disconnect(c: &mut Client) {
+    c.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None }).await.expect("DISCONNECT");
+    assert!(c.is_closed(WAIT).await);
+}
+
+/// A client id names a session only within its owner, across edges too: bob holds client id
+/// `shared` on edge A; alice (v5) and dave (v3) connect with it on edge B. Bob is not
+/// disconnected, each of them gets a session of their own (not present), and neither the
+/// message in flight to bob while he is connected nor those queued for him while he is away
+/// reach them; bob comes back to his session with what was queued.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_identity_with_the_same_client_id_on_another_edge_gets_its_own_session() {
+    let signer = wire::token::Signer::generate().expect("keys");
+    let public = signer.verifier().to_paserk();
+    let tokens_only = |c: &mut mqtt_edge::EdgeConfig| {
+        c.auth.allow_anonymous = false;
+        c.auth.token_public_key = public.clone();
+    };
+    let others = [(Version::V5, "alice"), (Version::V311, "dave")];
+    for (bus, pair) in pairs_with(tokens_only).await {
+        let (mut bob, present) = pair.a.connect(Version::V5, as_user(&signer, "bob", "shared", true)).await;
+        assert!(!present, "{bus}");
+        let mut carol = pair.b.connect(Version::V5, as_user(&signer, "carol", "carol", false)).await.0;
+        settle().await;
+        // Bob's inbox (auto-subscribed) gets a message he does not acknowledge: it is in flight.
+        carol.publish("acme/im/msg/bob", b"in flight", 1, false, WAIT).await.expect("puback");
+        let in_flight = expect_publish(&mut bob).await;
+        assert_eq!(&in_flight.payload[..], b"in flight", "{bus}");
+        for (v, user) in others {
+            let (mut other, present) = pair.b.connect(v, as_user(&signer, user, "shared", true)).await;
+            assert!(!present, "{bus}: {user} ({v:?}) must get a fresh session, not bob's live one");
+            expect_nothing(&mut other).await;
+            assert!(!bob.is_closed(QUIET).await, "{bus}: bob must stay connected when {user} ({v:?}) arrives");
+            disconnect(&mut other).await;
+        }
+        ack(&mut bob, &in_flight).await;
+        carol.publish("acme/im/msg/bob", b"still bob's", 1, false, WAIT).await.expect("puback");
+        assert_eq!(received(&mut bob).await.1, "still bob's", "{bus}: bob's connection still serves him");
+
+        // Bob goes away; his session (on A) queues what is sent to him meanwhile.
+        disconnect(&mut bob).await;
+        settle().await;
+        for n in 1..=2 {
+            carol.publish("acme/im/msg/bob", format!("queued {n}").as_bytes(), 1, false, WAIT).await.expect("puback");
+        }
+        settle().await;
+        // Each of them resumes their own session (from their first visit), a newcomer gets a
+        // fresh one; none gets what waits for bob.
+        for (v, user, theirs) in
+            [(Version::V5, "alice", true), (Version::V311, "dave", true), (Version::V5, "erin", false)]
+        {
+            let (mut other, present) = pair.b.connect(v, as_user(&signer, user, "shared", true)).await;
+            assert_eq!(present, theirs, "{bus}: {user} ({v:?}) resumes only a session of their own");
+            expect_nothing(&mut other).await;
+            disconnect(&mut other).await;
+        }
+        // Bob comes back (on B): his session, with what was queued for him.
+        let (mut bob, present) = pair.b.connect(Version::V5, as_user(&signer, "bob", "shared", true)).await;
+        assert!(present, "{bus}: bob's session is still his");
+        for n in 1..=2 {
+            assert_eq!(received(&mut bob).await.1, format!("queued {n}"), "{bus}");
+        }
+        expect_nothing(&mut bob).await;
         pair.a.stop().await;
         pair.b.stop().await;
     }
