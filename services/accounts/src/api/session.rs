@@ -174,7 +174,8 @@ pub(crate) async fn refresh<S: AccountStore>(
     // A revocation that committed while we were issuing (logout everywhere, password change,
     // admin): what we just issued must not outlive it.
     let now = st.store.user_by_id(&user.id).await?.ok_or_else(|| invalid("is not valid"))?;
-    if now.disabled || now.tokens_revoked_ms > started {
+    // So is a logout of this device that came meanwhile: the token was issued under its family.
+    if now.disabled || now.tokens_revoked_ms > started || st.store.session_revoked(&family).await? {
         st.store.revoke_refresh_family(&family).await?;
         return Err(invalid("has been revoked"));
     }
