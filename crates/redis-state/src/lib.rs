@@ -3,6 +3,7 @@
 //! changed together in one MULTI. [`RedisAccess`]: enterprises' ACL tables and token
 //! revocations. [`RedisOwners`]: which edge holds each session. [`RedisJournal`]: persistent
 //! sessions. [`RedisStreams`]: durable streams and dead letters. [`RedisLoginGuard`]: the accounts tier's login limits, shared by its instances.
+//! [`RedisPresence`]: each user's devices counted over the edges of a cluster.
 //! [`StateDirectories`]: all of them, over one connection.
 
 use std::sync::Arc;
@@ -14,9 +15,11 @@ use redis::aio::ConnectionManager;
 
 pub mod journal;
 pub mod login;
+pub mod presence;
 pub mod streams;
 pub use journal::RedisJournal;
 pub use login::RedisLoginGuard;
+pub use presence::RedisPresence;
 pub use streams::RedisStreams;
 
 /// What edges read from outside the accounts database: relations at CONNECT, enterprises' ACL
@@ -30,7 +33,8 @@ pub struct StateDirectories {
     /// Where persistent sessions are written (on a connection of its own, so session writes
     /// never wait behind the others).
     pub journal: Arc<dyn broker::journal::SessionJournal>,
-    /// The connection the directories share, for [`StateDirectories::login_guard`].
+    /// The connection the directories share, for [`StateDirectories::login_guard`] and
+    /// [`StateDirectories::presence`].
     conn: ConnectionManager,
     /// The session journal's connection, which durable streams share (both are written before
     /// a PUBLISH is acknowledged).
@@ -59,6 +63,12 @@ impl StateDirectories {
     /// Durable streams and dead letters on the same Redis, kept for `retention`.
     pub fn streams(&self, retention: broker::streams::Retention) -> Arc<dyn broker::streams::StreamStore> {
         Arc::new(RedisStreams::new(self.journal_conn.clone(), retention))
+    }
+
+    /// The edges' presence counters on the same Redis, over the connection the directories
+    /// share.
+    pub fn presence(&self) -> Arc<dyn broker::presence::PresenceDirectory> {
+        Arc::new(RedisPresence::new(self.conn.clone()))
     }
 
     /// The accounts tier's login limits on the same Redis, over the same connection.

@@ -89,3 +89,26 @@ pub fn login_failures(account: &str) -> String {
 pub fn login_lockout(account: &str) -> String {
     format!("hermes:{{login}}:locked:{account}")
 }
+
+// Presence (`broker::presence::PresenceDirectory`, `redis_state::RedisPresence`): each user's
+// device counts by node, the users each node has devices of, and the registry of live nodes.
+
+/// Hash: the presence of `user` (a user's presence topic): field `n:<node>` = the node's device
+/// count (never 0: a node with none has no field), field `announced` = `online` while the world
+/// was last told "online" (absent: offline). The user is the hash tag, so the hash has a slot
+/// of its own on Redis Cluster. Deleted while the user has no device and is not announced
+/// online.
+pub fn presence_user(user: &str) -> String {
+    format!("hermes:presence:{{{user}}}")
+}
+
+/// Set: the users node `node` has devices of (for reaping it when it dies). The node is the
+/// hash tag.
+pub fn presence_node(node: &str) -> String {
+    format!("hermes:presence:node:{{{node}}}")
+}
+
+/// Sorted set: the node registry, node → until when it is alive (Unix ms, Redis's clock).
+pub const PRESENCE_NODES: &str = "hermes:presence:nodes";
+/// Hash: node → its TTL in ms (from its last heartbeat); absent for a node that never heartbeat.
+pub const PRESENCE_NODE_TTLS: &str = "hermes:presence:nodes:ttl";

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use broker::presence::PresenceDirectory;
 use broker::relations::RelationDirectory;
 use hermes_tests::*;
 use sdk::mqtt::{Connect, Version};
@@ -64,6 +65,62 @@ async fn redis_streams_meet_the_contract() {
         let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.expect("PTTL");
         assert!((0..=1000).contains(&ttl), "{key}: {ttl}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_presence_meets_the_contract() {
+    let server = servers::redis();
+    let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
+    let presence = redis_state::RedisPresence::new(conn.clone());
+    // Two runs at once, as edges sharing a Redis would: each reaps the other's dead node too.
+    tokio::join!(
+        broker::presence::contract::check(&presence, "one"),
+        broker::presence::contract::check(&presence, "two")
+    );
+    // What the contract cannot see: nothing is kept for users who are offline, and nodes that
+    // were reaped are gone from the registry.
+    let mut conn = conn.clone();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("hermes:presence:{*").query_async(&mut conn).await.expect("KEYS");
+    assert!(keys.is_empty(), "{keys:?}");
+    for (name, alive) in [("one:C", true), ("one:E", false), ("two:E", false), ("one:D", true)] {
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(wire::keys::PRESENCE_NODES)
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .expect("ZSCORE");
+        assert_eq!(score.is_some(), alive, "{name}");
+        let users: i64 =
+            redis::cmd("SCARD").arg(wire::keys::presence_node(name)).query_async(&mut conn).await.expect("SCARD");
+        assert_eq!(users, 0, "{name}: no devices left");
+    }
+    let ttls: Vec<(String, u64)> =
+        redis::cmd("HGETALL").arg(wire::keys::PRESENCE_NODE_TTLS).query_async(&mut conn).await.expect("HGETALL");
+    let mut ttls: Vec<(String, u64)> = ttls.into_iter().filter(|(n, _)| n.starts_with("one:")).collect();
+    ttls.sort();
+    assert_eq!(ttls, [("one:D".to_owned(), 60_000)], "C was reaped, and came back without a heartbeat");
+
+    // A dead node with more users than one run of the reaping script takes: reaped whole, each
+    // user returned once.
+    let n = 2 * redis_state::presence::REAP_BUDGET as usize + 500;
+    let users: Vec<String> = (0..n).map(|i| format!("bulk/{i}")).collect();
+    presence.heartbeat("bulk:dying", 300).await.expect("heartbeat");
+    let sets = users.iter().map(|u| presence.set("bulk:dying", u, 1));
+    assert!(futures_util::future::join_all(sets).await.iter().all(|r| *r == Ok((0, 1))));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut zero = presence.heartbeat("bulk:living", 60_000).await.expect("heartbeat");
+    zero.sort_by_key(|u| u[5..].parse::<usize>().expect("a bulk user"));
+    assert_eq!(zero, users, "every user once");
+    assert_eq!(presence.heartbeat("bulk:living", 60_000).await, Ok(vec![]));
+    let dying: Option<f64> = redis::cmd("ZSCORE")
+        .arg(wire::keys::PRESENCE_NODES)
+        .arg("bulk:dying")
+        .query_async(&mut conn)
+        .await
+        .expect("ZSCORE");
+    assert_eq!(dying, None, "gone from the registry");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("hermes:presence:{*").query_async(&mut conn).await.expect("KEYS");
+    assert!(keys.is_empty(), "{} left", keys.len());
 }
 
 /// Short windows and lockouts, so the contract sees them end.
