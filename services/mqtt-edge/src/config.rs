@@ -208,6 +208,7 @@ impl EdgeConfig {
                 return Err(format!("{key} must be greater than 0"));
             }
         }
+        self.ops.validate()?;
         broker::streams::StreamRules::new(self.streams.rules.iter().cloned())
             .map_err(|e| format!("streams.rules: {e}"))?;
         for (key, v) in [

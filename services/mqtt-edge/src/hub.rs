@@ -25,6 +25,7 @@ pub use crate::link::Delivery;
 use crate::link::{self, ConnInbox, ConnLink, Refused, Room};
 use crate::message::SharedMessage;
 use crate::metrics as m;
+use crate::presence::SharedPresence;
 use crate::streams::Streams;
 
 pub use broker::router::{CloseReason, SubscribeError};
@@ -141,6 +142,8 @@ pub struct Hub {
     journal: OnceLock<JournalWriter>,
     /// Where messages on durable topics are appended (see `streams`).
     streams: OnceLock<Streams>,
+    /// Where presence is decided with the other edges, in a cluster (see `presence`).
+    presence: OnceLock<SharedPresence>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -163,6 +166,7 @@ impl Hub {
             cluster: OnceLock::new(),
             journal: OnceLock::new(),
             streams: OnceLock::new(),
+            presence: OnceLock::new(),
         }
     }
 
@@ -281,6 +285,21 @@ impl Hub {
     /// picked this edge for.
     pub fn publish_shared(&self, msg: SharedMessage, share: &str, now_ms: u64) -> Routed {
         self.route(|router, fx| router.publish_shared(msg, share, now_ms, fx))
+    }
+
+    /// Decides presence with the other edges through `presence` from now on; before the first
+    /// client comes.
+    pub fn attach_presence(&self, presence: SharedPresence) {
+        self.lock().router.share_presence();
+        let _ = self.presence.set(presence);
+    }
+
+    /// Announces a user's presence, decided with the other edges.
+    pub fn announce_presence(&self, topic: &str, news: broker::presence::Announce) {
+        self.route(|router, fx| {
+            router.announce(topic, news, crate::message::now_ms(), fx);
+            0
+        });
     }
 
     /// Durable streams, once attached.
@@ -405,6 +424,11 @@ impl Hub {
                 Effect::Originated(msg) => {
                     if let Some(c) = self.cluster.get() {
                         c.originated(msg);
+                    }
+                }
+                Effect::DevicesHere { topic, devices } => {
+                    if let Some(p) = self.presence.get() {
+                        p.report(topic, devices);
                     }
                 }
             }

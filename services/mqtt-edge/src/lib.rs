@@ -21,6 +21,7 @@ pub mod journal;
 pub mod link;
 pub mod message;
 pub mod metrics;
+pub mod presence;
 pub mod sender;
 pub mod server;
 pub mod stored;
@@ -59,6 +60,7 @@ pub struct EdgeBuilder {
     owners: Option<Arc<dyn broker::owners::SessionOwners>>,
     journal: Option<Arc<dyn broker::journal::SessionJournal>>,
     streams: Option<Arc<dyn broker::streams::StreamStore>>,
+    presence: Option<Arc<dyn broker::presence::PresenceDirectory>>,
 }
 
 impl EdgeBuilder {
@@ -76,6 +78,7 @@ impl EdgeBuilder {
             self.owners = Some(s.owners.clone());
             self.journal = Some(s.journal.clone());
             self.streams = Some(s.streams(self.cfg.streams.retention()));
+            self.presence = Some(s.presence());
         }
         self
     }
@@ -91,6 +94,13 @@ impl EdgeBuilder {
     /// process's memory.
     pub fn streams(mut self, store: Arc<dyn broker::streams::StreamStore>) -> Self {
         self.streams = Some(store);
+        self
+    }
+
+    /// Where the edges of a cluster count each user's devices together (set by
+    /// [`EdgeBuilder::state`] from Redis); without one, each edge announces presence alone.
+    pub fn presence(mut self, directory: Arc<dyn broker::presence::PresenceDirectory>) -> Self {
+        self.presence = Some(directory);
         self
     }
 
@@ -110,7 +120,7 @@ impl EdgeBuilder {
     /// Validates the config, joins the other edges (with a bus), applies the access directory
     /// (if any), then binds the listeners and starts serving. Call inside a tokio runtime.
     pub async fn start(self) -> Result<Edge, String> {
-        let EdgeBuilder { cfg, directory, access, bus, owners, journal, streams } = self;
+        let EdgeBuilder { cfg, directory, access, bus, owners, journal, streams, presence } = self;
         cfg.validate()?;
         metrics::describe();
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
@@ -130,6 +140,12 @@ impl EdgeBuilder {
             let node = cluster::NodeName::new(&cfg.bus.node_id);
             let stall = Duration::from_secs(u64::from(cfg.limits.max_stall_secs));
             hub.attach_cluster(cluster::start(hub.clone(), bus, owners, node.clone(), stall).await?);
+            if let Some(dir) = presence {
+                // A user is online while a device is connected to any edge.
+                let grace = Duration::from_secs(u64::from(cfg.limits.presence_grace_secs));
+                let me = format!("{}:{}", node.id, node.incarnation);
+                hub.attach_presence(presence::SharedPresence::start(Arc::downgrade(&hub), dir, me, grace));
+            }
             tracing::info!(node = %node.id, "routing to and from other edges on the bus");
         }
         if let Some(writer) = hub.journal() {
@@ -156,7 +172,16 @@ impl EdgeBuilder {
 impl Edge {
     /// An edge for `cfg`; [`EdgeBuilder::start`] starts it.
     pub fn builder(cfg: EdgeConfig) -> EdgeBuilder {
-        EdgeBuilder { cfg, directory: None, access: None, bus: None, owners: None, journal: None, streams: None }
+        EdgeBuilder {
+            cfg,
+            directory: None,
+            access: None,
+            bus: None,
+            owners: None,
+            journal: None,
+            streams: None,
+            presence: None,
+        }
     }
 
     /// Applies account events (relations, revocations, signatures, ACL tables) to this edge;
@@ -235,7 +260,7 @@ async fn prime(events: &events::AccountEvents, dir: &dyn broker::access::AccessD
 /// Runs an edge with telemetry and the ops endpoint until Ctrl-C or SIGTERM.
 pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     let telemetry = service_kit::telemetry::init("mqtt-edge", &cfg.telemetry).map_err(|e| e.to_string())?;
-    let ops_addr = cfg.ops.addr.clone();
+    let ops = cfg.ops.clone();
     let nats_url = cfg.bus.nats_url.clone();
     let state = StateDirectories::connect(&cfg.state.redis_url).await?;
     let bus = if nats_url.is_empty() {
@@ -255,11 +280,9 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
         Some(bus) => Some(edge.account_events().follow(bus.as_ref()).await.map_err(|e| format!("bus: {e}"))?),
         None => None,
     };
-    if !ops_addr.is_empty() {
+    if !ops.addr.is_empty() {
         let router = service_kit::http::ops_router_with_readiness(telemetry.prometheus.clone(), edge.readiness());
-        let addr = service_kit::http::serve(&ops_addr, router, service_kit::shutdown::signal())
-            .await
-            .map_err(|e| format!("ops.addr {ops_addr}: {e}"))?;
+        let addr = service_kit::http::serve_ops(&ops, router, service_kit::shutdown::signal()).await?;
         tracing::info!(%addr, "metrics and health on http://{addr}/metrics");
     }
     let a = edge.addrs();

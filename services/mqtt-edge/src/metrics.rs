@@ -37,6 +37,7 @@ pub const STREAM_APPEND_SECONDS: &str = "hermes_edge_stream_append_seconds";
 pub const STREAM_REPLAYED: &str = "hermes_edge_stream_replayed_total";
 pub const DEAD_LETTERS: &str = "hermes_edge_dead_letters_total";
 pub const DEAD_LETTER_FAILURES: &str = "hermes_edge_dead_letter_failures_total";
+pub const PRESENCE_ERRORS: &str = "hermes_edge_presence_errors_total";
 pub const ROUTE_SECONDS: &str = "hermes_edge_route_seconds";
 pub const ACK_SECONDS: &str = "hermes_edge_delivery_ack_seconds";
 
@@ -95,6 +96,7 @@ pub fn describe() {
     describe_counter!(STREAM_REPLAYED, "Messages replayed from durable streams to clients that resumed");
     describe_counter!(DEAD_LETTERS, "Messages given up on and kept in the dead-letter stream, by reason");
     describe_counter!(DEAD_LETTER_FAILURES, "Dead letters that could not be written (lost)");
+    describe_counter!(PRESENCE_ERRORS, "Presence directory calls that failed (counts or announcements may be late)");
     describe_histogram!(ROUTE_SECONDS, "Time to route one inbound PUBLISH to its sessions");
     describe_histogram!(ACK_SECONDS, "Time from writing a QoS 1/2 delivery to its final ack");
 }

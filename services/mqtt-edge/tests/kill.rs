@@ -19,9 +19,17 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Starts an edge named `name` on a free loopback port, joined to the others through `nats`
 /// and `redis`.
 fn edge(name: &str, nats: &str, redis: &str) -> ServerProcess {
+    edge_with(name, nats, redis, None)
+}
+
+/// [`edge`], with the settings in the TOML file `config`.
+fn edge_with(name: &str, nats: &str, redis: &str, config: Option<&std::path::Path>) -> ServerProcess {
     servers::start_binary(std::path::Path::new(EDGE), |port| {
         let flags = ["--mqtt-ws-addr", "", "--ops-addr", "127.0.0.1:0", "--allow-anonymous"];
         let mut args: Vec<String> = flags.iter().map(|f| (*f).to_owned()).collect();
+        if let Some(c) = config {
+            args.extend(["--config".to_owned(), c.display().to_string()]);
+        }
         args.extend(["--mqtt-addr".to_owned(), format!("127.0.0.1:{port}")]);
         for (flag, value) in [("--bus-nats-url", nats), ("--bus-node-id", name), ("--state-redis-url", redis)] {
             args.extend([flag.to_owned(), value.to_owned()]);
@@ -230,5 +238,39 @@ async fn what_a_dead_edge_was_sent_reaches_its_sessions_from_their_streams() {
         lost.len()
     );
     assert!(lost.is_empty(), "lost {} acknowledged messages: {lost:?}", lost.len());
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_users_of_a_killed_edge_go_offline() {
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let (nats_url, redis_url) = (nats.nats_url(), redis.redis_url());
+    let signer = wire::token::Signer::generate().expect("keys");
+    let config = std::env::temp_dir().join(format!("hermes-kill-{}.toml", std::process::id()));
+    let settings = format!(
+        "[auth]\ntoken_public_key = \"{}\"\n[limits]\npresence_grace_secs = 0\n",
+        signer.verifier().to_paserk()
+    );
+    std::fs::write(&config, settings).expect("config");
+    let mut a = edge_with("edge-a", &nats_url, &redis_url, Some(&config));
+    let b = edge_with("edge-b", &nats_url, &redis_url, Some(&config));
+    let (mut watcher, _) = client(b.addr, "watcher", true).await;
+    assert_eq!(watcher.subscribe(vec![SubscribeTopic::new("acme/im/pres/alice", 1)], WAIT).await.expect("suback"), [1]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut alice = Client::connect_tcp(a.addr, Version::V5).await.expect("tcp");
+    let token = hermes_tests::access_token(&signer, "alice", Duration::from_secs(600));
+    let hello = Connect { client_id: "phone".into(), keep_alive: 60, password: Some(token), ..Connect::default() };
+    assert!(matches!(alice.handshake(hello, WAIT).await, Ok(Packet::ConnAck { code: 0, .. })));
+    let status = async |c: &mut Client, within: Duration| match c.recv(within).await {
+        Ok(Packet::Publish(p)) => String::from_utf8(p.payload.to_vec()).expect("utf8"),
+        other => panic!("expected a presence change, got {other:?}"),
+    };
+    assert_eq!(status(&mut watcher, WAIT).await, "online");
+    a.kill();
+    // Edge b reaps edge a once it stopped heartbeating (15 s) and announces alice gone.
+    let started = std::time::Instant::now();
+    assert_eq!(status(&mut watcher, Duration::from_secs(30)).await, "offline");
+    eprintln!("offline announced {:?} after the kill", started.elapsed());
+    let _ = std::fs::remove_file(&config);
     drop(b);
 }

@@ -513,3 +513,53 @@ async fn a_shared_subscription_balances_across_edges_once_per_message() {
         pair.b.stop().await;
     }
 }
+
+/// A user is online while a device of theirs is connected to any edge: the edges count devices
+/// together in Redis, and only the last device leaving, wherever it was, makes them offline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_is_online_while_a_device_is_on_any_edge() {
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let (url, redis_url) = (nats.nats_url(), redis.redis_url());
+    let signer = wire::token::Signer::generate().expect("keys");
+    let public = signer.verifier().to_paserk();
+    let node = |id: &'static str| {
+        let (public, setup) = (public.clone(), node_on(id, &redis_url));
+        move |c: &mut mqtt_edge::EdgeConfig| {
+            setup(c);
+            c.auth.token_public_key = public;
+        }
+    };
+    let bus = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn Bus> };
+    let a = TestEdge::start_clustered(bus().await, None, node("a")).await;
+    let b = TestEdge::start_clustered(bus().await, None, node("b")).await;
+    let mut watcher = subscribed(&a, "watcher", &["acme/im/pres/alice"]).await;
+    settle().await;
+    let alice = |id: &str| Connect {
+        password: Some(access_token(&signer, "alice", Duration::from_secs(60))),
+        ..connect(id, true)
+    };
+    let (phone, _) = a.connect(Version::V5, alice("phone")).await;
+    assert_eq!(status(&mut watcher).await, "online");
+    let (pc, _) = b.connect(Version::V311, alice("pc")).await;
+    drop(phone);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(pc);
+    assert_eq!(status(&mut watcher).await, "offline", "only when the last device, on the other edge, left");
+    expect_nothing(&mut watcher).await;
+    // Back on the other edge: online again, announced once.
+    let (pc, _) = b.connect(Version::V5, alice("pc")).await;
+    assert_eq!(status(&mut watcher).await, "online");
+    expect_nothing(&mut watcher).await;
+    drop(pc);
+    assert_eq!(status(&mut watcher).await, "offline");
+    a.stop().await;
+    b.stop().await;
+    drop((nats, redis));
+}
+
+/// The next presence announcement `watcher` gets.
+async fn status(watcher: &mut Client) -> String {
+    let p = expect_publish(watcher).await;
+    ack(watcher, &p).await;
+    String::from_utf8(p.payload.to_vec()).expect("utf8")
+}

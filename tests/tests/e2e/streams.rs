@@ -426,3 +426,19 @@ async fn edges_on_one_redis_share_each_stream() {
     b.stop().await;
     drop((nats, redis));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mosquitto_sub_resumes_a_stream_with_a_user_property() {
+    let sub_bin = require_tool("mosquitto_sub");
+    let edge = TestEdge::start().await;
+    publish_all(&edge, INBOX, &["m1", "m2", "m3"]).await;
+    let port = edge.tcp.port().to_string();
+    let mut sub = tokio::process::Command::new(&sub_bin);
+    sub.args(["-h", "127.0.0.1", "-p", &port, "-V", "mqttv5", "-q", "1", "-t", INBOX, "-C", "2", "-W", "10"]);
+    // The epoch is unknown to a client that has nothing: 0:1 asks for what follows seq 1.
+    sub.args(["-D", "subscribe", "user-property", "hermes-resume", "0:1"]);
+    let (ok, out, err) = run_tool(&mut sub, std::time::Duration::from_secs(15)).await;
+    assert!(ok, "mosquitto_sub: {err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["m2", "m3"]);
+    edge.stop().await;
+}

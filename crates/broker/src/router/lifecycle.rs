@@ -91,10 +91,8 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
         // Count the new device before letting the replaced one go, so a takeover never shows
         // the user offline in between.
-        if let Some(topic) = &req.presence
-            && let Some(news) = self.presence.connected(topic, now_ms)
-        {
-            self.originate(M::presence(topic, news), now_ms, fx);
+        if let Some(topic) = &req.presence {
+            self.device_came(topic, now_ms, fx);
         }
         if let Some(topic) = replaced_presence {
             self.device_left(topic, now_ms, fx);
@@ -252,9 +250,28 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         fx.len() - before
     }
 
+    /// A device of a user connected; the first one makes the user online (after the grace).
+    fn device_came(&mut self, topic: &Arc<str>, now_ms: u64, fx: &mut Effects<M, O>) {
+        if let Some(shared) = self.shared_presence.as_mut() {
+            let devices = shared.entry(topic.clone()).or_default();
+            *devices += 1;
+            fx.push(Effect::DevicesHere { topic: topic.clone(), devices: *devices });
+        } else if let Some(news) = self.presence.connected(topic, now_ms) {
+            self.originate(M::presence(topic, news), now_ms, fx);
+        }
+    }
+
     /// One device of a user went away; the last one makes the user offline (after the grace).
     fn device_left(&mut self, topic: Arc<str>, now_ms: u64, fx: &mut Effects<M, O>) {
-        if let Some(news) = self.presence.left(&topic, now_ms) {
+        if let Some(shared) = self.shared_presence.as_mut() {
+            let devices = shared.get(&topic).map_or(0, |d| d.saturating_sub(1));
+            if devices == 0 {
+                shared.remove(&topic);
+            } else {
+                shared.insert(topic.clone(), devices);
+            }
+            fx.push(Effect::DevicesHere { topic, devices });
+        } else if let Some(news) = self.presence.left(&topic, now_ms) {
             self.originate(M::presence(&topic, news), now_ms, fx);
         }
     }
@@ -271,7 +288,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     }
 
     /// Routes a message of the router's own here, and says so for other edges.
-    fn originate(&mut self, msg: M, now_ms: u64, fx: &mut Effects<M, O>) {
+    pub(super) fn originate(&mut self, msg: M, now_ms: u64, fx: &mut Effects<M, O>) {
         fx.push(Effect::Originated(msg.clone()));
         self.route(msg, None, true, now_ms, fx);
     }

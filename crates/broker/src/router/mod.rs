@@ -116,6 +116,10 @@ pub enum Effect<M, O> {
     /// A message the router itself published (a will, a presence change): other edges route
     /// it too. Client publishes are the caller's to pass on.
     Originated(M),
+    /// With presence shared between nodes ([`Router::share_presence`]): this node now has
+    /// `devices` devices of the user whose presence topic is `topic`. The caller counts them
+    /// with the other nodes' and announces through [`Router::announce`].
+    DevicesHere { topic: Arc<str>, devices: u32 },
     /// What the journal must keep of a session that outlives its connection (expiry > 0), in
     /// order; written before the PUBLISH that caused it is acknowledged.
     Persist { session: Arc<str>, persist: Persist<M> },
@@ -271,6 +275,8 @@ pub struct Router<M, O> {
     /// Shared subscriptions are served through the bus (one member among every node's), not
     /// by [`Router::publish`]: see [`Router::share_through_bus`].
     shared_on_bus: bool,
+    /// Devices here per presence topic, when presence is decided with other nodes.
+    shared_presence: Option<HashMap<Arc<str>, u32>>,
 }
 
 impl<M, O> std::fmt::Debug for Router<M, O> {
@@ -302,6 +308,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             next_id: 0,
             round_robin: 0,
             shared_on_bus: false,
+            shared_presence: None,
         }
     }
 
@@ -310,6 +317,17 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// of theirs (a queue group on the bus), so no node delivers to its own members on its own.
     pub fn share_through_bus(&mut self) {
         self.shared_on_bus = true;
+    }
+
+    /// Presence is decided with the other nodes from now on: instead of announcing, the router
+    /// says how many devices of each user it has ([`Effect::DevicesHere`]).
+    pub fn share_presence(&mut self) {
+        self.shared_presence.get_or_insert_with(HashMap::new);
+    }
+
+    /// Announces a user's presence (decided with the other nodes), as the router's own publish.
+    pub fn announce(&mut self, topic: &str, news: Announce, now_ms: u64, fx: &mut Effects<M, O>) {
+        self.originate(M::presence(topic, news), now_ms, fx);
     }
 
     /// Hands `msg` to one member here of the shared subscription `share`

@@ -372,6 +372,38 @@ fn presence_counts_devices_and_a_takeover_never_shows_offline() {
 }
 
 #[test]
+fn shared_presence_reports_device_counts_and_announces_only_when_told() {
+    let mut r = router(0);
+    r.share_presence();
+    let mut fx = Fx::new();
+    let (watcher, _) = connect(&mut r, request("carol", "w", true, 0), &mut fx);
+    sub(&mut r, "carol", "w", "pres/bob", 0);
+    let with_presence =
+        |client| ConnectRequest { presence: Some(Arc::from("pres/bob")), ..request("bob", client, true, 0) };
+    let counts = |fx: &Fx| -> Vec<u32> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::DevicesHere { topic, devices } if &**topic == "pres/bob" => Some(*devices),
+                _ => None,
+            })
+            .collect()
+    };
+    let (phone, _) = connect(&mut r, with_presence("phone"), &mut fx);
+    let (laptop, _) = connect(&mut r, with_presence("laptop"), &mut fx);
+    let (phone2, _) = connect(&mut r, with_presence("phone"), &mut fx);
+    r.disconnect(gone(&key("bob", "phone"), phone, false, None), &Acl::default(), 0, &mut fx);
+    r.disconnect(gone(&key("bob", "phone"), phone2, false, None), &Acl::default(), 0, &mut fx);
+    r.disconnect(gone(&key("bob", "laptop"), laptop, false, None), &Acl::default(), 0, &mut fx);
+    // The takeover counts the new device before the old one goes: never 0 in between.
+    assert_eq!(counts(&fx), [1, 2, 3, 2, 1, 0]);
+    r.tick(&Acl::default(), 60_000, &mut fx);
+    assert!(delivered(&fx, watcher).is_empty(), "the nodes together decide: {fx:?}");
+    r.announce("pres/bob", Announce::Offline, 0, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["offline"]);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Originated(m) if m.body == "offline")), "other nodes route it too");
+}
+
+#[test]
 fn presence_grace_hides_one_shot_connections() {
     let mut r = router(3_000);
     let mut fx = Fx::new();
