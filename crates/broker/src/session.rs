@@ -392,6 +392,25 @@ impl<M: Deliverable + Clone> Session<M> {
         Enqueued::Queued
     }
 
+    /// The session subscribed to `stream`, which stands at `at`: a cursor starts there unless
+    /// the session has one (recorded for the journal). Returns whether it started.
+    pub fn start_cursor(&mut self, stream: &str, at: Stamp) -> bool {
+        if self.cursors.contains_key(stream) {
+            return false;
+        }
+        let cursor = Cursor { epoch: at.epoch, low: at.seq, above: Vec::new() };
+        if self.durable {
+            self.changes.push(Change::Cursor(Arc::from(stream), cursor.clone()));
+        }
+        self.cursors.insert(Arc::from(stream), cursor);
+        true
+    }
+
+    /// Whether the session has a cursor in `stream`.
+    pub fn has_cursor(&self, stream: &str) -> bool {
+        self.cursors.contains_key(stream)
+    }
+
     /// The session got `msg`: its stream cursor moves (recorded for the journal).
     fn advance_cursor(&mut self, msg: &M) {
         let Some((stream, at)) = msg.stream_position() else { return };

@@ -204,7 +204,8 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);
     let link_id = connected.link_id;
     spawn_delivery_task(sink, connected.inbox, edge.hub.clone(), session.clone(), link_id, input.topic_alias_max);
-    ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &session, &client_id);
+    let auto = ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &session, &client_id);
+    ingress::start_cursors(&edge.hub, &session, &auto).await;
     ingress::close_if_revoked(edge, &identity);
     if let Some(streams) = edge.hub.streams().filter(|_| !missed.is_empty()).cloned() {
         let (hub, session) = (edge.hub.clone(), session.clone());

@@ -238,6 +238,19 @@ impl Hub {
         self.route(|router, fx| usize::from(router.replay(session, msg, now_ms, fx)))
     }
 
+    /// Whether `session` outlives its connection and has no cursor in `stream` yet.
+    pub fn wants_cursor(&self, session: &str, stream: &str) -> bool {
+        self.lock().router.wants_cursor(session, stream)
+    }
+
+    /// Starts `session`'s cursor in `stream` where the stream stands (`at`).
+    pub fn start_cursor(&self, session: &str, stream: &str, at: broker::streams::Stamp) {
+        self.route(|router, fx| {
+            router.start_cursor(session, stream, at, fx);
+            0
+        });
+    }
+
     /// Retained messages from the journal, before the first client comes.
     pub fn restore_retained(&self, messages: Vec<SharedMessage>) {
         self.lock().router.restore_retained(messages);

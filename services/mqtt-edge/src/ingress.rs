@@ -341,19 +341,30 @@ pub async fn load_relations(edge: &crate::server::EdgeShared, who: &crate::auth:
     }
 }
 
-/// Subscribes a token user to what its auto-subscribe table says (at CONNECT).
+/// Subscribes a token user to what its auto-subscribe table says (at CONNECT); returns the
+/// filters subscribed.
 pub fn auto_subscribe(
     hub: &Hub,
     authz: &crate::authz::Authorizer,
     who: &crate::auth::Identity,
     session: &str,
     client_id: &str,
-) {
+) -> Vec<String> {
+    let mut subscribed = Vec::new();
     for (filter, qos) in authz.auto_subscriptions(who, client_id) {
         let options = broker::SubOptions { qos, ..broker::SubOptions::default() };
-        if let Err(e) = hub.subscribe(session, &filter, options, now_ms()) {
-            tracing::warn!(client_id = %client_id, topic = %filter, error = ?e, "auto-subscription refused");
+        match hub.subscribe(session, &filter, options, now_ms()) {
+            Ok(()) => subscribed.push(filter),
+            Err(e) => tracing::warn!(client_id = %client_id, topic = %filter, error = ?e, "auto-subscription refused"),
         }
+    }
+    subscribed
+}
+
+/// Starts the session's cursors in the durable streams among `filters` it just subscribed to.
+pub async fn start_cursors(hub: &Hub, session: &str, filters: &[impl AsRef<str>]) {
+    if let Some(streams) = hub.streams() {
+        streams.start_cursors(hub, session, filters.iter().map(AsRef::as_ref)).await;
     }
 }
 

@@ -118,6 +118,33 @@ impl Streams {
         Ok((messages, report))
     }
 
+    /// Where `stream` stands: its newest seq and epoch (0 and 0 for a stream that holds nothing).
+    pub async fn position(&self, stream: &str) -> Result<Stamp, String> {
+        let read = tokio::time::timeout(APPEND_TIMEOUT, self.store.read(stream, i64::MAX as u64, 0)).await;
+        let replay = read.unwrap_or_else(|_| Err(format!("no answer within {APPEND_TIMEOUT:?}")))?;
+        Ok(Stamp { seq: replay.last, epoch: replay.epoch })
+    }
+
+    /// Starts the cursors of the persistent session `session` in the durable streams it just
+    /// subscribed to by name, where each stands now: if its node dies, the edge that resumes it
+    /// replays what came after, even if nothing reached it before.
+    pub async fn start_cursors<'a>(
+        &self,
+        hub: &crate::hub::Hub,
+        session: &str,
+        filters: impl IntoIterator<Item = &'a str>,
+    ) {
+        for stream in filters {
+            if stream.contains(['+', '#']) || !self.is_durable(stream) || !hub.wants_cursor(session, stream) {
+                continue;
+            }
+            match self.position(stream).await {
+                Ok(at) => hub.start_cursor(session, stream, at),
+                Err(e) => tracing::warn!(session, stream, error = %e, "cannot start a session's cursor in a stream"),
+            }
+        }
+    }
+
     /// Hands `session`, just resumed from the journal (its edge died), what its streams got
     /// beyond its cursors meanwhile: messages routed to the dead edge. Pages through each
     /// stream `streams.max_replay` at a time, waiting for room as a publisher would.

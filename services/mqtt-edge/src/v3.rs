@@ -85,17 +85,22 @@ pub async fn protocol(ses: &Session, msg: v3::ProtocolMessage) -> Result<v3::Pro
     Ok(match msg {
         v3::ProtocolMessage::Subscribe(mut s) => {
             metrics::counter!(m::PACKETS_IN, "type" => "subscribe").increment(1);
+            let mut confirmed = Vec::new();
             for mut sub in s.iter_mut() {
                 let qos = sub.qos();
                 let options = SubOptions { qos: from_ntex_qos(qos), ..SubOptions::default() };
                 match ingress::subscribe(ses, sub.topic(), options) {
-                    Ok(()) => sub.confirm(qos),
+                    Ok(()) => {
+                        confirmed.push(sub.topic().clone());
+                        sub.confirm(qos);
+                    }
                     Err(e) => {
                         ingress::log_refused(ses, sub.topic(), e);
                         sub.fail();
                     }
                 }
             }
+            ingress::start_cursors(&ses.hub, &ses.session, &confirmed).await;
             s.ack()
         }
         v3::ProtocolMessage::Unsubscribe(s) => {

@@ -225,6 +225,7 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
                     }
                 }
             }
+            ingress::start_cursors(&ses.hub, &ses.session, &confirmed).await;
             let reports = resume_streams(ses, &s.packet().user_properties, &confirmed).await;
             let s = s.ack_properties(|p| p.extend(reports));
             // One bounded reason string for the SUBACK, naming the refused filters that fit.

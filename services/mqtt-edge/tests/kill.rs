@@ -274,3 +274,34 @@ async fn the_users_of_a_killed_edge_go_offline() {
     let _ = std::fs::remove_file(&config);
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_that_had_nothing_yet_still_gets_what_its_dead_edge_was_sent() {
+    const INBOX: &str = "acme/im/msg/carol";
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let (nats_url, redis_url) = (nats.nats_url(), redis.redis_url());
+    let mut a = edge("edge-a", &nats_url, &redis_url);
+    let b = edge("edge-b", &nats_url, &redis_url);
+    let (mut publisher, _) = client(b.addr, "pub", true).await;
+    publisher.publish(INBOX, b"0", 1, false, WAIT).await.expect("before carol subscribed");
+    // carol subscribes on edge a and gets nothing before it dies.
+    let (mut carol, _) = client(a.addr, "carol", false).await;
+    assert_eq!(carol.subscribe(vec![SubscribeTopic::new(INBOX, 1)], WAIT).await.expect("suback"), [1]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill();
+    drop(carol);
+    let mut acked = Vec::new();
+    for n in 1..=20 {
+        publisher.publish(INBOX, n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
+        acked.push(n);
+    }
+    let (mut carol, present) = client(b.addr, "carol", false).await;
+    assert!(present);
+    let mut got = Vec::new();
+    collect(&mut carol, 20, &mut got).await;
+    let (lost, duplicated, in_order) = count(&acked, &got);
+    assert!(lost.is_empty() && in_order, "lost {lost:?} of what came after she subscribed; got {got:?}");
+    assert!(!got.contains(&0), "nothing from before she subscribed");
+    eprintln!("carol: {} acknowledged, {} received, {duplicated} duplicated", acked.len(), got.len());
+    drop(b);
+}

@@ -399,6 +399,24 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         self.deliver(plan, msg, fx) == 1
     }
 
+    /// Whether the live session `session` outlives its connection and has no cursor in
+    /// `stream` yet (one should start where the stream stands: [`Router::start_cursor`]).
+    pub fn wants_cursor(&self, session: &str, stream: &str) -> bool {
+        self.live.get(session).is_some_and(|l| l.session.is_durable() && !l.session.has_cursor(stream))
+    }
+
+    /// The live session `session` subscribed to `stream`, which stands at `at`: its cursor
+    /// there starts (unless it has one), so a resume from the journal after its node died
+    /// replays what came after.
+    pub fn start_cursor(&mut self, session: &str, stream: &str, at: crate::streams::Stamp, fx: &mut Effects<M, O>) {
+        if let Some(live) = self.live.get_mut(session)
+            && live.session.start_cursor(stream, at)
+        {
+            let key: Arc<str> = session.into();
+            journal(fx, &key, &mut live.session, None);
+        }
+    }
+
     /// Retained messages a node kept (its journal), as they were before this one started;
     /// nothing is routed, and a topic that already has one here keeps it (it is newer).
     pub fn restore_retained(&mut self, messages: impl IntoIterator<Item = M>) {

@@ -836,3 +836,20 @@ fn a_durable_session_journals_how_far_it_got_in_each_stream() {
     assert_eq!(snap.cursors.len(), 1);
     assert!(snap.cursors[0].1.has(6) && !snap.cursors[0].1.has(7));
 }
+
+#[test]
+fn a_durable_session_starts_its_cursor_where_a_stream_stands_when_it_subscribes() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    connect(&mut r, request("bob", "phone", false, 60), &mut fx);
+    connect(&mut r, request("ann", "phone", true, 0), &mut fx);
+    assert!(!r.wants_cursor(&key("ann", "phone"), "inbox"), "a session that ends with its connection");
+    assert!(r.wants_cursor(&key("bob", "phone"), "inbox"));
+    fx.clear();
+    r.start_cursor(&key("bob", "phone"), "inbox", crate::streams::Stamp { seq: 41, epoch: 1 }, &mut fx);
+    assert_eq!(journal(&fx), ["@inbox:41[]"]);
+    assert!(!r.wants_cursor(&key("bob", "phone"), "inbox"));
+    fx.clear();
+    r.start_cursor(&key("bob", "phone"), "inbox", crate::streams::Stamp { seq: 50, epoch: 1 }, &mut fx);
+    assert!(journal(&fx).is_empty(), "a cursor it has stays");
+}
