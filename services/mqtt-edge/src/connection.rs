@@ -44,6 +44,9 @@ pub struct ConnState {
     pub sender: crate::sender::Sender,
     /// Keeps this connection's PUBLISHes routed in arrival order.
     pub turns: std::rc::Rc<crate::flow::Turns>,
+    /// Keeps them appended to their durable streams in arrival order (ahead of `turns`: a
+    /// PUBLISH is handed to its stream while earlier ones still wait for their place).
+    pub appends: std::rc::Rc<crate::flow::Turns>,
     /// Closed while a publish waits for a subscriber to catch up.
     pub gate: std::rc::Rc<crate::flow::Gate>,
     /// A DISCONNECT without "send will" was received.
@@ -72,6 +75,7 @@ impl ConnState {
             max_stall: std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs)),
             sender,
             turns: std::rc::Rc::default(),
+            appends: std::rc::Rc::default(),
             gate: std::rc::Rc::default(),
             graceful: Cell::new(false),
             expiry_override: Cell::new(None),

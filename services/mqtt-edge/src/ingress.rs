@@ -112,18 +112,26 @@ pub async fn publish_in_order<E>(
     inbound: impl FnOnce(Bytes) -> Inbound,
     build: impl FnOnce(&mut Message),
 ) -> Result<Result<usize, PublishRefusal>, E> {
-    // The place in line is taken before the first await: handlers start in arrival order.
+    // The places in line are taken before the first await: handlers start in arrival order.
     let turn = st.turns.take();
+    let append_turn = st.appends.take();
     let payload = read.await?;
-    turn.ready().await;
+    append_turn.ready().await;
     let inbound = inbound(payload);
     let acknowledged = inbound.qos != QoS::AtMostOnce;
     if inbound.topic.starts_with(crate::streams::RESUME_TOPIC) {
+        drop(append_turn);
+        turn.ready().await;
         drop(turn);
         return Ok(resume_request(st, &inbound).await);
     }
-    let routed = match prepare(st, inbound, build) {
-        Ok(prepared) => append_to_stream(st, prepared, acknowledged).await.map(|p| route(st, p)),
+    // Checked, and handed to its stream in arrival order; the connection's next PUBLISH may be
+    // handed over before this one's place comes back (appends are pipelined, not one by one).
+    let staged = prepare(st, inbound, build).map(|p| stage(st, p));
+    drop(append_turn);
+    turn.ready().await;
+    let routed = match staged {
+        Ok(staged) => placed(st, staged, acknowledged).await.map(|p| route(st, p)),
         Err(e) => Err(e),
     };
     let mut forwarded = None;
@@ -164,14 +172,28 @@ pub struct Prepared {
     qos2_id: Option<u16>,
 }
 
-/// A message on a durable topic goes to its stream first and carries its place from then on.
-/// One that cannot be stored is still routed at QoS 0; at QoS 1/2 it is refused (and a QoS 2
-/// packet id is let go, so the publisher's next try is routed).
-async fn append_to_stream(st: &ConnState, mut p: Prepared, acknowledged: bool) -> Result<Prepared, PublishRefusal> {
-    let Some(streams) = st.hub.streams().filter(|s| s.is_durable(&p.message.topic)) else {
+/// A prepared PUBLISH, handed to its durable stream if its topic is one.
+pub struct Staged {
+    prepared: Prepared,
+    place: Option<crate::streams::PendingStamp>,
+}
+
+/// Hands a message on a durable topic to its stream.
+fn stage(st: &ConnState, p: Prepared) -> Staged {
+    let streams = st.hub.streams().filter(|s| s.is_durable(&p.message.topic));
+    let place = streams.map(|s| s.append(&p.message, now_ms()));
+    Staged { prepared: p, place }
+}
+
+/// A message on a durable topic carries its place in its stream from then on. One that cannot
+/// be stored is still routed at QoS 0; at QoS 1/2 it is refused (and a QoS 2 packet id is let
+/// go, so the publisher's next try is routed).
+async fn placed(st: &ConnState, staged: Staged, acknowledged: bool) -> Result<Prepared, PublishRefusal> {
+    let Staged { prepared: mut p, place } = staged;
+    let Some(place) = place else {
         return Ok(p);
     };
-    match streams.append(&p.message, now_ms()).await {
+    match place.wait().await {
         Some(at) => crate::streams::stamp(&mut p.message, at),
         None if !acknowledged => {}
         None => {

@@ -82,13 +82,14 @@ impl Streams {
         self.rules.is_durable(topic)
     }
 
-    /// Appends `msg` to the stream named after its topic, after everything appended before;
-    /// `None` if it could not be stored.
-    pub async fn append(&self, msg: &Message, at_ms: u64) -> Option<Stamp> {
+    /// Hands `msg` to be appended to the stream named after its topic, after everything handed
+    /// over before (so one connection's messages get their seqs in its order); the place comes
+    /// later ([`PendingStamp::wait`]).
+    pub fn append(&self, msg: &Message, at_ms: u64) -> PendingStamp {
         let append = Append { stream: Arc::from(&*msg.topic), at_ms, body: encode(msg) };
         let (done, rx) = oneshot::channel();
-        self.tx.send(Pending { append, done }).ok()?;
-        rx.await.ok().flatten()
+        let _ = self.tx.send(Pending { append, done });
+        PendingStamp(rx)
     }
 
     /// What `stream` holds after `after` (at most `streams.max_replay` messages, stamped) and
@@ -203,6 +204,17 @@ impl Streams {
             body: encode(msg),
         };
         let _ = self.letters.send(letter);
+    }
+}
+
+/// A message's place in its stream, once it is appended.
+#[derive(Debug)]
+pub struct PendingStamp(oneshot::Receiver<Option<Stamp>>);
+
+impl PendingStamp {
+    /// The place, or `None` if the message could not be stored.
+    pub async fn wait(self) -> Option<Stamp> {
+        self.0.await.ok().flatten()
     }
 }
 

@@ -442,3 +442,37 @@ async fn mosquitto_sub_resumes_a_stream_with_a_user_property() {
     assert_eq!(out.lines().collect::<Vec<_>>(), ["m2", "m3"]);
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publishers_pipelined_messages_get_their_seqs_in_its_order() {
+    let edge = TestEdge::start().await;
+    let mut sub = edge.client(Version::V5, "sub").await;
+    sub.subscribe(vec![SubscribeTopic::new(INBOX, 1)], WAIT).await.expect("suback");
+    let mut publisher = edge.client(Version::V5, "p").await;
+    // 100 PUBLISHes back to back, before any PUBACK (the edge's receive maximum is 32: the
+    // client's window, not ours, is what a real client would keep).
+    for n in 1..=100u16 {
+        let p = Publish {
+            topic: INBOX.into(),
+            payload: Bytes::from(n.to_string()),
+            qos: 1,
+            packet_id: Some(n),
+            ..Publish::default()
+        };
+        publisher.send(&Packet::Publish(p)).await.expect("send");
+        if n % 30 == 0 {
+            for _ in 0..30 {
+                assert!(matches!(publisher.recv(WAIT).await, Ok(Packet::PubAck { code: 0, .. })));
+            }
+        }
+    }
+    for _ in 0..10 {
+        assert!(matches!(publisher.recv(WAIT).await, Ok(Packet::PubAck { code: 0, .. })));
+    }
+    for n in 1..=100u64 {
+        let p = expect_publish(&mut sub).await;
+        ack(&mut sub, &p).await;
+        assert_eq!((String::from_utf8_lossy(&p.payload).parse::<u64>().ok(), seq(&p)), (Some(n), n));
+    }
+    edge.stop().await;
+}
