@@ -106,6 +106,28 @@ impl Drop for Turn {
     }
 }
 
+/// The connection's dispatcher task (ntex-mqtt's, which reads its packets), as the guard sees
+/// it when asked whether the connection may take a packet.
+pub type DispatcherTask = Rc<Cell<Option<tokio::task::Id>>>;
+
+/// Takes a PUBLISH handler's places in both lines (routing and stream appends) in the order the
+/// PUBLISHes arrived. ntex-mqtt polls a handler on the dispatcher's task when no other handler
+/// of the connection is pending, and spawns it otherwise: spawned handlers first run in arrival
+/// order, but one polled on the dispatcher may run before handlers spawned earlier that have not
+/// run yet. Such a handler takes its places from a task spawned now, which runs behind them.
+pub async fn places(turns: &Rc<Turns>, appends: &Rc<Turns>, dispatcher: &DispatcherTask) -> (Turn, Turn) {
+    let here = tokio::task::try_id();
+    if here.is_none() || here != dispatcher.get() {
+        return (turns.take(), appends.take());
+    }
+    let (t, a) = (turns.clone(), appends.clone());
+    match tokio::task::spawn_local(async move { (t.take(), a.take()) }).await {
+        Ok(places) => places,
+        // The runtime is going away with the connection: no order left to keep.
+        Err(_) => (turns.take(), appends.take()),
+    }
+}
+
 /// Counts the connection's PUBLISHes waiting for room; past [`MAX_HELD_PUBLISHES`] of them the
 /// dispatcher takes no further packet from the connection, so its socket is not read.
 #[derive(Debug, Default)]

@@ -112,9 +112,8 @@ pub async fn publish_in_order<E>(
     inbound: impl FnOnce(Bytes) -> Inbound,
     build: impl FnOnce(&mut Message),
 ) -> Result<Result<usize, PublishRefusal>, E> {
-    // The places in line are taken before the first await: handlers start in arrival order.
-    let turn = st.turns.take();
-    let append_turn = st.appends.take();
+    // The places in line come first, in arrival order.
+    let (turn, append_turn) = crate::flow::places(&st.turns, &st.appends, &st.dispatcher).await;
     let payload = read.await?;
     append_turn.ready().await;
     let inbound = inbound(payload);

@@ -476,3 +476,111 @@ async fn a_publishers_pipelined_messages_get_their_seqs_in_its_order() {
     }
     edge.stop().await;
 }
+
+/// ntex-mqtt polls a PUBLISH handler inline when no other of its connection is pending and
+/// spawns it otherwise, so a later handler may start before earlier ones (`flow::places`); with
+/// a stream store that takes a while, many publishers each keeping 16 messages in flight made
+/// that happen within seconds. Every subscriber must see its publisher's order.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_pipelined_publishers_keep_their_order_behind_a_slow_stream_store() {
+    let edge = TestEdge::start_with_streams(Arc::new(Slow(broker::streams::MemoryStreams::default())), |_| {}).await;
+    let n = 60usize;
+    let mut subs = Vec::new();
+    for i in 0..n {
+        let mut s = edge.client(Version::V5, &format!("s{i}")).await;
+        s.subscribe(vec![SubscribeTopic::new(&format!("t{i}/im/msg/x"), 1)], WAIT).await.expect("suback");
+        subs.push(s);
+    }
+    let mut readers = Vec::new();
+    for (i, mut s) in subs.into_iter().enumerate() {
+        readers.push(tokio::spawn(async move {
+            let mut last = None::<u64>;
+            let mut bad = 0;
+            for _ in 0..400 {
+                let p = expect_publish(&mut s).await;
+                ack(&mut s, &p).await;
+                let n: u64 = String::from_utf8_lossy(&p.payload).parse().expect("n");
+                if last.is_some_and(|l| n <= l) {
+                    bad += 1;
+                    eprintln!("sub {i}: {n} after {last:?}");
+                }
+                last = Some(n);
+            }
+            bad
+        }));
+    }
+    let mut pubs = Vec::new();
+    for i in 0..n {
+        let mut c = edge.client(Version::V5, &format!("p{i}")).await;
+        pubs.push(tokio::spawn(async move {
+            let mut inflight = 0;
+            for k in 0..400u64 {
+                let p = Publish {
+                    topic: format!("t{i}/im/msg/x"),
+                    payload: Bytes::from(k.to_string()),
+                    qos: 1,
+                    packet_id: Some(c.next_packet_id()),
+                    ..Publish::default()
+                };
+                c.send(&Packet::Publish(p)).await.expect("send");
+                inflight += 1;
+                while inflight >= 16 {
+                    if let Ok(Packet::PubAck { .. }) = c.recv(WAIT).await {
+                        inflight -= 1;
+                    }
+                }
+            }
+            while inflight > 0 {
+                if let Ok(Packet::PubAck { .. }) = c.recv(WAIT).await {
+                    inflight -= 1;
+                }
+            }
+        }));
+    }
+    for p in pubs {
+        p.await.expect("publisher");
+    }
+    let mut bad = 0;
+    for r in readers {
+        bad += r.await.expect("reader");
+    }
+    assert_eq!(bad, 0);
+    edge.stop().await;
+}
+
+/// A stream store that answers each append after 2 ms.
+#[derive(Debug)]
+struct Slow(broker::streams::MemoryStreams);
+
+impl broker::streams::StreamStore for Slow {
+    fn append<'a>(
+        &'a self,
+        a: &'a [broker::streams::Append],
+    ) -> broker::relations::BoxFuture<'a, Result<Vec<broker::streams::Stamp>, String>> {
+        Box::pin(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            self.0.append(a).await
+        })
+    }
+    fn read<'a>(
+        &'a self,
+        s: &'a str,
+        a: u64,
+        l: usize,
+    ) -> broker::relations::BoxFuture<'a, Result<broker::streams::Replay, String>> {
+        self.0.read(s, a, l)
+    }
+    fn dead_letter<'a>(
+        &'a self,
+        l: &'a [broker::streams::DeadLetter],
+    ) -> broker::relations::BoxFuture<'a, Result<(), String>> {
+        self.0.dead_letter(l)
+    }
+    fn dead_letters(
+        &self,
+        a: u64,
+        l: usize,
+    ) -> broker::relations::BoxFuture<'_, Result<Vec<(u64, broker::streams::DeadLetter)>, String>> {
+        self.0.dead_letters(a, l)
+    }
+}
