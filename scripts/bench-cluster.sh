@@ -27,11 +27,8 @@ NATS_PORT=$(free_port)
 nats-server -a 127.0.0.1 -p "$NATS_PORT" > "$OUT/nats.log" 2>&1 &
 pids+=($!)
 # Sessions are claimed and persistent ones journaled in Redis, as in production.
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec \
-    --dir "$OUT" > "$OUT/redis.log" 2>&1 &
-pids+=($!)
-wait_for_port "$REDIS_PORT"
+start_bench_redis "$OUT"
+pids+=("$REDIS_PID")
 
 start_edge() { # $1 name, $2 port; prints the pid once the port answers
     HERMES_MQTT__TLS_ADDR='' RUST_LOG=warn "$EDGE" --mqtt-addr "127.0.0.1:$2" --mqtt-ws-addr '' --ops-addr '' \

@@ -32,11 +32,8 @@ scenarios() { # $1 broker, $2 label
 scenarios hermes ""
 scenarios mosquitto ""
 # hermes up with its journal in Redis instead of the data directory.
-REDIS_PORT=$(free_port)
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec --dir "$OUT" --daemonize no > "$OUT/redis.log" 2>&1 &
-REDIS_PID=$!
+start_bench_redis "$OUT"
 trap 'kill $REDIS_PID 2>/dev/null || true' EXIT
-wait_for_port "$REDIS_PORT"
 HERMES_ENV="HERMES_STATE__REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
 scenarios hermes "redis-"
 if grep -q panicked "$OUT/hermes.log"; then echo "hermes panicked: see $OUT/hermes.log" >&2; exit 1; fi

@@ -55,6 +55,25 @@ wait_for_port() {
     return 1
 }
 
+# Starts a throwaway redis-server on a free loopback port with an empty directory `$1/redis`
+# (append-only, as in production) and waits until it answers PING (not LOADING); sets
+# REDIS_PORT and REDIS_PID.
+start_bench_redis() {
+    rm -rf "$1/redis" && mkdir -p "$1/redis"
+    REDIS_PORT=$(free_port)
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes --appendfsync everysec \
+        --dir "$1/redis" > "$1/redis.log" 2>&1 &
+    REDIS_PID=$!
+    wait_for_port "$REDIS_PORT" || return 1
+    local _ reply
+    for _ in $(seq 100); do
+        reply=$( (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT"; printf 'PING\r\n' >&3; head -c 5 <&3) 2>/dev/null || true)
+        [ "$reply" = "+PONG" ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 # Postgres refuses to run as root: then the server runs as the `postgres` user, who owns its dir.
 as_pg() {
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi

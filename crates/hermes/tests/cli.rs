@@ -1184,6 +1184,67 @@ async fn up_loses_no_acknowledged_message_to_a_kill_minus_9() {
     let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
 }
 
+/// Durable streams live in the data directory: after a kill -9 and a restart, a client resumes
+/// an inbox from the start and gets every acknowledged message under its seq, and the stream
+/// goes on under the same epoch.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_keeps_its_durable_streams_across_a_kill_minus_9() {
+    let data = temp_dir("streams").join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let wait = Duration::from_secs(10);
+    let inbox = "acme/im/msg/bob";
+    let client = async |up: &Up, id: &str| {
+        let mut c = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+        let hello = Connect { client_id: id.into(), clean_start: true, keep_alive: 60, ..Connect::default() };
+        assert!(matches!(c.handshake(hello, wait).await, Ok(Packet::ConnAck { code: 0, .. })));
+        c
+    };
+    let mut up = up_in(&data, &["--allow-anonymous"], &[]);
+    let mut publisher = client(&up, "writer").await;
+    for n in 1..=20 {
+        let code = publisher.publish(inbox, format!("m{n}").as_bytes(), 1, false, wait).await.expect("puback");
+        assert_eq!(code, Some(0x10), "m{n} kept in its stream, though nobody subscribes");
+    }
+    up.child.kill().expect("kill -9");
+    let _ = up.child.wait();
+
+    let mut up = up_in(&data, &["--allow-anonymous"], &[]);
+    let mut bob = client(&up, "bob").await;
+    bob.send(&Packet::Subscribe {
+        packet_id: 1,
+        topics: vec![sdk::mqtt::SubscribeTopic::new(inbox, 1)],
+        subscription_id: None,
+        user_properties: vec![("hermes-resume".into(), "0:0".into())],
+    })
+    .await
+    .expect("subscribe");
+    let (mut got, mut report) = (Vec::new(), None);
+    while got.len() < 20 || report.is_none() {
+        match bob.recv(wait).await {
+            Ok(Packet::Publish(p)) => {
+                let prop = |k: &str| p.properties.user_properties.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+                got.push((String::from_utf8_lossy(&p.payload).into_owned(), prop("hermes-seq"), prop("hermes-epoch")));
+                bob.send(&Packet::PubAck { packet_id: p.packet_id.expect("QoS 1"), code: 0 }).await.expect("puback");
+            }
+            Ok(Packet::SubAck { user_properties, .. }) => report = Some(user_properties),
+            other => panic!("after {} messages: {other:?}", got.len()),
+        }
+    }
+    let epoch = got[0].2.clone().expect("an epoch");
+    let want: Vec<(String, Option<String>, Option<String>)> =
+        (1..=20).map(|n| (format!("m{n}"), Some(n.to_string()), Some(epoch.clone()))).collect();
+    assert_eq!(got, want, "every acknowledged message, under its seq, in order");
+    let line = format!("complete epoch={epoch} first=1 last=20 stream={inbox}");
+    assert_eq!(report, Some(vec![("hermes-replay".to_string(), line)]));
+    let mut publisher = client(&up, "writer").await;
+    publisher.publish(inbox, b"m21", 1, false, wait).await.expect("puback");
+    let Ok(Packet::Publish(p)) = bob.recv(wait).await else { panic!("the next message") };
+    let seq = p.properties.user_properties.iter().find(|(n, _)| n == "hermes-seq").map(|(_, v)| v.clone());
+    assert_eq!(seq.as_deref(), Some("21"), "the stream goes on after the restart");
+    sigterm(&up.child);
+    let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
+}
+
 /// Exactly once across a kill -9: a QoS 2 PUBLISH that `hermes up` received (PUBREC sent, no
 /// PUBREL yet) is not routed again when its publisher, back after the restart, sends it again.
 #[tokio::test(flavor = "multi_thread")]
