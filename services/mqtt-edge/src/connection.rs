@@ -47,8 +47,8 @@ pub struct ConnState {
     /// Keeps them appended to their durable streams in arrival order (ahead of `turns`: a
     /// PUBLISH is handed to its stream while earlier ones still wait for their place).
     pub appends: std::rc::Rc<crate::flow::Turns>,
-    /// Which task polls handlers inline (see `flow::places`).
-    pub dispatcher: crate::flow::DispatcherTask,
+    /// How ntex-mqtt runs this connection's handlers (see `flow::Dispatch`).
+    pub dispatch: std::rc::Rc<crate::flow::Dispatch>,
     /// Closed while a publish waits for a subscriber to catch up.
     pub gate: std::rc::Rc<crate::flow::Gate>,
     /// A DISCONNECT without "send will" was received.
@@ -78,7 +78,7 @@ impl ConnState {
             sender,
             turns: std::rc::Rc::default(),
             appends: std::rc::Rc::default(),
-            dispatcher: std::rc::Rc::default(),
+            dispatch: std::rc::Rc::default(),
             gate: std::rc::Rc::default(),
             graceful: Cell::new(false),
             expiry_override: Cell::new(None),

@@ -106,18 +106,54 @@ impl Drop for Turn {
     }
 }
 
-/// The connection's dispatcher task (ntex-mqtt's, which reads its packets), as the guard sees
-/// it when asked whether the connection may take a packet.
-pub type DispatcherTask = Rc<Cell<Option<tokio::task::Id>>>;
+/// What a connection knows of how ntex-mqtt runs its handlers. ntex-mqtt polls a handler on
+/// the connection's dispatcher task when no other handler of the connection is pending, and
+/// spawns it otherwise: spawned handlers first run in arrival order, but one polled on the
+/// dispatcher may run before handlers spawned earlier that have not run yet. That can only
+/// happen once a handler polled on the dispatcher has had to wait (handlers were spawned
+/// meanwhile); from then on the connection's handlers polled on the dispatcher take the slower,
+/// ordered way ([`places`]). Connections whose publishes never wait (no persistent subscriber,
+/// no stream, no bus, room everywhere) keep ntex's fast path.
+#[derive(Debug, Default)]
+pub struct Dispatch {
+    /// The dispatcher's task, as the guard sees it when asked whether a packet may be taken.
+    task: Cell<Option<tokio::task::Id>>,
+    /// A handler polled on the dispatcher has waited: handlers spawned meanwhile may not have
+    /// run when the next one is polled on the dispatcher. Never cleared: ntex does not say how
+    /// many handlers it spawned, so nothing tells when they have all run.
+    overtaking: Cell<bool>,
+}
+
+impl Dispatch {
+    /// The guard is asked for readiness on the dispatcher's task.
+    pub fn on_dispatcher(&self) {
+        self.task.set(tokio::task::try_id());
+    }
+
+    fn polled_by_dispatcher(&self) -> bool {
+        let here = tokio::task::try_id();
+        here.is_some() && here == self.task.get()
+    }
+}
+
+/// Runs a handler, noting when it waits while polled by the dispatcher (see [`Dispatch`]).
+pub async fn watched<T>(dispatch: &Dispatch, handler: impl Future<Output = T>) -> T {
+    let mut handler = std::pin::pin!(handler);
+    poll_fn(|cx| {
+        let polled = handler.as_mut().poll(cx);
+        if polled.is_pending() && dispatch.polled_by_dispatcher() {
+            dispatch.overtaking.set(true);
+        }
+        polled
+    })
+    .await
+}
 
 /// Takes a PUBLISH handler's places in both lines (routing and stream appends) in the order the
-/// PUBLISHes arrived. ntex-mqtt polls a handler on the dispatcher's task when no other handler
-/// of the connection is pending, and spawns it otherwise: spawned handlers first run in arrival
-/// order, but one polled on the dispatcher may run before handlers spawned earlier that have not
-/// run yet. Such a handler takes its places from a task spawned now, which runs behind them.
-pub async fn places(turns: &Rc<Turns>, appends: &Rc<Turns>, dispatcher: &DispatcherTask) -> (Turn, Turn) {
-    let here = tokio::task::try_id();
-    if here.is_none() || here != dispatcher.get() {
+/// PUBLISHes arrived. A handler polled by the dispatcher while earlier handlers may not have run
+/// yet takes its places from a task spawned now, which runs behind them.
+pub async fn places(turns: &Rc<Turns>, appends: &Rc<Turns>, dispatch: &Dispatch) -> (Turn, Turn) {
+    if !(dispatch.overtaking.get() && dispatch.polled_by_dispatcher()) {
         return (turns.take(), appends.take());
     }
     let (t, a) = (turns.clone(), appends.clone());

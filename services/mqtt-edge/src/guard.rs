@@ -105,7 +105,7 @@ impl<S, St: Deref<Target = ConnState>> Middleware<S, St> for ProtocolGuard {
             hub: st.hub.clone(),
             session: st.session.clone(),
             gate: st.gate.clone(),
-            dispatcher: st.dispatcher.clone(),
+            dispatch: st.dispatch.clone(),
             qos2_here: RefCell::new(HashSet::new()),
         }
     }
@@ -119,7 +119,7 @@ pub struct ProtocolGuardService<S> {
     /// further packet is taken, so the socket is not read.
     gate: std::rc::Rc<crate::flow::Gate>,
     /// Where handlers learn which task is the dispatcher's (it asks this service for readiness).
-    dispatcher: crate::flow::DispatcherTask,
+    dispatch: std::rc::Rc<crate::flow::Dispatch>,
     /// QoS 2 packet ids whose PUBLISH arrived on this connection (ntex-mqtt tracks these).
     qos2_here: RefCell<HashSet<NonZeroU16>>,
 }
@@ -133,7 +133,7 @@ where
     type Error = S::Error;
 
     async fn ready(&self, ctx: Ctx<'_, Self, St>) -> Result<(), Self::Error> {
-        self.dispatcher.set(tokio::task::try_id());
+        self.dispatch.on_dispatcher();
         if !self.gate.readable().await {
             // Shutting down: the inner services must not be asked any more.
             return Ok(());

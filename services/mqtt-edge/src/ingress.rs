@@ -113,7 +113,7 @@ pub async fn publish_in_order<E>(
     build: impl FnOnce(&mut Message),
 ) -> Result<Result<usize, PublishRefusal>, E> {
     // The places in line come first, in arrival order.
-    let (turn, append_turn) = crate::flow::places(&st.turns, &st.appends, &st.dispatcher).await;
+    let (turn, append_turn) = crate::flow::places(&st.turns, &st.appends, &st.dispatch).await;
     let payload = read.await?;
     append_turn.ready().await;
     let inbound = inbound(payload);

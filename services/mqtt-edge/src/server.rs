@@ -16,6 +16,7 @@ use crate::auth::Authenticator;
 use crate::authz::Authorizer;
 use crate::config::EdgeConfig;
 use crate::connection::ConnState;
+use crate::flow::watched;
 use crate::guard::ProtocolGuard;
 use crate::hub::{CloseReason, Hub};
 use crate::ingress::EdgeError;
@@ -115,22 +116,26 @@ fn mqtt_service(edge: Arc<EdgeShared>) -> impl Service<(), ntex::io::IoBoxed, Re
     let e3 = edge.clone();
     let e5 = edge;
     MqttServer::new()
-        .v3(ntex_mqtt::v3::MqttServer::new(async |ses: &v3::Session, p| v3::publish(ses, p).await)
-            .middleware(ProtocolGuard)
-            .protocol(async |ses: &v3::Session, m| v3::protocol(ses, m).await)
-            .control(async |ses: &v3::Session, c| {
-                observe_stop(ses, &c);
-                Ok::<Option<ntex_mqtt::v3::codec::Encoded>, EdgeError>(None)
-            })
-            .build(move |msg| v3::connect(e3.clone(), msg)))
-        .v5(ntex_mqtt::v5::MqttServer::new(async |ses: &v5::Session, p| v5::publish(ses, p).await)
-            .middleware(ProtocolGuard)
-            .protocol(async |ses: &v5::Session, m| v5::protocol(ses, m).await)
-            .control(async |ses: &v5::Session, c| {
-                observe_stop(ses, &c);
-                Ok::<Option<ntex_mqtt::v5::codec::Encoded>, EdgeError>(None)
-            })
-            .build(move |msg| v5::connect(e5.clone(), msg)))
+        .v3(ntex_mqtt::v3::MqttServer::new(async |ses: &v3::Session, p| {
+            watched(&ses.dispatch, v3::publish(ses, p)).await
+        })
+        .middleware(ProtocolGuard)
+        .protocol(async |ses: &v3::Session, m| watched(&ses.dispatch, v3::protocol(ses, m)).await)
+        .control(async |ses: &v3::Session, c| {
+            observe_stop(ses, &c);
+            Ok::<Option<ntex_mqtt::v3::codec::Encoded>, EdgeError>(None)
+        })
+        .build(move |msg| v3::connect(e3.clone(), msg)))
+        .v5(ntex_mqtt::v5::MqttServer::new(async |ses: &v5::Session, p| {
+            watched(&ses.dispatch, v5::publish(ses, p)).await
+        })
+        .middleware(ProtocolGuard)
+        .protocol(async |ses: &v5::Session, m| watched(&ses.dispatch, v5::protocol(ses, m)).await)
+        .control(async |ses: &v5::Session, c| {
+            observe_stop(ses, &c);
+            Ok::<Option<ntex_mqtt::v5::codec::Encoded>, EdgeError>(None)
+        })
+        .build(move |msg| v5::connect(e5.clone(), msg)))
         .map_err(|e: MqttError<EdgeError>| io::Error::other(format!("{e:?}")))
 }
 
