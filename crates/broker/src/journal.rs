@@ -393,21 +393,6 @@ mod tests {
     #[test]
     fn memory_journal_meets_the_contract() {
         let journal = super::MemoryJournal::default();
-        let run = super::contract::check(&journal, "t");
-        // Block on it with a waker that unparks this thread.
-        let thread = std::thread::current();
-        let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(thread)));
-        let mut cx = std::task::Context::from_waker(&waker);
-        let mut run = std::pin::pin!(run);
-        while run.as_mut().poll(&mut cx).is_pending() {
-            std::thread::park();
-        }
-    }
-
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
+        crate::test_support::block_on(super::contract::check(&journal, "t"));
     }
 }

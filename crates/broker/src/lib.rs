@@ -23,6 +23,9 @@ pub mod streams;
 pub mod topic;
 pub mod trie;
 
+#[cfg(test)]
+mod test_support;
+
 /// MQTT quality of service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum QoS {
