@@ -352,8 +352,7 @@ pub fn close_if_revoked(edge: &crate::server::EdgeShared, who: &crate::auth::Ide
 /// and auto-subscriptions see the current ones. A directory outage keeps what the edge knows.
 pub async fn load_relations(edge: &crate::server::EdgeShared, who: &crate::auth::Identity) {
     let Some(dir) = edge.directory.as_ref().filter(|_| who.via_token) else { return };
-    let load = tokio::time::timeout(DIRECTORY_TIMEOUT, dir.load(&who.enterprise, &who.username)).await;
-    match load.unwrap_or_else(|_| Err(format!("no answer within {DIRECTORY_TIMEOUT:?}"))) {
+    match crate::within(DIRECTORY_TIMEOUT, dir.load(&who.enterprise, &who.username)).await {
         Ok(r) => edge.relations.replace(&who.enterprise, &who.username, &r),
         Err(e) => {
             metrics::counter!(crate::metrics::RELATION_LOAD_FAILURES).increment(1);

@@ -183,10 +183,7 @@ async fn run(journal: Arc<dyn SessionJournal>, mut rx: mpsc::UnboundedReceiver<B
 async fn write(journal: &dyn SessionJournal, writes: &[Write]) -> bool {
     let started = std::time::Instant::now();
     for attempt in 1..=TRIES {
-        let result = tokio::time::timeout(TRY_TIMEOUT, journal.write(writes))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {TRY_TIMEOUT:?}")));
-        match result {
+        match crate::within(TRY_TIMEOUT, journal.write(writes)).await {
             Ok(()) => {
                 metrics::histogram!(m::JOURNAL_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
                 metrics::counter!(m::JOURNAL_WRITES).increment(writes.len() as u64);

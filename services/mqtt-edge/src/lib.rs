@@ -40,6 +40,25 @@ pub use config::EdgeConfig;
 pub use redis_state::StateDirectories;
 pub use server::BoundAddrs;
 
+/// `f`'s answer, or an error once `limit` has passed without one (a backend that does not
+/// answer counts as failing).
+pub(crate) async fn within<T>(limit: Duration, f: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::time::timeout(limit, f).await.unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
+}
+
+/// Takes what waits in `rx`, up to `max` items, once at least one is there; `None` once every
+/// sender is gone.
+pub(crate) async fn next_batch<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>, max: usize) -> Option<Vec<T>> {
+    let mut batch = vec![rx.recv().await?];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// A running edge.
 #[derive(Debug)]
 pub struct Edge {

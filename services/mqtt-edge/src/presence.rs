@@ -77,8 +77,7 @@ async fn run(shared: Shared, mut rx: mpsc::UnboundedReceiver<(Arc<str>, u32)>) {
 impl Shared {
     /// Writes one count; a change of the total from or to 0 is announced after the grace.
     async fn set(self: &Arc<Self>, topic: Arc<str>, devices: u32) {
-        let result = tokio::time::timeout(TIMEOUT, self.directory.set(&self.node, &topic, devices)).await;
-        match result.unwrap_or_else(|_| Err(format!("no answer within {TIMEOUT:?}"))) {
+        match crate::within(TIMEOUT, self.directory.set(&self.node, &topic, devices)).await {
             Ok((0, after)) if after > 0 => self.announce_later(topic, Announce::Online),
             Ok((before, 0)) if before > 0 => self.announce_later(topic, Announce::Offline),
             Ok(_) => {}
@@ -92,8 +91,7 @@ impl Shared {
     /// Keeps this edge alive in the directory and announces "offline" for the users of edges
     /// that stopped.
     async fn heartbeat(self: &Arc<Self>) {
-        let result = tokio::time::timeout(TIMEOUT, self.directory.heartbeat(&self.node, ALIVE_FOR.as_millis() as u64));
-        match result.await.unwrap_or_else(|_| Err(format!("no answer within {TIMEOUT:?}"))) {
+        match crate::within(TIMEOUT, self.directory.heartbeat(&self.node, ALIVE_FOR.as_millis() as u64)).await {
             Ok(orphaned) => {
                 for topic in orphaned {
                     self.announce_later(topic.into(), Announce::Offline);
@@ -112,8 +110,7 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(shared.grace).await;
-            let decided = tokio::time::timeout(TIMEOUT, shared.directory.announce(&topic, news)).await;
-            match decided.unwrap_or_else(|_| Err(format!("no answer within {TIMEOUT:?}"))) {
+            match crate::within(TIMEOUT, shared.directory.announce(&topic, news)).await {
                 Ok(true) => {
                     if let Some(hub) = shared.hub.upgrade() {
                         hub.announce_presence(&topic, news);

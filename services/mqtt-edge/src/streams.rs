@@ -100,9 +100,7 @@ impl Streams {
         epoch: u64,
         after: u64,
     ) -> Result<(Vec<SharedMessage>, ReplayReport), String> {
-        let read = tokio::time::timeout(APPEND_TIMEOUT, self.store.read(stream, after, self.max_replay))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {APPEND_TIMEOUT:?}")))?;
+        let read = crate::within(APPEND_TIMEOUT, self.store.read(stream, after, self.max_replay)).await?;
         let report = ReplayReport::of(&read, epoch, after, self.max_replay, stream);
         let mut messages = Vec::with_capacity(read.entries.len());
         for e in &read.entries {
@@ -121,8 +119,7 @@ impl Streams {
 
     /// Where `stream` stands: its newest seq and epoch (0 and 0 for a stream that holds nothing).
     pub async fn position(&self, stream: &str) -> Result<Stamp, String> {
-        let read = tokio::time::timeout(APPEND_TIMEOUT, self.store.read(stream, i64::MAX as u64, 0)).await;
-        let replay = read.unwrap_or_else(|_| Err(format!("no answer within {APPEND_TIMEOUT:?}")))?;
+        let replay = crate::within(APPEND_TIMEOUT, self.store.read(stream, i64::MAX as u64, 0)).await?;
         Ok(Stamp { seq: replay.last, epoch: replay.epoch })
     }
 
@@ -159,8 +156,8 @@ impl Streams {
         for (stream, cursor) in cursors {
             let mut after = cursor.low;
             loop {
-                let read = tokio::time::timeout(APPEND_TIMEOUT, self.store.read(&stream, after, self.max_replay)).await;
-                let replay = match read.unwrap_or_else(|_| Err(format!("no answer within {APPEND_TIMEOUT:?}"))) {
+                let replay = match crate::within(APPEND_TIMEOUT, self.store.read(&stream, after, self.max_replay)).await
+                {
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(session, stream = %stream, error = %e, "cannot replay what a resumed session missed");
@@ -300,28 +297,20 @@ fn decode(body: &[u8]) -> Option<Message> {
 }
 
 async fn append_batches(store: Arc<dyn StreamStore>, mut rx: mpsc::UnboundedReceiver<Pending>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = crate::next_batch(&mut rx, MAX_BATCH).await {
         let (appends, dones): (Vec<Append>, Vec<_>) = batch.into_iter().map(|p| (p.append, p.done)).unzip();
         let started = std::time::Instant::now();
         // One try: a batch that timed out may still land, and trying again would store it twice.
-        let stamps = match tokio::time::timeout(APPEND_TIMEOUT, store.append(&appends)).await {
-            Ok(Ok(s)) if s.len() == appends.len() => {
+        let stamps = match crate::within(APPEND_TIMEOUT, store.append(&appends)).await {
+            Ok(s) if s.len() == appends.len() => {
                 metrics::histogram!(m::STREAM_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
                 metrics::counter!(m::STREAM_APPENDS).increment(s.len() as u64);
                 s.into_iter().map(Some).collect()
             }
             other => {
                 let error = match other {
-                    Ok(Ok(s)) => format!("{} stamps for {} appends", s.len(), appends.len()),
-                    Ok(Err(e)) => e,
-                    Err(_) => format!("no answer within {APPEND_TIMEOUT:?}"),
+                    Ok(s) => format!("{} stamps for {} appends", s.len(), appends.len()),
+                    Err(e) => e,
                 };
                 metrics::counter!(m::STREAM_APPEND_FAILURES).increment(appends.len() as u64);
                 tracing::warn!(error = %error, appends = appends.len(), "cannot append to the durable streams");
@@ -335,18 +324,8 @@ async fn append_batches(store: Arc<dyn StreamStore>, mut rx: mpsc::UnboundedRece
 }
 
 async fn write_dead_letters(store: Arc<dyn StreamStore>, mut rx: mpsc::UnboundedReceiver<DeadLetter>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(l) => batch.push(l),
-                Err(_) => break,
-            }
-        }
-        let written = tokio::time::timeout(APPEND_TIMEOUT, store.dead_letter(&batch))
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {APPEND_TIMEOUT:?}")));
-        if let Err(e) = written {
+    while let Some(batch) = crate::next_batch(&mut rx, MAX_BATCH).await {
+        if let Err(e) = crate::within(APPEND_TIMEOUT, store.dead_letter(&batch)).await {
             metrics::counter!(m::DEAD_LETTER_FAILURES).increment(batch.len() as u64);
             tracing::warn!(error = %e, letters = batch.len(), "cannot write to the dead-letter stream: letters lost");
         }
