@@ -46,6 +46,26 @@ pub(crate) async fn within<T>(limit: Duration, f: impl Future<Output = Result<T,
     tokio::time::timeout(limit, f).await.unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
 }
 
+/// How long a starting edge waits for a backend that is not ready yet (Redis loading its data,
+/// a database still starting) before it gives up.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
+
+/// `load`'s answer, asked again every second while it fails, for at most [`STARTUP_PATIENCE`]:
+/// an edge started with its backends (compose, a cluster restart) waits for them.
+async fn patiently<T, F: Future<Output = Result<T, String>>>(what: &str, load: impl Fn() -> F) -> Result<T, String> {
+    let deadline = std::time::Instant::now() + STARTUP_PATIENCE;
+    loop {
+        match load().await {
+            Ok(v) => return Ok(v),
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "{what} not ready; trying again in a second");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+}
+
 /// Takes what waits in `rx`, up to `max` items, once at least one is there; `None` once every
 /// sender is gone.
 pub(crate) async fn next_batch<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>, max: usize) -> Option<Vec<T>> {
@@ -170,7 +190,7 @@ impl EdgeBuilder {
         if let Some(writer) = hub.journal() {
             // Retained messages published before this edge started (here or on another edge)
             // are served from its start; newer ones already came over the bus.
-            let retained = writer.load_retained().await.map_err(|e| format!("session journal: {e}"))?;
+            let retained = patiently("session journal", || writer.load_retained()).await?;
             hub.restore_retained(retained);
         }
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
@@ -311,4 +331,18 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     edge.stop().await;
     drop(telemetry);
     Ok(())
+}
+
+#[cfg(test)]
+mod startup_tests {
+    #[tokio::test]
+    async fn a_starting_edge_waits_for_a_backend_that_is_not_ready_yet() {
+        let tries = std::cell::Cell::new(0);
+        let load = || {
+            tries.set(tries.get() + 1);
+            let n = tries.get();
+            async move { if n < 2 { Err("LOADING Redis is loading the dataset in memory".to_string()) } else { Ok(n) } }
+        };
+        assert_eq!(super::patiently("journal", load).await, Ok(2), "asked again after the first refusal");
+    }
 }
