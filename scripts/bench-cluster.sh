@@ -55,6 +55,11 @@ run cross-qos1-1to1 throughput --subscriber-port "$B_PORT" --publishers 1 --subs
 run cross-qos1-100to100 throughput --subscriber-port "$B_PORT" --publishers 100 --subscribers 100 --qos 1 --seconds "$SECS"
 run cross-qos0-100to100 throughput --subscriber-port "$B_PORT" --publishers 100 --subscribers 100 --qos 0 --seconds "$SECS"
 run local-qos1-1to1 throughput --publishers 1 --subscribers 1 --qos 1 --seconds "$SECS"
+# Durable streams across the edges: every message appended to its stream in Redis first.
+run cross-stream-qos1-1to1 throughput --subscriber-port "$B_PORT" --publishers 1 --subscribers 1 --qos 1 \
+    --seconds "$SECS" --stream-topics
+run cross-stream-qos1-100to100 throughput --subscriber-port "$B_PORT" --publishers 100 --subscribers 100 --qos 1 \
+    --seconds "$SECS" --stream-topics
 # One QoS 0 publish on edge A to FANOUT_CLIENTS (16000: this process holds them all, under a
 # common 20000-descriptor limit) subscribers, half of them on edge B.
 FAN=${FANOUT_CLIENTS:-16000}
