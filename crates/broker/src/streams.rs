@@ -41,9 +41,11 @@ impl StreamRules {
         Ok(StreamRules { rules })
     }
 
-    /// Whether messages on `topic` belong to the durable stream named after it.
+    /// Whether messages on `topic` belong to the durable stream named after it. A filter with
+    /// wildcards names several topics, never one stream; `$` topics (`$SYS`, `$share/...`,
+    /// `$hermes/...`) are never streams.
     pub fn is_durable(&self, topic: &str) -> bool {
-        !topic.starts_with('$') && self.rules.iter().any(|r| matches(r, topic))
+        !topic.starts_with('$') && !topic.contains(['+', '#']) && self.rules.iter().any(|r| matches(r, topic))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -126,6 +128,11 @@ impl Replay {
             return true;
         }
         self.epoch == epoch && (self.first == 0 || self.first <= after.saturating_add(1))
+    }
+
+    /// Where the next page starts, if this one stopped at `limit` entries with newer ones kept.
+    pub fn next_after(&self, limit: usize) -> Option<u64> {
+        self.entries.last().filter(|e| self.entries.len() >= limit && e.seq < self.last).map(|e| e.seq)
     }
 }
 
@@ -511,6 +518,44 @@ impl Cursor {
         let above: Vec<u64> = words.collect();
         let ordered = above.windows(2).all(|w| w[0] < w[1]) && above.first().is_none_or(|s| *s > low.saturating_add(1));
         ordered.then_some(Cursor { epoch, low, above })
+    }
+}
+
+#[cfg(test)]
+mod rules_tests {
+    use super::{Entry, Replay, StreamRules};
+
+    #[test]
+    fn a_stream_is_one_topic_a_rule_matches() {
+        let rules = StreamRules::new(super::DEFAULT_RULES.iter().copied()).expect("valid rules");
+        for topic in ["acme/im/msg/bob", "acme/notice/x", "acme/notice/a/b/c"] {
+            assert!(rules.is_durable(topic), "{topic}");
+        }
+        for not in [
+            "acme/im/msg/+",
+            "acme/notice/#",
+            "+/im/msg/bob",
+            "$share/g/acme/im/msg/bob",
+            "$hermes/resume/acme/im/msg/bob",
+            "acme/im/pres/bob",
+            "",
+            "/",
+        ] {
+            assert!(!rules.is_durable(not), "{not}");
+        }
+        assert!(StreamRules::new(["a/#/b"]).is_err() && StreamRules::new(["$share/g/a"]).is_err());
+        assert!(!StreamRules::default().is_durable("acme/im/msg/bob"), "no rules, no streams");
+    }
+
+    #[test]
+    fn the_next_page_starts_after_a_full_one_only() {
+        let entry = |seq| Entry { seq, at_ms: 0, body: Vec::new() };
+        let page = Replay { epoch: 1, last: 9, entries: vec![entry(3), entry(4)], first: 3 };
+        assert_eq!(page.next_after(2), Some(4), "full, and 5..9 are kept");
+        assert_eq!(page.next_after(3), None, "not full: the stream has no more for it");
+        let last = Replay { last: 4, ..page.clone() };
+        assert_eq!(last.next_after(2), None, "full, but 4 is the newest");
+        assert_eq!(Replay::default().next_after(0), None);
     }
 }
 

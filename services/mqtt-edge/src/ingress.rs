@@ -299,7 +299,7 @@ pub async fn resume(
     epoch: u64,
     after: u64,
 ) -> Result<crate::streams::ReplayReport, ResumeRefusal> {
-    let streams = st.hub.streams().filter(|s| s.is_durable(stream) && !stream.contains(['+', '#']));
+    let streams = st.hub.streams().filter(|s| s.is_durable(stream));
     let Some(streams) = streams else {
         return Err(ResumeRefusal::NotDurable);
     };

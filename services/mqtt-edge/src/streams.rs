@@ -102,18 +102,7 @@ impl Streams {
     ) -> Result<(Vec<SharedMessage>, ReplayReport), String> {
         let read = crate::within(APPEND_TIMEOUT, self.store.read(stream, after, self.max_replay)).await?;
         let report = ReplayReport::of(&read, epoch, after, self.max_replay, stream);
-        let mut messages = Vec::with_capacity(read.entries.len());
-        for e in &read.entries {
-            match decode(&e.body) {
-                Some(mut msg) => {
-                    msg.retain = false;
-                    stamp(&mut msg, Stamp { seq: e.seq, epoch: read.epoch });
-                    messages.push(Arc::new(msg));
-                }
-                None => tracing::warn!(stream, seq = e.seq, "a stream holds a message this edge cannot read"),
-            }
-        }
-        metrics::counter!(m::STREAM_REPLAYED).increment(messages.len() as u64);
+        let messages = read.entries.iter().filter_map(|e| replayed(stream, e, read.epoch)).collect();
         Ok((messages, report))
     }
 
@@ -133,7 +122,7 @@ impl Streams {
         filters: impl IntoIterator<Item = &'a str>,
     ) {
         for stream in filters {
-            if stream.contains(['+', '#']) || !self.is_durable(stream) || !hub.wants_cursor(session, stream) {
+            if !self.is_durable(stream) || !hub.wants_cursor(session, stream) {
                 continue;
             }
             match self.position(stream).await {
@@ -165,20 +154,14 @@ impl Streams {
                     }
                 };
                 let same_epoch = replay.epoch == cursor.epoch;
-                for e in &replay.entries {
-                    if same_epoch && cursor.has(e.seq) {
-                        continue;
-                    }
-                    let Some(mut msg) = decode(&e.body) else { continue };
-                    msg.retain = false;
-                    stamp(&mut msg, Stamp { seq: e.seq, epoch: replay.epoch });
-                    metrics::counter!(m::STREAM_REPLAYED).increment(1);
-                    let routed = hub.replay(session, Arc::new(msg), crate::message::now_ms());
+                let missed = replay.entries.iter().filter(|e| !(same_epoch && cursor.has(e.seq)));
+                for msg in missed.filter_map(|e| replayed(&stream, e, replay.epoch)) {
+                    let routed = hub.replay(session, msg, crate::message::now_ms());
                     crate::flow::wait_for_room(hub, routed.pressure, stall).await;
                 }
-                match replay.entries.last() {
-                    Some(last) if replay.entries.len() >= self.max_replay && last.seq < replay.last => after = last.seq,
-                    _ => break,
+                match replay.next_after(self.max_replay) {
+                    Some(next) => after = next,
+                    None => break,
                 }
             }
         }
@@ -269,7 +252,7 @@ impl ReplayReport {
         let epoch_known = if after == 0 { read.epoch } else { epoch };
         let status = if !read.complete_after(epoch_known, after) {
             ReplayStatus::Gap
-        } else if read.entries.len() >= limit && read.entries.last().is_some_and(|e| e.seq < read.last) {
+        } else if read.next_after(limit).is_some() {
             ReplayStatus::More
         } else {
             ReplayStatus::Complete
@@ -290,6 +273,19 @@ impl ReplayReport {
 
 fn encode(msg: &Message) -> Vec<u8> {
     crate::cluster::encode_message(msg).encode_to_vec()
+}
+
+/// A kept message of `stream` as a replay hands it out: stamped with its place, not retained;
+/// `None` (logged) for one this edge cannot read.
+fn replayed(stream: &str, e: &broker::streams::Entry, epoch: u64) -> Option<SharedMessage> {
+    let Some(mut msg) = decode(&e.body) else {
+        tracing::warn!(stream, seq = e.seq, "a stream holds a message this edge cannot read");
+        return None;
+    };
+    msg.retain = false;
+    stamp(&mut msg, Stamp { seq: e.seq, epoch });
+    metrics::counter!(m::STREAM_REPLAYED).increment(1);
+    Some(Arc::new(msg))
 }
 
 fn decode(body: &[u8]) -> Option<Message> {

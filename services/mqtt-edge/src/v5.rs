@@ -176,7 +176,7 @@ async fn resume_streams(
         return vec![report(format!("refused: {} is \"<epoch>:<seq>\"", streams::RESUME_PROPERTY))];
     };
     let mut reports = Vec::new();
-    for filter in confirmed.iter().filter(|f| !f.contains(['+', '#']) && !f.starts_with("$share/")) {
+    for filter in confirmed {
         match ingress::resume(ses, filter, epoch, after).await {
             Ok(r) => reports.push(report(r.line())),
             Err(ingress::ResumeRefusal::NotDurable) => {}
