@@ -413,12 +413,16 @@ impl<M: Deliverable + Clone> Session<M> {
 
     /// The session got `msg`: its stream cursor moves (recorded for the journal).
     fn advance_cursor(&mut self, msg: &M) {
+        // Only a session that outlives its connection is ever resumed from its cursors.
+        if !self.durable {
+            return;
+        }
         let Some((stream, at)) = msg.stream_position() else { return };
         let cursor = match self.cursors.get_mut(stream) {
             Some(c) => c,
             None => self.cursors.entry(Arc::from(stream)).or_default(),
         };
-        if cursor.saw(at) && self.durable {
+        if cursor.saw(at) {
             let change = Change::Cursor(Arc::from(stream), cursor.clone());
             self.changes.push(change);
         }
