@@ -584,3 +584,24 @@ impl broker::streams::StreamStore for Slow {
         self.0.dead_letters(a, l)
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resume_positions_at_the_bounds_get_an_answer() {
+    count_edge_panics();
+    let edge = TestEdge::start().await;
+    publish_all(&edge, INBOX, &["m1"]).await;
+    let mut bob = edge.client(Version::V5, "bob").await;
+    let max = u64::MAX;
+    for position in [format!("0:{max}"), format!("{max}:0"), format!("{max}:{max}"), "0:0".into(), "1:1".into()] {
+        let (_, reports) = resume_v5(&mut bob, INBOX, &position).await;
+        assert_eq!(reports.len(), 1, "{position}: {reports:?}");
+    }
+    for junk in ["", ":", "-1:0", "0:-1", "0:18446744073709551616", "0x10:1", "1:2:3"] {
+        let (_, reports) = resume_v5(&mut bob, INBOX, junk).await;
+        assert!(reports[0].starts_with("refused"), "{junk:?}: {reports:?}");
+        let code = bob.publish(&format!("$hermes/resume/{INBOX}"), junk.as_bytes(), 1, false, WAIT).await;
+        assert_eq!(code.expect("puback"), Some(0x83), "{junk:?}");
+    }
+    assert_eq!(edge_panics(), 0);
+    edge.stop().await;
+}
