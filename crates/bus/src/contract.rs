@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::{Bus, BusError, Subscription};
+use crate::{Bus, BusError, KeepConfig, Subscription, now_ms};
 
 async fn next(sub: &mut Subscription) -> (String, Bytes) {
     let m = tokio::time::timeout(Duration::from_secs(5), sub.next())
@@ -20,10 +20,14 @@ async fn nothing(sub: &mut Subscription) {
     }
 }
 
+/// A number for names no other run uses.
+fn random() -> u32 {
+    std::process::id() ^ (std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos()))
+}
+
 /// Panics with what is wrong. Uses subjects under `contract.<random>` so runs don't interfere.
 pub async fn check(bus: &dyn Bus) {
-    let root =
-        format!("contract.r{}", std::process::id() ^ (std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos())));
+    let root = format!("contract.r{}", random());
     let s = |tail: &str| format!("{root}.{tail}");
     let mut exact = bus.subscribe(&s("a.b")).await.expect("subscribe exact");
     let mut star = bus.subscribe(&s("*.b")).await.expect("subscribe *");
@@ -110,4 +114,96 @@ pub async fn check(bus: &dyn Bus) {
         assert_eq!(next(&mut durable).await, (s(&format!("d.{i}")), Bytes::from(vec![i])), "durable, in order");
     }
     assert!(matches!(bus.subscribe_durable(&stream, "a.>.b").await, Err(BusError::InvalidSubject(_))));
+}
+
+/// The subjects and payloads a replay gives, in order, once it has ended.
+async fn replayed(bus: &dyn Bus, filters: &[String], since_ms: u64) -> Vec<(String, Bytes)> {
+    let mut replay = bus.replay_kept(filters, since_ms).await.expect("replay");
+    let mut got = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), replay.next()).await.expect("a replay ends") {
+            None => return got,
+            Some(m) => {
+                let m = m.expect("a whole replay");
+                let now = now_ms();
+                assert!(m.at_ms <= now + 1000 && m.at_ms + 5000 >= now, "taken just now: {} (now {now})", m.at_ms);
+                got.push((m.subject, m.payload));
+            }
+        }
+    }
+}
+
+/// What [`Bus::keep`], [`Bus::publish_batch_kept`] and [`Bus::replay_kept`] must do; panics with
+/// what is wrong. Uses subjects under `contract.k<random>` and a stream `CONTRACT_K<random>`.
+pub async fn check_kept(bus: &dyn Bus) {
+    let n = random();
+    let root = format!("contract.k{n}");
+    let s = |tail: &str| format!("{root}.{tail}");
+    let config = KeepConfig {
+        stream: format!("CONTRACT_K{n}"),
+        subjects: vec![s("a.>"), s("b.*")],
+        max_age: Duration::from_secs(60),
+        max_bytes: 10 << 20,
+        memory: true,
+    };
+    assert!(bus.keep(&config).await.expect("keep"), "this bus keeps messages");
+    let mut all = bus.subscribe(&s(">")).await.expect("subscribe");
+
+    let before = now_ms();
+    let entry = |tail: &str, payload: &'static str, keep: bool| (s(tail), Bytes::from_static(payload.as_bytes()), keep);
+    let batch = vec![
+        entry("a.1", "k1", true),
+        entry("a.1", "plain on a kept subject", false),
+        entry("b.x", "k2", true),
+        entry("c.x", "marked, on no kept subject", true),
+        entry("a.2.deep", "k3", true),
+        entry("b.y", "plain", false),
+        entry("b.x", "k4", true),
+    ];
+    bus.publish_batch_kept(&batch).await.expect("a kept batch");
+    for (subject, payload, _) in &batch {
+        assert_eq!(next(&mut all).await, (subject.clone(), payload.clone()), "all of a batch, in order");
+    }
+    // Neither plain publishes nor plain batches are kept, on kept subjects too.
+    bus.publish(&s("a.1"), Bytes::from_static(b"published")).await.expect("publish");
+    bus.publish_batch(&[(s("b.x"), Bytes::from_static(b"batched"))]).await.expect("batch");
+    assert_eq!(next(&mut all).await.1, Bytes::from_static(b"published"));
+    assert_eq!(next(&mut all).await.1, Bytes::from_static(b"batched"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let after = now_ms();
+
+    let kept = |payloads: &[&'static str]| -> Vec<(String, Bytes)> {
+        let subject = |p: &str| match p {
+            "k1" => s("a.1"),
+            "k2" | "k4" => s("b.x"),
+            _ => s("a.2.deep"),
+        };
+        payloads.iter().map(|p| (subject(p), Bytes::from_static(p.as_bytes()))).collect()
+    };
+    assert_eq!(replayed(bus, &[s("a.>")], before).await, kept(&["k1", "k3"]), "the kept ones on matching subjects");
+    assert_eq!(replayed(bus, &[s("b.x")], before).await, kept(&["k2", "k4"]));
+    assert_eq!(replayed(bus, &[s("a.1"), s("b.*")], before).await, kept(&["k1", "k2", "k4"]), "several filters");
+    assert_eq!(
+        replayed(bus, &[s("a.>"), s("a.1"), s("b.*"), s("b.x"), s("a.>")], before).await,
+        kept(&["k1", "k2", "k3", "k4"]),
+        "overlapping filters: each message once"
+    );
+    assert_eq!(replayed(bus, &[s("a.>"), s("b.*")], 0).await, kept(&["k1", "k2", "k3", "k4"]), "since ever");
+    assert!(replayed(bus, &[s("a.>"), s("b.*")], after).await.is_empty(), "nothing taken since");
+    assert!(replayed(bus, &[s("a.>"), s("b.*")], u64::MAX).await.is_empty(), "nothing from the far future");
+    assert!(replayed(bus, &[], before).await.is_empty(), "no filter, nothing");
+    assert!(replayed(bus, &[s("b.z")], before).await.is_empty(), "nothing on the subject");
+    assert!(matches!(bus.replay_kept(&["a..b".into()], before).await, Err(BusError::InvalidSubject(_))));
+
+    // A bad subject refuses the whole batch: nothing sent, nothing kept.
+    let spoiled = vec![entry("a.9", "k9", true), ("a..b".to_owned(), Bytes::new(), true)];
+    assert!(matches!(bus.publish_batch_kept(&spoiled).await, Err(BusError::InvalidSubject(_))));
+    nothing(&mut all).await;
+    assert_eq!(replayed(bus, &[s("a.>")], before).await, kept(&["k1", "k3"]), "the refused batch is not kept");
+
+    // Every node says the same at start: nothing changes.
+    assert!(bus.keep(&config).await.expect("keep again"), "keep is idempotent");
+    assert_eq!(replayed(bus, &[s("a.>"), s("b.*")], before).await, kept(&["k1", "k2", "k3", "k4"]), "still kept");
+    let bad = KeepConfig { subjects: vec![s("a.>.b")], ..config.clone() };
+    assert!(matches!(bus.keep(&bad).await, Err(BusError::InvalidSubject(_))));
 }

@@ -1,7 +1,8 @@
 //! The bus between Hermes services (design §2, §6): subject-addressed publish/subscribe.
 //! [`nats::NatsBus`] in production, [`memory::MemoryBus`] when everything runs in one process.
 //! Subjects follow NATS rules: dot-separated tokens, `*` matches one token, `>` the rest.
-//! [`contract::check`] is what both must do.
+//! [`contract::check`] is what both must do, [`contract::check_kept`] what they do with the
+//! messages they keep ([`Bus::keep`]).
 
 pub mod contract;
 pub mod memory;
@@ -56,6 +57,77 @@ impl Subscription {
     }
 }
 
+/// A message the bus kept ([`Bus::publish_batch_kept`]), as [`Bus::replay_kept`] gives it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptMessage {
+    pub subject: String,
+    pub payload: Bytes,
+    /// When the bus took it: milliseconds since the Unix epoch (the NATS server's clock).
+    pub at_ms: u64,
+}
+
+/// How a bus keeps messages ([`Bus::keep`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeepConfig {
+    /// The JetStream stream's name.
+    pub stream: String,
+    /// Subject patterns whose kept messages it holds (publish_batch_kept entries marked kept
+    /// must be on one of them, or they are only published).
+    pub subjects: Vec<String>,
+    /// How long a message is kept.
+    pub max_age: std::time::Duration,
+    /// The most bytes kept; the oldest go first past it.
+    pub max_bytes: u64,
+    /// Kept in memory (true) or on disk (false).
+    pub memory: bool,
+}
+
+impl KeepConfig {
+    /// Whether a message on `subject` is one this config keeps (when marked).
+    pub(crate) fn holds(&self, subject: &str) -> bool {
+        self.subjects.iter().any(|p| subject_matches(p, subject))
+    }
+
+    /// The first of its subjects that is not a pattern, or "" when it has none: a stream
+    /// needs at least one.
+    fn invalid_subject(&self) -> Option<&str> {
+        if self.subjects.is_empty() {
+            return Some("");
+        }
+        self.subjects.iter().map(String::as_str).find(|p| !valid_subject(p, true))
+    }
+}
+
+/// Kept messages, oldest first, up to the moment the replay began; `next` gives `None` after
+/// the last.
+pub struct Replay {
+    inner: Pin<Box<dyn Stream<Item = Result<KeptMessage, BusError>> + Send>>,
+}
+
+impl std::fmt::Debug for Replay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replay")
+    }
+}
+
+impl Replay {
+    /// `inner` ends the replay after its last message, or after an error.
+    pub fn new(inner: impl Stream<Item = Result<KeptMessage, BusError>> + Send + 'static) -> Self {
+        Replay { inner: Box::pin(inner) }
+    }
+
+    /// Nothing to replay.
+    pub fn empty() -> Self {
+        Replay::new(futures_util::stream::empty())
+    }
+
+    /// The next kept message; `None` after the last, `Some(Err)` when the replay broke off
+    /// before it (the bus failed).
+    pub async fn next(&mut self) -> Option<Result<KeptMessage, BusError>> {
+        futures_util::StreamExt::next(&mut self.inner).await
+    }
+}
+
 /// Publish/subscribe by subject.
 pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     fn publish<'a>(&'a self, subject: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), BusError>>;
@@ -97,6 +169,66 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
             Ok(())
         })
     }
+
+    /// Starts keeping messages as `config` says, for [`Bus::publish_batch_kept`] and
+    /// [`Bus::replay_kept`]; called once when a node starts (idempotent: every node calls it
+    /// with the same config; a changed config updates what is kept). `Ok(false)` when this bus
+    /// cannot keep anything (NATS without JetStream): kept publishes are then plain ones and
+    /// replays are empty.
+    fn keep<'a>(&'a self, config: &'a KeepConfig) -> BoxFuture<'a, Result<bool, BusError>> {
+        let _ = config;
+        Box::pin(std::future::ready(Ok(false)))
+    }
+
+    /// Like [`Bus::publish_batch`] (in order, one flush, a bad subject refuses the batch before
+    /// anything is sent), but the entries marked `true` are also kept, and it resolves only once
+    /// the bus has stored each of those (NATS: each one's JetStream ack, all awaited after the
+    /// one flush: a batch costs one round trip). Unmarked entries are not kept, even on kept
+    /// subjects.
+    fn publish_batch_kept<'a>(&'a self, batch: &'a [(String, Bytes, bool)]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let plain: Vec<(String, Bytes)> = batch.iter().map(|(s, p, _)| (s.clone(), p.clone())).collect();
+            self.publish_batch(&plain).await
+        })
+    }
+
+    /// The kept messages on subjects matching any of `filters` (patterns within the kept
+    /// subjects) taken at or after `since_ms`, each once, oldest first, up to the moment of the
+    /// call.
+    fn replay_kept<'a>(&'a self, filters: &'a [String], since_ms: u64) -> BoxFuture<'a, Result<Replay, BusError>> {
+        let _ = (filters, since_ms);
+        Box::pin(std::future::ready(Ok(Replay::empty())))
+    }
+}
+
+/// `patterns` without those whose subjects another one already matches, nor repeats, in
+/// order: what a NATS consumer takes as its filters (it refuses overlapping ones).
+pub fn without_covered(patterns: &[String]) -> Vec<String> {
+    patterns
+        .iter()
+        .enumerate()
+        .filter(|&(i, p)| !patterns.iter().enumerate().any(|(j, q)| j != i && covers(q, p) && (j < i || !covers(p, q))))
+        .map(|(_, p)| p.clone())
+        .collect()
+}
+
+/// Whether every subject `inner` matches, `outer` matches too.
+fn covers(outer: &str, inner: &str) -> bool {
+    let mut i = inner.split('.');
+    for o in outer.split('.') {
+        match (o, i.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(t)) if t != ">" => {}
+            (o, Some(t)) if o == t && !matches!(t, "*" | ">") => {}
+            _ => return false,
+        }
+    }
+    i.next().is_none()
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub(crate) fn now_ms() -> u64 {
+    std::time::UNIX_EPOCH.elapsed().map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Whether `subject` is a concrete subject (`wildcards` false) or a subscription pattern.
@@ -147,5 +279,25 @@ mod tests {
         assert!(!valid_subject("a..b", true));
         assert!(!valid_subject("a b", true));
         assert!(!valid_subject("", true));
+    }
+
+    fn strings(patterns: &[&str]) -> Vec<String> {
+        patterns.iter().map(|p| (*p).to_owned()).collect()
+    }
+
+    #[test]
+    fn covered_patterns_go() {
+        assert!(without_covered(&[]).is_empty());
+        assert_eq!(without_covered(&strings(&["a.b"])), strings(&["a.b"]));
+        assert_eq!(without_covered(&strings(&["a.>", "a.b", "a.*", "x.y", "x.y"])), strings(&["a.>", "x.y"]));
+        assert_eq!(without_covered(&strings(&["a.b", "a.*"])), strings(&["a.*"]));
+        assert_eq!(without_covered(&strings(&["a.*", "a.b"])), strings(&["a.*"]));
+        assert_eq!(without_covered(&strings(&["a.b.>", "a.*.c"])), strings(&["a.b.>", "a.*.c"]), "overlap, no cover");
+        assert_eq!(without_covered(&strings(&["a.*", "a.>"])), strings(&["a.>"]));
+        assert_eq!(without_covered(&strings(&["a.*.>", "a.b.c", "a.b"])), strings(&["a.*.>", "a.b"]));
+        assert_eq!(without_covered(&strings(&["a.>", "a"])), strings(&["a.>", "a"]), "`>` needs a token");
+        assert_eq!(without_covered(&strings(&["a.*", "a.b.c", "*.*"])), strings(&["a.b.c", "*.*"]));
+        assert_eq!(without_covered(&strings(&["a.b", "a.>", "a.b"])), strings(&["a.>"]));
+        assert_eq!(without_covered(&strings(&[">", "a.b.c"])), strings(&[">"]));
     }
 }

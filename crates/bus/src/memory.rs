@@ -1,12 +1,16 @@
 //! The in-process bus `hermes up` uses: subscribers are channels in a list.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::{BoxFuture, Bus, BusError, BusMessage, Subscription, subject_matches, valid_subject};
+use crate::{
+    BoxFuture, Bus, BusError, BusMessage, KeepConfig, KeptMessage, Replay, Subscription, now_ms, subject_matches,
+    valid_subject,
+};
 
 /// How many messages a subscriber may have unread before publishers wait for it.
 const SUBSCRIBER_CAPACITY: usize = 1024;
@@ -19,6 +23,35 @@ pub struct MemoryBus {
     subscribers: Mutex<Vec<Subscriber>>,
     /// Messages each queue group had: whose turn it is among its members.
     turns: Mutex<std::collections::HashMap<String, usize>>,
+    kept: Mutex<Kept>,
+}
+
+/// What [`Bus::keep`] asked for, and the messages kept under it, oldest first.
+#[derive(Debug, Default)]
+struct Kept {
+    config: Option<KeepConfig>,
+    messages: VecDeque<KeptMessage>,
+    /// Subject and payload bytes of `messages`.
+    bytes: u64,
+}
+
+impl Kept {
+    /// Drops the messages older than the config's age, then the oldest past its size.
+    fn prune(&mut self, now_ms: u64) {
+        let Some(config) = &self.config else { return };
+        let max_age = u64::try_from(config.max_age.as_millis()).unwrap_or(u64::MAX);
+        while let Some(oldest) = self.messages.front()
+            && (now_ms.saturating_sub(oldest.at_ms) > max_age || self.bytes > config.max_bytes)
+        {
+            self.bytes -= size(oldest);
+            self.messages.pop_front();
+        }
+    }
+}
+
+/// What a kept message counts against [`KeepConfig::max_bytes`].
+fn size(m: &KeptMessage) -> u64 {
+    (m.subject.len() + m.payload.len()) as u64
 }
 
 impl MemoryBus {
@@ -89,6 +122,57 @@ impl Bus for MemoryBus {
     ) -> BoxFuture<'a, Result<Subscription, BusError>> {
         Box::pin(std::future::ready(self.add(subject, Some(queue))))
     }
+
+    fn keep<'a>(&'a self, config: &'a KeepConfig) -> BoxFuture<'a, Result<bool, BusError>> {
+        Box::pin(async move {
+            if let Some(bad) = config.invalid_subject() {
+                return Err(BusError::InvalidSubject(bad.to_owned()));
+            }
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            kept.config = Some(config.clone());
+            kept.prune(now_ms());
+            Ok(true)
+        })
+    }
+
+    fn publish_batch_kept<'a>(&'a self, batch: &'a [(String, Bytes, bool)]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            if let Some((bad, ..)) = batch.iter().find(|(s, ..)| !valid_subject(s, false)) {
+                return Err(BusError::InvalidSubject(bad.clone()));
+            }
+            for (subject, payload, keep) in batch {
+                if *keep {
+                    let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+                    if kept.config.as_ref().is_some_and(|c| c.holds(subject)) {
+                        let message =
+                            KeptMessage { subject: subject.clone(), payload: payload.clone(), at_ms: now_ms() };
+                        kept.bytes += size(&message);
+                        kept.messages.push_back(message);
+                        kept.prune(now_ms());
+                    }
+                }
+                self.publish(subject, payload.clone()).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn replay_kept<'a>(&'a self, filters: &'a [String], since_ms: u64) -> BoxFuture<'a, Result<Replay, BusError>> {
+        Box::pin(async move {
+            if let Some(bad) = filters.iter().find(|f| !valid_subject(f, true)) {
+                return Err(BusError::InvalidSubject(bad.clone()));
+            }
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            kept.prune(now_ms());
+            let replayed: Vec<Result<KeptMessage, BusError>> = kept
+                .messages
+                .iter()
+                .filter(|m| m.at_ms >= since_ms && filters.iter().any(|f| subject_matches(f, &m.subject)))
+                .map(|m| Ok(m.clone()))
+                .collect();
+            Ok(Replay::new(futures_util::stream::iter(replayed)))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -96,5 +180,34 @@ mod tests {
     #[tokio::test]
     async fn memory_bus_meets_the_contract() {
         crate::contract::check(&super::MemoryBus::default()).await;
+    }
+
+    #[tokio::test]
+    async fn memory_bus_keeps_and_replays() {
+        crate::contract::check_kept(&super::MemoryBus::default()).await;
+    }
+
+    #[tokio::test]
+    async fn the_oldest_kept_go_first_past_the_size() {
+        use crate::{Bus, KeepConfig};
+        use bytes::Bytes;
+        let bus = super::MemoryBus::default();
+        let config = KeepConfig {
+            stream: "K".into(),
+            subjects: vec!["k.>".into()],
+            max_age: std::time::Duration::from_secs(60),
+            max_bytes: 10,
+            memory: true,
+        };
+        assert!(bus.keep(&config).await.expect("keep"));
+        let batch: Vec<(String, Bytes, bool)> =
+            (0..3u8).map(|i| (format!("k.{i}"), Bytes::from(vec![i; 2]), true)).collect();
+        bus.publish_batch_kept(&batch).await.expect("batch");
+        let mut replay = bus.replay_kept(&["k.>".into()], 0).await.expect("replay");
+        let mut got = Vec::new();
+        while let Some(m) = replay.next().await {
+            got.push(m.expect("in process").subject);
+        }
+        assert_eq!(got, ["k.1", "k.2"], "5 bytes each, 10 at most");
     }
 }

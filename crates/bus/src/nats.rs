@@ -1,23 +1,63 @@
-//! The production bus: NATS core publish/subscribe through async-nats.
+//! The production bus: NATS core publish/subscribe through async-nats; the messages it keeps
+//! ([`Bus::keep`]) in a JetStream stream.
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::{BoxFuture, Bus, BusError, BusMessage, Subscription, valid_subject};
+use crate::{
+    BoxFuture, Bus, BusError, BusMessage, KeepConfig, KeptMessage, Replay, Subscription, valid_subject, without_covered,
+};
 
 /// How long a durable stream keeps its messages.
-const DURABLE_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+const DURABLE_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Kept messages awaiting their JetStream ack at once, over all batches (the JetStream
+/// context's limit, which it enforces by holding up the publish past it).
+const ACKS_IN_FLIGHT: usize = 4096;
+
+/// The most entries of a [`Bus::publish_batch_kept`] batch sent before their acks are awaited.
+const ENTRIES_PER_ROUND_TRIP: usize = 256;
+
+/// The stream a plain publish on a kept subject expects: none is named so (names have no
+/// dots), so JetStream does not store it.
+const NOT_KEPT: &str = "hermes.not-kept";
+
+/// How long a replay waits for its next message before it reports the bus broken.
+const REPLAY_STALL: Duration = Duration::from_secs(5);
+
+/// How long the deletion of a finished replay's consumer may take.
+const REPLAY_CLEANUP: Duration = Duration::from_secs(5);
+
+/// What [`Bus::keep`] set up, once it has.
+type Keeper = Arc<Mutex<Option<Arc<Keeping>>>>;
 
 #[derive(Debug, Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
+    keeping: Keeper,
+}
+
+/// Keeping on: the stream, and how to publish to it.
+#[derive(Debug)]
+struct Keeping {
+    config: KeepConfig,
+    js: jetstream::Context,
+    /// The [`ACKS_IN_FLIGHT`] a batch takes before it sends anything: a batch never waits for
+    /// the JetStream context's room in the middle, holding acks it has not awaited yet (with
+    /// others doing the same, none would ever await theirs).
+    acks: tokio::sync::Semaphore,
+    not_kept: async_nats::HeaderMap,
 }
 
 impl NatsBus {
     /// Connects to `url` (e.g. `nats://127.0.0.1:4222`); async-nats reconnects by itself.
     pub async fn connect(url: &str) -> Result<NatsBus, BusError> {
         let client = async_nats::connect(url).await.map_err(|e| BusError::Transport(format!("{url}: {e}")))?;
-        Ok(NatsBus { client })
+        Ok(NatsBus { client, keeping: Keeper::default() })
     }
 }
 
@@ -27,6 +67,24 @@ impl NatsBus {
         self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))?;
         Ok(Subscription::new(sub.map(|m| BusMessage { subject: m.subject.to_string(), payload: m.payload })))
     }
+
+    fn keeping(&self) -> Option<Arc<Keeping>> {
+        self.keeping.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Publishes into the client's buffer a message not to be kept: JetStream captures every
+    /// message on its stream's subjects, so one on a kept subject says it expects another stream.
+    async fn send(&self, keeping: Option<&Keeping>, subject: &str, payload: Bytes) -> Result<(), BusError> {
+        let sent = match keeping.filter(|k| k.config.holds(subject)) {
+            Some(k) => self.client.publish_with_headers(subject.to_owned(), k.not_kept.clone(), payload).await,
+            None => self.client.publish(subject.to_owned(), payload).await,
+        };
+        sent.map_err(|e| BusError::Transport(e.to_string()))
+    }
+
+    async fn flush(&self) -> Result<(), BusError> {
+        self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))
+    }
 }
 
 impl Bus for NatsBus {
@@ -35,9 +93,9 @@ impl Bus for NatsBus {
             if !valid_subject(subject, false) {
                 return Err(BusError::InvalidSubject(subject.to_owned()));
             }
-            self.client.publish(subject.to_owned(), payload).await.map_err(|e| BusError::Transport(e.to_string()))?;
+            self.send(self.keeping().as_deref(), subject, payload).await?;
             // Out of the client's buffer before we report success.
-            self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))
+            self.flush().await
         })
     }
 
@@ -64,13 +122,143 @@ impl Bus for NatsBus {
             if let Some((bad, _)) = batch.iter().find(|(s, _)| !valid_subject(s, false)) {
                 return Err(BusError::InvalidSubject(bad.clone()));
             }
+            let keeping = self.keeping();
             for (subject, payload) in batch {
-                self.client
-                    .publish(subject.clone(), payload.clone())
-                    .await
-                    .map_err(|e| BusError::Transport(e.to_string()))?;
+                self.send(keeping.as_deref(), subject, payload.clone()).await?;
             }
-            self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))
+            self.flush().await
+        })
+    }
+
+    fn keep<'a>(&'a self, config: &'a KeepConfig) -> BoxFuture<'a, Result<bool, BusError>> {
+        use jetstream::ErrorCode;
+        use jetstream::context::CreateStreamErrorKind;
+        use jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+        Box::pin(async move {
+            if let Some(bad) = config.invalid_subject() {
+                return Err(BusError::InvalidSubject(bad.to_owned()));
+            }
+            let js = jetstream::ContextBuilder::new().max_ack_inflight(ACKS_IN_FLIGHT).build(self.client.clone());
+            let stream = Config {
+                name: config.stream.clone(),
+                subjects: config.subjects.clone(),
+                max_age: config.max_age,
+                max_bytes: i64::try_from(config.max_bytes).unwrap_or(i64::MAX),
+                storage: if config.memory { StorageType::Memory } else { StorageType::File },
+                discard: DiscardPolicy::Old,
+                retention: RetentionPolicy::Limits,
+                ..Default::default()
+            };
+            match js.create_or_update_stream(stream).await {
+                Ok(_) => {}
+                Err(e)
+                    if match e.kind() {
+                        CreateStreamErrorKind::JetStreamUnavailable => true,
+                        CreateStreamErrorKind::JetStream(e) => matches!(
+                            e.error_code(),
+                            ErrorCode::JETSTREAM_NOT_ENABLED | ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT
+                        ),
+                        _ => false,
+                    } =>
+                {
+                    tracing::warn!(stream = %config.stream, error = %e, "no JetStream: messages are not kept");
+                    *self.keeping.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    return Ok(false);
+                }
+                Err(e) => return Err(BusError::Transport(format!("jetstream stream {}: {e}", config.stream))),
+            }
+            let mut not_kept = async_nats::HeaderMap::new();
+            not_kept.insert(async_nats::header::NATS_EXPECTED_STREAM, NOT_KEPT);
+            let keeping =
+                Keeping { config: config.clone(), js, acks: tokio::sync::Semaphore::new(ACKS_IN_FLIGHT), not_kept };
+            *self.keeping.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(keeping));
+            Ok(true)
+        })
+    }
+
+    fn publish_batch_kept<'a>(&'a self, batch: &'a [(String, Bytes, bool)]) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            if let Some((bad, ..)) = batch.iter().find(|(s, ..)| !valid_subject(s, false)) {
+                return Err(BusError::InvalidSubject(bad.clone()));
+            }
+            let Some(keeping) = self.keeping() else {
+                for (subject, payload, _) in batch {
+                    self.send(None, subject, payload.clone()).await?;
+                }
+                return self.flush().await;
+            };
+            let transport = |e: &dyn std::fmt::Display| BusError::Transport(format!("jetstream publish: {e}"));
+            for run in batch.chunks(ENTRIES_PER_ROUND_TRIP) {
+                let kept: Vec<bool> = run.iter().map(|(s, _, keep)| *keep && keeping.config.holds(s)).collect();
+                let count = kept.iter().filter(|k| **k).count();
+                // `run` is short: the count fits.
+                let permits = u32::try_from(count).unwrap_or(u32::MAX);
+                let _room = keeping.acks.acquire_many(permits).await.map_err(|e| transport(&e))?;
+                let mut acks = Vec::with_capacity(count);
+                // Through the client's one command queue, in order: a JetStream publish is a
+                // request on the same connection.
+                for ((subject, payload, _), keep) in run.iter().zip(kept) {
+                    if keep {
+                        acks.push(
+                            keeping.js.publish(subject.clone(), payload.clone()).await.map_err(|e| transport(&e))?,
+                        );
+                    } else {
+                        self.send(Some(&keeping), subject, payload.clone()).await?;
+                    }
+                }
+                self.flush().await?;
+                for ack in acks {
+                    ack.await.map_err(|e| transport(&e))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn replay_kept<'a>(&'a self, filters: &'a [String], since_ms: u64) -> BoxFuture<'a, Result<Replay, BusError>> {
+        use jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        Box::pin(async move {
+            if let Some(bad) = filters.iter().find(|f| !valid_subject(f, true)) {
+                return Err(BusError::InvalidSubject(bad.clone()));
+            }
+            let Some(keeping) = self.keeping() else { return Ok(Replay::empty()) };
+            let mut patterns = without_covered(filters);
+            let since_ns = i128::from(since_ms) * 1_000_000;
+            // Past the end of time (year 9999): nothing was kept then.
+            let Ok(start_time) = async_nats::datetime::from_nanos(since_ns) else { return Ok(Replay::empty()) };
+            let mut config =
+                OrderedConfig { deliver_policy: DeliverPolicy::ByStartTime { start_time }, ..Default::default() };
+            // One filter in the field every server knows (`filter_subjects` needs 2.10).
+            match patterns.len() {
+                0 => return Ok(Replay::empty()),
+                1 => config.filter_subject = patterns.remove(0),
+                _ => config.filter_subjects = patterns,
+            }
+            let stream = &keeping.config.stream;
+            let consumer = keeping
+                .js
+                .create_consumer_on_stream(config, stream)
+                .await
+                .map_err(|e| BusError::Transport(format!("jetstream replay consumer on {stream}: {e}")))?;
+            let (name, pending) = (consumer.cached_info().name.clone(), consumer.cached_info().num_pending);
+            let cleanup = Cleanup { js: keeping.js.clone(), stream: stream.clone(), consumer: name };
+            if pending == 0 {
+                return Ok(Replay::empty());
+            }
+            let messages =
+                consumer.messages().await.map_err(|e| BusError::Transport(format!("jetstream replay: {e}")))?;
+            let reading = Reading { messages, left: pending, since_ns, cleanup };
+            Ok(Replay::new(futures_util::stream::unfold(Some(reading), |reading| async move {
+                let mut reading = reading?;
+                loop {
+                    match reading.step().await {
+                        Step::Older { last: false } => {}
+                        Step::Older { last: true } => return None,
+                        Step::Message { message, last } => return Some((Ok(message), (!last).then_some(reading))),
+                        Step::Failed(e) => return Some((Err(e), None)),
+                    }
+                }
+            })))
         })
     }
 
@@ -137,5 +325,82 @@ impl Bus for NatsBus {
             let sub = self.client.subscribe(subject.to_owned()).await;
             self.held(sub.map_err(|e| BusError::Transport(e.to_string()))?).await
         })
+    }
+}
+
+/// A replay under way: its ordered consumer's messages, and how many it has yet to give.
+struct Reading {
+    messages: jetstream::consumer::pull::Ordered,
+    /// The messages the consumer had pending when it was made that are still to come: those
+    /// kept up to the moment the replay began.
+    left: u64,
+    since_ns: i128,
+    /// After `messages`: dropped once they are.
+    cleanup: Cleanup,
+}
+
+/// What a replay's consumer gave next.
+enum Step {
+    /// One from before the replay's start: the ordered consumer starts over from the stream's
+    /// beginning when it has to make itself again before its first message.
+    Older {
+        last: bool,
+    },
+    Message {
+        message: KeptMessage,
+        last: bool,
+    },
+    Failed(BusError),
+}
+
+impl Reading {
+    async fn step(&mut self) -> Step {
+        let failed = |what: String| Step::Failed(BusError::Transport(format!("jetstream replay: {what}")));
+        let message = match tokio::time::timeout(REPLAY_STALL, self.messages.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(e))) => return failed(e.to_string()),
+            Ok(None) => return failed("the consumer is gone".into()),
+            Err(_) => return failed(format!("nothing for {REPLAY_STALL:?} with {} to come", self.left)),
+        };
+        let info = match message.info() {
+            Ok(info) => info,
+            Err(e) => return failed(e.to_string()),
+        };
+        // Made again, under another name: the one to delete.
+        if info.consumer != self.cleanup.consumer {
+            self.cleanup.consumer = info.consumer.to_owned();
+        }
+        let published = info.published.unix_timestamp_nanos();
+        if published < self.since_ns {
+            return Step::Older { last: info.pending == 0 };
+        }
+        self.left = self.left.saturating_sub(1);
+        let last = info.pending == 0 || self.left == 0;
+        let at_ms = u64::try_from(published / 1_000_000).unwrap_or(0);
+        let message = KeptMessage { subject: message.subject.to_string(), payload: message.payload.clone(), at_ms };
+        Step::Message { message, last }
+    }
+}
+
+/// Deletes a replay's consumer when the replay is over, rather than leaving it to the server
+/// (30 s without a pull).
+struct Cleanup {
+    js: jetstream::Context,
+    stream: String,
+    consumer: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (js, stream, consumer) =
+            (self.js.clone(), std::mem::take(&mut self.stream), std::mem::take(&mut self.consumer));
+        runtime.spawn(async move {
+            let deleted =
+                tokio::time::timeout(REPLAY_CLEANUP, js.delete_consumer_from_stream(&consumer, &stream)).await;
+            if let Ok(Err(e)) = deleted {
+                tracing::debug!(%stream, %consumer, error = %e, "replay consumer not deleted");
+            }
+        });
     }
 }

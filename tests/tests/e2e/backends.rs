@@ -16,6 +16,32 @@ async fn nats_bus_meets_the_contract() {
 }
 
 #[tokio::test]
+async fn nats_bus_keeps_and_replays_like_the_contract_says() {
+    use bus::Bus;
+    let server = servers::nats();
+    let bus = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect to nats-server");
+    bus::contract::check_kept(&bus).await;
+
+    // Without JetStream nothing is kept: kept publishes are plain ones, replays empty.
+    let core = servers::nats_core_only();
+    let bus = bus::nats::NatsBus::connect(&core.nats_url()).await.expect("connect to nats-server");
+    let config = bus::KeepConfig {
+        stream: "CORE_ONLY".into(),
+        subjects: vec!["core.>".into()],
+        max_age: Duration::from_secs(60),
+        max_bytes: 1 << 20,
+        memory: true,
+    };
+    assert!(!bus.keep(&config).await.expect("keep without JetStream"));
+    let mut sub = bus.subscribe("core.>").await.expect("subscribe");
+    bus.publish_batch_kept(&[("core.a".into(), "x".into(), true)]).await.expect("a plain publish");
+    let m = tokio::time::timeout(Duration::from_secs(5), sub.next()).await.expect("delivered").expect("open");
+    assert_eq!(m.payload, "x");
+    let mut replay = bus.replay_kept(&["core.>".into()], 0).await.expect("replay");
+    assert!(replay.next().await.is_none(), "nothing kept");
+}
+
+#[tokio::test]
 async fn redis_relation_directory_meets_the_contract() {
     let server = servers::redis();
     let dir = redis_state::RedisRelations::connect(&server.redis_url()).await.expect("connect to redis-server");
