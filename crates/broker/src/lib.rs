@@ -11,6 +11,7 @@ pub mod alias;
 pub mod dedupe;
 pub mod journal;
 pub mod login;
+pub mod origins;
 pub mod owners;
 pub mod presence;
 pub mod relations;
@@ -63,4 +64,7 @@ pub struct SubOptions {
     pub retain_as_published: bool,
     pub retain_handling: RetainHandling,
     pub subscription_id: Option<u32>,
+    /// When the subscription began, in milliseconds since the Unix epoch (0: unknown, long
+    /// ago). A replay after a node died gives it only what was published since.
+    pub since_ms: u64,
 }

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
 
+use crate::origins::{self, CatchUp, Origin};
 use crate::streams::{Cursor, Stamp};
 use crate::{QoS, SubOptions};
 
@@ -20,6 +21,10 @@ pub trait Deliverable {
     fn stream_position(&self) -> Option<(&str, Stamp)> {
         None
     }
+    /// The node that routed the message here and its number there, if another node did.
+    fn origin(&self) -> Option<&Origin> {
+        None
+    }
 }
 
 impl<T: Deliverable + ?Sized> Deliverable for std::sync::Arc<T> {
@@ -28,6 +33,9 @@ impl<T: Deliverable + ?Sized> Deliverable for std::sync::Arc<T> {
     }
     fn stream_position(&self) -> Option<(&str, Stamp)> {
         (**self).stream_position()
+    }
+    fn origin(&self) -> Option<&Origin> {
+        (**self).origin()
     }
 }
 
@@ -128,6 +136,9 @@ pub enum Enqueued<M> {
     /// Dropped: the queue was full (the message dropped may be an older one) or the message
     /// was QoS 0 for an offline client.
     Dropped(Outgoing<M>),
+    /// The session already had it: a message its node sent came both replayed and live
+    /// (see [`crate::origins`]).
+    Had,
 }
 
 /// Everything a session holds, to move it to another node: its subscriptions, the in-flight
@@ -163,8 +174,11 @@ pub struct Session<M> {
     changes: Vec<Change<M>>,
     /// What [`Session::resume`] gave up on, for [`Session::take_exhausted`].
     exhausted: Vec<Outgoing<M>>,
-    /// How far the session got in each durable stream its messages came from.
+    /// How far the session got in each durable stream its messages came from, and with each
+    /// node that routed messages to it ([`crate::origins`]).
     cursors: HashMap<Arc<str>, Cursor>,
+    /// Set while the session, resumed from the journal, catches up on what its dead node missed.
+    catch_up: Option<CatchUp>,
 }
 
 impl<M: Deliverable + Clone> Session<M> {
@@ -182,6 +196,7 @@ impl<M: Deliverable + Clone> Session<M> {
             changes: Vec::new(),
             exhausted: Vec::new(),
             cursors: HashMap::new(),
+            catch_up: None,
         }
     }
 
@@ -347,7 +362,37 @@ impl<M: Deliverable + Clone> Session<M> {
     }
 
     /// Hands a routed message to the session.
-    pub fn enqueue(&mut self, mut out: Outgoing<M>) -> Enqueued<M> {
+    pub fn enqueue(&mut self, out: Outgoing<M>) -> Enqueued<M> {
+        if let (Some(catch_up), Some(origin)) = (&mut self.catch_up, out.msg.origin())
+            && !catch_up.live(origin)
+        {
+            return Enqueued::Had;
+        }
+        self.take(out)
+    }
+
+    /// Hands the session a message replayed while it catches up ([`Session::begin_catch_up`]);
+    /// `None` if it is not one it missed.
+    pub fn enqueue_replayed(&mut self, out: Outgoing<M>) -> Option<Enqueued<M>> {
+        let missed = match (&mut self.catch_up, out.msg.origin()) {
+            (Some(catch_up), Some(origin)) => catch_up.wants(origin),
+            _ => false,
+        };
+        missed.then(|| self.take(out))
+    }
+
+    /// The session was resumed from the journal after its node died: until
+    /// [`Session::caught_up`], messages replayed to it are checked against what the journal
+    /// had and what comes live meanwhile.
+    pub fn begin_catch_up(&mut self) {
+        self.catch_up = Some(CatchUp::new(&self.cursors));
+    }
+
+    pub fn caught_up(&mut self) {
+        self.catch_up = None;
+    }
+
+    fn take(&mut self, mut out: Outgoing<M>) -> Enqueued<M> {
         self.advance_cursor(&out.msg);
         out.entry = self.next_entry;
         self.next_entry += 1;
@@ -411,11 +456,23 @@ impl<M: Deliverable + Clone> Session<M> {
         self.cursors.contains_key(stream)
     }
 
-    /// The session got `msg`: its stream cursor moves (recorded for the journal).
+    /// The session got `msg`: its stream cursor and its cursor with the node that sent it
+    /// move (recorded for the journal).
     fn advance_cursor(&mut self, msg: &M) {
         // Only a session that outlives its connection is ever resumed from its cursors.
         if !self.durable {
             return;
+        }
+        if let Some(origin) = msg.origin() {
+            let known = self.cursors.contains_key(&origin.cursor);
+            let cursor = self.cursors.entry(origin.cursor.clone()).or_default();
+            if origins::reach(cursor, origin.at) {
+                let change = Change::Cursor(origin.cursor.clone(), cursor.clone());
+                self.changes.push(change);
+            }
+            if !known {
+                origins::forget_oldest(&mut self.cursors);
+            }
         }
         let Some((stream, at)) = msg.stream_position() else { return };
         let cursor = match self.cursors.get_mut(stream) {

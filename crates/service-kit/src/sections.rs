@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::http::HttpLimits;
 
 /// The bus between services.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BusConfig {
     /// NATS server URL (`nats://host:4222`); empty: no bus between processes. Edges route
@@ -15,6 +15,39 @@ pub struct BusConfig {
     pub nats_url: String,
     /// This node's name among its service's nodes on the bus; empty: a random one at each start.
     pub node_id: String,
+    /// Seconds the bus keeps the QoS 1/2 messages edges route to each other (a JetStream
+    /// stream), so an edge resuming the session of a dead edge gives it what it missed; 0: not
+    /// kept (and missed).
+    pub keep_secs: u64,
+    /// The most bytes kept; the oldest messages go first past it.
+    pub keep_max_bytes: u64,
+    /// `file` or `memory`: where the NATS server keeps them.
+    pub keep_storage: String,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            nats_url: String::new(),
+            node_id: String::new(),
+            keep_secs: 900,
+            keep_max_bytes: 1 << 30,
+            keep_storage: "file".into(),
+        }
+    }
+}
+
+impl BusConfig {
+    /// Checks the keep settings; the error names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if !matches!(self.keep_storage.as_str(), "file" | "memory") {
+            return Err(format!("bus.keep_storage: `{}` is neither `file` nor `memory`", self.keep_storage));
+        }
+        if self.keep_secs > 0 && self.keep_max_bytes == 0 {
+            return Err("bus.keep_max_bytes: must be positive while bus.keep_secs is".into());
+        }
+        Ok(())
+    }
 }
 
 /// State shared between processes.

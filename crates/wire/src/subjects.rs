@@ -27,6 +27,13 @@ pub const RETAINED_PREFIX: &str = "hermes.r";
 /// Every retained message.
 pub const ALL_RETAINED: &str = "hermes.r.>";
 
+/// Every routed message that is not retained.
+pub const ALL_ROUTED: &str = "hermes.m.>";
+
+/// The JetStream stream that keeps the QoS 1/2 messages edges route to each other for a while,
+/// for the sessions of an edge that died (`bus.keep_secs`).
+pub const ROUTED_STREAM: &str = "HERMES_ROUTED";
+
 /// Topics whose subject would pass [`MAX_SUBJECT_LEN`] travel here, to every edge.
 pub const LONG_TOPICS: &str = "hermes.long";
 

@@ -31,6 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use broker::QoS;
 use broker::dedupe::Dedupe;
+use broker::origins::Origin;
 use broker::owners::SessionOwners;
 use bus::{Bus, BusMessage};
 use wire::pb;
@@ -45,6 +46,9 @@ use crate::metrics as m;
 const OUTBOUND_CAPACITY: usize = 8192;
 /// Messages from other edges waiting to be routed here.
 const INBOUND_CAPACITY: usize = 8192;
+/// Cursor names kept for sending nodes before they are all forgotten (nodes without a set id
+/// get a new one at each start).
+const MAX_ORIGINS: usize = 4096;
 /// An origin not heard from for this long is forgotten by the duplicate filter.
 const ORIGIN_IDLE_MS: u64 = 10 * 60 * 1000;
 
@@ -66,16 +70,42 @@ impl NodeName {
 /// The hub's side of the cluster: synchronous hand-offs to the tasks that talk to the bus.
 #[derive(Debug)]
 pub struct ClusterLink {
-    interest: mpsc::UnboundedSender<(String, bool)>,
+    interest: mpsc::UnboundedSender<InterestChange>,
     outbound: mpsc::Sender<Outbound>,
     /// Sessions moving between edges, with an owners registry.
     handover: Option<Arc<Handover>>,
+    bus: Arc<dyn Bus>,
+    /// How long the bus keeps what edges route to each other; zero when it keeps nothing.
+    kept_for: std::time::Duration,
+}
+
+/// A change to this edge's interest on the bus, or a question about it.
+#[derive(Debug)]
+enum InterestChange {
+    /// The router's interest in a filter began (`true`) or ended.
+    Filter(String, bool),
+    /// Answered once every change before it is in place on the bus.
+    Settled(oneshot::Sender<()>),
 }
 
 impl ClusterLink {
     /// The router's interest in `filter` began (`held`) or ended.
     pub fn interest(&self, filter: String, held: bool) {
-        let _ = self.interest.send((filter, held));
+        let _ = self.interest.send(InterestChange::Filter(filter, held));
+    }
+
+    /// Resolves once every interest change so far is in place on the bus (the server has the
+    /// subscriptions): what is published from then on reaches this edge.
+    pub async fn settled(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.interest.send(InterestChange::Settled(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The bus, and how long it keeps what edges route to each other (zero: nothing kept).
+    pub fn kept(&self) -> (&Arc<dyn Bus>, std::time::Duration) {
+        (&self.bus, self.kept_for)
     }
 
     /// A will or presence change this edge published: other edges route it too. Dropped and
@@ -146,14 +176,23 @@ fn shared_filter(raw: &str) -> Option<&str> {
 }
 
 /// Starts routing between this edge and the others on `bus`; the hub hands its interest and
-/// messages to the returned link.
+/// messages to the returned link. QoS 1/2 messages are kept on the bus for `keep` (if set and
+/// the bus can).
 pub async fn start(
     hub: Arc<Hub>,
     bus: Arc<dyn Bus>,
     owners: Option<Arc<dyn SessionOwners>>,
     node: NodeName,
     stall: std::time::Duration,
+    keep: Option<bus::KeepConfig>,
 ) -> Result<ClusterLink, String> {
+    let kept_for = match &keep {
+        Some(k) => match bus.keep(k).await.map_err(|e| format!("bus: {e}"))? {
+            true => k.max_age,
+            false => std::time::Duration::ZERO,
+        },
+        None => std::time::Duration::ZERO,
+    };
     let handover = match owners {
         Some(o) => Some(Handover::start(hub.clone(), bus.clone(), o, node.clone()).await?),
         None => None,
@@ -166,9 +205,24 @@ pub async fn start(
         subscriptions.hold(always, None).await.map_err(|e| format!("bus: {e}"))?;
     }
     tokio::spawn(subscriptions.run(interest_rx));
-    tokio::spawn(send_out(bus, node.clone(), out_rx));
+    tokio::spawn(send_out(bus.clone(), node.clone(), out_rx));
     tokio::spawn(take_in(hub, node, in_rx, stall));
-    Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover })
+    Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover, bus, kept_for })
+}
+
+/// The subjects of what a subscription to `filter` (without `$share/group/`) gets from other
+/// edges: its routed subjects, their retained twins, and the over-long topics if it needs them.
+pub fn subjects_of(filter: &str) -> Vec<String> {
+    let Some(mut subjects) = subjects::interest(filter) else {
+        return vec![subjects::LONG_TOPICS.to_owned()];
+    };
+    let retained: Vec<String> = subjects
+        .iter()
+        .filter_map(|s| s.strip_prefix(subjects::ROUTED_PREFIX))
+        .map(|rest| format!("{}{rest}", subjects::RETAINED_PREFIX))
+        .collect();
+    subjects.extend(retained);
+    subjects
 }
 
 /// The bus subscriptions of this edge's interest, by subject (and shared subscription, whose
@@ -183,26 +237,33 @@ struct Subscriptions {
 type Held = (String, Option<Arc<str>>);
 
 impl Subscriptions {
-    async fn run(mut self, mut changes: mpsc::UnboundedReceiver<(String, bool)>) {
-        while let Some((filter, held)) = changes.recv().await {
+    async fn run(mut self, mut changes: mpsc::UnboundedReceiver<InterestChange>) {
+        while let Some(change) = changes.recv().await {
+            let (filter, held) = match change {
+                InterestChange::Filter(filter, held) => (filter, held),
+                InterestChange::Settled(answer) => {
+                    let _ = answer.send(());
+                    continue;
+                }
+            };
             // A shared subscription: the bus picks one node among those with members.
             let share = shared_filter(&filter).map(|plain| (Arc::<str>::from(filter.as_str()), plain));
             let plain = share.as_ref().map_or(filter.as_str(), |(_, plain)| plain);
             let share = share.as_ref().map(|(whole, _)| whole.clone());
             // Too long for a subject: its messages come on `LONG_TOPICS`, always held.
-            let mut subjects = subjects::interest(plain).unwrap_or_default();
-            if share.is_some() {
+            let subjects = match share {
                 // Retained messages travel apart (to every edge, for their stores), and so do
                 // messages on over-long topics: a shared subscription takes its copy of both
                 // through its queue group too (the node picked delivers if the topic matches).
-                let retained: Vec<String> = subjects
-                    .iter()
-                    .filter_map(|s| s.strip_prefix(subjects::ROUTED_PREFIX))
-                    .map(|rest| format!("{}{rest}", subjects::RETAINED_PREFIX))
-                    .collect();
-                subjects.extend(retained);
-                subjects.push(subjects::LONG_TOPICS.to_owned());
-            }
+                Some(_) => {
+                    let mut subjects = subjects_of(plain);
+                    if !subjects.iter().any(|s| s == subjects::LONG_TOPICS) {
+                        subjects.push(subjects::LONG_TOPICS.to_owned());
+                    }
+                    subjects
+                }
+                None => subjects::interest(plain).unwrap_or_default(),
+            };
             for subject in subjects {
                 if held {
                     if let Err(e) = self.hold(&subject, share.clone()).await {
@@ -266,7 +327,9 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
     let mut waiting = Vec::with_capacity(BATCH);
     let mut senders = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut waiting, BATCH).await > 0 {
-        let batch: Vec<(String, Bytes)> = waiting
+        // QoS 1/2 messages are kept too: what an edge that dies misses is replayed to its
+        // sessions where they resume.
+        let batch: Vec<(String, Bytes, bool)> = waiting
             .drain(..)
             .map(|Outbound { msg, sent }| {
                 senders.extend(sent);
@@ -279,10 +342,10 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
                     seq,
                     ..encode_message(&msg)
                 };
-                (subject, Bytes::from(routed.encode_to_vec()))
+                (subject, Bytes::from(routed.encode_to_vec()), msg.qos != QoS::AtMostOnce)
             })
             .collect();
-        match bus.publish_batch(&batch).await {
+        match bus.publish_batch_kept(&batch).await {
             Ok(()) => metrics::counter!(m::CLUSTER_OUT).increment(batch.len() as u64),
             Err(e) => {
                 metrics::counter!(m::CLUSTER_ERRORS, "op" => "publish").increment(1);
@@ -299,6 +362,7 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
 async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<Inbound>, stall: std::time::Duration) {
     let mut seen: Dedupe<(String, u64)> = Dedupe::default();
     let mut seen_shared: Dedupe<(String, u64, Arc<str>)> = Dedupe::default();
+    let mut origins = Origins::default();
     let mut last_sweep = now_ms();
     while let Some((bm, share)) = rx.recv().await {
         let Ok(routed) = pb::RoutedMessage::decode(bm.payload) else {
@@ -322,13 +386,18 @@ async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<Inbound>,
         if now.saturating_sub(last_sweep) > ORIGIN_IDLE_MS {
             seen.forget_idle(now, ORIGIN_IDLE_MS);
             seen_shared.forget_idle(now, ORIGIN_IDLE_MS);
+            if origins.0.len() > MAX_ORIGINS {
+                origins = Origins::default();
+            }
             last_sweep = now;
         }
         metrics::counter!(m::CLUSTER_IN).increment(1);
-        let Some(msg) = decode_message(routed) else {
+        let origin = origins.of(&routed);
+        let Some(mut msg) = decode_message(routed) else {
             metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
             continue;
         };
+        msg.origin = Some(origin);
         let routed = match &share {
             Some(s) => hub.publish_shared(Arc::new(msg), s, now),
             None => hub.publish_remote(Arc::new(msg), now),
@@ -336,6 +405,25 @@ async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<Inbound>,
         // A subscriber here with too much waiting slows what comes from other edges, like a
         // local publisher.
         crate::flow::wait_for_room(&hub, routed.pressure, stall).await;
+    }
+}
+
+/// The [`Origin`]s of routed messages, with one cursor name per sending node.
+#[derive(Debug, Default)]
+pub struct Origins(HashMap<String, Arc<str>>);
+
+impl Origins {
+    /// Where `routed` came from.
+    pub fn of(&mut self, routed: &pb::RoutedMessage) -> Origin {
+        let cursor = match self.0.get(&routed.origin) {
+            Some(name) => name.clone(),
+            None => {
+                let name: Arc<str> = broker::origins::cursor_name(&routed.origin).into();
+                self.0.insert(routed.origin.clone(), name.clone());
+                name
+            }
+        };
+        Origin { cursor, at: broker::streams::Stamp { epoch: routed.incarnation, seq: routed.seq } }
     }
 }
 

@@ -187,6 +187,7 @@ pub struct AuthConfig {
 impl EdgeConfig {
     /// Checks what serde cannot: values that parse but make no sense. Names the key.
     pub fn validate(&self) -> Result<(), String> {
+        self.bus.validate()?;
         let l = &self.limits;
         if !matches!(l.queue_drop_policy.as_str(), "drop_oldest" | "drop_newest") {
             return Err(format!(

@@ -13,6 +13,7 @@ use broker::QoS;
 use broker::topic::validate_name;
 
 use crate::auth::{AuthDecision, Identity};
+use crate::catch_up;
 use crate::connection::{ConnState, Sink, spawn_delivery_task};
 use crate::hub::{ConnectRequest, Will};
 use crate::ingress;
@@ -168,6 +169,8 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     let mut resumed = claim.as_mut().and_then(|c| c.resumed.take());
     // Cursors of a session resumed from the journal: what its streams got meanwhile follows.
     let mut missed = Vec::new();
+    // A session resumed from the journal catches up on what the bus kept for it.
+    let mut catch_up = None;
     // Nobody handed it over and it is not here: the journal may hold it (its edge died, or
     // this node restarted).
     if let Some(journal) = edge.hub.journal()
@@ -176,10 +179,16 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
         && !edge.hub.holds(&session)
     {
         match journal.load(&session).await {
-            Ok(loaded) => {
-                resumed = loaded.map(|(snapshot, _)| snapshot);
-                missed = resumed.as_ref().map(|s| s.cursors.clone()).unwrap_or_default();
+            Ok(Some(loaded)) => {
+                missed = loaded.snapshot.cursors.clone();
+                catch_up = Some(catch_up::Resumed {
+                    session: session.clone(),
+                    holder: loaded.holder,
+                    subscriptions: loaded.snapshot.subscriptions.clone(),
+                });
+                resumed = Some(loaded.snapshot);
             }
+            Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the session journal");
                 return Err(Refusal::JournalUnavailable);
@@ -197,6 +206,7 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
             presence: ingress::presence_topic(&identity),
             owner: identity.clone(),
             resumed,
+            catch_up: catch_up.is_some(),
         },
         now_ms(),
     );
@@ -207,9 +217,19 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     let auto = ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &session, &client_id);
     ingress::start_cursors(&edge.hub, &session, &auto).await;
     ingress::close_if_revoked(edge, &identity);
+    let stall = std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs));
+    if let Some(resumed) = catch_up.filter(|_| connected.session_present && input.session_expiry_secs > 0) {
+        let hub = edge.hub.clone();
+        tokio::spawn(async move {
+            if let Some(link) = hub.cluster() {
+                catch_up::run(hub.clone(), link, resumed, stall).await;
+            } else {
+                hub.caught_up(&resumed.session);
+            }
+        });
+    }
     if let Some(streams) = edge.hub.streams().filter(|_| !missed.is_empty()).cloned() {
         let (hub, session) = (edge.hub.clone(), session.clone());
-        let stall = std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs));
         tokio::spawn(async move { streams.replay_missed(&hub, &session, missed, stall).await });
     }
     let state = ConnState::new(session, client_id, connected.link_id, edge, identity);

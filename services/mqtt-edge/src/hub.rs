@@ -238,6 +238,17 @@ impl Hub {
         self.route(|router, fx| usize::from(router.replay(session, msg, now_ms, fx)))
     }
 
+    /// Hands `session`, catching up after its edge died, a message the bus kept (taken there
+    /// at `at_ms`) if it missed it.
+    pub fn replay_routed(&self, session: &str, msg: SharedMessage, at_ms: u64, now_ms: u64) -> Routed {
+        self.route(|router, fx| usize::from(router.replay_routed(session, msg, at_ms, now_ms, fx)))
+    }
+
+    /// `session` has caught up (see `catch_up`).
+    pub fn caught_up(&self, session: &str) {
+        self.lock().router.caught_up(session);
+    }
+
     /// Whether `session` outlives its connection and has no cursor in `stream` yet.
     pub fn wants_cursor(&self, session: &str, stream: &str) -> bool {
         self.lock().router.wants_cursor(session, stream)

@@ -18,8 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use broker::journal::{SessionJournal, Write};
 use broker::router::Persist;
-use broker::session::{Change, SessionSnapshot};
+use broker::session::Change;
 
+use crate::cluster::NodeName;
 use crate::message::SharedMessage;
 use crate::metrics as m;
 use crate::stored;
@@ -85,11 +86,11 @@ impl Durable {
 }
 
 impl JournalWriter {
-    /// Starts the writing task (on the current Tokio runtime).
-    pub fn start(journal: Arc<dyn SessionJournal>) -> Self {
+    /// Starts the writing task (on the current Tokio runtime); `holder` signs the records.
+    pub fn start(journal: Arc<dyn SessionJournal>, holder: NodeName) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let healthy = Arc::new(AtomicBool::new(true));
-        tokio::spawn(run(journal.clone(), rx, healthy.clone()));
+        tokio::spawn(run(journal.clone(), rx, healthy.clone(), holder));
         JournalWriter { tx, journal, healthy }
     }
 
@@ -130,8 +131,8 @@ impl JournalWriter {
         Ok(messages)
     }
 
-    /// The session the journal holds under `session`, with its expiry.
-    pub async fn load(&self, session: &str) -> Result<Option<(SessionSnapshot<SharedMessage>, u32)>, String> {
+    /// The session the journal holds under `session`.
+    pub async fn load(&self, session: &str) -> Result<Option<stored::Journaled>, String> {
         let Some(stored) = self.journal.load(session).await? else {
             return Ok(None);
         };
@@ -145,7 +146,12 @@ impl JournalWriter {
     }
 }
 
-async fn run(journal: Arc<dyn SessionJournal>, mut rx: mpsc::UnboundedReceiver<Batch>, healthy: Arc<AtomicBool>) {
+async fn run(
+    journal: Arc<dyn SessionJournal>,
+    mut rx: mpsc::UnboundedReceiver<Batch>,
+    healthy: Arc<AtomicBool>,
+    holder: NodeName,
+) {
     loop {
         let first = if healthy.load(Ordering::Relaxed) {
             rx.recv().await
@@ -169,7 +175,7 @@ async fn run(journal: Arc<dyn SessionJournal>, mut rx: mpsc::UnboundedReceiver<B
             }
         }
         let items = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.items));
-        let writes = encode(coalesce(items));
+        let writes = encode(coalesce(items), &holder);
         let ok = writes.is_empty() || write(&*journal, &writes).await;
         healthy.store(ok, Ordering::Relaxed);
         for b in batches {
@@ -248,7 +254,7 @@ fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
     out.into_iter().flatten().collect()
 }
 
-fn encode(items: Vec<Item>) -> Vec<Write> {
+fn encode(items: Vec<Item>, holder: &NodeName) -> Vec<Write> {
     items
         .into_iter()
         .map(|item| match item {
@@ -259,7 +265,7 @@ fn encode(items: Vec<Item>) -> Vec<Write> {
             Item::Session(session, persist) => match persist {
                 Persist::Record { subscriptions, expiry_secs, parked } => Write::Record {
                     session,
-                    record: stored::journal_record(subscriptions, expiry_secs),
+                    record: stored::journal_record(subscriptions, expiry_secs, holder),
                     // Parked: a minute more than the router's own expiry (the router decides
                     // when it ends). Live: as long as this edge keeps touching it.
                     ttl_secs: if parked {
@@ -374,15 +380,16 @@ mod tests {
     #[tokio::test]
     async fn writes_reach_the_journal_in_order_and_waiters_learn_when() {
         let journal = Arc::new(broker::journal::MemoryJournal::default());
-        let writer = JournalWriter::start(journal.clone());
+        let writer = JournalWriter::start(journal.clone(), NodeName::new("a"));
         let s: Arc<str> = "s".into();
         let record = Persist::Record { subscriptions: vec![], expiry_secs: 60, parked: false };
         let first = writer.submit(vec![Item::Session(s.clone(), record), kept(&s, 1, true), kept(&s, 2, true)]);
         let second = writer.submit(vec![done(&s, 1)]);
         assert!(first.wait().await && second.wait().await);
-        let (snap, expiry) = writer.load("s").await.expect("loads").expect("a session");
-        assert_eq!(expiry, 60);
-        assert_eq!(snap.queue.iter().map(|o| o.entry).collect::<Vec<_>>(), [2]);
+        let loaded = writer.load("s").await.expect("loads").expect("a session");
+        assert_eq!(loaded.expiry_secs, 60);
+        assert_eq!(loaded.holder.map(|h| h.id), Some("a".to_owned()), "signed by its writer");
+        assert_eq!(loaded.snapshot.queue.iter().map(|o| o.entry).collect::<Vec<_>>(), [2]);
         assert!(writer.flush().await);
         assert!(writer.is_healthy());
     }

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod authz;
+pub mod catch_up;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -166,8 +167,9 @@ impl EdgeBuilder {
         let relations = Arc::new(MemoryRelations::default());
         let authz = Arc::new(authz::Authorizer::from_config(&cfg.auth, relations.clone())?);
         let hub = Arc::new(hub::Hub::new(hub::HubConfig::from_limits(&cfg.limits), authz.clone()));
+        let node = cluster::NodeName::new(&cfg.bus.node_id);
         if let Some(j) = journal {
-            hub.attach_journal(journal::JournalWriter::start(j));
+            hub.attach_journal(journal::JournalWriter::start(j, node.clone()));
         }
         if !cfg.streams.rules.is_empty() {
             let store =
@@ -176,9 +178,17 @@ impl EdgeBuilder {
         }
         if let Some(bus) = bus {
             // Before the first client: every subscription's interest reaches the bus.
-            let node = cluster::NodeName::new(&cfg.bus.node_id);
             let stall = Duration::from_secs(u64::from(cfg.limits.max_stall_secs));
-            hub.attach_cluster(cluster::start(hub.clone(), bus, owners, node.clone(), stall).await?);
+            let keep = (cfg.bus.keep_secs > 0).then(|| bus::KeepConfig {
+                stream: wire::subjects::ROUTED_STREAM.to_owned(),
+                subjects: [wire::subjects::ALL_ROUTED, wire::subjects::ALL_RETAINED, wire::subjects::LONG_TOPICS]
+                    .map(str::to_owned)
+                    .to_vec(),
+                max_age: Duration::from_secs(cfg.bus.keep_secs),
+                max_bytes: cfg.bus.keep_max_bytes,
+                memory: cfg.bus.keep_storage == "memory",
+            });
+            hub.attach_cluster(cluster::start(hub.clone(), bus, owners, node.clone(), stall, keep).await?);
             if let Some(dir) = presence {
                 // A user is online while a device is connected to any edge.
                 let grace = Duration::from_secs(u64::from(cfg.limits.presence_grace_secs));

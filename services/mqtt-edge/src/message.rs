@@ -7,6 +7,7 @@ use ntex_bytes::{ByteString, Bytes};
 use ntex_mqtt::v5::codec::PublishProperties;
 
 use broker::QoS;
+use broker::origins::Origin;
 use broker::presence::Announce;
 use broker::router::Routable;
 use broker::session::Deliverable;
@@ -25,13 +26,15 @@ pub struct Message {
     pub expires_at_ms: Option<u64>,
     /// Its place in the durable stream named after its topic, if it has one.
     pub stream_at: Option<Stamp>,
+    /// The edge that routed it here and its number there, when it came from another edge.
+    pub origin: Option<Origin>,
 }
 
 pub type SharedMessage = Arc<Message>;
 
 impl Message {
     pub fn new(topic: ByteString, payload: Bytes, qos: QoS, retain: bool) -> Self {
-        Message { topic, payload, qos, retain, properties: None, expires_at_ms: None, stream_at: None }
+        Message { topic, payload, qos, retain, properties: None, expires_at_ms: None, stream_at: None, origin: None }
     }
 
     /// Seconds left before expiry, for the message-expiry-interval sent to v5 subscribers.
@@ -46,6 +49,9 @@ impl Deliverable for Message {
     }
     fn stream_position(&self) -> Option<(&str, Stamp)> {
         self.stream_at.map(|at| (&*self.topic, at))
+    }
+    fn origin(&self) -> Option<&Origin> {
+        self.origin.as_ref()
     }
 }
 

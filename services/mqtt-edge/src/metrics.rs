@@ -26,6 +26,7 @@ pub const CLUSTER_IN: &str = "hermes_edge_cluster_routed_in_total";
 pub const CLUSTER_DUPLICATES: &str = "hermes_edge_cluster_duplicates_total";
 pub const CLUSTER_DROPPED: &str = "hermes_edge_cluster_dropped_total";
 pub const CLUSTER_ERRORS: &str = "hermes_edge_cluster_errors_total";
+pub const CLUSTER_REPLAYED: &str = "hermes_edge_cluster_replayed_total";
 pub const SESSIONS_MOVED: &str = "hermes_edge_sessions_moved_total";
 pub const CLUSTER_SUBJECTS: &str = "hermes_edge_cluster_subjects";
 pub const JOURNAL_WRITES: &str = "hermes_edge_journal_writes_total";
@@ -79,6 +80,10 @@ pub fn describe() {
         "Wills and presence changes not passed to other edges: the bus was too far behind"
     );
     describe_counter!(CLUSTER_ERRORS, "Bus operations of the cluster routing that failed, by operation");
+    describe_counter!(
+        CLUSTER_REPLAYED,
+        "Messages the bus kept that sessions resumed from a dead edge's journal had missed, replayed to them"
+    );
     describe_counter!(SESSIONS_MOVED, "Sessions handed to (`out`) or taken from (`in`) another edge with their client");
     describe_counter!(JOURNAL_WRITES, "Changes to persistent sessions written to the session journal");
     describe_counter!(

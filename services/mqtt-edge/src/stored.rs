@@ -12,7 +12,7 @@ use broker::session::{Outgoing, SessionSnapshot};
 use broker::{QoS, RetainHandling, SubOptions};
 use wire::pb;
 
-use crate::cluster::{decode_message, encode_message};
+use crate::cluster::{NodeName, decode_message, encode_message};
 use crate::message::SharedMessage;
 
 /// One message of a session; `released` once its PUBREC came (QoS 2).
@@ -44,19 +44,36 @@ fn stored_subscriptions(subscriptions: Vec<(String, SubOptions)>) -> Vec<pb::Sto
                 RetainHandling::Never => 2,
             },
             subscription_id: o.subscription_id.unwrap_or(0),
+            since_ms: o.since_ms,
         })
         .collect()
 }
 
-/// A session's journal record: its subscriptions and expiry (its messages are kept apart).
-pub fn journal_record(subscriptions: Vec<(String, SubOptions)>, expiry_secs: u32) -> Vec<u8> {
-    pb::SessionState { subscriptions: stored_subscriptions(subscriptions), expiry_secs, ..Default::default() }
-        .encode_to_vec()
+/// A session's journal record: its subscriptions and expiry, and the node writing it (its
+/// messages are kept apart).
+pub fn journal_record(subscriptions: Vec<(String, SubOptions)>, expiry_secs: u32, holder: &NodeName) -> Vec<u8> {
+    pb::SessionState {
+        subscriptions: stored_subscriptions(subscriptions),
+        expiry_secs,
+        holder: holder.id.clone(),
+        holder_incarnation: holder.incarnation,
+        ..Default::default()
+    }
+    .encode_to_vec()
 }
 
-/// The session a journal holds, with its expiry; `None` if any part of it is invalid.
-/// Messages with a packet id were in flight (in entry order), the others queued behind them.
-pub fn from_journal(stored: Stored) -> Option<(SessionSnapshot<SharedMessage>, u32)> {
+/// A session as the journal holds it.
+#[derive(Debug)]
+pub struct Journaled {
+    pub snapshot: SessionSnapshot<SharedMessage>,
+    pub expiry_secs: u32,
+    /// The node that held it last (`None` in records written before nodes signed them).
+    pub holder: Option<NodeName>,
+}
+
+/// The session a journal holds; `None` if any part of it is invalid. Messages with a packet
+/// id were in flight (in entry order), the others queued behind them.
+pub fn from_journal(stored: Stored) -> Option<Journaled> {
     let mut state = pb::SessionState::decode(&stored.record[..]).ok()?;
     state.incoming_qos2 = stored.inbound.into_iter().map(u32::from).collect();
     state.cursors = stored.cursors.into_iter().map(|(stream, cursor)| pb::StreamCursor { stream, cursor }).collect();
@@ -66,7 +83,9 @@ pub fn from_journal(stored: Stored) -> Option<(SessionSnapshot<SharedMessage>, u
         if m.packet_id == 0 { state.queue.push(m) } else { state.inflight.push(m) }
     }
     let expiry_secs = state.expiry_secs;
-    Some((snapshot_from(state)?, expiry_secs))
+    let holder = (!state.holder.is_empty())
+        .then(|| NodeName { id: std::mem::take(&mut state.holder), incarnation: state.holder_incarnation });
+    Some(Journaled { snapshot: snapshot_from(state)?, expiry_secs, holder })
 }
 
 /// A whole session, to move it to another edge.
@@ -78,6 +97,8 @@ pub fn state_of(snap: SessionSnapshot<SharedMessage>, expiry_secs: u32) -> pb::S
         incoming_qos2: snap.incoming_qos2.into_iter().map(u32::from).collect(),
         last_packet_id: u32::from(snap.last_packet_id),
         expiry_secs,
+        holder: String::new(),
+        holder_incarnation: 0,
         cursors: snap
             .cursors
             .into_iter()
@@ -123,6 +144,7 @@ pub fn snapshot_from(s: pb::SessionState) -> Option<SessionSnapshot<SharedMessag
                 retain_as_published: sub.retain_as_published,
                 retain_handling,
                 subscription_id: (sub.subscription_id != 0).then_some(sub.subscription_id),
+                since_ms: sub.since_ms,
             };
             Some((sub.filter, options))
         })
@@ -170,6 +192,7 @@ mod tests {
                     retain_as_published: true,
                     retain_handling: RetainHandling::Never,
                     subscription_id: Some(3),
+                    since_ms: u64::MAX,
                 },
             )],
             inflight: vec![(first, true)],

@@ -206,6 +206,8 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
                         v5::codec::RetainHandling::NoAtSubscribe => RetainHandling::Never,
                     },
                     subscription_id: sub_id,
+                    // The router dates it.
+                    since_ms: 0,
                 };
                 let topic = sub.topic().clone();
                 match ingress::subscribe(ses, &topic, options) {

@@ -85,6 +85,9 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         // its connection.
         fx.push(Effect::Persist { session: req.session.clone(), persist: Persist::Ended });
         session.set_durable(req.session_expiry_secs > 0);
+        if session.is_durable() && req.catch_up && session_present {
+            session.begin_catch_up();
+        }
         if session.is_durable() {
             let _ = session.take_changes();
             journal_whole(fx, &req.session, &session, req.session_expiry_secs, false);

@@ -168,6 +168,9 @@ pub struct ConnectRequest<M, O> {
     /// The session as another node handed it over ([`Router::hand_over`] there), when this
     /// node has none under the key.
     pub resumed: Option<SessionSnapshot<M>>,
+    /// `resumed` comes from the journal of a node that is gone: what was routed to that node
+    /// meanwhile will be replayed ([`Router::replay_routed`]) until [`Router::caught_up`].
+    pub catch_up: bool,
 }
 
 /// A connection that went away.
@@ -399,6 +402,42 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         self.deliver(plan, msg, fx) == 1
     }
 
+    /// A message the bus kept, taken there at `at_ms`, that `session` (resumed from the
+    /// journal, catching up: [`ConnectRequest::catch_up`]) may have missed while it had no
+    /// node. It goes to the session's matching subscriptions made before `at_ms`, unless the
+    /// session had it already (see [`crate::origins`]). Returns whether it went.
+    pub fn replay_routed(&mut self, session: &str, msg: M, at_ms: u64, now_ms: u64, fx: &mut Effects<M, O>) -> bool {
+        let key = match self.live.get(session) {
+            Some(l) => l.key,
+            None => match self.store.get_mut(session) {
+                Some(p) => p.key,
+                None => return false,
+            },
+        };
+        if msg.expired(now_ms) {
+            return false;
+        }
+        let mut plan = RoutePlan::new(None, msg.qos(), msg.retain());
+        self.subs.for_each_match(msg.topic(), |k, opts| {
+            if *k == key && opts.since_ms <= at_ms {
+                plan.add(k, opts);
+            }
+        });
+        self.deliver_as(plan, msg, true, fx) == 1
+    }
+
+    /// `session` has been given everything it missed (see [`Router::replay_routed`]).
+    pub fn caught_up(&mut self, session: &str) {
+        match self.live.get_mut(session) {
+            Some(l) => l.session.caught_up(),
+            None => {
+                if let Some(p) = self.store.get_mut(session) {
+                    p.session.caught_up();
+                }
+            }
+        }
+    }
+
     /// Whether the live session `session` outlives its connection and has no cursor in
     /// `stream` yet (one should start where the stream stands: [`Router::start_cursor`]).
     pub fn wants_cursor(&self, session: &str, stream: &str) -> bool {
@@ -459,32 +498,46 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// Hands `msg` to the sessions `plan` picked: live ones through their connection, parked
     /// ones into their queue. Returns how many.
     fn deliver(&mut self, plan: RoutePlan<u64>, msg: M, fx: &mut Effects<M, O>) -> usize {
+        self.deliver_as(plan, msg, false, fx)
+    }
+
+    /// [`Router::deliver`]; a `replayed` message goes only to sessions that missed it
+    /// ([`Session::enqueue_replayed`]).
+    fn deliver_as(&mut self, plan: RoutePlan<u64>, msg: M, replayed: bool, fx: &mut Effects<M, O>) -> usize {
         let mut rr = self.round_robin;
         let deliveries = plan.finish(|n| {
             rr = rr.wrapping_add(1);
             rr % n
         });
         self.round_robin = rr;
-        let count = deliveries.len();
+        let mut count = deliveries.len();
         for (key, d) in deliveries {
             let Some(session) = self.client_of.get(&key) else {
                 continue;
             };
             let out = Outgoing::new(msg.clone(), d.qos, d.retain, d.subscription_ids);
+            let enqueue =
+                |s: &mut Session<M>, out| if replayed { s.enqueue_replayed(out) } else { Some(s.enqueue(out)) };
             let outcome = match self.live.get_mut(session) {
                 Some(live) => {
-                    let outcome = live.session.enqueue(out);
+                    let Some(outcome) = enqueue(&mut live.session, out) else {
+                        count -= 1;
+                        continue;
+                    };
                     push_enqueued(fx, session, live.link, outcome);
                     fx.push(Effect::Backlog(live.link, live.session.backlog()));
                     journal(fx, session, &mut live.session, None);
                     continue;
                 }
-                None => self.store.get_mut(session).map(|p| {
-                    let outcome = p.session.enqueue(out);
+                None => self.store.get_mut(session).and_then(|p| {
+                    let outcome = enqueue(&mut p.session, out);
                     journal(fx, session, &mut p.session, None);
                     outcome
                 }),
             };
+            if outcome.is_none() {
+                count -= 1;
+            }
             if let Some(Enqueued::Dropped(out)) = outcome {
                 fx.push(Effect::Dropped { session: session.clone(), messages: vec![out], exhausted: false });
             }
@@ -583,6 +636,6 @@ fn push_enqueued<M, O>(fx: &mut Effects<M, O>, session: &str, link: LinkId, outc
         Enqueued::Dropped(out) => {
             fx.push(Effect::Dropped { session: session.into(), messages: vec![out], exhausted: false })
         }
-        Enqueued::Queued => {}
+        Enqueued::Queued | Enqueued::Had => {}
     }
 }

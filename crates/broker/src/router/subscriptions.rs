@@ -22,10 +22,13 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     ) -> Result<(), SubscribeError> {
         let parsed = parse_subscription(raw_filter, &self.cfg.topic).map_err(SubscribeError::Topic)?;
         let live = self.live.get_mut(session).ok_or(SubscribeError::NoSession)?;
-        let existed = live.session.subscriptions().any(|(f, _)| f == raw_filter);
+        let since = live.session.subscriptions().find(|(f, _)| *f == raw_filter).map(|(_, o)| o.since_ms);
+        let existed = since.is_some();
         if !existed && live.session.subscription_count() >= self.cfg.max_subscriptions {
             return Err(SubscribeError::QuotaExceeded);
         }
+        // A subscription replaced keeps its age: it never stopped.
+        let options = SubOptions { since_ms: since.unwrap_or(now_ms), ..options };
         live.session.subscribe(raw_filter, options.clone());
         let (key, link) = (live.key, live.link);
         self.add_to_tries(key, raw_filter, options.clone(), fx);

@@ -14,6 +14,7 @@ struct Msg {
     retain: bool,
     expires_at_ms: Option<u64>,
     seq: Option<u64>,
+    origin: Option<crate::origins::Origin>,
 }
 
 fn msg(topic: &str, body: &str, qos: u8) -> Msg {
@@ -24,6 +25,16 @@ fn msg(topic: &str, body: &str, qos: u8) -> Msg {
         retain: false,
         expires_at_ms: None,
         seq: None,
+        origin: None,
+    }
+}
+
+/// Message `seq` of node `node`'s incarnation 1, as another node routed it here.
+fn from_node(node: &str, seq: u64) -> Msg {
+    let at = crate::streams::Stamp { epoch: 1, seq };
+    Msg {
+        origin: Some(crate::origins::Origin { cursor: crate::origins::cursor_name(node).into(), at }),
+        ..msg("t/1", &format!("{node}{seq}"), 1)
     }
 }
 
@@ -38,6 +49,9 @@ impl Deliverable for Msg {
     }
     fn stream_position(&self) -> Option<(&str, crate::streams::Stamp)> {
         self.seq.map(|seq| (self.topic.as_str(), crate::streams::Stamp { seq, epoch: 1 }))
+    }
+    fn origin(&self) -> Option<&crate::origins::Origin> {
+        self.origin.as_ref()
     }
 }
 
@@ -115,6 +129,7 @@ fn request(user: &'static str, client: &str, clean: bool, expiry: u32) -> Connec
         presence: None,
         owner: user,
         resumed: None,
+        catch_up: false,
     }
 }
 
@@ -852,4 +867,82 @@ fn a_durable_session_starts_its_cursor_where_a_stream_stands_when_it_subscribes(
     fx.clear();
     r.start_cursor(&key("bob", "phone"), "inbox", crate::streams::Stamp { seq: 50, epoch: 1 }, &mut fx);
     assert!(journal(&fx).is_empty(), "a cursor it has stays");
+}
+
+/// Bob's persistent session on node a got x1 and x2 from node x (subscribed to `t/#` at
+/// 1 000 ms), and a died: its journal (here a's snapshot) goes to node b, which catches up.
+fn resumed_on_b() -> (Router<Msg, &'static str>, LinkId, Fx) {
+    let wide = || {
+        let mut r = router(0);
+        r.cfg.session.max_inflight = 100;
+        r
+    };
+    let mut a = wide();
+    let mut fx = Fx::new();
+    connect(&mut a, request("bob", "phone", false, 60), &mut fx);
+    let options = SubOptions { qos: QoS::AtLeastOnce, ..SubOptions::default() };
+    a.subscribe(&key("bob", "phone"), "t/#", options, 1_000, &mut fx).expect("sub");
+    for n in 1..=2 {
+        a.publish_remote(from_node("x", n), 2_000, &mut fx);
+    }
+    let (snapshot, _) = a.hand_over(&key("bob", "phone"), &Acl::default(), 0, &mut fx).expect("on a");
+    let mut b = wide();
+    fx.clear();
+    let req = ConnectRequest { resumed: Some(snapshot), catch_up: true, ..request("bob", "phone", false, 60) };
+    let (link, present) = connect(&mut b, req, &mut fx);
+    assert!(present);
+    assert_eq!(delivered(&fx, link), ["x1", "x2"], "the journal's own, resent");
+    b.complete(&key("bob", "phone"), link, std::num::NonZeroU16::MIN, 0, &mut fx);
+    b.complete(&key("bob", "phone"), link, std::num::NonZeroU16::new(2).expect("2"), 0, &mut fx);
+    fx.clear();
+    (b, link, fx)
+}
+
+#[test]
+fn a_replay_gives_a_resumed_session_what_its_dead_node_missed_and_nothing_twice() {
+    let (mut b, link, mut fx) = resumed_on_b();
+    let bob = key("bob", "phone");
+    assert!(!b.replay_routed(&bob, from_node("x", 2), 3_000, 3_000, &mut fx), "the journal had x2");
+    assert!(b.replay_routed(&bob, from_node("x", 3), 3_000, 3_000, &mut fx));
+    b.publish_remote(from_node("x", 6), 3_000, &mut fx);
+    assert!(b.replay_routed(&bob, from_node("x", 4), 3_000, 3_000, &mut fx), "a gap the live path left");
+    b.publish_remote(from_node("x", 4), 3_000, &mut fx);
+    assert!(!b.replay_routed(&bob, from_node("x", 6), 3_000, 3_000, &mut fx), "it came live");
+    assert!(b.replay_routed(&bob, from_node("y", 1), 3_000, 3_000, &mut fx), "another node");
+    assert!(!b.replay_routed(&bob, from_node("y", 2), 500, 3_000, &mut fx), "taken before the subscription");
+    b.publish_remote(from_node("y", 1), 3_000, &mut fx);
+    b.caught_up(&bob);
+    assert!(!b.replay_routed(&bob, from_node("z", 1), 3_000, 3_000, &mut fx), "caught up: nothing more");
+    b.publish_remote(from_node("x", 7), 3_000, &mut fx);
+    assert_eq!(delivered(&fx, link), ["x3", "x6", "x4", "y1", "x7"], "x4 live was a copy, so was y1");
+}
+
+#[test]
+fn a_replayed_message_that_then_comes_live_is_delivered_once() {
+    let (mut b, link, mut fx) = resumed_on_b();
+    let bob = key("bob", "phone");
+    for n in 3..=5 {
+        assert!(b.replay_routed(&bob, from_node("x", n), 3_000, 3_000, &mut fx));
+    }
+    for n in 4..=6 {
+        b.publish_remote(from_node("x", n), 3_000, &mut fx);
+    }
+    b.caught_up(&bob);
+    assert_eq!(delivered(&fx, link), ["x3", "x4", "x5", "x6"]);
+    let cursor = format!("@{}:6[]", crate::origins::cursor_name("x"));
+    assert!(journal(&fx).contains(&cursor), "the cursor with x is journaled: {:?}", journal(&fx));
+}
+
+#[test]
+fn a_session_not_resumed_from_a_journal_takes_no_replay() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    connect(&mut r, request("bob", "phone", false, 60), &mut fx);
+    sub(&mut r, "bob", "phone", "t/#", 1);
+    assert!(!r.replay_routed(&key("bob", "phone"), from_node("x", 1), 0, 0, &mut fx), "nothing to catch up on");
+    let clean = ConnectRequest { catch_up: true, ..request("eve", "phone", true, 0) };
+    connect(&mut r, clean, &mut fx);
+    sub(&mut r, "eve", "phone", "t/#", 1);
+    assert!(!r.replay_routed(&key("eve", "phone"), from_node("x", 1), 0, 0, &mut fx), "a clean session");
+    assert!(!r.replay_routed("nobody", from_node("x", 1), 0, 0, &mut fx));
 }

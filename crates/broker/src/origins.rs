@@ -1,0 +1,171 @@
+//! Where a durable session stands with each node that routed messages to it, so that a node
+//! resuming the session after its node died can replay, from what the bus kept, what the
+//! session missed, and nothing it already had.
+//!
+//! Every node numbers the messages it sends to the others per incarnation, in order. What a
+//! session got from a node is summed up by the highest number: a [`Cursor`] named
+//! [`cursor_name`] beside the session's stream cursors (journaled and handed over the same
+//! way), with the incarnation as its epoch and nothing above its low mark. (A node's messages on
+//! different subjects may reach a session slightly out of order, so a message below the
+//! cursor that had not arrived when the journal was last written would be taken as had: the
+//! replay misses it only if its edge died in that instant.)
+//!
+//! While a resumed session catches up ([`CatchUp`]), messages reach it on two paths: live from
+//! the bus, and replayed from what the bus kept. Each is taken once, by whichever path brings it
+//! first; a replayed one only if the journal did not have it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::streams::{Cursor, Stamp};
+
+/// What the cursors of sending nodes are named, before the node id. No stream is named so:
+/// a `$` topic is never a stream.
+pub const PREFIX: &str = "$node/";
+
+/// The most sending nodes a session remembers: past it, the oldest incarnation is forgotten
+/// (a replay may then give the session again what that node sent it).
+pub const MAX_NODES: usize = 32;
+
+/// The cursor name of messages from node `id`.
+pub fn cursor_name(id: &str) -> String {
+    format!("{PREFIX}{id}")
+}
+
+/// Whether a cursor is a sending node's rather than a stream's.
+pub fn is_node_cursor(name: &str) -> bool {
+    name.starts_with(PREFIX)
+}
+
+/// Where a message came from: its node's cursor name ([`cursor_name`]) and its number there
+/// (`epoch` the node's incarnation, `seq` its number in that incarnation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub cursor: Arc<str>,
+    pub at: Stamp,
+}
+
+/// Whether the session already got `at` from the node `cursor` stands for: an older
+/// incarnation, or a number not above the cursor's in the same one.
+pub fn covers(cursor: &Cursor, at: Stamp) -> bool {
+    at.epoch < cursor.epoch || (at.epoch == cursor.epoch && at.seq <= cursor.low)
+}
+
+/// Moves `cursor` to `at` if that is newer; returns whether it moved.
+pub fn reach(cursor: &mut Cursor, at: Stamp) -> bool {
+    if covers(cursor, at) {
+        return false;
+    }
+    *cursor = Cursor { epoch: at.epoch, low: at.seq, above: Vec::new() };
+    true
+}
+
+/// A resumed session catching up on what was routed to its node while that node was dead.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CatchUp {
+    /// Where the journal said the session stood with each node.
+    journaled: HashMap<Arc<str>, Stamp>,
+    /// The messages taken since, live or replayed.
+    taken: HashSet<(Arc<str>, Stamp)>,
+}
+
+impl CatchUp {
+    /// Starts from the session's cursors as the journal had them.
+    pub fn new<'a>(cursors: impl IntoIterator<Item = (&'a Arc<str>, &'a Cursor)>) -> Self {
+        let journaled = cursors
+            .into_iter()
+            .filter(|(name, _)| is_node_cursor(name))
+            .map(|(name, c)| (name.clone(), Stamp { epoch: c.epoch, seq: c.low }))
+            .collect();
+        CatchUp { journaled, taken: HashSet::new() }
+    }
+
+    /// A message from `origin` came live: whether it is new (not replayed already).
+    pub fn live(&mut self, origin: &Origin) -> bool {
+        self.taken.insert((origin.cursor.clone(), origin.at))
+    }
+
+    /// A message from `origin` was replayed: whether the session missed it (the journal did
+    /// not have it, and it did not come live already).
+    pub fn wants(&mut self, origin: &Origin) -> bool {
+        let journaled = self.journaled.get(&origin.cursor).is_some_and(|j| {
+            let cursor = Cursor { epoch: j.epoch, low: j.seq, above: Vec::new() };
+            covers(&cursor, origin.at)
+        });
+        !journaled && self.taken.insert((origin.cursor.clone(), origin.at))
+    }
+}
+
+/// Forgets the oldest incarnations past [`MAX_NODES`] sending nodes; returns the names dropped.
+pub fn forget_oldest(cursors: &mut HashMap<Arc<str>, Cursor>) -> Vec<Arc<str>> {
+    let mut nodes: Vec<(u64, Arc<str>)> =
+        cursors.iter().filter(|(n, _)| is_node_cursor(n)).map(|(n, c)| (c.epoch, n.clone())).collect();
+    if nodes.len() <= MAX_NODES {
+        return Vec::new();
+    }
+    nodes.sort();
+    let excess = nodes.len() - MAX_NODES;
+    let gone: Vec<Arc<str>> = nodes.into_iter().take(excess).map(|(_, n)| n).collect();
+    for n in &gone {
+        cursors.remove(n);
+    }
+    gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(node: &str, epoch: u64, seq: u64) -> Origin {
+        Origin { cursor: cursor_name(node).into(), at: Stamp { epoch, seq } }
+    }
+
+    #[test]
+    fn a_node_cursor_only_moves_forward() {
+        let mut c = Cursor::default();
+        assert!(reach(&mut c, Stamp { epoch: 5, seq: 1 }));
+        assert!(reach(&mut c, Stamp { epoch: 5, seq: 9 }));
+        assert!(!reach(&mut c, Stamp { epoch: 5, seq: 9 }), "the same number again");
+        assert!(!reach(&mut c, Stamp { epoch: 5, seq: 3 }), "an older number");
+        assert!(!reach(&mut c, Stamp { epoch: 4, seq: 100 }), "an older incarnation");
+        assert!(reach(&mut c, Stamp { epoch: 6, seq: 1 }), "a newer incarnation starts over");
+        assert_eq!(c, Cursor { epoch: 6, low: 1, above: vec![] });
+        assert!(reach(&mut c, Stamp { epoch: u64::MAX, seq: u64::MAX }));
+        assert!(covers(&c, Stamp { epoch: u64::MAX, seq: u64::MAX }));
+        assert!(!covers(&Cursor::default(), Stamp { epoch: 0, seq: 1 }));
+    }
+
+    #[test]
+    fn a_replay_takes_what_the_journal_lacked_and_each_message_once() {
+        let journaled: HashMap<Arc<str>, Cursor> = [
+            (Arc::from(cursor_name("a")), Cursor { epoch: 7, low: 10, above: vec![] }),
+            (Arc::from("acme/im/msg/bob"), Cursor { epoch: 1, low: 99, above: vec![] }),
+        ]
+        .into_iter()
+        .collect();
+        let mut catch_up = CatchUp::new(&journaled);
+        assert!(!catch_up.wants(&origin("a", 7, 10)), "the journal had it");
+        assert!(!catch_up.wants(&origin("a", 6, 500)), "an incarnation before the journal's");
+        assert!(catch_up.wants(&origin("a", 7, 11)));
+        assert!(!catch_up.wants(&origin("a", 7, 11)), "once");
+        assert!(!catch_up.live(&origin("a", 7, 11)), "replayed first, then live: a copy");
+        assert!(catch_up.live(&origin("a", 7, 20)));
+        assert!(!catch_up.wants(&origin("a", 7, 20)), "live first, then replayed: a copy");
+        assert!(catch_up.wants(&origin("a", 7, 15)), "a gap the live path left");
+        assert!(catch_up.wants(&origin("b", 1, 1)), "a node the session never heard from");
+        assert!(catch_up.wants(&origin("a", 8, 1)), "a newer incarnation");
+    }
+
+    #[test]
+    fn only_the_newest_nodes_are_remembered() {
+        let mut cursors: HashMap<Arc<str>, Cursor> = (0..MAX_NODES as u64 + 3)
+            .map(|i| (Arc::from(cursor_name(&format!("n{i}"))), Cursor { epoch: 100 + i, low: 1, above: vec![] }))
+            .collect();
+        cursors.insert("a/stream".into(), Cursor { epoch: 1, low: 1, above: vec![] });
+        let mut gone = forget_oldest(&mut cursors);
+        gone.sort();
+        assert_eq!(gone, vec![Arc::from("$node/n0"), Arc::from("$node/n1"), Arc::from("$node/n2")]);
+        assert_eq!(cursors.len(), MAX_NODES + 1, "the stream cursor stays");
+        assert!(forget_oldest(&mut cursors).is_empty());
+    }
+}
