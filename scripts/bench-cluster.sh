@@ -3,7 +3,8 @@
 # anonymous access, otherwise defaults) on loopback; publishers connect to edge A, subscribers
 # to edge B, so every message crosses the bus. Each row counts what was lost, reordered and
 # duplicated (`hermes bench throughput --subscriber-port`), next to the same run on one edge.
-# Sessions live in a Redis too. Then one publish fans out to FANOUT_CLIENTS (16000) subscribers,
+# Sessions live in a Redis too, and NATS keeps QoS 1/2 messages between edges in JetStream
+# (`bus.keep_secs`; HERMES_BUS__KEEP_SECS=0 to measure without). Then one publish fans out to FANOUT_CLIENTS (16000) subscribers,
 # half on each edge; the last run kills edge A with STORM_CLIENTS (5000) persistent clients on
 # it, which reconnect to edge B (`hermes bench storm`).
 # Usage: scripts/bench-cluster.sh [SECONDS]      Results: target/bench-cluster/*.json
@@ -24,7 +25,10 @@ cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done;
 trap cleanup EXIT
 
 NATS_PORT=$(free_port)
-nats-server -a 127.0.0.1 -p "$NATS_PORT" > "$OUT/nats.log" 2>&1 &
+# With JetStream, as in production: QoS 1/2 messages between edges are kept there too
+# (bus.keep_secs), for the sessions of an edge that dies.
+rm -rf "$OUT/jetstream"
+nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$OUT/jetstream" > "$OUT/nats.log" 2>&1 &
 pids+=($!)
 # Sessions are claimed and persistent ones journaled in Redis, as in production.
 start_bench_redis "$OUT"
