@@ -64,7 +64,7 @@ pub fn reach(cursor: &mut Cursor, at: Stamp) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CatchUp {
     /// Where the journal said the session stood with each node.
-    journaled: HashMap<Arc<str>, Stamp>,
+    journaled: HashMap<Arc<str>, Cursor>,
     /// The messages taken since, live or replayed.
     taken: HashSet<(Arc<str>, Stamp)>,
 }
@@ -75,7 +75,7 @@ impl CatchUp {
         let journaled = cursors
             .into_iter()
             .filter(|(name, _)| is_node_cursor(name))
-            .map(|(name, c)| (name.clone(), Stamp { epoch: c.epoch, seq: c.low }))
+            .map(|(name, c)| (name.clone(), c.clone()))
             .collect();
         CatchUp { journaled, taken: HashSet::new() }
     }
@@ -88,10 +88,7 @@ impl CatchUp {
     /// A message from `origin` was replayed: whether the session missed it (the journal did
     /// not have it, and it did not come live already).
     pub fn wants(&mut self, origin: &Origin) -> bool {
-        let journaled = self.journaled.get(&origin.cursor).is_some_and(|j| {
-            let cursor = Cursor { epoch: j.epoch, low: j.seq, above: Vec::new() };
-            covers(&cursor, origin.at)
-        });
+        let journaled = self.journaled.get(&origin.cursor).is_some_and(|c| covers(c, origin.at));
         !journaled && self.taken.insert((origin.cursor.clone(), origin.at))
     }
 }

@@ -397,7 +397,8 @@ async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<Inbound>,
             metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
             continue;
         };
-        msg.origin = Some(origin);
+        // Only what the bus keeps is ever replayed, so only that needs counting per session.
+        msg.origin = (msg.qos != QoS::AtMostOnce).then_some(origin);
         let routed = match &share {
             Some(s) => hub.publish_shared(Arc::new(msg), s, now),
             None => hub.publish_remote(Arc::new(msg), now),

@@ -407,12 +407,8 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// node. It goes to the session's matching subscriptions made before `at_ms`, unless the
     /// session had it already (see [`crate::origins`]). Returns whether it went.
     pub fn replay_routed(&mut self, session: &str, msg: M, at_ms: u64, now_ms: u64, fx: &mut Effects<M, O>) -> bool {
-        let key = match self.live.get(session) {
-            Some(l) => l.key,
-            None => match self.store.get_mut(session) {
-                Some(p) => p.key,
-                None => return false,
-            },
+        let Some((key, _)) = self.held_mut(session) else {
+            return false;
         };
         if msg.expired(now_ms) {
             return false;
@@ -428,13 +424,16 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
 
     /// `session` has been given everything it missed (see [`Router::replay_routed`]).
     pub fn caught_up(&mut self, session: &str) {
+        if let Some((_, s)) = self.held_mut(session) {
+            s.caught_up();
+        }
+    }
+
+    /// The session `session` of this node, live or parked, with its key.
+    fn held_mut(&mut self, session: &str) -> Option<(u64, &mut Session<M>)> {
         match self.live.get_mut(session) {
-            Some(l) => l.session.caught_up(),
-            None => {
-                if let Some(p) = self.store.get_mut(session) {
-                    p.session.caught_up();
-                }
-            }
+            Some(l) => Some((l.key, &mut l.session)),
+            None => self.store.get_mut(session).map(|p| (p.key, &mut p.session)),
         }
     }
 
@@ -518,28 +517,30 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             let out = Outgoing::new(msg.clone(), d.qos, d.retain, d.subscription_ids);
             let enqueue =
                 |s: &mut Session<M>, out| if replayed { s.enqueue_replayed(out) } else { Some(s.enqueue(out)) };
-            let outcome = match self.live.get_mut(session) {
-                Some(live) => {
-                    let Some(outcome) = enqueue(&mut live.session, out) else {
-                        count -= 1;
-                        continue;
-                    };
-                    push_enqueued(fx, session, live.link, outcome);
-                    fx.push(Effect::Backlog(live.link, live.session.backlog()));
-                    journal(fx, session, &mut live.session, None);
-                    continue;
-                }
-                None => self.store.get_mut(session).and_then(|p| {
-                    let outcome = enqueue(&mut p.session, out);
-                    journal(fx, session, &mut p.session, None);
-                    outcome
-                }),
+            let (live, s) = match self.live.get_mut(session) {
+                Some(live) => (Some(live.link), &mut live.session),
+                None => match self.store.get_mut(session) {
+                    Some(p) => (None, &mut p.session),
+                    None => continue,
+                },
             };
-            if outcome.is_none() {
+            // A replayed message the session already had.
+            let Some(outcome) = enqueue(s, out) else {
                 count -= 1;
-            }
-            if let Some(Enqueued::Dropped(out)) = outcome {
-                fx.push(Effect::Dropped { session: session.clone(), messages: vec![out], exhausted: false });
+                continue;
+            };
+            match live {
+                Some(link) => {
+                    push_enqueued(fx, session, link, outcome);
+                    fx.push(Effect::Backlog(link, s.backlog()));
+                    journal(fx, session, s, None);
+                }
+                None => {
+                    journal(fx, session, s, None);
+                    if let Enqueued::Dropped(out) = outcome {
+                        fx.push(Effect::Dropped { session: session.clone(), messages: vec![out], exhausted: false });
+                    }
+                }
             }
         }
         count
