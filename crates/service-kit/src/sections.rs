@@ -37,11 +37,17 @@ impl Default for BusConfig {
     }
 }
 
+/// The longest `bus.keep_secs`: a year (NATS counts ages in nanoseconds).
+pub const MAX_KEEP_SECS: u64 = 365 * 24 * 3600;
+
 impl BusConfig {
     /// Checks the keep settings; the error names the key.
     pub fn validate(&self) -> Result<(), String> {
         if !matches!(self.keep_storage.as_str(), "file" | "memory") {
             return Err(format!("bus.keep_storage: `{}` is neither `file` nor `memory`", self.keep_storage));
+        }
+        if self.keep_secs > MAX_KEEP_SECS {
+            return Err(format!("bus.keep_secs: at most {MAX_KEEP_SECS} (a year), not {}", self.keep_secs));
         }
         if self.keep_secs > 0 && self.keep_max_bytes == 0 {
             return Err("bus.keep_max_bytes: must be positive while bus.keep_secs is".into());
@@ -103,5 +109,27 @@ impl OpsConfig {
     /// Checks what serde cannot. Names the key.
     pub fn validate(&self) -> Result<(), String> {
         self.limits().map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BusConfig;
+
+    #[test]
+    fn the_keep_settings_are_checked_and_name_their_key() {
+        assert_eq!(BusConfig::default().validate(), Ok(()));
+        let memory = BusConfig { keep_storage: "memory".into(), ..BusConfig::default() };
+        assert_eq!(memory.validate(), Ok(()));
+        let disk = BusConfig { keep_storage: "disk".into(), ..BusConfig::default() };
+        assert!(disk.validate().is_err_and(|e| e.starts_with("bus.keep_storage")));
+        let no_room = BusConfig { keep_max_bytes: 0, ..BusConfig::default() };
+        assert!(no_room.validate().is_err_and(|e| e.starts_with("bus.keep_max_bytes")));
+        let off = BusConfig { keep_secs: 0, keep_max_bytes: 0, ..BusConfig::default() };
+        assert_eq!(off.validate(), Ok(()), "nothing kept needs no room");
+        let most = BusConfig { keep_secs: super::MAX_KEEP_SECS, keep_max_bytes: u64::MAX, ..BusConfig::default() };
+        assert_eq!(most.validate(), Ok(()));
+        let too_long = BusConfig { keep_secs: u64::MAX, ..BusConfig::default() };
+        assert!(too_long.validate().is_err_and(|e| e.starts_with("bus.keep_secs")));
     }
 }

@@ -58,7 +58,7 @@ async fn replay(hub: &Hub, link: &ClusterLink, resumed: &Resumed, stall: Duratio
         return Ok(0);
     }
     let subjects: Vec<String> = plain.iter().flat_map(|(f, _)| subjects_of(f)).collect();
-    let oldest_kept = now_ms().saturating_sub(kept_for.as_millis() as u64);
+    let oldest_kept = now_ms().saturating_sub(u64::try_from(kept_for.as_millis()).unwrap_or(u64::MAX));
     let since = plain.iter().map(|(_, o)| o.since_ms).min().unwrap_or(0).max(oldest_kept);
     link.settled().await;
     let mut replay = bus.replay_kept(&subjects, since).await.map_err(|e| e.to_string())?;
