@@ -14,25 +14,25 @@
 //! nothing would delete it.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use broker::journal::{SessionJournal, Stored, Write};
 use broker::relations::BoxFuture;
+use rusqlite::{Transaction, params};
 use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 
-use crate::{Writer, db, now_ms};
+use crate::{SyncWriter, db, now_ms};
 
 /// The session journal in a SQLite file (see the module's documentation). Clones share the
-/// pool.
+/// pool (reads) and the writing connection; a write runs on the caller's thread.
 #[derive(Debug, Clone)]
 pub struct SqliteJournal {
     pool: SqlitePool,
-    /// The connection batches are written on, held (a pool's hand-out per batch costs more
-    /// than the batch).
-    writer: Writer,
+    writer: SyncWriter,
     /// When expired sessions were last swept (Unix ms): at most once a second, inside a write.
-    swept_at: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    swept_at: Arc<AtomicI64>,
 }
 
 const SCHEMA: [&str; 6] = [
@@ -53,12 +53,17 @@ const SCHEMA: [&str; 6] = [
 /// The tables holding a session's rows besides `sessions`, deleted with it.
 const SESSION_TABLES: [&str; 3] = ["session_messages", "session_inbound", "session_cursors"];
 
+/// A session's record is live at `now` (parameters: the session, `now`).
+const LIVE: &str =
+    "EXISTS (SELECT 1 FROM sessions WHERE session = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?2))";
+
 impl SqliteJournal {
     /// Opens the journal at `path`, creating the file (owner-only) and its tables if needed,
     /// and deletes the sessions that expired while it was closed.
     pub async fn open(path: &Path) -> Result<SqliteJournal, String> {
         let named = |e: &dyn std::fmt::Display| format!("session journal {}: {e}", path.display());
-        let (pool, writer) = crate::open(path, &SCHEMA).await.map_err(|e| named(&e))?;
+        let pool = crate::open(path, &SCHEMA).await.map_err(|e| named(&e))?;
+        let writer = SyncWriter::open(path).map_err(|e| named(&e))?;
         let journal = SqliteJournal { pool, writer, swept_at: Default::default() };
         journal.sweep_expired().await.map_err(|e| named(&e))?;
         Ok(journal)
@@ -67,36 +72,22 @@ impl SqliteJournal {
     /// Deletes the sessions whose expiry has passed, with their messages, ids and cursors;
     /// returns how many.
     pub async fn sweep_expired(&self) -> Result<u64, String> {
-        let mut conn = self.writer.lock().await;
-        let mut tx = sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await.map_err(db)?;
-        let swept = sweep(&mut tx, now_ms()).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(swept)
+        self.writer.transaction(|tx| sweep(tx, now_ms()))
     }
 
-    async fn apply(&self, writes: &[Write]) -> Result<(), String> {
+    /// Writes `writes` in one transaction, on the caller's thread (see [`SyncWriter`]).
+    fn apply(&self, writes: &[Write]) -> Result<(), String> {
         let now = now_ms();
-        let mut conn = self.writer.lock().await;
-        // IMMEDIATE: the write lock is taken (or waited for) now, not on a later statement where
-        // SQLite could only answer "busy".
-        let mut tx = sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await.map_err(db)?;
-        if now - self.swept_at.load(Ordering::Relaxed) >= 1000 {
-            sweep(&mut tx, now).await?;
+        let sweep_due = now - self.swept_at.load(Ordering::Relaxed) >= 1000;
+        if sweep_due {
             self.swept_at.store(now, Ordering::Relaxed);
         }
-        let mut i = 0;
-        while i < writes.len() {
-            // Runs of messages and of finished messages go in one statement each: SQLite is
-            // fast, a statement's trip through the driver is not.
-            let run = writes[i..].iter().take(RUN).take_while(|w| same_kind(w, &writes[i])).count().max(1);
-            match &writes[i] {
-                Write::Message { .. } => keep_messages(&mut tx, &writes[i..i + run], now).await?,
-                Write::Done { .. } => forget_messages(&mut tx, &writes[i..i + run]).await?,
-                w => apply_one(&mut tx, w, now).await?,
+        self.writer.transaction(|tx| {
+            if sweep_due {
+                sweep(tx, now)?;
             }
-            i += run;
-        }
-        tx.commit().await.map_err(db)
+            writes.iter().try_for_each(|w| apply_one(tx, w, now))
+        })
     }
 
     async fn read(&self, session: &str) -> Result<Option<Stored>, String> {
@@ -137,51 +128,11 @@ impl SqliteJournal {
     }
 }
 
-/// Most writes one statement carries (SQLite takes at least 999 parameters a statement).
-const RUN: usize = 300;
-
-fn same_kind(a: &Write, b: &Write) -> bool {
-    matches!((a, b), (Write::Message { .. }, Write::Message { .. }) | (Write::Done { .. }, Write::Done { .. }))
-}
-
-type Tx<'c> = sqlx::Transaction<'c, sqlx::Sqlite>;
-
-/// Messages kept in one statement; those of sessions without a live record are left out.
-async fn keep_messages(tx: &mut Tx<'_>, run: &[Write], now: i64) -> Result<(), String> {
-    let mut q = sqlx::QueryBuilder::new(
-        "INSERT INTO session_messages (session, entry, body) SELECT v.column1, v.column2, v.column3 FROM (",
-    );
-    q.push_values(run, |mut row, w| {
-        if let Write::Message { session, entry, body } = w {
-            row.push_bind(&**session).push_bind(*entry as i64).push_bind(body.as_slice());
-        }
-    });
-    q.push(
-        ") AS v WHERE EXISTS (SELECT 1 FROM sessions s WHERE s.session = v.column1 \
-         AND (s.expires_at_ms IS NULL OR s.expires_at_ms > ",
-    );
-    q.push_bind(now);
-    q.push(")) ON CONFLICT (session, entry) DO UPDATE SET body = excluded.body");
-    q.build().execute(&mut **tx).await.map_err(db)?;
-    Ok(())
-}
-
-/// Finished messages forgotten in one statement.
-async fn forget_messages(tx: &mut Tx<'_>, run: &[Write]) -> Result<(), String> {
-    let mut q = sqlx::QueryBuilder::new("DELETE FROM session_messages WHERE (session, entry) IN (");
-    q.push_values(run, |mut row, w| {
-        if let Write::Done { session, entry } = w {
-            row.push_bind(&**session).push_bind(*entry as i64);
-        }
-    });
-    q.push(")");
-    q.build().execute(&mut **tx).await.map_err(db)?;
-    Ok(())
-}
-
-/// A write of another kind, in its own statement(s).
-async fn apply_one(tx: &mut Tx<'_>, w: &Write, now: i64) -> Result<(), String> {
-    let query = match w {
+/// One write, with statements prepared once per connection. Messages, ids and cursors are kept
+/// only for a session with a live record.
+fn apply_one(tx: &Transaction<'_>, w: &Write, now: i64) -> rusqlite::Result<()> {
+    let expires = |ttl_secs: u32| now + i64::from(ttl_secs) * 1000;
+    match w {
         Write::Record { session, record, ttl_secs } => {
             // An expired record not swept yet: its messages, ids and cursors go before it lives
             // again.
@@ -190,65 +141,62 @@ async fn apply_one(tx: &mut Tx<'_>, w: &Write, now: i64) -> Result<(), String> {
                     "DELETE FROM {table} WHERE session = ?1 \
                      AND EXISTS (SELECT 1 FROM sessions WHERE session = ?1 AND expires_at_ms <= ?2)"
                 );
-                sqlx::query(sqlx::AssertSqlSafe(sql))
-                    .bind(&**session)
-                    .bind(now)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
+                tx.prepare_cached(&sql)?.execute(params![&**session, now])?;
             }
-            sqlx::query(
+            tx.prepare_cached(
                 "INSERT INTO sessions (session, record, expires_at_ms) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (session) DO UPDATE SET record = excluded.record, expires_at_ms = excluded.expires_at_ms",
-            )
-            .bind(&**session)
-            .bind(record.as_slice())
-            .bind(ttl_secs.map(|t| now + i64::from(t) * 1000))
+            )?
+            .execute(params![&**session, record, ttl_secs.map(expires)])?;
         }
-        Write::Message { .. } => return keep_messages(tx, std::slice::from_ref(w), now).await,
-        Write::Done { .. } => return forget_messages(tx, std::slice::from_ref(w)).await,
-        Write::Touch { session, ttl_secs } => sqlx::query("UPDATE sessions SET expires_at_ms = ?2 WHERE session = ?1")
-            .bind(&**session)
-            .bind(now + i64::from(*ttl_secs) * 1000),
-        Write::Inbound { session, packet_id, held: true } => sqlx::query(
-            "INSERT INTO session_inbound (session, packet_id) SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM sessions \
-             WHERE session = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?3)) ON CONFLICT DO NOTHING",
-        )
-        .bind(&**session)
-        .bind(i64::from(*packet_id))
-        .bind(now),
+        Write::Message { session, entry, body } => {
+            tx.prepare_cached(&format!(
+                "INSERT INTO session_messages (session, entry, body) SELECT ?1, ?3, ?4 WHERE {LIVE} \
+                 ON CONFLICT (session, entry) DO UPDATE SET body = excluded.body"
+            ))?
+            .execute(params![&**session, now, *entry as i64, body])?;
+        }
+        Write::Done { session, entry } => {
+            tx.prepare_cached("DELETE FROM session_messages WHERE session = ?1 AND entry = ?2")?
+                .execute(params![&**session, *entry as i64])?;
+        }
+        Write::Touch { session, ttl_secs } => {
+            tx.prepare_cached("UPDATE sessions SET expires_at_ms = ?2 WHERE session = ?1")?
+                .execute(params![&**session, expires(*ttl_secs)])?;
+        }
+        Write::Inbound { session, packet_id, held: true } => {
+            tx.prepare_cached(&format!(
+                "INSERT INTO session_inbound (session, packet_id) SELECT ?1, ?3 WHERE {LIVE} ON CONFLICT DO NOTHING"
+            ))?
+            .execute(params![&**session, now, i64::from(*packet_id)])?;
+        }
         Write::Inbound { session, packet_id, held: false } => {
-            sqlx::query("DELETE FROM session_inbound WHERE session = ?1 AND packet_id = ?2")
-                .bind(&**session)
-                .bind(i64::from(*packet_id))
+            tx.prepare_cached("DELETE FROM session_inbound WHERE session = ?1 AND packet_id = ?2")?
+                .execute(params![&**session, i64::from(*packet_id)])?;
         }
-        Write::Cursor { session, stream, cursor } => sqlx::query(
-            "INSERT INTO session_cursors (session, stream, cursor) SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 \
-             FROM sessions WHERE session = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?4)) \
-             ON CONFLICT (session, stream) DO UPDATE SET cursor = excluded.cursor",
-        )
-        .bind(&**session)
-        .bind(&**stream)
-        .bind(cursor.as_slice())
-        .bind(now),
+        Write::Cursor { session, stream, cursor } => {
+            tx.prepare_cached(&format!(
+                "INSERT INTO session_cursors (session, stream, cursor) SELECT ?1, ?3, ?4 WHERE {LIVE} \
+                 ON CONFLICT (session, stream) DO UPDATE SET cursor = excluded.cursor"
+            ))?
+            .execute(params![&**session, now, &**stream, cursor])?;
+        }
         Write::Ended { session } => {
             for table in SESSION_TABLES {
-                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE session = ?1")))
-                    .bind(&**session)
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(db)?;
+                tx.prepare_cached(&format!("DELETE FROM {table} WHERE session = ?1"))?.execute([&**session])?;
             }
-            sqlx::query("DELETE FROM sessions WHERE session = ?1").bind(&**session)
+            tx.prepare_cached("DELETE FROM sessions WHERE session = ?1")?.execute([&**session])?;
         }
-        Write::Retained { topic, body: Some(body) } => sqlx::query(
-            "INSERT INTO retained (topic, body) VALUES (?1, ?2) ON CONFLICT (topic) DO UPDATE SET body = excluded.body",
-        )
-        .bind(&**topic)
-        .bind(body.as_slice()),
-        Write::Retained { topic, body: None } => sqlx::query("DELETE FROM retained WHERE topic = ?1").bind(&**topic),
-    };
-    query.execute(&mut **tx).await.map_err(db)?;
+        Write::Retained { topic, body: Some(body) } => {
+            tx.prepare_cached(
+                "INSERT INTO retained (topic, body) VALUES (?1, ?2) ON CONFLICT (topic) DO UPDATE SET body = excluded.body",
+            )?
+            .execute(params![&**topic, body])?;
+        }
+        Write::Retained { topic, body: None } => {
+            tx.prepare_cached("DELETE FROM retained WHERE topic = ?1")?.execute([&**topic])?;
+        }
+    }
     Ok(())
 }
 
@@ -258,9 +206,7 @@ impl SessionJournal for SqliteJournal {
             if writes.is_empty() {
                 return Ok(());
             }
-            self.apply(writes)
-                .await
-                .map_err(|e| format!("writing {} change(s) to the session journal: {e}", writes.len()))
+            self.apply(writes).map_err(|e| format!("writing {} change(s) to the session journal: {e}", writes.len()))
         })
     }
 
@@ -280,15 +226,14 @@ impl SessionJournal for SqliteJournal {
 }
 
 /// Deletes the sessions expired at `now` and their messages, ids and cursors.
-async fn sweep(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, now: i64) -> Result<u64, String> {
+fn sweep(tx: &Transaction<'_>, now: i64) -> rusqlite::Result<u64> {
     for table in SESSION_TABLES {
         let sql =
             format!("DELETE FROM {table} WHERE session IN (SELECT session FROM sessions WHERE expires_at_ms <= ?1)");
-        sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).execute(&mut **tx).await.map_err(db)?;
+        tx.prepare_cached(&sql)?.execute([now])?;
     }
-    let done =
-        sqlx::query("DELETE FROM sessions WHERE expires_at_ms <= ?1").bind(now).execute(&mut **tx).await.map_err(db)?;
-    Ok(done.rows_affected())
+    let done = tx.prepare_cached("DELETE FROM sessions WHERE expires_at_ms <= ?1")?.execute([now])?;
+    Ok(done as u64)
 }
 
 #[cfg(test)]

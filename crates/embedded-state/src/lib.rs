@@ -4,7 +4,8 @@
 //!
 //! A database runs in WAL mode with `synchronous = NORMAL`: a committed batch survives the
 //! process being killed (a power cut may lose the last ones, never corrupt the file). It is
-//! created readable by its owner only. Batches are written on one connection held for them.
+//! created readable by its owner only. Batches are written on one connection held for them,
+//! without sqlx's worker thread ([`SyncWriter`]); reads go through a sqlx pool.
 
 use std::path::Path;
 
@@ -16,13 +17,9 @@ pub mod streams;
 pub use journal::SqliteJournal;
 pub use streams::SqliteStreams;
 
-/// The connection batches are written on, held (a pool's hand-out per batch costs more than the
-/// batch).
-type Writer = std::sync::Arc<tokio::sync::Mutex<sqlx::pool::PoolConnection<sqlx::Sqlite>>>;
-
 /// Opens the database at `path`, creating the file (owner-only) and running `schema` (statements
-/// that create what is missing); returns its pool and the connection held for writes.
-async fn open(path: &Path, schema: &[&'static str]) -> Result<(SqlitePool, Writer), String> {
+/// that create what is missing); returns its pool.
+async fn open(path: &Path, schema: &[&'static str]) -> Result<SqlitePool, String> {
     create_owner_only(path).map_err(|e| e.to_string())?;
     let options = SqliteConnectOptions::new()
         .filename(path)
@@ -40,8 +37,43 @@ async fn open(path: &Path, schema: &[&'static str]) -> Result<(SqlitePool, Write
     for statement in schema {
         sqlx::query(*statement).execute(&pool).await.map_err(db)?;
     }
-    let writer = std::sync::Arc::new(tokio::sync::Mutex::new(pool.acquire().await.map_err(db)?));
-    Ok((pool, writer))
+    Ok(pool)
+}
+
+/// A connection to the database for writing whole batches right where they are asked for: SQLite
+/// does a small transaction in microseconds, and a hop to another thread and back (sqlx's worker,
+/// once per statement) costs more than that. Whoever writes much should call from a thread of
+/// its own (the edge's journal writer and stream appender have one): the call blocks until the
+/// batch is committed.
+#[derive(Debug, Clone)]
+pub(crate) struct SyncWriter(std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>);
+
+impl SyncWriter {
+    /// Opens `path` (already created, in WAL mode).
+    pub(crate) fn open(path: &Path) -> Result<SyncWriter, String> {
+        let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
+        // See the crate's documentation; readers never block the writer in WAL mode, the busy
+        // timeout covers a checkpoint.
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| e.to_string())?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        Ok(SyncWriter(std::sync::Arc::new(std::sync::Mutex::new(conn))))
+    }
+
+    /// Runs `f` in an IMMEDIATE transaction (the write lock is taken now, not on a later
+    /// statement where SQLite could only answer "busy") and commits what it did.
+    pub(crate) fn transaction<R>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<R>,
+    ) -> Result<R, String> {
+        let mut conn = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let run = || {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let r = f(&tx)?;
+            tx.commit()?;
+            Ok(r)
+        };
+        run().map_err(|e: rusqlite::Error| e.to_string())
+    }
 }
 
 pub(crate) fn db(e: sqlx::Error) -> String {

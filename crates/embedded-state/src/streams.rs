@@ -14,16 +14,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use broker::relations::BoxFuture;
 use broker::streams::{Append, DeadLetter, Entry, Replay, Retention, Stamp, StreamStore};
+use rusqlite::{OptionalExtension, params};
 use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 
-use crate::{Writer, db, now_ms};
+use crate::{SyncWriter, db, now_ms};
 
 /// Most dead letters kept: the oldest go first.
 pub const DEAD_LETTERS_KEPT: i64 = 100_000;
-
-/// Most rows one statement carries (SQLite takes at least 999 parameters a statement).
-const RUN: usize = 150;
 
 const SCHEMA: [&str; 5] = [
     "CREATE TABLE IF NOT EXISTS streams (name TEXT PRIMARY KEY, epoch INTEGER NOT NULL, seq INTEGER NOT NULL, \
@@ -37,17 +35,18 @@ const SCHEMA: [&str; 5] = [
      session TEXT NOT NULL, topic TEXT NOT NULL, at_ms INTEGER NOT NULL, body BLOB NOT NULL)",
 ];
 
-/// Durable streams in a SQLite file (see the module's documentation). Clones share the pool.
+/// Durable streams in a SQLite file (see the module's documentation). Clones share the pool
+/// (reads) and the writing connection; a write runs on the caller's thread.
 #[derive(Debug, Clone)]
 pub struct SqliteStreams {
     pool: SqlitePool,
-    writer: Writer,
+    writer: SyncWriter,
     retention: Retention,
     /// When what aged out was last deleted (Unix ms): at most once a second, inside an append.
     swept_at: std::sync::Arc<AtomicI64>,
 }
 
-type Tx<'c> = sqlx::Transaction<'c, sqlx::Sqlite>;
+type Tx<'c> = rusqlite::Transaction<'c>;
 
 /// Where a stream of a batch stands: its epoch and last `seq` so far.
 #[derive(Debug, Clone, Copy)]
@@ -63,7 +62,8 @@ impl SqliteStreams {
     /// (owner-only) and its tables if needed, and deletes what aged out while it was closed.
     pub async fn open(path: &Path, retention: Retention) -> Result<SqliteStreams, String> {
         let named = |e: &dyn std::fmt::Display| format!("streams {}: {e}", path.display());
-        let (pool, writer) = crate::open(path, &SCHEMA).await.map_err(|e| named(&e))?;
+        let pool = crate::open(path, &SCHEMA).await.map_err(|e| named(&e))?;
+        let writer = SyncWriter::open(path).map_err(|e| named(&e))?;
         let streams = SqliteStreams { pool, writer, retention, swept_at: Default::default() };
         streams.sweep().await.map_err(|e| named(&e))?;
         Ok(streams)
@@ -72,11 +72,8 @@ impl SqliteStreams {
     /// Deletes the messages and streams that aged out and the dead letters beyond
     /// [`DEAD_LETTERS_KEPT`].
     pub async fn sweep(&self) -> Result<(), String> {
-        let mut conn = self.writer.lock().await;
-        let mut tx = sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await.map_err(db)?;
         let now = now_ms();
-        sweep(&mut tx, self.cutoff(now)).await?;
-        tx.commit().await.map_err(db)?;
+        self.writer.transaction(|tx| sweep(tx, self.cutoff(now)))?;
         self.swept_at.store(now, Ordering::Relaxed);
         Ok(())
     }
@@ -86,26 +83,34 @@ impl SqliteStreams {
         now.saturating_sub(int(self.retention.max_age_secs.saturating_mul(1000)))
     }
 
-    async fn push(&self, appends: &[Append]) -> Result<Vec<Stamp>, String> {
+    /// Appends in one transaction, on the caller's thread (see [`SyncWriter`]).
+    fn push(&self, appends: &[Append]) -> Result<Vec<Stamp>, String> {
         let now = now_ms();
-        let mut conn = self.writer.lock().await;
-        // IMMEDIATE: the write lock is taken (or waited for) now, not on a later statement where
-        // SQLite could only answer "busy".
-        let mut tx = sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await.map_err(db)?;
-        if now - self.swept_at.load(Ordering::Relaxed) >= 1000 {
-            sweep(&mut tx, self.cutoff(now)).await?;
+        let cutoff = self.cutoff(now);
+        let sweep_due = now - self.swept_at.load(Ordering::Relaxed) >= 1000;
+        if sweep_due {
             self.swept_at.store(now, Ordering::Relaxed);
         }
-        let mut heads = heads(&mut tx, &names(appends), now, self.cutoff(now)).await?;
-        let stamps: Vec<Stamp> = appends.iter().map(|a| stamp(heads.get_mut(&*a.stream))).collect();
-        let heads: Vec<(&str, Head)> = heads.into_iter().collect();
-        let starting: Vec<&str> = heads.iter().filter(|(_, h)| h.starts).map(|(name, _)| *name).collect();
-        forget_entries(&mut tx, &starting).await?;
-        keep_entries(&mut tx, appends, &stamps).await?;
-        save_heads(&mut tx, &heads, now).await?;
-        trim_length(&mut tx, &heads, int(self.retention.max_len)).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(stamps)
+        self.writer.transaction(|tx| {
+            if sweep_due {
+                sweep(tx, cutoff)?;
+            }
+            let mut heads = heads(tx, &names(appends), now, cutoff)?;
+            let stamps: Vec<Stamp> = appends.iter().map(|a| stamp(heads.get_mut(&*a.stream))).collect();
+            for (name, head) in &heads {
+                if head.starts {
+                    // What is left of a stream that starts again.
+                    tx.prepare_cached("DELETE FROM stream_entries WHERE name = ?1")?.execute([name])?;
+                }
+            }
+            let mut keep =
+                tx.prepare_cached("INSERT INTO stream_entries (name, seq, at_ms, body) VALUES (?1, ?2, ?3, ?4)")?;
+            for (a, s) in appends.iter().zip(&stamps) {
+                keep.execute(params![&*a.stream, int(s.seq), int(a.at_ms), a.body])?;
+            }
+            save_heads(tx, &heads, now, int(self.retention.max_len))?;
+            Ok(stamps)
+        })
     }
 
     async fn replay(&self, stream: &str, after: u64, limit: usize) -> Result<Replay, String> {
@@ -147,21 +152,16 @@ impl SqliteStreams {
         Ok(Replay { epoch, last, entries: entries.collect(), first })
     }
 
-    async fn add_dead(&self, letters: &[DeadLetter]) -> Result<(), String> {
-        let mut conn = self.writer.lock().await;
-        let mut tx = sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await.map_err(db)?;
-        for run in letters.chunks(RUN) {
-            let mut q = sqlx::QueryBuilder::new("INSERT INTO dead_letters (reason, session, topic, at_ms, body) ");
-            q.push_values(run, |mut row, l| {
-                row.push_bind(&l.reason)
-                    .push_bind(&l.session)
-                    .push_bind(&l.topic)
-                    .push_bind(int(l.at_ms))
-                    .push_bind(l.body.as_slice());
-            });
-            q.build().execute(&mut *tx).await.map_err(db)?;
-        }
-        tx.commit().await.map_err(db)
+    fn add_dead(&self, letters: &[DeadLetter]) -> Result<(), String> {
+        self.writer.transaction(|tx| {
+            let mut add = tx.prepare_cached(
+                "INSERT INTO dead_letters (reason, session, topic, at_ms, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for l in letters {
+                add.execute(params![l.reason, l.session, l.topic, int(l.at_ms), l.body])?;
+            }
+            Ok(())
+        })
     }
 
     async fn read_dead(&self, after: u64, limit: usize) -> Result<Vec<(u64, DeadLetter)>, String> {
@@ -202,106 +202,49 @@ fn stamp(head: Option<&mut Head>) -> Stamp {
 
 /// Where each of `names` stands before the batch: as saved, or starting (again) under a new
 /// epoch if it is not saved or aged out (last appended to at or before `cutoff`).
-async fn heads<'n>(
-    tx: &mut Tx<'_>,
-    names: &[&'n str],
-    now: i64,
-    cutoff: i64,
-) -> Result<HashMap<&'n str, Head>, String> {
-    let mut saved: HashMap<String, (i64, i64)> = HashMap::new();
-    for run in names.chunks(RUN) {
-        let mut q = sqlx::QueryBuilder::new("SELECT name, epoch, seq FROM streams WHERE last_ms > ");
-        q.push_bind(cutoff).push(" AND name IN (");
-        let mut list = q.separated(", ");
-        for name in run {
-            list.push_bind(*name);
-        }
-        q.push(")");
-        for row in q.build().fetch_all(&mut **tx).await.map_err(db)? {
-            saved.insert(row.get(0), (row.get(1), row.get(2)));
-        }
+fn heads<'n>(tx: &Tx<'_>, names: &[&'n str], now: i64, cutoff: i64) -> rusqlite::Result<HashMap<&'n str, Head>> {
+    let mut saved = tx.prepare_cached("SELECT epoch, seq FROM streams WHERE name = ?1 AND last_ms > ?2")?;
+    let mut heads = HashMap::with_capacity(names.len());
+    for name in names {
+        let head = saved
+            .query_row(params![name, cutoff], |row| Ok(Head { epoch: row.get(0)?, seq: row.get(1)?, starts: false }))
+            .optional()?
+            .unwrap_or(Head { epoch: broker::streams::new_epoch(now as u64) as i64, seq: 0, starts: true });
+        heads.insert(*name, head);
     }
-    let head = |name: &str| match saved.get(name) {
-        Some(&(epoch, seq)) => Head { epoch, seq, starts: false },
-        None => Head { epoch: broker::streams::new_epoch(now as u64) as i64, seq: 0, starts: true },
-    };
-    Ok(names.iter().map(|name| (*name, head(name))).collect())
+    Ok(heads)
 }
 
-/// Deletes what is left of streams that start again.
-async fn forget_entries(tx: &mut Tx<'_>, names: &[&str]) -> Result<(), String> {
-    for run in names.chunks(RUN) {
-        let mut q = sqlx::QueryBuilder::new("DELETE FROM stream_entries WHERE name IN (");
-        let mut list = q.separated(", ");
-        for name in run {
-            list.push_bind(*name);
+/// Saves where each stream stands, appended to `now`, and deletes its messages beyond its newest
+/// `max_len`.
+fn save_heads(tx: &Tx<'_>, heads: &HashMap<&str, Head>, now: i64, max_len: i64) -> rusqlite::Result<()> {
+    let mut save = tx.prepare_cached(
+        "INSERT INTO streams (name, epoch, seq, last_ms) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq, last_ms = excluded.last_ms",
+    )?;
+    let mut trim = tx.prepare_cached("DELETE FROM stream_entries WHERE name = ?1 AND seq <= ?2")?;
+    for (name, h) in heads {
+        save.execute(params![name, h.epoch, h.seq, now])?;
+        if h.seq > max_len {
+            trim.execute(params![name, h.seq - max_len])?;
         }
-        q.push(")");
-        q.build().execute(&mut **tx).await.map_err(db)?;
-    }
-    Ok(())
-}
-
-/// Keeps each appended message under its stamp.
-async fn keep_entries(tx: &mut Tx<'_>, appends: &[Append], stamps: &[Stamp]) -> Result<(), String> {
-    let rows: Vec<(&Append, &Stamp)> = appends.iter().zip(stamps).collect();
-    for run in rows.chunks(RUN) {
-        let mut q = sqlx::QueryBuilder::new("INSERT INTO stream_entries (name, seq, at_ms, body) ");
-        q.push_values(run, |mut row, (a, s)| {
-            row.push_bind(&*a.stream).push_bind(int(s.seq)).push_bind(int(a.at_ms)).push_bind(a.body.as_slice());
-        });
-        q.build().execute(&mut **tx).await.map_err(db)?;
-    }
-    Ok(())
-}
-
-/// Saves where each stream stands, appended to `now`.
-async fn save_heads(tx: &mut Tx<'_>, heads: &[(&str, Head)], now: i64) -> Result<(), String> {
-    for run in heads.chunks(RUN) {
-        let mut q = sqlx::QueryBuilder::new("INSERT INTO streams (name, epoch, seq, last_ms) ");
-        q.push_values(run, |mut row, (name, h)| {
-            row.push_bind(*name).push_bind(h.epoch).push_bind(h.seq).push_bind(now);
-        });
-        q.push(
-            " ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq, \
-             last_ms = excluded.last_ms",
-        );
-        q.build().execute(&mut **tx).await.map_err(db)?;
-    }
-    Ok(())
-}
-
-/// Deletes the messages of each stream beyond its newest `max_len`.
-async fn trim_length(tx: &mut Tx<'_>, heads: &[(&str, Head)], max_len: i64) -> Result<(), String> {
-    let over: Vec<(&str, i64)> =
-        heads.iter().filter(|(_, h)| h.seq > max_len).map(|(name, h)| (*name, h.seq - max_len)).collect();
-    for run in over.chunks(RUN) {
-        let mut q = sqlx::QueryBuilder::new("DELETE FROM stream_entries WHERE ");
-        for (i, (name, upto)) in run.iter().enumerate() {
-            q.push(if i == 0 { "(name = " } else { " OR (name = " });
-            q.push_bind(*name).push(" AND seq <= ").push_bind(*upto).push(")");
-        }
-        q.build().execute(&mut **tx).await.map_err(db)?;
     }
     Ok(())
 }
 
 /// Deletes the streams last appended to at or before `cutoff` with their messages, the messages
 /// published at or before it, and the dead letters beyond [`DEAD_LETTERS_KEPT`].
-async fn sweep(tx: &mut Tx<'_>, cutoff: i64) -> Result<(), String> {
+fn sweep(tx: &Tx<'_>, cutoff: i64) -> rusqlite::Result<()> {
     let statements = [
         "DELETE FROM stream_entries WHERE name IN (SELECT name FROM streams WHERE last_ms <= ?1)",
         "DELETE FROM streams WHERE last_ms <= ?1",
         "DELETE FROM stream_entries WHERE at_ms <= ?1",
     ];
     for statement in statements {
-        sqlx::query(statement).bind(cutoff).execute(&mut **tx).await.map_err(db)?;
+        tx.prepare_cached(statement)?.execute([cutoff])?;
     }
-    sqlx::query("DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?1")
-        .bind(DEAD_LETTERS_KEPT)
-        .execute(&mut **tx)
-        .await
-        .map_err(db)?;
+    tx.prepare_cached("DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?1")?
+        .execute([DEAD_LETTERS_KEPT])?;
     Ok(())
 }
 
@@ -311,7 +254,7 @@ impl StreamStore for SqliteStreams {
             if appends.is_empty() {
                 return Ok(Vec::new());
             }
-            self.push(appends).await.map_err(|e| format!("appending {} message(s) to streams: {e}", appends.len()))
+            self.push(appends).map_err(|e| format!("appending {} message(s) to streams: {e}", appends.len()))
         })
     }
 
@@ -326,7 +269,7 @@ impl StreamStore for SqliteStreams {
             if letters.is_empty() {
                 return Ok(());
             }
-            self.add_dead(letters).await.map_err(|e| format!("writing {} dead letter(s): {e}", letters.len()))
+            self.add_dead(letters).map_err(|e| format!("writing {} dead letter(s): {e}", letters.len()))
         })
     }
 

@@ -47,6 +47,19 @@ pub(crate) async fn within<T>(limit: Duration, f: impl Future<Output = Result<T,
     tokio::time::timeout(limit, f).await.unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
 }
 
+/// Runs `work` on a thread of its own (named `name`) with a single-threaded Tokio runtime: a
+/// writer whose store works on the caller's thread (the embedded one) then blocks nothing else,
+/// and hands to and from it cost no more than to a shared runtime's task. The thread ends with
+/// `work`.
+pub(crate) fn on_own_thread(name: &str, work: impl Future<Output = ()> + Send + 'static) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || runtime.block_on(work))
+        .map(drop)
+        .map_err(|e| format!("cannot start {name}: {e}"))
+}
+
 /// How long a starting edge waits for a backend that is not ready yet (Redis loading its data,
 /// a database still starting) before it gives up.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
@@ -169,7 +182,7 @@ impl EdgeBuilder {
         let hub = Arc::new(hub::Hub::new(hub::HubConfig::from_limits(&cfg.limits), authz.clone()));
         let node = cluster::NodeName::new(&cfg.bus.node_id);
         if let Some(j) = journal {
-            hub.attach_journal(journal::JournalWriter::start(j, node.clone()));
+            hub.attach_journal(journal::JournalWriter::start(j, node.clone())?);
         }
         if !cfg.streams.rules.is_empty() {
             let store =

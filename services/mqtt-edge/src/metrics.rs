@@ -30,6 +30,7 @@ pub const CLUSTER_REPLAYED: &str = "hermes_edge_cluster_replayed_total";
 pub const SESSIONS_MOVED: &str = "hermes_edge_sessions_moved_total";
 pub const CLUSTER_SUBJECTS: &str = "hermes_edge_cluster_subjects";
 pub const JOURNAL_WRITES: &str = "hermes_edge_journal_writes_total";
+pub const JOURNAL_SPARED: &str = "hermes_edge_journal_spared_total";
 pub const JOURNAL_ERRORS: &str = "hermes_edge_journal_errors_total";
 pub const JOURNAL_WRITE_SECONDS: &str = "hermes_edge_journal_write_seconds";
 pub const STREAM_APPENDS: &str = "hermes_edge_stream_appends_total";
@@ -86,6 +87,10 @@ pub fn describe() {
     );
     describe_counter!(SESSIONS_MOVED, "Sessions handed to (`out`) or taken from (`in`) another edge with their client");
     describe_counter!(JOURNAL_WRITES, "Changes to persistent sessions written to the session journal");
+    describe_counter!(
+        JOURNAL_SPARED,
+        "Changes to persistent sessions never written: messages their subscribers acknowledged before they were"
+    );
     describe_counter!(
         JOURNAL_ERRORS,
         "Session journal writes that failed after their retries (their PUBLISHes were not acknowledged)"

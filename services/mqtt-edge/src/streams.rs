@@ -67,13 +67,15 @@ impl std::fmt::Debug for Streams {
 }
 
 impl Streams {
-    /// Starts the appending tasks (on the current Tokio runtime).
+    /// Starts appending, on a thread of its own (see `on_own_thread`).
     pub fn start(store: Arc<dyn StreamStore>, cfg: &StreamsConfig) -> Result<Streams, String> {
         let rules = StreamRules::new(cfg.rules.iter().cloned()).map_err(|e| format!("streams.rules: {e}"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (letters, letters_rx) = mpsc::unbounded_channel();
-        tokio::spawn(append_batches(store.clone(), rx));
-        tokio::spawn(write_dead_letters(store.clone(), letters_rx));
+        let (appends, dead) = (append_batches(store.clone(), rx), write_dead_letters(store.clone(), letters_rx));
+        crate::on_own_thread("hermes-streams", async move {
+            tokio::join!(appends, dead);
+        })?;
         Ok(Streams { rules, store, tx, letters, max_replay: cfg.max_replay })
     }
 
