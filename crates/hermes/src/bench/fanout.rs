@@ -1,4 +1,7 @@
 //! `bench fanout`: N subscribers on one topic; one QoS 0 publish; time until the last has it.
+//! With `--part`, the subscribers are held by several processes (one may hold at most 20 000
+//! connections here) and the publish comes from another: each publish carries its wall-clock
+//! send time, and each subscribers' process reports when the round reached its last one.
 
 use std::time::{Duration, Instant};
 
@@ -25,9 +28,131 @@ pub struct Args {
     /// publish reaches them across the bus.
     #[arg(long)]
     second_port: Option<u16>,
+    /// Only this part of a fan-out spread over processes (then `--topic` names the topic).
+    #[arg(long, value_enum)]
+    part: Option<Part>,
+    /// The topic of a fan-out spread over processes.
+    #[arg(long, default_value = "bench/fanout/many")]
+    topic: String,
+    /// `--part subscribers`: created once every subscription is acknowledged.
+    #[arg(long)]
+    ready_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Part {
+    /// Hold `n` subscribers and report when each round reached them.
+    Subscribers,
+    /// Publish the rounds, two seconds apart.
+    Publisher,
+}
+
+/// Wall-clock microseconds, which every process on the machine shares.
+fn wall_us() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// A round's payload: its number and its send time.
+fn stamped(round: usize, size: usize) -> Vec<u8> {
+    let mut payload = vec![b'x'; size.max(16)];
+    payload[..8].copy_from_slice(&(round as u64).to_be_bytes());
+    payload[8..16].copy_from_slice(&wall_us().to_be_bytes());
+    payload
+}
+
+/// The round and the time since it was sent, from a payload [`stamped`] wrote.
+fn stamp_of(payload: &[u8]) -> Option<(usize, Duration)> {
+    let round = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+    let sent = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((usize::try_from(round).ok()?, Duration::from_micros(wall_us().saturating_sub(sent))))
+}
+
+async fn publisher_part(common: &Common, args: Args) -> Result<Value, String> {
+    let dial = Dial::from(common)?;
+    let mut publisher = dial.open(common.source(0), format!("fan-pub-{}", std::process::id())).await?;
+    for round in 0..args.rounds {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let payload = stamped(round, args.payload);
+        publisher
+            .publish(&args.topic, &payload, 0, false, Duration::from_secs(10))
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+    }
+    Ok(serde_json::json!({ "scenario": "fanout-publisher", "rounds": args.rounds, "topic": args.topic }))
+}
+
+async fn subscribers_part(common: &Common, args: Args) -> Result<Value, String> {
+    let dial = Dial::from(common)?;
+    let (subs, _, failed) = open_many(common, &dial, args.n, "fan").await;
+    if failed > 0 {
+        return Err(format!("{failed} subscribers could not connect"));
+    }
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(subs.len().max(1));
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Duration)>();
+    // Connections stay open until every round is counted: the first to close would slow the
+    // last round's stragglers down.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    for mut c in subs {
+        let (topic, ready, got, rounds) = (args.topic.clone(), ready_tx.clone(), got_tx.clone(), args.rounds);
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let ok = c.subscribe(vec![SubscribeTopic::new(&topic, 0)], Duration::from_secs(60)).await.is_ok();
+            let _ = ready.send(ok).await;
+            for _ in 0..rounds {
+                match c.recv(Duration::from_secs(300)).await {
+                    Ok(Packet::Publish(p)) => {
+                        if let Some(stamp) = stamp_of(&p.payload) {
+                            let _ = got.send(stamp);
+                        }
+                    }
+                    _ => return,
+                }
+            }
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+    }
+    drop(got_tx);
+    let mut subscribed = 0;
+    for _ in 0..args.n {
+        if ready_rx.recv().await == Some(true) {
+            subscribed += 1;
+        }
+    }
+    if subscribed != args.n {
+        return Err(format!("only {subscribed} of {} subscriptions were acknowledged", args.n));
+    }
+    if let Some(f) = &args.ready_file {
+        std::fs::write(f, b"ready").map_err(|e| format!("{}: {e}", f.display()))?;
+    }
+    let mut times = vec![Vec::with_capacity(args.n); args.rounds];
+    while times.iter().map(Vec::len).sum::<usize>() < args.n * args.rounds {
+        match tokio::time::timeout(Duration::from_secs(60), got_rx.recv()).await {
+            Ok(Some((round, after))) if round < args.rounds => times[round].push(after),
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    let _ = stop.send(true);
+    let rounds: Vec<Value> = times
+        .into_iter()
+        .map(|t| {
+            let last = t.iter().max().copied().unwrap_or_default();
+            let mut s = latency_summary(t.clone());
+            s["delivered"] = t.len().into();
+            s["time_to_last_ms"] = ((last.as_secs_f64() * 1e6).round() / 1e3).into();
+            s
+        })
+        .collect();
+    Ok(serde_json::json!({ "scenario": "fanout-subscribers", "subscribers": args.n, "rounds": rounds }))
 }
 
 pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
+    match args.part {
+        Some(Part::Subscribers) => return subscribers_part(common, args).await,
+        Some(Part::Publisher) => return publisher_part(common, args).await,
+        None => {}
+    }
     let dial = Dial::from(common)?;
     let topic = format!("bench/fanout/{}", std::process::id());
     let elsewhere = if args.second_port.is_some() { args.n / 2 } else { 0 };
@@ -46,10 +171,13 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(subs.len().max(1));
     let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
     let rounds = args.rounds;
+    // Connections stay open until every round is counted (see `subscribers_part`).
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     for mut c in subs {
         let topic = topic.clone();
         let ready = ready_tx.clone();
         let got = got_tx.clone();
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let ok = c.subscribe(vec![SubscribeTopic::new(&topic, 0)], Duration::from_secs(60)).await.is_ok();
             let _ = ready.send(ok).await;
@@ -61,6 +189,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
                     _ => return,
                 }
             }
+            let _ = stopped.wait_for(|s| *s).await;
         });
     }
     drop(got_tx);
@@ -101,6 +230,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
         s["us_per_delivery"] = ((last.as_secs_f64() * 1e6 / args.n.max(1) as f64 * 100.0).round() / 100.0).into();
         results.push(s);
     }
+    let _ = stop.send(true);
     let mut report = serde_json::Map::new();
     report.insert("scenario".into(), "fanout".into());
     report.insert("subscribers".into(), args.n.into());
@@ -108,4 +238,20 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     report.insert("rounds".into(), Value::Array(results));
     cpu_report(&mut report, common.pid, cpu_before, (args.n * rounds) as u64);
     Ok(Value::Object(report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_and_its_send_time_travel_in_the_payload() {
+        let payload = stamped(7, 0);
+        assert_eq!(payload.len(), 16, "room for both, whatever the size asked");
+        let (round, after) = stamp_of(&payload).expect("a stamp");
+        assert_eq!(round, 7);
+        assert!(after < Duration::from_secs(1));
+        assert_eq!(stamp_of(&payload[..15]), None, "too short: not a stamp");
+        assert_eq!(stamped(usize::MAX, 64).len(), 64);
+    }
 }
