@@ -381,11 +381,15 @@ impl<M: Deliverable + Clone> Session<M> {
         missed.then(|| self.take(out))
     }
 
-    /// The session was resumed from the journal after its node died: until
-    /// [`Session::caught_up`], messages replayed to it are checked against what the journal
-    /// had and what comes live meanwhile.
+    /// The session was resumed from the journal after its node died (or its node was cut off
+    /// from the others): until [`Session::caught_up`], messages replayed to it are checked
+    /// against what it had then (its cursors) and what comes live meanwhile.
     pub fn begin_catch_up(&mut self) {
         self.catch_up = Some(CatchUp::new(&self.cursors));
+    }
+
+    pub fn is_catching_up(&self) -> bool {
+        self.catch_up.is_some()
     }
 
     pub fn caught_up(&mut self) {

@@ -51,6 +51,8 @@ pub trait SessionStore<M>: Send {
     /// Removes and returns the sessions (with their keys) whose expiry has passed at `now_ms`.
     fn expire(&mut self, now_ms: u64) -> Vec<(String, Parked<M>)>;
     fn contains(&self, session: &str) -> bool;
+    /// The keys of the parked sessions.
+    fn keys(&self) -> Vec<String>;
     /// Number of parked sessions.
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
@@ -95,6 +97,10 @@ impl<M: Deliverable + Clone + Send> SessionStore<M> for MemorySessionStore<M> {
 
     fn contains(&self, session: &str) -> bool {
         self.parked.contains_key(session)
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.parked.keys().cloned().collect()
     }
 
     fn len(&self) -> usize {

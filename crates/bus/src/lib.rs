@@ -128,6 +128,15 @@ impl Replay {
     }
 }
 
+/// A time this node's connection to the bus was lost, once it is back: subscriptions missed
+/// what was published from `from_ms` (Unix ms; the earliest the loss may have begun, however
+/// late it was noticed) until `to_ms`, when the server had them all again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outage {
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
 /// Publish/subscribe by subject.
 pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     fn publish<'a>(&'a self, subject: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), BusError>>;
@@ -190,6 +199,13 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
             let plain: Vec<(String, Bytes)> = batch.iter().map(|(s, p, _)| (s.clone(), p.clone())).collect();
             self.publish_batch(&plain).await
         })
+    }
+
+    /// The latest [`Outage`] (`None` before the first), changing each time the connection comes
+    /// back. The in-process bus is never cut off: its receiver never changes (its sender is
+    /// gone, so `changed` fails at once).
+    fn outages(&self) -> tokio::sync::watch::Receiver<Option<Outage>> {
+        tokio::sync::watch::channel(None).1
     }
 
     /// The kept messages on subjects matching any of `filters` (patterns within the kept

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::{
-    BoxFuture, Bus, BusError, BusMessage, KeepConfig, KeptMessage, Replay, Subscription, valid_subject, without_covered,
+    BoxFuture, Bus, BusError, BusMessage, KeepConfig, KeptMessage, Outage, Replay, Subscription, valid_subject,
+    without_covered,
 };
 
 /// How long a durable stream keeps its messages.
@@ -39,6 +40,37 @@ type Keeper = Arc<Mutex<Option<Arc<Keeping>>>>;
 pub struct NatsBus {
     client: async_nats::Client,
     keeping: Keeper,
+    outages: tokio::sync::watch::Receiver<Option<Outage>>,
+}
+
+/// How often the client pings the server: a connection that stopped answering is noticed as
+/// lost within a few of them.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a lost connection may go unnoticed: async-nats gives up on it after two pings
+/// without an answer; one more for the ping that was on its way.
+const UNNOTICED: Duration = Duration::from_secs(3 * PING_INTERVAL.as_secs());
+
+/// Turns the client's connection events into [`Outage`]s (until the client is gone).
+async fn watch_connection(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
+    outages: tokio::sync::watch::Sender<Option<Outage>>,
+) {
+    let mut lost_at = None;
+    while let Some(event) = events.recv().await {
+        match event {
+            async_nats::Event::Disconnected => {
+                lost_at.get_or_insert_with(crate::now_ms);
+            }
+            async_nats::Event::Connected => {
+                if let Some(at) = lost_at.take() {
+                    let from_ms = at.saturating_sub(UNNOTICED.as_millis() as u64);
+                    outages.send_replace(Some(Outage { from_ms, to_ms: crate::now_ms() }));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Keeping on: the stream, and how to publish to it.
@@ -54,10 +86,22 @@ struct Keeping {
 }
 
 impl NatsBus {
-    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`); async-nats reconnects by itself.
+    /// Connects to `url` (e.g. `nats://127.0.0.1:4222`); async-nats reconnects by itself and
+    /// subscribes again to what it held ([`Bus::outages`] tells when).
     pub async fn connect(url: &str) -> Result<NatsBus, BusError> {
-        let client = async_nats::connect(url).await.map_err(|e| BusError::Transport(format!("{url}: {e}")))?;
-        Ok(NatsBus { client, keeping: Keeper::default() })
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::new()
+            .ping_interval(PING_INTERVAL)
+            .event_callback(move |event| {
+                let _ = events.send(event);
+                std::future::ready(())
+            })
+            .connect(url)
+            .await
+            .map_err(|e| BusError::Transport(format!("{url}: {e}")))?;
+        let (outages, outages_rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(watch_connection(events_rx, outages));
+        Ok(NatsBus { client, keeping: Keeper::default(), outages: outages_rx })
     }
 }
 
@@ -213,6 +257,10 @@ impl Bus for NatsBus {
             }
             Ok(())
         })
+    }
+
+    fn outages(&self) -> tokio::sync::watch::Receiver<Option<Outage>> {
+        self.outages.clone()
     }
 
     fn replay_kept<'a>(&'a self, filters: &'a [String], since_ms: u64) -> BoxFuture<'a, Result<Replay, BusError>> {

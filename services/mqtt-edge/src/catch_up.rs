@@ -10,17 +10,24 @@
 //!   sessions had them in the journal.
 //! - The router gives each message once, whichever path brings it first, and never one the
 //!   journal had (`broker::origins`).
+//!
+//! An edge that lost the bus for a while (and lived) catches up the same way once it is back
+//! ([`after_outages`]): its sessions that outlive their connection replay what was kept since
+//! the outage began.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use prost::Message as _;
+use tokio::sync::watch;
 
 use broker::SubOptions;
+use bus::Outage;
 use wire::pb;
 
-use crate::cluster::{ClusterLink, NodeName, Origins, decode_message, subjects_of};
-use crate::hub::Hub;
+use crate::cluster::{ClusterLink, KEPT_SUBJECTS, NodeName, Origins, decode_message, subjects_of};
+use crate::hub::{Hub, Routed};
+use crate::message::SharedMessage;
 use crate::message::now_ms;
 use crate::metrics as m;
 
@@ -50,18 +57,39 @@ pub async fn run(hub: Arc<Hub>, link: &ClusterLink, resumed: Resumed, stall: Dur
 
 /// The replay; returns how many messages the session took.
 async fn replay(hub: &Hub, link: &ClusterLink, resumed: &Resumed, stall: Duration) -> Result<u64, String> {
-    let (bus, kept_for) = link.kept();
     // Shared subscriptions are left out: their messages went to another member.
     let plain: Vec<&(String, SubOptions)> =
         resumed.subscriptions.iter().filter(|(f, _)| !f.starts_with("$share/")).collect();
-    if kept_for.is_zero() || plain.is_empty() {
+    let subjects: Vec<String> = plain.iter().flat_map(|(f, _)| subjects_of(f)).collect();
+    let since = plain.iter().map(|(_, o)| o.since_ms).min().unwrap_or(0);
+    let skip = |routed: &pb::RoutedMessage| {
+        resumed.holder.as_ref().is_some_and(|h| h.id == routed.origin && h.incarnation == routed.incarnation)
+    };
+    replay_kept(hub, link, &subjects, since, skip, stall, |msg, at_ms| {
+        hub.replay_routed(&resumed.session, msg, at_ms, now_ms())
+    })
+    .await
+}
+
+/// Replays to the sessions `route` hands messages to what the bus kept on `subjects` since
+/// `since_ms` (no further back than it keeps), but those `skip` names, once this edge's
+/// interest is in place on the bus; returns how many messages went to a session.
+async fn replay_kept(
+    hub: &Hub,
+    link: &ClusterLink,
+    subjects: &[String],
+    since_ms: u64,
+    skip: impl Fn(&pb::RoutedMessage) -> bool,
+    stall: Duration,
+    route: impl Fn(SharedMessage, u64) -> Routed,
+) -> Result<u64, String> {
+    let (bus, kept_for) = link.kept();
+    if kept_for.is_zero() || subjects.is_empty() {
         return Ok(0);
     }
-    let subjects: Vec<String> = plain.iter().flat_map(|(f, _)| subjects_of(f)).collect();
     let oldest_kept = now_ms().saturating_sub(u64::try_from(kept_for.as_millis()).unwrap_or(u64::MAX));
-    let since = plain.iter().map(|(_, o)| o.since_ms).min().unwrap_or(0).max(oldest_kept);
     link.settled().await;
-    let mut replay = bus.replay_kept(&subjects, since).await.map_err(|e| e.to_string())?;
+    let mut replay = bus.replay_kept(subjects, since_ms.max(oldest_kept)).await.map_err(|e| e.to_string())?;
     let mut origins = Origins::default();
     let mut taken = 0;
     while let Some(kept) = replay.next().await {
@@ -69,7 +97,7 @@ async fn replay(hub: &Hub, link: &ClusterLink, resumed: &Resumed, stall: Duratio
         let Ok(routed) = pb::RoutedMessage::decode(kept.payload) else {
             continue;
         };
-        if resumed.holder.as_ref().is_some_and(|h| h.id == routed.origin && h.incarnation == routed.incarnation) {
+        if skip(&routed) {
             continue;
         }
         let origin = origins.of(&routed);
@@ -77,7 +105,7 @@ async fn replay(hub: &Hub, link: &ClusterLink, resumed: &Resumed, stall: Duratio
             continue;
         };
         msg.origin = Some(origin);
-        let routed = hub.replay_routed(&resumed.session, Arc::new(msg), kept.at_ms, now_ms());
+        let routed = route(Arc::new(msg), kept.at_ms);
         if routed.sessions > 0 {
             taken += 1;
             metrics::counter!(m::CLUSTER_REPLAYED).increment(1);
@@ -85,4 +113,71 @@ async fn replay(hub: &Hub, link: &ClusterLink, resumed: &Resumed, stall: Duratio
         crate::flow::wait_for_room(hub, routed.pressure, stall).await;
     }
     Ok(taken)
+}
+
+/// Each time this edge is back on the bus after losing it, the sessions here that outlive
+/// their connection catch up on what was routed to them meanwhile ([`after_outage`]).
+pub async fn after_outages(
+    hub: Weak<Hub>,
+    mut outages: watch::Receiver<Option<Outage>>,
+    me: NodeName,
+    stall: Duration,
+) {
+    while outages.changed().await.is_ok() {
+        let Some(outage) = *outages.borrow_and_update() else { continue };
+        let Some(hub) = hub.upgrade() else { return };
+        let Some(link) = hub.cluster() else { return };
+        let lost_ms = outage.to_ms.saturating_sub(outage.from_ms);
+        tracing::info!(lost_ms, "back on the bus: catching up on what was routed here meanwhile");
+        match after_outage(&hub, link, outage, &me, stall).await {
+            Ok(n) => tracing::info!(messages = n, "caught up after losing the bus"),
+            Err(e) => {
+                metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
+                tracing::warn!(error = %e, "cannot replay what this edge missed while it had lost the bus");
+            }
+        }
+    }
+}
+
+/// Past this many subjects, the replay after an outage reads everything the bus kept over the
+/// window and the router picks what each session subscribes to: a NATS consumer with
+/// thousands of filters (an edge's sessions' subjects) costs more than that.
+const MAX_REPLAY_SUBJECTS: usize = 64;
+
+/// This edge lost the bus during `outage`: the QoS 1/2 messages other edges routed meanwhile
+/// reached nobody here. Every session here that outlives its connection, live or parked,
+/// replays what the bus kept on its subscriptions since the outage began, as a session resumed
+/// from a dead edge's journal does: nothing it had (its cursors with each sending edge),
+/// nothing twice (what comes live meanwhile), nothing this edge published itself (delivered
+/// here without the bus). Sessions that end with their connection are not replayed to.
+async fn after_outage(
+    hub: &Hub,
+    link: &ClusterLink,
+    outage: Outage,
+    me: &NodeName,
+    stall: Duration,
+) -> Result<u64, String> {
+    if link.kept().1.is_zero() {
+        return Ok(0);
+    }
+    let sessions = hub.begin_catch_up_all();
+    let mut subjects: Vec<String> = sessions
+        .iter()
+        .flat_map(|(_, filters)| filters)
+        .flat_map(|f| subjects_of(f))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if subjects.len() > MAX_REPLAY_SUBJECTS {
+        subjects = KEPT_SUBJECTS.map(str::to_owned).to_vec();
+    }
+    let mine = |routed: &pb::RoutedMessage| routed.origin == me.id && routed.incarnation == me.incarnation;
+    let replayed = replay_kept(hub, link, &subjects, outage.from_ms, mine, stall, |msg, at_ms| {
+        hub.replay_routed_all(msg, at_ms, now_ms())
+    })
+    .await;
+    for (session, _) in &sessions {
+        hub.caught_up(session);
+    }
+    replayed
 }

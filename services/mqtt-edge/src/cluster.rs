@@ -210,6 +210,10 @@ pub async fn start(
     Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover, bus, kept_for })
 }
 
+/// The subjects whose QoS 1/2 messages the bus keeps (`bus.keep_secs`): every routed,
+/// retained and over-long one.
+pub const KEPT_SUBJECTS: [&str; 3] = [subjects::ALL_ROUTED, subjects::ALL_RETAINED, subjects::LONG_TOPICS];
+
 /// The subjects of what a subscription to `filter` (without `$share/group/`) gets from other
 /// edges: its routed subjects, their retained twins, and the over-long topics if it needs them.
 pub fn subjects_of(filter: &str) -> Vec<String> {

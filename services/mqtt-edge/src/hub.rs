@@ -244,6 +244,17 @@ impl Hub {
         self.route(|router, fx| usize::from(router.replay_routed(session, msg, at_ms, now_ms, fx)))
     }
 
+    /// Every session here that outlives its connection starts catching up after this edge
+    /// lost the bus; returns them with their filters (see `catch_up::after_outages`).
+    pub fn begin_catch_up_all(&self) -> Vec<(Arc<str>, Vec<String>)> {
+        self.lock().router.begin_catch_up_all()
+    }
+
+    /// [`Hub::replay_routed`] to every session here catching up.
+    pub fn replay_routed_all(&self, msg: SharedMessage, at_ms: u64, now_ms: u64) -> Routed {
+        self.route(|router, fx| router.replay_routed_all(msg, at_ms, now_ms, fx))
+    }
+
     /// `session` has caught up (see `catch_up`).
     pub fn caught_up(&self, session: &str) {
         self.lock().router.caught_up(session);

@@ -194,14 +194,14 @@ impl EdgeBuilder {
             let stall = Duration::from_secs(u64::from(cfg.limits.max_stall_secs));
             let keep = (cfg.bus.keep_secs > 0).then(|| bus::KeepConfig {
                 stream: wire::subjects::ROUTED_STREAM.to_owned(),
-                subjects: [wire::subjects::ALL_ROUTED, wire::subjects::ALL_RETAINED, wire::subjects::LONG_TOPICS]
-                    .map(str::to_owned)
-                    .to_vec(),
+                subjects: cluster::KEPT_SUBJECTS.map(str::to_owned).to_vec(),
                 max_age: Duration::from_secs(cfg.bus.keep_secs),
                 max_bytes: cfg.bus.keep_max_bytes,
                 memory: cfg.bus.keep_storage == "memory",
             });
+            let outages = bus.outages();
             hub.attach_cluster(cluster::start(hub.clone(), bus, owners, node.clone(), stall, keep).await?);
+            tokio::spawn(catch_up::after_outages(Arc::downgrade(&hub), outages, node.clone(), stall));
             if let Some(dir) = presence {
                 // A user is online while a device is connected to any edge.
                 let grace = Duration::from_secs(u64::from(cfg.limits.presence_grace_secs));

@@ -287,6 +287,32 @@ async fn account_events_reach_the_edge_on(server: servers::ServerProcess) {
     edge.stop().await;
 }
 
+/// A NATS bus whose connection is lost says so once it is back, with an outage that begins
+/// early enough to cover what its subscriptions may have missed; the in-process bus never does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_bus_reports_each_outage_once_it_is_back() {
+    use bus::Bus;
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let server = servers::nats();
+    let proxy = hermes_tests::proxy::Proxy::start(server.addr).await;
+    let bus = bus::nats::NatsBus::connect(&format!("nats://{}", proxy.addr)).await.expect("connect");
+    let mut outages = bus.outages();
+    assert_eq!(*outages.borrow_and_update(), None, "connected: no outage yet");
+    for _ in 0..2 {
+        let cut_at = now();
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!outages.has_changed().expect("the bus is alive"), "not back yet");
+        proxy.restore();
+        tokio::time::timeout(Duration::from_secs(30), outages.changed()).await.expect("back").expect("alive");
+        let outage = outages.borrow_and_update().expect("an outage");
+        assert!(outage.from_ms + 30_000 <= cut_at + 1_000, "covers what may have gone unnoticed: {outage:?}");
+        assert!(outage.to_ms >= cut_at + 300 && outage.to_ms <= now(), "{outage:?}");
+    }
+    let memory = bus::memory::MemoryBus::default();
+    assert!(memory.outages().changed().await.is_err(), "never cut off");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_edge_cut_off_from_nats_catches_up_on_account_events_when_it_is_back() {
     use bus::Bus;

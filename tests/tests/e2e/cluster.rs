@@ -448,6 +448,65 @@ async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_routes_again_when_i
     b.stop().await;
 }
 
+/// An edge cut off from NATS while it lives: what another edge acknowledged meanwhile for the
+/// persistent sessions on it reaches them once it is back (kept on JetStream, replayed), each
+/// message once; a session that ends with its connection gets only what came live.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_an_edge_cut_off_from_nats_missed_reaches_its_persistent_sessions_when_it_is_back() {
+    let nats = servers::nats();
+    let proxy = hermes_tests::proxy::Proxy::start(nats.addr).await;
+    let direct = Arc::new(bus::nats::NatsBus::connect(&nats.nats_url()).await.expect("nats")) as Arc<dyn Bus>;
+    let through_proxy =
+        Arc::new(bus::nats::NatsBus::connect(&format!("nats://{}", proxy.addr)).await.expect("nats")) as Arc<dyn Bus>;
+    let a = TestEdge::start_clustered(direct, None, |c| c.bus.node_id = "a".into()).await;
+    let b = TestEdge::start_clustered(through_proxy, None, |c| c.bus.node_id = "b".into()).await;
+    let (mut bob, _) = b.connect(Version::V5, lasting("bob", false)).await;
+    assert_eq!(bob.subscribe(vec![SubscribeTopic::new("t/#", 1)], WAIT).await.expect("suback"), [1]);
+    let mut eve = subscribed(&b, "eve", &["t/#"]).await;
+    settle().await;
+    let mut publisher = a.client(Version::V5, "publisher").await;
+    let publish = async |publisher: &mut Client, numbers: std::ops::RangeInclusive<u32>| {
+        for n in numbers {
+            let code = publisher.publish("t/n", n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
+            assert!(matches!(code, Some(0 | 0x10)), "{n}: {code:?}");
+        }
+    };
+    publish(&mut publisher, 1..=20).await;
+    let (mut got_bob, mut got_eve) = (numbers(&mut bob, 20).await, numbers(&mut eve, 20).await);
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Edge A keeps these on JetStream before it acknowledges them; edge B hears nothing.
+    publish(&mut publisher, 21..=40).await;
+    proxy.restore();
+    got_bob.extend(numbers(&mut bob, 20).await);
+    assert_eq!(got_bob, (1..=40).collect::<Vec<_>>(), "bob missed nothing, got nothing twice, in order");
+    publish(&mut publisher, 41..=60).await;
+    got_bob.extend(numbers(&mut bob, 20).await);
+    got_eve.extend(numbers(&mut eve, 20).await);
+    assert_eq!(got_bob, (1..=60).collect::<Vec<_>>());
+    assert_eq!(got_eve, (1..=20).chain(41..=60).collect::<Vec<_>>(), "a clean session: what came live");
+    expect_nothing(&mut bob).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The next `n` numbers `c` receives (acknowledged), each within 30 s (an edge reconnects to NATS
+/// within a few seconds of its being back).
+async fn numbers(c: &mut Client, n: usize) -> Vec<u32> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        match c.recv(Duration::from_secs(30)).await {
+            Ok(Packet::Publish(p)) => {
+                ack(c, &p).await;
+                got.push(std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()).expect("a number"));
+            }
+            Ok(_) => {}
+            other => panic!("after {got:?}: {other:?}"),
+        }
+    }
+    got
+}
+
 /// Retained messages outlive the edge they were published on: an edge that starts later (or
 /// after every edge restarted) serves them from the journal in Redis, and a clear is kept too.
 #[tokio::test(flavor = "multi_thread")]

@@ -422,6 +422,40 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         self.deliver_as(plan, msg, true, fx) == 1
     }
 
+    /// This node was cut off from the others for a while: every session here that outlives
+    /// its connection (and is not catching up already) starts catching up on what was routed
+    /// to this node meanwhile ([`Router::replay_routed_all`], then [`Router::caught_up`]).
+    /// Returns those sessions with the filters of their subscriptions (shared ones left out:
+    /// their messages went to another member).
+    pub fn begin_catch_up_all(&mut self) -> Vec<(Arc<str>, Vec<String>)> {
+        let mut names: Vec<Arc<str>> = self.live.keys().cloned().collect();
+        names.extend(self.store.keys().into_iter().map(Arc::from));
+        let mut catching_up = Vec::new();
+        for name in names {
+            let Some((_, s)) = self.held_mut(&name).filter(|(_, s)| s.is_durable() && !s.is_catching_up()) else {
+                continue;
+            };
+            s.begin_catch_up();
+            let filters = s.snapshot_subscriptions().into_iter().map(|(f, _)| f).filter(|f| !f.starts_with("$share/"));
+            catching_up.push((name, filters.collect()));
+        }
+        catching_up
+    }
+
+    /// [`Router::replay_routed`] to every session here catching up.
+    pub fn replay_routed_all(&mut self, msg: M, at_ms: u64, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
+        if msg.expired(now_ms) {
+            return 0;
+        }
+        let mut plan = RoutePlan::new(None, msg.qos(), msg.retain());
+        self.subs.for_each_match(msg.topic(), |k, opts| {
+            if opts.since_ms <= at_ms {
+                plan.add(k, opts);
+            }
+        });
+        self.deliver_as(plan, msg, true, fx)
+    }
+
     /// `session` has been given everything it missed (see [`Router::replay_routed`]).
     pub fn caught_up(&mut self, session: &str) {
         if let Some((_, s)) = self.held_mut(session) {

@@ -946,3 +946,42 @@ fn a_session_not_resumed_from_a_journal_takes_no_replay() {
     assert!(!r.replay_routed(&key("eve", "phone"), from_node("x", 1), 0, 0, &mut fx), "a clean session");
     assert!(!r.replay_routed("nobody", from_node("x", 1), 0, 0, &mut fx));
 }
+
+#[test]
+fn a_node_cut_off_from_the_others_replays_to_its_durable_sessions_what_they_missed() {
+    let mut r = router(0);
+    r.cfg.session.max_inflight = 100;
+    let mut fx = Fx::new();
+    let (bob_link, _) = connect(&mut r, request("bob", "phone", false, 60), &mut fx);
+    let (eve_link, _) = connect(&mut r, request("eve", "phone", true, 0), &mut fx);
+    let (ann_link, _) = connect(&mut r, request("ann", "phone", false, 60), &mut fx);
+    let options = SubOptions { qos: QoS::AtLeastOnce, ..SubOptions::default() };
+    for user in ["bob", "eve"] {
+        r.subscribe(&key(user, "phone"), "t/#", options.clone(), 1_000, &mut fx).expect("sub");
+    }
+    r.subscribe(&key("ann", "phone"), "$share/g/t/#", options.clone(), 1_000, &mut fx).expect("sub");
+    // Ann leaves: her session stays parked here.
+    let ann = key("ann", "phone");
+    assert!(r.disconnect(gone(&ann, ann_link, true, None), &Acl::default(), 2_000, &mut fx));
+    for n in 1..=2 {
+        r.publish_remote(from_node("x", n), 2_000, &mut fx);
+    }
+    let mut catching_up = r.begin_catch_up_all();
+    catching_up.sort();
+    assert_eq!(
+        catching_up,
+        [(ann.as_str().into(), vec![]), (key("bob", "phone").as_str().into(), vec!["t/#".to_owned()])],
+        "the durable sessions, live or parked, with their plain filters"
+    );
+    assert!(r.begin_catch_up_all().is_empty(), "those catching up already are left alone");
+    fx.clear();
+    assert_eq!(r.replay_routed_all(from_node("x", 2), 3_000, 3_000, &mut fx), 0, "bob had x2");
+    assert_eq!(r.replay_routed_all(from_node("x", 3), 3_000, 3_000, &mut fx), 1, "bob missed x3; eve is clean");
+    r.publish_remote(from_node("x", 5), 3_000, &mut fx);
+    assert_eq!(r.replay_routed_all(from_node("x", 5), 3_000, 3_000, &mut fx), 0, "x5 came live");
+    assert_eq!(r.replay_routed_all(from_node("x", 4), 500, 3_000, &mut fx), 0, "taken before the subscription");
+    r.caught_up(&key("bob", "phone"));
+    assert_eq!(r.replay_routed_all(from_node("x", 6), 3_000, 3_000, &mut fx), 0, "caught up");
+    assert_eq!(delivered(&fx, bob_link), ["x3", "x5"]);
+    assert_eq!(delivered(&fx, eve_link), ["x5"], "the clean session only gets what comes live");
+}
