@@ -16,13 +16,7 @@ mkdir -p "$OUT"
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
 { command -v nats-server && command -v redis-server; } >/dev/null || install_deps
-cargo build --release -q -p hermes -p mqtt-edge
-HERMES=target/release/hermes
-EDGE=target/release/mqtt-edge
-
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+start_cluster_bench
 
 NATS_PORT=$(free_port)
 # With JetStream, as in production: QoS 1/2 messages between edges are kept there too

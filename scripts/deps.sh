@@ -8,8 +8,19 @@
 #   start_postgres    a throwaway Postgres in a new temp dir on a free loopback port: sets
 #                     PG_BIN, PG_DIR, PG_PORT and PG_URL (postgres://postgres@127.0.0.1:PORT/postgres)
 #   stop_postgres     stops it (immediate) and removes its dir; does nothing when none was started
+#   start_cluster_bench  builds the release `hermes` and `mqtt-edge` (sets HERMES and EDGE) and
+#                     stops every process added to the array `pids` when the script exits
 
 say() { printf '\n==> %s\n' "$*"; }
+
+# shellcheck disable=SC2034,SC2154 # HERMES and EDGE are for the script; the trap sets p itself
+start_cluster_bench() {
+    cargo build --release -q -p hermes -p mqtt-edge
+    HERMES=target/release/hermes
+    EDGE=target/release/mqtt-edge
+    pids=()
+    trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
+}
 
 # shellcheck disable=SC2012 # the directories are named by version number
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }

@@ -410,8 +410,8 @@ async fn a_stopping_edge_hands_its_sessions_to_the_edge_its_clients_move_to() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_routes_again_when_it_is_back() {
+/// Edge "a" on NATS directly, edge "b" through a proxy the test can cut.
+async fn edge_behind_a_proxy() -> (servers::ServerProcess, hermes_tests::proxy::Proxy, TestEdge, TestEdge) {
     let nats = servers::nats();
     let proxy = hermes_tests::proxy::Proxy::start(nats.addr).await;
     let direct = Arc::new(bus::nats::NatsBus::connect(&nats.nats_url()).await.expect("nats")) as Arc<dyn Bus>;
@@ -419,6 +419,12 @@ async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_routes_again_when_i
         Arc::new(bus::nats::NatsBus::connect(&format!("nats://{}", proxy.addr)).await.expect("nats")) as Arc<dyn Bus>;
     let a = TestEdge::start_clustered(direct, None, |c| c.bus.node_id = "a".into()).await;
     let b = TestEdge::start_clustered(through_proxy, None, |c| c.bus.node_id = "b".into()).await;
+    (nats, proxy, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_routes_again_when_it_is_back() {
+    let (_nats, proxy, a, b) = edge_behind_a_proxy().await;
     let mut sub = subscribed(&b, "sub", &["t/#"]).await;
     settle().await;
     proxy.cut();
@@ -453,13 +459,7 @@ async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_routes_again_when_i
 /// message once; a session that ends with its connection gets only what came live.
 #[tokio::test(flavor = "multi_thread")]
 async fn what_an_edge_cut_off_from_nats_missed_reaches_its_persistent_sessions_when_it_is_back() {
-    let nats = servers::nats();
-    let proxy = hermes_tests::proxy::Proxy::start(nats.addr).await;
-    let direct = Arc::new(bus::nats::NatsBus::connect(&nats.nats_url()).await.expect("nats")) as Arc<dyn Bus>;
-    let through_proxy =
-        Arc::new(bus::nats::NatsBus::connect(&format!("nats://{}", proxy.addr)).await.expect("nats")) as Arc<dyn Bus>;
-    let a = TestEdge::start_clustered(direct, None, |c| c.bus.node_id = "a".into()).await;
-    let b = TestEdge::start_clustered(through_proxy, None, |c| c.bus.node_id = "b".into()).await;
+    let (_nats, proxy, a, b) = edge_behind_a_proxy().await;
     let (mut bob, _) = b.connect(Version::V5, lasting("bob", false)).await;
     assert_eq!(bob.subscribe(vec![SubscribeTopic::new("t/#", 1)], WAIT).await.expect("suback"), [1]);
     let mut eve = subscribed(&b, "eve", &["t/#"]).await;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use sdk::mqtt::{Packet, SubscribeTopic};
+use sdk::mqtt::{Client, Packet, SubscribeTopic};
 
 use super::Common;
 use super::clients::{Dial, open_many};
@@ -68,6 +68,60 @@ fn stamp_of(payload: &[u8]) -> Option<(usize, Duration)> {
     Some((usize::try_from(round).ok()?, Duration::from_micros(wall_us().saturating_sub(sent))))
 }
 
+/// Subscribes each of `subs` to `topic` and waits for every SUBACK. Each then reads `rounds`
+/// publishes and hands what `seen` makes of each (from its round and payload) to the receiver
+/// returned; it stays connected until the returned sender says stop (the first to close would
+/// slow the last round's stragglers down).
+async fn subscribe_all<T: Send + 'static>(
+    subs: Vec<Client>,
+    topic: &str,
+    rounds: usize,
+    seen: impl Fn(usize, &[u8]) -> Option<T> + Clone + Send + 'static,
+) -> Result<(tokio::sync::watch::Sender<bool>, tokio::sync::mpsc::UnboundedReceiver<T>), String> {
+    let n = subs.len();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(n.max(1));
+    let (got_tx, got_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    for mut c in subs {
+        let (topic, ready, got, seen) = (topic.to_owned(), ready_tx.clone(), got_tx.clone(), seen.clone());
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let ok = c.subscribe(vec![SubscribeTopic::new(&topic, 0)], Duration::from_secs(60)).await.is_ok();
+            let _ = ready.send(ok).await;
+            for round in 0..rounds {
+                match c.recv(Duration::from_secs(300)).await {
+                    Ok(Packet::Publish(p)) => {
+                        if let Some(v) = seen(round, &p.payload) {
+                            let _ = got.send(v);
+                        }
+                    }
+                    _ => return,
+                }
+            }
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+    }
+    let mut subscribed = 0;
+    for _ in 0..n {
+        if ready_rx.recv().await == Some(true) {
+            subscribed += 1;
+        }
+    }
+    if subscribed != n {
+        return Err(format!("only {subscribed} of {n} subscriptions were acknowledged"));
+    }
+    Ok((stop, got_rx))
+}
+
+/// A round's latency percentiles, how many it reached and when the last had it.
+fn round_summary(times: &[Duration]) -> Value {
+    let last = times.iter().max().copied().unwrap_or_default();
+    let mut s = latency_summary(times.to_vec());
+    s["delivered"] = times.len().into();
+    s["time_to_last_ms"] = ((last.as_secs_f64() * 1e6).round() / 1e3).into();
+    s
+}
+
 async fn publisher_part(common: &Common, args: Args) -> Result<Value, String> {
     let dial = Dial::from(common)?;
     let mut publisher = dial.open(common.source(0), format!("fan-pub-{}", std::process::id())).await?;
@@ -88,40 +142,7 @@ async fn subscribers_part(common: &Common, args: Args) -> Result<Value, String> 
     if failed > 0 {
         return Err(format!("{failed} subscribers could not connect"));
     }
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(subs.len().max(1));
-    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Duration)>();
-    // Connections stay open until every round is counted: the first to close would slow the
-    // last round's stragglers down.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    for mut c in subs {
-        let (topic, ready, got, rounds) = (args.topic.clone(), ready_tx.clone(), got_tx.clone(), args.rounds);
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            let ok = c.subscribe(vec![SubscribeTopic::new(&topic, 0)], Duration::from_secs(60)).await.is_ok();
-            let _ = ready.send(ok).await;
-            for _ in 0..rounds {
-                match c.recv(Duration::from_secs(300)).await {
-                    Ok(Packet::Publish(p)) => {
-                        if let Some(stamp) = stamp_of(&p.payload) {
-                            let _ = got.send(stamp);
-                        }
-                    }
-                    _ => return,
-                }
-            }
-            let _ = stopped.wait_for(|s| *s).await;
-        });
-    }
-    drop(got_tx);
-    let mut subscribed = 0;
-    for _ in 0..args.n {
-        if ready_rx.recv().await == Some(true) {
-            subscribed += 1;
-        }
-    }
-    if subscribed != args.n {
-        return Err(format!("only {subscribed} of {} subscriptions were acknowledged", args.n));
-    }
+    let (stop, mut got_rx) = subscribe_all(subs, &args.topic, args.rounds, |_, payload| stamp_of(payload)).await?;
     if let Some(f) = &args.ready_file {
         std::fs::write(f, b"ready").map_err(|e| format!("{}: {e}", f.display()))?;
     }
@@ -134,16 +155,7 @@ async fn subscribers_part(common: &Common, args: Args) -> Result<Value, String> 
         }
     }
     let _ = stop.send(true);
-    let rounds: Vec<Value> = times
-        .into_iter()
-        .map(|t| {
-            let last = t.iter().max().copied().unwrap_or_default();
-            let mut s = latency_summary(t.clone());
-            s["delivered"] = t.len().into();
-            s["time_to_last_ms"] = ((last.as_secs_f64() * 1e6).round() / 1e3).into();
-            s
-        })
-        .collect();
+    let rounds: Vec<Value> = times.into_iter().map(|t| round_summary(&t)).collect();
     Ok(serde_json::json!({ "scenario": "fanout-subscribers", "subscribers": args.n, "rounds": rounds }))
 }
 
@@ -168,40 +180,8 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
         return Err(format!("{failed} subscribers could not connect"));
     }
     eprintln!("  subscribing {} clients", subs.len());
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(subs.len().max(1));
-    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let (stop, mut got_rx) = subscribe_all(subs, &topic, args.rounds, |round, _| Some((round, Instant::now()))).await?;
     let rounds = args.rounds;
-    // Connections stay open until every round is counted (see `subscribers_part`).
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    for mut c in subs {
-        let topic = topic.clone();
-        let ready = ready_tx.clone();
-        let got = got_tx.clone();
-        let mut stopped = stopped.clone();
-        tokio::spawn(async move {
-            let ok = c.subscribe(vec![SubscribeTopic::new(&topic, 0)], Duration::from_secs(60)).await.is_ok();
-            let _ = ready.send(ok).await;
-            for round in 0..rounds {
-                match c.recv(Duration::from_secs(120)).await {
-                    Ok(Packet::Publish(_)) => {
-                        let _ = got.send((round, Instant::now()));
-                    }
-                    _ => return,
-                }
-            }
-            let _ = stopped.wait_for(|s| *s).await;
-        });
-    }
-    drop(got_tx);
-    let mut subscribed = 0;
-    for _ in 0..args.n {
-        if ready_rx.recv().await == Some(true) {
-            subscribed += 1;
-        }
-    }
-    if subscribed != args.n {
-        return Err(format!("only {subscribed} of {} subscriptions were acknowledged", args.n));
-    }
     if args.second_port.is_some() {
         // The other edge tells this one of its interest shortly after its SUBACKs.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -224,9 +204,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
         }
         let last = times.iter().max().copied().unwrap_or_default();
         eprintln!("  round {round}: {} deliveries, last after {:.1} ms", times.len(), last.as_secs_f64() * 1e3);
-        let mut s = latency_summary(times.clone());
-        s["delivered"] = times.len().into();
-        s["time_to_last_ms"] = ((last.as_secs_f64() * 1e6).round() / 1e3).into();
+        let mut s = round_summary(&times);
         s["us_per_delivery"] = ((last.as_secs_f64() * 1e6 / args.n.max(1) as f64 * 100.0).round() / 100.0).into();
         results.push(s);
     }
