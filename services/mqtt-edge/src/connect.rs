@@ -161,6 +161,7 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     let will = input.will.map(|w| authorize_will(edge, &identity, &client_id, w)).transpose()?;
     let session: Arc<str> = broker::store::session_key(&identity.owner(), &client_id).into();
     let identity = Arc::new(identity);
+    let store_turn = edge.store_turns.acquire().await.map_err(|_| Refusal::ShuttingDown)?;
     // Another edge may hold the session: it comes here first (and its connection there goes).
     let mut claim = match edge.hub.cluster() {
         Some(c) => c.claim(&session, !input.clean_start).await,
@@ -195,6 +196,7 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
             }
         }
     }
+    drop(store_turn);
     let connected = edge.hub.connect(
         ConnectRequest {
             session: session.clone(),

@@ -218,8 +218,16 @@ impl EdgeBuilder {
         }
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
         let throttle = throttle::AuthThrottle::default();
-        let shared =
-            Arc::new(server::EdgeShared { hub: hub.clone(), auth, authz, relations, directory, throttle, cfg });
+        let shared = Arc::new(server::EdgeShared {
+            hub: hub.clone(),
+            auth,
+            authz,
+            relations,
+            directory,
+            throttle,
+            cfg,
+            store_turns: tokio::sync::Semaphore::new(server::STORE_TURNS),
+        });
         if let Some(dir) = access {
             // Tables and revocations apply before the first client is let in.
             let events = events::AccountEvents { shared: shared.clone() };

@@ -34,7 +34,15 @@ pub struct EdgeShared {
     /// Slows down addresses whose CONNECTs fail authentication.
     pub throttle: crate::throttle::AuthThrottle,
     pub cfg: EdgeConfig,
+    /// CONNECTs talking to the session store (owners registry, journal) at once, at most
+    /// [`STORE_TURNS`].
+    pub store_turns: tokio::sync::Semaphore,
 }
+
+/// CONNECTs that talk to the session store at once, at most: in a reconnect storm (every client
+/// of a dead edge at once) the others wait their turn before it, instead of piling up in the
+/// store's queue until their reads time out and their clients are refused.
+pub const STORE_TURNS: usize = 64;
 
 /// Addresses the listeners are bound to (port 0 in the config resolved to the real port).
 #[derive(Debug, Clone, Default)]
