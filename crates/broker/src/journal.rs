@@ -66,6 +66,13 @@ pub trait SessionJournal: Send + Sync + std::fmt::Debug {
     fn load<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Stored>, String>>;
     /// Every retained message, by topic (in no particular order).
     fn load_retained(&self) -> BoxFuture<'_, Result<Retained, String>>;
+    /// The sessions a node starting on this journal routes for until their clients come back
+    /// (parked, so nothing published meanwhile passes them by): every live one when only this
+    /// node writes the journal (the embedded one), none when nodes share it (their sessions
+    /// belong to the nodes that hold them, or come back with their clients).
+    fn sessions_to_restore(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
 }
 
 /// Sessions kept in this process: for tests, and nodes sharing one process.

@@ -3,7 +3,9 @@
 //! Tables: `sessions` (a session's record and when it expires, Unix ms, `NULL` for never),
 //! `session_messages` (its kept messages by entry), `session_inbound` (its inbound QoS 2 ids
 //! awaiting their PUBREL), `session_cursors` (how far it got in each durable stream) and
-//! `retained`. The database runs in WAL mode with `synchronous = NORMAL` (see the crate's
+//! `retained`. Only the node in this data directory writes it, so that node parks every
+//! session it holds when it starts ([`SessionJournal::sessions_to_restore`]). The database runs
+//! in WAL mode with `synchronous = NORMAL` (see the crate's
 //! documentation).
 //!
 //! Expired sessions are deleted with their messages, ids and cursors when the journal opens,
@@ -212,6 +214,17 @@ impl SessionJournal for SqliteJournal {
 
     fn load<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Stored>, String>> {
         Box::pin(async move { self.read(session).await.map_err(|e| format!("loading session {session:?}: {e}")) })
+    }
+
+    fn sessions_to_restore(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT session FROM sessions WHERE expires_at_ms IS NULL OR expires_at_ms > ?1")
+                .bind(now_ms())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| format!("listing sessions: {e}"))?;
+            Ok(rows.into_iter().map(|row| row.get(0)).collect())
+        })
     }
 
     fn load_retained(&self) -> BoxFuture<'_, Result<broker::journal::Retained, String>> {

@@ -1116,7 +1116,8 @@ async fn login_takes_several_edges_and_the_client_verbs_use_one_that_answers() {
 /// `hermes up` keeps persistent sessions and retained messages in its data directory: killed
 /// with -9 and started again, it delivers every message it acknowledged to a publisher, in
 /// order, to a subscriber that was connected with messages in flight and more queued behind
-/// them, and still has the retained message.
+/// them, and what was published after the restart before the subscriber came back; it still
+/// has the retained message.
 #[tokio::test(flavor = "multi_thread")]
 async fn up_loses_no_acknowledged_message_to_a_kill_minus_9() {
     let data = temp_dir("journal").join("data");
@@ -1155,13 +1156,21 @@ async fn up_loses_no_acknowledged_message_to_a_kill_minus_9() {
     let _ = up.child.wait();
 
     let mut up = up_in(&data, &["--allow-anonymous"], &[]);
+    // Before the subscriber is back, its session takes what is published for it.
+    let mut publisher = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+    let hello = Connect { client_id: "writer".into(), clean_start: true, keep_alive: 60, ..Connect::default() };
+    assert!(matches!(publisher.handshake(hello, wait).await, Ok(Packet::ConnAck { code: 0, .. })));
+    for n in 101..=110 {
+        let code = publisher.publish("kept/a", format!("m{n}").as_bytes(), 1, false, wait).await.expect("puback");
+        assert_eq!(code, Some(0), "m{n}: the parked session matches");
+    }
     let mut sub = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
     match sub.handshake(subscriber(), wait).await {
         Ok(Packet::ConnAck { code: 0, session_present, .. }) => assert!(session_present, "the session survived"),
         other => panic!("{other:?}"),
     }
     let mut got = Vec::new();
-    while got.len() < 90 {
+    while got.len() < 100 {
         match sub.recv(wait).await {
             Ok(Packet::Publish(p)) => {
                 got.push(String::from_utf8_lossy(&p.payload).into_owned());
@@ -1170,7 +1179,7 @@ async fn up_loses_no_acknowledged_message_to_a_kill_minus_9() {
             other => panic!("after {} messages: {other:?}", got.len()),
         }
     }
-    let want: Vec<String> = (11..=100).map(|n| format!("m{n}")).collect();
+    let want: Vec<String> = (11..=110).map(|n| format!("m{n}")).collect();
     assert_eq!(got, want, "every acknowledged message, in order, none twice");
     let mut reader = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
     let hello = Connect { client_id: "reader".into(), clean_start: true, keep_alive: 60, ..Connect::default() };

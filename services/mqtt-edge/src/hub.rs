@@ -244,6 +244,16 @@ impl Hub {
         self.route(|router, fx| usize::from(router.replay_routed(session, msg, at_ms, now_ms, fx)))
     }
 
+    /// Parks a session the journal holds, as if its client had just left (see
+    /// `Router::restore_parked`); false if it is here already.
+    pub fn restore_parked(&self, session: &str, journaled: crate::stored::Journaled, now_ms: u64) -> bool {
+        let session: Arc<str> = session.into();
+        let routed = self.route(|router, fx| {
+            usize::from(router.restore_parked(&session, journaled.snapshot, journaled.expiry_secs, now_ms, fx))
+        });
+        routed.sessions == 1
+    }
+
     /// Every session here that outlives its connection starts catching up after this edge
     /// lost the bus; returns them with their filters (see `catch_up::after_outages`).
     pub fn begin_catch_up_all(&self) -> Vec<(Arc<str>, Vec<String>)> {

@@ -133,6 +133,11 @@ impl JournalWriter {
         Ok(messages)
     }
 
+    /// The sessions to park when this edge starts (see `SessionJournal::sessions_to_restore`).
+    pub async fn sessions_to_restore(&self) -> Result<Vec<String>, String> {
+        self.journal.sessions_to_restore().await
+    }
+
     /// The session the journal holds under `session`.
     pub async fn load(&self, session: &str) -> Result<Option<stored::Journaled>, String> {
         let Some(stored) = self.journal.load(session).await? else {

@@ -60,6 +60,27 @@ pub(crate) fn on_own_thread(name: &str, work: impl Future<Output = ()> + Send + 
         .map_err(|e| format!("cannot start {name}: {e}"))
 }
 
+/// Parks the sessions the journal says this edge routes for until their clients come back
+/// (all of them with the embedded journal): a restarted `hermes up` queues what is published
+/// for them before they reconnect, as before it stopped.
+async fn restore_sessions(hub: &hub::Hub, writer: &journal::JournalWriter) -> Result<(), String> {
+    let sessions = patiently("session journal", || writer.sessions_to_restore()).await?;
+    let mut restored = 0;
+    for session in &sessions {
+        match writer.load(session).await {
+            Ok(Some(journaled)) => {
+                restored += usize::from(hub.restore_parked(session, journaled, message::now_ms()));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(session, error = %e, "cannot restore a session from the journal"),
+        }
+    }
+    if restored > 0 {
+        tracing::info!(sessions = restored, "sessions restored from the journal, parked until their clients return");
+    }
+    Ok(())
+}
+
 /// How long a starting edge waits for a backend that is not ready yet (Redis loading its data,
 /// a database still starting) before it gives up.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
@@ -215,6 +236,7 @@ impl EdgeBuilder {
             // are served from its start; newer ones already came over the bus.
             let retained = patiently("session journal", || writer.load_retained()).await?;
             hub.restore_retained(retained);
+            restore_sessions(&hub, writer).await?;
         }
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
         let throttle = throttle::AuthThrottle::default();

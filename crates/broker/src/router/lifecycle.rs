@@ -226,6 +226,33 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         Some((parked.session.snapshot(), parked.expiry_secs))
     }
 
+    /// Parks `snapshot` (a session the journal holds, which outlives its connection by
+    /// `expiry_secs`) under `session` with its subscriptions routable, as if its client had just
+    /// left: what is published from now on is queued for it. False if the session is here
+    /// already.
+    pub fn restore_parked(
+        &mut self,
+        session: &Arc<str>,
+        snapshot: SessionSnapshot<M>,
+        expiry_secs: u32,
+        now_ms: u64,
+        fx: &mut Effects<M, O>,
+    ) -> bool {
+        if self.holds(session) {
+            return false;
+        }
+        let mut parked = self.adopt(session, snapshot, now_ms, fx);
+        parked.expiry_secs = expiry_secs;
+        // The journal has it as it is: only what changes from now on is written, and its
+        // record lives as long as a parked session's (it may have been a live one's).
+        parked.session.set_durable(true);
+        let subscriptions = parked.session.snapshot_subscriptions();
+        let record = Persist::Record { subscriptions, expiry_secs, parked: true };
+        fx.push(Effect::Persist { session: session.clone(), persist: record });
+        self.store.park(session, parked);
+        true
+    }
+
     /// A session another node handed over, parked here under a new key with its subscriptions
     /// routable, about to be resumed.
     fn adopt(

@@ -985,3 +985,24 @@ fn a_node_cut_off_from_the_others_replays_to_its_durable_sessions_what_they_miss
     assert_eq!(delivered(&fx, bob_link), ["x3", "x5"]);
     assert_eq!(delivered(&fx, eve_link), ["x5"], "the clean session only gets what comes live");
 }
+
+#[test]
+fn a_session_restored_from_the_journal_is_parked_and_queues_what_comes() {
+    let mut a = router(0);
+    let mut fx = Fx::new();
+    connect(&mut a, request("bob", "phone", false, 60), &mut fx);
+    sub(&mut a, "bob", "phone", "t/#", 1);
+    let (snapshot, _) = a.hand_over(&key("bob", "phone"), &Acl::default(), 0, &mut fx).expect("on a");
+    let mut r = router(0);
+    fx.clear();
+    let bob: Arc<str> = key("bob", "phone").into();
+    assert!(r.restore_parked(&bob, snapshot.clone(), 60, 1_000, &mut fx));
+    assert_eq!(journal(&fx), ["parked 60 t/#"], "its record lives as a parked one's");
+    assert!(!r.restore_parked(&bob, snapshot, 60, 1_000, &mut fx), "here already");
+    fx.clear();
+    assert_eq!(r.publish(msg("t/1", "queued", 1), None, 2_000, &mut fx), 1, "parked, it takes what comes");
+    assert_eq!(journal(&fx), ["+1"]);
+    let (link, present) = connect(&mut r, request("bob", "phone", false, 60), &mut fx);
+    assert!(present);
+    assert_eq!(delivered(&fx, link), ["queued"]);
+}
