@@ -60,14 +60,22 @@ pub(crate) fn on_own_thread(name: &str, work: impl Future<Output = ()> + Send + 
         .map_err(|e| format!("cannot start {name}: {e}"))
 }
 
+/// Sessions read from the journal at once while an edge restores them.
+const RESTORE_READS: usize = 8;
+
 /// Parks the sessions the journal says this edge routes for until their clients come back
 /// (all of them with the embedded journal): a restarted `hermes up` queues what is published
 /// for them before they reconnect, as before it stopped.
 async fn restore_sessions(hub: &hub::Hub, writer: &journal::JournalWriter) -> Result<(), String> {
+    use futures_util::StreamExt;
     let sessions = patiently("session journal", || writer.sessions_to_restore()).await?;
+    // Read a few at a time (the embedded journal reads on a pool of connections).
+    let mut loads = futures_util::stream::iter(&sessions)
+        .map(|session| async move { (session, writer.load(session).await) })
+        .buffer_unordered(RESTORE_READS);
     let mut restored = 0;
-    for session in &sessions {
-        match writer.load(session).await {
+    while let Some((session, loaded)) = loads.next().await {
+        match loaded {
             Ok(Some(journaled)) => {
                 restored += usize::from(hub.restore_parked(session, journaled, message::now_ms()));
             }
