@@ -56,6 +56,9 @@ pub struct Stored {
 }
 
 /// Retained messages by topic, as the journal holds them.
+/// Sessions to restore, each with when its record expires (Unix ms, `None` for never).
+pub type ToRestore = Vec<(String, Option<u64>)>;
+
 pub type Retained = Vec<(String, Vec<u8>)>;
 
 /// Persistent sessions by session key ([`crate::store::session_key`]).
@@ -67,10 +70,11 @@ pub trait SessionJournal: Send + Sync + std::fmt::Debug {
     /// Every retained message, by topic (in no particular order).
     fn load_retained(&self) -> BoxFuture<'_, Result<Retained, String>>;
     /// The sessions a node starting on this journal routes for until their clients come back
-    /// (parked, so nothing published meanwhile passes them by): every live one when only this
-    /// node writes the journal (the embedded one), none when nodes share it (their sessions
-    /// belong to the nodes that hold them, or come back with their clients).
-    fn sessions_to_restore(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
+    /// (parked, so nothing published meanwhile passes them by), with when each one's record
+    /// expires (Unix ms, `None` for never): every live one when only this node writes the
+    /// journal (the embedded one), none when nodes share it (their sessions belong to the
+    /// nodes that hold them, or come back with their clients).
+    fn sessions_to_restore(&self) -> BoxFuture<'_, Result<ToRestore, String>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
 }

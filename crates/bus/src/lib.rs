@@ -128,13 +128,24 @@ impl Replay {
     }
 }
 
-/// A time this node's connection to the bus was lost, once it is back: subscriptions missed
-/// what was published from `from_ms` (Unix ms; the earliest the loss may have begun, however
-/// late it was noticed) until `to_ms`, when the server had them all again.
+/// A time this node's connection to the bus was lost, once it is back: subscriptions may have
+/// missed what was published from `from_ms` (Unix ms; the earliest the loss may have begun,
+/// however late it was noticed) until about `to_ms`, when the connection came back (the
+/// client then subscribes again before it sends anything else).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outage {
     pub from_ms: u64,
     pub to_ms: u64,
+}
+
+/// This node's connection to the bus, as it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Lost, noticed at `at_ms`: nothing published on the bus reaches this node until it is
+    /// back.
+    Lost { at_ms: u64 },
+    /// Back after an [`Outage`].
+    Back(Outage),
 }
 
 /// Publish/subscribe by subject.
@@ -201,10 +212,11 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
-    /// The latest [`Outage`] (`None` before the first), changing each time the connection comes
-    /// back. The in-process bus is never cut off: its receiver never changes (its sender is
-    /// gone, so `changed` fails at once).
-    fn outages(&self) -> tokio::sync::watch::Receiver<Option<Outage>> {
+    /// The latest change of this node's connection ([`Link`]; `None` before the first). A
+    /// watch keeps only the latest: a reader may see `Back` without the `Lost` before it. The
+    /// in-process bus is never cut off: its receiver never changes (its sender is gone, so
+    /// `changed` fails at once).
+    fn link_changes(&self) -> tokio::sync::watch::Receiver<Option<Link>> {
         tokio::sync::watch::channel(None).1
     }
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::{
-    BoxFuture, Bus, BusError, BusMessage, KeepConfig, KeptMessage, Outage, Replay, Subscription, valid_subject,
+    BoxFuture, Bus, BusError, BusMessage, KeepConfig, KeptMessage, Link, Outage, Replay, Subscription, valid_subject,
     without_covered,
 };
 
@@ -40,7 +40,7 @@ type Keeper = Arc<Mutex<Option<Arc<Keeping>>>>;
 pub struct NatsBus {
     client: async_nats::Client,
     keeping: Keeper,
-    outages: tokio::sync::watch::Receiver<Option<Outage>>,
+    link: tokio::sync::watch::Receiver<Option<Link>>,
 }
 
 /// How often the client pings the server: a connection that stopped answering is noticed as
@@ -51,21 +51,23 @@ const PING_INTERVAL: Duration = Duration::from_secs(10);
 /// without an answer; one more for the ping that was on its way.
 const UNNOTICED: Duration = Duration::from_secs(3 * PING_INTERVAL.as_secs());
 
-/// Turns the client's connection events into [`Outage`]s (until the client is gone).
+/// Turns the client's connection events into [`Link`] changes (until the client is gone).
 async fn watch_connection(
     mut events: tokio::sync::mpsc::UnboundedReceiver<async_nats::Event>,
-    outages: tokio::sync::watch::Sender<Option<Outage>>,
+    link: tokio::sync::watch::Sender<Option<Link>>,
 ) {
     let mut lost_at = None;
     while let Some(event) = events.recv().await {
         match event {
-            async_nats::Event::Disconnected => {
-                lost_at.get_or_insert_with(crate::now_ms);
+            async_nats::Event::Disconnected if lost_at.is_none() => {
+                let at_ms = crate::now_ms();
+                lost_at = Some(at_ms);
+                link.send_replace(Some(Link::Lost { at_ms }));
             }
             async_nats::Event::Connected => {
                 if let Some(at) = lost_at.take() {
                     let from_ms = at.saturating_sub(UNNOTICED.as_millis() as u64);
-                    outages.send_replace(Some(Outage { from_ms, to_ms: crate::now_ms() }));
+                    link.send_replace(Some(Link::Back(Outage { from_ms, to_ms: crate::now_ms() })));
                 }
             }
             _ => {}
@@ -87,7 +89,7 @@ struct Keeping {
 
 impl NatsBus {
     /// Connects to `url` (e.g. `nats://127.0.0.1:4222`); async-nats reconnects by itself and
-    /// subscribes again to what it held ([`Bus::outages`] tells when).
+    /// subscribes again to what it held ([`Bus::link_changes`] tells when).
     pub async fn connect(url: &str) -> Result<NatsBus, BusError> {
         let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()
@@ -99,9 +101,9 @@ impl NatsBus {
             .connect(url)
             .await
             .map_err(|e| BusError::Transport(format!("{url}: {e}")))?;
-        let (outages, outages_rx) = tokio::sync::watch::channel(None);
-        tokio::spawn(watch_connection(events_rx, outages));
-        Ok(NatsBus { client, keeping: Keeper::default(), outages: outages_rx })
+        let (link, link_rx) = tokio::sync::watch::channel(None);
+        tokio::spawn(watch_connection(events_rx, link));
+        Ok(NatsBus { client, keeping: Keeper::default(), link: link_rx })
     }
 }
 
@@ -259,8 +261,8 @@ impl Bus for NatsBus {
         })
     }
 
-    fn outages(&self) -> tokio::sync::watch::Receiver<Option<Outage>> {
-        self.outages.clone()
+    fn link_changes(&self) -> tokio::sync::watch::Receiver<Option<Link>> {
+        self.link.clone()
     }
 
     fn replay_kept<'a>(&'a self, filters: &'a [String], since_ms: u64) -> BoxFuture<'a, Result<Replay, BusError>> {

@@ -216,14 +216,17 @@ impl SessionJournal for SqliteJournal {
         Box::pin(async move { self.read(session).await.map_err(|e| format!("loading session {session:?}: {e}")) })
     }
 
-    fn sessions_to_restore(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
+    fn sessions_to_restore(&self) -> BoxFuture<'_, Result<broker::journal::ToRestore, String>> {
         Box::pin(async move {
-            let rows = sqlx::query("SELECT session FROM sessions WHERE expires_at_ms IS NULL OR expires_at_ms > ?1")
-                .bind(now_ms())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| format!("listing sessions: {e}"))?;
-            Ok(rows.into_iter().map(|row| row.get(0)).collect())
+            let rows = sqlx::query(
+                "SELECT session, expires_at_ms FROM sessions WHERE expires_at_ms IS NULL OR expires_at_ms > ?1",
+            )
+            .bind(now_ms())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| format!("listing sessions: {e}"))?;
+            let expires = |at: Option<i64>| at.map(|at| u64::try_from(at).unwrap_or(0));
+            Ok(rows.into_iter().map(|row| (row.get(0), expires(row.get(1)))).collect())
         })
     }
 

@@ -11,9 +11,9 @@
 //! - The router gives each message once, whichever path brings it first, and never one the
 //!   journal had (`broker::origins`).
 //!
-//! An edge that lost the bus for a while (and lived) catches up the same way once it is back
-//! ([`after_outages`]): its sessions that outlive their connection replay what was kept since
-//! the outage began.
+//! An edge that lost the bus for a while (and lived) catches up the same way ([`after_outages`]):
+//! its sessions that outlive their connection start catching up when the bus is lost, and
+//! replay what was kept since the outage began once it is back.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -22,7 +22,7 @@ use prost::Message as _;
 use tokio::sync::watch;
 
 use broker::SubOptions;
-use bus::Outage;
+use bus::{Link, Outage};
 use wire::pb;
 
 use crate::cluster::{ClusterLink, KEPT_SUBJECTS, NodeName, Origins, decode_message, subjects_of};
@@ -115,29 +115,47 @@ async fn replay_kept(
     Ok(taken)
 }
 
-/// Each time this edge is back on the bus after losing it, the sessions here that outlive
-/// their connection catch up on what was routed to them meanwhile ([`after_outage`]).
-pub async fn after_outages(
-    hub: Weak<Hub>,
-    mut outages: watch::Receiver<Option<Outage>>,
-    me: NodeName,
-    stall: Duration,
-) {
-    while outages.changed().await.is_ok() {
-        let Some(outage) = *outages.borrow_and_update() else { continue };
+/// Each time this edge loses the bus, the sessions here that outlive their connection start
+/// catching up from where they stand (nothing from other edges reaches them until it is back,
+/// so live messages cannot move them past what they missed); once it is back they replay what
+/// was kept meanwhile ([`after_outage`]), tried again a few times if the replay fails.
+pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<Link>>, me: NodeName, stall: Duration) {
+    let mut catching: Vec<Arc<str>> = Vec::new();
+    while changes.changed().await.is_ok() {
+        let Some(change) = *changes.borrow_and_update() else { continue };
         let Some(hub) = hub.upgrade() else { return };
+        // Sessions that began here while the bus was away (or a loss this task did not see:
+        // a watch keeps only the latest change) start now.
+        catching.extend(hub.begin_catch_up_all());
+        let Link::Back(outage) = change else { continue };
         let Some(link) = hub.cluster() else { return };
         let lost_ms = outage.to_ms.saturating_sub(outage.from_ms);
-        tracing::info!(lost_ms, "back on the bus: catching up on what was routed here meanwhile");
-        match after_outage(&hub, link, outage, &me, stall).await {
-            Ok(n) => tracing::info!(messages = n, "caught up after losing the bus"),
-            Err(e) => {
-                metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
-                tracing::warn!(error = %e, "cannot replay what this edge missed while it had lost the bus");
+        tracing::info!(
+            lost_ms,
+            sessions = catching.len(),
+            "back on the bus: catching up on what was routed here meanwhile"
+        );
+        for attempt in 1..=REPLAY_TRIES {
+            match after_outage(&hub, link, outage, &catching, &me, stall).await {
+                Ok(n) => {
+                    tracing::info!(messages = n, "caught up after losing the bus");
+                    break;
+                }
+                Err(e) => {
+                    metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
+                    tracing::warn!(error = %e, attempt, "cannot replay what this edge missed while it had lost the bus");
+                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                }
             }
+        }
+        for session in catching.drain(..) {
+            hub.caught_up(&session);
         }
     }
 }
+
+/// Tries of the replay after an outage (each message is taken once however many there are).
+const REPLAY_TRIES: u32 = 3;
 
 /// Past this many subjects, the replay after an outage reads everything the bus kept over the
 /// window and the router picks what each session subscribes to: a NATS consumer with
@@ -145,26 +163,26 @@ pub async fn after_outages(
 const MAX_REPLAY_SUBJECTS: usize = 64;
 
 /// This edge lost the bus during `outage`: the QoS 1/2 messages other edges routed meanwhile
-/// reached nobody here. Every session here that outlives its connection, live or parked,
-/// replays what the bus kept on its subscriptions since the outage began, as a session resumed
-/// from a dead edge's journal does: nothing it had (its cursors with each sending edge),
-/// nothing twice (what comes live meanwhile), nothing this edge published itself (delivered
-/// here without the bus). Sessions that end with their connection are not replayed to.
+/// reached nobody here. The `sessions` catching up (those here that outlive their connection,
+/// live or parked) replay what the bus kept on their subscriptions since the outage began, as
+/// a session resumed from a dead edge's journal does: nothing they had, nothing twice (what
+/// comes live meanwhile), nothing this edge published itself (delivered here without the
+/// bus). Sessions that end with their connection are not replayed to.
 async fn after_outage(
     hub: &Hub,
     link: &ClusterLink,
     outage: Outage,
+    sessions: &[Arc<str>],
     me: &NodeName,
     stall: Duration,
 ) -> Result<u64, String> {
     if link.kept().1.is_zero() {
         return Ok(0);
     }
-    let sessions = hub.begin_catch_up_all();
     let mut subjects: Vec<String> = sessions
         .iter()
-        .flat_map(|(_, filters)| filters)
-        .flat_map(|f| subjects_of(f))
+        .flat_map(|s| hub.plain_filters(s))
+        .flat_map(|f| subjects_of(&f))
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -172,12 +190,8 @@ async fn after_outage(
         subjects = KEPT_SUBJECTS.map(str::to_owned).to_vec();
     }
     let mine = |routed: &pb::RoutedMessage| routed.origin == me.id && routed.incarnation == me.incarnation;
-    let replayed = replay_kept(hub, link, &subjects, outage.from_ms, mine, stall, |msg, at_ms| {
+    replay_kept(hub, link, &subjects, outage.from_ms, mine, stall, |msg, at_ms| {
         hub.replay_routed_all(msg, at_ms, now_ms())
     })
-    .await;
-    for (session, _) in &sessions {
-        hub.caught_up(session);
-    }
-    replayed
+    .await
 }

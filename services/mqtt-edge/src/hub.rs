@@ -254,10 +254,15 @@ impl Hub {
         routed.sessions == 1
     }
 
-    /// Every session here that outlives its connection starts catching up after this edge
-    /// lost the bus; returns them with their filters (see `catch_up::after_outages`).
-    pub fn begin_catch_up_all(&self) -> Vec<(Arc<str>, Vec<String>)> {
+    /// Every session here that outlives its connection starts catching up, as this edge lost
+    /// the bus; returns them (see `catch_up::after_outages`).
+    pub fn begin_catch_up_all(&self) -> Vec<Arc<str>> {
         self.lock().router.begin_catch_up_all()
+    }
+
+    /// The filters of `session`'s subscriptions but its shared ones.
+    pub fn plain_filters(&self, session: &str) -> Vec<String> {
+        self.lock().router.plain_filters(session)
     }
 
     /// [`Hub::replay_routed`] to every session here catching up.

@@ -45,6 +45,20 @@ pub enum Item {
     Touch(Arc<str>, u32),
 }
 
+/// What a parked session's record outlives the session by in the journal (the router decides
+/// when the session ends).
+pub const PARKED_SLACK_SECS: u32 = 60;
+
+/// How long a session the journal holds has left, from when its record expires (`None`: never)
+/// at `now_ms`: what is left of its expiry, as if it had been parked (its record outlives it
+/// by [`PARKED_SLACK_SECS`], or more for a live one's: it gets the benefit of the doubt).
+/// `Some(0)` when nothing is.
+pub fn expiry_left(expiry_secs: u32, record_expires_at_ms: Option<u64>, now_ms: u64) -> u32 {
+    let Some(at) = record_expires_at_ms else { return expiry_secs };
+    let left = (at.saturating_sub(now_ms) / 1000).saturating_sub(u64::from(PARKED_SLACK_SECS));
+    expiry_secs.min(u32::try_from(left).unwrap_or(u32::MAX))
+}
+
 /// How often the records of live sessions are touched.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(300);
 
@@ -134,7 +148,7 @@ impl JournalWriter {
     }
 
     /// The sessions to park when this edge starts (see `SessionJournal::sessions_to_restore`).
-    pub async fn sessions_to_restore(&self) -> Result<Vec<String>, String> {
+    pub async fn sessions_to_restore(&self) -> Result<broker::journal::ToRestore, String> {
         self.journal.sessions_to_restore().await
     }
 
@@ -280,7 +294,7 @@ fn encode(items: Vec<Item>, holder: &NodeName) -> Vec<Write> {
                     // Parked: a minute more than the router's own expiry (the router decides
                     // when it ends). Live: as long as this edge keeps touching it.
                     ttl_secs: if parked {
-                        (expiry_secs != u32::MAX).then_some(expiry_secs.saturating_add(60))
+                        (expiry_secs != u32::MAX).then_some(expiry_secs.saturating_add(PARKED_SLACK_SECS))
                     } else {
                         live_ttl(expiry_secs)
                     },
@@ -386,6 +400,20 @@ mod tests {
             shape(&left),
             [("a".into(), 1, "cursor"), ("b".into(), 1, "cursor"), ("a".into(), 3, "cursor"), ("b".into(), 0, "ended")]
         );
+    }
+
+    #[test]
+    fn a_restored_session_keeps_what_was_left_of_its_expiry() {
+        let now = 1_000_000;
+        assert_eq!(expiry_left(3600, None, now), 3600, "a record that never expires");
+        assert_eq!(expiry_left(u32::MAX, None, now), u32::MAX);
+        let parked_at = |secs_ago: u64, expiry: u32| Some(now - secs_ago * 1000 + u64::from(expiry + 60) * 1000);
+        assert_eq!(expiry_left(3600, parked_at(600, 3600), now), 3000, "parked ten minutes before the restart");
+        assert_eq!(expiry_left(60, parked_at(600, 60), now), 0, "its expiry passed while the node was down");
+        assert_eq!(expiry_left(60, Some(now + 30_000), now), 0, "within the slack only");
+        assert_eq!(expiry_left(0, Some(now + 3_600_000), now), 0);
+        assert_eq!(expiry_left(60, Some(now + 3_600_000), now), 60, "never more than its own expiry");
+        assert_eq!(expiry_left(60, Some(u64::MAX), now), 60);
     }
 
     #[tokio::test]

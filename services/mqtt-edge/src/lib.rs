@@ -71,13 +71,19 @@ async fn restore_sessions(hub: &hub::Hub, writer: &journal::JournalWriter) -> Re
     let sessions = patiently("session journal", || writer.sessions_to_restore()).await?;
     // Read a few at a time (the embedded journal reads on a pool of connections).
     let mut loads = futures_util::stream::iter(&sessions)
-        .map(|session| async move { (session, writer.load(session).await) })
+        .map(|(session, expires_at)| async move { (session, *expires_at, writer.load(session).await) })
         .buffer_unordered(RESTORE_READS);
     let mut restored = 0;
-    while let Some((session, loaded)) = loads.next().await {
+    while let Some((session, expires_at, loaded)) = loads.next().await {
         match loaded {
-            Ok(Some(journaled)) => {
-                restored += usize::from(hub.restore_parked(session, journaled, message::now_ms()));
+            Ok(Some(mut journaled)) => {
+                // What is left of its expiry: a restart neither brings back a session that
+                // should have ended meanwhile nor gives one more time.
+                let now = message::now_ms();
+                journaled.expiry_secs = journal::expiry_left(journaled.expiry_secs, expires_at, now);
+                if journaled.expiry_secs > 0 {
+                    restored += usize::from(hub.restore_parked(session, journaled, now));
+                }
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(session, error = %e, "cannot restore a session from the journal"),
@@ -228,9 +234,9 @@ impl EdgeBuilder {
                 max_bytes: cfg.bus.keep_max_bytes,
                 memory: cfg.bus.keep_storage == "memory",
             });
-            let outages = bus.outages();
+            let link_changes = bus.link_changes();
             hub.attach_cluster(cluster::start(hub.clone(), bus, owners, node.clone(), stall, keep).await?);
-            tokio::spawn(catch_up::after_outages(Arc::downgrade(&hub), outages, node.clone(), stall));
+            tokio::spawn(catch_up::after_outages(Arc::downgrade(&hub), link_changes, node.clone(), stall));
             if let Some(dir) = presence {
                 // A user is online while a device is connected to any edge.
                 let grace = Duration::from_secs(u64::from(cfg.limits.presence_grace_secs));
@@ -244,7 +250,11 @@ impl EdgeBuilder {
             // are served from its start; newer ones already came over the bus.
             let retained = patiently("session journal", || writer.load_retained()).await?;
             hub.restore_retained(retained);
-            restore_sessions(&hub, writer).await?;
+            // With a bus that keeps what edges send each other, a session comes back with its
+            // client instead: it then replays what the bus kept since it began.
+            if hub.cluster().is_none_or(|c| c.kept().1.is_zero()) {
+                restore_sessions(&hub, writer).await?;
+            }
         }
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
         let throttle = throttle::AuthThrottle::default();

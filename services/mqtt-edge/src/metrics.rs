@@ -89,7 +89,7 @@ pub fn describe() {
     describe_counter!(JOURNAL_WRITES, "Changes to persistent sessions written to the session journal");
     describe_counter!(
         JOURNAL_SPARED,
-        "Changes to persistent sessions never written: messages their subscribers acknowledged before they were"
+        "Changes to persistent sessions never written (a message's arrival and its end, when its subscriber acknowledged it first)"
     );
     describe_counter!(
         JOURNAL_ERRORS,

@@ -287,30 +287,41 @@ async fn account_events_reach_the_edge_on(server: servers::ServerProcess) {
     edge.stop().await;
 }
 
-/// A NATS bus whose connection is lost says so once it is back, with an outage that begins
+/// A NATS bus says when its connection is lost and when it is back, with an outage that begins
 /// early enough to cover what its subscriptions may have missed; the in-process bus never does.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_nats_bus_reports_each_outage_once_it_is_back() {
-    use bus::Bus;
+async fn a_nats_bus_reports_each_loss_and_return_of_its_connection() {
+    use bus::{Bus, Link};
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
     let server = servers::nats();
     let proxy = hermes_tests::proxy::Proxy::start(server.addr).await;
     let bus = bus::nats::NatsBus::connect(&format!("nats://{}", proxy.addr)).await.expect("connect");
-    let mut outages = bus.outages();
-    assert_eq!(*outages.borrow_and_update(), None, "connected: no outage yet");
+    let mut changes = bus.link_changes();
+    assert_eq!(*changes.borrow_and_update(), None, "connected: nothing yet");
+    let next = async |changes: &mut tokio::sync::watch::Receiver<Option<Link>>| {
+        tokio::time::timeout(Duration::from_secs(30), changes.changed()).await.expect("a change").expect("alive");
+        changes.borrow_and_update().expect("a link state")
+    };
     for _ in 0..2 {
         let cut_at = now();
         proxy.cut();
+        match next(&mut changes).await {
+            Link::Lost { at_ms } => assert!(at_ms >= cut_at && at_ms <= now(), "{at_ms} vs {cut_at}"),
+            other => panic!("expected a loss: {other:?}"),
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!outages.has_changed().expect("the bus is alive"), "not back yet");
+        assert!(!changes.has_changed().expect("the bus is alive"), "not back yet");
         proxy.restore();
-        tokio::time::timeout(Duration::from_secs(30), outages.changed()).await.expect("back").expect("alive");
-        let outage = outages.borrow_and_update().expect("an outage");
-        assert!(outage.from_ms + 30_000 <= cut_at + 1_000, "covers what may have gone unnoticed: {outage:?}");
-        assert!(outage.to_ms >= cut_at + 300 && outage.to_ms <= now(), "{outage:?}");
+        match next(&mut changes).await {
+            Link::Back(outage) => {
+                assert!(outage.from_ms + 30_000 <= cut_at + 1_000, "covers what may have gone unnoticed: {outage:?}");
+                assert!(outage.to_ms >= cut_at + 300 && outage.to_ms <= now(), "{outage:?}");
+            }
+            other => panic!("expected the return: {other:?}"),
+        }
     }
     let memory = bus::memory::MemoryBus::default();
-    assert!(memory.outages().changed().await.is_err(), "never cut off");
+    assert!(memory.link_changes().changed().await.is_err(), "never cut off");
 }
 
 #[tokio::test(flavor = "multi_thread")]

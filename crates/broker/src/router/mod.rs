@@ -422,24 +422,29 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         self.deliver_as(plan, msg, true, fx) == 1
     }
 
-    /// This node was cut off from the others for a while: every session here that outlives
-    /// its connection (and is not catching up already) starts catching up on what was routed
-    /// to this node meanwhile ([`Router::replay_routed_all`], then [`Router::caught_up`]).
-    /// Returns those sessions with the filters of their subscriptions (shared ones left out:
-    /// their messages went to another member).
-    pub fn begin_catch_up_all(&mut self) -> Vec<(Arc<str>, Vec<String>)> {
+    /// This node lost the others (and nothing from them reaches it until it has them back):
+    /// every session here that outlives its connection (and is not catching up already) starts
+    /// catching up, from where it stands now, on what is routed to this node meanwhile
+    /// ([`Router::replay_routed_all`] once it is back, then [`Router::caught_up`]). Returns
+    /// those sessions.
+    pub fn begin_catch_up_all(&mut self) -> Vec<Arc<str>> {
         let mut names: Vec<Arc<str>> = self.live.keys().cloned().collect();
         names.extend(self.store.keys().into_iter().map(Arc::from));
-        let mut catching_up = Vec::new();
-        for name in names {
-            let Some((_, s)) = self.held_mut(&name).filter(|(_, s)| s.is_durable() && !s.is_catching_up()) else {
-                continue;
-            };
-            s.begin_catch_up();
-            let filters = s.snapshot_subscriptions().into_iter().map(|(f, _)| f).filter(|f| !f.starts_with("$share/"));
-            catching_up.push((name, filters.collect()));
-        }
-        catching_up
+        names.retain(|name| match self.held_mut(name) {
+            Some((_, s)) if s.is_durable() && !s.is_catching_up() => {
+                s.begin_catch_up();
+                true
+            }
+            _ => false,
+        });
+        names
+    }
+
+    /// The filters of `session`'s subscriptions but its shared ones (whose messages go to one
+    /// member of the group); none if it is not here.
+    pub fn plain_filters(&mut self, session: &str) -> Vec<String> {
+        let Some((_, s)) = self.held_mut(session) else { return Vec::new() };
+        s.subscriptions().map(|(f, _)| f.to_owned()).filter(|f| !f.starts_with("$share/")).collect()
     }
 
     /// [`Router::replay_routed`] to every session here catching up.
