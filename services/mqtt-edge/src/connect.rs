@@ -161,7 +161,13 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     let will = input.will.map(|w| authorize_will(edge, &identity, &client_id, w)).transpose()?;
     let session: Arc<str> = broker::store::session_key(&identity.owner(), &client_id).into();
     let identity = Arc::new(identity);
-    let store_turn = edge.store_turns.acquire().await.map_err(|_| Refusal::ShuttingDown)?;
+    // Only a CONNECT that talks to the store waits for a turn there.
+    let needs_store = edge.hub.cluster().is_some_and(|c| c.moves_sessions())
+        || (edge.hub.journal().is_some() && !input.clean_start && !edge.hub.holds(&session));
+    let store_turn = match needs_store {
+        true => Some(edge.store_turns.acquire().await.map_err(|_| Refusal::ShuttingDown)?),
+        false => None,
+    };
     // Another edge may hold the session: it comes here first (and its connection there goes).
     let mut claim = match edge.hub.cluster() {
         Some(c) => c.claim(&session, !input.clean_start).await,
