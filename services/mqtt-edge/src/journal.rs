@@ -6,7 +6,8 @@
 //! A message that arrives and is acknowledged by its subscriber before its batch is written is
 //! never written at all: the pair cancels out. A failed write is tried again a few times, then
 //! reported to whoever waits (the PUBLISH is not acknowledged) and the journal counts as
-//! unhealthy (readiness) until a write succeeds.
+//! unhealthy (readiness) until a write succeeds; so does a write under way for longer than a
+//! try may take (one on the writer's own thread, as the embedded store's, cannot be cut short).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -80,7 +81,25 @@ struct Batch {
 pub struct JournalWriter {
     tx: mpsc::UnboundedSender<Batch>,
     journal: Arc<dyn SessionJournal>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
+}
+
+/// Whether the journal works: the last write succeeded, and the one under way (if any) has
+/// not taken longer than a try may. A store that writes on the writer's thread (the embedded
+/// one) cannot be interrupted by the writer's timeouts: a hung disk shows here.
+#[derive(Debug)]
+struct Health {
+    ok: AtomicBool,
+    /// When the write under way began (Unix ms), 0 while none is.
+    writing_since_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Health {
+    fn is_healthy(&self, now_ms: u64) -> bool {
+        let since = self.writing_since_ms.load(Ordering::Relaxed);
+        let stuck = since != 0 && now_ms.saturating_sub(since) > TRY_TIMEOUT.as_millis() as u64;
+        self.ok.load(Ordering::Relaxed) && !stuck
+    }
 }
 
 impl std::fmt::Debug for JournalWriter {
@@ -105,9 +124,9 @@ impl JournalWriter {
     /// ends once every clone is dropped.
     pub fn start(journal: Arc<dyn SessionJournal>, holder: NodeName) -> Result<Self, String> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let healthy = Arc::new(AtomicBool::new(true));
-        crate::on_own_thread("hermes-journal", run(journal.clone(), rx, healthy.clone(), holder))?;
-        Ok(JournalWriter { tx, journal, healthy })
+        let health = Arc::new(Health { ok: AtomicBool::new(true), writing_since_ms: Default::default() });
+        crate::on_own_thread("hermes-journal", run(journal.clone(), rx, health.clone(), holder))?;
+        Ok(JournalWriter { tx, journal, health })
     }
 
     /// Queues `items` for writing after everything submitted before.
@@ -131,7 +150,7 @@ impl JournalWriter {
 
     /// The last write succeeded.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.is_healthy(crate::message::now_ms())
     }
 
     /// The retained messages the journal holds; unreadable ones are skipped (and logged).
@@ -170,9 +189,10 @@ impl JournalWriter {
 async fn run(
     journal: Arc<dyn SessionJournal>,
     mut rx: mpsc::UnboundedReceiver<Batch>,
-    healthy: Arc<AtomicBool>,
+    health: Arc<Health>,
     holder: NodeName,
 ) {
+    let healthy = &health.ok;
     loop {
         let first = if healthy.load(Ordering::Relaxed) {
             rx.recv().await
@@ -201,7 +221,9 @@ async fn run(
         let items = coalesce(items.into_iter());
         metrics::counter!(m::JOURNAL_SPARED).increment((taken - items.len()) as u64);
         let writes = encode(items, &holder);
+        health.writing_since_ms.store(crate::message::now_ms().max(1), Ordering::Relaxed);
         let ok = writes.is_empty() || write(&*journal, &writes).await;
+        health.writing_since_ms.store(0, Ordering::Relaxed);
         healthy.store(ok, Ordering::Relaxed);
         for b in batches {
             if let Some(done) = b.done {
@@ -414,6 +436,19 @@ mod tests {
         assert_eq!(expiry_left(0, Some(now + 3_600_000), now), 0);
         assert_eq!(expiry_left(60, Some(now + 3_600_000), now), 60, "never more than its own expiry");
         assert_eq!(expiry_left(60, Some(u64::MAX), now), 60);
+    }
+
+    #[test]
+    fn a_write_under_way_for_longer_than_a_try_makes_the_journal_unhealthy() {
+        let health = Health { ok: AtomicBool::new(true), writing_since_ms: Default::default() };
+        assert!(health.is_healthy(10_000), "idle");
+        health.writing_since_ms.store(10_000, Ordering::Relaxed);
+        assert!(health.is_healthy(10_000 + TRY_TIMEOUT.as_millis() as u64), "within a try");
+        assert!(!health.is_healthy(10_001 + TRY_TIMEOUT.as_millis() as u64), "stuck");
+        assert!(health.is_healthy(5_000), "a clock that went back counts as no time");
+        health.writing_since_ms.store(0, Ordering::Relaxed);
+        health.ok.store(false, Ordering::Relaxed);
+        assert!(!health.is_healthy(10_000), "the last write failed");
     }
 
     #[tokio::test]
