@@ -34,7 +34,7 @@ impl StreamRules {
         let rules: Vec<String> = filters.into_iter().map(Into::into).collect();
         for r in &rules {
             validate_filter(r, &TopicLimits::default()).map_err(|e| format!("stream rule {r:?}: {e:?}"))?;
-            if r.starts_with("$share/") {
+            if crate::topic::is_shared(r) {
                 return Err(format!("stream rule {r:?}: a rule names topics, not a shared subscription"));
             }
         }

@@ -104,9 +104,17 @@ pub struct ParsedFilter<'a> {
     pub filter: &'a str,
 }
 
+/// What a shared subscription's filter starts with: `$share/{group}/{filter}`.
+pub const SHARE_PREFIX: &str = "$share/";
+
+/// Whether a SUBSCRIBE filter as the client sent it is a shared subscription's.
+pub fn is_shared(raw: &str) -> bool {
+    raw.starts_with(SHARE_PREFIX)
+}
+
 /// Parses and validates what a client sent in SUBSCRIBE, shared subscriptions included.
 pub fn parse_subscription<'a>(raw: &'a str, limits: &TopicLimits) -> Result<ParsedFilter<'a>, TopicError> {
-    if let Some(rest) = raw.strip_prefix("$share/") {
+    if let Some(rest) = raw.strip_prefix(SHARE_PREFIX) {
         let (group, filter) = rest.split_once('/').ok_or(TopicError::InvalidShare)?;
         if group.is_empty() || group.contains(['+', '#', '\0']) || filter.is_empty() {
             return Err(TopicError::InvalidShare);

@@ -59,7 +59,7 @@ pub async fn run(hub: Arc<Hub>, link: &ClusterLink, resumed: Resumed, stall: Dur
 async fn replay(hub: &Hub, link: &ClusterLink, resumed: &Resumed, stall: Duration) -> Result<u64, String> {
     // Shared subscriptions are left out: their messages went to another member.
     let plain: Vec<&(String, SubOptions)> =
-        resumed.subscriptions.iter().filter(|(f, _)| !f.starts_with("$share/")).collect();
+        resumed.subscriptions.iter().filter(|(f, _)| !broker::topic::is_shared(f)).collect();
     let subjects: Vec<String> = plain.iter().flat_map(|(f, _)| subjects_of(f)).collect();
     let since = plain.iter().map(|(_, o)| o.since_ms).min().unwrap_or(0);
     let skip = |routed: &pb::RoutedMessage| {
@@ -115,8 +115,9 @@ async fn replay_kept(
     Ok(taken)
 }
 
-/// Each time this edge loses the bus, the sessions here that outlive their connection start
-/// catching up from where they stand (nothing from other edges reaches them until it is back,
+/// Each time this edge loses the bus (one that keeps what edges send each other: started only
+/// then), the sessions here that outlive their connection start catching up from where they
+/// stand (nothing from other edges reaches them until it is back,
 /// so live messages cannot move them past what they missed); once it is back they replay what
 /// was kept meanwhile ([`after_outage`]), tried again a few times if the replay fails.
 pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<Link>>, me: NodeName, stall: Duration) {
@@ -176,9 +177,6 @@ async fn after_outage(
     me: &NodeName,
     stall: Duration,
 ) -> Result<u64, String> {
-    if link.kept().1.is_zero() {
-        return Ok(0);
-    }
     let mut subjects: Vec<String> = sessions
         .iter()
         .flat_map(|s| hub.plain_filters(s))

@@ -172,7 +172,7 @@ type Inbound = (BusMessage, Option<Arc<str>>);
 
 /// The filter of a shared subscription `$share/{group}/{filter}`; `None` for another filter.
 fn shared_filter(raw: &str) -> Option<&str> {
-    raw.strip_prefix("$share/")?.split_once('/').map(|(_, filter)| filter)
+    raw.strip_prefix(broker::topic::SHARE_PREFIX)?.split_once('/').map(|(_, filter)| filter)
 }
 
 /// Starts routing between this edge and the others on `bus`; the hub hands its interest and

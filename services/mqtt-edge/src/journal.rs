@@ -53,7 +53,7 @@ pub const PARKED_SLACK_SECS: u32 = 60;
 /// How long a session the journal holds has left, from when its record expires (`None`: never)
 /// at `now_ms`: what is left of its expiry, as if it had been parked (its record outlives it
 /// by [`PARKED_SLACK_SECS`], or more for a live one's: it gets the benefit of the doubt).
-/// `Some(0)` when nothing is.
+/// 0 when nothing is.
 pub fn expiry_left(expiry_secs: u32, record_expires_at_ms: Option<u64>, now_ms: u64) -> u32 {
     let Some(at) = record_expires_at_ms else { return expiry_secs };
     let left = (at.saturating_sub(now_ms) / 1000).saturating_sub(u64::from(PARKED_SLACK_SECS));
@@ -192,9 +192,8 @@ async fn run(
     health: Arc<Health>,
     holder: NodeName,
 ) {
-    let healthy = &health.ok;
     loop {
-        let first = if healthy.load(Ordering::Relaxed) {
+        let first = if health.ok.load(Ordering::Relaxed) {
             rx.recv().await
         } else {
             // Unhealthy: find out when the journal is back even if nothing needs writing.
@@ -202,7 +201,7 @@ async fn run(
                 Ok(next) => next,
                 Err(_) => {
                     let probe = tokio::time::timeout(TRY_TIMEOUT, journal.load("hermes:probe")).await;
-                    healthy.store(matches!(probe, Ok(Ok(_))), Ordering::Relaxed);
+                    health.ok.store(matches!(probe, Ok(Ok(_))), Ordering::Relaxed);
                     continue;
                 }
             }
@@ -224,7 +223,7 @@ async fn run(
         health.writing_since_ms.store(crate::message::now_ms().max(1), Ordering::Relaxed);
         let ok = writes.is_empty() || write(&*journal, &writes).await;
         health.writing_since_ms.store(0, Ordering::Relaxed);
-        healthy.store(ok, Ordering::Relaxed);
+        health.ok.store(ok, Ordering::Relaxed);
         for b in batches {
             if let Some(done) = b.done {
                 let _ = done.send(ok);

@@ -236,7 +236,10 @@ impl EdgeBuilder {
             });
             let link_changes = bus.link_changes();
             hub.attach_cluster(cluster::start(hub.clone(), bus, owners, node.clone(), stall, keep).await?);
-            tokio::spawn(catch_up::after_outages(Arc::downgrade(&hub), link_changes, node.clone(), stall));
+            // Only what the bus keeps can be replayed after an outage.
+            if hub.cluster().is_some_and(|c| !c.kept().1.is_zero()) {
+                tokio::spawn(catch_up::after_outages(Arc::downgrade(&hub), link_changes, node.clone(), stall));
+            }
             if let Some(dir) = presence {
                 // A user is online while a device is connected to any edge.
                 let grace = Duration::from_secs(u64::from(cfg.limits.presence_grace_secs));

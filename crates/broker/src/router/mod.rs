@@ -410,16 +410,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         let Some((key, _)) = self.held_mut(session) else {
             return false;
         };
-        if msg.expired(now_ms) {
-            return false;
-        }
-        let mut plan = RoutePlan::new(None, msg.qos(), msg.retain());
-        self.subs.for_each_match(msg.topic(), |k, opts| {
-            if *k == key && opts.since_ms <= at_ms {
-                plan.add(k, opts);
-            }
-        });
-        self.deliver_as(plan, msg, true, fx) == 1
+        self.replay_kept(Some(key), msg, at_ms, now_ms, fx) == 1
     }
 
     /// This node lost the others (and nothing from them reaches it until it has them back):
@@ -444,17 +435,24 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// member of the group); none if it is not here.
     pub fn plain_filters(&mut self, session: &str) -> Vec<String> {
         let Some((_, s)) = self.held_mut(session) else { return Vec::new() };
-        s.subscriptions().map(|(f, _)| f.to_owned()).filter(|f| !f.starts_with("$share/")).collect()
+        s.subscriptions().map(|(f, _)| f.to_owned()).filter(|f| !crate::topic::is_shared(f)).collect()
     }
 
     /// [`Router::replay_routed`] to every session here catching up.
     pub fn replay_routed_all(&mut self, msg: M, at_ms: u64, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
+        self.replay_kept(None, msg, at_ms, now_ms, fx)
+    }
+
+    /// A message the bus kept (taken there at `at_ms`) to the subscriptions made before then
+    /// of the session under `only` (or of every session), each session taking it only if it
+    /// catches up and missed it. Returns how many took it.
+    fn replay_kept(&mut self, only: Option<u64>, msg: M, at_ms: u64, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
         if msg.expired(now_ms) {
             return 0;
         }
         let mut plan = RoutePlan::new(None, msg.qos(), msg.retain());
         self.subs.for_each_match(msg.topic(), |k, opts| {
-            if opts.since_ms <= at_ms {
+            if only.is_none_or(|key| *k == key) && opts.since_ms <= at_ms {
                 plan.add(k, opts);
             }
         });
