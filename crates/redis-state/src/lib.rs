@@ -15,10 +15,12 @@ use redis::aio::ConnectionManager;
 
 pub mod journal;
 pub mod login;
+pub mod owners;
 pub mod presence;
 pub mod streams;
 pub use journal::RedisJournal;
 pub use login::RedisLoginGuard;
+pub use owners::RedisOwners;
 pub use presence::RedisPresence;
 pub use streams::RedisStreams;
 
@@ -292,73 +294,10 @@ impl AccessDirectory for RedisAccess {
     }
 }
 
-/// Which edge holds each session (`broker::owners`), one string per session with a week's
-/// expiry renewed at every claim (longer than any session waits for its client by default).
-#[derive(Clone)]
-pub struct RedisOwners {
-    conn: ConnectionManager,
-}
-
-impl std::fmt::Debug for RedisOwners {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RedisOwners")
-    }
-}
-
-/// How long an owner record outlives its last claim.
-const OWNER_TTL_SECS: u64 = 7 * 24 * 3600;
-
-impl RedisOwners {
-    pub fn new(conn: ConnectionManager) -> Self {
-        RedisOwners { conn }
-    }
-}
-
-impl broker::owners::SessionOwners for RedisOwners {
-    fn claim<'a>(&'a self, session: &'a str, node: &'a str) -> BoxFuture<'a, Result<broker::owners::Claimed, String>> {
-        Box::pin(async move {
-            let mut conn = self.conn.clone();
-            // `version|node`, swapped in one step: concurrent claims each learn their
-            // predecessor and their order.
-            let script = redis::Script::new(
-                r"local old = redis.call('GET', KEYS[1])
-                local version, previous = 1, false
-                if old then
-                    local bar = string.find(old, '|', 1, true)
-                    version = tonumber(string.sub(old, 1, bar - 1)) + 1
-                    previous = string.sub(old, bar + 1)
-                end
-                redis.call('SET', KEYS[1], version .. '|' .. ARGV[1], 'EX', ARGV[2])
-                return {version, previous}",
-            );
-            let (version, previous): (u64, Option<String>) = script
-                .key(wire::keys::session_owner(session))
-                .arg(node)
-                .arg(OWNER_TTL_SECS)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(broker::owners::Claimed { version, previous })
-        })
-    }
-
-    fn release<'a>(&'a self, session: &'a str, node: &'a str) -> BoxFuture<'a, Result<(), String>> {
-        Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let script = redis::Script::new(
-                r"local old = redis.call('GET', KEYS[1])
-                if old and string.sub(old, string.find(old, '|', 1, true) + 1) == ARGV[1] then
-                    return redis.call('DEL', KEYS[1])
-                end
-                return 0",
-            );
-            let _: i64 = script
-                .key(wire::keys::session_owner(session))
-                .arg(node)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        })
-    }
+/// A key's name around the part it is named after (`key(part)` = before + part + after), for
+/// the scripts that build keys.
+pub(crate) fn around(key: fn(&str) -> String) -> (String, String) {
+    let k = key("\0");
+    let (before, after) = k.split_once('\0').unwrap_or((&k, ""));
+    (before.to_owned(), after.to_owned())
 }

@@ -44,6 +44,8 @@ use broker::relations::BoxFuture;
 use redis::Script;
 use redis::aio::ConnectionManager;
 
+use crate::around;
+
 /// Most users of dead nodes one run of the heartbeat script reaps.
 pub const REAP_BUDGET: u32 = 1_000;
 
@@ -146,14 +148,6 @@ if #dead == tonumber(ARGV[3]) then return {{1, zero}} end
 return {{0, zero}}"
     ))
 });
-
-/// A key's name around the part it is named after (`key(part)` = before + part + after), for
-/// the scripts that build keys.
-fn around(key: fn(&str) -> String) -> (String, String) {
-    let k = key("\0");
-    let (before, after) = k.split_once('\0').unwrap_or((&k, ""));
-    (before.to_owned(), after.to_owned())
-}
 
 static USER_KEY: LazyLock<(String, String)> = LazyLock::new(|| around(wire::keys::presence_user));
 static NODE_KEY: LazyLock<(String, String)> = LazyLock::new(|| around(wire::keys::presence_node));

@@ -31,6 +31,16 @@ pub fn session_owner(session: &str) -> String {
     format!("hermes:session:{{{session}}}:owner")
 }
 
+/// Set: the sessions node `node` (an edge incarnation) owns in [`session_owner`], so a live
+/// edge finds them when `node` dies. The node is the hash tag.
+pub fn node_sessions(node: &str) -> String {
+    format!("hermes:owners:node:{{{node}}}")
+}
+
+/// Sorted set: the nodes that own sessions, node → until when it is alive, or leased to the
+/// live node taking its sessions (Unix ms, Redis's clock).
+pub const OWNER_NODES: &str = "hermes:owners:nodes";
+
 /// Hash: the journal of session `session` (`broker::journal`, written by
 /// `redis_state::RedisJournal`). Field `r` is the session's record; each kept message is under
 /// its entry as 8 bytes big-endian (so no message field is ever `r`). Same hash tag as
