@@ -69,6 +69,8 @@ pub trait SessionJournal: Send + Sync + std::fmt::Debug {
     fn load<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Stored>, String>>;
     /// Every retained message, by topic (in no particular order).
     fn load_retained(&self) -> BoxFuture<'_, Result<Retained, String>>;
+    /// When `session`'s record expires (Unix ms; `Some(None)`: never), `None` if it has none.
+    fn expires_at<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Option<u64>>, String>>;
     /// The sessions a node starting on this journal routes for until their clients come back
     /// (parked, so nothing published meanwhile passes them by), with when each one's record
     /// expires (Unix ms, `None` for never): every live one when only this node writes the
@@ -168,6 +170,19 @@ impl SessionJournal for MemoryJournal {
             Some(Stored { record, messages, inbound, cursors })
         });
         Box::pin(std::future::ready(Ok(stored)))
+    }
+
+    fn expires_at<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Option<u64>>, String>> {
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let at =
+            sessions.get(session).filter(|k| k.record.is_some() && k.expires_at.is_none_or(|at| at > now)).map(|k| {
+                k.expires_at.map(|at| wall_ms.saturating_add(u64::try_from((at - now).as_millis()).unwrap_or(u64::MAX)))
+            });
+        Box::pin(std::future::ready(Ok(at)))
     }
 
     fn load_retained(&self) -> BoxFuture<'_, Result<Retained, String>> {
@@ -338,6 +353,11 @@ pub mod contract {
         assert_eq!(load(j, &back).await, kept, "live again: kept, with its cursors");
         assert_eq!(load(j, &touched).await, stored(b"t", &[]), "touched: kept");
         assert_eq!(load(j, &long).await, None, "touched shorter: gone");
+        assert_eq!(j.expires_at(&long).await, Ok(None), "no record, no expiry");
+        assert_eq!(j.expires_at(&back).await, Ok(Some(None)), "live: never");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+        let at = j.expires_at(&touched).await.expect("expires_at").flatten().expect("touched for an hour");
+        assert!((now + 3_590_000..=now + 3_600_000).contains(&at), "touched for an hour at {now}: {at}");
         assert_eq!(load(j, &nobody).await, None, "a touch makes no session");
         let batch = [message(&parked, 2, b"late"), inbound(&parked, 3, true), cursor(&parked, "late", b"p2")];
         j.write(&batch).await.expect("for a session that is gone");

@@ -230,6 +230,20 @@ impl SessionJournal for SqliteJournal {
         })
     }
 
+    fn expires_at<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Option<u64>>, String>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT expires_at_ms FROM sessions WHERE session = ?1 AND (expires_at_ms IS NULL OR expires_at_ms > ?2)",
+            )
+            .bind(session)
+            .bind(now_ms())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| format!("reading the expiry of session {session:?}: {e}"))?;
+            Ok(row.map(|row| row.get::<Option<i64>, _>(0).map(|at| u64::try_from(at).unwrap_or(0))))
+        })
+    }
+
     fn load_retained(&self) -> BoxFuture<'_, Result<broker::journal::Retained, String>> {
         Box::pin(async move {
             let rows = sqlx::query("SELECT topic, body FROM retained")

@@ -184,6 +184,26 @@ impl SessionJournal for RedisJournal {
         })
     }
 
+    fn expires_at<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Option<u64>>, String>> {
+        Box::pin(async move {
+            let key = wire::keys::session_journal(session);
+            let left_ms: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| format!("{key}: {e}"))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            // -2: no such key (a hash always holds its record); -1: no expiry.
+            Ok(match left_ms {
+                -2 => None,
+                -1 => Some(None),
+                ms => Some(Some(now.saturating_add(u64::try_from(ms).unwrap_or(0)))),
+            })
+        })
+    }
+
     fn load_retained(&self) -> BoxFuture<'_, Result<broker::journal::Retained, String>> {
         Box::pin(async move {
             let fields: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
