@@ -156,7 +156,7 @@ pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<L
 }
 
 /// Tries of the replay after an outage (each message is taken once however many there are).
-const REPLAY_TRIES: u32 = 3;
+pub const REPLAY_TRIES: u32 = 3;
 
 /// Past this many subjects, the replay after an outage reads everything the bus kept over the
 /// window and the router picks what each session subscribes to: a NATS consumer with
@@ -177,6 +177,20 @@ async fn after_outage(
     me: &NodeName,
     stall: Duration,
 ) -> Result<u64, String> {
+    replay_to_all(hub, link, sessions, outage.from_ms, me, stall).await
+}
+
+/// Replays what the bus kept since `since_ms` on the subscriptions of `sessions` (catching up)
+/// to every session here catching up, but what node `skip` published (delivered to them
+/// without the bus); returns how many messages a session took.
+pub async fn replay_to_all(
+    hub: &Hub,
+    link: &ClusterLink,
+    sessions: &[Arc<str>],
+    since_ms: u64,
+    skip: &NodeName,
+    stall: Duration,
+) -> Result<u64, String> {
     let mut subjects: Vec<String> = sessions
         .iter()
         .flat_map(|s| hub.plain_filters(s))
@@ -187,8 +201,8 @@ async fn after_outage(
     if subjects.len() > MAX_REPLAY_SUBJECTS {
         subjects = KEPT_SUBJECTS.map(str::to_owned).to_vec();
     }
-    let mine = |routed: &pb::RoutedMessage| routed.origin == me.id && routed.incarnation == me.incarnation;
-    replay_kept(hub, link, &subjects, outage.from_ms, mine, stall, |msg, at_ms| {
+    let skipped = |routed: &pb::RoutedMessage| routed.origin == skip.id && routed.incarnation == skip.incarnation;
+    replay_kept(hub, link, &subjects, since_ms, skipped, stall, |msg, at_ms| {
         hub.replay_routed_all(msg, at_ms, now_ms())
     })
     .await

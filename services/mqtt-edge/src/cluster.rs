@@ -65,6 +65,20 @@ impl NodeName {
         let id = if id.is_empty() { format!("edge-{:016x}", rand::random::<u64>()) } else { id.to_owned() };
         NodeName { id, incarnation: now_ms() }
     }
+
+    /// This incarnation's name in the registries edges share (session owners, presence):
+    /// `id:incarnation`. A restarted edge with the same id is another node there.
+    pub fn registered(&self) -> String {
+        format!("{}:{}", self.id, self.incarnation)
+    }
+
+    /// The node [`NodeName::registered`] names (a name without an incarnation has 0).
+    pub fn from_registered(name: &str) -> NodeName {
+        match name.rsplit_once(':').and_then(|(id, n)| Some((id, n.parse().ok()?))) {
+            Some((id, incarnation)) => NodeName { id: id.to_owned(), incarnation },
+            None => NodeName { id: name.to_owned(), incarnation: 0 },
+        }
+    }
 }
 
 /// The hub's side of the cluster: synchronous hand-offs to the tasks that talk to the bus.
@@ -120,6 +134,11 @@ impl ClusterLink {
     /// `handover`). Without an owners registry, sessions do not move between edges.
     pub async fn claim(&self, session: &str, want_state: bool) -> Option<Claim> {
         Some(self.handover.as_ref()?.claim(session, want_state).await)
+    }
+
+    /// How sessions move between the edges, with an owners registry.
+    pub fn handover(&self) -> Option<&Arc<Handover>> {
+        self.handover.as_ref()
     }
 
     /// Whether sessions move between the edges (an owners registry is shared).
@@ -486,6 +505,17 @@ pub fn decode_message(r: pb::RoutedMessage) -> Option<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_is_registered_by_incarnation() {
+        let node = NodeName { id: "edge:a.b".into(), incarnation: 17 };
+        assert_eq!(node.registered(), "edge:a.b:17");
+        assert_eq!(NodeName::from_registered(&node.registered()), node, "an id with ':' in it");
+        assert_eq!(NodeName::from_registered("edge-1"), NodeName { id: "edge-1".into(), incarnation: 0 });
+        assert_eq!(NodeName::from_registered("edge:x"), NodeName { id: "edge:x".into(), incarnation: 0 });
+        let max = NodeName { id: String::new(), incarnation: u64::MAX };
+        assert_eq!(NodeName::from_registered(&max.registered()), max);
+    }
 
     #[test]
     fn a_message_and_its_properties_survive_the_trip() {

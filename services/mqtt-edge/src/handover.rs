@@ -52,6 +52,8 @@ fn reply_subject(node: &NodeName) -> String {
 #[derive(Debug)]
 pub struct Handover {
     node: NodeName,
+    /// `node` as the owners registry names it ([`NodeName::registered`]).
+    registered: String,
     bus: Arc<dyn Bus>,
     owners: Arc<dyn SessionOwners>,
     next_request: AtomicU64,
@@ -99,6 +101,7 @@ impl Handover {
         node: NodeName,
     ) -> Result<Arc<Handover>, String> {
         let me = Arc::new(Handover {
+            registered: node.registered(),
             node,
             bus,
             owners,
@@ -152,7 +155,7 @@ impl Handover {
         let slot = self.slot(session);
         let guard = slot.turn.clone().lock_owned().await;
         let turn = Turn { slot: slot.clone(), _guard: guard };
-        let claimed = match self.owners.claim(session, &self.node.id).await {
+        let claimed = match self.owners.claim(session, &self.registered).await {
             Ok(c) => c,
             Err(e) => {
                 metrics::counter!(m::CLUSTER_ERRORS, "op" => "claim").increment(1);
@@ -161,11 +164,42 @@ impl Handover {
             }
         };
         slot.version.store(claimed.version, Ordering::SeqCst);
-        let resumed = match claimed.previous.filter(|p| *p != self.node.id) {
+        let resumed = match claimed.previous.filter(|p| *p != self.registered) {
             Some(from) => self.ask(&from, session, claimed.version).await.filter(|_| want_state),
             None => None,
         };
         Claim { resumed, _turn: Some(turn) }
+    }
+
+    /// Makes this edge the owner of `session` if `from` (a dead node) still owns it; `None`
+    /// if it does not (its client came back elsewhere first, or it ended). Like a claim, the
+    /// answer keeps handover requests for the session waiting until it is dropped.
+    pub async fn claim_from(&self, session: &str, from: &str) -> Result<Option<Claim>, String> {
+        let slot = self.slot(session);
+        let guard = slot.turn.clone().lock_owned().await;
+        let turn = Turn { slot: slot.clone(), _guard: guard };
+        let Some(claimed) = self.owners.claim_from(session, &self.registered, from).await? else {
+            return Ok(None);
+        };
+        slot.version.store(claimed.version, Ordering::SeqCst);
+        Ok(Some(Claim { resumed: None, _turn: Some(turn) }))
+    }
+
+    /// Whether node `node` (as the owners registry names it) is gone from the bus: nobody
+    /// takes the answers to its own requests, which only that incarnation does while it runs.
+    pub async fn is_gone(&self, node: &str) -> bool {
+        let subject = reply_subject(&NodeName::from_registered(node));
+        matches!(self.bus.publish_to_present(&subject, Bytes::new()).await, Err(bus::BusError::NoSubscriber(_)))
+    }
+
+    /// The registry of session owners this edge claims in.
+    pub fn owners(&self) -> &Arc<dyn SessionOwners> {
+        &self.owners
+    }
+
+    /// This edge as the owners registry names it.
+    pub fn registered(&self) -> &str {
+        &self.registered
     }
 
     /// Asks edge `from` for `session`.
@@ -179,7 +213,7 @@ impl Handover {
             reply_to: reply_subject(&self.node),
             version,
         };
-        let subject = handover_subject(from);
+        let subject = handover_subject(&NodeName::from_registered(from).id);
         let sent = self.bus.publish_to_present(&subject, Bytes::from(req.encode_to_vec()));
         let reply = tokio::time::timeout(HANDOVER_TIMEOUT, async {
             let mut rx = rx;
@@ -252,7 +286,7 @@ impl Handover {
 
     /// The session ended here: nobody needs to ask this edge for it any more.
     pub async fn release(&self, session: &str) {
-        if let Err(e) = self.owners.release(session, &self.node.id).await {
+        if let Err(e) = self.owners.release(session, &self.registered).await {
             tracing::debug!(error = %e, "cannot release a session's owner record");
         }
     }

@@ -244,12 +244,19 @@ impl Hub {
         self.route(|router, fx| usize::from(router.replay_routed(session, msg, at_ms, now_ms, fx)))
     }
 
-    /// Parks a session the journal holds, as if its client had just left (see
-    /// `Router::restore_parked`); false if it is here already.
-    pub fn restore_parked(&self, session: &str, journaled: crate::stored::Journaled, now_ms: u64) -> bool {
+    /// Parks a session the journal holds, as if its client had just left, catching up if
+    /// `catch_up` (see `Router::restore_parked`); false if it is here already.
+    pub fn restore_parked(
+        &self,
+        session: &str,
+        journaled: crate::stored::Journaled,
+        catch_up: bool,
+        now_ms: u64,
+    ) -> bool {
         let session: Arc<str> = session.into();
         let routed = self.route(|router, fx| {
-            usize::from(router.restore_parked(&session, journaled.snapshot, journaled.expiry_secs, now_ms, fx))
+            let (snapshot, expiry) = (journaled.snapshot, journaled.expiry_secs);
+            usize::from(router.restore_parked(&session, snapshot, expiry, catch_up, now_ms, fx))
         });
         routed.sessions == 1
     }

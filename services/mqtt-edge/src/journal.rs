@@ -166,6 +166,11 @@ impl JournalWriter {
         Ok(messages)
     }
 
+    /// When `session`'s record expires (see `SessionJournal::expires_at`).
+    pub async fn expires_at(&self, session: &str) -> Result<Option<Option<u64>>, String> {
+        self.journal.expires_at(session).await
+    }
+
     /// The sessions to park when this edge starts (see `SessionJournal::sessions_to_restore`).
     pub async fn sessions_to_restore(&self) -> Result<broker::journal::ToRestore, String> {
         self.journal.sessions_to_restore().await

@@ -4,6 +4,7 @@
 //! messages and decides with the sans-IO `broker` crate; [`connection`] writes deliveries on
 //! each connection's own worker. [`Edge::builder`] wires it together.
 
+pub mod adopt;
 pub mod auth;
 pub mod authz;
 pub mod catch_up;
@@ -82,7 +83,7 @@ async fn restore_sessions(hub: &hub::Hub, writer: &journal::JournalWriter) -> Re
                 let now = message::now_ms();
                 journaled.expiry_secs = journal::expiry_left(journaled.expiry_secs, expires_at, now);
                 if journaled.expiry_secs > 0 {
-                    restored += usize::from(hub.restore_parked(session, journaled, now));
+                    restored += usize::from(hub.restore_parked(session, journaled, false, now));
                 }
             }
             Ok(None) => {}
@@ -240,10 +241,14 @@ impl EdgeBuilder {
             if hub.cluster().is_some_and(|c| !c.kept().1.is_zero()) {
                 tokio::spawn(catch_up::after_outages(Arc::downgrade(&hub), link_changes, node.clone(), stall));
             }
+            // With a shared registry and journal, the sessions of edges that die are taken here.
+            if let Some(handover) = hub.cluster().and_then(|c| c.handover()).filter(|_| hub.journal().is_some()) {
+                tokio::spawn(adopt::run(Arc::downgrade(&hub), handover.clone(), stall));
+            }
             if let Some(dir) = presence {
                 // A user is online while a device is connected to any edge.
                 let grace = Duration::from_secs(u64::from(cfg.limits.presence_grace_secs));
-                let me = format!("{}:{}", node.id, node.incarnation);
+                let me = node.registered();
                 hub.attach_presence(presence::SharedPresence::start(Arc::downgrade(&hub), dir, me, grace));
             }
             tracing::info!(node = %node.id, "routing to and from other edges on the bus");
@@ -336,13 +341,19 @@ impl Edge {
             }
             let left = self.hub.snapshot().sessions;
             if left > 0 {
-                tracing::info!(sessions = left, "stopped with sessions no client came back for");
+                tracing::info!(
+                    sessions = left,
+                    "stopped with sessions no client came back for: another edge takes them"
+                );
             }
         }
         if let Some(journal) = self.hub.journal()
             && !journal.flush().await
         {
             tracing::warn!("stopped without writing every session change to the journal");
+        }
+        if let Some(handover) = self.hub.cluster().and_then(|c| c.handover()) {
+            adopt::stop(handover).await;
         }
     }
 }

@@ -336,3 +336,64 @@ async fn a_session_that_had_nothing_yet_still_gets_what_its_dead_edge_was_sent()
     eprintln!("carol: {} acknowledged, {} received, {duplicated} duplicated", acked.len(), got.len());
     drop(b);
 }
+
+/// How long the bus keeps what edges route to each other in
+/// [`a_client_away_from_a_dead_edge_for_longer_than_the_bus_keeps_anything_loses_nothing`].
+const KEEP_SECS: u64 = 30;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_away_from_a_dead_edge_for_longer_than_the_bus_keeps_anything_loses_nothing() {
+    const TOPIC: &str = "acme/devices/dave/cmd";
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let (nats_url, redis_url) = (nats.nats_url(), redis.redis_url());
+    let config = std::env::temp_dir().join(format!("hermes-kill-keep-{}.toml", std::process::id()));
+    std::fs::write(&config, format!("[bus]\nkeep_secs = {KEEP_SECS}\n")).expect("config");
+    let mut a = edge_with("edge-a", &nats_url, &redis_url, Some(&config));
+    let b = edge_with("edge-b", &nats_url, &redis_url, Some(&config));
+    let (mut dave, _) = client(a.addr, "dave", false).await;
+    assert_eq!(dave.subscribe(vec![SubscribeTopic::new(TOPIC, 1)], WAIT).await.expect("suback"), [1]);
+    let (mut publisher, _) = client(b.addr, "pub", true).await;
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        publisher.publish(TOPIC, b"0", 1, false, WAIT).await.expect("probe");
+        collect(&mut dave, 1, &mut got).await;
+        if !got.is_empty() {
+            break;
+        }
+    }
+    assert!(!got.is_empty(), "edge a hears edge b");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill();
+    drop(dave);
+    let killed = std::time::Instant::now();
+    let mut acked = Vec::new();
+    for n in 1..=20 {
+        publisher.publish(TOPIC, n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
+        acked.push(n);
+    }
+    // Edge b takes dave's session once edge a's time ran out (15 s, then b's next heartbeat);
+    // what comes next is queued there.
+    tokio::time::sleep(Duration::from_secs(22).saturating_sub(killed.elapsed())).await;
+    for n in 21..=30 {
+        publisher.publish(TOPIC, n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
+        acked.push(n);
+    }
+    // Dave stays away until the bus no longer keeps the first 20.
+    tokio::time::sleep(Duration::from_secs(KEEP_SECS + 4).saturating_sub(killed.elapsed())).await;
+    let (mut dave, present) = client(b.addr, "dave", false).await;
+    assert!(present, "dave's session waited on edge b");
+    collect(&mut dave, 31, &mut got).await;
+    got.retain(|n| *n != 0);
+    let (lost, duplicated, in_order) = count(&acked, &got);
+    eprintln!(
+        "dave: {} acknowledged, {} received, {} lost, {duplicated} duplicated",
+        acked.len(),
+        got.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "lost {} acknowledged messages: {lost:?}", lost.len());
+    assert!(in_order, "in the publisher's order: {got:?}");
+    assert_eq!(duplicated, 0);
+    let _ = std::fs::remove_file(&config);
+    drop(b);
+}

@@ -228,13 +228,15 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
 
     /// Parks `snapshot` (a session the journal holds, which outlives its connection by
     /// `expiry_secs`) under `session` with its subscriptions routable, as if its client had just
-    /// left: what is published from now on is queued for it. False if the session is here
-    /// already.
+    /// left: what is published from now on is queued for it. With `catch_up`, it catches up on
+    /// what was routed to the node that held it since that node died ([`Router::replay_routed`],
+    /// then [`Router::caught_up`]). False if the session is here already.
     pub fn restore_parked(
         &mut self,
         session: &Arc<str>,
         snapshot: SessionSnapshot<M>,
         expiry_secs: u32,
+        catch_up: bool,
         now_ms: u64,
         fx: &mut Effects<M, O>,
     ) -> bool {
@@ -243,6 +245,9 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
         let mut parked = self.adopt(session, snapshot, now_ms, fx);
         parked.expiry_secs = expiry_secs;
+        if catch_up {
+            parked.session.begin_catch_up();
+        }
         // The journal has it as it is: only what changes from now on is written, and its
         // record lives as long as a parked session's (it may have been a live one's).
         parked.session.set_durable(true);

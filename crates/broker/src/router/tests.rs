@@ -995,9 +995,9 @@ fn a_session_restored_from_the_journal_is_parked_and_queues_what_comes() {
     let mut r = router(0);
     fx.clear();
     let bob: Arc<str> = key("bob", "phone").into();
-    assert!(r.restore_parked(&bob, snapshot.clone(), 60, 1_000, &mut fx));
+    assert!(r.restore_parked(&bob, snapshot.clone(), 60, false, 1_000, &mut fx));
     assert_eq!(journal(&fx), ["parked 60 t/#"], "its record lives as a parked one's");
-    assert!(!r.restore_parked(&bob, snapshot, 60, 1_000, &mut fx), "here already");
+    assert!(!r.restore_parked(&bob, snapshot, 60, false, 1_000, &mut fx), "here already");
     fx.clear();
     assert_eq!(r.publish(msg("t/1", "queued", 1), None, 2_000, &mut fx), 1, "parked, it takes what comes");
     assert_eq!(journal(&fx), ["+1"]);

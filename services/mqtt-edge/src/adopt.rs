@@ -1,0 +1,189 @@
+//! The sessions of an edge that died are taken by a live one, so what is published for them
+//! while their clients stay away is queued (and journaled) at once, however long they stay
+//! away: the bus keeps what edges route to each other only for `bus.keep_secs`.
+//!
+//! Every edge heartbeats into the owners registry (`broker::owners`). When an edge's time runs
+//! out, the registry hands it to one live edge for a lease ([`LEASE`]); if that edge finds it
+//! gone from the bus too ([`Handover::is_gone`]: a slow edge that still runs keeps its
+//! sessions), it takes each session the dead edge owned:
+//!
+//! 1. claims it from the dead edge only ([`Handover::claim_from`]: a client that came back
+//!    elsewhere first keeps it), holding the session's turn so a client arriving meanwhile asks
+//!    this edge for it once it is here;
+//! 2. loads it from the journal and parks it with what was left of its expiry, catching up;
+//! 3. once all are here, replays what the bus kept on their subscriptions since they began
+//!    (but what the dead edge published itself: `catch_up`), then what their durable streams
+//!    got beyond their cursors;
+//! 4. forgets the dead edge once it owns nothing.
+//!
+//! If this edge dies meanwhile, the lease runs out and another live edge takes what is left.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+
+use broker::SubOptions;
+
+use crate::catch_up;
+use crate::cluster::NodeName;
+use crate::handover::Handover;
+use crate::hub::Hub;
+use crate::message::now_ms;
+use crate::metrics as m;
+
+/// How often this edge tells the registry it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long the registry counts this edge alive after a heartbeat.
+pub const ALIVE_FOR: Duration = Duration::from_secs(15);
+/// How long a dead edge is this edge's to take before another live edge may take it.
+pub const LEASE: Duration = Duration::from_secs(60);
+/// Sessions listed at a time.
+const BATCH: usize = 256;
+/// Sessions taken at once.
+const AT_ONCE: usize = 8;
+
+/// Heartbeats `handover`'s edge into the owners registry and takes the sessions of the edges
+/// that died, until the hub is gone.
+pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, stall: Duration) {
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        beat.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        if hub.is_closing() {
+            return;
+        }
+        let owners = handover.owners();
+        let dead = match owners.heartbeat(handover.registered(), millis(ALIVE_FOR), millis(LEASE)).await {
+            Ok(dead) => dead,
+            Err(e) => {
+                metrics::counter!(m::CLUSTER_ERRORS, "op" => "heartbeat").increment(1);
+                tracing::warn!(error = %e, "cannot heartbeat into the session owners registry");
+                continue;
+            }
+        };
+        for node in dead {
+            if !handover.is_gone(&node).await {
+                tracing::info!(node, "an edge stopped heartbeating but is still on the bus: its sessions stay there");
+                continue;
+            }
+            match take_all(&hub, &handover, &node, stall).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(node, sessions = n, "took the sessions of an edge that died"),
+                Err(e) => {
+                    metrics::counter!(m::CLUSTER_ERRORS, "op" => "adopt").increment(1);
+                    tracing::warn!(node, error = %e, "cannot take the sessions of an edge that died");
+                }
+            }
+        }
+    }
+}
+
+/// Stops this edge in the registry at once (a clean shutdown): a live edge takes what it
+/// leaves at its next heartbeat, once this edge is off the bus.
+pub async fn stop(handover: &Handover) {
+    if let Err(e) = handover.owners().heartbeat(handover.registered(), 0, millis(LEASE)).await {
+        tracing::warn!(error = %e, "cannot tell the session owners registry this edge stops");
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A session taken from a dead edge, catching up.
+struct Taken {
+    session: Arc<str>,
+    subscriptions: Vec<(String, SubOptions)>,
+    cursors: Vec<(Arc<str>, broker::streams::Cursor)>,
+}
+
+/// Takes every session `node` owns; returns how many were parked here.
+async fn take_all(hub: &Arc<Hub>, handover: &Handover, node: &str, stall: Duration) -> Result<usize, String> {
+    let mut taken = Vec::new();
+    loop {
+        let listed = handover.owners().held_by(node, BATCH).await?;
+        if listed.is_empty() {
+            break;
+        }
+        let mut takes =
+            futures_util::stream::iter(listed).map(|s| take(hub, handover, node, s)).buffer_unordered(AT_ONCE);
+        while let Some(result) = takes.next().await {
+            if let Some(t) = result? {
+                taken.push(t);
+            }
+        }
+    }
+    handover.owners().forget_node(node).await?;
+    if taken.is_empty() {
+        return Ok(0);
+    }
+    metrics::counter!(m::SESSIONS_MOVED, "way" => "adopted").increment(taken.len() as u64);
+    catch_up_all(hub, &taken, &NodeName::from_registered(node), stall).await;
+    Ok(taken.len())
+}
+
+/// Takes `session` from dead `node` and parks it here, catching up; `None` if it is not for
+/// this edge to take (another node owns it, or it ended or expired).
+async fn take(hub: &Hub, handover: &Handover, node: &str, session: String) -> Result<Option<Taken>, String> {
+    let Some(claim) = handover.claim_from(&session, node).await? else { return Ok(None) };
+    let taken = park(hub, &session).await;
+    drop(claim);
+    if !matches!(taken, Ok(Some(_))) {
+        // Not here: a client coming back loads it from the journal, if it is there.
+        handover.release(&session).await;
+    }
+    taken
+}
+
+/// Parks `session` from the journal here, catching up, with what is left of its expiry.
+async fn park(hub: &Hub, session: &str) -> Result<Option<Taken>, String> {
+    let Some(journal) = hub.journal() else { return Ok(None) };
+    let (Some(mut journaled), Some(expires_at)) = (journal.load(session).await?, journal.expires_at(session).await?)
+    else {
+        return Ok(None);
+    };
+    let now = now_ms();
+    journaled.expiry_secs = crate::journal::expiry_left(journaled.expiry_secs, expires_at, now);
+    let taken = Taken {
+        session: session.into(),
+        subscriptions: journaled.snapshot.subscriptions.clone(),
+        cursors: journaled.snapshot.cursors.clone(),
+    };
+    Ok((journaled.expiry_secs > 0 && hub.restore_parked(session, journaled, true, now)).then_some(taken))
+}
+
+/// Replays to the sessions taken what they missed since their edge died: what the bus kept,
+/// then what their streams have beyond their cursors.
+async fn catch_up_all(hub: &Arc<Hub>, taken: &[Taken], dead: &NodeName, stall: Duration) {
+    let sessions: Vec<Arc<str>> = taken.iter().map(|t| t.session.clone()).collect();
+    let since = taken.iter().flat_map(|t| &t.subscriptions).map(|(_, o)| o.since_ms).min().unwrap_or(0);
+    if let Some(link) = hub.cluster() {
+        for attempt in 1..=catch_up::REPLAY_TRIES {
+            match catch_up::replay_to_all(hub, link, &sessions, since, dead, stall).await {
+                Ok(n) => {
+                    tracing::info!(
+                        messages = n,
+                        sessions = sessions.len(),
+                        "sessions taken from a dead edge caught up"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
+                    tracing::warn!(error = %e, attempt, "cannot replay what the sessions of a dead edge missed");
+                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                }
+            }
+        }
+    }
+    for s in &sessions {
+        hub.caught_up(s);
+    }
+    if let Some(streams) = hub.streams() {
+        for t in taken.iter().filter(|t| !t.cursors.is_empty()) {
+            streams.replay_missed(hub, &t.session, t.cursors.clone(), stall).await;
+        }
+    }
+}
