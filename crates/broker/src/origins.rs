@@ -60,24 +60,61 @@ pub fn reach(cursor: &mut Cursor, at: Stamp) -> bool {
     true
 }
 
-/// A resumed session catching up on what was routed to its node while that node was dead.
+/// A [`CatchUp`] as it moves between nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatchUpParts {
+    /// Where the session stood with each node when the catch-up began, by node cursor name.
+    pub began: Vec<(Arc<str>, Cursor)>,
+    /// What it took since, by node cursor name and number.
+    pub taken: Vec<(Arc<str>, Stamp)>,
+    /// The node whose own messages the replay skips; empty for none.
+    pub skip: Arc<str>,
+}
+
+/// A resumed session catching up on what was routed to its node while that node was dead. It
+/// moves with the session (a client may come back elsewhere before the replay is done): the
+/// next node replays again from where the catch-up began, minus what the session took since.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CatchUp {
     /// Where the journal said the session stood with each node.
     journaled: HashMap<Arc<str>, Cursor>,
     /// The messages taken since, live or replayed.
     taken: HashSet<(Arc<str>, Stamp)>,
+    /// The node whose own messages the replay skips (the session had them without the bus),
+    /// as the edge names it; empty for none.
+    skip: Arc<str>,
 }
 
 impl CatchUp {
-    /// Starts from the session's cursors as the journal had them.
-    pub fn new<'a>(cursors: impl IntoIterator<Item = (&'a Arc<str>, &'a Cursor)>) -> Self {
+    /// Starts from the session's cursors as the journal had them; the replay skips what node
+    /// `skip` published.
+    pub fn new<'a>(cursors: impl IntoIterator<Item = (&'a Arc<str>, &'a Cursor)>, skip: Arc<str>) -> Self {
         let journaled = cursors
             .into_iter()
             .filter(|(name, _)| is_node_cursor(name))
             .map(|(name, c)| (name.clone(), c.clone()))
             .collect();
-        CatchUp { journaled, taken: HashSet::new() }
+        CatchUp { journaled, taken: HashSet::new(), skip }
+    }
+
+    /// A catch-up as [`CatchUp::parts`] described it (on another node).
+    pub fn from_parts(parts: CatchUpParts) -> Self {
+        let CatchUpParts { began, taken, skip } = parts;
+        CatchUp { journaled: began.into_iter().collect(), taken: taken.into_iter().collect(), skip }
+    }
+
+    /// What another node needs to go on with it.
+    pub fn parts(&self) -> CatchUpParts {
+        let mut began: Vec<(Arc<str>, Cursor)> = self.journaled.iter().map(|(n, c)| (n.clone(), c.clone())).collect();
+        began.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut taken: Vec<(Arc<str>, Stamp)> = self.taken.iter().cloned().collect();
+        taken.sort_by(|a, b| (&a.0, a.1.epoch, a.1.seq).cmp(&(&b.0, b.1.epoch, b.1.seq)));
+        CatchUpParts { began, taken, skip: self.skip.clone() }
+    }
+
+    /// The node whose own messages the replay skips; empty for none.
+    pub fn skip(&self) -> &Arc<str> {
+        &self.skip
     }
 
     /// A message from `origin` came live: whether it is new (not replayed already).
@@ -140,7 +177,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut catch_up = CatchUp::new(&journaled);
+        let mut catch_up = CatchUp::new(&journaled, Arc::from(""));
         assert!(!catch_up.wants(&origin("a", 7, 10)), "the journal had it");
         assert!(!catch_up.wants(&origin("a", 6, 500)), "an incarnation before the journal's");
         assert!(catch_up.wants(&origin("a", 7, 11)));

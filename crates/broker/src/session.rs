@@ -154,6 +154,8 @@ pub struct SessionSnapshot<M> {
     pub last_packet_id: u16,
     /// How far the session got in each durable stream, by stream.
     pub cursors: Vec<(Arc<str>, Cursor)>,
+    /// Its catch-up, while it catches up ([`Session::begin_catch_up`]).
+    pub catch_up: Option<CatchUp>,
 }
 
 /// The session of one client id.
@@ -246,6 +248,7 @@ impl<M: Deliverable + Clone> Session<M> {
             incoming_qos2,
             last_packet_id: self.last_packet_id,
             cursors: self.snapshot_cursors(),
+            catch_up: self.catch_up.clone(),
         }
     }
 
@@ -281,6 +284,7 @@ impl<M: Deliverable + Clone> Session<M> {
         session.incoming_qos2 = snap.incoming_qos2.into_iter().collect();
         session.last_packet_id = snap.last_packet_id;
         session.cursors = snap.cursors.into_iter().collect();
+        session.catch_up = snap.catch_up;
         let newest = session.inflight.iter().map(|(o, _)| o.entry).chain(session.queue.iter().map(|o| o.entry)).max();
         session.next_entry = newest.map_or(1, |e| e.saturating_add(1));
         session
@@ -384,8 +388,9 @@ impl<M: Deliverable + Clone> Session<M> {
     /// The session was resumed from the journal after its node died (or its node was cut off
     /// from the others): until [`Session::caught_up`], messages replayed to it are checked
     /// against what it had then (its cursors) and what comes live meanwhile.
-    pub fn begin_catch_up(&mut self) {
-        self.catch_up = Some(CatchUp::new(&self.cursors));
+    /// The replay skips what node `skip` published (the session had it without the bus).
+    pub fn begin_catch_up(&mut self, skip: Arc<str>) {
+        self.catch_up = Some(CatchUp::new(&self.cursors, skip));
     }
 
     pub fn is_catching_up(&self) -> bool {

@@ -128,7 +128,7 @@ async fn take_all(hub: &Arc<Hub>, handover: &Handover, node: &str, stall: Durati
 /// this edge to take (another node owns it, or it ended or expired).
 async fn take(hub: &Hub, handover: &Handover, node: &str, session: String) -> Result<Option<Taken>, String> {
     let Some(claim) = handover.claim_from(&session, node).await? else { return Ok(None) };
-    let taken = park(hub, &session).await;
+    let taken = park(hub, &session, node).await;
     drop(claim);
     if !matches!(taken, Ok(Some(_))) {
         // Not here: a client coming back loads it from the journal, if it is there.
@@ -137,8 +137,9 @@ async fn take(hub: &Hub, handover: &Handover, node: &str, session: String) -> Re
     taken
 }
 
-/// Parks `session` from the journal here, catching up, with what is left of its expiry.
-async fn park(hub: &Hub, session: &str) -> Result<Option<Taken>, String> {
+/// Parks `session` from the journal here, catching up on what was routed to `dead` (but what
+/// `dead` published), with what is left of its expiry.
+async fn park(hub: &Hub, session: &str, dead: &str) -> Result<Option<Taken>, String> {
     let Some(journal) = hub.journal() else { return Ok(None) };
     let (Some(mut journaled), Some(expires_at)) = (journal.load(session).await?, journal.expires_at(session).await?)
     else {
@@ -151,7 +152,8 @@ async fn park(hub: &Hub, session: &str) -> Result<Option<Taken>, String> {
         subscriptions: journaled.snapshot.subscriptions.clone(),
         cursors: journaled.snapshot.cursors.clone(),
     };
-    Ok((journaled.expiry_secs > 0 && hub.restore_parked(session, journaled, true, now)).then_some(taken))
+    let parked = journaled.expiry_secs > 0 && hub.restore_parked(session, journaled, Some(dead.into()), now);
+    Ok(parked.then_some(taken))
 }
 
 /// Replays to the sessions taken what they missed since their edge died: what the bus kept,

@@ -127,7 +127,7 @@ pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<L
         let Some(hub) = hub.upgrade() else { return };
         // Sessions that began here while the bus was away (or a loss this task did not see:
         // a watch keeps only the latest change) start now.
-        catching.extend(hub.begin_catch_up_all());
+        catching.extend(hub.begin_catch_up_all(&me.registered().into()));
         let Link::Back(outage) = change else { continue };
         let Some(link) = hub.cluster() else { return };
         let lost_ms = outage.to_ms.saturating_sub(outage.from_ms);

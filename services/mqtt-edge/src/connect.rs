@@ -14,6 +14,7 @@ use broker::topic::validate_name;
 
 use crate::auth::{AuthDecision, Identity};
 use crate::catch_up;
+use crate::cluster::NodeName;
 use crate::connection::{ConnState, Sink, spawn_delivery_task};
 use crate::hub::{ConnectRequest, Will};
 use crate::ingress;
@@ -176,8 +177,19 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     let mut resumed = claim.as_mut().and_then(|c| c.resumed.take());
     // Cursors of a session resumed from the journal: what its streams got meanwhile follows.
     let mut missed = Vec::new();
-    // A session resumed from the journal catches up on what the bus kept for it.
-    let mut catch_up = None;
+    // A session resumed from the journal catches up on what the bus kept for it; one handed
+    // over while it caught up goes on with it here.
+    let mut catch_up = resumed.as_ref().and_then(|s| {
+        let carried = s.catch_up.as_ref()?;
+        let skip = carried.skip();
+        Some(catch_up::Resumed {
+            session: session.clone(),
+            holder: (!skip.is_empty()).then(|| NodeName::from_registered(skip)),
+            subscriptions: s.subscriptions.clone(),
+        })
+    });
+    // What the replay of a session resumed from the journal skips: what its holder published.
+    let mut journal_catch_up = None;
     // Nobody handed it over and it is not here: the journal may hold it (its edge died, or
     // this node restarted).
     if let Some(journal) = edge.hub.journal()
@@ -188,6 +200,7 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
         match journal.load(&session).await {
             Ok(Some(loaded)) => {
                 missed = loaded.snapshot.cursors.clone();
+                journal_catch_up = Some(loaded.holder.as_ref().map(NodeName::registered).unwrap_or_default().into());
                 catch_up = Some(catch_up::Resumed {
                     session: session.clone(),
                     holder: loaded.holder,
@@ -214,7 +227,7 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
             presence: ingress::presence_topic(&identity),
             owner: identity.clone(),
             resumed,
-            catch_up: catch_up.is_some(),
+            catch_up: journal_catch_up,
         },
         now_ms(),
     );

@@ -245,12 +245,13 @@ impl Hub {
     }
 
     /// Parks a session the journal holds, as if its client had just left, catching up if
-    /// `catch_up` (see `Router::restore_parked`); false if it is here already.
+    /// `catch_up` names the node whose messages its replay skips (see
+    /// `Router::restore_parked`); false if it is here already.
     pub fn restore_parked(
         &self,
         session: &str,
         journaled: crate::stored::Journaled,
-        catch_up: bool,
+        catch_up: Option<Arc<str>>,
         now_ms: u64,
     ) -> bool {
         let session: Arc<str> = session.into();
@@ -263,8 +264,8 @@ impl Hub {
 
     /// Every session here that outlives its connection starts catching up, as this edge lost
     /// the bus; returns them (see `catch_up::after_outages`).
-    pub fn begin_catch_up_all(&self) -> Vec<Arc<str>> {
-        self.lock().router.begin_catch_up_all()
+    pub fn begin_catch_up_all(&self, this_node: &Arc<str>) -> Vec<Arc<str>> {
+        self.lock().router.begin_catch_up_all(this_node)
     }
 
     /// The filters of `session`'s subscriptions but its shared ones.

@@ -83,7 +83,7 @@ async fn restore_sessions(hub: &hub::Hub, writer: &journal::JournalWriter) -> Re
                 let now = message::now_ms();
                 journaled.expiry_secs = journal::expiry_left(journaled.expiry_secs, expires_at, now);
                 if journaled.expiry_secs > 0 {
-                    restored += usize::from(hub.restore_parked(session, journaled, false, now));
+                    restored += usize::from(hub.restore_parked(session, journaled, None, now));
                 }
             }
             Ok(None) => {}

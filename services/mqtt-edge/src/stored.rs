@@ -8,6 +8,7 @@ use std::sync::Arc;
 use prost::Message as _;
 
 use broker::journal::Stored;
+use broker::origins::{CatchUp, CatchUpParts};
 use broker::session::{Outgoing, SessionSnapshot};
 use broker::{QoS, RetainHandling, SubOptions};
 use wire::pb;
@@ -104,7 +105,38 @@ pub fn state_of(snap: SessionSnapshot<SharedMessage>, expiry_secs: u32) -> pb::S
             .into_iter()
             .map(|(stream, c)| pb::StreamCursor { stream: stream.to_string(), cursor: c.encode() })
             .collect(),
+        catch_up: snap.catch_up.map(|c| catch_up_state(&c)),
     }
+}
+
+fn catch_up_state(c: &CatchUp) -> pb::CatchUpState {
+    let CatchUpParts { began, taken, skip } = c.parts();
+    pb::CatchUpState {
+        began: began
+            .into_iter()
+            .map(|(node, c)| pb::StreamCursor { stream: node.to_string(), cursor: c.encode() })
+            .collect(),
+        taken: taken
+            .into_iter()
+            .map(|(node, at)| pb::TakenMessage { node: node.to_string(), incarnation: at.epoch, seq: at.seq })
+            .collect(),
+        skip: skip.to_string(),
+    }
+}
+
+/// The catch-up a [`pb::CatchUpState`] describes; `None` if a cursor is invalid.
+fn catch_up_from(s: pb::CatchUpState) -> Option<CatchUp> {
+    let began = s
+        .began
+        .into_iter()
+        .map(|c| Some((Arc::from(c.stream), broker::streams::Cursor::decode(&c.cursor)?)))
+        .collect::<Option<Vec<_>>>()?;
+    let taken = s
+        .taken
+        .into_iter()
+        .map(|t| (Arc::from(t.node), broker::streams::Stamp { epoch: t.incarnation, seq: t.seq }))
+        .collect();
+    Some(CatchUp::from_parts(CatchUpParts { began, taken, skip: s.skip.into() }))
 }
 
 /// The snapshot a [`pb::SessionState`] describes; `None` if any part of it is invalid.
@@ -160,6 +192,10 @@ pub fn snapshot_from(s: pb::SessionState) -> Option<SessionSnapshot<SharedMessag
             .into_iter()
             .map(|c| Some((Arc::from(c.stream), broker::streams::Cursor::decode(&c.cursor)?)))
             .collect::<Option<Vec<_>>>()?,
+        catch_up: match s.catch_up {
+            Some(c) => Some(catch_up_from(c)?),
+            None => None,
+        },
     })
 }
 
@@ -200,6 +236,17 @@ mod tests {
             incoming_qos2: vec![1, 65_535],
             last_packet_id: 41,
             cursors: vec![("acme/im/msg/bob".into(), broker::streams::Cursor { epoch: 9, low: 3, above: vec![5] })],
+            catch_up: Some(CatchUp::from_parts(CatchUpParts {
+                began: vec![(
+                    broker::origins::cursor_name("x").into(),
+                    broker::streams::Cursor { epoch: 7, low: 2, above: vec![] },
+                )],
+                taken: vec![(
+                    broker::origins::cursor_name("x").into(),
+                    broker::streams::Stamp { epoch: 7, seq: u64::MAX },
+                )],
+                skip: "dead:12".into(),
+            })),
         };
         let wire = state_of(snap.clone(), 300).encode_to_vec();
         let state = pb::SessionState::decode(&wire[..]).expect("decodes");
@@ -208,6 +255,7 @@ mod tests {
         assert_eq!(back.subscriptions, snap.subscriptions);
         assert_eq!(back.incoming_qos2, snap.incoming_qos2);
         assert_eq!(back.cursors, snap.cursors);
+        assert_eq!(back.catch_up, snap.catch_up, "a catch-up under way goes on on the next edge");
         assert_eq!(back.last_packet_id, 41);
         let (o, released) = &back.inflight[0];
         assert!(released);

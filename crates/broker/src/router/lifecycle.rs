@@ -85,8 +85,11 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         // its connection.
         fx.push(Effect::Persist { session: req.session.clone(), persist: Persist::Ended });
         session.set_durable(req.session_expiry_secs > 0);
-        if session.is_durable() && req.catch_up && session_present {
-            session.begin_catch_up();
+        match req.catch_up.filter(|_| session_present) {
+            Some(skip) if session.is_durable() => session.begin_catch_up(skip),
+            // A session that ends with its connection has nothing to catch up on.
+            _ if !session.is_durable() => session.caught_up(),
+            _ => {}
         }
         if session.is_durable() {
             let _ = session.take_changes();
@@ -230,13 +233,14 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// `expiry_secs`) under `session` with its subscriptions routable, as if its client had just
     /// left: what is published from now on is queued for it. With `catch_up`, it catches up on
     /// what was routed to the node that held it since that node died ([`Router::replay_routed`],
-    /// then [`Router::caught_up`]). False if the session is here already.
+    /// then [`Router::caught_up`]), but what the node named there published (see
+    /// [`ConnectRequest::catch_up`]). False if the session is here already.
     pub fn restore_parked(
         &mut self,
         session: &Arc<str>,
         snapshot: SessionSnapshot<M>,
         expiry_secs: u32,
-        catch_up: bool,
+        catch_up: Option<Arc<str>>,
         now_ms: u64,
         fx: &mut Effects<M, O>,
     ) -> bool {
@@ -245,8 +249,8 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
         let mut parked = self.adopt(session, snapshot, now_ms, fx);
         parked.expiry_secs = expiry_secs;
-        if catch_up {
-            parked.session.begin_catch_up();
+        if let Some(skip) = catch_up {
+            parked.session.begin_catch_up(skip);
         }
         // The journal has it as it is: only what changes from now on is written, and its
         // record lives as long as a parked session's (it may have been a live one's).

@@ -169,8 +169,10 @@ pub struct ConnectRequest<M, O> {
     /// node has none under the key.
     pub resumed: Option<SessionSnapshot<M>>,
     /// `resumed` comes from the journal of a node that is gone: what was routed to that node
-    /// meanwhile will be replayed ([`Router::replay_routed`]) until [`Router::caught_up`].
-    pub catch_up: bool,
+    /// meanwhile will be replayed ([`Router::replay_routed`]) until [`Router::caught_up`],
+    /// but what the node named here published (the journal has it; empty: none). A session
+    /// handed over while it caught up carries its catch-up instead.
+    pub catch_up: Option<Arc<str>>,
 }
 
 /// A connection that went away.
@@ -418,12 +420,12 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// catching up, from where it stands now, on what is routed to this node meanwhile
     /// ([`Router::replay_routed_all`] once it is back, then [`Router::caught_up`]). Returns
     /// those sessions.
-    pub fn begin_catch_up_all(&mut self) -> Vec<Arc<str>> {
+    pub fn begin_catch_up_all(&mut self, this_node: &Arc<str>) -> Vec<Arc<str>> {
         let mut names: Vec<Arc<str>> = self.live.keys().cloned().collect();
         names.extend(self.store.keys().into_iter().map(Arc::from));
         names.retain(|name| match self.held_mut(name) {
             Some((_, s)) if s.is_durable() && !s.is_catching_up() => {
-                s.begin_catch_up();
+                s.begin_catch_up(this_node.clone());
                 true
             }
             _ => false,

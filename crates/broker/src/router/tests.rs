@@ -129,7 +129,7 @@ fn request(user: &'static str, client: &str, clean: bool, expiry: u32) -> Connec
         presence: None,
         owner: user,
         resumed: None,
-        catch_up: false,
+        catch_up: None,
     }
 }
 
@@ -869,14 +869,16 @@ fn a_durable_session_starts_its_cursor_where_a_stream_stands_when_it_subscribes(
     assert!(journal(&fx).is_empty(), "a cursor it has stays");
 }
 
+/// A router whose sessions take 100 messages in flight.
+fn wide() -> Router<Msg, &'static str> {
+    let mut r = router(0);
+    r.cfg.session.max_inflight = 100;
+    r
+}
+
 /// Bob's persistent session on node a got x1 and x2 from node x (subscribed to `t/#` at
 /// 1 000 ms), and a died: its journal (here a's snapshot) goes to node b, which catches up.
 fn resumed_on_b() -> (Router<Msg, &'static str>, LinkId, Fx) {
-    let wide = || {
-        let mut r = router(0);
-        r.cfg.session.max_inflight = 100;
-        r
-    };
     let mut a = wide();
     let mut fx = Fx::new();
     connect(&mut a, request("bob", "phone", false, 60), &mut fx);
@@ -888,7 +890,8 @@ fn resumed_on_b() -> (Router<Msg, &'static str>, LinkId, Fx) {
     let (snapshot, _) = a.hand_over(&key("bob", "phone"), &Acl::default(), 0, &mut fx).expect("on a");
     let mut b = wide();
     fx.clear();
-    let req = ConnectRequest { resumed: Some(snapshot), catch_up: true, ..request("bob", "phone", false, 60) };
+    let req =
+        ConnectRequest { resumed: Some(snapshot), catch_up: Some("dead".into()), ..request("bob", "phone", false, 60) };
     let (link, present) = connect(&mut b, req, &mut fx);
     assert!(present);
     assert_eq!(delivered(&fx, link), ["x1", "x2"], "the journal's own, resent");
@@ -940,7 +943,7 @@ fn a_session_not_resumed_from_a_journal_takes_no_replay() {
     connect(&mut r, request("bob", "phone", false, 60), &mut fx);
     sub(&mut r, "bob", "phone", "t/#", 1);
     assert!(!r.replay_routed(&key("bob", "phone"), from_node("x", 1), 0, 0, &mut fx), "nothing to catch up on");
-    let clean = ConnectRequest { catch_up: true, ..request("eve", "phone", true, 0) };
+    let clean = ConnectRequest { catch_up: Some("dead".into()), ..request("eve", "phone", true, 0) };
     connect(&mut r, clean, &mut fx);
     sub(&mut r, "eve", "phone", "t/#", 1);
     assert!(!r.replay_routed(&key("eve", "phone"), from_node("x", 1), 0, 0, &mut fx), "a clean session");
@@ -966,13 +969,13 @@ fn a_node_cut_off_from_the_others_replays_to_its_durable_sessions_what_they_miss
     for n in 1..=2 {
         r.publish_remote(from_node("x", n), 2_000, &mut fx);
     }
-    let mut catching_up = r.begin_catch_up_all();
+    let mut catching_up = r.begin_catch_up_all(&"this".into());
     catching_up.sort();
     let bob: Arc<str> = key("bob", "phone").into();
     assert_eq!(catching_up, [Arc::from(ann.as_str()), bob.clone()], "the durable sessions, live or parked");
     assert_eq!(r.plain_filters(&bob), ["t/#"]);
     assert!(r.plain_filters(&ann).is_empty(), "her only one is shared");
-    assert!(r.begin_catch_up_all().is_empty(), "those catching up already are left alone");
+    assert!(r.begin_catch_up_all(&"this".into()).is_empty(), "those catching up already are left alone");
     fx.clear();
     assert_eq!(r.replay_routed_all(from_node("x", 2), 3_000, 3_000, &mut fx), 0, "bob had x2");
     assert_eq!(r.replay_routed_all(from_node("x", 3), 3_000, 3_000, &mut fx), 1, "bob missed x3; eve is clean");
@@ -995,13 +998,62 @@ fn a_session_restored_from_the_journal_is_parked_and_queues_what_comes() {
     let mut r = router(0);
     fx.clear();
     let bob: Arc<str> = key("bob", "phone").into();
-    assert!(r.restore_parked(&bob, snapshot.clone(), 60, false, 1_000, &mut fx));
+    assert!(r.restore_parked(&bob, snapshot.clone(), 60, None, 1_000, &mut fx));
     assert_eq!(journal(&fx), ["parked 60 t/#"], "its record lives as a parked one's");
-    assert!(!r.restore_parked(&bob, snapshot, 60, false, 1_000, &mut fx), "here already");
+    assert!(!r.restore_parked(&bob, snapshot, 60, None, 1_000, &mut fx), "here already");
     fx.clear();
     assert_eq!(r.publish(msg("t/1", "queued", 1), None, 2_000, &mut fx), 1, "parked, it takes what comes");
     assert_eq!(journal(&fx), ["+1"]);
     let (link, present) = connect(&mut r, request("bob", "phone", false, 60), &mut fx);
     assert!(present);
     assert_eq!(delivered(&fx, link), ["queued"]);
+}
+
+#[test]
+fn a_session_handed_over_while_it_catches_up_goes_on_catching_up_on_the_next_node() {
+    let (mut b, _, mut fx) = resumed_on_b();
+    let bob = key("bob", "phone");
+    assert!(b.replay_routed(&bob, from_node("x", 3), 3_000, 3_000, &mut fx));
+    b.publish_remote(from_node("x", 6), 3_000, &mut fx);
+    let (snapshot, _) = b.hand_over(&bob, &Acl::default(), 3_000, &mut fx).expect("on b");
+    let carried = snapshot.catch_up.clone().expect("it was catching up");
+    assert_eq!(&**carried.skip(), "dead", "the replay still skips what the dead node published");
+    let mut c = wide();
+    fx.clear();
+    let (link, present) =
+        connect(&mut c, ConnectRequest { resumed: Some(snapshot), ..request("bob", "phone", false, 60) }, &mut fx);
+    assert!(present);
+    fx.clear();
+    assert!(!c.replay_routed(&bob, from_node("x", 2), 3_000, 3_000, &mut fx), "the journal had x2");
+    assert!(!c.replay_routed(&bob, from_node("x", 3), 3_000, 3_000, &mut fx), "b replayed x3");
+    assert!(!c.replay_routed(&bob, from_node("x", 6), 3_000, 3_000, &mut fx), "x6 came live on b");
+    assert!(c.replay_routed(&bob, from_node("x", 4), 3_000, 3_000, &mut fx), "what b had not replayed yet");
+    c.caught_up(&bob);
+    assert!(!c.replay_routed(&bob, from_node("x", 5), 3_000, 3_000, &mut fx), "caught up");
+    assert_eq!(delivered(&fx, link), ["x4"]);
+    let (snapshot, _) = c.hand_over(&bob, &Acl::default(), 3_000, &mut fx).expect("on c");
+    assert!(snapshot.catch_up.is_none(), "caught up: it moves on without one");
+}
+
+#[test]
+fn a_session_taken_from_a_dead_node_is_parked_catching_up() {
+    let mut a = wide();
+    let mut fx = Fx::new();
+    connect(&mut a, request("bob", "phone", false, 60), &mut fx);
+    let options = SubOptions { qos: QoS::AtLeastOnce, ..SubOptions::default() };
+    a.subscribe(&key("bob", "phone"), "t/#", options, 1_000, &mut fx).expect("sub");
+    a.publish_remote(from_node("x", 1), 2_000, &mut fx);
+    let (snapshot, _) = a.hand_over(&key("bob", "phone"), &Acl::default(), 0, &mut fx).expect("on a");
+    let mut b = wide();
+    fx.clear();
+    let bob: Arc<str> = key("bob", "phone").into();
+    assert!(b.restore_parked(&bob, snapshot, 60, Some("dead".into()), 3_000, &mut fx));
+    assert_eq!(b.replay_routed_all(from_node("x", 1), 3_000, 3_000, &mut fx), 0, "the journal had x1");
+    assert_eq!(b.replay_routed_all(from_node("x", 2), 3_000, 3_000, &mut fx), 1, "queued while parked");
+    b.caught_up(&bob);
+    assert_eq!(b.replay_routed_all(from_node("x", 3), 3_000, 3_000, &mut fx), 0, "caught up");
+    fx.clear();
+    let (link, present) = connect(&mut b, request("bob", "phone", false, 60), &mut fx);
+    assert!(present);
+    assert_eq!(delivered(&fx, link), ["x1", "x2"], "x1 was in flight on a, x2 queued here");
 }
