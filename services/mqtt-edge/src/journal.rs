@@ -90,15 +90,12 @@ pub struct JournalWriter {
 #[derive(Debug)]
 struct Health {
     ok: AtomicBool,
-    /// When the write under way began (Unix ms), 0 while none is.
-    writing_since_ms: std::sync::atomic::AtomicU64,
+    writing: crate::UnderWay,
 }
 
 impl Health {
     fn is_healthy(&self, now_ms: u64) -> bool {
-        let since = self.writing_since_ms.load(Ordering::Relaxed);
-        let stuck = since != 0 && now_ms.saturating_sub(since) > TRY_TIMEOUT.as_millis() as u64;
-        self.ok.load(Ordering::Relaxed) && !stuck
+        self.ok.load(Ordering::Relaxed) && !self.writing.longer_than(TRY_TIMEOUT, now_ms)
     }
 }
 
@@ -124,7 +121,7 @@ impl JournalWriter {
     /// ends once every clone is dropped.
     pub fn start(journal: Arc<dyn SessionJournal>, holder: NodeName) -> Result<Self, String> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let health = Arc::new(Health { ok: AtomicBool::new(true), writing_since_ms: Default::default() });
+        let health = Arc::new(Health { ok: AtomicBool::new(true), writing: Default::default() });
         crate::on_own_thread("hermes-journal", run(journal.clone(), rx, health.clone(), holder))?;
         Ok(JournalWriter { tx, journal, health })
     }
@@ -225,9 +222,9 @@ async fn run(
         let items = coalesce(items.into_iter());
         metrics::counter!(m::JOURNAL_SPARED).increment((taken - items.len()) as u64);
         let writes = encode(items, &holder);
-        health.writing_since_ms.store(crate::message::now_ms().max(1), Ordering::Relaxed);
+        health.writing.begin(crate::message::now_ms());
         let ok = writes.is_empty() || write(&*journal, &writes).await;
-        health.writing_since_ms.store(0, Ordering::Relaxed);
+        health.writing.end();
         health.ok.store(ok, Ordering::Relaxed);
         for b in batches {
             if let Some(done) = b.done {
@@ -444,13 +441,14 @@ mod tests {
 
     #[test]
     fn a_write_under_way_for_longer_than_a_try_makes_the_journal_unhealthy() {
-        let health = Health { ok: AtomicBool::new(true), writing_since_ms: Default::default() };
+        let health = Health { ok: AtomicBool::new(true), writing: Default::default() };
         assert!(health.is_healthy(10_000), "idle");
-        health.writing_since_ms.store(10_000, Ordering::Relaxed);
+        health.writing.begin(10_000);
         assert!(health.is_healthy(10_000 + TRY_TIMEOUT.as_millis() as u64), "within a try");
         assert!(!health.is_healthy(10_001 + TRY_TIMEOUT.as_millis() as u64), "stuck");
         assert!(health.is_healthy(5_000), "a clock that went back counts as no time");
-        health.writing_since_ms.store(0, Ordering::Relaxed);
+        health.writing.end();
+        assert!(health.is_healthy(u64::MAX), "done");
         health.ok.store(false, Ordering::Relaxed);
         assert!(!health.is_healthy(10_000), "the last write failed");
     }

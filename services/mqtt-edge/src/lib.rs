@@ -116,6 +116,29 @@ async fn patiently<T, F: Future<Output = Result<T, String>>>(what: &str, load: i
     }
 }
 
+/// When the store call under way began (Unix ms; 0 while none is), to tell a hung store from a
+/// slow one: a store that works on its caller's thread (the embedded one) cannot be cut short
+/// by a timeout, so a hung disk shows only here.
+#[derive(Debug, Default)]
+pub(crate) struct UnderWay(std::sync::atomic::AtomicU64);
+
+impl UnderWay {
+    pub(crate) fn begin(&self, now_ms: u64) {
+        self.0.store(now_ms.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn end(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the call under way (if any) has taken longer than `limit` at `now_ms` (a clock
+    /// that went back counts as no time).
+    pub(crate) fn longer_than(&self, limit: Duration, now_ms: u64) -> bool {
+        let since = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        since != 0 && u128::from(now_ms.saturating_sub(since)) > limit.as_millis()
+    }
+}
+
 /// Takes what waits in `rx`, up to `max` items, once at least one is there; `None` once every
 /// sender is gone.
 pub(crate) async fn next_batch<T>(rx: &mut tokio::sync::mpsc::UnboundedReceiver<T>, max: usize) -> Option<Vec<T>> {
@@ -317,8 +340,9 @@ impl Edge {
     /// Why this edge should not get new clients, if it should not: checked by `/readyz`.
     pub fn readiness(&self) -> impl Fn() -> Result<(), String> + Clone + Send + Sync + 'static {
         let hub = self.hub.clone();
-        move || match hub.journal() {
-            Some(j) if !j.is_healthy() => Err("the session journal cannot be written".into()),
+        move || match (hub.journal(), hub.streams()) {
+            (Some(j), _) if !j.is_healthy() => Err("the session journal cannot be written".into()),
+            (_, Some(s)) if !s.is_healthy() => Err("an append to the durable streams is stuck".into()),
             _ if hub.is_closing() => Err("stopping".into()),
             _ => Ok(()),
         }

@@ -58,6 +58,9 @@ pub struct Streams {
     tx: mpsc::UnboundedSender<Pending>,
     letters: mpsc::UnboundedSender<DeadLetter>,
     max_replay: usize,
+    /// The append batch under way: the store works on the appender's thread (the embedded one
+    /// writes there), where no timeout can cut a hung write short.
+    appending: Arc<crate::UnderWay>,
 }
 
 impl std::fmt::Debug for Streams {
@@ -72,11 +75,19 @@ impl Streams {
         let rules = StreamRules::new(cfg.rules.iter().cloned()).map_err(|e| format!("streams.rules: {e}"))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (letters, letters_rx) = mpsc::unbounded_channel();
-        let (appends, dead) = (append_batches(store.clone(), rx), write_dead_letters(store.clone(), letters_rx));
+        let appending = Arc::new(crate::UnderWay::default());
+        let appends = append_batches(store.clone(), rx, appending.clone());
+        let dead = write_dead_letters(store.clone(), letters_rx);
         crate::on_own_thread("hermes-streams", async move {
             tokio::join!(appends, dead);
         })?;
-        Ok(Streams { rules, store, tx, letters, max_replay: cfg.max_replay })
+        Ok(Streams { rules, store, tx, letters, max_replay: cfg.max_replay, appending })
+    }
+
+    /// False while an append batch has been under way for longer than it may take: the store
+    /// hangs (publishers on durable topics wait, then are refused).
+    pub fn is_healthy(&self) -> bool {
+        !self.appending.longer_than(APPEND_TIMEOUT, crate::message::now_ms())
     }
 
     /// Whether messages on `topic` go to its durable stream.
@@ -294,12 +305,19 @@ fn decode(body: &[u8]) -> Option<Message> {
     pb::RoutedMessage::decode(body).ok().and_then(crate::cluster::decode_message)
 }
 
-async fn append_batches(store: Arc<dyn StreamStore>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn append_batches(
+    store: Arc<dyn StreamStore>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    appending: Arc<crate::UnderWay>,
+) {
     while let Some(batch) = crate::next_batch(&mut rx, MAX_BATCH).await {
         let (appends, dones): (Vec<Append>, Vec<_>) = batch.into_iter().map(|p| (p.append, p.done)).unzip();
         let started = std::time::Instant::now();
+        appending.begin(crate::message::now_ms());
         // One try: a batch that timed out may still land, and trying again would store it twice.
-        let stamps = match crate::within(APPEND_TIMEOUT, store.append(&appends)).await {
+        let appended = crate::within(APPEND_TIMEOUT, store.append(&appends)).await;
+        appending.end();
+        let stamps = match appended {
             Ok(s) if s.len() == appends.len() => {
                 metrics::histogram!(m::STREAM_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
                 metrics::counter!(m::STREAM_APPENDS).increment(s.len() as u64);
@@ -327,5 +345,47 @@ async fn write_dead_letters(store: Arc<dyn StreamStore>, mut rx: mpsc::Unbounded
             metrics::counter!(m::DEAD_LETTER_FAILURES).increment(batch.len() as u64);
             tracing::warn!(error = %e, letters = batch.len(), "cannot write to the dead-letter stream: letters lost");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::relations::BoxFuture;
+    use broker::streams::MemoryStreams;
+
+    /// Streams whose appends block their caller's thread for a while, as a hung disk under the
+    /// embedded store does.
+    #[derive(Debug)]
+    struct Stuck(MemoryStreams, Duration);
+
+    impl StreamStore for Stuck {
+        fn append<'a>(&'a self, appends: &'a [Append]) -> BoxFuture<'a, Result<Vec<Stamp>, String>> {
+            std::thread::sleep(self.1);
+            self.0.append(appends)
+        }
+        fn read<'a>(&'a self, stream: &'a str, after: u64, limit: usize) -> BoxFuture<'a, Result<Replay, String>> {
+            self.0.read(stream, after, limit)
+        }
+        fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> BoxFuture<'a, Result<(), String>> {
+            self.0.dead_letter(letters)
+        }
+        fn dead_letters(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<Vec<(u64, DeadLetter)>, String>> {
+            self.0.dead_letters(after, limit)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_append_stuck_for_longer_than_it_may_take_makes_the_streams_unhealthy() {
+        let blocked = APPEND_TIMEOUT + Duration::from_millis(1500);
+        let store = Stuck(MemoryStreams::new(broker::streams::Retention::default()), blocked);
+        let streams = Streams::start(Arc::new(store), &StreamsConfig::default()).expect("start");
+        assert!(streams.is_healthy(), "idle");
+        let msg = Message::new("acme/im/msg/bob".into(), Bytes::from_static(b"hi"), broker::QoS::AtLeastOnce, false);
+        let stamp = streams.append(&msg, 1);
+        tokio::time::sleep(APPEND_TIMEOUT + Duration::from_millis(500)).await;
+        assert!(!streams.is_healthy(), "stuck");
+        assert!(stamp.wait().await.is_some(), "it landed in the end");
+        assert!(streams.is_healthy(), "done");
     }
 }
