@@ -104,6 +104,26 @@ pub async fn check(bus: &dyn Bus) {
     }
     assert!(matches!(bus.subscribe_queue("a.>.b", "q").await, Err(BusError::InvalidSubject(_))));
 
+    // Many at once: an answer each, in order; each subscribed once the call returns.
+    let asks = [
+        (s("m.one"), None),
+        ("a..b".to_owned(), None),
+        (s("m.*"), Some("contract_m".to_owned())),
+        (s("m.two"), Some("a..b".to_owned())),
+        (s("m.>"), None),
+    ];
+    let mut many = bus.subscribe_many(&asks).await;
+    assert_eq!(many.len(), asks.len());
+    assert!(matches!(many[1], Err(BusError::InvalidSubject(_))), "a bad subject");
+    assert!(matches!(many[3], Err(BusError::InvalidSubject(_))), "a bad queue group");
+    bus.publish(&s("m.one"), Bytes::from_static(b"m")).await.expect("publish");
+    for i in [0, 2, 4] {
+        let sub = many[i].as_mut().expect("subscribed");
+        assert_eq!(next(sub).await, (s("m.one"), Bytes::from_static(b"m")), "subscription {i}");
+    }
+    assert_eq!(next(&mut tail).await.1, Bytes::from_static(b"m"));
+    assert!(bus.subscribe_many(&[]).await.is_empty());
+
     // A durable subscription gets what is published from now on, in order, like any other.
     let stream = format!("CONTRACT_{}", root.replace('.', "_"));
     let mut durable = bus.subscribe_durable(&stream, &s("d.>")).await.expect("durable");

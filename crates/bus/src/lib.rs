@@ -23,7 +23,7 @@ pub struct BusMessage {
     pub payload: Bytes,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("invalid subject `{0}`")]
     InvalidSubject(String),
@@ -157,6 +157,25 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     fn subscribe_queue<'a>(&'a self, subject: &'a str, queue: &'a str)
     -> BoxFuture<'a, Result<Subscription, BusError>>;
 
+    /// [`Bus::subscribe`] (or [`Bus::subscribe_queue`] with the queue group given) to each of
+    /// `subjects`, one answer each, in order; the server has them all once it resolves (NATS:
+    /// one flush for all, where one subscription at a time costs a round trip each).
+    fn subscribe_many<'a>(
+        &'a self,
+        subjects: &'a [(String, Option<String>)],
+    ) -> BoxFuture<'a, Vec<Result<Subscription, BusError>>> {
+        Box::pin(async move {
+            let mut subscribed = Vec::with_capacity(subjects.len());
+            for (subject, queue) in subjects {
+                subscribed.push(match queue {
+                    Some(q) => self.subscribe_queue(subject, q).await,
+                    None => self.subscribe(subject).await,
+                });
+            }
+            subscribed
+        })
+    }
+
     /// Messages on `subject` (a pattern) that the bus keeps for subscribers that were away:
     /// from now on, and after a lost connection, from where this subscription left off (NATS:
     /// a JetStream stream named `stream` capturing `subject`, kept a week, read by an ordered
@@ -241,7 +260,7 @@ pub fn without_covered(patterns: &[String]) -> Vec<String> {
 }
 
 /// Whether every subject `inner` matches, `outer` matches too.
-fn covers(outer: &str, inner: &str) -> bool {
+pub(crate) fn covers(outer: &str, inner: &str) -> bool {
     let mut i = inner.split('.');
     for o in outer.split('.') {
         match (o, i.next()) {

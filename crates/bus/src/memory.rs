@@ -81,6 +81,9 @@ impl MemoryBus {
         if !valid_subject(subject, true) {
             return Err(BusError::InvalidSubject(subject.to_owned()));
         }
+        if let Some(q) = queue.filter(|q| !valid_subject(q, false)) {
+            return Err(BusError::InvalidSubject(format!("{subject} (queue {q})")));
+        }
         let (tx, rx) = mpsc::channel(SUBSCRIBER_CAPACITY);
         let entry = (subject.to_owned(), queue.map(str::to_owned), tx);
         self.subscribers.lock().unwrap_or_else(|e| e.into_inner()).push(entry);

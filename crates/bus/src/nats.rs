@@ -278,9 +278,16 @@ impl Bus for NatsBus {
             let Ok(start_time) = async_nats::datetime::from_nanos(since_ns) else { return Ok(Replay::empty()) };
             let mut config =
                 OrderedConfig { deliver_policy: DeliverPolicy::ByStartTime { start_time }, ..Default::default() };
+            if patterns.is_empty() {
+                return Ok(Replay::empty());
+            }
+            // Filters that take in every subject the stream keeps: none at all. A consumer with
+            // several filters costs the server a search of the stream's subjects per message
+            // (a replay of 10 000 subjects' messages went at about 1 300 a second).
+            let whole = keeping.config.subjects.iter().all(|s| patterns.iter().any(|p| crate::covers(p, s)));
             // One filter in the field every server knows (`filter_subjects` needs 2.10).
             match patterns.len() {
-                0 => return Ok(Replay::empty()),
+                _ if whole => {}
                 1 => config.filter_subject = patterns.remove(0),
                 _ => config.filter_subjects = patterns,
             }
@@ -376,6 +383,42 @@ impl Bus for NatsBus {
             self.held(sub.map_err(|e| BusError::Transport(e.to_string()))?).await
         })
     }
+
+    fn subscribe_many<'a>(
+        &'a self,
+        subjects: &'a [(String, Option<String>)],
+    ) -> BoxFuture<'a, Vec<Result<Subscription, BusError>>> {
+        Box::pin(async move {
+            let mut subscribed = Vec::with_capacity(subjects.len());
+            for (subject, queue) in subjects {
+                let sub = match queue {
+                    _ if !valid_subject(subject, true) => Err(BusError::InvalidSubject(subject.clone())),
+                    Some(q) if !valid_subject(q, false) => {
+                        Err(BusError::InvalidSubject(format!("{subject} (queue {q})")))
+                    }
+                    Some(q) => self.client.queue_subscribe(subject.clone(), q.clone()).await.map_err(transport),
+                    None => self.client.subscribe(subject.clone()).await.map_err(transport),
+                };
+                subscribed.push(sub);
+            }
+            // One flush: the server has every subscription sent before it.
+            if let Err(e) = self.flush().await {
+                return subjects.iter().map(|_| Err(e.clone())).collect();
+            }
+            subscribed
+                .into_iter()
+                .map(|sub| {
+                    sub.map(|s| {
+                        Subscription::new(s.map(|m| BusMessage { subject: m.subject.to_string(), payload: m.payload }))
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+fn transport(e: impl std::fmt::Display) -> BusError {
+    BusError::Transport(e.to_string())
 }
 
 /// A replay under way: its ordered consumer's messages, and how many it has yet to give.

@@ -221,7 +221,7 @@ pub async fn start(
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
     let mut subscriptions = Subscriptions { bus: bus.clone(), inbound: in_tx, held: HashMap::new() };
     for always in [subjects::ALL_RETAINED, subjects::LONG_TOPICS] {
-        subscriptions.hold(always, None).await.map_err(|e| format!("bus: {e}"))?;
+        subscriptions.hold_always(always).await.map_err(|e| format!("bus: {e}"))?;
     }
     tokio::spawn(subscriptions.run(interest_rx));
     tokio::spawn(send_out(bus.clone(), node.clone(), out_rx));
@@ -253,85 +253,136 @@ pub fn subjects_of(filter: &str) -> Vec<String> {
 struct Subscriptions {
     bus: Arc<dyn Bus>,
     inbound: mpsc::Sender<Inbound>,
-    held: HashMap<Held, (usize, tokio::task::JoinHandle<()>)>,
+    /// How many filters need each subject, and the task forwarding what its bus subscription
+    /// takes (`None` until it is subscribed).
+    held: HashMap<Held, (usize, Option<tokio::task::JoinHandle<()>>)>,
 }
 
 /// A bus subscription: its subject, and the shared subscription it serves (as a queue group).
 type Held = (String, Option<Arc<str>>);
 
+/// Interest changes taken from the router at once: their new bus subscriptions go in one flush.
+const INTEREST_BATCH: usize = 4096;
+
 impl Subscriptions {
     async fn run(mut self, mut changes: mpsc::UnboundedReceiver<InterestChange>) {
-        while let Some(change) = changes.recv().await {
-            let (filter, held) = match change {
-                InterestChange::Filter(filter, held) => (filter, held),
-                InterestChange::Settled(answer) => {
-                    let _ = answer.send(());
-                    continue;
+        while let Some(first) = changes.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < INTEREST_BATCH
+                && let Ok(next) = changes.try_recv()
+            {
+                batch.push(next);
+            }
+            let mut answers = Vec::new();
+            let mut new = Vec::new();
+            for change in batch {
+                match change {
+                    InterestChange::Filter(filter, held) => self.change(&filter, held, &mut new),
+                    InterestChange::Settled(answer) => answers.push(answer),
                 }
-            };
-            // A shared subscription: the bus picks one node among those with members.
-            let share = shared_filter(&filter).map(|plain| (Arc::<str>::from(filter.as_str()), plain));
-            let plain = share.as_ref().map_or(filter.as_str(), |(_, plain)| plain);
-            let share = share.as_ref().map(|(whole, _)| whole.clone());
-            // Too long for a subject: its messages come on `LONG_TOPICS`, always held.
-            let subjects = match share {
-                // Retained messages travel apart (to every edge, for their stores), and so do
-                // messages on over-long topics: a shared subscription takes its copy of both
-                // through its queue group too (the node picked delivers if the topic matches).
-                Some(_) => {
-                    let mut subjects = subjects_of(plain);
-                    if !subjects.iter().any(|s| s == subjects::LONG_TOPICS) {
-                        subjects.push(subjects::LONG_TOPICS.to_owned());
-                    }
-                    subjects
-                }
-                None => subjects::interest(plain).unwrap_or_default(),
-            };
-            for subject in subjects {
-                if held {
-                    if let Err(e) = self.hold(&subject, share.clone()).await {
-                        metrics::counter!(m::CLUSTER_ERRORS, "op" => "subscribe").increment(1);
-                        tracing::warn!(%subject, error = %e, "cannot subscribe on the bus");
-                    }
-                } else {
-                    self.release(&subject, share.clone());
-                }
+            }
+            self.subscribe(new).await;
+            // Every change taken so far is in place on the bus.
+            for answer in answers {
+                let _ = answer.send(());
             }
         }
     }
 
-    async fn hold(&mut self, subject: &str, share: Option<Arc<str>>) -> Result<(), bus::BusError> {
-        let key = (subject.to_owned(), share);
-        if let Some((n, _)) = self.held.get_mut(&key) {
-            *n += 1;
-            return Ok(());
-        }
-        let mut sub = match &key.1 {
-            Some(share) => self.bus.subscribe_queue(subject, &subjects::share_queue(share)).await?,
-            None => self.bus.subscribe(subject).await?,
+    /// The router's interest in `filter` began (`held`) or ended: counts its subjects, noting in
+    /// `new` those it now holds that need a bus subscription.
+    fn change(&mut self, filter: &str, held: bool, new: &mut Vec<Held>) {
+        // A shared subscription: the bus picks one node among those with members.
+        let share = shared_filter(filter).map(|plain| (Arc::<str>::from(filter), plain));
+        let plain = share.as_ref().map_or(filter, |(_, plain)| plain);
+        let share = share.as_ref().map(|(whole, _)| whole.clone());
+        // Too long for a subject: its messages come on `LONG_TOPICS`, always held.
+        let subjects = match share {
+            // Retained messages travel apart (to every edge, for their stores), and so do
+            // messages on over-long topics: a shared subscription takes its copy of both
+            // through its queue group too (the node picked delivers if the topic matches).
+            Some(_) => {
+                let mut subjects = subjects_of(plain);
+                if !subjects.iter().any(|s| s == subjects::LONG_TOPICS) {
+                    subjects.push(subjects::LONG_TOPICS.to_owned());
+                }
+                subjects
+            }
+            None => subjects::interest(plain).unwrap_or_default(),
         };
+        for subject in subjects {
+            let key = (subject, share.clone());
+            if held {
+                let count = self.held.entry(key.clone()).or_insert((0, None));
+                count.0 += 1;
+                if count.0 == 1 {
+                    new.push(key);
+                }
+            } else {
+                self.release(key);
+            }
+        }
+    }
+
+    /// Subscribes on the bus to the subjects of `new` still held, in one go.
+    async fn subscribe(&mut self, new: Vec<Held>) {
+        // Once each (a subject released and held again within the batch is noted twice).
+        let mut seen = std::collections::HashSet::new();
+        let new: Vec<Held> = new
+            .into_iter()
+            .filter(|k| self.held.get(k).is_some_and(|(_, task)| task.is_none()) && seen.insert(k.clone()))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        let asks: Vec<(String, Option<String>)> =
+            new.iter().map(|(subject, share)| (subject.clone(), share.as_deref().map(subjects::share_queue))).collect();
+        let subscribed = self.bus.subscribe_many(&asks).await;
+        for (key, sub) in new.into_iter().zip(subscribed) {
+            match sub {
+                Ok(sub) => {
+                    let task = self.forward(sub, key.1.clone());
+                    if let Some(entry) = self.held.get_mut(&key) {
+                        entry.1 = Some(task);
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(m::CLUSTER_ERRORS, "op" => "subscribe").increment(1);
+                    tracing::warn!(subject = %key.0, error = %e, "cannot subscribe on the bus");
+                }
+            }
+        }
+        metrics::gauge!(m::CLUSTER_SUBJECTS).set(self.held.len() as f64);
+    }
+
+    /// A task handing what `sub` takes to the router.
+    fn forward(&self, mut sub: bus::Subscription, share: Option<Arc<str>>) -> tokio::task::JoinHandle<()> {
         let inbound = self.inbound.clone();
-        let share = key.1.clone();
-        let task = tokio::spawn(async move {
+        tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
                 if inbound.send((msg, share.clone())).await.is_err() {
                     return;
                 }
             }
-        });
-        self.held.insert(key, (1, task));
-        metrics::gauge!(m::CLUSTER_SUBJECTS).set(self.held.len() as f64);
+        })
+    }
+
+    /// Holds `subject` whatever the router's interest (retained messages, over-long topics).
+    async fn hold_always(&mut self, subject: &str) -> Result<(), bus::BusError> {
+        let sub = self.bus.subscribe(subject).await?;
+        let task = self.forward(sub, None);
+        self.held.insert((subject.to_owned(), None), (1, Some(task)));
         Ok(())
     }
 
-    fn release(&mut self, subject: &str, share: Option<Arc<str>>) {
-        let key = (subject.to_owned(), share);
+    fn release(&mut self, key: Held) {
         let Some((n, _)) = self.held.get_mut(&key) else {
             return;
         };
         *n -= 1;
         if *n == 0
             && let Some((_, task)) = self.held.remove(&key)
+            && let Some(task) = task
         {
             // Dropping the subscription with its task unsubscribes.
             task.abort();
