@@ -101,6 +101,8 @@ struct Taken {
 
 /// Takes every session `node` owns; returns how many were parked here.
 async fn take_all(hub: &Arc<Hub>, handover: &Handover, node: &str, stall: Duration) -> Result<usize, String> {
+    tracing::info!(node, "an edge died: taking the sessions it held");
+    let started = std::time::Instant::now();
     let mut taken = Vec::new();
     loop {
         let listed = handover.owners().held_by(node, BATCH).await?;
@@ -120,6 +122,7 @@ async fn take_all(hub: &Arc<Hub>, handover: &Handover, node: &str, stall: Durati
         return Ok(0);
     }
     metrics::counter!(m::SESSIONS_MOVED, "way" => "adopted").increment(taken.len() as u64);
+    tracing::info!(node, sessions = taken.len(), after = ?started.elapsed(), "parked the sessions of a dead edge here; catching up");
     catch_up_all(hub, &taken, &NodeName::from_registered(node), stall).await;
     Ok(taken.len())
 }

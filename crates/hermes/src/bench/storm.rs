@@ -3,6 +3,11 @@
 //! message in flight; the edge is killed; all reconnect to the second edge. Reports how long the
 //! storm took, each reconnect's latency, how many sessions came back and how many in-flight
 //! messages were delivered again (the rest are lost).
+//!
+//! With `--away-secs`, the clients stay away that long after the kill: one message is published
+//! to each session at once (through the second edge), and one more once the second edge has
+//! taken the dead edge's sessions (a probe publish on the first session's topic is answered 0,
+//! not 0x10 "no matching subscribers"). Reports when that was, and what of both arrived.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,7 +31,16 @@ pub struct Args {
     /// The process id of the edge on --port, killed with SIGKILL once every client is set up.
     #[arg(long)]
     kill_pid: u32,
+    /// Seconds the clients stay away after the kill (0: they reconnect at once).
+    #[arg(long, default_value_t = 0)]
+    away_secs: u64,
 }
+
+/// The payloads, by when they were published.
+const IN_FLIGHT: &[u8] = b"in flight";
+const AWAY: &[u8] = b"while away";
+const TAKEN: &[u8] = b"once taken";
+const PROBE: &[u8] = b"probe";
 
 pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     if common.version()? != sdk::mqtt::Version::V5 {
@@ -50,29 +64,34 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     // One message in flight for each session: delivered, never acknowledged.
     let mut publisher = dial.open(None, format!("storm-pub-{}", std::process::id())).await?;
     for (_, topic, _) in &ids {
-        publisher
-            .publish(topic, b"in flight", 1, false, Duration::from_secs(30))
-            .await
-            .map_err(|e| format!("{e:?}"))?;
+        publisher.publish(topic, IN_FLIGHT, 1, false, Duration::from_secs(30)).await.map_err(|e| format!("{e:?}"))?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let killed = std::process::Command::new("kill").args(["-KILL", &args.kill_pid.to_string()]).status();
     if !killed.is_ok_and(|s| s.success()) {
         return Err(format!("could not kill {}", args.kill_pid));
     }
+    let killed_at = Instant::now();
     drop(publisher);
-    let sessions: Vec<String> = ids
+    let (sessions, topics): (Vec<String>, Vec<String>) = ids
         .into_iter()
-        .map(|(id, _, c)| {
+        .map(|(id, topic, c)| {
             drop(c);
-            id
+            (id, topic)
         })
-        .collect();
+        .unzip();
 
     let mut fallback = dial.clone();
     fallback.broker.set_port(args.fallback_port);
+    let away = match args.away_secs {
+        0 => None,
+        secs => Some(while_away(&fallback, &topics, killed_at, Duration::from_secs(secs)).await?),
+    };
     let resumed = Arc::new(AtomicUsize::new(0));
     let redelivered = Arc::new(AtomicUsize::new(0));
+    let away_got = Arc::new(AtomicUsize::new(0));
+    let taken_got = Arc::new(AtomicUsize::new(0));
+    let want = if away.is_some() { 3 } else { 1 };
     let started = Instant::now();
     let period = Duration::from_secs_f64(1.0 / f64::from(common.connect_rate.max(1)));
     let mut ticker = tokio::time::interval(period);
@@ -81,6 +100,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
         ticker.tick().await;
         let (dial, source) = (fallback.clone(), common.source(i));
         let (resumed, redelivered) = (resumed.clone(), redelivered.clone());
+        let (away_got, taken_got) = (away_got.clone(), taken_got.clone());
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             let (mut c, present) = dial.open_session(source, id).await?;
@@ -88,8 +108,21 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
             if present {
                 resumed.fetch_add(1, Ordering::Relaxed);
             }
-            if let Ok(Packet::Publish(p)) = c.recv(Duration::from_secs(10)).await {
-                redelivered.fetch_add(1, Ordering::Relaxed);
+            let (mut got, deadline) = (0, Instant::now() + Duration::from_secs(10));
+            while got < want {
+                let Ok(Packet::Publish(p)) = c.recv(deadline.saturating_duration_since(Instant::now())).await else {
+                    break;
+                };
+                let counter = match &p.payload[..] {
+                    IN_FLIGHT => Some(&redelivered),
+                    AWAY => Some(&away_got),
+                    TAKEN => Some(&taken_got),
+                    _ => None,
+                };
+                if let Some(counter) = counter {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    got += 1;
+                }
                 if let Some(id) = p.packet_id {
                     let _ = c.send(&Packet::PubAck { packet_id: id, code: 0 }).await;
                 }
@@ -118,7 +151,21 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     let storm = started.elapsed();
     let reconnected = latencies.len();
     let redelivered = redelivered.load(Ordering::Relaxed);
+    let away = away.map(|a| {
+        let (away_got, taken_got) = (away_got.load(Ordering::Relaxed), taken_got.load(Ordering::Relaxed));
+        serde_json::json!({
+            "away_secs": args.away_secs,
+            "taken_after_secs": a.taken_after.map(|d| (d.as_secs_f64() * 10.0).round() / 10.0),
+            "while_away_published": args.n,
+            "while_away_delivered": away_got,
+            "while_away_lost": args.n.saturating_sub(away_got),
+            "once_taken_published": a.once_taken,
+            "once_taken_delivered": taken_got,
+            "once_taken_lost": a.once_taken.saturating_sub(taken_got),
+        })
+    });
     Ok(serde_json::json!({
+        "away": away,
         "scenario": "storm",
         "clients": args.n,
         "reconnected": reconnected,
@@ -131,4 +178,43 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
         "in_flight_lost": args.n.saturating_sub(redelivered),
         "reconnect": latency_summary(latencies),
     }))
+}
+
+/// What happened while the clients stayed away.
+struct Away {
+    /// How long after the kill the second edge had taken the sessions (`None`: not by the end).
+    taken_after: Option<Duration>,
+    /// Messages published once it had.
+    once_taken: usize,
+}
+
+/// Publishes [`AWAY`] to every topic at once through the edge `dial` names, waits until that
+/// edge takes the sessions (a probe publish on the first topic is answered 0: it has a
+/// subscriber) and publishes [`TAKEN`] to every topic, then waits until `away` after `killed`.
+async fn while_away(dial: &Dial, topics: &[String], killed: Instant, away: Duration) -> Result<Away, String> {
+    let until = killed + away;
+    let mut publisher = dial.open(None, format!("storm-away-{}", std::process::id())).await?;
+    let publish = async |c: &mut sdk::mqtt::Client, topic: &str, payload: &[u8]| {
+        c.publish(topic, payload, 1, false, Duration::from_secs(30)).await.map_err(|e| format!("{e:?}"))
+    };
+    for topic in topics {
+        publish(&mut publisher, topic, AWAY).await?;
+    }
+    let mut taken_after = None;
+    while Instant::now() < until {
+        if publish(&mut publisher, &topics[0], PROBE).await? == Some(0) {
+            taken_after = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut once_taken = 0;
+    if taken_after.is_some() {
+        for topic in topics {
+            publish(&mut publisher, topic, TAKEN).await?;
+            once_taken += 1;
+        }
+    }
+    tokio::time::sleep(until.saturating_duration_since(Instant::now())).await;
+    Ok(Away { taken_after, once_taken })
 }
