@@ -15,30 +15,18 @@ OUT=target/bench-adopt
 mkdir -p "$OUT"
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
-{ command -v nats-server && command -v redis-server; } >/dev/null || install_deps
 start_cluster_bench
-NATS_PORT=$(free_port)
-rm -rf "$OUT/jetstream"
-nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$OUT/jetstream" > "$OUT/nats.log" 2>&1 &
-pids+=($!)
-start_bench_redis "$OUT"
-pids+=("$REDIS_PID")
-start_edge() { # $1 name, $2 port; prints the pid once the port answers
-    HERMES_BUS__KEEP_SECS=$KEEP RUST_LOG=warn,mqtt_edge::adopt=info "$EDGE" --mqtt-addr "127.0.0.1:$2" \
-        --mqtt-ws-addr '' --ops-addr '' --allow-anonymous --bus-nats-url "nats://127.0.0.1:$NATS_PORT" \
-        --bus-node-id "$1" --state-redis-url "redis://127.0.0.1:$REDIS_PORT/0" > "$OUT/$1.log" 2>&1 &
-    local pid=$!
-    wait_for_port "$2" || true
-    echo $pid
-}
+start_bench_backends "$OUT"
+EDGE_ENV="HERMES_BUS__KEEP_SECS=$KEEP"
+EDGE_LOG=warn,mqtt_edge::adopt=info
+start_edge() { start_bench_edge "$1" "$2" "$OUT"; }
 A_PORT=$(free_port)
 B_PORT=$(free_port)
-sleep 0.5
 A=$(start_edge edge-a "$A_PORT"); pids+=("$A")
 B=$(start_edge edge-b "$B_PORT"); pids+=("$B")
 echo "== adopt: hermes bench storm -n $N --away-secs $AWAY (edge A killed; bus.keep_secs $KEEP)" >&2
 "$HERMES" bench --port "$A_PORT" --mqtt-version 5 --json storm -n "$N" --fallback-port "$B_PORT" --kill-pid "$A" \
     --away-secs "$AWAY" > "$OUT/adopt.json"
 if grep -q panicked "$OUT"/edge-*.log; then echo "an edge panicked: see $OUT/edge-*.log" >&2; exit 1; fi
-grep -h "dead edge\|died" "$OUT/edge-b.log" || true
+grep -ah "dead edge\|died" "$OUT/edge-b.log" | sed "s/\x1b\[[0-9;]*m//g" || true
 cat "$OUT/adopt.json"

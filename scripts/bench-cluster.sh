@@ -15,31 +15,15 @@ OUT=target/bench-cluster
 mkdir -p "$OUT"
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
-{ command -v nats-server && command -v redis-server; } >/dev/null || install_deps
 start_cluster_bench
-
-NATS_PORT=$(free_port)
 # With JetStream, as in production: QoS 1/2 messages between edges are kept there too
-# (bus.keep_secs), for the sessions of an edge that dies.
-rm -rf "$OUT/jetstream"
-nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$OUT/jetstream" > "$OUT/nats.log" 2>&1 &
-pids+=($!)
-# Sessions are claimed and persistent ones journaled in Redis, as in production.
-start_bench_redis "$OUT"
-pids+=("$REDIS_PID")
-
-start_edge() { # $1 name, $2 port; prints the pid once the port answers
-    HERMES_MQTT__TLS_ADDR='' RUST_LOG=warn "$EDGE" --mqtt-addr "127.0.0.1:$2" --mqtt-ws-addr '' --ops-addr '' \
-        --allow-anonymous --bus-nats-url "nats://127.0.0.1:$NATS_PORT" --bus-node-id "$1" \
-        --state-redis-url "redis://127.0.0.1:$REDIS_PORT/0" > "$OUT/$1.log" 2>&1 &
-    local pid=$!
-    wait_for_port "$2" || true
-    echo $pid
-}
+# (bus.keep_secs), for the sessions of an edge that dies; sessions are claimed and persistent
+# ones journaled in Redis.
+start_bench_backends "$OUT"
+start_edge() { start_bench_edge "$1" "$2" "$OUT"; }
 
 A_PORT=$(free_port)
 B_PORT=$(free_port)
-sleep 0.5
 A=$(start_edge edge-a "$A_PORT"); pids+=("$A")
 B=$(start_edge edge-b "$B_PORT"); pids+=("$B")
 

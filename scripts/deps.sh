@@ -10,6 +10,10 @@
 #   stop_postgres     stops it (immediate) and removes its dir; does nothing when none was started
 #   start_cluster_bench  builds the release `hermes` and `mqtt-edge` (sets HERMES and EDGE) and
 #                     stops every process added to the array `pids` when the script exits
+#   start_bench_backends OUT  after it: nats-server with JetStream (in OUT/jetstream) and a
+#                     Redis, as in production, added to `pids`; sets NATS_PORT and REDIS_PORT
+#   start_bench_edge NAME PORT OUT  a release `mqtt-edge` joined to them, anonymous, with the
+#                     settings in EDGE_ENV (words of NAME=VALUE); prints its pid once it listens
 
 say() { printf '\n==> %s\n' "$*"; }
 
@@ -64,6 +68,28 @@ wait_for_port() {
         sleep 0.1
     done
     return 1
+}
+
+# shellcheck disable=SC2034 # NATS_PORT is for start_bench_edge and the script
+start_bench_backends() {
+    { command -v nats-server && command -v redis-server; } >/dev/null || install_deps
+    NATS_PORT=$(free_port)
+    rm -rf "$1/jetstream"
+    nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$1/jetstream" > "$1/nats.log" 2>&1 &
+    pids+=($!)
+    start_bench_redis "$1"
+    pids+=("$REDIS_PID")
+    sleep 0.5
+}
+
+start_bench_edge() {
+    # shellcheck disable=SC2086 # EDGE_ENV is words
+    env ${EDGE_ENV:-} HERMES_MQTT__TLS_ADDR='' RUST_LOG="${EDGE_LOG:-warn}" "$EDGE" --mqtt-addr "127.0.0.1:$2" \
+        --mqtt-ws-addr '' --ops-addr '' --allow-anonymous --bus-nats-url "nats://127.0.0.1:$NATS_PORT" \
+        --bus-node-id "$1" --state-redis-url "redis://127.0.0.1:$REDIS_PORT/0" > "$3/$1.log" 2>&1 &
+    local pid=$!
+    wait_for_port "$2" || true
+    echo $pid
 }
 
 # Starts a throwaway redis-server on a free loopback port with an empty directory `$1/redis`

@@ -200,6 +200,20 @@ async fn collect_marked(c: &mut Client, want: usize, got: &mut Vec<u32>, resent:
     }
 }
 
+/// Publishes `0` on `topic` until `subscriber` (on another edge than `publisher`) gets one:
+/// its edge hears the publisher's. Returns what it got.
+async fn heard(publisher: &mut Client, subscriber: &mut Client, topic: &str) -> Vec<u32> {
+    let mut got = Vec::new();
+    for _ in 0..100 {
+        publisher.publish(topic, b"0", 1, false, WAIT).await.expect("probe");
+        collect(subscriber, 1, &mut got).await;
+        if !got.is_empty() {
+            return got;
+        }
+    }
+    panic!("the subscriber's edge never heard the publisher's");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn what_a_dead_edge_was_sent_reaches_its_sessions_from_their_streams() {
     let (lost, _) = what_a_dead_edge_was_sent_on("acme/im/msg/bob").await;
@@ -225,15 +239,7 @@ async fn what_a_dead_edge_was_sent_on(topic: &str) -> (Vec<u32>, usize) {
     let (mut bob, _) = client(a.addr, "bob", false).await;
     assert_eq!(bob.subscribe(vec![SubscribeTopic::new(topic, 1)], WAIT).await.expect("suback"), [1]);
     let (mut publisher, _) = client(b.addr, "pub", true).await;
-    let mut got = Vec::new();
-    for _ in 0..100 {
-        publisher.publish(topic, b"0", 1, false, WAIT).await.expect("probe");
-        collect(&mut bob, 1, &mut got).await;
-        if !got.is_empty() {
-            break;
-        }
-    }
-    assert!(!got.is_empty(), "edge a hears edge b");
+    let mut got = heard(&mut publisher, &mut bob, topic).await;
     let mut acked = Vec::new();
     for n in 1..=50 {
         // 0x10: edge b has no subscriber of its own; edge a has.
@@ -353,15 +359,7 @@ async fn a_client_away_from_a_dead_edge_for_longer_than_the_bus_keeps_anything_l
     let (mut dave, _) = client(a.addr, "dave", false).await;
     assert_eq!(dave.subscribe(vec![SubscribeTopic::new(TOPIC, 1)], WAIT).await.expect("suback"), [1]);
     let (mut publisher, _) = client(b.addr, "pub", true).await;
-    let mut got = Vec::new();
-    for _ in 0..100 {
-        publisher.publish(TOPIC, b"0", 1, false, WAIT).await.expect("probe");
-        collect(&mut dave, 1, &mut got).await;
-        if !got.is_empty() {
-            break;
-        }
-    }
-    assert!(!got.is_empty(), "edge a hears edge b");
+    let mut got = heard(&mut publisher, &mut dave, TOPIC).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.kill();
     drop(dave);
