@@ -83,6 +83,8 @@ pub struct CatchUp {
     /// The node whose own messages the replay skips (the session had them without the bus),
     /// as the edge names it; empty for none.
     skip: Arc<str>,
+    /// The replays it waits for (after a dead node, after an outage): it ends with the last.
+    holds: u32,
 }
 
 impl CatchUp {
@@ -94,13 +96,14 @@ impl CatchUp {
             .filter(|(name, _)| is_node_cursor(name))
             .map(|(name, c)| (name.clone(), c.clone()))
             .collect();
-        CatchUp { journaled, taken: HashSet::new(), skip }
+        CatchUp { journaled, taken: HashSet::new(), skip, holds: 1 }
     }
 
     /// A catch-up as [`CatchUp::parts`] described it (on another node).
     pub fn from_parts(parts: CatchUpParts) -> Self {
         let CatchUpParts { began, taken, skip } = parts;
-        CatchUp { journaled: began.into_iter().collect(), taken: taken.into_iter().collect(), skip }
+        // One replay on the node it moved to goes on with it.
+        CatchUp { journaled: began.into_iter().collect(), taken: taken.into_iter().collect(), skip, holds: 1 }
     }
 
     /// What another node needs to go on with it.
@@ -115,6 +118,17 @@ impl CatchUp {
     /// The node whose own messages the replay skips; empty for none.
     pub fn skip(&self) -> &Arc<str> {
         &self.skip
+    }
+
+    /// One more replay to wait for.
+    pub fn hold(&mut self) {
+        self.holds = self.holds.saturating_add(1);
+    }
+
+    /// One replay is done; returns whether it was the last.
+    pub fn release(&mut self) -> bool {
+        self.holds = self.holds.saturating_sub(1);
+        self.holds == 0
     }
 
     /// A message from `origin` came live: whether it is new (not replayed already).

@@ -389,15 +389,28 @@ impl<M: Deliverable + Clone> Session<M> {
     /// from the others): until [`Session::caught_up`], messages replayed to it are checked
     /// against what it had then (its cursors) and what comes live meanwhile.
     /// The replay skips what node `skip` published (the session had it without the bus).
+    /// A session catching up already waits for one more replay: it keeps what it stood on,
+    /// and ends its catch-up once both are done.
     pub fn begin_catch_up(&mut self, skip: Arc<str>) {
-        self.catch_up = Some(CatchUp::new(&self.cursors, skip));
+        match &mut self.catch_up {
+            Some(c) => c.hold(),
+            None => self.catch_up = Some(CatchUp::new(&self.cursors, skip)),
+        }
     }
 
     pub fn is_catching_up(&self) -> bool {
         self.catch_up.is_some()
     }
 
+    /// One replay it waited for is done; the catch-up ends with the last.
     pub fn caught_up(&mut self) {
+        if self.catch_up.as_mut().is_some_and(CatchUp::release) {
+            self.catch_up = None;
+        }
+    }
+
+    /// Ends its catch-up whatever replays are under way (it no longer outlives its connection).
+    pub fn end_catch_up(&mut self) {
         self.catch_up = None;
     }
 

@@ -121,13 +121,14 @@ async fn replay_kept(
 /// so live messages cannot move them past what they missed); once it is back they replay what
 /// was kept meanwhile ([`after_outage`]), tried again a few times if the replay fails.
 pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<Link>>, me: NodeName, stall: Duration) {
-    let mut catching: Vec<Arc<str>> = Vec::new();
+    let mut catching: std::collections::BTreeSet<Arc<str>> = Default::default();
     while changes.changed().await.is_ok() {
         let Some(change) = *changes.borrow_and_update() else { continue };
         let Some(hub) = hub.upgrade() else { return };
         // Sessions that began here while the bus was away (or a loss this task did not see:
         // a watch keeps only the latest change) start now.
-        catching.extend(hub.begin_catch_up_all(&me.registered().into()));
+        let more = hub.begin_catch_up_all(&me.registered().into(), |s| catching.contains(s));
+        catching.extend(more);
         let Link::Back(outage) = change else { continue };
         let Some(link) = hub.cluster() else { return };
         let lost_ms = outage.to_ms.saturating_sub(outage.from_ms);
@@ -136,8 +137,9 @@ pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<L
             sessions = catching.len(),
             "back on the bus: catching up on what was routed here meanwhile"
         );
+        let sessions: Vec<Arc<str>> = catching.iter().cloned().collect();
         for attempt in 1..=REPLAY_TRIES {
-            match after_outage(&hub, link, outage, &catching, &me, stall).await {
+            match after_outage(&hub, link, outage, &sessions, &me, stall).await {
                 Ok(n) => {
                     tracing::info!(messages = n, "caught up after losing the bus");
                     break;
@@ -149,7 +151,7 @@ pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<L
                 }
             }
         }
-        for session in catching.drain(..) {
+        for session in std::mem::take(&mut catching) {
             hub.caught_up(&session);
         }
     }

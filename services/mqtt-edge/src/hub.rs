@@ -264,8 +264,8 @@ impl Hub {
 
     /// Every session here that outlives its connection starts catching up, as this edge lost
     /// the bus; returns them (see `catch_up::after_outages`).
-    pub fn begin_catch_up_all(&self, this_node: &Arc<str>) -> Vec<Arc<str>> {
-        self.lock().router.begin_catch_up_all(this_node)
+    pub fn begin_catch_up_all(&self, this_node: &Arc<str>, held: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
+        self.lock().router.begin_catch_up_all(this_node, held)
     }
 
     /// The filters of `session`'s subscriptions but its shared ones.

@@ -88,7 +88,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         match req.catch_up.filter(|_| session_present) {
             Some(skip) if session.is_durable() => session.begin_catch_up(skip),
             // A session that ends with its connection has nothing to catch up on.
-            _ if !session.is_durable() => session.caught_up(),
+            _ if !session.is_durable() => session.end_catch_up(),
             _ => {}
         }
         if session.is_durable() {

@@ -416,15 +416,16 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     }
 
     /// This node lost the others (and nothing from them reaches it until it has them back):
-    /// every session here that outlives its connection (and is not catching up already) starts
-    /// catching up, from where it stands now, on what is routed to this node meanwhile
-    /// ([`Router::replay_routed_all`] once it is back, then [`Router::caught_up`]). Returns
-    /// those sessions.
-    pub fn begin_catch_up_all(&mut self, this_node: &Arc<str>) -> Vec<Arc<str>> {
+    /// every session here that outlives its connection, but those `held` names (catching up
+    /// for this outage already), starts catching up, from where it stands now, on what is
+    /// routed to this node meanwhile ([`Router::replay_routed_all`] once it is back, then
+    /// [`Router::caught_up`]); one catching up already (after a dead node) waits for that
+    /// replay too. Returns those sessions.
+    pub fn begin_catch_up_all(&mut self, this_node: &Arc<str>, held: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
         let mut names: Vec<Arc<str>> = self.live.keys().cloned().collect();
         names.extend(self.store.keys().into_iter().map(Arc::from));
         names.retain(|name| match self.held_mut(name) {
-            Some((_, s)) if s.is_durable() && !s.is_catching_up() => {
+            Some((_, s)) if s.is_durable() && !held(name) => {
                 s.begin_catch_up(this_node.clone());
                 true
             }

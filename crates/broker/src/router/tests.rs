@@ -969,13 +969,14 @@ fn a_node_cut_off_from_the_others_replays_to_its_durable_sessions_what_they_miss
     for n in 1..=2 {
         r.publish_remote(from_node("x", n), 2_000, &mut fx);
     }
-    let mut catching_up = r.begin_catch_up_all(&"this".into());
+    let mut catching_up = r.begin_catch_up_all(&"this".into(), |_| false);
     catching_up.sort();
     let bob: Arc<str> = key("bob", "phone").into();
     assert_eq!(catching_up, [Arc::from(ann.as_str()), bob.clone()], "the durable sessions, live or parked");
     assert_eq!(r.plain_filters(&bob), ["t/#"]);
     assert!(r.plain_filters(&ann).is_empty(), "her only one is shared");
-    assert!(r.begin_catch_up_all(&"this".into()).is_empty(), "those catching up already are left alone");
+    let held = catching_up.clone();
+    assert!(r.begin_catch_up_all(&"this".into(), |s| held.iter().any(|h| &**h == s)).is_empty(), "once per outage");
     fx.clear();
     assert_eq!(r.replay_routed_all(from_node("x", 2), 3_000, 3_000, &mut fx), 0, "bob had x2");
     assert_eq!(r.replay_routed_all(from_node("x", 3), 3_000, 3_000, &mut fx), 1, "bob missed x3; eve is clean");
@@ -1056,4 +1057,21 @@ fn a_session_taken_from_a_dead_node_is_parked_catching_up() {
     let (link, present) = connect(&mut b, request("bob", "phone", false, 60), &mut fx);
     assert!(present);
     assert_eq!(delivered(&fx, link), ["x1", "x2"], "x1 was in flight on a, x2 queued here");
+}
+
+#[test]
+fn a_session_catching_up_after_a_dead_node_when_its_node_loses_the_others_waits_for_both_replays() {
+    let (mut b, link, mut fx) = resumed_on_b();
+    let bob: Arc<str> = key("bob", "phone").into();
+    assert_eq!(
+        b.begin_catch_up_all(&"b".into(), |_| false),
+        std::slice::from_ref(&bob),
+        "it waits for the outage's replay too"
+    );
+    b.caught_up(&bob);
+    assert!(b.replay_routed(&bob, from_node("x", 3), 3_000, 3_000, &mut fx), "the outage's replay still gives");
+    assert!(!b.replay_routed(&bob, from_node("x", 2), 3_000, 3_000, &mut fx), "what the journal had: still not");
+    b.caught_up(&bob);
+    assert!(!b.replay_routed(&bob, from_node("x", 4), 3_000, 3_000, &mut fx), "both done");
+    assert_eq!(delivered(&fx, link), ["x3"]);
 }
