@@ -123,7 +123,11 @@ async fn take_all(hub: &Arc<Hub>, handover: &Handover, node: &str, stall: Durati
     }
     metrics::counter!(m::SESSIONS_MOVED, "way" => "adopted").increment(taken.len() as u64);
     tracing::info!(node, sessions = taken.len(), after = ?started.elapsed(), "parked the sessions of a dead edge here; catching up");
-    catch_up_all(hub, &taken, &NodeName::from_registered(node), stall).await;
+    let skip = catch_up::Skip {
+        node: Some(NodeName::from_registered(node)),
+        own_after: Some((NodeName::from_registered(handover.registered()), now_ms())),
+    };
+    catch_up_all(hub, &taken, &skip, stall).await;
     Ok(taken.len())
 }
 
@@ -159,14 +163,14 @@ async fn park(hub: &Hub, session: &str, dead: &str) -> Result<Option<Taken>, Str
     Ok(parked.then_some(taken))
 }
 
-/// Replays to the sessions taken what they missed since their edge died: what the bus kept,
-/// then what their streams have beyond their cursors.
-async fn catch_up_all(hub: &Arc<Hub>, taken: &[Taken], dead: &NodeName, stall: Duration) {
+/// Replays to the sessions taken what they missed since their edge died: what the bus kept
+/// (but what `skip` leaves out), then what their streams have beyond their cursors.
+async fn catch_up_all(hub: &Arc<Hub>, taken: &[Taken], skip: &catch_up::Skip, stall: Duration) {
     let sessions: Vec<Arc<str>> = taken.iter().map(|t| t.session.clone()).collect();
     let since = taken.iter().flat_map(|t| &t.subscriptions).map(|(_, o)| o.since_ms).min().unwrap_or(0);
     if let Some(link) = hub.cluster() {
         for attempt in 1..=catch_up::REPLAY_TRIES {
-            match catch_up::replay_to_all(hub, link, &sessions, since, dead, stall).await {
+            match catch_up::replay_to_all(hub, link, &sessions, since, skip, stall).await {
                 Ok(n) => {
                     tracing::info!(
                         messages = n,

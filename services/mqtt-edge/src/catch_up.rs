@@ -7,7 +7,8 @@
 //!   bus ([`ClusterLink::settled`]), and reads what the bus kept up to then: anything later
 //!   comes live.
 //! - Messages the dead edge published itself are skipped: it acknowledged none before its
-//!   sessions had them in the journal.
+//!   sessions had them in the journal. So are this edge's own published after the session
+//!   came here (it got them here as they were published; [`Skip`]).
 //! - The router gives each message once, whichever path brings it first, and never one the
 //!   journal had (`broker::origins`).
 //!
@@ -39,6 +40,33 @@ pub struct Resumed {
     pub holder: Option<NodeName>,
     /// Its subscriptions, as the journal had them.
     pub subscriptions: Vec<(String, SubOptions)>,
+    /// When it was taken here (Unix ms): what this edge published from then on reached it here.
+    pub arrived_ms: u64,
+}
+
+/// How much later than the sessions' arrival one of this edge's own messages must have been
+/// kept to count as delivered to them here (clocks of the edge and the NATS server differ a
+/// little); those in between are replayed, and the router gives each once.
+const OWN_MARGIN_MS: u64 = 1_000;
+
+/// Which kept messages a replay leaves out.
+#[derive(Debug, Clone)]
+pub struct Skip {
+    /// What this node published: a dead edge's (its sessions had them in the journal), or this
+    /// edge's after an outage (delivered here without the bus).
+    pub node: Option<NodeName>,
+    /// This edge, and when the sessions replayed to were all here (Unix ms): what it published
+    /// after that reached them here as it was published; what it published before did not
+    /// (they were elsewhere) and is replayed.
+    pub own_after: Option<(NodeName, u64)>,
+}
+
+impl Skip {
+    fn skips(&self, routed: &pb::RoutedMessage, at_ms: u64) -> bool {
+        let from = |n: &NodeName| n.id == routed.origin && n.incarnation == routed.incarnation;
+        self.node.as_ref().is_some_and(from)
+            || self.own_after.as_ref().is_some_and(|(me, t)| from(me) && at_ms > t.saturating_add(OWN_MARGIN_MS))
+    }
 }
 
 /// Replays to `resumed.session` what the bus kept that it missed, then ends its catch-up.
@@ -62,10 +90,8 @@ async fn replay(hub: &Hub, link: &ClusterLink, resumed: &Resumed, stall: Duratio
         resumed.subscriptions.iter().filter(|(f, _)| !broker::topic::is_shared(f)).collect();
     let subjects: Vec<String> = plain.iter().flat_map(|(f, _)| subjects_of(f)).collect();
     let since = plain.iter().map(|(_, o)| o.since_ms).min().unwrap_or(0);
-    let skip = |routed: &pb::RoutedMessage| {
-        resumed.holder.as_ref().is_some_and(|h| h.id == routed.origin && h.incarnation == routed.incarnation)
-    };
-    replay_kept(hub, link, &subjects, since, skip, stall, |msg, at_ms| {
+    let skip = Skip { node: resumed.holder.clone(), own_after: Some((link.node().clone(), resumed.arrived_ms)) };
+    replay_kept(hub, link, &subjects, since, &skip, stall, |msg, at_ms| {
         hub.replay_routed(&resumed.session, msg, at_ms, now_ms())
     })
     .await
@@ -79,7 +105,7 @@ async fn replay_kept(
     link: &ClusterLink,
     subjects: &[String],
     since_ms: u64,
-    skip: impl Fn(&pb::RoutedMessage) -> bool,
+    skip: &Skip,
     stall: Duration,
     route: impl Fn(SharedMessage, u64) -> Routed,
 ) -> Result<u64, String> {
@@ -97,7 +123,7 @@ async fn replay_kept(
         let Ok(routed) = pb::RoutedMessage::decode(kept.payload) else {
             continue;
         };
-        if skip(&routed) {
+        if skip.skips(&routed, kept.at_ms) {
             continue;
         }
         let origin = origins.of(&routed);
@@ -179,18 +205,19 @@ async fn after_outage(
     me: &NodeName,
     stall: Duration,
 ) -> Result<u64, String> {
-    replay_to_all(hub, link, sessions, outage.from_ms, me, stall).await
+    let skip = Skip { node: Some(me.clone()), own_after: None };
+    replay_to_all(hub, link, sessions, outage.from_ms, &skip, stall).await
 }
 
 /// Replays what the bus kept since `since_ms` on the subscriptions of `sessions` (catching up)
-/// to every session here catching up, but what node `skip` published (delivered to them
-/// without the bus); returns how many messages a session took.
+/// to every session here catching up, but what `skip` leaves out; returns how many messages a
+/// session took.
 pub async fn replay_to_all(
     hub: &Hub,
     link: &ClusterLink,
     sessions: &[Arc<str>],
     since_ms: u64,
-    skip: &NodeName,
+    skip: &Skip,
     stall: Duration,
 ) -> Result<u64, String> {
     let mut subjects: Vec<String> = sessions
@@ -203,9 +230,30 @@ pub async fn replay_to_all(
     if subjects.len() > MAX_REPLAY_SUBJECTS {
         subjects = KEPT_SUBJECTS.map(str::to_owned).to_vec();
     }
-    let skipped = |routed: &pb::RoutedMessage| routed.origin == skip.id && routed.incarnation == skip.incarnation;
-    replay_kept(hub, link, &subjects, since_ms, skipped, stall, |msg, at_ms| {
-        hub.replay_routed_all(msg, at_ms, now_ms())
-    })
-    .await
+    replay_kept(hub, link, &subjects, since_ms, skip, stall, |msg, at_ms| hub.replay_routed_all(msg, at_ms, now_ms()))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routed(id: &str, incarnation: u64) -> pb::RoutedMessage {
+        pb::RoutedMessage { origin: id.into(), incarnation, ..Default::default() }
+    }
+
+    #[test]
+    fn a_replay_leaves_out_the_dead_nodes_messages_and_this_edges_own_once_the_sessions_were_here() {
+        let (dead, me) = (NodeName { id: "a".into(), incarnation: 1 }, NodeName { id: "b".into(), incarnation: 2 });
+        let skip = Skip { node: Some(dead.clone()), own_after: Some((me.clone(), 10_000)) };
+        assert!(skip.skips(&routed("a", 1), 0), "the dead node's: in its journal");
+        assert!(!skip.skips(&routed("a", 2), 0), "another incarnation of it");
+        assert!(!skip.skips(&routed("c", 1), u64::MAX), "a third node's");
+        assert!(!skip.skips(&routed("b", 2), 9_999), "this edge's, before the sessions came: replayed");
+        assert!(!skip.skips(&routed("b", 2), 10_000 + OWN_MARGIN_MS), "within the margin: replayed");
+        assert!(skip.skips(&routed("b", 2), 10_001 + OWN_MARGIN_MS), "after: delivered here already");
+        let late = Skip { node: None, own_after: Some((me, u64::MAX)) };
+        assert!(!late.skips(&routed("b", 2), u64::MAX), "no overflow");
+        assert!(!late.skips(&routed("a", 1), 0));
+    }
 }

@@ -91,6 +91,7 @@ pub struct ClusterLink {
     bus: Arc<dyn Bus>,
     /// How long the bus keeps what edges route to each other; zero when it keeps nothing.
     kept_for: std::time::Duration,
+    node: NodeName,
 }
 
 /// A change to this edge's interest on the bus, or a question about it.
@@ -134,6 +135,11 @@ impl ClusterLink {
     /// `handover`). Without an owners registry, sessions do not move between edges.
     pub async fn claim(&self, session: &str, want_state: bool) -> Option<Claim> {
         Some(self.handover.as_ref()?.claim(session, want_state).await)
+    }
+
+    /// This edge on the bus.
+    pub fn node(&self) -> &NodeName {
+        &self.node
     }
 
     /// How sessions move between the edges, with an owners registry.
@@ -225,8 +231,8 @@ pub async fn start(
     }
     tokio::spawn(subscriptions.run(interest_rx));
     tokio::spawn(send_out(bus.clone(), node.clone(), out_rx));
-    tokio::spawn(take_in(hub, node, in_rx, stall));
-    Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover, bus, kept_for })
+    tokio::spawn(take_in(hub, node.clone(), in_rx, stall));
+    Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover, bus, kept_for, node })
 }
 
 /// The subjects whose QoS 1/2 messages the bus keeps (`bus.keep_secs`): every routed,

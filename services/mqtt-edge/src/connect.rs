@@ -186,6 +186,7 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
             session: session.clone(),
             holder: (!skip.is_empty()).then(|| NodeName::from_registered(skip)),
             subscriptions: s.subscriptions.clone(),
+            arrived_ms: now_ms(),
         })
     });
     // What the replay of a session resumed from the journal skips: what its holder published.
@@ -205,6 +206,7 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
                     session: session.clone(),
                     holder: loaded.holder,
                     subscriptions: loaded.snapshot.subscriptions.clone(),
+                    arrived_ms: now_ms(),
                 });
                 resumed = Some(loaded.snapshot);
             }
