@@ -42,6 +42,8 @@ pub const LEASE: Duration = Duration::from_secs(60);
 const BATCH: usize = 256;
 /// Sessions taken at once.
 const AT_ONCE: usize = 8;
+/// Tries to load and park a session this edge claimed.
+const PARK_TRIES: u32 = 3;
 
 /// Heartbeats `handover`'s edge into the owners registry and takes the sessions of the edges
 /// that died, until the hub is gone.
@@ -104,22 +106,11 @@ async fn take_all(hub: &Arc<Hub>, handover: &Handover, node: &str, stall: Durati
     tracing::info!(node, "an edge died: taking the sessions it held");
     let started = std::time::Instant::now();
     let mut taken = Vec::new();
-    loop {
-        let listed = handover.owners().held_by(node, BATCH).await?;
-        if listed.is_empty() {
-            break;
-        }
-        let mut takes =
-            futures_util::stream::iter(listed).map(|s| take(hub, handover, node, s)).buffer_unordered(AT_ONCE);
-        while let Some(result) = takes.next().await {
-            if let Some(t) = result? {
-                taken.push(t);
-            }
-        }
-    }
-    handover.owners().forget_node(node).await?;
+    // What could not be taken stays listed under the dead edge, for the next lease; what was
+    // taken catches up in any case (it would otherwise wait for a replay forever).
+    let listed = take_listed(hub, handover, node, &mut taken).await;
     if taken.is_empty() {
-        return Ok(0);
+        return listed.map(|()| 0);
     }
     metrics::counter!(m::SESSIONS_MOVED, "way" => "adopted").increment(taken.len() as u64);
     tracing::info!(node, sessions = taken.len(), after = ?started.elapsed(), "parked the sessions of a dead edge here; catching up");
@@ -128,14 +119,46 @@ async fn take_all(hub: &Arc<Hub>, handover: &Handover, node: &str, stall: Durati
         own_after: Some((NodeName::from_registered(handover.registered()), now_ms())),
     };
     catch_up_all(hub, &taken, &skip, stall).await;
-    Ok(taken.len())
+    listed.map(|()| taken.len())
+}
+
+/// Takes the sessions listed under `node` into `taken` until none is left, then forgets `node`.
+async fn take_listed(hub: &Hub, handover: &Handover, node: &str, taken: &mut Vec<Taken>) -> Result<(), String> {
+    loop {
+        let listed = handover.owners().held_by(node, BATCH).await?;
+        if listed.is_empty() {
+            break;
+        }
+        let mut takes =
+            futures_util::stream::iter(listed).map(|s| take(hub, handover, node, s)).buffer_unordered(AT_ONCE);
+        let mut failed = None;
+        while let Some(result) = takes.next().await {
+            match result {
+                Ok(Some(t)) => taken.push(t),
+                Ok(None) => {}
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+    }
+    handover.owners().forget_node(node).await.map(drop)
 }
 
 /// Takes `session` from dead `node` and parks it here, catching up; `None` if it is not for
 /// this edge to take (another node owns it, or it ended or expired).
 async fn take(hub: &Hub, handover: &Handover, node: &str, session: String) -> Result<Option<Taken>, String> {
     let Some(claim) = handover.claim_from(&session, node).await? else { return Ok(None) };
-    let taken = park(hub, &session, node).await;
+    // It is this edge's now and nowhere else: a journal that fails for a moment is asked again.
+    let mut taken = park(hub, &session, node).await;
+    for attempt in 1..PARK_TRIES {
+        if taken.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+        taken = park(hub, &session, node).await;
+    }
     drop(claim);
     if !matches!(taken, Ok(Some(_))) {
         // Not here: a client coming back loads it from the journal, if it is there.
