@@ -85,6 +85,15 @@ pub struct CatchUp {
     skip: Arc<str>,
     /// The replays it waits for (after a dead node, after an outage): it ends with the last.
     holds: u32,
+    /// Which catch-up it is, in this process: a replay that ends releases only its own (the
+    /// session may have moved away and back, catching up anew, while the replay ran).
+    id: u64,
+}
+
+/// The id of the next catch-up in this process.
+fn next_catch_up_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl CatchUp {
@@ -96,14 +105,15 @@ impl CatchUp {
             .filter(|(name, _)| is_node_cursor(name))
             .map(|(name, c)| (name.clone(), c.clone()))
             .collect();
-        CatchUp { journaled, taken: HashSet::new(), skip, holds: 1 }
+        CatchUp { journaled, taken: HashSet::new(), skip, holds: 1, id: next_catch_up_id() }
     }
 
     /// A catch-up as [`CatchUp::parts`] described it (on another node).
     pub fn from_parts(parts: CatchUpParts) -> Self {
         let CatchUpParts { began, taken, skip } = parts;
         // One replay on the node it moved to goes on with it.
-        CatchUp { journaled: began.into_iter().collect(), taken: taken.into_iter().collect(), skip, holds: 1 }
+        let (journaled, taken) = (began.into_iter().collect(), taken.into_iter().collect());
+        CatchUp { journaled, taken, skip, holds: 1, id: next_catch_up_id() }
     }
 
     /// What another node needs to go on with it.
@@ -118,6 +128,11 @@ impl CatchUp {
     /// The node whose own messages the replay skips; empty for none.
     pub fn skip(&self) -> &Arc<str> {
         &self.skip
+    }
+
+    /// Which catch-up it is (see [`CatchUp::release`]).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// One more replay to wait for.

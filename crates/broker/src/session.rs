@@ -391,20 +391,28 @@ impl<M: Deliverable + Clone> Session<M> {
     /// The replay skips what node `skip` published (the session had it without the bus).
     /// A session catching up already waits for one more replay: it keeps what it stood on,
     /// and ends its catch-up once both are done.
-    pub fn begin_catch_up(&mut self, skip: Arc<str>) {
+    /// Returns the catch-up's id, for [`Session::caught_up`].
+    pub fn begin_catch_up(&mut self, skip: Arc<str>) -> u64 {
         match &mut self.catch_up {
             Some(c) => c.hold(),
             None => self.catch_up = Some(CatchUp::new(&self.cursors, skip)),
         }
+        self.catch_up.as_ref().map_or(0, CatchUp::id)
     }
 
     pub fn is_catching_up(&self) -> bool {
         self.catch_up.is_some()
     }
 
-    /// One replay it waited for is done; the catch-up ends with the last.
-    pub fn caught_up(&mut self) {
-        if self.catch_up.as_mut().is_some_and(CatchUp::release) {
+    /// The id of its catch-up, while it catches up.
+    pub fn catch_up_id(&self) -> Option<u64> {
+        self.catch_up.as_ref().map(CatchUp::id)
+    }
+
+    /// One replay its catch-up `id` waited for is done; the catch-up ends with the last. A
+    /// replay of another catch-up (one before the session moved away and back) changes nothing.
+    pub fn caught_up(&mut self, id: u64) {
+        if self.catch_up.as_mut().is_some_and(|c| c.id() == id && c.release()) {
             self.catch_up = None;
         }
     }

@@ -97,6 +97,8 @@ fn millis(d: Duration) -> u64 {
 /// A session taken from a dead edge, catching up.
 struct Taken {
     session: Arc<str>,
+    /// Its catch-up here.
+    catch_up: u64,
     subscriptions: Vec<(String, SubOptions)>,
     cursors: Vec<(Arc<str>, broker::streams::Cursor)>,
 }
@@ -177,13 +179,11 @@ async fn park(hub: &Hub, session: &str, dead: &str) -> Result<Option<Taken>, Str
     };
     let now = now_ms();
     journaled.expiry_secs = crate::journal::expiry_left(journaled.expiry_secs, expires_at, now);
-    let taken = Taken {
-        session: session.into(),
-        subscriptions: journaled.snapshot.subscriptions.clone(),
-        cursors: journaled.snapshot.cursors.clone(),
-    };
-    let parked = journaled.expiry_secs > 0 && hub.restore_parked(session, journaled, Some(dead.into()), now);
-    Ok(parked.then_some(taken))
+    let (subscriptions, cursors) = (journaled.snapshot.subscriptions.clone(), journaled.snapshot.cursors.clone());
+    if journaled.expiry_secs == 0 || !hub.restore_parked(session, journaled, Some(dead.into()), now) {
+        return Ok(None);
+    }
+    Ok(hub.catch_up_id(session).map(|catch_up| Taken { session: session.into(), catch_up, subscriptions, cursors }))
 }
 
 /// Replays to the sessions taken what they missed since their edge died: what the bus kept
@@ -210,8 +210,8 @@ async fn catch_up_all(hub: &Arc<Hub>, taken: &[Taken], skip: &catch_up::Skip, st
             }
         }
     }
-    for s in &sessions {
-        hub.caught_up(s);
+    for t in taken {
+        hub.caught_up(&t.session, t.catch_up);
     }
     if let Some(streams) = hub.streams() {
         for t in taken.iter().filter(|t| !t.cursors.is_empty()) {

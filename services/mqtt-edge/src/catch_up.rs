@@ -44,6 +44,13 @@ pub struct Resumed {
     pub arrived_ms: u64,
 }
 
+/// Resumed's replay, for the catch-up `id` it ends.
+#[derive(Debug)]
+pub struct CatchingUp {
+    pub resumed: Resumed,
+    pub id: u64,
+}
+
 /// How much later than the sessions' arrival one of this edge's own messages must have been
 /// kept to count as delivered to them here (clocks of the edge and the NATS server differ a
 /// little); those in between are replayed, and the router gives each once.
@@ -70,9 +77,10 @@ impl Skip {
 }
 
 /// Replays to `resumed.session` what the bus kept that it missed, then ends its catch-up.
-pub async fn run(hub: Arc<Hub>, link: &ClusterLink, resumed: Resumed, stall: Duration) {
+pub async fn run(hub: Arc<Hub>, link: &ClusterLink, catching: CatchingUp, stall: Duration) {
+    let CatchingUp { resumed, id } = catching;
     let replayed = replay(&hub, link, &resumed, stall).await;
-    hub.caught_up(&resumed.session);
+    hub.caught_up(&resumed.session, id);
     match replayed {
         Ok(0) => {}
         Ok(n) => tracing::info!(session = %resumed.session, messages = n, "a resumed session caught up"),
@@ -147,13 +155,13 @@ async fn replay_kept(
 /// so live messages cannot move them past what they missed); once it is back they replay what
 /// was kept meanwhile ([`after_outage`]), tried again a few times if the replay fails.
 pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<Link>>, me: NodeName, stall: Duration) {
-    let mut catching: std::collections::BTreeSet<Arc<str>> = Default::default();
+    let mut catching: std::collections::BTreeMap<Arc<str>, u64> = Default::default();
     while changes.changed().await.is_ok() {
         let Some(change) = *changes.borrow_and_update() else { continue };
         let Some(hub) = hub.upgrade() else { return };
         // Sessions that began here while the bus was away (or a loss this task did not see:
         // a watch keeps only the latest change) start now.
-        let more = hub.begin_catch_up_all(&me.registered().into(), |s| catching.contains(s));
+        let more = hub.begin_catch_up_all(&me.registered().into(), |s| catching.contains_key(s));
         catching.extend(more);
         let Link::Back(outage) = change else { continue };
         let Some(link) = hub.cluster() else { return };
@@ -163,7 +171,7 @@ pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<L
             sessions = catching.len(),
             "back on the bus: catching up on what was routed here meanwhile"
         );
-        let sessions: Vec<Arc<str>> = catching.iter().cloned().collect();
+        let sessions: Vec<Arc<str>> = catching.keys().cloned().collect();
         for attempt in 1..=REPLAY_TRIES {
             match after_outage(&hub, link, outage, &sessions, &me, stall).await {
                 Ok(n) => {
@@ -177,8 +185,8 @@ pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<L
                 }
             }
         }
-        for session in std::mem::take(&mut catching) {
-            hub.caught_up(&session);
+        for (session, id) in std::mem::take(&mut catching) {
+            hub.caught_up(&session, id);
         }
     }
 }

@@ -241,13 +241,16 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     ingress::start_cursors(&edge.hub, &session, &auto).await;
     ingress::close_if_revoked(edge, &identity);
     let stall = std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs));
-    if let Some(resumed) = catch_up.filter(|_| connected.session_present && input.session_expiry_secs > 0) {
+    // The catch-up the session now has here (begun for it, or carried): its replay ends it.
+    let catching = catch_up
+        .filter(|_| connected.session_present && input.session_expiry_secs > 0)
+        .and_then(|resumed| Some(catch_up::CatchingUp { id: edge.hub.catch_up_id(&session)?, resumed }));
+    if let Some(catching) = catching {
         let hub = edge.hub.clone();
         tokio::spawn(async move {
-            if let Some(link) = hub.cluster() {
-                catch_up::run(hub.clone(), link, resumed, stall).await;
-            } else {
-                hub.caught_up(&resumed.session);
+            match hub.cluster() {
+                Some(link) => catch_up::run(hub.clone(), link, catching, stall).await,
+                None => hub.caught_up(&catching.resumed.session, catching.id),
             }
         });
     }

@@ -264,8 +264,13 @@ impl Hub {
 
     /// Every session here that outlives its connection starts catching up, as this edge lost
     /// the bus; returns them (see `catch_up::after_outages`).
-    pub fn begin_catch_up_all(&self, this_node: &Arc<str>, held: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
+    pub fn begin_catch_up_all(&self, this_node: &Arc<str>, held: impl Fn(&str) -> bool) -> Vec<(Arc<str>, u64)> {
         self.lock().router.begin_catch_up_all(this_node, held)
+    }
+
+    /// The id of `session`'s catch-up, if it is here and catching up.
+    pub fn catch_up_id(&self, session: &str) -> Option<u64> {
+        self.lock().router.catch_up_id(session)
     }
 
     /// The filters of `session`'s subscriptions but its shared ones.
@@ -278,9 +283,9 @@ impl Hub {
         self.route(|router, fx| router.replay_routed_all(msg, at_ms, now_ms, fx))
     }
 
-    /// `session` has caught up (see `catch_up`).
-    pub fn caught_up(&self, session: &str) {
-        self.lock().router.caught_up(session);
+    /// A replay of `session`'s catch-up `catch_up` is done (see `catch_up`).
+    pub fn caught_up(&self, session: &str, catch_up: u64) {
+        self.lock().router.caught_up(session, catch_up);
     }
 
     /// Whether `session` outlives its connection and has no cursor in `stream` yet.

@@ -255,7 +255,8 @@ mod tests {
         assert_eq!(back.subscriptions, snap.subscriptions);
         assert_eq!(back.incoming_qos2, snap.incoming_qos2);
         assert_eq!(back.cursors, snap.cursors);
-        assert_eq!(back.catch_up, snap.catch_up, "a catch-up under way goes on on the next edge");
+        let parts = |c: &Option<CatchUp>| c.as_ref().map(CatchUp::parts);
+        assert_eq!(parts(&back.catch_up), parts(&snap.catch_up), "a catch-up under way goes on on the next edge");
         assert_eq!(back.last_packet_id, 41);
         let (o, released) = &back.inflight[0];
         assert!(released);

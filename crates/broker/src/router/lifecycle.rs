@@ -86,7 +86,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         fx.push(Effect::Persist { session: req.session.clone(), persist: Persist::Ended });
         session.set_durable(req.session_expiry_secs > 0);
         match req.catch_up.filter(|_| session_present) {
-            Some(skip) if session.is_durable() => session.begin_catch_up(skip),
+            Some(skip) if session.is_durable() => drop(session.begin_catch_up(skip)),
             // A session that ends with its connection has nothing to catch up on.
             _ if !session.is_durable() => session.end_catch_up(),
             _ => {}

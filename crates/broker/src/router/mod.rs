@@ -421,17 +421,24 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// routed to this node meanwhile ([`Router::replay_routed_all`] once it is back, then
     /// [`Router::caught_up`]); one catching up already (after a dead node) waits for that
     /// replay too. Returns those sessions.
-    pub fn begin_catch_up_all(&mut self, this_node: &Arc<str>, held: impl Fn(&str) -> bool) -> Vec<Arc<str>> {
+    pub fn begin_catch_up_all(&mut self, this_node: &Arc<str>, held: impl Fn(&str) -> bool) -> Vec<(Arc<str>, u64)> {
         let mut names: Vec<Arc<str>> = self.live.keys().cloned().collect();
         names.extend(self.store.keys().into_iter().map(Arc::from));
-        names.retain(|name| match self.held_mut(name) {
-            Some((_, s)) if s.is_durable() && !held(name) => {
-                s.begin_catch_up(this_node.clone());
-                true
-            }
-            _ => false,
-        });
         names
+            .into_iter()
+            .filter_map(|name| match self.held_mut(&name) {
+                Some((_, s)) if s.is_durable() && !held(&name) => {
+                    let id = s.begin_catch_up(this_node.clone());
+                    Some((name, id))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The id of `session`'s catch-up, if it is here and catching up (for [`Router::caught_up`]).
+    pub fn catch_up_id(&mut self, session: &str) -> Option<u64> {
+        self.held_mut(session).and_then(|(_, s)| s.catch_up_id())
     }
 
     /// The filters of `session`'s subscriptions but its shared ones (whose messages go to one
@@ -462,10 +469,11 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         self.deliver_as(plan, msg, true, fx)
     }
 
-    /// `session` has been given everything it missed (see [`Router::replay_routed`]).
-    pub fn caught_up(&mut self, session: &str) {
+    /// `session` has been given everything its catch-up `catch_up` replayed (see
+    /// [`Router::replay_routed`]).
+    pub fn caught_up(&mut self, session: &str, catch_up: u64) {
         if let Some((_, s)) = self.held_mut(session) {
-            s.caught_up();
+            s.caught_up(catch_up);
         }
     }
 

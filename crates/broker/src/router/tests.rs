@@ -914,10 +914,13 @@ fn a_replay_gives_a_resumed_session_what_its_dead_node_missed_and_nothing_twice(
     assert!(b.replay_routed(&bob, from_node("y", 1), 3_000, 3_000, &mut fx), "another node");
     assert!(!b.replay_routed(&bob, from_node("y", 2), 500, 3_000, &mut fx), "taken before the subscription");
     b.publish_remote(from_node("y", 1), 3_000, &mut fx);
-    b.caught_up(&bob);
+    let id = b.catch_up_id(&bob).expect("catching up");
+    b.caught_up(&bob, id + 1000);
+    assert!(b.replay_routed(&bob, from_node("z", 0), 3_000, 3_000, &mut fx), "another catch-up's end changes nothing");
+    b.caught_up(&bob, id);
     assert!(!b.replay_routed(&bob, from_node("z", 1), 3_000, 3_000, &mut fx), "caught up: nothing more");
     b.publish_remote(from_node("x", 7), 3_000, &mut fx);
-    assert_eq!(delivered(&fx, link), ["x3", "x6", "x4", "y1", "x7"], "x4 live was a copy, so was y1");
+    assert_eq!(delivered(&fx, link), ["x3", "x6", "x4", "y1", "z0", "x7"], "x4 live was a copy, so was y1");
 }
 
 #[test]
@@ -930,7 +933,8 @@ fn a_replayed_message_that_then_comes_live_is_delivered_once() {
     for n in 4..=6 {
         b.publish_remote(from_node("x", n), 3_000, &mut fx);
     }
-    b.caught_up(&bob);
+    let id = b.catch_up_id(&bob).expect("catching up");
+    b.caught_up(&bob, id);
     assert_eq!(delivered(&fx, link), ["x3", "x4", "x5", "x6"]);
     let cursor = format!("@{}:6[]", crate::origins::cursor_name("x"));
     assert!(journal(&fx).contains(&cursor), "the cursor with x is journaled: {:?}", journal(&fx));
@@ -972,18 +976,23 @@ fn a_node_cut_off_from_the_others_replays_to_its_durable_sessions_what_they_miss
     let mut catching_up = r.begin_catch_up_all(&"this".into(), |_| false);
     catching_up.sort();
     let bob: Arc<str> = key("bob", "phone").into();
-    assert_eq!(catching_up, [Arc::from(ann.as_str()), bob.clone()], "the durable sessions, live or parked");
+    let names: Vec<Arc<str>> = catching_up.iter().map(|(s, _)| s.clone()).collect();
+    assert_eq!(names, [Arc::from(ann.as_str()), bob.clone()], "the durable sessions, live or parked");
     assert_eq!(r.plain_filters(&bob), ["t/#"]);
     assert!(r.plain_filters(&ann).is_empty(), "her only one is shared");
     let held = catching_up.clone();
-    assert!(r.begin_catch_up_all(&"this".into(), |s| held.iter().any(|h| &**h == s)).is_empty(), "once per outage");
+    assert!(
+        r.begin_catch_up_all(&"this".into(), |s| held.iter().any(|(h, _)| &**h == s)).is_empty(),
+        "once per outage"
+    );
     fx.clear();
     assert_eq!(r.replay_routed_all(from_node("x", 2), 3_000, 3_000, &mut fx), 0, "bob had x2");
     assert_eq!(r.replay_routed_all(from_node("x", 3), 3_000, 3_000, &mut fx), 1, "bob missed x3; eve is clean");
     r.publish_remote(from_node("x", 5), 3_000, &mut fx);
     assert_eq!(r.replay_routed_all(from_node("x", 5), 3_000, 3_000, &mut fx), 0, "x5 came live");
     assert_eq!(r.replay_routed_all(from_node("x", 4), 500, 3_000, &mut fx), 0, "taken before the subscription");
-    r.caught_up(&key("bob", "phone"));
+    let id = catching_up.iter().find(|(s, _)| **s == *bob).map(|(_, id)| *id).expect("bob's");
+    r.caught_up(&key("bob", "phone"), id);
     assert_eq!(r.replay_routed_all(from_node("x", 6), 3_000, 3_000, &mut fx), 0, "caught up");
     assert_eq!(delivered(&fx, bob_link), ["x3", "x5"]);
     assert_eq!(delivered(&fx, eve_link), ["x5"], "the clean session only gets what comes live");
@@ -1029,7 +1038,8 @@ fn a_session_handed_over_while_it_catches_up_goes_on_catching_up_on_the_next_nod
     assert!(!c.replay_routed(&bob, from_node("x", 3), 3_000, 3_000, &mut fx), "b replayed x3");
     assert!(!c.replay_routed(&bob, from_node("x", 6), 3_000, 3_000, &mut fx), "x6 came live on b");
     assert!(c.replay_routed(&bob, from_node("x", 4), 3_000, 3_000, &mut fx), "what b had not replayed yet");
-    c.caught_up(&bob);
+    let id = c.catch_up_id(&bob).expect("it goes on catching up");
+    c.caught_up(&bob, id);
     assert!(!c.replay_routed(&bob, from_node("x", 5), 3_000, 3_000, &mut fx), "caught up");
     assert_eq!(delivered(&fx, link), ["x4"]);
     let (snapshot, _) = c.hand_over(&bob, &Acl::default(), 3_000, &mut fx).expect("on c");
@@ -1051,7 +1061,8 @@ fn a_session_taken_from_a_dead_node_is_parked_catching_up() {
     assert!(b.restore_parked(&bob, snapshot, 60, Some("dead".into()), 3_000, &mut fx));
     assert_eq!(b.replay_routed_all(from_node("x", 1), 3_000, 3_000, &mut fx), 0, "the journal had x1");
     assert_eq!(b.replay_routed_all(from_node("x", 2), 3_000, 3_000, &mut fx), 1, "queued while parked");
-    b.caught_up(&bob);
+    let id = b.catch_up_id(&bob).expect("catching up");
+    b.caught_up(&bob, id);
     assert_eq!(b.replay_routed_all(from_node("x", 3), 3_000, 3_000, &mut fx), 0, "caught up");
     fx.clear();
     let (link, present) = connect(&mut b, request("bob", "phone", false, 60), &mut fx);
@@ -1063,15 +1074,16 @@ fn a_session_taken_from_a_dead_node_is_parked_catching_up() {
 fn a_session_catching_up_after_a_dead_node_when_its_node_loses_the_others_waits_for_both_replays() {
     let (mut b, link, mut fx) = resumed_on_b();
     let bob: Arc<str> = key("bob", "phone").into();
+    let id = b.catch_up_id(&bob).expect("catching up");
     assert_eq!(
         b.begin_catch_up_all(&"b".into(), |_| false),
-        std::slice::from_ref(&bob),
+        [(bob.clone(), id)],
         "it waits for the outage's replay too"
     );
-    b.caught_up(&bob);
+    b.caught_up(&bob, id);
     assert!(b.replay_routed(&bob, from_node("x", 3), 3_000, 3_000, &mut fx), "the outage's replay still gives");
     assert!(!b.replay_routed(&bob, from_node("x", 2), 3_000, 3_000, &mut fx), "what the journal had: still not");
-    b.caught_up(&bob);
+    b.caught_up(&bob, id);
     assert!(!b.replay_routed(&bob, from_node("x", 4), 3_000, 3_000, &mut fx), "both done");
     assert_eq!(delivered(&fx, link), ["x3"]);
 }
