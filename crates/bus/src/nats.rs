@@ -109,9 +109,25 @@ impl NatsBus {
 
 impl NatsBus {
     /// `sub` as a [`Subscription`], once the server knows about it.
-    async fn held(&self, sub: async_nats::Subscriber) -> Result<Subscription, BusError> {
-        self.client.flush().await.map_err(|e| BusError::Transport(e.to_string()))?;
-        Ok(Subscription::new(sub.map(|m| BusMessage { subject: m.subject.to_string(), payload: m.payload })))
+    /// A subscription to `subject` (in queue group `queue`, if any) sent to the server, which
+    /// has it after the next flush.
+    async fn subscriber(&self, subject: &str, queue: Option<&str>) -> Result<async_nats::Subscriber, BusError> {
+        let sub = match queue {
+            Some(q) if !valid_subject(subject, true) || !valid_subject(q, false) => {
+                return Err(BusError::InvalidSubject(format!("{subject} (queue {q})")));
+            }
+            None if !valid_subject(subject, true) => return Err(BusError::InvalidSubject(subject.to_owned())),
+            Some(q) => self.client.queue_subscribe(subject.to_owned(), q.to_owned()).await,
+            None => self.client.subscribe(subject.to_owned()).await,
+        };
+        sub.map_err(|e| BusError::Transport(e.to_string()))
+    }
+
+    /// [`NatsBus::subscriber`], once the server has it.
+    async fn held(&self, subject: &str, queue: Option<&str>) -> Result<Subscription, BusError> {
+        let sub = self.subscriber(subject, queue).await?;
+        self.flush().await?;
+        Ok(subscription(sub))
     }
 
     fn keeping(&self) -> Option<Arc<Keeping>> {
@@ -365,23 +381,11 @@ impl Bus for NatsBus {
         subject: &'a str,
         queue: &'a str,
     ) -> BoxFuture<'a, Result<Subscription, BusError>> {
-        Box::pin(async move {
-            if !valid_subject(subject, true) || !valid_subject(queue, false) {
-                return Err(BusError::InvalidSubject(format!("{subject} (queue {queue})")));
-            }
-            let sub = self.client.queue_subscribe(subject.to_owned(), queue.to_owned()).await;
-            self.held(sub.map_err(|e| BusError::Transport(e.to_string()))?).await
-        })
+        Box::pin(self.held(subject, Some(queue)))
     }
 
     fn subscribe<'a>(&'a self, subject: &'a str) -> BoxFuture<'a, Result<Subscription, BusError>> {
-        Box::pin(async move {
-            if !valid_subject(subject, true) {
-                return Err(BusError::InvalidSubject(subject.to_owned()));
-            }
-            let sub = self.client.subscribe(subject.to_owned()).await;
-            self.held(sub.map_err(|e| BusError::Transport(e.to_string()))?).await
-        })
+        Box::pin(self.held(subject, None))
     }
 
     fn subscribe_many<'a>(
@@ -391,34 +395,20 @@ impl Bus for NatsBus {
         Box::pin(async move {
             let mut subscribed = Vec::with_capacity(subjects.len());
             for (subject, queue) in subjects {
-                let sub = match queue {
-                    _ if !valid_subject(subject, true) => Err(BusError::InvalidSubject(subject.clone())),
-                    Some(q) if !valid_subject(q, false) => {
-                        Err(BusError::InvalidSubject(format!("{subject} (queue {q})")))
-                    }
-                    Some(q) => self.client.queue_subscribe(subject.clone(), q.clone()).await.map_err(transport),
-                    None => self.client.subscribe(subject.clone()).await.map_err(transport),
-                };
-                subscribed.push(sub);
+                subscribed.push(self.subscriber(subject, queue.as_deref()).await);
             }
             // One flush: the server has every subscription sent before it.
             if let Err(e) = self.flush().await {
                 return subjects.iter().map(|_| Err(e.clone())).collect();
             }
-            subscribed
-                .into_iter()
-                .map(|sub| {
-                    sub.map(|s| {
-                        Subscription::new(s.map(|m| BusMessage { subject: m.subject.to_string(), payload: m.payload }))
-                    })
-                })
-                .collect()
+            subscribed.into_iter().map(|sub| sub.map(subscription)).collect()
         })
     }
 }
 
-fn transport(e: impl std::fmt::Display) -> BusError {
-    BusError::Transport(e.to_string())
+/// What a subscription takes, as the bus hands it on.
+fn subscription(sub: async_nats::Subscriber) -> Subscription {
+    Subscription::new(sub.map(|m| BusMessage { subject: m.subject.to_string(), payload: m.payload }))
 }
 
 /// A replay under way: its ordered consumer's messages, and how many it has yet to give.
