@@ -400,10 +400,6 @@ impl<M: Deliverable + Clone> Session<M> {
         self.catch_up.as_ref().map_or(0, CatchUp::id)
     }
 
-    pub fn is_catching_up(&self) -> bool {
-        self.catch_up.is_some()
-    }
-
     /// The id of its catch-up, while it catches up.
     pub fn catch_up_id(&self) -> Option<u64> {
         self.catch_up.as_ref().map(CatchUp::id)

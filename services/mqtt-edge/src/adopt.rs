@@ -173,14 +173,11 @@ async fn take(hub: &Hub, handover: &Handover, node: &str, session: String) -> Re
 /// `dead` published), with what is left of its expiry.
 async fn park(hub: &Hub, session: &str, dead: &str) -> Result<Option<Taken>, String> {
     let Some(journal) = hub.journal() else { return Ok(None) };
-    let (Some(mut journaled), Some(expires_at)) = (journal.load(session).await?, journal.expires_at(session).await?)
-    else {
+    let (Some(journaled), Some(expires_at)) = (journal.load(session).await?, journal.expires_at(session).await?) else {
         return Ok(None);
     };
-    let now = now_ms();
-    journaled.expiry_secs = crate::journal::expiry_left(journaled.expiry_secs, expires_at, now);
     let (subscriptions, cursors) = (journaled.snapshot.subscriptions.clone(), journaled.snapshot.cursors.clone());
-    if journaled.expiry_secs == 0 || !hub.restore_parked(session, journaled, Some(dead.into()), now) {
+    if !hub.restore_parked(session, journaled, expires_at, Some(dead.into()), now_ms()) {
         return Ok(None);
     }
     Ok(hub.catch_up_id(session).map(|catch_up| Taken { session: session.into(), catch_up, subscriptions, cursors }))
@@ -192,22 +189,11 @@ async fn catch_up_all(hub: &Arc<Hub>, taken: &[Taken], skip: &catch_up::Skip, st
     let sessions: Vec<Arc<str>> = taken.iter().map(|t| t.session.clone()).collect();
     let since = taken.iter().flat_map(|t| &t.subscriptions).map(|(_, o)| o.since_ms).min().unwrap_or(0);
     if let Some(link) = hub.cluster() {
-        for attempt in 1..=catch_up::REPLAY_TRIES {
-            match catch_up::replay_to_all(hub, link, &sessions, since, skip, stall).await {
-                Ok(n) => {
-                    tracing::info!(
-                        messages = n,
-                        sessions = sessions.len(),
-                        "sessions taken from a dead edge caught up"
-                    );
-                    break;
-                }
-                Err(e) => {
-                    metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
-                    tracing::warn!(error = %e, attempt, "cannot replay what the sessions of a dead edge missed");
-                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
-                }
+        match catch_up::replay_to_all(hub, link, &sessions, since, skip, stall).await {
+            Ok(n) => {
+                tracing::info!(messages = n, sessions = sessions.len(), "sessions taken from a dead edge caught up")
             }
+            Err(e) => tracing::warn!(error = %e, "cannot replay what the sessions of a dead edge missed"),
         }
     }
     for t in taken {

@@ -23,7 +23,7 @@ use prost::Message as _;
 use tokio::sync::watch;
 
 use broker::SubOptions;
-use bus::{Link, Outage};
+use bus::Link;
 use wire::pb;
 
 use crate::cluster::{ClusterLink, KEPT_SUBJECTS, NodeName, Origins, decode_message, subjects_of};
@@ -153,7 +153,9 @@ async fn replay_kept(
 /// then), the sessions here that outlive their connection start catching up from where they
 /// stand (nothing from other edges reaches them until it is back,
 /// so live messages cannot move them past what they missed); once it is back they replay what
-/// was kept meanwhile ([`after_outage`]), tried again a few times if the replay fails.
+/// the bus kept on their subscriptions since the outage began ([`replay_to_all`]): nothing
+/// they had, nothing twice (what comes live meanwhile), nothing this edge published itself.
+/// Sessions that end with their connection are not replayed to.
 pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<Link>>, me: NodeName, stall: Duration) {
     let mut catching: std::collections::BTreeMap<Arc<str>, u64> = Default::default();
     while changes.changed().await.is_ok() {
@@ -172,18 +174,11 @@ pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<L
             "back on the bus: catching up on what was routed here meanwhile"
         );
         let sessions: Vec<Arc<str>> = catching.keys().cloned().collect();
-        for attempt in 1..=REPLAY_TRIES {
-            match after_outage(&hub, link, outage, &sessions, &me, stall).await {
-                Ok(n) => {
-                    tracing::info!(messages = n, "caught up after losing the bus");
-                    break;
-                }
-                Err(e) => {
-                    metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
-                    tracing::warn!(error = %e, attempt, "cannot replay what this edge missed while it had lost the bus");
-                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
-                }
-            }
+        // Nothing this edge published itself: delivered here without the bus.
+        let skip = Skip { node: Some(me.clone()), own_after: None };
+        match replay_to_all(&hub, link, &sessions, outage.from_ms, &skip, stall).await {
+            Ok(n) => tracing::info!(messages = n, "caught up after losing the bus"),
+            Err(e) => tracing::warn!(error = %e, "cannot replay what this edge missed while it had lost the bus"),
         }
         for (session, id) in std::mem::take(&mut catching) {
             hub.caught_up(&session, id);
@@ -191,36 +186,47 @@ pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<L
     }
 }
 
-/// Tries of the replay after an outage (each message is taken once however many there are).
-pub const REPLAY_TRIES: u32 = 3;
+/// Tries of a replay to every session catching up (each message is taken once however many
+/// there are).
+const REPLAY_TRIES: u32 = 3;
 
 /// Past this many subjects, the replay after an outage reads everything the bus kept over the
 /// window and the router picks what each session subscribes to: a NATS consumer with
 /// thousands of filters (an edge's sessions' subjects) costs more than that.
 const MAX_REPLAY_SUBJECTS: usize = 64;
 
-/// This edge lost the bus during `outage`: the QoS 1/2 messages other edges routed meanwhile
-/// reached nobody here. The `sessions` catching up (those here that outlive their connection,
-/// live or parked) replay what the bus kept on their subscriptions since the outage began, as
-/// a session resumed from a dead edge's journal does: nothing they had, nothing twice (what
-/// comes live meanwhile), nothing this edge published itself (delivered here without the
-/// bus). Sessions that end with their connection are not replayed to.
-async fn after_outage(
+/// Replays what the bus kept since `since_ms` on the subscriptions of `sessions` (catching up)
+/// to every session here catching up, but what `skip` leaves out, tried [`REPLAY_TRIES`] times;
+/// returns how many messages a session took. Used after an outage (`sessions`: those here that
+/// outlive their connection, live or parked; since the outage began) and for the sessions taken
+/// from a dead edge (`adopt`).
+pub async fn replay_to_all(
     hub: &Hub,
     link: &ClusterLink,
-    outage: Outage,
     sessions: &[Arc<str>],
-    me: &NodeName,
+    since_ms: u64,
+    skip: &Skip,
     stall: Duration,
 ) -> Result<u64, String> {
-    let skip = Skip { node: Some(me.clone()), own_after: None };
-    replay_to_all(hub, link, sessions, outage.from_ms, &skip, stall).await
+    let mut attempt = 1;
+    loop {
+        match replay_to_all_once(hub, link, sessions, since_ms, skip, stall).await {
+            Err(e) if attempt < REPLAY_TRIES => {
+                metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
+                tracing::warn!(error = %e, attempt, "cannot replay to the sessions catching up: trying again");
+                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
+                return Err(e);
+            }
+            done => return done,
+        }
+    }
 }
 
-/// Replays what the bus kept since `since_ms` on the subscriptions of `sessions` (catching up)
-/// to every session here catching up, but what `skip` leaves out; returns how many messages a
-/// session took.
-pub async fn replay_to_all(
+async fn replay_to_all_once(
     hub: &Hub,
     link: &ClusterLink,
     sessions: &[Arc<str>],

@@ -233,6 +233,11 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
         },
         now_ms(),
     );
+    // The catch-up the session now has here (begun for it, or carried): its replay ends it.
+    // Read while the claim keeps the session here.
+    let catching = catch_up
+        .filter(|_| connected.session_present && input.session_expiry_secs > 0)
+        .and_then(|resumed| Some(catch_up::CatchingUp { id: edge.hub.catch_up_id(&session)?, resumed }));
     drop(claim);
     metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);
     let link_id = connected.link_id;
@@ -241,10 +246,6 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     ingress::start_cursors(&edge.hub, &session, &auto).await;
     ingress::close_if_revoked(edge, &identity);
     let stall = std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs));
-    // The catch-up the session now has here (begun for it, or carried): its replay ends it.
-    let catching = catch_up
-        .filter(|_| connected.session_present && input.session_expiry_secs > 0)
-        .and_then(|resumed| Some(catch_up::CatchingUp { id: edge.hub.catch_up_id(&session)?, resumed }));
     if let Some(catching) = catching {
         let hub = edge.hub.clone();
         tokio::spawn(async move {

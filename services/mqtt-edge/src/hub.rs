@@ -244,20 +244,26 @@ impl Hub {
         self.route(|router, fx| usize::from(router.replay_routed(session, msg, at_ms, now_ms, fx)))
     }
 
-    /// Parks a session the journal holds, as if its client had just left, catching up if
-    /// `catch_up` names the node whose messages its replay skips (see
-    /// `Router::restore_parked`); false if it is here already.
+    /// Parks a session the journal holds, whose record expires at `expires_at` (Unix ms, `None`:
+    /// never), as if its client had just left, with what is left of its expiry
+    /// (`journal::expiry_left`: neither brought back after it should have ended nor given more
+    /// time), catching up if `catch_up` names the node whose messages its replay skips (see
+    /// `Router::restore_parked`); false if it is here already or nothing is left of it.
     pub fn restore_parked(
         &self,
         session: &str,
         journaled: crate::stored::Journaled,
+        expires_at: Option<u64>,
         catch_up: Option<Arc<str>>,
         now_ms: u64,
     ) -> bool {
+        let expiry = crate::journal::expiry_left(journaled.expiry_secs, expires_at, now_ms);
+        if expiry == 0 {
+            return false;
+        }
         let session: Arc<str> = session.into();
         let routed = self.route(|router, fx| {
-            let (snapshot, expiry) = (journaled.snapshot, journaled.expiry_secs);
-            usize::from(router.restore_parked(&session, snapshot, expiry, catch_up, now_ms, fx))
+            usize::from(router.restore_parked(&session, journaled.snapshot, expiry, catch_up, now_ms, fx))
         });
         routed.sessions == 1
     }

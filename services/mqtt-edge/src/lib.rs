@@ -77,14 +77,8 @@ async fn restore_sessions(hub: &hub::Hub, writer: &journal::JournalWriter) -> Re
     let mut restored = 0;
     while let Some((session, expires_at, loaded)) = loads.next().await {
         match loaded {
-            Ok(Some(mut journaled)) => {
-                // What is left of its expiry: a restart neither brings back a session that
-                // should have ended meanwhile nor gives one more time.
-                let now = message::now_ms();
-                journaled.expiry_secs = journal::expiry_left(journaled.expiry_secs, expires_at, now);
-                if journaled.expiry_secs > 0 {
-                    restored += usize::from(hub.restore_parked(session, journaled, None, now));
-                }
+            Ok(Some(journaled)) => {
+                restored += usize::from(hub.restore_parked(session, journaled, expires_at, None, message::now_ms()));
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(session, error = %e, "cannot restore a session from the journal"),
