@@ -134,6 +134,10 @@ pub async fn check(bus: &dyn Bus) {
         assert_eq!(next(&mut durable).await, (s(&format!("d.{i}")), Bytes::from(vec![i])), "durable, in order");
     }
     assert!(matches!(bus.subscribe_durable(&stream, "a.>.b").await, Err(BusError::InvalidSubject(_))));
+
+    // Nothing kept: no group to join (queue groups are all there is).
+    let group = bus.subscribe_group("contract_none", &[s("g.>")], Duration::from_secs(1)).await;
+    assert!(group.expect("asked").is_none(), "no groups without keeping");
 }
 
 /// The subjects and payloads a replay gives, in order, once it has ended.
@@ -226,4 +230,76 @@ pub async fn check_kept(bus: &dyn Bus) {
     assert_eq!(replayed(bus, &[s("a.>"), s("b.*")], before).await, kept(&["k1", "k2", "k3", "k4"]), "still kept");
     let bad = KeepConfig { subjects: vec![s("a.>.b")], ..config.clone() };
     assert!(matches!(bus.keep(&bad).await, Err(BusError::InvalidSubject(_))));
+
+    check_group(bus, &root, n).await;
+}
+
+/// Messages a group member takes within `quiet` of the last one.
+async fn taken(member: &mut crate::GroupSubscription, quiet: Duration) -> Vec<crate::Taken> {
+    let mut got = Vec::new();
+    while let Ok(Some(t)) = tokio::time::timeout(quiet, member.next()).await {
+        got.push(t);
+    }
+    got
+}
+
+/// [`Bus::subscribe_group`] on a bus that keeps `root.a.>` (see [`check_kept`]).
+async fn check_group(bus: &dyn Bus, root: &str, n: u32) {
+    let filters = [format!("{root}.a.g.>")];
+    let group = format!("contract_g{n}");
+    let wait = Duration::from_secs(2);
+    let join = || bus.subscribe_group(&group, &filters, wait);
+    let mut members = [
+        join().await.expect("joins").expect("a bus that keeps has groups"),
+        join().await.expect("joins").expect("again"),
+    ];
+    let batch: Vec<(String, Bytes, bool)> =
+        (0..10u8).map(|i| (format!("{root}.a.g.{i}"), Bytes::from(vec![i]), true)).collect();
+    bus.publish_batch_kept(&batch).await.expect("kept");
+    // Neither plain publishes nor what the filters do not match reach the group.
+    bus.publish(&format!("{root}.a.g.plain"), Bytes::from_static(b"p")).await.expect("plain");
+    bus.publish_batch_kept(&[(format!("{root}.a.other"), Bytes::from_static(b"o"), true)]).await.expect("kept");
+
+    // Each message to one member; the first acknowledges what it took, the second gives its
+    // first one back and leaves the rest unsettled.
+    let first = taken(&mut members[0], Duration::from_millis(300)).await;
+    let second = taken(&mut members[1], Duration::from_millis(300)).await;
+    let payload = |t: &crate::Taken| t.message.payload[0];
+    let mut all: Vec<u8> = first.iter().chain(&second).map(payload).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..10).collect::<Vec<u8>>(), "each once, to one member");
+    assert!(first.iter().chain(&second).all(|t| !t.redelivered), "none delivered before");
+    let mut owed: Vec<u8> = second.iter().map(payload).collect();
+    owed.sort_unstable();
+    for t in first {
+        t.done().await.expect("acknowledged");
+    }
+    let mut second = second.into_iter();
+    if let Some(t) = second.next() {
+        t.give_back().await.expect("given back");
+    }
+    drop(second);
+
+    // What was not acknowledged comes again (after the wait at the latest), marked so.
+    let mut again = Vec::new();
+    let until = tokio::time::Instant::now() + wait * 3;
+    while again.len() < owed.len() && tokio::time::Instant::now() < until {
+        for member in &mut members {
+            for t in taken(member, Duration::from_millis(100)).await {
+                assert!(t.redelivered, "{} is delivered again", payload(&t));
+                again.push(payload(&t));
+                t.done().await.expect("acknowledged");
+            }
+        }
+    }
+    again.sort_unstable();
+    assert_eq!(again, owed, "what the second member did not acknowledge, again");
+    // Acknowledged: never again.
+    tokio::time::sleep(wait + Duration::from_millis(500)).await;
+    for member in &mut members {
+        let late: Vec<u8> = taken(member, Duration::from_millis(200)).await.iter().map(payload).collect();
+        assert!(late.is_empty(), "acknowledged ones came again: {late:?}");
+    }
+    assert!(matches!(bus.subscribe_group("a.*", &filters, wait).await, Err(BusError::InvalidSubject(_))));
+    assert!(matches!(bus.subscribe_group(&group, &["a..b".into()], wait).await, Err(BusError::InvalidSubject(_))));
 }

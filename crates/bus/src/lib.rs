@@ -58,6 +58,65 @@ impl Subscription {
 }
 
 /// A message the bus kept ([`Bus::publish_batch_kept`]), as [`Bus::replay_kept`] gives it back.
+/// A message a [`GroupSubscription`] took: its group's until [`Taken::done`], or given to a
+/// member again (another, if this one's node died) once the group's wait is over.
+pub struct Taken {
+    pub message: BusMessage,
+    /// Delivered before, to this member or another, and not acknowledged in time.
+    pub redelivered: bool,
+    settle: Box<dyn FnOnce(bool) -> BoxFuture<'static, Result<(), BusError>> + Send>,
+}
+
+impl std::fmt::Debug for Taken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Taken").field("message", &self.message).field("redelivered", &self.redelivered).finish()
+    }
+}
+
+impl Taken {
+    /// `settle(true)` acknowledges the message (nobody gets it again), `settle(false)` gives
+    /// it back (a member gets it soon).
+    pub fn new(
+        message: BusMessage,
+        redelivered: bool,
+        settle: impl FnOnce(bool) -> BoxFuture<'static, Result<(), BusError>> + Send + 'static,
+    ) -> Self {
+        Taken { message, redelivered, settle: Box::new(settle) }
+    }
+
+    /// Delivered where it is safe: no member gets it again.
+    pub async fn done(self) -> Result<(), BusError> {
+        (self.settle)(true).await
+    }
+
+    /// Not for this member: the bus gives it to one soon (another, if there is one).
+    pub async fn give_back(self) -> Result<(), BusError> {
+        (self.settle)(false).await
+    }
+}
+
+/// What a [`Bus::subscribe_group`] member takes.
+pub struct GroupSubscription {
+    inner: Pin<Box<dyn Stream<Item = Taken> + Send>>,
+}
+
+impl std::fmt::Debug for GroupSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupSubscription")
+    }
+}
+
+impl GroupSubscription {
+    pub fn new(inner: impl Stream<Item = Taken> + Send + 'static) -> Self {
+        GroupSubscription { inner: Box::pin(inner) }
+    }
+
+    /// The next message; `None` once the subscription broke (subscribe again).
+    pub async fn next(&mut self) -> Option<Taken> {
+        futures_util::StreamExt::next(&mut self.inner).await
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeptMessage {
     pub subject: String,
@@ -187,6 +246,23 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<Subscription, BusError>> {
         let _ = stream;
         self.subscribe(subject)
+    }
+
+    /// Joins group `group` (a concrete subject-like name; every member, on any node, names it
+    /// alike) for the messages kept ([`Bus::keep`]) on subjects matching `filters` from when
+    /// the group began: each goes to one member, which acknowledges it ([`Taken::done`]) once
+    /// it is safe; one not acknowledged within `ack_wait` (its member's node died or froze)
+    /// goes to a member again. The bus remembers the group while it keeps messages, members or
+    /// not. `Ok(None)` when this bus keeps nothing (the in-process bus, NATS without
+    /// JetStream): then queue groups ([`Bus::subscribe_queue`]) are all there is.
+    fn subscribe_group<'a>(
+        &'a self,
+        group: &'a str,
+        filters: &'a [String],
+        ack_wait: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Option<GroupSubscription>, BusError>> {
+        let _ = (group, filters, ack_wait);
+        Box::pin(std::future::ready(Ok(None)))
     }
 
     /// Publishes `payload` on `subject` for a subscriber that should be there, and fails with

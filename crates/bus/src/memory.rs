@@ -8,8 +8,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
-    BoxFuture, Bus, BusError, BusMessage, KeepConfig, KeptMessage, Replay, Subscription, now_ms, subject_matches,
-    valid_subject,
+    BoxFuture, Bus, BusError, BusMessage, GroupSubscription, KeepConfig, KeptMessage, Replay, Subscription, Taken,
+    now_ms, subject_matches, valid_subject,
 };
 
 /// How many messages a subscriber may have unread before publishers wait for it.
@@ -24,7 +24,60 @@ pub struct MemoryBus {
     /// Messages each queue group had: whose turn it is among its members.
     turns: Mutex<std::collections::HashMap<String, usize>>,
     kept: Mutex<Kept>,
+    /// Groups of [`Bus::subscribe_group`], by name.
+    groups: Groups,
 }
+
+/// A group's filters and wait, its members, and whose turn it is.
+#[derive(Debug)]
+struct Group {
+    filters: Vec<String>,
+    ack_wait: std::time::Duration,
+    members: Vec<mpsc::UnboundedSender<Taken>>,
+    turn: usize,
+}
+
+type Groups = std::sync::Arc<Mutex<std::collections::HashMap<String, Group>>>;
+
+/// Hands `message` to a member of group `name` (in turn), and again to one after its wait if it
+/// is not acknowledged by then; kept while the group has no member (checked at each wait)
+/// until `until`, when the bus would no longer keep it.
+fn hand_to_group(groups: Groups, name: String, message: BusMessage, redelivered: bool, until: tokio::time::Instant) {
+    if tokio::time::Instant::now() >= until {
+        return;
+    }
+    let (settled, answer) = tokio::sync::oneshot::channel::<bool>();
+    let wait = {
+        let mut all = groups.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(group) = all.get_mut(&name) else { return };
+        group.members.retain(|m| !m.is_closed());
+        let settle = move |done: bool| -> BoxFuture<'static, Result<(), BusError>> {
+            let _ = settled.send(done);
+            Box::pin(std::future::ready(Ok(())))
+        };
+        let taken = Taken::new(message.clone(), redelivered, settle);
+        if !group.members.is_empty() {
+            let n = group.turn % group.members.len();
+            group.turn = group.turn.wrapping_add(1);
+            let _ = group.members[n].send(taken);
+        }
+        group.ack_wait
+    };
+    tokio::spawn(async move {
+        match tokio::time::timeout(wait, answer).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tokio::time::sleep(GIVEN_BACK_DELAY.min(wait)).await;
+                hand_to_group(groups, name, message, true, until);
+            }
+            // Not acknowledged in time (or dropped unsettled): to a member again.
+            Ok(Err(_)) | Err(_) => hand_to_group(groups, name, message, true, until),
+        }
+    });
+}
+
+/// How long a message given back to its group waits before it goes to a member again.
+const GIVEN_BACK_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// What [`Bus::keep`] asked for, and the messages kept under it, oldest first.
 #[derive(Debug, Default)]
@@ -147,6 +200,17 @@ impl Bus for MemoryBus {
                 if *keep {
                     let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
                     if kept.config.as_ref().is_some_and(|c| c.holds(subject)) {
+                        let until = tokio::time::Instant::now()
+                            + kept.config.as_ref().map_or_else(Default::default, |c| c.max_age);
+                        let groups: Vec<String> = {
+                            let all = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+                            let matching = |g: &Group| g.filters.iter().any(|f| subject_matches(f, subject));
+                            all.iter().filter(|(_, g)| matching(g)).map(|(name, _)| name.clone()).collect()
+                        };
+                        for name in groups {
+                            let message = BusMessage { subject: subject.clone(), payload: payload.clone() };
+                            hand_to_group(self.groups.clone(), name, message, false, until);
+                        }
                         let message =
                             KeptMessage { subject: subject.clone(), payload: payload.clone(), at_ms: now_ms() };
                         kept.bytes += size(&message);
@@ -157,6 +221,41 @@ impl Bus for MemoryBus {
                 self.publish(subject, payload.clone()).await?;
             }
             Ok(())
+        })
+    }
+
+    fn subscribe_group<'a>(
+        &'a self,
+        group: &'a str,
+        filters: &'a [String],
+        ack_wait: std::time::Duration,
+    ) -> BoxFuture<'a, Result<Option<GroupSubscription>, BusError>> {
+        Box::pin(async move {
+            if !valid_subject(group, false) {
+                return Err(BusError::InvalidSubject(group.to_owned()));
+            }
+            if let Some(bad) = filters.iter().find(|f| !valid_subject(f, true)) {
+                return Err(BusError::InvalidSubject(bad.clone()));
+            }
+            if filters.is_empty() {
+                return Err(BusError::InvalidSubject(String::new()));
+            }
+            if self.kept.lock().unwrap_or_else(|e| e.into_inner()).config.is_none() {
+                return Ok(None);
+            }
+            let (tx, rx) = mpsc::unbounded_channel();
+            let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+            let joined = groups.entry(group.to_owned()).or_insert_with(|| Group {
+                filters: filters.to_vec(),
+                ack_wait,
+                members: Vec::new(),
+                turn: 0,
+            });
+            // As a NATS consumer: the last member to join sets the filters and the wait.
+            joined.filters = filters.to_vec();
+            joined.ack_wait = ack_wait;
+            joined.members.push(tx);
+            Ok(Some(GroupSubscription::new(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))))
         })
     }
 

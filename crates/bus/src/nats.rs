@@ -9,8 +9,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::{
-    BoxFuture, Bus, BusError, BusMessage, KeepConfig, KeptMessage, Link, Outage, Replay, Subscription, valid_subject,
-    without_covered,
+    BoxFuture, Bus, BusError, BusMessage, GroupSubscription, KeepConfig, KeptMessage, Link, Outage, Replay,
+    Subscription, valid_subject, without_covered,
 };
 
 /// How long a durable stream keeps its messages.
@@ -376,6 +376,57 @@ impl Bus for NatsBus {
         })
     }
 
+    fn subscribe_group<'a>(
+        &'a self,
+        group: &'a str,
+        filters: &'a [String],
+        ack_wait: Duration,
+    ) -> BoxFuture<'a, Result<Option<GroupSubscription>, BusError>> {
+        use jetstream::consumer::{AckPolicy, DeliverPolicy, pull::Config};
+        Box::pin(async move {
+            if !valid_subject(group, false) {
+                return Err(BusError::InvalidSubject(group.to_owned()));
+            }
+            if let Some(bad) = filters.iter().find(|f| !valid_subject(f, true)) {
+                return Err(BusError::InvalidSubject(bad.clone()));
+            }
+            let Some(keeping) = self.keeping() else { return Ok(None) };
+            let mut patterns = without_covered(filters);
+            if patterns.is_empty() {
+                return Err(BusError::InvalidSubject(String::new()));
+            }
+            let name = group_consumer(group);
+            let mut config = Config {
+                durable_name: Some(name.clone()),
+                deliver_policy: DeliverPolicy::New,
+                ack_policy: AckPolicy::Explicit,
+                ack_wait,
+                // Forgotten once nobody has asked for its messages for as long as they are kept.
+                inactive_threshold: keeping.config.max_age.max(ack_wait * 2),
+                ..Default::default()
+            };
+            match patterns.len() {
+                1 => config.filter_subject = patterns.remove(0),
+                _ => config.filter_subjects = patterns,
+            }
+            let transport = |e: &dyn std::fmt::Display| BusError::Transport(format!("jetstream group {group}: {e}"));
+            let stream = keeping.js.get_stream(&keeping.config.stream).await.map_err(|e| transport(&e))?;
+            // The group's consumer as the first member made it; a member with another wait
+            // (its node configured otherwise) updates it.
+            let consumer = stream.create_consumer(config).await.map_err(|e| transport(&e))?;
+            let messages = consumer.messages().await.map_err(|e| transport(&e))?;
+            Ok(Some(GroupSubscription::new(messages.filter_map(|m| {
+                std::future::ready(match m {
+                    Ok(m) => Some(taken(m)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "jetstream group consumer");
+                        None
+                    }
+                })
+            }))))
+        })
+    }
+
     fn subscribe_queue<'a>(
         &'a self,
         subject: &'a str,
@@ -405,6 +456,32 @@ impl Bus for NatsBus {
         })
     }
 }
+
+/// The name of group `group`'s consumer: what consumer names may hold (no dots or wildcards),
+/// and a hash of the whole name (FNV-1a: the same on every node and build) so that groups
+/// never share one.
+fn group_consumer(group: &str) -> String {
+    let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let readable: String =
+        group.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(32).collect();
+    format!("group-{readable}-{hash:016x}")
+}
+
+/// A group consumer's message as the bus hands it on.
+fn taken(m: jetstream::Message) -> crate::Taken {
+    let message = BusMessage { subject: m.subject.to_string(), payload: m.payload.clone() };
+    let redelivered = m.info().is_ok_and(|info| info.delivered > 1);
+    crate::Taken::new(message, redelivered, move |done| {
+        Box::pin(async move {
+            let kind = if done { jetstream::AckKind::Ack } else { jetstream::AckKind::Nak(Some(GIVEN_BACK_DELAY)) };
+            m.ack_with(kind).await.map_err(|e| BusError::Transport(format!("jetstream ack: {e}")))
+        })
+    })
+}
+
+/// How long a message given back to its group waits before it goes to a member again (so a
+/// member that cannot take it is not handed it in a loop).
+const GIVEN_BACK_DELAY: Duration = Duration::from_millis(500);
 
 /// What a subscription takes, as the bus hands it on.
 fn subscription(sub: async_nats::Subscriber) -> Subscription {
