@@ -17,9 +17,10 @@
 //! - **Sessions** move between edges with their clients (`handover`), when the edges share an
 //!   owners registry.
 //!
-//! Not yet (issue 13): offline queues, in-flight messages and retained messages in Redis,
-//! JetStream for what must survive an edge, shared subscriptions balanced across edges (each
-//! edge picks a member of its own), presence counted across edges.
+//! - **Shared subscriptions** (`$share/{group}/{filter}`) are held as NATS queue groups (one
+//!   edge with members gets each message), and their kept (QoS 1/2) messages come through the
+//!   subscription's group on the bus instead, which gives again what an edge never
+//!   acknowledged (`groups`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -191,9 +192,16 @@ impl Forwarded {
     }
 }
 
-/// A message from the bus, with the shared subscription (`$share/{group}/{filter}`) it came
-/// for through a queue group, if it did.
-type Inbound = (BusMessage, Option<Arc<str>>);
+/// A message from the bus.
+#[derive(Debug)]
+pub struct Inbound {
+    pub msg: BusMessage,
+    /// The shared subscription (`$share/{group}/{filter}`) it came for through a queue group or
+    /// its group on the bus, if it did.
+    pub share: Option<Arc<str>>,
+    /// From the shared subscription's group on the bus: to settle once routed (`groups`).
+    pub taken: Option<bus::Taken>,
+}
 
 /// The filter of a shared subscription `$share/{group}/{filter}`; `None` for another filter.
 fn shared_filter(raw: &str) -> Option<&str> {
@@ -210,6 +218,7 @@ pub async fn start(
     node: NodeName,
     stall: std::time::Duration,
     keep: Option<bus::KeepConfig>,
+    share_wait: std::time::Duration,
 ) -> Result<ClusterLink, String> {
     let kept_for = match &keep {
         Some(k) => match bus.keep(k).await.map_err(|e| format!("bus: {e}"))? {
@@ -225,13 +234,21 @@ pub async fn start(
     let (interest_tx, interest_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
-    let mut subscriptions = Subscriptions { bus: bus.clone(), inbound: in_tx, held: HashMap::new() };
+    let grouped = Arc::new(crate::groups::Grouped::default());
+    let mut subscriptions = Subscriptions {
+        bus: bus.clone(),
+        inbound: in_tx,
+        held: HashMap::new(),
+        groups: HashMap::new(),
+        grouped: grouped.clone(),
+        share_wait: (!kept_for.is_zero()).then_some(share_wait),
+    };
     for always in [subjects::ALL_RETAINED, subjects::LONG_TOPICS] {
         subscriptions.hold_always(always).await.map_err(|e| format!("bus: {e}"))?;
     }
     tokio::spawn(subscriptions.run(interest_rx));
     tokio::spawn(send_out(bus.clone(), node.clone(), out_rx));
-    tokio::spawn(take_in(hub, node.clone(), in_rx, stall));
+    tokio::spawn(take_in(hub, node.clone(), in_rx, stall, grouped));
     Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover, bus, kept_for, node })
 }
 
@@ -262,6 +279,13 @@ struct Subscriptions {
     /// How many filters need each subject, and the task forwarding what its bus subscription
     /// takes (`None` until it is subscribed).
     held: HashMap<Held, (usize, Option<tokio::task::JoinHandle<()>>)>,
+    /// How many times each shared subscription is held here, and the task taking its kept
+    /// messages from its group on the bus (`groups`).
+    groups: HashMap<Arc<str>, (usize, tokio::task::JoinHandle<()>)>,
+    grouped: Arc<crate::groups::Grouped>,
+    /// How long the bus waits for a group's member to acknowledge a message; `None` when the
+    /// bus keeps nothing (no groups).
+    share_wait: Option<std::time::Duration>,
 }
 
 /// A bus subscription: its subject, and the shared subscription it serves (as a queue group).
@@ -316,6 +340,9 @@ impl Subscriptions {
             }
             None => subjects::interest(plain).unwrap_or_default(),
         };
+        if let Some(share) = &share {
+            self.change_group(share, &subjects, held);
+        }
         for subject in subjects {
             let key = (subject, share.clone());
             if held {
@@ -326,6 +353,35 @@ impl Subscriptions {
                 }
             } else {
                 self.release(key);
+            }
+        }
+    }
+
+    /// Counts `share` held once more (`held`) or once less: the first joins its group on the
+    /// bus, for its kept messages on `subjects`; the last leaves it.
+    fn change_group(&mut self, share: &Arc<str>, subjects: &[String], held: bool) {
+        let Some(wait) = self.share_wait else { return };
+        if held {
+            let count = self.groups.entry(share.clone()).or_insert_with(|| {
+                let member = crate::groups::member(
+                    self.bus.clone(),
+                    share.clone(),
+                    subjects::share_queue(share),
+                    subjects.to_vec(),
+                    wait,
+                    self.grouped.clone(),
+                    self.inbound.clone(),
+                );
+                (0, tokio::spawn(member))
+            });
+            count.0 += 1;
+        } else if let Some(count) = self.groups.get_mut(share) {
+            count.0 -= 1;
+            if count.0 == 0
+                && let Some((_, task)) = self.groups.remove(share)
+            {
+                task.abort();
+                self.grouped.leave(share);
             }
         }
     }
@@ -366,7 +422,7 @@ impl Subscriptions {
         let inbound = self.inbound.clone();
         tokio::spawn(async move {
             while let Some(msg) = sub.next().await {
-                if inbound.send((msg, share.clone())).await.is_err() {
+                if inbound.send(Inbound { msg, share: share.clone(), taken: None }).await.is_err() {
                     return;
                 }
             }
@@ -439,16 +495,34 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
 }
 
 /// Routes what other edges sent, once per message.
-async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<Inbound>, stall: std::time::Duration) {
+async fn take_in(
+    hub: Arc<Hub>,
+    node: NodeName,
+    mut rx: mpsc::Receiver<Inbound>,
+    stall: std::time::Duration,
+    grouped: Arc<crate::groups::Grouped>,
+) {
     let mut seen: Dedupe<(String, u64)> = Dedupe::default();
     let mut seen_shared: Dedupe<(String, u64, Arc<str>)> = Dedupe::default();
     let mut origins = Origins::default();
     let mut last_sweep = now_ms();
-    while let Some((bm, share)) = rx.recv().await {
+    while let Some(Inbound { msg: bm, share, taken }) = rx.recv().await {
         let Ok(routed) = pb::RoutedMessage::decode(bm.payload) else {
             metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
+            if let Some(taken) = taken {
+                // Nobody could read it: never again.
+                crate::groups::acknowledge(taken, None);
+            }
             continue;
         };
+        // A kept message for a shared subscription whose group this edge joined: the group
+        // gives it to a member (which may be this edge).
+        if taken.is_none()
+            && routed.qos != QoS::AtMostOnce as u32
+            && share.as_deref().is_some_and(|s| grouped.contains(s))
+        {
+            continue;
+        }
         // This edge's own messages were delivered here already, except to shared
         // subscriptions: the bus picks their node, which may be this one.
         if share.is_none() && routed.origin == node.id && routed.incarnation == node.incarnation {
@@ -457,6 +531,8 @@ async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<Inbound>,
         let now = now_ms();
         let fresh = match &share {
             None => seen.accept((routed.origin.clone(), routed.incarnation), routed.seq, now),
+            // The group gives a message again only if it was not acknowledged: route it again.
+            Some(_) if taken.is_some() => true,
             Some(s) => seen_shared.accept((routed.origin.clone(), routed.incarnation, s.clone()), routed.seq, now),
         };
         if !fresh {
@@ -475,6 +551,9 @@ async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<Inbound>,
         let origin = origins.of(&routed);
         let Some(mut msg) = decode_message(routed) else {
             metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
+            if let Some(taken) = taken {
+                crate::groups::acknowledge(taken, None);
+            }
             continue;
         };
         // Only what the bus keeps is ever replayed, so only that needs counting per session.
@@ -483,6 +562,14 @@ async fn take_in(hub: Arc<Hub>, node: NodeName, mut rx: mpsc::Receiver<Inbound>,
             Some(s) => hub.publish_shared(Arc::new(msg), s, now),
             None => hub.publish_remote(Arc::new(msg), now),
         };
+        // One no member here took (expired, or on another over-long topic) is acknowledged
+        // too: no member anywhere would take it either.
+        if let (Some(taken), Some(s)) = (taken, &share) {
+            match grouped.contains(s) {
+                true => crate::groups::acknowledge(taken, routed.durable),
+                false => crate::groups::give_back(taken),
+            }
+        }
         // A subscriber here with too much waiting slows what comes from other edges, like a
         // local publisher.
         crate::flow::wait_for_room(&hub, routed.pressure, stall).await;

@@ -15,6 +15,7 @@ pub mod connect;
 pub mod connection;
 pub mod events;
 pub mod flow;
+pub mod groups;
 pub mod guard;
 pub mod handover;
 pub mod hub;
@@ -253,7 +254,8 @@ impl EdgeBuilder {
                 memory: cfg.bus.keep_storage == "memory",
             });
             let link_changes = bus.link_changes();
-            hub.attach_cluster(cluster::start(hub.clone(), bus, owners, node.clone(), stall, keep).await?);
+            let share_wait = Duration::from_secs(cfg.bus.share_ack_secs);
+            hub.attach_cluster(cluster::start(hub.clone(), bus, owners, node.clone(), stall, keep, share_wait).await?);
             // Only what the bus keeps can be replayed after an outage.
             if hub.cluster().is_some_and(|c| !c.kept().1.is_zero()) {
                 tokio::spawn(catch_up::after_outages(Arc::downgrade(&hub), link_changes, node.clone(), stall));

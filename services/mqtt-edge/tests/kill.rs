@@ -395,3 +395,55 @@ async fn a_client_away_from_a_dead_edge_for_longer_than_the_bus_keeps_anything_l
     let _ = std::fs::remove_file(&config);
     drop(b);
 }
+
+/// A shared subscription's QoS 1 messages that the bus gave to an edge that froze and then died
+/// reach a member on another edge: the subscription's group on the bus gives again what that
+/// edge never acknowledged (`bus.share_ack_secs`, 2 here). A queue group alone would have
+/// written them into the frozen edge's socket, and they would be lost with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_frozen_edge_took_for_a_shared_subscription_reaches_another_member() {
+    const SHARE: &str = "$share/workers/jobs/#";
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let (nats_url, redis_url) = (nats.nats_url(), redis.redis_url());
+    let config = std::env::temp_dir().join(format!("hermes-kill-share-{}.toml", std::process::id()));
+    std::fs::write(&config, "[bus]\nshare_ack_secs = 2\n").expect("config");
+    let mut a = edge_with("edge-a", &nats_url, &redis_url, Some(&config));
+    let b = edge_with("edge-b", &nats_url, &redis_url, Some(&config));
+    // The only member is on edge a; the publisher on edge b.
+    let (mut worker_a, _) = client(a.addr, "worker-a", true).await;
+    assert_eq!(worker_a.subscribe(vec![SubscribeTopic::new(SHARE, 1)], WAIT).await.expect("suback"), [1]);
+    let (mut publisher, _) = client(b.addr, "pub", true).await;
+    heard(&mut publisher, &mut worker_a, "jobs/probe").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The probes that came meanwhile, acknowledged.
+    while let Ok(Packet::Publish(p)) = worker_a.recv(Duration::from_millis(300)).await {
+        worker_a.send(&Packet::PubAck { packet_id: p.packet_id.expect("QoS 1"), code: 0 }).await.expect("puback");
+    }
+
+    a.freeze();
+    let mut acked = Vec::new();
+    for n in 1..=40u32 {
+        // 0x10: no member on the publisher's edge (there is one elsewhere).
+        match publisher.publish("jobs/build", n.to_string().as_bytes(), 1, false, WAIT).await {
+            Ok(Some(0 | 0x10)) => acked.push(n),
+            other => panic!("publish {n}: {other:?}"),
+        }
+    }
+    // Another worker joins on edge b; edge a dies without having read anything.
+    let (mut worker_b, _) = client(b.addr, "worker-b", true).await;
+    assert_eq!(worker_b.subscribe(vec![SubscribeTopic::new(SHARE, 1)], WAIT).await.expect("suback"), [1]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    a.kill();
+    let mut got = Vec::new();
+    collect(&mut worker_b, acked.len(), &mut got).await;
+    got.retain(|n| *n != 0);
+    let (lost, duplicated, _) = count(&acked, &got);
+    eprintln!(
+        "worker-b: {} acknowledged, {} received, {} lost, {duplicated} duplicated",
+        acked.len(),
+        got.len(),
+        lost.len()
+    );
+    assert!(lost.is_empty(), "lost {} acknowledged messages: {lost:?}", lost.len());
+    let _ = std::fs::remove_file(&config);
+}

@@ -1,0 +1,110 @@
+//! Shared subscriptions' QoS 1/2 messages through the bus's groups (`Bus::subscribe_group`).
+//!
+//! A queue group gives each message to one edge with members, and forgets it: if that edge
+//! dies (or freezes until the bus gives up on it) before the message is in a member's session,
+//! nothing else has it. So each edge with members of a shared subscription also joins the
+//! subscription's group on the bus, which gives each kept (QoS 1/2) message to one member edge
+//! and gives it again, elsewhere, unless that edge acknowledges it within `bus.share_ack_secs`.
+//! An edge acknowledges once the message is routed here and durable where its session lives
+//! (the journal, for a persistent member), and gives it back if it has no member any more.
+//! Once a share's group is joined, its kept messages that come through the queue group are
+//! left to the group; QoS 0 ones still come through the queue group only (the bus keeps none).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use bus::Bus;
+
+use crate::cluster::Inbound;
+use crate::journal::Durable;
+use crate::metrics as m;
+
+/// How long a member edge waits to join its group again after it failed or broke.
+const REJOIN: Duration = Duration::from_secs(1);
+
+/// The shared subscriptions whose kept messages this edge takes through their group.
+#[derive(Debug, Default)]
+pub struct Grouped(Mutex<HashSet<Arc<str>>>);
+
+impl Grouped {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Arc<str>>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Kept messages for `share` come through its group.
+    pub fn contains(&self, share: &str) -> bool {
+        self.lock().contains(share)
+    }
+
+    /// This edge no longer has members of `share`.
+    pub fn leave(&self, share: &str) {
+        self.lock().remove(share);
+    }
+}
+
+/// Joins `share`'s group (named `group`) for its kept messages on `filters`, and hands what it
+/// takes to `inbound`, until aborted; joins again whenever the subscription breaks. Returns at
+/// once if the bus keeps nothing (the queue group is all there is).
+pub async fn member(
+    bus: Arc<dyn Bus>,
+    share: Arc<str>,
+    group: String,
+    filters: Vec<String>,
+    wait: Duration,
+    grouped: Arc<Grouped>,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    loop {
+        match bus.subscribe_group(&group, &filters, wait).await {
+            Ok(None) => return,
+            Ok(Some(mut sub)) => {
+                // From now on the group has every kept message for `share`: what the queue
+                // group also brings is left to it (one that came both ways meanwhile is
+                // delivered twice, as QoS 1 allows).
+                grouped.lock().insert(share.clone());
+                while let Some(taken) = sub.next().await {
+                    let msg = taken.message.clone();
+                    let inbound_msg = Inbound { msg, share: Some(share.clone()), taken: Some(taken) };
+                    if inbound.send(inbound_msg).await.is_err() {
+                        return;
+                    }
+                }
+                tracing::debug!(%group, "the bus group broke: joining again");
+            }
+            Err(e) => {
+                metrics::counter!(m::CLUSTER_ERRORS, "op" => "group").increment(1);
+                tracing::warn!(%group, error = %e, "cannot join the shared subscription's group on the bus");
+            }
+        }
+        tokio::time::sleep(REJOIN).await;
+    }
+}
+
+/// Acknowledges `taken`, a message of a group just routed here, once `durable` (if any) is;
+/// gives it back if that fails.
+pub fn acknowledge(taken: bus::Taken, durable: Option<Durable>) {
+    tokio::spawn(async move {
+        let done = match durable {
+            Some(d) => d.wait().await,
+            None => true,
+        };
+        let settled = if done { taken.done().await } else { taken.give_back().await };
+        if let Err(e) = settled {
+            metrics::counter!(m::CLUSTER_ERRORS, "op" => "group-ack").increment(1);
+            tracing::debug!(error = %e, "cannot settle a shared subscription's message with the bus");
+        }
+    });
+}
+
+/// Gives `taken` back to its group: this edge has no member any more.
+pub fn give_back(taken: bus::Taken) {
+    tokio::spawn(async move {
+        if let Err(e) = taken.give_back().await {
+            metrics::counter!(m::CLUSTER_ERRORS, "op" => "group-ack").increment(1);
+            tracing::debug!(error = %e, "cannot give a shared subscription's message back to the bus");
+        }
+    });
+}
