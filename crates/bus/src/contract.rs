@@ -301,5 +301,6 @@ async fn check_group(bus: &dyn Bus, root: &str, n: u32) {
         assert!(late.is_empty(), "acknowledged ones came again: {late:?}");
     }
     assert!(matches!(bus.subscribe_group("a.*", &filters, wait).await, Err(BusError::InvalidSubject(_))));
+    assert!(matches!(bus.subscribe_group(&group, &[], wait).await, Err(BusError::InvalidSubject(_))), "no filter");
     assert!(matches!(bus.subscribe_group(&group, &["a..b".into()], wait).await, Err(BusError::InvalidSubject(_))));
 }

@@ -324,6 +324,19 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
+/// Checks what [`Bus::subscribe_group`] was given: a concrete group name and at least one
+/// filter, all valid.
+pub(crate) fn check_group(group: &str, filters: &[String]) -> Result<(), BusError> {
+    if !valid_subject(group, false) {
+        return Err(BusError::InvalidSubject(group.to_owned()));
+    }
+    match filters.iter().find(|f| !valid_subject(f, true)) {
+        Some(bad) => Err(BusError::InvalidSubject(bad.clone())),
+        None if filters.is_empty() => Err(BusError::InvalidSubject(String::new())),
+        None => Ok(()),
+    }
+}
+
 /// `patterns` without those whose subjects another one already matches, nor repeats, in
 /// order: what a NATS consumer takes as its filters (it refuses overlapping ones).
 pub fn without_covered(patterns: &[String]) -> Vec<String> {

@@ -231,15 +231,7 @@ impl Bus for MemoryBus {
         ack_wait: std::time::Duration,
     ) -> BoxFuture<'a, Result<Option<GroupSubscription>, BusError>> {
         Box::pin(async move {
-            if !valid_subject(group, false) {
-                return Err(BusError::InvalidSubject(group.to_owned()));
-            }
-            if let Some(bad) = filters.iter().find(|f| !valid_subject(f, true)) {
-                return Err(BusError::InvalidSubject(bad.clone()));
-            }
-            if filters.is_empty() {
-                return Err(BusError::InvalidSubject(String::new()));
-            }
+            crate::check_group(group, filters)?;
             if self.kept.lock().unwrap_or_else(|e| e.into_inner()).config.is_none() {
                 return Ok(None);
             }

@@ -384,17 +384,9 @@ impl Bus for NatsBus {
     ) -> BoxFuture<'a, Result<Option<GroupSubscription>, BusError>> {
         use jetstream::consumer::{AckPolicy, DeliverPolicy, pull::Config};
         Box::pin(async move {
-            if !valid_subject(group, false) {
-                return Err(BusError::InvalidSubject(group.to_owned()));
-            }
-            if let Some(bad) = filters.iter().find(|f| !valid_subject(f, true)) {
-                return Err(BusError::InvalidSubject(bad.clone()));
-            }
+            crate::check_group(group, filters)?;
             let Some(keeping) = self.keeping() else { return Ok(None) };
             let mut patterns = without_covered(filters);
-            if patterns.is_empty() {
-                return Err(BusError::InvalidSubject(String::new()));
-            }
             let name = group_consumer(group);
             let mut config = Config {
                 durable_name: Some(name.clone()),
