@@ -19,6 +19,7 @@ A_PORT=$(free_port)
 B_PORT=$(free_port)
 pids+=("$(start_bench_edge edge-a "$A_PORT" "$OUT")")
 pids+=("$(start_bench_edge edge-b "$B_PORT" "$OUT")")
+# shellcheck disable=SC2016 # `$share` is a literal MQTT filter
 for member in a:"$A_PORT" b:"$B_PORT"; do
     mosquitto_sub -V 5 -q 1 -h 127.0.0.1 -p "${member#*:}" -i "worker-${member%%:*}" -t '$share/w/jobs/#' \
         > "$OUT/worker-${member%%:*}.out" &
