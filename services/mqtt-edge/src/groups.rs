@@ -66,6 +66,9 @@ pub async fn member(
                 // delivered twice, as QoS 1 allows).
                 grouped.lock().insert(share.clone());
                 while let Some(taken) = sub.next().await {
+                    if taken.redelivered {
+                        metrics::counter!(m::CLUSTER_GROUP_REDELIVERED).increment(1);
+                    }
                     let msg = taken.message.clone();
                     let inbound_msg = Inbound { msg, share: Some(share.clone()), taken: Some(taken) };
                     if inbound.send(inbound_msg).await.is_err() {

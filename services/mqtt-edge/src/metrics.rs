@@ -27,6 +27,7 @@ pub const CLUSTER_DUPLICATES: &str = "hermes_edge_cluster_duplicates_total";
 pub const CLUSTER_DROPPED: &str = "hermes_edge_cluster_dropped_total";
 pub const CLUSTER_ERRORS: &str = "hermes_edge_cluster_errors_total";
 pub const CLUSTER_REPLAYED: &str = "hermes_edge_cluster_replayed_total";
+pub const CLUSTER_GROUP_REDELIVERED: &str = "hermes_edge_cluster_group_redelivered_total";
 pub const SESSIONS_MOVED: &str = "hermes_edge_sessions_moved_total";
 pub const CLUSTER_SUBJECTS: &str = "hermes_edge_cluster_subjects";
 pub const JOURNAL_WRITES: &str = "hermes_edge_journal_writes_total";
@@ -72,6 +73,10 @@ pub fn describe() {
     describe_counter!(TOPIC_ALIAS_BYTES_SAVED, "Topic bytes not sent to v5 clients thanks to outbound topic aliases");
     describe_counter!(CLUSTER_OUT, "Messages this edge routed to the other edges over the bus");
     describe_counter!(CLUSTER_IN, "Messages from other edges routed here");
+    describe_counter!(
+        CLUSTER_GROUP_REDELIVERED,
+        "Shared subscriptions' messages the bus's group gave here again: an edge (maybe this one) did not acknowledge them in time, or gave them back"
+    );
     describe_counter!(
         CLUSTER_DUPLICATES,
         "Copies of messages from other edges dropped (one per extra matching subject)"
