@@ -1,44 +1,41 @@
 #!/usr/bin/env bash
-# A shared subscription across two edges: N QoS 1 messages published (mosquitto_pub -l, one
-# connection) on edge A to `$share/w/jobs/#`, with one member (mosquitto_sub, v5) on each of edges
-# A and B (release `mqtt-edge`, NATS with JetStream, Redis). Reports when all were received,
-# how they were split and how many distinct ones arrived. A check with stock clients, not
-# `hermes bench` (which has no shared-subscription scenario yet).
-# Usage: scripts/bench-share.sh [N]      Logs and received payloads: target/bench-share
+# Shared subscriptions across two edges (release `mqtt-edge`, NATS with JetStream, Redis): QoS 1
+# publishers on edge A, each publisher's topic shared (`$share/bench/...`) by members half on
+# edge A, half on edge B (`hermes bench throughput --shared --subscriber-port`). Each message
+# must reach one member: lost and duplicated count over all members of a topic.
+# Usage: scripts/bench-share.sh [SECS]      Results: target/bench-share/*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-50000}
+SECS=${1:-10}
 OUT=target/bench-share
 mkdir -p "$OUT"
+rm -f "$OUT"/*.json
 # shellcheck source=scripts/deps.sh
 source scripts/deps.sh
-command -v mosquitto_pub >/dev/null || install_deps
 start_cluster_bench
+EDGE=${EDGE_BIN:-$EDGE} # another build's edges, to compare
 start_bench_backends "$OUT"
 A_PORT=$(free_port)
 B_PORT=$(free_port)
-pids+=("$(start_bench_edge edge-a "$A_PORT" "$OUT")")
+A=$(start_bench_edge edge-a "$A_PORT" "$OUT"); pids+=("$A")
 pids+=("$(start_bench_edge edge-b "$B_PORT" "$OUT")")
-# shellcheck disable=SC2016 # `$share` is a literal MQTT filter
-for member in a:"$A_PORT" b:"$B_PORT"; do
-    mosquitto_sub -V 5 -q 1 -h 127.0.0.1 -p "${member#*:}" -i "worker-${member%%:*}" -t '$share/w/jobs/#' \
-        > "$OUT/worker-${member%%:*}.out" &
-    pids+=($!)
-done
-sleep 1
-received() { cat "$OUT"/worker-*.out | wc -l; }
-started=$(date +%s.%N)
-seq 1 "$N" | mosquitto_pub -V 5 -q 1 -h 127.0.0.1 -p "$A_PORT" -i publisher -t jobs/build -l
-published=$(date +%s.%N)
-for _ in $(seq 600); do [ "$(received)" -ge "$N" ] && break; sleep 0.1; done
-ended=$(date +%s.%N)
-distinct=$(sort -u "$OUT"/worker-*.out | wc -l)
-python3 - "$N" "$started" "$published" "$ended" "$(received)" "$distinct" \
-    "$(wc -l < "$OUT/worker-a.out")" "$(wc -l < "$OUT/worker-b.out")" <<'PY'
-import sys
-n, started, published, ended = int(sys.argv[1]), *map(float, sys.argv[2:5])
-got, distinct, a, b = map(int, sys.argv[5:9])
-print(f"{n} published in {published - started:.2f} s; {got} received ({distinct} distinct, {n - distinct} lost) "
-      f"in {ended - started:.2f} s: {distinct / (ended - started):.0f}/s; edge a {a}, edge b {b}")
-PY
+run() { # $1 name, rest: bench args
+    local name=$1; shift
+    echo "== $name: hermes bench throughput --shared --subscriber-port B $*" >&2
+    "$HERMES" bench --port "$A_PORT" --pid "$A" --mqtt-version 5 --json throughput --shared --subscriber-port "$B_PORT" \
+        --qos 1 --seconds "$SECS" "$@" > "$OUT/$name.json"
+}
+run shared-1to2 --publishers 1 --subscribers 2
+run shared-10to20 --publishers 10 --subscribers 20
+run shared-1to2-persistent --publishers 1 --subscribers 2 --persistent-subscribers
 if grep -q panicked "$OUT"/edge-*.log; then echo "an edge panicked: see $OUT/edge-*.log" >&2; exit 1; fi
+for f in "$OUT"/*.json; do
+    python3 - "$f" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+cpu = (d.get("broker_cpu") or {}).get("cpu_us_per_msg")
+print(f'{sys.argv[1]}: {d["delivered_msgs_per_sec"]}/s delivered of {d["published"]} published, lost {d["lost"]}, '
+      f'reordered {d["reordered"]}, duplicated {d["duplicated"]}, p50 {d["latency"]["p50_ms"]} ms, '
+      f'p99 {d["latency"]["p99_ms"]} ms, edge A {cpu} µs/msg')
+PY
+done

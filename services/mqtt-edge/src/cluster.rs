@@ -218,7 +218,7 @@ pub async fn start(
     node: NodeName,
     stall: std::time::Duration,
     keep: Option<bus::KeepConfig>,
-    share_wait: std::time::Duration,
+    share_wait: Option<std::time::Duration>,
 ) -> Result<ClusterLink, String> {
     let kept_for = match &keep {
         Some(k) => match bus.keep(k).await.map_err(|e| format!("bus: {e}"))? {
@@ -241,7 +241,7 @@ pub async fn start(
         held: HashMap::new(),
         groups: HashMap::new(),
         grouped: grouped.clone(),
-        share_wait: (!kept_for.is_zero()).then_some(share_wait),
+        share_wait: share_wait.filter(|_| !kept_for.is_zero()),
     };
     for always in [subjects::ALL_RETAINED, subjects::LONG_TOPICS] {
         subscriptions.hold_always(always).await.map_err(|e| format!("bus: {e}"))?;
@@ -284,7 +284,7 @@ struct Subscriptions {
     groups: HashMap<Arc<str>, (usize, tokio::task::JoinHandle<()>)>,
     grouped: Arc<crate::groups::Grouped>,
     /// How long the bus waits for a group's member to acknowledge a message; `None` when the
-    /// bus keeps nothing (no groups).
+    /// bus keeps nothing or `bus.share_ack_secs` is 0 (no groups).
     share_wait: Option<std::time::Duration>,
 }
 

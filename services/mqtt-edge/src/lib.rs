@@ -254,7 +254,7 @@ impl EdgeBuilder {
                 memory: cfg.bus.keep_storage == "memory",
             });
             let link_changes = bus.link_changes();
-            let share_wait = Duration::from_secs(cfg.bus.share_ack_secs);
+            let share_wait = (cfg.bus.share_ack_secs > 0).then(|| Duration::from_secs(cfg.bus.share_ack_secs));
             hub.attach_cluster(cluster::start(hub.clone(), bus, owners, node.clone(), stall, keep, share_wait).await?);
             // Only what the bus keeps can be replayed after an outage.
             if hub.cluster().is_some_and(|c| !c.kept().1.is_zero()) {

@@ -50,6 +50,12 @@ pub struct Args {
     /// is routed. To other brokers they are plain topics.
     #[arg(long)]
     stream_topics: bool,
+    /// Subscribers share their publisher's topic (`$share/bench/<topic>`): each message goes
+    /// to one of them. With --subscriber-port, the first half connect to --port and the rest
+    /// there (a group with members on two edges). Lost and duplicated count over all members
+    /// of a topic; reordered within each member.
+    #[arg(long)]
+    shared: bool,
 }
 
 pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
@@ -58,6 +64,9 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     }
     if args.publishers == 0 || args.subscribers == 0 {
         return Err("--publishers and --subscribers must be at least 1".into());
+    }
+    if args.shared && args.subscribers < args.publishers {
+        return Err("--shared needs at least as many --subscribers as --publishers".into());
     }
     let dial = Dial::from(common)?;
     let mut sub_dial = dial.clone();
@@ -71,7 +80,18 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     } else {
         format!("bench/tp/{}", std::process::id())
     };
-    let (subs, _, f1) = open_many(common, &sub_dial, args.subscribers, "tp-sub").await;
+    let (mut subs, _, mut f1) = match args.shared && args.subscriber_port.is_some() {
+        // Members of each group on both edges: the first half on the publishers' edge.
+        true => {
+            let mut near = dial.clone();
+            near.persistent = args.persistent_subscribers;
+            open_many(common, &near, args.subscribers.div_ceil(2), "tp-sub").await
+        }
+        false => (Vec::new(), Vec::new(), 0),
+    };
+    let (far, _, f) = open_many(common, &sub_dial, args.subscribers - subs.len(), "tp-sub-far").await;
+    subs.extend(far);
+    f1 += f;
     let (pubs, _, f2) = open_many(common, &dial, args.publishers, "tp-pub").await;
     if f1 + f2 > 0 {
         return Err(format!("{} clients could not connect", f1 + f2));
@@ -82,15 +102,18 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     let publishers = args.publishers;
     for (j, mut c) in subs.into_iter().enumerate() {
         let topic = format!("{prefix}/{}", j % args.publishers);
+        let topic = if args.shared { format!("$share/bench/{topic}") } else { topic };
         c.subscribe(vec![SubscribeTopic::new(&topic, args.qos)], Duration::from_secs(30))
             .await
             .map_err(|e| format!("subscribe: {e:?}"))?;
         let received = received.clone();
         let stop = stop.clone();
         let persistent = args.persistent_subscribers;
+        let shared = args.shared;
         sub_tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut order = Order::default();
+            let mut seqs = Vec::new();
             loop {
                 match c.recv(Duration::from_millis(500)).await {
                     Ok(Packet::Publish(p)) => {
@@ -102,6 +125,9 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
                         if let Some((sent, seq)) = stamp(&p.payload) {
                             latencies.push(base.elapsed().saturating_sub(sent));
                             order.saw(seq);
+                            if shared {
+                                seqs.push(seq);
+                            }
                         }
                         received.fetch_add(1, Ordering::Relaxed);
                     }
@@ -113,7 +139,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
             if persistent {
                 let _ = c.send(&Packet::Disconnect { code: 0, session_expiry: Some(0), reason_string: None }).await;
             }
-            (j % publishers, latencies, order)
+            (j % publishers, latencies, order, seqs)
         }));
     }
     if args.subscriber_port.is_some() {
@@ -185,7 +211,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     }
     let publish_time = started.elapsed();
     // Let in-flight deliveries land before counting.
-    let expected_fanout = args.subscribers as f64 / args.publishers as f64;
+    let expected_fanout = if args.shared { 1.0 } else { args.subscribers as f64 / args.publishers as f64 };
     let target = (sent.load(Ordering::Relaxed) as f64 * expected_fanout) as usize;
     let drain_until = Instant::now() + Duration::from_secs(5);
     while received.load(Ordering::Relaxed) < target && Instant::now() < drain_until {
@@ -196,15 +222,26 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     progress.abort();
     let mut latencies = Vec::new();
     let (mut lost, mut reordered, mut duplicated) = (0u64, 0u64, 0u64);
+    // QoS 1 promises what was acknowledged; QoS 0 only what was sent and not dropped.
+    let promised = |p: Published| if args.qos > 0 { p.acked } else { p.sent };
+    // Shared: what all members of each publisher's group got.
+    let mut groups: Vec<Group> = (0..args.publishers).map(|_| Group::default()).collect();
     for t in sub_tasks {
-        if let Ok((publisher, l, order)) = t.await {
+        if let Ok((publisher, l, order, seqs)) = t.await {
             latencies.extend(l);
-            // QoS 1 promises what was acknowledged; QoS 0 only what was sent and not dropped.
-            let p = published[publisher];
-            let promised = if args.qos > 0 { p.acked } else { p.sent };
-            lost += order.lost(promised);
             reordered += order.reordered;
-            duplicated += order.duplicated;
+            if args.shared {
+                groups[publisher].saw(seqs);
+            } else {
+                lost += order.lost(promised(published[publisher]));
+                duplicated += order.duplicated;
+            }
+        }
+    }
+    if args.shared {
+        for (group, p) in groups.iter().zip(&published) {
+            lost += group.lost(promised(*p));
+            duplicated += group.duplicated;
         }
     }
     let delivered = received.load(Ordering::Relaxed);
@@ -215,6 +252,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     report.insert("qos".into(), args.qos.into());
     report.insert("offered_rate".into(), args.rate.into());
     report.insert("cross_edge".into(), args.subscriber_port.is_some().into());
+    report.insert("shared".into(), args.shared.into());
     report.insert("published".into(), sent.load(Ordering::Relaxed).into());
     report.insert("expected_deliveries".into(), target.into());
     report.insert("delivered".into(), delivered.into());
@@ -231,6 +269,28 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     report.insert("latency".into(), latency_summary(latencies));
     cpu_report(&mut report, common.pid, cpu_before, delivered as u64);
     Ok(Value::Object(report))
+}
+
+/// What the members of one publisher's shared group got between them.
+#[derive(Debug, Default)]
+struct Group {
+    seen: std::collections::HashSet<u64>,
+    duplicated: u64,
+}
+
+impl Group {
+    fn saw(&mut self, seqs: Vec<u64>) {
+        for seq in seqs {
+            if !self.seen.insert(seq) {
+                self.duplicated += 1;
+            }
+        }
+    }
+
+    /// Numbers below `promised` no member got.
+    fn lost(&self, promised: u64) -> u64 {
+        (0..promised).filter(|seq| !self.seen.contains(seq)).count() as u64
+    }
 }
 
 /// What one publisher sent, and of it what the broker acknowledged (QoS 1).
@@ -296,5 +356,16 @@ mod tests {
         assert_eq!(Order::default().lost(0), 0);
         assert_eq!(stamp(&[0; 16]), Some((Duration::ZERO, 0)));
         assert_eq!(stamp(&[0; 15]), None);
+    }
+
+    #[test]
+    fn a_group_counts_what_no_member_got_and_what_two_did() {
+        let mut g = Group::default();
+        g.saw(vec![0, 2, 4]);
+        g.saw(vec![1, 4, 5]);
+        assert_eq!(g.duplicated, 1, "4 went to both");
+        assert_eq!(g.lost(6), 1, "3 went to none");
+        assert_eq!(g.lost(8), 3, "nor 6 and 7, which were promised");
+        assert_eq!(Group::default().lost(0), 0);
     }
 }
