@@ -66,19 +66,32 @@ impl TestEdge {
         store: Arc<dyn broker::streams::StreamStore>,
         adjust: impl FnOnce(&mut EdgeConfig),
     ) -> TestEdge {
-        Self::start_full(None, Some(store), adjust).await
+        Self::start_full(None, Some(store), None, adjust).await
+    }
+
+    /// [`TestEdge::start_clustered`] with its persistent sessions in `journal` (shared by the
+    /// edges of one process, as Redis is by edges apart): a dead or stopped edge's sessions are
+    /// taken by another.
+    pub async fn start_journaled(
+        bus: Arc<dyn bus::Bus>,
+        owners: Owners,
+        journal: Arc<dyn broker::journal::SessionJournal>,
+        adjust: impl FnOnce(&mut EdgeConfig),
+    ) -> TestEdge {
+        Self::start_full(Some((bus, Some(owners))), None, Some(journal), adjust).await
     }
 
     async fn start_on(
         cluster: Option<(Arc<dyn bus::Bus>, Option<Owners>)>,
         adjust: impl FnOnce(&mut EdgeConfig),
     ) -> TestEdge {
-        Self::start_full(cluster, None, adjust).await
+        Self::start_full(cluster, None, None, adjust).await
     }
 
     async fn start_full(
         cluster: Option<(Arc<dyn bus::Bus>, Option<Owners>)>,
         streams: Option<Arc<dyn broker::streams::StreamStore>>,
+        journal: Option<Arc<dyn broker::journal::SessionJournal>>,
         adjust: impl FnOnce(&mut EdgeConfig),
     ) -> TestEdge {
         let dir = unique_dir();
@@ -105,6 +118,9 @@ impl TestEdge {
         let mut builder = Edge::builder(cfg).state(state.as_ref());
         if let Some(store) = streams {
             builder = builder.streams(store);
+        }
+        if let Some(journal) = journal {
+            builder = builder.journal(journal);
         }
         if let Some((bus, owners)) = cluster {
             builder = builder.cluster(bus);

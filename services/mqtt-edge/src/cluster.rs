@@ -93,6 +93,8 @@ pub struct ClusterLink {
     /// How long the bus keeps what edges route to each other; zero when it keeps nothing.
     kept_for: std::time::Duration,
     node: NodeName,
+    /// The tasks between the bus and the hub ([`ClusterLink::leave`] ends them).
+    routing: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// A change to this edge's interest on the bus, or a question about it.
@@ -146,6 +148,18 @@ impl ClusterLink {
     /// How sessions move between the edges, with an owners registry.
     pub fn handover(&self) -> Option<&Arc<Handover>> {
         self.handover.as_ref()
+    }
+
+    /// Leaves the bus: nothing routed to or from this edge any more, its subscriptions (and
+    /// groups) and its handover subjects dropped. For an edge stopped in a process that goes on
+    /// (tests); a process that exits leaves anyway.
+    pub fn leave(&self) {
+        for task in self.routing.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
+        if let Some(h) = &self.handover {
+            h.leave();
+        }
     }
 
     /// Whether sessions move between the edges (an owners registry is shared).
@@ -246,10 +260,13 @@ pub async fn start(
     for always in [subjects::ALL_RETAINED, subjects::LONG_TOPICS] {
         subscriptions.hold_always(always).await.map_err(|e| format!("bus: {e}"))?;
     }
-    tokio::spawn(subscriptions.run(interest_rx));
-    tokio::spawn(send_out(bus.clone(), node.clone(), out_rx));
-    tokio::spawn(take_in(hub, node.clone(), in_rx, stall, grouped));
-    Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover, bus, kept_for, node })
+    let routing = vec![
+        tokio::spawn(subscriptions.run(interest_rx)),
+        tokio::spawn(send_out(bus.clone(), node.clone(), out_rx)),
+        tokio::spawn(take_in(hub, node.clone(), in_rx, stall, grouped)),
+    ];
+    let routing = std::sync::Mutex::new(routing);
+    Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover, bus, kept_for, node, routing })
 }
 
 /// The subjects whose QoS 1/2 messages the bus keeps (`bus.keep_secs`): every routed,
@@ -286,6 +303,20 @@ struct Subscriptions {
     /// How long the bus waits for a group's member to acknowledge a message; `None` when the
     /// bus keeps nothing or `bus.share_ack_secs` is 0 (no groups).
     share_wait: Option<std::time::Duration>,
+}
+
+/// Dropped with the task that runs it: its subscriptions and groups go too.
+impl Drop for Subscriptions {
+    fn drop(&mut self) {
+        for (_, task) in self.held.values_mut() {
+            if let Some(task) = task.take() {
+                task.abort();
+            }
+        }
+        for (_, task) in self.groups.values() {
+            task.abort();
+        }
+    }
 }
 
 /// A bus subscription: its subject, and the shared subscription it serves (as a queue group).

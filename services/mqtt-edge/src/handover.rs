@@ -60,6 +60,8 @@ pub struct Handover {
     waiting: Mutex<HashMap<u64, oneshot::Sender<pb::HandoverReply>>>,
     /// Sessions being claimed here, one claim at a time each.
     busy: Mutex<HashMap<String, Arc<Slot>>>,
+    /// The tasks reading this edge's subjects ([`Handover::leave`] ends them).
+    listening: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// One session's claims on this edge.
@@ -108,11 +110,12 @@ impl Handover {
             next_request: AtomicU64::new(1),
             waiting: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
+            listening: Mutex::new(Vec::new()),
         });
         let mut requests = me.bus.subscribe(&handover_subject(&me.node.id)).await.map_err(|e| format!("bus: {e}"))?;
         let mut replies = me.bus.subscribe(&reply_subject(&me.node)).await.map_err(|e| format!("bus: {e}"))?;
         let answering = me.clone();
-        tokio::spawn(async move {
+        let answer = tokio::spawn(async move {
             while let Some(m) = requests.next().await {
                 let Ok(req) = pb::HandoverRequest::decode(m.payload) else {
                     metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
@@ -123,7 +126,7 @@ impl Handover {
             }
         });
         let collecting = Arc::downgrade(&me);
-        tokio::spawn(async move {
+        let collect = tokio::spawn(async move {
             while let Some(m) = replies.next().await {
                 let Some(me) = collecting.upgrade() else { return };
                 if let Ok(reply) = pb::HandoverReply::decode(m.payload)
@@ -133,7 +136,16 @@ impl Handover {
                 }
             }
         });
+        me.listening.lock().unwrap_or_else(|e| e.into_inner()).extend([answer, collect]);
         Ok(me)
+    }
+
+    /// Stops reading this edge's subjects: to the other edges it is gone from the bus (an edge
+    /// stopped in a process that goes on, as in tests; a process that exits leaves anyway).
+    pub fn leave(&self) {
+        for task in self.listening.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            task.abort();
+        }
     }
 
     fn lock_waiting(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<pb::HandoverReply>>> {

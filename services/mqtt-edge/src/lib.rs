@@ -372,8 +372,12 @@ impl Edge {
         {
             tracing::warn!("stopped without writing every session change to the journal");
         }
-        if let Some(handover) = self.hub.cluster().and_then(|c| c.handover()) {
-            adopt::stop(handover).await;
+        if let Some(cluster) = self.hub.cluster() {
+            // Off the bus first: an edge taking what this one leaves checks it is gone.
+            cluster.leave();
+            if let Some(handover) = cluster.handover() {
+                adopt::stop(handover).await;
+            }
         }
     }
 }

@@ -636,3 +636,61 @@ async fn status(watcher: &mut Client) -> String {
     ack(watcher, &p).await;
     String::from_utf8(p.payload.to_vec()).expect("utf8")
 }
+
+/// In one process (the in-process bus, owners registry and journal, as embedded): the parked
+/// session of a client that left a stopping edge and did not come back within its drain is
+/// taken by the edge left, which queues what is published for it until the client returns,
+/// and replays what was acknowledged while nobody had it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_edges_parked_sessions_are_taken_by_the_edge_left_in_process() {
+    let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+    let owners: Owners = Arc::new(broker::owners::MemoryOwners::default());
+    let journal: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
+    let node = |id: &'static str| {
+        move |c: &mut mqtt_edge::EdgeConfig| {
+            c.bus.node_id = id.into();
+            c.mqtt.drain_secs = 1;
+        }
+    };
+    let a = TestEdge::start_journaled(bus.clone(), owners.clone(), journal.clone(), node("a")).await;
+    let b = TestEdge::start_journaled(bus, owners, journal, node("b")).await;
+    let persistent = Connect { session_expiry: Some(3600), ..connect("dave", false) };
+    let (mut dave, _) = a.connect(Version::V5, persistent.clone()).await;
+    assert_eq!(dave.subscribe(vec![SubscribeTopic::new("dave/cmd", 1)], WAIT).await.expect("suback"), [1]);
+    dave.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None }).await.expect("disconnect");
+    drop(dave);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.stop().await;
+
+    // Edge b takes the session at its next heartbeat (every 5 s): from then on a publish
+    // there finds a subscriber (a v5 PUBACK without 0x10).
+    let mut publisher = b.client(Version::V5, "publisher").await;
+    let taken_by = std::time::Instant::now() + Duration::from_secs(15);
+    let mut probes = 0;
+    loop {
+        probes += 1;
+        let code = publisher.publish("dave/cmd", b"probe", 1, false, WAIT).await.expect("puback");
+        if code == Some(0) {
+            break;
+        }
+        assert_eq!(code, Some(0x10), "nobody has dave's session yet");
+        assert!(std::time::Instant::now() < taken_by, "edge b never took dave's session");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in 1..=5u8 {
+        assert_eq!(publisher.publish("dave/cmd", &[b'0' + n], 1, false, WAIT).await.expect("puback"), Some(0));
+    }
+    let (mut dave, present) = b.connect(Version::V5, persistent).await;
+    assert!(present, "dave's session waited on edge b ({probes} probes)");
+    let mut got = Vec::new();
+    while let Ok(Packet::Publish(p)) = dave.recv(Duration::from_millis(700)).await {
+        ack(&mut dave, &p).await;
+        got.push(p.payload.to_vec());
+    }
+    // Every probe too: those acknowledged while nobody had the session (0x10) were kept on
+    // the bus, and edge b replayed them to it once taken.
+    let want: Vec<Vec<u8>> =
+        std::iter::repeat_n(b"probe".to_vec(), probes).chain((1..=5u8).map(|n| vec![b'0' + n])).collect();
+    assert_eq!(got, want, "the {probes} probes, then the five, in order, once each");
+    b.stop().await;
+}
