@@ -537,12 +537,13 @@ async fn take_in(
     let mut seen_shared: Dedupe<(String, u64, Arc<str>)> = Dedupe::default();
     let mut origins = Origins::default();
     let mut last_sweep = now_ms();
+    let acker = crate::groups::Acker::start();
     while let Some(Inbound { msg: bm, share, taken }) = rx.recv().await {
         let Ok(routed) = pb::RoutedMessage::decode(bm.payload) else {
             metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
             if let Some(taken) = taken {
                 // Nobody could read it: never again.
-                crate::groups::acknowledge(taken, None);
+                acker.acknowledge(taken, None);
             }
             continue;
         };
@@ -583,7 +584,7 @@ async fn take_in(
         let Some(mut msg) = decode_message(routed) else {
             metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
             if let Some(taken) = taken {
-                crate::groups::acknowledge(taken, None);
+                acker.acknowledge(taken, None);
             }
             continue;
         };
@@ -597,7 +598,7 @@ async fn take_in(
         // too: no member anywhere would take it either.
         if let (Some(taken), Some(s)) = (taken, &share) {
             match grouped.contains(s) {
-                true => crate::groups::acknowledge(taken, routed.durable),
+                true => acker.acknowledge(taken, routed.durable),
                 false => crate::groups::give_back(taken),
             }
         }

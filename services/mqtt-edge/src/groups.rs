@@ -86,20 +86,37 @@ pub async fn member(
     }
 }
 
-/// Acknowledges `taken`, a message of a group just routed here, once `durable` (if any) is;
-/// gives it back if that fails.
-pub fn acknowledge(taken: bus::Taken, durable: Option<Durable>) {
-    tokio::spawn(async move {
-        let done = match durable {
-            Some(d) => d.wait().await,
-            None => true,
-        };
-        let settled = if done { taken.done().await } else { taken.give_back().await };
-        if let Err(e) = settled {
-            metrics::counter!(m::CLUSTER_ERRORS, "op" => "group-ack").increment(1);
-            tracing::debug!(error = %e, "cannot settle a shared subscription's message with the bus");
-        }
-    });
+/// Acknowledges the messages of groups routed here, in the order they were routed, each once
+/// what it changed is durable (the journal writes in that order too); gives one back if that
+/// fails. One task for all, not one per message.
+#[derive(Debug, Clone)]
+pub struct Acker(mpsc::UnboundedSender<(bus::Taken, Option<Durable>)>);
+
+impl Acker {
+    /// Starts the task; it ends once every clone is dropped.
+    pub fn start() -> Acker {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(bus::Taken, Option<Durable>)>();
+        tokio::spawn(async move {
+            while let Some((taken, durable)) = rx.recv().await {
+                let done = match durable {
+                    Some(d) => d.wait().await,
+                    None => true,
+                };
+                let settled = if done { taken.done().await } else { taken.give_back().await };
+                if let Err(e) = settled {
+                    metrics::counter!(m::CLUSTER_ERRORS, "op" => "group-ack").increment(1);
+                    tracing::debug!(error = %e, "cannot settle a shared subscription's message with the bus");
+                }
+            }
+        });
+        Acker(tx)
+    }
+
+    /// `taken` was routed here: acknowledged once `durable` (if any) is.
+    pub fn acknowledge(&self, taken: bus::Taken, durable: Option<Durable>) {
+        // Only fails once the task is gone (the edge left the bus): the bus gives it again.
+        let _ = self.0.send((taken, durable));
+    }
 }
 
 /// Gives `taken` back to its group: this edge has no member any more.
