@@ -29,13 +29,4 @@ run shared-1to2 --publishers 1 --subscribers 2
 run shared-10to20 --publishers 10 --subscribers 20
 run shared-1to2-persistent --publishers 1 --subscribers 2 --persistent-subscribers
 if grep -q panicked "$OUT"/edge-*.log; then echo "an edge panicked: see $OUT/edge-*.log" >&2; exit 1; fi
-for f in "$OUT"/*.json; do
-    python3 - "$f" <<'PY'
-import json, sys
-d = json.load(open(sys.argv[1]))
-cpu = (d.get("broker_cpu") or {}).get("cpu_us_per_msg")
-print(f'{sys.argv[1]}: {d["delivered_msgs_per_sec"]}/s delivered of {d["published"]} published, lost {d["lost"]}, '
-      f'reordered {d["reordered"]}, duplicated {d["duplicated"]}, p50 {d["latency"]["p50_ms"]} ms, '
-      f'p99 {d["latency"]["p99_ms"]} ms, edge A {cpu} µs/msg')
-PY
-done
+report_edge_runs "$OUT"

@@ -14,6 +14,8 @@
 #                     Redis, as in production, added to `pids`; sets NATS_PORT and REDIS_PORT
 #   start_bench_edge NAME PORT OUT  a release `mqtt-edge` joined to them, anonymous, with the
 #                     settings in EDGE_ENV (words of NAME=VALUE); prints its pid once it listens
+#   report_edge_runs OUT  one line per `hermes bench --json` run in OUT/*.json: rate, what was
+#                     lost, reordered and duplicated, latency, edge A's CPU per message
 
 say() { printf '\n==> %s\n' "$*"; }
 
@@ -90,6 +92,20 @@ start_bench_edge() {
     local pid=$!
     wait_for_port "$2" || true
     echo $pid
+}
+
+report_edge_runs() {
+    local f
+    for f in "$1"/*.json; do
+        python3 - "$f" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+cpu = (d.get("broker_cpu") or {}).get("cpu_us_per_msg")
+print(f'{sys.argv[1]}: {d["delivered_msgs_per_sec"]}/s delivered of {d["published"]} published, lost {d["lost"]}, '
+      f'reordered {d["reordered"]}, duplicated {d["duplicated"]}, p50 {d["latency"]["p50_ms"]} ms, '
+      f'p99 {d["latency"]["p99_ms"]} ms, edge A {cpu} µs/msg')
+PY
+    done
 }
 
 # Starts a throwaway redis-server on a free loopback port with an empty directory `$1/redis`
