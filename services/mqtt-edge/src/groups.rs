@@ -22,8 +22,10 @@ use crate::cluster::Inbound;
 use crate::journal::Durable;
 use crate::metrics as m;
 
-/// How long a member edge waits to join its group again after it failed or broke.
+/// How long a member edge waits to join its group again after it failed or broke, doubled
+/// after each failure in a row up to [`REJOIN_MAX`].
 const REJOIN: Duration = Duration::from_secs(1);
+const REJOIN_MAX: Duration = Duration::from_secs(30);
 
 /// The shared subscriptions whose kept messages this edge takes through their group.
 #[derive(Debug, Default)]
@@ -57,6 +59,7 @@ pub async fn member(
     grouped: Arc<Grouped>,
     inbound: mpsc::Sender<Inbound>,
 ) {
+    let mut rejoin = REJOIN;
     loop {
         match bus.subscribe_group(&group, &filters, wait).await {
             Ok(None) => return,
@@ -65,6 +68,7 @@ pub async fn member(
                 // group also brings is left to it (one that came both ways meanwhile is
                 // delivered twice, as QoS 1 allows).
                 grouped.lock().insert(share.clone());
+                rejoin = REJOIN;
                 while let Some(taken) = sub.next().await {
                     if taken.redelivered {
                         metrics::counter!(m::CLUSTER_GROUP_REDELIVERED).increment(1);
@@ -82,7 +86,8 @@ pub async fn member(
                 tracing::warn!(%group, error = %e, "cannot join the shared subscription's group on the bus");
             }
         }
-        tokio::time::sleep(REJOIN).await;
+        tokio::time::sleep(rejoin).await;
+        rejoin = (rejoin * 2).min(REJOIN_MAX);
     }
 }
 
