@@ -29,7 +29,7 @@ pub struct MemoryBus {
 }
 
 /// A group's filters and wait, its members, and whose turn it is.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Group {
     filters: Vec<String>,
     ack_wait: std::time::Duration,
@@ -199,9 +199,8 @@ impl Bus for MemoryBus {
             for (subject, payload, keep) in batch {
                 if *keep {
                     let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-                    if kept.config.as_ref().is_some_and(|c| c.holds(subject)) {
-                        let until = tokio::time::Instant::now()
-                            + kept.config.as_ref().map_or_else(Default::default, |c| c.max_age);
+                    if let Some(max_age) = kept.config.as_ref().filter(|c| c.holds(subject)).map(|c| c.max_age) {
+                        let until = tokio::time::Instant::now() + max_age;
                         let groups: Vec<String> = {
                             let all = self.groups.lock().unwrap_or_else(|e| e.into_inner());
                             let matching = |g: &Group| g.filters.iter().any(|f| subject_matches(f, subject));
@@ -237,12 +236,7 @@ impl Bus for MemoryBus {
             }
             let (tx, rx) = mpsc::unbounded_channel();
             let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-            let joined = groups.entry(group.to_owned()).or_insert_with(|| Group {
-                filters: filters.to_vec(),
-                ack_wait,
-                members: Vec::new(),
-                turn: 0,
-            });
+            let joined = groups.entry(group.to_owned()).or_default();
             // As a NATS consumer: the last member to join sets the filters and the wait.
             joined.filters = filters.to_vec();
             joined.ack_wait = ack_wait;

@@ -599,7 +599,7 @@ async fn take_in(
         if let (Some(taken), Some(s)) = (taken, &share) {
             match grouped.contains(s) {
                 true => acker.acknowledge(taken, routed.durable),
-                false => crate::groups::give_back(taken),
+                false => acker.give_back(taken),
             }
         }
         // A subscriber here with too much waiting slows what comes from other edges, like a

@@ -91,21 +91,31 @@ pub async fn member(
     }
 }
 
-/// Acknowledges the messages of groups routed here, in the order they were routed, each once
-/// what it changed is durable (the journal writes in that order too); gives one back if that
-/// fails. One task for all, not one per message.
+/// Settles the messages of groups routed here, in the order they were routed: each is
+/// acknowledged once what it changed is durable (the journal writes in that order too), or
+/// given back if that fails or this edge has no member any more. One task for all, not one per
+/// message.
 #[derive(Debug, Clone)]
-pub struct Acker(mpsc::UnboundedSender<(bus::Taken, Option<Durable>)>);
+pub struct Acker(mpsc::UnboundedSender<(bus::Taken, Settle)>);
+
+/// How a group's message is settled.
+#[derive(Debug)]
+enum Settle {
+    /// Acknowledged once this (if any) is durable.
+    After(Option<Durable>),
+    GiveBack,
+}
 
 impl Acker {
     /// Starts the task; it ends once every clone is dropped.
     pub fn start() -> Acker {
-        let (tx, mut rx) = mpsc::unbounded_channel::<(bus::Taken, Option<Durable>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(bus::Taken, Settle)>();
         tokio::spawn(async move {
-            while let Some((taken, durable)) = rx.recv().await {
-                let done = match durable {
-                    Some(d) => d.wait().await,
-                    None => true,
+            while let Some((taken, settle)) = rx.recv().await {
+                let done = match settle {
+                    Settle::After(Some(d)) => d.wait().await,
+                    Settle::After(None) => true,
+                    Settle::GiveBack => false,
                 };
                 let settled = if done { taken.done().await } else { taken.give_back().await };
                 if let Err(e) = settled {
@@ -119,17 +129,16 @@ impl Acker {
 
     /// `taken` was routed here: acknowledged once `durable` (if any) is.
     pub fn acknowledge(&self, taken: bus::Taken, durable: Option<Durable>) {
-        // Only fails once the task is gone (the edge left the bus): the bus gives it again.
-        let _ = self.0.send((taken, durable));
+        self.send(taken, Settle::After(durable));
     }
-}
 
-/// Gives `taken` back to its group: this edge has no member any more.
-pub fn give_back(taken: bus::Taken) {
-    tokio::spawn(async move {
-        if let Err(e) = taken.give_back().await {
-            metrics::counter!(m::CLUSTER_ERRORS, "op" => "group-ack").increment(1);
-            tracing::debug!(error = %e, "cannot give a shared subscription's message back to the bus");
-        }
-    });
+    /// `taken` is not for this edge, which has no member any more: back to its group.
+    pub fn give_back(&self, taken: bus::Taken) {
+        self.send(taken, Settle::GiveBack);
+    }
+
+    fn send(&self, taken: bus::Taken, settle: Settle) {
+        // Only fails once the task is gone (the edge left the bus): the bus gives it again.
+        let _ = self.0.send((taken, settle));
+    }
 }
