@@ -30,8 +30,13 @@ impl Drop for Running {
 
 /// Sends SIGTERM to `child`, as an orchestrator stopping it does.
 pub fn sigterm(child: &Child) {
-    let ok = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill").success();
-    assert!(ok, "kill -TERM");
+    signal(child, "-TERM");
+}
+
+/// Sends `child` the signal `flag` names (`-TERM`, `-STOP`, ...); panics if it cannot.
+pub fn signal(child: &Child, flag: &str) {
+    let ok = Command::new("kill").args([flag, &child.id().to_string()]).status().expect("kill").success();
+    assert!(ok, "kill {flag} {}", child.id());
 }
 
 /// Waits for `child` to exit; panics when it is still running after `within`.

@@ -24,8 +24,7 @@ impl ServerProcess {
     /// Freezes the process (SIGSTOP): its sockets stay open, nothing reads them, as a machine
     /// that hangs. `kill` still ends it.
     pub fn freeze(&self) {
-        let stopped = std::process::Command::new("kill").args(["-STOP", &self.child.id().to_string()]).status();
-        assert!(stopped.is_ok_and(|s| s.success()), "cannot freeze process {}", self.child.id());
+        crate::process::signal(&self.child, "-STOP");
     }
 }
 
