@@ -104,6 +104,36 @@ pub fn redis() -> ServerProcess {
     })
 }
 
+/// `redis-server` in cluster mode, alone, owning every hash slot: it answers a plain client
+/// as `redis()` does, but refuses what Redis Cluster refuses — a transaction or a command over
+/// keys of different slots (CROSSSLOT), a script (`#!lua`) touching keys of another slot than
+/// the one its keys name. The contracts run on it prove our key layout is Cluster-safe.
+pub fn redis_cluster_node() -> ServerProcess {
+    let dir = std::env::temp_dir().join(format!("hermes-redis-cluster-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("a directory for the cluster's config");
+    let server = start("redis-server", |port| {
+        let config = dir.join(format!("nodes-{port}.conf"));
+        ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            .into_iter()
+            .chain(["--cluster-enabled", "yes", "--cluster-config-file", &config.display().to_string()])
+            .chain(["--dir", &dir.display().to_string()])
+            .map(str::to_owned)
+            .collect()
+    });
+    let mut conn =
+        redis::Client::open(server.redis_url()).and_then(|c| c.get_connection()).expect("connect to the cluster node");
+    let () = redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(0).arg(16383).query(&mut conn).expect("take every slot");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).expect("CLUSTER INFO");
+        if info.contains("cluster_state:ok") {
+            return server;
+        }
+        assert!(std::time::Instant::now() < deadline, "the cluster node never came up: {info}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The URL of a new, empty database on the Postgres server `POSTGRES_TEST_URL` names
 /// (scripts/test.sh starts one); `None` outside CI when it is not set. CI without it fails.
 pub async fn fresh_postgres_database() -> Option<String> {

@@ -3,8 +3,9 @@
 //! as 8 bytes big-endian, each inbound QoS 2 id awaiting its PUBREL as `i` and 2 bytes, and the
 //! session's cursor in each durable stream as `stream-cursor:` and the stream's name (never 1,
 //! 3 or 8 bytes long, so never taken for one of the others). HGETALL reads a session in one
-//! step; a batch of writes is one MULTI/EXEC pipeline, one round trip, applied in order and all
-//! at once.
+//! step; a batch of writes is one pipeline, one round trip, with a MULTI/EXEC per session: each
+//! session's changes apply in order and all at once (on Redis Cluster a transaction holds one
+//! slot, and the hash tag gives each session its own).
 //!
 //! A parked session's expiry is the hash's TTL (EXPIRE at each record with one, PERSIST at each
 //! record without), so Redis forgets the record, its messages and its cursors together. A
@@ -23,14 +24,16 @@ const RECORD: &[u8] = b"r";
 
 /// KEYS: the session's hash. ARGV: a field (a message's, an inbound id's, a cursor's), its value.
 /// Keeps it only if the session has a record.
-const KEEP_FIELD: &str = r"
+const KEEP_FIELD: &str = concat!(
+    "#!lua",
+    r"
 if redis.call('HEXISTS', KEYS[1], 'r') == 1 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
-return 0";
+return 0"
+);
 
-/// Persistent sessions on Redis (see the module's documentation). Every key of a batch is
-/// written in one MULTI, so on Redis Cluster a batch must name sessions of one slot only.
+/// Persistent sessions on Redis (see the module's documentation).
 #[derive(Clone)]
 pub struct RedisJournal {
     conn: ConnectionManager,
@@ -70,6 +73,78 @@ fn entry_field(entry: u64) -> [u8; 8] {
     entry.to_be_bytes()
 }
 
+/// The writes of a batch by the key they change, each key's in batch order, the keys in the
+/// order they first appear.
+fn by_key(writes: &[Write]) -> Vec<(String, Vec<&Write>)> {
+    let mut keys: Vec<(String, Vec<&Write>)> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for w in writes {
+        let key = match w {
+            Write::Retained { .. } => wire::keys::RETAINED.to_owned(),
+            Write::Record { session, .. }
+            | Write::Message { session, .. }
+            | Write::Done { session, .. }
+            | Write::Inbound { session, .. }
+            | Write::Ended { session }
+            | Write::Touch { session, .. }
+            | Write::Cursor { session, .. } => wire::keys::session_journal(session),
+        };
+        let i = *index.entry(key.clone()).or_insert_with(|| {
+            keys.push((key, Vec::new()));
+            keys.len() - 1
+        });
+        keys[i].1.push(w);
+    }
+    keys
+}
+
+/// Queues the commands of write `w` to `key` on `pipe`, their replies ignored.
+fn queue(pipe: &mut redis::Pipeline, key: &str, w: &Write) {
+    match w {
+        Write::Record { record, ttl_secs, .. } => {
+            pipe.cmd("HSET").arg(key).arg(RECORD).arg(record.as_slice()).ignore();
+            match ttl_secs {
+                Some(t) => pipe.cmd("EXPIRE").arg(key).arg(*t).ignore(),
+                None => pipe.cmd("PERSIST").arg(key).ignore(),
+            };
+        }
+        Write::Message { entry, body, .. } => {
+            pipe.cmd("EVAL")
+                .arg(KEEP_FIELD)
+                .arg(1)
+                .arg(key)
+                .arg(&entry_field(*entry)[..])
+                .arg(body.as_slice())
+                .ignore();
+        }
+        Write::Done { entry, .. } => {
+            pipe.cmd("HDEL").arg(key).arg(&entry_field(*entry)[..]).ignore();
+        }
+        Write::Inbound { packet_id, held: true, .. } => {
+            let field = inbound_field(*packet_id);
+            pipe.cmd("EVAL").arg(KEEP_FIELD).arg(1).arg(key).arg(&field[..]).arg(&b"1"[..]).ignore();
+        }
+        Write::Inbound { packet_id, held: false, .. } => {
+            pipe.cmd("HDEL").arg(key).arg(&inbound_field(*packet_id)[..]).ignore();
+        }
+        Write::Ended { .. } => {
+            pipe.cmd("DEL").arg(key).ignore();
+        }
+        Write::Touch { ttl_secs, .. } => {
+            pipe.cmd("EXPIRE").arg(key).arg(*ttl_secs).ignore();
+        }
+        Write::Cursor { stream, cursor, .. } => {
+            pipe.cmd("EVAL").arg(KEEP_FIELD).arg(1).arg(key).arg(cursor_field(stream)).arg(cursor.as_slice()).ignore();
+        }
+        Write::Retained { topic, body: Some(body) } => {
+            pipe.cmd("HSET").arg(key).arg(&**topic).arg(body.as_slice()).ignore();
+        }
+        Write::Retained { topic, body: None } => {
+            pipe.cmd("HDEL").arg(key).arg(&**topic).ignore();
+        }
+    }
+}
+
 impl SessionJournal for RedisJournal {
     fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
@@ -77,70 +152,19 @@ impl SessionJournal for RedisJournal {
                 return Ok(());
             }
             let mut pipe = redis::pipe();
-            pipe.atomic();
-            for w in writes {
-                let key = match w {
-                    Write::Retained { .. } => wire::keys::RETAINED.to_owned(),
-                    Write::Record { session, .. }
-                    | Write::Message { session, .. }
-                    | Write::Done { session, .. }
-                    | Write::Inbound { session, .. }
-                    | Write::Ended { session }
-                    | Write::Touch { session, .. }
-                    | Write::Cursor { session, .. } => wire::keys::session_journal(session),
-                };
-                match w {
-                    Write::Record { record, ttl_secs, .. } => {
-                        pipe.cmd("HSET").arg(&key).arg(RECORD).arg(record.as_slice()).ignore();
-                        match ttl_secs {
-                            Some(t) => pipe.cmd("EXPIRE").arg(&key).arg(*t).ignore(),
-                            None => pipe.cmd("PERSIST").arg(&key).ignore(),
-                        };
-                    }
-                    Write::Message { entry, body, .. } => {
-                        pipe.cmd("EVAL")
-                            .arg(KEEP_FIELD)
-                            .arg(1)
-                            .arg(&key)
-                            .arg(&entry_field(*entry)[..])
-                            .arg(body.as_slice())
-                            .ignore();
-                    }
-                    Write::Done { entry, .. } => {
-                        pipe.cmd("HDEL").arg(&key).arg(&entry_field(*entry)[..]).ignore();
-                    }
-                    Write::Inbound { packet_id, held: true, .. } => {
-                        let field = inbound_field(*packet_id);
-                        pipe.cmd("EVAL").arg(KEEP_FIELD).arg(1).arg(&key).arg(&field[..]).arg(&b"1"[..]).ignore();
-                    }
-                    Write::Inbound { packet_id, held: false, .. } => {
-                        pipe.cmd("HDEL").arg(&key).arg(&inbound_field(*packet_id)[..]).ignore();
-                    }
-                    Write::Ended { .. } => {
-                        pipe.cmd("DEL").arg(&key).ignore();
-                    }
-                    Write::Touch { ttl_secs, .. } => {
-                        pipe.cmd("EXPIRE").arg(&key).arg(*ttl_secs).ignore();
-                    }
-                    Write::Cursor { stream, cursor, .. } => {
-                        pipe.cmd("EVAL")
-                            .arg(KEEP_FIELD)
-                            .arg(1)
-                            .arg(&key)
-                            .arg(cursor_field(stream))
-                            .arg(cursor.as_slice())
-                            .ignore();
-                    }
-                    Write::Retained { topic, body: Some(body) } => {
-                        pipe.cmd("HSET").arg(&key).arg(&**topic).arg(body.as_slice()).ignore();
-                    }
-                    Write::Retained { topic, body: None } => {
-                        pipe.cmd("HDEL").arg(&key).arg(&**topic).ignore();
-                    }
+            for (key, writes) in by_key(writes) {
+                // A key's writes apply all at once (a transaction holds keys of one slot on
+                // Redis Cluster, and the keys of a batch are independent).
+                pipe.cmd("MULTI").ignore();
+                for w in writes {
+                    queue(&mut pipe, &key, w);
                 }
+                // Not ignored: an error inside the transaction is in its reply.
+                pipe.cmd("EXEC");
             }
-            pipe.query_async::<()>(&mut self.conn.clone())
+            pipe.query_async::<Vec<redis::Value>>(&mut self.conn.clone())
                 .await
+                .map(drop)
                 .map_err(|e| format!("writing {} change(s) to the session journal: {e}", writes.len()))
         })
     }

@@ -1,6 +1,6 @@
 //! Hermes state on Redis, what edges read without the accounts database. [`RedisRelations`]:
 //! per user, a set of whom they follow and a set of who follows them (keys from `wire::keys`),
-//! changed together in one MULTI. [`RedisAccess`]: enterprises' ACL tables and token
+//! both changed in one round trip. [`RedisAccess`]: enterprises' ACL tables and token
 //! revocations. [`RedisOwners`]: which edge holds each session. [`RedisJournal`]: persistent
 //! sessions. [`RedisStreams`]: durable streams and dead letters. [`RedisLoginGuard`]: the accounts tier's login limits, shared by its instances.
 //! [`RedisPresence`]: each user's devices counted over the edges of a cluster.
@@ -140,8 +140,9 @@ impl RelationDirectory for RedisRelations {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let (f, r) = (wire::keys::follows(enterprise, follower), wire::keys::followers(enterprise, followee));
+            // Two users' keys, two hash slots: two commands, not a transaction. Each is
+            // idempotent, so writing the change again repairs a half-written one.
             let mut pipe = redis::pipe();
-            pipe.atomic();
             if following {
                 pipe.sadd(&f, followee).ignore().sadd(&r, follower).ignore();
             } else {
@@ -225,7 +226,7 @@ impl AccessDirectory for RedisAccess {
                 auto_subscribe: t.auto_subscribe.clone(),
             }
             .encode_to_vec();
-            redis::Script::new(SAVE_TABLES)
+            crate::script(SAVE_TABLES)
                 .key(wire::keys::TABLE_VERSIONS)
                 .key(wire::keys::TABLES)
                 .arg(enterprise)
@@ -260,7 +261,7 @@ impl AccessDirectory for RedisAccess {
 
     fn save_revocation<'a>(&'a self, r: &'a Revocation) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            redis::Script::new(SAVE_REVOCATION)
+            crate::script(SAVE_REVOCATION)
                 .key(wire::keys::REVOCATIONS)
                 .arg(revocation_field(r))
                 .arg(r.before_ms)
@@ -294,10 +295,10 @@ impl AccessDirectory for RedisAccess {
     }
 }
 
-/// A key's name around the part it is named after (`key(part)` = before + part + after), for
-/// the scripts that build keys.
-pub(crate) fn around(key: fn(&str) -> String) -> (String, String) {
-    let k = key("\0");
-    let (before, after) = k.split_once('\0').unwrap_or((&k, ""));
-    (before.to_owned(), after.to_owned())
+/// A Lua script as Redis Cluster runs it: the `#!lua` line makes Redis (7.0 or later) refuse any
+/// key it touches outside the hash slot of the keys it names, on a cluster node, so a script
+/// that would break on Redis Cluster fails the contracts already (`servers::redis_cluster_node`
+/// in the tests).
+pub(crate) fn script(code: &str) -> redis::Script {
+    redis::Script::new(&format!("#!lua\n{code}"))
 }

@@ -22,7 +22,7 @@ use redis::aio::ConnectionManager;
 /// account (0 = unlimited), window (ms). `{0, 0}` when the attempt is counted (in both windows),
 /// else `{why, ms left}`, why = 1 address, 2 account, 3 locked, and nothing is counted.
 static ATTEMPT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    crate::script(
         r"
 local locked = redis.call('PTTL', KEYS[1])
 if locked > 0 then return {3, locked} end
@@ -53,7 +53,7 @@ return {0, 0}",
 /// failures are remembered (ms). 1 if this failure locked the account (and its count starts
 /// again), else 0.
 static FAILED: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    crate::script(
         r"
 if redis.call('INCR', KEYS[1]) >= tonumber(ARGV[1]) then
   redis.call('DEL', KEYS[1])

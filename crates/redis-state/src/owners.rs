@@ -5,16 +5,18 @@
 //! - `wire::keys::node_sessions`: per node, the set of sessions it owns;
 //! - `wire::keys::OWNER_NODES`: the nodes, each until when it is alive or leased.
 //!
-//! Each call is one script, so the owner and the listings change together. The scripts name
-//! the previous owner's set from the owner they read (Redis Cluster would need it declared).
+//! Each session's owner changes in one script on its key alone, and a node's listing around
+//! it, so every step keeps to one hash slot (Redis Cluster). A session is added to a node's set
+//! before the node's claim and removed from the previous owner's after it: a failure in
+//! between leaves a session listed by a node that does not own it (harmless: taking it from
+//! that node finds another owner, and unlists it), never an owned session its node does not
+//! list (which nobody would take when that node dies).
 
 use std::sync::LazyLock;
 
 use broker::owners::Claimed;
 use broker::relations::BoxFuture;
 use redis::aio::ConnectionManager;
-
-use crate::around;
 
 /// How long an owner record outlives its last claim.
 const OWNER_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -25,56 +27,51 @@ const MAX_TTL_MS: u64 = 1 << 40;
 /// Dead nodes one heartbeat hands out at most.
 const DEAD_PER_HEARTBEAT: u32 = 100;
 
-/// KEYS: the session's owner, the claiming node's set. ARGV: node, TTL, the sets' name around
-/// a node, the session. Returns `{version, previous or false}`.
+/// KEYS: the session's owner. ARGV: node, TTL. Returns `{version, previous or false}`.
 static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    crate::script(
         r"local old = redis.call('GET', KEYS[1])
         local version, previous = 1, false
         if old then
             local bar = string.find(old, '|', 1, true)
             version = tonumber(string.sub(old, 1, bar - 1)) + 1
             previous = string.sub(old, bar + 1)
-            redis.call('SREM', ARGV[3] .. previous .. ARGV[4], ARGV[5])
         end
         redis.call('SET', KEYS[1], version .. '|' .. ARGV[1], 'EX', ARGV[2])
-        redis.call('SADD', KEYS[2], ARGV[5])
         return {version, previous}",
     )
 });
 
-/// KEYS: the session's owner, the node's set. ARGV: node, the session.
+/// KEYS: the session's owner. ARGV: node.
 static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    crate::script(
         r"local old = redis.call('GET', KEYS[1])
         if old and string.sub(old, string.find(old, '|', 1, true) + 1) == ARGV[1] then
             redis.call('DEL', KEYS[1])
-            redis.call('SREM', KEYS[2], ARGV[2])
         end
         return 0",
     )
 });
 
-/// KEYS: the session's owner, the claiming node's set, `from`'s set. ARGV: node, from, TTL,
-/// the session. Returns the new version, or nil if `from` does not own the session.
+/// KEYS: the session's owner. ARGV: node, from, TTL. Returns `{1, the new version}`, or
+/// `{0, the owner}` (false for none) if `from` does not own the session.
 static CLAIM_FROM: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"redis.call('SREM', KEYS[3], ARGV[4])
-        local old = redis.call('GET', KEYS[1])
-        if not old then return false end
+    crate::script(
+        r"local old = redis.call('GET', KEYS[1])
+        if not old then return {0, false} end
         local bar = string.find(old, '|', 1, true)
-        if string.sub(old, bar + 1) ~= ARGV[2] then return false end
+        local owner = string.sub(old, bar + 1)
+        if owner ~= ARGV[2] then return {0, owner} end
         local version = tonumber(string.sub(old, 1, bar - 1)) + 1
         redis.call('SET', KEYS[1], version .. '|' .. ARGV[1], 'EX', ARGV[3])
-        redis.call('SADD', KEYS[2], ARGV[4])
-        return version",
+        return {1, tostring(version)}",
     )
 });
 
 /// KEYS: the nodes. ARGV: node, TTL ms, lease ms, most dead nodes to return. Returns the other
 /// nodes whose time ran out, each now leased to the caller.
 static HEARTBEAT: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
+    crate::script(
         r"local t = redis.call('TIME')
         local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         redis.call('ZADD', KEYS[1], string.format('%.0f', now + tonumber(ARGV[2])), ARGV[1])
@@ -89,17 +86,6 @@ static HEARTBEAT: LazyLock<redis::Script> = LazyLock::new(|| {
         return out",
     )
 });
-
-/// KEYS: the nodes, the node's set. ARGV: node. Returns 1 if it was forgotten.
-static FORGET_NODE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"if redis.call('SCARD', KEYS[2]) > 0 then return 0 end
-        redis.call('ZREM', KEYS[1], ARGV[1])
-        return 1",
-    )
-});
-
-static NODE_SESSIONS: LazyLock<(String, String)> = LazyLock::new(|| around(wire::keys::node_sessions));
 
 /// Session owners on Redis (see the module's documentation).
 #[derive(Clone)]
@@ -121,15 +107,33 @@ impl RedisOwners {
     async fn run<T: redis::FromRedisValue>(&self, call: redis::ScriptInvocation<'_>) -> Result<T, String> {
         call.invoke_async(&mut self.conn.clone()).await.map_err(|e| e.to_string())
     }
+
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, String> {
+        pipe.query_async(&mut self.conn.clone()).await.map_err(|e| e.to_string())
+    }
+
+    /// Takes `session` off `node`'s listing. A failure leaves it listed where it is not owned,
+    /// which is harmless (see the module's documentation): logged, not returned.
+    async fn unlist(&self, node: &str, session: &str) {
+        let srem = redis::cmd("SREM").arg(wire::keys::node_sessions(node)).arg(session).clone();
+        if let Err(e) = srem.query_async::<()>(&mut self.conn.clone()).await {
+            tracing::warn!(node, error = %e, "a session stays listed under a node that no longer owns it");
+        }
+    }
 }
 
 impl broker::owners::SessionOwners for RedisOwners {
     fn claim<'a>(&'a self, session: &'a str, node: &'a str) -> BoxFuture<'a, Result<Claimed, String>> {
         Box::pin(async move {
             let mut call = CLAIM.prepare_invoke();
-            call.key(wire::keys::session_owner(session)).key(wire::keys::node_sessions(node));
-            call.arg(node).arg(OWNER_TTL_SECS).arg(&NODE_SESSIONS.0).arg(&NODE_SESSIONS.1).arg(session);
-            let (version, previous): (u64, Option<String>) = self.run(call).await?;
+            call.key(wire::keys::session_owner(session)).arg(node).arg(OWNER_TTL_SECS);
+            let mut pipe = redis::pipe();
+            pipe.sadd(wire::keys::node_sessions(node), session).ignore();
+            pipe.load_script(&CLAIM).ignore().invoke_script(&call);
+            let ((version, previous),): ((u64, Option<String>),) = self.query(&pipe).await?;
+            if let Some(p) = previous.as_deref().filter(|p| *p != node) {
+                self.unlist(p, session).await;
+            }
             Ok(Claimed { version, previous })
         })
     }
@@ -137,9 +141,12 @@ impl broker::owners::SessionOwners for RedisOwners {
     fn release<'a>(&'a self, session: &'a str, node: &'a str) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             let mut call = RELEASE.prepare_invoke();
-            call.key(wire::keys::session_owner(session)).key(wire::keys::node_sessions(node));
-            call.arg(node).arg(session);
-            self.run::<i64>(call).await.map(drop)
+            call.key(wire::keys::session_owner(session)).arg(node);
+            let mut pipe = redis::pipe();
+            pipe.load_script(&RELEASE).ignore().invoke_script(&call).ignore();
+            // Whoever owns it now, this node no longer does.
+            pipe.srem(wire::keys::node_sessions(node), session).ignore();
+            self.query::<()>(&pipe).await
         })
     }
 
@@ -151,12 +158,20 @@ impl broker::owners::SessionOwners for RedisOwners {
     ) -> BoxFuture<'a, Result<Option<Claimed>, String>> {
         Box::pin(async move {
             let mut call = CLAIM_FROM.prepare_invoke();
-            call.key(wire::keys::session_owner(session))
-                .key(wire::keys::node_sessions(node))
-                .key(wire::keys::node_sessions(from));
-            call.arg(node).arg(from).arg(OWNER_TTL_SECS).arg(session);
-            let version: Option<u64> = self.run(call).await?;
-            Ok(version.map(|version| Claimed { version, previous: Some(from.to_owned()) }))
+            call.key(wire::keys::session_owner(session)).arg(node).arg(from).arg(OWNER_TTL_SECS);
+            let mut pipe = redis::pipe();
+            pipe.sadd(wire::keys::node_sessions(node), session).ignore();
+            pipe.srem(wire::keys::node_sessions(from), session).ignore();
+            pipe.load_script(&CLAIM_FROM).ignore().invoke_script(&call);
+            let ((taken, value),): ((u8, Option<String>),) = self.query(&pipe).await?;
+            if taken == 1 {
+                let version = value.as_deref().and_then(|v| v.parse().ok()).ok_or("claim_from: no version")?;
+                return Ok(Some(Claimed { version, previous: Some(from.to_owned()) }));
+            }
+            if value.as_deref() != Some(node) {
+                self.unlist(node, session).await;
+            }
+            Ok(None)
         })
     }
 
@@ -190,10 +205,23 @@ impl broker::owners::SessionOwners for RedisOwners {
 
     fn forget_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<bool, String>> {
         Box::pin(async move {
-            let mut call = FORGET_NODE.prepare_invoke();
-            call.key(wire::keys::OWNER_NODES).key(wire::keys::node_sessions(node));
-            call.arg(node);
-            self.run::<i64>(call).await.map(|forgot| forgot == 1)
+            // The node is dead: nothing lists sessions under it any more (two slots, two steps).
+            let mut conn = self.conn.clone();
+            let held: u64 = redis::cmd("SCARD")
+                .arg(wire::keys::node_sessions(node))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if held > 0 {
+                return Ok(false);
+            }
+            redis::cmd("ZREM")
+                .arg(wire::keys::OWNER_NODES)
+                .arg(node)
+                .query_async::<()>(&mut conn)
+                .await
+                .map(|()| true)
+                .map_err(|e| e.to_string())
         })
     }
 }

@@ -37,7 +37,7 @@ pub const DEAD_LETTERS_KEPT: u64 = 100_000;
 /// KEYS: the stream's hash, its log. ARGV: now (Unix ms), max_len, max age (ms), an epoch for a
 /// new stream, then `at_ms` and body of each message. Returns the epoch and the first `seq`.
 static APPEND: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
+    crate::script(&format!(
         r"
 local meta, log = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'epoch')
@@ -67,7 +67,7 @@ return {{epoch, last - n + 1}}"
 /// the limit. Returns nothing for no stream, else the epoch, the last `seq`, the first kept id
 /// (empty for none), then id, `t` and `b` of each message.
 static READ: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    crate::script(
         r"
 local meta, log = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'epoch')
@@ -104,7 +104,7 @@ return out",
 /// KEYS: the dead letters, their counter. ARGV: how many to keep (about), then reason, session,
 /// topic, `at_ms` and body of each letter.
 static DEAD_LETTER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    crate::script(
         r"
 for i = 2, #ARGV, 5 do
   local id = redis.call('INCR', KEYS[2])

@@ -1,5 +1,10 @@
 //! Redis keys: one place that names them, so services agree. Enterprise ids and usernames are
 //! `[A-Za-z0-9._-]` (the accounts tier checks), so `:` never occurs inside a part.
+//!
+//! Redis Cluster: every script and transaction of `redis_state` touches keys of one hash slot
+//! only (the `{...}` part of a key, its hash tag, decides the slot), and the contracts run on a
+//! Redis in cluster mode to hold them to it. Keys changed together share a tag; keys of
+//! different users, sessions or nodes do not, so a cluster spreads them.
 
 /// The set of usernames `user` follows.
 pub fn follows(enterprise: &str, user: &str) -> String {
@@ -17,9 +22,10 @@ pub fn groups(enterprise: &str, user: &str) -> String {
 }
 
 /// Hash: enterprise id → its own ACL tables (a protobuf `AclChanged`).
-pub const TABLES: &str = "hermes:tables";
-/// Hash: enterprise id → the version of its tables in [`TABLES`].
-pub const TABLE_VERSIONS: &str = "hermes:tables:version";
+pub const TABLES: &str = "hermes:{tables}";
+/// Hash: enterprise id → the version of its tables in [`TABLES`]. Same hash tag: one script
+/// changes both.
+pub const TABLE_VERSIONS: &str = "hermes:{tables}:version";
 /// Hash: `<enterprise id>\t<user id>` → tokens issued before this instant (Unix ms) are refused.
 pub const REVOCATIONS: &str = "hermes:revocations";
 
@@ -119,6 +125,10 @@ pub fn presence_node(node: &str) -> String {
 }
 
 /// Sorted set: the node registry, node → until when it is alive (Unix ms, Redis's clock).
-pub const PRESENCE_NODES: &str = "hermes:presence:nodes";
+pub const PRESENCE_NODES: &str = "hermes:{presence-nodes}";
 /// Hash: node → its TTL in ms (from its last heartbeat); absent for a node that never heartbeat.
-pub const PRESENCE_NODE_TTLS: &str = "hermes:presence:nodes:ttl";
+/// Same hash tag as [`PRESENCE_NODES`].
+pub const PRESENCE_NODE_TTLS: &str = "hermes:{presence-nodes}:ttl";
+/// Hash: dead node → `until|node`, the live node reaping it and until when (Unix ms). Same hash
+/// tag as [`PRESENCE_NODES`].
+pub const PRESENCE_REAPERS: &str = "hermes:{presence-nodes}:reapers";

@@ -43,21 +43,30 @@ async fn nats_bus_keeps_and_replays_like_the_contract_says() {
 
 #[tokio::test]
 async fn redis_relation_directory_meets_the_contract() {
-    let server = servers::redis();
+    relation_directory_contract(&servers::redis()).await;
+}
+
+async fn relation_directory_contract(server: &servers::ServerProcess) {
     let dir = redis_state::RedisRelations::connect(&server.redis_url()).await.expect("connect to redis-server");
     broker::relations::contract::check_directory(&dir, "contract-").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_session_owners_meet_the_contract() {
-    let server = servers::redis();
+    session_owners_contract(&servers::redis()).await;
+}
+
+async fn session_owners_contract(server: &servers::ServerProcess) {
     let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
     broker::owners::contract::check(&redis_state::RedisOwners::new(conn), "contract").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_session_journal_meets_the_contract() {
-    let server = servers::redis();
+    session_journal_contract(&servers::redis()).await;
+}
+
+async fn session_journal_contract(server: &servers::ServerProcess) {
     let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
     broker::journal::contract::check(&redis_state::RedisJournal::new(conn.clone()), "journal").await;
     // What the contract cannot see: each session's expiry is its hash's (the expired one was
@@ -76,7 +85,10 @@ async fn redis_session_journal_meets_the_contract() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_streams_meet_the_contract() {
-    let server = servers::redis();
+    streams_contract(&servers::redis()).await;
+}
+
+async fn streams_contract(server: &servers::ServerProcess) {
     let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
     let streams = redis_state::RedisStreams::new(conn.clone(), broker::streams::contract::RETENTION);
     // Two runs at once, as edges sharing a Redis would: streams apart, dead letters shared.
@@ -95,20 +107,27 @@ async fn redis_streams_meet_the_contract() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_presence_meets_the_contract() {
-    let server = servers::redis();
+    presence_contract(&servers::redis(), "").await;
+}
+
+/// `run` names this run's users and nodes: the contract notes what every heartbeat in this
+/// process returned, so runs on two servers at once must not share names.
+async fn presence_contract(server: &servers::ServerProcess, run: &str) {
+    let (one, two) = (format!("{run}one"), format!("{run}two"));
     let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
     let presence = redis_state::RedisPresence::new(conn.clone());
     // Two runs at once, as edges sharing a Redis would: each reaps the other's dead node too.
     tokio::join!(
-        broker::presence::contract::check(&presence, "one"),
-        broker::presence::contract::check(&presence, "two")
+        broker::presence::contract::check(&presence, &one),
+        broker::presence::contract::check(&presence, &two)
     );
     // What the contract cannot see: nothing is kept for users who are offline, and nodes that
     // were reaped are gone from the registry.
     let mut conn = conn.clone();
     let keys: Vec<String> = redis::cmd("KEYS").arg("hermes:presence:{*").query_async(&mut conn).await.expect("KEYS");
     assert!(keys.is_empty(), "{keys:?}");
-    for (name, alive) in [("one:C", true), ("one:E", false), ("two:E", false), ("one:D", true)] {
+    for (run, node, alive) in [(&one, "C", true), (&one, "E", false), (&two, "E", false), (&one, "D", true)] {
+        let name = &format!("{run}:{node}");
         let score: Option<f64> = redis::cmd("ZSCORE")
             .arg(wire::keys::PRESENCE_NODES)
             .arg(name)
@@ -122,9 +141,9 @@ async fn redis_presence_meets_the_contract() {
     }
     let ttls: Vec<(String, u64)> =
         redis::cmd("HGETALL").arg(wire::keys::PRESENCE_NODE_TTLS).query_async(&mut conn).await.expect("HGETALL");
-    let mut ttls: Vec<(String, u64)> = ttls.into_iter().filter(|(n, _)| n.starts_with("one:")).collect();
+    let mut ttls: Vec<(String, u64)> = ttls.into_iter().filter(|(n, _)| n.starts_with(&format!("{one}:"))).collect();
     ttls.sort();
-    assert_eq!(ttls, [("one:D".to_owned(), 60_000)], "C was reaped, and came back without a heartbeat");
+    assert_eq!(ttls, [(format!("{one}:D"), 60_000)], "C was reaped, and came back without a heartbeat");
 
     // A dead node with more users than one run of the reaping script takes: reaped whole, each
     // user returned once.
@@ -162,7 +181,10 @@ fn short_login_limits() -> broker::login::LoginLimits {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_login_guard_meets_the_contract() {
-    let server = servers::redis();
+    login_guard_contract(&servers::redis()).await;
+}
+
+async fn login_guard_contract(server: &servers::ServerProcess) {
     let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
     let limits = short_login_limits();
     broker::login::contract::check(&redis_state::RedisLoginGuard::new(conn.clone(), limits), "contract", limits).await;
@@ -360,7 +382,10 @@ async fn an_edge_cut_off_from_nats_catches_up_on_account_events_when_it_is_back(
 
 #[tokio::test]
 async fn redis_access_directory_meets_the_contract() {
-    let server = servers::redis();
+    access_directory_contract(&servers::redis()).await;
+}
+
+async fn access_directory_contract(server: &servers::ServerProcess) {
     let dir = redis_state::RedisAccess::connect(&server.redis_url()).await.expect("connect to redis-server");
     broker::access::contract::check(&dir, "contract-").await;
 }
@@ -418,5 +443,47 @@ fn alice_revoked_now() -> wire::pb::AccountEvent {
         timestamp_ms: now,
         event: Some(wire::pb::account_event::Event::TokenRevoked(revoked)),
         ..Default::default()
+    }
+}
+
+/// The same contracts on a Redis in cluster mode, alone with every slot
+/// (`servers::redis_cluster_node`): every transaction and script of ours keeps to one hash slot,
+/// so the key layout holds on Redis Cluster.
+mod on_a_redis_cluster_node {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn relation_directory() {
+        relation_directory_contract(&servers::redis_cluster_node()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn session_owners() {
+        session_owners_contract(&servers::redis_cluster_node()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn session_journal() {
+        session_journal_contract(&servers::redis_cluster_node()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn streams() {
+        streams_contract(&servers::redis_cluster_node()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn presence() {
+        presence_contract(&servers::redis_cluster_node(), "cluster-").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn login_guard() {
+        login_guard_contract(&servers::redis_cluster_node()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn access_directory() {
+        access_directory_contract(&servers::redis_cluster_node()).await;
     }
 }
