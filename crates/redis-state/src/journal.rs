@@ -3,9 +3,11 @@
 //! as 8 bytes big-endian, each inbound QoS 2 id awaiting its PUBREL as `i` and 2 bytes, and the
 //! session's cursor in each durable stream as `stream-cursor:` and the stream's name (never 1,
 //! 3 or 8 bytes long, so never taken for one of the others). HGETALL reads a session in one
-//! step; a batch of writes is one pipeline, one round trip, with a MULTI/EXEC per session: each
-//! session's changes apply in order and all at once (on Redis Cluster a transaction holds one
-//! slot, and the hash tag gives each session its own).
+//! step; a batch of writes is one pipeline, one round trip, a command per change, applied in
+//! order. Each change is one command or script on one session's hash (one hash slot on Redis
+//! Cluster), so a batch cut short by a lost connection leaves the journal as it was at some
+//! point of the batch (the edge tries the whole batch again, and acknowledges nothing of it
+//! before it is written).
 //!
 //! A parked session's expiry is the hash's TTL (EXPIRE at each record with one, PERSIST at each
 //! record without), so Redis forgets the record, its messages and its cursors together. A
@@ -29,6 +31,20 @@ const KEEP_FIELD: &str = concat!(
     r"
 if redis.call('HEXISTS', KEYS[1], 'r') == 1 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0"
+);
+
+/// KEYS: the session's hash. ARGV: its record, its TTL in seconds (empty: none). Writes the
+/// record and the hash's expiry together.
+const RECORD_SCRIPT: &str = concat!(
+    "#!lua",
+    r"
+redis.call('HSET', KEYS[1], 'r', ARGV[1])
+if ARGV[2] == '' then
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 return 0"
 );
@@ -73,40 +89,22 @@ fn entry_field(entry: u64) -> [u8; 8] {
     entry.to_be_bytes()
 }
 
-/// The writes of a batch by the key they change, each key's in batch order, the keys in the
-/// order they first appear.
-fn by_key(writes: &[Write]) -> Vec<(String, Vec<&Write>)> {
-    let mut keys: Vec<(String, Vec<&Write>)> = Vec::new();
-    let mut index = std::collections::HashMap::new();
-    for w in writes {
-        let key = match w {
-            Write::Retained { .. } => wire::keys::RETAINED.to_owned(),
-            Write::Record { session, .. }
-            | Write::Message { session, .. }
-            | Write::Done { session, .. }
-            | Write::Inbound { session, .. }
-            | Write::Ended { session }
-            | Write::Touch { session, .. }
-            | Write::Cursor { session, .. } => wire::keys::session_journal(session),
-        };
-        let i = *index.entry(key.clone()).or_insert_with(|| {
-            keys.push((key, Vec::new()));
-            keys.len() - 1
-        });
-        keys[i].1.push(w);
-    }
-    keys
-}
-
-/// Queues the commands of write `w` to `key` on `pipe`, their replies ignored.
-fn queue(pipe: &mut redis::Pipeline, key: &str, w: &Write) {
+/// Queues the command of write `w` on `pipe`, its reply ignored.
+fn queue(pipe: &mut redis::Pipeline, w: &Write) {
+    let key = &match w {
+        Write::Retained { .. } => wire::keys::RETAINED.to_owned(),
+        Write::Record { session, .. }
+        | Write::Message { session, .. }
+        | Write::Done { session, .. }
+        | Write::Inbound { session, .. }
+        | Write::Ended { session }
+        | Write::Touch { session, .. }
+        | Write::Cursor { session, .. } => wire::keys::session_journal(session),
+    };
     match w {
         Write::Record { record, ttl_secs, .. } => {
-            pipe.cmd("HSET").arg(key).arg(RECORD).arg(record.as_slice()).ignore();
-            match ttl_secs {
-                Some(t) => pipe.cmd("EXPIRE").arg(key).arg(*t).ignore(),
-                None => pipe.cmd("PERSIST").arg(key).ignore(),
-            };
+            let ttl = ttl_secs.map(|t| t.to_string()).unwrap_or_default();
+            pipe.cmd("EVAL").arg(RECORD_SCRIPT).arg(1).arg(key).arg(record.as_slice()).arg(ttl).ignore();
         }
         Write::Message { entry, body, .. } => {
             pipe.cmd("EVAL")
@@ -152,19 +150,11 @@ impl SessionJournal for RedisJournal {
                 return Ok(());
             }
             let mut pipe = redis::pipe();
-            for (key, writes) in by_key(writes) {
-                // A key's writes apply all at once (a transaction holds keys of one slot on
-                // Redis Cluster, and the keys of a batch are independent).
-                pipe.cmd("MULTI").ignore();
-                for w in writes {
-                    queue(&mut pipe, &key, w);
-                }
-                // Not ignored: an error inside the transaction is in its reply.
-                pipe.cmd("EXEC");
+            for w in writes {
+                queue(&mut pipe, w);
             }
-            pipe.query_async::<Vec<redis::Value>>(&mut self.conn.clone())
+            pipe.query_async::<()>(&mut self.conn.clone())
                 .await
-                .map(drop)
                 .map_err(|e| format!("writing {} change(s) to the session journal: {e}", writes.len()))
         })
     }
