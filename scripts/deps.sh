@@ -72,13 +72,14 @@ wait_for_port() {
     return 1
 }
 
-# shellcheck disable=SC2034 # NATS_PORT is for start_bench_edge and the script
+# shellcheck disable=SC2034 # NATS_PORT and NATS_PID are for start_bench_edge and the scripts
 start_bench_backends() {
     { command -v nats-server && command -v redis-server; } >/dev/null || install_deps
     NATS_PORT=$(free_port)
     rm -rf "$1/jetstream"
     nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$1/jetstream" > "$1/nats.log" 2>&1 &
-    pids+=($!)
+    NATS_PID=$!
+    pids+=("$NATS_PID")
     start_bench_redis "$1"
     pids+=("$REDIS_PID")
     sleep 0.5
