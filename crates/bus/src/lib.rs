@@ -254,7 +254,9 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// it is safe; one not acknowledged within `ack_wait` (its member's node died or froze)
     /// goes to a member again. The bus remembers the group while it keeps messages, members or
     /// not. `Ok(None)` when this bus keeps nothing (the in-process bus, NATS without
-    /// JetStream): then queue groups ([`Bus::subscribe_queue`]) are all there is.
+    /// JetStream): then queue groups ([`Bus::subscribe_queue`]) are all there is. The filters
+    /// are expected not to overlap: on NATS each is a consumer of its own, so a message two of
+    /// them match goes to the group twice.
     fn subscribe_group<'a>(
         &'a self,
         group: &'a str,

@@ -386,28 +386,33 @@ impl Bus for NatsBus {
         Box::pin(async move {
             crate::check_group(group, filters)?;
             let Some(keeping) = self.keeping() else { return Ok(None) };
-            let mut patterns = without_covered(filters);
-            let name = group_consumer(group);
-            let mut config = Config {
-                durable_name: Some(name.clone()),
-                deliver_policy: DeliverPolicy::New,
-                ack_policy: AckPolicy::Explicit,
-                ack_wait,
-                // Forgotten once nobody has asked for its messages for as long as they are kept.
-                inactive_threshold: keeping.config.max_age.max(ack_wait * 2),
-                ..Default::default()
-            };
-            match patterns.len() {
-                1 => config.filter_subject = patterns.remove(0),
-                _ => config.filter_subjects = patterns,
-            }
             let transport = |e: &dyn std::fmt::Display| BusError::Transport(format!("jetstream group {group}: {e}"));
             let stream = keeping.js.get_stream(&keeping.config.stream).await.map_err(|e| transport(&e))?;
-            // The group's consumer as the first member made it; a member with another wait
-            // (its node configured otherwise) updates it.
-            let consumer = stream.create_consumer(config).await.map_err(|e| transport(&e))?;
-            let messages = consumer.messages().await.map_err(|e| transport(&e))?;
-            Ok(Some(GroupSubscription::new(messages.filter_map(|m| {
+            // One consumer per pattern: JetStream finds a single filter's next message through
+            // its subject index, while several filters on one consumer make it intersect them
+            // with every subject a block holds (the routed stream holds a subject per topic).
+            let mut taking = Vec::new();
+            for pattern in without_covered(filters) {
+                let config = Config {
+                    durable_name: Some(group_consumer(group, &pattern)),
+                    filter_subject: pattern,
+                    deliver_policy: DeliverPolicy::New,
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait,
+                    // Forgotten once nobody has asked for its messages for as long as they are
+                    // kept.
+                    inactive_threshold: keeping.config.max_age.max(ack_wait * 2),
+                    // Stored like the stream: its acknowledgements survive a restart of a
+                    // NATS that keeps the messages on disk.
+                    memory_storage: keeping.config.memory,
+                    ..Default::default()
+                };
+                // The consumer as the first member made it; a member with another wait (its
+                // node configured otherwise) updates it.
+                let consumer = stream.create_consumer(config).await.map_err(|e| transport(&e))?;
+                taking.push(consumer.messages().await.map_err(|e| transport(&e))?);
+            }
+            Ok(Some(GroupSubscription::new(futures_util::stream::select_all(taking).filter_map(|m| {
                 std::future::ready(match m {
                     Ok(m) => Some(taken(m)),
                     Err(e) => {
@@ -449,11 +454,14 @@ impl Bus for NatsBus {
     }
 }
 
-/// The name of group `group`'s consumer: what consumer names may hold (no dots or wildcards),
-/// and a hash of the whole name (FNV-1a: the same on every node and build) so that groups
-/// never share one.
-fn group_consumer(group: &str) -> String {
-    let hash = group.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+/// The name of group `group`'s consumer of `pattern`: what consumer names may hold (no dots or
+/// wildcards), and a hash of the whole group and pattern (FNV-1a: the same on every node and
+/// build) so that groups never share one.
+fn group_consumer(group: &str, pattern: &str) -> String {
+    let hash = [group.as_bytes(), b"\0", pattern.as_bytes()]
+        .concat()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
     let readable: String =
         group.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(32).collect();
     format!("group-{readable}-{hash:016x}")
