@@ -455,16 +455,18 @@ impl Bus for NatsBus {
 }
 
 /// The name of group `group`'s consumer of `pattern`: what consumer names may hold (no dots or
-/// wildcards), and a hash of the whole group and pattern (FNV-1a: the same on every node and
-/// build) so that groups never share one.
+/// wildcards), and a digest of the whole group and pattern, so that two groups never share a
+/// consumer. A cryptographic one: clients choose share names and (within their own topics)
+/// filters, and a consumer created again under the same name with another filter takes the
+/// new filter, so a name one could make collide on purpose (FNV, say) would let a client of one
+/// enterprise take over another's group.
 fn group_consumer(group: &str, pattern: &str) -> String {
-    let hash = [group.as_bytes(), b"\0", pattern.as_bytes()]
-        .concat()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::new().chain_update(group).chain_update([0]).chain_update(pattern).finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     let readable: String =
         group.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(32).collect();
-    format!("group-{readable}-{hash:016x}")
+    format!("group-{readable}-{hex}")
 }
 
 /// A group consumer's message as the bus hands it on.
@@ -562,5 +564,22 @@ impl Drop for Cleanup {
                 tracing::debug!(%stream, %consumer, error = %e, "replay consumer not deleted");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::group_consumer;
+
+    #[test]
+    fn a_group_consumers_name_is_a_valid_name_and_a_digest_of_group_and_pattern() {
+        let name = group_consumer("hermes_share_00ff", "hermes.m.acme.orders");
+        // SHA-256 of "hermes_share_00ff\0hermes.m.acme.orders", its first 16 bytes.
+        assert_eq!(name, format!("group-hermes_share_00ff-{}", "08f522ba7177be1cdf94bcf0731c0eac"));
+        assert_ne!(name, group_consumer("hermes_share_00ff", "hermes.m.globex.orders"), "another filter");
+        assert_ne!(name, group_consumer("hermes_share_00fe", "hermes.m.acme.orders"), "another group");
+        assert_ne!(group_consumer("a", "b.c"), group_consumer("a\0b", ".c"), "the parts are kept apart");
+        let odd = group_consumer("x.y *>{}/\n\u{2028}", "hermes.m.*.>");
+        assert!(odd.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{odd}");
     }
 }

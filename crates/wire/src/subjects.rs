@@ -87,14 +87,15 @@ pub fn interest(filter: &str) -> Option<Vec<String>> {
 }
 
 /// The bus queue group of the shared subscription `share` (`$share/{group}/{filter}`): the same
-/// on every node and in every version (FNV-1a, not the std hasher), short whatever the filter.
+/// on every node and in every version, short whatever the filter, and a cryptographic digest
+/// (SHA-256, its first 16 bytes): clients choose share names, and one that could make its
+/// share's name collide with another enterprise's on purpose would share that share's group on
+/// the bus (`bus::Bus::subscribe_group`), taking its messages.
 pub fn share_queue(share: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in share.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("hermes_share_{h:016x}")
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(share);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("hermes_share_{hex}")
 }
 
 /// `name` as one subject token, escaped like a topic level (node ids, enterprise-chosen names).
@@ -140,6 +141,16 @@ mod tests {
         assert_eq!(routed("a b\tc", false).as_deref(), Some("hermes.m.a_u000020b_u000009c"));
         assert_eq!(routed("t", true).as_deref(), Some("hermes.r.t"));
         assert_eq!(routed("é/ü", false).as_deref(), Some("hermes.m.é.ü"));
+    }
+
+    #[test]
+    fn a_shares_queue_group_is_a_digest_of_the_share() {
+        // SHA-256 of the share, its first 16 bytes.
+        assert_eq!(super::share_queue("$share/workers/acme/orders"), "hermes_share_8d57d622cb585ffa02386c904d8e05b0");
+        assert_ne!(
+            super::share_queue("$share/workers/acme/orders"),
+            super::share_queue("$share/workers/globex/orders")
+        );
     }
 
     #[test]
