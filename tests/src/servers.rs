@@ -90,6 +90,29 @@ pub fn nats() -> ServerProcess {
     })
 }
 
+/// Kills `old` (a [`nats`]) and starts a `nats-server` with JetStream on its port again, in a
+/// new directory: a NATS that restarted and forgot everything, which its clients reconnect to.
+pub fn nats_again(old: &mut ServerProcess) -> ServerProcess {
+    old.kill();
+    let port = old.addr.port();
+    let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}-again", std::process::id(), port));
+    let mut child = std::process::Command::new(require_tool("nats-server"))
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", &dir.display().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(old.addr).is_err() {
+        if std::time::Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            panic!("nats-server did not start again on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ServerProcess { child, addr: old.addr }
+}
+
 /// `nats-server` without JetStream: core publish/subscribe only.
 pub fn nats_core_only() -> ServerProcess {
     start("nats-server", |port| vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()])

@@ -103,7 +103,39 @@ impl NatsBus {
             .map_err(|e| BusError::Transport(format!("{url}: {e}")))?;
         let (link, link_rx) = tokio::sync::watch::channel(None);
         tokio::spawn(watch_connection(events_rx, link));
-        Ok(NatsBus { client, keeping: Keeper::default(), link: link_rx })
+        let keeping = Keeper::default();
+        tokio::spawn(keep_again(keeping.clone(), link_rx.clone()));
+        Ok(NatsBus { client, keeping, link: link_rx })
+    }
+}
+
+/// Makes the kept stream again each time the connection is back: a NATS that restarted may
+/// have forgotten it (kept in memory, or a new server), and then no kept publish would succeed
+/// until the node restarted. Ends with the client.
+async fn keep_again(keeping: Keeper, mut link: tokio::sync::watch::Receiver<Option<Link>>) {
+    while link.changed().await.is_ok() {
+        if !matches!(*link.borrow_and_update(), Some(Link::Back(_))) {
+            continue;
+        }
+        let Some(k) = keeping.lock().unwrap_or_else(|e| e.into_inner()).clone() else { continue };
+        if let Err(e) = k.js.create_or_update_stream(stream_config(&k.config)).await {
+            tracing::warn!(stream = %k.config.stream, error = %e, "cannot make the kept stream again");
+        }
+    }
+}
+
+/// The JetStream stream that keeps what `config` says.
+fn stream_config(config: &KeepConfig) -> jetstream::stream::Config {
+    use jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
+    Config {
+        name: config.stream.clone(),
+        subjects: config.subjects.clone(),
+        max_age: config.max_age,
+        max_bytes: i64::try_from(config.max_bytes).unwrap_or(i64::MAX),
+        storage: if config.memory { StorageType::Memory } else { StorageType::File },
+        discard: DiscardPolicy::Old,
+        retention: RetentionPolicy::Limits,
+        ..Default::default()
     }
 }
 
@@ -195,23 +227,12 @@ impl Bus for NatsBus {
     fn keep<'a>(&'a self, config: &'a KeepConfig) -> BoxFuture<'a, Result<bool, BusError>> {
         use jetstream::ErrorCode;
         use jetstream::context::CreateStreamErrorKind;
-        use jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
         Box::pin(async move {
             if let Some(bad) = config.invalid_subject() {
                 return Err(BusError::InvalidSubject(bad.to_owned()));
             }
             let js = jetstream::ContextBuilder::new().max_ack_inflight(ACKS_IN_FLIGHT).build(self.client.clone());
-            let stream = Config {
-                name: config.stream.clone(),
-                subjects: config.subjects.clone(),
-                max_age: config.max_age,
-                max_bytes: i64::try_from(config.max_bytes).unwrap_or(i64::MAX),
-                storage: if config.memory { StorageType::Memory } else { StorageType::File },
-                discard: DiscardPolicy::Old,
-                retention: RetentionPolicy::Limits,
-                ..Default::default()
-            };
-            match js.create_or_update_stream(stream).await {
+            match js.create_or_update_stream(stream_config(config)).await {
                 Ok(_) => {}
                 Err(e)
                     if match e.kind() {
@@ -382,7 +403,7 @@ impl Bus for NatsBus {
         filters: &'a [String],
         ack_wait: Duration,
     ) -> BoxFuture<'a, Result<Option<GroupSubscription>, BusError>> {
-        use jetstream::consumer::{AckPolicy, DeliverPolicy, pull::Config};
+        use jetstream::consumer::{AckPolicy, DeliverPolicy, pull, pull::Config};
         Box::pin(async move {
             crate::check_group(group, filters)?;
             let Some(keeping) = self.keeping() else { return Ok(None) };
@@ -412,7 +433,19 @@ impl Bus for NatsBus {
                 let consumer = stream.create_consumer(config).await.map_err(|e| transport(&e))?;
                 taking.push(consumer.messages().await.map_err(|e| transport(&e))?);
             }
-            Ok(Some(GroupSubscription::new(futures_util::stream::select_all(taking).filter_map(|m| {
+            // A consumer that is gone (deleted; forgotten by a NATS that kept it in memory and
+            // restarted) never delivers again: the subscription ends, so the member joins anew.
+            let group = group.to_owned();
+            let alive = move |m: &Result<jetstream::Message, pull::MessagesError>| {
+                let gone = m.as_ref().is_err_and(|e| {
+                    matches!(e.kind(), pull::MessagesErrorKind::ConsumerDeleted | pull::MessagesErrorKind::NoResponders)
+                });
+                if gone {
+                    tracing::debug!(%group, "a group consumer is gone");
+                }
+                std::future::ready(!gone)
+            };
+            let taking = futures_util::stream::select_all(taking).take_while(alive).filter_map(|m| {
                 std::future::ready(match m {
                     Ok(m) => Some(taken(m)),
                     Err(e) => {
@@ -420,7 +453,8 @@ impl Bus for NatsBus {
                         None
                     }
                 })
-            }))))
+            });
+            Ok(Some(GroupSubscription::new(taking)))
         })
     }
 

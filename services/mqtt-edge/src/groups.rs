@@ -79,6 +79,9 @@ pub async fn member(
                         return;
                     }
                 }
+                // Until it is joined again, kept messages come through the queue group (once
+                // each, not made safe: a consumer made anew only has what comes after it).
+                grouped.leave(&share);
                 tracing::debug!(%group, "the bus group broke: joining again");
             }
             Err(e) => {

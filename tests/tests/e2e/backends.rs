@@ -41,6 +41,64 @@ async fn nats_bus_keeps_and_replays_like_the_contract_says() {
     assert!(replay.next().await.is_none(), "nothing kept");
 }
 
+/// A group whose consumer is gone (deleted; forgotten by a NATS that kept it in memory and
+/// restarted) ends its subscription, so its member joins again, instead of waiting forever on
+/// a consumer that will never deliver (while the edge leaves the share's kept messages to it).
+#[tokio::test]
+async fn a_nats_group_whose_consumer_is_gone_ends_and_can_be_joined_again() {
+    use bus::Bus;
+    use futures_util::StreamExt as _;
+    let mut server = servers::nats();
+    let bus = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect to nats-server");
+    let config = bus::KeepConfig {
+        stream: "GONE".into(),
+        subjects: vec!["gone.>".into()],
+        max_age: Duration::from_secs(60),
+        max_bytes: 1 << 20,
+        memory: true,
+    };
+    assert!(bus.keep(&config).await.expect("keep"));
+    let filters = ["gone.a.>".to_owned()];
+    let join = || bus.subscribe_group("g", &filters, Duration::from_secs(5));
+    let mut member = join().await.expect("joins").expect("a bus that keeps has groups");
+    async fn take(member: &mut bus::GroupSubscription) -> Option<bus::Taken> {
+        tokio::time::timeout(Duration::from_secs(10), member.next()).await.expect("in time")
+    }
+    bus.publish_batch_kept(&[("gone.a.1".into(), "1".into(), true)]).await.expect("kept");
+    let first = take(&mut member).await.expect("delivered");
+    assert_eq!(first.message.payload, "1");
+    first.done().await.expect("done");
+
+    let client = async_nats::connect(server.nats_url()).await.expect("connect");
+    let stream = async_nats::jetstream::new(client).get_stream("GONE").await.expect("the stream");
+    let names: Vec<String> = stream.consumer_names().map(|n| n.expect("a name")).collect().await;
+    assert_eq!(names.len(), 1, "one consumer for one filter: {names:?}");
+    stream.delete_consumer(&names[0]).await.expect("deleted");
+    assert!(take(&mut member).await.is_none(), "deleted: the subscription ends");
+
+    let mut member = join().await.expect("joins again").expect("a group");
+    bus.publish_batch_kept(&[("gone.a.2".into(), "2".into(), true)]).await.expect("kept");
+    let second = take(&mut member).await.expect("delivered");
+    assert_eq!(second.message.payload, "2", "what comes after the new consumer");
+    second.done().await.expect("done");
+
+    // NATS restarts and forgets the stream and the consumer (kept in memory): nobody answers
+    // the member's pulls any more, and the bus makes the stream again once it is back.
+    let _again = servers::nats_again(&mut server);
+    let ended = tokio::time::timeout(Duration::from_secs(30), member.next()).await;
+    assert!(matches!(ended, Ok(None)), "forgotten: the subscription ends");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut member = loop {
+        if let Ok(Some(member)) = join().await {
+            break member;
+        }
+        assert!(std::time::Instant::now() < deadline, "the stream was never made again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    bus.publish_batch_kept(&[("gone.a.3".into(), "3".into(), true)]).await.expect("kept again");
+    assert_eq!(take(&mut member).await.expect("delivered").message.payload, "3");
+}
+
 #[tokio::test]
 async fn redis_relation_directory_meets_the_contract() {
     relation_directory_contract(&servers::redis()).await;
