@@ -52,6 +52,12 @@ impl SeenWindow {
         true
     }
 
+    /// Whether `seq` was taken, as far as the window knows: unlike [`SeenWindow::accept`], a
+    /// number older than the window counts as not seen.
+    pub fn seen(&self, seq: u64) -> bool {
+        seq != 0 && seq <= self.highest && self.highest - seq < WINDOW && self.get(seq)
+    }
+
     fn get(&self, n: u64) -> bool {
         let i = (n % WINDOW) as usize;
         self.bits[i / 64] & (1 << (i % 64)) != 0
@@ -87,6 +93,11 @@ impl<K: Hash + Eq> Dedupe<K> {
         window.accept(seq)
     }
 
+    /// Whether `origin` offered `seq` (within the window; an older number counts as not seen).
+    pub fn seen(&self, origin: &K, seq: u64) -> bool {
+        self.origins.get(origin).is_some_and(|(window, _)| window.seen(seq))
+    }
+
     /// Forgets origins not heard from for `idle_ms` (a node that stopped, or restarted under a
     /// new incarnation).
     pub fn forget_idle(&mut self, now_ms: u64, idle_ms: u64) {
@@ -102,6 +113,23 @@ impl<K: Hash + Eq> Dedupe<K> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn seen_asks_without_taking_and_forgets_past_the_window() {
+        let mut d: Dedupe<&str> = Dedupe::default();
+        assert!(!d.seen(&"a", 1), "nothing from a yet");
+        assert!(d.accept("a", 5, 0));
+        assert!(d.seen(&"a", 5));
+        assert!(!d.seen(&"a", 4), "a gap");
+        assert!(!d.seen(&"a", 6), "above the highest");
+        assert!(!d.seen(&"a", 0));
+        assert!(!d.seen(&"b", 5), "another origin");
+        assert!(d.accept("a", 4, 0), "asking took nothing");
+        assert!(d.accept("a", 5 + WINDOW, 0));
+        assert!(!d.seen(&"a", 5), "older than the window: not known to be seen");
+        assert!(!d.accept("a", 5, 0), "while accept counts it as seen");
+        assert!(d.seen(&"a", 5 + WINDOW));
+    }
 
     #[test]
     fn the_first_copy_is_taken_and_the_others_dropped() {

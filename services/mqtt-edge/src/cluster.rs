@@ -561,14 +561,29 @@ async fn take_in(
             continue;
         }
         let now = now_ms();
-        let fresh = match &share {
-            None => seen.accept((routed.origin.clone(), routed.incarnation), routed.seq, now),
+        let fresh = match (&share, &taken) {
+            (None, _) => seen.accept((routed.origin.clone(), routed.incarnation), routed.seq, now),
             // The group gives a message again only if it was not acknowledged: route it again.
-            Some(_) if taken.is_some() => true,
-            Some(s) => seen_shared.accept((routed.origin.clone(), routed.incarnation, s.clone()), routed.seq, now),
+            (Some(_), Some(t)) if t.redelivered => true,
+            // Its first time from the group: the queue group may have brought it here before
+            // this edge joined the group (as far as the window knows: an older one is routed).
+            (Some(s), Some(_)) => {
+                !seen_shared.seen(&(routed.origin.clone(), routed.incarnation, s.clone()), routed.seq)
+            }
+            (Some(s), None) => {
+                seen_shared.accept((routed.origin.clone(), routed.incarnation, s.clone()), routed.seq, now)
+            }
         };
         if !fresh {
             metrics::counter!(m::CLUSTER_DUPLICATES).increment(1);
+            if let (Some(taken), Some(s)) = (taken, &share) {
+                // Routed here already: settled once that is durable (everything journaled so far),
+                // or given back if this edge has no member any more.
+                match grouped.contains(s) {
+                    true => acker.acknowledge(taken, hub.journal().map(|j| j.submit(Vec::new()))),
+                    false => acker.give_back(taken),
+                }
+            }
             continue;
         }
         if now.saturating_sub(last_sweep) > ORIGIN_IDLE_MS {
