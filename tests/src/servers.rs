@@ -12,6 +12,8 @@ use crate::require_tool;
 pub struct ServerProcess {
     child: std::process::Child,
     pub addr: SocketAddr,
+    /// A directory of its own, removed with it.
+    dir: Option<std::path::PathBuf>,
 }
 
 impl ServerProcess {
@@ -32,6 +34,9 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -64,7 +69,7 @@ pub fn start_binary(bin: &std::path::Path, args: impl Fn(u16) -> Vec<String>) ->
                 break;
             }
             if std::net::TcpStream::connect(addr).is_ok() {
-                return ServerProcess { child, addr };
+                return ServerProcess { child, addr, dir: None };
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -77,7 +82,7 @@ pub fn start_binary(bin: &std::path::Path, args: impl Fn(u16) -> Vec<String>) ->
 /// `nats-server` with JetStream in a temporary directory.
 pub fn nats() -> ServerProcess {
     let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}", std::process::id(), free_port()));
-    start("nats-server", |port| {
+    let mut server = start("nats-server", |port| {
         vec![
             "-a".into(),
             "127.0.0.1".into(),
@@ -87,7 +92,9 @@ pub fn nats() -> ServerProcess {
             "-sd".into(),
             dir.display().to_string(),
         ]
-    })
+    });
+    server.dir = Some(dir);
+    server
 }
 
 /// Kills `old` (a [`nats`]) and starts a `nats-server` with JetStream on its port again, in a
@@ -110,7 +117,7 @@ pub fn nats_again(old: &mut ServerProcess) -> ServerProcess {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    ServerProcess { child, addr: old.addr }
+    ServerProcess { child, addr: old.addr, dir: Some(dir) }
 }
 
 /// `nats-server` without JetStream: core publish/subscribe only.
@@ -134,7 +141,7 @@ pub fn redis() -> ServerProcess {
 pub fn redis_cluster_node() -> ServerProcess {
     let dir = std::env::temp_dir().join(format!("hermes-redis-cluster-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).expect("a directory for the cluster's config");
-    let server = start("redis-server", |port| {
+    let mut server = start("redis-server", |port| {
         let config = dir.join(format!("nodes-{port}.conf"));
         ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
             .into_iter()
@@ -150,6 +157,7 @@ pub fn redis_cluster_node() -> ServerProcess {
     loop {
         let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).expect("CLUSTER INFO");
         if info.contains("cluster_state:ok") {
+            server.dir = Some(dir);
             return server;
         }
         assert!(std::time::Instant::now() < deadline, "the cluster node never came up: {info}");
