@@ -120,6 +120,21 @@ pub fn nats_again(old: &mut ServerProcess) -> ServerProcess {
     ServerProcess { child, addr: old.addr, dir: Some(dir) }
 }
 
+/// `nats-server` with JetStream allowed at most `max_file_bytes` on disk.
+pub fn nats_with_little_room(max_file_bytes: u64) -> ServerProcess {
+    let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}-small", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("a directory for nats-server");
+    let config = dir.join("nats.conf");
+    let store = dir.join("store");
+    std::fs::write(&config, format!("jetstream {{ store_dir: {:?}, max_file_store: {max_file_bytes} }}\n", store))
+        .expect("nats.conf");
+    let mut server = start("nats-server", |port| {
+        ["-c", &config.display().to_string(), "-a", "127.0.0.1", "-p", &port.to_string()].map(str::to_owned).to_vec()
+    });
+    server.dir = Some(dir);
+    server
+}
+
 /// `nats-server` without JetStream: core publish/subscribe only.
 pub fn nats_core_only() -> ServerProcess {
     start("nats-server", |port| vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()])

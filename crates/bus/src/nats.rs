@@ -248,7 +248,20 @@ impl Bus for NatsBus {
                     *self.keeping.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     return Ok(false);
                 }
-                Err(e) => return Err(BusError::Transport(format!("jetstream stream {}: {e}", config.stream))),
+                Err(e) => {
+                    let room = matches!(e.kind(), CreateStreamErrorKind::JetStream(e)
+                        if e.error_code() == ErrorCode::STORAGE_RESOURCES_EXCEEDED);
+                    // The server reserves the stream's whole `max_bytes` up front.
+                    let hint = if room {
+                        format!(
+                            " (it would keep up to {} bytes: more than the NATS server has room for; lower bus.keep_max_bytes or give it room)",
+                            config.max_bytes
+                        )
+                    } else {
+                        String::new()
+                    };
+                    return Err(BusError::Transport(format!("jetstream stream {}: {e}{hint}", config.stream)));
+                }
             }
             let mut not_kept = async_nats::HeaderMap::new();
             not_kept.insert(async_nats::header::NATS_EXPECTED_STREAM, NOT_KEPT);

@@ -99,6 +99,27 @@ async fn a_nats_group_whose_consumer_is_gone_ends_and_can_be_joined_again() {
     assert_eq!(take(&mut member).await.expect("delivered").message.payload, "3");
 }
 
+/// A kept stream larger than the NATS server has room for is refused with what to change.
+#[tokio::test]
+async fn a_kept_stream_nats_has_no_room_for_says_which_setting_to_lower() {
+    use bus::Bus;
+    let server = servers::nats_with_little_room(1 << 20);
+    let bus = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect to nats-server");
+    let config = |max_bytes| bus::KeepConfig {
+        stream: "ROOM".into(),
+        subjects: vec!["room.>".into()],
+        max_age: Duration::from_secs(60),
+        max_bytes,
+        memory: false,
+    };
+    let refused = bus.keep(&config(1 << 30)).await;
+    match refused {
+        Err(bus::BusError::Transport(e)) => assert!(e.contains("lower bus.keep_max_bytes"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(bus.keep(&config(1 << 19)).await.expect("what fits is kept"));
+}
+
 #[tokio::test]
 async fn redis_relation_directory_meets_the_contract() {
     relation_directory_contract(&servers::redis()).await;
