@@ -53,46 +53,49 @@ fn start(tool: &str, args: impl Fn(u16) -> Vec<String>) -> ServerProcess {
 
 /// Starts the program `bin` like [`start`] does a tool (a node of ours, as an operator would).
 pub fn start_binary(bin: &std::path::Path, args: impl Fn(u16) -> Vec<String>) -> ServerProcess {
-    let tool = bin.display();
     for _ in 0..5 {
         let port = free_port();
-        let mut child = std::process::Command::new(bin)
-            .args(args(port))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {tool}: {e}"));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if std::net::TcpStream::connect(addr).is_ok() {
-                return ServerProcess { child, addr, dir: None };
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(server) = start_on(bin, args(port), port) {
+            return server;
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
-    panic!("{tool} did not start on a loopback port");
+    panic!("{} did not start on a loopback port", bin.display());
+}
+
+/// Starts `bin` with `args` and waits until it accepts connections on loopback `port`; `None`
+/// (the process killed) if it exits or does not within 10 s.
+fn start_on(bin: &std::path::Path, args: Vec<String>, port: u16) -> Option<ServerProcess> {
+    let mut child = std::process::Command::new(bin)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Some(ServerProcess { child, addr, dir: None });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// `nats-server`'s arguments: JetStream, on loopback `port`, storing in `dir`.
+fn nats_args(port: u16, dir: &std::path::Path) -> Vec<String> {
+    ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", &dir.display().to_string()].map(str::to_owned).to_vec()
 }
 
 /// `nats-server` with JetStream in a temporary directory.
 pub fn nats() -> ServerProcess {
     let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}", std::process::id(), free_port()));
-    let mut server = start("nats-server", |port| {
-        vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            dir.display().to_string(),
-        ]
-    });
+    let mut server = start("nats-server", |port| nats_args(port, &dir));
     server.dir = Some(dir);
     server
 }
@@ -103,21 +106,10 @@ pub fn nats_again(old: &mut ServerProcess) -> ServerProcess {
     old.kill();
     let port = old.addr.port();
     let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}-again", std::process::id(), port));
-    let mut child = std::process::Command::new(require_tool("nats-server"))
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", &dir.display().to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("start nats-server");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(old.addr).is_err() {
-        if std::time::Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
-            let _ = child.kill();
-            panic!("nats-server did not start again on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ServerProcess { child, addr: old.addr, dir: Some(dir) }
+    let mut server = start_on(&require_tool("nats-server"), nats_args(port, &dir), port)
+        .unwrap_or_else(|| panic!("nats-server did not start again on port {port}"));
+    server.dir = Some(dir);
+    server
 }
 
 /// `nats-server` with JetStream allowed at most `max_file_bytes` on disk.

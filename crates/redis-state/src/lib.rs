@@ -295,6 +295,14 @@ impl AccessDirectory for RedisAccess {
     }
 }
 
+/// Sends `pipe` on `conn`, its errors as text.
+pub(crate) async fn query<T: redis::FromRedisValue>(
+    conn: &ConnectionManager,
+    pipe: &redis::Pipeline,
+) -> Result<T, String> {
+    pipe.query_async(&mut conn.clone()).await.map_err(|e| e.to_string())
+}
+
 /// A Lua script as Redis Cluster runs it: the `#!lua` line makes Redis (7.0 or later) refuse any
 /// key it touches outside the hash slot of the keys it names, on a cluster node, so a script
 /// that would break on Redis Cluster fails the contracts already (`servers::redis_cluster_node`

@@ -108,15 +108,15 @@ impl RedisOwners {
         call.invoke_async(&mut self.conn.clone()).await.map_err(|e| e.to_string())
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, String> {
-        pipe.query_async(&mut self.conn.clone()).await.map_err(|e| e.to_string())
-    }
-
     /// Takes `session` off `node`'s listing. A failure leaves it listed where it is not owned,
     /// which is harmless (see the module's documentation): logged, not returned.
     async fn unlist(&self, node: &str, session: &str) {
-        let srem = redis::cmd("SREM").arg(wire::keys::node_sessions(node)).arg(session).clone();
-        if let Err(e) = srem.query_async::<()>(&mut self.conn.clone()).await {
+        let unlisted = redis::cmd("SREM")
+            .arg(wire::keys::node_sessions(node))
+            .arg(session)
+            .query_async::<()>(&mut self.conn.clone())
+            .await;
+        if let Err(e) = unlisted {
             tracing::warn!(node, error = %e, "a session stays listed under a node that no longer owns it");
         }
     }
@@ -130,7 +130,7 @@ impl broker::owners::SessionOwners for RedisOwners {
             let mut pipe = redis::pipe();
             pipe.sadd(wire::keys::node_sessions(node), session).ignore();
             pipe.load_script(&CLAIM).ignore().invoke_script(&call);
-            let ((version, previous),): ((u64, Option<String>),) = self.query(&pipe).await?;
+            let ((version, previous),): ((u64, Option<String>),) = crate::query(&self.conn, &pipe).await?;
             if let Some(p) = previous.as_deref().filter(|p| *p != node) {
                 self.unlist(p, session).await;
             }
@@ -146,7 +146,7 @@ impl broker::owners::SessionOwners for RedisOwners {
             pipe.load_script(&RELEASE).ignore().invoke_script(&call).ignore();
             // Whoever owns it now, this node no longer does.
             pipe.srem(wire::keys::node_sessions(node), session).ignore();
-            self.query::<()>(&pipe).await
+            crate::query::<()>(&self.conn, &pipe).await
         })
     }
 
@@ -163,7 +163,7 @@ impl broker::owners::SessionOwners for RedisOwners {
             pipe.sadd(wire::keys::node_sessions(node), session).ignore();
             pipe.srem(wire::keys::node_sessions(from), session).ignore();
             pipe.load_script(&CLAIM_FROM).ignore().invoke_script(&call);
-            let ((taken, value),): ((u8, Option<String>),) = self.query(&pipe).await?;
+            let ((taken, value),): ((u8, Option<String>),) = crate::query(&self.conn, &pipe).await?;
             if taken == 1 {
                 let version = value.as_deref().and_then(|v| v.parse().ok()).ok_or("claim_from: no version")?;
                 return Ok(Some(Claimed { version, previous: Some(from.to_owned()) }));

@@ -21,9 +21,9 @@
 //! `set` is one pipeline: a script on the registry keeps the node alive and returns the
 //! registry as it was (for the next `set`); the user is added to the node's set; a script on
 //! the user's hash, given the registry the previous `set` read (at most [`FRESH`] ago, else
-//! read first: two round trips), decides the totals; and the user is removed from the node's set
-//! if the count is 0 — in that order, so a failure in between leaves a user too many in the set (harmless: reaping finds no
-//! field), never a field the reaping would miss. A node's calls for one user are expected one
+//! read first: two round trips), decides the totals; and the user is removed from the node's
+//! set if the count is 0 — in that order, so a failure in between leaves a user too many in the
+//! set (harmless: reaping finds no field), never a field the reaping would miss. A node's calls for one user are expected one
 //! at a time (they are absolute counts: the last one wins).
 //!
 //! `heartbeat` keeps the node alive in the registry and leases it the dead nodes nobody else is
@@ -217,20 +217,6 @@ impl RedisPresence {
         RedisPresence { conn, registry: Default::default() }
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, String> {
-        pipe.query_async(&mut self.conn.clone()).await.map_err(|e| e.to_string())
-    }
-
-    /// Keeps `node` alive for its TTL; the registry as it was (kept for the next change).
-    async fn touch(&self, node: &str) -> Result<Registry, String> {
-        let mut call = TOUCH.prepare_invoke();
-        call.key(wire::keys::PRESENCE_NODES).key(wire::keys::PRESENCE_NODE_TTLS);
-        call.arg(node).arg(DEFAULT_TTL_MS);
-        let registry: Registry = call.invoke_async(&mut self.conn.clone()).await.map_err(|e| e.to_string())?;
-        self.keep(registry.clone());
-        Ok(registry)
-    }
-
     async fn registry(&self) -> Result<Registry, String> {
         redis::cmd("ZRANGE")
             .arg(wire::keys::PRESENCE_NODES)
@@ -243,22 +229,20 @@ impl RedisPresence {
     }
 
     async fn change(&self, node: &str, user: &str, devices: u32) -> Result<(u64, u64), String> {
-        let cached = self.cached();
-        let registry = match &cached {
+        let registry = match self.cached() {
             Some(r) => r,
-            None => &self.touch(node).await?,
+            None => self.registry().await?,
         };
         let node_users = wire::keys::presence_node(node);
+        let mut touch = TOUCH.prepare_invoke();
+        touch.key(wire::keys::PRESENCE_NODES).key(wire::keys::PRESENCE_NODE_TTLS).arg(node).arg(DEFAULT_TTL_MS);
         let mut call = SET.prepare_invoke();
         call.key(wire::keys::presence_user(user)).arg(node).arg(devices);
-        with_registry(&mut call, registry);
+        with_registry(&mut call, &registry);
         let mut pipe = redis::pipe();
-        if cached.is_some() {
-            // Keeps the node alive, and the registry for the next change.
-            let mut touch = TOUCH.prepare_invoke();
-            touch.key(wire::keys::PRESENCE_NODES).key(wire::keys::PRESENCE_NODE_TTLS).arg(node).arg(DEFAULT_TTL_MS);
-            pipe.load_script(&TOUCH).ignore().invoke_script(&touch);
-        }
+        // Keeps the node alive before its count changes, and reads the registry for the next
+        // change.
+        pipe.load_script(&TOUCH).ignore().invoke_script(&touch);
         pipe.load_script(&SET).ignore();
         if devices > 0 {
             pipe.sadd(&node_users, user).ignore();
@@ -267,14 +251,9 @@ impl RedisPresence {
         if devices == 0 {
             pipe.srem(&node_users, user).ignore();
         }
-        if cached.is_some() {
-            let (registry, totals): (Registry, (u64, u64)) = self.query(&pipe).await?;
-            self.keep(registry);
-            Ok(totals)
-        } else {
-            let (totals,): ((u64, u64),) = self.query(&pipe).await?;
-            Ok(totals)
-        }
+        let (registry, totals): (Registry, (u64, u64)) = crate::query(&self.conn, &pipe).await?;
+        self.keep(registry);
+        Ok(totals)
     }
 
     /// The registry as the last change read it, if that was within [`FRESH`].
@@ -335,7 +314,7 @@ impl RedisPresence {
                 with_registry(&mut call, registry);
                 pipe.invoke_script(&call);
             }
-            let left: Vec<u8> = self.query(&pipe).await?;
+            let left: Vec<u8> = crate::query(&self.conn, &pipe).await?;
             zero.extend(users.iter().zip(left).filter(|(_, z)| *z == 1).map(|(u, _)| u.clone()));
             redis::cmd("SREM")
                 .arg(&set)

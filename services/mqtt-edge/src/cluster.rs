@@ -577,12 +577,8 @@ async fn take_in(
         if !fresh {
             metrics::counter!(m::CLUSTER_DUPLICATES).increment(1);
             if let (Some(taken), Some(s)) = (taken, &share) {
-                // Routed here already: settled once that is durable (everything journaled so far),
-                // or given back if this edge has no member any more.
-                match grouped.contains(s) {
-                    true => acker.acknowledge(taken, hub.journal().map(|j| j.submit(Vec::new()))),
-                    false => acker.give_back(taken),
-                }
+                // Routed here already: settled once that is durable (everything journaled so far).
+                acker.settle(taken, &grouped, s, hub.journal().map(|j| j.written_so_far()));
             }
             continue;
         }
@@ -612,10 +608,7 @@ async fn take_in(
         // One no member here took (expired, or on another over-long topic) is acknowledged
         // too: no member anywhere would take it either.
         if let (Some(taken), Some(s)) = (taken, &share) {
-            match grouped.contains(s) {
-                true => acker.acknowledge(taken, routed.durable),
-                false => acker.give_back(taken),
-            }
+            acker.settle(taken, &grouped, s, routed.durable);
         }
         // A subscriber here with too much waiting slows what comes from other edges, like a
         // local publisher.

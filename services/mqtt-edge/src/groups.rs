@@ -136,8 +136,17 @@ impl Acker {
     }
 
     /// `taken` is not for this edge, which has no member any more: back to its group.
-    pub fn give_back(&self, taken: bus::Taken) {
+    fn give_back(&self, taken: bus::Taken) {
         self.send(taken, Settle::GiveBack);
+    }
+
+    /// `taken` was routed here for `share`: acknowledged once `durable` (if any) is, if this edge
+    /// still has members of it, else given back.
+    pub fn settle(&self, taken: bus::Taken, grouped: &Grouped, share: &str, durable: Option<Durable>) {
+        match grouped.contains(share) {
+            true => self.acknowledge(taken, durable),
+            false => self.give_back(taken),
+        }
     }
 
     fn send(&self, taken: bus::Taken, settle: Settle) {

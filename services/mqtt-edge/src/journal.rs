@@ -140,9 +140,14 @@ impl JournalWriter {
         let _ = self.tx.send(Batch { items, done: None });
     }
 
+    /// Resolves once everything submitted so far is written (or failed).
+    pub fn written_so_far(&self) -> Durable {
+        self.submit(Vec::new())
+    }
+
     /// Waits until everything submitted so far is written (or failed).
     pub async fn flush(&self) -> bool {
-        self.submit(Vec::new()).wait().await
+        self.written_so_far().wait().await
     }
 
     /// The last write succeeded.
