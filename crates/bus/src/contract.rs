@@ -127,13 +127,22 @@ pub async fn check(bus: &dyn Bus) {
     // A durable subscription gets what is published from now on, in order, like any other.
     let stream = format!("CONTRACT_{}", root.replace('.', "_"));
     let mut durable = bus.subscribe_durable(&stream, &s("d.>")).await.expect("durable");
-    for i in 0..3u8 {
-        bus.publish(&s(&format!("d.{i}")), Bytes::from(vec![i])).await.expect("publish");
+    for i in 0..4u8 {
+        let (subject, payload) = (s(&format!("d.{i}")), Bytes::from(vec![i]));
+        if i % 2 == 0 {
+            bus.publish(&subject, payload).await.expect("publish");
+        } else {
+            bus.publish_durable(&stream, &s("d.>"), &subject, payload).await.expect("publish durably");
+        }
     }
-    for i in 0..3u8 {
+    for i in 0..4u8 {
         assert_eq!(next(&mut durable).await, (s(&format!("d.{i}")), Bytes::from(vec![i])), "durable, in order");
     }
     assert!(matches!(bus.subscribe_durable(&stream, "a.>.b").await, Err(BusError::InvalidSubject(_))));
+    for (pattern, subject) in [("d.>", "e.1"), ("d.>", "d.*"), ("d.>.x", "d.1.x"), ("d.>", "d..1")] {
+        let refused = bus.publish_durable(&stream, &s(pattern), &s(subject), Bytes::new()).await;
+        assert!(matches!(refused, Err(BusError::InvalidSubject(_))), "{subject} in {pattern}: {refused:?}");
+    }
 
     // Nothing kept: no group to join (queue groups are all there is).
     let group = bus.subscribe_group("contract_none", &[s("g.>")], Duration::from_secs(1)).await;

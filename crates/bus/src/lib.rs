@@ -248,6 +248,27 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         self.subscribe(subject)
     }
 
+    /// Publishes `payload` on `subject` for [`Bus::subscribe_durable`] subscribers of stream
+    /// `stream`, which captures `pattern` (`subject` matches it): `Ok` once the bus keeps it (NATS:
+    /// JetStream acknowledged it, the stream made if it was missing), so a subscriber that was
+    /// away still gets it. A bus that keeps nothing (the in-process one, NATS without JetStream)
+    /// publishes it plainly.
+    fn publish_durable<'a>(
+        &'a self,
+        stream: &'a str,
+        pattern: &'a str,
+        subject: &'a str,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        let _ = stream;
+        Box::pin(async move {
+            if !valid_subject(pattern, true) || !subject_matches(pattern, subject) {
+                return Err(BusError::InvalidSubject(format!("{subject} (in {pattern})")));
+            }
+            self.publish(subject, payload).await
+        })
+    }
+
     /// Joins group `group` (a concrete subject-like name; every member, on any node, names it
     /// alike) for the messages kept ([`Bus::keep`]) on subjects matching `filters` from when
     /// the group began: each goes to one member, which acknowledges it ([`Taken::done`]) once

@@ -13,8 +13,7 @@ use crate::{
     Subscription, valid_subject, without_covered,
 };
 
-/// How long a durable stream keeps its messages.
-const DURABLE_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+mod durable;
 
 /// Kept messages awaiting their JetStream ack at once, over all batches (the JetStream
 /// context's limit, which it enforces by holding up the publish past it).
@@ -121,6 +120,19 @@ async fn keep_again(keeping: Keeper, mut link: tokio::sync::watch::Receiver<Opti
         if let Err(e) = k.js.create_or_update_stream(stream_config(&k.config)).await {
             tracing::warn!(stream = %k.config.stream, error = %e, "cannot make the kept stream again");
         }
+    }
+}
+
+/// Whether `e` says the server has no JetStream (for this account).
+fn no_jetstream(e: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::ErrorCode;
+    use jetstream::context::CreateStreamErrorKind;
+    match e.kind() {
+        CreateStreamErrorKind::JetStreamUnavailable => true,
+        CreateStreamErrorKind::JetStream(e) => {
+            matches!(e.error_code(), ErrorCode::JETSTREAM_NOT_ENABLED | ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT)
+        }
+        _ => false,
     }
 }
 
@@ -234,16 +246,7 @@ impl Bus for NatsBus {
             let js = jetstream::ContextBuilder::new().max_ack_inflight(ACKS_IN_FLIGHT).build(self.client.clone());
             match js.create_or_update_stream(stream_config(config)).await {
                 Ok(_) => {}
-                Err(e)
-                    if match e.kind() {
-                        CreateStreamErrorKind::JetStreamUnavailable => true,
-                        CreateStreamErrorKind::JetStream(e) => matches!(
-                            e.error_code(),
-                            ErrorCode::JETSTREAM_NOT_ENABLED | ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT
-                        ),
-                        _ => false,
-                    } =>
-                {
+                Err(e) if no_jetstream(&e) => {
                     tracing::warn!(stream = %config.stream, error = %e, "no JetStream: messages are not kept");
                     *self.keeping.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     return Ok(false);
@@ -374,39 +377,34 @@ impl Bus for NatsBus {
         stream: &'a str,
         subject: &'a str,
     ) -> BoxFuture<'a, Result<Subscription, BusError>> {
-        use async_nats::jetstream::{self, consumer, stream as js_stream};
         Box::pin(async move {
             if !valid_subject(subject, true) {
                 return Err(BusError::InvalidSubject(subject.to_owned()));
             }
-            let err = |what: &str, e: &dyn std::fmt::Display| BusError::Transport(format!("jetstream {what}: {e}"));
+            durable::follow(jetstream::new(self.client.clone()), self.link.clone(), stream, subject).await
+        })
+    }
+
+    fn publish_durable<'a>(
+        &'a self,
+        stream: &'a str,
+        pattern: &'a str,
+        subject: &'a str,
+        payload: Bytes,
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            if !valid_subject(subject, false)
+                || !valid_subject(pattern, true)
+                || !crate::subject_matches(pattern, subject)
+            {
+                return Err(BusError::InvalidSubject(format!("{subject} (in {pattern})")));
+            }
             let js = jetstream::new(self.client.clone());
-            let config = js_stream::Config {
-                name: stream.to_owned(),
-                subjects: vec![subject.to_owned()],
-                max_age: DURABLE_MAX_AGE,
-                storage: js_stream::StorageType::File,
-                ..Default::default()
-            };
-            let stream = js.get_or_create_stream(config).await.map_err(|e| err("stream", &e))?;
-            let ordered = consumer::pull::OrderedConfig {
-                filter_subject: subject.to_owned(),
-                deliver_policy: consumer::DeliverPolicy::New,
-                ..Default::default()
-            };
-            let consumer = stream.create_consumer(ordered).await.map_err(|e| err("consumer", &e))?;
-            let messages = consumer.messages().await.map_err(|e| err("messages", &e))?;
-            // Gaps and lost connections are the ordered consumer's to mend (it starts again
-            // after the last message it gave); what it reports meanwhile is only logged.
-            Ok(Subscription::new(messages.filter_map(|m| {
-                std::future::ready(match m {
-                    Ok(m) => Some(BusMessage { subject: m.subject.to_string(), payload: m.payload.clone() }),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "jetstream ordered consumer");
-                        None
-                    }
-                })
-            })))
+            if durable::publish(&js, stream, pattern, subject, payload.clone()).await? {
+                return Ok(());
+            }
+            // No JetStream: present subscribers are all there is.
+            self.publish(subject, payload).await
         })
     }
 

@@ -19,8 +19,9 @@ impl Events {
         Events { bus }
     }
 
-    /// Publishes `event` for `enterprise`. The change is already stored: a bus failure is logged
-    /// and counted, not reported to the client.
+    /// Publishes `event` for `enterprise`, kept for edges that are away (it returns once the bus
+    /// has it). The change is already stored: a bus failure is logged and counted, not reported
+    /// to the client.
     pub async fn emit(&self, enterprise: &str, event: Event) {
         let kind = kind(&event);
         let e = pb::AccountEvent {
@@ -30,7 +31,8 @@ impl Events {
             event: Some(event),
         };
         let subject = wire::subjects::account_events(enterprise);
-        match self.bus.publish(&subject, e.encode_to_vec().into()).await {
+        let (stream, all) = (wire::subjects::ACCOUNT_EVENTS_STREAM, wire::subjects::ALL_ACCOUNT_EVENTS);
+        match self.bus.publish_durable(stream, all, &subject, e.encode_to_vec().into()).await {
             Ok(()) => metrics::counter!("hermes_accounts_events_total", "kind" => kind).increment(1),
             Err(err) => {
                 metrics::counter!("hermes_accounts_event_failures_total", "kind" => kind).increment(1);

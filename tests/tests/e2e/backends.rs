@@ -367,8 +367,6 @@ async fn account_events_reach_the_edge_over_nats_without_jetstream() {
 }
 
 async fn account_events_reach_the_edge_on(server: servers::ServerProcess) {
-    use bus::Bus;
-    use prost::Message as _;
     let signer = Signer::generate().expect("keys");
     let public = signer.verifier().to_paserk();
     let edge = TestEdge::start_with(|c| c.auth.token_public_key = public).await;
@@ -379,13 +377,59 @@ async fn account_events_reach_the_edge_on(server: servers::ServerProcess) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     // Another process (the accounts tier) on its own connection.
     let accounts_side = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect");
-    let event = alice_revoked_now();
-    accounts_side
-        .publish(&wire::subjects::account_events("acme"), event.encode_to_vec().into())
-        .await
-        .expect("publish");
+    publish_event(&accounts_side, &revoked_now("alice")).await.expect("publish");
     assert_eq!(expect_disconnect(&mut alice).await, 0x98);
     edge.stop().await;
+}
+
+/// NATS restarts without its store. The account-events stream is made again by the first to
+/// need it, and an edge reads the new stream from its start: an event published there before
+/// the edge noticed (a revocation) is not skipped because the old stream had gone further.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_follows_account_events_into_a_stream_nats_made_again() {
+    let mut server = servers::nats();
+    let signer = Signer::generate().expect("keys");
+    let public = signer.verifier().to_paserk();
+    let edge = TestEdge::start_with(|c| c.auth.token_public_key = public).await;
+    let edge_side = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect");
+    edge.edge().account_events().follow(&edge_side).await.expect("subscribe");
+    let accounts_side = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect");
+    let mut clients = Vec::new();
+    for user in ["alice", "bob"] {
+        let token = access_token(&signer, user, Duration::from_secs(600));
+        clients.push(edge.connect(Version::V5, Connect { password: Some(token), ..connect(user, true) }).await.0);
+    }
+    let [mut alice, mut bob] = clients.try_into().expect("two");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // The old stream goes to sequence 6; the edge has read all of it once bob is gone.
+    for _ in 0..5 {
+        let mut other = revoked_now("carol");
+        other.enterprise_id = "globex".into();
+        publish_event(&accounts_side, &other).await.expect("publish");
+    }
+    publish_event(&accounts_side, &revoked_now("bob")).await.expect("publish");
+    assert_eq!(expect_disconnect(&mut bob).await, 0x98);
+
+    let _again = servers::nats_again(&mut server);
+    // The accounts tier publishes as soon as it can: the revocation is the new stream's first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = publish_event(&accounts_side, &revoked_now("alice")).await {
+        assert!(std::time::Instant::now() < deadline, "never published to the new NATS: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    match alice.recv(Duration::from_secs(60)).await {
+        Ok(sdk::mqtt::Packet::Disconnect { code, .. }) => assert_eq!(code, 0x98),
+        other => panic!("the revocation in the stream made again never reached the edge: {other:?}"),
+    }
+    edge.stop().await;
+}
+
+/// Publishes `event` as the accounts tier does: kept in the account-events stream.
+async fn publish_event(bus: &dyn bus::Bus, event: &wire::pb::AccountEvent) -> Result<(), bus::BusError> {
+    use prost::Message as _;
+    let (stream, all) = (wire::subjects::ACCOUNT_EVENTS_STREAM, wire::subjects::ALL_ACCOUNT_EVENTS);
+    let subject = wire::subjects::account_events(&event.enterprise_id);
+    bus.publish_durable(stream, all, &subject, event.encode_to_vec().into()).await
 }
 
 /// A NATS bus says when its connection is lost and when it is back, with an outage that begins
@@ -427,8 +471,6 @@ async fn a_nats_bus_reports_each_loss_and_return_of_its_connection() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_edge_cut_off_from_nats_catches_up_on_account_events_when_it_is_back() {
-    use bus::Bus;
-    use prost::Message as _;
     let server = servers::nats();
     let proxy = hermes_tests::proxy::Proxy::start(server.addr).await;
     let signer = Signer::generate().expect("keys");
@@ -442,11 +484,7 @@ async fn an_edge_cut_off_from_nats_catches_up_on_account_events_when_it_is_back(
     let (mut alice, _) = edge.connect(Version::V5, Connect { password: Some(token), ..connect("alice", true) }).await;
     proxy.cut();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let event = alice_revoked_now();
-    accounts_side
-        .publish(&wire::subjects::account_events("acme"), event.encode_to_vec().into())
-        .await
-        .expect("publish while the edge is away");
+    publish_event(&accounts_side, &revoked_now("alice")).await.expect("publish while the edge is away");
     // Cut off, the edge cannot know yet.
     expect_nothing(&mut alice).await;
     proxy.restore();
@@ -508,12 +546,12 @@ async fn an_edge_that_starts_later_knows_revocations_and_tables_from_redis() {
     edge.stop().await;
 }
 
-/// What the accounts tier publishes when alice's tokens are revoked, now.
-fn alice_revoked_now() -> wire::pb::AccountEvent {
+/// What the accounts tier publishes when `user`'s tokens (at acme) are revoked, now.
+fn revoked_now(user: &str) -> wire::pb::AccountEvent {
     let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
     let revoked = wire::pb::TokenRevoked {
-        user_id: "id-alice".into(),
-        username: "alice".into(),
+        user_id: format!("id-{user}"),
+        username: user.into(),
         issued_before_ms: now,
         ..Default::default()
     };
