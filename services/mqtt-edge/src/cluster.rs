@@ -577,8 +577,11 @@ async fn take_in(
         if !fresh {
             metrics::counter!(m::CLUSTER_DUPLICATES).increment(1);
             if let (Some(taken), Some(s)) = (taken, &share) {
-                // Routed here already: settled once that is durable (everything journaled so far).
-                acker.settle(taken, &grouped, s, hub.journal().map(|j| j.written_so_far()));
+                // Routed here already: settled once that is durable (everything journaled so far,
+                // and nothing failed since it may have been routed: else it is given back, and
+                // routed again when the group gives it again).
+                let durable = hub.journal().map(|j| j.written_since(now.saturating_sub(ORIGIN_IDLE_MS)));
+                acker.settle(taken, &grouped, s, durable);
             }
             continue;
         }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
@@ -74,6 +74,8 @@ pub fn live_ttl(expiry_secs: u32) -> Option<u32> {
 struct Batch {
     items: Vec<Item>,
     done: Option<oneshot::Sender<bool>>,
+    /// Reported written only if no write failed since then either (Unix ms).
+    clean_since_ms: Option<u64>,
 }
 
 /// Writes to the journal in order, from any thread.
@@ -91,9 +93,15 @@ pub struct JournalWriter {
 struct Health {
     ok: AtomicBool,
     writing: crate::UnderWay,
+    /// When a write last failed (Unix ms; 0: never).
+    failed_at_ms: AtomicU64,
 }
 
 impl Health {
+    fn new() -> Self {
+        Health { ok: AtomicBool::new(true), writing: Default::default(), failed_at_ms: AtomicU64::new(0) }
+    }
+
     fn is_healthy(&self, now_ms: u64) -> bool {
         self.ok.load(Ordering::Relaxed) && !self.writing.longer_than(TRY_TIMEOUT, now_ms)
     }
@@ -121,15 +129,19 @@ impl JournalWriter {
     /// ends once every clone is dropped.
     pub fn start(journal: Arc<dyn SessionJournal>, holder: NodeName) -> Result<Self, String> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let health = Arc::new(Health { ok: AtomicBool::new(true), writing: Default::default() });
+        let health = Arc::new(Health::new());
         crate::on_own_thread("hermes-journal", run(journal.clone(), rx, health.clone(), holder))?;
         Ok(JournalWriter { tx, journal, health })
     }
 
     /// Queues `items` for writing after everything submitted before.
     pub fn submit(&self, items: Vec<Item>) -> Durable {
+        self.submit_checked(items, None)
+    }
+
+    fn submit_checked(&self, items: Vec<Item>, clean_since_ms: Option<u64>) -> Durable {
         let (done, rx) = oneshot::channel();
-        if self.tx.send(Batch { items, done: Some(done) }).is_err() {
+        if self.tx.send(Batch { items, done: Some(done), clean_since_ms }).is_err() {
             tracing::warn!("the journal writer is gone: session changes are not kept");
         }
         Durable(rx)
@@ -137,12 +149,19 @@ impl JournalWriter {
 
     /// Queues `items` with nobody waiting for them.
     pub fn submit_detached(&self, items: Vec<Item>) {
-        let _ = self.tx.send(Batch { items, done: None });
+        let _ = self.tx.send(Batch { items, done: None, clean_since_ms: None });
     }
 
     /// Resolves once everything submitted so far is written (or failed).
     pub fn written_so_far(&self) -> Durable {
         self.submit(Vec::new())
+    }
+
+    /// [`JournalWriter::written_so_far`], `true` only if no write failed since `since_ms`
+    /// either: whatever was submitted since then is written, including a batch that failed
+    /// before this was asked for.
+    pub fn written_since(&self, since_ms: u64) -> Durable {
+        self.submit_checked(Vec::new(), Some(since_ms))
     }
 
     /// Waits until everything submitted so far is written (or failed).
@@ -231,9 +250,13 @@ async fn run(
         let ok = writes.is_empty() || write(&*journal, &writes).await;
         health.writing.end();
         health.ok.store(ok, Ordering::Relaxed);
+        if !ok {
+            health.failed_at_ms.store(crate::message::now_ms(), Ordering::Relaxed);
+        }
+        let failed_at = health.failed_at_ms.load(Ordering::Relaxed);
         for b in batches {
             if let Some(done) = b.done {
-                let _ = done.send(ok);
+                let _ = done.send(ok && b.clean_since_ms.is_none_or(|since| failed_at < since));
             }
         }
     }
@@ -446,7 +469,7 @@ mod tests {
 
     #[test]
     fn a_write_under_way_for_longer_than_a_try_makes_the_journal_unhealthy() {
-        let health = Health { ok: AtomicBool::new(true), writing: Default::default() };
+        let health = Health::new();
         assert!(health.is_healthy(10_000), "idle");
         health.writing.begin(10_000);
         assert!(health.is_healthy(10_000 + TRY_TIMEOUT.as_millis() as u64), "within a try");
@@ -473,5 +496,51 @@ mod tests {
         assert_eq!(loaded.snapshot.queue.iter().map(|o| o.entry).collect::<Vec<_>>(), [2]);
         assert!(writer.flush().await);
         assert!(writer.is_healthy());
+    }
+
+    /// A journal whose writes fail while `failing` is set.
+    #[derive(Debug, Default)]
+    struct Failing {
+        inner: broker::journal::MemoryJournal,
+        failing: AtomicBool,
+    }
+
+    impl SessionJournal for Failing {
+        fn write<'a>(&'a self, writes: &'a [Write]) -> broker::relations::BoxFuture<'a, Result<(), String>> {
+            match self.failing.load(Ordering::Relaxed) {
+                true => Box::pin(async { Err("failing".to_owned()) }),
+                false => self.inner.write(writes),
+            }
+        }
+        fn load<'a>(
+            &'a self,
+            session: &'a str,
+        ) -> broker::relations::BoxFuture<'a, Result<Option<broker::journal::Stored>, String>> {
+            self.inner.load(session)
+        }
+        fn load_retained(&self) -> broker::relations::BoxFuture<'_, Result<broker::journal::Retained, String>> {
+            self.inner.load_retained()
+        }
+        fn expires_at<'a>(
+            &'a self,
+            session: &'a str,
+        ) -> broker::relations::BoxFuture<'a, Result<Option<Option<u64>>, String>> {
+            self.inner.expires_at(session)
+        }
+    }
+
+    #[tokio::test]
+    async fn written_since_says_no_while_a_write_failed_since_then() {
+        let journal = Arc::new(Failing::default());
+        let writer = JournalWriter::start(journal.clone(), NodeName::new("a")).expect("starts");
+        let s: Arc<str> = "s".into();
+        let before = crate::message::now_ms();
+        journal.failing.store(true, Ordering::Relaxed);
+        assert!(!writer.submit(vec![kept(&s, 1, true)]).wait().await, "failed");
+        journal.failing.store(false, Ordering::Relaxed);
+        // Nothing is left to write: the barrier alone succeeds, though a write before it failed.
+        assert!(writer.written_so_far().wait().await);
+        assert!(!writer.written_since(before).wait().await, "a write failed since");
+        assert!(writer.written_since(crate::message::now_ms() + 1).wait().await, "none since then");
     }
 }
