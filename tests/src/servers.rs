@@ -146,30 +146,75 @@ pub fn redis() -> ServerProcess {
 /// keys of different slots (CROSSSLOT), a script (`#!lua`) touching keys of another slot than
 /// the one its keys name. The contracts run on it prove our key layout is Cluster-safe.
 pub fn redis_cluster_node() -> ServerProcess {
+    let mut nodes = redis_cluster(1).nodes;
+    nodes.pop().expect("one node")
+}
+
+/// A Redis Cluster of `n` primaries on loopback, the hash slots split evenly between them.
+#[derive(Debug)]
+pub struct RedisCluster {
+    pub nodes: Vec<ServerProcess>,
+}
+
+impl RedisCluster {
+    /// `state.redis_url` for it: every node a seed.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self.nodes.iter().map(|n| n.addr.to_string()).collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+}
+
+/// `n` `redis-server`s in cluster mode that know each other, each owning its share of the
+/// 16 384 hash slots; returns once every node says the cluster is up.
+pub fn redis_cluster(n: u16) -> RedisCluster {
     let dir = std::env::temp_dir().join(format!("hermes-redis-cluster-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).expect("a directory for the cluster's config");
-    let mut server = start("redis-server", |port| {
-        let config = dir.join(format!("nodes-{port}.conf"));
-        ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            .into_iter()
-            .chain(["--cluster-enabled", "yes", "--cluster-config-file", &config.display().to_string()])
-            .chain(["--dir", &dir.display().to_string()])
-            .map(str::to_owned)
-            .collect()
-    });
-    let mut conn =
-        redis::Client::open(server.redis_url()).and_then(|c| c.get_connection()).expect("connect to the cluster node");
-    let () = redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(0).arg(16383).query(&mut conn).expect("take every slot");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).expect("CLUSTER INFO");
-        if info.contains("cluster_state:ok") {
-            server.dir = Some(dir);
-            return server;
+    let mut nodes: Vec<ServerProcess> = (0..n)
+        .map(|_| {
+            start("redis-server", |port| {
+                let config = dir.join(format!("nodes-{port}.conf"));
+                ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                    .into_iter()
+                    .chain(["--cluster-enabled", "yes", "--cluster-config-file", &config.display().to_string()])
+                    .chain(["--dir", &dir.display().to_string()])
+                    .map(str::to_owned)
+                    .collect()
+            })
+        })
+        .collect();
+    let connect = |node: &ServerProcess| {
+        redis::Client::open(node.redis_url()).and_then(|c| c.get_connection()).expect("connect to a cluster node")
+    };
+    let share = 16384 / n;
+    for (i, node) in (0..n).zip(&nodes) {
+        let mut conn = connect(node);
+        let last = if i == n - 1 { 16383 } else { (i + 1) * share - 1 };
+        let () =
+            redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(i * share).arg(last).query(&mut conn).expect("take slots");
+        let port = node.addr.port();
+        if i > 0 {
+            let mut first = connect(&nodes[0]);
+            let () = redis::cmd("CLUSTER").arg("MEET").arg("127.0.0.1").arg(port).query(&mut first).expect("meet");
         }
-        assert!(std::time::Instant::now() < deadline, "the cluster node never came up: {info}");
-        std::thread::sleep(Duration::from_millis(50));
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for node in &nodes {
+        let mut conn = connect(node);
+        loop {
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).expect("CLUSTER INFO");
+            let known = format!("cluster_known_nodes:{n}");
+            if info.contains("cluster_state:ok") && info.contains(&known) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the cluster never came up: {info}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    // Removed with the last node, after the others are gone.
+    if let Some(last) = nodes.last_mut() {
+        last.dir = Some(dir);
+    }
+    RedisCluster { nodes }
 }
 
 /// The URL of a new, empty database on the Postgres server `POSTGRES_TEST_URL` names

@@ -17,9 +17,9 @@
 //! So a hash always holds `r`, and `load` answers `None` for one that does not (something else
 //! wrote it).
 
+use crate::RedisConn;
 use broker::journal::{SessionJournal, Stored, Write};
 use broker::relations::BoxFuture;
-use redis::aio::ConnectionManager;
 
 /// The hash field holding the session's record.
 const RECORD: &[u8] = b"r";
@@ -52,7 +52,7 @@ return 0"
 /// Persistent sessions on Redis (see the module's documentation).
 #[derive(Clone)]
 pub struct RedisJournal {
-    conn: ConnectionManager,
+    conn: RedisConn,
 }
 
 impl std::fmt::Debug for RedisJournal {
@@ -62,7 +62,7 @@ impl std::fmt::Debug for RedisJournal {
 }
 
 impl RedisJournal {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisConn) -> Self {
         RedisJournal { conn }
     }
 }

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use broker::access::{AccessDirectory, Revocation, Tables};
 use broker::relations::{BoxFuture, RelationDirectory, UserRelations};
 use prost::Message as _;
-use redis::aio::ConnectionManager;
 
+pub mod conn;
 pub mod journal;
 pub mod login;
 pub mod owners;
 pub mod presence;
 pub mod streams;
+pub use conn::{RedisConn, connect};
 pub use journal::RedisJournal;
 pub use login::RedisLoginGuard;
 pub use owners::RedisOwners;
@@ -37,10 +38,10 @@ pub struct StateDirectories {
     pub journal: Arc<dyn broker::journal::SessionJournal>,
     /// The connection the directories share, for [`StateDirectories::login_guard`] and
     /// [`StateDirectories::presence`].
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// The session journal's connection, which durable streams share (both are written before
     /// a PUBLISH is acknowledged).
-    journal_conn: ConnectionManager,
+    journal_conn: RedisConn,
 }
 
 impl StateDirectories {
@@ -81,7 +82,7 @@ impl StateDirectories {
 
 #[derive(Clone)]
 pub struct RedisRelations {
-    conn: ConnectionManager,
+    conn: RedisConn,
 }
 
 impl std::fmt::Debug for RedisRelations {
@@ -90,20 +91,8 @@ impl std::fmt::Debug for RedisRelations {
     }
 }
 
-/// A connection to `url` (`redis://host:6379/0`) that reconnects by itself; clones share it.
-pub async fn connect(url: &str) -> Result<ConnectionManager, String> {
-    let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
-    // A Redis that stops answering (a partition, not a closed socket) fails commands in two
-    // seconds instead of holding them forever; reconnects back off up to a second apart.
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(Some(std::time::Duration::from_secs(2)))
-        .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-        .set_max_delay(std::time::Duration::from_secs(1));
-    client.get_connection_manager_with_config(config).await.map_err(|e| format!("{url}: {e}"))
-}
-
 impl RedisRelations {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisConn) -> Self {
         RedisRelations { conn }
     }
 
@@ -174,7 +163,7 @@ impl RelationDirectory for RedisRelations {
 /// cannot roll anything back.
 #[derive(Clone)]
 pub struct RedisAccess {
-    conn: ConnectionManager,
+    conn: RedisConn,
 }
 
 impl std::fmt::Debug for RedisAccess {
@@ -208,7 +197,7 @@ fn revocation_field(r: &Revocation) -> String {
 }
 
 impl RedisAccess {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisConn) -> Self {
         RedisAccess { conn }
     }
 
@@ -295,12 +284,18 @@ impl AccessDirectory for RedisAccess {
     }
 }
 
-/// Sends `pipe` on `conn`, its errors as text.
-pub(crate) async fn query<T: redis::FromRedisValue>(
-    conn: &ConnectionManager,
+/// Sends `pipe` on `conn`, its errors as text (on a cluster, its slots at once).
+pub(crate) async fn query<T: redis::FromRedisValue>(conn: &RedisConn, pipe: &redis::Pipeline) -> Result<T, String> {
+    pipe.query_async(&mut conn.clone()).await.map_err(|e| e.to_string())
+}
+
+/// [`query`], where each command must be done before any later one starts (on a cluster, its
+/// slots one after the other: see [`conn::InOrder`]).
+pub(crate) async fn query_in_order<T: redis::FromRedisValue>(
+    conn: &RedisConn,
     pipe: &redis::Pipeline,
 ) -> Result<T, String> {
-    pipe.query_async(&mut conn.clone()).await.map_err(|e| e.to_string())
+    pipe.query_async(&mut conn::InOrder(conn.clone())).await.map_err(|e| e.to_string())
 }
 
 /// A Lua script as Redis Cluster runs it: the `#!lua` line makes Redis (7.0 or later) refuse any

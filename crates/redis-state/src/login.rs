@@ -14,9 +14,9 @@ use std::net::IpAddr;
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use crate::RedisConn;
 use broker::login::{LoginGuard, LoginLimits, Throttled};
 use broker::relations::BoxFuture;
-use redis::aio::ConnectionManager;
 
 /// KEYS: lockout, address window, account window. ARGV: attempts per address, attempts per
 /// account (0 = unlimited), window (ms). `{0, 0}` when the attempt is counted (in both windows),
@@ -68,7 +68,7 @@ return 0",
 /// Login attempts and failures on Redis (see the module's documentation).
 #[derive(Clone)]
 pub struct RedisLoginGuard {
-    conn: ConnectionManager,
+    conn: RedisConn,
     limits: LoginLimits,
     window_ms: u64,
     lockout_ms: u64,
@@ -86,7 +86,7 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl RedisLoginGuard {
-    pub fn new(conn: ConnectionManager, limits: LoginLimits) -> Self {
+    pub fn new(conn: RedisConn, limits: LoginLimits) -> Self {
         RedisLoginGuard { conn, limits, window_ms: millis(limits.window).max(1), lockout_ms: millis(limits.lockout) }
     }
 }

@@ -14,9 +14,9 @@
 
 use std::sync::LazyLock;
 
+use crate::RedisConn;
 use broker::owners::Claimed;
 use broker::relations::BoxFuture;
-use redis::aio::ConnectionManager;
 
 /// How long an owner record outlives its last claim.
 const OWNER_TTL_SECS: u64 = 7 * 24 * 3600;
@@ -90,7 +90,7 @@ static HEARTBEAT: LazyLock<redis::Script> = LazyLock::new(|| {
 /// Session owners on Redis (see the module's documentation).
 #[derive(Clone)]
 pub struct RedisOwners {
-    conn: ConnectionManager,
+    conn: RedisConn,
 }
 
 impl std::fmt::Debug for RedisOwners {
@@ -100,7 +100,7 @@ impl std::fmt::Debug for RedisOwners {
 }
 
 impl RedisOwners {
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisConn) -> Self {
         RedisOwners { conn }
     }
 
@@ -130,7 +130,7 @@ impl broker::owners::SessionOwners for RedisOwners {
             let mut pipe = redis::pipe();
             pipe.sadd(wire::keys::node_sessions(node), session).ignore();
             pipe.load_script(&CLAIM).ignore().invoke_script(&call);
-            let ((version, previous),): ((u64, Option<String>),) = crate::query(&self.conn, &pipe).await?;
+            let ((version, previous),): ((u64, Option<String>),) = crate::query_in_order(&self.conn, &pipe).await?;
             if let Some(p) = previous.as_deref().filter(|p| *p != node) {
                 self.unlist(p, session).await;
             }
@@ -146,7 +146,7 @@ impl broker::owners::SessionOwners for RedisOwners {
             pipe.load_script(&RELEASE).ignore().invoke_script(&call).ignore();
             // Whoever owns it now, this node no longer does.
             pipe.srem(wire::keys::node_sessions(node), session).ignore();
-            crate::query::<()>(&self.conn, &pipe).await
+            crate::query_in_order::<()>(&self.conn, &pipe).await
         })
     }
 
@@ -163,7 +163,7 @@ impl broker::owners::SessionOwners for RedisOwners {
             pipe.sadd(wire::keys::node_sessions(node), session).ignore();
             pipe.srem(wire::keys::node_sessions(from), session).ignore();
             pipe.load_script(&CLAIM_FROM).ignore().invoke_script(&call);
-            let ((taken, value),): ((u8, Option<String>),) = crate::query(&self.conn, &pipe).await?;
+            let ((taken, value),): ((u8, Option<String>),) = crate::query_in_order(&self.conn, &pipe).await?;
             if taken == 1 {
                 let version = value.as_deref().and_then(|v| v.parse().ok()).ok_or("claim_from: no version")?;
                 return Ok(Some(Claimed { version, previous: Some(from.to_owned()) }));

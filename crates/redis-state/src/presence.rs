@@ -39,10 +39,10 @@
 
 use std::sync::LazyLock;
 
+use crate::RedisConn;
 use broker::presence::{Announce, DEFAULT_TTL_MS, MAX_TTL_MS, PresenceDirectory};
 use broker::relations::BoxFuture;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 /// Most users of a dead node one round of reaping takes.
 pub const REAP_BUDGET: u32 = 1_000;
@@ -194,7 +194,7 @@ type Registry = Vec<(String, String)>;
 /// Presence counters on Redis (see the module's documentation).
 #[derive(Clone)]
 pub struct RedisPresence {
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// The registry as the last change read it, and when: a change within [`FRESH`] of it
     /// uses it, so it is one round trip instead of two.
     registry: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, Registry)>>>,
@@ -213,7 +213,7 @@ impl std::fmt::Debug for RedisPresence {
 
 impl RedisPresence {
     /// Presence on `conn` (from [`crate::connect`]).
-    pub fn new(conn: ConnectionManager) -> Self {
+    pub fn new(conn: RedisConn) -> Self {
         RedisPresence { conn, registry: Default::default() }
     }
 
@@ -251,7 +251,7 @@ impl RedisPresence {
         if devices == 0 {
             pipe.srem(&node_users, user).ignore();
         }
-        let (registry, totals): (Registry, (u64, u64)) = crate::query(&self.conn, &pipe).await?;
+        let (registry, totals): (Registry, (u64, u64)) = crate::query_in_order(&self.conn, &pipe).await?;
         self.keep(registry);
         Ok(totals)
     }

@@ -22,10 +22,10 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use crate::RedisConn;
 use broker::relations::BoxFuture;
 use broker::streams::{Append, DeadLetter, Entry, Replay, Retention, Stamp, StreamStore};
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 /// Most aged-out messages one append deletes: bounded work per append (a read deletes the rest
 /// at the head).
@@ -118,7 +118,7 @@ return 0",
 /// Durable streams on Redis (see the module's documentation).
 #[derive(Clone)]
 pub struct RedisStreams {
-    conn: ConnectionManager,
+    conn: RedisConn,
     retention: Retention,
 }
 
@@ -140,7 +140,7 @@ type RawLetter = (String, Vec<Vec<u8>>);
 
 impl RedisStreams {
     /// Streams on `conn` (from [`crate::connect`]) keeping what `retention` allows.
-    pub fn new(conn: ConnectionManager, retention: Retention) -> Self {
+    pub fn new(conn: RedisConn, retention: Retention) -> Self {
         RedisStreams { conn, retention }
     }
 

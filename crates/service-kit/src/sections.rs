@@ -74,8 +74,9 @@ impl BusConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
-    /// Redis URL (`redis://host:6379/0`) of the directories edges read (relations, ACL tables,
-    /// revocations); empty: none.
+    /// Redis URL (`redis://host:6379/0`, or `redis+cluster://host:7000,host:7001` for a Redis
+    /// Cluster) of the directories edges read (relations, ACL tables, revocations) and the
+    /// cluster's state; empty: none.
     pub redis_url: String,
 }
 

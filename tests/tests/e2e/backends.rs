@@ -122,31 +122,31 @@ async fn a_kept_stream_nats_has_no_room_for_says_which_setting_to_lower() {
 
 #[tokio::test]
 async fn redis_relation_directory_meets_the_contract() {
-    relation_directory_contract(&servers::redis()).await;
+    relation_directory_contract(&servers::redis().redis_url()).await;
 }
 
-async fn relation_directory_contract(server: &servers::ServerProcess) {
-    let dir = redis_state::RedisRelations::connect(&server.redis_url()).await.expect("connect to redis-server");
+async fn relation_directory_contract(url: &str) {
+    let dir = redis_state::RedisRelations::connect(url).await.expect("connect to redis-server");
     broker::relations::contract::check_directory(&dir, "contract-").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_session_owners_meet_the_contract() {
-    session_owners_contract(&servers::redis()).await;
+    session_owners_contract(&servers::redis().redis_url()).await;
 }
 
-async fn session_owners_contract(server: &servers::ServerProcess) {
-    let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
+async fn session_owners_contract(url: &str) {
+    let conn = redis_state::connect(url).await.expect("connect to redis-server");
     broker::owners::contract::check(&redis_state::RedisOwners::new(conn), "contract").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_session_journal_meets_the_contract() {
-    session_journal_contract(&servers::redis()).await;
+    session_journal_contract(&servers::redis().redis_url()).await;
 }
 
-async fn session_journal_contract(server: &servers::ServerProcess) {
-    let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
+async fn session_journal_contract(url: &str) {
+    let conn = redis_state::connect(url).await.expect("connect to redis-server");
     broker::journal::contract::check(&redis_state::RedisJournal::new(conn.clone()), "journal").await;
     // What the contract cannot see: each session's expiry is its hash's (the expired one was
     // written again, live, at the end of the contract).
@@ -164,11 +164,11 @@ async fn session_journal_contract(server: &servers::ServerProcess) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_streams_meet_the_contract() {
-    streams_contract(&servers::redis()).await;
+    streams_contract(&servers::redis().redis_url()).await;
 }
 
-async fn streams_contract(server: &servers::ServerProcess) {
-    let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
+async fn streams_contract(url: &str) {
+    let conn = redis_state::connect(url).await.expect("connect to redis-server");
     let streams = redis_state::RedisStreams::new(conn.clone(), broker::streams::contract::RETENTION);
     // Two runs at once, as edges sharing a Redis would: streams apart, dead letters shared.
     tokio::join!(broker::streams::contract::check(&streams, "one"), broker::streams::contract::check(&streams, "two"));
@@ -186,14 +186,14 @@ async fn streams_contract(server: &servers::ServerProcess) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_presence_meets_the_contract() {
-    presence_contract(&servers::redis(), "").await;
+    presence_contract(&servers::redis().redis_url(), "").await;
 }
 
 /// `run` names this run's users and nodes: the contract notes what every heartbeat in this
 /// process returned, so runs on two servers at once must not share names.
-async fn presence_contract(server: &servers::ServerProcess, run: &str) {
+async fn presence_contract(url: &str, run: &str) {
     let (one, two) = (format!("{run}one"), format!("{run}two"));
-    let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
+    let conn = redis_state::connect(url).await.expect("connect to redis-server");
     let presence = redis_state::RedisPresence::new(conn.clone());
     // Two runs at once, as edges sharing a Redis would: each reaps the other's dead node too.
     tokio::join!(
@@ -260,11 +260,11 @@ fn short_login_limits() -> broker::login::LoginLimits {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_login_guard_meets_the_contract() {
-    login_guard_contract(&servers::redis()).await;
+    login_guard_contract(&servers::redis().redis_url()).await;
 }
 
-async fn login_guard_contract(server: &servers::ServerProcess) {
-    let conn = redis_state::connect(&server.redis_url()).await.expect("connect to redis-server");
+async fn login_guard_contract(url: &str) {
+    let conn = redis_state::connect(url).await.expect("connect to redis-server");
     let limits = short_login_limits();
     broker::login::contract::check(&redis_state::RedisLoginGuard::new(conn.clone(), limits), "contract", limits).await;
     let unlimited = broker::login::LoginLimits {
@@ -499,11 +499,11 @@ async fn an_edge_cut_off_from_nats_catches_up_on_account_events_when_it_is_back(
 
 #[tokio::test]
 async fn redis_access_directory_meets_the_contract() {
-    access_directory_contract(&servers::redis()).await;
+    access_directory_contract(&servers::redis().redis_url()).await;
 }
 
-async fn access_directory_contract(server: &servers::ServerProcess) {
-    let dir = redis_state::RedisAccess::connect(&server.redis_url()).await.expect("connect to redis-server");
+async fn access_directory_contract(url: &str) {
+    let dir = redis_state::RedisAccess::connect(url).await.expect("connect to redis-server");
     broker::access::contract::check(&dir, "contract-").await;
 }
 
@@ -563,6 +563,47 @@ fn revoked_now(user: &str) -> wire::pb::AccountEvent {
     }
 }
 
+/// The same contracts on a Redis Cluster of three primaries (`servers::redis_cluster`), through
+/// the cluster client (`redis+cluster://`): pipelines over several slots go per slot.
+mod on_a_redis_cluster {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn relation_directory() {
+        relation_directory_contract(&servers::redis_cluster(3).url()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn session_owners() {
+        session_owners_contract(&servers::redis_cluster(3).url()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn session_journal() {
+        session_journal_contract(&servers::redis_cluster(3).url()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn streams() {
+        streams_contract(&servers::redis_cluster(3).url()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn presence() {
+        presence_contract(&servers::redis_cluster(3).url(), "cluster3-").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn login_guard() {
+        login_guard_contract(&servers::redis_cluster(3).url()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn access_directory() {
+        access_directory_contract(&servers::redis_cluster(3).url()).await;
+    }
+}
+
 /// The same contracts on a Redis in cluster mode, alone with every slot
 /// (`servers::redis_cluster_node`): every transaction and script of ours keeps to one hash slot,
 /// so the key layout holds on Redis Cluster.
@@ -571,36 +612,36 @@ mod on_a_redis_cluster_node {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn relation_directory() {
-        relation_directory_contract(&servers::redis_cluster_node()).await;
+        relation_directory_contract(&servers::redis_cluster_node().redis_url()).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn session_owners() {
-        session_owners_contract(&servers::redis_cluster_node()).await;
+        session_owners_contract(&servers::redis_cluster_node().redis_url()).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn session_journal() {
-        session_journal_contract(&servers::redis_cluster_node()).await;
+        session_journal_contract(&servers::redis_cluster_node().redis_url()).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn streams() {
-        streams_contract(&servers::redis_cluster_node()).await;
+        streams_contract(&servers::redis_cluster_node().redis_url()).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn presence() {
-        presence_contract(&servers::redis_cluster_node(), "cluster-").await;
+        presence_contract(&servers::redis_cluster_node().redis_url(), "cluster-").await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn login_guard() {
-        login_guard_contract(&servers::redis_cluster_node()).await;
+        login_guard_contract(&servers::redis_cluster_node().redis_url()).await;
     }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn access_directory() {
-        access_directory_contract(&servers::redis_cluster_node()).await;
+        access_directory_contract(&servers::redis_cluster_node().redis_url()).await;
     }
 }

@@ -39,6 +39,24 @@ async fn pairs_with(adjust: impl Fn(&mut mqtt_edge::EdgeConfig)) -> Vec<(&'stati
         b: TestEdge::start_clustered(connect().await, None, node("b")).await,
         _servers: vec![nats, redis],
     };
+    // The same on a Redis Cluster of three primaries (and a NATS of their own: the pairs must
+    // not hear each other).
+    let (nats, redis_cluster) = (servers::nats(), servers::redis_cluster(3));
+    let (url, cluster_url) = (nats.nats_url(), redis_cluster.url());
+    let connect = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn Bus> };
+    let on_cluster = |id| {
+        let on = node_on(id, &cluster_url);
+        let adjust = &adjust;
+        move |c: &mut mqtt_edge::EdgeConfig| {
+            on(c);
+            adjust(c);
+        }
+    };
+    let on_redis_cluster = Pair {
+        a: TestEdge::start_clustered(connect().await, None, on_cluster("a")).await,
+        b: TestEdge::start_clustered(connect().await, None, on_cluster("b")).await,
+        _servers: redis_cluster.nodes.into_iter().chain([nats]).collect(),
+    };
     let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
     let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
     let named = |id: &'static str| {
@@ -53,7 +71,7 @@ async fn pairs_with(adjust: impl Fn(&mut mqtt_edge::EdgeConfig)) -> Vec<(&'stati
         b: TestEdge::start_clustered(memory, Some(owners), named("b")).await,
         _servers: Vec::new(),
     };
-    vec![("nats", on_nats), ("memory", in_process)]
+    vec![("nats", on_nats), ("nats, redis cluster", on_redis_cluster), ("memory", in_process)]
 }
 
 /// An edge's settings: named `id`, its state in the Redis at `redis_url`.

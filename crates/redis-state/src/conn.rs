@@ -1,0 +1,300 @@
+//! The connection every Redis backend shares: one Redis ([`ConnectionManager`]) or a Redis
+//! Cluster ([`ClusterConnection`]), told apart by `state.redis_url`
+//! (`redis+cluster://host:port,host:port`, seed nodes).
+//!
+//! Every script and transaction of ours keeps to one hash slot (the key layout), but a pipeline
+//! may span several: a batch of journal changes for many sessions, a follow that writes two
+//! users' sets. On a cluster a pipeline goes as one pipeline per slot, each slot's commands in
+//! their order, the slots at once ([`RedisConn`] as a `ConnectionLike`); [`InOrder`] sends the
+//! slots one after the other where an earlier command must be done before a later one on
+//! another slot starts (a session listed under its node before it is claimed).
+
+use futures_util::future::try_join_all;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// How long a command may wait for its answer, and a connection for its setup.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The scheme of a Redis Cluster's seed nodes in `state.redis_url`.
+const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// A connection to one Redis or to a Redis Cluster; clones share it.
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RedisConn::Single(_) => "RedisConn::Single",
+            RedisConn::Cluster(_) => "RedisConn::Cluster",
+        })
+    }
+}
+
+/// A connection to `url` that reconnects by itself: `redis://host:6379/0` for one Redis,
+/// `redis+cluster://[user:password@]host:port,host:port` for a Redis Cluster (any of its nodes;
+/// the others are found from them).
+pub async fn connect(url: &str) -> Result<RedisConn, String> {
+    match cluster_seeds(url) {
+        Some(seeds) => {
+            let client = redis::cluster::ClusterClient::builder(seeds)
+                .connection_timeout(TIMEOUT)
+                .response_timeout(TIMEOUT)
+                .build()
+                .map_err(|e| format!("{url}: {e}"))?;
+            let conn = client.get_async_connection().await.map_err(|e| format!("{url}: {e}"))?;
+            Ok(RedisConn::Cluster(conn))
+        }
+        None => {
+            let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
+            // A Redis that stops answering (a partition, not a closed socket) fails commands in
+            // two seconds instead of holding them forever; reconnects back off up to a second
+            // apart.
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(TIMEOUT))
+                .set_connection_timeout(Some(TIMEOUT))
+                .set_max_delay(std::time::Duration::from_secs(1));
+            let conn = client.get_connection_manager_with_config(config).await.map_err(|e| format!("{url}: {e}"))?;
+            Ok(RedisConn::Single(conn))
+        }
+    }
+}
+
+/// The seed nodes' URLs of a `redis+cluster://` URL (the first node's credentials go to every
+/// node); `None` for any other URL.
+fn cluster_seeds(url: &str) -> Option<Vec<String>> {
+    let rest = url.strip_prefix(CLUSTER_SCHEME)?;
+    let mut nodes = rest.split(',').map(str::trim).filter(|n| !n.is_empty());
+    let first = nodes.next().unwrap_or_default();
+    let credentials = first.rsplit_once('@').map(|(c, _)| c);
+    let seed = |node: &str| match (credentials, node.contains('@')) {
+        (Some(c), false) => format!("redis://{c}@{node}"),
+        _ => format!("redis://{node}"),
+    };
+    Some(std::iter::once(first).chain(nodes).map(seed).collect())
+}
+
+/// The hash slot of the key `cmd` works on, for the commands this crate sends; `None` for a
+/// command without a key (`SCRIPT LOAD`).
+fn slot_of(cmd: &Cmd) -> Option<Slot> {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(bytes) => Some(bytes),
+        _ => None,
+    });
+    let name = args.next()?.to_ascii_uppercase();
+    let key = match name.as_slice() {
+        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" => {
+            let _script = args.next()?;
+            let keys: usize = std::str::from_utf8(args.next()?).ok()?.parse().ok()?;
+            if keys == 0 {
+                return None;
+            }
+            args.next()?
+        }
+        b"SCRIPT" | b"PING" | b"INFO" | b"FLUSHALL" | b"FLUSHDB" => return None,
+        _ => args.next()?,
+    };
+    Some(Slot::for_key(key))
+}
+
+/// `pipeline`'s commands grouped into pipelines of one slot each, in the order each slot first
+/// comes, with the commands' places in `pipeline`. A command without a key goes with every
+/// group after it and before it (a `SCRIPT LOAD` must reach each node that runs the script);
+/// its answer is taken from the first group.
+fn by_slot(pipeline: &Pipeline) -> Vec<(Pipeline, Vec<usize>)> {
+    let mut groups: Vec<(Option<Slot>, Pipeline, Vec<usize>)> = Vec::new();
+    let mut keyless: Vec<(usize, &Cmd)> = Vec::new();
+    for (i, cmd) in pipeline.cmd_iter().enumerate() {
+        match slot_of(cmd) {
+            None => {
+                for (_, group, places) in &mut groups {
+                    group.add_command(cmd.clone());
+                    places.push(i);
+                }
+                keyless.push((i, cmd));
+            }
+            Some(slot) => {
+                let at = match groups.iter().position(|(s, ..)| *s == Some(slot)) {
+                    Some(at) => at,
+                    None => {
+                        let mut group = redis::pipe();
+                        let mut places = Vec::new();
+                        for (j, k) in &keyless {
+                            group.add_command((*k).clone());
+                            places.push(*j);
+                        }
+                        groups.push((Some(slot), group, places));
+                        groups.len() - 1
+                    }
+                };
+                groups[at].1.add_command(cmd.clone());
+                groups[at].2.push(i);
+            }
+        }
+    }
+    if groups.is_empty() && !keyless.is_empty() {
+        let mut group = redis::pipe();
+        keyless.iter().for_each(|(_, k)| {
+            group.add_command((*k).clone());
+        });
+        groups.push((None, group, keyless.iter().map(|(j, _)| *j).collect()));
+    }
+    groups.into_iter().map(|(_, group, places)| (group, places)).collect()
+}
+
+/// The answers of `groups` (sent as [`by_slot`] made them) in `pipeline`'s order.
+fn reassemble(count: usize, groups: Vec<(Vec<usize>, Vec<Value>)>) -> Vec<Value> {
+    let mut out: Vec<Option<Value>> = vec![None; count];
+    for (places, answers) in groups {
+        for (place, answer) in places.into_iter().zip(answers) {
+            let slot = &mut out[place];
+            if slot.is_none() {
+                *slot = Some(answer);
+            }
+        }
+    }
+    out.into_iter().map(Option::unwrap_or_default).collect()
+}
+
+/// Sends one slot's pipeline on the cluster; its answers.
+async fn send_group(
+    mut conn: ClusterConnection,
+    group: Pipeline,
+    places: Vec<usize>,
+) -> redis::RedisResult<(Vec<usize>, Vec<Value>)> {
+    let count = places.len();
+    let answers = conn.req_packed_commands(&group, 0, count).await?;
+    Ok((places, answers))
+}
+
+/// A pipeline that is not a transaction, on a cluster: one pipeline per slot; `in_order` sends
+/// them one after the other, else all at once.
+async fn split(conn: &ClusterConnection, pipeline: &Pipeline, in_order: bool) -> redis::RedisResult<Vec<Value>> {
+    let groups = by_slot(pipeline);
+    let answers = if in_order {
+        let mut answers = Vec::with_capacity(groups.len());
+        for (group, places) in groups {
+            answers.push(send_group(conn.clone(), group, places).await?);
+        }
+        answers
+    } else {
+        try_join_all(groups.into_iter().map(|(group, places)| send_group(conn.clone(), group, places))).await?
+    };
+    Ok(reassemble(pipeline.len(), answers))
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match (self, offset) {
+            (RedisConn::Single(c), _) => c.req_packed_commands(pipeline, offset, count),
+            (RedisConn::Cluster(c), 0) => {
+                let c = c.clone();
+                Box::pin(async move { split(&c, pipeline, false).await })
+            }
+            // A transaction keeps to one slot: the cluster sends it whole.
+            (RedisConn::Cluster(c), _) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A [`RedisConn`] whose pipelines, on a cluster, go slot after slot in the order each slot
+/// first comes in them: what an earlier command did is done before a later one on another slot
+/// starts. One round trip per slot instead of one in all.
+pub(crate) struct InOrder(pub(crate) RedisConn);
+
+impl ConnectionLike for InOrder {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match (&self.0, offset) {
+            (RedisConn::Cluster(c), 0) => {
+                let c = c.clone();
+                Box::pin(async move { split(&c, pipeline, true).await })
+            }
+            _ => self.0.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_name_their_seed_nodes() {
+        assert_eq!(cluster_seeds("redis://127.0.0.1:6379/0"), None);
+        assert_eq!(
+            cluster_seeds("redis+cluster://127.0.0.1:7000, 127.0.0.1:7001,"),
+            Some(vec!["redis://127.0.0.1:7000".to_owned(), "redis://127.0.0.1:7001".to_owned()])
+        );
+        assert_eq!(
+            cluster_seeds("redis+cluster://:secret@a:7000,b:7001,u:p@c:7002"),
+            Some(vec!["redis://:secret@a:7000".into(), "redis://:secret@b:7001".into(), "redis://u:p@c:7002".into()])
+        );
+        assert_eq!(cluster_seeds("redis+cluster://"), Some(vec!["redis://".to_owned()]), "refused when connecting");
+    }
+
+    #[test]
+    fn commands_are_grouped_by_the_slot_of_their_key_in_order() {
+        let script = redis::Script::new("return 1");
+        let mut pipe = redis::pipe();
+        pipe.sadd("{a}:x", 1).ignore();
+        pipe.load_script(&script).ignore();
+        let mut call = script.prepare_invoke();
+        call.key("{b}:y");
+        pipe.invoke_script(&call);
+        pipe.srem("{a}:z", 1);
+        pipe.cmd("SCRIPT").arg("FLUSH");
+        let groups = by_slot(&pipe);
+        let places: Vec<Vec<usize>> = groups.iter().map(|(_, p)| p.clone()).collect();
+        // {a}: its two commands and both keyless ones; {b}: the load before its call and the
+        // keyless one after.
+        assert_eq!(places, vec![vec![0, 1, 3, 4], vec![1, 2, 4]]);
+        assert_eq!(slot_of(pipe.cmd_iter().nth(2).expect("the call")), Some(Slot::for_key("{b}:y")));
+        assert_eq!(slot_of(pipe.cmd_iter().nth(1).expect("the load")), None);
+        let answers = reassemble(
+            5,
+            vec![
+                (vec![0, 1, 3, 4], (0..4).map(Value::Int).collect()),
+                (vec![1, 2, 4], (10..13).map(Value::Int).collect()),
+            ],
+        );
+        assert_eq!(answers, [0, 1, 11, 2, 3].map(Value::Int).to_vec(), "keyless answers from the first group");
+    }
+}
