@@ -167,46 +167,71 @@ impl RedisCluster {
 /// `n` `redis-server`s in cluster mode that know each other, each owning its share of the
 /// 16 384 hash slots; returns once every node says the cluster is up.
 pub fn redis_cluster(n: u16) -> RedisCluster {
+    redis_cluster_with(n, 0)
+}
+
+/// [`redis_cluster`] with `replicas` replicas of each primary (after the primaries in
+/// `nodes`), which take over a primary that stops answering for a second.
+pub fn redis_cluster_with(n: u16, replicas: u16) -> RedisCluster {
     let dir = std::env::temp_dir().join(format!("hermes-redis-cluster-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).expect("a directory for the cluster's config");
-    let mut nodes: Vec<ServerProcess> = (0..n)
-        .map(|_| {
-            start("redis-server", |port| {
-                let config = dir.join(format!("nodes-{port}.conf"));
-                ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-                    .into_iter()
-                    .chain(["--cluster-enabled", "yes", "--cluster-config-file", &config.display().to_string()])
-                    .chain(["--dir", &dir.display().to_string()])
-                    .map(str::to_owned)
-                    .collect()
-            })
+    let node = || {
+        start("redis-server", |port| {
+            let config = dir.join(format!("nodes-{port}.conf"));
+            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+                .into_iter()
+                .chain(["--cluster-enabled", "yes", "--cluster-config-file", &config.display().to_string()])
+                .chain(["--cluster-node-timeout", "1000", "--dir", &dir.display().to_string()])
+                .map(str::to_owned)
+                .collect()
         })
-        .collect();
+    };
+    let mut nodes: Vec<ServerProcess> = (0..n * (1 + replicas)).map(|_| node()).collect();
     let connect = |node: &ServerProcess| {
         redis::Client::open(node.redis_url()).and_then(|c| c.get_connection()).expect("connect to a cluster node")
     };
     let share = 16384 / n;
-    for (i, node) in (0..n).zip(&nodes) {
-        let mut conn = connect(node);
+    for i in 0..n {
+        let mut conn = connect(&nodes[usize::from(i)]);
         let last = if i == n - 1 { 16383 } else { (i + 1) * share - 1 };
         let () =
             redis::cmd("CLUSTER").arg("ADDSLOTSRANGE").arg(i * share).arg(last).query(&mut conn).expect("take slots");
-        let port = node.addr.port();
-        if i > 0 {
-            let mut first = connect(&nodes[0]);
-            let () = redis::cmd("CLUSTER").arg("MEET").arg("127.0.0.1").arg(port).query(&mut first).expect("meet");
-        }
+    }
+    let mut first = connect(&nodes[0]);
+    for node in &nodes[1..] {
+        let () =
+            redis::cmd("CLUSTER").arg("MEET").arg("127.0.0.1").arg(node.addr.port()).query(&mut first).expect("meet");
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    for node in &nodes {
+    let until = |node: &ServerProcess, what: &str, done: &dyn Fn(&str) -> bool| {
         let mut conn = connect(node);
         loop {
             let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).expect("CLUSTER INFO");
-            let known = format!("cluster_known_nodes:{n}");
-            if info.contains("cluster_state:ok") && info.contains(&known) {
+            if done(&info) {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "the cluster never came up: {info}");
+            assert!(std::time::Instant::now() < deadline, "{what}: {info}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let everyone = format!("cluster_known_nodes:{}", nodes.len());
+    for node in &nodes {
+        until(node, "the cluster never came up", &|info| info.contains("cluster_state:ok") && info.contains(&everyone));
+    }
+    // Replica k of primary i is node n + i * replicas + k.
+    for (r, replica) in nodes[usize::from(n)..].iter().enumerate() {
+        let primary = &nodes[r / usize::from(replicas.max(1))];
+        let id: String = redis::cmd("CLUSTER").arg("MYID").query(&mut connect(primary)).expect("MYID");
+        let () = redis::cmd("CLUSTER").arg("REPLICATE").arg(&id).query(&mut connect(replica)).expect("replicate");
+    }
+    for replica in &nodes[usize::from(n)..] {
+        let mut conn = connect(replica);
+        loop {
+            let info: String = redis::cmd("INFO").arg("replication").query(&mut conn).expect("INFO");
+            if info.contains("master_link_status:up") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "a replica never caught up: {info}");
             std::thread::sleep(Duration::from_millis(50));
         }
     }

@@ -9,6 +9,9 @@
 //! slots one after the other where an earlier command must be done before a later one on
 //! another slot starts (a session listed under its node before it is claimed).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
 use futures_util::future::try_join_all;
 use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster_async::ClusterConnection;
@@ -25,7 +28,45 @@ const CLUSTER_SCHEME: &str = "redis+cluster://";
 #[derive(Clone)]
 pub enum RedisConn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<Cluster>),
+}
+
+/// How soon after one rebuild of a cluster connection another may start.
+const REBUILD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A connection to a Redis Cluster, made again from the seed nodes when requests fail short of
+/// an answer. redis-rs's connection reconnects to the node a slot was on, and learns the new
+/// slot map only from a redirection, which a dead primary never sends: after a failover it
+/// could keep asking the dead node. A new connection reads the map from a node that answers.
+pub struct Cluster {
+    client: redis::cluster::ClusterClient,
+    conn: Mutex<ClusterConnection>,
+    /// A rebuild is under way or was done less than [`REBUILD_EVERY`] ago.
+    rebuilding: AtomicBool,
+}
+
+impl Cluster {
+    fn current(&self) -> ClusterConnection {
+        self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// After `result`: a new connection, in the background, if it failed short of an answer
+    /// from Redis (unreachable, timed out, dropped), at most once per [`REBUILD_EVERY`].
+    fn after<T>(self: &Arc<Self>, result: &redis::RedisResult<T>) {
+        let Err(e) = result else { return };
+        if matches!(e.kind(), redis::ErrorKind::Server(_)) || self.rebuilding.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            match cluster.client.get_async_connection().await {
+                Ok(conn) => *cluster.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = conn,
+                Err(e) => tracing::debug!(error = %e, "cannot reconnect to the Redis Cluster yet"),
+            }
+            tokio::time::sleep(REBUILD_EVERY).await;
+            cluster.rebuilding.store(false, Ordering::Release);
+        });
+    }
 }
 
 impl std::fmt::Debug for RedisConn {
@@ -49,7 +90,11 @@ pub async fn connect(url: &str) -> Result<RedisConn, String> {
                 .build()
                 .map_err(|e| format!("{url}: {e}"))?;
             let conn = client.get_async_connection().await.map_err(|e| format!("{url}: {e}"))?;
-            Ok(RedisConn::Cluster(conn))
+            Ok(RedisConn::Cluster(Arc::new(Cluster {
+                client,
+                conn: Mutex::new(conn),
+                rebuilding: AtomicBool::new(false),
+            })))
         }
         None => {
             let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
@@ -175,7 +220,8 @@ async fn send_group(
 
 /// A pipeline that is not a transaction, on a cluster: one pipeline per slot; `in_order` sends
 /// them one after the other, else all at once.
-async fn split(conn: &ClusterConnection, pipeline: &Pipeline, in_order: bool) -> redis::RedisResult<Vec<Value>> {
+async fn split(cluster: &Arc<Cluster>, pipeline: &Pipeline, in_order: bool) -> redis::RedisResult<Vec<Value>> {
+    let conn = cluster.current();
     let groups = by_slot(pipeline);
     let answers = if in_order {
         let mut answers = Vec::with_capacity(groups.len());
@@ -193,7 +239,14 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
-            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(cluster) => {
+                let cluster = cluster.clone();
+                Box::pin(async move {
+                    let result = cluster.current().req_packed_command(cmd).await;
+                    cluster.after(&result);
+                    result
+                })
+            }
         }
     }
 
@@ -205,19 +258,25 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match (self, offset) {
             (RedisConn::Single(c), _) => c.req_packed_commands(pipeline, offset, count),
-            (RedisConn::Cluster(c), 0) => {
-                let c = c.clone();
-                Box::pin(async move { split(&c, pipeline, false).await })
+            (RedisConn::Cluster(cluster), _) => {
+                let cluster = cluster.clone();
+                Box::pin(async move {
+                    let result = match offset {
+                        0 => split(&cluster, pipeline, false).await,
+                        // A transaction keeps to one slot: the cluster sends it whole.
+                        _ => cluster.current().req_packed_commands(pipeline, offset, count).await,
+                    };
+                    cluster.after(&result);
+                    result
+                })
             }
-            // A transaction keeps to one slot: the cluster sends it whole.
-            (RedisConn::Cluster(c), _) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Single(c) => c.get_db(),
-            RedisConn::Cluster(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.current().get_db(),
         }
     }
 }
@@ -239,9 +298,13 @@ impl ConnectionLike for InOrder {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match (&self.0, offset) {
-            (RedisConn::Cluster(c), 0) => {
-                let c = c.clone();
-                Box::pin(async move { split(&c, pipeline, true).await })
+            (RedisConn::Cluster(cluster), 0) => {
+                let cluster = cluster.clone();
+                Box::pin(async move {
+                    let result = split(&cluster, pipeline, true).await;
+                    cluster.after(&result);
+                    result
+                })
             }
             _ => self.0.req_packed_commands(pipeline, offset, count),
         }

@@ -563,6 +563,40 @@ fn revoked_now(user: &str) -> wire::pb::AccountEvent {
     }
 }
 
+/// A primary of a Redis Cluster dies: its replica takes over, and the session journal writes
+/// again without anything restarting (the client learns the new primary). What was written
+/// before is there (replicated in the meantime: Redis replicates after it answers).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_journal_on_a_redis_cluster_writes_again_once_a_replica_took_over_a_dead_primary() {
+    use broker::journal::{SessionJournal, Write};
+    let mut cluster = servers::redis_cluster_with(3, 1);
+    let conn = redis_state::connect(&cluster.url()).await.expect("connect to the cluster");
+    let journal = redis_state::RedisJournal::new(conn);
+    // Sessions on every primary's slots.
+    let sessions: Vec<std::sync::Arc<str>> = (0..30).map(|i| format!("failover/{i}").into()).collect();
+    let records = |round: u8| -> Vec<Write> {
+        let record =
+            |s: &std::sync::Arc<str>| Write::Record { session: s.clone(), record: vec![round], ttl_secs: None };
+        sessions.iter().map(record).collect()
+    };
+    let mut first = records(1);
+    first.extend(sessions.iter().map(|s| Write::Message { session: s.clone(), entry: 7, body: b"kept".to_vec() }));
+    journal.write(&first).await.expect("written");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.nodes[0].kill();
+    let started = std::time::Instant::now();
+    while let Err(e) = journal.write(&records(2)).await {
+        assert!(started.elapsed() < Duration::from_secs(30), "never wrote again: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("wrote again {:?} after the primary died", started.elapsed());
+    for s in &sessions {
+        let stored = journal.load(s).await.expect("loads").expect("kept");
+        assert_eq!(stored.record, [2], "{s}");
+        assert_eq!(stored.messages, [(7, b"kept".to_vec())], "{s}: written before the primary died");
+    }
+}
+
 /// The same contracts on a Redis Cluster of three primaries (`servers::redis_cluster`), through
 /// the cluster client (`redis+cluster://`): pipelines over several slots go per slot.
 mod on_a_redis_cluster {
