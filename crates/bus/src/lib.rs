@@ -16,6 +16,11 @@ use futures_util::Stream;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// The subject of what a durable subscription ([`Bus::subscribe_durable`]) yields where it may
+/// have missed messages (empty payload): its stream was lost and made again, or kept messages
+/// were gone before it read them. A subscriber that can, catches up another way.
+pub const MAY_HAVE_MISSED: &str = "$hermes.may-have-missed";
+
 /// One message as a subscriber receives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusMessage {
@@ -237,8 +242,9 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
 
     /// Messages on `subject` (a pattern) that the bus keeps for subscribers that were away:
     /// from now on, and after a lost connection, from where this subscription left off (NATS:
-    /// a JetStream stream named `stream` capturing `subject`, kept a week, read by an ordered
-    /// consumer). The in-process bus is never away: a plain subscription.
+    /// a JetStream stream named `stream` capturing `subject`, kept a week, read by sequence
+    /// number). Where it cannot tell that nothing was missed, it yields a message on
+    /// [`MAY_HAVE_MISSED`]. The in-process bus is never away: a plain subscription.
     fn subscribe_durable<'a>(
         &'a self,
         stream: &'a str,

@@ -26,21 +26,46 @@ impl AccountEvents {
     /// Subscribes to every enterprise's account events on `bus` and applies them until the bus
     /// goes away. Subscribed when this returns: no event published afterwards is missed, also
     /// while the edge is cut off from NATS (JetStream keeps them; it catches up on reconnect).
+    ///
+    /// Where events may have been missed (the bus says so; or, on a bus that keeps nothing,
+    /// each time the connection comes back), the tables and revocations the access directory
+    /// holds are applied again, if the edge has one.
     pub async fn follow(self, bus: &dyn Bus) -> Result<tokio::task::JoinHandle<()>, BusError> {
         let durable =
             bus.subscribe_durable(wire::subjects::ACCOUNT_EVENTS_STREAM, wire::subjects::ALL_ACCOUNT_EVENTS).await;
-        let mut sub: Subscription = match durable {
-            Ok(sub) => sub,
+        let (mut sub, mut link): (Subscription, _) = match durable {
+            Ok(sub) => (sub, None),
             Err(e) => {
                 tracing::warn!(
                     error = %e,
-                    "no JetStream on the bus: account events published while this edge is cut off from NATS will be missed"
+                    "no JetStream on the bus: account events published while this edge is cut off from NATS will be missed (tables and revocations are read again from the access directory, if any)"
                 );
-                bus.subscribe(wire::subjects::ALL_ACCOUNT_EVENTS).await?
+                (bus.subscribe(wire::subjects::ALL_ACCOUNT_EVENTS).await?, Some(bus.link_changes()))
             }
         };
         Ok(tokio::spawn(async move {
-            while let Some(msg) = sub.next().await {
+            loop {
+                let next = tokio::select! {
+                    msg = sub.next() => Next::Message(msg),
+                    back = link_back(link.as_mut()) => Next::Link(back),
+                };
+                let msg = match next {
+                    Next::Message(Some(msg)) => msg,
+                    Next::Message(None) => return,
+                    Next::Link(Some(true)) => {
+                        self.catch_up().await;
+                        continue;
+                    }
+                    Next::Link(Some(false)) => continue,
+                    Next::Link(None) => {
+                        link = None;
+                        continue;
+                    }
+                };
+                if msg.subject == bus::MAY_HAVE_MISSED {
+                    self.catch_up().await;
+                    continue;
+                }
                 match AccountEvent::decode(msg.payload) {
                     Ok(event) => self.apply(&event),
                     Err(e) => {
@@ -50,6 +75,46 @@ impl AccountEvents {
                 }
             }
         }))
+    }
+
+    /// Applies the access directory's tables and revocations again (account events may have
+    /// been missed).
+    async fn catch_up(&self) {
+        let Some(dir) = self.shared.access.clone() else {
+            tracing::warn!("account events may have been missed, and this edge has no access directory to read");
+            return;
+        };
+        match self.prime(dir.as_ref()).await {
+            Ok(()) => tracing::info!("account events may have been missed: tables and revocations read again"),
+            Err(e) => {
+                tracing::warn!(error = %e, "account events may have been missed, and the access directory cannot be read")
+            }
+        }
+    }
+
+    /// Applies what `dir` holds (enterprises' ACL tables, recent revocations) as the account
+    /// events that made it.
+    pub async fn prime(&self, dir: &dyn broker::access::AccessDirectory) -> Result<(), String> {
+        use wire::pb::{self, account_event::Event};
+        let apply = |enterprise: String, event: Event| {
+            self.apply(&pb::AccountEvent { enterprise_id: enterprise, event: Some(event), ..Default::default() });
+        };
+        for (e, t) in dir.tables().await? {
+            let tables =
+                pb::AclChanged { version: t.version, acl_rules: t.acl_rules, auto_subscribe: t.auto_subscribe };
+            apply(e, Event::AclChanged(tables));
+        }
+        let horizon = now_ms() as i64 - wire::token::REVOCATION_MEMORY_MS;
+        for r in dir.revocations(horizon).await? {
+            let revoked = pb::TokenRevoked {
+                user_id: r.user_id,
+                issued_before_ms: r.before_ms,
+                session_id: r.session,
+                ..Default::default()
+            };
+            apply(r.enterprise, Event::TokenRevoked(revoked));
+        }
+        Ok(())
     }
 
     pub fn apply(&self, event: &AccountEvent) {
@@ -115,4 +180,19 @@ impl AccountEvents {
         let msg = Message::new(topic, Bytes::copy_from_slice(signature.as_bytes()), QoS::AtLeastOnce, true);
         self.shared.hub.publish(Arc::new(msg), None, now_ms());
     }
+}
+
+/// What the follower of account events learned next.
+enum Next {
+    Message(Option<bus::BusMessage>),
+    /// The connection changed: back (`true`) or lost; `None` once the bus is gone.
+    Link(Option<bool>),
+}
+
+/// The next change of `link`: `Some(true)` when the connection is back; `None` once the bus
+/// is gone. Never, without a link to watch.
+async fn link_back(link: Option<&mut tokio::sync::watch::Receiver<Option<bus::Link>>>) -> Option<bool> {
+    let Some(link) = link else { return std::future::pending().await };
+    link.changed().await.ok()?;
+    Some(matches!(*link.borrow_and_update(), Some(bus::Link::Back(_))))
 }

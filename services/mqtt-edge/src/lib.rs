@@ -291,6 +291,7 @@ impl EdgeBuilder {
             authz,
             relations,
             directory,
+            access: access.clone(),
             throttle,
             cfg,
             store_turns: tokio::sync::Semaphore::new(server::STORE_TURNS),
@@ -298,7 +299,7 @@ impl EdgeBuilder {
         if let Some(dir) = access {
             // Tables and revocations apply before the first client is let in.
             let events = events::AccountEvents { shared: shared.clone() };
-            prime(&events, dir.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
+            events.prime(dir.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
         }
         let listeners = server::start(shared.clone()).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
         let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);
@@ -330,7 +331,7 @@ impl Edge {
     /// Applies what `dir` holds (enterprises' ACL tables, recent revocations) as the account
     /// events that made it: how an edge that starts, or missed events, catches up.
     pub async fn prime_access(&self, dir: &dyn broker::access::AccessDirectory) -> Result<(), String> {
-        prime(&self.account_events(), dir).await
+        self.account_events().prime(dir).await
     }
 
     /// Why this edge should not get new clients, if it should not: checked by `/readyz`.
@@ -380,29 +381,6 @@ impl Edge {
             }
         }
     }
-}
-
-/// Applies what `dir` holds (tables, revocations) through `events`.
-async fn prime(events: &events::AccountEvents, dir: &dyn broker::access::AccessDirectory) -> Result<(), String> {
-    use wire::pb::{self, account_event::Event};
-    let apply = |enterprise: String, event: Event| {
-        events.apply(&pb::AccountEvent { enterprise_id: enterprise, event: Some(event), ..Default::default() });
-    };
-    for (e, t) in dir.tables().await? {
-        let tables = pb::AclChanged { version: t.version, acl_rules: t.acl_rules, auto_subscribe: t.auto_subscribe };
-        apply(e, Event::AclChanged(tables));
-    }
-    let horizon = message::now_ms() as i64 - wire::token::REVOCATION_MEMORY_MS;
-    for r in dir.revocations(horizon).await? {
-        let revoked = pb::TokenRevoked {
-            user_id: r.user_id,
-            issued_before_ms: r.before_ms,
-            session_id: r.session,
-            ..Default::default()
-        };
-        apply(r.enterprise, Event::TokenRevoked(revoked));
-    }
-    Ok(())
 }
 
 /// Runs an edge with telemetry and the ops endpoint until Ctrl-C or SIGTERM.

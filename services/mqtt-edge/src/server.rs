@@ -31,6 +31,9 @@ pub struct EdgeShared {
     pub authz: Arc<Authorizer>,
     pub relations: Arc<MemoryRelations>,
     pub directory: Option<Arc<dyn RelationDirectory>>,
+    /// Where enterprises' ACL tables and revocations are kept (if anywhere): applied at start,
+    /// and again when account events may have been missed.
+    pub access: Option<Arc<dyn broker::access::AccessDirectory>>,
     /// Slows down addresses whose CONNECTs fail authentication.
     pub throttle: crate::throttle::AuthThrottle,
     pub cfg: EdgeConfig,

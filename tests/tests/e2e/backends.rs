@@ -424,6 +424,56 @@ async fn an_edge_follows_account_events_into_a_stream_nats_made_again() {
     edge.stop().await;
 }
 
+/// An edge cut off from NATS misses a revocation for good: NATS restarts without its store
+/// (JetStream), or keeps nothing at all (core NATS). Once back, the edge reads the revocations
+/// (and tables) the accounts tier also keeps in Redis again, and closes the revoked device.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_that_missed_account_events_for_good_reads_revocations_from_redis_again() {
+    for jetstream in [true, false] {
+        let mut nats = if jetstream { servers::nats() } else { servers::nats_core_only() };
+        let redis = servers::redis();
+        let proxy = hermes_tests::proxy::Proxy::start(nats.addr).await;
+        let signer = Signer::generate().expect("keys");
+        let public = signer.verifier().to_paserk();
+        let redis_url = redis.redis_url();
+        let edge = TestEdge::start_with(|c| {
+            c.auth.token_public_key = public;
+            c.state.redis_url = redis_url;
+        })
+        .await;
+        let edge_side = bus::nats::NatsBus::connect(&format!("nats://{}", proxy.addr)).await.expect("connect");
+        edge.edge().account_events().follow(&edge_side).await.expect("subscribe");
+        let accounts_side = bus::nats::NatsBus::connect(&nats.nats_url()).await.expect("connect");
+        let token = access_token(&signer, "alice", Duration::from_secs(600));
+        let (mut alice, _) =
+            edge.connect(Version::V5, Connect { password: Some(token), ..connect("alice", true) }).await;
+        // The edge has read the stream past its start.
+        publish_event(&accounts_side, &revoked_now("carol")).await.expect("publish");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        proxy.cut();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // What the accounts tier does: Redis, then the event.
+        let access = redis_state::RedisAccess::connect(&redis.redis_url()).await.expect("connect");
+        let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
+        let revoked = broker::access::Revocation {
+            enterprise: "acme".into(),
+            user_id: "id-alice".into(),
+            before_ms: now,
+            session: String::new(),
+        };
+        broker::access::AccessDirectory::save_revocation(&access, &revoked).await.expect("saved");
+        publish_event(&accounts_side, &revoked_now("alice")).await.expect("publish");
+        expect_nothing(&mut alice).await;
+        let _again = jetstream.then(|| servers::nats_again(&mut nats));
+        proxy.restore();
+        match alice.recv(Duration::from_secs(60)).await {
+            Ok(sdk::mqtt::Packet::Disconnect { code, .. }) => assert_eq!(code, 0x98, "jetstream {jetstream}"),
+            other => panic!("jetstream {jetstream}: the missed revocation never applied: {other:?}"),
+        }
+        edge.stop().await;
+    }
+}
+
 /// Publishes `event` as the accounts tier does: kept in the account-events stream.
 async fn publish_event(bus: &dyn bus::Bus, event: &wire::pb::AccountEvent) -> Result<(), bus::BusError> {
     use prost::Message as _;

@@ -53,7 +53,7 @@ pub(super) async fn follow(
     name: &str,
     subject: &str,
 ) -> Result<Subscription, BusError> {
-    let mut follower = Follower { js, name: name.to_owned(), subject: subject.to_owned(), place: None };
+    let mut follower = Follower { js, name: name.to_owned(), subject: subject.to_owned(), place: None, missed: false };
     let reading = follower.read().await?;
     let (tx, rx) = mpsc::channel(BUFFERED);
     tokio::spawn(follower.run(reading, link, tx));
@@ -73,6 +73,8 @@ struct Follower {
     name: String,
     subject: String,
     place: Option<Place>,
+    /// Messages may have been missed since the last one passed on: say so next.
+    missed: bool,
 }
 
 /// What the follower is reading: a consumer's messages and the consumer sequence of the last.
@@ -98,6 +100,8 @@ impl Follower {
             Some(p) if p.made == made => p,
             Some(_) => {
                 tracing::warn!(stream = %self.name, "the durable stream was made again: reading it from its start");
+                // What the old stream held past the last message passed on is gone.
+                self.missed = true;
                 Place { made, last: 0 }
             }
         };
@@ -191,6 +195,12 @@ impl Follower {
                     None => return,
                 }
             }
+            if std::mem::take(&mut self.missed) {
+                let marker = BusMessage { subject: crate::MAY_HAVE_MISSED.to_owned(), payload: Default::default() };
+                if tx.send(marker).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 
@@ -204,6 +214,7 @@ impl Follower {
         reading.delivered = info.consumer_sequence;
         let place = self.place.as_mut()?;
         if place.last != 0 && info.stream_sequence > place.last + 1 {
+            self.missed = true;
             tracing::warn!(
                 stream = %self.name,
                 missed = info.stream_sequence - place.last - 1,
