@@ -46,6 +46,26 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// `pipeline` on the cluster: a transaction whole (it keeps to one slot), else per slot
+    /// ([`split`]); the connection is made again if it failed short of an answer.
+    fn pipeline<'a>(
+        self: &Arc<Self>,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+        in_order: bool,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let cluster = self.clone();
+        Box::pin(async move {
+            let result = match offset {
+                0 => split(&cluster, pipeline, in_order).await,
+                _ => cluster.current().req_packed_commands(pipeline, offset, count).await,
+            };
+            cluster.after(&result);
+            result
+        })
+    }
+
     fn current(&self) -> ClusterConnection {
         self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
@@ -256,20 +276,9 @@ impl ConnectionLike for RedisConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match (self, offset) {
-            (RedisConn::Single(c), _) => c.req_packed_commands(pipeline, offset, count),
-            (RedisConn::Cluster(cluster), _) => {
-                let cluster = cluster.clone();
-                Box::pin(async move {
-                    let result = match offset {
-                        0 => split(&cluster, pipeline, false).await,
-                        // A transaction keeps to one slot: the cluster sends it whole.
-                        _ => cluster.current().req_packed_commands(pipeline, offset, count).await,
-                    };
-                    cluster.after(&result);
-                    result
-                })
-            }
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(cluster) => cluster.pipeline(pipeline, offset, count, false),
         }
     }
 
@@ -297,16 +306,9 @@ impl ConnectionLike for InOrder {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match (&self.0, offset) {
-            (RedisConn::Cluster(cluster), 0) => {
-                let cluster = cluster.clone();
-                Box::pin(async move {
-                    let result = split(&cluster, pipeline, true).await;
-                    cluster.after(&result);
-                    result
-                })
-            }
-            _ => self.0.req_packed_commands(pipeline, offset, count),
+        match &self.0 {
+            RedisConn::Cluster(cluster) => cluster.pipeline(pipeline, offset, count, true),
+            RedisConn::Single(_) => self.0.req_packed_commands(pipeline, offset, count),
         }
     }
 

@@ -23,40 +23,11 @@ async fn pairs() -> Vec<(&'static str, Pair)> {
 
 /// Like [`pairs`], with `adjust` applied to every edge's settings.
 async fn pairs_with(adjust: impl Fn(&mut mqtt_edge::EdgeConfig)) -> Vec<(&'static str, Pair)> {
-    let (nats, redis) = (servers::nats(), servers::redis());
-    let (url, redis_url) = (nats.nats_url(), redis.redis_url());
-    let connect = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn Bus> };
-    let node = |id| {
-        let on = node_on(id, &redis_url);
-        let adjust = &adjust;
-        move |c: &mut mqtt_edge::EdgeConfig| {
-            on(c);
-            adjust(c);
-        }
-    };
-    let on_nats = Pair {
-        a: TestEdge::start_clustered(connect().await, None, node("a")).await,
-        b: TestEdge::start_clustered(connect().await, None, node("b")).await,
-        _servers: vec![nats, redis],
-    };
-    // The same on a Redis Cluster of three primaries (and a NATS of their own: the pairs must
-    // not hear each other).
-    let (nats, redis_cluster) = (servers::nats(), servers::redis_cluster(3));
-    let (url, cluster_url) = (nats.nats_url(), redis_cluster.url());
-    let connect = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn Bus> };
-    let on_cluster = |id| {
-        let on = node_on(id, &cluster_url);
-        let adjust = &adjust;
-        move |c: &mut mqtt_edge::EdgeConfig| {
-            on(c);
-            adjust(c);
-        }
-    };
-    let on_redis_cluster = Pair {
-        a: TestEdge::start_clustered(connect().await, None, on_cluster("a")).await,
-        b: TestEdge::start_clustered(connect().await, None, on_cluster("b")).await,
-        _servers: redis_cluster.nodes.into_iter().chain([nats]).collect(),
-    };
+    let redis = servers::redis();
+    let on_nats = pair_on_nats(&redis.redis_url(), vec![redis], &adjust).await;
+    // The same on a Redis Cluster of three primaries.
+    let redis_cluster = servers::redis_cluster(3);
+    let on_redis_cluster = pair_on_nats(&redis_cluster.url(), redis_cluster.nodes, &adjust).await;
     let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
     let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
     let named = |id: &'static str| {
@@ -72,6 +43,31 @@ async fn pairs_with(adjust: impl Fn(&mut mqtt_edge::EdgeConfig)) -> Vec<(&'stati
         _servers: Vec::new(),
     };
     vec![("nats", on_nats), ("nats, redis cluster", on_redis_cluster), ("memory", in_process)]
+}
+
+/// Two edges on a NATS of their own (pairs must not hear each other), their state in the
+/// Redis at `redis_url`, which `servers` run.
+async fn pair_on_nats(
+    redis_url: &str,
+    mut servers: Vec<servers::ServerProcess>,
+    adjust: &impl Fn(&mut mqtt_edge::EdgeConfig),
+) -> Pair {
+    let nats = servers::nats();
+    let url = nats.nats_url();
+    servers.push(nats);
+    let connect = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn Bus> };
+    let node = |id| {
+        let on = node_on(id, redis_url);
+        move |c: &mut mqtt_edge::EdgeConfig| {
+            on(c);
+            adjust(c);
+        }
+    };
+    Pair {
+        a: TestEdge::start_clustered(connect().await, None, node("a")).await,
+        b: TestEdge::start_clustered(connect().await, None, node("b")).await,
+        _servers: servers,
+    }
 }
 
 /// An edge's settings: named `id`, its state in the Redis at `redis_url`.
