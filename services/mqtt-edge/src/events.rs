@@ -16,6 +16,9 @@ use crate::message::{Message, now_ms};
 use crate::metrics as m;
 use crate::server::EdgeShared;
 
+/// Users whose relations are read from the directory at once when an edge catches up.
+const RELATION_LOADS: usize = 16;
+
 /// Applies account events to one edge.
 #[derive(Debug, Clone)]
 pub struct AccountEvents {
@@ -77,18 +80,49 @@ impl AccountEvents {
         }))
     }
 
-    /// Applies the access directory's tables and revocations again (account events may have
-    /// been missed).
+    /// Applies the access directory's tables and revocations again, and the relation
+    /// directory's relations of the users connected here (account events may have been
+    /// missed).
     async fn catch_up(&self) {
-        let Some(dir) = self.shared.access.clone() else {
-            tracing::warn!("account events may have been missed, and this edge has no access directory to read");
-            return;
-        };
-        match self.prime(dir.as_ref()).await {
-            Ok(()) => tracing::info!("account events may have been missed: tables and revocations read again"),
-            Err(e) => {
-                tracing::warn!(error = %e, "account events may have been missed, and the access directory cannot be read")
+        match self.shared.access.clone() {
+            Some(dir) => match self.prime(dir.as_ref()).await {
+                Ok(()) => tracing::info!("account events may have been missed: tables and revocations read again"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "account events may have been missed, and the access directory cannot be read")
+                }
+            },
+            None => {
+                tracing::warn!("account events may have been missed, and this edge has no access directory to read")
             }
+        }
+        self.reload_relations().await;
+    }
+
+    /// Loads the relations of every token user connected here from the relation directory
+    /// (if any), a few at a time, and re-checks their sessions against them.
+    async fn reload_relations(&self) {
+        use futures_util::StreamExt;
+        let Some(dir) = self.shared.directory.clone() else { return };
+        for (enterprise, users) in self.shared.hub.token_users() {
+            let loads = users.into_iter().map(|user| {
+                let (dir, enterprise) = (dir.clone(), enterprise.clone());
+                async move {
+                    let relations = dir.load(&enterprise, &user).await;
+                    (user, relations)
+                }
+            });
+            let loaded: Vec<_> = futures_util::stream::iter(loads).buffer_unordered(RELATION_LOADS).collect().await;
+            let mut reloaded = Vec::with_capacity(loaded.len());
+            for (user, relations) in &loaded {
+                match relations {
+                    Ok(r) => {
+                        self.shared.relations.replace(&enterprise, user, r);
+                        reloaded.push(user.as_str());
+                    }
+                    Err(e) => tracing::warn!(%enterprise, %user, error = %e, "cannot read relations again"),
+                }
+            }
+            self.reauthorize(&enterprise, Some(&reloaded));
         }
     }
 

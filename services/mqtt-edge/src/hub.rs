@@ -594,6 +594,16 @@ impl Hub {
         result
     }
 
+    /// The token users with a live session here, each once, by enterprise.
+    pub fn token_users(&self) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        let st = self.lock();
+        let mut users: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+        for who in st.router.live_owners().filter(|who| who.via_token) {
+            users.entry(who.enterprise.clone()).or_default().insert(who.username.clone());
+        }
+        users
+    }
+
     /// Relations of `users` in `enterprise` changed: re-check their live sessions' subscriptions
     /// against the ACL (dropping what it no longer allows) and add the auto-subscriptions it now
     /// gives. Parked sessions are re-checked when they reconnect.

@@ -424,9 +424,11 @@ async fn an_edge_follows_account_events_into_a_stream_nats_made_again() {
     edge.stop().await;
 }
 
-/// An edge cut off from NATS misses a revocation for good: NATS restarts without its store
-/// (JetStream), or keeps nothing at all (core NATS). Once back, the edge reads the revocations
-/// (and tables) the accounts tier also keeps in Redis again, and closes the revoked device.
+/// An edge cut off from NATS misses a revocation and a new friendship for good: NATS restarts
+/// without its store (JetStream), or keeps nothing at all (core NATS). Once back, the edge
+/// reads the revocations (and tables) the accounts tier also keeps in Redis again, and closes
+/// the revoked device; and the relations of its connected users, so the new friends see each
+/// other's presence.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_edge_that_missed_account_events_for_good_reads_revocations_from_redis_again() {
     for jetstream in [true, false] {
@@ -444,9 +446,12 @@ async fn an_edge_that_missed_account_events_for_good_reads_revocations_from_redi
         let edge_side = bus::nats::NatsBus::connect(&format!("nats://{}", proxy.addr)).await.expect("connect");
         edge.edge().account_events().follow(&edge_side).await.expect("subscribe");
         let accounts_side = bus::nats::NatsBus::connect(&nats.nats_url()).await.expect("connect");
-        let token = access_token(&signer, "alice", Duration::from_secs(600));
-        let (mut alice, _) =
-            edge.connect(Version::V5, Connect { password: Some(token), ..connect("alice", true) }).await;
+        let mut clients = Vec::new();
+        for user in ["alice", "bob", "dave"] {
+            let token = access_token(&signer, user, Duration::from_secs(600));
+            clients.push(edge.connect(Version::V5, Connect { password: Some(token), ..connect(user, true) }).await.0);
+        }
+        let [mut alice, mut bob, _dave] = clients.try_into().expect("three");
         // The edge has read the stream past its start.
         publish_event(&accounts_side, &revoked_now("carol")).await.expect("publish");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -463,13 +468,21 @@ async fn an_edge_that_missed_account_events_for_good_reads_revocations_from_redi
         };
         broker::access::AccessDirectory::save_revocation(&access, &revoked).await.expect("saved");
         publish_event(&accounts_side, &revoked_now("alice")).await.expect("publish");
+        let relations = redis_state::RedisRelations::connect(&redis.redis_url()).await.expect("connect");
+        for (a, b) in [("bob", "dave"), ("dave", "bob")] {
+            broker::relations::RelationDirectory::set_follow(&relations, "acme", a, b, true).await.expect("saved");
+        }
         expect_nothing(&mut alice).await;
+        expect_nothing(&mut bob).await;
         let _again = jetstream.then(|| servers::nats_again(&mut nats));
         proxy.restore();
         match alice.recv(Duration::from_secs(60)).await {
             Ok(sdk::mqtt::Packet::Disconnect { code, .. }) => assert_eq!(code, 0x98, "jetstream {jetstream}"),
             other => panic!("jetstream {jetstream}: the missed revocation never applied: {other:?}"),
         }
+        // Friends now: bob is auto-subscribed to dave's presence (retained "online").
+        let presence = expect_publish(&mut bob).await;
+        assert_eq!((presence.topic.as_str(), &presence.payload[..]), ("acme/im/pres/dave", &b"online"[..]));
         edge.stop().await;
     }
 }

@@ -354,6 +354,11 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         &self.cfg
     }
 
+    /// The owners of the live sessions (one per session: a user with two devices twice).
+    pub fn live_owners(&self) -> impl Iterator<Item = &O> {
+        self.live.values().map(|l| &l.owner)
+    }
+
     pub fn counts(&self) -> Counts {
         Counts {
             live: self.live.len(),
