@@ -550,13 +550,24 @@ async fn an_edge_cut_off_from_nats_catches_up_on_account_events_when_it_is_back(
     publish_event(&accounts_side, &revoked_now("alice")).await.expect("publish while the edge is away");
     // Cut off, the edge cannot know yet.
     expect_nothing(&mut alice).await;
+    // A longer outage: the server forgets the edge's consumer (after 30 s without a pull).
+    use futures_util::StreamExt as _;
+    let js = async_nats::jetstream::new(async_nats::connect(server.nats_url()).await.expect("connect"));
+    let stream = js.get_stream(wire::subjects::ACCOUNT_EVENTS_STREAM).await.expect("the stream");
+    let names: Vec<String> = stream.consumer_names().map(|n| n.expect("a name")).collect().await;
+    for name in &names {
+        stream.delete_consumer(name).await.expect("deleted");
+    }
     proxy.restore();
     let started = std::time::Instant::now();
     match alice.recv(Duration::from_secs(60)).await {
         Ok(sdk::mqtt::Packet::Disconnect { code, .. }) => assert_eq!(code, 0x98),
         other => panic!("the revocation never reached the edge after it came back: {other:?}"),
     }
-    eprintln!("caught up {:?} after the bus came back", started.elapsed());
+    let took = started.elapsed();
+    eprintln!("caught up {took:?} after the bus came back");
+    // Not two missed heartbeats (15 s each) later: a consumer is made again when the link is back.
+    assert!(took < Duration::from_secs(10), "{took:?}");
     edge.stop().await;
 }
 

@@ -150,7 +150,7 @@ impl Follower {
 
     /// Passes messages on to `tx` until it is dropped, reading anew when a message went
     /// missing in between (the consumer's sequence skipped one), when the consumer is lost,
-    /// and when the stream was made again.
+    /// when the connection is back and when the stream was made again.
     async fn run(
         mut self,
         mut reading: Reading,
@@ -180,12 +180,13 @@ impl Follower {
                     }
                     None => true,
                 },
+                // Back: the consumer may have been forgotten meanwhile (it outlives 30 s without
+                // a pull only), and noticing that takes two missed heartbeats; read anew now.
                 changed = link.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    let back = matches!(*link.borrow_and_update(), Some(Link::Back(_)));
-                    back && self.made_again().await
+                    matches!(*link.borrow_and_update(), Some(Link::Back(_)))
                 }
                 _ = check.tick() => self.made_again().await,
             };
