@@ -70,7 +70,7 @@ impl AccountEvents {
                     continue;
                 }
                 match AccountEvent::decode(msg.payload) {
-                    Ok(event) => self.apply(&event),
+                    Ok(event) => self.receive(&event).await,
                     Err(e) => {
                         metrics::counter!(m::ACCOUNT_EVENTS, "kind" => "invalid").increment(1);
                         tracing::warn!(subject = %msg.subject, error = %e, "undecodable account event");
@@ -78,6 +78,34 @@ impl AccountEvents {
                 }
             }
         }))
+    }
+
+    /// An event from the bus. A relation or group change, on an edge with a relation
+    /// directory, is read from it: the users' relations as they are now, whatever order the
+    /// events arrive in (several accounts nodes, an event tried again later). Otherwise, and
+    /// when the directory cannot be read, it applies as it says.
+    async fn receive(&self, event: &AccountEvent) {
+        let (kind, users): (&str, Vec<&str>) = match &event.event {
+            Some(Event::RelationChanged(r)) => ("relation_changed", vec![&r.follower, &r.followee]),
+            Some(Event::GroupMembershipChanged(g)) => ("group_membership_changed", vec![&g.username]),
+            _ => return self.apply(event),
+        };
+        let Some(dir) = self.shared.directory.clone() else { return self.apply(event) };
+        let eid = event.enterprise_id.as_str();
+        let loads = users.iter().map(|u| dir.load(eid, u));
+        match futures_util::future::try_join_all(loads).await {
+            Ok(loaded) => {
+                for (user, relations) in users.iter().zip(&loaded) {
+                    self.shared.relations.replace(eid, user, relations);
+                }
+                self.reauthorize(eid, Some(&users));
+                metrics::counter!(m::ACCOUNT_EVENTS, "kind" => kind).increment(1);
+            }
+            Err(e) => {
+                tracing::warn!(enterprise = %eid, error = %e, "relation directory unavailable: applying the event as it says");
+                self.apply(event);
+            }
+        }
     }
 
     /// Applies the access directory's tables and revocations again, and the relation

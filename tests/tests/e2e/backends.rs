@@ -487,6 +487,68 @@ async fn an_edge_that_missed_account_events_for_good_reads_revocations_from_redi
     }
 }
 
+/// Relation events are read from Redis on an edge that has it: an older event that arrives
+/// late (another accounts node's, tried again) does not undo the newer state Redis holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_relation_event_does_not_undo_what_redis_holds() {
+    use broker::relations::RelationDirectory;
+    use bus::Bus;
+    let redis = servers::redis();
+    let signer = Signer::generate().expect("keys");
+    let public = signer.verifier().to_paserk();
+    let redis_url = redis.redis_url();
+    let edge = TestEdge::start_with(|c| {
+        c.auth.token_public_key = public;
+        c.state.redis_url = redis_url;
+    })
+    .await;
+    let bus = bus::memory::MemoryBus::default();
+    edge.edge().account_events().follow(&bus).await.expect("subscribe");
+    let relations = redis_state::RedisRelations::connect(&redis.redis_url()).await.expect("connect");
+    let mut clients = Vec::new();
+    for user in ["bob", "dave"] {
+        let token = access_token(&signer, user, Duration::from_secs(600));
+        clients.push(edge.connect(Version::V5, Connect { password: Some(token), ..connect(user, true) }).await.0);
+    }
+    let [mut bob, mut dave] = clients.try_into().expect("two");
+    // Not friends yet.
+    let codes = bob.subscribe(vec![sdk::mqtt::SubscribeTopic::new("acme/im/sig/dave", 0)], WAIT).await.expect("suback");
+    assert_eq!(codes, vec![0x87]);
+    let change = |follower: &str, followee: &str, following: bool| wire::pb::AccountEvent {
+        enterprise_id: "acme".into(),
+        event: Some(wire::pb::account_event::Event::RelationChanged(wire::pb::RelationChanged {
+            follower: follower.into(),
+            followee: followee.into(),
+            following,
+        })),
+        ..Default::default()
+    };
+    let emit = async |event: wire::pb::AccountEvent| {
+        use prost::Message as _;
+        bus.publish(&wire::subjects::account_events("acme"), event.encode_to_vec().into()).await.expect("publish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Dave unfollowed bob, then followed him again: Redis holds the last, and events came for
+    // both, the unfollow last (late).
+    for (a, b) in [("bob", "dave"), ("dave", "bob")] {
+        relations.set_follow("acme", a, b, true).await.expect("saved");
+    }
+    emit(change("bob", "dave", true)).await;
+    emit(change("dave", "bob", true)).await;
+    emit(change("dave", "bob", false)).await;
+    // Still followed by dave: bob may read dave's signature.
+    assert_eq!(expect_publish(&mut bob).await.topic, "acme/im/pres/dave", "friends: told dave is online");
+    assert_eq!(expect_publish(&mut dave).await.topic, "acme/im/pres/bob");
+    let codes = bob.subscribe(vec![sdk::mqtt::SubscribeTopic::new("acme/im/sig/dave", 0)], WAIT).await.expect("suback");
+    assert_eq!(codes, vec![0], "the late unfollow was not taken for the truth");
+    // Redis says they are not friends any more: the next event, whatever it says, follows it.
+    relations.set_follow("acme", "dave", "bob", false).await.expect("saved");
+    emit(change("dave", "bob", true)).await;
+    let codes = bob.subscribe(vec![sdk::mqtt::SubscribeTopic::new("acme/im/sig/dave", 0)], WAIT).await.expect("suback");
+    assert_eq!(codes, vec![0x87], "Redis says dave no longer follows bob");
+    edge.stop().await;
+}
+
 /// Publishes `event` as the accounts tier does: kept in the account-events stream.
 async fn publish_event(bus: &dyn bus::Bus, event: &wire::pb::AccountEvent) -> Result<(), bus::BusError> {
     use prost::Message as _;
