@@ -610,6 +610,41 @@ macro_rules! shared_group_methods {
             .map_err(db)?;
             Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
         }
+
+        async fn outbox_add(&self, subject: &str, body: &[u8]) -> Result<i64, StoreError> {
+            let row =
+                sqlx::query("INSERT INTO event_outbox (subject, body, created_ms) VALUES ($1, $2, $3) RETURNING id")
+                    .bind(subject)
+                    .bind(body)
+                    .bind(now_ms())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db)?;
+            Ok(row.get(0))
+        }
+
+        async fn outbox_remove(&self, id: i64) -> Result<(), StoreError> {
+            sqlx::query("DELETE FROM event_outbox WHERE id = $1").bind(id).execute(&self.pool).await.map_err(db)?;
+            Ok(())
+        }
+
+        async fn outbox_older_than(
+            &self,
+            before_ms: i64,
+            limit: i64,
+        ) -> Result<Vec<crate::store::OutboxEvent>, StoreError> {
+            let rows =
+                sqlx::query("SELECT id, subject, body FROM event_outbox WHERE created_ms < $1 ORDER BY id LIMIT $2")
+                    .bind(before_ms)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db)?;
+            Ok(rows
+                .iter()
+                .map(|r| crate::store::OutboxEvent { id: r.get(0), subject: r.get(1), body: r.get(2) })
+                .collect())
+        }
     };
 }
 

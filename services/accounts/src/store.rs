@@ -175,7 +175,7 @@ pub(crate) fn db(e: sqlx::Error) -> StoreError {
 }
 
 /// What the accounts API needs from a database.
-pub trait AccountStore: Send + Sync + 'static {
+pub trait AccountStore: Clone + Send + Sync + 'static {
     fn create_enterprise(&self, name: &str) -> impl Future<Output = Result<Enterprise, StoreError>> + Send;
     fn enterprise_by_name(&self, name: &str) -> impl Future<Output = Result<Option<Enterprise>, StoreError>> + Send;
     fn create_user(
@@ -347,6 +347,25 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Every current membership as (enterprise id, group name, username): how an edge's
     /// relation store is primed at start.
     fn all_memberships(&self) -> impl Future<Output = Result<Vec<(String, String, String)>, StoreError>> + Send;
+
+    /// Keeps an account event until it is published; returns its number.
+    fn outbox_add(&self, subject: &str, body: &[u8]) -> impl Future<Output = Result<i64, StoreError>> + Send;
+    /// The event numbered `id` was published.
+    fn outbox_remove(&self, id: i64) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// At most `limit` kept events written before `before_ms`, oldest first.
+    fn outbox_older_than(
+        &self,
+        before_ms: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<OutboxEvent>, StoreError>> + Send;
+}
+
+/// An account event kept until it is published ([`AccountStore::outbox_add`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEvent {
+    pub id: i64,
+    pub subject: String,
+    pub body: Vec<u8>,
 }
 
 /// A new random identifier (128 bits, hex).

@@ -67,6 +67,7 @@ async fn contract<S: AccountStore>(s: &S) {
     users_and_profiles(s, &alice.id, &bob.id).await;
     refresh_tokens(s, &alice.id).await;
     policies_and_keys(s).await;
+    outbox(s).await;
 }
 
 async fn groups_and_memberships<S: AccountStore>(s: &S, alice: &str, bob: &str, carol: &str) {
@@ -235,6 +236,26 @@ async fn policies_and_keys<S: AccountStore>(s: &S) {
     assert!(!s.delete_api_key("globex", &k.id).await.expect("delete"), "not another enterprise's key");
     assert!(s.delete_api_key("acme", &k.id).await.expect("delete"));
     assert_eq!(s.api_key_by_hash("kh1").await.expect("read"), None);
+}
+
+async fn outbox<S: AccountStore>(s: &S) {
+    let first = s.outbox_add("hermes.account.acme", &[0, 1, 255]).await.expect("kept");
+    let second = s.outbox_add("hermes.account.globex", b"").await.expect("kept");
+    assert!(second > first, "numbered in order");
+    let now = accounts::store::now_ms();
+    assert_eq!(s.outbox_older_than(now - 60_000, 10).await.expect("read"), vec![], "nothing that old");
+    let kept = s.outbox_older_than(now + 1, 10).await.expect("read");
+    let shape: Vec<(i64, &str, &[u8])> = kept.iter().map(|e| (e.id, e.subject.as_str(), e.body.as_slice())).collect();
+    assert_eq!(
+        shape,
+        vec![(first, "hermes.account.acme", &[0, 1, 255][..]), (second, "hermes.account.globex", &[][..])]
+    );
+    assert_eq!(s.outbox_older_than(now + 1, 1).await.expect("read").len(), 1, "at most the limit, oldest first");
+    s.outbox_remove(first).await.expect("removed");
+    s.outbox_remove(first).await.expect("removing again is no error");
+    let left: Vec<i64> = s.outbox_older_than(now + 1, 10).await.expect("read").iter().map(|e| e.id).collect();
+    assert_eq!(left, vec![second]);
+    s.outbox_remove(second).await.expect("removed");
 }
 
 #[tokio::test]

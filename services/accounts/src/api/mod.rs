@@ -64,12 +64,13 @@ impl<S: AccountStore> AccountsState<S> {
         links: LinkSigner,
     ) -> Self {
         let login_guard = Arc::new(MemoryLoginGuard::new(cfg.login_limits()));
+        let events = Events::new(bus, Some(Arc::new(store.clone())));
         AccountsState {
             store,
             signer,
             cfg,
             admin_key,
-            events: Events::new(bus),
+            events,
             login_guard,
             files,
             links,
