@@ -87,9 +87,17 @@ fn start_on(bin: &std::path::Path, args: Vec<String>, port: u16) -> Option<Serve
     None
 }
 
-/// `nats-server`'s arguments: JetStream, on loopback `port`, storing in `dir`.
+/// `nats-server`'s arguments: JetStream, on loopback `port`, storing in `dir`. JetStream may
+/// keep up to 100 GB on disk whatever is free: by default it allows 75 % of the disk free when
+/// it starts and refuses a stream whose whole size (an edge's `bus.keep_max_bytes`, 1 GiB)
+/// exceeds that, and the tests write only a little into theirs.
 fn nats_args(port: u16, dir: &std::path::Path) -> Vec<String> {
-    ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", &dir.display().to_string()].map(str::to_owned).to_vec()
+    std::fs::create_dir_all(dir).expect("a directory for nats-server");
+    let config = dir.join("nats.conf");
+    let store = dir.join("store");
+    std::fs::write(&config, format!("jetstream {{ store_dir: {store:?}, max_file_store: 100GB }}\n"))
+        .expect("nats.conf");
+    ["-c", &config.display().to_string(), "-a", "127.0.0.1", "-p", &port.to_string()].map(str::to_owned).to_vec()
 }
 
 /// `nats-server` with JetStream in a temporary directory.
