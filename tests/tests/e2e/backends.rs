@@ -733,85 +733,56 @@ async fn a_journal_on_a_redis_cluster_writes_again_once_a_replica_took_over_a_de
     }
 }
 
-/// The same contracts on a Redis Cluster of three primaries (`servers::redis_cluster`), through
-/// the cluster client (`redis+cluster://`): pipelines over several slots go per slot.
-mod on_a_redis_cluster {
-    use super::*;
+/// Every Redis contract in module `$name`, on the Redis whose `state.redis_url` `$url` gives
+/// (the server it starts lives for the test); presence runs as `$run`.
+macro_rules! redis_contracts {
+    ($name:ident, $url:expr, $run:literal) => {
+        mod $name {
+            use super::*;
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn relation_directory() {
-        relation_directory_contract(&servers::redis_cluster(3).url()).await;
-    }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn relation_directory() {
+                relation_directory_contract(&$url).await;
+            }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn session_owners() {
-        session_owners_contract(&servers::redis_cluster(3).url()).await;
-    }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn session_owners() {
+                session_owners_contract(&$url).await;
+            }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn session_journal() {
-        session_journal_contract(&servers::redis_cluster(3).url()).await;
-    }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn session_journal() {
+                session_journal_contract(&$url).await;
+            }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn streams() {
-        streams_contract(&servers::redis_cluster(3).url()).await;
-    }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn streams() {
+                streams_contract(&$url).await;
+            }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn presence() {
-        presence_contract(&servers::redis_cluster(3).url(), "cluster3-").await;
-    }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn presence() {
+                presence_contract(&$url, $run).await;
+            }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn login_guard() {
-        login_guard_contract(&servers::redis_cluster(3).url()).await;
-    }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn login_guard() {
+                login_guard_contract(&$url).await;
+            }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn access_directory() {
-        access_directory_contract(&servers::redis_cluster(3).url()).await;
-    }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn access_directory() {
+                access_directory_contract(&$url).await;
+            }
+        }
+    };
 }
 
-/// The same contracts on a Redis in cluster mode, alone with every slot
-/// (`servers::redis_cluster_node`): every transaction and script of ours keeps to one hash slot,
-/// so the key layout holds on Redis Cluster.
-mod on_a_redis_cluster_node {
-    use super::*;
+// The same contracts on a Redis Cluster of three primaries (`servers::redis_cluster`), through
+// the cluster client (`redis+cluster://`): pipelines over several slots go per slot.
+redis_contracts!(on_a_redis_cluster, servers::redis_cluster(3).url(), "cluster3-");
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn relation_directory() {
-        relation_directory_contract(&servers::redis_cluster_node().redis_url()).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn session_owners() {
-        session_owners_contract(&servers::redis_cluster_node().redis_url()).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn session_journal() {
-        session_journal_contract(&servers::redis_cluster_node().redis_url()).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn streams() {
-        streams_contract(&servers::redis_cluster_node().redis_url()).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn presence() {
-        presence_contract(&servers::redis_cluster_node().redis_url(), "cluster-").await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn login_guard() {
-        login_guard_contract(&servers::redis_cluster_node().redis_url()).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn access_directory() {
-        access_directory_contract(&servers::redis_cluster_node().redis_url()).await;
-    }
-}
+// The same contracts on a Redis in cluster mode, alone with every slot
+// (`servers::redis_cluster_node`): every transaction and script of ours keeps to one hash slot,
+// so the key layout holds on Redis Cluster.
+redis_contracts!(on_a_redis_cluster_node, servers::redis_cluster_node().redis_url(), "cluster-");
