@@ -5,9 +5,10 @@
 //! Every script and transaction of ours keeps to one hash slot (the key layout), but a pipeline
 //! may span several: a batch of journal changes for many sessions, a follow that writes two
 //! users' sets. On a cluster a pipeline goes as one pipeline per slot, each slot's commands in
-//! their order, the slots at once ([`RedisConn`] as a `ConnectionLike`); [`InOrder`] sends the
-//! slots one after the other where an earlier command must be done before a later one on
-//! another slot starts (a session listed under its node before it is claimed).
+//! their order, the slots at once ([`RedisConn`] as a `ConnectionLike`); [`InOrder`] sends runs
+//! of one slot one after the other, in the pipeline's order, where an earlier command must be
+//! done before a later one on another slot starts (a session listed under its node before it
+//! is claimed).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -168,11 +169,14 @@ fn slot_of(cmd: &Cmd) -> Option<Slot> {
     Some(Slot::for_key(key))
 }
 
-/// `pipeline`'s commands grouped into pipelines of one slot each, in the order each slot first
-/// comes, with the commands' places in `pipeline`. A command without a key goes with every
-/// group after it and before it (a `SCRIPT LOAD` must reach each node that runs the script);
-/// its answer is taken from the first group.
-fn by_slot(pipeline: &Pipeline) -> Vec<(Pipeline, Vec<usize>)> {
+/// `pipeline`'s commands grouped into pipelines of one slot each, with the commands' places in
+/// `pipeline`: every command of a slot in one group (the groups in the order each slot first
+/// comes), or, `in_order`, each run of consecutive commands of one slot (the groups in the
+/// pipeline's order, so that sent one after the other every command is done before any later
+/// one starts). A command without a key goes with every group after it and before it (a
+/// `SCRIPT LOAD` must reach each node that runs the script); its answer is taken from the
+/// first group.
+fn by_slot(pipeline: &Pipeline, in_order: bool) -> Vec<(Pipeline, Vec<usize>)> {
     let mut groups: Vec<(Option<Slot>, Pipeline, Vec<usize>)> = Vec::new();
     let mut keyless: Vec<(usize, &Cmd)> = Vec::new();
     for (i, cmd) in pipeline.cmd_iter().enumerate() {
@@ -185,7 +189,11 @@ fn by_slot(pipeline: &Pipeline) -> Vec<(Pipeline, Vec<usize>)> {
                 keyless.push((i, cmd));
             }
             Some(slot) => {
-                let at = match groups.iter().position(|(s, ..)| *s == Some(slot)) {
+                let joins = match in_order {
+                    true => groups.last().filter(|(s, ..)| *s == Some(slot)).map(|_| groups.len() - 1),
+                    false => groups.iter().position(|(s, ..)| *s == Some(slot)),
+                };
+                let at = match joins {
                     Some(at) => at,
                     None => {
                         let mut group = redis::pipe();
@@ -238,11 +246,11 @@ async fn send_group(
     Ok((places, answers))
 }
 
-/// A pipeline that is not a transaction, on a cluster: one pipeline per slot; `in_order` sends
-/// them one after the other, else all at once.
+/// A pipeline that is not a transaction, on a cluster: one pipeline per slot, all at once; or,
+/// `in_order`, one per run of a slot, one after the other (see [`by_slot`]).
 async fn split(cluster: &Arc<Cluster>, pipeline: &Pipeline, in_order: bool) -> redis::RedisResult<Vec<Value>> {
     let conn = cluster.current();
-    let groups = by_slot(pipeline);
+    let groups = by_slot(pipeline, in_order);
     let answers = if in_order {
         let mut answers = Vec::with_capacity(groups.len());
         for (group, places) in groups {
@@ -290,9 +298,9 @@ impl ConnectionLike for RedisConn {
     }
 }
 
-/// A [`RedisConn`] whose pipelines, on a cluster, go slot after slot in the order each slot
-/// first comes in them: what an earlier command did is done before a later one on another slot
-/// starts. One round trip per slot instead of one in all.
+/// A [`RedisConn`] whose pipelines, on a cluster, go run after run of consecutive commands of
+/// one slot, in their order: what an earlier command did is done before a later one on another
+/// slot starts. One round trip per run instead of one in all.
 pub(crate) struct InOrder(pub(crate) RedisConn);
 
 impl ConnectionLike for InOrder {
@@ -346,11 +354,13 @@ mod tests {
         pipe.invoke_script(&call);
         pipe.srem("{a}:z", 1);
         pipe.cmd("SCRIPT").arg("FLUSH");
-        let groups = by_slot(&pipe);
-        let places: Vec<Vec<usize>> = groups.iter().map(|(_, p)| p.clone()).collect();
+        let places = |in_order| -> Vec<Vec<usize>> { by_slot(&pipe, in_order).into_iter().map(|(_, p)| p).collect() };
         // {a}: its two commands and both keyless ones; {b}: the load before its call and the
         // keyless one after.
-        assert_eq!(places, vec![vec![0, 1, 3, 4], vec![1, 2, 4]]);
+        assert_eq!(places(false), vec![vec![0, 1, 3, 4], vec![1, 2, 4]]);
+        // In order: {a}'s second command waits for {b}'s, a run of its own (with the keyless
+        // commands before it, and the one after).
+        assert_eq!(places(true), vec![vec![0, 1, 4], vec![1, 2, 4], vec![1, 3, 4]]);
         assert_eq!(slot_of(pipe.cmd_iter().nth(2).expect("the call")), Some(Slot::for_key("{b}:y")));
         assert_eq!(slot_of(pipe.cmd_iter().nth(1).expect("the load")), None);
         let answers = reassemble(
