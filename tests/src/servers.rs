@@ -87,15 +87,17 @@ fn start_on(bin: &std::path::Path, args: Vec<String>, port: u16) -> Option<Serve
     None
 }
 
-/// `nats-server`'s arguments: JetStream, on loopback `port`, storing in `dir`. JetStream may
-/// keep up to 100 GB on disk whatever is free: by default it allows 75 % of the disk free when
-/// it starts and refuses a stream whose whole size (an edge's `bus.keep_max_bytes`, 1 GiB)
-/// exceeds that, and the tests write only a little into theirs.
-fn nats_args(port: u16, dir: &std::path::Path) -> Vec<String> {
+/// How much JetStream may keep on disk in the tests, whatever is free: by default it allows
+/// 75 % of the disk free when it starts, and refuses a stream whose whole size (an edge's
+/// `bus.keep_max_bytes`, 1 GiB) exceeds that; the tests write only a little into theirs.
+const NATS_ROOM: &str = "100GB";
+
+/// `nats-server`'s arguments: JetStream, on loopback `port`, storing at most `room` in `dir`.
+fn nats_args(port: u16, dir: &std::path::Path, room: &str) -> Vec<String> {
     std::fs::create_dir_all(dir).expect("a directory for nats-server");
     let config = dir.join("nats.conf");
     let store = dir.join("store");
-    std::fs::write(&config, format!("jetstream {{ store_dir: {store:?}, max_file_store: 100GB }}\n"))
+    std::fs::write(&config, format!("jetstream {{ store_dir: {store:?}, max_file_store: {room} }}\n"))
         .expect("nats.conf");
     ["-c", &config.display().to_string(), "-a", "127.0.0.1", "-p", &port.to_string()].map(str::to_owned).to_vec()
 }
@@ -103,7 +105,7 @@ fn nats_args(port: u16, dir: &std::path::Path) -> Vec<String> {
 /// `nats-server` with JetStream in a temporary directory.
 pub fn nats() -> ServerProcess {
     let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}", std::process::id(), free_port()));
-    let mut server = start("nats-server", |port| nats_args(port, &dir));
+    let mut server = start("nats-server", |port| nats_args(port, &dir, NATS_ROOM));
     server.dir = Some(dir);
     server
 }
@@ -114,7 +116,7 @@ pub fn nats_again(old: &mut ServerProcess) -> ServerProcess {
     old.kill();
     let port = old.addr.port();
     let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}-again", std::process::id(), port));
-    let mut server = start_on(&require_tool("nats-server"), nats_args(port, &dir), port)
+    let mut server = start_on(&require_tool("nats-server"), nats_args(port, &dir, NATS_ROOM), port)
         .unwrap_or_else(|| panic!("nats-server did not start again on port {port}"));
     server.dir = Some(dir);
     server
@@ -123,14 +125,7 @@ pub fn nats_again(old: &mut ServerProcess) -> ServerProcess {
 /// `nats-server` with JetStream allowed at most `max_file_bytes` on disk.
 pub fn nats_with_little_room(max_file_bytes: u64) -> ServerProcess {
     let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}-small", std::process::id(), free_port()));
-    std::fs::create_dir_all(&dir).expect("a directory for nats-server");
-    let config = dir.join("nats.conf");
-    let store = dir.join("store");
-    std::fs::write(&config, format!("jetstream {{ store_dir: {:?}, max_file_store: {max_file_bytes} }}\n", store))
-        .expect("nats.conf");
-    let mut server = start("nats-server", |port| {
-        ["-c", &config.display().to_string(), "-a", "127.0.0.1", "-p", &port.to_string()].map(str::to_owned).to_vec()
-    });
+    let mut server = start("nats-server", |port| nats_args(port, &dir, &max_file_bytes.to_string()));
     server.dir = Some(dir);
     server
 }
@@ -140,13 +135,14 @@ pub fn nats_core_only() -> ServerProcess {
     start("nats-server", |port| vec!["-a".into(), "127.0.0.1".into(), "-p".into(), port.to_string()])
 }
 
+/// `redis-server`'s arguments: on loopback `port`, without persistence.
+fn redis_args(port: u16) -> Vec<String> {
+    ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(str::to_owned).to_vec()
+}
+
 /// `redis-server` without persistence.
 pub fn redis() -> ServerProcess {
-    start("redis-server", |port| {
-        ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-            .map(str::to_owned)
-            .to_vec()
-    })
+    start("redis-server", redis_args)
 }
 
 /// `redis-server` in cluster mode, alone, owning every hash slot: it answers a plain client
@@ -186,12 +182,9 @@ pub fn redis_cluster_with(n: u16, replicas: u16) -> RedisCluster {
     let node = || {
         start("redis-server", |port| {
             let config = dir.join(format!("nodes-{port}.conf"));
-            ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-                .into_iter()
-                .chain(["--cluster-enabled", "yes", "--cluster-config-file", &config.display().to_string()])
-                .chain(["--cluster-node-timeout", "1000", "--dir", &dir.display().to_string()])
-                .map(str::to_owned)
-                .collect()
+            let cluster = ["--cluster-enabled", "yes", "--cluster-config-file", &config.display().to_string()];
+            let node = ["--cluster-node-timeout", "1000", "--dir", &dir.display().to_string()];
+            redis_args(port).into_iter().chain(cluster.into_iter().chain(node).map(str::to_owned)).collect()
         })
     };
     let mut nodes: Vec<ServerProcess> = (0..n * (1 + replicas)).map(|_| node()).collect();

@@ -268,9 +268,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<(), BusError>> {
         let _ = stream;
         Box::pin(async move {
-            if !valid_subject(pattern, true) || !subject_matches(pattern, subject) {
-                return Err(BusError::InvalidSubject(format!("{subject} (in {pattern})")));
-            }
+            check_durable(pattern, subject)?;
             self.publish(subject, payload).await
         })
     }
@@ -355,6 +353,14 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
 
 /// Checks what [`Bus::subscribe_group`] was given: a concrete group name and at least one
 /// filter, all valid.
+/// `subject` is a concrete subject that pattern `pattern` matches ([`Bus::publish_durable`]).
+pub(crate) fn check_durable(pattern: &str, subject: &str) -> Result<(), BusError> {
+    match valid_subject(subject, false) && valid_subject(pattern, true) && subject_matches(pattern, subject) {
+        true => Ok(()),
+        false => Err(BusError::InvalidSubject(format!("{subject} (in {pattern})"))),
+    }
+}
+
 pub(crate) fn check_group(group: &str, filters: &[String]) -> Result<(), BusError> {
     if !valid_subject(group, false) {
         return Err(BusError::InvalidSubject(group.to_owned()));

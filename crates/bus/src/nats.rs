@@ -393,12 +393,7 @@ impl Bus for NatsBus {
         payload: Bytes,
     ) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
-            if !valid_subject(subject, false)
-                || !valid_subject(pattern, true)
-                || !crate::subject_matches(pattern, subject)
-            {
-                return Err(BusError::InvalidSubject(format!("{subject} (in {pattern})")));
-            }
+            crate::check_durable(pattern, subject)?;
             let js = jetstream::new(self.client.clone());
             if durable::publish(&js, stream, pattern, subject, payload.clone()).await? {
                 return Ok(());

@@ -67,6 +67,16 @@ impl Cluster {
         })
     }
 
+    /// `cmd` on the cluster; the connection is made again if it failed short of an answer.
+    fn command<'a>(self: &Arc<Self>, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let cluster = self.clone();
+        Box::pin(async move {
+            let result = cluster.current().req_packed_command(cmd).await;
+            cluster.after(&result);
+            result
+        })
+    }
+
     fn current(&self) -> ClusterConnection {
         self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
@@ -267,14 +277,7 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
-            RedisConn::Cluster(cluster) => {
-                let cluster = cluster.clone();
-                Box::pin(async move {
-                    let result = cluster.current().req_packed_command(cmd).await;
-                    cluster.after(&result);
-                    result
-                })
-            }
+            RedisConn::Cluster(cluster) => cluster.command(cmd),
         }
     }
 

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use broker::QoS;
-use broker::relations::RelationStore;
+use broker::relations::{RelationStore, UserRelations};
 use bus::{Bus, BusError, Subscription};
 use ntex_bytes::{ByteString, Bytes};
 use prost::Message as _;
@@ -32,7 +32,8 @@ impl AccountEvents {
     ///
     /// Where events may have been missed (the bus says so; or, on a bus that keeps nothing,
     /// each time the connection comes back), the tables and revocations the access directory
-    /// holds are applied again, if the edge has one.
+    /// holds are applied again, and its connected users' relations read again from the
+    /// relation directory, if the edge has them.
     pub async fn follow(self, bus: &dyn Bus) -> Result<tokio::task::JoinHandle<()>, BusError> {
         let durable =
             bus.subscribe_durable(wire::subjects::ACCOUNT_EVENTS_STREAM, wire::subjects::ALL_ACCOUNT_EVENTS).await;
@@ -92,20 +93,30 @@ impl AccountEvents {
         };
         let Some(dir) = self.shared.directory.clone() else { return self.apply(event) };
         let eid = event.enterprise_id.as_str();
-        let loads = users.iter().map(|u| dir.load(eid, u));
-        match futures_util::future::try_join_all(loads).await {
-            Ok(loaded) => {
-                for (user, relations) in users.iter().zip(&loaded) {
-                    self.shared.relations.replace(eid, user, relations);
+        let users: Vec<String> = users.into_iter().map(str::to_owned).collect();
+        let loaded = load_relations(dir, eid, users.into_iter()).await;
+        let mut read = Vec::with_capacity(loaded.len());
+        for (user, relations) in loaded {
+            match relations {
+                Ok(r) => read.push((user, r)),
+                Err(e) => {
+                    tracing::warn!(enterprise = %eid, error = %e, "relation directory unavailable: applying the event as it says");
+                    return self.apply(event);
                 }
-                self.reauthorize(eid, Some(&users));
-                metrics::counter!(m::ACCOUNT_EVENTS, "kind" => kind).increment(1);
-            }
-            Err(e) => {
-                tracing::warn!(enterprise = %eid, error = %e, "relation directory unavailable: applying the event as it says");
-                self.apply(event);
             }
         }
+        self.replace_relations(eid, &read);
+        metrics::counter!(m::ACCOUNT_EVENTS, "kind" => kind).increment(1);
+    }
+
+    /// `read` (users and their relations, from the directory) replaces what this edge knew of
+    /// them, and their sessions are checked against it.
+    fn replace_relations(&self, enterprise: &str, read: &[(String, UserRelations)]) {
+        for (user, relations) in read {
+            self.shared.relations.replace(enterprise, user, relations);
+        }
+        let users: Vec<&str> = read.iter().map(|(u, _)| u.as_str()).collect();
+        self.reauthorize(enterprise, Some(&users));
     }
 
     /// Applies the access directory's tables and revocations again, and the relation
@@ -129,28 +140,16 @@ impl AccountEvents {
     /// Loads the relations of every token user connected here from the relation directory
     /// (if any), a few at a time, and re-checks their sessions against them.
     async fn reload_relations(&self) {
-        use futures_util::StreamExt;
         let Some(dir) = self.shared.directory.clone() else { return };
         for (enterprise, users) in self.shared.hub.token_users() {
-            let loads = users.into_iter().map(|user| {
-                let (dir, enterprise) = (dir.clone(), enterprise.clone());
-                async move {
-                    let relations = dir.load(&enterprise, &user).await;
-                    (user, relations)
-                }
-            });
-            let loaded: Vec<_> = futures_util::stream::iter(loads).buffer_unordered(RELATION_LOADS).collect().await;
-            let mut reloaded = Vec::with_capacity(loaded.len());
-            for (user, relations) in &loaded {
+            let mut read = Vec::with_capacity(users.len());
+            for (user, relations) in load_relations(dir.clone(), &enterprise, users.into_iter()).await {
                 match relations {
-                    Ok(r) => {
-                        self.shared.relations.replace(&enterprise, user, r);
-                        reloaded.push(user.as_str());
-                    }
+                    Ok(r) => read.push((user, r)),
                     Err(e) => tracing::warn!(%enterprise, %user, error = %e, "cannot read relations again"),
                 }
             }
-            self.reauthorize(&enterprise, Some(&reloaded));
+            self.replace_relations(&enterprise, &read);
         }
     }
 
@@ -242,6 +241,23 @@ impl AccountEvents {
         let msg = Message::new(topic, Bytes::copy_from_slice(signature.as_bytes()), QoS::AtLeastOnce, true);
         self.shared.hub.publish(Arc::new(msg), None, now_ms());
     }
+}
+
+/// `users`' relations in `enterprise`, read from `dir` [`RELATION_LOADS`] at a time.
+async fn load_relations(
+    dir: Arc<dyn broker::relations::RelationDirectory>,
+    enterprise: &str,
+    users: impl Iterator<Item = String>,
+) -> Vec<(String, Result<UserRelations, String>)> {
+    use futures_util::StreamExt;
+    let loads = users.map(|user| {
+        let (dir, enterprise) = (dir.clone(), enterprise.to_owned());
+        async move {
+            let relations = dir.load(&enterprise, &user).await;
+            (user, relations)
+        }
+    });
+    futures_util::stream::iter(loads).buffer_unordered(RELATION_LOADS).collect().await
 }
 
 /// What the follower of account events learned next.

@@ -459,7 +459,7 @@ async fn an_edge_that_missed_account_events_for_good_reads_revocations_from_redi
         tokio::time::sleep(Duration::from_millis(300)).await;
         // What the accounts tier does: Redis, then the event.
         let access = redis_state::RedisAccess::connect(&redis.redis_url()).await.expect("connect");
-        let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
+        let now = now_ms();
         let revoked = broker::access::Revocation {
             enterprise: "acme".into(),
             user_id: "id-alice".into(),
@@ -653,7 +653,7 @@ async fn an_edge_that_starts_later_knows_revocations_and_tables_from_redis() {
     tokio::time::sleep(Duration::from_millis(5)).await;
     // What the accounts tier wrote while this edge was down.
     let access = redis_state::RedisAccess::connect(&url).await.expect("connect");
-    let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
+    let now = now_ms();
     let revoked =
         Revocation { enterprise: "acme".into(), user_id: "id-alice".into(), before_ms: now, session: String::new() };
     access.save_revocation(&revoked).await.expect("write");
@@ -684,7 +684,7 @@ async fn an_edge_that_starts_later_knows_revocations_and_tables_from_redis() {
 
 /// What the accounts tier publishes when `user`'s tokens (at acme) are revoked, now.
 fn revoked_now(user: &str) -> wire::pb::AccountEvent {
-    let now = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64);
+    let now = now_ms();
     let revoked = wire::pb::TokenRevoked {
         user_id: format!("id-{user}"),
         username: user.into(),
@@ -786,3 +786,8 @@ redis_contracts!(on_a_redis_cluster, servers::redis_cluster(3).url(), "cluster3-
 // (`servers::redis_cluster_node`): every transaction and script of ours keeps to one hash slot,
 // so the key layout holds on Redis Cluster.
 redis_contracts!(on_a_redis_cluster_node, servers::redis_cluster_node().redis_url(), "cluster-");
+
+/// Unix time in milliseconds, as account events and revocations carry it.
+fn now_ms() -> i64 {
+    std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64)
+}
