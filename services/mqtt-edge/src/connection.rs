@@ -162,6 +162,8 @@ pub fn spawn_delivery_task(
     link_id: u64,
     topic_alias_max: u16,
 ) {
+    // The connection's PUBLISHes wait for the journal on this worker.
+    crate::relay::start_here();
     ntex::rt::spawn(async move {
         let mut aliases = TopicAliases::new(topic_alias_max);
         loop {

@@ -74,6 +74,8 @@ pub fn live_ttl(expiry_secs: u32) -> Option<u32> {
 struct Batch {
     items: Vec<Item>,
     done: Option<oneshot::Sender<bool>>,
+    /// Where `done` is completed: on the submitting worker's thread when it has a relay.
+    relay: Option<crate::relay::Relay>,
     /// Reported written only if no write failed since then either (Unix ms).
     clean_since_ms: Option<u64>,
 }
@@ -141,7 +143,8 @@ impl JournalWriter {
 
     fn submit_checked(&self, items: Vec<Item>, clean_since_ms: Option<u64>) -> Durable {
         let (done, rx) = oneshot::channel();
-        if self.tx.send(Batch { items, done: Some(done), clean_since_ms }).is_err() {
+        let batch = Batch { items, done: Some(done), relay: crate::relay::here(), clean_since_ms };
+        if self.tx.send(batch).is_err() {
             tracing::warn!("the journal writer is gone: session changes are not kept");
         }
         Durable(rx)
@@ -149,7 +152,7 @@ impl JournalWriter {
 
     /// Queues `items` with nobody waiting for them.
     pub fn submit_detached(&self, items: Vec<Item>) {
-        let _ = self.tx.send(Batch { items, done: None, clean_since_ms: None });
+        let _ = self.tx.send(Batch { items, done: None, relay: None, clean_since_ms: None });
     }
 
     /// Resolves once everything submitted so far is written (or failed).
@@ -254,11 +257,13 @@ async fn run(
             health.failed_at_ms.store(crate::message::now_ms(), Ordering::Relaxed);
         }
         let failed_at = health.failed_at_ms.load(Ordering::Relaxed);
+        let mut outcomes = crate::relay::Outcomes::default();
         for b in batches {
             if let Some(done) = b.done {
-                let _ = done.send(ok && b.clean_since_ms.is_none_or(|since| failed_at < since));
+                outcomes.add(b.relay, done, ok && b.clean_since_ms.is_none_or(|since| failed_at < since));
             }
         }
+        outcomes.send();
     }
 }
 

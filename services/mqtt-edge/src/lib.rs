@@ -25,6 +25,7 @@ pub mod link;
 pub mod message;
 pub mod metrics;
 pub mod presence;
+pub mod relay;
 pub mod sender;
 pub mod server;
 pub mod stored;

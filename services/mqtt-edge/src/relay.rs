@@ -1,0 +1,154 @@
+//! Outcomes of journal writes handed back to the worker thread that waits for them, with one
+//! wake of that worker per write however many PUBLISHes it answers.
+//!
+//! The worker completes them on its own thread, so the tasks they wake queue up one after the
+//! other on its local run queue, and their PUBACKs leave together: ntex-io sends a
+//! connection's buffered writes from a task it queues behind them. Woken one by one from the
+//! writer's thread, each of those tasks came off the runtime's remote queue after that send
+//! had run, and each PUBACK went out in a `send` (and a wake of the client) of its own.
+
+use std::cell::RefCell;
+
+use tokio::sync::{mpsc, oneshot};
+
+/// A write's outcome for one waiter.
+type Outcome = (oneshot::Sender<bool>, bool);
+
+/// A worker thread's relay, to send outcomes to from any thread.
+#[derive(Clone, Debug)]
+pub struct Relay(mpsc::UnboundedSender<Vec<Outcome>>);
+
+thread_local! {
+    static HERE: RefCell<Option<Relay>> = const { RefCell::new(None) };
+}
+
+/// Starts this thread's relay unless one runs. Only on a thread that runs a tokio `LocalSet`
+/// (ntex's workers do); the relay ends with it.
+pub fn start_here() {
+    HERE.with(|here| {
+        let mut here = here.borrow_mut();
+        if here.as_ref().is_some_and(Relay::runs) {
+            return;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<Outcome>>();
+        ntex::rt::spawn(async move {
+            while let Some(outcomes) = rx.recv().await {
+                complete(outcomes);
+            }
+        });
+        *here = Some(Relay(tx));
+    });
+}
+
+/// This thread's relay, if it has one that runs.
+pub fn here() -> Option<Relay> {
+    HERE.with(|here| here.borrow().as_ref().filter(|r| r.runs()).cloned())
+}
+
+impl Relay {
+    fn runs(&self) -> bool {
+        !self.0.is_closed()
+    }
+}
+
+fn complete(outcomes: Vec<Outcome>) {
+    for (done, ok) in outcomes {
+        let _ = done.send(ok);
+    }
+}
+
+/// The outcomes of one write, gathered per relay and sent with one wake each
+/// ([`Outcomes::send`]); those of waiters without a relay are sent at once.
+#[derive(Default)]
+pub struct Outcomes(Vec<(Relay, Vec<Outcome>)>);
+
+impl Outcomes {
+    pub fn add(&mut self, relay: Option<Relay>, done: oneshot::Sender<bool>, ok: bool) {
+        if done.is_closed() {
+            return; // nobody waits (a subscriber's PUBACK, say): no worker to wake
+        }
+        let Some(relay) = relay else {
+            let _ = done.send(ok);
+            return;
+        };
+        match self.0.iter_mut().find(|(r, _)| r.0.same_channel(&relay.0)) {
+            Some((_, outcomes)) => outcomes.push((done, ok)),
+            None => self.0.push((relay, vec![(done, ok)])),
+        }
+    }
+
+    /// Hands every relay its outcomes (or completes them here if its worker is gone).
+    pub fn send(self) {
+        for (relay, outcomes) in self.0 {
+            if let Err(mpsc::error::SendError(outcomes)) = relay.0.send(outcomes) {
+                complete(outcomes);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Outcomes` of one write, sent from the writer's thread.
+    fn send_from_another_thread(outcomes: Vec<(Option<Relay>, oneshot::Sender<bool>, bool)>) {
+        std::thread::spawn(move || {
+            let mut gathered = Outcomes::default();
+            for (relay, done, ok) in outcomes {
+                gathered.add(relay, done, ok);
+            }
+            gathered.send();
+        })
+        .join()
+        .expect("sent");
+    }
+
+    #[tokio::test]
+    async fn outcomes_reach_their_waiters_on_the_thread_of_their_relay() {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                start_here();
+                let relay = here().expect("a relay runs here");
+                let (one, mut first) = oneshot::channel();
+                let (two, mut second) = oneshot::channel();
+                let (three, mut direct) = oneshot::channel();
+                let (four, gone) = oneshot::channel();
+                drop(gone);
+                send_from_another_thread(vec![
+                    (Some(relay.clone()), one, true),
+                    (Some(relay.clone()), two, false),
+                    (None, three, true),
+                    (Some(relay), four, true),
+                ]);
+                // Not completed yet: the relay's task on this thread completes them.
+                assert!(first.try_recv().is_err() && second.try_recv().is_err());
+                assert_eq!(direct.try_recv(), Ok(true), "a waiter without a relay is completed at once");
+                assert_eq!(first.await, Ok(true));
+                assert_eq!(second.await, Ok(false));
+            })
+            .await;
+    }
+
+    #[tokio::test]
+    async fn a_relay_whose_worker_is_gone_is_not_used_and_its_outcomes_still_arrive() {
+        let relay = tokio::task::LocalSet::new()
+            .run_until(async {
+                start_here();
+                here().expect("a relay runs here")
+            })
+            .await;
+        // That LocalSet is dropped: its relay no longer runs.
+        assert!(here().is_none());
+        let (done, mut outcome) = oneshot::channel();
+        send_from_another_thread(vec![(Some(relay), done, true)]);
+        assert_eq!(outcome.try_recv(), Ok(true));
+        // A new worker on this thread gets a relay of its own.
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                start_here();
+                assert!(here().is_some());
+            })
+            .await;
+    }
+}
