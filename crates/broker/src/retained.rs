@@ -34,6 +34,11 @@ impl<M: Deliverable + Clone> RetainedStore<M> {
         self.by_topic.contains_key(topic)
     }
 
+    /// The retained message of `topic`, if it has one (expired or not).
+    pub fn get(&self, topic: &str) -> Option<&M> {
+        self.by_topic.get(topic)
+    }
+
     /// Sets the retained message of `topic`, or clears it with `None` (an empty payload).
     pub fn set(&mut self, topic: &str, msg: Option<M>) {
         match msg {

@@ -9,6 +9,7 @@ use broker::QoS;
 use broker::relations::{RelationStore, UserRelations};
 use bus::{Bus, BusError, Subscription};
 use ntex_bytes::{ByteString, Bytes};
+use ntex_mqtt::v5::codec::PublishProperties;
 use prost::Message as _;
 use wire::pb::{AccountEvent, account_event::Event};
 
@@ -199,7 +200,7 @@ impl AccountEvents {
             }
             Event::ProfileChanged(p) => {
                 if p.signature_changed {
-                    self.publish_signature(eid, &p.username, &p.signature);
+                    self.publish_signature(eid, &p.username, &p.signature, event.timestamp_ms);
                 }
                 "profile_changed"
             }
@@ -231,16 +232,43 @@ impl AccountEvents {
         tracing::info!(enterprise, user_id, session, closed, "tokens revoked");
     }
 
-    /// The signature, retained on `{eid}/im/sig/{username}` (empty clears it).
-    fn publish_signature(&self, enterprise: &str, username: &str, signature: &str) {
+    /// The signature changed at `changed_ms`, retained on `{eid}/im/sig/{username}` (empty
+    /// clears it) with that instant as its [`CHANGED_PROPERTY`], unless the retained one there
+    /// changed later: a change that arrives late (tried again, or from the accounts outbox)
+    /// does not bring an older signature back.
+    fn publish_signature(&self, enterprise: &str, username: &str, signature: &str, changed_ms: i64) {
         let safe = broker::acl::safe_value;
         if !(safe(enterprise) && safe(username)) {
             return;
         }
         let topic = ByteString::from(format!("{enterprise}/im/sig/{username}"));
-        let msg = Message::new(topic, Bytes::copy_from_slice(signature.as_bytes()), QoS::AtLeastOnce, true);
+        if let Some(kept) = self.shared.hub.retained(&topic).as_deref().and_then(changed_at)
+            && kept > changed_ms
+        {
+            tracing::debug!(enterprise, username, changed_ms, kept, "an older signature change is ignored");
+            return;
+        }
+        let mut msg = Message::new(topic, Bytes::copy_from_slice(signature.as_bytes()), QoS::AtLeastOnce, true);
+        msg.properties = Some(Box::new(PublishProperties {
+            user_properties: vec![(
+                ByteString::from_static(CHANGED_PROPERTY),
+                ByteString::from(changed_ms.to_string()),
+            )],
+            ..Default::default()
+        }));
         self.shared.hub.publish(Arc::new(msg), None, now_ms());
     }
+}
+
+/// The user property of a retained signature: when the accounts tier published its change
+/// (Unix ms, its clock). Only the edge sets it.
+pub const CHANGED_PROPERTY: &str = "hermes-changed-ms";
+
+/// When the signature `msg` carries changed, if it says.
+fn changed_at(msg: &Message) -> Option<i64> {
+    let props = msg.properties.as_ref()?;
+    let (_, at) = props.user_properties.iter().find(|(k, _)| k == CHANGED_PROPERTY)?;
+    at.parse().ok()
 }
 
 /// `users`' relations in `enterprise`, read from `dir` [`RELATION_LOADS`] at a time.

@@ -407,6 +407,11 @@ impl Hub {
         }
     }
 
+    /// The retained message of `topic`, if this edge holds one.
+    pub fn retained(&self, topic: &str) -> Option<SharedMessage> {
+        self.lock().router.retained(topic).cloned()
+    }
+
     /// Whether `session` is here, live or parked (if not, it may be in the journal).
     pub fn holds(&self, session: &str) -> bool {
         self.lock().router.holds(session)

@@ -19,7 +19,8 @@ pub const SENDER_PROPERTY: &str = "hermes-sender";
 
 /// User properties only the edge sets: a client's own of these names (in any case) are removed
 /// from what it publishes.
-const EDGE_PROPERTIES: [&str; 3] = [SENDER_PROPERTY, crate::streams::SEQ_PROPERTY, crate::streams::EPOCH_PROPERTY];
+const EDGE_PROPERTIES: [&str; 4] =
+    [SENDER_PROPERTY, crate::streams::SEQ_PROPERTY, crate::streams::EPOCH_PROPERTY, crate::events::CHANGED_PROPERTY];
 
 /// What a connection's publishes are stamped with, worked out once when it connects (every
 /// PUBLISH is stamped: nothing is formatted per message).

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use bus::Bus;
 use bus::memory::MemoryBus;
+use bytes::Bytes;
 use hermes_tests::*;
 use prost::Message as _;
-use sdk::mqtt::{Client, Connect, Packet, SubscribeTopic, Version};
+use sdk::mqtt::{Client, Connect, Packet, Publish, PublishProperties, SubscribeTopic, Version};
 use wire::pb::{self, account_event::Event};
 use wire::token::Signer;
 
@@ -24,12 +25,17 @@ async fn edge_on_bus() -> (TestEdge, Arc<MemoryBus>, Signer) {
 }
 
 async fn emit(bus: &MemoryBus, event: Event) {
-    let e = pb::AccountEvent {
-        event_id: "test".into(),
-        timestamp_ms: std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64),
-        enterprise_id: "acme".into(),
-        event: Some(event),
-    };
+    emit_at(bus, event, now_ms()).await;
+}
+
+fn now_ms() -> i64 {
+    std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis() as i64)
+}
+
+/// An event the accounts tier published at `timestamp_ms`.
+async fn emit_at(bus: &MemoryBus, event: Event, timestamp_ms: i64) {
+    let e =
+        pb::AccountEvent { event_id: "test".into(), timestamp_ms, enterprise_id: "acme".into(), event: Some(event) };
     bus.publish(&wire::subjects::account_events("acme"), e.encode_to_vec().into()).await.expect("publish");
     // The edge applies bus events on a task of its own: give it a moment.
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -146,6 +152,76 @@ async fn new_signatures_are_published_retained() {
     let mut later = login(&edge, &signer, Version::V311, "alice-pc", "alice").await;
     let kept = expect_publish(&mut later).await;
     assert_eq!((kept.topic.as_str(), &kept.payload[..], kept.retain), ("acme/im/sig/bob", &b"on holiday"[..], true));
+    edge.stop().await;
+}
+
+fn signature(signature: &str) -> Event {
+    Event::ProfileChanged(pb::ProfileChanged {
+        user_id: "id-bob".into(),
+        username: "bob".into(),
+        signature: signature.into(),
+        signature_changed: true,
+        ..Default::default()
+    })
+}
+
+fn changed_ms(p: &Publish) -> Option<i64> {
+    let (_, at) = p.properties.user_properties.iter().find(|(k, _)| k == "hermes-changed-ms")?;
+    at.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_signature_change_does_not_bring_an_older_signature_back() {
+    let (edge, bus, signer) = edge_on_bus().await;
+    emit(&bus, follow("alice", "bob", true)).await;
+    emit(&bus, follow("bob", "alice", true)).await;
+    let mut alice = login(&edge, &signer, Version::V5, "alice", "alice").await;
+    let now = now_ms();
+    emit_at(&bus, signature("on holiday"), now).await;
+    let sig = expect_publish(&mut alice).await;
+    assert_eq!((&sig.payload[..], changed_ms(&sig)), (&b"on holiday"[..], Some(now)));
+    ack(&mut alice, &sig).await;
+
+    // Published a minute earlier, arriving now (tried again, or from the accounts outbox).
+    emit_at(&bus, signature("at work"), now - 60_000).await;
+    expect_nothing(&mut alice).await;
+    let mut later = login(&edge, &signer, Version::V311, "alice-pc", "alice").await;
+    let kept = expect_publish(&mut later).await;
+    assert_eq!((kept.topic.as_str(), &kept.payload[..]), ("acme/im/sig/bob", &b"on holiday"[..]));
+
+    // Bob may write his own signature topic, but not the instant it changed: a far-future
+    // claim is removed and does not hold back the next change.
+    let mut bob = login(&edge, &signer, Version::V5, "bob", "bob").await;
+    let forged = Publish {
+        topic: "acme/im/sig/bob".into(),
+        payload: Bytes::from_static(b"forever"),
+        qos: 1,
+        retain: true,
+        packet_id: Some(bob.next_packet_id()),
+        properties: PublishProperties {
+            user_properties: vec![("hermes-changed-ms".into(), i64::MAX.to_string().into())],
+            ..PublishProperties::default()
+        },
+        ..Publish::default()
+    };
+    bob.send(&Packet::Publish(forged)).await.expect("send");
+    // Bob is told alice's presence first (a friend's, auto-subscribed).
+    loop {
+        match bob.recv(WAIT).await {
+            Ok(Packet::PubAck { code, .. }) => break assert_eq!(code, 0),
+            Ok(Packet::Publish(p)) => assert_eq!(p.topic, "acme/im/pres/alice"),
+            other => panic!("expected the PUBACK, got {other:?}"),
+        }
+    }
+    let mut own = expect_publish(&mut alice).await;
+    if own.topic == "acme/im/pres/bob" {
+        own = expect_publish(&mut alice).await; // bob came online first
+    }
+    assert_eq!((&own.payload[..], changed_ms(&own)), (&b"forever"[..], None), "the claimed instant is removed");
+    ack(&mut alice, &own).await;
+    emit_at(&bus, signature("back"), now + 1).await;
+    let next = expect_publish(&mut alice).await;
+    assert_eq!((&next.payload[..], changed_ms(&next)), (&b"back"[..], Some(now + 1)));
     edge.stop().await;
 }
 

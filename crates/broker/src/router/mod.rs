@@ -632,6 +632,11 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         self.live.iter().filter(|(_, l)| l.session.is_durable()).map(|(s, l)| (s.clone(), l.expiry_secs)).collect()
     }
 
+    /// The retained message of `topic`, if this node holds one.
+    pub fn retained(&self, topic: &str) -> Option<&M> {
+        self.retained.get(topic)
+    }
+
     /// Whether `session` is here, live or parked: if not, a node may load it from the journal.
     pub fn holds(&self, session: &str) -> bool {
         self.live.contains_key(session) || self.store.contains(session)
