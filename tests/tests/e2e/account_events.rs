@@ -199,7 +199,7 @@ async fn a_late_signature_change_does_not_bring_an_older_signature_back() {
         retain: true,
         packet_id: Some(bob.next_packet_id()),
         properties: PublishProperties {
-            user_properties: vec![("hermes-changed-ms".into(), i64::MAX.to_string().into())],
+            user_properties: vec![("hermes-changed-ms".into(), i64::MAX.to_string())],
             ..PublishProperties::default()
         },
         ..Publish::default()
