@@ -260,7 +260,8 @@ async fn run(
         let mut outcomes = crate::relay::Outcomes::default();
         for b in batches {
             if let Some(done) = b.done {
-                outcomes.add(b.relay, done, ok && b.clean_since_ms.is_none_or(|since| failed_at < since));
+                let written = ok && b.clean_since_ms.is_none_or(|since| failed_at < since);
+                outcomes.add(b.relay, crate::relay::Outcome::Written(done, written));
             }
         }
         outcomes.send();

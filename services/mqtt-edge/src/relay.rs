@@ -1,5 +1,5 @@
-//! Outcomes of journal writes handed back to the worker thread that waits for them, with one
-//! wake of that worker per write however many PUBLISHes it answers.
+//! Outcomes of journal writes and stream appends handed back to the worker thread that waits
+//! for them, with one wake of that worker per write however many PUBLISHes it answers.
 //!
 //! The worker completes them on its own thread, so the tasks they wake queue up one after the
 //! other on its local run queue, and their PUBACKs leave together: ntex-io sends a
@@ -9,10 +9,33 @@
 
 use std::cell::RefCell;
 
+use broker::streams::Stamp;
 use tokio::sync::{mpsc, oneshot};
 
-/// A write's outcome for one waiter.
-type Outcome = (oneshot::Sender<bool>, bool);
+/// What one waiter is told.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Its journal changes were written, or not.
+    Written(oneshot::Sender<bool>, bool),
+    /// Its message's place in its durable stream, or none if the append failed.
+    Stamped(oneshot::Sender<Option<Stamp>>, Option<Stamp>),
+}
+
+impl Outcome {
+    fn complete(self) {
+        match self {
+            Outcome::Written(done, ok) => drop(done.send(ok)),
+            Outcome::Stamped(done, stamp) => drop(done.send(stamp)),
+        }
+    }
+
+    fn nobody_waits(&self) -> bool {
+        match self {
+            Outcome::Written(done, _) => done.is_closed(),
+            Outcome::Stamped(done, _) => done.is_closed(),
+        }
+    }
+}
 
 /// A worker thread's relay, to send outcomes to from any thread.
 #[derive(Clone, Debug)]
@@ -52,9 +75,7 @@ impl Relay {
 }
 
 fn complete(outcomes: Vec<Outcome>) {
-    for (done, ok) in outcomes {
-        let _ = done.send(ok);
-    }
+    outcomes.into_iter().for_each(Outcome::complete);
 }
 
 /// The outcomes of one write, gathered per relay and sent with one wake each
@@ -63,17 +84,17 @@ fn complete(outcomes: Vec<Outcome>) {
 pub struct Outcomes(Vec<(Relay, Vec<Outcome>)>);
 
 impl Outcomes {
-    pub fn add(&mut self, relay: Option<Relay>, done: oneshot::Sender<bool>, ok: bool) {
-        if done.is_closed() {
-            return; // nobody waits (a subscriber's PUBACK, say): no worker to wake
+    pub fn add(&mut self, relay: Option<Relay>, outcome: Outcome) {
+        if outcome.nobody_waits() {
+            return; // a subscriber's PUBACK, say: no worker to wake
         }
         let Some(relay) = relay else {
-            let _ = done.send(ok);
+            outcome.complete();
             return;
         };
         match self.0.iter_mut().find(|(r, _)| r.0.same_channel(&relay.0)) {
-            Some((_, outcomes)) => outcomes.push((done, ok)),
-            None => self.0.push((relay, vec![(done, ok)])),
+            Some((_, outcomes)) => outcomes.push(outcome),
+            None => self.0.push((relay, vec![outcome])),
         }
     }
 
@@ -96,7 +117,7 @@ mod tests {
         std::thread::spawn(move || {
             let mut gathered = Outcomes::default();
             for (relay, done, ok) in outcomes {
-                gathered.add(relay, done, ok);
+                gathered.add(relay, Outcome::Written(done, ok));
             }
             gathered.send();
         })

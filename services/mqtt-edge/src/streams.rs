@@ -48,6 +48,8 @@ const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 struct Pending {
     append: Append,
     done: oneshot::Sender<Option<Stamp>>,
+    /// Where `done` is completed: on the appending worker's thread when it has a relay.
+    relay: Option<crate::relay::Relay>,
 }
 
 /// Durable streams as the edge uses them, from any thread.
@@ -101,7 +103,7 @@ impl Streams {
     pub fn append(&self, msg: &Message, at_ms: u64) -> PendingStamp {
         let append = Append { stream: Arc::from(&*msg.topic), at_ms, body: encode(msg) };
         let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Pending { append, done });
+        let _ = self.tx.send(Pending { append, done, relay: crate::relay::here() });
         PendingStamp(rx)
     }
 
@@ -311,7 +313,7 @@ async fn append_batches(
     appending: Arc<crate::UnderWay>,
 ) {
     while let Some(batch) = crate::next_batch(&mut rx, MAX_BATCH).await {
-        let (appends, dones): (Vec<Append>, Vec<_>) = batch.into_iter().map(|p| (p.append, p.done)).unzip();
+        let (appends, dones): (Vec<Append>, Vec<_>) = batch.into_iter().map(|p| (p.append, (p.done, p.relay))).unzip();
         let started = std::time::Instant::now();
         appending.begin(crate::message::now_ms());
         // One try: a batch that timed out may still land, and trying again would store it twice.
@@ -333,9 +335,11 @@ async fn append_batches(
                 vec![None; appends.len()]
             }
         };
-        for (done, stamp) in dones.into_iter().zip(stamps) {
-            let _ = done.send(stamp);
+        let mut outcomes = crate::relay::Outcomes::default();
+        for ((done, relay), stamp) in dones.into_iter().zip(stamps) {
+            outcomes.add(relay, crate::relay::Outcome::Stamped(done, stamp));
         }
+        outcomes.send();
     }
 }
 
