@@ -114,7 +114,7 @@ impl TestEdge {
         // Presence at once, so tests see each change without waiting out a grace.
         cfg.limits.presence_grace_secs = 0;
         adjust(&mut cfg);
-        let state = mqtt_edge::StateDirectories::connect(&cfg.state.redis_url).await.expect("state directories");
+        let state = mqtt_edge::state_directories(&cfg.state).await.expect("state directories");
         let mut builder = Edge::builder(cfg).state(state.as_ref());
         if let Some(store) = streams {
             builder = builder.streams(store);

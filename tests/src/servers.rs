@@ -145,6 +145,24 @@ pub fn redis() -> ServerProcess {
     start("redis-server", redis_args)
 }
 
+/// A `redis-server` replicating `primary`, once it has caught up.
+pub fn redis_replica_of(primary: &ServerProcess) -> ServerProcess {
+    let of = primary.addr.port().to_string();
+    let replica = start("redis-server", |port| {
+        redis_args(port).into_iter().chain(["--replicaof".to_owned(), "127.0.0.1".to_owned(), of.clone()]).collect()
+    });
+    let mut conn = redis::Client::open(replica.redis_url()).and_then(|c| c.get_connection()).expect("connect");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = redis::cmd("INFO").arg("replication").query(&mut conn).expect("INFO");
+        if info.contains("master_link_status:up") {
+            return replica;
+        }
+        assert!(std::time::Instant::now() < deadline, "the replica never caught up: {info}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// `redis-server` in cluster mode, alone, owning every hash slot: it answers a plain client
 /// as `redis()` does, but refuses what Redis Cluster refuses — a transaction or a command over
 /// keys of different slots (CROSSSLOT), a script (`#!lua`) touching keys of another slot than

@@ -193,7 +193,7 @@ async fn serve(
     let anonymous = edge_cfg.auth.allow_anonymous;
     let users_file = edge_cfg.auth.users_file.clone();
     let nats_url = edge_cfg.bus.nats_url.clone();
-    let dirs = StateDirectories::connect(&edge_cfg.state.redis_url).await?;
+    let dirs = mqtt_edge::state_directories(&edge_cfg.state).await?;
     let bus: std::sync::Arc<dyn bus::Bus> = if nats_url.is_empty() {
         std::sync::Arc::new(bus::memory::MemoryBus::default())
     } else {

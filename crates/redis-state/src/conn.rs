@@ -25,6 +25,42 @@ const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// The scheme of a Redis Cluster's seed nodes in `state.redis_url`.
 const CLUSTER_SCHEME: &str = "redis+cluster://";
 
+/// How many replicas of its primary a write must reach before it counts
+/// (`state.redis_wait_replicas`, Redis `WAIT`): what a PUBLISH's acknowledgement waits for is
+/// then still there after a failover. 0: the primary's answer is enough (replication is
+/// asynchronous, and a failover can lose the last writes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replicas(pub u32);
+
+/// How long a write waits for its replicas before it counts as failed (and what it carried is
+/// not acknowledged; it may still reach them).
+pub const REPLICA_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl Replicas {
+    /// Ends `pipe` with a `WAIT` for every write before it (on a cluster, one on each node
+    /// written to, and the least answer counts); nothing for 0.
+    pub(crate) fn wait_in(self, pipe: &mut Pipeline) {
+        if self.0 > 0 {
+            pipe.cmd("WAIT").arg(self.0).arg(REPLICA_WAIT.as_millis() as u64);
+        }
+    }
+
+    /// Whether `reached` (the `WAIT`'s answer, the pipeline's last) is enough.
+    pub(crate) fn check(self, reached: Option<&Value>) -> Result<(), String> {
+        if self.0 == 0 {
+            return Ok(());
+        }
+        match reached {
+            Some(Value::Int(n)) if *n >= i64::from(self.0) => Ok(()),
+            Some(Value::Int(n)) => Err(format!(
+                "written, but {n} of the {} replica(s) asked for confirmed it within {REPLICA_WAIT:?}",
+                self.0
+            )),
+            other => Err(format!("no count of replicas from WAIT: {other:?}")),
+        }
+    }
+}
+
 /// A connection to one Redis or to a Redis Cluster; clones share it.
 #[derive(Clone)]
 pub enum RedisConn {
@@ -231,14 +267,18 @@ fn by_slot(pipeline: &Pipeline, in_order: bool) -> Vec<(Pipeline, Vec<usize>)> {
     groups.into_iter().map(|(_, group, places)| (group, places)).collect()
 }
 
-/// The answers of `groups` (sent as [`by_slot`] made them) in `pipeline`'s order.
+/// The answers of `groups` (sent as [`by_slot`] made them) in `pipeline`'s order. A command
+/// sent with several groups (one without a key) is answered by the first, or where they answer
+/// numbers by the least (`WAIT`: every node written to has its writes on that many replicas).
 fn reassemble(count: usize, groups: Vec<(Vec<usize>, Vec<Value>)>) -> Vec<Value> {
     let mut out: Vec<Option<Value>> = vec![None; count];
     for (places, answers) in groups {
         for (place, answer) in places.into_iter().zip(answers) {
             let slot = &mut out[place];
-            if slot.is_none() {
-                *slot = Some(answer);
+            match (&slot, &answer) {
+                (None, _) => *slot = Some(answer),
+                (Some(Value::Int(was)), Value::Int(n)) if n < was => *slot = Some(answer),
+                _ => {}
             }
         }
     }

@@ -53,6 +53,7 @@ return 0"
 #[derive(Clone)]
 pub struct RedisJournal {
     conn: RedisConn,
+    replicas: crate::Replicas,
 }
 
 impl std::fmt::Debug for RedisJournal {
@@ -63,7 +64,12 @@ impl std::fmt::Debug for RedisJournal {
 
 impl RedisJournal {
     pub fn new(conn: RedisConn) -> Self {
-        RedisJournal { conn }
+        RedisJournal { conn, replicas: crate::Replicas::default() }
+    }
+
+    /// A write counts once `replicas` replicas have it too (see [`crate::Replicas`]).
+    pub fn waiting_for(self, replicas: crate::Replicas) -> Self {
+        RedisJournal { replicas, ..self }
     }
 }
 
@@ -153,9 +159,12 @@ impl SessionJournal for RedisJournal {
             for w in writes {
                 queue(&mut pipe, w);
             }
-            pipe.query_async::<()>(&mut self.conn.clone())
-                .await
-                .map_err(|e| format!("writing {} change(s) to the session journal: {e}", writes.len()))
+            self.replicas.wait_in(&mut pipe);
+            let failed =
+                |e: &dyn std::fmt::Display| format!("writing {} change(s) to the session journal: {e}", writes.len());
+            // Every write is ignored: what answers is the WAIT, if any.
+            let answers: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await.map_err(|e| failed(&e))?;
+            self.replicas.check(answers.last()).map_err(|e| failed(&e))
         })
     }
 

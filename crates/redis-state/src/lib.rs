@@ -18,7 +18,7 @@ pub mod login;
 pub mod owners;
 pub mod presence;
 pub mod streams;
-pub use conn::{RedisConn, connect};
+pub use conn::{RedisConn, Replicas, connect};
 pub use journal::RedisJournal;
 pub use login::RedisLoginGuard;
 pub use owners::RedisOwners;
@@ -42,12 +42,20 @@ pub struct StateDirectories {
     /// The session journal's connection, which durable streams share (both are written before
     /// a PUBLISH is acknowledged).
     journal_conn: RedisConn,
+    /// What journal writes and stream appends wait for.
+    replicas: Replicas,
 }
 
 impl StateDirectories {
     /// Both directories on the Redis at `redis_url` (`state.redis_url`), over one connection;
     /// `None` when it is empty.
     pub async fn connect(redis_url: &str) -> Result<Option<StateDirectories>, String> {
+        Self::connect_waiting(redis_url, Replicas::default()).await
+    }
+
+    /// [`StateDirectories::connect`], with journal writes and stream appends counted only once
+    /// `replicas` replicas have them (`state.redis_wait_replicas`).
+    pub async fn connect_waiting(redis_url: &str, replicas: Replicas) -> Result<Option<StateDirectories>, String> {
         if redis_url.is_empty() {
             return Ok(None);
         }
@@ -57,15 +65,16 @@ impl StateDirectories {
             relations: Arc::new(RedisRelations::new(conn.clone())),
             access: Arc::new(RedisAccess::new(conn.clone())),
             owners: Arc::new(RedisOwners::new(conn.clone())),
-            journal: Arc::new(RedisJournal::new(journal.clone())),
+            journal: Arc::new(RedisJournal::new(journal.clone()).waiting_for(replicas)),
             conn,
             journal_conn: journal,
+            replicas,
         }))
     }
 
     /// Durable streams and dead letters on the same Redis, kept for `retention`.
     pub fn streams(&self, retention: broker::streams::Retention) -> Arc<dyn broker::streams::StreamStore> {
-        Arc::new(RedisStreams::new(self.journal_conn.clone(), retention))
+        Arc::new(RedisStreams::new(self.journal_conn.clone(), retention).waiting_for(self.replicas))
     }
 
     /// The edges' presence counters on the same Redis, over the connection the directories

@@ -120,6 +120,7 @@ return 0",
 pub struct RedisStreams {
     conn: RedisConn,
     retention: Retention,
+    replicas: crate::Replicas,
 }
 
 impl std::fmt::Debug for RedisStreams {
@@ -141,7 +142,12 @@ type RawLetter = (String, Vec<Vec<u8>>);
 impl RedisStreams {
     /// Streams on `conn` (from [`crate::connect`]) keeping what `retention` allows.
     pub fn new(conn: RedisConn, retention: Retention) -> Self {
-        RedisStreams { conn, retention }
+        RedisStreams { conn, retention, replicas: crate::Replicas::default() }
+    }
+
+    /// An append counts once `replicas` replicas have it too (see [`crate::Replicas`]).
+    pub fn waiting_for(self, replicas: crate::Replicas) -> Self {
+        RedisStreams { replicas, ..self }
     }
 
     fn max_age_ms(&self) -> u64 {
@@ -162,7 +168,14 @@ impl RedisStreams {
             }
             pipe.invoke_script(&call);
         }
-        let placed: Vec<(u64, u64)> = pipe.query_async(&mut self.conn.clone()).await.map_err(|e| e.to_string())?;
+        self.replicas.wait_in(&mut pipe);
+        let mut answers: Vec<redis::Value> =
+            pipe.query_async(&mut self.conn.clone()).await.map_err(|e| e.to_string())?;
+        if self.replicas.0 > 0 {
+            self.replicas.check(answers.pop().as_ref())?;
+        }
+        let placed: Vec<(u64, u64)> =
+            redis::FromRedisValue::from_redis_value(redis::Value::Array(answers)).map_err(|e| e.to_string())?;
         Ok(stamps(appends.len(), &groups, &placed))
     }
 

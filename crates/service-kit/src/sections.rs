@@ -78,6 +78,10 @@ pub struct StateConfig {
     /// Cluster) of the directories edges read (relations, ACL tables, revocations) and the
     /// cluster's state; empty: none.
     pub redis_url: String,
+    /// Replicas of its primary a session-journal write or stream append must reach (Redis
+    /// `WAIT`, up to 500 ms) before the PUBLISH it carries is acknowledged, so that a failover
+    /// loses none of them; 0 (the default): the primary's answer is enough.
+    pub redis_wait_replicas: u32,
 }
 
 /// The operations HTTP endpoint: `/metrics`, `/healthz`, `/readyz`.

@@ -384,12 +384,17 @@ impl Edge {
     }
 }
 
+/// The Redis directories and state `state` names (none when `state.redis_url` is empty).
+pub async fn state_directories(state: &service_kit::sections::StateConfig) -> Result<Option<StateDirectories>, String> {
+    StateDirectories::connect_waiting(&state.redis_url, redis_state::Replicas(state.redis_wait_replicas)).await
+}
+
 /// Runs an edge with telemetry and the ops endpoint until Ctrl-C or SIGTERM.
 pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     let telemetry = service_kit::telemetry::init("mqtt-edge", &cfg.telemetry).map_err(|e| e.to_string())?;
     let ops = cfg.ops.clone();
     let nats_url = cfg.bus.nats_url.clone();
-    let state = StateDirectories::connect(&cfg.state.redis_url).await?;
+    let state = state_directories(&cfg.state).await?;
     let bus = if nats_url.is_empty() {
         tracing::warn!(
             "bus.nats_url is empty: this edge routes to no other edge, and account events (revocations, relation changes) do not reach it"

@@ -21,6 +21,39 @@ async fn publish_code(c: &mut Client, topic: &str, body: &str) -> Option<u8> {
     c.publish(topic, body.as_bytes(), 1, false, Duration::from_secs(15)).await.expect("an answer")
 }
 
+/// `state.redis_wait_replicas`: a PUBLISH for a persistent session is acknowledged only once
+/// the journal write is on that many replicas too; with none left, it is refused (v5 0x80).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_that_waits_for_a_replica_acknowledges_only_what_the_replica_has() {
+    let redis = servers::redis();
+    let mut replica = servers::redis_replica_of(&redis);
+    let url = redis.redis_url();
+    let edge = TestEdge::start_with(|c| {
+        c.state.redis_url = url;
+        c.state.redis_wait_replicas = 1;
+    })
+    .await;
+    let (mut keeper, _) = edge.connect(Version::V5, persistent("keeper")).await;
+    assert_eq!(keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback"), [1]);
+    keeper.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None }).await.expect("bye");
+    drop(keeper);
+    let mut publisher = edge.client(Version::V5, "publisher").await;
+    assert_eq!(publish_code(&mut publisher, "f/1", "on the replica").await, Some(0));
+    // What the primary acknowledged is on the replica already.
+    let mut on_replica = redis::Client::open(replica.redis_url()).and_then(|c| c.get_connection()).expect("replica");
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg("hermes:session:*keeper*:journal").query(&mut on_replica).expect("KEYS");
+    assert_eq!(keys.len(), 1, "keeper's journal: {keys:?}");
+    let fields: Vec<Vec<u8>> = redis::cmd("HVALS").arg(&keys[0]).query(&mut on_replica).expect("HVALS");
+    assert!(fields.iter().any(|v| v.windows(14).any(|w| w == b"on the replica")), "the replica holds the message");
+
+    replica.kill();
+    let started = std::time::Instant::now();
+    assert_eq!(publish_code(&mut publisher, "f/1", "on no replica").await, Some(0x80), "no promise it cannot keep");
+    assert!(started.elapsed() < Duration::from_secs(5), "refused within the journal's tries");
+    edge.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn without_its_journal_an_edge_acknowledges_nothing_it_could_not_store_and_recovers() {
     let redis = servers::redis();
