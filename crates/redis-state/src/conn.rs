@@ -387,6 +387,17 @@ mod tests {
     }
 
     #[test]
+    fn a_command_sent_with_every_group_answers_as_the_first_or_the_least_number() {
+        // Places 0 and 2 are keyed; 1 (a SCRIPT LOAD) and 3 (a WAIT) went with both groups.
+        let int = Value::Int;
+        let sha = || Value::BulkString(b"sha".to_vec());
+        let groups = vec![(vec![0, 1, 3], vec![int(10), sha(), int(1)]), (vec![2, 1, 3], vec![int(20), sha(), int(0)])];
+        assert_eq!(reassemble(4, groups), [int(10), sha(), int(20), int(0)], "WAIT: the node with fewest replicas");
+        let groups = vec![(vec![0, 1], vec![int(0), int(2)]), (vec![1], vec![int(3)])];
+        assert_eq!(reassemble(2, groups), [int(0), int(2)]);
+    }
+
+    #[test]
     fn commands_are_grouped_by_the_slot_of_their_key_in_order() {
         let script = redis::Script::new("return 1");
         let mut pipe = redis::pipe();

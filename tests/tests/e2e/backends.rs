@@ -735,14 +735,15 @@ async fn a_journal_on_a_redis_cluster_writes_again_once_a_replica_took_over_a_de
 
 /// With `state.redis_wait_replicas`, a journal write and a stream append count only once that
 /// many replicas of every primary written to have them: the PUBLISH they carry is not
-/// acknowledged before. Asked for more than there are, they fail within the wait.
+/// acknowledged before. Asked for more than there are, they fail within the wait; so do they on
+/// one Redis without a replica.
 #[tokio::test(flavor = "multi_thread")]
 async fn writes_that_wait_for_replicas_count_only_once_every_primary_written_to_has_them() {
     use broker::journal::{SessionJournal, Write};
     use broker::streams::{Append, StreamStore};
     use redis_state::{RedisJournal, RedisStreams, Replicas};
     let retention = broker::streams::contract::RETENTION;
-    let mut cluster = servers::redis_cluster_with(3, 1);
+    let cluster = servers::redis_cluster_with(3, 1);
     let conn = redis_state::connect(&cluster.url()).await.expect("connect to the cluster");
     // Sessions and streams on every primary's slots.
     let writes: Vec<Write> = (0..30)
@@ -762,16 +763,8 @@ async fn writes_that_wait_for_replicas_count_only_once_every_primary_written_to_
     assert!(e.contains("1 of the 2 replica(s)"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(3), "each waits at most {:?}", redis_state::conn::REPLICA_WAIT);
 
-    // The replica of a primary other than the first written to dies: that primary's answer
-    // counts, whatever the others say.
-    let mut node = redis::Client::open(cluster.nodes[0].redis_url()).and_then(|c| c.get_connection()).expect("node");
-    let key = wire::keys::session_journal("wait/0");
-    let first_slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(&key).query(&mut node).expect("KEYSLOT");
-    let first_primary = (first_slot / (16384 / 3)).min(2);
-    cluster.nodes[usize::from(3 + (first_primary + 1) % 3)].kill();
-    let e = journal(1).write(&writes).await.expect_err("one primary's writes are on no replica");
-    assert!(e.contains("0 of the 1 replica(s)"), "{e}");
-    journal(0).write(&writes).await.expect("without waiting, the primaries' answers are enough");
+    // (That the least node's answer counts is `conn`'s unit test: which node is whose replica
+    // can change under a loaded machine, the cluster's node timeout being a second.)
 
     // One Redis without replicas.
     let single = servers::redis();
