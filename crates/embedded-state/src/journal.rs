@@ -203,6 +203,10 @@ fn apply_one(tx: &Transaction<'_>, w: &Write, now: i64) -> rusqlite::Result<()> 
 }
 
 impl SessionJournal for SqliteJournal {
+    fn blocks(&self) -> bool {
+        true
+    }
+
     fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             if writes.is_empty() {

@@ -126,13 +126,18 @@ impl Durable {
 }
 
 impl JournalWriter {
-    /// Starts the writer on a thread of its own (a journal that writes on its caller's thread,
-    /// as the embedded one does, blocks nothing else); `holder` signs the records. The thread
-    /// ends once every clone is dropped.
+    /// Starts the writer: on a thread of its own for a journal that writes on its caller's
+    /// thread (the embedded one: it blocks nothing else), else on the current runtime, where
+    /// the journal's connection runs (no hop to another thread and back per write). `holder`
+    /// signs the records. The writer ends once every clone is dropped.
     pub fn start(journal: Arc<dyn SessionJournal>, holder: NodeName) -> Result<Self, String> {
         let (tx, rx) = mpsc::unbounded_channel();
         let health = Arc::new(Health::new());
-        crate::on_own_thread("hermes-journal", run(journal.clone(), rx, health.clone(), holder))?;
+        let writer = run(journal.clone(), rx, health.clone(), holder);
+        match tokio::runtime::Handle::try_current() {
+            Ok(here) if !journal.blocks() => drop(here.spawn(writer)),
+            _ => crate::on_own_thread("hermes-journal", writer)?,
+        }
         Ok(JournalWriter { tx, journal, health })
     }
 
