@@ -128,20 +128,7 @@ async fn disabled_users_are_disconnected() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn new_signatures_are_published_retained() {
-    let (edge, bus, signer) = edge_on_bus().await;
-    emit(&bus, follow("alice", "bob", true)).await;
-    emit(&bus, follow("bob", "alice", true)).await;
-    let mut alice = login(&edge, &signer, Version::V5, "alice", "alice").await;
-    let profile = |signature: &str, changed: bool| {
-        Event::ProfileChanged(pb::ProfileChanged {
-            user_id: "id-bob".into(),
-            username: "bob".into(),
-            display_name: "Bob".into(),
-            signature: signature.into(),
-            signature_changed: changed,
-            ..Default::default()
-        })
-    };
+    let (edge, bus, signer, mut alice) = friends_with_alice_on_v5().await;
     emit(&bus, profile("on holiday", true)).await;
     let sig = expect_publish(&mut alice).await;
     assert_eq!((sig.topic.as_str(), &sig.payload[..]), ("acme/im/sig/bob", &b"on holiday"[..]));
@@ -155,14 +142,29 @@ async fn new_signatures_are_published_retained() {
     edge.stop().await;
 }
 
-fn signature(signature: &str) -> Event {
+/// Bob's profile, with `signature` (new when `changed`).
+fn profile(signature: &str, changed: bool) -> Event {
     Event::ProfileChanged(pb::ProfileChanged {
         user_id: "id-bob".into(),
         username: "bob".into(),
+        display_name: "Bob".into(),
         signature: signature.into(),
-        signature_changed: true,
+        signature_changed: changed,
         ..Default::default()
     })
+}
+
+fn signature(signature: &str) -> Event {
+    profile(signature, true)
+}
+
+/// Alice and bob follow each other; alice is connected (v5).
+async fn friends_with_alice_on_v5() -> (TestEdge, Arc<MemoryBus>, Signer, Client) {
+    let (edge, bus, signer) = edge_on_bus().await;
+    emit(&bus, follow("alice", "bob", true)).await;
+    emit(&bus, follow("bob", "alice", true)).await;
+    let alice = login(&edge, &signer, Version::V5, "alice", "alice").await;
+    (edge, bus, signer, alice)
 }
 
 fn changed_ms(p: &Publish) -> Option<i64> {
@@ -172,10 +174,7 @@ fn changed_ms(p: &Publish) -> Option<i64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_late_signature_change_does_not_bring_an_older_signature_back() {
-    let (edge, bus, signer) = edge_on_bus().await;
-    emit(&bus, follow("alice", "bob", true)).await;
-    emit(&bus, follow("bob", "alice", true)).await;
-    let mut alice = login(&edge, &signer, Version::V5, "alice", "alice").await;
+    let (edge, bus, signer, mut alice) = friends_with_alice_on_v5().await;
     let now = now_ms();
     emit_at(&bus, signature("on holiday"), now).await;
     let sig = expect_publish(&mut alice).await;
