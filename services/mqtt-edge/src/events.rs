@@ -234,19 +234,30 @@ impl AccountEvents {
 
     /// The signature changed at `changed_ms`, retained on `{eid}/im/sig/{username}` (empty
     /// clears it) with that instant as its [`CHANGED_PROPERTY`], unless the retained one there
-    /// changed later: a change that arrives late (tried again, or from the accounts outbox)
-    /// does not bring an older signature back.
+    /// changed later, or it was cleared later (within [`CLEARED_KEPT_MS`]): a change that
+    /// arrives late (tried again, or from the accounts outbox) does not bring an older
+    /// signature back.
     fn publish_signature(&self, enterprise: &str, username: &str, signature: &str, changed_ms: i64) {
         let safe = broker::acl::safe_value;
         if !(safe(enterprise) && safe(username)) {
             return;
         }
         let topic = ByteString::from(format!("{enterprise}/im/sig/{username}"));
-        if let Some(kept) = self.shared.hub.retained(&topic).as_deref().and_then(changed_at)
-            && kept > changed_ms
+        let retained = self.shared.hub.retained(&topic).as_deref().and_then(changed_at);
         {
-            tracing::debug!(enterprise, username, changed_ms, kept, "an older signature change is ignored");
-            return;
+            let mut cleared = self.shared.signatures_cleared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(latest) = retained.max(cleared.get(&*topic).copied())
+                && latest > changed_ms
+            {
+                tracing::debug!(enterprise, username, changed_ms, latest, "an older signature change is ignored");
+                return;
+            }
+            if signature.is_empty() {
+                cleared.retain(|_, at| *at > changed_ms.saturating_sub(CLEARED_KEPT_MS));
+                cleared.insert(topic.to_string(), changed_ms);
+            } else {
+                cleared.remove(&*topic);
+            }
         }
         let mut msg = Message::new(topic, Bytes::copy_from_slice(signature.as_bytes()), QoS::AtLeastOnce, true);
         msg.properties = Some(Box::new(PublishProperties {
@@ -259,6 +270,10 @@ impl AccountEvents {
         self.shared.hub.publish(Arc::new(msg), None, now_ms());
     }
 }
+
+/// How long an edge remembers when a signature was cleared: a change published that much
+/// earlier and arriving later could set it again.
+const CLEARED_KEPT_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// The user property of a retained signature: when the accounts tier published its change
 /// (Unix ms, its clock). Only the edge sets it.

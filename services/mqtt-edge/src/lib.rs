@@ -296,6 +296,7 @@ impl EdgeBuilder {
             throttle,
             cfg,
             store_turns: tokio::sync::Semaphore::new(server::STORE_TURNS),
+            signatures_cleared: Default::default(),
         });
         if let Some(dir) = access {
             // Tables and revocations apply before the first client is let in.

@@ -40,6 +40,9 @@ pub struct EdgeShared {
     /// CONNECTs talking to the session store (owners registry, journal) at once, at most
     /// [`STORE_TURNS`].
     pub store_turns: tokio::sync::Semaphore,
+    /// Signatures an account event cleared, by topic (`{eid}/im/sig/{user}`), with when
+    /// (Unix ms): a cleared one leaves no retained message to tell a late change by.
+    pub signatures_cleared: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// CONNECTs that talk to the session store at once, at most: in a reconnect storm (every client

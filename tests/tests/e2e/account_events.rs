@@ -221,6 +221,18 @@ async fn a_late_signature_change_does_not_bring_an_older_signature_back() {
     emit_at(&bus, signature("back"), now + 1).await;
     let next = expect_publish(&mut alice).await;
     assert_eq!((&next.payload[..], changed_ms(&next)), (&b"back"[..], Some(now + 1)));
+    ack(&mut alice, &next).await;
+
+    // Cleared (no retained message left), then a change from before arrives: it stays cleared.
+    emit_at(&bus, signature(""), now + 3).await;
+    let cleared = expect_publish(&mut alice).await;
+    assert_eq!((cleared.topic.as_str(), &cleared.payload[..]), ("acme/im/sig/bob", &b""[..]));
+    ack(&mut alice, &cleared).await;
+    emit_at(&bus, signature("stale"), now + 2).await;
+    expect_nothing(&mut alice).await;
+    emit_at(&bus, signature("fresh"), now + 4).await;
+    let fresh = expect_publish(&mut alice).await;
+    assert_eq!((&fresh.payload[..], changed_ms(&fresh)), (&b"fresh"[..], Some(now + 4)));
     edge.stop().await;
 }
 
