@@ -22,7 +22,7 @@ if [ -z "${POSTGRES_TEST_URL:-}" ]; then
 fi
 
 say "no key material or data directory is tracked"
-tracked=$(git ls-files 2>/dev/null | grep -E '(^|/)hermes-data/|\.(key|pem)$' || true)
+tracked=$(git ls-files 2>/dev/null | grep -E '(^|/)hermes-data/|\.(key|pem|rdb)$' || true)
 if [ -n "$tracked" ]; then
     echo "key material or a data directory is tracked by git; remove it (git rm --cached) and rotate the key:" >&2
     echo "$tracked" >&2

@@ -140,17 +140,28 @@ fn redis_args(port: u16) -> Vec<String> {
     ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"].map(str::to_owned).to_vec()
 }
 
-/// `redis-server` without persistence.
+/// `redis-server` without persistence. It has no directory of its own: a replica
+/// ([`redis_replica_of`]) gets its data without a file, not from a `dump.rdb` written where the
+/// test runs.
 pub fn redis() -> ServerProcess {
-    start("redis-server", redis_args)
+    start("redis-server", |port| {
+        let diskless = ["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"];
+        redis_args(port).into_iter().chain(diskless.map(str::to_owned)).collect()
+    })
 }
 
 /// A `redis-server` replicating `primary`, once it has caught up.
 pub fn redis_replica_of(primary: &ServerProcess) -> ServerProcess {
     let of = primary.addr.port().to_string();
-    let replica = start("redis-server", |port| {
-        redis_args(port).into_iter().chain(["--replicaof".to_owned(), "127.0.0.1".to_owned(), of.clone()]).collect()
+    // What it receives lands in a file of its own.
+    let dir = std::env::temp_dir().join(format!("hermes-redis-replica-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&dir).expect("a directory for the replica");
+    let in_dir = dir.display().to_string();
+    let mut replica = start("redis-server", |port| {
+        let replica = ["--replicaof", "127.0.0.1", &of, "--dir", &in_dir];
+        redis_args(port).into_iter().chain(replica.map(str::to_owned)).collect()
     });
+    replica.dir = Some(dir);
     let mut conn = redis::Client::open(replica.redis_url()).and_then(|c| c.get_connection()).expect("connect");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
