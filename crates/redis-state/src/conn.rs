@@ -45,13 +45,14 @@ impl Replicas {
         }
     }
 
-    /// Whether `reached` (the `WAIT`'s answer, the pipeline's last) is enough.
-    pub(crate) fn check(self, reached: Option<&Value>) -> Result<(), String> {
+    /// Takes the `WAIT`'s answer off the end of `answers` (those of a pipeline [`Replicas::wait_in`]
+    /// ended) and says whether it is enough; there is none to take for 0.
+    pub(crate) fn take_answer(self, answers: &mut Vec<Value>) -> Result<(), String> {
         if self.0 == 0 {
             return Ok(());
         }
-        match reached {
-            Some(Value::Int(n)) if *n >= i64::from(self.0) => Ok(()),
+        match answers.pop() {
+            Some(Value::Int(n)) if n >= i64::from(self.0) => Ok(()),
             Some(Value::Int(n)) => Err(format!(
                 "written, but {n} of the {} replica(s) asked for confirmed it within {REPLICA_WAIT:?}",
                 self.0

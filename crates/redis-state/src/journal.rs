@@ -163,8 +163,9 @@ impl SessionJournal for RedisJournal {
             let failed =
                 |e: &dyn std::fmt::Display| format!("writing {} change(s) to the session journal: {e}", writes.len());
             // Every write is ignored: what answers is the WAIT, if any.
-            let answers: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await.map_err(|e| failed(&e))?;
-            self.replicas.check(answers.last()).map_err(|e| failed(&e))
+            let mut answers: Vec<redis::Value> =
+                pipe.query_async(&mut self.conn.clone()).await.map_err(|e| failed(&e))?;
+            self.replicas.take_answer(&mut answers).map_err(|e| failed(&e))
         })
     }
 

@@ -171,9 +171,7 @@ impl RedisStreams {
         self.replicas.wait_in(&mut pipe);
         let mut answers: Vec<redis::Value> =
             pipe.query_async(&mut self.conn.clone()).await.map_err(|e| e.to_string())?;
-        if self.replicas.0 > 0 {
-            self.replicas.check(answers.pop().as_ref())?;
-        }
+        self.replicas.take_answer(&mut answers)?;
         let placed: Vec<(u64, u64)> =
             redis::FromRedisValue::from_redis_value(redis::Value::Array(answers)).map_err(|e| e.to_string())?;
         Ok(stamps(appends.len(), &groups, &placed))
