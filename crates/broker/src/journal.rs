@@ -85,6 +85,18 @@ pub trait SessionJournal: Send + Sync + std::fmt::Debug {
     fn blocks(&self) -> bool {
         false
     }
+    /// For a journal that [`blocks`](SessionJournal::blocks): does what its writes leave out
+    /// to stay short (the embedded store's checkpoint, which waits for the disk), as far as
+    /// it can while writes go on. Its node calls it now and then on a thread of its own, then
+    /// [`SessionJournal::tidy_between_writes`]; a journal left untidied too long tidies within
+    /// a write.
+    fn tidy(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// The rest of [`SessionJournal::tidy`], called while no write runs (little is left).
+    fn tidy_between_writes(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Sessions kept in this process: for tests, and nodes sharing one process.

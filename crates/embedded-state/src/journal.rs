@@ -17,7 +17,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use broker::journal::{SessionJournal, Stored, Write};
 use broker::relations::BoxFuture;
@@ -35,7 +35,17 @@ pub struct SqliteJournal {
     writer: SyncWriter,
     /// When expired sessions were last swept (Unix ms): at most once a second, inside a write.
     swept_at: Arc<AtomicI64>,
+    /// Writes since the last checkpoint ([`SessionJournal::tidy`]).
+    untidy: Arc<AtomicU64>,
+    /// [`UNTIDY_WRITES`], but in tests.
+    untidy_limit: u64,
+    /// Checkpoints while the writer writes.
+    checkpointer: Arc<std::sync::Mutex<rusqlite::Connection>>,
 }
+
+/// Writes after which a write checkpoints the log itself, if nobody tidied the journal: it
+/// does not grow without end (an edge tidies about every 100 ms).
+const UNTIDY_WRITES: u64 = 4096;
 
 const SCHEMA: [&str; 6] = [
     "CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at_ms INTEGER)",
@@ -66,7 +76,17 @@ impl SqliteJournal {
         let named = |e: &dyn std::fmt::Display| format!("session journal {}: {e}", path.display());
         let pool = crate::open(path, &SCHEMA).await.map_err(|e| named(&e))?;
         let writer = SyncWriter::open(path).map_err(|e| named(&e))?;
-        let journal = SqliteJournal { pool, writer, swept_at: Default::default() };
+        // Checkpoints wait for the disk: they are left out of writes (see `tidy`).
+        writer.pragma("wal_autocheckpoint", 0).map_err(|e| named(&e))?;
+        let checkpointer = rusqlite::Connection::open(path).map_err(|e| named(&e))?;
+        let journal = SqliteJournal {
+            pool,
+            writer,
+            swept_at: Default::default(),
+            untidy: Default::default(),
+            untidy_limit: UNTIDY_WRITES,
+            checkpointer: Arc::new(std::sync::Mutex::new(checkpointer)),
+        };
         journal.sweep_expired().await.map_err(|e| named(&e))?;
         Ok(journal)
     }
@@ -89,7 +109,17 @@ impl SqliteJournal {
                 sweep(tx, now)?;
             }
             writes.iter().try_for_each(|w| apply_one(tx, w, now))
-        })
+        })?;
+        if self.untidy.fetch_add(1, Ordering::Relaxed) + 1 >= self.untidy_limit {
+            self.untidy.store(0, Ordering::Relaxed);
+            self.writer.checkpoint().map_err(|e| format!("checkpointing the session journal: {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<(), String> {
+        let conn = self.checkpointer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::checkpoint(&conn).map_err(|e| format!("checkpointing the session journal: {e}"))
     }
 
     async fn read(&self, session: &str) -> Result<Option<Stored>, String> {
@@ -207,6 +237,22 @@ impl SessionJournal for SqliteJournal {
         true
     }
 
+    /// Checkpoints while writes go on: most of the log is copied, with the waits for the
+    /// disk, and the rest between writes, so that the next write starts the log again.
+    fn tidy(&self) -> Result<(), String> {
+        match self.untidy.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            _ => self.checkpoint(),
+        }
+    }
+
+    fn tidy_between_writes(&self) -> Result<(), String> {
+        match self.untidy.swap(0, Ordering::Relaxed) {
+            0 => Ok(()),
+            _ => self.checkpoint(),
+        }
+    }
+
     fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             if writes.is_empty() {
@@ -298,6 +344,46 @@ mod tests {
         }
         assert_eq!(journal.sweep_expired().await.expect("sweep"), 1);
         assert_eq!(journal.load(&parked).await.expect("load"), None);
+        drop(journal);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Writes `n` batches of one message each for `session`, from `entry` on.
+    async fn write_messages(journal: &SqliteJournal, session: &std::sync::Arc<str>, entry: u64, n: u64) {
+        for e in entry..entry + n {
+            let body = vec![7u8; 600];
+            journal.write(&[Write::Message { session: session.clone(), entry: e, body }]).await.expect("write");
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_leave_the_checkpoint_to_tidy_which_starts_the_log_again_unless_it_waits_too_long() {
+        let dir = std::env::temp_dir().join(format!("hermes-journal-tidy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let path = dir.join("journal.db");
+        let wal = || std::fs::metadata(dir.join("journal.db-wal")).map(|m| m.len()).unwrap_or(0);
+        let mut journal = SqliteJournal::open(&path).await.expect("open");
+        journal.untidy_limit = 400;
+        let s: std::sync::Arc<str> = "1:a/s".into();
+        let record = Write::Record { session: s.clone(), record: b"r".to_vec(), ttl_secs: None };
+        journal.write(&[record]).await.expect("write");
+        write_messages(&journal, &s, 1, 100).await;
+        let grown = wal();
+        assert!(grown > 100 * 4096, "one page per write at least, none checkpointed: {grown}");
+        write_messages(&journal, &s, 101, 100).await;
+        assert!(wal() > grown + 100 * 4096, "the log grows while nobody tidies");
+        let grown = wal();
+        journal.tidy().expect("tidy");
+        journal.tidy_between_writes().expect("tidy");
+        write_messages(&journal, &s, 201, 100).await;
+        assert_eq!(wal(), grown, "the log started again from its beginning");
+        // 100 writes after the tidy; 300 more reach the limit, and the last of them checkpoints.
+        write_messages(&journal, &s, 301, 300).await;
+        let at_limit = wal();
+        write_messages(&journal, &s, 601, 100).await;
+        assert_eq!(wal(), at_limit, "the write at the limit checkpointed: the log started again");
+        let loaded = journal.load(&s).await.expect("load").expect("the session");
+        assert_eq!(loaded.messages.len(), 700, "every message is there");
         drop(journal);
         let _ = std::fs::remove_dir_all(&dir);
     }

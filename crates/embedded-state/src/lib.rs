@@ -42,9 +42,9 @@ async fn open(path: &Path, schema: &[&'static str]) -> Result<SqlitePool, String
 
 /// A connection to the database for writing whole batches right where they are asked for: SQLite
 /// does a small transaction in microseconds, and a hop to another thread and back (sqlx's worker,
-/// once per statement) costs more than that. Whoever writes much should call from a thread of
-/// its own (the edge's journal writer and stream appender have one): the call blocks until the
-/// batch is committed.
+/// once per statement) costs more than that. The call blocks until the batch is committed: the
+/// edge's stream appender writes from a thread of its own, its journal where it is submitted,
+/// with the journal's checkpoints, which wait for the disk, left out (`SessionJournal::tidy`).
 #[derive(Debug, Clone)]
 pub(crate) struct SyncWriter(std::sync::Arc<std::sync::Mutex<rusqlite::Connection>>);
 
@@ -57,6 +57,17 @@ impl SyncWriter {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| e.to_string())?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
         Ok(SyncWriter(std::sync::Arc::new(std::sync::Mutex::new(conn))))
+    }
+
+    /// Sets `pragma` on the writing connection.
+    pub(crate) fn pragma(&self, pragma: &str, value: i64) -> Result<(), String> {
+        let conn = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        conn.pragma_update(None, pragma, value).map_err(|e| e.to_string())
+    }
+
+    /// [`checkpoint`] on the writing connection, between its writes.
+    pub(crate) fn checkpoint(&self) -> Result<(), String> {
+        checkpoint(&self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Runs `f` in an IMMEDIATE transaction (the write lock is taken now, not on a later
@@ -74,6 +85,14 @@ impl SyncWriter {
         };
         run().map_err(|e: rusqlite::Error| e.to_string())
     }
+}
+
+/// Copies what the write-ahead log holds into the database, without waiting for readers or
+/// writers (what is written meanwhile, or a reader still sees, stays in the log until the
+/// next checkpoint). If no write ran meanwhile, the next write starts the log from its
+/// beginning again.
+pub(crate) fn checkpoint(conn: &rusqlite::Connection) -> Result<(), String> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())).map_err(|e| e.to_string())
 }
 
 pub(crate) fn db(e: sqlx::Error) -> String {

@@ -421,7 +421,23 @@ impl Hub {
     /// reached the high-water mark are collected there (the publisher waits for them). What
     /// goes to the journal is submitted last, in one batch; the answer resolves once it is
     /// written.
-    fn apply(&self, st: &mut State, fx: Effects, mut pressure: Option<&mut Vec<Room>>) -> Option<Durable> {
+    fn apply(&self, st: &mut State, fx: Effects, pressure: Option<&mut Vec<Room>>) -> Option<Durable> {
+        let journal = self.effects(st, fx, pressure);
+        let writer = self.journal.get().filter(|_| !journal.is_empty())?;
+        Some(writer.submit(journal))
+    }
+
+    /// [`Hub::apply`] for effects whose journal changes nobody waits for, and which lose
+    /// nothing if they are never written (`JournalWriter::submit_lazily`).
+    fn apply_lazily(&self, st: &mut State, fx: Effects) {
+        let journal = self.effects(st, fx, None);
+        if let Some(writer) = self.journal.get().filter(|_| !journal.is_empty()) {
+            writer.submit_lazily(journal);
+        }
+    }
+
+    /// Does what the router decided, in order, but for the journal's changes: returned.
+    fn effects(&self, st: &mut State, fx: Effects, mut pressure: Option<&mut Vec<Room>>) -> Vec<journal::Item> {
         let mut journal = Vec::new();
         for effect in fx {
             match effect {
@@ -507,8 +523,7 @@ impl Hub {
                 }
             }
         }
-        let writer = self.journal.get().filter(|_| !journal.is_empty())?;
-        Some(writer.submit(journal))
+        journal
     }
 
     /// A newer connection of the session, here or on another edge, took over from `link`.
@@ -638,7 +653,7 @@ impl Hub {
         self.counters.messages_sent.fetch_add(1, Ordering::Relaxed);
         let mut fx = Effects::new();
         st.router.complete(session, link_id, packet_id, now_ms, &mut fx);
-        self.apply(&mut st, fx, None);
+        self.apply_lazily(&mut st, fx);
     }
 
     /// PUBREC for an outbound QoS 2 message.
@@ -646,7 +661,7 @@ impl Hub {
         let mut st = self.lock();
         let mut fx = Effects::new();
         st.router.received(session, packet_id, &mut fx);
-        self.apply(&mut st, fx, None);
+        self.apply_lazily(&mut st, fx);
     }
 
     /// Inbound QoS 2: false if `packet_id` is a duplicate of an unreleased PUBLISH.

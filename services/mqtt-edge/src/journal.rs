@@ -1,13 +1,14 @@
-//! The edge's side of the session journal (`broker::journal`): one task writes what the router
-//! decided about persistent sessions ([`Persist`]), in the order it was decided, batching
-//! whatever piled up meanwhile into one write (one Redis round trip, one SQLite transaction).
-//! A PUBLISH is acknowledged once the batch holding its changes is durable ([`Durable`]).
+//! The edge's side of the session journal (`broker::journal`): what the router decided about
+//! persistent sessions ([`Persist`]) is written in the order it was decided, whatever piled
+//! up meanwhile in one write (one Redis round trip, one SQLite transaction): by a task on the
+//! runtime for Redis, where it is submitted for the embedded journal ([`Inline`]). A PUBLISH
+//! is acknowledged once the batch holding its changes is durable ([`Durable`]).
 //!
 //! A message that arrives and is acknowledged by its subscriber before its batch is written is
-//! never written at all: the pair cancels out. A failed write is tried again a few times, then
-//! reported to whoever waits (the PUBLISH is not acknowledged) and the journal counts as
-//! unhealthy (readiness) until a write succeeds; so does a write under way for longer than a
-//! try may take (one on the writer's own thread, as the embedded store's, cannot be cut short).
+//! never written at all: the pair cancels out. A failed write is reported to whoever waits
+//! (the PUBLISH is not acknowledged; a Redis write is tried once more first) and the journal
+//! counts as unhealthy (readiness) until a write succeeds; so does a write under way for
+//! longer than a try may take (the embedded store's cannot be cut short).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -36,6 +37,9 @@ const TRIES: u32 = 2;
 const TRY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an unhealthy journal is tried while nothing needs writing.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a journal written where it is submitted ([`Inline`]) is tidied, and how long
+/// what nobody waits for may wait for a write.
+const TIDY_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What the router decided for the journal: about one session, or a retained message.
 #[derive(Debug)]
@@ -83,9 +87,18 @@ struct Batch {
 /// Writes to the journal in order, from any thread.
 #[derive(Clone)]
 pub struct JournalWriter {
-    tx: mpsc::UnboundedSender<Batch>,
+    queue: Queue,
     journal: Arc<dyn SessionJournal>,
     health: Arc<Health>,
+}
+
+/// Where batches wait to be written.
+#[derive(Clone)]
+enum Queue {
+    /// For a task on the runtime, which writes with retries and timeouts (Redis).
+    Task(mpsc::UnboundedSender<Batch>),
+    /// For whoever submits next, right where it runs (the embedded journal: [`Inline`]).
+    Inline(Arc<Inline>),
 }
 
 /// Whether the journal works: the last write succeeded, and the one under way (if any) has
@@ -126,19 +139,39 @@ impl Durable {
 }
 
 impl JournalWriter {
-    /// Starts the writer: on a thread of its own for a journal that writes on its caller's
-    /// thread (the embedded one: it blocks nothing else), else on the current runtime, where
-    /// the journal's connection runs (no hop to another thread and back per write). `holder`
-    /// signs the records. The writer ends once every clone is dropped.
+    /// Starts the writer: where batches are submitted for a journal that writes on its
+    /// caller's thread (the embedded one: [`Inline`], with a thread of its own for the rest),
+    /// else a task on the current runtime, where the journal's connection runs (no hop to
+    /// another thread and back per write). `holder` signs the records. The writer ends once
+    /// every clone is dropped.
     pub fn start(journal: Arc<dyn SessionJournal>, holder: NodeName) -> Result<Self, String> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        Self::start_tidying(journal, holder, TIDY_INTERVAL)
+    }
+
+    /// [`JournalWriter::start`], tidying an embedded journal every `tidy_every`.
+    fn start_tidying(journal: Arc<dyn SessionJournal>, holder: NodeName, tidy_every: Duration) -> Result<Self, String> {
         let health = Arc::new(Health::new());
+        if journal.blocks() {
+            let (nudge, nudges) = mpsc::unbounded_channel();
+            let inline = Arc::new(Inline {
+                journal: journal.clone(),
+                health: health.clone(),
+                holder,
+                batches: Default::default(),
+                turn: AtomicBool::new(false),
+                pending: AtomicBool::new(false),
+                nudge,
+            });
+            crate::on_own_thread("hermes-journal", Inline::serve(Arc::downgrade(&inline), nudges, tidy_every))?;
+            return Ok(JournalWriter { queue: Queue::Inline(inline), journal, health });
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
         let writer = run(journal.clone(), rx, health.clone(), holder);
         match tokio::runtime::Handle::try_current() {
-            Ok(here) if !journal.blocks() => drop(here.spawn(writer)),
-            _ => crate::on_own_thread("hermes-journal", writer)?,
+            Ok(here) => drop(here.spawn(writer)),
+            Err(_) => crate::on_own_thread("hermes-journal", writer)?,
         }
-        Ok(JournalWriter { tx, journal, health })
+        Ok(JournalWriter { queue: Queue::Task(tx), journal, health })
     }
 
     /// Queues `items` for writing after everything submitted before.
@@ -148,16 +181,35 @@ impl JournalWriter {
 
     fn submit_checked(&self, items: Vec<Item>, clean_since_ms: Option<u64>) -> Durable {
         let (done, rx) = oneshot::channel();
-        let batch = Batch { items, done: Some(done), relay: crate::relay::here(), clean_since_ms };
-        if self.tx.send(batch).is_err() {
-            tracing::warn!("the journal writer is gone: session changes are not kept");
-        }
+        self.queue(Batch { items, done: Some(done), relay: crate::relay::here(), clean_since_ms });
         Durable(rx)
     }
 
     /// Queues `items` with nobody waiting for them.
     pub fn submit_detached(&self, items: Vec<Item>) {
-        let _ = self.tx.send(Batch { items, done: None, relay: None, clean_since_ms: None });
+        self.queue(Batch { items, done: None, relay: None, clean_since_ms: None });
+    }
+
+    /// Queues `items` nobody waits for and that lose nothing if they are never written (a
+    /// message's end: unwritten, it is delivered again after a crash): a journal written
+    /// where it is submitted takes them with its next write, within [`TIDY_INTERVAL`].
+    pub fn submit_lazily(&self, items: Vec<Item>) {
+        let batch = Batch { items, done: None, relay: None, clean_since_ms: None };
+        match &self.queue {
+            Queue::Inline(inline) => inline.waiting().push_back(batch),
+            Queue::Task(_) => self.queue(batch),
+        }
+    }
+
+    fn queue(&self, batch: Batch) {
+        match &self.queue {
+            Queue::Task(tx) => {
+                if tx.send(batch).is_err() {
+                    tracing::warn!("the journal writer is gone: session changes are not kept");
+                }
+            }
+            Queue::Inline(inline) => inline.submit(batch),
+        }
     }
 
     /// Resolves once everything submitted so far is written (or failed).
@@ -220,6 +272,175 @@ impl JournalWriter {
     }
 }
 
+/// The embedded journal's batches, written by whoever submits one, where it runs: an edge
+/// worker writes at the end of its current turn, after the PUBLISHes it is reading, and sends
+/// their PUBACKs in the same turn; anyone else (a bus task, a timer) leaves it to the journal's
+/// own thread. A write takes microseconds (no fsync: see `embedded_state`); waking another
+/// thread to do it and waking the worker back cost more than that (half the CPU of a
+/// persistent QoS 1 message went to those wakes).
+///
+/// One writer at a time holds the turn and writes until nothing waits; a submitter that finds
+/// the turn taken leaves its batch to the holder, who looks again after giving the turn back,
+/// so every batch is written, in the order submitted. The store's write does not retry: SQLite
+/// waits out a lock itself (its busy timeout), and its other errors do not pass with a retry.
+struct Inline {
+    journal: Arc<dyn SessionJournal>,
+    health: Arc<Health>,
+    holder: NodeName,
+    batches: std::sync::Mutex<std::collections::VecDeque<Batch>>,
+    /// Someone is writing.
+    turn: AtomicBool,
+    /// A write is on its way (spawned on a worker, or asked of the journal's thread).
+    pending: AtomicBool,
+    /// To the journal's thread: write what waits.
+    nudge: mpsc::UnboundedSender<()>,
+}
+
+impl Inline {
+    fn submit(self: &Arc<Self>, batch: Batch) {
+        self.waiting().push_back(batch);
+        if self.pending.swap(true, Ordering::AcqRel) {
+            return; // whoever set it writes this batch too
+        }
+        if crate::relay::here().is_some() {
+            // An edge worker: write once the tasks already queued on it have run.
+            let inline = self.clone();
+            ntex::rt::spawn(async move { inline.write_what_waits() });
+        } else if self.nudge.send(()).is_err() {
+            self.write_what_waits(); // the journal's thread is gone (shutting down)
+        }
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Batch>> {
+        self.batches.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes every batch waiting, unless someone else is (they write it).
+    fn write_what_waits(&self) {
+        self.pending.store(false, Ordering::Release);
+        loop {
+            if self.turn.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+                return;
+            }
+            loop {
+                let batches: Vec<Batch> = {
+                    let mut waiting = self.waiting();
+                    let n = waiting.len().min(MAX_BATCHES);
+                    waiting.drain(..n).collect()
+                };
+                if batches.is_empty() {
+                    break;
+                }
+                self.write(batches);
+            }
+            self.turn.store(false, Ordering::Release);
+            // A batch submitted while the turn was taken is this writer's to write.
+            if self.waiting().is_empty() {
+                return;
+            }
+        }
+    }
+
+    fn write(&self, mut batches: Vec<Batch>) {
+        let writes = prepare(&mut batches, &self.holder);
+        self.health.writing.begin(crate::message::now_ms());
+        let ok = writes.is_empty() || {
+            use futures_util::FutureExt;
+            let started = std::time::Instant::now();
+            let written = self.journal.write(&writes).now_or_never();
+            let written = written.unwrap_or_else(|| Err("the journal did not write on its caller's thread".into()));
+            written_or_logged(written, writes.len(), started)
+        };
+        self.health.writing.end();
+        report(batches, ok, &self.health);
+    }
+
+    /// The journal's thread: writes what others submitted (or left for later), tidies the
+    /// journal between writes, and while the journal is unhealthy and nothing needs writing,
+    /// finds out when it is back.
+    async fn serve(inline: std::sync::Weak<Inline>, mut nudges: mpsc::UnboundedReceiver<()>, tidy_every: Duration) {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tidy_every, tidy_every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probed = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                nudged = nudges.recv() => match (nudged, inline.upgrade()) {
+                    (Some(()), Some(i)) => i.write_what_waits(),
+                    _ => break,
+                },
+                _ = ticks.tick() => {
+                    let Some(i) = inline.upgrade() else { break };
+                    i.tidy().await;
+                    if !i.health.ok.load(Ordering::Relaxed) && probed.elapsed() >= PROBE_INTERVAL {
+                        probed = tokio::time::Instant::now();
+                        let probe = tokio::time::timeout(TRY_TIMEOUT, i.journal.load("hermes:probe")).await;
+                        i.health.ok.store(matches!(probe, Ok(Ok(_))), Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tidies the journal, the last of it between writes (a worker holds the turn for a
+    /// write's microseconds), then writes what waits, including what was left for later.
+    async fn tidy(&self) {
+        if let Err(e) = self.journal.tidy() {
+            tracing::warn!(error = %e, "cannot tidy the session journal");
+        }
+        while self.turn.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if let Err(e) = self.journal.tidy_between_writes() {
+            tracing::warn!(error = %e, "cannot tidy the session journal");
+        }
+        self.turn.store(false, Ordering::Release);
+        self.write_what_waits();
+    }
+}
+
+/// The writes of `batches`, whose items it takes: what came and went within them is left
+/// out.
+fn prepare(batches: &mut [Batch], holder: &NodeName) -> Vec<Write> {
+    let items: Vec<Item> = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.items)).collect();
+    let taken = items.len();
+    let items = coalesce(items.into_iter());
+    metrics::counter!(m::JOURNAL_SPARED).increment((taken - items.len()) as u64);
+    encode(items, holder)
+}
+
+/// Records how a write went and tells those waiting for `batches`.
+fn report(batches: Vec<Batch>, ok: bool, health: &Health) {
+    health.ok.store(ok, Ordering::Relaxed);
+    if !ok {
+        health.failed_at_ms.store(crate::message::now_ms(), Ordering::Relaxed);
+    }
+    let failed_at = health.failed_at_ms.load(Ordering::Relaxed);
+    let mut outcomes = crate::relay::Outcomes::default();
+    for b in batches {
+        if let Some(done) = b.done {
+            let written = ok && b.clean_since_ms.is_none_or(|since| failed_at < since);
+            outcomes.add(b.relay, crate::relay::Outcome::Written(done, written));
+        }
+    }
+    outcomes.send();
+}
+
+/// `written`'s outcome, counted (and logged if it failed).
+fn written_or_logged(written: Result<(), String>, writes: usize, started: std::time::Instant) -> bool {
+    match written {
+        Ok(()) => {
+            metrics::histogram!(m::JOURNAL_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
+            metrics::counter!(m::JOURNAL_WRITES).increment(writes as u64);
+            true
+        }
+        Err(e) => {
+            metrics::counter!(m::JOURNAL_ERRORS).increment(1);
+            tracing::warn!(error = %e, writes, "cannot write to the session journal");
+            false
+        }
+    }
+}
+
 async fn run(
     journal: Arc<dyn SessionJournal>,
     mut rx: mpsc::UnboundedReceiver<Batch>,
@@ -248,28 +469,11 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let items = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.items));
-        let items: Vec<Item> = items.collect();
-        let taken = items.len();
-        let items = coalesce(items.into_iter());
-        metrics::counter!(m::JOURNAL_SPARED).increment((taken - items.len()) as u64);
-        let writes = encode(items, &holder);
+        let writes = prepare(&mut batches, &holder);
         health.writing.begin(crate::message::now_ms());
         let ok = writes.is_empty() || write(&*journal, &writes).await;
         health.writing.end();
-        health.ok.store(ok, Ordering::Relaxed);
-        if !ok {
-            health.failed_at_ms.store(crate::message::now_ms(), Ordering::Relaxed);
-        }
-        let failed_at = health.failed_at_ms.load(Ordering::Relaxed);
-        let mut outcomes = crate::relay::Outcomes::default();
-        for b in batches {
-            if let Some(done) = b.done {
-                let written = ok && b.clean_since_ms.is_none_or(|since| failed_at < since);
-                outcomes.add(b.relay, crate::relay::Outcome::Written(done, written));
-            }
-        }
-        outcomes.send();
+        report(batches, ok, &health);
     }
 }
 
@@ -277,16 +481,8 @@ async fn write(journal: &dyn SessionJournal, writes: &[Write]) -> bool {
     let started = std::time::Instant::now();
     for attempt in 1..=TRIES {
         match crate::within(TRY_TIMEOUT, journal.write(writes)).await {
-            Ok(()) => {
-                metrics::histogram!(m::JOURNAL_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
-                metrics::counter!(m::JOURNAL_WRITES).increment(writes.len() as u64);
-                return true;
-            }
-            Err(e) if attempt == TRIES => {
-                metrics::counter!(m::JOURNAL_ERRORS).increment(1);
-                tracing::warn!(error = %e, writes = writes.len(), "cannot write to the session journal");
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await,
+            Err(_) if attempt < TRIES => tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await,
+            written => return written_or_logged(written, writes.len(), started),
         }
     }
     false
@@ -509,15 +705,34 @@ mod tests {
         assert!(writer.is_healthy());
     }
 
-    /// A journal whose writes fail while `failing` is set.
+    /// A journal whose writes fail while `failing` is set; with `blocks`, it says it writes
+    /// on its caller's thread (as the embedded one), and it notes the threads that wrote.
     #[derive(Debug, Default)]
     struct Failing {
         inner: broker::journal::MemoryJournal,
         failing: AtomicBool,
+        blocks: bool,
+        writers: std::sync::Mutex<Vec<Option<String>>>,
+    }
+
+    impl Failing {
+        fn blocking() -> Self {
+            Failing { blocks: true, ..Default::default() }
+        }
+
+        /// The names of the threads that wrote since the last call.
+        fn writers(&self) -> Vec<Option<String>> {
+            std::mem::take(&mut *self.writers.lock().expect("not poisoned"))
+        }
     }
 
     impl SessionJournal for Failing {
+        fn blocks(&self) -> bool {
+            self.blocks
+        }
+
         fn write<'a>(&'a self, writes: &'a [Write]) -> broker::relations::BoxFuture<'a, Result<(), String>> {
+            self.writers.lock().expect("not poisoned").push(std::thread::current().name().map(str::to_owned));
             match self.failing.load(Ordering::Relaxed) {
                 true => Box::pin(async { Err("failing".to_owned()) }),
                 false => self.inner.write(writes),
@@ -553,5 +768,141 @@ mod tests {
         assert!(writer.written_so_far().wait().await);
         assert!(!writer.written_since(before).wait().await, "a write failed since");
         assert!(writer.written_since(crate::message::now_ms() + 1).wait().await, "none since then");
+    }
+
+    fn record(session: &Arc<str>, expiry_secs: u32) -> Item {
+        Item::Session(session.clone(), Persist::Record { subscriptions: vec![], expiry_secs, parked: false })
+    }
+
+    async fn entries(writer: &JournalWriter, session: &str) -> Vec<u64> {
+        let loaded = writer.load(session).await.expect("loads").expect("a session");
+        loaded.snapshot.queue.iter().map(|o| o.entry).collect()
+    }
+
+    /// Runs `f` as an edge worker would: on a `LocalSet` with a relay.
+    async fn on_a_worker<F: Future>(f: impl FnOnce() -> F) -> F::Output {
+        tokio::task::LocalSet::new()
+            .run_until(async {
+                crate::relay::start_here();
+                f().await
+            })
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_embedded_journal_is_written_by_the_worker_that_submits_else_by_its_own_thread() {
+        let journal = Arc::new(Failing::blocking());
+        // Not tidied meanwhile: the journal's thread writes what waits when it does.
+        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), Duration::from_secs(3600));
+        let writer = writer.expect("starts");
+        let s: Arc<str> = "s".into();
+        let worker = std::thread::current().name().map(str::to_owned);
+        on_a_worker(|| async {
+            let first = writer.submit(vec![record(&s, 60), kept(&s, 1, true), kept(&s, 2, true)]);
+            let second = writer.submit(vec![done(&s, 1)]);
+            assert!(first.wait().await && second.wait().await);
+        })
+        .await;
+        assert_eq!(journal.writers(), [worker], "both in one write, on the worker");
+        assert_eq!(entries(&writer, "s").await, [2]);
+        // Off a worker (a bus task, say), the journal's thread writes.
+        assert!(writer.submit(vec![done(&s, 2)]).wait().await);
+        assert_eq!(journal.writers(), [Some("hermes-journal".to_owned())]);
+        assert_eq!(entries(&writer, "s").await, [] as [u64; 0]);
+        assert!(writer.is_healthy());
+    }
+
+    #[test]
+    fn batches_submitted_on_several_workers_at_once_are_all_written_in_the_order_submitted() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let journal = Arc::new(Failing::blocking());
+        let writer = runtime.block_on(async { JournalWriter::start(journal.clone(), NodeName::new("a")) });
+        let writer = writer.expect("starts");
+        let s: Arc<str> = "s".into();
+        // As the hub's lock: what is decided is submitted in that order.
+        let decided = Arc::new(std::sync::Mutex::new(0u32));
+        const EACH: u32 = 500;
+        let workers: Vec<_> = (0..3)
+            .map(|_| {
+                let (writer, s, decided) = (writer.clone(), s.clone(), decided.clone());
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+                    runtime.block_on(on_a_worker(|| async {
+                        let mut waits = Vec::new();
+                        for _ in 0..EACH {
+                            let arrived = {
+                                let mut n = decided.lock().expect("not poisoned");
+                                *n += 1;
+                                let entry = u64::from(*n);
+                                let arrived = writer.submit(vec![record(&s, *n), kept(&s, entry, true)]);
+                                // Its end, decided later: written after its arrival, or never.
+                                writer.submit_lazily(vec![done(&s, entry)]);
+                                arrived
+                            };
+                            waits.push(arrived);
+                            if waits.len() == 16 {
+                                for w in waits.drain(..) {
+                                    assert!(w.wait().await);
+                                }
+                            }
+                        }
+                        for w in waits {
+                            assert!(w.wait().await);
+                        }
+                    }))
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("a worker");
+        }
+        runtime.block_on(async {
+            assert!(writer.flush().await);
+            let loaded = writer.load("s").await.expect("loads").expect("a session");
+            assert_eq!(loaded.expiry_secs, 3 * EACH, "the last record decided is the one kept");
+            assert_eq!(entries(&writer, "s").await, [] as [u64; 0], "every end after its message");
+        });
+    }
+
+    #[tokio::test]
+    async fn what_nobody_waits_for_goes_with_the_next_write_or_soon_after() {
+        let journal = Arc::new(Failing::blocking());
+        let tidy_every = Duration::from_secs(1);
+        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), tidy_every).expect("starts");
+        let s: Arc<str> = "s".into();
+        on_a_worker(|| async {
+            assert!(writer.submit(vec![record(&s, 60), kept(&s, 1, true), kept(&s, 2, true)]).wait().await);
+            writer.submit_lazily(vec![done(&s, 1)]);
+            assert_eq!(entries(&writer, "s").await, [1, 2], "not written yet");
+            assert!(writer.submit(vec![kept(&s, 3, true)]).wait().await);
+            assert_eq!(entries(&writer, "s").await, [2, 3], "with the next write");
+            writer.submit_lazily(vec![done(&s, 2)]);
+            let started = std::time::Instant::now();
+            while entries(&writer, "s").await != [3] {
+                assert!(started.elapsed() < 3 * tidy_every, "written soon");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn an_embedded_journal_that_fails_says_so_and_is_found_healthy_again() {
+        let journal = Arc::new(Failing::blocking());
+        let writer = JournalWriter::start(journal.clone(), NodeName::new("a")).expect("starts");
+        let s: Arc<str> = "s".into();
+        journal.failing.store(true, Ordering::Relaxed);
+        on_a_worker(|| async {
+            assert!(!writer.submit(vec![record(&s, 60)]).wait().await, "not written");
+        })
+        .await;
+        assert!(!writer.is_healthy());
+        journal.failing.store(false, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        while !writer.is_healthy() {
+            assert!(started.elapsed() < 3 * PROBE_INTERVAL, "probed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(writer.submit(vec![record(&s, 60)]).wait().await);
     }
 }

@@ -72,6 +72,10 @@ impl Relay {
     fn runs(&self) -> bool {
         !self.0.is_closed()
     }
+
+    fn is_here(&self) -> bool {
+        HERE.with(|here| here.borrow().as_ref().is_some_and(|r| r.0.same_channel(&self.0)))
+    }
 }
 
 fn complete(outcomes: Vec<Outcome>) {
@@ -88,8 +92,8 @@ impl Outcomes {
         if outcome.nobody_waits() {
             return; // a subscriber's PUBACK, say: no worker to wake
         }
-        let Some(relay) = relay else {
-            outcome.complete();
+        let Some(relay) = relay.filter(|r| !r.is_here()) else {
+            outcome.complete(); // no relay, or this thread's: nobody to wake
             return;
         };
         match self.0.iter_mut().find(|(r, _)| r.0.same_channel(&relay.0)) {
