@@ -62,6 +62,9 @@ const SCHEMA: [&str; 6] = [
      PRIMARY KEY (session, stream)) WITHOUT ROWID",
 ];
 
+/// What the tables above are (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
 /// The tables holding a session's rows besides `sessions`, deleted with it.
 const SESSION_TABLES: [&str; 3] = ["session_messages", "session_inbound", "session_cursors"];
 
@@ -246,11 +249,16 @@ impl SessionJournal for SqliteJournal {
         }
     }
 
+    /// Then starts the log again with a write of its own: the first write of a log waits for
+    /// the disk (SQLite syncs its header), and would stall whoever made it.
     fn tidy_between_writes(&self) -> Result<(), String> {
-        match self.untidy.swap(0, Ordering::Relaxed) {
-            0 => Ok(()),
-            _ => self.checkpoint(),
+        if self.untidy.swap(0, Ordering::Relaxed) == 0 {
+            return Ok(());
         }
+        self.checkpoint()?;
+        // Rewrites the database's first page (what it says stays the same).
+        let again = self.writer.transaction(|tx| tx.pragma_update(None, "user_version", SCHEMA_VERSION));
+        again.map_err(|e| format!("starting the session journal's log again: {e}"))
     }
 
     fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>> {
@@ -375,6 +383,12 @@ mod tests {
         let grown = wal();
         journal.tidy().expect("tidy");
         journal.tidy_between_writes().expect("tidy");
+        // The tidy's own write started the log again: one frame, page 1.
+        let frames: i64 = {
+            let conn = journal.checkpointer.lock().expect("not poisoned");
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1)).expect("frames")
+        };
+        assert_eq!(frames, 1);
         write_messages(&journal, &s, 201, 100).await;
         assert_eq!(wal(), grown, "the log started again from its beginning");
         // 100 writes after the tidy; 300 more reach the limit, and the last of them checkpoints.
