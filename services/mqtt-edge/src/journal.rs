@@ -82,6 +82,8 @@ struct Batch {
     relay: Option<crate::relay::Relay>,
     /// Reported written only if no write failed since then either (Unix ms).
     clean_since_ms: Option<u64>,
+    /// May wait for the next write ([`JournalWriter::submit_lazily`]).
+    lazy: bool,
 }
 
 /// Writes to the journal in order, from any thread.
@@ -181,20 +183,20 @@ impl JournalWriter {
 
     fn submit_checked(&self, items: Vec<Item>, clean_since_ms: Option<u64>) -> Durable {
         let (done, rx) = oneshot::channel();
-        self.queue(Batch { items, done: Some(done), relay: crate::relay::here(), clean_since_ms });
+        self.queue(Batch { items, done: Some(done), relay: crate::relay::here(), clean_since_ms, lazy: false });
         Durable(rx)
     }
 
     /// Queues `items` with nobody waiting for them.
     pub fn submit_detached(&self, items: Vec<Item>) {
-        self.queue(Batch { items, done: None, relay: None, clean_since_ms: None });
+        self.queue(Batch { items, done: None, relay: None, clean_since_ms: None, lazy: false });
     }
 
     /// Queues `items` nobody waits for and that lose nothing if they are never written (a
-    /// message's end: unwritten, it is delivered again after a crash): a journal written
-    /// where it is submitted takes them with its next write, within [`TIDY_INTERVAL`].
+    /// message's end: unwritten, it is delivered again after a crash): they go with the next
+    /// write, within [`TIDY_INTERVAL`].
     pub fn submit_lazily(&self, items: Vec<Item>) {
-        let batch = Batch { items, done: None, relay: None, clean_since_ms: None };
+        let batch = Batch { items, done: None, relay: None, clean_since_ms: None, lazy: true };
         match &self.queue {
             Queue::Inline(inline) => inline.waiting().push_back(batch),
             Queue::Task(_) => self.queue(batch),
@@ -463,10 +465,17 @@ async fn run(
         };
         let Some(first) = first else { break };
         let mut batches = vec![first];
-        while batches.len() < MAX_BATCHES {
-            match rx.try_recv() {
-                Ok(b) => batches.push(b),
-                Err(_) => break,
+        take_waiting(&mut rx, &mut batches);
+        if batches.iter().all(|b| b.lazy) {
+            // Nothing anybody waits for: it goes with the next batch that somebody does, or
+            // shortly.
+            let by = tokio::time::Instant::now() + TIDY_INTERVAL;
+            while let Ok(Some(next)) = tokio::time::timeout_at(by, rx.recv()).await {
+                batches.push(next);
+                take_waiting(&mut rx, &mut batches);
+                if batches.iter().any(|b| !b.lazy) || batches.len() >= MAX_BATCHES {
+                    break;
+                }
             }
         }
         let writes = prepare(&mut batches, &holder);
@@ -474,6 +483,16 @@ async fn run(
         let ok = writes.is_empty() || write(&*journal, &writes).await;
         health.writing.end();
         report(batches, ok, &health);
+    }
+}
+
+/// Adds the batches waiting in `rx` to `batches`, up to [`MAX_BATCHES`].
+fn take_waiting(rx: &mut mpsc::UnboundedReceiver<Batch>, batches: &mut Vec<Batch>) {
+    while batches.len() < MAX_BATCHES {
+        match rx.try_recv() {
+            Ok(b) => batches.push(b),
+            Err(_) => break,
+        }
     }
 }
 
@@ -866,20 +885,30 @@ mod tests {
 
     #[tokio::test]
     async fn what_nobody_waits_for_goes_with_the_next_write_or_soon_after() {
-        let journal = Arc::new(Failing::blocking());
-        let tidy_every = Duration::from_secs(1);
-        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), tidy_every).expect("starts");
+        lazily_written(Failing::blocking(), Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test]
+    async fn what_nobody_waits_for_goes_to_redis_with_the_next_write_or_soon_after() {
+        lazily_written(Failing::default(), TIDY_INTERVAL).await;
+    }
+
+    /// Lazy changes go with the next write, or within `soon`.
+    async fn lazily_written(journal: Failing, soon: Duration) {
+        let journal = Arc::new(journal);
+        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), soon).expect("starts");
         let s: Arc<str> = "s".into();
         on_a_worker(|| async {
             assert!(writer.submit(vec![record(&s, 60), kept(&s, 1, true), kept(&s, 2, true)]).wait().await);
             writer.submit_lazily(vec![done(&s, 1)]);
+            tokio::time::sleep(soon / 5).await;
             assert_eq!(entries(&writer, "s").await, [1, 2], "not written yet");
             assert!(writer.submit(vec![kept(&s, 3, true)]).wait().await);
             assert_eq!(entries(&writer, "s").await, [2, 3], "with the next write");
             writer.submit_lazily(vec![done(&s, 2)]);
             let started = std::time::Instant::now();
             while entries(&writer, "s").await != [3] {
-                assert!(started.elapsed() < 3 * tidy_every, "written soon");
+                assert!(started.elapsed() < 3 * soon, "written soon");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
