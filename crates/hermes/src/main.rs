@@ -42,6 +42,11 @@ enum Command {
     Logout(client::LogoutArgs),
 }
 
+/// mimalloc rather than glibc's allocator: threads free what other threads allocated (an edge's
+/// workers, each other's messages), where glibc's arenas contend (BENCHMARKS, "mimalloc").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
