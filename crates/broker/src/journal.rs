@@ -79,9 +79,10 @@ pub trait SessionJournal: Send + Sync + std::fmt::Debug {
     fn sessions_to_restore(&self) -> BoxFuture<'_, Result<ToRestore, String>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
-    /// Whether `write` works on its caller's thread (the embedded store does): a node then
-    /// writes from a thread of its own. Otherwise it writes on its runtime, beside the tasks
-    /// that carry the writes (a Redis connection's).
+    /// Whether `write` works on its caller's thread (the embedded store does: its future is
+    /// done when first polled): a node then writes where it decides, between other work.
+    /// Otherwise it writes on its runtime, beside the tasks that carry the writes (a Redis
+    /// connection's).
     fn blocks(&self) -> bool {
         false
     }
