@@ -65,7 +65,8 @@ pub fn start_here() {
 
 /// This thread's relay, if it has one that runs.
 pub fn here() -> Option<Relay> {
-    HERE.with(|here| here.borrow().as_ref().filter(|r| r.runs()).cloned())
+    // `try_with`: a connection dropped while the thread's locals go asks too.
+    HERE.try_with(|here| here.borrow().as_ref().filter(|r| r.runs()).cloned()).ok().flatten()
 }
 
 impl Relay {
@@ -74,7 +75,7 @@ impl Relay {
     }
 
     fn is_here(&self) -> bool {
-        HERE.with(|here| here.borrow().as_ref().is_some_and(|r| r.0.same_channel(&self.0)))
+        HERE.try_with(|here| here.borrow().as_ref().is_some_and(|r| r.0.same_channel(&self.0))).unwrap_or(false)
     }
 }
 
@@ -175,5 +176,25 @@ mod tests {
                 assert!(here().is_some());
             })
             .await;
+    }
+
+    #[test]
+    fn asking_for_the_relay_while_the_threads_locals_go_is_answered() {
+        struct AsksOnDrop;
+        impl Drop for AsksOnDrop {
+            fn drop(&mut self) {
+                assert!(here().is_none(), "no relay runs");
+            }
+        }
+        thread_local! {
+            static ASKS: AsksOnDrop = const { AsksOnDrop };
+        }
+        std::thread::spawn(|| {
+            // Dropped after the relay's local, which comes later (in the reverse order).
+            ASKS.with(|_| {});
+            assert!(here().is_none());
+        })
+        .join()
+        .expect("the thread ended without a panic");
     }
 }
