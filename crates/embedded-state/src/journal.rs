@@ -115,7 +115,7 @@ impl SqliteJournal {
         })?;
         if self.untidy.fetch_add(1, Ordering::Relaxed) + 1 >= self.untidy_limit {
             self.untidy.store(0, Ordering::Relaxed);
-            self.writer.checkpoint().map_err(|e| format!("checkpointing the session journal: {e}"))?;
+            self.checkpoint()?;
         }
         Ok(())
     }

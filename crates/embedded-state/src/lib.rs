@@ -65,11 +65,6 @@ impl SyncWriter {
         conn.pragma_update(None, pragma, value).map_err(|e| e.to_string())
     }
 
-    /// [`checkpoint`] on the writing connection, between its writes.
-    pub(crate) fn checkpoint(&self) -> Result<(), String> {
-        checkpoint(&self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
-    }
-
     /// Runs `f` in an IMMEDIATE transaction (the write lock is taken now, not on a later
     /// statement where SQLite could only answer "busy") and commits what it did.
     pub(crate) fn transaction<R>(

@@ -86,6 +86,13 @@ struct Batch {
     lazy: bool,
 }
 
+impl Batch {
+    /// A batch nobody waits for.
+    fn unwaited(items: Vec<Item>, lazy: bool) -> Self {
+        Batch { items, done: None, relay: None, clean_since_ms: None, lazy }
+    }
+}
+
 /// Writes to the journal in order, from any thread.
 #[derive(Clone)]
 pub struct JournalWriter {
@@ -121,6 +128,12 @@ impl Health {
 
     fn is_healthy(&self, now_ms: u64) -> bool {
         self.ok.load(Ordering::Relaxed) && !self.writing.longer_than(TRY_TIMEOUT, now_ms)
+    }
+
+    /// Finds out whether an unhealthy `journal` is back, with a read (nothing needs writing).
+    async fn probe(&self, journal: &dyn SessionJournal) {
+        let probe = tokio::time::timeout(TRY_TIMEOUT, journal.load("hermes:probe")).await;
+        self.ok.store(matches!(probe, Ok(Ok(_))), Ordering::Relaxed);
     }
 }
 
@@ -189,14 +202,14 @@ impl JournalWriter {
 
     /// Queues `items` with nobody waiting for them.
     pub fn submit_detached(&self, items: Vec<Item>) {
-        self.queue(Batch { items, done: None, relay: None, clean_since_ms: None, lazy: false });
+        self.queue(Batch::unwaited(items, false));
     }
 
     /// Queues `items` nobody waits for and that lose nothing if they are never written (a
     /// message's end: unwritten, it is delivered again after a crash): they go with the next
     /// write, within [`TIDY_INTERVAL`].
     pub fn submit_lazily(&self, items: Vec<Item>) {
-        let batch = Batch { items, done: None, relay: None, clean_since_ms: None, lazy: true };
+        let batch = Batch::unwaited(items, true);
         match &self.queue {
             Queue::Inline(inline) => inline.waiting().push_back(batch),
             Queue::Task(_) => self.queue(batch),
@@ -304,7 +317,7 @@ impl Inline {
         if self.pending.swap(true, Ordering::AcqRel) {
             return; // whoever set it writes this batch too
         }
-        if crate::relay::here().is_some() {
+        if crate::relay::runs_here() {
             // An edge worker: write once the tasks already queued on it have run.
             let inline = self.clone();
             ntex::rt::spawn(async move { inline.write_what_waits() });
@@ -375,8 +388,7 @@ impl Inline {
                     i.tidy().await;
                     if !i.health.ok.load(Ordering::Relaxed) && probed.elapsed() >= PROBE_INTERVAL {
                         probed = tokio::time::Instant::now();
-                        let probe = tokio::time::timeout(TRY_TIMEOUT, i.journal.load("hermes:probe")).await;
-                        i.health.ok.store(matches!(probe, Ok(Ok(_))), Ordering::Relaxed);
+                        i.health.probe(&*i.journal).await;
                     }
                 }
             }
@@ -457,8 +469,7 @@ async fn run(
             match tokio::time::timeout(PROBE_INTERVAL, rx.recv()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    let probe = tokio::time::timeout(TRY_TIMEOUT, journal.load("hermes:probe")).await;
-                    health.ok.store(matches!(probe, Ok(Ok(_))), Ordering::Relaxed);
+                    health.probe(&*journal).await;
                     continue;
                 }
             }

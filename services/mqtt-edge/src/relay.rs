@@ -69,6 +69,11 @@ pub fn here() -> Option<Relay> {
     HERE.try_with(|here| here.borrow().as_ref().filter(|r| r.runs()).cloned()).ok().flatten()
 }
 
+/// Whether this thread has a relay that runs (it is an edge worker's), without a copy of it.
+pub fn runs_here() -> bool {
+    HERE.try_with(|here| here.borrow().as_ref().is_some_and(Relay::runs)).unwrap_or(false)
+}
+
 impl Relay {
     fn runs(&self) -> bool {
         !self.0.is_closed()
@@ -136,6 +141,7 @@ mod tests {
             .run_until(async {
                 start_here();
                 let relay = here().expect("a relay runs here");
+                assert!(runs_here());
                 let (one, mut first) = oneshot::channel();
                 let (two, mut second) = oneshot::channel();
                 let (three, mut direct) = oneshot::channel();
@@ -165,7 +171,7 @@ mod tests {
             })
             .await;
         // That LocalSet is dropped: its relay no longer runs.
-        assert!(here().is_none());
+        assert!(here().is_none() && !runs_here());
         let (done, mut outcome) = oneshot::channel();
         send_from_another_thread(vec![(Some(relay), done, true)]);
         assert_eq!(outcome.try_recv(), Ok(true));
@@ -183,7 +189,7 @@ mod tests {
         struct AsksOnDrop;
         impl Drop for AsksOnDrop {
             fn drop(&mut self) {
-                assert!(here().is_none(), "no relay runs");
+                assert!(here().is_none() && !runs_here(), "no relay runs");
             }
         }
         thread_local! {
@@ -192,7 +198,7 @@ mod tests {
         std::thread::spawn(|| {
             // Dropped after the relay's local, which comes later (in the reverse order).
             ASKS.with(|_| {});
-            assert!(here().is_none());
+            assert!(here().is_none() && !runs_here());
         })
         .join()
         .expect("the thread ended without a panic");
