@@ -716,7 +716,15 @@ async fn a_logged_out_device_stays_logged_out_after_a_restart() {
         .await
         .expect("logout");
     assert_eq!(r.status, 204, "{:?}", r.body);
-    assert_eq!(connack_code(up.mqtt, Version::V5, "phone", &phone).await, 0x87, "refused by the running edge");
+    // The logout reaches the running edge as an account event, applied by a task of its own:
+    // under load a CONNECT can come first, so wait (5 s at most) until the edge has it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut code = connack_code(up.mqtt, Version::V5, "phone", &phone).await;
+    while code == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        code = connack_code(up.mqtt, Version::V5, "phone", &phone).await;
+    }
+    assert_eq!(code, 0x87, "refused by the running edge");
     sigterm(&up.child);
     let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
 
