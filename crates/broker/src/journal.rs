@@ -80,11 +80,18 @@ pub trait SessionJournal: Send + Sync + std::fmt::Debug {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
     /// Whether `write` works on its caller's thread (the embedded store does: its future is
-    /// done when first polled): a node then writes where it decides, between other work.
-    /// Otherwise it writes on its runtime, beside the tasks that carry the writes (a Redis
-    /// connection's).
+    /// done when first polled), so it cannot be cut short by a timeout, nor is worth trying
+    /// again at once.
     fn blocks(&self) -> bool {
         false
+    }
+    /// Another journal on the same store, whose connection runs on the calling thread's
+    /// runtime: a node that writes from several threads, each with a runtime of its own (an
+    /// edge's workers), then writes without handing each write to another thread and back.
+    /// `None` (the default): this journal serves every thread as well as any other would (the
+    /// embedded one writes on its caller's thread).
+    fn on_this_thread(&self) -> Option<BoxFuture<'static, Result<Arc<dyn SessionJournal>, String>>> {
+        None
     }
     /// For a journal that [`blocks`](SessionJournal::blocks): does what its writes leave out
     /// to stay short (the embedded store's checkpoint, which waits for the disk), as far as
@@ -277,6 +284,11 @@ pub mod contract {
         j.write(&batch).await.expect("write");
         let held = load(j, &s).await.map(|st| st.inbound);
         assert_eq!(held, Some(vec![1, 65_535]));
+        // Released and taken again within one batch, among other sessions' changes: held.
+        let batch = [inbound(&s, 9, true), inbound(&other, 9, true), inbound(&s, 9, false), inbound(&s, 9, true)];
+        j.write(&batch).await.expect("write");
+        assert_eq!(load(j, &s).await.map(|st| st.inbound), Some(vec![1, 9, 65_535]));
+        j.write(&[inbound(&s, 9, false), inbound(&other, 9, false)]).await.expect("write");
         assert_eq!(load(j, &other).await.map(|st| st.inbound), Some(vec![]), "sessions are apart");
 
         // Cursors in durable streams: written in a batch with the record, replaced by later

@@ -65,7 +65,8 @@ impl Replicas {
 /// A connection to one Redis or to a Redis Cluster; clones share it.
 #[derive(Clone)]
 pub enum RedisConn {
-    Single(ConnectionManager),
+    /// With the client it came from, for [`RedisConn::another`].
+    Single(ConnectionManager, redis::Client),
     Cluster(Arc<Cluster>),
 }
 
@@ -140,7 +141,7 @@ impl Cluster {
 impl std::fmt::Debug for RedisConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            RedisConn::Single(_) => "RedisConn::Single",
+            RedisConn::Single(..) => "RedisConn::Single",
             RedisConn::Cluster(_) => "RedisConn::Cluster",
         })
     }
@@ -157,26 +158,41 @@ pub async fn connect(url: &str) -> Result<RedisConn, String> {
                 .response_timeout(TIMEOUT)
                 .build()
                 .map_err(|e| format!("{url}: {e}"))?;
-            let conn = client.get_async_connection().await.map_err(|e| format!("{url}: {e}"))?;
-            Ok(RedisConn::Cluster(Arc::new(Cluster {
-                client,
-                conn: Mutex::new(conn),
-                rebuilding: AtomicBool::new(false),
-            })))
+            cluster(client).await.map_err(|e| format!("{url}: {e}"))
         }
         None => {
             let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
-            // A Redis that stops answering (a partition, not a closed socket) fails commands in
-            // two seconds instead of holding them forever; reconnects back off up to a second
-            // apart.
-            let config = redis::aio::ConnectionManagerConfig::new()
-                .set_response_timeout(Some(TIMEOUT))
-                .set_connection_timeout(Some(TIMEOUT))
-                .set_max_delay(std::time::Duration::from_secs(1));
-            let conn = client.get_connection_manager_with_config(config).await.map_err(|e| format!("{url}: {e}"))?;
-            Ok(RedisConn::Single(conn))
+            single(client).await.map_err(|e| format!("{url}: {e}"))
         }
     }
+}
+
+impl RedisConn {
+    /// Another connection to the same Redis or cluster, whose tasks run on the calling
+    /// thread's runtime (a clone shares this one's, wherever they run).
+    pub async fn another(&self) -> Result<RedisConn, String> {
+        match self {
+            RedisConn::Single(_, client) => single(client.clone()).await,
+            RedisConn::Cluster(c) => cluster(c.client.clone()).await,
+        }
+        .map_err(|e| format!("another connection to Redis: {e}"))
+    }
+}
+
+async fn single(client: redis::Client) -> redis::RedisResult<RedisConn> {
+    // A Redis that stops answering (a partition, not a closed socket) fails commands in two
+    // seconds instead of holding them forever; reconnects back off up to a second apart.
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(Some(TIMEOUT))
+        .set_connection_timeout(Some(TIMEOUT))
+        .set_max_delay(std::time::Duration::from_secs(1));
+    let conn = client.get_connection_manager_with_config(config).await?;
+    Ok(RedisConn::Single(conn, client))
+}
+
+async fn cluster(client: redis::cluster::ClusterClient) -> redis::RedisResult<RedisConn> {
+    let conn = client.get_async_connection().await?;
+    Ok(RedisConn::Cluster(Arc::new(Cluster { client, conn: Mutex::new(conn), rebuilding: AtomicBool::new(false) })))
 }
 
 /// The seed nodes' URLs of a `redis+cluster://` URL (the first node's credentials go to every
@@ -317,7 +333,7 @@ async fn split(cluster: &Arc<Cluster>, pipeline: &Pipeline, in_order: bool) -> r
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Single(c, _) => c.req_packed_command(cmd),
             RedisConn::Cluster(cluster) => cluster.command(cmd),
         }
     }
@@ -329,14 +345,14 @@ impl ConnectionLike for RedisConn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Single(c, _) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(cluster) => cluster.pipeline(pipeline, offset, count, false),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Single(c, _) => c.get_db(),
             RedisConn::Cluster(c) => c.current().get_db(),
         }
     }
@@ -360,7 +376,7 @@ impl ConnectionLike for InOrder {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &self.0 {
             RedisConn::Cluster(cluster) => cluster.pipeline(pipeline, offset, count, true),
-            RedisConn::Single(_) => self.0.req_packed_commands(pipeline, offset, count),
+            RedisConn::Single(..) => self.0.req_packed_commands(pipeline, offset, count),
         }
     }
 

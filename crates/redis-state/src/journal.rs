@@ -3,11 +3,12 @@
 //! as 8 bytes big-endian, each inbound QoS 2 id awaiting its PUBREL as `i` and 2 bytes, and the
 //! session's cursor in each durable stream as `stream-cursor:` and the stream's name (never 1,
 //! 3 or 8 bytes long, so never taken for one of the others). HGETALL reads a session in one
-//! step; a batch of writes is one pipeline, one round trip, a command per change, applied in
-//! order. Each change is one command or script on one session's hash (one hash slot on Redis
-//! Cluster), so a batch cut short by a lost connection leaves the journal as it was at some
-//! point of the batch (the edge tries the whole batch again, and acknowledges nothing of it
-//! before it is written).
+//! step; a batch of writes is one pipeline, one round trip. Sessions are apart, so a batch's
+//! writes go by session, each session's in order: a run of changes to its messages, inbound
+//! ids and cursors in one script call, any other change in a command of its own. Each command
+//! or script works on one session's hash (one hash slot on Redis Cluster), so a batch cut short
+//! by a lost connection leaves each session as it was at some point of the batch (the edge
+//! tries the whole batch again, and acknowledges nothing of it before it is written).
 //!
 //! A parked session's expiry is the hash's TTL (EXPIRE at each record with one, PERSIST at each
 //! record without), so Redis forgets the record, its messages and its cursors together. A
@@ -17,6 +18,8 @@
 //! So a hash always holds `r`, and `load` answers `None` for one that does not (something else
 //! wrote it).
 
+use std::sync::Arc;
+
 use crate::RedisConn;
 use broker::journal::{SessionJournal, Stored, Write};
 use broker::relations::BoxFuture;
@@ -24,13 +27,21 @@ use broker::relations::BoxFuture;
 /// The hash field holding the session's record.
 const RECORD: &[u8] = b"r";
 
-/// KEYS: the session's hash. ARGV: a field (a message's, an inbound id's, a cursor's), its value.
-/// Keeps it only if the session has a record.
-const KEEP_FIELD: &str = concat!(
+/// KEYS: the session's hash. ARGV: triples of an operation (`s` to set, `d` to delete), a
+/// field (a message's, an inbound id's, a cursor's) and its value (empty for `d`), applied in
+/// order, and only if the session has a record.
+const FIELDS: &str = concat!(
     "#!lua",
     r"
-if redis.call('HEXISTS', KEYS[1], 'r') == 1 then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('HEXISTS', KEYS[1], 'r') == 0 then
+  return 0
+end
+for i = 1, #ARGV, 3 do
+  if ARGV[i] == 's' then
+    redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
+  else
+    redis.call('HDEL', KEYS[1], ARGV[i + 1])
+  end
 end
 return 0"
 );
@@ -95,9 +106,24 @@ fn entry_field(entry: u64) -> [u8; 8] {
     entry.to_be_bytes()
 }
 
-/// Queues the command of write `w` on `pipe`, its reply ignored.
-fn queue(pipe: &mut redis::Pipeline, w: &Write) {
-    let key = &match w {
+/// A change to one field of a session's hash: set to a value, or deleted (`None`).
+type FieldChange<'a> = (Vec<u8>, Option<&'a [u8]>);
+
+/// `w` as a change to one field of its session's hash, if it is one (a message, its end, an
+/// inbound id, a cursor).
+fn field_change(w: &Write) -> Option<FieldChange<'_>> {
+    Some(match w {
+        Write::Message { entry, body, .. } => (entry_field(*entry).to_vec(), Some(body.as_slice())),
+        Write::Done { entry, .. } => (entry_field(*entry).to_vec(), None),
+        Write::Inbound { packet_id, held, .. } => (inbound_field(*packet_id).to_vec(), held.then_some(&b"1"[..])),
+        Write::Cursor { stream, cursor, .. } => (cursor_field(stream), Some(cursor.as_slice())),
+        Write::Record { .. } | Write::Ended { .. } | Write::Touch { .. } | Write::Retained { .. } => return None,
+    })
+}
+
+/// The key `w` changes.
+fn key_of(w: &Write) -> String {
+    match w {
         Write::Retained { .. } => wire::keys::RETAINED.to_owned(),
         Write::Record { session, .. }
         | Write::Message { session, .. }
@@ -106,58 +132,110 @@ fn queue(pipe: &mut redis::Pipeline, w: &Write) {
         | Write::Ended { session }
         | Write::Touch { session, .. }
         | Write::Cursor { session, .. } => wire::keys::session_journal(session),
-    };
-    match w {
-        Write::Record { record, ttl_secs, .. } => {
-            let ttl = ttl_secs.map(|t| t.to_string()).unwrap_or_default();
-            pipe.cmd("EVAL").arg(RECORD_SCRIPT).arg(1).arg(key).arg(record.as_slice()).arg(ttl).ignore();
-        }
-        Write::Message { entry, body, .. } => {
-            pipe.cmd("EVAL")
-                .arg(KEEP_FIELD)
-                .arg(1)
-                .arg(key)
-                .arg(&entry_field(*entry)[..])
-                .arg(body.as_slice())
-                .ignore();
-        }
-        Write::Done { entry, .. } => {
-            pipe.cmd("HDEL").arg(key).arg(&entry_field(*entry)[..]).ignore();
-        }
-        Write::Inbound { packet_id, held: true, .. } => {
-            let field = inbound_field(*packet_id);
-            pipe.cmd("EVAL").arg(KEEP_FIELD).arg(1).arg(key).arg(&field[..]).arg(&b"1"[..]).ignore();
-        }
-        Write::Inbound { packet_id, held: false, .. } => {
-            pipe.cmd("HDEL").arg(key).arg(&inbound_field(*packet_id)[..]).ignore();
-        }
-        Write::Ended { .. } => {
-            pipe.cmd("DEL").arg(key).ignore();
-        }
-        Write::Touch { ttl_secs, .. } => {
-            pipe.cmd("EXPIRE").arg(key).arg(*ttl_secs).ignore();
-        }
-        Write::Cursor { stream, cursor, .. } => {
-            pipe.cmd("EVAL").arg(KEEP_FIELD).arg(1).arg(key).arg(cursor_field(stream)).arg(cursor.as_slice()).ignore();
-        }
-        Write::Retained { topic, body: Some(body) } => {
-            pipe.cmd("HSET").arg(key).arg(&**topic).arg(body.as_slice()).ignore();
-        }
-        Write::Retained { topic, body: None } => {
-            pipe.cmd("HDEL").arg(key).arg(&**topic).ignore();
-        }
     }
 }
 
+/// `writes` by the key each changes, in the order each key first comes, each key's in their
+/// order: keys are apart (a session's hash, the retained messages), so only each one's order
+/// counts.
+fn by_key(writes: &[Write]) -> Vec<(String, Vec<&Write>)> {
+    let mut keys: Vec<(String, Vec<&Write>)> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for w in writes {
+        let key = key_of(w);
+        let i = *at.entry(key.clone()).or_insert_with(|| {
+            keys.push((key, Vec::new()));
+            keys.len() - 1
+        });
+        keys[i].1.push(w);
+    }
+    keys
+}
+
+/// Queues the commands of `writes`, all to `key`, on `pipe`, their replies ignored: a run of
+/// field changes is one command (HDEL when it only deletes, else one call of [`FIELDS`]), any
+/// other write one command of its own.
+fn queue(pipe: &mut redis::Pipeline, key: &str, writes: &[&Write]) {
+    let mut run: Vec<FieldChange<'_>> = Vec::new();
+    for w in writes {
+        match field_change(w) {
+            Some(change) => run.push(change),
+            None => {
+                queue_fields(pipe, key, &mut run);
+                queue_one(pipe, key, w);
+            }
+        }
+    }
+    queue_fields(pipe, key, &mut run);
+}
+
+/// Queues `run`'s field changes to `key` as one command, and empties it.
+fn queue_fields(pipe: &mut redis::Pipeline, key: &str, run: &mut Vec<FieldChange<'_>>) {
+    if run.is_empty() {
+        return;
+    }
+    if run.iter().all(|(_, value)| value.is_none()) {
+        pipe.cmd("HDEL").arg(key);
+        for (field, _) in run.drain(..) {
+            pipe.arg(field);
+        }
+    } else {
+        pipe.cmd("EVAL").arg(FIELDS).arg(1).arg(key);
+        for (field, value) in run.drain(..) {
+            match value {
+                Some(value) => pipe.arg("s").arg(field).arg(value),
+                None => pipe.arg("d").arg(field).arg(""),
+            };
+        }
+    }
+    pipe.ignore();
+}
+
+/// Queues the command of `w` (not a field change) on `pipe`, its reply ignored.
+fn queue_one(pipe: &mut redis::Pipeline, key: &str, w: &Write) {
+    match w {
+        Write::Record { record, ttl_secs, .. } => {
+            let ttl = ttl_secs.map(|t| t.to_string()).unwrap_or_default();
+            pipe.cmd("EVAL").arg(RECORD_SCRIPT).arg(1).arg(key).arg(record.as_slice()).arg(ttl);
+        }
+        Write::Ended { .. } => {
+            pipe.cmd("DEL").arg(key);
+        }
+        Write::Touch { ttl_secs, .. } => {
+            pipe.cmd("EXPIRE").arg(key).arg(*ttl_secs);
+        }
+        Write::Retained { topic, body: Some(body) } => {
+            pipe.cmd("HSET").arg(key).arg(&**topic).arg(body.as_slice());
+        }
+        Write::Retained { topic, body: None } => {
+            pipe.cmd("HDEL").arg(key).arg(&**topic);
+        }
+        Write::Message { .. } | Write::Done { .. } | Write::Inbound { .. } | Write::Cursor { .. } => {
+            let mut run = field_change(w).into_iter().collect();
+            return queue_fields(pipe, key, &mut run);
+        }
+    }
+    pipe.ignore();
+}
+
 impl SessionJournal for RedisJournal {
+    fn on_this_thread(&self) -> Option<BoxFuture<'static, Result<Arc<dyn SessionJournal>, String>>> {
+        let (conn, replicas) = (self.conn.clone(), self.replicas);
+        Some(Box::pin(async move {
+            let journal: Arc<dyn SessionJournal> =
+                Arc::new(RedisJournal::new(conn.another().await?).waiting_for(replicas));
+            Ok(journal)
+        }))
+    }
+
     fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
             if writes.is_empty() {
                 return Ok(());
             }
             let mut pipe = redis::pipe();
-            for w in writes {
-                queue(&mut pipe, w);
+            for (key, writes) in by_key(writes) {
+                queue(&mut pipe, &key, &writes);
             }
             self.replicas.wait_in(&mut pipe);
             let failed =

@@ -1,8 +1,8 @@
 //! The edge's side of the session journal (`broker::journal`): what the router decided about
 //! persistent sessions ([`Persist`]) is written in the order it was decided, whatever piled
-//! up meanwhile in one write (one Redis round trip, one SQLite transaction): by a task on the
-//! runtime for Redis, where it is submitted for the embedded journal ([`Inline`]). A PUBLISH
-//! is acknowledged once the batch holding its changes is durable ([`Durable`]).
+//! up meanwhile in one write (one Redis round trip, one SQLite transaction), where it is
+//! submitted ([`Inline`]). A PUBLISH is acknowledged once the batch holding its changes is
+//! durable ([`Durable`]).
 //!
 //! A message that arrives and is acknowledged by its subscriber before its batch is written is
 //! never written at all: the pair cancels out. A failed write is reported to whoever waits
@@ -82,32 +82,21 @@ struct Batch {
     relay: Option<crate::relay::Relay>,
     /// Reported written only if no write failed since then either (Unix ms).
     clean_since_ms: Option<u64>,
-    /// May wait for the next write ([`JournalWriter::submit_lazily`]).
-    lazy: bool,
+    /// Writes to write first: those of a write cut short (see [`Turn`]).
+    again: Vec<Write>,
 }
 
 impl Batch {
     /// A batch nobody waits for.
-    fn unwaited(items: Vec<Item>, lazy: bool) -> Self {
-        Batch { items, done: None, relay: None, clean_since_ms: None, lazy }
+    fn unwaited(items: Vec<Item>) -> Self {
+        Batch { items, done: None, relay: None, clean_since_ms: None, again: Vec::new() }
     }
 }
 
-/// Writes to the journal in order, from any thread.
+/// Writes to the journal in order, from any thread (see [`Inline`]).
 #[derive(Clone)]
 pub struct JournalWriter {
-    queue: Queue,
-    journal: Arc<dyn SessionJournal>,
-    health: Arc<Health>,
-}
-
-/// Where batches wait to be written.
-#[derive(Clone)]
-enum Queue {
-    /// For a task on the runtime, which writes with retries and timeouts (Redis).
-    Task(mpsc::UnboundedSender<Batch>),
-    /// For whoever submits next, right where it runs (the embedded journal: [`Inline`]).
-    Inline(Arc<Inline>),
+    inline: Arc<Inline>,
 }
 
 /// Whether the journal works: the last write succeeded, and the one under way (if any) has
@@ -139,7 +128,7 @@ impl Health {
 
 impl std::fmt::Debug for JournalWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JournalWriter").field("journal", &self.journal).finish_non_exhaustive()
+        f.debug_struct("JournalWriter").field("journal", &self.inline.journal).finish_non_exhaustive()
     }
 }
 
@@ -154,39 +143,28 @@ impl Durable {
 }
 
 impl JournalWriter {
-    /// Starts the writer: where batches are submitted for a journal that writes on its
-    /// caller's thread (the embedded one: [`Inline`], with a thread of its own for the rest),
-    /// else a task on the current runtime, where the journal's connection runs (no hop to
-    /// another thread and back per write). `holder` signs the records. The writer ends once
-    /// every clone is dropped.
+    /// Starts the writer, with the thread of its own that writes what is submitted off the
+    /// edge's workers (see [`Inline`]). `holder` signs the records. The writer ends once every
+    /// clone is dropped.
     pub fn start(journal: Arc<dyn SessionJournal>, holder: NodeName) -> Result<Self, String> {
         Self::start_tidying(journal, holder, TIDY_INTERVAL)
     }
 
-    /// [`JournalWriter::start`], tidying an embedded journal every `tidy_every`.
+    /// [`JournalWriter::start`], tidying the journal (and writing what was left for later)
+    /// every `tidy_every`.
     fn start_tidying(journal: Arc<dyn SessionJournal>, holder: NodeName, tidy_every: Duration) -> Result<Self, String> {
-        let health = Arc::new(Health::new());
-        if journal.blocks() {
-            let (nudge, nudges) = mpsc::unbounded_channel();
-            let inline = Arc::new(Inline {
-                journal: journal.clone(),
-                health: health.clone(),
-                holder,
-                batches: Default::default(),
-                turn: AtomicBool::new(false),
-                pending: AtomicBool::new(false),
-                nudge,
-            });
-            crate::on_own_thread("hermes-journal", Inline::serve(Arc::downgrade(&inline), nudges, tidy_every))?;
-            return Ok(JournalWriter { queue: Queue::Inline(inline), journal, health });
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let writer = run(journal.clone(), rx, health.clone(), holder);
-        match tokio::runtime::Handle::try_current() {
-            Ok(here) => drop(here.spawn(writer)),
-            Err(_) => crate::on_own_thread("hermes-journal", writer)?,
-        }
-        Ok(JournalWriter { queue: Queue::Task(tx), journal, health })
+        let (nudge, nudges) = mpsc::unbounded_channel();
+        let inline = Arc::new(Inline {
+            journal,
+            health: Health::new(),
+            holder,
+            batches: Default::default(),
+            turn: AtomicBool::new(false),
+            pending: AtomicBool::new(false),
+            nudge,
+        });
+        crate::on_own_thread("hermes-journal", Inline::serve(Arc::downgrade(&inline), nudges, tidy_every))?;
+        Ok(JournalWriter { inline })
     }
 
     /// Queues `items` for writing after everything submitted before.
@@ -196,35 +174,21 @@ impl JournalWriter {
 
     fn submit_checked(&self, items: Vec<Item>, clean_since_ms: Option<u64>) -> Durable {
         let (done, rx) = oneshot::channel();
-        self.queue(Batch { items, done: Some(done), relay: crate::relay::here(), clean_since_ms, lazy: false });
+        let batch = Batch { done: Some(done), relay: crate::relay::here(), clean_since_ms, ..Batch::unwaited(items) };
+        self.inline.submit(batch);
         Durable(rx)
     }
 
     /// Queues `items` with nobody waiting for them.
     pub fn submit_detached(&self, items: Vec<Item>) {
-        self.queue(Batch::unwaited(items, false));
+        self.inline.submit(Batch::unwaited(items));
     }
 
     /// Queues `items` nobody waits for and that lose nothing if they are never written (a
     /// message's end: unwritten, it is delivered again after a crash): they go with the next
     /// write, within [`TIDY_INTERVAL`].
     pub fn submit_lazily(&self, items: Vec<Item>) {
-        let batch = Batch::unwaited(items, true);
-        match &self.queue {
-            Queue::Inline(inline) => inline.waiting().push_back(batch),
-            Queue::Task(_) => self.queue(batch),
-        }
-    }
-
-    fn queue(&self, batch: Batch) {
-        match &self.queue {
-            Queue::Task(tx) => {
-                if tx.send(batch).is_err() {
-                    tracing::warn!("the journal writer is gone: session changes are not kept");
-                }
-            }
-            Queue::Inline(inline) => inline.submit(batch),
-        }
+        self.inline.waiting().push_back(Batch::unwaited(items));
     }
 
     /// Resolves once everything submitted so far is written (or failed).
@@ -246,12 +210,12 @@ impl JournalWriter {
 
     /// The last write succeeded.
     pub fn is_healthy(&self) -> bool {
-        self.health.is_healthy(crate::message::now_ms())
+        self.inline.health.is_healthy(crate::message::now_ms())
     }
 
     /// The retained messages the journal holds; unreadable ones are skipped (and logged).
     pub async fn load_retained(&self) -> Result<Vec<SharedMessage>, String> {
-        let all = self.journal.load_retained().await?;
+        let all = self.inline.journal.load_retained().await?;
         let mut messages = Vec::with_capacity(all.len());
         for (topic, body) in all {
             match pb::RoutedMessage::decode(&body[..]).ok().and_then(crate::cluster::decode_message) {
@@ -264,17 +228,17 @@ impl JournalWriter {
 
     /// When `session`'s record expires (see `SessionJournal::expires_at`).
     pub async fn expires_at(&self, session: &str) -> Result<Option<Option<u64>>, String> {
-        self.journal.expires_at(session).await
+        self.inline.journal.expires_at(session).await
     }
 
     /// The sessions to park when this edge starts (see `SessionJournal::sessions_to_restore`).
     pub async fn sessions_to_restore(&self) -> Result<broker::journal::ToRestore, String> {
-        self.journal.sessions_to_restore().await
+        self.inline.journal.sessions_to_restore().await
     }
 
     /// The session the journal holds under `session`.
     pub async fn load(&self, session: &str) -> Result<Option<stored::Journaled>, String> {
-        let Some(stored) = self.journal.load(session).await? else {
+        let Some(stored) = self.inline.journal.load(session).await? else {
             return Ok(None);
         };
         match stored::from_journal(stored) {
@@ -287,20 +251,23 @@ impl JournalWriter {
     }
 }
 
-/// The embedded journal's batches, written by whoever submits one, where it runs: an edge
-/// worker writes at the end of its current turn, after the PUBLISHes it is reading, and sends
-/// their PUBACKs in the same turn; anyone else (a bus task, a timer) leaves it to the journal's
-/// own thread. A write takes microseconds (no fsync: see `embedded_state`); waking another
-/// thread to do it and waking the worker back cost more than that (half the CPU of a
-/// persistent QoS 1 message went to those wakes).
+/// Batches written by whoever submits one, where it runs: an edge worker writes at the end of
+/// its current turn, after the PUBLISHes it is reading, and sends their PUBACKs in the same
+/// turn; anyone else (a bus task, a timer) leaves it to the journal's own thread. Waking another
+/// thread to write and waking the worker back cost more than an embedded write's microseconds
+/// (no fsync: see `embedded_state`): half the CPU of a persistent QoS 1 message went to those
+/// wakes. A Redis write goes from the writing thread over a connection of that thread's own
+/// ([`SessionJournal::on_this_thread`]), so its answer comes back to the worker that waits.
 ///
 /// One writer at a time holds the turn and writes until nothing waits; a submitter that finds
 /// the turn taken leaves its batch to the holder, who looks again after giving the turn back,
-/// so every batch is written, in the order submitted. The store's write does not retry: SQLite
-/// waits out a lock itself (its busy timeout), and its other errors do not pass with a retry.
+/// so every batch is written, in the order submitted, and one write at a time (on whichever
+/// connection: each is answered before the next is sent). The embedded store's write does not
+/// retry: SQLite waits out a lock itself (its busy timeout), and its other errors do not pass
+/// with a retry; a Redis write is tried again once after a timeout.
 struct Inline {
     journal: Arc<dyn SessionJournal>,
-    health: Arc<Health>,
+    health: Health,
     holder: NodeName,
     batches: std::sync::Mutex<std::collections::VecDeque<Batch>>,
     /// Someone is writing.
@@ -319,10 +286,11 @@ impl Inline {
         }
         if crate::relay::runs_here() {
             // An edge worker: write once the tasks already queued on it have run.
-            let inline = self.clone();
-            ntex::rt::spawn(async move { inline.write_what_waits() });
+            ntex::rt::spawn(self.clone().write_what_waits());
         } else if self.nudge.send(()).is_err() {
-            self.write_what_waits(); // the journal's thread is gone (shutting down)
+            // The journal's thread is gone (shutting down): what writes at once is written.
+            use futures_util::FutureExt;
+            self.clone().write_what_waits().now_or_never();
         }
     }
 
@@ -330,13 +298,18 @@ impl Inline {
         self.batches.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn take_turn(&self) -> bool {
+        self.turn.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+
     /// Writes every batch waiting, unless someone else is (they write it).
-    fn write_what_waits(&self) {
+    async fn write_what_waits(self: Arc<Self>) {
         self.pending.store(false, Ordering::Release);
         loop {
-            if self.turn.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            if !self.take_turn() {
                 return;
             }
+            let mut turn = Turn { inline: &self, under_way: None };
             loop {
                 let batches: Vec<Batch> = {
                     let mut waiting = self.waiting();
@@ -346,9 +319,9 @@ impl Inline {
                 if batches.is_empty() {
                     break;
                 }
-                self.write(batches);
+                turn.write(batches).await;
             }
-            self.turn.store(false, Ordering::Release);
+            drop(turn);
             // A batch submitted while the turn was taken is this writer's to write.
             if self.waiting().is_empty() {
                 return;
@@ -356,18 +329,57 @@ impl Inline {
         }
     }
 
-    fn write(&self, mut batches: Vec<Batch>) {
-        let writes = prepare(&mut batches, &self.holder);
-        self.health.writing.begin(crate::message::now_ms());
-        let ok = writes.is_empty() || {
-            use futures_util::FutureExt;
-            let started = std::time::Instant::now();
-            let written = self.journal.write(&writes).now_or_never();
-            let written = written.unwrap_or_else(|| Err("the journal did not write on its caller's thread".into()));
-            written_or_logged(written, writes.len(), started)
+    /// The journal to write with on this thread: a connection of its own once made (asked for
+    /// on the first write here, and again a while after it could not be made), the shared
+    /// journal till then, or for a journal that serves every thread alike.
+    fn journal_here(self: &Arc<Self>) -> Arc<dyn SessionJournal> {
+        let found = HERE.try_with(|here| {
+            let mut here = here.borrow_mut();
+            here.retain(|own| own.writer.strong_count() > 0);
+            let at = match here.iter().position(|own| std::ptr::eq(own.writer.as_ptr(), Arc::as_ptr(self))) {
+                Some(at) => at,
+                None => {
+                    here.push(OwnJournal { writer: Arc::downgrade(self), journal: Own::Failed(None) });
+                    here.len() - 1
+                }
+            };
+            let own = &mut here[at].journal;
+            match own {
+                Own::Ready(journal) => return Some(journal.clone()),
+                Own::Shared | Own::Connecting => return None,
+                Own::Failed(Some(at)) if at.elapsed() < RECONNECT_AFTER => return None,
+                Own::Failed(_) => {}
+            }
+            match (self.journal.on_this_thread(), tokio::runtime::Handle::try_current()) {
+                (Some(connecting), Ok(runtime)) => {
+                    *own = Own::Connecting;
+                    drop(runtime.spawn(Self::connected_here(Arc::downgrade(self), connecting)));
+                }
+                _ => *own = Own::Shared,
+            }
+            None
+        });
+        found.ok().flatten().unwrap_or_else(|| self.journal.clone())
+    }
+
+    /// Notes this thread's own journal for `writer` once `connecting` makes it.
+    async fn connected_here(
+        writer: std::sync::Weak<Inline>,
+        connecting: broker::relations::BoxFuture<'static, Result<Arc<dyn SessionJournal>, String>>,
+    ) {
+        let own = match connecting.await {
+            Ok(journal) => Own::Ready(journal),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot connect this thread to the session journal yet: writing over the shared connection");
+                Own::Failed(Some(std::time::Instant::now()))
+            }
         };
-        self.health.writing.end();
-        report(batches, ok, &self.health);
+        let _ = HERE.try_with(|here| {
+            let mut here = here.borrow_mut();
+            if let Some(mine) = here.iter_mut().find(|o| std::ptr::eq(o.writer.as_ptr(), writer.as_ptr())) {
+                mine.journal = own;
+            }
+        });
     }
 
     /// The journal's thread: writes what others submitted (or left for later), tidies the
@@ -380,12 +392,12 @@ impl Inline {
         loop {
             tokio::select! {
                 nudged = nudges.recv() => match (nudged, inline.upgrade()) {
-                    (Some(()), Some(i)) => i.write_what_waits(),
+                    (Some(()), Some(i)) => i.write_what_waits().await,
                     _ => break,
                 },
                 _ = ticks.tick() => {
                     let Some(i) = inline.upgrade() else { break };
-                    i.tidy().await;
+                    i.clone().tidy().await;
                     if !i.health.ok.load(Ordering::Relaxed) && probed.elapsed() >= PROBE_INTERVAL {
                         probed = tokio::time::Instant::now();
                         i.health.probe(&*i.journal).await;
@@ -395,31 +407,118 @@ impl Inline {
         }
     }
 
-    /// Tidies the journal, the last of it between writes (a worker holds the turn for a
-    /// write's microseconds), then writes what waits, including what was left for later.
-    async fn tidy(&self) {
-        if let Err(e) = self.journal.tidy() {
-            tracing::warn!(error = %e, "cannot tidy the session journal");
+    /// Tidies a journal that writes on its caller's thread, the last of it between writes (a
+    /// worker holds the turn for a write's microseconds), then writes what waits, including
+    /// what was left for later.
+    async fn tidy(self: Arc<Self>) {
+        if self.journal.blocks() {
+            if let Err(e) = self.journal.tidy() {
+                tracing::warn!(error = %e, "cannot tidy the session journal");
+            }
+            while !self.take_turn() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if let Err(e) = self.journal.tidy_between_writes() {
+                tracing::warn!(error = %e, "cannot tidy the session journal");
+            }
+            self.turn.store(false, Ordering::Release);
         }
-        while self.turn.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        if let Err(e) = self.journal.tidy_between_writes() {
-            tracing::warn!(error = %e, "cannot tidy the session journal");
-        }
-        self.turn.store(false, Ordering::Release);
-        self.write_what_waits();
+        self.write_what_waits().await;
     }
+}
+
+/// How soon a thread that could not connect to the journal of its own tries again.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// This thread's own journals, one per writer ([`Inline::journal_here`]).
+    static HERE: std::cell::RefCell<Vec<OwnJournal>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+struct OwnJournal {
+    writer: std::sync::Weak<Inline>,
+    journal: Own,
+}
+
+enum Own {
+    Ready(Arc<dyn SessionJournal>),
+    Connecting,
+    /// The shared journal serves this thread as well.
+    Shared,
+    /// Could not be made (when), or not asked for yet (`None`).
+    Failed(Option<std::time::Instant>),
+}
+
+/// The turn to write, held by a writer ([`Inline::write_what_waits`]) until dropped. A write
+/// cut short (its worker stopped while Redis answered) goes back to be written first, by the
+/// journal's thread: written twice in order, it leaves what it would have left once.
+struct Turn<'a> {
+    inline: &'a Arc<Inline>,
+    /// The write under way, and the batches it holds the writes of.
+    under_way: Option<(Vec<Write>, Vec<Batch>)>,
+}
+
+impl Turn<'_> {
+    async fn write(&mut self, mut batches: Vec<Batch>) {
+        let inline = self.inline;
+        let writes = prepare(&mut batches, &inline.holder);
+        let mut ok = true;
+        if !writes.is_empty() {
+            inline.health.writing.begin(crate::message::now_ms());
+            let journal = inline.journal_here();
+            let (writes, _) = self.under_way.insert((writes, batches));
+            ok = match journal.blocks() {
+                true => written_once(&*journal, writes),
+                false => write(&*journal, writes).await,
+            };
+            inline.health.writing.end();
+            batches = self.under_way.take().map(|(_, batches)| batches).unwrap_or_default();
+        }
+        report(batches, ok, &inline.health);
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let inline = self.inline;
+        if let Some((writes, mut batches)) = self.under_way.take() {
+            inline.health.writing.end();
+            match batches.first_mut() {
+                Some(first) => first.again = writes,
+                None => batches.push(Batch { again: writes, ..Batch::unwaited(Vec::new()) }),
+            }
+            let mut waiting = inline.waiting();
+            for b in batches.into_iter().rev() {
+                waiting.push_front(b);
+            }
+            drop(waiting);
+            inline.turn.store(false, Ordering::Release);
+            let _ = inline.nudge.send(());
+        } else {
+            inline.turn.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Writes to a journal that works on its caller's thread, once.
+fn written_once(journal: &dyn SessionJournal, writes: &[Write]) -> bool {
+    use futures_util::FutureExt;
+    let started = std::time::Instant::now();
+    let written = journal.write(writes).now_or_never();
+    let written = written.unwrap_or_else(|| Err("the journal did not write on its caller's thread".into()));
+    written_or_logged(written, writes.len(), started)
 }
 
 /// The writes of `batches`, whose items it takes: what came and went within them is left
 /// out.
 fn prepare(batches: &mut [Batch], holder: &NodeName) -> Vec<Write> {
+    let mut writes: Vec<Write> = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.again)).collect();
     let items: Vec<Item> = batches.iter_mut().flat_map(|b| std::mem::take(&mut b.items)).collect();
     let taken = items.len();
     let items = coalesce(items.into_iter());
     metrics::counter!(m::JOURNAL_SPARED).increment((taken - items.len()) as u64);
-    encode(items, holder)
+    writes.extend(encode(items, holder));
+    writes
 }
 
 /// Records how a write went and tells those waiting for `batches`.
@@ -451,58 +550,6 @@ fn written_or_logged(written: Result<(), String>, writes: usize, started: std::t
             metrics::counter!(m::JOURNAL_ERRORS).increment(1);
             tracing::warn!(error = %e, writes, "cannot write to the session journal");
             false
-        }
-    }
-}
-
-async fn run(
-    journal: Arc<dyn SessionJournal>,
-    mut rx: mpsc::UnboundedReceiver<Batch>,
-    health: Arc<Health>,
-    holder: NodeName,
-) {
-    loop {
-        let first = if health.ok.load(Ordering::Relaxed) {
-            rx.recv().await
-        } else {
-            // Unhealthy: find out when the journal is back even if nothing needs writing.
-            match tokio::time::timeout(PROBE_INTERVAL, rx.recv()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    health.probe(&*journal).await;
-                    continue;
-                }
-            }
-        };
-        let Some(first) = first else { break };
-        let mut batches = vec![first];
-        take_waiting(&mut rx, &mut batches);
-        if batches.iter().all(|b| b.lazy) {
-            // Nothing anybody waits for: it goes with the next batch that somebody does, or
-            // shortly.
-            let by = tokio::time::Instant::now() + TIDY_INTERVAL;
-            while let Ok(Some(next)) = tokio::time::timeout_at(by, rx.recv()).await {
-                batches.push(next);
-                take_waiting(&mut rx, &mut batches);
-                if batches.iter().any(|b| !b.lazy) || batches.len() >= MAX_BATCHES {
-                    break;
-                }
-            }
-        }
-        let writes = prepare(&mut batches, &holder);
-        health.writing.begin(crate::message::now_ms());
-        let ok = writes.is_empty() || write(&*journal, &writes).await;
-        health.writing.end();
-        report(batches, ok, &health);
-    }
-}
-
-/// Adds the batches waiting in `rx` to `batches`, up to [`MAX_BATCHES`].
-fn take_waiting(rx: &mut mpsc::UnboundedReceiver<Batch>, batches: &mut Vec<Batch>) {
-    while batches.len() < MAX_BATCHES {
-        match rx.try_recv() {
-            Ok(b) => batches.push(b),
-            Err(_) => break,
         }
     }
 }
@@ -735,14 +782,20 @@ mod tests {
         assert!(writer.is_healthy());
     }
 
-    /// A journal whose writes fail while `failing` is set; with `blocks`, it says it writes
-    /// on its caller's thread (as the embedded one), and it notes the threads that wrote.
+    /// A journal whose writes fail while `failing` is set, and of which the next `hang` never
+    /// end;
+    /// with `blocks`, it says it writes on its caller's thread (as the embedded one), with
+    /// `per_thread` it gives each thread a journal of its own (as Redis: `own` is set in it),
+    /// and it notes the threads that wrote (", own" after a thread's own journal's).
     #[derive(Debug, Default)]
     struct Failing {
-        inner: broker::journal::MemoryJournal,
-        failing: AtomicBool,
+        inner: Arc<broker::journal::MemoryJournal>,
+        failing: Arc<AtomicBool>,
+        hang: Arc<std::sync::atomic::AtomicUsize>,
         blocks: bool,
-        writers: std::sync::Mutex<Vec<Option<String>>>,
+        per_thread: bool,
+        own: bool,
+        writers: Arc<std::sync::Mutex<Vec<String>>>,
     }
 
     impl Failing {
@@ -751,9 +804,14 @@ mod tests {
         }
 
         /// The names of the threads that wrote since the last call.
-        fn writers(&self) -> Vec<Option<String>> {
+        fn writers(&self) -> Vec<String> {
             std::mem::take(&mut *self.writers.lock().expect("not poisoned"))
         }
+    }
+
+    /// This thread's name, as [`Failing::writers`] notes it.
+    fn this_thread() -> String {
+        std::thread::current().name().unwrap_or("?").to_owned()
     }
 
     impl SessionJournal for Failing {
@@ -761,8 +819,27 @@ mod tests {
             self.blocks
         }
 
+        fn on_this_thread(
+            &self,
+        ) -> Option<broker::relations::BoxFuture<'static, Result<Arc<dyn SessionJournal>, String>>> {
+            let own = Failing {
+                inner: self.inner.clone(),
+                failing: self.failing.clone(),
+                hang: self.hang.clone(),
+                writers: self.writers.clone(),
+                own: true,
+                ..Default::default()
+            };
+            let own: Arc<dyn SessionJournal> = Arc::new(own);
+            self.per_thread.then(|| Box::pin(async move { Ok(own) }) as broker::relations::BoxFuture<'static, _>)
+        }
+
         fn write<'a>(&'a self, writes: &'a [Write]) -> broker::relations::BoxFuture<'a, Result<(), String>> {
-            self.writers.lock().expect("not poisoned").push(std::thread::current().name().map(str::to_owned));
+            let by = if self.own { format!("{}, own", this_thread()) } else { this_thread() };
+            self.writers.lock().expect("not poisoned").push(by);
+            if self.hang.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+                return Box::pin(std::future::pending());
+            }
             match self.failing.load(Ordering::Relaxed) {
                 true => Box::pin(async { Err("failing".to_owned()) }),
                 false => self.inner.write(writes),
@@ -826,7 +903,7 @@ mod tests {
         let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), Duration::from_secs(3600));
         let writer = writer.expect("starts");
         let s: Arc<str> = "s".into();
-        let worker = std::thread::current().name().map(str::to_owned);
+        let worker = this_thread();
         on_a_worker(|| async {
             let first = writer.submit(vec![record(&s, 60), kept(&s, 1, true), kept(&s, 2, true)]);
             let second = writer.submit(vec![done(&s, 1)]);
@@ -837,9 +914,69 @@ mod tests {
         assert_eq!(entries(&writer, "s").await, [2]);
         // Off a worker (a bus task, say), the journal's thread writes.
         assert!(writer.submit(vec![done(&s, 2)]).wait().await);
-        assert_eq!(journal.writers(), [Some("hermes-journal".to_owned())]);
+        assert_eq!(journal.writers(), ["hermes-journal"]);
         assert_eq!(entries(&writer, "s").await, [] as [u64; 0]);
         assert!(writer.is_healthy());
+    }
+
+    #[tokio::test]
+    async fn a_journal_that_connects_each_thread_is_written_over_the_writing_threads_own_connection() {
+        let journal = Arc::new(Failing { per_thread: true, ..Default::default() });
+        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), Duration::from_secs(3600));
+        let writer = writer.expect("starts");
+        let s: Arc<str> = "s".into();
+        let worker = this_thread();
+        let own = format!("{worker}, own");
+        on_a_worker(|| async {
+            assert!(writer.submit(vec![record(&s, 60), kept(&s, 1, true)]).wait().await);
+            assert_eq!(journal.writers(), [worker.as_str()], "over the shared connection while its own is made");
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            assert!(writer.submit(vec![kept(&s, 2, true)]).wait().await);
+            assert!(writer.submit(vec![done(&s, 1)]).wait().await);
+            assert_eq!(journal.writers(), [own.as_str(), own.as_str()], "then over its own");
+        })
+        .await;
+        assert_eq!(entries(&writer, "s").await, [2]);
+        // Off a worker, the journal's thread writes, over a connection of its own once made.
+        assert!(writer.submit(vec![done(&s, 2)]).wait().await);
+        let started = std::time::Instant::now();
+        while journal.writers().last().is_none_or(|by| by != "hermes-journal, own") {
+            assert!(started.elapsed() < Duration::from_secs(3), "the journal's thread connects");
+            assert!(writer.submit(vec![done(&s, 99)]).wait().await);
+        }
+        assert_eq!(entries(&writer, "s").await, [] as [u64; 0]);
+    }
+
+    #[tokio::test]
+    async fn a_write_cut_short_with_its_worker_is_written_again_by_the_journals_thread() {
+        let journal = Arc::new(Failing::default());
+        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), Duration::from_secs(3600));
+        let writer = writer.expect("starts");
+        let s: Arc<str> = "s".into();
+        journal.hang.store(1, Ordering::Relaxed);
+        let (w, j, session) = (writer.clone(), journal.clone(), s.clone());
+        let worker = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(on_a_worker(|| async {
+                w.submit_detached(vec![record(&session, 60), kept(&session, 1, true)]);
+                while j.writers.lock().expect("not poisoned").is_empty() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                // The worker stops here, its write under way: the task writing is dropped.
+            }));
+        });
+        worker.join().expect("the worker ends");
+        let started = std::time::Instant::now();
+        while writer.load("s").await.expect("loads").is_none() {
+            assert!(started.elapsed() < Duration::from_secs(3), "written again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(entries(&writer, "s").await, [1]);
+        assert_eq!(journal.writers()[1..], ["hermes-journal"], "the write under way, then again");
+        assert!(writer.submit(vec![done(&s, 1)]).wait().await, "and the turn was given back");
+        assert_eq!(entries(&writer, "s").await, [] as [u64; 0]);
     }
 
     #[test]
