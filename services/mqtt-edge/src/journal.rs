@@ -284,9 +284,11 @@ impl Inline {
         if self.pending.swap(true, Ordering::AcqRel) {
             return; // whoever set it writes this batch too
         }
-        if crate::relay::runs_here() {
-            // An edge worker: write once the tasks already queued on it have run.
-            ntex::rt::spawn(self.clone().write_what_waits());
+        let worker = crate::relay::runs_here().then(tokio::runtime::Handle::try_current).and_then(Result::ok);
+        if let Some(worker) = worker {
+            // An edge worker: write once the tasks already queued on it have run (on its
+            // runtime rather than its `LocalSet`: a task of the runtime's may submit too).
+            drop(worker.spawn(self.clone().write_what_waits()));
         } else if self.nudge.send(()).is_err() {
             // The journal's thread is gone (shutting down): what writes at once is written.
             use futures_util::FutureExt;
@@ -910,10 +912,17 @@ mod tests {
             assert!(first.wait().await && second.wait().await);
         })
         .await;
-        assert_eq!(journal.writers(), [worker], "both in one write, on the worker");
+        assert_eq!(journal.writers(), [worker.as_str()], "both in one write, on the worker");
         assert_eq!(entries(&writer, "s").await, [2]);
+        // A task of the worker's runtime, outside its `LocalSet` (as a catch-up's), too.
+        let (w, session) = (writer.clone(), s.clone());
+        let on_the_runtime =
+            on_a_worker(|| tokio::spawn(async move { w.submit(vec![kept(&session, 3, true)]).wait().await }));
+        assert!(on_the_runtime.await.expect("no panic"));
+        assert_eq!(journal.writers(), [worker], "on the worker");
+        assert_eq!(entries(&writer, "s").await, [2, 3]);
         // Off a worker (a bus task, say), the journal's thread writes.
-        assert!(writer.submit(vec![done(&s, 2)]).wait().await);
+        assert!(writer.submit(vec![done(&s, 2), done(&s, 3)]).wait().await);
         assert_eq!(journal.writers(), ["hermes-journal"]);
         assert_eq!(entries(&writer, "s").await, [] as [u64; 0]);
         assert!(writer.is_healthy());
