@@ -1,7 +1,7 @@
 //! The edge's side of the session journal (`broker::journal`): what the router decided about
 //! persistent sessions ([`Persist`]) is written in the order it was decided, whatever piled
 //! up meanwhile in one write (one Redis round trip, one SQLite transaction), where it is
-//! submitted ([`Inline`]). A PUBLISH is acknowledged once the batch holding its changes is
+//! submitted ([`crate::turns`]). A PUBLISH is acknowledged once the batch holding its changes is
 //! durable ([`Durable`]).
 //!
 //! A message that arrives and is acknowledged by its subscriber before its batch is written is
@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use broker::journal::{SessionJournal, Write};
 use broker::router::Persist;
@@ -26,18 +26,17 @@ use crate::cluster::NodeName;
 use crate::message::SharedMessage;
 use crate::metrics as m;
 use crate::stored;
+use crate::turns::{self, Turns};
 use wire::pb;
 
-/// Batches taken into one write at most.
-const MAX_BATCHES: usize = 1024;
 /// Tries of one write before its waiters are told it failed.
 const TRIES: u32 = 2;
 /// How long one try may take: a write that has not succeeded by then counts as failed (it
 /// may still land; what it carried was not acknowledged, so at worst it is delivered twice).
 const TRY_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often an unhealthy journal is tried while nothing needs writing.
-const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// How often a journal written where it is submitted ([`Inline`]) is tidied, and how long
+const PROBE_INTERVAL_MS: u64 = 1000;
+/// How often a journal written where it is submitted ([`crate::turns`]) is tidied, and how long
 /// what nobody waits for may wait for a write.
 const TIDY_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -93,10 +92,18 @@ impl Batch {
     }
 }
 
-/// Writes to the journal in order, from any thread (see [`Inline`]).
+/// Writes to the journal in order, from any thread, where it is submitted
+/// ([`crate::turns`]).
 #[derive(Clone)]
 pub struct JournalWriter {
-    inline: Arc<Inline>,
+    turns: Arc<Turns<Journal>>,
+}
+
+/// The journal as [`JournalWriter`] writes it, in turns.
+struct Journal {
+    journal: Arc<dyn SessionJournal>,
+    health: Health,
+    holder: NodeName,
 }
 
 /// Whether the journal works: the last write succeeded, and the one under way (if any) has
@@ -108,19 +115,32 @@ struct Health {
     writing: crate::UnderWay,
     /// When a write last failed (Unix ms; 0: never).
     failed_at_ms: AtomicU64,
+    /// When the journal was last probed (Unix ms).
+    probed_at_ms: AtomicU64,
 }
 
 impl Health {
     fn new() -> Self {
-        Health { ok: AtomicBool::new(true), writing: Default::default(), failed_at_ms: AtomicU64::new(0) }
+        Health {
+            ok: AtomicBool::new(true),
+            writing: Default::default(),
+            failed_at_ms: AtomicU64::new(0),
+            probed_at_ms: AtomicU64::new(0),
+        }
     }
 
     fn is_healthy(&self, now_ms: u64) -> bool {
         self.ok.load(Ordering::Relaxed) && !self.writing.longer_than(TRY_TIMEOUT, now_ms)
     }
 
-    /// Finds out whether an unhealthy `journal` is back, with a read (nothing needs writing).
+    /// Finds out whether an unhealthy `journal` is back, with a read (nothing needs writing),
+    /// at most every [`PROBE_INTERVAL`].
     async fn probe(&self, journal: &dyn SessionJournal) {
+        let now = crate::message::now_ms();
+        if self.ok.load(Ordering::Relaxed) || now < self.probed_at_ms.load(Ordering::Relaxed) + PROBE_INTERVAL_MS {
+            return;
+        }
+        self.probed_at_ms.store(now, Ordering::Relaxed);
         let probe = tokio::time::timeout(TRY_TIMEOUT, journal.load("hermes:probe")).await;
         self.ok.store(matches!(probe, Ok(Ok(_))), Ordering::Relaxed);
     }
@@ -128,7 +148,7 @@ impl Health {
 
 impl std::fmt::Debug for JournalWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JournalWriter").field("journal", &self.inline.journal).finish_non_exhaustive()
+        f.debug_struct("JournalWriter").field("journal", &self.turns.work.journal).finish_non_exhaustive()
     }
 }
 
@@ -144,8 +164,7 @@ impl Durable {
 
 impl JournalWriter {
     /// Starts the writer, with the thread of its own that writes what is submitted off the
-    /// edge's workers (see [`Inline`]). `holder` signs the records. The writer ends once every
-    /// clone is dropped.
+    /// edge's workers. `holder` signs the records. The writer ends once every clone is dropped.
     pub fn start(journal: Arc<dyn SessionJournal>, holder: NodeName) -> Result<Self, String> {
         Self::start_tidying(journal, holder, TIDY_INTERVAL)
     }
@@ -153,18 +172,8 @@ impl JournalWriter {
     /// [`JournalWriter::start`], tidying the journal (and writing what was left for later)
     /// every `tidy_every`.
     fn start_tidying(journal: Arc<dyn SessionJournal>, holder: NodeName, tidy_every: Duration) -> Result<Self, String> {
-        let (nudge, nudges) = mpsc::unbounded_channel();
-        let inline = Arc::new(Inline {
-            journal,
-            health: Health::new(),
-            holder,
-            batches: Default::default(),
-            turn: AtomicBool::new(false),
-            pending: AtomicBool::new(false),
-            nudge,
-        });
-        crate::on_own_thread("hermes-journal", Inline::serve(Arc::downgrade(&inline), nudges, tidy_every))?;
-        Ok(JournalWriter { inline })
+        let work = Journal { journal, health: Health::new(), holder };
+        Ok(JournalWriter { turns: Turns::start(work, "hermes-journal", tidy_every)? })
     }
 
     /// Queues `items` for writing after everything submitted before.
@@ -175,20 +184,20 @@ impl JournalWriter {
     fn submit_checked(&self, items: Vec<Item>, clean_since_ms: Option<u64>) -> Durable {
         let (done, rx) = oneshot::channel();
         let batch = Batch { done: Some(done), relay: crate::relay::here(), clean_since_ms, ..Batch::unwaited(items) };
-        self.inline.submit(batch);
+        self.turns.submit(batch);
         Durable(rx)
     }
 
     /// Queues `items` with nobody waiting for them.
     pub fn submit_detached(&self, items: Vec<Item>) {
-        self.inline.submit(Batch::unwaited(items));
+        self.turns.submit(Batch::unwaited(items));
     }
 
     /// Queues `items` nobody waits for and that lose nothing if they are never written (a
     /// message's end: unwritten, it is delivered again after a crash): they go with the next
     /// write, within [`TIDY_INTERVAL`].
     pub fn submit_lazily(&self, items: Vec<Item>) {
-        self.inline.waiting().push_back(Batch::unwaited(items));
+        self.turns.leave(Batch::unwaited(items));
     }
 
     /// Resolves once everything submitted so far is written (or failed).
@@ -210,12 +219,12 @@ impl JournalWriter {
 
     /// The last write succeeded.
     pub fn is_healthy(&self) -> bool {
-        self.inline.health.is_healthy(crate::message::now_ms())
+        self.turns.work.health.is_healthy(crate::message::now_ms())
     }
 
     /// The retained messages the journal holds; unreadable ones are skipped (and logged).
     pub async fn load_retained(&self) -> Result<Vec<SharedMessage>, String> {
-        let all = self.inline.journal.load_retained().await?;
+        let all = self.turns.work.journal.load_retained().await?;
         let mut messages = Vec::with_capacity(all.len());
         for (topic, body) in all {
             match pb::RoutedMessage::decode(&body[..]).ok().and_then(crate::cluster::decode_message) {
@@ -228,17 +237,17 @@ impl JournalWriter {
 
     /// When `session`'s record expires (see `SessionJournal::expires_at`).
     pub async fn expires_at(&self, session: &str) -> Result<Option<Option<u64>>, String> {
-        self.inline.journal.expires_at(session).await
+        self.turns.work.journal.expires_at(session).await
     }
 
     /// The sessions to park when this edge starts (see `SessionJournal::sessions_to_restore`).
     pub async fn sessions_to_restore(&self) -> Result<broker::journal::ToRestore, String> {
-        self.inline.journal.sessions_to_restore().await
+        self.turns.work.journal.sessions_to_restore().await
     }
 
     /// The session the journal holds under `session`.
     pub async fn load(&self, session: &str) -> Result<Option<stored::Journaled>, String> {
-        let Some(stored) = self.inline.journal.load(session).await? else {
+        let Some(stored) = self.turns.work.journal.load(session).await? else {
             return Ok(None);
         };
         match stored::from_journal(stored) {
@@ -251,253 +260,68 @@ impl JournalWriter {
     }
 }
 
-/// Batches written by whoever submits one, where it runs: an edge worker writes at the end of
-/// its current turn, after the PUBLISHes it is reading, and sends their PUBACKs in the same
-/// turn; anyone else (a bus task, a timer) leaves it to the journal's own thread. Waking another
-/// thread to write and waking the worker back cost more than an embedded write's microseconds
-/// (no fsync: see `embedded_state`): half the CPU of a persistent QoS 1 message went to those
-/// wakes. A Redis write goes from the writing thread over a connection of that thread's own
-/// ([`SessionJournal::on_this_thread`]), so its answer comes back to the worker that waits.
-///
-/// One writer at a time holds the turn and writes until nothing waits; a submitter that finds
-/// the turn taken leaves its batch to the holder, who looks again after giving the turn back,
-/// so every batch is written, in the order submitted, and one write at a time (on whichever
-/// connection: each is answered before the next is sent). The embedded store's write does not
-/// retry: SQLite waits out a lock itself (its busy timeout), and its other errors do not pass
-/// with a retry; a Redis write is tried again once after a timeout.
-struct Inline {
-    journal: Arc<dyn SessionJournal>,
-    health: Health,
-    holder: NodeName,
-    batches: std::sync::Mutex<std::collections::VecDeque<Batch>>,
-    /// Someone is writing.
-    turn: AtomicBool,
-    /// A write is on its way (spawned on a worker, or asked of the journal's thread).
-    pending: AtomicBool,
-    /// To the journal's thread: write what waits.
-    nudge: mpsc::UnboundedSender<()>,
-}
+impl turns::Work for Journal {
+    type Job = Batch;
 
-impl Inline {
-    fn submit(self: &Arc<Self>, batch: Batch) {
-        self.waiting().push_back(batch);
-        if self.pending.swap(true, Ordering::AcqRel) {
-            return; // whoever set it writes this batch too
-        }
-        let worker = crate::relay::runs_here().then(tokio::runtime::Handle::try_current).and_then(Result::ok);
-        if let Some(worker) = worker {
-            // An edge worker: write once the tasks already queued on it have run (on its
-            // runtime rather than its `LocalSet`: a task of the runtime's may submit too).
-            drop(worker.spawn(self.clone().write_what_waits()));
-        } else if self.nudge.send(()).is_err() {
-            // The journal's thread is gone (shutting down): what writes at once is written.
-            use futures_util::FutureExt;
-            self.clone().write_what_waits().now_or_never();
-        }
-    }
-
-    fn waiting(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<Batch>> {
-        self.batches.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn take_turn(&self) -> bool {
-        self.turn.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
-    }
-
-    /// Writes every batch waiting, unless someone else is (they write it).
-    async fn write_what_waits(self: Arc<Self>) {
-        self.pending.store(false, Ordering::Release);
-        loop {
-            if !self.take_turn() {
-                return;
-            }
-            let mut turn = Turn { inline: &self, under_way: None };
-            loop {
-                let batches: Vec<Batch> = {
-                    let mut waiting = self.waiting();
-                    let n = waiting.len().min(MAX_BATCHES);
-                    waiting.drain(..n).collect()
-                };
-                if batches.is_empty() {
-                    break;
-                }
-                turn.write(batches).await;
-            }
-            drop(turn);
-            // A batch submitted while the turn was taken is this writer's to write.
-            if self.waiting().is_empty() {
-                return;
-            }
-        }
-    }
-
-    /// The journal to write with on this thread: a connection of its own once made (asked for
-    /// on the first write here, and again a while after it could not be made), the shared
-    /// journal till then, or for a journal that serves every thread alike.
-    fn journal_here(self: &Arc<Self>) -> Arc<dyn SessionJournal> {
-        let found = HERE.try_with(|here| {
-            let mut here = here.borrow_mut();
-            here.retain(|own| own.writer.strong_count() > 0);
-            let at = match here.iter().position(|own| std::ptr::eq(own.writer.as_ptr(), Arc::as_ptr(self))) {
-                Some(at) => at,
-                None => {
-                    here.push(OwnJournal { writer: Arc::downgrade(self), journal: Own::Failed(None) });
-                    here.len() - 1
-                }
+    /// One write of `batches`: a Redis one is tried once more after a timeout; the embedded
+    /// store's does not retry (SQLite waits out a lock itself, its busy timeout, and its other
+    /// errors do not pass with a retry).
+    async fn write(turns: &Arc<Turns<Self>>, mut batches: Vec<Batch>) {
+        let Journal { journal, health, holder } = &turns.work;
+        let writes = prepare(&mut batches, holder);
+        let mut ok = true;
+        if !writes.is_empty() {
+            health.writing.begin(crate::message::now_ms());
+            let here = turns::own(turns, journal, || journal.on_this_thread());
+            let mut cut_short = CutShort { turns, under_way: Some((writes, batches)) };
+            let writes = cut_short.under_way.as_ref().map_or(&[][..], |(writes, _)| writes.as_slice());
+            ok = match here.blocks() {
+                true => written_once(&*here, writes),
+                false => write(&*here, writes).await,
             };
-            let own = &mut here[at].journal;
-            match own {
-                Own::Ready(journal) => return Some(journal.clone()),
-                Own::Shared | Own::Connecting => return None,
-                Own::Failed(Some(at)) if at.elapsed() < RECONNECT_AFTER => return None,
-                Own::Failed(_) => {}
-            }
-            match (self.journal.on_this_thread(), tokio::runtime::Handle::try_current()) {
-                (Some(connecting), Ok(runtime)) => {
-                    *own = Own::Connecting;
-                    drop(runtime.spawn(Self::connected_here(Arc::downgrade(self), connecting)));
-                }
-                _ => *own = Own::Shared,
-            }
-            None
-        });
-        found.ok().flatten().unwrap_or_else(|| self.journal.clone())
-    }
-
-    /// Notes this thread's own journal for `writer` once `connecting` makes it.
-    async fn connected_here(
-        writer: std::sync::Weak<Inline>,
-        connecting: broker::relations::BoxFuture<'static, Result<Arc<dyn SessionJournal>, String>>,
-    ) {
-        let own = match connecting.await {
-            Ok(journal) => Own::Ready(journal),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot connect this thread to the session journal yet: writing over the shared connection");
-                Own::Failed(Some(std::time::Instant::now()))
-            }
-        };
-        let _ = HERE.try_with(|here| {
-            let mut here = here.borrow_mut();
-            if let Some(mine) = here.iter_mut().find(|o| std::ptr::eq(o.writer.as_ptr(), writer.as_ptr())) {
-                mine.journal = own;
-            }
-        });
-    }
-
-    /// The journal's thread: writes what others submitted (or left for later), tidies the
-    /// journal between writes, and while the journal is unhealthy and nothing needs writing,
-    /// finds out when it is back.
-    async fn serve(inline: std::sync::Weak<Inline>, mut nudges: mpsc::UnboundedReceiver<()>, tidy_every: Duration) {
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tidy_every, tidy_every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut probed = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                nudged = nudges.recv() => match (nudged, inline.upgrade()) {
-                    (Some(()), Some(i)) => i.write_what_waits().await,
-                    _ => break,
-                },
-                _ = ticks.tick() => {
-                    let Some(i) = inline.upgrade() else { break };
-                    i.clone().tidy().await;
-                    if !i.health.ok.load(Ordering::Relaxed) && probed.elapsed() >= PROBE_INTERVAL {
-                        probed = tokio::time::Instant::now();
-                        i.health.probe(&*i.journal).await;
-                    }
-                }
-            }
+            health.writing.end();
+            batches = cut_short.under_way.take().map(|(_, batches)| batches).unwrap_or_default();
         }
+        report(batches, ok, health);
     }
 
     /// Tidies a journal that writes on its caller's thread, the last of it between writes (a
-    /// worker holds the turn for a write's microseconds), then writes what waits, including
-    /// what was left for later.
-    async fn tidy(self: Arc<Self>) {
-        if self.journal.blocks() {
-            if let Err(e) = self.journal.tidy() {
+    /// worker holds the turn for a write's microseconds); probes an unhealthy one.
+    async fn tick(turns: &Arc<Turns<Self>>) {
+        let journal = &*turns.work.journal;
+        if journal.blocks() {
+            if let Err(e) = journal.tidy() {
                 tracing::warn!(error = %e, "cannot tidy the session journal");
             }
-            while !self.take_turn() {
+            while !turns.take_turn() {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            if let Err(e) = self.journal.tidy_between_writes() {
+            if let Err(e) = journal.tidy_between_writes() {
                 tracing::warn!(error = %e, "cannot tidy the session journal");
             }
-            self.turn.store(false, Ordering::Release);
+            turns.give_turn();
         }
-        self.write_what_waits().await;
+        turns.work.health.probe(journal).await;
     }
 }
 
-/// How soon a thread that could not connect to the journal of its own tries again.
-const RECONNECT_AFTER: Duration = Duration::from_secs(1);
-
-thread_local! {
-    /// This thread's own journals, one per writer ([`Inline::journal_here`]).
-    static HERE: std::cell::RefCell<Vec<OwnJournal>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-struct OwnJournal {
-    writer: std::sync::Weak<Inline>,
-    journal: Own,
-}
-
-enum Own {
-    Ready(Arc<dyn SessionJournal>),
-    Connecting,
-    /// The shared journal serves this thread as well.
-    Shared,
-    /// Could not be made (when), or not asked for yet (`None`).
-    Failed(Option<std::time::Instant>),
-}
-
-/// The turn to write, held by a writer ([`Inline::write_what_waits`]) until dropped. A write
-/// cut short (its worker stopped while Redis answered) goes back to be written first, by the
-/// journal's thread: written twice in order, it leaves what it would have left once.
-struct Turn<'a> {
-    inline: &'a Arc<Inline>,
-    /// The write under way, and the batches it holds the writes of.
+/// A write under way, with the batches it holds the writes of. Cut short (its worker stopped
+/// while Redis answered), it goes back to be written first, by the journal's thread: written
+/// twice in order, it leaves what it would have left once.
+struct CutShort<'a> {
+    turns: &'a Turns<Journal>,
     under_way: Option<(Vec<Write>, Vec<Batch>)>,
 }
 
-impl Turn<'_> {
-    async fn write(&mut self, mut batches: Vec<Batch>) {
-        let inline = self.inline;
-        let writes = prepare(&mut batches, &inline.holder);
-        let mut ok = true;
-        if !writes.is_empty() {
-            inline.health.writing.begin(crate::message::now_ms());
-            let journal = inline.journal_here();
-            let (writes, _) = self.under_way.insert((writes, batches));
-            ok = match journal.blocks() {
-                true => written_once(&*journal, writes),
-                false => write(&*journal, writes).await,
-            };
-            inline.health.writing.end();
-            batches = self.under_way.take().map(|(_, batches)| batches).unwrap_or_default();
-        }
-        report(batches, ok, &inline.health);
-    }
-}
-
-impl Drop for Turn<'_> {
+impl Drop for CutShort<'_> {
     fn drop(&mut self) {
-        let inline = self.inline;
         if let Some((writes, mut batches)) = self.under_way.take() {
-            inline.health.writing.end();
+            self.turns.work.health.writing.end();
             match batches.first_mut() {
                 Some(first) => first.again = writes,
                 None => batches.push(Batch { again: writes, ..Batch::unwaited(Vec::new()) }),
             }
-            let mut waiting = inline.waiting();
-            for b in batches.into_iter().rev() {
-                waiting.push_front(b);
-            }
-            drop(waiting);
-            inline.turn.store(false, Ordering::Release);
-            let _ = inline.nudge.send(());
-        } else {
-            inline.turn.store(false, Ordering::Release);
+            self.turns.put_back(batches);
         }
     }
 }
@@ -1086,7 +910,7 @@ mod tests {
         journal.failing.store(false, Ordering::Relaxed);
         let started = std::time::Instant::now();
         while !writer.is_healthy() {
-            assert!(started.elapsed() < 3 * PROBE_INTERVAL, "probed");
+            assert!(started.elapsed() < Duration::from_millis(3 * PROBE_INTERVAL_MS), "probed");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(writer.submit(vec![record(&s, 60)]).wait().await);

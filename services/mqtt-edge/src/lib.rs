@@ -32,6 +32,7 @@ pub mod stored;
 pub mod streams;
 pub mod sys;
 pub mod throttle;
+mod turns;
 pub mod v3;
 pub mod v5;
 

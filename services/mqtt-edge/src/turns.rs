@@ -1,0 +1,263 @@
+//! Work done in order by whoever submits it, where it runs (the session journal's writes, the
+//! durable streams' appends): an edge worker does what waits at the end of its current turn
+//! (a task on its runtime), and its PUBACKs leave in that turn; anyone else (a bus task, a
+//! timer) leaves it to a thread of the work's own. Waking another thread to write and waking
+//! the worker back cost more than an embedded write's microseconds (half the CPU of a
+//! persistent QoS 1 message went to those wakes).
+//!
+//! One writer at a time holds the turn and does what waits until nothing does; a submitter
+//! that finds the turn taken leaves its job to the holder, who looks again after giving the
+//! turn back. So every job is done, in the order submitted, one write at a time (on whichever
+//! thread's connection: each is answered before the next is sent).
+//!
+//! A store with connections (Redis) gives each writing thread one of its own ([`own`]), so a
+//! write's answer wakes the worker that waits and no other thread.
+
+use std::any::Any;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use broker::relations::BoxFuture;
+use tokio::sync::mpsc;
+
+/// What is done in turns.
+pub(crate) trait Work: Send + Sync + Sized + 'static {
+    /// What is submitted.
+    type Job: Send + 'static;
+    /// Does `jobs`, the next ones submitted, holding the turn. If the future is dropped before
+    /// it ends (its worker stopped), the work's thread is asked to do what waits.
+    fn write(turns: &Arc<Turns<Self>>, jobs: Vec<Self::Job>) -> impl Future<Output = ()> + Send + '_;
+    /// Called on the work's thread every tick, before it does what waits.
+    fn tick(turns: &Arc<Turns<Self>>) -> impl Future<Output = ()> + Send + '_;
+}
+
+/// Jobs waiting for their turn, and who does them.
+pub(crate) struct Turns<W: Work> {
+    pub work: W,
+    jobs: Mutex<VecDeque<W::Job>>,
+    /// Someone is doing jobs.
+    turn: AtomicBool,
+    /// Someone is on their way to (spawned on a worker, or asked of the work's thread).
+    pending: AtomicBool,
+    /// To the work's thread: do what waits.
+    nudge: mpsc::UnboundedSender<()>,
+}
+
+/// Jobs taken into one write at most.
+const MAX_JOBS: usize = 1024;
+
+impl<W: Work> Turns<W> {
+    /// Starts the work's thread (named `thread`), which ticks every `tick_every`.
+    pub fn start(work: W, thread: &str, tick_every: Duration) -> Result<Arc<Self>, String> {
+        let (nudge, nudges) = mpsc::unbounded_channel();
+        let turns = Arc::new(Turns {
+            work,
+            jobs: Default::default(),
+            turn: AtomicBool::new(false),
+            pending: AtomicBool::new(false),
+            nudge,
+        });
+        crate::on_own_thread(thread, Self::serve(Arc::downgrade(&turns), nudges, tick_every))?;
+        Ok(turns)
+    }
+
+    /// Queues `job` after everything submitted before, to be done soon.
+    pub fn submit(self: &Arc<Self>, job: W::Job) {
+        self.waiting().push_back(job);
+        if self.pending.swap(true, Ordering::AcqRel) {
+            return; // whoever set it does this job too
+        }
+        let worker = crate::relay::runs_here().then(tokio::runtime::Handle::try_current).and_then(Result::ok);
+        if let Some(worker) = worker {
+            // An edge worker: do it once the tasks already queued on it have run (on its
+            // runtime rather than its `LocalSet`: a task of the runtime's may submit too).
+            drop(worker.spawn(self.clone().do_what_waits()));
+        } else if self.nudge.send(()).is_err() {
+            // The work's thread is gone (shutting down): what is done at once is done.
+            use futures_util::FutureExt;
+            self.clone().do_what_waits().now_or_never();
+        }
+    }
+
+    /// Queues `job` to be done with the next one submitted, or at the next tick.
+    pub fn leave(&self, job: W::Job) {
+        self.waiting().push_back(job);
+    }
+
+    /// Puts `jobs` back, first in line (a write cut short).
+    pub fn put_back(&self, jobs: Vec<W::Job>) {
+        let mut waiting = self.waiting();
+        for job in jobs.into_iter().rev() {
+            waiting.push_front(job);
+        }
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, VecDeque<W::Job>> {
+        self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes the turn if nobody holds it.
+    pub fn take_turn(&self) -> bool {
+        self.turn.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+
+    /// Gives back the turn [`Turns::take_turn`] took.
+    pub fn give_turn(&self) {
+        self.turn.store(false, Ordering::Release);
+    }
+
+    /// Does every job waiting, unless someone else is (they do it).
+    pub async fn do_what_waits(self: Arc<Self>) {
+        self.pending.store(false, Ordering::Release);
+        loop {
+            if !self.take_turn() {
+                return;
+            }
+            let mut held = Held { turns: &self, ended: false };
+            loop {
+                let jobs: Vec<W::Job> = {
+                    let mut waiting = self.waiting();
+                    let n = waiting.len().min(MAX_JOBS);
+                    waiting.drain(..n).collect()
+                };
+                if jobs.is_empty() {
+                    break;
+                }
+                W::write(&self, jobs).await;
+            }
+            held.ended = true;
+            drop(held);
+            // A job submitted while the turn was taken is this writer's to do.
+            if self.waiting().is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// The work's thread: does what others submitted (or left for later), and ticks.
+    async fn serve(turns: Weak<Self>, mut nudges: mpsc::UnboundedReceiver<()>, tick_every: Duration) {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                nudged = nudges.recv() => match (nudged, turns.upgrade()) {
+                    (Some(()), Some(t)) => t.do_what_waits().await,
+                    _ => break,
+                },
+                _ = ticks.tick() => {
+                    let Some(t) = turns.upgrade() else { break };
+                    W::tick(&t).await;
+                    t.do_what_waits().await;
+                }
+            }
+        }
+    }
+}
+
+/// The turn, held until dropped; dropped before the holder ended (its worker stopped in the
+/// middle of a write), it asks the work's thread to do what waits.
+struct Held<'a, W: Work> {
+    turns: &'a Turns<W>,
+    ended: bool,
+}
+
+impl<W: Work> Drop for Held<'_, W> {
+    fn drop(&mut self) {
+        self.turns.give_turn();
+        if !self.ended {
+            let _ = self.turns.nudge.send(());
+        }
+    }
+}
+
+/// A store's connection on one thread, as [`own`] keeps it.
+type Connecting<S> = BoxFuture<'static, Result<Arc<S>, String>>;
+
+/// The store `owner`'s writes go to on this thread: a connection of the thread's own once
+/// `connect` made it (asked for on the first write here, and again a while after it could not
+/// be made), `shared` till then, or when `connect` has none to make (a store that serves every
+/// thread alike, as the embedded one, which writes on its caller's thread).
+pub(crate) fn own<S: ?Sized + Send + Sync + 'static>(
+    owner: &Arc<impl Any + Send + Sync>,
+    shared: &Arc<S>,
+    connect: impl FnOnce() -> Option<Connecting<S>>,
+) -> Arc<S> {
+    let found = HERE.try_with(|here| {
+        let mut here = here.borrow_mut();
+        here.retain(|o| o.owner.strong_count() > 0);
+        let at = match here.iter().position(|o| same(&o.owner, owner)) {
+            Some(at) => at,
+            None => {
+                let weak: Weak<dyn Any + Send + Sync> = Arc::downgrade(owner) as Weak<dyn Any + Send + Sync>;
+                here.push(OwnStore { owner: weak, store: Own::Failed(None) });
+                here.len() - 1
+            }
+        };
+        let own = &mut here[at].store;
+        match own {
+            Own::Ready(store) => return store.downcast_ref::<Arc<S>>().cloned(),
+            Own::Shared | Own::Connecting => return None,
+            Own::Failed(Some(at)) if at.elapsed() < RECONNECT_AFTER => return None,
+            Own::Failed(_) => {}
+        }
+        match (connect(), tokio::runtime::Handle::try_current()) {
+            (Some(connecting), Ok(runtime)) => {
+                *own = Own::Connecting;
+                let weak: Weak<dyn Any + Send + Sync> = Arc::downgrade(owner) as Weak<dyn Any + Send + Sync>;
+                drop(runtime.spawn(connected_here(weak, connecting)));
+            }
+            _ => *own = Own::Shared,
+        }
+        None
+    });
+    found.ok().flatten().unwrap_or_else(|| shared.clone())
+}
+
+fn same(weak: &Weak<dyn Any + Send + Sync>, owner: &Arc<impl Any + Send + Sync>) -> bool {
+    std::ptr::addr_eq(weak.as_ptr(), Arc::as_ptr(owner))
+}
+
+/// Notes this thread's own store for `owner` once `connecting` makes it.
+async fn connected_here<S: ?Sized + Send + Sync + 'static>(
+    owner: Weak<dyn Any + Send + Sync>,
+    connecting: Connecting<S>,
+) {
+    let store = match connecting.await {
+        Ok(store) => Own::Ready(Box::new(store)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot connect this thread to the store yet: writing over the shared connection");
+            Own::Failed(Some(std::time::Instant::now()))
+        }
+    };
+    let _ = HERE.try_with(|here| {
+        let mut here = here.borrow_mut();
+        if let Some(mine) = here.iter_mut().find(|o| std::ptr::addr_eq(o.owner.as_ptr(), owner.as_ptr())) {
+            mine.store = store;
+        }
+    });
+}
+
+/// How soon a thread that could not connect to a store of its own tries again.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// This thread's own stores, one per owner ([`own`]).
+    static HERE: std::cell::RefCell<Vec<OwnStore>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+struct OwnStore {
+    owner: Weak<dyn Any + Send + Sync>,
+    store: Own,
+}
+
+enum Own {
+    /// The `Arc<S>` of [`own`].
+    Ready(Box<dyn Any>),
+    Connecting,
+    /// The shared store serves this thread as well.
+    Shared,
+    /// Could not be made (when), or not asked for yet (`None`).
+    Failed(Option<std::time::Instant>),
+}
