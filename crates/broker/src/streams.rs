@@ -162,6 +162,12 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug {
     fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> BoxFuture<'a, Result<(), String>>;
     /// Dead letters with an id above `after`, ascending by id (ids start at 1), at most `limit`.
     fn dead_letters(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<Vec<(u64, DeadLetter)>, String>>;
+    /// Another store on the same streams, whose connection runs on the calling thread's
+    /// runtime (see `SessionJournal::on_this_thread`); `None` (the default): this one serves
+    /// every thread as well as any other would.
+    fn on_this_thread(&self) -> Option<BoxFuture<'static, Result<std::sync::Arc<dyn StreamStore>, String>>> {
+        None
+    }
 }
 
 /// Unix time in milliseconds.

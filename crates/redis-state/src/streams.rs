@@ -299,6 +299,14 @@ fn now_ms() -> u64 {
 }
 
 impl StreamStore for RedisStreams {
+    fn on_this_thread(&self) -> Option<BoxFuture<'static, Result<std::sync::Arc<dyn StreamStore>, String>>> {
+        let (conn, retention, replicas) = (self.conn.clone(), self.retention, self.replicas);
+        Some(Box::pin(async move {
+            let own = RedisStreams::new(conn.another().await?, retention).waiting_for(replicas);
+            Ok(std::sync::Arc::new(own) as std::sync::Arc<dyn StreamStore>)
+        }))
+    }
+
     fn append<'a>(&'a self, appends: &'a [Append]) -> BoxFuture<'a, Result<Vec<Stamp>, String>> {
         Box::pin(async move {
             if appends.is_empty() {

@@ -271,7 +271,7 @@ impl turns::Work for Journal {
         let writes = prepare(&mut batches, holder);
         let mut ok = true;
         if !writes.is_empty() {
-            health.writing.begin(crate::message::now_ms());
+            let _writing = health.writing.begun(crate::message::now_ms());
             let here = turns::own(turns, journal, || journal.on_this_thread());
             let mut cut_short = CutShort { turns, under_way: Some((writes, batches)) };
             let writes = cut_short.under_way.as_ref().map_or(&[][..], |(writes, _)| writes.as_slice());
@@ -279,7 +279,6 @@ impl turns::Work for Journal {
                 true => written_once(&*here, writes),
                 false => write(&*here, writes).await,
             };
-            health.writing.end();
             batches = cut_short.under_way.take().map(|(_, batches)| batches).unwrap_or_default();
         }
         report(batches, ok, health);
@@ -316,7 +315,6 @@ struct CutShort<'a> {
 impl Drop for CutShort<'_> {
     fn drop(&mut self) {
         if let Some((writes, mut batches)) = self.under_way.take() {
-            self.turns.work.health.writing.end();
             match batches.first_mut() {
                 Some(first) => first.again = writes,
                 None => batches.push(Batch { again: writes, ..Batch::unwaited(Vec::new()) }),
@@ -479,6 +477,7 @@ fn encode(items: Vec<Item>, holder: &NodeName) -> Vec<Write> {
 mod tests {
     use super::*;
     use crate::message::Message;
+    use crate::relay::on_a_worker;
     use broker::QoS;
     use broker::session::Outgoing;
 
@@ -710,16 +709,6 @@ mod tests {
     async fn entries(writer: &JournalWriter, session: &str) -> Vec<u64> {
         let loaded = writer.load(session).await.expect("loads").expect("a session");
         loaded.snapshot.queue.iter().map(|o| o.entry).collect()
-    }
-
-    /// Runs `f` as an edge worker would: on a `LocalSet` with a relay.
-    async fn on_a_worker<F: Future>(f: impl FnOnce() -> F) -> F::Output {
-        tokio::task::LocalSet::new()
-            .run_until(async {
-                crate::relay::start_here();
-                f().await
-            })
-            .await
     }
 
     #[tokio::test]

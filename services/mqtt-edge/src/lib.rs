@@ -128,11 +128,26 @@ impl UnderWay {
         self.0.store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// [`UnderWay::begin`], ended when the answer is dropped (also when the call is cut short).
+    pub(crate) fn begun(&self, now_ms: u64) -> Begun<'_> {
+        self.begin(now_ms);
+        Begun(self)
+    }
+
     /// Whether the call under way (if any) has taken longer than `limit` at `now_ms` (a clock
     /// that went back counts as no time).
     pub(crate) fn longer_than(&self, limit: Duration, now_ms: u64) -> bool {
         let since = self.0.load(std::sync::atomic::Ordering::Relaxed);
         since != 0 && u128::from(now_ms.saturating_sub(since)) > limit.as_millis()
+    }
+}
+
+/// A call under way ([`UnderWay::begun`]) until dropped.
+pub(crate) struct Begun<'a>(&'a UnderWay);
+
+impl Drop for Begun<'_> {
+    fn drop(&mut self) {
+        self.0.end();
     }
 }
 

@@ -118,6 +118,17 @@ impl Outcomes {
     }
 }
 
+/// Runs `f` as an edge worker would: on a `LocalSet` with a relay.
+#[cfg(test)]
+pub(crate) async fn on_a_worker<F: Future>(f: impl FnOnce() -> F) -> F::Output {
+    tokio::task::LocalSet::new()
+        .run_until(async {
+            start_here();
+            f().await
+        })
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

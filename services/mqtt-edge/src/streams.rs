@@ -25,6 +25,7 @@ use ntex_bytes::{ByteString, Bytes};
 use crate::config::StreamsConfig;
 use crate::message::{Message, SharedMessage};
 use crate::metrics as m;
+use crate::turns::{self, Turns};
 use wire::pb;
 
 /// The v5 user property with a stream message's `seq`.
@@ -40,8 +41,10 @@ pub const RESUME_TOPIC: &str = "$hermes/resume/";
 /// Topic prefix of replay reports (`$hermes/replay/<stream>`).
 pub const REPLAY_TOPIC: &str = "$hermes/replay/";
 
-/// Appends taken into one store call at most.
+/// Dead letters taken into one store call at most.
 const MAX_BATCH: usize = 1024;
+/// How often the appender's thread looks for appends nobody started (a safety net).
+const TICK: Duration = Duration::from_millis(100);
 /// How long one append batch may take before its publishers are told it failed.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -57,12 +60,18 @@ struct Pending {
 pub struct Streams {
     rules: StreamRules,
     store: Arc<dyn StreamStore>,
-    tx: mpsc::UnboundedSender<Pending>,
+    turns: Arc<Turns<Appends>>,
     letters: mpsc::UnboundedSender<DeadLetter>,
     max_replay: usize,
-    /// The append batch under way: the store works on the appender's thread (the embedded one
-    /// writes there), where no timeout can cut a hung write short.
-    appending: Arc<crate::UnderWay>,
+}
+
+/// Appends as [`Streams`] makes them, in turns ([`crate::turns`]): where they are submitted,
+/// one connection's in its order.
+struct Appends {
+    store: Arc<dyn StreamStore>,
+    /// The append batch under way: the embedded store works on the appender's thread, where no
+    /// timeout can cut a hung write short.
+    appending: crate::UnderWay,
 }
 
 impl std::fmt::Debug for Streams {
@@ -72,24 +81,21 @@ impl std::fmt::Debug for Streams {
 }
 
 impl Streams {
-    /// Starts appending, on a thread of its own (see `on_own_thread`).
+    /// Starts appending where appends are submitted (with a thread of its own for those
+    /// submitted off the edge's workers), and writing dead letters on a thread of their own.
     pub fn start(store: Arc<dyn StreamStore>, cfg: &StreamsConfig) -> Result<Streams, String> {
         let rules = StreamRules::new(cfg.rules.iter().cloned()).map_err(|e| format!("streams.rules: {e}"))?;
-        let (tx, rx) = mpsc::unbounded_channel();
         let (letters, letters_rx) = mpsc::unbounded_channel();
-        let appending = Arc::new(crate::UnderWay::default());
-        let appends = append_batches(store.clone(), rx, appending.clone());
-        let dead = write_dead_letters(store.clone(), letters_rx);
-        crate::on_own_thread("hermes-streams", async move {
-            tokio::join!(appends, dead);
-        })?;
-        Ok(Streams { rules, store, tx, letters, max_replay: cfg.max_replay, appending })
+        crate::on_own_thread("hermes-dead-letters", write_dead_letters(store.clone(), letters_rx))?;
+        let work = Appends { store: store.clone(), appending: Default::default() };
+        let turns = Turns::start(work, "hermes-streams", TICK)?;
+        Ok(Streams { rules, store, turns, letters, max_replay: cfg.max_replay })
     }
 
     /// False while an append batch has been under way for longer than it may take: the store
     /// hangs (publishers on durable topics wait, then are refused).
     pub fn is_healthy(&self) -> bool {
-        !self.appending.longer_than(APPEND_TIMEOUT, crate::message::now_ms())
+        !self.turns.work.appending.longer_than(APPEND_TIMEOUT, crate::message::now_ms())
     }
 
     /// Whether messages on `topic` go to its durable stream.
@@ -103,7 +109,7 @@ impl Streams {
     pub fn append(&self, msg: &Message, at_ms: u64) -> PendingStamp {
         let append = Append { stream: Arc::from(&*msg.topic), at_ms, body: encode(msg) };
         let (done, rx) = oneshot::channel();
-        let _ = self.tx.send(Pending { append, done, relay: crate::relay::here() });
+        self.turns.submit(Pending { append, done, relay: crate::relay::here() });
         PendingStamp(rx)
     }
 
@@ -307,18 +313,19 @@ fn decode(body: &[u8]) -> Option<Message> {
     pb::RoutedMessage::decode(body).ok().and_then(crate::cluster::decode_message)
 }
 
-async fn append_batches(
-    store: Arc<dyn StreamStore>,
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-    appending: Arc<crate::UnderWay>,
-) {
-    while let Some(batch) = crate::next_batch(&mut rx, MAX_BATCH).await {
+impl turns::Work for Appends {
+    type Job = Pending;
+
+    /// One try: a batch that timed out may still land, and trying again would store it twice.
+    /// Cut short (its worker stopped), its publishers are told it failed.
+    async fn write(turns: &Arc<Turns<Self>>, batch: Vec<Pending>) {
+        let Appends { store, appending } = &turns.work;
         let (appends, dones): (Vec<Append>, Vec<_>) = batch.into_iter().map(|p| (p.append, (p.done, p.relay))).unzip();
         let started = std::time::Instant::now();
-        appending.begin(crate::message::now_ms());
-        // One try: a batch that timed out may still land, and trying again would store it twice.
-        let appended = crate::within(APPEND_TIMEOUT, store.append(&appends)).await;
-        appending.end();
+        let here = turns::own(turns, store, || store.on_this_thread());
+        let appending = appending.begun(crate::message::now_ms());
+        let appended = crate::within(APPEND_TIMEOUT, here.append(&appends)).await;
+        drop(appending);
         let stamps = match appended {
             Ok(s) if s.len() == appends.len() => {
                 metrics::histogram!(m::STREAM_APPEND_SECONDS).record(started.elapsed().as_secs_f64());
@@ -341,6 +348,8 @@ async fn append_batches(
         }
         outcomes.send();
     }
+
+    async fn tick(_: &Arc<Turns<Self>>) {}
 }
 
 async fn write_dead_letters(store: Arc<dyn StreamStore>, mut rx: mpsc::UnboundedReceiver<DeadLetter>) {
@@ -377,6 +386,64 @@ mod tests {
         fn dead_letters(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<Vec<(u64, DeadLetter)>, String>> {
             self.0.dead_letters(after, limit)
         }
+    }
+
+    /// Streams that note the thread of each append (", own" after a thread's own store's),
+    /// and give each thread a store of its own (as Redis).
+    #[derive(Debug, Default)]
+    struct Noting {
+        inner: Arc<MemoryStreams>,
+        by: Arc<std::sync::Mutex<Vec<String>>>,
+        own: bool,
+    }
+
+    impl StreamStore for Noting {
+        fn append<'a>(&'a self, appends: &'a [Append]) -> BoxFuture<'a, Result<Vec<Stamp>, String>> {
+            let thread = std::thread::current().name().unwrap_or("?").to_owned();
+            self.by.lock().expect("not poisoned").push(if self.own { format!("{thread}, own") } else { thread });
+            self.inner.append(appends)
+        }
+        fn read<'a>(&'a self, stream: &'a str, after: u64, limit: usize) -> BoxFuture<'a, Result<Replay, String>> {
+            self.inner.read(stream, after, limit)
+        }
+        fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> BoxFuture<'a, Result<(), String>> {
+            self.inner.dead_letter(letters)
+        }
+        fn dead_letters(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<Vec<(u64, DeadLetter)>, String>> {
+            self.inner.dead_letters(after, limit)
+        }
+        fn on_this_thread(&self) -> Option<BoxFuture<'static, Result<Arc<dyn StreamStore>, String>>> {
+            let own: Arc<dyn StreamStore> =
+                Arc::new(Noting { inner: self.inner.clone(), by: self.by.clone(), own: true });
+            Some(Box::pin(async move { Ok(own) }))
+        }
+    }
+
+    #[tokio::test]
+    async fn appends_are_made_by_the_worker_that_submits_over_its_own_connection_else_by_the_appenders_thread() {
+        let store = Arc::new(Noting { inner: Arc::new(MemoryStreams::new(Default::default())), ..Default::default() });
+        let streams = Streams::start(store.clone(), &StreamsConfig::default()).expect("start");
+        let taken = || std::mem::take(&mut *store.by.lock().expect("not poisoned"));
+        let msg = |n: u8| Message::new("acme/im/msg/bob".into(), Bytes::from(vec![n]), broker::QoS::AtLeastOnce, false);
+        let worker = std::thread::current().name().unwrap_or("?").to_owned();
+        let seqs = crate::relay::on_a_worker(|| async {
+            let first = streams.append(&msg(1), 1).wait().await;
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            let (second, third) = (streams.append(&msg(2), 1), streams.append(&msg(3), 1));
+            [first, second.wait().await, third.wait().await].map(|s| s.map(|s| s.seq))
+        })
+        .await;
+        assert_eq!(seqs, [Some(1), Some(2), Some(3)], "in the order submitted");
+        let own = format!("{worker}, own");
+        assert_eq!(
+            taken(),
+            [worker.as_str(), own.as_str()],
+            "the shared store while its own is made, then in one batch"
+        );
+        assert_eq!(streams.append(&msg(4), 1).wait().await.map(|s| s.seq), Some(4));
+        assert_eq!(taken(), ["hermes-streams"], "off a worker");
     }
 
     #[tokio::test]
