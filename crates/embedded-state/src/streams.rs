@@ -4,7 +4,7 @@
 //! Three tables: `streams` (a stream's epoch, last `seq` and when it was last appended to, Unix
 //! ms), `stream_entries` (its kept messages by `seq`) and `dead_letters` (numbered by SQLite,
 //! never reused). An append batch is one transaction; it trims each stream it appends to to
-//! `max_len` messages. What aged out (messages published `max_age_secs` ago, streams nothing
+//! `max_len` messages, in steps (reads leave out what a stream holds beyond them). What aged out (messages published `max_age_secs` ago, streams nothing
 //! was appended to for as long, dead letters beyond [`DEAD_LETTERS_KEPT`]) is deleted when the
 //! file opens and inside an append at most once a second; reads never return it meanwhile.
 
@@ -19,6 +19,10 @@ use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 
 use crate::{SyncWriter, db, now_ms};
+
+/// How many messages beyond its `max_len` a stream may hold before it is trimmed (see
+/// [`trim_due`]).
+const TRIM_STEP: i64 = 64;
 
 /// Most dead letters kept: the oldest go first.
 pub const DEAD_LETTERS_KEPT: i64 = 100_000;
@@ -53,6 +57,8 @@ type Tx<'c> = rusqlite::Transaction<'c>;
 struct Head {
     epoch: i64,
     seq: i64,
+    /// Its `seq` before this batch.
+    from: i64,
     /// Whether this batch starts it (again).
     starts: bool,
 }
@@ -125,9 +131,13 @@ impl SqliteStreams {
             .map_err(db)?;
         let Some(head) = head else { return Ok(Replay::default()) };
         let (epoch, last) = (head.get::<i64, _>(0) as u64, head.get::<i64, _>(1) as u64);
-        let first = sqlx::query("SELECT seq FROM stream_entries WHERE name = ?1 AND at_ms > ?2 ORDER BY seq LIMIT 1")
+        // What a trim left beyond the newest `max_len` is not kept.
+        let kept_after = last.saturating_sub(self.retention.max_len);
+        let first = "SELECT seq FROM stream_entries WHERE name = ?1 AND at_ms > ?2 AND seq > ?3 ORDER BY seq LIMIT 1";
+        let first = sqlx::query(first)
             .bind(stream)
             .bind(cutoff)
+            .bind(int(kept_after))
             .fetch_optional(&mut *tx)
             .await
             .map_err(db)?
@@ -137,7 +147,7 @@ impl SqliteStreams {
              ORDER BY seq LIMIT ?4",
         )
         .bind(stream)
-        .bind(int(after))
+        .bind(int(after.max(kept_after)))
         .bind(cutoff)
         .bind(int(limit as u64))
         .fetch_all(&mut *tx)
@@ -207,9 +217,12 @@ fn heads<'n>(tx: &Tx<'_>, names: &[&'n str], now: i64, cutoff: i64) -> rusqlite:
     let mut heads = HashMap::with_capacity(names.len());
     for name in names {
         let head = saved
-            .query_row(params![name, cutoff], |row| Ok(Head { epoch: row.get(0)?, seq: row.get(1)?, starts: false }))
+            .query_row(params![name, cutoff], |row| {
+                let seq = row.get(1)?;
+                Ok(Head { epoch: row.get(0)?, seq, from: seq, starts: false })
+            })
             .optional()?
-            .unwrap_or(Head { epoch: broker::streams::new_epoch(now as u64) as i64, seq: 0, starts: true });
+            .unwrap_or(Head { epoch: broker::streams::new_epoch(now as u64) as i64, seq: 0, from: 0, starts: true });
         heads.insert(*name, head);
     }
     Ok(heads)
@@ -225,11 +238,19 @@ fn save_heads(tx: &Tx<'_>, heads: &HashMap<&str, Head>, now: i64, max_len: i64) 
     let mut trim = tx.prepare_cached("DELETE FROM stream_entries WHERE name = ?1 AND seq <= ?2")?;
     for (name, h) in heads {
         save.execute(params![name, h.epoch, h.seq, now])?;
-        if h.seq > max_len {
+        if trim_due(h.from, h.seq, max_len) {
             trim.execute(params![name, h.seq - max_len])?;
         }
     }
     Ok(())
+}
+
+/// Whether a stream that went from `seq` `from` to `to` is trimmed: each time it passes a
+/// multiple of [`TRIM_STEP`] beyond its newest `max_len`, so most appends leave its oldest
+/// pages alone. It holds up to `TRIM_STEP` messages more than it keeps; reads leave them out.
+fn trim_due(from: i64, to: i64, max_len: i64) -> bool {
+    let step = |seq: i64| (seq - max_len - 1).div_euclid(TRIM_STEP);
+    to > max_len && step(to) != step(from)
 }
 
 /// Deletes the streams last appended to at or before `cutoff` with their messages, the messages
@@ -309,5 +330,17 @@ mod tests {
         assert_eq!(replay.entries, [Entry { seq: 1, at_ms, body: b"new".to_vec() }], "kept across a reopen");
         drop(streams);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_stream_is_trimmed_each_time_it_passes_a_step_beyond_what_it_keeps() {
+        assert!(!trim_due(0, 5, 5), "within what it keeps");
+        assert!(trim_due(5, 6, 5), "one beyond");
+        assert!(!trim_due(6, 7, 5), "then not until the next step");
+        assert!(!trim_due(7, 5 + TRIM_STEP, 5));
+        assert!(trim_due(5 + TRIM_STEP, 6 + TRIM_STEP, 5), "a step on");
+        assert!(trim_due(0, 1_000_000, 5), "a batch that passes many steps at once");
+        assert!(!trim_due(i64::MAX - 1, i64::MAX, i64::MAX), "at the bounds");
+        assert!(!trim_due(0, i64::MAX, i64::MAX));
     }
 }
