@@ -53,8 +53,9 @@ for i = 1, n do
 end
 redis.call('XTRIM', log, 'MAXLEN', ARGV[2])
 local cutoff = tonumber(ARGV[1]) - tonumber(ARGV[3])
-for _, e in ipairs(redis.call('XRANGE', log, '-', '+', 'COUNT', {AGE_TRIM})) do
-  if tonumber(e[2][2]) > cutoff then break end
+for _ = 1, {AGE_TRIM} do
+  local e = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
+  if not e or tonumber(e[2][2]) > cutoff then break end
   redis.call('XDEL', log, e[1])
 end
 redis.call('PEXPIRE', meta, ARGV[3])
