@@ -4,9 +4,13 @@
 //! Three tables: `streams` (a stream's epoch, last `seq` and when it was last appended to, Unix
 //! ms), `stream_entries` (its kept messages by `seq`) and `dead_letters` (numbered by SQLite,
 //! never reused). An append batch is one transaction; it trims each stream it appends to to
-//! `max_len` messages, in steps (reads leave out what a stream holds beyond them). What aged out (messages published `max_age_secs` ago, streams nothing
-//! was appended to for as long, dead letters beyond [`DEAD_LETTERS_KEPT`]) is deleted when the
-//! file opens and inside an append at most once a second; reads never return it meanwhile.
+//! `max_len` messages, in steps (reads leave out what a stream holds beyond them).
+//!
+//! What aged out is deleted when the file opens and inside an append at most once a second;
+//! reads never return it meanwhile: messages published `max_age_secs` ago, streams nothing was
+//! appended to for as long (less a 16th of it at most: when a stream was last appended to is
+//! saved at that resolution, at most a second, so most appends leave its index alone), and
+//! dead letters beyond [`DEAD_LETTERS_KEPT`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -59,6 +63,8 @@ struct Head {
     seq: i64,
     /// Its `seq` before this batch.
     from: i64,
+    /// When it was last appended to, as saved (0 for a stream that starts).
+    last_ms: i64,
     /// Whether this batch starts it (again).
     starts: bool,
 }
@@ -85,6 +91,13 @@ impl SqliteStreams {
     }
 
     /// The instant at or before which a message or a stream's last append has aged out.
+    /// How far behind the last append a stream's saved `last_ms` may be: a 16th of the
+    /// retention's age, at most a second. Most appends then leave `streams_by_last` alone; a
+    /// stream may be forgotten that much before its age has passed since its last append.
+    fn moved_on_ms(&self) -> i64 {
+        (int(self.retention.max_age_secs.saturating_mul(1000)) / 16).min(1000)
+    }
+
     fn cutoff(&self, now: i64) -> i64 {
         now.saturating_sub(int(self.retention.max_age_secs.saturating_mul(1000)))
     }
@@ -114,7 +127,7 @@ impl SqliteStreams {
             for (a, s) in appends.iter().zip(&stamps) {
                 keep.execute(params![&*a.stream, int(s.seq), int(a.at_ms), a.body])?;
             }
-            save_heads(tx, &heads, now, int(self.retention.max_len))?;
+            save_heads(tx, &heads, now, self.moved_on_ms(), int(self.retention.max_len))?;
             Ok(stamps)
         })
     }
@@ -213,31 +226,48 @@ fn stamp(head: Option<&mut Head>) -> Stamp {
 /// Where each of `names` stands before the batch: as saved, or starting (again) under a new
 /// epoch if it is not saved or aged out (last appended to at or before `cutoff`).
 fn heads<'n>(tx: &Tx<'_>, names: &[&'n str], now: i64, cutoff: i64) -> rusqlite::Result<HashMap<&'n str, Head>> {
-    let mut saved = tx.prepare_cached("SELECT epoch, seq FROM streams WHERE name = ?1 AND last_ms > ?2")?;
+    let mut saved = tx.prepare_cached("SELECT epoch, seq, last_ms FROM streams WHERE name = ?1 AND last_ms > ?2")?;
     let mut heads = HashMap::with_capacity(names.len());
     for name in names {
         let head = saved
             .query_row(params![name, cutoff], |row| {
                 let seq = row.get(1)?;
-                Ok(Head { epoch: row.get(0)?, seq, from: seq, starts: false })
+                Ok(Head { epoch: row.get(0)?, seq, from: seq, last_ms: row.get(2)?, starts: false })
             })
             .optional()?
-            .unwrap_or(Head { epoch: broker::streams::new_epoch(now as u64) as i64, seq: 0, from: 0, starts: true });
+            .unwrap_or(Head {
+                epoch: broker::streams::new_epoch(now as u64) as i64,
+                seq: 0,
+                from: 0,
+                last_ms: 0,
+                starts: true,
+            });
         heads.insert(*name, head);
     }
     Ok(heads)
 }
 
-/// Saves where each stream stands, appended to `now`, and deletes its messages beyond its newest
-/// `max_len`.
-fn save_heads(tx: &Tx<'_>, heads: &HashMap<&str, Head>, now: i64, max_len: i64) -> rusqlite::Result<()> {
+/// Saves where each stream stands, appended to `now` (when it was last appended to only once
+/// that moved on by `moved_on_ms`), and deletes its messages beyond its newest `max_len`.
+fn save_heads(
+    tx: &Tx<'_>,
+    heads: &HashMap<&str, Head>,
+    now: i64,
+    moved_on_ms: i64,
+    max_len: i64,
+) -> rusqlite::Result<()> {
+    let mut numbered = tx.prepare_cached("UPDATE streams SET seq = ?2 WHERE name = ?1")?;
     let mut save = tx.prepare_cached(
         "INSERT INTO streams (name, epoch, seq, last_ms) VALUES (?1, ?2, ?3, ?4) \
          ON CONFLICT (name) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq, last_ms = excluded.last_ms",
     )?;
     let mut trim = tx.prepare_cached("DELETE FROM stream_entries WHERE name = ?1 AND seq <= ?2")?;
     for (name, h) in heads {
-        save.execute(params![name, h.epoch, h.seq, now])?;
+        if h.starts || now.saturating_sub(h.last_ms) >= moved_on_ms {
+            save.execute(params![name, h.epoch, h.seq, now])?;
+        } else {
+            numbered.execute(params![name, h.seq])?;
+        }
         if trim_due(h.from, h.seq, max_len) {
             trim.execute(params![name, h.seq - max_len])?;
         }
