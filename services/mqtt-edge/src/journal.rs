@@ -104,6 +104,7 @@ struct Journal {
     journal: Arc<dyn SessionJournal>,
     health: Health,
     holder: NodeName,
+    fence: turns::Fence<dyn SessionJournal>,
 }
 
 /// Whether the journal works: the last write succeeded, and the one under way (if any) has
@@ -172,7 +173,7 @@ impl JournalWriter {
     /// [`JournalWriter::start`], tidying the journal (and writing what was left for later)
     /// every `tidy_every`.
     fn start_tidying(journal: Arc<dyn SessionJournal>, holder: NodeName, tidy_every: Duration) -> Result<Self, String> {
-        let work = Journal { journal, health: Health::new(), holder };
+        let work = Journal { journal, health: Health::new(), holder, fence: Default::default() };
         Ok(JournalWriter { turns: Turns::start(work, "hermes-journal", tidy_every)? })
     }
 
@@ -267,7 +268,7 @@ impl turns::Work for Journal {
     /// store's does not retry (SQLite waits out a lock itself, its busy timeout, and its other
     /// errors do not pass with a retry).
     async fn write(turns: &Arc<Turns<Self>>, mut batches: Vec<Batch>) {
-        let Journal { journal, health, holder } = &turns.work;
+        let Journal { journal, health, holder, fence } = &turns.work;
         let writes = prepare(&mut batches, holder);
         let mut ok = true;
         if !writes.is_empty() {
@@ -277,7 +278,7 @@ impl turns::Work for Journal {
             let writes = cut_short.under_way.as_ref().map_or(&[][..], |(writes, _)| writes.as_slice());
             ok = match here.blocks() {
                 true => written_once(&*here, writes),
-                false => write(&*here, writes).await,
+                false => fenced(fence).await && fenced_on_failure(fence, here, writes).await,
             };
             batches = cut_short.under_way.take().map(|(_, batches)| batches).unwrap_or_default();
         }
@@ -376,6 +377,31 @@ fn written_or_logged(written: Result<(), String>, writes: usize, started: std::t
             false
         }
     }
+}
+
+/// Whether the connection a write last failed on (if any) answers: what it was sent is done
+/// ([`turns::Fence`]). If not, the fence stays for the next write.
+async fn fenced(fence: &turns::Fence<dyn SessionJournal>) -> bool {
+    let Some(failed) = fence.take() else { return true };
+    let answered = crate::within(TRY_TIMEOUT, failed.load("hermes:fence")).await;
+    if let Err(e) = &answered {
+        tracing::warn!(error = %e, "the session journal's connection a write failed on does not answer yet");
+        fence.put(failed);
+    }
+    answered.is_ok()
+}
+
+/// [`write`] over `journal`, fencing it if the write fails.
+async fn fenced_on_failure(
+    fence: &turns::Fence<dyn SessionJournal>,
+    journal: Arc<dyn SessionJournal>,
+    writes: &[Write],
+) -> bool {
+    let written = write(&*journal, writes).await;
+    if !written {
+        fence.put(journal);
+    }
+    written
 }
 
 async fn write(journal: &dyn SessionJournal, writes: &[Write]) -> bool {
@@ -607,7 +633,8 @@ mod tests {
         assert!(writer.is_healthy());
     }
 
-    /// A journal whose writes fail while `failing` is set, and of which the next `hang` never
+    /// A journal whose writes fail while `failing` is set (its loads while `loads_fail` is),
+    /// and of which the next `hang` never
     /// end;
     /// with `blocks`, it says it writes on its caller's thread (as the embedded one), with
     /// `per_thread` it gives each thread a journal of its own (as Redis: `own` is set in it),
@@ -616,6 +643,7 @@ mod tests {
     struct Failing {
         inner: Arc<broker::journal::MemoryJournal>,
         failing: Arc<AtomicBool>,
+        loads_fail: Arc<AtomicBool>,
         hang: Arc<std::sync::atomic::AtomicUsize>,
         blocks: bool,
         per_thread: bool,
@@ -650,6 +678,7 @@ mod tests {
             let own = Failing {
                 inner: self.inner.clone(),
                 failing: self.failing.clone(),
+                loads_fail: self.loads_fail.clone(),
                 hang: self.hang.clone(),
                 writers: self.writers.clone(),
                 own: true,
@@ -674,7 +703,10 @@ mod tests {
             &'a self,
             session: &'a str,
         ) -> broker::relations::BoxFuture<'a, Result<Option<broker::journal::Stored>, String>> {
-            self.inner.load(session)
+            match self.loads_fail.load(Ordering::Relaxed) {
+                true => Box::pin(async { Err("failing".to_owned()) }),
+                false => self.inner.load(session),
+            }
         }
         fn load_retained(&self) -> broker::relations::BoxFuture<'_, Result<broker::journal::Retained, String>> {
             self.inner.load_retained()
@@ -700,6 +732,28 @@ mod tests {
         assert!(writer.written_so_far().wait().await);
         assert!(!writer.written_since(before).wait().await, "a write failed since");
         assert!(writer.written_since(crate::message::now_ms() + 1).wait().await, "none since then");
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_write_the_next_waits_for_an_answer_over_the_connection_it_failed_on() {
+        let journal = Arc::new(Failing::default());
+        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), Duration::from_secs(3600));
+        let writer = writer.expect("starts");
+        let s: Arc<str> = "s".into();
+        journal.failing.store(true, Ordering::Relaxed);
+        assert!(!writer.submit(vec![record(&s, 60)]).wait().await, "failed");
+        journal.writers();
+        journal.failing.store(false, Ordering::Relaxed);
+        journal.loads_fail.store(true, Ordering::Relaxed);
+        assert!(!writer.submit(vec![record(&s, 60)]).wait().await, "its connection does not answer: not written");
+        assert_eq!(journal.writers(), [] as [String; 0], "nor tried");
+        journal.loads_fail.store(false, Ordering::Relaxed);
+        assert!(writer.submit(vec![record(&s, 60)]).wait().await, "it answers: written");
+        assert_eq!(journal.writers().len(), 1);
+        journal.loads_fail.store(true, Ordering::Relaxed);
+        assert!(writer.submit(vec![kept(&s, 1, true)]).wait().await, "and the fence is gone");
+        journal.loads_fail.store(false, Ordering::Relaxed);
+        assert_eq!(entries(&writer, "s").await, [1]);
     }
 
     fn record(session: &Arc<str>, expiry_secs: u32) -> Item {

@@ -69,6 +69,8 @@ pub struct Streams {
 /// one connection's in its order.
 struct Appends {
     store: Arc<dyn StreamStore>,
+    /// The connection an append last failed on ([`turns::Fence`]).
+    fence: turns::Fence<dyn StreamStore>,
     /// The append batch under way: the embedded store works on the appender's thread, where no
     /// timeout can cut a hung write short.
     appending: crate::UnderWay,
@@ -87,7 +89,7 @@ impl Streams {
         let rules = StreamRules::new(cfg.rules.iter().cloned()).map_err(|e| format!("streams.rules: {e}"))?;
         let (letters, letters_rx) = mpsc::unbounded_channel();
         crate::on_own_thread("hermes-dead-letters", write_dead_letters(store.clone(), letters_rx))?;
-        let work = Appends { store: store.clone(), appending: Default::default() };
+        let work = Appends { store: store.clone(), fence: Default::default(), appending: Default::default() };
         let turns = Turns::start(work, "hermes-streams", TICK)?;
         Ok(Streams { rules, store, turns, letters, max_replay: cfg.max_replay })
     }
@@ -319,12 +321,21 @@ impl turns::Work for Appends {
     /// One try: a batch that timed out may still land, and trying again would store it twice.
     /// Cut short (its worker stopped), its publishers are told it failed.
     async fn write(turns: &Arc<Turns<Self>>, batch: Vec<Pending>) {
-        let Appends { store, appending } = &turns.work;
+        let Appends { store, fence, appending } = &turns.work;
         let (appends, dones): (Vec<Append>, Vec<_>) = batch.into_iter().map(|p| (p.append, (p.done, p.relay))).unzip();
         let started = std::time::Instant::now();
         let here = turns::own(turns, store, || store.on_this_thread());
         let appending = appending.begun(crate::message::now_ms());
-        let appended = crate::within(APPEND_TIMEOUT, here.append(&appends)).await;
+        let appended = match fenced(fence).await {
+            Ok(()) => {
+                let appended = crate::within(APPEND_TIMEOUT, here.append(&appends)).await;
+                if appended.is_err() {
+                    fence.put(here);
+                }
+                appended
+            }
+            Err(e) => Err(e),
+        };
         drop(appending);
         let stamps = match appended {
             Ok(s) if s.len() == appends.len() => {
@@ -350,6 +361,19 @@ impl turns::Work for Appends {
     }
 
     async fn tick(_: &Arc<Turns<Self>>) {}
+}
+
+/// Whether the connection an append last failed on (if any) answers: what it was sent is done
+/// ([`turns::Fence`]). If not, the fence stays.
+async fn fenced(fence: &turns::Fence<dyn StreamStore>) -> Result<(), String> {
+    let Some(failed) = fence.take() else { return Ok(()) };
+    match crate::within(APPEND_TIMEOUT, failed.read("hermes:fence", 0, 0)).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            fence.put(failed);
+            Err(format!("the connection an append failed on does not answer yet: {e}"))
+        }
+    }
 }
 
 async fn write_dead_letters(store: Arc<dyn StreamStore>, mut rx: mpsc::UnboundedReceiver<DeadLetter>) {
@@ -395,16 +419,29 @@ mod tests {
         inner: Arc<MemoryStreams>,
         by: Arc<std::sync::Mutex<Vec<String>>>,
         own: bool,
+        appends_fail: Arc<std::sync::atomic::AtomicBool>,
+        reads_fail: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    fn set(flag: &std::sync::atomic::AtomicBool, to: bool) {
+        flag.store(to, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn failing<T: Send + 'static>(
+        flag: &std::sync::atomic::AtomicBool,
+    ) -> Option<BoxFuture<'static, Result<T, String>>> {
+        flag.load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| Box::pin(async { Err("failing".to_owned()) }) as BoxFuture<'static, _>)
     }
 
     impl StreamStore for Noting {
         fn append<'a>(&'a self, appends: &'a [Append]) -> BoxFuture<'a, Result<Vec<Stamp>, String>> {
             let thread = std::thread::current().name().unwrap_or("?").to_owned();
             self.by.lock().expect("not poisoned").push(if self.own { format!("{thread}, own") } else { thread });
-            self.inner.append(appends)
+            failing(&self.appends_fail).unwrap_or_else(|| self.inner.append(appends))
         }
         fn read<'a>(&'a self, stream: &'a str, after: u64, limit: usize) -> BoxFuture<'a, Result<Replay, String>> {
-            self.inner.read(stream, after, limit)
+            failing(&self.reads_fail).unwrap_or_else(|| self.inner.read(stream, after, limit))
         }
         fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> BoxFuture<'a, Result<(), String>> {
             self.inner.dead_letter(letters)
@@ -413,8 +450,14 @@ mod tests {
             self.inner.dead_letters(after, limit)
         }
         fn on_this_thread(&self) -> Option<BoxFuture<'static, Result<Arc<dyn StreamStore>, String>>> {
-            let own: Arc<dyn StreamStore> =
-                Arc::new(Noting { inner: self.inner.clone(), by: self.by.clone(), own: true });
+            let own = Noting {
+                inner: self.inner.clone(),
+                by: self.by.clone(),
+                own: true,
+                appends_fail: self.appends_fail.clone(),
+                reads_fail: self.reads_fail.clone(),
+            };
+            let own: Arc<dyn StreamStore> = Arc::new(own);
             Some(Box::pin(async move { Ok(own) }))
         }
     }
@@ -444,6 +487,26 @@ mod tests {
         );
         assert_eq!(streams.append(&msg(4), 1).wait().await.map(|s| s.seq), Some(4));
         assert_eq!(taken(), ["hermes-streams"], "off a worker");
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_append_the_next_waits_for_an_answer_over_the_connection_it_failed_on() {
+        let store = Arc::new(Noting { inner: Arc::new(MemoryStreams::new(Default::default())), ..Default::default() });
+        let streams = Streams::start(store.clone(), &StreamsConfig::default()).expect("start");
+        let tries = || std::mem::take(&mut *store.by.lock().expect("not poisoned")).len();
+        let msg = Message::new("acme/im/msg/bob".into(), Bytes::from_static(b"hi"), broker::QoS::AtLeastOnce, false);
+        set(&store.appends_fail, true);
+        assert_eq!(streams.append(&msg, 1).wait().await, None, "failed");
+        assert_eq!(tries(), 1);
+        set(&store.appends_fail, false);
+        set(&store.reads_fail, true);
+        assert_eq!(streams.append(&msg, 1).wait().await, None, "its connection does not answer: not appended");
+        assert_eq!(tries(), 0, "nor tried");
+        set(&store.reads_fail, false);
+        assert_eq!(streams.append(&msg, 1).wait().await.map(|s| s.seq), Some(1), "it answers: appended");
+        set(&store.reads_fail, true);
+        assert_eq!(streams.append(&msg, 1).wait().await.map(|s| s.seq), Some(2), "and the fence is gone");
+        assert_eq!(tries(), 2);
     }
 
     #[tokio::test]

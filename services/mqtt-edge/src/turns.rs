@@ -11,7 +11,9 @@
 //! thread's connection: each is answered before the next is sent).
 //!
 //! A store with connections (Redis) gives each writing thread one of its own ([`own`]), so a
-//! write's answer wakes the worker that waits and no other thread.
+//! write's answer wakes the worker that waits and no other thread. A write that failed (timed
+//! out) may still land later: before the next write goes over another connection, the failed
+//! one's is fenced ([`Fence`]).
 
 use std::any::Any;
 use std::collections::VecDeque;
@@ -260,4 +262,29 @@ enum Own {
     Shared,
     /// Could not be made (when), or not asked for yet (`None`).
     Failed(Option<std::time::Instant>),
+}
+
+/// The connection a write last failed on. A write that timed out may still land; on another
+/// connection, a later write could land before it. So the next write waits for an answer over
+/// that connection first (one connection answers in order): Redis is then done with what it
+/// was sent.
+pub(crate) struct Fence<S: ?Sized>(Mutex<Option<Arc<S>>>);
+
+impl<S: ?Sized> Default for Fence<S> {
+    fn default() -> Self {
+        Fence(Mutex::new(None))
+    }
+}
+
+impl<S: ?Sized> Fence<S> {
+    /// The connection to fence before the next write, if any (taken: put it back if the
+    /// fence could not be passed).
+    pub fn take(&self) -> Option<Arc<S>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
+    /// A write failed over `store`.
+    pub fn put(&self, store: Arc<S>) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(store);
+    }
 }
