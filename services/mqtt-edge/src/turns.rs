@@ -77,9 +77,22 @@ impl<W: Work> Turns<W> {
             // runtime rather than its `LocalSet`: a task of the runtime's may submit too).
             drop(worker.spawn(self.clone().do_what_waits()));
         } else if self.nudge.send(()).is_err() {
-            // The work's thread is gone (shutting down): what is done at once is done.
-            use futures_util::FutureExt;
+            self.do_here();
+        }
+    }
+
+    /// Does what waits on this thread, the work's own being gone (it panicked): what is done
+    /// at once is done (an embedded write), on a runtime of its own off any (a write's timeout
+    /// needs one).
+    fn do_here(self: &Arc<Self>) {
+        use futures_util::FutureExt;
+        if tokio::runtime::Handle::try_current().is_ok() {
             self.clone().do_what_waits().now_or_never();
+            return;
+        }
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(self.clone().do_what_waits()),
+            Err(e) => tracing::error!(error = %e, "cannot write: no thread to write on, and no runtime"),
         }
     }
 
@@ -286,5 +299,43 @@ impl<S: ?Sized> Fence<S> {
     /// A write failed over `store`.
     pub fn put(&self, store: Arc<S>) {
         *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(store);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Notes the jobs it does, after a timeout's worth of runtime (as a Redis write needs).
+    #[derive(Default)]
+    struct Noted(Mutex<Vec<u32>>);
+
+    impl Work for Noted {
+        type Job = u32;
+
+        async fn write(turns: &Arc<Turns<Self>>, jobs: Vec<u32>) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), std::future::ready(())).await;
+            turns.work.0.lock().expect("not poisoned").extend(jobs);
+        }
+
+        async fn tick(_: &Arc<Turns<Self>>) {}
+    }
+
+    #[test]
+    fn without_the_works_thread_the_submitter_does_the_job_with_or_without_a_runtime() {
+        let (nudge, nudges) = mpsc::unbounded_channel();
+        drop(nudges);
+        let turns = Arc::new(Turns {
+            work: Noted::default(),
+            jobs: Default::default(),
+            turn: AtomicBool::new(false),
+            pending: AtomicBool::new(false),
+            nudge,
+        });
+        turns.submit(1);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async { turns.submit(2) });
+        assert_eq!(*turns.work.0.lock().expect("not poisoned"), [1, 2]);
+        assert!(turns.take_turn(), "the turn was given back");
     }
 }
