@@ -307,7 +307,9 @@ impl turns::Work for Journal {
 
 /// A write under way, with the batches it holds the writes of. Cut short (its worker stopped
 /// while Redis answered), it goes back to be written first, by the journal's thread: written
-/// twice in order, it leaves what it would have left once.
+/// twice in order, it leaves what it would have left once. Not fenced ([`turns::Fence`]): its
+/// connection ends with its worker, and what Redis had not read of it yet (a stall, at that
+/// very moment) could land after the second writing.
 struct CutShort<'a> {
     turns: &'a Turns<Journal>,
     under_way: Option<(Vec<Write>, Vec<Batch>)>,
