@@ -162,6 +162,19 @@ pub trait StreamStore: Send + Sync + std::fmt::Debug {
     fn dead_letter<'a>(&'a self, letters: &'a [DeadLetter]) -> BoxFuture<'a, Result<(), String>>;
     /// Dead letters with an id above `after`, ascending by id (ids start at 1), at most `limit`.
     fn dead_letters(&self, after: u64, limit: usize) -> BoxFuture<'_, Result<Vec<(u64, DeadLetter)>, String>>;
+    /// Whether `append` works on its caller's thread (the embedded store does), as
+    /// `SessionJournal::blocks`: it is then tidied as the embedded journal is.
+    fn blocks(&self) -> bool {
+        false
+    }
+    /// See `SessionJournal::tidy`.
+    fn tidy(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// See `SessionJournal::tidy_between_writes`.
+    fn tidy_between_writes(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Another store on the same streams, whose connection runs on the calling thread's
     /// runtime (see `SessionJournal::on_this_thread`); `None` (the default): this one serves
     /// every thread as well as any other would.

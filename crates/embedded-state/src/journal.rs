@@ -17,7 +17,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use broker::journal::{SessionJournal, Stored, Write};
 use broker::relations::BoxFuture;
@@ -25,6 +25,7 @@ use rusqlite::{Transaction, params};
 use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 
+use crate::tidy::Tidy;
 use crate::{SyncWriter, db, now_ms};
 
 /// The session journal in a SQLite file (see the module's documentation). Clones share the
@@ -35,17 +36,9 @@ pub struct SqliteJournal {
     writer: SyncWriter,
     /// When expired sessions were last swept (Unix ms): at most once a second, inside a write.
     swept_at: Arc<AtomicI64>,
-    /// Writes since the last checkpoint ([`SessionJournal::tidy`]).
-    untidy: Arc<AtomicU64>,
-    /// [`UNTIDY_WRITES`], but in tests.
-    untidy_limit: u64,
-    /// Checkpoints while the writer writes.
-    checkpointer: Arc<std::sync::Mutex<rusqlite::Connection>>,
+    /// Its checkpoints ([`SessionJournal::tidy`]).
+    tidy: Arc<Tidy>,
 }
-
-/// Writes after which a write checkpoints the log itself, if nobody tidied the journal: it
-/// does not grow without end (an edge tidies about every 100 ms).
-const UNTIDY_WRITES: u64 = 4096;
 
 const SCHEMA: [&str; 6] = [
     "CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at_ms INTEGER)",
@@ -80,16 +73,8 @@ impl SqliteJournal {
         let pool = crate::open(path, &SCHEMA).await.map_err(|e| named(&e))?;
         let writer = SyncWriter::open(path).map_err(|e| named(&e))?;
         // Checkpoints wait for the disk: they are left out of writes (see `tidy`).
-        writer.pragma("wal_autocheckpoint", 0).map_err(|e| named(&e))?;
-        let checkpointer = rusqlite::Connection::open(path).map_err(|e| named(&e))?;
-        let journal = SqliteJournal {
-            pool,
-            writer,
-            swept_at: Default::default(),
-            untidy: Default::default(),
-            untidy_limit: UNTIDY_WRITES,
-            checkpointer: Arc::new(std::sync::Mutex::new(checkpointer)),
-        };
+        let tidy = Arc::new(Tidy::open(path, &writer, "the session journal", SCHEMA_VERSION).map_err(|e| named(&e))?);
+        let journal = SqliteJournal { pool, writer, swept_at: Default::default(), tidy };
         journal.sweep_expired().await.map_err(|e| named(&e))?;
         Ok(journal)
     }
@@ -113,16 +98,7 @@ impl SqliteJournal {
             }
             writes.iter().try_for_each(|w| apply_one(tx, w, now))
         })?;
-        if self.untidy.fetch_add(1, Ordering::Relaxed) + 1 >= self.untidy_limit {
-            self.untidy.store(0, Ordering::Relaxed);
-            self.checkpoint()?;
-        }
-        Ok(())
-    }
-
-    fn checkpoint(&self) -> Result<(), String> {
-        let conn = self.checkpointer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        crate::checkpoint(&conn).map_err(|e| format!("checkpointing the session journal: {e}"))
+        self.tidy.wrote()
     }
 
     async fn read(&self, session: &str) -> Result<Option<Stored>, String> {
@@ -240,25 +216,14 @@ impl SessionJournal for SqliteJournal {
         true
     }
 
-    /// Checkpoints while writes go on: most of the log is copied, with the waits for the
-    /// disk, and the rest between writes, so that the next write starts the log again.
+    /// See [`Tidy::tidy`].
     fn tidy(&self) -> Result<(), String> {
-        match self.untidy.load(Ordering::Relaxed) {
-            0 => Ok(()),
-            _ => self.checkpoint(),
-        }
+        self.tidy.tidy()
     }
 
-    /// Then starts the log again with a write of its own: the first write of a log waits for
-    /// the disk (SQLite syncs its header), and would stall whoever made it.
+    /// See [`Tidy::between_writes`].
     fn tidy_between_writes(&self) -> Result<(), String> {
-        if self.untidy.swap(0, Ordering::Relaxed) == 0 {
-            return Ok(());
-        }
-        self.checkpoint()?;
-        // Rewrites the database's first page (what it says stays the same).
-        let again = self.writer.transaction(|tx| tx.pragma_update(None, "user_version", SCHEMA_VERSION));
-        again.map_err(|e| format!("starting the session journal's log again: {e}"))
+        self.tidy.between_writes(&self.writer)
     }
 
     fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>> {
@@ -370,8 +335,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         let path = dir.join("journal.db");
         let wal = || std::fs::metadata(dir.join("journal.db-wal")).map(|m| m.len()).unwrap_or(0);
-        let mut journal = SqliteJournal::open(&path).await.expect("open");
-        journal.untidy_limit = 400;
+        let journal = SqliteJournal::open(&path).await.expect("open");
+        journal.tidy.set_limit(400);
         let s: std::sync::Arc<str> = "1:a/s".into();
         let record = Write::Record { session: s.clone(), record: b"r".to_vec(), ttl_secs: None };
         journal.write(&[record]).await.expect("write");
@@ -384,11 +349,7 @@ mod tests {
         journal.tidy().expect("tidy");
         journal.tidy_between_writes().expect("tidy");
         // The tidy's own write started the log again: one frame, page 1.
-        let frames: i64 = {
-            let conn = journal.checkpointer.lock().expect("not poisoned");
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1)).expect("frames")
-        };
-        assert_eq!(frames, 1);
+        assert_eq!(journal.tidy.frames(), 1);
         write_messages(&journal, &s, 201, 100).await;
         assert_eq!(wal(), grown, "the log started again from its beginning");
         // 100 writes after the tidy; 300 more reach the limit, and the last of them checkpoints.

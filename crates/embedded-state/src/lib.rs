@@ -14,6 +14,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 
 pub mod journal;
 pub mod streams;
+mod tidy;
 pub use journal::SqliteJournal;
 pub use streams::SqliteStreams;
 

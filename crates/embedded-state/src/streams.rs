@@ -22,11 +22,15 @@ use rusqlite::{OptionalExtension, params};
 use sqlx::Row;
 use sqlx::sqlite::SqlitePool;
 
+use crate::tidy::Tidy;
 use crate::{SyncWriter, db, now_ms};
 
 /// How many messages beyond its `max_len` a stream may hold before it is trimmed (see
 /// [`trim_due`]).
 const TRIM_STEP: i64 = 64;
+
+/// What the tables below are (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
 
 /// Most dead letters kept: the oldest go first.
 pub const DEAD_LETTERS_KEPT: i64 = 100_000;
@@ -52,6 +56,8 @@ pub struct SqliteStreams {
     retention: Retention,
     /// When what aged out was last deleted (Unix ms): at most once a second, inside an append.
     swept_at: std::sync::Arc<AtomicI64>,
+    /// Its checkpoints ([`StreamStore::tidy`]).
+    tidy: std::sync::Arc<Tidy>,
 }
 
 type Tx<'c> = rusqlite::Transaction<'c>;
@@ -76,7 +82,10 @@ impl SqliteStreams {
         let named = |e: &dyn std::fmt::Display| format!("streams {}: {e}", path.display());
         let pool = crate::open(path, &SCHEMA).await.map_err(|e| named(&e))?;
         let writer = SyncWriter::open(path).map_err(|e| named(&e))?;
-        let streams = SqliteStreams { pool, writer, retention, swept_at: Default::default() };
+        // Checkpoints wait for the disk: they are left out of appends (see `tidy`).
+        let tidy =
+            std::sync::Arc::new(Tidy::open(path, &writer, "the streams", SCHEMA_VERSION).map_err(|e| named(&e))?);
+        let streams = SqliteStreams { pool, writer, retention, swept_at: Default::default(), tidy };
         streams.sweep().await.map_err(|e| named(&e))?;
         Ok(streams)
     }
@@ -110,26 +119,28 @@ impl SqliteStreams {
         if sweep_due {
             self.swept_at.store(now, Ordering::Relaxed);
         }
-        self.writer.transaction(|tx| {
-            if sweep_due {
-                sweep(tx, cutoff)?;
-            }
-            let mut heads = heads(tx, &names(appends), now, cutoff)?;
-            let stamps: Vec<Stamp> = appends.iter().map(|a| stamp(heads.get_mut(&*a.stream))).collect();
-            for (name, head) in &heads {
-                if head.starts {
-                    // What is left of a stream that starts again.
-                    tx.prepare_cached("DELETE FROM stream_entries WHERE name = ?1")?.execute([name])?;
+        self.writer
+            .transaction(|tx| {
+                if sweep_due {
+                    sweep(tx, cutoff)?;
                 }
-            }
-            let mut keep =
-                tx.prepare_cached("INSERT INTO stream_entries (name, seq, at_ms, body) VALUES (?1, ?2, ?3, ?4)")?;
-            for (a, s) in appends.iter().zip(&stamps) {
-                keep.execute(params![&*a.stream, int(s.seq), int(a.at_ms), a.body])?;
-            }
-            save_heads(tx, &heads, now, self.moved_on_ms(), int(self.retention.max_len))?;
-            Ok(stamps)
-        })
+                let mut heads = heads(tx, &names(appends), now, cutoff)?;
+                let stamps: Vec<Stamp> = appends.iter().map(|a| stamp(heads.get_mut(&*a.stream))).collect();
+                for (name, head) in &heads {
+                    if head.starts {
+                        // What is left of a stream that starts again.
+                        tx.prepare_cached("DELETE FROM stream_entries WHERE name = ?1")?.execute([name])?;
+                    }
+                }
+                let mut keep =
+                    tx.prepare_cached("INSERT INTO stream_entries (name, seq, at_ms, body) VALUES (?1, ?2, ?3, ?4)")?;
+                for (a, s) in appends.iter().zip(&stamps) {
+                    keep.execute(params![&*a.stream, int(s.seq), int(a.at_ms), a.body])?;
+                }
+                save_heads(tx, &heads, now, self.moved_on_ms(), int(self.retention.max_len))?;
+                Ok(stamps)
+            })
+            .and_then(|stamps| self.tidy.wrote().map(|()| stamps))
     }
 
     async fn replay(&self, stream: &str, after: u64, limit: usize) -> Result<Replay, String> {
@@ -184,7 +195,8 @@ impl SqliteStreams {
                 add.execute(params![l.reason, l.session, l.topic, int(l.at_ms), l.body])?;
             }
             Ok(())
-        })
+        })?;
+        self.tidy.wrote()
     }
 
     async fn read_dead(&self, after: u64, limit: usize) -> Result<Vec<(u64, DeadLetter)>, String> {
@@ -300,6 +312,20 @@ fn sweep(tx: &Tx<'_>, cutoff: i64) -> rusqlite::Result<()> {
 }
 
 impl StreamStore for SqliteStreams {
+    fn blocks(&self) -> bool {
+        true
+    }
+
+    /// See [`Tidy::tidy`].
+    fn tidy(&self) -> Result<(), String> {
+        self.tidy.tidy()
+    }
+
+    /// See [`Tidy::between_writes`].
+    fn tidy_between_writes(&self) -> Result<(), String> {
+        self.tidy.between_writes(&self.writer)
+    }
+
     fn append<'a>(&'a self, appends: &'a [Append]) -> BoxFuture<'a, Result<Vec<Stamp>, String>> {
         Box::pin(async move {
             if appends.is_empty() {
@@ -372,5 +398,37 @@ mod tests {
         assert!(trim_due(0, 1_000_000, 5), "a batch that passes many steps at once");
         assert!(!trim_due(i64::MAX - 1, i64::MAX, i64::MAX), "at the bounds");
         assert!(!trim_due(0, i64::MAX, i64::MAX));
+    }
+
+    #[tokio::test]
+    async fn appends_leave_the_checkpoint_to_tidy_which_starts_the_log_again() {
+        let dir = std::env::temp_dir().join(format!("hermes-streams-tidy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let path = dir.join("streams.db");
+        let wal = || std::fs::metadata(dir.join("streams.db-wal")).map(|m| m.len()).unwrap_or(0);
+        let streams = SqliteStreams::open(&path, Retention::default()).await.expect("open");
+        let append = |n: u32| {
+            let streams = &streams;
+            async move {
+                for _ in 0..n {
+                    let a = Append { stream: "s".into(), at_ms: now_ms() as u64, body: vec![7u8; 600] };
+                    streams.append(&[a]).await.expect("append");
+                }
+            }
+        };
+        append(100).await;
+        let grown = wal();
+        assert!(grown > 100 * 4096, "one page per append at least, none checkpointed: {grown}");
+        append(100).await;
+        assert!(wal() > grown + 100 * 4096, "the log grows while nobody tidies");
+        let grown = wal();
+        streams.tidy().expect("tidy");
+        streams.tidy_between_writes().expect("tidy");
+        assert_eq!(streams.tidy.frames(), 1, "the tidy's own write started the log again");
+        append(100).await;
+        assert_eq!(wal(), grown, "the log started again from its beginning");
+        assert_eq!(streams.read("s", 0, 1000).await.expect("read").last, 300);
+        drop(streams);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -290,16 +290,7 @@ impl turns::Work for Journal {
     async fn tick(turns: &Arc<Turns<Self>>) {
         let journal = &*turns.work.journal;
         if journal.blocks() {
-            if let Err(e) = journal.tidy() {
-                tracing::warn!(error = %e, "cannot tidy the session journal");
-            }
-            while !turns.take_turn() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            if let Err(e) = journal.tidy_between_writes() {
-                tracing::warn!(error = %e, "cannot tidy the session journal");
-            }
-            turns.give_turn();
+            turns::tidy(turns, "the session journal", || journal.tidy(), || journal.tidy_between_writes()).await;
         }
         turns.work.health.probe(journal).await;
     }

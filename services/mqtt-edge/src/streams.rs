@@ -360,7 +360,13 @@ impl turns::Work for Appends {
         outcomes.send();
     }
 
-    async fn tick(_: &Arc<Turns<Self>>) {}
+    /// Tidies a store that appends on its caller's thread (see `turns::tidy`).
+    async fn tick(turns: &Arc<Turns<Self>>) {
+        let store = &*turns.work.store;
+        if store.blocks() {
+            turns::tidy(turns, "the streams", || store.tidy(), || store.tidy_between_writes()).await;
+        }
+    }
 }
 
 /// Whether the connection an append last failed on (if any) answers: what it was sent is done

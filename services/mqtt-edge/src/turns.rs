@@ -171,6 +171,28 @@ impl<W: Work> Turns<W> {
     }
 }
 
+/// Tidies a store that writes on its caller's thread (the embedded one, `what`): `tidy` while
+/// writes go on, then `between` holding the turn (a worker holds it for a write's
+/// microseconds).
+pub(crate) async fn tidy<W: Work>(
+    turns: &Turns<W>,
+    what: &str,
+    tidy: impl Fn() -> Result<(), String>,
+    between: impl Fn() -> Result<(), String>,
+) {
+    if let Err(e) = tidy() {
+        tracing::warn!(error = %e, "cannot tidy {what}");
+    }
+    while !turns.take_turn() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let tidied = between();
+    turns.give_turn();
+    if let Err(e) = tidied {
+        tracing::warn!(error = %e, "cannot tidy {what}");
+    }
+}
+
 /// The turn, held until dropped; dropped before the holder ended (its worker stopped in the
 /// middle of a write), it asks the work's thread to do what waits.
 struct Held<'a, W: Work> {
