@@ -230,6 +230,12 @@ async fn serve(
         Some(service_kit::http::serve_ops(&cfg.ops, router, service_kit::shutdown::signal()).await?)
     };
     let a = edge.addrs();
+    // Listening for the signal before saying we serve: a SIGTERM sent as soon as the lines
+    // appear stops `up` (one that came before its listener was made went unheard, and `up`
+    // ran on, its other servers stopped).
+    let mut stop = std::pin::pin!(service_kit::shutdown::signal());
+    let mut first_look = std::task::Context::from_waker(std::task::Waker::noop());
+    let stopped = std::future::Future::poll(stop.as_mut(), &mut first_look).is_ready();
     println!("hermes {} is up (data in {})", env!("CARGO_PKG_VERSION"), cfg.data_dir);
     if let Some(x) = a.mqtt {
         println!("  MQTT            mqtt://{x}");
@@ -270,7 +276,9 @@ async fn serve(
         }
     }
     println!("Stop with Ctrl-C.");
-    service_kit::shutdown::signal().await;
+    if !stopped {
+        stop.await;
+    }
     println!("stopping: clients are told the server is shutting down");
     edge.stop().await;
     drop(telemetry);
