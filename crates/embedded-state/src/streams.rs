@@ -99,7 +99,6 @@ impl SqliteStreams {
         Ok(())
     }
 
-    /// The instant at or before which a message or a stream's last append has aged out.
     /// How far behind the last append a stream's saved `last_ms` may be: a 16th of the
     /// retention's age, at most a second. Most appends then leave `streams_by_last` alone; a
     /// stream may be forgotten that much before its age has passed since its last append.
@@ -107,6 +106,7 @@ impl SqliteStreams {
         (int(self.retention.max_age_secs.saturating_mul(1000)) / 16).min(1000)
     }
 
+    /// The instant at or before which a message or a stream's last append has aged out.
     fn cutoff(&self, now: i64) -> i64 {
         now.saturating_sub(int(self.retention.max_age_secs.saturating_mul(1000)))
     }

@@ -81,7 +81,7 @@ struct Batch {
     relay: Option<crate::relay::Relay>,
     /// Reported written only if no write failed since then either (Unix ms).
     clean_since_ms: Option<u64>,
-    /// Writes to write first: those of a write cut short (see [`Turn`]).
+    /// Writes to write first: those of a write cut short (see [`CutShort`]).
     again: Vec<Write>,
 }
 
@@ -135,7 +135,7 @@ impl Health {
     }
 
     /// Finds out whether an unhealthy `journal` is back, with a read (nothing needs writing),
-    /// at most every [`PROBE_INTERVAL`].
+    /// at most every [`PROBE_INTERVAL_MS`].
     async fn probe(&self, journal: &dyn SessionJournal) {
         let now = crate::message::now_ms();
         if self.ok.load(Ordering::Relaxed) || now < self.probed_at_ms.load(Ordering::Relaxed) + PROBE_INTERVAL_MS {
@@ -627,9 +627,7 @@ mod tests {
     }
 
     /// A journal whose writes fail while `failing` is set (its loads while `loads_fail` is),
-    /// and of which the next `hang` never
-    /// end;
-    /// with `blocks`, it says it writes on its caller's thread (as the embedded one), with
+    /// and of which the next `hang` writes never end; with `blocks`, it says it writes on its caller's thread (as the embedded one), with
     /// `per_thread` it gives each thread a journal of its own (as Redis: `own` is set in it),
     /// and it notes the threads that wrote (", own" after a thread's own journal's).
     #[derive(Debug, Default)]

@@ -114,17 +114,17 @@ impl<W: Work> Turns<W> {
     }
 
     /// Takes the turn if nobody holds it.
-    pub fn take_turn(&self) -> bool {
+    fn take_turn(&self) -> bool {
         self.turn.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
 
     /// Gives back the turn [`Turns::take_turn`] took.
-    pub fn give_turn(&self) {
+    fn give_turn(&self) {
         self.turn.store(false, Ordering::Release);
     }
 
     /// Does every job waiting, unless someone else is (they do it).
-    pub async fn do_what_waits(self: Arc<Self>) {
+    async fn do_what_waits(self: Arc<Self>) {
         self.pending.store(false, Ordering::Release);
         loop {
             if !self.take_turn() {
