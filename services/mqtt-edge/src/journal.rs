@@ -278,7 +278,19 @@ impl turns::Work for Journal {
             let writes = cut_short.under_way.as_ref().map_or(&[][..], |(writes, _)| writes.as_slice());
             ok = match here.blocks() {
                 true => written_once(&*here, writes),
-                false => fenced(fence).await && fenced_on_failure(fence, here, writes).await,
+                false => match fence.pass(TRY_TIMEOUT, |j| j.load("hermes:fence")).await {
+                    Ok(()) => {
+                        let written = write(&*here, writes).await;
+                        if !written {
+                            fence.put(here);
+                        }
+                        written
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot write to the session journal");
+                        false
+                    }
+                },
             };
             batches = cut_short.under_way.take().map(|(_, batches)| batches).unwrap_or_default();
         }
@@ -370,31 +382,6 @@ fn written_or_logged(written: Result<(), String>, writes: usize, started: std::t
             false
         }
     }
-}
-
-/// Whether the connection a write last failed on (if any) answers: what it was sent is done
-/// ([`turns::Fence`]). If not, the fence stays for the next write.
-async fn fenced(fence: &turns::Fence<dyn SessionJournal>) -> bool {
-    let Some(failed) = fence.take() else { return true };
-    let answered = crate::within(TRY_TIMEOUT, failed.load("hermes:fence")).await;
-    if let Err(e) = &answered {
-        tracing::warn!(error = %e, "the session journal's connection a write failed on does not answer yet");
-        fence.put(failed);
-    }
-    answered.is_ok()
-}
-
-/// [`write`] over `journal`, fencing it if the write fails.
-async fn fenced_on_failure(
-    fence: &turns::Fence<dyn SessionJournal>,
-    journal: Arc<dyn SessionJournal>,
-    writes: &[Write],
-) -> bool {
-    let written = write(&*journal, writes).await;
-    if !written {
-        fence.put(journal);
-    }
-    written
 }
 
 async fn write(journal: &dyn SessionJournal, writes: &[Write]) -> bool {

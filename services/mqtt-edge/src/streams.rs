@@ -326,7 +326,7 @@ impl turns::Work for Appends {
         let started = std::time::Instant::now();
         let here = turns::own(turns, store, || store.on_this_thread());
         let appending = appending.begun(crate::message::now_ms());
-        let appended = match fenced(fence).await {
+        let appended = match fence.pass(APPEND_TIMEOUT, |s| s.read("hermes:fence", 0, 0)).await {
             Ok(()) => {
                 let appended = crate::within(APPEND_TIMEOUT, here.append(&appends)).await;
                 if appended.is_err() {
@@ -365,19 +365,6 @@ impl turns::Work for Appends {
         let store = &*turns.work.store;
         if store.blocks() {
             turns::tidy(turns, "the streams", || store.tidy(), || store.tidy_between_writes()).await;
-        }
-    }
-}
-
-/// Whether the connection an append last failed on (if any) answers: what it was sent is done
-/// ([`turns::Fence`]). If not, the fence stays.
-async fn fenced(fence: &turns::Fence<dyn StreamStore>) -> Result<(), String> {
-    let Some(failed) = fence.take() else { return Ok(()) };
-    match crate::within(APPEND_TIMEOUT, failed.read("hermes:fence", 0, 0)).await {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            fence.put(failed);
-            Err(format!("the connection an append failed on does not answer yet: {e}"))
         }
     }
 }

@@ -312,10 +312,24 @@ impl<S: ?Sized> Default for Fence<S> {
 }
 
 impl<S: ?Sized> Fence<S> {
-    /// The connection to fence before the next write, if any (taken: put it back if the
-    /// fence could not be passed).
-    pub fn take(&self) -> Option<Arc<S>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    /// Passes the fence, if any: `probe` (a read) answered within `limit` over the connection
+    /// a write last failed on, so Redis is done with what it was sent. Else the fence stays,
+    /// and the write that asks is refused too.
+    pub async fn pass<T>(
+        &self,
+        limit: Duration,
+        probe: impl for<'a> FnOnce(&'a S) -> BoxFuture<'a, Result<T, String>>,
+    ) -> Result<(), String> {
+        let Some(failed) = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() else {
+            return Ok(());
+        };
+        match crate::within(limit, probe(&failed)).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.put(failed);
+                Err(format!("the connection a write failed on does not answer yet: {e}"))
+            }
+        }
     }
 
     /// A write failed over `store`.
