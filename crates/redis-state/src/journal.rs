@@ -121,29 +121,30 @@ fn field_change(w: &Write) -> Option<FieldChange<'_>> {
     })
 }
 
-/// The key `w` changes.
-fn key_of(w: &Write) -> String {
+/// The session `w` changes, `None` for the retained messages.
+fn session_of(w: &Write) -> Option<&str> {
     match w {
-        Write::Retained { .. } => wire::keys::RETAINED.to_owned(),
+        Write::Retained { .. } => None,
         Write::Record { session, .. }
         | Write::Message { session, .. }
         | Write::Done { session, .. }
         | Write::Inbound { session, .. }
         | Write::Ended { session }
         | Write::Touch { session, .. }
-        | Write::Cursor { session, .. } => wire::keys::session_journal(session),
+        | Write::Cursor { session, .. } => Some(session),
     }
 }
 
 /// `writes` by the key each changes, in the order each key first comes, each key's in their
 /// order: keys are apart (a session's hash, the retained messages), so only each one's order
-/// counts.
+/// counts. Each key is spelled once.
 fn by_key(writes: &[Write]) -> Vec<(String, Vec<&Write>)> {
     let mut keys: Vec<(String, Vec<&Write>)> = Vec::new();
-    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    let mut at: std::collections::HashMap<Option<&str>, usize> = std::collections::HashMap::new();
     for w in writes {
-        let key = key_of(w);
-        let i = *at.entry(key.clone()).or_insert_with(|| {
+        let session = session_of(w);
+        let i = *at.entry(session).or_insert_with(|| {
+            let key = session.map_or_else(|| wire::keys::RETAINED.to_owned(), wire::keys::session_journal);
             keys.push((key, Vec::new()));
             keys.len() - 1
         });
