@@ -231,11 +231,8 @@ async fn serve(
     };
     let a = edge.addrs();
     // Listening for the signal before saying we serve: a SIGTERM sent as soon as the lines
-    // appear stops `up` (one that came before its listener was made went unheard, and `up`
-    // ran on, its other servers stopped).
-    let mut stop = std::pin::pin!(service_kit::shutdown::signal());
-    let mut first_look = std::task::Context::from_waker(std::task::Waker::noop());
-    let stopped = std::future::Future::poll(stop.as_mut(), &mut first_look).is_ready();
+    // appear stops `up`.
+    let stop = service_kit::shutdown::signal();
     println!("hermes {} is up (data in {})", env!("CARGO_PKG_VERSION"), cfg.data_dir);
     if let Some(x) = a.mqtt {
         println!("  MQTT            mqtt://{x}");
@@ -276,9 +273,7 @@ async fn serve(
         }
     }
     println!("Stop with Ctrl-C.");
-    if !stopped {
-        stop.await;
-    }
+    stop.await;
     println!("stopping: clients are told the server is shutting down");
     edge.stop().await;
     drop(telemetry);

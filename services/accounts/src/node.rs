@@ -324,12 +324,10 @@ pub async fn run_until_signal(cfg: NodeConfig) -> Result<(), String> {
     };
     // Listening for the signal before saying we serve: a SIGTERM sent as soon as the line
     // appears stops the node.
-    let mut stop = std::pin::pin!(service_kit::shutdown::signal());
-    if futures_util::poll!(stop.as_mut()).is_pending() {
-        let ops = ops.map(|a| a.to_string()).unwrap_or_default();
-        tracing::info!(%http, %ops, "accounts serving");
-        stop.await;
-    }
+    let stop = service_kit::shutdown::signal();
+    let ops = ops.map(|a| a.to_string()).unwrap_or_default();
+    tracing::info!(%http, %ops, "accounts serving");
+    stop.await;
     tracing::info!("stopping");
     drop(telemetry);
     Ok(())

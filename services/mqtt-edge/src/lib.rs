@@ -436,12 +436,10 @@ pub async fn run_until_signal(cfg: EdgeConfig) -> Result<(), String> {
     }
     // Listening for the signal before saying we serve: a SIGTERM sent as soon as the line
     // appears stops the node.
-    let mut stop = std::pin::pin!(service_kit::shutdown::signal());
-    if futures_util::poll!(stop.as_mut()).is_pending() {
-        let a = edge.addrs();
-        tracing::info!(mqtt = ?a.mqtt, mqtt_tls = ?a.mqtt_tls, mqtt_ws = ?a.mqtt_ws, "mqtt-edge serving");
-        stop.await;
-    }
+    let stop = service_kit::shutdown::signal();
+    let a = edge.addrs();
+    tracing::info!(mqtt = ?a.mqtt, mqtt_tls = ?a.mqtt_tls, mqtt_ws = ?a.mqtt_ws, "mqtt-edge serving");
+    stop.await;
     tracing::info!("stopping: telling clients to reconnect elsewhere");
     edge.stop().await;
     drop(telemetry);
