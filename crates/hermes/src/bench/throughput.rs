@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::Value;
 
-use sdk::mqtt::{Packet, Publish, SubscribeTopic};
+use sdk::mqtt::{Client, Packet, Publish, SubscribeTopic};
 
 use super::Common;
 use super::clients::{Dial, open_many, spawn_progress};
@@ -157,7 +157,8 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
         let topic = format!("{prefix}/{i}");
         let sent = sent.clone();
         let qos = args.qos;
-        let window = args.window.max(1);
+        // A client keeps no more unacknowledged than the broker's Receive Maximum allows.
+        let window = args.window.max(1).min(usize::from(c.send_quota()));
         let size = args.payload.max(16);
         pub_tasks.push(tokio::spawn(async move {
             let mut ticker = (per_publisher_rate > 0.0)
@@ -180,34 +181,29 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
                     ..Publish::default()
                 };
                 if c.send(&Packet::Publish(p)).await.is_err() {
-                    return Published { sent: seq, acked: 0 };
+                    return Published { sent: seq, acked: 0, cut_off: true };
                 }
                 seq += 1;
                 sent.fetch_add(1, Ordering::Relaxed);
                 if qos > 0 {
                     inflight += 1;
                     while inflight >= window {
-                        match c.recv(Duration::from_secs(10)).await {
-                            Ok(Packet::PubAck { .. }) => inflight -= 1,
-                            Ok(_) => {}
-                            Err(_) => return Published { sent: seq, acked: seq - inflight as u64 },
+                        if !puback(&mut c, i).await {
+                            return Published { sent: seq, acked: seq - inflight as u64, cut_off: true };
                         }
+                        inflight -= 1;
                     }
                 }
             }
-            while inflight > 0 {
-                match c.recv(Duration::from_secs(10)).await {
-                    Ok(Packet::PubAck { .. }) => inflight -= 1,
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
+            while inflight > 0 && puback(&mut c, i).await {
+                inflight -= 1;
             }
-            Published { sent: seq, acked: seq - inflight as u64 }
+            Published { sent: seq, acked: seq - inflight as u64, cut_off: inflight > 0 }
         }));
     }
     let mut published = Vec::new();
     for t in pub_tasks {
-        published.push(t.await.unwrap_or(Published { sent: 0, acked: 0 }));
+        published.push(t.await.unwrap_or(Published { sent: 0, acked: 0, cut_off: true }));
     }
     let publish_time = started.elapsed();
     // Let in-flight deliveries land before counting.
@@ -244,6 +240,15 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
             duplicated += group.duplicated;
         }
     }
+    let cut_off = published.iter().filter(|p| p.cut_off).count();
+    if cut_off > 0 {
+        // Lost counts what was acknowledged, but a rate over a run whose publishers stopped
+        // early measures nothing.
+        return Err(format!(
+            "{cut_off} of {} publishers stopped early (disconnected or no answer for 10 s): {lost} lost",
+            args.publishers
+        ));
+    }
     let delivered = received.load(Ordering::Relaxed);
     let mut report = serde_json::Map::new();
     report.insert("scenario".into(), "throughput".into());
@@ -269,6 +274,25 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     report.insert("latency".into(), latency_summary(latencies));
     cpu_report(&mut report, common.pid, cpu_before, delivered as u64);
     Ok(Value::Object(report))
+}
+
+/// Waits for publisher `i`'s next PUBACK: false if the broker disconnects it, closes, or stays
+/// silent for 10 s.
+async fn puback(c: &mut Client, i: usize) -> bool {
+    loop {
+        match c.recv(Duration::from_secs(10)).await {
+            Ok(Packet::PubAck { .. }) => return true,
+            Ok(Packet::Disconnect { code, reason_string, .. }) => {
+                eprintln!("publisher {i}: the broker disconnected it: {code:#04x} {reason_string:?}");
+                return false;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("publisher {i}: no PUBACK: {e:?}");
+                return false;
+            }
+        }
+    }
 }
 
 /// What the members of one publisher's shared group got between them.
@@ -298,6 +322,8 @@ impl Group {
 struct Published {
     sent: u64,
     acked: u64,
+    /// Stopped before the run's end: the broker disconnected it, or did not answer.
+    cut_off: bool,
 }
 
 /// The send time and sequence number a publisher stamped in a payload.

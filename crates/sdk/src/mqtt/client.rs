@@ -48,6 +48,8 @@ pub struct Client {
     queue: VecDeque<Packet>,
     version: Version,
     last_id: u16,
+    /// The broker's Receive Maximum from its CONNACK (65 535 when it gave none, and for v3).
+    send_quota: u16,
 }
 
 impl Client {
@@ -61,11 +63,24 @@ impl Client {
 
     /// Wraps an already connected stream.
     pub fn from_stream(stream: TcpStream, version: Version) -> Client {
-        Client { stream, buf: BytesMut::with_capacity(INITIAL_BUF), queue: VecDeque::new(), version, last_id: 0 }
+        Client {
+            stream,
+            buf: BytesMut::with_capacity(INITIAL_BUF),
+            queue: VecDeque::new(),
+            version,
+            last_id: 0,
+            send_quota: u16::MAX,
+        }
     }
 
     pub fn version(&self) -> Version {
         self.version
+    }
+
+    /// How many QoS 1 and 2 PUBLISHes the broker takes unacknowledged from this client: its
+    /// CONNACK's Receive Maximum (MQTT 5); sending more is a protocol error (DISCONNECT 0x93).
+    pub fn send_quota(&self) -> u16 {
+        self.send_quota
     }
 
     /// The next packet identifier: 1, 2, … 65535, 1, … (0 is not a valid identifier).
@@ -103,7 +118,11 @@ impl Client {
     pub async fn handshake(&mut self, c: Connect, timeout: Duration) -> Result<Packet, RecvError> {
         let deadline = Instant::now() + timeout;
         self.send_by(&Packet::Connect(c), deadline).await?;
-        self.read_packet(deadline).await
+        let answer = self.read_packet(deadline).await?;
+        if let Packet::ConnAck { properties, .. } = &answer {
+            self.send_quota = properties.receive_maximum.unwrap_or(u16::MAX);
+        }
+        Ok(answer)
     }
 
     /// True if the peer closes the connection (EOF or error) within `timeout`. Everything
