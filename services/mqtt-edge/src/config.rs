@@ -79,6 +79,11 @@ pub struct LimitsConfig {
     pub max_inbound_inflight: u16,
     /// Messages a session queues beyond the in-flight window (online or offline).
     pub max_queued_messages: usize,
+    /// Messages waiting for a subscriber's connection (beyond its in-flight window) at which
+    /// the publishers sending to it wait for their PUBACKs: how much a fast publisher may pile
+    /// up for a slower reader, and so the latency it can add. At most `max_queued_messages`
+    /// (a session never drops what a publisher waited for).
+    pub max_backlog: usize,
     /// `drop_oldest` or `drop_newest` when the queue is full.
     pub queue_drop_policy: String,
     /// Queue QoS 0 messages for offline persistent sessions too.
@@ -119,6 +124,7 @@ impl Default for LimitsConfig {
             max_inflight: 32,
             max_inbound_inflight: 32,
             max_queued_messages: 1000,
+            max_backlog: 64,
             queue_drop_policy: "drop_oldest".into(),
             queue_qos0: false,
             max_pending_deliveries: 1000,
@@ -204,6 +210,7 @@ impl EdgeConfig {
             ("limits.connect_timeout_secs", usize::from(l.connect_timeout_secs)),
             ("limits.max_keepalive_secs", usize::from(l.max_keepalive_secs)),
             ("limits.max_stall_secs", usize::from(l.max_stall_secs)),
+            ("limits.max_backlog", l.max_backlog),
         ] {
             if v == 0 {
                 return Err(format!("{key} must be greater than 0"));
@@ -228,5 +235,21 @@ impl EdgeConfig {
             return Err("no listener: set mqtt.addr, mqtt.tls_addr or mqtt.ws_addr".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_of_zero_is_refused_by_name() {
+        assert_eq!(EdgeConfig::default().validate(), Ok(()));
+        let mut c = EdgeConfig::default();
+        c.limits.max_backlog = 0;
+        assert_eq!(c.validate(), Err("limits.max_backlog must be greater than 0".into()));
+        c.limits.max_backlog = 1;
+        c.limits.max_inbound_inflight = 0;
+        assert_eq!(c.validate(), Err("limits.max_inbound_inflight must be greater than 0".into()));
     }
 }

@@ -2,7 +2,7 @@
 //! the sender instead of dropping what was acknowledged.
 //!
 //! When a publish leaves a subscriber's connection with more waiting for it than the high-water
-//! mark (`limits.max_queued_messages`), the publisher's handler holds its acknowledgement until
+//! mark (`limits.max_backlog`, 64), the publisher's handler holds its acknowledgement until
 //! that backlog is below half the mark; a QoS 1/2 client stops at its receive maximum, and past
 //! a few held PUBLISHes the connection's [`Gate`] makes the dispatcher take nothing more from
 //! it: ntex-mqtt stops reading the socket and TCP slows the client down (QoS 0 floods). A

@@ -66,6 +66,8 @@ pub struct HubConfig {
     pub max_subscriptions: usize,
     /// Deliveries a connection may have waiting for its socket before it counts as slow.
     pub max_pending_deliveries: usize,
+    /// The backlog at which publishers wait (`limits.max_backlog`).
+    pub max_backlog: usize,
     /// How long presence changes wait before they are announced (`limits.presence_grace_secs`).
     pub presence_grace_ms: u64,
 }
@@ -88,6 +90,7 @@ impl HubConfig {
             topic: TopicLimits { max_len: l.max_topic_length, max_levels: l.max_topic_levels },
             max_subscriptions: l.max_subscriptions_per_client,
             max_pending_deliveries: l.max_pending_deliveries,
+            max_backlog: l.max_backlog,
             presence_grace_ms: u64::from(l.presence_grace_secs) * 1000,
         }
     }
@@ -547,10 +550,11 @@ impl Hub {
         }
     }
 
-    /// The backlog at which publishers wait: `limits.max_queued_messages`, or half what a
-    /// connection's queue holds if that is less (so QoS 0 floods are slowed before they drop).
+    /// The backlog at which publishers wait: `limits.max_backlog`, at most
+    /// `limits.max_queued_messages` (beyond it the session would drop), and at most half what a
+    /// connection's queue holds (so QoS 0 floods are slowed before they drop).
     fn high_water(&self) -> usize {
-        self.cfg.session.max_queued.min(self.link_capacity() / 2).max(1)
+        self.cfg.max_backlog.min(self.cfg.session.max_queued).min(self.link_capacity() / 2).max(1)
     }
 
     /// Deliveries a connection's channel holds: its in-flight window and what may wait for its

@@ -59,6 +59,14 @@ async fn publish_all(c: &mut Client, topic: &str, n: u32, qos: u8, size: usize) 
     acks
 }
 
+/// Waits for a successful PUBACK and counts it.
+async fn puback_counted(c: &mut Client, acked: &std::sync::atomic::AtomicUsize) {
+    match c.recv(Duration::from_secs(30)).await {
+        Ok(Packet::PubAck { code: 0, .. }) => acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        other => panic!("expected PUBACK, got {other:?}"),
+    };
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_reader_slows_the_publisher_and_loses_nothing() {
     let edge = TestEdge::start_with(limited).await;
@@ -84,6 +92,63 @@ async fn a_slow_reader_slows_the_publisher_and_loses_nothing() {
         let seqs = reader.await.expect("reader");
         assert_eq!(seqs, (0..n).collect::<Vec<_>>(), "{v:?}: every acknowledged message, in order, once");
     }
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publisher_piles_up_at_most_max_backlog_for_a_reader_that_does_not_ack() {
+    // The session queue may hold 1000; the publisher waits once 10 wait beyond the window.
+    let edge = TestEdge::start_with(|c| c.limits.max_backlog = 10).await;
+    let mut sub = edge.client(Version::V5, "backlog-sub").await;
+    sub.subscribe(vec![SubscribeTopic::new("flow/backlog", 1)], WAIT).await.expect("suback");
+    let mut publisher = edge.client(Version::V5, "backlog-pub").await;
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = acked.clone();
+    let publishing = tokio::spawn(async move {
+        let mut inflight = 0;
+        for seq in 0..200 {
+            let packet_id = Some(publisher.next_packet_id());
+            let p = Publish {
+                topic: "flow/backlog".into(),
+                payload: numbered(seq, 16),
+                qos: 1,
+                packet_id,
+                ..Publish::default()
+            };
+            publisher.send(&Packet::Publish(p)).await.expect("publish");
+            inflight += 1;
+            while inflight >= 16 {
+                puback_counted(&mut publisher, &counted).await;
+                inflight -= 1;
+            }
+        }
+        while inflight > 0 {
+            puback_counted(&mut publisher, &counted).await;
+            inflight -= 1;
+        }
+    });
+    // The reader takes its window (32) and acknowledges nothing for a second.
+    let mut held = Vec::new();
+    while held.len() < 32 {
+        held.push(expect_publish(&mut sub).await);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = acked.load(std::sync::atomic::Ordering::SeqCst);
+    // Its window (32), the backlog (10) and what the publisher was acknowledged while the
+    // backlog filled (one more PUBLISH per wait): never the session queue's 1000.
+    assert!((32..=32 + 10 + 2).contains(&before), "{before} PUBACKs while the reader acknowledged nothing");
+    let mut seqs = Vec::new();
+    for p in held {
+        ack(&mut sub, &p).await;
+        seqs.push(seq_of(&p));
+    }
+    while seqs.len() < 200 {
+        let p = expect_publish(&mut sub).await;
+        ack(&mut sub, &p).await;
+        seqs.push(seq_of(&p));
+    }
+    publishing.await.expect("publisher");
+    assert_eq!(seqs, (0..200).collect::<Vec<_>>(), "every acknowledged message, in order, once");
     edge.stop().await;
 }
 
