@@ -141,6 +141,11 @@ impl<W: Work> Turns<W> {
                     break;
                 }
                 W::write(&self, jobs).await;
+                // Other workers may keep submitting: before the next write, this worker's own
+                // tasks run (the PUBACKs this write let go, its connections' reads). An embedded
+                // write never yields, and a worker writing others' jobs back to back would
+                // starve its own connections meanwhile.
+                tokio::task::yield_now().await;
             }
             held.ended = true;
             drop(held);
@@ -355,6 +360,51 @@ mod tests {
         }
 
         async fn tick(_: &Arc<Turns<Self>>) {}
+    }
+
+    /// Writes on its caller's thread without yielding, as the embedded store does; each write
+    /// leaves another job, as another worker submitting all along would, up to `until`.
+    struct Blocking {
+        written: Mutex<Vec<u32>>,
+        until: u32,
+    }
+
+    impl Work for Blocking {
+        type Job = u32;
+
+        async fn write(turns: &Arc<Turns<Self>>, jobs: Vec<u32>) {
+            let last = *jobs.last().expect("a job");
+            turns.work.written.lock().expect("not poisoned").extend(jobs);
+            if last < turns.work.until {
+                turns.leave(last + 1);
+            }
+        }
+
+        async fn tick(_: &Arc<Turns<Self>>) {}
+    }
+
+    #[tokio::test]
+    async fn a_worker_writing_what_others_keep_submitting_lets_its_own_tasks_run_between_writes() {
+        let turns =
+            Turns::start(Blocking { written: Mutex::default(), until: 50 }, "test-blocking", Duration::from_secs(60))
+                .expect("started");
+        crate::relay::on_a_worker(|| async {
+            turns.submit(1);
+            // This task runs again between two writes, not only once all are done.
+            let seen = loop {
+                tokio::task::yield_now().await;
+                let seen = turns.work.written.lock().expect("not poisoned").len();
+                if seen > 0 {
+                    break seen;
+                }
+            };
+            assert!(seen < 50, "this worker's task waited for all {seen} writes");
+            while turns.work.written.lock().expect("not poisoned").len() < 50 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert_eq!(*turns.work.written.lock().expect("not poisoned"), (1..=50).collect::<Vec<_>>());
     }
 
     #[test]
