@@ -43,10 +43,10 @@ pub struct ConnState {
     /// Who this connection's publishes are stamped with.
     pub sender: crate::sender::Sender,
     /// Keeps this connection's PUBLISHes routed in arrival order.
-    pub turns: std::rc::Rc<crate::flow::Turns>,
-    /// Keeps them appended to their durable streams in arrival order (ahead of `turns`: a
+    pub line: std::rc::Rc<crate::flow::Line>,
+    /// Keeps them appended to their durable streams in arrival order (ahead of `line`: a
     /// PUBLISH is handed to its stream while earlier ones still wait for their place).
-    pub appends: std::rc::Rc<crate::flow::Turns>,
+    pub appends: std::rc::Rc<crate::flow::Line>,
     /// How ntex-mqtt runs this connection's handlers (see `flow::Dispatch`).
     pub dispatch: std::rc::Rc<crate::flow::Dispatch>,
     /// Closed while a publish waits for a subscriber to catch up.
@@ -76,7 +76,7 @@ impl ConnState {
             max_packet_size: edge.cfg.limits.max_packet_size,
             max_stall: std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs)),
             sender,
-            turns: std::rc::Rc::default(),
+            line: std::rc::Rc::default(),
             appends: std::rc::Rc::default(),
             dispatch: std::rc::Rc::default(),
             gate: std::rc::Rc::default(),

@@ -9,7 +9,7 @@
 //! subscriber that takes nothing at all for `limits.max_stall_secs` while publishers wait is
 //! closed (v5 0x97) and its QoS 1/2 messages stay in its session.
 //!
-//! [`Turns`] keeps one connection's PUBLISHes routed in the order they arrived even though the
+//! [`Line`] keeps one connection's PUBLISHes routed in the order they arrived even though the
 //! dispatcher runs their handlers concurrently (MQTT topics are ordered, [MQTT-4.6.0-5]).
 
 use std::cell::{Cell, RefCell};
@@ -40,7 +40,7 @@ pub async fn wait_for_room(hub: &Hub, pressure: Vec<Room>, stall: Duration) {
 /// Per-connection order of PUBLISH handlers: each takes a ticket before its first await and
 /// routes when its turn comes.
 #[derive(Debug, Default)]
-pub struct Turns {
+pub struct Line {
     next_ticket: Cell<u64>,
     serving: Cell<u64>,
     /// Tickets whose handlers were dropped before their turn (the connection is going away).
@@ -52,17 +52,17 @@ pub struct Turns {
 /// itself: ntex may drop a connection's state before the handler futures still waiting on it,
 /// and a turn given up then must not write to freed memory.
 #[derive(Debug)]
-pub struct Turn {
-    turns: Rc<Turns>,
+pub struct Place {
+    line: Rc<Line>,
     ticket: u64,
 }
 
-impl Turns {
+impl Line {
     /// Takes the next place in line. Call before the handler's first await.
-    pub fn take(self: &Rc<Self>) -> Turn {
+    pub fn take(self: &Rc<Self>) -> Place {
         let ticket = self.next_ticket.get();
         self.next_ticket.set(ticket + 1);
-        Turn { turns: self.clone(), ticket }
+        Place { line: self.clone(), ticket }
     }
 
     fn advance(&self) {
@@ -81,14 +81,14 @@ impl Turns {
     }
 }
 
-impl Turn {
+impl Place {
     /// Resolves when every earlier handler of the connection has routed.
     pub async fn ready(&self) {
         poll_fn(|cx| {
-            if self.turns.serving.get() == self.ticket {
+            if self.line.serving.get() == self.ticket {
                 Poll::Ready(())
             } else {
-                self.turns.waiting.borrow_mut().push(cx.waker().clone());
+                self.line.waiting.borrow_mut().push(cx.waker().clone());
                 Poll::Pending
             }
         })
@@ -96,12 +96,12 @@ impl Turn {
     }
 }
 
-impl Drop for Turn {
+impl Drop for Place {
     fn drop(&mut self) {
-        if self.turns.serving.get() == self.ticket {
-            self.turns.advance();
+        if self.line.serving.get() == self.ticket {
+            self.line.advance();
         } else {
-            self.turns.abandoned.borrow_mut().insert(self.ticket);
+            self.line.abandoned.borrow_mut().insert(self.ticket);
         }
     }
 }
@@ -152,15 +152,15 @@ pub async fn watched<T>(dispatch: &Dispatch, handler: impl Future<Output = T>) -
 /// Takes a PUBLISH handler's places in both lines (routing and stream appends) in the order the
 /// PUBLISHes arrived. A handler polled by the dispatcher while earlier handlers may not have run
 /// yet takes its places from a task spawned now, which runs behind them.
-pub async fn places(turns: &Rc<Turns>, appends: &Rc<Turns>, dispatch: &Dispatch) -> (Turn, Turn) {
+pub async fn places(line: &Rc<Line>, appends: &Rc<Line>, dispatch: &Dispatch) -> (Place, Place) {
     if !(dispatch.overtaking.get() && dispatch.polled_by_dispatcher()) {
-        return (turns.take(), appends.take());
+        return (line.take(), appends.take());
     }
-    let (t, a) = (turns.clone(), appends.clone());
-    match tokio::task::spawn_local(async move { (t.take(), a.take()) }).await {
+    let (l, a) = (line.clone(), appends.clone());
+    match tokio::task::spawn_local(async move { (l.take(), a.take()) }).await {
         Ok(places) => places,
         // The runtime is going away with the connection: no order left to keep.
-        Err(_) => (turns.take(), appends.take()),
+        Err(_) => (line.take(), appends.take()),
     }
 }
 
@@ -179,7 +179,7 @@ pub struct Gate {
 /// publishes still reads its own deliveries.
 pub const MAX_HELD_PUBLISHES: usize = 16;
 
-/// A PUBLISH waiting for room; counted while it lives. Like [`Turn`], it keeps the gate alive.
+/// A PUBLISH waiting for room; counted while it lives. Like [`Place`], it keeps the gate alive.
 #[derive(Debug)]
 pub struct Hold(Rc<Gate>);
 
@@ -241,7 +241,7 @@ mod tests {
 
     #[test]
     fn turns_go_in_ticket_order_and_skip_the_abandoned() {
-        let turns = Rc::new(Turns::default());
+        let turns = Rc::new(Line::default());
         let first = turns.take();
         let second = turns.take();
         let third = turns.take();
@@ -286,14 +286,14 @@ mod outliving {
     /// What ntex may do when a connection goes away: drop its state, then the handlers still
     /// waiting in line. Giving up a turn or a hold then stays within memory they keep alive.
     #[test]
-    fn turns_and_holds_outlive_the_connection_state() {
+    fn places_and_holds_outlive_the_connection_state() {
         struct State {
-            turns: Rc<Turns>,
+            line: Rc<Line>,
             gate: Rc<Gate>,
         }
-        let st = State { turns: Rc::default(), gate: Rc::default() };
-        let first = st.turns.take();
-        let waiting = st.turns.take();
+        let st = State { line: Rc::default(), gate: Rc::default() };
+        let first = st.line.take();
+        let waiting = st.line.take();
         let hold = st.gate.hold();
         drop(st);
         drop(waiting);

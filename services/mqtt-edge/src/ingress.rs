@@ -113,22 +113,22 @@ pub async fn publish_in_order<E>(
     build: impl FnOnce(&mut Message),
 ) -> Result<Result<usize, PublishRefusal>, E> {
     // The places in line come first, in arrival order.
-    let (turn, append_turn) = crate::flow::places(&st.turns, &st.appends, &st.dispatch).await;
+    let (place, append_place) = crate::flow::places(&st.line, &st.appends, &st.dispatch).await;
     let payload = read.await?;
-    append_turn.ready().await;
+    append_place.ready().await;
     let inbound = inbound(payload);
     let acknowledged = inbound.qos != QoS::AtMostOnce;
     if inbound.topic.starts_with(crate::streams::RESUME_TOPIC) {
-        drop(append_turn);
-        turn.ready().await;
-        drop(turn);
+        drop(append_place);
+        place.ready().await;
+        drop(place);
         return Ok(resume_request(st, &inbound).await);
     }
     // Checked, and handed to its stream in arrival order; the connection's next PUBLISH may be
     // handed over before this one's place comes back (appends are pipelined, not one by one).
     let staged = prepare(st, inbound, build).map(|p| stage(st, p));
-    drop(append_turn);
-    turn.ready().await;
+    drop(append_place);
+    place.ready().await;
     let routed = match staged {
         Ok(staged) => placed(st, staged, acknowledged).await.map(|p| route(st, p)),
         Err(e) => Err(e),
@@ -138,7 +138,7 @@ pub async fn publish_in_order<E>(
         // Other edges get the connection's messages in its order too.
         forwarded = Some(cluster.forward(r.message.clone()).await);
     }
-    drop(turn);
+    drop(place);
     // Acknowledged once the other edges can get it: the bus has it.
     if let Some(f) = forwarded.filter(|_| acknowledged) {
         f.wait().await;

@@ -145,7 +145,9 @@ impl<W: Work> Turns<W> {
                 // tasks run (the PUBACKs this write let go, its connections' reads). An embedded
                 // write never yields, and a worker writing others' jobs back to back would
                 // starve its own connections meanwhile.
-                tokio::task::yield_now().await;
+                if !self.waiting().is_empty() {
+                    tokio::task::yield_now().await;
+                }
             }
             held.ended = true;
             drop(held);
