@@ -445,7 +445,8 @@ async fn mosquitto_sub_resumes_a_stream_with_a_user_property() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_publishers_pipelined_messages_get_their_seqs_in_its_order() {
-    let edge = TestEdge::start().await;
+    // The subscriber reads once all 100 are acknowledged: its backlog may hold them all.
+    let edge = TestEdge::start_with(|c| c.limits.max_backlog = 100).await;
     let mut sub = edge.client(Version::V5, "sub").await;
     sub.subscribe(vec![SubscribeTopic::new(INBOX, 1)], WAIT).await.expect("suback");
     let mut publisher = edge.client(Version::V5, "p").await;
