@@ -45,6 +45,23 @@ impl Replicas {
         }
     }
 
+    /// How many replicas confirm within [`REPLICA_WAIT`], when fewer than asked for (on a
+    /// cluster, of the primary with fewest): `WAIT` on a connection that wrote nothing yet counts
+    /// the replicas connected and caught up. Every write would fail for want of them.
+    pub async fn short_on(self, conn: &RedisConn) -> Result<Option<u32>, String> {
+        if self.0 == 0 {
+            return Ok(None);
+        }
+        let mut conn = conn.clone();
+        let have: i64 = redis::cmd("WAIT")
+            .arg(self.0)
+            .arg(REPLICA_WAIT.as_millis() as u64)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("counting Redis replicas: {e}"))?;
+        Ok((have < i64::from(self.0)).then(|| u32::try_from(have).unwrap_or(0)))
+    }
+
     /// Takes the `WAIT`'s answer off the end of `answers` (those of a pipeline [`Replicas::wait_in`]
     /// ended) and says whether it is enough; there is none to take for 0.
     pub(crate) fn take_answer(self, answers: &mut Vec<Value>) -> Result<(), String> {

@@ -61,6 +61,17 @@ impl StateDirectories {
         }
         let conn = connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
         let journal = connect(redis_url).await.map_err(|e| format!("state.redis_url: {e}"))?;
+        match replicas.short_on(&journal).await {
+            Ok(None) => {}
+            Ok(Some(have)) => tracing::warn!(
+                "state.redis_wait_replicas is {} but Redis has {have} replica(s) that confirm: until it has {}, \
+                 every session-journal write and stream append fails, and PUBLISHes to persistent sessions \
+                 and durable streams are not acknowledged",
+                replicas.0,
+                replicas.0
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot count Redis replicas for state.redis_wait_replicas"),
+        }
         Ok(Some(StateDirectories {
             relations: Arc::new(RedisRelations::new(conn.clone())),
             access: Arc::new(RedisAccess::new(conn.clone())),

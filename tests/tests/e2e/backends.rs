@@ -753,6 +753,8 @@ async fn writes_that_wait_for_replicas_count_only_once_every_primary_written_to_
         (0..30).map(|i| Append { stream: format!("wait/{i}").into(), at_ms: 1, body: b"m".to_vec() }).collect();
     let journal = |n| RedisJournal::new(conn.clone()).waiting_for(Replicas(n));
     let streams = |n| RedisStreams::new(conn.clone(), retention).waiting_for(Replicas(n));
+    assert_eq!(Replicas(1).short_on(&conn).await, Ok(None), "every primary has one");
+    assert_eq!(Replicas(2).short_on(&conn).await, Ok(Some(1)), "none has two");
     journal(1).write(&writes).await.expect("every primary's replica has them");
     assert_eq!(streams(1).append(&appends).await.expect("appended").len(), 30);
 
@@ -769,6 +771,8 @@ async fn writes_that_wait_for_replicas_count_only_once_every_primary_written_to_
     // One Redis without replicas.
     let single = servers::redis();
     let conn = redis_state::connect(&single.redis_url()).await.expect("connect");
+    assert_eq!(Replicas(1).short_on(&conn).await, Ok(Some(0)));
+    assert_eq!(Replicas(0).short_on(&conn).await, Ok(None));
     let e = RedisJournal::new(conn.clone()).waiting_for(Replicas(1)).write(&writes).await.expect_err("no replica");
     assert!(e.contains("0 of the 1 replica(s)"), "{e}");
     RedisJournal::new(conn).write(&writes).await.expect("written");
