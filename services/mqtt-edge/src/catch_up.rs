@@ -144,7 +144,7 @@ async fn replay_kept(
             taken += 1;
             metrics::counter!(m::CLUSTER_REPLAYED).increment(1);
         }
-        crate::flow::wait_for_room(hub, routed.pressure, stall).await;
+        crate::flow::wait_for_room(hub, routed.pressure, stall, crate::flow::Router::Edge).await;
     }
     Ok(taken)
 }

@@ -615,7 +615,7 @@ async fn take_in(
         }
         // A subscriber here with too much waiting slows what comes from other edges, like a
         // local publisher.
-        crate::flow::wait_for_room(&hub, routed.pressure, stall).await;
+        crate::flow::wait_for_room(&hub, routed.pressure, stall, crate::flow::Router::Edge).await;
     }
 }
 

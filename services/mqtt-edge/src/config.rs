@@ -80,9 +80,10 @@ pub struct LimitsConfig {
     /// Messages a session queues beyond the in-flight window (online or offline).
     pub max_queued_messages: usize,
     /// Messages waiting for a subscriber's connection (beyond its in-flight window) at which
-    /// the publishers sending to it wait for their PUBACKs: how much a fast publisher may pile
+    /// the clients publishing to it wait for their PUBACKs: how much a fast publisher may pile
     /// up for a slower reader, and so the latency it can add. At most `max_queued_messages`
-    /// (a session never drops what a publisher waited for).
+    /// (a session never drops what a publisher waited for), where the edge's own routing waits
+    /// (messages from other edges, catch-ups, stream replays).
     pub max_backlog: usize,
     /// `drop_oldest` or `drop_newest` when the queue is full.
     pub queue_drop_policy: String,

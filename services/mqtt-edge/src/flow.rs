@@ -23,14 +23,35 @@ use crate::hub::Hub;
 use crate::link::Room;
 use crate::metrics as m;
 
+/// Who routed, and so how much may wait for a subscriber's connection before they wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Router {
+    /// A client's PUBLISH: its PUBACK waits at `limits.max_backlog`, which bounds the latency
+    /// a fast publisher piles up for a slower reader.
+    Publisher,
+    /// The edge itself (messages from other edges, catch-ups, stream replays): it waits only
+    /// where the session's queue would overflow. One loop routes for every subscriber (waiting
+    /// holds up all of them), and a replay's requester may not read until it is answered.
+    Edge,
+}
+
 /// Waits until every connection in `pressure` has room; closes those that stopped reading.
-pub async fn wait_for_room(hub: &Hub, pressure: Vec<Room>, stall: Duration) {
+pub async fn wait_for_room(hub: &Hub, pressure: Vec<Room>, stall: Duration, router: Router) {
     if pressure.is_empty() {
         return;
     }
-    metrics::counter!(m::PUBLISHERS_WAITED).increment(1);
-    let low = hub.low_water();
+    let high = hub.high_water(router);
+    let low = (high / 2).max(1);
+    let mut counted = false;
     for room in pressure {
+        // The edge's pressure is gathered at the publisher's mark, which is lower.
+        if router == Router::Edge && room.backlog() < high {
+            continue;
+        }
+        if !counted {
+            metrics::counter!(m::PUBLISHERS_WAITED).increment(1);
+            counted = true;
+        }
         if !room.wait_below(low, stall).await {
             hub.close_stalled(&room);
         }

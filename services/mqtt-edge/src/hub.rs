@@ -463,7 +463,7 @@ impl Hub {
                     if let Some(l) = st.links.get(&link) {
                         l.set_session_backlog(n);
                         if let Some(p) = pressure.as_deref_mut()
-                            && l.backlog() >= self.high_water()
+                            && l.backlog() >= self.high_water(crate::flow::Router::Publisher)
                         {
                             p.push(l.room());
                         }
@@ -550,22 +550,22 @@ impl Hub {
         }
     }
 
-    /// The backlog at which publishers wait: `limits.max_backlog`, at most
-    /// `limits.max_queued_messages` (beyond it the session would drop), and at most half what a
-    /// connection's queue holds (so QoS 0 floods are slowed before they drop).
-    fn high_water(&self) -> usize {
-        self.cfg.max_backlog.min(self.cfg.session.max_queued).min(self.link_capacity() / 2).max(1)
+    /// The backlog at which `router` waits: `limits.max_queued_messages` (beyond it the session
+    /// would drop) and at most half what a connection's queue holds (so QoS 0 floods are slowed
+    /// before they drop); for a client's PUBLISH at most `limits.max_backlog` too.
+    pub fn high_water(&self, router: crate::flow::Router) -> usize {
+        let queue = self.cfg.session.max_queued.min(self.link_capacity() / 2);
+        match router {
+            crate::flow::Router::Publisher => queue.min(self.cfg.max_backlog),
+            crate::flow::Router::Edge => queue,
+        }
+        .max(1)
     }
 
     /// Deliveries a connection's channel holds: its in-flight window and what may wait for its
     /// socket beyond it.
     fn link_capacity(&self) -> usize {
         usize::from(self.cfg.session.max_inflight) + self.cfg.max_pending_deliveries
-    }
-
-    /// The backlog below which waiting publishers go on: half the high-water mark.
-    pub fn low_water(&self) -> usize {
-        (self.high_water() / 2).max(1)
     }
 
     /// Messages `session` gave up on: counted (overflow) and, at QoS 1/2, kept as dead letters.

@@ -148,7 +148,7 @@ pub async fn publish_in_order<E>(
             let sessions = r.sessions;
             if !r.pressure.is_empty() {
                 let _hold = st.gate.hold();
-                crate::flow::wait_for_room(&st.hub, r.pressure, st.max_stall).await;
+                crate::flow::wait_for_room(&st.hub, r.pressure, st.max_stall, crate::flow::Router::Publisher).await;
             }
             // The journal writes in order: the routing's batch, when there is one, comes after
             // the inbound QoS 2 id's.
@@ -312,7 +312,7 @@ pub async fn resume(
     })?;
     for msg in messages {
         let routed = st.hub.replay(&st.session, msg, now_ms());
-        crate::flow::wait_for_room(&st.hub, routed.pressure, st.max_stall).await;
+        crate::flow::wait_for_room(&st.hub, routed.pressure, st.max_stall, crate::flow::Router::Edge).await;
     }
     Ok(report)
 }

@@ -180,7 +180,7 @@ impl Streams {
                 let missed = replay.entries.iter().filter(|e| !(same_epoch && cursor.has(e.seq)));
                 for msg in missed.filter_map(|e| replayed(&stream, e, replay.epoch)) {
                     let routed = hub.replay(session, msg, crate::message::now_ms());
-                    crate::flow::wait_for_room(hub, routed.pressure, stall).await;
+                    crate::flow::wait_for_room(hub, routed.pressure, stall, crate::flow::Router::Edge).await;
                 }
                 match replay.next_after(self.max_replay) {
                     Some(next) => after = next,

@@ -47,6 +47,15 @@ pub(crate) struct Turns<W: Work> {
     nudge: mpsc::UnboundedSender<()>,
 }
 
+/// What the writer holding the turn does between two writes when more jobs wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Between {
+    /// Lets its thread's other tasks run first (a worker's connections).
+    Yield,
+    /// Goes straight on (a submitter that polls the writing once, its work's thread gone).
+    Nothing,
+}
+
 /// Jobs taken into one write at most.
 const MAX_JOBS: usize = 1024;
 
@@ -75,7 +84,7 @@ impl<W: Work> Turns<W> {
         if let Some(worker) = worker {
             // An edge worker: do it once the tasks already queued on it have run (on its
             // runtime rather than its `LocalSet`: a task of the runtime's may submit too).
-            drop(worker.spawn(self.clone().do_what_waits()));
+            drop(worker.spawn(self.clone().do_what_waits(Between::Yield)));
         } else if self.nudge.send(()).is_err() {
             self.do_here();
         }
@@ -87,11 +96,12 @@ impl<W: Work> Turns<W> {
     fn do_here(self: &Arc<Self>) {
         use futures_util::FutureExt;
         if tokio::runtime::Handle::try_current().is_ok() {
-            self.clone().do_what_waits().now_or_never();
+            // Polled once: nothing yields between writes.
+            self.clone().do_what_waits(Between::Nothing).now_or_never();
             return;
         }
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime.block_on(self.clone().do_what_waits()),
+            Ok(runtime) => runtime.block_on(self.clone().do_what_waits(Between::Nothing)),
             Err(e) => tracing::error!(error = %e, "cannot write: no thread to write on, and no runtime"),
         }
     }
@@ -124,7 +134,7 @@ impl<W: Work> Turns<W> {
     }
 
     /// Does every job waiting, unless someone else is (they do it).
-    async fn do_what_waits(self: Arc<Self>) {
+    async fn do_what_waits(self: Arc<Self>, between: Between) {
         self.pending.store(false, Ordering::Release);
         loop {
             if !self.take_turn() {
@@ -145,7 +155,7 @@ impl<W: Work> Turns<W> {
                 // tasks run (the PUBACKs this write let go, its connections' reads). An embedded
                 // write never yields, and a worker writing others' jobs back to back would
                 // starve its own connections meanwhile.
-                if !self.waiting().is_empty() {
+                if between == Between::Yield && !self.waiting().is_empty() {
                     tokio::task::yield_now().await;
                 }
             }
@@ -165,13 +175,13 @@ impl<W: Work> Turns<W> {
         loop {
             tokio::select! {
                 nudged = nudges.recv() => match (nudged, turns.upgrade()) {
-                    (Some(()), Some(t)) => t.do_what_waits().await,
+                    (Some(()), Some(t)) => t.do_what_waits(Between::Yield).await,
                     _ => break,
                 },
                 _ = ticks.tick() => {
                     let Some(t) = turns.upgrade() else { break };
                     W::tick(&t).await;
-                    t.do_what_waits().await;
+                    t.do_what_waits(Between::Yield).await;
                 }
             }
         }

@@ -134,9 +134,9 @@ async fn a_publisher_piles_up_at_most_max_backlog_for_a_reader_that_does_not_ack
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = acked.load(std::sync::atomic::Ordering::SeqCst);
-    // Its window (32), the backlog (10) and what the publisher was acknowledged while the
-    // backlog filled (one more PUBLISH per wait): never the session queue's 1000.
-    assert!((32..=32 + 10 + 2).contains(&before), "{before} PUBACKs while the reader acknowledged nothing");
+    // At most its window (32) and the backlog (10): never the session queue's 1000. (Fewer if
+    // a PUBLISH was held while the reader's delivery task lagged behind in the first burst.)
+    assert!((1..=32 + 10).contains(&before), "{before} PUBACKs while the reader acknowledged nothing");
     let mut seqs = Vec::new();
     for p in held {
         ack(&mut sub, &p).await;

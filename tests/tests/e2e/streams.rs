@@ -175,6 +175,43 @@ async fn a_v5_client_resumes_a_stream_and_learns_how_complete_the_replay_was() {
     edge.stop().await;
 }
 
+/// A client may wait for its SUBACK before it acknowledges anything: a replay longer than the
+/// backlog at which publishers wait (`limits.max_backlog`) is queued whole for its session, and
+/// the SUBACK comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replay_longer_than_the_publishers_backlog_mark_does_not_wait_for_the_requester() {
+    let edge = TestEdge::start_with(|c| c.limits.max_backlog = 8).await;
+    let bodies: Vec<String> = (1..=200).map(|n| format!("m{n}")).collect();
+    publish_all(&edge, INBOX, &bodies.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut bob = edge.client(Version::V5, "bob").await;
+    let id = bob.next_packet_id();
+    let subscribe = Packet::Subscribe {
+        packet_id: id,
+        topics: vec![SubscribeTopic::new(INBOX, 1)],
+        subscription_id: None,
+        user_properties: vec![("hermes-resume".into(), "0:0".into())],
+    };
+    bob.send(&subscribe).await.expect("send SUBSCRIBE");
+    let mut got = Vec::new();
+    loop {
+        match bob.recv(WAIT).await {
+            Ok(Packet::Publish(p)) => got.push(p),
+            Ok(Packet::SubAck { packet_id, .. }) if packet_id == id => break,
+            other => panic!("expected PUBLISH or SUBACK, got {other:?} after {} PUBLISHes", got.len()),
+        }
+    }
+    for p in &got {
+        ack(&mut bob, p).await;
+    }
+    while got.len() < 200 {
+        let p = expect_publish(&mut bob).await;
+        ack(&mut bob, &p).await;
+        got.push(p);
+    }
+    assert_eq!(got.iter().map(seq).collect::<Vec<_>>(), (1..=200).collect::<Vec<_>>());
+    edge.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_keeps_its_newest_messages_and_says_when_a_client_fell_behind() {
     let edge = TestEdge::start_with(|c| c.streams.max_len = 3).await;

@@ -158,7 +158,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
         let sent = sent.clone();
         let qos = args.qos;
         // A client keeps no more unacknowledged than the broker's Receive Maximum allows.
-        let window = args.window.max(1).min(usize::from(c.send_quota()));
+        let window = args.window.min(usize::from(c.send_quota())).max(1);
         let size = args.payload.max(16);
         pub_tasks.push(tokio::spawn(async move {
             let mut ticker = (per_publisher_rate > 0.0)
