@@ -292,7 +292,10 @@ pub enum ResumeRefusal {
 }
 
 /// Replays what `stream` holds after `after` to this connection's session (as its subscriptions
-/// matching the stream ask), waiting for room as a publisher would.
+/// matching the stream ask): at most what the session queues before the edge would wait for
+/// room (the report says "more" if that left some out, and the client asks again from where
+/// it got). The requester may read nothing before its answer, so the replay alone never makes
+/// it wait.
 pub async fn resume(
     st: &ConnState,
     stream: &str,
@@ -306,7 +309,9 @@ pub async fn resume(
     if !st.authz.can_subscribe(&st.identity, &st.client_id, stream) {
         return Err(ResumeRefusal::NotAuthorized);
     }
-    let (messages, report) = streams.replay(stream, epoch, after).await.map_err(|e| {
+    // Below the mark: even all of it waiting for the connection does not reach it.
+    let limit = st.hub.high_water(crate::flow::Router::Edge).saturating_sub(1).max(1);
+    let (messages, report) = streams.replay(stream, epoch, after, limit).await.map_err(|e| {
         tracing::warn!(stream, error = %e, "cannot read a durable stream to replay it");
         ResumeRefusal::Unavailable
     })?;

@@ -115,16 +115,19 @@ impl Streams {
         PendingStamp(rx)
     }
 
-    /// What `stream` holds after `after` (at most `streams.max_replay` messages, stamped) and
-    /// how that answers a client that has everything up to `after` under `epoch`.
+    /// What `stream` holds after `after` (at most `limit` and `streams.max_replay` messages,
+    /// stamped) and how that answers a client that has everything up to `after` under `epoch`
+    /// ("more" when the limit left some out).
     pub async fn replay(
         &self,
         stream: &str,
         epoch: u64,
         after: u64,
+        limit: usize,
     ) -> Result<(Vec<SharedMessage>, ReplayReport), String> {
-        let read = crate::within(APPEND_TIMEOUT, self.store.read(stream, after, self.max_replay)).await?;
-        let report = ReplayReport::of(&read, epoch, after, self.max_replay, stream);
+        let limit = limit.min(self.max_replay);
+        let read = crate::within(APPEND_TIMEOUT, self.store.read(stream, after, limit)).await?;
+        let report = ReplayReport::of(&read, epoch, after, limit, stream);
         let messages = read.entries.iter().filter_map(|e| replayed(stream, e, read.epoch)).collect();
         Ok((messages, report))
     }
