@@ -2,6 +2,7 @@
 //! what they were told was received; one that stops reading is cut off (v5 0x97) and keeps its
 //! messages for next time; nothing is ever reordered.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,6 +28,11 @@ fn seq_of(p: &Publish) -> u32 {
 /// Publishes `n` numbered messages as fast as a window of 16 unacknowledged ones allows;
 /// returns the PUBACK codes in order.
 async fn publish_all(c: &mut Client, topic: &str, n: u32, qos: u8, size: usize) -> Vec<u8> {
+    publish_counted(c, topic, n, qos, size, &AtomicUsize::new(0)).await
+}
+
+/// [`publish_all`], counting the PUBACKs in `acked` as they come.
+async fn publish_counted(c: &mut Client, topic: &str, n: u32, qos: u8, size: usize, acked: &AtomicUsize) -> Vec<u8> {
     let mut acks = Vec::new();
     let mut inflight = 0;
     for seq in 0..n {
@@ -41,6 +47,7 @@ async fn publish_all(c: &mut Client, topic: &str, n: u32, qos: u8, size: usize) 
             match c.recv(Duration::from_secs(30)).await {
                 Ok(Packet::PubAck { code, .. }) => {
                     acks.push(code);
+                    acked.fetch_add(1, Ordering::SeqCst);
                     inflight -= 1;
                 }
                 other => panic!("expected PUBACK, got {other:?}"),
@@ -51,20 +58,13 @@ async fn publish_all(c: &mut Client, topic: &str, n: u32, qos: u8, size: usize) 
         match c.recv(Duration::from_secs(30)).await {
             Ok(Packet::PubAck { code, .. }) => {
                 acks.push(code);
+                acked.fetch_add(1, Ordering::SeqCst);
                 inflight -= 1;
             }
             other => panic!("expected PUBACK, got {other:?}"),
         }
     }
     acks
-}
-
-/// Waits for a successful PUBACK and counts it.
-async fn puback_counted(c: &mut Client, acked: &std::sync::atomic::AtomicUsize) {
-    match c.recv(Duration::from_secs(30)).await {
-        Ok(Packet::PubAck { code: 0, .. }) => acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
-        other => panic!("expected PUBACK, got {other:?}"),
-    };
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -102,30 +102,11 @@ async fn a_publisher_piles_up_at_most_max_backlog_for_a_reader_that_does_not_ack
     let mut sub = edge.client(Version::V5, "backlog-sub").await;
     sub.subscribe(vec![SubscribeTopic::new("flow/backlog", 1)], WAIT).await.expect("suback");
     let mut publisher = edge.client(Version::V5, "backlog-pub").await;
-    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let acked = std::sync::Arc::new(AtomicUsize::new(0));
     let counted = acked.clone();
     let publishing = tokio::spawn(async move {
-        let mut inflight = 0;
-        for seq in 0..200 {
-            let packet_id = Some(publisher.next_packet_id());
-            let p = Publish {
-                topic: "flow/backlog".into(),
-                payload: numbered(seq, 16),
-                qos: 1,
-                packet_id,
-                ..Publish::default()
-            };
-            publisher.send(&Packet::Publish(p)).await.expect("publish");
-            inflight += 1;
-            while inflight >= 16 {
-                puback_counted(&mut publisher, &counted).await;
-                inflight -= 1;
-            }
-        }
-        while inflight > 0 {
-            puback_counted(&mut publisher, &counted).await;
-            inflight -= 1;
-        }
+        let codes = publish_counted(&mut publisher, "flow/backlog", 200, 1, 16, &counted).await;
+        assert_eq!(codes, [0; 200], "every PUBLISH accepted");
     });
     // The reader takes its window (32) and acknowledges nothing for a second.
     let mut held = Vec::new();
@@ -133,7 +114,7 @@ async fn a_publisher_piles_up_at_most_max_backlog_for_a_reader_that_does_not_ack
         held.push(expect_publish(&mut sub).await);
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = acked.load(std::sync::atomic::Ordering::SeqCst);
+    let before = acked.load(Ordering::SeqCst);
     // At most its window (32) and the backlog (10): never the session queue's 1000. (Fewer if
     // a PUBLISH was held while the reader's delivery task lagged behind in the first burst.)
     assert!((1..=32 + 10).contains(&before), "{before} PUBACKs while the reader acknowledged nothing");

@@ -37,15 +37,7 @@ async fn publish_all(edge: &TestEdge, topic: &str, bodies: &[&str]) {
 /// messages (acknowledged; they may come before or after the SUBACK) and the SUBACK's
 /// `hermes-replay` reports.
 async fn resume_v5(c: &mut Client, filter: &str, position: &str) -> (Vec<Publish>, Vec<String>) {
-    let id = c.next_packet_id();
-    c.send(&Packet::Subscribe {
-        packet_id: id,
-        topics: vec![SubscribeTopic::new(filter, 1)],
-        subscription_id: None,
-        user_properties: vec![("hermes-resume".into(), position.into())],
-    })
-    .await
-    .expect("send SUBSCRIBE");
+    let id = send_resume(c, filter, position).await;
     let mut got = Vec::new();
     let mut reports = None;
     loop {
@@ -64,6 +56,20 @@ async fn resume_v5(c: &mut Client, filter: &str, position: &str) -> (Vec<Publish
             other => panic!("expected PUBLISH or SUBACK, got {other:?}"),
         }
     }
+}
+
+/// Sends a v5 SUBSCRIBE (QoS 1) to `filter` with `hermes-resume = position`; returns its packet id.
+async fn send_resume(c: &mut Client, filter: &str, position: &str) -> u16 {
+    let id = c.next_packet_id();
+    c.send(&Packet::Subscribe {
+        packet_id: id,
+        topics: vec![SubscribeTopic::new(filter, 1)],
+        subscription_id: None,
+        user_properties: vec![("hermes-resume".into(), position.into())],
+    })
+    .await
+    .expect("send SUBSCRIBE");
+    id
 }
 
 fn bodies(ps: &[Publish]) -> Vec<String> {
@@ -194,14 +200,7 @@ async fn a_client_that_reads_only_after_its_suback_resumes_a_long_stream_in_part
     let mut parts = 0;
     loop {
         parts += 1;
-        let id = bob.next_packet_id();
-        let subscribe = Packet::Subscribe {
-            packet_id: id,
-            topics: vec![SubscribeTopic::new(INBOX, 1)],
-            subscription_id: None,
-            user_properties: vec![("hermes-resume".into(), position.clone())],
-        };
-        bob.send(&subscribe).await.expect("send SUBSCRIBE");
+        let id = send_resume(&mut bob, INBOX, &position).await;
         // Nothing is acknowledged before the SUBACK.
         let mut part = Vec::new();
         let report = loop {
