@@ -139,6 +139,9 @@ pub enum Enqueued<M> {
     /// The session already had it: a message its node sent came both replayed and live
     /// (see [`crate::origins`]).
     Had,
+    /// Not now: the session is behind ([`Session::fall_behind`]), and the message comes again
+    /// with its replay.
+    Later,
 }
 
 /// Everything a session holds, to move it to another node: its subscriptions, the in-flight
@@ -181,6 +184,36 @@ pub struct Session<M> {
     cursors: HashMap<Arc<str>, Cursor>,
     /// Set while the session, resumed from the journal, catches up on what its dead node missed.
     catch_up: Option<CatchUp>,
+    /// Set while it is behind on what other nodes route to it ([`Session::fall_behind`]).
+    behind: Option<Behind>,
+}
+
+/// A session behind on what other nodes route to it: the newest message it skipped and the
+/// newest replayed to it, from each node.
+#[derive(Debug)]
+struct Behind {
+    /// The catch-up that ends with it (one replay of it).
+    catch_up: u64,
+    skipped: HashMap<Arc<str>, Stamp>,
+    replayed: HashMap<Arc<str>, Stamp>,
+}
+
+impl Behind {
+    /// Notes that `origin` was skipped (`skipped`) or replayed.
+    fn note(&mut self, origin: &Origin, skipped: bool) {
+        let newest = if skipped { &mut self.skipped } else { &mut self.replayed };
+        let at = newest.entry(origin.cursor.clone()).or_insert(origin.at);
+        if (origin.at.epoch, origin.at.seq) > (at.epoch, at.seq) {
+            *at = origin.at;
+        }
+    }
+
+    /// Whether the replay has passed every message skipped (a node's come in order).
+    fn passed(&self) -> bool {
+        self.skipped
+            .iter()
+            .all(|(node, s)| self.replayed.get(node).is_some_and(|r| (r.epoch, r.seq) >= (s.epoch, s.seq)))
+    }
 }
 
 impl<M: Deliverable + Clone> Session<M> {
@@ -199,6 +232,7 @@ impl<M: Deliverable + Clone> Session<M> {
             exhausted: Vec::new(),
             cursors: HashMap::new(),
             catch_up: None,
+            behind: None,
         }
     }
 
@@ -365,6 +399,17 @@ impl<M: Deliverable + Clone> Session<M> {
         self.queue.len()
     }
 
+    /// Hands the session a message another node routed to it live: [`Enqueued::Later`] while
+    /// it is behind ([`Session::fall_behind`]), if the bus keeps the message (it has an
+    /// origin).
+    pub fn enqueue_from_bus(&mut self, out: Outgoing<M>) -> Enqueued<M> {
+        if let (Some(behind), Some(origin)) = (&mut self.behind, out.msg.origin()) {
+            behind.note(origin, true);
+            return Enqueued::Later;
+        }
+        self.enqueue(out)
+    }
+
     /// Hands a routed message to the session.
     pub fn enqueue(&mut self, out: Outgoing<M>) -> Enqueued<M> {
         if let (Some(catch_up), Some(origin)) = (&mut self.catch_up, out.msg.origin())
@@ -378,6 +423,9 @@ impl<M: Deliverable + Clone> Session<M> {
     /// Hands the session a message replayed while it catches up ([`Session::begin_catch_up`]);
     /// `None` if it is not one it missed.
     pub fn enqueue_replayed(&mut self, out: Outgoing<M>) -> Option<Enqueued<M>> {
+        if let (Some(behind), Some(origin)) = (&mut self.behind, out.msg.origin()) {
+            behind.note(origin, false);
+        }
         let missed = match (&mut self.catch_up, out.msg.origin()) {
             (Some(catch_up), Some(origin)) => catch_up.wants(origin),
             _ => false,
@@ -400,6 +448,43 @@ impl<M: Deliverable + Clone> Session<M> {
         self.catch_up.as_ref().map_or(0, CatchUp::id)
     }
 
+    /// Its connection has more waiting than the node lets pile up for what other nodes route
+    /// (a reader slower than its publishers): rather than hold up every other session of the
+    /// node, it skips their messages that the bus keeps as they come live
+    /// ([`Session::enqueue_from_bus`]), and a replay from the bus gives them in order
+    /// ([`Session::enqueue_replayed`]), once it has room, until the replay has passed the last
+    /// one skipped ([`Session::caught_up_behind`]). It catches up meanwhile (a catch-up whose
+    /// replay skips what node `this_node` published: it has those without the bus), so it
+    /// takes each message once, here or on the node it moves to. Returns the catch-up's id,
+    /// `None` if it is behind already.
+    pub fn fall_behind(&mut self, this_node: Arc<str>) -> Option<u64> {
+        if self.behind.is_some() {
+            return None;
+        }
+        let catch_up = self.begin_catch_up(this_node);
+        self.behind = Some(Behind { catch_up, skipped: HashMap::new(), replayed: HashMap::new() });
+        Some(catch_up)
+    }
+
+    pub fn is_behind(&self) -> bool {
+        self.behind.is_some()
+    }
+
+    /// Whether the session is no longer behind since [`Session::fall_behind`] answered
+    /// `catch_up`: its replay passed every message it skipped (or `give_up`: the bus no longer
+    /// has them), so it takes what comes live again, and its catch-up's replay is done.
+    /// `None` if it is not behind since then.
+    pub fn caught_up_behind(&mut self, catch_up: u64, give_up: bool) -> Option<bool> {
+        if self.behind.as_ref().is_none_or(|b| b.catch_up != catch_up) {
+            return None;
+        }
+        let Some(behind) = self.behind.take_if(|b| give_up || b.passed()) else {
+            return Some(false);
+        };
+        self.caught_up(behind.catch_up);
+        Some(true)
+    }
+
     /// The id of its catch-up, while it catches up.
     pub fn catch_up_id(&self) -> Option<u64> {
         self.catch_up.as_ref().map(CatchUp::id)
@@ -416,6 +501,7 @@ impl<M: Deliverable + Clone> Session<M> {
     /// Ends its catch-up whatever replays are under way (it no longer outlives its connection).
     pub fn end_catch_up(&mut self) {
         self.catch_up = None;
+        self.behind = None;
     }
 
     fn take(&mut self, mut out: Outgoing<M>) -> Enqueued<M> {
@@ -485,20 +571,22 @@ impl<M: Deliverable + Clone> Session<M> {
     /// The session got `msg`: its stream cursor and its cursor with the node that sent it
     /// move (recorded for the journal).
     fn advance_cursor(&mut self, msg: &M) {
-        // Only a session that outlives its connection is ever resumed from its cursors.
-        if !self.durable {
-            return;
-        }
+        // Every session knows where it stands with each node (one that falls behind catches up
+        // from there), but only one that outlives its connection is ever resumed from its
+        // cursors.
         if let Some(origin) = msg.origin() {
             let known = self.cursors.contains_key(&origin.cursor);
             let cursor = self.cursors.entry(origin.cursor.clone()).or_default();
-            if origins::reach(cursor, origin.at) {
+            if origins::reach(cursor, origin.at) && self.durable {
                 let change = Change::Cursor(origin.cursor.clone(), cursor.clone());
                 self.changes.push(change);
             }
             if !known {
                 origins::forget_oldest(&mut self.cursors);
             }
+        }
+        if !self.durable {
+            return;
         }
         let Some((stream, at)) = msg.stream_position() else { return };
         let cursor = match self.cursors.get_mut(stream) {

@@ -108,7 +108,7 @@ async fn replay(hub: &Hub, link: &ClusterLink, resumed: &Resumed, stall: Duratio
 /// Replays to the sessions `route` hands messages to what the bus kept on `subjects` since
 /// `since_ms` (no further back than it keeps), but those `skip` names, once this edge's
 /// interest is in place on the bus; returns how many messages went to a session.
-async fn replay_kept(
+pub(crate) async fn replay_kept(
     hub: &Hub,
     link: &ClusterLink,
     subjects: &[String],

@@ -613,9 +613,14 @@ async fn take_in(
         if let (Some(taken), Some(s)) = (taken, &share) {
             acker.settle(taken, &grouped, s, routed.durable);
         }
-        // A subscriber here with too much waiting slows what comes from other edges, like a
-        // local publisher.
-        crate::flow::wait_for_room(&hub, routed.pressure, stall, crate::flow::Router::Edge).await;
+        // A subscriber here with too much waiting falls behind and is replayed to (`behind`);
+        // one of a shared subscription slows what comes from other edges, like a local
+        // publisher.
+        let pressure = match &share {
+            None => crate::behind::fall_behind(&hub, routed.pressure, stall),
+            Some(_) => routed.pressure,
+        };
+        crate::flow::wait_for_room(&hub, pressure, stall, crate::flow::Router::Edge).await;
     }
 }
 

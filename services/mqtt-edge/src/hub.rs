@@ -292,6 +292,20 @@ impl Hub {
         self.route(|router, fx| router.replay_routed_all(msg, at_ms, now_ms, fx))
     }
 
+    /// The session of the live connection `link` falls behind on what other edges route (see
+    /// `behind`); its replay skips what `this_node` published. Returns the session and its
+    /// catch-up's id; `None` if it is not here or behind already.
+    pub fn fall_behind(&self, link: u64, this_node: &Arc<str>) -> Option<(Arc<str>, u64)> {
+        self.lock().router.fall_behind(link, this_node)
+    }
+
+    /// Whether `session` is no longer behind since [`Hub::fall_behind`] answered `catch_up`:
+    /// its replay passed what it skipped, or gives up (`give_up`). `None` if it is not here or
+    /// not behind since then.
+    pub fn caught_up_behind(&self, session: &str, catch_up: u64, give_up: bool) -> Option<bool> {
+        self.lock().router.caught_up_behind(session, catch_up, give_up)
+    }
+
     /// A replay of `session`'s catch-up `catch_up` is done (see `catch_up`).
     pub fn caught_up(&self, session: &str, catch_up: u64) {
         self.lock().router.caught_up(session, catch_up);

@@ -7,6 +7,7 @@
 pub mod adopt;
 pub mod auth;
 pub mod authz;
+pub mod behind;
 pub mod catch_up;
 pub mod cli;
 pub mod cluster;

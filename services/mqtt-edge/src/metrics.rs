@@ -27,6 +27,8 @@ pub const CLUSTER_DUPLICATES: &str = "hermes_edge_cluster_duplicates_total";
 pub const CLUSTER_DROPPED: &str = "hermes_edge_cluster_dropped_total";
 pub const CLUSTER_ERRORS: &str = "hermes_edge_cluster_errors_total";
 pub const CLUSTER_REPLAYED: &str = "hermes_edge_cluster_replayed_total";
+pub const SESSIONS_BEHIND: &str = "hermes_edge_sessions_behind_total";
+pub const BEHIND_GIVEN_UP: &str = "hermes_edge_behind_given_up_total";
 pub const CLUSTER_GROUP_REDELIVERED: &str = "hermes_edge_cluster_group_redelivered_total";
 pub const SESSIONS_MOVED: &str = "hermes_edge_sessions_moved_total";
 pub const CLUSTER_SUBJECTS: &str = "hermes_edge_cluster_subjects";
@@ -89,6 +91,14 @@ pub fn describe() {
     describe_counter!(
         CLUSTER_REPLAYED,
         "Messages the bus kept that sessions resumed from a dead edge's journal had missed, replayed to them"
+    );
+    describe_counter!(
+        SESSIONS_BEHIND,
+        "Times a session with too much waiting for its connection fell behind on what other edges route (replayed to it from the bus instead of holding up the others)"
+    );
+    describe_counter!(
+        BEHIND_GIVEN_UP,
+        "Sessions behind whose replay from the bus gave up (what it had not replayed by then is lost to them)"
     );
     describe_counter!(SESSIONS_MOVED, "Sessions handed to (`out`) or taken from (`in`) another edge with their client");
     describe_counter!(JOURNAL_WRITES, "Changes to persistent sessions written to the session journal");

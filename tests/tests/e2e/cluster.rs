@@ -778,3 +778,49 @@ async fn a_stopped_edges_parked_sessions_are_taken_by_the_edge_left_in_process()
     assert_eq!(got, want, "the {probes} probes, then the five, in order, once each");
     b.stop().await;
 }
+
+/// A subscriber that reads nothing for a while holds up no other subscriber of its edge: what
+/// other edges route to it is replayed to it from the bus once it reads again (`behind`), all
+/// of it, in order, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_that_stops_reading_holds_up_no_other_on_its_edge_and_misses_nothing() {
+    const SLOW: u32 = 300;
+    const FAST: u32 = 20;
+    let pairs = pairs_with(|c| {
+        c.limits.max_queued_messages = 50;
+        c.limits.max_stall_secs = 60;
+    })
+    .await;
+    for (bus, pair) in pairs {
+        let connect = Connect { receive_maximum: Some(10), ..connect("slow", true) };
+        let (mut slow, _) = pair.b.connect(Version::V5, connect).await;
+        let codes = slow.subscribe(vec![SubscribeTopic::new("slow/#", 1)], WAIT).await.expect("suback");
+        assert_eq!(codes, [1]);
+        let mut fast = subscribed(&pair.b, "fast", &["fast/#"]).await;
+        settle().await;
+        let mut publisher = pair.a.client(Version::V311, "writer").await;
+        for n in 0..SLOW {
+            publisher.publish("slow/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("publish");
+        }
+        for n in 0..FAST {
+            publisher.publish("fast/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("publish");
+        }
+        // Far sooner than the 60 s the edge would wait for the slow one before closing it.
+        let mut got = Vec::new();
+        while got.len() < FAST as usize {
+            match fast.recv(Duration::from_secs(5)).await {
+                Ok(Packet::Publish(p)) => {
+                    ack(&mut fast, &p).await;
+                    got.push(String::from_utf8_lossy(&p.payload).parse::<u32>().expect("a number"));
+                }
+                Ok(_) => {}
+                other => panic!("{bus}: the fast subscriber waited for the slow one after {got:?}: {other:?}"),
+            }
+        }
+        assert_eq!(got, (0..FAST).collect::<Vec<_>>(), "{bus}");
+        assert_eq!(numbers(&mut slow, SLOW as usize).await, (0..SLOW).collect::<Vec<_>>(), "{bus}");
+        expect_nothing(&mut slow).await;
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}

@@ -471,7 +471,24 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 plan.add(k, opts);
             }
         });
-        self.deliver_as(plan, msg, true, fx)
+        self.deliver_as(plan, msg, Via::Replay, fx)
+    }
+
+    /// The session of the live connection `link` falls behind on what other nodes route to it
+    /// (see [`Session::fall_behind`]); its replay skips what `this_node` published. Returns the
+    /// session and its catch-up's id; `None` if it is not here or behind already.
+    pub fn fall_behind(&mut self, link: LinkId, this_node: &Arc<str>) -> Option<(Arc<str>, u64)> {
+        let live = self.live.iter_mut().find(|(_, l)| l.link == link).map(|(name, l)| (name.clone(), l))?;
+        let (name, live) = live;
+        let id = live.session.fall_behind(this_node.clone())?;
+        Some((name, id))
+    }
+
+    /// Whether `session` is no longer behind since [`Router::fall_behind`] answered
+    /// `catch_up` (see [`Session::caught_up_behind`]): its replay passed what it skipped, or
+    /// gives up (`give_up`). `None` if it is not here or not behind since then.
+    pub fn caught_up_behind(&mut self, session: &str, catch_up: u64, give_up: bool) -> Option<bool> {
+        self.held_mut(session)?.1.caught_up_behind(catch_up, give_up)
     }
 
     /// `session` has been given everything its catch-up `catch_up` replayed (see
@@ -534,6 +551,9 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
         let mut plan = RoutePlan::new(publisher, msg.qos(), msg.retain());
         self.subs.for_each_match(msg.topic(), |key, opts| plan.add(key, opts));
+        // From another node, to the plain subscriptions alone (shared ones' come through their
+        // group on the bus): a session behind takes it later.
+        let via = if !local && self.shared_on_bus { Via::Bus } else { Via::Here };
         // Shared subscriptions served through the bus still count as taking the message (a v5
         // publisher is not told "no matching subscribers" for them).
         let mut shared_elsewhere = std::collections::HashSet::new();
@@ -544,18 +564,17 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         } else {
             self.shared.for_each_match(msg.topic(), |(key, group), opts| plan.add_shared(group, key, opts));
         }
-        self.deliver(plan, msg, fx) + shared_elsewhere.len()
+        self.deliver_as(plan, msg, via, fx) + shared_elsewhere.len()
     }
 
     /// Hands `msg` to the sessions `plan` picked: live ones through their connection, parked
     /// ones into their queue. Returns how many.
     fn deliver(&mut self, plan: RoutePlan<u64>, msg: M, fx: &mut Effects<M, O>) -> usize {
-        self.deliver_as(plan, msg, false, fx)
+        self.deliver_as(plan, msg, Via::Here, fx)
     }
 
-    /// [`Router::deliver`]; a `replayed` message goes only to sessions that missed it
-    /// ([`Session::enqueue_replayed`]).
-    fn deliver_as(&mut self, plan: RoutePlan<u64>, msg: M, replayed: bool, fx: &mut Effects<M, O>) -> usize {
+    /// [`Router::deliver`] of a message that came `via`.
+    fn deliver_as(&mut self, plan: RoutePlan<u64>, msg: M, via: Via, fx: &mut Effects<M, O>) -> usize {
         let mut rr = self.round_robin;
         let deliveries = plan.finish(|n| {
             rr = rr.wrapping_add(1);
@@ -568,8 +587,11 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 continue;
             };
             let out = Outgoing::new(msg.clone(), d.qos, d.retain, d.subscription_ids);
-            let enqueue =
-                |s: &mut Session<M>, out| if replayed { s.enqueue_replayed(out) } else { Some(s.enqueue(out)) };
+            let enqueue = |s: &mut Session<M>, out| match via {
+                Via::Here => Some(s.enqueue(out)),
+                Via::Bus => Some(s.enqueue_from_bus(out)),
+                Via::Replay => s.enqueue_replayed(out),
+            };
             let (live, s) = match self.live.get_mut(session) {
                 Some(live) => (Some(live.link), &mut live.session),
                 None => match self.store.get_mut(session) {
@@ -582,10 +604,18 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 count -= 1;
                 continue;
             };
+            // Nothing changed: it comes with a replay.
+            if matches!(outcome, Enqueued::Later) {
+                continue;
+            }
             match live {
                 Some(link) => {
                     push_enqueued(fx, session, link, outcome);
-                    fx.push(Effect::Backlog(link, s.backlog()));
+                    // What comes from other nodes waits for no session behind (a QoS 0
+                    // message, sent or dropped, left its queue as it was).
+                    if !(via == Via::Bus && s.is_behind()) {
+                        fx.push(Effect::Backlog(link, s.backlog()));
+                    }
                     journal(fx, session, s, None);
                 }
                 None => {
@@ -689,12 +719,23 @@ fn journal<M: Deliverable + Clone, O>(
 }
 
 /// A delivery to send now, or a message the session dropped.
+/// How a message reaches the sessions [`Router::deliver_as`] hands it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// Published here, or given here (a shared subscription's member, a stream's replay).
+    Here,
+    /// Routed live by another node ([`Session::enqueue_from_bus`]).
+    Bus,
+    /// Replayed from the bus: only to sessions that missed it ([`Session::enqueue_replayed`]).
+    Replay,
+}
+
 fn push_enqueued<M, O>(fx: &mut Effects<M, O>, session: &str, link: LinkId, outcome: Enqueued<M>) {
     match outcome {
         Enqueued::Send(d) => fx.push(Effect::Deliver(link, d)),
         Enqueued::Dropped(out) => {
             fx.push(Effect::Dropped { session: session.into(), messages: vec![out], exhausted: false })
         }
-        Enqueued::Queued | Enqueued::Had => {}
+        Enqueued::Queued | Enqueued::Had | Enqueued::Later => {}
     }
 }

@@ -1087,3 +1087,78 @@ fn a_session_catching_up_after_a_dead_node_when_its_node_loses_the_others_waits_
     assert!(!b.replay_routed(&bob, from_node("x", 4), 3_000, 3_000, &mut fx), "both done");
     assert_eq!(delivered(&fx, link), ["x3"]);
 }
+
+/// Bob (a session that ends with its connection) on a node of a cluster, subscribed to `t/#`,
+/// got x1 live; then his connection has too much waiting, and he falls behind.
+fn behind_after_x1() -> (Router<Msg, &'static str>, LinkId, Fx, Arc<str>, u64) {
+    let mut r = wide();
+    r.share_through_bus();
+    let mut fx = Fx::new();
+    let (link, _) = connect(&mut r, request("bob", "phone", true, 0), &mut fx);
+    sub(&mut r, "bob", "phone", "t/#", 1);
+    r.publish_remote(from_node("x", 1), 2_000, &mut fx);
+    let (bob, id) = r.fall_behind(link, &"me".into()).expect("bob falls behind");
+    assert_eq!(&*bob, key("bob", "phone"));
+    assert_eq!(r.fall_behind(link, &"me".into()), None, "behind already");
+    (r, link, fx, bob, id)
+}
+
+#[test]
+fn a_session_behind_takes_what_other_nodes_route_from_its_replay_in_order_and_once() {
+    let (mut r, link, mut fx, bob, id) = behind_after_x1();
+    r.publish_remote(from_node("x", 2), 2_000, &mut fx);
+    r.publish_remote(from_node("x", 3), 2_000, &mut fx);
+    fx.clear();
+    r.publish_remote(msg("t/1", "q", 0), 2_000, &mut fx);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Backlog(..))), "nothing from the bus waits for it");
+    r.publish(msg("t/1", "here", 1), None, 2_000, &mut fx);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Backlog(..))), "a publisher here waits for room as ever");
+    assert_eq!(r.caught_up_behind(&bob, id, false), Some(false), "x2 and x3 are still to come");
+    assert!(!r.replay_routed(&bob, from_node("x", 1), 2_000, 3_000, &mut fx), "it had x1");
+    assert!(r.replay_routed(&bob, from_node("x", 2), 2_000, 3_000, &mut fx));
+    assert_eq!(r.caught_up_behind(&bob, id, false), Some(false), "x3 is still to come");
+    r.publish_remote(from_node("y", 1), 2_000, &mut fx);
+    assert!(r.replay_routed(&bob, from_node("x", 3), 2_000, 3_000, &mut fx));
+    assert_eq!(r.caught_up_behind(&bob, id, false), Some(false), "y1 came while x3 was replayed");
+    assert!(r.replay_routed(&bob, from_node("y", 1), 2_000, 3_000, &mut fx));
+    assert!(!r.replay_routed(&bob, from_node("y", 1), 2_000, 3_000, &mut fx), "once");
+    assert_eq!(r.caught_up_behind(&bob, id, false), Some(true), "the replay passed all it skipped");
+    assert_eq!(r.caught_up_behind(&bob, id, false), None, "no longer behind");
+    r.publish_remote(from_node("x", 4), 2_000, &mut fx);
+    assert!(!r.replay_routed(&bob, from_node("x", 5), 2_000, 3_000, &mut fx), "its catch-up ended");
+    assert_eq!(
+        delivered(&fx, link),
+        ["q", "here", "x2", "x3", "y1", "x4"],
+        "what the bus keeps, in each node's order; the rest as it came"
+    );
+}
+
+#[test]
+fn a_session_behind_whose_replay_gives_up_takes_what_comes_live_again() {
+    let (mut r, link, mut fx, bob, id) = behind_after_x1();
+    r.publish_remote(from_node("x", 2), 2_000, &mut fx);
+    assert_eq!(r.caught_up_behind(&bob, id, true), Some(true));
+    r.publish_remote(from_node("x", 3), 2_000, &mut fx);
+    assert_eq!(delivered(&fx, link), ["x1", "x3"]);
+    let (again, next) = r.fall_behind(link, &"me".into()).expect("it may fall behind again");
+    assert_eq!((again, r.caught_up_behind(&bob, id, true)), (bob.clone(), None), "an earlier replay ends nothing");
+    assert_eq!(r.caught_up_behind(&bob, next, true), Some(true));
+}
+
+#[test]
+fn a_session_behind_that_moves_catches_up_on_the_next_node() {
+    let (mut a, _, mut fx, bob, id) = behind_after_x1();
+    a.publish_remote(from_node("x", 2), 2_000, &mut fx);
+    let (snapshot, _) = a.hand_over(&bob, &Acl::default(), 0, &mut fx).expect("on a");
+    assert!(snapshot.catch_up.is_some(), "it carries its catch-up");
+    let mut b = wide();
+    b.share_through_bus();
+    fx.clear();
+    let req = ConnectRequest { resumed: Some(snapshot), ..request("bob", "phone", false, 60) };
+    let (link, _) = connect(&mut b, req, &mut fx);
+    assert!(!b.replay_routed(&bob, from_node("x", 1), 2_000, 3_000, &mut fx), "it had x1");
+    assert!(b.replay_routed(&bob, from_node("x", 2), 2_000, 3_000, &mut fx), "x2, skipped on a");
+    assert_eq!(b.caught_up_behind(&bob, id, false), None, "not behind here: it catches up");
+    b.publish_remote(from_node("x", 3), 2_000, &mut fx);
+    assert_eq!(delivered(&fx, link), ["x1", "x2", "x3"], "x1 again: in flight, unacknowledged on a");
+}
