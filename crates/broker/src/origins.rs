@@ -151,6 +151,11 @@ impl CatchUp {
         self.taken.insert((origin.cursor.clone(), origin.at))
     }
 
+    /// Whether a message from `origin` was taken already (live or replayed).
+    pub fn took(&self, origin: &Origin) -> bool {
+        self.taken.contains(&(origin.cursor.clone(), origin.at))
+    }
+
     /// A message from `origin` was replayed: whether the session missed it (the journal did
     /// not have it, and it did not come live already).
     pub fn wants(&mut self, origin: &Origin) -> bool {

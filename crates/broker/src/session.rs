@@ -188,32 +188,49 @@ pub struct Session<M> {
     behind: Option<Behind>,
 }
 
-/// A session behind on what other nodes route to it: the newest message it skipped and the
-/// newest replayed to it, from each node.
+/// A session behind on what other nodes route to it ([`Session::fall_behind`]).
 #[derive(Debug)]
 struct Behind {
+    /// Which time it fell behind, in this process (a replay ends only its own).
+    id: u64,
     /// The catch-up that ends with it (one replay of it).
     catch_up: u64,
-    skipped: HashMap<Arc<str>, Stamp>,
-    replayed: HashMap<Arc<str>, Stamp>,
+    /// Whether it skips what comes live; not while it drains ([`BehindStep::Draining`]).
+    skipping: bool,
+    /// The messages it skipped that its replay has not read yet, by node cursor and number.
+    skipped: HashSet<(Arc<str>, Stamp)>,
+    /// How many skipped messages its replay has read.
+    replayed: u64,
 }
 
 impl Behind {
-    /// Notes that `origin` was skipped (`skipped`) or replayed.
-    fn note(&mut self, origin: &Origin, skipped: bool) {
-        let newest = if skipped { &mut self.skipped } else { &mut self.replayed };
-        let at = newest.entry(origin.cursor.clone()).or_insert(origin.at);
-        if (origin.at.epoch, origin.at.seq) > (at.epoch, at.seq) {
-            *at = origin.at;
-        }
+    /// Its replay read `origin`: returns whether it had skipped it.
+    fn read(&mut self, origin: &Origin) -> bool {
+        let read = self.skipped.remove(&(origin.cursor.clone(), origin.at));
+        self.replayed += u64::from(read);
+        read
     }
+}
 
-    /// Whether the replay has passed every message skipped (a node's come in order).
-    fn passed(&self) -> bool {
-        self.skipped
-            .iter()
-            .all(|(node, s)| self.replayed.get(node).is_some_and(|r| (r.epoch, r.seq) >= (s.epoch, s.seq)))
-    }
+/// Where a session behind stands ([`Session::caught_up_behind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BehindStep {
+    /// Still behind: its replay has read `replayed` of the messages it skipped, `left` are to
+    /// come.
+    Behind { replayed: u64, left: usize },
+    /// Its replay has read every message it skipped: it takes what comes live again, each
+    /// once, but it still catches up for a while (a copy of a replayed message may still be on
+    /// its way live: it is taken as had); the next step ends it, unless it fell behind anew
+    /// meanwhile.
+    Draining,
+    /// No longer behind; its catch-up's replay is done.
+    Done,
+}
+
+/// The id of the next time a session falls behind, in this process.
+fn next_behind_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl<M: Deliverable + Clone> Session<M> {
@@ -401,10 +418,13 @@ impl<M: Deliverable + Clone> Session<M> {
 
     /// Hands the session a message another node routed to it live: [`Enqueued::Later`] while
     /// it is behind ([`Session::fall_behind`]), if the bus keeps the message (it has an
-    /// origin).
+    /// origin) and its replay did not give it already.
     pub fn enqueue_from_bus(&mut self, out: Outgoing<M>) -> Enqueued<M> {
-        if let (Some(behind), Some(origin)) = (&mut self.behind, out.msg.origin()) {
-            behind.note(origin, true);
+        if let (Some(behind), Some(origin)) = (self.behind.as_mut().filter(|b| b.skipping), out.msg.origin()) {
+            if self.catch_up.as_ref().is_some_and(|c| c.took(origin)) {
+                return Enqueued::Had;
+            }
+            behind.skipped.insert((origin.cursor.clone(), origin.at));
             return Enqueued::Later;
         }
         self.enqueue(out)
@@ -422,15 +442,28 @@ impl<M: Deliverable + Clone> Session<M> {
 
     /// Hands the session a message replayed while it catches up ([`Session::begin_catch_up`]);
     /// `None` if it is not one it missed.
+    /// A message it skipped while behind is taken unless it came already, whatever it had
+    /// then from the same node (what a node routes on different subjects may come out of
+    /// order).
     pub fn enqueue_replayed(&mut self, out: Outgoing<M>) -> Option<Enqueued<M>> {
-        if let (Some(behind), Some(origin)) = (&mut self.behind, out.msg.origin()) {
-            behind.note(origin, false);
-        }
+        let skipped = match (&mut self.behind, out.msg.origin()) {
+            (Some(behind), Some(origin)) => behind.read(origin),
+            _ => false,
+        };
         let missed = match (&mut self.catch_up, out.msg.origin()) {
+            (Some(catch_up), Some(origin)) if skipped => catch_up.live(origin),
             (Some(catch_up), Some(origin)) => catch_up.wants(origin),
             _ => false,
         };
         missed.then(|| self.take(out))
+    }
+
+    /// The replay of a session behind read a message from `origin`, whether or not the session
+    /// took it (it may have expired, or the subscription gone): it is no longer waited for.
+    pub fn replay_read(&mut self, origin: &Origin) {
+        if let Some(behind) = &mut self.behind {
+            behind.read(origin);
+        }
     }
 
     /// The session was resumed from the journal after its node died (or its node was cut off
@@ -452,37 +485,54 @@ impl<M: Deliverable + Clone> Session<M> {
     /// (a reader slower than its publishers): rather than hold up every other session of the
     /// node, it skips their messages that the bus keeps as they come live
     /// ([`Session::enqueue_from_bus`]), and a replay from the bus gives them in order
-    /// ([`Session::enqueue_replayed`]), once it has room, until the replay has passed the last
-    /// one skipped ([`Session::caught_up_behind`]). It catches up meanwhile (a catch-up whose
+    /// ([`Session::enqueue_replayed`]), once it has room, until the replay has read every one
+    /// it skipped ([`Session::caught_up_behind`]). It catches up meanwhile (a catch-up whose
     /// replay skips what node `this_node` published: it has those without the bus), so it
-    /// takes each message once, here or on the node it moves to. Returns the catch-up's id,
-    /// `None` if it is behind already.
+    /// takes each message once, here or on the node it moves to. Returns which time it fell
+    /// behind, for [`Session::caught_up_behind`]; `None` if it is behind already (one that
+    /// drains skips again, and its replay goes on).
     pub fn fall_behind(&mut self, this_node: Arc<str>) -> Option<u64> {
-        if self.behind.is_some() {
+        if let Some(behind) = &mut self.behind {
+            behind.skipping = true;
             return None;
         }
         let catch_up = self.begin_catch_up(this_node);
-        self.behind = Some(Behind { catch_up, skipped: HashMap::new(), replayed: HashMap::new() });
-        Some(catch_up)
+        let id = next_behind_id();
+        self.behind = Some(Behind { id, catch_up, skipping: true, skipped: HashSet::new(), replayed: 0 });
+        Some(id)
     }
 
+    /// Whether it skips what other nodes route to it live.
     pub fn is_behind(&self) -> bool {
-        self.behind.is_some()
+        self.behind.as_ref().is_some_and(|b| b.skipping)
     }
 
-    /// Whether the session is no longer behind since [`Session::fall_behind`] answered
-    /// `catch_up`: its replay passed every message it skipped (or `give_up`: the bus no longer
-    /// has them), so it takes what comes live again, and its catch-up's replay is done.
+    /// The next step of the session behind since [`Session::fall_behind`] answered `id`, once
+    /// its replay has read what the bus has: still behind, draining once the replay has read
+    /// every message it skipped, done at the step after that (its catch-up's replay is done).
     /// `None` if it is not behind since then.
-    pub fn caught_up_behind(&mut self, catch_up: u64, give_up: bool) -> Option<bool> {
-        if self.behind.as_ref().is_none_or(|b| b.catch_up != catch_up) {
-            return None;
+    pub fn caught_up_behind(&mut self, id: u64) -> Option<BehindStep> {
+        let behind = self.behind.as_mut().filter(|b| b.id == id)?;
+        if behind.skipping && behind.skipped.is_empty() {
+            behind.skipping = false;
+            return Some(BehindStep::Draining);
         }
-        let Some(behind) = self.behind.take_if(|b| give_up || b.passed()) else {
-            return Some(false);
-        };
+        if behind.skipping {
+            return Some(BehindStep::Behind { replayed: behind.replayed, left: behind.skipped.len() });
+        }
+        let catch_up = behind.catch_up;
+        self.behind = None;
+        self.caught_up(catch_up);
+        Some(BehindStep::Done)
+    }
+
+    /// Its replay since [`Session::fall_behind`] answered `id` gives up (the bus no longer has
+    /// what it skipped): it takes what comes live again. Returns how many messages it skipped
+    /// that the replay never read (lost to it); `None` if it is not behind since then.
+    pub fn give_up_behind(&mut self, id: u64) -> Option<usize> {
+        let behind = self.behind.take_if(|b| b.id == id)?;
         self.caught_up(behind.catch_up);
-        Some(true)
+        Some(behind.skipped.len())
     }
 
     /// The id of its catch-up, while it catches up.

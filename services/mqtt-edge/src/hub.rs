@@ -293,17 +293,22 @@ impl Hub {
     }
 
     /// The session of the live connection `link` falls behind on what other edges route (see
-    /// `behind`); its replay skips what `this_node` published. Returns the session and its
-    /// catch-up's id; `None` if it is not here or behind already.
+    /// `behind`); its replay skips what `this_node` published. Returns the session and which
+    /// time it fell behind; `None` if it is not here or behind already.
     pub fn fall_behind(&self, link: u64, this_node: &Arc<str>) -> Option<(Arc<str>, u64)> {
         self.lock().router.fall_behind(link, this_node)
     }
 
-    /// Whether `session` is no longer behind since [`Hub::fall_behind`] answered `catch_up`:
-    /// its replay passed what it skipped, or gives up (`give_up`). `None` if it is not here or
-    /// not behind since then.
-    pub fn caught_up_behind(&self, session: &str, catch_up: u64, give_up: bool) -> Option<bool> {
-        self.lock().router.caught_up_behind(session, catch_up, give_up)
+    /// The next step of `session`, behind since [`Hub::fall_behind`] answered `id`; `None` if
+    /// it is not here or not behind since then.
+    pub fn caught_up_behind(&self, session: &str, id: u64) -> Option<broker::session::BehindStep> {
+        self.lock().router.caught_up_behind(session, id)
+    }
+
+    /// `session`'s replay, behind since [`Hub::fall_behind`] answered `id`, gives up; returns
+    /// how many messages it skipped were never read.
+    pub fn give_up_behind(&self, session: &str, id: u64) -> Option<usize> {
+        self.lock().router.give_up_behind(session, id)
     }
 
     /// A replay of `session`'s catch-up `catch_up` is done (see `catch_up`).

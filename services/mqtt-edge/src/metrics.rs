@@ -29,6 +29,7 @@ pub const CLUSTER_ERRORS: &str = "hermes_edge_cluster_errors_total";
 pub const CLUSTER_REPLAYED: &str = "hermes_edge_cluster_replayed_total";
 pub const SESSIONS_BEHIND: &str = "hermes_edge_sessions_behind_total";
 pub const BEHIND_GIVEN_UP: &str = "hermes_edge_behind_given_up_total";
+pub const BEHIND_LOST: &str = "hermes_edge_behind_lost_total";
 pub const CLUSTER_GROUP_REDELIVERED: &str = "hermes_edge_cluster_group_redelivered_total";
 pub const SESSIONS_MOVED: &str = "hermes_edge_sessions_moved_total";
 pub const CLUSTER_SUBJECTS: &str = "hermes_edge_cluster_subjects";
@@ -99,6 +100,10 @@ pub fn describe() {
     describe_counter!(
         BEHIND_GIVEN_UP,
         "Sessions behind whose replay from the bus gave up (what it had not replayed by then is lost to them)"
+    );
+    describe_counter!(
+        BEHIND_LOST,
+        "Messages sessions behind skipped that their replay from the bus never found before it gave up"
     );
     describe_counter!(SESSIONS_MOVED, "Sessions handed to (`out`) or taken from (`in`) another edge with their client");
     describe_counter!(JOURNAL_WRITES, "Changes to persistent sessions written to the session journal");

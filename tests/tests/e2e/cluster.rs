@@ -542,6 +542,31 @@ async fn numbers(c: &mut Client, n: usize) -> Vec<u32> {
     got
 }
 
+/// Publishes the numbers `range` on `topic`, QoS 1, each acknowledged.
+async fn publish_numbered(c: &mut Client, topic: &str, range: std::ops::Range<u32>) {
+    for n in range {
+        c.publish(topic, n.to_string().as_bytes(), 1, false, WAIT).await.expect("publish");
+    }
+}
+
+/// The next `n` publishes to `c` (acknowledged), their numbers by topic in the order they came.
+async fn numbers_by_topic(c: &mut Client, n: usize) -> std::collections::BTreeMap<String, Vec<u32>> {
+    let mut got: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    for _ in 0..n {
+        let p = loop {
+            match c.recv(Duration::from_secs(30)).await {
+                Ok(Packet::Publish(p)) => break p,
+                Ok(_) => {}
+                other => panic!("after {got:?}: {other:?}"),
+            }
+        };
+        ack(c, &p).await;
+        let number = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()).expect("a number");
+        got.entry(p.topic).or_default().push(number);
+    }
+    got
+}
+
 /// A persistent session moves to another edge just as its own edge, back from an outage of
 /// NATS, catches up on what it missed (kept on JetStream): whichever edge holds the session
 /// while the replay runs, every message acknowledged for it reaches the client.
@@ -781,11 +806,12 @@ async fn a_stopped_edges_parked_sessions_are_taken_by_the_edge_left_in_process()
 
 /// A subscriber that reads nothing for a while holds up no other subscriber of its edge: what
 /// other edges route to it is replayed to it from the bus once it reads again (`behind`), all
-/// of it, in order, once.
+/// of it, in each publisher's order, once; and what comes after it caught up reaches it too.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_subscriber_that_stops_reading_holds_up_no_other_on_its_edge_and_misses_nothing() {
-    const SLOW: u32 = 300;
+    const SLOW: u32 = 150;
     const FAST: u32 = 20;
+    const AFTER: u32 = 10;
     let pairs = pairs_with(|c| {
         c.limits.max_queued_messages = 50;
         c.limits.max_stall_secs = 60;
@@ -798,13 +824,11 @@ async fn a_subscriber_that_stops_reading_holds_up_no_other_on_its_edge_and_misse
         assert_eq!(codes, [1]);
         let mut fast = subscribed(&pair.b, "fast", &["fast/#"]).await;
         settle().await;
-        let mut publisher = pair.a.client(Version::V311, "writer").await;
-        for n in 0..SLOW {
-            publisher.publish("slow/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("publish");
-        }
-        for n in 0..FAST {
-            publisher.publish("fast/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("publish");
-        }
+        // Two publishers at once, on two subjects.
+        let mut one = pair.a.client(Version::V311, "writer-1").await;
+        let mut two = pair.a.client(Version::V311, "writer-2").await;
+        tokio::join!(publish_numbered(&mut one, "slow/1", 0..SLOW), publish_numbered(&mut two, "slow/2", 0..SLOW));
+        publish_numbered(&mut one, "fast/1", 0..FAST).await;
         // Far sooner than the 60 s the edge would wait for the slow one before closing it.
         let mut got = Vec::new();
         while got.len() < FAST as usize {
@@ -818,7 +842,19 @@ async fn a_subscriber_that_stops_reading_holds_up_no_other_on_its_edge_and_misse
             }
         }
         assert_eq!(got, (0..FAST).collect::<Vec<_>>(), "{bus}");
-        assert_eq!(numbers(&mut slow, SLOW as usize).await, (0..SLOW).collect::<Vec<_>>(), "{bus}");
+        let by_topic = numbers_by_topic(&mut slow, 2 * SLOW as usize).await;
+        for topic in ["slow/1", "slow/2"] {
+            assert_eq!(by_topic.get(topic), Some(&(0..SLOW).collect::<Vec<_>>()), "{bus}: {topic}");
+        }
+        // Caught up: what comes next reaches it too, once.
+        tokio::join!(
+            publish_numbered(&mut one, "slow/1", SLOW..SLOW + AFTER),
+            publish_numbered(&mut two, "slow/2", SLOW..SLOW + AFTER)
+        );
+        let by_topic = numbers_by_topic(&mut slow, 2 * AFTER as usize).await;
+        for topic in ["slow/1", "slow/2"] {
+            assert_eq!(by_topic.get(topic), Some(&(SLOW..SLOW + AFTER).collect::<Vec<_>>()), "{bus}: {topic}");
+        }
         expect_nothing(&mut slow).await;
         pair.a.stop().await;
         pair.b.stop().await;

@@ -25,7 +25,7 @@ use crate::SubOptions;
 use crate::presence::{Announce, Presence};
 use crate::retained::RetainedStore;
 use crate::route::RoutePlan;
-use crate::session::{Change, Deliverable, Enqueued, Outgoing, Session, SessionLimits, SessionSnapshot};
+use crate::session::{BehindStep, Change, Deliverable, Enqueued, Outgoing, Session, SessionLimits, SessionSnapshot};
 use crate::store::{MemorySessionStore, SessionStore};
 use crate::topic::{TopicError, TopicLimits};
 use crate::trie::SubscriptionTrie;
@@ -417,7 +417,13 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         let Some((key, _)) = self.held_mut(session) else {
             return false;
         };
-        self.replay_kept(Some(key), msg, at_ms, now_ms, fx) == 1
+        let origin = msg.origin().cloned();
+        let went = self.replay_kept(Some(key), msg, at_ms, now_ms, fx) == 1;
+        // Taken or not, the replay of a session behind has read it.
+        if let (Some(origin), Some((_, s))) = (origin, self.held_mut(session)) {
+            s.replay_read(&origin);
+        }
+        went
     }
 
     /// This node lost the others (and nothing from them reaches it until it has them back):
@@ -476,7 +482,9 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
 
     /// The session of the live connection `link` falls behind on what other nodes route to it
     /// (see [`Session::fall_behind`]); its replay skips what `this_node` published. Returns the
-    /// session and its catch-up's id; `None` if it is not here or behind already.
+    /// session and which time it fell behind; `None` if it is not here or behind already.
+    /// (It looks for the link among the live sessions: a node calls it only when a connection
+    /// has too much waiting.)
     pub fn fall_behind(&mut self, link: LinkId, this_node: &Arc<str>) -> Option<(Arc<str>, u64)> {
         let live = self.live.iter_mut().find(|(_, l)| l.link == link).map(|(name, l)| (name.clone(), l))?;
         let (name, live) = live;
@@ -484,11 +492,16 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         Some((name, id))
     }
 
-    /// Whether `session` is no longer behind since [`Router::fall_behind`] answered
-    /// `catch_up` (see [`Session::caught_up_behind`]): its replay passed what it skipped, or
-    /// gives up (`give_up`). `None` if it is not here or not behind since then.
-    pub fn caught_up_behind(&mut self, session: &str, catch_up: u64, give_up: bool) -> Option<bool> {
-        self.held_mut(session)?.1.caught_up_behind(catch_up, give_up)
+    /// The next step of `session`, behind since [`Router::fall_behind`] answered `id` (see
+    /// [`Session::caught_up_behind`]); `None` if it is not here or not behind since then.
+    pub fn caught_up_behind(&mut self, session: &str, id: u64) -> Option<BehindStep> {
+        self.held_mut(session)?.1.caught_up_behind(id)
+    }
+
+    /// `session`'s replay, behind since [`Router::fall_behind`] answered `id`, gives up (see
+    /// [`Session::give_up_behind`]): returns how many messages it skipped were never read.
+    pub fn give_up_behind(&mut self, session: &str, id: u64) -> Option<usize> {
+        self.held_mut(session)?.1.give_up_behind(id)
     }
 
     /// `session` has been given everything its catch-up `catch_up` replayed (see

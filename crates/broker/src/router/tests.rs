@@ -1106,6 +1106,7 @@ fn behind_after_x1() -> (Router<Msg, &'static str>, LinkId, Fx, Arc<str>, u64) {
 #[test]
 fn a_session_behind_takes_what_other_nodes_route_from_its_replay_in_order_and_once() {
     let (mut r, link, mut fx, bob, id) = behind_after_x1();
+    let behind = |replayed, left| Some(BehindStep::Behind { replayed, left });
     r.publish_remote(from_node("x", 2), 2_000, &mut fx);
     r.publish_remote(from_node("x", 3), 2_000, &mut fx);
     fx.clear();
@@ -1113,36 +1114,77 @@ fn a_session_behind_takes_what_other_nodes_route_from_its_replay_in_order_and_on
     assert!(!fx.iter().any(|e| matches!(e, Effect::Backlog(..))), "nothing from the bus waits for it");
     r.publish(msg("t/1", "here", 1), None, 2_000, &mut fx);
     assert!(fx.iter().any(|e| matches!(e, Effect::Backlog(..))), "a publisher here waits for room as ever");
-    assert_eq!(r.caught_up_behind(&bob, id, false), Some(false), "x2 and x3 are still to come");
+    assert_eq!(r.caught_up_behind(&bob, id), behind(0, 2), "x2 and x3 are still to come");
     assert!(!r.replay_routed(&bob, from_node("x", 1), 2_000, 3_000, &mut fx), "it had x1");
     assert!(r.replay_routed(&bob, from_node("x", 2), 2_000, 3_000, &mut fx));
-    assert_eq!(r.caught_up_behind(&bob, id, false), Some(false), "x3 is still to come");
+    assert_eq!(r.caught_up_behind(&bob, id), behind(1, 1), "x3 is still to come");
     r.publish_remote(from_node("y", 1), 2_000, &mut fx);
     assert!(r.replay_routed(&bob, from_node("x", 3), 2_000, 3_000, &mut fx));
-    assert_eq!(r.caught_up_behind(&bob, id, false), Some(false), "y1 came while x3 was replayed");
+    assert_eq!(r.caught_up_behind(&bob, id), behind(2, 1), "y1 came while x3 was replayed");
     assert!(r.replay_routed(&bob, from_node("y", 1), 2_000, 3_000, &mut fx));
     assert!(!r.replay_routed(&bob, from_node("y", 1), 2_000, 3_000, &mut fx), "once");
-    assert_eq!(r.caught_up_behind(&bob, id, false), Some(true), "the replay passed all it skipped");
-    assert_eq!(r.caught_up_behind(&bob, id, false), None, "no longer behind");
+    assert_eq!(r.caught_up_behind(&bob, id), Some(BehindStep::Draining), "the replay read all it skipped");
     r.publish_remote(from_node("x", 4), 2_000, &mut fx);
-    assert!(!r.replay_routed(&bob, from_node("x", 5), 2_000, 3_000, &mut fx), "its catch-up ended");
+    assert!(!r.replay_routed(&bob, from_node("x", 4), 2_000, 3_000, &mut fx), "x4 came live");
+    r.publish_remote(from_node("x", 3), 2_000, &mut fx);
+    assert_eq!(r.caught_up_behind(&bob, id), Some(BehindStep::Done));
+    assert_eq!(r.caught_up_behind(&bob, id), None, "no longer behind");
+    r.publish_remote(from_node("x", 5), 2_000, &mut fx);
+    assert!(!r.replay_routed(&bob, from_node("x", 6), 2_000, 3_000, &mut fx), "its catch-up ended");
     assert_eq!(
         delivered(&fx, link),
-        ["q", "here", "x2", "x3", "y1", "x4"],
-        "what the bus keeps, in each node's order; the rest as it came"
+        ["q", "here", "x2", "x3", "y1", "x4", "x5"],
+        "what the bus keeps, in each node's order, once (a late live copy of x3 too); the rest as it came"
     );
+}
+
+#[test]
+fn a_session_behind_takes_each_message_it_skipped_whatever_it_had_from_that_node() {
+    let mut r = wide();
+    r.share_through_bus();
+    let mut fx = Fx::new();
+    let (link, _) = connect(&mut r, request("bob", "phone", true, 0), &mut fx);
+    sub(&mut r, "bob", "phone", "t/#", 1);
+    r.publish_remote(from_node("x", 1), 2_000, &mut fx);
+    // x3 overtook x2 on its way (another subject).
+    r.publish_remote(from_node("x", 3), 2_000, &mut fx);
+    let (bob, id) = r.fall_behind(link, &"me".into()).expect("bob falls behind");
+    r.publish_remote(from_node("x", 2), 2_000, &mut fx);
+    let expired = Msg { expires_at_ms: Some(2_500), ..from_node("x", 4) };
+    r.publish_remote(expired.clone(), 2_000, &mut fx);
+    assert!(r.replay_routed(&bob, from_node("x", 2), 2_000, 3_000, &mut fx), "skipped, though it had x3");
+    assert!(!r.replay_routed(&bob, expired, 2_000, 3_000, &mut fx), "expired by the time it was replayed");
+    assert_eq!(r.caught_up_behind(&bob, id), Some(BehindStep::Draining), "nothing more to wait for");
+    assert_eq!(delivered(&fx, link), ["x1", "x3", "x2"]);
+}
+
+#[test]
+fn a_session_behind_that_fills_up_again_while_it_drains_skips_again_under_the_same_replay() {
+    let (mut r, link, mut fx, bob, id) = behind_after_x1();
+    assert_eq!(r.caught_up_behind(&bob, id), Some(BehindStep::Draining), "nothing skipped");
+    r.publish_remote(from_node("x", 2), 2_000, &mut fx);
+    assert_eq!(r.fall_behind(link, &"me".into()), None, "its replay goes on");
+    r.publish_remote(from_node("x", 3), 2_000, &mut fx);
+    assert_eq!(r.caught_up_behind(&bob, id), Some(BehindStep::Behind { replayed: 0, left: 1 }));
+    assert!(!r.replay_routed(&bob, from_node("x", 2), 2_000, 3_000, &mut fx), "x2 came live");
+    assert!(r.replay_routed(&bob, from_node("x", 3), 2_000, 3_000, &mut fx));
+    assert_eq!(r.caught_up_behind(&bob, id), Some(BehindStep::Draining));
+    assert_eq!(r.caught_up_behind(&bob, id), Some(BehindStep::Done));
+    assert_eq!(delivered(&fx, link), ["x1", "x2", "x3"]);
 }
 
 #[test]
 fn a_session_behind_whose_replay_gives_up_takes_what_comes_live_again() {
     let (mut r, link, mut fx, bob, id) = behind_after_x1();
     r.publish_remote(from_node("x", 2), 2_000, &mut fx);
-    assert_eq!(r.caught_up_behind(&bob, id, true), Some(true));
+    assert_eq!(r.give_up_behind(&bob, id), Some(1), "x2 never found");
     r.publish_remote(from_node("x", 3), 2_000, &mut fx);
     assert_eq!(delivered(&fx, link), ["x1", "x3"]);
     let (again, next) = r.fall_behind(link, &"me".into()).expect("it may fall behind again");
-    assert_eq!((again, r.caught_up_behind(&bob, id, true)), (bob.clone(), None), "an earlier replay ends nothing");
-    assert_eq!(r.caught_up_behind(&bob, next, true), Some(true));
+    assert_eq!(again, bob);
+    assert_eq!(r.give_up_behind(&bob, id), None, "an earlier replay ends nothing");
+    assert_eq!(r.caught_up_behind(&bob, id), None, "nor steps it");
+    assert_eq!(r.give_up_behind(&bob, next), Some(0));
 }
 
 #[test]
@@ -1158,7 +1200,7 @@ fn a_session_behind_that_moves_catches_up_on_the_next_node() {
     let (link, _) = connect(&mut b, req, &mut fx);
     assert!(!b.replay_routed(&bob, from_node("x", 1), 2_000, 3_000, &mut fx), "it had x1");
     assert!(b.replay_routed(&bob, from_node("x", 2), 2_000, 3_000, &mut fx), "x2, skipped on a");
-    assert_eq!(b.caught_up_behind(&bob, id, false), None, "not behind here: it catches up");
+    assert_eq!(b.caught_up_behind(&bob, id), None, "not behind here: it catches up");
     b.publish_remote(from_node("x", 3), 2_000, &mut fx);
     assert_eq!(delivered(&fx, link), ["x1", "x2", "x3"], "x1 again: in flight, unacknowledged on a");
 }
