@@ -604,8 +604,22 @@ async fn take_in(
         };
         // Only what the bus keeps is ever replayed, so only that needs counting per session.
         msg.origin = (msg.qos != QoS::AtMostOnce).then_some(origin);
+        // What the group gives goes to a member here with room; if none has, back to the group
+        // (a member elsewhere may have room, or one here soon), rather than hold up every
+        // other session here.
+        let from_group = taken.is_some();
+        let full = from_group.then(|| hub.high_water(crate::flow::Router::Publisher));
         let routed = match &share {
-            Some(s) => hub.publish_shared(Arc::new(msg), s, now),
+            Some(s) => match hub.publish_shared(Arc::new(msg), s, now, full) {
+                Some(routed) => routed,
+                None => {
+                    metrics::counter!(m::CLUSTER_GROUP_GIVEN_BACK).increment(1);
+                    if let Some(taken) = taken {
+                        acker.give_back(taken);
+                    }
+                    continue;
+                }
+            },
             None => hub.publish_remote(Arc::new(msg), now),
         };
         // One no member here took (expired, or on another over-long topic) is acknowledged
@@ -614,10 +628,12 @@ async fn take_in(
             acker.settle(taken, &grouped, s, routed.durable);
         }
         // A subscriber here with too much waiting falls behind and is replayed to (`behind`);
-        // one of a shared subscription slows what comes from other edges, like a local
-        // publisher.
+        // a member of a shared subscription is given no more by its group (above), but one
+        // given what comes through the queue group alone (QoS 0, or before this edge joined
+        // the group) slows what comes from other edges, like a local publisher.
         let pressure = match &share {
             None => crate::behind::fall_behind(&hub, routed.pressure, stall),
+            Some(_) if from_group => Vec::new(),
             Some(_) => routed.pressure,
         };
         crate::flow::wait_for_room(&hub, pressure, stall, crate::flow::Router::Edge).await;

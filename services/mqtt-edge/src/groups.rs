@@ -135,8 +135,9 @@ impl Acker {
         self.send(taken, Settle::After(durable));
     }
 
-    /// `taken` is not for this edge, which has no member any more: back to its group.
-    fn give_back(&self, taken: bus::Taken) {
+    /// `taken` is not for this edge (it has no member any more, or none with room): back to
+    /// its group.
+    pub fn give_back(&self, taken: bus::Taken) {
         self.send(taken, Settle::GiveBack);
     }
 

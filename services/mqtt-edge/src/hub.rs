@@ -373,9 +373,17 @@ impl Hub {
     }
 
     /// Hands a message to one member here of the shared subscription `share`, which the bus
-    /// picked this edge for.
-    pub fn publish_shared(&self, msg: SharedMessage, share: &str, now_ms: u64) -> Routed {
-        self.route(|router, fx| router.publish_shared(msg, share, now_ms, fx))
+    /// picked this edge for: one with fewer than `full` messages waiting for its connection, if
+    /// given; `None` if none has (nothing changed).
+    pub fn publish_shared(&self, msg: SharedMessage, share: &str, now_ms: u64, full: Option<usize>) -> Option<Routed> {
+        let full = full.unwrap_or(usize::MAX);
+        let mut every_member_full = false;
+        let routed = self.route(|router, fx| {
+            let took = router.publish_shared(msg, share, now_ms, full, fx);
+            every_member_full = took.is_none();
+            took.unwrap_or(0)
+        });
+        (!every_member_full).then_some(routed)
     }
 
     /// Decides presence with the other edges through `presence` from now on; before the first

@@ -31,6 +31,7 @@ pub const SESSIONS_BEHIND: &str = "hermes_edge_sessions_behind_total";
 pub const BEHIND_GIVEN_UP: &str = "hermes_edge_behind_given_up_total";
 pub const BEHIND_LOST: &str = "hermes_edge_behind_lost_total";
 pub const CLUSTER_GROUP_REDELIVERED: &str = "hermes_edge_cluster_group_redelivered_total";
+pub const CLUSTER_GROUP_GIVEN_BACK: &str = "hermes_edge_cluster_group_given_back_total";
 pub const SESSIONS_MOVED: &str = "hermes_edge_sessions_moved_total";
 pub const CLUSTER_SUBJECTS: &str = "hermes_edge_cluster_subjects";
 pub const JOURNAL_WRITES: &str = "hermes_edge_journal_writes_total";
@@ -79,6 +80,10 @@ pub fn describe() {
     describe_counter!(
         CLUSTER_GROUP_REDELIVERED,
         "Shared subscriptions' messages the bus's group gave here again: an edge (maybe this one) did not acknowledge them in time, or gave them back"
+    );
+    describe_counter!(
+        CLUSTER_GROUP_GIVEN_BACK,
+        "Shared subscriptions' messages given back to their group on the bus: every member here had too much waiting for its connection"
     );
     describe_counter!(
         CLUSTER_DUPLICATES,

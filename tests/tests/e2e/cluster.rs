@@ -542,6 +542,61 @@ async fn numbers(c: &mut Client, n: usize) -> Vec<u32> {
     got
 }
 
+/// A member of a shared subscription that reads nothing for a while holds up no other
+/// subscriber of its edge: what the group gives goes to a member here with room, and back to
+/// the group when none has (the bus gives it again), so every message reaches one member,
+/// once, and the slow one gets what it took once it reads again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_member_of_a_shared_subscription_holds_up_no_other_on_its_edge() {
+    const JOBS: u32 = 200;
+    const NEWS: u32 = 20;
+    let pairs = pairs_with(|c| {
+        c.limits.max_queued_messages = 50;
+        c.limits.max_stall_secs = 60;
+    })
+    .await;
+    for (bus, pair) in pairs {
+        let connect = Connect { receive_maximum: Some(10), ..connect("slow", true) };
+        let (mut slow, _) = pair.b.connect(Version::V5, connect).await;
+        let codes = slow.subscribe(vec![SubscribeTopic::new("$share/g/jobs/#", 1)], WAIT).await.expect("suback");
+        assert_eq!(codes, [1]);
+        let mut fast = subscribed(&pair.b, "fast", &["$share/g/jobs/#"]).await;
+        let mut news = subscribed(&pair.b, "news", &["news/#"]).await;
+        settle().await;
+        let mut publisher = pair.a.client(Version::V311, "writer").await;
+        publish_numbered(&mut publisher, "jobs/1", 0..JOBS).await;
+        publish_numbered(&mut publisher, "news/1", 0..NEWS).await;
+        // Far sooner than the 60 s the edge would wait for the slow member before closing it.
+        let mut got = Vec::new();
+        while got.len() < NEWS as usize {
+            match news.recv(Duration::from_secs(5)).await {
+                Ok(Packet::Publish(p)) => {
+                    ack(&mut news, &p).await;
+                    got.push(String::from_utf8_lossy(&p.payload).parse::<u32>().expect("a number"));
+                }
+                Ok(_) => {}
+                other => panic!("{bus}: the news subscriber waited for the slow member after {got:?}: {other:?}"),
+            }
+        }
+        assert_eq!(got, (0..NEWS).collect::<Vec<_>>(), "{bus}");
+        let drain = async |c: &mut Client| {
+            let mut got = Vec::new();
+            while let Ok(Packet::Publish(p)) = c.recv(Duration::from_millis(1500)).await {
+                ack(c, &p).await;
+                got.push(String::from_utf8_lossy(&p.payload).parse::<u32>().expect("a number"));
+            }
+            got
+        };
+        let (to_fast, to_slow) = (drain(&mut fast).await, drain(&mut slow).await);
+        let mut both: Vec<u32> = to_fast.iter().chain(&to_slow).copied().collect();
+        both.sort_unstable();
+        assert_eq!(both, (0..JOBS).collect::<Vec<_>>(), "{bus}: each job to one member, once");
+        assert!(!to_slow.is_empty(), "{bus}: the slow member got its share ({} / {})", to_slow.len(), to_fast.len());
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
+
 /// Publishes the numbers `range` on `topic`, QoS 1, each acknowledged.
 async fn publish_numbered(c: &mut Client, topic: &str, range: std::ops::Range<u32>) {
     for n in range {

@@ -336,18 +336,45 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     }
 
     /// Hands `msg` to one member here of the shared subscription `share`
-    /// (`$share/{group}/{filter}`), which the bus picked this node for.
-    pub fn publish_shared(&mut self, msg: M, share: &str, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
+    /// (`$share/{group}/{filter}`), which the bus picked this node for: one whose connection
+    /// has fewer than `full` messages waiting (a member whose client is away takes it into its
+    /// queue as ever). Returns how many took it; `None` if every member here has that many
+    /// waiting: nothing changed, and the bus may give it to a member elsewhere (or here, once
+    /// one has room).
+    pub fn publish_shared(
+        &mut self,
+        msg: M,
+        share: &str,
+        now_ms: u64,
+        full: usize,
+        fx: &mut Effects<M, O>,
+    ) -> Option<usize> {
         if msg.expired(now_ms) {
-            return 0;
+            return Some(0);
         }
-        let mut plan = RoutePlan::new(None, msg.qos(), msg.retain());
+        let mut members = Vec::new();
         self.shared.for_each_match(msg.topic(), |(key, group), opts| {
             if **group == *share {
-                plan.add_shared(group, key, opts);
+                members.push((*key, group.clone(), opts.clone()));
             }
         });
-        self.deliver(plan, msg, fx)
+        let any = !members.is_empty();
+        members.retain(|(key, ..)| self.waiting_for(*key) < full);
+        if any && members.is_empty() {
+            return None;
+        }
+        let mut plan = RoutePlan::new(None, msg.qos(), msg.retain());
+        for (key, group, opts) in &members {
+            plan.add_shared(group, key, opts);
+        }
+        Some(self.deliver(plan, msg, fx))
+    }
+
+    /// How many messages wait for the connection of the live session under `key` (0 for one
+    /// whose client is away).
+    fn waiting_for(&self, key: u64) -> usize {
+        let live = self.client_of.get(&key).and_then(|name| self.live.get(name));
+        live.map_or(0, |l| l.session.backlog())
     }
 
     pub fn config(&self) -> &RouterConfig {

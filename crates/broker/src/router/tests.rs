@@ -824,9 +824,40 @@ fn shared_subscriptions_served_through_the_bus_count_but_are_not_delivered_here(
     fx.clear();
     assert_eq!(r.publish(msg("jobs/1", "w", 1), None, 0, &mut fx), 1, "the group takes it");
     assert!(delivered(&fx, link).is_empty(), "the bus picks the member");
-    assert_eq!(r.publish_shared(msg("jobs/2", "w", 1), "$share/g/jobs/#", 0, &mut fx), 1);
+    assert_eq!(r.publish_shared(msg("jobs/2", "w", 1), "$share/g/jobs/#", 0, usize::MAX, &mut fx), Some(1));
     assert_eq!(delivered(&fx, link), ["w"]);
-    assert_eq!(r.publish_shared(msg("jobs/3", "w", 1), "$share/other/jobs/#", 0, &mut fx), 0, "not this group");
+    let other = "$share/other/jobs/#";
+    assert_eq!(r.publish_shared(msg("jobs/3", "w", 1), other, 0, usize::MAX, &mut fx), Some(0), "not this group");
+}
+
+#[test]
+fn a_shared_message_goes_to_a_member_with_room_and_back_to_the_bus_if_none_has() {
+    let mut r = router(0);
+    r.share_through_bus();
+    let mut fx = Fx::new();
+    let (a, _) = connect(&mut r, request("u", "a", true, 0), &mut fx);
+    let (b, _) = connect(&mut r, request("v", "b", true, 0), &mut fx);
+    sub(&mut r, "u", "a", "$share/g/jobs/#", 1);
+    sub(&mut r, "v", "b", "$share/g/jobs/#", 1);
+    fx.clear();
+    let shared = |r: &mut Router<Msg, &'static str>, body: &str, full, fx: &mut Fx| {
+        r.publish_shared(msg("jobs/1", body, 1), "$share/g/jobs/#", 0, full, fx)
+    };
+    // Two in flight to each, then one waiting for each.
+    for n in 1..=6 {
+        assert_eq!(shared(&mut r, &n.to_string(), 1, &mut fx), Some(1), "message {n}");
+    }
+    assert_eq!(shared(&mut r, "7", 1, &mut fx), None, "each has one waiting");
+    r.complete(&key("u", "a"), a, std::num::NonZeroU16::MIN, 0, &mut fx);
+    assert_eq!(shared(&mut r, "7", 1, &mut fx), Some(1), "a has room again");
+    assert_eq!(shared(&mut r, "8", 1, &mut fx), None, "7 went to a");
+    assert_eq!(shared(&mut r, "8", usize::MAX, &mut fx), Some(1), "without a bound it goes as ever");
+    let (to_a, to_b) = (delivered(&fx, a), delivered(&fx, b));
+    assert_eq!(
+        to_a.len() + to_b.len(),
+        5,
+        "{to_a:?} {to_b:?}: two in flight each, and a's waiting one once it had room"
+    );
 }
 
 #[test]
