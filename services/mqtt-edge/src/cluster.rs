@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use ntex_bytes::ByteString;
@@ -95,6 +96,10 @@ pub struct ClusterLink {
     node: NodeName,
     /// The tasks between the bus and the hub ([`ClusterLink::leave`] ends them).
     routing: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// This node's connection to the bus, as it changes.
+    link: tokio::sync::watch::Receiver<Option<bus::Link>>,
+    /// Whether what this edge routes to the others waits for the bus to take it ([`send_out`]).
+    retrying: Arc<AtomicBool>,
 }
 
 /// A change to this edge's interest on the bus, or a question about it.
@@ -176,11 +181,25 @@ impl ClusterLink {
     }
 
     /// A client's PUBLISH, routed here: on to the other edges. Waits while the bus is behind,
-    /// so the publisher's PUBACK waits too; the answer resolves once the bus has it.
+    /// so the publisher's PUBACK waits too; the answer resolves once the bus has it. A QoS 0
+    /// one waits for nothing while this edge is cut off from the bus: dropped (and counted) if
+    /// what waits for the bus fills its queue.
     pub async fn forward(&self, msg: SharedMessage) -> Forwarded {
         let (sent, rx) = oneshot::channel();
-        let _ = self.outbound.send(Outbound { msg, sent: Some(sent) }).await;
+        if msg.qos == QoS::AtMostOnce && self.cut_off() {
+            if self.outbound.try_send(Outbound { msg, sent: Some(sent) }).is_err() {
+                metrics::counter!(m::CLUSTER_DROPPED).increment(1);
+            }
+        } else {
+            let _ = self.outbound.send(Outbound { msg, sent: Some(sent) }).await;
+        }
         Forwarded(rx)
+    }
+
+    /// Whether this edge is cut off from the bus: the connection is lost, or what it routes to
+    /// the other edges waits for the bus to take it.
+    pub fn cut_off(&self) -> bool {
+        matches!(*self.link.borrow(), Some(bus::Link::Lost { .. })) || self.retrying.load(Ordering::Relaxed)
     }
 }
 
@@ -190,19 +209,15 @@ struct Outbound {
     sent: Option<oneshot::Sender<()>>,
 }
 
-/// How long an acknowledgement waits for the bus to take a forwarded message: past it (the bus
-/// is unreachable) the publisher is acknowledged for what this edge delivered, and the other
-/// edges miss the message (counted in `hermes_edge_cluster_errors_total`).
-const FORWARD_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Resolves once a forwarded message reached the bus (the NATS server has it), or the bus
-/// failed, or [`FORWARD_WAIT`] passed.
+/// Resolves once a forwarded message reached the bus (the NATS server has it): however long
+/// the bus is away (the publisher's acknowledgement waits; nothing is acknowledged that the
+/// other edges could miss), or once this edge left the bus.
 #[derive(Debug)]
 pub struct Forwarded(oneshot::Receiver<()>);
 
 impl Forwarded {
     pub async fn wait(self) {
-        let _ = tokio::time::timeout(FORWARD_WAIT, self.0).await;
+        let _ = self.0.await;
     }
 }
 
@@ -247,6 +262,7 @@ pub async fn start(
     };
     let (interest_tx, interest_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let retrying = Arc::new(AtomicBool::new(false));
     let (in_tx, in_rx) = mpsc::channel(INBOUND_CAPACITY);
     let grouped = Arc::new(crate::groups::Grouped::default());
     let mut subscriptions = Subscriptions {
@@ -262,11 +278,12 @@ pub async fn start(
     }
     let routing = vec![
         tokio::spawn(subscriptions.run(interest_rx)),
-        tokio::spawn(send_out(bus.clone(), node.clone(), out_rx)),
+        tokio::spawn(send_out(bus.clone(), node.clone(), out_rx, retrying.clone())),
         tokio::spawn(take_in(hub, node.clone(), in_rx, stall, grouped)),
     ];
     let routing = std::sync::Mutex::new(routing);
-    Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover, bus, kept_for, node, routing })
+    let link = bus.link_changes();
+    Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover, bus, kept_for, node, routing, link, retrying })
 }
 
 /// The subjects whose QoS 1/2 messages the bus keeps (`bus.keep_secs`): every routed,
@@ -487,9 +504,17 @@ impl Subscriptions {
 /// Most messages handed to the bus in one batch (one flush).
 const BATCH: usize = 256;
 
+/// The first pause before a batch the bus did not take is tried again; it doubles up to
+/// [`RETRY_MOST`].
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MOST: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Numbers this edge's messages and publishes them, in the order they were handed over: what
-/// waits is taken in batches, flushed once each.
-async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outbound>) {
+/// waits is taken in batches, flushed once each. A batch the bus does not take (NATS is away)
+/// is tried again until it does, its QoS 1/2 messages in order (its QoS 0 ones are dropped):
+/// nothing after it goes first, and the acknowledgements of its publishers wait
+/// (`retrying` says so meanwhile).
+async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outbound>, retrying: Arc<AtomicBool>) {
     let mut seq = 0u64;
     let mut waiting = Vec::with_capacity(BATCH);
     let mut senders = Vec::with_capacity(BATCH);
@@ -512,16 +537,47 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
                 (subject, Bytes::from(routed.encode_to_vec()), msg.qos != QoS::AtMostOnce)
             })
             .collect();
-        match bus.publish_batch_kept(&batch).await {
-            Ok(()) => metrics::counter!(m::CLUSTER_OUT).increment(batch.len() as u64),
-            Err(e) => {
-                metrics::counter!(m::CLUSTER_ERRORS, "op" => "publish").increment(1);
-                tracing::warn!(error = %e, messages = batch.len(), "cannot route to other edges");
-            }
-        }
+        publish_until_taken(bus.as_ref(), batch, &retrying).await;
         for sent in senders.drain(..) {
             let _ = sent.send(());
         }
+    }
+}
+
+/// Publishes `batch` (subject, payload, whether the bus keeps it) once the bus takes it; see
+/// [`send_out`].
+async fn publish_until_taken(bus: &dyn Bus, mut batch: Vec<(String, Bytes, bool)>, retrying: &AtomicBool) {
+    let mut pause = RETRY_FIRST;
+    loop {
+        match bus.publish_batch_kept(&batch).await {
+            Ok(()) => {
+                metrics::counter!(m::CLUSTER_OUT).increment(batch.len() as u64);
+                break;
+            }
+            Err(e @ bus::BusError::Transport(_)) => {
+                metrics::counter!(m::CLUSTER_ERRORS, "op" => "publish").increment(1);
+                if !retrying.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, messages = batch.len(), "the bus does not take what this edge routes: trying again until it does");
+                }
+                let before = batch.len();
+                batch.retain(|(_, _, keep)| *keep);
+                metrics::counter!(m::CLUSTER_DROPPED).increment((before - batch.len()) as u64);
+                if batch.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_MOST);
+            }
+            // Never for what this edge builds (its subjects are escaped): not worth trying again.
+            Err(e) => {
+                metrics::counter!(m::CLUSTER_ERRORS, "op" => "publish").increment(1);
+                tracing::error!(error = %e, messages = batch.len(), "cannot route to other edges");
+                break;
+            }
+        }
+    }
+    if retrying.swap(false, Ordering::Relaxed) {
+        tracing::info!("the bus takes what this edge routes again");
     }
 }
 

@@ -139,7 +139,7 @@ pub async fn publish_in_order<E>(
         forwarded = Some(cluster.forward(r.message.clone()).await);
     }
     drop(place);
-    // Acknowledged once the other edges can get it: the bus has it.
+    // Acknowledged once the other edges can get it: the bus has it (however long it is away).
     if let Some(f) = forwarded.filter(|_| acknowledged) {
         f.wait().await;
     }

@@ -91,7 +91,7 @@ pub fn describe() {
     );
     describe_counter!(
         CLUSTER_DROPPED,
-        "Wills and presence changes not passed to other edges: the bus was too far behind"
+        "Wills, presence changes and QoS 0 messages not passed to other edges: the bus was too far behind or away"
     );
     describe_counter!(CLUSTER_ERRORS, "Bus operations of the cluster routing that failed, by operation");
     describe_counter!(

@@ -443,19 +443,58 @@ async fn edge_behind_a_proxy_with(
     (nats, proxy, a, b)
 }
 
+/// An edge cut off from NATS keeps serving its own clients (QoS 0 and 1 delivered there at
+/// once) and is not ready; it acknowledges a QoS 1 publish only once the bus has it, which then
+/// reaches the other edges too: nothing it acknowledged is lost to them. Interest made while
+/// cut off is registered once the bus is back.
 #[tokio::test(flavor = "multi_thread")]
-async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_routes_again_when_it_is_back() {
+async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_acknowledges_only_what_the_bus_has() {
     let (_nats, proxy, a, b) = edge_behind_a_proxy().await;
+    let ready = b.edge().readiness();
     let mut sub = subscribed(&b, "sub", &["t/#"]).await;
+    let mut far = subscribed(&a, "far", &["t/#"]).await;
     settle().await;
+    assert!(ready().is_ok());
     proxy.cut();
+    let ready_is = async |want: bool| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while ready().is_ok() != want && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ready().is_ok() == want
+    };
+    assert!(ready_is(false).await, "not ready while cut off from the bus");
     // Edge B alone: its own clients still reach each other.
     let mut local = b.client(Version::V5, "local-pub").await;
-    assert_eq!(local.publish("t/local", b"local", 1, false, WAIT).await.expect("puback"), Some(0));
-    assert_eq!(received(&mut sub).await.1, "local");
+    local.publish("t/qos0", b"qos0", 0, false, WAIT).await.expect("QoS 0");
+    assert_eq!(received(&mut sub).await.1, "qos0");
+    let publish = sdk::mqtt::Publish {
+        topic: "t/local".into(),
+        payload: bytes::Bytes::from_static(b"local"),
+        qos: 1,
+        packet_id: Some(7),
+        ..Default::default()
+    };
+    local.send(&Packet::Publish(publish)).await.expect("publish");
+    assert_eq!(received(&mut sub).await.1, "local", "delivered here at once");
+    match local.recv(Duration::from_secs(3)).await {
+        Err(sdk::mqtt::RecvError::Timeout) => {}
+        other => panic!("no PUBACK while the bus does not have it: {other:?}"),
+    }
     // A subscription made while cut off is registered once the bus is back.
     sub.subscribe(vec![SubscribeTopic::new("u/#", 1)], WAIT).await.expect("suback");
     proxy.restore();
+    match local.recv(Duration::from_secs(30)).await {
+        Ok(Packet::PubAck { packet_id: 7, code: 0 }) => {}
+        other => panic!("acknowledged once the bus has it: {other:?}"),
+    }
+    // Edge A gets it (and perhaps the QoS 0 one, if the bus took it late).
+    let mut on_a = Vec::new();
+    while !on_a.contains(&"local".to_owned()) && on_a.len() < 2 {
+        on_a.push(received(&mut far).await.1);
+    }
+    assert!(on_a.contains(&"local".to_owned()), "what edge B acknowledged reached edge A: {on_a:?}");
+    assert!(ready_is(true).await, "ready again once the bus is back, without a restart");
     let mut remote = a.client(Version::V5, "remote-pub").await;
     for topic in ["t/1", "u/1"] {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
