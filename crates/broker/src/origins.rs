@@ -69,6 +69,9 @@ pub struct CatchUpParts {
     pub taken: Vec<(Arc<str>, Stamp)>,
     /// The node whose own messages the replay skips; empty for none.
     pub skip: Arc<str>,
+    /// What the session skipped while behind on the node it came from and was not replayed
+    /// there yet, by node cursor name and number ([`CatchUp::owe`]).
+    pub owed: Vec<(Arc<str>, Stamp)>,
 }
 
 /// A resumed session catching up on what was routed to its node while that node was dead. It
@@ -88,6 +91,9 @@ pub struct CatchUp {
     /// Which catch-up it is, in this process: a replay that ends releases only its own (the
     /// session may have moved away and back, catching up anew, while the replay ran).
     id: u64,
+    /// Messages the session skipped while behind on another node: the replay takes them even
+    /// where the journal's cursor says the session had them ([`CatchUp::owe`]).
+    owed: HashSet<(Arc<str>, Stamp)>,
 }
 
 /// The id of the next catch-up in this process.
@@ -105,24 +111,31 @@ impl CatchUp {
             .filter(|(name, _)| is_node_cursor(name))
             .map(|(name, c)| (name.clone(), c.clone()))
             .collect();
-        CatchUp { journaled, taken: HashSet::new(), skip, holds: 1, id: next_catch_up_id() }
+        CatchUp { journaled, taken: HashSet::new(), skip, holds: 1, id: next_catch_up_id(), owed: HashSet::new() }
     }
 
     /// A catch-up as [`CatchUp::parts`] described it (on another node).
     pub fn from_parts(parts: CatchUpParts) -> Self {
-        let CatchUpParts { began, taken, skip } = parts;
+        let CatchUpParts { began, taken, skip, owed } = parts;
         // One replay on the node it moved to goes on with it.
-        let (journaled, taken) = (began.into_iter().collect(), taken.into_iter().collect());
-        CatchUp { journaled, taken, skip, holds: 1, id: next_catch_up_id() }
+        let (journaled, taken, owed) =
+            (began.into_iter().collect(), taken.into_iter().collect(), owed.into_iter().collect());
+        CatchUp { journaled, taken, skip, holds: 1, id: next_catch_up_id(), owed }
     }
 
     /// What another node needs to go on with it.
     pub fn parts(&self) -> CatchUpParts {
         let mut began: Vec<(Arc<str>, Cursor)> = self.journaled.iter().map(|(n, c)| (n.clone(), c.clone())).collect();
         began.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut taken: Vec<(Arc<str>, Stamp)> = self.taken.iter().cloned().collect();
-        taken.sort_by(|a, b| (&a.0, a.1.epoch, a.1.seq).cmp(&(&b.0, b.1.epoch, b.1.seq)));
-        CatchUpParts { began, taken, skip: self.skip.clone() }
+        CatchUpParts { began, taken: sorted(&self.taken), skip: self.skip.clone(), owed: sorted(&self.owed) }
+    }
+
+    /// The session skipped `skipped` while behind (and its replay did not read them yet): a
+    /// replay takes each, unless it came already, even if the session had a later message from
+    /// its node (what a node routes on different subjects may come out of order). Part of what
+    /// moves with the session.
+    pub fn owe(&mut self, skipped: impl IntoIterator<Item = (Arc<str>, Stamp)>) {
+        self.owed.extend(skipped);
     }
 
     /// The node whose own messages the replay skips; empty for none.
@@ -159,9 +172,18 @@ impl CatchUp {
     /// A message from `origin` was replayed: whether the session missed it (the journal did
     /// not have it, and it did not come live already).
     pub fn wants(&mut self, origin: &Origin) -> bool {
+        let message = (origin.cursor.clone(), origin.at);
+        let owed = self.owed.remove(&message);
         let journaled = self.journaled.get(&origin.cursor).is_some_and(|c| covers(c, origin.at));
-        !journaled && self.taken.insert((origin.cursor.clone(), origin.at))
+        (owed || !journaled) && self.taken.insert(message)
     }
+}
+
+/// Messages by node cursor name and number, in that order.
+fn sorted(messages: &HashSet<(Arc<str>, Stamp)>) -> Vec<(Arc<str>, Stamp)> {
+    let mut sorted: Vec<(Arc<str>, Stamp)> = messages.iter().cloned().collect();
+    sorted.sort_by(|a, b| (&a.0, a.1.epoch, a.1.seq).cmp(&(&b.0, b.1.epoch, b.1.seq)));
+    sorted
 }
 
 /// Forgets the oldest incarnations past [`MAX_NODES`] sending nodes; returns the names dropped.
@@ -222,6 +244,20 @@ mod tests {
         assert!(catch_up.wants(&origin("a", 7, 15)), "a gap the live path left");
         assert!(catch_up.wants(&origin("b", 1, 1)), "a node the session never heard from");
         assert!(catch_up.wants(&origin("a", 8, 1)), "a newer incarnation");
+    }
+
+    #[test]
+    fn a_replay_takes_what_the_session_was_owed_though_the_journal_covers_it() {
+        let journaled: HashMap<Arc<str>, Cursor> =
+            [(Arc::from(cursor_name("a")), Cursor { epoch: 7, low: 10, above: vec![] })].into_iter().collect();
+        let mut catch_up = CatchUp::new(&journaled, Arc::from(""));
+        catch_up.owe([(Arc::from(cursor_name("a")), Stamp { epoch: 7, seq: 4 })]);
+        let moved = CatchUp::from_parts(catch_up.parts());
+        for mut c in [catch_up, moved] {
+            assert!(!c.wants(&origin("a", 7, 3)), "the journal had it");
+            assert!(c.wants(&origin("a", 7, 4)), "skipped while behind: owed");
+            assert!(!c.wants(&origin("a", 7, 4)), "once");
+        }
     }
 
     #[test]

@@ -299,7 +299,13 @@ impl<M: Deliverable + Clone> Session<M> {
             incoming_qos2,
             last_packet_id: self.last_packet_id,
             cursors: self.snapshot_cursors(),
-            catch_up: self.catch_up.clone(),
+            catch_up: self.catch_up.clone().map(|mut c| {
+                // What it skipped while behind here, the next node's replay gives it.
+                if let Some(behind) = &self.behind {
+                    c.owe(behind.skipped.iter().cloned());
+                }
+                c
+            }),
         }
     }
 

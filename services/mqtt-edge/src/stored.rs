@@ -110,17 +110,20 @@ pub fn state_of(snap: SessionSnapshot<SharedMessage>, expiry_secs: u32) -> pb::S
 }
 
 fn catch_up_state(c: &CatchUp) -> pb::CatchUpState {
-    let CatchUpParts { began, taken, skip } = c.parts();
+    let CatchUpParts { began, taken, skip, owed } = c.parts();
+    let messages = |m: Vec<(Arc<str>, broker::streams::Stamp)>| -> Vec<pb::TakenMessage> {
+        m.into_iter()
+            .map(|(node, at)| pb::TakenMessage { node: node.to_string(), incarnation: at.epoch, seq: at.seq })
+            .collect()
+    };
     pb::CatchUpState {
         began: began
             .into_iter()
             .map(|(node, c)| pb::StreamCursor { stream: node.to_string(), cursor: c.encode() })
             .collect(),
-        taken: taken
-            .into_iter()
-            .map(|(node, at)| pb::TakenMessage { node: node.to_string(), incarnation: at.epoch, seq: at.seq })
-            .collect(),
+        taken: messages(taken),
         skip: skip.to_string(),
+        owed: messages(owed),
     }
 }
 
@@ -131,12 +134,13 @@ fn catch_up_from(s: pb::CatchUpState) -> Option<CatchUp> {
         .into_iter()
         .map(|c| Some((Arc::from(c.stream), broker::streams::Cursor::decode(&c.cursor)?)))
         .collect::<Option<Vec<_>>>()?;
-    let taken = s
-        .taken
-        .into_iter()
-        .map(|t| (Arc::from(t.node), broker::streams::Stamp { epoch: t.incarnation, seq: t.seq }))
-        .collect();
-    Some(CatchUp::from_parts(CatchUpParts { began, taken, skip: s.skip.into() }))
+    let messages = |m: Vec<pb::TakenMessage>| {
+        m.into_iter()
+            .map(|t| (Arc::from(t.node), broker::streams::Stamp { epoch: t.incarnation, seq: t.seq }))
+            .collect()
+    };
+    let (taken, owed) = (messages(s.taken), messages(s.owed));
+    Some(CatchUp::from_parts(CatchUpParts { began, taken, skip: s.skip.into(), owed }))
 }
 
 /// The snapshot a [`pb::SessionState`] describes; `None` if any part of it is invalid.
@@ -246,6 +250,7 @@ mod tests {
                     broker::streams::Stamp { epoch: 7, seq: u64::MAX },
                 )],
                 skip: "dead:12".into(),
+                owed: vec![(broker::origins::cursor_name("x").into(), broker::streams::Stamp { epoch: 7, seq: 1 })],
             })),
         };
         let wire = state_of(snap.clone(), 300).encode_to_vec();

@@ -1219,6 +1219,29 @@ fn a_session_behind_whose_replay_gives_up_takes_what_comes_live_again() {
 }
 
 #[test]
+fn a_session_behind_that_moves_takes_on_the_next_node_what_it_skipped_below_what_it_had() {
+    let mut a = wide();
+    a.share_through_bus();
+    let mut fx = Fx::new();
+    let (link, _) = connect(&mut a, request("bob", "phone", true, 0), &mut fx);
+    sub(&mut a, "bob", "phone", "t/#", 1);
+    // x2 overtook x1 on its way (another subject).
+    a.publish_remote(from_node("x", 2), 2_000, &mut fx);
+    let (bob, _) = a.fall_behind(link, &"me".into()).expect("bob falls behind");
+    a.publish_remote(from_node("x", 1), 2_000, &mut fx);
+    let (snapshot, _) = a.hand_over(&bob, &Acl::default(), 0, &mut fx).expect("on a");
+    let mut b = wide();
+    b.share_through_bus();
+    fx.clear();
+    let req = ConnectRequest { resumed: Some(snapshot), ..request("bob", "phone", false, 60) };
+    let (link, _) = connect(&mut b, req, &mut fx);
+    assert!(!b.replay_routed(&bob, from_node("x", 2), 2_000, 3_000, &mut fx), "it had x2");
+    assert!(b.replay_routed(&bob, from_node("x", 1), 2_000, 3_000, &mut fx), "x1, skipped on a, though it had x2");
+    assert!(!b.replay_routed(&bob, from_node("x", 1), 2_000, 3_000, &mut fx), "once");
+    assert_eq!(delivered(&fx, link), ["x2", "x1"], "x2 again: in flight, unacknowledged on a");
+}
+
+#[test]
 fn a_session_behind_that_moves_catches_up_on_the_next_node() {
     let (mut a, _, mut fx, bob, id) = behind_after_x1();
     a.publish_remote(from_node("x", 2), 2_000, &mut fx);
