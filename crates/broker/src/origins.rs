@@ -2,8 +2,9 @@
 //! resuming the session after its node died can replay, from what the bus kept, what the
 //! session missed, and nothing it already had.
 //!
-//! Every node numbers the messages it sends to the others per incarnation, in order. What a
-//! session got from a node is summed up by the highest number: a [`Cursor`] named
+//! Every node numbers the messages it sends to the others per incarnation, in the order it
+//! routes them (those routed at once on different threads may reach the bus in either order).
+//! What a session got from a node is summed up by the highest number: a [`Cursor`] named
 //! [`cursor_name`] beside the session's stream cursors (journaled and handed over the same
 //! way), with the incarnation as its epoch and nothing above its low mark. (A node's messages on
 //! different subjects may reach a session slightly out of order, so a message below the
@@ -157,6 +158,11 @@ impl CatchUp {
     pub fn release(&mut self) -> bool {
         self.holds = self.holds.saturating_sub(1);
         self.holds == 0
+    }
+
+    /// The session had every message numbered up to `at` from the node `cursor` counts.
+    pub fn had(&mut self, cursor: Arc<str>, at: Stamp) {
+        reach(self.journaled.entry(cursor).or_default(), at);
     }
 
     /// A message from `origin` came live: whether it is new (not replayed already).

@@ -161,6 +161,29 @@ pub struct SessionSnapshot<M> {
     pub catch_up: Option<CatchUp>,
 }
 
+impl<M> SessionSnapshot<M> {
+    /// The session leaves the node whose messages the node cursor `cursor` counts
+    /// ([`origins::cursor_name`]), which had numbered its messages up to `at`: it had each of
+    /// those it matched (it was there), and the next node catches up on those after, which may
+    /// have reached nobody while the session moved (a catch-up begins, or the one under way
+    /// takes the earlier ones as had).
+    pub fn moved_from(&mut self, cursor: Arc<str>, at: Stamp) {
+        match self.cursors.iter_mut().find(|(name, _)| *name == cursor) {
+            Some((_, c)) => {
+                origins::reach(c, at);
+            }
+            None => {
+                self.cursors.push((cursor.clone(), Cursor { epoch: at.epoch, low: at.seq, above: Vec::new() }));
+                self.cursors.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+        }
+        let cursors = &self.cursors;
+        let catch_up =
+            self.catch_up.get_or_insert_with(|| CatchUp::new(cursors.iter().map(|(n, c)| (n, c)), "".into()));
+        catch_up.had(cursor, at);
+    }
+}
+
 /// The session of one client id.
 #[derive(Debug)]
 pub struct Session<M> {

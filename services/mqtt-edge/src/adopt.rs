@@ -118,7 +118,7 @@ async fn take_all(hub: &Arc<Hub>, handover: &Handover, node: &str, stall: Durati
     tracing::info!(node, sessions = taken.len(), after = ?started.elapsed(), "parked the sessions of a dead edge here; catching up");
     let skip = catch_up::Skip {
         node: Some(NodeName::from_registered(node)),
-        own_after: Some((NodeName::from_registered(handover.registered()), now_ms())),
+        own_after: Some((NodeName::from_registered(handover.registered()), hub.numbered())),
     };
     catch_up_all(hub, &taken, &skip, stall).await;
     listed.map(|()| taken.len())

@@ -40,8 +40,6 @@ pub struct Resumed {
     pub holder: Option<NodeName>,
     /// Its subscriptions, as the journal had them.
     pub subscriptions: Vec<(String, SubOptions)>,
-    /// When it was taken here (Unix ms): what this edge published from then on reached it here.
-    pub arrived_ms: u64,
 }
 
 /// Resumed's replay, for the catch-up `id` it ends.
@@ -49,12 +47,10 @@ pub struct Resumed {
 pub struct CatchingUp {
     pub resumed: Resumed,
     pub id: u64,
+    /// `Hub::numbered` once the session was here: what this edge routed after that reached it
+    /// here.
+    pub arrived: u64,
 }
-
-/// How much later than the sessions' arrival one of this edge's own messages must have been
-/// kept to count as delivered to them here (clocks of the edge and the NATS server differ a
-/// little); those in between are replayed, and the router gives each once.
-const OWN_MARGIN_MS: u64 = 1_000;
 
 /// Which kept messages a replay leaves out.
 #[derive(Debug, Clone)]
@@ -62,24 +58,24 @@ pub struct Skip {
     /// What this node published: a dead edge's (its sessions had them in the journal), or this
     /// edge's after an outage (delivered here without the bus).
     pub node: Option<NodeName>,
-    /// This edge, and when the sessions replayed to were all here (Unix ms): what it published
-    /// after that reached them here as it was published; what it published before did not
-    /// (they were elsewhere) and is replayed.
+    /// This edge, and its number (`Hub::numbered`) once the sessions replayed to were all
+    /// here: what it routed after that reached them here as it was published; what it routed
+    /// before did not (they were elsewhere) and is replayed.
     pub own_after: Option<(NodeName, u64)>,
 }
 
 impl Skip {
-    fn skips(&self, routed: &pb::RoutedMessage, at_ms: u64) -> bool {
+    fn skips(&self, routed: &pb::RoutedMessage) -> bool {
         let from = |n: &NodeName| n.id == routed.origin && n.incarnation == routed.incarnation;
         self.node.as_ref().is_some_and(from)
-            || self.own_after.as_ref().is_some_and(|(me, t)| from(me) && at_ms > t.saturating_add(OWN_MARGIN_MS))
+            || self.own_after.as_ref().is_some_and(|(me, numbered)| from(me) && routed.seq > *numbered)
     }
 }
 
 /// Replays to `resumed.session` what the bus kept that it missed, then ends its catch-up.
 pub async fn run(hub: Arc<Hub>, link: &ClusterLink, catching: CatchingUp, stall: Duration) {
-    let CatchingUp { resumed, id } = catching;
-    let replayed = replay(&hub, link, &resumed, stall).await;
+    let CatchingUp { resumed, id, arrived } = catching;
+    let replayed = replay(&hub, link, &resumed, arrived, stall).await;
     hub.caught_up(&resumed.session, id);
     match replayed {
         Ok(0) => {}
@@ -92,13 +88,19 @@ pub async fn run(hub: Arc<Hub>, link: &ClusterLink, catching: CatchingUp, stall:
 }
 
 /// The replay; returns how many messages the session took.
-async fn replay(hub: &Hub, link: &ClusterLink, resumed: &Resumed, stall: Duration) -> Result<u64, String> {
+async fn replay(
+    hub: &Hub,
+    link: &ClusterLink,
+    resumed: &Resumed,
+    arrived: u64,
+    stall: Duration,
+) -> Result<u64, String> {
     // Shared subscriptions are left out: their messages went to another member.
     let plain: Vec<&(String, SubOptions)> =
         resumed.subscriptions.iter().filter(|(f, _)| !broker::topic::is_shared(f)).collect();
     let subjects: Vec<String> = plain.iter().flat_map(|(f, _)| subjects_of(f)).collect();
     let since = plain.iter().map(|(_, o)| o.since_ms).min().unwrap_or(0);
-    let skip = Skip { node: resumed.holder.clone(), own_after: Some((link.node().clone(), resumed.arrived_ms)) };
+    let skip = Skip { node: resumed.holder.clone(), own_after: Some((link.node().clone(), arrived)) };
     replay_kept(hub, link, &subjects, since, &skip, stall, |msg, at_ms| {
         hub.replay_routed(&resumed.session, msg, at_ms, now_ms())
     })
@@ -131,7 +133,7 @@ pub(crate) async fn replay_kept(
         let Ok(routed) = pb::RoutedMessage::decode(kept.payload) else {
             continue;
         };
-        if skip.skips(&routed, kept.at_ms) {
+        if skip.skips(&routed) {
             continue;
         }
         let origin = origins.of(&routed);
@@ -252,22 +254,22 @@ async fn replay_to_all_once(
 mod tests {
     use super::*;
 
-    fn routed(id: &str, incarnation: u64) -> pb::RoutedMessage {
-        pb::RoutedMessage { origin: id.into(), incarnation, ..Default::default() }
+    fn routed(id: &str, incarnation: u64, seq: u64) -> pb::RoutedMessage {
+        pb::RoutedMessage { origin: id.into(), incarnation, seq, ..Default::default() }
     }
 
     #[test]
     fn a_replay_leaves_out_the_dead_nodes_messages_and_this_edges_own_once_the_sessions_were_here() {
         let (dead, me) = (NodeName { id: "a".into(), incarnation: 1 }, NodeName { id: "b".into(), incarnation: 2 });
-        let skip = Skip { node: Some(dead.clone()), own_after: Some((me.clone(), 10_000)) };
-        assert!(skip.skips(&routed("a", 1), 0), "the dead node's: in its journal");
-        assert!(!skip.skips(&routed("a", 2), 0), "another incarnation of it");
-        assert!(!skip.skips(&routed("c", 1), u64::MAX), "a third node's");
-        assert!(!skip.skips(&routed("b", 2), 9_999), "this edge's, before the sessions came: replayed");
-        assert!(!skip.skips(&routed("b", 2), 10_000 + OWN_MARGIN_MS), "within the margin: replayed");
-        assert!(skip.skips(&routed("b", 2), 10_001 + OWN_MARGIN_MS), "after: delivered here already");
+        let skip = Skip { node: Some(dead.clone()), own_after: Some((me.clone(), 10)) };
+        assert!(skip.skips(&routed("a", 1, 0)), "the dead node's: in its journal");
+        assert!(!skip.skips(&routed("a", 2, 0)), "another incarnation of it");
+        assert!(!skip.skips(&routed("c", 1, u64::MAX)), "a third node's");
+        assert!(!skip.skips(&routed("b", 2, 10)), "this edge's, routed before the sessions came: replayed");
+        assert!(skip.skips(&routed("b", 2, 11)), "after: delivered here already");
+        assert!(!skip.skips(&routed("b", 1, 11)), "an earlier incarnation of this edge");
         let late = Skip { node: None, own_after: Some((me, u64::MAX)) };
-        assert!(!late.skips(&routed("b", 2), u64::MAX), "no overflow");
-        assert!(!late.skips(&routed("a", 1), 0));
+        assert!(!late.skips(&routed("b", 2, u64::MAX)), "nothing above the last number");
+        assert!(!late.skips(&routed("a", 1, 0)));
     }
 }

@@ -133,8 +133,8 @@ impl ClusterLink {
 
     /// A will or presence change this edge published: other edges route it too. Dropped and
     /// counted if the bus is that far behind (they are never acknowledged to anyone).
-    pub fn originated(&self, msg: SharedMessage) {
-        if self.outbound.try_send(Outbound { msg, sent: None }).is_err() {
+    pub fn originated(&self, msg: SharedMessage, number: u64) {
+        if self.outbound.try_send(Outbound { msg, number, sent: None }).is_err() {
             metrics::counter!(m::CLUSTER_DROPPED).increment(1);
         }
     }
@@ -184,14 +184,15 @@ impl ClusterLink {
     /// so the publisher's PUBACK waits too; the answer resolves once the bus has it. A QoS 0
     /// one waits for nothing while this edge is cut off from the bus: dropped (and counted) if
     /// what waits for the bus fills its queue.
-    pub async fn forward(&self, msg: SharedMessage) -> Forwarded {
+    pub async fn forward(&self, msg: SharedMessage, number: u64) -> Forwarded {
         let (sent, rx) = oneshot::channel();
-        if msg.qos == QoS::AtMostOnce && self.cut_off() {
-            if self.outbound.try_send(Outbound { msg, sent: Some(sent) }).is_err() {
+        let out = Outbound { msg, number, sent: Some(sent) };
+        if out.msg.qos == QoS::AtMostOnce && self.cut_off() {
+            if self.outbound.try_send(out).is_err() {
                 metrics::counter!(m::CLUSTER_DROPPED).increment(1);
             }
         } else {
-            let _ = self.outbound.send(Outbound { msg, sent: Some(sent) }).await;
+            let _ = self.outbound.send(out).await;
         }
         Forwarded(rx)
     }
@@ -203,9 +204,11 @@ impl ClusterLink {
     }
 }
 
-/// A message on its way to the other edges; `sent` hears when the bus has it.
+/// A message on its way to the other edges, with its number (`Hub::numbered`); `sent` hears
+/// when the bus has it.
 struct Outbound {
     msg: SharedMessage,
+    number: u64,
     sent: Option<oneshot::Sender<()>>,
 }
 
@@ -509,13 +512,13 @@ const BATCH: usize = 256;
 const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
 const RETRY_MOST: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Numbers this edge's messages and publishes them, in the order they were handed over: what
+/// Publishes this edge's messages with their numbers, in the order they were handed over (as
+/// they were routed, but for those routed at the same moment on different threads): what
 /// waits is taken in batches, flushed once each. A batch the bus does not take (NATS is away)
 /// is tried again until it does, its QoS 1/2 messages in order (its QoS 0 ones are dropped):
 /// nothing after it goes first, and the acknowledgements of its publishers wait
 /// (`retrying` says so meanwhile).
 async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outbound>, retrying: Arc<AtomicBool>) {
-    let mut seq = 0u64;
     let mut waiting = Vec::with_capacity(BATCH);
     let mut senders = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut waiting, BATCH).await > 0 {
@@ -523,15 +526,14 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
         // sessions where they resume.
         let batch: Vec<(String, Bytes, bool)> = waiting
             .drain(..)
-            .map(|Outbound { msg, sent }| {
+            .map(|Outbound { msg, number, sent }| {
                 senders.extend(sent);
-                seq += 1;
                 let subject =
                     subjects::routed(&msg.topic, msg.retain).unwrap_or_else(|| subjects::LONG_TOPICS.to_owned());
                 let routed = pb::RoutedMessage {
                     origin: node.id.clone(),
                     incarnation: node.incarnation,
-                    seq,
+                    seq: number,
                     ..encode_message(&msg)
                 };
                 (subject, Bytes::from(routed.encode_to_vec()), msg.qos != QoS::AtMostOnce)

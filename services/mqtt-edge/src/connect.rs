@@ -186,7 +186,6 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
             session: session.clone(),
             holder: (!skip.is_empty()).then(|| NodeName::from_registered(skip)),
             subscriptions: s.subscriptions.clone(),
-            arrived_ms: now_ms(),
         })
     });
     // What the replay of a session resumed from the journal skips: what its holder published.
@@ -206,7 +205,6 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
                     session: session.clone(),
                     holder: loaded.holder,
                     subscriptions: loaded.snapshot.subscriptions.clone(),
-                    arrived_ms: now_ms(),
                 });
                 resumed = Some(loaded.snapshot);
             }
@@ -235,9 +233,10 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     );
     // The catch-up the session now has here (begun for it, or carried): its replay ends it.
     // Read while the claim keeps the session here.
-    let catching = catch_up
-        .filter(|_| connected.session_present && input.session_expiry_secs > 0)
-        .and_then(|resumed| Some(catch_up::CatchingUp { id: edge.hub.catch_up_id(&session)?, resumed }));
+    let catching =
+        catch_up.filter(|_| connected.session_present && input.session_expiry_secs > 0).and_then(|resumed| {
+            Some(catch_up::CatchingUp { id: edge.hub.catch_up_id(&session)?, resumed, arrived: connected.numbered })
+        });
     drop(claim);
     metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);
     let link_id = connected.link_id;

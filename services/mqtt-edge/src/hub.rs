@@ -49,6 +49,9 @@ pub struct Routed {
     /// Resolves once what the message changed in persistent sessions is in the journal: the
     /// publisher is acknowledged after that.
     pub durable: Option<Durable>,
+    /// A client's publish in a cluster: its number among what this edge routes for the other
+    /// edges ([`Hub::numbered`]); 0 otherwise.
+    pub number: u64,
 }
 
 #[derive(Debug)]
@@ -56,6 +59,9 @@ pub struct Connected {
     pub session_present: bool,
     pub link_id: u64,
     pub inbox: ConnInbox,
+    /// [`Hub::numbered`] once the session was here: what this edge routes from then on
+    /// reaches it here.
+    pub numbered: u64,
 }
 
 /// Bounds of the hub, from the edge config.
@@ -109,6 +115,8 @@ struct State {
     router: Router<SharedMessage, Arc<Identity>>,
     /// The delivery channel of each live connection.
     links: HashMap<LinkId, ConnLink>,
+    /// See [`Hub::numbered`].
+    numbered: u64,
 }
 
 /// Counters for `$SYS` and logs (Prometheus gets the same events through `metrics`).
@@ -159,7 +167,7 @@ impl Hub {
     /// A hub whose parked sessions live in this process's memory.
     pub fn new(cfg: HubConfig, authz: Arc<Authorizer>) -> Self {
         let router = Router::new(cfg.router());
-        let state = State { router, links: HashMap::new() };
+        let state = State { router, links: HashMap::new(), numbered: 0 };
         Hub {
             state: Mutex::new(state),
             cfg,
@@ -197,7 +205,7 @@ impl Hub {
         st.links.insert(connected.link, link);
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         self.apply(&mut st, fx, None);
-        Connected { session_present: connected.session_present, link_id: connected.link, inbox }
+        Connected { session_present: connected.session_present, link_id: connected.link, inbox, numbered: st.numbered }
     }
 
     /// The connection `link_id` of `session` is gone. `graceful` means a DISCONNECT packet
@@ -228,7 +236,18 @@ impl Hub {
         if from.is_some() {
             self.counters.messages_received.fetch_add(1, Ordering::Relaxed);
         }
-        self.route(|router, fx| router.publish(msg, from, now_ms, fx))
+        let numbered = from.is_some() && self.cluster.get().is_some();
+        self.route_as(numbered, |router, fx| router.publish(msg, from, now_ms, fx))
+    }
+
+    /// The number of the last message this edge routed for the other edges too (its clients'
+    /// publishes, wills and presence changes), in a cluster. Numbered under the hub's lock as
+    /// they are routed, so all routed after a moment have higher numbers than all routed
+    /// before: a session that leaves this edge had every message of it up to the number then
+    /// (`handover`), and one that comes here gets every message numbered above the number at
+    /// its arrival here (`catch_up`).
+    pub fn numbered(&self) -> u64 {
+        self.lock().numbered
     }
 
     /// Routes a message another edge sent.
@@ -337,12 +356,25 @@ impl Hub {
     /// One routing decision (`decide` returns how many sessions took the message), applied
     /// with the connections a publisher must wait for and the journal's answer.
     fn route(&self, decide: impl FnOnce(&mut Router<SharedMessage, Arc<Identity>>, &mut Effects) -> usize) -> Routed {
+        self.route_as(false, decide)
+    }
+
+    /// [`Hub::route`]; a message for the other edges too if `numbered` ([`Hub::numbered`]).
+    fn route_as(
+        &self,
+        numbered: bool,
+        decide: impl FnOnce(&mut Router<SharedMessage, Arc<Identity>>, &mut Effects) -> usize,
+    ) -> Routed {
         let mut st = self.lock();
         let mut fx = Effects::new();
         let sessions = decide(&mut st.router, &mut fx);
+        let number = match numbered {
+            true => next_number(&mut st),
+            false => 0,
+        };
         let mut pressure = Vec::new();
         let durable = self.apply(&mut st, fx, Some(&mut pressure));
-        Routed { sessions, pressure, durable }
+        Routed { sessions, pressure, durable, number }
     }
 
     /// Hands `session` to another edge where its client connected: its connection here is
@@ -354,7 +386,14 @@ impl Hub {
     ) -> Option<(broker::session::SessionSnapshot<SharedMessage>, u32)> {
         let mut st = self.lock();
         let mut fx = Effects::new();
-        let handed = st.router.hand_over(session, &*self.authz, now_ms, &mut fx);
+        let mut handed = st.router.hand_over(session, &*self.authz, now_ms, &mut fx);
+        // Whatever this edge routed before now the session had here; the next edge catches
+        // up on what comes after (what it routes until the session's interest is in place
+        // there reaches nobody).
+        if let (Some((snapshot, _)), Some(c)) = (&mut handed, self.cluster.get()) {
+            let at = broker::streams::Stamp { epoch: c.node().incarnation, seq: st.numbered };
+            snapshot.moved_from(broker::origins::cursor_name(&c.node().id).into(), at);
+        }
         self.apply(&mut st, fx, None);
         handed
     }
@@ -543,7 +582,7 @@ impl Hub {
                 }
                 Effect::Originated(msg) => {
                     if let Some(c) = self.cluster.get() {
-                        c.originated(msg);
+                        c.originated(msg, next_number(st));
                     }
                 }
                 Effect::DevicesHere { topic, devices } => {
@@ -762,4 +801,10 @@ impl Hub {
             messages_dropped: self.counters.messages_dropped.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Numbers a message this edge routes for the other edges too ([`Hub::numbered`]).
+fn next_number(st: &mut State) -> u64 {
+    st.numbered += 1;
+    st.numbered
 }

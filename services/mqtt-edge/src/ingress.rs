@@ -136,7 +136,7 @@ pub async fn publish_in_order<E>(
     let mut forwarded = None;
     if let (Ok(r), Some(cluster)) = (&routed, st.hub.cluster()) {
         // Other edges get the connection's messages in its order too.
-        forwarded = Some(cluster.forward(r.message.clone()).await);
+        forwarded = Some(cluster.forward(r.message.clone(), r.routed.number).await);
     }
     drop(place);
     // Acknowledged once the other edges can get it: the bus has it (however long it is away).

@@ -268,6 +268,86 @@ async fn a_client_that_moves_to_another_edge_takes_its_session_along() {
     }
 }
 
+/// A persistent subscriber hops between two edges again and again (leaving what it had not
+/// read in flight each time) while a publisher on each edge publishes to it: it gets every
+/// acknowledged message. What reached nobody while it moved comes from the bus's replay, after
+/// what came live meanwhile (counted as reordered, not required in order).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_moving_between_edges_while_messages_are_published_to_it_gets_all_of_them() {
+    const EACH: u32 = 300;
+    const HOPS: usize = 8;
+    for (bus, pair) in pairs().await {
+        let (mut mover, _) = pair.a.connect(Version::V5, lasting("mover", false)).await;
+        mover.subscribe(vec![SubscribeTopic::new("inbox/#", 1)], WAIT).await.expect("suback");
+        settle().await;
+        let mut from_a = pair.a.client(Version::V5, "from-a").await;
+        let mut from_b = pair.b.client(Version::V5, "from-b").await;
+        let publishing = async {
+            for n in 1..=EACH {
+                for (publisher, topic) in [(&mut from_a, "inbox/a"), (&mut from_b, "inbox/b")] {
+                    let code = publisher.publish(topic, n.to_string().as_bytes(), 1, false, WAIT).await;
+                    assert!(matches!(code, Ok(Some(0 | 0x10))), "{bus}: {topic} {n}: {code:?}");
+                }
+                if n % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let mut got: Vec<(String, u32)> = Vec::new();
+        let read = async |c: &mut Client, got: &mut Vec<(String, u32)>, for_ms: u64| {
+            let until = std::time::Instant::now() + Duration::from_millis(for_ms);
+            while std::time::Instant::now() < until {
+                if let Ok(Packet::Publish(p)) = c.recv(Duration::from_millis(20)).await {
+                    ack(c, &p).await;
+                    let n = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()).expect("a number");
+                    got.push((p.topic.clone(), n));
+                }
+            }
+        };
+        let moving = async {
+            for hop in 1..=HOPS {
+                read(&mut mover, &mut got, 150).await;
+                let to = if hop % 2 == 1 { &pair.b } else { &pair.a };
+                let (next, present) = to.connect(Version::V5, lasting("mover", false)).await;
+                assert!(present, "{bus}: hop {hop}: the session came along");
+                mover = next;
+            }
+        };
+        tokio::join!(publishing, moving);
+        // The rest, until every number came or nothing did for 10 s.
+        let mut quiet = std::time::Instant::now();
+        while got.iter().collect::<std::collections::BTreeSet<_>>().len() < 2 * EACH as usize
+            && quiet.elapsed() < Duration::from_secs(10)
+        {
+            let before = got.len();
+            read(&mut mover, &mut got, 200).await;
+            if got.len() > before {
+                quiet = std::time::Instant::now();
+            }
+        }
+        let (mut lost_all, mut reordered) = (Vec::new(), 0);
+        for topic in ["inbox/a", "inbox/b"] {
+            let mut firsts = Vec::new();
+            let mut seen = std::collections::BTreeSet::new();
+            for (t, n) in &got {
+                if t == topic && seen.insert(*n) {
+                    firsts.push(*n);
+                }
+            }
+            lost_all.extend((1..=EACH).filter(|n| !seen.contains(n)).map(|n| format!("{topic} {n}")));
+            reordered += firsts.windows(2).filter(|w| w[1] < w[0]).count();
+        }
+        assert!(lost_all.is_empty(), "{bus}: lost {}: {lost_all:?}", lost_all.len());
+        let copies = got.len() - 2 * EACH as usize;
+        eprintln!(
+            "{bus}: {HOPS} hops, {} messages, 0 lost, {reordered} reordered, {copies} delivered again (QoS 1 allows it)",
+            2 * EACH
+        );
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn what_queued_for_a_parked_session_on_one_edge_is_delivered_on_another() {
     for (bus, pair) in pairs().await {

@@ -1242,6 +1242,31 @@ fn a_session_behind_that_moves_takes_on_the_next_node_what_it_skipped_below_what
 }
 
 #[test]
+fn a_session_that_moves_catches_up_on_what_its_node_numbered_after_it_left() {
+    let mut a = wide();
+    a.share_through_bus();
+    let mut fx = Fx::new();
+    connect(&mut a, request("bob", "phone", false, 60), &mut fx);
+    sub(&mut a, "bob", "phone", "t/#", 1);
+    let bob: Arc<str> = key("bob", "phone").into();
+    let (mut snapshot, _) = a.hand_over(&bob, &Acl::default(), 0, &mut fx).expect("on a");
+    assert!(snapshot.catch_up.is_none(), "not catching up on a");
+    snapshot.moved_from(crate::origins::cursor_name("a").into(), crate::streams::Stamp { epoch: 1, seq: 5 });
+    assert!(snapshot.catch_up.is_some(), "it catches up where it goes");
+    let mut b = wide();
+    b.share_through_bus();
+    fx.clear();
+    let req = ConnectRequest { resumed: Some(snapshot), ..request("bob", "phone", false, 60) };
+    let (link, _) = connect(&mut b, req, &mut fx);
+    assert!(!b.replay_routed(&bob, from_node("a", 5), 2_000, 3_000, &mut fx), "routed on a while it was there");
+    assert!(b.replay_routed(&bob, from_node("a", 6), 2_000, 3_000, &mut fx), "routed on a after it left");
+    b.publish_remote(from_node("a", 7), 2_000, &mut fx);
+    assert!(!b.replay_routed(&bob, from_node("a", 7), 2_000, 3_000, &mut fx), "it came live");
+    assert!(b.replay_routed(&bob, from_node("c", 1), 2_000, 3_000, &mut fx), "a third node's it never had");
+    assert_eq!(delivered(&fx, link), ["a6", "a7", "c1"]);
+}
+
+#[test]
 fn a_session_behind_that_moves_catches_up_on_the_next_node() {
     let (mut a, _, mut fx, bob, id) = behind_after_x1();
     a.publish_remote(from_node("x", 2), 2_000, &mut fx);
