@@ -72,7 +72,8 @@ pub enum Refusal {
     WillNotAuthorized,
     /// The server is stopping (v3 3, v5 0x88 server unavailable): try another node.
     ShuttingDown,
-    /// The session journal cannot be read, so the session cannot be resumed (v3 3, v5 0x88).
+    /// The session store cannot be read (the journal, or the owners registry of a cluster),
+    /// so the session can be neither resumed nor claimed (v3 3, v5 0x88).
     JournalUnavailable,
 }
 
@@ -174,6 +175,11 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
         Some(c) => c.claim(&session, !input.clean_start).await,
         None => None,
     };
+    // Without the owners registry, another edge may hold the session (even live, the client
+    // id connected twice): refused until it is back, clean start or not.
+    if claim.as_ref().is_some_and(|c| !c.recorded) {
+        return Err(Refusal::JournalUnavailable);
+    }
     let mut resumed = claim.as_mut().and_then(|c| c.resumed.take());
     // Cursors of a session resumed from the journal: what its streams got meanwhile follows.
     let mut missed = Vec::new();

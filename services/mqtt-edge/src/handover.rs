@@ -79,6 +79,9 @@ struct Slot {
 #[derive(Debug)]
 pub struct Claim {
     pub resumed: Option<SessionSnapshot<SharedMessage>>,
+    /// Whether the registry has this edge as the owner now; not if it could not be reached
+    /// (another edge may hold the session, live: nothing may connect it here).
+    pub recorded: bool,
     _turn: Option<Turn>,
 }
 
@@ -172,7 +175,7 @@ impl Handover {
             Err(e) => {
                 metrics::counter!(m::CLUSTER_ERRORS, "op" => "claim").increment(1);
                 tracing::warn!(error = %e, "cannot record the session's owner");
-                return Claim { resumed: None, _turn: Some(turn) };
+                return Claim { resumed: None, recorded: false, _turn: Some(turn) };
             }
         };
         slot.version.store(claimed.version, Ordering::SeqCst);
@@ -180,7 +183,7 @@ impl Handover {
             Some(from) => self.ask(&from, session, claimed.version).await.filter(|_| want_state),
             None => None,
         };
-        Claim { resumed, _turn: Some(turn) }
+        Claim { resumed, recorded: true, _turn: Some(turn) }
     }
 
     /// Makes this edge the owner of `session` if `from` (a dead node) still owns it; `None`
@@ -194,7 +197,7 @@ impl Handover {
             return Ok(None);
         };
         slot.version.store(claimed.version, Ordering::SeqCst);
-        Ok(Some(Claim { resumed: None, _turn: Some(turn) }))
+        Ok(Some(Claim { resumed: None, recorded: true, _turn: Some(turn) }))
     }
 
     /// Whether node `node` (as the owners registry names it) is gone from the bus: nobody

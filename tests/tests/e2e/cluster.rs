@@ -536,14 +536,7 @@ async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_acknowledges_only_w
     settle().await;
     assert!(ready().is_ok());
     proxy.cut();
-    let ready_is = async |want: bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while ready().is_ok() != want && std::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        ready().is_ok() == want
-    };
-    assert!(ready_is(false).await, "not ready while cut off from the bus");
+    assert!(readiness_becomes(&ready, false).await, "not ready while cut off from the bus");
     // Edge B alone: its own clients still reach each other.
     let mut local = b.client(Version::V5, "local-pub").await;
     local.publish("t/qos0", b"qos0", 0, false, WAIT).await.expect("QoS 0");
@@ -574,7 +567,7 @@ async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_acknowledges_only_w
         on_a.push(received(&mut far).await.1);
     }
     assert!(on_a.contains(&"local".to_owned()), "what edge B acknowledged reached edge A: {on_a:?}");
-    assert!(ready_is(true).await, "ready again once the bus is back, without a restart");
+    assert!(readiness_becomes(&ready, true).await, "ready again once the bus is back, without a restart");
     let mut remote = a.client(Version::V5, "remote-pub").await;
     for topic in ["t/1", "u/1"] {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -590,6 +583,80 @@ async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_acknowledges_only_w
             }
         }
     }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Whether `ready` answers `want` (ready or not) within 30 s.
+async fn readiness_becomes(ready: &impl Fn() -> Result<(), String>, want: bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ready().is_ok() != want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ready().is_ok() == want
+}
+
+/// Redis cut off from two edges on one NATS: an edge acknowledges no QoS 1/2 publish it would
+/// have to store (v5 0x80), one the bus keeps for the other edge is acknowledged, QoS 0 goes on
+/// crossing, a new connection is refused (v5 0x88: without the owners registry the client id
+/// may be connected elsewhere), and both answer 503 on /readyz; once Redis is back both are
+/// ready again without a restart, and a session that moves finds what was sent to it.
+#[tokio::test(flavor = "multi_thread")]
+async fn edges_cut_off_from_redis_acknowledge_nothing_they_could_not_store_and_recover() {
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let proxy = hermes_tests::proxy::Proxy::start(redis.addr).await;
+    let redis_url = format!("redis://{}/0", proxy.addr);
+    let bus = || async { Arc::new(bus::nats::NatsBus::connect(&nats.nats_url()).await.expect("nats")) as Arc<dyn Bus> };
+    let a = TestEdge::start_clustered(bus().await, None, node_on("a", &redis_url)).await;
+    let b = TestEdge::start_clustered(bus().await, None, node_on("b", &redis_url)).await;
+    let (ready_a, ready_b) = (a.edge().readiness(), b.edge().readiness());
+    // A persistent session away from its client on B, a clean one live there.
+    let (mut keeper, _) = b.connect(Version::V5, lasting("keeper", false)).await;
+    assert_eq!(keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback"), [1]);
+    keeper.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None }).await.expect("bye");
+    assert!(keeper.is_closed(WAIT).await);
+    let mut live = subscribed(&b, "live", &["f/#"]).await;
+    settle().await;
+    let (mut from_a, mut from_b) = (a.client(Version::V5, "from-a").await, b.client(Version::V5, "from-b").await);
+    // Acknowledged, with no subscriber on edge A (v5 0x10).
+    assert_eq!(from_a.publish("f/1", b"before", 1, false, WAIT).await.expect("puback"), Some(0x10));
+
+    proxy.cut();
+    assert!(readiness_becomes(&ready_a, false).await, "a: not ready without Redis");
+    assert!(readiness_becomes(&ready_b, false).await, "b: not ready without Redis");
+    let code = from_a.publish("f/1", b"kept on the bus", 1, false, WAIT).await.expect("puback");
+    assert_eq!(code, Some(0x10), "nothing to store on edge A: the bus keeps it for B's sessions");
+    let code = from_b.publish("f/1", b"not stored", 1, false, WAIT).await.expect("puback");
+    assert_eq!(code, Some(0x80), "edge B cannot store it for its parked session");
+    from_a.publish("f/1", b"qos0", 0, false, WAIT).await.expect("QoS 0");
+    let mut bodies = Vec::new();
+    while bodies.len() < 4 {
+        bodies.push(received(&mut live).await.1);
+    }
+    bodies.sort();
+    assert_eq!(bodies, ["before", "kept on the bus", "not stored", "qos0"], "delivery never stopped");
+    let mut newcomer = a.raw(Version::V5).await;
+    let asked = std::time::Instant::now();
+    // Refused once the registry's commands time out (2 s each).
+    match newcomer.handshake(connect("newcomer", true), Duration::from_secs(20)).await {
+        Ok(Packet::ConnAck { code: 0x88, .. }) => {}
+        other => panic!("a new connection without the owners registry: {other:?} after {:?}", asked.elapsed()),
+    }
+    eprintln!("a new connection refused after {:?}", asked.elapsed());
+
+    proxy.restore();
+    assert!(readiness_becomes(&ready_a, true).await, "a: ready again once Redis is back");
+    assert!(readiness_becomes(&ready_b, true).await, "b: ready again once Redis is back");
+    let (mut keeper, present) = a.connect(Version::V5, lasting("keeper", false)).await;
+    assert!(present, "the session moved from B");
+    let mut got = std::collections::BTreeSet::new();
+    while let Ok(Packet::Publish(p)) = keeper.recv(Duration::from_secs(3)).await {
+        ack(&mut keeper, &p).await;
+        got.insert(String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    assert!(got.contains("before") && got.contains("kept on the bus"), "what was acknowledged: {got:?}");
+    assert_eq!(from_b.publish("f/1", b"after", 1, false, WAIT).await.expect("puback"), Some(0));
+    assert_eq!(received(&mut keeper).await.1, "after");
     a.stop().await;
     b.stop().await;
 }
