@@ -714,9 +714,14 @@ async fn what_an_edge_cut_off_from_nats_missed_reaches_its_persistent_sessions_w
 /// The next `n` numbers `c` receives (acknowledged), each within 30 s (an edge reconnects to NATS
 /// within a few seconds of its being back).
 async fn numbers(c: &mut Client, n: usize) -> Vec<u32> {
+    numbers_each_within(c, n, Duration::from_secs(30)).await
+}
+
+/// The next `n` numbers `c` receives (acknowledged), each within `wait`.
+async fn numbers_each_within(c: &mut Client, n: usize, wait: Duration) -> Vec<u32> {
     let mut got = Vec::with_capacity(n);
     while got.len() < n {
-        match c.recv(Duration::from_secs(30)).await {
+        match c.recv(wait).await {
             Ok(Packet::Publish(p)) => {
                 ack(c, &p).await;
                 got.push(std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()).expect("a number"));
@@ -728,6 +733,25 @@ async fn numbers(c: &mut Client, n: usize) -> Vec<u32> {
     got
 }
 
+/// Pairs whose edges queue at most 50 messages per session and wait 60 s for a reader that
+/// stopped before they close it.
+async fn pairs_with_short_queues() -> Vec<(&'static str, Pair)> {
+    pairs_with(|c| {
+        c.limits.max_queued_messages = 50;
+        c.limits.max_stall_secs = 60;
+    })
+    .await
+}
+
+/// The v5 client `slow` on `edge`, which takes 10 messages at a time, subscribed to `filter`.
+async fn slow_reader(edge: &TestEdge, filter: &str) -> Client {
+    let connect = Connect { receive_maximum: Some(10), ..connect("slow", true) };
+    let (mut slow, _) = edge.connect(Version::V5, connect).await;
+    let codes = slow.subscribe(vec![SubscribeTopic::new(filter, 1)], WAIT).await.expect("suback");
+    assert_eq!(codes, [1]);
+    slow
+}
+
 /// A member of a shared subscription that reads nothing for a while holds up no other
 /// subscriber of its edge: what the group gives goes to a member here with room, and back to
 /// the group when none has (the bus gives it again), so every message reaches one member,
@@ -736,16 +760,8 @@ async fn numbers(c: &mut Client, n: usize) -> Vec<u32> {
 async fn a_slow_member_of_a_shared_subscription_holds_up_no_other_on_its_edge() {
     const JOBS: u32 = 200;
     const NEWS: u32 = 20;
-    let pairs = pairs_with(|c| {
-        c.limits.max_queued_messages = 50;
-        c.limits.max_stall_secs = 60;
-    })
-    .await;
-    for (bus, pair) in pairs {
-        let connect = Connect { receive_maximum: Some(10), ..connect("slow", true) };
-        let (mut slow, _) = pair.b.connect(Version::V5, connect).await;
-        let codes = slow.subscribe(vec![SubscribeTopic::new("$share/g/jobs/#", 1)], WAIT).await.expect("suback");
-        assert_eq!(codes, [1]);
+    for (bus, pair) in pairs_with_short_queues().await {
+        let mut slow = slow_reader(&pair.b, "$share/g/jobs/#").await;
         let mut fast = subscribed(&pair.b, "fast", &["$share/g/jobs/#"]).await;
         let mut news = subscribed(&pair.b, "news", &["news/#"]).await;
         settle().await;
@@ -753,17 +769,7 @@ async fn a_slow_member_of_a_shared_subscription_holds_up_no_other_on_its_edge() 
         publish_numbered(&mut publisher, "jobs/1", 0..JOBS).await;
         publish_numbered(&mut publisher, "news/1", 0..NEWS).await;
         // Far sooner than the 60 s the edge would wait for the slow member before closing it.
-        let mut got = Vec::new();
-        while got.len() < NEWS as usize {
-            match news.recv(Duration::from_secs(5)).await {
-                Ok(Packet::Publish(p)) => {
-                    ack(&mut news, &p).await;
-                    got.push(String::from_utf8_lossy(&p.payload).parse::<u32>().expect("a number"));
-                }
-                Ok(_) => {}
-                other => panic!("{bus}: the news subscriber waited for the slow member after {got:?}: {other:?}"),
-            }
-        }
+        let got = numbers_each_within(&mut news, NEWS as usize, Duration::from_secs(5)).await;
         assert_eq!(got, (0..NEWS).collect::<Vec<_>>(), "{bus}");
         let drain = async |c: &mut Client| {
             let mut got = Vec::new();
@@ -1053,16 +1059,8 @@ async fn a_subscriber_that_stops_reading_holds_up_no_other_on_its_edge_and_misse
     const SLOW: u32 = 150;
     const FAST: u32 = 20;
     const AFTER: u32 = 10;
-    let pairs = pairs_with(|c| {
-        c.limits.max_queued_messages = 50;
-        c.limits.max_stall_secs = 60;
-    })
-    .await;
-    for (bus, pair) in pairs {
-        let connect = Connect { receive_maximum: Some(10), ..connect("slow", true) };
-        let (mut slow, _) = pair.b.connect(Version::V5, connect).await;
-        let codes = slow.subscribe(vec![SubscribeTopic::new("slow/#", 1)], WAIT).await.expect("suback");
-        assert_eq!(codes, [1]);
+    for (bus, pair) in pairs_with_short_queues().await {
+        let mut slow = slow_reader(&pair.b, "slow/#").await;
         let mut fast = subscribed(&pair.b, "fast", &["fast/#"]).await;
         settle().await;
         // Two publishers at once, on two subjects.
@@ -1071,17 +1069,7 @@ async fn a_subscriber_that_stops_reading_holds_up_no_other_on_its_edge_and_misse
         tokio::join!(publish_numbered(&mut one, "slow/1", 0..SLOW), publish_numbered(&mut two, "slow/2", 0..SLOW));
         publish_numbered(&mut one, "fast/1", 0..FAST).await;
         // Far sooner than the 60 s the edge would wait for the slow one before closing it.
-        let mut got = Vec::new();
-        while got.len() < FAST as usize {
-            match fast.recv(Duration::from_secs(5)).await {
-                Ok(Packet::Publish(p)) => {
-                    ack(&mut fast, &p).await;
-                    got.push(String::from_utf8_lossy(&p.payload).parse::<u32>().expect("a number"));
-                }
-                Ok(_) => {}
-                other => panic!("{bus}: the fast subscriber waited for the slow one after {got:?}: {other:?}"),
-            }
-        }
+        let got = numbers_each_within(&mut fast, FAST as usize, Duration::from_secs(5)).await;
         assert_eq!(got, (0..FAST).collect::<Vec<_>>(), "{bus}");
         let by_topic = numbers_by_topic(&mut slow, 2 * SLOW as usize).await;
         for topic in ["slow/1", "slow/2"] {

@@ -907,6 +907,22 @@ fn wide() -> Router<Msg, &'static str> {
     r
 }
 
+/// [`wide`], a node of a cluster.
+fn clustered() -> Router<Msg, &'static str> {
+    let mut r = wide();
+    r.share_through_bus();
+    r
+}
+
+/// Node b, where Bob's session (`snapshot`, handed over by another node) moved with his client.
+fn moved_to_b(snapshot: SessionSnapshot<Msg>, fx: &mut Fx) -> (Router<Msg, &'static str>, LinkId) {
+    let mut b = clustered();
+    fx.clear();
+    let req = ConnectRequest { resumed: Some(snapshot), ..request("bob", "phone", false, 60) };
+    let (link, _) = connect(&mut b, req, fx);
+    (b, link)
+}
+
 /// Bob's persistent session on node a got x1 and x2 from node x (subscribed to `t/#` at
 /// 1 000 ms), and a died: its journal (here a's snapshot) goes to node b, which catches up.
 fn resumed_on_b() -> (Router<Msg, &'static str>, LinkId, Fx) {
@@ -1119,14 +1135,18 @@ fn a_session_catching_up_after_a_dead_node_when_its_node_loses_the_others_waits_
     assert_eq!(delivered(&fx, link), ["x3"]);
 }
 
-/// Bob (a session that ends with its connection) on a node of a cluster, subscribed to `t/#`,
-/// got x1 live; then his connection has too much waiting, and he falls behind.
-fn behind_after_x1() -> (Router<Msg, &'static str>, LinkId, Fx, Arc<str>, u64) {
-    let mut r = wide();
-    r.share_through_bus();
+/// Bob (a session that ends with its connection) on a node of a cluster, subscribed to `t/#`.
+fn bob_on_a_node() -> (Router<Msg, &'static str>, LinkId, Fx) {
+    let mut r = clustered();
     let mut fx = Fx::new();
     let (link, _) = connect(&mut r, request("bob", "phone", true, 0), &mut fx);
     sub(&mut r, "bob", "phone", "t/#", 1);
+    (r, link, fx)
+}
+
+/// Bob ([`bob_on_a_node`]) got x1 live; then his connection has too much waiting, and he falls behind.
+fn behind_after_x1() -> (Router<Msg, &'static str>, LinkId, Fx, Arc<str>, u64) {
+    let (mut r, link, mut fx) = bob_on_a_node();
     r.publish_remote(from_node("x", 1), 2_000, &mut fx);
     let (bob, id) = r.fall_behind(link, &"me".into()).expect("bob falls behind");
     assert_eq!(&*bob, key("bob", "phone"));
@@ -1171,11 +1191,7 @@ fn a_session_behind_takes_what_other_nodes_route_from_its_replay_in_order_and_on
 
 #[test]
 fn a_session_behind_takes_each_message_it_skipped_whatever_it_had_from_that_node() {
-    let mut r = wide();
-    r.share_through_bus();
-    let mut fx = Fx::new();
-    let (link, _) = connect(&mut r, request("bob", "phone", true, 0), &mut fx);
-    sub(&mut r, "bob", "phone", "t/#", 1);
+    let (mut r, link, mut fx) = bob_on_a_node();
     r.publish_remote(from_node("x", 1), 2_000, &mut fx);
     // x3 overtook x2 on its way (another subject).
     r.publish_remote(from_node("x", 3), 2_000, &mut fx);
@@ -1220,21 +1236,13 @@ fn a_session_behind_whose_replay_gives_up_takes_what_comes_live_again() {
 
 #[test]
 fn a_session_behind_that_moves_takes_on_the_next_node_what_it_skipped_below_what_it_had() {
-    let mut a = wide();
-    a.share_through_bus();
-    let mut fx = Fx::new();
-    let (link, _) = connect(&mut a, request("bob", "phone", true, 0), &mut fx);
-    sub(&mut a, "bob", "phone", "t/#", 1);
+    let (mut a, link, mut fx) = bob_on_a_node();
     // x2 overtook x1 on its way (another subject).
     a.publish_remote(from_node("x", 2), 2_000, &mut fx);
     let (bob, _) = a.fall_behind(link, &"me".into()).expect("bob falls behind");
     a.publish_remote(from_node("x", 1), 2_000, &mut fx);
     let (snapshot, _) = a.hand_over(&bob, &Acl::default(), 0, &mut fx).expect("on a");
-    let mut b = wide();
-    b.share_through_bus();
-    fx.clear();
-    let req = ConnectRequest { resumed: Some(snapshot), ..request("bob", "phone", false, 60) };
-    let (link, _) = connect(&mut b, req, &mut fx);
+    let (mut b, link) = moved_to_b(snapshot, &mut fx);
     assert!(!b.replay_routed(&bob, from_node("x", 2), 2_000, 3_000, &mut fx), "it had x2");
     assert!(b.replay_routed(&bob, from_node("x", 1), 2_000, 3_000, &mut fx), "x1, skipped on a, though it had x2");
     assert!(!b.replay_routed(&bob, from_node("x", 1), 2_000, 3_000, &mut fx), "once");
@@ -1243,8 +1251,7 @@ fn a_session_behind_that_moves_takes_on_the_next_node_what_it_skipped_below_what
 
 #[test]
 fn a_session_that_moves_catches_up_on_what_its_node_numbered_after_it_left() {
-    let mut a = wide();
-    a.share_through_bus();
+    let mut a = clustered();
     let mut fx = Fx::new();
     connect(&mut a, request("bob", "phone", false, 60), &mut fx);
     sub(&mut a, "bob", "phone", "t/#", 1);
@@ -1253,11 +1260,7 @@ fn a_session_that_moves_catches_up_on_what_its_node_numbered_after_it_left() {
     assert!(snapshot.catch_up.is_none(), "not catching up on a");
     snapshot.moved_from(crate::origins::cursor_name("a").into(), crate::streams::Stamp { epoch: 1, seq: 5 });
     assert!(snapshot.catch_up.is_some(), "it catches up where it goes");
-    let mut b = wide();
-    b.share_through_bus();
-    fx.clear();
-    let req = ConnectRequest { resumed: Some(snapshot), ..request("bob", "phone", false, 60) };
-    let (link, _) = connect(&mut b, req, &mut fx);
+    let (mut b, link) = moved_to_b(snapshot, &mut fx);
     assert!(!b.replay_routed(&bob, from_node("a", 5), 2_000, 3_000, &mut fx), "routed on a while it was there");
     assert!(b.replay_routed(&bob, from_node("a", 6), 2_000, 3_000, &mut fx), "routed on a after it left");
     b.publish_remote(from_node("a", 7), 2_000, &mut fx);
@@ -1272,11 +1275,7 @@ fn a_session_behind_that_moves_catches_up_on_the_next_node() {
     a.publish_remote(from_node("x", 2), 2_000, &mut fx);
     let (snapshot, _) = a.hand_over(&bob, &Acl::default(), 0, &mut fx).expect("on a");
     assert!(snapshot.catch_up.is_some(), "it carries its catch-up");
-    let mut b = wide();
-    b.share_through_bus();
-    fx.clear();
-    let req = ConnectRequest { resumed: Some(snapshot), ..request("bob", "phone", false, 60) };
-    let (link, _) = connect(&mut b, req, &mut fx);
+    let (mut b, link) = moved_to_b(snapshot, &mut fx);
     assert!(!b.replay_routed(&bob, from_node("x", 1), 2_000, 3_000, &mut fx), "it had x1");
     assert!(b.replay_routed(&bob, from_node("x", 2), 2_000, 3_000, &mut fx), "x2, skipped on a");
     assert_eq!(b.caught_up_behind(&bob, id), None, "not behind here: it catches up");
