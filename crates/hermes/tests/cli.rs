@@ -51,6 +51,18 @@ struct Up {
     printed: Vec<String>,
 }
 
+impl Up {
+    /// The ops endpoint (`/metrics`, `/healthz`, `/readyz`), as it printed it.
+    fn ops(&self) -> SocketAddr {
+        self.printed
+            .iter()
+            .find_map(|l| l.trim().strip_prefix("metrics         http://"))
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no metrics endpoint printed: {:#?}", self.printed))
+    }
+}
+
 /// Starts `hermes up` on ephemeral ports with its data in `data`.
 fn up_in(data: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Up {
     let mut child = Running(
@@ -766,13 +778,7 @@ async fn http_listeners_close_half_sent_headers_and_cap_connections_per_address(
     let data = temp_dir("http-limits").join("data");
     let _ = std::fs::remove_dir_all(&data);
     let mut up = up_in(&data, &[], &env);
-    let ops: SocketAddr = up
-        .printed
-        .iter()
-        .find_map(|l| l.trim().strip_prefix("metrics         http://"))
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no metrics endpoint printed: {:#?}", up.printed));
+    let ops = up.ops();
     for (name, addr) in [("accounts API", up.http), ("ops endpoint", ops)] {
         // Half a header, then silence: closed at the header timeout (2 s), not at the default 10 s.
         let mut half = TcpStream::connect(addr).await.expect("connect");
@@ -1318,4 +1324,50 @@ async fn up_routes_a_qos2_publish_once_across_a_kill_minus_9() {
     }
     sigterm(&up.child);
     let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
+}
+
+/// What a session gives up on goes to the dead-letter stream and is counted on `/metrics` by
+/// reason: here the queue (2 messages) of a persistent session whose client is away overflows
+/// with 3 more (the newest are dropped: `limits.queue_drop_policy`).
+#[tokio::test(flavor = "multi_thread")]
+async fn up_counts_dead_letters_on_its_metrics() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = temp_dir("dead-letters").join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let up = up_in(&data, &["--allow-anonymous"], &[("HERMES_LIMITS__MAX_QUEUED_MESSAGES", "2")]);
+    let wait = Duration::from_secs(10);
+    let mut away = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+    let hello = Connect {
+        client_id: "away".into(),
+        clean_start: false,
+        keep_alive: 60,
+        session_expiry: Some(300),
+        ..Connect::default()
+    };
+    assert!(matches!(away.handshake(hello, wait).await, Ok(Packet::ConnAck { code: 0, .. })));
+    let codes = away.subscribe(vec![sdk::mqtt::SubscribeTopic::new("d/#", 1)], wait).await.expect("suback");
+    assert_eq!(codes, [1]);
+    away.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None }).await.expect("bye");
+    assert!(away.is_closed(wait).await);
+    let mut publisher = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+    let hello = Connect { client_id: "writer".into(), clean_start: true, keep_alive: 60, ..Connect::default() };
+    assert!(matches!(publisher.handshake(hello, wait).await, Ok(Packet::ConnAck { code: 0, .. })));
+    for n in 1..=5 {
+        let code = publisher.publish("d/1", format!("m{n}").as_bytes(), 1, false, wait).await.expect("puback");
+        assert_eq!(code, Some(0), "m{n}");
+    }
+    let want = "hermes_edge_dead_letters_total{reason=\"overflow\"} 3";
+    let mut body = String::new();
+    for _ in 0..50 {
+        let mut http = tokio::net::TcpStream::connect(up.ops()).await.expect("connect");
+        http.write_all(b"GET /metrics HTTP/1.1\r\nHost: hermes\r\nConnection: close\r\n\r\n").await.expect("write");
+        body.clear();
+        http.read_to_string(&mut body).await.expect("read");
+        if body.contains(want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let counted: Vec<&str> = body.lines().filter(|l| l.contains("dead_letter")).collect();
+    panic!("expected `{want}` on /metrics: {counted:#?}");
 }
