@@ -294,19 +294,9 @@ async fn a_client_moving_between_edges_while_messages_are_published_to_it_gets_a
             }
         };
         let mut got: Vec<(String, u32)> = Vec::new();
-        let read = async |c: &mut Client, got: &mut Vec<(String, u32)>, for_ms: u64| {
-            let until = std::time::Instant::now() + Duration::from_millis(for_ms);
-            while std::time::Instant::now() < until {
-                if let Ok(Packet::Publish(p)) = c.recv(Duration::from_millis(20)).await {
-                    ack(c, &p).await;
-                    let n = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()).expect("a number");
-                    got.push((p.topic.clone(), n));
-                }
-            }
-        };
         let moving = async {
             for hop in 1..=HOPS {
-                read(&mut mover, &mut got, 150).await;
+                read_for(&mut mover, &mut got, 150).await;
                 let to = if hop % 2 == 1 { &pair.b } else { &pair.a };
                 let (next, present) = to.connect(Version::V5, lasting("mover", false)).await;
                 assert!(present, "{bus}: hop {hop}: the session came along");
@@ -320,7 +310,7 @@ async fn a_client_moving_between_edges_while_messages_are_published_to_it_gets_a
             && quiet.elapsed() < Duration::from_secs(10)
         {
             let before = got.len();
-            read(&mut mover, &mut got, 200).await;
+            read_for(&mut mover, &mut got, 200).await;
             if got.len() > before {
                 quiet = std::time::Instant::now();
             }
@@ -345,6 +335,77 @@ async fn a_client_moving_between_edges_while_messages_are_published_to_it_gets_a
         );
         pair.a.stop().await;
         pair.b.stop().await;
+    }
+}
+
+/// Adds to `got` what `c` receives (acknowledged: topic and number) for `for_ms`, or until
+/// its connection is closed.
+async fn read_for(c: &mut Client, got: &mut Vec<(String, u32)>, for_ms: u64) {
+    let until = std::time::Instant::now() + Duration::from_millis(for_ms);
+    while std::time::Instant::now() < until {
+        match c.recv(Duration::from_millis(20)).await {
+            Ok(Packet::Publish(p)) => {
+                ack(c, &p).await;
+                let n = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse().ok()).expect("a number");
+                got.push((p.topic.clone(), n));
+            }
+            Ok(Packet::Disconnect { .. }) | Err(sdk::mqtt::RecvError::Closed | sdk::mqtt::RecvError::Io(_)) => return,
+            _ => {}
+        }
+    }
+}
+
+/// While edge A stops, a publisher on edge B goes on publishing to a persistent subscriber
+/// on A, which is told to go (0x8B) and reconnects to B: it gets every acknowledged message.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_is_published_while_an_edge_stops_reaches_its_clients_on_another() {
+    const N: u32 = 300;
+    for (bus, pair) in pairs().await {
+        let Pair { a, b, _servers } = pair;
+        let (mut on_a, _) = a.connect(Version::V5, lasting("leaving", false)).await;
+        on_a.subscribe(vec![SubscribeTopic::new("jobs/#", 1)], WAIT).await.expect("suback");
+        settle().await;
+        let mut publisher = b.client(Version::V5, "pub").await;
+        let publishing = async {
+            for n in 1..=N {
+                let code = publisher.publish("jobs/1", n.to_string().as_bytes(), 1, false, WAIT).await;
+                assert!(matches!(code, Ok(Some(0 | 0x10))), "{bus}: {n}: {code:?}");
+                if n % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let mut got = Vec::new();
+        let moving = async {
+            read_for(&mut on_a, &mut got, 300).await;
+            let stopping = tokio::spawn(a.stop());
+            read_for(&mut on_a, &mut got, 5_000).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (mut on_b, present) = b.connect(Version::V5, lasting("leaving", false)).await;
+            assert!(present, "{bus}: the stopping edge handed the session over");
+            read_for(&mut on_b, &mut got, 300).await;
+            (on_b, stopping)
+        };
+        let ((), (mut on_b, stopping)) = tokio::join!(publishing, moving);
+        let mut quiet = std::time::Instant::now();
+        while got.iter().map(|(_, n)| n).collect::<std::collections::BTreeSet<_>>().len() < N as usize
+            && quiet.elapsed() < Duration::from_secs(10)
+        {
+            let before = got.len();
+            read_for(&mut on_b, &mut got, 200).await;
+            if got.len() > before {
+                quiet = std::time::Instant::now();
+            }
+        }
+        let seen: std::collections::BTreeSet<u32> = got.iter().map(|(_, n)| *n).collect();
+        let lost: Vec<u32> = (1..=N).filter(|n| !seen.contains(n)).collect();
+        assert!(lost.is_empty(), "{bus}: lost {}: {lost:?}", lost.len());
+        eprintln!("{bus}: {N} published while the edge stopped, 0 lost, {} delivered again", got.len() - N as usize);
+        tokio::time::timeout(Duration::from_secs(10), stopping)
+            .await
+            .expect("A stops once it handed over")
+            .expect("join");
+        b.stop().await;
     }
 }
 
