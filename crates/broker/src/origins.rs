@@ -73,6 +73,8 @@ pub struct CatchUpParts {
     /// What the session skipped while behind on the node it came from and was not replayed
     /// there yet, by node cursor name and number ([`CatchUp::owe`]).
     pub owed: Vec<(Arc<str>, Stamp)>,
+    /// Where its replay may start (Unix ms; 0: where the session's subscriptions began).
+    pub since_ms: u64,
 }
 
 /// A resumed session catching up on what was routed to its node while that node was dead. It
@@ -95,6 +97,8 @@ pub struct CatchUp {
     /// Messages the session skipped while behind on another node: the replay takes them even
     /// where the journal's cursor says the session had them ([`CatchUp::owe`]).
     owed: HashSet<(Arc<str>, Stamp)>,
+    /// Where its replay may start ([`CatchUp::replaying_from`]).
+    since_ms: u64,
 }
 
 /// The id of the next catch-up in this process.
@@ -112,23 +116,37 @@ impl CatchUp {
             .filter(|(name, _)| is_node_cursor(name))
             .map(|(name, c)| (name.clone(), c.clone()))
             .collect();
-        CatchUp { journaled, taken: HashSet::new(), skip, holds: 1, id: next_catch_up_id(), owed: HashSet::new() }
+        let (taken, owed) = (HashSet::new(), HashSet::new());
+        CatchUp { journaled, taken, skip, holds: 1, id: next_catch_up_id(), owed, since_ms: 0 }
     }
 
     /// A catch-up as [`CatchUp::parts`] described it (on another node).
     pub fn from_parts(parts: CatchUpParts) -> Self {
-        let CatchUpParts { began, taken, skip, owed } = parts;
+        let CatchUpParts { began, taken, skip, owed, since_ms } = parts;
         // One replay on the node it moved to goes on with it.
         let (journaled, taken, owed) =
             (began.into_iter().collect(), taken.into_iter().collect(), owed.into_iter().collect());
-        CatchUp { journaled, taken, skip, holds: 1, id: next_catch_up_id(), owed }
+        CatchUp { journaled, taken, skip, holds: 1, id: next_catch_up_id(), owed, since_ms }
     }
 
     /// What another node needs to go on with it.
     pub fn parts(&self) -> CatchUpParts {
         let mut began: Vec<(Arc<str>, Cursor)> = self.journaled.iter().map(|(n, c)| (n.clone(), c.clone())).collect();
         began.sort_by(|a, b| a.0.cmp(&b.0));
-        CatchUpParts { began, taken: sorted(&self.taken), skip: self.skip.clone(), owed: sorted(&self.owed) }
+        let (taken, owed) = (sorted(&self.taken), sorted(&self.owed));
+        CatchUpParts { began, taken, skip: self.skip.clone(), owed, since_ms: self.since_ms }
+    }
+
+    /// Its replay needs nothing the bus kept before `since_ms` (Unix ms): a session that moved
+    /// missed only what was routed while it moved, not all since its subscriptions began.
+    pub fn replaying_from(mut self, since_ms: u64) -> Self {
+        self.since_ms = since_ms;
+        self
+    }
+
+    /// Where its replay may start (Unix ms; 0: where the session's subscriptions began).
+    pub fn since_ms(&self) -> u64 {
+        self.since_ms
     }
 
     /// The session skipped `skipped` while behind (and its replay did not read them yet): a
@@ -259,6 +277,7 @@ mod tests {
         let mut catch_up = CatchUp::new(&journaled, Arc::from(""));
         catch_up.owe([(Arc::from(cursor_name("a")), Stamp { epoch: 7, seq: 4 })]);
         let moved = CatchUp::from_parts(catch_up.parts());
+        assert_eq!(moved.parts(), catch_up.parts(), "all of it moves");
         for mut c in [catch_up, moved] {
             assert!(!c.wants(&origin("a", 7, 3)), "the journal had it");
             assert!(c.wants(&origin("a", 7, 4)), "skipped while behind: owed");

@@ -165,9 +165,9 @@ impl<M> SessionSnapshot<M> {
     /// The session leaves the node whose messages the node cursor `cursor` counts
     /// ([`origins::cursor_name`]), which had numbered its messages up to `at`: it had each of
     /// those it matched (it was there), and the next node catches up on those after, which may
-    /// have reached nobody while the session moved (a catch-up begins, or the one under way
-    /// takes the earlier ones as had).
-    pub fn moved_from(&mut self, cursor: Arc<str>, at: Stamp) {
+    /// have reached nobody while the session moved (a catch-up begins, whose replay needs what
+    /// the bus kept from `since_ms` on, or the one under way takes the earlier ones as had).
+    pub fn moved_from(&mut self, cursor: Arc<str>, at: Stamp, since_ms: u64) {
         match self.cursors.iter_mut().find(|(name, _)| *name == cursor) {
             Some((_, c)) => {
                 origins::reach(c, at);
@@ -178,8 +178,9 @@ impl<M> SessionSnapshot<M> {
             }
         }
         let cursors = &self.cursors;
-        let catch_up =
-            self.catch_up.get_or_insert_with(|| CatchUp::new(cursors.iter().map(|(n, c)| (n, c)), "".into()));
+        let catch_up = self.catch_up.get_or_insert_with(|| {
+            CatchUp::new(cursors.iter().map(|(n, c)| (n, c)), "".into()).replaying_from(since_ms)
+        });
         catch_up.had(cursor, at);
     }
 }

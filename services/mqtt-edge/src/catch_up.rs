@@ -40,7 +40,14 @@ pub struct Resumed {
     pub holder: Option<NodeName>,
     /// Its subscriptions, as the journal had them.
     pub subscriptions: Vec<(String, SubOptions)>,
+    /// Where the replay may start (Unix ms; 0: where its subscriptions began): a session that
+    /// moved from a live edge missed only what was routed while it moved.
+    pub since_ms: u64,
 }
+
+/// How long before a session left a live edge its replay on the next starts reading (what was
+/// on its way to it there, and the clocks of the edges and the NATS server).
+pub const MOVE_MARGIN_MS: u64 = 60_000;
 
 /// Resumed's replay, for the catch-up `id` it ends.
 #[derive(Debug)]
@@ -99,7 +106,7 @@ async fn replay(
     let plain: Vec<&(String, SubOptions)> =
         resumed.subscriptions.iter().filter(|(f, _)| !broker::topic::is_shared(f)).collect();
     let subjects: Vec<String> = plain.iter().flat_map(|(f, _)| subjects_of(f)).collect();
-    let since = plain.iter().map(|(_, o)| o.since_ms).min().unwrap_or(0);
+    let since = plain.iter().map(|(_, o)| o.since_ms).min().unwrap_or(0).max(resumed.since_ms);
     let skip = Skip { node: resumed.holder.clone(), own_after: Some((link.node().clone(), arrived)) };
     replay_kept(hub, link, &subjects, since, &skip, stall, |msg, at_ms| {
         hub.replay_routed(&resumed.session, msg, at_ms, now_ms())

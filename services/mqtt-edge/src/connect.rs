@@ -192,6 +192,7 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
             session: session.clone(),
             holder: (!skip.is_empty()).then(|| NodeName::from_registered(skip)),
             subscriptions: s.subscriptions.clone(),
+            since_ms: carried.since_ms(),
         })
     });
     // What the replay of a session resumed from the journal skips: what its holder published.
@@ -211,6 +212,7 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
                     session: session.clone(),
                     holder: loaded.holder,
                     subscriptions: loaded.snapshot.subscriptions.clone(),
+                    since_ms: 0,
                 });
                 resumed = Some(loaded.snapshot);
             }

@@ -392,7 +392,8 @@ impl Hub {
         // there reaches nobody).
         if let (Some((snapshot, _)), Some(c)) = (&mut handed, self.cluster.get()) {
             let at = broker::streams::Stamp { epoch: c.node().incarnation, seq: st.numbered };
-            snapshot.moved_from(broker::origins::cursor_name(&c.node().id).into(), at);
+            let since_ms = now_ms.saturating_sub(crate::catch_up::MOVE_MARGIN_MS);
+            snapshot.moved_from(broker::origins::cursor_name(&c.node().id).into(), at, since_ms);
         }
         self.apply(&mut st, fx, None);
         handed

@@ -110,7 +110,7 @@ pub fn state_of(snap: SessionSnapshot<SharedMessage>, expiry_secs: u32) -> pb::S
 }
 
 fn catch_up_state(c: &CatchUp) -> pb::CatchUpState {
-    let CatchUpParts { began, taken, skip, owed } = c.parts();
+    let CatchUpParts { began, taken, skip, owed, since_ms } = c.parts();
     let messages = |m: Vec<(Arc<str>, broker::streams::Stamp)>| -> Vec<pb::TakenMessage> {
         m.into_iter()
             .map(|(node, at)| pb::TakenMessage { node: node.to_string(), incarnation: at.epoch, seq: at.seq })
@@ -124,6 +124,7 @@ fn catch_up_state(c: &CatchUp) -> pb::CatchUpState {
         taken: messages(taken),
         skip: skip.to_string(),
         owed: messages(owed),
+        since_ms,
     }
 }
 
@@ -140,7 +141,7 @@ fn catch_up_from(s: pb::CatchUpState) -> Option<CatchUp> {
             .collect()
     };
     let (taken, owed) = (messages(s.taken), messages(s.owed));
-    Some(CatchUp::from_parts(CatchUpParts { began, taken, skip: s.skip.into(), owed }))
+    Some(CatchUp::from_parts(CatchUpParts { began, taken, skip: s.skip.into(), owed, since_ms: s.since_ms }))
 }
 
 /// The snapshot a [`pb::SessionState`] describes; `None` if any part of it is invalid.
@@ -251,6 +252,7 @@ mod tests {
                 )],
                 skip: "dead:12".into(),
                 owed: vec![(broker::origins::cursor_name("x").into(), broker::streams::Stamp { epoch: 7, seq: 1 })],
+                since_ms: 1_700_000_000_000,
             })),
         };
         let wire = state_of(snap.clone(), 300).encode_to_vec();

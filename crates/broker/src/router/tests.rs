@@ -1258,8 +1258,12 @@ fn a_session_that_moves_catches_up_on_what_its_node_numbered_after_it_left() {
     let bob: Arc<str> = key("bob", "phone").into();
     let (mut snapshot, _) = a.hand_over(&bob, &Acl::default(), 0, &mut fx).expect("on a");
     assert!(snapshot.catch_up.is_none(), "not catching up on a");
-    snapshot.moved_from(crate::origins::cursor_name("a").into(), crate::streams::Stamp { epoch: 1, seq: 5 });
-    assert!(snapshot.catch_up.is_some(), "it catches up where it goes");
+    snapshot.moved_from(crate::origins::cursor_name("a").into(), crate::streams::Stamp { epoch: 1, seq: 5 }, 1_000);
+    assert_eq!(
+        snapshot.catch_up.as_ref().map(crate::origins::CatchUp::since_ms),
+        Some(1_000),
+        "it catches up where it goes"
+    );
     let (mut b, link) = moved_to_b(snapshot, &mut fx);
     assert!(!b.replay_routed(&bob, from_node("a", 5), 2_000, 3_000, &mut fx), "routed on a while it was there");
     assert!(b.replay_routed(&bob, from_node("a", 6), 2_000, 3_000, &mut fx), "routed on a after it left");
