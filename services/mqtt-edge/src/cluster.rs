@@ -666,6 +666,7 @@ async fn take_in(
         // (a member elsewhere may have room, or one here soon), rather than hold up every
         // other session here.
         let from_group = taken.is_some();
+        let at_most_once = msg.qos == QoS::AtMostOnce;
         let full = from_group.then(|| hub.high_water(crate::flow::Router::Publisher));
         let routed = match &share {
             Some(s) => match hub.publish_shared(Arc::new(msg), s, now, full) {
@@ -686,12 +687,13 @@ async fn take_in(
             acker.settle(taken, &grouped, s, routed.durable);
         }
         // A subscriber here with too much waiting falls behind and is replayed to (`behind`);
-        // a member of a shared subscription is given no more by its group (above), but one
-        // given what comes through the queue group alone (QoS 0, or before this edge joined
-        // the group) slows what comes from other edges, like a local publisher.
+        // a member of a shared subscription is given no more by its group (above), and a QoS 0
+        // message is dropped at a full connection anyway; a QoS 1/2 one that came through the
+        // queue group before this edge joined the share's group slows what comes from other
+        // edges, like a local publisher.
         let pressure = match &share {
             None => crate::behind::fall_behind(&hub, routed.pressure, stall),
-            Some(_) if from_group => Vec::new(),
+            Some(_) if from_group || at_most_once => Vec::new(),
             Some(_) => routed.pressure,
         };
         crate::flow::wait_for_room(&hub, pressure, stall, crate::flow::Router::Edge).await;

@@ -857,6 +857,32 @@ async fn publish_numbered(c: &mut Client, topic: &str, range: std::ops::Range<u3
     }
 }
 
+/// A member of a shared subscription that reads nothing holds up no other subscriber of its
+/// edge at QoS 0 either: what its connection cannot take is dropped (at most once), and the
+/// edge does not wait for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_member_of_a_shared_subscription_holds_up_no_other_on_its_edge_at_qos_0() {
+    const FLOOD: u32 = 1_500;
+    const NEWS: u32 = 20;
+    let payload = vec![b'x'; 16 * 1024];
+    for (bus, pair) in pairs_with_short_queues().await {
+        // It never reads: its socket's buffers fill, then its connection's queue.
+        let _slow = slow_reader(&pair.b, "$share/q/flood/#").await;
+        let mut news = subscribed(&pair.b, "news", &["news/#"]).await;
+        settle().await;
+        let mut publisher = pair.a.client(Version::V311, "writer").await;
+        for _ in 0..FLOOD {
+            publisher.publish("flood/1", &payload, 0, false, WAIT).await.expect("publish");
+        }
+        publish_numbered(&mut publisher, "news/1", 0..NEWS).await;
+        // Far sooner than the 60 s the edge would wait for the slow member before closing it.
+        let got = numbers_each_within(&mut news, NEWS as usize, Duration::from_secs(5)).await;
+        assert_eq!(got, (0..NEWS).collect::<Vec<_>>(), "{bus}");
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
+
 /// The next `n` publishes to `c` (acknowledged), their numbers by topic in the order they came.
 async fn numbers_by_topic(c: &mut Client, n: usize) -> std::collections::BTreeMap<String, Vec<u32>> {
     let mut got: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
