@@ -178,9 +178,12 @@ impl CatchUp {
         self.holds == 0
     }
 
-    /// The session had every message numbered up to `at` from the node `cursor` counts.
-    pub fn had(&mut self, cursor: Arc<str>, at: Stamp) {
-        reach(self.journaled.entry(cursor).or_default(), at);
+    /// The session left `node` (as the skip names it): the replay skips its messages no
+    /// longer (the session got them there without the bus, but not those routed after it left).
+    pub fn left(&mut self, node: &str) {
+        if *self.skip == *node {
+            self.skip = "".into();
+        }
     }
 
     /// A message from `origin` came live: whether it is new (not replayed already).

@@ -165,9 +165,17 @@ impl<M> SessionSnapshot<M> {
     /// The session leaves the node whose messages the node cursor `cursor` counts
     /// ([`origins::cursor_name`]), which had numbered its messages up to `at`: it had each of
     /// those it matched (it was there), and the next node catches up on those after, which may
-    /// have reached nobody while the session moved (a catch-up begins, whose replay needs what
-    /// the bus kept from `since_ms` on, or the one under way takes the earlier ones as had).
-    pub fn moved_from(&mut self, cursor: Arc<str>, at: Stamp, since_ms: u64) {
+    /// have reached nobody while the session moved: a catch-up begins, whose replay needs what
+    /// the bus kept from `since_ms` on. `node` is the node as a catch-up's skip names it.
+    ///
+    /// A catch-up under way goes on instead, no longer skipping `node`'s messages: its replay
+    /// on that node may still have owed the session some of them, so the next node gives it
+    /// every one of them since the catch-up began that it did not take (some again).
+    pub fn moved_from(&mut self, cursor: Arc<str>, at: Stamp, since_ms: u64, node: &str) {
+        if let Some(catch_up) = &mut self.catch_up {
+            catch_up.left(node);
+            return;
+        }
         match self.cursors.iter_mut().find(|(name, _)| *name == cursor) {
             Some((_, c)) => {
                 origins::reach(c, at);
@@ -177,11 +185,8 @@ impl<M> SessionSnapshot<M> {
                 self.cursors.sort_by(|a, b| a.0.cmp(&b.0));
             }
         }
-        let cursors = &self.cursors;
-        let catch_up = self.catch_up.get_or_insert_with(|| {
-            CatchUp::new(cursors.iter().map(|(n, c)| (n, c)), "".into()).replaying_from(since_ms)
-        });
-        catch_up.had(cursor, at);
+        let cursors = self.cursors.iter().map(|(n, c)| (n, c));
+        self.catch_up = Some(CatchUp::new(cursors, "".into()).replaying_from(since_ms));
     }
 }
 

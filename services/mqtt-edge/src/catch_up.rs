@@ -82,15 +82,12 @@ impl Skip {
 /// Replays to `resumed.session` what the bus kept that it missed, then ends its catch-up.
 pub async fn run(hub: Arc<Hub>, link: &ClusterLink, catching: CatchingUp, stall: Duration) {
     let CatchingUp { resumed, id, arrived } = catching;
-    let replayed = replay(&hub, link, &resumed, arrived, stall).await;
+    let replayed = with_tries(|| replay(&hub, link, &resumed, arrived, stall)).await;
     hub.caught_up(&resumed.session, id);
     match replayed {
         Ok(0) => {}
         Ok(n) => tracing::info!(session = %resumed.session, messages = n, "a resumed session caught up"),
-        Err(e) => {
-            metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
-            tracing::warn!(session = %resumed.session, error = %e, "cannot replay what a resumed session missed");
-        }
+        Err(e) => tracing::warn!(session = %resumed.session, error = %e, "cannot replay what a resumed session missed"),
     }
 }
 
@@ -132,6 +129,8 @@ pub(crate) async fn replay_kept(
     }
     let oldest_kept = now_ms().saturating_sub(u64::try_from(kept_for.as_millis()).unwrap_or(u64::MAX));
     link.settled().await;
+    // What this edge routed before is on the bus before the replay reads it.
+    link.flushed().await;
     let mut replay = bus.replay_kept(subjects, since_ms.max(oldest_kept)).await.map_err(|e| e.to_string())?;
     let mut origins = Origins::default();
     let mut taken = 0;
@@ -217,18 +216,23 @@ pub async fn replay_to_all(
     skip: &Skip,
     stall: Duration,
 ) -> Result<u64, String> {
+    with_tries(|| replay_to_all_once(hub, link, sessions, since_ms, skip, stall)).await
+}
+
+/// `replay` tried up to [`REPLAY_TRIES`] times (each message is taken once however many
+/// times it is replayed).
+async fn with_tries<F: Future<Output = Result<u64, String>>>(mut replay: impl FnMut() -> F) -> Result<u64, String> {
     let mut attempt = 1;
     loop {
-        match replay_to_all_once(hub, link, sessions, since_ms, skip, stall).await {
-            Err(e) if attempt < REPLAY_TRIES => {
+        match replay().await {
+            Err(e) => {
                 metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
+                if attempt == REPLAY_TRIES {
+                    return Err(e);
+                }
                 tracing::warn!(error = %e, attempt, "cannot replay to the sessions catching up: trying again");
                 tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
                 attempt += 1;
-            }
-            Err(e) => {
-                metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
-                return Err(e);
             }
             done => return done,
         }

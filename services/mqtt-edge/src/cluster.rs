@@ -100,6 +100,9 @@ pub struct ClusterLink {
     link: tokio::sync::watch::Receiver<Option<bus::Link>>,
     /// Whether what this edge routes to the others waits for the bus to take it ([`send_out`]).
     retrying: Arc<AtomicBool>,
+    /// The runtime the link's tasks run on: what the hub asks of it from a connection's thread
+    /// (which may have no runtime while the edge stops) is spawned there.
+    runtime: tokio::runtime::Handle,
 }
 
 /// A change to this edge's interest on the bus, or a question about it.
@@ -134,7 +137,7 @@ impl ClusterLink {
     /// A will or presence change this edge published: other edges route it too. Dropped and
     /// counted if the bus is that far behind (they are never acknowledged to anyone).
     pub fn originated(&self, msg: SharedMessage, number: u64) {
-        if self.outbound.try_send(Outbound { msg, number, sent: None }).is_err() {
+        if self.outbound.try_send(Outbound { msg: Some(msg), number, sent: None }).is_err() {
             metrics::counter!(m::CLUSTER_DROPPED).increment(1);
         }
     }
@@ -176,7 +179,7 @@ impl ClusterLink {
     pub fn ended(&self, session: Arc<str>) {
         if let Some(h) = &self.handover {
             let h = h.clone();
-            tokio::spawn(async move { h.release(&session).await });
+            self.runtime.spawn(async move { h.release(&session).await });
         }
     }
 
@@ -186,8 +189,9 @@ impl ClusterLink {
     /// what waits for the bus fills its queue.
     pub async fn forward(&self, msg: SharedMessage, number: u64) -> Forwarded {
         let (sent, rx) = oneshot::channel();
-        let out = Outbound { msg, number, sent: Some(sent) };
-        if out.msg.qos == QoS::AtMostOnce && self.cut_off() {
+        let at_most_once = msg.qos == QoS::AtMostOnce;
+        let out = Outbound { msg: Some(msg), number, sent: Some(sent) };
+        if at_most_once && self.cut_off() {
             if self.outbound.try_send(out).is_err() {
                 metrics::counter!(m::CLUSTER_DROPPED).increment(1);
             }
@@ -195,6 +199,15 @@ impl ClusterLink {
             let _ = self.outbound.send(out).await;
         }
         Forwarded(rx)
+    }
+
+    /// Resolves once what this edge handed over for the other edges so far is on the bus
+    /// (what it routed before is there for a replay to read).
+    pub async fn flushed(&self) {
+        let (sent, rx) = oneshot::channel();
+        if self.outbound.send(Outbound { msg: None, number: 0, sent: Some(sent) }).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Whether this edge is cut off from the bus: the connection is lost, or what it routes to
@@ -205,9 +218,9 @@ impl ClusterLink {
 }
 
 /// A message on its way to the other edges, with its number (`Hub::numbered`); `sent` hears
-/// when the bus has it.
+/// when the bus has it. Without a message: `sent` hears once all before it are on the bus.
 struct Outbound {
-    msg: SharedMessage,
+    msg: Option<SharedMessage>,
     number: u64,
     sent: Option<oneshot::Sender<()>>,
 }
@@ -286,7 +299,19 @@ pub async fn start(
     ];
     let routing = std::sync::Mutex::new(routing);
     let link = bus.link_changes();
-    Ok(ClusterLink { interest: interest_tx, outbound: out_tx, handover, bus, kept_for, node, routing, link, retrying })
+    let runtime = tokio::runtime::Handle::current();
+    Ok(ClusterLink {
+        interest: interest_tx,
+        outbound: out_tx,
+        handover,
+        bus,
+        kept_for,
+        node,
+        routing,
+        link,
+        retrying,
+        runtime,
+    })
 }
 
 /// The subjects whose QoS 1/2 messages the bus keeps (`bus.keep_secs`): every routed,
@@ -526,8 +551,9 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
         // sessions where they resume.
         let batch: Vec<(String, Bytes, bool)> = waiting
             .drain(..)
-            .map(|Outbound { msg, number, sent }| {
+            .filter_map(|Outbound { msg, number, sent }| {
                 senders.extend(sent);
+                let msg = msg?;
                 let subject =
                     subjects::routed(&msg.topic, msg.retain).unwrap_or_else(|| subjects::LONG_TOPICS.to_owned());
                 let routed = pb::RoutedMessage {
@@ -536,7 +562,7 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
                     seq: number,
                     ..encode_message(&msg)
                 };
-                (subject, Bytes::from(routed.encode_to_vec()), msg.qos != QoS::AtMostOnce)
+                Some((subject, Bytes::from(routed.encode_to_vec()), msg.qos != QoS::AtMostOnce))
             })
             .collect();
         publish_until_taken(bus.as_ref(), batch, &retrying).await;
@@ -546,10 +572,18 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
     }
 }
 
+/// How long a batch the bus refuses while this edge is connected to it is tried again before
+/// it is given up (the other edges miss it): an error that does not clear (a message larger
+/// than NATS takes, a stream NATS lost) must not stop this edge for good. While the
+/// connection is lost it is tried for as long as that lasts.
+const CONNECTED_TRIES_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Publishes `batch` (subject, payload, whether the bus keeps it) once the bus takes it; see
 /// [`send_out`].
 async fn publish_until_taken(bus: &dyn Bus, mut batch: Vec<(String, Bytes, bool)>, retrying: &AtomicBool) {
     let mut pause = RETRY_FIRST;
+    let link = bus.link_changes();
+    let mut refused_since: Option<std::time::Instant> = None;
     loop {
         match bus.publish_batch_kept(&batch).await {
             Ok(()) => {
@@ -565,6 +599,18 @@ async fn publish_until_taken(bus: &dyn Bus, mut batch: Vec<(String, Bytes, bool)
                 batch.retain(|(_, _, keep)| *keep);
                 metrics::counter!(m::CLUSTER_DROPPED).increment((before - batch.len()) as u64);
                 if batch.is_empty() {
+                    break;
+                }
+                let refused_for = match *link.borrow() {
+                    Some(bus::Link::Lost { .. }) => None,
+                    _ => Some(refused_since.get_or_insert_with(std::time::Instant::now).elapsed()),
+                };
+                if refused_for.is_none() {
+                    refused_since = None;
+                }
+                if refused_for.is_some_and(|t| t >= CONNECTED_TRIES_FOR) {
+                    metrics::counter!(m::CLUSTER_ERRORS, "op" => "publish_given_up").increment(1);
+                    tracing::error!(error = %e, messages = batch.len(), "the bus refused these for 30 s while connected: given up, other edges miss them");
                     break;
                 }
                 tokio::time::sleep(pause).await;
@@ -596,6 +642,8 @@ async fn take_in(
     let mut origins = Origins::default();
     let mut last_sweep = now_ms();
     let acker = crate::groups::Acker::start();
+    // Since when every member here of a share has had too much waiting, by share.
+    let mut all_full: HashMap<Arc<str>, std::time::Instant> = HashMap::new();
     while let Some(Inbound { msg: bm, share, taken }) = rx.recv().await {
         let Ok(routed) = pb::RoutedMessage::decode(bm.payload) else {
             metrics::counter!(m::CLUSTER_ERRORS, "op" => "decode").increment(1);
@@ -665,12 +713,23 @@ async fn take_in(
         // What the group gives goes to a member here with room; if none has, back to the group
         // (a member elsewhere may have room, or one here soon), rather than hold up every
         // other session here.
-        let from_group = taken.is_some();
+        // One whose members here have all had too much waiting for `stall` is routed as
+        // before all the same, and waited for: a member that stopped reading is closed (its
+        // session queues what comes next) instead of its messages going round for good.
+        let mut from_group = taken.is_some();
         let at_most_once = msg.qos == QoS::AtMostOnce;
         let full = from_group.then(|| hub.high_water(crate::flow::Router::Publisher));
+        let msg = Arc::new(msg);
         let routed = match &share {
-            Some(s) => match hub.publish_shared(Arc::new(msg), s, now, full) {
-                Some(routed) => routed,
+            Some(s) => match hub.publish_shared(msg.clone(), s, now, full) {
+                Some(routed) => {
+                    all_full.remove(s);
+                    routed
+                }
+                None if all_full.entry(s.clone()).or_insert_with(std::time::Instant::now).elapsed() >= stall => {
+                    from_group = false;
+                    hub.publish_shared(msg, s, now, None).unwrap_or_default()
+                }
                 None => {
                     metrics::counter!(m::CLUSTER_GROUP_GIVEN_BACK).increment(1);
                     if let Some(taken) = taken {
@@ -679,7 +738,7 @@ async fn take_in(
                     continue;
                 }
             },
-            None => hub.publish_remote(Arc::new(msg), now),
+            None => hub.publish_remote(msg, now),
         };
         // One no member here took (expired, or on another over-long topic) is acknowledged
         // too: no member anywhere would take it either.

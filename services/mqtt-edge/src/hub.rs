@@ -39,7 +39,7 @@ pub type ConnectRequest = broker::router::ConnectRequest<SharedMessage, Arc<Iden
 type Effects = Vec<Effect<SharedMessage, Arc<Identity>>>;
 
 /// What became of a published message.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Routed {
     /// Sessions it was handed to.
     pub sessions: usize,
@@ -393,7 +393,8 @@ impl Hub {
         if let (Some((snapshot, _)), Some(c)) = (&mut handed, self.cluster.get()) {
             let at = broker::streams::Stamp { epoch: c.node().incarnation, seq: st.numbered };
             let since_ms = now_ms.saturating_sub(crate::catch_up::MOVE_MARGIN_MS);
-            snapshot.moved_from(broker::origins::cursor_name(&c.node().id).into(), at, since_ms);
+            let cursor = broker::origins::cursor_name(&c.node().id).into();
+            snapshot.moved_from(cursor, at, since_ms, &c.node().registered());
         }
         self.apply(&mut st, fx, None);
         handed

@@ -857,6 +857,42 @@ async fn publish_numbered(c: &mut Client, topic: &str, range: std::ops::Range<u3
     }
 }
 
+/// The only member of a shared subscription stops acknowledging: its group's messages are
+/// given back while it has too much waiting (`limits.max_backlog`), but not for good: after
+/// `limits.max_stall_secs` the edge routes to it and waits, as for any subscriber, which
+/// closes its connection once its queue is full; its persistent session keeps what the queue
+/// holds for when it comes back (the queue's bound drops the rest, as dead letters).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_only_member_of_a_shared_subscription_that_stops_reading_is_closed_as_a_slow_consumer() {
+    const JOBS: u32 = 100;
+    const QUEUE: usize = 50;
+    let pairs = pairs_with(|c| {
+        c.limits.max_queued_messages = QUEUE;
+        c.limits.max_stall_secs = 2;
+    })
+    .await;
+    for (bus, pair) in pairs {
+        let member = || Connect { receive_maximum: Some(10), ..lasting("solo", false) };
+        let (mut solo, _) = pair.b.connect(Version::V5, member()).await;
+        let codes = solo.subscribe(vec![SubscribeTopic::new("$share/g/solo/#", 1)], WAIT).await.expect("suback");
+        assert_eq!(codes, [1]);
+        settle().await;
+        let mut publisher = pair.a.client(Version::V311, "writer").await;
+        publish_numbered(&mut publisher, "solo/1", 0..JOBS).await;
+        assert!(solo.is_closed(Duration::from_secs(20)).await, "{bus}: closed once it stalled");
+        let (mut back, present) = pair.b.connect(Version::V5, member()).await;
+        assert!(present, "{bus}");
+        let mut got = std::collections::BTreeSet::new();
+        while let Ok(Packet::Publish(p)) = back.recv(Duration::from_secs(3)).await {
+            ack(&mut back, &p).await;
+            got.insert(String::from_utf8_lossy(&p.payload).parse::<u32>().expect("a number"));
+        }
+        assert!(got.len() >= QUEUE, "{bus}: its queue kept {} of {JOBS}", got.len());
+        pair.a.stop().await;
+        pair.b.stop().await;
+    }
+}
+
 /// A member of a shared subscription that reads nothing holds up no other subscriber of its
 /// edge at QoS 0 either: what its connection cannot take is dropped (at most once), and the
 /// edge does not wait for it.

@@ -1258,7 +1258,12 @@ fn a_session_that_moves_catches_up_on_what_its_node_numbered_after_it_left() {
     let bob: Arc<str> = key("bob", "phone").into();
     let (mut snapshot, _) = a.hand_over(&bob, &Acl::default(), 0, &mut fx).expect("on a");
     assert!(snapshot.catch_up.is_none(), "not catching up on a");
-    snapshot.moved_from(crate::origins::cursor_name("a").into(), crate::streams::Stamp { epoch: 1, seq: 5 }, 1_000);
+    snapshot.moved_from(
+        crate::origins::cursor_name("a").into(),
+        crate::streams::Stamp { epoch: 1, seq: 5 },
+        1_000,
+        "a:1",
+    );
     assert_eq!(
         snapshot.catch_up.as_ref().map(crate::origins::CatchUp::since_ms),
         Some(1_000),
@@ -1271,6 +1276,21 @@ fn a_session_that_moves_catches_up_on_what_its_node_numbered_after_it_left() {
     assert!(!b.replay_routed(&bob, from_node("a", 7), 2_000, 3_000, &mut fx), "it came live");
     assert!(b.replay_routed(&bob, from_node("c", 1), 2_000, 3_000, &mut fx), "a third node's it never had");
     assert_eq!(delivered(&fx, link), ["a6", "a7", "c1"]);
+}
+
+#[test]
+fn a_session_that_moves_while_catching_up_gets_on_the_next_node_what_its_node_routed() {
+    let (mut a, _, mut fx, bob, _) = behind_after_x1();
+    let (mut snapshot, _) = a.hand_over(&bob, &Acl::default(), 0, &mut fx).expect("on a");
+    let skip = |s: &SessionSnapshot<Msg>| s.catch_up.as_ref().map(|c| c.skip().to_string());
+    assert_eq!(skip(&snapshot), Some("me".to_owned()), "behind, it skips what its node routed");
+    let at = crate::streams::Stamp { epoch: 1, seq: 5 };
+    snapshot.moved_from(crate::origins::cursor_name("me").into(), at, 1_000, "me");
+    assert_eq!(skip(&snapshot), Some(String::new()), "no longer, once it left that node");
+    let (mut b, link) = moved_to_b(snapshot, &mut fx);
+    assert!(b.replay_routed(&bob, from_node("me", 6), 2_000, 3_000, &mut fx), "routed there after it left");
+    assert!(b.replay_routed(&bob, from_node("me", 3), 2_000, 3_000, &mut fx), "perhaps owed there: again, not never");
+    assert_eq!(delivered(&fx, link), ["x1", "me6", "me3"], "x1 again: in flight, unacknowledged on a");
 }
 
 #[test]
