@@ -273,6 +273,15 @@ pub fn access_token_in(signer: &wire::token::Signer, enterprise: &str, user: &st
     signer.sign(&claims, ttl).expect("sign").into_bytes()
 }
 
+/// Whether `ready` (an edge's readiness) answers `want` (ready or not) within `within`.
+pub async fn readiness_becomes(ready: &impl Fn() -> Result<(), String>, want: bool, within: Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while ready().is_ok() != want && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ready().is_ok() == want
+}
+
 /// Panics on threads other than the tests' own (the edge's workers), counted by a panic hook.
 static EDGE_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 

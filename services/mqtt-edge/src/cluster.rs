@@ -213,8 +213,13 @@ impl ClusterLink {
     /// Whether this edge is cut off from the bus: the connection is lost, or what it routes to
     /// the other edges waits for the bus to take it.
     pub fn cut_off(&self) -> bool {
-        matches!(*self.link.borrow(), Some(bus::Link::Lost { .. })) || self.retrying.load(Ordering::Relaxed)
+        lost(&self.link) || self.retrying.load(Ordering::Relaxed)
     }
+}
+
+/// Whether the connection to the bus is lost, as `link` last heard.
+fn lost(link: &tokio::sync::watch::Receiver<Option<bus::Link>>) -> bool {
+    matches!(*link.borrow(), Some(bus::Link::Lost { .. }))
 }
 
 /// A message on its way to the other edges, with its number (`Hub::numbered`); `sent` hears
@@ -544,6 +549,7 @@ const RETRY_MOST: std::time::Duration = std::time::Duration::from_secs(2);
 /// nothing after it goes first, and the acknowledgements of its publishers wait
 /// (`retrying` says so meanwhile).
 async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outbound>, retrying: Arc<AtomicBool>) {
+    let link = bus.link_changes();
     let mut waiting = Vec::with_capacity(BATCH);
     let mut senders = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut waiting, BATCH).await > 0 {
@@ -565,7 +571,7 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
                 Some((subject, Bytes::from(routed.encode_to_vec()), msg.qos != QoS::AtMostOnce))
             })
             .collect();
-        publish_until_taken(bus.as_ref(), batch, &retrying).await;
+        publish_until_taken(bus.as_ref(), batch, &link, &retrying).await;
         for sent in senders.drain(..) {
             let _ = sent.send(());
         }
@@ -580,9 +586,14 @@ const CONNECTED_TRIES_FOR: std::time::Duration = std::time::Duration::from_secs(
 
 /// Publishes `batch` (subject, payload, whether the bus keeps it) once the bus takes it; see
 /// [`send_out`].
-async fn publish_until_taken(bus: &dyn Bus, mut batch: Vec<(String, Bytes, bool)>, retrying: &AtomicBool) {
+async fn publish_until_taken(
+    bus: &dyn Bus,
+    mut batch: Vec<(String, Bytes, bool)>,
+    link: &tokio::sync::watch::Receiver<Option<bus::Link>>,
+    retrying: &AtomicBool,
+) {
     let mut pause = RETRY_FIRST;
-    let link = bus.link_changes();
+    // Since when the bus refuses it while connected.
     let mut refused_since: Option<std::time::Instant> = None;
     loop {
         match bus.publish_batch_kept(&batch).await {
@@ -601,14 +612,9 @@ async fn publish_until_taken(bus: &dyn Bus, mut batch: Vec<(String, Bytes, bool)
                 if batch.is_empty() {
                     break;
                 }
-                let refused_for = match *link.borrow() {
-                    Some(bus::Link::Lost { .. }) => None,
-                    _ => Some(refused_since.get_or_insert_with(std::time::Instant::now).elapsed()),
-                };
-                if refused_for.is_none() {
+                if lost(link) {
                     refused_since = None;
-                }
-                if refused_for.is_some_and(|t| t >= CONNECTED_TRIES_FOR) {
+                } else if refused_since.get_or_insert_with(std::time::Instant::now).elapsed() >= CONNECTED_TRIES_FOR {
                     metrics::counter!(m::CLUSTER_ERRORS, "op" => "publish_given_up").increment(1);
                     tracing::error!(error = %e, messages = batch.len(), "the bus refused these for 30 s while connected: given up, other edges miss them");
                     break;
@@ -711,14 +717,16 @@ async fn take_in(
         // Only what the bus keeps is ever replayed, so only that needs counting per session.
         msg.origin = (msg.qos != QoS::AtMostOnce).then_some(origin);
         // What the group gives goes to a member here with room; if none has, back to the group
-        // (a member elsewhere may have room, or one here soon), rather than hold up every
-        // other session here.
-        // One whose members here have all had too much waiting for `stall` is routed as
-        // before all the same, and waited for: a member that stopped reading is closed (its
-        // session queues what comes next) instead of its messages going round for good.
-        let mut from_group = taken.is_some();
+        // (a member elsewhere may have room, or one here soon) rather than hold up every other
+        // session here, until every member here has had too much waiting for `stall`: then it
+        // is routed and waited for as before, so a member that stopped reading is closed (its
+        // session queues what comes next) instead of its messages going round for good. A
+        // QoS 0 message is dropped at a full connection anyway: nothing to wait for. A QoS 1/2
+        // one that came through the queue group (before this edge joined the share's group)
+        // waits, like a local publisher.
         let at_most_once = msg.qos == QoS::AtMostOnce;
-        let full = from_group.then(|| hub.high_water(crate::flow::Router::Publisher));
+        let mut wait_for_members = taken.is_none() && !at_most_once;
+        let full = taken.is_some().then(|| hub.high_water(crate::flow::Router::Publisher));
         let msg = Arc::new(msg);
         let routed = match &share {
             Some(s) => match hub.publish_shared(msg.clone(), s, now, full) {
@@ -727,7 +735,7 @@ async fn take_in(
                     routed
                 }
                 None if all_full.entry(s.clone()).or_insert_with(std::time::Instant::now).elapsed() >= stall => {
-                    from_group = false;
+                    wait_for_members = true;
                     hub.publish_shared(msg, s, now, None).unwrap_or_default()
                 }
                 None => {
@@ -746,14 +754,11 @@ async fn take_in(
             acker.settle(taken, &grouped, s, routed.durable);
         }
         // A subscriber here with too much waiting falls behind and is replayed to (`behind`);
-        // a member of a shared subscription is given no more by its group (above), and a QoS 0
-        // message is dropped at a full connection anyway; a QoS 1/2 one that came through the
-        // queue group before this edge joined the share's group slows what comes from other
-        // edges, like a local publisher.
+        // members of a shared subscription as above.
         let pressure = match &share {
             None => crate::behind::fall_behind(&hub, routed.pressure, stall),
-            Some(_) if from_group || at_most_once => Vec::new(),
-            Some(_) => routed.pressure,
+            Some(_) if wait_for_members => routed.pressure,
+            Some(_) => Vec::new(),
         };
         crate::flow::wait_for_room(&hub, pressure, stall, crate::flow::Router::Edge).await;
     }

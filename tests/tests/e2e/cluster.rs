@@ -597,7 +597,7 @@ async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_acknowledges_only_w
     settle().await;
     assert!(ready().is_ok());
     proxy.cut();
-    assert!(readiness_becomes(&ready, false).await, "not ready while cut off from the bus");
+    assert!(readiness_becomes(&ready, false, Duration::from_secs(30)).await, "not ready while cut off from the bus");
     // Edge B alone: its own clients still reach each other.
     let mut local = b.client(Version::V5, "local-pub").await;
     local.publish("t/qos0", b"qos0", 0, false, WAIT).await.expect("QoS 0");
@@ -628,7 +628,10 @@ async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_acknowledges_only_w
         on_a.push(received(&mut far).await.1);
     }
     assert!(on_a.contains(&"local".to_owned()), "what edge B acknowledged reached edge A: {on_a:?}");
-    assert!(readiness_becomes(&ready, true).await, "ready again once the bus is back, without a restart");
+    assert!(
+        readiness_becomes(&ready, true, Duration::from_secs(30)).await,
+        "ready again once the bus is back, without a restart"
+    );
     let mut remote = a.client(Version::V5, "remote-pub").await;
     for topic in ["t/1", "u/1"] {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -646,15 +649,6 @@ async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_acknowledges_only_w
     }
     a.stop().await;
     b.stop().await;
-}
-
-/// Whether `ready` answers `want` (ready or not) within 30 s.
-async fn readiness_becomes(ready: &impl Fn() -> Result<(), String>, want: bool) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while ready().is_ok() != want && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    ready().is_ok() == want
 }
 
 /// Redis cut off from two edges on one NATS: an edge acknowledges no QoS 1/2 publish it would
@@ -683,8 +677,8 @@ async fn edges_cut_off_from_redis_acknowledge_nothing_they_could_not_store_and_r
     assert_eq!(from_a.publish("f/1", b"before", 1, false, WAIT).await.expect("puback"), Some(0x10));
 
     proxy.cut();
-    assert!(readiness_becomes(&ready_a, false).await, "a: not ready without Redis");
-    assert!(readiness_becomes(&ready_b, false).await, "b: not ready without Redis");
+    assert!(readiness_becomes(&ready_a, false, Duration::from_secs(30)).await, "a: not ready without Redis");
+    assert!(readiness_becomes(&ready_b, false, Duration::from_secs(30)).await, "b: not ready without Redis");
     let code = from_a.publish("f/1", b"kept on the bus", 1, false, WAIT).await.expect("puback");
     assert_eq!(code, Some(0x10), "nothing to store on edge A: the bus keeps it for B's sessions");
     let code = from_b.publish("f/1", b"not stored", 1, false, WAIT).await.expect("puback");
@@ -706,8 +700,8 @@ async fn edges_cut_off_from_redis_acknowledge_nothing_they_could_not_store_and_r
     eprintln!("a new connection refused after {:?}", asked.elapsed());
 
     proxy.restore();
-    assert!(readiness_becomes(&ready_a, true).await, "a: ready again once Redis is back");
-    assert!(readiness_becomes(&ready_b, true).await, "b: ready again once Redis is back");
+    assert!(readiness_becomes(&ready_a, true, Duration::from_secs(30)).await, "a: ready again once Redis is back");
+    assert!(readiness_becomes(&ready_b, true, Duration::from_secs(30)).await, "b: ready again once Redis is back");
     let (mut keeper, present) = a.connect(Version::V5, lasting("keeper", false)).await;
     assert!(present, "the session moved from B");
     let mut got = std::collections::BTreeSet::new();

@@ -108,11 +108,8 @@ async fn without_its_journal_an_edge_acknowledges_nothing_it_could_not_store_and
     }
 
     proxy.restore();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while ready().is_err() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready().is_ok(), "ready again once the journal is back, without a restart");
+    let back = readiness_becomes(&ready, true, Duration::from_secs(20)).await;
+    assert!(back, "ready again once the journal is back, without a restart");
     assert_eq!(publish_code(&mut publisher, "f/1", "stored again").await, Some(0));
 
     let (mut keeper, present) = edge.connect(Version::V5, persistent("keeper")).await;
