@@ -99,6 +99,9 @@ pub struct CatchUp {
     owed: HashSet<(Arc<str>, Stamp)>,
     /// Where its replay may start ([`CatchUp::replaying_from`]).
     since_ms: u64,
+    /// Its replays on this node have read everything the session skipped or missed here
+    /// ([`CatchUp::read_here`]); not part of what moves.
+    read_here: bool,
 }
 
 /// The id of the next catch-up in this process.
@@ -117,7 +120,7 @@ impl CatchUp {
             .map(|(name, c)| (name.clone(), c.clone()))
             .collect();
         let (taken, owed) = (HashSet::new(), HashSet::new());
-        CatchUp { journaled, taken, skip, holds: 1, id: next_catch_up_id(), owed, since_ms: 0 }
+        CatchUp { journaled, taken, skip, holds: 1, id: next_catch_up_id(), owed, since_ms: 0, read_here: false }
     }
 
     /// A catch-up as [`CatchUp::parts`] described it (on another node).
@@ -126,7 +129,7 @@ impl CatchUp {
         // One replay on the node it moved to goes on with it.
         let (journaled, taken, owed) =
             (began.into_iter().collect(), taken.into_iter().collect(), owed.into_iter().collect());
-        CatchUp { journaled, taken, skip, holds: 1, id: next_catch_up_id(), owed, since_ms }
+        CatchUp { journaled, taken, skip, holds: 1, id: next_catch_up_id(), owed, since_ms, read_here: false }
     }
 
     /// What another node needs to go on with it.
@@ -178,11 +181,24 @@ impl CatchUp {
         self.holds == 0
     }
 
-    /// The session left `node` (as the skip names it): the replay skips its messages no
-    /// longer (the session got them there without the bus, but not those routed after it left).
-    pub fn left(&mut self, node: &str) {
+    /// Only the last replay it waits for is left, and that one has read every message the
+    /// session skipped or missed on this node: of this node's own, it had each it was routed.
+    pub fn read_here(&mut self) {
+        self.read_here = self.holds == 1;
+    }
+
+    /// The session left `node` (as the skip names it, its cursor named `cursor`), which had
+    /// numbered its messages up to `at`: the replay skips its messages no longer (the session
+    /// got them there without the bus, but not those routed after it left). Those up to `at`
+    /// it had if its replays there had read all ([`CatchUp::read_here`]); otherwise a replay
+    /// there may still have owed it some, and the next node gives every one it did not take
+    /// since the catch-up began (some again).
+    pub fn left(&mut self, node: &str, cursor: Arc<str>, at: Stamp) {
         if *self.skip == *node {
             self.skip = "".into();
+        }
+        if std::mem::take(&mut self.read_here) {
+            reach(self.journaled.entry(cursor).or_default(), at);
         }
     }
 

@@ -173,7 +173,7 @@ impl<M> SessionSnapshot<M> {
     /// every one of them since the catch-up began that it did not take (some again).
     pub fn moved_from(&mut self, cursor: Arc<str>, at: Stamp, since_ms: u64, node: &str) {
         if let Some(catch_up) = &mut self.catch_up {
-            catch_up.left(node);
+            catch_up.left(node, cursor, at);
             return;
         }
         match self.cursors.iter_mut().find(|(name, _)| *name == cursor) {
@@ -215,6 +215,18 @@ pub struct Session<M> {
     catch_up: Option<CatchUp>,
     /// Set while it is behind on what other nodes route to it ([`Session::fall_behind`]).
     behind: Option<Behind>,
+    /// Set from its arrival with a catch-up until the first pass of its replay is done
+    /// ([`Session::hold_for_catch_up`], [`Session::arrived`]).
+    arriving: Option<Arriving<M>>,
+}
+
+/// A session that came here with a catch-up, until the first pass of its replay is done:
+/// nothing leaves its queue, what the replay gives goes in at `at`, before what reached it
+/// here meanwhile, and what other nodes routed to it live waits in `held`.
+#[derive(Debug)]
+struct Arriving<M> {
+    at: usize,
+    held: Vec<Outgoing<M>>,
 }
 
 /// A session behind on what other nodes route to it ([`Session::fall_behind`]).
@@ -279,6 +291,7 @@ impl<M: Deliverable + Clone> Session<M> {
             cursors: HashMap::new(),
             catch_up: None,
             behind: None,
+            arriving: None,
         }
     }
 
@@ -329,9 +342,12 @@ impl<M: Deliverable + Clone> Session<M> {
             last_packet_id: self.last_packet_id,
             cursors: self.snapshot_cursors(),
             catch_up: self.catch_up.clone().map(|mut c| {
-                // What it skipped while behind here, the next node's replay gives it.
-                if let Some(behind) = &self.behind {
-                    c.owe(behind.skipped.iter().cloned());
+                match &self.behind {
+                    // What it skipped while behind here, the next node's replay gives it.
+                    Some(behind) if behind.skipping => c.owe(behind.skipped.iter().cloned()),
+                    // Its replay here has read all it skipped, and it only drains.
+                    Some(_) => c.read_here(),
+                    None => {}
                 }
                 c
             }),
@@ -440,6 +456,9 @@ impl<M: Deliverable + Clone> Session<M> {
             DropPolicy::DropOldest => self.queue.drain(..excess).collect(),
             DropPolicy::DropNewest => self.queue.split_off(self.queue.len() - excess).into(),
         };
+        if let (Some(a), DropPolicy::DropOldest) = (&mut self.arriving, self.limits.drop_policy) {
+            a.at = a.at.saturating_sub(excess);
+        }
         for o in &dropped {
             self.done(o.entry);
         }
@@ -460,6 +479,9 @@ impl<M: Deliverable + Clone> Session<M> {
                 return Enqueued::Had;
             }
             behind.skipped.insert((origin.cursor.clone(), origin.at));
+            if let Some(arriving) = &mut self.arriving {
+                arriving.held.push(out);
+            }
             return Enqueued::Later;
         }
         self.enqueue(out)
@@ -467,12 +489,17 @@ impl<M: Deliverable + Clone> Session<M> {
 
     /// Hands a routed message to the session.
     pub fn enqueue(&mut self, out: Outgoing<M>) -> Enqueued<M> {
+        self.enqueue_as(out, false)
+    }
+
+    /// [`Session::enqueue`], `replayed` or not ([`Session::take_as`]).
+    fn enqueue_as(&mut self, out: Outgoing<M>, replayed: bool) -> Enqueued<M> {
         if let (Some(catch_up), Some(origin)) = (&mut self.catch_up, out.msg.origin())
             && !catch_up.live(origin)
         {
             return Enqueued::Had;
         }
-        self.take(out)
+        self.take_as(out, replayed)
     }
 
     /// Hands the session a message replayed while it catches up ([`Session::begin_catch_up`]);
@@ -490,7 +517,7 @@ impl<M: Deliverable + Clone> Session<M> {
             (Some(catch_up), Some(origin)) => catch_up.wants(origin),
             _ => false,
         };
-        missed.then(|| self.take(out))
+        missed.then(|| self.take_as(out, true))
     }
 
     /// The replay of a session behind read a message from `origin`, whether or not the session
@@ -535,6 +562,48 @@ impl<M: Deliverable + Clone> Session<M> {
         let id = next_behind_id();
         self.behind = Some(Behind { id, catch_up, skipping: true, skipped: HashSet::new(), replayed: 0 });
         Some(id)
+    }
+
+    /// It came here with a catch-up (resumed from the journal of a node that died, or handed
+    /// over by the node it left): what other nodes route to it live waits, as for a session
+    /// behind ([`Session::fall_behind`]), until its replay has read every message it skipped,
+    /// so that what it missed while it moved comes first, in the order the bus has it. Its
+    /// catch-up ends with that replay ([`Session::caught_up_behind`]). Returns the id for
+    /// [`Session::caught_up_behind`]; `None` without a catch-up or if it is behind already.
+    /// Until [`Session::arrived`], what reaches it here waits in its queue, and what the
+    /// replay gives goes before that (what this node routed before the session came, on its
+    /// way to the node it left then, comes by the replay alone).
+    pub fn hold_for_catch_up(&mut self) -> Option<u64> {
+        let catch_up = self.catch_up.as_ref().map(CatchUp::id).filter(|_| self.behind.is_none())?;
+        let id = next_behind_id();
+        self.behind = Some(Behind { id, catch_up, skipping: true, skipped: HashSet::new(), replayed: 0 });
+        self.arriving = Some(Arriving { at: self.queue.len(), held: Vec::new() });
+        Some(id)
+    }
+
+    /// The first pass of the replay of its catch-up since [`Session::hold_for_catch_up`]
+    /// answered `id` is done (`passed`) or given up: its queue goes out again. Once it passed,
+    /// what came live meanwhile that the pass did not read (it came later) is taken, in the
+    /// order it came, and the session takes what comes live again (it drains: the next
+    /// [`Session::caught_up_behind`] ends it); otherwise the next passes read it.
+    /// Returns what its window lets through and what its queue dropped.
+    pub fn arrived(&mut self, id: u64, passed: bool, now_ms: u64) -> (Vec<Outgoing<M>>, Vec<Outgoing<M>>) {
+        let mut dropped = Vec::new();
+        if let Some(behind) = self.behind.as_mut().filter(|b| b.id == id) {
+            let held = self.arriving.as_mut().map(|a| std::mem::take(&mut a.held)).unwrap_or_default();
+            if passed {
+                let unread: Vec<Outgoing<M>> =
+                    held.into_iter().filter(|o| o.msg.origin().is_some_and(|origin| behind.read(origin))).collect();
+                behind.skipping = !behind.skipped.is_empty();
+                for out in unread {
+                    if let Enqueued::Dropped(o) = self.enqueue_as(out, true) {
+                        dropped.push(o);
+                    }
+                }
+            }
+            self.arriving = None;
+        }
+        (self.fill_window(now_ms), dropped)
     }
 
     /// Whether it skips what other nodes route to it live.
@@ -587,9 +656,12 @@ impl<M: Deliverable + Clone> Session<M> {
     pub fn end_catch_up(&mut self) {
         self.catch_up = None;
         self.behind = None;
+        self.arriving = None;
     }
 
-    fn take(&mut self, mut out: Outgoing<M>) -> Enqueued<M> {
+    /// Takes a message, `replayed` or not (one replayed while it arrives goes before what
+    /// reached it here meanwhile).
+    fn take_as(&mut self, mut out: Outgoing<M>, replayed: bool) -> Enqueued<M> {
         self.advance_cursor(&out.msg);
         out.entry = self.next_entry;
         self.next_entry += 1;
@@ -603,6 +675,7 @@ impl<M: Deliverable + Clone> Session<M> {
         }
         if self.is_online()
             && out.qos != QoS::AtMostOnce
+            && self.arriving.is_none()
             && self.queue.is_empty()
             && self.inflight.len() < usize::from(self.window)
         {
@@ -617,8 +690,11 @@ impl<M: Deliverable + Clone> Session<M> {
                 DropPolicy::DropNewest => Enqueued::Dropped(out),
                 DropPolicy::DropOldest => {
                     let oldest = self.queue.pop_front();
+                    if let Some(a) = &mut self.arriving {
+                        a.at = a.at.saturating_sub(1);
+                    }
                     self.kept(&out, false, true);
-                    self.queue.push_back(out);
+                    self.queue_in(out, replayed);
                     match oldest {
                         Some(o) => {
                             self.done(o.entry);
@@ -630,8 +706,21 @@ impl<M: Deliverable + Clone> Session<M> {
             };
         }
         self.kept(&out, false, true);
-        self.queue.push_back(out);
+        self.queue_in(out, replayed);
         Enqueued::Queued
+    }
+
+    /// Queues `out` last, or, `replayed` while the session arrives, after what was replayed
+    /// to it before.
+    fn queue_in(&mut self, out: Outgoing<M>, replayed: bool) {
+        match (&mut self.arriving, replayed) {
+            (Some(a), true) => {
+                let place = a.at.min(self.queue.len());
+                self.queue.insert(place, out);
+                a.at = place + 1;
+            }
+            _ => self.queue.push_back(out),
+        }
     }
 
     /// The session subscribed to `stream`, which stands at `at`: a cursor starts there unless
@@ -733,7 +822,7 @@ impl<M: Deliverable + Clone> Session<M> {
 
     fn fill_window(&mut self, now_ms: u64) -> Vec<Outgoing<M>> {
         let mut out = Vec::new();
-        while self.is_online() {
+        while self.is_online() && self.arriving.is_none() {
             let qos0_ready = self.queue.front().is_some_and(|o| o.qos == QoS::AtMostOnce);
             if !qos0_ready && self.inflight.len() >= usize::from(self.window) {
                 break;

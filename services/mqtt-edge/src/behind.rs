@@ -16,8 +16,8 @@
 //!   that comes later than that is delivered again (at least once).
 //! - What this edge publishes reaches it here as ever, not through the bus.
 //! - A session that moves to another edge while behind carries its catch-up there, whose
-//!   replay gives it what it skipped (not necessarily in order with what comes live there;
-//!   from where it stood with each edge, by the newest number it had from there). One whose
+//!   replay gives it what it skipped (before what comes live there; from where it stood with
+//!   each edge, by the newest number it had from there). One whose
 //!   session ends there (a new session for its client id) loses what it skipped.
 //! - One whose connection stops reading is closed as before (`limits.max_stall_secs`); the
 //!   replay goes on into its session if it outlives its connection.
@@ -26,6 +26,9 @@
 //!   had not found is lost to that session (`hermes_edge_behind_lost_total`).
 //! - Without a bus that keeps messages, or for a shared subscription's messages (the group on
 //!   the bus gives them), the loop waits for room as before.
+//! - A session that comes here with a catch-up (resumed from a dead edge's journal, or handed
+//!   over by the edge it left) is behind from its arrival ([`catch_up`]): its first pass gives
+//!   what it missed before anything that reached it here meanwhile.
 //! - Cost: each pass is a consumer on the bus's stream, on the session's subjects; the
 //!   session's catch-up remembers every message it takes until the replay is done.
 
@@ -35,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use broker::session::BehindStep;
 
-use crate::catch_up::{Skip, replay_kept};
+use crate::catch_up::{Resumed, Skip, replay_kept};
 use crate::cluster::{ClusterLink, subjects_of};
 use crate::flow::Router;
 use crate::hub::Hub;
@@ -75,12 +78,55 @@ pub fn fall_behind(hub: &Arc<Hub>, pressure: Vec<Room>, stall: Duration) -> Vec<
             metrics::counter!(m::SESSIONS_BEHIND).increment(1);
             tracing::info!(session = %session, backlog = room.backlog(), "a session fell behind: replaying to it from the bus");
             let since_ms = now_ms().saturating_sub(MARGIN_MS);
-            let behind = Behind { hub: hub.clone(), session, id, since_ms, finished: false };
-            tokio::spawn(behind.replay(room, stall));
+            // What this edge published reached the session here.
+            let skip = Skip { node: Some(link.node().clone()), own_after: None };
+            let behind = Behind { hub: hub.clone(), session, id, since_ms, skip, finished: false, arriving: false };
+            tokio::spawn(behind.replay(room, stall, false));
         }
     }
     Vec::new()
 }
+
+/// The replay of a session that came here with a catch-up (`Hub::connect` with `hold`: it
+/// holds what other edges route to it live, as a session behind does, since it fell behind
+/// `id`): what the bus kept that it missed, from where its catch-up may start, then what it
+/// skipped meanwhile, in the bus's order; what this edge routed after the session came (its
+/// number was `arrived`) it had here, and what `resumed.holder` published it had in the journal.
+///
+/// Until the first pass is done (for at most [`ARRIVAL`]), nothing leaves the session's queue:
+/// what this edge routed to it since it came waits behind what that pass gives.
+pub async fn catch_up(hub: Arc<Hub>, resumed: Resumed, id: u64, arrived: u64, room: Room, stall: Duration) {
+    let me = hub.cluster().map(|l| l.node().clone());
+    let skip = Skip { node: resumed.holder.clone(), own_after: me.map(|me| (me, arrived)) };
+    let since_ms = resumed.replay_from();
+    let mut behind =
+        Behind { hub: hub.clone(), session: resumed.session, id, since_ms, skip, finished: false, arriving: true };
+    // Without the bus (it cannot be: the hub held the session for it), dropped: gives up.
+    let Some(link) = hub.cluster() else { return };
+    // Its connection cannot take what waits until the pass is done: the pass does not wait.
+    let passed = match tokio::time::timeout(ARRIVAL, behind.pass(link, stall, false)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
+            tracing::warn!(session = %behind.session, error = %e, "cannot replay to a session that came here yet");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(session = %behind.session, "the replay to a session that came here is slow: its queue goes out meanwhile");
+            false
+        }
+    };
+    behind.arrive(passed);
+    if passed {
+        // It takes what comes live again; a copy of what the pass gave may still be on its way.
+        tokio::time::sleep(DRAIN).await;
+    }
+    behind.replay(room, stall, passed).await;
+}
+
+/// The longest a session that came here with a catch-up waits for the first pass of its replay
+/// before what reached it here meanwhile goes out (what the replay gives later comes after).
+const ARRIVAL: Duration = Duration::from_secs(5);
 
 /// A session behind and its replay. Dropped before it finished (its task ended early), it
 /// gives up, so the session never skips for good.
@@ -90,26 +136,38 @@ struct Behind {
     /// Which time it fell behind (`Hub::fall_behind`).
     id: u64,
     since_ms: u64,
+    /// What the replay leaves out: what the session had without the bus.
+    skip: Skip,
     finished: bool,
+    /// It came here with a catch-up, and its first pass is not done ([`catch_up`]).
+    arriving: bool,
 }
 
 impl Behind {
-    /// Replays to the session, in passes, until it is no longer behind.
-    async fn replay(mut self, room: Room, stall: Duration) {
+    /// Its first pass is done (`passed`) or given up: its queue goes out.
+    fn arrive(&mut self, passed: bool) {
+        if std::mem::take(&mut self.arriving) {
+            self.hub.arrived(&self.session, self.id, passed, now_ms());
+        }
+    }
+
+    /// Replays to the session, in passes, until it is no longer behind; the first pass is
+    /// done already if `passed`.
+    async fn replay(mut self, room: Room, stall: Duration, mut passed: bool) {
         let hub = self.hub.clone();
         let Some(link) = hub.cluster() else { return };
-        // What this edge published reached the session here.
-        let skip = Skip { node: Some(link.node().clone()), own_after: None };
         let low = (self.hub.high_water(Router::Edge) / 2).max(1);
         let (mut read, mut pause, mut stuck_since) = (0, PAUSE, None);
         loop {
             // Its connection takes what waits first (a closed one has nothing waiting).
-            if !room.wait_below(low, stall).await {
-                self.hub.close_stalled(&room);
-            }
-            if let Err(e) = self.pass(link, &skip, stall).await {
-                metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
-                tracing::warn!(session = %self.session, error = %e, "cannot replay to a session behind yet");
+            if !std::mem::take(&mut passed) {
+                if !room.wait_below(low, stall).await {
+                    self.hub.close_stalled(&room);
+                }
+                if let Err(e) = self.pass(link, stall, true).await {
+                    metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
+                    tracing::warn!(session = %self.session, error = %e, "cannot replay to a session behind yet");
+                }
             }
             let mut step = self.hub.caught_up_behind(&self.session, self.id);
             while step == Some(BehindStep::Draining) {
@@ -139,14 +197,19 @@ impl Behind {
     }
 
     /// One pass: what the bus kept on the session's subscriptions from `since_ms` to now
-    /// (`Hub::replay_routed`: the session takes what it missed), and moves `since_ms` on.
-    async fn pass(&mut self, link: &ClusterLink, skip: &Skip, stall: Duration) -> Result<(), String> {
+    /// (`Hub::replay_routed`: the session takes what it missed), and moves `since_ms` on;
+    /// waiting for room in the session's connection where it has too much waiting if `wait`.
+    async fn pass(&mut self, link: &ClusterLink, stall: Duration, wait: bool) -> Result<(), String> {
         let subjects: Vec<String> = self.hub.plain_filters(&self.session).iter().flat_map(|f| subjects_of(f)).collect();
         let newest = AtomicU64::new(self.since_ms);
         let (hub, session) = (&self.hub, &self.session);
-        replay_kept(hub, link, &subjects, self.since_ms, skip, stall, |msg, at_ms| {
+        replay_kept(hub, link, &subjects, self.since_ms, &self.skip, stall, |msg, at_ms| {
             newest.fetch_max(at_ms, Ordering::Relaxed);
-            hub.replay_routed(session, msg, at_ms, now_ms())
+            let mut routed = hub.replay_routed(session, msg, at_ms, now_ms());
+            if !wait {
+                routed.pressure.clear();
+            }
+            routed
         })
         .await?;
         self.since_ms = self.since_ms.max(newest.into_inner().saturating_sub(PASS_MARGIN_MS));
@@ -156,6 +219,7 @@ impl Behind {
 
 impl Drop for Behind {
     fn drop(&mut self) {
+        self.arrive(false);
         if self.finished {
             return;
         }

@@ -5,7 +5,8 @@
 //!
 //! - The replay starts once this edge's interest in the session's filters is in place on the
 //!   bus ([`ClusterLink::settled`]), and reads what the bus kept up to then: anything later
-//!   comes live.
+//!   comes live. It runs as the replay of a session behind (`behind::catch_up`): what comes
+//!   live waits until its first pass is done, so what the session missed comes first.
 //! - Messages the dead edge published itself are skipped: it acknowledged none before its
 //!   sessions had them in the journal. So are this edge's own published after the session
 //!   came here (it got them here as they were published; [`Skip`]).
@@ -45,19 +46,18 @@ pub struct Resumed {
     pub since_ms: u64,
 }
 
+impl Resumed {
+    /// Where its replay starts reading (Unix ms): where its plain subscriptions began (a
+    /// shared subscription's messages went to another member), or `since_ms` if later.
+    pub fn replay_from(&self) -> u64 {
+        let plain = self.subscriptions.iter().filter(|(f, _)| !broker::topic::is_shared(f));
+        plain.map(|(_, o)| o.since_ms).min().unwrap_or(0).max(self.since_ms)
+    }
+}
+
 /// How long before a session left a live edge its replay on the next starts reading (what was
 /// on its way to it there, and the clocks of the edges and the NATS server).
 pub const MOVE_MARGIN_MS: u64 = 60_000;
-
-/// Resumed's replay, for the catch-up `id` it ends.
-#[derive(Debug)]
-pub struct CatchingUp {
-    pub resumed: Resumed,
-    pub id: u64,
-    /// `Hub::numbered` once the session was here: what this edge routed after that reached it
-    /// here.
-    pub arrived: u64,
-}
 
 /// Which kept messages a replay leaves out.
 #[derive(Debug, Clone)]
@@ -77,38 +77,6 @@ impl Skip {
         self.node.as_ref().is_some_and(from)
             || self.own_after.as_ref().is_some_and(|(me, numbered)| from(me) && routed.seq > *numbered)
     }
-}
-
-/// Replays to `resumed.session` what the bus kept that it missed, then ends its catch-up.
-pub async fn run(hub: Arc<Hub>, link: &ClusterLink, catching: CatchingUp, stall: Duration) {
-    let CatchingUp { resumed, id, arrived } = catching;
-    let replayed = with_tries(|| replay(&hub, link, &resumed, arrived, stall)).await;
-    hub.caught_up(&resumed.session, id);
-    match replayed {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(session = %resumed.session, messages = n, "a resumed session caught up"),
-        Err(e) => tracing::warn!(session = %resumed.session, error = %e, "cannot replay what a resumed session missed"),
-    }
-}
-
-/// The replay; returns how many messages the session took.
-async fn replay(
-    hub: &Hub,
-    link: &ClusterLink,
-    resumed: &Resumed,
-    arrived: u64,
-    stall: Duration,
-) -> Result<u64, String> {
-    // Shared subscriptions are left out: their messages went to another member.
-    let plain: Vec<&(String, SubOptions)> =
-        resumed.subscriptions.iter().filter(|(f, _)| !broker::topic::is_shared(f)).collect();
-    let subjects: Vec<String> = plain.iter().flat_map(|(f, _)| subjects_of(f)).collect();
-    let since = plain.iter().map(|(_, o)| o.since_ms).min().unwrap_or(0).max(resumed.since_ms);
-    let skip = Skip { node: resumed.holder.clone(), own_after: Some((link.node().clone(), arrived)) };
-    replay_kept(hub, link, &subjects, since, &skip, stall, |msg, at_ms| {
-        hub.replay_routed(&resumed.session, msg, at_ms, now_ms())
-    })
-    .await
 }
 
 /// Replays to the sessions `route` hands messages to what the bus kept on `subjects` since

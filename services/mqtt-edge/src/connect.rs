@@ -13,7 +13,6 @@ use broker::QoS;
 use broker::topic::validate_name;
 
 use crate::auth::{AuthDecision, Identity};
-use crate::catch_up;
 use crate::cluster::NodeName;
 use crate::connection::{ConnState, Sink, spawn_delivery_task};
 use crate::hub::{ConnectRequest, Will};
@@ -22,6 +21,7 @@ use crate::message::{Message, now_ms};
 use crate::metrics as m;
 use crate::server::EdgeShared;
 use crate::throttle::Admission;
+use crate::{behind, catch_up};
 
 /// A CONNECT as both versions describe it.
 #[derive(Debug)]
@@ -236,15 +236,16 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
             owner: identity.clone(),
             resumed,
             catch_up: journal_catch_up,
+            // Its replay gives what it missed, then what came live meanwhile, in order.
+            hold: catch_up.is_some() && edge.hub.cluster().is_some_and(|l| !l.kept().1.is_zero()),
         },
         now_ms(),
     );
-    // The catch-up the session now has here (begun for it, or carried): its replay ends it.
-    // Read while the claim keeps the session here.
-    let catching =
-        catch_up.filter(|_| connected.session_present && input.session_expiry_secs > 0).and_then(|resumed| {
-            Some(catch_up::CatchingUp { id: edge.hub.catch_up_id(&session)?, resumed, arrived: connected.numbered })
-        });
+    // The catch-up the session now has here (begun for it, or carried) ends with its replay;
+    // without a bus that keeps messages, there is none. Read while the claim keeps it here.
+    let catching = catch_up.filter(|_| connected.session_present && input.session_expiry_secs > 0);
+    let nothing_to_replay =
+        catching.as_ref().filter(|_| connected.behind.is_none()).and_then(|_| edge.hub.catch_up_id(&session));
     drop(claim);
     metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);
     let link_id = connected.link_id;
@@ -253,14 +254,11 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     ingress::start_cursors(&edge.hub, &session, &auto).await;
     ingress::close_if_revoked(edge, &identity);
     let stall = std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs));
-    if let Some(catching) = catching {
-        let hub = edge.hub.clone();
-        tokio::spawn(async move {
-            match hub.cluster() {
-                Some(link) => catch_up::run(hub.clone(), link, catching, stall).await,
-                None => hub.caught_up(&catching.resumed.session, catching.id),
-            }
-        });
+    if let (Some(resumed), Some(id)) = (catching, connected.behind) {
+        let arrived = connected.numbered;
+        tokio::spawn(behind::catch_up(edge.hub.clone(), resumed, id, arrived, connected.room, stall));
+    } else if let Some(id) = nothing_to_replay {
+        edge.hub.caught_up(&session, id);
     }
     if let Some(streams) = edge.hub.streams().filter(|_| !missed.is_empty()).cloned() {
         let (hub, session) = (edge.hub.clone(), session.clone());

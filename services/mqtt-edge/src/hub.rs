@@ -62,6 +62,11 @@ pub struct Connected {
     /// [`Hub::numbered`] once the session was here: what this edge routes from then on
     /// reaches it here.
     pub numbered: u64,
+    /// With `ConnectRequest::hold`: which time the session fell behind on arrival, for its
+    /// replay (`behind::catch_up`).
+    pub behind: Option<u64>,
+    /// The connection's room, for that replay.
+    pub room: Room,
 }
 
 /// Bounds of the hub, from the edge config.
@@ -198,6 +203,7 @@ impl Hub {
         let mut fx = Effects::new();
         let connected = st.router.connect(req, &*self.authz, now_ms, &mut fx);
         let (link, inbox) = link::link(connected.link, self.link_capacity());
+        let room = link.room();
         if self.is_closing() {
             // Got past the CONNECT checks while `close_all` ran: the server is going all the same.
             link.close(CloseReason::ServerShuttingDown);
@@ -205,7 +211,14 @@ impl Hub {
         st.links.insert(connected.link, link);
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         self.apply(&mut st, fx, None);
-        Connected { session_present: connected.session_present, link_id: connected.link, inbox, numbered: st.numbered }
+        Connected {
+            session_present: connected.session_present,
+            link_id: connected.link,
+            inbox,
+            numbered: st.numbered,
+            behind: connected.behind,
+            room,
+        }
     }
 
     /// The connection `link_id` of `session` is gone. `graceful` means a DISCONNECT packet
@@ -322,6 +335,16 @@ impl Hub {
     /// it is not here or not behind since then.
     pub fn caught_up_behind(&self, session: &str, id: u64) -> Option<broker::session::BehindStep> {
         self.lock().router.caught_up_behind(session, id)
+    }
+
+    /// The first pass of the replay of `session`, held since it arrived
+    /// ([`Connected::behind`] answered `id`), is done (`passed`) or given up: its queue goes
+    /// out.
+    pub fn arrived(&self, session: &str, id: u64, passed: bool, now_ms: u64) {
+        let mut st = self.lock();
+        let mut fx = Effects::new();
+        st.router.arrived(session, id, passed, now_ms, &mut fx);
+        self.apply(&mut st, fx, None);
     }
 
     /// `session`'s replay, behind since [`Hub::fall_behind`] answered `id`, gives up; returns

@@ -91,6 +91,8 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             _ if !session.is_durable() => session.end_catch_up(),
             _ => {}
         }
+        let behind =
+            (req.hold && session_present && session.is_durable()).then(|| session.hold_for_catch_up()).flatten();
         if session.is_durable() {
             let _ = session.take_changes();
             journal_whole(fx, &req.session, &session, req.session_expiry_secs, false);
@@ -114,7 +116,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             client_id: req.client_id,
         };
         self.live.insert(req.session, live);
-        Connected { link, session_present }
+        Connected { link, session_present, behind }
     }
 
     /// A connection is gone (see [`Disconnect`]). The session is parked or ends. False if the

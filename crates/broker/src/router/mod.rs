@@ -173,6 +173,10 @@ pub struct ConnectRequest<M, O> {
     /// but what the node named here published (the journal has it; empty: none). A session
     /// handed over while it caught up carries its catch-up instead.
     pub catch_up: Option<Arc<str>>,
+    /// A session that comes with a catch-up (`resumed` carried one, or `catch_up` begins one)
+    /// holds what other nodes route to it live until its replay has read it
+    /// ([`crate::session::Session::hold_for_catch_up`]); the caller runs that replay.
+    pub hold: bool,
 }
 
 /// A connection that went away.
@@ -192,6 +196,9 @@ pub struct Disconnect<'a> {
 pub struct Connected {
     pub link: LinkId,
     pub session_present: bool,
+    /// With [`ConnectRequest::hold`]: the session holds what comes live from other nodes
+    /// until its replay is read, for [`Router::caught_up_behind`].
+    pub behind: Option<u64>,
 }
 
 /// Bounds the router applies, from the edge config.
@@ -523,6 +530,30 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// [`Session::caught_up_behind`]); `None` if it is not here or not behind since then.
     pub fn caught_up_behind(&mut self, session: &str, id: u64) -> Option<BehindStep> {
         self.held_mut(session)?.1.caught_up_behind(id)
+    }
+
+    /// The first pass of the replay of `session`, held since it arrived ([`Connected::behind`]
+    /// answered `id`), is done (`passed`) or given up: what waits in its queue goes out (see
+    /// [`crate::session::Session::arrived`]).
+    pub fn arrived(&mut self, session: &str, id: u64, passed: bool, now_ms: u64, fx: &mut Effects<M, O>) {
+        let (link, s) = match self.live.get_mut(session) {
+            Some(live) => (Some(live.link), &mut live.session),
+            None => match self.store.get_mut(session) {
+                Some(p) => (None, &mut p.session),
+                None => return,
+            },
+        };
+        let (deliveries, dropped) = s.arrived(id, passed, now_ms);
+        if let Some(link) = link {
+            for d in deliveries {
+                fx.push(Effect::Deliver(link, d));
+            }
+            fx.push(Effect::Backlog(link, s.backlog()));
+        }
+        journal(fx, &Arc::from(session), s, None);
+        if !dropped.is_empty() {
+            fx.push(Effect::Dropped { session: session.into(), messages: dropped, exhausted: false });
+        }
     }
 
     /// `session`'s replay, behind since [`Router::fall_behind`] answered `id`, gives up (see

@@ -130,6 +130,7 @@ fn request(user: &'static str, client: &str, clean: bool, expiry: u32) -> Connec
         owner: user,
         resumed: None,
         catch_up: None,
+        hold: false,
     }
 }
 
@@ -1305,4 +1306,79 @@ fn a_session_behind_that_moves_catches_up_on_the_next_node() {
     assert_eq!(b.caught_up_behind(&bob, id), None, "not behind here: it catches up");
     b.publish_remote(from_node("x", 3), 2_000, &mut fx);
     assert_eq!(delivered(&fx, link), ["x1", "x2", "x3"], "x1 again: in flight, unacknowledged on a");
+}
+
+/// Bob's session, handed over by node a (which had numbered up to 5) to node b, which holds
+/// what comes live until the first pass of its replay is done.
+fn arriving_on_b(fx: &mut Fx) -> (Router<Msg, &'static str>, LinkId, Arc<str>, u64) {
+    let mut a = clustered();
+    connect(&mut a, request("bob", "phone", false, 60), fx);
+    sub(&mut a, "bob", "phone", "t/#", 1);
+    let bob: Arc<str> = key("bob", "phone").into();
+    let (mut snapshot, _) = a.hand_over(&bob, &Acl::default(), 0, fx).expect("on a");
+    let at = crate::streams::Stamp { epoch: 1, seq: 5 };
+    snapshot.moved_from(crate::origins::cursor_name("a").into(), at, 1_000, "a:1");
+    let mut b = clustered();
+    fx.clear();
+    let req = ConnectRequest { resumed: Some(snapshot), hold: true, ..request("bob", "phone", false, 60) };
+    let connected = b.connect(req, &Acl::default(), 0, fx);
+    let id = connected.behind.expect("it holds what comes live until its replay");
+    (b, connected.link, bob, id)
+}
+
+#[test]
+fn a_session_that_comes_with_a_catch_up_gets_what_it_missed_before_what_came_meanwhile() {
+    let mut fx = Fx::new();
+    let (mut b, link, bob, id) = arriving_on_b(&mut fx);
+    b.publish_remote(from_node("a", 8), 2_000, &mut fx);
+    assert_eq!(b.publish(msg("t/1", "here1", 1), None, 2_000, &mut fx), 1, "queued for it");
+    assert!(b.replay_routed(&bob, from_node("a", 6), 2_000, 3_000, &mut fx), "routed on a after it left");
+    assert!(b.replay_routed(&bob, from_node("a", 7), 2_000, 3_000, &mut fx));
+    assert!(delivered(&fx, link).is_empty(), "nothing goes out before the first pass is done");
+    b.arrived(&bob, id, true, 3_000, &mut fx);
+    assert_eq!(
+        delivered(&fx, link),
+        ["a6", "a7", "a8", "here1"],
+        "what it missed, then what came meanwhile (a8 came live after the pass read the bus)"
+    );
+    b.publish_remote(from_node("a", 8), 3_000, &mut fx);
+    b.publish_remote(from_node("a", 9), 3_000, &mut fx);
+    assert_eq!(delivered(&fx, link).last().map(String::as_str), Some("a9"), "live again, each once");
+    assert_eq!(delivered(&fx, link).len(), 5);
+    assert_eq!(b.caught_up_behind(&bob, id), Some(BehindStep::Done), "it drained: done");
+    assert_eq!(b.catch_up_id(&bob), None, "its catch-up ended with it");
+}
+
+#[test]
+fn a_session_whose_first_pass_failed_gets_what_came_live_from_the_next_passes() {
+    let mut fx = Fx::new();
+    let (mut b, link, bob, id) = arriving_on_b(&mut fx);
+    b.publish_remote(from_node("a", 8), 2_000, &mut fx);
+    b.arrived(&bob, id, false, 3_000, &mut fx);
+    assert!(delivered(&fx, link).is_empty(), "a8 is still skipped: a pass reads it");
+    assert!(matches!(b.caught_up_behind(&bob, id), Some(BehindStep::Behind { left: 1, .. })));
+    assert!(b.replay_routed(&bob, from_node("a", 6), 2_000, 3_000, &mut fx));
+    assert!(b.replay_routed(&bob, from_node("a", 8), 2_000, 3_000, &mut fx));
+    assert_eq!(delivered(&fx, link), ["a6", "a8"]);
+}
+
+#[test]
+fn a_session_that_moves_on_once_its_replay_was_read_is_given_nothing_again_of_what_it_had() {
+    let mut fx = Fx::new();
+    let (mut b, link, bob, id) = arriving_on_b(&mut fx);
+    b.arrived(&bob, id, true, 3_000, &mut fx);
+    b.publish_remote(from_node("c", 1), 3_000, &mut fx);
+    assert_eq!(delivered(&fx, link), ["c1"]);
+    let (mut snapshot, _) = b.hand_over(&bob, &Acl::default(), 3_000, &mut fx).expect("on b");
+    snapshot.moved_from(
+        crate::origins::cursor_name("b").into(),
+        crate::streams::Stamp { epoch: 1, seq: 4 },
+        2_000,
+        "b:1",
+    );
+    let (mut c, link) = moved_to_b(snapshot, &mut fx);
+    assert!(!c.replay_routed(&bob, from_node("b", 4), 4_000, 5_000, &mut fx), "b had routed it to the session");
+    assert!(!c.replay_routed(&bob, from_node("c", 1), 4_000, 5_000, &mut fx), "it came live on b");
+    assert!(c.replay_routed(&bob, from_node("b", 5), 4_000, 5_000, &mut fx), "routed on b after it left");
+    assert_eq!(delivered(&fx, link), ["c1", "b5"], "c1 again: in flight, unacknowledged on b");
 }
