@@ -456,8 +456,11 @@ impl<M: Deliverable + Clone> Session<M> {
             DropPolicy::DropOldest => self.queue.drain(..excess).collect(),
             DropPolicy::DropNewest => self.queue.split_off(self.queue.len() - excess).into(),
         };
-        if let (Some(a), DropPolicy::DropOldest) = (&mut self.arriving, self.limits.drop_policy) {
-            a.at = a.at.saturating_sub(excess);
+        if let Some(a) = &mut self.arriving {
+            if self.limits.drop_policy == DropPolicy::DropOldest {
+                a.at = a.at.saturating_sub(excess);
+            }
+            a.at = a.at.min(self.queue.len());
         }
         for o in &dropped {
             self.done(o.entry);
@@ -582,28 +585,34 @@ impl<M: Deliverable + Clone> Session<M> {
     }
 
     /// The first pass of the replay of its catch-up since [`Session::hold_for_catch_up`]
-    /// answered `id` is done (`passed`) or given up: its queue goes out again. Once it passed,
-    /// what came live meanwhile that the pass did not read (it came later) is taken, in the
-    /// order it came, and the session takes what comes live again (it drains: the next
-    /// [`Session::caught_up_behind`] ends it); otherwise the next passes read it.
-    /// Returns what its window lets through and what its queue dropped.
-    pub fn arrived(&mut self, id: u64, passed: bool, now_ms: u64) -> (Vec<Outgoing<M>>, Vec<Outgoing<M>>) {
-        let mut dropped = Vec::new();
+    /// answered `id` is done, or given up: what came live meanwhile that the pass did not read
+    /// (it came later, or the pass failed) is taken, in the order it came, its queue goes out
+    /// again, and it takes what comes live again (the next [`Session::caught_up_behind`] after
+    /// a pass that read the bus ends it). Returns what goes out now and what its queue dropped.
+    pub fn arrived(&mut self, id: u64, now_ms: u64) -> (Vec<Outgoing<M>>, Vec<Outgoing<M>>) {
+        let (mut out, mut dropped) = (Vec::new(), Vec::new());
         if let Some(behind) = self.behind.as_mut().filter(|b| b.id == id) {
             let held = self.arriving.as_mut().map(|a| std::mem::take(&mut a.held)).unwrap_or_default();
-            if passed {
-                let unread: Vec<Outgoing<M>> =
-                    held.into_iter().filter(|o| o.msg.origin().is_some_and(|origin| behind.read(origin))).collect();
-                behind.skipping = !behind.skipped.is_empty();
-                for out in unread {
-                    if let Enqueued::Dropped(o) = self.enqueue_as(out, true) {
-                        dropped.push(o);
-                    }
+            let unread: Vec<Outgoing<M>> =
+                held.into_iter().filter(|o| o.msg.origin().is_some_and(|origin| behind.read(origin))).collect();
+            behind.skipping = !behind.skipped.is_empty();
+            for o in unread {
+                match self.enqueue_as(o, true) {
+                    Enqueued::Send(o) => out.push(o),
+                    Enqueued::Dropped(o) => dropped.push(o),
+                    _ => {}
                 }
             }
             self.arriving = None;
         }
-        (self.fill_window(now_ms), dropped)
+        out.extend(self.fill_window(now_ms));
+        (out, dropped)
+    }
+
+    /// Whether it came with a catch-up and the first pass of its replay is not done
+    /// ([`Session::hold_for_catch_up`]): its queue does not go out, so it makes nobody wait.
+    pub fn is_arriving(&self) -> bool {
+        self.arriving.is_some()
     }
 
     /// Whether it skips what other nodes route to it live.

@@ -80,7 +80,8 @@ pub fn fall_behind(hub: &Arc<Hub>, pressure: Vec<Room>, stall: Duration) -> Vec<
             let since_ms = now_ms().saturating_sub(MARGIN_MS);
             // What this edge published reached the session here.
             let skip = Skip { node: Some(link.node().clone()), own_after: None };
-            let behind = Behind { hub: hub.clone(), session, id, since_ms, skip, finished: false, arriving: false };
+            let (finished, arriving, read) = (false, false, true);
+            let behind = Behind { hub: hub.clone(), session, id, since_ms, skip, finished, arriving, read };
             tokio::spawn(behind.replay(room, stall, false));
         }
     }
@@ -99,8 +100,9 @@ pub async fn catch_up(hub: Arc<Hub>, resumed: Resumed, id: u64, arrived: u64, ro
     let me = hub.cluster().map(|l| l.node().clone());
     let skip = Skip { node: resumed.holder.clone(), own_after: me.map(|me| (me, arrived)) };
     let since_ms = resumed.replay_from();
+    let session = resumed.session;
     let mut behind =
-        Behind { hub: hub.clone(), session: resumed.session, id, since_ms, skip, finished: false, arriving: true };
+        Behind { hub: hub.clone(), session, id, since_ms, skip, finished: false, arriving: true, read: false };
     // Without the bus (it cannot be: the hub held the session for it), dropped: gives up.
     let Some(link) = hub.cluster() else { return };
     // Its connection cannot take what waits until the pass is done: the pass does not wait.
@@ -116,7 +118,8 @@ pub async fn catch_up(hub: Arc<Hub>, resumed: Resumed, id: u64, arrived: u64, ro
             false
         }
     };
-    behind.arrive(passed);
+    behind.read = passed;
+    behind.arrive();
     if passed {
         // It takes what comes live again; a copy of what the pass gave may still be on its way.
         tokio::time::sleep(DRAIN).await;
@@ -141,13 +144,16 @@ struct Behind {
     finished: bool,
     /// It came here with a catch-up, and its first pass is not done ([`catch_up`]).
     arriving: bool,
+    /// A pass has read the bus. One that came with a catch-up missed more than what it
+    /// skipped here (what reached nobody while it moved): it is caught up only after that.
+    read: bool,
 }
 
 impl Behind {
-    /// Its first pass is done (`passed`) or given up: its queue goes out.
-    fn arrive(&mut self, passed: bool) {
+    /// Its first pass is done or given up: its queue goes out.
+    fn arrive(&mut self) {
         if std::mem::take(&mut self.arriving) {
-            self.hub.arrived(&self.session, self.id, passed, now_ms());
+            self.hub.arrived(&self.session, self.id, now_ms());
         }
     }
 
@@ -157,22 +163,29 @@ impl Behind {
         let hub = self.hub.clone();
         let Some(link) = hub.cluster() else { return };
         let low = (self.hub.high_water(Router::Edge) / 2).max(1);
-        let (mut read, mut pause, mut stuck_since) = (0, PAUSE, None);
+        let (mut replayed_so_far, mut pause, mut stuck_since) = (0, PAUSE, None);
         loop {
             // Its connection takes what waits first (a closed one has nothing waiting).
             if !std::mem::take(&mut passed) {
                 if !room.wait_below(low, stall).await {
                     self.hub.close_stalled(&room);
                 }
-                if let Err(e) = self.pass(link, stall, true).await {
-                    metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
-                    tracing::warn!(session = %self.session, error = %e, "cannot replay to a session behind yet");
+                match self.pass(link, stall, true).await {
+                    Ok(()) => self.read = true,
+                    Err(e) => {
+                        metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
+                        tracing::warn!(session = %self.session, error = %e, "cannot replay to a session behind yet");
+                    }
                 }
             }
-            let mut step = self.hub.caught_up_behind(&self.session, self.id);
+            // Until a pass has read the bus, a session that came with a catch-up waits for one.
+            let mut step = match self.read {
+                true => self.hub.caught_up_behind(&self.session, self.id),
+                false => Some(BehindStep::Behind { replayed: 0, left: 0 }),
+            };
             while step == Some(BehindStep::Draining) {
                 tokio::time::sleep(DRAIN).await;
-                (read, pause, stuck_since) = (0, PAUSE, None);
+                (replayed_so_far, pause, stuck_since) = (0, PAUSE, None);
                 step = self.hub.caught_up_behind(&self.session, self.id);
             }
             // Done, gone, or behind anew since (with a replay of its own).
@@ -180,8 +193,8 @@ impl Behind {
                 self.finished = true;
                 return;
             };
-            if replayed > read {
-                (read, pause, stuck_since) = (replayed, PAUSE, None);
+            if replayed > replayed_so_far {
+                (replayed_so_far, pause, stuck_since) = (replayed, PAUSE, None);
                 continue;
             }
             let stuck = *stuck_since.get_or_insert_with(Instant::now);
@@ -219,7 +232,7 @@ impl Behind {
 
 impl Drop for Behind {
     fn drop(&mut self) {
-        self.arrive(false);
+        self.arrive();
         if self.finished {
             return;
         }

@@ -244,8 +244,20 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     // The catch-up the session now has here (begun for it, or carried) ends with its replay;
     // without a bus that keeps messages, there is none. Read while the claim keeps it here.
     let catching = catch_up.filter(|_| connected.session_present && input.session_expiry_secs > 0);
-    let nothing_to_replay =
-        catching.as_ref().filter(|_| connected.behind.is_none()).and_then(|_| edge.hub.catch_up_id(&session));
+    let stall = std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs));
+    // Spawned before anything else waits: nothing leaves the session's queue until it runs.
+    match (catching, connected.behind) {
+        (Some(resumed), Some(id)) => {
+            let (hub, room) = (edge.hub.clone(), connected.room.clone());
+            tokio::spawn(behind::catch_up(hub, resumed, id, connected.numbered, room, stall));
+        }
+        (Some(_), None) => {
+            if let Some(id) = edge.hub.catch_up_id(&session) {
+                edge.hub.caught_up(&session, id);
+            }
+        }
+        (None, _) => {}
+    }
     drop(claim);
     metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);
     let link_id = connected.link_id;
@@ -253,13 +265,6 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     let auto = ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &session, &client_id);
     ingress::start_cursors(&edge.hub, &session, &auto).await;
     ingress::close_if_revoked(edge, &identity);
-    let stall = std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs));
-    if let (Some(resumed), Some(id)) = (catching, connected.behind) {
-        let arrived = connected.numbered;
-        tokio::spawn(behind::catch_up(edge.hub.clone(), resumed, id, arrived, connected.room, stall));
-    } else if let Some(id) = nothing_to_replay {
-        edge.hub.caught_up(&session, id);
-    }
     if let Some(streams) = edge.hub.streams().filter(|_| !missed.is_empty()).cloned() {
         let (hub, session) = (edge.hub.clone(), session.clone());
         tokio::spawn(async move { streams.replay_missed(&hub, &session, missed, stall).await });

@@ -338,12 +338,11 @@ impl Hub {
     }
 
     /// The first pass of the replay of `session`, held since it arrived
-    /// ([`Connected::behind`] answered `id`), is done (`passed`) or given up: its queue goes
-    /// out.
-    pub fn arrived(&self, session: &str, id: u64, passed: bool, now_ms: u64) {
+    /// ([`Connected::behind`] answered `id`), is done or given up: its queue goes out.
+    pub fn arrived(&self, session: &str, id: u64, now_ms: u64) {
         let mut st = self.lock();
         let mut fx = Effects::new();
-        st.router.arrived(session, id, passed, now_ms, &mut fx);
+        st.router.arrived(session, id, now_ms, &mut fx);
         self.apply(&mut st, fx, None);
     }
 

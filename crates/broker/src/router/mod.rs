@@ -533,9 +533,9 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     }
 
     /// The first pass of the replay of `session`, held since it arrived ([`Connected::behind`]
-    /// answered `id`), is done (`passed`) or given up: what waits in its queue goes out (see
+    /// answered `id`), is done or given up: what waits in its queue goes out (see
     /// [`crate::session::Session::arrived`]).
-    pub fn arrived(&mut self, session: &str, id: u64, passed: bool, now_ms: u64, fx: &mut Effects<M, O>) {
+    pub fn arrived(&mut self, session: &str, id: u64, now_ms: u64, fx: &mut Effects<M, O>) {
         let (link, s) = match self.live.get_mut(session) {
             Some(live) => (Some(live.link), &mut live.session),
             None => match self.store.get_mut(session) {
@@ -543,7 +543,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 None => return,
             },
         };
-        let (deliveries, dropped) = s.arrived(id, passed, now_ms);
+        let (deliveries, dropped) = s.arrived(id, now_ms);
         if let Some(link) = link {
             for d in deliveries {
                 fx.push(Effect::Deliver(link, d));
@@ -683,8 +683,9 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 Some(link) => {
                     push_enqueued(fx, session, link, outcome);
                     // What comes from other nodes waits for no session behind (a QoS 0
-                    // message, sent or dropped, left its queue as it was).
-                    if !(via == Via::Bus && s.is_behind()) {
+                    // message, sent or dropped, left its queue as it was), and nothing for
+                    // one that arrives (its queue goes out once its replay's first pass is done).
+                    if !(s.is_arriving() || via == Via::Bus && s.is_behind()) {
                         fx.push(Effect::Backlog(link, s.backlog()));
                     }
                     journal(fx, session, s, None);

@@ -1308,12 +1308,12 @@ fn a_session_behind_that_moves_catches_up_on_the_next_node() {
     assert_eq!(delivered(&fx, link), ["x1", "x2", "x3"], "x1 again: in flight, unacknowledged on a");
 }
 
-/// Bob's session, handed over by node a (which had numbered up to 5) to node b, which holds
-/// what comes live until the first pass of its replay is done.
-fn arriving_on_b(fx: &mut Fx) -> (Router<Msg, &'static str>, LinkId, Arc<str>, u64) {
+/// Bob's session (subscribed to `t/#` at `qos`), handed over by node a (which had numbered up
+/// to 5) to node b, which holds what comes live until the first pass of its replay is done.
+fn arriving_on_b(fx: &mut Fx, qos: u8) -> (Router<Msg, &'static str>, LinkId, Arc<str>, u64) {
     let mut a = clustered();
     connect(&mut a, request("bob", "phone", false, 60), fx);
-    sub(&mut a, "bob", "phone", "t/#", 1);
+    sub(&mut a, "bob", "phone", "t/#", qos);
     let bob: Arc<str> = key("bob", "phone").into();
     let (mut snapshot, _) = a.hand_over(&bob, &Acl::default(), 0, fx).expect("on a");
     let at = crate::streams::Stamp { epoch: 1, seq: 5 };
@@ -1329,13 +1329,15 @@ fn arriving_on_b(fx: &mut Fx) -> (Router<Msg, &'static str>, LinkId, Arc<str>, u
 #[test]
 fn a_session_that_comes_with_a_catch_up_gets_what_it_missed_before_what_came_meanwhile() {
     let mut fx = Fx::new();
-    let (mut b, link, bob, id) = arriving_on_b(&mut fx);
+    let (mut b, link, bob, id) = arriving_on_b(&mut fx, 1);
     b.publish_remote(from_node("a", 8), 2_000, &mut fx);
     assert_eq!(b.publish(msg("t/1", "here1", 1), None, 2_000, &mut fx), 1, "queued for it");
     assert!(b.replay_routed(&bob, from_node("a", 6), 2_000, 3_000, &mut fx), "routed on a after it left");
     assert!(b.replay_routed(&bob, from_node("a", 7), 2_000, 3_000, &mut fx));
     assert!(delivered(&fx, link).is_empty(), "nothing goes out before the first pass is done");
-    b.arrived(&bob, id, true, 3_000, &mut fx);
+    let waiting = fx.iter().any(|e| matches!(e, Effect::Backlog(l, n) if *l == link && *n > 0));
+    assert!(!waiting, "nobody waits for a queue that does not go out yet");
+    b.arrived(&bob, id, 3_000, &mut fx);
     assert_eq!(
         delivered(&fx, link),
         ["a6", "a7", "a8", "here1"],
@@ -1350,23 +1352,32 @@ fn a_session_that_comes_with_a_catch_up_gets_what_it_missed_before_what_came_mea
 }
 
 #[test]
-fn a_session_whose_first_pass_failed_gets_what_came_live_from_the_next_passes() {
+fn a_session_whose_first_pass_failed_gets_what_came_live_at_once_and_what_it_missed_later() {
     let mut fx = Fx::new();
-    let (mut b, link, bob, id) = arriving_on_b(&mut fx);
+    let (mut b, link, bob, id) = arriving_on_b(&mut fx, 1);
     b.publish_remote(from_node("a", 8), 2_000, &mut fx);
-    b.arrived(&bob, id, false, 3_000, &mut fx);
-    assert!(delivered(&fx, link).is_empty(), "a8 is still skipped: a pass reads it");
-    assert!(matches!(b.caught_up_behind(&bob, id), Some(BehindStep::Behind { left: 1, .. })));
-    assert!(b.replay_routed(&bob, from_node("a", 6), 2_000, 3_000, &mut fx));
-    assert!(b.replay_routed(&bob, from_node("a", 8), 2_000, 3_000, &mut fx));
-    assert_eq!(delivered(&fx, link), ["a6", "a8"]);
+    b.arrived(&bob, id, 3_000, &mut fx);
+    assert_eq!(delivered(&fx, link), ["a8"], "held no longer than the first pass");
+    assert!(b.replay_routed(&bob, from_node("a", 6), 2_000, 3_000, &mut fx), "a later pass");
+    assert!(!b.replay_routed(&bob, from_node("a", 8), 2_000, 3_000, &mut fx), "once");
+    assert_eq!(delivered(&fx, link), ["a8", "a6"]);
+}
+
+#[test]
+fn what_came_live_to_a_qos_0_subscription_while_a_session_arrived_goes_out_with_its_queue() {
+    let mut fx = Fx::new();
+    let (mut b, link, bob, id) = arriving_on_b(&mut fx, 0);
+    b.publish_remote(from_node("a", 8), 2_000, &mut fx);
+    assert!(delivered(&fx, link).is_empty());
+    b.arrived(&bob, id, 3_000, &mut fx);
+    assert_eq!(delivered(&fx, link), ["a8"]);
 }
 
 #[test]
 fn a_session_that_moves_on_once_its_replay_was_read_is_given_nothing_again_of_what_it_had() {
     let mut fx = Fx::new();
-    let (mut b, link, bob, id) = arriving_on_b(&mut fx);
-    b.arrived(&bob, id, true, 3_000, &mut fx);
+    let (mut b, link, bob, id) = arriving_on_b(&mut fx, 1);
+    b.arrived(&bob, id, 3_000, &mut fx);
     b.publish_remote(from_node("c", 1), 3_000, &mut fx);
     assert_eq!(delivered(&fx, link), ["c1"]);
     let (mut snapshot, _) = b.hand_over(&bob, &Acl::default(), 3_000, &mut fx).expect("on b");

@@ -4,6 +4,9 @@
 //! storm took, each reconnect's latency, how many sessions came back and how many in-flight
 //! messages were delivered again (the rest are lost).
 //!
+//! With `--signal TERM`, the edge stops instead (a drain): it tells its clients to go (0x8B)
+//! and hands each session over to the second edge when its client reconnects there.
+//!
 //! With `--away-secs`, the clients stay away that long after the kill: one message is published
 //! to each session at once (through the second edge), and one more once the second edge has
 //! taken the dead edge's sessions (a probe publish on the first session's topic is answered 0,
@@ -28,9 +31,13 @@ pub struct Args {
     /// The other edge's MQTT port: where the clients go once theirs is killed.
     #[arg(long)]
     fallback_port: u16,
-    /// The process id of the edge on --port, killed with SIGKILL once every client is set up.
+    /// The process id of the edge on --port, sent --signal once every client is set up.
     #[arg(long)]
     kill_pid: u32,
+    /// KILL (the edge dies: its sessions are taken from its journal) or TERM (it stops and
+    /// hands its sessions over).
+    #[arg(long, default_value = "KILL", value_parser = ["KILL", "TERM"])]
+    signal: String,
     /// Seconds the clients stay away after the kill (0: they reconnect at once).
     #[arg(long, default_value_t = 0)]
     away_secs: u64,
@@ -67,9 +74,10 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
         publisher.publish(topic, IN_FLIGHT, 1, false, Duration::from_secs(30)).await.map_err(|e| format!("{e:?}"))?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let killed = std::process::Command::new("kill").args(["-KILL", &args.kill_pid.to_string()]).status();
+    let signal = format!("-{}", args.signal);
+    let killed = std::process::Command::new("kill").args([signal.as_str(), &args.kill_pid.to_string()]).status();
     if !killed.is_ok_and(|s| s.success()) {
-        return Err(format!("could not kill {}", args.kill_pid));
+        return Err(format!("could not send {signal} to {}", args.kill_pid));
     }
     let killed_at = Instant::now();
     drop(publisher);
@@ -167,6 +175,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
     Ok(serde_json::json!({
         "away": away,
         "scenario": "storm",
+        "signal": args.signal,
         "clients": args.n,
         "reconnected": reconnected,
         "failed": reconnect_failed,
