@@ -5,8 +5,9 @@
 # duplicated (`hermes bench throughput --subscriber-port`), next to the same run on one edge.
 # Sessions live in a Redis too, and NATS keeps QoS 1/2 messages between edges in JetStream
 # (`bus.keep_secs`; HERMES_BUS__KEEP_SECS=0 to measure without). Then one publish fans out to FANOUT_CLIENTS (16000) subscribers,
-# half on each edge; the last run kills edge A with STORM_CLIENTS (5000) persistent clients on
-# it, which reconnect to edge B (`hermes bench storm`).
+# half on each edge; a third edge stops (SIGTERM) under STORM_CLIENTS (5000) persistent clients,
+# which reconnect to edge B and take their sessions along (`hermes bench storm --signal TERM`);
+# the last run kills edge A with as many on it, which reconnect to edge B (`hermes bench storm`).
 # Usage: scripts/bench-cluster.sh [SECONDS]      Results: target/bench-cluster/*.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,11 +48,18 @@ run cross-stream-qos1-100to100 throughput --subscriber-port "$B_PORT" --publishe
 FAN=${FANOUT_CLIENTS:-16000}
 echo "== fanout: hermes bench fanout -n $FAN --second-port $B_PORT" >&2
 "$HERMES" bench --port "$A_PORT" --pid "$A" --json fanout -n "$FAN" --second-port "$B_PORT" > "$OUT/fanout.report"
-# Last, as it kills edge A: the reconnect storm of its clients to edge B.
 STORM=${STORM_CLIENTS:-5000}
+# A drain: edge C stops (SIGTERM) under STORM persistent clients, which reconnect to edge B;
+# each session is handed over and replays from the bus what reached nobody while it moved.
+C_PORT=$(free_port)
+C=$(start_edge edge-c "$C_PORT"); pids+=("$C")
+echo "== drain: hermes bench storm -n $STORM --signal TERM (edge C stopped)" >&2
+"$HERMES" bench --port "$C_PORT" --mqtt-version 5 --json storm -n "$STORM" --fallback-port "$B_PORT" --kill-pid "$C" \
+    --signal TERM > "$OUT/drain.report"
+# Last, as it kills edge A: the reconnect storm of its clients to edge B.
 echo "== storm: hermes bench storm -n $STORM (edge A killed)" >&2
 "$HERMES" bench --port "$A_PORT" --mqtt-version 5 --json storm -n "$STORM" --fallback-port "$B_PORT" --kill-pid "$A" \
     > "$OUT/storm.report"
 if grep -q panicked "$OUT"/edge-*.log; then echo "an edge panicked: see $OUT/edge-*.log" >&2; exit 1; fi
 report_edge_runs "$OUT"
-for r in fanout storm; do echo "$OUT/$r.report:"; cat "$OUT/$r.report"; done
+for r in fanout drain storm; do echo "$OUT/$r.report:"; cat "$OUT/$r.report"; done

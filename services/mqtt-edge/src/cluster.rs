@@ -103,7 +103,17 @@ pub struct ClusterLink {
     /// The runtime the link's tasks run on: what the hub asks of it from a connection's thread
     /// (which may have no runtime while the edge stops) is spawned there.
     runtime: tokio::runtime::Handle,
+    /// Where clients reach the other edges, and this one.
+    peers: Arc<crate::peers::Peers>,
+    /// Turns for replays from the bus, at most [`MAX_REPLAYS`] at once.
+    replays: tokio::sync::Semaphore,
 }
+
+/// The most replays from the bus at once (each is a consumer on the stream that keeps what
+/// edges route): a storm of 5 000 sessions arriving from a stopped edge each replaying at once
+/// went past NATS 2.15's default limit of consumers per stream ("maximum consumers limit
+/// reached") for about 3 600 of them.
+const MAX_REPLAYS: usize = 64;
 
 /// A change to this edge's interest on the bus, or a question about it.
 #[derive(Debug)]
@@ -167,6 +177,27 @@ impl ClusterLink {
         }
         if let Some(h) = &self.handover {
             h.leave();
+        }
+    }
+
+    /// A turn to replay from the bus (see [`MAX_REPLAYS`]), held while it lasts.
+    pub async fn replay_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.replays.acquire().await.ok()
+    }
+
+    /// Where clients reach the other edges (and this one, as it tells them).
+    pub fn peers(&self) -> &crate::peers::Peers {
+        &self.peers
+    }
+
+    /// This edge stops: the others no longer name it to their clients.
+    pub async fn withdraw(&self) {
+        self.peers.set_address("");
+        let bye = self.peers.announcement();
+        let told =
+            tokio::time::timeout(std::time::Duration::from_secs(1), self.bus.publish(crate::peers::SUBJECT, bye));
+        if !matches!(told.await, Ok(Ok(()))) {
+            tracing::debug!("cannot tell the other edges this one stops");
         }
     }
 
@@ -297,7 +328,9 @@ pub async fn start(
     for always in [subjects::ALL_RETAINED, subjects::LONG_TOPICS] {
         subscriptions.hold_always(always).await.map_err(|e| format!("bus: {e}"))?;
     }
+    let peers = Arc::new(crate::peers::Peers::new(&node.id));
     let routing = vec![
+        tokio::spawn(crate::peers::run(bus.clone(), peers.clone())),
         tokio::spawn(subscriptions.run(interest_rx)),
         tokio::spawn(send_out(bus.clone(), node.clone(), out_rx, retrying.clone())),
         tokio::spawn(take_in(hub, node.clone(), in_rx, stall, grouped)),
@@ -316,6 +349,8 @@ pub async fn start(
         link,
         retrying,
         runtime,
+        peers,
+        replays: tokio::sync::Semaphore::new(MAX_REPLAYS),
     })
 }
 

@@ -46,6 +46,10 @@ pub struct MqttConfig {
     /// How long a stopping edge of a cluster keeps the sessions its clients left behind, to
     /// hand each over to the edge its client reconnects to; 0 lets them go at once.
     pub drain_secs: u16,
+    /// Where clients reach this edge (`host:port`), announced to the other edges of a
+    /// cluster: a stopping edge names another to its v5 clients (Server Reference). Empty:
+    /// `addr` unless it listens on every address (`0.0.0.0`, `[::]`), then none.
+    pub advertise: String,
 }
 
 impl Default for MqttConfig {
@@ -61,6 +65,7 @@ impl Default for MqttConfig {
             reuse_port: false,
             sys_interval_secs: 10,
             drain_secs: 5,
+            advertise: String::new(),
         }
     }
 }

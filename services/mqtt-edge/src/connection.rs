@@ -119,7 +119,9 @@ impl Sink {
         }
     }
 
-    fn close(&self, reason: CloseReason) {
+    /// Closes the connection for `reason`; a v5 client told the server stops is named another
+    /// (`elsewhere`, Server Reference) if one is known.
+    fn close(&self, reason: CloseReason, elsewhere: Option<String>) {
         match self {
             // v3 has no DISCONNECT from the server: the connection is simply closed.
             Sink::V3(s) => s.close(),
@@ -143,6 +145,7 @@ impl Sink {
                 };
                 let mut pkt = v5::codec::Disconnect::new(code);
                 pkt.reason_string = Some(ByteString::from_static(text));
+                pkt.server_reference = elsewhere.map(ByteString::from);
                 s.close_with_reason(pkt);
             }
         }
@@ -171,7 +174,13 @@ pub fn spawn_delivery_task(
                 // Boxed so the idle task stays small: only a delivery in progress needs the space.
                 Next::Deliver(d) => Box::pin(deliver(&sink, d, &hub, &session, link_id, &mut aliases)).await,
                 Next::Close(reason) => {
-                    sink.close(reason);
+                    let elsewhere = match reason {
+                        CloseReason::ServerShuttingDown => {
+                            hub.cluster().and_then(|c| c.peers().next(std::time::Instant::now()))
+                        }
+                        _ => None,
+                    };
+                    sink.close(reason, elsewhere);
                     break;
                 }
                 Next::Stop => break,

@@ -25,6 +25,7 @@ pub mod journal;
 pub mod link;
 pub mod message;
 pub mod metrics;
+pub mod peers;
 pub mod presence;
 pub mod relay;
 pub mod sender;
@@ -321,8 +322,21 @@ impl EdgeBuilder {
             events.prime(dir.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
         }
         let listeners = server::start(shared.clone()).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
+        if let Some(c) = hub.cluster() {
+            c.peers().set_address(&advertised(&shared.cfg.mqtt.advertise, listeners.addrs.mqtt));
+        }
         let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);
         Ok(Edge { hub, shared, listeners, housekeeping })
+    }
+}
+
+/// Where clients reach this edge, as the other edges tell theirs (`peers`): `mqtt.advertise`,
+/// or else the TCP listener's address unless it listens on every address (empty: unknown).
+fn advertised(configured: &str, tcp: Option<std::net::SocketAddr>) -> String {
+    match tcp {
+        _ if !configured.is_empty() => configured.to_owned(),
+        Some(addr) if !addr.ip().is_unspecified() => addr.to_string(),
+        _ => String::new(),
     }
 }
 
@@ -376,6 +390,9 @@ impl Edge {
     /// client reconnected to, for at most `mqtt.drain_secs`.
     pub async fn stop(self) {
         self.housekeeping.abort();
+        if let Some(cluster) = self.hub.cluster() {
+            cluster.withdraw().await;
+        }
         self.listeners.stop().await;
         if self.hub.cluster().is_some_and(|c| c.moves_sessions()) {
             let deadline = std::time::Instant::now() + Duration::from_secs(u64::from(self.shared.cfg.mqtt.drain_secs));

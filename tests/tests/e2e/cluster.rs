@@ -362,6 +362,35 @@ async fn read_for(c: &mut Client, got: &mut Vec<(String, u32)>, for_ms: u64) {
     }
 }
 
+/// A stopping edge names another edge to each v5 client it tells to go (0x8B with a Server
+/// Reference, MQTT 5 §4.11): one the others announced on the bus. The client that follows it
+/// finds its session there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_edge_names_another_to_its_clients() {
+    for (bus, pair) in pairs().await {
+        let Pair { a, b, _servers } = pair;
+        let (mut goer, _) = a.connect(Version::V5, lasting("goer", false)).await;
+        goer.subscribe(vec![SubscribeTopic::new("news/#", 1)], WAIT).await.expect("suback");
+        settle().await;
+        let stopping = tokio::spawn(a.stop());
+        let told = loop {
+            match goer.recv(WAIT).await {
+                Ok(Packet::Disconnect { code, server_reference, .. }) => break (code, server_reference),
+                Ok(_) => {}
+                Err(e) => panic!("{bus}: no DISCONNECT: {e:?}"),
+            }
+        };
+        assert_eq!(told, (0x8B, Some(b.tcp.to_string())), "{bus}: told to go to edge b");
+        let (mut there, present) = b.connect(Version::V5, lasting("goer", false)).await;
+        assert!(present, "{bus}: its session was there");
+        let mut publisher = b.client(Version::V5, "news-desk").await;
+        publisher.publish("news/1", b"hello", 1, false, WAIT).await.expect("puback");
+        assert_eq!(received(&mut there).await.1, "hello", "{bus}: its subscription came along");
+        stopping.await.expect("a stopped");
+        b.stop().await;
+    }
+}
+
 /// While edge A stops, a publisher on edge B goes on publishing to a persistent subscriber
 /// on A, which is told to go (0x8B) and reconnects to B: it gets every acknowledged message.
 #[tokio::test(flavor = "multi_thread")]
@@ -421,7 +450,9 @@ async fn what_queued_for_a_parked_session_on_one_edge_is_delivered_on_another() 
     for (bus, pair) in pairs().await {
         let (mut c, _) = pair.a.connect(Version::V5, lasting("away", false)).await;
         c.subscribe(vec![SubscribeTopic::new("news/#", 1)], WAIT).await.expect("suback");
-        c.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None }).await.expect("disconnect");
+        c.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
+            .await
+            .expect("disconnect");
         assert!(c.is_closed(WAIT).await);
         settle().await;
         // Published on B while the client is away: routed to A, where the session waits.
@@ -476,7 +507,9 @@ fn as_user(signer: &wire::token::Signer, user: &str, client_id: &str, persistent
 }
 
 async fn disconnect(c: &mut Client) {
-    c.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None }).await.expect("DISCONNECT");
+    c.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
+        .await
+        .expect("DISCONNECT");
     assert!(c.is_closed(WAIT).await);
 }
 
@@ -675,7 +708,10 @@ async fn edges_cut_off_from_redis_acknowledge_nothing_they_could_not_store_and_r
     // A persistent session away from its client on B, a clean one live there.
     let (mut keeper, _) = b.connect(Version::V5, lasting("keeper", false)).await;
     assert_eq!(keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback"), [1]);
-    keeper.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None }).await.expect("bye");
+    keeper
+        .send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
+        .await
+        .expect("bye");
     assert!(keeper.is_closed(WAIT).await);
     let mut live = subscribed(&b, "live", &["f/#"]).await;
     settle().await;
@@ -1137,7 +1173,9 @@ async fn a_stopped_edges_parked_sessions_are_taken_by_the_edge_left_in_process()
     let persistent = Connect { session_expiry: Some(3600), ..connect("dave", false) };
     let (mut dave, _) = a.connect(Version::V5, persistent.clone()).await;
     assert_eq!(dave.subscribe(vec![SubscribeTopic::new("dave/cmd", 1)], WAIT).await.expect("suback"), [1]);
-    dave.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None }).await.expect("disconnect");
+    dave.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
+        .await
+        .expect("disconnect");
     drop(dave);
     tokio::time::sleep(Duration::from_millis(200)).await;
     a.stop().await;

@@ -137,7 +137,14 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
                 }
             }
             if persistent {
-                let _ = c.send(&Packet::Disconnect { code: 0, session_expiry: Some(0), reason_string: None }).await;
+                let _ = c
+                    .send(&Packet::Disconnect {
+                        code: 0,
+                        session_expiry: Some(0),
+                        reason_string: None,
+                        server_reference: None,
+                    })
+                    .await;
             }
             (j % publishers, latencies, order, seqs)
         }));

@@ -184,6 +184,8 @@ pub enum Packet {
         code: u8,
         session_expiry: Option<u32>,
         reason_string: Option<String>,
+        /// v5: another server to use (sent by a server that stops or moves, MQTT 5 §4.11).
+        server_reference: Option<String>,
     },
 }
 

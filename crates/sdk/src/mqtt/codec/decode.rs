@@ -311,7 +311,7 @@ fn unsubscribe(r: &mut Reader, v5: bool) -> Result<Packet, DecodeError> {
 
 /// v3 DISCONNECT is empty; v5 may stop before the reason code (0) or before the properties.
 fn disconnect(r: &mut Reader, v5: bool) -> Result<Packet, DecodeError> {
-    let (mut code, mut session_expiry, mut reason_string) = (0, None, None);
+    let (mut code, mut session_expiry, mut reason_string, mut server_reference) = (0, None, None, None);
     if v5 && !r.is_empty() {
         code = r.u8("reason code")?;
         if !r.is_empty() {
@@ -319,11 +319,12 @@ fn disconnect(r: &mut Reader, v5: bool) -> Result<Packet, DecodeError> {
                 match (id, v) {
                     (SESSION_EXPIRY, Value::Four(x)) => session_expiry = Some(x),
                     (REASON_STRING, Value::Str(x)) => reason_string = Some(x),
+                    (SERVER_REFERENCE, Value::Str(x)) => server_reference = Some(x),
                     _ => {}
                 }
                 Ok(())
             })?;
         }
     }
-    Ok(Packet::Disconnect { code, session_expiry, reason_string })
+    Ok(Packet::Disconnect { code, session_expiry, reason_string, server_reference })
 }

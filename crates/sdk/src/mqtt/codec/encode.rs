@@ -68,13 +68,14 @@ pub(super) fn packet(packet: &Packet, version: Version, out: &mut BytesMut) {
         }),
         Packet::PingReq => frame(out, 0xC0, |_| {}),
         Packet::PingResp => frame(out, 0xD0, |_| {}),
-        Packet::Disconnect { code, session_expiry, reason_string } => frame(out, 0xE0, |o| {
+        Packet::Disconnect { code, session_expiry, reason_string, server_reference } => frame(out, 0xE0, |o| {
             // v5 lets a normal disconnection without properties be just the fixed header.
-            if v5 && (*code != 0 || session_expiry.is_some() || reason_string.is_some()) {
+            if v5 && (*code != 0 || session_expiry.is_some() || reason_string.is_some() || server_reference.is_some()) {
                 o.put_u8(*code);
                 with_var_len(o, |o| {
                     props::put_u32(o, SESSION_EXPIRY, *session_expiry);
                     props::put_string(o, REASON_STRING, reason_string.as_deref());
+                    props::put_string(o, SERVER_REFERENCE, server_reference.as_deref());
                 });
             }
         }),

@@ -113,7 +113,7 @@ fn samples(v: Version) -> Vec<Packet> {
         Packet::UnsubAck { packet_id: 11, codes: if v5 { vec![0, 0x11] } else { vec![] } },
         Packet::PingReq,
         Packet::PingResp,
-        Packet::Disconnect { code: 0, session_expiry: None, reason_string: None },
+        Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None },
     ];
     if v5 {
         out.push(Packet::ConnAck {
@@ -130,8 +130,20 @@ fn samples(v: Version) -> Vec<Packet> {
                 server_keep_alive: Some(45),
             },
         });
-        out.push(Packet::Disconnect { code: 0x8E, session_expiry: Some(0), reason_string: Some("taken over".into()) });
-        out.push(Packet::Disconnect { code: 0x04, session_expiry: None, reason_string: None });
+        out.push(Packet::Disconnect {
+            code: 0x8E,
+            session_expiry: Some(0),
+            reason_string: Some("taken over".into()),
+            server_reference: None,
+        });
+        out.push(Packet::Disconnect { code: 0x04, session_expiry: None, reason_string: None, server_reference: None });
+        let elsewhere = Some("10.0.0.2:1883".into());
+        out.push(Packet::Disconnect {
+            code: 0x8B,
+            session_expiry: None,
+            reason_string: None,
+            server_reference: elsewhere,
+        });
     }
     out
 }
@@ -190,7 +202,7 @@ fn known_byte_layouts() {
         bytes_of(&Packet::Connect(c), Version::V5),
         [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 0, 0, 1, b'c']
     );
-    let d = Packet::Disconnect { code: 0, session_expiry: None, reason_string: None };
+    let d = Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None };
     assert_eq!(bytes_of(&d, Version::V5), [0xE0, 0]);
 }
 
@@ -209,7 +221,7 @@ fn v5_acks_accept_every_short_form() {
     assert_eq!(decode_all(&too_long, v5), Err(DecodeError::Truncated("properties")));
     assert_eq!(
         decode_all(&[0xE0, 1, 0x8E], v5),
-        Ok(Some(Packet::Disconnect { code: 0x8E, session_expiry: None, reason_string: None }))
+        Ok(Some(Packet::Disconnect { code: 0x8E, session_expiry: None, reason_string: None, server_reference: None }))
     );
     // 3.1.1 acks are exactly two bytes.
     assert_eq!(decode_all(&[0x40, 3, 0, 7, 0], Version::V311), Err(DecodeError::TrailingBytes("PUBACK")));
