@@ -117,7 +117,7 @@ async fn keep_again(keeping: Keeper, mut link: tokio::sync::watch::Receiver<Opti
             continue;
         }
         let Some(k) = keeping.lock().unwrap_or_else(|e| e.into_inner()).clone() else { continue };
-        if let Err(e) = k.js.create_or_update_stream(stream_config(&k.config)).await {
+        if let Err(e) = make_stream(&k.js, &k.config).await {
             tracing::warn!(stream = %k.config.stream, error = %e, "cannot make the kept stream again");
         }
     }
@@ -136,11 +136,37 @@ fn no_jetstream(e: &jetstream::context::CreateStreamError) -> bool {
     }
 }
 
-/// The JetStream stream that keeps what `config` says.
-fn stream_config(config: &KeepConfig) -> jetstream::stream::Config {
+/// The most consumers the kept stream takes (replays and shared subscriptions' groups). NATS
+/// 2.15 gives a stream that sets none (0 or -1 alike) 1 000, which a drain of 5 000 sessions
+/// (a replay each, deleted a moment later) went past.
+const MAX_CONSUMERS: i32 = 100_000;
+
+/// Makes (or updates) the kept stream; a server that will not change the consumer limit of a
+/// stream made before (before 2.15) keeps the one it has.
+async fn make_stream(
+    js: &jetstream::Context,
+    config: &KeepConfig,
+) -> Result<jetstream::stream::Info, jetstream::context::CreateStreamError> {
+    let first = match js.create_or_update_stream(stream_config(config, MAX_CONSUMERS)).await {
+        Ok(stream) => return Ok(stream),
+        Err(e) => e,
+    };
+    match js.create_or_update_stream(stream_config(config, 0)).await {
+        Ok(stream) => {
+            tracing::warn!(stream = %config.stream, error = %first, "the kept stream keeps the server's limit of consumers");
+            Ok(stream)
+        }
+        Err(_) => Err(first),
+    }
+}
+
+/// The JetStream stream that keeps what `config` says, with at most `max_consumers` (0: the
+/// server's default).
+fn stream_config(config: &KeepConfig, max_consumers: i32) -> jetstream::stream::Config {
     use jetstream::stream::{Config, DiscardPolicy, RetentionPolicy, StorageType};
     Config {
         name: config.stream.clone(),
+        max_consumers,
         subjects: config.subjects.clone(),
         max_age: config.max_age,
         max_bytes: i64::try_from(config.max_bytes).unwrap_or(i64::MAX),
@@ -244,7 +270,7 @@ impl Bus for NatsBus {
                 return Err(BusError::InvalidSubject(bad.to_owned()));
             }
             let js = jetstream::ContextBuilder::new().max_ack_inflight(ACKS_IN_FLIGHT).build(self.client.clone());
-            match js.create_or_update_stream(stream_config(config)).await {
+            match make_stream(&js, config).await {
                 Ok(_) => {}
                 Err(e) if no_jetstream(&e) => {
                     tracing::warn!(stream = %config.stream, error = %e, "no JetStream: messages are not kept");

@@ -1347,9 +1347,7 @@ async fn up_counts_dead_letters_on_its_metrics() {
     assert!(matches!(away.handshake(hello, wait).await, Ok(Packet::ConnAck { code: 0, .. })));
     let codes = away.subscribe(vec![sdk::mqtt::SubscribeTopic::new("d/#", 1)], wait).await.expect("suback");
     assert_eq!(codes, [1]);
-    away.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
-        .await
-        .expect("bye");
+    away.send(&Packet::disconnect(0)).await.expect("bye");
     assert!(away.is_closed(wait).await);
     let mut publisher = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
     let hello = Connect { client_id: "writer".into(), clean_start: true, keep_alive: 60, ..Connect::default() };

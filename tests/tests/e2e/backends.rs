@@ -99,6 +99,35 @@ async fn a_nats_group_whose_consumer_is_gone_ends_and_can_be_joined_again() {
     assert_eq!(take(&mut member).await.expect("delivered").message.payload, "3");
 }
 
+/// The kept stream takes more replays at once than the 1 000 consumers NATS 2.15 gives a
+/// stream that sets no limit (a drain of thousands of sessions replays once per session).
+#[tokio::test]
+async fn the_kept_stream_takes_more_replays_at_once_than_natss_default_limit() {
+    use bus::Bus;
+    let server = servers::nats();
+    let bus = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect to nats-server");
+    let config = bus::KeepConfig {
+        stream: "MANY".into(),
+        subjects: vec!["many.>".into()],
+        max_age: Duration::from_secs(60),
+        max_bytes: 1 << 20,
+        memory: true,
+    };
+    assert!(bus.keep(&config).await.expect("keep"));
+    let kept = vec![("many.x".to_owned(), bytes::Bytes::from_static(b"m"), true)];
+    bus.publish_batch_kept(&kept).await.expect("kept");
+    let filters = ["many.>".to_owned()];
+    // Each replay holds its consumer until it is read to the end or dropped.
+    let mut open = Vec::new();
+    for n in 0..1_100 {
+        match bus.replay_kept(&filters, 0).await {
+            Ok(replay) => open.push(replay),
+            Err(e) => panic!("replay {n}: {e}"),
+        }
+    }
+    assert_eq!(open.len(), 1_100);
+}
+
 /// A kept stream larger than the NATS server has room for is refused with what to change.
 #[tokio::test]
 async fn a_kept_stream_nats_has_no_room_for_says_which_setting_to_lower() {

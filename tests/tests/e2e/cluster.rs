@@ -450,9 +450,7 @@ async fn what_queued_for_a_parked_session_on_one_edge_is_delivered_on_another() 
     for (bus, pair) in pairs().await {
         let (mut c, _) = pair.a.connect(Version::V5, lasting("away", false)).await;
         c.subscribe(vec![SubscribeTopic::new("news/#", 1)], WAIT).await.expect("suback");
-        c.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
-            .await
-            .expect("disconnect");
+        c.send(&Packet::disconnect(0)).await.expect("disconnect");
         assert!(c.is_closed(WAIT).await);
         settle().await;
         // Published on B while the client is away: routed to A, where the session waits.
@@ -507,9 +505,7 @@ fn as_user(signer: &wire::token::Signer, user: &str, client_id: &str, persistent
 }
 
 async fn disconnect(c: &mut Client) {
-    c.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
-        .await
-        .expect("DISCONNECT");
+    c.send(&Packet::disconnect(0)).await.expect("DISCONNECT");
     assert!(c.is_closed(WAIT).await);
 }
 
@@ -708,10 +704,7 @@ async fn edges_cut_off_from_redis_acknowledge_nothing_they_could_not_store_and_r
     // A persistent session away from its client on B, a clean one live there.
     let (mut keeper, _) = b.connect(Version::V5, lasting("keeper", false)).await;
     assert_eq!(keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback"), [1]);
-    keeper
-        .send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
-        .await
-        .expect("bye");
+    keeper.send(&Packet::disconnect(0)).await.expect("bye");
     assert!(keeper.is_closed(WAIT).await);
     let mut live = subscribed(&b, "live", &["f/#"]).await;
     settle().await;
@@ -1173,9 +1166,7 @@ async fn a_stopped_edges_parked_sessions_are_taken_by_the_edge_left_in_process()
     let persistent = Connect { session_expiry: Some(3600), ..connect("dave", false) };
     let (mut dave, _) = a.connect(Version::V5, persistent.clone()).await;
     assert_eq!(dave.subscribe(vec![SubscribeTopic::new("dave/cmd", 1)], WAIT).await.expect("suback"), [1]);
-    dave.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
-        .await
-        .expect("disconnect");
+    dave.send(&Packet::disconnect(0)).await.expect("disconnect");
     drop(dave);
     tokio::time::sleep(Duration::from_millis(200)).await;
     a.stop().await;

@@ -35,10 +35,7 @@ async fn an_edge_that_waits_for_a_replica_acknowledges_only_what_the_replica_has
     .await;
     let (mut keeper, _) = edge.connect(Version::V5, persistent("keeper")).await;
     assert_eq!(keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback"), [1]);
-    keeper
-        .send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
-        .await
-        .expect("bye");
+    keeper.send(&Packet::disconnect(0)).await.expect("bye");
     drop(keeper);
     let mut publisher = edge.client(Version::V5, "publisher").await;
     assert_eq!(publish_code(&mut publisher, "f/1", "on the replica").await, Some(0));
@@ -69,10 +66,7 @@ async fn without_its_journal_an_edge_acknowledges_nothing_it_could_not_store_and
     let (mut keeper, _) = edge.connect(Version::V5, persistent("keeper")).await;
     let codes = keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback");
     assert_eq!(codes, [1]);
-    keeper
-        .send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
-        .await
-        .expect("bye");
+    keeper.send(&Packet::disconnect(0)).await.expect("bye");
     drop(keeper);
     let mut live = edge.client(Version::V5, "live").await;
     assert_eq!(live.subscribe(vec![SubscribeTopic::new("f/#", 0)], WAIT).await.expect("suback"), [0]);

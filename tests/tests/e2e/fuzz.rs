@@ -73,7 +73,7 @@ fn corpus(v: Version) -> Vec<Vec<u8>> {
         Packet::PubRel { packet_id: 7, code: 0 },
         Packet::PubComp { packet_id: 7, code: 0 },
         Packet::PingReq,
-        Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None },
+        Packet::disconnect(0),
     ];
     packets
         .iter()

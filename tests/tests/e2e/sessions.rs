@@ -15,9 +15,7 @@ async fn persistent_session_gets_what_was_published_while_away() {
         let (mut c, present) = edge.connect(v, persistent.clone()).await;
         assert!(!present);
         c.subscribe(vec![SubscribeTopic::new(&format!("away/{id}"), 1)], WAIT).await.expect("suback");
-        c.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
-            .await
-            .expect("disconnect");
+        c.send(&Packet::disconnect(0)).await.expect("disconnect");
         assert!(c.is_closed(WAIT).await);
         let mut p = edge.client(Version::V311, &format!("away-pub-{v:?}")).await;
         // QoS 0 first: the PUBACKs that follow prove the edge routed it before we reconnect.
@@ -151,17 +149,13 @@ async fn will_is_sent_on_abnormal_close_only() {
         assert_eq!((w.topic.as_str(), &w.payload[..]), (format!("will/{v:?}").as_str(), &b"gone"[..]));
         ack(&mut watcher, &w).await;
         let (mut c, _) = edge.connect(v, with_will(&format!("w2-{v:?}"), "will/polite", None)).await;
-        c.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
-            .await
-            .expect("send");
+        c.send(&Packet::disconnect(0)).await.expect("send");
         assert!(c.is_closed(WAIT).await);
         expect_nothing(&mut watcher).await;
     }
     // v5 DISCONNECT 0x04 asks for the will.
     let (mut c, _) = edge.connect(Version::V5, with_will("w-04", "will/asked", None)).await;
-    c.send(&Packet::Disconnect { code: 0x04, session_expiry: None, reason_string: None, server_reference: None })
-        .await
-        .expect("send");
+    c.send(&Packet::disconnect(0x04)).await.expect("send");
     assert_eq!(expect_publish(&mut watcher).await.topic, "will/asked");
     edge.stop().await;
 }

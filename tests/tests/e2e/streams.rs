@@ -399,9 +399,7 @@ async fn messages_given_up_on_go_to_the_dead_letter_stream() {
     drop(away);
     let (mut away, _) = edge.connect(Version::V5, persistent("away")).await;
     away.subscribe(vec![SubscribeTopic::new("news/+", 1)], WAIT).await.expect("suback");
-    away.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
-        .await
-        .expect("bye");
+    away.send(&Packet::disconnect(0)).await.expect("bye");
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     for n in 1..=4 {
         p.publish(&format!("news/{n}"), format!("n{n}").as_bytes(), 1, false, WAIT).await.expect("puback");

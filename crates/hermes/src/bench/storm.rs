@@ -136,14 +136,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
                 }
             }
             // End the session with the run.
-            let _ = c
-                .send(&Packet::Disconnect {
-                    code: 0,
-                    session_expiry: Some(0),
-                    reason_string: None,
-                    server_reference: None,
-                })
-                .await;
+            let _ = c.send(&Packet::end_session()).await;
             Ok::<_, String>(latency)
         }));
     }

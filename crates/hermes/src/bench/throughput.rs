@@ -137,14 +137,7 @@ pub async fn run(common: &Common, args: Args) -> Result<Value, String> {
                 }
             }
             if persistent {
-                let _ = c
-                    .send(&Packet::Disconnect {
-                        code: 0,
-                        session_expiry: Some(0),
-                        reason_string: None,
-                        server_reference: None,
-                    })
-                    .await;
+                let _ = c.send(&Packet::end_session()).await;
             }
             (j % publishers, latencies, order, seqs)
         }));

@@ -189,6 +189,18 @@ pub enum Packet {
     },
 }
 
+impl Packet {
+    /// A DISCONNECT with `code` and no properties.
+    pub fn disconnect(code: u8) -> Packet {
+        Packet::Disconnect { code, session_expiry: None, reason_string: None, server_reference: None }
+    }
+
+    /// A normal DISCONNECT that ends the session with the connection (v5: session expiry 0).
+    pub fn end_session() -> Packet {
+        Packet::Disconnect { code: 0, session_expiry: Some(0), reason_string: None, server_reference: None }
+    }
+}
+
 /// Why received bytes are not a valid packet. After any of these the stream is unusable:
 /// the codec cannot know where the next packet starts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

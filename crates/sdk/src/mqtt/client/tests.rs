@@ -129,9 +129,7 @@ async fn publish_completes_each_qos_flow() {
 async fn close_and_garbage_are_reported() {
     let mut c = connected(Version::V311).await;
     assert!(!c.is_closed(QUIET).await, "an idle connection stays open");
-    c.send(&Packet::Disconnect { code: 0, session_expiry: None, reason_string: None, server_reference: None })
-        .await
-        .expect("send");
+    c.send(&Packet::disconnect(0)).await.expect("send");
     assert!(matches!(c.recv(WAIT).await, Err(RecvError::Closed)));
 
     let mut c = connected(Version::V5).await;
