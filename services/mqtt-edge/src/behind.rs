@@ -106,15 +106,18 @@ pub async fn catch_up(hub: Arc<Hub>, resumed: Resumed, id: u64, arrived: u64, ro
     // Without the bus (it cannot be: the hub held the session for it), dropped: gives up.
     let Some(link) = hub.cluster() else { return };
     // Its connection cannot take what waits until the pass is done: the pass does not wait.
+    // Counted rather than logged at warning level: a storm of arrivals has thousands.
     let passed = match tokio::time::timeout(ARRIVAL, behind.pass(link, stall, false)).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
-            tracing::warn!(session = %behind.session, error = %e, "cannot replay to a session that came here yet");
+            metrics::counter!(m::ARRIVALS_UNHELD, "reason" => "failed").increment(1);
+            tracing::debug!(session = %behind.session, error = %e, "cannot replay to a session that came here yet");
             false
         }
         Err(_) => {
-            tracing::warn!(session = %behind.session, "the replay to a session that came here is slow: its queue goes out meanwhile");
+            metrics::counter!(m::ARRIVALS_UNHELD, "reason" => "slow").increment(1);
+            tracing::debug!(session = %behind.session, "the replay to a session that came here is slow: its queue goes out meanwhile");
             false
         }
     };

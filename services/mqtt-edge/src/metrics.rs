@@ -30,6 +30,7 @@ pub const CLUSTER_REPLAYED: &str = "hermes_edge_cluster_replayed_total";
 pub const SESSIONS_BEHIND: &str = "hermes_edge_sessions_behind_total";
 pub const BEHIND_GIVEN_UP: &str = "hermes_edge_behind_given_up_total";
 pub const BEHIND_LOST: &str = "hermes_edge_behind_lost_total";
+pub const ARRIVALS_UNHELD: &str = "hermes_edge_cluster_arrivals_unheld_total";
 pub const CLUSTER_GROUP_REDELIVERED: &str = "hermes_edge_cluster_group_redelivered_total";
 pub const CLUSTER_GROUP_GIVEN_BACK: &str = "hermes_edge_cluster_group_given_back_total";
 pub const SESSIONS_MOVED: &str = "hermes_edge_sessions_moved_total";
@@ -109,6 +110,10 @@ pub fn describe() {
     describe_counter!(
         BEHIND_LOST,
         "Messages sessions behind skipped that their replay from the bus never found before it gave up"
+    );
+    describe_counter!(
+        ARRIVALS_UNHELD,
+        "Sessions arriving with a catch-up whose queue went out before the first pass of their replay was done, by reason (`slow`: 5 s passed; `failed`): what they missed comes after what reached them meanwhile"
     );
     describe_counter!(SESSIONS_MOVED, "Sessions handed to (`out`) or taken from (`in`) another edge with their client");
     describe_counter!(JOURNAL_WRITES, "Changes to persistent sessions written to the session journal");
