@@ -70,11 +70,13 @@ impl SessionArg {
 struct Live {
     s: Session,
     file: SessionArg,
+    /// The edge the last one named as it stopped (its Server Reference): tried first next time.
+    named: Option<SocketAddr>,
 }
 
 impl Live {
     fn load(file: &SessionArg) -> Result<Live, String> {
-        Ok(Live { s: file.load()?, file: file.clone() })
+        Ok(Live { s: file.load()?, file: file.clone(), named: None })
     }
 
     /// Trades the refresh token for new tokens and saves them.
@@ -123,10 +125,11 @@ impl Live {
     /// Like [`Live::connect`], for a connection that lasts; returns whether the edge still had
     /// the session (and so what arrived while away).
     async fn connect_with(&mut self, suffix: &str, lasting: Lasting) -> Result<(Client, bool), String> {
-        match connect(&self.s, suffix, lasting).await {
+        let named = self.named.take();
+        match connect(&self.s, suffix, lasting, named).await {
             Err(Refused::Token(_)) => {
                 self.renew().await?;
-                connect(&self.s, suffix, lasting).await.map_err(|e| e.to_string())
+                connect(&self.s, suffix, lasting, named).await.map_err(|e| e.to_string())
             }
             other => other.map_err(|e| e.to_string()),
         }
@@ -356,11 +359,23 @@ enum Lasting {
 const WATCH_SESSION_SECS: u32 = 24 * 3600;
 
 /// A TCP connection to the first of `addrs` that answers, starting with the one that answered
-/// last (so a client whose edge went away moves to another and stays there).
-async fn dial(addrs: &[SocketAddr]) -> Result<Client, String> {
+/// last (so a client whose edge went away moves to another and stays there); to `named` first,
+/// if given (the edge a stopping one named, which need not be in `addrs`).
+async fn dial(addrs: &[SocketAddr], named: Option<SocketAddr>) -> Result<Client, String> {
     static LAST_GOOD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let start = LAST_GOOD.load(std::sync::atomic::Ordering::Relaxed);
     let mut failures = Vec::new();
+    if let Some(a) = named {
+        match Client::connect_tcp(a, Version::V5).await {
+            Ok(c) => {
+                if let Some(k) = addrs.iter().position(|x| *x == a) {
+                    LAST_GOOD.store(k, std::sync::atomic::Ordering::Relaxed);
+                }
+                return Ok(c);
+            }
+            Err(e) => failures.push(format!("{a}: {e}")),
+        }
+    }
     for i in 0..addrs.len() {
         let k = (start + i) % addrs.len();
         match Client::connect_tcp(addrs[k], Version::V5).await {
@@ -374,8 +389,13 @@ async fn dial(addrs: &[SocketAddr]) -> Result<Client, String> {
     Err(if failures.is_empty() { "no MQTT address in the session file".into() } else { failures.join("; ") })
 }
 
-async fn connect(s: &Session, suffix: &str, lasting: Lasting) -> Result<(Client, bool), Refused> {
-    let mut c = dial(&s.mqtt).await.map_err(Refused::Other)?;
+async fn connect(
+    s: &Session,
+    suffix: &str,
+    lasting: Lasting,
+    named: Option<SocketAddr>,
+) -> Result<(Client, bool), Refused> {
+    let mut c = dial(&s.mqtt, named).await.map_err(Refused::Other)?;
     let (clean_start, keep_alive, session_expiry) = match lasting {
         Lasting::OneShot => (true, 60, None),
         Lasting::Watching { keep_alive } => (false, keep_alive, Some(WATCH_SESSION_SECS)),
@@ -507,8 +527,11 @@ fn watch(args: ListenArgs, what: &str, show: impl Fn(&sdk::mqtt::Publish) -> Opt
                     Ok(Packet::Disconnect { code: 0x98, reason_string, .. }) => {
                         return Err(format!("disconnected (0x98): {}", reason_string.unwrap_or_default()));
                     }
-                    Ok(Packet::Disconnect { code, reason_string, .. }) => {
-                        break format!("disconnected ({code:#x}): {}", reason_string.unwrap_or_default());
+                    // A stopping edge may name another (v5 Server Reference): tried first.
+                    Ok(Packet::Disconnect { code, reason_string, server_reference, .. }) => {
+                        live.named = server_reference.as_deref().and_then(|r| r.parse().ok());
+                        let to = live.named.map(|a| format!(", to go to {a}")).unwrap_or_default();
+                        break format!("disconnected ({code:#x}): {}{to}", reason_string.unwrap_or_default());
                     }
                     Ok(_) => continue,
                     Err(sdk::mqtt::RecvError::Timeout) => {
@@ -550,4 +573,31 @@ fn backoff(failures: u32) -> Duration {
 
 fn sdk_now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `l` has a connection waiting to be accepted.
+    fn called(l: &std::net::TcpListener) -> bool {
+        l.set_nonblocking(true).expect("nonblocking");
+        l.accept().is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_client_dials_the_edge_a_stopping_one_named_before_its_own_list() {
+        let listed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let named = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let at = |l: &std::net::TcpListener| l.local_addr().expect("addr");
+        let _c = dial(&[at(&listed)], Some(at(&named))).await.expect("the named edge answers");
+        assert!(called(&named) && !called(&listed), "the named edge first");
+        let _c = dial(&[at(&listed)], None).await.expect("the listed edge answers");
+        assert!(called(&listed), "its own list without a name");
+        let gone = at(&std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
+        let _c = dial(&[at(&listed)], Some(gone)).await.expect("the list after a named edge that is gone");
+        assert!(called(&listed));
+        let Err(both_gone) = dial(&[gone], Some(gone)).await else { panic!("nothing answers") };
+        assert_eq!(both_gone.matches(&gone.to_string()).count(), 2, "{both_gone}");
+    }
 }
