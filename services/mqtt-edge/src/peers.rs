@@ -55,19 +55,23 @@ impl Peers {
         Bytes::from(format!("{}\n{address}", self.me))
     }
 
-    /// An announcement came (its payload); ignored if malformed or this edge's own.
-    pub fn heard(&self, payload: &[u8], at: Instant) {
+    /// An announcement came (its payload); ignored if malformed or this edge's own. Returns
+    /// whether it came from an edge not heard from before (or at another address): that one
+    /// may not have heard this edge yet.
+    pub fn heard(&self, payload: &[u8], at: Instant) -> bool {
         let Some((node, address)) = std::str::from_utf8(payload).ok().and_then(|s| s.split_once('\n')) else {
-            return;
+            return false;
         };
         if node == self.me || node.is_empty() {
-            return;
+            return false;
         }
         let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
-        match address.is_empty() {
-            true => heard.remove(node),
-            false => heard.insert(node.to_owned(), (address.to_owned(), at)),
-        };
+        if address.is_empty() {
+            heard.remove(node);
+            return false;
+        }
+        let before = heard.insert(node.to_owned(), (address.to_owned(), at));
+        before.is_none_or(|(was, _)| was != address)
     }
 
     /// The next edge in turn heard from within [`ALIVE`] of `now`: where a client may go.
@@ -98,13 +102,12 @@ pub async fn run(bus: Arc<dyn Bus>, peers: Arc<Peers>) {
         tokio::select! {
             _ = tick.tick() => {}
             () = peers.changed.notified() => {}
-            msg = heard.next() => {
-                match msg {
-                    Some(m) => peers.heard(&m.payload, Instant::now()),
-                    None => return,
-                }
-                continue;
-            }
+            msg = heard.next() => match msg {
+                // A new edge hears this one at once, not at the next round.
+                Some(m) if peers.heard(&m.payload, Instant::now()) => {}
+                Some(_) => continue,
+                None => return,
+            },
         }
         // Nowhere to announce yet, or any more (a stopping edge says so itself).
         let me = peers.announcement();
@@ -126,12 +129,13 @@ mod tests {
         let peers = Peers::new("a");
         let t = Instant::now();
         assert_eq!(peers.next(t), None, "nobody heard from");
-        peers.heard(b"a\n127.0.0.1:1", t);
+        assert!(!peers.heard(b"a\n127.0.0.1:1", t));
         assert_eq!(peers.next(t), None, "not itself");
-        peers.heard(b"b\n127.0.0.1:2", t);
-        peers.heard(b"c\n127.0.0.1:3", t);
+        assert!(peers.heard(b"b\n127.0.0.1:2", t), "new");
+        assert!(!peers.heard(b"b\n127.0.0.1:2", t), "known");
+        assert!(peers.heard(b"c\n127.0.0.1:3", t));
         for bad in [&b"no newline"[..], b"\n127.0.0.1:4", b"\xff\n1"] {
-            peers.heard(bad, t);
+            assert!(!peers.heard(bad, t));
         }
         let named: Vec<Option<String>> = (0..4).map(|_| peers.next(t)).collect();
         let (b, c) = (Some("127.0.0.1:2".to_owned()), Some("127.0.0.1:3".to_owned()));
