@@ -149,6 +149,8 @@ async fn make_stream(
 ) -> Result<jetstream::stream::Info, jetstream::context::CreateStreamError> {
     let first = match js.create_or_update_stream(stream_config(config, MAX_CONSUMERS)).await {
         Ok(stream) => return Ok(stream),
+        // Anything else (JetStream not ready yet, a timeout) is an error as it is.
+        Err(e) if !e.to_string().contains("MaxConsumers") => return Err(e),
         Err(e) => e,
     };
     match js.create_or_update_stream(stream_config(config, 0)).await {

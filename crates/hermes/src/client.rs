@@ -70,8 +70,9 @@ impl SessionArg {
 struct Live {
     s: Session,
     file: SessionArg,
-    /// The edge the last one named as it stopped (its Server Reference): tried first next time.
-    named: Option<SocketAddr>,
+    /// The edge the last one named as it stopped (its Server Reference, `host:port`): tried
+    /// first next time.
+    named: Option<String>,
 }
 
 impl Live {
@@ -126,10 +127,10 @@ impl Live {
     /// the session (and so what arrived while away).
     async fn connect_with(&mut self, suffix: &str, lasting: Lasting) -> Result<(Client, bool), String> {
         let named = self.named.take();
-        match connect(&self.s, suffix, lasting, named).await {
+        match connect(&self.s, suffix, lasting, named.as_deref()).await {
             Err(Refused::Token(_)) => {
                 self.renew().await?;
-                connect(&self.s, suffix, lasting, named).await.map_err(|e| e.to_string())
+                connect(&self.s, suffix, lasting, named.as_deref()).await.map_err(|e| e.to_string())
             }
             other => other.map_err(|e| e.to_string()),
         }
@@ -360,20 +361,22 @@ const WATCH_SESSION_SECS: u32 = 24 * 3600;
 
 /// A TCP connection to the first of `addrs` that answers, starting with the one that answered
 /// last (so a client whose edge went away moves to another and stays there); to `named` first,
-/// if given (the edge a stopping one named, which need not be in `addrs`).
-async fn dial(addrs: &[SocketAddr], named: Option<SocketAddr>) -> Result<Client, String> {
+/// if given (`host:port`: the edge a stopping one named, which need not be in `addrs`), for at
+/// most [`NAMED_DIAL`].
+async fn dial(addrs: &[SocketAddr], named: Option<&str>) -> Result<Client, String> {
     static LAST_GOOD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let start = LAST_GOOD.load(std::sync::atomic::Ordering::Relaxed);
     let mut failures = Vec::new();
-    if let Some(a) = named {
-        match Client::connect_tcp(a, Version::V5).await {
-            Ok(c) => {
+    if let Some(name) = named {
+        match tokio::time::timeout(NAMED_DIAL, dial_named(name)).await {
+            Ok(Ok((c, a))) => {
                 if let Some(k) = addrs.iter().position(|x| *x == a) {
                     LAST_GOOD.store(k, std::sync::atomic::Ordering::Relaxed);
                 }
                 return Ok(c);
             }
-            Err(e) => failures.push(format!("{a}: {e}")),
+            Ok(Err(e)) => failures.push(format!("{name}: {e}")),
+            Err(_) => failures.push(format!("{name}: no answer within {NAMED_DIAL:?}")),
         }
     }
     for i in 0..addrs.len() {
@@ -389,12 +392,16 @@ async fn dial(addrs: &[SocketAddr], named: Option<SocketAddr>) -> Result<Client,
     Err(if failures.is_empty() { "no MQTT address in the session file".into() } else { failures.join("; ") })
 }
 
-async fn connect(
-    s: &Session,
-    suffix: &str,
-    lasting: Lasting,
-    named: Option<SocketAddr>,
-) -> Result<(Client, bool), Refused> {
+/// How long the edge a stopping one named has to answer before the list is tried.
+const NAMED_DIAL: Duration = Duration::from_secs(3);
+
+/// A TCP connection to `name` (`host:port`), and the address it resolved to.
+async fn dial_named(name: &str) -> Result<(Client, SocketAddr), String> {
+    let addr = tokio::net::lookup_host(name).await.map_err(|e| e.to_string())?.next().ok_or("no address")?;
+    Client::connect_tcp(addr, Version::V5).await.map(|c| (c, addr)).map_err(|e| e.to_string())
+}
+
+async fn connect(s: &Session, suffix: &str, lasting: Lasting, named: Option<&str>) -> Result<(Client, bool), Refused> {
     let mut c = dial(&s.mqtt, named).await.map_err(Refused::Other)?;
     let (clean_start, keep_alive, session_expiry) = match lasting {
         Lasting::OneShot => (true, 60, None),
@@ -529,8 +536,8 @@ fn watch(args: ListenArgs, what: &str, show: impl Fn(&sdk::mqtt::Publish) -> Opt
                     }
                     // A stopping edge may name another (v5 Server Reference): tried first.
                     Ok(Packet::Disconnect { code, reason_string, server_reference, .. }) => {
-                        live.named = server_reference.as_deref().and_then(|r| r.parse().ok());
-                        let to = live.named.map(|a| format!(", to go to {a}")).unwrap_or_default();
+                        live.named = server_reference.filter(|r| !r.is_empty());
+                        let to = live.named.as_ref().map(|a| format!(", to go to {a}")).unwrap_or_default();
                         break format!("disconnected ({code:#x}): {}{to}", reason_string.unwrap_or_default());
                     }
                     Ok(_) => continue,
@@ -590,14 +597,14 @@ mod tests {
         let listed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let named = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let at = |l: &std::net::TcpListener| l.local_addr().expect("addr");
-        let _c = dial(&[at(&listed)], Some(at(&named))).await.expect("the named edge answers");
+        let _c = dial(&[at(&listed)], Some(&at(&named).to_string())).await.expect("the named edge answers");
         assert!(called(&named) && !called(&listed), "the named edge first");
         let _c = dial(&[at(&listed)], None).await.expect("the listed edge answers");
         assert!(called(&listed), "its own list without a name");
         let gone = at(&std::net::TcpListener::bind("127.0.0.1:0").expect("bind"));
-        let _c = dial(&[at(&listed)], Some(gone)).await.expect("the list after a named edge that is gone");
+        let _c = dial(&[at(&listed)], Some(&gone.to_string())).await.expect("the list after a named edge that is gone");
         assert!(called(&listed));
-        let Err(both_gone) = dial(&[gone], Some(gone)).await else { panic!("nothing answers") };
+        let Err(both_gone) = dial(&[gone], Some(&gone.to_string())).await else { panic!("nothing answers") };
         assert_eq!(both_gone.matches(&gone.to_string()).count(), 2, "{both_gone}");
     }
 }

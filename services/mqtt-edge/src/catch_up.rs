@@ -99,7 +99,6 @@ pub(crate) async fn replay_kept(
     link.settled().await;
     // What this edge routed before is on the bus before the replay reads it.
     link.flushed().await;
-    let _turn = link.replay_turn().await;
     let mut replay = bus.replay_kept(subjects, since_ms.max(oldest_kept)).await.map_err(|e| e.to_string())?;
     let mut origins = Origins::default();
     let mut taken = 0;

@@ -105,15 +105,7 @@ pub struct ClusterLink {
     runtime: tokio::runtime::Handle,
     /// Where clients reach the other edges, and this one.
     peers: Arc<crate::peers::Peers>,
-    /// Turns for replays from the bus, at most [`MAX_REPLAYS`] at once.
-    replays: tokio::sync::Semaphore,
 }
-
-/// The most replays from the bus at once (each is a consumer on the stream that keeps what
-/// edges route): a storm of 5 000 sessions arriving from a stopped edge each replaying at once
-/// went past NATS 2.15's default limit of consumers per stream ("maximum consumers limit
-/// reached") for about 3 600 of them.
-const MAX_REPLAYS: usize = 64;
 
 /// A change to this edge's interest on the bus, or a question about it.
 #[derive(Debug)]
@@ -178,11 +170,6 @@ impl ClusterLink {
         if let Some(h) = &self.handover {
             h.leave();
         }
-    }
-
-    /// A turn to replay from the bus (see [`MAX_REPLAYS`]), held while it lasts.
-    pub async fn replay_turn(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.replays.acquire().await.ok()
     }
 
     /// Where clients reach the other edges (and this one, as it tells them).
@@ -350,7 +337,6 @@ pub async fn start(
         retrying,
         runtime,
         peers,
-        replays: tokio::sync::Semaphore::new(MAX_REPLAYS),
     })
 }
 

@@ -261,7 +261,9 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     drop(claim);
     metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);
     let link_id = connected.link_id;
-    spawn_delivery_task(sink, connected.inbox, edge.hub.clone(), session.clone(), link_id, input.topic_alias_max);
+    let from_loopback = input.peer.is_some_and(|ip| ip.is_loopback());
+    let (alias_max, hub) = (input.topic_alias_max, edge.hub.clone());
+    spawn_delivery_task(sink, connected.inbox, hub, session.clone(), link_id, alias_max, from_loopback);
     let auto = ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &session, &client_id);
     ingress::start_cursors(&edge.hub, &session, &auto).await;
     ingress::close_if_revoked(edge, &identity);

@@ -164,6 +164,7 @@ pub fn spawn_delivery_task(
     session: Arc<str>,
     link_id: u64,
     topic_alias_max: u16,
+    from_loopback: bool,
 ) {
     // The connection's PUBLISHes wait for the journal on this worker.
     crate::relay::start_here();
@@ -176,7 +177,8 @@ pub fn spawn_delivery_task(
                 Next::Close(reason) => {
                     let elsewhere = match reason {
                         CloseReason::ServerShuttingDown => {
-                            hub.cluster().and_then(|c| c.peers().next(std::time::Instant::now()))
+                            let now = std::time::Instant::now();
+                            hub.cluster().and_then(|c| c.peers().next(now, from_loopback))
                         }
                         _ => None,
                     };

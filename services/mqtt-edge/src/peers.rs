@@ -24,6 +24,11 @@ pub const EVERY: Duration = Duration::from_secs(5);
 /// How long an edge counts as there after its last announcement.
 pub const ALIVE: Duration = Duration::from_secs(15);
 
+/// The longest address taken (a DNS name and a port), and the most edges remembered: what
+/// comes on the bus is another edge's, but a bad one must not grow without bound.
+const MAX_ADDRESS: usize = 255;
+const MAX_PEERS: usize = 1024;
+
 /// The other edges heard from, by node id, and where clients reach this one.
 #[derive(Debug)]
 pub struct Peers {
@@ -62,29 +67,46 @@ impl Peers {
         let Some((node, address)) = std::str::from_utf8(payload).ok().and_then(|s| s.split_once('\n')) else {
             return false;
         };
-        if node == self.me || node.is_empty() {
+        let usable = address.len() <= MAX_ADDRESS && !address.contains(|c: char| c.is_control() || c == ' ');
+        if node == self.me || node.is_empty() || node.len() > MAX_ADDRESS || !usable {
             return false;
         }
         let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        heard.retain(|_, (_, last)| at.saturating_duration_since(*last) < ALIVE);
         if address.is_empty() {
             heard.remove(node);
+            return false;
+        }
+        if heard.len() >= MAX_PEERS && !heard.contains_key(node) {
             return false;
         }
         let before = heard.insert(node.to_owned(), (address.to_owned(), at));
         before.is_none_or(|(was, _)| was != address)
     }
 
-    /// The next edge in turn heard from within [`ALIVE`] of `now`: where a client may go.
-    pub fn next(&self, now: Instant) -> Option<String> {
+    /// The next edge in turn heard from within [`ALIVE`] of `now`: where a client may go. A
+    /// loopback address only for a client on loopback itself (elsewhere it would name the
+    /// client's own machine).
+    pub fn next(&self, now: Instant, for_loopback: bool) -> Option<String> {
         let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
-        let alive: Vec<&String> =
-            heard.values().filter(|(_, at)| now.saturating_duration_since(*at) < ALIVE).map(|(a, _)| a).collect();
+        let reachable = |a: &String| for_loopback || !is_loopback(a);
+        let alive: Vec<&String> = heard
+            .values()
+            .filter(|(a, at)| now.saturating_duration_since(*at) < ALIVE && reachable(a))
+            .map(|(a, _)| a)
+            .collect();
         if alive.is_empty() {
             return None;
         }
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         Some(alive[turn % alive.len()].clone())
     }
+}
+
+/// Whether `address` (`host:port`) names a loopback address (or `localhost`).
+fn is_loopback(address: &str) -> bool {
+    let host = address.rsplit_once(':').map_or(address, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Hears the other edges' announcements into `peers`, and announces this edge's address
@@ -128,22 +150,38 @@ mod tests {
     fn a_stopping_edge_names_the_live_others_in_turn() {
         let peers = Peers::new("a");
         let t = Instant::now();
-        assert_eq!(peers.next(t), None, "nobody heard from");
+        assert_eq!(peers.next(t, true), None, "nobody heard from");
         assert!(!peers.heard(b"a\n127.0.0.1:1", t));
-        assert_eq!(peers.next(t), None, "not itself");
+        assert_eq!(peers.next(t, true), None, "not itself");
         assert!(peers.heard(b"b\n127.0.0.1:2", t), "new");
         assert!(!peers.heard(b"b\n127.0.0.1:2", t), "known");
         assert!(peers.heard(b"c\n127.0.0.1:3", t));
         for bad in [&b"no newline"[..], b"\n127.0.0.1:4", b"\xff\n1"] {
             assert!(!peers.heard(bad, t));
         }
-        let named: Vec<Option<String>> = (0..4).map(|_| peers.next(t)).collect();
+        let named: Vec<Option<String>> = (0..4).map(|_| peers.next(t, true)).collect();
         let (b, c) = (Some("127.0.0.1:2".to_owned()), Some("127.0.0.1:3".to_owned()));
         assert_eq!(named, [b.clone(), c.clone(), b.clone(), c]);
         peers.heard(b"c\n", t);
-        assert_eq!(peers.next(t), b, "c took it back");
-        assert_eq!(peers.next(t + ALIVE), None, "b not heard from for too long");
+        assert_eq!(peers.next(t, true), b, "c took it back");
+        assert_eq!(peers.next(t + ALIVE, true), None, "b not heard from for too long");
         assert_eq!(&peers.announcement()[..], b"a\n", "nowhere yet");
+        let later = t + ALIVE;
+        assert!(peers.heard(b"d\n10.0.0.4:1883", later), "b and c forgotten meanwhile");
+        assert!(peers.heard(b"e\n[::1]:1883", later));
+        let named: Vec<Option<String>> = (0..2).map(|_| peers.next(later, false)).collect();
+        assert_eq!(
+            named,
+            [Some("10.0.0.4:1883".to_owned()), Some("10.0.0.4:1883".to_owned())],
+            "no loopback for a remote client"
+        );
+        let long = format!("f\n{}:1", "h".repeat(MAX_ADDRESS));
+        assert!(!peers.heard(long.as_bytes(), later), "too long");
+        assert!(!peers.heard(b"g\nbad host:1", later), "not an address");
+        for n in 0..MAX_PEERS + 10 {
+            peers.heard(format!("n{n}\n10.1.0.1:{n}").as_bytes(), later);
+        }
+        assert_eq!(peers.heard.lock().expect("lock").len(), MAX_PEERS, "bounded");
         peers.set_address("10.0.0.1:1883");
         assert_eq!(&peers.announcement()[..], b"a\n10.0.0.1:1883");
     }
