@@ -40,7 +40,7 @@ use wire::pb;
 use wire::subjects;
 
 use crate::handover::{Claim, Handover};
-use crate::hub::Hub;
+use crate::hub::{Hub, Routed};
 use crate::message::{Message, SharedMessage, now_ms};
 use crate::metrics as m;
 
@@ -269,6 +269,16 @@ pub struct Inbound {
     pub share: Option<Arc<str>>,
     /// From the shared subscription's group on the bus: to settle once routed (`groups`).
     pub taken: Option<bus::Taken>,
+}
+
+/// A shared message the bus gave this edge, routed to a member of `share` here: from the
+/// share's group on the bus (`grouped`), only to one with room (`None` if none has); from its
+/// queue group, to any.
+fn given(hub: &Hub, msg: &SharedMessage, share: &str, grouped: bool, now: u64) -> Option<Routed> {
+    match grouped {
+        true => hub.publish_shared_with_room(msg.clone(), share, now, hub.high_water(crate::flow::Router::Publisher)),
+        false => Some(hub.publish_shared(msg.clone(), share, now)),
+    }
 }
 
 /// The filter of a shared subscription `$share/{group}/{filter}`; `None` for another filter.
@@ -747,17 +757,16 @@ async fn take_in(
         // waits, like a local publisher.
         let at_most_once = msg.qos == QoS::AtMostOnce;
         let mut wait_for_members = taken.is_none() && !at_most_once;
-        let full = taken.is_some().then(|| hub.high_water(crate::flow::Router::Publisher));
         let msg = Arc::new(msg);
         let routed = match &share {
-            Some(s) => match hub.publish_shared(msg.clone(), s, now, full) {
+            Some(s) => match given(&hub, &msg, s, taken.is_some(), now) {
                 Some(routed) => {
                     all_full.remove(s);
                     routed
                 }
                 None if all_full.entry(s.clone()).or_insert_with(std::time::Instant::now).elapsed() >= stall => {
                     wait_for_members = true;
-                    hub.publish_shared(msg, s, now, None).unwrap_or_default()
+                    hub.publish_shared(msg, s, now)
                 }
                 None => {
                     metrics::counter!(m::CLUSTER_GROUP_GIVEN_BACK).increment(1);

@@ -39,7 +39,7 @@ pub type ConnectRequest = broker::router::ConnectRequest<SharedMessage, Arc<Iden
 type Effects = Vec<Effect<SharedMessage, Arc<Identity>>>;
 
 /// What became of a published message.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Routed {
     /// Sessions it was handed to.
     pub sessions: usize,
@@ -436,10 +436,20 @@ impl Hub {
     }
 
     /// Hands a message to one member here of the shared subscription `share`, which the bus
-    /// picked this edge for: one with fewer than `full` messages waiting for its connection, if
-    /// given; `None` if none has (nothing changed).
-    pub fn publish_shared(&self, msg: SharedMessage, share: &str, now_ms: u64, full: Option<usize>) -> Option<Routed> {
-        let full = full.unwrap_or(usize::MAX);
+    /// picked this edge for, whatever it has waiting.
+    pub fn publish_shared(&self, msg: SharedMessage, share: &str, now_ms: u64) -> Routed {
+        self.route(|router, fx| router.publish_shared(msg, share, now_ms, usize::MAX, fx).unwrap_or(0))
+    }
+
+    /// [`Hub::publish_shared`] to a member with fewer than `full` messages waiting for its
+    /// connection; `None` if none has (nothing changed).
+    pub fn publish_shared_with_room(
+        &self,
+        msg: SharedMessage,
+        share: &str,
+        now_ms: u64,
+        full: usize,
+    ) -> Option<Routed> {
         let mut every_member_full = false;
         let routed = self.route(|router, fx| {
             let took = router.publish_shared(msg, share, now_ms, full, fx);
