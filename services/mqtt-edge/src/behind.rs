@@ -97,14 +97,14 @@ pub fn fall_behind(hub: &Arc<Hub>, pressure: Vec<Room>, stall: Duration) -> Vec<
 /// Until the first pass is done (for at most [`ARRIVAL`]), nothing leaves the session's queue:
 /// what this edge routed to it since it came waits behind what that pass gives.
 pub async fn catch_up(hub: Arc<Hub>, resumed: Resumed, id: u64, arrived: u64, room: Room, stall: Duration) {
-    let me = hub.cluster().map(|l| l.node().clone());
-    let skip = Skip { node: resumed.holder.clone(), own_after: me.map(|me| (me, arrived)) };
+    let link = hub.cluster();
+    let skip = Skip { node: resumed.holder.clone(), own_after: link.map(|l| (l.node().clone(), arrived)) };
     let since_ms = resumed.replay_from();
     let session = resumed.session;
     let mut behind =
         Behind { hub: hub.clone(), session, id, since_ms, skip, finished: false, arriving: true, read: false };
     // Without the bus (it cannot be: the hub held the session for it), dropped: gives up.
-    let Some(link) = hub.cluster() else { return };
+    let Some(link) = link else { return };
     // Its connection cannot take what waits until the pass is done: the pass does not wait.
     // Counted rather than logged at warning level: a storm of arrivals has thousands.
     let passed = match tokio::time::timeout(ARRIVAL, behind.pass(link, stall, false)).await {

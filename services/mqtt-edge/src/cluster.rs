@@ -179,8 +179,7 @@ impl ClusterLink {
 
     /// This edge stops: the others no longer name it to their clients.
     pub async fn withdraw(&self) {
-        self.peers.set_address("");
-        let bye = self.peers.announcement();
+        let bye = self.peers.withdrawal();
         let told =
             tokio::time::timeout(std::time::Duration::from_secs(1), self.bus.publish(crate::peers::SUBJECT, bye));
         if !matches!(told.await, Ok(Ok(()))) {

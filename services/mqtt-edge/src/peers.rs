@@ -1,6 +1,7 @@
 //! Where clients reach the other edges, for a stopping edge to tell its clients (MQTT 5 §4.11,
-//! Server Reference): each edge with `mqtt.advertise` set announces it on the bus every
-//! [`EVERY`], and takes it back when it stops; a stopping edge names, in the DISCONNECT (0x8B)
+//! Server Reference): each edge announces it on the bus (`mqtt.advertise`, or its TCP address
+//! unless it listens on every address) when it is set and every [`EVERY`], and takes it back
+//! when it stops; a stopping edge names, in the DISCONNECT (0x8B)
 //! it sends each client, one edge heard from within [`ALIVE`], each in turn, so clients that
 //! follow it spread its load over the others. Clients that do not reconnect where they
 //! connected before (a load balancer, `hermes login --mqtt A,B,C`) as ever.
@@ -54,9 +55,20 @@ impl Peers {
         self.changed.notify_one();
     }
 
-    /// This edge's announcement now: where clients reach it (empty: nowhere).
-    pub fn announcement(&self) -> Bytes {
+    /// This edge's announcement now: where clients reach it; `None` while nowhere.
+    pub fn announcement(&self) -> Option<Bytes> {
         let address = self.address.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (!address.is_empty()).then(|| self.saying(&address))
+    }
+
+    /// This edge stops: it announces nothing from now on, and this takes back what it did.
+    pub fn withdrawal(&self) -> Bytes {
+        self.set_address("");
+        self.saying("")
+    }
+
+    /// An announcement that clients reach this edge at `address` (empty: nowhere).
+    fn saying(&self, address: &str) -> Bytes {
         Bytes::from(format!("{}\n{address}", self.me))
     }
 
@@ -132,10 +144,7 @@ pub async fn run(bus: Arc<dyn Bus>, peers: Arc<Peers>) {
             },
         }
         // Nowhere to announce yet, or any more (a stopping edge says so itself).
-        let me = peers.announcement();
-        if me.ends_with(b"\n") {
-            continue;
-        }
+        let Some(me) = peers.announcement() else { continue };
         if let Err(e) = bus.publish(SUBJECT, me).await {
             tracing::debug!(error = %e, "cannot announce this edge");
         }
@@ -165,7 +174,7 @@ mod tests {
         peers.heard(b"c\n", t);
         assert_eq!(peers.next(t, true), b, "c took it back");
         assert_eq!(peers.next(t + ALIVE, true), None, "b not heard from for too long");
-        assert_eq!(&peers.announcement()[..], b"a\n", "nowhere yet");
+        assert_eq!(peers.announcement(), None, "nowhere yet");
         let later = t + ALIVE;
         assert!(peers.heard(b"d\n10.0.0.4:1883", later), "b and c forgotten meanwhile");
         assert!(peers.heard(b"e\n[::1]:1883", later));
@@ -183,6 +192,8 @@ mod tests {
         }
         assert_eq!(peers.heard.lock().expect("lock").len(), MAX_PEERS, "bounded");
         peers.set_address("10.0.0.1:1883");
-        assert_eq!(&peers.announcement()[..], b"a\n10.0.0.1:1883");
+        assert_eq!(peers.announcement(), Some(Bytes::from_static(b"a\n10.0.0.1:1883")));
+        assert_eq!(&peers.withdrawal()[..], b"a\n");
+        assert_eq!(peers.announcement(), None, "nothing once withdrawn");
     }
 }

@@ -25,13 +25,7 @@ async fn nats_bus_keeps_and_replays_like_the_contract_says() {
     // Without JetStream nothing is kept: kept publishes are plain ones, replays empty.
     let core = servers::nats_core_only();
     let bus = bus::nats::NatsBus::connect(&core.nats_url()).await.expect("connect to nats-server");
-    let config = bus::KeepConfig {
-        stream: "CORE_ONLY".into(),
-        subjects: vec!["core.>".into()],
-        max_age: Duration::from_secs(60),
-        max_bytes: 1 << 20,
-        memory: true,
-    };
+    let config = kept_in_memory("CORE_ONLY", "core.>");
     assert!(!bus.keep(&config).await.expect("keep without JetStream"));
     let mut sub = bus.subscribe("core.>").await.expect("subscribe");
     bus.publish_batch_kept(&[("core.a".into(), "x".into(), true)]).await.expect("a plain publish");
@@ -50,13 +44,7 @@ async fn a_nats_group_whose_consumer_is_gone_ends_and_can_be_joined_again() {
     use futures_util::StreamExt as _;
     let mut server = servers::nats();
     let bus = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect to nats-server");
-    let config = bus::KeepConfig {
-        stream: "GONE".into(),
-        subjects: vec!["gone.>".into()],
-        max_age: Duration::from_secs(60),
-        max_bytes: 1 << 20,
-        memory: true,
-    };
+    let config = kept_in_memory("GONE", "gone.>");
     assert!(bus.keep(&config).await.expect("keep"));
     let filters = ["gone.a.>".to_owned()];
     let join = || bus.subscribe_group("g", &filters, Duration::from_secs(5));
@@ -106,13 +94,7 @@ async fn the_kept_stream_takes_more_replays_at_once_than_natss_default_limit() {
     use bus::Bus;
     let server = servers::nats();
     let bus = bus::nats::NatsBus::connect(&server.nats_url()).await.expect("connect to nats-server");
-    let config = bus::KeepConfig {
-        stream: "MANY".into(),
-        subjects: vec!["many.>".into()],
-        max_age: Duration::from_secs(60),
-        max_bytes: 1 << 20,
-        memory: true,
-    };
+    let config = kept_in_memory("MANY", "many.>");
     assert!(bus.keep(&config).await.expect("keep"));
     let kept = vec![("many.x".to_owned(), bytes::Bytes::from_static(b"m"), true)];
     bus.publish_batch_kept(&kept).await.expect("kept");
@@ -126,6 +108,17 @@ async fn the_kept_stream_takes_more_replays_at_once_than_natss_default_limit() {
         }
     }
     assert_eq!(open.len(), 1_100);
+}
+
+/// A stream of 1 MiB in memory keeping `subjects` for a minute.
+fn kept_in_memory(stream: &str, subjects: &str) -> bus::KeepConfig {
+    bus::KeepConfig {
+        stream: stream.into(),
+        subjects: vec![subjects.into()],
+        max_age: Duration::from_secs(60),
+        max_bytes: 1 << 20,
+        memory: true,
+    }
 }
 
 /// A kept stream larger than the NATS server has room for is refused with what to change.

@@ -536,13 +536,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// answered `id`), is done or given up: what waits in its queue goes out (see
     /// [`crate::session::Session::arrived`]).
     pub fn arrived(&mut self, session: &str, id: u64, now_ms: u64, fx: &mut Effects<M, O>) {
-        let (link, s) = match self.live.get_mut(session) {
-            Some(live) => (Some(live.link), &mut live.session),
-            None => match self.store.get_mut(session) {
-                Some(p) => (None, &mut p.session),
-                None => return,
-            },
-        };
+        let Some((link, s)) = held_with_link(&mut self.live, self.store.as_mut(), session) else { return };
         let (deliveries, dropped) = s.arrived(id, now_ms);
         if let Some(link) = link {
             for d in deliveries {
@@ -663,13 +657,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 Via::Bus => Some(s.enqueue_from_bus(out)),
                 Via::Replay => s.enqueue_replayed(out),
             };
-            let (live, s) = match self.live.get_mut(session) {
-                Some(live) => (Some(live.link), &mut live.session),
-                None => match self.store.get_mut(session) {
-                    Some(p) => (None, &mut p.session),
-                    None => continue,
-                },
-            };
+            let Some((live, s)) = held_with_link(&mut self.live, self.store.as_mut(), session) else { continue };
             // A replayed message the session already had.
             let Some(outcome) = enqueue(s, out) else {
                 count -= 1;
@@ -790,7 +778,18 @@ fn journal<M: Deliverable + Clone, O>(
     }
 }
 
-/// A delivery to send now, or a message the session dropped.
+/// The session under `session`, live (with its connection) or parked; `None` if it is not here.
+fn held_with_link<'a, M, O>(
+    live: &'a mut HashMap<Arc<str>, Live<M, O>>,
+    store: &'a mut dyn SessionStore<M>,
+    session: &str,
+) -> Option<(Option<LinkId>, &'a mut Session<M>)> {
+    match live.get_mut(session) {
+        Some(l) => Some((Some(l.link), &mut l.session)),
+        None => store.get_mut(session).map(|p| (None, &mut p.session)),
+    }
+}
+
 /// How a message reaches the sessions [`Router::deliver_as`] hands it to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Via {
@@ -802,6 +801,7 @@ enum Via {
     Replay,
 }
 
+/// A delivery to send now, or a message the session dropped.
 fn push_enqueued<M, O>(fx: &mut Effects<M, O>, session: &str, link: LinkId, outcome: Enqueued<M>) {
     match outcome {
         Enqueued::Send(d) => fx.push(Effect::Deliver(link, d)),
