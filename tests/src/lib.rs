@@ -4,6 +4,7 @@
 pub mod process;
 pub mod proxy;
 pub mod servers;
+pub mod slow_replays;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -33,6 +33,11 @@ pub fn cursor_name(id: &str) -> String {
     format!("{PREFIX}{id}")
 }
 
+/// The node whose messages the cursor `name` follows ([`cursor_name`]); `None` for a stream's.
+pub fn node_of(name: &str) -> Option<&str> {
+    name.strip_prefix(PREFIX)
+}
+
 /// Whether a cursor is a sending node's rather than a stream's.
 pub fn is_node_cursor(name: &str) -> bool {
     name.starts_with(PREFIX)

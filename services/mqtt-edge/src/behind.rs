@@ -28,9 +28,11 @@
 //!   the bus gives them), the loop waits for room as before.
 //! - A session that comes here with a catch-up (resumed from a dead edge's journal, or handed
 //!   over by the edge it left) is behind from its arrival ([`catch_up`]): its first pass gives
-//!   what it missed before anything that reached it here meanwhile.
-//! - Cost: each pass is a consumer on the bus's stream, on the session's subjects; the
-//!   session's catch-up remembers every message it takes until the replay is done.
+//!   what it missed before anything that reached it here meanwhile. Sessions arriving together
+//!   share their first passes (`arrivals`).
+//! - Cost: each pass is a consumer on the bus's stream, on the session's subjects (a first
+//!   pass: on those of the sessions arriving with it); the session's catch-up remembers every
+//!   message it takes until the replay is done.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use broker::session::BehindStep;
 
+use crate::arrivals::Arrival;
 use crate::catch_up::{Resumed, Skip, replay_kept};
 use crate::cluster::{ClusterLink, subjects_of};
 use crate::flow::Router;
@@ -105,9 +108,9 @@ pub async fn catch_up(hub: Arc<Hub>, resumed: Resumed, id: u64, arrived: u64, ro
         Behind { hub: hub.clone(), session, id, since_ms, skip, finished: false, arriving: true, read: false };
     // Without the bus (it cannot be: the hub held the session for it), dropped: gives up.
     let Some(link) = link else { return };
-    // Its connection cannot take what waits until the pass is done: the pass does not wait.
-    // Counted rather than logged at warning level: a storm of arrivals has thousands.
-    let passed = match tokio::time::timeout(ARRIVAL, behind.pass(link, stall, false)).await {
+    // Shared with the sessions arriving with it; counted rather than logged at warning level
+    // when slow or failed: a storm of arrivals may have thousands.
+    let passed = match tokio::time::timeout(ARRIVAL, behind.first_pass(link)).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
@@ -173,7 +176,7 @@ impl Behind {
                 if !room.wait_below(low, stall).await {
                     self.hub.close_stalled(&room);
                 }
-                match self.pass(link, stall, true).await {
+                match self.pass(link, stall).await {
                     Ok(()) => self.read = true,
                     Err(e) => {
                         metrics::counter!(m::CLUSTER_ERRORS, "op" => "replay").increment(1);
@@ -212,24 +215,44 @@ impl Behind {
         }
     }
 
+    /// The first pass of a session that came here with a catch-up, read with the sessions
+    /// arriving with it (`arrivals`); its connection takes nothing until it is done, so it
+    /// waits for no room there.
+    async fn first_pass(&mut self, link: &ClusterLink) -> Result<(), String> {
+        let arrival = Arrival {
+            session: self.session.clone(),
+            since_ms: self.since_ms,
+            skip: self.skip.clone(),
+            subjects: self.subjects(),
+        };
+        let newest = link.arrivals().first_pass(arrival).await?;
+        self.read_up_to(newest);
+        Ok(())
+    }
+
     /// One pass: what the bus kept on the session's subscriptions from `since_ms` to now
-    /// (`Hub::replay_routed`: the session takes what it missed), and moves `since_ms` on;
-    /// waiting for room in the session's connection where it has too much waiting if `wait`.
-    async fn pass(&mut self, link: &ClusterLink, stall: Duration, wait: bool) -> Result<(), String> {
-        let subjects: Vec<String> = self.hub.plain_filters(&self.session).iter().flat_map(|f| subjects_of(f)).collect();
+    /// (`Hub::replay_routed`: the session takes what it missed), and moves `since_ms` on,
+    /// waiting for room in the session's connection where it has too much waiting.
+    async fn pass(&mut self, link: &ClusterLink, stall: Duration) -> Result<(), String> {
         let newest = AtomicU64::new(self.since_ms);
         let (hub, session) = (&self.hub, &self.session);
-        replay_kept(hub, link, &subjects, self.since_ms, &self.skip, stall, |msg, at_ms| {
+        replay_kept(hub, link, &self.subjects(), self.since_ms, &self.skip, stall, |msg, at_ms| {
             newest.fetch_max(at_ms, Ordering::Relaxed);
-            let mut routed = hub.replay_routed(session, msg, at_ms, now_ms());
-            if !wait {
-                routed.pressure.clear();
-            }
-            routed
+            hub.replay_routed(session, msg, at_ms, now_ms())
         })
         .await?;
-        self.since_ms = self.since_ms.max(newest.into_inner().saturating_sub(PASS_MARGIN_MS));
+        self.read_up_to(newest.into_inner());
         Ok(())
+    }
+
+    /// The bus subjects of the session's subscriptions but its shared ones.
+    fn subjects(&self) -> Vec<String> {
+        self.hub.plain_filters(&self.session).iter().flat_map(|f| subjects_of(f)).collect()
+    }
+
+    /// A pass read what the bus kept up to `newest_ms`: the next starts a little before.
+    fn read_up_to(&mut self, newest_ms: u64) {
+        self.since_ms = self.since_ms.max(newest_ms.saturating_sub(PASS_MARGIN_MS));
     }
 }
 

@@ -24,6 +24,7 @@ use prost::Message as _;
 use tokio::sync::watch;
 
 use broker::SubOptions;
+use broker::origins::Origin;
 use bus::Link;
 use wire::pb;
 
@@ -72,10 +73,15 @@ pub struct Skip {
 }
 
 impl Skip {
-    fn skips(&self, routed: &pb::RoutedMessage) -> bool {
-        let from = |n: &NodeName| n.id == routed.origin && n.incarnation == routed.incarnation;
+    /// Leaves nothing out.
+    pub const NONE: Skip = Skip { node: None, own_after: None };
+
+    /// Whether it leaves out a message from `origin`.
+    pub fn skips(&self, origin: &Origin) -> bool {
+        let sender = broker::origins::node_of(&origin.cursor);
+        let from = |n: &NodeName| sender == Some(n.id.as_str()) && n.incarnation == origin.at.epoch;
         self.node.as_ref().is_some_and(from)
-            || self.own_after.as_ref().is_some_and(|(me, numbered)| from(me) && routed.seq > *numbered)
+            || self.own_after.as_ref().is_some_and(|(me, numbered)| from(me) && origin.at.seq > *numbered)
     }
 }
 
@@ -107,10 +113,10 @@ pub(crate) async fn replay_kept(
         let Ok(routed) = pb::RoutedMessage::decode(kept.payload) else {
             continue;
         };
-        if skip.skips(&routed) {
+        let origin = origins.of(&routed);
+        if skip.skips(&origin) {
             continue;
         }
-        let origin = origins.of(&routed);
         let Some(mut msg) = decode_message(routed) else {
             continue;
         };
@@ -169,7 +175,7 @@ const REPLAY_TRIES: u32 = 3;
 /// Past this many subjects, the replay after an outage reads everything the bus kept over the
 /// window and the router picks what each session subscribes to: a NATS consumer with
 /// thousands of filters (an edge's sessions' subjects) costs more than that.
-const MAX_REPLAY_SUBJECTS: usize = 64;
+pub(crate) const MAX_REPLAY_SUBJECTS: usize = 64;
 
 /// Replays what the bus kept since `since_ms` on the subscriptions of `sessions` (catching up)
 /// to every session here catching up, but what `skip` leaves out, tried [`REPLAY_TRIES`] times;
@@ -233,8 +239,9 @@ async fn replay_to_all_once(
 mod tests {
     use super::*;
 
-    fn routed(id: &str, incarnation: u64, seq: u64) -> pb::RoutedMessage {
-        pb::RoutedMessage { origin: id.into(), incarnation, seq, ..Default::default() }
+    fn routed(id: &str, incarnation: u64, seq: u64) -> Origin {
+        let routed = pb::RoutedMessage { origin: id.into(), incarnation, seq, ..Default::default() };
+        Origins::default().of(&routed)
     }
 
     #[test]

@@ -105,6 +105,8 @@ pub struct ClusterLink {
     runtime: tokio::runtime::Handle,
     /// Where clients reach the other edges, and this one.
     peers: Arc<crate::peers::Peers>,
+    /// Sessions arriving with a catch-up, waiting for the first pass of their replay.
+    arrivals: crate::arrivals::Arrivals,
 }
 
 /// A change to this edge's interest on the bus, or a question about it.
@@ -129,6 +131,11 @@ impl ClusterLink {
         if self.interest.send(InterestChange::Settled(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Sessions arriving with a catch-up, waiting for the first pass of their replay.
+    pub fn arrivals(&self) -> &crate::arrivals::Arrivals {
+        &self.arrivals
     }
 
     /// The bus, and how long it keeps what edges route to each other (zero: nothing kept).
@@ -325,7 +332,9 @@ pub async fn start(
         subscriptions.hold_always(always).await.map_err(|e| format!("bus: {e}"))?;
     }
     let peers = Arc::new(crate::peers::Peers::new(&node.id));
+    let (arrivals, first_passes) = crate::arrivals::Arrivals::start(Arc::downgrade(&hub), stall);
     let routing = vec![
+        first_passes,
         tokio::spawn(crate::peers::run(bus.clone(), peers.clone())),
         tokio::spawn(subscriptions.run(interest_rx)),
         tokio::spawn(send_out(bus.clone(), node.clone(), out_rx, retrying.clone())),
@@ -346,6 +355,7 @@ pub async fn start(
         retrying,
         runtime,
         peers,
+        arrivals,
     })
 }
 

@@ -324,6 +324,18 @@ impl Hub {
         self.route(|router, fx| router.replay_routed_all(msg, at_ms, now_ms, fx))
     }
 
+    /// [`Hub::replay_routed`] to each session here that `takes` it (by name), in one read of
+    /// the bus for several (see `Router::replay_routed_to`).
+    pub fn replay_routed_to(
+        &self,
+        msg: SharedMessage,
+        at_ms: u64,
+        now_ms: u64,
+        takes: impl Fn(&str) -> bool,
+    ) -> Routed {
+        self.route(|router, fx| router.replay_routed_to(msg, at_ms, now_ms, takes, fx))
+    }
+
     /// The session of the live connection `link` falls behind on what other edges route (see
     /// `behind`); its replay skips what `this_node` published. Returns the session and which
     /// time it fell behind; `None` if it is not here or behind already.

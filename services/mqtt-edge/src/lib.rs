@@ -5,6 +5,7 @@
 //! each connection's own worker. [`Edge::builder`] wires it together.
 
 pub mod adopt;
+pub mod arrivals;
 pub mod auth;
 pub mod authz;
 pub mod behind;

@@ -31,6 +31,7 @@ pub const SESSIONS_BEHIND: &str = "hermes_edge_sessions_behind_total";
 pub const BEHIND_GIVEN_UP: &str = "hermes_edge_behind_given_up_total";
 pub const BEHIND_LOST: &str = "hermes_edge_behind_lost_total";
 pub const ARRIVALS_UNHELD: &str = "hermes_edge_cluster_arrivals_unheld_total";
+pub const ARRIVAL_PASSES: &str = "hermes_edge_cluster_arrival_passes_total";
 pub const CLUSTER_GROUP_REDELIVERED: &str = "hermes_edge_cluster_group_redelivered_total";
 pub const CLUSTER_GROUP_GIVEN_BACK: &str = "hermes_edge_cluster_group_given_back_total";
 pub const SESSIONS_MOVED: &str = "hermes_edge_sessions_moved_total";
@@ -114,6 +115,10 @@ pub fn describe() {
     describe_counter!(
         ARRIVALS_UNHELD,
         "Sessions arriving with a catch-up whose queue went out before the first pass of their replay was done, by reason (`slow`: 5 s passed; `failed`): what they missed comes after what reached them meanwhile"
+    );
+    describe_counter!(
+        ARRIVAL_PASSES,
+        "Reads of the bus for the first pass of the replays of sessions arriving together (one for several)"
     );
     describe_counter!(SESSIONS_MOVED, "Sessions handed to (`out`) or taken from (`in`) another edge with their client");
     describe_counter!(JOURNAL_WRITES, "Changes to persistent sessions written to the session journal");

@@ -345,6 +345,91 @@ async fn a_client_moving_between_edges_while_messages_are_published_to_it_gets_a
     }
 }
 
+/// Every client of an edge moves to another at once (as in a drain or after a crash) while a
+/// publisher on each edge publishes to each: their sessions share the first passes of their
+/// replays, so each gets what reached nobody while it moved before what came meanwhile, even
+/// on a bus that begins one replay at a time, slowly (JetStream makes consumers one after
+/// another: with one replay each, most of a storm's sessions waited past their 5 s, and their
+/// queues went out first).
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_arriving_together_share_their_replays_and_keep_each_publishers_order() {
+    const CLIENTS: usize = 40;
+    const EACH: u32 = 50;
+    let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+    let slow = Arc::new(hermes_tests::slow_replays::SlowReplays::new(memory, Duration::from_millis(250)));
+    let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
+    let named = |id: &'static str| move |c: &mut mqtt_edge::EdgeConfig| c.bus.node_id = id.into();
+    let a = TestEdge::start_clustered(slow.clone(), Some(owners.clone()), named("a")).await;
+    let b = TestEdge::start_clustered(slow.clone(), Some(owners), named("b")).await;
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let (mut c, _) = a.connect(Version::V5, lasting(&format!("mover-{i}"), false)).await;
+        c.subscribe(vec![SubscribeTopic::new(&format!("inbox/{i}/#"), 1)], WAIT).await.expect("suback");
+        clients.push(c);
+    }
+    settle().await;
+    let before = slow.replays();
+    let moving = Arc::new(tokio::sync::Barrier::new(CLIENTS));
+    let b_addr = b.tcp;
+    let movers: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            let moving = moving.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                read_for(&mut c, &mut got, 300).await;
+                moving.wait().await;
+                let connect = lasting(&format!("mover-{i}"), false);
+                let mut c = Client::connect_tcp(b_addr, Version::V5).await.expect("connect to b");
+                let ack = c.handshake(connect, WAIT).await.expect("CONNACK");
+                assert!(matches!(ack, Packet::ConnAck { session_present: true, code: 0, .. }), "{ack:?}");
+                let mut quiet = std::time::Instant::now();
+                while got.iter().collect::<std::collections::BTreeSet<_>>().len() < 2 * EACH as usize
+                    && quiet.elapsed() < Duration::from_secs(10)
+                {
+                    let before = got.len();
+                    read_for(&mut c, &mut got, 200).await;
+                    if got.len() > before {
+                        quiet = std::time::Instant::now();
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    async fn publish(edge: &TestEdge, from: &str) {
+        let mut client = edge.client(Version::V5, from).await;
+        for n in 1..=EACH {
+            for i in 0..CLIENTS {
+                let topic = format!("inbox/{i}/{from}");
+                let code = client.publish(&topic, n.to_string().as_bytes(), 1, false, WAIT).await;
+                assert!(matches!(code, Ok(Some(0 | 0x10))), "{topic} {n}: {code:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    tokio::join!(publish(&a, "a"), publish(&b, "b"));
+    let (mut lost, mut reordered) = (Vec::new(), 0);
+    for (i, mover) in movers.into_iter().enumerate() {
+        let got = mover.await.expect("join");
+        for topic in [format!("inbox/{i}/a"), format!("inbox/{i}/b")] {
+            let mut seen = std::collections::BTreeSet::new();
+            let firsts: Vec<u32> =
+                got.iter().filter(|(t, n)| *t == topic && seen.insert(*n)).map(|(_, n)| *n).collect();
+            lost.extend((1..=EACH).filter(|n| !seen.contains(n)).map(|n| format!("{topic} {n}")));
+            reordered += firsts.windows(2).filter(|w| w[1] < w[0]).count();
+        }
+    }
+    assert!(lost.is_empty(), "lost {}: {lost:?}", lost.len());
+    let replays = slow.replays() - before;
+    assert_eq!(reordered, 0, "each publisher's order ({replays} replays)");
+    assert!(replays < CLIENTS / 4, "{replays} replays for {CLIENTS} sessions arriving together");
+    eprintln!("{CLIENTS} sessions arrived together: {replays} replays, 0 lost, 0 reordered");
+    a.stop().await;
+    b.stop().await;
+}
+
 /// Adds to `got` what `c` receives (acknowledged: topic and number) for `for_ms`, or until
 /// its connection is closed.
 async fn read_for(c: &mut Client, got: &mut Vec<(String, u32)>, for_ms: u64) {

@@ -452,7 +452,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             return false;
         };
         let origin = msg.origin().cloned();
-        let went = self.replay_kept(Some(key), msg, at_ms, now_ms, fx) == 1;
+        let went = self.replay_kept(|k| *k == key, msg, at_ms, now_ms, fx) == 1;
         // Taken or not, the replay of a session behind has read it.
         if let (Some(origin), Some((_, s))) = (origin, self.held_mut(session)) {
             s.replay_read(&origin);
@@ -495,19 +495,60 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
 
     /// [`Router::replay_routed`] to every session here catching up.
     pub fn replay_routed_all(&mut self, msg: M, at_ms: u64, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
-        self.replay_kept(None, msg, at_ms, now_ms, fx)
+        self.replay_kept(|_| true, msg, at_ms, now_ms, fx)
+    }
+
+    /// [`Router::replay_routed`] to each session here that `takes` this message (by name):
+    /// one replay read for several sessions at once (sessions arriving together, each with
+    /// what it leaves out). Each of them with a subscription to the topic made before `at_ms`
+    /// has read it, taken or not; the others have not (what they held of it stays theirs).
+    /// Returns how many took it.
+    pub fn replay_routed_to(
+        &mut self,
+        msg: M,
+        at_ms: u64,
+        now_ms: u64,
+        takes: impl Fn(&str) -> bool,
+        fx: &mut Effects<M, O>,
+    ) -> usize {
+        let mut readers = Vec::new();
+        let client_of = &self.client_of;
+        self.subs.for_each_match(msg.topic(), |k, opts| {
+            if opts.since_ms <= at_ms && client_of.get(k).is_some_and(|s| takes(s)) {
+                readers.push(*k);
+            }
+        });
+        readers.sort_unstable();
+        readers.dedup();
+        let origin = msg.origin().cloned();
+        let went = self.replay_kept(|k| readers.binary_search(k).is_ok(), msg, at_ms, now_ms, fx);
+        let Some(origin) = origin else { return went };
+        for key in readers {
+            let Some(name) = self.client_of.get(&key).cloned() else { continue };
+            if let Some((_, s)) = self.held_mut(&name) {
+                s.replay_read(&origin);
+            }
+        }
+        went
     }
 
     /// A message the bus kept (taken there at `at_ms`) to the subscriptions made before then
-    /// of the session under `only` (or of every session), each session taking it only if it
-    /// catches up and missed it. Returns how many took it.
-    fn replay_kept(&mut self, only: Option<u64>, msg: M, at_ms: u64, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
+    /// of the sessions whose key is `only`, each session taking it only if it catches up and
+    /// missed it. Returns how many took it.
+    fn replay_kept(
+        &mut self,
+        only: impl Fn(&u64) -> bool,
+        msg: M,
+        at_ms: u64,
+        now_ms: u64,
+        fx: &mut Effects<M, O>,
+    ) -> usize {
         if msg.expired(now_ms) {
             return 0;
         }
         let mut plan = RoutePlan::new(None, msg.qos(), msg.retain());
         self.subs.for_each_match(msg.topic(), |k, opts| {
-            if only.is_none_or(|key| *k == key) && opts.since_ms <= at_ms {
+            if only(k) && opts.since_ms <= at_ms {
                 plan.add(k, opts);
             }
         });

@@ -1311,19 +1311,44 @@ fn a_session_behind_that_moves_catches_up_on_the_next_node() {
 /// Bob's session (subscribed to `t/#` at `qos`), handed over by node a (which had numbered up
 /// to 5) to node b, which holds what comes live until the first pass of its replay is done.
 fn arriving_on_b(fx: &mut Fx, qos: u8) -> (Router<Msg, &'static str>, LinkId, Arc<str>, u64) {
+    let mut b = clustered();
+    let (link, bob, id) = arrive(&mut b, "bob", qos, fx);
+    (b, link, bob, id)
+}
+
+/// `user`'s persistent session, subscribed to `t/#` at `qos` on node a, moves to `b` (it had
+/// a's messages up to a5) and holds what comes live until its replay's first pass.
+fn arrive(b: &mut Router<Msg, &'static str>, user: &'static str, qos: u8, fx: &mut Fx) -> (LinkId, Arc<str>, u64) {
     let mut a = clustered();
-    connect(&mut a, request("bob", "phone", false, 60), fx);
-    sub(&mut a, "bob", "phone", "t/#", qos);
-    let bob: Arc<str> = key("bob", "phone").into();
-    let (mut snapshot, _) = a.hand_over(&bob, &Acl::default(), 0, fx).expect("on a");
+    connect(&mut a, request(user, "phone", false, 60), fx);
+    sub(&mut a, user, "phone", "t/#", qos);
+    let session: Arc<str> = key(user, "phone").into();
+    let (mut snapshot, _) = a.hand_over(&session, &Acl::default(), 0, fx).expect("on a");
     let at = crate::streams::Stamp { epoch: 1, seq: 5 };
     snapshot.moved_from(crate::origins::cursor_name("a").into(), at, 1_000, "a:1");
-    let mut b = clustered();
     fx.clear();
-    let req = ConnectRequest { resumed: Some(snapshot), hold: true, ..request("bob", "phone", false, 60) };
+    let req = ConnectRequest { resumed: Some(snapshot), hold: true, ..request(user, "phone", false, 60) };
     let connected = b.connect(req, &Acl::default(), 0, fx);
     let id = connected.behind.expect("it holds what comes live until its replay");
-    (b, connected.link, bob, id)
+    (connected.link, session, id)
+}
+
+#[test]
+fn sessions_arriving_together_share_one_read_of_the_bus_each_taking_what_it_does_not_leave_out() {
+    let mut fx = Fx::new();
+    let mut b = clustered();
+    let (bob_link, bob, bob_id) = arrive(&mut b, "bob", 1, &mut fx);
+    let (ann_link, ann, ann_id) = arrive(&mut b, "ann", 1, &mut fx);
+    b.publish_remote(from_node("c", 3), 2_000, &mut fx);
+    assert_eq!(b.replay_routed_to(from_node("c", 2), 2_000, 3_000, |_| true, &mut fx), 2, "one read, both took it");
+    let bob_only = |s: &str| s == &*bob;
+    assert_eq!(b.replay_routed_to(from_node("c", 3), 2_000, 3_000, bob_only, &mut fx), 1, "ann leaves it out");
+    assert_eq!(b.replay_routed_to(from_node("c", 4), 2_000, 3_000, |_| false, &mut fx), 0, "both leave it out");
+    assert!(delivered(&fx, bob_link).is_empty() && delivered(&fx, ann_link).is_empty(), "held until each arrives");
+    b.arrived(&bob, bob_id, 3_000, &mut fx);
+    b.arrived(&ann, ann_id, 3_000, &mut fx);
+    assert_eq!(delivered(&fx, bob_link), ["c2", "c3"], "c3 once: the read gave it, its live copy was dropped");
+    assert_eq!(delivered(&fx, ann_link), ["c2", "c3"], "c3 came live: the read left it out, it is not lost");
 }
 
 #[test]
