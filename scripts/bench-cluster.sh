@@ -22,12 +22,17 @@ start_cluster_bench
 # (bus.keep_secs), for the sessions of an edge that dies; sessions are claimed and persistent
 # ones journaled in Redis.
 start_bench_backends "$OUT"
-start_edge() { start_bench_edge "$1" "$2" "$OUT"; }
+start_edge() { start_bench_edge "$1" "$2" "$OUT" "${3:-}"; }
 
 A_PORT=$(free_port)
 B_PORT=$(free_port)
+# Edge B's metrics: how the sessions arriving there in the drain and the storm were replayed to.
+B_OPS=$(free_port)
 A=$(start_edge edge-a "$A_PORT"); pids+=("$A")
-B=$(start_edge edge-b "$B_PORT"); pids+=("$B")
+B=$(start_edge edge-b "$B_PORT" "$B_OPS"); pids+=("$B")
+arrivals() { # $1 report: edge B's counters of arriving sessions so far
+    curl -s "127.0.0.1:$B_OPS/metrics" | grep -E '^hermes_edge_(cluster_arrival|sessions_moved)' > "$OUT/$1.arrivals" || true
+}
 
 run() { # $1 name, rest: bench args
     local name=$1; shift
@@ -59,13 +64,18 @@ C=$(start_edge edge-c "$C_PORT"); pids+=("$C")
 echo "== drain: hermes bench storm -n $STORM --signal TERM (edge C stopped)" >&2
 "$HERMES" bench --port "$C_PORT" --mqtt-version 5 --json storm -n "$STORM" --fallback-port "$B_PORT" --kill-pid "$C" \
     --signal TERM > "$OUT/drain.report"
+arrivals drain
 # Last, as it kills edge A: the reconnect storm of its clients to edge B.
 echo "== storm: hermes bench storm -n $STORM (edge A killed)" >&2
 "$HERMES" bench --port "$A_PORT" --mqtt-version 5 --json storm -n "$STORM" --fallback-port "$B_PORT" --kill-pid "$A" \
     > "$OUT/storm.report"
+arrivals storm
 if grep -q panicked "$OUT"/edge-*.log; then echo "an edge panicked: see $OUT/edge-*.log" >&2; exit 1; fi
 if [ -z "${STORMS_ONLY:-}" ]; then
     report_edge_runs "$OUT"
     echo "$OUT/fanout.report:"; cat "$OUT/fanout.report"
 fi
-for r in drain storm; do echo "$OUT/$r.report:"; cat "$OUT/$r.report"; done
+for r in drain storm; do
+    echo "$OUT/$r.report:"; cat "$OUT/$r.report"
+    echo "edge B's counters after it (so far):"; cat "$OUT/$r.arrivals"
+done

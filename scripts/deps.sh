@@ -12,7 +12,8 @@
 #                     stops every process added to the array `pids` when the script exits
 #   start_bench_backends OUT  after it: nats-server with JetStream (in OUT/jetstream) and a
 #                     Redis, as in production, added to `pids`; sets NATS_PORT and REDIS_PORT
-#   start_bench_edge NAME PORT OUT  a release `mqtt-edge` joined to them, anonymous, with the
+#   start_bench_edge NAME PORT OUT [OPS_PORT]  a release `mqtt-edge` joined to them, anonymous (its
+#                     metrics on OPS_PORT if given, none otherwise), with the
 #                     settings in EDGE_ENV (words of NAME=VALUE); prints its pid once it listens
 #   report_edge_runs OUT  one line per `hermes bench --json` run in OUT/*.json: rate, what was
 #                     lost, reordered and duplicated, latency, edge A's CPU per message
@@ -88,7 +89,7 @@ start_bench_backends() {
 start_bench_edge() {
     # shellcheck disable=SC2086 # EDGE_ENV is words
     env ${EDGE_ENV:-} HERMES_MQTT__TLS_ADDR='' RUST_LOG="${EDGE_LOG:-warn}" "$EDGE" --mqtt-addr "127.0.0.1:$2" \
-        --mqtt-ws-addr '' --ops-addr '' --allow-anonymous --bus-nats-url "nats://127.0.0.1:$NATS_PORT" \
+        --mqtt-ws-addr '' --ops-addr "${4:+127.0.0.1:$4}" --allow-anonymous --bus-nats-url "nats://127.0.0.1:$NATS_PORT" \
         --bus-node-id "$1" --state-redis-url "redis://127.0.0.1:$REDIS_PORT/0" > "$3/$1.log" 2>&1 &
     local pid=$!
     wait_for_port "$2" || true

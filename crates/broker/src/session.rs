@@ -662,10 +662,15 @@ impl<M: Deliverable + Clone> Session<M> {
     }
 
     /// Ends its catch-up whatever replays are under way (it no longer outlives its connection).
-    pub fn end_catch_up(&mut self) {
+    /// What it held while it arrived, and its replay had not given, is taken as at its arrival
+    /// ([`Session::arrived`]): returns what goes out now and what its queue dropped.
+    pub fn end_catch_up(&mut self, now_ms: u64) -> (Vec<Outgoing<M>>, Vec<Outgoing<M>>) {
+        let arriving = self.behind.as_ref().map(|b| b.id).filter(|_| self.arriving.is_some());
+        let released = arriving.map(|id| self.arrived(id, now_ms)).unwrap_or_default();
         self.catch_up = None;
         self.behind = None;
         self.arriving = None;
+        released
     }
 
     /// Takes a message, `replayed` or not (one replayed while it arrives goes before what

@@ -87,8 +87,18 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         session.set_durable(req.session_expiry_secs > 0);
         match req.catch_up.filter(|_| session_present) {
             Some(skip) if session.is_durable() => drop(session.begin_catch_up(skip)),
-            // A session that ends with its connection has nothing to catch up on.
-            _ if !session.is_durable() => session.end_catch_up(),
+            // A session that ends with its connection has nothing to catch up on; what it held
+            // while it arrived is its own.
+            _ if !session.is_durable() => {
+                let (deliveries, dropped) = session.end_catch_up(now_ms);
+                for d in deliveries {
+                    fx.push(Effect::Deliver(link, d));
+                }
+                fx.push(Effect::Backlog(link, session.backlog()));
+                if !dropped.is_empty() {
+                    fx.push(Effect::Dropped { session: req.session.clone(), messages: dropped, exhausted: false });
+                }
+            }
             _ => {}
         }
         let behind =

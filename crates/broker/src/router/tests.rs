@@ -1334,6 +1334,22 @@ fn arrive(b: &mut Router<Msg, &'static str>, user: &'static str, qos: u8, fx: &m
 }
 
 #[test]
+fn what_an_arriving_session_held_is_delivered_when_its_client_comes_back_to_end_it_with_its_connection() {
+    let mut fx = Fx::new();
+    let mut b = clustered();
+    let (_, bob, _) = arrive(&mut b, "bob", 1, &mut fx);
+    assert!(b.replay_routed(&bob, from_node("c", 2), 2_000, 3_000, &mut fx), "the first pass gave c2");
+    b.publish_remote(from_node("c", 2), 2_000, &mut fx);
+    b.publish_remote(from_node("c", 3), 2_000, &mut fx);
+    fx.clear();
+    // The same client again, keeping the session only while it is connected.
+    let (link, present) = connect(&mut b, request("bob", "phone", false, 0), &mut fx);
+    assert!(present);
+    assert_eq!(delivered(&fx, link), ["c2", "c3"], "c2 from its queue, c3 it held: taken, not dropped, and sent");
+    assert_eq!(b.catch_up_id(&bob), None, "its catch-up ended");
+}
+
+#[test]
 fn sessions_arriving_together_share_one_read_of_the_bus_each_taking_what_it_does_not_leave_out() {
     let mut fx = Fx::new();
     let mut b = clustered();
