@@ -186,12 +186,7 @@ impl ClusterLink {
 
     /// This edge stops: the others no longer name it to their clients.
     pub async fn withdraw(&self) {
-        let bye = self.peers.withdrawal();
-        let told =
-            tokio::time::timeout(std::time::Duration::from_secs(1), self.bus.publish(crate::peers::SUBJECT, bye));
-        if !matches!(told.await, Ok(Ok(()))) {
-            tracing::debug!("cannot tell the other edges this one stops");
-        }
+        self.peers.withdraw(&*self.bus).await;
     }
 
     /// Whether sessions move between the edges (an owners registry is shared).

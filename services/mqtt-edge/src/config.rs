@@ -200,6 +200,12 @@ impl EdgeConfig {
     /// Checks what serde cannot: values that parse but make no sense. Names the key.
     pub fn validate(&self) -> Result<(), String> {
         self.bus.validate()?;
+        if !crate::peers::usable(&self.mqtt.advertise) {
+            return Err(format!(
+                "mqtt.advertise must be a host:port of at most 255 bytes without spaces, not `{}`",
+                self.mqtt.advertise.escape_debug()
+            ));
+        }
         let l = &self.limits;
         if !matches!(l.queue_drop_policy.as_str(), "drop_oldest" | "drop_newest") {
             return Err(format!(
@@ -257,5 +263,19 @@ mod tests {
         c.limits.max_backlog = 1;
         c.limits.max_inbound_inflight = 0;
         assert_eq!(c.validate(), Err("limits.max_inbound_inflight must be greater than 0".into()));
+    }
+
+    #[test]
+    fn an_address_to_advertise_that_no_client_could_be_given_is_refused() {
+        let mut c = EdgeConfig::default();
+        for fine in ["", "edge-1.example.com:1883", &format!("{}:1", "h".repeat(253))] {
+            c.mqtt.advertise = fine.into();
+            assert_eq!(c.validate(), Ok(()), "{fine}");
+        }
+        for bad in ["edge 1:1883", "edge-1:1883\n", &format!("{}:1", "h".repeat(254))] {
+            c.mqtt.advertise = bad.into();
+            let refused = c.validate().expect_err(bad);
+            assert!(refused.starts_with("mqtt.advertise must be a host:port"), "{refused}");
+        }
     }
 }

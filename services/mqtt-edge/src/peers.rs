@@ -25,6 +25,9 @@ pub const EVERY: Duration = Duration::from_secs(5);
 /// How long an edge counts as there after its last announcement.
 pub const ALIVE: Duration = Duration::from_secs(15);
 
+/// How long a stopping edge tries to take its announcement back.
+const WITHDRAW_WAIT: Duration = Duration::from_secs(1);
+
 /// The longest address taken (a DNS name and a port), and the most edges remembered: what
 /// comes on the bus is another edge's, but a bad one must not grow without bound.
 const MAX_ADDRESS: usize = 255;
@@ -40,13 +43,17 @@ pub struct Peers {
     changed: tokio::sync::Notify,
     heard: Mutex<BTreeMap<String, (String, Instant)>>,
     turn: AtomicUsize,
+    /// Held while this edge's announcement or withdrawal goes out: none goes out after the
+    /// withdrawal.
+    speaking: tokio::sync::Mutex<()>,
 }
 
 impl Peers {
     pub fn new(me: &str) -> Self {
         let (address, heard) = (Mutex::new(String::new()), Mutex::new(BTreeMap::new()));
         let changed = tokio::sync::Notify::new();
-        Peers { me: me.to_owned(), address, changed, heard, turn: AtomicUsize::new(0) }
+        let speaking = tokio::sync::Mutex::new(());
+        Peers { me: me.to_owned(), address, changed, heard, turn: AtomicUsize::new(0), speaking }
     }
 
     /// Where clients reach this edge, from now on announced; empty: nowhere (stopping).
@@ -62,9 +69,32 @@ impl Peers {
     }
 
     /// This edge stops: it announces nothing from now on, and this takes back what it did.
-    pub fn withdrawal(&self) -> Bytes {
+    fn withdrawal(&self) -> Bytes {
         self.set_address("");
         self.saying("")
+    }
+
+    /// Announces where clients reach this edge, if anywhere.
+    async fn announce(&self, bus: &dyn Bus) {
+        let _turn = self.speaking.lock().await;
+        // Nowhere to announce yet, or any more (a stopping edge says so itself).
+        let Some(me) = self.announcement() else { return };
+        if let Err(e) = bus.publish(SUBJECT, me).await {
+            tracing::debug!(error = %e, "cannot announce this edge");
+        }
+    }
+
+    /// This edge stops: tells the others (within [`WITHDRAW_WAIT`]) not to name it any more;
+    /// it announces nothing after.
+    pub async fn withdraw(&self, bus: &dyn Bus) {
+        let told = tokio::time::timeout(WITHDRAW_WAIT, async {
+            let _turn = self.speaking.lock().await;
+            bus.publish(SUBJECT, self.withdrawal()).await
+        });
+        if !matches!(told.await, Ok(Ok(()))) {
+            self.set_address("");
+            tracing::debug!("cannot tell the other edges this one stops");
+        }
     }
 
     /// An announcement that clients reach this edge at `address` (empty: nowhere).
@@ -79,8 +109,7 @@ impl Peers {
         let Some((node, address)) = std::str::from_utf8(payload).ok().and_then(|s| s.split_once('\n')) else {
             return false;
         };
-        let usable = address.len() <= MAX_ADDRESS && !address.contains(|c: char| c.is_control() || c == ' ');
-        if node == self.me || node.is_empty() || node.len() > MAX_ADDRESS || !usable {
+        if node == self.me || node.is_empty() || node.len() > MAX_ADDRESS || !usable(address) {
             return false;
         }
         let mut heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
@@ -115,6 +144,12 @@ impl Peers {
     }
 }
 
+/// Whether `address` may be announced and named to clients: at most [`MAX_ADDRESS`] bytes,
+/// without spaces or control characters (empty: nowhere).
+pub fn usable(address: &str) -> bool {
+    address.len() <= MAX_ADDRESS && !address.contains(|c: char| c.is_control() || c == ' ')
+}
+
 /// Whether `address` (`host:port`) names a loopback address (or `localhost`).
 fn is_loopback(address: &str) -> bool {
     let host = address.rsplit_once(':').map_or(address, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
@@ -143,11 +178,7 @@ pub async fn run(bus: Arc<dyn Bus>, peers: Arc<Peers>) {
                 None => return,
             },
         }
-        // Nowhere to announce yet, or any more (a stopping edge says so itself).
-        let Some(me) = peers.announcement() else { continue };
-        if let Err(e) = bus.publish(SUBJECT, me).await {
-            tracing::debug!(error = %e, "cannot announce this edge");
-        }
+        peers.announce(&*bus).await;
     }
 }
 
@@ -195,5 +226,32 @@ mod tests {
         assert_eq!(peers.announcement(), Some(Bytes::from_static(b"a\n10.0.0.1:1883")));
         assert_eq!(&peers.withdrawal()[..], b"a\n");
         assert_eq!(peers.announcement(), None, "nothing once withdrawn");
+    }
+
+    #[tokio::test]
+    async fn an_edge_that_withdrew_announces_nothing_after() {
+        async fn next(heard: &mut bus::Subscription, wait: Duration) -> Option<Bytes> {
+            tokio::time::timeout(wait, heard.next()).await.ok().flatten().map(|m| m.payload)
+        }
+        let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+        let mut heard = bus.subscribe(SUBJECT).await.expect("subscribe");
+        let peers = Arc::new(Peers::new("a"));
+        let running = tokio::spawn(run(bus.clone(), peers.clone()));
+        peers.set_address("10.0.0.1:1883");
+        let wait = Duration::from_secs(1);
+        assert_eq!(next(&mut heard, wait).await.as_deref(), Some(&b"a\n10.0.0.1:1883"[..]), "announced once set");
+        peers.withdraw(&*bus).await;
+        let withdrawn = loop {
+            match next(&mut heard, wait).await {
+                Some(said) if &said[..] == b"a\n" => break true,
+                Some(said) => assert_eq!(&said[..], b"a\n10.0.0.1:1883", "an announcement made before"),
+                None => break false,
+            }
+        };
+        assert!(withdrawn, "the withdrawal went out");
+        peers.changed.notify_one();
+        let after = next(&mut heard, Duration::from_millis(200)).await;
+        assert_eq!(after, None, "nothing after the withdrawal");
+        running.abort();
     }
 }
