@@ -227,7 +227,15 @@ pub struct Session<M> {
 struct Arriving<M> {
     at: usize,
     held: Vec<Outgoing<M>>,
+    /// The entry numbers of what goes in at `at`: below what comes meanwhile, so that the
+    /// journal, which keeps the queue by entry, has it in the queue's order after a crash.
+    entries: std::ops::Range<u64>,
 }
+
+/// Entry numbers an arriving session sets aside for what its replay gives (and what it held)
+/// before what comes meanwhile; past them, those are numbered after (the journal then has
+/// them out of order).
+const ARRIVAL_ENTRIES: u64 = 1 << 24;
 
 /// A session behind on what other nodes route to it ([`Session::fall_behind`]).
 #[derive(Debug)]
@@ -580,7 +588,9 @@ impl<M: Deliverable + Clone> Session<M> {
         let catch_up = self.catch_up.as_ref().map(CatchUp::id).filter(|_| self.behind.is_none())?;
         let id = next_behind_id();
         self.behind = Some(Behind { id, catch_up, skipping: true, skipped: HashSet::new(), replayed: 0 });
-        self.arriving = Some(Arriving { at: self.queue.len(), held: Vec::new() });
+        let entries = self.next_entry..self.next_entry.saturating_add(ARRIVAL_ENTRIES);
+        self.next_entry = entries.end;
+        self.arriving = Some(Arriving { at: self.queue.len(), held: Vec::new(), entries });
         Some(id)
     }
 
@@ -677,8 +687,11 @@ impl<M: Deliverable + Clone> Session<M> {
     /// reached it here meanwhile).
     fn take_as(&mut self, mut out: Outgoing<M>, replayed: bool) -> Enqueued<M> {
         self.advance_cursor(&out.msg);
-        out.entry = self.next_entry;
-        self.next_entry += 1;
+        let set_aside = self.arriving.as_mut().filter(|_| replayed).and_then(|a| a.entries.next());
+        out.entry = set_aside.unwrap_or_else(|| {
+            self.next_entry = self.next_entry.saturating_add(1);
+            self.next_entry - 1
+        });
         if out.qos == QoS::AtMostOnce {
             if self.is_online() {
                 return Enqueued::Send(out);

@@ -1393,6 +1393,23 @@ fn a_session_that_comes_with_a_catch_up_gets_what_it_missed_before_what_came_mea
 }
 
 #[test]
+fn what_an_arriving_session_is_replayed_is_numbered_before_what_came_meanwhile_as_its_journal_keeps_it() {
+    let mut fx = Fx::new();
+    let (mut b, _, bob, id) = arriving_on_b(&mut fx, 1);
+    assert_eq!(b.publish(msg("t/1", "here1", 1), None, 2_000, &mut fx), 1);
+    b.publish_remote(from_node("c", 1), 2_000, &mut fx);
+    assert!(b.replay_routed(&bob, from_node("a", 6), 2_000, 3_000, &mut fx));
+    assert!(b.replay_routed(&bob, from_node("a", 7), 2_000, 3_000, &mut fx));
+    b.arrived(&bob, id, 3_000, &mut fx);
+    assert_eq!(b.publish(msg("t/1", "here2", 1), None, 3_000, &mut fx), 1);
+    let (snapshot, _) = b.hand_over(&bob, &Acl::default(), 3_000, &mut fx).expect("on b");
+    let queue = snapshot.inflight.iter().map(|(o, _)| o).chain(&snapshot.queue);
+    let (bodies, entries): (Vec<&str>, Vec<u64>) = queue.map(|o| (o.msg.body.as_str(), o.entry)).unzip();
+    assert_eq!(bodies, ["a6", "a7", "c1", "here1", "here2"], "what it missed, what it held, what came here");
+    assert!(entries.windows(2).all(|w| w[0] < w[1]), "the journal keeps them by entry: {entries:?}");
+}
+
+#[test]
 fn a_session_whose_first_pass_failed_gets_what_came_live_at_once_and_what_it_missed_later() {
     let mut fx = Fx::new();
     let (mut b, link, bob, id) = arriving_on_b(&mut fx, 1);
