@@ -4,7 +4,7 @@
 pub mod process;
 pub mod proxy;
 pub mod servers;
-pub mod slow_replays;
+pub mod slow;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

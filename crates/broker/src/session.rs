@@ -619,6 +619,12 @@ impl<M: Deliverable + Clone> Session<M> {
         (out, dropped)
     }
 
+    /// The id [`Session::hold_for_catch_up`] answered, while the first pass of its replay is
+    /// not done.
+    pub fn arrival_id(&self) -> Option<u64> {
+        self.behind.as_ref().map(|b| b.id).filter(|_| self.arriving.is_some())
+    }
+
     /// Whether it came with a catch-up and the first pass of its replay is not done
     /// ([`Session::hold_for_catch_up`]): its queue does not go out, so it makes nobody wait.
     pub fn is_arriving(&self) -> bool {
@@ -675,8 +681,7 @@ impl<M: Deliverable + Clone> Session<M> {
     /// What it held while it arrived, and its replay had not given, is taken as at its arrival
     /// ([`Session::arrived`]): returns what goes out now and what its queue dropped.
     pub fn end_catch_up(&mut self, now_ms: u64) -> (Vec<Outgoing<M>>, Vec<Outgoing<M>>) {
-        let arriving = self.behind.as_ref().map(|b| b.id).filter(|_| self.arriving.is_some());
-        let released = arriving.map(|id| self.arrived(id, now_ms)).unwrap_or_default();
+        let released = self.arrival_id().map(|id| self.arrived(id, now_ms)).unwrap_or_default();
         self.catch_up = None;
         self.behind = None;
         self.arriving = None;

@@ -10,14 +10,18 @@
 //! 1. claims it from the dead edge only ([`Handover::claim_from`]: a client that came back
 //!    elsewhere first keeps it), holding the session's turn so a client arriving meanwhile asks
 //!    this edge for it once it is here;
-//! 2. loads it from the journal and parks it with what was left of its expiry, catching up;
-//! 3. once all are here, replays what the bus kept on their subscriptions since they began
-//!    (but what the dead edge published itself: `catch_up`), then what their durable streams
-//!    got beyond their cursors;
+//! 2. loads it from the journal and parks it with what was left of its expiry, catching up:
+//!    what comes to it from now on waits behind what its replay gives (as for a session
+//!    arriving with its client: `behind`);
+//! 3. once all are here, replays what the bus kept on their subscriptions since they began,
+//!    in one replay for them all (but what the dead edge published itself, and what this edge
+//!    routed after each was parked here: `catch_up::replay_to_each`), then what their durable
+//!    streams got beyond their cursors;
 //! 4. forgets the dead edge once it owns nothing.
 //!
 //! If this edge dies meanwhile, the lease runs out and another live edge takes what is left.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -97,8 +101,11 @@ fn millis(d: Duration) -> u64 {
 /// A session taken from a dead edge, catching up.
 struct Taken {
     session: Arc<str>,
-    /// Its catch-up here.
-    catch_up: u64,
+    /// Its arrival here: what comes to it waits behind what its replay gives until it is done.
+    arrival: u64,
+    /// [`Hub::numbered`] once it was parked here: what this edge routed after that reached it
+    /// here, what it routed before did not.
+    numbered: u64,
     subscriptions: Vec<(String, SubOptions)>,
     cursors: Vec<(Arc<str>, broker::streams::Cursor)>,
 }
@@ -116,11 +123,8 @@ async fn take_all(hub: &Arc<Hub>, handover: &Handover, node: &str, stall: Durati
     }
     metrics::counter!(m::SESSIONS_MOVED, "way" => "adopted").increment(taken.len() as u64);
     tracing::info!(node, sessions = taken.len(), after = ?started.elapsed(), "parked the sessions of a dead edge here; catching up");
-    let skip = catch_up::Skip {
-        node: Some(NodeName::from_registered(node)),
-        own_after: Some((NodeName::from_registered(handover.registered()), hub.numbered())),
-    };
-    catch_up_all(hub, &taken, &skip, stall).await;
+    let (dead, me) = (NodeName::from_registered(node), NodeName::from_registered(handover.registered()));
+    catch_up_all(hub, &taken, &dead, &me, stall).await;
     listed.map(|()| taken.len())
 }
 
@@ -177,27 +181,36 @@ async fn park(hub: &Hub, session: &str, dead: &str) -> Result<Option<Taken>, Str
         return Ok(None);
     };
     let (subscriptions, cursors) = (journaled.snapshot.subscriptions.clone(), journaled.snapshot.cursors.clone());
-    if !hub.restore_parked(session, journaled, expires_at, Some(dead.into()), now_ms()) {
+    let Some(numbered) = hub.restore_parked(session, journaled, expires_at, Some(dead.into()), now_ms()) else {
         return Ok(None);
-    }
-    Ok(hub.catch_up_id(session).map(|catch_up| Taken { session: session.into(), catch_up, subscriptions, cursors }))
+    };
+    let arrival = hub.arrival_id(session);
+    Ok(arrival.map(|arrival| Taken { session: session.into(), arrival, numbered, subscriptions, cursors }))
 }
 
 /// Replays to the sessions taken what they missed since their edge died: what the bus kept
-/// (but what `skip` leaves out), then what their streams have beyond their cursors.
-async fn catch_up_all(hub: &Arc<Hub>, taken: &[Taken], skip: &catch_up::Skip, stall: Duration) {
-    let sessions: Vec<Arc<str>> = taken.iter().map(|t| t.session.clone()).collect();
-    let since = taken.iter().flat_map(|t| &t.subscriptions).map(|(_, o)| o.since_ms).min().unwrap_or(0);
+/// (but what `dead` published, in their journal, and what `me` routed after each was parked
+/// here), in one replay for them all, then what their streams have beyond their cursors.
+async fn catch_up_all(hub: &Arc<Hub>, taken: &[Taken], dead: &NodeName, me: &NodeName, stall: Duration) {
+    let missed: Vec<catch_up::Missed> = taken
+        .iter()
+        .map(|t| catch_up::Missed {
+            since_ms: t.subscriptions.iter().map(|(_, o)| o.since_ms).min().unwrap_or(0),
+            skip: catch_up::Skip { node: Some(dead.clone()), own_after: Some((me.clone(), t.numbered)) },
+        })
+        .collect();
+    let sessions: HashMap<&str, &catch_up::Missed> = taken.iter().map(|t| &*t.session).zip(&missed).collect();
     if let Some(link) = hub.cluster() {
-        match catch_up::replay_to_all(hub, link, &sessions, since, skip, stall).await {
-            Ok(n) => {
+        let subjects = catch_up::subjects_of_sessions(hub, sessions.keys().copied());
+        match catch_up::with_tries(|| catch_up::replay_to_each(hub, link, &subjects, &sessions, stall)).await {
+            Ok((_, n)) => {
                 tracing::info!(messages = n, sessions = sessions.len(), "sessions taken from a dead edge caught up")
             }
             Err(e) => tracing::warn!(error = %e, "cannot replay what the sessions of a dead edge missed"),
         }
     }
     for t in taken {
-        hub.caught_up(&t.session, t.catch_up);
+        hub.replay_done(&t.session, t.arrival, now_ms());
     }
     if let Some(streams) = hub.streams() {
         for t in taken.iter().filter(|t| !t.cursors.is_empty()) {

@@ -7,8 +7,8 @@
 //! - Arrivals wait in one queue. A pass takes those waiting, as long as their subjects together
 //!   stay within [`MAX_SUBJECTS`] (at least one session, whatever it has), and reads what the
 //!   bus kept on those subjects from the earliest start among them. Each session takes of it
-//!   what its own pass would have: from its own start, without what its own [`Skip`] leaves
-//!   out (`Router::replay_routed_to`).
+//!   what its own pass would have: from its own start, without what its own `Skip` leaves
+//!   out (`catch_up::replay_to_each`).
 //! - At most [`AT_ONCE`] passes read at once; what arrives meanwhile waits for the next, so a
 //!   storm is read in a few passes per second of it rather than one per session, and a lone
 //!   arrival is read at once.
@@ -16,15 +16,13 @@
 //!   out of it; its later passes are its own.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::catch_up::{MAX_REPLAY_SUBJECTS, Skip, replay_kept};
+use crate::catch_up::{MAX_REPLAY_SUBJECTS, Missed, replay_to_each};
 use crate::hub::Hub;
-use crate::message::now_ms;
 use crate::metrics as m;
 
 /// The most subjects one pass reads for the sessions it serves together (past it, a NATS
@@ -38,19 +36,10 @@ pub const AT_ONCE: usize = 4;
 #[derive(Debug)]
 pub struct Arrival {
     pub session: Arc<str>,
-    /// Where its replay starts reading (Unix ms).
-    pub since_ms: u64,
-    /// What its replay leaves out.
-    pub skip: Skip,
+    /// What its replay gives it.
+    pub missed: Missed,
     /// The bus subjects of its subscriptions.
     pub subjects: Vec<String>,
-}
-
-impl Arrival {
-    /// Whether the session takes a message from `origin` the bus kept at `at_ms`.
-    fn takes(&self, origin: Option<&broker::origins::Origin>, at_ms: u64) -> bool {
-        at_ms >= self.since_ms && !origin.is_some_and(|o| self.skip.skips(o))
-    }
 }
 
 struct Waiting {
@@ -77,7 +66,7 @@ impl Arrivals {
     /// newest a message it read was kept (Unix ms; `since_ms` if it read none).
     pub async fn first_pass(&self, arrival: Arrival) -> Result<u64, String> {
         if arrival.subjects.is_empty() {
-            return Ok(arrival.since_ms);
+            return Ok(arrival.missed.since_ms);
         }
         let (done, answer) = oneshot::channel();
         let stops = || "the edge stops".to_owned();
@@ -130,20 +119,9 @@ async fn run(hub: Weak<Hub>, mut queue: mpsc::UnboundedReceiver<Waiting>, stall:
 /// One pass for the sessions `pass` waits for, on `subjects` (theirs).
 async fn read(hub: &Hub, pass: &[Waiting], subjects: &[String], stall: Duration) -> Result<u64, String> {
     let Some(link) = hub.cluster() else { return Err("no bus".to_owned()) };
-    let since_ms = pass.iter().map(|w| w.arrival.since_ms).min().unwrap_or(0);
-    let sessions: HashMap<&str, &Arrival> = pass.iter().map(|w| (&*w.arrival.session, &w.arrival)).collect();
-    let newest = AtomicU64::new(since_ms);
-    replay_kept(hub, link, subjects, since_ms, &Skip::NONE, stall, |msg, at_ms| {
-        newest.fetch_max(at_ms, Ordering::Relaxed);
-        let origin = msg.origin.clone();
-        let takes = |s: &str| sessions.get(s).is_some_and(|a| a.takes(origin.as_ref(), at_ms));
-        let mut routed = hub.replay_routed_to(msg, at_ms, now_ms(), takes);
-        // Their connections take nothing until the pass is done: nobody waits for them.
-        routed.pressure.clear();
-        routed
-    })
-    .await?;
+    let sessions: HashMap<&str, &Missed> = pass.iter().map(|w| (&*w.arrival.session, &w.arrival.missed)).collect();
+    let (newest, _) = replay_to_each(hub, link, subjects, &sessions, stall).await?;
     metrics::counter!(m::ARRIVAL_PASSES).increment(1);
     tracing::debug!(sessions = pass.len(), subjects = subjects.len(), "read the bus for sessions arriving together");
-    Ok(newest.into_inner())
+    Ok(newest)
 }

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use broker::session::BehindStep;
 
 use crate::arrivals::Arrival;
-use crate::catch_up::{Resumed, Skip, replay_kept};
+use crate::catch_up::{Missed, Resumed, Skip, replay_kept};
 use crate::cluster::{ClusterLink, subjects_of};
 use crate::flow::Router;
 use crate::hub::Hub;
@@ -219,12 +219,8 @@ impl Behind {
     /// arriving with it (`arrivals`); its connection takes nothing until it is done, so it
     /// waits for no room there.
     async fn first_pass(&mut self, link: &ClusterLink) -> Result<(), String> {
-        let arrival = Arrival {
-            session: self.session.clone(),
-            since_ms: self.since_ms,
-            skip: self.skip.clone(),
-            subjects: self.subjects(),
-        };
+        let missed = Missed { since_ms: self.since_ms, skip: self.skip.clone() };
+        let arrival = Arrival { session: self.session.clone(), missed, subjects: self.subjects() };
         let newest = link.arrivals().first_pass(arrival).await?;
         self.read_up_to(newest);
         Ok(())

@@ -17,6 +17,8 @@
 //! its sessions that outlive their connection start catching up when the bus is lost, and
 //! replay what was kept since the outage began once it is back.
 
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -172,16 +174,66 @@ pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<L
 /// there are).
 const REPLAY_TRIES: u32 = 3;
 
-/// Past this many subjects, the replay after an outage reads everything the bus kept over the
-/// window and the router picks what each session subscribes to: a NATS consumer with
-/// thousands of filters (an edge's sessions' subjects) costs more than that.
+/// The most subjects a replay for several sessions reads by name ([`subjects_of_sessions`]).
 pub(crate) const MAX_REPLAY_SUBJECTS: usize = 64;
+
+/// What a session's replay gives it: what the bus kept from `since_ms` (Unix ms) on, but what
+/// `skip` leaves out.
+#[derive(Debug, Clone)]
+pub struct Missed {
+    pub since_ms: u64,
+    pub skip: Skip,
+}
+
+impl Missed {
+    /// Whether the session takes a message from `origin` the bus kept at `at_ms`.
+    fn takes(&self, origin: Option<&Origin>, at_ms: u64) -> bool {
+        at_ms >= self.since_ms && !origin.is_some_and(|o| self.skip.skips(o))
+    }
+}
+
+/// One replay for several sessions: what the bus kept on `subjects` from the earliest start
+/// among `sessions`, each message to each session that takes it by its own [`Missed`] and
+/// missed it (`Router::replay_routed_to`). Nobody waits for room: their connections take
+/// nothing until it is done, or they have none. Returns the newest a message read was kept
+/// (Unix ms; that earliest start if none) and how many messages a session took.
+pub(crate) async fn replay_to_each(
+    hub: &Hub,
+    link: &ClusterLink,
+    subjects: &[String],
+    sessions: &HashMap<&str, &Missed>,
+    stall: Duration,
+) -> Result<(u64, u64), String> {
+    let since_ms = sessions.values().map(|m| m.since_ms).min().unwrap_or(0);
+    let newest = AtomicU64::new(since_ms);
+    let taken = replay_kept(hub, link, subjects, since_ms, &Skip::NONE, stall, |msg, at_ms| {
+        newest.fetch_max(at_ms, Ordering::Relaxed);
+        let origin = msg.origin.clone();
+        let takes = |s: &str| sessions.get(s).is_some_and(|m| m.takes(origin.as_ref(), at_ms));
+        let mut routed = hub.replay_routed_to(msg, at_ms, now_ms(), takes);
+        routed.pressure.clear();
+        routed
+    })
+    .await?;
+    Ok((newest.into_inner(), taken))
+}
+
+/// The bus subjects of the subscriptions of `sessions` but their shared ones; past
+/// [`MAX_REPLAY_SUBJECTS`], every kept subject (a NATS consumer with thousands of filters
+/// costs more than reading everything: the router picks what each session subscribes to).
+pub(crate) fn subjects_of_sessions<'a>(hub: &Hub, sessions: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let subjects: BTreeSet<String> =
+        sessions.flat_map(|s| hub.plain_filters(s)).flat_map(|f| subjects_of(&f)).collect();
+    match subjects.len() > MAX_REPLAY_SUBJECTS {
+        true => KEPT_SUBJECTS.map(str::to_owned).to_vec(),
+        false => subjects.into_iter().collect(),
+    }
+}
 
 /// Replays what the bus kept since `since_ms` on the subscriptions of `sessions` (catching up)
 /// to every session here catching up, but what `skip` leaves out, tried [`REPLAY_TRIES`] times;
 /// returns how many messages a session took. Used after an outage (`sessions`: those here that
-/// outlive their connection, live or parked; since the outage began) and for the sessions taken
-/// from a dead edge (`adopt`).
+/// outlive their connection, live or parked; since the outage began).
 pub async fn replay_to_all(
     hub: &Hub,
     link: &ClusterLink,
@@ -195,7 +247,9 @@ pub async fn replay_to_all(
 
 /// `replay` tried up to [`REPLAY_TRIES`] times (each message is taken once however many
 /// times it is replayed).
-async fn with_tries<F: Future<Output = Result<u64, String>>>(mut replay: impl FnMut() -> F) -> Result<u64, String> {
+pub(crate) async fn with_tries<T, F: Future<Output = Result<T, String>>>(
+    mut replay: impl FnMut() -> F,
+) -> Result<T, String> {
     let mut attempt = 1;
     loop {
         match replay().await {
@@ -221,16 +275,7 @@ async fn replay_to_all_once(
     skip: &Skip,
     stall: Duration,
 ) -> Result<u64, String> {
-    let mut subjects: Vec<String> = sessions
-        .iter()
-        .flat_map(|s| hub.plain_filters(s))
-        .flat_map(|f| subjects_of(&f))
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if subjects.len() > MAX_REPLAY_SUBJECTS {
-        subjects = KEPT_SUBJECTS.map(str::to_owned).to_vec();
-    }
+    let subjects = subjects_of_sessions(hub, sessions.iter().map(|s| &**s));
     replay_kept(hub, link, &subjects, since_ms, skip, stall, |msg, at_ms| hub.replay_routed_all(msg, at_ms, now_ms()))
         .await
 }

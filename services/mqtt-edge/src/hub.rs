@@ -282,8 +282,10 @@ impl Hub {
     /// Parks a session the journal holds, whose record expires at `expires_at` (Unix ms, `None`:
     /// never), as if its client had just left, with what is left of its expiry
     /// (`journal::expiry_left`: neither brought back after it should have ended nor given more
-    /// time), catching up if `catch_up` names the node whose messages its replay skips (see
-    /// `Router::restore_parked`); false if it is here already or nothing is left of it.
+    /// time), catching up if `catch_up` names the node whose messages its replay skips, and
+    /// holding what comes meanwhile until [`Hub::replay_done`] (see `Router::restore_parked`).
+    /// Returns [`Hub::numbered`] once it was here (what this edge
+    /// routed after that reached it here); `None` if it is here already or nothing is left of it.
     pub fn restore_parked(
         &self,
         session: &str,
@@ -291,16 +293,18 @@ impl Hub {
         expires_at: Option<u64>,
         catch_up: Option<Arc<str>>,
         now_ms: u64,
-    ) -> bool {
+    ) -> Option<u64> {
         let expiry = crate::journal::expiry_left(journaled.expiry_secs, expires_at, now_ms);
         if expiry == 0 {
-            return false;
+            return None;
         }
         let session: Arc<str> = session.into();
-        let routed = self.route(|router, fx| {
-            usize::from(router.restore_parked(&session, journaled.snapshot, expiry, catch_up, now_ms, fx))
-        });
-        routed.sessions == 1
+        let mut st = self.lock();
+        let mut fx = Effects::new();
+        let parked = st.router.restore_parked(&session, journaled.snapshot, expiry, catch_up, now_ms, &mut fx);
+        let numbered = st.numbered;
+        self.apply(&mut st, fx, None);
+        parked.then_some(numbered)
     }
 
     /// Every session here that outlives its connection starts catching up, as this edge lost
@@ -362,6 +366,22 @@ impl Hub {
     /// how many messages it skipped were never read.
     pub fn give_up_behind(&self, session: &str, id: u64) -> Option<usize> {
         self.lock().router.give_up_behind(session, id)
+    }
+
+    /// The id of `session`'s arrival while what comes to it waits for its replay (a session
+    /// taken from a dead edge: [`Hub::restore_parked`] with a catch-up).
+    pub fn arrival_id(&self, session: &str) -> Option<u64> {
+        self.lock().router.arrival_id(session)
+    }
+
+    /// The one replay of `session`, parked with a catch-up since [`Hub::arrival_id`] answered
+    /// `id`, is done or given up: what it held goes in after what the replay gave, and its
+    /// catch-up ends.
+    pub fn replay_done(&self, session: &str, id: u64, now_ms: u64) {
+        let mut st = self.lock();
+        let mut fx = Effects::new();
+        st.router.replay_done(session, id, now_ms, &mut fx);
+        self.apply(&mut st, fx, None);
     }
 
     /// A replay of `session`'s catch-up `catch_up` is done (see `catch_up`).

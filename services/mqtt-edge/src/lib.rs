@@ -84,7 +84,8 @@ async fn restore_sessions(hub: &hub::Hub, writer: &journal::JournalWriter) -> Re
     while let Some((session, expires_at, loaded)) = loads.next().await {
         match loaded {
             Ok(Some(journaled)) => {
-                restored += usize::from(hub.restore_parked(session, journaled, expires_at, None, message::now_ms()));
+                restored +=
+                    usize::from(hub.restore_parked(session, journaled, expires_at, None, message::now_ms()).is_some());
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(session, error = %e, "cannot restore a session from the journal"),

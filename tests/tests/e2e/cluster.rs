@@ -356,7 +356,7 @@ async fn sessions_arriving_together_share_their_replays_and_keep_each_publishers
     const CLIENTS: usize = 40;
     const EACH: u32 = 50;
     let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
-    let slow = Arc::new(hermes_tests::slow_replays::SlowReplays::new(memory, Duration::from_millis(250)));
+    let slow = Arc::new(hermes_tests::slow::SlowReplays::new(memory, Duration::from_millis(250)));
     let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
     let named = |id: &'static str| move |c: &mut mqtt_edge::EdgeConfig| c.bus.node_id = id.into();
     let a = TestEdge::start_clustered(slow.clone(), Some(owners.clone()), named("a")).await;
@@ -1286,6 +1286,74 @@ async fn a_stopped_edges_parked_sessions_are_taken_by_the_edge_left_in_process()
     let want: Vec<Vec<u8>> =
         std::iter::repeat_n(b"probe".to_vec(), probes).chain((1..=5u8).map(|n| vec![b'0' + n])).collect();
     assert_eq!(got, want, "the {probes} probes, then the five, in order, once each");
+    b.stop().await;
+}
+
+/// The sessions of a stopped edge are taken by the edge left one after another (each load
+/// from the journal takes a while) while a publisher there goes on publishing to each: each
+/// gets every message once, in order. What the edge routed to a session once it was parked
+/// there reached it then; its replay gives it only what came before (the edge's number when
+/// it was parked, not when all were: that gave the first ones parked what came between again).
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_taken_one_after_another_get_what_the_edge_left_routed_meanwhile_once() {
+    const SESSIONS: usize = 12;
+    let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+    let owners: Owners = Arc::new(broker::owners::MemoryOwners::default());
+    let memory: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
+    let journal: Arc<dyn broker::journal::SessionJournal> =
+        Arc::new(hermes_tests::slow::SlowLoads::new(memory, Duration::from_millis(150)));
+    let node = |id: &'static str| {
+        move |c: &mut mqtt_edge::EdgeConfig| {
+            c.bus.node_id = id.into();
+            c.mqtt.drain_secs = 1;
+        }
+    };
+    let a = TestEdge::start_journaled(bus.clone(), owners.clone(), journal.clone(), node("a")).await;
+    let b = TestEdge::start_journaled(bus, owners, journal, node("b")).await;
+    let persistent = |i: usize| Connect { session_expiry: Some(3600), ..connect(&format!("taken-{i}"), false) };
+    for i in 0..SESSIONS {
+        let (mut c, _) = a.connect(Version::V5, persistent(i)).await;
+        let topic = format!("taken/{i}");
+        assert_eq!(c.subscribe(vec![SubscribeTopic::new(&topic, 1)], WAIT).await.expect("suback"), [1]);
+        c.send(&Packet::disconnect(0)).await.expect("disconnect");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.stop().await;
+    // Edge b takes them at its next heartbeat (every 5 s), one load at a time or a few: a
+    // round of publishes goes on every 50 ms until each found its session there, and 10 more.
+    let mut publisher = b.client(Version::V5, "publisher").await;
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut rounds, mut all_there) = (0u32, 0u32);
+    while all_there < 10 {
+        rounds += 1;
+        let mut there = 0;
+        for i in 0..SESSIONS {
+            let code = publisher.publish(&format!("taken/{i}"), rounds.to_string().as_bytes(), 1, false, WAIT).await;
+            let code = code.expect("puback");
+            assert!(matches!(code, Some(0 | 0x10)), "{code:?}");
+            there += usize::from(code == Some(0));
+        }
+        all_there = if there == SESSIONS { all_there + 1 } else { 0 };
+        assert!(std::time::Instant::now() < until, "edge b never took every session ({there} of {SESSIONS})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut again, mut lost, mut reordered) = (0, Vec::new(), 0);
+    for i in 0..SESSIONS {
+        let (mut c, present) = b.connect(Version::V5, persistent(i)).await;
+        assert!(present, "session {i} waited on edge b");
+        let mut got = Vec::new();
+        while let Ok(Packet::Publish(p)) = c.recv(Duration::from_millis(500)).await {
+            ack(&mut c, &p).await;
+            got.push(std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse::<u32>().ok()).expect("a number"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let firsts: Vec<u32> = got.iter().copied().filter(|n| seen.insert(*n)).collect();
+        again += got.len() - firsts.len();
+        reordered += firsts.windows(2).filter(|w| w[1] < w[0]).count();
+        lost.extend((1..=rounds).filter(|n| !seen.contains(n)).map(|n| format!("taken/{i} {n}")));
+    }
+    assert!(lost.is_empty(), "lost {}: {lost:?}", lost.len());
+    assert_eq!((reordered, again), (0, 0), "in order, once each ({rounds} rounds)");
     b.stop().await;
 }
 

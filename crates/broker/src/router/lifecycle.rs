@@ -244,9 +244,11 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// Parks `snapshot` (a session the journal holds, which outlives its connection by
     /// `expiry_secs`) under `session` with its subscriptions routable, as if its client had just
     /// left: what is published from now on is queued for it. With `catch_up`, it catches up on
-    /// what was routed to the node that held it since that node died ([`Router::replay_routed`],
-    /// then [`Router::caught_up`]), but what the node named there published (see
-    /// [`ConnectRequest::catch_up`]). False if the session is here already.
+    /// what was routed to the node that held it since that node died, but what the node named
+    /// there published (see [`ConnectRequest::catch_up`]), and holds what comes meanwhile
+    /// behind what its replay gives, as a session arriving does ([`Router::replay_routed_to`],
+    /// then [`Router::replay_done`] with [`Router::arrival_id`]). False if the session is here
+    /// already.
     pub fn restore_parked(
         &mut self,
         session: &Arc<str>,
@@ -263,6 +265,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         parked.expiry_secs = expiry_secs;
         if let Some(skip) = catch_up {
             parked.session.begin_catch_up(skip);
+            parked.session.hold_for_catch_up();
         }
         // The journal has it as it is: only what changes from now on is written, and its
         // record lives as long as a parked session's (it may have been a live one's).

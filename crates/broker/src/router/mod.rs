@@ -591,6 +591,20 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
     }
 
+    /// The id of `session`'s arrival while what comes to it waits for its replay (a session
+    /// parked with a catch-up: [`Router::restore_parked`]; or [`Connected::behind`]).
+    pub fn arrival_id(&mut self, session: &str) -> Option<u64> {
+        self.held_mut(session)?.1.arrival_id()
+    }
+
+    /// The one replay of `session`, parked with a catch-up since [`Router::arrival_id`]
+    /// answered `id`, is done or given up: what it held goes in after what the replay gave
+    /// ([`Router::arrived`]), and its catch-up ends.
+    pub fn replay_done(&mut self, session: &str, id: u64, now_ms: u64, fx: &mut Effects<M, O>) {
+        self.arrived(session, id, now_ms, fx);
+        while self.caught_up_behind(session, id) == Some(BehindStep::Draining) {}
+    }
+
     /// `session`'s replay, behind since [`Router::fall_behind`] answered `id`, gives up (see
     /// [`Session::give_up_behind`]): returns how many messages it skipped were never read.
     pub fn give_up_behind(&mut self, session: &str, id: u64) -> Option<usize> {

@@ -1103,19 +1103,28 @@ fn a_session_taken_from_a_dead_node_is_parked_catching_up() {
     a.subscribe(&key("bob", "phone"), "t/#", options, 1_000, &mut fx).expect("sub");
     a.publish_remote(from_node("x", 1), 2_000, &mut fx);
     let (snapshot, _) = a.hand_over(&key("bob", "phone"), &Acl::default(), 0, &mut fx).expect("on a");
-    let mut b = wide();
+    let mut b = clustered();
+    b.cfg.session.max_queued = 10;
     fx.clear();
     let bob: Arc<str> = key("bob", "phone").into();
     assert!(b.restore_parked(&bob, snapshot, 60, Some("dead".into()), 3_000, &mut fx));
     assert_eq!(b.replay_routed_all(from_node("x", 1), 3_000, 3_000, &mut fx), 0, "the journal had x1");
+    b.publish_remote(from_node("y", 2), 3_000, &mut fx);
+    assert_eq!(b.publish(msg("t/1", "here1", 1), None, 3_000, &mut fx), 1, "queued for it");
     assert_eq!(b.replay_routed_all(from_node("x", 2), 3_000, 3_000, &mut fx), 1, "queued while parked");
-    let id = b.catch_up_id(&bob).expect("catching up");
-    b.caught_up(&bob, id);
+    assert_eq!(b.replay_routed_all(from_node("y", 1), 3_000, 3_000, &mut fx), 1);
+    let id = b.arrival_id(&bob).expect("what comes waits for its replay");
+    b.replay_done(&bob, id, 3_000, &mut fx);
+    assert_eq!(b.catch_up_id(&bob), None, "its catch-up ended");
     assert_eq!(b.replay_routed_all(from_node("x", 3), 3_000, 3_000, &mut fx), 0, "caught up");
     fx.clear();
     let (link, present) = connect(&mut b, request("bob", "phone", false, 60), &mut fx);
     assert!(present);
-    assert_eq!(delivered(&fx, link), ["x1", "x2"], "x1 was in flight on a, x2 queued here");
+    assert_eq!(
+        delivered(&fx, link),
+        ["x1", "x2", "y1", "y2", "here1"],
+        "x1 was in flight on a; then what the replay gave, before what came meanwhile"
+    );
 }
 
 #[test]

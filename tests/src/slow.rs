@@ -1,14 +1,18 @@
-//! A bus whose replays of kept messages begin one at a time, each after a pause, as on NATS,
-//! where JetStream makes each replay's consumer one after another: a storm of them waits in
-//! line. Everything else is the bus it wraps. It counts the replays.
+//! Backends that take their time where the real ones do under load: a bus whose replays of
+//! kept messages begin one at a time, each after a pause ([`SlowReplays`]), and a journal
+//! whose loads each take a pause ([`SlowLoads`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use broker::journal::{Retained, SessionJournal, Stored, ToRestore, Write};
 use bus::{BoxFuture, Bus, BusError, GroupSubscription, KeepConfig, Link, Replay, Subscription};
 use bytes::Bytes;
 
+/// A bus whose replays of kept messages begin one at a time, each after a pause, as on NATS,
+/// where JetStream makes each replay's consumer one after another: a storm of them waits in
+/// line. Everything else is the bus it wraps. It counts the replays.
 #[derive(Debug)]
 pub struct SlowReplays {
     inner: Arc<dyn Bus>,
@@ -106,5 +110,48 @@ impl Bus for SlowReplays {
             tokio::time::sleep(self.pause).await;
             self.inner.replay_kept(filters, since_ms).await
         })
+    }
+}
+
+/// A journal whose loads each take a pause, as from a Redis far away: the sessions of a dead
+/// edge are parked over a while rather than at once. Everything else is the journal it wraps.
+#[derive(Debug)]
+pub struct SlowLoads {
+    inner: Arc<dyn SessionJournal>,
+    pause: Duration,
+}
+
+impl SlowLoads {
+    pub fn new(inner: Arc<dyn SessionJournal>, pause: Duration) -> Self {
+        SlowLoads { inner, pause }
+    }
+}
+
+impl SessionJournal for SlowLoads {
+    fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>> {
+        self.inner.write(writes)
+    }
+
+    fn load<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Stored>, String>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.pause).await;
+            self.inner.load(session).await
+        })
+    }
+
+    fn load_retained(&self) -> BoxFuture<'_, Result<Retained, String>> {
+        self.inner.load_retained()
+    }
+
+    fn expires_at<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Option<u64>>, String>> {
+        self.inner.expires_at(session)
+    }
+
+    fn sessions_to_restore(&self) -> BoxFuture<'_, Result<ToRestore, String>> {
+        self.inner.sessions_to_restore()
+    }
+
+    fn blocks(&self) -> bool {
+        self.inner.blocks()
     }
 }
