@@ -137,6 +137,19 @@ pub async fn catch_up(hub: Arc<Hub>, resumed: Resumed, id: u64, arrived: u64, ro
 /// before what reached it here meanwhile goes out (what the replay gives later comes after).
 const ARRIVAL: Duration = Duration::from_secs(5);
 
+/// A client came back to `session`, parked here holding what comes behind a replay since
+/// its arrival `id` (taken from a dead edge: `adopt`, which releases it once the replay of
+/// all it took is done): after [`ARRIVAL`], what waits goes out whether that replay is done
+/// or not.
+pub async fn release_after_arrival(hub: Arc<Hub>, session: Arc<str>, id: u64) {
+    tokio::time::sleep(ARRIVAL).await;
+    if hub.arrival_id(&session) == Some(id) {
+        metrics::counter!(m::ARRIVALS_UNHELD, "reason" => "slow").increment(1);
+        tracing::debug!(session = %session, "the replay to a session taken from a dead edge is slow: its queue goes out meanwhile");
+        hub.arrived(&session, id, now_ms());
+    }
+}
+
 /// A session behind and its replay. Dropped before it finished (its task ended early), it
 /// gives up, so the session never skips for good.
 struct Behind {

@@ -256,7 +256,13 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
                 edge.hub.caught_up(&session, id);
             }
         }
-        (None, _) => {}
+        (None, _) => {
+            // Parked here holding what comes behind a replay of its own (taken from a dead
+            // edge, `adopt`): its client waits for it no longer than an arrival's first pass.
+            if let Some(id) = edge.hub.arrival_id(&session) {
+                tokio::spawn(behind::release_after_arrival(edge.hub.clone(), session.clone(), id));
+            }
+        }
     }
     drop(claim);
     metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);

@@ -1357,6 +1357,60 @@ async fn sessions_taken_one_after_another_get_what_the_edge_left_routed_meanwhil
     b.stop().await;
 }
 
+/// A client that comes back while the edge that took its session (from an edge that stopped)
+/// is still replaying to it what it missed gets what waits for it within 5 s, as an arriving
+/// session would, not once that replay is done (here the bus takes 12 s to begin it); what the
+/// replay gives comes after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_back_while_its_taken_session_is_replayed_to_waits_no_longer_than_an_arrival() {
+    let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+    let slow: Arc<dyn Bus> = Arc::new(hermes_tests::slow::SlowReplays::new(memory, Duration::from_secs(12)));
+    let owners: Owners = Arc::new(broker::owners::MemoryOwners::default());
+    let journal: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
+    let node = |id: &'static str| {
+        move |c: &mut mqtt_edge::EdgeConfig| {
+            c.bus.node_id = id.into();
+            c.mqtt.drain_secs = 1;
+        }
+    };
+    let a = TestEdge::start_journaled(slow.clone(), owners.clone(), journal.clone(), node("a")).await;
+    let b = TestEdge::start_journaled(slow, owners, journal, node("b")).await;
+    let persistent = Connect { session_expiry: Some(3600), ..connect("back", false) };
+    let (mut back, _) = a.connect(Version::V5, persistent.clone()).await;
+    assert_eq!(back.subscribe(vec![SubscribeTopic::new("back/cmd", 1)], WAIT).await.expect("suback"), [1]);
+    back.send(&Packet::disconnect(0)).await.expect("disconnect");
+    drop(back);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.stop().await;
+    let mut publisher = b.client(Version::V5, "publisher").await;
+    let taken_by = std::time::Instant::now() + Duration::from_secs(15);
+    let mut probes = 0;
+    while publisher.publish("back/cmd", b"probe", 1, false, WAIT).await.expect("puback") != Some(0) {
+        probes += 1;
+        assert!(std::time::Instant::now() < taken_by, "edge b never took the session");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let came = std::time::Instant::now();
+    let (mut back, present) = b.connect(Version::V5, persistent).await;
+    assert!(present);
+    let first = back.recv(Duration::from_secs(9)).await;
+    let waited = came.elapsed();
+    let Ok(Packet::Publish(first)) = first else { panic!("nothing after {waited:?}: {first:?}") };
+    ack(&mut back, &first).await;
+    // The probes acknowledged while nobody had the session come once the replay is done.
+    let mut got = 1;
+    while got < probes + 1 {
+        match back.recv(Duration::from_secs(15)).await {
+            Ok(Packet::Publish(p)) => {
+                ack(&mut back, &p).await;
+                got += 1;
+            }
+            other => panic!("{got} of {} came, then {other:?}", probes + 1),
+        }
+    }
+    b.stop().await;
+}
+
 /// A subscriber that reads nothing for a while holds up no other subscriber of its edge: what
 /// other edges route to it is replayed to it from the bus once it reads again (`behind`), all
 /// of it, in each publisher's order, once; and what comes after it caught up reaches it too.
