@@ -4,25 +4,28 @@
 //! here at once, each with a consumer of its own, a third of 10 000 waited past
 //! `behind::ARRIVAL` for theirs, and their queues went out before what they had missed.
 //!
-//! - Arrivals wait in one queue. A pass takes those waiting, as long as their subjects together
-//!   stay within [`MAX_SUBJECTS`] (at least one session, whatever it has), and reads what the
-//!   bus kept on those subjects from the earliest start among them. Each session takes of it
-//!   what its own pass would have: from its own start, without what its own `Skip` leaves
-//!   out (`catch_up::replay_to_each`).
+//! - Arrivals wait in one queue. A pass takes the first waiting, and those after it whose
+//!   subjects fit with theirs within [`MAX_SUBJECTS`] and whose replay starts within
+//!   [`SPAN_MS`] of its own (one that starts far earlier would make the others read all it
+//!   reads), and reads what the bus kept on those subjects from the earliest start among
+//!   them. Each session takes of it what its own pass would have: from its own start,
+//!   without what its own `Skip` leaves out (`catch_up::replay_to_each`).
 //! - At most [`AT_ONCE`] passes read at once; what arrives meanwhile waits for the next, so a
 //!   storm is read in a few passes per second of it rather than one per session, and a lone
 //!   arrival is read at once.
 //! - A session that stopped waiting (`behind::ARRIVAL` passed) before its pass began is left
-//!   out of it; its later passes are its own.
+//!   out of it, and a pass stops reading once none of its sessions waits; their later passes
+//!   are their own.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::catch_up::{MAX_REPLAY_SUBJECTS, Missed, replay_to_each};
 use crate::hub::Hub;
+use crate::message::now_ms;
 use crate::metrics as m;
 
 /// The most subjects one pass reads for the sessions it serves together (past it, a NATS
@@ -31,6 +34,9 @@ pub const MAX_SUBJECTS: usize = MAX_REPLAY_SUBJECTS;
 
 /// Passes that read at once.
 pub const AT_ONCE: usize = 4;
+
+/// How far apart the starts of the sessions read for together may be.
+pub const SPAN_MS: u64 = crate::catch_up::MOVE_MARGIN_MS;
 
 /// A session waiting for the first pass of its replay.
 #[derive(Debug)]
@@ -77,51 +83,121 @@ impl Arrivals {
 
 async fn run(hub: Weak<Hub>, mut queue: mpsc::UnboundedReceiver<Waiting>, stall: Duration) {
     let turns = Arc::new(Semaphore::new(AT_ONCE));
-    let mut next = None;
+    let mut pending = VecDeque::new();
     loop {
         let Ok(turn) = turns.clone().acquire_owned().await else { return };
-        let first = match next.take() {
-            Some(w) => w,
-            None => match queue.recv().await {
-                Some(w) => w,
+        if pending.is_empty() {
+            match queue.recv().await {
+                Some(w) => pending.push_back(w),
                 None => return,
-            },
-        };
-        let mut pass = vec![first];
-        let mut subjects: BTreeSet<String> = pass[0].arrival.subjects.iter().cloned().collect();
-        while let Ok(w) = queue.try_recv() {
-            let more = w.arrival.subjects.iter().filter(|s| !subjects.contains(*s)).count();
-            if subjects.len() + more > MAX_SUBJECTS {
-                next = Some(w);
-                break;
             }
-            subjects.extend(w.arrival.subjects.iter().cloned());
-            pass.push(w);
+        }
+        while let Ok(w) = queue.try_recv() {
+            pending.push_back(w);
         }
         // Those that stopped waiting are left out.
-        pass.retain(|w| !w.done.is_closed());
-        if pass.is_empty() {
-            continue;
-        }
+        pending.retain(|w: &Waiting| !w.done.is_closed());
         let Some(hub) = hub.upgrade() else { return };
-        tokio::spawn(async move {
-            let subjects: BTreeSet<&String> = pass.iter().flat_map(|w| &w.arrival.subjects).collect();
-            let subjects: Vec<String> = subjects.into_iter().cloned().collect();
-            let answer = read(&hub, &pass, &subjects, stall).await;
-            drop(turn);
-            for w in pass {
-                let _ = w.done.send(answer.clone());
-            }
-        });
+        let kept_for = hub.cluster().map_or(Duration::ZERO, |l| l.kept().1);
+        let oldest_kept = now_ms().saturating_sub(u64::try_from(kept_for.as_millis()).unwrap_or(u64::MAX));
+        let pass = next_pass(&mut pending, oldest_kept);
+        if !pass.is_empty() {
+            tokio::spawn(serve(hub, pass, turn, stall));
+        }
     }
 }
 
-/// One pass for the sessions `pass` waits for, on `subjects` (theirs).
-async fn read(hub: &Hub, pass: &[Waiting], subjects: &[String], stall: Duration) -> Result<u64, String> {
+/// The sessions of the next pass: the first of `pending`, and those after it whose subjects
+/// fit with theirs within [`MAX_SUBJECTS`] and whose replay starts (no further back than the
+/// bus keeps: `oldest_kept_ms`) within [`SPAN_MS`] of the first's. One that starts far earlier
+/// would make the others read all that it reads.
+fn next_pass(pending: &mut VecDeque<Waiting>, oldest_kept_ms: u64) -> Vec<Waiting> {
+    let start = |w: &Waiting| w.arrival.missed.since_ms.max(oldest_kept_ms);
+    let Some(first) = pending.pop_front() else { return Vec::new() };
+    let at = start(&first);
+    let mut subjects: BTreeSet<String> = first.arrival.subjects.iter().cloned().collect();
+    let mut pass = vec![first];
+    let mut rest = VecDeque::with_capacity(pending.len());
+    for w in pending.drain(..) {
+        let more = w.arrival.subjects.iter().filter(|s| !subjects.contains(*s)).count();
+        if start(&w).abs_diff(at) <= SPAN_MS && subjects.len() + more <= MAX_SUBJECTS {
+            subjects.extend(w.arrival.subjects.iter().cloned());
+            pass.push(w);
+        } else {
+            rest.push_back(w);
+        }
+    }
+    *pending = rest;
+    pass
+}
+
+/// Reads for `pass` and answers each session; the read stops if none of them waits any more
+/// (their own passes give them what it would have).
+async fn serve(hub: Arc<Hub>, pass: Vec<Waiting>, turn: OwnedSemaphorePermit, stall: Duration) {
+    let (arrivals, mut answers): (Vec<Arrival>, Vec<_>) = pass.into_iter().map(|w| (w.arrival, w.done)).unzip();
+    let subjects: BTreeSet<&String> = arrivals.iter().flat_map(|a| &a.subjects).collect();
+    let subjects: Vec<String> = subjects.into_iter().cloned().collect();
+    let answer = tokio::select! {
+        answer = read(&hub, &arrivals, &subjects, stall) => answer,
+        _ = futures_util::future::join_all(answers.iter_mut().map(|a| a.closed())) => return,
+    };
+    drop(turn);
+    for a in answers {
+        let _ = a.send(answer.clone());
+    }
+}
+
+/// One pass for `arrivals`, on `subjects` (theirs).
+async fn read(hub: &Hub, arrivals: &[Arrival], subjects: &[String], stall: Duration) -> Result<u64, String> {
     let Some(link) = hub.cluster() else { return Err("no bus".to_owned()) };
-    let sessions: HashMap<&str, &Missed> = pass.iter().map(|w| (&*w.arrival.session, &w.arrival.missed)).collect();
+    let sessions: HashMap<&str, &Missed> = arrivals.iter().map(|a| (&*a.session, &a.missed)).collect();
     let (newest, _) = replay_to_each(hub, link, subjects, &sessions, stall).await?;
     metrics::counter!(m::ARRIVAL_PASSES).increment(1);
-    tracing::debug!(sessions = pass.len(), subjects = subjects.len(), "read the bus for sessions arriving together");
+    tracing::debug!(
+        sessions = arrivals.len(),
+        subjects = subjects.len(),
+        "read the bus for sessions arriving together"
+    );
     Ok(newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catch_up::Skip;
+
+    fn waiting(session: &str, since_ms: u64, subjects: &[&str]) -> Waiting {
+        let missed = Missed { since_ms, skip: Skip::NONE };
+        let subjects = subjects.iter().map(|s| (*s).to_owned()).collect();
+        let arrival = Arrival { session: session.into(), missed, subjects };
+        Waiting { arrival, done: oneshot::channel().0 }
+    }
+
+    fn names(pass: &[Waiting]) -> Vec<&str> {
+        pass.iter().map(|w| &*w.arrival.session).collect()
+    }
+
+    #[test]
+    fn a_pass_takes_those_that_start_near_the_first_and_fit_its_subjects() {
+        let many: Vec<String> = (0..MAX_SUBJECTS).map(|n| format!("m.{n}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let mut pending: VecDeque<Waiting> = [
+            waiting("a", 100_000, &["m.a"]),
+            waiting("far", 100_000 + SPAN_MS + 1, &["m.far"]),
+            waiting("b", 100_000 + SPAN_MS, &["m.b", "m.a"]),
+            waiting("full", 100_000, &many),
+            waiting("old", 1, &["m.c"]),
+            waiting("c", 100_000 - SPAN_MS, &["m.c"]),
+        ]
+        .into();
+        let pass = next_pass(&mut pending, 0);
+        assert_eq!(names(&pass), ["a", "b", "c"]);
+        assert_eq!(names(&Vec::from(std::mem::take(&mut pending))), ["far", "full", "old"], "left, in order");
+        let mut pending: VecDeque<Waiting> =
+            [waiting("old", 1, &["m.x"]), waiting("a", 200_000, &["m.a"]), waiting("b", 400_000, &["m.b"])].into();
+        let pass = next_pass(&mut pending, 200_000 - SPAN_MS);
+        assert_eq!(names(&pass), ["old", "a"], "no further back than the bus keeps: they start alike");
+        assert_eq!(names(&next_pass(&mut pending, 0)), ["b"]);
+        assert!(next_pass(&mut pending, 0).is_empty());
+    }
 }
