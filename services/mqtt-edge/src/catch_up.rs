@@ -68,9 +68,9 @@ pub struct Skip {
     /// What this node published: a dead edge's (its sessions had them in the journal), or this
     /// edge's after an outage (delivered here without the bus).
     pub node: Option<NodeName>,
-    /// This edge, and its number (`Hub::numbered`) once the sessions replayed to were all
-    /// here: what it routed after that reached them here as it was published; what it routed
-    /// before did not (they were elsewhere) and is replayed.
+    /// This edge, and its number (`Hub::numbered`) once the session replayed to was here:
+    /// what it routed after that reached it here as it was published; what it routed before
+    /// did not (it was elsewhere) and is replayed.
     pub own_after: Option<(NodeName, u64)>,
 }
 

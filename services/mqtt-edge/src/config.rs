@@ -202,7 +202,7 @@ impl EdgeConfig {
         self.bus.validate()?;
         if !crate::peers::usable(&self.mqtt.advertise) {
             return Err(format!(
-                "mqtt.advertise must be a host:port of at most 255 bytes without spaces, not `{}`",
+                "mqtt.advertise must be at most 255 bytes without spaces or control characters, not `{}`",
                 self.mqtt.advertise.escape_debug()
             ));
         }
@@ -275,7 +275,7 @@ mod tests {
         for bad in ["edge 1:1883", "edge-1:1883\n", &format!("{}:1", "h".repeat(254))] {
             c.mqtt.advertise = bad.into();
             let refused = c.validate().expect_err(bad);
-            assert!(refused.starts_with("mqtt.advertise must be a host:port"), "{refused}");
+            assert!(refused.starts_with("mqtt.advertise must be at most 255 bytes"), "{refused}");
         }
     }
 }

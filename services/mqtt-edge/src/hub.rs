@@ -376,7 +376,7 @@ impl Hub {
 
     /// The one replay of `session`, parked with a catch-up since [`Hub::arrival_id`] answered
     /// `id`, is done or given up: what it held goes in after what the replay gave, and its
-    /// catch-up ends.
+    /// catch-up ends (see `Router::replay_done`).
     pub fn replay_done(&self, session: &str, id: u64, now_ms: u64) {
         let mut st = self.lock();
         let mut fx = Effects::new();

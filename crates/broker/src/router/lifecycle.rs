@@ -246,7 +246,8 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// left: what is published from now on is queued for it. With `catch_up`, it catches up on
     /// what was routed to the node that held it since that node died, but what the node named
     /// there published (see [`ConnectRequest::catch_up`]), and holds what comes meanwhile
-    /// behind what its replay gives, as a session arriving does ([`Router::replay_routed_to`],
+    /// behind what its replay gives, as a session arriving with its client does
+    /// ([`Router::replay_routed_to`],
     /// then [`Router::replay_done`] with [`Router::arrival_id`]). False if the session is here
     /// already.
     pub fn restore_parked(

@@ -599,7 +599,9 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
 
     /// The one replay of `session`, parked with a catch-up since [`Router::arrival_id`]
     /// answered `id`, is done or given up: what it held goes in after what the replay gave
-    /// ([`Router::arrived`]), and its catch-up ends.
+    /// ([`Router::arrived`]), and its catch-up ends unless another replay holds it too. It
+    /// takes what comes live at once (no drain: a live copy of a replayed message that comes
+    /// later is delivered again).
     pub fn replay_done(&mut self, session: &str, id: u64, now_ms: u64, fx: &mut Effects<M, O>) {
         self.arrived(session, id, now_ms, fx);
         while self.caught_up_behind(session, id) == Some(BehindStep::Draining) {}
