@@ -1231,15 +1231,10 @@ async fn status(watcher: &mut Client) -> String {
     String::from_utf8(p.payload.to_vec()).expect("utf8")
 }
 
-/// In one process (the in-process bus, owners registry and journal, as embedded): the parked
-/// session of a client that left a stopping edge and did not come back within its drain is
-/// taken by the edge left, which queues what is published for it until the client returns,
-/// and replays what was acknowledged while nobody had it.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stopped_edges_parked_sessions_are_taken_by_the_edge_left_in_process() {
-    let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+/// Edges a and b in one process on `bus`, their sessions in `journal` and an in-process owners
+/// registry, each draining for 1 s when it stops.
+async fn journaled_pair(bus: Arc<dyn Bus>, journal: Arc<dyn broker::journal::SessionJournal>) -> (TestEdge, TestEdge) {
     let owners: Owners = Arc::new(broker::owners::MemoryOwners::default());
-    let journal: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
     let node = |id: &'static str| {
         move |c: &mut mqtt_edge::EdgeConfig| {
             c.bus.node_id = id.into();
@@ -1247,7 +1242,18 @@ async fn a_stopped_edges_parked_sessions_are_taken_by_the_edge_left_in_process()
         }
     };
     let a = TestEdge::start_journaled(bus.clone(), owners.clone(), journal.clone(), node("a")).await;
-    let b = TestEdge::start_journaled(bus, owners, journal, node("b")).await;
+    (a, TestEdge::start_journaled(bus, owners, journal, node("b")).await)
+}
+
+/// In one process (the in-process bus, owners registry and journal, as embedded): the parked
+/// session of a client that left a stopping edge and did not come back within its drain is
+/// taken by the edge left, which queues what is published for it until the client returns,
+/// and replays what was acknowledged while nobody had it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_edges_parked_sessions_are_taken_by_the_edge_left_in_process() {
+    let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+    let journal: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
+    let (a, b) = journaled_pair(bus, journal).await;
     let persistent = Connect { session_expiry: Some(3600), ..connect("dave", false) };
     let (mut dave, _) = a.connect(Version::V5, persistent.clone()).await;
     assert_eq!(dave.subscribe(vec![SubscribeTopic::new("dave/cmd", 1)], WAIT).await.expect("suback"), [1]);
@@ -1298,18 +1304,10 @@ async fn a_stopped_edges_parked_sessions_are_taken_by_the_edge_left_in_process()
 async fn sessions_taken_one_after_another_get_what_the_edge_left_routed_meanwhile_once() {
     const SESSIONS: usize = 12;
     let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
-    let owners: Owners = Arc::new(broker::owners::MemoryOwners::default());
     let memory: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
     let journal: Arc<dyn broker::journal::SessionJournal> =
         Arc::new(hermes_tests::slow::SlowLoads::new(memory, Duration::from_millis(150)));
-    let node = |id: &'static str| {
-        move |c: &mut mqtt_edge::EdgeConfig| {
-            c.bus.node_id = id.into();
-            c.mqtt.drain_secs = 1;
-        }
-    };
-    let a = TestEdge::start_journaled(bus.clone(), owners.clone(), journal.clone(), node("a")).await;
-    let b = TestEdge::start_journaled(bus, owners, journal, node("b")).await;
+    let (a, b) = journaled_pair(bus, journal).await;
     let persistent = |i: usize| Connect { session_expiry: Some(3600), ..connect(&format!("taken-{i}"), false) };
     for i in 0..SESSIONS {
         let (mut c, _) = a.connect(Version::V5, persistent(i)).await;
@@ -1365,16 +1363,8 @@ async fn sessions_taken_one_after_another_get_what_the_edge_left_routed_meanwhil
 async fn a_client_back_while_its_taken_session_is_replayed_to_waits_no_longer_than_an_arrival() {
     let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
     let slow: Arc<dyn Bus> = Arc::new(hermes_tests::slow::SlowReplays::new(memory, Duration::from_secs(12)));
-    let owners: Owners = Arc::new(broker::owners::MemoryOwners::default());
     let journal: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
-    let node = |id: &'static str| {
-        move |c: &mut mqtt_edge::EdgeConfig| {
-            c.bus.node_id = id.into();
-            c.mqtt.drain_secs = 1;
-        }
-    };
-    let a = TestEdge::start_journaled(slow.clone(), owners.clone(), journal.clone(), node("a")).await;
-    let b = TestEdge::start_journaled(slow, owners, journal, node("b")).await;
+    let (a, b) = journaled_pair(slow, journal).await;
     let persistent = Connect { session_expiry: Some(3600), ..connect("back", false) };
     let (mut back, _) = a.connect(Version::V5, persistent.clone()).await;
     assert_eq!(back.subscribe(vec![SubscribeTopic::new("back/cmd", 1)], WAIT).await.expect("suback"), [1]);
