@@ -484,18 +484,68 @@ impl<M: Deliverable + Clone> Session<M> {
     /// Hands the session a message another node routed to it live: [`Enqueued::Later`] while
     /// it is behind ([`Session::fall_behind`]), if the bus keeps the message (it has an
     /// origin) and its replay did not give it already.
+    /// An offline session that holds what comes while it arrives (taken from a dead node)
+    /// holds no more than its queue's bound, with its queue: past it, the drop policy drops
+    /// the newest or the oldest of both ([`Enqueued::Dropped`]).
     pub fn enqueue_from_bus(&mut self, out: Outgoing<M>) -> Enqueued<M> {
-        if let (Some(behind), Some(origin)) = (self.behind.as_mut().filter(|b| b.skipping), out.msg.origin()) {
-            if self.catch_up.as_ref().is_some_and(|c| c.took(origin)) {
-                return Enqueued::Had;
-            }
-            behind.skipped.insert((origin.cursor.clone(), origin.at));
-            if let Some(arriving) = &mut self.arriving {
-                arriving.held.push(out);
-            }
-            return Enqueued::Later;
+        let skipping = self.behind.as_ref().is_some_and(|b| b.skipping);
+        let Some(origin) = out.msg.origin().filter(|_| skipping).cloned() else { return self.enqueue(out) };
+        if self.catch_up.as_ref().is_some_and(|c| c.took(&origin)) {
+            return Enqueued::Had;
         }
-        self.enqueue(out)
+        let oldest = match (self.arriving.is_some() && self.is_full(), self.limits.drop_policy) {
+            (false, _) => None,
+            (true, DropPolicy::DropNewest) => return Enqueued::Dropped(out),
+            (true, DropPolicy::DropOldest) => self.drop_oldest(),
+        };
+        if let Some(behind) = &mut self.behind {
+            behind.skipped.insert((origin.cursor.clone(), origin.at));
+        }
+        if let Some(arriving) = &mut self.arriving {
+            arriving.held.push(out);
+        }
+        match oldest {
+            Some(_) => self.dropped(oldest),
+            None => Enqueued::Later,
+        }
+    }
+
+    /// What [`Session::drop_oldest`] dropped, done in the journal if it had it.
+    fn dropped(&mut self, oldest: Option<(Outgoing<M>, bool)>) -> Enqueued<M> {
+        match oldest {
+            Some((o, journaled)) => {
+                if journaled {
+                    self.done(o.entry);
+                }
+                Enqueued::Dropped(o)
+            }
+            None => Enqueued::Queued,
+        }
+    }
+
+    /// Whether an offline session's queue is at its bound, with what it holds while it
+    /// arrives (all of it goes into the queue then).
+    fn is_full(&self) -> bool {
+        let held = self.arriving.as_ref().map_or(0, |a| a.held.len());
+        !self.is_online() && self.queue.len() + held >= self.limits.max_queued
+    }
+
+    /// Drops the oldest message waiting: the first of its queue, or the first it holds while
+    /// it arrives if that goes in first (then no longer waited for). Returns it, and whether
+    /// the journal has it (the caller writes that it is done).
+    fn drop_oldest(&mut self) -> Option<(Outgoing<M>, bool)> {
+        if let Some(arriving) = self.arriving.as_mut().filter(|a| a.at == 0 && !a.held.is_empty()) {
+            let oldest = arriving.held.remove(0);
+            if let (Some(behind), Some(origin)) = (&mut self.behind, oldest.msg.origin()) {
+                behind.skipped.remove(&(origin.cursor.clone(), origin.at));
+            }
+            return Some((oldest, false));
+        }
+        let oldest = self.queue.pop_front()?;
+        if let Some(a) = &mut self.arriving {
+            a.at = a.at.saturating_sub(1);
+        }
+        Some((oldest, true))
     }
 
     /// Hands a routed message to the session.
@@ -717,23 +767,14 @@ impl<M: Deliverable + Clone> Session<M> {
             return Enqueued::Send(out);
         }
         // A connected client's messages are never dropped: its publishers wait instead.
-        if !self.is_online() && self.queue.len() >= self.limits.max_queued {
+        if self.is_full() {
             return match self.limits.drop_policy {
                 DropPolicy::DropNewest => Enqueued::Dropped(out),
                 DropPolicy::DropOldest => {
-                    let oldest = self.queue.pop_front();
-                    if let Some(a) = &mut self.arriving {
-                        a.at = a.at.saturating_sub(1);
-                    }
+                    let oldest = self.drop_oldest();
                     self.kept(&out, false, true);
                     self.queue_in(out, replayed);
-                    match oldest {
-                        Some(o) => {
-                            self.done(o.entry);
-                            Enqueued::Dropped(o)
-                        }
-                        None => Enqueued::Queued,
-                    }
+                    self.dropped(oldest)
                 }
             };
         }

@@ -1127,6 +1127,48 @@ fn a_session_taken_from_a_dead_node_is_parked_catching_up() {
     );
 }
 
+/// Bob's persistent session (subscribed to `t/#`, x1 in flight) taken by node b from a dead
+/// node, parked there with a queue of at most 3 (`policy`), holding what comes behind its
+/// replay.
+fn taken_on_b(policy: DropPolicy, fx: &mut Fx) -> (Router<Msg, &'static str>, Arc<str>) {
+    let mut a = wide();
+    connect(&mut a, request("bob", "phone", false, 60), fx);
+    let options = SubOptions { qos: QoS::AtLeastOnce, ..SubOptions::default() };
+    a.subscribe(&key("bob", "phone"), "t/#", options, 1_000, fx).expect("sub");
+    a.publish_remote(from_node("x", 1), 2_000, fx);
+    let (snapshot, _) = a.hand_over(&key("bob", "phone"), &Acl::default(), 0, fx).expect("on a");
+    let mut b = clustered();
+    b.cfg.session.drop_policy = policy;
+    fx.clear();
+    let bob: Arc<str> = key("bob", "phone").into();
+    assert!(b.restore_parked(&bob, snapshot, 60, Some("dead".into()), 3_000, fx));
+    (b, bob)
+}
+
+#[test]
+fn a_taken_session_holds_no_more_than_its_queue_takes_whatever_its_drop_policy() {
+    for (policy, kept, gone) in [
+        (DropPolicy::DropOldest, ["c3", "c4", "here1"], ["c1", "c2"]),
+        (DropPolicy::DropNewest, ["c1", "c2", "c3"], ["c4", "here1"]),
+    ] {
+        let mut fx = Fx::new();
+        let (mut b, bob) = taken_on_b(policy, &mut fx);
+        for n in 1..=4 {
+            b.publish_remote(from_node("c", n), 3_000, &mut fx);
+        }
+        b.publish(msg("t/1", "here1", 1), None, 3_000, &mut fx);
+        assert_eq!(dropped(&fx), gone, "{policy:?}");
+        let id = b.arrival_id(&bob).expect("held");
+        b.replay_done(&bob, id, 3_000, &mut fx);
+        assert_eq!(b.catch_up_id(&bob), None, "{policy:?}: its catch-up ended, nothing left waited for");
+        fx.clear();
+        let (link, _) = connect(&mut b, request("bob", "phone", false, 60), &mut fx);
+        let mut want = vec!["x1"];
+        want.extend(kept);
+        assert_eq!(delivered(&fx, link), want, "{policy:?}");
+    }
+}
+
 #[test]
 fn a_session_catching_up_after_a_dead_node_when_its_node_loses_the_others_waits_for_both_replays() {
     let (mut b, link, mut fx) = resumed_on_b();
