@@ -102,11 +102,12 @@ impl Drop for ConnState {
     }
 }
 
-/// The write side of a connection, either protocol version.
+/// The write side of a connection, either protocol version; a v5 one with the client's
+/// Maximum Packet Size (`u32::MAX` if it set none).
 #[derive(Clone)]
 pub enum Sink {
     V3(v3::MqttSink),
-    V5(v5::MqttSink),
+    V5(v5::MqttSink, u32),
 }
 
 impl Sink {
@@ -115,7 +116,7 @@ impl Sink {
     async fn ready(&self) -> bool {
         match self {
             Sink::V3(s) => s.ready().await,
-            Sink::V5(s) => s.ready().await,
+            Sink::V5(s, _) => s.ready().await,
         }
     }
 
@@ -125,7 +126,7 @@ impl Sink {
         match self {
             // v3 has no DISCONNECT from the server: the connection is simply closed.
             Sink::V3(s) => s.close(),
-            Sink::V5(s) => {
+            Sink::V5(s, max_packet_size) => {
                 let (code, text) = match reason {
                     CloseReason::SessionTakenOver => (
                         v5::codec::DisconnectReasonCode::SessionTakenOver,
@@ -145,11 +146,28 @@ impl Sink {
                 };
                 let mut pkt = v5::codec::Disconnect::new(code);
                 pkt.reason_string = Some(ByteString::from_static(text));
-                pkt.server_reference = elsewhere.map(ByteString::from);
+                // The encoder leaves the reason string out where it does not fit, not this.
+                pkt.server_reference = elsewhere.filter(|r| reference_fits(r, *max_packet_size)).map(ByteString::from);
                 s.close_with_reason(pkt);
             }
         }
     }
+}
+
+/// Whether a v5 DISCONNECT naming `reference` (its Server Reference, and no other property)
+/// fits in `max_packet_size` bytes as the encoder counts: it allows the fixed header its
+/// longest, 5 bytes, and refuses a packet that does not fit (the connection then just closes).
+fn reference_fits(reference: &str, max_packet_size: u32) -> bool {
+    let length_size = |n: usize| match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    let properties = 1 + 2 + reference.len();
+    let remaining = 1 + length_size(properties) + properties;
+    let room = if max_packet_size > 5 { max_packet_size - 5 } else { max_packet_size };
+    remaining <= usize::try_from(room).unwrap_or(usize::MAX)
 }
 
 /// Runs on the connection's worker until the connection ends: writes each delivery the hub
@@ -212,7 +230,7 @@ async fn deliver(
     if qos == QoS::AtMostOnce {
         let res = match sink {
             Sink::V3(s) => v3_builder(s, &d).send_at_most_once(d.msg.payload.clone()),
-            Sink::V5(s) => v5_builder(s, &d, now, aliases).send_at_most_once(d.msg.payload.clone()),
+            Sink::V5(s, _) => v5_builder(s, &d, now, aliases).send_at_most_once(d.msg.payload.clone()),
         };
         match res {
             Ok(()) => hub.sent_qos0(),
@@ -236,7 +254,7 @@ async fn deliver(
     let payload = d.msg.payload.clone();
     match (sink, qos) {
         (Sink::V3(s), QoS::AtLeastOnce) => start(flow.qos1(v3_builder(s, &d).send_at_least_once(payload))).await,
-        (Sink::V5(s), QoS::AtLeastOnce) => {
+        (Sink::V5(s, _), QoS::AtLeastOnce) => {
             let b = v5_builder(s, &d, now, aliases);
             start(flow.qos1(async move { b.send_at_least_once(payload).await.map(|_| ()) })).await
         }
@@ -248,7 +266,7 @@ async fn deliver(
             }))
             .await
         }
-        (Sink::V5(s), _) => {
+        (Sink::V5(s, _), _) => {
             let b = v5_builder(s, &d, now, aliases);
             start(flow.qos2(async move {
                 let rec = b.send_exactly_once(payload).await?;

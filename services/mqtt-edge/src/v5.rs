@@ -80,7 +80,8 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::Conn
     };
     let client_keep_alive = pkt.keep_alive;
     let requested_expiry = pkt.session_expiry_interval_secs;
-    let accepted = match connect::accept(&edge, input, Sink::V5(msg.sink())).await {
+    let max_packet_size = pkt.max_packet_size.map_or(u32::MAX, std::num::NonZeroU32::get);
+    let accepted = match connect::accept(&edge, input, Sink::V5(msg.sink(), max_packet_size)).await {
         Ok(a) => a,
         Err(refusal) => return Ok(refuse(msg, refusal)),
     };

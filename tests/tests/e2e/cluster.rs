@@ -476,6 +476,43 @@ async fn a_stopping_edge_names_another_to_its_clients() {
     }
 }
 
+/// A stopping edge tells a v5 client whose Maximum Packet Size is too small for the Server
+/// Reference to go (0x8B) without it, rather than not at all; one with room for it is named
+/// another edge.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_edge_names_another_only_to_clients_with_room_for_it() {
+    let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+    let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
+    let named = |id: &'static str| move |c: &mut mqtt_edge::EdgeConfig| c.bus.node_id = id.into();
+    let a = TestEdge::start_clustered(memory.clone(), Some(owners.clone()), named("a")).await;
+    let b = TestEdge::start_clustered(memory, Some(owners), named("b")).await;
+    let reference = b.tcp.to_string();
+    // The smallest DISCONNECT naming b as ntex-mqtt counts: the fixed header at its longest, 5,
+    // reason code 1, properties' length 1, Server Reference 3 + its length.
+    let needs = u32::try_from(10 + reference.len()).expect("short");
+    let mut clients = Vec::new();
+    for max in [needs - 1, needs, 1024] {
+        let hello = Connect { max_packet_size: Some(max), ..lasting(&format!("max-{max}"), false) };
+        clients.push((max, a.connect(Version::V5, hello).await.0));
+    }
+    // b's announcement reaches a within its first round.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(a.stop());
+    for (max, mut c) in clients {
+        let told = loop {
+            match c.recv(WAIT).await {
+                Ok(Packet::Disconnect { code, server_reference, .. }) => break (code, server_reference),
+                Ok(_) => {}
+                Err(e) => panic!("max {max}: no DISCONNECT: {e:?}"),
+            }
+        };
+        let named = (max >= needs).then(|| reference.clone());
+        assert_eq!(told, (0x8B, named), "Maximum Packet Size {max}");
+    }
+    stopping.await.expect("a stopped");
+    b.stop().await;
+}
+
 /// While edge A stops, a publisher on edge B goes on publishing to a persistent subscriber
 /// on A, which is told to go (0x8B) and reconnects to B: it gets every acknowledged message.
 #[tokio::test(flavor = "multi_thread")]
