@@ -486,16 +486,20 @@ impl<M: Deliverable + Clone> Session<M> {
     /// origin) and its replay did not give it already.
     /// An offline session that holds what comes while it arrives (taken from a dead node)
     /// holds no more than its queue's bound, with its queue: past it, the drop policy drops
-    /// the newest or the oldest of both ([`Enqueued::Dropped`]).
+    /// the newest or the oldest of both ([`Enqueued::Dropped`]); a QoS 0 message it would not
+    /// queue offline it does not hold either. What it drops, a replay does not give it again.
     pub fn enqueue_from_bus(&mut self, out: Outgoing<M>) -> Enqueued<M> {
         let skipping = self.behind.as_ref().is_some_and(|b| b.skipping);
         let Some(origin) = out.msg.origin().filter(|_| skipping).cloned() else { return self.enqueue(out) };
         if self.catch_up.as_ref().is_some_and(|c| c.took(&origin)) {
             return Enqueued::Had;
         }
-        let oldest = match (self.arriving.is_some() && self.is_full(), self.limits.drop_policy) {
+        let arriving_offline = self.arriving.is_some() && !self.is_online();
+        let unqueued = out.qos == QoS::AtMostOnce && !self.limits.queue_qos0;
+        let oldest = match (arriving_offline && (unqueued || self.is_full()), self.limits.drop_policy) {
             (false, _) => None,
-            (true, DropPolicy::DropNewest) => return Enqueued::Dropped(out),
+            (true, _) if unqueued => return self.drop_held(out),
+            (true, DropPolicy::DropNewest) => return self.drop_held(out),
             (true, DropPolicy::DropOldest) => self.drop_oldest(),
         };
         if let Some(behind) = &mut self.behind {
@@ -524,20 +528,48 @@ impl<M: Deliverable + Clone> Session<M> {
     }
 
     /// Whether an offline session's queue is at its bound, with what it holds while it
-    /// arrives (all of it goes into the queue then).
+    /// arrives and its replay has not given yet (those go into the queue at its arrival; the
+    /// others are copies of what the replay gave). While it arrives, what it skipped is what
+    /// it holds unread.
     fn is_full(&self) -> bool {
-        let held = self.arriving.as_ref().map_or(0, |a| a.held.len());
-        !self.is_online() && self.queue.len() + held >= self.limits.max_queued
+        let unread = match (&self.arriving, &self.behind) {
+            (Some(_), Some(behind)) => behind.skipped.len(),
+            _ => 0,
+        };
+        !self.is_online() && self.queue.len() + unread >= self.limits.max_queued
     }
 
-    /// Drops the oldest message waiting: the first of its queue, or the first it holds while
-    /// it arrives if that goes in first (then no longer waited for). Returns it, and whether
-    /// the journal has it (the caller writes that it is done).
+    /// A message that came live while the session arrives, dropped rather than held: taken as
+    /// had, so its replay does not give it again.
+    fn drop_held(&mut self, out: Outgoing<M>) -> Enqueued<M> {
+        if let (Some(catch_up), Some(origin)) = (&mut self.catch_up, out.msg.origin()) {
+            catch_up.live(origin);
+        }
+        Enqueued::Dropped(out)
+    }
+
+    /// Drops the oldest message waiting: the first of its queue, or the first it holds unread
+    /// while it arrives if that goes in first (then taken as had: its replay does not give it
+    /// again). Returns it, and whether the journal has it (the caller writes that it is done).
     fn drop_oldest(&mut self) -> Option<(Outgoing<M>, bool)> {
-        if let Some(arriving) = self.arriving.as_mut().filter(|a| a.at == 0 && !a.held.is_empty()) {
-            let oldest = arriving.held.remove(0);
-            if let (Some(behind), Some(origin)) = (&mut self.behind, oldest.msg.origin()) {
-                behind.skipped.remove(&(origin.cursor.clone(), origin.at));
+        let unread = |o: &Outgoing<M>, behind: &Option<Behind>| {
+            let origin = o.msg.origin().map(|origin| (origin.cursor.clone(), origin.at));
+            origin.is_some_and(|origin| behind.as_ref().is_some_and(|b| b.skipped.contains(&origin)))
+        };
+        let first = self
+            .arriving
+            .as_ref()
+            .filter(|a| a.at == 0)
+            .and_then(|a| a.held.iter().position(|o| unread(o, &self.behind)));
+        if let (Some(i), Some(arriving)) = (first, self.arriving.as_mut()) {
+            let oldest = arriving.held.remove(i);
+            if let Some(origin) = oldest.msg.origin() {
+                if let Some(behind) = &mut self.behind {
+                    behind.skipped.remove(&(origin.cursor.clone(), origin.at));
+                }
+                if let Some(catch_up) = &mut self.catch_up {
+                    catch_up.live(origin);
+                }
             }
             return Some((oldest, false));
         }

@@ -1157,7 +1157,11 @@ fn a_taken_session_holds_no_more_than_its_queue_takes_whatever_its_drop_policy()
             b.publish_remote(from_node("c", n), 3_000, &mut fx);
         }
         b.publish(msg("t/1", "here1", 1), None, 3_000, &mut fx);
-        assert_eq!(dropped(&fx), gone, "{policy:?}");
+        // Its replay reads them all: what was dropped it does not give again.
+        for n in 1..=4 {
+            b.replay_routed_all(from_node("c", n), 3_000, 3_000, &mut fx);
+        }
+        assert_eq!(dropped(&fx), gone, "{policy:?}: each once");
         let id = b.arrival_id(&bob).expect("held");
         b.replay_done(&bob, id, 3_000, &mut fx);
         assert_eq!(b.catch_up_id(&bob), None, "{policy:?}: its catch-up ended, nothing left waited for");
@@ -1167,6 +1171,42 @@ fn a_taken_session_holds_no_more_than_its_queue_takes_whatever_its_drop_policy()
         want.extend(kept);
         assert_eq!(delivered(&fx, link), want, "{policy:?}");
     }
+}
+
+#[test]
+fn what_a_taken_session_holds_and_its_replay_gave_counts_once_toward_its_bound() {
+    let mut fx = Fx::new();
+    let (mut b, bob) = taken_on_b(DropPolicy::DropOldest, &mut fx);
+    for n in 1..=3 {
+        b.publish_remote(from_node("c", n), 3_000, &mut fx);
+    }
+    for n in 1..=3 {
+        assert_eq!(b.replay_routed_all(from_node("c", n), 3_000, 3_000, &mut fx), 1, "c{n} read");
+    }
+    assert!(dropped(&fx).is_empty(), "three, with a bound of three: {:?}", dropped(&fx));
+    let id = b.arrival_id(&bob).expect("held");
+    b.replay_done(&bob, id, 3_000, &mut fx);
+    fx.clear();
+    let (link, _) = connect(&mut b, request("bob", "phone", false, 60), &mut fx);
+    assert_eq!(delivered(&fx, link), ["x1", "c1", "c2", "c3"]);
+}
+
+#[test]
+fn a_taken_session_holds_no_qos_0_message_it_would_not_queue_offline() {
+    let mut fx = Fx::new();
+    let (mut b, bob) = taken_on_b(DropPolicy::DropOldest, &mut fx);
+    for n in 1..=3 {
+        b.publish(msg("t/1", &format!("here{n}"), 1), None, 3_000, &mut fx);
+    }
+    let at_most_once = Msg { qos: QoS::AtMostOnce, ..from_node("c", 9) };
+    b.publish_remote(at_most_once.clone(), 3_000, &mut fx);
+    assert_eq!(dropped(&fx), ["c9"], "the QoS 0 message, not a queued one");
+    assert_eq!(b.replay_routed_all(at_most_once, 3_000, 3_000, &mut fx), 0, "nor again from the replay");
+    let id = b.arrival_id(&bob).expect("held");
+    b.replay_done(&bob, id, 3_000, &mut fx);
+    fx.clear();
+    let (link, _) = connect(&mut b, request("bob", "phone", false, 60), &mut fx);
+    assert_eq!(delivered(&fx, link), ["x1", "here1", "here2", "here3"]);
 }
 
 #[test]
