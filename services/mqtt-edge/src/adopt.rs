@@ -15,8 +15,9 @@
 //!    arriving with its client: `behind`);
 //! 3. once all are here, replays what the bus kept on their subscriptions since they began,
 //!    in one replay for them all (but what the dead edge published itself, and what this edge
-//!    routed after each was parked here: `catch_up::replay_to_each`), then what their durable
-//!    streams got beyond their cursors;
+//!    routed after each was parked here: `catch_up::replay_to_each`); what each held goes in
+//!    after that, and its catch-up drops live copies of what the replay gave for
+//!    `behind::DRAIN` more; then what their durable streams got beyond their cursors;
 //! 4. forgets the dead edge once it owns nothing.
 //!
 //! If this edge dies meanwhile, the lease runs out and another live edge takes what is left.
@@ -209,9 +210,19 @@ async fn catch_up_all(hub: &Arc<Hub>, taken: &[Taken], dead: &NodeName, me: &Nod
             Err(e) => tracing::warn!(error = %e, "cannot replay what the sessions of a dead edge missed"),
         }
     }
+    // What they held goes in after what the replay gave. Their catch-up still drops, as had,
+    // a live copy of a replayed message for a while (`behind::DRAIN`), then ends.
     for t in taken {
-        hub.replay_done(&t.session, t.arrival, now_ms());
+        hub.arrived(&t.session, t.arrival, now_ms());
     }
+    let arrived: Vec<(Arc<str>, u64)> = taken.iter().map(|t| (t.session.clone(), t.arrival)).collect();
+    let draining = hub.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(crate::behind::DRAIN).await;
+        for (session, id) in arrived {
+            draining.replay_done(&session, id, now_ms());
+        }
+    });
     if let Some(streams) = hub.streams() {
         for t in taken.iter().filter(|t| !t.cursors.is_empty()) {
             streams.replay_missed(hub, &t.session, t.cursors.clone(), stall).await;

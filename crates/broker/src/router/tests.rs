@@ -1192,6 +1192,23 @@ fn what_a_taken_session_holds_and_its_replay_gave_counts_once_toward_its_bound()
 }
 
 #[test]
+fn a_taken_session_drops_a_live_copy_of_what_its_replay_gave_until_its_catch_up_ends() {
+    let mut fx = Fx::new();
+    let (mut b, bob) = taken_on_b(DropPolicy::DropOldest, &mut fx);
+    assert_eq!(b.replay_routed_all(from_node("c", 1), 3_000, 3_000, &mut fx), 1);
+    let id = b.arrival_id(&bob).expect("held");
+    b.arrived(&bob, id, 3_000, &mut fx);
+    assert_eq!(b.arrival_id(&bob), None, "what comes goes in again");
+    b.publish_remote(from_node("c", 1), 3_000, &mut fx);
+    b.publish_remote(from_node("c", 2), 3_000, &mut fx);
+    b.replay_done(&bob, id, 3_000, &mut fx);
+    assert_eq!(b.catch_up_id(&bob), None, "its catch-up ended");
+    fx.clear();
+    let (link, _) = connect(&mut b, request("bob", "phone", false, 60), &mut fx);
+    assert_eq!(delivered(&fx, link), ["x1", "c1", "c2"], "c1 once: its live copy came while it caught up");
+}
+
+#[test]
 fn a_taken_session_holds_no_qos_0_message_it_would_not_queue_offline() {
     let mut fx = Fx::new();
     let (mut b, bob) = taken_on_b(DropPolicy::DropOldest, &mut fx);
