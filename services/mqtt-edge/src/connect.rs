@@ -40,6 +40,16 @@ pub struct ConnectInput {
     /// The v5 client's Topic Alias Maximum (0 for v3): how many outbound aliases it takes.
     pub topic_alias_max: u16,
     pub protocol: &'static str,
+    /// Where it came in.
+    pub listener: Listener,
+}
+
+/// The listener a client came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Tcp,
+    Tls,
+    WebSocket,
 }
 
 /// The will of a CONNECT.
@@ -267,9 +277,14 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     drop(claim);
     metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);
     let link_id = connected.link_id;
-    let from_loopback = input.peer.is_some_and(|ip| ip.is_loopback());
+    // The edges announce where plain TCP clients reach them: a client on TLS or WebSocket is
+    // named none (told a plain address, it could send its token in the clear).
+    let referable = match input.listener {
+        Listener::Tcp => Some(input.peer.is_some_and(|ip| ip.is_loopback())),
+        Listener::Tls | Listener::WebSocket => None,
+    };
     let (alias_max, hub) = (input.topic_alias_max, edge.hub.clone());
-    spawn_delivery_task(sink, connected.inbox, hub, session.clone(), link_id, alias_max, from_loopback);
+    spawn_delivery_task(sink, connected.inbox, hub, session.clone(), link_id, alias_max, referable);
     let auto = ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &session, &client_id);
     ingress::start_cursors(&edge.hub, &session, &auto).await;
     ingress::close_if_revoked(edge, &identity);

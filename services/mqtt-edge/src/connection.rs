@@ -174,7 +174,8 @@ fn reference_fits(reference: &str, max_packet_size: u32) -> bool {
 /// sends, and closes the connection when the hub asks to.
 ///
 /// `topic_alias_max` is the v5 client's Topic Alias Maximum: topics it has seen on this
-/// connection are then sent as aliases.
+/// connection are then sent as aliases. A stopping edge names another to it only if
+/// `referable`: `Some(on_loopback)` for a client on the plain TCP listener.
 pub fn spawn_delivery_task(
     sink: Sink,
     inbox: ConnInbox,
@@ -182,7 +183,7 @@ pub fn spawn_delivery_task(
     session: Arc<str>,
     link_id: u64,
     topic_alias_max: u16,
-    from_loopback: bool,
+    referable: Option<bool>,
 ) {
     // The connection's PUBLISHes wait for the journal on this worker.
     crate::relay::start_here();
@@ -196,7 +197,8 @@ pub fn spawn_delivery_task(
                     let elsewhere = match reason {
                         CloseReason::ServerShuttingDown => {
                             let now = std::time::Instant::now();
-                            hub.cluster().and_then(|c| c.peers().next(now, from_loopback))
+                            let peers = hub.cluster().map(|c| c.peers());
+                            referable.and_then(|for_loopback| peers?.next(now, for_loopback))
                         }
                         _ => None,
                     };

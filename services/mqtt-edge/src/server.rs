@@ -15,6 +15,7 @@ use broker::relations::{MemoryRelations, RelationDirectory};
 use crate::auth::Authenticator;
 use crate::authz::Authorizer;
 use crate::config::EdgeConfig;
+use crate::connect::Listener;
 use crate::connection::ConnState;
 use crate::flow::watched;
 use crate::guard::ProtocolGuard;
@@ -125,8 +126,12 @@ fn service_config(cfg: &EdgeConfig) -> SharedCfg {
         .into()
 }
 
-/// The MQTT service for one accepted (and, for TLS/WS, unwrapped) connection.
-fn mqtt_service(edge: Arc<EdgeShared>) -> impl Service<(), ntex::io::IoBoxed, Res = (), Error = io::Error> {
+/// The MQTT service for one accepted (and, for TLS/WS, unwrapped) connection, on the
+/// `listener` it came to.
+fn mqtt_service(
+    edge: Arc<EdgeShared>,
+    listener: Listener,
+) -> impl Service<(), ntex::io::IoBoxed, Res = (), Error = io::Error> {
     let e3 = edge.clone();
     let e5 = edge;
     MqttServer::new()
@@ -139,7 +144,7 @@ fn mqtt_service(edge: Arc<EdgeShared>) -> impl Service<(), ntex::io::IoBoxed, Re
             observe_stop(ses, &c);
             Ok::<Option<ntex_mqtt::v3::codec::Encoded>, EdgeError>(None)
         })
-        .build(move |msg| v3::connect(e3.clone(), msg)))
+        .build(move |msg| v3::connect(e3.clone(), msg, listener)))
         .v5(ntex_mqtt::v5::MqttServer::new(async |ses: &v5::Session, p| {
             watched(&ses.dispatch, v5::publish(ses, p)).await
         })
@@ -149,7 +154,7 @@ fn mqtt_service(edge: Arc<EdgeShared>) -> impl Service<(), ntex::io::IoBoxed, Re
             observe_stop(ses, &c);
             Ok::<Option<ntex_mqtt::v5::codec::Encoded>, EdgeError>(None)
         })
-        .build(move |msg| v5::connect(e5.clone(), msg)))
+        .build(move |msg| v5::connect(e5.clone(), msg, listener)))
         .map_err(|e: MqttError<EdgeError>| io::Error::other(format!("{e:?}")))
 }
 
@@ -176,7 +181,7 @@ fn observe_stop(ses: &ConnState, c: &ntex_mqtt::Control<EdgeError>) {
 fn ws_service<F: Filter>(
     edge: Arc<EdgeShared>,
 ) -> impl Service<(), Io<F>, Res = (), Error = http::error::DispatchError> {
-    let mqtt = Pipeline::new((), mqtt_service(edge)).bind();
+    let mqtt = Pipeline::new((), mqtt_service(edge, Listener::WebSocket)).bind();
     HttpService::new(async |_| {
         Ok::<_, io::Error>(Response::BadRequest().body("this endpoint speaks MQTT over WebSocket only"))
     })
@@ -246,14 +251,14 @@ pub fn start(edge: Arc<EdgeShared>) -> io::Result<Listeners> {
             if let Some(l) = tcp {
                 let e = edge.clone();
                 b = b.listen("mqtt", l, service_config(&cfg), async move |_| {
-                    let mqtt = Pipeline::new((), mqtt_service(e.clone()));
+                    let mqtt = Pipeline::new((), mqtt_service(e.clone(), Listener::Tcp));
                     ntex::service::fn_service(async move |io: Io| mqtt.call(io.boxed()).await)
                 })?;
             }
             if let (Some(l), Some(tls_cfg)) = (tls, tls_cfg) {
                 let e = edge.clone();
                 b = b.listen("mqtt-tls", l, service_config(&cfg), async move |_| {
-                    let mqtt = Pipeline::new((), mqtt_service(e.clone()));
+                    let mqtt = Pipeline::new((), mqtt_service(e.clone(), Listener::Tls));
                     ntex_tls::rustls::TlsAcceptor::new(tls_cfg.clone())
                         .map_err(io::Error::other)
                         .and_then(async move |io: Io<_>| mqtt.call(io.boxed()).await)

@@ -7,7 +7,7 @@ use ntex_mqtt::v3;
 
 use broker::SubOptions;
 
-use crate::connect::{self, ConnectInput, Refusal, WillInput};
+use crate::connect::{self, ConnectInput, Listener, Refusal, WillInput};
 use crate::connection::{ConnState, Sink, from_ntex_qos};
 use crate::ingress::{self, EdgeError, Inbound, PublishRefusal, peer_ip};
 use crate::metrics as m;
@@ -16,7 +16,11 @@ use crate::server::EdgeShared;
 pub type Session = v3::Session<ConnState>;
 
 #[tracing::instrument(name = "mqtt.connect", skip_all, fields(client_id = %msg.packet().client_id, protocol = "3.1.1"))]
-pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::ConnectAck<ConnState>, EdgeError> {
+pub async fn connect(
+    edge: Arc<EdgeShared>,
+    msg: v3::Connect,
+    listener: Listener,
+) -> Result<v3::ConnectAck<ConnState>, EdgeError> {
     let pkt = msg.packet();
     let limits = &edge.cfg.limits;
     // ntex-mqtt's decoder already closes the connection for an empty id without clean session
@@ -41,6 +45,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v3::Connect) -> Result<v3::Conn
         peer: peer_ip(msg.io()),
         topic_alias_max: 0,
         protocol: "3.1.1",
+        listener,
     };
     let keep_alive = pkt.keep_alive;
     match connect::accept(&edge, input, Sink::V3(msg.sink())).await {

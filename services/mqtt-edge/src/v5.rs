@@ -9,7 +9,7 @@ use ntex_mqtt::v5::codec::{ConnectAckReason, PublishAckReason, SubscribeAckReaso
 
 use broker::{RetainHandling, SubOptions};
 
-use crate::connect::{self, ConnectInput, Refusal, WillInput};
+use crate::connect::{self, ConnectInput, Listener, Refusal, WillInput};
 use crate::connection::{ConnState, Sink, from_ntex_qos};
 use crate::hub::SubscribeError;
 use crate::ingress::{self, EdgeError, Inbound, PublishRefusal, peer_ip};
@@ -62,7 +62,11 @@ fn will_input(w: &v5::codec::LastWill) -> WillInput {
 }
 
 #[tracing::instrument(name = "mqtt.connect", skip_all, fields(client_id = %msg.packet().client_id, protocol = "5.0"))]
-pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::ConnectAck<ConnState>, EdgeError> {
+pub async fn connect(
+    edge: Arc<EdgeShared>,
+    msg: v5::Connect,
+    listener: Listener,
+) -> Result<v5::ConnectAck<ConnState>, EdgeError> {
     let pkt = msg.packet();
     let limits = &edge.cfg.limits;
     let expiry = pkt.session_expiry_interval_secs.min(limits.max_session_expiry_secs);
@@ -77,6 +81,7 @@ pub async fn connect(edge: Arc<EdgeShared>, msg: v5::Connect) -> Result<v5::Conn
         peer: peer_ip(msg.io()),
         topic_alias_max: pkt.topic_alias_max,
         protocol: "5.0",
+        listener,
     };
     let client_keep_alive = pkt.keep_alive;
     let requested_expiry = pkt.session_expiry_interval_secs;

@@ -513,6 +513,43 @@ async fn a_stopping_edge_names_another_only_to_clients_with_room_for_it() {
     b.stop().await;
 }
 
+/// A stopping edge names another edge only to v5 clients on its plain TCP listener: the edges
+/// announce where plain TCP clients reach them, and a client on TLS or WebSocket told such an
+/// address could send its token in the clear. paho-mqtt (Python) over each listener.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_edge_names_another_only_to_clients_on_its_plain_tcp_listener() {
+    use tokio::io::AsyncBufReadExt;
+    let python = require_tool("python3");
+    let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+    let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
+    let named = |id: &'static str| move |c: &mut mqtt_edge::EdgeConfig| c.bus.node_id = id.into();
+    let a = TestEdge::start_clustered(memory.clone(), Some(owners.clone()), named("a")).await;
+    let b = TestEdge::start_clustered(memory, Some(owners), named("b")).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/paho_told_to_go.py");
+    let mut paho = tokio::process::Command::new(python)
+        .args([script, "127.0.0.1", &a.tcp.port().to_string(), &a.tls.port().to_string()])
+        .args([&a.ws.port().to_string(), &a.ca_file.display().to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut lines = tokio::io::BufReader::new(paho.stdout.take().expect("stdout")).lines();
+    let next = async |lines: &mut tokio::io::Lines<_>| {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("paho answers").expect("read")
+    };
+    assert_eq!(next(&mut lines).await.as_deref(), Some("connected"));
+    let stopping = tokio::spawn(a.stop());
+    let mut told = Vec::new();
+    while let Some(line) = next(&mut lines).await {
+        told.push(line);
+    }
+    let want = [format!("tcp 139 {}", b.tcp), "tls 139 -".to_owned(), "ws 139 -".to_owned()];
+    assert_eq!(told, want, "0x8B to each, a reference only over plain TCP");
+    assert!(paho.wait().await.expect("paho").success());
+    stopping.await.expect("a stopped");
+    b.stop().await;
+}
+
 /// While edge A stops, a publisher on edge B goes on publishing to a persistent subscriber
 /// on A, which is told to go (0x8B) and reconnects to B: it gets every acknowledged message.
 #[tokio::test(flavor = "multi_thread")]

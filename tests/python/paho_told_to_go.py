@@ -1,0 +1,68 @@
+"""What a stopping edge tells paho-mqtt v5 clients on each of its listeners.
+
+Usage: paho_told_to_go.py HOST TCP_PORT TLS_PORT WS_PORT CAFILE
+Connects one MQTT 5 client over TCP, one over TLS and one over WebSocket, prints "connected",
+then, for each, the reason code of the DISCONNECT the server sends and its Server Reference
+("-" for none): `<transport> <code> <reference>`. Exits non-zero if a client gets no DISCONNECT
+within 20 s.
+"""
+import sys
+import threading
+import uuid
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+TIMEOUT = 20
+
+
+def watch(transport, host, port, cafile, told):
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"told-{transport}-{uuid.uuid4().hex[:6]}",
+                    transport="websockets" if transport == "ws" else "tcp", protocol=mqtt.MQTTv5)
+    if transport == "ws":
+        c.ws_set_options(path="/mqtt")
+    if transport == "tls":
+        c.tls_set(ca_certs=cafile)
+    c.reconnect_delay_set(60, 60)
+    connected = threading.Event()
+
+    def on_connect(cl, userdata, flags, rc, props=None):
+        if rc == 0:
+            connected.set()
+
+    def on_disconnect(cl, userdata, flags, rc, props=None):
+        reference = getattr(props, "ServerReference", None) if props is not None else None
+        told[transport] = (rc.value if hasattr(rc, "value") else int(rc), reference or "-")
+        cl.disconnect()
+
+    c.on_connect, c.on_disconnect = on_connect, on_disconnect
+    c.connect(host, port, keepalive=30)
+    c.loop_start()
+    if not connected.wait(TIMEOUT):
+        print(f"FAIL {transport}: not connected", flush=True)
+        sys.exit(1)
+    return c
+
+
+def main():
+    host, tcp, tls, ws, cafile = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+    told = {}
+    clients = [watch(t, host, p, cafile, told) for t, p in (("tcp", tcp), ("tls", tls), ("ws", ws))]
+    print("connected", flush=True)
+    done = threading.Event()
+    for _ in range(TIMEOUT * 10):
+        if len(told) == 3:
+            done.set()
+            break
+        done.wait(0.1)
+    for transport in ("tcp", "tls", "ws"):
+        if transport not in told:
+            print(f"FAIL {transport}: no DISCONNECT", flush=True)
+            sys.exit(1)
+        code, reference = told[transport]
+        print(f"{transport} {code} {reference}", flush=True)
+    for c in clients:
+        c.loop_stop()
+
+
+main()
