@@ -45,6 +45,14 @@ async fn pairs_with(adjust: impl Fn(&mut mqtt_edge::EdgeConfig)) -> Vec<(&'stati
     vec![("nats", on_nats), ("nats, redis cluster", on_redis_cluster), ("memory", in_process)]
 }
 
+/// Edges a and b on `bus`, in this process, sharing an in-process owners registry.
+async fn pair_in_process(bus: Arc<dyn Bus>) -> (TestEdge, TestEdge) {
+    let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
+    let named = |id: &'static str| move |c: &mut mqtt_edge::EdgeConfig| c.bus.node_id = id.into();
+    let a = TestEdge::start_clustered(bus.clone(), Some(owners.clone()), named("a")).await;
+    (a, TestEdge::start_clustered(bus, Some(owners), named("b")).await)
+}
+
 /// Two edges on a NATS of their own (pairs must not hear each other), their state in the
 /// Redis at `redis_url`, which `servers` run.
 async fn pair_on_nats(
@@ -357,10 +365,7 @@ async fn sessions_arriving_together_share_their_replays_and_keep_each_publishers
     const EACH: u32 = 50;
     let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
     let slow = Arc::new(hermes_tests::slow::SlowReplays::new(memory, Duration::from_millis(250)));
-    let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
-    let named = |id: &'static str| move |c: &mut mqtt_edge::EdgeConfig| c.bus.node_id = id.into();
-    let a = TestEdge::start_clustered(slow.clone(), Some(owners.clone()), named("a")).await;
-    let b = TestEdge::start_clustered(slow.clone(), Some(owners), named("b")).await;
+    let (a, b) = pair_in_process(slow.clone()).await;
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
         let (mut c, _) = a.connect(Version::V5, lasting(&format!("mover-{i}"), false)).await;
@@ -481,11 +486,7 @@ async fn a_stopping_edge_names_another_to_its_clients() {
 /// another edge.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopping_edge_names_another_only_to_clients_with_room_for_it() {
-    let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
-    let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
-    let named = |id: &'static str| move |c: &mut mqtt_edge::EdgeConfig| c.bus.node_id = id.into();
-    let a = TestEdge::start_clustered(memory.clone(), Some(owners.clone()), named("a")).await;
-    let b = TestEdge::start_clustered(memory, Some(owners), named("b")).await;
+    let (a, b) = pair_in_process(Arc::new(bus::memory::MemoryBus::default())).await;
     let reference = b.tcp.to_string();
     // The smallest DISCONNECT naming b as ntex-mqtt counts: the fixed header at its longest, 5,
     // reason code 1, properties' length 1, Server Reference 3 + its length.
@@ -520,11 +521,7 @@ async fn a_stopping_edge_names_another_only_to_clients_with_room_for_it() {
 async fn a_stopping_edge_names_another_only_to_clients_on_its_plain_tcp_listener() {
     use tokio::io::AsyncBufReadExt;
     let python = require_tool("python3");
-    let memory: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
-    let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
-    let named = |id: &'static str| move |c: &mut mqtt_edge::EdgeConfig| c.bus.node_id = id.into();
-    let a = TestEdge::start_clustered(memory.clone(), Some(owners.clone()), named("a")).await;
-    let b = TestEdge::start_clustered(memory, Some(owners), named("b")).await;
+    let (a, b) = pair_in_process(Arc::new(bus::memory::MemoryBus::default())).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/paho_told_to_go.py");
     let mut paho = tokio::process::Command::new(python)
         .args([script, "127.0.0.1", &a.tcp.port().to_string(), &a.tls.port().to_string()])
