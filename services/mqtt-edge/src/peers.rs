@@ -233,12 +233,15 @@ mod tests {
     struct Gated {
         inner: bus::memory::MemoryBus,
         open: tokio::sync::Semaphore,
+        /// Announcements waiting for a permit.
+        waiting: AtomicUsize,
     }
 
     impl Bus for Gated {
         fn publish<'a>(&'a self, subject: &'a str, payload: Bytes) -> bus::BoxFuture<'a, Result<(), bus::BusError>> {
             Box::pin(async move {
                 if !payload.ends_with(b"\n") {
+                    self.waiting.fetch_add(1, Ordering::Relaxed);
                     self.open.acquire().await.map_err(|e| bus::BusError::Transport(e.to_string()))?.forget();
                 }
                 self.inner.publish(subject, payload).await
@@ -267,7 +270,8 @@ mod tests {
     /// withdrawal, never after it (the others would name the edge for another 15 s).
     #[tokio::test]
     async fn an_announcement_on_its_way_when_the_edge_withdraws_goes_out_before_the_withdrawal() {
-        let gated = Arc::new(Gated { inner: bus::memory::MemoryBus::default(), open: tokio::sync::Semaphore::new(0) });
+        let (inner, open) = (bus::memory::MemoryBus::default(), tokio::sync::Semaphore::new(0));
+        let gated = Arc::new(Gated { inner, open, waiting: AtomicUsize::new(0) });
         let mut heard = gated.subscribe(SUBJECT).await.expect("subscribe");
         let peers = Arc::new(Peers::new("a"));
         peers.set_address("10.0.0.1:1883");
@@ -275,7 +279,10 @@ mod tests {
             let (peers, gated) = (peers.clone(), gated.clone());
             async move { peers.announce(&*gated).await }
         });
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The announcement is on its way: read, waiting for the bus.
+        while gated.waiting.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         let withdrawing = tokio::spawn({
             let (peers, gated) = (peers.clone(), gated.clone());
             async move { peers.withdraw(&*gated).await }
