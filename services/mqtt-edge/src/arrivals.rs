@@ -35,7 +35,8 @@ pub const MAX_SUBJECTS: usize = MAX_REPLAY_SUBJECTS;
 /// Passes that read at once.
 pub const AT_ONCE: usize = 4;
 
-/// How far apart the starts of the sessions read for together may be.
+/// How far from the start of a pass's first session the start of another it reads for may be
+/// (either way).
 pub const SPAN_MS: u64 = crate::catch_up::MOVE_MARGIN_MS;
 
 /// A session waiting for the first pass of its replay.
