@@ -255,10 +255,15 @@ struct Behind {
 impl Behind {
     /// Its replay read `origin`: returns whether it had skipped it.
     fn read(&mut self, origin: &Origin) -> bool {
-        let read = self.skipped.remove(&(origin.cursor.clone(), origin.at));
+        let read = self.skipped.remove(&skip_key(origin));
         self.replayed += u64::from(read);
         read
     }
+}
+
+/// How [`Behind::skipped`] notes a message from `origin`.
+fn skip_key(origin: &Origin) -> (Arc<str>, Stamp) {
+    (origin.cursor.clone(), origin.at)
 }
 
 /// Where a session behind stands ([`Session::caught_up_behind`]).
@@ -496,35 +501,26 @@ impl<M: Deliverable + Clone> Session<M> {
         }
         let arriving_offline = self.arriving.is_some() && !self.is_online();
         let unqueued = out.qos == QoS::AtMostOnce && !self.limits.queue_qos0;
-        let oldest = match (arriving_offline && (unqueued || self.is_full()), self.limits.drop_policy) {
-            (false, _) => None,
-            (true, _) if unqueued => return self.drop_held(out),
-            (true, DropPolicy::DropNewest) => return self.drop_held(out),
-            (true, DropPolicy::DropOldest) => self.drop_oldest(),
+        let oldest = match arriving_offline && (unqueued || self.is_full()) {
+            false => None,
+            true if unqueued || self.limits.drop_policy == DropPolicy::DropNewest => return self.drop_held(out),
+            true => self.drop_oldest(),
         };
         if let Some(behind) = &mut self.behind {
-            behind.skipped.insert((origin.cursor.clone(), origin.at));
+            behind.skipped.insert(skip_key(&origin));
         }
         if let Some(arriving) = &mut self.arriving {
             arriving.held.push(out);
         }
-        match oldest {
-            Some(_) => self.dropped(oldest),
-            None => Enqueued::Later,
-        }
+        oldest.map_or(Enqueued::Later, |oldest| self.dropped(oldest))
     }
 
     /// What [`Session::drop_oldest`] dropped, done in the journal if it had it.
-    fn dropped(&mut self, oldest: Option<(Outgoing<M>, bool)>) -> Enqueued<M> {
-        match oldest {
-            Some((o, journaled)) => {
-                if journaled {
-                    self.done(o.entry);
-                }
-                Enqueued::Dropped(o)
-            }
-            None => Enqueued::Queued,
+    fn dropped(&mut self, (oldest, journaled): (Outgoing<M>, bool)) -> Enqueued<M> {
+        if journaled {
+            self.done(oldest.entry);
         }
+        Enqueued::Dropped(oldest)
     }
 
     /// Whether an offline session's queue is at its bound, with what it holds while it
@@ -552,20 +548,15 @@ impl<M: Deliverable + Clone> Session<M> {
     /// while it arrives if that goes in first (then taken as had: its replay does not give it
     /// again). Returns it, and whether the journal has it (the caller writes that it is done).
     fn drop_oldest(&mut self) -> Option<(Outgoing<M>, bool)> {
-        let unread = |o: &Outgoing<M>, behind: &Option<Behind>| {
-            let origin = o.msg.origin().map(|origin| (origin.cursor.clone(), origin.at));
-            origin.is_some_and(|origin| behind.as_ref().is_some_and(|b| b.skipped.contains(&origin)))
-        };
-        let first = self
-            .arriving
-            .as_ref()
-            .filter(|a| a.at == 0)
-            .and_then(|a| a.held.iter().position(|o| unread(o, &self.behind)));
+        let skipped_now = self.behind.as_ref().map(|b| &b.skipped);
+        let unread =
+            |o: &Outgoing<M>| o.msg.origin().is_some_and(|o| skipped_now.is_some_and(|s| s.contains(&skip_key(o))));
+        let first = self.arriving.as_ref().filter(|a| a.at == 0).and_then(|a| a.held.iter().position(unread));
         if let (Some(i), Some(arriving)) = (first, self.arriving.as_mut()) {
             let oldest = arriving.held.remove(i);
             if let Some(origin) = oldest.msg.origin() {
                 if let Some(behind) = &mut self.behind {
-                    behind.skipped.remove(&(origin.cursor.clone(), origin.at));
+                    behind.skipped.remove(&skip_key(origin));
                 }
                 if let Some(catch_up) = &mut self.catch_up {
                     catch_up.live(origin);
@@ -806,7 +797,7 @@ impl<M: Deliverable + Clone> Session<M> {
                     let oldest = self.drop_oldest();
                     self.kept(&out, false, true);
                     self.queue_in(out, replayed);
-                    self.dropped(oldest)
+                    oldest.map_or(Enqueued::Queued, |oldest| self.dropped(oldest))
                 }
             };
         }

@@ -99,22 +99,21 @@ async fn run(hub: Weak<Hub>, mut queue: mpsc::UnboundedReceiver<Waiting>, stall:
         // Those that stopped waiting are left out.
         pending.retain(|w: &Waiting| !w.done.is_closed());
         let Some(hub) = hub.upgrade() else { return };
-        let kept_for = hub.cluster().map_or(Duration::ZERO, |l| l.kept().1);
-        let oldest_kept = now_ms().saturating_sub(u64::try_from(kept_for.as_millis()).unwrap_or(u64::MAX));
-        let pass = next_pass(&mut pending, oldest_kept);
+        let oldest_kept = hub.cluster().map_or(now_ms(), |l| l.oldest_kept_ms());
+        let (pass, subjects) = next_pass(&mut pending, oldest_kept);
         if !pass.is_empty() {
-            tokio::spawn(serve(hub, pass, turn, stall));
+            tokio::spawn(serve(hub, pass, subjects, turn, stall));
         }
     }
 }
 
-/// The sessions of the next pass: the first of `pending`, and those after it whose subjects
-/// fit with theirs within [`MAX_SUBJECTS`] and whose replay starts (no further back than the
-/// bus keeps: `oldest_kept_ms`) within [`SPAN_MS`] of the first's. One that starts far earlier
-/// would make the others read all that it reads.
-fn next_pass(pending: &mut VecDeque<Waiting>, oldest_kept_ms: u64) -> Vec<Waiting> {
+/// The sessions of the next pass, and their subjects: the first of `pending`, and those after
+/// it whose subjects fit with theirs within [`MAX_SUBJECTS`] and whose replay starts (no
+/// further back than the bus keeps: `oldest_kept_ms`) within [`SPAN_MS`] of the first's. One
+/// that starts far earlier would make the others read all that it reads.
+fn next_pass(pending: &mut VecDeque<Waiting>, oldest_kept_ms: u64) -> (Vec<Waiting>, Vec<String>) {
     let start = |w: &Waiting| w.arrival.missed.since_ms.max(oldest_kept_ms);
-    let Some(first) = pending.pop_front() else { return Vec::new() };
+    let Some(first) = pending.pop_front() else { return (Vec::new(), Vec::new()) };
     let at = start(&first);
     let mut subjects: BTreeSet<String> = first.arrival.subjects.iter().cloned().collect();
     let mut pass = vec![first];
@@ -129,15 +128,13 @@ fn next_pass(pending: &mut VecDeque<Waiting>, oldest_kept_ms: u64) -> Vec<Waitin
         }
     }
     *pending = rest;
-    pass
+    (pass, subjects.into_iter().collect())
 }
 
-/// Reads for `pass` and answers each session; the read stops if none of them waits any more
+/// Reads for `pass` on `subjects` (theirs) and answers each session; the read stops if none of them waits any more
 /// (their own passes give them what it would have).
-async fn serve(hub: Arc<Hub>, pass: Vec<Waiting>, turn: OwnedSemaphorePermit, stall: Duration) {
+async fn serve(hub: Arc<Hub>, pass: Vec<Waiting>, subjects: Vec<String>, turn: OwnedSemaphorePermit, stall: Duration) {
     let (arrivals, mut answers): (Vec<Arrival>, Vec<_>) = pass.into_iter().map(|w| (w.arrival, w.done)).unzip();
-    let subjects: BTreeSet<&String> = arrivals.iter().flat_map(|a| &a.subjects).collect();
-    let subjects: Vec<String> = subjects.into_iter().cloned().collect();
     let answer = tokio::select! {
         answer = read(&hub, &arrivals, &subjects, stall) => answer,
         _ = futures_util::future::join_all(answers.iter_mut().map(|a| a.closed())) => return,
@@ -191,14 +188,15 @@ mod tests {
             waiting("c", 100_000 - SPAN_MS, &["m.c"]),
         ]
         .into();
-        let pass = next_pass(&mut pending, 0);
+        let (pass, subjects) = next_pass(&mut pending, 0);
         assert_eq!(names(&pass), ["a", "b", "c"]);
+        assert_eq!(subjects, ["m.a", "m.b", "m.c"], "each once");
         assert_eq!(names(&Vec::from(std::mem::take(&mut pending))), ["far", "full", "old"], "left, in order");
         let mut pending: VecDeque<Waiting> =
             [waiting("old", 1, &["m.x"]), waiting("a", 200_000, &["m.a"]), waiting("b", 400_000, &["m.b"])].into();
-        let pass = next_pass(&mut pending, 200_000 - SPAN_MS);
+        let (pass, _) = next_pass(&mut pending, 200_000 - SPAN_MS);
         assert_eq!(names(&pass), ["old", "a"], "no further back than the bus keeps: they start alike");
-        assert_eq!(names(&next_pass(&mut pending, 0)), ["b"]);
-        assert!(next_pass(&mut pending, 0).is_empty());
+        assert_eq!(names(&next_pass(&mut pending, 0).0), ["b"]);
+        assert!(next_pass(&mut pending, 0).0.is_empty());
     }
 }

@@ -103,11 +103,10 @@ pub(crate) async fn replay_kept(
     if kept_for.is_zero() || subjects.is_empty() {
         return Ok(0);
     }
-    let oldest_kept = now_ms().saturating_sub(u64::try_from(kept_for.as_millis()).unwrap_or(u64::MAX));
     link.settled().await;
     // What this edge routed before is on the bus before the replay reads it.
     link.flushed().await;
-    let mut replay = bus.replay_kept(subjects, since_ms.max(oldest_kept)).await.map_err(|e| e.to_string())?;
+    let mut replay = bus.replay_kept(subjects, since_ms.max(link.oldest_kept_ms())).await.map_err(|e| e.to_string())?;
     let mut origins = Origins::default();
     let mut taken = 0;
     while let Some(kept) = replay.next().await {

@@ -138,6 +138,11 @@ impl ClusterLink {
         &self.arrivals
     }
 
+    /// The oldest the bus may still keep what edges route to each other (Unix ms).
+    pub fn oldest_kept_ms(&self) -> u64 {
+        now_ms().saturating_sub(u64::try_from(self.kept_for.as_millis()).unwrap_or(u64::MAX))
+    }
+
     /// The bus, and how long it keeps what edges route to each other (zero: nothing kept).
     pub fn kept(&self) -> (&Arc<dyn Bus>, std::time::Duration) {
         (&self.bus, self.kept_for)
