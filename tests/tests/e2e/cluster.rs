@@ -319,16 +319,7 @@ async fn a_client_moving_between_edges_while_messages_are_published_to_it_gets_a
         };
         tokio::join!(publishing, moving);
         // The rest, until every number came or nothing did for 10 s.
-        let mut quiet = std::time::Instant::now();
-        while got.iter().collect::<std::collections::BTreeSet<_>>().len() < 2 * EACH as usize
-            && quiet.elapsed() < Duration::from_secs(10)
-        {
-            let before = got.len();
-            read_for(&mut mover, &mut got, 200).await;
-            if got.len() > before {
-                quiet = std::time::Instant::now();
-            }
-        }
+        read_until(&mut mover, &mut got, |got| distinct(got) == 2 * EACH as usize).await;
         let (mut lost_all, mut reordered) = (Vec::new(), 0);
         for topic in ["inbox/a", "inbox/b"] {
             let mut firsts = Vec::new();
@@ -389,16 +380,7 @@ async fn sessions_arriving_together_share_their_replays_and_keep_each_publishers
                 let mut c = Client::connect_tcp(b_addr, Version::V5).await.expect("connect to b");
                 let ack = c.handshake(connect, WAIT).await.expect("CONNACK");
                 assert!(matches!(ack, Packet::ConnAck { session_present: true, code: 0, .. }), "{ack:?}");
-                let mut quiet = std::time::Instant::now();
-                while got.iter().collect::<std::collections::BTreeSet<_>>().len() < 2 * EACH as usize
-                    && quiet.elapsed() < Duration::from_secs(10)
-                {
-                    let before = got.len();
-                    read_for(&mut c, &mut got, 200).await;
-                    if got.len() > before {
-                        quiet = std::time::Instant::now();
-                    }
-                }
+                read_until(&mut c, &mut got, |got| distinct(got) == 2 * EACH as usize).await;
                 got
             })
         })
@@ -435,6 +417,24 @@ async fn sessions_arriving_together_share_their_replays_and_keep_each_publishers
     b.stop().await;
 }
 
+/// Adds to `got` what `c` receives (as [`read_for`]) until `done` says it has all it waits
+/// for, or nothing came for 10 s.
+async fn read_until(c: &mut Client, got: &mut Vec<(String, u32)>, done: impl Fn(&[(String, u32)]) -> bool) {
+    let mut quiet = std::time::Instant::now();
+    while !done(got) && quiet.elapsed() < Duration::from_secs(10) {
+        let before = got.len();
+        read_for(c, got, 200).await;
+        if got.len() > before {
+            quiet = std::time::Instant::now();
+        }
+    }
+}
+
+/// How many different messages (topic and number) `got` has.
+fn distinct(got: &[(String, u32)]) -> usize {
+    got.iter().collect::<std::collections::BTreeSet<_>>().len()
+}
+
 /// Adds to `got` what `c` receives (acknowledged: topic and number) for `for_ms`, or until
 /// its connection is closed.
 async fn read_for(c: &mut Client, got: &mut Vec<(String, u32)>, for_ms: u64) {
@@ -452,6 +452,18 @@ async fn read_for(c: &mut Client, got: &mut Vec<(String, u32)>, for_ms: u64) {
     }
 }
 
+/// The reason code and Server Reference of the DISCONNECT `c` gets next, past other packets;
+/// `Err` if the connection ends or nothing comes within [`WAIT`] first.
+async fn told_to_go(c: &mut Client) -> Result<(u8, Option<String>), String> {
+    loop {
+        match c.recv(WAIT).await {
+            Ok(Packet::Disconnect { code, server_reference, .. }) => return Ok((code, server_reference)),
+            Ok(_) => {}
+            Err(e) => return Err(format!("no DISCONNECT: {e:?}")),
+        }
+    }
+}
+
 /// A stopping edge names another edge to each v5 client it tells to go (0x8B with a Server
 /// Reference, MQTT 5 §4.11): one the others announced on the bus. The client that follows it
 /// finds its session there.
@@ -463,14 +475,8 @@ async fn a_stopping_edge_names_another_to_its_clients() {
         goer.subscribe(vec![SubscribeTopic::new("news/#", 1)], WAIT).await.expect("suback");
         settle().await;
         let stopping = tokio::spawn(a.stop());
-        let told = loop {
-            match goer.recv(WAIT).await {
-                Ok(Packet::Disconnect { code, server_reference, .. }) => break (code, server_reference),
-                Ok(_) => {}
-                Err(e) => panic!("{bus}: no DISCONNECT: {e:?}"),
-            }
-        };
-        assert_eq!(told, (0x8B, Some(b.tcp.to_string())), "{bus}: told to go to edge b");
+        let told = told_to_go(&mut goer).await;
+        assert_eq!(told, Ok((0x8B, Some(b.tcp.to_string()))), "{bus}: told to go to edge b");
         let (mut there, present) = b.connect(Version::V5, lasting("goer", false)).await;
         assert!(present, "{bus}: its session was there");
         let mut publisher = b.client(Version::V5, "news-desk").await;
@@ -500,15 +506,8 @@ async fn a_stopping_edge_names_another_only_to_clients_with_room_for_it() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stopping = tokio::spawn(a.stop());
     for (max, mut c) in clients {
-        let told = loop {
-            match c.recv(WAIT).await {
-                Ok(Packet::Disconnect { code, server_reference, .. }) => break (code, server_reference),
-                Ok(_) => {}
-                Err(e) => panic!("max {max}: no DISCONNECT: {e:?}"),
-            }
-        };
         let named = (max >= needs).then(|| reference.clone());
-        assert_eq!(told, (0x8B, named), "Maximum Packet Size {max}");
+        assert_eq!(told_to_go(&mut c).await, Ok((0x8B, named)), "Maximum Packet Size {max}");
     }
     stopping.await.expect("a stopped");
     b.stop().await;
@@ -579,16 +578,9 @@ async fn what_is_published_while_an_edge_stops_reaches_its_clients_on_another() 
             (on_b, stopping)
         };
         let ((), (mut on_b, stopping)) = tokio::join!(publishing, moving);
-        let mut quiet = std::time::Instant::now();
-        while got.iter().map(|(_, n)| n).collect::<std::collections::BTreeSet<_>>().len() < N as usize
-            && quiet.elapsed() < Duration::from_secs(10)
-        {
-            let before = got.len();
-            read_for(&mut on_b, &mut got, 200).await;
-            if got.len() > before {
-                quiet = std::time::Instant::now();
-            }
-        }
+        let numbers =
+            |got: &[(String, u32)]| got.iter().map(|(_, n)| n).collect::<std::collections::BTreeSet<_>>().len();
+        read_until(&mut on_b, &mut got, |got| numbers(got) == N as usize).await;
         let seen: std::collections::BTreeSet<u32> = got.iter().map(|(_, n)| *n).collect();
         let lost: Vec<u32> = (1..=N).filter(|n| !seen.contains(n)).collect();
         assert!(lost.is_empty(), "{bus}: lost {}: {lost:?}", lost.len());
@@ -1316,6 +1308,36 @@ async fn journaled_pair(bus: Arc<dyn Bus>, journal: Arc<dyn broker::journal::Ses
     (a, TestEdge::start_journaled(bus, owners, journal, node("b")).await)
 }
 
+/// A persistent v5 session `id` on `edge`, subscribed to `topic`, whose client left
+/// (DISCONNECT, then 200 ms for the edge to park it); returns its CONNECT, to come back.
+async fn parked_on(edge: &TestEdge, id: &str, topic: &str) -> Connect {
+    let persistent = Connect { session_expiry: Some(3600), ..connect(id, false) };
+    let (mut c, _) = edge.connect(Version::V5, persistent.clone()).await;
+    assert_eq!(c.subscribe(vec![SubscribeTopic::new(topic, 1)], WAIT).await.expect("suback"), [1]);
+    c.send(&Packet::disconnect(0)).await.expect("disconnect");
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    persistent
+}
+
+/// Publishes "probe" to `topic` every 200 ms until a live edge took the session of a stopped
+/// one (at its next heartbeat, every 5 s: a v5 PUBACK without 0x10 says a subscriber is
+/// there), for 15 s at most; returns how many probes it published, that one included.
+async fn probe_until_taken(publisher: &mut Client, topic: &str) -> usize {
+    let taken_by = std::time::Instant::now() + Duration::from_secs(15);
+    let mut probes = 0;
+    loop {
+        probes += 1;
+        let code = publisher.publish(topic, b"probe", 1, false, WAIT).await.expect("puback");
+        if code == Some(0) {
+            return probes;
+        }
+        assert_eq!(code, Some(0x10), "nobody has the session yet");
+        assert!(std::time::Instant::now() < taken_by, "no edge took the session of {topic}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// In one process (the in-process bus, owners registry and journal, as embedded): the parked
 /// session of a client that left a stopping edge and did not come back within its drain is
 /// taken by the edge left, which queues what is published for it until the client returns,
@@ -1325,29 +1347,10 @@ async fn a_stopped_edges_parked_sessions_are_taken_by_the_edge_left_in_process()
     let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
     let journal: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
     let (a, b) = journaled_pair(bus, journal).await;
-    let persistent = Connect { session_expiry: Some(3600), ..connect("dave", false) };
-    let (mut dave, _) = a.connect(Version::V5, persistent.clone()).await;
-    assert_eq!(dave.subscribe(vec![SubscribeTopic::new("dave/cmd", 1)], WAIT).await.expect("suback"), [1]);
-    dave.send(&Packet::disconnect(0)).await.expect("disconnect");
-    drop(dave);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let persistent = parked_on(&a, "dave", "dave/cmd").await;
     a.stop().await;
-
-    // Edge b takes the session at its next heartbeat (every 5 s): from then on a publish
-    // there finds a subscriber (a v5 PUBACK without 0x10).
     let mut publisher = b.client(Version::V5, "publisher").await;
-    let taken_by = std::time::Instant::now() + Duration::from_secs(15);
-    let mut probes = 0;
-    loop {
-        probes += 1;
-        let code = publisher.publish("dave/cmd", b"probe", 1, false, WAIT).await.expect("puback");
-        if code == Some(0) {
-            break;
-        }
-        assert_eq!(code, Some(0x10), "nobody has dave's session yet");
-        assert!(std::time::Instant::now() < taken_by, "edge b never took dave's session");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let probes = probe_until_taken(&mut publisher, "dave/cmd").await;
     for n in 1..=5u8 {
         assert_eq!(publisher.publish("dave/cmd", &[b'0' + n], 1, false, WAIT).await.expect("puback"), Some(0));
     }
@@ -1436,21 +1439,10 @@ async fn a_client_back_while_its_taken_session_is_replayed_to_waits_no_longer_th
     let slow: Arc<dyn Bus> = Arc::new(hermes_tests::slow::SlowReplays::new(memory, Duration::from_secs(12)));
     let journal: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
     let (a, b) = journaled_pair(slow, journal).await;
-    let persistent = Connect { session_expiry: Some(3600), ..connect("back", false) };
-    let (mut back, _) = a.connect(Version::V5, persistent.clone()).await;
-    assert_eq!(back.subscribe(vec![SubscribeTopic::new("back/cmd", 1)], WAIT).await.expect("suback"), [1]);
-    back.send(&Packet::disconnect(0)).await.expect("disconnect");
-    drop(back);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let persistent = parked_on(&a, "back", "back/cmd").await;
     a.stop().await;
     let mut publisher = b.client(Version::V5, "publisher").await;
-    let taken_by = std::time::Instant::now() + Duration::from_secs(15);
-    let mut probes = 0;
-    while publisher.publish("back/cmd", b"probe", 1, false, WAIT).await.expect("puback") != Some(0) {
-        probes += 1;
-        assert!(std::time::Instant::now() < taken_by, "edge b never took the session");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let probes = probe_until_taken(&mut publisher, "back/cmd").await;
     let came = std::time::Instant::now();
     let (mut back, present) = b.connect(Version::V5, persistent).await;
     assert!(present);
@@ -1460,13 +1452,13 @@ async fn a_client_back_while_its_taken_session_is_replayed_to_waits_no_longer_th
     ack(&mut back, &first).await;
     // The probes acknowledged while nobody had the session come once the replay is done.
     let mut got = 1;
-    while got < probes + 1 {
+    while got < probes {
         match back.recv(Duration::from_secs(15)).await {
             Ok(Packet::Publish(p)) => {
                 ack(&mut back, &p).await;
                 got += 1;
             }
-            other => panic!("{got} of {} came, then {other:?}", probes + 1),
+            other => panic!("{got} of {probes} came, then {other:?}"),
         }
     }
     b.stop().await;
