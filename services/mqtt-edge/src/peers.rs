@@ -63,7 +63,7 @@ impl Peers {
     }
 
     /// This edge's announcement now: where clients reach it; `None` while nowhere.
-    pub fn announcement(&self) -> Option<Bytes> {
+    fn announcement(&self) -> Option<Bytes> {
         let address = self.address.lock().unwrap_or_else(|e| e.into_inner()).clone();
         (!address.is_empty()).then(|| self.saying(&address))
     }
