@@ -46,10 +46,17 @@ pub struct MqttConfig {
     /// How long a stopping edge of a cluster keeps the sessions its clients left behind, to
     /// hand each over to the edge its client reconnects to; 0 lets them go at once.
     pub drain_secs: u16,
-    /// Where clients reach this edge (`host:port`), announced to the other edges of a
-    /// cluster: a stopping edge names another to its v5 clients (Server Reference). Empty:
-    /// `addr` unless it listens on every address (`0.0.0.0`, `[::]`), then none.
+    /// Where clients reach this edge's plain TCP listener (`host:port`), announced to the
+    /// other edges of a cluster: a stopping edge names another to its v5 clients (Server
+    /// Reference), one with a listener of the kind the client came to. Empty: `addr` unless
+    /// it listens on every address (`0.0.0.0`, `[::]`), then none.
     pub advertise: String,
+    /// [`MqttConfig::advertise`] for the TLS listener (`tls_addr`): a name its certificate
+    /// holds, for clients that check it.
+    pub advertise_tls: String,
+    /// [`MqttConfig::advertise`] for the WebSocket listener (`ws_addr`): `host:port`, or the
+    /// URL clients reach it at behind a proxy (`wss://mqtt.example.com/mqtt`).
+    pub advertise_ws: String,
 }
 
 impl Default for MqttConfig {
@@ -66,6 +73,8 @@ impl Default for MqttConfig {
             sys_interval_secs: 10,
             drain_secs: 5,
             advertise: String::new(),
+            advertise_tls: String::new(),
+            advertise_ws: String::new(),
         }
     }
 }
@@ -200,11 +209,16 @@ impl EdgeConfig {
     /// Checks what serde cannot: values that parse but make no sense. Names the key.
     pub fn validate(&self) -> Result<(), String> {
         self.bus.validate()?;
-        if !crate::peers::usable(&self.mqtt.advertise) {
-            return Err(format!(
-                "mqtt.advertise must be at most 255 bytes without spaces or control characters, not `{}`",
-                self.mqtt.advertise.escape_debug()
-            ));
+        let m = &self.mqtt;
+        for (key, address) in
+            [("advertise", &m.advertise), ("advertise_tls", &m.advertise_tls), ("advertise_ws", &m.advertise_ws)]
+        {
+            if !crate::peers::usable(address) {
+                return Err(format!(
+                    "mqtt.{key} must be at most 255 bytes without spaces or control characters, not `{}`",
+                    address.escape_debug()
+                ));
+            }
         }
         let l = &self.limits;
         if !matches!(l.queue_drop_policy.as_str(), "drop_oldest" | "drop_newest") {
@@ -267,15 +281,26 @@ mod tests {
 
     #[test]
     fn an_address_to_advertise_that_no_client_could_be_given_is_refused() {
-        let mut c = EdgeConfig::default();
-        for fine in ["", "edge-1.example.com:1883", &format!("{}:1", "h".repeat(253))] {
-            c.mqtt.advertise = fine.into();
-            assert_eq!(c.validate(), Ok(()), "{fine}");
-        }
-        for bad in ["edge 1:1883", "edge-1:1883\n", &format!("{}:1", "h".repeat(254))] {
-            c.mqtt.advertise = bad.into();
-            let refused = c.validate().expect_err(bad);
-            assert!(refused.starts_with("mqtt.advertise must be at most 255 bytes"), "{refused}");
+        type Field = fn(&mut EdgeConfig) -> &mut String;
+        let fields: [(&str, Field); 3] = [
+            ("advertise", |c| &mut c.mqtt.advertise),
+            ("advertise_tls", |c| &mut c.mqtt.advertise_tls),
+            ("advertise_ws", |c| &mut c.mqtt.advertise_ws),
+        ];
+        for (key, field) in fields {
+            let mut c = EdgeConfig::default();
+            for fine in
+                ["", "edge-1.example.com:1883", "wss://edge-1.example.com/mqtt", &format!("{}:1", "h".repeat(253))]
+            {
+                *field(&mut c) = fine.into();
+                assert_eq!(c.validate(), Ok(()), "{key} {fine}");
+            }
+            for bad in ["edge 1:1883", "edge-1:1883\n", &format!("{}:1", "h".repeat(254))] {
+                *field(&mut c) = bad.into();
+                let refused = c.validate().expect_err(bad);
+                let want = format!("mqtt.{key} must be at most 255 bytes");
+                assert!(refused.starts_with(&want), "{refused}");
+            }
         }
     }
 }

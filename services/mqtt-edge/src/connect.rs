@@ -14,7 +14,7 @@ use broker::topic::validate_name;
 
 use crate::auth::{AuthDecision, Identity};
 use crate::cluster::NodeName;
-use crate::connection::{ConnState, Sink, spawn_delivery_task};
+use crate::connection::{Came, ConnState, Sink, spawn_delivery_task};
 use crate::hub::{ConnectRequest, Will};
 use crate::ingress;
 use crate::message::{Message, now_ms};
@@ -50,6 +50,20 @@ pub enum Listener {
     Tcp,
     Tls,
     WebSocket,
+}
+
+impl Listener {
+    /// How many kinds there are.
+    pub const KINDS: usize = 3;
+
+    /// This kind's place among [`Listener::KINDS`] (where the edges announce its address).
+    pub fn index(self) -> usize {
+        match self {
+            Listener::Tcp => 0,
+            Listener::Tls => 1,
+            Listener::WebSocket => 2,
+        }
+    }
 }
 
 /// The will of a CONNECT.
@@ -277,14 +291,9 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     drop(claim);
     metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);
     let link_id = connected.link_id;
-    // The edges announce where plain TCP clients reach them: a client on TLS or WebSocket is
-    // named none (told a plain address, it could send its token in the clear).
-    let referable = match input.listener {
-        Listener::Tcp => Some(input.peer.is_some_and(|ip| ip.is_loopback())),
-        Listener::Tls | Listener::WebSocket => None,
-    };
+    let came = Came { on: input.listener, from_loopback: input.peer.is_some_and(|ip| ip.is_loopback()) };
     let (alias_max, hub) = (input.topic_alias_max, edge.hub.clone());
-    spawn_delivery_task(sink, connected.inbox, hub, session.clone(), link_id, alias_max, referable);
+    spawn_delivery_task(sink, connected.inbox, hub, session.clone(), link_id, alias_max, came);
     let auto = ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &session, &client_id);
     ingress::start_cursors(&edge.hub, &session, &auto).await;
     ingress::close_if_revoked(edge, &identity);

@@ -170,12 +170,22 @@ fn reference_fits(reference: &str, max_packet_size: u32) -> bool {
     remaining <= usize::try_from(room).unwrap_or(usize::MAX)
 }
 
+/// Where a client came from, for a stopping edge to name it another edge it can reach the
+/// same way (`peers`).
+#[derive(Debug, Clone, Copy)]
+pub struct Came {
+    /// The kind of listener: a client is named another edge's listener of the same kind
+    /// (named a plain one, a client on TLS could send its token in the clear).
+    pub on: crate::connect::Listener,
+    /// The client is on loopback: it may be named a loopback address.
+    pub from_loopback: bool,
+}
+
 /// Runs on the connection's worker until the connection ends: writes each delivery the hub
 /// sends, and closes the connection when the hub asks to.
 ///
 /// `topic_alias_max` is the v5 client's Topic Alias Maximum: topics it has seen on this
-/// connection are then sent as aliases. A stopping edge names another to it only if
-/// `referable`: `Some(on_loopback)` for a client on the plain TCP listener.
+/// connection are then sent as aliases. A stopping edge names another to it where it `came`.
 pub fn spawn_delivery_task(
     sink: Sink,
     inbox: ConnInbox,
@@ -183,7 +193,7 @@ pub fn spawn_delivery_task(
     session: Arc<str>,
     link_id: u64,
     topic_alias_max: u16,
-    referable: Option<bool>,
+    came: Came,
 ) {
     // The connection's PUBLISHes wait for the journal on this worker.
     crate::relay::start_here();
@@ -197,8 +207,7 @@ pub fn spawn_delivery_task(
                     let elsewhere = match reason {
                         CloseReason::ServerShuttingDown => {
                             let now = std::time::Instant::now();
-                            let peers = hub.cluster().map(|c| c.peers());
-                            referable.and_then(|for_loopback| peers?.next(now, for_loopback))
+                            hub.cluster().and_then(|c| c.peers().next(now, came.on, came.from_loopback))
                         }
                         _ => None,
                     };

@@ -325,17 +325,23 @@ impl EdgeBuilder {
         }
         let listeners = server::start(shared.clone()).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
         if let Some(c) = hub.cluster() {
-            c.peers().set_address(&advertised(&shared.cfg.mqtt.advertise, listeners.addrs.mqtt));
+            let (m, bound) = (&shared.cfg.mqtt, &listeners.addrs);
+            c.peers().set_addresses([
+                advertised(&m.advertise, bound.mqtt),
+                advertised(&m.advertise_tls, bound.mqtt_tls),
+                advertised(&m.advertise_ws, bound.mqtt_ws),
+            ]);
         }
         let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);
         Ok(Edge { hub, shared, listeners, housekeeping })
     }
 }
 
-/// Where clients reach this edge, as the other edges tell theirs (`peers`): `mqtt.advertise`,
-/// or else the TCP listener's address unless it listens on every address (empty: unknown).
-fn advertised(configured: &str, tcp: Option<std::net::SocketAddr>) -> String {
-    match tcp {
+/// Where clients reach one of this edge's listeners, as the other edges tell theirs
+/// (`peers`): what is `configured` (`mqtt.advertise`, `_tls`, `_ws`), or else the address the
+/// listener is `bound` to unless it listens on every address (empty: unknown).
+fn advertised(configured: &str, bound: Option<std::net::SocketAddr>) -> String {
+    match bound {
         _ if !configured.is_empty() => configured.to_owned(),
         Some(addr) if !addr.ip().is_unspecified() => addr.to_string(),
         _ => String::new(),

@@ -513,18 +513,18 @@ async fn a_stopping_edge_names_another_only_to_clients_with_room_for_it() {
     b.stop().await;
 }
 
-/// A stopping edge names another edge only to v5 clients on its plain TCP listener: the edges
-/// announce where plain TCP clients reach them, and a client on TLS or WebSocket told such an
-/// address could send its token in the clear. paho-mqtt (Python) over each listener.
+/// A stopping edge names each v5 client another edge's listener of the kind it came to: TCP,
+/// TLS or WebSocket (a client on TLS named a plain listener could send its token in the
+/// clear), and the client gets in there the same way. paho-mqtt (Python) over each listener.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_stopping_edge_names_another_only_to_clients_on_its_plain_tcp_listener() {
+async fn a_stopping_edge_names_each_client_another_edges_listener_of_the_kind_it_came_to() {
     use tokio::io::AsyncBufReadExt;
     let python = require_tool("python3");
     let (a, b) = pair_in_process(Arc::new(bus::memory::MemoryBus::default())).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/paho_told_to_go.py");
     let mut paho = tokio::process::Command::new(python)
         .args([script, "127.0.0.1", &a.tcp.port().to_string(), &a.tls.port().to_string()])
-        .args([&a.ws.port().to_string(), &a.ca_file.display().to_string()])
+        .args([&a.ws.port().to_string(), &a.ca_file.display().to_string(), &b.ca_file.display().to_string()])
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -539,8 +539,12 @@ async fn a_stopping_edge_names_another_only_to_clients_on_its_plain_tcp_listener
     while let Some(line) = next(&mut lines).await {
         told.push(line);
     }
-    let want = [format!("tcp 139 {}", b.tcp), "tls 139 -".to_owned(), "ws 139 -".to_owned()];
-    assert_eq!(told, want, "0x8B to each, a reference only over plain TCP");
+    let want = [
+        format!("tcp 139 {} followed", b.tcp),
+        format!("tls 139 {} followed", b.tls),
+        format!("ws 139 {} followed", b.ws),
+    ];
+    assert_eq!(told, want, "0x8B to each, naming B's listener of its kind");
     assert!(paho.wait().await.expect("paho").success());
     stopping.await.expect("a stopped");
     b.stop().await;
