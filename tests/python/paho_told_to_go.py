@@ -9,6 +9,7 @@ client gets no DISCONNECT within 20 s.
 """
 import sys
 import threading
+import urllib.parse
 import uuid
 
 import paho.mqtt.client as mqtt
@@ -17,20 +18,25 @@ from paho.mqtt.enums import CallbackAPIVersion
 TIMEOUT = 20
 
 
-def client(transport, cafile):
+def client(transport, cafile, path="/mqtt"):
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"told-{transport}-{uuid.uuid4().hex[:6]}",
                     transport="websockets" if transport == "ws" else "tcp", protocol=mqtt.MQTTv5)
     if transport == "ws":
-        c.ws_set_options(path="/mqtt")
+        c.ws_set_options(path=path)
     if transport == "tls":
         c.tls_set(ca_certs=cafile)
     return c
 
 
 def follow(transport, reference, cafile):
-    """Connects a client of `transport` to `reference` (host:port): whether it was let in."""
-    host, port = reference.rsplit(":", 1)
-    c = client(transport, cafile)
+    """Connects a client of `transport` to `reference` (host:port, or a ws:// URL): whether it
+    was let in."""
+    if "://" in reference:
+        url = urllib.parse.urlsplit(reference)
+        host, port, path = url.hostname, url.port, url.path or "/"
+    else:
+        (host, port), path = reference.rsplit(":", 1), "/mqtt"
+    c = client(transport, cafile, path)
     connected = threading.Event()
     c.on_connect = lambda cl, userdata, flags, rc, props=None: rc == 0 and connected.set()
     try:

@@ -357,10 +357,11 @@ pub mod contract {
         // deleted that never were (more than a store may take in one command).
         let many: Arc<str> = format!("{prefix}:5:m/many").into();
         let mut batch = vec![record(&many, b"m", None)];
-        batch.extend((0..2500_u64).map(|e| message(&many, e, &e.to_be_bytes())));
+        let body = |e: u64| (e ^ 0xFF).to_be_bytes();
+        batch.extend((0..2500_u64).map(|e| message(&many, e, &body(e))));
         batch.extend((0..1500_u64).map(|e| Write::Done { session: many.clone(), entry: e * 2 }));
         j.write(&batch).await.expect("a long run");
-        let odd_ones: Vec<(u64, Vec<u8>)> = (1..2500_u64).step_by(2).map(|e| (e, e.to_be_bytes().to_vec())).collect();
+        let odd_ones: Vec<(u64, Vec<u8>)> = (1..2500_u64).step_by(2).map(|e| (e, body(e).to_vec())).collect();
         assert_eq!(load(j, &many).await.map(|st| st.messages), Some(odd_ones));
 
         // A parked session is forgotten when its expiry runs out, unless its client came back.

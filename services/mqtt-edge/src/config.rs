@@ -55,7 +55,9 @@ pub struct MqttConfig {
     /// holds, for clients that check it.
     pub advertise_tls: String,
     /// [`MqttConfig::advertise`] for the WebSocket listener (`ws_addr`): `host:port`, or the
-    /// URL clients reach it at behind a proxy (`wss://mqtt.example.com/mqtt`).
+    /// URL clients reach it at (`wss://mqtt.example.com/mqtt`). Empty: none is announced, and
+    /// clients on another edge's WebSocket listener are named none of this one's (browsers
+    /// come through proxies, at URLs an edge cannot see).
     pub advertise_ws: String,
 }
 

@@ -329,7 +329,10 @@ impl EdgeBuilder {
             c.peers().set_addresses([
                 advertised(&m.advertise, bound.mqtt),
                 advertised(&m.advertise_tls, bound.mqtt_tls),
-                advertised(&m.advertise_ws, bound.mqtt_ws),
+                // Browsers reach a WebSocket listener through a proxy, at a URL this edge cannot
+                // see (and a proxy on this machine makes every client look local): only what
+                // the operator says.
+                m.advertise_ws.clone(),
             ]);
         }
         let housekeeping = sys::spawn_housekeeping(hub.clone(), sys_interval);

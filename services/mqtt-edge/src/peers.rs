@@ -167,9 +167,15 @@ pub fn usable(address: &str) -> bool {
     address.len() <= MAX_ADDRESS && !address.contains(|c: char| c.is_control() || c == ' ')
 }
 
-/// Whether `address` (`host:port`) names a loopback address (or `localhost`).
+/// Whether `address` (`host:port`, `[v6]:port`, or a URL such as `ws://host:port/path`) names
+/// a loopback address (or `localhost`).
 fn is_loopback(address: &str) -> bool {
-    let host = address.rsplit_once(':').map_or(address, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+    let authority = address.split_once("://").map_or(address, |(_, rest)| rest);
+    let authority = authority.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
     host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
@@ -275,6 +281,29 @@ mod tests {
         assert!(!peers.heard(b"d\n10.0.0.4:1883\nbad host:8883", t), "one unusable address spoils it");
         assert!(!peers.heard(b"c\n\n\n", t), "all empty: c took it back");
         assert_eq!(named(Listener::Tls), Default::default());
+    }
+
+    /// Whatever the form of an address, a loopback one is named only to a client on loopback.
+    #[test]
+    fn a_loopback_address_in_any_form_is_named_only_to_a_client_on_loopback() {
+        for address in [
+            "127.0.0.1:1883",
+            "[::1]:1883",
+            "[::1]",
+            "localhost:1883",
+            "ws://127.0.0.1:8083/mqtt",
+            "wss://localhost/mqtt",
+        ] {
+            assert!(is_loopback(address), "{address}");
+            let peers = Peers::new("z");
+            let t = Instant::now();
+            assert!(peers.heard(format!("b\n\n\n{address}").as_bytes(), t));
+            assert_eq!(peers.next(t, Listener::WebSocket, false), None, "{address} to a remote client");
+            assert_eq!(peers.next(t, Listener::WebSocket, true).as_deref(), Some(address), "{address} on loopback");
+        }
+        for address in ["10.0.0.1:1883", "[2001:db8::1]:1883", "edge.example.com", "wss://mqtt.example.com/mqtt"] {
+            assert!(!is_loopback(address), "{address}");
+        }
     }
 
     /// A bus whose publishes of announcements (not of edge `a`'s withdrawal) wait for a permit.

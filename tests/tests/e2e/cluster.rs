@@ -516,11 +516,22 @@ async fn a_stopping_edge_names_another_only_to_clients_with_room_for_it() {
 /// A stopping edge names each v5 client another edge's listener of the kind it came to: TCP,
 /// TLS or WebSocket (a client on TLS named a plain listener could send its token in the
 /// clear), and the client gets in there the same way. paho-mqtt (Python) over each listener.
+/// Edge B's WebSocket listener is announced as the URL it is set to (`mqtt.advertise_ws`).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopping_edge_names_each_client_another_edges_listener_of_the_kind_it_came_to() {
     use tokio::io::AsyncBufReadExt;
     let python = require_tool("python3");
-    let (a, b) = pair_in_process(Arc::new(bus::memory::MemoryBus::default())).await;
+    let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+    let owners: Arc<dyn broker::owners::SessionOwners> = Arc::new(broker::owners::MemoryOwners::default());
+    let a = TestEdge::start_clustered(bus.clone(), Some(owners.clone()), |c| c.bus.node_id = "a".into()).await;
+    let ws_port = servers::free_port();
+    let b_ws = format!("ws://127.0.0.1:{ws_port}/mqtt");
+    let b = TestEdge::start_clustered(bus, Some(owners), |c| {
+        c.bus.node_id = "b".into();
+        c.mqtt.ws_addr = format!("127.0.0.1:{ws_port}");
+        c.mqtt.advertise_ws = b_ws.clone();
+    })
+    .await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/python/paho_told_to_go.py");
     let mut paho = tokio::process::Command::new(python)
         .args([script, "127.0.0.1", &a.tcp.port().to_string(), &a.tls.port().to_string()])
@@ -542,7 +553,7 @@ async fn a_stopping_edge_names_each_client_another_edges_listener_of_the_kind_it
     let want = [
         format!("tcp 139 {} followed", b.tcp),
         format!("tls 139 {} followed", b.tls),
-        format!("ws 139 {} followed", b.ws),
+        format!("ws 139 {b_ws} followed"),
     ];
     assert_eq!(told, want, "0x8B to each, naming B's listener of its kind");
     assert!(paho.wait().await.expect("paho").success());
