@@ -127,10 +127,10 @@ impl Live {
     /// the session (and so what arrived while away).
     async fn connect_with(&mut self, suffix: &str, lasting: Lasting) -> Result<(Client, bool), String> {
         let named = self.named.take();
-        match connect(&self.s, suffix, lasting, named.as_deref()).await {
+        match connect_or_follow(&self.s, suffix, lasting, named.as_deref()).await {
             Err(Refused::Token(_)) => {
                 self.renew().await?;
-                connect(&self.s, suffix, lasting, named.as_deref()).await.map_err(|e| e.to_string())
+                connect_or_follow(&self.s, suffix, lasting, named.as_deref()).await.map_err(|e| e.to_string())
             }
             other => other.map_err(|e| e.to_string()),
         }
@@ -335,13 +335,15 @@ pub fn logout(args: LogoutArgs) -> Result<(), String> {
 #[derive(Debug)]
 enum Refused {
     Token(String),
+    /// Told to use another edge (0x9C, 0x9D), named by its Server Reference (`host:port`).
+    Elsewhere(String, String),
     Other(String),
 }
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refused::Token(m) | Refused::Other(m) => f.write_str(m),
+            Refused::Token(m) | Refused::Elsewhere(_, m) | Refused::Other(m) => f.write_str(m),
         }
     }
 }
@@ -401,6 +403,23 @@ async fn dial_named(name: &str) -> Result<(Client, SocketAddr), String> {
     Client::connect_tcp(addr, Version::V5).await.map(|c| (c, addr)).map_err(|e| e.to_string())
 }
 
+/// [`connect`], and once more where the edge said to go if it refused with a Server
+/// Reference (an edge that has begun to stop names another).
+async fn connect_or_follow(
+    s: &Session,
+    suffix: &str,
+    lasting: Lasting,
+    named: Option<&str>,
+) -> Result<(Client, bool), Refused> {
+    match connect(s, suffix, lasting, named).await {
+        Err(Refused::Elsewhere(to, why)) => {
+            eprintln!("{why}; connecting there");
+            connect(s, suffix, lasting, Some(&to)).await
+        }
+        other => other,
+    }
+}
+
 async fn connect(s: &Session, suffix: &str, lasting: Lasting, named: Option<&str>) -> Result<(Client, bool), Refused> {
     let mut c = dial(&s.mqtt, named).await.map_err(Refused::Other)?;
     let (clean_start, keep_alive, session_expiry) = match lasting {
@@ -419,8 +438,13 @@ async fn connect(s: &Session, suffix: &str, lasting: Lasting, named: Option<&str
         Ok(Packet::ConnAck { code: 0, session_present, .. }) => Ok((c, session_present)),
         Ok(Packet::ConnAck { code, properties, .. }) => {
             let why = format!("refused ({code:#x}): {}", properties.reason_string.unwrap_or_default());
-            // 0x87: expired or revoked token; a refresh may fix the first.
-            Err(if code == 0x87 { Refused::Token(why) } else { Refused::Other(why) })
+            let elsewhere = properties.server_reference.filter(|r| !r.is_empty() && matches!(code, 0x9C | 0x9D));
+            Err(match (code, elsewhere) {
+                (_, Some(to)) => Refused::Elsewhere(to, why),
+                // 0x87: expired or revoked token; a refresh may fix the first.
+                (0x87, _) => Refused::Token(why),
+                _ => Refused::Other(why),
+            })
         }
         other => Err(Refused::Other(format!("no CONNACK: {other:?}"))),
     }
@@ -585,6 +609,7 @@ fn sdk_now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     /// Whether `l` has a connection waiting to be accepted.
     fn called(l: &std::net::TcpListener) -> bool {
@@ -606,5 +631,72 @@ mod tests {
         assert!(called(&listed));
         let Err(both_gone) = dial(&[gone], Some(&gone.to_string())).await else { panic!("nothing answers") };
         assert_eq!(both_gone.matches(&gone.to_string()).count(), 2, "{both_gone}");
+    }
+
+    /// An MQTT 5 server on `listener` that answers each CONNECT with `code` and
+    /// `server_reference` (counting them in `answered`), then keeps the connection until the
+    /// client goes.
+    async fn answering(
+        listener: tokio::net::TcpListener,
+        code: u8,
+        server_reference: Option<String>,
+        answered: Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buf = bytes::BytesMut::new();
+            while !matches!(sdk::mqtt::codec::decode(&mut buf, Version::V5, 1 << 20), Ok(Some(Packet::Connect(_)))) {
+                if socket.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+            }
+            let properties =
+                sdk::mqtt::ConnAckProperties { server_reference: server_reference.clone(), ..Default::default() };
+            let mut out = bytes::BytesMut::new();
+            sdk::mqtt::codec::encode(
+                &Packet::ConnAck { session_present: false, code, properties },
+                Version::V5,
+                &mut out,
+            );
+            socket.write_all(&out).await.expect("write CONNACK");
+            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = socket.read_buf(&mut buf).await;
+        }
+    }
+
+    /// An edge that refuses a CONNECT with 0x9C (it has begun to stop) and names another: the
+    /// CLI connects there, once; one that names an edge that refuses too is not followed on.
+    #[tokio::test]
+    async fn a_client_refused_by_a_stopping_edge_connects_where_it_names() {
+        let bind = || async { tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind") };
+        let (stopping, other, also_stopping) = (bind().await, bind().await, bind().await);
+        let at = |l: &tokio::net::TcpListener| l.local_addr().expect("addr");
+        let (stopping_at, other_at, also_at) = (at(&stopping), at(&other), at(&also_stopping));
+        let counter = || Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (to_stopping, to_other, to_also) = (counter(), counter(), counter());
+        tokio::spawn(answering(stopping, 0x9C, Some(other_at.to_string()), to_stopping.clone()));
+        tokio::spawn(answering(other, 0, None, to_other.clone()));
+        tokio::spawn(answering(also_stopping, 0x9C, Some(stopping_at.to_string()), to_also.clone()));
+        let answered = || [&to_stopping, &to_other, &to_also].map(|n| n.load(std::sync::atomic::Ordering::SeqCst));
+        let session = |mqtt| Session {
+            http: "127.0.0.1:9".parse().expect("addr"),
+            mqtt,
+            enterprise_id: "e".into(),
+            username: "alice".into(),
+            access_token: "token".into(),
+            refresh_token: String::new(),
+        };
+        let _c = connect_or_follow(&session(vec![stopping_at]), "t", Lasting::OneShot, None)
+            .await
+            .unwrap_or_else(|e| panic!("followed to the edge named: {e}"));
+        assert_eq!(answered(), [1, 1, 0], "connected where the stopping edge said");
+        match connect_or_follow(&session(vec![also_at]), "t", Lasting::OneShot, None).await {
+            Err(Refused::Elsewhere(to, why)) => {
+                assert_eq!((to, why.starts_with("refused (0x9c)")), (other_at.to_string(), true));
+                assert_eq!(answered(), [2, 1, 1], "followed once, not on to the third");
+            }
+            Err(e) => panic!("refused again where it was sent: {e}"),
+            Ok(_) => panic!("a chain of stopping edges is followed once only"),
+        }
     }
 }

@@ -52,6 +52,13 @@ pub enum Listener {
     WebSocket,
 }
 
+impl ConnectInput {
+    /// Where the client came from.
+    pub fn came(&self) -> Came {
+        Came { on: self.listener, from_loopback: self.peer.is_some_and(|ip| ip.is_loopback()) }
+    }
+}
+
 impl Listener {
     /// How many kinds there are.
     pub const KINDS: usize = 3;
@@ -180,6 +187,7 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     if edge.hub.is_closing() {
         return Err(Refusal::ShuttingDown);
     }
+    let came = input.came();
     let identity = authenticate(edge, &input).await?;
     ingress::load_relations(edge, &identity).await;
     let assigned = input.client_id.is_empty().then(ingress::assign_client_id);
@@ -291,7 +299,6 @@ async fn run(edge: &Arc<EdgeShared>, input: ConnectInput, sink: Sink) -> Result<
     drop(claim);
     metrics::counter!(m::CONNECTS, "protocol" => input.protocol).increment(1);
     let link_id = connected.link_id;
-    let came = Came { on: input.listener, from_loopback: input.peer.is_some_and(|ip| ip.is_loopback()) };
     let (alias_max, hub) = (input.topic_alias_max, edge.hub.clone());
     spawn_delivery_task(sink, connected.inbox, hub, session.clone(), link_id, alias_max, came);
     let auto = ingress::auto_subscribe(&edge.hub, &edge.authz, &identity, &session, &client_id);

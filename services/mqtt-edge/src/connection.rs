@@ -157,7 +157,7 @@ impl Sink {
 /// Whether a v5 DISCONNECT naming `reference` (its Server Reference, and no other property)
 /// fits in `max_packet_size` bytes as the encoder counts: it allows the fixed header its
 /// longest, 5 bytes, and refuses a packet that does not fit (the connection then just closes).
-fn reference_fits(reference: &str, max_packet_size: u32) -> bool {
+pub(crate) fn reference_fits(reference: &str, max_packet_size: u32) -> bool {
     let length_size = |n: usize| match n {
         0..=127 => 1,
         128..=16_383 => 2,
@@ -179,6 +179,15 @@ pub struct Came {
     pub on: crate::connect::Listener,
     /// The client is on loopback: it may be named a loopback address.
     pub from_loopback: bool,
+}
+
+impl Came {
+    /// The edge to name to this client as this one stops: the next other edge heard from
+    /// with a listener of the kind it came to, if any (`peers`).
+    pub fn elsewhere(self, hub: &Hub) -> Option<String> {
+        let now = std::time::Instant::now();
+        hub.cluster().and_then(|c| c.peers().next(now, self.on, self.from_loopback))
+    }
 }
 
 /// Runs on the connection's worker until the connection ends: writes each delivery the hub
@@ -205,10 +214,7 @@ pub fn spawn_delivery_task(
                 Next::Deliver(d) => Box::pin(deliver(&sink, d, &hub, &session, link_id, &mut aliases)).await,
                 Next::Close(reason) => {
                     let elsewhere = match reason {
-                        CloseReason::ServerShuttingDown => {
-                            let now = std::time::Instant::now();
-                            hub.cluster().and_then(|c| c.peers().next(now, came.on, came.from_loopback))
-                        }
+                        CloseReason::ServerShuttingDown => came.elsewhere(&hub),
                         _ => None,
                     };
                     sink.close(reason, elsewhere);

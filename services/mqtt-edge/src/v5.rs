@@ -10,7 +10,7 @@ use ntex_mqtt::v5::codec::{ConnectAckReason, PublishAckReason, SubscribeAckReaso
 use broker::{RetainHandling, SubOptions};
 
 use crate::connect::{self, ConnectInput, Listener, Refusal, WillInput};
-use crate::connection::{ConnState, Sink, from_ntex_qos};
+use crate::connection::{ConnState, Sink, from_ntex_qos, reference_fits};
 use crate::hub::SubscribeError;
 use crate::ingress::{self, EdgeError, Inbound, PublishRefusal, peer_ip};
 use crate::message::{Message, now_ms};
@@ -27,8 +27,12 @@ impl TryFrom<EdgeError> for v5::PublishAck {
     }
 }
 
-fn refuse(msg: v5::Connect, refusal: Refusal) -> v5::ConnectAck<ConnState> {
+/// The CONNACK refusing `msg`; a client refused as this edge stops is told to use another
+/// (0x9C, Server Reference) where one is known: `elsewhere`.
+fn refuse(msg: v5::Connect, refusal: Refusal, elsewhere: Option<String>) -> v5::ConnectAck<ConnState> {
+    let server_reference = elsewhere.filter(|_| matches!(refusal, Refusal::ShuttingDown));
     let reason_code = match refusal {
+        Refusal::ShuttingDown if server_reference.is_some() => ConnectAckReason::UseAnotherServer,
         Refusal::BadCredentials(_) => ConnectAckReason::BadUserNameOrPassword,
         Refusal::NotAuthorized(_) | Refusal::WillNotAuthorized => ConnectAckReason::NotAuthorized,
         Refusal::Throttled => ConnectAckReason::ConnectionRateExceeded,
@@ -38,6 +42,7 @@ fn refuse(msg: v5::Connect, refusal: Refusal) -> v5::ConnectAck<ConnState> {
     msg.fail_with(v5::codec::ConnectAck {
         reason_code,
         reason_string: Some(ByteString::from_static(refusal.reason())),
+        server_reference: server_reference.map(ByteString::from),
         ..Default::default()
     })
 }
@@ -86,9 +91,15 @@ pub async fn connect(
     let client_keep_alive = pkt.keep_alive;
     let requested_expiry = pkt.session_expiry_interval_secs;
     let max_packet_size = pkt.max_packet_size.map_or(u32::MAX, std::num::NonZeroU32::get);
+    let came = input.came();
     let accepted = match connect::accept(&edge, input, Sink::V5(msg.sink(), max_packet_size)).await {
         Ok(a) => a,
-        Err(refusal) => return Ok(refuse(msg, refusal)),
+        Err(refusal) => {
+            // A CONNACK holds one byte more than a DISCONNECT before its properties.
+            let fits = |r: &String| reference_fits(r, max_packet_size.saturating_sub(1));
+            let elsewhere = matches!(refusal, Refusal::ShuttingDown).then(|| came.elsewhere(&edge.hub)).flatten();
+            return Ok(refuse(msg, refusal, elsewhere.filter(fits)));
+        }
     };
     let keep_alive = connect::keep_alive(client_keep_alive, limits.max_keepalive_secs);
     let session_present = accepted.session_present;

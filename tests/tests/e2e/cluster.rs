@@ -513,6 +513,41 @@ async fn a_stopping_edge_names_another_only_to_clients_with_room_for_it() {
     b.stop().await;
 }
 
+/// A client whose CONNECT reaches an edge that has begun to stop is told to use another
+/// (CONNACK 0x9C) and named one, as the clients it tells to go are (MQTT 5 §4.11); one whose
+/// Maximum Packet Size has no room for the name is refused as before (0x88, server
+/// unavailable).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_connecting_to_a_stopping_edge_is_told_to_use_another() {
+    let (a, b) = pair_in_process(Arc::new(bus::memory::MemoryBus::default())).await;
+    let reference = b.tcp.to_string();
+    // The smallest CONNACK naming b: the fixed header at its longest, 5, flags and reason code
+    // 2, properties' length 1, Server Reference 3 + its length.
+    let needs = u32::try_from(11 + reference.len()).expect("short");
+    let mut watcher = a.client(Version::V5, "watcher").await;
+    // Connected before the edge stops, their CONNECTs sent after.
+    let mut late = Vec::new();
+    for max in [needs - 1, needs, 1024] {
+        late.push((max, a.raw(Version::V5).await));
+    }
+    // b's announcement reaches a within its first round.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(a.stop());
+    assert_eq!(told_to_go(&mut watcher).await, Ok((0x8B, Some(reference.clone()))), "a stops");
+    for (max, mut c) in late {
+        let hello = Connect { max_packet_size: Some(max), ..connect(&format!("late-{max}"), true) };
+        match c.handshake(hello, WAIT).await {
+            Ok(Packet::ConnAck { code, properties, .. }) => {
+                let want = if max >= needs { (0x9C, Some(reference.clone())) } else { (0x88, None) };
+                assert_eq!((code, properties.server_reference), want, "Maximum Packet Size {max}");
+            }
+            other => panic!("Maximum Packet Size {max}: no CONNACK from the stopping edge: {other:?}"),
+        }
+    }
+    stopping.await.expect("a stopped");
+    b.stop().await;
+}
+
 /// A stopping edge names each v5 client another edge's listener of the kind it came to: TCP,
 /// TLS or WebSocket (a client on TLS named a plain listener could send its token in the
 /// clear), and the client gets in there the same way. paho-mqtt (Python) over each listener.

@@ -123,6 +123,8 @@ pub struct ConnAckProperties {
     pub topic_alias_maximum: Option<u16>,
     pub reason_string: Option<String>,
     pub server_keep_alive: Option<u16>,
+    /// Where to connect instead (with reason 0x9C Use another server, 0x9D Server moved).
+    pub server_reference: Option<String>,
 }
 
 /// Every packet this SDK encodes and decodes (AUTH is not supported).

@@ -202,6 +202,7 @@ fn connack(r: &mut Reader, v5: bool) -> Result<Packet, DecodeError> {
                 (TOPIC_ALIAS_MAXIMUM, Value::Two(x)) => p.topic_alias_maximum = Some(x),
                 (REASON_STRING, Value::Str(x)) => p.reason_string = Some(x),
                 (SERVER_KEEP_ALIVE, Value::Two(x)) => p.server_keep_alive = Some(x),
+                (SERVER_REFERENCE, Value::Str(x)) => p.server_reference = Some(x),
                 _ => {}
             }
             Ok(())

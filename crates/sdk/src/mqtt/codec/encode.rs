@@ -144,6 +144,7 @@ fn connack_props(p: &ConnAckProperties, o: &mut BytesMut) {
         props::put_u16(o, TOPIC_ALIAS_MAXIMUM, p.topic_alias_maximum);
         props::put_string(o, REASON_STRING, p.reason_string.as_deref());
         props::put_u16(o, SERVER_KEEP_ALIVE, p.server_keep_alive);
+        props::put_string(o, SERVER_REFERENCE, p.server_reference.as_deref());
     });
 }
 

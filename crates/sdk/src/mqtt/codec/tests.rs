@@ -128,6 +128,16 @@ fn samples(v: Version) -> Vec<Packet> {
                 topic_alias_maximum: Some(5),
                 reason_string: Some("welcome".into()),
                 server_keep_alive: Some(45),
+                server_reference: None,
+            },
+        });
+        out.push(Packet::ConnAck {
+            session_present: false,
+            code: 0x9C,
+            properties: ConnAckProperties {
+                reason_string: Some("go elsewhere".into()),
+                server_reference: Some("edge-2.example.com:1883".into()),
+                ..ConnAckProperties::default()
             },
         });
         out.push(Packet::Disconnect {
