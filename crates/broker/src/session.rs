@@ -460,23 +460,25 @@ impl<M: Deliverable + Clone> Session<M> {
         std::mem::take(&mut self.exhausted)
     }
 
-    /// The connection went away; the session keeps its state for the next one. Its queue is
-    /// cut back to the offline bound by the drop policy; returns what was dropped.
+    /// The connection went away; the session keeps its state for the next one. Its queue, with
+    /// what it holds unread while it arrives, is cut back to the offline bound by the drop
+    /// policy; returns what was dropped (in queue order).
     pub fn go_offline(&mut self) -> Vec<Outgoing<M>> {
         self.window = 0;
-        let excess = self.queue.len().saturating_sub(self.limits.max_queued);
-        let dropped: Vec<Outgoing<M>> = match self.limits.drop_policy {
-            DropPolicy::DropOldest => self.queue.drain(..excess).collect(),
-            DropPolicy::DropNewest => self.queue.split_off(self.queue.len() - excess).into(),
-        };
-        if let Some(a) = &mut self.arriving {
-            if self.limits.drop_policy == DropPolicy::DropOldest {
-                a.at = a.at.saturating_sub(excess);
+        let mut dropped = Vec::new();
+        while self.waiting() > self.limits.max_queued {
+            let next = match self.limits.drop_policy {
+                DropPolicy::DropOldest => self.drop_oldest(),
+                DropPolicy::DropNewest => self.drop_newest(),
+            };
+            let Some((o, journaled)) = next else { break };
+            if journaled {
+                self.done(o.entry);
             }
-            a.at = a.at.min(self.queue.len());
+            dropped.push(o);
         }
-        for o in &dropped {
-            self.done(o.entry);
+        if self.limits.drop_policy == DropPolicy::DropNewest {
+            dropped.reverse();
         }
         dropped
     }
@@ -528,11 +530,17 @@ impl<M: Deliverable + Clone> Session<M> {
     /// others are copies of what the replay gave). While it arrives, what it skipped is what
     /// it holds unread.
     fn is_full(&self) -> bool {
+        !self.is_online() && self.waiting() >= self.limits.max_queued
+    }
+
+    /// What waits for its client, toward its bound: its queue, and while it arrives what it
+    /// holds unread.
+    fn waiting(&self) -> usize {
         let unread = match (&self.arriving, &self.behind) {
             (Some(_), Some(behind)) => behind.skipped.len(),
             _ => 0,
         };
-        !self.is_online() && self.queue.len() + unread >= self.limits.max_queued
+        self.queue.len() + unread
     }
 
     /// A message that came live while the session arrives, dropped rather than held: taken as
@@ -548,20 +556,9 @@ impl<M: Deliverable + Clone> Session<M> {
     /// while it arrives if that goes in first (then taken as had: its replay does not give it
     /// again). Returns it, and whether the journal has it (the caller writes that it is done).
     fn drop_oldest(&mut self) -> Option<(Outgoing<M>, bool)> {
-        let skipped_now = self.behind.as_ref().map(|b| &b.skipped);
-        let unread =
-            |o: &Outgoing<M>| o.msg.origin().is_some_and(|o| skipped_now.is_some_and(|s| s.contains(&skip_key(o))));
-        let first = self.arriving.as_ref().filter(|a| a.at == 0).and_then(|a| a.held.iter().position(unread));
-        if let (Some(i), Some(arriving)) = (first, self.arriving.as_mut()) {
-            let oldest = arriving.held.remove(i);
-            if let Some(origin) = oldest.msg.origin() {
-                if let Some(behind) = &mut self.behind {
-                    behind.skipped.remove(&skip_key(origin));
-                }
-                if let Some(catch_up) = &mut self.catch_up {
-                    catch_up.live(origin);
-                }
-            }
+        let held_first = self.arriving.as_ref().is_some_and(|a| a.at == 0);
+        let first = self.unread_held().filter(|_| held_first).and_then(|mut unread| unread.next());
+        if let Some(oldest) = first.and_then(|i| self.take_held(i)) {
             return Some((oldest, false));
         }
         let oldest = self.queue.pop_front()?;
@@ -569,6 +566,45 @@ impl<M: Deliverable + Clone> Session<M> {
             a.at = a.at.saturating_sub(1);
         }
         Some((oldest, true))
+    }
+
+    /// Drops the newest message waiting: the last of its queue, unless what it holds unread
+    /// while it arrives goes in after that (then the last of those, taken as had). Returns it,
+    /// and whether the journal has it.
+    fn drop_newest(&mut self) -> Option<(Outgoing<M>, bool)> {
+        let held_last = self.arriving.as_ref().is_some_and(|a| a.at >= self.queue.len());
+        let last = self.unread_held().filter(|_| held_last).and_then(|mut unread| unread.next_back());
+        if let Some(newest) = last.and_then(|i| self.take_held(i)) {
+            return Some((newest, false));
+        }
+        let newest = self.queue.pop_back()?;
+        if let Some(a) = &mut self.arriving {
+            a.at = a.at.min(self.queue.len());
+        }
+        Some((newest, true))
+    }
+
+    /// Where, among what it holds while it arrives, the messages its replay has not read are.
+    fn unread_held(&self) -> Option<impl DoubleEndedIterator<Item = usize> + '_> {
+        let (arriving, behind) = (self.arriving.as_ref()?, self.behind.as_ref()?);
+        let unread = |o: &Outgoing<M>| o.msg.origin().is_some_and(|o| behind.skipped.contains(&skip_key(o)));
+        Some(arriving.held.iter().enumerate().filter(move |(_, o)| unread(o)).map(|(i, _)| i))
+    }
+
+    /// Takes the `i`th message it holds while it arrives, unread: taken as had, so its replay
+    /// does not give it again.
+    fn take_held(&mut self, i: usize) -> Option<Outgoing<M>> {
+        let arriving = self.arriving.as_mut().filter(|a| i < a.held.len())?;
+        let taken = arriving.held.remove(i);
+        if let Some(origin) = taken.msg.origin() {
+            if let Some(behind) = &mut self.behind {
+                behind.skipped.remove(&skip_key(origin));
+            }
+            if let Some(catch_up) = &mut self.catch_up {
+                catch_up.live(origin);
+            }
+        }
+        Some(taken)
     }
 
     /// Hands a routed message to the session.

@@ -1173,6 +1173,39 @@ fn a_taken_session_holds_no_more_than_its_queue_takes_whatever_its_drop_policy()
     }
 }
 
+/// A taken session whose client comes and goes while its replay runs holds no bound while the
+/// client is there; when it goes, the session is cut to its bound counting what it holds
+/// unread, by its drop policy, as a session that arrives offline is kept to it.
+#[test]
+fn a_taken_session_whose_client_comes_and_goes_while_it_arrives_is_cut_to_its_bound() {
+    for (policy, kept, cut) in [
+        (DropPolicy::DropOldest, ["c4", "c5", "c6"], ["c1", "c2", "c3"]),
+        (DropPolicy::DropNewest, ["c1", "c2", "c3"], ["c4", "c5", "c6"]),
+    ] {
+        let mut fx = Fx::new();
+        let (mut b, bob) = taken_on_b(policy, &mut fx);
+        let (link, _) = connect(&mut b, request("bob", "phone", false, 60), &mut fx);
+        for n in 1..=6 {
+            b.publish_remote(from_node("c", n), 3_000, &mut fx);
+        }
+        assert!(dropped(&fx).is_empty(), "{policy:?}: no bound while its client is there");
+        fx.clear();
+        assert!(b.disconnect(gone(&bob, link, true, None), &Acl::default(), 3_100, &mut fx));
+        assert_eq!(dropped(&fx), cut, "{policy:?}: cut to its bound as its client went");
+        // Its replay reads them all: what was dropped it does not give again.
+        for n in 1..=6 {
+            b.replay_routed_all(from_node("c", n), 3_000, 3_200, &mut fx);
+        }
+        let id = b.arrival_id(&bob).expect("held");
+        b.replay_done(&bob, id, 3_300, &mut fx);
+        fx.clear();
+        let (link, _) = connect(&mut b, request("bob", "phone", false, 60), &mut fx);
+        let mut want = vec!["x1"];
+        want.extend(kept);
+        assert_eq!(delivered(&fx, link), want, "{policy:?}");
+    }
+}
+
 #[test]
 fn what_a_taken_session_holds_and_its_replay_gave_counts_once_toward_its_bound() {
     let mut fx = Fx::new();
