@@ -207,22 +207,21 @@ impl ClusterLink {
         }
     }
 
-    /// A client's PUBLISH, routed here: on to the other edges. Waits while the bus is behind,
-    /// so the publisher's PUBACK waits too; the answer resolves once the bus has it. A QoS 0
-    /// one waits for nothing while this edge is cut off from the bus: dropped (and counted) if
-    /// what waits for the bus fills its queue.
-    pub async fn forward(&self, msg: SharedMessage, number: u64) -> Forwarded {
-        let (sent, rx) = oneshot::channel();
-        let at_most_once = msg.qos == QoS::AtMostOnce;
-        let out = Outbound { msg: Some(msg), number, sent: Some(sent) };
-        if at_most_once && self.cut_off() {
-            if self.outbound.try_send(out).is_err() {
+    /// A place for a client's PUBLISH of `qos` on its way to the other edges, taken before it
+    /// is routed here ([`Slot`]). Waits while the bus is behind, so the publisher's PUBACK waits
+    /// too. A QoS 0 one waits for nothing while this edge is cut off from the bus: none (the
+    /// message does not go to the other edges, counted) if what waits for the bus fills its
+    /// queue. `None` too once this edge left the bus.
+    pub async fn slot(&self, qos: QoS) -> Option<Slot> {
+        let outbound = self.outbound.clone();
+        if qos == QoS::AtMostOnce && self.cut_off() {
+            let slot = outbound.try_reserve_owned().ok().map(Slot);
+            if slot.is_none() {
                 metrics::counter!(m::CLUSTER_DROPPED).increment(1);
             }
-        } else {
-            let _ = self.outbound.send(out).await;
+            return slot;
         }
-        Forwarded(rx)
+        outbound.reserve_owned().await.ok().map(Slot)
     }
 
     /// Resolves once what this edge handed over for the other edges so far is on the bus
@@ -244,6 +243,24 @@ impl ClusterLink {
 /// Whether the connection to the bus is lost, as `link` last heard.
 fn lost(link: &tokio::sync::watch::Receiver<Option<bus::Link>>) -> bool {
     matches!(*link.borrow(), Some(bus::Link::Lost { .. }))
+}
+
+/// A place taken on the way to the other edges before a client's message is numbered
+/// ([`ClusterLink::slot`]): the message goes in as it is numbered, under the hub's lock
+/// (`Hub::publish`), so what leaves for the bus is in number order whichever worker routed
+/// it. Sent after the lock, two workers' messages could leave out of order, and a session
+/// whose edge died having journaled the higher number as had would take the lower one,
+/// still on its way when that edge died, as had too.
+#[derive(Debug)]
+pub struct Slot(mpsc::OwnedPermit<Outbound>);
+
+impl Slot {
+    /// Puts `msg`, numbered `number`, in this place; the answer says when the bus has it.
+    pub fn fill(self, msg: SharedMessage, number: u64) -> Forwarded {
+        let (sent, rx) = oneshot::channel();
+        self.0.send(Outbound { msg: Some(msg), number, sent: Some(sent) });
+        Forwarded(rx)
+    }
 }
 
 /// A message on its way to the other edges, with its number (`Hub::numbered`); `sent` hears

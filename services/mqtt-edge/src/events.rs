@@ -267,7 +267,7 @@ impl AccountEvents {
             )],
             ..Default::default()
         }));
-        self.shared.hub.publish(Arc::new(msg), None, now_ms());
+        self.shared.hub.publish(Arc::new(msg), None, now_ms(), None);
     }
 }
 

@@ -18,7 +18,7 @@ use broker::topic::TopicLimits;
 
 use crate::auth::Identity;
 use crate::authz::Authorizer;
-use crate::cluster::ClusterLink;
+use crate::cluster::{ClusterLink, Forwarded, Slot};
 use crate::config::LimitsConfig;
 use crate::journal::{self, Durable, JournalWriter};
 pub use crate::link::Delivery;
@@ -49,9 +49,9 @@ pub struct Routed {
     /// Resolves once what the message changed in persistent sessions is in the journal: the
     /// publisher is acknowledged after that.
     pub durable: Option<Durable>,
-    /// A client's publish in a cluster: its number among what this edge routes for the other
-    /// edges ([`Hub::numbered`]); 0 otherwise.
-    pub number: u64,
+    /// A client's publish in a cluster, on its way to the other edges (in the [`Slot`] it was
+    /// given): resolves once the bus has it.
+    pub forwarded: Option<Forwarded>,
 }
 
 #[derive(Debug)]
@@ -244,13 +244,14 @@ impl Hub {
     }
 
     /// Routes a message published by `from` (a session key) or by the system (`None`). A
-    /// client's message is the caller's to pass on to other edges ([`Hub::cluster`]).
-    pub fn publish(&self, msg: SharedMessage, from: Option<&str>, now_ms: u64) -> Routed {
+    /// client's message in a cluster goes on to the other edges in `slot`
+    /// ([`ClusterLink::slot`]), numbered as it is routed.
+    pub fn publish(&self, msg: SharedMessage, from: Option<&str>, now_ms: u64, slot: Option<Slot>) -> Routed {
         if from.is_some() {
             self.counters.messages_received.fetch_add(1, Ordering::Relaxed);
         }
-        let numbered = from.is_some() && self.cluster.get().is_some();
-        self.route_as(numbered, |router, fx| router.publish(msg, from, now_ms, fx))
+        let onward = slot.filter(|_| from.is_some() && self.cluster.get().is_some()).map(|slot| (slot, msg.clone()));
+        self.route_as(onward, |router, fx| router.publish(msg, from, now_ms, fx))
     }
 
     /// The number of the last message this edge routed for the other edges too (its clients'
@@ -410,25 +411,23 @@ impl Hub {
     /// One routing decision (`decide` returns how many sessions took the message), applied
     /// with the connections a publisher must wait for and the journal's answer.
     fn route(&self, decide: impl FnOnce(&mut Router<SharedMessage, Arc<Identity>>, &mut Effects) -> usize) -> Routed {
-        self.route_as(false, decide)
+        self.route_as(None, decide)
     }
 
-    /// [`Hub::route`]; a message for the other edges too if `numbered` ([`Hub::numbered`]).
+    /// [`Hub::route`]; `onward`, a message for the other edges too, goes in its slot numbered
+    /// ([`Hub::numbered`]) under the lock, in number order.
     fn route_as(
         &self,
-        numbered: bool,
+        onward: Option<(Slot, SharedMessage)>,
         decide: impl FnOnce(&mut Router<SharedMessage, Arc<Identity>>, &mut Effects) -> usize,
     ) -> Routed {
         let mut st = self.lock();
         let mut fx = Effects::new();
         let sessions = decide(&mut st.router, &mut fx);
-        let number = match numbered {
-            true => next_number(&mut st),
-            false => 0,
-        };
+        let forwarded = onward.map(|(slot, msg)| slot.fill(msg, next_number(&mut st)));
         let mut pressure = Vec::new();
         let durable = self.apply(&mut st, fx, Some(&mut pressure));
-        Routed { sessions, pressure, durable, number }
+        Routed { sessions, pressure, durable, forwarded }
     }
 
     /// Hands `session` to another edge where its client connected: its connection here is

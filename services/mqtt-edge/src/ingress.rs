@@ -130,21 +130,28 @@ pub async fn publish_in_order<E>(
     drop(append_place);
     place.ready().await;
     let routed = match staged {
-        Ok(staged) => placed(st, staged, acknowledged).await.map(|p| route(st, p)),
+        Ok(staged) => match placed(st, staged, acknowledged).await {
+            // Other edges get the connection's messages in its order too: its place on the
+            // way to them is taken in its place in line.
+            Ok(p) => {
+                let slot = match st.hub.cluster() {
+                    Some(cluster) => cluster.slot(p.message.qos).await,
+                    None => None,
+                };
+                Ok(route(st, p, slot))
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
-    let mut forwarded = None;
-    if let (Ok(r), Some(cluster)) = (&routed, st.hub.cluster()) {
-        // Other edges get the connection's messages in its order too.
-        forwarded = Some(cluster.forward(r.message.clone(), r.routed.number).await);
-    }
     drop(place);
-    // Acknowledged once the other edges can get it: the bus has it (however long it is away).
-    if let Some(f) = forwarded.filter(|_| acknowledged) {
-        f.wait().await;
-    }
     Ok(match routed {
-        Ok(Published { routed: r, recorded, .. }) => {
+        Ok(Published { routed: mut r, recorded, .. }) => {
+            // Acknowledged once the other edges can get it: the bus has it (however long it
+            // is away).
+            if let Some(f) = r.forwarded.take().filter(|_| acknowledged) {
+                f.wait().await;
+            }
             let sessions = r.sessions;
             if !r.pressure.is_empty() {
                 let _hold = st.gate.hold();
@@ -250,11 +257,11 @@ pub fn prepare(st: &ConnState, inbound: Inbound, build: impl FnOnce(&mut Message
 /// Topics only the edge publishes to.
 pub const EDGE_TOPICS: &str = "$hermes/";
 
-/// Routes a prepared PUBLISH.
-fn route(st: &ConnState, p: Prepared) -> Published {
+/// Routes a prepared PUBLISH; on to the other edges in `slot`, if given.
+fn route(st: &ConnState, p: Prepared, slot: Option<crate::cluster::Slot>) -> Published {
     let started = std::time::Instant::now();
     let msg = Arc::new(p.message);
-    let routed = st.hub.publish(msg.clone(), Some(&st.session), now_ms());
+    let routed = st.hub.publish(msg.clone(), Some(&st.session), now_ms(), slot);
     metrics::histogram!(m::ROUTE_SECONDS).record(started.elapsed().as_secs_f64());
     Published { message: msg, routed, recorded: p.recorded }
 }

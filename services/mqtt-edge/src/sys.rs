@@ -47,7 +47,7 @@ pub fn spawn_housekeeping(hub: Arc<Hub>, sys_interval: Duration) -> tokio::task:
             last_sys = Some(Instant::now());
             for (topic, value) in sys_topics(&hub.snapshot(), started.elapsed()) {
                 let msg = Message::new(ByteString::from_static(topic), Bytes::from(value), QoS::AtMostOnce, true);
-                hub.publish(Arc::new(msg), None, now);
+                hub.publish(Arc::new(msg), None, now, None);
             }
         }
     })

@@ -513,6 +513,48 @@ async fn a_stopping_edge_names_another_only_to_clients_with_room_for_it() {
     b.stop().await;
 }
 
+/// Publishers on an edge's two workers at once: what the edge sends the other edges leaves in
+/// the order it numbered it, whichever worker routed it. A session journals the highest
+/// number it had from each edge, and one taken from a dead edge takes what the bus kept below
+/// that as had: sent out of order, a lower number still on its way when that edge died would
+/// be taken as had too, and lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_sends_the_other_edges_what_it_routes_in_the_order_it_numbered_it() {
+    use prost::Message as _;
+    const PUBLISHERS: usize = 8;
+    const EACH: usize = 2_000;
+    let bus = Arc::new(bus::memory::MemoryBus::default());
+    let mut on_the_bus = bus.subscribe(wire::subjects::ALL_ROUTED).await.expect("subscribe");
+    // Read as it comes: a bus subscriber that falls behind holds the edge's publishers up.
+    let numbers = tokio::spawn(async move {
+        let mut numbers = Vec::new();
+        while numbers.len() < PUBLISHERS * (EACH + 1) {
+            let m = tokio::time::timeout(WAIT, on_the_bus.next()).await.expect("on the bus").expect("subscribed");
+            numbers.push(wire::pb::RoutedMessage::decode(&m.payload[..]).expect("a routed message").seq);
+        }
+        numbers
+    });
+    let a = TestEdge::start_clustered(bus.clone(), None, |c| c.bus.node_id = "a".into()).await;
+    let mut publishers = Vec::new();
+    for p in 0..PUBLISHERS {
+        let mut c = a.client(Version::V5, &format!("pub-{p}")).await;
+        publishers.push(tokio::spawn(async move {
+            for n in 0..EACH {
+                c.publish(&format!("order/{p}"), n.to_string().as_bytes(), 0, false, WAIT).await.expect("publish");
+            }
+            // A QoS 1 one last: all before it are routed once it is acknowledged.
+            c.publish(&format!("order/{p}"), b"last", 1, false, WAIT).await.expect("puback");
+        }));
+    }
+    for p in publishers {
+        p.await.expect("publisher");
+    }
+    let numbers = numbers.await.expect("read the bus");
+    let out_of_order = numbers.windows(2).filter(|w| w[1] <= w[0]).count();
+    assert_eq!(out_of_order, 0, "of {} messages, in the order numbered", numbers.len());
+    a.stop().await;
+}
+
 /// A client whose CONNECT reaches an edge that has begun to stop is told to use another
 /// (CONNACK 0x9C) and named one, as the clients it tells to go are (MQTT 5 §4.11); one whose
 /// Maximum Packet Size has no room for the name is refused as before (0x88, server
