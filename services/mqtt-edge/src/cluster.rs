@@ -6,10 +6,12 @@
 //!   subjects (`wire::subjects::interest`, reference counted per subject) and unsubscribes when
 //!   the last one goes. Every edge also takes every retained message (so its later subscribers
 //!   get them) and the rare topics too long for a subject.
-//! - **Out.** A client's PUBLISH is routed here first (local subscribers get it without a bus
-//!   round trip), then handed to the bus in the connection's order before its PUBACK; wills and
-//!   presence changes ([`broker::router::Effect::Originated`]) follow the same path. Messages are
-//!   numbered per edge incarnation.
+//! - **Out.** A client's PUBLISH takes its place on the way to the bus ([`Slot`], in the
+//!   connection's order; it waits while the bus is behind), is routed here (local subscribers
+//!   get it without a bus round trip) and goes in that place as it is numbered, before its
+//!   PUBACK; wills and presence changes ([`broker::router::Effect::Originated`]) are numbered
+//!   and handed over as they are routed. Messages are numbered per edge incarnation and leave
+//!   in number order.
 //! - **In.** Messages from other edges are routed here as the system's (never passed on again);
 //!   a message that matched several of this edge's subscriptions arrives once per subscription,
 //!   and only the first copy is kept (`broker::dedupe`). An edge ignores its own messages.
@@ -258,8 +260,8 @@ impl Slot {
     /// Puts `msg`, numbered `number`, in this place; the answer says when the bus has it.
     pub fn fill(self, msg: SharedMessage, number: u64) -> Forwarded {
         let (sent, rx) = oneshot::channel();
-        self.0.send(Outbound { msg: Some(msg), number, sent: Some(sent) });
-        Forwarded(rx)
+        let outbound = self.0.send(Outbound { msg: Some(msg), number, sent: Some(sent) });
+        Forwarded { sent: rx, outbound }
     }
 }
 
@@ -275,11 +277,19 @@ struct Outbound {
 /// the bus is away (the publisher's acknowledgement waits; nothing is acknowledged that the
 /// other edges could miss), or once this edge left the bus.
 #[derive(Debug)]
-pub struct Forwarded(oneshot::Receiver<()>);
+pub struct Forwarded {
+    sent: oneshot::Receiver<()>,
+    /// The queue it went in: a message put in a place taken before this edge left the bus
+    /// stays there unsent, so its end is watched too.
+    outbound: mpsc::Sender<Outbound>,
+}
 
 impl Forwarded {
     pub async fn wait(self) {
-        let _ = self.0.await;
+        tokio::select! {
+            _ = self.sent => {}
+            () = self.outbound.closed() => {}
+        }
     }
 }
 
@@ -893,6 +903,30 @@ pub fn decode_message(r: pb::RoutedMessage) -> Option<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    /// A publisher whose message goes in a place it took before this edge left the bus is not
+    /// left waiting for the bus (the message stays in the queue, unsent); one the bus is still
+    /// there for waits until it has it.
+    #[tokio::test]
+    async fn a_message_put_in_its_place_after_the_edge_left_the_bus_is_not_waited_for() {
+        let msg = Arc::new(Message::new(ByteString::from("a/b"), ntex_bytes::Bytes::new(), QoS::AtLeastOnce, false));
+        let (outbound, taken) = mpsc::channel::<Outbound>(4);
+        let slot = Slot(outbound.clone().reserve_owned().await.expect("room"));
+        drop(taken);
+        let forwarded = slot.fill(msg.clone(), 1);
+        tokio::time::timeout(Duration::from_secs(5), forwarded.wait()).await.expect("not left waiting");
+        let (outbound, mut taken) = mpsc::channel::<Outbound>(4);
+        let forwarded = Slot(outbound.clone().reserve_owned().await.expect("room")).fill(msg, 2);
+        let waiting = tokio::spawn(forwarded.wait());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the bus does not have it yet");
+        let out = taken.recv().await.expect("queued");
+        assert_eq!(out.number, 2);
+        drop(out.sent.map(|sent| sent.send(())));
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the bus has it").expect("join");
+        drop(outbound);
+    }
 
     #[test]
     fn a_node_is_registered_by_incarnation() {

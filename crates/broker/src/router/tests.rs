@@ -1178,9 +1178,11 @@ fn a_taken_session_holds_no_more_than_its_queue_takes_whatever_its_drop_policy()
 /// unread, by its drop policy, as a session that arrives offline is kept to it.
 #[test]
 fn a_taken_session_whose_client_comes_and_goes_while_it_arrives_is_cut_to_its_bound() {
+    // What it holds goes in before what reached it here meanwhile (here1): the oldest are the
+    // first it holds, the newest here1 and then the last it holds.
     for (policy, kept, cut) in [
-        (DropPolicy::DropOldest, ["c4", "c5", "c6"], ["c1", "c2", "c3"]),
-        (DropPolicy::DropNewest, ["c1", "c2", "c3"], ["c4", "c5", "c6"]),
+        (DropPolicy::DropOldest, ["c5", "c6", "here1"], ["c1", "c2", "c3", "c4"]),
+        (DropPolicy::DropNewest, ["c1", "c2", "c3"], ["c4", "c5", "c6", "here1"]),
     ] {
         let mut fx = Fx::new();
         let (mut b, bob) = taken_on_b(policy, &mut fx);
@@ -1188,6 +1190,7 @@ fn a_taken_session_whose_client_comes_and_goes_while_it_arrives_is_cut_to_its_bo
         for n in 1..=6 {
             b.publish_remote(from_node("c", n), 3_000, &mut fx);
         }
+        b.publish(msg("t/1", "here1", 1), None, 3_000, &mut fx);
         assert!(dropped(&fx).is_empty(), "{policy:?}: no bound while its client is there");
         fx.clear();
         assert!(b.disconnect(gone(&bob, link, true, None), &Acl::default(), 3_100, &mut fx));
