@@ -923,7 +923,8 @@ mod tests {
         assert!(!waiting.is_finished(), "the bus does not have it yet");
         let out = taken.recv().await.expect("queued");
         assert_eq!(out.number, 2);
-        drop(out.sent.map(|sent| sent.send(())));
+        let sent = out.sent.expect("waited for");
+        sent.send(()).expect("the publisher waits");
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the bus has it").expect("join");
         drop(outbound);
     }
