@@ -11,7 +11,7 @@ use broker::topic::{TopicError, validate_name};
 
 use crate::connection::ConnState;
 use crate::hub::{Hub, SubscribeError};
-use crate::message::{Message, SharedMessage, now_ms};
+use crate::message::{Message, now_ms};
 use crate::metrics as m;
 
 /// Error type of the ntex-mqtt services: the connection is closed when a handler returns it.
@@ -146,7 +146,7 @@ pub async fn publish_in_order<E>(
     };
     drop(place);
     Ok(match routed {
-        Ok(Published { routed: mut r, recorded, .. }) => {
+        Ok(Published { routed: mut r, recorded }) => {
             // Acknowledged once the other edges can get it: the bus has it (however long it
             // is away).
             if let Some(f) = r.forwarded.take().filter(|_| acknowledged) {
@@ -212,10 +212,9 @@ async fn placed(st: &ConnState, staged: Staged, acknowledged: bool) -> Result<Pr
     Ok(p)
 }
 
-/// A PUBLISH routed here, with what it became.
+/// A PUBLISH routed here.
 #[derive(Debug)]
 pub struct Published {
-    pub message: SharedMessage,
     pub routed: crate::hub::Routed,
     /// The journal's write of an inbound QoS 2 packet id (a persistent session's), if any.
     pub recorded: Option<crate::journal::Durable>,
@@ -260,10 +259,9 @@ pub const EDGE_TOPICS: &str = "$hermes/";
 /// Routes a prepared PUBLISH; on to the other edges in `slot`, if given.
 fn route(st: &ConnState, p: Prepared, slot: Option<crate::cluster::Slot>) -> Published {
     let started = std::time::Instant::now();
-    let msg = Arc::new(p.message);
-    let routed = st.hub.publish(msg.clone(), Some(&st.session), now_ms(), slot);
+    let routed = st.hub.publish(Arc::new(p.message), Some(&st.session), now_ms(), slot);
     metrics::histogram!(m::ROUTE_SECONDS).record(started.elapsed().as_secs_f64());
-    Published { message: msg, routed, recorded: p.recorded }
+    Published { routed, recorded: p.recorded }
 }
 
 /// A client asks to resume the stream named after `$hermes/resume/` with `"<epoch>:<seq>"`: the
