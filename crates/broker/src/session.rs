@@ -546,10 +546,16 @@ impl<M: Deliverable + Clone> Session<M> {
     /// A message that came live while the session arrives, dropped rather than held: taken as
     /// had, so its replay does not give it again.
     fn drop_held(&mut self, out: Outgoing<M>) -> Enqueued<M> {
+        self.taken_as_had(&out);
+        Enqueued::Dropped(out)
+    }
+
+    /// `out`, which came live while the session arrives, counts as had: its replay does not
+    /// give it (again).
+    fn taken_as_had(&mut self, out: &Outgoing<M>) {
         if let (Some(catch_up), Some(origin)) = (&mut self.catch_up, out.msg.origin()) {
             catch_up.live(origin);
         }
-        Enqueued::Dropped(out)
     }
 
     /// Drops the oldest message waiting: the first of its queue, or the first it holds unread
@@ -596,14 +602,10 @@ impl<M: Deliverable + Clone> Session<M> {
     fn take_held(&mut self, i: usize) -> Option<Outgoing<M>> {
         let arriving = self.arriving.as_mut().filter(|a| i < a.held.len())?;
         let taken = arriving.held.remove(i);
-        if let Some(origin) = taken.msg.origin() {
-            if let Some(behind) = &mut self.behind {
-                behind.skipped.remove(&skip_key(origin));
-            }
-            if let Some(catch_up) = &mut self.catch_up {
-                catch_up.live(origin);
-            }
+        if let (Some(behind), Some(origin)) = (&mut self.behind, taken.msg.origin()) {
+            behind.skipped.remove(&skip_key(origin));
         }
+        self.taken_as_had(&taken);
         Some(taken)
     }
 

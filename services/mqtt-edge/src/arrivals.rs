@@ -131,8 +131,8 @@ fn next_pass(pending: &mut VecDeque<Waiting>, oldest_kept_ms: u64) -> (Vec<Waiti
     (pass, subjects.into_iter().collect())
 }
 
-/// Reads for `pass` on `subjects` (theirs) and answers each session; the read stops if none of them waits any more
-/// (their own passes give them what it would have).
+/// Reads for `pass` on `subjects` (theirs) and answers each session; the read stops if none
+/// of them waits any more (their own passes give them what it would have).
 async fn serve(hub: Arc<Hub>, pass: Vec<Waiting>, subjects: Vec<String>, turn: OwnedSemaphorePermit, stall: Duration) {
     let (arrivals, mut answers): (Vec<Arrival>, Vec<_>) = pass.into_iter().map(|w| (w.arrival, w.done)).unzip();
     let answer = tokio::select! {

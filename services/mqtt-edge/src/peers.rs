@@ -5,8 +5,9 @@
 //! it back when it stops; a stopping edge names, in the DISCONNECT (0x8B) it sends each client,
 //! one edge heard from within [`ALIVE`] with a listener of the kind the client came to, each in
 //! turn, so clients that follow it spread its load over the others (and one on TLS is never
-//! sent to a plain listener, where its token would go in the clear). Clients that do not reconnect where they
-//! connected before (a load balancer, `hermes login --mqtt A,B,C`) as ever.
+//! sent to a plain listener, where its token would go in the clear). Clients that do not
+//! reconnect where they connected before (a load balancer, `hermes login --mqtt A,B,C`) as
+//! ever.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -125,8 +126,9 @@ impl Peers {
         if heard.len() >= MAX_PEERS && !heard.contains_key(node) {
             return false;
         }
-        let before = heard.insert(node.to_owned(), (addresses.clone(), at));
-        before.is_none_or(|(was, _)| was != addresses)
+        let new = heard.get(node).is_none_or(|(was, _)| *was != addresses);
+        heard.insert(node.to_owned(), (addresses, at));
+        new
     }
 
     /// The next edge in turn heard from within [`ALIVE`] of `now` with a listener of the kind

@@ -28,11 +28,10 @@ impl TryFrom<EdgeError> for v5::PublishAck {
 }
 
 /// The CONNACK refusing `msg`; a client refused as this edge stops is told to use another
-/// (0x9C, Server Reference) where one is known: `elsewhere`.
+/// (0x9C, Server Reference) where one is known: `elsewhere`, only ever given for that.
 fn refuse(msg: v5::Connect, refusal: Refusal, elsewhere: Option<String>) -> v5::ConnectAck<ConnState> {
-    let server_reference = elsewhere.filter(|_| matches!(refusal, Refusal::ShuttingDown));
     let reason_code = match refusal {
-        Refusal::ShuttingDown if server_reference.is_some() => ConnectAckReason::UseAnotherServer,
+        Refusal::ShuttingDown if elsewhere.is_some() => ConnectAckReason::UseAnotherServer,
         Refusal::BadCredentials(_) => ConnectAckReason::BadUserNameOrPassword,
         Refusal::NotAuthorized(_) | Refusal::WillNotAuthorized => ConnectAckReason::NotAuthorized,
         Refusal::Throttled => ConnectAckReason::ConnectionRateExceeded,
@@ -42,7 +41,7 @@ fn refuse(msg: v5::Connect, refusal: Refusal, elsewhere: Option<String>) -> v5::
     msg.fail_with(v5::codec::ConnectAck {
         reason_code,
         reason_string: Some(ByteString::from_static(refusal.reason())),
-        server_reference: server_reference.map(ByteString::from),
+        server_reference: elsewhere.map(ByteString::from),
         ..Default::default()
     })
 }
