@@ -558,6 +558,45 @@ impl<M: Deliverable + Clone> Session<M> {
         }
     }
 
+    /// Forgets the messages waiting for the client (queued, or held while the session arrives)
+    /// that `gone` picks; what is in flight stays (its client had it). Held ones are taken as
+    /// had, so a replay does not give them again. Returns what it forgot, in queue order.
+    pub fn forget_waiting(&mut self, gone: impl Fn(&Outgoing<M>) -> bool) -> Vec<Outgoing<M>> {
+        let mut forgotten = Vec::new();
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        let mut before_at = 0;
+        let at = self.arriving.as_ref().map_or(0, |a| a.at);
+        for (i, out) in std::mem::take(&mut self.queue).into_iter().enumerate() {
+            if gone(&out) {
+                before_at += usize::from(i < at);
+                self.done(out.entry);
+                forgotten.push(out);
+            } else {
+                kept.push_back(out);
+            }
+        }
+        self.queue = kept;
+        let held = match &mut self.arriving {
+            Some(a) => {
+                a.at -= before_at;
+                std::mem::take(&mut a.held)
+            }
+            None => Vec::new(),
+        };
+        let (gone_held, kept_held): (Vec<_>, Vec<_>) = held.into_iter().partition(|o| gone(o));
+        if let Some(a) = &mut self.arriving {
+            a.held = kept_held;
+        }
+        for out in gone_held {
+            if let (Some(behind), Some(origin)) = (&mut self.behind, out.msg.origin()) {
+                behind.skipped.remove(&skip_key(origin));
+            }
+            self.taken_as_had(&out);
+            forgotten.push(out);
+        }
+        forgotten
+    }
+
     /// Drops the oldest message waiting: the first of its queue, or the first it holds unread
     /// while it arrives if that goes in first (then taken as had: its replay does not give it
     /// again). Returns it, and whether the journal has it (the caller writes that it is done).

@@ -123,8 +123,11 @@ impl Authorizer {
         self.allowed(who, client_id, |t, s| t.can_publish(s, topic))
     }
 
+    /// Whether `who` may subscribe to `filter`. Anyone may to replay reports
+    /// (`$hermes/replay/...`): the edge sends each only to the session that asked for it.
     pub fn can_subscribe(&self, who: &Identity, client_id: &str, filter: &str) -> bool {
-        self.allowed(who, client_id, |t, s| t.can_subscribe(s, filter))
+        filter.starts_with(crate::streams::REPLAY_TOPIC)
+            || self.allowed(who, client_id, |t, s| t.can_subscribe(s, filter))
     }
 
     /// The subscriptions a token user gets at CONNECT without asking.
@@ -180,5 +183,33 @@ impl broker::router::Authorize<std::sync::Arc<Identity>> for Authorizer {
 
     fn auto_subscriptions(&self, who: &std::sync::Arc<Identity>, client_id: &str) -> Vec<(String, QoS)> {
         Authorizer::auto_subscriptions(self, who, client_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The edge sends a replay report only to the session that asked for it, so a token user
+    /// may listen for theirs whatever the ACL says, and keeps that subscription when their
+    /// relations change; nothing else under `$hermes/` opens up.
+    #[test]
+    fn anyone_may_listen_for_their_own_replay_reports_and_nothing_else_of_the_edge() {
+        let relations = Arc::new(broker::relations::MemoryRelations::default());
+        let authz = Authorizer::from_config(&AuthConfig::default(), relations).expect("defaults");
+        let alice = Identity {
+            username: "alice".into(),
+            enterprise: "acme".into(),
+            user_id: "u1".into(),
+            via_token: true,
+            ..Identity::default()
+        };
+        assert!(authz.can_subscribe(&alice, "c", "$hermes/replay/acme/notice/all"));
+        assert!(authz.can_subscribe(&alice, "c", "$hermes/replay/#"));
+        let router: &dyn broker::router::Authorize<Arc<Identity>> = &authz;
+        assert!(router.can_subscribe(&Arc::new(alice.clone()), "c", "$hermes/replay/#"), "what re-checks see");
+        for refused in ["$hermes/resume/x", "$hermes/#", "acme/im/msg/bob", "#"] {
+            assert!(!authz.can_subscribe(&alice, "c", refused), "{refused}");
+        }
     }
 }

@@ -761,7 +761,7 @@ impl Hub {
 
     /// Relations of `users` in `enterprise` changed: re-check their live sessions' subscriptions
     /// against the ACL (dropping what it no longer allows) and add the auto-subscriptions it now
-    /// gives. Parked sessions are re-checked when they reconnect.
+    /// gives. Parked sessions are re-checked when they are resumed.
     /// `users` `None` means every user of the enterprise (its ACL tables changed).
     pub fn reauthorize(&self, authz: &Authorizer, enterprise: &str, users: Option<&[&str]>, now_ms: u64) {
         let mut st = self.lock();

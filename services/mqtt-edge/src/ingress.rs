@@ -332,9 +332,7 @@ pub async fn resume(
 pub fn subscribe(st: &ConnState, raw: &str, options: broker::SubOptions) -> Result<(), SubscribeError> {
     metrics::counter!(m::PACKETS_IN, "type" => "subscribe_entry").increment(1);
     let filter = broker::topic::parse_subscription(raw, &st.hub.config().topic).map_or(raw, |p| p.filter);
-    // Replay reports go to the session that asked alone: anyone may listen for their own.
-    let own_reports = filter.starts_with(crate::streams::REPLAY_TOPIC);
-    if !own_reports && !st.authz.can_subscribe(&st.identity, &st.client_id, filter) {
+    if !st.authz.can_subscribe(&st.identity, &st.client_id, filter) {
         return Err(SubscribeError::NotAuthorized);
     }
     st.hub.subscribe(&st.session, raw, options, now_ms())

@@ -335,6 +335,40 @@ async fn group_topics_follow_membership_live() {
     edge.stop().await;
 }
 
+/// A member who leaves a group while her session is away gets nothing more of it on return:
+/// the subscription the group gave her is checked again when she resumes the session, and what
+/// it queued goes with it. What came to her inbox meanwhile is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_who_left_a_group_while_away_gets_nothing_of_it_on_return() {
+    let (edge, bus, signer) = edge_on_bus().await;
+    let token = access_token(&signer, "alice", Duration::from_secs(60));
+    let persistent = Connect { password: Some(token), ..connect("alice-phone", false) };
+    let (mut alice, _) = edge.connect(Version::V311, persistent.clone()).await;
+    let mut carol = login(&edge, &signer, Version::V311, "carol", "carol").await;
+    emit(&bus, membership("ops", "alice", true)).await;
+    emit(&bus, membership("ops", "carol", true)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    carol.publish("acme/im/group/ops", b"standup", 1, false, WAIT).await.expect("puback");
+    let got = expect_publish(&mut alice).await;
+    assert_eq!(&got.payload[..], b"standup", "a member's auto-subscription");
+    ack(&mut alice, &got).await;
+    alice.send(&Packet::disconnect(0)).await.expect("disconnect");
+    assert!(alice.is_closed(WAIT).await);
+    carol.publish("acme/im/group/ops", b"while a member", 1, false, WAIT).await.expect("puback");
+    emit(&bus, membership("ops", "alice", false)).await;
+    carol.publish("acme/im/group/ops", b"after she left", 1, false, WAIT).await.expect("puback");
+    carol.publish("acme/im/msg/alice", b"dm", 1, false, WAIT).await.expect("puback");
+    let (mut alice, present) = edge.connect(Version::V311, persistent).await;
+    assert!(present);
+    let got = expect_publish(&mut alice).await;
+    assert_eq!((got.topic.as_str(), &got.payload[..]), ("acme/im/msg/alice", &b"dm"[..]));
+    ack(&mut alice, &got).await;
+    expect_nothing(&mut alice).await;
+    carol.publish("acme/im/group/ops", b"later", 1, false, WAIT).await.expect("puback");
+    expect_nothing(&mut alice).await;
+    edge.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn deny_rules_in_enterprise_tables_fence_a_wildcard_grant() {
     let (edge, bus, signer) = edge_on_bus().await;

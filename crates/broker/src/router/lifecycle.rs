@@ -73,6 +73,9 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 (key, Session::new(self.cfg.session), false)
             }
         };
+        if session_present {
+            self.recheck_resumed(key, &mut session, (&req.owner, &req.client_id), auth, fx);
+        }
         for d in session.resume(req.receive_maximum, now_ms) {
             fx.push(Effect::Deliver(link, d));
         }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Authorize, Effect, Effects, Routable, Router, SubscribeError, push_enqueued};
-use crate::session::Outgoing;
+use crate::session::{Outgoing, Session};
 use crate::topic::parse_subscription;
 use crate::{RetainHandling, SubOptions};
 
@@ -71,7 +71,8 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
 
     /// The relations or ACL tables of the owners `select` picks changed: re-check their live
     /// sessions' subscriptions (dropping what the ACL no longer allows) and add the
-    /// auto-subscriptions it now gives. Parked sessions are re-checked when they reconnect.
+    /// auto-subscriptions it now gives. Parked sessions are re-checked when they are resumed
+    /// ([`Router::recheck_resumed`]).
     pub fn reauthorize(
         &mut self,
         auth: &dyn Authorize<O>,
@@ -110,6 +111,39 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 }
             }
         }
+    }
+
+    /// `session` (routable under `key`) is resumed by `owner`: its subscriptions are checked
+    /// again, for the ACL may have changed while it was parked, here or on another node (a
+    /// parked session is not re-checked when it does). Those no longer allowed go, and with
+    /// them what waits in the session that none of those it keeps would have given it: its
+    /// owner may no longer read it. What is in flight stays (the client had it).
+    pub(super) fn recheck_resumed(
+        &mut self,
+        key: u64,
+        session: &mut Session<M>,
+        (owner, client_id): (&O, &str),
+        auth: &dyn Authorize<O>,
+        fx: &mut Effects<M, O>,
+    ) {
+        let limits = self.cfg.topic;
+        let filter = move |raw: &str| parse_subscription(raw, &limits).map_or(raw.to_owned(), |p| p.filter.to_owned());
+        let revoked: Vec<String> = session
+            .subscriptions()
+            .map(|(raw, _)| raw)
+            .filter(|raw| !auth.can_subscribe(owner, client_id, &filter(raw)))
+            .map(str::to_owned)
+            .collect();
+        if revoked.is_empty() {
+            return;
+        }
+        for raw in &revoked {
+            session.unsubscribe(raw);
+            self.remove_from_tries(key, raw, fx);
+            fx.push(Effect::SubscriptionRevoked);
+        }
+        let kept: Vec<String> = session.subscriptions().map(|(raw, _)| filter(raw)).collect();
+        session.forget_waiting(|o| !kept.iter().any(|f| crate::topic::matches(f, o.msg.topic())));
     }
 
     /// Makes the session `key`'s subscription to `raw_filter` routable.

@@ -520,6 +520,70 @@ fn reauthorization_removes_what_the_acl_no_longer_allows_and_adds_new_auto_subsc
     assert_eq!(r.publish(msg("inbox/bob", "dm", 0), None, 0, &mut to_bob), 1);
 }
 
+/// Bob may no longer read `friends/`: the ACL changed while his session was away.
+fn lost_friends() -> Acl {
+    Acl { deny: vec!["friends/".into()], extra: None }
+}
+
+/// A parked session is re-checked when its owner resumes it, for the ACL may have changed while
+/// it was away (here, or on the node it comes from): a subscription no longer allowed goes,
+/// with what it queued; what is in flight stays (the client had it), and so does what a
+/// subscription it keeps queued.
+#[test]
+fn a_session_resumed_after_its_owner_lost_a_right_keeps_neither_the_subscription_nor_what_it_queued() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (link, _) = connect(&mut r, request("bob", "c", false, 60), &mut fx);
+    sub(&mut r, "bob", "c", "friends/carol", 1);
+    sub(&mut r, "bob", "c", "t/#", 1);
+    r.publish(msg("friends/carol", "in flight", 1), None, 0, &mut fx);
+    assert!(r.disconnect(gone(&key("bob", "c"), link, true, None), &Acl::default(), 0, &mut fx));
+    r.publish(msg("friends/carol", "while away", 1), None, 0, &mut fx);
+    r.publish(msg("t/1", "kept", 1), None, 0, &mut fx);
+    fx.clear();
+    let c = r.connect(request("bob", "c", false, 60), &lost_friends(), 0, &mut fx);
+    assert!(c.session_present);
+    assert_eq!(delivered(&fx, c.link), ["in flight", "kept"]);
+    assert_eq!(fx.iter().filter(|e| matches!(e, Effect::SubscriptionRevoked)).count(), 1);
+    assert_eq!(interest(&fx), ["-friends/carol"]);
+    assert!(journal(&fx).contains(&"record 60 t/#".to_owned()), "{:?}", journal(&fx));
+    fx.clear();
+    assert_eq!(r.publish(msg("friends/carol", "after", 1), None, 0, &mut fx), 0);
+}
+
+/// The same check for a session that comes from another node with its client, and for one
+/// taken from a dead node, still holding what came behind its replay.
+#[test]
+fn a_session_moved_or_taken_from_another_node_is_re_checked_when_its_owner_resumes_it() {
+    let mut a = router(0);
+    let mut fx = Fx::new();
+    connect(&mut a, request("bob", "phone", false, 60), &mut fx);
+    sub(&mut a, "bob", "phone", "friends/carol", 1);
+    let (snapshot, _) = a.hand_over(&key("bob", "phone"), &Acl::default(), 0, &mut fx).expect("on a");
+    let mut b = router(0);
+    let req = ConnectRequest { resumed: Some(snapshot), ..request("bob", "phone", false, 60) };
+    let c = b.connect(req, &lost_friends(), 0, &mut fx);
+    assert!(c.session_present);
+    assert_eq!(b.publish(msg("friends/carol", "x", 1), None, 0, &mut fx), 0, "moved: re-checked");
+
+    let (mut b, bob) = taken_on_b_subscribed(&["t/#", "friends/carol"], DropPolicy::DropOldest, &mut fx);
+    let from_carol = |n| Msg { topic: "friends/carol".into(), ..from_node("c", n) };
+    b.publish_remote(from_carol(1), 3_000, &mut fx);
+    b.publish_remote(from_node("c", 2), 3_000, &mut fx);
+    b.publish(msg("friends/carol", "here-carol", 1), None, 3_000, &mut fx);
+    b.publish(msg("t/1", "here-t", 1), None, 3_000, &mut fx);
+    fx.clear();
+    let c = b.connect(request("bob", "phone", false, 60), &lost_friends(), 3_000, &mut fx);
+    assert!(c.session_present);
+    for n in 1..=2 {
+        b.replay_routed_all(from_node("c", n), 3_000, 3_000, &mut fx);
+    }
+    let id = b.arrival_id(&bob).expect("held");
+    b.replay_done(&bob, id, 3_000, &mut fx);
+    assert_eq!(delivered(&fx, c.link), ["x1", "c2", "here-t"], "what came for friends/ is not given");
+    assert!(dropped(&fx).is_empty(), "not dead letters: its owner may not read them");
+}
+
 #[test]
 fn close_where_picks_connections_by_owner() {
     let mut r = router(0);
@@ -1131,10 +1195,17 @@ fn a_session_taken_from_a_dead_node_is_parked_catching_up() {
 /// node, parked there with a queue of at most 3 (`policy`), holding what comes behind its
 /// replay.
 fn taken_on_b(policy: DropPolicy, fx: &mut Fx) -> (Router<Msg, &'static str>, Arc<str>) {
+    taken_on_b_subscribed(&["t/#"], policy, fx)
+}
+
+/// [`taken_on_b`], subscribed to `filters`.
+fn taken_on_b_subscribed(filters: &[&str], policy: DropPolicy, fx: &mut Fx) -> (Router<Msg, &'static str>, Arc<str>) {
     let mut a = wide();
     connect(&mut a, request("bob", "phone", false, 60), fx);
     let options = SubOptions { qos: QoS::AtLeastOnce, ..SubOptions::default() };
-    a.subscribe(&key("bob", "phone"), "t/#", options, 1_000, fx).expect("sub");
+    for filter in filters {
+        a.subscribe(&key("bob", "phone"), filter, options.clone(), 1_000, fx).expect("sub");
+    }
     a.publish_remote(from_node("x", 1), 2_000, fx);
     let (snapshot, _) = a.hand_over(&key("bob", "phone"), &Acl::default(), 0, fx).expect("on a");
     let mut b = clustered();
