@@ -92,12 +92,13 @@ fn start_on(bin: &std::path::Path, args: Vec<String>, port: u16) -> Option<Serve
 /// `bus.keep_max_bytes`, 1 GiB) exceeds that; the tests write only a little into theirs.
 const NATS_ROOM: &str = "100GB";
 
-/// `nats-server`'s arguments: JetStream, on loopback `port`, storing at most `room` in `dir`.
-fn nats_args(port: u16, dir: &std::path::Path, room: &str) -> Vec<String> {
+/// `nats-server`'s arguments: JetStream, on loopback `port`, storing at most `room` in `dir`,
+/// with `more` in its configuration.
+fn nats_args(port: u16, dir: &std::path::Path, room: &str, more: &str) -> Vec<String> {
     std::fs::create_dir_all(dir).expect("a directory for nats-server");
     let config = dir.join("nats.conf");
     let store = dir.join("store");
-    std::fs::write(&config, format!("jetstream {{ store_dir: {store:?}, max_file_store: {room} }}\n"))
+    std::fs::write(&config, format!("jetstream {{ store_dir: {store:?}, max_file_store: {room} }}\n{more}"))
         .expect("nats.conf");
     ["-c", &config.display().to_string(), "-a", "127.0.0.1", "-p", &port.to_string()].map(str::to_owned).to_vec()
 }
@@ -105,7 +106,16 @@ fn nats_args(port: u16, dir: &std::path::Path, room: &str) -> Vec<String> {
 /// `nats-server` with JetStream in a temporary directory.
 pub fn nats() -> ServerProcess {
     let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}", std::process::id(), free_port()));
-    let mut server = start("nats-server", |port| nats_args(port, &dir, NATS_ROOM));
+    let mut server = start("nats-server", |port| nats_args(port, &dir, NATS_ROOM, ""));
+    server.dir = Some(dir);
+    server
+}
+
+/// [`nats`], taking messages of at most `max_payload` bytes (NATS's default is 1 MiB).
+pub fn nats_with_max_payload(max_payload: usize) -> ServerProcess {
+    let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}-payload", std::process::id(), free_port()));
+    let more = format!("max_payload: {max_payload}\n");
+    let mut server = start("nats-server", |port| nats_args(port, &dir, NATS_ROOM, &more));
     server.dir = Some(dir);
     server
 }
@@ -116,7 +126,7 @@ pub fn nats_again(old: &mut ServerProcess) -> ServerProcess {
     old.kill();
     let port = old.addr.port();
     let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}-again", std::process::id(), port));
-    let mut server = start_on(&require_tool("nats-server"), nats_args(port, &dir, NATS_ROOM), port)
+    let mut server = start_on(&require_tool("nats-server"), nats_args(port, &dir, NATS_ROOM, ""), port)
         .unwrap_or_else(|| panic!("nats-server did not start again on port {port}"));
     server.dir = Some(dir);
     server
@@ -125,7 +135,7 @@ pub fn nats_again(old: &mut ServerProcess) -> ServerProcess {
 /// `nats-server` with JetStream allowed at most `max_file_bytes` on disk.
 pub fn nats_with_little_room(max_file_bytes: u64) -> ServerProcess {
     let dir = std::env::temp_dir().join(format!("hermes-nats-{}-{}-small", std::process::id(), free_port()));
-    let mut server = start("nats-server", |port| nats_args(port, &dir, &max_file_bytes.to_string()));
+    let mut server = start("nats-server", |port| nats_args(port, &dir, &max_file_bytes.to_string(), ""));
     server.dir = Some(dir);
     server
 }

@@ -334,6 +334,12 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         })
     }
 
+    /// The largest payload one message may have on this bus (NATS: the server's `max_payload`,
+    /// as the client last heard it); `None` when there is no such limit.
+    fn max_payload(&self) -> Option<usize> {
+        None
+    }
+
     /// The latest change of this node's connection ([`Link`]; `None` before the first). A
     /// watch keeps only the latest: a reader may see `Back` without the `Lost` before it. The
     /// in-process bus is never cut off: its receiver never changes (its sender is gone, so

@@ -342,6 +342,10 @@ impl Bus for NatsBus {
         })
     }
 
+    fn max_payload(&self) -> Option<usize> {
+        Some(self.client.max_payload())
+    }
+
     fn link_changes(&self) -> tokio::sync::watch::Receiver<Option<Link>> {
         self.link.clone()
     }

@@ -235,6 +235,18 @@ impl ClusterLink {
         }
     }
 
+    /// The largest PUBLISH packet a client stamped with names `sender` bytes long
+    /// ([`crate::sender::Sender::names_len`]) may send for the bus to carry it to the other
+    /// edges: `limit` (`limits.max_packet_size`) or less; told to v5 clients in the CONNACK
+    /// (Maximum Packet Size). What a message gains on its way stays within
+    /// [`ROUTED_OVERHEAD`] and the names' unless it has many user properties (a byte or more
+    /// each): one that then does not fit is refused when it is routed ([`send_out`]).
+    pub fn packet_room(&self, sender: usize, limit: u32) -> u32 {
+        let Some(max) = self.bus.max_payload() else { return limit };
+        let room = max.saturating_sub(ROUTED_OVERHEAD + self.node.id.len() + 2 * sender).max(1);
+        u32::try_from(room).map_or(limit, |room| room.min(limit))
+    }
+
     /// Whether this edge is cut off from the bus: the connection is lost, or what it routes to
     /// the other edges waits for the bus to take it.
     pub fn cut_off(&self) -> bool {
@@ -266,29 +278,37 @@ impl Slot {
 }
 
 /// A message on its way to the other edges, with its number (`Hub::numbered`); `sent` hears
-/// when the bus has it. Without a message: `sent` hears once all before it are on the bus.
+/// when the bus has it (`true`), or that it never will (`false`: larger than the bus takes).
+/// Without a message: `sent` hears once all before it are on the bus.
 struct Outbound {
     msg: Option<SharedMessage>,
     number: u64,
-    sent: Option<oneshot::Sender<()>>,
+    sent: Option<oneshot::Sender<bool>>,
 }
+
+/// What a message gains on its way to the other edges beyond what the PUBLISH packet that
+/// brought it held, but for the node's and the sender's names (see
+/// [`ClusterLink::packet_room`]): its incarnation and number, the user property naming the
+/// sender, and protobuf's tags and lengths, a few bytes a field.
+const ROUTED_OVERHEAD: usize = 1024;
 
 /// Resolves once a forwarded message reached the bus (the NATS server has it): however long
 /// the bus is away (the publisher's acknowledgement waits; nothing is acknowledged that the
 /// other edges could miss), or once this edge left the bus.
 #[derive(Debug)]
 pub struct Forwarded {
-    sent: oneshot::Receiver<()>,
+    sent: oneshot::Receiver<bool>,
     /// The queue it went in: a message put in a place taken before this edge left the bus
     /// stays there unsent, so its end is watched too.
     outbound: mpsc::Sender<Outbound>,
 }
 
 impl Forwarded {
-    pub async fn wait(self) {
+    /// False if the bus would not take it: larger than it carries (see [`send_out`]).
+    pub async fn wait(self) -> bool {
         tokio::select! {
-            _ = self.sent => {}
-            () = self.outbound.closed() => {}
+            sent = self.sent => sent.unwrap_or(true),
+            () = self.outbound.closed() => true,
         }
     }
 }
@@ -620,13 +640,16 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
     let mut waiting = Vec::with_capacity(BATCH);
     let mut senders = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut waiting, BATCH).await > 0 {
+        let max_payload = bus.max_payload();
         // QoS 1/2 messages are kept too: what an edge that dies misses is replayed to its
         // sessions where they resume.
         let batch: Vec<(String, Bytes, bool)> = waiting
             .drain(..)
             .filter_map(|Outbound { msg, number, sent }| {
-                senders.extend(sent);
-                let msg = msg?;
+                let Some(msg) = msg else {
+                    senders.extend(sent.map(|s| (s, true)));
+                    return None;
+                };
                 let subject =
                     subjects::routed(&msg.topic, msg.retain).unwrap_or_else(|| subjects::LONG_TOPICS.to_owned());
                 let routed = pb::RoutedMessage {
@@ -635,12 +658,23 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
                     seq: number,
                     ..encode_message(&msg)
                 };
-                Some((subject, Bytes::from(routed.encode_to_vec()), msg.qos != QoS::AtMostOnce))
+                let payload = Bytes::from(routed.encode_to_vec());
+                // The bus refuses it for good, and would hold up all after it: not sent, and
+                // its publisher is told (clients are told a Maximum Packet Size that keeps
+                // within it; a will, or a bus that now takes less, may not).
+                let fits = max_payload.is_none_or(|max| payload.len() <= max);
+                senders.extend(sent.map(|s| (s, fits)));
+                if !fits {
+                    metrics::counter!(m::CLUSTER_ERRORS, "op" => "too_large").increment(1);
+                    tracing::error!(topic = %msg.topic, bytes = payload.len(), max = ?max_payload, "larger than the bus carries: not sent to the other edges");
+                    return None;
+                }
+                Some((subject, payload, msg.qos != QoS::AtMostOnce))
             })
             .collect();
         publish_until_taken(bus.as_ref(), batch, &link, &retrying).await;
-        for sent in senders.drain(..) {
-            let _ = sent.send(());
+        for (sent, taken) in senders.drain(..) {
+            let _ = sent.send(taken);
         }
     }
 }
@@ -924,8 +958,8 @@ mod tests {
         let out = taken.recv().await.expect("queued");
         assert_eq!(out.number, 2);
         let sent = out.sent.expect("waited for");
-        sent.send(()).expect("the publisher waits");
-        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the bus has it").expect("join");
+        sent.send(true).expect("the publisher waits");
+        assert!(tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("the bus has it").expect("join"));
         drop(outbound);
     }
 

@@ -36,7 +36,8 @@ pub struct ConnState {
     pub hub: Arc<Hub>,
     pub identity: Arc<Identity>,
     pub authz: Arc<Authorizer>,
-    /// `limits.max_packet_size`: the whole packet, header included.
+    /// The largest PUBLISH packet it may send, header included: `limits.max_packet_size`, or
+    /// less in a cluster ([`crate::cluster::ClusterLink::packet_room`]).
     pub max_packet_size: u32,
     /// `limits.max_stall_secs`.
     pub max_stall: std::time::Duration,
@@ -57,6 +58,13 @@ pub struct ConnState {
     expiry_override: Cell<Option<u32>>,
 }
 
+/// The largest PUBLISH packet a client stamped as `sender` may send: `limits.max_packet_size`,
+/// or less on an edge of a cluster, so that the bus carries it to the other edges.
+fn packet_limit(edge: &EdgeShared, sender: &crate::sender::Sender) -> u32 {
+    let limit = edge.cfg.limits.max_packet_size;
+    edge.hub.cluster().map_or(limit, |c| c.packet_room(sender.names_len(), limit))
+}
+
 impl ConnState {
     pub fn new(
         session: Arc<str>,
@@ -73,7 +81,7 @@ impl ConnState {
             hub: edge.hub.clone(),
             identity,
             authz: edge.authz.clone(),
-            max_packet_size: edge.cfg.limits.max_packet_size,
+            max_packet_size: packet_limit(edge, &sender),
             max_stall: std::time::Duration::from_secs(u64::from(edge.cfg.limits.max_stall_secs)),
             sender,
             line: std::rc::Rc::default(),

@@ -92,6 +92,10 @@ pub enum PublishRefusal {
     NotStored,
     /// A resume request (`$hermes/resume/<stream>`) that cannot be answered, and why.
     BadResume(&'static str),
+    /// Routed here, but larger than the bus carries to the other edges: not acknowledged (v5
+    /// PUBACK 0x83; v3 closes the connection). Clients are told a Maximum Packet Size that
+    /// keeps within the bus's; this is for what slips past it (a bus that now takes less).
+    TooLargeForBus,
 }
 
 /// An inbound PUBLISH, already read, as both versions describe it.
@@ -149,8 +153,10 @@ pub async fn publish_in_order<E>(
         Ok(Published { routed: mut r, recorded }) => {
             // Acknowledged once the other edges can get it: the bus has it (however long it
             // is away).
-            if let Some(f) = r.forwarded.take().filter(|_| acknowledged) {
-                f.wait().await;
+            if let Some(f) = r.forwarded.take().filter(|_| acknowledged)
+                && !f.wait().await
+            {
+                return Ok(Err(PublishRefusal::TooLargeForBus));
             }
             let sessions = r.sessions;
             if !r.pressure.is_empty() {

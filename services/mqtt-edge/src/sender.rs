@@ -40,6 +40,11 @@ impl Sender {
         }
     }
 
+    /// How long its stamp's names are, in bytes.
+    pub fn names_len(&self) -> usize {
+        self.property.len() + self.envelope.as_ref().map_or(0, |(e, u)| e.len() + u.len())
+    }
+
     /// Stamps `msg` with the authenticated sender.
     pub fn stamp(&self, msg: &mut Message) {
         self.stamp_property(&mut msg.properties);

@@ -83,6 +83,7 @@ pub async fn publish(ses: &Session, p: v3::Publish) -> Result<(), EdgeError> {
         Err(PublishRefusal::Topic(e)) => Err(EdgeError(format!("invalid topic name: {e}"))),
         // No PUBACK: the client publishes it again when it reconnects.
         Err(PublishRefusal::NotStored) => Err(EdgeError("the session journal is unavailable".into())),
+        Err(PublishRefusal::TooLargeForBus) => Err(EdgeError("larger than the bus carries to the other edges".into())),
     }
 }
 

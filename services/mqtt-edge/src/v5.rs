@@ -102,6 +102,7 @@ pub async fn connect(
     };
     let keep_alive = connect::keep_alive(client_keep_alive, limits.max_keepalive_secs);
     let session_present = accepted.session_present;
+    let inbound_max = accepted.state.max_packet_size;
     let assigned = accepted.assigned_client_id;
     Ok(msg.ack(accepted.state).keep_alive(keep_alive.idle_timeout_secs()).max_send(Some(limits.max_inflight)).with(
         |ack| {
@@ -111,6 +112,8 @@ pub async fn connect(
             ack.subscription_identifiers_available = true;
             ack.wildcard_subscription_available = true;
             ack.retain_available = true;
+            // ntex-mqtt's decoder keeps to it from now on.
+            ack.max_packet_size = Some(inbound_max);
             ack.server_keepalive_sec = keep_alive.announce;
             if requested_expiry != expiry {
                 ack.session_expiry_interval_secs = Some(expiry);
@@ -168,6 +171,11 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
         }
         Err(PublishRefusal::BadResume(why)) => {
             p.ack().reason_code(PublishAckReason::ImplementationSpecificError).reason(ByteString::from_static(why))
+        }
+        Err(PublishRefusal::TooLargeForBus) => {
+            p.ack().reason_code(PublishAckReason::ImplementationSpecificError).reason(ByteString::from_static(
+                "larger than the bus carries to the other edges: not sent to all subscribers",
+            ))
         }
         Err(PublishRefusal::NotStored) => p.ack().reason_code(PublishAckReason::UnspecifiedError).reason(
             ByteString::from_static("not stored: the session journal or durable stream is unavailable, publish again"),

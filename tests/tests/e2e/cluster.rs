@@ -57,10 +57,19 @@ async fn pair_in_process(bus: Arc<dyn Bus>) -> (TestEdge, TestEdge) {
 /// Redis at `redis_url`, which `servers` run.
 async fn pair_on_nats(
     redis_url: &str,
+    servers: Vec<servers::ServerProcess>,
+    adjust: &impl Fn(&mut mqtt_edge::EdgeConfig),
+) -> Pair {
+    pair_on(servers::nats(), redis_url, servers, adjust).await
+}
+
+/// [`pair_on_nats`] on `nats`.
+async fn pair_on(
+    nats: servers::ServerProcess,
+    redis_url: &str,
     mut servers: Vec<servers::ServerProcess>,
     adjust: &impl Fn(&mut mqtt_edge::EdgeConfig),
 ) -> Pair {
-    let nats = servers::nats();
     let url = nats.nats_url();
     servers.push(nats);
     let connect = || async { Arc::new(bus::nats::NatsBus::connect(&url).await.expect("nats")) as Arc<dyn Bus> };
@@ -222,6 +231,69 @@ async fn retained_messages_wills_and_properties_cross_edges() {
         pair.a.stop().await;
         pair.b.stop().await;
     }
+}
+
+/// What NATS would refuse for good (larger than its `max_payload`) never holds up the edge:
+/// v5 clients are told a Maximum Packet Size within it and a larger PUBLISH closes the
+/// connection (0x95, v3: closed) unacknowledged; a will that large goes to the edge's own
+/// subscribers alone. Before, the bus refused the batch it was in for 30 s, and every PUBACK of
+/// the edge waited.
+#[tokio::test(flavor = "multi_thread")]
+async fn what_is_larger_than_the_bus_carries_is_refused_and_holds_up_nothing() {
+    const MAX_PAYLOAD: u32 = 64 * 1024;
+    let redis = servers::redis();
+    let nats = servers::nats_with_max_payload(MAX_PAYLOAD as usize);
+    let pair = pair_on(nats, &redis.redis_url(), vec![redis], &|_| {}).await;
+    let mut far = subscribed(&pair.b, "far", &["big/#"]).await;
+    let mut near = subscribed(&pair.a, "near", &["big/#"]).await;
+    settle().await;
+    let mut v5 = pair.a.raw(Version::V5).await;
+    let max = match v5.handshake(connect("big-v5", true), WAIT).await {
+        Ok(Packet::ConnAck { code: 0, properties, .. }) => properties.max_packet_size.expect("a maximum told"),
+        other => panic!("{other:?}"),
+    };
+    assert!(max < MAX_PAYLOAD && max > MAX_PAYLOAD - 2048, "{max}");
+    // PUBLISH QoS 1 to "big/1": fixed header 1 + 3 bytes, topic 7, packet id 2, properties 1.
+    let payload = vec![b'x'; max as usize - 14];
+    assert_eq!(v5.publish("big/1", &payload, 1, false, WAIT).await.expect("puback"), Some(0), "exactly the maximum");
+    for c in [&mut far, &mut near] {
+        assert_eq!(received(c).await.0, "big/1");
+    }
+    // Within the maximum, but each of many small user properties takes a byte more on the bus:
+    // refused once routed here, before it is acknowledged.
+    let user_properties = vec![("k".to_owned(), "v".to_owned()); 3000];
+    let pad = vec![b'x'; max as usize - 14 - 3 - 7 * user_properties.len()];
+    let properties = sdk::mqtt::PublishProperties { user_properties, ..Default::default() };
+    let heavy = sdk::mqtt::Publish {
+        topic: "big/1".into(),
+        payload: pad.into(),
+        qos: 1,
+        packet_id: Some(9),
+        properties,
+        ..Default::default()
+    };
+    v5.send(&Packet::Publish(heavy)).await.expect("send");
+    match v5.recv(WAIT).await {
+        Ok(Packet::PubAck { code, .. }) => assert_eq!(code, 0x83, "refused"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(received(&mut near).await.0, "big/1", "routed here before the bus refused it");
+    let over = vec![b'x'; MAX_PAYLOAD as usize];
+    let _ = v5.publish("big/2", &over, 1, false, Duration::from_millis(200)).await;
+    assert_eq!(expect_disconnect(&mut v5).await, 0x95);
+    let mut v3 = pair.a.client(Version::V311, "big-v3").await;
+    let _ = v3.publish("big/3", &over, 1, false, Duration::from_millis(200)).await;
+    assert!(v3.is_closed(WAIT).await, "v3: closed");
+    let will = Will { topic: "big/will".into(), payload: over, qos: 1, retain: false, delay_interval: None };
+    let (dying, _) = pair.a.connect(Version::V5, Connect { will: Some(will), ..connect("big-will", true) }).await;
+    drop(dying);
+    assert_eq!(received(&mut near).await.0, "big/will", "the edge's own subscribers get it");
+    let mut small = pair.a.client(Version::V5, "small").await;
+    assert_eq!(small.publish("big/4", b"after", 1, false, WAIT).await.expect("puback at once"), Some(0));
+    assert_eq!(received(&mut far).await, ("big/4".into(), "after".into()), "nothing else came across");
+    assert_eq!(received(&mut near).await.0, "big/4");
+    pair.a.stop().await;
+    pair.b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
