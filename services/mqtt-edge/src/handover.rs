@@ -293,8 +293,15 @@ impl Handover {
         if state.is_some() {
             metrics::counter!(m::SESSIONS_MOVED, "way" => "out").increment(1);
         }
-        let reply = pb::HandoverReply { request_id: req.request_id, found: state.is_some(), state };
-        if let Err(e) = self.bus.publish(&req.reply_to, Bytes::from(reply.encode_to_vec())).await {
+        let mut reply = pb::HandoverReply { request_id: req.request_id, found: state.is_some(), state }.encode_to_vec();
+        if self.bus.max_payload().is_some_and(|max| reply.len() > max) {
+            // More than the bus carries: the asker reads the journal at once, where a session
+            // that outlives its connection is whole (one that does not starts afresh).
+            metrics::counter!(m::CLUSTER_ERRORS, "op" => "handover_too_large").increment(1);
+            tracing::info!(bytes = reply.len(), "a session too large for the bus: its next edge reads the journal");
+            reply = pb::HandoverReply { request_id: req.request_id, found: false, state: None }.encode_to_vec();
+        }
+        if let Err(e) = self.bus.publish(&req.reply_to, Bytes::from(reply)).await {
             tracing::warn!(error = %e, "cannot answer a handover request");
         }
     }

@@ -292,6 +292,21 @@ async fn what_is_larger_than_the_bus_carries_is_refused_and_holds_up_nothing() {
     assert_eq!(small.publish("big/4", b"after", 1, false, WAIT).await.expect("puback at once"), Some(0));
     assert_eq!(received(&mut far).await, ("big/4".into(), "after".into()), "nothing else came across");
     assert_eq!(received(&mut near).await.0, "big/4");
+    // A session holding more than the bus carries moves all the same (through the journal).
+    disconnect(&mut near).await;
+    let (mut near, _) = pair.a.connect(Version::V5, lasting("near-2", true)).await;
+    near.subscribe(vec![SubscribeTopic::new("big/#", 1)], WAIT).await.expect("suback");
+    disconnect(&mut near).await;
+    for n in 0..8 {
+        small.publish("big/q", &vec![b'0' + n; 10_000], 1, false, WAIT).await.expect("puback");
+    }
+    let (mut near, present) = pair.b.connect(Version::V5, lasting("near-2", false)).await;
+    assert!(present);
+    for n in 0..8 {
+        let p = expect_publish(&mut near).await;
+        assert_eq!(p.payload[0], b'0' + n, "all of its queue, in order");
+        ack(&mut near, &p).await;
+    }
     pair.a.stop().await;
     pair.b.stop().await;
 }
