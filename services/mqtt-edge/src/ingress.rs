@@ -2,7 +2,6 @@
 //! differs: client-id rules, topic checks, duplicate QoS 2 detection, handing to the hub.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use ntex_bytes::{ByteString, Bytes};
 
@@ -72,10 +71,11 @@ pub fn peer_ip(io: &ntex::io::IoBoxed) -> Option<std::net::IpAddr> {
     io.query::<ntex::io::types::PeerAddr>().get().map(|p| p.0.ip())
 }
 
-/// Server-assigned client ids for clients that sent an empty one.
+/// Server-assigned client ids for clients that sent an empty one: 128 random bits, so that no
+/// other client of the same owner, on this edge or another, can guess or be given it (and take
+/// its session).
 pub fn assign_client_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!("hermes-{:x}-{}", now_ms(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!("hermes-{:032x}", rand::random::<u128>())
 }
 
 /// Why an inbound PUBLISH was not routed.

@@ -221,13 +221,20 @@ async fn shutdown_tells_v5_clients_why() {
 #[tokio::test(flavor = "multi_thread")]
 async fn empty_client_id_is_assigned_or_refused() {
     let edge = TestEdge::start().await;
-    let mut c = edge.raw(Version::V5).await;
-    match c.handshake(connect("", true), WAIT).await {
-        Ok(Packet::ConnAck { code: 0, properties, .. }) => {
-            assert!(properties.assigned_client_id.is_some_and(|id| !id.is_empty()))
+    let mut assigned = Vec::new();
+    for _ in 0..2 {
+        let mut c = edge.raw(Version::V5).await;
+        match c.handshake(connect("", true), WAIT).await {
+            Ok(Packet::ConnAck { code: 0, properties, .. }) => assigned.extend(properties.assigned_client_id),
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
     }
+    // 128 random bits: nobody can guess another client's (and take its session).
+    for id in &assigned {
+        let random = id.strip_prefix("hermes-").unwrap_or_default();
+        assert!(random.len() == 32 && random.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+    }
+    assert!(assigned.len() == 2 && assigned[0] != assigned[1], "{assigned:?}");
     let mut c = edge.raw(Version::V311).await;
     // v3: an empty id needs a clean session. ntex-mqtt's decoder closes the connection
     // instead of answering CONNACK 0x02; either way the client gets no session.
