@@ -128,7 +128,8 @@ fn next_pass(pending: &mut VecDeque<Waiting>, oldest_kept_ms: u64) -> (Vec<Waiti
         }
     }
     *pending = rest;
-    (pass, subjects.into_iter().collect())
+    // Only the first may bring more than the most on its own.
+    (pass, crate::catch_up::within_most(subjects))
 }
 
 /// Reads for `pass` on `subjects` (theirs) and answers each session; the read stops if none
@@ -198,5 +199,18 @@ mod tests {
         assert_eq!(names(&pass), ["old", "a"], "no further back than the bus keeps: they start alike");
         assert_eq!(names(&next_pass(&mut pending, 0).0), ["b"]);
         assert!(next_pass(&mut pending, 0).0.is_empty());
+    }
+
+    /// A session whose subscriptions alone come to more subjects than a pass reads by name
+    /// is read for on every kept subject (the router picks what it subscribes to): one
+    /// client's many filters never make NATS a consumer of hundreds.
+    #[test]
+    fn a_session_with_more_subjects_than_a_pass_reads_by_name_reads_every_kept_one() {
+        let many: Vec<String> = (0..=MAX_SUBJECTS).map(|n| format!("m.{n}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let mut pending: VecDeque<Waiting> = [waiting("wide", 100_000, &many), waiting("a", 100_000, &["m.a"])].into();
+        let (pass, subjects) = next_pass(&mut pending, 0);
+        assert_eq!(names(&pass), ["wide"]);
+        assert_eq!(subjects, crate::cluster::KEPT_SUBJECTS);
     }
 }

@@ -255,9 +255,12 @@ impl Behind {
         Ok(())
     }
 
-    /// The bus subjects of the session's subscriptions but its shared ones.
+    /// The bus subjects of the session's subscriptions but its shared ones (within
+    /// [`crate::catch_up::within_most`]).
     fn subjects(&self) -> Vec<String> {
-        self.hub.plain_filters(&self.session).iter().flat_map(|f| subjects_of(f)).collect()
+        crate::catch_up::within_most(
+            self.hub.plain_filters(&self.session).iter().flat_map(|f| subjects_of(f)).collect(),
+        )
     }
 
     /// A pass read what the bus kept up to `newest_ms`: the next starts a little before.

@@ -221,8 +221,12 @@ pub(crate) async fn replay_to_each(
 /// [`MAX_REPLAY_SUBJECTS`], every kept subject (a NATS consumer with thousands of filters
 /// costs more than reading everything: the router picks what each session subscribes to).
 pub(crate) fn subjects_of_sessions<'a>(hub: &Hub, sessions: impl Iterator<Item = &'a str>) -> Vec<String> {
-    let subjects: BTreeSet<String> =
-        sessions.flat_map(|s| hub.plain_filters(s)).flat_map(|f| subjects_of(&f)).collect();
+    within_most(sessions.flat_map(|s| hub.plain_filters(s)).flat_map(|f| subjects_of(&f)).collect())
+}
+
+/// `subjects` for a replay to read by name, or past [`MAX_REPLAY_SUBJECTS`] every kept
+/// subject: what one replay asks of NATS stays bounded whatever a session subscribes to.
+pub(crate) fn within_most(subjects: BTreeSet<String>) -> Vec<String> {
     match subjects.len() > MAX_REPLAY_SUBJECTS {
         true => KEPT_SUBJECTS.map(str::to_owned).to_vec(),
         false => subjects.into_iter().collect(),
