@@ -129,6 +129,13 @@ pub struct LimitsConfig {
     /// reconnect) without being acknowledged before it goes to the dead-letter stream instead:
     /// a client that fails on a message does not get it forever. 0 never gives up.
     pub max_deliveries: u16,
+    /// Retained messages under one first topic level (for an enterprise's users, its id: the
+    /// ACL keeps them under it) past which a client's retained PUBLISH that would add one is
+    /// refused (v5 0x97 Quota exceeded; v3: dropped, as a PUBLISH the ACL refuses). Presence
+    /// and signatures, which the edge retains, count but are always kept. 0: no limit.
+    pub max_retained_per_tenant: usize,
+    /// The same for the bytes of their payloads (a larger message replacing one counts too).
+    pub max_retained_bytes_per_tenant: usize,
 }
 
 impl Default for LimitsConfig {
@@ -153,6 +160,8 @@ impl Default for LimitsConfig {
             max_session_expiry_secs: 7 * 24 * 3600,
             max_topic_alias: 32,
             max_deliveries: 10,
+            max_retained_per_tenant: 1_000_000,
+            max_retained_bytes_per_tenant: 256 * 1024 * 1024,
         }
     }
 }

@@ -81,6 +81,8 @@ pub struct HubConfig {
     pub max_backlog: usize,
     /// How long presence changes wait before they are announced (`limits.presence_grace_secs`).
     pub presence_grace_ms: u64,
+    /// `limits.max_retained_per_tenant` and `limits.max_retained_bytes_per_tenant`.
+    pub retained_quota: broker::retained::Usage,
 }
 
 impl HubConfig {
@@ -103,6 +105,10 @@ impl HubConfig {
             max_pending_deliveries: l.max_pending_deliveries,
             max_backlog: l.max_backlog,
             presence_grace_ms: u64::from(l.presence_grace_secs) * 1000,
+            retained_quota: broker::retained::Usage {
+                messages: l.max_retained_per_tenant,
+                bytes: l.max_retained_bytes_per_tenant,
+            },
         }
     }
 
@@ -544,6 +550,15 @@ impl Hub {
     /// The retained message of `topic`, if this edge holds one.
     pub fn retained(&self, topic: &str) -> Option<SharedMessage> {
         self.lock().router.retained(topic).cloned()
+    }
+
+    /// Whether `bytes` retained on `topic` keep what its first level holds within
+    /// `limits.max_retained_per_tenant` and `limits.max_retained_bytes_per_tenant`.
+    pub fn retained_within_quota(&self, topic: &str, bytes: usize) -> bool {
+        let quota = self.config().retained_quota;
+        let u = self.lock().router.retained_usage_with(topic, bytes);
+        let within = |used: usize, most: usize| most == 0 || used <= most;
+        within(u.messages, quota.messages) && within(u.bytes, quota.bytes)
     }
 
     /// Whether `session` is here, live or parked (if not, it may be in the journal).

@@ -92,6 +92,9 @@ pub enum PublishRefusal {
     NotStored,
     /// A resume request (`$hermes/resume/<stream>`) that cannot be answered, and why.
     BadResume(&'static str),
+    /// A retained message past its tenant's quota (`limits.max_retained_per_tenant`,
+    /// `limits.max_retained_bytes_per_tenant`): v5 PUBACK 0x97; v3: dropped.
+    RetainedQuota,
     /// Routed here, but larger than the bus carries to the other edges: not acknowledged (v5
     /// PUBACK 0x83; v3 closes the connection). Clients are told a Maximum Packet Size that
     /// keeps within the bus's; this is for what slips past it (a bus that now takes less).
@@ -240,6 +243,14 @@ pub fn prepare(st: &ConnState, inbound: Inbound, build: impl FnOnce(&mut Message
         metrics::counter!(m::PUBLISH_REFUSED, "reason" => "acl").increment(1);
         tracing::info!(client_id = %st.client_id, topic = %inbound.topic, "publish refused by the ACL");
         return Err(PublishRefusal::NotAuthorized);
+    }
+    if inbound.retain
+        && !inbound.payload.is_empty()
+        && !st.hub.retained_within_quota(&inbound.topic, inbound.payload.len())
+    {
+        metrics::counter!(m::PUBLISH_REFUSED, "reason" => "retained_quota").increment(1);
+        tracing::info!(client_id = %st.client_id, topic = %inbound.topic, "retained message past its tenant's quota refused");
+        return Err(PublishRefusal::RetainedQuota);
     }
     let mut recorded = None;
     let mut qos2_id = None;

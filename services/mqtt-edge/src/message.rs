@@ -68,6 +68,9 @@ impl Routable for Message {
     fn clears_retained(&self) -> bool {
         self.payload.is_empty()
     }
+    fn payload_len(&self) -> usize {
+        self.payload.len()
+    }
     /// A retained QoS 1 `online` or `offline`.
     fn presence(topic: &str, news: Announce) -> Self {
         let status: &'static str = match news {

@@ -78,7 +78,13 @@ pub async fn publish(ses: &Session, p: v3::Publish) -> Result<(), EdgeError> {
     match routed {
         // v3 has no negative PUBACK: a publish the ACL refuses is dropped (counted and logged).
         // A resume request it cannot answer is dropped the same way.
-        Ok(_) | Err(PublishRefusal::Duplicate | PublishRefusal::NotAuthorized | PublishRefusal::BadResume(_)) => Ok(()),
+        Ok(_)
+        | Err(
+            PublishRefusal::Duplicate
+            | PublishRefusal::NotAuthorized
+            | PublishRefusal::BadResume(_)
+            | PublishRefusal::RetainedQuota,
+        ) => Ok(()),
         // v3 has no negative PUBACK: an invalid topic name is a protocol violation.
         Err(PublishRefusal::Topic(e)) => Err(EdgeError(format!("invalid topic name: {e}"))),
         // No PUBACK: the client publishes it again when it reconnects.

@@ -172,6 +172,10 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
         Err(PublishRefusal::BadResume(why)) => {
             p.ack().reason_code(PublishAckReason::ImplementationSpecificError).reason(ByteString::from_static(why))
         }
+        Err(PublishRefusal::RetainedQuota) => p
+            .ack()
+            .reason_code(PublishAckReason::QuotaExceeded)
+            .reason(ByteString::from_static("retained messages under this topic's first level are at their quota")),
         Err(PublishRefusal::TooLargeForBus) => {
             p.ack().reason_code(PublishAckReason::ImplementationSpecificError).reason(ByteString::from_static(
                 "larger than the bus carries to the other edges: not sent to all subscribers",

@@ -150,6 +150,45 @@ async fn the_maximum_packet_size_counts_the_whole_packet() {
     edge.stop().await;
 }
 
+/// Retained messages are kept within a quota per first topic level (a tenant: for token users,
+/// their enterprise), in messages and payload bytes: past it a retained PUBLISH that would add
+/// is refused (v5 0x97) or dropped (v3), and other tenants are not held back; replacing or
+/// clearing one is counted as such.
+#[tokio::test(flavor = "multi_thread")]
+async fn retained_messages_are_kept_within_each_tenants_quota() {
+    let edge = TestEdge::start_with(|c| {
+        c.limits.max_retained_per_tenant = 3;
+        c.limits.max_retained_bytes_per_tenant = 100;
+    })
+    .await;
+    let mut c = edge.client(Version::V5, "retainer").await;
+    let mut retain = async |topic: &str, bytes: usize| {
+        c.publish(topic, &vec![b'x'; bytes], 1, true, WAIT).await.expect("puback").expect("v5 code")
+    };
+    const NO_MATCH: u8 = 0x10;
+    for n in 1..=3 {
+        assert_eq!(retain(&format!("acme/{n}"), 10).await, NO_MATCH);
+    }
+    assert_eq!(retain("acme/4", 1).await, 0x97, "a fourth message");
+    assert_eq!(retain("evil/1", 100).await, NO_MATCH, "another tenant");
+    assert_eq!(retain("acme/1", 80).await, NO_MATCH, "replaced: 100 bytes");
+    assert_eq!(retain("acme/2", 11).await, 0x97, "101 bytes");
+    assert_eq!(retain("acme/3", 0).await, NO_MATCH, "cleared");
+    assert_eq!(retain("acme/4", 10).await, NO_MATCH, "room again");
+    let mut v3 = edge.client(Version::V311, "retainer-3").await;
+    v3.publish("acme/5", b"x", 1, true, WAIT).await.expect("v3: acknowledged, dropped");
+    let mut reader = edge.client(Version::V5, "reader").await;
+    reader.subscribe(vec![SubscribeTopic::new("acme/#", 0)], WAIT).await.expect("suback");
+    let mut topics = Vec::new();
+    for _ in 0..3 {
+        topics.push(expect_publish(&mut reader).await.topic);
+    }
+    topics.sort();
+    assert_eq!(topics, ["acme/1", "acme/2", "acme/4"]);
+    expect_nothing(&mut reader).await;
+    edge.stop().await;
+}
+
 /// A plain TCP edge on `port` (0: any).
 async fn edge_on(port: u16, reuse_port: bool) -> Result<mqtt_edge::Edge, String> {
     let mut cfg = mqtt_edge::EdgeConfig::default();

@@ -42,6 +42,8 @@ pub trait Routable: Deliverable {
     fn retain(&self) -> bool;
     /// A retained message with an empty payload clears its topic's retained message.
     fn clears_retained(&self) -> bool;
+    /// Its payload's size in bytes (what retained-message quotas count).
+    fn payload_len(&self) -> usize;
     /// The retained QoS 1 message the router publishes when a user's presence changes.
     fn presence(topic: &str, news: Announce) -> Self;
 }
@@ -58,6 +60,9 @@ impl<T: Routable> Routable for Arc<T> {
     }
     fn clears_retained(&self) -> bool {
         (**self).clears_retained()
+    }
+    fn payload_len(&self) -> usize {
+        (**self).payload_len()
     }
     fn presence(topic: &str, news: Announce) -> Self {
         Arc::new(T::presence(topic, news))
@@ -652,7 +657,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     pub fn restore_retained(&mut self, messages: impl IntoIterator<Item = M>) {
         for msg in messages {
             if !self.retained.contains(msg.topic()) {
-                self.retained.set(msg.topic(), Some(msg.clone()));
+                self.retained.set(msg.topic(), Some((msg.clone(), msg.payload_len())));
             }
         }
     }
@@ -666,7 +671,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             if local {
                 fx.push(Effect::Retain { topic: msg.topic().into(), message: keep.clone() });
             }
-            self.retained.set(msg.topic(), keep);
+            self.retained.set(msg.topic(), keep.map(|m| (m, msg.payload_len())));
         }
         if msg.expired(now_ms) {
             return 0;
@@ -777,6 +782,12 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// their records only while this node says they are still here.
     pub fn durable_live(&self) -> Vec<(Arc<str>, u32)> {
         self.live.iter().filter(|(_, l)| l.session.is_durable()).map(|(s, l)| (s.clone(), l.expiry_secs)).collect()
+    }
+
+    /// What the retained messages under `topic`'s first level would hold here with `bytes`
+    /// retained on `topic` (see [`crate::retained::RetainedStore::usage_with`]).
+    pub fn retained_usage_with(&self, topic: &str, bytes: usize) -> crate::retained::Usage {
+        self.retained.usage_with(topic, bytes)
     }
 
     /// The retained message of `topic`, if this node holds one.

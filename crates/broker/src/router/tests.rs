@@ -68,6 +68,9 @@ impl Routable for Msg {
     fn clears_retained(&self) -> bool {
         self.body.is_empty()
     }
+    fn payload_len(&self) -> usize {
+        self.body.len()
+    }
     fn presence(topic: &str, news: Announce) -> Self {
         let body = if news == Announce::Online { "online" } else { "offline" };
         Msg { retain: true, ..msg(topic, body, 1) }
