@@ -118,6 +118,7 @@ impl HubConfig {
             topic: self.topic,
             max_subscriptions: self.max_subscriptions,
             presence_grace_ms: self.presence_grace_ms,
+            retained_quota: self.retained_quota,
         }
     }
 }
@@ -555,10 +556,7 @@ impl Hub {
     /// Whether `bytes` retained on `topic` keep what its first level holds within
     /// `limits.max_retained_per_tenant` and `limits.max_retained_bytes_per_tenant`.
     pub fn retained_within_quota(&self, topic: &str, bytes: usize) -> bool {
-        let quota = self.config().retained_quota;
-        let u = self.lock().router.retained_usage_with(topic, bytes);
-        let within = |used: usize, most: usize| most == 0 || used <= most;
-        within(u.messages, quota.messages) && within(u.bytes, quota.bytes)
+        self.lock().router.retained_within_quota(topic, bytes)
     }
 
     /// Whether `session` is here, live or parked (if not, it may be in the journal).
@@ -642,7 +640,7 @@ impl Hub {
                         client_id = %client_id,
                         tenant = %owner.enterprise,
                         topic = %topic,
-                        "will not sent: the ACL no longer allows its topic"
+                        "will not sent: the ACL no longer allows its topic, or it is retained past its tenant's quota"
                     );
                 }
                 Effect::Dropped { session, messages, exhausted } => self.dropped(&session, messages, exhausted),

@@ -337,7 +337,9 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     /// Publishes a will if its owner may still publish to its topic: relations or tables may
     /// have changed since the CONNECT that set it.
     fn send_will(&mut self, will: PendingWill<M, O>, auth: &dyn Authorize<O>, now_ms: u64, fx: &mut Effects<M, O>) {
-        if !auth.can_publish(&will.owner, &will.client_id, will.message.topic()) {
+        let m = &will.message;
+        let past_quota = m.retain() && !m.clears_retained() && !self.retained_within_quota(m.topic(), m.payload_len());
+        if past_quota || !auth.can_publish(&will.owner, &will.client_id, will.message.topic()) {
             let topic = will.message.topic().to_owned();
             fx.push(Effect::WillRefused { owner: will.owner, client_id: will.client_id, topic });
             return;

@@ -104,7 +104,8 @@ pub enum Effect<M, O> {
     /// The session was handed to another node, where its owner connected: close `link` (v5
     /// 0x8E).
     MovedAway { link: LinkId, client_id: Arc<str> },
-    /// A will was not sent: its owner may no longer publish to its topic.
+    /// A will was not sent: its owner may no longer publish to its topic, or it is retained
+    /// and past its tenant's quota ([`RouterConfig::retained_quota`]).
     WillRefused { owner: O, client_id: Arc<str>, topic: String },
     /// Messages `session` gave up on: its bound or drop policy discarded them (`overflow`), or
     /// they were sent `max_deliveries` times without an acknowledgement (`exhausted`). QoS 0
@@ -214,6 +215,9 @@ pub struct RouterConfig {
     pub max_subscriptions: usize,
     /// How long presence changes wait before they are announced.
     pub presence_grace_ms: u64,
+    /// What the retained messages under one first topic level may hold when a client's
+    /// message (or will) would add; 0 for no limit ([`Router::retained_within_quota`]).
+    pub retained_quota: crate::retained::Usage,
 }
 
 /// Why a SUBSCRIBE entry was refused.
@@ -784,10 +788,12 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         self.live.iter().filter(|(_, l)| l.session.is_durable()).map(|(s, l)| (s.clone(), l.expiry_secs)).collect()
     }
 
-    /// What the retained messages under `topic`'s first level would hold here with `bytes`
-    /// retained on `topic` (see [`crate::retained::RetainedStore::usage_with`]).
-    pub fn retained_usage_with(&self, topic: &str, bytes: usize) -> crate::retained::Usage {
-        self.retained.usage_with(topic, bytes)
+    /// Whether `bytes` retained on `topic` (replacing what it has) keep what its first level
+    /// holds here within [`RouterConfig::retained_quota`].
+    pub fn retained_within_quota(&self, topic: &str, bytes: usize) -> bool {
+        let (u, most) = (self.retained.usage_with(topic, bytes), self.cfg.retained_quota);
+        let within = |used: usize, most: usize| most == 0 || used <= most;
+        within(u.messages, most.messages) && within(u.bytes, most.bytes)
     }
 
     /// The retained message of `topic`, if this node holds one.

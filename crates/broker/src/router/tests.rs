@@ -118,6 +118,7 @@ fn router_with(max_deliveries: u16, grace_ms: u64) -> Router<Msg, &'static str> 
         topic: TopicLimits::default(),
         max_subscriptions: 4,
         presence_grace_ms: grace_ms,
+        retained_quota: crate::retained::Usage::default(),
     })
 }
 
@@ -336,6 +337,27 @@ fn a_will_goes_out_on_an_abnormal_end_only_and_is_checked_again_when_sent() {
     r.disconnect(gone(&key("bob", "c"), l, false, None), &now_denied, 0, &mut fx);
     assert!(delivered(&fx, watcher).is_empty());
     assert!(fx.iter().any(|e| matches!(e, Effect::WillRefused { owner: "bob", topic, .. } if topic == "wills/bob")));
+}
+
+/// A retained will is counted against its tenant's retained quota when it is sent, as a
+/// retained PUBLISH is: past it, it is not sent (nor kept), and said so.
+#[test]
+fn a_retained_will_past_its_tenants_quota_is_not_sent() {
+    let mut r = router(0);
+    r.cfg.retained_quota = crate::retained::Usage { messages: 1, bytes: 0 };
+    let mut fx = Fx::new();
+    let (watcher, _) = connect(&mut r, request("carol", "w", true, 0), &mut fx);
+    sub(&mut r, "carol", "w", "acme/#", 0);
+    r.publish(Msg { retain: true, ..msg("acme/kept", "first", 0) }, None, 0, &mut fx);
+    assert!(!r.retained_within_quota("acme/other", 1) && r.retained_within_quota("acme/kept", 9), "replacing fits");
+    fx.clear();
+    let retained_will = Will { message: Msg { retain: true, ..msg("acme/will", "gone", 0) }, delay_secs: 0 };
+    let (l, _) =
+        connect(&mut r, ConnectRequest { will: Some(retained_will), ..request("bob", "b", true, 60) }, &mut fx);
+    r.disconnect(gone(&key("bob", "b"), l, false, None), &Acl::default(), 0, &mut fx);
+    assert!(delivered(&fx, watcher).is_empty());
+    assert!(fx.iter().any(|e| matches!(e, Effect::WillRefused { owner: "bob", topic, .. } if topic == "acme/will")));
+    assert!(r.retained("acme/will").is_none());
 }
 
 #[test]
