@@ -560,7 +560,8 @@ impl<M: Deliverable + Clone> Session<M> {
 
     /// Forgets the messages waiting for the client (queued, or held while the session arrives)
     /// that `gone` picks; what is in flight stays (its client had it). Held ones are taken as
-    /// had, so a replay does not give them again. Returns what it forgot, in queue order.
+    /// had, so a replay does not give them again. Returns what it forgot: the queued, then
+    /// the held.
     pub fn forget_waiting(&mut self, gone: impl Fn(&Outgoing<M>) -> bool) -> Vec<Outgoing<M>> {
         let mut forgotten = Vec::new();
         let mut kept = VecDeque::with_capacity(self.queue.len());

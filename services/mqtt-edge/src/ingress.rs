@@ -153,13 +153,22 @@ pub async fn publish_in_order<E>(
     };
     drop(place);
     Ok(match routed {
-        Ok(Published { routed: mut r, recorded }) => {
+        Ok(Published { routed: mut r, recorded, qos2_id }) => {
+            // Refused once routed: a QoS 2 packet id is let go, as the refusing PUBREC ends its
+            // exchange [MQTT-4.3.3] (the client may use it again; v3 sends it again), so what
+            // comes with it next is routed, not taken for a copy.
+            let refused = |why| {
+                if let Some(id) = qos2_id {
+                    st.hub.incoming_released(&st.session, id);
+                }
+                Err(why)
+            };
             // Acknowledged once the other edges can get it: the bus has it (however long it
             // is away).
             if let Some(f) = r.forwarded.take().filter(|_| acknowledged)
                 && !f.wait().await
             {
-                return Ok(Err(PublishRefusal::TooLargeForBus));
+                return Ok(refused(PublishRefusal::TooLargeForBus));
             }
             let sessions = r.sessions;
             if !r.pressure.is_empty() {
@@ -172,7 +181,7 @@ pub async fn publish_in_order<E>(
                 Some(d) if acknowledged => d.wait().await,
                 _ => true,
             };
-            if stored { Ok(sessions) } else { Err(PublishRefusal::NotStored) }
+            if stored { Ok(sessions) } else { refused(PublishRefusal::NotStored) }
         }
         Err(e) => Err(e),
     })
@@ -227,6 +236,8 @@ pub struct Published {
     pub routed: crate::hub::Routed,
     /// The journal's write of an inbound QoS 2 packet id (a persistent session's), if any.
     pub recorded: Option<crate::journal::Durable>,
+    /// The inbound QoS 2 packet id now held, if any.
+    pub qos2_id: Option<u16>,
 }
 
 /// Validates an inbound PUBLISH and builds its message; `build` adds version-specific fields.
@@ -278,7 +289,7 @@ fn route(st: &ConnState, p: Prepared, slot: Option<crate::cluster::Slot>) -> Pub
     let started = std::time::Instant::now();
     let routed = st.hub.publish(Arc::new(p.message), Some(&st.session), now_ms(), slot);
     metrics::histogram!(m::ROUTE_SECONDS).record(started.elapsed().as_secs_f64());
-    Published { routed, recorded: p.recorded }
+    Published { routed, recorded: p.recorded, qos2_id: p.qos2_id }
 }
 
 /// A client asks to resume the stream named after `$hermes/resume/` with `"<epoch>:<seq>"`: the

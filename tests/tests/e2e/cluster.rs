@@ -272,12 +272,41 @@ async fn what_is_larger_than_the_bus_carries_is_refused_and_holds_up_nothing() {
         properties,
         ..Default::default()
     };
-    v5.send(&Packet::Publish(heavy)).await.expect("send");
+    v5.send(&Packet::Publish(heavy.clone())).await.expect("send");
     match v5.recv(WAIT).await {
         Ok(Packet::PubAck { code, .. }) => assert_eq!(code, 0x83, "refused"),
         other => panic!("{other:?}"),
     }
     assert_eq!(received(&mut near).await.0, "big/1", "routed here before the bus refused it");
+    // At QoS 2 its packet id is let go with the refusing PUBREC: the next message with it is
+    // a new one, routed (not taken for a copy and dropped). ntex-mqtt holds the id on the
+    // connection until a PUBREL, so the next one comes on the session's next connection.
+    let (mut keeps, _) = pair.a.connect(Version::V5, lasting("big-qos2", true)).await;
+    keeps.send(&Packet::Publish(sdk::mqtt::Publish { qos: 2, ..heavy })).await.expect("send");
+    match keeps.recv(WAIT).await {
+        Ok(Packet::PubRec { packet_id: 9, code }) => assert_eq!(code, 0x83, "refused"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(received(&mut near).await.0, "big/1");
+    disconnect(&mut keeps).await;
+    let (mut keeps, present) = pair.a.connect(Version::V5, lasting("big-qos2", false)).await;
+    assert!(present);
+    let next = sdk::mqtt::Publish {
+        topic: "big/5".into(),
+        payload: bytes::Bytes::from_static(b"next"),
+        qos: 2,
+        packet_id: Some(9),
+        ..Default::default()
+    };
+    keeps.send(&Packet::Publish(next)).await.expect("send");
+    match keeps.recv(WAIT).await {
+        Ok(Packet::PubRec { packet_id: 9, code: 0 }) => {}
+        other => panic!("{other:?}"),
+    }
+    keeps.send(&Packet::PubRel { packet_id: 9, code: 0 }).await.expect("send");
+    assert!(matches!(keeps.recv(WAIT).await, Ok(Packet::PubComp { packet_id: 9, .. })));
+    assert_eq!(received(&mut far).await, ("big/5".into(), "next".into()), "routed");
+    assert_eq!(received(&mut near).await.0, "big/5");
     let over = vec![b'x'; MAX_PAYLOAD as usize];
     let _ = v5.publish("big/2", &over, 1, false, Duration::from_millis(200)).await;
     assert_eq!(expect_disconnect(&mut v5).await, 0x95);
