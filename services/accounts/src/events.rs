@@ -23,6 +23,10 @@ use crate::store::{AccountStore, OutboxEvent, User, new_id, now_ms};
 const RETRY_FIRST: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// How long one publish may take before it counts as refused: while NATS is away a JetStream
+/// publish waits for an answer that does not come, and the events behind it with it.
+const PUBLISH_WAIT: Duration = Duration::from_secs(3);
+
 /// How often a node looks for events some node kept and has not published for
 /// [`ORPHANED_AFTER`] (it died, or NATS is still away), and how many it takes at a time.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
@@ -91,8 +95,18 @@ impl Events {
     /// stored: when the bus does not take the event (NATS unreachable), that is logged and
     /// counted, not reported to the client, and the event is kept in the outbox and tried again
     /// in the background, in order, until it is published. While earlier ones wait, it only
-    /// joins them.
+    /// joins them. The work is a task of its own: a caller that stops waiting (a request whose
+    /// client hung up) leaves no event behind without a task to publish it.
     pub async fn emit(&self, enterprise: &str, event: Event) {
+        let (events, enterprise) = (self.clone(), enterprise.to_owned());
+        let queued = tokio::spawn(async move { events.queue(&enterprise, event).await });
+        if let Err(e) = queued.await {
+            tracing::error!(error = %e, "an account event's task failed");
+        }
+    }
+
+    /// [`Events::emit`]'s work.
+    async fn queue(&self, enterprise: &str, event: Event) {
         let kind = kind(&event);
         let e = pb::AccountEvent {
             event_id: new_id(),
@@ -145,7 +159,9 @@ impl Events {
     /// Publishes one event; `false` (logged and counted) when the bus does not take it.
     async fn publish(&self, subject: &str, body: &Bytes, kind: &'static str) -> bool {
         let (stream, all) = (wire::subjects::ACCOUNT_EVENTS_STREAM, wire::subjects::ALL_ACCOUNT_EVENTS);
-        match self.bus.publish_durable(stream, all, subject, body.clone()).await {
+        let published =
+            tokio::time::timeout(PUBLISH_WAIT, self.bus.publish_durable(stream, all, subject, body.clone()));
+        match published.await.unwrap_or_else(|_| Err(bus::BusError::Transport("no answer".into()))) {
             Ok(()) => {
                 metrics::counter!("hermes_accounts_events_total", "kind" => kind).increment(1);
                 true
@@ -257,11 +273,13 @@ mod tests {
     use bus::memory::MemoryBus;
     use bus::{BoxFuture, BusError, Subscription};
 
-    /// The in-process bus, refusing durable publishes while `refusing` is set.
+    /// The in-process bus, refusing durable publishes while `refusing` is set, and never
+    /// answering them while `hanging` is (NATS away under a JetStream publish).
     #[derive(Debug, Default)]
     struct Refusing {
         inner: Arc<MemoryBus>,
         refusing: AtomicBool,
+        hanging: AtomicBool,
     }
 
     impl Bus for Refusing {
@@ -288,6 +306,9 @@ mod tests {
             subject: &'a str,
             payload: Bytes,
         ) -> BoxFuture<'a, Result<(), BusError>> {
+            if self.hanging.load(Ordering::Relaxed) {
+                return Box::pin(std::future::pending());
+            }
             match self.refusing.load(Ordering::Relaxed) {
                 true => Box::pin(async { Err(BusError::Transport("refused".into())) }),
                 false => self.inner.publish_durable(stream, pattern, subject, payload),
@@ -331,7 +352,7 @@ mod tests {
         // That node dies (its retries end with it); another, on a bus that works, publishes
         // what it left.
         drop(dying);
-        let working = Arc::new(Refusing { inner: refusing.inner.clone(), refusing: AtomicBool::new(false) });
+        let working = Arc::new(Refusing { inner: refusing.inner.clone(), ..Refusing::default() });
         let other = Events::new(working, Some(outbox.clone()));
         assert_eq!(other.sweep(i64::MAX).await, 2);
         for e in ["e1", "e2"] {
@@ -370,5 +391,24 @@ mod tests {
         events.emit("e5", created()).await;
         let m = tokio::time::timeout(Duration::from_secs(1), seen.next()).await.expect("at once").expect("open");
         assert_eq!(m.subject, wire::subjects::account_events("e5"));
+    }
+
+    /// A request whose client hangs up while NATS is away (a JetStream publish that never
+    /// answers) leaves its event to be published once NATS is back, and holds up no later one.
+    #[tokio::test]
+    async fn an_event_whose_caller_stopped_waiting_while_the_bus_hung_is_published_with_later_ones() {
+        let bus = Arc::new(Refusing::default());
+        let events = Events::new(bus.clone(), None);
+        let mut seen = bus.subscribe(wire::subjects::ALL_ACCOUNT_EVENTS).await.expect("subscribe");
+        let created = || Event::UserCreated(pb::UserCreated::default());
+        bus.hanging.store(true, Ordering::Relaxed);
+        let gave_up = tokio::time::timeout(Duration::from_millis(100), events.emit("e1", created())).await;
+        assert!(gave_up.is_err(), "the bus hangs: the caller stops waiting");
+        bus.hanging.store(false, Ordering::Relaxed);
+        events.emit("e2", created()).await;
+        for e in ["e1", "e2"] {
+            let m = tokio::time::timeout(Duration::from_secs(10), seen.next()).await.expect("published").expect("open");
+            assert_eq!(m.subject, wire::subjects::account_events(e), "in order");
+        }
     }
 }
