@@ -396,6 +396,12 @@ impl Edge {
         &self.listeners.addrs
     }
 
+    /// Whether the session of `who` with `client_id` is here, live or parked: how a tool or
+    /// test sees sessions move between edges.
+    pub fn holds_session(&self, who: &auth::Identity, client_id: &str) -> bool {
+        self.hub.holds(&broker::store::session_key(&who.owner(), client_id))
+    }
+
     /// Tells clients the server is shutting down (v5 0x8B) and stops serving them. In a
     /// cluster, it then keeps the sessions they left until each was handed to the edge its
     /// client reconnected to, for at most `mqtt.drain_secs`.

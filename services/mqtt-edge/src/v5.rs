@@ -160,7 +160,9 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
     let routed =
         ingress::publish_in_order(ses, p.read_all(), inbound, fill).await.map_err(|e| EdgeError(format!("{e:?}")))?;
     Ok(match routed {
-        Ok(0) => p.ack().reason_code(PublishAckReason::NoMatchingSubscribers),
+        // Only an edge alone knows there is nobody: in a cluster, other edges' subscribers
+        // are not counted here [MQTT-3.4.2.1: 0x10 only when the server knows].
+        Ok(0) if ses.hub.cluster().is_none() => p.ack().reason_code(PublishAckReason::NoMatchingSubscribers),
         Ok(_) | Err(PublishRefusal::Duplicate) => p.ack(),
         Err(PublishRefusal::NotAuthorized) => p
             .ack()
