@@ -278,8 +278,10 @@ impl Handover {
             match slot.version.load(Ordering::SeqCst) {
                 // Claimed here, its number not known yet: it may come before or after this one.
                 u64::MAX => tokio::time::sleep(Duration::from_millis(1)).await,
-                // This edge's claim came first: it finishes, then hands over.
-                mine if mine < req.version => break Some(slot.turn.lock().await),
+                // This edge's claim came first: it finishes, then this hands over. Not in line
+                // for the turn: a later claim here may take it first (numbered after the
+                // asker's, it must not be waited for: it may be waiting for the asker's edge).
+                mine if mine < req.version => tokio::time::sleep(Duration::from_millis(1)).await,
                 // The asker's claim came first: it gets what is here now.
                 _ => break None,
             }

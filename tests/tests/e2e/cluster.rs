@@ -851,6 +851,25 @@ async fn a_clean_start_elsewhere_ends_the_old_session_and_concurrent_takeovers_l
             1,
             "{bus}: exactly one connection holds the session: {closed:?}"
         );
+        // Two at once on each edge: the claims on one edge go one after another, and those
+        // of the two edges cross.
+        for round in 0..3 {
+            let mut four = Vec::new();
+            for edge in [&pair.a, &pair.a, &pair.b, &pair.b] {
+                four.push(edge.raw(Version::V5).await);
+            }
+            let acks =
+                futures_util::future::join_all(four.iter_mut().map(|c| c.handshake(lasting("dup", false), WAIT))).await;
+            for ack in &acks {
+                assert!(matches!(ack, Ok(Packet::ConnAck { code: 0, .. })), "{bus}, round {round}: {ack:?}");
+            }
+            settle().await;
+            let mut open = 0;
+            for c in &mut four {
+                open += usize::from(!c.is_closed(QUIET).await);
+            }
+            assert_eq!(open, 1, "{bus}, round {round}: exactly one of four holds the session");
+        }
         pair.a.stop().await;
         pair.b.stop().await;
     }
