@@ -132,6 +132,10 @@ impl SessionJournal for SlowLoads {
         self.inner.write(writes)
     }
 
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+
     fn load<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Stored>, String>> {
         Box::pin(async move {
             tokio::time::sleep(self.pause).await;

@@ -69,6 +69,11 @@ pub trait SessionJournal: Send + Sync + std::fmt::Debug {
     fn load<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Stored>, String>>;
     /// Every retained message, by topic (in no particular order).
     fn load_retained(&self) -> BoxFuture<'_, Result<Retained, String>>;
+    /// Whether the nodes of a cluster all write to it (Redis), so that it holds every node's
+    /// retained messages; a node's own journal holds only what was published on it.
+    fn is_shared(&self) -> bool {
+        false
+    }
     /// When `session`'s record expires (Unix ms; `Some(None)`: never), `None` if it has none.
     fn expires_at<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Option<u64>>, String>>;
     /// The sessions a node starting on this journal routes for until their clients come back

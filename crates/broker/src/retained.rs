@@ -14,17 +14,23 @@ pub struct Usage {
     pub bytes: usize,
 }
 
-/// The retained message of every topic that has one, with its payload's size.
+/// The retained message of every topic that has one, with its payload's size and when it was
+/// set (the store's count of changes then).
 #[derive(Debug)]
 pub struct RetainedStore<M> {
-    by_topic: HashMap<String, (M, usize)>,
+    by_topic: HashMap<String, (M, usize, u64)>,
     /// By first topic level.
     usage: HashMap<String, Usage>,
+    /// Changes made so far (each set or clear is one).
+    clock: u64,
+    /// While a reconciliation is under way ([`RetainedStore::mark`]): the topics cleared since,
+    /// and when.
+    cleared: Option<HashMap<String, u64>>,
 }
 
 impl<M> Default for RetainedStore<M> {
     fn default() -> Self {
-        RetainedStore { by_topic: HashMap::new(), usage: HashMap::new() }
+        RetainedStore { by_topic: HashMap::new(), usage: HashMap::new(), clock: 0, cleared: None }
     }
 }
 
@@ -52,7 +58,7 @@ impl<M: Deliverable + Clone> RetainedStore<M> {
 
     /// The retained message of `topic`, if it has one (expired or not).
     pub fn get(&self, topic: &str) -> Option<&M> {
-        self.by_topic.get(topic).map(|(m, _)| m)
+        self.by_topic.get(topic).map(|(m, ..)| m)
     }
 
     /// What the retained messages under `topic`'s first level hold.
@@ -65,7 +71,7 @@ impl<M: Deliverable + Clone> RetainedStore<M> {
     pub fn usage_with(&self, topic: &str, bytes: usize) -> Usage {
         let mut u = self.usage(topic);
         match self.by_topic.get(topic) {
-            Some((_, old)) => u.bytes = u.bytes.saturating_sub(*old) + bytes,
+            Some((_, old, _)) => u.bytes = u.bytes.saturating_sub(*old) + bytes,
             None => {
                 u.messages += 1;
                 u.bytes += bytes;
@@ -77,16 +83,60 @@ impl<M: Deliverable + Clone> RetainedStore<M> {
     /// Sets the retained message of `topic` (with its payload's size), or clears it with `None`
     /// (an empty payload).
     pub fn set(&mut self, topic: &str, msg: Option<(M, usize)>) {
+        self.clock += 1;
         let old = match msg {
             Some((m, bytes)) => {
                 self.count(topic, 1, bytes);
-                self.by_topic.insert(topic.to_owned(), (m, bytes))
+                self.by_topic.insert(topic.to_owned(), (m, bytes, self.clock))
             }
-            None => self.by_topic.remove(topic),
+            None => {
+                if let Some(cleared) = &mut self.cleared {
+                    cleared.insert(topic.to_owned(), self.clock);
+                }
+                self.by_topic.remove(topic)
+            }
         };
-        if let Some((_, bytes)) = old {
+        if let Some((_, bytes, _)) = old {
             self.uncount(topic, bytes);
         }
+    }
+
+    /// Where the store stands, for a [`RetainedStore::reconcile`] with what was read after it:
+    /// what changes here from now on is newer than that.
+    pub fn mark(&mut self) -> u64 {
+        self.cleared.get_or_insert_with(HashMap::new);
+        self.clock
+    }
+
+    /// Makes the store hold `all` (topic, message and payload size: every retained message,
+    /// as a store other nodes write to has them, read after `mark`), but for the topics set or
+    /// cleared here since `mark`, which are newer. Returns how many topics it wrote.
+    pub fn reconcile(&mut self, all: impl IntoIterator<Item = (String, M, usize)>, mark: u64) -> usize {
+        let cleared = self.cleared.take().unwrap_or_default();
+        let newer = |store: &Self, topic: &str| {
+            store.by_topic.get(topic).is_some_and(|(.., at)| *at > mark)
+                || cleared.get(topic).is_some_and(|at| *at > mark)
+        };
+        let mut changed = 0;
+        let mut seen = std::collections::HashSet::new();
+        for (topic, msg, bytes) in all {
+            if !newer(self, &topic) {
+                self.set(&topic, Some((msg, bytes)));
+                changed += 1;
+            }
+            seen.insert(topic);
+        }
+        let gone: Vec<String> = self
+            .by_topic
+            .iter()
+            .filter(|(t, (.., at))| *at <= mark && !seen.contains(*t))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in gone {
+            self.set(&topic, None);
+            changed += 1;
+        }
+        changed
     }
 
     fn count(&mut self, topic: &str, messages: usize, bytes: usize) {
@@ -109,11 +159,11 @@ impl<M: Deliverable + Clone> RetainedStore<M> {
     /// Live retained messages whose topic matches `filter`; expired ones are dropped on the way.
     pub fn matching(&mut self, filter: &str, now_ms: u64) -> Vec<M> {
         let expired: Vec<String> =
-            self.by_topic.iter().filter(|(_, (m, _))| m.expired(now_ms)).map(|(t, _)| t.clone()).collect();
+            self.by_topic.iter().filter(|(_, (m, ..))| m.expired(now_ms)).map(|(t, _)| t.clone()).collect();
         for topic in expired {
             self.set(&topic, None);
         }
-        self.by_topic.iter().filter(|(t, _)| matches(filter, t)).map(|(_, (m, _))| m.clone()).collect()
+        self.by_topic.iter().filter(|(t, _)| matches(filter, t)).map(|(_, (m, ..))| m.clone()).collect()
     }
 }
 
@@ -168,5 +218,30 @@ mod tests {
         r.set("acme/a", None);
         assert_eq!(r.usage("acme/x"), Usage::default());
         assert_eq!(r.usage("other"), Usage::default());
+    }
+
+    /// A reconciliation brings the store to what another store holds (read after the mark),
+    /// but what was set or cleared here since the mark is newer and stays.
+    #[test]
+    fn a_reconciliation_takes_what_it_read_but_what_changed_here_since_the_mark() {
+        let mut r = RetainedStore::new();
+        for (topic, body) in [("stale", "old"), ("gone", "old"), ("kept", "old"), ("cleared", "old")] {
+            r.set(topic, Some((M(body, 0), 1)));
+        }
+        let mark = r.mark();
+        r.set("kept", Some((M("live", 0), 1)));
+        r.set("cleared", None);
+        r.set("new-live", Some((M("live", 0), 1)));
+        let read = ["stale", "kept", "cleared", "missed"].map(|t| (t.to_owned(), M("read", 0), 1));
+        assert_eq!(r.reconcile(read, mark), 3, "stale and missed set, gone cleared");
+        let mut all: Vec<(String, &str)> = ["stale", "gone", "kept", "cleared", "missed", "new-live"]
+            .iter()
+            .filter_map(|t| Some((t.to_string(), r.get(t)?.0)))
+            .collect();
+        all.sort();
+        let want = [("kept", "live"), ("missed", "read"), ("new-live", "live"), ("stale", "read")];
+        assert_eq!(all, want.map(|(t, b)| (t.to_owned(), b)));
+        assert_eq!(r.usage("stale"), Usage { messages: 1, bytes: 1 });
+        assert!(r.cleared.is_none(), "no longer watching clears");
     }
 }

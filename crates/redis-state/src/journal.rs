@@ -229,6 +229,10 @@ fn queue_one(pipe: &mut redis::Pipeline, key: &str, w: &Write) {
 }
 
 impl SessionJournal for RedisJournal {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn on_this_thread(&self) -> Option<BoxFuture<'static, Result<Arc<dyn SessionJournal>, String>>> {
         let (conn, replicas) = (self.conn.clone(), self.replicas);
         Some(Box::pin(async move {

@@ -156,6 +156,7 @@ pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<L
             sessions = catching.len(),
             "back on the bus: catching up on what was routed here meanwhile"
         );
+        retained_again(&hub).await;
         let sessions: Vec<Arc<str>> = catching.keys().cloned().collect();
         // Nothing this edge published itself: delivered here without the bus.
         let skip = Skip { node: Some(me.clone()), own_after: None };
@@ -166,6 +167,22 @@ pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<L
         for (session, id) in std::mem::take(&mut catching) {
             hub.caught_up(&session, id);
         }
+    }
+}
+
+/// Reads the retained messages from the journal the edges share again, after this edge lost
+/// the bus: what the others set or cleared meanwhile (or while it came back, before it heard
+/// them again) did not reach it. What changed here since it began reading is newer and stays.
+async fn retained_again(hub: &Hub) {
+    // A journal of this edge's own holds only what was published here.
+    let Some(journal) = hub.journal().filter(|j| j.is_shared()) else { return };
+    let mark = hub.retained_mark();
+    match journal.load_retained().await {
+        Ok(all) => {
+            let written = hub.reconcile_retained(all, mark);
+            tracing::info!(written, "retained messages read again after losing the bus");
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the retained messages again after losing the bus"),
     }
 }
 

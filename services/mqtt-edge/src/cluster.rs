@@ -669,7 +669,9 @@ async fn send_out(bus: Arc<dyn Bus>, node: NodeName, mut rx: mpsc::Receiver<Outb
                     tracing::error!(topic = %msg.topic, bytes = payload.len(), max = ?max_payload, "larger than the bus carries: not sent to the other edges");
                     return None;
                 }
-                Some((subject, payload, msg.qos != QoS::AtMostOnce))
+                // Retained ones too, whatever their QoS (a clear is usually QoS 0): tried
+                // again while the bus is away, and kept for what reads it back.
+                Some((subject, payload, msg.qos != QoS::AtMostOnce || msg.retain))
             })
             .collect();
         publish_until_taken(bus.as_ref(), batch, &link, &retrying).await;

@@ -415,6 +415,16 @@ impl Hub {
         self.lock().router.restore_retained(messages);
     }
 
+    /// See `Router::retained_mark`.
+    pub fn retained_mark(&self) -> u64 {
+        self.lock().router.retained_mark()
+    }
+
+    /// See `Router::reconcile_retained`.
+    pub fn reconcile_retained(&self, all: Vec<SharedMessage>, mark: u64) -> usize {
+        self.lock().router.reconcile_retained(all, mark)
+    }
+
     /// One routing decision (`decide` returns how many sessions took the message), applied
     /// with the connections a publisher must wait for and the journal's answer.
     fn route(&self, decide: impl FnOnce(&mut Router<SharedMessage, Arc<Identity>>, &mut Effects) -> usize) -> Routed {

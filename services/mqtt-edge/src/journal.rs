@@ -223,6 +223,11 @@ impl JournalWriter {
         self.turns.work.health.is_healthy(crate::message::now_ms())
     }
 
+    /// Whether every edge of the cluster writes to this journal (see `SessionJournal::is_shared`).
+    pub fn is_shared(&self) -> bool {
+        self.turns.work.journal.is_shared()
+    }
+
     /// The retained messages the journal holds; unreadable ones are skipped (and logged).
     pub async fn load_retained(&self) -> Result<Vec<SharedMessage>, String> {
         let all = self.turns.work.journal.load_retained().await?;

@@ -1181,6 +1181,59 @@ async fn what_an_edge_cut_off_from_nats_missed_reaches_its_persistent_sessions_w
     b.stop().await;
 }
 
+/// Retained messages set or cleared while an edge was cut off from NATS, at any QoS, are on
+/// every edge once it is back: it reads them again from the journal the edges share (what the
+/// others did meanwhile never reached it), and what it did itself goes out with what it tried
+/// again (QoS 0 retained messages too: a clear usually is one).
+#[tokio::test(flavor = "multi_thread")]
+async fn retained_messages_changed_while_an_edge_was_cut_off_are_on_every_edge_once_it_is_back() {
+    let redis = servers::redis();
+    let (_nats, proxy, a, b) = edge_behind_a_proxy_with(&redis.redis_url()).await;
+    let ready = b.edge().readiness();
+    let mut on_a = a.client(Version::V5, "on-a").await;
+    for topic in ["ret/cleared", "ret/changed"] {
+        on_a.publish(topic, b"old", 1, true, WAIT).await.expect("puback");
+    }
+    settle().await;
+    proxy.cut();
+    assert!(readiness_becomes(&ready, false, Duration::from_secs(30)).await, "b: cut off");
+    on_a.publish("ret/set", b"new", 0, true, WAIT).await.expect("sent");
+    on_a.publish("ret/cleared", b"", 0, true, WAIT).await.expect("sent");
+    on_a.publish("ret/changed", b"new", 1, true, WAIT).await.expect("puback");
+    let mut on_b = b.client(Version::V5, "on-b").await;
+    on_b.publish("ret/from-b", b"b", 0, true, WAIT).await.expect("sent");
+    proxy.restore();
+    assert!(readiness_becomes(&ready, true, Duration::from_secs(30)).await, "b: back");
+    let want =
+        [("ret/changed", "new"), ("ret/from-b", "b"), ("ret/set", "new")].map(|(t, b)| (t.to_owned(), b.to_owned()));
+    for (name, edge) in [("a", &a), ("b", &b)] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let held = retained_on(edge, "ret/#").await;
+            if held == want {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "edge {name} holds {held:?}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The retained messages `edge` holds under `filter`, as a new subscriber gets them: (topic,
+/// payload), sorted.
+async fn retained_on(edge: &TestEdge, filter: &str) -> Vec<(String, String)> {
+    let mut c = edge.client(Version::V5, "retained-reader").await;
+    c.subscribe(vec![SubscribeTopic::new(filter, 0)], WAIT).await.expect("suback");
+    let mut held = Vec::new();
+    while let Ok(Packet::Publish(p)) = c.recv(Duration::from_millis(300)).await {
+        held.push((p.topic, String::from_utf8_lossy(&p.payload).into_owned()));
+    }
+    held.sort();
+    held
+}
+
 /// The next `n` numbers `c` receives (acknowledged), each within 30 s (an edge reconnects to NATS
 /// within a few seconds of its being back).
 async fn numbers(c: &mut Client, n: usize) -> Vec<u32> {

@@ -666,6 +666,24 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
     }
 
+    /// Where the retained messages stand, for a [`Router::reconcile_retained`] with what was
+    /// read after it.
+    pub fn retained_mark(&mut self) -> u64 {
+        self.retained.mark()
+    }
+
+    /// Makes the retained messages here those of `all` (every retained message, as a journal
+    /// the nodes share holds them, read after `mark`), but for what was set or cleared here
+    /// since, which is newer: how a node that missed what others published (cut off from
+    /// them) catches up. Nothing is routed or journaled. Returns how many topics it wrote.
+    pub fn reconcile_retained(&mut self, all: Vec<M>, mark: u64) -> usize {
+        let all = all.into_iter().map(|m| {
+            let (topic, bytes) = (m.topic().to_owned(), m.payload_len());
+            (topic, m, bytes)
+        });
+        self.retained.reconcile(all, mark)
+    }
+
     /// Keeps or clears the retained message (saying so for the journal if the message was
     /// published here, `local`), then hands `msg` to every matching session: live ones through
     /// their connection, parked ones into their queue.
