@@ -72,6 +72,15 @@ pub async fn connect(
     listener: Listener,
 ) -> Result<v5::ConnectAck<ConnState>, EdgeError> {
     let pkt = msg.packet();
+    // No enhanced authentication (AUTH) here: a method asked for is one not supported
+    // [MQTT-4.12.0-1].
+    if pkt.auth_method.is_some() {
+        return Ok(msg.fail_with(v5::codec::ConnectAck {
+            reason_code: v5::codec::ConnectAckReason::BadAuthenticationMethod,
+            reason_string: Some(ByteString::from_static("no authentication method is supported: use the password")),
+            ..Default::default()
+        }));
+    }
     let limits = &edge.cfg.limits;
     let expiry = pkt.session_expiry_interval_secs.min(limits.max_session_expiry_secs);
     let input = ConnectInput {
@@ -122,6 +131,14 @@ pub async fn connect(
     ))
 }
 
+/// Closes the connection with DISCONNECT 0x82 Protocol error, saying `why`.
+fn protocol_error(ses: &Session, why: &'static str) -> EdgeError {
+    let mut pkt = v5::codec::Disconnect::new(v5::codec::DisconnectReasonCode::ProtocolError);
+    pkt.reason_string = Some(ByteString::from_static(why));
+    ses.sink().close_with_reason(pkt);
+    EdgeError(why.into())
+}
+
 #[tracing::instrument(name = "mqtt.publish", level = "debug", skip_all, fields(client_id = %ses.client_id, topic = %p.publish_topic()))]
 pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, EdgeError> {
     if ingress::exceeds_packet_limit(p.packet_size(), ses.max_packet_size) {
@@ -131,6 +148,17 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
         return Err(EdgeError("packet too large".into()));
     }
     let pkt = p.packet();
+    // What only the server may send, or may not hold [MQTT-3.3.4-6, MQTT-3.3.2-14].
+    let wrong = if !pkt.properties.subscription_ids.is_empty() {
+        Some("a client's PUBLISH carries no subscription identifier")
+    } else if pkt.properties.response_topic.as_ref().is_some_and(|t| t.contains(['+', '#'])) {
+        Some("a response topic holds no wildcard")
+    } else {
+        None
+    };
+    if let Some(why) = wrong {
+        return Err(protocol_error(ses, why));
+    }
     let inbound = |payload| Inbound {
         topic: pkt.topic.clone(),
         payload,
@@ -223,6 +251,10 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
             let sub_id = s.packet().id.map(|i| i.get());
             let mut refusals = Vec::new();
             let mut confirmed = Vec::new();
+            // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4].
+            if s.iter_mut().any(|sub| sub.options().no_local && sub.topic().starts_with(broker::topic::SHARE_PREFIX)) {
+                return Err(protocol_error(ses, "no local on a shared subscription"));
+            }
             for mut sub in s.iter_mut() {
                 let o = sub.options();
                 let qos = o.qos;

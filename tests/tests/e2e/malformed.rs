@@ -83,3 +83,53 @@ async fn slowloris_is_cut_off_by_the_connect_timeout() {
     still_serving(&edge, "slowloris").await;
     edge.stop().await;
 }
+
+/// What only a server may send, or MQTT 5 rules out, from a v5 client: a subscription
+/// identifier or a response topic with a wildcard in a PUBLISH, No Local on a shared
+/// subscription (DISCONNECT 0x82 Protocol error); an authentication method (there is no
+/// enhanced authentication here: CONNACK 0x8C).
+#[tokio::test(flavor = "multi_thread")]
+async fn what_mqtt_5_rules_out_from_a_client_is_a_protocol_error() {
+    let edge = TestEdge::start().await;
+    // CONNECT v5 for "a", clean start, keep-alive 60, Authentication Method "SCRAM".
+    let scram = [
+        0x10, 22, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 8, 0x15, 0, 5, b'S', b'C', b'R', b'A', b'M', 0, 1, b'a',
+    ];
+    let mut c = edge.raw(Version::V5).await;
+    c.send_raw(&scram).await.expect("send CONNECT");
+    match c.recv(WAIT).await {
+        Ok(Packet::ConnAck { code, .. }) => assert_eq!(code, 0x8C, "bad authentication method"),
+        other => panic!("{other:?}"),
+    }
+    let publish = |properties| sdk::mqtt::Publish {
+        topic: "t".into(),
+        payload: bytes::Bytes::from_static(b"x"),
+        qos: 1,
+        packet_id: Some(1),
+        properties,
+        ..Default::default()
+    };
+    let cases = [
+        sdk::mqtt::PublishProperties { subscription_ids: vec![1], ..Default::default() },
+        sdk::mqtt::PublishProperties { response_topic: Some("replies/#".into()), ..Default::default() },
+        sdk::mqtt::PublishProperties { response_topic: Some("replies/+/x".into()), ..Default::default() },
+    ];
+    for (n, properties) in cases.into_iter().enumerate() {
+        let mut c = edge.client(Version::V5, &format!("wrong-{n}")).await;
+        c.send(&Packet::Publish(publish(properties))).await.expect("send");
+        assert_eq!(expect_disconnect(&mut c).await, 0x82, "case {n}");
+    }
+    let mut fine = edge.client(Version::V5, "fine").await;
+    let reply_to = sdk::mqtt::PublishProperties { response_topic: Some("replies/a".into()), ..Default::default() };
+    fine.send(&Packet::Publish(publish(reply_to))).await.expect("send");
+    assert!(matches!(fine.recv(WAIT).await, Ok(Packet::PubAck { code: 0x10, .. })), "a plain response topic");
+    let mut c = edge.client(Version::V5, "shared-no-local").await;
+    let shared = SubscribeTopic { no_local: true, ..SubscribeTopic::new("$share/g/t", 0) };
+    let _ = c.subscribe(vec![shared], Duration::from_millis(500)).await;
+    assert_eq!(expect_disconnect(&mut c).await, 0x82);
+    let mut c = edge.client(Version::V5, "plain-no-local").await;
+    let plain = SubscribeTopic { no_local: true, ..SubscribeTopic::new("t", 0) };
+    assert_eq!(c.subscribe(vec![plain], WAIT).await.expect("suback"), [0], "no local on a plain one");
+    still_serving(&edge, "protocol-errors").await;
+    edge.stop().await;
+}
