@@ -1071,6 +1071,24 @@ async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_acknowledges_only_w
 /// crossing, a new connection is refused (v5 0x88: without the owners registry the client id
 /// may be connected elsewhere), and both answer 503 on /readyz; once Redis is back both are
 /// ready again without a restart, and a session that moves finds what was sent to it.
+/// An edge with nothing to write to Redis is not ready either while Redis does not answer (its
+/// journal finds out in the background), and ready again once it does: a load balancer sends
+/// new clients, whose CONNECTs it would refuse, elsewhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_edge_cut_off_from_redis_is_not_ready_until_it_is_back() {
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let proxy = hermes_tests::proxy::Proxy::start(redis.addr).await;
+    let bus = Arc::new(bus::nats::NatsBus::connect(&nats.nats_url()).await.expect("nats")) as Arc<dyn Bus>;
+    let idle = TestEdge::start_clustered(bus, None, node_on("idle", &format!("redis://{}/0", proxy.addr))).await;
+    let ready = idle.edge().readiness();
+    assert!(readiness_becomes(&ready, true, Duration::from_secs(10)).await, "ready");
+    proxy.cut();
+    assert!(readiness_becomes(&ready, false, Duration::from_secs(30)).await, "not ready without Redis");
+    proxy.restore();
+    assert!(readiness_becomes(&ready, true, Duration::from_secs(30)).await, "ready again");
+    idle.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn edges_cut_off_from_redis_acknowledge_nothing_they_could_not_store_and_recover() {
     let (nats, redis) = (servers::nats(), servers::redis());
