@@ -109,9 +109,15 @@ impl<M: Deliverable + Clone> RetainedStore<M> {
     }
 
     /// Makes the store hold `all` (topic, message and payload size: every retained message,
-    /// as a store other nodes write to has them, read after `mark`), but for the topics set or
-    /// cleared here since `mark`, which are newer. Returns how many topics it wrote.
-    pub fn reconcile(&mut self, all: impl IntoIterator<Item = (String, M, usize)>, mark: u64) -> usize {
+    /// as a store other nodes write to has them, read after `mark`) on the topics `covered`
+    /// picks, but for the topics set or cleared here since `mark`, which are newer. Returns
+    /// how many topics it wrote.
+    pub fn reconcile(
+        &mut self,
+        all: impl IntoIterator<Item = (String, M, usize)>,
+        mark: u64,
+        covered: impl Fn(&str) -> bool,
+    ) -> usize {
         let cleared = self.cleared.take().unwrap_or_default();
         let newer = |store: &Self, topic: &str| {
             store.by_topic.get(topic).is_some_and(|(.., at)| *at > mark)
@@ -119,7 +125,7 @@ impl<M: Deliverable + Clone> RetainedStore<M> {
         };
         let mut changed = 0;
         let mut seen = std::collections::HashSet::new();
-        for (topic, msg, bytes) in all {
+        for (topic, msg, bytes) in all.into_iter().filter(|(t, ..)| covered(t)) {
             if !newer(self, &topic) {
                 self.set(&topic, Some((msg, bytes)));
                 changed += 1;
@@ -129,7 +135,7 @@ impl<M: Deliverable + Clone> RetainedStore<M> {
         let gone: Vec<String> = self
             .by_topic
             .iter()
-            .filter(|(t, (.., at))| *at <= mark && !seen.contains(*t))
+            .filter(|(t, (.., at))| *at <= mark && covered(t) && !seen.contains(*t))
             .map(|(t, _)| t.clone())
             .collect();
         for topic in gone {
@@ -225,21 +231,23 @@ mod tests {
     #[test]
     fn a_reconciliation_takes_what_it_read_but_what_changed_here_since_the_mark() {
         let mut r = RetainedStore::new();
-        for (topic, body) in [("stale", "old"), ("gone", "old"), ("kept", "old"), ("cleared", "old")] {
+        for (topic, body) in [("stale", "old"), ("gone", "old"), ("kept", "old"), ("cleared", "old"), ("$own", "own")] {
             r.set(topic, Some((M(body, 0), 1)));
         }
         let mark = r.mark();
         r.set("kept", Some((M("live", 0), 1)));
         r.set("cleared", None);
         r.set("new-live", Some((M("live", 0), 1)));
-        let read = ["stale", "kept", "cleared", "missed"].map(|t| (t.to_owned(), M("read", 0), 1));
-        assert_eq!(r.reconcile(read, mark), 3, "stale and missed set, gone cleared");
-        let mut all: Vec<(String, &str)> = ["stale", "gone", "kept", "cleared", "missed", "new-live"]
-            .iter()
-            .filter_map(|t| Some((t.to_string(), r.get(t)?.0)))
-            .collect();
+        let read = ["stale", "kept", "cleared", "missed", "$theirs"].map(|t| (t.to_owned(), M("read", 0), 1));
+        let covered = |t: &str| !t.starts_with('$');
+        assert_eq!(r.reconcile(read, mark, covered), 3, "stale and missed set, gone cleared; $ not covered");
+        let mut all: Vec<(String, &str)> =
+            ["stale", "gone", "kept", "cleared", "missed", "new-live", "$own", "$theirs"]
+                .iter()
+                .filter_map(|t| Some((t.to_string(), r.get(t)?.0)))
+                .collect();
         all.sort();
-        let want = [("kept", "live"), ("missed", "read"), ("new-live", "live"), ("stale", "read")];
+        let want = [("$own", "own"), ("kept", "live"), ("missed", "read"), ("new-live", "live"), ("stale", "read")];
         assert_eq!(all, want.map(|(t, b)| (t.to_owned(), b)));
         assert_eq!(r.usage("stale"), Usage { messages: 1, bytes: 1 });
         assert!(r.cleared.is_none(), "no longer watching clears");

@@ -220,6 +220,10 @@ pub struct RouterConfig {
     pub retained_quota: crate::retained::Usage,
 }
 
+/// Topics whose retained messages each node keeps of its own (`$SYS/...` statistics): never
+/// journaled, nor taken from what other nodes journaled.
+pub const NODE_TOPICS: &str = "$SYS/";
+
 /// Why a SUBSCRIBE entry was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscribeError {
@@ -681,7 +685,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             let (topic, bytes) = (m.topic().to_owned(), m.payload_len());
             (topic, m, bytes)
         });
-        self.retained.reconcile(all, mark)
+        self.retained.reconcile(all, mark, |topic| !topic.starts_with(NODE_TOPICS))
     }
 
     /// Keeps or clears the retained message (saying so for the journal if the message was
@@ -690,7 +694,8 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     fn route(&mut self, msg: M, publisher: Option<u64>, local: bool, now_ms: u64, fx: &mut Effects<M, O>) -> usize {
         if msg.retain() {
             let keep = (!msg.clears_retained()).then(|| msg.clone());
-            if local {
+            // A node's own statistics are its own: not for a journal the nodes share.
+            if local && !msg.topic().starts_with(NODE_TOPICS) {
                 fx.push(Effect::Retain { topic: msg.topic().into(), message: keep.clone() });
             }
             self.retained.set(msg.topic(), keep.map(|m| (m, msg.payload_len())));

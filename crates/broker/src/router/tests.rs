@@ -888,6 +888,10 @@ fn retained_messages_published_here_are_journaled_those_of_other_nodes_are_not()
     remote.retain = true;
     r.publish_remote(remote, 0, &mut fx);
     assert!(!fx.iter().any(|e| matches!(e, Effect::Retain { .. })), "the publishing node keeps it");
+    r.publish(Msg { retain: true, ..msg("$SYS/broker/uptime", "1 seconds", 0) }, None, 0, &mut fx);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::Retain { .. })), "a node's own statistics");
+    assert!(r.retained("$SYS/broker/uptime").is_some(), "kept here all the same");
+    r.retained.set("$SYS/broker/uptime", None);
     r.restore_retained([msg("r/4", "from the journal", 1), msg("r/1", "older", 1)]);
     assert_eq!(r.counts().retained, 3, "r/1, r/3, r/4");
     let mut fx = Fx::new();
