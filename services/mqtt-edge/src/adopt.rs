@@ -62,7 +62,9 @@ pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, stall: Duration) {
             return;
         }
         let owners = handover.owners();
-        let dead = match owners.heartbeat(handover.registered(), millis(ALIVE_FOR), millis(LEASE)).await {
+        let beat = owners.heartbeat(handover.registered(), millis(ALIVE_FOR), millis(LEASE)).await;
+        handover.heard_from_registry(beat.is_ok());
+        let dead = match beat {
             Ok(dead) => dead,
             Err(e) => {
                 metrics::counter!(m::CLUSTER_ERRORS, "op" => "heartbeat").increment(1);

@@ -62,6 +62,8 @@ pub struct Handover {
     busy: Mutex<HashMap<String, Arc<Slot>>>,
     /// The tasks reading this edge's subjects ([`Handover::leave`] ends them).
     listening: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Whether the owners registry took this edge's last heartbeat (`adopt::run`).
+    registry_answers: std::sync::atomic::AtomicBool,
 }
 
 /// One session's claims on this edge.
@@ -114,6 +116,7 @@ impl Handover {
             waiting: Mutex::new(HashMap::new()),
             busy: Mutex::new(HashMap::new()),
             listening: Mutex::new(Vec::new()),
+            registry_answers: std::sync::atomic::AtomicBool::new(true),
         });
         let mut requests = me.bus.subscribe(&handover_subject(&me.node.id)).await.map_err(|e| format!("bus: {e}"))?;
         let mut replies = me.bus.subscribe(&reply_subject(&me.node)).await.map_err(|e| format!("bus: {e}"))?;
@@ -205,6 +208,16 @@ impl Handover {
     pub async fn is_gone(&self, node: &str) -> bool {
         let subject = reply_subject(&NodeName::from_registered(node));
         matches!(self.bus.publish_to_present(&subject, Bytes::new()).await, Err(bus::BusError::NoSubscriber(_)))
+    }
+
+    /// Whether the owners registry took this edge's last heartbeat: how an edge with nothing
+    /// to write to Redis learns that Redis does not answer.
+    pub fn registry_answers(&self) -> bool {
+        self.registry_answers.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn heard_from_registry(&self, answered: bool) {
+        self.registry_answers.store(answered, Ordering::Relaxed);
     }
 
     /// The registry of session owners this edge claims in.

@@ -385,6 +385,9 @@ impl Edge {
             (Some(j), _) if !j.is_healthy() => Err("the session journal cannot be written".into()),
             (_, Some(s)) if !s.is_healthy() => Err("an append to the durable streams is stuck".into()),
             _ if hub.is_closing() => Err("stopping".into()),
+            _ if hub.cluster().and_then(|c| c.handover()).is_some_and(|h| !h.registry_answers()) => {
+                Err("the session owners registry (Redis) does not answer".into())
+            }
             _ if hub.cluster().is_some_and(|c| c.cut_off()) => {
                 Err("cut off from the bus: what is published here waits for it".into())
             }

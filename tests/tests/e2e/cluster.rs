@@ -1072,8 +1072,8 @@ async fn an_edge_cut_off_from_nats_keeps_serving_locally_and_acknowledges_only_w
 /// may be connected elsewhere), and both answer 503 on /readyz; once Redis is back both are
 /// ready again without a restart, and a session that moves finds what was sent to it.
 /// An edge with nothing to write to Redis is not ready either while Redis does not answer (its
-/// journal finds out in the background), and ready again once it does: a load balancer sends
-/// new clients, whose CONNECTs it would refuse, elsewhere.
+/// heartbeat into the owners registry fails, every 5 s), and ready again once it does: a load
+/// balancer sends new clients, whose CONNECTs it would refuse, elsewhere.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_edge_cut_off_from_redis_is_not_ready_until_it_is_back() {
     let (nats, redis) = (servers::nats(), servers::redis());
