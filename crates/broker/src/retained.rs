@@ -86,7 +86,7 @@ impl<M: Deliverable + Clone> RetainedStore<M> {
         self.clock += 1;
         let old = match msg {
             Some((m, bytes)) => {
-                self.count(topic, 1, bytes);
+                self.count(topic, bytes);
                 self.by_topic.insert(topic.to_owned(), (m, bytes, self.clock))
             }
             None => {
@@ -145,9 +145,9 @@ impl<M: Deliverable + Clone> RetainedStore<M> {
         changed
     }
 
-    fn count(&mut self, topic: &str, messages: usize, bytes: usize) {
+    fn count(&mut self, topic: &str, bytes: usize) {
         let u = self.usage.entry(first_level(topic).to_owned()).or_default();
-        u.messages += messages;
+        u.messages += 1;
         u.bytes += bytes;
     }
 

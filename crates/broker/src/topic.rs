@@ -112,6 +112,12 @@ pub fn is_shared(raw: &str) -> bool {
     raw.starts_with(SHARE_PREFIX)
 }
 
+/// The filter topics are matched against for what a client sent in SUBSCRIBE: after
+/// `$share/{group}/` for a shared subscription; `raw` itself if it does not parse.
+pub fn match_filter<'a>(raw: &'a str, limits: &TopicLimits) -> &'a str {
+    parse_subscription(raw, limits).map_or(raw, |p| p.filter)
+}
+
 /// Parses and validates what a client sent in SUBSCRIBE, shared subscriptions included.
 pub fn parse_subscription<'a>(raw: &'a str, limits: &TopicLimits) -> Result<ParsedFilter<'a>, TopicError> {
     if let Some(rest) = raw.strip_prefix(SHARE_PREFIX) {

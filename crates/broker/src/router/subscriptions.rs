@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::{Authorize, Effect, Effects, Routable, Router, SubscribeError, push_enqueued};
 use crate::session::{Outgoing, Session};
-use crate::topic::parse_subscription;
+use crate::topic::{match_filter, parse_subscription};
 use crate::{RetainHandling, SubOptions};
 
 impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
@@ -87,17 +87,8 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             .map(|(session, l)| (session.clone(), l.owner.clone(), l.client_id.clone()))
             .collect();
         for (session, who, cid) in affected {
-            let revoked: Vec<String> = self.live.get(&session).map_or_else(Vec::new, |l| {
-                l.session
-                    .subscriptions()
-                    .map(|(f, _)| f)
-                    .filter(|f| {
-                        let filter = parse_subscription(f, &self.cfg.topic).map_or(*f, |p| p.filter);
-                        !auth.can_subscribe(&who, &cid, filter)
-                    })
-                    .map(str::to_owned)
-                    .collect()
-            });
+            let revoked =
+                self.live.get(&session).map_or_else(Vec::new, |l| self.not_allowed(&l.session, (&who, &cid), auth));
             for f in revoked {
                 self.unsubscribe(&session, &f, fx);
                 fx.push(Effect::SubscriptionRevoked);
@@ -126,14 +117,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         auth: &dyn Authorize<O>,
         fx: &mut Effects<M, O>,
     ) {
-        let limits = self.cfg.topic;
-        let filter = move |raw: &str| parse_subscription(raw, &limits).map_or(raw.to_owned(), |p| p.filter.to_owned());
-        let revoked: Vec<String> = session
-            .subscriptions()
-            .map(|(raw, _)| raw)
-            .filter(|raw| !auth.can_subscribe(owner, client_id, &filter(raw)))
-            .map(str::to_owned)
-            .collect();
+        let revoked = self.not_allowed(session, (owner, client_id), auth);
         if revoked.is_empty() {
             return;
         }
@@ -142,8 +126,21 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             self.remove_from_tries(key, raw, fx);
             fx.push(Effect::SubscriptionRevoked);
         }
-        let kept: Vec<String> = session.subscriptions().map(|(raw, _)| filter(raw)).collect();
+        let limits = &self.cfg.topic;
+        let kept: Vec<String> = session.subscriptions().map(|(raw, _)| match_filter(raw, limits).to_owned()).collect();
         session.forget_waiting(|o| !kept.iter().any(|f| crate::topic::matches(f, o.msg.topic())));
+    }
+
+    /// The subscriptions of `session` the ACL no longer lets `owner` hold (a shared one is
+    /// checked on its filter).
+    fn not_allowed(
+        &self,
+        session: &Session<M>,
+        (owner, client_id): (&O, &str),
+        auth: &dyn Authorize<O>,
+    ) -> Vec<String> {
+        let allowed = |raw: &str| auth.can_subscribe(owner, client_id, match_filter(raw, &self.cfg.topic));
+        session.subscriptions().map(|(raw, _)| raw).filter(|raw| !allowed(raw)).map(str::to_owned).collect()
     }
 
     /// Makes the session `key`'s subscription to `raw_filter` routable.
