@@ -14,8 +14,9 @@
 //!   journal had (`broker::origins`).
 //!
 //! An edge that lost the bus for a while (and lived) catches up the same way ([`after_outages`]):
-//! its sessions that outlive their connection start catching up when the bus is lost, and
-//! replay what was kept since the outage began once it is back.
+//! its sessions (live ones whether or not they outlive their connection, and parked ones) start
+//! catching up when the bus is lost, and replay what was kept since the outage began once it is
+//! back.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -133,12 +134,13 @@ pub(crate) async fn replay_kept(
 }
 
 /// Each time this edge loses the bus (one that keeps what edges send each other: started only
-/// then), the sessions here that outlive their connection start catching up from where they
-/// stand (nothing from other edges reaches them until it is back,
-/// so live messages cannot move them past what they missed); once it is back they replay what
-/// the bus kept on their subscriptions since the outage began ([`replay_to_all`]): nothing
-/// they had, nothing twice (what comes live meanwhile), nothing this edge published itself.
-/// Sessions that end with their connection are not replayed to.
+/// then), the sessions here start catching up from where they stand (nothing from other edges
+/// reaches them until it is back, so live messages cannot move them past what they missed);
+/// once it is back they replay what the bus kept on their subscriptions since the outage began
+/// ([`replay_to_all`]): nothing they had, nothing twice (what comes live meanwhile), nothing
+/// this edge published itself. A session that ends with its connection is replayed to too
+/// while its connection lasts (a client that keeps a clean session connected through the
+/// outage misses nothing the others acknowledged); one that ended meanwhile has nothing more.
 pub async fn after_outages(hub: Weak<Hub>, mut changes: watch::Receiver<Option<Link>>, me: NodeName, stall: Duration) {
     let mut catching: std::collections::BTreeMap<Arc<str>, u64> = Default::default();
     while changes.changed().await.is_ok() {
@@ -252,8 +254,8 @@ pub(crate) fn within_most(subjects: BTreeSet<String>) -> Vec<String> {
 
 /// Replays what the bus kept since `since_ms` on the subscriptions of `sessions` (catching up)
 /// to every session here catching up, but what `skip` leaves out, tried [`REPLAY_TRIES`] times;
-/// returns how many messages a session took. Used after an outage (`sessions`: those here that
-/// outlive their connection, live or parked; since the outage began).
+/// returns how many messages a session took. Used after an outage (`sessions`: those here,
+/// live or parked; since the outage began).
 pub async fn replay_to_all(
     hub: &Hub,
     link: &ClusterLink,

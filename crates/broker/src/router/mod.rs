@@ -474,7 +474,8 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     }
 
     /// This node lost the others (and nothing from them reaches it until it has them back):
-    /// every session here that outlives its connection, but those `held` names (catching up
+    /// every session here, live (whether or not it outlives its connection: its subscriptions
+    /// stood while the others routed to them) or parked, but those `held` names (catching up
     /// for this outage already), starts catching up, from where it stands now, on what is
     /// routed to this node meanwhile ([`Router::replay_routed_all`] once it is back, then
     /// [`Router::caught_up`]); one catching up already (after a dead node) waits for that
@@ -485,7 +486,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         names
             .into_iter()
             .filter_map(|name| match self.held_mut(&name) {
-                Some((_, s)) if s.is_durable() && !held(&name) => {
+                Some((_, s)) if !held(&name) => {
                     let id = s.begin_catch_up(this_node.clone());
                     Some((name, id))
                 }
