@@ -330,8 +330,8 @@ Or with mosquitto, the access token as the password (hermes send writes protobuf
 
 Kill an edge and watch the others carry on:
   kill -9 ${EDGE_PID[3]}     # edge-3: listen (edge-1) and send (edge-2) keep working
-  kill -9 ${EDGE_PID[1]}     # edge-1: alice's listen loses its edge and retries; Ctrl-C it and move her to edge-3:
-  $(login_cmd alice 3)
+  kill -9 ${EDGE_PID[1]}     # edge-1: alice's listen loses its edge and retries; Ctrl-C it and move her to edge-2:
+  $(login_cmd alice 2)
   $H listen --session $DIR/clients/alice.json
   WebSocket clients of ws://127.0.0.1:$WS_PORT/mqtt need no move: they reconnect to the same port, to an edge alive.
 

@@ -160,6 +160,15 @@ pub fn redis() -> ServerProcess {
     })
 }
 
+/// Kills `old` (a [`redis`]) and starts a `redis-server` on its port again: a Redis that
+/// restarted (without persistence, it forgot everything), which its clients reconnect to.
+pub fn redis_again(old: &mut ServerProcess) -> ServerProcess {
+    old.kill();
+    let port = old.addr.port();
+    start_on(&require_tool("redis-server"), redis_args(port), port)
+        .unwrap_or_else(|| panic!("redis-server did not start again on port {port}"))
+}
+
 /// A `redis-server` replicating `primary`, once it has caught up.
 pub fn redis_replica_of(primary: &ServerProcess) -> ServerProcess {
     let of = primary.addr.port().to_string();

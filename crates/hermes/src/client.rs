@@ -477,7 +477,11 @@ pub fn listen(args: ListenArgs) -> Result<(), String> {
                 let from = sender(p).unwrap_or_else(|| e.source.clone());
                 Some(format!("{topic} [{from}] {}", String::from_utf8_lossy(&e.data)))
             }
-            None => Some(format!("{topic} {}", String::from_utf8_lossy(payload))),
+            // Not an envelope (mosquitto_pub, say): its sender all the same, when it has one.
+            None => match sender(p) {
+                Some(from) => Some(format!("{topic} [{from}] {}", String::from_utf8_lossy(payload))),
+                None => Some(format!("{topic} {}", String::from_utf8_lossy(payload))),
+            },
         }
     })
 }

@@ -154,19 +154,24 @@ async fn start_accounts(
 
 /// The edge starts from what the database knows: relations and group memberships, applied as
 /// the account events that made them, and enterprises' ACL tables and recent revocations,
-/// through the access directory (Redis, refilled here: newer entries win; or one in memory).
+/// through the access directory (Redis, refilled here, and again whenever Redis loses it: newer
+/// entries win; or one in memory).
 async fn prime_edge(db: &Database, edge: &mqtt_edge::Edge, dirs: Option<&StateDirectories>) -> Result<(), String> {
     use broker::access::{AccessDirectory, MemoryAccess};
     use wire::pb::{self, account_event::Event};
     let state = db.edge_state().await?;
     let access: std::sync::Arc<dyn AccessDirectory> = match dirs {
         Some(d) => {
-            state.write_relations(d.relations.as_ref()).await?;
+            accounts::node::fill_directories(db, d).await?;
+            tokio::spawn(accounts::node::keep_filled(db.clone(), d.clone()));
             d.access.clone()
         }
-        None => std::sync::Arc::new(MemoryAccess::default()),
+        None => {
+            let access = std::sync::Arc::new(MemoryAccess::default());
+            state.write_access(access.as_ref()).await?;
+            access
+        }
     };
-    state.write_access(access.as_ref()).await?;
     let events = edge.account_events();
     let apply = |enterprise_id: String, event: Event| {
         events.apply(&pb::AccountEvent { enterprise_id, event: Some(event), ..Default::default() });

@@ -544,9 +544,13 @@ async fn client_verbs_from_two_terminals() {
             other => panic!("expected PUBACK, got {other:?}"),
         }
     }
+    // A plain payload, as mosquitto_pub sends: shown with its sender too.
+    let plain = bob.publish("acme/im/msg/alice", b"plain hi", 1, false, Duration::from_secs(5)).await;
+    assert_eq!(plain.expect("puback"), Some(0));
     let printed: Vec<String> =
         tokio::task::spawn_blocking(move || lines.map_while(Result::ok).collect()).await.expect("join");
     assert!(printed.iter().any(|l| l == "acme/im/msg/alice [bob] forged"), "{printed:?}");
+    assert!(printed.iter().any(|l| l == "acme/im/msg/alice [bob] plain hi"), "{printed:?}");
     assert!(!printed.iter().any(|l| l.contains("carol")), "{printed:?}");
     let _ = listener.wait();
     let followed = hermes(&["follow", "carol", "--session", &session("alice")]);

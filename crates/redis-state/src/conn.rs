@@ -178,7 +178,12 @@ pub async fn connect(url: &str) -> Result<RedisConn, String> {
             cluster(client).await.map_err(|e| format!("{url}: {e}"))
         }
         None => {
-            let client = redis::Client::open(url).map_err(|e| format!("{url}: {e}"))?;
+            let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| format!("{url}: {e}"))?;
+            // RESP3: the connection hears when Redis closes it, and makes a new one at once; on
+            // RESP2 an idle connection learns it only when a command fails on it (a restarted
+            // Redis would fail the first write of every connection that was idle meanwhile).
+            let resp3 = info.redis_settings().clone().set_protocol(redis::ProtocolVersion::RESP3);
+            let client = redis::Client::open(info.set_redis_settings(resp3)).map_err(|e| format!("{url}: {e}"))?;
             single(client).await.map_err(|e| format!("{url}: {e}"))
         }
     }

@@ -98,6 +98,27 @@ impl StateDirectories {
     pub fn login_guard(&self, limits: broker::login::LoginLimits) -> RedisLoginGuard {
         RedisLoginGuard::new(self.conn.clone(), limits)
     }
+
+    /// Whether Redis still holds the mark [`StateDirectories::mark_filled`] left: without it,
+    /// Redis lost what the directories were filled with (it restarted without its data, or
+    /// was flushed), and revocations, ACL tables and relations must be written again.
+    pub async fn filled(&self) -> Result<bool, String> {
+        let mut conn = self.conn.clone();
+        redis::cmd("EXISTS").arg(wire::keys::DIRECTORIES_FILLED).query_async(&mut conn).await.map_err(|e| e.to_string())
+    }
+
+    /// Marks the directories filled (`filled` true: before filling them, so that a loss while
+    /// they are filled takes the mark too) or not (a fill that failed: the next look fills them
+    /// again).
+    pub async fn mark_filled(&self, filled: bool) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd(if filled { "SET" } else { "DEL" });
+        cmd.arg(wire::keys::DIRECTORIES_FILLED);
+        if filled {
+            cmd.arg(1);
+        }
+        cmd.query_async::<()>(&mut conn).await.map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Clone)]

@@ -29,6 +29,10 @@ pub const TABLE_VERSIONS: &str = "hermes:{tables}:version";
 /// Hash: `<enterprise id>\t<user id>` → tokens issued before this instant (Unix ms) are refused.
 pub const REVOCATIONS: &str = "hermes:revocations";
 
+/// String: present while Redis holds what the accounts tier filled the directories with (it is
+/// set once they are filled; a Redis that restarted without its data has lost it too).
+pub const DIRECTORIES_FILLED: &str = "hermes:directories:filled";
+
 /// String `version|node`: the edge holding session `session` (a `broker::store::session_key`)
 /// and how many times the session was claimed.
 /// The session's part is a hash tag, so every key of one session lands in one Redis Cluster

@@ -136,7 +136,7 @@ pub struct ApiParts {
 
 /// The accounts database: Postgres when `http.database_url` is set, else SQLite in the data
 /// directory.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Database {
     Sqlite(SqliteStore),
     Postgres(PgStore),
@@ -310,9 +310,8 @@ pub async fn run_until_signal(cfg: NodeConfig) -> Result<(), String> {
     let bus = events_bus(&cfg.bus.nats_url).await?;
     let db = Database::open(&cfg.http, &data).await?;
     if let Some(d) = &directories {
-        let state = db.edge_state().await?;
-        state.write_relations(d.relations.as_ref()).await?;
-        state.write_access(d.access.as_ref()).await?;
+        fill_directories(&db, d).await?;
+        tokio::spawn(keep_filled(db.clone(), d.clone()));
     }
     let parts = ApiParts { keys, bus, directories };
     let http = db.serve(&cfg.http, &data, parts, service_kit::shutdown::signal()).await?;
@@ -331,6 +330,47 @@ pub async fn run_until_signal(cfg: NodeConfig) -> Result<(), String> {
     tracing::info!("stopping");
     drop(telemetry);
     Ok(())
+}
+
+/// Fills the directories edges read (relations, ACL tables, revocations) from the database,
+/// marked filled before (see [`StateDirectories::mark_filled`]); unmarked again if it fails.
+pub async fn fill_directories(db: &Database, dirs: &StateDirectories) -> Result<(), String> {
+    dirs.mark_filled(true).await.map_err(|e| format!("state.redis_url: {e}"))?;
+    let filled = async {
+        let state = db.edge_state().await?;
+        state.write_relations(dirs.relations.as_ref()).await?;
+        state.write_access(dirs.access.as_ref()).await
+    };
+    let result = filled.await;
+    if result.is_err() {
+        let _ = dirs.mark_filled(false).await;
+    }
+    result
+}
+
+/// How often an accounts node looks whether Redis lost the directories.
+const FILLED_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Fills the directories again whenever Redis lost them (restarted without its data, flushed):
+/// without it, an edge starting afterwards would read no revocations and take tokens that were
+/// revoked, and no relations. Every accounts node looks; a fill is idempotent (newer wins).
+pub async fn keep_filled(db: Database, dirs: StateDirectories) {
+    loop {
+        tokio::time::sleep(FILLED_CHECK).await;
+        match dirs.filled().await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(
+                    "Redis lost the directories edges read (restarted without its data?): filling them again"
+                );
+                match fill_directories(&db, &dirs).await {
+                    Ok(()) => tracing::info!("directories filled again from the database"),
+                    Err(e) => tracing::warn!(error = %e, "cannot fill the directories again yet"),
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot tell whether Redis still holds the directories"),
+        }
+    }
 }
 
 /// NATS at `nats_url`; without it, account events go nowhere (a bus in this process that

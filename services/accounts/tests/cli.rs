@@ -217,6 +217,38 @@ async fn events_go_to_nats_and_relations_to_redis_which_a_restart_refills() {
     node.stop();
 }
 
+/// Redis restarts without its data while the node runs: the node notices (its mark is gone)
+/// and fills the directories again, so an edge that starts afterwards still refuses revoked
+/// tokens and knows the relations.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_that_lost_its_data_is_filled_again_while_the_node_runs() {
+    let mut redis = hermes_tests::servers::redis();
+    let data = fresh_dir("redis-lost");
+    let node = start(&data, &["--state-redis-url", &redis.redis_url()], &[]);
+    create_acme(&node, &data, &["alice", "bob"]).await;
+    let bob = format!("Bearer {}", node.login("bob").await);
+    let r = node.call("PUT", "/v1/follows/alice", &[("Authorization", &bob)], None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = node.as_operator(&data, "/v1/enterprises/acme/users/bob/revoke-tokens", json!({})).await;
+    assert!(r.status < 300, "{:?}", r.body);
+
+    let _redis = hermes_tests::servers::redis_again(&mut redis);
+    let conn = redis_state::connect(&redis.redis_url()).await.expect("redis");
+    let (relations, access) = (redis_state::RedisRelations::new(conn.clone()), redis_state::RedisAccess::new(conn));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let filled = loop {
+        let followers = relations.load("acme", "alice").await.map(|r| r.followers).unwrap_or_default();
+        let revoked = broker::access::AccessDirectory::revocations(&access, 0).await.unwrap_or_default();
+        if followers == ["bob"] && !revoked.is_empty() {
+            break revoked;
+        }
+        assert!(std::time::Instant::now() < deadline, "never filled again: {followers:?}, {revoked:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(filled.len(), 1, "bob's revocation: {filled:?}");
+    node.stop();
+}
+
 /// `accounts [args] print-config` with `env`; returns the configuration it printed.
 fn print_config(args: &[&str], env: &[(&str, &str)]) -> NodeConfig {
     let out = Command::new(ACCOUNTS).args(args).arg("print-config").envs(env.iter().copied()).output().expect("run");

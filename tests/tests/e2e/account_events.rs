@@ -358,6 +358,13 @@ async fn a_member_who_left_a_group_while_away_gets_nothing_of_it_on_return() {
     emit(&bus, membership("ops", "alice", false)).await;
     carol.publish("acme/im/group/ops", b"after she left", 1, false, WAIT).await.expect("puback");
     carol.publish("acme/im/msg/alice", b"dm", 1, false, WAIT).await.expect("puback");
+    // The edge applies events in order: once carol may join another group, alice has left.
+    emit(&bus, membership("ops-2", "carol", true)).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while carol.subscribe(vec![SubscribeTopic::new("acme/im/group/ops-2", 1)], WAIT).await.expect("suback") != [1] {
+        assert!(std::time::Instant::now() < deadline, "the edge never applied the events");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (mut alice, present) = edge.connect(Version::V311, persistent).await;
     assert!(present);
     let got = expect_publish(&mut alice).await;

@@ -124,3 +124,35 @@ async fn without_its_journal_an_edge_acknowledges_nothing_it_could_not_store_and
     }
     edge.stop().await;
 }
+
+/// Redis restarted (a new process on its address): every connection the edge has to it (each
+/// worker's journal writer, the streams', the registry's) is made again as soon as Redis closes
+/// it, not when a command first fails on it, so a PUBLISH after Redis is back is not refused
+/// for a connection that sat idle through the restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_redis_restarts_no_idle_connection_refuses_the_next_publish() {
+    let mut redis = servers::redis();
+    let url = redis.redis_url();
+    let edge = TestEdge::start_with(|c| c.state.redis_url = url).await;
+    let (mut keeper, _) = edge.connect(Version::V5, persistent("keeper")).await;
+    assert_eq!(keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback"), [1]);
+    keeper.send(&Packet::disconnect(0)).await.expect("bye");
+    drop(keeper);
+    // Publishers on every worker (connections go to them in turn), each written for once.
+    let mut publishers = Vec::new();
+    for n in 0..4 {
+        let mut p = edge.client(Version::V5, &format!("publisher-{n}")).await;
+        assert_eq!(publish_code(&mut p, "f/1", "before").await, Some(0));
+        publishers.push(p);
+    }
+
+    let _redis = servers::redis_again(&mut redis);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (n, p) in publishers.iter_mut().enumerate() {
+        let code = publish_code(p, "f/1", "after").await;
+        assert_eq!(code, Some(0), "publisher {n}: refused on a connection Redis closed a while ago");
+    }
+    let (mut newcomer, _) = edge.connect(Version::V5, persistent("newcomer")).await;
+    assert_eq!(newcomer.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback"), [1]);
+    edge.stop().await;
+}
