@@ -67,4 +67,8 @@ pub struct SubOptions {
     /// When the subscription began, in milliseconds since the Unix epoch (0: unknown, long
     /// ago). A replay after a node died gives it only what was published since.
     pub since_ms: u64,
+    /// Given by the enterprise's auto-subscribe table (one per friend's presence and signature,
+    /// per group), not asked for by the client: not counted against
+    /// `limits.max_subscriptions_per_client`, which bounds what a client asks for.
+    pub auto: bool,
 }

@@ -418,8 +418,10 @@ impl<M: Deliverable + Clone> Session<M> {
         self.subscriptions.remove(filter)
     }
 
+    /// How many subscriptions the client asked for (those the auto-subscribe table gave are
+    /// not counted).
     pub fn subscription_count(&self) -> usize {
-        self.subscriptions.len()
+        self.subscriptions.values().filter(|o| !o.auto).count()
     }
 
     pub fn inflight(&self) -> usize {

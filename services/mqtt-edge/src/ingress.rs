@@ -408,7 +408,7 @@ pub fn auto_subscribe(
 ) -> Vec<String> {
     let mut subscribed = Vec::new();
     for (filter, qos) in authz.auto_subscriptions(who, client_id) {
-        let options = broker::SubOptions { qos, ..broker::SubOptions::default() };
+        let options = broker::SubOptions { qos, auto: true, ..broker::SubOptions::default() };
         match hub.subscribe(session, &filter, options, now_ms()) {
             Ok(()) => subscribed.push(filter),
             Err(e) => tracing::warn!(client_id = %client_id, topic = %filter, error = ?e, "auto-subscription refused"),

@@ -46,6 +46,7 @@ fn stored_subscriptions(subscriptions: Vec<(String, SubOptions)>) -> Vec<pb::Sto
             },
             subscription_id: o.subscription_id.unwrap_or(0),
             since_ms: o.since_ms,
+            auto: o.auto,
         })
         .collect()
 }
@@ -182,6 +183,7 @@ pub fn snapshot_from(s: pb::SessionState) -> Option<SessionSnapshot<SharedMessag
                 retain_handling,
                 subscription_id: (sub.subscription_id != 0).then_some(sub.subscription_id),
                 since_ms: sub.since_ms,
+                auto: sub.auto,
             };
             Some((sub.filter, options))
         })
@@ -234,6 +236,7 @@ mod tests {
                     retain_handling: RetainHandling::Never,
                     subscription_id: Some(3),
                     since_ms: u64::MAX,
+                    auto: true,
                 },
             )],
             inflight: vec![(first, true)],

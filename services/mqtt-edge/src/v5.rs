@@ -270,6 +270,7 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
                     subscription_id: sub_id,
                     // The router dates it.
                     since_ms: 0,
+                    auto: false,
                 };
                 let topic = sub.topic().clone();
                 match ingress::subscribe(ses, &topic, options) {

@@ -24,7 +24,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         let live = self.live.get_mut(session).ok_or(SubscribeError::NoSession)?;
         let since = live.session.subscriptions().find(|(f, _)| *f == raw_filter).map(|(_, o)| o.since_ms);
         let existed = since.is_some();
-        if !existed && live.session.subscription_count() >= self.cfg.max_subscriptions {
+        if !existed && !options.auto && live.session.subscription_count() >= self.cfg.max_subscriptions {
             return Err(SubscribeError::QuotaExceeded);
         }
         // A subscription replaced keeps its age: it never stopped.
@@ -97,7 +97,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 let known =
                     self.live.get(&session).is_some_and(|l| l.session.subscriptions().any(|(f, _)| f == filter));
                 if !known {
-                    let options = SubOptions { qos, ..SubOptions::default() };
+                    let options = SubOptions { qos, auto: true, ..SubOptions::default() };
                     let _ = self.subscribe(&session, &filter, options, now_ms, fx);
                 }
             }

@@ -527,6 +527,28 @@ fn subscribe_refuses_bad_filters_past_the_quota_and_without_a_session() {
     assert_eq!(r.publish(msg("f/0", "m", 0), None, 0, &mut fx), 0);
 }
 
+/// The quota bounds what a client asks for: what the auto-subscribe table gives (a friend's
+/// presence each, however many friends) is not counted, and leaves the client its whole quota.
+#[test]
+fn auto_subscriptions_leave_the_client_its_whole_quota() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    connect(&mut r, request("u", "c", true, 0), &mut fx);
+    let k = key("u", "c");
+    let auto = SubOptions { auto: true, ..SubOptions::default() };
+    for n in 0..5 {
+        r.subscribe(&k, &format!("pres/{n}"), auto.clone(), 0, &mut fx).expect("auto: past the quota of 4");
+    }
+    for n in 0..4 {
+        r.subscribe(&k, &format!("f/{n}"), SubOptions::default(), 0, &mut fx).expect("the client's own four");
+    }
+    for n in 5..10 {
+        r.subscribe(&k, &format!("pres/{n}"), auto.clone(), 0, &mut fx).expect("auto, with the quota used up");
+    }
+    assert_eq!(r.subscribe(&k, "f/4", SubOptions::default(), 0, &mut fx), Err(SubscribeError::QuotaExceeded));
+    assert_eq!(r.publish(msg("pres/9", "online", 0), None, 0, &mut fx), 1, "the tenth auto-subscription holds");
+}
+
 #[test]
 fn reauthorization_removes_what_the_acl_no_longer_allows_and_adds_new_auto_subscriptions() {
     let mut r = router(0);
