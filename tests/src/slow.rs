@@ -147,6 +147,10 @@ impl SessionJournal for SlowLoads {
         self.inner.load_retained()
     }
 
+    fn mark<'a>(&'a self, fresh: &'a str) -> BoxFuture<'a, Result<String, String>> {
+        self.inner.mark(fresh)
+    }
+
     fn expires_at<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Option<u64>>, String>> {
         self.inner.expires_at(session)
     }

@@ -74,6 +74,13 @@ pub trait SessionJournal: Send + Sync + std::fmt::Debug {
     fn is_shared(&self) -> bool {
         false
     }
+    /// Sets the journal's mark to `fresh` unless it has one; returns the mark it has. A node
+    /// that finds another mark than it found before knows the journal lost what it held (its
+    /// store restarted without its data). One that never loses anything (the default) always
+    /// answers the same, empty, mark.
+    fn mark<'a>(&'a self, _fresh: &'a str) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(std::future::ready(Ok(String::new())))
+    }
     /// When `session`'s record expires (Unix ms; `Some(None)`: never), `None` if it has none.
     fn expires_at<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Option<u64>>, String>>;
     /// The sessions a node starting on this journal routes for until their clients come back
@@ -264,6 +271,9 @@ pub mod contract {
         let other: Arc<str> = format!("{prefix}:5:alice/phone2").into();
         assert_eq!(load(j, &s).await, None, "never written");
         j.write(&[]).await.expect("an empty batch");
+        // The mark stays what it first was (the contracts may share a store: whatever it is).
+        let mark = j.mark(&format!("{prefix}-a")).await.expect("mark");
+        assert_eq!(j.mark(&format!("{prefix}-b")).await.expect("mark"), mark, "a mark is set once");
 
         // Messages come back by entry, whatever order they were written in.
         let batch = [record(&s, b"r1", None), message(&s, 3, b"three"), message(&s, 1, b"one"), message(&s, 2, b"two")];

@@ -33,6 +33,10 @@ pub const REVOCATIONS: &str = "hermes:revocations";
 /// set once they are filled; a Redis that restarted without its data has lost it too).
 pub const DIRECTORIES_FILLED: &str = "hermes:directories:filled";
 
+/// String: a value the first edge to look set (a new one whenever it is gone); an edge that finds
+/// another than it saw before knows Redis lost the session journal.
+pub const JOURNAL_MARK: &str = "hermes:journal:mark";
+
 /// String `version|node`: the edge holding session `session` (a `broker::store::session_key`)
 /// and how many times the session was claimed.
 /// The session's part is a hash tag, so every key of one session lands in one Redis Cluster

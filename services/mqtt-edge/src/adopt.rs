@@ -55,6 +55,7 @@ const PARK_TRIES: u32 = 3;
 pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, stall: Duration) {
     let mut beat = tokio::time::interval(HEARTBEAT);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut journal_mark: Option<String> = None;
     loop {
         beat.tick().await;
         let Some(hub) = hub.upgrade() else { return };
@@ -72,6 +73,7 @@ pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, stall: Duration) {
                 continue;
             }
         };
+        check_journal(&hub, &handover, &mut journal_mark).await;
         for node in dead {
             if !handover.is_gone(&node).await {
                 tracing::info!(node, "an edge stopped heartbeating but is still on the bus: its sessions stay there");
@@ -86,6 +88,47 @@ pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, stall: Duration) {
                 }
             }
         }
+    }
+}
+
+/// Looks whether the journal the edges share still holds the mark this edge found there
+/// before (`SessionJournal::mark`, a fresh one set whenever there is none): another means it
+/// lost what it held (Redis restarted without its data), and this edge writes its sessions
+/// that outlive their connection (claimed again, so they are listed under it) and its retained
+/// messages into it again. Without it, a session whose client moved, or whose edge died
+/// afterwards, would start afresh, without what was acknowledged for it.
+async fn check_journal(hub: &Hub, handover: &Handover, known: &mut Option<String>) {
+    let Some(journal) = hub.journal().filter(|j| j.is_shared()) else { return };
+    let fresh = format!("{}:{:x}", handover.registered(), rand::random::<u64>());
+    let mark = match journal.mark(&fresh).await {
+        Ok(mark) => mark,
+        Err(e) => return tracing::debug!(error = %e, "cannot read the journal's mark"),
+    };
+    if known.as_ref().is_none_or(|k| *k == mark) {
+        *known = Some(mark);
+        return;
+    }
+    tracing::warn!(
+        "the session journal lost what it held (Redis restarted without its data?): writing this edge's sessions into it again"
+    );
+    metrics::counter!(m::CLUSTER_ERRORS, "op" => "journal_lost").increment(1);
+    let (sessions, written) = hub.journal_all_again();
+    for session in &sessions {
+        if let Err(e) = handover.owners().claim(session, handover.registered()).await {
+            tracing::warn!(session = %session, error = %e, "cannot claim a session again after the journal lost it");
+        }
+    }
+    let stored = match written {
+        Some(w) => w.wait().await,
+        None => true,
+    };
+    match stored {
+        true => {
+            tracing::info!(sessions = sessions.len(), "this edge's sessions written into the journal again");
+            *known = Some(mark);
+        }
+        // The next heartbeat finds the new mark again, and tries again.
+        false => tracing::warn!("cannot write this edge's sessions into the journal again yet"),
     }
 }
 

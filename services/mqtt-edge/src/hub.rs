@@ -355,6 +355,17 @@ impl Hub {
         self.lock().router.fall_behind(link, this_node)
     }
 
+    /// The shared journal lost what it held: this edge's sessions that outlive their
+    /// connection, and its retained messages, are written to it again (see
+    /// `Router::journal_all_again`). Returns the sessions written and the write to wait for.
+    pub fn journal_all_again(&self) -> (Vec<Arc<str>>, Option<Durable>) {
+        let mut st = self.lock();
+        let mut fx = Effects::new();
+        let written = st.router.journal_all_again(crate::message::now_ms(), &mut fx);
+        let durable = self.apply(&mut st, fx, None);
+        (written, durable)
+    }
+
     /// The next step of `session`, behind since [`Hub::fall_behind`] answered `id`; `None` if
     /// it is not here or not behind since then.
     pub fn caught_up_behind(&self, session: &str, id: u64) -> Option<broker::session::BehindStep> {

@@ -228,6 +228,11 @@ impl JournalWriter {
         self.turns.work.journal.is_shared()
     }
 
+    /// The journal's mark, `fresh` unless it had one (see `SessionJournal::mark`).
+    pub async fn mark(&self, fresh: &str) -> Result<String, String> {
+        self.turns.work.journal.mark(fresh).await
+    }
+
     /// The retained messages the journal holds; unreadable ones are skipped (and logged).
     pub async fn load_retained(&self) -> Result<Vec<SharedMessage>, String> {
         let all = self.turns.work.journal.load_retained().await?;

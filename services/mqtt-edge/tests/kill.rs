@@ -343,6 +343,55 @@ async fn a_session_that_had_nothing_yet_still_gets_what_its_dead_edge_was_sent()
     drop(b);
 }
 
+/// Redis restarts without its data while edge a holds a persistent session with messages
+/// queued for it: a notices within a heartbeat (the journal's mark changed) and writes the
+/// session back, so when a is killed afterwards, b takes it from Redis with what was queued.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_writes_its_sessions_back_into_a_redis_that_lost_them() {
+    let (nats, mut redis) = (servers::nats(), servers::redis());
+    let (nats_url, redis_url) = (nats.nats_url(), redis.redis_url());
+    let mut a = edge("edge-a", &nats_url, &redis_url);
+    let b = edge("edge-b", &nats_url, &redis_url);
+    let (mut carol, _) = client(a.addr, "carol", false).await;
+    assert_eq!(carol.subscribe(vec![SubscribeTopic::new("t/#", 1)], WAIT).await.expect("suback"), [1]);
+    carol.send(&Packet::disconnect(0)).await.expect("bye");
+    drop(carol);
+    let (mut publisher, _) = client(b.addr, "pub", true).await;
+    // What b acknowledges reaches a once a's interest is on the bus: wait for the first.
+    let mut acked = Vec::new();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 1..=5 {
+        publisher.publish("t/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
+        acked.push(n);
+    }
+    // Edges look at the journal's mark every 5 s: one look before the loss, one after.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let _redis = servers::redis_again(&mut redis);
+    let conn = redis_state::connect(&redis_url).await.expect("redis");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg("hermes:session:*carol*").query_async(&mut conn.clone()).await.unwrap_or_default();
+        if keys.iter().any(|k| k.ends_with(":journal")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "edge a never wrote carol's session back: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.kill();
+    for n in 6..=10 {
+        publisher.publish("t/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
+        acked.push(n);
+    }
+    let (mut carol, present) = client(b.addr, "carol", false).await;
+    assert!(present, "carol's session, written back, taken from the dead edge");
+    let mut got = Vec::new();
+    collect(&mut carol, 10, &mut got).await;
+    let (lost, _, _) = count(&acked, &got);
+    assert!(lost.is_empty(), "lost {lost:?}; got {got:?}");
+    drop(b);
+}
+
 /// How long the bus keeps what edges route to each other in
 /// [`a_client_away_from_a_dead_edge_for_longer_than_the_bus_keeps_anything_loses_nothing`].
 const KEEP_SECS: u64 = 30;

@@ -363,7 +363,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
 }
 
 /// The whole of a durable session for the journal: its record, then every message it holds.
-fn journal_whole<M: Routable + Clone, O>(
+pub(super) fn journal_whole<M: Routable + Clone, O>(
     fx: &mut Effects<M, O>,
     key: &Arc<str>,
     session: &Session<M>,

@@ -495,6 +495,31 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             .collect()
     }
 
+    /// The shared journal lost what it held (its store restarted without its data): every
+    /// session here that outlives its connection, live or parked (with what is left of its
+    /// expiry), is written to it whole again, and every retained message but a node's own
+    /// statistics. Returns the sessions written.
+    pub fn journal_all_again(&mut self, now_ms: u64, fx: &mut Effects<M, O>) -> Vec<Arc<str>> {
+        let mut written = Vec::new();
+        for (name, live) in self.live.iter_mut().filter(|(_, l)| l.session.is_durable()) {
+            let _ = live.session.take_changes();
+            lifecycle::journal_whole(fx, name, &live.session, live.expiry_secs, false);
+            written.push(name.clone());
+        }
+        for name in self.store.keys() {
+            let Some(parked) = self.store.get_mut(&name) else { continue };
+            let left_ms = parked.expires_at_ms().map(|at| at.saturating_sub(now_ms));
+            let left = left_ms.map_or(u32::MAX, |ms| u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX).max(1));
+            let name: Arc<str> = name.into();
+            lifecycle::journal_whole(fx, &name, &parked.session, left, true);
+            written.push(name);
+        }
+        for msg in self.retained.matching("#", now_ms) {
+            fx.push(Effect::Retain { topic: msg.topic().into(), message: Some(msg) });
+        }
+        written
+    }
+
     /// The id of `session`'s catch-up, if it is here and catching up (for [`Router::caught_up`]).
     pub fn catch_up_id(&mut self, session: &str) -> Option<u64> {
         self.held_mut(session).and_then(|(_, s)| s.catch_up_id())
