@@ -162,8 +162,8 @@ async fn prime_edge(db: &Database, edge: &mqtt_edge::Edge, dirs: Option<&StateDi
     let state = db.edge_state().await?;
     let access: std::sync::Arc<dyn AccessDirectory> = match dirs {
         Some(d) => {
-            accounts::node::fill_directories(db, d).await?;
-            tokio::spawn(accounts::node::keep_filled(db.clone(), d.clone()));
+            let mark = accounts::node::fill_directories(&state, d).await?;
+            tokio::spawn(accounts::node::keep_filled(db.clone(), d.clone(), mark));
             d.access.clone()
         }
         None => {

@@ -234,14 +234,7 @@ impl SessionJournal for RedisJournal {
     }
 
     fn mark<'a>(&'a self, fresh: &'a str) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(async move {
-            let key = wire::keys::JOURNAL_MARK;
-            let mut pipe = redis::pipe();
-            pipe.cmd("SET").arg(key).arg(fresh).arg("NX").ignore().cmd("GET").arg(key);
-            let (mark,): (String,) =
-                pipe.query_async(&mut self.conn.clone()).await.map_err(|e| format!("journal mark: {e}"))?;
-            Ok(mark)
-        })
+        Box::pin(crate::mark(&self.conn, wire::keys::JOURNAL_MARK, fresh))
     }
 
     fn on_this_thread(&self) -> Option<BoxFuture<'static, Result<Arc<dyn SessionJournal>, String>>> {

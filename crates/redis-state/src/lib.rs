@@ -99,26 +99,23 @@ impl StateDirectories {
         RedisLoginGuard::new(self.conn.clone(), limits)
     }
 
-    /// Whether Redis still holds the mark [`StateDirectories::mark_filled`] left: without it,
-    /// Redis lost what the directories were filled with (it restarted without its data, or
-    /// was flushed), and revocations, ACL tables and relations must be written again.
-    pub async fn filled(&self) -> Result<bool, String> {
-        let mut conn = self.conn.clone();
-        redis::cmd("EXISTS").arg(wire::keys::DIRECTORIES_FILLED).query_async(&mut conn).await.map_err(|e| e.to_string())
+    /// The directories' mark, `fresh` unless Redis has one ([`mark`]): a node that finds
+    /// another than it found before knows Redis lost what the directories were filled with
+    /// (it restarted without its data, or was flushed), and revocations, ACL tables and
+    /// relations must be written again.
+    pub async fn mark(&self, fresh: &str) -> Result<String, String> {
+        mark(&self.conn, wire::keys::DIRECTORIES_MARK, fresh).await
     }
+}
 
-    /// Marks the directories filled (`filled` true: before filling them, so that a loss while
-    /// they are filled takes the mark too) or not (a fill that failed: the next look fills them
-    /// again).
-    pub async fn mark_filled(&self, filled: bool) -> Result<(), String> {
-        let mut conn = self.conn.clone();
-        let mut cmd = redis::cmd(if filled { "SET" } else { "DEL" });
-        cmd.arg(wire::keys::DIRECTORIES_FILLED);
-        if filled {
-            cmd.arg(1);
-        }
-        cmd.query_async::<()>(&mut conn).await.map_err(|e| e.to_string())
-    }
+/// The value of the mark `key`, set to `fresh` unless Redis has one: it changes only when Redis
+/// loses its data, so a node that finds another mark than it found before knows what it wrote
+/// is gone.
+pub(crate) async fn mark(conn: &RedisConn, key: &str, fresh: &str) -> Result<String, String> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET").arg(key).arg(fresh).arg("NX").ignore().cmd("GET").arg(key);
+    let (mark,): (String,) = pipe.query_async(&mut conn.clone()).await.map_err(|e| format!("mark {key}: {e}"))?;
+    Ok(mark)
 }
 
 #[derive(Clone)]

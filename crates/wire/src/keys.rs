@@ -29,12 +29,12 @@ pub const TABLE_VERSIONS: &str = "hermes:{tables}:version";
 /// Hash: `<enterprise id>\t<user id>` → tokens issued before this instant (Unix ms) are refused.
 pub const REVOCATIONS: &str = "hermes:revocations";
 
-/// String: present while Redis holds what the accounts tier filled the directories with (it is
-/// set once they are filled; a Redis that restarted without its data has lost it too).
-pub const DIRECTORIES_FILLED: &str = "hermes:directories:filled";
+/// String: a value the first accounts node to look set (a new one whenever it is gone); a node
+/// that finds another than it saw before knows Redis lost what the directories were filled
+/// with.
+pub const DIRECTORIES_MARK: &str = "hermes:directories:mark";
 
-/// String: a value the first edge to look set (a new one whenever it is gone); an edge that finds
-/// another than it saw before knows Redis lost the session journal.
+/// String: the same for the session journal, which edges look at.
 pub const JOURNAL_MARK: &str = "hermes:journal:mark";
 
 /// String `version|node`: the edge holding session `session` (a `broker::store::session_key`)

@@ -310,8 +310,8 @@ pub async fn run_until_signal(cfg: NodeConfig) -> Result<(), String> {
     let bus = events_bus(&cfg.bus.nats_url).await?;
     let db = Database::open(&cfg.http, &data).await?;
     if let Some(d) = &directories {
-        fill_directories(&db, d).await?;
-        tokio::spawn(keep_filled(db.clone(), d.clone()));
+        let mark = fill_directories(&db.edge_state().await?, d).await?;
+        tokio::spawn(keep_filled(db.clone(), d.clone(), mark));
     }
     let parts = ApiParts { keys, bus, directories };
     let http = db.serve(&cfg.http, &data, parts, service_kit::shutdown::signal()).await?;
@@ -332,20 +332,14 @@ pub async fn run_until_signal(cfg: NodeConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Fills the directories edges read (relations, ACL tables, revocations) from the database,
-/// marked filled before (see [`StateDirectories::mark_filled`]); unmarked again if it fails.
-pub async fn fill_directories(db: &Database, dirs: &StateDirectories) -> Result<(), String> {
-    dirs.mark_filled(true).await.map_err(|e| format!("state.redis_url: {e}"))?;
-    let filled = async {
-        let state = db.edge_state().await?;
-        state.write_relations(dirs.relations.as_ref()).await?;
-        state.write_access(dirs.access.as_ref()).await
-    };
-    let result = filled.await;
-    if result.is_err() {
-        let _ = dirs.mark_filled(false).await;
-    }
-    result
+/// Fills the directories edges read (relations, ACL tables, revocations) with `state`; returns
+/// the directories' mark as it was before (see [`StateDirectories::mark`]): a loss while they
+/// are filled changes it, and [`keep_filled`] fills them again.
+pub async fn fill_directories(state: &EdgeState, dirs: &StateDirectories) -> Result<String, String> {
+    let mark = dirs.mark(&crate::store::new_id()).await.map_err(|e| format!("state.redis_url: {e}"))?;
+    state.write_relations(dirs.relations.as_ref()).await?;
+    state.write_access(dirs.access.as_ref()).await?;
+    Ok(mark)
 }
 
 /// How often an accounts node looks whether Redis lost the directories.
@@ -354,17 +348,22 @@ const FILLED_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 /// Fills the directories again whenever Redis lost them (restarted without its data, flushed):
 /// without it, an edge starting afterwards would read no revocations and take tokens that were
 /// revoked, and no relations. Every accounts node looks; a fill is idempotent (newer wins).
-pub async fn keep_filled(db: Database, dirs: StateDirectories) {
+/// `mark` is the directories' mark when they were last filled; a fill that fails is tried
+/// again at the next look.
+pub async fn keep_filled(db: Database, dirs: StateDirectories, mut mark: String) {
     loop {
         tokio::time::sleep(FILLED_CHECK).await;
-        match dirs.filled().await {
-            Ok(true) => {}
-            Ok(false) => {
+        match dirs.mark(&crate::store::new_id()).await {
+            Ok(now) if now == mark => {}
+            Ok(_) => {
                 tracing::warn!(
                     "Redis lost the directories edges read (restarted without its data?): filling them again"
                 );
-                match fill_directories(&db, &dirs).await {
-                    Ok(()) => tracing::info!("directories filled again from the database"),
+                match async { fill_directories(&db.edge_state().await?, &dirs).await }.await {
+                    Ok(filled) => {
+                        tracing::info!("directories filled again from the database");
+                        mark = filled;
+                    }
                     Err(e) => tracing::warn!(error = %e, "cannot fill the directories again yet"),
                 }
             }
