@@ -73,7 +73,7 @@ pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, stall: Duration) {
                 continue;
             }
         };
-        check_journal(&hub, &handover, &mut journal_mark).await;
+        check_journal(&hub, handover.registered(), Some(&handover), &mut journal_mark).await;
         for node in dead {
             if !handover.is_gone(&node).await {
                 tracing::info!(node, "an edge stopped heartbeating but is still on the bus: its sessions stay there");
@@ -91,15 +91,33 @@ pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, stall: Duration) {
     }
 }
 
-/// Looks whether the journal the edges share still holds the mark this edge found there
+/// Looks at the shared journal's mark every [`HEARTBEAT`] (as [`run`] does), for an edge on
+/// Redis that has no bus and so no registry to heartbeat into: what it holds is written into
+/// a journal that lost it, so that it outlives this edge's next restart.
+pub async fn watch_journal(hub: Weak<Hub>, me: String) {
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut journal_mark: Option<String> = None;
+    loop {
+        beat.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        if hub.is_closing() {
+            return;
+        }
+        check_journal(&hub, &me, None, &mut journal_mark).await;
+    }
+}
+
+/// Looks whether the journal the edges share still holds the mark this edge (`me`) found there
 /// before (`SessionJournal::mark`, a fresh one set whenever there is none): another means it
 /// lost what it held (Redis restarted without its data), and this edge writes its sessions
-/// that outlive their connection (claimed again, so they are listed under it) and its retained
-/// messages into it again. Without it, a session whose client moved, or whose edge died
-/// afterwards, would start afresh, without what was acknowledged for it.
-async fn check_journal(hub: &Hub, handover: &Handover, known: &mut Option<String>) {
+/// that outlive their connection (claimed again in the registry, if it has one, so they are
+/// listed under it) and its retained messages into it again. Without it, a session whose
+/// client moved, or whose edge died or restarted afterwards, would start afresh, without what
+/// was acknowledged for it.
+async fn check_journal(hub: &Hub, me: &str, handover: Option<&Handover>, known: &mut Option<String>) {
     let Some(journal) = hub.journal().filter(|j| j.is_shared()) else { return };
-    let fresh = format!("{}:{:x}", handover.registered(), rand::random::<u64>());
+    let fresh = format!("{me}:{:x}", rand::random::<u64>());
     let mark = match journal.mark(&fresh).await {
         Ok(mark) => mark,
         Err(e) => return tracing::debug!(error = %e, "cannot read the journal's mark"),
@@ -113,9 +131,11 @@ async fn check_journal(hub: &Hub, handover: &Handover, known: &mut Option<String
     );
     metrics::counter!(m::CLUSTER_ERRORS, "op" => "journal_lost").increment(1);
     let (sessions, written) = hub.journal_all_again();
-    for session in &sessions {
-        if let Err(e) = handover.owners().claim(session, handover.registered()).await {
-            tracing::warn!(session = %session, error = %e, "cannot claim a session again after the journal lost it");
+    if let Some(handover) = handover {
+        for session in &sessions {
+            if let Err(e) = handover.owners().claim(session, me).await {
+                tracing::warn!(session = %session, error = %e, "cannot claim a session again after the journal lost it");
+            }
         }
     }
     let stored = match written {

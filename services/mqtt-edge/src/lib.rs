@@ -293,6 +293,10 @@ impl EdgeBuilder {
             }
             tracing::info!(node = %node.id, "routing to and from other edges on the bus");
         }
+        if hub.cluster().and_then(|c| c.handover()).is_none() && hub.journal().is_some_and(|j| j.is_shared()) {
+            // No registry to heartbeat into: the journal's mark is watched on its own.
+            tokio::spawn(adopt::watch_journal(Arc::downgrade(&hub), node.registered()));
+        }
         if let Some(writer) = hub.journal() {
             // Retained messages published before this edge started (here or on another edge)
             // are served from its start; newer ones already came over the bus.

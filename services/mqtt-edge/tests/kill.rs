@@ -367,17 +367,7 @@ async fn an_edge_writes_its_sessions_back_into_a_redis_that_lost_them() {
     // Edges look at the journal's mark every 5 s: one look before the loss, one after.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let _redis = servers::redis_again(&mut redis);
-    let conn = redis_state::connect(&redis_url).await.expect("redis");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let keys: Vec<String> =
-            redis::cmd("KEYS").arg("hermes:session:*carol*").query_async(&mut conn.clone()).await.unwrap_or_default();
-        if keys.iter().any(|k| k.ends_with(":journal")) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "edge a never wrote carol's session back: {keys:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    written_back(&redis_url, "carol").await;
     a.kill();
     for n in 6..=10 {
         publisher.publish("t/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
@@ -390,6 +380,60 @@ async fn an_edge_writes_its_sessions_back_into_a_redis_that_lost_them() {
     let (lost, _, _) = count(&acked, &got);
     assert!(lost.is_empty(), "lost {lost:?}; got {got:?}");
     drop(b);
+}
+
+/// Waits until an edge wrote `client`'s session back into the Redis at `url`, which lost it.
+async fn written_back(url: &str, client: &str) {
+    let conn = redis_state::connect(url).await.expect("redis");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("hermes:session:*{client}*"))
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap_or_default();
+        if keys.iter().any(|k| k.ends_with(":journal")) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "no edge wrote {client}'s session back: {keys:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_edge_without_a_bus_writes_its_sessions_back_into_a_redis_that_lost_them() {
+    let mut redis = servers::redis();
+    let redis_url = redis.redis_url();
+    // One edge on Redis and no NATS (no registry of session owners to heartbeat into).
+    let mut a = edge("edge-a", "", &redis_url);
+    let (mut carol, _) = client(a.addr, "carol", false).await;
+    assert_eq!(carol.subscribe(vec![SubscribeTopic::new("t/#", 1)], WAIT).await.expect("suback"), [1]);
+    carol.send(&Packet::disconnect(0)).await.expect("bye");
+    drop(carol);
+    let (mut publisher, _) = client(a.addr, "pub", true).await;
+    let mut acked = Vec::new();
+    for n in 1..=5 {
+        publisher.publish("t/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
+        acked.push(n);
+    }
+    // The edge looks at the journal's mark every 5 s: one look before the loss, one after.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let _redis = servers::redis_again(&mut redis);
+    written_back(&redis_url, "carol").await;
+    for n in 6..=10 {
+        publisher.publish("t/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
+        acked.push(n);
+    }
+    // Restarted, the edge finds carol's session in Redis when she comes back.
+    a.kill();
+    let a = edge("edge-a", "", &redis_url);
+    let (mut carol, present) = client(a.addr, "carol", false).await;
+    assert!(present, "carol's session, written back, outlived the edge's restart");
+    let mut got = Vec::new();
+    collect(&mut carol, 10, &mut got).await;
+    let (lost, _, in_order) = count(&acked, &got);
+    assert!(lost.is_empty(), "lost {lost:?}; got {got:?}");
+    assert!(in_order, "out of order: {got:?}");
 }
 
 /// How long the bus keeps what edges route to each other in
