@@ -661,7 +661,7 @@ impl Hub {
                         client_id = %client_id,
                         tenant = %owner.enterprise,
                         topic = %topic,
-                        "will not sent: the ACL no longer allows its topic, or it is retained past its tenant's quota"
+                        "will not sent: the ACL no longer allows its topic, it is retained past its tenant's quota, or its owner's tokens were revoked"
                     );
                 }
                 Effect::Dropped { session, messages, exhausted } => self.dropped(&session, messages, exhausted),
@@ -858,8 +858,8 @@ impl Hub {
     }
 
     /// Closes the live connections of a token user whose token was issued before `before_ms`
-    /// (v5 0x98); returns how many.
-    /// Only connections of the login `session` when it is not empty.
+    /// (v5 0x98), without their wills, and drops the user's delayed wills; returns how many
+    /// connections. Only connections and wills of the login `session` when it is not empty.
     pub fn close_user(&self, enterprise: &str, user_id: &str, session: &str, before_ms: i64) -> usize {
         let mut st = self.lock();
         let mut fx = Effects::new();
@@ -870,7 +870,7 @@ impl Hub {
                 && (session.is_empty() || who.session_id == session)
                 && who.issued_at_ms < before_ms
         };
-        let closed = st.router.close_where(select, CloseReason::Revoked, &mut fx);
+        let closed = st.router.revoke_where(select, &mut fx);
         self.apply(&mut st, fx, None);
         closed
     }

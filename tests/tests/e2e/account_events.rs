@@ -10,7 +10,7 @@ use bus::memory::MemoryBus;
 use bytes::Bytes;
 use hermes_tests::*;
 use prost::Message as _;
-use sdk::mqtt::{Client, Connect, Packet, Publish, PublishProperties, SubscribeTopic, Version};
+use sdk::mqtt::{Client, Connect, Packet, Publish, PublishProperties, SubscribeTopic, Version, Will};
 use wire::pb::{self, account_event::Event};
 use wire::token::Signer;
 
@@ -110,6 +110,50 @@ async fn revoked_tokens_close_every_device_and_no_longer_connect() {
     assert_eq!(refused_code(&edge, Version::V311, old).await, 5);
     tokio::time::sleep(Duration::from_millis(5)).await;
     let _fresh = login(&edge, &signer, Version::V5, "phone", "alice").await;
+    edge.stop().await;
+}
+
+/// A will is a publish in its owner's name: a revoked user's connections close without theirs,
+/// and the delayed will of one of their devices that went away before is not sent either.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_users_wills_are_not_sent() {
+    let (edge, bus, signer) = edge_on_bus().await;
+    let mut bob = login(&edge, &signer, Version::V5, "bob", "bob").await;
+    assert_eq!(bob.subscribe(vec![SubscribeTopic::new("acme/im/msg/bob", 1)], WAIT).await.expect("suback"), [1]);
+    let token = access_token(&signer, "alice", Duration::from_secs(60));
+    let device = |id: &str, clean: bool, payload: &[u8], delay_interval: Option<u32>| Connect {
+        password: Some(token.clone()),
+        will: Some(Will {
+            topic: "acme/im/msg/bob".into(),
+            payload: payload.to_vec(),
+            qos: 1,
+            retain: false,
+            delay_interval,
+        }),
+        session_expiry: (!clean).then_some(60),
+        ..connect(id, clean)
+    };
+    // Before the revocation a device that vanishes leaves its will.
+    drop(edge.connect(Version::V5, device("watch", true, b"watch gone", None)).await.0);
+    let will = expect_publish(&mut bob).await;
+    assert_eq!(&will.payload[..], b"watch gone");
+    ack(&mut bob, &will).await;
+    // One went away before, its will waiting for its delay; two are connected.
+    drop(edge.connect(Version::V5, device("tablet", false, b"tablet gone", Some(2))).await.0);
+    let (mut phone, _) = edge.connect(Version::V5, device("phone", true, b"phone gone", None)).await;
+    let (mut pc, _) = edge.connect(Version::V311, device("pc", true, b"pc gone", None)).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let revoked = pb::TokenRevoked {
+        user_id: "id-alice".into(),
+        username: "alice".into(),
+        issued_before_ms: now_ms(),
+        ..Default::default()
+    };
+    emit(&bus, Event::TokenRevoked(revoked)).await;
+    assert_eq!(expect_disconnect(&mut phone).await, 0x98);
+    assert!(pc.is_closed(Duration::from_secs(1)).await);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    expect_nothing(&mut bob).await;
     edge.stop().await;
 }
 

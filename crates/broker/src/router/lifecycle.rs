@@ -301,11 +301,32 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         Parked { session: restored, key, expiry_secs: 0, offline_since_ms: now_ms }
     }
 
-    /// Closes the live connections whose owner `select` picks; returns how many.
-    pub fn close_where(&self, select: impl Fn(&O) -> bool, reason: CloseReason, fx: &mut Effects<M, O>) -> usize {
-        let before = fx.len();
-        fx.extend(self.live.values().filter(|l| select(&l.owner)).map(|l| Effect::Close(l.link, reason)));
-        fx.len() - before
+    /// Closes the live connections whose owner `select` picks (their tokens were revoked, or
+    /// the user disabled: v5 0x98); returns how many. Their wills, and the delayed wills of
+    /// such owners' connections that ended before, are not sent: a will is a publish in its
+    /// owner's name, and they may publish no more (refused: `Effect::WillRefused`).
+    pub fn revoke_where(&mut self, select: impl Fn(&O) -> bool, fx: &mut Effects<M, O>) -> usize {
+        let refused = |owner: &O, client_id: &Arc<str>, message: &M| Effect::WillRefused {
+            owner: owner.clone(),
+            client_id: client_id.clone(),
+            topic: message.topic().to_owned(),
+        };
+        let mut closed = 0;
+        for live in self.live.values_mut().filter(|l| select(&l.owner)) {
+            if let Some(will) = live.will.take() {
+                fx.push(refused(&live.owner, &live.client_id, &will.message));
+            }
+            fx.push(Effect::Close(live.link, CloseReason::Revoked));
+            closed += 1;
+        }
+        self.pending_wills.retain(|_, w| {
+            let keep = !select(&w.owner);
+            if !keep {
+                fx.push(refused(&w.owner, &w.client_id, &w.message));
+            }
+            keep
+        });
+        closed
     }
 
     /// A device of a user connected; the first one makes the user online (after the grace).

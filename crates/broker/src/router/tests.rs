@@ -631,15 +631,26 @@ fn a_session_moved_or_taken_from_another_node_is_re_checked_when_its_owner_resum
     assert!(dropped(&fx).is_empty(), "not dead letters: its owner may not read them");
 }
 
+/// Revoking picks connections by owner and closes them; their wills, and the delayed will of
+/// one of the owner's connections that ended before, are never sent.
 #[test]
-fn close_where_picks_connections_by_owner() {
+fn revoking_closes_an_owners_connections_and_drops_their_wills() {
     let mut r = router(0);
     let mut fx = Fx::new();
-    let (b1, _) = connect(&mut r, request("bob", "1", true, 0), &mut fx);
-    let (b2, _) = connect(&mut r, request("bob", "2", true, 0), &mut fx);
-    connect(&mut r, request("alice", "1", true, 0), &mut fx);
+    let (watcher, _) = connect(&mut r, request("carol", "w", true, 0), &mut fx);
+    sub(&mut r, "carol", "w", "wills/#", 0);
+    let with_will = |user, client, delay_secs| ConnectRequest {
+        will: Some(Will { message: msg(&format!("wills/{user}/{client}"), "gone", 0), delay_secs }),
+        ..request(user, client, false, 60)
+    };
+    let (b1, _) = connect(&mut r, with_will("bob", "1", 0), &mut fx);
+    let (b2, _) = connect(&mut r, with_will("bob", "2", 0), &mut fx);
+    // Ended abnormally before the revocation: its will waits for its delay.
+    let (b3, _) = connect(&mut r, with_will("bob", "3", 10), &mut fx);
+    r.disconnect(gone(&key("bob", "3"), b3, false, None), &Acl::default(), 0, &mut fx);
+    let (a1, _) = connect(&mut r, with_will("alice", "1", 0), &mut fx);
     fx.clear();
-    assert_eq!(r.close_where(|o| *o == "bob", CloseReason::Revoked, &mut fx), 2);
+    assert_eq!(r.revoke_where(|o| *o == "bob", &mut fx), 2);
     let mut closed: Vec<LinkId> = fx
         .iter()
         .filter_map(|e| match e {
@@ -649,6 +660,24 @@ fn close_where_picks_connections_by_owner() {
         .collect();
     closed.sort_unstable();
     assert_eq!(closed, [b1, b2]);
+    let mut refused: Vec<&str> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::WillRefused { owner: "bob", topic, .. } => Some(topic.as_str()),
+            _ => None,
+        })
+        .collect();
+    refused.sort_unstable();
+    assert_eq!(refused, ["wills/bob/1", "wills/bob/2", "wills/bob/3"]);
+    // The connections go as the edge closes them, abnormally: no will; nor when the delay is up.
+    for (client, link) in [("1", b1), ("2", b2)] {
+        r.disconnect(gone(&key("bob", client), link, false, None), &Acl::default(), 1_000, &mut fx);
+    }
+    r.tick(&Acl::default(), 20_000, &mut fx);
+    assert!(delivered(&fx, watcher).is_empty(), "{:?}", delivered(&fx, watcher));
+    // Another owner's will is theirs still.
+    r.disconnect(gone(&key("alice", "1"), a1, false, None), &Acl::default(), 20_000, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["gone"]);
 }
 
 #[test]
