@@ -165,6 +165,8 @@ pub struct Hub {
     journal: OnceLock<JournalWriter>,
     /// Where messages on durable topics are appended (see `streams`).
     streams: OnceLock<Streams>,
+    /// Wills due on durable topics, to be appended to their streams (`streams::send_wills`).
+    stream_wills: OnceLock<tokio::sync::mpsc::UnboundedSender<SharedMessage>>,
     /// Where presence is decided with the other edges, in a cluster (see `presence`).
     presence: OnceLock<SharedPresence>,
 }
@@ -189,6 +191,7 @@ impl Hub {
             cluster: OnceLock::new(),
             journal: OnceLock::new(),
             streams: OnceLock::new(),
+            stream_wills: OnceLock::new(),
             presence: OnceLock::new(),
         }
     }
@@ -539,8 +542,21 @@ impl Hub {
     }
 
     /// Appends messages on durable topics to `streams`; before the first client comes.
-    pub fn attach_streams(&self, streams: Streams) {
+    pub fn attach_streams(self: &Arc<Self>, streams: Streams) {
+        self.lock().router.stamp_wills_on(streams.rules().clone());
+        let (wills, due) = tokio::sync::mpsc::unbounded_channel();
+        let _ = self.stream_wills.set(wills);
         let _ = self.streams.set(streams);
+        tokio::spawn(crate::streams::send_wills(Arc::downgrade(self), due));
+    }
+
+    /// Routes a will due on a durable topic, stamped with its place in its stream (see
+    /// `Router::send_stamped_will`).
+    pub fn send_stamped_will(&self, will: SharedMessage, now_ms: u64) {
+        self.route(|router, fx| {
+            router.send_stamped_will(will, now_ms, fx);
+            0
+        });
     }
 
     /// The session journal, once attached.
@@ -677,6 +693,11 @@ impl Hub {
                 Effect::Interest { filter, held } => {
                     if let Some(c) = self.cluster.get() {
                         c.interest(filter, held);
+                    }
+                }
+                Effect::WillForStream(will) => {
+                    if let Some(wills) = self.stream_wills.get() {
+                        let _ = wills.send(will);
                     }
                 }
                 Effect::Originated(msg) => {

@@ -105,6 +105,11 @@ impl Streams {
         self.rules.is_durable(topic)
     }
 
+    /// Which topics are durable streams.
+    pub fn rules(&self) -> &StreamRules {
+        &self.rules
+    }
+
     /// Hands `msg` to be appended to the stream named after its topic, after everything handed
     /// over before (so one connection's messages get their seqs in its order); the place comes
     /// later ([`PendingStamp::wait`]).
@@ -222,6 +227,41 @@ impl PendingStamp {
     pub async fn wait(self) -> Option<Stamp> {
         self.0.await.ok().flatten()
     }
+}
+
+/// Appends the wills due on durable topics to their streams, in the order they fell due, and
+/// routes each stamped with its place (`Effect::WillForStream`); one the stream cannot store is
+/// routed without a place (a will has no publisher to refuse).
+pub async fn send_wills(hub: std::sync::Weak<crate::hub::Hub>, mut due: mpsc::UnboundedReceiver<SharedMessage>) {
+    while let Some(will) = due.recv().await {
+        let Some(place) = hub.upgrade().and_then(|h| h.streams().map(|s| s.append(&will, crate::message::now_ms())))
+        else {
+            return;
+        };
+        let mut will = owned(will);
+        match place.wait().await {
+            Some(at) => stamp(&mut will, at),
+            None => {
+                tracing::warn!(topic = %will.topic, "a will could not be stored in its stream: sent without its place")
+            }
+        }
+        let Some(hub) = hub.upgrade() else { return };
+        hub.send_stamped_will(Arc::new(will), crate::message::now_ms());
+    }
+}
+
+/// `msg` itself, or a copy if it is shared.
+fn owned(msg: SharedMessage) -> Message {
+    Arc::try_unwrap(msg).unwrap_or_else(|m| Message {
+        topic: m.topic.clone(),
+        payload: m.payload.clone(),
+        qos: m.qos,
+        retain: m.retain,
+        properties: m.properties.clone(),
+        expires_at_ms: m.expires_at_ms,
+        stream_at: m.stream_at,
+        origin: m.origin.clone(),
+    })
 }
 
 /// `msg` with its place in its stream: the edge's user properties, and the envelope's fields

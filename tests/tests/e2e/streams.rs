@@ -142,6 +142,37 @@ async fn a_message_on_a_durable_topic_carries_its_place_in_the_stream() {
     edge.stop().await;
 }
 
+/// A will due on a durable topic is a message of its stream like any other: stamped with its
+/// place after what was published before it, and replayed to a client that resumes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_will_on_a_durable_topic_takes_its_place_in_the_stream() {
+    let edge = TestEdge::start().await;
+    let mut bob = edge.client(Version::V5, "bob").await;
+    bob.subscribe(vec![SubscribeTopic::new(INBOX, 1)], WAIT).await.expect("suback");
+    publish_all(&edge, INBOX, &["before"]).await;
+    let before = expect_publish(&mut bob).await;
+    ack(&mut bob, &before).await;
+    for (v, body) in [(Version::V5, "v5 gone"), (Version::V311, "v3 gone")] {
+        let will = sdk::mqtt::Will {
+            topic: INBOX.into(),
+            payload: body.as_bytes().to_vec(),
+            qos: 1,
+            retain: false,
+            delay_interval: None,
+        };
+        let c = sdk::mqtt::Connect { will: Some(will), ..connect(&format!("dying-{body}"), true) };
+        drop(edge.connect(v, c).await.0);
+        let got = expect_publish(&mut bob).await;
+        ack(&mut bob, &got).await;
+        assert_eq!(&got.payload[..], body.as_bytes());
+        assert_eq!(epoch(&got), epoch(&before), "{v:?}: in the stream's epoch");
+        assert!(seq(&got) > seq(&before), "{v:?}: after what came before");
+    }
+    let (got, _) = resume_v5(&mut bob, INBOX, &format!("{}:0", epoch(&before))).await;
+    assert_eq!(bodies(&got), ["before", "v5 gone", "v3 gone"], "the wills are in the stream");
+    edge.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_v5_client_resumes_a_stream_and_learns_how_complete_the_replay_was() {
     let edge = TestEdge::start_with(|c| c.streams.max_replay = 3).await;

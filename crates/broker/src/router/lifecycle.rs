@@ -365,7 +365,18 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             fx.push(Effect::WillRefused { owner: will.owner, client_id: will.client_id, topic });
             return;
         }
+        if self.will_streams.is_durable(will.message.topic()) {
+            fx.push(Effect::WillForStream(will.message));
+            return;
+        }
         self.originate(will.message, now_ms, fx);
+    }
+
+    /// Routes a will handed out for its stream ([`Effect::WillForStream`]), now stamped with
+    /// its place there (or not, if the stream could not store it: a will has no publisher to
+    /// refuse, and is better delivered without its place than lost).
+    pub fn send_stamped_will(&mut self, message: M, now_ms: u64, fx: &mut Effects<M, O>) {
+        self.originate(message, now_ms, fx);
     }
 
     /// Routes a message of the router's own here, and says so for other edges.

@@ -107,6 +107,9 @@ pub enum Effect<M, O> {
     /// A will was not sent: its owner may no longer publish to its topic, or it is retained
     /// and past its tenant's quota ([`RouterConfig::retained_quota`]).
     WillRefused { owner: O, client_id: Arc<str>, topic: String },
+    /// A will is due on a durable stream's topic ([`Router::stamp_wills_on`]): the node appends
+    /// it to its stream, then routes it stamped with its place ([`Router::send_stamped_will`]).
+    WillForStream(M),
     /// Messages `session` gave up on: its bound or drop policy discarded them (`overflow`), or
     /// they were sent `max_deliveries` times without an acknowledgement (`exhausted`). QoS 0
     /// messages not queued for an offline client are among the overflow.
@@ -302,6 +305,8 @@ pub struct Router<M, O> {
     shared_on_bus: bool,
     /// Devices here per presence topic, when presence is decided with other nodes.
     shared_presence: Option<HashMap<Arc<str>, u32>>,
+    /// Topics whose wills go to their durable stream first ([`Router::stamp_wills_on`]).
+    will_streams: crate::streams::StreamRules,
 }
 
 impl<M, O> std::fmt::Debug for Router<M, O> {
@@ -334,7 +339,15 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
             round_robin: 0,
             shared_on_bus: false,
             shared_presence: None,
+            will_streams: crate::streams::StreamRules::default(),
         }
+    }
+
+    /// From now on a will due on a topic of a durable stream is handed out
+    /// ([`Effect::WillForStream`]) instead of routed: like every message on a stream, it must
+    /// carry its place in it.
+    pub fn stamp_wills_on(&mut self, rules: crate::streams::StreamRules) {
+        self.will_streams = rules;
     }
 
     /// From now on a publish reaches the shared subscriptions here only through

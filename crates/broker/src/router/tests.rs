@@ -339,6 +339,35 @@ fn a_will_goes_out_on_an_abnormal_end_only_and_is_checked_again_when_sent() {
     assert!(fx.iter().any(|e| matches!(e, Effect::WillRefused { owner: "bob", topic, .. } if topic == "wills/bob")));
 }
 
+/// A will due on a durable stream's topic is handed out to be stamped with its place there,
+/// not routed; routed once stamped, as a will (the other edges route it too).
+#[test]
+fn a_will_on_a_stream_topic_is_handed_out_for_its_place_first() {
+    let mut r = router(0);
+    r.stamp_wills_on(crate::streams::StreamRules::new(["+/im/msg/+"]).expect("rules"));
+    let mut fx = Fx::new();
+    let (watcher, _) = connect(&mut r, request("carol", "w", true, 0), &mut fx);
+    sub(&mut r, "carol", "w", "acme/#", 0);
+    let will = |topic: &str| Some(Will { message: msg(topic, "gone", 0), delay_secs: 0 });
+    for (client, topic) in [("a", "acme/im/msg/carol"), ("b", "acme/team/x")] {
+        let (l, _) = connect(&mut r, ConnectRequest { will: will(topic), ..request("bob", client, true, 0) }, &mut fx);
+        r.disconnect(gone(&key("bob", client), l, false, None), &Acl::default(), 0, &mut fx);
+    }
+    assert_eq!(delivered(&fx, watcher), ["gone"], "only the one on no stream");
+    let handed: Vec<Msg> = fx
+        .iter()
+        .filter_map(|e| match e {
+            Effect::WillForStream(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(handed.iter().map(|m| m.topic.as_str()).collect::<Vec<_>>(), ["acme/im/msg/carol"]);
+    fx.clear();
+    r.send_stamped_will(handed[0].clone(), 0, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["gone"]);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Originated(m) if m.topic == "acme/im/msg/carol")));
+}
+
 /// A retained will is counted against its tenant's retained quota when it is sent, as a
 /// retained PUBLISH is: past it, it is not sent (nor kept), and said so.
 #[test]
