@@ -299,6 +299,11 @@ fn route(st: &ConnState, p: Prepared, slot: Option<crate::cluster::Slot>) -> Pub
 async fn resume_request(st: &ConnState, inbound: &Inbound) -> Result<usize, PublishRefusal> {
     metrics::counter!(m::PACKETS_IN, "type" => "publish").increment(1);
     let stream = &inbound.topic[crate::streams::RESUME_TOPIC.len()..];
+    // Whoever may not read the stream learns nothing else about the request (`resume` checks
+    // again, for a SUBSCRIBE's resume).
+    if !st.authz.can_subscribe(&st.identity, &st.client_id, stream) {
+        return Err(PublishRefusal::NotAuthorized);
+    }
     let position = std::str::from_utf8(&inbound.payload).ok().and_then(crate::streams::parse_resume);
     let Some((epoch, after)) = position else {
         return Err(PublishRefusal::BadResume("a resume request's payload is \"<epoch>:<seq>\""));

@@ -334,8 +334,12 @@ async fn nobody_resumes_a_stream_they_may_not_read() {
     for (enterprise, user) in [("acme", "alice"), ("evil", "mallory")] {
         for v in [Version::V5, Version::V311] {
             let (mut c, _) = edge.connect(v, login(enterprise, user, "thief")).await;
-            let code = c.publish(&format!("$hermes/resume/{INBOX}"), b"0:0", 1, false, WAIT).await.expect("puback");
-            assert_eq!(code, Some(if v == Version::V5 { 0x87 } else { 0 }), "{user} {v:?}");
+            // A payload that is no position is refused as the request is: not authorized.
+            for payload in [&b"0:0"[..], b"yesterday"] {
+                let code =
+                    c.publish(&format!("$hermes/resume/{INBOX}"), payload, 1, false, WAIT).await.expect("puback");
+                assert_eq!(code, Some(if v == Version::V5 { 0x87 } else { 0 }), "{user} {v:?} {payload:?}");
+            }
             expect_nothing(&mut c).await;
         }
     }
