@@ -251,7 +251,7 @@ async fn deliver(
     }
     let now = now_ms();
     let qos = d.qos;
-    metrics::counter!(m::DELIVERIES, "qos" => qos_label(qos)).increment(1);
+    hub.hot.deliveries[qos as usize].increment(1);
     if qos == QoS::AtMostOnce {
         let res = match sink {
             Sink::V3(s) => v3_builder(s, &d).send_at_most_once(d.msg.payload.clone()),
@@ -347,7 +347,7 @@ impl AckFlow {
     fn finish(self, res: Result<(), SendPacketError>) {
         match res {
             Ok(()) => {
-                metrics::histogram!(m::ACK_SECONDS).record(self.started.elapsed().as_secs_f64());
+                self.hub.hot.ack_seconds.record(self.started.elapsed().as_secs_f64());
                 self.hub.complete(&self.client_id, self.link_id, self.packet_id, now_ms());
             }
             Err(e @ SendPacketError::Encode(_)) => {
@@ -360,14 +360,6 @@ impl AckFlow {
             // Connection gone: the message stays in flight and is resent on reconnect.
             Err(_) => {}
         }
-    }
-}
-
-fn qos_label(q: QoS) -> &'static str {
-    match q {
-        QoS::AtMostOnce => "0",
-        QoS::AtLeastOnce => "1",
-        QoS::ExactlyOnce => "2",
     }
 }
 

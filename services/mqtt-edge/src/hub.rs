@@ -157,6 +157,8 @@ pub struct Hub {
     /// Wills are authorized again when they are sent: relations may have changed meanwhile.
     authz: Arc<Authorizer>,
     pub counters: Counters,
+    /// What every message counts (`metrics::Hot`).
+    pub hot: crate::metrics::Hot,
     /// Set by [`Hub::close_all`]: connections that arrive afterwards are closed at once.
     closing: AtomicBool,
     /// Routing to and from other edges, when there are any (see `cluster`).
@@ -185,6 +187,7 @@ impl Hub {
         Hub {
             state: Mutex::new(state),
             cfg,
+            hot: crate::metrics::Hot::register(),
             authz,
             counters: Counters::default(),
             closing: AtomicBool::new(false),

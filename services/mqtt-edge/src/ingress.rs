@@ -242,8 +242,8 @@ pub struct Published {
 
 /// Validates an inbound PUBLISH and builds its message; `build` adds version-specific fields.
 pub fn prepare(st: &ConnState, inbound: Inbound, build: impl FnOnce(&mut Message)) -> Result<Prepared, PublishRefusal> {
-    metrics::counter!(m::PACKETS_IN, "type" => "publish").increment(1);
-    metrics::counter!(m::PUBLISH_BYTES_IN).increment(inbound.payload.len() as u64);
+    st.hub.hot.publishes_in.increment(1);
+    st.hub.hot.publish_bytes_in.increment(inbound.payload.len() as u64);
     if let Err(e) = validate_name(&inbound.topic, &st.hub.config().topic) {
         metrics::counter!(m::PUBLISH_REFUSED, "reason" => "topic").increment(1);
         return Err(PublishRefusal::Topic(e));
@@ -288,7 +288,7 @@ pub const EDGE_TOPICS: &str = "$hermes/";
 fn route(st: &ConnState, p: Prepared, slot: Option<crate::cluster::Slot>) -> Published {
     let started = std::time::Instant::now();
     let routed = st.hub.publish(Arc::new(p.message), Some(&st.session), now_ms(), slot);
-    metrics::histogram!(m::ROUTE_SECONDS).record(started.elapsed().as_secs_f64());
+    st.hub.hot.route_seconds.record(started.elapsed().as_secs_f64());
     Published { routed, recorded: p.recorded, qos2_id: p.qos2_id }
 }
 
