@@ -158,16 +158,19 @@ impl Dispatch {
 }
 
 /// Runs a handler, noting when it waits while polled by the dispatcher (see [`Dispatch`]).
-pub async fn watched<T>(dispatch: &Dispatch, handler: impl Future<Output = T>) -> T {
-    let mut handler = std::pin::pin!(handler);
-    poll_fn(|cx| {
+///
+/// The handler is boxed: its state is kilobytes, and every layer of ntex's service stack
+/// above it would hold it whole and copy it as each layer's future is made (a PUBLISH's call
+/// future was 8.9 KB, copied into its box per message: BENCHMARKS.md).
+pub fn watched<'a, T>(dispatch: &'a Dispatch, handler: impl Future<Output = T> + 'a) -> impl Future<Output = T> + 'a {
+    let mut handler = Box::pin(handler);
+    poll_fn(move |cx| {
         let polled = handler.as_mut().poll(cx);
         if polled.is_pending() && dispatch.polled_by_dispatcher() {
             dispatch.overtaking.set(true);
         }
         polled
     })
-    .await
 }
 
 /// Takes a PUBLISH handler's places in both lines (routing and stream appends) in the order the
