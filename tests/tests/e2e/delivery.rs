@@ -34,6 +34,94 @@ async fn qos_0_1_2_in_both_directions() {
     edge.stop().await;
 }
 
+/// A v5 client publishing at QoS 2 sends more messages than its receive maximum over time and
+/// uses its packet ids again once their exchanges are done (ntex-mqtt 9.0.0 kept every id for
+/// the life of the connection: PUBACK 0x91 on reuse, DISCONNECT 0x93 after 32; see
+/// vendor/ntex-mqtt).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_v5_qos2_publisher_reuses_its_packet_ids() {
+    let edge = TestEdge::start().await;
+    let mut sub = edge.client(Version::V5, "sub").await;
+    sub.subscribe(vec![SubscribeTopic::new("q2/#", 2)], WAIT).await.expect("suback");
+    let mut publisher = edge.client(Version::V5, "pub").await;
+    let mut got = Vec::new();
+    let receive = async |sub: &mut sdk::mqtt::Client| {
+        let p = expect_publish(sub).await;
+        ack(sub, &p).await;
+        String::from_utf8_lossy(&p.payload).into_owned()
+    };
+    for n in 0..100 {
+        let code = publisher.publish("q2/t", n.to_string().as_bytes(), 2, false, WAIT).await.expect("pubcomp");
+        assert_eq!(code, Some(0), "message {n}");
+        got.push(receive(&mut sub).await);
+    }
+    // Packet id 1 again, once more by hand.
+    let again = Publish {
+        topic: "q2/t".into(),
+        payload: Bytes::from_static(b"again"),
+        qos: 2,
+        packet_id: Some(1),
+        ..Publish::default()
+    };
+    publisher.send(&Packet::Publish(again)).await.expect("send");
+    assert!(matches!(publisher.recv(WAIT).await, Ok(Packet::PubRec { packet_id: 1, code: 0 })));
+    publisher.send(&Packet::PubRel { packet_id: 1, code: 0 }).await.expect("send");
+    assert!(matches!(publisher.recv(WAIT).await, Ok(Packet::PubComp { packet_id: 1, .. })));
+    got.push(receive(&mut sub).await);
+    let want: Vec<String> = (0..100).map(|n: u32| n.to_string()).chain(["again".to_owned()]).collect();
+    assert_eq!(got, want);
+    expect_nothing(&mut sub).await;
+    edge.stop().await;
+}
+
+/// A subscriber may finish a QoS 2 message (PUBCOMP) before it answers the next one with its
+/// PUBREC: MQTT orders PUBRECs among themselves, not PUBCOMPs (ntex-mqtt 9.0.0 matched acks
+/// strictly in the order sent and closed the connection with 0x83; see vendor/ntex-mqtt).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qos2_subscriber_completes_one_message_before_it_receives_the_next() {
+    let edge = TestEdge::start().await;
+    let mut publisher = edge.client(Version::V5, "pub").await;
+    for v in [Version::V5, Version::V311] {
+        let mut sub = edge.client(v, "sub").await;
+        sub.subscribe(vec![SubscribeTopic::new("q2/#", 2)], WAIT).await.expect("suback");
+        for n in ["one", "two"] {
+            publisher.publish("q2/t", n.as_bytes(), 2, false, WAIT).await.expect("pubcomp");
+        }
+        let (one, two) = (expect_publish(&mut sub).await, expect_publish(&mut sub).await);
+        assert_eq!((&one.payload[..], &two.payload[..]), (&b"one"[..], &b"two"[..]));
+        for p in [&one, &two] {
+            ack(&mut sub, p).await;
+        }
+        publisher.publish("q2/t", b"three", 2, false, WAIT).await.expect("pubcomp");
+        let three = expect_publish(&mut sub).await;
+        assert_eq!((&three.payload[..], three.dup), (&b"three"[..], false), "{v:?}: still connected");
+        ack(&mut sub, &three).await;
+        expect_nothing(&mut sub).await;
+    }
+    edge.stop().await;
+}
+
+/// A PUBCOMP where a PUBREC was due is a protocol error: the connection is closed (v5 0x82),
+/// and the message comes again to the session's next connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pubcomp_instead_of_a_pubrec_closes_the_connection() {
+    let edge = TestEdge::start().await;
+    let mut publisher = edge.client(Version::V5, "pub").await;
+    let lasting = || sdk::mqtt::Connect { session_expiry: Some(60), ..connect("sub", false) };
+    let mut sub = edge.connect(Version::V5, lasting()).await.0;
+    sub.subscribe(vec![SubscribeTopic::new("q2/#", 2)], WAIT).await.expect("suback");
+    publisher.publish("q2/t", b"one", 2, false, WAIT).await.expect("pubcomp");
+    let one = expect_publish(&mut sub).await;
+    let id = one.packet_id.expect("QoS 2");
+    sub.send(&Packet::PubComp { packet_id: id, code: 0 }).await.expect("send");
+    assert_eq!(expect_disconnect(&mut sub).await, 0x82);
+    let mut again = edge.connect(Version::V5, lasting()).await.0;
+    let resent = expect_publish(&mut again).await;
+    assert_eq!((&resent.payload[..], resent.dup), (&b"one"[..], true));
+    ack(&mut again, &resent).await;
+    edge.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn qos_is_the_lower_of_published_and_granted() {
     let edge = TestEdge::start().await;
