@@ -905,9 +905,9 @@ pub fn encode_message(msg: &Message) -> pb::RoutedMessage {
                     .collect()
             })
             .unwrap_or_default(),
-        content_type: props.and_then(|p| p.content_type.as_ref()).map(|c| c.to_string()).unwrap_or_default(),
+        content_type: props.and_then(|p| p.content_type.as_ref()).map(|c| c.to_string()),
         response_topic: props.and_then(|p| p.response_topic.as_ref()).map(|t| t.to_string()).unwrap_or_default(),
-        correlation_data: props.and_then(|p| p.correlation_data.as_ref()).map(|c| c.to_vec()).unwrap_or_default(),
+        correlation_data: props.and_then(|p| p.correlation_data.as_ref()).map(|c| c.to_vec()),
         payload_is_utf8: props.is_some_and(|p| p.is_utf8_payload),
     }
 }
@@ -918,18 +918,18 @@ pub fn decode_message(r: pb::RoutedMessage) -> Option<Message> {
     let mut msg = Message::new(ByteString::from(r.topic), ntex_bytes::Bytes::from(r.payload), qos, r.retain);
     msg.expires_at_ms = (r.expires_at_ms != 0).then_some(r.expires_at_ms);
     let has_props = !r.user_properties.is_empty()
-        || !r.content_type.is_empty()
+        || r.content_type.is_some()
         || !r.response_topic.is_empty()
-        || !r.correlation_data.is_empty()
+        || r.correlation_data.is_some()
         || r.payload_is_utf8;
     if has_props {
         let mut p =
             ntex_mqtt::v5::codec::PublishProperties { is_utf8_payload: r.payload_is_utf8, ..Default::default() };
         p.user_properties =
             r.user_properties.into_iter().map(|u| (ByteString::from(u.key), ByteString::from(u.value))).collect();
-        p.content_type = (!r.content_type.is_empty()).then(|| ByteString::from(r.content_type));
+        p.content_type = r.content_type.map(ByteString::from);
         p.response_topic = (!r.response_topic.is_empty()).then(|| ByteString::from(r.response_topic));
-        p.correlation_data = (!r.correlation_data.is_empty()).then(|| ntex_bytes::Bytes::from(r.correlation_data));
+        p.correlation_data = r.correlation_data.map(ntex_bytes::Bytes::from);
         msg.properties = Some(Box::new(p));
         msg.stream_at = crate::streams::stamped_position(&msg);
     }
@@ -1002,6 +1002,23 @@ mod tests {
         assert_eq!(p.content_type.as_deref(), Some("text/plain"));
         assert_eq!(p.response_topic.as_deref(), Some("r/t"));
         assert!(p.is_utf8_payload);
+    }
+
+    /// MQTT passes an empty content type or correlation data on unaltered [MQTT-3.3.2-16,
+    /// MQTT-3.3.2-20]: sent empty, they arrive empty, not left out.
+    #[test]
+    fn empty_content_type_and_correlation_data_survive_the_trip() {
+        let mut msg = Message::new(ByteString::from("a/b"), ntex_bytes::Bytes::new(), QoS::AtLeastOnce, false);
+        msg.properties = Some(Box::new(ntex_mqtt::v5::codec::PublishProperties {
+            content_type: Some(ByteString::new()),
+            correlation_data: Some(ntex_bytes::Bytes::new()),
+            ..Default::default()
+        }));
+        let wire = encode_message(&msg).encode_to_vec();
+        let back = decode_message(pb::RoutedMessage::decode(Bytes::from(wire)).expect("decodes")).expect("valid");
+        let p = back.properties.expect("properties");
+        assert_eq!(p.content_type.as_deref(), Some(""));
+        assert_eq!(p.correlation_data.as_deref(), Some(&b""[..]));
     }
 
     #[test]

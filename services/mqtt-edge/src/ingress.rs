@@ -364,6 +364,8 @@ pub async fn resume(
 /// the hub. A filter that does not parse is left to the hub, which refuses it with its code.
 pub fn subscribe(st: &ConnState, raw: &str, options: broker::SubOptions) -> Result<(), SubscribeError> {
     metrics::counter!(m::PACKETS_IN, "type" => "subscribe_entry").increment(1);
+    // A filter that is not one (`$share//x`) is refused as such (v5 0x8F), before the ACL.
+    broker::topic::parse_subscription(raw, &st.hub.config().topic).map_err(SubscribeError::Topic)?;
     let filter = broker::topic::match_filter(raw, &st.hub.config().topic);
     if !st.authz.can_subscribe(&st.identity, &st.client_id, filter) {
         return Err(SubscribeError::NotAuthorized);

@@ -97,6 +97,11 @@ pub async fn protocol(ses: &Session, msg: v3::ProtocolMessage) -> Result<v3::Pro
     Ok(match msg {
         v3::ProtocolMessage::Subscribe(mut s) => {
             metrics::counter!(m::PACKETS_IN, "type" => "subscribe").increment(1);
+            // An empty SUBSCRIBE or UNSUBSCRIBE is a protocol violation [MQTT-3.8.3-3,
+            // MQTT-3.10.3-2]: the connection is closed.
+            if s.iter_mut().next().is_none() {
+                return Err(EdgeError("a SUBSCRIBE holds at least one topic filter".into()));
+            }
             let mut confirmed = Vec::new();
             for mut sub in s.iter_mut() {
                 let qos = sub.qos();
@@ -117,6 +122,9 @@ pub async fn protocol(ses: &Session, msg: v3::ProtocolMessage) -> Result<v3::Pro
         }
         v3::ProtocolMessage::Unsubscribe(s) => {
             metrics::counter!(m::PACKETS_IN, "type" => "unsubscribe").increment(1);
+            if s.iter().next().is_none() {
+                return Err(EdgeError("an UNSUBSCRIBE holds at least one topic filter".into()));
+            }
             for f in s.iter() {
                 ses.hub.unsubscribe(&ses.session, f);
             }

@@ -251,6 +251,9 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
             let sub_id = s.packet().id.map(|i| i.get());
             let mut refusals = Vec::new();
             let mut confirmed = Vec::new();
+            if s.iter_mut().next().is_none() {
+                return Err(protocol_error(ses, "a SUBSCRIBE holds at least one topic filter"));
+            }
             // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4].
             if s.iter_mut().any(|sub| sub.options().no_local && sub.topic().starts_with(broker::topic::SHARE_PREFIX)) {
                 return Err(protocol_error(ses, "no local on a shared subscription"));
@@ -302,6 +305,9 @@ pub async fn protocol(ses: &Session, msg: v5::ProtocolMessage) -> Result<v5::Pro
         }
         v5::ProtocolMessage::Unsubscribe(mut s) => {
             metrics::counter!(m::PACKETS_IN, "type" => "unsubscribe").increment(1);
+            if s.iter_mut().next().is_none() {
+                return Err(protocol_error(ses, "an UNSUBSCRIBE holds at least one topic filter"));
+            }
             for mut u in s.iter_mut() {
                 if !ses.hub.unsubscribe(&ses.session, u.topic()) {
                     u.fail(v5::codec::UnsubscribeAckReason::NoSubscriptionExisted);

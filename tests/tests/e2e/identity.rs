@@ -131,6 +131,21 @@ fn with_will(c: Connect, topic: &str, payload: &[u8], delay: Option<u32>) -> Con
     }
 }
 
+/// A filter that is not one is refused as such (0x8F) for a user the ACL holds too, not as
+/// "not authorized": the ACL is asked about filters only.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_shared_filter_is_invalid_before_it_is_unauthorized() {
+    let w = World::start().await;
+    let (mut alice, _) = w.connect(Version::V5, w.login("acme", "alice", "alice", false)).await;
+    for filter in ["$share//acme/im/msg/alice", "$share/+/acme/im/msg/alice", "$share/g/"] {
+        let codes = alice.subscribe(vec![SubscribeTopic::new(filter, 1)], WAIT).await.expect("suback");
+        assert_eq!(codes, [0x8F], "{filter}");
+    }
+    let codes = alice.subscribe(vec![SubscribeTopic::new("$share/g/evil/#", 1)], WAIT).await.expect("suback");
+    assert_eq!(codes, [0x87], "a valid filter outside the ACL");
+    w.edge.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_will_needs_the_acl_at_connect() {
     let w = World::start().await;

@@ -49,6 +49,8 @@ async fn malformed_packets_close_only_their_connection() {
     check(&edge, "wildcard in topic name", Some(CONNECT_V311), &[0x30, 5, 0, 3, b'a', b'/', b'#']).await;
     check(&edge, "reserved SUBSCRIBE flags", Some(CONNECT_V311), &[0x80, 8, 0, 1, 0, 3, b'a', b'/', b'b', 0]).await;
     check(&edge, "SUBSCRIBE with QoS 3", Some(CONNECT_V311), &[0x82, 8, 0, 1, 0, 3, b'a', b'/', b'b', 3]).await;
+    check(&edge, "SUBSCRIBE without a filter", Some(CONNECT_V311), &[0x82, 2, 0, 1]).await;
+    check(&edge, "UNSUBSCRIBE without a filter", Some(CONNECT_V311), &[0xA2, 2, 0, 1]).await;
     check(&edge, "topic longer than the packet", Some(CONNECT_V311_KA1), &[0x30, 2, 0, 9]).await;
     check(&edge, "PUBLISH cut short", Some(CONNECT_V311_KA1), &[0x30, 10, 0, 3, b'a']).await;
     let mut big = vec![0x30, 0x80, 0x10, 0, 1, b'a'];
@@ -127,6 +129,13 @@ async fn what_mqtt_5_rules_out_from_a_client_is_a_protocol_error() {
     let shared = SubscribeTopic { no_local: true, ..SubscribeTopic::new("$share/g/t", 0) };
     let _ = c.subscribe(vec![shared], Duration::from_millis(500)).await;
     assert_eq!(expect_disconnect(&mut c).await, 0x82);
+    let mut c = edge.client(Version::V5, "subscribes-to-nothing").await;
+    let nothing = Packet::Subscribe { packet_id: 1, topics: vec![], subscription_id: None, user_properties: vec![] };
+    c.send(&nothing).await.expect("send");
+    assert_eq!(expect_disconnect(&mut c).await, 0x82, "a SUBSCRIBE without a filter");
+    let mut c = edge.client(Version::V5, "unsubscribes-from-nothing").await;
+    c.send(&Packet::Unsubscribe { packet_id: 1, filters: vec![] }).await.expect("send");
+    assert_eq!(expect_disconnect(&mut c).await, 0x82, "an UNSUBSCRIBE without a filter");
     let mut c = edge.client(Version::V5, "plain-no-local").await;
     let plain = SubscribeTopic { no_local: true, ..SubscribeTopic::new("t", 0) };
     assert_eq!(c.subscribe(vec![plain], WAIT).await.expect("suback"), [0], "no local on a plain one");
