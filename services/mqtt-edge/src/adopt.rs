@@ -53,15 +53,10 @@ const PARK_TRIES: u32 = 3;
 /// Heartbeats `handover`'s edge into the owners registry and takes the sessions of the edges
 /// that died, until the hub is gone.
 pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, stall: Duration) {
-    let mut beat = tokio::time::interval(HEARTBEAT);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beat = heartbeats();
     let mut journal_mark: Option<String> = None;
     loop {
-        beat.tick().await;
-        let Some(hub) = hub.upgrade() else { return };
-        if hub.is_closing() {
-            return;
-        }
+        let Some(hub) = next_beat(&mut beat, &hub).await else { return };
         let owners = handover.owners();
         let beat = owners.heartbeat(handover.registered(), millis(ALIVE_FOR), millis(LEASE)).await;
         handover.heard_from_registry(beat.is_ok());
@@ -95,17 +90,24 @@ pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, stall: Duration) {
 /// Redis that has no bus and so no registry to heartbeat into: what it holds is written into
 /// a journal that lost it, so that it outlives this edge's next restart.
 pub async fn watch_journal(hub: Weak<Hub>, me: String) {
-    let mut beat = tokio::time::interval(HEARTBEAT);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut beat = heartbeats();
     let mut journal_mark: Option<String> = None;
-    loop {
-        beat.tick().await;
-        let Some(hub) = hub.upgrade() else { return };
-        if hub.is_closing() {
-            return;
-        }
+    while let Some(hub) = next_beat(&mut beat, &hub).await {
         check_journal(&hub, &me, None, &mut journal_mark).await;
     }
+}
+
+/// Ticks every [`HEARTBEAT`]; a late tick is not made up for.
+fn heartbeats() -> tokio::time::Interval {
+    let mut beat = tokio::time::interval(HEARTBEAT);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat
+}
+
+/// Waits for `beat`'s next tick; then the hub, unless it is gone or closing.
+async fn next_beat(beat: &mut tokio::time::Interval, hub: &Weak<Hub>) -> Option<Arc<Hub>> {
+    beat.tick().await;
+    hub.upgrade().filter(|h| !h.is_closing())
 }
 
 /// Looks whether the journal the edges share still holds the mark this edge (`me`) found there

@@ -365,9 +365,8 @@ pub async fn resume(
 pub fn subscribe(st: &ConnState, raw: &str, options: broker::SubOptions) -> Result<(), SubscribeError> {
     metrics::counter!(m::PACKETS_IN, "type" => "subscribe_entry").increment(1);
     // A filter that is not one (`$share//x`) is refused as such (v5 0x8F), before the ACL.
-    broker::topic::parse_subscription(raw, &st.hub.config().topic).map_err(SubscribeError::Topic)?;
-    let filter = broker::topic::match_filter(raw, &st.hub.config().topic);
-    if !st.authz.can_subscribe(&st.identity, &st.client_id, filter) {
+    let parsed = broker::topic::parse_subscription(raw, &st.hub.config().topic).map_err(SubscribeError::Topic)?;
+    if !st.authz.can_subscribe(&st.identity, &st.client_id, parsed.filter) {
         return Err(SubscribeError::NotAuthorized);
     }
     st.hub.subscribe(&st.session, raw, options, now_ms())

@@ -14,7 +14,7 @@ use broker::session::Deliverable;
 use broker::streams::Stamp;
 
 /// A routed message; `Arc<Message>` is what sessions queue.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Message {
     pub topic: ByteString,
     pub payload: Bytes,

@@ -238,7 +238,7 @@ pub async fn send_wills(hub: std::sync::Weak<crate::hub::Hub>, mut due: mpsc::Un
         else {
             return;
         };
-        let mut will = owned(will);
+        let mut will = Arc::unwrap_or_clone(will);
         match place.wait().await {
             Some(at) => stamp(&mut will, at),
             None => {
@@ -248,20 +248,6 @@ pub async fn send_wills(hub: std::sync::Weak<crate::hub::Hub>, mut due: mpsc::Un
         let Some(hub) = hub.upgrade() else { return };
         hub.send_stamped_will(Arc::new(will), crate::message::now_ms());
     }
-}
-
-/// `msg` itself, or a copy if it is shared.
-fn owned(msg: SharedMessage) -> Message {
-    Arc::try_unwrap(msg).unwrap_or_else(|m| Message {
-        topic: m.topic.clone(),
-        payload: m.payload.clone(),
-        qos: m.qos,
-        retain: m.retain,
-        properties: m.properties.clone(),
-        expires_at_ms: m.expires_at_ms,
-        stream_at: m.stream_at,
-        origin: m.origin.clone(),
-    })
 }
 
 /// `msg` with its place in its stream: the edge's user properties, and the envelope's fields

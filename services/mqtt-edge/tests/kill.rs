@@ -84,6 +84,14 @@ async fn publish(c: &mut Client, from: u32, to: u32, acked: &Mutex<Vec<u32>>) ->
     to
 }
 
+/// Publishes `numbers` on `topic` at QoS 1 one by one, each acknowledged, into `acked`.
+async fn publish_acked(c: &mut Client, topic: &str, numbers: std::ops::RangeInclusive<u32>, acked: &mut Vec<u32>) {
+    for n in numbers {
+        c.publish(topic, n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
+        acked.push(n);
+    }
+}
+
 /// Lost (acknowledged, never received), duplicated, and whether first arrivals kept the
 /// publisher's order.
 fn count(acked: &[u32], got: &[u32]) -> (Vec<u32>, usize, bool) {
@@ -328,10 +336,7 @@ async fn a_session_that_had_nothing_yet_still_gets_what_its_dead_edge_was_sent()
     a.kill();
     drop(carol);
     let mut acked = Vec::new();
-    for n in 1..=20 {
-        publisher.publish(INBOX, n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
-        acked.push(n);
-    }
+    publish_acked(&mut publisher, INBOX, 1..=20, &mut acked).await;
     let (mut carol, present) = client(b.addr, "carol", false).await;
     assert!(present);
     let mut got = Vec::new();
@@ -360,19 +365,13 @@ async fn an_edge_writes_its_sessions_back_into_a_redis_that_lost_them() {
     // What b acknowledges reaches a once a's interest is on the bus: wait for the first.
     let mut acked = Vec::new();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    for n in 1..=5 {
-        publisher.publish("t/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
-        acked.push(n);
-    }
+    publish_acked(&mut publisher, "t/1", 1..=5, &mut acked).await;
     // Edges look at the journal's mark every 5 s: one look before the loss, one after.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let _redis = servers::redis_again(&mut redis);
     written_back(&redis_url, "carol").await;
     a.kill();
-    for n in 6..=10 {
-        publisher.publish("t/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
-        acked.push(n);
-    }
+    publish_acked(&mut publisher, "t/1", 6..=10, &mut acked).await;
     let (mut carol, present) = client(b.addr, "carol", false).await;
     assert!(present, "carol's session, written back, taken from the dead edge");
     let mut got = Vec::new();
@@ -412,18 +411,12 @@ async fn an_edge_without_a_bus_writes_its_sessions_back_into_a_redis_that_lost_t
     drop(carol);
     let (mut publisher, _) = client(a.addr, "pub", true).await;
     let mut acked = Vec::new();
-    for n in 1..=5 {
-        publisher.publish("t/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
-        acked.push(n);
-    }
+    publish_acked(&mut publisher, "t/1", 1..=5, &mut acked).await;
     // The edge looks at the journal's mark every 5 s: one look before the loss, one after.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let _redis = servers::redis_again(&mut redis);
     written_back(&redis_url, "carol").await;
-    for n in 6..=10 {
-        publisher.publish("t/1", n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
-        acked.push(n);
-    }
+    publish_acked(&mut publisher, "t/1", 6..=10, &mut acked).await;
     // Restarted, the edge finds carol's session in Redis when she comes back.
     a.kill();
     let a = edge("edge-a", "", &redis_url);
@@ -458,17 +451,11 @@ async fn a_client_away_from_a_dead_edge_for_longer_than_the_bus_keeps_anything_l
     drop(dave);
     let killed = std::time::Instant::now();
     let mut acked = Vec::new();
-    for n in 1..=20 {
-        publisher.publish(TOPIC, n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
-        acked.push(n);
-    }
+    publish_acked(&mut publisher, TOPIC, 1..=20, &mut acked).await;
     // Edge b takes dave's session once edge a's time ran out (15 s, then b's next heartbeat);
     // what comes next is queued there.
     tokio::time::sleep(Duration::from_secs(22).saturating_sub(killed.elapsed())).await;
-    for n in 21..=30 {
-        publisher.publish(TOPIC, n.to_string().as_bytes(), 1, false, WAIT).await.expect("puback");
-        acked.push(n);
-    }
+    publish_acked(&mut publisher, TOPIC, 21..=30, &mut acked).await;
     // Dave stays away until the bus no longer keeps the first 20.
     tokio::time::sleep(Duration::from_secs(KEEP_SECS + 4).saturating_sub(killed.elapsed())).await;
     let (mut dave, present) = client(b.addr, "dave", false).await;
