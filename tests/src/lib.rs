@@ -42,6 +42,20 @@ fn unique_dir() -> PathBuf {
     dir
 }
 
+/// `HERMES_TEST_LOG=<filter>` (e.g. `info`, `mqtt_edge=debug`) prints the edges' logs with
+/// each test's output, shown when it fails.
+fn log_if_asked() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    if let Ok(filter) = std::env::var("HERMES_TEST_LOG") {
+        ONCE.call_once(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        });
+    }
+}
+
 impl TestEdge {
     /// Anonymous access on, `$SYS` every second, everything else at its default.
     pub async fn start() -> TestEdge {
@@ -95,6 +109,7 @@ impl TestEdge {
         journal: Option<Arc<dyn broker::journal::SessionJournal>>,
         adjust: impl FnOnce(&mut EdgeConfig),
     ) -> TestEdge {
+        log_if_asked();
         let dir = unique_dir();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .expect("self-signed certificate");
@@ -283,10 +298,11 @@ pub async fn readiness_becomes(ready: &impl Fn() -> Result<(), String>, want: bo
     ready().is_ok() == want
 }
 
-/// Panics on threads other than the tests' own (the edge's workers), counted by a panic hook.
-static EDGE_PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Panics on threads other than the tests' own (the edge's workers), as a panic hook notes
+/// them: where, on which thread, and why.
+static EDGE_PANICS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
-/// Installs (once) a panic hook that counts panics on the edge's threads: a connection handler
+/// Installs (once) a panic hook that notes panics on the edge's threads: a connection handler
 /// that panics is a defect even when ntex-mqtt survives it.
 pub fn count_edge_panics() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
@@ -294,16 +310,19 @@ pub fn count_edge_panics() {
         let default = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             // Test threads are named after their test (`module::name`).
-            let on_test_thread = std::thread::current().name().is_some_and(|n| n.contains("::") || n == "main");
+            let thread = std::thread::current();
+            let on_test_thread = thread.name().is_some_and(|n| n.contains("::") || n == "main");
             if !on_test_thread {
-                EDGE_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let noted = format!("thread {:?}: {info}", thread.name().unwrap_or("?"));
+                EDGE_PANICS.lock().unwrap_or_else(|e| e.into_inner()).push(noted);
             }
             default(info);
         }));
     });
 }
 
-/// Panics counted on the edge's threads since [`count_edge_panics`] was first called.
-pub fn edge_panics() -> usize {
-    EDGE_PANICS.load(std::sync::atomic::Ordering::SeqCst)
+/// The panics noted on the edge's threads since [`count_edge_panics`] was first called (in
+/// this process: any test's edges).
+pub fn edge_panics() -> Vec<String> {
+    EDGE_PANICS.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }

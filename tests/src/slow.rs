@@ -159,6 +159,18 @@ impl SessionJournal for SlowLoads {
         self.inner.sessions_to_restore()
     }
 
+    fn wills<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<broker::journal::Wills, String>> {
+        self.inner.wills(node)
+    }
+
+    fn forget_wills<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        self.inner.forget_wills(node)
+    }
+
+    fn will_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        self.inner.will_nodes()
+    }
+
     fn blocks(&self) -> bool {
         self.inner.blocks()
     }

@@ -41,6 +41,10 @@ pub enum Write {
     /// the one written before; ignored, like a message, if the session has no record. Gone
     /// with the session.
     Cursor { session: Arc<str>, stream: Arc<str>, cursor: Vec<u8> },
+    /// The will of connection `link` of node `node` (encoded by the edge), or none any more
+    /// (`body: None`: the connection ended and its node dealt with its will). What is left
+    /// when a node dies is what another node sends for its connections.
+    Will { node: Arc<str>, link: u64, body: Option<Vec<u8>> },
 }
 
 /// A session as the journal holds it.
@@ -61,6 +65,12 @@ pub type ToRestore = Vec<(String, Option<u64>)>;
 
 pub type Retained = Vec<(String, Vec<u8>)>;
 
+/// A node's wills by link ([`Write::Will`]).
+pub type Wills = Vec<(u64, Vec<u8>)>;
+
+/// Wills kept in memory: by node, by link.
+type WillsByNode = BTreeMap<Arc<str>, BTreeMap<u64, Vec<u8>>>;
+
 /// Persistent sessions by session key ([`crate::store::session_key`]).
 pub trait SessionJournal: Send + Sync + std::fmt::Debug {
     /// Applies `writes` in order; `Ok` once all of them are durable.
@@ -80,6 +90,16 @@ pub trait SessionJournal: Send + Sync + std::fmt::Debug {
     /// answers the same, empty, mark.
     fn mark<'a>(&'a self, _fresh: &'a str) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(std::future::ready(Ok(String::new())))
+    }
+    /// The wills `node`'s connections left ([`Write::Will`]), by link.
+    fn wills<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Wills, String>>;
+    /// Forgets every will of `node`.
+    fn forget_wills<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), String>>;
+    /// The nodes that left wills, for a journal only one node writes (the embedded one): what
+    /// its earlier runs left, to send when it starts. Empty (the default) for a shared journal:
+    /// there a live node sends a dead one's wills when it takes its sessions.
+    fn will_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
     }
     /// When `session`'s record expires (Unix ms; `Some(None)`: never), `None` if it has none.
     fn expires_at<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Option<u64>>, String>>;
@@ -124,6 +144,7 @@ pub trait SessionJournal: Send + Sync + std::fmt::Debug {
 pub struct MemoryJournal {
     sessions: Mutex<HashMap<Arc<str>, Kept>>,
     retained: Mutex<HashMap<Arc<str>, Vec<u8>>>,
+    wills: Mutex<WillsByNode>,
 }
 
 #[derive(Debug, Default)]
@@ -186,12 +207,49 @@ impl MemoryJournal {
                         None => retained.remove(topic),
                     };
                 }
+                Write::Will { node, link, body } => {
+                    let mut wills = self.lock_wills();
+                    match body {
+                        Some(b) => {
+                            wills.entry(node.clone()).or_default().insert(*link, b.clone());
+                        }
+                        None => {
+                            if let Some(of_node) = wills.get_mut(node) {
+                                of_node.remove(link);
+                                if of_node.is_empty() {
+                                    wills.remove(node);
+                                }
+                            }
+                        }
+                    }
+                }
             }
         }
     }
 }
 
+impl MemoryJournal {
+    fn lock_wills(&self) -> std::sync::MutexGuard<'_, WillsByNode> {
+        self.wills.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl SessionJournal for MemoryJournal {
+    fn wills<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<Wills, String>> {
+        let wills = self.lock_wills().get(node).map(|w| w.iter().map(|(l, b)| (*l, b.clone())).collect());
+        Box::pin(std::future::ready(Ok(wills.unwrap_or_default())))
+    }
+
+    fn forget_wills<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        self.lock_wills().remove(node);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn will_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        let nodes = self.lock_wills().keys().map(|n| n.to_string()).collect();
+        Box::pin(std::future::ready(Ok(nodes)))
+    }
+
     fn write<'a>(&'a self, writes: &'a [Write]) -> BoxFuture<'a, Result<(), String>> {
         self.apply(writes);
         Box::pin(std::future::ready(Ok(())))
@@ -448,6 +506,43 @@ pub mod contract {
         let want = [(topic("a"), &b"2"[..]), (topic("b"), b""), (topic("d/{x} *>."), b"odd")];
         let want: Vec<(String, Vec<u8>)> = want.iter().map(|(t, b)| (t.to_string(), b.to_vec())).collect();
         assert_eq!(mine, want);
+        check_wills(j, prefix).await;
+    }
+
+    /// Wills by node and link: set, replaced, gone, at the bounds of a link; nodes apart.
+    async fn check_wills(j: &dyn SessionJournal, prefix: &str) {
+        let (a, b): (Arc<str>, Arc<str>) = (format!("{prefix}-edge-a:1").into(), format!("{prefix}-edge-b:2").into());
+        let will = |node: &Arc<str>, link: u64, body: Option<&[u8]>| Write::Will {
+            node: node.clone(),
+            link,
+            body: body.map(<[u8]>::to_vec),
+        };
+        assert_eq!(j.wills(&a).await.expect("wills"), Vec::new(), "none yet");
+        let batch = [
+            will(&a, 0, Some(b"zero")),
+            will(&a, u64::MAX, Some(b"max")),
+            will(&a, 7, Some(b"seven")),
+            will(&b, 7, Some(b"b's seven")),
+            will(&a, 7, Some(b"seven again")),
+            will(&a, 0, None),
+            will(&a, 12, None),
+        ];
+        j.write(&batch).await.expect("write wills");
+        let mut left = j.wills(&a).await.expect("wills");
+        left.sort();
+        assert_eq!(left, vec![(7, b"seven again".to_vec()), (u64::MAX, b"max".to_vec())]);
+        assert_eq!(j.wills(&b).await.expect("wills"), vec![(7, b"b's seven".to_vec())], "nodes are apart");
+        let nodes = j.will_nodes().await.expect("will nodes");
+        if !j.is_shared() {
+            assert!(nodes.contains(&a.to_string()) && nodes.contains(&b.to_string()), "{nodes:?}");
+        }
+        j.forget_wills(&a).await.expect("forget");
+        assert_eq!(j.wills(&a).await.expect("wills"), Vec::new(), "forgotten");
+        assert_eq!(j.wills(&b).await.expect("wills").len(), 1, "the other node's stay");
+        j.write(&[will(&b, 7, None)]).await.expect("write");
+        assert_eq!(j.wills(&b).await.expect("wills"), Vec::new(), "the last one gone");
+        let nodes = j.will_nodes().await.expect("will nodes");
+        assert!(!nodes.contains(&a.to_string()) && !nodes.contains(&b.to_string()), "{nodes:?}");
     }
 
     /// Sleeps without depending on a runtime (the broker crate has none): a thread wakes the

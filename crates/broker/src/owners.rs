@@ -46,6 +46,8 @@ pub trait SessionOwners: Send + Sync + std::fmt::Debug {
         node: &'a str,
         from: &'a str,
     ) -> BoxFuture<'a, Result<Option<Claimed>, String>>;
+    /// The node that owns `session` now, if any.
+    fn owner<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<String>, String>>;
     /// Up to `max` of the sessions listed under `node` (in no particular order).
     fn held_by<'a>(&'a self, node: &'a str, max: usize) -> BoxFuture<'a, Result<Vec<String>, String>>;
     /// `node` is alive for `ttl_ms` more (0: it stops now). Returns the other nodes whose time
@@ -130,6 +132,11 @@ impl SessionOwners for MemoryOwners {
         Box::pin(std::future::ready(Ok(claimed)))
     }
 
+    fn owner<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<String>, String>> {
+        let owner = self.registry().owners.get(session).map(|(_, node)| node.clone());
+        Box::pin(std::future::ready(Ok(owner)))
+    }
+
     fn held_by<'a>(&'a self, node: &'a str, max: usize) -> BoxFuture<'a, Result<Vec<String>, String>> {
         let some = self.registry().held.get(node).map(|s| s.iter().take(max).cloned().collect()).unwrap_or_default();
         Box::pin(std::future::ready(Ok(some)))
@@ -179,13 +186,19 @@ pub mod contract {
 
     pub async fn check(owners: &dyn SessionOwners, prefix: &str) {
         let s = format!("{prefix}:7:owner/client");
+        let owner = async |s: &str| owners.owner(s).await.expect("owner");
+        assert_eq!(owner(&s).await, None);
         assert_eq!(owners.claim(&s, "a").await, claimed(1, None), "nobody held it");
+        assert_eq!(owner(&s).await.as_deref(), Some("a"));
         assert_eq!(owners.claim(&s, "b").await, claimed(2, Some("a")), "b asks a");
+        assert_eq!(owner(&s).await.as_deref(), Some("b"));
         assert_eq!(owners.claim(&s, "b").await, claimed(3, Some("b")), "a reconnect to the same node");
         owners.release(&s, "a").await.expect("release");
         assert_eq!(owners.claim(&s, "c|d").await, claimed(4, Some("b")), "a no longer owned it: nothing released");
         assert_eq!(owners.claim(&s, "e").await, claimed(5, Some("c|d")), "node ids are kept whole");
+        assert_eq!(owner(&s).await.as_deref(), Some("e"), "node ids are kept whole");
         owners.release(&s, "e").await.expect("release");
+        assert_eq!(owner(&s).await, None, "released");
         assert_eq!(owners.claim(&s, "f").await, claimed(1, None), "released by its owner");
         // Keys of any bytes a client id may hold.
         let odd = format!("{prefix}:3:u:x/{{}} *>.|\n\u{2028}");

@@ -40,7 +40,7 @@ pub struct SqliteJournal {
     tidy: Arc<Tidy>,
 }
 
-const SCHEMA: [&str; 6] = [
+const SCHEMA: [&str; 7] = [
     "CREATE TABLE IF NOT EXISTS sessions (session TEXT PRIMARY KEY, record BLOB NOT NULL, expires_at_ms INTEGER)",
     "CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at_ms)",
     // `entry` is the u64 bit-cast to i64 (SQLite integers are signed): `load` orders them.
@@ -53,6 +53,9 @@ const SCHEMA: [&str; 6] = [
     // The session's cursor in each durable stream (bytes the edge encodes).
     "CREATE TABLE IF NOT EXISTS session_cursors (session TEXT NOT NULL, stream TEXT NOT NULL, cursor BLOB NOT NULL, \
      PRIMARY KEY (session, stream)) WITHOUT ROWID",
+    // The wills of the connections of this node's runs (`Write::Will`); `link` bit-cast to i64.
+    "CREATE TABLE IF NOT EXISTS wills (node TEXT NOT NULL, link INTEGER NOT NULL, body BLOB NOT NULL, \
+     PRIMARY KEY (node, link)) WITHOUT ROWID",
 ];
 
 /// What the tables above are (`PRAGMA user_version`).
@@ -207,6 +210,17 @@ fn apply_one(tx: &Transaction<'_>, w: &Write, now: i64) -> rusqlite::Result<()> 
         Write::Retained { topic, body: None } => {
             tx.prepare_cached("DELETE FROM retained WHERE topic = ?1")?.execute([&**topic])?;
         }
+        Write::Will { node, link, body: Some(body) } => {
+            tx.prepare_cached(
+                "INSERT INTO wills (node, link, body) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (node, link) DO UPDATE SET body = excluded.body",
+            )?
+            .execute(params![&**node, *link as i64, body])?;
+        }
+        Write::Will { node, link, body: None } => {
+            tx.prepare_cached("DELETE FROM wills WHERE node = ?1 AND link = ?2")?
+                .execute(params![&**node, *link as i64])?;
+        }
     }
     Ok(())
 }
@@ -264,6 +278,35 @@ impl SessionJournal for SqliteJournal {
             .await
             .map_err(|e| format!("reading the expiry of session {session:?}: {e}"))?;
             Ok(row.map(|row| row.get::<Option<i64>, _>(0).map(|at| u64::try_from(at).unwrap_or(0))))
+        })
+    }
+
+    fn wills<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<broker::journal::Wills, String>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT link, body FROM wills WHERE node = ?1")
+                .bind(node)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| format!("loading the wills of {node}: {e}"))?;
+            Ok(rows.into_iter().map(|row| (row.get::<i64, _>(0) as u64, row.get(1))).collect())
+        })
+    }
+
+    fn forget_wills<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            self.writer
+                .transaction(|tx| tx.prepare_cached("DELETE FROM wills WHERE node = ?1")?.execute([node]).map(drop))
+                .map_err(|e| format!("forgetting the wills of {node}: {e}"))
+        })
+    }
+
+    fn will_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let rows = sqlx::query("SELECT DISTINCT node FROM wills")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| format!("listing the nodes that left wills: {e}"))?;
+            Ok(rows.into_iter().map(|row| row.get(0)).collect())
         })
     }
 

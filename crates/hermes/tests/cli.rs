@@ -1211,6 +1211,78 @@ async fn up_loses_no_acknowledged_message_to_a_kill_minus_9() {
     let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
 }
 
+/// The wills of connections open when `hermes up` was killed go out when it starts again: a
+/// persistent watcher finds them queued, a later one the retained one; a device that said
+/// goodbye leaves none.
+#[tokio::test(flavor = "multi_thread")]
+async fn up_sends_the_wills_a_kill_minus_9_left() {
+    let data = temp_dir("wills").join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    let wait = Duration::from_secs(10);
+    let watcher = || Connect {
+        client_id: "watcher".into(),
+        clean_start: false,
+        keep_alive: 60,
+        session_expiry: Some(3600),
+        ..Connect::default()
+    };
+    let device = |id: &str| Connect {
+        client_id: id.into(),
+        clean_start: true,
+        keep_alive: 60,
+        will: Some(sdk::mqtt::Will {
+            topic: format!("status/{id}"),
+            payload: b"offline".to_vec(),
+            qos: 1,
+            retain: true,
+            ..Default::default()
+        }),
+        ..Connect::default()
+    };
+    let mut up = up_in(&data, &["--allow-anonymous"], &[]);
+    let mut watch = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+    assert!(matches!(watch.handshake(watcher(), wait).await, Ok(Packet::ConnAck { code: 0, .. })));
+    let codes = watch.subscribe(vec![sdk::mqtt::SubscribeTopic::new("status/#", 1)], wait).await.expect("suback");
+    assert_eq!(codes, [1]);
+    let mut devices = Vec::new();
+    for (version, id) in [(Version::V311, "sensor"), (Version::V5, "phone"), (Version::V5, "polite")] {
+        let mut d = Client::connect_tcp(up.mqtt, version).await.expect("tcp");
+        assert!(matches!(d.handshake(device(id), wait).await, Ok(Packet::ConnAck { code: 0, .. })), "{id}");
+        devices.push(d);
+    }
+    let mut polite = devices.pop().expect("polite");
+    polite.send(&Packet::disconnect(0)).await.expect("DISCONNECT");
+    assert!(polite.is_closed(wait).await);
+    drop(watch);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    up.child.kill().expect("kill -9");
+    let _ = up.child.wait();
+
+    let mut up = up_in(&data, &["--allow-anonymous"], &[]);
+    let mut watch = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+    assert!(matches!(
+        watch.handshake(watcher(), wait).await,
+        Ok(Packet::ConnAck { code: 0, session_present: true, .. })
+    ));
+    let mut sent = Vec::new();
+    while let Ok(Packet::Publish(p)) = watch.recv(Duration::from_secs(3)).await {
+        watch.send(&Packet::PubAck { packet_id: p.packet_id.expect("QoS 1"), code: 0 }).await.expect("puback");
+        sent.push(p.topic.clone());
+    }
+    sent.sort();
+    assert_eq!(sent, ["status/phone", "status/sensor"], "the wills of the two left open, once each");
+    let mut later = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+    let hello = Connect { client_id: "later".into(), clean_start: true, keep_alive: 60, ..Connect::default() };
+    assert!(matches!(later.handshake(hello, wait).await, Ok(Packet::ConnAck { code: 0, .. })));
+    later.subscribe(vec![sdk::mqtt::SubscribeTopic::new("status/phone", 1)], wait).await.expect("suback");
+    match later.recv(wait).await {
+        Ok(Packet::Publish(p)) => assert_eq!((&p.payload[..], p.retain), (&b"offline"[..], true)),
+        other => panic!("the retained will: {other:?}"),
+    }
+    sigterm(&up.child);
+    let _ = tokio::task::spawn_blocking(move || up.child.wait()).await;
+}
+
 /// Durable streams live in the data directory: after a kill -9 and a restart, a client resumes
 /// an inbox from the start and gets every acknowledged message under its seq, and the stream
 /// goes on under the same epoch.

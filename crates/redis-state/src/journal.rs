@@ -119,35 +119,56 @@ fn field_change(w: &Write) -> Option<FieldChange<'_>> {
         Write::Done { entry, .. } => (entry_field(*entry).to_vec(), None),
         Write::Inbound { packet_id, held, .. } => (inbound_field(*packet_id).to_vec(), held.then_some(&b"1"[..])),
         Write::Cursor { stream, cursor, .. } => (cursor_field(stream), Some(cursor.as_slice())),
-        Write::Record { .. } | Write::Ended { .. } | Write::Touch { .. } | Write::Retained { .. } => return None,
+        Write::Record { .. }
+        | Write::Ended { .. }
+        | Write::Touch { .. }
+        | Write::Retained { .. }
+        | Write::Will { .. } => return None,
     })
 }
 
-/// The session `w` changes, `None` for the retained messages.
-fn session_of(w: &Write) -> Option<&str> {
-    match w {
-        Write::Retained { .. } => None,
-        Write::Record { session, .. }
-        | Write::Message { session, .. }
-        | Write::Done { session, .. }
-        | Write::Inbound { session, .. }
-        | Write::Ended { session }
-        | Write::Touch { session, .. }
-        | Write::Cursor { session, .. } => Some(session),
+/// What a write changes: one key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Target<'a> {
+    Session(&'a str),
+    Retained,
+    Wills(&'a str),
+}
+
+impl Target<'_> {
+    fn of(w: &Write) -> Target<'_> {
+        match w {
+            Write::Retained { .. } => Target::Retained,
+            Write::Will { node, .. } => Target::Wills(node),
+            Write::Record { session, .. }
+            | Write::Message { session, .. }
+            | Write::Done { session, .. }
+            | Write::Inbound { session, .. }
+            | Write::Ended { session }
+            | Write::Touch { session, .. }
+            | Write::Cursor { session, .. } => Target::Session(session),
+        }
+    }
+
+    fn key(self) -> String {
+        match self {
+            Target::Session(session) => wire::keys::session_journal(session),
+            Target::Retained => wire::keys::RETAINED.to_owned(),
+            Target::Wills(node) => wire::keys::node_wills(node),
+        }
     }
 }
 
 /// `writes` by the key each changes, in the order each key first comes, each key's in their
-/// order: keys are apart (a session's hash, the retained messages), so only each one's order
-/// counts. Each key is spelled once.
+/// order: keys are apart (a session's hash, the retained messages, a node's wills), so only
+/// each one's order counts. Each key is spelled once.
 fn by_key(writes: &[Write]) -> Vec<(String, Vec<&Write>)> {
     let mut keys: Vec<(String, Vec<&Write>)> = Vec::new();
-    let mut at: std::collections::HashMap<Option<&str>, usize> = std::collections::HashMap::new();
+    let mut at: std::collections::HashMap<Target<'_>, usize> = std::collections::HashMap::new();
     for w in writes {
-        let session = session_of(w);
-        let i = *at.entry(session).or_insert_with(|| {
-            let key = session.map_or_else(|| wire::keys::RETAINED.to_owned(), wire::keys::session_journal);
-            keys.push((key, Vec::new()));
+        let target = Target::of(w);
+        let i = *at.entry(target).or_insert_with(|| {
+            keys.push((target.key(), Vec::new()));
             keys.len() - 1
         });
         keys[i].1.push(w);
@@ -219,6 +240,12 @@ fn queue_one(pipe: &mut redis::Pipeline, key: &str, w: &Write) {
         }
         Write::Retained { topic, body: None } => {
             pipe.cmd("HDEL").arg(key).arg(&**topic);
+        }
+        Write::Will { link, body: Some(body), .. } => {
+            pipe.cmd("HSET").arg(key).arg(&link.to_be_bytes()[..]).arg(body.as_slice());
+        }
+        Write::Will { link, body: None, .. } => {
+            pipe.cmd("HDEL").arg(key).arg(&link.to_be_bytes()[..]);
         }
         Write::Message { .. } | Write::Done { .. } | Write::Inbound { .. } | Write::Cursor { .. } => {
             let mut run = field_change(w).into_iter().collect();
@@ -321,6 +348,36 @@ impl SessionJournal for RedisJournal {
                 -1 => Some(None),
                 ms => Some(Some(now.saturating_add(u64::try_from(ms).unwrap_or(0)))),
             })
+        })
+    }
+
+    fn wills<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<broker::journal::Wills, String>> {
+        Box::pin(async move {
+            let key = wire::keys::node_wills(node);
+            let fields: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| format!("loading {key}: {e}"))?;
+            fields
+                .into_iter()
+                .map(|(field, body)| match <[u8; 8]>::try_from(field.as_slice()) {
+                    Ok(link) => Ok((u64::from_be_bytes(link), body)),
+                    Err(_) => Err(format!("{key}: field {:?} is no link", field.escape_ascii())),
+                })
+                .collect()
+        })
+    }
+
+    fn forget_wills<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let key = wire::keys::node_wills(node);
+            let () = redis::cmd("DEL")
+                .arg(&key)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| format!("deleting {key}: {e}"))?;
+            Ok(())
         })
     }
 

@@ -175,6 +175,16 @@ impl broker::owners::SessionOwners for RedisOwners {
         })
     }
 
+    fn owner<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<String>, String>> {
+        Box::pin(async move {
+            let key = wire::keys::session_owner(session);
+            let record: Option<String> =
+                redis::cmd("GET").arg(&key).query_async(&mut self.conn.clone()).await.map_err(|e| e.to_string())?;
+            // `version|node`: the node id is everything after the first bar.
+            Ok(record.and_then(|r| r.split_once('|').map(|(_, node)| node.to_owned())))
+        })
+    }
+
     fn held_by<'a>(&'a self, node: &'a str, max: usize) -> BoxFuture<'a, Result<Vec<String>, String>> {
         Box::pin(async move {
             if max == 0 {

@@ -51,6 +51,13 @@ pub fn node_sessions(node: &str) -> String {
     format!("hermes:owners:node:{{{node}}}")
 }
 
+/// Hash: the wills of node `node`'s connections (`broker::journal::Write::Will`, written by
+/// `redis_state::RedisJournal`), field = the connection's link id as 8 bytes big-endian, value
+/// = the will as the edge encodes it. The node is the hash tag, as in [`node_sessions`].
+pub fn node_wills(node: &str) -> String {
+    format!("hermes:wills:node:{{{node}}}")
+}
+
 /// Sorted set: the nodes that own sessions, node → until when it is alive, or leased to the
 /// live node taking its sessions (Unix ms, Redis's clock).
 pub const OWNER_NODES: &str = "hermes:owners:nodes";

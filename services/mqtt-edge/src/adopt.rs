@@ -18,7 +18,9 @@
 //!    routed after each was parked here: `catch_up::replay_to_each`); what each held goes in
 //!    after that, and its catch-up drops live copies of what the replay gave for
 //!    `behind::DRAIN` more; then what their durable streams got beyond their cursors;
-//! 4. forgets the dead edge once it owns nothing.
+//! 4. forgets the dead edge once it owns nothing, and sends the wills of the connections it
+//!    had open (`wills`: a delayed one waits for its client as if its connection had just
+//!    ended; not one whose client came back to another edge first);
 //!
 //! If this edge dies meanwhile, the lease runs out and another live edge takes what is left.
 
@@ -30,12 +32,14 @@ use futures_util::StreamExt;
 
 use broker::SubOptions;
 
+use crate::auth::Revocations;
 use crate::catch_up;
 use crate::cluster::NodeName;
 use crate::handover::Handover;
 use crate::hub::Hub;
 use crate::message::now_ms;
 use crate::metrics as m;
+use crate::wills;
 
 /// How often this edge tells the registry it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -52,7 +56,7 @@ const PARK_TRIES: u32 = 3;
 
 /// Heartbeats `handover`'s edge into the owners registry and takes the sessions of the edges
 /// that died, until the hub is gone.
-pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, stall: Duration) {
+pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, revocations: Revocations, stall: Duration) {
     let mut beat = heartbeats();
     let mut journal_mark: Option<String> = None;
     loop {
@@ -74,7 +78,7 @@ pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, stall: Duration) {
                 tracing::info!(node, "an edge stopped heartbeating but is still on the bus: its sessions stay there");
                 continue;
             }
-            match take_all(&hub, &handover, &node, stall).await {
+            match take_all(&hub, &handover, &revocations, &node, stall).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(node, sessions = n, "took the sessions of an edge that died"),
                 Err(e) => {
@@ -178,14 +182,30 @@ struct Taken {
     cursors: Vec<(Arc<str>, broker::streams::Cursor)>,
 }
 
-/// Takes every session `node` owns; returns how many were parked here.
-async fn take_all(hub: &Arc<Hub>, handover: &Handover, node: &str, stall: Duration) -> Result<usize, String> {
+/// Takes every session `node` owns, then sends the wills of the connections it had open
+/// (`wills`); returns how many sessions were parked here.
+async fn take_all(
+    hub: &Arc<Hub>,
+    handover: &Handover,
+    revocations: &Revocations,
+    node: &str,
+    stall: Duration,
+) -> Result<usize, String> {
     tracing::info!(node, "an edge died: taking the sessions it held");
     let started = std::time::Instant::now();
     let mut taken = Vec::new();
     // What could not be taken stays listed under the dead edge, for the next lease; what was
     // taken catches up in any case (it would otherwise wait for a replay forever).
     let listed = take_listed(hub, handover, node, &mut taken).await;
+    // The wills go once the sessions are where they will be: a delayed one waits for its
+    // client in its session's place.
+    if listed.is_ok() {
+        let owners = wills::Owners { registry: handover.owners(), me: handover.registered() };
+        if let Err(e) = wills::send_left(hub, revocations, node, Some(owners)).await {
+            metrics::counter!(m::CLUSTER_ERRORS, "op" => "wills").increment(1);
+            tracing::warn!(node, error = %e, "cannot send the wills of an edge that died");
+        }
+    }
     if taken.is_empty() {
         return listed.map(|()| 0);
     }

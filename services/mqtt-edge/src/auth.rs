@@ -71,9 +71,39 @@ pub struct Authenticator {
     allow_anonymous: bool,
     users: HashMap<String, String>,
     tokens: Option<Verifier>,
-    /// Per (enterprise, user id, session): tokens issued before this instant (Unix ms) are
-    /// refused; an empty session stands for every session of the user.
-    revoked: Mutex<HashMap<(String, String, String), i64>>,
+    revoked: Revocations,
+}
+
+/// Per (enterprise, user id, session): tokens issued before this instant (Unix ms) are
+/// refused; an empty session stands for every session of the user. Clones share the table
+/// (the wills of a dead edge's connections are checked against it too: `wills`).
+#[derive(Debug, Default, Clone)]
+pub struct Revocations(std::sync::Arc<Mutex<Revoked>>);
+
+/// (enterprise, user id, session) → tokens issued before this instant are refused.
+type Revoked = HashMap<(String, String, String), i64>;
+
+impl Revocations {
+    fn revoke(&self, enterprise: &str, user_id: &str, session: &str, before_ms: i64) {
+        let mut revoked = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        revoked.retain(|_, before| *before >= before_ms.saturating_sub(REVOCATION_MEMORY_MS));
+        let entry = revoked.entry((enterprise.to_owned(), user_id.to_owned(), session.to_owned())).or_default();
+        *entry = (*entry).max(before_ms);
+    }
+
+    /// Whether a token of the user's `session`, issued at `issued_at_ms`, has been revoked.
+    pub fn is_revoked(&self, enterprise: &str, user_id: &str, session: &str, issued_at_ms: i64) -> bool {
+        let revoked = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let before = |s: &str| revoked.get(&(enterprise.to_owned(), user_id.to_owned(), s.to_owned())).copied();
+        let all = before("");
+        let this = if session.is_empty() { None } else { before(session) };
+        all.into_iter().chain(this).any(|before| issued_at_ms < before)
+    }
+
+    /// Whether `who` came in with a token that has been revoked since.
+    pub fn has_revoked(&self, who: &Identity) -> bool {
+        who.via_token && self.is_revoked(&who.enterprise, &who.user_id, &who.session_id, who.issued_at_ms)
+    }
 }
 
 pub use wire::token::REVOCATION_MEMORY_MS;
@@ -105,26 +135,24 @@ impl Authenticator {
             .then(|| Verifier::from_paserk(&cfg.token_public_key))
             .transpose()
             .map_err(|e| format!("auth.token_public_key: {e}"))?;
-        Ok(Authenticator { allow_anonymous: cfg.allow_anonymous, users, tokens, revoked: Mutex::default() })
+        Ok(Authenticator { allow_anonymous: cfg.allow_anonymous, users, tokens, revoked: Revocations::default() })
     }
 
     /// Refuses the user's tokens issued before `before_ms` from now on (revocation, disabling),
     /// or only those of one login `session` (logout) when it is not empty.
     /// Revocations older than [`REVOCATION_MEMORY_MS`] are forgotten: such tokens have expired.
     pub fn revoke(&self, enterprise: &str, user_id: &str, session: &str, before_ms: i64) {
-        let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-        revoked.retain(|_, before| *before >= before_ms.saturating_sub(REVOCATION_MEMORY_MS));
-        let entry = revoked.entry((enterprise.to_owned(), user_id.to_owned(), session.to_owned())).or_default();
-        *entry = (*entry).max(before_ms);
+        self.revoked.revoke(enterprise, user_id, session, before_ms);
     }
 
     /// Whether a token of the user's `session`, issued at `issued_at_ms`, has been revoked.
     pub fn is_revoked(&self, enterprise: &str, user_id: &str, session: &str, issued_at_ms: i64) -> bool {
-        let revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
-        let before = |s: &str| revoked.get(&(enterprise.to_owned(), user_id.to_owned(), s.to_owned())).copied();
-        let all = before("");
-        let this = if session.is_empty() { None } else { before(session) };
-        all.into_iter().chain(this).any(|before| issued_at_ms < before)
+        self.revoked.is_revoked(enterprise, user_id, session, issued_at_ms)
+    }
+
+    /// The revocations this authenticator applies, shared.
+    pub fn revocations(&self) -> Revocations {
+        self.revoked.clone()
     }
 
     pub fn allows_anonymous(&self) -> bool {

@@ -129,6 +129,8 @@ struct State {
     links: HashMap<LinkId, ConnLink>,
     /// See [`Hub::numbered`].
     numbered: u64,
+    /// The connections whose wills this edge keeps in the journal (`wills`).
+    wills_kept: std::collections::HashSet<LinkId>,
 }
 
 /// Counters for `$SYS` and logs (Prometheus gets the same events through `metrics`).
@@ -183,7 +185,7 @@ impl Hub {
     /// A hub whose parked sessions live in this process's memory.
     pub fn new(cfg: HubConfig, authz: Arc<Authorizer>) -> Self {
         let router = Router::new(cfg.router());
-        let state = State { router, links: HashMap::new(), numbered: 0 };
+        let state = State { router, links: HashMap::new(), numbered: 0, wills_kept: Default::default() };
         Hub {
             state: Mutex::new(state),
             cfg,
@@ -212,9 +214,17 @@ impl Hub {
     /// A CONNECT was accepted: the router takes over, resumes or starts the session; the new
     /// connection gets a delivery channel before anything is sent to it.
     pub fn connect(&self, req: ConnectRequest, now_ms: u64) -> Connected {
+        let will = self.journal().and(req.will.clone()).map(|will| {
+            let (session, client_id, owner) = (req.session.clone(), req.client_id.clone(), req.owner.clone());
+            crate::wills::encode(&crate::wills::LostWill { session, client_id, owner, will })
+        });
         let mut st = self.lock();
         let mut fx = Effects::new();
         let connected = st.router.connect(req, &*self.authz, now_ms, &mut fx);
+        if let (Some(journal), Some(will)) = (self.journal(), will) {
+            st.wills_kept.insert(connected.link);
+            journal.submit_detached(vec![journal::Item::Will(connected.link, Some(will))]);
+        }
         let (link, inbox) = link::link(connected.link, self.link_capacity());
         let room = link.room();
         if self.is_closing() {
@@ -240,6 +250,9 @@ impl Hub {
     pub fn disconnect(&self, session: &str, link_id: u64, graceful: bool, expiry_secs: Option<u32>, now_ms: u64) {
         let mut st = self.lock();
         st.links.remove(&link_id);
+        if let Some(journal) = self.journal().filter(|_| st.wills_kept.remove(&link_id)) {
+            journal.submit_detached(vec![journal::Item::Will(link_id, None)]);
+        }
         let mut fx = Effects::new();
         let gone = Disconnect { session, link: link_id, graceful, expiry_secs };
         if st.router.disconnect(gone, &*self.authz, now_ms, &mut fx) {
@@ -369,7 +382,27 @@ impl Hub {
         let mut fx = Effects::new();
         let written = st.router.journal_all_again(crate::message::now_ms(), &mut fx);
         let durable = self.apply(&mut st, fx, None);
+        if let Some(journal) = self.journal() {
+            let wills: Vec<journal::Item> = st
+                .router
+                .live_wills()
+                .into_iter()
+                .filter(|(link, _)| st.wills_kept.contains(link))
+                .map(|(link, lost)| journal::Item::Will(link, Some(crate::wills::encode(&lost))))
+                .collect();
+            journal.submit_detached(wills);
+        }
         (written, durable)
+    }
+
+    /// Sends the wills of connections a dead edge had open (see `wills`).
+    pub fn lost_wills(&self, wills: Vec<crate::wills::LostWill>, now_ms: u64) {
+        let mut st = self.lock();
+        let mut fx = Effects::new();
+        for lost in wills {
+            st.router.lost_will(lost, &*self.authz, now_ms, &mut fx);
+        }
+        self.apply(&mut st, fx, None);
     }
 
     /// The next step of `session`, behind since [`Hub::fall_behind`] answered `id`; `None` if

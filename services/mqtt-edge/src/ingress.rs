@@ -385,7 +385,7 @@ const DIRECTORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2)
 /// Closes the connection just registered if its token was revoked while the CONNECT was being
 /// handled (the revocation found no live session to close then).
 pub fn close_if_revoked(edge: &crate::server::EdgeShared, who: &crate::auth::Identity) {
-    if who.via_token && edge.auth.is_revoked(&who.enterprise, &who.user_id, &who.session_id, who.issued_at_ms) {
+    if edge.auth.revocations().has_revoked(who) {
         edge.hub.close_user(&who.enterprise, &who.user_id, &who.session_id, who.issued_at_ms.saturating_add(1));
     }
 }

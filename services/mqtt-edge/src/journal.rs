@@ -47,6 +47,9 @@ pub enum Item {
     Retained(Arc<str>, Option<SharedMessage>),
     /// A live session is still here: keep its record this many seconds more (see [`live_ttl`]).
     Touch(Arc<str>, u32),
+    /// The will of connection `link`, open here (encoded: `wills::encode`), or none any more:
+    /// kept under this edge's name for a live edge to send should this one die (`wills`).
+    Will(u64, Option<Vec<u8>>),
 }
 
 /// What a parked session's record outlives the session by in the journal (the router decides
@@ -246,6 +249,27 @@ impl JournalWriter {
         Ok(messages)
     }
 
+    /// This edge as it names itself in the journal (the wills of its connections).
+    pub fn node(&self) -> String {
+        self.turns.work.holder.registered()
+    }
+
+    /// The wills `node`'s open connections left (see `SessionJournal::wills`).
+    pub async fn wills(&self, node: &str) -> Result<broker::journal::Wills, String> {
+        self.turns.work.journal.wills(node).await
+    }
+
+    /// Forgets the wills of `node` (see `SessionJournal::forget_wills`).
+    pub async fn forget_wills(&self, node: &str) -> Result<(), String> {
+        self.turns.work.journal.forget_wills(node).await
+    }
+
+    /// The nodes that left wills in a journal only this node writes (see
+    /// `SessionJournal::will_nodes`).
+    pub async fn will_nodes(&self) -> Result<Vec<String>, String> {
+        self.turns.work.journal.will_nodes().await
+    }
+
     /// When `session`'s record expires (see `SessionJournal::expires_at`).
     pub async fn expires_at(&self, session: &str) -> Result<Option<Option<u64>>, String> {
         self.turns.work.journal.expires_at(session).await
@@ -415,7 +439,7 @@ fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
     for item in items {
         let (session, persist) = match item {
             Item::Session(session, persist) => (session, persist),
-            other @ (Item::Retained(..) | Item::Touch(..)) => {
+            other @ (Item::Retained(..) | Item::Touch(..) | Item::Will(..)) => {
                 out.push(Some(other));
                 continue;
             }
@@ -455,9 +479,14 @@ fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
 }
 
 fn encode(items: Vec<Item>, holder: &NodeName) -> Vec<Write> {
+    let mut me: Option<Arc<str>> = None;
     items
         .into_iter()
         .map(|item| match item {
+            Item::Will(link, body) => {
+                let node = me.get_or_insert_with(|| holder.registered().into()).clone();
+                Write::Will { node, link, body }
+            }
             Item::Retained(topic, message) => {
                 Write::Retained { topic, body: message.map(|m| crate::cluster::encode_message(&m).encode_to_vec()) }
             }
@@ -513,7 +542,7 @@ mod tests {
             .iter()
             .map(|item| match item {
                 Item::Session(s, p) => (s, p),
-                Item::Retained(..) | Item::Touch(..) => panic!("only session changes here"),
+                Item::Retained(..) | Item::Touch(..) | Item::Will(..) => panic!("only session changes here"),
             })
             .map(|(s, p)| match p {
                 Persist::Change(Change::Kept { out, .. }) => (s.to_string(), out.entry, "kept"),
@@ -695,6 +724,15 @@ mod tests {
                 true => Box::pin(async { Err("failing".to_owned()) }),
                 false => self.inner.load(session),
             }
+        }
+        fn wills<'a>(
+            &'a self,
+            node: &'a str,
+        ) -> broker::relations::BoxFuture<'a, Result<broker::journal::Wills, String>> {
+            self.inner.wills(node)
+        }
+        fn forget_wills<'a>(&'a self, node: &'a str) -> broker::relations::BoxFuture<'a, Result<(), String>> {
+            self.inner.forget_wills(node)
         }
         fn load_retained(&self) -> broker::relations::BoxFuture<'_, Result<broker::journal::Retained, String>> {
             self.inner.load_retained()

@@ -38,6 +38,7 @@ pub mod throttle;
 mod turns;
 pub mod v3;
 pub mod v5;
+pub mod wills;
 
 use std::sync::Arc;
 
@@ -283,7 +284,7 @@ impl EdgeBuilder {
             }
             // With a shared registry and journal, the sessions of edges that die are taken here.
             if let Some(handover) = hub.cluster().and_then(|c| c.handover()).filter(|_| hub.journal().is_some()) {
-                tokio::spawn(adopt::run(Arc::downgrade(&hub), handover.clone(), stall));
+                tokio::spawn(adopt::run(Arc::downgrade(&hub), handover.clone(), auth.revocations(), stall));
             }
             if let Some(dir) = presence {
                 // A user is online while a device is connected to any edge.
@@ -326,6 +327,16 @@ impl EdgeBuilder {
             // Tables and revocations apply before the first client is let in.
             let events = events::AccountEvents { shared: shared.clone() };
             events.prime(dir.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
+        }
+        if let Some(writer) = hub.journal().filter(|_| hub.cluster().and_then(|c| c.handover()).is_none()) {
+            // Alone on a journal of its own: the wills its earlier runs' connections left.
+            match wills::send_left_by_earlier_runs(&hub, &shared.auth.revocations(), &writer.node()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(wills = n, "sent the wills of connections open when this node last stopped"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot send the wills of connections open when this node last stopped")
+                }
+            }
         }
         let listeners = server::start(shared.clone()).map_err(|e| format!("cannot start MQTT listeners: {e}"))?;
         if let Some(c) = hub.cluster() {

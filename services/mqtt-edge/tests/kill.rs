@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hermes_tests::servers::{self, ServerProcess};
-use sdk::mqtt::{Client, Connect, Packet, SubscribeTopic, Version};
+use sdk::mqtt::{Client, Connect, Packet, SubscribeTopic, Version, Will};
 
 const EDGE: &str = env!("CARGO_BIN_EXE_mqtt-edge");
 const WAIT: Duration = Duration::from_secs(10);
@@ -318,6 +318,70 @@ async fn the_users_of_a_killed_edge_go_offline() {
     eprintln!("offline announced {:?} after the kill", started.elapsed());
     let _ = std::fs::remove_file(&config);
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wills_of_a_killed_edges_connections_are_sent_by_another() {
+    let (nats, redis) = (servers::nats(), servers::redis());
+    let (nats_url, redis_url) = (nats.nats_url(), redis.redis_url());
+    let mut a = edge("edge-a", &nats_url, &redis_url);
+    let b = edge("edge-b", &nats_url, &redis_url);
+    let c = edge("edge-c", &nats_url, &redis_url);
+    let (mut watcher, _) = client(b.addr, "watcher", true).await;
+    assert_eq!(watcher.subscribe(vec![SubscribeTopic::new("wills/#", 1)], WAIT).await.expect("suback"), [1]);
+    // On edge a: each with a will on its own topic (`delayed` and `back` 2 s after).
+    let with_will = async |version, id: &str, delay: Option<u32>, expiry: Option<u32>| {
+        let mut c = Client::connect_tcp(a.addr, version).await.expect("tcp");
+        let will = Will {
+            topic: format!("wills/{id}"),
+            payload: format!("{id} gone").into_bytes(),
+            qos: 1,
+            delay_interval: delay,
+            ..Will::default()
+        };
+        let hello = Connect {
+            client_id: id.into(),
+            clean_start: expiry.is_none(),
+            keep_alive: 60,
+            will: Some(will),
+            session_expiry: expiry,
+            ..Connect::default()
+        };
+        assert!(matches!(c.handshake(hello, WAIT).await, Ok(Packet::ConnAck { code: 0, .. })), "{id}");
+        c
+    };
+    let _v3 = with_will(Version::V311, "v3", None, None).await;
+    let _persistent = with_will(Version::V5, "persistent", Some(0), Some(3600)).await;
+    let _delayed = with_will(Version::V5, "delayed", Some(2), Some(3600)).await;
+    let _back = with_will(Version::V5, "back", Some(2), Some(3600)).await;
+    let mut polite = with_will(Version::V5, "polite", None, None).await;
+    polite.send(&Packet::disconnect(0)).await.expect("a DISCONNECT without its will");
+    assert!(polite.is_closed(WAIT).await, "the edge closes after a DISCONNECT");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill();
+    // `back` comes back to edge c before edge a is found dead: its delayed will is cancelled
+    // (whichever edge takes edge a's sessions and wills).
+    let (_back_again, present) = client(c.addr, "back", false).await;
+    assert!(present, "its session came along");
+    let started = std::time::Instant::now();
+    let mut sent = Vec::new();
+    while let Ok(Packet::Publish(p)) = watcher.recv(Duration::from_secs(30)).await {
+        if let Some(id) = p.packet_id {
+            watcher.send(&Packet::PubAck { packet_id: id, code: 0 }).await.expect("puback");
+        }
+        sent.push((p.topic.clone(), String::from_utf8(p.payload.to_vec()).expect("utf8")));
+        eprintln!("{} after the kill: {}", started.elapsed().as_secs_f32(), p.topic);
+        if sent.len() == 3 {
+            break;
+        }
+    }
+    sent.sort();
+    let want = [("wills/delayed", "delayed gone"), ("wills/persistent", "persistent gone"), ("wills/v3", "v3 gone")];
+    assert_eq!(sent, want.map(|(t, p)| (t.to_owned(), p.to_owned())));
+    // Nothing more: not `polite`'s, not `back`'s (nor any twice).
+    let more = watcher.recv(Duration::from_secs(3)).await;
+    assert!(more.is_err(), "nothing more: {more:?}");
+    drop((b, c));
 }
 
 #[tokio::test(flavor = "multi_thread")]

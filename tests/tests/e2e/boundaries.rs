@@ -60,7 +60,7 @@ async fn connect_fields_at_their_boundaries_get_well_formed_answers() {
     let (mut quiet, _) = edge.connect(Version::V5, with(&|c| c.keep_alive = 0)).await;
     expect_nothing(&mut quiet).await;
     assert_eq!(quiet.publish("ka/zero", b"still here", 1, false, WAIT).await.expect("puback"), Some(0x10));
-    assert_eq!(edge_panics(), 0, "a connection handler panicked");
+    assert_eq!(edge_panics(), Vec::<String>::new(), "a connection handler panicked");
     edge.stop().await;
 }
 
@@ -91,6 +91,6 @@ async fn more_unacknowledged_publishes_than_the_receive_maximum_is_0x93() {
             other => panic!("expected DISCONNECT 0x93, got {other:?}"),
         }
     }
-    assert_eq!(edge_panics(), 0, "a connection handler panicked");
+    assert_eq!(edge_panics(), Vec::<String>::new(), "a connection handler panicked");
     edge.stop().await;
 }

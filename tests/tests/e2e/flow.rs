@@ -224,6 +224,6 @@ async fn publishers_that_vanish_while_held_do_not_upset_the_edge() {
     let mut fresh = edge.client(Version::V5, "after-the-flood").await;
     assert_eq!(fresh.publish("flow/other", b"x", 1, false, WAIT).await.expect("puback"), Some(0x10));
     drop(stuck);
-    assert_eq!(edge_panics(), 0, "a connection handler panicked");
+    assert_eq!(edge_panics(), Vec::<String>::new(), "a connection handler panicked");
     edge.stop().await;
 }

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    Authorize, CloseReason, ConnectRequest, Connected, Disconnect, Effect, Effects, Live, PendingWill, Persist,
-    Routable, Router, journal,
+    Authorize, CloseReason, ConnectRequest, Connected, Disconnect, Effect, Effects, LinkId, Live, LostWill,
+    PendingWill, Persist, Routable, Router, journal,
 };
 use crate::session::{Change, Session, SessionSnapshot};
 use crate::store::Parked;
@@ -353,6 +353,41 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         } else if let Some(news) = self.presence.left(&topic, now_ms) {
             self.originate(M::presence(&topic, news), now_ms, fx);
         }
+    }
+
+    /// The will of a connection to `session` that another node had open when it died (that
+    /// node's journal kept it): due now if it has no delay (the connection ended abnormally,
+    /// whatever came after). A delayed one waits here as if its connection had just ended,
+    /// unless the session is live here: its client came back in time [MQTT-3.1.3-9].
+    pub fn lost_will(&mut self, lost: LostWill<M, O>, auth: &dyn Authorize<O>, now_ms: u64, fx: &mut Effects<M, O>) {
+        let LostWill { session, client_id, owner, will } = lost;
+        let pending =
+            PendingWill { due_ms: now_ms + u64::from(will.delay_secs) * 1000, message: will.message, owner, client_id };
+        if will.delay_secs == 0 {
+            self.send_will(pending, auth, now_ms, fx);
+        } else if !self.live.contains_key(&session) {
+            self.pending_wills.insert(session, pending);
+        }
+    }
+
+    /// The wills of the connections open here, with their sessions: what this node's journal
+    /// keeps for another node to send should this one die.
+    pub fn live_wills(&self) -> Vec<(LinkId, LostWill<M, O>)>
+    where
+        M: Clone,
+        O: Clone,
+    {
+        let lost = |(session, live): (&Arc<str>, &Live<M, O>)| {
+            let will = live.will.clone()?;
+            let lost = LostWill {
+                session: session.clone(),
+                client_id: live.client_id.clone(),
+                owner: live.owner.clone(),
+                will,
+            };
+            Some((live.link, lost))
+        };
+        self.live.iter().filter_map(lost).collect()
     }
 
     /// Publishes a will if its owner may still publish to its topic: relations or tables may

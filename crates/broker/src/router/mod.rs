@@ -157,6 +157,16 @@ pub struct Will<M> {
     pub delay_secs: u32,
 }
 
+/// A connection's will, with whose connection it was: kept in the journal while the
+/// connection is open, sent by another node if its node dies ([`Router::lost_will`]).
+#[derive(Debug, Clone)]
+pub struct LostWill<M, O> {
+    pub session: Arc<str>,
+    pub client_id: Arc<str>,
+    pub owner: O,
+    pub will: Will<M>,
+}
+
 /// What a CONNECT asks of the router.
 #[derive(Debug)]
 pub struct ConnectRequest<M, O> {

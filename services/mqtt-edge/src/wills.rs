@@ -1,0 +1,181 @@
+//! The wills of the connections of an edge that dies are sent by a live edge.
+//!
+//! While a connection with a will is open, its edge keeps the will in the session journal
+//! under its own name (`Write::Will`, keyed by the connection's link; gone when the connection
+//! ends, whatever became of the will then). An edge killed with connections open leaves
+//! their wills there:
+//! - in a cluster, the live edge that takes the dead edge's sessions (`adopt`) sends them
+//!   ([`send_left`]), then forgets them;
+//! - a node alone on a journal only it writes (`hermes up` on its data directory) sends, when
+//!   it starts, those its earlier runs left ([`send_left_by_earlier_runs`]).
+//!
+//! A will goes out as if its connection had just ended (`Router::lost_will`): at once without a
+//! delay, after its delay otherwise, unless its client came back meanwhile (to this edge, or to
+//! another before the dead edge was found out: [`Owners`]). Its owner is checked as for any
+//! will: ACL, retained quota, and revoked tokens here. At least once: an edge that dies while
+//! sending them leaves them to the next.
+
+use std::sync::Arc;
+
+use broker::owners::SessionOwners;
+
+use prost::Message as _;
+
+use crate::auth::{Identity, Revocations};
+use crate::hub::Hub;
+use crate::message::{SharedMessage, now_ms};
+use crate::metrics as m;
+use wire::pb;
+
+/// A will as the journal keeps it, with whose connection it was.
+pub type LostWill = broker::router::LostWill<SharedMessage, Arc<Identity>>;
+
+/// `lost` as the journal keeps it.
+pub fn encode(lost: &LostWill) -> Vec<u8> {
+    let o = &*lost.owner;
+    pb::ConnectionWill {
+        session: lost.session.to_string(),
+        client_id: lost.client_id.to_string(),
+        message: Some(crate::cluster::encode_message(&lost.will.message)),
+        delay_secs: lost.will.delay_secs,
+        owner: Some(pb::WillOwner {
+            username: o.username.clone(),
+            enterprise: o.enterprise.clone(),
+            user_id: o.user_id.clone(),
+            via_token: o.via_token,
+            issued_at_ms: o.issued_at_ms,
+            anonymous: o.anonymous,
+            session_id: o.session_id.clone(),
+        }),
+    }
+    .encode_to_vec()
+}
+
+/// The will `bytes` hold; `None` if they hold none this edge can read.
+pub fn decode(bytes: &[u8]) -> Option<LostWill> {
+    let w = pb::ConnectionWill::decode(bytes).ok()?;
+    let message = crate::cluster::decode_message(w.message?)?;
+    let o = w.owner?;
+    let owner = Identity {
+        username: o.username,
+        enterprise: o.enterprise,
+        user_id: o.user_id,
+        via_token: o.via_token,
+        issued_at_ms: o.issued_at_ms,
+        anonymous: o.anonymous,
+        session_id: o.session_id,
+    };
+    Some(LostWill {
+        session: w.session.into(),
+        client_id: w.client_id.into(),
+        owner: Arc::new(owner),
+        will: broker::router::Will { message: Arc::new(message), delay_secs: w.delay_secs },
+    })
+}
+
+/// Where sessions are now, in a cluster: a delayed will of a session another edge owns now
+/// is not sent (its client came back there).
+pub struct Owners<'a> {
+    pub registry: &'a Arc<dyn SessionOwners>,
+    /// This edge, as the registry names it.
+    pub me: &'a str,
+}
+
+impl Owners<'_> {
+    /// Whether `session`'s client came back to another edge than this one and `dead`.
+    async fn came_back(&self, session: &str, dead: &str) -> Result<bool, String> {
+        let owner = self.registry.owner(session).await?;
+        Ok(owner.is_some_and(|o| o != self.me && o != dead))
+    }
+}
+
+/// Sends the wills `node` (a dead edge, as the registries name it) left in the journal, then
+/// forgets them; returns how many went to the router. Not those of users whose tokens were
+/// revoked since, nor delayed ones whose clients came back to another edge (`owners`).
+pub async fn send_left(
+    hub: &Hub,
+    revocations: &Revocations,
+    node: &str,
+    owners: Option<Owners<'_>>,
+) -> Result<usize, String> {
+    let Some(journal) = hub.journal() else { return Ok(0) };
+    let left = journal.wills(node).await?;
+    if left.is_empty() {
+        return Ok(0);
+    }
+    let mut wills = Vec::with_capacity(left.len());
+    for (link, bytes) in left {
+        let Some(w) = decode(&bytes) else {
+            tracing::warn!(node, link, "the journal holds a will this edge cannot read");
+            continue;
+        };
+        if revocations.has_revoked(&w.owner) {
+            metrics::counter!(m::WILLS_REFUSED).increment(1);
+            tracing::info!(client_id = %w.client_id, "a dead edge's will not sent: its owner's tokens were revoked");
+            continue;
+        }
+        match &owners {
+            Some(o) if w.will.delay_secs > 0 && o.came_back(&w.session, node).await? => {}
+            _ => wills.push(w),
+        }
+    }
+    let sent = wills.len();
+    hub.lost_wills(wills, now_ms());
+    journal.forget_wills(node).await?;
+    if sent > 0 {
+        tracing::info!(node, wills = sent, "sending the wills of a dead edge's connections");
+    }
+    Ok(sent)
+}
+
+/// On a journal only this node writes: sends the wills its earlier runs (any other name than
+/// `me`) left, as [`send_left`].
+pub async fn send_left_by_earlier_runs(hub: &Hub, revocations: &Revocations, me: &str) -> Result<usize, String> {
+    let Some(journal) = hub.journal().filter(|j| !j.is_shared()) else { return Ok(0) };
+    let mut sent = 0;
+    for node in journal.will_nodes().await?.into_iter().filter(|n| n != me) {
+        sent += send_left(hub, revocations, &node, None).await?;
+    }
+    Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use broker::QoS;
+
+    #[test]
+    fn a_will_reads_back_as_written() {
+        let mut message =
+            Message::new("u/1/status".into(), ntex_bytes::Bytes::from_static(b"gone"), QoS::AtLeastOnce, true);
+        message.expires_at_ms = Some(u64::MAX);
+        let owner = Identity {
+            username: "alice".into(),
+            enterprise: "e1".into(),
+            user_id: "u1".into(),
+            via_token: true,
+            issued_at_ms: i64::MAX,
+            anonymous: false,
+            session_id: "s1".into(),
+        };
+        for delay_secs in [0, 1, u32::MAX] {
+            let lost = LostWill {
+                session: "t:e1/u1/phone".into(),
+                client_id: "phone".into(),
+                owner: Arc::new(owner.clone()),
+                will: broker::router::Will { message: Arc::new(message.clone()), delay_secs },
+            };
+            let back = decode(&encode(&lost)).expect("decodes");
+            assert_eq!((&*back.session, &*back.client_id, &*back.owner), ("t:e1/u1/phone", "phone", &owner));
+            assert_eq!(back.will.delay_secs, delay_secs);
+            let m = &back.will.message;
+            assert_eq!(
+                (&*m.topic, &m.payload[..], m.qos, m.retain, m.expires_at_ms),
+                ("u/1/status", &b"gone"[..], QoS::AtLeastOnce, true, Some(u64::MAX))
+            );
+        }
+        assert!(decode(b"\xff\xff").is_none(), "garbage is no will");
+        assert!(decode(&[]).is_none(), "an empty record holds no message");
+    }
+}
