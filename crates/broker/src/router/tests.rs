@@ -424,6 +424,41 @@ fn a_delayed_will_waits_is_cancelled_by_a_return_and_is_due_when_the_session_end
 }
 
 #[test]
+fn a_dead_nodes_will_goes_out_at_once_or_after_its_delay_unless_its_client_is_here() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (watcher, _) = connect(&mut r, request("carol", "w", true, 0), &mut fx);
+    sub(&mut r, "carol", "w", "wills/#", 0);
+    let lost = |client: &str, body: &str, delay_secs| LostWill {
+        session: key("bob", client).into(),
+        client_id: client.into(),
+        owner: "bob",
+        will: Will { message: msg(&format!("wills/{client}"), body, 0), delay_secs },
+    };
+    // No delay: at once, even though its client is back here (its old connection ended
+    // abnormally).
+    let (_back, _) = connect(&mut r, request("bob", "v3", false, 60), &mut fx);
+    r.lost_will(lost("v3", "v3 gone", 0), &Acl::default(), 1_000, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["v3 gone"]);
+    // Delayed: due after its delay; cancelled by its client coming back first, or already here.
+    fx.clear();
+    r.lost_will(lost("later", "later gone", 5), &Acl::default(), 1_000, &mut fx);
+    r.lost_will(lost("returns", "returns gone", 5), &Acl::default(), 1_000, &mut fx);
+    let (_here, _) = connect(&mut r, request("bob", "here", false, 60), &mut fx);
+    r.lost_will(lost("here", "here gone", 5), &Acl::default(), 1_000, &mut fx);
+    r.tick(&Acl::default(), 5_999, &mut fx);
+    assert!(delivered(&fx, watcher).is_empty(), "not before its delay");
+    let (_returned, _) = connect(&mut r, request("bob", "returns", false, 60), &mut fx);
+    r.tick(&Acl::default(), 6_000, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["later gone"]);
+    // Checked as any will: an owner the ACL no longer lets publish there gets none out.
+    fx.clear();
+    r.lost_will(lost("v3", "refused", 0), &Acl { deny: vec!["wills/".into()], ..Acl::default() }, 7_000, &mut fx);
+    assert!(delivered(&fx, watcher).is_empty());
+    assert!(fx.iter().any(|e| matches!(e, Effect::WillRefused { .. })));
+}
+
+#[test]
 fn presence_counts_devices_and_a_takeover_never_shows_offline() {
     let mut r = router(0);
     let mut fx = Fx::new();
