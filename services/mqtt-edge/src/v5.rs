@@ -148,9 +148,12 @@ pub async fn publish(ses: &Session, p: v5::Publish) -> Result<v5::PublishAck, Ed
         return Err(EdgeError("packet too large".into()));
     }
     let pkt = p.packet();
-    // What only the server may send, or may not hold [MQTT-3.3.4-6, MQTT-3.3.2-14].
+    // What only the server may send, or may not hold, or must [MQTT-3.3.4-6, MQTT-3.3.2-14].
     let wrong = if !pkt.properties.subscription_ids.is_empty() {
         Some("a client's PUBLISH carries no subscription identifier")
+    } else if pkt.topic.is_empty() {
+        // ntex-mqtt put the topic of a known alias here [MQTT-3.3.2-8].
+        Some("a PUBLISH names its topic, or a topic alias for it")
     } else if pkt.properties.response_topic.as_ref().is_some_and(|t| t.contains(['+', '#'])) {
         Some("a response topic holds no wildcard")
     } else {

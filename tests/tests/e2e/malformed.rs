@@ -121,6 +121,11 @@ async fn what_mqtt_5_rules_out_from_a_client_is_a_protocol_error() {
         c.send(&Packet::Publish(publish(properties))).await.expect("send");
         assert_eq!(expect_disconnect(&mut c).await, 0x82, "case {n}");
     }
+    // No topic and no topic alias [MQTT-3.3.2-8].
+    let mut c = edge.client(Version::V5, "no-topic").await;
+    let no_topic = sdk::mqtt::Publish { topic: String::new(), ..publish(Default::default()) };
+    c.send(&Packet::Publish(no_topic)).await.expect("send");
+    assert_eq!(expect_disconnect(&mut c).await, 0x82, "a PUBLISH without a topic");
     let mut fine = edge.client(Version::V5, "fine").await;
     let reply_to = sdk::mqtt::PublishProperties { response_topic: Some("replies/a".into()), ..Default::default() };
     fine.send(&Packet::Publish(publish(reply_to))).await.expect("send");
@@ -140,5 +145,26 @@ async fn what_mqtt_5_rules_out_from_a_client_is_a_protocol_error() {
     let plain = SubscribeTopic { no_local: true, ..SubscribeTopic::new("t", 0) };
     assert_eq!(c.subscribe(vec![plain], WAIT).await.expect("suback"), [0], "no local on a plain one");
     still_serving(&edge, "protocol-errors").await;
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_v5_client_sends_that_cannot_be_read_is_a_malformed_packet() {
+    let edge = TestEdge::start().await;
+    let cases: [(&str, &[u8]); 6] = [
+        ("QoS 3 publish", &[0x36, 6, 0, 1, b'a', 0, 1, 0]),
+        ("invalid UTF-8 topic", &[0x30, 6, 0, 3, 0xff, 0xfe, 0xfd, 0]),
+        ("packet id 0", &[0x32, 6, 0, 1, b'a', 0, 0, 0]),
+        ("topic alias 0", &[0x30, 7, 0, 1, b'a', 3, 0x23, 0, 0]),
+        ("subscription id 0", &[0x82, 9, 0, 1, 2, 0x0B, 0, 0, 1, b't', 0]),
+        ("retain handling 3", &[0x82, 7, 0, 1, 0, 0, 1, b't', 0x30]),
+    ];
+    for (n, (case, bytes)) in cases.into_iter().enumerate() {
+        let mut c = edge.client(Version::V5, &format!("malformed-{n}")).await;
+        c.send_raw(bytes).await.expect("send");
+        assert_eq!(expect_disconnect(&mut c).await, 0x81, "{case}");
+        assert!(c.is_closed(WAIT).await, "{case}: closed");
+    }
+    still_serving(&edge, "v5 malformed").await;
     edge.stop().await;
 }

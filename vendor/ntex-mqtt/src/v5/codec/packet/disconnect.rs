@@ -72,6 +72,9 @@ impl Disconnect {
                 MqttProtocolError::Decode(DecodeError::MaxSizeExceeded { .. }) => {
                     DisconnectReasonCode::PacketTooLarge
                 }
+                // Hermes: what the decoder cannot read is a malformed packet (0x81), as MQTT 5
+                // names it [MQTT-4.13.1], not an implementation specific error (0x83).
+                MqttProtocolError::Decode(_) => DisconnectReasonCode::MalformedPacket,
                 MqttProtocolError::KeepAliveTimeout => DisconnectReasonCode::KeepAliveTimeout,
                 MqttProtocolError::ProtocolViolation(e) => e.reason(),
                 _ => DisconnectReasonCode::ImplementationSpecificError,
