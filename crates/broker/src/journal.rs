@@ -45,6 +45,9 @@ pub enum Write {
     /// (`body: None`: the connection ended and its node dealt with its will). What is left
     /// when a node dies is what another node sends for its connections.
     Will { node: Arc<str>, link: u64, body: Option<Vec<u8>> },
+    /// Node `node`'s wills are these and no others (written again after a write failed: a
+    /// will or the end of one may have been lost).
+    WillsAre { node: Arc<str>, wills: Wills },
 }
 
 /// A session as the journal holds it.
@@ -206,6 +209,13 @@ impl MemoryJournal {
                         Some(b) => retained.insert(topic.clone(), b.clone()),
                         None => retained.remove(topic),
                     };
+                }
+                Write::WillsAre { node, wills } => {
+                    let mut all = self.lock_wills();
+                    all.remove(node);
+                    if !wills.is_empty() {
+                        all.insert(node.clone(), wills.iter().cloned().collect());
+                    }
                 }
                 Write::Will { node, link, body } => {
                     let mut wills = self.lock_wills();
@@ -539,8 +549,14 @@ pub mod contract {
         j.forget_wills(&a).await.expect("forget");
         assert_eq!(j.wills(&a).await.expect("wills"), Vec::new(), "forgotten");
         assert_eq!(j.wills(&b).await.expect("wills").len(), 1, "the other node's stay");
-        j.write(&[will(&b, 7, None)]).await.expect("write");
-        assert_eq!(j.wills(&b).await.expect("wills"), Vec::new(), "the last one gone");
+        // Written whole again: these and no others, then added to.
+        let again = Write::WillsAre { node: b.clone(), wills: vec![(1, b"one".to_vec()), (u64::MAX, b"max".to_vec())] };
+        j.write(&[will(&b, 3, Some(b"three")), again, will(&b, 2, Some(b"two"))]).await.expect("write");
+        let mut left = j.wills(&b).await.expect("wills");
+        left.sort();
+        assert_eq!(left, vec![(1, b"one".to_vec()), (2, b"two".to_vec()), (u64::MAX, b"max".to_vec())]);
+        j.write(&[Write::WillsAre { node: b.clone(), wills: Vec::new() }]).await.expect("write");
+        assert_eq!(j.wills(&b).await.expect("wills"), Vec::new(), "none left");
         let nodes = j.will_nodes().await.expect("will nodes");
         assert!(!nodes.contains(&a.to_string()) && !nodes.contains(&b.to_string()), "{nodes:?}");
     }

@@ -217,6 +217,16 @@ fn apply_one(tx: &Transaction<'_>, w: &Write, now: i64) -> rusqlite::Result<()> 
             )?
             .execute(params![&**node, *link as i64, body])?;
         }
+        Write::WillsAre { node, wills } => {
+            tx.prepare_cached("DELETE FROM wills WHERE node = ?1")?.execute([&**node])?;
+            for (link, body) in wills {
+                tx.prepare_cached("INSERT INTO wills (node, link, body) VALUES (?1, ?2, ?3)")?.execute(params![
+                    &**node,
+                    *link as i64,
+                    body
+                ])?;
+            }
+        }
         Write::Will { node, link, body: None } => {
             tx.prepare_cached("DELETE FROM wills WHERE node = ?1 AND link = ?2")?
                 .execute(params![&**node, *link as i64])?;

@@ -123,7 +123,8 @@ fn field_change(w: &Write) -> Option<FieldChange<'_>> {
         | Write::Ended { .. }
         | Write::Touch { .. }
         | Write::Retained { .. }
-        | Write::Will { .. } => return None,
+        | Write::Will { .. }
+        | Write::WillsAre { .. } => return None,
     })
 }
 
@@ -139,7 +140,7 @@ impl Target<'_> {
     fn of(w: &Write) -> Target<'_> {
         match w {
             Write::Retained { .. } => Target::Retained,
-            Write::Will { node, .. } => Target::Wills(node),
+            Write::Will { node, .. } | Write::WillsAre { node, .. } => Target::Wills(node),
             Write::Record { session, .. }
             | Write::Message { session, .. }
             | Write::Done { session, .. }
@@ -246,6 +247,15 @@ fn queue_one(pipe: &mut redis::Pipeline, key: &str, w: &Write) {
         }
         Write::Will { link, body: None, .. } => {
             pipe.cmd("HDEL").arg(key).arg(&link.to_be_bytes()[..]);
+        }
+        Write::WillsAre { wills, .. } => {
+            pipe.cmd("DEL").arg(key);
+            for chunk in wills.chunks(1000) {
+                pipe.ignore().cmd("HSET").arg(key);
+                for (link, body) in chunk {
+                    pipe.arg(&link.to_be_bytes()[..]).arg(body.as_slice());
+                }
+            }
         }
         Write::Message { .. } | Write::Done { .. } | Write::Inbound { .. } | Write::Cursor { .. } => {
             let mut run = field_change(w).into_iter().collect();

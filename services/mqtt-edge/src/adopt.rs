@@ -18,9 +18,9 @@
 //!    routed after each was parked here: `catch_up::replay_to_each`); what each held goes in
 //!    after that, and its catch-up drops live copies of what the replay gave for
 //!    `behind::DRAIN` more; then what their durable streams got beyond their cursors;
-//! 4. forgets the dead edge once it owns nothing, and sends the wills of the connections it
-//!    had open (`wills`: a delayed one waits for its client as if its connection had just
-//!    ended; not one whose client came back to another edge first);
+//! 4. sends the wills of the connections the dead edge had open (`wills`: a delayed one waits
+//!    for its client as if its connection had just ended; not one whose client came back to
+//!    another edge first), then forgets the dead edge, which owns nothing any more.
 //!
 //! If this edge dies meanwhile, the lease runs out and another live edge takes what is left.
 
@@ -32,7 +32,6 @@ use futures_util::StreamExt;
 
 use broker::SubOptions;
 
-use crate::auth::Revocations;
 use crate::catch_up;
 use crate::cluster::NodeName;
 use crate::handover::Handover;
@@ -56,7 +55,7 @@ const PARK_TRIES: u32 = 3;
 
 /// Heartbeats `handover`'s edge into the owners registry and takes the sessions of the edges
 /// that died, until the hub is gone.
-pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, revocations: Revocations, stall: Duration) {
+pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, checks: wills::Checks, stall: Duration) {
     let mut beat = heartbeats();
     let mut journal_mark: Option<String> = None;
     loop {
@@ -78,7 +77,7 @@ pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, revocations: Revocatio
                 tracing::info!(node, "an edge stopped heartbeating but is still on the bus: its sessions stay there");
                 continue;
             }
-            match take_all(&hub, &handover, &revocations, &node, stall).await {
+            match take_all(&hub, &handover, &checks, &node, stall).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(node, sessions = n, "took the sessions of an edge that died"),
                 Err(e) => {
@@ -187,7 +186,7 @@ struct Taken {
 async fn take_all(
     hub: &Arc<Hub>,
     handover: &Handover,
-    revocations: &Revocations,
+    checks: &wills::Checks,
     node: &str,
     stall: Duration,
 ) -> Result<usize, String> {
@@ -195,17 +194,19 @@ async fn take_all(
     let started = std::time::Instant::now();
     let mut taken = Vec::new();
     // What could not be taken stays listed under the dead edge, for the next lease; what was
-    // taken catches up in any case (it would otherwise wait for a replay forever).
+    // taken catches up in any case (it would otherwise wait for a replay forever). The wills
+    // go once the sessions are where they will be (a delayed one waits for its client in its
+    // session's place); the dead edge is forgotten once they are gone too.
     let listed = take_listed(hub, handover, node, &mut taken).await;
-    // The wills go once the sessions are where they will be: a delayed one waits for its
-    // client in its session's place.
-    if listed.is_ok() {
-        let owners = wills::Owners { registry: handover.owners(), me: handover.registered() };
-        if let Err(e) = wills::send_left(hub, revocations, node, Some(owners)).await {
-            metrics::counter!(m::CLUSTER_ERRORS, "op" => "wills").increment(1);
-            tracing::warn!(node, error = %e, "cannot send the wills of an edge that died");
-        }
-    }
+    let owners = wills::Owners { registry: handover.owners(), me: handover.registered() };
+    let listed = match listed {
+        Ok(()) => wills::send_left(hub, checks, node, Some(owners)).await.map(drop),
+        Err(e) => Err(e),
+    };
+    let listed = match listed {
+        Ok(()) => handover.owners().forget_node(node).await.map(drop),
+        Err(e) => Err(e),
+    };
     if taken.is_empty() {
         return listed.map(|()| 0);
     }
@@ -216,7 +217,7 @@ async fn take_all(
     listed.map(|()| taken.len())
 }
 
-/// Takes the sessions listed under `node` into `taken` until none is left, then forgets `node`.
+/// Takes the sessions listed under `node` into `taken` until none is left.
 async fn take_listed(hub: &Hub, handover: &Handover, node: &str, taken: &mut Vec<Taken>) -> Result<(), String> {
     loop {
         let listed = handover.owners().held_by(node, BATCH).await?;
@@ -237,7 +238,7 @@ async fn take_listed(hub: &Hub, handover: &Handover, node: &str, taken: &mut Vec
             return Err(e);
         }
     }
-    handover.owners().forget_node(node).await.map(drop)
+    Ok(())
 }
 
 /// Takes `session` from dead `node` and parks it here, catching up; `None` if it is not for

@@ -173,6 +173,9 @@ pub struct Hub {
     stream_wills: OnceLock<tokio::sync::mpsc::UnboundedSender<SharedMessage>>,
     /// Where presence is decided with the other edges, in a cluster (see `presence`).
     presence: OnceLock<SharedPresence>,
+    /// When the wills of the connections here were last written to the journal whole
+    /// ([`Hub::write_wills_again_if_lost`]; Unix ms).
+    wills_written_at_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Hub {
@@ -197,6 +200,7 @@ impl Hub {
             journal: OnceLock::new(),
             streams: OnceLock::new(),
             stream_wills: OnceLock::new(),
+            wills_written_at_ms: AtomicU64::new(0),
             presence: OnceLock::new(),
         }
     }
@@ -216,7 +220,8 @@ impl Hub {
     pub fn connect(&self, req: ConnectRequest, now_ms: u64) -> Connected {
         let will = self.journal().and(req.will.clone()).map(|will| {
             let (session, client_id, owner) = (req.session.clone(), req.client_id.clone(), req.owner.clone());
-            crate::wills::encode(&crate::wills::LostWill { session, client_id, owner, will })
+            let session_expiry_secs = req.session_expiry_secs;
+            crate::wills::encode(&crate::wills::LostWill { session, client_id, owner, will, session_expiry_secs })
         });
         let mut st = self.lock();
         let mut fx = Effects::new();
@@ -382,17 +387,36 @@ impl Hub {
         let mut fx = Effects::new();
         let written = st.router.journal_all_again(crate::message::now_ms(), &mut fx);
         let durable = self.apply(&mut st, fx, None);
-        if let Some(journal) = self.journal() {
-            let wills: Vec<journal::Item> = st
-                .router
-                .live_wills()
-                .into_iter()
-                .filter(|(link, _)| st.wills_kept.contains(link))
-                .map(|(link, lost)| journal::Item::Will(link, Some(crate::wills::encode(&lost))))
-                .collect();
-            journal.submit_detached(wills);
-        }
+        self.write_wills_again(&st);
         (written, durable)
+    }
+
+    /// Writes the wills of the connections open here to the journal again, whole, if a write
+    /// failed since they last were (a will, or the end of one, may be missing there): at most
+    /// every second, from the housekeeping tick.
+    pub fn write_wills_again_if_lost(&self, now_ms: u64) {
+        let Some(journal) = self.journal() else { return };
+        let failed_at = journal.failed_at_ms();
+        if failed_at == 0 || failed_at < self.wills_written_at_ms.load(Ordering::Relaxed) || !journal.is_healthy() {
+            return;
+        }
+        let st = self.lock();
+        self.wills_written_at_ms.store(now_ms.max(failed_at + 1), Ordering::Relaxed);
+        self.write_wills_again(&st);
+    }
+
+    /// Replaces what the journal holds of this edge's wills by those of the connections open
+    /// here (under the lock: in order with their own writes).
+    fn write_wills_again(&self, st: &State) {
+        let Some(journal) = self.journal() else { return };
+        let wills: broker::journal::Wills = st
+            .router
+            .live_wills()
+            .into_iter()
+            .filter(|(link, _)| st.wills_kept.contains(link))
+            .map(|(link, lost)| (link, crate::wills::encode(&lost)))
+            .collect();
+        journal.submit_detached(vec![journal::Item::WillsAre(wills)]);
     }
 
     /// Sends the wills of connections a dead edge had open (see `wills`).

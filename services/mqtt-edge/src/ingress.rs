@@ -393,9 +393,18 @@ pub fn close_if_revoked(edge: &crate::server::EdgeShared, who: &crate::auth::Ide
 /// Refreshes a token user's relations from the directory before CONNECT completes, so the ACL
 /// and auto-subscriptions see the current ones. A directory outage keeps what the edge knows.
 pub async fn load_relations(edge: &crate::server::EdgeShared, who: &crate::auth::Identity) {
-    let Some(dir) = edge.directory.as_ref().filter(|_| who.via_token) else { return };
+    load_relations_from(edge.directory.as_ref(), &edge.relations, who).await;
+}
+
+/// [`load_relations`] from `directory` into `relations`.
+pub async fn load_relations_from(
+    directory: Option<&Arc<dyn broker::relations::RelationDirectory>>,
+    relations: &broker::relations::MemoryRelations,
+    who: &crate::auth::Identity,
+) {
+    let Some(dir) = directory.filter(|_| who.via_token) else { return };
     match crate::within(DIRECTORY_TIMEOUT, dir.load(&who.enterprise, &who.username)).await {
-        Ok(r) => edge.relations.replace(&who.enterprise, &who.username, &r),
+        Ok(r) => relations.replace(&who.enterprise, &who.username, &r),
         Err(e) => {
             metrics::counter!(crate::metrics::RELATION_LOAD_FAILURES).increment(1);
             tracing::warn!(user = %who.username, error = %e, "relation directory unavailable: using known relations");

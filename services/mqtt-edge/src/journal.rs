@@ -50,6 +50,8 @@ pub enum Item {
     /// The will of connection `link`, open here (encoded: `wills::encode`), or none any more:
     /// kept under this edge's name for a live edge to send should this one die (`wills`).
     Will(u64, Option<Vec<u8>>),
+    /// The wills of every connection open here, and no others (`Hub::write_wills_again`).
+    WillsAre(broker::journal::Wills),
 }
 
 /// What a parked session's record outlives the session by in the journal (the router decides
@@ -249,6 +251,11 @@ impl JournalWriter {
         Ok(messages)
     }
 
+    /// When a write last failed (Unix ms; 0: never).
+    pub fn failed_at_ms(&self) -> u64 {
+        self.turns.work.health.failed_at_ms.load(Ordering::Relaxed)
+    }
+
     /// This edge as it names itself in the journal (the wills of its connections).
     pub fn node(&self) -> String {
         self.turns.work.holder.registered()
@@ -439,7 +446,7 @@ fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
     for item in items {
         let (session, persist) = match item {
             Item::Session(session, persist) => (session, persist),
-            other @ (Item::Retained(..) | Item::Touch(..) | Item::Will(..)) => {
+            other @ (Item::Retained(..) | Item::Touch(..) | Item::Will(..) | Item::WillsAre(..)) => {
                 out.push(Some(other));
                 continue;
             }
@@ -486,6 +493,10 @@ fn encode(items: Vec<Item>, holder: &NodeName) -> Vec<Write> {
             Item::Will(link, body) => {
                 let node = me.get_or_insert_with(|| holder.registered().into()).clone();
                 Write::Will { node, link, body }
+            }
+            Item::WillsAre(wills) => {
+                let node = me.get_or_insert_with(|| holder.registered().into()).clone();
+                Write::WillsAre { node, wills }
             }
             Item::Retained(topic, message) => {
                 Write::Retained { topic, body: message.map(|m| crate::cluster::encode_message(&m).encode_to_vec()) }
@@ -542,7 +553,9 @@ mod tests {
             .iter()
             .map(|item| match item {
                 Item::Session(s, p) => (s, p),
-                Item::Retained(..) | Item::Touch(..) | Item::Will(..) => panic!("only session changes here"),
+                Item::Retained(..) | Item::Touch(..) | Item::Will(..) | Item::WillsAre(..) => {
+                    panic!("only session changes here")
+                }
             })
             .map(|(s, p)| match p {
                 Persist::Change(Change::Kept { out, .. }) => (s.to_string(), out.entry, "kept"),

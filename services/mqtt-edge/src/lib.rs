@@ -284,7 +284,12 @@ impl EdgeBuilder {
             }
             // With a shared registry and journal, the sessions of edges that die are taken here.
             if let Some(handover) = hub.cluster().and_then(|c| c.handover()).filter(|_| hub.journal().is_some()) {
-                tokio::spawn(adopt::run(Arc::downgrade(&hub), handover.clone(), auth.revocations(), stall));
+                let checks = wills::Checks {
+                    revocations: auth.revocations(),
+                    directory: directory.clone(),
+                    relations: relations.clone(),
+                };
+                tokio::spawn(adopt::run(Arc::downgrade(&hub), handover.clone(), checks, stall));
             }
             if let Some(dir) = presence {
                 // A user is online while a device is connected to any edge.
@@ -330,7 +335,12 @@ impl EdgeBuilder {
         }
         if let Some(writer) = hub.journal().filter(|_| hub.cluster().and_then(|c| c.handover()).is_none()) {
             // Alone on a journal of its own: the wills its earlier runs' connections left.
-            match wills::send_left_by_earlier_runs(&hub, &shared.auth.revocations(), &writer.node()).await {
+            let checks = wills::Checks {
+                revocations: shared.auth.revocations(),
+                directory: shared.directory.clone(),
+                relations: shared.relations.clone(),
+            };
+            match wills::send_left_by_earlier_runs(&hub, &checks, &writer.node()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(wills = n, "sent the wills of connections open when this node last stopped"),
                 Err(e) => {

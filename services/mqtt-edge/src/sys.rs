@@ -37,6 +37,7 @@ pub fn spawn_housekeeping(hub: Arc<Hub>, sys_interval: Duration) -> tokio::task:
             tick.tick().await;
             let now = now_ms();
             hub.tick(now);
+            hub.write_wills_again_if_lost(now);
             if last_touch.elapsed() >= crate::journal::TOUCH_INTERVAL {
                 last_touch = Instant::now();
                 hub.touch_live();

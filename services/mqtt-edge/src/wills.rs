@@ -11,13 +11,23 @@
 //!
 //! A will goes out as if its connection had just ended (`Router::lost_will`): at once without a
 //! delay, after its delay otherwise, unless its client came back meanwhile (to this edge, or to
-//! another before the dead edge was found out: [`Owners`]). Its owner is checked as for any
-//! will: ACL, retained quota, and revoked tokens here. At least once: an edge that dies while
-//! sending them leaves them to the next.
+//! another before the dead edge was found out: [`Owners`]); its delay ends with its session.
+//! Its owner is checked as for any will (ACL, with the owner's relations loaded first as at
+//! CONNECT; retained quota), and for tokens revoked since ([`Checks`]). The dead edge is
+//! forgotten only once its wills are handed to the router and forgotten: an edge that dies
+//! before that leaves them to the next one to take the dead edge (at least once). A delayed
+//! will then waits in the taking edge's memory only, as any delayed will does.
+//!
+//! A write of the journal that fails may take a will, or the end of one, with it: once the
+//! journal works again the edge writes its wills whole (`Hub::write_wills_again_if_lost`,
+//! within a second). Not covered: what a Redis failover loses without `state.redis_wait_replicas`;
+//! the wills of a lone edge on Redis without a bus, killed, are kept but never sent.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use broker::owners::SessionOwners;
+use broker::relations::{MemoryRelations, RelationDirectory};
 
 use prost::Message as _;
 
@@ -47,6 +57,7 @@ pub fn encode(lost: &LostWill) -> Vec<u8> {
             anonymous: o.anonymous,
             session_id: o.session_id.clone(),
         }),
+        session_expiry_secs: lost.session_expiry_secs,
     }
     .encode_to_vec()
 }
@@ -70,6 +81,7 @@ pub fn decode(bytes: &[u8]) -> Option<LostWill> {
         client_id: w.client_id.into(),
         owner: Arc::new(owner),
         will: broker::router::Will { message: Arc::new(message), delay_secs: w.delay_secs },
+        session_expiry_secs: w.session_expiry_secs,
     })
 }
 
@@ -89,35 +101,53 @@ impl Owners<'_> {
     }
 }
 
+/// What a will's owner is checked against before the will goes out for an edge that died,
+/// besides the ACL and the retained quota the router asks.
+#[derive(Clone)]
+pub struct Checks {
+    /// Tokens revoked since: their owners' wills are not sent.
+    pub revocations: Revocations,
+    /// Where a token owner's relations are loaded from first, as at CONNECT: the ACL's
+    /// relation rules (`%g`, friends) see them on this edge too.
+    pub directory: Option<Arc<dyn RelationDirectory>>,
+    pub relations: Arc<MemoryRelations>,
+}
+
 /// Sends the wills `node` (a dead edge, as the registries name it) left in the journal, then
-/// forgets them; returns how many went to the router. Not those of users whose tokens were
+/// forgets them; returns how many went to the router. Not those of owners whose tokens were
 /// revoked since, nor delayed ones whose clients came back to another edge (`owners`).
-pub async fn send_left(
-    hub: &Hub,
-    revocations: &Revocations,
-    node: &str,
-    owners: Option<Owners<'_>>,
-) -> Result<usize, String> {
+pub async fn send_left(hub: &Hub, checks: &Checks, node: &str, owners: Option<Owners<'_>>) -> Result<usize, String> {
     let Some(journal) = hub.journal() else { return Ok(0) };
     let left = journal.wills(node).await?;
     if left.is_empty() {
         return Ok(0);
     }
     let mut wills = Vec::with_capacity(left.len());
+    let mut loaded = HashSet::new();
     for (link, bytes) in left {
         let Some(w) = decode(&bytes) else {
             tracing::warn!(node, link, "the journal holds a will this edge cannot read");
             continue;
         };
-        if revocations.has_revoked(&w.owner) {
+        if checks.revocations.has_revoked(&w.owner) {
             metrics::counter!(m::WILLS_REFUSED).increment(1);
             tracing::info!(client_id = %w.client_id, "a dead edge's will not sent: its owner's tokens were revoked");
             continue;
         }
-        match &owners {
-            Some(o) if w.will.delay_secs > 0 && o.came_back(&w.session, node).await? => {}
-            _ => wills.push(w),
+        if let Some(o) = owners.as_ref().filter(|_| w.will.delay_secs > 0 && w.session_expiry_secs > 0) {
+            match o.came_back(&w.session, node).await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                // Sent: better than lost, if its client is back elsewhere.
+                Err(e) => {
+                    tracing::warn!(client_id = %w.client_id, error = %e, "cannot tell whether a dead edge's client came back")
+                }
+            }
         }
+        if w.owner.via_token && loaded.insert((w.owner.enterprise.clone(), w.owner.username.clone())) {
+            crate::ingress::load_relations_from(checks.directory.as_ref(), &checks.relations, &w.owner).await;
+        }
+        wills.push(w);
     }
     let sent = wills.len();
     hub.lost_wills(wills, now_ms());
@@ -130,11 +160,11 @@ pub async fn send_left(
 
 /// On a journal only this node writes: sends the wills its earlier runs (any other name than
 /// `me`) left, as [`send_left`].
-pub async fn send_left_by_earlier_runs(hub: &Hub, revocations: &Revocations, me: &str) -> Result<usize, String> {
+pub async fn send_left_by_earlier_runs(hub: &Hub, checks: &Checks, me: &str) -> Result<usize, String> {
     let Some(journal) = hub.journal().filter(|j| !j.is_shared()) else { return Ok(0) };
     let mut sent = 0;
     for node in journal.will_nodes().await?.into_iter().filter(|n| n != me) {
-        sent += send_left(hub, revocations, &node, None).await?;
+        sent += send_left(hub, checks, &node, None).await?;
     }
     Ok(sent)
 }
@@ -159,16 +189,17 @@ mod tests {
             anonymous: false,
             session_id: "s1".into(),
         };
-        for delay_secs in [0, 1, u32::MAX] {
+        for (delay_secs, session_expiry_secs) in [(0, 0), (1, 1), (u32::MAX, u32::MAX)] {
             let lost = LostWill {
                 session: "t:e1/u1/phone".into(),
                 client_id: "phone".into(),
                 owner: Arc::new(owner.clone()),
                 will: broker::router::Will { message: Arc::new(message.clone()), delay_secs },
+                session_expiry_secs,
             };
             let back = decode(&encode(&lost)).expect("decodes");
             assert_eq!((&*back.session, &*back.client_id, &*back.owner), ("t:e1/u1/phone", "phone", &owner));
-            assert_eq!(back.will.delay_secs, delay_secs);
+            assert_eq!((back.will.delay_secs, back.session_expiry_secs), (delay_secs, session_expiry_secs));
             let m = &back.will.message;
             assert_eq!(
                 (&*m.topic, &m.payload[..], m.qos, m.retain, m.expires_at_ms),

@@ -125,6 +125,48 @@ async fn without_its_journal_an_edge_acknowledges_nothing_it_could_not_store_and
     edge.stop().await;
 }
 
+/// The wills an edge keeps in Redis for its open connections (sent by another edge if it
+/// dies) are made good once Redis is back: one whose connection ended while Redis was cut off
+/// is not left there to be sent for a client that said goodbye.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_wills_an_edge_keeps_in_redis_are_made_good_after_a_failed_write() {
+    let redis = servers::redis();
+    let proxy = proxy::Proxy::start(redis.addr).await;
+    let url = format!("redis://{}/0", proxy.addr);
+    let edge = TestEdge::start_with(|c| c.state.redis_url = url).await;
+    let ready = edge.edge().readiness();
+    let mut direct = redis::Client::open(redis.redis_url()).and_then(|c| c.get_connection()).expect("redis");
+    let mut wills_kept = move || -> usize {
+        let keys: Vec<String> = redis::cmd("KEYS").arg("hermes:wills:node:*").query(&mut direct).expect("KEYS");
+        keys.iter().map(|k| redis::cmd("HLEN").arg(k).query::<usize>(&mut direct).expect("HLEN")).sum()
+    };
+    let with_will = |id: &str| Connect {
+        will: Some(sdk::mqtt::Will { topic: format!("wills/{id}"), payload: b"gone".to_vec(), ..Default::default() }),
+        ..connect(id, true)
+    };
+    let (_stays, _) = edge.connect(Version::V5, with_will("stays")).await;
+    let (mut leaves, _) = edge.connect(Version::V5, with_will("leaves")).await;
+    let kept = async |want: usize, wills_kept: &mut dyn FnMut() -> usize| {
+        for _ in 0..100 {
+            if wills_kept() == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(kept(2, &mut wills_kept).await, "both wills kept: {}", wills_kept());
+
+    proxy.cut();
+    leaves.send(&Packet::disconnect(0)).await.expect("bye");
+    assert!(leaves.is_closed(WAIT).await);
+    assert!(readiness_becomes(&ready, false, Duration::from_secs(10)).await, "the journal write failed");
+    proxy.restore();
+    assert!(readiness_becomes(&ready, true, Duration::from_secs(20)).await, "ready again");
+    assert!(kept(1, &mut wills_kept).await, "only the open connection's will is left: {}", wills_kept());
+    edge.stop().await;
+}
+
 /// Redis restarted (a new process on its address): every connection the edge has to it (each
 /// worker's journal writer, the streams', the registry's) is made again as soon as Redis closes
 /// it, not when a command first fails on it, so a PUBLISH after Redis is back is not refused

@@ -357,13 +357,14 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
 
     /// The will of a connection to `session` that another node had open when it died (that
     /// node's journal kept it): due now if it has no delay (the connection ended abnormally,
-    /// whatever came after). A delayed one waits here as if its connection had just ended,
-    /// unless the session is live here: its client came back in time [MQTT-3.1.3-9].
+    /// whatever came after) or its session ended with the connection. A delayed one waits here
+    /// as if its connection had just ended (at most as long as the session lasts), unless the
+    /// session is live here: its client came back in time [MQTT-3.1.3-9].
     pub fn lost_will(&mut self, lost: LostWill<M, O>, auth: &dyn Authorize<O>, now_ms: u64, fx: &mut Effects<M, O>) {
-        let LostWill { session, client_id, owner, will } = lost;
-        let pending =
-            PendingWill { due_ms: now_ms + u64::from(will.delay_secs) * 1000, message: will.message, owner, client_id };
-        if will.delay_secs == 0 {
+        let LostWill { session, client_id, owner, will, session_expiry_secs } = lost;
+        let delay = will.delay_secs.min(session_expiry_secs);
+        let pending = PendingWill { due_ms: now_ms + u64::from(delay) * 1000, message: will.message, owner, client_id };
+        if delay == 0 {
             self.send_will(pending, auth, now_ms, fx);
         } else if !self.live.contains_key(&session) {
             self.pending_wills.insert(session, pending);
@@ -384,6 +385,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 client_id: live.client_id.clone(),
                 owner: live.owner.clone(),
                 will,
+                session_expiry_secs: live.expiry_secs,
             };
             Some((live.link, lost))
         };

@@ -165,6 +165,8 @@ pub struct LostWill<M, O> {
     pub client_id: Arc<str>,
     pub owner: O,
     pub will: Will<M>,
+    /// The session's expiry as its connection had it: the will's delay ends with the session.
+    pub session_expiry_secs: u32,
 }
 
 /// What a CONNECT asks of the router.

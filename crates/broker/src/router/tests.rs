@@ -434,6 +434,7 @@ fn a_dead_nodes_will_goes_out_at_once_or_after_its_delay_unless_its_client_is_he
         client_id: client.into(),
         owner: "bob",
         will: Will { message: msg(&format!("wills/{client}"), body, 0), delay_secs },
+        session_expiry_secs: 60,
     };
     // No delay: at once, even though its client is back here (its old connection ended
     // abnormally).
@@ -451,6 +452,15 @@ fn a_dead_nodes_will_goes_out_at_once_or_after_its_delay_unless_its_client_is_he
     let (_returned, _) = connect(&mut r, request("bob", "returns", false, 60), &mut fx);
     r.tick(&Acl::default(), 6_000, &mut fx);
     assert_eq!(delivered(&fx, watcher), ["later gone"]);
+    // The delay ends with the session: at once for one that ended with its connection, at
+    // its expiry for a shorter one.
+    fx.clear();
+    r.lost_will(LostWill { session_expiry_secs: 0, ..lost("clean", "clean gone", 5) }, &Acl::default(), 6_000, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["clean gone"]);
+    fx.clear();
+    r.lost_will(LostWill { session_expiry_secs: 2, ..lost("short", "short gone", 5) }, &Acl::default(), 6_000, &mut fx);
+    r.tick(&Acl::default(), 8_000, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["short gone"]);
     // Checked as any will: an owner the ACL no longer lets publish there gets none out.
     fx.clear();
     r.lost_will(lost("v3", "refused", 0), &Acl { deny: vec!["wills/".into()], ..Acl::default() }, 7_000, &mut fx);
