@@ -49,6 +49,7 @@ async fn malformed_packets_close_only_their_connection() {
     check(&edge, "wildcard in topic name", Some(CONNECT_V311), &[0x30, 5, 0, 3, b'a', b'/', b'#']).await;
     check(&edge, "reserved SUBSCRIBE flags", Some(CONNECT_V311), &[0x80, 8, 0, 1, 0, 3, b'a', b'/', b'b', 0]).await;
     check(&edge, "SUBSCRIBE with QoS 3", Some(CONNECT_V311), &[0x82, 8, 0, 1, 0, 3, b'a', b'/', b'b', 3]).await;
+    check(&edge, "SUBSCRIBE reserved bits", Some(CONNECT_V311), &[0x82, 8, 0, 1, 0, 3, b'a', b'/', b'b', 0x04]).await;
     check(&edge, "SUBSCRIBE without a filter", Some(CONNECT_V311), &[0x82, 2, 0, 1]).await;
     check(&edge, "UNSUBSCRIBE without a filter", Some(CONNECT_V311), &[0xA2, 2, 0, 1]).await;
     check(&edge, "topic longer than the packet", Some(CONNECT_V311_KA1), &[0x30, 2, 0, 9]).await;
@@ -151,13 +152,15 @@ async fn what_mqtt_5_rules_out_from_a_client_is_a_protocol_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn what_a_v5_client_sends_that_cannot_be_read_is_a_malformed_packet() {
     let edge = TestEdge::start().await;
-    let cases: [(&str, &[u8]); 6] = [
+    let cases: [(&str, &[u8]); 8] = [
         ("QoS 3 publish", &[0x36, 6, 0, 1, b'a', 0, 1, 0]),
         ("invalid UTF-8 topic", &[0x30, 6, 0, 3, 0xff, 0xfe, 0xfd, 0]),
         ("packet id 0", &[0x32, 6, 0, 1, b'a', 0, 0, 0]),
         ("topic alias 0", &[0x30, 7, 0, 1, b'a', 3, 0x23, 0, 0]),
         ("subscription id 0", &[0x82, 9, 0, 1, 2, 0x0B, 0, 0, 1, b't', 0]),
         ("retain handling 3", &[0x82, 7, 0, 1, 0, 0, 1, b't', 0x30]),
+        ("reserved subscription option bit 6", &[0x82, 7, 0, 1, 0, 0, 1, b't', 0x40]),
+        ("reserved subscription option bit 7", &[0x82, 7, 0, 1, 0, 0, 1, b't', 0x81]),
     ];
     for (n, (case, bytes)) in cases.into_iter().enumerate() {
         let mut c = edge.client(Version::V5, &format!("malformed-{n}")).await;

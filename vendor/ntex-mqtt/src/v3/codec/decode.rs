@@ -147,7 +147,10 @@ fn decode_subscribe_packet(src: &mut Bytes) -> Result<Packet, DecodeError> {
     while src.has_remaining() {
         let topic = ByteString::decode(src)?;
         ensure!(src.remaining() >= 1, DecodeError::InvalidLength);
-        let qos = (src.get_u8() & 0b0000_0011).try_into()?;
+        // Hermes: the requested QoS byte's reserved bits must be 0 [MQTT-3.8.3-4].
+        let options = src.get_u8();
+        ensure!(options & 0b1111_1100 == 0, DecodeError::MalformedPacket);
+        let qos = options.try_into()?;
         topic_filters.push((topic, qos));
     }
 
