@@ -23,8 +23,11 @@ pub async fn connect(
 ) -> Result<v3::ConnectAck<ConnState>, EdgeError> {
     let pkt = msg.packet();
     let limits = &edge.cfg.limits;
-    // ntex-mqtt's decoder already closes the connection for an empty id without clean session
-    // (it sends no CONNACK 0x02, a known deviation from [MQTT-3.1.3-9]).
+    if pkt.client_id.is_empty() && !pkt.clean_session {
+        // Only a clean session may have its id chosen by the server [MQTT-3.1.3-8].
+        tracing::info!("CONNECT refused: an empty client id without clean session");
+        return Ok(msg.identifier_rejected());
+    }
     let input = ConnectInput {
         username: pkt.username.clone(),
         password: pkt.password.clone(),

@@ -236,13 +236,17 @@ async fn empty_client_id_is_assigned_or_refused() {
     }
     assert!(assigned.len() == 2 && assigned[0] != assigned[1], "{assigned:?}");
     let mut c = edge.raw(Version::V311).await;
-    // v3: an empty id needs a clean session. ntex-mqtt's decoder closes the connection
-    // instead of answering CONNACK 0x02; either way the client gets no session.
+    // v3: an empty id needs a clean session [MQTT-3.1.3-8].
     match c.handshake(connect("", false), WAIT).await {
         Ok(Packet::ConnAck { code, .. }) => assert_eq!(code, 2, "identifier rejected"),
-        Err(sdk::mqtt::RecvError::Closed | sdk::mqtt::RecvError::Io(_)) => {}
         other => panic!("{other:?}"),
     }
+    assert!(c.is_closed(WAIT).await, "then closed");
+    let mut c = edge.raw(Version::V311).await;
+    assert!(
+        matches!(c.handshake(connect("", true), WAIT).await, Ok(Packet::ConnAck { code: 0, .. })),
+        "clean: accepted"
+    );
     edge.stop().await;
 }
 

@@ -53,10 +53,8 @@ fn decode_connect_packet(src: &mut Bytes) -> Result<Packet, DecodeError> {
     let keep_alive = u16::decode(src)?;
     let client_id = ByteString::decode(src)?;
 
-    ensure!(
-        !client_id.is_empty() || flags.contains(ConnectFlags::CLEAN_START),
-        DecodeError::InvalidClientId
-    );
+    // Hermes: an empty client id without clean session is the server's to refuse with CONNACK
+    // 0x02 [MQTT-3.1.3-8] (9.0.0 closed the connection without a CONNACK here).
 
     let last_will = if flags.contains(ConnectFlags::WILL) {
         let topic = ByteString::decode(src)?;
