@@ -110,6 +110,7 @@ impl TestEdge {
         adjust: impl FnOnce(&mut EdgeConfig),
     ) -> TestEdge {
         log_if_asked();
+        count_edge_panics();
         let dir = unique_dir();
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
             .expect("self-signed certificate");

@@ -38,7 +38,9 @@ async fn publish_counted(c: &mut Client, topic: &str, n: u32, qos: u8, size: usi
     for seq in 0..n {
         let packet_id = (qos > 0).then(|| c.next_packet_id());
         let p = Publish { topic: topic.into(), payload: numbered(seq, size), qos, packet_id, ..Publish::default() };
-        c.send(&Packet::Publish(p)).await.expect("publish");
+        if let Err(e) = c.send(&Packet::Publish(p)).await {
+            panic!("publish {seq}: {e}; panics on the edges' threads: {:?}", edge_panics());
+        }
         if qos == 0 {
             continue;
         }
