@@ -197,16 +197,13 @@ async fn take_all(
     // taken catches up in any case (it would otherwise wait for a replay forever). The wills
     // go once the sessions are where they will be (a delayed one waits for its client in its
     // session's place); the dead edge is forgotten once they are gone too.
-    let listed = take_listed(hub, handover, node, &mut taken).await;
-    let owners = wills::Owners { registry: handover.owners(), me: handover.registered() };
-    let listed = match listed {
-        Ok(()) => wills::send_left(hub, checks, node, Some(owners)).await.map(drop),
-        Err(e) => Err(e),
-    };
-    let listed = match listed {
-        Ok(()) => handover.owners().forget_node(node).await.map(drop),
-        Err(e) => Err(e),
-    };
+    let listed = async {
+        take_listed(hub, handover, node, &mut taken).await?;
+        let owners = wills::Owners { registry: handover.owners(), me: handover.registered() };
+        wills::send_left(hub, checks, node, Some(owners)).await?;
+        handover.owners().forget_node(node).await.map(drop)
+    }
+    .await;
     if taken.is_empty() {
         return listed.map(|()| 0);
     }
