@@ -255,13 +255,17 @@ impl Hub {
     pub fn disconnect(&self, session: &str, link_id: u64, graceful: bool, expiry_secs: Option<u32>, now_ms: u64) {
         let mut st = self.lock();
         st.links.remove(&link_id);
-        if let Some(journal) = self.journal().filter(|_| st.wills_kept.remove(&link_id)) {
-            journal.submit_detached(vec![journal::Item::Will(link_id, None)]);
-        }
+        let will_kept = st.wills_kept.remove(&link_id);
         let mut fx = Effects::new();
         let gone = Disconnect { session, link: link_id, graceful, expiry_secs };
         if st.router.disconnect(gone, &*self.authz, now_ms, &mut fx) {
             metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        }
+        // Dealt with here, but for a delayed will as this edge stops: that one stays in the
+        // journal for the edge that takes this one's sessions (it would die with this edge).
+        let leave_it = self.is_closing() && st.router.will_waits(session);
+        if let Some(journal) = self.journal().filter(|_| will_kept && !leave_it) {
+            journal.submit_detached(vec![journal::Item::Will(link_id, None)]);
         }
         self.apply(&mut st, fx, None);
     }

@@ -2,8 +2,9 @@
 //!
 //! While a connection with a will is open, its edge keeps the will in the session journal
 //! under its own name (`Write::Will`, keyed by the connection's link; gone when the connection
-//! ends, whatever became of the will then). An edge killed with connections open leaves
-//! their wills there:
+//! ends, whatever became of the will then, but for a delayed will waiting as the edge stops:
+//! it would die with the edge). An edge killed with connections open, or stopped with delayed
+//! wills waiting, leaves them there:
 //! - in a cluster, the live edge that takes the dead edge's sessions (`adopt`) sends them
 //!   ([`send_left`]), then forgets them;
 //! - a node alone on a journal only it writes (`hermes up` on its data directory) sends, when

@@ -1602,6 +1602,46 @@ async fn status(watcher: &mut Client) -> String {
     String::from_utf8(p.payload.to_vec()).expect("utf8")
 }
 
+/// A delayed will waiting on an edge that stops would die with it: it stays in the journal,
+/// and the edge that takes the stopped one's sessions sends it after its delay, unless its
+/// client came back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopping_edges_delayed_wills_are_sent_by_another_unless_their_clients_came_back() {
+    let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+    let journal: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
+    let (a, b) = journaled_pair(bus, journal).await;
+    let mut watcher = b.client(Version::V5, "watcher").await;
+    assert_eq!(watcher.subscribe(vec![SubscribeTopic::new("wills/#", 1)], WAIT).await.expect("suback"), [1]);
+    let with_will = |id: &str| Connect {
+        will: Some(Will {
+            topic: format!("wills/{id}"),
+            payload: format!("{id} gone").into_bytes(),
+            qos: 1,
+            delay_interval: Some(1),
+            ..Will::default()
+        }),
+        session_expiry: Some(300),
+        ..connect(id, false)
+    };
+    let (_away, _) = a.connect(Version::V5, with_will("away")).await;
+    let (mut back, _) = a.connect(Version::V5, with_will("back")).await;
+    settle().await;
+    let stopping = tokio::spawn(a.stop());
+    assert_eq!(expect_disconnect(&mut back).await, 0x8B, "told the server stops");
+    let (_back_again, present) = b.connect(Version::V5, with_will("back")).await;
+    assert!(present, "its session came along");
+    stopping.await.expect("a stopped");
+    // Edge b takes edge a at its next heartbeat (5 s), then the delay (1 s).
+    let p = match watcher.recv(Duration::from_secs(20)).await {
+        Ok(Packet::Publish(p)) => p,
+        other => panic!("expected away's will, got {other:?}"),
+    };
+    ack(&mut watcher, &p).await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("wills/away", &b"away gone"[..]));
+    expect_nothing(&mut watcher).await;
+    b.stop().await;
+}
+
 /// Edges a and b in one process on `bus`, their sessions in `journal` and an in-process owners
 /// registry, each draining for 1 s when it stops.
 async fn journaled_pair(bus: Arc<dyn Bus>, journal: Arc<dyn broker::journal::SessionJournal>) -> (TestEdge, TestEdge) {

@@ -371,6 +371,11 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
     }
 
+    /// Whether a delayed will of `session` waits here for its delay.
+    pub fn will_waits(&self, session: &str) -> bool {
+        self.pending_wills.contains_key(session)
+    }
+
     /// The wills of the connections open here, with their sessions: what this node's journal
     /// keeps for another node to send should this one die.
     pub fn live_wills(&self) -> Vec<(LinkId, LostWill<M, O>)>
