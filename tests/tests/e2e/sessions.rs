@@ -95,6 +95,17 @@ async fn v5_message_expiry_drops_stale_queued_messages() {
     }))
     .await
     .expect("send");
+    // 0, which MQTT 5 allows: expired at once (taken as 1 s), not a reason to close.
+    p.send(&Packet::Publish(sdk::mqtt::Publish {
+        topic: "mexp/zero".into(),
+        payload: bytes::Bytes::from_static(b"expired at once"),
+        qos: 1,
+        packet_id: Some(2),
+        properties: sdk::mqtt::PublishProperties { message_expiry: Some(0), ..Default::default() },
+        ..Default::default()
+    }))
+    .await
+    .expect("send");
     p.publish("mexp/new", b"fresh", 1, false, WAIT).await.expect("publish");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (mut c, present) = edge.connect(Version::V5, persistent).await;

@@ -68,6 +68,15 @@ impl<T: Decode> Property for Option<T> {
     }
 }
 
+/// Hermes: a Message Expiry Interval, which MQTT 5 lets be 0 (the message expires at once):
+/// held as `NonZeroU32`, a 0 is taken as 1 s instead of failing the packet (9.0.0 closed the
+/// connection).
+pub(crate) fn read_expiry_interval(slot: &mut Option<NonZeroU32>, src: &mut Bytes) -> Result<(), DecodeError> {
+    ensure!(slot.is_none(), DecodeError::MalformedPacket); // property is set twice while not allowed
+    *slot = Some(NonZeroU32::new(u32::decode(src)?).unwrap_or(NonZeroU32::MIN));
+    Ok(())
+}
+
 impl Decode for bool {
     fn decode(src: &mut Bytes) -> Result<Self, DecodeError> {
         ensure!(src.has_remaining(), DecodeError::InvalidLength); // expected more data within the field

@@ -118,7 +118,9 @@ fn parse_publish_properties(src: &mut Bytes) -> Result<PublishProperties, Decode
     while prop_src.has_remaining() {
         match prop_src.get_u8() {
             pt::UTF8_PAYLOAD => is_utf8_payload.read_value(prop_src)?,
-            pt::MSG_EXPIRY_INT => message_expiry_interval.read_value(prop_src)?,
+            pt::MSG_EXPIRY_INT => {
+                crate::utils::read_expiry_interval(&mut message_expiry_interval, prop_src)?
+            }
             pt::CONTENT_TYPE => content_type.read_value(prop_src)?,
             pt::RESP_TOPIC => response_topic.read_value(prop_src)?,
             pt::CORR_DATA => correlation_data.read_value(prop_src)?,
