@@ -24,7 +24,7 @@
 //!
 //! If this edge dies meanwhile, the lease runs out and another live edge takes what is left.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -199,7 +199,8 @@ async fn take_all(
     // session's place); the dead edge is forgotten once they are gone too.
     let listed = async {
         take_listed(hub, handover, node, &mut taken).await?;
-        let owners = wills::Owners { registry: handover.owners(), me: handover.registered() };
+        let taken: HashSet<Arc<str>> = taken.iter().map(|t| t.session.clone()).collect();
+        let owners = wills::Owners { registry: handover.owners(), me: handover.registered(), taken: &taken };
         wills::send_left(hub, checks, node, Some(owners)).await?;
         handover.owners().forget_node(node).await.map(drop)
     }

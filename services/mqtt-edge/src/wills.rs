@@ -86,19 +86,25 @@ pub fn decode(bytes: &[u8]) -> Option<LostWill> {
     })
 }
 
-/// Where sessions are now, in a cluster: a delayed will of a session another edge owns now
-/// is not sent (its client came back there).
+/// Where sessions are now, in a cluster: a delayed will of a session a connection claimed
+/// since the edge died is not sent (its client came back, here or to another edge).
 pub struct Owners<'a> {
     pub registry: &'a Arc<dyn SessionOwners>,
     /// This edge, as the registry names it.
     pub me: &'a str,
+    /// The sessions this edge took from the dead one (it owns them without their clients).
+    pub taken: &'a HashSet<Arc<str>>,
 }
 
 impl Owners<'_> {
-    /// Whether `session`'s client came back to another edge than this one and `dead`.
+    /// Whether `session`'s client came back since `dead` died: another edge owns it, or this
+    /// one does without having taken it from `dead`.
     async fn came_back(&self, session: &str, dead: &str) -> Result<bool, String> {
-        let owner = self.registry.owner(session).await?;
-        Ok(owner.is_some_and(|o| o != self.me && o != dead))
+        Ok(match self.registry.owner(session).await? {
+            Some(o) if o == self.me => !self.taken.contains(session),
+            Some(o) => o != dead,
+            None => false,
+        })
     }
 }
 

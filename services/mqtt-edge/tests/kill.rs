@@ -354,6 +354,8 @@ async fn the_wills_of_a_killed_edges_connections_are_sent_by_another() {
     let _persistent = with_will(Version::V5, "persistent", Some(0), Some(3600)).await;
     let _delayed = with_will(Version::V5, "delayed", Some(2), Some(3600)).await;
     let _back = with_will(Version::V5, "back", Some(2), Some(3600)).await;
+    let _bounce_b = with_will(Version::V5, "bounce-b", Some(2), Some(3600)).await;
+    let _bounce_c = with_will(Version::V5, "bounce-c", Some(2), Some(3600)).await;
     let mut polite = with_will(Version::V5, "polite", None, None).await;
     polite.send(&Packet::disconnect(0)).await.expect("a DISCONNECT without its will");
     assert!(polite.is_closed(WAIT).await, "the edge closes after a DISCONNECT");
@@ -363,6 +365,14 @@ async fn the_wills_of_a_killed_edges_connections_are_sent_by_another() {
     // (whichever edge takes edge a's sessions and wills).
     let (_back_again, present) = client(c.addr, "back", false).await;
     assert!(present, "its session came along");
+    // Two more come back, one to each live edge, and leave again keeping their sessions: one of
+    // them to the edge that takes edge a's wills. Neither will goes out either.
+    for (id, addr) in [("bounce-b", b.addr), ("bounce-c", c.addr)] {
+        let (mut again, present) = client(addr, id, false).await;
+        assert!(present, "{id}: its session came along");
+        again.send(&Packet::disconnect(0)).await.expect("DISCONNECT");
+        assert!(again.is_closed(WAIT).await, "{id}");
+    }
     let started = std::time::Instant::now();
     let mut sent = Vec::new();
     while let Ok(Packet::Publish(p)) = watcher.recv(Duration::from_secs(30)).await {
@@ -378,7 +388,7 @@ async fn the_wills_of_a_killed_edges_connections_are_sent_by_another() {
     sent.sort();
     let want = [("wills/delayed", "delayed gone"), ("wills/persistent", "persistent gone"), ("wills/v3", "v3 gone")];
     assert_eq!(sent, want.map(|(t, p)| (t.to_owned(), p.to_owned())));
-    // Nothing more: not `polite`'s, not `back`'s (nor any twice).
+    // Nothing more: not `polite`'s, `back`'s or the bounces' (nor any twice).
     let more = watcher.recv(Duration::from_secs(3)).await;
     assert!(more.is_err(), "nothing more: {more:?}");
     drop((b, c));
