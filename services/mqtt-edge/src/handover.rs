@@ -183,7 +183,7 @@ impl Handover {
         };
         slot.version.store(claimed.version, Ordering::SeqCst);
         let resumed = match claimed.previous.filter(|p| *p != self.registered) {
-            Some(from) => self.ask(&from, session, claimed.version).await.filter(|_| want_state),
+            Some(from) => self.ask(&from, session, claimed.version, !want_state).await.filter(|_| want_state),
             None => None,
         };
         Claim { resumed, recorded: true, _turn: Some(turn) }
@@ -231,7 +231,13 @@ impl Handover {
     }
 
     /// Asks edge `from` for `session`.
-    async fn ask(&self, from: &str, session: &str, version: u64) -> Option<SessionSnapshot<SharedMessage>> {
+    async fn ask(
+        &self,
+        from: &str,
+        session: &str,
+        version: u64,
+        starts_afresh: bool,
+    ) -> Option<SessionSnapshot<SharedMessage>> {
         let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.lock_waiting().insert(request_id, tx);
@@ -240,6 +246,7 @@ impl Handover {
             request_id,
             reply_to: reply_subject(&self.node),
             version,
+            starts_afresh,
         };
         let subject = handover_subject(&NodeName::from_registered(from).id);
         let sent = self.bus.publish_to_present(&subject, Bytes::from(req.encode_to_vec()));
@@ -299,7 +306,8 @@ impl Handover {
                 _ => break None,
             }
         };
-        let state = hub.hand_over(&req.session, now_ms()).map(|(snap, expiry)| state_of(snap, expiry));
+        let state =
+            hub.hand_over(&req.session, req.starts_afresh, now_ms()).map(|(snap, expiry)| state_of(snap, expiry));
         drop(turn);
         // What this edge wrote of the session lands before the new edge writes it.
         if let Some(journal) = hub.journal() {

@@ -526,14 +526,19 @@ impl Hub {
     }
 
     /// Hands `session` to another edge where its client connected: its connection here is
-    /// closed (v5 0x8E); returns its state and expiry, if it was here.
+    /// closed (v5 0x8E); returns its state and expiry, if it was here. A client that started
+    /// afresh there (clean start) ends the session here first (a delayed will is due now).
     pub fn hand_over(
         &self,
         session: &str,
+        starts_afresh: bool,
         now_ms: u64,
     ) -> Option<(broker::session::SessionSnapshot<SharedMessage>, u32)> {
         let mut st = self.lock();
         let mut fx = Effects::new();
+        if starts_afresh {
+            st.router.started_afresh_elsewhere(session, &*self.authz, now_ms, &mut fx);
+        }
         let mut handed = st.router.hand_over(session, &*self.authz, now_ms, &mut fx);
         // Whatever this edge routed before now the session had here; the next edge catches
         // up on what comes after (what it routes until the session's interest is in place

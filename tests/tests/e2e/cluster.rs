@@ -1602,6 +1602,44 @@ async fn status(watcher: &mut Client) -> String {
     String::from_utf8(p.payload.to_vec()).expect("utf8")
 }
 
+/// A client back on another edge with a clean start ends its session: the delayed will its
+/// last connection left on the first edge goes out at once, as it would on that edge; back
+/// without a clean start, it is not sent (its session goes on).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delayed_will_is_due_when_its_client_starts_afresh_on_another_edge() {
+    let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
+    let journal: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
+    let (a, b) = journaled_pair(bus, journal).await;
+    let mut watcher = b.client(Version::V5, "watcher").await;
+    assert_eq!(watcher.subscribe(vec![SubscribeTopic::new("wills/#", 1)], WAIT).await.expect("suback"), [1]);
+    let with_will = |id: &str| Connect {
+        will: Some(Will {
+            topic: format!("wills/{id}"),
+            payload: format!("{id} gone").into_bytes(),
+            qos: 1,
+            delay_interval: Some(60),
+            ..Will::default()
+        }),
+        session_expiry: Some(300),
+        ..connect(id, false)
+    };
+    for id in ["afresh", "goes-on"] {
+        let (c, _) = a.connect(Version::V5, with_will(id)).await;
+        drop(c); // the connection breaks: the will waits 60 s on edge a
+    }
+    settle().await;
+    let (_afresh, present) = b.connect(Version::V5, Connect { clean_start: true, ..with_will("afresh") }).await;
+    assert!(!present, "a clean start");
+    let (_goes_on, present) = b.connect(Version::V5, with_will("goes-on")).await;
+    assert!(present, "its session came along");
+    let p = expect_publish(&mut watcher).await;
+    ack(&mut watcher, &p).await;
+    assert_eq!((p.topic.as_str(), &p.payload[..]), ("wills/afresh", &b"afresh gone"[..]));
+    expect_nothing(&mut watcher).await;
+    a.stop().await;
+    b.stop().await;
+}
+
 /// A delayed will waiting on an edge that stops would die with it: it stays in the journal,
 /// and the edge that takes the stopped one's sessions sends it after its delay, unless its
 /// client came back.

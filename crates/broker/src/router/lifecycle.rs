@@ -215,6 +215,21 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
     }
 
+    /// Another node's connection starts `session` afresh (clean start), which ends it: a
+    /// delayed will of it waiting here is due now, as when its client comes back here with a
+    /// clean start (`Router::connect`). Called before [`Router::hand_over`].
+    pub fn started_afresh_elsewhere(
+        &mut self,
+        session: &str,
+        auth: &dyn Authorize<O>,
+        now_ms: u64,
+        fx: &mut Effects<M, O>,
+    ) {
+        if let Some(will) = self.pending_wills.remove(session) {
+            self.send_will(will, auth, now_ms, fx);
+        }
+    }
+
     /// Another node's connection claimed `session`: it leaves this router, live (its connection
     /// is closed, v5 0x8E) or parked, and its state goes with it, with its expiry. A will due
     /// now goes out here, a delayed one is dropped (the session continues).

@@ -424,6 +424,28 @@ fn a_delayed_will_waits_is_cancelled_by_a_return_and_is_due_when_the_session_end
 }
 
 #[test]
+fn a_delayed_will_is_dropped_when_its_session_moves_on_and_due_when_it_starts_afresh_elsewhere() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let (watcher, _) = connect(&mut r, request("carol", "w", true, 0), &mut fx);
+    sub(&mut r, "carol", "w", "wills/#", 0);
+    for (client, afresh) in [("moves", false), ("afresh", true)] {
+        let req = ConnectRequest {
+            will: Some(Will { message: msg(&format!("wills/{client}"), client, 0), delay_secs: 10 }),
+            ..request("bob", client, false, 60)
+        };
+        let (l, _) = connect(&mut r, req, &mut fx);
+        r.disconnect(gone(&key("bob", client), l, false, None), &Acl::default(), 0, &mut fx);
+        if afresh {
+            r.started_afresh_elsewhere(&key("bob", client), &Acl::default(), 1_000, &mut fx);
+        }
+        assert!(r.hand_over(&key("bob", client), &Acl::default(), 1_000, &mut fx).is_some(), "{client}");
+    }
+    r.tick(&Acl::default(), 20_000, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["afresh"], "the session continues elsewhere, or ended");
+}
+
+#[test]
 fn a_dead_nodes_will_goes_out_at_once_or_after_its_delay_unless_its_client_is_here() {
     let mut r = router(0);
     let mut fx = Fx::new();
