@@ -122,7 +122,7 @@ pub struct Checks {
 
 /// Sends the wills `node` (a dead edge, as the registries name it) left in the journal, then
 /// forgets them; returns how many went to the router. Not those of owners whose tokens were
-/// revoked since, nor delayed ones whose clients came back to another edge (`owners`).
+/// revoked since, nor delayed ones whose clients came back since, to any edge (`owners`).
 pub async fn send_left(hub: &Hub, checks: &Checks, node: &str, owners: Option<Owners<'_>>) -> Result<usize, String> {
     let Some(journal) = hub.journal() else { return Ok(0) };
     let left = journal.wills(node).await?;
