@@ -131,7 +131,16 @@ struct State {
     numbered: u64,
     /// The connections whose wills this edge keeps in the journal (`wills`).
     wills_kept: std::collections::HashSet<LinkId>,
+    /// The delayed wills waiting here that this edge keeps in the journal, by session, each
+    /// under the link of the connection that set it or, for one a dead edge left, a key of its
+    /// own ([`WAITING_KEYS`]).
+    wills_waiting: HashMap<Arc<str>, LinkId>,
+    /// The last key given to a will a dead edge left waiting.
+    waiting_keys: LinkId,
 }
+
+/// Where the journal keys of the delayed wills a dead edge left start: above every link id.
+const WAITING_KEYS: LinkId = 1 << 63;
 
 /// Counters for `$SYS` and logs (Prometheus gets the same events through `metrics`).
 #[derive(Debug, Default)]
@@ -188,7 +197,14 @@ impl Hub {
     /// A hub whose parked sessions live in this process's memory.
     pub fn new(cfg: HubConfig, authz: Arc<Authorizer>) -> Self {
         let router = Router::new(cfg.router());
-        let state = State { router, links: HashMap::new(), numbered: 0, wills_kept: Default::default() };
+        let state = State {
+            router,
+            links: HashMap::new(),
+            numbered: 0,
+            wills_kept: Default::default(),
+            wills_waiting: HashMap::new(),
+            waiting_keys: WAITING_KEYS,
+        };
         Hub {
             state: Mutex::new(state),
             cfg,
@@ -221,11 +237,22 @@ impl Hub {
         let will = self.journal().and(req.will.clone()).map(|will| {
             let (session, client_id, owner) = (req.session.clone(), req.client_id.clone(), req.owner.clone());
             let session_expiry_secs = req.session_expiry_secs;
-            crate::wills::encode(&crate::wills::LostWill { session, client_id, owner, will, session_expiry_secs })
+            crate::wills::encode(&crate::wills::LostWill {
+                session,
+                client_id,
+                owner,
+                will,
+                session_expiry_secs,
+                due_ms: None,
+            })
         });
+        let session = req.session.clone();
         let mut st = self.lock();
         let mut fx = Effects::new();
         let connected = st.router.connect(req, &*self.authz, now_ms, &mut fx);
+        // A delayed will its client came back in time for is gone from the journal before
+        // anything else of the new connection's.
+        self.forget_waiting_will(&mut st, &session);
         if let (Some(journal), Some(will)) = (self.journal(), will) {
             st.wills_kept.insert(connected.link);
             journal.submit_detached(vec![journal::Item::Will(connected.link, Some(will))]);
@@ -261,13 +288,30 @@ impl Hub {
         if st.router.disconnect(gone, &*self.authz, now_ms, &mut fx) {
             metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         }
-        // Dealt with here, but for a delayed will as this edge stops: that one stays in the
-        // journal for the edge that takes this one's sessions (it would die with this edge).
-        let leave_it = self.is_closing() && st.router.will_waits(session);
-        if let Some(journal) = self.journal().filter(|_| will_kept && !leave_it) {
-            journal.submit_detached(vec![journal::Item::Will(link_id, None)]);
+        // Dealt with here, but for a delayed will now waiting: it stays in the journal, with
+        // when it falls due, for the edge that takes this one's sessions should this one die
+        // or stop before (it would die with this edge).
+        if let Some(journal) = self.journal().filter(|_| will_kept) {
+            match st.router.waiting_will(session) {
+                Some(waiting) => {
+                    st.wills_waiting.insert(waiting.session.clone(), link_id);
+                    journal.submit_detached(vec![journal::Item::Will(link_id, Some(crate::wills::encode(&waiting)))]);
+                }
+                None => journal.submit_detached(vec![journal::Item::Will(link_id, None)]),
+            }
         }
         self.apply(&mut st, fx, None);
+    }
+
+    /// Forgets, in the journal too, the waiting will of `session` if it no longer waits (sent,
+    /// cancelled, refused, or its session went to another edge).
+    fn forget_waiting_will(&self, st: &mut State, session: &str) {
+        if st.router.will_waits(session) {
+            return;
+        }
+        if let (Some(link), Some(journal)) = (st.wills_waiting.remove(session), self.journal()) {
+            journal.submit_detached(vec![journal::Item::Will(link, None)]);
+        }
     }
 
     /// Expires parked sessions, sends delayed wills whose time has come, announces presence.
@@ -275,7 +319,13 @@ impl Hub {
         let mut st = self.lock();
         let mut fx = Effects::new();
         st.router.tick(&*self.authz, now_ms, &mut fx);
-        self.apply(&mut st, fx, None);
+        let st = &mut *st;
+        let gone: Vec<LinkId> =
+            st.wills_waiting.extract_if(|session, _| !st.router.will_waits(session)).map(|(_, link)| link).collect();
+        if let Some(journal) = self.journal().filter(|_| !gone.is_empty()) {
+            journal.submit_detached(gone.into_iter().map(|link| journal::Item::Will(link, None)).collect());
+        }
+        self.apply(st, fx, None);
     }
 
     /// Routes a message published by `from` (a session key) or by the system (`None`). A
@@ -418,17 +468,35 @@ impl Hub {
             .live_wills()
             .into_iter()
             .filter(|(link, _)| st.wills_kept.contains(link))
+            .chain(
+                st.wills_waiting.iter().filter_map(|(session, link)| Some((*link, st.router.waiting_will(session)?))),
+            )
             .map(|(link, lost)| (link, crate::wills::encode(&lost)))
             .collect();
         journal.submit_detached(vec![journal::Item::WillsAre(wills)]);
     }
 
-    /// Sends the wills of connections a dead edge had open (see `wills`).
+    /// Sends the wills of connections a dead edge had open or waiting (see `wills`); a
+    /// delayed one that now waits here is kept in the journal under this edge's name.
     pub fn lost_wills(&self, wills: Vec<crate::wills::LostWill>, now_ms: u64) {
         let mut st = self.lock();
         let mut fx = Effects::new();
+        let mut kept = Vec::new();
         for lost in wills {
+            let session = lost.session.clone();
             st.router.lost_will(lost, &*self.authz, now_ms, &mut fx);
+            let Some(waiting) = st.router.waiting_will(&session).filter(|_| self.journal().is_some()) else {
+                continue;
+            };
+            st.waiting_keys += 1;
+            let key = st.waiting_keys;
+            if let Some(before) = st.wills_waiting.insert(session, key) {
+                kept.push(journal::Item::Will(before, None));
+            }
+            kept.push(journal::Item::Will(key, Some(crate::wills::encode(&waiting))));
+        }
+        if let Some(journal) = self.journal().filter(|_| !kept.is_empty()) {
+            journal.submit_detached(kept);
         }
         self.apply(&mut st, fx, None);
     }
@@ -540,6 +608,7 @@ impl Hub {
             st.router.started_afresh_elsewhere(session, &*self.authz, now_ms, &mut fx);
         }
         let mut handed = st.router.hand_over(session, &*self.authz, now_ms, &mut fx);
+        self.forget_waiting_will(&mut st, session);
         // Whatever this edge routed before now the session had here; the next edge catches
         // up on what comes after (what it routes until the session's interest is in place
         // there reaches nobody).

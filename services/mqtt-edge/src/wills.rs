@@ -2,27 +2,29 @@
 //!
 //! While a connection with a will is open, its edge keeps the will in the session journal
 //! under its own name (`Write::Will`, keyed by the connection's link; gone when the connection
-//! ends, whatever became of the will then, but for a delayed will waiting as the edge stops:
-//! it would die with the edge). An edge killed with connections open, or stopped with delayed
-//! wills waiting, leaves them there:
+//! ends, unless the will then waits for its delay: it stays, with when it falls due, until it
+//! is sent or cancelled, `Hub::forget_waiting_will`). An edge killed or stopped leaves them
+//! there:
 //! - in a cluster, the live edge that takes the dead edge's sessions (`adopt`) sends them
 //!   ([`send_left`]), then forgets them;
 //! - a node alone on a journal only it writes (`hermes up` on its data directory) sends, when
 //!   it starts, those its earlier runs left ([`send_left_by_earlier_runs`]).
 //!
-//! A will goes out as if its connection had just ended (`Router::lost_will`): at once without a
-//! delay, after its delay otherwise, unless its client came back meanwhile (to this edge, or to
-//! another before the dead edge was found out: [`Owners`]); its delay ends with its session.
-//! Its owner is checked as for any will (ACL, with the owner's relations loaded first as at
-//! CONNECT; retained quota), and for tokens revoked since ([`Checks`]). The dead edge is
-//! forgotten only once its wills are handed to the router and forgotten: an edge that dies
-//! before that leaves them to the next one to take the dead edge (at least once). A delayed
-//! will then waits in the taking edge's memory only, as any delayed will does.
+//! A will goes out as if its connection had just ended (`Router::lost_will`), or when it fell
+//! due if its connection had ended: at once without a delay, after its delay otherwise, unless
+//! its client came back meanwhile (to this edge, or to another before the dead edge was found
+//! out: [`Owners`]); its delay ends with its session. Its owner is checked as for any will
+//! (ACL, with the owner's relations loaded first as at CONNECT; retained quota), and for
+//! tokens revoked since ([`Checks`]). One that then waits here is kept in the journal under
+//! this edge's name, so a second death does not lose it. The dead edge is forgotten only once
+//! its wills are handed to the router and forgotten: an edge that dies before that leaves them
+//! to the next one to take the dead edge (at least once).
 //!
 //! A write of the journal that fails may take a will, or the end of one, with it: once the
 //! journal works again the edge writes its wills whole (`Hub::write_wills_again_if_lost`,
 //! within a second). Not covered: what a Redis failover loses without `state.redis_wait_replicas`;
-//! the wills of a lone edge on Redis without a bus, killed, are kept but never sent.
+//! the wills of a lone edge on Redis without a bus, killed, are kept but never sent; a
+//! waiting will sent just before its edge dies may be sent again (at least once).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -59,6 +61,7 @@ pub fn encode(lost: &LostWill) -> Vec<u8> {
             session_id: o.session_id.clone(),
         }),
         session_expiry_secs: lost.session_expiry_secs,
+        due_ms: lost.due_ms.unwrap_or(0),
     }
     .encode_to_vec()
 }
@@ -83,6 +86,7 @@ pub fn decode(bytes: &[u8]) -> Option<LostWill> {
         owner: Arc::new(owner),
         will: broker::router::Will { message: Arc::new(message), delay_secs: w.delay_secs },
         session_expiry_secs: w.session_expiry_secs,
+        due_ms: (w.due_ms != 0).then_some(w.due_ms),
     })
 }
 
@@ -141,7 +145,7 @@ pub async fn send_left(hub: &Hub, checks: &Checks, node: &str, owners: Option<Ow
             tracing::info!(client_id = %w.client_id, "a dead edge's will not sent: its owner's tokens were revoked");
             continue;
         }
-        if let Some(o) = owners.as_ref().filter(|_| w.will.delay_secs > 0 && w.session_expiry_secs > 0) {
+        if let Some(o) = owners.as_ref().filter(|_| w.waits()) {
             match o.came_back(&w.session, node).await {
                 Ok(true) => continue,
                 Ok(false) => {}
@@ -196,17 +200,23 @@ mod tests {
             anonymous: false,
             session_id: "s1".into(),
         };
-        for (delay_secs, session_expiry_secs) in [(0, 0), (1, 1), (u32::MAX, u32::MAX)] {
+        for (delay_secs, session_expiry_secs, due_ms) in
+            [(0, 0, None), (1, 1, Some(1)), (u32::MAX, u32::MAX, Some(u64::MAX))]
+        {
             let lost = LostWill {
                 session: "t:e1/u1/phone".into(),
                 client_id: "phone".into(),
                 owner: Arc::new(owner.clone()),
                 will: broker::router::Will { message: Arc::new(message.clone()), delay_secs },
                 session_expiry_secs,
+                due_ms,
             };
             let back = decode(&encode(&lost)).expect("decodes");
             assert_eq!((&*back.session, &*back.client_id, &*back.owner), ("t:e1/u1/phone", "phone", &owner));
-            assert_eq!((back.will.delay_secs, back.session_expiry_secs), (delay_secs, session_expiry_secs));
+            assert_eq!(
+                (back.will.delay_secs, back.session_expiry_secs, back.due_ms),
+                (delay_secs, session_expiry_secs, due_ms)
+            );
             let m = &back.will.message;
             assert_eq!(
                 (&*m.topic, &m.payload[..], m.qos, m.retain, m.expires_at_ms),

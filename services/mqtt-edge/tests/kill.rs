@@ -359,6 +359,14 @@ async fn the_wills_of_a_killed_edges_connections_are_sent_by_another() {
     let mut polite = with_will(Version::V5, "polite", None, None).await;
     polite.send(&Packet::disconnect(0)).await.expect("a DISCONNECT without its will");
     assert!(polite.is_closed(WAIT).await, "the edge closes after a DISCONNECT");
+    // Two whose connections end abnormally before the kill, their wills waiting on edge a for
+    // 4 s: one's client comes back to edge a before the kill (cancelled), the other's does
+    // not (sent: it used to die with edge a).
+    drop(with_will(Version::V5, "ended", Some(4), Some(3600)).await);
+    drop(with_will(Version::V5, "ended-back", Some(4), Some(3600)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_ended_back, present) = client(a.addr, "ended-back", false).await;
+    assert!(present, "ended-back: its session waited");
     tokio::time::sleep(Duration::from_millis(300)).await;
     a.kill();
     // `back` comes back to edge c before edge a is found dead: its delayed will is cancelled
@@ -381,14 +389,19 @@ async fn the_wills_of_a_killed_edges_connections_are_sent_by_another() {
         }
         sent.push((p.topic.clone(), String::from_utf8(p.payload.to_vec()).expect("utf8")));
         eprintln!("{} after the kill: {}", started.elapsed().as_secs_f32(), p.topic);
-        if sent.len() == 3 {
+        if sent.len() == 4 {
             break;
         }
     }
     sent.sort();
-    let want = [("wills/delayed", "delayed gone"), ("wills/persistent", "persistent gone"), ("wills/v3", "v3 gone")];
+    let want = [
+        ("wills/delayed", "delayed gone"),
+        ("wills/ended", "ended gone"),
+        ("wills/persistent", "persistent gone"),
+        ("wills/v3", "v3 gone"),
+    ];
     assert_eq!(sent, want.map(|(t, p)| (t.to_owned(), p.to_owned())));
-    // Nothing more: not `polite`'s, `back`'s or the bounces' (nor any twice).
+    // Nothing more: not `polite`'s, `back`'s, `ended-back`'s or the bounces' (nor any twice).
     let more = watcher.recv(Duration::from_secs(3)).await;
     assert!(more.is_err(), "nothing more: {more:?}");
     drop((b, c));

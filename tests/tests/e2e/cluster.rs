@@ -209,7 +209,7 @@ const MIXED: usize = 2000;
 /// Publishes `n` messages to `seq/1`, numbered from 0: even ones at QoS 1, odd ones at QoS 0.
 async fn publish_mixed(mut publisher: Client, n: usize) -> Client {
     for i in 0..n {
-        let qos = if i % 2 == 0 { 1 } else { 0 };
+        let qos = if i.is_multiple_of(2) { 1 } else { 0 };
         publisher.publish("seq/1", i.to_string().as_bytes(), qos, false, WAIT).await.expect("publish");
     }
     publisher
@@ -227,7 +227,7 @@ async fn receive_mixed(sub: &mut Client, n: usize, pause_after: Option<usize>, b
         let p = expect_publish(sub).await;
         ack(sub, &p).await;
         let number: usize = String::from_utf8_lossy(&p.payload).parse().expect("a number");
-        let qos = usize::from(number % 2 == 0);
+        let qos = usize::from(number.is_multiple_of(2));
         assert_eq!(usize::from(p.qos), qos, "{bus}: message {number} at its QoS");
         assert!(last[qos] < Some(number), "{bus}: message {number} after {:?} at QoS {qos}", last[qos]);
         last[qos] = Some(number);
@@ -1686,12 +1686,13 @@ async fn a_delayed_will_is_due_when_its_client_starts_afresh_on_another_edge() {
 
 /// A delayed will waiting on an edge that stops would die with it: it stays in the journal,
 /// and the edge that takes the stopped one's sessions sends it after its delay, unless its
-/// client came back.
+/// client came back. One with a longer delay waits on that edge, which keeps it in the journal
+/// under its own name, due when it would have been on the edge that stopped.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopping_edges_delayed_wills_are_sent_by_another_unless_their_clients_came_back() {
     let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
     let journal: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
-    let (a, b) = journaled_pair(bus, journal).await;
+    let (a, b) = journaled_pair(bus, journal.clone()).await;
     let mut watcher = b.client(Version::V5, "watcher").await;
     assert_eq!(watcher.subscribe(vec![SubscribeTopic::new("wills/#", 1)], WAIT).await.expect("suback"), [1]);
     let with_will = |id: &str| Connect {
@@ -1707,12 +1708,17 @@ async fn a_stopping_edges_delayed_wills_are_sent_by_another_unless_their_clients
     };
     let (_away, _) = a.connect(Version::V5, with_will("away")).await;
     let (mut back, _) = a.connect(Version::V5, with_will("back")).await;
+    let mut slow = with_will("slow");
+    slow.will.as_mut().expect("a will").delay_interval = Some(120);
+    let (_slow, _) = a.connect(Version::V5, slow).await;
     settle().await;
+    let stop_began = mqtt_edge::message::now_ms();
     let stopping = tokio::spawn(a.stop());
     assert_eq!(expect_disconnect(&mut back).await, 0x8B, "told the server stops");
     let (_back_again, present) = b.connect(Version::V5, with_will("back")).await;
     assert!(present, "its session came along");
     stopping.await.expect("a stopped");
+    let stopped = mqtt_edge::message::now_ms();
     // Edge b takes edge a at its next heartbeat (5 s), then the delay (1 s).
     let p = match watcher.recv(Duration::from_secs(20)).await {
         Ok(Packet::Publish(p)) => p,
@@ -1721,6 +1727,25 @@ async fn a_stopping_edges_delayed_wills_are_sent_by_another_unless_their_clients
     ack(&mut watcher, &p).await;
     assert_eq!((p.topic.as_str(), &p.payload[..]), ("wills/away", &b"away gone"[..]));
     expect_nothing(&mut watcher).await;
+    // Edge b keeps slow's will (and back's, whose connection is open there) under its name.
+    let mut kept = Vec::new();
+    for node in journal.will_nodes().await.expect("nodes") {
+        for (_, bytes) in journal.wills(&node).await.expect("wills") {
+            let w = mqtt_edge::wills::decode(&bytes).expect("a will");
+            kept.push((node.clone(), w.client_id.to_string(), w.due_ms));
+        }
+    }
+    kept.sort();
+    let [(node_back, back_id, back_due), (node_slow, slow_id, slow_due)] =
+        <[_; 2]>::try_from(kept.clone()).unwrap_or_else(|_| panic!("two wills kept: {kept:?}"));
+    assert!(node_back.starts_with("b:") && node_slow == node_back, "{kept:?}");
+    assert_eq!((back_id.as_str(), back_due), ("back", None), "an open connection's");
+    assert_eq!(slow_id, "slow");
+    let due = slow_due.expect("due when it would have been");
+    assert!(
+        due >= stop_began + 120_000 && due <= stopped + 120_000,
+        "due 120 s after its connection ended ({stop_began}..{stopped}), not after b took it: {due}"
+    );
     b.stop().await;
 }
 

@@ -127,7 +127,8 @@ async fn without_its_journal_an_edge_acknowledges_nothing_it_could_not_store_and
 
 /// The wills an edge keeps in Redis for its open connections (sent by another edge if it
 /// dies) are made good once Redis is back: one whose connection ended while Redis was cut off
-/// is not left there to be sent for a client that said goodbye.
+/// is not left there to be sent for a client that said goodbye; one whose connection ended
+/// abnormally then, its delay not over, stays.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_wills_an_edge_keeps_in_redis_are_made_good_after_a_failed_write() {
     let redis = servers::redis();
@@ -146,6 +147,9 @@ async fn the_wills_an_edge_keeps_in_redis_are_made_good_after_a_failed_write() {
     };
     let (_stays, _) = edge.connect(Version::V5, with_will("stays")).await;
     let (mut leaves, _) = edge.connect(Version::V5, with_will("leaves")).await;
+    let mut delayed = with_will("waits");
+    delayed.will.as_mut().expect("a will").delay_interval = Some(600);
+    let (waits, _) = edge.connect(Version::V5, Connect { session_expiry: Some(3600), ..delayed }).await;
     let kept = async |want: usize, wills_kept: &mut dyn FnMut() -> usize| {
         for _ in 0..100 {
             if wills_kept() == want {
@@ -155,15 +159,16 @@ async fn the_wills_an_edge_keeps_in_redis_are_made_good_after_a_failed_write() {
         }
         false
     };
-    assert!(kept(2, &mut wills_kept).await, "both wills kept: {}", wills_kept());
+    assert!(kept(3, &mut wills_kept).await, "the three wills kept: {}", wills_kept());
 
     proxy.cut();
     leaves.send(&Packet::disconnect(0)).await.expect("bye");
     assert!(leaves.is_closed(WAIT).await);
+    drop(waits);
     assert!(readiness_becomes(&ready, false, Duration::from_secs(10)).await, "the journal write failed");
     proxy.restore();
     assert!(readiness_becomes(&ready, true, Duration::from_secs(20)).await, "ready again");
-    assert!(kept(1, &mut wills_kept).await, "only the open connection's will is left: {}", wills_kept());
+    assert!(kept(2, &mut wills_kept).await, "the open connection's and the waiting will are left: {}", wills_kept());
     edge.stop().await;
 }
 

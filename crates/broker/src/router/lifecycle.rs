@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{
     Authorize, CloseReason, ConnectRequest, Connected, Disconnect, Effect, Effects, LinkId, Live, LostWill,
-    PendingWill, Persist, Routable, Router, journal,
+    PendingWill, Persist, Routable, Router, Will, journal,
 };
 use crate::session::{Change, Session, SessionSnapshot};
 use crate::store::Parked;
@@ -370,20 +370,42 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
         }
     }
 
-    /// The will of a connection to `session` that another node had open when it died (that
-    /// node's journal kept it): due now if it has no delay (the connection ended abnormally,
-    /// whatever came after) or its session ended with the connection. A delayed one waits here
-    /// as if its connection had just ended (at most as long as the session lasts), unless the
-    /// session is live here: its client came back in time [MQTT-3.1.3-9].
+    /// The will of a connection to `session` that another node had open when it died, or
+    /// whose delay it was waiting for (that node's journal kept it): due now if it has no
+    /// delay (the connection ended abnormally, whatever came after) or its session ended with
+    /// the connection. A delayed one waits here as if its connection had just ended (at most
+    /// as long as the session lasts), or until it fell due if it had ended (`due_ms`), unless
+    /// the session is live here: its client came back in time [MQTT-3.1.3-9].
     pub fn lost_will(&mut self, lost: LostWill<M, O>, auth: &dyn Authorize<O>, now_ms: u64, fx: &mut Effects<M, O>) {
-        let LostWill { session, client_id, owner, will, session_expiry_secs } = lost;
+        let LostWill { session, client_id, owner, will, session_expiry_secs, due_ms } = lost;
         let delay = will.delay_secs.min(session_expiry_secs);
-        let pending = PendingWill { due_ms: now_ms + u64::from(delay) * 1000, message: will.message, owner, client_id };
-        if delay == 0 {
+        let ended = due_ms.is_some();
+        let due_ms = due_ms.unwrap_or(now_ms + u64::from(delay) * 1000);
+        let pending = PendingWill { due_ms, message: will.message, owner, client_id };
+        let came_back = self.live.contains_key(&session);
+        if (!ended && delay == 0) || (!came_back && due_ms <= now_ms) {
             self.send_will(pending, auth, now_ms, fx);
-        } else if !self.live.contains_key(&session) {
+        } else if !came_back {
             self.pending_wills.insert(session, pending);
         }
+    }
+
+    /// The delayed will of `session` waiting here, as this node's journal keeps it for
+    /// another node to send should this one die ([`LostWill::due_ms`] set).
+    pub fn waiting_will(&self, session: &str) -> Option<LostWill<M, O>>
+    where
+        M: Clone,
+        O: Clone,
+    {
+        let (session, w) = self.pending_wills.get_key_value(session)?;
+        Some(LostWill {
+            session: session.clone(),
+            client_id: w.client_id.clone(),
+            owner: w.owner.clone(),
+            will: Will { message: w.message.clone(), delay_secs: 0 },
+            session_expiry_secs: 0,
+            due_ms: Some(w.due_ms),
+        })
     }
 
     /// Whether a delayed will of `session` waits here for its delay.
@@ -406,6 +428,7 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
                 owner: live.owner.clone(),
                 will,
                 session_expiry_secs: live.expiry_secs,
+                due_ms: None,
             };
             Some((live.link, lost))
         };

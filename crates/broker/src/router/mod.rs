@@ -167,6 +167,18 @@ pub struct LostWill<M, O> {
     pub will: Will<M>,
     /// The session's expiry as its connection had it: the will's delay ends with the session.
     pub session_expiry_secs: u32,
+    /// When it falls due, for a delayed will whose connection had ended (Unix ms; its delay
+    /// and the session's expiry applied); `None` while its connection is open: its delay
+    /// starts when it is found lost.
+    pub due_ms: Option<u64>,
+}
+
+impl<M, O> LostWill<M, O> {
+    /// Whether it waits for a delay after its connection ended, so its client may come back
+    /// first and cancel it.
+    pub fn waits(&self) -> bool {
+        self.due_ms.is_some() || (self.will.delay_secs > 0 && self.session_expiry_secs > 0)
+    }
 }
 
 /// What a CONNECT asks of the router.

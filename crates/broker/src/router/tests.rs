@@ -457,6 +457,7 @@ fn a_dead_nodes_will_goes_out_at_once_or_after_its_delay_unless_its_client_is_he
         owner: "bob",
         will: Will { message: msg(&format!("wills/{client}"), body, 0), delay_secs },
         session_expiry_secs: 60,
+        due_ms: None,
     };
     // No delay: at once, even though its client is back here (its old connection ended
     // abnormally).
@@ -488,6 +489,47 @@ fn a_dead_nodes_will_goes_out_at_once_or_after_its_delay_unless_its_client_is_he
     r.lost_will(lost("v3", "refused", 0), &Acl { deny: vec!["wills/".into()], ..Acl::default() }, 7_000, &mut fx);
     assert!(delivered(&fx, watcher).is_empty());
     assert!(fx.iter().any(|e| matches!(e, Effect::WillRefused { .. })));
+}
+
+/// A delayed will waiting for its delay after its connection ended reads back as the journal
+/// keeps it, and another node that finds it lost sends it when it falls due (at once if it
+/// is past), unless its client came back there.
+#[test]
+fn a_waiting_will_falls_due_where_it_was_found_lost_when_it_would_have() {
+    let mut r = router(0);
+    let mut fx = Fx::new();
+    let mut will_of = |client: &str| {
+        let req = ConnectRequest {
+            will: Some(Will { message: msg(&format!("wills/{client}"), &format!("{client} gone"), 0), delay_secs: 5 }),
+            ..request("bob", client, false, 60)
+        };
+        let (link, _) = connect(&mut r, req, &mut fx);
+        r.disconnect(gone(&key("bob", client), link, false, None), &Acl::default(), 1_000, &mut fx);
+    };
+    for client in ["due", "past", "back"] {
+        will_of(client);
+    }
+    assert!(r.waiting_will(&key("bob", "nobody")).is_none());
+    let waiting: Vec<_> =
+        ["due", "past", "back"].iter().map(|c| r.waiting_will(&key("bob", c)).expect("waiting")).collect();
+    assert!(waiting.iter().all(|w| w.due_ms == Some(6_000) && w.waits()), "delay from the end, 1 s + 5 s");
+    // Found lost by another node, 2 s later: due at 6 s, not 7 s.
+    let mut other = router(0);
+    let (watcher, _) = connect(&mut other, request("carol", "w", true, 0), &mut fx);
+    sub(&mut other, "carol", "w", "wills/#", 0);
+    let (_back, _) = connect(&mut other, request("bob", "back", false, 60), &mut fx);
+    fx.clear();
+    let [due, past, back] = <[_; 3]>::try_from(waiting).unwrap_or_else(|_| panic!("three"));
+    other.lost_will(due, &Acl::default(), 3_000, &mut fx);
+    other.lost_will(back, &Acl::default(), 3_000, &mut fx);
+    other.tick(&Acl::default(), 5_999, &mut fx);
+    assert!(delivered(&fx, watcher).is_empty(), "not before it falls due");
+    other.tick(&Acl::default(), 6_000, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["due gone"], "when it falls due; not the one whose client is back");
+    fx.clear();
+    other.lost_will(past, &Acl::default(), 9_000, &mut fx);
+    assert_eq!(delivered(&fx, watcher), ["past gone"], "found after it fell due: at once");
+    assert!(other.waiting_will(&key("bob", "back")).is_none());
 }
 
 #[test]
