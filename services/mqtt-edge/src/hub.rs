@@ -142,6 +142,17 @@ struct State {
 /// Where the journal keys of the delayed wills a dead edge left start: above every link id.
 const WAITING_KEYS: LinkId = 1 << 63;
 
+/// Keeps the delayed will of `session` waiting here in the journal under `key` (in `items`),
+/// in place of the record of an earlier one of it; false if none waits.
+fn keep_waiting_will(st: &mut State, session: &str, key: LinkId, now_ms: u64, items: &mut Vec<journal::Item>) -> bool {
+    let Some(waiting) = st.router.waiting_will(session, now_ms) else { return false };
+    if let Some(before) = st.wills_waiting.insert(waiting.session.clone(), key).filter(|b| *b != key) {
+        items.push(journal::Item::Will(before, None));
+    }
+    items.push(journal::Item::Will(key, Some(crate::wills::encode(&waiting))));
+    true
+}
+
 /// Counters for `$SYS` and logs (Prometheus gets the same events through `metrics`).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -285,20 +296,20 @@ impl Hub {
         let will_kept = st.wills_kept.remove(&link_id);
         let mut fx = Effects::new();
         let gone = Disconnect { session, link: link_id, graceful, expiry_secs };
-        if st.router.disconnect(gone, &*self.authz, now_ms, &mut fx) {
+        let held = st.router.disconnect(gone, &*self.authz, now_ms, &mut fx);
+        if held {
             metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         }
         // Dealt with here, but for a delayed will now waiting: it stays in the journal, with
         // when it falls due, for the edge that takes this one's sessions should this one die
-        // or stop before (it would die with this edge).
+        // or stop before (it would die with this edge). Only a connection that still held its
+        // session leaves one (one taken over ends without).
         if let Some(journal) = self.journal().filter(|_| will_kept) {
-            match st.router.waiting_will(session) {
-                Some(waiting) => {
-                    st.wills_waiting.insert(waiting.session.clone(), link_id);
-                    journal.submit_detached(vec![journal::Item::Will(link_id, Some(crate::wills::encode(&waiting)))]);
-                }
-                None => journal.submit_detached(vec![journal::Item::Will(link_id, None)]),
+            let mut items = Vec::new();
+            if !(held && keep_waiting_will(&mut st, session, link_id, now_ms, &mut items)) {
+                items.push(journal::Item::Will(link_id, None));
             }
+            journal.submit_detached(items);
         }
         self.apply(&mut st, fx, None);
     }
@@ -439,9 +450,10 @@ impl Hub {
     pub fn journal_all_again(&self) -> (Vec<Arc<str>>, Option<Durable>) {
         let mut st = self.lock();
         let mut fx = Effects::new();
-        let written = st.router.journal_all_again(crate::message::now_ms(), &mut fx);
+        let now_ms = crate::message::now_ms();
+        let written = st.router.journal_all_again(now_ms, &mut fx);
         let durable = self.apply(&mut st, fx, None);
-        self.write_wills_again(&st);
+        self.write_wills_again(&st, now_ms);
         (written, durable)
     }
 
@@ -456,12 +468,12 @@ impl Hub {
         }
         let st = self.lock();
         self.wills_written_at_ms.store(now_ms.max(failed_at + 1), Ordering::Relaxed);
-        self.write_wills_again(&st);
+        self.write_wills_again(&st, now_ms);
     }
 
     /// Replaces what the journal holds of this edge's wills by those of the connections open
     /// here (under the lock: in order with their own writes).
-    fn write_wills_again(&self, st: &State) {
+    fn write_wills_again(&self, st: &State, now_ms: u64) {
         let Some(journal) = self.journal() else { return };
         let wills: broker::journal::Wills = st
             .router
@@ -469,7 +481,9 @@ impl Hub {
             .into_iter()
             .filter(|(link, _)| st.wills_kept.contains(link))
             .chain(
-                st.wills_waiting.iter().filter_map(|(session, link)| Some((*link, st.router.waiting_will(session)?))),
+                st.wills_waiting
+                    .iter()
+                    .filter_map(|(session, link)| Some((*link, st.router.waiting_will(session, now_ms)?))),
             )
             .map(|(link, lost)| (link, crate::wills::encode(&lost)))
             .collect();
@@ -485,15 +499,11 @@ impl Hub {
         for lost in wills {
             let session = lost.session.clone();
             st.router.lost_will(lost, &*self.authz, now_ms, &mut fx);
-            let Some(waiting) = st.router.waiting_will(&session).filter(|_| self.journal().is_some()) else {
-                continue;
-            };
-            st.waiting_keys += 1;
-            let key = st.waiting_keys;
-            if let Some(before) = st.wills_waiting.insert(session, key) {
-                kept.push(journal::Item::Will(before, None));
+            if self.journal().is_some() && st.router.will_waits(&session) {
+                st.waiting_keys += 1;
+                let key = st.waiting_keys;
+                keep_waiting_will(&mut st, &session, key, now_ms, &mut kept);
             }
-            kept.push(journal::Item::Will(key, Some(crate::wills::encode(&waiting))));
         }
         if let Some(journal) = self.journal().filter(|_| !kept.is_empty()) {
             journal.submit_detached(kept);

@@ -137,10 +137,19 @@ async fn the_wills_an_edge_keeps_in_redis_are_made_good_after_a_failed_write() {
     let edge = TestEdge::start_with(|c| c.state.redis_url = url).await;
     let ready = edge.edge().readiness();
     let mut direct = redis::Client::open(redis.redis_url()).and_then(|c| c.get_connection()).expect("redis");
-    let mut wills_kept = move || -> usize {
+    // The client ids of the wills kept, each with whether it waits for its delay (has a due time).
+    let mut wills_kept = move || -> Vec<(String, bool)> {
         let keys: Vec<String> = redis::cmd("KEYS").arg("hermes:wills:node:*").query(&mut direct).expect("KEYS");
-        keys.iter().map(|k| redis::cmd("HLEN").arg(k).query::<usize>(&mut direct).expect("HLEN")).sum()
+        let mut kept: Vec<(String, bool)> = keys
+            .iter()
+            .flat_map(|k| redis::cmd("HVALS").arg(k).query::<Vec<Vec<u8>>>(&mut direct).expect("HVALS"))
+            .map(|bytes| mqtt_edge::wills::decode(&bytes).expect("a will"))
+            .map(|w| (w.client_id.to_string(), w.due_ms.is_some()))
+            .collect();
+        kept.sort();
+        kept
     };
+    let wills = |kept: &[(&str, bool)]| kept.iter().map(|(id, waits)| ((*id).to_owned(), *waits)).collect::<Vec<_>>();
     let with_will = |id: &str| Connect {
         will: Some(sdk::mqtt::Will { topic: format!("wills/{id}"), payload: b"gone".to_vec(), ..Default::default() }),
         ..connect(id, true)
@@ -150,7 +159,7 @@ async fn the_wills_an_edge_keeps_in_redis_are_made_good_after_a_failed_write() {
     let mut delayed = with_will("waits");
     delayed.will.as_mut().expect("a will").delay_interval = Some(600);
     let (waits, _) = edge.connect(Version::V5, Connect { session_expiry: Some(3600), ..delayed }).await;
-    let kept = async |want: usize, wills_kept: &mut dyn FnMut() -> usize| {
+    let kept = async |want: Vec<(String, bool)>, wills_kept: &mut dyn FnMut() -> Vec<(String, bool)>| {
         for _ in 0..100 {
             if wills_kept() == want {
                 return true;
@@ -159,7 +168,8 @@ async fn the_wills_an_edge_keeps_in_redis_are_made_good_after_a_failed_write() {
         }
         false
     };
-    assert!(kept(3, &mut wills_kept).await, "the three wills kept: {}", wills_kept());
+    let open = wills(&[("leaves", false), ("stays", false), ("waits", false)]);
+    assert!(kept(open, &mut wills_kept).await, "the three wills kept: {:?}", wills_kept());
 
     proxy.cut();
     leaves.send(&Packet::disconnect(0)).await.expect("bye");
@@ -168,7 +178,12 @@ async fn the_wills_an_edge_keeps_in_redis_are_made_good_after_a_failed_write() {
     assert!(readiness_becomes(&ready, false, Duration::from_secs(10)).await, "the journal write failed");
     proxy.restore();
     assert!(readiness_becomes(&ready, true, Duration::from_secs(20)).await, "ready again");
-    assert!(kept(2, &mut wills_kept).await, "the open connection's and the waiting will are left: {}", wills_kept());
+    let left = wills(&[("stays", false), ("waits", true)]);
+    assert!(
+        kept(left, &mut wills_kept).await,
+        "the open connection's and the waiting will are left: {:?}",
+        wills_kept()
+    );
     edge.stop().await;
 }
 

@@ -391,19 +391,21 @@ impl<M: Routable + Clone + Send + 'static, O: Clone> Router<M, O> {
     }
 
     /// The delayed will of `session` waiting here, as this node's journal keeps it for
-    /// another node to send should this one die ([`LostWill::due_ms`] set).
-    pub fn waiting_will(&self, session: &str) -> Option<LostWill<M, O>>
+    /// another node to send should this one die ([`LostWill::due_ms`] set; its delay and
+    /// expiry say what is left of its wait at `now_ms`, for a node that reads no `due_ms`).
+    pub fn waiting_will(&self, session: &str, now_ms: u64) -> Option<LostWill<M, O>>
     where
         M: Clone,
         O: Clone,
     {
         let (session, w) = self.pending_wills.get_key_value(session)?;
+        let left_secs = u32::try_from(w.due_ms.saturating_sub(now_ms).div_ceil(1000)).unwrap_or(u32::MAX);
         Some(LostWill {
             session: session.clone(),
             client_id: w.client_id.clone(),
             owner: w.owner.clone(),
-            will: Will { message: w.message.clone(), delay_secs: 0 },
-            session_expiry_secs: 0,
+            will: Will { message: w.message.clone(), delay_secs: left_secs },
+            session_expiry_secs: left_secs,
             due_ms: Some(w.due_ms),
         })
     }

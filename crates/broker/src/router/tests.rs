@@ -509,10 +509,12 @@ fn a_waiting_will_falls_due_where_it_was_found_lost_when_it_would_have() {
     for client in ["due", "past", "back"] {
         will_of(client);
     }
-    assert!(r.waiting_will(&key("bob", "nobody")).is_none());
+    assert!(r.waiting_will(&key("bob", "nobody"), 1_000).is_none());
     let waiting: Vec<_> =
-        ["due", "past", "back"].iter().map(|c| r.waiting_will(&key("bob", c)).expect("waiting")).collect();
+        ["due", "past", "back"].iter().map(|c| r.waiting_will(&key("bob", c), 2_500).expect("waiting")).collect();
     assert!(waiting.iter().all(|w| w.due_ms == Some(6_000) && w.waits()), "delay from the end, 1 s + 5 s");
+    // What is left of the wait, for a node that reads no due time: 3.5 s, rounded up.
+    assert!(waiting.iter().all(|w| (w.will.delay_secs, w.session_expiry_secs) == (4, 4)));
     // Found lost by another node, 2 s later: due at 6 s, not 7 s.
     let mut other = router(0);
     let (watcher, _) = connect(&mut other, request("carol", "w", true, 0), &mut fx);
@@ -529,7 +531,7 @@ fn a_waiting_will_falls_due_where_it_was_found_lost_when_it_would_have() {
     fx.clear();
     other.lost_will(past, &Acl::default(), 9_000, &mut fx);
     assert_eq!(delivered(&fx, watcher), ["past gone"], "found after it fell due: at once");
-    assert!(other.waiting_will(&key("bob", "back")).is_none());
+    assert!(other.waiting_will(&key("bob", "back"), 9_000).is_none());
 }
 
 #[test]
