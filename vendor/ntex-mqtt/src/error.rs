@@ -331,6 +331,12 @@ pub enum DecodeError {
     Utf8Error,
     #[error("Unexpected payload")]
     UnexpectedPayload,
+    /// Hermes: read, but with a value MQTT 5 names a protocol error (DISCONNECT 0x82).
+    #[error("Protocol error")]
+    ProtocolError,
+    /// Hermes: a Topic Alias of 0 (DISCONNECT 0x94, Topic Alias invalid).
+    #[error("Topic alias invalid")]
+    TopicAliasInvalid,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]

@@ -62,7 +62,9 @@ pub(super) trait Property {
 
 impl<T: Decode> Property for Option<T> {
     fn read_value(&mut self, src: &mut Bytes) -> Result<(), DecodeError> {
-        ensure!(self.is_none(), DecodeError::MalformedPacket); // property is set twice while not allowed
+        // Hermes: a property set twice where that is not allowed is a protocol error (MQTT 5
+        // says so of each), not a malformed packet.
+        ensure!(self.is_none(), DecodeError::ProtocolError);
         *self = Some(T::decode(src)?);
         Ok(())
     }
@@ -72,7 +74,7 @@ impl<T: Decode> Property for Option<T> {
 /// held as `NonZeroU32`, a 0 is taken as 1 s instead of failing the packet (9.0.0 closed the
 /// connection).
 pub(crate) fn read_expiry_interval(slot: &mut Option<NonZeroU32>, src: &mut Bytes) -> Result<(), DecodeError> {
-    ensure!(slot.is_none(), DecodeError::MalformedPacket); // property is set twice while not allowed
+    ensure!(slot.is_none(), DecodeError::ProtocolError); // Hermes: set twice, see `read_value`
     *slot = Some(NonZeroU32::new(u32::decode(src)?).unwrap_or(NonZeroU32::MIN));
     Ok(())
 }

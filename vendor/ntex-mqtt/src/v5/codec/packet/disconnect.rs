@@ -72,8 +72,15 @@ impl Disconnect {
                 MqttProtocolError::Decode(DecodeError::MaxSizeExceeded { .. }) => {
                     DisconnectReasonCode::PacketTooLarge
                 }
-                // Hermes: what the decoder cannot read is a malformed packet (0x81), as MQTT 5
-                // names it [MQTT-4.13.1], not an implementation specific error (0x83).
+                // Hermes: a value MQTT 5 rules out is a protocol error (0x82), a Topic Alias
+                // of 0 an invalid one (0x94); what the decoder cannot read is a malformed
+                // packet (0x81) [MQTT-4.13.1], not an implementation specific error (0x83).
+                MqttProtocolError::Decode(DecodeError::ProtocolError) => {
+                    DisconnectReasonCode::ProtocolError
+                }
+                MqttProtocolError::Decode(DecodeError::TopicAliasInvalid) => {
+                    DisconnectReasonCode::TopicAliasInvalid
+                }
                 MqttProtocolError::Decode(_) => DisconnectReasonCode::MalformedPacket,
                 MqttProtocolError::KeepAliveTimeout => DisconnectReasonCode::KeepAliveTimeout,
                 MqttProtocolError::ProtocolViolation(e) => e.reason(),

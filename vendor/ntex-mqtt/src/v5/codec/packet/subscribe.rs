@@ -118,9 +118,11 @@ impl Subscribe {
             let prop_id = prop_src.get_u8();
             match prop_id {
                 pt::SUB_ID => {
-                    ensure!(sub_id.is_none(), DecodeError::MalformedPacket); // can't appear twice
+                    // Hermes: twice is a protocol error [MQTT-3.8.2.1.2].
+                    ensure!(sub_id.is_none(), DecodeError::ProtocolError);
                     let val = utils::decode_variable_length_cursor(prop_src)?;
-                    sub_id = Some(NonZeroU32::new(val).ok_or(DecodeError::MalformedPacket)?);
+                    // Hermes: 0 is a protocol error [MQTT-3.8.2.1.2].
+                    sub_id = Some(NonZeroU32::new(val).ok_or(DecodeError::ProtocolError)?);
                 }
                 pt::USER => user_properties.push(UserProperty::decode(prop_src)?),
                 _ => return Err(DecodeError::MalformedPacket),
@@ -251,8 +253,10 @@ impl Decode for SubscriptionOptions {
         let val = src.get_u8();
         // Hermes: the reserved bits of the subscription options must be 0 [MQTT-3.8.3-5].
         ensure!(val & 0b1100_0000 == 0, DecodeError::MalformedPacket);
-        let qos = (val & 0b0000_0011).try_into()?;
-        let retain_handling = ((val & 0b0011_0000) >> 4).try_into()?;
+        // Hermes: a Maximum QoS or a Retain Handling of 3 is a protocol error [MQTT-3.8.3.1].
+        let qos = (val & 0b0000_0011).try_into().map_err(|_| DecodeError::ProtocolError)?;
+        let retain_handling =
+            ((val & 0b0011_0000) >> 4).try_into().map_err(|_| DecodeError::ProtocolError)?;
         Ok(SubscriptionOptions {
             qos,
             no_local: val & 0b0000_0100 != 0,
