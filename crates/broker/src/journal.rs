@@ -104,6 +104,18 @@ pub trait SessionJournal: Send + Sync + std::fmt::Debug {
     fn will_nodes(&self) -> BoxFuture<'_, Result<Vec<String>, String>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
     }
+    /// Records that `node`, a run of the node named `id`, writes to this shared journal and
+    /// returns the other runs of `id` recorded here (earlier ones, which may have left wills),
+    /// for a node alone on it without a registry of live nodes: it tells its own earlier runs
+    /// apart from other nodes by its id. Empty (the default) for a journal only one node writes
+    /// (see [`SessionJournal::will_nodes`]).
+    fn runs<'a>(&'a self, _id: &'a str, _node: &'a str) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+    /// Forgets run `node` of `id` (its wills were sent).
+    fn forget_run<'a>(&'a self, _id: &'a str, _node: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
     /// When `session`'s record expires (Unix ms; `Some(None)`: never), `None` if it has none.
     fn expires_at<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Option<u64>>, String>>;
     /// The sessions a node starting on this journal routes for until their clients come back
@@ -113,6 +125,13 @@ pub trait SessionJournal: Send + Sync + std::fmt::Debug {
     /// nodes that hold them, or come back with their clients).
     fn sessions_to_restore(&self) -> BoxFuture<'_, Result<ToRestore, String>> {
         Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+    /// Every session this journal holds a record of, with when it expires: what a node alone
+    /// on a shared journal (no registry of live nodes) reads when it starts, to restore those
+    /// its earlier runs held ([`Stored`] records name their holder). By default
+    /// [`SessionJournal::sessions_to_restore`] (a journal only one node writes).
+    fn every_session(&self) -> BoxFuture<'_, Result<ToRestore, String>> {
+        self.sessions_to_restore()
     }
     /// Whether `write` works on its caller's thread (the embedded store does: its future is
     /// done when first polled), so it cannot be cut short by a timeout, nor is worth trying
@@ -517,6 +536,55 @@ pub mod contract {
         let want: Vec<(String, Vec<u8>)> = want.iter().map(|(t, b)| (t.to_string(), b.to_vec())).collect();
         assert_eq!(mine, want);
         check_wills(j, prefix).await;
+        if j.is_shared() {
+            check_runs(j, prefix).await;
+            check_every_session(j, prefix).await;
+        }
+    }
+
+    /// A shared journal lists every session it holds a record of, with its expiry.
+    async fn check_every_session(j: &dyn SessionJournal, prefix: &str) {
+        let session = |name: &str| -> Arc<str> { format!("{prefix}:9:every/{{}}*{name}").into() };
+        let (lasting, expiring, ended) = (session("lasting"), session("expiring"), session("ended"));
+        let record = |s: &Arc<str>, ttl_secs| Write::Record { session: s.clone(), record: b"r".to_vec(), ttl_secs };
+        let batch = [
+            record(&lasting, None),
+            record(&expiring, Some(3600)),
+            record(&ended, None),
+            Write::Ended { session: ended.clone() },
+        ];
+        j.write(&batch).await.expect("write");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut mine: crate::journal::ToRestore = j
+            .every_session()
+            .await
+            .expect("every session")
+            .into_iter()
+            .filter(|(s, _)| s.starts_with(&format!("{prefix}:9:every/")))
+            .collect();
+        mine.sort();
+        let names: Vec<&str> = mine.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(names, [&*expiring, &*lasting], "not the ended one");
+        assert_eq!(mine[1].1, None, "one that never expires");
+        let at = mine[0].1.expect("one that expires");
+        assert!(at > now + 3_500_000 && at <= now + 3_601_000, "in an hour: {at} vs {now}");
+    }
+
+    /// A shared journal's runs of a node id: each run learns the others, ids apart, a run
+    /// forgotten once its wills were sent.
+    async fn check_runs(j: &dyn SessionJournal, prefix: &str) {
+        let (id, other) = (format!("{prefix}-lone"), format!("{prefix}-other"));
+        let run = |n: u64| format!("{id}:{n}");
+        assert_eq!(j.runs(&id, &run(1)).await.expect("runs"), Vec::<String>::new(), "the first run");
+        assert_eq!(j.runs(&id, &run(2)).await.expect("runs"), vec![run(1)], "the next learns the first");
+        assert_eq!(j.runs(&id, &run(2)).await.expect("runs"), vec![run(1)], "asked again");
+        assert_eq!(j.runs(&other, &format!("{other}:1")).await.expect("runs"), Vec::<String>::new(), "ids apart");
+        j.forget_run(&id, &run(1)).await.expect("forget");
+        let mut runs = j.runs(&id, &run(3)).await.expect("runs");
+        runs.sort();
+        assert_eq!(runs, vec![run(2)], "the first forgotten, the second not yet");
     }
 
     /// Wills by node and link: set, replaced, gone, at the bounds of a link; nodes apart.

@@ -106,6 +106,25 @@ const SESSIONS_DB: &str = "sessions.db";
 /// Where `hermes up` keeps durable streams and dead letters when there is no Redis.
 const STREAMS_DB: &str = "streams.db";
 
+/// Where `hermes up` keeps the node id it made for itself.
+const NODE_ID: &str = "node-id";
+
+/// The node id `hermes up` goes by when `bus.node_id` is not set: made on the first run and
+/// kept in the data directory, so a run after a crash knows its earlier runs' wills in a
+/// shared Redis from other nodes' (`mqtt_edge::wills::send_left_by_earlier_runs`).
+fn node_id(data: &DataDir) -> Result<String, String> {
+    let path = data.path().join(NODE_ID);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    let id = format!("up-{}", &accounts::store::new_id()[..16]);
+    std::fs::write(&path, format!("{id}\n")).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(id)
+}
+
 pub fn print_config(args: UpArgs) -> Result<(), String> {
     print!("{}", service_kit::config::render(&load(&args)?));
     Ok(())
@@ -121,6 +140,9 @@ pub fn run(args: UpArgs) -> Result<(), String> {
     let mut data = DataDir::open(std::path::Path::new(&cfg.data_dir))?;
     // The edge's users file holds password hashes too.
     data.keep_private("users")?;
+    if edge_cfg.bus.node_id.is_empty() {
+        edge_cfg.bus.node_id = node_id(&data)?;
+    }
     // Every key is read (or made) before anything starts: one that cannot be used stops `up`
     // before a port is bound.
     let keys = data.keys()?;

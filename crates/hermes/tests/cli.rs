@@ -1212,10 +1212,21 @@ async fn up_loses_no_acknowledged_message_to_a_kill_minus_9() {
 }
 
 /// The wills of connections open when `hermes up` was killed go out when it starts again: a
-/// persistent watcher finds them queued, a later one the retained one; a device that said
-/// goodbye leaves none.
+/// persistent watcher finds them queued, with what was published before it came back, a later
+/// one the retained one; a device that said goodbye leaves none. On the embedded store and on
+/// a Redis of its own (no bus: its sessions and wills are found by the node id it keeps in its
+/// data directory; before, its sessions were not restored and what came before their clients
+/// reached nobody, and the wills stayed in Redis).
 #[tokio::test(flavor = "multi_thread")]
 async fn up_sends_the_wills_a_kill_minus_9_left() {
+    let redis = hermes_tests::servers::redis();
+    let redis_url = redis.redis_url();
+    for env in [vec![], vec![("HERMES_STATE__REDIS_URL", redis_url.as_str())]] {
+        wills_after_a_kill(&env).await;
+    }
+}
+
+async fn wills_after_a_kill(env: &[(&str, &str)]) {
     let data = temp_dir("wills").join("data");
     let _ = std::fs::remove_dir_all(&data);
     let wait = Duration::from_secs(10);
@@ -1239,11 +1250,11 @@ async fn up_sends_the_wills_a_kill_minus_9_left() {
         }),
         ..Connect::default()
     };
-    let mut up = up_in(&data, &["--allow-anonymous"], &[]);
+    let mut up = up_in(&data, &["--allow-anonymous"], env);
     let mut watch = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
     assert!(matches!(watch.handshake(watcher(), wait).await, Ok(Packet::ConnAck { code: 0, .. })));
-    let codes = watch.subscribe(vec![sdk::mqtt::SubscribeTopic::new("status/#", 1)], wait).await.expect("suback");
-    assert_eq!(codes, [1]);
+    let filters = ["status/#", "news/#"].map(|f| sdk::mqtt::SubscribeTopic::new(f, 1)).to_vec();
+    assert_eq!(watch.subscribe(filters, wait).await.expect("suback"), [1, 1]);
     let mut devices = Vec::new();
     for (version, id) in [(Version::V311, "sensor"), (Version::V5, "phone"), (Version::V5, "polite")] {
         let mut d = Client::connect_tcp(up.mqtt, version).await.expect("tcp");
@@ -1258,7 +1269,11 @@ async fn up_sends_the_wills_a_kill_minus_9_left() {
     up.child.kill().expect("kill -9");
     let _ = up.child.wait();
 
-    let mut up = up_in(&data, &["--allow-anonymous"], &[]);
+    let mut up = up_in(&data, &["--allow-anonymous"], env);
+    let mut news = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
+    let hello = Connect { client_id: "news".into(), clean_start: true, keep_alive: 60, ..Connect::default() };
+    assert!(matches!(news.handshake(hello, wait).await, Ok(Packet::ConnAck { code: 0, .. })));
+    news.publish("news/1", b"while away", 1, false, wait).await.expect("puback");
     let mut watch = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
     assert!(matches!(
         watch.handshake(watcher(), wait).await,
@@ -1270,7 +1285,7 @@ async fn up_sends_the_wills_a_kill_minus_9_left() {
         sent.push(p.topic.clone());
     }
     sent.sort();
-    assert_eq!(sent, ["status/phone", "status/sensor"], "the wills of the two left open, once each");
+    assert_eq!(sent, ["news/1", "status/phone", "status/sensor"], "{env:?}: the wills of the two left open, once each");
     let mut later = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
     let hello = Connect { client_id: "later".into(), clean_start: true, keep_alive: 60, ..Connect::default() };
     assert!(matches!(later.handshake(hello, wait).await, Ok(Packet::ConnAck { code: 0, .. })));

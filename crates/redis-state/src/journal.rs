@@ -341,6 +341,66 @@ impl SessionJournal for RedisJournal {
         })
     }
 
+    fn every_session(&self) -> BoxFuture<'_, Result<broker::journal::ToRestore, String>> {
+        Box::pin(async move {
+            let pattern = wire::keys::session_journal("*");
+            let keys: Vec<String> = match &self.conn {
+                // A cursor through the keys, a page at a time.
+                RedisConn::Single(..) => {
+                    let (mut cursor, mut keys) = (0_u64, Vec::new());
+                    loop {
+                        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(1000)
+                            .query_async(&mut self.conn.clone())
+                            .await
+                            .map_err(|e| format!("listing sessions: {e}"))?;
+                        keys.extend(page);
+                        cursor = next;
+                        if cursor == 0 {
+                            break keys;
+                        }
+                    }
+                }
+                // Every primary answers (redis-rs combines them); SCAN has no such routing.
+                RedisConn::Cluster(_) => redis::cmd("KEYS")
+                    .arg(&pattern)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| format!("listing sessions: {e}"))?,
+            };
+            let (head, tail) = pattern.split_once('*').unwrap_or((&pattern, ""));
+            let sessions: Vec<String> =
+                keys.iter().filter_map(|k| k.strip_prefix(head)?.strip_suffix(tail).map(str::to_owned)).collect();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let mut every = Vec::with_capacity(sessions.len());
+            for chunk in sessions.chunks(500) {
+                let mut pipe = redis::pipe();
+                for session in chunk {
+                    pipe.cmd("PTTL").arg(wire::keys::session_journal(session));
+                }
+                let left: Vec<i64> = pipe
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| format!("listing sessions' expiry: {e}"))?;
+                // -2: gone meanwhile; -1: no expiry.
+                for (session, left_ms) in chunk.iter().zip(left) {
+                    match left_ms {
+                        -2 => {}
+                        -1 => every.push((session.clone(), None)),
+                        ms => every.push((session.clone(), Some(now.saturating_add(u64::try_from(ms).unwrap_or(0))))),
+                    }
+                }
+            }
+            Ok(every)
+        })
+    }
+
     fn expires_at<'a>(&'a self, session: &'a str) -> BoxFuture<'a, Result<Option<Option<u64>>, String>> {
         Box::pin(async move {
             let key = wire::keys::session_journal(session);
@@ -387,6 +447,35 @@ impl SessionJournal for RedisJournal {
                 .query_async(&mut self.conn.clone())
                 .await
                 .map_err(|e| format!("deleting {key}: {e}"))?;
+            Ok(())
+        })
+    }
+
+    fn runs<'a>(&'a self, id: &'a str, node: &'a str) -> BoxFuture<'a, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let key = wire::keys::node_runs(id);
+            let (_, runs): (usize, Vec<String>) = redis::pipe()
+                .cmd("SADD")
+                .arg(&key)
+                .arg(node)
+                .cmd("SMEMBERS")
+                .arg(&key)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| format!("recording a run in {key}: {e}"))?;
+            Ok(runs.into_iter().filter(|r| r != node).collect())
+        })
+    }
+
+    fn forget_run<'a>(&'a self, id: &'a str, node: &'a str) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let key = wire::keys::node_runs(id);
+            let _: usize = redis::cmd("SREM")
+                .arg(&key)
+                .arg(node)
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| format!("forgetting a run in {key}: {e}"))?;
             Ok(())
         })
     }

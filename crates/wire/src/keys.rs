@@ -58,6 +58,13 @@ pub fn node_wills(node: &str) -> String {
     format!("hermes:wills:node:{{{node}}}")
 }
 
+/// Set: the runs (incarnations, as [`node_wills`] names them) of the node named `id` that
+/// write to this Redis alone, without a bus (`broker::journal::SessionJournal::runs`): a
+/// restarted one sends the wills its earlier runs left. The id is the hash tag.
+pub fn node_runs(id: &str) -> String {
+    format!("hermes:wills:runs:{{{id}}}")
+}
+
 /// Sorted set: the nodes that own sessions, node → until when it is alive, or leased to the
 /// live node taking its sessions (Unix ms, Redis's clock).
 pub const OWNER_NODES: &str = "hermes:owners:nodes";

@@ -277,6 +277,19 @@ impl JournalWriter {
         self.turns.work.journal.will_nodes().await
     }
 
+    /// Records this run of this node in a shared journal; returns its earlier runs (see
+    /// `SessionJournal::runs`).
+    pub async fn earlier_runs(&self) -> Result<Vec<String>, String> {
+        let holder = &self.turns.work.holder;
+        self.turns.work.journal.runs(&holder.id, &holder.registered()).await
+    }
+
+    /// Forgets `run`, an earlier run of this node, whose wills were sent (see
+    /// `SessionJournal::forget_run`).
+    pub async fn forget_run(&self, run: &str) -> Result<(), String> {
+        self.turns.work.journal.forget_run(&self.turns.work.holder.id, run).await
+    }
+
     /// When `session`'s record expires (see `SessionJournal::expires_at`).
     pub async fn expires_at(&self, session: &str) -> Result<Option<Option<u64>>, String> {
         self.turns.work.journal.expires_at(session).await
@@ -285,6 +298,16 @@ impl JournalWriter {
     /// The sessions to park when this edge starts (see `SessionJournal::sessions_to_restore`).
     pub async fn sessions_to_restore(&self) -> Result<broker::journal::ToRestore, String> {
         self.turns.work.journal.sessions_to_restore().await
+    }
+
+    /// Every session the journal holds (see `SessionJournal::every_session`).
+    pub async fn every_session(&self) -> Result<broker::journal::ToRestore, String> {
+        self.turns.work.journal.every_session().await
+    }
+
+    /// The id of the node writing here (its runs share it).
+    pub fn node_id(&self) -> &str {
+        &self.turns.work.holder.id
     }
 
     /// The session the journal holds under `session`.

@@ -76,7 +76,16 @@ const RESTORE_READS: usize = 8;
 /// for them before they reconnect, as before it stopped.
 async fn restore_sessions(hub: &hub::Hub, writer: &journal::JournalWriter) -> Result<(), String> {
     use futures_util::StreamExt;
-    let sessions = patiently("session journal", || writer.sessions_to_restore()).await?;
+    // Alone on a shared journal (Redis without a bus): the sessions its earlier runs held, by
+    // the id that signed their records (it must stay the same across runs: `bus.node_id`, or
+    // what `hermes up` keeps in its data directory). Without them, what is published before a
+    // client comes back would reach nobody.
+    let alone_on_shared = writer.is_shared() && hub.cluster().is_none();
+    let sessions = match alone_on_shared {
+        true => patiently("session journal", || writer.every_session()).await?,
+        false => patiently("session journal", || writer.sessions_to_restore()).await?,
+    };
+    let mine = |j: &stored::Journaled| !alone_on_shared || j.holder.as_ref().is_some_and(|h| h.id == writer.node_id());
     // Read a few at a time (the embedded journal reads on a pool of connections).
     let mut loads = futures_util::stream::iter(&sessions)
         .map(|(session, expires_at)| async move { (session, *expires_at, writer.load(session).await) })
@@ -84,11 +93,11 @@ async fn restore_sessions(hub: &hub::Hub, writer: &journal::JournalWriter) -> Re
     let mut restored = 0;
     while let Some((session, expires_at, loaded)) = loads.next().await {
         match loaded {
-            Ok(Some(journaled)) => {
+            Ok(Some(journaled)) if mine(&journaled) => {
                 restored +=
                     usize::from(hub.restore_parked(session, journaled, expires_at, None, message::now_ms()).is_some());
             }
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => tracing::warn!(session, error = %e, "cannot restore a session from the journal"),
         }
     }
@@ -333,14 +342,14 @@ impl EdgeBuilder {
             let events = events::AccountEvents { shared: shared.clone() };
             events.prime(dir.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
         }
-        if let Some(writer) = hub.journal().filter(|_| hub.cluster().and_then(|c| c.handover()).is_none()) {
-            // Alone on a journal of its own: the wills its earlier runs' connections left.
+        if hub.journal().is_some() && hub.cluster().and_then(|c| c.handover()).is_none() {
+            // Alone on its journal: the wills its earlier runs' connections left.
             let checks = wills::Checks {
                 revocations: shared.auth.revocations(),
                 directory: shared.directory.clone(),
                 relations: shared.relations.clone(),
             };
-            match wills::send_left_by_earlier_runs(&hub, &checks, &writer.node()).await {
+            match wills::send_left_by_earlier_runs(&hub, &checks).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(wills = n, "sent the wills of connections open when this node last stopped"),
                 Err(e) => {

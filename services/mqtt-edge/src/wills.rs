@@ -7,8 +7,9 @@
 //! there:
 //! - in a cluster, the live edge that takes the dead edge's sessions (`adopt`) sends them
 //!   ([`send_left`]), then forgets them;
-//! - a node alone on a journal only it writes (`hermes up` on its data directory) sends, when
-//!   it starts, those its earlier runs left ([`send_left_by_earlier_runs`]).
+//! - a node alone on its journal, without a bus (`hermes up` on its data directory, or on a
+//!   Redis of its own), sends, when it starts, those its earlier runs left
+//!   ([`send_left_by_earlier_runs`]; on Redis, those of its id's earlier runs).
 //!
 //! A will goes out as if its connection had just ended (`Router::lost_will`), or when it fell
 //! due if its connection had ended: at once without a delay, after its delay otherwise, unless
@@ -23,8 +24,8 @@
 //! A write of the journal that fails may take a will, or the end of one, with it: once the
 //! journal works again the edge writes its wills whole (`Hub::write_wills_again_if_lost`,
 //! within a second). Not covered: what a Redis failover loses without `state.redis_wait_replicas`;
-//! the wills of a lone edge on Redis without a bus, killed, are kept but never sent; a
-//! waiting will sent just before its edge dies may be sent again (at least once); the
+//! the wills of a lone edge on Redis without a bus whose id changes across runs (an
+//! `mqtt-edge` without `bus.node_id`) are kept but never sent; a waiting will sent just before its edge dies may be sent again (at least once); the
 //! registry says where a session is, not since when nor how it was claimed, so a delayed will
 //! whose client came back to another edge before the dead one was found out is not sent even
 //! if it came back after the will fell due, or with a clean start (which ends the session).
@@ -172,12 +173,23 @@ pub async fn send_left(hub: &Hub, checks: &Checks, node: &str, owners: Option<Ow
     Ok(sent)
 }
 
-/// On a journal only this node writes: sends the wills its earlier runs (any other name than
-/// `me`) left, as [`send_left`].
-pub async fn send_left_by_earlier_runs(hub: &Hub, checks: &Checks, me: &str) -> Result<usize, String> {
-    let Some(journal) = hub.journal().filter(|j| !j.is_shared()) else { return Ok(0) };
+/// For a node alone on its journal, without a registry of live nodes (no bus): sends the wills
+/// its earlier runs left, as [`send_left`] — on a journal only it writes, those of any other
+/// name than its own; on a shared one (Redis), those of its id's earlier runs, which it
+/// records there (`SessionJournal::runs`: the id must stay the same across runs, as
+/// `bus.node_id` or `hermes up`'s data directory keeps it). Call before clients come.
+pub async fn send_left_by_earlier_runs(hub: &Hub, checks: &Checks) -> Result<usize, String> {
+    let Some(journal) = hub.journal() else { return Ok(0) };
     let mut sent = 0;
-    for node in journal.will_nodes().await?.into_iter().filter(|n| n != me) {
+    if journal.is_shared() {
+        for run in journal.earlier_runs().await? {
+            sent += send_left(hub, checks, &run, None).await?;
+            journal.forget_run(&run).await?;
+        }
+        return Ok(sent);
+    }
+    let me = journal.node();
+    for node in journal.will_nodes().await?.into_iter().filter(|n| *n != me) {
         sent += send_left(hub, checks, &node, None).await?;
     }
     Ok(sent)
