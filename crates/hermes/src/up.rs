@@ -114,15 +114,13 @@ const NODE_ID: &str = "node-id";
 /// shared Redis from other nodes' (`mqtt_edge::wills::send_left_by_earlier_runs`).
 fn node_id(data: &DataDir) -> Result<String, String> {
     let path = data.path().join(NODE_ID);
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+    let made = || Ok(format!("up-{}\n", &accounts::store::new_id()[..16]));
+    let id = accounts::owner_only::read_or_create(&path, made)?;
+    let id = id.trim();
+    if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{}: not a node id: {id:?} (remove the file for a new one)", path.display()));
     }
-    let id = format!("up-{}", &accounts::store::new_id()[..16]);
-    std::fs::write(&path, format!("{id}\n")).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(id)
+    Ok(id.to_owned())
 }
 
 pub fn print_config(args: UpArgs) -> Result<(), String> {
@@ -138,6 +136,9 @@ pub fn run(args: UpArgs) -> Result<(), String> {
     cfg.http.validate().map_err(|e| format!("invalid configuration: {e}"))?;
     cfg.ops.validate().map_err(|e| format!("invalid configuration: {e}"))?;
     let mut data = DataDir::open(std::path::Path::new(&cfg.data_dir))?;
+    // One `hermes up` per data directory: a second would take the first one's sessions and
+    // wills for an earlier run's.
+    data.lock()?;
     // The edge's users file holds password hashes too.
     data.keep_private("users")?;
     if edge_cfg.bus.node_id.is_empty() {

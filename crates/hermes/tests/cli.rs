@@ -1251,6 +1251,19 @@ async fn wills_after_a_kill(env: &[(&str, &str)]) {
         ..Connect::default()
     };
     let mut up = up_in(&data, &["--allow-anonymous"], env);
+    // One `hermes up` per data directory: a second one is refused before it takes anything of
+    // the first one's for an earlier run's.
+    let second = Command::new(HERMES)
+        .args(["up", "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "127.0.0.1:0", "--ops-addr", "127.0.0.1:0"])
+        .args(["--http-addr", "127.0.0.1:0", "--allow-anonymous", "--data-dir"])
+        .arg(&data)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run a second hermes up");
+    assert!(!second.status.success(), "{env:?}: a second one on the data directory");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("is in use by another process"), "{env:?}: {err}");
+    let node_id = std::fs::read_to_string(data.join("node-id")).expect("the node id it keeps");
     let mut watch = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
     assert!(matches!(watch.handshake(watcher(), wait).await, Ok(Packet::ConnAck { code: 0, .. })));
     let filters = ["status/#", "news/#"].map(|f| sdk::mqtt::SubscribeTopic::new(f, 1)).to_vec();
@@ -1270,6 +1283,7 @@ async fn wills_after_a_kill(env: &[(&str, &str)]) {
     let _ = up.child.wait();
 
     let mut up = up_in(&data, &["--allow-anonymous"], env);
+    assert_eq!(std::fs::read_to_string(data.join("node-id")).expect("node id"), node_id, "the same across runs");
     let mut news = Client::connect_tcp(up.mqtt, Version::V5).await.expect("tcp");
     let hello = Connect { client_id: "news".into(), clean_start: true, keep_alive: 60, ..Connect::default() };
     assert!(matches!(news.handshake(hello, wait).await, Ok(Packet::ConnAck { code: 0, .. })));

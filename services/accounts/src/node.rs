@@ -38,6 +38,8 @@ pub struct DataDir {
     path: PathBuf,
     /// Each path made owner-only, with the mode it had, to be logged once logging is up.
     tightened: Vec<(PathBuf, u32)>,
+    /// Held while this process uses the directory alone ([`DataDir::lock`]).
+    lock: Option<std::fs::File>,
 }
 
 impl DataDir {
@@ -46,7 +48,7 @@ impl DataDir {
     /// directory every user may write to is an error.
     pub fn open(path: &Path) -> Result<DataDir, String> {
         owner_only::create_dir_all(path).map_err(|e| format!("data_dir {}: {e}", path.display()))?;
-        let mut dir = DataDir { path: path.to_path_buf(), tightened: Vec::new() };
+        let mut dir = DataDir { path: path.to_path_buf(), tightened: Vec::new(), lock: None };
         dir.tighten(path.to_path_buf())?;
         for name in PRIVATE_FILES {
             dir.keep_private(name)?;
@@ -56,6 +58,31 @@ impl DataDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Takes the directory for this process alone, for as long as it runs (an advisory lock
+    /// on the file `lock` in it): a second process on it is an error, before it touches what
+    /// the first one keeps there.
+    pub fn lock(&mut self) -> Result<(), String> {
+        let path = self.path.join("lock");
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {
+                self.lock = Some(file);
+                Ok(())
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "data_dir {} is in use by another process (it holds {}); stop it first, or give this one another data_dir",
+                self.path.display(),
+                path.display()
+            )),
+            Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+        }
     }
 
     /// Makes the file `name` in it owner-only too, when it exists (`hermes up`: the edge's

@@ -92,11 +92,18 @@ pub async fn run(hub: Weak<Hub>, handover: Arc<Handover>, checks: wills::Checks,
 /// Looks at the shared journal's mark every [`HEARTBEAT`] (as [`run`] does), for an edge on
 /// Redis that has no bus and so no registry to heartbeat into: what it holds is written into
 /// a journal that lost it, so that it outlives this edge's next restart.
-pub async fn watch_journal(hub: Weak<Hub>, me: String) {
+pub async fn watch_journal(hub: Weak<Hub>, me: String, runs: bool) {
     let mut beat = heartbeats();
     let mut journal_mark: Option<String> = None;
     while let Some(hub) = next_beat(&mut beat, &hub).await {
         check_journal(&hub, &me, None, &mut journal_mark).await;
+        // A node alone on it keeps this run recorded, so its next run sends the wills this one
+        // leaves (also after a failed first record, or Redis losing its data).
+        if let Some(journal) = hub.journal().filter(|_| runs)
+            && let Err(e) = journal.earlier_runs().await
+        {
+            tracing::debug!(error = %e, "cannot record this run in the journal");
+        }
     }
 }
 

@@ -74,15 +74,23 @@ const RESTORE_READS: usize = 8;
 /// Parks the sessions the journal says this edge routes for until their clients come back
 /// (all of them with the embedded journal): a restarted `hermes up` queues what is published
 /// for them before they reconnect, as before it stopped.
-async fn restore_sessions(hub: &hub::Hub, writer: &journal::JournalWriter) -> Result<(), String> {
+async fn restore_sessions(hub: &hub::Hub, writer: &journal::JournalWriter, stable_id: bool) -> Result<(), String> {
     use futures_util::StreamExt;
     // Alone on a shared journal (Redis without a bus): the sessions its earlier runs held, by
-    // the id that signed their records (it must stay the same across runs: `bus.node_id`, or
-    // what `hermes up` keeps in its data directory). Without them, what is published before a
-    // client comes back would reach nobody.
+    // the id that signed their records (set, so the same across runs: `bus.node_id`, or what
+    // `hermes up` keeps in its data directory; a generated one is this run's alone). Without
+    // them, what is published before a client comes back would reach nobody. A list that
+    // cannot be had leaves them to come back with their clients, as before.
     let alone_on_shared = writer.is_shared() && hub.cluster().is_none();
     let sessions = match alone_on_shared {
-        true => patiently("session journal", || writer.every_session()).await?,
+        true if !stable_id => return Ok(()),
+        true => match writer.every_session().await {
+            Ok(sessions) => sessions,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the sessions in the journal: they come back with their clients");
+                return Ok(());
+            }
+        },
         false => patiently("session journal", || writer.sessions_to_restore()).await?,
     };
     let mine = |j: &stored::Journaled| !alone_on_shared || j.holder.as_ref().is_some_and(|h| h.id == writer.node_id());
@@ -308,9 +316,13 @@ impl EdgeBuilder {
             }
             tracing::info!(node = %node.id, "routing to and from other edges on the bus");
         }
+        // A node id that was set, not generated: the same across this node's runs.
+        let stable_id = !cfg.bus.node_id.is_empty();
         if hub.cluster().and_then(|c| c.handover()).is_none() && hub.journal().is_some_and(|j| j.is_shared()) {
-            // No registry to heartbeat into: the journal's mark is watched on its own.
-            tokio::spawn(adopt::watch_journal(Arc::downgrade(&hub), node.registered()));
+            // No registry to heartbeat into: the journal's mark is watched on its own (and a
+            // node alone there keeps its run recorded, `SessionJournal::runs`).
+            let runs = stable_id && hub.cluster().is_none();
+            tokio::spawn(adopt::watch_journal(Arc::downgrade(&hub), node.registered(), runs));
         }
         if let Some(writer) = hub.journal() {
             // Retained messages published before this edge started (here or on another edge)
@@ -320,7 +332,7 @@ impl EdgeBuilder {
             // With a bus that keeps what edges send each other, a session comes back with its
             // client instead: it then replays what the bus kept since it began.
             if hub.cluster().is_none_or(|c| c.kept().1.is_zero()) {
-                restore_sessions(&hub, writer).await?;
+                restore_sessions(&hub, writer, stable_id).await?;
             }
         }
         let sys_interval = Duration::from_secs(cfg.mqtt.sys_interval_secs);
@@ -349,7 +361,7 @@ impl EdgeBuilder {
                 directory: shared.directory.clone(),
                 relations: shared.relations.clone(),
             };
-            match wills::send_left_by_earlier_runs(&hub, &checks).await {
+            match wills::send_left_by_earlier_runs(&hub, &checks, stable_id).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(wills = n, "sent the wills of connections open when this node last stopped"),
                 Err(e) => {

@@ -176,12 +176,17 @@ pub async fn send_left(hub: &Hub, checks: &Checks, node: &str, owners: Option<Ow
 /// For a node alone on its journal, without a registry of live nodes (no bus): sends the wills
 /// its earlier runs left, as [`send_left`] — on a journal only it writes, those of any other
 /// name than its own; on a shared one (Redis), those of its id's earlier runs, which it
-/// records there (`SessionJournal::runs`: the id must stay the same across runs, as
-/// `bus.node_id` or `hermes up`'s data directory keeps it). Call before clients come.
-pub async fn send_left_by_earlier_runs(hub: &Hub, checks: &Checks) -> Result<usize, String> {
+/// records there (`SessionJournal::runs`: only with an id that was set, `stable_id`, so the
+/// same across runs, as `bus.node_id` or `hermes up`'s data directory keeps it; and only
+/// without a bus: edges on one take a dead edge's wills by the registry of live ones). One
+/// process per node id. Call before clients come.
+pub async fn send_left_by_earlier_runs(hub: &Hub, checks: &Checks, stable_id: bool) -> Result<usize, String> {
     let Some(journal) = hub.journal() else { return Ok(0) };
     let mut sent = 0;
     if journal.is_shared() {
+        if !stable_id || hub.cluster().is_some() {
+            return Ok(0);
+        }
         for run in journal.earlier_runs().await? {
             sent += send_left(hub, checks, &run, None).await?;
             journal.forget_run(&run).await?;
