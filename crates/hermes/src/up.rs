@@ -159,27 +159,35 @@ pub fn run(args: UpArgs) -> Result<(), String> {
     rt.block_on(serve(cfg, edge_cfg, data, keys, demo))
 }
 
-/// Opens the accounts database, seeds the demo, primes the edge from it and serves the API.
-async fn start_accounts(
+/// Opens the accounts database and seeds the demo; returns it with what the edge starts from
+/// ([`edge_start`]).
+async fn open_accounts(
     cfg: &UpConfig,
     data: &DataDir,
-    edge: &mqtt_edge::Edge,
-    parts: ApiParts,
     demo: Option<&str>,
-) -> Result<std::net::SocketAddr, String> {
+    dirs: Option<&StateDirectories>,
+) -> Result<(Database, EdgeStart), String> {
     let db = Database::open(&cfg.http, data).await?;
     if let Some(password) = demo {
         db.seed_demo(password).await?;
     }
-    prime_edge(&db, edge, parts.directories.as_ref()).await?;
-    db.serve(&cfg.http, data, parts, service_kit::shutdown::signal()).await
+    let start = edge_start(&db, dirs).await?;
+    Ok((db, start))
+}
+
+/// What the edge applies before it lets a client in: the access directory (tables and
+/// revocations) and relations and group memberships, as the account events that made them.
+struct EdgeStart {
+    access: std::sync::Arc<dyn broker::access::AccessDirectory>,
+    events: Vec<wire::pb::AccountEvent>,
 }
 
 /// The edge starts from what the database knows: relations and group memberships, applied as
 /// the account events that made them, and enterprises' ACL tables and recent revocations,
 /// through the access directory (Redis, refilled here, and again whenever Redis loses it: newer
-/// entries win; or one in memory).
-async fn prime_edge(db: &Database, edge: &mqtt_edge::Edge, dirs: Option<&StateDirectories>) -> Result<(), String> {
+/// entries win; or one in memory). All before its first client: before, `hermes up` applied
+/// them after its listeners opened, so for a moment a revoked token was not known as revoked.
+async fn edge_start(db: &Database, dirs: Option<&StateDirectories>) -> Result<EdgeStart, String> {
     use broker::access::{AccessDirectory, MemoryAccess};
     use wire::pb::{self, account_event::Event};
     let state = db.edge_state().await?;
@@ -195,18 +203,23 @@ async fn prime_edge(db: &Database, edge: &mqtt_edge::Edge, dirs: Option<&StateDi
             access
         }
     };
-    let events = edge.account_events();
-    let apply = |enterprise_id: String, event: Event| {
-        events.apply(&pb::AccountEvent { enterprise_id, event: Some(event), ..Default::default() });
+    let event = |enterprise_id: String, event: Event| pb::AccountEvent {
+        enterprise_id,
+        event: Some(event),
+        ..Default::default()
     };
+    let mut events = Vec::with_capacity(state.follows.len() + state.memberships.len());
     for (e, follower, followee) in state.follows {
-        apply(e, Event::RelationChanged(pb::RelationChanged { follower, followee, following: true }));
+        events.push(event(e, Event::RelationChanged(pb::RelationChanged { follower, followee, following: true })));
     }
     // Group memberships the same way: `%g` grants group topics to members only.
     for (e, group, username) in state.memberships {
-        apply(e, Event::GroupMembershipChanged(pb::GroupMembershipChanged { group, username, member: true }));
+        events.push(event(
+            e,
+            Event::GroupMembershipChanged(pb::GroupMembershipChanged { group, username, member: true }),
+        ));
     }
-    edge.prime_access(access.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))
+    Ok(EdgeStart { access, events })
 }
 
 async fn serve(
@@ -239,7 +252,12 @@ async fn serve(
             std::sync::Arc::new(embedded_state::SqliteStreams::open(&data.path().join(STREAMS_DB), retention).await?)
         }
     };
-    let mut edge = mqtt_edge::Edge::builder(edge_cfg).journal(journal).streams(streams);
+    let (db, first) = open_accounts(&cfg, &data, demo.as_deref(), dirs.as_ref()).await?;
+    let mut edge = mqtt_edge::Edge::builder(edge_cfg)
+        .journal(journal)
+        .streams(streams)
+        .access(first.access)
+        .apply_first(first.events);
     if let Some(d) = &dirs {
         edge = edge.relations(d.relations.clone()).session_owners(d.owners.clone());
     }
@@ -250,7 +268,8 @@ async fn serve(
     let edge = edge.start().await?;
     let _events = edge.account_events().follow(bus.as_ref()).await.map_err(|e| format!("bus: {e}"))?;
     let admin = keys.admin.clone();
-    let http = start_accounts(&cfg, &data, &edge, ApiParts { keys, bus, directories: dirs }, demo.as_deref()).await?;
+    let parts = ApiParts { keys, bus, directories: dirs };
+    let http = db.serve(&cfg.http, &data, parts, service_kit::shutdown::signal()).await?;
     let ops = if cfg.ops.addr.is_empty() {
         None
     } else {

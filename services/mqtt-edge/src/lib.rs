@@ -207,9 +207,24 @@ pub struct EdgeBuilder {
     journal: Option<Arc<dyn broker::journal::SessionJournal>>,
     streams: Option<Arc<dyn broker::streams::StreamStore>>,
     presence: Option<Arc<dyn broker::presence::PresenceDirectory>>,
+    first: Vec<wire::pb::AccountEvent>,
 }
 
 impl EdgeBuilder {
+    /// Applies the access state `dir` holds (enterprises' ACL tables, recent revocations) at
+    /// start, before the first client is let in (set by [`EdgeBuilder::state`] from Redis).
+    pub fn access(mut self, dir: Arc<dyn broker::access::AccessDirectory>) -> Self {
+        self.access = Some(dir);
+        self
+    }
+
+    /// Applies `events` (relations, group memberships: what a database knows, as the events
+    /// that made it) at start, after the access state and before the first client is let in.
+    pub fn apply_first(mut self, events: Vec<wire::pb::AccountEvent>) -> Self {
+        self.first = events;
+        self
+    }
+
     /// Token users' relations are loaded from `directory` at CONNECT.
     pub fn relations(mut self, directory: Arc<dyn RelationDirectory>) -> Self {
         self.directory = Some(directory);
@@ -266,7 +281,7 @@ impl EdgeBuilder {
     /// Validates the config, joins the other edges (with a bus), applies the access directory
     /// (if any), then binds the listeners and starts serving. Call inside a tokio runtime.
     pub async fn start(self) -> Result<Edge, String> {
-        let EdgeBuilder { cfg, directory, access, bus, owners, journal, streams, presence } = self;
+        let EdgeBuilder { cfg, directory, access, bus, owners, journal, streams, presence, first } = self;
         cfg.validate()?;
         metrics::describe();
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
@@ -349,10 +364,14 @@ impl EdgeBuilder {
             store_turns: tokio::sync::Semaphore::new(server::STORE_TURNS),
             signatures_cleared: Default::default(),
         });
+        // Tables, revocations and relations apply before the first client is let in (and
+        // before the wills of earlier runs are checked).
+        let events = events::AccountEvents { shared: shared.clone() };
         if let Some(dir) = access {
-            // Tables and revocations apply before the first client is let in.
-            let events = events::AccountEvents { shared: shared.clone() };
             events.prime(dir.as_ref()).await.map_err(|e| format!("state.redis_url: {e}"))?;
+        }
+        for event in &first {
+            events.apply(event);
         }
         if hub.journal().is_some() && hub.cluster().and_then(|c| c.handover()).is_none() {
             // Alone on its journal: the wills its earlier runs' connections left.
@@ -409,6 +428,7 @@ impl Edge {
             journal: None,
             streams: None,
             presence: None,
+            first: Vec::new(),
         }
     }
 
@@ -416,12 +436,6 @@ impl Edge {
     /// `AccountEvents::follow` takes them from a bus.
     pub fn account_events(&self) -> events::AccountEvents {
         events::AccountEvents { shared: self.shared.clone() }
-    }
-
-    /// Applies what `dir` holds (enterprises' ACL tables, recent revocations) as the account
-    /// events that made it: how an edge that starts, or missed events, catches up.
-    pub async fn prime_access(&self, dir: &dyn broker::access::AccessDirectory) -> Result<(), String> {
-        self.account_events().prime(dir).await
     }
 
     /// Why this edge should not get new clients, if it should not: checked by `/readyz`.
