@@ -259,7 +259,8 @@ async fn serve(
         .access(first.access)
         .apply_first(first.events);
     if let Some(d) = &dirs {
-        edge = edge.relations(d.relations.clone()).session_owners(d.owners.clone());
+        // Users' devices are counted with the other edges on the Redis (on a bus).
+        edge = edge.relations(d.relations.clone()).session_owners(d.owners.clone()).presence(d.presence());
     }
     if !nats_url.is_empty() {
         // Other edges on the same NATS route to and from this one.

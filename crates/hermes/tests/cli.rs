@@ -910,6 +910,18 @@ async fn up_on_postgres_nats_and_redis() {
         ..Connect::default()
     };
     assert!(matches!(alice.handshake(hello, Duration::from_secs(10)).await, Ok(Packet::ConnAck { code: 0, .. })));
+    // Her device is counted in Redis, with the other edges on it (it was counted in this
+    // process alone).
+    let mut direct = redis::Client::open(redis.redis_url()).and_then(|c| c.get_connection()).expect("redis");
+    let mut counted: Vec<String> = Vec::new();
+    for _ in 0..50 {
+        counted = redis::cmd("KEYS").arg("hermes:presence:{*").query(&mut direct).expect("KEYS");
+        if !counted.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!counted.is_empty(), "alice's devices counted in Redis");
     // A new follow lands in Redis; revoking alice's tokens reaches the edge over NATS.
     let carol = login_token(http, "carol").await;
     let r = sdk::http::request(
