@@ -265,6 +265,23 @@ fn queue_one(pipe: &mut redis::Pipeline, key: &str, w: &Write) {
     pipe.ignore();
 }
 
+/// When a session's journal expires by its `PTTL` answer `left_ms`, at `now` (Unix ms):
+/// `Some(None)` never (-1), `None` if it is gone (-2: a hash always holds its record).
+fn expiry_of(left_ms: i64, now: u64) -> Option<Option<u64>> {
+    match left_ms {
+        -2 => None,
+        -1 => Some(None),
+        ms => Some(Some(now.saturating_add(u64::try_from(ms).unwrap_or(0)))),
+    }
+}
+
+/// The wall clock, Unix ms.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl SessionJournal for RedisJournal {
     fn is_shared(&self) -> bool {
         true
@@ -375,9 +392,7 @@ impl SessionJournal for RedisJournal {
             let (head, tail) = pattern.split_once('*').unwrap_or((&pattern, ""));
             let sessions: Vec<String> =
                 keys.iter().filter_map(|k| k.strip_prefix(head)?.strip_suffix(tail).map(str::to_owned)).collect();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            let now = wall_ms();
             let mut every = Vec::with_capacity(sessions.len());
             for chunk in sessions.chunks(500) {
                 let mut pipe = redis::pipe();
@@ -388,13 +403,9 @@ impl SessionJournal for RedisJournal {
                     .query_async(&mut self.conn.clone())
                     .await
                     .map_err(|e| format!("listing sessions' expiry: {e}"))?;
-                // -2: gone meanwhile; -1: no expiry.
+                // Gone meanwhile: left out.
                 for (session, left_ms) in chunk.iter().zip(left) {
-                    match left_ms {
-                        -2 => {}
-                        -1 => every.push((session.clone(), None)),
-                        ms => every.push((session.clone(), Some(now.saturating_add(u64::try_from(ms).unwrap_or(0))))),
-                    }
+                    every.extend(expiry_of(left_ms, now).map(|at| (session.clone(), at)));
                 }
             }
             Ok(every)
@@ -409,15 +420,7 @@ impl SessionJournal for RedisJournal {
                 .query_async(&mut self.conn.clone())
                 .await
                 .map_err(|e| format!("{key}: {e}"))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            // -2: no such key (a hash always holds its record); -1: no expiry.
-            Ok(match left_ms {
-                -2 => None,
-                -1 => Some(None),
-                ms => Some(Some(now.saturating_add(u64::try_from(ms).unwrap_or(0)))),
-            })
+            Ok(expiry_of(left_ms, wall_ms()))
         })
     }
 

@@ -286,6 +286,12 @@ impl EdgeBuilder {
         metrics::describe();
         let auth = auth::Authenticator::from_config(&cfg.auth)?;
         let relations = Arc::new(MemoryRelations::default());
+        // What the wills of connections gone with an edge are checked against (`wills`).
+        let will_checks = wills::Checks {
+            revocations: auth.revocations(),
+            directory: directory.clone(),
+            relations: relations.clone(),
+        };
         let authz = Arc::new(authz::Authorizer::from_config(&cfg.auth, relations.clone())?);
         let hub = Arc::new(hub::Hub::new(hub::HubConfig::from_limits(&cfg.limits), authz.clone()));
         let node = cluster::NodeName::new(&cfg.bus.node_id);
@@ -316,12 +322,7 @@ impl EdgeBuilder {
             }
             // With a shared registry and journal, the sessions of edges that die are taken here.
             if let Some(handover) = hub.cluster().and_then(|c| c.handover()).filter(|_| hub.journal().is_some()) {
-                let checks = wills::Checks {
-                    revocations: auth.revocations(),
-                    directory: directory.clone(),
-                    relations: relations.clone(),
-                };
-                tokio::spawn(adopt::run(Arc::downgrade(&hub), handover.clone(), checks, stall));
+                tokio::spawn(adopt::run(Arc::downgrade(&hub), handover.clone(), will_checks.clone(), stall));
             }
             if let Some(dir) = presence {
                 // A user is online while a device is connected to any edge.
@@ -375,12 +376,7 @@ impl EdgeBuilder {
         }
         if hub.journal().is_some() && hub.cluster().and_then(|c| c.handover()).is_none() {
             // Alone on its journal: the wills its earlier runs' connections left.
-            let checks = wills::Checks {
-                revocations: shared.auth.revocations(),
-                directory: shared.directory.clone(),
-                relations: shared.relations.clone(),
-            };
-            match wills::send_left_by_earlier_runs(&hub, &checks, stable_id).await {
+            match wills::send_left_by_earlier_runs(&hub, &will_checks, stable_id).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(wills = n, "sent the wills of connections open when this node last stopped"),
                 Err(e) => {

@@ -1661,19 +1661,8 @@ async fn a_delayed_will_is_due_when_its_client_starts_afresh_on_another_edge() {
     let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
     let journal: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
     let (a, b) = journaled_pair(bus, journal).await;
-    let mut watcher = b.client(Version::V5, "watcher").await;
-    assert_eq!(watcher.subscribe(vec![SubscribeTopic::new("wills/#", 1)], WAIT).await.expect("suback"), [1]);
-    let with_will = |id: &str| Connect {
-        will: Some(Will {
-            topic: format!("wills/{id}"),
-            payload: format!("{id} gone").into_bytes(),
-            qos: 1,
-            delay_interval: Some(60),
-            ..Will::default()
-        }),
-        session_expiry: Some(300),
-        ..connect(id, false)
-    };
+    let mut watcher = will_watcher(&b).await;
+    let with_will = |id: &str| delayed_will(id, 60);
     for id in ["afresh", "goes-on"] {
         let (c, _) = a.connect(Version::V5, with_will(id)).await;
         drop(c); // the connection breaks: the will waits 60 s on edge a
@@ -1700,24 +1689,11 @@ async fn a_stopping_edges_delayed_wills_are_sent_by_another_unless_their_clients
     let bus: Arc<dyn Bus> = Arc::new(bus::memory::MemoryBus::default());
     let journal: Arc<dyn broker::journal::SessionJournal> = Arc::new(broker::journal::MemoryJournal::default());
     let (a, b) = journaled_pair(bus, journal.clone()).await;
-    let mut watcher = b.client(Version::V5, "watcher").await;
-    assert_eq!(watcher.subscribe(vec![SubscribeTopic::new("wills/#", 1)], WAIT).await.expect("suback"), [1]);
-    let with_will = |id: &str| Connect {
-        will: Some(Will {
-            topic: format!("wills/{id}"),
-            payload: format!("{id} gone").into_bytes(),
-            qos: 1,
-            delay_interval: Some(1),
-            ..Will::default()
-        }),
-        session_expiry: Some(300),
-        ..connect(id, false)
-    };
+    let mut watcher = will_watcher(&b).await;
+    let with_will = |id: &str| delayed_will(id, 1);
     let (_away, _) = a.connect(Version::V5, with_will("away")).await;
     let (mut back, _) = a.connect(Version::V5, with_will("back")).await;
-    let mut slow = with_will("slow");
-    slow.will.as_mut().expect("a will").delay_interval = Some(120);
-    let (_slow, _) = a.connect(Version::V5, slow).await;
+    let (_slow, _) = a.connect(Version::V5, delayed_will("slow", 120)).await;
     settle().await;
     let stop_began = mqtt_edge::message::now_ms();
     let stopping = tokio::spawn(a.stop());
@@ -1754,6 +1730,26 @@ async fn a_stopping_edges_delayed_wills_are_sent_by_another_unless_their_clients
         "due 120 s after its connection ended ({stop_began}..{stopped}), not after b took it: {due}"
     );
     b.stop().await;
+}
+
+/// A client on `edge` subscribed to every will (`wills/#`, QoS 1).
+async fn will_watcher(edge: &TestEdge) -> Client {
+    let mut watcher = edge.client(Version::V5, "watcher").await;
+    assert_eq!(watcher.subscribe(vec![SubscribeTopic::new("wills/#", 1)], WAIT).await.expect("suback"), [1]);
+    watcher
+}
+
+/// The persistent v5 CONNECT (expiry 300 s) of client `id` with a QoS 1 will "`id` gone" on
+/// `wills/{id}`, delayed `delay_secs`.
+fn delayed_will(id: &str, delay_secs: u32) -> Connect {
+    let will = Will {
+        topic: format!("wills/{id}"),
+        payload: format!("{id} gone").into_bytes(),
+        qos: 1,
+        delay_interval: Some(delay_secs),
+        ..Will::default()
+    };
+    Connect { will: Some(will), session_expiry: Some(300), ..connect(id, false) }
 }
 
 /// Edges a and b in one process on `bus`, their sessions in `journal` and an in-process owners
