@@ -25,7 +25,8 @@
 //! journal works again the edge writes its wills whole (`Hub::write_wills_again_if_lost`,
 //! within a second). Not covered: what a Redis failover loses without `state.redis_wait_replicas`;
 //! the wills of a lone edge on Redis without a bus whose id changes across runs (an
-//! `mqtt-edge` without `bus.node_id`) are kept but never sent; a waiting will sent just before its edge dies may be sent again (at least once); the
+//! `mqtt-edge` without `bus.node_id`) are kept but never sent; a waiting will sent just
+//! before its edge dies may be sent again (at least once); the
 //! registry says where a session is, not since when nor how it was claimed, so a delayed will
 //! whose client came back to another edge before the dead one was found out is not sent even
 //! if it came back after the will fell due, or with a clean start (which ends the session).
