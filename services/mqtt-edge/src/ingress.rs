@@ -175,12 +175,12 @@ pub async fn publish_in_order<E>(
                 let _hold = st.gate.hold();
                 crate::flow::wait_for_room(&st.hub, r.pressure, st.max_stall, crate::flow::Router::Publisher).await;
             }
-            // The journal writes in order: the routing's batch, when there is one, comes after
-            // the inbound QoS 2 id's.
-            let stored = match r.durable.or(recorded) {
-                Some(d) if acknowledged => d.wait().await,
-                _ => true,
-            };
+            // The inbound QoS 2 id's write and the routing's: the journal writes in order, but
+            // a routing batch whose messages were all acknowledged meanwhile is never written.
+            let mut stored = true;
+            for d in [recorded, r.durable].into_iter().flatten().filter(|_| acknowledged) {
+                stored &= d.wait().await;
+            }
             if stored { Ok(sessions) } else { refused(PublishRefusal::NotStored) }
         }
         Err(e) => Err(e),

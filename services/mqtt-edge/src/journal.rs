@@ -40,6 +40,16 @@ const PROBE_INTERVAL_MS: u64 = 1000;
 /// what nobody waits for may wait for a write.
 const TIDY_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long a message that went out to its session's connection at once may wait to be
+/// written: its subscriber's acknowledgement usually comes first (a fraction of a millisecond
+/// on a LAN), and then it needs no writing at all. Its publisher's PUBACK waits for whichever
+/// comes first, so this is what a PUBACK may be late by when the subscriber is slower.
+pub const LINGER: Duration = Duration::from_millis(1);
+
+/// How many waiting items [`spare`] looks through for a message's arrival: what waits longer
+/// is written soon anyway (at worst the pair is written both).
+const SPARE_SCAN: usize = 512;
+
 /// What the router decided for the journal: about one session, or a retained message.
 #[derive(Debug)]
 pub enum Item {
@@ -182,9 +192,18 @@ impl JournalWriter {
         Ok(JournalWriter { turns: Turns::start(work, "hermes-journal", tidy_every)? })
     }
 
-    /// Queues `items` for writing after everything submitted before.
+    /// Queues `items` for writing after everything submitted before. Messages that went out
+    /// to their sessions' connections at once, and nothing else, wait up to [`LINGER`] to be
+    /// written: if they are all done meanwhile ([`JournalWriter::submit_lazily`]), they are
+    /// never written and the answer is `true` at once.
     pub fn submit(&self, items: Vec<Item>) -> Durable {
-        self.submit_checked(items, None)
+        if !items.iter().all(went_out) || items.is_empty() {
+            return self.submit_checked(items, None);
+        }
+        let (done, rx) = oneshot::channel();
+        let batch = Batch { done: Some(done), relay: crate::relay::here(), ..Batch::unwaited(items) };
+        self.turns.submit_within(batch, LINGER);
+        Durable(rx)
     }
 
     fn submit_checked(&self, items: Vec<Item>, clean_since_ms: Option<u64>) -> Durable {
@@ -202,8 +221,19 @@ impl JournalWriter {
     /// Queues `items` nobody waits for and that lose nothing if they are never written (a
     /// message's end: unwritten, it is delivered again after a crash): they go with the next
     /// write, within [`TIDY_INTERVAL`].
-    pub fn submit_lazily(&self, items: Vec<Item>) {
-        self.turns.leave(Batch::unwaited(items));
+    ///
+    /// A message done before its arrival was written is taken out of what waits instead (see
+    /// [`spare`]), and whoever waits only for it hears at once that nothing needs writing.
+    pub fn submit_lazily(&self, mut items: Vec<Item>) {
+        let mut outcomes = crate::relay::Outcomes::default();
+        let spared = self.turns.amend(|waiting| spare(waiting, &mut items, &mut outcomes));
+        outcomes.send();
+        if spared > 0 {
+            metrics::counter!(m::JOURNAL_SPARED).increment(spared as u64);
+        }
+        if !items.is_empty() {
+            self.turns.leave(Batch::unwaited(items));
+        }
     }
 
     /// Resolves once everything submitted so far is written (or failed).
@@ -459,6 +489,74 @@ async fn write(journal: &dyn SessionJournal, writes: &[Write]) -> bool {
     false
 }
 
+/// Whether `item` is a message's arrival in a session that sent it at once (it has a packet
+/// id): its subscriber may acknowledge it before it is written.
+fn went_out(item: &Item) -> bool {
+    matches!(item, Item::Session(_, Persist::Change(Change::Kept { out, first: true, .. })) if out.packet_id.is_some())
+}
+
+/// Takes out of `waiting` the arrival (and later changes) of each message `items` says is done,
+/// and that end from `items`: the message came and went before it was written. A batch left
+/// with nothing to write tells whoever waits for it that it is written (into `outcomes`).
+/// Returns how many items were taken.
+fn spare(
+    waiting: &mut std::collections::VecDeque<Batch>,
+    items: &mut Vec<Item>,
+    outcomes: &mut crate::relay::Outcomes,
+) -> usize {
+    let mut spared = 0;
+    items.retain(|item| {
+        let Item::Session(session, Persist::Change(Change::Done(entry))) = item else { return true };
+        let Some(found) = arrival(waiting, session, *entry) else { return true };
+        spared += found.len() + 1;
+        // Descending: each removal leaves the positions still to remove where they were.
+        for (b, i) in found {
+            let batch = &mut waiting[b];
+            batch.items.remove(i);
+            if batch.items.is_empty()
+                && batch.again.is_empty()
+                && batch.clean_since_ms.is_none()
+                && let Some(done) = batch.done.take()
+            {
+                outcomes.add(batch.relay.take(), crate::relay::Outcome::Written(done, true));
+            }
+        }
+        false
+    });
+    spared
+}
+
+/// Where `waiting` holds message `entry` of `session` since it arrived (its arrival and any
+/// later change, by batch and item, the last first): `None` if its arrival is not among the
+/// last [`SPARE_SCAN`] items (written, or about to be) or the session ended after it.
+fn arrival(waiting: &std::collections::VecDeque<Batch>, session: &Arc<str>, entry: u64) -> Option<Vec<(usize, usize)>> {
+    let mut found = Vec::new();
+    let mut looked = 0;
+    for (b, batch) in waiting.iter().enumerate().rev() {
+        for (i, item) in batch.items.iter().enumerate().rev() {
+            looked += 1;
+            if looked > SPARE_SCAN {
+                return None;
+            }
+            let Item::Session(s, persist) = item else { continue };
+            if s != session {
+                continue;
+            }
+            match persist {
+                Persist::Change(Change::Kept { out, first, .. }) if out.entry == entry => {
+                    found.push((b, i));
+                    if *first {
+                        return Some(found);
+                    }
+                }
+                Persist::Ended => return None,
+                _ => {}
+            }
+        }
+    }
+    None
+}
+
 /// Drops the messages that arrived and were done within these items: they never need writing.
 fn coalesce(items: impl Iterator<Item = Item>) -> Vec<Item> {
     let mut out: Vec<Option<Item>> = Vec::new();
@@ -565,6 +663,15 @@ mod tests {
         let mut out = Outgoing::new(msg, QoS::AtLeastOnce, false, vec![]);
         out.entry = entry;
         Item::Session(session.clone(), Persist::Change(Change::Kept { out, released: false, first }))
+    }
+
+    /// A message that went out to its session's connection as it arrived (it has a packet id).
+    fn sent(session: &Arc<str>, entry: u64) -> Item {
+        let mut item = kept(session, entry, true);
+        if let Item::Session(_, Persist::Change(Change::Kept { out, .. })) = &mut item {
+            out.packet_id = std::num::NonZeroU16::new(1);
+        }
+        item
     }
 
     fn done(session: &Arc<str>, entry: u64) -> Item {
@@ -824,7 +931,8 @@ mod tests {
 
     async fn entries(writer: &JournalWriter, session: &str) -> Vec<u64> {
         let loaded = writer.load(session).await.expect("loads").expect("a session");
-        loaded.snapshot.queue.iter().map(|o| o.entry).collect()
+        let inflight = loaded.snapshot.inflight.iter().map(|(o, _)| o);
+        inflight.chain(&loaded.snapshot.queue).map(|o| o.entry).collect()
     }
 
     #[tokio::test]
@@ -999,6 +1107,68 @@ mod tests {
             }
         })
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_message_acknowledged_before_it_is_written_is_never_written_and_its_publisher_is_told_at_once() {
+        let journal = Arc::new(Failing::blocking());
+        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), Duration::from_secs(3600));
+        let writer = writer.expect("starts");
+        let s: Arc<str> = "s".into();
+        on_a_worker(|| async {
+            assert!(writer.submit(vec![record(&s, 60)]).wait().await);
+            journal.writers();
+            // No await between these: the linger cannot end in between.
+            let mut both = writer.submit(vec![sent(&s, 1), sent(&s, 2)]);
+            writer.submit_lazily(vec![done(&s, 1)]);
+            assert!(both.0.try_recv().is_err(), "message 2 is not done yet");
+            writer.submit_lazily(vec![done(&s, 2)]);
+            assert_eq!(both.0.try_recv(), Ok(true), "nothing left to write: told at once");
+            tokio::time::sleep(LINGER * 5).await;
+            assert_eq!(journal.writers(), [] as [String; 0], "nothing was written");
+            // Not acknowledged within the linger: written, by the worker.
+            let started = std::time::Instant::now();
+            assert!(writer.submit(vec![sent(&s, 3)]).wait().await);
+            assert!(started.elapsed() >= LINGER, "after the linger");
+            assert_eq!(journal.writers(), [this_thread()]);
+            // A lingering message goes with a change to be written at once: one write.
+            let lingering = writer.submit(vec![sent(&s, 4)]);
+            assert!(writer.submit(vec![record(&s, 60)]).wait().await);
+            assert!(lingering.wait().await);
+            assert_eq!(journal.writers(), [this_thread()]);
+            // Its end, once written, is written too.
+            writer.submit_lazily(vec![done(&s, 3)]);
+            assert!(writer.flush().await);
+        })
+        .await;
+        assert_eq!(entries(&writer, "s").await, [4]);
+    }
+
+    #[test]
+    fn only_a_message_whose_arrival_waits_since_its_session_began_is_spared() {
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let waiting_for = |items: Vec<Item>| {
+            let (done, rx) = oneshot::channel();
+            (Batch { done: Some(done), ..Batch::unwaited(items) }, rx)
+        };
+        let (first, mut first_done) = waiting_for(vec![sent(&a, 1), kept(&b, 1, true), kept(&a, 1, false)]);
+        let (second, mut second_done) = waiting_for(vec![sent(&b, 2)]);
+        let (third, _) = waiting_for(vec![Item::Session(b.clone(), Persist::Ended), sent(&b, 9)]);
+        let mut waiting: std::collections::VecDeque<Batch> = [first, second, third].into_iter().collect();
+        let mut outcomes = crate::relay::Outcomes::default();
+        // b's session ended after its messages 1 and 2 arrived: their ends stay (the session
+        // that began since has its own entries, as 9), as does the end of a message not waiting.
+        let mut items = vec![done(&a, 1), done(&b, 1), done(&b, 2), done(&a, 7), done(&b, 9)];
+        assert_eq!(spare(&mut waiting, &mut items, &mut outcomes), 5, "a/1 with its change, b/9, their ends");
+        outcomes.send();
+        assert_eq!(shape(&items), [("b".into(), 1, "done"), ("b".into(), 2, "done"), ("a".into(), 7, "done")]);
+        let left: Vec<_> = waiting.iter().map(|b| shape(&b.items)).collect();
+        assert_eq!(
+            left,
+            [vec![("b".into(), 1, "kept")], vec![("b".into(), 2, "kept")], vec![("b".into(), 0, "ended")]]
+        );
+        assert!(first_done.try_recv().is_err(), "b/1 is still to write");
+        assert!(second_done.try_recv().is_err());
     }
 
     #[tokio::test]

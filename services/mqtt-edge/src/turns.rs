@@ -43,6 +43,8 @@ pub(crate) struct Turns<W: Work> {
     turn: AtomicBool,
     /// Someone is on their way to (spawned on a worker, or asked of the work's thread).
     pending: AtomicBool,
+    /// Someone will be once a linger ends ([`Turns::submit_within`]).
+    lingering: AtomicBool,
     /// To the work's thread: do what waits.
     nudge: mpsc::UnboundedSender<()>,
 }
@@ -68,6 +70,7 @@ impl<W: Work> Turns<W> {
             jobs: Default::default(),
             turn: AtomicBool::new(false),
             pending: AtomicBool::new(false),
+            lingering: AtomicBool::new(false),
             nudge,
         });
         crate::on_own_thread(thread, Self::serve(Arc::downgrade(&turns), nudges, tick_every))?;
@@ -88,6 +91,31 @@ impl<W: Work> Turns<W> {
         } else if self.nudge.send(()).is_err() {
             self.do_here();
         }
+    }
+
+    /// Queues `job` after everything submitted before, to be done within `linger`, or sooner
+    /// with a job submitted meanwhile to be done soon. Meanwhile [`Turns::amend`] may take it
+    /// back. Off an edge worker, as [`Turns::submit`].
+    pub fn submit_within(self: &Arc<Self>, job: W::Job, linger: Duration) {
+        let worker = crate::relay::runs_here().then(tokio::runtime::Handle::try_current).and_then(Result::ok);
+        let Some(worker) = worker else { return self.submit(job) };
+        self.waiting().push_back(job);
+        if self.pending.load(Ordering::Acquire) || self.lingering.swap(true, Ordering::AcqRel) {
+            return; // done with a job on its way, or when the linger under way ends
+        }
+        let turns = self.clone();
+        drop(worker.spawn(async move {
+            let lingered = Lingered(&turns);
+            tokio::time::sleep(linger).await;
+            drop(lingered);
+            turns.clone().do_what_waits(Between::Yield).await;
+        }));
+    }
+
+    /// Changes the jobs waiting (none is under way meanwhile: they are taken under the same
+    /// lock).
+    pub fn amend<R>(&self, change: impl FnOnce(&mut VecDeque<W::Job>) -> R) -> R {
+        change(&mut self.waiting())
     }
 
     /// Does what waits on this thread, the work's own being gone (it panicked): what is done
@@ -207,6 +235,16 @@ pub(crate) async fn tidy<W: Work>(
     turns.give_turn();
     if let Err(e) = tidied {
         tracing::warn!(error = %e, "cannot tidy {what}");
+    }
+}
+
+/// A linger under way: over when dropped, also when its worker stops first (what lingered
+/// then goes with the next job, or at the work's thread's next tick).
+struct Lingered<'a, W: Work>(&'a Turns<W>);
+
+impl<W: Work> Drop for Lingered<'_, W> {
+    fn drop(&mut self) {
+        self.0.lingering.store(false, Ordering::Release);
     }
 }
 
@@ -428,6 +466,7 @@ mod tests {
             jobs: Default::default(),
             turn: AtomicBool::new(false),
             pending: AtomicBool::new(false),
+            lingering: AtomicBool::new(false),
             nudge,
         });
         turns.submit(1);
