@@ -38,7 +38,7 @@ pub(crate) trait Work: Send + Sync + Sized + 'static {
 /// Jobs waiting for their turn, and who does them.
 pub(crate) struct Turns<W: Work> {
     pub work: W,
-    jobs: Mutex<VecDeque<W::Job>>,
+    jobs: Mutex<Waiting<W::Job>>,
     /// Someone is doing jobs.
     turn: AtomicBool,
     /// Someone is on their way to (spawned on a worker, or asked of the work's thread).
@@ -47,6 +47,64 @@ pub(crate) struct Turns<W: Work> {
     lingering: AtomicBool,
     /// To the work's thread: do what waits.
     nudge: mpsc::UnboundedSender<()>,
+}
+
+/// The jobs waiting, and when each is due.
+struct Waiting<J> {
+    jobs: VecDeque<J>,
+    /// One per job, in the same order.
+    due: VecDeque<Due>,
+}
+
+impl<J> Default for Waiting<J> {
+    fn default() -> Self {
+        Waiting { jobs: VecDeque::new(), due: VecDeque::new() }
+    }
+}
+
+/// When a waiting job is to be done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Soon ([`Turns::submit`]).
+    Soon,
+    /// Once this instant has passed ([`Turns::submit_within`]).
+    At(tokio::time::Instant),
+    /// With the next job done, or at the work's thread's next tick ([`Turns::leave`]).
+    WithNext,
+}
+
+impl<J> Waiting<J> {
+    fn push(&mut self, job: J, due: Due) {
+        self.jobs.push_back(job);
+        self.due.push_back(due);
+    }
+
+    /// How many jobs from the front are to be done now: up to the last that is due, or all.
+    fn due_now(&self, all: bool) -> usize {
+        if all {
+            return self.jobs.len();
+        }
+        let now = tokio::time::Instant::now();
+        let due = |d: &Due| match *d {
+            Due::Soon => true,
+            Due::At(at) => at <= now,
+            Due::WithNext => false,
+        };
+        self.due.iter().rposition(due).map_or(0, |last| last + 1)
+    }
+
+    /// When the first job that lingers is due, if one does.
+    fn next_linger(&self) -> Option<tokio::time::Instant> {
+        self.due.iter().find_map(|d| match *d {
+            Due::At(at) => Some(at),
+            Due::Soon | Due::WithNext => None,
+        })
+    }
+
+    fn take(&mut self, n: usize) -> Vec<J> {
+        self.due.drain(..n);
+        self.jobs.drain(..n).collect()
+    }
 }
 
 /// What the writer holding the turn does between two writes when more jobs wait.
@@ -79,7 +137,7 @@ impl<W: Work> Turns<W> {
 
     /// Queues `job` after everything submitted before, to be done soon.
     pub fn submit(self: &Arc<Self>, job: W::Job) {
-        self.waiting().push_back(job);
+        self.waiting().push(job, Due::Soon);
         if self.pending.swap(true, Ordering::AcqRel) {
             return; // whoever set it does this job too
         }
@@ -87,7 +145,7 @@ impl<W: Work> Turns<W> {
         if let Some(worker) = worker {
             // An edge worker: do it once the tasks already queued on it have run (on its
             // runtime rather than its `LocalSet`: a task of the runtime's may submit too).
-            drop(worker.spawn(self.clone().do_what_waits(Between::Yield)));
+            drop(worker.spawn(self.clone().do_what_waits(Between::Yield, false)));
         } else if self.nudge.send(()).is_err() {
             self.do_here();
         }
@@ -99,23 +157,41 @@ impl<W: Work> Turns<W> {
     pub fn submit_within(self: &Arc<Self>, job: W::Job, linger: Duration) {
         let worker = crate::relay::runs_here().then(tokio::runtime::Handle::try_current).and_then(Result::ok);
         let Some(worker) = worker else { return self.submit(job) };
-        self.waiting().push_back(job);
-        if self.pending.load(Ordering::Acquire) || self.lingering.swap(true, Ordering::AcqRel) {
-            return; // done with a job on its way, or when the linger under way ends
+        let at = tokio::time::Instant::now() + linger;
+        self.waiting().push(job, Due::At(at));
+        if self.pending.load(Ordering::Acquire) {
+            return; // whoever is on their way sees to it once done (`linger_on`)
+        }
+        self.linger_until(at, &worker);
+    }
+
+    /// Does what waits at `at` unless a linger under way does it first.
+    fn linger_until(self: &Arc<Self>, at: tokio::time::Instant, worker: &tokio::runtime::Handle) {
+        if self.lingering.swap(true, Ordering::AcqRel) {
+            return;
         }
         let turns = self.clone();
         drop(worker.spawn(async move {
             let lingered = Lingered(&turns);
-            tokio::time::sleep(linger).await;
+            tokio::time::sleep_until(at).await;
             drop(lingered);
-            turns.clone().do_what_waits(Between::Yield).await;
+            turns.clone().do_what_waits(Between::Yield, false).await;
         }));
     }
 
-    /// Changes the jobs waiting (none is under way meanwhile: they are taken under the same
-    /// lock).
+    /// After a writer's turn: jobs that still linger are done when their linger ends.
+    fn linger_on(self: &Arc<Self>) {
+        let Some(at) = self.waiting().next_linger() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(here) => self.linger_until(at, &here),
+            Err(_) => drop(self.nudge.send(())),
+        }
+    }
+
+    /// Changes the jobs waiting, none of them added or taken away (none is under way
+    /// meanwhile: they are taken under the same lock).
     pub fn amend<R>(&self, change: impl FnOnce(&mut VecDeque<W::Job>) -> R) -> R {
-        change(&mut self.waiting())
+        change(&mut self.waiting().jobs)
     }
 
     /// Does what waits on this thread, the work's own being gone (it panicked): what is done
@@ -125,29 +201,30 @@ impl<W: Work> Turns<W> {
         use futures_util::FutureExt;
         if tokio::runtime::Handle::try_current().is_ok() {
             // Polled once: nothing yields between writes.
-            self.clone().do_what_waits(Between::Nothing).now_or_never();
+            self.clone().do_what_waits(Between::Nothing, true).now_or_never();
             return;
         }
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime.block_on(self.clone().do_what_waits(Between::Nothing)),
+            Ok(runtime) => runtime.block_on(self.clone().do_what_waits(Between::Nothing, true)),
             Err(e) => tracing::error!(error = %e, "cannot write: no thread to write on, and no runtime"),
         }
     }
 
     /// Queues `job` to be done with the next one submitted, or at the next tick.
     pub fn leave(&self, job: W::Job) {
-        self.waiting().push_back(job);
+        self.waiting().push(job, Due::WithNext);
     }
 
     /// Puts `jobs` back, first in line (a write cut short).
     pub fn put_back(&self, jobs: Vec<W::Job>) {
         let mut waiting = self.waiting();
         for job in jobs.into_iter().rev() {
-            waiting.push_front(job);
+            waiting.jobs.push_front(job);
+            waiting.due.push_front(Due::Soon);
         }
     }
 
-    fn waiting(&self) -> MutexGuard<'_, VecDeque<W::Job>> {
+    fn waiting(&self) -> MutexGuard<'_, Waiting<W::Job>> {
         self.jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -161,8 +238,9 @@ impl<W: Work> Turns<W> {
         self.turn.store(false, Ordering::Release);
     }
 
-    /// Does every job waiting, unless someone else is (they do it).
-    async fn do_what_waits(self: Arc<Self>, between: Between) {
+    /// Does every job due (with `all`, every job waiting), unless someone else is (they do
+    /// it). Jobs still lingering after it are done when their linger ends.
+    async fn do_what_waits(self: Arc<Self>, between: Between, all: bool) {
         self.pending.store(false, Ordering::Release);
         loop {
             if !self.take_turn() {
@@ -172,8 +250,8 @@ impl<W: Work> Turns<W> {
             loop {
                 let jobs: Vec<W::Job> = {
                     let mut waiting = self.waiting();
-                    let n = waiting.len().min(MAX_JOBS);
-                    waiting.drain(..n).collect()
+                    let n = waiting.due_now(all).min(MAX_JOBS);
+                    waiting.take(n)
                 };
                 if jobs.is_empty() {
                     break;
@@ -183,14 +261,15 @@ impl<W: Work> Turns<W> {
                 // tasks run (the PUBACKs this write let go, its connections' reads). An embedded
                 // write never yields, and a worker writing others' jobs back to back would
                 // starve its own connections meanwhile.
-                if between == Between::Yield && !self.waiting().is_empty() {
+                if between == Between::Yield && self.waiting().due_now(all) > 0 {
                     tokio::task::yield_now().await;
                 }
             }
             held.ended = true;
             drop(held);
-            // A job submitted while the turn was taken is this writer's to do.
-            if self.waiting().is_empty() {
+            // A job due submitted while the turn was taken is this writer's to do.
+            if self.waiting().due_now(all) == 0 {
+                self.linger_on();
                 return;
             }
         }
@@ -203,13 +282,13 @@ impl<W: Work> Turns<W> {
         loop {
             tokio::select! {
                 nudged = nudges.recv() => match (nudged, turns.upgrade()) {
-                    (Some(()), Some(t)) => t.do_what_waits(Between::Yield).await,
+                    (Some(()), Some(t)) => t.do_what_waits(Between::Yield, false).await,
                     _ => break,
                 },
                 _ = ticks.tick() => {
                     let Some(t) = turns.upgrade() else { break };
                     W::tick(&t).await;
-                    t.do_what_waits(Between::Yield).await;
+                    t.do_what_waits(Between::Yield, true).await;
                 }
             }
         }
@@ -413,7 +492,7 @@ mod tests {
     }
 
     /// Writes on its caller's thread without yielding, as the embedded store does; each write
-    /// leaves another job, as another worker submitting all along would, up to `until`.
+    /// submits another job, as another worker submitting all along would, up to `until`.
     struct Blocking {
         written: Mutex<Vec<u32>>,
         until: u32,
@@ -426,7 +505,7 @@ mod tests {
             let last = *jobs.last().expect("a job");
             turns.work.written.lock().expect("not poisoned").extend(jobs);
             if last < turns.work.until {
-                turns.leave(last + 1);
+                turns.submit(last + 1);
             }
         }
 
@@ -455,6 +534,41 @@ mod tests {
         })
         .await;
         assert_eq!(*turns.work.written.lock().expect("not poisoned"), (1..=50).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_lingering_job_is_done_when_its_linger_ends_or_with_a_job_due_sooner() {
+        let turns = Turns::start(Noted::default(), "test-linger", Duration::from_secs(60)).expect("started");
+        let done = || turns.work.0.lock().expect("not poisoned").clone();
+        let linger = Duration::from_millis(200);
+        crate::relay::on_a_worker(|| async {
+            turns.submit_within(1, linger);
+            turns.leave(2);
+            tokio::time::sleep(linger / 4).await;
+            assert_eq!(done(), [] as [u32; 0], "lingering, and left for later");
+            turns.submit(3);
+            let started = std::time::Instant::now();
+            while done().len() < 3 {
+                assert!(started.elapsed() < linger / 2, "done with the job due soon, in order");
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(done(), [1, 2, 3]);
+            let started = std::time::Instant::now();
+            turns.submit_within(4, linger);
+            turns.leave(5);
+            turns.submit_within(6, linger * 2);
+            while done().len() < 4 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(started.elapsed() >= linger, "not before its linger ended");
+            assert_eq!(done(), [1, 2, 3, 4], "what comes after it waits");
+            while done().len() < 6 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(started.elapsed() >= linger * 2);
+            assert_eq!(done(), [1, 2, 3, 4, 5, 6], "in order");
+        })
+        .await;
     }
 
     #[test]
