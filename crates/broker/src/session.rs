@@ -68,8 +68,8 @@ impl<M> Outgoing<M> {
 /// journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change<M> {
-    /// Keep this message under its entry: it arrived (`first`), got its packet id, or its
-    /// PUBREC came (`released`).
+    /// Keep this message under its entry: it arrived (`first`: the journal cannot hold it
+    /// yet), got its packet id, or its PUBREC came (`released`).
     Kept { out: Outgoing<M>, released: bool, first: bool },
     /// The message under this entry is done: acknowledged, dropped or expired.
     Done(u64),

@@ -8,7 +8,7 @@
 //!   comes live. It runs as the replay of a session behind (`behind::catch_up`): what comes
 //!   live waits until its first pass is done, so what the session missed comes first.
 //! - Messages the dead edge published itself are skipped: it acknowledged none before its
-//!   sessions had them in the journal. So are this edge's own published after the session
+//!   sessions had them in the journal, or had acknowledged them themselves. So are this edge's own published after the session
 //!   came here (it got them here as they were published; [`Skip`]).
 //! - The router gives each message once, whichever path brings it first, and never one the
 //!   journal had (`broker::origins`).

@@ -220,7 +220,7 @@ impl JournalWriter {
 
     /// Queues `items` nobody waits for and that lose nothing if they are never written (a
     /// message's end: unwritten, it is delivered again after a crash): they go with the next
-    /// write, within [`TIDY_INTERVAL`].
+    /// write of something due submitted after them, or within [`TIDY_INTERVAL`].
     ///
     /// A message done before its arrival was written is taken out of what waits instead (see
     /// [`spare`]), and whoever waits only for it hears at once that nothing needs writing.
@@ -364,13 +364,13 @@ impl turns::Work for Journal {
     async fn write(turns: &Arc<Turns<Self>>, mut batches: Vec<Batch>) {
         let Journal { journal, health, holder, fence } = &turns.work;
         let writes = prepare(&mut batches, holder);
-        let mut ok = true;
+        let mut ok = None;
         if !writes.is_empty() {
             let _writing = health.writing.begun(crate::message::now_ms());
             let here = turns::own(turns, journal, || journal.on_this_thread());
             let mut cut_short = CutShort { turns, under_way: Some((writes, batches)) };
             let writes = cut_short.under_way.as_ref().map_or(&[][..], |(writes, _)| writes.as_slice());
-            ok = match here.blocks() {
+            ok = Some(match here.blocks() {
                 true => written_once(&*here, writes),
                 false => match fence.pass(TRY_TIMEOUT, |j| j.load("hermes:fence")).await {
                     Ok(()) => {
@@ -385,7 +385,7 @@ impl turns::Work for Journal {
                         false
                     }
                 },
-            };
+            });
             batches = cut_short.under_way.take().map(|(_, batches)| batches).unwrap_or_default();
         }
         report(batches, ok, health);
@@ -445,12 +445,16 @@ fn prepare(batches: &mut [Batch], holder: &NodeName) -> Vec<Write> {
     writes
 }
 
-/// Records how a write went and tells those waiting for `batches`.
-fn report(batches: Vec<Batch>, ok: bool, health: &Health) {
-    health.ok.store(ok, Ordering::Relaxed);
-    if !ok {
-        health.failed_at_ms.store(crate::message::now_ms(), Ordering::Relaxed);
+/// Records how a write went and tells those waiting for `batches`. `ok`: how it went, `None` if there was nothing to write (what waited was spared or
+/// only a barrier): the journal's health then stays as it was.
+fn report(batches: Vec<Batch>, ok: Option<bool>, health: &Health) {
+    if let Some(ok) = ok {
+        health.ok.store(ok, Ordering::Relaxed);
+        if !ok {
+            health.failed_at_ms.store(crate::message::now_ms(), Ordering::Relaxed);
+        }
     }
+    let ok = ok.unwrap_or(true);
     let failed_at = health.failed_at_ms.load(Ordering::Relaxed);
     let mut outcomes = crate::relay::Outcomes::default();
     for b in batches {
@@ -497,13 +501,9 @@ fn went_out(item: &Item) -> bool {
 
 /// Takes out of `waiting` the arrival (and later changes) of each message `items` says is done,
 /// and that end from `items`: the message came and went before it was written. A batch left
-/// with nothing to write tells whoever waits for it that it is written (into `outcomes`).
-/// Returns how many items were taken.
-fn spare(
-    waiting: &mut std::collections::VecDeque<Batch>,
-    items: &mut Vec<Item>,
-    outcomes: &mut crate::relay::Outcomes,
-) -> usize {
+/// with nothing to write tells whoever waits for it that it is written (through `outcomes`;
+/// at once if it waits on this thread). Returns how many items were taken.
+fn spare(waiting: &mut [Batch], items: &mut Vec<Item>, outcomes: &mut crate::relay::Outcomes) -> usize {
     let mut spared = 0;
     items.retain(|item| {
         let Item::Session(session, Persist::Change(Change::Done(entry))) = item else { return true };
@@ -529,7 +529,7 @@ fn spare(
 /// Where `waiting` holds message `entry` of `session` since it arrived (its arrival and any
 /// later change, by batch and item, the last first): `None` if its arrival is not among the
 /// last [`SPARE_SCAN`] items (written, or about to be) or the session ended after it.
-fn arrival(waiting: &std::collections::VecDeque<Batch>, session: &Arc<str>, entry: u64) -> Option<Vec<(usize, usize)>> {
+fn arrival(waiting: &[Batch], session: &Arc<str>, entry: u64) -> Option<Vec<(usize, usize)>> {
     let mut found = Vec::new();
     let mut looked = 0;
     for (b, batch) in waiting.iter().enumerate().rev() {
@@ -906,8 +906,7 @@ mod tests {
     #[tokio::test]
     async fn after_a_failed_write_the_next_waits_for_an_answer_over_the_connection_it_failed_on() {
         let journal = Arc::new(Failing::default());
-        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), Duration::from_secs(3600));
-        let writer = writer.expect("starts");
+        let writer = untidied(journal.clone());
         let s: Arc<str> = "s".into();
         journal.failing.store(true, Ordering::Relaxed);
         assert!(!writer.submit(vec![record(&s, 60)]).wait().await, "failed");
@@ -925,6 +924,12 @@ mod tests {
         assert_eq!(entries(&writer, "s").await, [1]);
     }
 
+    /// A writer of `journal` whose thread does not tick meanwhile: it writes what waits only
+    /// when asked to.
+    fn untidied(journal: Arc<dyn SessionJournal>) -> JournalWriter {
+        JournalWriter::start_tidying(journal, NodeName::new("a"), Duration::from_secs(3600)).expect("starts")
+    }
+
     fn record(session: &Arc<str>, expiry_secs: u32) -> Item {
         Item::Session(session.clone(), Persist::Record { subscriptions: vec![], expiry_secs, parked: false })
     }
@@ -939,8 +944,7 @@ mod tests {
     async fn an_embedded_journal_is_written_by_the_worker_that_submits_else_by_its_own_thread() {
         let journal = Arc::new(Failing::blocking());
         // Not tidied meanwhile: the journal's thread writes what waits when it does.
-        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), Duration::from_secs(3600));
-        let writer = writer.expect("starts");
+        let writer = untidied(journal.clone());
         let s: Arc<str> = "s".into();
         let worker = this_thread();
         on_a_worker(|| async {
@@ -968,8 +972,7 @@ mod tests {
     #[tokio::test]
     async fn a_journal_that_connects_each_thread_is_written_over_the_writing_threads_own_connection() {
         let journal = Arc::new(Failing { per_thread: true, ..Default::default() });
-        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), Duration::from_secs(3600));
-        let writer = writer.expect("starts");
+        let writer = untidied(journal.clone());
         let s: Arc<str> = "s".into();
         let worker = this_thread();
         let own = format!("{worker}, own");
@@ -998,8 +1001,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_cut_short_with_its_worker_is_written_again_by_the_journals_thread() {
         let journal = Arc::new(Failing::default());
-        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), Duration::from_secs(3600));
-        let writer = writer.expect("starts");
+        let writer = untidied(journal.clone());
         let s: Arc<str> = "s".into();
         journal.hang.store(1, Ordering::Relaxed);
         let (w, j, session) = (writer.clone(), journal.clone(), s.clone());
@@ -1112,8 +1114,7 @@ mod tests {
     #[tokio::test]
     async fn a_message_acknowledged_before_it_is_written_is_never_written_and_its_publisher_is_told_at_once() {
         let journal = Arc::new(Failing::blocking());
-        let writer = JournalWriter::start_tidying(journal.clone(), NodeName::new("a"), Duration::from_secs(3600));
-        let writer = writer.expect("starts");
+        let writer = untidied(journal.clone());
         let s: Arc<str> = "s".into();
         on_a_worker(|| async {
             assert!(writer.submit(vec![record(&s, 60)]).wait().await);
@@ -1144,6 +1145,24 @@ mod tests {
         assert_eq!(entries(&writer, "s").await, [4]);
     }
 
+    #[tokio::test]
+    async fn a_write_of_nothing_leaves_the_journals_health_as_it_was() {
+        let journal = Arc::new(Failing::default());
+        let writer = untidied(journal.clone());
+        let s: Arc<str> = "s".into();
+        journal.failing.store(true, Ordering::Relaxed);
+        on_a_worker(|| async {
+            assert!(!writer.submit(vec![record(&s, 60)]).wait().await, "failed");
+            assert!(!writer.is_healthy());
+            let sent = writer.submit(vec![sent(&s, 1)]);
+            writer.submit_lazily(vec![done(&s, 1)]);
+            assert!(sent.wait().await, "spared");
+            assert!(writer.flush().await, "nothing to write");
+        })
+        .await;
+        assert!(!writer.is_healthy(), "still not known to work");
+    }
+
     #[test]
     fn only_a_message_whose_arrival_waits_since_its_session_began_is_spared() {
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
@@ -1154,7 +1173,7 @@ mod tests {
         let (first, mut first_done) = waiting_for(vec![sent(&a, 1), kept(&b, 1, true), kept(&a, 1, false)]);
         let (second, mut second_done) = waiting_for(vec![sent(&b, 2)]);
         let (third, _) = waiting_for(vec![Item::Session(b.clone(), Persist::Ended), sent(&b, 9)]);
-        let mut waiting: std::collections::VecDeque<Batch> = [first, second, third].into_iter().collect();
+        let mut waiting = [first, second, third];
         let mut outcomes = crate::relay::Outcomes::default();
         // b's session ended after its messages 1 and 2 arrived: their ends stay (the session
         // that began since has its own entries, as 9), as does the end of a message not waiting.

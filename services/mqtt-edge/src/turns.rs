@@ -170,12 +170,13 @@ impl<W: Work> Turns<W> {
         if self.lingering.swap(true, Ordering::AcqRel) {
             return;
         }
-        let turns = self.clone();
+        let mut lingered = Lingered { turns: self.clone(), ended: false };
         drop(worker.spawn(async move {
-            let lingered = Lingered(&turns);
             tokio::time::sleep_until(at).await;
+            lingered.ended = true;
+            let turns = lingered.turns.clone();
             drop(lingered);
-            turns.clone().do_what_waits(Between::Yield, false).await;
+            turns.do_what_waits(Between::Yield, false).await;
         }));
     }
 
@@ -190,8 +191,8 @@ impl<W: Work> Turns<W> {
 
     /// Changes the jobs waiting, none of them added or taken away (none is under way
     /// meanwhile: they are taken under the same lock).
-    pub fn amend<R>(&self, change: impl FnOnce(&mut VecDeque<W::Job>) -> R) -> R {
-        change(&mut self.waiting().jobs)
+    pub fn amend<R>(&self, change: impl FnOnce(&mut [W::Job]) -> R) -> R {
+        change(self.waiting().jobs.make_contiguous())
     }
 
     /// Does what waits on this thread, the work's own being gone (it panicked): what is done
@@ -317,13 +318,19 @@ pub(crate) async fn tidy<W: Work>(
     }
 }
 
-/// A linger under way: over when dropped, also when its worker stops first (what lingered
-/// then goes with the next job, or at the work's thread's next tick).
-struct Lingered<'a, W: Work>(&'a Turns<W>);
+/// A linger under way, over when dropped. Dropped before it `ended` (its worker stopped, or
+/// the task never ran), it asks the work's thread to see to what lingers.
+struct Lingered<W: Work> {
+    turns: Arc<Turns<W>>,
+    ended: bool,
+}
 
-impl<W: Work> Drop for Lingered<'_, W> {
+impl<W: Work> Drop for Lingered<W> {
     fn drop(&mut self) {
-        self.0.lingering.store(false, Ordering::Release);
+        self.turns.lingering.store(false, Ordering::Release);
+        if !self.ended {
+            let _ = self.turns.nudge.send(());
+        }
     }
 }
 
@@ -569,6 +576,25 @@ mod tests {
             assert_eq!(done(), [1, 2, 3, 4, 5, 6], "in order");
         })
         .await;
+    }
+
+    #[test]
+    fn a_linger_whose_worker_stops_first_is_seen_to_by_the_works_thread() {
+        let turns = Turns::start(Noted::default(), "test-linger-stop", Duration::from_secs(60)).expect("started");
+        let done = || turns.work.0.lock().expect("not poisoned").clone();
+        let linger = Duration::from_millis(50);
+        for job in [1, 2] {
+            let worker = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            worker.block_on(crate::relay::on_a_worker(|| async { turns.submit_within(job, linger) }));
+            // Its linger's task is dropped with it, before it ran.
+            drop(worker);
+            let started = std::time::Instant::now();
+            while done().len() < job as usize {
+                assert!(started.elapsed() < Duration::from_secs(5), "done long before the tick");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        assert_eq!(done(), [1, 2]);
     }
 
     #[test]

@@ -489,7 +489,9 @@ pub(super) fn journal_whole<M: Routable + Clone, O>(
     fx.push(Effect::Persist { session: key.clone(), persist: record });
     let messages = snap.inflight.into_iter().chain(snap.queue.into_iter().map(|o| (o, false)));
     for (out, released) in messages {
-        let change = Change::Kept { out, released, first: true };
+        // Not `first`: a journal written whole again may hold the message already (a shared
+        // one that lost part of what it held), and only a first arrival may be spared.
+        let change = Change::Kept { out, released, first: false };
         fx.push(Effect::Persist { session: key.clone(), persist: Persist::Change(change) });
     }
     for packet_id in snap.incoming_qos2 {
