@@ -136,7 +136,16 @@ pub struct LimitsConfig {
     pub max_retained_per_tenant: usize,
     /// The same for the bytes of their payloads (a larger message replacing one counts too).
     pub max_retained_bytes_per_tenant: usize,
+    /// Milliseconds a persistent session's message that went out to its connection at once
+    /// may wait to be written to the session journal: acknowledged by its subscriber
+    /// meanwhile, it is never written, and its publisher's PUBACK goes at once. The publisher's
+    /// PUBACK may be this much later when the subscriber is slower. 0 writes at once; at most
+    /// 1000.
+    pub journal_linger_ms: u16,
 }
+
+/// The longest `limits.journal_linger_ms`: a PUBACK later than this is a stall, not a linger.
+const MAX_JOURNAL_LINGER_MS: u16 = 1000;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -162,6 +171,7 @@ impl Default for LimitsConfig {
             max_deliveries: 10,
             max_retained_per_tenant: 1_000_000,
             max_retained_bytes_per_tenant: 256 * 1024 * 1024,
+            journal_linger_ms: 1,
         }
     }
 }
@@ -238,6 +248,12 @@ impl EdgeConfig {
                 l.queue_drop_policy
             ));
         }
+        if l.journal_linger_ms > MAX_JOURNAL_LINGER_MS {
+            return Err(format!(
+                "limits.journal_linger_ms must be at most {MAX_JOURNAL_LINGER_MS}, not {}",
+                l.journal_linger_ms
+            ));
+        }
         for (key, v) in [
             ("limits.max_inflight", usize::from(l.max_inflight)),
             ("limits.max_inbound_inflight", usize::from(l.max_inbound_inflight)),
@@ -288,6 +304,17 @@ mod tests {
         c.limits.max_backlog = 1;
         c.limits.max_inbound_inflight = 0;
         assert_eq!(c.validate(), Err("limits.max_inbound_inflight must be greater than 0".into()));
+    }
+
+    #[test]
+    fn a_journal_linger_is_at_most_a_second_and_may_be_none() {
+        let mut c = EdgeConfig::default();
+        c.limits.journal_linger_ms = 0;
+        assert_eq!(c.validate(), Ok(()));
+        c.limits.journal_linger_ms = 1000;
+        assert_eq!(c.validate(), Ok(()));
+        c.limits.journal_linger_ms = 1001;
+        assert_eq!(c.validate(), Err("limits.journal_linger_ms must be at most 1000, not 1001".into()));
     }
 
     #[test]

@@ -40,10 +40,11 @@ const PROBE_INTERVAL_MS: u64 = 1000;
 /// what nobody waits for may wait for a write.
 const TIDY_INTERVAL: Duration = Duration::from_millis(100);
 
-/// How long a message that went out to its session's connection at once may wait to be
-/// written: its subscriber's acknowledgement usually comes first (a fraction of a millisecond
-/// on a LAN), and then it needs no writing at all. Its publisher's PUBACK waits for whichever
-/// comes first, so this is what a PUBACK may be late by when the subscriber is slower.
+/// How long a message that went out to its session's connection at once waits to be written
+/// unless set (`limits.journal_linger_ms`): its subscriber's acknowledgement usually comes
+/// first (a fraction of a millisecond on a LAN), and then it needs no writing at all. Its
+/// publisher's PUBACK waits for whichever comes first, so this is what a PUBACK may be late by
+/// when the subscriber is slower.
 pub const LINGER: Duration = Duration::from_millis(1);
 
 /// How many waiting items [`spare`] looks through for a message's arrival: what waits longer
@@ -112,6 +113,8 @@ impl Batch {
 #[derive(Clone)]
 pub struct JournalWriter {
     turns: Arc<Turns<Journal>>,
+    /// How long a message that went out at once may wait to be written ([`LINGER`]).
+    linger: Duration,
 }
 
 /// The journal as [`JournalWriter`] writes it, in turns.
@@ -185,24 +188,31 @@ impl JournalWriter {
         Self::start_tidying(journal, holder, TIDY_INTERVAL)
     }
 
+    /// Waits up to `linger` (none: writes at once) before writing messages that went out at
+    /// once (see [`JournalWriter::submit`]).
+    pub fn lingering(self, linger: Duration) -> Self {
+        JournalWriter { linger, ..self }
+    }
+
     /// [`JournalWriter::start`], tidying the journal (and writing what was left for later)
     /// every `tidy_every`.
     fn start_tidying(journal: Arc<dyn SessionJournal>, holder: NodeName, tidy_every: Duration) -> Result<Self, String> {
         let work = Journal { journal, health: Health::new(), holder, fence: Default::default() };
-        Ok(JournalWriter { turns: Turns::start(work, "hermes-journal", tidy_every)? })
+        Ok(JournalWriter { turns: Turns::start(work, "hermes-journal", tidy_every)?, linger: LINGER })
     }
 
     /// Queues `items` for writing after everything submitted before. Messages that went out
-    /// to their sessions' connections at once, and nothing else, wait up to [`LINGER`] to be
-    /// written: if they are all done meanwhile ([`JournalWriter::submit_lazily`]), they are
-    /// never written and the answer is `true` at once.
+    /// to their sessions' connections at once, and nothing else, wait up to the linger
+    /// ([`LINGER`]) to be written: if they are all done meanwhile
+    /// ([`JournalWriter::submit_lazily`]), they are never written and the answer is `true` at
+    /// once.
     pub fn submit(&self, items: Vec<Item>) -> Durable {
-        if !items.iter().all(went_out) || items.is_empty() {
+        if self.linger.is_zero() || !items.iter().all(went_out) || items.is_empty() {
             return self.submit_checked(items, None);
         }
         let (done, rx) = oneshot::channel();
         let batch = Batch { done: Some(done), relay: crate::relay::here(), ..Batch::unwaited(items) };
-        self.turns.submit_within(batch, LINGER);
+        self.turns.submit_within(batch, self.linger);
         Durable(rx)
     }
 
@@ -1143,6 +1153,24 @@ mod tests {
         })
         .await;
         assert_eq!(entries(&writer, "s").await, [4]);
+    }
+
+    #[tokio::test]
+    async fn without_a_linger_a_message_that_went_out_is_written_at_once() {
+        let journal = Arc::new(Failing::blocking());
+        let writer = untidied(journal.clone()).lingering(Duration::ZERO);
+        let s: Arc<str> = "s".into();
+        on_a_worker(|| async {
+            assert!(writer.submit(vec![record(&s, 60)]).wait().await);
+            journal.writers();
+            let sent = writer.submit(vec![sent(&s, 1)]);
+            // The write is this worker's next task: no timer involved.
+            tokio::task::yield_now().await;
+            assert_eq!(journal.writers(), [this_thread()], "written at the end of the turn");
+            assert!(sent.wait().await);
+        })
+        .await;
+        assert_eq!(entries(&writer, "s").await, [1]);
     }
 
     #[tokio::test]

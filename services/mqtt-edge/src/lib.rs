@@ -296,7 +296,8 @@ impl EdgeBuilder {
         let hub = Arc::new(hub::Hub::new(hub::HubConfig::from_limits(&cfg.limits), authz.clone()));
         let node = cluster::NodeName::new(&cfg.bus.node_id);
         if let Some(j) = journal {
-            hub.attach_journal(journal::JournalWriter::start(j, node.clone())?);
+            let linger = Duration::from_millis(cfg.limits.journal_linger_ms.into());
+            hub.attach_journal(journal::JournalWriter::start(j, node.clone())?.lingering(linger));
         }
         if !cfg.streams.rules.is_empty() {
             let store =
