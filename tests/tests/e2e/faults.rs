@@ -125,6 +125,48 @@ async fn without_its_journal_an_edge_acknowledges_nothing_it_could_not_store_and
     edge.stop().await;
 }
 
+/// A PUBACK promises that the message is in the journal of every persistent session it went
+/// to, or that those sessions acknowledged it. With the journal cut off, a message the live
+/// persistent subscriber acknowledges within the linger is acknowledged to its publisher; one
+/// left unacknowledged past the linger must be written, cannot be, and is refused (it was
+/// delivered all the same).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_its_persistent_subscriber_acknowledged_needs_no_journal_to_be_acknowledged() {
+    let redis = servers::redis();
+    let proxy = proxy::Proxy::start(redis.addr).await;
+    let url = format!("redis://{}/0", proxy.addr);
+    let edge = TestEdge::start_with(|c| {
+        c.state.redis_url = url;
+        c.limits.journal_linger_ms = 1000;
+    })
+    .await;
+    let (mut away, _) = edge.connect(Version::V5, persistent("away")).await;
+    assert_eq!(away.subscribe(vec![SubscribeTopic::new("a/#", 1)], WAIT).await.expect("suback"), [1]);
+    away.send(&Packet::disconnect(0)).await.expect("bye");
+    drop(away);
+    let (mut keeper, _) = edge.connect(Version::V5, persistent("keeper")).await;
+    assert_eq!(keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback"), [1]);
+    let mut publisher = edge.client(Version::V5, "publisher").await;
+    proxy.cut();
+    // The journal is cut off: what a session away must keep is refused.
+    assert_eq!(publish_code(&mut publisher, "a/1", "for one away").await, Some(0x80));
+    let publishing = tokio::spawn(async move {
+        let code = publish_code(&mut publisher, "f/1", "acknowledged").await;
+        (publisher, code)
+    });
+    let p = expect_publish(&mut keeper).await;
+    ack(&mut keeper, &p).await;
+    let (mut publisher, code) = publishing.await.expect("no panic");
+    assert_eq!(code, Some(0), "delivered and acknowledged: nothing left to keep");
+
+    let started = std::time::Instant::now();
+    assert_eq!(publish_code(&mut publisher, "f/2", "kept").await, Some(0x80), "no promise it cannot keep");
+    assert!(started.elapsed() >= Duration::from_secs(1), "refused once the linger ended");
+    let p = expect_publish(&mut keeper).await;
+    assert_eq!(&p.payload[..], b"kept", "delivered all the same");
+    edge.stop().await;
+}
+
 /// The wills an edge keeps in Redis for its open connections (sent by another edge if it
 /// dies) are made good once Redis is back: one whose connection ended while Redis was cut off
 /// is not left there to be sent for a client that said goodbye; one whose connection ended
