@@ -102,6 +102,14 @@ struct Batch {
 }
 
 impl Batch {
+    /// A batch waited for on this thread, and what tells when it is written (see
+    /// `clean_since_ms`).
+    fn waited(items: Vec<Item>, clean_since_ms: Option<u64>) -> (Self, Durable) {
+        let (done, rx) = oneshot::channel();
+        let batch = Batch { done: Some(done), relay: crate::relay::here(), clean_since_ms, ..Batch::unwaited(items) };
+        (batch, Durable(rx))
+    }
+
     /// A batch nobody waits for.
     fn unwaited(items: Vec<Item>) -> Self {
         Batch { items, done: None, relay: None, clean_since_ms: None, again: Vec::new() }
@@ -207,20 +215,19 @@ impl JournalWriter {
     /// ([`JournalWriter::submit_lazily`]), they are never written and the answer is `true` at
     /// once.
     pub fn submit(&self, items: Vec<Item>) -> Durable {
-        if self.linger.is_zero() || !items.iter().all(went_out) || items.is_empty() {
-            return self.submit_checked(items, None);
+        let lingers = !self.linger.is_zero() && !items.is_empty() && items.iter().all(went_out);
+        let (batch, durable) = Batch::waited(items, None);
+        match lingers {
+            true => self.turns.submit_within(batch, self.linger),
+            false => self.turns.submit(batch),
         }
-        let (done, rx) = oneshot::channel();
-        let batch = Batch { done: Some(done), relay: crate::relay::here(), ..Batch::unwaited(items) };
-        self.turns.submit_within(batch, self.linger);
-        Durable(rx)
+        durable
     }
 
     fn submit_checked(&self, items: Vec<Item>, clean_since_ms: Option<u64>) -> Durable {
-        let (done, rx) = oneshot::channel();
-        let batch = Batch { done: Some(done), relay: crate::relay::here(), clean_since_ms, ..Batch::unwaited(items) };
+        let (batch, durable) = Batch::waited(items, clean_since_ms);
         self.turns.submit(batch);
-        Durable(rx)
+        durable
     }
 
     /// Queues `items` with nobody waiting for them.
@@ -455,8 +462,9 @@ fn prepare(batches: &mut [Batch], holder: &NodeName) -> Vec<Write> {
     writes
 }
 
-/// Records how a write went and tells those waiting for `batches`. `ok`: how it went, `None` if there was nothing to write (what waited was spared or
-/// only a barrier): the journal's health then stays as it was.
+/// Records how a write went and tells those waiting for `batches`. `ok`: how it went, `None`
+/// if there was nothing to write (what waited was spared, or only a barrier): the journal's
+/// health then stays as it was.
 fn report(batches: Vec<Batch>, ok: Option<bool>, health: &Health) {
     if let Some(ok) = ok {
         health.ok.store(ok, Ordering::Relaxed);
@@ -1194,13 +1202,9 @@ mod tests {
     #[test]
     fn only_a_message_whose_arrival_waits_since_its_session_began_is_spared() {
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        let waiting_for = |items: Vec<Item>| {
-            let (done, rx) = oneshot::channel();
-            (Batch { done: Some(done), ..Batch::unwaited(items) }, rx)
-        };
-        let (first, mut first_done) = waiting_for(vec![sent(&a, 1), kept(&b, 1, true), kept(&a, 1, false)]);
-        let (second, mut second_done) = waiting_for(vec![sent(&b, 2)]);
-        let (third, _) = waiting_for(vec![Item::Session(b.clone(), Persist::Ended), sent(&b, 9)]);
+        let (first, mut first_done) = Batch::waited(vec![sent(&a, 1), kept(&b, 1, true), kept(&a, 1, false)], None);
+        let (second, mut second_done) = Batch::waited(vec![sent(&b, 2)], None);
+        let (third, _) = Batch::waited(vec![Item::Session(b.clone(), Persist::Ended), sent(&b, 9)], None);
         let mut waiting = [first, second, third];
         let mut outcomes = crate::relay::Outcomes::default();
         // b's session ended after its messages 1 and 2 arrived: their ends stay (the session
@@ -1214,8 +1218,8 @@ mod tests {
             left,
             [vec![("b".into(), 1, "kept")], vec![("b".into(), 2, "kept")], vec![("b".into(), 0, "ended")]]
         );
-        assert!(first_done.try_recv().is_err(), "b/1 is still to write");
-        assert!(second_done.try_recv().is_err());
+        assert!(first_done.0.try_recv().is_err(), "b/1 is still to write");
+        assert!(second_done.0.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -101,6 +101,14 @@ impl<J> Waiting<J> {
         })
     }
 
+    /// Puts `jobs` first in line, due soon.
+    fn put_back(&mut self, jobs: Vec<J>) {
+        for job in jobs.into_iter().rev() {
+            self.jobs.push_front(job);
+            self.due.push_front(Due::Soon);
+        }
+    }
+
     fn take(&mut self, n: usize) -> Vec<J> {
         self.due.drain(..n);
         self.jobs.drain(..n).collect()
@@ -141,8 +149,7 @@ impl<W: Work> Turns<W> {
         if self.pending.swap(true, Ordering::AcqRel) {
             return; // whoever set it does this job too
         }
-        let worker = crate::relay::runs_here().then(tokio::runtime::Handle::try_current).and_then(Result::ok);
-        if let Some(worker) = worker {
+        if let Some(worker) = worker_here() {
             // An edge worker: do it once the tasks already queued on it have run (on its
             // runtime rather than its `LocalSet`: a task of the runtime's may submit too).
             drop(worker.spawn(self.clone().do_what_waits(Between::Yield, false)));
@@ -155,8 +162,7 @@ impl<W: Work> Turns<W> {
     /// with a job submitted meanwhile to be done soon. Meanwhile [`Turns::amend`] may take it
     /// back. Off an edge worker, as [`Turns::submit`].
     pub fn submit_within(self: &Arc<Self>, job: W::Job, linger: Duration) {
-        let worker = crate::relay::runs_here().then(tokio::runtime::Handle::try_current).and_then(Result::ok);
-        let Some(worker) = worker else { return self.submit(job) };
+        let Some(worker) = worker_here() else { return self.submit(job) };
         let at = tokio::time::Instant::now() + linger;
         self.waiting().push(job, Due::At(at));
         if self.pending.load(Ordering::Acquire) {
@@ -218,11 +224,7 @@ impl<W: Work> Turns<W> {
 
     /// Puts `jobs` back, first in line (a write cut short).
     pub fn put_back(&self, jobs: Vec<W::Job>) {
-        let mut waiting = self.waiting();
-        for job in jobs.into_iter().rev() {
-            waiting.jobs.push_front(job);
-            waiting.due.push_front(Due::Soon);
-        }
+        self.waiting().put_back(jobs);
     }
 
     fn waiting(&self) -> MutexGuard<'_, Waiting<W::Job>> {
@@ -316,6 +318,11 @@ pub(crate) async fn tidy<W: Work>(
     if let Err(e) = tidied {
         tracing::warn!(error = %e, "cannot tidy {what}");
     }
+}
+
+/// The runtime of the edge worker this runs on, if it does.
+fn worker_here() -> Option<tokio::runtime::Handle> {
+    crate::relay::runs_here().then(tokio::runtime::Handle::try_current).and_then(Result::ok)
 }
 
 /// A linger under way, over when dropped. Dropped before it `ended` (its worker stopped, or

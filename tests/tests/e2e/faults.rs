@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use hermes_tests::*;
+use mqtt_edge::EdgeConfig;
 use sdk::mqtt::{Client, Connect, Packet, SubscribeTopic, Version};
 
 fn persistent(id: &str) -> Connect {
@@ -15,6 +16,32 @@ fn persistent(id: &str) -> Connect {
         session_expiry: Some(3600),
         ..Connect::default()
     }
+}
+
+/// A persistent v5 session of `id` on `edge`, with `filter` subscribed at QoS 1.
+async fn subscribed(edge: &TestEdge, id: &str, filter: &str) -> Client {
+    let (mut c, _) = edge.connect(Version::V5, persistent(id)).await;
+    assert_eq!(c.subscribe(vec![SubscribeTopic::new(filter, 1)], WAIT).await.expect("suback"), [1]);
+    c
+}
+
+/// [`subscribed`], its client gone (DISCONNECT): what is published to it must be kept.
+async fn away(edge: &TestEdge, id: &str, filter: &str) {
+    let mut c = subscribed(edge, id, filter).await;
+    c.send(&Packet::disconnect(0)).await.expect("bye");
+}
+
+/// An edge whose journal is a Redis behind a proxy the test cuts off; `adjust` sets the rest.
+async fn behind_a_proxy(adjust: impl FnOnce(&mut EdgeConfig)) -> (servers::ServerProcess, proxy::Proxy, TestEdge) {
+    let redis = servers::redis();
+    let proxy = proxy::Proxy::start(redis.addr).await;
+    let url = format!("redis://{}/0", proxy.addr);
+    let edge = TestEdge::start_with(|c| {
+        c.state.redis_url = url;
+        adjust(c);
+    })
+    .await;
+    (redis, proxy, edge)
 }
 
 async fn publish_code(c: &mut Client, topic: &str, body: &str) -> Option<u8> {
@@ -33,10 +60,7 @@ async fn an_edge_that_waits_for_a_replica_acknowledges_only_what_the_replica_has
         c.state.redis_wait_replicas = 1;
     })
     .await;
-    let (mut keeper, _) = edge.connect(Version::V5, persistent("keeper")).await;
-    assert_eq!(keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback"), [1]);
-    keeper.send(&Packet::disconnect(0)).await.expect("bye");
-    drop(keeper);
+    away(&edge, "keeper", "f/#").await;
     let mut publisher = edge.client(Version::V5, "publisher").await;
     assert_eq!(publish_code(&mut publisher, "f/1", "on the replica").await, Some(0));
     // What the primary acknowledged is on the replica already.
@@ -56,18 +80,11 @@ async fn an_edge_that_waits_for_a_replica_acknowledges_only_what_the_replica_has
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_its_journal_an_edge_acknowledges_nothing_it_could_not_store_and_recovers() {
-    let redis = servers::redis();
-    let proxy = proxy::Proxy::start(redis.addr).await;
-    let url = format!("redis://{}/0", proxy.addr);
-    let edge = TestEdge::start_with(|c| c.state.redis_url = url).await;
+    let (_redis, proxy, edge) = behind_a_proxy(|_| {}).await;
     let ready = edge.edge().readiness();
 
     // A persistent session away from its client: what is published to it must be stored.
-    let (mut keeper, _) = edge.connect(Version::V5, persistent("keeper")).await;
-    let codes = keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback");
-    assert_eq!(codes, [1]);
-    keeper.send(&Packet::disconnect(0)).await.expect("bye");
-    drop(keeper);
+    away(&edge, "keeper", "f/#").await;
     let mut live = edge.client(Version::V5, "live").await;
     assert_eq!(live.subscribe(vec![SubscribeTopic::new("f/#", 0)], WAIT).await.expect("suback"), [0]);
     let mut publisher = edge.client(Version::V5, "publisher").await;
@@ -132,20 +149,9 @@ async fn without_its_journal_an_edge_acknowledges_nothing_it_could_not_store_and
 /// delivered all the same).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_its_persistent_subscriber_acknowledged_needs_no_journal_to_be_acknowledged() {
-    let redis = servers::redis();
-    let proxy = proxy::Proxy::start(redis.addr).await;
-    let url = format!("redis://{}/0", proxy.addr);
-    let edge = TestEdge::start_with(|c| {
-        c.state.redis_url = url;
-        c.limits.journal_linger_ms = 1000;
-    })
-    .await;
-    let (mut away, _) = edge.connect(Version::V5, persistent("away")).await;
-    assert_eq!(away.subscribe(vec![SubscribeTopic::new("a/#", 1)], WAIT).await.expect("suback"), [1]);
-    away.send(&Packet::disconnect(0)).await.expect("bye");
-    drop(away);
-    let (mut keeper, _) = edge.connect(Version::V5, persistent("keeper")).await;
-    assert_eq!(keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback"), [1]);
+    let (_redis, proxy, edge) = behind_a_proxy(|c| c.limits.journal_linger_ms = 1000).await;
+    away(&edge, "away", "a/#").await;
+    let mut keeper = subscribed(&edge, "keeper", "f/#").await;
     let mut publisher = edge.client(Version::V5, "publisher").await;
     proxy.cut();
     // The journal is cut off: what a session away must keep is refused.
@@ -173,10 +179,7 @@ async fn a_message_its_persistent_subscriber_acknowledged_needs_no_journal_to_be
 /// abnormally then, its delay not over, stays.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_wills_an_edge_keeps_in_redis_are_made_good_after_a_failed_write() {
-    let redis = servers::redis();
-    let proxy = proxy::Proxy::start(redis.addr).await;
-    let url = format!("redis://{}/0", proxy.addr);
-    let edge = TestEdge::start_with(|c| c.state.redis_url = url).await;
+    let (redis, proxy, edge) = behind_a_proxy(|_| {}).await;
     let ready = edge.edge().readiness();
     let mut direct = redis::Client::open(redis.redis_url()).and_then(|c| c.get_connection()).expect("redis");
     // The client ids of the wills kept, each with whether it waits for its delay (has a due time).
@@ -238,10 +241,7 @@ async fn after_redis_restarts_no_idle_connection_refuses_the_next_publish() {
     let mut redis = servers::redis();
     let url = redis.redis_url();
     let edge = TestEdge::start_with(|c| c.state.redis_url = url).await;
-    let (mut keeper, _) = edge.connect(Version::V5, persistent("keeper")).await;
-    assert_eq!(keeper.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback"), [1]);
-    keeper.send(&Packet::disconnect(0)).await.expect("bye");
-    drop(keeper);
+    away(&edge, "keeper", "f/#").await;
     // Publishers on every worker (connections go to them in turn), each written for once.
     let mut publishers = Vec::new();
     for n in 0..4 {
@@ -256,7 +256,6 @@ async fn after_redis_restarts_no_idle_connection_refuses_the_next_publish() {
         let code = publish_code(p, "f/1", "after").await;
         assert_eq!(code, Some(0), "publisher {n}: refused on a connection Redis closed a while ago");
     }
-    let (mut newcomer, _) = edge.connect(Version::V5, persistent("newcomer")).await;
-    assert_eq!(newcomer.subscribe(vec![SubscribeTopic::new("f/#", 1)], WAIT).await.expect("suback"), [1]);
+    let _newcomer = subscribed(&edge, "newcomer", "f/#").await;
     edge.stop().await;
 }
